@@ -1,0 +1,185 @@
+"""Config dataclasses: every option of the method is a field here, with its default.
+
+Each field carries a docstring under it (litgpt style). ``to_dict``/``from_dict`` round-trip through
+JSON so that a run folder's ``clm_run.json`` rebuilds the exact configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value it cannot take; the message names the field."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (nested dataclasses included)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild ``cls`` from ``to_dict`` output, ignoring keys it does not know (older runs)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    text_col: str | None = None
+    """Column holding the text; detected when None (text, sentence, utterance, ...)."""
+    label_col: str | None = None
+    """Column holding the label; detected when None (label, intent, category, ...)."""
+    max_file_mb: float = 200.0
+    """Files above this size are refused before reading."""
+    validation_fraction: float = 0.1
+    """Share of train carved out as validation when the data has no validation split."""
+    test_fraction: float = 0.2
+    """Share held out as test when the data has a single file."""
+    seed: int = 0
+    """Seed of the stratified splits."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_file_mb > 0, f"max_file_mb must be > 0, got {self.max_file_mb}")
+        _check(0 <= self.validation_fraction < 0.5, f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
+        _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    max_ngram: int = 3
+    """Longest sub-token n-gram considered as a candidate group."""
+    max_words: int = 2
+    """A candidate spans at most this many words."""
+    min_count: int = 5
+    """A candidate must occur in at least this many training rows."""
+    relevance: str = "kl"
+    """Label relevance R(g): 'kl' (KL of label distribution given g vs prior), 'mi' or 'chi2'."""
+    specificity: str = "wordfreq"
+    """Domain specificity A(g): 'wordfreq' (background from the wordfreq package) or 'none' (R alone)."""
+    combine: str = "product"
+    """How R and A combine into the score: 'product' (R*A) or 'rank' (rank average)."""
+    top_k: int = 0
+    """Groups kept; 0 scales with data: min(1024, max(64, rows // 8))."""
+    fragment_min_words: int = 3
+    """A word fragment is kept only if it recurs inside at least this many different words."""
+    examples_per_group: int = 5
+    """Example row ids reported per group."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_ngram <= 5, f"max_ngram must be in 1..5, got {self.max_ngram}")
+        _check(self.max_words >= 1, f"max_words must be >= 1, got {self.max_words}")
+        _check(self.min_count >= 1, f"min_count must be >= 1, got {self.min_count}")
+        _check(self.relevance in ("kl", "mi", "chi2"), f"relevance must be kl, mi or chi2, got {self.relevance!r}")
+        _check(self.specificity in ("wordfreq", "none"), f"specificity must be wordfreq or none, got {self.specificity!r}")
+        _check(self.combine in ("product", "rank"), f"combine must be product or rank, got {self.combine!r}")
+        _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    restriction: str = "tokens"
+    """'tokens': weight gradients only from mined-group positions plus the pooling position; 'none'."""
+    score: str = "fisher"
+    """'fisher' (mean squared per-example gradient) or 'taylor' (|w * dL/dw|)."""
+    normalise: str = "mean"
+    """Per-matrix normalisation of row scores: 'mean', 'zscore' or 'none'."""
+    calibration_rows: int = 4096
+    """Training rows used for the scores (min(N, this))."""
+    warmup_epochs: int = 5
+    """Head warm-up epochs on cached pooled features (backbone frozen) before scoring."""
+    warmup_lr: float = 1e-2
+    """Learning rate of the head warm-up."""
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.restriction in ("tokens", "none"), f"restriction must be tokens or none, got {self.restriction!r}")
+        _check(self.score in ("fisher", "taylor"), f"score must be fisher or taylor, got {self.score!r}")
+        _check(self.normalise in ("mean", "zscore", "none"), f"normalise must be mean, zscore or none, got {self.normalise!r}")
+        _check(self.calibration_rows >= 1, f"calibration_rows must be >= 1, got {self.calibration_rows}")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    budget: float = 0.01
+    """Fraction of backbone parameters in (0, 1], or an absolute count when > 1."""
+    strategy: str = "topk_global"
+    """'topk_global' (global top rows by normalised score) or 'random' (same budget, random rows)."""
+    include_embeddings: bool = True
+    """Let word-embedding rows of mined-group tokens compete for the budget."""
+    train_layernorm: bool = True
+    """Train LayerNorm gains and biases at and above the lowest selected layer (tiny)."""
+    cost_aware: float = 0.0
+    """Bonus per layer height: score * (1 + cost_aware * layer / n_layers); 0 = plain scores."""
+    min_layer: int = 0
+    """Rows below this layer are not eligible (backward can stop there)."""
+    seed: int = 0
+    """Seed of the random strategy."""
+
+    def __post_init__(self) -> None:
+        _check(self.budget > 0, f"budget must be in (0, 1] or a parameter count > 1, got {self.budget}")
+        _check(self.budget <= 1 or float(self.budget).is_integer(), f"budget above 1 must be a whole parameter count, got {self.budget}")
+        _check(self.strategy in ("topk_global", "random"), f"strategy must be topk_global or random, got {self.strategy!r}")
+        _check(self.cost_aware >= 0, f"cost_aware must be >= 0, got {self.cost_aware}")
+        _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
+
+
+METHODS = ("sparse", "full", "head", "bitfit", "lora", "prefix", "layers", "random", "fisher", "gradient")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    method: str = "sparse"
+    """One of METHODS; 'sparse' is ours (token-restricted Fisher rows)."""
+    epochs: int = 3
+    lr: float = 0.0
+    """Learning rate; 0 picks the method's default (sparse 1e-3, full 1e-4, head 1e-2, ...)."""
+    head_lr: float = 0.0
+    """Learning rate of the classification head; 0 = same as lr for full, 1e-3 otherwise."""
+    batch_size: int = 32
+    max_length: int = 64
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay; applied to deltas only, never to frozen rows."""
+    warmup_ratio: float = 0.06
+    """Share of steps with linear learning-rate warm-up, then linear decay."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    eval_every_epoch: bool = True
+    """Evaluate on the validation split after each epoch (time-to-accuracy curves)."""
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    lora_r: int = 8
+    """LoRA rank (method 'lora')."""
+    prefix_tokens: int = 16
+    """Virtual tokens (method 'prefix')."""
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.lr >= 0, f"lr must be >= 0, got {self.lr}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        data = dict(data)
+        for key, sub in (("mask", MaskConfig), ("sensitivity", SensitivityConfig), ("mining", MiningConfig)):
+            if isinstance(data.get(key), dict):
+                data[key] = from_dict(sub, data[key])
+        return from_dict(cls, data)

