@@ -1,0 +1,406 @@
+"""Run registry: one folder per run plus a small SQLite table that lists them all.
+
+Layout::
+
+    <root>/registry.sqlite                 # the table below (WAL, short transactions)
+    <root>/<YYYYmmdd-HHMMSS>-<slug>/       # one run folder (what ``finetune`` writes)
+
+``root`` is ``$CLM_EXPLORE_RUNS`` or ``./runs``. A folder written elsewhere (``finetune --out DIR``)
+can be added with ``register_folder``; it is then listed by its absolute path.
+
+Every call opens its own short-lived connection, so one ``RunStore`` may be shared by threads, and
+several processes (the app and the CLI) may use the same root at once. The owning process of a run
+(host, pid and the pid's start time) is stored so that, after a restart, runs whose process is gone
+can be marked ``interrupted`` (``mark_interrupted``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+REGISTRY_NAME = "registry.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    method TEXT NOT NULL,
+    status TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    config TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    host TEXT,
+    pid INTEGER,
+    pid_start TEXT
+)
+"""
+
+
+class RunStatus(StrEnum):
+    """Life cycle of a run: pending -> running -> one of the terminal states."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+class RunStoreError(RuntimeError):
+    """A run cannot be found, created or removed; the message says why."""
+
+
+@dataclass
+class RunRecord:
+    """One row of the registry."""
+
+    id: str
+    name: str
+    method: str
+    status: RunStatus
+    path: Path
+    created: str
+    updated: str
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    host: str | None = None
+    pid: int | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+def default_root() -> Path:
+    """``$CLM_EXPLORE_RUNS`` or ``./runs``."""
+    return Path(os.environ.get("CLM_EXPLORE_RUNS") or "runs")
+
+
+def slugify(name: str, max_len: int = 40) -> str:
+    """A safe folder-name fragment: lower-case ASCII letters, digits and single dashes only.
+
+    No dots or separators survive, so a slug can never name a parent folder or an absolute path.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:max_len].strip("-")
+    return slug or "run"
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel start time of ``pid`` (Linux), so that a reused pid is not taken for the owner."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; fields after the last ')' are fixed. starttime is field 22.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    current = _process_start(pid)
+    return start is None or current is None or current == start
+
+
+class RunStore:
+    """The run registry over ``root``; see the module docstring."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = self.root.resolve()
+        self.db_path = self.root / REGISTRY_NAME
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # One connection per call: sqlite3 connections must not cross threads, and short
+        # transactions keep the WAL writer lock brief for other processes.
+        conn = sqlite3.connect(self.db_path, timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        try:
+            with conn:  # commits, or rolls back on error
+                yield conn
+        finally:
+            conn.close()
+
+    # -- creating -------------------------------------------------------------------------------
+    def create(self, name: str, method: str, config: dict[str, Any] | None = None) -> RunRecord:
+        """Make a new run folder ``<root>/<YYYYmmdd-HHMMSS>-<slug>`` and its row (status pending)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = f"{stamp}-{slugify(name)}"
+        for n in range(1, 1000):
+            run_id = base if n == 1 else f"{base}-{n}"
+            folder = self.root / run_id
+            try:
+                folder.mkdir()  # atomic: two processes cannot both get the same folder
+            except FileExistsError:
+                continue
+            break
+        else:  # pragma: no cover - a thousand runs in one second with one name
+            raise RunStoreError(f"Could not find a free folder name for run {name!r}.")
+        if folder.resolve().parent != self.root:  # defence in depth; slugify already prevents it
+            raise RunStoreError(f"Run name {name!r} would escape the run root.")
+        try:
+            self._insert(run_id, name, method, folder, config or {}, {}, RunStatus.PENDING)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self.get(run_id)
+
+    def register_folder(self, path: str | Path, name: str | None = None) -> RunRecord:
+        """Register a run folder written anywhere (``finetune --out DIR``), by absolute path.
+
+        The method and config come from ``clm_run.json`` and the metrics from ``metrics.json``
+        when present. Status: succeeded when ``metrics.json`` exists, else pending (owned by this
+        process, so a crash later shows as interrupted). Registering the same folder twice
+        returns the existing record.
+        """
+        folder = Path(path).expanduser().resolve()
+        if not folder.is_dir():
+            raise RunStoreError(f"Run folder {folder} does not exist.")
+        existing = self._find_by_path(folder)
+        if existing is not None:
+            return existing
+        meta = _read_json(folder / "clm_run.json")
+        metrics = _read_json(folder / "metrics.json")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
+        slug = slugify(name or folder.name)
+        status = RunStatus.SUCCEEDED if metrics else RunStatus.PENDING
+        for n in range(1, 1000):
+            run_id = f"{stamp}-{slug}" if n == 1 else f"{stamp}-{slug}-{n}"
+            try:
+                self._insert(
+                    run_id,
+                    name or folder.name,
+                    str(meta.get("method", metrics.get("method", "?"))),
+                    folder,
+                    meta.get("config", {}),
+                    metrics,
+                    status,
+                )
+            except sqlite3.IntegrityError:
+                found = self._find_by_path(folder)
+                if found is not None:  # another process registered it meanwhile
+                    return found
+                continue
+            return self.get(run_id)
+        raise RunStoreError(f"Could not register {folder}.")  # pragma: no cover
+
+    def _insert(
+        self,
+        run_id: str,
+        name: str,
+        method: str,
+        folder: Path,
+        config: dict[str, Any],
+        metrics: dict[str, Any],
+        status: RunStatus,
+    ) -> None:
+        now = _now()
+        pid = os.getpid()
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, name, method, status, path, created, updated, config, metrics, host, pid,"
+                " pid_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    name,
+                    method,
+                    status.value,
+                    str(folder),
+                    now,
+                    now,
+                    _dumps(config),
+                    _dumps(metrics),
+                    socket.gethostname(),
+                    pid,
+                    _process_start(pid),
+                ),
+            )
+
+    # -- updating -------------------------------------------------------------------------------
+    def set_status(self, run_id: str, status: RunStatus | str, error: str | None = None) -> RunRecord:
+        """Move a run to ``status``. The caller sets succeeded only once the run's files are complete.
+
+        Running claims the run for this process (host, pid). Succeeded also loads ``metrics.json``
+        from the folder into the row, when the file exists.
+        """
+        status = RunStatus(status)
+        record = self.get(run_id)
+        sets = {"status": status.value, "error": error, "updated": _now()}
+        if status is RunStatus.RUNNING:
+            pid = os.getpid()
+            sets.update(host=socket.gethostname(), pid=pid, pid_start=_process_start(pid))
+        if status is RunStatus.SUCCEEDED:
+            on_disk = _read_json(record.path / "metrics.json")
+            if on_disk:
+                sets["metrics"] = _dumps({**record.metrics, **on_disk})
+        self._update(run_id, sets)
+        return self.get(run_id)
+
+    def update_metrics(self, run_id: str, metrics: dict[str, Any]) -> RunRecord:
+        """Merge ``metrics`` into the run's stored metrics."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT metrics FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunStoreError(f"No run with id {run_id!r}.")
+            merged = {**json.loads(row["metrics"]), **metrics}
+            conn.execute(
+                "UPDATE runs SET metrics = ?, updated = ? WHERE id = ?", (_dumps(merged), _now(), run_id)
+            )
+        return self.get(run_id)
+
+    def _update(self, run_id: str, sets: dict[str, Any]) -> None:
+        columns = ", ".join(f"{k} = ?" for k in sets)  # keys come from this module only
+        with self._connect() as conn:
+            cur = conn.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*sets.values(), run_id))
+            if cur.rowcount == 0:
+                raise RunStoreError(f"No run with id {run_id!r}.")
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark pending/running runs whose owning process (on this host) is gone as interrupted.
+
+        Call at app or server start. Runs owned by another host are left alone (their process
+        cannot be checked from here). Returns the ids that were marked.
+        """
+        host = socket.gethostname()
+        marked = []
+        for record in self.list():
+            if record.is_terminal or record.host != host or record.pid is None:
+                continue
+            with self._connect() as conn:
+                start = conn.execute("SELECT pid_start FROM runs WHERE id = ?", (record.id,)).fetchone()
+            if not _pid_alive(record.pid, start["pid_start"] if start else None):
+                self._update(
+                    record.id,
+                    {
+                        "status": RunStatus.INTERRUPTED.value,
+                        "updated": _now(),
+                        "error": "The process running this job stopped (server restart?).",
+                    },
+                )
+                marked.append(record.id)
+        return marked
+
+    # -- reading --------------------------------------------------------------------------------
+    def list(self) -> list[RunRecord]:
+        """All runs, newest first."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM runs ORDER BY created DESC, id DESC").fetchall()
+        return [_record(r) for r in rows]
+
+    def get(self, run_id: str) -> RunRecord:
+        """The run ``run_id``; ``RunStoreError`` when there is none."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunStoreError(f"No run with id {run_id!r}.")
+        return _record(row)
+
+    def path(self, run_id: str) -> Path:
+        """The run's folder (inside ``root``, or the absolute path it was registered with)."""
+        return self.get(run_id).path
+
+    def latest(
+        self, method: str | None = None, status: RunStatus | None = RunStatus.SUCCEEDED
+    ) -> RunRecord | None:
+        """The newest run with this method (any when None) and status (any when None)."""
+        for record in self.list():
+            if (method is None or record.method == method) and (status is None or record.status is status):
+                return record
+        return None
+
+    def _find_by_path(self, folder: Path) -> RunRecord | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE path = ?", (str(folder),)).fetchone()
+        return _record(row) if row is not None else None
+
+    # -- removing and exporting -----------------------------------------------------------------
+    def delete(self, run_id: str, force: bool = False) -> None:
+        """Remove the run's row and its folder.
+
+        A folder outside ``root`` (registered with ``register_folder``) is only unregistered, never
+        deleted: it belongs to whoever wrote it there. A pending or running run is refused unless
+        ``force`` (cancel its job first).
+        """
+        record = self.get(run_id)
+        if not record.is_terminal and not force:
+            raise RunStoreError(f"Run {run_id} is {record.status.value}; cancel it before deleting.")
+        with self._connect() as conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        if record.path.resolve().parent == self.root and record.path.is_dir():
+            shutil.rmtree(record.path, ignore_errors=True)
+
+    def zip_run(self, run_id: str) -> bytes:
+        """The run folder as a zip archive (entries under ``<run_id>/``)."""
+        folder = self.path(run_id)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            if folder.is_dir():
+                for file in sorted(folder.rglob("*")):
+                    if file.is_file() and not file.is_symlink():
+                        archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
+        return buffer.getvalue()
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        name=row["name"],
+        method=row["method"],
+        status=RunStatus(row["status"]),
+        path=Path(row["path"]),
+        created=row["created"],
+        updated=row["updated"],
+        config=json.loads(row["config"]),
+        metrics=json.loads(row["metrics"]),
+        error=row["error"],
+        host=row["host"],
+        pid=row["pid"],
+    )

@@ -1,0 +1,156 @@
+"""RunStore: folders, registry rows, status life cycle, safety of names, interrupted runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from clm_explore.runs import RunStatus, RunStore, RunStoreError, slugify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(_runs_root: Path) -> RunStore:
+    return RunStore()
+
+
+def test_root_from_env(_runs_root: Path) -> None:
+    store = RunStore()
+    assert store.root == _runs_root.resolve()
+    assert (store.root / "registry.sqlite").is_file()
+
+
+def test_create_makes_folder_and_pending_row(store: RunStore) -> None:
+    run = store.create("My first run", "sparse", {"epochs": 1})
+    assert run.status is RunStatus.PENDING
+    assert run.path.is_dir() and run.path.parent == store.root
+    assert run.id.endswith("-my-first-run")
+    assert store.get(run.id).config == {"epochs": 1}
+    assert store.path(run.id) == run.path
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/abs/path", "..", "a/../../b", "\\..\\x", "", "ü ñ"])
+def test_names_never_escape_root(store: RunStore, name: str) -> None:
+    run = store.create(name, "full", {})
+    assert run.path.resolve().parent == store.root
+    assert "/" not in run.id and ".." not in run.id
+
+
+def test_slugify() -> None:
+    assert slugify("Sparse 1% budget!") == "sparse-1-budget"
+    assert slugify("...") == "run"
+
+
+def test_same_name_same_second_gets_distinct_ids(store: RunStore) -> None:
+    ids = {store.create("x", "sparse", {}).id for _ in range(3)}
+    assert len(ids) == 3
+
+
+def test_status_life_cycle_and_metrics(store: RunStore) -> None:
+    run = store.create("r", "sparse", {})
+    store.set_status(run.id, RunStatus.RUNNING)
+    (run.path / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "macro_f1": 0.4}))
+    store.update_metrics(run.id, {"note": "x"})
+    done = store.set_status(run.id, "succeeded")
+    assert done.status is RunStatus.SUCCEEDED and done.is_terminal
+    assert done.metrics == {"note": "x", "accuracy": 0.5, "macro_f1": 0.4}
+    failed = store.set_status(store.create("f", "full", {}).id, RunStatus.FAILED, error="boom")
+    assert failed.error == "boom"
+
+
+def test_list_newest_first_and_latest(store: RunStore) -> None:
+    a = store.create("a", "sparse", {})
+    b = store.create("b", "full", {})
+    assert [r.id for r in store.list()][:2] in ([b.id, a.id], [a.id, b.id])  # same second: id order
+    store.set_status(a.id, RunStatus.SUCCEEDED)
+    assert store.latest("sparse").id == a.id
+    assert store.latest("full") is None
+    assert store.latest("full", status=None).id == b.id
+
+
+def test_unknown_run(store: RunStore) -> None:
+    with pytest.raises(RunStoreError):
+        store.get("nope")
+    with pytest.raises(RunStoreError):
+        store.set_status("nope", RunStatus.FAILED)
+
+
+def test_delete_removes_folder_and_row(store: RunStore) -> None:
+    run = store.create("gone", "sparse", {})
+    with pytest.raises(RunStoreError, match="cancel"):
+        store.delete(run.id)
+    store.set_status(run.id, RunStatus.CANCELLED)
+    store.delete(run.id)
+    assert not run.path.exists()
+    assert all(r.id != run.id for r in store.list())
+
+
+def test_register_folder_outside_root(store: RunStore, tmp_path: Path) -> None:
+    out = tmp_path / "elsewhere" / "my-run"
+    out.mkdir(parents=True)
+    (out / "clm_run.json").write_text(json.dumps({"method": "lora", "config": {"epochs": 2}}))
+    (out / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
+    run = store.register_folder(out)
+    assert run.path == out.resolve() and run.method == "lora"
+    assert run.status is RunStatus.SUCCEEDED and run.metrics["accuracy"] == 0.9
+    assert store.register_folder(out).id == run.id  # idempotent
+    store.delete(run.id)
+    assert out.is_dir()  # external folders are only unregistered
+
+
+def test_zip_run(store: RunStore) -> None:
+    run = store.create("z", "sparse", {})
+    (run.path / "sub").mkdir()
+    (run.path / "sub" / "a.txt").write_text("hello")
+    (run.path / "metrics.json").write_text("{}")
+    names = zipfile.ZipFile(io.BytesIO(store.zip_run(run.id))).namelist()
+    assert sorted(names) == [f"{run.id}/metrics.json", f"{run.id}/sub/a.txt"]
+
+
+def test_mark_interrupted_only_dead_owners(store: RunStore) -> None:
+    mine = store.create("alive", "sparse", {})
+    store.set_status(mine.id, RunStatus.RUNNING)
+    # A run created by a process that has exited since.
+    code = (
+        "from clm_explore.runs import RunStore, RunStatus; s = RunStore(); "
+        "r = s.create('dead', 'full', {}); s.set_status(r.id, RunStatus.RUNNING); print(r.id)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    dead_id = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+    assert store.mark_interrupted() == [dead_id]
+    assert store.get(dead_id).status is RunStatus.INTERRUPTED
+    assert store.get(mine.id).status is RunStatus.RUNNING
+
+
+def test_concurrent_threads(store: RunStore) -> None:
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(5):
+                run = store.create(f"t{i}", "sparse", {"j": j})
+                store.set_status(run.id, RunStatus.RUNNING)
+                store.update_metrics(run.id, {"j": j})
+                store.set_status(run.id, RunStatus.SUCCEEDED)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(store.list()) == 20
+    assert all(r.status is RunStatus.SUCCEEDED for r in store.list())
