@@ -1,0 +1,296 @@
+"""Mine task-specific token groups from annotated training text (method.md section 1).
+
+A *group* is a whole word (however many pieces the tokenizer splits it into), a span of up to
+``max_words`` words, or a word fragment (a sub-token n-gram) that recurs inside several different
+words. Each is scored by label relevance R (how much knowing the group is present shifts the label
+distribution) times domain specificity A (how much more frequent it is here than in general English).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clm_explore.config import MiningConfig
+
+FRAGMENT = "fragment"
+WORDS = "words"
+
+
+@dataclass
+class TokenGroup:
+    """One mined group: what users inspect as a 'semantic token'."""
+
+    text: str
+    pieces: list[str]
+    kind: str
+    """'words' (a word or a multi-word span) or 'fragment' (sub-token n-gram inside words)."""
+    count: int
+    """Training rows that contain the group."""
+    relevance: float
+    specificity: float
+    score: float
+    label: str
+    """The label most associated with the group."""
+    lift: float
+    """P(label | group) / P(label) for that label."""
+    example_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TaskTokens:
+    """The mined groups, best first, plus how they were made."""
+
+    groups: list[TokenGroup]
+    background: str
+    """Where the general-English background came from ('wordfreq'), or why there was none."""
+    n_rows: int
+    config: dict
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [asdict(g) | {"pieces": " ".join(g.pieces)} for g in self.groups]
+        cols = ["text", "pieces", "kind", "count", "score", "relevance", "specificity", "label", "lift", "example_ids"]
+        return pd.DataFrame(rows, columns=cols)
+
+    def save(self, path: str | Path) -> None:
+        data = {"background": self.background, "n_rows": self.n_rows, "config": self.config,
+                "groups": [asdict(g) for g in self.groups]}
+        Path(path).write_text(json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TaskTokens:
+        data = json.loads(Path(path).read_text())
+        groups = [TokenGroup(**g) for g in data["groups"]]
+        return cls(groups, data.get("background", ""), data.get("n_rows", 0), data.get("config", {}))
+
+    def word_keys(self) -> set[tuple[str, ...]]:
+        """Word spans (lower-cased word tuples) of the 'words' groups, for position matching."""
+        return {tuple(g.text.split()) for g in self.groups if g.kind == WORDS}
+
+    def fragment_keys(self) -> set[tuple[str, ...]]:
+        return {tuple(g.pieces) for g in self.groups if g.kind == FRAGMENT}
+
+    def token_ids(self, tokenizer) -> set[int]:
+        """Vocabulary ids of every piece in any group (the eligible embedding rows)."""
+        pieces = {p for g in self.groups for p in g.pieces}
+        ids = tokenizer.convert_tokens_to_ids(sorted(pieces))
+        return {i for i in ids if i is not None and i != tokenizer.unk_token_id}
+
+
+@dataclass
+class _Word:
+    text: str
+    pieces: list[str]
+    token_positions: list[int]
+
+
+def split_words(encoding, text: str) -> list[_Word]:
+    """Group a fast-tokenizer encoding's pieces into words (lower-cased text, pieces, positions)."""
+    words: list[_Word] = []
+    last = None
+    for pos, (word_id, token, (start, end)) in enumerate(zip(encoding.word_ids, encoding.tokens, encoding.offsets, strict=True)):
+        if word_id is None:
+            last = None
+            continue
+        if word_id != last:
+            words.append(_Word("", [], []))
+            words[-1].text = text[start:end].lower()
+            last = word_id
+        else:
+            words[-1].text = (words[-1].text + text[start:end].lower()) if start > 0 else words[-1].text
+        words[-1].pieces.append(token)
+        words[-1].token_positions.append(pos)
+    return words
+
+
+def _row_candidates(words: list[_Word], cfg: MiningConfig) -> set[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """(kind, key, pieces) candidates of one row; the key of a words-group is its word tuple."""
+    found = set()
+    for i in range(len(words)):
+        for n in range(1, cfg.max_words + 1):
+            span = words[i : i + n]
+            if len(span) < n or sum(len(w.pieces) for w in span) > cfg.max_ngram * n:
+                break
+            key = tuple(w.text for w in span)
+            if not all(any(c.isalnum() for c in k) for k in key):
+                break
+            found.add((WORDS, key, tuple(p for w in span for p in w.pieces)))
+        pieces = words[i].pieces
+        if len(pieces) > 1:
+            for n in range(1, min(cfg.max_ngram, len(pieces) - 1) + 1):
+                for j in range(len(pieces) - n + 1):
+                    frag = tuple(pieces[j : j + n])
+                    found.add((FRAGMENT, frag, frag))
+    return found
+
+
+def _background_frequency(words: Sequence[str]) -> tuple[np.ndarray | None, str]:
+    try:
+        from wordfreq import word_frequency
+    except ImportError:
+        return None, "none: the wordfreq package is not installed, so the score is label relevance alone"
+    # Unseen words get a floor so that log(P_D / P_B) stays finite and rare domain words rank high.
+    return np.array([max(word_frequency(w, "en"), 1e-8) for w in words]), "wordfreq (general English)"
+
+
+def _relevance(counts: np.ndarray, prior: np.ndarray, n_rows: int, kind: str) -> np.ndarray:
+    """R(g) for every candidate. counts: (groups, labels) rows with g per label; prior: (labels,)."""
+    present = counts.sum(1, keepdims=True)
+    cond = (counts + 0.1) / (present + 0.1 * counts.shape[1])  # additive smoothing keeps KL finite
+    kl = (cond * np.log(cond / prior)).sum(1)
+    if kind == "kl":
+        return kl
+    p_g = present[:, 0] / n_rows
+    if kind == "mi":
+        absent = prior * n_rows - counts
+        cond_absent = (absent + 0.1) / (absent.sum(1, keepdims=True) + 0.1 * counts.shape[1])
+        return p_g * kl + (1 - p_g) * (cond_absent * np.log(cond_absent / prior)).sum(1)
+    expected = present * prior
+    return ((counts - expected) ** 2 / np.maximum(expected, 1e-9)).sum(1) / n_rows  # chi2 per row
+
+
+def mine_task_tokens(
+    texts: Sequence[str], labels: Sequence[str], tokenizer, cfg: MiningConfig | None = None
+) -> TaskTokens:
+    """Mine and score token groups from the training split.
+
+    Args:
+        texts: training texts (never the test split).
+        labels: one label per text.
+        tokenizer: the chosen model's fast tokenizer (pieces are its sub-tokens).
+        cfg: mining options.
+
+    Returns:
+        TaskTokens with the top groups, best first.
+    """
+    cfg = cfg or MiningConfig()
+    label_names = sorted(set(labels))
+    label_index = {name: i for i, name in enumerate(label_names)}
+    encodings = tokenizer(list(texts), add_special_tokens=False, truncation=False).encodings
+    rows_with: dict[tuple, list[int]] = defaultdict(list)
+    pieces_of: dict[tuple, tuple[str, ...]] = {}
+    fragment_words: dict[tuple, Counter] = defaultdict(Counter)
+    word_total = 0
+    for row, (enc, text) in enumerate(zip(encodings, texts, strict=True)):
+        words = split_words(enc, text)
+        word_total += len(words)
+        for kind, key, pieces in _row_candidates(words, cfg):
+            rows_with[(kind, key)].append(row)
+            pieces_of[(kind, key)] = pieces
+        for w in words:
+            if len(w.pieces) > 1:
+                for kind, key, _ in _row_candidates([w], MiningConfig(max_words=1, max_ngram=cfg.max_ngram)):
+                    if kind == FRAGMENT:
+                        fragment_words[key][w.text] += 1
+    keys = [k for k, rows in rows_with.items() if len(set(rows)) >= cfg.min_count and _keep(k, fragment_words, cfg)]
+    if not keys:
+        return TaskTokens([], "", len(texts), asdict(cfg))
+    label_ids = np.array([label_index[x] for x in labels])
+    counts = np.zeros((len(keys), len(label_names)))
+    for i, key in enumerate(keys):
+        np.add.at(counts[i], label_ids[sorted(set(rows_with[key]))], 1)
+    prior = np.bincount(label_ids, minlength=len(label_names)) / len(labels)
+    relevance = _relevance(counts, prior, len(texts), cfg.relevance)
+    specificity, background = _specificity(keys, rows_with, fragment_words, word_total, cfg)
+    score = _combine(relevance, specificity, cfg.combine)
+    top_k = cfg.top_k or min(1024, max(64, len(texts) // 8))
+    order = [i for i in np.argsort(-score, kind="stable") if score[i] > 0][:top_k]
+    lifts = (counts / counts.sum(1, keepdims=True)) / prior
+    groups = [_group(keys[i], pieces_of[keys[i]], counts[i], relevance[i], specificity[i], score[i],
+                     lifts[i], label_names, rows_with[keys[i]], tokenizer, cfg) for i in order]
+    return TaskTokens(groups, background, len(texts), asdict(cfg))
+
+
+def _keep(key: tuple, fragment_words: dict[tuple, Counter], cfg: MiningConfig) -> bool:
+    kind, inner = key
+    if kind == FRAGMENT:
+        # "##gur" from "configure" alone is noise; a fragment that recurs across words is a real stem,
+        # unless one word accounts for most of its uses (then that word is the group).
+        words = fragment_words.get(inner, Counter())
+        total = sum(words.values())
+        return len(words) >= cfg.fragment_min_words and words.most_common(1)[0][1] <= 0.5 * total
+    if len(inner) == 1:
+        return len(inner[0]) > 1 or inner[0].isdigit()
+    # A span that starts or ends with a function word ("my card", "the atm") repeats its content word.
+    return not (_is_function_word(inner[0]) or _is_function_word(inner[-1]))
+
+
+def _is_function_word(word: str) -> bool:
+    try:
+        from wordfreq import zipf_frequency
+    except ImportError:
+        return len(word) <= 3
+    return zipf_frequency(word, "en") >= 6.0
+
+
+def _specificity(keys: list[tuple], rows_with: dict, fragment_words: dict, word_total: int, cfg: MiningConfig) -> tuple[np.ndarray, str]:
+    ones = np.ones(len(keys))
+    if cfg.specificity == "none":
+        return ones, "none (specificity off by option)"
+    background, note = _background_frequency([" ".join(inner) for kind, inner in keys if kind == WORDS])
+    if background is None:
+        return ones, note
+    # A fragment's background is that of the words it occurs in (a stem is as common as its words).
+    per_key = iter(background)
+    background = np.array([next(per_key) if kind == WORDS else _words_background(fragment_words[inner])
+                           for kind, inner in keys])
+    p_domain = np.array([len(rows_with[k]) for k in keys]) / max(word_total, 1)
+    return np.maximum(p_domain * np.log(p_domain / background), 0.0), note
+
+
+def _words_background(words: Counter) -> float:
+    found, _ = _background_frequency(list(words))
+    return float(found.sum()) if found is not None else 1.0
+
+
+def _combine(relevance: np.ndarray, specificity: np.ndarray, how: str) -> np.ndarray:
+    if how == "product":
+        return relevance * specificity
+    ranks = (pd.Series(relevance).rank(pct=True) + pd.Series(specificity).rank(pct=True)) / 2
+    return ranks.to_numpy() * (specificity > 0)
+
+
+def _group(key, pieces, counts, relevance, specificity, score, lifts, label_names, rows, tokenizer, cfg) -> TokenGroup:
+    kind, inner = key
+    text = " ".join(inner) if kind == WORDS else tokenizer.convert_tokens_to_string(list(inner)).strip()
+    best = int(np.argmax(counts))
+    unique_rows = sorted(set(rows))
+    return TokenGroup(text if kind == WORDS else " ".join(inner), list(pieces), kind, len(unique_rows),
+                      float(relevance), float(specificity), float(score), label_names[best], float(lifts[best]),
+                      unique_rows[: cfg.examples_per_group])
+
+
+def covered_positions(encodings: Iterable, texts: Sequence[str], task_tokens: TaskTokens, max_words: int = 2) -> list[list[int]]:
+    """Token positions (in each encoding) covered by a mined group: words, spans or fragments."""
+    word_keys, fragment_keys = task_tokens.word_keys(), task_tokens.fragment_keys()
+    longest_fragment = max((len(k) for k in fragment_keys), default=0)
+    covered: list[list[int]] = []
+    for enc, text in zip(encodings, texts, strict=True):
+        positions: set[int] = set()
+        words = split_words(enc, text)
+        for i in range(len(words)):
+            for n in range(1, max_words + 1):
+                span = words[i : i + n]
+                if len(span) == n and tuple(w.text for w in span) in word_keys:
+                    positions.update(p for w in span for p in w.token_positions)
+            pieces = words[i].pieces
+            for n in range(1, min(longest_fragment, len(pieces)) + 1):
+                for j in range(len(pieces) - n + 1):
+                    if tuple(pieces[j : j + n]) in fragment_keys:
+                        positions.update(words[i].token_positions[j : j + n])
+        covered.append(sorted(positions))
+    return covered
+
+
+def coverage_share(texts: Sequence[str], tokenizer, task_tokens: TaskTokens) -> float:
+    """Share of non-special token positions covered by some group (a quick health figure)."""
+    encodings = tokenizer(list(texts), add_special_tokens=False).encodings
+    covered = covered_positions(encodings, texts, task_tokens)
+    total = sum(len(e.ids) for e in encodings)
+    return sum(len(c) for c in covered) / max(total, 1)
