@@ -1,0 +1,328 @@
+"""Word attributions of a sequence classifier: Integrated Gradients on the input word embeddings.
+
+``explain(model, tokenizer, texts, cfg)`` runs Captum's ``LayerIntegratedGradients`` on
+``model.get_input_embeddings()`` and returns one ``TokenAttribution`` per text: a score per sub-token
+(the attribution summed over the hidden dimension), merged into words (a word's score is the sum of its
+pieces). The attributed output is the softmax probability of the target label, so that the scores of a
+row sum to ``p(x) - p(reference)`` up to the convergence ``delta``.
+
+Reference inputs: Captum calls them ``baselines``; here they are ``reference_ids`` because
+``baselines`` means comparison finetuning methods elsewhere in this project. For encoders the reference
+keeps the special tokens ([CLS], [SEP]) and replaces every other token by [PAD]. Decoders pool at the last
+non-pad token, so a pad reference would move the pooling position: they get a non-pad token (UNK or EOS)
+and twice the steps, and the result's ``note`` says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from captum.attr import LayerIntegratedGradients
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from clm_explore.config import ConfigError
+from clm_explore.modeling import LoadedModel, ModelSourceError, load_model
+
+TargetSpec = int | str | None
+
+
+class AttributionError(ValueError):
+    """An attribution request cannot be served (unknown target label, empty text); the message says why."""
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    n_steps: int = 32
+    """Interpolation steps between the reference and the input (decoders use twice as many)."""
+    internal_batch_size: int = 256
+    """Rows (examples x steps) per forward/backward pass; bounds memory."""
+    target: str = "predicted"
+    """Label explained: 'predicted' (the model's argmax) or 'gold' (the row's annotated label)."""
+    batch_size: int = 8
+    """Texts attributed together; texts are grouped by length so padding stays small."""
+    max_length: int = 64
+    """Texts are truncated to this many sub-tokens (specials included)."""
+    method: str = "gausslegendre"
+    """Captum's integral approximation: 'gausslegendre' (converges fastest) or 'riemann_trapezoid'."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                self.internal_batch_size >= self.batch_size,
+                f"internal_batch_size must be >= batch_size ({self.batch_size}), got {self.internal_batch_size}",
+            ),
+            (self.target in ("predicted", "gold"), f"target must be 'predicted' or 'gold', got {self.target!r}"),
+            (8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}"),
+            (
+                self.method in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
+                f"method must be gausslegendre or a riemann_* rule, got {self.method!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TokenAttribution:
+    """Integrated-Gradients scores of one text, per word and per sub-token."""
+
+    words: list[str]
+    """The text's words (as split by the tokenizer's pre-tokenizer), truncated words dropped."""
+    scores: list[float]
+    """One score per word: the sum of its sub-token scores (positive = towards the target)."""
+    target: int
+    """Label id explained."""
+    target_label: str
+    probability: float
+    """Softmax probability of the target label on the input."""
+    delta: float
+    """Convergence delta: sum(token_scores) - (p(input) - p(reference)); small when the integral converged."""
+    tokens: list[str] = field(default_factory=list)
+    """Sub-tokens, special tokens included."""
+    token_scores: list[float] = field(default_factory=list)
+    note: str = ""
+    """Anything a reader should know (decoder reference, truncation)."""
+    predicted: int = -1
+    """The model's predicted label id (equals ``target`` when the target is 'predicted')."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenAttribution:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def is_decoder_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Decoders pool at the last token and have no [CLS]; they need a non-pad reference."""
+    return bool(getattr(model.config, "is_decoder", False)) or tokenizer.cls_token_id is None
+
+
+def reference_token_id(tokenizer: PreTrainedTokenizerBase, decoder: bool) -> int:
+    """The token every non-special position of the reference takes: PAD (encoders) or UNK/EOS (decoders)."""
+    pad = tokenizer.pad_token_id
+    if not decoder and pad is not None:
+        return int(pad)
+    for candidate in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if candidate is not None and candidate != pad:
+            return int(candidate)
+    return 0 if pad != 0 else 1
+
+
+def resolve_target(model: PreTrainedModel, target: TargetSpec) -> int | None:
+    """A label name or id -> a label id (None stays None); unknown names raise ``AttributionError``."""
+    if target is None:
+        return None
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    if isinstance(target, str) and not target.lstrip("-").isdigit():
+        by_name = {v: k for k, v in id2label.items()}
+        if target not in by_name:
+            raise AttributionError(f"Unknown target label {target!r}; the model's labels are: {', '.join(by_name)}.")
+        return by_name[target]
+    idx = int(target)
+    if idx not in id2label:
+        raise AttributionError(f"Target label id {idx} is out of range; the model has {len(id2label)} labels.")
+    return idx
+
+
+def explain(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str] | str,
+    cfg: AttributionConfig | None = None,
+    target: TargetSpec | Sequence[TargetSpec] = None,
+) -> list[TokenAttribution]:
+    """Integrated-Gradients word attributions of each text.
+
+    Args:
+        model: a sequence classifier; put in eval mode for the call (its previous mode is restored),
+            never otherwise changed.
+        tokenizer: the model's fast tokenizer (word ids and offsets are needed to merge pieces).
+        texts: one text or a list of texts.
+        cfg: steps, batching, truncation.
+        target: None (the predicted label), one label name/id for every text, or one per text (gold labels
+            when ``cfg.target == 'gold'``).
+
+    Returns:
+        One ``TokenAttribution`` per text, in input order.
+    """
+    cfg = cfg or AttributionConfig()
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    targets = _per_text_targets(model, texts, cfg, target)
+    if not texts:
+        return []
+    # Group texts of similar length so each batch pads little (sorted by sub-token count).
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    results: list[TokenAttribution | None] = [None] * len(texts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for start in range(0, len(order), cfg.batch_size):
+                chunk = order[start : start + cfg.batch_size]
+                done = _explain_batch(model, tokenizer, [texts[i] for i in chunk], cfg, [targets[i] for i in chunk])
+                for i, res in zip(chunk, done, strict=True):
+                    results[i] = res
+    finally:
+        model.train(was_training)
+    return [r for r in results if r is not None]
+
+
+def _per_text_targets(
+    model: PreTrainedModel, texts: list[str], cfg: AttributionConfig, target: TargetSpec | Sequence[TargetSpec]
+) -> list[int | None]:
+    if isinstance(target, (list, tuple)):
+        if len(target) != len(texts):
+            raise AttributionError(f"Got {len(target)} targets for {len(texts)} texts.")
+        return [resolve_target(model, t) for t in target]
+    if target is None and cfg.target == "gold":
+        raise AttributionError("target='gold' needs the gold labels: pass target=[label, ...], one per text.")
+    one = resolve_target(model, target)  # type: ignore[arg-type]
+    return [one] * len(texts)
+
+
+def _explain_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    cfg: AttributionConfig,
+    targets: list[int | None],
+) -> list[TokenAttribution]:
+    device = next(model.parameters()).device
+    decoder = is_decoder_model(model, tokenizer)
+    enc = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=cfg.max_length,
+        return_tensors="pt",
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    input_ids = enc["input_ids"].to(device)  # (batch, seq) int64
+    attention_mask = enc["attention_mask"].to(device)  # (batch, seq) int64
+    keep = enc["special_tokens_mask"].bool().to(device) | (attention_mask == 0)
+    # Captum's `baselines`: specials and padding as in the input, every other token replaced.
+    reference_ids = torch.where(keep, input_ids, torch.full_like(input_ids, reference_token_id(tokenizer, decoder)))
+    extra = (attention_mask, enc["token_type_ids"].to(device)) if "token_type_ids" in enc else (attention_mask,)
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"input_ids": ids, "attention_mask": mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return torch.softmax(model(**kwargs).logits.float(), dim=-1)  # (rows, labels)
+
+    with torch.no_grad():
+        probs = forward(input_ids, *extra)
+        ref_probs = forward(reference_ids, *extra)
+    predicted = probs.argmax(-1).tolist()
+    target_ids = [p if t is None else t for p, t in zip(predicted, targets, strict=True)]
+    n_steps = cfg.n_steps * 2 if decoder else cfg.n_steps
+    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
+    attributions = lig.attribute(
+        inputs=input_ids,
+        baselines=reference_ids,
+        target=target_ids,
+        additional_forward_args=extra,
+        n_steps=n_steps,
+        method=cfg.method,
+        internal_batch_size=max(cfg.internal_batch_size, len(texts)),
+    )
+    token_scores = attributions.sum(dim=-1).detach().float().cpu()  # (batch, seq)
+    rows = torch.arange(len(texts))
+    targets_t = torch.tensor(target_ids)
+    p_in = probs.cpu()[rows, targets_t]
+    p_ref = ref_probs.cpu()[rows, targets_t]
+    deltas = token_scores.sum(-1) - (p_in - p_ref)
+    labels = {int(k): str(v) for k, v in model.config.id2label.items()}
+    out = []
+    for i, text in enumerate(texts):
+        n = int(attention_mask[i].sum())
+        note = []
+        if decoder:
+            ref_tok = tokenizer.convert_ids_to_tokens(reference_token_id(tokenizer, decoder))
+            note.append(f"decoder model: reference token {ref_tok!r} (not pad), {n_steps} steps")
+        words, word_scores, truncated = merge_words(text, enc.word_ids(i), enc["offset_mapping"][i].tolist(), token_scores[i])
+        if truncated:
+            note.append(f"text truncated to {cfg.max_length} sub-tokens")
+        tokens = tokenizer.convert_ids_to_tokens(input_ids[i].tolist())
+        valid = attention_mask[i].bool().cpu().tolist()
+        out.append(
+            TokenAttribution(
+                words=words,
+                scores=word_scores,
+                target=target_ids[i],
+                target_label=labels.get(target_ids[i], str(target_ids[i])),
+                probability=float(p_in[i]),
+                delta=float(deltas[i]),
+                tokens=[t for t, v in zip(tokens, valid, strict=True) if v][:n],
+                token_scores=[float(s) for s, v in zip(token_scores[i].tolist(), valid, strict=True) if v][:n],
+                note="; ".join(note),
+                predicted=int(predicted[i]),
+            )
+        )
+    return out
+
+
+def merge_words(
+    text: str, word_ids: list[int | None], offsets: list[list[int]], token_scores: torch.Tensor
+) -> tuple[list[str], list[float], bool]:
+    """Sum sub-token scores into words.
+
+    Args:
+        text: the original text (words are cut from it by character offsets).
+        word_ids: the fast tokenizer's word index per sub-token (None for specials and padding).
+        offsets: (start, end) character span per sub-token.
+        token_scores: (seq,) float, one score per sub-token.
+
+    Returns:
+        (words, scores, truncated): truncated is True when the text has characters after the last word kept.
+    """
+    spans: dict[int, list[int]] = {}
+    sums: dict[int, float] = {}
+    for pos, wid in enumerate(word_ids):
+        if wid is None:
+            continue
+        start, end = offsets[pos]
+        span = spans.setdefault(wid, [start, end])
+        span[0], span[1] = min(span[0], start), max(span[1], end)
+        sums[wid] = sums.get(wid, 0.0) + float(token_scores[pos])
+    order = sorted(spans)
+    words = [text[spans[w][0] : spans[w][1]].strip() for w in order]
+    last_end = max((spans[w][1] for w in order), default=0)
+    truncated = bool(text[last_end:].strip())
+    return words, [sums[w] for w in order], truncated
+
+
+def load_run_model(run_dir: str | Path) -> LoadedModel:
+    """Load a run folder (a standard transformers model folder) with its own labels.
+
+    Raises:
+        ModelSourceError: the folder is missing or is not a model folder.
+    """
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise ModelSourceError(f"Run folder {path} does not exist.")
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"Run folder {path} has no config.json; it is not a finetuned model folder.")
+    return load_model(str(path), labels=None)
+
+
+def mean_abs_delta(results: Sequence[TokenAttribution]) -> float:
+    """Mean |delta| over results (nan when empty): the convergence figure of a batch of attributions."""
+    if not results:
+        return math.nan
+    return sum(abs(r.delta) for r in results) / len(results)
