@@ -1,0 +1,261 @@
+"""A job queue for long work (finetuning): one worker thread per device, FIFO, no Streamlit.
+
+``JobQueue.submit(fn, kwargs, run_id, device)`` queues ``fn(**kwargs, on_step=..., should_stop=...)``
+on the worker of ``device`` ("cpu", "cuda:0", ...). Jobs on one device run one at a time in
+submission order; jobs on different devices run side by side. Every job is visible to every
+caller of the same queue (the app keeps one queue per server process).
+
+The worker keeps a progress snapshot from ``on_step`` (the core's ``StepInfo``), polls a cancel
+``Event`` through ``should_stop``, and moves the job's run in the ``RunStore`` through
+running -> succeeded / failed / cancelled. A thread is enough: PyTorch releases the GIL in its
+kernels, so the app stays responsive while a job trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clm_explore.runs import RunStatus, RunStore, RunStoreError
+
+_STEP_FIELDS = ("step", "total_steps", "epoch", "loss", "examples_per_second", "elapsed", "eta")
+
+
+@dataclass
+class Progress:
+    """What the UI shows while a job runs; copied out of the job under its lock."""
+
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    examples_per_second: float | None = None
+    elapsed: float = 0.0
+    eta: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, loss) for every step reported so far."""
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    """The ``eval`` dicts reported at epoch ends, each with its step added."""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+class Job:
+    """One queued call. Read ``status`` and ``progress()``; ``cancel()`` asks it to stop."""
+
+    def __init__(
+        self, job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None, device: str
+    ):
+        self.id = job_id
+        self.fn = fn
+        self.kwargs = kwargs
+        self.run_id = run_id
+        self.device = device
+        self.status = RunStatus.PENDING
+        self.error: str | None = None
+        """The traceback text when the job failed."""
+        self.result: Any = None
+        self.submitted = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.cancel_event = threading.Event()
+        self._lock = threading.Lock()
+        self._progress = Progress()
+        self._done = threading.Event()
+
+    def on_step(self, info: Any) -> None:
+        """Record one step report (a ``StepInfo`` dataclass, or a dict with the same fields)."""
+        data = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+        with self._lock:
+            p = self._progress
+            for name in _STEP_FIELDS:
+                if data.get(name) is not None:
+                    setattr(p, name, data[name])
+            if data.get("loss") is not None:
+                p.losses.append((int(p.step), float(data["loss"])))
+            if data.get("eval"):
+                p.eval_history.append({"step": p.step, "epoch": p.epoch, **data["eval"]})
+
+    def should_stop(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def cancel(self) -> None:
+        """Ask the job to stop; a job still waiting in the queue will never start."""
+        self.cancel_event.set()
+
+    def progress(self) -> Progress:
+        """A consistent copy of the progress snapshot."""
+        with self._lock:
+            p = self._progress
+            return dataclasses.replace(
+                p, losses=list(p.losses), eval_history=[dict(e) for e in p.eval_history]
+            )
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends; False on timeout."""
+        return self._done.wait(timeout)
+
+
+class JobQueue:
+    """FIFO job queue with one worker thread per device; see the module docstring.
+
+    Args:
+        store: where the jobs' runs are registered (status updates); None skips that.
+        inline: run each job synchronously inside ``submit`` (tests, AppTest).
+    """
+
+    def __init__(self, store: RunStore | None = None, inline: bool = False) -> None:
+        self.store = store
+        self.inline = inline
+        self._jobs: dict[str, Job] = {}
+        self._queues: dict[str, queue.Queue[Job | None]] = {}
+        self._workers: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def submit(
+        self, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None = None, device: str = "cpu"
+    ) -> Job:
+        """Queue ``fn(**kwargs, on_step=job.on_step, should_stop=job.should_stop)`` on ``device``."""
+        device = normalise_device(device)
+        with self._lock:
+            job = Job(f"job-{next(self._ids)}", fn, dict(kwargs), run_id, device)
+            self._jobs[job.id] = job
+            if not self.inline:
+                self._queue_for(device).put(job)
+        if self.inline:
+            self._run(job)
+        return job
+
+    def _queue_for(self, device: str) -> queue.Queue[Job | None]:
+        # Called under self._lock: the worker is created once per device, lazily.
+        if device not in self._queues:
+            self._queues[device] = queue.Queue()
+            worker = threading.Thread(
+                target=self._work, args=(device,), name=f"clm-jobs-{device}", daemon=True
+            )
+            self._workers[device] = worker
+            worker.start()
+        return self._queues[device]
+
+    def _work(self, device: str) -> None:
+        jobs = self._queues[device]
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        if job.cancel_event.is_set():
+            self._finish(job, RunStatus.CANCELLED)
+            return
+        job.started = time.time()
+        job.status = RunStatus.RUNNING
+        self._set_run_status(job, RunStatus.RUNNING)
+        try:
+            job.result = job.fn(**job.kwargs, on_step=job.on_step, should_stop=job.should_stop)
+        except BaseException:  # noqa: BLE001 - any failure of the job is reported, the worker lives on
+            job.error = traceback.format_exc()
+            self._finish(job, RunStatus.FAILED)
+            return
+        self._finish(job, _result_status(job))
+
+    def _finish(self, job: Job, status: RunStatus) -> None:
+        metrics = getattr(job.result, "metrics", None)
+        if self.store is not None and job.run_id and isinstance(metrics, dict) and metrics:
+            with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
+                self.store.update_metrics(job.run_id, metrics)
+        self._set_run_status(job, status, _last_line(job.error))
+        job.status = status
+        job.finished = time.time()
+        job._done.set()
+
+    def _set_run_status(self, job: Job, status: RunStatus, error: str | None = None) -> None:
+        if self.store is None or not job.run_id:
+            return
+        with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
+            self.store.set_status(job.run_id, status, error=error)
+
+    # -- reading and control ---------------------------------------------------------------------
+    def jobs(self) -> list[Job]:
+        """All jobs, oldest first."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def for_run(self, run_id: str) -> Job | None:
+        """The latest job of a run, if this queue has one."""
+        found = [j for j in self.jobs() if j.run_id == run_id]
+        return found[-1] if found else None
+
+    def active(self) -> list[Job]:
+        """Jobs pending or running, oldest first."""
+        return [j for j in self.jobs() if not j.done]
+
+    def cancel(self, job_id: str) -> None:
+        job = self.get(job_id)
+        if job is not None:
+            job.cancel()
+
+    def devices(self) -> list[str]:
+        with self._lock:
+            return list(self._workers)
+
+    def shutdown(self, timeout: float | None = 5.0) -> None:
+        """Cancel everything and stop the workers (tests)."""
+        for job in self.jobs():
+            job.cancel()
+        with self._lock:
+            for q in self._queues.values():
+                q.put(None)
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.join(timeout)
+
+
+def normalise_device(device: str | None) -> str:
+    """'cuda' -> 'cuda:0'; 'auto' and None -> 'cuda:0' when CUDA is present, else 'cpu'."""
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        try:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:  # pragma: no cover - torch is a core dependency
+            device = "cpu"
+    return "cuda:0" if device == "cuda" else device
+
+
+def _result_status(job: Job) -> RunStatus:
+    """The job's end state: the result's own ``status`` when it has one, else from the cancel flag."""
+    reported = getattr(job.result, "status", None)
+    if reported is not None:
+        try:
+            return RunStatus(str(getattr(reported, "value", reported)))
+        except ValueError:
+            pass
+    return RunStatus.CANCELLED if job.cancel_event.is_set() else RunStatus.SUCCEEDED
+
+
+def _last_line(text: str | None) -> str | None:
+    if not text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None

@@ -1,0 +1,140 @@
+"""JobQueue with trivial functions: status transitions, FIFO order per device, cancel, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from clm_explore.jobs import JobQueue, normalise_device
+from clm_explore.runs import RunStatus, RunStore
+
+
+@dataclass
+class FakeResult:
+    status: str
+    metrics: dict[str, Any]
+
+
+def count_steps(
+    n: int,
+    log: list[int] | None = None,
+    tag: int = 0,
+    gate: threading.Event | None = None,
+    on_step=None,
+    should_stop=None,
+) -> FakeResult:
+    if gate is not None:
+        gate.wait(5)
+    if log is not None:
+        log.append(tag)
+    for step in range(1, n + 1):
+        if should_stop():
+            return FakeResult("cancelled", {})
+        on_step(
+            {
+                "step": step,
+                "total_steps": n,
+                "epoch": step / n,
+                "loss": 1.0 / step,
+                "eval": {"accuracy": 0.5} if step == n else None,
+            }
+        )
+    return FakeResult("succeeded", {"accuracy": 0.75})
+
+
+def boom(on_step=None, should_stop=None) -> None:
+    raise ValueError("bad input")
+
+
+@pytest.fixture
+def store() -> RunStore:
+    return RunStore()
+
+
+@pytest.fixture
+def jobs(store: RunStore):
+    q = JobQueue(store)
+    yield q
+    q.shutdown()
+
+
+def test_success_updates_run_and_progress(jobs: JobQueue, store: RunStore) -> None:
+    run = store.create("ok", "sparse", {})
+    job = jobs.submit(count_steps, {"n": 4}, run_id=run.id, device="cpu")
+    assert job.wait(5)
+    assert job.status is RunStatus.SUCCEEDED
+    progress = job.progress()
+    assert (progress.step, progress.total_steps, progress.fraction) == (4, 4, 1.0)
+    assert [s for s, _ in progress.losses] == [1, 2, 3, 4]
+    assert progress.eval_history == [{"step": 4, "epoch": 1.0, "accuracy": 0.5}]
+    record = store.get(run.id)
+    assert record.status is RunStatus.SUCCEEDED and record.metrics == {"accuracy": 0.75}
+
+
+def test_running_status_seen_while_it_runs(jobs: JobQueue, store: RunStore) -> None:
+    gate = threading.Event()
+    run = store.create("slow", "full", {})
+    job = jobs.submit(count_steps, {"n": 2, "gate": gate}, run_id=run.id)
+    deadline = time.time() + 5
+    while job.status is not RunStatus.RUNNING and time.time() < deadline:
+        time.sleep(0.01)
+    assert store.get(run.id).status is RunStatus.RUNNING
+    gate.set()
+    assert job.wait(5) and store.get(run.id).status is RunStatus.SUCCEEDED
+
+
+def test_fifo_per_device(jobs: JobQueue) -> None:
+    log: list[int] = []
+    gate = threading.Event()
+    first = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 0, "gate": gate})
+    rest = [jobs.submit(count_steps, {"n": 1, "log": log, "tag": i}) for i in range(1, 5)]
+    assert all(j.status is RunStatus.PENDING for j in rest)
+    gate.set()
+    for job in [first, *rest]:
+        assert job.wait(5)
+    assert log == [0, 1, 2, 3, 4]
+    assert [j.id for j in jobs.jobs()] == [first.id, *(j.id for j in rest)]
+    assert jobs.devices() == ["cpu"]
+
+
+def test_cancel_running_and_pending(jobs: JobQueue, store: RunStore) -> None:
+    gate = threading.Event()
+    running_run = store.create("running", "sparse", {})
+    waiting_run = store.create("waiting", "sparse", {})
+    running = jobs.submit(count_steps, {"n": 3, "gate": gate}, run_id=running_run.id)
+    waiting = jobs.submit(count_steps, {"n": 3}, run_id=waiting_run.id)
+    running.cancel()
+    jobs.cancel(waiting.id)
+    gate.set()
+    assert running.wait(5) and waiting.wait(5)
+    assert running.status is RunStatus.CANCELLED and waiting.status is RunStatus.CANCELLED
+    assert waiting.started is None  # never began
+    assert store.get(running_run.id).status is RunStatus.CANCELLED
+    assert store.get(waiting_run.id).status is RunStatus.CANCELLED
+
+
+def test_failure_keeps_traceback_and_worker_lives(jobs: JobQueue, store: RunStore) -> None:
+    run = store.create("bad", "sparse", {})
+    failed = jobs.submit(boom, {}, run_id=run.id)
+    after = jobs.submit(count_steps, {"n": 1})
+    assert failed.wait(5) and after.wait(5)
+    assert failed.status is RunStatus.FAILED and "ValueError: bad input" in failed.error
+    assert store.get(run.id).error == "ValueError: bad input"
+    assert after.status is RunStatus.SUCCEEDED
+
+
+def test_inline_runs_in_submit(store: RunStore) -> None:
+    q = JobQueue(store, inline=True)
+    job = q.submit(count_steps, {"n": 2})
+    assert job.done and job.status is RunStatus.SUCCEEDED
+    assert q.active() == [] and q.for_run("x") is None
+
+
+def test_normalise_device() -> None:
+    assert normalise_device("cuda") == "cuda:0"
+    assert normalise_device("CPU") == "cpu"
+    assert normalise_device("auto") in ("cpu", "cuda:0")
