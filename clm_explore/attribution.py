@@ -58,10 +58,14 @@ class AttributionConfig:
                 self.internal_batch_size >= self.batch_size,
                 f"internal_batch_size must be >= batch_size ({self.batch_size}), got {self.internal_batch_size}",
             ),
-            (self.target in ("predicted", "gold"), f"target must be 'predicted' or 'gold', got {self.target!r}"),
+            (
+                self.target in ("predicted", "gold"),
+                f"target must be 'predicted' or 'gold', got {self.target!r}",
+            ),
             (8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}"),
             (
-                self.method in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
+                self.method
+                in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
                 f"method must be gausslegendre or a riemann_* rule, got {self.method!r}",
             ),
         ]
@@ -129,11 +133,15 @@ def resolve_target(model: PreTrainedModel, target: TargetSpec) -> int | None:
     if isinstance(target, str) and not target.lstrip("-").isdigit():
         by_name = {v: k for k, v in id2label.items()}
         if target not in by_name:
-            raise AttributionError(f"Unknown target label {target!r}; the model's labels are: {', '.join(by_name)}.")
+            raise AttributionError(
+                f"Unknown target label {target!r}; the model's labels are: {', '.join(by_name)}."
+            )
         return by_name[target]
     idx = int(target)
     if idx not in id2label:
-        raise AttributionError(f"Target label id {idx} is out of range; the model has {len(id2label)} labels.")
+        raise AttributionError(
+            f"Target label id {idx} is out of range; the model has {len(id2label)} labels."
+        )
     return idx
 
 
@@ -173,7 +181,9 @@ def explain(
         with torch.enable_grad():
             for start in range(0, len(order), cfg.batch_size):
                 chunk = order[start : start + cfg.batch_size]
-                done = _explain_batch(model, tokenizer, [texts[i] for i in chunk], cfg, [targets[i] for i in chunk])
+                done = _explain_batch(
+                    model, tokenizer, [texts[i] for i in chunk], cfg, [targets[i] for i in chunk]
+                )
                 for i, res in zip(chunk, done, strict=True):
                     results[i] = res
     finally:
@@ -182,7 +192,10 @@ def explain(
 
 
 def _per_text_targets(
-    model: PreTrainedModel, texts: list[str], cfg: AttributionConfig, target: TargetSpec | Sequence[TargetSpec]
+    model: PreTrainedModel,
+    texts: list[str],
+    cfg: AttributionConfig,
+    target: TargetSpec | Sequence[TargetSpec],
 ) -> list[int | None]:
     if isinstance(target, (list, tuple)):
         if len(target) != len(texts):
@@ -216,10 +229,16 @@ def _explain_batch(
     attention_mask = enc["attention_mask"].to(device)  # (batch, seq) int64
     keep = enc["special_tokens_mask"].bool().to(device) | (attention_mask == 0)
     # Captum's `baselines`: specials and padding as in the input, every other token replaced.
-    reference_ids = torch.where(keep, input_ids, torch.full_like(input_ids, reference_token_id(tokenizer, decoder)))
-    extra = (attention_mask, enc["token_type_ids"].to(device)) if "token_type_ids" in enc else (attention_mask,)
+    reference_ids = torch.where(
+        keep, input_ids, torch.full_like(input_ids, reference_token_id(tokenizer, decoder))
+    )
+    extra = (
+        (attention_mask, enc["token_type_ids"].to(device)) if "token_type_ids" in enc else (attention_mask,)
+    )
 
-    def forward(ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         kwargs = {"input_ids": ids, "attention_mask": mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -250,12 +269,13 @@ def _explain_batch(
     labels = {int(k): str(v) for k, v in model.config.id2label.items()}
     out = []
     for i, text in enumerate(texts):
-        n = int(attention_mask[i].sum())
         note = []
         if decoder:
             ref_tok = tokenizer.convert_ids_to_tokens(reference_token_id(tokenizer, decoder))
             note.append(f"decoder model: reference token {ref_tok!r} (not pad), {n_steps} steps")
-        words, word_scores, truncated = merge_words(text, enc.word_ids(i), enc["offset_mapping"][i].tolist(), token_scores[i])
+        words, word_scores, truncated = merge_words(
+            text, enc.word_ids(i), enc["offset_mapping"][i].tolist(), token_scores[i]
+        )
         if truncated:
             note.append(f"text truncated to {cfg.max_length} sub-tokens")
         tokens = tokenizer.convert_ids_to_tokens(input_ids[i].tolist())
@@ -268,8 +288,8 @@ def _explain_batch(
                 target_label=labels.get(target_ids[i], str(target_ids[i])),
                 probability=float(p_in[i]),
                 delta=float(deltas[i]),
-                tokens=[t for t, v in zip(tokens, valid, strict=True) if v][:n],
-                token_scores=[float(s) for s, v in zip(token_scores[i].tolist(), valid, strict=True) if v][:n],
+                tokens=[t for t, v in zip(tokens, valid, strict=True) if v],
+                token_scores=[float(s) for s, v in zip(token_scores[i].tolist(), valid, strict=True) if v],
                 note="; ".join(note),
                 predicted=int(predicted[i]),
             )

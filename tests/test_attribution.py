@@ -1,0 +1,185 @@
+"""Integrated-Gradients attributions on the tiny random BERT: completeness, word merging, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clm_explore.attribution import (
+    AttributionConfig,
+    AttributionError,
+    TokenAttribution,
+    explain,
+    merge_words,
+    reference_token_id,
+)
+from clm_explore.config import ConfigError
+from clm_explore.modeling import TINY_VOCAB, LoadedModel, load_model, tiny_bert_config
+
+LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+MULTI_PIECE = "Why was my cardless top-up declined?"  # cardless -> card ##less
+
+
+def tiny_loaded(labels: list[str] = LABELS, seed: int = 0, scale: float = 0.3) -> LoadedModel:
+    """The tiny random BERT, with weights drawn wider than BERT's init so that outputs are not uniform."""
+    loaded = load_model("tiny-random", labels, seed=seed)
+    if len(loaded.tokenizer) < 100:
+        # transformers 5's BertTokenizerFast ignores vocab_file= (needs vocab=); rebuild so words split.
+        from transformers import BertForSequenceClassification, BertTokenizerFast
+
+        tokenizer = BertTokenizerFast(vocab=str(TINY_VOCAB), do_lower_case=True)
+        config = tiny_bert_config(len(tokenizer), len(labels))
+        config.id2label, config.label2id = dict(enumerate(labels)), {x: i for i, x in enumerate(labels)}
+        torch.manual_seed(seed)
+        loaded = LoadedModel(BertForSequenceClassification(config), tokenizer, "tiny-random", False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return loaded
+
+
+@pytest.fixture
+def loaded() -> LoadedModel:
+    return tiny_loaded()
+
+
+def test_completeness_delta_small(loaded: LoadedModel) -> None:
+    texts = [MULTI_PIECE, "my card has not arrived", "exchange rate for euros please", "top up failed again"]
+    results = explain(loaded.model, loaded.tokenizer, texts, AttributionConfig(n_steps=32))
+    assert len(results) == 4
+    for res in results:
+        total = sum(res.token_scores)
+        assert abs(total) > 1e-3  # non-trivial attributions
+        assert abs(res.delta) < 0.01 * max(1.0, abs(total))
+        assert len(res.words) == len(res.scores)
+        assert 0.0 < res.probability < 1.0
+
+
+def test_delta_shrinks_with_steps(loaded: LoadedModel) -> None:
+    text = [MULTI_PIECE]
+    coarse = explain(
+        loaded.model, loaded.tokenizer, text, AttributionConfig(n_steps=2, method="riemann_trapezoid")
+    )
+    fine = explain(
+        loaded.model, loaded.tokenizer, text, AttributionConfig(n_steps=64, method="riemann_trapezoid")
+    )
+    assert abs(fine[0].delta) <= abs(coarse[0].delta) + 1e-6
+
+
+def test_words_merge_pieces(loaded: LoadedModel) -> None:
+    (res,) = explain(loaded.model, loaded.tokenizer, MULTI_PIECE)
+    assert "##less" in res.tokens
+    assert res.words == ["Why", "was", "my", "cardless", "top", "-", "up", "declined", "?"]
+    card = res.tokens.index("card")
+    pieces = res.token_scores[card] + res.token_scores[card + 1]
+    assert res.scores[3] == pytest.approx(pieces, abs=1e-6)
+    # special tokens are kept in the reference, so they get no attribution
+    assert res.tokens[0] == "[CLS]" and res.token_scores[0] == pytest.approx(0.0, abs=1e-7)
+    assert sum(res.scores) == pytest.approx(sum(res.token_scores), abs=1e-5)
+
+
+def test_merge_words_by_hand() -> None:
+    words, scores, truncated = merge_words(
+        "ab cd",
+        [None, 0, 0, 1, None],
+        [[0, 0], [0, 1], [1, 2], [3, 5], [0, 0]],
+        torch.tensor([9.0, 1, 2, 3, 9]),
+    )
+    assert words == ["ab", "cd"] and scores == [3.0, 3.0] and not truncated
+
+
+def test_deterministic_and_order_independent(loaded: LoadedModel) -> None:
+    texts = ["top up failed", MULTI_PIECE, "card"]
+    cfg = AttributionConfig(n_steps=8, batch_size=2, internal_batch_size=4)
+    first = explain(loaded.model, loaded.tokenizer, texts, cfg)
+    again = explain(loaded.model, loaded.tokenizer, texts, cfg)
+    alone = explain(loaded.model, loaded.tokenizer, [texts[1]], cfg)
+    assert [r.scores for r in first] == [r.scores for r in again]
+    assert first[1].words == alone[0].words
+    assert first[1].scores == pytest.approx(alone[0].scores, abs=1e-5)  # padding in a batch does not matter
+
+
+def test_target_by_name_and_model_untouched(loaded: LoadedModel) -> None:
+    model = loaded.model
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    (res,) = explain(model, loaded.tokenizer, "card", target="exchange_rate")
+    assert res.target == 1 and res.target_label == "exchange_rate"
+    (by_id,) = explain(model, loaded.tokenizer, "card", target=1)
+    assert by_id.scores == pytest.approx(res.scores)
+    assert model.training  # mode restored
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_predicted_target_and_gold(loaded: LoadedModel) -> None:
+    (res,) = explain(loaded.model, loaded.tokenizer, ["card"])
+    assert res.target == res.predicted
+    gold = explain(
+        loaded.model,
+        loaded.tokenizer,
+        ["card", "rate"],
+        AttributionConfig(target="gold"),
+        ["top_up_failed", 0],
+    )
+    assert [g.target for g in gold] == [3, 0]
+    with pytest.raises(AttributionError, match="gold"):
+        explain(loaded.model, loaded.tokenizer, ["card"], AttributionConfig(target="gold"))
+
+
+def test_unknown_target_label(loaded: LoadedModel) -> None:
+    with pytest.raises(AttributionError, match="nope"):
+        explain(loaded.model, loaded.tokenizer, ["card"], target="nope")
+    with pytest.raises(AttributionError, match="out of range"):
+        explain(loaded.model, loaded.tokenizer, ["card"], target=7)
+
+
+def test_truncation_noted(loaded: LoadedModel) -> None:
+    (res,) = explain(
+        loaded.model, loaded.tokenizer, " ".join(["card"] * 40), AttributionConfig(max_length=10)
+    )
+    assert len(res.words) == 8 and "truncated" in res.note
+
+
+def test_decoder_reference_is_not_pad(loaded: LoadedModel) -> None:
+    tok = loaded.tokenizer
+    assert reference_token_id(tok, decoder=False) == tok.pad_token_id
+    assert reference_token_id(tok, decoder=True) == tok.unk_token_id
+
+
+def test_decoder_model_notes_reference() -> None:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = tiny_loaded().tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id, max_position_embeddings=64,
+    )  # fmt: skip
+    config.is_decoder = True
+    model = LlamaForSequenceClassification(config)
+    (res,) = explain(model, tok, [MULTI_PIECE], AttributionConfig(n_steps=16))
+    assert "decoder" in res.note and "32 steps" in res.note
+    assert abs(res.delta) < 0.01
+
+
+def test_round_trip_dict(loaded: LoadedModel) -> None:
+    (res,) = explain(loaded.model, loaded.tokenizer, ["card"])
+    assert TokenAttribution.from_dict(res.to_dict()) == res
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n_steps": 1}, "n_steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 16, "internal_batch_size": 8}, "internal_batch_size"),
+        ({"target": "true"}, "target"),
+        ({"max_length": 4}, "max_length"),
+        ({"method": "simpson"}, "method"),
+    ],
+)
+def test_config_validation(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        AttributionConfig(**kwargs)
