@@ -1,0 +1,146 @@
+"""Select rows under a parameter budget from stored sensitivity scores (method.md section 3).
+
+Contract of a selection strategy: inputs are a ``SensitivityReport`` (row scores per weight matrix) and
+a ``MaskConfig`` (budget as a fraction of backbone parameters or an absolute count); the output maps
+each weight name to a bool (rows,) mask on CPU. No model pass is needed, so the app's budget slider can
+call this on every move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clm_explore.config import MaskConfig
+from clm_explore.sensitivity import MODULE_ORDER, SensitivityReport
+
+ADAM_BYTES_PER_PARAM = 16
+"""fp32 value, gradient and AdamW's two moments for every trainable parameter."""
+
+
+@dataclass
+class MaskSelection:
+    masks: dict[str, torch.Tensor]
+    """Weight name -> (rows,) bool; only matrices with at least one selected row."""
+    selected_params: int
+    """Parameters in the selected rows (what the budget counts)."""
+    budget_params: int
+    backbone_params: int
+    lowest_layer: int | None
+    """Lowest layer holding a selected row (-1 = embeddings): backward can stop below it."""
+    n_layers: int
+    table: pd.DataFrame
+    """Per (layer, module): selected_rows, rows, share_selected."""
+
+    @property
+    def share(self) -> float:
+        """Selected parameters as a share of the backbone."""
+        return self.selected_params / max(self.backbone_params, 1)
+
+    @property
+    def optimizer_bytes(self) -> int:
+        return self.selected_params * ADAM_BYTES_PER_PARAM
+
+    @property
+    def time_ratio_estimate(self) -> float:
+        """Estimated step time relative to full finetuning.
+
+        A full step costs about 3 forward-equivalents (forward, input gradients, weight gradients). The
+        sparse step pays the forward, input gradients only down to the lowest selected layer, and
+        weight gradients only for the selected share.
+        """
+        if self.lowest_layer is None:
+            return 1 / 3
+        depth = (self.n_layers - max(self.lowest_layer, 0)) / self.n_layers if self.lowest_layer >= 0 else 1.0
+        return (1 + depth + self.share) / 3
+
+
+def budget_to_params(budget: float, backbone_params: int) -> int:
+    """A fraction in (0, 1] of the backbone, or an absolute count when > 1."""
+    count = round(budget * backbone_params) if budget <= 1 else int(budget)
+    if count > backbone_params:
+        raise ValueError(f"budget {budget:g} asks for {count} parameters; the backbone has {backbone_params}")
+    return count
+
+
+@dataclass
+class _Rows:
+    """Every candidate row of every matrix, flattened (computed once per report and config)."""
+
+    names: list[str]
+    matrix: np.ndarray
+    row: np.ndarray
+    score: np.ndarray
+    cost: np.ndarray
+    layer: np.ndarray
+
+
+def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
+    names, matrix, row, score, cost, layer = [], [], [], [], [], []
+    normalised = report.normalised()
+    for name, s in normalised.items():
+        info = report.matrices[name]
+        if info.layer < cfg.min_layer or (info.module == "embeddings" and not cfg.include_embeddings):
+            continue
+        rows = np.asarray(info.eligible_rows if info.eligible_rows is not None else range(info.rows), dtype=np.int64)
+        names.append(name)
+        matrix.append(np.full(len(rows), len(names) - 1))
+        row.append(rows)
+        score.append(s.numpy()[rows].astype(np.float64))
+        cost.append(np.full(len(rows), info.row_params))
+        layer.append(np.full(len(rows), info.layer))
+    cat = np.concatenate
+    return _Rows(names, cat(matrix), cat(row), cat(score), cat(cost), cat(layer))
+
+
+def _order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
+    if cfg.strategy == "random":
+        return np.random.default_rng(cfg.seed).permutation(len(rows.score))
+    score = rows.score
+    if cfg.cost_aware:
+        # Prefer upper layers at equal score: backward stops sooner the higher the lowest selected row.
+        score = score * (1 + cfg.cost_aware * (rows.layer + 1) / (n_layers + 1))
+    return np.argsort(-score, kind="stable")
+
+
+def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> MaskSelection:
+    """Global top rows by normalised score (or random rows) until the budget is spent."""
+    cfg = cfg or MaskConfig()
+    budget = budget_to_params(cfg.budget, report.backbone_params)
+    rows = _candidate_rows(report, cfg)
+    order = _order(rows, cfg, report.n_layers)
+    spent = np.cumsum(rows.cost[order])
+    chosen = order[: int(np.searchsorted(spent, budget, side="right"))]
+    masks = {}
+    for m in np.unique(rows.matrix[chosen]):
+        name = rows.names[m]
+        mask = torch.zeros(report.matrices[name].rows, dtype=torch.bool)
+        mask[torch.from_numpy(rows.row[chosen[rows.matrix[chosen] == m]])] = True
+        masks[name] = mask
+    lowest = int(rows.layer[chosen].min()) if len(chosen) else None
+    return MaskSelection(masks, int(rows.cost[chosen].sum()), budget, report.backbone_params, lowest,
+                         report.n_layers, _selection_table(report, masks))
+
+
+def _selection_table(report: SensitivityReport, masks: dict[str, torch.Tensor]) -> pd.DataFrame:
+    recs = []
+    for name, info in report.matrices.items():
+        total = len(info.eligible_rows) if info.eligible_rows is not None else info.rows
+        picked = int(masks[name].sum()) if name in masks else 0
+        recs.append({"layer": info.layer, "module": info.module, "selected_rows": picked, "rows": total,
+                     "share_selected": picked / max(total, 1), "selected_params": picked * info.row_params})
+    df = pd.DataFrame(recs)
+    order = df["module"].map(MODULE_ORDER.index)
+    return df.assign(_o=order).sort_values(["layer", "_o"]).drop(columns="_o").reset_index(drop=True)
+
+
+def masks_jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Jaccard overlap of two row selections (rows as (matrix, index) pairs)."""
+    def as_set(masks):
+        return {(n, int(i)) for n, m in masks.items() for i in torch.nonzero(m).flatten()}
+
+    sa, sb = as_set(a), as_set(b)
+    return len(sa & sb) / max(len(sa | sb), 1)

@@ -1,0 +1,406 @@
+"""Token-driven sensitivity: which rows of which weight matrices matter for the task (method.md section 2).
+
+After a short head warm-up on cached pooled features, every training example's loss is backpropagated
+once. Forward hooks keep each linear map's input x and a tensor hook its output gradient g; the weight
+gradient of one example is sum_p m_p g_p x_p^T, where the position mask m keeps only token positions
+covered by mined groups plus the pooling position. Applying m there, rather than at the embedding output,
+restricts every matrix's weight gradient while leaving the forward values and the gradients that flow
+to lower layers untouched. Row scores sum the squared per-example gradient over a row (empirical Fisher)
+or |w * dL/dw| (Taylor).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from clm_explore.config import SensitivityConfig, to_dict
+from clm_explore.data import AnnotatedData
+from clm_explore.mining import TaskTokens, covered_positions
+from clm_explore.modeling import LoadedModel, head_parameter_names, resolve_device
+
+MODULE_PATTERNS = (
+    (r"attention\.self\.query$|self_attn\.q_proj$", "q"),
+    (r"attention\.self\.key$|self_attn\.k_proj$", "k"),
+    (r"attention\.self\.value$|self_attn\.v_proj$", "v"),
+    (r"attention\.output\.dense$|self_attn\.o_proj$", "o"),
+    (r"intermediate\.dense$|mlp\.up_proj$", "ffn_in"),
+    (r"mlp\.gate_proj$", "ffn_gate"),
+    (r"(?<!attention\.)output\.dense$|mlp\.down_proj$", "ffn_out"),
+    (r"pooler\.dense$", "pooler"),
+)
+MODULE_ORDER = ["embeddings", "q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "pooler"]
+
+
+@dataclass
+class MatrixInfo:
+    """Where a scored weight matrix sits and what one of its rows costs."""
+
+    name: str
+    """Parameter name of the weight, e.g. ``bert.encoder.layer.3.attention.self.query.weight``."""
+    layer: int
+    """Transformer layer; -1 for the embeddings, n_layers for the pooler."""
+    module: str
+    rows: int
+    row_params: int
+    """Parameters in one row (in_features, + 1 for the bias)."""
+    eligible_rows: list[int] | None = None
+    """For the word embeddings: the rows that may be selected (None = all)."""
+
+
+@dataclass
+class SensitivityReport:
+    """Row scores of every scored matrix, plus the warmed-up head and a per-(layer, module) table."""
+
+    row_scores: dict[str, torch.Tensor]
+    """Weight name -> (rows,) float32 raw scores."""
+    matrices: dict[str, MatrixInfo]
+    n_layers: int
+    backbone_params: int
+    config: dict
+    head_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def normalised(self, how: str | None = None) -> dict[str, torch.Tensor]:
+        """Row scores normalised within each matrix ('mean', 'zscore' or 'none')."""
+        how = how or self.config.get("normalise", "mean")
+        out = {}
+        for name, s in self.row_scores.items():
+            info = self.matrices[name]
+            pool = s[info.eligible_rows] if info.eligible_rows is not None else s
+            if how == "mean":
+                s = s / pool.mean().clamp_min(1e-30)
+            elif how == "zscore":
+                s = (s - pool.mean()) / pool.std().clamp_min(1e-30)
+            out[name] = s
+        return out
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """Per (layer, module): total raw score, score per parameter scaled to max 1, rows, params."""
+        recs = []
+        for name, s in self.row_scores.items():
+            info = self.matrices[name]
+            rows = len(info.eligible_rows) if info.eligible_rows is not None else info.rows
+            total = float(s.sum())
+            recs.append({"layer": info.layer, "module": info.module, "score": total, "rows": rows,
+                         "params": rows * info.row_params, "density": total / max(rows * info.row_params, 1)})
+        df = pd.DataFrame(recs)
+        df["norm_score"] = df["density"] / max(df["density"].max(), 1e-30)
+        return df.drop(columns="density").sort_values(["layer", "module"], key=_module_key).reset_index(drop=True)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.row_scores.items()}, folder / "row_scores.safetensors")
+        if self.head_state:
+            save_file({k: v.contiguous() for k, v in self.head_state.items()}, folder / "head.safetensors")
+        meta = {"matrices": {k: vars(v) for k, v in self.matrices.items()}, "n_layers": self.n_layers,
+                "backbone_params": self.backbone_params, "config": self.config, "seconds": self.seconds,
+                "notes": self.notes}
+        (folder / "sensitivity.json").write_text(json.dumps(meta))
+        self.table.to_csv(folder / "sensitivity.csv", index=False)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SensitivityReport:
+        folder = Path(folder)
+        meta = json.loads((folder / "sensitivity.json").read_text())
+        head = folder / "head.safetensors"
+        return cls(load_file(folder / "row_scores.safetensors"),
+                   {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, meta["n_layers"],
+                   meta["backbone_params"], meta["config"], load_file(head) if head.exists() else {},
+                   meta.get("seconds", 0.0), meta.get("notes", []))
+
+
+def _module_key(col: pd.Series) -> pd.Series:
+    return col.map(MODULE_ORDER.index) if col.name == "module" else col
+
+
+def classify_linear(name: str) -> tuple[int, str] | None:
+    """(layer, module) of a linear map's module name, or None when it is not a scored map."""
+    for pattern, module in MODULE_PATTERNS:
+        if re.search(pattern, name):
+            if module == "pooler":
+                return -2, module  # layer filled in by the caller (n_layers)
+            found = re.search(r"layers?\.(\d+)\.", name)
+            return (int(found.group(1)), module) if found else None
+    return None
+
+
+def scored_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
+    """Module name -> (linear, layer, module kind) for every scored linear map of the backbone."""
+    n_layers = model.config.num_hidden_layers
+    found = {}
+    heads = {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and name not in heads:
+            where = classify_linear(name)
+            if where is not None:
+                layer, kind = where
+                found[name] = (mod, n_layers if layer == -2 else layer, kind)
+    return found
+
+
+def backbone_parameter_count(model: nn.Module) -> int:
+    heads = set(head_parameter_names(model))
+    return sum(p.numel() for n, p in model.named_parameters() if n not in heads)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    """(batch, seq_len) int64"""
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    positions: torch.Tensor
+    """(batch, seq_len) float32: 1 where weight gradients are kept (mined groups + pooling position)."""
+
+
+def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, task_tokens: TaskTokens | None,
+                 batch_size: int, max_length: int) -> list[Batch]:
+    """Length-sorted batches (little padding) with the restriction mask of each position."""
+    tok = loaded.tokenizer
+    enc = tok(texts, truncation=True, max_length=max_length)
+    covered = covered_positions(enc.encodings, texts, task_tokens) if task_tokens is not None else None
+    order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(enc["input_ids"][i]) for i in idx)
+        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        pos = torch.zeros((len(idx), width))
+        for r, i in enumerate(idx):
+            n = len(enc["input_ids"][i])
+            ids[r, :n] = torch.tensor(enc["input_ids"][i])
+            mask[r, :n] = 1
+            pos[r, n - 1 if loaded.is_decoder else 0] = 1.0  # the pooling position always counts
+            if covered is None:
+                pos[r, :n] = 1.0
+            else:
+                pos[r, [p for p in covered[i] if p < n]] = 1.0
+        batches.append(Batch(ids, mask, torch.as_tensor(label_ids[idx]), pos))
+    return batches
+
+
+def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """Train the classification head alone on cached head inputs (one forward pass over the batches).
+
+    Returns the head's state dict (also loaded into the model).
+    """
+    model = loaded.model
+    head_name = head_parameter_names(model)[0].rsplit(".", 1)[0]
+    head: nn.Linear = model.get_submodule(head_name)
+    feats, labels = _head_inputs(loaded, head, batches, device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
+    for _ in range(cfg.warmup_epochs):
+        for idx in torch.randperm(len(feats), generator=gen).split(cfg.batch_size):
+            loss = nn.functional.cross_entropy(head(feats[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return {f"{head_name}.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
+
+
+@torch.no_grad()
+def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], device: torch.device):
+    captured: list[torch.Tensor] = []
+
+    def keep(_mod, args):
+        captured.append(args[0].detach())
+
+    handle = head.register_forward_pre_hook(keep)
+    feats = []
+    try:
+        loaded.model.eval()
+        for b in batches:
+            captured.clear()
+            loaded.model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device))
+            x = captured[0]
+            if x.dim() == 3:  # decoders score every position; the pooled one is the last real token
+                x = x[torch.arange(len(x)), b.attention_mask.sum(1).to(device) - 1]
+            feats.append(x.float())
+    finally:
+        handle.remove()
+    return torch.cat(feats), torch.cat([b.labels for b in batches]).to(device)
+
+
+class _RowScorer:
+    """Hooks that turn per-position inputs and output gradients into per-row scores."""
+
+    def __init__(self, linears: dict[str, tuple[nn.Linear, int, str]], score: str):
+        self.score = score
+        self.totals = {name: torch.zeros(lin.out_features) for name, (lin, _, _) in linears.items()}
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.positions: torch.Tensor | None = None
+        self.handles = []
+        for name, (lin, _, _) in linears.items():
+            self.handles.append(lin.register_forward_hook(self._forward_hook(name, lin)))
+
+    def _forward_hook(self, name: str, lin: nn.Linear):
+        def hook(_mod, args, out):
+            if not out.requires_grad:
+                return
+            self.inputs[name] = args[0].detach()
+            out.register_hook(lambda g: self._accumulate(name, lin, g))
+        return hook
+
+    @torch.no_grad()
+    def _accumulate(self, name: str, lin: nn.Linear, grad: torch.Tensor) -> None:
+        x = self.inputs.pop(name).float()
+        if grad.dim() == 2:  # the pooler sees only the pooled position, which always counts
+            g, x = grad.float().unsqueeze(1), x.unsqueeze(1)
+        else:
+            g = grad.float() * self.positions.unsqueeze(-1)  # keep only the allowed positions' gradient
+        if self.score == "fisher":
+            # ||sum_p g_pr x_p||^2 = g_r^T (X X^T) g_r: a (seq x seq) Gram matrix per example is far
+            # cheaper than materialising (batch, out, in) per-example gradients (seq << in).
+            gram = x @ x.transpose(1, 2)
+            if lin.bias is not None:
+                gram += 1.0  # the bias acts like a constant input of 1
+            row = torch.einsum("bpo,bpq,bqo->o", g, gram, g)
+            self.totals[name] += row.cpu()
+        else:
+            grad_w = torch.einsum("bpo,bpi->oi", g, x)
+            row = (grad_w * lin.weight.float()).abs().sum(-1)
+            if lin.bias is not None:
+                row += (g.sum((0, 1)) * lin.bias.float()).abs()
+            self.totals[name] += row.cpu()
+        return None
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _EmbeddingScorer:
+    """Per-example squared gradient of each word-embedding row, at allowed positions only."""
+
+    def __init__(self, embedding: nn.Embedding, score: str):
+        self.embedding, self.score = embedding, score
+        self.totals = torch.zeros(embedding.num_embeddings)
+        self.ids: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        embedding.weight.requires_grad_(True)  # so its output carries a gradient we can read
+        self.handle = embedding.register_forward_hook(self._hook)
+
+    def _hook(self, _mod, args, out):
+        self.ids = args[0].detach()
+        out.register_hook(self._accumulate)
+
+    @torch.no_grad()
+    def _accumulate(self, grad: torch.Tensor) -> None:
+        g = (grad.float() * self.positions.unsqueeze(-1)).flatten(0, 1)
+        batch, seq = self.ids.shape
+        vocab = self.embedding.num_embeddings
+        keys = (torch.arange(batch, device=self.ids.device).unsqueeze(1) * vocab + self.ids).flatten()
+        uniq, inverse = keys.unique(return_inverse=True)
+        per_example = torch.zeros(len(uniq), g.shape[-1], device=g.device).index_add_(0, inverse, g)
+        rows = uniq % vocab
+        if self.score == "fisher":
+            contrib = per_example.pow(2).sum(-1)
+        else:
+            contrib = (per_example * self.embedding.weight[rows].float()).sum(-1).abs()
+        self.totals.index_add_(0, rows.cpu(), contrib.cpu())
+
+    def close(self) -> None:
+        self.handle.remove()
+        self.embedding.weight.requires_grad_(False)
+
+
+def compute_sensitivity(
+    loaded: LoadedModel,
+    data: AnnotatedData,
+    task_tokens: TaskTokens | None,
+    cfg: SensitivityConfig | None = None,
+    device: str = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SensitivityReport:
+    """Warm up the head, then score rows of every linear map and eligible word-embedding rows.
+
+    Args:
+        loaded: the model; its head is replaced by the warmed-up head, the backbone is not changed.
+        data: training split is used (a seeded calibration subset of it).
+        task_tokens: mined groups; needed for restriction 'tokens' and for eligible embedding rows.
+        cfg: options; ``restriction='none'`` is the unrestricted (ablation) Fisher.
+        on_progress: called with (batches done, batches total).
+    """
+    cfg = cfg or SensitivityConfig()
+    if cfg.restriction == "tokens" and task_tokens is None:
+        raise ValueError("restriction 'tokens' needs mined task tokens; mine first or use restriction 'none'")
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    model = loaded.model.to(dev)
+    texts, label_ids = _calibration_rows(data, cfg)
+    restrict = task_tokens if cfg.restriction == "tokens" else None
+    batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length)
+    head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
+    linears = scored_linears(model)
+    scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress)
+    emb_name, emb_info = _embedding_info(loaded, task_tokens, batches)
+    matrices = {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
+                                          lin.in_features + (lin.bias is not None))
+                for n, (lin, layer, kind) in linears.items()}
+    row_scores = {f"{n}.weight": s for n, s in scores.items()}
+    matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
+    notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}"]
+    return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),
+                             to_dict(cfg), head_state, time.perf_counter() - started, notes)
+
+
+def _calibration_rows(data: AnnotatedData, cfg: SensitivityConfig) -> tuple[list[str], np.ndarray]:
+    n = min(len(data.train), cfg.calibration_rows)
+    rng = np.random.default_rng(cfg.seed)
+    idx = np.sort(rng.choice(len(data.train), size=n, replace=False))
+    return data.train["text"].iloc[idx].tolist(), data.label_ids("train")[idx]
+
+
+def _score_rows(loaded, batches, linears, cfg, dev, on_progress):
+    model = loaded.model
+    model.eval()  # dropout off: scores should not depend on dropout noise
+    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    scorer = _RowScorer(linears, cfg.score)
+    emb = _EmbeddingScorer(model.get_input_embeddings(), cfg.score)
+    try:
+        for i, b in enumerate(batches):
+            scorer.positions = emb.positions = b.positions.to(dev)
+            out = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev))
+            # Sum, not mean: each example's gradient is then dL_n/dw, as the Fisher needs.
+            loss = nn.functional.cross_entropy(out.logits.float(), b.labels.to(dev), reduction="sum")
+            loss.backward()
+            if on_progress:
+                on_progress(i + 1, len(batches))
+    finally:
+        scorer.close()
+        emb.close()
+        for n, p in model.named_parameters():
+            p.requires_grad_(frozen[n])
+            p.grad = None
+    n_rows = sum(len(b.labels) for b in batches)
+    return {k: v / n_rows for k, v in scorer.totals.items()}, emb.totals / n_rows
+
+
+def _embedding_info(loaded: LoadedModel, task_tokens: TaskTokens | None, batches: list[Batch]):
+    emb = loaded.model.get_input_embeddings()
+    name = next(n for n, p in loaded.model.named_parameters() if p is emb.weight)
+    if task_tokens is not None:
+        eligible = sorted(task_tokens.token_ids(loaded.tokenizer))
+    else:  # unrestricted: any token seen in the calibration data
+        special = set(loaded.tokenizer.all_special_ids)
+        eligible = sorted(set(torch.cat([b.input_ids.flatten() for b in batches]).tolist()) - special)
+    info = MatrixInfo(name, -1, "embeddings", emb.num_embeddings, emb.embedding_dim, eligible)
+    return name, info
