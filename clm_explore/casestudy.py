@@ -1,0 +1,379 @@
+"""The case study: word attributions across a data set, and two runs compared on the same rows.
+
+- ``attribute_split(run_dir, split)``: Integrated-Gradients word attributions of every row of a split (the
+  run's ``predictions.csv`` or a DataFrame with ``text``/``label``), cached per row in
+  ``<run>/attributions/<split>-<key>.json`` (key = attribution config + weights), so each row is computed
+  once and later calls only fill in rows not seen before.
+- ``top_words``: per label, the words with the highest mean attribution (with counts);
+- ``compare_runs``: agreement rate, the disagreement rows (which run is right), per-row attribution
+  difference and the Spearman rank correlation of word attributions between the two models;
+- ``group_overlap``: share of each label's top-k words that are mined token groups (``task_tokens.json``);
+- ``stability``: the same rank correlation for two seeds of one method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
+
+CACHE_DIR = "attributions"
+
+
+@dataclass
+class RunAttributions:
+    """Word attributions of the rows of one split under one run's model."""
+
+    run_dir: Path
+    split: str
+    rows: pd.DataFrame
+    """One row per attributed example: row, text, label, pred, target_label, probability, delta."""
+    items: dict[int, TokenAttribution]
+    """Row id -> its attribution."""
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Every row of the split (row, text, label and pred when the run's predictions.csv has it)."""
+
+    def words(self) -> pd.DataFrame:
+        """Long table: row, label (gold), target_label, position, word (lower-cased), score."""
+        labels = dict(zip(self.rows["row"], self.rows["label"], strict=True))
+        records = [
+            (row, labels.get(row, ""), item.target_label, pos, word.lower(), score)
+            for row, item in self.items.items()
+            for pos, (word, score) in enumerate(zip(item.words, item.scores, strict=True))
+        ]
+        return pd.DataFrame(records, columns=["row", "label", "target_label", "position", "word", "score"])
+
+
+@dataclass
+class Comparison:
+    """Two runs on the same rows."""
+
+    agreement: float
+    """Share of rows where both runs predict the same label."""
+    n_rows: int
+    disagreements: pd.DataFrame
+    """row, text, label, pred_a, pred_b, right ('a', 'b' or 'neither')."""
+    row_difference: pd.DataFrame
+    """Per attributed row: row, same_pred, mean_abs_diff (word scores), spearman (word scores)."""
+    rank_correlation: float
+    """Spearman correlation of all word scores pooled over the rows both runs attributed."""
+    mean_row_correlation: float
+    """Mean of the per-row Spearman correlations (rows with at least 3 words)."""
+
+
+@dataclass
+class CaseStudy:
+    """Everything the report shows about one run, or two runs side by side."""
+
+    a: RunAttributions
+    top_a: pd.DataFrame
+    groups_a: list[str] | None
+    b: RunAttributions | None = None
+    top_b: pd.DataFrame | None = None
+    groups_b: list[str] | None = None
+    comparison: Comparison | None = None
+    overlap: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """label, run ('a'/'b'), k, in_groups, share: top-k words that are mined groups."""
+
+
+def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The rows to attribute: ``data`` (columns text, label; row = index) or the run's predictions.csv."""
+    if data is not None:
+        missing = {"text", "label"} - set(data.columns)
+        if missing:
+            raise ValueError(f"The data needs columns text and label; missing: {', '.join(sorted(missing))}.")
+        frame = (
+            data.reset_index(drop=True) if "row" in data.columns else data.rename_axis("row").reset_index()
+        )
+        return frame.assign(text=frame["text"].astype(str), label=frame["label"].astype(str))
+    path = Path(run_dir) / "predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass the rows as data=DataFrame(text, label) instead.")
+    frame = pd.read_csv(path, dtype={"text": str, "label": str, "pred": str}, keep_default_na=False)
+    if split != "test":
+        raise ValueError(f"predictions.csv holds the test split only; pass data= for split {split!r}.")
+    return frame
+
+
+def attribute_split(
+    run_dir: str | Path,
+    split: str = "test",
+    data: pd.DataFrame | None = None,
+    cfg: AttributionConfig | None = None,
+    rows: Sequence[int] | None = None,
+    loaded: Any = None,
+) -> RunAttributions:
+    """Attributions of a split's rows under a run's model, computed once and cached in the run folder.
+
+    Args:
+        run_dir: the run folder (a transformers model folder).
+        split: split name (part of the cache file name); 'test' reads predictions.csv when data is None.
+        data: rows to attribute (columns text, label); None = the run's predictions.csv.
+        cfg: attribution settings (part of the cache key).
+        rows: restrict to these row ids (in this order); None = all rows.
+        loaded: an already loaded ``LoadedModel`` of the run (else loaded when rows are missing).
+    """
+    cfg = cfg or AttributionConfig()
+    run_dir = Path(run_dir)
+    frame = full = split_frame(run_dir, split, data)
+    if rows is not None:
+        frame = frame.set_index("row").loc[list(rows)].reset_index()
+    cache_path = run_dir / CACHE_DIR / f"{split}-{_cache_key(run_dir, cfg)}.json"
+    cache = _read_cache(cache_path)
+    items: dict[int, TokenAttribution] = {}
+    todo = []
+    for row, text in zip(frame["row"].astype(int), frame["text"], strict=True):
+        hit = cache.get(str(row))
+        if hit is not None and hit.get("text_hash") == _text_hash(text):
+            items[row] = TokenAttribution.from_dict(hit)
+        else:
+            todo.append(row)
+    if todo:
+        loaded = loaded or load_run_model(run_dir)
+        sub = frame.set_index("row").loc[todo]
+        target = list(sub["label"]) if cfg.target == "gold" else None
+        for row, text, item in zip(
+            todo,
+            sub["text"],
+            explain(loaded.model, loaded.tokenizer, list(sub["text"]), cfg, target),
+            strict=True,
+        ):
+            items[row] = item
+            cache[str(row)] = {"text_hash": _text_hash(text), **item.to_dict()}
+        _write_cache(cache_path, cache, cfg)
+    return RunAttributions(run_dir, split, _rows_table(frame, items, run_dir), items, full)
+
+
+def _rows_table(frame: pd.DataFrame, items: dict[int, TokenAttribution], run_dir: Path) -> pd.DataFrame:
+    out = frame[["row", "text", "label"] + (["pred"] if "pred" in frame.columns else [])].copy()
+    out["row"] = out["row"].astype(int)
+    labels = _run_labels(run_dir)
+    if "pred" not in out.columns:
+        out["pred"] = [labels.get(items[r].predicted, str(items[r].predicted)) for r in out["row"]]
+    out["target_label"] = [items[r].target_label for r in out["row"]]
+    out["probability"] = [items[r].probability for r in out["row"]]
+    out["delta"] = [items[r].delta for r in out["row"]]
+    return out.reset_index(drop=True)
+
+
+def _run_labels(run_dir: Path) -> dict[int, str]:
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {int(k): str(v) for k, v in config.get("id2label", {}).items()}
+
+
+def _cache_key(run_dir: Path, cfg: AttributionConfig) -> str:
+    # Retraining into the same folder changes the weights file, hence the key.
+    weights = sorted(run_dir.glob("*.safetensors")) + sorted(run_dir.glob("*.bin"))
+    stamp = [
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights if p.name != "masks.safetensors"
+    ]
+    raw = json.dumps({"cfg": cfg.to_dict(), "weights": stamp}, sort_keys=True)
+    return hashlib.sha1(raw.encode()).hexdigest()[:12]
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())["items"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _write_cache(path: Path, items: dict[str, dict[str, Any]], cfg: AttributionConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": cfg.to_dict(), "items": items}))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def top_words(
+    attrs: RunAttributions, k: int = 10, min_count: int = 2, by: str = "target_label"
+) -> pd.DataFrame:
+    """Per label, the k words with the highest mean attribution.
+
+    Args:
+        attrs: a split's attributions.
+        k: words kept per label.
+        min_count: a word must occur at least this many times under the label.
+        by: 'target_label' (the label each row's scores explain) or 'label' (gold).
+
+    Returns:
+        DataFrame [label, rank, word, mean_score, count], rank 1 = highest mean.
+    """
+    words = attrs.words()
+    if words.empty:
+        return pd.DataFrame(columns=["label", "rank", "word", "mean_score", "count"])
+    stats = words.groupby([by, "word"])["score"].agg(mean_score="mean", count="size").reset_index()
+    stats = stats[stats["count"] >= min_count].rename(columns={by: "label"})
+    stats = stats.sort_values(["label", "mean_score", "word"], ascending=[True, False, True])
+    stats["rank"] = stats.groupby("label").cumcount() + 1
+    top = stats[stats["rank"] <= k]
+    return top[["label", "rank", "word", "mean_score", "count"]].reset_index(drop=True)
+
+
+def load_task_tokens(run_dir: str | Path) -> list[str] | None:
+    """Mined group texts of a run (``task_tokens.json``: {"groups": [{"text": ...}]} or a list), or None."""
+    path = Path(run_dir) / "task_tokens.json"
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    groups = raw.get("groups", []) if isinstance(raw, dict) else raw
+    return [str(g["text"] if isinstance(g, dict) else g) for g in groups]
+
+
+def is_group_word(word: str, groups: Sequence[str]) -> bool:
+    """A word counts as mined when it is a group, one word of a multi-word group, or holds a ##fragment."""
+    word = word.lower()
+    for group in groups:
+        g = group.lower().strip()
+        if word == g or word in g.split() or (g.startswith("##") and len(g) > 3 and g[2:] in word):
+            return True
+    return False
+
+
+def group_overlap(top: pd.DataFrame, groups: Sequence[str] | None, k: int = 10) -> pd.DataFrame:
+    """Share of each label's top-k attributed words that are mined groups.
+
+    Returns:
+        DataFrame [label, k, in_groups, share, words] (words: the top words that are groups).
+    """
+    cols = ["label", "k", "in_groups", "share", "words"]
+    if groups is None or top.empty:
+        return pd.DataFrame(columns=cols)
+    records = []
+    for label, part in top[top["rank"] <= k].groupby("label"):
+        hits = [w for w in part["word"] if is_group_word(w, groups)]
+        records.append((label, len(part), len(hits), len(hits) / len(part), hits))
+    return pd.DataFrame(records, columns=cols)
+
+
+def compare_runs(a: RunAttributions, b: RunAttributions) -> Comparison:
+    """Agreement, disagreements and attribution similarity of two runs on the same rows.
+
+    Agreement and disagreements use every row of the split when both runs have predictions for it
+    (predictions.csv), else the attributed rows; the attribution figures use the rows both attributed.
+    """
+    has_preds = "pred" in a.predictions.columns and "pred" in b.predictions.columns
+    pa, pb = (a.predictions, b.predictions) if has_preds else (a.rows, b.rows)
+    both = pa[["row", "text", "label", "pred"]].merge(
+        pb[["row", "text", "label", "pred"]], on="row", suffixes=("_a", "_b")
+    )
+    both = both.assign(text=both["text_a"], label=both["label_a"])
+    same = both["pred_a"] == both["pred_b"]
+    dis = both[~same].copy()
+    dis["right"] = np.where(
+        dis["pred_a"] == dis["label"], "a", np.where(dis["pred_b"] == dis["label"], "b", "neither")
+    )
+    diffs, pooled_a, pooled_b = [], [], []
+    for row, same_pred in zip(both["row"], same, strict=True):
+        ia, ib = a.items.get(row), b.items.get(row)
+        if ia is None or ib is None or [w.lower() for w in ia.words] != [w.lower() for w in ib.words]:
+            continue  # different tokenizers split differently: no word-by-word comparison
+        sa, sb = np.asarray(ia.scores), np.asarray(ib.scores)
+        pooled_a.extend(sa)
+        pooled_b.extend(sb)
+        diff = float(np.abs(sa - sb).mean()) if len(sa) else math.nan
+        diffs.append((row, bool(same_pred), diff, spearman(sa, sb) if len(sa) >= 3 else math.nan))
+    row_diff = pd.DataFrame(diffs, columns=["row", "same_pred", "mean_abs_diff", "spearman"])
+    return Comparison(
+        agreement=float(same.mean()) if len(both) else math.nan,
+        n_rows=len(both),
+        disagreements=dis[["row", "text", "label", "pred_a", "pred_b", "right"]].reset_index(drop=True),
+        row_difference=row_diff,
+        rank_correlation=spearman(np.asarray(pooled_a), np.asarray(pooled_b)),
+        mean_row_correlation=float(row_diff["spearman"].mean())
+        if row_diff["spearman"].notna().any()
+        else math.nan,
+    )
+
+
+def stability(seed_a: RunAttributions, seed_b: RunAttributions) -> dict[str, float]:
+    """Attribution stability of one method across two seeds: rank correlations and prediction agreement."""
+    cmp = compare_runs(seed_a, seed_b)
+    return {
+        "rank_correlation": cmp.rank_correlation,
+        "mean_row_correlation": cmp.mean_row_correlation,
+        "agreement": cmp.agreement,
+    }
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when undefined (constant or < 2 values)."""
+    if len(x) < 2 or len(x) != len(y):
+        return math.nan
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def word_difference(a: RunAttributions, b: RunAttributions, row: int) -> pd.DataFrame:
+    """One row's words with both runs' scores: word, score_a, score_b, diff (a - b); empty if they differ."""
+    ia, ib = a.items.get(row), b.items.get(row)
+    if ia is None or ib is None or len(ia.words) != len(ib.words):
+        return pd.DataFrame(columns=["word", "score_a", "score_b", "diff"])
+    frame = pd.DataFrame({"word": ia.words, "score_a": ia.scores, "score_b": ib.scores})
+    return frame.assign(diff=frame["score_a"] - frame["score_b"])
+
+
+def select_rows(
+    run_a: Path, run_b: Path | None, data: pd.DataFrame | None, max_rows: int | None
+) -> list[int] | None:
+    """Rows to attribute: disagreements between the runs first, then the rest in order, at most max_rows."""
+    frame_a = split_frame(run_a, data=data)
+    rows = list(frame_a["row"].astype(int))
+    if run_b is not None and data is None and "pred" in frame_a.columns:
+        frame_b = split_frame(run_b).set_index("row")
+        pred_b = frame_b["pred"].to_dict()
+        first = [r for r, p in zip(rows, frame_a["pred"], strict=True) if r in pred_b and pred_b[r] != p]
+        rows = first + [r for r in rows if r not in set(first)]
+    return rows if max_rows is None else rows[:max_rows]
+
+
+def case_study(
+    run_a: str | Path,
+    run_b: str | Path | None = None,
+    data: pd.DataFrame | None = None,
+    split: str = "test",
+    cfg: AttributionConfig | None = None,
+    k: int = 10,
+    min_count: int = 2,
+    max_rows: int | None = 300,
+) -> CaseStudy:
+    """Attributions, top words, group overlap and (with run_b) the comparison, for the report.
+
+    Args:
+        run_a: the run folder studied (e.g. the sparse run).
+        run_b: an optional second run on the same rows (e.g. full finetuning, or another seed).
+        data: rows to use instead of the runs' predictions.csv.
+        max_rows: attribute at most this many rows (disagreements first); None = all.
+    """
+    run_a = Path(run_a)
+    rows = select_rows(run_a, Path(run_b) if run_b else None, data, max_rows)
+    a = attribute_split(run_a, split, data, cfg, rows)
+    top_a, groups_a = top_words(a, k, min_count), load_task_tokens(run_a)
+    study = CaseStudy(a=a, top_a=top_a, groups_a=groups_a)
+    overlaps = [group_overlap(top_a, groups_a, k).assign(run="a")]
+    if run_b is not None:
+        b = attribute_split(Path(run_b), split, data, cfg, rows)
+        study.b, study.top_b, study.groups_b = b, top_words(b, k, min_count), load_task_tokens(run_b)
+        study.comparison = compare_runs(a, b)
+        # The sparse run's groups are the reference for both models; fall back on run b's own groups.
+        overlaps.append(group_overlap(study.top_b, groups_a or study.groups_b, k).assign(run="b"))
+    study.overlap = pd.concat(overlaps, ignore_index=True)
+    return study

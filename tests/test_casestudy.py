@@ -1,0 +1,186 @@
+"""Data-set-level attributions and the two-run comparison, on fabricated tiny run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_attribution import tiny_loaded
+
+from clm_explore import casestudy as cs
+from clm_explore.attribution import AttributionConfig
+
+GROUPS = ["card", "exchange rate", "top", "##less"]
+
+
+def make_run(root: Path, data, seed: int = 0, method: str = "sparse", groups: object = None) -> Path:
+    """A run folder as finetune writes it: model + tokenizer, predictions, metrics, task tokens, masks."""
+    loaded = tiny_loaded(data.labels, seed=seed)
+    out = root / f"{method}-{seed}"
+    loaded.model.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
+    test = data.test
+    enc = loaded.tokenizer(
+        list(test["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt"
+    )
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(**enc).logits, -1)
+    pred = [data.labels[i] for i in probs.argmax(-1).tolist()]
+    frame = pd.DataFrame(
+        {"row": range(len(test)), "text": test["text"], "label": test["label"], "pred": pred}
+    ).assign(prob=probs.max(-1).values.numpy())
+    frame.to_csv(out / "predictions.csv", index=False)
+    index = {x: i for i, x in enumerate(data.labels)}
+    confusion = np.zeros((len(index), len(index)), dtype=int)
+    for gold, p in zip(frame["label"], frame["pred"], strict=True):
+        confusion[index[gold], index[p]] += 1
+    f1 = {
+        x: float(2 * confusion[i, i] / max(1, confusion[i].sum() + confusion[:, i].sum()))
+        for x, i in index.items()
+    }
+    metrics = {
+        "accuracy": float((frame["label"] == frame["pred"]).mean()),
+        "macro_f1": float(np.mean(list(f1.values()))),
+        "per_label_f1": f1,
+        "confusion": confusion.tolist(),
+        "labels": data.labels,
+        "method": method,
+        "seed": seed,
+        "train_seconds": 1.5,
+        "trainable_params": 1234,
+        "total_params": 99999,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    if groups is None:
+        groups = {"groups": [{"text": g, "count": 3} for g in GROUPS]}
+    (out / "task_tokens.json").write_text(json.dumps(groups))
+    masks = {}
+    for name, param in loaded.model.named_parameters():
+        if (
+            name.endswith(".weight")
+            and param.dim() == 2
+            and ("encoder.layer" in name or "word_embeddings" in name)
+        ):
+            masks[name] = torch.rand(param.shape[0], generator=torch.Generator().manual_seed(seed)) < 0.2
+    save_file(masks, str(out / "masks.safetensors"))
+    return out
+
+
+@pytest.fixture
+def runs(tmp_path: Path, tiny_data) -> tuple[Path, Path]:
+    return make_run(tmp_path, tiny_data, 0, "sparse"), make_run(tmp_path, tiny_data, 1, "full")
+
+
+CFG = AttributionConfig(n_steps=8)
+
+
+def test_attribute_split_cached(runs, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_a, _ = runs
+    first = cs.attribute_split(run_a, cfg=CFG)
+    assert len(first.rows) == 40 and set(first.rows.columns) >= {"row", "text", "label", "pred", "delta"}
+    assert list((run_a / "attributions").glob("test-*.json"))
+    # predicted target and predictions.csv agree
+    assert (first.rows["pred"] == first.rows["target_label"]).all()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(cs, "explain", boom)
+    again = cs.attribute_split(run_a, cfg=CFG)
+    assert {r: i.scores for r, i in again.items.items()} == {r: i.scores for r, i in first.items.items()}
+    # another config is another cache entry
+    with pytest.raises(AssertionError, match="recomputed"):
+        cs.attribute_split(run_a, cfg=AttributionConfig(n_steps=9))
+
+
+def test_attribute_split_fills_missing_rows(runs) -> None:
+    run_a, _ = runs
+    part = cs.attribute_split(run_a, cfg=CFG, rows=[3, 1])
+    assert list(part.rows["row"]) == [3, 1] and set(part.items) == {1, 3}
+    full = cs.attribute_split(run_a, cfg=CFG)
+    assert full.items[3].scores == part.items[3].scores
+
+
+def test_attribute_split_from_dataframe_gold(runs, tiny_data) -> None:
+    run_a, _ = runs
+    attrs = cs.attribute_split(
+        run_a, "validation", tiny_data.validation, AttributionConfig(n_steps=8, target="gold")
+    )
+    assert len(attrs.rows) == 40
+    assert (attrs.rows["target_label"] == attrs.rows["label"]).all()
+    assert list((run_a / "attributions").glob("validation-*.json"))
+
+
+def test_top_words_by_hand() -> None:
+    from clm_explore.attribution import TokenAttribution
+
+    def item(words, scores, label):
+        return TokenAttribution(words, scores, 0, label, 0.5, 0.0)
+
+    items = {0: item(["My", "card"], [0.1, 0.5], "x"), 1: item(["card", "lost"], [0.3, 0.2], "x"),
+             2: item(["rate"], [0.9], "y")}  # fmt: skip
+    rows = pd.DataFrame({"row": [0, 1, 2], "label": ["x", "x", "y"]})
+    attrs = cs.RunAttributions(Path("."), "test", rows, items)
+    top = cs.top_words(attrs, k=2, min_count=1)
+    x = top[top["label"] == "x"]
+    assert list(x["word"]) == ["card", "lost"] and x["mean_score"].iloc[0] == pytest.approx(0.4)
+    assert list(x["count"]) == [2, 1]
+    assert list(cs.top_words(attrs, k=5, min_count=2)["word"]) == ["card"]
+
+
+def test_group_overlap_and_loading(runs, tmp_path: Path) -> None:
+    run_a, _ = runs
+    groups = cs.load_task_tokens(run_a)
+    assert groups == GROUPS
+    top = pd.DataFrame(
+        {"label": ["x"] * 4, "rank": [1, 2, 3, 4], "word": ["card", "rate", "cardless", "why"]}
+    )
+    overlap = cs.group_overlap(top, groups, k=4)
+    assert overlap.loc[0, "in_groups"] == 3 and overlap.loc[0, "share"] == pytest.approx(0.75)
+    (tmp_path / "task_tokens.json").write_text(json.dumps(["why"]))
+    assert cs.load_task_tokens(tmp_path) == ["why"]
+    assert cs.load_task_tokens(tmp_path / "nope") is None
+
+
+def test_compare_runs(runs) -> None:
+    a = cs.attribute_split(runs[0], cfg=CFG)
+    b = cs.attribute_split(runs[1], cfg=CFG)
+    cmp = cs.compare_runs(a, b)
+    same = (a.rows["pred"] == b.rows["pred"]).mean()
+    assert cmp.agreement == pytest.approx(same) and cmp.n_rows == 40
+    assert len(cmp.disagreements) == round((1 - same) * 40)
+    for _, r in cmp.disagreements.iterrows():
+        assert r["right"] == (
+            "a" if r["pred_a"] == r["label"] else "b" if r["pred_b"] == r["label"] else "neither"
+        )
+    assert len(cmp.row_difference) == 40 and (cmp.row_difference["mean_abs_diff"] >= 0).all()
+    assert -1 <= cmp.rank_correlation <= 1
+    self_cmp = cs.compare_runs(a, a)
+    assert self_cmp.agreement == 1.0 and self_cmp.rank_correlation == pytest.approx(1.0)
+    assert self_cmp.disagreements.empty
+    stab = cs.stability(a, b)
+    assert stab["rank_correlation"] == pytest.approx(cmp.rank_correlation)
+    diff = cs.word_difference(a, b, 0)
+    assert list(diff.columns) == ["word", "score_a", "score_b", "diff"] and len(diff) == len(a.items[0].words)
+
+
+def test_spearman() -> None:
+    assert cs.spearman(np.array([1, 2, 3.0]), np.array([10, 20, 35.0])) == pytest.approx(1.0)
+    assert cs.spearman(np.array([1, 2, 3.0]), np.array([3, 2, 1.0])) == pytest.approx(-1.0)
+    assert math.isnan(cs.spearman(np.array([1.0]), np.array([2.0])))
+
+
+def test_case_study_disagreements_first(runs) -> None:
+    study = cs.case_study(runs[0], runs[1], cfg=CFG, k=5, min_count=1, max_rows=12)
+    assert len(study.a.rows) == 12 and study.b is not None and len(study.b.rows) == 12
+    dis = list(study.comparison.disagreements["row"])  # over all 40 rows, not only the attributed ones
+    assert len(dis) == round((1 - (study.a.predictions["pred"] == study.b.predictions["pred"]).mean()) * 40)
+    assert list(study.a.rows["row"][: min(len(dis), 12)]) == dis[:12]
+    assert set(study.overlap["run"]) == {"a", "b"}
+    assert (study.top_a.groupby("label")["rank"].max() <= 5).all()
