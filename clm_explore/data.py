@@ -148,8 +148,9 @@ def _read_file(path: Path, read: Any, size: int, cfg: DataConfig, notes: list[st
         raise DataError(f"{name} has an unsupported extension {path.suffix or '(none)'!r}. Save it as .csv, .tsv, "
                         ".jsonl, .json or .parquet (spreadsheets: export as CSV, UTF-8).")
     if size > cfg.max_file_mb * 1024 * 1024:
-        raise DataError(f"{name} is {size / 2**20:.1f} MB, above the {cfg.max_file_mb:g} MB limit. Use a smaller "
-                        "sample, or raise the limit with --max-file-mb (DataConfig.max_file_mb).")
+        mb = f"{size / 2**20:,.1f}" if size >= 2**20 else f"{size / 2**20:.2g}"
+        raise DataError(f"{name} is {mb} MB, above the {cfg.max_file_mb:g} MB limit. Use a smaller sample "
+                        "or raise the limit with --max-file-mb (DataConfig.max_file_mb).")
     raw: bytes = read()
     if not raw.strip():
         raise DataError(f"{name} is empty. Put a header row (e.g. text,label) and at least a few rows per label in it.")
@@ -493,7 +494,7 @@ def _lengths(texts: pd.Series) -> dict[str, dict[str, float]]:
             out[unit] = {"min": 0, "median": 0, "p95": 0, "max": 0}
             continue
         out[unit] = {"min": int(values.min()), "median": float(values.median()),
-                     "p95": float(values.quantile(0.95)), "max": int(values.max())}
+                     "p95": round(float(values.quantile(0.95)), 2), "max": int(values.max())}
     return out
 
 

@@ -1,0 +1,228 @@
+"""Data intake: every bad file fails with a clear message, every good file loads with the contract's shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clm_explore.cli import main
+from clm_explore.config import DataConfig
+from clm_explore.data import AnnotatedData, DataError, data_report, load_data, load_upload
+
+CORPUS = Path(__file__).parent / "data"
+_spec = importlib.util.spec_from_file_location("make_bad_corpus", CORPUS / "make_bad_corpus.py")
+corpus = importlib.util.module_from_spec(_spec)
+sys.modules["make_bad_corpus"] = corpus  # dataclasses look their module up there
+_spec.loader.exec_module(corpus)
+BAD = {case.name: case for case in corpus.BAD}
+GOOD = {case.name: case for case in corpus.GOOD}
+_FLAGS = {"max_file_mb": "--max-file-mb", "text_col": "--text-col", "label_col": "--label-col"}
+
+
+def _cli_args(case) -> list[str]:
+    return [arg for key, value in case.cfg.items() for arg in (_FLAGS[key], str(value))]
+
+
+def _check_contract(data: AnnotatedData) -> None:
+    for name in ("train", "validation", "test"):
+        frame = data.split(name)
+        assert list(frame.columns) == ["text", "label"]
+        assert list(frame.index) == list(range(len(frame)))
+        assert all(isinstance(v, str) for v in frame["text"]) and all(isinstance(v, str) for v in frame["label"])
+    assert data.labels == sorted(set(data.train["label"]))
+    assert (data.label_ids("train") >= 0).all()
+
+
+def test_corpus_is_big_enough():
+    assert len(BAD) >= 20
+    assert {Path(n).suffix for n in GOOD} >= {".csv", ".tsv", ".jsonl", ".json", ".parquet"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in BAD if not n.endswith(".parquet")))
+def test_bad_corpus_matches_generator(name):
+    case = BAD[name]
+    path = CORPUS / "bad" / name
+    if isinstance(case.content, dict):
+        assert {f.name: f.read_bytes() for f in path.iterdir()} == case.content
+    else:
+        assert path.read_bytes() == case.content, "run python tests/data/make_bad_corpus.py"
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_file_raises_clear_error(name):
+    case = BAD[name]
+    with pytest.raises(DataError) as info:
+        load_data(CORPUS / "bad" / name, DataConfig(**case.cfg))
+    message = str(info.value)
+    assert name in message
+    assert case.phrase in message
+    assert "\n" not in message, "one paragraph"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in BAD.items() if isinstance(c.content, bytes)))
+def test_bad_upload_raises_same_error(name):
+    case = BAD[name]
+    with pytest.raises(DataError, match=None) as info:
+        load_upload(case.content, name, DataConfig(**case.cfg))
+    assert name in str(info.value)
+    assert case.phrase in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_file_via_cli_exits_2_without_traceback(name, capsys):
+    code = main(["validate", str(CORPUS / "bad" / name), *_cli_args(BAD[name])])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith("error: ") and name in captured.err
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_good_file_loads(name):
+    case = GOOD[name]
+    data = load_data(CORPUS / "good" / name, DataConfig(**case.cfg))
+    _check_contract(data)
+    rows = len(data.train) + len(data.validation) + len(data.test)
+    assert rows == 30 if name != "split_folder" else rows == 30 + 9 + 12
+    assert len(data.labels) == 3
+    if case.phrase:
+        assert any(case.phrase in note for note in data.notes)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in GOOD.items() if isinstance(c.content, bytes)))
+def test_good_upload_loads(name):
+    case = GOOD[name]
+    data = load_upload(case.content, name, DataConfig(**case.cfg))
+    _check_contract(data)
+    assert data.source == name
+
+
+def test_texts_are_kept_verbatim():
+    data = load_data(CORPUS / "good" / "intents.csv")
+    texts = set(pd.concat([data.train, data.validation, data.test])["text"])
+    assert 'my "available" balance' in texts
+    assert "check my balance, now" in texts
+    assert "pay someone\nnew line inside" in texts
+
+
+def test_cp1252_text_is_decoded():
+    data = load_data(CORPUS / "good" / "cp1252.csv")
+    assert data.train["text"].str.endswith("caf\u00e9 \u2019").all()
+
+
+def test_numeric_labels_become_strings():
+    assert load_data(CORPUS / "good" / "intents.json").labels == ["0", "1", "2"]
+
+
+def test_utf16_with_bom_loads(tmp_path):
+    path = tmp_path / "utf16.csv"
+    path.write_bytes(corpus.csv_bytes(corpus.frame()).decode().encode("utf-16"))
+    data = load_data(path)
+    assert len(data.labels) == 3
+    assert any("UTF-16" in note for note in data.notes)
+
+
+def test_split_folder_keeps_given_splits_and_dev_alias():
+    data = load_data(CORPUS / "good" / "split_folder")
+    assert (len(data.train), len(data.validation), len(data.test)) == (30, 9, 12)
+    assert data.notes == []
+
+
+def test_carved_splits_are_seeded_stratified_and_lose_nothing():
+    first = load_data(CORPUS / "good" / "intents.csv", DataConfig(seed=3))
+    again = load_data(CORPUS / "good" / "intents.csv", DataConfig(seed=3))
+    other = load_data(CORPUS / "good" / "intents.csv", DataConfig(seed=4))
+    assert first.test.equals(again.test)
+    assert not first.test.equals(other.test)
+    assert first.test["label"].value_counts().tolist() == [2, 2, 2]
+    assert first.validation["label"].value_counts().tolist() == [1, 1, 1]
+    everything = pd.concat([first.train, first.validation, first.test])
+    assert sorted(everything["text"]) == sorted(corpus.frame()["text"])
+    assert any("stratified by label (seed 3)" in note for note in first.notes)
+
+
+def test_validation_fraction_zero_gives_empty_validation():
+    data = load_data(CORPUS / "good" / "intents.csv", DataConfig(validation_fraction=0.0))
+    assert len(data.validation) == 0 and list(data.validation.columns) == ["text", "label"]
+    assert "The validation split is empty." in data_report(data).problems
+
+
+def test_labels_with_one_row_stay_in_train_and_are_noted(tmp_path):
+    rows = corpus.records() + [{"text": "a lonely intent", "label": "lonely"}]
+    path = tmp_path / "lonely.jsonl"
+    path.write_bytes(corpus.jsonl_bytes(rows))
+    data = load_data(path)
+    assert "lonely" in data.labels
+    assert any("1 label(s) with a single row stay in train" in note for note in data.notes)
+
+
+def test_too_few_rows_to_stratify_falls_back_to_random(tmp_path):
+    rows = [{"text": f"text {i}", "label": f"l{i % 8}"} for i in range(16)]
+    path = tmp_path / "small.jsonl"
+    path.write_bytes(corpus.jsonl_bytes(rows))
+    data = load_data(path)
+    assert len(data.train) + len(data.validation) + len(data.test) == 16
+    assert any("at random, not stratified" in note for note in data.notes)
+
+
+def test_size_is_checked_before_reading(monkeypatch):
+    def refuse(self):
+        raise AssertionError("read before the size check")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(DataError, match="above the 0.001 MB limit"):
+        load_data(CORPUS / "bad" / "too_big.csv", DataConfig(max_file_mb=0.001))
+
+
+def test_missing_path_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(tmp_path / "nope.csv")
+
+
+def test_label_ids_map_unseen_labels_to_minus_one():
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", "y", "x"]})
+    data = AnnotatedData(frame, frame, pd.DataFrame({"text": ["d"], "label": ["z"]}), ["x", "y"])
+    assert data.label_ids("train").tolist() == [0, 1, 0]
+    assert data.label_ids("test").tolist() == [-1]
+
+
+def _frame(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def test_report_counts_duplicates_leakage_unseen_and_rare_labels():
+    train = _frame([("a", "x"), ("a", "x"), ("b", "x"), ("c", "y"), ("c", "z")] + [(f"x{i}", "x") for i in range(7)])
+    validation = _frame([("b", "x"), ("v", "y")])
+    test = _frame([("c", "y"), ("t", "new"), ("u", "x")])
+    data = AnnotatedData(train, validation, test, ["x", "y", "z"], source="hand", notes=["a note"])
+    report = data_report(data)
+    assert report.rows == 17 and report.splits == {"train": 12, "validation": 2, "test": 3}
+    assert report.duplicates == {"train": 2, "validation": 0, "test": 0}
+    assert report.conflicting["train"] == 1
+    assert report.leakage["pairs"] == {"train/validation": 1, "train/test": 1, "validation/test": 0}
+    assert report.leakage["count"] == 2 and report.leakage["examples"] == ["b", "c"]
+    assert report.unseen_labels == {"validation": [], "test": ["new"]}
+    assert report.rare_labels == {"y": 1, "z": 1}
+    assert report.label_counts["new"] == {"train": 0, "validation": 0, "test": 1}
+    assert report.label_counts["x"]["train"] == 10
+    assert report.notes == ["a note"]
+    problems = " ".join(report.problems)
+    for phrase in ("repeat a text", "more than one label", "leakage", "never in train", "fewer than 5 train rows",
+                   "imbalanced"):
+        assert phrase in problems
+
+
+def test_report_lengths_and_json():
+    data = AnnotatedData(_frame([("one two", "x"), ("three", "y")]), _frame([("a b c d", "x")]),
+                         _frame([("e", "y")]), ["x", "y"])
+    report = data_report(data).to_dict()
+    json.dumps(report)
+    assert report["lengths"]["all"]["words"] == {"min": 1, "median": 1.5, "p95": 3.7, "max": 4}
+    assert report["lengths"]["train"]["chars"]["max"] == 7
+    assert report["labels"] == ["x", "y"]
+    assert report["problems"] == []
