@@ -1,0 +1,68 @@
+"""``clm-explore validate``: the report of a real data set, JSON output, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, SHARED_DATA
+
+from clm_explore.cli import main
+
+GOOD = Path(__file__).parent / "data" / "good"
+BAD = Path(__file__).parent / "data" / "bad"
+
+
+def test_banking77_json_report(capsys):
+    assert main(["validate", str(SHARED_DATA / "banking77"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 13083
+    assert len(report["labels"]) == 77
+    assert report["splits"]["test"] == 3080
+    assert report["splits"]["train"] + report["splits"]["validation"] == 10003
+    # SOURCE.md: 4 duplicate texts inside train (some may move to the carved validation), 1 inside test,
+    # 6 test texts also in train.
+    assert report["duplicates"]["test"] == 1
+    assert report["leakage"]["pairs"]["train/test"] + report["leakage"]["pairs"]["validation/test"] == 6
+    assert any("carved out as validation" in note for note in report["notes"])
+
+
+def test_banking77_human_report(capsys):
+    assert main(["validate", str(SHARED_DATA / "banking77")]) == 0
+    out = capsys.readouterr().out
+    assert "13,083 rows, 77 labels" in out
+    assert "card_arrival" in out
+    assert "Problems:" in out and "leakage" in out
+    assert "... and 47 more labels" in out
+
+
+def test_column_options(capsys):
+    args = ["validate", str(GOOD / "custom_columns.csv"), "--text-col", "review", "--label-col", "stars", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 30
+
+
+def test_bad_option_value_exits_2(capsys):
+    assert main(["validate", str(GOOD / "intents.csv"), "--max-file-mb", "0"]) == 2
+    assert "max_file_mb must be > 0" in capsys.readouterr().err
+
+
+def test_subprocess_entry_point():
+    # One real process (imports are slow): the error reaches stderr as one paragraph, exit 2, no traceback.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bad = subprocess.run([sys.executable, "-m", "clm_explore.cli", "validate", str(BAD / "empty_text.csv")],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert bad.returncode == 2, bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("error: ") and "empty_text.csv" in bad.stderr and "lines 3, 5" in bad.stderr
+    assert bad.stdout == ""
+
+
+def test_cp1252_note_in_json(capsys):
+    assert main(["validate", str(GOOD / "cp1252.csv"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 30 and report["labels"] == ["balance", "card_lost", "transfer"]
+    assert any("Windows-1252" in note for note in report["notes"])
