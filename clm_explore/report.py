@@ -1,0 +1,290 @@
+"""A self-contained HTML report of one run, or of two runs side by side.
+
+``build_report(run_a, run_b, data, out_path)`` writes one HTML file with no network needs (plotly.js is
+inlined once): the runs' metrics, confusion matrices, per-label F1 and its difference, each label's top
+attributed words with mined groups marked, the mask heatmap (share of selected rows per layer and
+module) and disagreement rows with word attributions coloured. Every piece of user text (data rows,
+labels, words, paths) goes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from clm_explore.attribution import AttributionConfig, TokenAttribution
+from clm_explore.casestudy import CaseStudy, case_study, is_group_word
+
+METRIC_KEYS = (
+    "method", "accuracy", "macro_f1", "seed", "epochs", "train_seconds", "examples_per_second",
+    "peak_memory_mb", "trainable_params", "total_params", "budget",
+)  # fmt: skip
+LAYER_RE = re.compile(r"\blayers?\.(\d+)\.(.+?)(?:\.weight)?$")
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+.group { font-weight: bold; }
+.group::after { content: " \\2605"; color: #b8860b; }
+.row-text span { padding: 1px 2px; border-radius: 3px; }
+.side { display: flex; gap: 2em; flex-wrap: wrap; }
+.note { color: #666; font-size: 0.9em; }
+"""
+
+
+def esc(value: Any) -> str:
+    """Any value as escaped HTML text (quotes too, so it is safe inside attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def mask_table(run_dir: Path) -> pd.DataFrame:
+    """Share of selected rows per (layer, module) from ``masks.safetensors``; empty when absent.
+
+    Returns:
+        DataFrame [layer, module, selected_rows, rows, share]; layer 'emb' for embedding matrices.
+    """
+    path = run_dir / "masks.safetensors"
+    if not path.is_file():
+        return pd.DataFrame(columns=["layer", "module", "selected_rows", "rows", "share"])
+    from safetensors.torch import load_file
+
+    records = []
+    for name, mask in load_file(str(path)).items():
+        rows = mask.bool().reshape(mask.shape[0], -1).any(dim=1) if mask.dim() > 1 else mask.bool()
+        found = LAYER_RE.search(name)
+        if found:
+            layer, module = found.group(1), found.group(2)
+        elif "embed" in name:
+            layer, module = "emb", name.removesuffix(".weight").split(".")[-1]
+        else:
+            continue  # the head and anything else outside the layer stack
+        records.append((layer, module, int(rows.sum()), int(rows.numel())))
+    frame = pd.DataFrame(records, columns=["layer", "module", "selected_rows", "rows"])
+    frame = frame.groupby(["layer", "module"], as_index=False)[["selected_rows", "rows"]].sum()
+    return frame.assign(share=frame["selected_rows"] / frame["rows"].clip(lower=1))
+
+
+class _Figures:
+    """Turns figures into HTML divs; plotly.js is inlined with the first one only."""
+
+    def __init__(self) -> None:
+        self.included = False
+
+    def __call__(self, fig: go.Figure) -> str:
+        fig.update_layout(margin={"l": 40, "r": 20, "t": 50, "b": 40}, template="plotly_white")
+        out = fig.to_html(full_html=False, include_plotlyjs=not self.included, config={"displaylogo": False})
+        self.included = True
+        return out
+
+
+def _confusion_figure(metrics: dict[str, Any], title: str) -> go.Figure | None:
+    if not metrics.get("confusion") or not metrics.get("labels"):
+        return None
+    labels = [esc(x) for x in metrics["labels"]]
+    fig = go.Figure(
+        go.Heatmap(z=metrics["confusion"], x=labels, y=labels, colorscale="Blues", showscale=False)
+    )
+    fig.update_layout(title=esc(title), xaxis_title="predicted", yaxis_title="gold", height=420)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _f1_figure(ma: dict[str, Any], mb: dict[str, Any] | None, names: tuple[str, str]) -> go.Figure | None:
+    f1a = ma.get("per_label_f1") or {}
+    if not f1a:
+        return None
+    labels = sorted(f1a)
+    fig = go.Figure(go.Bar(x=[esc(x) for x in labels], y=[f1a[x] for x in labels], name=esc(names[0])))
+    if mb and mb.get("per_label_f1"):
+        f1b = mb["per_label_f1"]
+        fig.add_bar(x=[esc(x) for x in labels], y=[f1b.get(x, 0.0) for x in labels], name=esc(names[1]))
+        diff = [f1a[x] - f1b.get(x, 0.0) for x in labels]
+        fig.add_scatter(x=[esc(x) for x in labels], y=diff, name="difference (a - b)", mode="markers",
+                        marker={"symbol": "diamond", "size": 9, "color": "black"})  # fmt: skip
+    fig.update_layout(title="Per-label F1", barmode="group", height=420, yaxis_title="F1")
+    return fig
+
+
+def _mask_figure(table: pd.DataFrame, title: str) -> go.Figure | None:
+    if table.empty:
+        return None
+    pivot = table.pivot_table(index="module", columns="layer", values="share", aggfunc="mean")
+    layers = sorted(pivot.columns, key=lambda x: -1 if x == "emb" else int(x))
+    pivot = pivot[layers]
+    fig = go.Figure(
+        go.Heatmap(z=pivot.values, x=[f"layer {esc(x)}" for x in layers], y=[esc(m) for m in pivot.index],
+                   colorscale="Viridis", colorbar={"title": "share"}, hovertemplate="%{y} %{x}: %{z:.3%}<extra></extra>")
+    )  # fmt: skip
+    fig.update_layout(title=esc(title), height=160 + 28 * len(pivot.index))
+    return fig
+
+
+def colored_words(item: TokenAttribution | None) -> str:
+    """The words of one row as spans, background green (towards the target) or red (against)."""
+    if item is None:
+        return '<span class="note">not attributed</span>'
+    top = max((abs(s) for s in item.scores), default=0.0) or 1.0
+    spans = []
+    for word, score in zip(item.words, item.scores, strict=True):
+        alpha = 0.85 * abs(score) / top
+        rgb = "34,139,34" if score >= 0 else "220,20,60"
+        spans.append(
+            f'<span style="background-color: rgba({rgb},{alpha:.2f})" title="{score:+.4f}">{esc(word)}</span>'
+        )
+    head = f"{esc(item.target_label)} (p={item.probability:.2f}, &delta;={item.delta:+.3f})"
+    return f'<div class="row-text">{" ".join(spans)}</div><div class="note">explains {head}</div>'
+
+
+def _table(frame: pd.DataFrame, groups: list[str] | None = None, word_col: str = "word") -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
+    body = []
+    for _, row in frame.iterrows():
+        cells = []
+        for col, value in row.items():
+            text = f"{value:.4g}" if isinstance(value, float) else value
+            mark = col == word_col and groups is not None and is_group_word(str(value), groups)
+            cells.append(f'<td class="group">{esc(text)}</td>' if mark else f"<td>{esc(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _metrics_section(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    keys = [k for k in METRIC_KEYS if any(k in m for _, m in runs)]
+    frame = pd.DataFrame({name: [m.get(k, "") for k in keys] for name, m in runs}, index=keys)
+    return "<h2>Metrics</h2>" + _table(frame.rename_axis("metric").reset_index())
+
+
+def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
+    parts = ["<h2>Top attributed words per label</h2>",
+             '<p class="note">Mean attribution towards the label each row is explained for; '
+             "<span class=\"group\">bold</span> words are mined token groups.</p>"]  # fmt: skip
+    runs = [(names[0], study.top_a, study.groups_a)]
+    if study.top_b is not None:
+        runs.append((names[1], study.top_b, study.groups_a or study.groups_b))
+    labels = sorted(
+        set(study.top_a["label"]) | (set(study.top_b["label"]) if study.top_b is not None else set())
+    )
+    for label in labels:
+        parts.append(f"<h3>{esc(label)}</h3><div class='side'>")
+        for name, top, groups in runs:
+            part = top[top["label"] == label][["rank", "word", "mean_score", "count"]]
+            parts.append(f"<div><h4>{esc(name)}</h4>{_table(part, groups)}</div>")
+        parts.append("</div>")
+    if not study.overlap.empty:
+        overlap = study.overlap.assign(run=study.overlap["run"].map({"a": names[0], "b": names[1]}))
+        overlap = overlap.assign(words=overlap["words"].map(", ".join))
+        parts.append(
+            "<h3>Overlap with mined groups</h3>"
+            + _table(overlap[["run", "label", "k", "in_groups", "share", "words"]])
+        )
+    return "".join(parts)
+
+
+def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
+    a, b = study.a, study.b
+    if study.comparison is not None and not study.comparison.disagreements.empty:
+        title, frame = "Disagreement rows", study.comparison.disagreements
+    else:
+        rows = a.rows
+        title, frame = (
+            "Rows (errors first)",
+            pd.concat([rows[rows["pred"] != rows["label"]], rows[rows["pred"] == rows["label"]]]),
+        )
+    frame = frame[frame["row"].isin(a.items)].head(n)
+    parts = [f"<h2>{title}</h2>"]
+    if study.comparison is not None:
+        c = study.comparison
+        parts.append(
+            f"<p>Agreement {c.agreement:.1%} over {c.n_rows} rows; Spearman rank correlation of word attributions "
+            f"{c.rank_correlation:.3f} (pooled), {c.mean_row_correlation:.3f} (mean per row).</p>"
+        )
+    head = "<th>row</th><th>gold</th>" + "".join(f"<th>{esc(x)}</th>" for x in names[: 2 if b else 1])
+    body = []
+    for _, row in frame.iterrows():
+        r = int(row["row"])
+        gold = f'<td title="{esc(row["text"])}">{r}</td><td>{esc(row["label"])}{_right(row)}</td>'
+        cells = [f"<td>{colored_words(run.items.get(r))}</td>" for run in ([a, b] if b else [a])]
+        body.append(f"<tr>{gold}{''.join(cells)}</tr>")
+    return "".join(parts) + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _right(row: pd.Series) -> str:
+    return f"<br><span class='note'>right: {esc(row['right'])}</span>" if "right" in row else ""
+
+
+def _load_data(data: Any) -> pd.DataFrame | None:
+    if data is None or isinstance(data, pd.DataFrame):
+        return data
+    if hasattr(data, "test"):
+        return data.test
+    from clm_explore.data import load_data
+
+    return load_data(data).test
+
+
+def build_report(
+    run_a: str | Path,
+    run_b: str | Path | None = None,
+    data: Any = None,
+    out_path: str | Path = "report.html",
+    cfg: AttributionConfig | None = None,
+    k: int = 10,
+    min_count: int = 2,
+    max_rows: int | None = 300,
+) -> Path:
+    """Write the HTML report of run_a (and run_b side by side) and return its path.
+
+    Args:
+        run_a: a run folder (e.g. the sparse run).
+        run_b: an optional second run folder (e.g. full finetuning).
+        data: test rows to explain instead of the runs' predictions.csv: a DataFrame (text, label),
+            an ``AnnotatedData`` or a data path (its test split).
+        out_path: the HTML file written.
+        cfg: attribution settings; k, min_count: top words per label; max_rows: rows attributed.
+    """
+    run_a, run_b = Path(run_a), Path(run_b) if run_b else None
+    names = (f"A: {run_a.name}", f"B: {run_b.name}" if run_b else "")
+    study = case_study(run_a, run_b, _load_data(data), cfg=cfg, k=k, min_count=min_count, max_rows=max_rows)
+    ma, mb = read_metrics(run_a), read_metrics(run_b) if run_b else None
+    fig = _Figures()
+    body = [f"<h1>clm-explore report</h1><p class='note'>{esc(run_a)}" + (f" vs {esc(run_b)}" if run_b else "")
+            + f" &middot; {datetime.now():%Y-%m-%d %H:%M}</p>"]  # fmt: skip
+    body.append(_metrics_section([(names[0], ma)] + ([(names[1], mb or {})] if run_b else [])))
+    figures = [_confusion_figure(ma, f"Confusion {names[0]}")]
+    if run_b:
+        figures.append(_confusion_figure(mb or {}, f"Confusion {names[1]}"))
+    body.append(
+        "<h2>Confusion matrices</h2><div class='side'>"
+        + "".join(f"<div>{fig(f)}</div>" for f in figures if f)
+        + "</div>"
+    )
+    f1 = _f1_figure(ma, mb, names)
+    body.append(fig(f1) if f1 else "")
+    body.append(_top_words_section(study, names))
+    body.append("<h2>Selected rows (masks)</h2>")
+    for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []):
+        mask_fig = _mask_figure(mask_table(run), f"Share of selected rows, {name}")
+        body.append(fig(mask_fig) if mask_fig else f"<p class='note'>{esc(name)}: no masks.safetensors</p>")
+    body.append(_rows_section(study, names))
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,76 @@
+"""The HTML report on a tiny pair of fabricated runs: sections present, self-contained, user text escaped."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from test_casestudy import make_run
+
+from clm_explore.attribution import AttributionConfig, TokenAttribution
+from clm_explore.report import build_report, colored_words, mask_table
+
+EVIL = "<script>alert('x')</script> my card"
+CFG = AttributionConfig(n_steps=4)
+
+
+@pytest.fixture
+def evil_data(tiny_data):
+    tiny_data.test = tiny_data.test.assign(text=EVIL + " " + tiny_data.test["text"])
+    return tiny_data
+
+
+def test_report_pair(tmp_path: Path, evil_data) -> None:
+    run_a = make_run(tmp_path, evil_data, 0, "sparse")
+    run_b = make_run(tmp_path, evil_data, 1, "full")
+    out = build_report(
+        run_a, run_b, out_path=tmp_path / "r" / "report.html", cfg=CFG, max_rows=20, min_count=1
+    )
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    for section in ("Metrics", "Confusion matrices", "Per-label F1", "Top attributed words", "Selected rows"):
+        assert section in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert ">&lt;</span>" in page  # the word spans too
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # no CDN: plotly.js is inline
+    assert page.count("Plotly.newPlot") >= 4  # two confusions, F1, two mask heatmaps
+    assert page.count("plotly.js v") == 1  # the bundle's banner: inlined once
+    assert "rgba(34,139,34" in page or "rgba(220,20,60" in page
+    assert "card_arrival" in page and 'class="group"' in page
+
+
+def test_report_single_run_with_data(tmp_path: Path, evil_data) -> None:
+    run_a = make_run(tmp_path, evil_data, 0, "sparse")
+    (run_a / "masks.safetensors").unlink()
+    out = build_report(run_a, data=evil_data.test, out_path=tmp_path / "one.html", cfg=CFG, max_rows=10)
+    page = out.read_text()
+    assert "no masks.safetensors" in page and "Rows (errors first)" in page
+    assert "<script>alert" not in page
+
+
+def test_mask_table(tmp_path: Path, tiny_data) -> None:
+    run_a = make_run(tmp_path, tiny_data, 0, "sparse")
+    table = mask_table(run_a)
+    assert set(table["layer"]) == {"emb", "0", "1"}
+    assert {"attention.self.query", "intermediate.dense", "output.dense"} <= set(table["module"])
+    assert table["share"].between(0, 1).all() and (table["rows"] > 0).all()
+    assert mask_table(tmp_path / "none").empty
+
+
+def test_colored_words_escapes() -> None:
+    item = TokenAttribution(["<b>", "ok"], [0.5, -0.25], 0, "<i>lab</i>", 0.9, 0.0)
+    out = colored_words(item)
+    assert "&lt;b&gt;" in out and "<b>" not in out and "&lt;i&gt;" in out
+    assert "rgba(34,139,34,0.85)" in out and "rgba(220,20,60,0.42)" in out
+    assert "not attributed" in colored_words(None)
+
+
+def test_report_metrics_side_by_side(tmp_path: Path, tiny_data) -> None:
+    run_a = make_run(tmp_path, tiny_data, 0, "sparse")
+    run_b = make_run(tmp_path, tiny_data, 1, "full")
+    page = build_report(run_a, run_b, out_path=tmp_path / "m.html", cfg=CFG, max_rows=5).read_text()
+    section = page.split("<h2>Metrics</h2>")[1].split("<h2>")[0]
+    assert "<th>A: sparse-0</th><th>B: full-1</th>" in section
+    assert "<tr><td>method</td><td>sparse</td><td>full</td></tr>" in section
+    assert "<td>accuracy</td>" in section and "<td>trainable_params</td>" in section
