@@ -67,7 +67,7 @@ def test_bad_file_raises_clear_error(name):
 @pytest.mark.parametrize("name", sorted(n for n, c in BAD.items() if isinstance(c.content, bytes)))
 def test_bad_upload_raises_same_error(name):
     case = BAD[name]
-    with pytest.raises(DataError, match=None) as info:
+    with pytest.raises(DataError) as info:
         load_upload(case.content, name, DataConfig(**case.cfg))
     assert name in str(info.value)
     assert case.phrase in str(info.value)

@@ -1,0 +1,133 @@
+"""Config dataclasses: one test per ``__post_init__`` rule, valid edges, and the JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from clm_explore.config import (
+    METHODS,
+    ConfigError,
+    DataConfig,
+    FinetuneConfig,
+    MaskConfig,
+    MiningConfig,
+    SensitivityConfig,
+    from_dict,
+    to_dict,
+)
+
+# (config class, field, a value the rule refuses, a phrase of the message)
+RULES = [
+    (DataConfig, "max_file_mb", 0, "max_file_mb must be > 0"),
+    (DataConfig, "validation_fraction", 0.5, "validation_fraction must be in [0, 0.5)"),
+    (DataConfig, "test_fraction", 0.0, "test_fraction must be in (0, 0.5)"),
+    (MiningConfig, "max_ngram", 6, "max_ngram must be in 1..5"),
+    (MiningConfig, "max_words", 0, "max_words must be >= 1"),
+    (MiningConfig, "min_count", 0, "min_count must be >= 1"),
+    (MiningConfig, "relevance", "tfidf", "relevance must be kl, mi or chi2"),
+    (MiningConfig, "specificity", "idf", "specificity must be wordfreq or none"),
+    (MiningConfig, "combine", "sum", "combine must be product or rank"),
+    (MiningConfig, "top_k", -1, "top_k must be >= 0"),
+    (SensitivityConfig, "restriction", "all", "restriction must be tokens or none"),
+    (SensitivityConfig, "score", "grad", "score must be fisher or taylor"),
+    (SensitivityConfig, "normalise", "max", "normalise must be mean, zscore or none"),
+    (SensitivityConfig, "calibration_rows", 0, "calibration_rows must be >= 1"),
+    (SensitivityConfig, "warmup_epochs", -1, "warmup_epochs must be >= 0"),
+    (MaskConfig, "budget", 0.0, "budget must be in (0, 1]"),
+    (MaskConfig, "budget", 1.5, "budget above 1 must be a whole parameter count"),
+    (MaskConfig, "strategy", "topk", "strategy must be topk_global or random"),
+    (MaskConfig, "cost_aware", -0.1, "cost_aware must be >= 0"),
+    (MaskConfig, "min_layer", -1, "min_layer must be >= 0"),
+    (FinetuneConfig, "method", "adapter", "method must be one of"),
+    (FinetuneConfig, "epochs", 0, "epochs must be >= 1"),
+    (FinetuneConfig, "lr", -1e-3, "lr must be >= 0"),
+    (FinetuneConfig, "batch_size", 0, "batch_size must be >= 1"),
+    (FinetuneConfig, "max_length", 4, "max_length must be in 8..512"),
+    (FinetuneConfig, "warmup_ratio", 1.0, "warmup_ratio must be in [0, 1)"),
+]
+
+# Values at the edge of each range that must be accepted.
+EDGES = [
+    (DataConfig, {"validation_fraction": 0.0, "test_fraction": 0.49, "max_file_mb": 0.001}),
+    (MiningConfig, {"max_ngram": 1, "max_words": 1, "min_count": 1, "top_k": 0, "relevance": "chi2"}),
+    (MiningConfig, {"max_ngram": 5, "specificity": "none", "combine": "rank"}),
+    (SensitivityConfig, {"restriction": "none", "score": "taylor", "normalise": "zscore", "warmup_epochs": 0}),
+    (MaskConfig, {"budget": 1.0, "strategy": "random", "cost_aware": 0.0, "min_layer": 0}),
+    (MaskConfig, {"budget": 50_000}),
+    (FinetuneConfig, {"epochs": 1, "lr": 0.0, "batch_size": 1, "max_length": 8, "warmup_ratio": 0.0}),
+    (FinetuneConfig, {"max_length": 512}),
+]
+
+
+@pytest.mark.parametrize(("cls", "name", "value", "phrase"), RULES, ids=[f"{c.__name__}.{n}={v!r}" for c, n, v, _ in RULES])
+def test_rule_refuses_bad_value(cls, name, value, phrase):
+    with pytest.raises(ConfigError) as info:
+        cls(**{name: value})
+    assert phrase in str(info.value)
+    assert repr(value) in str(info.value) or str(value) in str(info.value), "the message shows the bad value"
+
+
+def test_every_rule_is_covered():
+    # A new field with a rule should get a row in RULES; this catches classes that lost their tests.
+    assert {c for c, *_ in RULES} == {DataConfig, MiningConfig, SensitivityConfig, MaskConfig, FinetuneConfig}
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), EDGES)
+def test_edge_values_are_accepted(cls, kwargs):
+    cfg = cls(**kwargs)
+    for name, value in kwargs.items():
+        assert getattr(cfg, name) == value
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_is_accepted(method):
+    assert FinetuneConfig(method=method).method == method
+
+
+@pytest.mark.parametrize("cls", [DataConfig, MiningConfig, SensitivityConfig, MaskConfig])
+def test_flat_round_trip(cls):
+    cfg = cls()
+    assert from_dict(cls, json.loads(json.dumps(to_dict(cfg)))) == cfg
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DataConfig().seed = 1  # type: ignore[misc]
+
+
+def test_finetune_round_trip_with_nested_configs():
+    cfg = FinetuneConfig(
+        method="lora",
+        epochs=2,
+        lr=5e-4,
+        mask=MaskConfig(budget=0.05, strategy="random", seed=7),
+        sensitivity=SensitivityConfig(score="taylor", calibration_rows=128),
+        mining=MiningConfig(max_ngram=2, relevance="mi", top_k=64),
+        lora_r=4,
+    )
+    data = json.loads(json.dumps(to_dict(cfg)))
+    assert data["mask"]["budget"] == 0.05 and data["mining"]["relevance"] == "mi"
+    back = FinetuneConfig.from_dict(data)
+    assert back == cfg
+    assert isinstance(back.mask, MaskConfig) and isinstance(back.sensitivity, SensitivityConfig)
+    assert isinstance(back.mining, MiningConfig)
+
+
+def test_from_dict_ignores_unknown_keys():
+    data = {**to_dict(FinetuneConfig()), "from_an_older_version": 1}
+    data["mask"] = {**data["mask"], "gone": True}
+    assert FinetuneConfig.from_dict(data) == FinetuneConfig()
+
+
+def test_from_dict_validates():
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        FinetuneConfig.from_dict({"epochs": 0})
+    with pytest.raises(ConfigError, match="budget must be"):
+        FinetuneConfig.from_dict({"mask": {"budget": -1}})
