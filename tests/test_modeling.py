@@ -1,0 +1,113 @@
+"""Model sources: tiny-random, a saved local folder, clear errors, and (slow) the real default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from clm_explore.modeling import (
+    ModelSourceError,
+    count_parameters,
+    head_parameter_names,
+    load_model,
+    resolve_device,
+    resolve_source,
+)
+
+LABELS = ["balance", "card_lost", "transfer"]
+TEXTS = ["what is my balance", "I lost my card yesterday"]
+
+
+def _logits(loaded, texts: list[str] = TEXTS) -> torch.Tensor:
+    batch = loaded.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=32)
+    loaded.model.eval()
+    with torch.inference_mode():
+        return loaded.model(**batch).logits
+
+
+def test_tiny_random_loads_and_runs_forward():
+    loaded = load_model("tiny-random", LABELS, seed=0)
+    assert loaded.source == "tiny-random" and loaded.is_decoder is False
+    assert loaded.model.config.id2label == dict(enumerate(LABELS))
+    assert loaded.model.config.label2id == {name: i for i, name in enumerate(LABELS)}
+    logits = _logits(loaded)
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_tiny_random_is_seeded():
+    a, b, c = (load_model("tiny-random", LABELS, seed=s).model for s in (1, 1, 2))
+    weights = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(a.state_dict()[weights], b.state_dict()[weights])
+    assert not torch.equal(a.state_dict()[weights], c.state_dict()[weights])
+
+
+def test_tiny_helpers():
+    model = load_model("tiny-random", LABELS).model
+    assert head_parameter_names(model) == ["classifier.weight", "classifier.bias"]
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters()) > 0
+
+
+def _save_tiny(folder: Path):
+    loaded = load_model("tiny-random", LABELS, seed=0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return loaded
+
+
+def test_saved_folder_loads_with_same_backbone(tmp_path):
+    original = _save_tiny(tmp_path)
+    loaded = load_model(str(tmp_path), LABELS, seed=0)
+    assert loaded.source == str(tmp_path) and loaded.is_decoder is False
+    assert loaded.model.config.id2label == dict(enumerate(LABELS))
+    weights = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(loaded.model.state_dict()[weights], original.model.state_dict()[weights])
+    assert torch.allclose(_logits(loaded), _logits(original), atol=1e-5)
+
+
+def test_saved_folder_gets_a_new_head_for_other_labels(tmp_path):
+    _save_tiny(tmp_path)
+    loaded = load_model(str(tmp_path), ["a", "b", "c", "d", "e"])
+    assert loaded.model.config.num_labels == 5
+    assert _logits(loaded).shape == (2, 5)
+
+
+def test_saved_folder_keeps_its_labels_when_none_given(tmp_path):
+    _save_tiny(tmp_path)
+    loaded = load_model(str(tmp_path), None)
+    assert loaded.model.config.id2label == dict(enumerate(LABELS))
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelSourceError) as info:
+        load_model(str(missing), LABELS)
+    message = str(info.value)
+    assert str(missing) in message
+    assert "tiny-random" in message and "existing folder" in message
+
+
+def test_folder_without_config_is_a_clear_error(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelSourceError, match="has no config.json"):
+        resolve_source(str(tmp_path))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelSourceError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_default_model_loads_and_runs_forward():
+    loaded = load_model("default", LABELS, seed=0)
+    config = loaded.model.config
+    assert config.model_type == "bert" and config.num_hidden_layers == 6 and config.hidden_size == 384
+    assert loaded.is_decoder is False
+    logits = _logits(loaded)
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    assert 20e6 < count_parameters(loaded.model) < 25e6
