@@ -200,6 +200,8 @@ class RunStore:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
         slug = slugify(name or folder.name)
         status = RunStatus.SUCCEEDED if metrics else RunStatus.PENDING
+        if metrics.get("status") in {s.value for s in RunStatus}:  # e.g. a cancelled run's metrics.json
+            status = RunStatus(metrics["status"])
         for n in range(1, 1000):
             run_id = f"{stamp}-{slug}" if n == 1 else f"{stamp}-{slug}-{n}"
             try:

@@ -1,0 +1,21 @@
+"""clm-explore app: `streamlit run app.py`. Navigation and the shared sidebar; pages live in pages/."""
+
+import streamlit as st
+
+from clm_explore.ui import forms
+
+st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
+
+PAGES = [
+    st.Page("pages/1_data.py", title="Data", icon=":material/table_view:", default=True),
+    st.Page("pages/2_tokens.py", title="Tokens", icon=":material/token:"),
+    st.Page("pages/3_sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
+    st.Page("pages/4_budget.py", title="Budget", icon=":material/tune:"),
+    st.Page("pages/5_finetune.py", title="Finetune", icon=":material/model_training:"),
+    st.Page("pages/6_compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/7_runs.py", title="Runs", icon=":material/folder_open:"),
+]
+
+page = st.navigation(PAGES)
+forms.sidebar()
+page.run()

@@ -1,0 +1,167 @@
+"""The only place with ``st.cache_*``: cached calls into the library, keyed by strings and configs.
+
+Keys are (model source, data choice, config): strings and frozen dataclasses, never model objects.
+Cached models are shared by every session and rerun, so nothing may change them; library calls that
+modify a model (sensitivity warms up the head) get a fresh copy loaded inside the cached function.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.data import AnnotatedData, DataReport, data_report, load_data, load_upload
+from clm_explore.modeling import LoadedModel, load_model
+from clm_explore.runs import RunStore
+from clm_explore.ui.state import DataChoice
+
+
+def optional(module: str) -> ModuleType | None:
+    """A library module that may not have landed yet (the pages then show an st.info)."""
+    try:
+        return importlib.import_module(f"clm_explore.{module}")
+    except ImportError:
+        return None
+
+
+@st.cache_resource(show_spinner=False)
+def run_store(root: str) -> RunStore:
+    return RunStore(root)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def model(source: str, labels: tuple[str, ...]) -> LoadedModel:
+    """The model and tokenizer of ``source`` with a head for ``labels``. Shared: read only."""
+    return load_model(source, list(labels), seed=0)
+
+
+@st.cache_data(show_spinner="Reading the data…", max_entries=8)
+def data(choice: DataChoice, max_file_mb: float = DataConfig().max_file_mb) -> AnnotatedData:
+    cfg = DataConfig(text_col=choice.text_col, label_col=choice.label_col, max_file_mb=max_file_mb)
+    if choice.kind == "upload":
+        return load_upload(Path(choice.path).read_bytes(), choice.name, cfg)
+    return load_data(choice.path, cfg)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def report(choice: DataChoice) -> DataReport:
+    return data_report(data(choice))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def columns(raw_digest: str, _raw: bytes, filename: str) -> list[str]:
+    """Column names of an uploaded file (for the column mapping), read from its first rows."""
+    import io
+
+    suffix = Path(filename).suffix.lower()
+    buffer = io.BytesIO(_raw)
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(buffer)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(buffer, lines=True, nrows=20)
+        elif suffix == ".json":
+            frame = pd.read_json(buffer)
+        else:
+            frame = pd.read_csv(buffer, sep="\t" if suffix == ".tsv" else ",", nrows=20, dtype=str)
+    except Exception:  # noqa: BLE001 - the loader reports the real problem in plain words
+        return []
+    return [str(c) for c in frame.columns]
+
+
+@st.cache_data(show_spinner="Mining task tokens…", max_entries=16)
+def task_tokens(source: str, choice: DataChoice, cfg: MiningConfig) -> Any:
+    mining = importlib.import_module("clm_explore.mining")
+    annotated = data(choice)
+    tokenizer = model(source, tuple(annotated.labels)).tokenizer
+    return mining.mine_task_tokens(
+        annotated.train["text"].tolist(), annotated.train["label"].tolist(), tokenizer, cfg
+    )
+
+
+@st.cache_data(show_spinner="Measuring adaptive tokenization…", max_entries=8)
+def merge_report(source: str, choice: DataChoice, cfg: MiningConfig) -> Any:
+    mining = importlib.import_module("clm_explore.mining")
+    annotated = data(choice)
+    fresh = load_model(source, annotated.labels, seed=0)  # merging may add tokens: never the shared model
+    return mining.adaptive_tokenization(
+        fresh, task_tokens(source, choice, cfg), annotated.train["text"].tolist()
+    )
+
+
+@st.cache_resource(show_spinner="Scoring rows (sensitivity)… cached afterwards", max_entries=8)
+def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig) -> Any:
+    """The sensitivity report (tensors; cached as a resource, treat as read only)."""
+    module = importlib.import_module("clm_explore.sensitivity")
+    annotated = data(choice)
+    fresh = load_model(
+        source, annotated.labels, seed=cfg.seed
+    )  # the head gets warmed up: not the shared model
+    groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
+    return module.compute_sensitivity(fresh, annotated, groups, cfg, device="cpu")
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def mask(
+    source: str, choice: DataChoice, mining_cfg: MiningConfig, sens: SensitivityConfig, cfg: MaskConfig
+) -> Any:
+    masks = importlib.import_module("clm_explore.masks")
+    return masks.select_mask(sensitivity(source, choice, mining_cfg, sens), cfg)
+
+
+@st.cache_resource(show_spinner="Loading the run's model…", max_entries=4)
+def run_model(run_path: str, mtime: float) -> LoadedModel:
+    """A finetuned run folder's model (``mtime`` of its weights keys the cache)."""
+    from clm_explore.attribution import load_run_model
+
+    return load_run_model(run_path)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def predictions(run_path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_csv(
+        Path(run_path) / "predictions.csv",
+        dtype={"text": str, "label": str, "pred": str},
+        keep_default_na=False,
+    )
+
+
+@st.cache_data(show_spinner="Explaining…", max_entries=64)
+def attributions(run_path: str, mtime: float, texts: tuple[str, ...]) -> list[Any]:
+    from clm_explore.attribution import explain
+
+    loaded = run_model(run_path, mtime)
+    return explain(loaded.model, loaded.tokenizer, list(texts))
+
+
+def file_mtime(path: str | Path) -> float:
+    """Modification time used to key caches of files that may be rewritten (0 when missing)."""
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(
+    show_spinner="Attributing test rows with both models (cached in the run folders)…", max_entries=16
+)
+def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> Any:
+    from clm_explore.casestudy import case_study as study
+
+    return study(run_a, run_b, max_rows=max_rows)
+
+
+@st.cache_data(show_spinner="Building the case-study report…", max_entries=8)
+def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> bytes:
+    import tempfile
+
+    from clm_explore.report import build_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows).read_bytes()

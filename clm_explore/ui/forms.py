@@ -1,0 +1,186 @@
+"""Widgets -> config dataclasses (defaults read from the dataclasses), plus the shared sidebar."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import streamlit as st
+
+from clm_explore.config import METHODS, FinetuneConfig, MiningConfig, SensitivityConfig
+from clm_explore.ui import state
+
+SOURCES = ("default", "tiny-random", "local folder…")
+BUDGET_STEPS = [float(f"{x:.3g}") for x in np.logspace(-4, -1, 31)]
+"""Log-spaced budgets from 0.01% to 10% (fractions)."""
+
+
+def sidebar() -> None:
+    """Model source, current data set and device, on every page."""
+    with st.sidebar:
+        current = state.model_source()
+        pick = current if current in SOURCES[:2] else SOURCES[2]
+        choice = st.selectbox(
+            "Model source",
+            SOURCES,
+            index=SOURCES.index(pick),
+            key="side_source",
+            help="'default': all-MiniLM-L6-v2; 'tiny-random': a 2-layer random BERT for demos.",
+        )
+        if choice == SOURCES[2]:
+            folder = st.text_input(
+                "Model folder (on the server)", value="" if pick != SOURCES[2] else current, key="side_folder"
+            )
+            if folder and folder != current:
+                state.set_model_source(folder)
+        elif choice != current:
+            state.set_model_source(choice)
+        data = state.data_choice()
+        st.caption(f"**Model:** {state.model_source()}")
+        st.caption(f"**Data:** {data.name if data else 'none (pick one on the Data page)'}")
+        st.caption(f"**Device:** {device_label()}")
+
+
+def device_label() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def default_device() -> str:
+    """Where jobs run: the first GPU when present, else the CPU (``CLM_EXPLORE_DEVICE`` overrides)."""
+    import torch
+
+    return os.environ.get("CLM_EXPLORE_DEVICE") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def mining_form(key: str = "tok") -> MiningConfig:
+    """Mining options; submitting stores them in the session (the Tokens, Sensitivity and Budget pages share them)."""
+    cfg = state.mining_cfg()
+    with st.expander("Mining options"), st.form(f"{key}_form"):
+        c1, c2, c3 = st.columns(3)
+        relevance = c1.selectbox(
+            "Relevance",
+            ("kl", "mi", "chi2"),
+            index=("kl", "mi", "chi2").index(cfg.relevance),
+            key=f"{key}_relevance",
+        )
+        specificity = c2.selectbox(
+            "Specificity",
+            ("wordfreq", "none"),
+            index=("wordfreq", "none").index(cfg.specificity),
+            key=f"{key}_spec",
+        )
+        min_count = c3.number_input("Min rows", 1, 1000, cfg.min_count, key=f"{key}_min_count")
+        max_words = c1.number_input("Max words per group", 1, 4, cfg.max_words, key=f"{key}_max_words")
+        top_k = c2.number_input("Groups kept (0 = auto)", 0, 5000, cfg.top_k, key=f"{key}_top_k")
+        if st.form_submit_button("Mine task tokens"):
+            cfg = dataclasses.replace(
+                cfg,
+                relevance=relevance,
+                specificity=specificity,
+                min_count=int(min_count),
+                max_words=int(max_words),
+                top_k=int(top_k),
+            )
+            state.put(state.MINING_CFG, cfg)
+    return cfg
+
+
+def sensitivity_form(key: str = "sens") -> SensitivityConfig:
+    cfg = state.sens_cfg()
+    with st.expander("Sensitivity options"), st.form(f"{key}_form"):
+        c1, c2, c3 = st.columns(3)
+        score = c1.selectbox(
+            "Score", ("fisher", "taylor"), index=("fisher", "taylor").index(cfg.score), key=f"{key}_score"
+        )
+        rows = c2.number_input("Calibration rows", 16, 100_000, cfg.calibration_rows, key=f"{key}_rows")
+        warmup = c3.number_input("Head warm-up epochs", 0, 50, cfg.warmup_epochs, key=f"{key}_warmup")
+        if st.form_submit_button("Compute"):
+            cfg = dataclasses.replace(cfg, score=score, calibration_rows=int(rows), warmup_epochs=int(warmup))
+            state.put(state.SENS_CFG, cfg)
+    return cfg
+
+
+def _sync_from_slider(key: str) -> None:
+    value = st.session_state[f"{key}_slider"]
+    st.session_state[f"{key}_number"] = round(value * 100, 4)
+    state.set_budget(value)
+
+
+def _sync_from_number(key: str) -> None:
+    value = min(max(st.session_state[f"{key}_number"] / 100, BUDGET_STEPS[0]), 1.0)
+    state.set_budget(value)
+    st.session_state[f"{key}_slider"] = min(BUDGET_STEPS, key=lambda s: abs(math.log(s) - math.log(value)))
+
+
+def budget_input(key: str = "budget") -> float:
+    """A log-scale slider (0.01%..10%) and a number box (percent) kept in sync; returns a fraction."""
+    value = state.budget()
+    if f"{key}_slider" not in st.session_state:
+        st.session_state[f"{key}_slider"] = min(
+            BUDGET_STEPS, key=lambda s: abs(math.log(s) - math.log(value))
+        )
+        st.session_state[f"{key}_number"] = round(value * 100, 4)
+    c1, c2 = st.columns([4, 1])
+    c1.select_slider(
+        "Budget (share of backbone parameters, log scale)",
+        options=BUDGET_STEPS,
+        key=f"{key}_slider",
+        format_func=lambda v: f"{v * 100:.3g}%",
+        on_change=_sync_from_slider,
+        args=(key,),
+    )
+    c2.number_input(
+        "Budget %",
+        min_value=0.001,
+        max_value=100.0,
+        step=0.1,
+        format="%.4g",
+        key=f"{key}_number",
+        on_change=_sync_from_number,
+        args=(key,),
+    )
+    return state.budget()
+
+
+def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
+    """Method, budget, epochs, lr, seed; returns (run name, config) when Launch is pressed."""
+    defaults = FinetuneConfig()
+    with st.form(f"{key}_form"):
+        c1, c2, c3 = st.columns(3)
+        method = c1.selectbox(
+            "Method",
+            METHODS,
+            key=f"{key}_method",
+            help="'sparse' is ours; the others are baselines at the same budget where it applies.",
+        )
+        budget = c2.number_input(
+            "Budget %", 0.001, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget"
+        )
+        epochs = c3.number_input("Epochs", 1, 100, defaults.epochs, key=f"{key}_epochs")
+        lr = c1.number_input(
+            "Learning rate (0 = method default)", 0.0, 1.0, defaults.lr, format="%.2g", key=f"{key}_lr"
+        )
+        seed = c2.number_input("Seed", 0, 10_000, defaults.seed, key=f"{key}_seed")
+        name = c3.text_input("Run name (optional)", key=f"{key}_name")
+        st.caption(f"Runs on: {default_device()}")
+        if not st.form_submit_button("Launch", type="primary"):
+            return None
+    mask = dataclasses.replace(defaults.mask, budget=float(budget) / 100)
+    cfg = dataclasses.replace(
+        defaults,
+        method=method,
+        epochs=int(epochs),
+        lr=float(lr),
+        seed=int(seed),
+        mask=mask,
+        mining=state.mining_cfg(),
+        sensitivity=state.sens_cfg(),
+        device=default_device(),
+    )
+    return (name or f"{method}-{budget:.3g}pct"), cfg

@@ -1,0 +1,152 @@
+"""The app's shared job queue (one per server process and run root) and the live progress fragment."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from clm_explore.config import FinetuneConfig, to_dict
+from clm_explore.jobs import Job, JobQueue
+from clm_explore.runs import RunStatus, RunStore, default_root
+from clm_explore.ui import cache, state
+from clm_explore.ui.state import DataChoice
+
+
+def store() -> RunStore:
+    return cache.run_store(str(default_root().resolve()))
+
+
+@st.cache_resource(show_spinner=False)
+def _queue(root: str, inline: bool) -> JobQueue:
+    # Created once per server process (and run root): runs left pending/running by a previous
+    # process are marked interrupted here, before any new job starts.
+    runs = cache.run_store(root)
+    runs.mark_interrupted()
+    return JobQueue(runs, inline=inline)
+
+
+def job_queue() -> JobQueue:
+    """The queue every session shares (inline when the session or env asks for synchronous jobs)."""
+    return _queue(str(default_root().resolve()), state.inline_jobs())
+
+
+def finetune_available() -> bool:
+    return cache.optional("finetune") is not None
+
+
+def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> Job:
+    """Create the run (pending) and queue ``finetune`` for it on the config's device."""
+    from clm_explore.finetune import finetune
+
+    annotated = cache.data(choice)
+    run = store().create(name, cfg.method, {**to_dict(cfg), "source": source, "data": choice.key})
+    job = job_queue().submit(
+        finetune,
+        {"data": annotated, "cfg": cfg, "out_dir": str(run.path), "source": source},
+        run_id=run.id,
+        device=cfg.device,
+    )
+    state.my_jobs().append(job.id)
+    return job
+
+
+def launch_many(methods: list[str], budget: float, choice: DataChoice, source: str, device: str) -> list[Job]:
+    """One run per method at the same budget (the Budget page's launch list)."""
+    base = FinetuneConfig()
+    jobs = []
+    for method in methods:
+        cfg = dataclasses.replace(
+            base,
+            method=method,
+            mask=dataclasses.replace(base.mask, budget=budget),
+            mining=state.mining_cfg(),
+            sensitivity=state.sens_cfg(),
+            device=device,
+        )
+        jobs.append(launch(f"{method}-{budget * 100:.3g}pct", cfg, choice, source))
+    return jobs
+
+
+@st.fragment(run_every=1.0)
+def progress_panel(key: str = "ft") -> None:
+    """Every job of the shared queue: progress, loss and metric curves, speed, ETA, cancel.
+
+    Reruns itself every second; when a job this session launched ends, the whole page reruns once
+    so that the run list shows the result.
+    """
+    jobs = job_queue().jobs()
+    if not jobs:
+        st.caption("No jobs yet in this server's queue.")
+        return
+    for job in reversed(jobs[-8:]):
+        _job_card(job, key)
+    finished = {j.id for j in jobs if j.done and j.id in state.my_jobs()} - state.seen_done()
+    if finished:
+        state.seen_done().update(finished)
+        st.rerun()
+
+
+def _job_card(job: Job, key: str) -> None:
+    p = job.progress()
+    run_name = job.run_id or job.id
+    with st.container(border=True):
+        c1, c2 = st.columns([5, 1])
+        c1.markdown(f"**{run_name}** · {job.device} · `{job.status.value}`")
+        if not job.done and c2.button("Cancel", key=f"{key}_cancel_{job.id}"):
+            job.cancel()
+        if job.status is RunStatus.PENDING:
+            ahead = [
+                j for j in job_queue().active() if j.device == job.device and j.submitted < job.submitted
+            ]
+            st.caption(f"Waiting in the queue ({len(ahead)} job(s) ahead on {job.device}).")
+            return
+        st.progress(p.fraction, text=f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:.2f}")
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–")
+        m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
+        m3.metric("Elapsed", _duration(p.elapsed or (time.time() - (job.started or time.time()))))
+        m4.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–")
+        if p.losses:
+            _curves(p.losses, p.eval_history, f"{key}_{job.id}")
+        if job.status is RunStatus.FAILED and job.error:
+            st.error("The job failed:")
+            st.code(job.error[-3000:])
+
+
+def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str) -> None:
+    frame = pd.DataFrame(losses, columns=["step", "loss"])
+    fig = go.Figure(go.Scatter(x=frame["step"], y=frame["loss"], name="train loss", mode="lines"))
+    metric_names = [
+        k
+        for k in (evals[0] if evals else {})
+        if k not in ("step", "epoch") and isinstance(evals[0][k], (int, float))
+    ]
+    for name in metric_names:
+        fig.add_trace(
+            go.Scatter(
+                x=[e["step"] for e in evals],
+                y=[e[name] for e in evals],
+                name=f"val {name}",
+                mode="lines+markers",
+                yaxis="y2",
+            )
+        )
+    fig.update_layout(
+        height=220,
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis_title="step",
+        yaxis2=dict(overlaying="y", side="right", range=[0, 1], showgrid=False),
+        legend=dict(orientation="h", y=1.15),
+    )
+    st.plotly_chart(fig, key=f"{key}_curve", width="stretch")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

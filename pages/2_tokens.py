@@ -1,0 +1,59 @@
+"""Tokens: the mined task-token groups, per label, with example rows, and adaptive tokenization."""
+
+import streamlit as st
+
+from clm_explore.data import DataError
+from clm_explore.modeling import ModelSourceError
+from clm_explore.ui import cache, forms, state, views
+
+st.title("Task tokens")
+st.write(
+    "Words, short spans and recurring word pieces whose presence shifts the label distribution, "
+    "scored by label relevance × domain specificity."
+)
+
+choice, source = state.data_choice(), state.model_source()
+if choice is None:
+    st.info("Pick a data set on the Data page first.")
+    st.stop()
+if cache.optional("mining") is None:
+    st.info("The mining module is not installed yet.")
+    st.stop()
+
+cfg = forms.mining_form(key="tok")
+try:
+    mined = cache.task_tokens(source, choice, cfg)
+except (DataError, ModelSourceError) as exc:
+    st.error(str(exc))
+    st.stop()
+if not mined.groups:
+    st.warning("No group passed the thresholds; lower 'Min rows' in the mining options.")
+    st.stop()
+frame = mined.to_frame()
+st.caption(f"{len(mined.groups)} groups from {mined.n_rows} training rows · background: {mined.background}")
+
+tab_all, tab_label, tab_merge = st.tabs(["All groups", "Per label", "Adaptive tokenization"])
+with tab_all:
+    shown = views.filter_groups(frame, key="tok_all")
+    views.render_group_table(shown, key="tok_all")
+    if not shown.empty:
+        pick = st.selectbox(
+            "Show example rows for",
+            shown.index,
+            key="tok_pick",
+            format_func=lambda i: f"{frame.at[i, 'text']} ({frame.at[i, 'label']})",
+        )
+        views.render_group_examples(mined.groups[pick], cache.data(choice).train, key="tok_examples")
+with tab_label:
+    labels = sorted(frame["label"].unique())
+    label = st.selectbox("Label", labels, key="tok_label")
+    views.render_group_table(frame[frame["label"] == label], key="tok_label")
+with tab_merge:
+    st.write(
+        "Adaptive tokenization adds the top multi-piece groups to the vocabulary as single tokens, "
+        "so inputs get shorter."
+    )
+    if not hasattr(cache.optional("mining"), "adaptive_tokenization"):
+        st.info("Adaptive tokenization is not available yet in the mining module.")
+    elif st.toggle("Measure adaptive tokenization", key="tok_merge"):
+        views.render_merge_report(cache.merge_report(source, choice, cfg), key="tok_merge")

@@ -1,0 +1,65 @@
+"""Sensitivity: where the task lives in the network, as a layers × modules heatmap."""
+
+import dataclasses
+
+import streamlit as st
+
+from clm_explore.config import MaskConfig
+from clm_explore.ui import cache, forms, state, views
+
+st.title("Sensitivity")
+st.write(
+    "Fisher scores of every weight row, with gradients taken only at mined task-token positions "
+    "(restricted) or at every position (unrestricted), summed per layer and module."
+)
+
+choice, source = state.data_choice(), state.model_source()
+if choice is None:
+    st.info("Pick a data set on the Data page first.")
+    st.stop()
+if cache.optional("sensitivity") is None or cache.optional("mining") is None:
+    st.info("The sensitivity module is not installed yet.")
+    st.stop()
+
+cfg = forms.sensitivity_form(key="sens")
+report = cache.sensitivity(source, choice, state.mining_cfg(), cfg)
+table = report.table.copy()
+st.caption(
+    f"{report.n_layers} layers · {report.backbone_params:,} backbone parameters · "
+    f"computed in {report.seconds:.1f}s · " + " · ".join(report.notes)
+)
+
+VIEWS = {
+    "score": "Total score",
+    "norm_score": "Normalised (score per parameter)",
+    "share_selected": f"Share selected at the current budget ({state.budget() * 100:.3g}%)",
+}
+view = st.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="sens_view")
+if view == "share_selected":
+    if cache.optional("masks") is None:
+        st.info("The masks module is not installed yet.")
+        st.stop()
+    table = cache.mask(source, choice, state.mining_cfg(), cfg, MaskConfig(budget=state.budget())).table
+views.heatmap(table, view, VIEWS[view], key="sens_main")
+
+st.subheader("Restricted vs unrestricted")
+st.write("The same score with gradients from every position: how much the token restriction moves the mass.")
+if st.button("Compare with unrestricted", key="sens_compare_btn"):
+    state.put(state.SENS_COMPARE, True)
+if state.get(state.SENS_COMPARE, False):
+    other_cfg = dataclasses.replace(cfg, restriction="none" if cfg.restriction == "tokens" else "tokens")
+    other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
+    left, right = st.columns(2)
+    with left:
+        views.heatmap(
+            views.share_of_total(report.table), "share", f"{cfg.restriction}: share of score", "sens_a"
+        )
+    with right:
+        views.heatmap(
+            views.share_of_total(other.table), "share", f"{other_cfg.restriction}: share of score", "sens_b"
+        )
+    diff = views.share_of_total(report.table).merge(views.share_of_total(other.table), on=["layer", "module"])
+    diff["share"] = diff["share_x"] - diff["share_y"]
+    views.heatmap(
+        diff, "share", f"Difference ({cfg.restriction} − {other_cfg.restriction})", "sens_diff", "RdBu"
+    )

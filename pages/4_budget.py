@@ -1,0 +1,47 @@
+"""Budget: how many weight rows to train, and what that costs, recomputed on every move."""
+
+import time
+
+import streamlit as st
+
+from clm_explore.config import METHODS, MaskConfig
+from clm_explore.ui import cache, forms, jobs, state, views
+
+st.title("Budget")
+st.write(
+    "Choose the share of backbone parameters to train. The mask is re-selected from the cached "
+    "scores on every move."
+)
+
+choice, source = state.data_choice(), state.model_source()
+if choice is None:
+    st.info("Pick a data set on the Data page first.")
+    st.stop()
+if cache.optional("masks") is None or cache.optional("sensitivity") is None:
+    st.info("The masks and sensitivity modules are not installed yet.")
+    st.stop()
+
+mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
+report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
+budget = forms.budget_input(key="budget")
+started = time.perf_counter()
+selection = cache.mask(source, choice, mining_cfg, sens_cfg, MaskConfig(budget=budget))
+st.caption(f"Mask selected in {(time.perf_counter() - started) * 1000:.0f} ms.")
+
+views.render_mask_summary(selection, report.backbone_params, key="budget")
+views.heatmap(selection.table, "share_selected", "Share of rows selected per layer and module", key="budget")
+
+st.subheader("Launch at this budget")
+ROW_METHODS = [m for m in METHODS if m not in ("full", "head")]
+st.write(
+    f"Methods that use the budget ({budget * 100:.3g}%): "
+    + ", ".join(ROW_METHODS)
+    + ". 'full' and 'head' ignore it and give the reference points."
+)
+picked = st.multiselect("Methods", METHODS, default=["sparse", "full"], key="budget_methods")
+if not jobs.finetune_available():
+    st.info("The finetune module is not installed yet; runs cannot be launched.")
+elif st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
+    launched = jobs.launch_many(picked, budget, choice, source, forms.default_device())
+    st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")
+    st.page_link("pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")

@@ -1,0 +1,41 @@
+"""Finetune: launch sparse and baseline runs; the shared queue with live progress; cancel."""
+
+import streamlit as st
+
+from clm_explore.config import ConfigError
+from clm_explore.ui import forms, jobs, state, views
+
+st.title("Finetune")
+st.write(
+    "Launch a run with our sparse method or a baseline. Jobs queue per device and are visible "
+    "to every user of this server; runs survive reloads and restarts."
+)
+
+choice, source = state.data_choice(), state.model_source()
+if choice is None:
+    st.info("Pick a data set on the Data page first.")
+    st.stop()
+st.caption(f"Data: **{choice.name}** · model: **{source}** · device: **{forms.device_label()}**")
+
+if not jobs.finetune_available():
+    st.info("The finetune module is not installed yet; runs cannot be launched.")
+else:
+    try:
+        submitted = forms.finetune_form(key="ft")
+    except ConfigError as exc:
+        st.error(str(exc))
+        submitted = None
+    if submitted is not None:
+        name, cfg = submitted
+        job = jobs.launch(name, cfg, choice, source)
+        st.toast(f"Queued {job.run_id}")
+
+st.subheader("Queue")
+jobs.progress_panel(key="ft")
+
+st.subheader("Recent runs")
+records = jobs.store().list()[:10]
+if records:
+    views.render_runs_table(records, key="ft")
+else:
+    st.caption("No runs yet.")

@@ -1,0 +1,93 @@
+"""Compare: two runs on the same test split: metrics, confusions, F1 per label, disagreements, attributions."""
+
+import streamlit as st
+
+from clm_explore.runs import RunStatus
+from clm_explore.ui import cache, jobs, views
+
+st.title("Compare runs")
+st.write("Two finished runs side by side: what each gets right, and which words each model relies on.")
+
+done = [
+    r for r in jobs.store().list() if r.status is RunStatus.SUCCEEDED and (r.path / "metrics.json").is_file()
+]
+if len(done) < 2:
+    st.info("Two finished runs are needed; launch some on the Finetune page.")
+    st.stop()
+store = jobs.store()
+c1, c2 = st.columns(2)
+with c1:
+    a = views.run_picker(done, "Run A", store.latest("sparse") or done[0], key="cmp_a")
+with c2:
+    b = views.run_picker(done, "Run B", store.latest("full") or done[1], key="cmp_b")
+views.render_metrics_side_by_side(a, b, key="cmp")
+c1, c2 = st.columns(2)
+with c1:
+    views.confusion(a.metrics, f"A: {a.method}", key="cmp_a")
+with c2:
+    views.confusion(b.metrics, f"B: {b.method}", key="cmp_b")
+views.f1_difference(a.metrics, b.metrics, key="cmp")
+
+st.subheader("Where they disagree")
+mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}
+if not mtime[a.id] or not mtime[b.id]:
+    st.info("A run has no predictions.csv.")
+    st.stop()
+diff = views.disagreements(
+    cache.predictions(str(a.path), mtime[a.id]), cache.predictions(str(b.path), mtime[b.id])
+)
+which = st.radio(
+    "Show",
+    ["all", "only A", "only B", "neither"],
+    horizontal=True,
+    key="cmp_filter",
+    format_func=lambda w: {
+        "all": "All",
+        "only A": "Only A right",
+        "only B": "Only B right",
+        "neither": "Neither right",
+    }[w],
+)
+shown = diff if which == "all" else diff[diff["right"] == which]
+st.dataframe(shown, key="cmp_disagree", hide_index=True, height=260)
+st.caption(f"{len(diff)} disagreements in {len(cache.predictions(str(a.path), mtime[a.id]))} test rows.")
+
+if cache.optional("attribution") is None:
+    st.info("Word attributions are not available yet (attribution module missing).")
+    st.stop()
+if not shown.empty:
+    pick = st.selectbox(
+        "Explain row",
+        shown.index,
+        key="cmp_row",
+        format_func=lambda i: f"{shown.at[i, 'row']}: {shown.at[i, 'text'][:80]}",
+    )
+    text = shown.at[pick, "text"]
+    c1, c2 = st.columns(2)
+    for col, run, name in ((c1, a, "A"), (c2, b, "B")):
+        with col:
+            result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
+            views.render_attribution(result, f"{name}: {run.method}")
+
+st.subheader("Top words per label")
+if cache.optional("casestudy") is None or cache.optional("report") is None:
+    st.info("The case study is not available yet (casestudy/report modules missing).")
+    st.stop()
+max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, 100, key="cmp_max_rows")
+key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
+if st.toggle("Compute top words", key="cmp_top"):
+    study = cache.case_study(*key)
+    c1, c2 = st.columns(2)
+    with c1:
+        views.render_top_words(study.top_a, study.groups_a, f"A: {a.method}", key="cmp_a")
+    with c2:
+        views.render_top_words(study.top_b, study.groups_a or study.groups_b, f"B: {b.method}", key="cmp_b")
+if st.button("Build case-study report", key="cmp_report"):
+    st.download_button(
+        "Download report.html",
+        cache.report_html(*key),
+        file_name=f"report-{a.id}-vs-{b.id}.html",
+        mime="text/html",
+        key="cmp_download",
+        on_click="ignore",
+    )

@@ -1,0 +1,57 @@
+"""Runs: every run on this server with its config and metrics; delete; download as a zip."""
+
+import streamlit as st
+
+from clm_explore.runs import RunStoreError
+from clm_explore.ui import jobs, views
+
+st.title("Runs")
+st.write("Every run in the registry, whoever launched it. Runs live in folders on the server.")
+
+store = jobs.store()
+if st.button("Refresh", key="runs_refresh"):
+    st.rerun()
+records = store.list()
+if not records:
+    st.info("No runs yet; launch one on the Finetune page.")
+    st.stop()
+views.render_runs_table(records, key="runs")
+
+run = views.run_picker(records, "Run", records[0], key="runs_pick")
+st.caption(
+    f"Folder: `{run.path}` · status **{run.status.value}** · created {run.created} · updated {run.updated}"
+)
+if run.error:
+    st.error(run.error)
+c1, c2 = st.columns(2)
+with c1:
+    st.markdown("**Config**")
+    st.json(run.config, expanded=False)
+with c2:
+    st.markdown("**Metrics**")
+    st.json({k: v for k, v in run.metrics.items() if k not in ("confusion", "per_label_f1")}, expanded=False)
+
+c1, c2 = st.columns(2)
+with c1:
+    st.download_button(
+        "Download folder (zip)",
+        data=lambda: store.zip_run(run.id),
+        file_name=f"{run.id}.zip",
+        mime="application/zip",
+        key="runs_zip",
+        on_click="ignore",
+    )
+with c2:
+    job = jobs.job_queue().for_run(run.id)
+    if not run.is_terminal and job is not None and st.button("Cancel job", key="runs_cancel"):
+        job.cancel()
+        st.toast("Cancel requested.")
+    confirm = st.checkbox("Yes, delete this run and its folder", key="runs_confirm")
+    if st.button("Delete run", key="runs_delete", disabled=not confirm):
+        try:
+            store.delete(run.id)
+        except RunStoreError as exc:
+            st.error(str(exc))
+        else:
+            st.toast(f"Deleted {run.id}")
+            st.rerun()
