@@ -66,3 +66,12 @@ def test_cp1252_note_in_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["rows"] == 30 and report["labels"] == ["balance", "card_lost", "transfer"]
     assert any("Windows-1252" in note for note in report["notes"])
+
+
+def test_sample_data_is_usable(capsys):
+    sample = ROOT / "sample_data" / "banking77_20"
+    assert main(["validate", str(sample), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 2000 and len(report["labels"]) == 20
+    assert report["splits"]["test"] == 800
+    assert all(counts["test"] == 40 for counts in report["label_counts"].values())
