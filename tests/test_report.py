@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -74,3 +75,56 @@ def test_report_metrics_side_by_side(tmp_path: Path, tiny_data) -> None:
     assert "<th>A: sparse-0</th><th>B: full-1</th>" in section
     assert "<tr><td>method</td><td>sparse</td><td>full</td></tr>" in section
     assert "<td>accuracy</td>" in section and "<td>trainable_params</td>" in section
+
+
+def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str]) -> None:
+    from clm_explore.cli import main
+
+    run = make_run(tmp_path, tiny_data, 0)
+    assert main(["explain", "--run", str(run), "--text", "my cardless card", "--steps", "8", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert {"tokens", "scores", "target", "probability", "delta"} <= set(one)
+    assert one["tokens"] == ["my", "cardless", "card"] and len(one["scores"]) == 3
+    assert one["target"] in tiny_data.labels
+    args = ["explain", "--run", str(run), "--text", "a", "--text", "b", "--target", "exchange_rate", "--json"]
+    assert main(args) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert isinstance(both, list) and [x["target"] for x in both] == ["exchange_rate"] * 2
+    assert main(["explain", "--run", str(run), "--text", "my card"]) == 0
+    human = capsys.readouterr().out
+    assert human.splitlines()[0].startswith("my") and "delta" in human
+
+
+def test_cli_bad_input(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str]) -> None:
+    from clm_explore.cli import main
+
+    assert main(["explain", "--run", str(tmp_path / "missing"), "--text", "x"]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    run = make_run(tmp_path, tiny_data, 0)
+    assert main(["explain", "--run", str(run), "--text", "x", "--target", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown target label 'nope'" in err and "card_arrival" in err
+    assert main(["report", "--run", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_cli_report(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str]) -> None:
+    from clm_explore.cli import main
+
+    run_a, run_b = make_run(tmp_path, tiny_data, 0), make_run(tmp_path, tiny_data, 1, "full")
+    out = tmp_path / "cli.html"
+    args = [
+        "report",
+        "--run",
+        str(run_a),
+        "--vs",
+        str(run_b),
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--max-rows",
+        "8",
+    ]
+    assert main(args) == 0
+    assert out.is_file() and "report written" in capsys.readouterr().out

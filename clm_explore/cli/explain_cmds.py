@@ -1,0 +1,127 @@
+"""``clm-explore explain`` (word attributions of texts under a run's model) and ``clm-explore report``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from clm_explore.attribution import AttributionConfig, AttributionError, TokenAttribution
+from clm_explore.cli import UserError, print_json
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``explain`` and ``report`` sub-commands."""
+    explain = subparsers.add_parser(
+        "explain",
+        help="word attributions of texts under a run's model",
+        description="Integrated Gradients on the word embeddings of the run's model: one score per word "
+        "(positive = towards the target label). Scores sum to p(text) - p(reference) up to delta.",
+    )
+    explain.add_argument(
+        "--run", required=True, metavar="DIR", help="a run folder (a finetuned model folder)"
+    )
+    explain.add_argument(
+        "--text", action="append", required=True, metavar="T", help="a text (repeat for more)"
+    )
+    explain.add_argument(
+        "--target", default=None, metavar="LABEL", help="label explained (default: predicted)"
+    )
+    explain.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps")
+    explain.add_argument(
+        "--max-length", type=int, default=AttributionConfig.max_length, help="sub-tokens kept"
+    )
+    explain.add_argument(
+        "--json", action="store_true", help="print JSON (an object for one text, else a list)"
+    )
+    explain.set_defaults(func=run_explain)
+
+    report = subparsers.add_parser(
+        "report",
+        help="write an HTML report of a run (or two runs side by side)",
+        description="One self-contained HTML file: metrics, confusion matrices, per-label F1, top attributed "
+        "words per label with mined groups marked, the mask heatmap and disagreement rows.",
+    )
+    report.add_argument("--run", required=True, metavar="A", help="the run folder studied (e.g. sparse)")
+    report.add_argument("--vs", default=None, metavar="B", help="a second run folder (e.g. full)")
+    report.add_argument(
+        "--data", default=None, metavar="DATA", help="data whose test split is explained instead"
+    )
+    report.add_argument("--out", required=True, metavar="HTML", help="the HTML file to write")
+    report.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps")
+    report.add_argument(
+        "--max-rows", type=int, default=300, help="rows attributed per run (disagreements first)"
+    )
+    report.add_argument("--top-k", type=int, default=10, help="top words per label")
+    report.set_defaults(func=run_report)
+
+
+def _check_run(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    run = Path(path).expanduser()
+    if not run.is_dir():
+        raise UserError(f"{flag} {path}: no such run folder.")
+    if not (run / "config.json").is_file():
+        raise UserError(f"{flag} {path}: not a run folder (no config.json); pass the folder finetune wrote.")
+    return run
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from clm_explore.attribution import explain, load_run_model
+
+    run = _check_run(args.run, "--run")
+    cfg = AttributionConfig(n_steps=args.steps, max_length=args.max_length)
+    loaded = load_run_model(run)
+    try:
+        results = explain(loaded.model, loaded.tokenizer, args.text, cfg, target=args.target)
+    except AttributionError as exc:
+        raise UserError(str(exc)) from exc
+    if args.json:
+        payload = [_as_json(r) for r in results]
+        print_json(payload[0] if len(payload) == 1 else payload)
+    else:
+        print("\n\n".join(format_attribution(r) for r in results))
+    return 0
+
+
+def _as_json(res: TokenAttribution) -> dict[str, Any]:
+    return {
+        "tokens": res.words,
+        "scores": res.scores,
+        "target": res.target_label,
+        "target_id": res.target,
+        "probability": res.probability,
+        "delta": res.delta,
+        "sub_tokens": res.tokens,
+        "sub_token_scores": res.token_scores,
+        "note": res.note,
+    }
+
+
+def format_attribution(res: TokenAttribution) -> str:
+    """Words with their scores, one per line, then the target, probability and delta."""
+    width = max((len(w) for w in res.words), default=4)
+    lines = [f"{word:<{width}}  {score:+.4f}" for word, score in zip(res.words, res.scores, strict=True)]
+    lines.append(f"target {res.target_label} (p={res.probability:.3f}), delta {res.delta:+.4f}")
+    if res.note:
+        lines.append(f"note: {res.note}")
+    return "\n".join(lines)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from clm_explore.report import build_report
+
+    run_a = _check_run(args.run, "--run")
+    run_b = _check_run(args.vs, "--vs")
+    if args.data is not None and not Path(args.data).exists():
+        raise UserError(f"--data {args.data}: no such file or folder.")
+    if run_b is None and args.data is None and not (run_a / "predictions.csv").is_file():
+        raise UserError(f"--run {args.run} has no predictions.csv; pass --data with the rows to explain.")
+    cfg = AttributionConfig(n_steps=args.steps)
+    try:
+        out = build_report(run_a, run_b, args.data, args.out, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"report written to {out}")
+    return 0
