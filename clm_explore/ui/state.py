@@ -121,13 +121,13 @@ def uploads_root() -> Path:
     return Path(os.environ.get("CLM_EXPLORE_UPLOADS") or default_root() / "_uploads")
 
 
-def save_upload(raw: bytes, filename: str) -> DataChoice:
+def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataChoice:
     """Keep an uploaded file under this session's own folder, with a sanitised name.
 
     The stored name is only letters, digits, '-' and '_' plus a known extension, so it can never
     leave the session folder; two sessions never share a folder.
     """
-    folder = (uploads_root() / session_id()).resolve()
+    folder = (folder or uploads_root() / session_id()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     suffix = Path(filename).suffix.lower()
     suffix = suffix if suffix in UPLOAD_SUFFIXES else ".csv"

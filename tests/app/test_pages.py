@@ -1,0 +1,179 @@
+"""AppTest over every page with the tiny random model and the bundled sample data.
+
+Jobs run inline (CLM_EXPLORE_INLINE_JOBS=1), so a launched run finishes inside the script run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from clm_explore.runs import RunStatus, RunStore
+from clm_explore.ui.state import DataChoice, save_upload
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+PAGES = [
+    "pages/2_tokens.py",
+    "pages/3_sensitivity.py",
+    "pages/4_budget.py",
+    "pages/5_finetune.py",
+    "pages/6_compare.py",
+    "pages/7_runs.py",
+]
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def _app_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_MODEL", "tiny-random")
+    monkeypatch.setenv("CLM_EXPLORE_INLINE_JOBS", "1")
+    monkeypatch.setenv("CLM_EXPLORE_DEVICE", "cpu")
+
+
+@pytest.fixture
+def at() -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def goto(app: AppTest, page: str) -> AppTest:
+    app.switch_page(page)
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def button(app: AppTest, label: str):
+    return next(b for b in app.button if b.label == label)
+
+
+def test_data_page_defaults_to_sample(at: AppTest) -> None:
+    assert at.session_state["data_choice"].name == "banking77_20"
+    assert at.title[0].value == "Data"
+    assert any("banking77_20" in c.value for c in at.sidebar.caption)
+    assert at.metric[0].label == "Rows" and int(at.metric[0].value) > 0
+
+
+def test_every_page_renders(at: AppTest) -> None:
+    for page in PAGES:
+        goto(at, page)
+        assert at.title, page
+
+
+def test_upload_via_library_path_and_column_mapping(tmp_path: Path) -> None:
+    raw = b"utterance,intent\n" + b"".join(
+        f"text number {i} about {'cards' if i % 2 else 'money'},{'card' if i % 2 else 'cash'}\n".encode()
+        for i in range(60)
+    )
+    choice = save_upload(raw, "../../My Upload!.csv", folder=tmp_path / "session")
+    assert Path(choice.path).parent == (tmp_path / "session").resolve() and choice.name == "My-Upload.csv"
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["data_choice"] = choice
+    app.run()
+    assert not app.exception and not app.error
+    assert app.radio(key="data_kind").value == "upload"
+    assert app.selectbox(key="data_text_col").options == ["(detect)", "utterance", "intent"]
+    app.selectbox(key="data_text_col").set_value("utterance").run()
+    app.selectbox(key="data_label_col").set_value("intent").run()
+    assert not app.exception and not app.error
+    assert app.session_state["data_choice"].label_col == "intent"
+
+
+def test_bad_upload_shows_plain_error(tmp_path: Path) -> None:
+    raw = b"a,b\n1,2\n"
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["data_choice"] = DataChoice(
+        "upload", str(tmp_path / "bad.csv"), "bad.csv", digest=hashlib.sha256(raw).hexdigest()
+    )
+    (tmp_path / "bad.csv").write_bytes(raw)
+    app.run()
+    assert not app.exception
+    assert app.error and "column" in app.error[0].value.lower()
+
+
+def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
+    goto(at, "pages/2_tokens.py")
+    assert at.dataframe, "groups table"
+    pick = at.selectbox(key="tok_pick")
+    pick.set_value(pick.options and pick.value).run()
+    assert any("**" in m.value for m in at.markdown), "example rows with the group in bold"
+    at.number_input(key="tok_min_count").set_value(3)
+    button(at, "Mine task tokens").click().run()
+    assert not at.exception
+    assert at.session_state["mining_cfg"].min_count == 3
+    at.text_input(key="tok_all_query").input("zzzz-no-match").run()
+    assert not at.exception
+
+
+def test_budget_slider_and_number_box(at: AppTest) -> None:
+    goto(at, "pages/4_budget.py")
+    first = at.metric[0].value
+    at.select_slider(key="budget_slider").set_value(0.1).run()
+    assert not at.exception
+    assert at.number_input(key="budget_number").value == pytest.approx(10.0)
+    assert at.session_state["budget"] == pytest.approx(0.1)
+    assert at.metric[0].value != first
+    at.number_input(key="budget_number").set_value(0.5).run()
+    assert at.session_state["budget"] == pytest.approx(0.005)
+    assert not at.exception
+
+
+def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
+    goto(at, "pages/5_finetune.py")
+    for method in ("sparse", "full"):
+        at.selectbox(key="ft_method").set_value(method)
+        at.number_input(key="ft_epochs").set_value(1)
+        button(at, "Launch").click().run(timeout=TIMEOUT)
+        assert not at.exception, [e.value for e in at.exception]
+    store = RunStore()
+    runs = store.list()
+    assert sorted(r.method for r in runs) == ["full", "sparse"]
+    assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
+    assert all((r.path / "predictions.csv").is_file() for r in runs)
+
+    goto(at, "pages/6_compare.py")
+    assert at.selectbox(key="cmp_a").value == store.latest("sparse").id
+    assert at.selectbox(key="cmp_b").value == store.latest("full").id
+    at.radio(key="cmp_filter").set_value("only A").run()
+    assert not at.exception
+    at.radio(key="cmp_filter").set_value("all").run()
+    at.toggle(key="cmp_top").set_value(True).run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.info, [i.value for i in at.info]  # every library module present: nothing guarded
+    assert any("sparse" in m.value and "p =" in m.value for m in at.markdown), "attributions of run A"
+    at.button(key="cmp_report").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.get("download_button"), "report download offered"
+
+    goto(at, "pages/7_runs.py")
+    victim = at.selectbox(key="runs_pick").value
+    at.checkbox(key="runs_confirm").check().run()
+    at.button(key="runs_delete").click().run()
+    assert not at.exception
+    assert victim not in [r.id for r in store.list()]
+
+
+def test_runs_page_shows_interrupted(at: AppTest) -> None:
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    run = store.create("ghost", "sparse", {})
+    store._update(run.id, {"status": "running", "pid": 2**22 + 7, "pid_start": "0"})  # a process long gone
+    store.mark_interrupted()
+    goto(at, "pages/7_runs.py")
+    assert store.get(run.id).status is RunStatus.INTERRUPTED
+    assert "interrupted" in at.dataframe[0].value["status"].tolist()
+
+
+def test_highlight_escapes_user_text() -> None:
+    from clm_explore.ui.views import escape_markdown, highlight_markdown
+
+    out = highlight_markdown("<b>My card</b> $5 [x](javascript:y) card", "card")
+    assert out.count("**card**") == 2 and "<" not in out.replace("\\<", "")
+    assert "\\$" in out and "\\[" in out and "\\(" in out
+    assert escape_markdown("**bold** :red[x]") == "\\*\\*bold\\*\\* \\:red\\[x\\]"
