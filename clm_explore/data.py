@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def _split_files(folder: Path) -> dict[str, Path]:
     return {split: files[0] for split, files in found.items()}
 
 
-def _read_file(path: Path, read: Any, size: int, cfg: DataConfig, notes: list[str]) -> pd.DataFrame:
+def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str]) -> pd.DataFrame:
     """Read one file into a checked ``[text, label]`` frame; ``read()`` is only called after the size check."""
     name = str(path)
     fmt = FORMATS.get(path.suffix.lower())
@@ -284,8 +285,14 @@ def _parse_parquet(name: str, raw: bytes) -> _Table:
     return _Table(name, frame.reset_index(drop=True), list(range(1, len(frame) + 1)), "row")
 
 
-_PARSERS = {
-    "csv": lambda name, text: _parse_delimited(name, text, ","),
+def _parse_csv(name: str, text: str) -> _Table:
+    # Spreadsheets in many European locales export "CSV" with semicolons; a header without commas tells.
+    header = text.lstrip("\ufeff\r\n").split("\n", 1)[0]
+    return _parse_delimited(name, text, ";" if ";" in header and "," not in header else ",")
+
+
+_PARSERS: dict[str, Callable[[str, str], _Table]] = {
+    "csv": _parse_csv,
     "tsv": lambda name, text: _parse_delimited(name, text, "\t"),
     "jsonl": _parse_jsonl,
     "json": _parse_json,

@@ -146,6 +146,7 @@ def good_cases() -> list[Case]:
         Case("intents.json", json.dumps(numeric, indent=1).encode()),
         Case("intents.parquet", parquet_bytes(df)),
         Case("bom.csv", b"\xef\xbb\xbf" + csv_bytes(df)),
+        Case("semicolons.csv", csv_bytes(df, sep=";")),
         Case("cp1252.csv", cp1252.encode("cp1252"), "read as Windows-1252"),
         Case("custom_columns.csv", csv_bytes(df.rename(columns={"text": "review", "label": "stars"})), "",
              {"text_col": "review", "label_col": "stars"}),
