@@ -167,6 +167,10 @@ def explain(
         One ``TokenAttribution`` per text, in input order.
     """
     cfg = cfg or AttributionConfig()
+    if not getattr(tokenizer, "is_fast", False):
+        raise AttributionError(
+            "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."
+        )
     texts = [texts] if isinstance(texts, str) else list(texts)
     targets = _per_text_targets(model, texts, cfg, target)
     if not texts:
@@ -207,15 +211,14 @@ def _per_text_targets(
     return [one] * len(texts)
 
 
-def _explain_batch(
-    model: PreTrainedModel,
+def _encode(
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     cfg: AttributionConfig,
-    targets: list[int | None],
-) -> list[TokenAttribution]:
-    device = next(model.parameters()).device
-    decoder = is_decoder_model(model, tokenizer)
+    decoder: bool,
+    device: torch.device,
+) -> tuple[Any, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(encoding, input_ids, reference_ids, extra forward args); ids are (batch, seq) int64."""
     enc = tokenizer(
         texts,
         padding=True,
@@ -225,16 +228,20 @@ def _explain_batch(
         return_offsets_mapping=True,
         return_special_tokens_mask=True,
     )
-    input_ids = enc["input_ids"].to(device)  # (batch, seq) int64
-    attention_mask = enc["attention_mask"].to(device)  # (batch, seq) int64
+    input_ids = enc["input_ids"].to(device)
+    attention_mask = enc["attention_mask"].to(device)
     keep = enc["special_tokens_mask"].bool().to(device) | (attention_mask == 0)
     # Captum's `baselines`: specials and padding as in the input, every other token replaced.
-    reference_ids = torch.where(
-        keep, input_ids, torch.full_like(input_ids, reference_token_id(tokenizer, decoder))
-    )
+    fill = torch.full_like(input_ids, reference_token_id(tokenizer, decoder))
+    reference_ids = torch.where(keep, input_ids, fill)
     extra = (
         (attention_mask, enc["token_type_ids"].to(device)) if "token_type_ids" in enc else (attention_mask,)
     )
+    return enc, input_ids, reference_ids, extra
+
+
+def _probabilities(model: PreTrainedModel) -> Any:
+    """The attributed function: softmax probabilities, (rows, labels) float32."""
 
     def forward(
         ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
@@ -242,16 +249,29 @@ def _explain_batch(
         kwargs = {"input_ids": ids, "attention_mask": mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        return torch.softmax(model(**kwargs).logits.float(), dim=-1)  # (rows, labels)
+        return torch.softmax(model(**kwargs).logits.float(), dim=-1)
 
+    return forward
+
+
+def _explain_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    cfg: AttributionConfig,
+    targets: list[int | None],
+) -> list[TokenAttribution]:
+    decoder = is_decoder_model(model, tokenizer)
+    enc, input_ids, reference_ids, extra = _encode(
+        tokenizer, texts, cfg, decoder, next(model.parameters()).device
+    )
+    forward = _probabilities(model)
     with torch.no_grad():
-        probs = forward(input_ids, *extra)
-        ref_probs = forward(reference_ids, *extra)
+        probs, ref_probs = forward(input_ids, *extra).cpu(), forward(reference_ids, *extra).cpu()
     predicted = probs.argmax(-1).tolist()
     target_ids = [p if t is None else t for p, t in zip(predicted, targets, strict=True)]
     n_steps = cfg.n_steps * 2 if decoder else cfg.n_steps
-    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-    attributions = lig.attribute(
+    attributions = LayerIntegratedGradients(forward, model.get_input_embeddings()).attribute(
         inputs=input_ids,
         baselines=reference_ids,
         target=target_ids,
@@ -260,26 +280,22 @@ def _explain_batch(
         method=cfg.method,
         internal_batch_size=max(cfg.internal_batch_size, len(texts)),
     )
-    token_scores = attributions.sum(dim=-1).detach().float().cpu()  # (batch, seq)
-    rows = torch.arange(len(texts))
-    targets_t = torch.tensor(target_ids)
-    p_in = probs.cpu()[rows, targets_t]
-    p_ref = ref_probs.cpu()[rows, targets_t]
-    deltas = token_scores.sum(-1) - (p_in - p_ref)
+    token_scores = attributions.sum(dim=-1).detach().float().cpu()  # (batch, seq, hidden) -> (batch, seq)
+    rows, cols = torch.arange(len(texts)), torch.tensor(target_ids)
+    p_in = probs[rows, cols]
+    deltas = token_scores.sum(-1) - (p_in - ref_probs[rows, cols])
     labels = {int(k): str(v) for k, v in model.config.id2label.items()}
+    base_note = []
+    if decoder:
+        ref_tok = tokenizer.convert_ids_to_tokens(reference_token_id(tokenizer, decoder))
+        base_note.append(f"decoder model: reference token {ref_tok!r} (not pad), {n_steps} steps")
     out = []
     for i, text in enumerate(texts):
-        note = []
-        if decoder:
-            ref_tok = tokenizer.convert_ids_to_tokens(reference_token_id(tokenizer, decoder))
-            note.append(f"decoder model: reference token {ref_tok!r} (not pad), {n_steps} steps")
-        words, word_scores, truncated = merge_words(
-            text, enc.word_ids(i), enc["offset_mapping"][i].tolist(), token_scores[i]
-        )
-        if truncated:
-            note.append(f"text truncated to {cfg.max_length} sub-tokens")
-        tokens = tokenizer.convert_ids_to_tokens(input_ids[i].tolist())
-        valid = attention_mask[i].bool().cpu().tolist()
+        offsets = enc["offset_mapping"][i].tolist()
+        words, word_scores, truncated = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
+        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens"] if truncated else [])
+        valid = enc["attention_mask"][i].bool().tolist()
+        tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][i].tolist())
         out.append(
             TokenAttribution(
                 words=words,
@@ -289,7 +305,7 @@ def _explain_batch(
                 probability=float(p_in[i]),
                 delta=float(deltas[i]),
                 tokens=[t for t, v in zip(tokens, valid, strict=True) if v],
-                token_scores=[float(s) for s, v in zip(token_scores[i].tolist(), valid, strict=True) if v],
+                token_scores=[float(x) for x, v in zip(token_scores[i].tolist(), valid, strict=True) if v],
                 note="; ".join(note),
                 predicted=int(predicted[i]),
             )
