@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,7 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
 
 def _write_cache(path: Path, items: dict[str, dict[str, Any]], cfg: AttributionConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent writers never share a temp file
     tmp.write_text(json.dumps({"config": cfg.to_dict(), "items": items}))
     tmp.replace(path)  # atomic: a reader never sees half a file
 
