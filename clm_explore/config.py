@@ -75,6 +75,8 @@ class MiningConfig:
     """A word fragment is kept only if it recurs inside at least this many different words."""
     examples_per_group: int = 5
     """Example row ids reported per group."""
+    merge_tokens: int = 0
+    """Adaptive tokenization: merge the top N multi-piece words into unused vocabulary slots (0 = off)."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_ngram <= 5, f"max_ngram must be in 1..5, got {self.max_ngram}")
@@ -159,7 +161,9 @@ class FinetuneConfig:
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     eval_every_epoch: bool = True
-    """Evaluate on the validation split after each epoch (time-to-accuracy curves)."""
+    """Evaluate after each epoch (time-to-accuracy curves, ``val_curve`` in metrics.json)."""
+    curve_split: str = "validation"
+    """Split of the per-epoch curve: 'validation', or 'test' for benchmark time-to-accuracy (never for tuning)."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
@@ -175,6 +179,7 @@ class FinetuneConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.curve_split in ("validation", "test"), f"curve_split must be validation or test, got {self.curve_split!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:

@@ -294,3 +294,90 @@ def coverage_share(texts: Sequence[str], tokenizer, task_tokens: TaskTokens) -> 
     covered = covered_positions(encodings, texts, task_tokens)
     total = sum(len(e.ids) for e in encodings)
     return sum(len(c) for c in covered) / max(total, 1)
+
+
+@dataclass
+class MergeReport:
+    """What adaptive tokenization merged into the tokenizer's unused slots, and what it bought."""
+
+    merged: list[dict]
+    """One entry per merged word: text, pieces, slot (the replaced token), id."""
+    mean_length_before: float
+    mean_length_after: float
+    note: str = ""
+
+    @property
+    def shortening(self) -> float:
+        """Relative reduction of the mean input length (0.05 = 5% shorter)."""
+        return 1 - self.mean_length_after / max(self.mean_length_before, 1e-9)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"shortening": self.shortening}
+
+    def summary(self) -> str:
+        return (f"merged {len(self.merged)} words into unused slots; mean input length "
+                f"{self.mean_length_before:.2f} -> {self.mean_length_after:.2f} tokens ({self.shortening:.1%} shorter)"
+                + (f"; {self.note}" if self.note else ""))
+
+
+def adaptive_tokenization(loaded, task_tokens: TaskTokens, texts: Sequence[str], n_merge: int = 64,
+                          apply: bool = True) -> MergeReport:
+    """Merge the top multi-piece single-word groups into the tokenizer's unused slots (BERT ``[unusedN]``).
+
+    The slot's embedding row becomes the mean of the pieces' rows, so no parameter is added. Multi-word
+    spans are not merged: the pre-tokenizer splits on spaces before the vocabulary is consulted.
+
+    Args:
+        loaded: a LoadedModel; with ``apply`` its tokenizer and embedding rows are changed in place.
+        n_merge: at most this many words are merged.
+        apply: False only measures the shortening (nothing is changed).
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    tok = loaded.tokenizer
+    vocab = tok.get_vocab()
+    slots = sorted((t for t in vocab if t.startswith("[unused")), key=lambda t: vocab[t])
+    words = [g for g in task_tokens.groups if g.kind == WORDS and " " not in g.text and len(g.pieces) > 1
+             and g.text not in vocab][:n_merge]
+    before = float(np.mean([len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]))
+    if not slots:
+        return MergeReport([], before, before, "the tokenizer has no unused slots; nothing merged")
+    words = words[: len(slots)]
+    merged = [{"text": g.text, "pieces": g.pieces, "slot": s, "id": vocab[s]} for g, s in zip(words, slots, strict=False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        _rename_vocab(Path(tmp), {m["slot"]: m["text"] for m in merged})
+        new_tok = AutoTokenizer.from_pretrained(tmp)
+    after = float(np.mean([len(x) for x in new_tok(list(texts), add_special_tokens=False)["input_ids"]]))
+    if apply:
+        import torch
+
+        emb = loaded.model.get_input_embeddings().weight
+        with torch.no_grad():
+            for m in merged:
+                piece_ids = tok.convert_tokens_to_ids(m["pieces"])
+                emb[m["id"]] = emb[piece_ids].mean(0)
+        loaded.tokenizer = new_tok
+        merged_words = {m["text"] for m in merged}
+        for g in task_tokens.groups:  # a merged word is now one piece: its slot's row becomes eligible
+            if g.text in merged_words and g.kind == WORDS:
+                g.pieces = [g.text]
+    note = "" if len(merged) == len(words) else f"only {len(slots)} unused slots"
+    return MergeReport(merged, before, after, note)
+
+
+def _rename_vocab(folder: Path, renames: dict[str, str]) -> None:
+    """Rename vocabulary entries in a saved tokenizer (tokenizer.json and vocab.txt) keeping their ids."""
+    tj = folder / "tokenizer.json"
+    if tj.is_file():
+        data = json.loads(tj.read_text())
+        model_vocab = data["model"]["vocab"]
+        for old, new in renames.items():
+            model_vocab[new] = model_vocab.pop(old)
+        tj.write_text(json.dumps(data))
+    vt = folder / "vocab.txt"
+    if vt.is_file():
+        lines = vt.read_text(encoding="utf-8").split("\n")
+        vt.write_text("\n".join(renames.get(line, line) for line in lines), encoding="utf-8")

@@ -1,0 +1,307 @@
+"""``mine``, ``sensitivity``, ``finetune`` and ``predict``: the method from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from clm_explore.cli import UserError, add_data_args, print_json
+from clm_explore.config import (
+    METHODS,
+    DataConfig,
+    FinetuneConfig,
+    MaskConfig,
+    MiningConfig,
+    SensitivityConfig,
+)
+
+
+def register(subparsers: Any) -> None:
+    _register_mine(subparsers)
+    _register_sensitivity(subparsers)
+    _register_finetune(subparsers)
+    _register_predict(subparsers)
+
+
+def _data(args: argparse.Namespace):
+    from clm_explore.data import load_data
+
+    return load_data(args.data, DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb))
+
+
+def _model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", metavar="SRC",
+                        help="'default' (all-MiniLM-L6-v2), 'tiny-random', a local HF folder, a .gguf file or 'smollm2'")
+
+
+# ---------------------------------------------------------------------------------------------- mine
+
+
+def _register_mine(sub: Any) -> None:
+    p = sub.add_parser("mine", help="mine task-specific token groups from the training split")
+    add_data_args(p)
+    _model_arg(p)
+    p.add_argument("--top", type=int, default=0, help="groups kept (0 = scaled with data size)")
+    p.add_argument("--min-count", type=int, default=5, help="rows a group must occur in")
+    p.add_argument("--relevance", choices=["kl", "mi", "chi2"], default="kl")
+    p.add_argument("--merge", type=int, default=0, metavar="N",
+                   help="adaptive tokenization: merge the top N multi-piece words into unused vocabulary slots")
+    p.add_argument("--show", type=int, default=30, help="groups printed (human output)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_mine)
+
+
+def run_mine(args: argparse.Namespace) -> int:
+    from clm_explore.mining import adaptive_tokenization, mine_task_tokens
+    from clm_explore.modeling import load_model
+
+    data = _data(args)
+    loaded = load_model(args.model, data.labels)
+    cfg = MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance)
+    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer, cfg)
+    merge = adaptive_tokenization(loaded, task_tokens, data.train["text"].tolist(), args.merge) if args.merge else None
+    frame = task_tokens.to_frame()
+    if args.json:
+        print_json(frame.assign(pieces=[g.pieces for g in task_tokens.groups]).to_dict(orient="records")
+                   if not merge else {"groups": frame.to_dict(orient="records"), "merge": merge.to_dict()})
+        return 0
+    print(f"{len(frame)} groups from {len(data.train)} training rows; background: {task_tokens.background}")
+    print(frame.head(args.show)[["text", "pieces", "count", "score", "label", "lift"]].to_string(index=False))
+    if merge:
+        print(merge.summary())
+    return 0
+
+
+# --------------------------------------------------------------------------------------- sensitivity
+
+
+def _register_sensitivity(sub: Any) -> None:
+    p = sub.add_parser("sensitivity", help="score rows of every weight matrix (token-restricted Fisher)")
+    add_data_args(p)
+    _model_arg(p)
+    p.add_argument("--restriction", choices=["tokens", "none"], default="tokens")
+    p.add_argument("--score", choices=["fisher", "taylor"], default="fisher")
+    p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
+    p.add_argument("--budget", type=float, default=None, help="also show what this budget selects")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_sensitivity)
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    from clm_explore.masks import select_mask
+    from clm_explore.mining import mine_task_tokens
+    from clm_explore.modeling import load_model
+    from clm_explore.sensitivity import compute_sensitivity
+
+    data = _data(args)
+    loaded = load_model(args.model, data.labels)
+    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
+    cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows)
+    report = compute_sensitivity(loaded, data, task_tokens, cfg, device=args.device,
+                                 on_progress=None if args.json else _progress_printer("scoring"))
+    if args.out:
+        report.save(args.out)
+        task_tokens.save(Path(args.out) / "task_tokens.json")
+    table = report.table
+    if args.json:
+        print_json(table[["layer", "module", "score", "norm_score", "rows", "params"]].to_dict(orient="records"))
+        return 0
+    print(table.to_string(index=False))
+    print(f"{report.seconds:.1f} s; " + "; ".join(report.notes))
+    if args.budget is not None:
+        sel = select_mask(report, MaskConfig(budget=args.budget))
+        print(f"budget {args.budget:g}: {sel.selected_params:,} parameters ({sel.share:.3%}), lowest layer "
+              f"{sel.lowest_layer}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
+    return 0
+
+
+def _progress_printer(what: str):
+    def show(done: int, total: int) -> None:
+        print(f"\r{what} {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    return show
+
+
+# ------------------------------------------------------------------------------------------ finetune
+
+
+def _register_finetune(sub: Any) -> None:
+    p = sub.add_parser("finetune", help="finetune with a method and write a run folder")
+    add_data_args(p, positional=False)
+    _model_arg(p)
+    p.add_argument("--method", default="sparse", help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--budget", type=float, default=MaskConfig.budget,
+                   help="fraction of backbone parameters in (0, 1], or a count > 1")
+    p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    p.add_argument("--lr", type=float, default=0.0, help="0 = the method's default")
+    p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
+    p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer")
+    p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
+    p.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_finetune)
+
+
+def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    if args.method not in METHODS:
+        raise UserError(f"Unknown method {args.method!r}; choose one of {', '.join(METHODS)}.")
+    if not (0 < args.budget <= 1 or (args.budget > 1 and float(args.budget).is_integer())):
+        raise UserError(f"--budget {args.budget:g} must be a fraction in (0, 1] or a whole parameter count above 1.")
+    mask = MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
+                      include_embeddings=not args.no_embeddings, seed=args.seed)
+    return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                          max_length=args.max_length, seed=args.seed, device=args.device, mask=mask)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from clm_explore.finetune import finetune
+    from clm_explore.runs import RunStatus, RunStore
+
+    cfg = finetune_config(args)
+    data = _data(args)
+    if len(data.labels) < 2:
+        raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
+    if int(os.environ.get("RANK", "0")) > 0:
+        # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry.
+        return _run_finetune_secondary(args, data, cfg)
+    store = RunStore()
+    out = _claim_out_dir(args.out, args.overwrite) if args.out else None
+    record = store.register_folder(out) if out else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method)
+    run_dir = store.path(record.id)
+    store.set_status(record.id, RunStatus.RUNNING)
+    try:
+        result = finetune(data, cfg, run_dir, source=args.model,
+                          on_step=None if args.json else _step_printer())
+    except BaseException as exc:
+        store.set_status(record.id, RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
+                         error=str(exc))
+        _budget_error(exc)
+        raise
+    store.set_status(record.id, RunStatus.SUCCEEDED)
+    metrics = {k: v for k, v in result.metrics.items() if k not in ("confusion",)}
+    if args.json:
+        print_json({"run": record.id, "out_dir": str(run_dir), **metrics})
+    else:
+        print(f"run {record.id} -> {run_dir}")
+        print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
+              f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  train {metrics['train_seconds']:.1f} s")
+    return 0
+
+
+def _run_finetune_secondary(args: argparse.Namespace, data, cfg: FinetuneConfig) -> int:
+    from clm_explore.finetune import finetune
+
+    if not args.out:
+        raise UserError("Several processes need --out DIR, so that every rank writes into the same run folder.")
+    finetune(data, cfg, Path(args.out), source=args.model)
+    return 0
+
+
+def _budget_error(exc: BaseException) -> None:
+    """The budget check lives in masks.budget_to_params; turn its ValueError into a user error."""
+    if isinstance(exc, ValueError) and "budget" in str(exc):
+        raise UserError(str(exc)) from exc
+
+
+def _claim_out_dir(out: str, overwrite: bool) -> Path:
+    path = Path(out).expanduser()
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise UserError(f"Run folder {path} already exists; pass --overwrite to replace it or choose another --out.")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _step_printer():
+    def show(info) -> None:
+        if info.eval:
+            print(f"\nepoch {info.epoch}: validation accuracy {info.eval['accuracy']:.4f}", file=sys.stderr)
+        elif info.step % 10 == 0 or info.step == info.total_steps:
+            print(f"\rstep {info.step}/{info.total_steps} loss {info.loss:.4f} {info.examples_per_second:.0f} ex/s "
+                  f"eta {info.eta:.0f} s", end="", file=sys.stderr, flush=True)
+    return show
+
+
+# ------------------------------------------------------------------------------------------- predict
+
+
+def _register_predict(sub: Any) -> None:
+    p = sub.add_parser("predict", help="predict labels with a finetuned run")
+    p.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--file", help="a data file; its text column is classified")
+    p.add_argument("--text-col", default=None)
+    p.add_argument("--top", type=int, default=3, help="labels shown per text")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_predict)
+
+
+def resolve_run_dir(run: str) -> Path:
+    """A run folder path, or a run id looked up in the registry."""
+    path = Path(run).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    from clm_explore.runs import RunStore
+
+    try:
+        return RunStore().path(run)
+    except Exception as exc:
+        raise UserError(f"{run!r} is neither a run folder (with config.json) nor a known run id.") from exc
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from clm_explore.finetune import predict_proba
+    from clm_explore.modeling import load_model
+
+    run_dir = resolve_run_dir(args.run)
+    texts = args.text or _texts_from_file(args.file, args.text_col)
+    loaded = load_model(str(run_dir), None)
+    probs = predict_proba(loaded.model, loaded, texts)
+    labels = [loaded.model.config.id2label[i] for i in range(probs.shape[1])]
+    results = []
+    for text, p in zip(texts, probs, strict=True):
+        top = p.argsort()[::-1][: args.top]
+        results.append({"text": text, "label": labels[top[0]], "probability": float(p[top[0]]),
+                        "top": [{"label": labels[i], "probability": float(p[i])} for i in top]})
+    if args.json:
+        print_json(results)
+    else:
+        for r in results:
+            print(f"{r['label']}\t{r['probability']:.3f}\t{r['text']}")
+    return 0
+
+
+def _texts_from_file(path: str, text_col: str | None) -> list[str]:
+    """Texts of a CSV/TSV/JSONL/Parquet file (labels not needed), or of a .txt file, one per line."""
+    import pandas as pd
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{path} does not exist.")
+    suffix = file.suffix.lower()
+    if suffix == ".txt":
+        return [line for line in file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    readers = {".csv": pd.read_csv, ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet,
+               ".jsonl": lambda f: pd.read_json(f, lines=True)}
+    if suffix not in readers:
+        raise UserError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .parquet or .txt.")
+    try:
+        frame = readers[suffix](file)
+    except Exception as exc:
+        raise UserError(f"{path} could not be read: {exc}") from exc
+    column = text_col or next((c for c in ("text", "sentence", "utterance", "query") if c in frame.columns), None)
+    if column not in frame.columns:
+        raise UserError(f"{path}: no text column found among {list(frame.columns)}; pass --text-col.")
+    return frame[column].astype(str).tolist()

@@ -1,0 +1,484 @@
+"""Finetune a classifier with any method and write a run folder (method.md sections 4 and 6).
+
+``finetune`` is synchronous: it loads the model, lets the method's *preparer* decide what trains
+(``PREPARERS``: sparse row deltas, full, and the baselines registered by ``clm_explore.baselines``),
+runs one shared training loop, merges, evaluates and writes the run folder described in
+docs/CONTRACTS.md. Progress goes out through ``on_step``; ``should_stop`` is polled every step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from clm_explore.config import FinetuneConfig, to_dict
+from clm_explore.data import AnnotatedData
+from clm_explore.masks import MaskSelection, select_mask
+from clm_explore.metrics import classification_metrics
+from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
+from clm_explore.modeling import (
+    LoadedModel,
+    autocast_dtype,
+    count_parameters,
+    head_parameter_names,
+    load_model,
+    resolve_device,
+)
+from clm_explore.sensitivity import SensitivityReport, backbone_parameter_count, compute_sensitivity
+from clm_explore.sparse import attach_deltas, delta_state, merge_deltas
+
+DEFAULT_LR = {"sparse": 1e-3, "full": 2e-4, "head": 1e-2, "bitfit": 1e-3, "lora": 5e-4, "prefix": 1e-2,
+              "layers": 2e-4, "random": 1e-3, "fisher": 1e-3, "gradient": 1e-3}
+
+
+@dataclass
+class StepInfo:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    examples_per_second: float
+    elapsed: float
+    eta: float
+    eval: dict | None = None
+
+
+@dataclass
+class FinetuneResult:
+    status: str
+    """'succeeded' or 'cancelled'."""
+    metrics: dict
+    out_dir: Path
+
+
+@dataclass
+class MethodContext:
+    """What a preparer may use to decide which parameters train."""
+
+    loaded: LoadedModel
+    data: AnnotatedData
+    cfg: FinetuneConfig
+    device: torch.device
+    out_dir: Path
+
+
+@dataclass
+class Prepared:
+    """A method's answer: what to optimise, and how to get a plain model back after training."""
+
+    model: nn.Module
+    param_groups: list[dict]
+    finalize: Callable[[], PreTrainedModel]
+    """Returns the standard transformers model to save (deltas merged, adapters folded in)."""
+    files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """Extra safetensors files for the run folder, written after training (e.g. masks, delta)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts for metrics.json (lowest_layer, prep_seconds, budget ...)."""
+    after_training: Callable[[], dict[str, dict[str, torch.Tensor]]] | None = None
+    """Called once training ends, before finalize: more files whose content exists only then."""
+
+
+Preparer = Callable[[MethodContext], Prepared]
+PREPARERS: dict[str, Preparer] = {}
+
+
+def register_method(name: str) -> Callable[[Preparer], Preparer]:
+    def add(fn: Preparer) -> Preparer:
+        PREPARERS[name] = fn
+        return fn
+    return add
+
+
+def trainable_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def freeze_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    names = set(head_parameter_names(model))
+    params = [p for n, p in model.named_parameters() if n in names]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+@register_method("full")
+def prepare_full(ctx: MethodContext) -> Prepared:
+    model = ctx.loaded.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": ctx.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return Prepared(model, groups, lambda: model)
+
+
+def mine_and_score(ctx: MethodContext, restriction: str) -> tuple[TaskTokens, SensitivityReport, float]:
+    """Mine groups on train, then row sensitivity; both saved into the run folder. Returns seconds too."""
+    started = time.perf_counter()
+    train = ctx.data.train
+    task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer, ctx.cfg.mining)
+    if ctx.cfg.mining.merge_tokens:
+        merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), ctx.cfg.mining.merge_tokens)
+        _write_json(ctx.out_dir / "merge.json", merge.to_dict())
+    sens_cfg = ctx.cfg.sensitivity
+    if sens_cfg.restriction != restriction:
+        sens_cfg = type(sens_cfg)(**{**asdict(sens_cfg), "restriction": restriction})
+    report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device))
+    task_tokens.save(ctx.out_dir / "task_tokens.json")
+    report.save(ctx.out_dir / "sensitivity")
+    return task_tokens, report, time.perf_counter() - started
+
+
+def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskSelection, prep_seconds: float) -> Prepared:
+    """Row deltas for a selection, the warmed-up head, LayerNorms at or above the lowest selected layer."""
+    model = ctx.loaded.model
+    freeze_all(model)
+    if report.head_state:
+        model.load_state_dict(report.head_state, strict=False)
+    wrappers = attach_deltas(model, selection.masks)
+    deltas = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
+    norms = _layernorm_params(model, selection.lowest_layer) if ctx.cfg.mask.train_layernorm else []
+    head = head_parameters(model)
+    head_lr = ctx.cfg.head_lr or ctx.cfg.lr or DEFAULT_LR[ctx.cfg.method]
+    groups = [{"params": deltas, "weight_decay": ctx.cfg.weight_decay}, {"params": norms, "weight_decay": 0.0},
+              {"params": head, "weight_decay": 0.0, "lr": head_lr}]
+    masks = {k: v.to(torch.uint8) for k, v in selection.masks.items()}
+
+    def finalize() -> PreTrainedModel:
+        merge_deltas(model, wrappers)
+        return model
+
+    info = {"lowest_layer": selection.lowest_layer, "prep_seconds": prep_seconds, "budget": ctx.cfg.mask.budget,
+            "selected_params": selection.selected_params, "budget_share": selection.share,
+            "time_ratio_estimate": selection.time_ratio_estimate}
+    return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,
+                    after_training=lambda: {"delta": delta_state(wrappers)})
+
+
+def _layernorm_params(model: nn.Module, lowest_layer: int | None) -> list[nn.Parameter]:
+    """LayerNorm gains and biases at or above the lowest selected layer (so backward still stops there)."""
+    import re
+
+    params = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower():
+            found = re.search(r"layers?\.(\d+)\.", name)
+            layer = int(found.group(1)) if found else (-1 if "embed" in name else 10**6)
+            if lowest_layer is not None and layer >= lowest_layer:
+                for p in mod.parameters(recurse=False):
+                    p.requires_grad_(True)
+                    params.append(p)
+    return params
+
+
+@register_method("sparse")
+def prepare_sparse(ctx: MethodContext) -> Prepared:
+    """Ours: token-restricted Fisher rows under the budget."""
+    _, report, seconds = mine_and_score(ctx, "tokens")
+    return prepare_rows(ctx, report, select_mask(report, ctx.cfg.mask), seconds)
+
+
+def _preparer(method: str) -> Preparer:
+    if method not in PREPARERS:
+        import clm_explore.baselines  # noqa: F401  (registers the comparison methods)
+    if method not in PREPARERS:
+        raise ValueError(f"method {method!r} is not available; known: {', '.join(sorted(PREPARERS))}")
+    return PREPARERS[method]
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:
+    return loaded.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar length: shuffle, sort within windows of 50 batches, shuffle batches."""
+    perm = torch.randperm(len(lengths), generator=generator).numpy()
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(perm), window):
+        chunk = perm[start : start + window]
+        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in order]
+
+
+def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, width) input ids and attention mask, right-padded to the longest row."""
+    width = max(len(ids[i]) for i in idx)
+    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx):
+        input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+        mask[r, : len(ids[i])] = 1
+    return input_ids, mask
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_length: int = 64,
+                  batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
+    """(rows, labels) class probabilities, batched by length."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids = encode(loaded, texts, max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    dtype = autocast_dtype(device)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        input_ids, mask = collate(ids, idx, loaded.tokenizer.pad_token_id)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+    model.train(was_training)
+    return probs
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+class PeakMemory:
+    """Peak extra memory while training: CUDA's allocator peak, or sampled process RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.process = psutil.Process(os.getpid())
+            self.start = self.process.memory_info().rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss - self.start)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self._stop.set()
+            if self._thread:
+                self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return self.peak / 2**20
+
+
+# ----------------------------------------------------------------------------------------------- loop
+
+
+def finetune(
+    data: AnnotatedData,
+    cfg: FinetuneConfig,
+    out_dir: str | Path,
+    source: str = "default",
+    on_step: Callable[[StepInfo], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FinetuneResult:
+    """Finetune ``source`` on ``data`` with ``cfg.method`` and write the run folder ``out_dir``.
+
+    Returns:
+        FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    accelerator = _distributed(device)
+    if accelerator is not None:
+        device = accelerator.device
+        if not accelerator.is_main_process:  # other ranks keep their own copy, for checks, out of the way
+            out_dir = out_dir / "ranks" / str(accelerator.process_index)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg.seed)
+    loaded = load_model(source, data.labels, seed=cfg.seed)
+    loaded.model.to(device)
+    _write_json(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
+                                            "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
+    ctx = MethodContext(loaded, data, cfg, device, out_dir)
+    base_params = count_parameters(loaded.model)
+    prepared = _preparer(cfg.method)(ctx)
+    lr = cfg.lr or DEFAULT_LR[cfg.method]
+    with open(out_dir / "progress.jsonl", "w") as progress:
+        loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator)
+        with PeakMemory(device) as memory:
+            status = loop.run()
+    if status == "cancelled":
+        _write_json(out_dir / "metrics.json", {"status": "cancelled", "steps": loop.step})
+        return FinetuneResult("cancelled", {"status": "cancelled"}, out_dir)
+    files = dict(prepared.files)
+    if prepared.after_training:
+        files.update(prepared.after_training())
+    model = prepared.finalize()
+    metrics = _evaluate_and_save(loaded, model, data, cfg, out_dir, files)
+    metrics.update(prepared.info)
+    metrics.update(method=cfg.method, seed=cfg.seed, epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size,
+                   train_seconds=loop.train_seconds, examples_per_second=loop.examples / max(loop.train_seconds, 1e-9),
+                   peak_memory_mb=memory.mb, trainable_params=loop.trainable_params, epoch_seconds=loop.epoch_seconds,
+                   total_params=count_parameters(model), base_params=base_params,
+                   backbone_params=backbone_parameter_count(model), val_curve=loop.val_curve,
+                   device=str(device), status="succeeded")
+    metrics.setdefault("budget", None)
+    _write_json(out_dir / "metrics.json", metrics)
+    return FinetuneResult("succeeded", metrics, out_dir)
+
+
+class _TrainLoop:
+    def __init__(self, loaded, data, cfg, prepared, device, lr, on_step, should_stop, accelerator=None):
+        self.loaded, self.data, self.cfg, self.prepared = loaded, data, cfg, prepared
+        self.device, self.on_step, self.should_stop = device, on_step, should_stop
+        self.trainable_params = trainable_count(prepared.model)
+        # Several processes (accelerate launch / torchrun): DDP averages gradients, each rank takes
+        # every world-th batch, so all ranks step in lockstep on the same weights.
+        self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        self.model = accelerator.prepare_model(prepared.model) if accelerator else prepared.model
+        self.eval_model = prepared.model
+        self.optimizer = torch.optim.AdamW(prepared.param_groups, lr=lr)
+        self.train_ids = encode(loaded, data.train["text"].tolist(), cfg.max_length)
+        self.train_labels = torch.as_tensor(data.label_ids("train"))
+        steps_per_epoch = -(-len(self.train_ids) // cfg.batch_size) // self.world
+        self.total_steps = steps_per_epoch * cfg.epochs
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = self.examples = 0
+        self.train_seconds = float(prepared.info.get("prep_seconds", 0.0))
+        self.val_curve: list[dict] = []
+        self.epoch_seconds: list[float] = []
+
+    def run(self) -> str:
+        dtype = autocast_dtype(self.device)
+        lengths = [len(x) for x in self.train_ids]
+        for epoch in range(1, self.cfg.epochs + 1):
+            self.model.train()
+            for idx in self._my_batches(lengths):
+                if self.should_stop and self.should_stop():
+                    return "cancelled"
+                started = time.perf_counter()
+                input_ids, mask = collate(self.train_ids, idx, self.loaded.tokenizer.pad_token_id)
+                with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                loss = nn.functional.cross_entropy(logits.float(), self.train_labels[idx].to(self.device))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.train_seconds += time.perf_counter() - started
+                self.step += 1
+                self.examples += len(idx) * self.world
+                self._report(epoch, loss.item(), None)
+            self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
+            self._end_epoch(epoch)
+        return "succeeded"
+
+    def _prep_seconds(self) -> float:
+        return float(self.prepared.info.get("prep_seconds", 0.0))
+
+    def _my_batches(self, lengths: list[int]) -> list[np.ndarray]:
+        batches = batch_order(lengths, self.cfg.batch_size, self.generator)
+        usable = len(batches) // self.world * self.world  # equal step counts: DDP syncs every backward
+        return batches[self.rank : usable : self.world]
+
+    def _end_epoch(self, epoch: int) -> None:
+        split = self.data.split(self.cfg.curve_split)
+        if not self.cfg.eval_every_epoch or split.empty:
+            return
+        probs = predict_proba(self.eval_model, self.loaded, split["text"].tolist(), self.cfg.max_length,
+                              device=self.device)
+        accuracy = float((probs.argmax(1) == self.data.label_ids(self.cfg.curve_split)).mean())
+        point = {"epoch": epoch, "seconds": self.train_seconds, "accuracy": accuracy, "split": self.cfg.curve_split}
+        self.val_curve.append(point)
+        self._report(epoch, float("nan"), point)
+
+    def _report(self, epoch: int, loss: float, evaluation: dict | None) -> None:
+        if not self.on_step:
+            return
+        rate = self.examples / max(self.train_seconds, 1e-9)
+        eta = (self.total_steps - self.step) * self.cfg.batch_size / max(rate, 1e-9)
+        self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation))
+
+
+def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict) -> dict:
+    texts = data.test["text"].tolist()
+    probs = predict_proba(model, loaded, texts, cfg.max_length)
+    pred = probs.argmax(1)
+    gold = data.label_ids("test")
+    metrics = classification_metrics(gold, pred, data.labels)
+    labels = np.array(data.labels)
+    pd.DataFrame({"row": range(len(texts)), "text": texts, "label": data.test["label"].tolist(),
+                  "pred": labels[pred], "prob": probs.max(1)}).to_csv(out_dir / "predictions.csv", index=False)
+    model.config.id2label = dict(enumerate(data.labels))
+    model.config.label2id = {name: i for i, name in enumerate(data.labels)}
+    if out_dir.parent.name == "ranks":
+        # transformers saves only on the main process; a secondary rank keeps its weights for checks.
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(out_dir)
+    for name, tensors in files.items():
+        if tensors:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / f"{name}.safetensors")
+    return metrics
+
+
+def _distributed(device: torch.device):
+    """An Accelerator when launched as several processes (WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device.type == "cpu")
+
+
+def _logged(on_step: Callable[[StepInfo], None] | None, progress) -> Callable[[StepInfo], None]:
+    """Append every step to progress.jsonl, then pass it on."""
+
+    def log(info: StepInfo) -> None:
+        progress.write(json.dumps(asdict(info)) + "\n")
+        progress.flush()
+        if on_step:
+            on_step(info)
+
+    return log
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)  # atomic: readers never see half a file
