@@ -1,0 +1,350 @@
+"""Comparison methods for the shared training loop (method.md section 5, peers.md B.3).
+
+Each method registers a *preparer* with ``finetune.register_method``: it decides what trains and how a
+plain model comes back, and ``finetune.finetune`` does the rest, so data, epochs, seeds, evaluation and
+the trainable-parameter count (parameters with ``requires_grad``) are the same for every method.
+
+- ``head``: linear probe, only the classification head trains.
+- ``bitfit``: every bias of the backbone plus the head.
+- ``lora`` / ``prefix``: ``peft`` adapters (task type SEQ_CLS, the head in ``modules_to_save``). LoRA is
+  merged into the weights, so its run folder is a plain model. A prefix cannot be merged: see
+  ``PrefixRunModel`` for what its run folder holds and ``load_run_model`` to reload it.
+- ``layers``: whole transformer layers, highest sensitivity per parameter first, up to the budget.
+- ``random`` / ``fisher`` / ``gradient``: row deltas at the same budget as ``sparse``, with rows chosen
+  at random, by Fisher scores without the token restriction, or by accumulated gradient magnitude.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from clm_explore.config import SensitivityConfig, to_dict
+from clm_explore.data import AnnotatedData
+from clm_explore.finetune import (
+    MethodContext,
+    Prepared,
+    freeze_all,
+    head_parameters,
+    mine_and_score,
+    prepare_rows,
+    register_method,
+)
+from clm_explore.masks import budget_to_params, select_mask
+from clm_explore.modeling import LoadedModel, head_parameter_names, load_model, resolve_device
+from clm_explore.sensitivity import (
+    MatrixInfo,
+    SensitivityReport,
+    _calibration_rows,
+    _embedding_info,
+    backbone_parameter_count,
+    make_batches,
+    scored_linears,
+    warm_up_head,
+)
+
+ADAPTER_DIR = "adapter"
+"""Sub-folder of a prefix run holding the peft adapter (the top level holds the base model)."""
+
+_LAYER = re.compile(r"layers?\.(\d+)\.")
+
+
+# ---------------------------------------------------------------------------------- simple freezes
+
+
+@register_method("head")
+def prepare_head(ctx: MethodContext) -> Prepared:
+    """Linear probe: the backbone stays frozen, only the classification head trains."""
+    model = ctx.loaded.model
+    freeze_all(model)
+    return Prepared(model, [{"params": head_parameters(model), "weight_decay": 0.0}], lambda: model)
+
+
+@register_method("bitfit")
+def prepare_bitfit(ctx: MethodContext) -> Prepared:
+    """BitFit: every bias term of the backbone (LayerNorm biases included) plus the head."""
+    model = ctx.loaded.model
+    freeze_all(model)
+    heads = set(head_parameter_names(model))
+    biases = [p for n, p in model.named_parameters() if n.endswith(".bias") and n not in heads]
+    for p in biases:
+        p.requires_grad_(True)
+    groups = [{"params": biases, "weight_decay": 0.0}, {"params": head_parameters(model), "weight_decay": 0.0}]
+    return Prepared(model, groups, lambda: model, info={"bias_params": sum(p.numel() for p in biases)})
+
+
+# ------------------------------------------------------------------------------------------- peft
+
+
+def _head_modules(model: nn.Module) -> list[str]:
+    return sorted({n.rsplit(".", 1)[0] for n in head_parameter_names(model)})
+
+
+def _trainable_group(model: nn.Module, weight_decay: float) -> list[dict]:
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+
+@register_method("lora")
+def prepare_lora(ctx: MethodContext) -> Prepared:
+    """LoRA on the attention query/value maps (peft's default targets per architecture), merged after training."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    r = ctx.cfg.lora_r
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
+                        modules_to_save=_head_modules(ctx.loaded.model))
+    peft_model = get_peft_model(ctx.loaded.model, config)
+
+    def finalize() -> PreTrainedModel:
+        # Folds B @ A into the weights and swaps the trained head copy in: the base architecture again.
+        return peft_model.merge_and_unload()
+
+    return Prepared(peft_model, _trainable_group(peft_model, ctx.cfg.weight_decay), finalize,
+                    info={"lora_r": r, "lora_alpha": 2 * r})
+
+
+@register_method("prefix")
+def prepare_prefix(ctx: MethodContext) -> Prepared:
+    """Prefix tuning: trained key/value prefixes in every layer plus the head; cannot be merged."""
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    model = ctx.loaded.model
+    _accept_prefix_cache(model)
+    config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=ctx.cfg.prefix_tokens,
+                                modules_to_save=_head_modules(model))
+    peft_model = get_peft_model(model, config)
+
+    def finalize() -> PreTrainedModel:
+        return PrefixRunModel(peft_model)  # type: ignore[return-value]  (saves like one, see the class)
+
+    return Prepared(peft_model, _trainable_group(peft_model, 0.0), finalize,
+                    info={"prefix_tokens": ctx.cfg.prefix_tokens, "adapter": ADAPTER_DIR})
+
+
+def _accept_prefix_cache(model: PreTrainedModel) -> None:
+    """Let peft pass its prefix to encoders whose forward names the cache ``cache``.
+
+    transformers 5 renamed BERT's ``past_key_values`` to ``cache`` (the old name still works through a
+    deprecation shim), but peft 0.21 looks for ``past_key_values`` in the forward signature and refuses
+    prefix tuning without it. An instance-level forward that takes ``past_key_values`` and hands it on
+    as ``cache`` fixes that; decoders that still take ``past_key_values`` are left alone.
+    """
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if "past_key_values" in params or "cache" not in inspect.signature(model.base_model.forward).parameters:
+        return
+    cls_forward = type(model).forward
+
+    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+        return cls_forward(self, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
+
+
+class PrefixRunModel(nn.Module):
+    """A trained prefix model in the shape ``finetune`` saves and evaluates.
+
+    ``save_pretrained(out_dir)`` writes the base model with the *trained* head at the top of the run
+    folder (so it is still a standard transformers folder that ``AutoModelForSequenceClassification``
+    loads, though without the prefix it predicts differently) and the peft adapter (the prefix key/value
+    vectors) into ``out_dir/adapter``. ``load_run_model`` puts both together again.
+    """
+
+    def __init__(self, peft_model: nn.Module):
+        super().__init__()
+        self.peft = peft_model
+        self.config = peft_model.get_base_model().config
+
+    def forward(self, *args, **kwargs):
+        return self.peft(*args, **kwargs)
+
+    def save_pretrained(self, out_dir: str | Path, **kwargs) -> None:
+        self.peft.save_pretrained(Path(out_dir) / ADAPTER_DIR)  # prefix + head, while peft still wraps the head
+        _unwrap_heads(self.peft)  # then the trained head becomes the base model's own module, saved with it
+        self.peft.get_base_model().save_pretrained(out_dir, **kwargs)
+
+
+def _unwrap_heads(peft_model: nn.Module) -> None:
+    """Replace peft's ModulesToSaveWrapper by its trained copy, in place (what merge_and_unload does)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    base = peft_model.get_base_model()
+    for name, module in list(base.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = base.get_submodule(parent_name) if parent_name else base
+            setattr(parent, child, module.modules_to_save[module.active_adapters[0]])
+
+
+def load_run_model(run_dir: str | Path) -> LoadedModel:
+    """Load a run folder for prediction; a prefix run gets its adapter back (``adapter/``).
+
+    Every other method's run folder is a plain transformers model, and this equals
+    ``modeling.load_model(run_dir, None)`` for it.
+    """
+    run_dir = Path(run_dir)
+    loaded = load_model(str(run_dir), None)
+    adapter = run_dir / ADAPTER_DIR
+    if (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        _accept_prefix_cache(loaded.model)
+        peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
+        loaded.model = PrefixRunModel(peft_model).eval()  # type: ignore[assignment]
+    return loaded
+
+
+# ------------------------------------------------------------------------------------ whole layers
+
+
+def layer_of(name: str) -> int | None:
+    """Transformer layer index in a parameter or module name, or None (embeddings, pooler, head)."""
+    found = _LAYER.search(name)
+    return int(found.group(1)) if found else None
+
+
+def rank_layers(report: SensitivityReport) -> list[int]:
+    """Transformer layers by sensitivity per scored parameter, highest first."""
+    table = report.table
+    table = table[(table["layer"] >= 0) & (table["layer"] < report.n_layers)]
+    per_layer = table.groupby("layer")[["score", "params"]].sum()
+    density = per_layer["score"] / per_layer["params"].clip(lower=1)
+    return [int(x) for x in density.sort_values(ascending=False, kind="stable").index]
+
+
+def choose_layers(model: nn.Module, ranked: list[int], budget_params: int) -> list[int]:
+    """Whole layers in rank order while they fit the budget; the top layer alone when none fits."""
+    sizes: dict[int, int] = {}
+    for name, p in model.named_parameters():
+        layer = layer_of(name)
+        if layer is not None:
+            sizes[layer] = sizes.get(layer, 0) + p.numel()
+    chosen, spent = [], 0
+    for layer in ranked:
+        if spent + sizes[layer] <= budget_params:
+            chosen.append(layer)
+            spent += sizes[layer]
+    return sorted(chosen or ranked[:1])
+
+
+@register_method("layers")
+def prepare_layers(ctx: MethodContext) -> Prepared:
+    """Layer selection: whole top-ranked layers (token-restricted sensitivity) up to the row budget.
+
+    A layer of a small encoder holds several percent of the backbone, so at small budgets no layer fits;
+    then the single top layer trains anyway and ``over_budget`` is set in the metrics.
+    """
+    _, report, seconds = mine_and_score(ctx, "tokens")
+    model = ctx.loaded.model
+    freeze_all(model)
+    if report.head_state:  # the same warmed-up head the row methods start from
+        model.load_state_dict(report.head_state, strict=False)
+    budget = budget_to_params(ctx.cfg.mask.budget, report.backbone_params)
+    layers = choose_layers(model, rank_layers(report), budget)
+    params = [(n, p) for n, p in model.named_parameters() if layer_of(n) in layers]
+    for _, p in params:
+        p.requires_grad_(True)
+    selected = sum(p.numel() for _, p in params)
+    groups = [{"params": [p for _, p in params if p.ndim > 1], "weight_decay": ctx.cfg.weight_decay},
+              {"params": [p for _, p in params if p.ndim <= 1], "weight_decay": 0.0},
+              {"params": head_parameters(model), "weight_decay": 0.0}]
+    info = {"layers": layers, "lowest_layer": min(layers), "prep_seconds": seconds, "budget": ctx.cfg.mask.budget,
+            "selected_params": selected, "budget_share": selected / max(report.backbone_params, 1),
+            "over_budget": selected > budget}
+    return Prepared(model, [g for g in groups if g["params"]], lambda: model, info=info)
+
+
+# ------------------------------------------------------------------------------- row-mask ablations
+
+
+@register_method("random")
+def prepare_random(ctx: MethodContext) -> Prepared:
+    """Random rows at the same budget, over the same eligible rows and warmed-up head as ``sparse``."""
+    _, report, seconds = mine_and_score(ctx, "tokens")
+    selection = select_mask(report, replace(ctx.cfg.mask, strategy="random"))
+    return prepare_rows(ctx, report, selection, seconds)
+
+
+@register_method("fisher")
+def prepare_fisher(ctx: MethodContext) -> Prepared:
+    """Fisher rows without the token restriction (every position's gradient counts)."""
+    _, report, seconds = mine_and_score(ctx, "none")
+    return prepare_rows(ctx, report, select_mask(report, replace(ctx.cfg.mask, strategy="topk_global")), seconds)
+
+
+@register_method("gradient")
+def prepare_gradient(ctx: MethodContext) -> Prepared:
+    """Gradient-magnitude static mask (SIFT / SPEFT style): rows by accumulated |dL/dw|, no mining."""
+    started = time.perf_counter()
+    report = gradient_sensitivity(ctx.loaded, ctx.data, ctx.cfg.sensitivity, device=str(ctx.device))
+    report.save(ctx.out_dir / "sensitivity")
+    selection = select_mask(report, replace(ctx.cfg.mask, strategy="topk_global"))
+    return prepare_rows(ctx, report, selection, time.perf_counter() - started)
+
+
+def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: SensitivityConfig | None = None,
+                         device: str = "auto") -> SensitivityReport:
+    """Row scores sum_batches sum_j |dL_batch/dw_rj| (+ |dL_batch/db_r|) over the calibration rows.
+
+    Same calibration subset, head warm-up and scored matrices as ``compute_sensitivity``, but plain
+    batch gradients (``cfg.batch_size`` rows each) instead of per-example squares, and no token
+    restriction: eligible word-embedding rows are the tokens seen in the calibration rows.
+    """
+    cfg = cfg or SensitivityConfig()
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    model = loaded.model.to(dev)
+    texts, label_ids = _calibration_rows(data, cfg)
+    batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
+    head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
+    linears = scored_linears(model)
+    embedding = model.get_input_embeddings()
+    totals = _accumulate_gradients(model, batches, linears, embedding, dev)
+    n_rows = sum(len(b.labels) for b in batches)
+    matrices = {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
+                                          lin.in_features + (lin.bias is not None))
+                for n, (lin, layer, kind) in linears.items()}
+    row_scores = {f"{n}.weight": totals[n] / n_rows for n in linears}
+    emb_name, emb_info = _embedding_info(loaded, None, batches)
+    matrices[emb_name], row_scores[emb_name] = emb_info, totals["<embedding>"] / n_rows
+    config = {**to_dict(cfg), "restriction": "none", "score": "gradient"}
+    notes = [f"calibration rows: {len(texts)}", "restriction: none", "score: gradient (accumulated |dL/dw|)"]
+    return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),
+                             config, head_state, time.perf_counter() - started, notes)
+
+
+def _accumulate_gradients(model, batches, linears, embedding, dev) -> dict[str, torch.Tensor]:
+    scored = {n: lin for n, (lin, _, _) in linears.items()}
+    was = {n: p.requires_grad for n, p in model.named_parameters()}
+    totals = {n: torch.zeros(lin.out_features) for n, lin in scored.items()}
+    totals["<embedding>"] = torch.zeros(embedding.num_embeddings)
+    model.eval()  # dropout off, as for the Fisher scores
+    freeze_all(model)
+    params = [embedding.weight] + [p for lin in scored.values() for p in lin.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        for b in batches:
+            out = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev))
+            nn.functional.cross_entropy(out.logits.float(), b.labels.to(dev), reduction="sum").backward()
+            with torch.no_grad():
+                for n, lin in scored.items():
+                    row = lin.weight.grad.abs().sum(-1)
+                    if lin.bias is not None:
+                        row += lin.bias.grad.abs()
+                    totals[n] += row.float().cpu()
+                totals["<embedding>"] += embedding.weight.grad.abs().sum(-1).float().cpu()
+            for p in params:
+                p.grad = None
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(was[n])
+            p.grad = None
+    return totals

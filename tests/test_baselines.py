@@ -1,0 +1,144 @@
+"""Baselines and ablations: every method trains through the shared loop; counts and budgets hold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from clm_explore.baselines import choose_layers, gradient_sensitivity, load_run_model
+from clm_explore.config import METHODS, FinetuneConfig, MaskConfig, SensitivityConfig
+from clm_explore.finetune import finetune, predict_proba
+from clm_explore.masks import budget_to_params
+from clm_explore.modeling import count_parameters, head_parameter_names
+from clm_explore.sensitivity import SensitivityReport
+
+
+def _cfg(method: str, budget: float = 0.05, seed: int = 0) -> FinetuneConfig:
+    # 160 training rows in batches of 80: two optimizer steps. Short calibration keeps it fast.
+    return FinetuneConfig(method=method, epochs=1, batch_size=80, seed=seed, device="cpu",
+                          mask=MaskConfig(budget=budget, seed=seed),
+                          sensitivity=SensitivityConfig(calibration_rows=80, warmup_epochs=1))
+
+
+def _run(method, data, tmp_path, **kw):
+    return finetune(data, _cfg(method, **kw), tmp_path / method, source="tiny-random")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_two_steps_and_saves_a_plain_model(method, tiny_data, tmp_path):
+    result = _run(method, tiny_data, tmp_path)
+    steps = [json.loads(line) for line in (result.out_dir / "progress.jsonl").read_text().splitlines()]
+    losses = [s["loss"] for s in steps if s["eval"] is None]
+    assert result.status == "succeeded"
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert 0 < result.metrics["trainable_params"] <= result.metrics["base_params"]
+    assert len(pd.read_csv(result.out_dir / "predictions.csv")) == len(tiny_data.test)
+    model = AutoModelForSequenceClassification.from_pretrained(result.out_dir)
+    assert model.config.id2label[0] == tiny_data.labels[0]
+
+
+def test_head_and_bitfit_count_exactly_what_they_train(tiny_data, tiny, tmp_path):
+    model = tiny.model
+    heads = set(head_parameter_names(model))
+    head = sum(p.numel() for n, p in model.named_parameters() if n in heads)
+    biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias") and n not in heads)
+    assert _run("head", tiny_data, tmp_path).metrics["trainable_params"] == head
+    bitfit = _run("bitfit", tiny_data, tmp_path).metrics
+    assert bitfit["trainable_params"] == biases + head == bitfit["bias_params"] + head
+
+
+def test_bitfit_leaves_weights_untouched(tiny_data, tiny, tmp_path):
+    before = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+    out = _run("bitfit", tiny_data, tmp_path).out_dir
+    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    heads = set(head_parameter_names(tiny.model))
+    for name, value in before.items():
+        if not name.endswith(".bias") and name not in heads:
+            assert torch.equal(after[name], value), name
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_peft_methods_train_far_fewer_parameters_than_full(method, tiny_data, tiny, tmp_path):
+    metrics = _run(method, tiny_data, tmp_path).metrics
+    assert metrics["trainable_params"] < count_parameters(tiny.model) / 4
+
+
+def test_lora_merges_into_the_base_architecture(tiny_data, tmp_path):
+    result = _run("lora", tiny_data, tmp_path)
+    assert result.metrics["total_params"] == result.metrics["base_params"]
+    assert not (result.out_dir / "adapter").exists()
+    reloaded = load_run_model(result.out_dir)
+    assert type(reloaded.model).__name__ == "BertForSequenceClassification"
+
+
+def test_prefix_run_reloads_and_predicts_the_same(tiny_data, tmp_path):
+    out = _run("prefix", tiny_data, tmp_path).out_dir
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    saved = pd.read_csv(out / "predictions.csv")
+    loaded = load_run_model(out)
+    probs = predict_proba(loaded.model, loaded, saved["text"].tolist())
+    labels = np.array([loaded.model.config.id2label[i] for i in range(probs.shape[1])])
+    assert (labels[probs.argmax(1)] == saved["pred"]).all()
+    np.testing.assert_allclose(probs.max(1), saved["prob"], atol=1e-5)
+    # The top level is a plain transformers folder holding the trained head (not the random one).
+    plain = AutoModelForSequenceClassification.from_pretrained(out)
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    trained = next(v for k, v in adapter.items() if k.endswith("classifier.weight"))
+    assert torch.equal(plain.classifier.weight, trained)
+
+
+@pytest.mark.parametrize("method", ["sparse", "random", "fisher", "gradient"])
+def test_row_selections_spend_the_budget(method, tiny_data, tmp_path):
+    result = _run(method, tiny_data, tmp_path, budget=0.05)
+    report = SensitivityReport.load(result.out_dir / "sensitivity")
+    budget = budget_to_params(0.05, report.backbone_params)
+    masks = load_file(result.out_dir / "masks.safetensors")
+    selected = sum(int(m.sum()) * report.matrices[n].row_params for n, m in masks.items())
+    widest_row = max(info.row_params for info in report.matrices.values())
+    assert selected == result.metrics["selected_params"]
+    assert budget - widest_row < selected <= budget
+
+
+def test_random_rows_depend_on_the_seed(tiny_data, tmp_path):
+    a = load_file(_run("random", tiny_data, tmp_path / "a", seed=0).out_dir / "masks.safetensors")
+    b = load_file(_run("random", tiny_data, tmp_path / "b", seed=1).out_dir / "masks.safetensors")
+    assert a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_layers_trains_whole_layers_within_the_budget(tiny_data, tmp_path):
+    small = _run("layers", tiny_data, tmp_path / "small", budget=0.05).metrics
+    assert len(small["layers"]) == 1 and small["over_budget"]  # no tiny layer fits 5%: the top one trains
+    both = _run("layers", tiny_data, tmp_path / "both", budget=0.9).metrics
+    assert both["layers"] == [0, 1] and not both["over_budget"]
+    assert both["trainable_params"] == both["selected_params"] + 132  # + the 4 x 32 head and its bias
+
+
+def test_choose_layers_takes_ranked_layers_while_they_fit():
+    model = nn.ModuleDict({"layer": nn.ModuleList([nn.Linear(10, 10) for _ in range(3)])})  # 110 each
+    assert choose_layers(model, [2, 0, 1], 250) == [0, 2]
+    assert choose_layers(model, [1, 0, 2], 50) == [1]
+
+
+def test_gradient_scores_are_row_sums_of_the_batch_gradient(tiny_data, tiny):
+    cfg = SensitivityConfig(calibration_rows=len(tiny_data.train), batch_size=len(tiny_data.train), warmup_epochs=0)
+    report = gradient_sensitivity(tiny, tiny_data, cfg, device="cpu")
+    name = "bert.encoder.layer.1.attention.self.value"
+    lin = tiny.model.get_submodule(name)
+    enc = tiny.tokenizer(tiny_data.train["text"].tolist(), padding=True, truncation=True, max_length=64,
+                         return_tensors="pt")
+    tiny.model.eval()
+    for p in tiny.model.parameters():
+        p.requires_grad_(True)
+    logits = tiny.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    nn.functional.cross_entropy(logits, torch.as_tensor(tiny_data.label_ids("train")), reduction="sum").backward()
+    expected = (lin.weight.grad.abs().sum(-1) + lin.bias.grad.abs()) / len(tiny_data.train)
+    torch.testing.assert_close(report.row_scores[f"{name}.weight"], expected, rtol=1e-4, atol=1e-7)
+    assert all(torch.isfinite(s).all() and (s >= 0).all() for s in report.row_scores.values())
+    assert report.config["score"] == "gradient"
