@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from clm_explore.ui import forms
+from clm_explore.ui import cache, forms
 
 st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
 
@@ -16,6 +16,7 @@ PAGES = [
     st.Page("pages/7_runs.py", title="Runs", icon=":material/folder_open:"),
 ]
 
+cache.configure_torch()
 page = st.navigation(PAGES)
 forms.sidebar()
 page.run()

@@ -86,7 +86,8 @@ try:
 except DataError as exc:
     st.error(str(exc))
     st.stop()
-state.set_data_choice(choice)
+if state.set_data_choice(choice):
+    st.rerun()  # the sidebar, drawn before this page, shows the new data set
 
 st.subheader(f"Data set: {choice.name}")
 views.render_data_report(cache.report(choice), key="data")

@@ -165,3 +165,16 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows).read_bytes()
+
+
+@st.cache_resource(show_spinner=False)
+def configure_torch() -> int:
+    """Once per server: ``$CLM_EXPLORE_TORCH_THREADS`` CPU threads for torch (its default when unset)."""
+    import os
+
+    import torch
+
+    threads = os.environ.get("CLM_EXPLORE_TORCH_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()

@@ -108,8 +108,11 @@ def data_choice() -> DataChoice | None:
     return choice
 
 
-def set_data_choice(choice: DataChoice) -> None:
+def set_data_choice(choice: DataChoice) -> bool:
+    """Select ``choice``; True when it differs from the previous one (the sidebar then needs a rerun)."""
+    changed = st.session_state.get(DATA_CHOICE) != choice
     st.session_state[DATA_CHOICE] = choice
+    return changed
 
 
 def session_id() -> str:

@@ -146,22 +146,27 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
     st.plotly_chart(fig, key=f"{key}_heat")
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"  # pragma: no cover
+
+
 def render_mask_summary(selection: Any, full_params: int | None, key: str) -> None:
-    c = st.columns(4)
     # The contract named it trainable_params; masks.py calls it selected_params.
     trainable = getattr(selection, "trainable_params", None) or selection.selected_params
-    c[0].metric(
-        "Trainable params", f"{trainable:,}", f"{selection.share * 100:.3g}% of backbone", delta_color="off"
-    )
-    c[1].metric("Optimizer memory", f"{selection.optimizer_bytes / 2**20:.2f} MiB")
+    lowest = selection.lowest_layer
+    c = st.columns(5)
+    c[0].metric("Trainable params", f"{trainable:,}")
+    c[1].metric("Share of backbone", f"{selection.share * 100:.3g}%")
     c[2].metric(
-        "Lowest selected layer",
-        "emb"
-        if selection.lowest_layer is not None and selection.lowest_layer < 0
-        else str(selection.lowest_layer),
+        "Optimizer memory", human_bytes(selection.optimizer_bytes), help="AdamW: value, gradient, 2 moments"
     )
+    c[3].metric("Lowest selected layer", "–" if lowest is None else ("emb" if lowest < 0 else str(lowest)))
     ratio = getattr(selection, "time_ratio_estimate", None)
-    c[3].metric(
+    c[4].metric(
         "Time per epoch vs full",
         f"{ratio:.2f}×" if ratio is not None else "–",
         help="Estimate: backward stops at the lowest selected layer; optimizer touches selected rows only.",

@@ -1,0 +1,230 @@
+"""The real app in a real browser: `streamlit run app.py` on a free localhost port, driven by Chromium.
+
+Skipped when /usr/bin/chromium is missing (install it with `apt-get install -y chromium`).
+The server runs the tiny random model (CLM_EXPLORE_MODEL=tiny-random) on a temporary run root.
+Screenshots of failing tests land in the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_TRAIN = ROOT / "sample_data" / "banking77_20" / "train.csv"
+WAIT_MS = 45_000
+
+if not CHROMIUM.exists():
+    pytest.skip("Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A streamlit server on localhost; warmed up once (first imports take a while on a busy machine)."""
+    tmp = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CLM_EXPLORE_RUNS": str(tmp / "runs"),
+        "CLM_EXPLORE_MODEL": "tiny-random",
+        "CLM_EXPLORE_DEVICE": "cpu",
+        "CLM_EXPLORE_TORCH_THREADS": "1",
+        "CLM_EXPLORE_CACHE": str(tmp / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("CLM_EXPLORE_INLINE_JOBS", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "app.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"streamlit did not start; see {tmp / 'server.log'}")
+        with sync_api.sync_playwright() as p:  # warm-up: imports, data, tiny model, mining, sensitivity
+            browser = _launch(p)
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_text("Rows per label").wait_for(timeout=180_000)
+            page.goto(f"{url}/budget")
+            page.get_by_text("Trainable params").wait_for(timeout=180_000)
+            browser.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless"])
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as p:
+        b = _launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list]:
+    """Pages registered here are screenshotted into tmp_path when the test fails."""
+    pages: list = []
+    yield pages
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        for i, page in enumerate(pages):
+            with contextlib.suppress(Exception):  # best effort: the page may be gone
+                page.screenshot(path=str(tmp_path / f"failure-{i}.png"), full_page=True)
+        print(f"screenshots in {tmp_path}")
+
+
+def nav(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+
+
+def choose(page, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox with widget key ``key``."""
+    page.locator(f".st-key-{key} input[role='combobox']").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def launch(page, method: str, name: str) -> None:
+    """Fill the finetune form (1 epoch) and press Launch."""
+    choose(page, "ft_method", method)
+    for key, value in (("ft_epochs", "1"), ("ft_name", name)):
+        field = page.locator(f".st-key-{key} input")
+        field.fill(value)
+        field.press("Tab")
+    page.get_by_role("button", name="Launch").click()
+
+
+def wait_run(page, name: str, timeout_s: float = 45) -> None:
+    """Wait until the queue panel shows the run called ``name`` as succeeded (it refreshes each second)."""
+    card = page.locator('[data-testid="stMarkdownContainer"] p', has_text=name).locator("code")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = card.first.inner_text() if card.count() else ""
+        if status == "succeeded":
+            return
+        if status == "failed":
+            raise AssertionError("job failed: " + page.locator('[data-testid="stMain"]').inner_text()[-3000:])
+        time.sleep(0.5)
+    raise AssertionError(f"run {name} not succeeded after {timeout_s}s (last status {status!r})")
+
+
+def run_options(page) -> list[str]:
+    """The options of the Runs page's run picker."""
+    page.locator(".st-key-runs_pick input[role='combobox']").click()
+    options = [o.inner_text() for o in page.get_by_role("option").all()]
+    page.keyboard.press("Escape")
+    return options
+
+
+def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    shots.append(page)
+    page.goto(server)
+    page.get_by_text("Rows per label").wait_for(timeout=WAIT_MS)
+
+    page.get_by_text("Upload a file").click()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(SAMPLE_TRAIN))
+    page.get_by_text("Data set: train.csv").wait_for(timeout=WAIT_MS)
+    assert page.locator('[data-testid="stSidebar"]').get_by_text("train.csv").count()
+
+    nav(page, "Tokens")
+    page.get_by_text("groups from").wait_for(timeout=WAIT_MS)
+    assert page.locator('[data-testid="stDataFrame"]').count()
+
+    nav(page, "Budget")
+    page.get_by_text("Trainable params").wait_for(timeout=WAIT_MS)
+    before = page.locator('[data-testid="stMetricValue"]').first.inner_text()
+    slider = page.locator('.st-key-budget_slider input[type="range"]')
+    slider.focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "b => document.querySelector('[data-testid=\"stMetricValue\"]').innerText !== b",
+        arg=before,
+        timeout=WAIT_MS,
+    )
+
+    nav(page, "Finetune")
+    page.get_by_role("button", name="Launch").wait_for(timeout=WAIT_MS)
+    launch(page, "sparse", "b1-sparse")
+    wait_run(page, "b1-sparse")
+    launch(page, "full", "b1-full")
+    wait_run(page, "b1-full")
+
+    nav(page, "Compare")
+    page.get_by_text("Where they disagree").wait_for(timeout=WAIT_MS)
+    page.get_by_text("Top words per label").wait_for(timeout=WAIT_MS)
+    assert not page.locator('[data-testid="stException"]').count()
+
+
+def test_two_users_share_the_queue(server: str, browser, shots: list) -> None:
+    contexts = [browser.new_context(viewport={"width": 1300, "height": 900}) for _ in range(2)]
+    pages = [c.new_page() for c in contexts]
+    shots.extend(pages)
+    for page in pages:
+        page.goto(f"{server}/finetune")
+        page.get_by_role("button", name="Launch").wait_for(timeout=WAIT_MS)
+    launch(pages[0], "head", "user-a-head")
+    launch(pages[1], "full", "user-b-full")
+    for page in pages:  # each user sees both jobs finish in the shared queue
+        wait_run(page, "user-a-head")
+        wait_run(page, "user-b-full")
+    for page in pages:
+        nav(page, "Runs")
+        page.get_by_text("Every run in the registry").wait_for(timeout=WAIT_MS)
+        page.locator(".st-key-runs_pick input[role='combobox']").wait_for(timeout=WAIT_MS)
+        options = run_options(page)
+        assert any("user-a-head" in o for o in options) and any("user-b-full" in o for o in options), options
+    for c in contexts:
+        c.close()
