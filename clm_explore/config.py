@@ -126,8 +126,9 @@ class MaskConfig:
     """Train LayerNorm gains and biases at and above the lowest selected layer (tiny)."""
     cost_aware: float = 0.0
     """Bonus per layer height: score * (1 + cost_aware * layer / n_layers); 0 = plain scores."""
-    min_layer: int = 0
-    """Rows below this layer are not eligible (backward can stop there)."""
+    min_layer: int = -1
+    """Rows below this layer are not eligible, so backward stops there; -1 = auto (the upper half of
+    the layers: n_layers // 2), 0 = every layer and the word embeddings compete."""
     seed: int = 0
     """Seed of the random strategy."""
 
@@ -136,7 +137,7 @@ class MaskConfig:
         _check(self.budget <= 1 or float(self.budget).is_integer(), f"budget above 1 must be a whole parameter count, got {self.budget}")
         _check(self.strategy in ("topk_global", "random"), f"strategy must be topk_global or random, got {self.strategy!r}")
         _check(self.cost_aware >= 0, f"cost_aware must be >= 0, got {self.cost_aware}")
-        _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
+        _check(self.min_layer >= -1, f"min_layer must be >= -1 (auto), got {self.min_layer}")
 
 
 METHODS = ("sparse", "full", "head", "bitfit", "lora", "prefix", "layers", "random", "fisher", "gradient")

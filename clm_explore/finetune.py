@@ -345,7 +345,7 @@ def finetune(
     metrics = _evaluate_and_save(loaded, model, data, cfg, out_dir, files)
     metrics.update(prepared.info)
     metrics.update(method=cfg.method, seed=cfg.seed, epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size,
-                   train_seconds=loop.train_seconds, examples_per_second=loop.examples / max(loop.train_seconds, 1e-9),
+                   train_seconds=loop.train_seconds, examples_per_second=loop.examples / max(sum(loop.epoch_seconds), 1e-9),
                    peak_memory_mb=memory.mb, trainable_params=loop.trainable_params, epoch_seconds=loop.epoch_seconds,
                    total_params=count_parameters(model), base_params=base_params,
                    backbone_params=backbone_parameter_count(model), val_curve=loop.val_curve,
@@ -424,7 +424,7 @@ class _TrainLoop:
     def _report(self, epoch: int, loss: float, evaluation: dict | None) -> None:
         if not self.on_step:
             return
-        rate = self.examples / max(self.train_seconds, 1e-9)
+        rate = self.examples / max(self.train_seconds - self._prep_seconds(), 1e-9)
         eta = (self.total_steps - self.step) * self.cfg.batch_size / max(rate, 1e-9)
         self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation))
 

@@ -81,9 +81,10 @@ class _Rows:
 def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
     names, matrix, row, score, cost, layer = [], [], [], [], [], []
     normalised = report.normalised()
+    min_layer = effective_min_layer(cfg, report.n_layers)
     for name, s in normalised.items():
         info = report.matrices[name]
-        if info.layer < cfg.min_layer or (info.module == "embeddings" and not cfg.include_embeddings):
+        if info.layer < min_layer or (info.module == "embeddings" and not cfg.include_embeddings):
             continue
         rows = np.asarray(info.eligible_rows if info.eligible_rows is not None else range(info.rows), dtype=np.int64)
         names.append(name)
@@ -94,6 +95,11 @@ def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
         layer.append(np.full(len(rows), info.layer))
     cat = np.concatenate
     return _Rows(names, cat(matrix), cat(row), cat(score), cat(cost), cat(layer))
+
+
+def effective_min_layer(cfg: MaskConfig, n_layers: int) -> int:
+    """The lowest eligible layer: ``cfg.min_layer``, or the upper half of the layers when it is -1."""
+    return n_layers // 2 if cfg.min_layer == -1 else cfg.min_layer
 
 
 def _order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:

@@ -143,7 +143,7 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer")
+    p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
     p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
     p.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")

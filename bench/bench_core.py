@@ -1,0 +1,136 @@
+"""Core method benchmark: sparse at a budget vs full finetuning, side by side in one run.
+
+Each cell (variant x seed) runs in its own subprocess, one after the other, so peak memory is per cell
+and both methods see the same machine state. Prints a table of ratios sparse / full:
+time per epoch (prep excluded), peak training memory, accuracy and macro-F1 (mean over seeds), and
+wall time until sparse comes within 0.5 point of full's final test accuracy (prep included).
+
+    python bench/bench_core.py --data ../shared/data/banking77 --epochs 3 --seeds 0,1,2
+
+Variants (``--variants``): ``full``; ``sparse`` (default config); ``sparse-all-layers`` (rows may sit in
+any layer, so backward runs to the bottom); ``sparse-untargeted`` (Fisher without the token restriction).
+The per-epoch test curve is for reporting only; learning rates are the methods' defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+VARIANTS = {
+    "full": {"method": "full"},
+    "sparse": {"method": "sparse"},
+    "sparse-all-layers": {"method": "sparse", "mask": {"min_layer": 0}},
+    "sparse-untargeted": {"method": "sparse", "sensitivity": {"restriction": "none"}},
+}
+
+
+def run_cell(spec: dict) -> None:
+    """Child process: one finetune, metrics to spec['out']/metrics.json."""
+    import torch
+
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.data import load_data
+    from clm_explore.finetune import finetune
+
+    torch.set_num_threads(spec["threads"])
+    data = load_data(spec["data"])
+    if spec["limit"]:
+        data.train = data.train.groupby("label", group_keys=False).apply(
+            lambda g: g.sample(min(len(g), max(1, spec["limit"] * len(g) // len(data.train))), random_state=0)
+        ).reset_index(drop=True)
+    cfg = FinetuneConfig.from_dict({**spec["config"], "curve_split": "test"})
+    finetune(data, cfg, spec["out"], source=spec["model"])
+
+
+def time_selection(sens_dir: Path) -> dict[str, float]:
+    from clm_explore.config import MaskConfig
+    from clm_explore.masks import select_mask
+    from clm_explore.sensitivity import SensitivityReport
+
+    report = SensitivityReport.load(sens_dir)
+    out = {}
+    for budget in (0.001, 0.01, 0.1):
+        started = time.perf_counter()
+        for _ in range(5):
+            select_mask(report, MaskConfig(budget=budget))
+        out[f"select_ms@{budget:g}"] = (time.perf_counter() - started) / 5 * 1000
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--budget", type=float, default=0.01)
+    ap.add_argument("--limit", type=int, default=0, help="cap training rows (stratified), 0 = all")
+    ap.add_argument("--variants", default="full,sparse,sparse-all-layers")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench/out/core")
+    ap.add_argument("--cell", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.cell:
+        run_cell(json.loads(args.cell))
+        return
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for variant in args.variants.split(","):
+            out = Path(args.out) / f"{variant}-s{seed}"
+            if not (out / "metrics.json").exists():
+                config = {"epochs": args.epochs, "seed": seed, **VARIANTS[variant]}
+                config["mask"] = {"budget": args.budget, **config.get("mask", {})}
+                spec = {"data": args.data, "model": args.model, "limit": args.limit, "threads": args.threads,
+                        "config": config, "out": str(out)}
+                print(f"running {variant} seed {seed} ...", file=sys.stderr, flush=True)
+                subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], check=True,
+                               stdout=subprocess.DEVNULL)
+            m = json.loads((out / "metrics.json").read_text())
+            rows.append({"variant": variant, "seed": seed, **{k: m.get(k) for k in (
+                "accuracy", "macro_f1", "train_seconds", "prep_seconds", "peak_memory_mb", "trainable_params",
+                "lowest_layer")}, "epoch_s": float(np.mean(m["epoch_seconds"])), "curve": m["val_curve"]})
+    print(summarise(pd.DataFrame(rows), args))
+    sens = Path(args.out) / f"sparse-s{args.seeds.split(',')[0]}" / "sensitivity"
+    if sens.exists():
+        print("\nselection from stored scores:", {k: round(v, 1) for k, v in time_selection(sens).items()})
+
+
+def _time_to_target(curve: list[dict], target: float, prep: float) -> float:
+    for point in curve:
+        if point["accuracy"] >= target:
+            return point["seconds"]
+    return float("nan")
+
+
+def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
+    full = df[df.variant == "full"]
+    lines = [f"data {args.data}  epochs {args.epochs}  budget {args.budget:g}  seeds {args.seeds}  "
+             f"limit {args.limit or 'all'}  threads {args.threads}", ""]
+    table = df.groupby("variant").agg(
+        accuracy=("accuracy", "mean"), acc_std=("accuracy", "std"), macro_f1=("macro_f1", "mean"),
+        epoch_s=("epoch_s", "mean"), prep_s=("prep_seconds", "mean"), peak_mb=("peak_memory_mb", "mean"),
+        trainable=("trainable_params", "mean"), lowest_layer=("lowest_layer", "first"))
+    if not full.empty:
+        target = full["accuracy"].mean() - 0.005
+        full_total = full["train_seconds"].mean()
+        table["epoch_ratio"] = table["epoch_s"] / table.loc["full", "epoch_s"]
+        table["memory_ratio"] = table["peak_mb"] / table.loc["full", "peak_mb"]
+        table["time_to_full-0.5pt"] = [
+            np.nanmean([_time_to_target(c, target, 0) for c in df[df.variant == v]["curve"]]) for v in table.index]
+        table["ttt_ratio"] = table["time_to_full-0.5pt"] / full_total
+        lines.append(f"target for time-to-accuracy: full's mean final test accuracy - 0.5 pt = {target:.4f}; "
+                     f"full's total train time {full_total:.1f} s")
+    lines.append(table.round(4).to_string())
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
