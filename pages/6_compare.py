@@ -36,20 +36,7 @@ if not mtime[a.id] or not mtime[b.id]:
 diff = views.disagreements(
     cache.predictions(str(a.path), mtime[a.id]), cache.predictions(str(b.path), mtime[b.id])
 )
-which = st.radio(
-    "Show",
-    ["all", "only A", "only B", "neither"],
-    horizontal=True,
-    key="cmp_filter",
-    format_func=lambda w: {
-        "all": "All",
-        "only A": "Only A right",
-        "only B": "Only B right",
-        "neither": "Neither right",
-    }[w],
-)
-shown = diff if which == "all" else diff[diff["right"] == which]
-st.dataframe(shown, key="cmp_disagree", hide_index=True, height=260)
+shown = views.filter_disagreements(diff, key="cmp")
 st.caption(f"{len(diff)} disagreements in {len(cache.predictions(str(a.path), mtime[a.id]))} test rows.")
 
 if cache.optional("attribution") is None:
@@ -76,12 +63,7 @@ if cache.optional("casestudy") is None or cache.optional("report") is None:
 max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, 100, key="cmp_max_rows")
 key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
 if st.toggle("Compute top words", key="cmp_top"):
-    study = cache.case_study(*key)
-    c1, c2 = st.columns(2)
-    with c1:
-        views.render_top_words(study.top_a, study.groups_a, f"A: {a.method}", key="cmp_a")
-    with c2:
-        views.render_top_words(study.top_b, study.groups_a or study.groups_b, f"B: {b.method}", key="cmp_b")
+    views.render_top_words_pair(cache.case_study(*key), a, b, key="cmp")
 if st.button("Build case-study report", key="cmp_report"):
     st.download_button(
         "Download report.html",

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import streamlit as st
 
-from clm_explore.config import METHODS, FinetuneConfig, MiningConfig, SensitivityConfig
+from clm_explore.config import METHODS, DataConfig, FinetuneConfig, MiningConfig, SensitivityConfig
 from clm_explore.ui import state
 
 SOURCES = ("default", "tiny-random", "local folder…")
@@ -184,3 +184,75 @@ def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
         device=default_device(),
     )
     return (name or f"{method}-{budget:.3g}pct"), cfg
+
+
+DATA_SOURCES = {"sample": "Bundled sample", "shared": "Server data set", "upload": "Upload a file"}
+
+
+def data_picker(current: state.DataChoice | None, key: str = "data") -> state.DataChoice | None:
+    """Sample, a server-side set (../shared/data/*) or an upload saved under this session's folder."""
+    kinds = list(DATA_SOURCES)
+    kind = st.radio(
+        "Source",
+        kinds,
+        format_func=DATA_SOURCES.get,
+        horizontal=True,
+        key=f"{key}_kind",
+        index=kinds.index(current.kind) if current else 0,
+    )
+    choice = current if current and current.kind == kind else None
+    if kind == "sample":
+        choice = state.sample_choice()
+        if choice is None:
+            st.info("The bundled sample (sample_data/banking77_20) is not present in this installation.")
+    elif kind == "shared":
+        sets = {c.name: c for c in state.shared_choices()}
+        if not sets:
+            st.info("No server-side data sets (../shared/data/*) on this server.")
+            return None
+        names = list(sets)
+        name = st.selectbox(
+            "Data set",
+            names,
+            key=f"{key}_shared",
+            index=names.index(current.name) if current and current.name in sets else 0,
+        )
+        choice = choice if choice and choice.name == name else sets[name]
+    else:
+        cap = DataConfig().max_file_mb
+        upload = st.file_uploader(
+            f"CSV, TSV, JSONL, JSON or Parquet; one file, up to {cap:.0f} MB. A single file is split into "
+            "train, validation and test (stratified by label).",
+            type=["csv", "tsv", "jsonl", "ndjson", "json", "parquet"],
+            key=f"{key}_upload",
+        )
+        if upload is not None:
+            raw = upload.getvalue()
+            if len(raw) > cap * 2**20:
+                st.error(f"{upload.name} is {len(raw) / 2**20:.0f} MB; the limit is {cap:.0f} MB.")
+                return None
+            choice = state.upload_choice(raw, upload.name, choice)
+    return choice
+
+
+def column_mapping(choice: state.DataChoice, columns: list[str], key: str = "data") -> state.DataChoice:
+    """Text and label column pickers ('(detect)' lets the loader find them)."""
+    cols = ["(detect)", *columns]
+    c1, c2 = st.columns(2)
+    text_col = c1.selectbox(
+        "Text column",
+        cols,
+        key=f"{key}_text_col",
+        index=cols.index(choice.text_col) if choice.text_col in cols else 0,
+    )
+    label_col = c2.selectbox(
+        "Label column",
+        cols,
+        key=f"{key}_label_col",
+        index=cols.index(choice.label_col) if choice.label_col in cols else 0,
+    )
+    return dataclasses.replace(
+        choice,
+        text_col=None if text_col == "(detect)" else text_col,
+        label_col=None if label_col == "(detect)" else label_col,
+    )

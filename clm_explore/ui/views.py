@@ -377,3 +377,26 @@ def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, ke
             "mean_score": st.column_config.NumberColumn(format="%.4f"),
         },
     )
+
+
+RIGHT = {"all": "All", "only A": "Only A right", "only B": "Only B right", "neither": "Neither right"}
+
+
+def filter_disagreements(diff: pd.DataFrame, key: str) -> pd.DataFrame:
+    """A filter (all / only A right / only B right / neither) and the filtered disagreement table."""
+    which = st.radio("Show", list(RIGHT), format_func=RIGHT.get, horizontal=True, key=f"{key}_filter")
+    shown = diff if which == "all" else diff[diff["right"] == which]
+    st.dataframe(shown, key=f"{key}_disagree", hide_index=True, height=260)
+    return shown
+
+
+def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> None:
+    """Both runs' per-label top words; run A's mined groups mark both (B's own when A has none)."""
+    c1, c2 = st.columns(2)
+    with c1:
+        render_top_words(study.top_a, study.groups_a, f"A: {a.method}", key=f"{key}_a")
+    with c2:
+        render_top_words(study.top_b, study.groups_a or study.groups_b, f"B: {b.method}", key=f"{key}_b")
+    if not study.overlap.empty:
+        st.caption("Share of each label's top words that are mined groups")
+        st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200)

@@ -112,6 +112,17 @@ def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
     assert not at.exception
 
 
+def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
+    goto(at, "pages/3_sensitivity.py")
+    for view in ("norm_score", "share_selected", "score"):
+        at.radio(key="sens_view").set_value(view).run()
+        assert not at.exception, view
+    at.button(key="sens_compare_btn").click().run()
+    assert not at.exception
+    assert at.session_state["sens_compare"] is True
+    assert any("Difference" in str(c.proto) for c in at.get("plotly_chart"))
+
+
 def test_budget_slider_and_number_box(at: AppTest) -> None:
     goto(at, "pages/4_budget.py")
     first = at.metric[0].value
@@ -142,6 +153,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert at.selectbox(key="cmp_a").value == store.latest("sparse").id
     assert at.selectbox(key="cmp_b").value == store.latest("full").id
     at.radio(key="cmp_filter").set_value("only A").run()
+    assert set(at.dataframe[1].value["right"]) <= {"only A"}
     assert not at.exception
     at.radio(key="cmp_filter").set_value("all").run()
     at.toggle(key="cmp_top").set_value(True).run(timeout=TIMEOUT)
