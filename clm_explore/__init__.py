@@ -1,0 +1,59 @@
+"""clm-explore: token-driven sparse finetuning of small language models for text classification.
+
+A notebook session, end to end::
+
+    import clm_explore as clm
+
+    data = clm.load_data("sample_data/banking77_20")
+    loaded = clm.load_model("default", data.labels)
+    task_tokens = clm.mine_task_tokens(data.train.text.tolist(), data.train.label.tolist(), loaded.tokenizer)
+    report = clm.compute_sensitivity(loaded, data, task_tokens)
+    selection = clm.select_mask(report, clm.MaskConfig(budget=0.01))
+    result = clm.finetune(data, clm.FinetuneConfig(method="sparse"), "runs/my-sparse")
+
+Names are imported lazily, so ``import clm_explore`` (and the CLI's ``--help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AnnotatedData": "clm_explore.data",
+    "DataConfig": "clm_explore.config",
+    "FinetuneConfig": "clm_explore.config",
+    "FinetuneResult": "clm_explore.finetune",
+    "LoadedModel": "clm_explore.modeling",
+    "MaskConfig": "clm_explore.config",
+    "MaskSelection": "clm_explore.masks",
+    "MiningConfig": "clm_explore.config",
+    "RunStore": "clm_explore.runs",
+    "SensitivityConfig": "clm_explore.config",
+    "SensitivityReport": "clm_explore.sensitivity",
+    "StepInfo": "clm_explore.finetune",
+    "TaskTokens": "clm_explore.mining",
+    "adaptive_tokenization": "clm_explore.mining",
+    "compute_sensitivity": "clm_explore.sensitivity",
+    "data_report": "clm_explore.data",
+    "finetune": "clm_explore.finetune",
+    "load_data": "clm_explore.data",
+    "load_model": "clm_explore.modeling",
+    "mine_task_tokens": "clm_explore.mining",
+    "predict_proba": "clm_explore.finetune",
+    "select_mask": "clm_explore.masks",
+}
+
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605  (built from the table above so the two cannot drift)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clm_explore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

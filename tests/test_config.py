@@ -40,7 +40,7 @@ RULES = [
     (MaskConfig, "budget", 1.5, "budget above 1 must be a whole parameter count"),
     (MaskConfig, "strategy", "topk", "strategy must be topk_global or random"),
     (MaskConfig, "cost_aware", -0.1, "cost_aware must be >= 0"),
-    (MaskConfig, "min_layer", -1, "min_layer must be >= 0"),
+    (MaskConfig, "min_layer", -2, "min_layer must be >= -1"),
     (FinetuneConfig, "method", "adapter", "method must be one of"),
     (FinetuneConfig, "epochs", 0, "epochs must be >= 1"),
     (FinetuneConfig, "lr", -1e-3, "lr must be >= 0"),
