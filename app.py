@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from clm_explore.ui import cache, forms
+from clm_explore.ui import cache, forms, jobs
 
 st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
 
@@ -17,6 +17,7 @@ PAGES = [
 ]
 
 cache.configure_torch()
+jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
 page = st.navigation(PAGES)
 forms.sidebar()
 page.run()

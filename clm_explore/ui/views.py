@@ -333,9 +333,9 @@ def render_merge_report(report: Any, key: str) -> None:
             for m in merged
         ]
         st.dataframe(pd.DataFrame(items).astype(str), key=f"{key}_merged", hide_index=True)
-    rest = {k: v for k, v in fields.items() if not isinstance(v, (list, dict, pd.DataFrame))}
-    if rest:
-        st.caption(" · ".join(f"{k}: {escape_markdown(str(v))}" for k, v in rest.items()))
+    note = fields.get("note")
+    if note:
+        st.caption(escape_markdown(str(note)))
 
 
 def share_of_total(table: pd.DataFrame) -> pd.DataFrame:

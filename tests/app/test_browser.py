@@ -37,51 +37,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def streamlit_server(tmp: Path, model: str = "tiny-random", threads: int = 1) -> Iterator[str]:
+    """``streamlit run app.py`` on a free localhost port with its own run root; yields the URL."""
+    env = {**os.environ, "CLM_EXPLORE_RUNS": str(tmp / "runs"), "CLM_EXPLORE_MODEL": model,
+           "CLM_EXPLORE_DEVICE": "cpu", "CLM_EXPLORE_TORCH_THREADS": str(threads),
+           "CLM_EXPLORE_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env.pop("CLM_EXPLORE_INLINE_JOBS", None)
+    url = f"http://127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+           "--server.port", url.rsplit(":", 1)[1], "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]  # fmt: skip
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise RuntimeError(f"streamlit did not start; see {tmp / 'server.log'}")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A streamlit server on localhost; warmed up once (first imports take a while on a busy machine)."""
-    tmp = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CLM_EXPLORE_RUNS": str(tmp / "runs"),
-        "CLM_EXPLORE_MODEL": "tiny-random",
-        "CLM_EXPLORE_DEVICE": "cpu",
-        "CLM_EXPLORE_TORCH_THREADS": "1",
-        "CLM_EXPLORE_CACHE": str(tmp / "cache"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("CLM_EXPLORE_INLINE_JOBS", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(ROOT / "app.py"),
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-    ]
-    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"streamlit did not start; see {tmp / 'server.log'}")
+    """A server for this module, warmed up once (first imports take a while on a busy machine)."""
+    with streamlit_server(tmp_path_factory.mktemp("server")) as url:
         with sync_api.sync_playwright() as p:  # warm-up: imports, data, tiny model, mining, sensitivity
             browser = _launch(p)
             page = browser.new_page()
@@ -91,13 +82,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             page.get_by_text("Trainable params").wait_for(timeout=180_000)
             browser.close()
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _launch(p):

@@ -189,3 +189,17 @@ def test_highlight_escapes_user_text() -> None:
     assert out.count("**card**") == 2 and "<" not in out.replace("\\<", "")
     assert "\\$" in out and "\\[" in out and "\\(" in out
     assert escape_markdown("**bold** :red[x]") == "\\*\\*bold\\*\\* \\:red\\[x\\]"
+
+
+def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
+    goto(at, "pages/4_budget.py")
+    at.select_slider(key="budget_slider").set_value(0.001).run()
+    at.multiselect(key="budget_methods").set_value(["random", "head"]).run()
+    at.button(key="budget_launch").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    runs = {r.method: r for r in RunStore().list()}
+    assert set(runs) == {"random", "head"}
+    assert runs["random"].config["mask"]["budget"] == pytest.approx(0.001)
+    assert all(r.status is RunStatus.SUCCEEDED for r in runs.values()), [
+        (r.method, r.error) for r in runs.values()
+    ]

@@ -1,0 +1,104 @@
+"""Regenerate docs/screenshots/*.png from a live app (not a test).
+
+    .venv/bin/python tests/app/make_screenshots.py [--model default|tiny-random] [--threads N]
+
+Starts `streamlit run app.py` on a temporary run root, walks every page (two 1-epoch runs are
+trained for the Compare and Runs pages) and saves one PNG per page, palette-quantised to stay small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_browser import _launch, launch, nav, streamlit_server, wait_run  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+WAIT = 600_000  # the default model's first sensitivity pass takes minutes on a small CPU
+
+
+def settle(page, seconds: float = 2.5) -> None:
+    """Let plotly charts and data grids finish drawing."""
+    page.wait_for_load_state("networkidle")
+    time.sleep(seconds)
+
+
+def shoot(page, name: str) -> None:
+    from PIL import Image
+
+    path = OUT / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    image = Image.open(path)
+    if image.height > 2400:  # keep the top of very long pages
+        image = image.crop((0, 0, image.width, 2400))
+    image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    print(f"{path.name}: {path.stat().st_size // 1024} KiB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        streamlit_server(Path(tmp), args.model, args.threads) as url,
+        sync_playwright() as p,
+    ):
+        browser = _launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_text("Rows per label").wait_for(timeout=WAIT)
+        settle(page)
+        shoot(page, "1_data")
+
+        nav(page, "Tokens")
+        page.get_by_text("groups from").wait_for(timeout=WAIT)
+        settle(page)
+        shoot(page, "2_tokens")
+
+        nav(page, "Sensitivity")
+        page.get_by_text("Restricted vs unrestricted").wait_for(timeout=WAIT)
+        page.get_by_role("button", name="Compare with unrestricted").click()
+        page.get_by_text("Difference (").wait_for(timeout=WAIT)
+        settle(page)
+        shoot(page, "3_sensitivity")
+
+        nav(page, "Budget")
+        page.get_by_text("Trainable params").wait_for(timeout=WAIT)
+        settle(page)
+        shoot(page, "4_budget")
+
+        nav(page, "Finetune")
+        page.get_by_role("button", name="Launch").wait_for(timeout=WAIT)
+        launch(page, "sparse", "demo-sparse")
+        wait_run(page, "demo-sparse", timeout_s=WAIT / 1000)
+        launch(page, "full", "demo-full")
+        time.sleep(8)
+        shoot(page, "5_finetune")
+        wait_run(page, "demo-full", timeout_s=WAIT / 1000)
+
+        nav(page, "Compare")
+        page.get_by_text("Top words per label").wait_for(timeout=WAIT)
+        settle(page, 5)
+        shoot(page, "6_compare")
+
+        nav(page, "Runs")
+        page.get_by_text("Every run in the registry").wait_for(timeout=WAIT)
+        settle(page)
+        shoot(page, "7_runs")
+        browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
