@@ -82,9 +82,10 @@ def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
     names, matrix, row, score, cost, layer = [], [], [], [], [], []
     normalised = report.normalised()
     min_layer = effective_min_layer(cfg, report.n_layers)
+    floor = min_layer if min_layer > 0 else -1  # 0 = every layer and the word embeddings (layer -1) compete
     for name, s in normalised.items():
         info = report.matrices[name]
-        if info.layer < min_layer or (info.module == "embeddings" and not cfg.include_embeddings):
+        if info.layer < floor or (info.module == "embeddings" and not cfg.include_embeddings):
             continue
         rows = np.asarray(info.eligible_rows if info.eligible_rows is not None else range(info.rows), dtype=np.int64)
         names.append(name)

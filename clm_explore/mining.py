@@ -115,7 +115,8 @@ def _row_candidates(words: list[_Word], cfg: MiningConfig) -> set[tuple[str, tup
     for i in range(len(words)):
         for n in range(1, cfg.max_words + 1):
             span = words[i : i + n]
-            if len(span) < n or sum(len(w.pieces) for w in span) > cfg.max_ngram * n:
+            # A single word is always a candidate, however many pieces; spans are bounded by max_ngram.
+            if len(span) < n or (n > 1 and sum(len(w.pieces) for w in span) > cfg.max_ngram * n):
                 break
             key = tuple(w.text for w in span)
             if not all(any(c.isalnum() for c in k) for k in key):

@@ -93,7 +93,7 @@ class SensitivityReport:
         for name, s in self.row_scores.items():
             info = self.matrices[name]
             rows = len(info.eligible_rows) if info.eligible_rows is not None else info.rows
-            total = float(s.sum())
+            total = float(s[info.eligible_rows].sum() if info.eligible_rows is not None else s.sum())
             recs.append({"layer": info.layer, "module": info.module, "score": total, "rows": rows,
                          "params": rows * info.row_params, "density": total / max(rows * info.row_params, 1)})
         df = pd.DataFrame(recs)
@@ -242,7 +242,11 @@ class _RowScorer:
 
     def __init__(self, linears: dict[str, tuple[nn.Linear, int, str]], score: str):
         self.score = score
+        self.linears = linears
         self.totals = {name: torch.zeros(lin.out_features) for name, (lin, _, _) in linears.items()}
+        # Taylor: signed weight/bias gradients summed over all calibration rows, |w * g| taken at the end,
+        # so the score is that of the calibration loss and does not depend on how rows are batched.
+        self.grad_sums: dict[str, list[torch.Tensor]] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self.positions: torch.Tensor | None = None
         self.handles = []
@@ -274,11 +278,26 @@ class _RowScorer:
             self.totals[name] += row.cpu()
         else:
             grad_w = torch.einsum("bpo,bpi->oi", g, x)
-            row = (grad_w * lin.weight.float()).abs().sum(-1)
-            if lin.bias is not None:
-                row += (g.sum((0, 1)) * lin.bias.float()).abs()
-            self.totals[name] += row.cpu()
+            sums = self.grad_sums.setdefault(name, [torch.zeros_like(grad_w), torch.zeros_like(grad_w[:, 0])])
+            sums[0] += grad_w
+            sums[1] += g.sum((0, 1))
         return None
+
+    @torch.no_grad()
+    def scores(self, n_rows: int) -> dict[str, torch.Tensor]:
+        if self.score == "fisher":
+            return {k: v / n_rows for k, v in self.totals.items()}
+        out = {}
+        for name, (lin, _, _) in self.linears.items():
+            if name not in self.grad_sums:
+                out[name] = self.totals[name]
+                continue
+            grad_w, grad_b = self.grad_sums[name]
+            row = (grad_w / n_rows * lin.weight.float()).abs().sum(-1)
+            if lin.bias is not None:
+                row += (grad_b / n_rows * lin.bias.float()).abs()
+            out[name] = row.cpu()
+        return out
 
     def close(self) -> None:
         for h in self.handles:
@@ -291,6 +310,8 @@ class _EmbeddingScorer:
     def __init__(self, embedding: nn.Embedding, score: str):
         self.embedding, self.score = embedding, score
         self.totals = torch.zeros(embedding.num_embeddings)
+        self.grad_sum: torch.Tensor | None = None
+        """Taylor: signed per-row gradient summed over all calibration rows."""
         self.ids: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         embedding.weight.requires_grad_(True)  # so its output carries a gradient we can read
@@ -310,10 +331,17 @@ class _EmbeddingScorer:
         per_example = torch.zeros(len(uniq), g.shape[-1], device=g.device).index_add_(0, inverse, g)
         rows = uniq % vocab
         if self.score == "fisher":
-            contrib = per_example.pow(2).sum(-1)
+            self.totals.index_add_(0, rows.cpu(), per_example.pow(2).sum(-1).cpu())
         else:
-            contrib = (per_example * self.embedding.weight[rows].float()).sum(-1).abs()
-        self.totals.index_add_(0, rows.cpu(), contrib.cpu())
+            if self.grad_sum is None:
+                self.grad_sum = torch.zeros(self.embedding.weight.shape, device=g.device)
+            self.grad_sum.index_add_(0, rows, per_example)
+
+    @torch.no_grad()
+    def scores(self, n_rows: int) -> torch.Tensor:
+        if self.score == "fisher" or self.grad_sum is None:
+            return self.totals / n_rows
+        return (self.grad_sum / n_rows * self.embedding.weight.float()).abs().sum(-1).cpu()
 
     def close(self) -> None:
         self.handle.remove()
@@ -391,7 +419,7 @@ def _score_rows(loaded, batches, linears, cfg, dev, on_progress):
             p.requires_grad_(frozen[n])
             p.grad = None
     n_rows = sum(len(b.labels) for b in batches)
-    return {k: v / n_rows for k, v in scorer.totals.items()}, emb.totals / n_rows
+    return scorer.scores(n_rows), emb.scores(n_rows)
 
 
 def _embedding_info(loaded: LoadedModel, task_tokens: TaskTokens | None, batches: list[Batch]):

@@ -1,0 +1,166 @@
+"""Row selection under a budget on hand-made sensitivity reports (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clm_explore.config import MaskConfig
+from clm_explore.masks import budget_to_params, select_mask
+from clm_explore.sensitivity import MatrixInfo, SensitivityReport
+
+Q0, F1, EMB = "l0.q.weight", "l1.ffn_in.weight", "emb.weight"
+
+
+def hand_report() -> SensitivityReport:
+    """Three matrices, raw scores used as they are (normalise 'none'); 1000 backbone parameters.
+
+    q (layer 0): 4 rows of 10 params, scores 9 1 5 3
+    ffn_in (layer 1): 4 rows of 10 params, scores 8 2 7 4
+    embeddings: 6 rows of 5 params, only rows 1, 3, 5 eligible; scores 10 6 10 0.5 10 6.5
+    Global order of eligible rows: emb5 (6.5) is below q0 (9) f0 (8) f2 (7): 9, 8, 7, 6.5, 6, 5, 4, 3, 2, 1, 0.5
+    """
+    scores = {
+        Q0: torch.tensor([9.0, 1.0, 5.0, 3.0]),
+        F1: torch.tensor([8.0, 2.0, 7.0, 4.0]),
+        EMB: torch.tensor([10.0, 6.0, 10.0, 0.5, 10.0, 6.5]),
+    }
+    matrices = {
+        Q0: MatrixInfo(Q0, 0, "q", 4, 10),
+        F1: MatrixInfo(F1, 1, "ffn_in", 4, 10),
+        EMB: MatrixInfo(EMB, -1, "embeddings", 6, 5, [1, 3, 5]),
+    }
+    return SensitivityReport(scores, matrices, n_layers=2, backbone_params=1000, config={"normalise": "none"})
+
+
+def chosen(sel) -> dict[str, list[int]]:
+    return {k: torch.nonzero(v).flatten().tolist() for k, v in sel.masks.items()}
+
+
+def test_topk_picks_the_known_top_rows():
+    # budget 35: q0 (10) + f0 (10) + f2 (10) = 30; the next row, emb5, costs 5 -> 35 fits; then emb1 (5) -> 40 > 35.
+    sel = select_mask(hand_report(), MaskConfig(budget=35, min_layer=0))
+    assert chosen(sel) == {Q0: [0], F1: [0, 2], EMB: [5]}
+    assert sel.selected_params == 35 == sel.budget_params
+    assert sel.lowest_layer == -1
+    assert sel.share == pytest.approx(0.035)
+    assert sel.optimizer_bytes == 35 * 16
+    assert all(m.dtype == torch.bool and m.shape == (hand_report().matrices[k].rows,) for k, m in sel.masks.items())
+
+
+def test_budget_fraction_and_stops_before_the_row_that_would_exceed():
+    # 0.024 * 1000 = 24: q0 + f0 = 20, the next row f2 (10) would make 30 > 24.
+    sel = select_mask(hand_report(), MaskConfig(budget=0.024, min_layer=0))
+    assert sel.budget_params == 24
+    assert sel.selected_params == 20
+    assert chosen(sel) == {Q0: [0], F1: [0]}
+    assert sel.lowest_layer == 0
+
+
+def test_ineligible_embedding_rows_are_never_selected():
+    sel = select_mask(hand_report(), MaskConfig(budget=1000, min_layer=0))
+    assert chosen(sel)[EMB] == [1, 3, 5]  # rows 0, 2, 4 score 10 but are not mined tokens
+    assert sel.selected_params == 8 * 10 + 3 * 5
+
+
+def test_min_layer_and_include_embeddings():
+    sel = select_mask(hand_report(), MaskConfig(budget=30, min_layer=1))
+    assert chosen(sel) == {F1: [0, 2, 3]}
+    assert sel.lowest_layer == 1
+    sel = select_mask(hand_report(), MaskConfig(budget=1000, min_layer=0, include_embeddings=False))
+    assert EMB not in sel.masks
+    assert sel.selected_params == 80
+    assert sel.lowest_layer == 0
+
+
+def test_min_layer_zero_lets_embeddings_compete_and_auto_keeps_the_upper_half():
+    # MaskConfig.min_layer: "-1 = auto (the upper half of the layers: n_layers // 2), 0 = every layer
+    # and the word embeddings compete".
+    everything = select_mask(hand_report(), MaskConfig(budget=1000, min_layer=0))
+    assert set(everything.masks) == {Q0, F1, EMB}
+    auto = select_mask(hand_report(), MaskConfig(budget=1000))
+    assert set(auto.masks) == {F1}
+    assert auto.lowest_layer == 1
+
+
+def test_selection_table():
+    sel = select_mask(hand_report(), MaskConfig(budget=35, min_layer=0))
+    table = sel.table.set_index("module")
+    assert table.loc["embeddings", "selected_rows"] == 1 and table.loc["embeddings", "rows"] == 3
+    assert table.loc["ffn_in", "share_selected"] == pytest.approx(0.5)
+    assert table.loc["q", "selected_rows"] == 1
+    assert list(sel.table["layer"]) == [-1, 0, 1]
+
+
+def test_random_is_seed_reproducible_and_differs_across_seeds():
+    report = big_report(layers=2)
+    a = select_mask(report, MaskConfig(budget=0.01, min_layer=0, strategy="random", seed=0))
+    b = select_mask(report, MaskConfig(budget=0.01, min_layer=0, strategy="random", seed=0))
+    c = select_mask(report, MaskConfig(budget=0.01, min_layer=0, strategy="random", seed=1))
+    assert chosen(a) == chosen(b)
+    assert chosen(a) != chosen(c)
+    for sel in (a, c):
+        assert sel.selected_params <= sel.budget_params
+        assert sel.selected_params > sel.budget_params - 1537  # within one (largest) row of the budget
+
+
+def test_budget_above_the_parameter_count_raises():
+    with pytest.raises(ValueError, match="budget"):
+        select_mask(hand_report(), MaskConfig(budget=1001, min_layer=0))
+    assert select_mask(hand_report(), MaskConfig(budget=1000, min_layer=0)).selected_params == 80 + 15  # all eligible rows
+    with pytest.raises(ValueError):
+        budget_to_params(2000, 1000)
+    assert budget_to_params(1.0, 1000) == 1000
+    assert budget_to_params(0.0015, 1000) == 2  # rounds to the nearest count
+
+
+def big_report(layers: int = 6, seed: int = 0) -> SensitivityReport:
+    """A report sized like all-MiniLM-L6-v2: per layer q k v o (384 x 385), ffn_in (1536 x 385),
+    ffn_out (384 x 1537); word embeddings 30522 x 384 with 5000 eligible rows."""
+    gen = torch.Generator().manual_seed(seed)
+    scores, matrices = {}, {}
+    for layer in range(layers):
+        for module, rows, row_params in (("q", 384, 385), ("k", 384, 385), ("v", 384, 385), ("o", 384, 385),
+                                         ("ffn_in", 1536, 385), ("ffn_out", 384, 1537)):
+            name = f"layer.{layer}.{module}.weight"
+            scores[name] = torch.rand(rows, generator=gen) * (layer + 1)
+            matrices[name] = MatrixInfo(name, layer, module, rows, row_params)
+    eligible = sorted(torch.randperm(30522, generator=gen)[:5000].tolist())
+    scores["emb.weight"] = torch.rand(30522, generator=gen)
+    matrices["emb.weight"] = MatrixInfo("emb.weight", -1, "embeddings", 30522, 384, eligible)
+    backbone = sum(m.rows * m.row_params for m in matrices.values())
+    return SensitivityReport(scores, matrices, n_layers=layers, backbone_params=backbone, config={"normalise": "mean"})
+
+
+@pytest.mark.parametrize("budget", [0.001, 0.01, 0.1])
+def test_default_sized_report_is_a_correct_global_top_k(budget):
+    report = big_report()
+    sel = select_mask(report, MaskConfig(budget=budget, min_layer=0))
+    norm = report.normalised()
+    picked, rest = [], []
+    spent = 0
+    for name, info in report.matrices.items():
+        eligible = np.asarray(info.eligible_rows if info.eligible_rows is not None else range(info.rows))
+        mask = sel.masks.get(name, torch.zeros(info.rows, dtype=torch.bool)).numpy()
+        assert not mask[np.setdiff1d(np.arange(info.rows), eligible)].any()
+        s = norm[name].numpy()
+        picked += [(float(x), info.row_params) for x in s[eligible][mask[eligible]]]
+        rest += [(float(x), info.row_params) for x in s[eligible][~mask[eligible]]]
+        spent += int(mask.sum()) * info.row_params
+    assert spent == sel.selected_params <= sel.budget_params == round(budget * report.backbone_params)
+    # Global top-k: every selected row scores at least as high as every unselected one ...
+    assert min(x for x, _ in picked) >= max(x for x, _ in rest)
+    # ... and the best unselected row would not fit in what is left of the budget.
+    best_rest = max(rest)
+    assert sel.selected_params + best_rest[1] > sel.budget_params
+    assert sel.lowest_layer == min(report.matrices[k].layer for k in sel.masks)
+    assert sel.table["selected_rows"].sum() == sum(int(m.sum()) for m in sel.masks.values())
+
+
+def test_default_sized_report_auto_min_layer():
+    report = big_report()
+    sel = select_mask(report, MaskConfig(budget=0.05))  # min_layer -1: layers 3, 4, 5 only
+    assert sel.masks and min(report.matrices[k].layer for k in sel.masks) >= 3
+    assert sel.lowest_layer >= 3
+    assert sel.selected_params <= sel.budget_params

@@ -1,0 +1,221 @@
+"""Token-group mining and adaptive tokenization on hand-made corpora over the tiny tokenizer.
+
+The tiny vocabulary (clm_explore/assets/tiny_vocab.txt) holds whole words such as "card", "refund",
+"transfer", "unblock" and the suffixes "##less", "##ing", so "cardless" -> card ##less,
+"refunding" -> refund ##ing, "transferring" -> transfer ##r ##ing and "topups" -> top ##u ##p ##s.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from clm_explore.config import MiningConfig
+from clm_explore.mining import (
+    TaskTokens,
+    TokenGroup,
+    adaptive_tokenization,
+    covered_positions,
+    mine_task_tokens,
+)
+from clm_explore.modeling import count_parameters, load_model
+
+PLAIN = MiningConfig(min_count=5, specificity="none")
+
+
+@pytest.fixture
+def tok():
+    return load_model("tiny-random", ["a", "b"]).tokenizer
+
+
+def by_text(tt: TaskTokens, kind: str = "words") -> dict[str, TokenGroup]:
+    return {g.text: g for g in tt.groups if g.kind == kind}
+
+
+def group(text: str, pieces: list[str], kind: str = "words") -> TokenGroup:
+    return TokenGroup(text, pieces, kind, count=5, relevance=1.0, specificity=1.0, score=1.0, label="a", lift=2.0)
+
+
+def test_tiny_tokenizer_splits_words_into_pieces(tok):
+    # Every test below relies on the bundled vocabulary being loaded (726 entries, not 5 specials).
+    assert len(tok) > 700
+    assert tok.tokenize("cardless") == ["card", "##less"]
+    assert tok.tokenize("refunding") == ["refund", "##ing"]
+
+
+def test_multi_piece_word_is_a_candidate_with_its_pieces(tok):
+    texts = ["cardless payment"] * 5 + ["money please"] * 5
+    labels = ["a"] * 5 + ["b"] * 5
+    groups = by_text(mine_task_tokens(texts, labels, tok, PLAIN))
+    assert "cardless" in groups
+    g = groups["cardless"]
+    assert g.pieces == ["card", "##less"]
+    assert g.count == 5
+    assert g.label == "a"
+    assert g.example_ids == [0, 1, 2, 3, 4]
+
+
+def test_word_of_many_pieces_is_still_a_candidate(tok):
+    # method.md section 1: "a word that the tokenizer splits into several pieces is always a candidate",
+    # however many pieces (max_ngram bounds sub-token n-grams, not whole words).
+    assert tok.tokenize("topups") == ["top", "##u", "##p", "##s"]
+    texts = ["topups failed"] * 5 + ["money please"] * 5
+    labels = ["a"] * 5 + ["b"] * 5
+    groups = by_text(mine_task_tokens(texts, labels, tok, PLAIN))
+    assert "topups" in groups
+    assert groups["topups"].pieces == ["top", "##u", "##p", "##s"]
+
+
+def test_min_count_counts_rows_not_occurrences(tok):
+    # "cardless" occurs 8 times but in 4 rows only.
+    texts = ["cardless cardless payment"] * 4 + ["payment"] + ["money please"] * 5
+    labels = ["a"] * 5 + ["b"] * 5
+    assert "cardless" not in by_text(mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none")))
+    found = by_text(mine_task_tokens(texts, labels, tok, MiningConfig(min_count=4, specificity="none")))
+    assert found["cardless"].count == 4
+    assert found["payment"].count == 5
+
+
+def test_label_and_lift_of_a_word_seen_in_one_label(tok):
+    # 10 rows of "a", 30 of "b": prior P(b) = 0.75. "refund" occurs only in 6 "b" rows:
+    # P(b | refund) = 1, lift = 1 / 0.75. "transfer" only in "a" rows: lift = 1 / 0.25 = 4.
+    texts = ["transfer money"] * 6 + ["money"] * 4 + ["refund please"] * 6 + ["please"] * 24
+    labels = ["a"] * 10 + ["b"] * 30
+    groups = by_text(mine_task_tokens(texts, labels, tok, PLAIN))
+    assert groups["refund"].label == "b"
+    assert groups["refund"].lift == pytest.approx(4 / 3)
+    assert groups["refund"].count == 6
+    assert groups["transfer"].label == "a"
+    assert groups["transfer"].lift == pytest.approx(4.0)
+    assert groups["transfer"].example_ids == [0, 1, 2, 3, 4]  # examples_per_group = 5
+
+
+@pytest.mark.parametrize("relevance", ["kl", "mi", "chi2"])
+def test_relevance_ranks_label_specific_word_above_uniform_ones(tok, relevance):
+    # "refund": 6 rows, all label a. "money": 4 a rows and 3 b rows (near the 50/50 prior).
+    # "please": every row, exactly the prior, so it carries no label information.
+    texts = ([f"refund please {w}" for w in ["money"] * 4 + ["x"] * 2] + ["please"] * 4
+             + ["money please"] * 3 + ["please"] * 7)
+    labels = ["a"] * 10 + ["b"] * 10
+    tt = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, relevance=relevance, specificity="none"))
+    order = [g.text for g in tt.groups]
+    groups = by_text(tt)
+    assert order[0] in ("refund", "refund please")
+    assert "money" in groups and groups["refund"].relevance > groups["money"].relevance > 0
+    assert order.index("refund") < order.index("money")
+    assert "please" not in groups or groups["please"].relevance == pytest.approx(0.0, abs=1e-12)
+    scores = [g.score for g in tt.groups]
+    assert scores == sorted(scores, reverse=True)
+    assert all(math.isfinite(s) and s > 0 for s in scores)
+    if relevance in ("kl", "mi"):  # both are bounded by the label entropy, log 2 here
+        assert groups["refund"].relevance <= math.log(2) + 1e-9
+
+
+def test_specificity_none_scores_by_relevance_alone(tok):
+    texts = ["refund please"] * 6 + ["money please"] * 6
+    labels = ["a"] * 6 + ["b"] * 6
+    tt = mine_task_tokens(texts, labels, tok, PLAIN)
+    assert tt.groups
+    assert "none" in tt.background
+    for g in tt.groups:
+        assert g.specificity == 1.0
+        assert g.score == pytest.approx(g.relevance)
+
+
+def test_wordfreq_specificity_runs_and_is_non_negative(tok):
+    texts = ["refund please"] * 6 + ["money please"] * 6
+    labels = ["a"] * 6 + ["b"] * 6
+    tt = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5))
+    assert tt.groups
+    assert all(g.specificity >= 0 and math.isfinite(g.score) for g in tt.groups)
+
+
+def _ing_corpus() -> tuple[list[str], list[str]]:
+    # "##ing" recurs inside three different words (2 rows each); "##less" only inside "cardless".
+    a = ["refunding now"] * 2 + ["transferring now"] * 2 + ["unblocking now"] * 2 + ["cardless card"] * 6
+    return a + ["money please"] * 12, ["a"] * 12 + ["b"] * 12
+
+
+def test_fragment_kept_only_when_it_recurs_across_enough_words(tok):
+    texts, labels = _ing_corpus()
+    kept = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none", fragment_min_words=3))
+    fragments = by_text(kept, "fragment")
+    assert "##ing" in fragments
+    assert fragments["##ing"].pieces == ["##ing"]
+    assert fragments["##ing"].count == 6
+    assert "##less" not in fragments  # one word only: "cardless" is the group, not its suffix
+    assert "cardless" in by_text(kept)
+    assert "##r" not in by_text(kept, "fragment")  # only inside "transferring"
+
+    strict = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none", fragment_min_words=4))
+    assert "##ing" not in by_text(strict, "fragment")
+
+
+def test_task_tokens_save_load_round_trip(tok, tmp_path):
+    texts, labels = _ing_corpus()
+    tt = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none"))
+    assert tt.groups
+    tt.save(tmp_path / "tt.json")
+    back = TaskTokens.load(tmp_path / "tt.json")
+    assert back.groups == tt.groups
+    assert (back.background, back.n_rows, back.config) == (tt.background, tt.n_rows, tt.config)
+    assert back.to_frame().equals(tt.to_frame())
+
+
+def test_covered_positions_marks_the_pieces_of_mined_words_and_fragments(tok):
+    tt = TaskTokens([group("refunding", ["refund", "##ing"])], "", 0, {})
+    texts = ["i want refunding now", "i want a refund now"]
+    enc = tok(texts).encodings  # [CLS] i want refund ##ing now [SEP]
+    assert enc[0].tokens[3:5] == ["refund", "##ing"]
+    assert covered_positions(enc, texts, tt) == [[3, 4], []]  # the bare word "refund" is another word
+
+    frag = TaskTokens([group("##ing", ["##ing"], "fragment")], "", 0, {})
+    texts = ["transferring money", "refunding"]  # [CLS] transfer ##r ##ing money [SEP]; [CLS] refund ##ing [SEP]
+    assert covered_positions(tok(texts).encodings, texts, frag) == [[3], [2]]
+
+    span = TaskTokens([group("card details", ["card", "details"])], "", 0, {})
+    texts = ["my card details please", "card please details"]
+    assert covered_positions(tok(texts).encodings, texts, span) == [[2, 3], []]
+
+
+def test_adaptive_tokenization_merges_a_word_into_an_unused_slot():
+    loaded = load_model("tiny-random", ["a", "b"])
+    tok = loaded.tokenizer
+    emb = loaded.model.get_input_embeddings().weight
+    piece_ids = tok.convert_tokens_to_ids(["refund", "##ing"])
+    expected_row = emb[piece_ids].detach().clone().mean(0)
+    n_params = count_parameters(loaded.model)
+    tt = TaskTokens([group("refunding", ["refund", "##ing"]), group("money", ["money"])], "", 0, {})
+    texts = ["refunding please", "refunding"]  # 3 and 2 pieces before, 2 and 1 after
+
+    report = adaptive_tokenization(loaded, tt, texts)
+
+    assert [m["text"] for m in report.merged] == ["refunding"]  # "money" is one piece already
+    slot = report.merged[0]
+    assert slot["slot"] == "[unused0]" and slot["id"] == tok.convert_tokens_to_ids("[unused0]")
+    new = loaded.tokenizer
+    assert new.tokenize("refunding") == ["refunding"]
+    assert new.tokenize("Refunding") == ["refunding"]  # lower-casing survives the reload
+    assert new.convert_tokens_to_ids("refunding") == slot["id"]
+    assert new.tokenize("refund please") == ["refund", "please"]  # other words unchanged
+    assert torch.allclose(loaded.model.get_input_embeddings().weight[slot["id"]], expected_row)
+    assert count_parameters(loaded.model) == n_params
+    assert len(new) == len(tok)
+    assert report.mean_length_before == pytest.approx(2.5)
+    assert report.mean_length_after == pytest.approx(1.5)
+    assert report.shortening == pytest.approx(0.4)
+    assert tt.groups[0].pieces == ["refunding"]
+
+
+def test_adaptive_tokenization_without_apply_changes_nothing():
+    loaded = load_model("tiny-random", ["a", "b"])
+    tok = loaded.tokenizer
+    before = loaded.model.get_input_embeddings().weight.detach().clone()
+    tt = TaskTokens([group("refunding", ["refund", "##ing"])], "", 0, {})
+    report = adaptive_tokenization(loaded, tt, ["refunding please"], apply=False)
+    assert report.mean_length_after < report.mean_length_before
+    assert loaded.tokenizer is tok
+    assert torch.equal(loaded.model.get_input_embeddings().weight, before)
+    assert tt.groups[0].pieces == ["refund", "##ing"]

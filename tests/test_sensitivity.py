@@ -1,0 +1,235 @@
+"""Row sensitivity against brute-force per-example autograd on the tiny random BERT.
+
+The reference re-implements method.md section 2 literally: every scored linear map computes
+y = m * (x W^T + b) + (1 - m) * (x stopgrad(W)^T + stopgrad(b)) (and the word embeddings likewise), so
+autograd's weight gradient of one example comes only from the allowed positions m = 1. A Fisher row
+score is then the mean over examples of the row's summed squared gradient (weight row + bias entry).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch.nn import functional as F
+
+from clm_explore.config import SensitivityConfig
+from clm_explore.data import AnnotatedData
+from clm_explore.mining import TaskTokens, TokenGroup, mine_task_tokens
+from clm_explore.modeling import head_parameter_names, load_model
+from clm_explore.sensitivity import SensitivityReport, compute_sensitivity, scored_linears
+
+LABELS = ["a", "b"]
+TEXTS = ["i want refunding now", "refunding", "money please"]
+Y = [0, 1, 0]
+# Allowed positions under the mined group "refunding" plus the CLS position 0:
+# [CLS] i want refund ##ing now [SEP] / [CLS] refund ##ing [SEP] / [CLS] money please [SEP]
+ALLOWED = [[0, 3, 4], [0, 1, 2], [0]]
+REFUNDING = TaskTokens([TokenGroup("refunding", ["refund", "##ing"], "words", 2, 1.0, 1.0, 1.0, "a", 1.5)],
+                       "", 3, {})
+
+
+def hand_data(texts=TEXTS, y=Y) -> AnnotatedData:
+    train = pd.DataFrame({"text": texts, "label": [LABELS[i] for i in y]})
+    return AnnotatedData(train, train.iloc[:0], train.iloc[:0], LABELS, source="hand")
+
+
+def wide_tiny(seed: int = 0):
+    """The tiny BERT with weights drawn wider than BERT's 0.02 init, so gradients are not vanishing."""
+    loaded = load_model("tiny-random", LABELS, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return loaded
+
+
+def brute_force(loaded, texts, y, allowed, score: str = "fisher") -> dict[str, torch.Tensor]:
+    """Per-example autograd with the stop-gradient formulation; returns weight name -> row scores."""
+    model = loaded.model
+    model.eval()
+    linears = {f"{n}.weight": lin for n, (lin, _, _) in scored_linears(model).items()}
+    emb = model.get_input_embeddings()
+    emb_name = next(n for n, p in model.named_parameters() if p is emb.weight)
+    totals = {name: torch.zeros(lin.out_features) for name, lin in linears.items()}
+    totals[emb_name] = torch.zeros(emb.num_embeddings)
+    weight_grads = {name: torch.zeros_like(lin.weight) for name, lin in linears.items()}
+    bias_grads = {name: torch.zeros_like(lin.bias) for name, lin in linears.items()}
+    emb_grad = torch.zeros_like(emb.weight)
+    state: dict[str, torch.Tensor] = {}
+
+    def restrict_linear(mod, args, out):
+        x = args[0]
+        if x.dim() == 2:  # the pooler sees the pooled position only, which always counts
+            return out
+        return state["m"] * out + (1 - state["m"]) * F.linear(x, mod.weight.detach(), mod.bias.detach())
+
+    def restrict_embedding(mod, args, out):
+        return state["m"] * out + (1 - state["m"]) * F.embedding(args[0], mod.weight.detach())
+
+    handles = [lin.register_forward_hook(restrict_linear) for lin in linears.values()]
+    handles.append(emb.register_forward_hook(restrict_embedding))
+    try:
+        for text, label, allow in zip(texts, y, allowed, strict=True):
+            enc = loaded.tokenizer([text], return_tensors="pt")
+            m = torch.zeros(1, enc.input_ids.shape[1], 1)
+            m[0, allow if allow is not None else slice(None)] = 1.0
+            state["m"] = m
+            logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+            loss = F.cross_entropy(logits, torch.tensor([label]))
+            params = [p for lin in linears.values() for p in (lin.weight, lin.bias)] + [emb.weight]
+            grads = torch.autograd.grad(loss, params)
+            for i, name in enumerate(linears):
+                gw, gb = grads[2 * i], grads[2 * i + 1]
+                if score == "fisher":
+                    totals[name] += gw.pow(2).sum(1) + gb.pow(2)
+                weight_grads[name] += gw
+                bias_grads[name] += gb
+            if score == "fisher":
+                totals[emb_name] += grads[-1].pow(2).sum(1)
+            emb_grad += grads[-1]
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(texts)
+    if score == "taylor":  # first-order Taylor of the calibration loss: |w * dL/dw| summed over a row
+        with torch.no_grad():
+            for name, lin in linears.items():
+                totals[name] = (lin.weight * weight_grads[name] / n).abs().sum(1) + (lin.bias * bias_grads[name] / n).abs()
+            totals[emb_name] = (emb.weight * emb_grad / n).abs().sum(1)
+        return totals
+    return {k: v / n for k, v in totals.items()}
+
+
+def assert_scores_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for name in want:
+        scale = float(want[name].abs().max())
+        assert scale > 0, name
+        torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
+def config(**kw) -> SensitivityConfig:
+    return SensitivityConfig(**{"warmup_epochs": 0, "batch_size": 2, "normalise": "none", **kw})
+
+
+def test_allowed_positions_of_the_hand_case():
+    tok = load_model("tiny-random", LABELS).tokenizer
+    assert tok.tokenize(TEXTS[0]) == ["i", "want", "refund", "##ing", "now"]
+    assert tok.tokenize(TEXTS[2]) == ["money", "please"]
+
+
+def test_unrestricted_fisher_equals_per_example_autograd():
+    # batch_size 2 over rows of 4, 5 and 7 tokens: padding and two batches are exercised.
+    report = compute_sensitivity(wide_tiny(), hand_data(), None, config(restriction="none"), device="cpu")
+    want = brute_force(wide_tiny(), TEXTS, Y, [None] * 3)
+    assert_scores_close(report.row_scores, want)
+
+
+def test_token_restricted_fisher_equals_stopgrad_formulation():
+    report = compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(), device="cpu")
+    want = brute_force(wide_tiny(), TEXTS, Y, ALLOWED)
+    assert_scores_close(report.row_scores, want)
+    unrestricted = brute_force(wide_tiny(), TEXTS, Y, [None] * 3)
+    q0 = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(want[q0], unrestricted[q0])  # the restriction matters
+    # Word-embedding rows of tokens never at an allowed position get no score at all.
+    tok = load_model("tiny-random", LABELS).tokenizer
+    emb = report.row_scores["bert.embeddings.word_embeddings.weight"]
+    assert emb[tok.convert_tokens_to_ids("money")] == 0
+    assert emb[tok.convert_tokens_to_ids("refund")] > 0
+
+
+def test_taylor_equals_autograd_and_does_not_depend_on_batch_size():
+    want = brute_force(wide_tiny(), TEXTS, Y, ALLOWED, score="taylor")
+    for batch_size in (1, 3):
+        report = compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(score="taylor", batch_size=batch_size),
+                                     device="cpu")
+        assert_scores_close(report.row_scores, want)
+
+
+def test_one_finite_non_negative_score_per_row(tiny, tiny_data):
+    train = tiny_data.train
+    tt = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), tiny.tokenizer)
+    report = compute_sensitivity(tiny, tiny_data, tt, SensitivityConfig(warmup_epochs=1), device="cpu")
+    params = dict(tiny.model.named_parameters())
+    n_layers = tiny.model.config.num_hidden_layers
+    assert len(report.row_scores) == 6 * n_layers + 2  # q k v o ffn_in ffn_out per layer, pooler, embeddings
+    for name, scores in report.row_scores.items():
+        info = report.matrices[name]
+        assert scores.shape == (params[name].shape[0],) == (info.rows,)
+        assert torch.isfinite(scores).all() and (scores >= 0).all()
+        if info.module == "embeddings":
+            assert info.row_params == params[name].shape[1]
+            assert info.eligible_rows == sorted(tt.token_ids(tiny.tokenizer))
+        else:
+            assert info.row_params == params[name].shape[1] + 1
+            assert scores.sum() > 0
+    assert report.backbone_params == sum(p.numel() for n, p in params.items() if not n.startswith("classifier"))
+
+
+def test_deterministic_under_seed(tiny_data):
+    cfg = SensitivityConfig(warmup_epochs=1, calibration_rows=64, restriction="none")
+    a = compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, cfg, device="cpu")
+    b = compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, cfg, device="cpu")
+    assert a.row_scores.keys() == b.row_scores.keys()
+    assert all(torch.equal(a.row_scores[k], b.row_scores[k]) for k in a.row_scores)
+    assert all(torch.equal(a.head_state[k], b.head_state[k]) for k in a.head_state)
+    other = SensitivityConfig(warmup_epochs=1, calibration_rows=64, restriction="none", seed=1)
+    c = compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, other, device="cpu")
+    assert not all(torch.equal(a.row_scores[k], c.row_scores[k]) for k in a.row_scores)  # another subset
+
+
+def test_backbone_unchanged_and_requires_grad_restored(tiny, tiny_data):
+    model = tiny.model
+    model.bert.embeddings.position_embeddings.weight.requires_grad_(False)  # a mixed set of flags
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    report = compute_sensitivity(tiny, tiny_data, None, SensitivityConfig(restriction="none", warmup_epochs=2,
+                                                                          calibration_rows=48), device="cpu")
+    after = model.state_dict()
+    head = set(head_parameter_names(model))
+    for name, value in before.items():
+        if name in head:
+            assert torch.equal(after[name], report.head_state[name])  # the warmed-up head is loaded
+        else:
+            assert torch.equal(after[name], value), name
+    assert any(not torch.equal(after[n], before[n]) for n in head)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())  # no hook left behind
+
+
+def test_save_load_round_trip(tiny, tiny_data, tmp_path):
+    tt = mine_task_tokens(tiny_data.train["text"].tolist(), tiny_data.train["label"].tolist(), tiny.tokenizer)
+    report = compute_sensitivity(tiny, tiny_data, tt, SensitivityConfig(warmup_epochs=1), device="cpu")
+    report.save(tmp_path / "sens")
+    back = SensitivityReport.load(tmp_path / "sens")
+    assert back.row_scores.keys() == report.row_scores.keys()
+    assert all(torch.equal(back.row_scores[k], report.row_scores[k]) for k in report.row_scores)
+    assert all(torch.equal(back.head_state[k], report.head_state[k]) for k in report.head_state)
+    assert back.matrices == report.matrices
+    assert (back.n_layers, back.backbone_params, back.config) == (report.n_layers, report.backbone_params, report.config)
+    pd.testing.assert_frame_equal(back.table, report.table)
+    assert (tmp_path / "sens" / "sensitivity.csv").is_file()
+
+
+def test_table_columns_and_values():
+    report = compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(), device="cpu")
+    table = report.table
+    assert {"layer", "module", "score", "norm_score", "rows", "params"} <= set(table.columns)
+    assert len(table) == len(report.row_scores)
+    emb = table[table["module"] == "embeddings"].iloc[0]
+    assert emb["layer"] == -1
+    assert emb["rows"] == 2  # only "refund" and "##ing" are eligible embedding rows
+    assert emb["params"] == 2 * 32
+    emb_scores = report.row_scores["bert.embeddings.word_embeddings.weight"]
+    eligible = report.matrices["bert.embeddings.word_embeddings.weight"].eligible_rows
+    assert emb["score"] == pytest.approx(float(emb_scores[eligible].sum()))  # [CLS] is scored but not eligible
+    q0 = table[(table["layer"] == 0) & (table["module"] == "q")].iloc[0]
+    assert (q0["rows"], q0["params"]) == (32, 32 * 33)
+    assert q0["score"] == pytest.approx(float(report.row_scores["bert.encoder.layer.0.attention.self.query.weight"].sum()))
+    assert table["norm_score"].max() == pytest.approx(1.0)
+    assert (table["norm_score"] >= 0).all()
+    assert list(table["layer"]) == sorted(table["layer"])
