@@ -26,10 +26,16 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
-    BertTokenizerFast,
+    BertTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+# A fresh head over a pretrained backbone is the normal case here; its load report and the save
+# progress bars would bury the tool's own output.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 DEFAULT_SOURCE = "default"
 TINY_SOURCE = "tiny-random"
@@ -84,6 +90,13 @@ def tiny_bert_config(vocab_size: int, num_labels: int = 2) -> BertConfig:
     )
 
 
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A WordPiece tokenizer over the bundled tiny vocabulary (has [unused0..19] slots, like BERT's)."""
+    lines = [line for line in TINY_VOCAB.read_text(encoding="utf-8").split("\n") if line]
+    # transformers 5 ignores ``vocab_file`` in the constructor; a vocab dict is what it reads.
+    return BertTokenizer(vocab={token: i for i, token in enumerate(dict.fromkeys(lines))}, do_lower_case=True)
+
+
 def resolve_source(source: str | None) -> str:
     """Turn a source string into a local folder path, ``tiny-random``, or raise a clear error."""
     source = source or DEFAULT_SOURCE
@@ -121,7 +134,7 @@ def load_model(
     resolved = resolve_source(source)
     torch.manual_seed(seed)
     if resolved == TINY_SOURCE:
-        tokenizer = BertTokenizerFast(vocab_file=str(TINY_VOCAB), do_lower_case=True)
+        tokenizer = tiny_tokenizer()
         config = tiny_bert_config(len(tokenizer), len(labels or ["a", "b"]))
         _set_labels(config, labels)
         return LoadedModel(BertForSequenceClassification(config), tokenizer, TINY_SOURCE, False)
