@@ -1,0 +1,116 @@
+"""``clm-explore mine | sensitivity | finetune | predict`` in-process on the tiny random BERT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clm_explore.cli import main
+
+TINY = ["--model", "tiny-random"]
+FAST = ["--epochs", "1", "--batch-size", "32", "--max-length", "32", "--device", "cpu"]
+
+
+@pytest.fixture
+def data_dir(tiny_data, tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        tiny_data.split(split).to_csv(folder / f"{split}.csv", index=False)
+    return folder
+
+
+def run_json(capsys, argv: list[str]):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def run_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_mine_json(capsys, data_dir):
+    groups = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--top", "20"])
+    assert 0 < len(groups) <= 20
+    for g in groups:
+        assert {"text", "pieces", "count", "score", "label", "lift"} <= set(g)
+        assert isinstance(g["pieces"], list) and g["pieces"]
+        assert g["count"] >= 5 and g["score"] > 0 and g["lift"] >= 1
+        assert g["label"] in {"card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"}
+    scores = [g["score"] for g in groups]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_sensitivity_json(capsys, data_dir, tmp_path):
+    rows = run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--json", "--calibration-rows", "32",
+                             "--device", "cpu", "--out", str(tmp_path / "sens")])
+    assert len(rows) == 2 * 6 + 2  # q k v o ffn_in ffn_out per layer, pooler, embeddings
+    for r in rows:
+        assert {"layer", "module", "score", "norm_score", "rows", "params"} <= set(r)
+        assert r["score"] >= 0 and r["rows"] >= 0
+    q0 = next(r for r in rows if r["layer"] == 0 and r["module"] == "q")
+    assert (q0["rows"], q0["params"]) == (32, 32 * 33)
+    assert (tmp_path / "sens" / "row_scores.safetensors").is_file()
+    assert (tmp_path / "sens" / "task_tokens.json").is_file()
+
+
+def test_finetune_out_overwrite_and_predict(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["finetune", "--data", str(data_dir), *TINY, *FAST, "--out", str(out), "--json"]
+    first = run_json(capsys, args)
+    assert Path(first["out_dir"]) == out
+    assert {"accuracy", "macro_f1", "trainable_params", "total_params", "run"} <= set(first)
+    assert first["method"] == "sparse" and first["budget"] == 0.01
+    for name in ("config.json", "model.safetensors", "metrics.json", "predictions.csv", "masks.safetensors"):
+        assert (out / name).is_file(), name
+
+    err = run_error(capsys, args)  # the folder exists: refuse without --overwrite
+    assert "--overwrite" in err and str(out) in err
+    assert (out / "model.safetensors").is_file()  # nothing was deleted
+
+    second = run_json(capsys, [*args, "--overwrite"])
+    assert Path(second["out_dir"]) == out and second["run"]
+
+    texts = ["my card has not arrived", "what is the exchange rate"]
+    results = run_json(capsys, ["predict", "--run", str(out), "--text", texts[0], "--text", texts[1], "--json"])
+    assert [r["text"] for r in results] == texts
+    labels = json.loads((out / "metrics.json").read_text())["labels"]
+    for r in results:
+        assert r["label"] in labels and 0 < r["probability"] <= 1
+        assert r["top"][0] == {"label": r["label"], "probability": r["probability"]}
+        assert len(r["top"]) == 3
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "1.5"])
+def test_bad_budget_exits_2(capsys, data_dir, tmp_path, budget):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--budget", budget,
+                             "--out", str(tmp_path / "run")])
+    assert "budget" in err
+
+
+def test_budget_above_the_parameter_count_exits_2(capsys, data_dir, tmp_path):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--budget", "100000000",
+                             "--out", str(tmp_path / "run")])
+    assert "budget" in err and "100000000" in err
+
+
+def test_unknown_method_exits_2(capsys, data_dir):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "magic"])
+    assert "magic" in err and "sparse" in err
+
+
+def test_one_label_data_exits_2(capsys, tmp_path):
+    path = tmp_path / "one.csv"
+    pd.DataFrame({"text": [f"my card number {i} is lost" for i in range(30)], "label": ["lost"] * 30}).to_csv(
+        path, index=False)
+    err = run_error(capsys, ["finetune", "--data", str(path), *TINY, *FAST])
+    assert "lost" in err and "label" in err

@@ -1,0 +1,230 @@
+"""finetune() on the tiny random BERT: frozen rows stay bit-identical, the run folder is complete.
+
+One sparse run (2 epochs, batch 8) is shared by the tests that only read its folder; cancel, weight
+decay and full finetuning get their own short runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SHARED_DATA
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from clm_explore.config import FinetuneConfig, MaskConfig
+from clm_explore.data import AnnotatedData
+from clm_explore.finetune import finetune
+from clm_explore.modeling import count_parameters, load_model
+
+LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+# min_layer 0: every layer and the word embeddings compete, so DeltaEmbedding is exercised too.
+SPARSE = FinetuneConfig(method="sparse", epochs=2, batch_size=8, device="cpu", seed=0,
+                        mask=MaskConfig(budget=0.03, min_layer=0))
+N_LAYERS = 2
+
+
+def make_data() -> AnnotatedData:
+    """The conftest ``tiny_data`` slice (4 labels; train 160, validation 40, test 40), module-scoped here."""
+    df = pd.read_csv(SHARED_DATA / "banking77" / "train.csv", dtype=str)
+    df = df[df["label"].isin(LABELS)]
+    parts = [g.head(60) for _, g in df.groupby("label")]
+    train = pd.concat([p.iloc[:40] for p in parts]).reset_index(drop=True)
+    val = pd.concat([p.iloc[40:50] for p in parts]).reset_index(drop=True)
+    test = pd.concat([p.iloc[50:60] for p in parts]).reset_index(drop=True)
+    return AnnotatedData(train, val, test, sorted(LABELS), source="banking77-slice")
+
+
+@pytest.fixture(scope="module")
+def data() -> AnnotatedData:
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory, data):
+    steps = []
+    out = tmp_path_factory.mktemp("sparse")
+    torch.manual_seed(123)  # finetune must seed itself: the global state must not matter
+    result = finetune(data, SPARSE, out, source="tiny-random", on_step=steps.append)
+    return result, steps
+
+
+def base_params(seed: int = 0) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in load_model("tiny-random", LABELS, seed=seed).model.named_parameters()}
+
+
+def saved_params(folder) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in AutoModelForSequenceClassification.from_pretrained(folder).named_parameters()}
+
+
+def layer_of(name: str) -> int:
+    found = re.search(r"layer\.(\d+)\.", name)
+    return int(found.group(1)) if found else (-1 if "embeddings" in name else N_LAYERS)
+
+
+def assert_only_masked_rows_changed(folder, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every backbone matrix row outside the mask is bit-identical to the base model; returns the masks."""
+    masks = {k: v.bool() for k, v in load_file(folder / "masks.safetensors").items()}
+    assert masks
+    base, saved = base_params(seed), saved_params(folder)
+    assert base.keys() == saved.keys()
+    lowest = min(layer_of(k) for k in masks)
+    for name, before in base.items():
+        after = saved[name]
+        owner = name.rsplit(".", 1)[0] + ".weight"
+        if name.startswith("classifier") or ("LayerNorm" in name and layer_of(name) >= lowest):
+            continue  # head and LayerNorms at or above the lowest selected layer train
+        if owner in masks:
+            mask = masks[owner]
+            assert torch.equal(after[~mask], before[~mask]), f"{name}: a row outside the mask changed"
+        else:
+            assert torch.equal(after, before), f"{name} changed but has no selected row"
+    return masks
+
+
+def test_rows_outside_the_mask_are_bit_identical_and_masked_rows_changed(sparse_run):
+    result, _ = sparse_run
+    assert result.status == "succeeded"
+    masks = assert_only_masked_rows_changed(result.out_dir)
+    base, saved = base_params(), saved_params(result.out_dir)
+    for name, mask in masks.items():
+        bias = name.removesuffix("weight") + "bias"
+        for row in torch.nonzero(mask).flatten().tolist():
+            changed = not torch.equal(saved[name][row], base[name][row])
+            if bias in base:
+                changed = changed or not torch.equal(saved[bias][row], base[bias][row])
+            assert changed, f"{name} row {row} is selected but did not change"
+    assert not torch.equal(saved["classifier.weight"], base["classifier.weight"])
+
+
+def test_delta_file_holds_the_change_of_the_selected_rows(sparse_run):
+    result, _ = sparse_run
+    delta = load_file(result.out_dir / "delta.safetensors")
+    base, saved = base_params(), saved_params(result.out_dir)
+    modules = {k.removesuffix(".rows") for k in delta if k.endswith(".rows")}
+    assert modules == {k.removesuffix(".weight") for k in load_file(result.out_dir / "masks.safetensors")}
+    for module in modules:
+        rows = delta[f"{module}.rows"]
+        torch.testing.assert_close(saved[f"{module}.weight"][rows],
+                                   base[f"{module}.weight"][rows] + delta[f"{module}.delta_w"])
+
+
+def test_trainable_params_are_deltas_layernorms_and_head(sparse_run, data):
+    result, _ = sparse_run
+    masks = {k: v.bool() for k, v in load_file(result.out_dir / "masks.safetensors").items()}
+    model = load_model("tiny-random", LABELS).model
+    modules = dict(model.named_modules())
+    deltas = 0
+    for name, mask in masks.items():
+        mod = modules[name.removesuffix(".weight")]
+        row_params = mod.embedding_dim if isinstance(mod, torch.nn.Embedding) else mod.in_features + 1
+        deltas += int(mask.sum()) * row_params
+    lowest = min(layer_of(k) for k in masks)
+    norms = sum(p.numel() for n, p in model.named_parameters() if "LayerNorm" in n and layer_of(n) >= lowest)
+    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("classifier"))
+    assert head == 32 * 4 + 4
+    m = result.metrics
+    assert m["lowest_layer"] == lowest
+    assert m["selected_params"] == deltas
+    assert 0 < deltas <= round(0.03 * m["backbone_params"])
+    assert m["trainable_params"] == deltas + norms + head
+
+
+def test_saved_folder_is_a_standard_model_that_reproduces_predictions(sparse_run, data):
+    result, _ = sparse_run
+    folder = result.out_dir
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert [model.config.id2label[i] for i in range(len(LABELS))] == sorted(LABELS)
+    assert count_parameters(model) == count_parameters(load_model("tiny-random", LABELS).model)
+    assert count_parameters(model) == result.metrics["total_params"] == result.metrics["base_params"]
+    predictions = pd.read_csv(folder / "predictions.csv")
+    assert list(predictions.columns) == ["row", "text", "label", "pred", "prob"]
+    assert predictions["text"].tolist() == data.test["text"].tolist()
+    with torch.no_grad():
+        enc = tok(predictions["text"].tolist(), return_tensors="pt", padding=True, truncation=True, max_length=64)
+        probs = torch.softmax(model(**enc).logits, -1)
+    assert [model.config.id2label[int(i)] for i in probs.argmax(-1)] == predictions["pred"].tolist()
+    np.testing.assert_allclose(probs.max(-1).values.numpy(), predictions["prob"].to_numpy(), rtol=1e-4, atol=1e-5)
+    accuracy = float((predictions["pred"] == predictions["label"]).mean())
+    assert result.metrics["accuracy"] == pytest.approx(accuracy)
+
+
+def test_metrics_json(sparse_run):
+    result, _ = sparse_run
+    m = json.loads((result.out_dir / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "per_label_f1", "train_seconds", "examples_per_second", "peak_memory_mb",
+                "trainable_params", "total_params", "budget", "seed", "confusion", "labels", "method", "epochs",
+                "val_curve"):
+        assert key in m, key
+    assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
+    assert set(m["per_label_f1"]) == set(LABELS)
+    assert m["macro_f1"] == pytest.approx(np.mean(list(m["per_label_f1"].values())))
+    assert np.array(m["confusion"]).sum() == 40 and np.trace(m["confusion"]) == round(40 * m["accuracy"])
+    assert m["train_seconds"] > 0 and m["examples_per_second"] > 0 and m["peak_memory_mb"] >= 0
+    assert (m["budget"], m["seed"], m["method"], m["epochs"]) == (0.03, 0, "sparse", 2)
+    assert [p["epoch"] for p in m["val_curve"]] == [1, 2]
+    run = json.loads((result.out_dir / "clm_run.json").read_text())
+    assert run["method"] == "sparse" and FinetuneConfig.from_dict(run["config"]) == SPARSE
+    for name in ("config.json", "model.safetensors", "task_tokens.json", "sensitivity/row_scores.safetensors"):
+        assert (result.out_dir / name).is_file(), name
+
+
+def test_progress_has_one_line_per_step_and_on_step_was_called(sparse_run):
+    result, steps = sparse_run
+    total = 2 * (160 // 8)
+    lines = [json.loads(x) for x in (result.out_dir / "progress.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["eval"] is None] == list(range(1, total + 1))
+    assert all(x["total_steps"] == total for x in lines)
+    assert [x["epoch"] for x in lines if x["eval"] is not None] == [1, 2]  # the validation point of each epoch
+    assert [s.step for s in steps if s.eval is None] == list(range(1, total + 1))
+    assert len(steps) == len(lines)
+    assert all(np.isfinite(s.loss) for s in steps if s.eval is None)
+
+
+def test_progress_lines_are_strict_json(sparse_run):
+    # The contract promises one JSON object per line; a NaN loss would be written as the bare token NaN,
+    # which is not JSON (RFC 8259) and breaks non-Python readers.
+    result, _ = sparse_run
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    for line in (result.out_dir / "progress.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=refuse)
+
+
+def test_should_stop_cancels(tmp_path, data):
+    seen = []
+    cfg = FinetuneConfig(epochs=1, batch_size=8, device="cpu", mask=MaskConfig(budget=0.01))
+    result = finetune(data, cfg, tmp_path / "run", source="tiny-random", on_step=seen.append,
+                      should_stop=lambda: len(seen) >= 3)
+    assert result.status == "cancelled"
+    assert [s.step for s in seen] == [1, 2, 3]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "cancelled"
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_weight_decay_leaves_rows_outside_the_mask_identical(tmp_path, data):
+    cfg = FinetuneConfig(epochs=1, batch_size=8, device="cpu", weight_decay=0.5, lr=1e-2, seed=1,
+                         mask=MaskConfig(budget=0.03, min_layer=0))
+    result = finetune(data, cfg, tmp_path / "run", source="tiny-random")
+    assert result.status == "succeeded"
+    assert_only_masked_rows_changed(result.out_dir, seed=1)
+
+
+def test_full_trains_every_parameter(tmp_path, data):
+    cfg = FinetuneConfig(method="full", epochs=1, batch_size=16, device="cpu")
+    result = finetune(data, cfg, tmp_path / "run", source="tiny-random")
+    m = result.metrics
+    assert m["trainable_params"] == m["total_params"] == count_parameters(load_model("tiny-random", LABELS).model)
+    base, saved = base_params(), saved_params(result.out_dir)
+    for name in base:
+        if "encoder" in name or "pooler" in name or "classifier" in name:
+            assert not torch.equal(saved[name], base[name]), f"{name} did not train"
+    assert not (result.out_dir / "masks.safetensors").exists()
