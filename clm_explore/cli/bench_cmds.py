@@ -1,0 +1,84 @@
+"""``bench``: the method x budget x seed grid, each cell a ``finetune`` subprocess (see clm_explore.bench)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from clm_explore.cli import UserError, add_data_args, print_json
+from clm_explore.config import METHODS, DataConfig, FinetuneConfig
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="run a benchmark grid of methods, budgets and seeds (resumable)",
+                              description="Runs every (method, budget, seed) cell as a `finetune` subprocess, "
+                              "skips cells finished earlier in the same --out folder, and writes results.csv, "
+                              "summary.csv, masks.csv, overlap.csv and report.html there.")
+    add_data_args(p, positional=False)
+    p.add_argument("--methods", default="full,sparse,lora", help=f"comma-separated, among: {', '.join(METHODS)}")
+    p.add_argument("--budgets", default="0.01", help="comma-separated budgets of the budgeted methods "
+                   "(sparse, layers, random, fisher, gradient); ignored by the others")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
+    p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    p.add_argument("--shots", type=int, default=0, metavar="K", help="K training rows per label (few-shot; 0 = all)")
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="cap training rows at N, stratified (0 = all)")
+    p.add_argument("--tune-lr", action="store_true",
+                   help="per method, sweep 3 learning rates on a validation split (never test) and use the best")
+    p.add_argument("--model", default="default", metavar="SRC", help="'default', 'tiny-random' or a local folder")
+    p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
+    p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="bench-out", metavar="DIR", help="grid folder; rerun with it to resume")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_bench)
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise UserError(f"--{what} must be comma-separated numbers, got {text!r}") from exc
+
+
+def bench_config(args: argparse.Namespace):
+    from clm_explore.bench import BenchConfig
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
+                       epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr, model=args.model,
+                       batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                       data=str(Path(args.data).resolve()))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from clm_explore.bench import run_grid
+
+    cfg = bench_config(args)
+    data_cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
+    # A plain `kill` should stop the running cell too, as Ctrl+C does (the grid resumes later).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_grid(args.data, cfg, args.out, data_cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = result.summary
+    if args.json:
+        print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
+                    "lr": result.lrs, "cells": len(result.results),
+                    "failed": int((result.results["status"] != "succeeded").sum()),
+                    "summary": summary.to_dict(orient="records")})
+        return 0
+    cols = [c for c in ("method", "budget", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean",
+                        "trainable_share_mean", "train_seconds_mean", "peak_memory_mb_mean") if c in summary]
+    print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    failed = result.results[result.results["status"] != "succeeded"]
+    if len(failed):
+        print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).")
+    print(f"report: {result.files['report']}")
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,174 @@
+"""The benchmark grid: planning, data slicing, results/report content, failures, LR sweep and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clm_explore.bench import (
+    BenchConfig,
+    BenchError,
+    Cell,
+    few_shot,
+    finetune_command,
+    plan_cells,
+    run_grid,
+    stratified_cap,
+)
+from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
+
+
+@pytest.fixture
+def data_dir(tiny_data, tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        tiny_data.split(split).to_csv(folder / f"{split}.csv", index=False)
+    return folder
+
+
+def in_process(cfg: BenchConfig, fail: str | None = None):
+    """A runner that trains the cell here (no subprocess): fast enough for the suite."""
+    from clm_explore.data import load_data
+    from clm_explore.finetune import finetune
+
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        if cell.method == fail:
+            raise RuntimeError("boom")
+        ft = FinetuneConfig(method=cell.method, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cell.seed,
+                            lr=cell.lr, device="cpu", mask=MaskConfig(budget=cell.budget or 0.01, seed=cell.seed),
+                            sensitivity=SensitivityConfig(calibration_rows=80, warmup_epochs=1))
+        finetune(load_data(data_dir), ft, cell_dir, source="tiny-random")
+
+    return run
+
+
+def _cfg(**kw) -> BenchConfig:
+    base = {"methods": ("head", "sparse", "random"), "budgets": (0.05,), "seeds": 1, "epochs": 1,
+            "batch_size": 80, "model": "tiny-random"}
+    return BenchConfig(**{**base, **kw})
+
+
+def test_plan_has_one_cell_per_budget_only_for_budgeted_methods():
+    cells = plan_cells(BenchConfig(methods=("full", "sparse"), budgets=(0.01, 0.05), seeds=2), {"full": 3e-4})
+    assert [c.name for c in cells] == ["full-s0", "full-s1", "sparse-b0.01-s0", "sparse-b0.01-s1",
+                                      "sparse-b0.05-s0", "sparse-b0.05-s1"]
+    assert cells[0].lr == 3e-4 and cells[2].lr == 0.0
+
+
+def test_bad_grid_options_are_refused():
+    with pytest.raises(BenchError, match="methods"):
+        BenchConfig(methods=("nope",))
+    with pytest.raises(BenchError, match="budgets"):
+        BenchConfig(budgets=(1.5,))
+
+
+def test_finetune_command_passes_the_cell():
+    cmd = finetune_command(Cell("sparse", 0.01, 2, 5e-4), _cfg(), Path("d"), Path("c"))
+    text = " ".join(cmd)
+    assert "--method sparse" in text and "--budget 0.01" in text and "--seed 2" in text and "--lr 0.0005" in text
+    assert "--json" in cmd and "--overwrite" in cmd and cmd[cmd.index("--out") + 1] == "c"
+    assert "--budget" not in finetune_command(Cell("full", None, 0), _cfg(), Path("d"), Path("c"))
+
+
+def test_few_shot_and_limit_are_seeded_and_stratified():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(100)], "label": ["a"] * 70 + ["b"] * 25 + ["c"] * 5})
+    shots = few_shot(frame, 3, seed=0)
+    assert shots["label"].value_counts().to_dict() == {"a": 3, "b": 3, "c": 3}
+    assert shots.equals(few_shot(frame, 3, seed=0)) and not shots.equals(few_shot(frame, 3, seed=1))
+    capped = stratified_cap(frame, 20, seed=0)
+    assert capped["label"].value_counts().to_dict() == {"a": 14, "b": 5, "c": 1}
+    assert len(stratified_cap(frame, 500, seed=0)) == 100
+
+
+def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
+    cfg = _cfg()
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    out = tmp_path / "out"
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["method"]) == ["head", "sparse", "random"]
+    assert (results["status"] == "succeeded").all()
+    for column in ("accuracy", "macro_f1", "trainable_params", "train_seconds", "peak_memory_mb",
+                   "examples_per_second", "lowest_layer", "lr", "val_curve"):
+        assert column in results
+    assert results["budget"].isna().tolist() == [True, False, False]
+    assert json.loads(results["val_curve"][0])[0]["epoch"] == 1
+    assert results.loc[0, "trainable_params"] < results.loc[1, "trainable_params"]
+    masks = pd.read_csv(out / "masks.csv")
+    assert set(masks["method"]) == {"sparse", "random"}
+    for _, g in masks.groupby("method"):
+        assert g["selected_rows"].sum() > 0 and (g["share_selected"] <= 1).all()
+    overlap = pd.read_csv(out / "overlap.csv")
+    assert overlap[["method_a", "method_b"]].values.tolist() == [["sparse", "random"]]
+    assert 0 <= overlap["jaccard"][0] <= 1
+    page = (out / "report.html").read_text()
+    assert page.count("plotly.js v") == 1  # plotly.js inlined once, then shared by every figure
+    for title in ("Accuracy vs trainable share", "(std = stability)", "Cost per method", "Row-mask overlap"):
+        assert title in page
+    assert set(result.summary["method"]) == {"head", "sparse", "random"}
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(data_dir, tmp_path):
+    cfg = _cfg(methods=("sparse", "head"))
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg, fail="sparse"), progress=False)
+    rows = result.results.set_index("method")
+    assert rows.loc["sparse", "status"] == "failed" and "boom" in rows.loc["sparse", "error"]
+    assert rows.loc["head", "status"] == "succeeded"
+    assert "did not finish" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_lr_sweep_scores_on_validation_never_test(data_dir, tmp_path):
+    cfg = _cfg(methods=("head",), tune_lr=True)
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    out = tmp_path / "out"
+    tuning = pd.read_csv(out / "tuning.csv")
+    assert list(tuning["lr"]) == [0.01, 0.00333, 0.03] and tuning["chosen"].sum() == 1
+    chosen = float(tuning.loc[tuning["chosen"], "lr"].iloc[0])
+    assert result.lrs["head"] == chosen == result.results.loc[0, "lr"]
+    tune_test = pd.read_csv(out / "data_tune" / "test.csv")
+    assert tune_test.equals(pd.read_csv(out / "data" / "validation.csv"))
+    assert not set(tune_test["text"]) & set(pd.read_csv(out / "data" / "test.csv")["text"])
+
+
+def test_resuming_with_other_training_settings_is_refused(data_dir, tmp_path):
+    cfg = _cfg(methods=("head",))
+    run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    with pytest.raises(BenchError, match="epochs"):
+        run_grid(data_dir, _cfg(methods=("head",), epochs=2), tmp_path / "out", runner=in_process(cfg),
+                 progress=False)
+
+
+def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
+    out = tmp_path / "grid"
+    cmd = [sys.executable, "-m", "clm_explore.cli", "bench", "--data", str(data_dir), "--model", "tiny-random",
+           "--methods", "head,bitfit", "--seeds", "1", "--epochs", "1", "--batch-size", "80", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = out / "cells" / "head-s0" / "metrics.json"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert first.exists(), (tmp_path / "first.log").read_text()
+            proc.send_signal(signal.SIGTERM)  # bench stops its running cell and exits
+            assert proc.wait(60) != 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert not (out / "cells" / "bitfit-s0" / "metrics.json").exists()
+    stamp = first.stat().st_mtime_ns
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert first.stat().st_mtime_ns == stamp  # the finished cell was kept, not recomputed
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["method"]) == ["head", "bitfit"] and (results["status"] == "succeeded").all()
+    assert (out / "report.html").is_file()
