@@ -8,6 +8,7 @@ modify a model (sensitivity warms up the head) get a fresh copy loaded inside th
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -104,7 +105,8 @@ def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: 
         source, annotated.labels, seed=cfg.seed
     )  # the head gets warmed up: not the shared model
     groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
-    return module.compute_sensitivity(fresh, annotated, groups, cfg, device="cpu")
+    device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
+    return module.compute_sensitivity(fresh, annotated, groups, cfg, device=device)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -170,8 +172,6 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
 @st.cache_resource(show_spinner=False)
 def configure_torch() -> int:
     """Once per server: ``$CLM_EXPLORE_TORCH_THREADS`` CPU threads for torch (its default when unset)."""
-    import os
-
     import torch
 
     threads = os.environ.get("CLM_EXPLORE_TORCH_THREADS")

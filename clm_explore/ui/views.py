@@ -132,7 +132,8 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
     grid = grid[
         [m for m in MODULE_ORDER if m in grid.columns] + [m for m in grid.columns if m not in MODULE_ORDER]
     ]
-    grid.index = ["emb" if i < 0 else str(i) for i in grid.index]
+    # Category labels: plain digits would make plotly use a numeric axis and misplace 'emb'.
+    grid.index = ["emb" if i < 0 else f"L{i}" for i in grid.index]
     fig = go.Figure(
         go.Heatmap(
             z=grid.values,
@@ -142,7 +143,14 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
             hovertemplate="layer %{y} · %{x}: %{z:.4g}<extra></extra>",
         )
     )
-    fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=40, b=10), yaxis_title="layer")
+    fig.update_layout(
+        title=title,
+        height=360,
+        margin=dict(l=10, r=10, t=40, b=10),
+        yaxis_title="layer",
+        yaxis_type="category",
+        xaxis_type="category",
+    )
     st.plotly_chart(fig, key=f"{key}_heat")
 
 
