@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import queue
 import threading
 import time
@@ -76,6 +77,8 @@ class Job:
     def on_step(self, info: Any) -> None:
         """Record one step report (a ``StepInfo`` dataclass, or a dict with the same fields)."""
         data = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+        if isinstance(data.get("loss"), float) and not math.isfinite(data["loss"]):
+            data["loss"] = None  # the epoch-end report carries eval only (loss NaN)
         with self._lock:
             p = self._progress
             for name in _STEP_FIELDS:

@@ -71,6 +71,8 @@ def test_success_updates_run_and_progress(jobs: JobQueue, store: RunStore) -> No
     assert (progress.step, progress.total_steps, progress.fraction) == (4, 4, 1.0)
     assert [s for s, _ in progress.losses] == [1, 2, 3, 4]
     assert progress.eval_history == [{"step": 4, "epoch": 1.0, "accuracy": 0.5}]
+    job.on_step({"step": 4, "loss": float("nan"), "eval": None})
+    assert job.progress().loss == 0.25 and len(job.progress().losses) == 4  # NaN loss ignored
     record = store.get(run.id)
     assert record.status is RunStatus.SUCCEEDED and record.metrics == {"accuracy": 0.75}
 
