@@ -39,11 +39,11 @@ class AttributionError(ValueError):
 class AttributionConfig:
     n_steps: int = 32
     """Interpolation steps between the reference and the input (decoders use twice as many)."""
-    internal_batch_size: int = 256
+    internal_batch_size: int = 512
     """Rows (examples x steps) per forward/backward pass; bounds memory."""
     target: str = "predicted"
     """Label explained: 'predicted' (the model's argmax) or 'gold' (the row's annotated label)."""
-    batch_size: int = 8
+    batch_size: int = 16
     """Texts attributed together; texts are grouped by length so padding stays small."""
     max_length: int = 64
     """Texts are truncated to this many sub-tokens (specials included)."""
