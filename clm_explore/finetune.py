@@ -376,6 +376,7 @@ class _TrainLoop:
         self.train_seconds = float(prepared.info.get("prep_seconds", 0.0))
         self.val_curve: list[dict] = []
         self.epoch_seconds: list[float] = []
+        self.last_loss = 0.0
 
     def run(self) -> str:
         dtype = autocast_dtype(self.device)
@@ -397,7 +398,8 @@ class _TrainLoop:
                 self.train_seconds += time.perf_counter() - started
                 self.step += 1
                 self.examples += len(idx) * self.world
-                self._report(epoch, loss.item(), None)
+                self.last_loss = loss.item()
+                self._report(epoch, self.last_loss, None)
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
             self._end_epoch(epoch)
         return "succeeded"
@@ -419,7 +421,7 @@ class _TrainLoop:
         accuracy = float((probs.argmax(1) == self.data.label_ids(self.cfg.curve_split)).mean())
         point = {"epoch": epoch, "seconds": self.train_seconds, "accuracy": accuracy, "split": self.cfg.curve_split}
         self.val_curve.append(point)
-        self._report(epoch, float("nan"), point)
+        self._report(epoch, self.last_loss, point)  # progress.jsonl stays strict JSON (no NaN)
 
     def _report(self, epoch: int, loss: float, evaluation: dict | None) -> None:
         if not self.on_step:

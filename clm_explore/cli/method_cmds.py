@@ -171,6 +171,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     data = _data(args)
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
+    _check_budget_fits(cfg, args.model, data.labels)
     if int(os.environ.get("RANK", "0")) > 0:
         # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry.
         return _run_finetune_secondary(args, data, cfg)
@@ -196,6 +197,18 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  train {metrics['train_seconds']:.1f} s")
     return 0
+
+
+def _check_budget_fits(cfg: FinetuneConfig, source: str, labels: list[str]) -> None:
+    """Refuse a budget above the backbone before any run folder is made or any work is done."""
+    from clm_explore.masks import budget_to_params
+    from clm_explore.modeling import load_model
+    from clm_explore.sensitivity import backbone_parameter_count
+
+    try:
+        budget_to_params(cfg.mask.budget, backbone_parameter_count(load_model(source, labels).model))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def _run_finetune_secondary(args: argparse.Namespace, data, cfg: FinetuneConfig) -> int:
