@@ -1,0 +1,50 @@
+"""Mining + sensitivity time on a full training split (the method's preparation before training).
+
+    python bench/bench_prep.py [--data ../shared/data/banking77] [--calibration-rows 4096]
+
+Prints seconds for mining, head warm-up + row scoring, and selection at three budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from clm_explore.config import MaskConfig, SensitivityConfig
+from clm_explore.data import load_data
+from clm_explore.masks import select_mask
+from clm_explore.mining import mine_task_tokens
+from clm_explore.modeling import load_model
+from clm_explore.sensitivity import compute_sensitivity
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
+    ap.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_data(args.data)
+    loaded = load_model("default", data.labels)
+    started = time.perf_counter()
+    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
+    mined = time.perf_counter() - started
+    report = compute_sensitivity(loaded, data, task_tokens, SensitivityConfig(calibration_rows=args.calibration_rows))
+    scored = time.perf_counter() - started - mined
+    print(f"train rows {len(data.train)}, calibration rows {min(len(data.train), args.calibration_rows)}, "
+          f"{args.threads} threads")
+    print(f"mining            {mined:7.1f} s  ({len(task_tokens.groups)} groups)")
+    print(f"warm-up + scoring {scored:7.1f} s")
+    print(f"total             {mined + scored:7.1f} s")
+    for budget in (0.001, 0.01, 0.1):
+        t = time.perf_counter()
+        sel = select_mask(report, MaskConfig(budget=budget))
+        print(f"select at {budget:<6g} {1000 * (time.perf_counter() - t):7.1f} ms  lowest layer {sel.lowest_layer}")
+
+
+if __name__ == "__main__":
+    main()
