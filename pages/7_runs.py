@@ -26,10 +26,10 @@ if run.error:
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Config**")
-    st.json(run.config, expanded=False)
+    st.json(run.config, expanded=1)
 with c2:
     st.markdown("**Metrics**")
-    st.json({k: v for k, v in run.metrics.items() if k not in ("confusion", "per_label_f1")}, expanded=False)
+    st.json({k: v for k, v in run.metrics.items() if k not in ("confusion", "per_label_f1")}, expanded=1)
 
 c1, c2 = st.columns(2)
 with c1:

@@ -184,11 +184,15 @@ def render_mask_summary(selection: Any, full_params: int | None, key: str) -> No
 
 
 # -- runs and comparison --------------------------------------------------------------------------
+NO_BUDGET = ("full", "head")
+"""Methods that ignore the mask budget."""
+
+
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         m = r.metrics
-        budget = r.config.get("mask", {}).get("budget") if r.config else None
+        budget = r.config.get("mask", {}).get("budget") if r.method not in NO_BUDGET else None
         rows.append(
             {
                 "run": r.id,
@@ -199,7 +203,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "macro_f1": m.get("macro_f1"),
                 "budget %": budget * 100 if isinstance(budget, (int, float)) and budget <= 1 else budget,
                 "epochs": r.config.get("epochs"),
-                "train s": m.get("train_seconds"),
+                "train s": round(m["train_seconds"], 1) if m.get("train_seconds") is not None else None,
                 "error": r.error,
             }
         )
@@ -233,9 +237,21 @@ METRIC_ROWS = (
 
 
 def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
-    rows = {name: [a.metrics.get(name), b.metrics.get(name)] for name in METRIC_ROWS}
+    rows = {name: [_fmt(a.metrics.get(name)), _fmt(b.metrics.get(name))] for name in METRIC_ROWS}
     frame = pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T
-    st.dataframe(frame.astype(str), key=f"{key}_metrics")
+    st.dataframe(frame, key=f"{key}_metrics")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        value = int(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def confusion(metrics: dict[str, Any], title: str, key: str) -> None:

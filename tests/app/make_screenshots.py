@@ -9,6 +9,7 @@ trained for the Compare and Runs pages) and saves one PNG per page, palette-quan
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -55,7 +56,7 @@ def main() -> int:
         sync_playwright() as p,
     ):
         browser = _launch(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(url)
         page.get_by_text("Rows per label").wait_for(timeout=WAIT)
         settle(page)
@@ -83,7 +84,9 @@ def main() -> int:
         launch(page, "sparse", "demo-sparse")
         wait_run(page, "demo-sparse", timeout_s=WAIT / 1000)
         launch(page, "full", "demo-full")
-        time.sleep(8)
+        page.get_by_text("val accuracy").first.wait_for(timeout=WAIT)  # the sparse run's curves
+        page.get_by_text(re.compile(r"step [1-9]\d*/")).first.wait_for(timeout=WAIT)  # full has started
+        settle(page, 3)
         shoot(page, "5_finetune")
         wait_run(page, "demo-full", timeout_s=WAIT / 1000)
 
