@@ -2,7 +2,12 @@
 
 import streamlit as st
 
+from clm_explore.config import ConfigError
+from clm_explore.data import DataError
+from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs
+
+USER_ERRORS = (ConfigError, DataError, ModelSourceError)
 
 st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
 
@@ -20,4 +25,7 @@ cache.configure_torch()
 jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
 page = st.navigation(PAGES)
 forms.sidebar()
-page.run()
+try:
+    page.run()
+except USER_ERRORS as exc:  # a bad model folder, unusable data or option: one paragraph, no traceback
+    st.error(str(exc))

@@ -203,3 +203,13 @@ def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
     assert all(r.status is RunStatus.SUCCEEDED for r in runs.values()), [
         (r.method, r.error) for r in runs.values()
     ]
+
+
+def test_bad_model_folder_is_a_plain_error(at: AppTest, tmp_path: Path) -> None:
+    at.session_state["model_source"] = str(tmp_path / "no-such-model")
+    at.switch_page("pages/3_sensitivity.py")
+    at.run()
+    # In the served app, app.py turns this into st.error; AppTest's switch_page runs the page file
+    # without the entry script, so here it surfaces as the page's exception. Either way: one message.
+    shown = [e.value for e in at.error] + [e.value for e in at.exception]
+    assert len(shown) == 1 and "is neither 'default', 'tiny-random'" in shown[0]
