@@ -43,9 +43,8 @@ def run_cell(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     data = load_data(spec["data"])
     if spec["limit"]:
-        data.train = data.train.groupby("label", group_keys=False).apply(
-            lambda g: g.sample(min(len(g), max(1, spec["limit"] * len(g) // len(data.train))), random_state=0)
-        ).reset_index(drop=True)
+        fraction = min(1.0, spec["limit"] / len(data.train))
+        data.train = data.train.groupby("label").sample(frac=fraction, random_state=0).reset_index(drop=True)
     cfg = FinetuneConfig.from_dict({**spec["config"], "curve_split": "test"})
     finetune(data, cfg, spec["out"], source=spec["model"])
 
