@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -177,8 +178,6 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
 
 def _layernorm_params(model: nn.Module, lowest_layer: int | None) -> list[nn.Parameter]:
     """LayerNorm gains and biases at or above the lowest selected layer (so backward still stops there)."""
-    import re
-
     params = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower():
