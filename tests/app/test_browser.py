@@ -212,3 +212,20 @@ def test_two_users_share_the_queue(server: str, browser, shots: list) -> None:
         assert any("user-a-head" in o for o in options) and any("user-b-full" in o for o in options), options
     for c in contexts:
         c.close()
+
+
+def test_bad_model_folder_shows_plain_error(server: str, browser, shots: list) -> None:
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    shots.append(page)
+    page.goto(f"{server}/runs")
+    page.get_by_text("Every run in the registry").wait_for(timeout=WAIT_MS)
+    choose(page, "side_source", "local folder…")
+    folder = page.locator(".st-key-side_folder input")
+    folder.fill("/nonexistent/model")
+    folder.press("Enter")
+    page.locator('[data-testid="stSidebar"]').get_by_text("/nonexistent/model").wait_for(timeout=WAIT_MS)
+    nav(page, "Sensitivity")
+    error = page.locator('[data-testid="stAlertContentError"]')
+    error.wait_for(timeout=WAIT_MS)
+    assert "is neither 'default'" in error.inner_text()
+    assert not page.locator('[data-testid="stException"]').count()
