@@ -168,8 +168,8 @@ class JobQueue:
             self._finish(job, RunStatus.CANCELLED)
             return
         job.started = time.time()
+        self._set_run_status(job, RunStatus.RUNNING)  # the row first: a running job implies a running run
         job.status = RunStatus.RUNNING
-        self._set_run_status(job, RunStatus.RUNNING)
         try:
             job.result = job.fn(**job.kwargs, on_step=job.on_step, should_stop=job.should_stop)
         except BaseException:  # noqa: BLE001 - any failure of the job is reported, the worker lives on
