@@ -1,0 +1,129 @@
+"""The data report: sizes, label counts, text lengths, duplicates, leakage and plain-English problems."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from clm_explore.data import SPLITS, AnnotatedData
+
+RARE_LABEL_ROWS = 5
+"""Labels with fewer train rows than this are reported as very rare."""
+
+@dataclass
+class DataReport:
+    """What the data holds and what may be wrong with it (``to_dict`` is JSON-ready)."""
+
+    source: str
+    rows: int
+    """Rows in all splits together."""
+    labels: list[str]
+    """Train labels, sorted."""
+    splits: dict[str, int]
+    """Split name -> rows."""
+    label_counts: dict[str, dict[str, int]]
+    """Label -> split -> rows (labels of every split, train labels first)."""
+    lengths: dict[str, dict[str, dict[str, float]]]
+    """'all' or split -> 'chars' / 'words' -> min, median, p95, max."""
+    duplicates: dict[str, int]
+    """Split -> rows whose text repeats an earlier row of the same split."""
+    conflicting: dict[str, int]
+    """Split -> texts that occur with more than one label in that split."""
+    leakage: dict[str, Any]
+    """'count' (distinct texts in more than one split), 'pairs' ('train/test' -> texts), 'examples'."""
+    unseen_labels: dict[str, list[str]]
+    """Split -> labels that occur there but never in train."""
+    rare_labels: dict[str, int]
+    """Labels with fewer than ``RARE_LABEL_ROWS`` train rows -> their train rows."""
+    notes: list[str]
+    problems: list[str]
+    """Plain-English warnings; the data is still usable."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+
+def data_report(data: AnnotatedData) -> DataReport:
+    """Describe ``data``: sizes, label counts, text lengths, duplicates, leakage and problems."""
+    frames = {name: data.split(name) for name in SPLITS}
+    train_labels = set(data.labels)
+    report = DataReport(
+        source=data.source,
+        rows=sum(len(f) for f in frames.values()),
+        labels=list(data.labels),
+        splits={name: len(f) for name, f in frames.items()},
+        label_counts=_label_counts(frames, data.labels),
+        lengths={"all": _lengths(pd.concat(frames.values())["text"]),
+                 **{name: _lengths(f["text"]) for name, f in frames.items()}},
+        duplicates={name: int(f["text"].duplicated().sum()) for name, f in frames.items()},
+        conflicting={name: int((f.groupby("text")["label"].nunique() > 1).sum()) for name, f in frames.items()},
+        leakage=_leakage(frames),
+        unseen_labels={name: sorted(set(f["label"]) - train_labels) for name, f in frames.items() if name != "train"},
+        rare_labels={k: int(v) for k, v in frames["train"]["label"].value_counts().items() if v < RARE_LABEL_ROWS},
+        notes=list(data.notes),
+        problems=[],
+    )
+    report.problems = _problems(report)
+    return report
+
+
+def _label_counts(frames: dict[str, pd.DataFrame], labels: list[str]) -> dict[str, dict[str, int]]:
+    counts = {name: f["label"].value_counts() for name, f in frames.items()}
+    extra = sorted({lab for name, c in counts.items() for lab in c.index} - set(labels))
+    return {lab: {name: int(c.get(lab, 0)) for name, c in counts.items()} for lab in [*labels, *extra]}
+
+
+def _lengths(texts: pd.Series) -> dict[str, dict[str, float]]:
+    out = {}
+    for unit, values in (("chars", texts.str.len()), ("words", texts.str.split().str.len())):
+        if values.empty:
+            out[unit] = {"min": 0, "median": 0, "p95": 0, "max": 0}
+            continue
+        out[unit] = {"min": int(values.min()), "median": float(values.median()),
+                     "p95": round(float(values.quantile(0.95)), 2), "max": int(values.max())}
+    return out
+
+
+def _leakage(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    sets = {name: set(f["text"]) for name, f in frames.items()}
+    pairs = {f"{a}/{b}": len(sets[a] & sets[b]) for a, b in (("train", "validation"), ("train", "test"),
+                                                              ("validation", "test"))}
+    shared = sorted((sets["train"] & sets["test"]) | (sets["train"] & sets["validation"])
+                    | (sets["validation"] & sets["test"]))
+    return {"count": len(shared), "pairs": pairs, "examples": shared[:5]}
+
+
+def _problems(r: DataReport) -> list[str]:
+    problems = []
+    for name, n in r.duplicates.items():
+        if n:
+            problems.append(f"{n} row(s) in {name} repeat a text that occurs earlier in {name}.")
+    for name, n in r.conflicting.items():
+        if n:
+            problems.append(f"{n} text(s) in {name} occur with more than one label; the model cannot get them all right.")
+    for pair, n in r.leakage["pairs"].items():
+        if n:
+            a, b = pair.split("/")
+            problems.append(f"{n} text(s) occur in both {a} and {b} (leakage); {b} scores may look better than they are.")
+    for name, labels in r.unseen_labels.items():
+        if labels:
+            problems.append(f"{len(labels)} label(s) occur in {name} but never in train ({_some(labels)}); "
+                            "the model can never predict them.")
+    if r.rare_labels:
+        shown = _some([f"{k} ({v})" for k, v in sorted(r.rare_labels.items(), key=lambda kv: kv[1])])
+        problems.append(f"{len(r.rare_labels)} label(s) have fewer than {RARE_LABEL_ROWS} train rows: {shown}.")
+    train_counts = [c["train"] for c in r.label_counts.values() if c["train"]]
+    if train_counts and max(train_counts) >= 10 * min(train_counts):
+        problems.append(f"Labels are imbalanced: train rows per label range from {min(train_counts)} to "
+                        f"{max(train_counts)}; look at macro F1, not only accuracy.")
+    for name in ("validation", "test"):
+        if not r.splits[name]:
+            problems.append(f"The {name} split is empty.")
+    return problems
+
+
+def _some(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
