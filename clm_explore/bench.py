@@ -343,11 +343,15 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     tuning = None
     n_tune = len(cfg.methods) * len(LR_FACTORS) if cfg.tune_lr else 0
     bar = ProgressBar(n_tune + len(plan_cells(cfg))) if progress else None
+    cells = plan_cells(cfg)
     try:
         if cfg.tune_lr:
             lrs, tuning = tune_learning_rates(cfg, out_dir, tune_dir, runner, bar)
-        cells = plan_cells(cfg, lrs)
+            cells = plan_cells(cfg, lrs)
         _run_cells(cells, out_dir / "cells", data_dir, runner, bar)
+    except KeyboardInterrupt:
+        write_outputs(out_dir, cells, lrs, tuning)  # what finished so far; a rerun resumes
+        raise
     finally:
         if bar:
             bar.close()

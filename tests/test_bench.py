@@ -165,6 +165,8 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     assert not (out / "cells" / "bitfit-s0" / "metrics.json").exists()
+    partial = pd.read_csv(out / "results.csv")  # written on the way out, before the rerun
+    assert list(partial["status"]) == ["succeeded", "failed"]
     stamp = first.stat().st_mtime_ns
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
