@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.config import ConfigError
-from clm_explore.ui import forms, jobs, state, views
+from clm_explore.ui import forms, jobs, run_views, state
 
 st.title("Finetune")
 st.write(
@@ -36,6 +36,6 @@ jobs.progress_panel(key="ft")
 st.subheader("Recent runs")
 records = jobs.store().list()[:10]
 if records:
-    views.render_runs_table(records, key="ft")
+    run_views.render_runs_table(records, key="ft")
 else:
     st.caption("No runs yet.")

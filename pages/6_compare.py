@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.runs import RunStatus
-from clm_explore.ui import cache, jobs, views
+from clm_explore.ui import cache, jobs, run_views
 
 st.title("Compare runs")
 st.write("Two finished runs side by side: what each gets right, and which words each model relies on.")
@@ -17,26 +17,26 @@ if len(done) < 2:
 store = jobs.store()
 c1, c2 = st.columns(2)
 with c1:
-    a = views.run_picker(done, "Run A", store.latest("sparse") or done[0], key="cmp_a")
+    a = run_views.run_picker(done, "Run A", store.latest("sparse") or done[0], key="cmp_a")
 with c2:
-    b = views.run_picker(done, "Run B", store.latest("full") or done[1], key="cmp_b")
-views.render_metrics_side_by_side(a, b, key="cmp")
+    b = run_views.run_picker(done, "Run B", store.latest("full") or done[1], key="cmp_b")
+run_views.render_metrics_side_by_side(a, b, key="cmp")
 c1, c2 = st.columns(2)
 with c1:
-    views.confusion(a.metrics, f"A: {a.method}", key="cmp_a")
+    run_views.confusion(a.metrics, f"A: {a.method}", key="cmp_a")
 with c2:
-    views.confusion(b.metrics, f"B: {b.method}", key="cmp_b")
-views.f1_difference(a.metrics, b.metrics, key="cmp")
+    run_views.confusion(b.metrics, f"B: {b.method}", key="cmp_b")
+run_views.f1_difference(a.metrics, b.metrics, key="cmp")
 
 st.subheader("Where they disagree")
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}
 if not mtime[a.id] or not mtime[b.id]:
     st.info("A run has no predictions.csv.")
     st.stop()
-diff = views.disagreements(
+diff = run_views.disagreements(
     cache.predictions(str(a.path), mtime[a.id]), cache.predictions(str(b.path), mtime[b.id])
 )
-shown = views.filter_disagreements(diff, key="cmp")
+shown = run_views.filter_disagreements(diff, key="cmp")
 st.caption(f"{len(diff)} disagreements in {len(cache.predictions(str(a.path), mtime[a.id]))} test rows.")
 
 if cache.optional("attribution") is None:
@@ -54,7 +54,7 @@ if not shown.empty:
     for col, run, name in ((c1, a, "A"), (c2, b, "B")):
         with col:
             result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
-            views.render_attribution(result, f"{name}: {run.method}")
+            run_views.render_attribution(result, f"{name}: {run.method}")
 
 st.subheader("Top words per label")
 if cache.optional("casestudy") is None or cache.optional("report") is None:
@@ -63,7 +63,7 @@ if cache.optional("casestudy") is None or cache.optional("report") is None:
 max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, 100, key="cmp_max_rows")
 key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
 if st.toggle("Compute top words", key="cmp_top"):
-    views.render_top_words_pair(cache.case_study(*key), a, b, key="cmp")
+    run_views.render_top_words_pair(cache.case_study(*key), a, b, key="cmp")
 if st.button("Build case-study report", key="cmp_report"):
     st.download_button(
         "Download report.html",

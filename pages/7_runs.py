@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.runs import RunStoreError
-from clm_explore.ui import jobs, views
+from clm_explore.ui import jobs, run_views
 
 st.title("Runs")
 st.write("Every run in the registry, whoever launched it. Runs live in folders on the server.")
@@ -15,9 +15,9 @@ records = store.list()
 if not records:
     st.info("No runs yet; launch one on the Finetune page.")
     st.stop()
-views.render_runs_table(records, key="runs")
+run_views.render_runs_table(records, key="runs")
 
-run = views.run_picker(records, "Run", records[0], key="runs_pick")
+run = run_views.run_picker(records, "Run", records[0], key="runs_pick")
 st.caption(
     f"Folder: `{run.path}` · status **{run.status.value}** · created {run.created} · updated {run.updated}"
 )

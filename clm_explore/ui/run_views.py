@@ -1,0 +1,229 @@
+"""Render functions for runs: the run table, run pickers and the side-by-side comparison of two runs.
+
+Same rules as ``views``: user text only through dataframes or escaped Markdown, never raw HTML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from clm_explore.runs import RunRecord
+from clm_explore.ui.views import escape_markdown, plot_text
+
+NO_BUDGET = ("full", "head")
+"""Methods that ignore the mask budget."""
+
+
+def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        m = r.metrics
+        budget = r.config.get("mask", {}).get("budget") if r.method not in NO_BUDGET else None
+        rows.append(
+            {
+                "run": r.id,
+                "method": r.method,
+                "status": r.status.value,
+                "created": r.created,
+                "accuracy": m.get("accuracy"),
+                "macro_f1": m.get("macro_f1"),
+                "budget %": budget * 100 if isinstance(budget, (int, float)) and budget <= 1 else budget,
+                "epochs": r.config.get("epochs"),
+                "train s": round(m["train_seconds"], 1) if m.get("train_seconds") is not None else None,
+                "error": r.error,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def render_runs_table(records: list[RunRecord], key: str) -> None:
+    st.dataframe(
+        runs_frame(records),
+        key=f"{key}_runs",
+        hide_index=True,
+        column_config={
+            "accuracy": st.column_config.NumberColumn(format="%.3f"),
+            "macro_f1": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+
+
+METRIC_ROWS = (
+    "accuracy",
+    "macro_f1",
+    "train_seconds",
+    "examples_per_second",
+    "peak_memory_mb",
+    "trainable_params",
+    "total_params",
+    "budget",
+    "epochs",
+    "seed",
+)
+
+
+def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
+    rows = {name: [_fmt(a.metrics.get(name)), _fmt(b.metrics.get(name))] for name in METRIC_ROWS}
+    frame = pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T
+    st.dataframe(frame, key=f"{key}_metrics")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        value = int(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
+    matrix, labels = metrics.get("confusion"), metrics.get("labels")
+    if not matrix or not labels:
+        st.info("This run has no confusion matrix.")
+        return
+    labels = [plot_text(x) for x in labels]
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.asarray(matrix),
+            x=labels,
+            y=labels,
+            colorscale="Blues",
+            hovertemplate="true %{y} → pred %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        height=420,
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+    )
+    st.plotly_chart(fig, key=f"{key}_confusion")
+
+
+def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
+    fa, fb = a.get("per_label_f1") or {}, b.get("per_label_f1") or {}
+    labels = sorted(set(fa) | set(fb))
+    if not labels:
+        st.info("No per-label F1 in these runs.")
+        return
+    diff = pd.DataFrame(
+        {"label": [plot_text(x) for x in labels], "A - B": [fa.get(x, 0.0) - fb.get(x, 0.0) for x in labels]}
+    )
+    diff = diff.sort_values("A - B")
+    fig = px.bar(
+        diff,
+        x="A - B",
+        y="label",
+        orientation="h",
+        title="Per-label F1 difference (A − B)",
+        color="A - B",
+        color_continuous_scale="RdBu",
+        range_color=[-1, 1],
+    )
+    fig.update_layout(height=max(300, 18 * len(labels)), margin=dict(l=10, r=10, t=40, b=10))
+    st.plotly_chart(fig, key=f"{key}_f1diff")
+
+
+def disagreements(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
+    """Test rows where the two runs predict differently, with which one is right."""
+    both = pred_a[["row", "text", "label", "pred", "prob"]].merge(
+        pred_b[["row", "pred", "prob"]], on="row", suffixes=("_a", "_b")
+    )
+    both = both[both["pred_a"] != both["pred_b"]].copy()
+    both["right"] = np.select(
+        [both["pred_a"] == both["label"], both["pred_b"] == both["label"]], ["only A", "only B"], "neither"
+    )
+    return both.reset_index(drop=True)
+
+
+def render_attribution(result: Any, title: str) -> None:
+    """Words with their attribution: a bar chart (dataframe-safe, no HTML)."""
+    st.markdown(
+        f"**{escape_markdown(title)}** → {escape_markdown(result.target_label)} "
+        f"(p = {result.probability:.2f})"
+    )
+    frame = pd.DataFrame({"pos": range(len(result.words)), "word": result.words, "score": result.scores})
+    fig = go.Figure(
+        go.Bar(
+            x=frame["score"],
+            y=[f"{i}: {plot_text(w)}" for i, w in zip(frame["pos"], frame["word"], strict=True)],
+            orientation="h",
+            marker_color=np.where(frame["score"] >= 0, "#2a9d8f", "#e76f51"),
+        )
+    )
+    fig.update_layout(
+        height=max(200, 22 * len(frame)),
+        margin=dict(l=10, r=10, t=10, b=10),
+        yaxis_autorange="reversed",
+        xaxis_title="attribution",
+    )
+    st.plotly_chart(fig, key=f"attr_{title}_{hash(tuple(result.words))}")
+
+
+def run_picker(records: list[RunRecord], label: str, default: RunRecord | None, key: str) -> RunRecord:
+    ids = [r.id for r in records]
+    index = ids.index(default.id) if default is not None and default.id in ids else 0
+    picked = st.selectbox(
+        label,
+        ids,
+        index=index,
+        key=key,
+        format_func=lambda i: f"{i} ({next(r.method for r in records if r.id == i)})",
+    )
+    return next(r for r in records if r.id == picked)
+
+
+def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, key: str) -> None:
+    """Per-label top attributed words; a column marks the ones that are mined groups."""
+    from clm_explore.casestudy import is_group_word
+
+    st.markdown(f"**{escape_markdown(title)}**")
+    if top.empty:
+        st.caption("No words passed the minimum count.")
+        return
+    shown = top.assign(mined=[bool(groups) and is_group_word(w, groups) for w in top["word"]])
+    st.dataframe(
+        shown,
+        key=f"{key}_top",
+        hide_index=True,
+        height=300,
+        column_config={
+            "mined": st.column_config.CheckboxColumn("mined group"),
+            "mean_score": st.column_config.NumberColumn(format="%.4f"),
+        },
+    )
+
+
+RIGHT = {"all": "All", "only A": "Only A right", "only B": "Only B right", "neither": "Neither right"}
+
+
+def filter_disagreements(diff: pd.DataFrame, key: str) -> pd.DataFrame:
+    """A filter (all / only A right / only B right / neither) and the filtered disagreement table."""
+    which = st.radio("Show", list(RIGHT), format_func=RIGHT.get, horizontal=True, key=f"{key}_filter")
+    shown = diff if which == "all" else diff[diff["right"] == which]
+    st.dataframe(shown, key=f"{key}_disagree", hide_index=True, height=260)
+    return shown
+
+
+def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> None:
+    """Both runs' per-label top words; run A's mined groups mark both (B's own when A has none)."""
+    c1, c2 = st.columns(2)
+    with c1:
+        render_top_words(study.top_a, study.groups_a, f"A: {a.method}", key=f"{key}_a")
+    with c2:
+        render_top_words(study.top_b, study.groups_a or study.groups_b, f"B: {b.method}", key=f"{key}_b")
+    if not study.overlap.empty:
+        st.caption("Share of each label's top words that are mined groups")
+        st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200)
