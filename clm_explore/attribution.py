@@ -26,7 +26,7 @@ from captum.attr import LayerIntegratedGradients
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clm_explore.config import ConfigError
-from clm_explore.modeling import LoadedModel, ModelSourceError, load_model
+from clm_explore.modeling import LoadedModel, load_run
 
 TargetSpec = int | str | None
 
@@ -344,17 +344,8 @@ def merge_words(
 
 
 def load_run_model(run_dir: str | Path) -> LoadedModel:
-    """Load a run folder (a standard transformers model folder) with its own labels.
-
-    Raises:
-        ModelSourceError: the folder is missing or is not a model folder.
-    """
-    path = Path(run_dir).expanduser()
-    if not path.is_dir():
-        raise ModelSourceError(f"Run folder {path} does not exist.")
-    if not (path / "config.json").is_file():
-        raise ModelSourceError(f"Run folder {path} has no config.json; it is not a finetuned model folder.")
-    return load_model(str(path), labels=None)
+    """Load a run folder with its own labels (``modeling.load_run``)."""
+    return load_run(run_dir)
 
 
 def mean_abs_delta(results: Sequence[TokenAttribution]) -> float:

@@ -42,9 +42,9 @@ from clm_explore.modeling import LoadedModel, head_parameter_names, load_model, 
 from clm_explore.sensitivity import (
     MatrixInfo,
     SensitivityReport,
-    _calibration_rows,
     _embedding_info,
     backbone_parameter_count,
+    calibration_rows,
     make_batches,
     scored_linears,
     warm_up_head,
@@ -301,7 +301,7 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     started = time.perf_counter()
     dev = resolve_device(device)
     model = loaded.model.to(dev)
-    texts, label_ids = _calibration_rows(data, cfg)
+    texts, label_ids = calibration_rows(data, cfg)
     batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
     head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
     linears = scored_linears(model)

@@ -165,6 +165,10 @@ class FinetuneConfig:
     """Evaluate after each epoch (time-to-accuracy curves, ``val_curve`` in metrics.json)."""
     curve_split: str = "validation"
     """Split of the per-epoch curve: 'validation', or 'test' for benchmark time-to-accuracy (never for tuning)."""
+    head_warmup: bool = True
+    """Every method starts from the same warmed-up head (a linear probe on cached features, see
+    SensitivityConfig.warmup_*; its time counts as preparation). Row methods warm up inside their
+    sensitivity pass; False leaves full/head/bitfit/lora/prefix with a random head (plain finetuning)."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)

@@ -40,7 +40,14 @@ from clm_explore.modeling import (
     load_model,
     resolve_device,
 )
-from clm_explore.sensitivity import SensitivityReport, backbone_parameter_count, compute_sensitivity
+from clm_explore.sensitivity import (
+    SensitivityReport,
+    backbone_parameter_count,
+    calibration_rows,
+    compute_sensitivity,
+    make_batches,
+    warm_up_head,
+)
 from clm_explore.sparse import attach_deltas, delta_state, merge_deltas
 
 DEFAULT_LR = {"sparse": 1e-3, "full": 2e-4, "head": 1e-2, "bitfit": 1e-3, "lora": 5e-4, "prefix": 1e-2,
@@ -197,6 +204,20 @@ def prepare_sparse(ctx: MethodContext) -> Prepared:
     return prepare_rows(ctx, report, select_mask(report, ctx.cfg.mask), seconds)
 
 
+HEAD_WARMUP_METHODS = ("full", "head", "bitfit", "lora", "prefix")
+"""Methods without a sensitivity pass of their own; they get the same head warm-up here."""
+
+
+def warm_up_head_only(ctx: MethodContext) -> float:
+    """The row methods' head warm-up, for a method that scores no rows. Returns its seconds."""
+    started = time.perf_counter()
+    sens = ctx.cfg.sensitivity
+    texts, labels = calibration_rows(ctx.data, sens)
+    batches = make_batches(ctx.loaded, texts, labels, None, sens.batch_size, sens.max_length)
+    warm_up_head(ctx.loaded, batches, sens, ctx.device)
+    return time.perf_counter() - started
+
+
 def _preparer(method: str) -> Preparer:
     if method not in PREPARERS:
         import clm_explore.baselines  # noqa: F401  (registers the comparison methods)
@@ -328,7 +349,10 @@ def finetune(
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
     ctx = MethodContext(loaded, data, cfg, device, out_dir)
     base_params = count_parameters(loaded.model)
+    warmup_seconds = warm_up_head_only(ctx) if cfg.head_warmup and cfg.method in HEAD_WARMUP_METHODS else 0.0
     prepared = _preparer(cfg.method)(ctx)
+    if warmup_seconds:
+        prepared.info["prep_seconds"] = prepared.info.get("prep_seconds", 0.0) + warmup_seconds
     lr = cfg.lr or DEFAULT_LR[cfg.method]
     with open(out_dir / "progress.jsonl", "w") as progress:
         loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator)

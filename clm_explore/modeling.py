@@ -160,6 +160,24 @@ def load_model(
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
 
 
+def load_run(run_dir: str | Path) -> LoadedModel:
+    """Load a finetuned run folder with its own labels (a prefix-tuning run gets its ``adapter/`` back).
+
+    Raises:
+        ModelSourceError: the folder is missing or is not a model folder.
+    """
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise ModelSourceError(f"Run folder {path} does not exist.")
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"Run folder {path} has no config.json; it is not a finetuned model folder.")
+    if (path / "adapter" / "adapter_config.json").is_file():
+        from clm_explore.baselines import load_run_model  # only prefix runs need peft
+
+        return load_run_model(path)
+    return load_model(str(path), labels=None)
+
+
 _DECODER_TYPES = {"llama", "mistral", "qwen2", "gpt2", "gpt_neox", "phi", "gemma", "smollm"}
 
 

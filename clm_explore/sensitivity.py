@@ -371,7 +371,7 @@ def compute_sensitivity(
     started = time.perf_counter()
     dev = resolve_device(device)
     model = loaded.model.to(dev)
-    texts, label_ids = _calibration_rows(data, cfg)
+    texts, label_ids = calibration_rows(data, cfg)
     restrict = task_tokens if cfg.restriction == "tokens" else None
     batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length)
     head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
@@ -388,7 +388,7 @@ def compute_sensitivity(
                              to_dict(cfg), head_state, time.perf_counter() - started, notes)
 
 
-def _calibration_rows(data: AnnotatedData, cfg: SensitivityConfig) -> tuple[list[str], np.ndarray]:
+def calibration_rows(data: AnnotatedData, cfg: SensitivityConfig) -> tuple[list[str], np.ndarray]:
     n = min(len(data.train), cfg.calibration_rows)
     rng = np.random.default_rng(cfg.seed)
     idx = np.sort(rng.choice(len(data.train), size=n, replace=False))

@@ -228,3 +228,25 @@ def test_full_trains_every_parameter(tmp_path, data):
         if "encoder" in name or "pooler" in name or "classifier" in name:
             assert not torch.equal(saved[name], base[name]), f"{name} did not train"
     assert not (result.out_dir / "masks.safetensors").exists()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_baselines_start_from_the_same_warmed_head_as_row_methods(data, tmp_path, method):
+    from clm_explore.modeling import load_run
+    from clm_explore.sensitivity import calibration_rows, make_batches, warm_up_head
+
+    cfg = FinetuneConfig(method=method, epochs=1, batch_size=8, lr=1e-12, warmup_ratio=0.0)
+    warm = finetune(data, cfg, tmp_path / "warm", source="tiny-random")
+    cold = finetune(data, FinetuneConfig(**{**cfg.__dict__, "head_warmup": False}), tmp_path / "cold",
+                    source="tiny-random")
+    assert warm.metrics["prep_seconds"] > 0
+    assert "prep_seconds" not in cold.metrics
+    # With a vanishing learning rate the saved head is the starting head: the row methods' warm-up.
+    loaded = load_model("tiny-random", data.labels, seed=0)
+    texts, labels = calibration_rows(data, cfg.sensitivity)
+    expected = warm_up_head(loaded, make_batches(loaded, texts, labels, None, 32, 64), cfg.sensitivity,
+                            torch.device("cpu"))
+    saved = load_run(tmp_path / "warm").model.state_dict()
+    for name, value in expected.items():
+        assert torch.allclose(saved[name], value, atol=1e-6), name
+    assert not torch.allclose(load_run(tmp_path / "cold").model.state_dict()[name], value, atol=1e-3)

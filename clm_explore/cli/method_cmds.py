@@ -276,11 +276,11 @@ def resolve_run_dir(run: str) -> Path:
 
 def run_predict(args: argparse.Namespace) -> int:
     from clm_explore.finetune import predict_proba
-    from clm_explore.modeling import load_model
+    from clm_explore.modeling import load_run
 
     run_dir = resolve_run_dir(args.run)
     texts = args.text or _texts_from_file(args.file, args.text_col)
-    loaded = load_model(str(run_dir), None)
+    loaded = load_run(run_dir)
     probs = predict_proba(loaded.model, loaded, texts)
     labels = [loaded.model.config.id2label[i] for i in range(probs.shape[1])]
     results = []
