@@ -12,13 +12,7 @@ st.write(
     "scored by label relevance × domain specificity."
 )
 
-choice, source = state.data_choice(), state.model_source()
-if choice is None:
-    st.info("Pick a data set on the Data page first.")
-    st.stop()
-if cache.optional("mining") is None:
-    st.info("The mining module is not installed yet.")
-    st.stop()
+choice, source = state.require_data()
 
 cfg = forms.mining_form(key="tok")
 try:
@@ -53,7 +47,5 @@ with tab_merge:
         "Adaptive tokenization adds the top multi-piece groups to the vocabulary as single tokens, "
         "so inputs get shorter."
     )
-    if not hasattr(cache.optional("mining"), "adaptive_tokenization"):
-        st.info("Adaptive tokenization is not available yet in the mining module.")
-    elif st.toggle("Measure adaptive tokenization", key="tok_merge"):
+    if st.toggle("Measure adaptive tokenization", key="tok_merge"):
         views.render_merge_report(cache.merge_report(source, choice, cfg), key="tok_merge")

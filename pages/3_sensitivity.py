@@ -13,13 +13,7 @@ st.write(
     "(restricted) or at every position (unrestricted), summed per layer and module."
 )
 
-choice, source = state.data_choice(), state.model_source()
-if choice is None:
-    st.info("Pick a data set on the Data page first.")
-    st.stop()
-if cache.optional("sensitivity") is None or cache.optional("mining") is None:
-    st.info("The sensitivity module is not installed yet.")
-    st.stop()
+choice, source = state.require_data()
 
 cfg = forms.sensitivity_form(key="sens")
 report = cache.sensitivity(source, choice, state.mining_cfg(), cfg)
@@ -36,9 +30,6 @@ VIEWS = {
 }
 view = st.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="sens_view")
 if view == "share_selected":
-    if cache.optional("masks") is None:
-        st.info("The masks module is not installed yet.")
-        st.stop()
     table = cache.mask(source, choice, state.mining_cfg(), cfg, MaskConfig(budget=state.budget())).table
 views.heatmap(table, view, VIEWS[view], key="sens_main")
 

@@ -13,13 +13,7 @@ st.write(
     "scores on every move."
 )
 
-choice, source = state.data_choice(), state.model_source()
-if choice is None:
-    st.info("Pick a data set on the Data page first.")
-    st.stop()
-if cache.optional("masks") is None or cache.optional("sensitivity") is None:
-    st.info("The masks and sensitivity modules are not installed yet.")
-    st.stop()
+choice, source = state.require_data()
 
 mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
 report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
@@ -39,9 +33,7 @@ st.write(
     + ". 'full' and 'head' ignore it and give the reference points."
 )
 picked = st.multiselect("Methods", METHODS, default=["sparse", "full"], key="budget_methods")
-if not jobs.finetune_available():
-    st.info("The finetune module is not installed yet; runs cannot be launched.")
-elif st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
+if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
     launched = jobs.launch_many(picked, budget, choice, source, forms.default_device())
     st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")
     st.page_link("pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")

@@ -11,24 +11,18 @@ st.write(
     "to every user of this server; runs survive reloads and restarts."
 )
 
-choice, source = state.data_choice(), state.model_source()
-if choice is None:
-    st.info("Pick a data set on the Data page first.")
-    st.stop()
+choice, source = state.require_data()
 st.caption(f"Data: **{choice.name}** · model: **{source}** · device: **{forms.device_label()}**")
 
-if not jobs.finetune_available():
-    st.info("The finetune module is not installed yet; runs cannot be launched.")
-else:
-    try:
-        submitted = forms.finetune_form(key="ft")
-    except ConfigError as exc:
-        st.error(str(exc))
-        submitted = None
-    if submitted is not None:
-        name, cfg = submitted
-        job = jobs.launch(name, cfg, choice, source)
-        st.toast(f"Queued {job.run_id}")
+try:
+    submitted = forms.finetune_form(key="ft")
+except ConfigError as exc:
+    st.error(str(exc))
+    submitted = None
+if submitted is not None:
+    name, cfg = submitted
+    job = jobs.launch(name, cfg, choice, source)
+    st.toast(f"Queued {job.run_id}")
 
 st.subheader("Queue")
 jobs.progress_panel(key="ft")

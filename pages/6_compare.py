@@ -39,9 +39,6 @@ diff = run_views.disagreements(
 shown = run_views.filter_disagreements(diff, key="cmp")
 st.caption(f"{len(diff)} disagreements in {len(cache.predictions(str(a.path), mtime[a.id]))} test rows.")
 
-if cache.optional("attribution") is None:
-    st.info("Word attributions are not available yet (attribution module missing).")
-    st.stop()
 if not shown.empty:
     pick = st.selectbox(
         "Explain row",
@@ -57,9 +54,6 @@ if not shown.empty:
             run_views.render_attribution(result, f"{name}: {run.method}")
 
 st.subheader("Top words per label")
-if cache.optional("casestudy") is None or cache.optional("report") is None:
-    st.info("The case study is not available yet (casestudy/report modules missing).")
-    st.stop()
 max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, 100, key="cmp_max_rows")
 key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
 if st.toggle("Compute top words", key="cmp_top"):

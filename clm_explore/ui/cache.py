@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -21,14 +20,6 @@ from clm_explore.data import AnnotatedData, DataReport, data_report, load_data, 
 from clm_explore.modeling import LoadedModel, load_model
 from clm_explore.runs import RunStore
 from clm_explore.ui.state import DataChoice
-
-
-def optional(module: str) -> ModuleType | None:
-    """A library module that may not have landed yet (the pages then show an st.info)."""
-    try:
-        return importlib.import_module(f"clm_explore.{module}")
-    except ImportError:
-        return None
 
 
 @st.cache_resource(show_spinner=False)

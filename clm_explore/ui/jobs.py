@@ -34,10 +34,6 @@ def job_queue() -> JobQueue:
     return _queue(str(default_root().resolve()), state.inline_jobs())
 
 
-def finetune_available() -> bool:
-    return cache.optional("finetune") is not None
-
-
 def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> Job:
     """Create the run (pending) and queue ``finetune`` for it on the config's device."""
     from clm_explore.finetune import finetune

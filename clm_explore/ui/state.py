@@ -108,6 +108,15 @@ def data_choice() -> DataChoice | None:
     return choice
 
 
+def require_data() -> tuple[DataChoice, str]:
+    """The current data set and model source; stops the page with a hint when no data is picked."""
+    choice = data_choice()
+    if choice is None:
+        st.info("Pick a data set on the Data page first.")
+        st.stop()
+    return choice, model_source()
+
+
 def set_data_choice(choice: DataChoice) -> bool:
     """Select ``choice``; True when it differs from the previous one (the sidebar then needs a rerun)."""
     changed = st.session_state.get(DATA_CHOICE) != choice
