@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clm_explore.batches import collate, encode
 from clm_explore.config import MaskConfig, SensitivityConfig
 from clm_explore.data import load_data
-from clm_explore.finetune import collate, encode
 from clm_explore.masks import select_mask
 from clm_explore.mining import mine_task_tokens
 from clm_explore.modeling import head_parameter_names, load_model

@@ -40,7 +40,7 @@ _EXPORTS = {
     "load_data": "clm_explore.data",
     "load_model": "clm_explore.modeling",
     "mine_task_tokens": "clm_explore.mining",
-    "predict_proba": "clm_explore.finetune",
+    "predict_proba": "clm_explore.batches",
     "select_mask": "clm_explore.masks",
 }
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,16 +20,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
+from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import FinetuneConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.masks import MaskSelection, select_mask
-from clm_explore.metrics import classification_metrics
+from clm_explore.metrics import PeakMemory, classification_metrics
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import (
     LoadedModel,
@@ -224,98 +223,6 @@ def _preparer(method: str) -> Preparer:
     if method not in PREPARERS:
         raise ValueError(f"method {method!r} is not available; known: {', '.join(sorted(PREPARERS))}")
     return PREPARERS[method]
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:
-    return loaded.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-
-
-def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
-    """Shuffled batches of similar length: shuffle, sort within windows of 50 batches, shuffle batches."""
-    perm = torch.randperm(len(lengths), generator=generator).numpy()
-    window = batch_size * 50
-    batches = []
-    for start in range(0, len(perm), window):
-        chunk = perm[start : start + window]
-        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    order = torch.randperm(len(batches), generator=generator).numpy()
-    return [batches[i] for i in order]
-
-
-def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, width) input ids and attention mask, right-padded to the longest row."""
-    width = max(len(ids[i]) for i in idx)
-    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for r, i in enumerate(idx):
-        input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-        mask[r, : len(ids[i])] = 1
-    return input_ids, mask
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_length: int = 64,
-                  batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
-    """(rows, labels) class probabilities, batched by length."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    ids = encode(loaded, texts, max_length)
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    dtype = autocast_dtype(device)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        input_ids, mask = collate(ids, idx, loaded.tokenizer.pad_token_id)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
-    model.train(was_training)
-    return probs
-
-
-# ----------------------------------------------------------------------------------------------- memory
-
-
-class PeakMemory:
-    """Peak extra memory while training: CUDA's allocator peak, or sampled process RSS on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.process = psutil.Process(os.getpid())
-            self.start = self.process.memory_info().rss
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss - self.start)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
-        else:
-            self._stop.set()
-            if self._thread:
-                self._thread.join()
-
-    @property
-    def mb(self) -> float:
-        return self.peak / 2**20
 
 
 # ----------------------------------------------------------------------------------------------- loop

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
+import psutil
+import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
@@ -24,3 +29,40 @@ def classification_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]
         "labels": list(labels),
         "test_rows": len(gold),
     }
+
+
+class PeakMemory:
+    """Peak extra memory while training: CUDA's allocator peak, or sampled process RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.process = psutil.Process(os.getpid())
+            self.start = self.process.memory_info().rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss - self.start)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self._stop.set()
+            if self._thread:
+                self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return self.peak / 2**20

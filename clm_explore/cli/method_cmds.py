@@ -275,7 +275,7 @@ def resolve_run_dir(run: str) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from clm_explore.finetune import predict_proba
+    from clm_explore.batches import predict_proba
     from clm_explore.modeling import load_run
 
     run_dir = resolve_run_dir(args.run)

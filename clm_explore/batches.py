@@ -1,0 +1,58 @@
+"""Token ids, length-bucketed batches and batched prediction, shared by training, evaluation and benches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from clm_explore.modeling import LoadedModel, autocast_dtype
+
+
+def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:
+    return loaded.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar length: shuffle, sort within windows of 50 batches, shuffle batches."""
+    perm = torch.randperm(len(lengths), generator=generator).numpy()
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(perm), window):
+        chunk = perm[start : start + window]
+        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in order]
+
+
+def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, width) input ids and attention mask, right-padded to the longest row."""
+    width = max(len(ids[i]) for i in idx)
+    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx):
+        input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+        mask[r, : len(ids[i])] = 1
+    return input_ids, mask
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_length: int = 64,
+                  batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
+    """(rows, labels) class probabilities, batched by length."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids = encode(loaded, texts, max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    dtype = autocast_dtype(device)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        input_ids, mask = collate(ids, idx, loaded.tokenizer.pad_token_id)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+    model.train(was_training)
+    return probs
