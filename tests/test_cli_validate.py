@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, SHARED_DATA
-
 from clm_explore.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 GOOD = Path(__file__).parent / "data" / "good"
 BAD = Path(__file__).parent / "data" / "bad"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SHARED_DATA
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -21,6 +21,8 @@ from clm_explore.config import FinetuneConfig, MaskConfig
 from clm_explore.data import AnnotatedData
 from clm_explore.finetune import finetune
 from clm_explore.modeling import count_parameters, load_model
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
 # min_layer 0: every layer and the word embeddings compete, so DeltaEmbedding is exercised too.

@@ -7,10 +7,11 @@ import os
 import pkgutil
 import subprocess
 import sys
-
-from conftest import ROOT
+from pathlib import Path
 
 import clm_explore
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def library_modules() -> list[str]:
