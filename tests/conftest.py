@@ -52,3 +52,13 @@ def tiny(tiny_data):
     from clm_explore.modeling import load_model
 
     return load_model("tiny-random", tiny_data.labels, seed=0)
+
+
+@pytest.fixture
+def data_dir(tiny_data, tmp_path: Path) -> Path:
+    """tiny_data written as a folder of train/validation/test CSV files (what the CLI reads)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        tiny_data.split(split).to_csv(folder / f"{split}.csv", index=False)
+    return folder

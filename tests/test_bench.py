@@ -26,15 +26,6 @@ from clm_explore.bench import (
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 
 
-@pytest.fixture
-def data_dir(tiny_data, tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for split in ("train", "validation", "test"):
-        tiny_data.split(split).to_csv(folder / f"{split}.csv", index=False)
-    return folder
-
-
 def in_process(cfg: BenchConfig, fail: str | None = None):
     """A runner that trains the cell here (no subprocess): fast enough for the suite."""
     from clm_explore.data import load_data

@@ -14,15 +14,6 @@ TINY = ["--model", "tiny-random"]
 FAST = ["--epochs", "1", "--batch-size", "32", "--max-length", "32", "--device", "cpu"]
 
 
-@pytest.fixture
-def data_dir(tiny_data, tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for split in ("train", "validation", "test"):
-        tiny_data.split(split).to_csv(folder / f"{split}.csv", index=False)
-    return folder
-
-
 def run_json(capsys, argv: list[str]):
     code = main(argv)
     captured = capsys.readouterr()

@@ -13,16 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 
-@pytest.fixture
-def split_folder(tiny_data, tmp_path: Path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    tiny_data.train.to_csv(folder / "train.csv", index=False)
-    tiny_data.test.to_csv(folder / "test.csv", index=False)
-    return folder
-
-
-def test_two_ranks_agree_on_final_weights(split_folder: Path, tmp_path: Path) -> None:
+def test_two_ranks_agree_on_final_weights(data_dir: Path, tmp_path: Path) -> None:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     if accelerate is None:
         pytest.skip("accelerate's launcher is not installed")
@@ -30,7 +21,7 @@ def test_two_ranks_agree_on_final_weights(split_folder: Path, tmp_path: Path) ->
     # --multi_gpu with no GPU visible makes accelerate start torch.distributed workers that use gloo on CPU.
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "clm_explore.cli", "finetune",
-           "--data", str(split_folder), "--model", "tiny-random", "--epochs", "1", "--batch-size", "8",
+           "--data", str(data_dir), "--model", "tiny-random", "--epochs", "1", "--batch-size", "8",
            "--budget", "0.05", "--out", str(out), "--json"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
