@@ -164,7 +164,8 @@ def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list
 
     nav(page, "Tokens")
     page.get_by_text("groups from").wait_for(timeout=WAIT_MS)
-    assert page.locator('[data-testid="stDataFrame"]').count()
+    # The caption can paint before the table; wait for the table itself rather than count at once.
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=WAIT_MS)
 
     nav(page, "Budget")
     page.get_by_text("Trainable params").wait_for(timeout=WAIT_MS)
