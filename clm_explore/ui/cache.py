@@ -7,7 +7,6 @@ modify a model (sensitivity warms up the head) get a fresh copy loaded inside th
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,11 @@ import streamlit as st
 
 from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
 from clm_explore.data import AnnotatedData, DataReport, data_report, load_data, load_upload
+from clm_explore.masks import MaskSelection, select_mask
+from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model
 from clm_explore.runs import RunStore
+from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.ui.state import DataChoice
 
 
@@ -68,44 +70,40 @@ def columns(raw_digest: str, _raw: bytes, filename: str) -> list[str]:
 
 
 @st.cache_data(show_spinner="Mining task tokens…", max_entries=16)
-def task_tokens(source: str, choice: DataChoice, cfg: MiningConfig) -> Any:
-    mining = importlib.import_module("clm_explore.mining")
+def task_tokens(source: str, choice: DataChoice, cfg: MiningConfig) -> TaskTokens:
     annotated = data(choice)
     tokenizer = model(source, tuple(annotated.labels)).tokenizer
-    return mining.mine_task_tokens(
+    return mine_task_tokens(
         annotated.train["text"].tolist(), annotated.train["label"].tolist(), tokenizer, cfg
     )
 
 
 @st.cache_data(show_spinner="Measuring adaptive tokenization…", max_entries=8)
-def merge_report(source: str, choice: DataChoice, cfg: MiningConfig) -> Any:
-    mining = importlib.import_module("clm_explore.mining")
+def merge_report(source: str, choice: DataChoice, cfg: MiningConfig) -> MergeReport:
     annotated = data(choice)
     fresh = load_model(source, annotated.labels, seed=0)  # merging may add tokens: never the shared model
-    return mining.adaptive_tokenization(
+    return adaptive_tokenization(
         fresh, task_tokens(source, choice, cfg), annotated.train["text"].tolist()
     )
 
 
 @st.cache_resource(show_spinner="Scoring rows (sensitivity)… cached afterwards", max_entries=8)
-def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig) -> Any:
+def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig) -> SensitivityReport:
     """The sensitivity report (tensors; cached as a resource, treat as read only)."""
-    module = importlib.import_module("clm_explore.sensitivity")
     annotated = data(choice)
     fresh = load_model(
         source, annotated.labels, seed=cfg.seed
     )  # the head gets warmed up: not the shared model
     groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
     device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
-    return module.compute_sensitivity(fresh, annotated, groups, cfg, device=device)
+    return compute_sensitivity(fresh, annotated, groups, cfg, device=device)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def mask(
     source: str, choice: DataChoice, mining_cfg: MiningConfig, sens: SensitivityConfig, cfg: MaskConfig
-) -> Any:
-    masks = importlib.import_module("clm_explore.masks")
-    return masks.select_mask(sensitivity(source, choice, mining_cfg, sens), cfg)
+) -> MaskSelection:
+    return select_mask(sensitivity(source, choice, mining_cfg, sens), cfg)
 
 
 @st.cache_resource(show_spinner="Loading the run's model…", max_entries=4)
