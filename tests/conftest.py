@@ -31,8 +31,7 @@ def _runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_data():
+def banking77_slice():
     """A small 4-label slice of banking77 (train 160, validation 40, test 40 rows)."""
     from clm_explore.data import AnnotatedData
 
@@ -44,6 +43,17 @@ def tiny_data():
     val = pd.concat([p.iloc[40:50] for p in parts]).reset_index(drop=True)
     test = pd.concat([p.iloc[50:60] for p in parts]).reset_index(drop=True)
     return AnnotatedData(train, val, test, sorted(keep), source="banking77-slice")
+
+
+@pytest.fixture
+def tiny_data():
+    return banking77_slice()
+
+
+@pytest.fixture(scope="module")
+def tiny_data_module():
+    """``tiny_data`` shared by a module whose tests read one expensive run."""
+    return banking77_slice()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,8 +21,6 @@ from clm_explore.data import AnnotatedData
 from clm_explore.finetune import finetune
 from clm_explore.modeling import count_parameters, load_model
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-
 LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
 # min_layer 0: every layer and the word embeddings compete, so DeltaEmbedding is exercised too.
 SPARSE = FinetuneConfig(method="sparse", epochs=2, batch_size=8, device="cpu", seed=0,
@@ -31,20 +28,9 @@ SPARSE = FinetuneConfig(method="sparse", epochs=2, batch_size=8, device="cpu", s
 N_LAYERS = 2
 
 
-def make_data() -> AnnotatedData:
-    """The conftest ``tiny_data`` slice (4 labels; train 160, validation 40, test 40), module-scoped here."""
-    df = pd.read_csv(SHARED_DATA / "banking77" / "train.csv", dtype=str)
-    df = df[df["label"].isin(LABELS)]
-    parts = [g.head(60) for _, g in df.groupby("label")]
-    train = pd.concat([p.iloc[:40] for p in parts]).reset_index(drop=True)
-    val = pd.concat([p.iloc[40:50] for p in parts]).reset_index(drop=True)
-    test = pd.concat([p.iloc[50:60] for p in parts]).reset_index(drop=True)
-    return AnnotatedData(train, val, test, sorted(LABELS), source="banking77-slice")
-
-
 @pytest.fixture(scope="module")
-def data() -> AnnotatedData:
-    return make_data()
+def data(tiny_data_module) -> AnnotatedData:
+    return tiny_data_module
 
 
 @pytest.fixture(scope="module")
