@@ -10,13 +10,13 @@ never run again, so an interrupted grid resumes where it stopped. ``run_grid`` w
   ``masks.csv`` (share of selected rows per (layer, module) for every row-mask run), ``overlap.csv``
   (Jaccard of the row masks of sparse, fisher, gradient and random), ``tuning.csv`` with ``tune_lr``;
 - ``report.html``: self-contained plotly figures (Pareto, stability, cost, curves, mask overlap).
+
+The tables come from ``clm_explore.bench_results``, the page from ``clm_explore.bench_report``.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clm_explore.bench_report import render_report
+from clm_explore.bench_results import collect_results, mask_overlap, mask_statistics, read_metrics, summarise
 from clm_explore.config import METHODS, ConfigError, DataConfig
 from clm_explore.data import AnnotatedData, load_data
 
 BUDGET_METHODS = ("sparse", "layers", "random", "fisher", "gradient")
 """Methods whose trainable set is sized by the budget; the others get one cell per seed."""
-OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 LR_FACTORS = (1.0, 1 / 3, 3.0)
 """The LR sweep: the method's default times these (the default first, so it wins ties)."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr")
@@ -302,7 +303,7 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
     root = out_dir / "tune"
     _run_cells(cells, root, tune_dir, runner, bar)
     rows = [{"method": c.method, "budget": c.budget, "lr": c.lr,
-             "val_accuracy": _read_metrics(root / c.name).get("accuracy")} for c in cells]
+             "val_accuracy": read_metrics(root / c.name).get("accuracy")} for c in cells]
     table = pd.DataFrame(rows)
     chosen = {}
     for method, group in table.groupby("method", sort=False):
@@ -370,113 +371,10 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
     path.write_text(json.dumps(asdict(cfg), indent=2))
 
 
-# --------------------------------------------------------------------------------------------- results
+
+# --------------------------------------------------------------------------------------------- outputs
 
 
-RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
-                  "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
-                  "lowest_layer", "lr", "epochs", "total_params", "base_params", "val_curve", "cell", "error"]
-
-
-def _read_metrics(cell_dir: Path) -> dict:
-    try:
-        return json.loads((cell_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
-    """One row per cell (RESULT_COLUMNS); failed or missing cells keep their row, with the error text."""
-    rows = []
-    for cell in cells:
-        cell_dir = out_dir / "cells" / cell.name
-        m = _read_metrics(cell_dir)
-        ok = m.get("status") == "succeeded"
-        row = {k: m.get(k) for k in RESULT_COLUMNS} if ok else {}
-        row.update(method=cell.method, budget=cell.budget, seed=cell.seed, cell=str(cell_dir.relative_to(out_dir)),
-                   status=m.get("status", "failed") if not ok else "succeeded")
-        if ok:
-            row["trainable_share"] = m["trainable_params"] / max(m.get("base_params") or m["total_params"], 1)
-            row["val_curve"] = json.dumps(m.get("val_curve", []))
-            row["prep_seconds"] = m.get("prep_seconds", 0.0)
-            row["error"] = ""
-        else:
-            row["error"] = _log_tail(out_dir / "logs" / f"cells-{cell.name}.log")
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64"})
-
-
-def _log_tail(path: Path, lines: int = 3) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "not run"
-
-
-def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (method, budget): accuracy, macro-F1 (std = stability), share, cost."""
-    ok = results[results["status"] == "succeeded"].copy()
-    if ok.empty:
-        return pd.DataFrame(columns=["method", "budget", "seeds"])
-    ok["budget"] = ok["budget"].astype(float)
-    cols = ["accuracy", "macro_f1", "trainable_share", "train_seconds", "peak_memory_mb", "examples_per_second"]
-    ok[cols] = ok[cols].astype(float)
-    grouped = ok.groupby(["method", "budget"], dropna=False, sort=False)
-    out = grouped[cols].agg(["mean", "std"])
-    out.columns = [f"{a}_{b}" for a, b in out.columns]
-    out.insert(0, "seeds", grouped.size())
-    out["trainable_params"] = grouped["trainable_params"].first()
-    out["lr"] = grouped["lr"].first()
-    out["lowest_layer"] = grouped["lowest_layer"].first()
-    return out.reset_index()
-
-
-def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
-    """Per row-mask run and (layer, module): selected rows, eligible rows, share selected, lowest layer."""
-    frames = []
-    for _, r in results[results["status"] == "succeeded"].iterrows():
-        cell_dir = out_dir / r["cell"]
-        if not (cell_dir / "masks.safetensors").is_file() or not (cell_dir / "sensitivity").is_dir():
-            continue
-        from safetensors.torch import load_file  # torch only when there are masks to read
-
-        from clm_explore.sensitivity import SensitivityReport
-
-        masks = load_file(cell_dir / "masks.safetensors")
-        recs = []
-        for name, info in SensitivityReport.load(cell_dir / "sensitivity").matrices.items():
-            rows = len(info.eligible_rows) if info.eligible_rows is not None else info.rows
-            picked = int(masks[name].sum()) if name in masks else 0
-            recs.append({"layer": info.layer, "module": info.module, "selected_rows": picked, "rows": rows,
-                         "share_selected": picked / max(rows, 1)})
-        frame = pd.DataFrame(recs).groupby(["layer", "module"], as_index=False).sum()
-        frame["share_selected"] = frame["selected_rows"] / frame["rows"].clip(lower=1)
-        frames.append(frame.assign(method=r["method"], budget=r["budget"], seed=r["seed"],
-                                   lowest_layer=r["lowest_layer"]))
-    cols = ["method", "budget", "seed", "layer", "module", "selected_rows", "rows", "share_selected", "lowest_layer"]
-    return pd.concat(frames)[cols] if frames else pd.DataFrame(columns=cols)
-
-
-def mask_overlap(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
-    """Jaccard of row masks between OVERLAP_METHODS, per budget and seed (pairs a < b, each once)."""
-    ok = results[(results["status"] == "succeeded") & results["method"].isin(OVERLAP_METHODS)]
-    if ok["method"].nunique() < 2:
-        return pd.DataFrame(columns=["budget", "seed", "method_a", "method_b", "jaccard"])
-    from safetensors.torch import load_file
-
-    from clm_explore.masks import masks_jaccard
-
-    recs = []
-    for (budget, seed), group in ok.groupby(["budget", "seed"]):
-        masks = {r["method"]: load_file(out_dir / r["cell"] / "masks.safetensors") for _, r in group.iterrows()
-                 if (out_dir / r["cell"] / "masks.safetensors").is_file()}
-        names = [m for m in OVERLAP_METHODS if m in masks]
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                recs.append({"budget": budget, "seed": seed, "method_a": a, "method_b": b,
-                             "jaccard": masks_jaccard(masks[a], masks[b])})
-    return pd.DataFrame(recs, columns=["budget", "seed", "method_a", "method_b", "jaccard"])
 
 
 def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
@@ -496,124 +394,3 @@ def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
                                              json.loads((out_dir / "bench.json").read_text())))
     used = {m: float(g["lr"].dropna().iloc[0]) for m, g in results.groupby("method") if g["lr"].notna().any()}
     return BenchResult(out_dir, results, summary, {**lrs, **used}, files)
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def _label(method: str, budget: float | None) -> str:
-    return method if budget is None or (isinstance(budget, float) and math.isnan(budget)) else f"{method}@{budget:g}"
-
-
-def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame) -> list:
-    """The report's plotly figures (an empty list when no cell succeeded)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    if summary.empty:
-        return []
-    s = summary.assign(label=[_label(m, b) for m, b in zip(summary["method"], summary["budget"], strict=True)])
-    pareto = go.Figure()
-    for method, g in s.groupby("method", sort=False):
-        pareto.add_trace(go.Scatter(x=g["trainable_share_mean"], y=g["accuracy_mean"], mode="markers+lines",
-                                    name=method, text=g["label"], error_y={"array": g["accuracy_std"].fillna(0)}))
-    front = _pareto_front(s)
-    pareto.add_trace(go.Scatter(x=front["trainable_share_mean"], y=front["accuracy_mean"], mode="lines",
-                                name="Pareto front", line={"dash": "dot", "color": "grey"}))
-    pareto.update_layout(title="Accuracy vs trainable share (mean ± std over seeds)",
-                         xaxis={"type": "log", "title": "trainable parameters / model parameters"},
-                         yaxis={"title": "test accuracy"})
-    stability = go.Figure(go.Bar(x=s["label"], y=s["accuracy_mean"], error_y={"array": s["accuracy_std"].fillna(0)},
-                                 text=[f"{a:.3f} ± {0 if math.isnan(d) else d:.3f}" for a, d in
-                                       zip(s["accuracy_mean"], s["accuracy_std"], strict=True)]))
-    stability.update_layout(title="Accuracy per method: mean ± std over seeds (std = stability)",
-                            yaxis={"title": "test accuracy"})
-    cost = make_subplots(rows=1, cols=3, subplot_titles=("train seconds (incl. preparation)", "peak memory (MB)",
-                                                         "examples / second"))
-    for col, key in enumerate(("train_seconds", "peak_memory_mb", "examples_per_second"), start=1):
-        cost.add_trace(go.Bar(x=s["label"], y=s[f"{key}_mean"], error_y={"array": s[f"{key}_std"].fillna(0)},
-                              showlegend=False), row=1, col=col)
-    cost.update_layout(title="Cost per method")
-    figs = [pareto, stability, cost, _curves_figure(results)]
-    if not overlap.empty:
-        figs.append(_overlap_figure(overlap))
-    if not masks.empty:
-        figs.append(_mask_figure(masks))
-    return figs
-
-
-def _pareto_front(s: pd.DataFrame) -> pd.DataFrame:
-    """Points no other point beats on both accuracy (higher) and trainable share (lower)."""
-    ordered = s.sort_values(["trainable_share_mean", "accuracy_mean"], ascending=[True, False])
-    best, keep = -np.inf, []
-    for i, acc in zip(ordered.index, ordered["accuracy_mean"], strict=True):
-        if acc > best:
-            keep.append(i)
-            best = acc
-    return ordered.loc[keep]
-
-
-def _curves_figure(results: pd.DataFrame):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for _, r in results[results["status"] == "succeeded"].iterrows():
-        curve = json.loads(r["val_curve"] or "[]")
-        if curve:
-            fig.add_trace(go.Scatter(x=[p["seconds"] for p in curve], y=[p["accuracy"] for p in curve],
-                                     mode="lines+markers", name=f"{_label(r['method'], r['budget'])} s{r['seed']}"))
-    fig.update_layout(title="Validation accuracy after each epoch vs training seconds",
-                      xaxis={"title": "seconds"}, yaxis={"title": "validation accuracy"})
-    return fig
-
-
-def _overlap_figure(overlap: pd.DataFrame):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    budgets = sorted(overlap["budget"].unique())
-    fig = make_subplots(rows=1, cols=len(budgets), subplot_titles=[f"budget {b:g}" for b in budgets])
-    for col, budget in enumerate(budgets, start=1):
-        mean = overlap[overlap["budget"] == budget].groupby(["method_a", "method_b"])["jaccard"].mean()
-        names = [m for m in OVERLAP_METHODS if m in set(mean.index.get_level_values(0)) | set(mean.index.get_level_values(1))]
-        z = [[1.0 if a == b else mean.get((a, b), mean.get((b, a), np.nan)) for b in names] for a in names]
-        fig.add_trace(go.Heatmap(z=z, x=names, y=names, zmin=0, zmax=1, colorscale="Blues", showscale=col == 1,
-                                 text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}"),
-                      row=1, col=col)
-    fig.update_layout(title="Row-mask overlap (Jaccard, mean over seeds)")
-    return fig
-
-
-def _mask_figure(masks: pd.DataFrame):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    first = masks[masks["seed"] == masks["seed"].min()]
-    runs = list(first.groupby(["method", "budget"], sort=False))
-    fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[_label(m, b) for (m, b), _ in runs])
-    for col, (_, g) in enumerate(runs, start=1):
-        table = g.pivot_table(index="module", columns="layer", values="share_selected", aggfunc="sum")
-        fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns], y=list(table.index),
-                                 colorscale="Viridis", showscale=col == 1), row=1, col=col)
-    fig.update_layout(title="Share of rows selected per (layer, module), first seed (-1 = embeddings)")
-    return fig
-
-
-def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame,
-                  tuning: pd.DataFrame | None, config: dict) -> str:
-    """A self-contained HTML page: the summary table, the figures (plotly.js inlined once), notes."""
-    figs = figures(results, summary, masks, overlap)
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs)]
-    failed = results[results["status"] != "succeeded"]
-    esc = html.escape
-    body = [f"<h1>clm-explore benchmark</h1><p>{esc(json.dumps(config))}</p>",
-            "<h2>Summary (mean and std over seeds)</h2>", summary.round(4).to_html(index=False, na_rep="")]
-    if tuning is not None:
-        body += ["<h2>Learning-rate sweep (validation accuracy, seed 0)</h2>", tuning.to_html(index=False)]
-    if len(failed):
-        body += [f"<h2>Cells that did not finish ({len(failed)})</h2>",
-                 failed[["method", "budget", "seed", "status", "error"]].to_html(index=False)]
-    body += ["<h2>Figures</h2>", *parts] if parts else ["<p>No cell finished, so there is nothing to plot.</p>"]
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore benchmark</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:90%}"
-            "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(body) + "</body></html>")

@@ -1,0 +1,131 @@
+"""The benchmark's self-contained HTML page: the summary table and plotly figures (Pareto, stability,
+cost, time-to-accuracy curves, mask overlap, mask placement)."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from clm_explore.bench_results import OVERLAP_METHODS
+
+
+def _label(method: str, budget: float | None) -> str:
+    return method if budget is None or (isinstance(budget, float) and math.isnan(budget)) else f"{method}@{budget:g}"
+
+
+def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame) -> list:
+    """The report's plotly figures (an empty list when no cell succeeded)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if summary.empty:
+        return []
+    s = summary.assign(label=[_label(m, b) for m, b in zip(summary["method"], summary["budget"], strict=True)])
+    pareto = go.Figure()
+    for method, g in s.groupby("method", sort=False):
+        pareto.add_trace(go.Scatter(x=g["trainable_share_mean"], y=g["accuracy_mean"], mode="markers+lines",
+                                    name=method, text=g["label"], error_y={"array": g["accuracy_std"].fillna(0)}))
+    front = _pareto_front(s)
+    pareto.add_trace(go.Scatter(x=front["trainable_share_mean"], y=front["accuracy_mean"], mode="lines",
+                                name="Pareto front", line={"dash": "dot", "color": "grey"}))
+    pareto.update_layout(title="Accuracy vs trainable share (mean ± std over seeds)",
+                         xaxis={"type": "log", "title": "trainable parameters / model parameters"},
+                         yaxis={"title": "test accuracy"})
+    stability = go.Figure(go.Bar(x=s["label"], y=s["accuracy_mean"], error_y={"array": s["accuracy_std"].fillna(0)},
+                                 text=[f"{a:.3f} ± {0 if math.isnan(d) else d:.3f}" for a, d in
+                                       zip(s["accuracy_mean"], s["accuracy_std"], strict=True)]))
+    stability.update_layout(title="Accuracy per method: mean ± std over seeds (std = stability)",
+                            yaxis={"title": "test accuracy"})
+    cost = make_subplots(rows=1, cols=3, subplot_titles=("train seconds (incl. preparation)", "peak memory (MB)",
+                                                         "examples / second"))
+    for col, key in enumerate(("train_seconds", "peak_memory_mb", "examples_per_second"), start=1):
+        cost.add_trace(go.Bar(x=s["label"], y=s[f"{key}_mean"], error_y={"array": s[f"{key}_std"].fillna(0)},
+                              showlegend=False), row=1, col=col)
+    cost.update_layout(title="Cost per method")
+    figs = [pareto, stability, cost, _curves_figure(results)]
+    if not overlap.empty:
+        figs.append(_overlap_figure(overlap))
+    if not masks.empty:
+        figs.append(_mask_figure(masks))
+    return figs
+
+
+def _pareto_front(s: pd.DataFrame) -> pd.DataFrame:
+    """Points no other point beats on both accuracy (higher) and trainable share (lower)."""
+    ordered = s.sort_values(["trainable_share_mean", "accuracy_mean"], ascending=[True, False])
+    best, keep = -np.inf, []
+    for i, acc in zip(ordered.index, ordered["accuracy_mean"], strict=True):
+        if acc > best:
+            keep.append(i)
+            best = acc
+    return ordered.loc[keep]
+
+
+def _curves_figure(results: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for _, r in results[results["status"] == "succeeded"].iterrows():
+        curve = json.loads(r["val_curve"] or "[]")
+        if curve:
+            fig.add_trace(go.Scatter(x=[p["seconds"] for p in curve], y=[p["accuracy"] for p in curve],
+                                     mode="lines+markers", name=f"{_label(r['method'], r['budget'])} s{r['seed']}"))
+    fig.update_layout(title="Validation accuracy after each epoch vs training seconds",
+                      xaxis={"title": "seconds"}, yaxis={"title": "validation accuracy"})
+    return fig
+
+
+def _overlap_figure(overlap: pd.DataFrame):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    budgets = sorted(overlap["budget"].unique())
+    fig = make_subplots(rows=1, cols=len(budgets), subplot_titles=[f"budget {b:g}" for b in budgets])
+    for col, budget in enumerate(budgets, start=1):
+        mean = overlap[overlap["budget"] == budget].groupby(["method_a", "method_b"])["jaccard"].mean()
+        names = [m for m in OVERLAP_METHODS if m in set(mean.index.get_level_values(0)) | set(mean.index.get_level_values(1))]
+        z = [[1.0 if a == b else mean.get((a, b), mean.get((b, a), np.nan)) for b in names] for a in names]
+        fig.add_trace(go.Heatmap(z=z, x=names, y=names, zmin=0, zmax=1, colorscale="Blues", showscale=col == 1,
+                                 text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}"),
+                      row=1, col=col)
+    fig.update_layout(title="Row-mask overlap (Jaccard, mean over seeds)")
+    return fig
+
+
+def _mask_figure(masks: pd.DataFrame):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    first = masks[masks["seed"] == masks["seed"].min()]
+    runs = list(first.groupby(["method", "budget"], sort=False))
+    fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[_label(m, b) for (m, b), _ in runs])
+    for col, (_, g) in enumerate(runs, start=1):
+        table = g.pivot_table(index="module", columns="layer", values="share_selected", aggfunc="sum")
+        fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns], y=list(table.index),
+                                 colorscale="Viridis", showscale=col == 1), row=1, col=col)
+    fig.update_layout(title="Share of rows selected per (layer, module), first seed (-1 = embeddings)")
+    return fig
+
+
+def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame,
+                  tuning: pd.DataFrame | None, config: dict) -> str:
+    """A self-contained HTML page: the summary table, the figures (plotly.js inlined once), notes."""
+    figs = figures(results, summary, masks, overlap)
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs)]
+    failed = results[results["status"] != "succeeded"]
+    esc = html.escape
+    body = [f"<h1>clm-explore benchmark</h1><p>{esc(json.dumps(config))}</p>",
+            "<h2>Summary (mean and std over seeds)</h2>", summary.round(4).to_html(index=False, na_rep="")]
+    if tuning is not None:
+        body += ["<h2>Learning-rate sweep (validation accuracy, seed 0)</h2>", tuning.to_html(index=False)]
+    if len(failed):
+        body += [f"<h2>Cells that did not finish ({len(failed)})</h2>",
+                 failed[["method", "budget", "seed", "status", "error"]].to_html(index=False)]
+    body += ["<h2>Figures</h2>", *parts] if parts else ["<p>No cell finished, so there is nothing to plot.</p>"]
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore benchmark</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:90%}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(body) + "</body></html>")

@@ -1,0 +1,125 @@
+"""The benchmark's tables, read back from the cell folders: results, summary, mask statistics, overlap.
+
+``clm_explore.bench`` runs the grid; this module turns its cell folders into the CSV tables that
+``clm_explore.bench_report`` draws.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from clm_explore.bench import Cell
+
+OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
+"""Row-mask methods whose masks are compared pairwise (Jaccard)."""
+
+
+RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
+                  "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
+                  "lowest_layer", "lr", "epochs", "total_params", "base_params", "val_curve", "cell", "error"]
+
+
+def read_metrics(cell_dir: Path) -> dict:
+    try:
+        return json.loads((cell_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
+    """One row per cell (RESULT_COLUMNS); failed or missing cells keep their row, with the error text."""
+    rows = []
+    for cell in cells:
+        cell_dir = out_dir / "cells" / cell.name
+        m = read_metrics(cell_dir)
+        ok = m.get("status") == "succeeded"
+        row = {k: m.get(k) for k in RESULT_COLUMNS} if ok else {}
+        row.update(method=cell.method, budget=cell.budget, seed=cell.seed, cell=str(cell_dir.relative_to(out_dir)),
+                   status=m.get("status", "failed") if not ok else "succeeded")
+        if ok:
+            row["trainable_share"] = m["trainable_params"] / max(m.get("base_params") or m["total_params"], 1)
+            row["val_curve"] = json.dumps(m.get("val_curve", []))
+            row["prep_seconds"] = m.get("prep_seconds", 0.0)
+            row["error"] = ""
+        else:
+            row["error"] = _log_tail(out_dir / "logs" / f"cells-{cell.name}.log")
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64"})
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "not run"
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (method, budget): accuracy, macro-F1 (std = stability), share, cost."""
+    ok = results[results["status"] == "succeeded"].copy()
+    if ok.empty:
+        return pd.DataFrame(columns=["method", "budget", "seeds"])
+    ok["budget"] = ok["budget"].astype(float)
+    cols = ["accuracy", "macro_f1", "trainable_share", "train_seconds", "peak_memory_mb", "examples_per_second"]
+    ok[cols] = ok[cols].astype(float)
+    grouped = ok.groupby(["method", "budget"], dropna=False, sort=False)
+    out = grouped[cols].agg(["mean", "std"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    out.insert(0, "seeds", grouped.size())
+    out["trainable_params"] = grouped["trainable_params"].first()
+    out["lr"] = grouped["lr"].first()
+    out["lowest_layer"] = grouped["lowest_layer"].first()
+    return out.reset_index()
+
+
+def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
+    """Per row-mask run and (layer, module): selected rows, eligible rows, share selected, lowest layer."""
+    frames = []
+    for _, r in results[results["status"] == "succeeded"].iterrows():
+        cell_dir = out_dir / r["cell"]
+        if not (cell_dir / "masks.safetensors").is_file() or not (cell_dir / "sensitivity").is_dir():
+            continue
+        from safetensors.torch import load_file  # torch only when there are masks to read
+
+        from clm_explore.sensitivity import SensitivityReport
+
+        masks = load_file(cell_dir / "masks.safetensors")
+        recs = []
+        for name, info in SensitivityReport.load(cell_dir / "sensitivity").matrices.items():
+            rows = len(info.eligible_rows) if info.eligible_rows is not None else info.rows
+            picked = int(masks[name].sum()) if name in masks else 0
+            recs.append({"layer": info.layer, "module": info.module, "selected_rows": picked, "rows": rows,
+                         "share_selected": picked / max(rows, 1)})
+        frame = pd.DataFrame(recs).groupby(["layer", "module"], as_index=False).sum()
+        frame["share_selected"] = frame["selected_rows"] / frame["rows"].clip(lower=1)
+        frames.append(frame.assign(method=r["method"], budget=r["budget"], seed=r["seed"],
+                                   lowest_layer=r["lowest_layer"]))
+    cols = ["method", "budget", "seed", "layer", "module", "selected_rows", "rows", "share_selected", "lowest_layer"]
+    return pd.concat(frames)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def mask_overlap(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
+    """Jaccard of row masks between OVERLAP_METHODS, per budget and seed (pairs a < b, each once)."""
+    ok = results[(results["status"] == "succeeded") & results["method"].isin(OVERLAP_METHODS)]
+    if ok["method"].nunique() < 2:
+        return pd.DataFrame(columns=["budget", "seed", "method_a", "method_b", "jaccard"])
+    from safetensors.torch import load_file
+
+    from clm_explore.masks import masks_jaccard
+
+    recs = []
+    for (budget, seed), group in ok.groupby(["budget", "seed"]):
+        masks = {r["method"]: load_file(out_dir / r["cell"] / "masks.safetensors") for _, r in group.iterrows()
+                 if (out_dir / r["cell"] / "masks.safetensors").is_file()}
+        names = [m for m in OVERLAP_METHODS if m in masks]
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                recs.append({"budget": budget, "seed": seed, "method_a": a, "method_b": b,
+                             "jaccard": masks_jaccard(masks[a], masks[b])})
+    return pd.DataFrame(recs, columns=["budget", "seed", "method_a", "method_b", "jaccard"])
