@@ -33,11 +33,11 @@ from clm_explore.bench_results import collect_results, mask_overlap, mask_statis
 from clm_explore.config import METHODS, ConfigError, DataConfig
 from clm_explore.data import AnnotatedData, load_data
 
-BUDGET_METHODS = ("sparse", "layers", "random", "fisher", "gradient")
+BUDGET_METHODS = ("sparse", "sparse_merged", "layers", "random", "fisher", "gradient")
 """Methods whose trainable set is sized by the budget; the others get one cell per seed."""
 LR_FACTORS = (1.0, 1 / 3, 3.0)
 """The LR sweep: the method's default times these (the default first, so it wins ties)."""
-SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr")
+SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 
 
@@ -59,6 +59,8 @@ class BenchConfig:
     """Cap on training rows, stratified by label (validation is capped at a quarter of it); 0 = none."""
     tune_lr: bool = False
     """Per method, pick the LR among default x LR_FACTORS by validation accuracy (1 seed), then use it."""
+    lr: dict[str, float] = field(default_factory=dict)
+    """Fixed learning rates per method (e.g. chosen by an earlier ``tune_lr`` grid); the rest use their default."""
     model: str = "default"
     batch_size: int = 32
     max_length: int = 64
@@ -78,6 +80,11 @@ class BenchConfig:
                 raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.shots < 0 or self.limit < 0:
             raise BenchError(f"shots and limit must be >= 0, got {self.shots} and {self.limit}")
+        if self.lr and self.tune_lr:
+            raise BenchError("give fixed learning rates or tune them, not both")
+        stray = [m for m in self.lr if m not in self.methods]
+        if stray or any(not v > 0 for v in self.lr.values()):
+            raise BenchError(f"learning rates must be > 0 and for methods of the grid; got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -340,11 +347,11 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     data = load_data(data_path, data_cfg or DataConfig())
     data_dir, tune_dir = prepare_data(data, cfg, out_dir)
     runner = runner or subprocess_runner(cfg)
-    lrs: dict[str, float] = {}
+    lrs: dict[str, float] = dict(cfg.lr)
     tuning = None
     n_tune = len(cfg.methods) * len(LR_FACTORS) if cfg.tune_lr else 0
     bar = ProgressBar(n_tune + len(plan_cells(cfg))) if progress else None
-    cells = plan_cells(cfg)
+    cells = plan_cells(cfg, lrs)
     try:
         if cfg.tune_lr:
             lrs, tuning = tune_learning_rates(cfg, out_dir, tune_dir, runner, bar)

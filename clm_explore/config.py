@@ -140,7 +140,7 @@ class MaskConfig:
         _check(self.min_layer >= -1, f"min_layer must be >= -1 (auto), got {self.min_layer}")
 
 
-METHODS = ("sparse", "full", "head", "bitfit", "lora", "prefix", "layers", "random", "fisher", "gradient")
+METHODS = ("sparse", "sparse_merged", "full", "head", "bitfit", "lora", "prefix", "layers", "random", "fisher", "gradient")
 
 
 @dataclass(frozen=True)

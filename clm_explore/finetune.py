@@ -49,7 +49,7 @@ from clm_explore.sensitivity import (
 )
 from clm_explore.sparse import attach_deltas, delta_state, merge_deltas
 
-DEFAULT_LR = {"sparse": 1e-3, "full": 2e-4, "head": 1e-2, "bitfit": 1e-3, "lora": 5e-4, "prefix": 1e-2,
+DEFAULT_LR = {"sparse": 1e-3, "sparse_merged": 1e-3, "full": 2e-4, "head": 1e-2, "bitfit": 1e-3, "lora": 5e-4, "prefix": 1e-2,
               "layers": 2e-4, "random": 1e-3, "fisher": 1e-3, "gradient": 1e-3}
 
 
@@ -139,13 +139,16 @@ def prepare_full(ctx: MethodContext) -> Prepared:
     return Prepared(model, groups, lambda: model)
 
 
-def mine_and_score(ctx: MethodContext, restriction: str) -> tuple[TaskTokens, SensitivityReport, float]:
-    """Mine groups on train, then row sensitivity; both saved into the run folder. Returns seconds too."""
+def mine_and_score(ctx: MethodContext, restriction: str,
+                   merge_tokens: int | None = None) -> tuple[TaskTokens, SensitivityReport, float]:
+    """Mine groups on train, merge the top words when asked (``merge_tokens``, default the config's), then
+    row sensitivity; all saved into the run folder. Returns seconds too."""
     started = time.perf_counter()
     train = ctx.data.train
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer, ctx.cfg.mining)
-    if ctx.cfg.mining.merge_tokens:
-        merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), ctx.cfg.mining.merge_tokens)
+    merge_tokens = ctx.cfg.mining.merge_tokens if merge_tokens is None else merge_tokens
+    if merge_tokens:
+        merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), merge_tokens)
         _write_json(ctx.out_dir / "merge.json", merge.to_dict())
     sens_cfg = ctx.cfg.sensitivity
     if sens_cfg.restriction != restriction:
@@ -200,6 +203,19 @@ def _layernorm_params(model: nn.Module, lowest_layer: int | None) -> list[nn.Par
 def prepare_sparse(ctx: MethodContext) -> Prepared:
     """Ours: token-restricted Fisher rows under the budget."""
     _, report, seconds = mine_and_score(ctx, "tokens")
+    return prepare_rows(ctx, report, select_mask(report, ctx.cfg.mask), seconds)
+
+
+DEFAULT_MERGE_TOKENS = 64
+"""Words merged by 'sparse_merged' when MiningConfig.merge_tokens is 0."""
+
+
+@register_method("sparse_merged")
+def prepare_sparse_merged(ctx: MethodContext) -> Prepared:
+    """The adaptive-token ablation: ours with the top mined words merged into unused vocabulary slots
+    (mean-of-pieces embeddings, no parameter added) before scoring and training."""
+    merge_tokens = ctx.cfg.mining.merge_tokens or DEFAULT_MERGE_TOKENS
+    _, report, seconds = mine_and_score(ctx, "tokens", merge_tokens)
     return prepare_rows(ctx, report, select_mask(report, ctx.cfg.mask), seconds)
 
 

@@ -95,7 +95,7 @@ def test_prefix_run_reloads_and_predicts_the_same(tiny_data, tmp_path):
     assert torch.equal(plain.classifier.weight, trained)
 
 
-@pytest.mark.parametrize("method", ["sparse", "random", "fisher", "gradient"])
+@pytest.mark.parametrize("method", ["sparse", "sparse_merged", "random", "fisher", "gradient"])
 def test_row_selections_spend_the_budget(method, tiny_data, tmp_path):
     result = _run(method, tiny_data, tmp_path, budget=0.05)
     report = SensitivityReport.load(result.out_dir / "sensitivity")

@@ -60,6 +60,29 @@ def test_bad_grid_options_are_refused():
         BenchConfig(methods=("nope",))
     with pytest.raises(BenchError, match="budgets"):
         BenchConfig(budgets=(1.5,))
+    with pytest.raises(BenchError, match="not both"):
+        BenchConfig(lr={"sparse": 1e-3}, tune_lr=True)
+    with pytest.raises(BenchError, match="learning rates"):
+        BenchConfig(methods=("sparse",), lr={"full": 1e-4})
+
+
+def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
+    cfg = _cfg(methods=("head", "bitfit"), lr={"head": 0.02})
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    used = dict(zip(result.results["method"], result.results["lr"], strict=True))
+    assert used == {"head": 0.02, "bitfit": 1e-3}  # bitfit keeps its default
+    with pytest.raises(BenchError, match="lr"):  # other rates would make the finished cells wrong
+        run_grid(data_dir, _cfg(methods=("head", "bitfit"), lr={"head": 0.05}), tmp_path / "out",
+                 runner=in_process(cfg), progress=False)
+
+
+def test_cli_parses_method_learning_rates():
+    from clm_explore.cli import UserError
+    from clm_explore.cli.bench_cmds import _method_lrs
+
+    assert _method_lrs("sparse=5e-3, full=6.7e-5") == {"sparse": 5e-3, "full": 6.7e-5}
+    with pytest.raises(UserError, match="METHOD=LR"):
+        _method_lrs("sparse:5e-3")
 
 
 def test_finetune_command_passes_the_cell():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,29 @@ def test_baselines_start_from_the_same_warmed_head_as_row_methods(data, tmp_path
     for name, value in expected.items():
         assert torch.allclose(saved[name], value, atol=1e-6), name
     assert not torch.allclose(load_run(tmp_path / "cold").model.state_dict()[name], value, atol=1e-3)
+
+
+def test_sparse_merged_saves_the_merged_tokenizer_and_reproduces_predictions(tmp_path, data):
+    """The adaptive-token ablation: merged words are single tokens in the saved tokenizer, and the saved
+    folder reproduces the run's predictions with that tokenizer."""
+    # The tiny vocabulary holds the slice's common words whole; give each label a word it splits.
+    words = dict(zip(data.labels, ["refunding", "topups", "cardholder", "fxrates"], strict=True))
+    tagged = {name: frame.assign(text=frame["text"] + " " + frame["label"].map(words))
+              for name, frame in (("train", data.train), ("validation", data.validation), ("test", data.test))}
+    cfg = FinetuneConfig(method="sparse_merged", epochs=1, batch_size=8, device="cpu", seed=0,
+                         mask=MaskConfig(budget=0.03, min_layer=0))
+    result = finetune(replace(data, **tagged), cfg, tmp_path / "merged", source="tiny-random")
+    merge = json.loads((result.out_dir / "merge.json").read_text())
+    merged = [m["text"] for m in merge["merged"]]
+    assert set(words.values()) <= set(merged)
+    assert merge["mean_length_after"] < merge["mean_length_before"]
+    tok = AutoTokenizer.from_pretrained(result.out_dir)
+    assert tok.tokenize(merged[0]) == [merged[0]]
+    assert len(tok) == len(load_model("tiny-random", LABELS).tokenizer)  # slots renamed, none added
+    predictions = pd.read_csv(result.out_dir / "predictions.csv")
+    model = AutoModelForSequenceClassification.from_pretrained(result.out_dir).eval()
+    with torch.no_grad():
+        enc = tok(predictions["text"].tolist(), return_tensors="pt", padding=True, truncation=True, max_length=64)
+        preds = model(**enc).logits.argmax(-1)
+    assert [model.config.id2label[int(i)] for i in preds] == predictions["pred"].tolist()
+    assert count_parameters(model) == result.metrics["base_params"]

@@ -26,6 +26,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=0, metavar="N", help="cap training rows at N, stratified (0 = all)")
     p.add_argument("--tune-lr", action="store_true",
                    help="per method, sweep 3 learning rates on a validation split (never test) and use the best")
+    p.add_argument("--lr", default="", metavar="M=LR,...",
+                   help="fixed learning rates per method, e.g. sparse=5e-3,full=6.7e-5 (others: their default)")
     p.add_argument("--model", default="default", metavar="SRC", help="'default', 'tiny-random' or a local folder")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
@@ -42,12 +44,24 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         raise UserError(f"--{what} must be comma-separated numbers, got {text!r}") from exc
 
 
+def _method_lrs(text: str) -> dict[str, float]:
+    lrs = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        method, _, value = item.partition("=")
+        try:
+            lrs[method.strip()] = float(value)
+        except ValueError as exc:
+            raise UserError(f"--lr takes METHOD=LR pairs separated by commas, e.g. sparse=5e-3; got {item!r}") from exc
+    return lrs
+
+
 def bench_config(args: argparse.Namespace):
     from clm_explore.bench import BenchConfig
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
-                       epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr, model=args.model,
+                       epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr, lr=_method_lrs(args.lr),
+                       model=args.model,
                        batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                        data=str(Path(args.data).resolve()))
 
