@@ -149,7 +149,7 @@ class FinetuneConfig:
     """One of METHODS; 'sparse' is ours (token-restricted Fisher rows)."""
     epochs: int = 3
     lr: float = 0.0
-    """Learning rate; 0 picks the method's default (sparse 1e-3, full 1e-4, head 1e-2, ...)."""
+    """Learning rate; 0 picks the method's default (row deltas 5e-3, full 2e-4, head 1e-2, ...: DEFAULT_LR)."""
     head_lr: float = 0.0
     """Learning rate of the classification head; 0 = same as lr for full, 1e-3 otherwise."""
     batch_size: int = 32
