@@ -107,11 +107,12 @@ def main() -> None:
         print("\nselection from stored scores:", {k: round(v, 1) for k, v in time_selection(sens).items()})
 
 
-def _time_to_target(curve: list[dict], target: float, prep: float) -> float:
-    """Seconds (preparation included) until the per-epoch test accuracy first reaches ``target``."""
+def _time_to_target(curve: list[dict], target: float) -> float:
+    """Seconds until the per-epoch test accuracy first reaches ``target`` (a curve point's seconds
+    already include the preparation: head warm-up, mining and scoring)."""
     for point in curve:
         if point["accuracy"] >= target:
-            return prep + point["seconds"]
+            return point["seconds"]
     return float("nan")
 
 
@@ -125,12 +126,11 @@ def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
         trainable=("trainable_params", "mean"), lowest_layer=("lowest_layer", "first"), lr=("lr", "first"))
     if not full.empty:
         target = full["accuracy"].mean() - 0.005
-        full_total = (full["train_seconds"] + full["prep_seconds"].fillna(0)).mean()
+        full_total = full["train_seconds"].mean()  # preparation included, as in the curves
         table["epoch_ratio"] = table["epoch_s"] / table.loc["full", "epoch_s"]
         table["memory_ratio"] = table["peak_mb"] / table.loc["full", "peak_mb"]
         table["time_to_full-0.5pt"] = [
-            np.nanmean([_time_to_target(c, target, p or 0.0) for c, p in zip(g["curve"], g["prep_seconds"], strict=True)])
-            for g in (df[df.variant == v] for v in table.index)]
+            np.nanmean([_time_to_target(c, target) for c in df[df.variant == v]["curve"]]) for v in table.index]
         table["ttt_ratio"] = table["time_to_full-0.5pt"] / full_total
         lines.append(f"target for time-to-accuracy: full's mean final test accuracy - 0.5 pt = {target:.4f}; "
                      f"full's total time (training + head warm-up) {full_total:.1f} s")

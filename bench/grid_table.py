@@ -1,0 +1,37 @@
+"""Print a bench grid folder's summary as a Markdown table (for BENCHMARKS.md), with the chosen LRs.
+
+    python bench/grid_table.py bench/out/snips-10shot [more folders ...]
+
+Columns: method (budget), learning rate, accuracy and macro-F1 as mean ± std over seeds, seeds,
+trainable share, train seconds (preparation included) and peak memory, each a mean over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {0.0 if math.isnan(std) else std:.3f}"
+
+
+def grid_table(folder: Path) -> str:
+    s = pd.read_csv(folder / "summary.csv")
+    lines = [f"`{folder}`", "",
+             "| method | LR | test acc | macro-F1 | seeds | trainable | train s | peak MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in s.iterrows():
+        name = r["method"] if pd.isna(r["budget"]) else f"{r['method']} @ {r['budget']:g}"
+        lines.append(f"| {name} | {r['lr']:.3g} | {_pm(r['accuracy_mean'], r['accuracy_std'])} | "
+                     f"{_pm(r['macro_f1_mean'], r['macro_f1_std'])} | {r['seeds']} | "
+                     f"{r['trainable_share_mean'] * 100:.2f}% | {r['train_seconds_mean']:.0f} | "
+                     f"{r['peak_memory_mb_mean']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n\n".join(grid_table(Path(f)) for f in sys.argv[1:]))
