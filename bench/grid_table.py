@@ -22,7 +22,7 @@ def _pm(mean: float, std: float) -> str:
 def grid_table(folder: Path) -> str:
     s = pd.read_csv(folder / "summary.csv")
     lines = [f"`{folder}`", "",
-             "| method | LR | test acc | macro-F1 | seeds | trainable | train s | peak MB |",
+             "| method | LR | test acc | macro-F1 | seeds | trainable | train s (incl. prep) | peak MB |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         name = r["method"] if pd.isna(r["budget"]) else f"{r['method']} @ {r['budget']:g}"
