@@ -32,6 +32,9 @@ fewshot() {
 t = t[t.chosen & t.method.isin(['sparse', 'random', 'fisher'])]; print(','.join(f'{m}={v}' for m, v in zip(t.method, t.lr)))")
     $CLI bench --data "$DATA/trec6" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.05 \
         --seeds 3 --epochs 10 --lr "$lrs" --out "$OUT/trec6-10shot-budgets"
+    # ... and all three budgets again at one common rate, the row methods' default.
+    $CLI bench --data "$DATA/trec6" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.01,0.05 \
+        --seeds 3 --epochs 10 --lr sparse=5e-3,random=5e-3,fisher=5e-3 --out "$OUT/trec6-10shot-budgets-lr5e-3"
     # banking77 10-shot: full and sparse with their LR sweeps, then random rows at sparse's chosen LR.
     $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 5 --tune-lr \
         --out "$OUT/banking77-10shot"
