@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
     add_data_args(p, positional=False)
     p.add_argument("--methods", default="full,sparse,lora", help=f"comma-separated, among: {', '.join(METHODS)}")
     p.add_argument("--budgets", default="0.01", help="comma-separated budgets of the budgeted methods "
-                   "(sparse, layers, random, fisher, gradient); ignored by the others")
+                   "(sparse, sparse_merged, layers, random, fisher, gradient); ignored by the others")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
     p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
     p.add_argument("--shots", type=int, default=0, metavar="K", help="K training rows per label (few-shot; 0 = all)")
@@ -60,9 +60,8 @@ def bench_config(args: argparse.Namespace):
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
-                       epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr, lr=_method_lrs(args.lr),
-                       model=args.model,
-                       batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                       epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
+                       lr=_method_lrs(args.lr), model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                        data=str(Path(args.data).resolve()))
 
 
