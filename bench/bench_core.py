@@ -84,7 +84,9 @@ def main() -> None:
     if args.cell:
         run_cell(json.loads(args.cell))
         return
-    lrs = {k.strip(): float(v) for k, _, v in (x.partition("=") for x in args.lr.split(",") if x.strip())}
+    from clm_explore.cli.bench_cmds import parse_method_lrs  # the same METHOD=LR syntax as `bench --lr`
+
+    lrs = parse_method_lrs(args.lr)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in args.variants.split(","):

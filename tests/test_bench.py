@@ -78,11 +78,11 @@ def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
 
 def test_cli_parses_method_learning_rates():
     from clm_explore.cli import UserError
-    from clm_explore.cli.bench_cmds import _method_lrs
+    from clm_explore.cli.bench_cmds import parse_method_lrs
 
-    assert _method_lrs("sparse=5e-3, full=6.7e-5") == {"sparse": 5e-3, "full": 6.7e-5}
+    assert parse_method_lrs("sparse=5e-3, full=6.7e-5") == {"sparse": 5e-3, "full": 6.7e-5}
     with pytest.raises(UserError, match="METHOD=LR"):
-        _method_lrs("sparse:5e-3")
+        parse_method_lrs("sparse:5e-3")
 
 
 def test_finetune_command_passes_the_cell():

@@ -44,7 +44,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         raise UserError(f"--{what} must be comma-separated numbers, got {text!r}") from exc
 
 
-def _method_lrs(text: str) -> dict[str, float]:
+def parse_method_lrs(text: str) -> dict[str, float]:
     lrs = {}
     for item in (x.strip() for x in text.split(",") if x.strip()):
         method, _, value = item.partition("=")
@@ -61,7 +61,7 @@ def bench_config(args: argparse.Namespace):
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
-                       lr=_method_lrs(args.lr), model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                       lr=parse_method_lrs(args.lr), model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                        data=str(Path(args.data).resolve()))
 
 
