@@ -36,6 +36,7 @@ from clm_explore.finetune import (
     mine_and_score,
     prepare_rows,
     register_method,
+    scoring_config,
 )
 from clm_explore.masks import budget_to_params, select_mask
 from clm_explore.modeling import LoadedModel, head_parameter_names, load_model, resolve_device
@@ -241,7 +242,7 @@ def prepare_layers(ctx: MethodContext) -> Prepared:
     A layer of a small encoder holds several percent of the backbone, so at small budgets no layer fits;
     then the single top layer trains anyway and ``over_budget`` is set in the metrics.
     """
-    _, report, seconds = mine_and_score(ctx, "tokens")
+    _, report, seconds = mine_and_score(ctx, "tokens", all_layers=True)  # every layer competes
     model = ctx.loaded.model
     freeze_all(model)
     if report.head_state:  # the same warmed-up head the row methods start from
@@ -283,7 +284,7 @@ def prepare_fisher(ctx: MethodContext) -> Prepared:
 def prepare_gradient(ctx: MethodContext) -> Prepared:
     """Gradient-magnitude static mask (SIFT / SPEFT style): rows by accumulated |dL/dw|, no mining."""
     started = time.perf_counter()
-    report = gradient_sensitivity(ctx.loaded, ctx.data, ctx.cfg.sensitivity, device=str(ctx.device))
+    report = gradient_sensitivity(ctx.loaded, ctx.data, scoring_config(ctx), device=str(ctx.device))
     report.save(ctx.out_dir / "sensitivity")
     selection = select_mask(report, replace(ctx.cfg.mask, strategy="topk_global"))
     return prepare_rows(ctx, report, selection, time.perf_counter() - started)
@@ -295,7 +296,8 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
 
     Same calibration subset, head warm-up and scored matrices as ``compute_sensitivity``, but plain
     batch gradients (``cfg.batch_size`` rows each) instead of per-example squares, and no token
-    restriction: eligible word-embedding rows are the tokens seen in the calibration rows.
+    restriction: eligible word-embedding rows are the tokens seen in the calibration rows. Maps below
+    ``cfg.min_layer`` (and the embeddings, when it is above 0) get no gradient and score 0.
     """
     cfg = cfg or SensitivityConfig()
     started = time.perf_counter()
@@ -306,7 +308,8 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
     linears = scored_linears(model)
     embedding = model.get_input_embeddings()
-    totals = _accumulate_gradients(model, batches, linears, embedding, dev)
+    totals = _accumulate_gradients(model, batches, linears, embedding if not cfg.min_layer else None, dev,
+                                   cfg.min_layer)
     n_rows = sum(len(b.labels) for b in batches)
     matrices = {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
                                           lin.in_features + (lin.bias is not None))
@@ -316,18 +319,22 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     matrices[emb_name], row_scores[emb_name] = emb_info, totals["<embedding>"] / n_rows
     config = {**to_dict(cfg), "restriction": "none", "score": "gradient"}
     notes = [f"calibration rows: {len(texts)}", "restriction: none", "score: gradient (accumulated |dL/dw|)"]
+    if cfg.min_layer:
+        notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
     return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),
                              config, head_state, time.perf_counter() - started, notes)
 
 
-def _accumulate_gradients(model, batches, linears, embedding, dev) -> dict[str, torch.Tensor]:
-    scored = {n: lin for n, (lin, _, _) in linears.items()}
+def _accumulate_gradients(model, batches, linears, embedding, dev, min_layer: int = 0) -> dict[str, torch.Tensor]:
+    """Summed |batch gradient| per row; ``embedding`` None leaves the embeddings unscored, and maps below
+    ``min_layer`` require no gradient, so backward stops at the lowest scored map."""
+    scored = {n: lin for n, (lin, layer, _) in linears.items() if layer >= min_layer}
     was = {n: p.requires_grad for n, p in model.named_parameters()}
-    totals = {n: torch.zeros(lin.out_features) for n, lin in scored.items()}
-    totals["<embedding>"] = torch.zeros(embedding.num_embeddings)
+    totals = {n: torch.zeros(lin.out_features) for n, (lin, _, _) in linears.items()}
+    totals["<embedding>"] = torch.zeros(model.get_input_embeddings().num_embeddings)
     model.eval()  # dropout off, as for the Fisher scores
     freeze_all(model)
-    params = [embedding.weight] + [p for lin in scored.values() for p in lin.parameters()]
+    params = ([embedding.weight] if embedding is not None else []) + [p for lin in scored.values() for p in lin.parameters()]
     for p in params:
         p.requires_grad_(True)
     try:
@@ -340,7 +347,8 @@ def _accumulate_gradients(model, batches, linears, embedding, dev) -> dict[str, 
                     if lin.bias is not None:
                         row += lin.bias.grad.abs()
                     totals[n] += row.float().cpu()
-                totals["<embedding>"] += embedding.weight.grad.abs().sum(-1).float().cpu()
+                if embedding is not None:
+                    totals["<embedding>"] += embedding.weight.grad.abs().sum(-1).float().cpu()
             for p in params:
                 p.grad = None
     finally:

@@ -378,10 +378,7 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
     path.write_text(json.dumps(asdict(cfg), indent=2))
 
 
-
 # --------------------------------------------------------------------------------------------- outputs
-
-
 
 
 def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],

@@ -95,21 +95,27 @@ class SensitivityConfig:
     score: str = "fisher"
     """'fisher' (mean squared per-example gradient) or 'taylor' (|w * dL/dw|)."""
     normalise: str = "mean"
-    """Per-matrix normalisation of row scores: 'mean', 'zscore' or 'none'."""
+    """Per-matrix normalisation of row scores: 'mean', 'zscore', 'rank' (percentile within the matrix, so
+    every matrix gives about the same share of its rows) or 'none'."""
     calibration_rows: int = 4096
     """Training rows used for the scores (min(N, this))."""
     warmup_epochs: int = 5
     """Head warm-up epochs on cached pooled features (backbone frozen) before scoring."""
     warmup_lr: float = 1e-2
     """Learning rate of the head warm-up."""
+    min_layer: int = 0
+    """Score only the rows of layers >= this one, so the scoring backward stops there (rows below and the
+    word embeddings score 0 and cannot be selected); 0 = every layer and the embeddings (the heatmap).
+    ``finetune`` sets it to the mask's lowest eligible layer: rows below it could not be chosen anyway."""
     batch_size: int = 32
     max_length: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
         _check(self.restriction in ("tokens", "none"), f"restriction must be tokens or none, got {self.restriction!r}")
         _check(self.score in ("fisher", "taylor"), f"score must be fisher or taylor, got {self.score!r}")
-        _check(self.normalise in ("mean", "zscore", "none"), f"normalise must be mean, zscore or none, got {self.normalise!r}")
+        _check(self.normalise in ("mean", "zscore", "rank", "none"), f"normalise must be mean, zscore, rank or none, got {self.normalise!r}")
         _check(self.calibration_rows >= 1, f"calibration_rows must be >= 1, got {self.calibration_rows}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
 

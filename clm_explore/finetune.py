@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ from torch import nn
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from clm_explore.batches import batch_order, collate, encode, predict_proba
-from clm_explore.config import FinetuneConfig, to_dict
+from clm_explore.config import FinetuneConfig, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
-from clm_explore.masks import MaskSelection, select_mask
+from clm_explore.masks import MaskSelection, effective_min_layer, select_mask
 from clm_explore.metrics import PeakMemory, classification_metrics
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import (
@@ -142,10 +142,11 @@ def prepare_full(ctx: MethodContext) -> Prepared:
     return Prepared(model, groups, lambda: model)
 
 
-def mine_and_score(ctx: MethodContext, restriction: str,
-                   merge_tokens: int | None = None) -> tuple[TaskTokens, SensitivityReport, float]:
+def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | None = None,
+                   all_layers: bool = False) -> tuple[TaskTokens, SensitivityReport, float]:
     """Mine groups on train, merge the top words when asked (``merge_tokens``, default the config's), then
-    row sensitivity; all saved into the run folder. Returns seconds too."""
+    row sensitivity (of the layers the mask may pick from, or of every layer with ``all_layers``); all
+    saved into the run folder. Returns seconds too."""
     started = time.perf_counter()
     train = ctx.data.train
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer, ctx.cfg.mining)
@@ -153,13 +154,17 @@ def mine_and_score(ctx: MethodContext, restriction: str,
     if merge_tokens:
         merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), merge_tokens)
         _write_json(ctx.out_dir / "merge.json", merge.to_dict())
-    sens_cfg = ctx.cfg.sensitivity
-    if sens_cfg.restriction != restriction:
-        sens_cfg = type(sens_cfg)(**{**asdict(sens_cfg), "restriction": restriction})
+    sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction)
     report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device))
     task_tokens.save(ctx.out_dir / "task_tokens.json")
     report.save(ctx.out_dir / "sensitivity")
     return task_tokens, report, time.perf_counter() - started
+
+
+def scoring_config(ctx: MethodContext) -> SensitivityConfig:
+    """The sensitivity options, scoring only the layers the mask may pick from (a shorter backward)."""
+    floor = effective_min_layer(ctx.cfg.mask, ctx.loaded.model.config.num_hidden_layers)
+    return replace(ctx.cfg.sensitivity, min_layer=max(ctx.cfg.sensitivity.min_layer, floor))
 
 
 def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskSelection, prep_seconds: float) -> Prepared:

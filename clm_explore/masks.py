@@ -81,7 +81,7 @@ class _Rows:
 def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
     names, matrix, row, score, cost, layer = [], [], [], [], [], []
     normalised = report.normalised()
-    min_layer = effective_min_layer(cfg, report.n_layers)
+    min_layer = max(effective_min_layer(cfg, report.n_layers), report.scored_from_layer)
     floor = min_layer if min_layer > 0 else -1  # 0 = every layer and the word embeddings (layer -1) compete
     for name, s in normalised.items():
         info = report.matrices[name]

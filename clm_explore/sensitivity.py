@@ -72,8 +72,13 @@ class SensitivityReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def scored_from_layer(self) -> int:
+        """Rows of layers below this one were not scored (``SensitivityConfig.min_layer``): never select them."""
+        return int(self.config.get("min_layer", 0))
+
     def normalised(self, how: str | None = None) -> dict[str, torch.Tensor]:
-        """Row scores normalised within each matrix ('mean', 'zscore' or 'none')."""
+        """Row scores normalised within each matrix ('mean', 'zscore', 'rank' or 'none')."""
         how = how or self.config.get("normalise", "mean")
         out = {}
         for name, s in self.row_scores.items():
@@ -83,6 +88,10 @@ class SensitivityReport:
                 s = s / pool.mean().clamp_min(1e-30)
             elif how == "zscore":
                 s = (s - pool.mean()) / pool.std().clamp_min(1e-30)
+            elif how == "rank":
+                # A row's percentile within its matrix: global top-k then takes about the same share of
+                # every matrix, so the scores choose rows inside a matrix but not between matrices.
+                s = torch.searchsorted(pool.sort().values.contiguous(), s.contiguous(), right=True).float() / len(pool)
             out[name] = s
         return out
 
@@ -240,7 +249,7 @@ def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], dev
 class _RowScorer:
     """Hooks that turn per-position inputs and output gradients into per-row scores."""
 
-    def __init__(self, linears: dict[str, tuple[nn.Linear, int, str]], score: str):
+    def __init__(self, linears: dict[str, tuple[nn.Linear, int, str]], score: str, min_layer: int = 0):
         self.score = score
         self.linears = linears
         self.totals = {name: torch.zeros(lin.out_features) for name, (lin, _, _) in linears.items()}
@@ -250,8 +259,9 @@ class _RowScorer:
         self.inputs: dict[str, torch.Tensor] = {}
         self.positions: torch.Tensor | None = None
         self.handles = []
-        for name, (lin, _, _) in linears.items():
-            self.handles.append(lin.register_forward_hook(self._forward_hook(name, lin)))
+        for name, (lin, layer, _) in linears.items():
+            if layer >= min_layer:  # maps below score 0: no gradient reaches them
+                self.handles.append(lin.register_forward_hook(self._forward_hook(name, lin)))
 
     def _forward_hook(self, name: str, lin: nn.Linear):
         def hook(_mod, args, out):
@@ -384,6 +394,8 @@ def compute_sensitivity(
     row_scores = {f"{n}.weight": s for n, s in scores.items()}
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
     notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}"]
+    if cfg.min_layer:
+        notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
     return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),
                              to_dict(cfg), head_state, time.perf_counter() - started, notes)
 
@@ -401,11 +413,14 @@ def _score_rows(loaded, batches, linears, cfg, dev, on_progress):
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    scorer = _RowScorer(linears, cfg.score)
-    emb = _EmbeddingScorer(model.get_input_embeddings(), cfg.score)
+    scorer = _RowScorer(linears, cfg.score, cfg.min_layer)
+    emb = _EmbeddingScorer(model.get_input_embeddings(), cfg.score) if not cfg.min_layer else None
+    start = start_backward_at(model, cfg.min_layer) if cfg.min_layer else None
     try:
         for i, b in enumerate(batches):
-            scorer.positions = emb.positions = b.positions.to(dev)
+            scorer.positions = b.positions.to(dev)
+            if emb is not None:
+                emb.positions = scorer.positions
             out = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev))
             # Sum, not mean: each example's gradient is then dL_n/dw, as the Fisher needs.
             loss = nn.functional.cross_entropy(out.logits.float(), b.labels.to(dev), reduction="sum")
@@ -414,12 +429,37 @@ def _score_rows(loaded, batches, linears, cfg, dev, on_progress):
                 on_progress(i + 1, len(batches))
     finally:
         scorer.close()
-        emb.close()
+        if emb is not None:
+            emb.close()
+        if start is not None:
+            start.remove()
         for n, p in model.named_parameters():
             p.requires_grad_(frozen[n])
             p.grad = None
     n_rows = sum(len(b.labels) for b in batches)
-    return scorer.scores(n_rows), emb.scores(n_rows)
+    emb_scores = emb.scores(n_rows) if emb is not None else torch.zeros(model.get_input_embeddings().num_embeddings)
+    return scorer.scores(n_rows), emb_scores
+
+
+def block_module(model: nn.Module, layer: int) -> nn.Module:
+    """Transformer block number ``layer`` (``...layer.N`` in BERT, ``...layers.N`` in decoders)."""
+    pattern = re.compile(rf"(^|\.)layers?\.{layer}$")
+    for name, module in model.named_modules():
+        if pattern.search(name):
+            return module
+    raise ValueError(f"no transformer block {layer} in {type(model).__name__}")
+
+
+def start_backward_at(model: nn.Module, layer: int) -> torch.utils.hooks.RemovableHandle:
+    """Make block ``layer``'s input a leaf that requires a gradient, with every parameter frozen: the
+    backward pass then runs from the loss down to that block and no further. Returns the hook's handle."""
+
+    def detach_input(_module, args, kwargs):
+        if args:
+            return (args[0].detach().requires_grad_(), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_()}
+
+    return block_module(model, layer).register_forward_pre_hook(detach_input, with_kwargs=True)
 
 
 def _embedding_info(loaded: LoadedModel, task_tokens: TaskTokens | None, batches: list[Batch]):

@@ -143,3 +143,17 @@ def test_gradient_scores_are_row_sums_of_the_batch_gradient(tiny_data, tiny):
     torch.testing.assert_close(report.row_scores[f"{name}.weight"], expected, rtol=1e-4, atol=1e-7)
     assert all(torch.isfinite(s).all() and (s >= 0).all() for s in report.row_scores.values())
     assert report.config["score"] == "gradient"
+
+
+def test_gradient_scores_from_a_layer_match_the_full_pass_there(tiny_data, tiny):
+    cfg = SensitivityConfig(calibration_rows=len(tiny_data.train), warmup_epochs=0)
+    flags = {n: p.requires_grad for n, p in tiny.model.named_parameters()}
+    full = gradient_sensitivity(tiny, tiny_data, cfg, device="cpu")
+    upper = gradient_sensitivity(tiny, tiny_data, SensitivityConfig(**{**cfg.__dict__, "min_layer": 1}), device="cpu")
+    assert upper.scored_from_layer == 1
+    for name, info in full.matrices.items():
+        if info.layer >= 1:
+            torch.testing.assert_close(upper.row_scores[name], full.row_scores[name], rtol=1e-5, atol=1e-9)
+        else:
+            assert not upper.row_scores[name].any(), name
+    assert {n: p.requires_grad for n, p in tiny.model.named_parameters()} == flags

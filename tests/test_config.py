@@ -33,7 +33,7 @@ RULES = [
     (MiningConfig, "top_k", -1, "top_k must be >= 0"),
     (SensitivityConfig, "restriction", "all", "restriction must be tokens or none"),
     (SensitivityConfig, "score", "grad", "score must be fisher or taylor"),
-    (SensitivityConfig, "normalise", "max", "normalise must be mean, zscore or none"),
+    (SensitivityConfig, "normalise", "max", "normalise must be mean, zscore, rank or none"),
     (SensitivityConfig, "calibration_rows", 0, "calibration_rows must be >= 1"),
     (SensitivityConfig, "warmup_epochs", -1, "warmup_epochs must be >= 0"),
     (MaskConfig, "budget", 0.0, "budget must be in (0, 1]"),

@@ -164,3 +164,27 @@ def test_default_sized_report_auto_min_layer():
     assert sel.masks and min(report.matrices[k].layer for k in sel.masks) >= 3
     assert sel.lowest_layer >= 3
     assert sel.selected_params <= sel.budget_params
+
+
+def test_rank_normalisation_takes_the_same_share_of_every_matrix_and_its_top_rows():
+    report = big_report()
+    heavy = "layer.5.k.weight"  # a heavy tail: mean normalisation lets this matrix take most of the budget
+    report.row_scores[heavy] = torch.linspace(0, 1, 384) ** 8
+    by_mean = select_mask(report, MaskConfig(budget=0.01))
+    report.config["normalise"] = "rank"
+    by_rank = select_mask(report, MaskConfig(budget=0.01))
+    upper = [k for k, info in report.matrices.items() if info.layer >= 3]
+    shares = [int(by_rank.masks[k].sum()) / report.matrices[k].rows for k in upper]
+    assert max(shares) - min(shares) <= 1 / 384 + 1e-9
+    assert int(by_mean.masks[heavy].sum()) > 3 * int(by_rank.masks[heavy].sum())
+    for k in upper:  # inside a matrix the scores still decide: the selected rows are its top rows
+        mask, s = by_rank.masks[k], report.row_scores[k]
+        assert s[mask].min() >= s[~mask].max()
+
+
+def test_rows_below_the_scored_layers_are_never_selected():
+    report = hand_report()
+    report.config["min_layer"] = 1  # scored from layer 1: q (layer 0) and the embeddings were not scored
+    sel = select_mask(report, MaskConfig(budget=1000, min_layer=0))
+    assert chosen(sel) == {F1: [0, 1, 2, 3]}
+    assert sel.lowest_layer == 1

@@ -233,3 +233,33 @@ def test_table_columns_and_values():
     assert table["norm_score"].max() == pytest.approx(1.0)
     assert (table["norm_score"] >= 0).all()
     assert list(table["layer"]) == sorted(table["layer"])
+
+
+@pytest.mark.parametrize("score", ["fisher", "taylor"])
+def test_scoring_from_a_layer_keeps_its_scores_and_stops_backward_there(score):
+    reached = []
+
+    def watched():
+        loaded = wide_tiny()
+        loaded.model.bert.encoder.layer[0].register_full_backward_hook(lambda *a: reached.append(1))
+        return loaded
+
+    full = compute_sensitivity(watched(), hand_data(), REFUNDING, config(score=score), device="cpu")
+    assert reached  # a full scoring pass runs backward through layer 0 ...
+    reached.clear()
+    loaded = watched()
+    upper = compute_sensitivity(loaded, hand_data(), REFUNDING, config(score=score, min_layer=1), device="cpu")
+    assert reached == []  # ... scoring from layer 1 does not
+    assert upper.scored_from_layer == 1 and any("scored layers: 1" in n for n in upper.notes)
+    for name, info in full.matrices.items():
+        if info.layer >= 1:
+            torch.testing.assert_close(upper.row_scores[name], full.row_scores[name], rtol=1e-5, atol=0, msg=name)
+            assert full.row_scores[name].abs().max() > 0
+        else:  # layer 0 and the word embeddings (-1) are not scored
+            assert not upper.row_scores[name].any(), name
+    assert all(not m._forward_pre_hooks for m in loaded.model.modules())  # the start hook is removed
+
+
+def test_a_block_that_does_not_exist_is_a_clear_error():
+    with pytest.raises(ValueError, match="no transformer block 7"):
+        compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(min_layer=7), device="cpu")
