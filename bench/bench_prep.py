@@ -1,8 +1,12 @@
 """Mining + sensitivity time on a full training split (the method's preparation before training).
 
-    python bench/bench_prep.py [--data ../shared/data/banking77] [--calibration-rows 4096]
+    python bench/bench_prep.py [--data ../shared/data/banking77] [--calibration-rows 4096] \
+        [--min-layers 0,3,4 --repeats 2]
 
-Prints seconds for mining, head warm-up + row scoring, and selection at three budgets.
+Prints seconds for mining, head warm-up + row scoring, and selection at three budgets. With
+``--min-layers``, the warm-up + scoring pass is timed once per lowest scored layer (interleaved, each
+repeat in the same order; ``finetune`` scores from the mask's lowest eligible layer, 3 of 6 by default,
+so its backward stops there), and the ratio to scoring every layer is printed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/banking77"))
     ap.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-layers", default="", help="comma-separated lowest scored layers to time, e.g. 0,3,4")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load_data(args.data)
@@ -44,6 +50,24 @@ def main() -> None:
         t = time.perf_counter()
         sel = select_mask(report, MaskConfig(budget=budget))
         print(f"select at {budget:<6g} {1000 * (time.perf_counter() - t):7.1f} ms  lowest layer {sel.lowest_layer}")
+    if args.min_layers:
+        time_scoring_floors(data, task_tokens, args, [int(x) for x in args.min_layers.split(",")])
+
+
+def time_scoring_floors(data, task_tokens, args: argparse.Namespace, floors: list[int]) -> None:
+    seconds: dict[int, list[float]] = {f: [] for f in floors}
+    for _ in range(args.repeats):
+        for floor in floors:
+            loaded = load_model("default", data.labels)  # a fresh head: every pass warms up the same way
+            cfg = SensitivityConfig(calibration_rows=args.calibration_rows, min_layer=floor)
+            started = time.perf_counter()
+            compute_sensitivity(loaded, data, task_tokens, cfg)
+            seconds[floor].append(time.perf_counter() - started)
+    base = min(seconds[floors[0]])
+    print(f"\nwarm-up + scoring by lowest scored layer (best of {args.repeats}):")
+    for floor in floors:
+        print(f"min_layer {floor}  {min(seconds[floor]):7.1f} s  ratio {min(seconds[floor]) / base:.3f}  "
+              f"(runs: {', '.join(f'{s:.1f}' for s in seconds[floor])})")
 
 
 if __name__ == "__main__":

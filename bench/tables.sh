@@ -17,7 +17,7 @@ core() {
     # Learning rates chosen on validation by the banking77 --limit 3000 sweeps (BENCHMARKS.md, never test).
     .venv/bin/python bench/bench_core.py --data "$DATA/banking77" --epochs 3 --seeds 0,1,2 --threads 1 \
         --variants full,sparse --lr full=6.67e-5,sparse=5e-3 --out "$OUT/b77-core-full"
-    $CLI bench --data "$DATA/trec6" --methods full,sparse,random,fisher,lora,head --seeds 3 --epochs 3 \
+    $CLI bench --data "$DATA/trec6" --methods "$ALL" --seeds 3 --epochs 3 \
         --out "$OUT/trec6-full"
 }
 
