@@ -163,7 +163,8 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
 
 def scoring_config(ctx: MethodContext) -> SensitivityConfig:
     """The sensitivity options, scoring only the layers the mask may pick from (a shorter backward)."""
-    floor = effective_min_layer(ctx.cfg.mask, ctx.loaded.model.config.num_hidden_layers)
+    n_layers = ctx.loaded.model.config.num_hidden_layers
+    floor = min(effective_min_layer(ctx.cfg.mask, n_layers), n_layers - 1)  # a pooler-only mask scores the top block too
     return replace(ctx.cfg.sensitivity, min_layer=max(ctx.cfg.sensitivity.min_layer, floor))
 
 

@@ -21,6 +21,7 @@ from clm_explore.config import FinetuneConfig, MaskConfig
 from clm_explore.data import AnnotatedData
 from clm_explore.finetune import finetune
 from clm_explore.modeling import count_parameters, load_model
+from clm_explore.sensitivity import SensitivityReport
 
 LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
 # min_layer 0: every layer and the word embeddings compete, so DeltaEmbedding is exercised too.
@@ -265,3 +266,14 @@ def test_sparse_merged_saves_the_merged_tokenizer_and_reproduces_predictions(tmp
         preds = model(**enc).logits.argmax(-1)
     assert [model.config.id2label[int(i)] for i in preds] == predictions["pred"].tolist()
     assert count_parameters(model) == result.metrics["base_params"]
+
+
+@pytest.mark.parametrize(("min_layer", "scored_from"), [(-1, 1), (2, 1)])  # auto: the upper half; 2: pooler only
+def test_finetune_scores_only_the_layers_the_mask_may_pick(data, tmp_path, min_layer, scored_from):
+    cfg = replace(SPARSE, epochs=1, mask=MaskConfig(budget=0.03, min_layer=min_layer))
+    result = finetune(data, cfg, tmp_path / "run", source="tiny-random")
+    report = SensitivityReport.load(tmp_path / "run" / "sensitivity")
+    assert report.scored_from_layer == scored_from
+    assert result.metrics["lowest_layer"] >= min_layer
+    for name, info in report.matrices.items():
+        assert (info.layer >= scored_from) == bool(report.row_scores[name].any()), name
