@@ -8,8 +8,9 @@ wall time until sparse comes within 0.5 point of full's final test accuracy (pre
     python bench/bench_core.py --data ../shared/data/banking77 --epochs 3 --seeds 0,1,2
 
 Variants (``--variants``): ``full``; ``sparse`` (default config); ``sparse-all-layers`` (rows may sit in
-any layer, so backward runs to the bottom); ``sparse-top2`` (rows only in layers 4-5 of 6: a shorter backward); ``sparse-untargeted`` (Fisher without the token restriction);
-``sparse-merged`` (with 64 adaptive merged tokens). The per-epoch test curve is for reporting only.
+any layer, so backward runs to the bottom); ``sparse-top2`` (rows only in layers 4-5 of 6: a shorter
+backward); ``sparse-untargeted`` (Fisher without the token restriction); ``sparse-merged`` (with 64
+adaptive merged tokens). The per-epoch test curve is for reporting only.
 Learning rates are the methods' defaults unless ``--lr variant=LR,...`` fixes them (choose them on
 validation, e.g. with ``clm-explore bench --tune-lr``, never on test).
 """
