@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import threading
 
@@ -31,8 +34,21 @@ def classification_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]
     }
 
 
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``).
+
+    On CPU the peak is the growth of the process's RSS; without this, what an earlier phase (the scoring
+    pass, the head warm-up) freed but the allocator kept would be reused silently and not counted, so the
+    figure would depend on the preparation rather than on what training needs.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: RSS keeps what the allocator holds
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMemory:
-    """Peak extra memory while training: CUDA's allocator peak, or sampled process RSS on CPU."""
+    """Peak extra memory while training: CUDA's allocator peak, or sampled process RSS on CPU (measured
+    from a trimmed heap, see ``release_free_memory``)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -45,6 +61,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
+            release_free_memory()
             self.process = psutil.Process(os.getpid())
             self.start = self.process.memory_info().rss
             self._thread = threading.Thread(target=self._sample, daemon=True)
