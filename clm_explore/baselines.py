@@ -307,9 +307,7 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
     head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
     linears = scored_linears(model)
-    embedding = model.get_input_embeddings()
-    totals = _accumulate_gradients(model, batches, linears, embedding if not cfg.min_layer else None, dev,
-                                   cfg.min_layer)
+    totals = _accumulate_gradients(model, batches, linears, dev, cfg.min_layer)
     n_rows = sum(len(b.labels) for b in batches)
     matrices = {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
                                           lin.in_features + (lin.bias is not None))
@@ -325,13 +323,14 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
                              config, head_state, time.perf_counter() - started, notes)
 
 
-def _accumulate_gradients(model, batches, linears, embedding, dev, min_layer: int = 0) -> dict[str, torch.Tensor]:
-    """Summed |batch gradient| per row; ``embedding`` None leaves the embeddings unscored, and maps below
-    ``min_layer`` require no gradient, so backward stops at the lowest scored map."""
+def _accumulate_gradients(model, batches, linears, dev, min_layer: int = 0) -> dict[str, torch.Tensor]:
+    """Summed |batch gradient| per row. Maps below ``min_layer`` (and the word embeddings, when it is above
+    0) require no gradient and score 0, so backward stops at the lowest scored map."""
+    embedding = model.get_input_embeddings() if not min_layer else None
     scored = {n: lin for n, (lin, layer, _) in linears.items() if layer >= min_layer}
     was = {n: p.requires_grad for n, p in model.named_parameters()}
     totals = {n: torch.zeros(lin.out_features) for n, (lin, _, _) in linears.items()}
-    totals["<embedding>"] = torch.zeros(model.get_input_embeddings().num_embeddings)
+    totals["<embedding>"] = torch.zeros(model.get_input_embeddings().num_embeddings)  # stays 0 when unscored
     model.eval()  # dropout off, as for the Fisher scores
     freeze_all(model)
     params = ([embedding.weight] if embedding is not None else []) + [p for lin in scored.values() for p in lin.parameters()]
