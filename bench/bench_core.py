@@ -12,7 +12,11 @@ any layer, so backward runs to the bottom); ``sparse-top2`` (rows only in layers
 backward); ``sparse-untargeted`` (Fisher without the token restriction); ``sparse-merged`` (with 64
 adaptive merged tokens). The per-epoch test curve is for reporting only.
 Learning rates are the methods' defaults unless ``--lr variant=LR,...`` fixes them (choose them on
-validation, e.g. with ``clm-explore bench --tune-lr``, never on test).
+validation, e.g. with ``clm-explore bench --tune-lr``, never on test). ``--curve-split validation`` is that
+sweep on the full data: the per-epoch curve is taken on the validation split carved from train, and the
+table shows the final validation accuracy per variant and learning rate (the test figures are not printed).
+
+    python bench/bench_core.py --curve-split validation --variants sparse --lr sparse=2.5e-3 --out bench/out/sweep
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def run_cell(spec: dict) -> None:
     if spec["limit"]:
         fraction = min(1.0, spec["limit"] / len(data.train))
         data.train = data.train.groupby("label").sample(frac=fraction, random_state=0).reset_index(drop=True)
-    cfg = FinetuneConfig.from_dict({**spec["config"], "curve_split": "test"})
+    cfg = FinetuneConfig.from_dict({**spec["config"], "curve_split": spec.get("curve_split", "test")})
     finetune(data, cfg, spec["out"], source=spec["model"])
 
 
@@ -81,6 +85,8 @@ def main() -> None:
     ap.add_argument("--lr", default="", help="fixed learning rates per variant, e.g. full=6.7e-5,sparse=5e-3")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/out/core")
+    ap.add_argument("--curve-split", choices=("test", "validation"), default="test",
+                    help="validation: a learning-rate sweep, scored on the validation split only")
     ap.add_argument("--cell", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cell:
@@ -97,7 +103,7 @@ def main() -> None:
                 config = {"epochs": args.epochs, "seed": seed, "lr": lrs.get(variant, 0.0), **VARIANTS[variant]}
                 config["mask"] = {"budget": args.budget, **config.get("mask", {})}
                 spec = {"data": args.data, "model": args.model, "limit": args.limit, "threads": args.threads,
-                        "config": config, "out": str(out)}
+                        "config": config, "out": str(out), "curve_split": args.curve_split}
                 print(f"running {variant} seed {seed} ...", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], check=True,
                                stdout=subprocess.DEVNULL)
@@ -105,6 +111,9 @@ def main() -> None:
             rows.append({"variant": variant, "seed": seed, **{k: m.get(k) for k in (
                 "accuracy", "macro_f1", "train_seconds", "prep_seconds", "peak_memory_mb", "trainable_params",
                 "lowest_layer", "lr")}, "epoch_s": float(np.mean(m["epoch_seconds"])), "curve": m["val_curve"]})
+    if args.curve_split == "validation":
+        print(summarise_validation(pd.DataFrame(rows), args))
+        return
     print(summarise(pd.DataFrame(rows), args))
     sens = Path(args.out) / f"sparse-s{args.seeds.split(',')[0]}" / "sensitivity"
     if sens.exists():
@@ -118,6 +127,17 @@ def _time_to_target(curve: list[dict], target: float) -> float:
         if point["accuracy"] >= target:
             return point["seconds"]
     return float("nan")
+
+
+def summarise_validation(df: pd.DataFrame, args: argparse.Namespace) -> str:
+    """The sweep's table: validation accuracy after each epoch and at the end (the test split chooses nothing)."""
+    df = df.assign(val_final=[c[-1]["accuracy"] for c in df["curve"]],
+                   val_per_epoch=[" / ".join(f"{p['accuracy']:.4f}" for p in c) for c in df["curve"]])
+    assert all(p["split"] == "validation" for c in df["curve"] for p in c)
+    lines = [f"validation sweep: data {args.data}  epochs {args.epochs}  budget {args.budget:g}  seeds {args.seeds}", ""]
+    table = df[["variant", "lr", "seed", "val_final", "val_per_epoch", "epoch_s"]].round({"val_final": 4, "epoch_s": 1})
+    lines.append(table.to_string(index=False))
+    return "\n".join(lines)
 
 
 def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
