@@ -133,7 +133,8 @@ def summarise_validation(df: pd.DataFrame, args: argparse.Namespace) -> str:
     """The sweep's table: validation accuracy after each epoch and at the end (the test split chooses nothing)."""
     df = df.assign(val_final=[c[-1]["accuracy"] for c in df["curve"]],
                    val_per_epoch=[" / ".join(f"{p['accuracy']:.4f}" for p in c) for c in df["curve"]])
-    assert all(p["split"] == "validation" for c in df["curve"] for p in c)
+    if any(p["split"] != "validation" for c in df["curve"] for p in c):  # a folder of a test-curve run
+        raise SystemExit(f"{args.out} holds cells with a test curve: sweep into a folder of its own")
     lines = [f"validation sweep: data {args.data}  epochs {args.epochs}  budget {args.budget:g}  seeds {args.seeds}", ""]
     table = df[["variant", "lr", "seed", "val_final", "val_per_epoch", "epoch_s"]].round({"val_final": 4, "epoch_s": 1})
     lines.append(table.to_string(index=False))
