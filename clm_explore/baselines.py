@@ -326,11 +326,12 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
 def _accumulate_gradients(model, batches, linears, dev, min_layer: int = 0) -> dict[str, torch.Tensor]:
     """Summed |batch gradient| per row. Maps below ``min_layer`` (and the word embeddings, when it is above
     0) require no gradient and score 0, so backward stops at the lowest scored map."""
-    embedding = model.get_input_embeddings() if not min_layer else None
+    input_embeddings = model.get_input_embeddings()
+    embedding = input_embeddings if not min_layer else None
     scored = {n: lin for n, (lin, layer, _) in linears.items() if layer >= min_layer}
     was = {n: p.requires_grad for n, p in model.named_parameters()}
     totals = {n: torch.zeros(lin.out_features) for n, (lin, _, _) in linears.items()}
-    totals["<embedding>"] = torch.zeros(model.get_input_embeddings().num_embeddings)  # stays 0 when unscored
+    totals["<embedding>"] = torch.zeros(input_embeddings.num_embeddings)  # stays 0 when unscored
     model.eval()  # dropout off, as for the Fisher scores
     freeze_all(model)
     params = ([embedding.weight] if embedding is not None else []) + [p for lin in scored.values() for p in lin.parameters()]
