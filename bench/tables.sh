@@ -6,6 +6,8 @@
 #                                 # learning-rate sweep
 #   bash bench/tables.sh fewshot  # 10-shot grids (LR tuned on validation), the budget sweep, banking77 10-shot,
 #                                 # hint3 on full data
+#   bash bench/tables.sh fulldata # snips full data, every method; banking77 full data, the other methods;
+#                                 # the budget sweep on trec6 full data
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -75,7 +77,26 @@ print(t[t.chosen & (t.method == 'sparse')].lr.iloc[0])")
         --out "$OUT/hint3_sofmattress-full"
 }
 
+fulldata() {
+    # Fifth session: snips on its full training split (1 epoch: 13,084 rows) in two folders, the 6 row and
+    # full methods in one and the 5 other baselines in the other (they ran side by side, one per lane) ...
+    $CLI bench --data "$DATA/snips" --methods full,sparse,random,fisher,gradient,sparse_merged --seeds 3 \
+        --epochs 1 --out "$OUT/snips-full"
+    $CLI bench --data "$DATA/snips" --methods layers,lora,bitfit,prefix,head --seeds 3 --epochs 1 \
+        --out "$OUT/snips-full-others"
+    # ... and banking77 on full data beyond full and sparse: random and Fisher rows at sparse's rate (3 seeds),
+    # the other methods one seed each (gradient and merged-token rows at sparse's rate, the rest at defaults).
+    $CLI bench --data "$DATA/banking77" --methods random,fisher --seeds 3 --epochs 3 \
+        --lr random=2.5e-3,fisher=2.5e-3 --out "$OUT/banking77-full-rows"
+    $CLI bench --data "$DATA/banking77" --methods lora,layers,gradient,bitfit,prefix,head,sparse_merged --seeds 1 \
+        --epochs 3 --lr gradient=2.5e-3,sparse_merged=2.5e-3 --out "$OUT/banking77-full-others"
+    # The budget sweep on full data: trec6 at 0.1% and 5% (the 1% cells are trec6-full's: same data, seeds,
+    # epochs and default rates).
+    $CLI bench --data "$DATA/trec6" --methods sparse,random,fisher --budgets 0.001,0.05 --seeds 3 --epochs 3 \
+        --out "$OUT/trec6-full-budgets"
+}
+
 case "${1:-}" in
-core | fewshot) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot" >&2; exit 2 ;;
+core | fewshot | fulldata) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fulldata" >&2; exit 2 ;;
 esac

@@ -157,7 +157,8 @@ class FinetuneConfig:
     lr: float = 0.0
     """Learning rate; 0 picks the method's default (row deltas 5e-3, full 2e-4, head 1e-2, ...: DEFAULT_LR)."""
     head_lr: float = 0.0
-    """Learning rate of the classification head; 0 = same as lr for full, 1e-3 otherwise."""
+    """Learning rate of the classification head of the row methods (sparse, sparse_merged, random, fisher,
+    gradient); 0 = the method's own lr. The other methods train their head at lr."""
     batch_size: int = 32
     max_length: int = 64
     weight_decay: float = 0.0
