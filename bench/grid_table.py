@@ -1,6 +1,8 @@
 """Print a bench grid folder's summary as a Markdown table (for BENCHMARKS.md), with the chosen LRs.
 
     python bench/grid_table.py bench/out/snips-10shot [more folders ...]
+    python bench/grid_table.py --merge bench/out/snips-full bench/out/snips-full-others   # one table
+
 
 Columns: method (budget), learning rate, accuracy and macro-F1 as mean ± std over seeds, seeds,
 trainable share, train seconds (preparation included) and peak memory, each a mean over seeds.
@@ -19,9 +21,10 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {0.0 if math.isnan(std) else std:.3f}"
 
 
-def grid_table(folder: Path) -> str:
-    s = pd.read_csv(folder / "summary.csv")
-    lines = [f"`{folder}`", "",
+def grid_table(*folders: Path) -> str:
+    """One table of the summaries of the given grid folders (same data and settings, split over folders)."""
+    s = pd.concat([pd.read_csv(folder / "summary.csv") for folder in folders], ignore_index=True)
+    lines = [", ".join(f"`{folder}`" for folder in folders), "",
              "| method | LR | test acc | macro-F1 | seeds | trainable | train s (incl. prep) | peak MB |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
@@ -34,4 +37,8 @@ def grid_table(folder: Path) -> str:
 
 
 if __name__ == "__main__":
-    print("\n\n".join(grid_table(Path(f)) for f in sys.argv[1:]))
+    args = sys.argv[1:]
+    if args and args[0] == "--merge":
+        print(grid_table(*map(Path, args[1:])))
+    else:
+        print("\n\n".join(grid_table(Path(f)) for f in args))
