@@ -3,7 +3,6 @@
     python bench/grid_table.py bench/out/snips-10shot [more folders ...]
     python bench/grid_table.py --merge bench/out/snips-full bench/out/snips-full-others   # one table
 
-
 Columns: method (budget), learning rate, accuracy and macro-F1 as mean ± std over seeds, seeds,
 trainable share, train seconds (preparation included) and peak memory, each a mean over seeds.
 """
