@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The published method grids of BENCHMARKS.md, in two lanes that run side by side on a 2-core machine,
+# The published method grids of BENCHMARKS.md, in lanes that run two at a time side by side on a 2-core machine,
 # one thread per cell (OMP_NUM_THREADS=1):
 #   bash bench/tables.sh core     # banking77 full data, sparse vs full, 3 seeds (twice: before and after the
 #                                 # scoring floor); then the trec6 full-data grid; the banking77 full-data
