@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.config import ConfigError
-from clm_explore.ui import forms, jobs, run_views, state
+from clm_explore.ui import forms, jobs, state
 
 st.title("Finetune")
 st.write(
@@ -25,11 +25,4 @@ if submitted is not None:
     st.toast(f"Queued {job.run_id}")
 
 st.subheader("Queue")
-jobs.progress_panel(key="ft")
-
-st.subheader("Recent runs")
-records = jobs.store().list()[:10]
-if records:
-    run_views.render_runs_table(records, key="ft")
-else:
-    st.caption("No runs yet.")
+jobs.progress_panel(key="ft")  # the queue's cards and, below them, the recent runs

@@ -12,7 +12,7 @@ import streamlit as st
 from clm_explore.config import FinetuneConfig, to_dict
 from clm_explore.jobs import Job, JobQueue
 from clm_explore.runs import RunStatus, RunStore, default_root
-from clm_explore.ui import cache, state
+from clm_explore.ui import cache, run_views, state
 from clm_explore.ui.state import DataChoice
 
 
@@ -46,7 +46,6 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
         run_id=run.id,
         device=cfg.device,
     )
-    state.my_jobs().append(job.id)
     return job
 
 
@@ -69,21 +68,25 @@ def launch_many(methods: list[str], budget: float, choice: DataChoice, source: s
 
 @st.fragment(run_every=1.0)
 def progress_panel(key: str = "ft") -> None:
-    """Every job of the shared queue: progress, loss and metric curves, speed, ETA, cancel.
+    """Every job of the shared queue (progress, loss and metric curves, speed, ETA, cancel), then the
+    newest runs, which show a job's result as soon as it ends.
 
-    Reruns itself every second; when a job this session launched ends, the whole page reruns once
-    so that the run list shows the result.
+    The fragment reruns itself every second. The run list lives inside it on purpose: a full-page
+    ``st.rerun()`` fired from here when a job ended could coalesce with a navigation click that was
+    pending at that moment and keep the user on this page (Streamlit folds both into one rerun of the
+    page that called ``st.rerun``).
     """
     jobs = job_queue().jobs()
     if not jobs:
         st.caption("No jobs yet in this server's queue.")
-        return
     for job in reversed(jobs[-8:]):
         _job_card(job, key)
-    finished = {j.id for j in jobs if j.done and j.id in state.my_jobs()} - state.seen_done()
-    if finished:
-        state.seen_done().update(finished)
-        st.rerun()
+    st.subheader("Recent runs")
+    records = store().list()[:10]
+    if records:
+        run_views.render_runs_table(records, key=key)
+    else:
+        st.caption("No runs yet.")
 
 
 def _job_card(job: Job, key: str) -> None:

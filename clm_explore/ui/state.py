@@ -34,9 +34,6 @@ SENS_COMPARE = "sens_compare"
 """True once the user asked for the restricted vs unrestricted comparison."""
 BUDGET = "budget"
 """The budget chosen on the Budget page, a fraction in (0, 1]."""
-MY_JOBS = "my_jobs"
-"""Ids of jobs this session launched (to rerun the page once when one ends)."""
-SEEN_DONE = "seen_done"
 INLINE_JOBS = "inline_jobs"
 """Run jobs synchronously inside the script (tests); also set by env CLM_EXPLORE_INLINE_JOBS=1."""
 COMPARE_ROW = "compare_row"
@@ -182,14 +179,6 @@ def set_budget(value: float) -> None:
 
 def inline_jobs() -> bool:
     return bool(_get(INLINE_JOBS, os.environ.get("CLM_EXPLORE_INLINE_JOBS") == "1"))
-
-
-def my_jobs() -> list[str]:
-    return _get(MY_JOBS, [])
-
-
-def seen_done() -> set[str]:
-    return _get(SEEN_DONE, set())
 
 
 def get(key: str, default: Any = None) -> Any:
