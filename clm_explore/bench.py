@@ -369,8 +369,13 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
 def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
     path = out_dir / "bench.json"
     if path.is_file():
-        before = json.loads(path.read_text())
-        changed = [k for k in SAME_CELLS if k in before and before[k] != asdict(cfg)[k]]
+        before, now = json.loads(path.read_text()), asdict(cfg)
+        # Rates only matter for the methods both grids hold: a rerun with fewer (or other) methods
+        # resumes as long as the rates of the methods it shares with the finished cells agree.
+        shared = set(before.get("methods", ())) & set(cfg.methods)
+        before["lr"] = {m: r for m, r in before.get("lr", {}).items() if m in shared}
+        now["lr"] = {m: r for m, r in now["lr"].items() if m in shared}
+        changed = [k for k in SAME_CELLS if k in before and before[k] != now[k]]
         if changed:
             raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)}; its finished cells would "
                              "not match. Choose another --out, or delete that folder.")

@@ -74,6 +74,13 @@ def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
     with pytest.raises(BenchError, match="lr"):  # other rates would make the finished cells wrong
         run_grid(data_dir, _cfg(methods=("head", "bitfit"), lr={"head": 0.05}), tmp_path / "out",
                  runner=in_process(cfg), progress=False)
+    # A rerun with a subset of the methods needs only the rates of the methods it keeps.
+    subset = _cfg(methods=("bitfit",))
+    again = run_grid(data_dir, subset, tmp_path / "out", runner=in_process(subset), progress=False)
+    assert list(again.results["method"]) == ["bitfit"] and again.results["lr"].iloc[0] == 1e-3
+    with pytest.raises(BenchError, match="lr"):  # bitfit's finished cell ran at its default rate
+        run_grid(data_dir, _cfg(methods=("bitfit",), lr={"bitfit": 5e-3}), tmp_path / "out",
+                 runner=in_process(subset), progress=False)
 
 
 def test_cli_parses_method_learning_rates():
