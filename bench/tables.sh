@@ -90,9 +90,16 @@ fulldata() {
         --lr random=2.5e-3,fisher=2.5e-3 --out "$OUT/banking77-full-rows"
     $CLI bench --data "$DATA/banking77" --methods lora,layers,gradient,bitfit,prefix,head,sparse_merged --seeds 1 \
         --epochs 3 --lr gradient=2.5e-3,sparse_merged=2.5e-3 --out "$OUT/banking77-full-others"
+    # Seeds 1 and 2 of those (the sixth session ran the next two commands side by side): the second folder
+    # starts as a copy of the first, so each command resumes from seed 0's finished cells of its methods.
+    [ -d "$OUT/banking77-full-others-b" ] || cp -r "$OUT/banking77-full-others" "$OUT/banking77-full-others-b"
+    $CLI bench --data "$DATA/banking77" --methods lora,layers,gradient,bitfit --seeds 3 --epochs 3 \
+        --lr gradient=2.5e-3 --out "$OUT/banking77-full-others"
+    $CLI bench --data "$DATA/banking77" --methods prefix,head,sparse_merged --seeds 3 --epochs 3 \
+        --lr sparse_merged=2.5e-3 --out "$OUT/banking77-full-others-b"
     # The budget sweep on full data: trec6 at 0.1% and 5% (the 1% cells are trec6-full's: same data, seeds,
-    # epochs and default rates); sparse and random rows (fisher did not fit the session: add it here).
-    $CLI bench --data "$DATA/trec6" --methods sparse,random --budgets 0.001,0.05 --seeds 3 --epochs 3 \
+    # epochs and default rates); sparse, random and (added in the sixth session, resuming the folder) fisher rows.
+    $CLI bench --data "$DATA/trec6" --methods sparse,random,fisher --budgets 0.001,0.05 --seeds 3 --epochs 3 \
         --out "$OUT/trec6-full-budgets"
 }
 
