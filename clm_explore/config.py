@@ -147,6 +147,8 @@ class MaskConfig:
 
 
 METHODS = ("sparse", "sparse_merged", "full", "head", "bitfit", "lora", "prefix", "layers", "random", "fisher", "gradient")
+SCHEDULES = ("linear", "cosine", "constant")
+"""Learning-rate schedules after the warm-up (FinetuneConfig.schedule)."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,9 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     """AdamW decoupled weight decay; applied to deltas only, never to frozen rows."""
     warmup_ratio: float = 0.06
-    """Share of steps with linear learning-rate warm-up, then linear decay."""
+    """Share of steps with linear learning-rate warm-up, then the schedule."""
+    schedule: str = "linear"
+    """After the warm-up: 'linear' decay to 0 (the method's design), 'cosine' decay to 0, or 'constant'."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
@@ -191,6 +195,7 @@ class FinetuneConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         _check(self.curve_split in ("validation", "test"), f"curve_split must be validation or test, got {self.curve_split!r}")
 
     @classmethod

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from transformers import PreTrainedModel, get_scheduler
 
 from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import FinetuneConfig, SensitivityConfig, to_dict
@@ -54,6 +54,8 @@ ROW_DELTA_LR = 5e-3
 DEFAULT_LR = {"sparse": ROW_DELTA_LR, "sparse_merged": ROW_DELTA_LR, "random": ROW_DELTA_LR, "fisher": ROW_DELTA_LR,
               "gradient": ROW_DELTA_LR, "full": 2e-4, "layers": 2e-4, "head": 1e-2, "bitfit": 1e-3, "lora": 5e-4,
               "prefix": 1e-2}
+SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+"""FinetuneConfig.schedule -> the name ``transformers.get_scheduler`` knows (all warm up linearly first)."""
 
 
 @dataclass
@@ -66,6 +68,8 @@ class StepInfo:
     elapsed: float
     eta: float
     eval: dict | None = None
+    lr: float = 0.0
+    """The learning rate of the step just taken (the first parameter group: deltas, or the whole model)."""
 
 
 @dataclass
@@ -325,13 +329,15 @@ class _TrainLoop:
         self.train_labels = torch.as_tensor(data.label_ids("train"))
         steps_per_epoch = -(-len(self.train_ids) // cfg.batch_size) // self.world
         self.total_steps = steps_per_epoch * cfg.epochs
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
+        self.scheduler = get_scheduler(SCHEDULER_NAMES[cfg.schedule], self.optimizer,
+                                       num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = self.examples = 0
         self.train_seconds = float(prepared.info.get("prep_seconds", 0.0))
         self.val_curve: list[dict] = []
         self.epoch_seconds: list[float] = []
-        self.last_loss = 0.0
+        self.last_loss = self.last_lr = 0.0
 
     def run(self) -> str:
         dtype = autocast_dtype(self.device)
@@ -348,6 +354,7 @@ class _TrainLoop:
                 loss = nn.functional.cross_entropy(logits.float(), self.train_labels[idx].to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.last_lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
                 self.train_seconds += time.perf_counter() - started
@@ -383,7 +390,8 @@ class _TrainLoop:
             return
         rate = self.examples / max(self.train_seconds - self._prep_seconds(), 1e-9)
         eta = (self.total_steps - self.step) * self.cfg.batch_size / max(rate, 1e-9)
-        self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation))
+        self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation,
+                              self.last_lr))
 
 
 def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict) -> dict:

@@ -105,3 +105,16 @@ def test_one_label_data_exits_2(capsys, tmp_path):
         path, index=False)
     err = run_error(capsys, ["finetune", "--data", str(path), *TINY, *FAST])
     assert "lost" in err and "label" in err
+
+
+def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--schedule", "constant",
+                      "--warmup-ratio", "0", "--head-lr", "0.02", "--out", str(out), "--json"])
+    saved = json.loads((out / "clm_run.json").read_text())["config"]
+    assert (saved["schedule"], saved["warmup_ratio"], saved["head_lr"]) == ("constant", 0.0, 0.02)
+
+
+def test_bad_warmup_ratio_exits_2(capsys, data_dir):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--warmup-ratio", "1.5"])
+    assert "warmup_ratio" in err and "1.5" in err

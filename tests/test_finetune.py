@@ -200,6 +200,30 @@ def test_should_stop_cancels(tmp_path, data):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_schedule_shapes_the_learning_rate_after_the_warm_up(tmp_path, data, schedule):
+    seen: list = []
+    cfg = FinetuneConfig(epochs=2, batch_size=8, device="cpu", lr=1e-2, warmup_ratio=0.25, schedule=schedule,
+                         eval_every_epoch=False, mask=MaskConfig(budget=0.01))
+    finetune(data, cfg, tmp_path / "run", source="tiny-random", on_step=seen.append)
+    lrs = [s.lr for s in seen if s.eval is None]
+    peak = lrs.index(max(lrs))
+    assert lrs[0] == 0.0 and max(lrs) == pytest.approx(1e-2)  # linear warm-up from 0 to the rate
+    assert peak == int(0.25 * len(lrs))
+    after = lrs[peak:]
+    if schedule == "constant":
+        assert after == [pytest.approx(1e-2)] * len(after)
+    else:
+        assert all(a > b for a, b in zip(after, after[1:], strict=False)) and after[-1] < 2e-3
+        quarter = after[len(after) // 4]  # a quarter into the decay: cosine near 0.85 of the peak, linear 0.75
+        assert (quarter > 8e-3) if schedule == "cosine" else (quarter < 8e-3)
+
+
+def test_a_bad_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule must be one of linear, cosine, constant"):
+        FinetuneConfig(schedule="step")
+
+
 def test_weight_decay_leaves_rows_outside_the_mask_identical(tmp_path, data):
     cfg = FinetuneConfig(epochs=1, batch_size=8, device="cpu", weight_decay=0.5, lr=1e-2, seed=1,
                          mask=MaskConfig(budget=0.03, min_layer=0))

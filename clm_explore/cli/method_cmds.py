@@ -12,6 +12,7 @@ from typing import Any
 from clm_explore.cli import UserError, add_data_args, print_json
 from clm_explore.config import (
     METHODS,
+    SCHEDULES,
     DataConfig,
     FinetuneConfig,
     MaskConfig,
@@ -139,6 +140,12 @@ def _register_finetune(sub: Any) -> None:
                    help="fraction of backbone parameters in (0, 1], or a count > 1")
     p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
     p.add_argument("--lr", type=float, default=0.0, help="0 = the method's default")
+    p.add_argument("--head-lr", type=float, default=FinetuneConfig.head_lr,
+                   help="the row methods' head rate (0 = --lr)")
+    p.add_argument("--schedule", default=FinetuneConfig.schedule, choices=SCHEDULES,
+                   help="learning rate after the warm-up: linear or cosine decay to 0, or constant")
+    p.add_argument("--warmup-ratio", type=float, default=FinetuneConfig.warmup_ratio,
+                   help="share of steps with a linear warm-up, in [0, 1)")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
     p.add_argument("--seed", type=int, default=0)
@@ -159,7 +166,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         raise UserError(f"--budget {args.budget:g} must be a fraction in (0, 1] or a whole parameter count above 1.")
     mask = MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
                       include_embeddings=not args.no_embeddings, seed=args.seed)
-    return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+    return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
+                          schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask)
 
 

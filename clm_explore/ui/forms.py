@@ -9,7 +9,7 @@ import os
 import numpy as np
 import streamlit as st
 
-from clm_explore.config import METHODS, DataConfig, FinetuneConfig, MiningConfig, SensitivityConfig
+from clm_explore.config import METHODS, SCHEDULES, DataConfig, FinetuneConfig, MiningConfig, SensitivityConfig
 from clm_explore.ui import state
 
 SOURCES = ("default", "tiny-random", "local folder…")
@@ -149,7 +149,7 @@ def budget_input(key: str = "budget") -> float:
 
 
 def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
-    """Method, budget, epochs, lr, seed; returns (run name, config) when Launch is pressed."""
+    """Method, budget, epochs, lr, seed, schedule; returns (run name, config) when Launch is pressed."""
     defaults = FinetuneConfig()
     with st.form(f"{key}_form"):
         c1, c2, c3 = st.columns(3)
@@ -168,6 +168,12 @@ def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
         )
         seed = c2.number_input("Seed", 0, 10_000, defaults.seed, key=f"{key}_seed")
         name = c3.text_input("Run name (optional)", key=f"{key}_name")
+        schedule = c1.selectbox(
+            "Rate schedule",
+            SCHEDULES,
+            key=f"{key}_schedule",
+            help="After a short linear warm-up: linear or cosine decay to 0, or a constant rate.",
+        )
         st.caption(f"Runs on: {default_device()}")
         if not st.form_submit_button("Launch", type="primary"):
             return None
@@ -177,6 +183,7 @@ def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
         method=method,
         epochs=int(epochs),
         lr=float(lr),
+        schedule=schedule,
         seed=int(seed),
         mask=mask,
         mining=state.mining_cfg(),
