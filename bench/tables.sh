@@ -84,6 +84,9 @@ fulldata() {
         --epochs 1 --out "$OUT/snips-full"
     $CLI bench --data "$DATA/snips" --methods layers,lora,bitfit,prefix,head --seeds 3 --epochs 1 \
         --out "$OUT/snips-full-others"
+    # ... and full vs sparse over 3 epochs, one seed (sixth session; two folders, run side by side).
+    $CLI bench --data "$DATA/snips" --methods full --seeds 1 --epochs 3 --out "$OUT/snips-full-3ep"
+    $CLI bench --data "$DATA/snips" --methods sparse --seeds 1 --epochs 3 --out "$OUT/snips-full-3ep-b"
     # ... and banking77 on full data beyond full and sparse: random and Fisher rows at sparse's rate (3 seeds),
     # the other methods one seed each (gradient and merged-token rows at sparse's rate, the rest at defaults).
     $CLI bench --data "$DATA/banking77" --methods random,fisher --seeds 3 --epochs 3 \
