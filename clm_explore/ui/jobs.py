@@ -109,7 +109,11 @@ def _job_card(job: Job, key: str) -> None:
         m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
         m3.metric("Elapsed", _duration(p.elapsed or (time.time() - (job.started or time.time()))))
         m4.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–")
-        if p.losses:
+        # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
+        # every open session, held the server's CPU away from the jobs themselves (a head job on the tiny
+        # model went from 27 s to 99 s with four finished jobs on the board and two sessions watching).
+        show = not job.done or st.toggle("Curves", key=f"{key}_curves_{job.id}")
+        if p.losses and show:
             _curves(p.losses, p.eval_history, f"{key}_{job.id}")
         if job.status is RunStatus.FAILED and job.error:
             st.error("The job failed:")
