@@ -110,8 +110,8 @@ def _job_card(job: Job, key: str) -> None:
         m3.metric("Elapsed", _duration(p.elapsed or (time.time() - (job.started or time.time()))))
         m4.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
-        # every open session, held the server's CPU away from the jobs themselves (a head job on the tiny
-        # model went from 27 s to 99 s with four finished jobs on the board and two sessions watching).
+        # every open session, held the server's CPU away from the jobs themselves (in the two-user browser
+        # test, with four finished jobs on the board, a head job on the tiny model waited 99 s, now 21 s).
         show = not job.done or st.toggle("Curves", key=f"{key}_curves_{job.id}")
         if p.losses and show:
             _curves(p.losses, p.eval_history, f"{key}_{job.id}")
