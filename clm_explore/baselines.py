@@ -275,8 +275,9 @@ def prepare_random(ctx: MethodContext) -> Prepared:
 
 @register_method("fisher")
 def prepare_fisher(ctx: MethodContext) -> Prepared:
-    """Fisher rows without the token restriction (every position's gradient counts)."""
-    _, report, seconds = mine_and_score(ctx, "none")
+    """Fisher rows without the token restriction (every position's gradient counts), whatever the score
+    of ``sparse`` is set to: the baseline is the unrestricted Fisher by definition."""
+    _, report, seconds = mine_and_score(ctx, "none", score="fisher")
     return prepare_rows(ctx, report, select_mask(report, replace(ctx.cfg.mask, strategy="topk_global")), seconds)
 
 

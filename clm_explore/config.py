@@ -88,12 +88,17 @@ class MiningConfig:
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
 
 
+SCORES = ("fisher", "taylor", "gradient")
+"""Row scores of the sensitivity pass (SensitivityConfig.score)."""
+
+
 @dataclass(frozen=True)
 class SensitivityConfig:
     restriction: str = "tokens"
     """'tokens': weight gradients only from mined-group positions plus the pooling position; 'none'."""
     score: str = "fisher"
-    """'fisher' (mean squared per-example gradient) or 'taylor' (|w * dL/dw|)."""
+    """'fisher' (mean squared per-example gradient), 'taylor' (|w * dL/dw|) or 'gradient' (summed |batch
+    gradient|, the gradient-magnitude score of sparse-finetuning studies; depends on how rows are batched)."""
     normalise: str = "mean"
     """Per-matrix normalisation of row scores: 'mean', 'zscore', 'rank' (percentile within the matrix, so
     every matrix gives about the same share of its rows) or 'none'."""
@@ -114,7 +119,7 @@ class SensitivityConfig:
     def __post_init__(self) -> None:
         _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
         _check(self.restriction in ("tokens", "none"), f"restriction must be tokens or none, got {self.restriction!r}")
-        _check(self.score in ("fisher", "taylor"), f"score must be fisher or taylor, got {self.score!r}")
+        _check(self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         _check(self.normalise in ("mean", "zscore", "rank", "none"), f"normalise must be mean, zscore, rank or none, got {self.normalise!r}")
         _check(self.calibration_rows >= 1, f"calibration_rows must be >= 1, got {self.calibration_rows}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")

@@ -147,10 +147,10 @@ def prepare_full(ctx: MethodContext) -> Prepared:
 
 
 def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | None = None,
-                   all_layers: bool = False) -> tuple[TaskTokens, SensitivityReport, float]:
+                   all_layers: bool = False, score: str | None = None) -> tuple[TaskTokens, SensitivityReport, float]:
     """Mine groups on train, merge the top words when asked (``merge_tokens``, default the config's), then
-    row sensitivity (of the layers the mask may pick from, or of every layer with ``all_layers``); all
-    saved into the run folder. Returns seconds too."""
+    row sensitivity (of the layers the mask may pick from, or of every layer with ``all_layers``; the
+    config's score unless ``score`` names one); all saved into the run folder. Returns seconds too."""
     started = time.perf_counter()
     train = ctx.data.train
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer, ctx.cfg.mining)
@@ -158,7 +158,8 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
     if merge_tokens:
         merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), merge_tokens)
         _write_json(ctx.out_dir / "merge.json", merge.to_dict())
-    sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction)
+    sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction,
+                       score=score or ctx.cfg.sensitivity.score)
     report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device))
     task_tokens.save(ctx.out_dir / "task_tokens.json")
     report.save(ctx.out_dir / "sensitivity")

@@ -5,8 +5,8 @@ once. Forward hooks keep each linear map's input x and a tensor hook its output 
 gradient of one example is sum_p m_p g_p x_p^T, where the position mask m keeps only token positions
 covered by mined groups plus the pooling position. Applying m there, rather than at the embedding output,
 restricts every matrix's weight gradient while leaving the forward values and the gradients that flow
-to lower layers untouched. Row scores sum the squared per-example gradient over a row (empirical Fisher)
-or |w * dL/dw| (Taylor).
+to lower layers untouched. Row scores sum the squared per-example gradient over a row (empirical Fisher),
+|w * dL/dw| (Taylor) or the row's L1 norm of each batch's gradient (gradient magnitude).
 """
 
 from __future__ import annotations
@@ -286,6 +286,12 @@ class _RowScorer:
                 gram += 1.0  # the bias acts like a constant input of 1
             row = torch.einsum("bpo,bpq,bqo->o", g, gram, g)
             self.totals[name] += row.cpu()
+        elif self.score == "gradient":
+            # L1 norm of each row of the batch's (position-restricted) weight gradient, plus its bias's.
+            row = torch.einsum("bpo,bpi->oi", g, x).abs().sum(-1)
+            if lin.bias is not None:
+                row += g.sum((0, 1)).abs()
+            self.totals[name] += row.cpu()
         else:
             grad_w = torch.einsum("bpo,bpi->oi", g, x)
             sums = self.grad_sums.setdefault(name, [torch.zeros_like(grad_w), torch.zeros_like(grad_w[:, 0])])
@@ -295,7 +301,7 @@ class _RowScorer:
 
     @torch.no_grad()
     def scores(self, n_rows: int) -> dict[str, torch.Tensor]:
-        if self.score == "fisher":
+        if self.score in ("fisher", "gradient"):
             return {k: v / n_rows for k, v in self.totals.items()}
         out = {}
         for name, (lin, _, _) in self.linears.items():
@@ -342,6 +348,10 @@ class _EmbeddingScorer:
         rows = uniq % vocab
         if self.score == "fisher":
             self.totals.index_add_(0, rows.cpu(), per_example.pow(2).sum(-1).cpu())
+        elif self.score == "gradient":  # the batch's gradient of each row: its examples' summed
+            tokens, where = rows.unique(return_inverse=True)
+            batch_grad = torch.zeros(len(tokens), g.shape[-1], device=g.device).index_add_(0, where, per_example)
+            self.totals.index_add_(0, tokens.cpu(), batch_grad.abs().sum(-1).cpu())
         else:
             if self.grad_sum is None:
                 self.grad_sum = torch.zeros(self.embedding.weight.shape, device=g.device)
@@ -349,7 +359,7 @@ class _EmbeddingScorer:
 
     @torch.no_grad()
     def scores(self, n_rows: int) -> torch.Tensor:
-        if self.score == "fisher" or self.grad_sum is None:
+        if self.score in ("fisher", "gradient") or self.grad_sum is None:
             return self.totals / n_rows
         return (self.grad_sum / n_rows * self.embedding.weight.float()).abs().sum(-1).cpu()
 

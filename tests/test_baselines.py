@@ -107,6 +107,15 @@ def test_row_selections_spend_the_budget(method, tiny_data, tmp_path):
     assert budget - widest_row < selected <= budget
 
 
+def test_fisher_baseline_scores_with_fisher_whatever_sparse_uses(tiny_data, tmp_path):
+    cfg = _cfg("fisher")
+    cfg = FinetuneConfig(**{**vars(cfg), "sensitivity": SensitivityConfig(calibration_rows=80, warmup_epochs=1,
+                                                                            score="gradient")})
+    result = finetune(tiny_data, cfg, tmp_path / "fisher", source="tiny-random")
+    scored = json.loads((result.out_dir / "sensitivity" / "sensitivity.json").read_text())["config"]
+    assert (scored["score"], scored["restriction"]) == ("fisher", "none")
+
+
 def test_random_rows_depend_on_the_seed(tiny_data, tmp_path):
     a = load_file(_run("random", tiny_data, tmp_path / "a", seed=0).out_dir / "masks.safetensors")
     b = load_file(_run("random", tiny_data, tmp_path / "b", seed=1).out_dir / "masks.safetensors")

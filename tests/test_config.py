@@ -32,7 +32,7 @@ RULES = [
     (MiningConfig, "combine", "sum", "combine must be product or rank"),
     (MiningConfig, "top_k", -1, "top_k must be >= 0"),
     (SensitivityConfig, "restriction", "all", "restriction must be tokens or none"),
-    (SensitivityConfig, "score", "grad", "score must be fisher or taylor"),
+    (SensitivityConfig, "score", "grad", "score must be one of fisher, taylor, gradient"),
     (SensitivityConfig, "normalise", "max", "normalise must be mean, zscore, rank or none"),
     (SensitivityConfig, "calibration_rows", 0, "calibration_rows must be >= 1"),
     (SensitivityConfig, "warmup_epochs", -1, "warmup_epochs must be >= 0"),

@@ -84,10 +84,14 @@ def brute_force(loaded, texts, y, allowed, score: str = "fisher") -> dict[str, t
                 gw, gb = grads[2 * i], grads[2 * i + 1]
                 if score == "fisher":
                     totals[name] += gw.pow(2).sum(1) + gb.pow(2)
+                elif score == "gradient":  # each example its own batch
+                    totals[name] += gw.abs().sum(1) + gb.abs()
                 weight_grads[name] += gw
                 bias_grads[name] += gb
             if score == "fisher":
                 totals[emb_name] += grads[-1].pow(2).sum(1)
+            elif score == "gradient":
+                totals[emb_name] += grads[-1].abs().sum(1)
             emb_grad += grads[-1]
     finally:
         for h in handles:
@@ -99,6 +103,11 @@ def brute_force(loaded, texts, y, allowed, score: str = "fisher") -> dict[str, t
                 totals[name] = (lin.weight * weight_grads[name] / n).abs().sum(1) + (lin.bias * bias_grads[name] / n).abs()
             totals[emb_name] = (emb.weight * emb_grad / n).abs().sum(1)
         return totals
+    if score == "gradient_one_batch":  # every row in one batch: the summed gradient's row L1 norms
+        with torch.no_grad():
+            for name in linears:
+                totals[name] = weight_grads[name].abs().sum(1) + bias_grads[name].abs()
+            totals[emb_name] = emb_grad.abs().sum(1)
     return {k: v / n for k, v in totals.items()}
 
 
@@ -147,6 +156,17 @@ def test_taylor_equals_autograd_and_does_not_depend_on_batch_size():
         report = compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(score="taylor", batch_size=batch_size),
                                      device="cpu")
         assert_scores_close(report.row_scores, want)
+
+
+def test_gradient_magnitude_equals_autograd_for_batches_of_one_and_of_all():
+    for batch_size, want_score in ((1, "gradient"), (3, "gradient_one_batch")):
+        want = brute_force(wide_tiny(), TEXTS, Y, ALLOWED, score=want_score)
+        report = compute_sensitivity(wide_tiny(), hand_data(), REFUNDING,
+                                     config(score="gradient", batch_size=batch_size), device="cpu")
+        assert_scores_close(report.row_scores, want)
+    per_example, one_batch = (brute_force(wide_tiny(), TEXTS, Y, ALLOWED, score=s) for s in ("gradient", "gradient_one_batch"))
+    q0 = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(per_example[q0], one_batch[q0])  # the batching matters, as documented
 
 
 def test_one_finite_non_negative_score_per_row(tiny, tiny_data):
@@ -235,7 +255,7 @@ def test_table_columns_and_values():
     assert list(table["layer"]) == sorted(table["layer"])
 
 
-@pytest.mark.parametrize("score", ["fisher", "taylor"])
+@pytest.mark.parametrize("score", ["fisher", "taylor", "gradient"])
 def test_scoring_from_a_layer_keeps_its_scores_and_stops_backward_there(score):
     reached = []
 

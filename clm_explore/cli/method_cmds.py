@@ -13,6 +13,7 @@ from clm_explore.cli import UserError, add_data_args, print_json
 from clm_explore.config import (
     METHODS,
     SCHEDULES,
+    SCORES,
     DataConfig,
     FinetuneConfig,
     MaskConfig,
@@ -85,7 +86,7 @@ def _register_sensitivity(sub: Any) -> None:
     add_data_args(p)
     _model_arg(p)
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens")
-    p.add_argument("--score", choices=["fisher", "taylor"], default="fisher")
+    p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score)
     p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
@@ -153,6 +154,8 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
     p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
     p.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
+    p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
+                   help="row score of the sparse method's sensitivity pass")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", action="store_true")
@@ -168,7 +171,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                       include_embeddings=not args.no_embeddings, seed=args.seed)
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
-                          max_length=args.max_length, seed=args.seed, device=args.device, mask=mask)
+                          max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
+                          sensitivity=SensitivityConfig(score=args.score))
 
 
 def run_finetune(args: argparse.Namespace) -> int:

@@ -9,7 +9,15 @@ import os
 import numpy as np
 import streamlit as st
 
-from clm_explore.config import METHODS, SCHEDULES, DataConfig, FinetuneConfig, MiningConfig, SensitivityConfig
+from clm_explore.config import (
+    METHODS,
+    SCHEDULES,
+    SCORES,
+    DataConfig,
+    FinetuneConfig,
+    MiningConfig,
+    SensitivityConfig,
+)
 from clm_explore.ui import state
 
 SOURCES = ("default", "tiny-random", "local folder…")
@@ -96,7 +104,7 @@ def sensitivity_form(key: str = "sens") -> SensitivityConfig:
     with st.expander("Sensitivity options"), st.form(f"{key}_form"):
         c1, c2, c3 = st.columns(3)
         score = c1.selectbox(
-            "Score", ("fisher", "taylor"), index=("fisher", "taylor").index(cfg.score), key=f"{key}_score"
+            "Score", SCORES, index=SCORES.index(cfg.score), key=f"{key}_score"
         )
         rows = c2.number_input("Calibration rows", 16, 100_000, cfg.calibration_rows, key=f"{key}_rows")
         warmup = c3.number_input("Head warm-up epochs", 0, 50, cfg.warmup_epochs, key=f"{key}_warmup")
