@@ -5,16 +5,18 @@
 # split; test is reported, never used to choose). One thread; run two probes side by side at most.
 #   bash bench/probe_sparse.sh NAME SEED [finetune options ...]
 #   e.g. bash bench/probe_sparse.sh schedule-cosine 0 --schedule cosine
+# CLI names the command line to run (default: the venv's clm-explore; a probe script may stand in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-bench/out}
+CLI=${CLI:-.venv/bin/clm-explore}
 DATA=${DATA:-$OUT/banking77-full-rows/data}
 name=$1 seed=$2
 shift 2
 run="$OUT/b77-probe/$name-s$seed"
 mkdir -p "$OUT/b77-probe"
-.venv/bin/clm-explore finetune --data "$DATA" --method sparse --lr 2.5e-3 --epochs 3 --seed "$seed" --device cpu \
+$CLI finetune --data "$DATA" --method sparse --lr 2.5e-3 --epochs 3 --seed "$seed" --device cpu \
     "$@" --out "$run" --overwrite --json > "$run.json"
 # One line: the probe, validation accuracy after each epoch, test accuracy, train seconds (incl. preparation).
 .venv/bin/python - "$run/metrics.json" "$name" "$seed" <<'PY'

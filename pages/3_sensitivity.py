@@ -9,8 +9,9 @@ from clm_explore.ui import cache, forms, state, views
 
 st.title("Sensitivity")
 st.write(
-    "Fisher scores of every weight row, with gradients taken only at mined task-token positions "
-    "(restricted) or at every position (unrestricted), summed per layer and module."
+    "Row scores of every weight matrix (empirical Fisher by default; Taylor or gradient magnitude "
+    "in the options), with gradients taken only at mined task-token positions (restricted) or at every "
+    "position (unrestricted), summed per layer and module."
 )
 
 choice, source = state.require_data()
