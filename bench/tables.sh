@@ -84,9 +84,10 @@ fulldata() {
         --epochs 1 --out "$OUT/snips-full"
     $CLI bench --data "$DATA/snips" --methods layers,lora,bitfit,prefix,head --seeds 3 --epochs 1 \
         --out "$OUT/snips-full-others"
-    # ... and full vs sparse over 3 epochs, one seed (sixth session; two folders, run side by side).
-    $CLI bench --data "$DATA/snips" --methods full --seeds 1 --epochs 3 --out "$OUT/snips-full-3ep"
-    $CLI bench --data "$DATA/snips" --methods sparse --seeds 1 --epochs 3 --out "$OUT/snips-full-3ep-b"
+    # ... and full vs sparse over 3 epochs (two folders, run side by side; seed 0 in the sixth session, seeds
+    # 1-2 in the seventh, resuming the same folders).
+    $CLI bench --data "$DATA/snips" --methods full --seeds 3 --epochs 3 --out "$OUT/snips-full-3ep"
+    $CLI bench --data "$DATA/snips" --methods sparse --seeds 3 --epochs 3 --out "$OUT/snips-full-3ep-b"
     # ... and banking77 on full data beyond full and sparse: random and Fisher rows at sparse's rate (3 seeds),
     # the other methods one seed each (gradient and merged-token rows at sparse's rate, the rest at defaults).
     $CLI bench --data "$DATA/banking77" --methods random,fisher --seeds 3 --epochs 3 \
@@ -104,6 +105,13 @@ fulldata() {
     # epochs and default rates); sparse, random and (added in the sixth session, resuming the folder) fisher rows.
     $CLI bench --data "$DATA/trec6" --methods sparse,random,fisher --budgets 0.001,0.05 --seeds 3 --epochs 3 \
         --out "$OUT/trec6-full-budgets"
+    # Seventh session: LoRA and prefix tuning on banking77 full data with their own rate sweeps (default x
+    # {1/3, 1, 3} on the validation carve), two lanes side by side; one more rate for LoRA, whose sweep
+    # chose its top one, scored on the same carve (data_tune: its test split is the validation carve).
+    $CLI bench --data "$DATA/banking77" --methods lora --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-lora-tuned"
+    $CLI bench --data "$DATA/banking77" --methods prefix --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-prefix-tuned"
+    $CLI finetune --data "$OUT/banking77-full-lora-tuned/data_tune" --method lora --lr 4.5e-3 --epochs 3 --seed 0 \
+        --device cpu --out "$OUT/banking77-full-lora-tuned/extra/lora-s0-lr0.0045" --overwrite --json >/dev/null
 }
 
 case "${1:-}" in
