@@ -348,7 +348,7 @@ class _EmbeddingScorer:
         rows = uniq % vocab
         if self.score == "fisher":
             self.totals.index_add_(0, rows.cpu(), per_example.pow(2).sum(-1).cpu())
-        elif self.score == "gradient":  # the batch's gradient of each row: its examples' summed
+        elif self.score == "gradient":  # a token row's batch gradient is the sum over the batch's examples
             tokens, where = rows.unique(return_inverse=True)
             batch_grad = torch.zeros(len(tokens), g.shape[-1], device=g.device).index_add_(0, where, per_example)
             self.totals.index_add_(0, tokens.cpu(), batch_grad.abs().sum(-1).cpu())
