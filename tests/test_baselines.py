@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -108,9 +109,7 @@ def test_row_selections_spend_the_budget(method, tiny_data, tmp_path):
 
 
 def test_fisher_baseline_scores_with_fisher_whatever_sparse_uses(tiny_data, tmp_path):
-    cfg = _cfg("fisher")
-    cfg = FinetuneConfig(**{**vars(cfg), "sensitivity": SensitivityConfig(calibration_rows=80, warmup_epochs=1,
-                                                                            score="gradient")})
+    cfg = replace(_cfg("fisher"), sensitivity=SensitivityConfig(calibration_rows=80, warmup_epochs=1, score="gradient"))
     result = finetune(tiny_data, cfg, tmp_path / "fisher", source="tiny-random")
     scored = json.loads((result.out_dir / "sensitivity" / "sensitivity.json").read_text())["config"]
     assert (scored["score"], scored["restriction"]) == ("fisher", "none")
