@@ -7,8 +7,11 @@ caller of the same queue (the app keeps one queue per server process).
 
 The worker keeps a progress snapshot from ``on_step`` (the core's ``StepInfo``), polls a cancel
 ``Event`` through ``should_stop``, and moves the job's run in the ``RunStore`` through
-running -> succeeded / failed / cancelled. A thread is enough: PyTorch releases the GIL in its
-kernels, so the app stays responsive while a job trains.
+running -> succeeded / failed / cancelled.
+
+With ``processes=True`` (the app) each device's worker thread hands its jobs to a child process of its own
+(``job_process.WorkerProcess``): the job then never waits on the GIL behind the server's page redraws,
+and a crash in it fails the job, not the server. Without it (scripts, tests) jobs run in the thread.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clm_explore.job_process import JobFailed, WorkerProcess
 from clm_explore.runs import RunStatus, RunStore, RunStoreError
 
 _STEP_FIELDS = ("step", "total_steps", "epoch", "loss", "examples_per_second", "elapsed", "eta")
@@ -119,11 +123,20 @@ class JobQueue:
     Args:
         store: where the jobs' runs are registered (status updates); None skips that.
         inline: run each job synchronously inside ``submit`` (tests, AppTest).
+        processes: run each device's jobs in a child process of that device (see the module docstring);
+            ``fn``, its arguments and its result must then pickle.
+        torch_threads: CPU threads for torch in those processes (None: torch's default).
+        preload: modules those processes import as soon as they start (e.g. ``clm_explore.finetune``).
     """
 
-    def __init__(self, store: RunStore | None = None, inline: bool = False) -> None:
+    def __init__(self, store: RunStore | None = None, inline: bool = False, processes: bool = False,
+                 torch_threads: int | None = None, preload: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.store = store
         self.inline = inline
+        self.processes = processes and not inline
+        self.torch_threads = torch_threads
+        self.preload = preload
+        self._processes: dict[str, WorkerProcess] = {}
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, queue.Queue[Job | None]] = {}
         self._workers: dict[str, threading.Thread] = {}
@@ -148,6 +161,8 @@ class JobQueue:
         # Called under self._lock: the worker is created once per device, lazily.
         if device not in self._queues:
             self._queues[device] = queue.Queue()
+            if self.processes:
+                self._processes[device] = WorkerProcess(device, self.torch_threads, self.preload)
             worker = threading.Thread(
                 target=self._work, args=(device,), name=f"clm-jobs-{device}", daemon=True
             )
@@ -157,6 +172,8 @@ class JobQueue:
 
     def _work(self, device: str) -> None:
         jobs = self._queues[device]
+        if device in self._processes:
+            self._processes[device].start()  # its imports run now, while the user is still choosing
         while True:
             job = jobs.get()
             if job is None:
@@ -171,12 +188,18 @@ class JobQueue:
         self._set_run_status(job, RunStatus.RUNNING)  # the row first: a running job implies a running run
         job.status = RunStatus.RUNNING
         try:
-            job.result = job.fn(**job.kwargs, on_step=job.on_step, should_stop=job.should_stop)
-        except BaseException:  # noqa: BLE001 - any failure of the job is reported, the worker lives on
-            job.error = traceback.format_exc()
+            job.result = self._call(job)
+        except BaseException as exc:  # noqa: BLE001 - any failure of the job is reported, the worker lives on
+            job.error = str(exc) if isinstance(exc, JobFailed) else traceback.format_exc()
             self._finish(job, RunStatus.FAILED)
             return
         self._finish(job, _result_status(job))
+
+    def _call(self, job: Job) -> Any:
+        process = self._processes.get(job.device)
+        if process is None:
+            return job.fn(**job.kwargs, on_step=job.on_step, should_stop=job.should_stop)
+        return process.run(job.fn, job.kwargs, job.on_step, job.cancel_event)
 
     def _finish(self, job: Job, status: RunStatus) -> None:
         metrics = getattr(job.result, "metrics", None)
@@ -221,6 +244,13 @@ class JobQueue:
         with self._lock:
             return list(self._workers)
 
+    def warm(self, device: str | None = None) -> None:
+        """Start the worker of ``device`` now (with ``processes``, its child and imports) rather than at the
+        first job."""
+        if not self.inline:
+            with self._lock:
+                self._queue_for(normalise_device(device))
+
     def shutdown(self, timeout: float | None = 5.0) -> None:
         """Cancel everything and stop the workers (tests)."""
         for job in self.jobs():
@@ -231,6 +261,8 @@ class JobQueue:
             workers = list(self._workers.values())
         for worker in workers:
             worker.join(timeout)
+        for process in list(self._processes.values()):
+            process.close(timeout)
 
 
 def normalise_device(device: str | None) -> str:

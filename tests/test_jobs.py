@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -140,3 +141,69 @@ def test_normalise_device() -> None:
     assert normalise_device("cuda") == "cuda:0"
     assert normalise_device("CPU") == "cpu"
     assert normalise_device("auto") in ("cpu", "cuda:0")
+
+
+# -- jobs in a worker process (the app's mode) ---------------------------------------------------------
+def report_pid(steps: int = 2, on_step=None, should_stop=None) -> FakeResult:
+    for step in range(1, steps + 1):
+        on_step({"step": step, "total_steps": steps, "loss": 1.0 / step})
+    return FakeResult("succeeded", {"pid": os.getpid()})
+
+
+def run_until_stopped(on_step=None, should_stop=None) -> FakeResult:
+    deadline = time.time() + 30
+    step = 0
+    while not should_stop() and time.time() < deadline:
+        step += 1
+        on_step({"step": step, "total_steps": 10**6, "loss": 1.0})
+        time.sleep(0.01)
+    return FakeResult("cancelled" if should_stop() else "succeeded", {})
+
+
+def die(on_step=None, should_stop=None) -> None:
+    os._exit(3)
+
+
+@pytest.fixture(scope="module")
+def process_jobs():
+    q = JobQueue(RunStore(), processes=True)
+    q.warm("cpu")
+    yield q
+    q.shutdown()
+
+
+def test_process_jobs_run_in_one_reused_child(process_jobs: JobQueue) -> None:
+    first, second = (process_jobs.submit(report_pid, {"steps": 3}) for _ in range(2))
+    assert first.wait(60) and second.wait(60)
+    assert first.status is RunStatus.SUCCEEDED and second.status is RunStatus.SUCCEEDED
+    assert [s for s, _ in first.progress().losses] == [1, 2, 3]
+    child = first.result.metrics["pid"]
+    assert child != os.getpid() and second.result.metrics["pid"] == child
+
+
+def test_process_job_failures_are_reported_and_the_worker_recovers(process_jobs: JobQueue) -> None:
+    store = process_jobs.store
+    run = store.create("bad", "sparse", {})
+    ok = process_jobs.submit(report_pid, {})
+    failed = process_jobs.submit(boom, {}, run_id=run.id)
+    unpicklable = process_jobs.submit(report_pid, {"steps": threading.Event()})
+    crashed = process_jobs.submit(die, {})
+    after = process_jobs.submit(report_pid, {})
+    for job in (ok, failed, unpicklable, crashed, after):
+        assert job.wait(60)
+    assert failed.status is RunStatus.FAILED and "ValueError: bad input" in failed.error
+    assert store.get(run.id).error == "ValueError: bad input"
+    assert unpicklable.status is RunStatus.FAILED and "could not be handed" in unpicklable.error
+    assert crashed.status is RunStatus.FAILED and "died (exit code 3)" in crashed.error
+    assert after.status is RunStatus.SUCCEEDED
+    assert after.result.metrics["pid"] != ok.result.metrics["pid"]  # a new child took over
+
+
+def test_process_job_cancel_reaches_the_child(process_jobs: JobQueue) -> None:
+    job = process_jobs.submit(run_until_stopped, {})
+    deadline = time.time() + 60
+    while job.progress().step < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.status is RunStatus.RUNNING
+    job.cancel()
+    assert job.wait(10) and job.status is RunStatus.CANCELLED

@@ -12,7 +12,7 @@ import streamlit as st
 from clm_explore.config import FinetuneConfig, to_dict
 from clm_explore.jobs import Job, JobQueue
 from clm_explore.runs import RunStatus, RunStore, default_root
-from clm_explore.ui import cache, run_views, state
+from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
 
 
@@ -23,10 +23,15 @@ def store() -> RunStore:
 @st.cache_resource(show_spinner=False)
 def _queue(root: str, inline: bool) -> JobQueue:
     # Created once per server process (and run root): runs left pending/running by a previous
-    # process are marked interrupted here, before any new job starts.
+    # process are marked interrupted here, before any new job starts. Jobs run in a worker process per
+    # device (see clm_explore.jobs), started now for the default device so that its imports are done
+    # by the time someone presses Launch.
     runs = cache.run_store(root)
     runs.mark_interrupted()
-    return JobQueue(runs, inline=inline)
+    jobs = JobQueue(runs, inline=inline, processes=True, torch_threads=cache.configure_torch(),
+                    preload=("clm_explore.finetune",))  # fmt: skip
+    jobs.warm(forms.default_device())
+    return jobs
 
 
 def job_queue() -> JobQueue:

@@ -1,0 +1,163 @@
+"""A long-lived child process that runs the jobs of one device, so that a job never competes with the
+server's own threads for the GIL.
+
+Why a process and not a thread: the app redraws every open session's progress panel once a second in the
+server process. A job run in a thread had to win the GIL back after each PyTorch call, and with two browser
+sessions watching, the browser test's tiny 'full' job took 81 s instead of 2.3 s (its data preparation 42 s
+instead of 0.3 s). In a process of its own the job keeps its speed, and a crash in it (out of memory, a
+kernel fault) fails that job, not the server.
+
+The child is spawned, not forked (the server has threads, and maybe CUDA), once per device and reused, so
+the imports of torch and transformers are paid once. Protocol over a ``Pipe``: the parent sends
+``(fn, kwargs)``; the child answers ``("step", dict)`` any number of times, then ``("done", result)`` or
+``("error", traceback text)``. Cancelling sets an ``Event`` shared with the child; the job's own
+``should_stop`` reads it. ``fn``, its arguments and its result must pickle: ``fn`` is imported by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import multiprocessing
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+_SPAWN = multiprocessing.get_context("spawn")
+_POLL_SECONDS = 0.1
+
+
+class JobFailed(Exception):
+    """The job raised in the child, could not be sent to it, or the child died; ``str()`` is the traceback."""
+
+
+class WorkerProcess:
+    """The child process of one device; ``run`` one job at a time (the device's queue thread calls it).
+
+    Args:
+        device: the device name, for messages and the process name.
+        torch_threads: CPU threads for torch in the child (None: torch's default).
+        preload: modules the child imports as soon as it starts, before the first job arrives.
+    """
+
+    def __init__(self, device: str, torch_threads: int | None = None, preload: tuple[str, ...] = ()) -> None:
+        self.device = device
+        self.torch_threads = torch_threads
+        self.preload = preload
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._stop: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Spawn the child unless it is alive already (after a crash, the next job spawns a new one)."""
+        if self._process is not None and self._process.is_alive():
+            return
+        parent_end, child_end = _SPAWN.Pipe()
+        self._stop = _SPAWN.Event()
+        self._process = _SPAWN.Process(
+            target=_serve,
+            args=(child_end, self._stop, self.torch_threads, self.preload),
+            name=f"clm-jobs-{self.device}",
+            daemon=True,  # ends with the server
+        )
+        self._process.start()
+        child_end.close()
+        self._conn = parent_end
+
+    def run(self, fn: Callable[..., Any], kwargs: dict[str, Any], on_step: Callable[[Any], None],
+            cancel: threading.Event) -> Any:  # fmt: skip
+        """``fn(**kwargs, on_step=..., should_stop=...)`` in the child; its result, or ``JobFailed``."""
+        self.start()
+        assert self._conn is not None
+        self._stop.clear()
+        try:
+            self._conn.send((fn, kwargs))  # pickles first, so a failure here sends nothing
+        except Exception as exc:  # noqa: BLE001 - unpicklable arguments or a dead pipe: the job fails
+            message = f"the job could not be handed to its worker process:\n{traceback.format_exc()}"
+            raise JobFailed(message) from exc
+        while True:
+            if cancel.is_set():
+                self._stop.set()
+            if self._conn.poll(_POLL_SECONDS):
+                try:
+                    kind, payload = self._conn.recv()
+                except EOFError:
+                    raise JobFailed(self._died()) from None
+                if kind == "step":
+                    on_step(payload)
+                elif kind == "done":
+                    return payload
+                else:
+                    raise JobFailed(payload)
+            elif not self._process.is_alive():
+                raise JobFailed(self._died())
+
+    def _died(self) -> str:
+        self._process.join(1)
+        code = self._process.exitcode
+        self._process = None
+        return f"the worker process for {self.device} died (exit code {code}); the next job starts a new one"
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Ask the child to exit after its current job; terminate it when it does not within ``timeout``."""
+        if self._process is None:
+            return
+        if self._stop is not None:
+            self._stop.set()
+        with contextlib.suppress(OSError):
+            assert self._conn is not None
+            self._conn.send(None)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout)
+        self._process = None
+
+
+def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tuple[str, ...]) -> None:
+    """The child's loop: run each ``(fn, kwargs)`` received and report back, until ``None`` or EOF."""
+    # Ctrl-C in the server's terminal stops the server, which ends this process (daemon).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(torch_threads)))
+    for name in preload:
+        importlib.import_module(name)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the server is gone
+            return
+        except Exception:  # noqa: BLE001 - a job that does not unpickle here (e.g. its module fails to import)
+            conn.send(
+                ("error", f"the job could not be read in its worker process:\n{traceback.format_exc()}")
+            )
+            continue
+        if message is None:
+            return
+        try:
+            fn, kwargs = message
+            result = fn(**kwargs, on_step=lambda info: conn.send(("step", _as_dict(info))),
+                        should_stop=stop.is_set)  # fmt: skip
+            reply = ("done", result)
+        except BaseException:  # noqa: BLE001 - report any failure of the job, then take the next one
+            reply = ("error", traceback.format_exc())
+        try:
+            conn.send(reply)
+        except OSError:  # the server is gone
+            return
+        except Exception:  # noqa: BLE001 - a result that does not pickle
+            conn.send(("error", traceback.format_exc()))
+
+
+def _as_dict(info: Any) -> dict[str, Any]:
+    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
