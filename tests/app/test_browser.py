@@ -129,7 +129,7 @@ def launch(page, method: str, name: str) -> None:
     page.get_by_role("button", name="Launch").click()
 
 
-def wait_run(page, name: str, timeout_s: float = 300) -> None:  # a deadline: the tiny full job took 58-150 s here
+def wait_run(page, name: str, timeout_s: float = 180) -> None:  # a deadline; the tiny jobs take seconds
     """Wait until the queue panel shows the run called ``name`` as succeeded (it refreshes each second)."""
     card = page.locator('[data-testid="stMarkdownContainer"] p', has_text=name).locator("code")
     deadline = time.time() + timeout_s
