@@ -118,6 +118,19 @@ fulldata() {
     $CLI bench --data "$DATA/banking77" --methods lora --lr lora=0.0045 --seeds 3 --epochs 3 --out "$OUT/banking77-full-lora-0.0045"
     $CLI finetune --data "$OUT/banking77-full-prefix-tuned/data_tune" --method prefix --lr 0.09 --epochs 3 --seed 0 \
         --device cpu --out "$OUT/banking77-full-prefix-tuned/extra/prefix-s0-lr0.09" --overwrite --json >/dev/null
+    # Eighth session: BitFit, whole-layer selection and the linear probe the same way. BitFit chose its top
+    # rate, so two upward rates ran on the carve and its 3 seeds ran at the best (9e-3); layers chose its
+    # top rate, one upward rate (1.8e-3) scored below it, and the grid went on at 6e-4.
+    $CLI bench --data "$DATA/banking77" --methods bitfit --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-tuned"
+    for lr in 0.009 0.027; do
+        $CLI finetune --data "$OUT/banking77-full-bitfit-tuned/data_tune" --method bitfit --lr $lr --epochs 3 --seed 0 \
+            --device cpu --out "$OUT/banking77-full-bitfit-tuned/extra/bitfit-s0-lr$lr" --overwrite --json >/dev/null
+    done
+    $CLI bench --data "$DATA/banking77" --methods bitfit --lr bitfit=0.009 --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-0.009"
+    $CLI bench --data "$DATA/banking77" --methods layers --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-layers-tuned"
+    $CLI finetune --data "$OUT/banking77-full-layers-tuned/data_tune" --method layers --lr 0.0018 --epochs 3 --seed 0 \
+        --device cpu --out "$OUT/banking77-full-layers-tuned/extra/layers-s0-lr0.0018" --overwrite --json >/dev/null
+    $CLI bench --data "$DATA/banking77" --methods head --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-tuned"
 }
 
 case "${1:-}" in
