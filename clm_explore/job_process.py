@@ -103,7 +103,7 @@ class WorkerProcess:
     def _died(self) -> str:
         self._process.join(1)
         code = self._process.exitcode
-        self._process = None
+        self._release()
         return f"the worker process for {self.device} died (exit code {code}); the next job starts a new one"
 
     def close(self, timeout: float | None = 5.0) -> None:
@@ -119,7 +119,12 @@ class WorkerProcess:
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(timeout)
-        self._process = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn = None, None
 
 
 def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tuple[str, ...]) -> None:
