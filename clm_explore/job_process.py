@@ -52,10 +52,6 @@ class WorkerProcess:
         self._conn: Connection | None = None
         self._stop: Any = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def start(self) -> None:
         """Spawn the child unless it is alive already (after a crash, the next job spawns a new one)."""
         if self._process is not None and self._process.is_alive():
