@@ -120,7 +120,8 @@ fulldata() {
         --device cpu --out "$OUT/banking77-full-prefix-tuned/extra/prefix-s0-lr0.09" --overwrite --json >/dev/null
     # Eighth session: BitFit, whole-layer selection and the linear probe the same way. BitFit chose its top
     # rate, so two upward rates ran on the carve and its 3 seeds ran at the best (9e-3); layers chose its
-    # top rate, one upward rate (1.8e-3) scored below it, and the grid went on at 6e-4.
+    # top rate, one upward rate (1.8e-3) scored below it, and the grid went on at 6e-4; the probe chose its
+    # top rate, one upward rate (9e-2) scored higher, and 3 seeds ran there too.
     $CLI bench --data "$DATA/banking77" --methods bitfit --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-tuned"
     for lr in 0.009 0.027; do
         $CLI finetune --data "$OUT/banking77-full-bitfit-tuned/data_tune" --method bitfit --lr $lr --epochs 3 --seed 0 \
@@ -131,6 +132,9 @@ fulldata() {
     $CLI finetune --data "$OUT/banking77-full-layers-tuned/data_tune" --method layers --lr 0.0018 --epochs 3 --seed 0 \
         --device cpu --out "$OUT/banking77-full-layers-tuned/extra/layers-s0-lr0.0018" --overwrite --json >/dev/null
     $CLI bench --data "$DATA/banking77" --methods head --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-tuned"
+    $CLI finetune --data "$OUT/banking77-full-head-tuned/data_tune" --method head --lr 0.09 --epochs 3 --seed 0 \
+        --device cpu --out "$OUT/banking77-full-head-tuned/extra/head-s0-lr0.09" --overwrite --json >/dev/null
+    $CLI bench --data "$DATA/banking77" --methods head --lr head=0.09 --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-0.09"
 }
 
 case "${1:-}" in
