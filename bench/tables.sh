@@ -18,6 +18,14 @@ OUT=${OUT:-bench/out}
 ALL=full,sparse,sparse_merged,head,bitfit,lora,prefix,layers,random,fisher,gradient
 CLI=.venv/bin/clm-explore
 
+# One more rate for METHOD on banking77's validation carve (seed 0, 3 epochs), after its `--tune-lr` grid in
+# $OUT/banking77-full-METHOD-tuned chose its top rate: that grid's data_tune holds the carve as its test split.
+upward_rate() {
+    local method=$1 lr=$2 grid="$OUT/banking77-full-$1-tuned"
+    $CLI finetune --data "$grid/data_tune" --method "$method" --lr "$lr" --epochs 3 --seed 0 --device cpu \
+        --out "$grid/extra/$method-s0-lr$lr" --overwrite --json >/dev/null
+}
+
 core() {
     # Learning rates chosen on validation by the banking77 --limit 3000 sweeps (BENCHMARKS.md, never test).
     .venv/bin/python bench/bench_core.py --data "$DATA/banking77" --epochs 3 --seeds 0,1,2 --threads 1 \
@@ -111,29 +119,20 @@ fulldata() {
     # carve), and LoRA's 3 seeds ran again at the best of those (4.5e-3).
     $CLI bench --data "$DATA/banking77" --methods lora --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-lora-tuned"
     $CLI bench --data "$DATA/banking77" --methods prefix --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-prefix-tuned"
-    for lr in 0.0045 0.0135; do
-        $CLI finetune --data "$OUT/banking77-full-lora-tuned/data_tune" --method lora --lr $lr --epochs 3 --seed 0 \
-            --device cpu --out "$OUT/banking77-full-lora-tuned/extra/lora-s0-lr$lr" --overwrite --json >/dev/null
-    done
+    for lr in 0.0045 0.0135; do upward_rate lora $lr; done
     $CLI bench --data "$DATA/banking77" --methods lora --lr lora=0.0045 --seeds 3 --epochs 3 --out "$OUT/banking77-full-lora-0.0045"
-    $CLI finetune --data "$OUT/banking77-full-prefix-tuned/data_tune" --method prefix --lr 0.09 --epochs 3 --seed 0 \
-        --device cpu --out "$OUT/banking77-full-prefix-tuned/extra/prefix-s0-lr0.09" --overwrite --json >/dev/null
+    upward_rate prefix 0.09
     # Eighth session: BitFit, whole-layer selection and the linear probe the same way. BitFit chose its top
     # rate, so two upward rates ran on the carve and its 3 seeds ran at the best (9e-3); layers chose its
     # top rate, one upward rate (1.8e-3) scored below it, and the grid went on at 6e-4; the probe chose its
     # top rate, one upward rate (9e-2) scored higher, and 3 seeds ran there too.
     $CLI bench --data "$DATA/banking77" --methods bitfit --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-tuned"
-    for lr in 0.009 0.027; do
-        $CLI finetune --data "$OUT/banking77-full-bitfit-tuned/data_tune" --method bitfit --lr $lr --epochs 3 --seed 0 \
-            --device cpu --out "$OUT/banking77-full-bitfit-tuned/extra/bitfit-s0-lr$lr" --overwrite --json >/dev/null
-    done
+    for lr in 0.009 0.027; do upward_rate bitfit $lr; done
     $CLI bench --data "$DATA/banking77" --methods bitfit --lr bitfit=0.009 --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-0.009"
     $CLI bench --data "$DATA/banking77" --methods layers --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-layers-tuned"
-    $CLI finetune --data "$OUT/banking77-full-layers-tuned/data_tune" --method layers --lr 0.0018 --epochs 3 --seed 0 \
-        --device cpu --out "$OUT/banking77-full-layers-tuned/extra/layers-s0-lr0.0018" --overwrite --json >/dev/null
+    upward_rate layers 0.0018
     $CLI bench --data "$DATA/banking77" --methods head --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-tuned"
-    $CLI finetune --data "$OUT/banking77-full-head-tuned/data_tune" --method head --lr 0.09 --epochs 3 --seed 0 \
-        --device cpu --out "$OUT/banking77-full-head-tuned/extra/head-s0-lr0.09" --overwrite --json >/dev/null
+    upward_rate head 0.09
     $CLI bench --data "$DATA/banking77" --methods head --lr head=0.09 --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-0.09"
 }
 
