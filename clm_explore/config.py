@@ -166,6 +166,12 @@ class FinetuneConfig:
     head_lr: float = 0.0
     """Learning rate of the classification head of the row methods (sparse, sparse_merged, random, fisher,
     gradient); 0 = the method's own lr. The other methods train their head at lr."""
+    norm_lr: float = 0.0
+    """Learning rate of the LayerNorm gains and biases that the row methods train (MaskConfig.train_layernorm);
+    0 = the method's own lr."""
+    dropout: float | None = None
+    """Dropout probability of every dropout layer while training (attention, hidden, LoRA); None keeps the
+    checkpoint's (0.1 for BERT). Evaluation never uses dropout."""
     batch_size: int = 32
     max_length: int = 64
     weight_decay: float = 0.0
@@ -197,6 +203,8 @@ class FinetuneConfig:
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.lr >= 0, f"lr must be >= 0, got {self.lr}")
+        _check(self.norm_lr >= 0, f"norm_lr must be >= 0, got {self.norm_lr}")
+        _check(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

@@ -183,8 +183,10 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
     deltas = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
     norms = _layernorm_params(model, selection.lowest_layer) if ctx.cfg.mask.train_layernorm else []
     head = head_parameters(model)
-    head_lr = ctx.cfg.head_lr or ctx.cfg.lr or DEFAULT_LR[ctx.cfg.method]
-    groups = [{"params": deltas, "weight_decay": ctx.cfg.weight_decay}, {"params": norms, "weight_decay": 0.0},
+    lr = ctx.cfg.lr or DEFAULT_LR[ctx.cfg.method]
+    head_lr, norm_lr = ctx.cfg.head_lr or lr, ctx.cfg.norm_lr or lr
+    groups = [{"params": deltas, "weight_decay": ctx.cfg.weight_decay},
+              {"params": norms, "weight_decay": 0.0, "lr": norm_lr},
               {"params": head, "weight_decay": 0.0, "lr": head_lr}]
     masks = {k: v.to(torch.uint8) for k, v in selection.masks.items()}
 
@@ -197,6 +199,13 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
             "time_ratio_estimate": selection.time_ratio_estimate}
     return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,
                     after_training=lambda: {"delta": delta_state(wrappers)})
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout layer's probability (BERT's attention reads its module's p when training)."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = p
 
 
 def _layernorm_params(model: nn.Module, lowest_layer: int | None) -> list[nn.Parameter]:
@@ -290,6 +299,8 @@ def finetune(
     prepared = _preparer(cfg.method)(ctx)
     if warmup_seconds:
         prepared.info["prep_seconds"] = prepared.info.get("prep_seconds", 0.0) + warmup_seconds
+    if cfg.dropout is not None:
+        set_dropout(prepared.model, cfg.dropout)
     lr = cfg.lr or DEFAULT_LR[cfg.method]
     with open(out_dir / "progress.jsonl", "w") as progress:
         loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator)

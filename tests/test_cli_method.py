@@ -110,9 +110,11 @@ def test_one_label_data_exits_2(capsys, tmp_path):
 def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_path):
     out = tmp_path / "run"
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--schedule", "constant",
-                      "--warmup-ratio", "0", "--head-lr", "0.02", "--score", "gradient", "--out", str(out), "--json"])
+                      "--warmup-ratio", "0", "--head-lr", "0.02", "--norm-lr", "0.03", "--dropout", "0",
+                      "--score", "gradient", "--out", str(out), "--json"])
     saved = json.loads((out / "clm_run.json").read_text())["config"]
     assert (saved["schedule"], saved["warmup_ratio"], saved["head_lr"]) == ("constant", 0.0, 0.02)
+    assert (saved["norm_lr"], saved["dropout"]) == (0.03, 0.0)
     assert saved["sensitivity"]["score"] == "gradient"
     scored = json.loads((out / "sensitivity" / "sensitivity.json").read_text())["config"]
     assert scored["score"] == "gradient"  # the rows were scored that way, not just recorded

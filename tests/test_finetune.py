@@ -224,6 +224,35 @@ def test_a_bad_schedule_is_refused():
         FinetuneConfig(schedule="step")
 
 
+def test_norm_lr_sets_the_rate_of_the_trained_layernorms(tmp_path, data, sparse_run):
+    still = finetune(data, replace(SPARSE, epochs=1, norm_lr=1e-12), tmp_path / "run", source="tiny-random")
+    base = base_params()
+    lowest = still.metrics["lowest_layer"]
+    norms = [n for n in base if "LayerNorm" in n and layer_of(n) >= lowest]
+    assert norms
+    moved, kept = saved_params(sparse_run[0].out_dir), saved_params(still.out_dir)
+    # The method's own rate moves them; 1e-12 leaves them where they were (zero biases move by ~1e-12).
+    assert all((moved[n] - base[n]).abs().max() > 1e-4 for n in norms)
+    assert all((kept[n] - base[n]).abs().max() < 1e-9 for n in norms)
+
+
+def test_dropout_option_is_active_while_training_only(tmp_path, data):
+    def first_losses(dropout):
+        steps: list = []
+        cfg = replace(SPARSE, epochs=1, dropout=dropout)
+        finetune(data, cfg, tmp_path / str(dropout), source="tiny-random", on_step=steps.append)
+        return [s.loss for s in steps if s.eval is None][:3]
+
+    plain, explicit_zero, half = first_losses(None), first_losses(0.0), first_losses(0.5)
+    assert plain == explicit_zero  # the tiny model's own dropout is 0: the same run, bit for bit
+    assert half[0] != plain[0]  # the first step already sees dropout noise
+
+
+def test_a_dropout_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="dropout must be in"):
+        FinetuneConfig(dropout=1.0)
+
+
 def test_weight_decay_leaves_rows_outside_the_mask_identical(tmp_path, data):
     cfg = FinetuneConfig(epochs=1, batch_size=8, device="cpu", weight_decay=0.5, lr=1e-2, seed=1,
                          mask=MaskConfig(budget=0.03, min_layer=0))

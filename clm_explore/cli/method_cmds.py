@@ -143,6 +143,10 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=0.0, help="0 = the method's default")
     p.add_argument("--head-lr", type=float, default=FinetuneConfig.head_lr,
                    help="the row methods' head rate (0 = --lr)")
+    p.add_argument("--norm-lr", type=float, default=FinetuneConfig.norm_lr,
+                   help="the row methods' LayerNorm rate (0 = --lr)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout probability while training (default: the checkpoint's)")
     p.add_argument("--schedule", default=FinetuneConfig.schedule, choices=SCHEDULES,
                    help="learning rate after the warm-up: linear or cosine decay to 0, or constant")
     p.add_argument("--warmup-ratio", type=float, default=FinetuneConfig.warmup_ratio,
@@ -170,6 +174,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     mask = MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
                       include_embeddings=not args.no_embeddings, seed=args.seed)
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
+                          norm_lr=args.norm_lr, dropout=args.dropout,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           sensitivity=SensitivityConfig(score=args.score))
