@@ -135,6 +135,9 @@ class MaskConfig:
     """Let word-embedding rows of mined-group tokens compete for the budget."""
     train_layernorm: bool = True
     """Train LayerNorm gains and biases at and above the lowest selected layer (tiny)."""
+    train_biases: bool = False
+    """Also train every linear map's bias at and above the lowest selected layer (BitFit inside the method:
+    about 0.05% of the backbone, outside the budget like the LayerNorms, at FinetuneConfig.norm_lr)."""
     cost_aware: float = 0.0
     """Bonus per layer height: score * (1 + cost_aware * layer / n_layers); 0 = plain scores."""
     min_layer: int = -1
@@ -167,8 +170,8 @@ class FinetuneConfig:
     """Learning rate of the classification head of the row methods (sparse, sparse_merged, random, fisher,
     gradient); 0 = the method's own lr. The other methods train their head at lr."""
     norm_lr: float = 0.0
-    """Learning rate of the LayerNorm gains and biases that the row methods train (MaskConfig.train_layernorm);
-    0 = the method's own lr."""
+    """Learning rate of the LayerNorm gains and biases (and with MaskConfig.train_biases, the linear biases)
+    that the row methods train; 0 = the method's own lr."""
     dropout: float | None = None
     """Dropout probability of every dropout layer while training (attention, hidden, LoRA); None keeps the
     checkpoint's (0.1 for BERT). Evaluation never uses dropout."""

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel, get_scheduler
 
 from clm_explore.batches import batch_order, collate, encode, predict_proba
-from clm_explore.config import FinetuneConfig, SensitivityConfig, to_dict
+from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.masks import MaskSelection, effective_min_layer, select_mask
 from clm_explore.metrics import PeakMemory, classification_metrics
@@ -181,8 +181,8 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
         model.load_state_dict(report.head_state, strict=False)
     wrappers = attach_deltas(model, selection.masks)
     deltas = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
-    norms = _layernorm_params(model, selection.lowest_layer) if ctx.cfg.mask.train_layernorm else []
     head = head_parameters(model)
+    norms = _small_params(model, selection.lowest_layer, ctx.cfg.mask, exclude={id(p) for p in head})
     lr = ctx.cfg.lr or DEFAULT_LR[ctx.cfg.method]
     head_lr, norm_lr = ctx.cfg.head_lr or lr, ctx.cfg.norm_lr or lr
     groups = [{"params": deltas, "weight_decay": ctx.cfg.weight_decay},
@@ -208,17 +208,24 @@ def set_dropout(model: nn.Module, p: float) -> None:
             mod.p = p
 
 
-def _layernorm_params(model: nn.Module, lowest_layer: int | None) -> list[nn.Parameter]:
-    """LayerNorm gains and biases at or above the lowest selected layer (so backward still stops there)."""
+def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig,
+                  exclude: set[int]) -> list[nn.Parameter]:
+    """LayerNorm gains and biases (train_layernorm) and linear biases (train_biases) at or above the lowest
+    selected layer, so backward still stops there; the head (``exclude``) has its own group."""
     params = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower():
-            found = re.search(r"layers?\.(\d+)\.", name)
-            layer = int(found.group(1)) if found else (-1 if "embed" in name else 10**6)
-            if lowest_layer is not None and layer >= lowest_layer:
-                for p in mod.parameters(recurse=False):
-                    p.requires_grad_(True)
-                    params.append(p)
+        norm = isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower()
+        if not ((mask.train_layernorm and norm) or (mask.train_biases and isinstance(mod, nn.Linear))):
+            continue
+        found = re.search(r"layers?\.(\d+)\.", name)
+        layer = int(found.group(1)) if found else (-1 if "embed" in name else 10**6)
+        if lowest_layer is None or layer < lowest_layer:
+            continue
+        chosen = mod.parameters(recurse=False) if norm else [mod.bias] if mod.bias is not None else []
+        for p in chosen:
+            if id(p) not in exclude:
+                p.requires_grad_(True)
+                params.append(p)
     return params
 
 

@@ -158,6 +158,8 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
     p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
     p.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
+    p.add_argument("--train-biases", action="store_true",
+                   help="row methods: also train every linear bias at and above the lowest selected layer")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
                    help="row score of the sparse method's sensitivity pass")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
@@ -172,7 +174,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     if not (0 < args.budget <= 1 or (args.budget > 1 and float(args.budget).is_integer())):
         raise UserError(f"--budget {args.budget:g} must be a fraction in (0, 1] or a whole parameter count above 1.")
     mask = MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
-                      include_embeddings=not args.no_embeddings, seed=args.seed)
+                      include_embeddings=not args.no_embeddings, train_biases=args.train_biases,
+                      seed=args.seed)
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                           norm_lr=args.norm_lr, dropout=args.dropout,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
