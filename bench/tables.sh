@@ -134,6 +134,14 @@ fulldata() {
     $CLI bench --data "$DATA/banking77" --methods head --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-tuned"
     upward_rate head 0.09
     $CLI bench --data "$DATA/banking77" --methods head --lr head=0.09 --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-0.09"
+    # Ninth session: snips full data (1 epoch) again, every method with its own rate sweep (--tune-lr), in two
+    # folders side by side. Where a method's sweep chose its default rate, its three cells were copied from the
+    # fifth session's grids above before the grid reached them (same data, seeds, epochs and rate; runs are
+    # deterministic here); without the copies the grid trains them again.
+    $CLI bench --data "$DATA/snips" --methods full,sparse,sparse_merged,lora,head --tune-lr --seeds 3 --epochs 1 \
+        --out "$OUT/snips-full-tuned"
+    $CLI bench --data "$DATA/snips" --methods random,fisher,gradient,layers,bitfit,prefix --tune-lr --seeds 3 \
+        --epochs 1 --out "$OUT/snips-full-tuned-b"
 }
 
 case "${1:-}" in

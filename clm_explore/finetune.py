@@ -182,11 +182,11 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
     wrappers = attach_deltas(model, selection.masks)
     deltas = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
     head = head_parameters(model)
-    norms = _small_params(model, selection.lowest_layer, ctx.cfg.mask, exclude={id(p) for p in head})
+    small = _small_params(model, selection.lowest_layer, ctx.cfg.mask, exclude={id(p) for p in head})
     lr = ctx.cfg.lr or DEFAULT_LR[ctx.cfg.method]
     head_lr, norm_lr = ctx.cfg.head_lr or lr, ctx.cfg.norm_lr or lr
     groups = [{"params": deltas, "weight_decay": ctx.cfg.weight_decay},
-              {"params": norms, "weight_decay": 0.0, "lr": norm_lr},
+              {"params": small, "weight_decay": 0.0, "lr": norm_lr},
               {"params": head, "weight_decay": 0.0, "lr": head_lr}]
     masks = {k: v.to(torch.uint8) for k, v in selection.masks.items()}
 
@@ -221,8 +221,8 @@ def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig,
         layer = int(found.group(1)) if found else (-1 if "embed" in name else 10**6)
         if lowest_layer is None or layer < lowest_layer:
             continue
-        chosen = mod.parameters(recurse=False) if norm else [mod.bias] if mod.bias is not None else []
-        for p in chosen:
+        chosen = list(mod.parameters(recurse=False)) if norm else [mod.bias]
+        for p in (p for p in chosen if p is not None):
             if id(p) not in exclude:
                 p.requires_grad_(True)
                 params.append(p)
