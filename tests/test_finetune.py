@@ -236,25 +236,27 @@ def test_norm_lr_sets_the_rate_of_the_trained_layernorms(tmp_path, data, sparse_
     assert all((kept[n] - base[n]).abs().max() < 1e-9 for n in norms)
 
 
-def test_train_biases_adds_every_linear_bias_at_and_above_the_lowest_layer(tmp_path, data, sparse_run):
-    result = finetune(data, replace(SPARSE, epochs=1, mask=replace(SPARSE.mask, train_biases=True)), tmp_path / "run",
+def test_train_biases_adds_every_linear_bias_at_and_above_the_lowest_layer(tmp_path, data):
+    upper = replace(SPARSE, epochs=1, mask=replace(SPARSE.mask, min_layer=1))  # layer 0 must stay untouched
+    rows_only = finetune(data, upper, tmp_path / "rows", source="tiny-random")
+    result = finetune(data, replace(upper, mask=replace(upper.mask, train_biases=True)), tmp_path / "biases",
                       source="tiny-random")
     base, saved = base_params(), saved_params(result.out_dir)
-    lowest = result.metrics["lowest_layer"]
+    assert result.metrics["lowest_layer"] == 1
     model = load_model("tiny-random", LABELS).model
     linear_biases = [f"{name}.bias" for name, mod in model.named_modules()
-                     if isinstance(mod, torch.nn.Linear) and not name.startswith("classifier") and layer_of(f"{name}.") >= lowest]
+                     if isinstance(mod, torch.nn.Linear) and not name.startswith("classifier") and layer_of(f"{name}.") >= 1]
     moved = [n for n in linear_biases if (saved[n] - base[n]).abs().max() > 1e-4]
     # A key bias adds the same amount to every score of a query, which softmax ignores: its gradient is 0.
     assert linear_biases and moved == [n for n in linear_biases if ".key." not in n]
     extra = sum(base[n].numel() for n in linear_biases)
     # Selected rows keep their own bias delta too, so the count grows by exactly the biases.
-    assert result.metrics["trainable_params"] == sparse_run[0].metrics["trainable_params"] + extra
-    below = [n for n in base if n.endswith(".bias") and "LayerNorm" not in n and layer_of(n) < lowest]
-    assert all(torch.equal(saved[n], base[n]) for n in below)
+    assert result.metrics["trainable_params"] == rows_only.metrics["trainable_params"] + extra
+    below = [n for n in base if n.endswith(".bias") and layer_of(n) == 0]
+    assert below and all(torch.equal(saved[n], base[n]) for n in below)
 
 
-def test_dropout_option_is_active_while_training_only(tmp_path, data):
+def test_dropout_option_reaches_the_dropout_layers_while_training(tmp_path, data):
     def first_losses(dropout):
         steps: list = []
         cfg = replace(SPARSE, epochs=1, dropout=dropout)
