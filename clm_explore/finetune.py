@@ -222,8 +222,8 @@ def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig,
         if lowest_layer is None or layer < lowest_layer:
             continue
         chosen = list(mod.parameters(recurse=False)) if norm else [mod.bias]
-        for p in (p for p in chosen if p is not None):
-            if id(p) not in exclude:
+        for p in chosen:
+            if p is not None and id(p) not in exclude:
                 p.requires_grad_(True)
                 params.append(p)
     return params
