@@ -24,7 +24,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TRAIN = ROOT / "sample_data" / "banking77_20" / "train.csv"
-WAIT_MS = 45_000
+WAIT_MS = 45_000  # also for page.goto: playwright's 30 s default is shorter, and a busy machine once needed more
 
 if not CHROMIUM.exists():
     pytest.skip("Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
@@ -76,9 +76,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with sync_api.sync_playwright() as p:  # warm-up: imports, data, tiny model, mining, sensitivity
             browser = _launch(p)
             page = browser.new_page()
-            page.goto(url)
+            page.goto(url, timeout=180_000)
             page.get_by_text("Rows per label").wait_for(timeout=180_000)
-            page.goto(f"{url}/budget")
+            page.goto(f"{url}/budget", timeout=180_000)
             page.get_by_text("Trainable params").wait_for(timeout=180_000)
             browser.close()
         yield url
@@ -154,7 +154,7 @@ def run_options(page) -> list[str]:
 def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     shots.append(page)
-    page.goto(server)
+    page.goto(server, timeout=WAIT_MS)
     page.get_by_text("Rows per label").wait_for(timeout=WAIT_MS)
 
     page.get_by_text("Upload a file").click()
@@ -193,7 +193,7 @@ def test_two_users_share_the_queue(server: str, browser, shots: list) -> None:
     pages = [c.new_page() for c in contexts]
     shots.extend(pages)
     for page in pages:
-        page.goto(f"{server}/finetune")
+        page.goto(f"{server}/finetune", timeout=WAIT_MS)
         page.get_by_role("button", name="Launch").wait_for(timeout=WAIT_MS)
     launch(pages[0], "head", "user-a-head")
     launch(pages[1], "full", "user-b-full")
@@ -213,7 +213,7 @@ def test_two_users_share_the_queue(server: str, browser, shots: list) -> None:
 def test_bad_model_folder_shows_plain_error(server: str, browser, shots: list) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     shots.append(page)
-    page.goto(f"{server}/runs")
+    page.goto(f"{server}/runs", timeout=WAIT_MS)
     page.get_by_text("Every run in the registry").wait_for(timeout=WAIT_MS)
     choose(page, "side_source", "local folder…")
     folder = page.locator(".st-key-side_folder input")
