@@ -49,16 +49,16 @@ class DeltaElements(nn.Module):
     def __init__(self, base: nn.Linear, mask: torch.Tensor):
         super().__init__()
         self.base = base
-        self.register_buffer("rows", torch.nonzero(mask.flatten()).flatten(), persistent=False)
-        self.delta_w = nn.Parameter(torch.zeros(len(self.rows), dtype=base.weight.dtype))
+        self.register_buffer("flat_index", torch.nonzero(mask.flatten()).flatten(), persistent=False)
+        self.delta_w = nn.Parameter(torch.zeros(len(self.flat_index), dtype=base.weight.dtype))
 
     def forward(self, x):
-        weight = self.base.weight.flatten().index_add(0, self.rows, self.delta_w).view_as(self.base.weight)
+        weight = self.base.weight.flatten().index_add(0, self.flat_index, self.delta_w).view_as(self.base.weight)
         return F.linear(x, weight, self.base.bias)
 
     @torch.no_grad()
     def merge(self):
-        self.base.weight.view(-1)[self.rows] += self.delta_w
+        self.base.weight.view(-1)[self.flat_index] += self.delta_w
         return self.base
 
 
