@@ -6,6 +6,9 @@
 #   bash bench/probe_sparse.sh NAME SEED [finetune options ...]
 #   e.g. bash bench/probe_sparse.sh schedule-cosine 0 --schedule cosine
 # CLI names the command line to run (default: the venv's clm-explore; a probe script may stand in).
+# To keep library edits out of a long probe, run a copy of the package (git archive HEAD clm_explore) from a
+# venv that sees the copy, with python -P: without -P, `python -m` puts this folder first on sys.path and
+# the working tree's package is imported after all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
