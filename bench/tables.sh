@@ -8,6 +8,7 @@
 #                                 # hint3 on full data
 #   bash bench/tables.sh fulldata # snips full data, every method; banking77 full data, the other methods;
 #                                 # the budget sweep on trec6 full data
+#   bash bench/tables.sh fewshot_long # 10-shot with three times the epochs: full, sparse, random, fisher
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -153,7 +154,19 @@ fulldata() {
     $CLI bench --data "$DATA/snips" --methods head --lr head=0.27 --seeds 3 --epochs 1 --out "$OUT/snips-full-head-0.27"
 }
 
+fewshot_long() {
+    # Fourteenth session: 10-shot again with three times the epochs (30; banking77 15, three times its 5),
+    # full finetuning, sparse, random and Fisher rows (banking77: full and sparse), every method with its own
+    # rate sweep on the validation carve. Two grids ran side by side, one per lane.
+    for name in trec6 snips hint3_sofmattress; do
+        $CLI bench --data "$DATA/$name" --shots 10 --methods full,sparse,random,fisher --seeds 3 --epochs 30 \
+            --tune-lr --out "$OUT/$name-10shot-e30"
+    done
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr \
+        --out "$OUT/banking77-10shot-e15"
+}
+
 case "${1:-}" in
-core | fewshot | fulldata) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fulldata" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fulldata) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fulldata" >&2; exit 2 ;;
 esac
