@@ -164,6 +164,11 @@ fewshot_long() {
     done
     $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr \
         --out "$OUT/banking77-10shot-e15"
+    # ... and random and Fisher rows there at sparse's chosen rate, as in the 5-epoch banking77 10-shot table.
+    lr=$(.venv/bin/python -c "import pandas as pd; t = pd.read_csv('$OUT/banking77-10shot-e15/tuning.csv'); \
+print(t[t.chosen & (t.method == 'sparse')].lr.iloc[0])")
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods random,fisher --seeds 3 --epochs 15 \
+        --lr "random=$lr,fisher=$lr" --out "$OUT/banking77-10shot-e15-rows"
 }
 
 case "${1:-}" in
