@@ -28,6 +28,12 @@ upward_rate() {
         --out "$grid/extra/$method-s0-lr$lr" --overwrite --json >/dev/null
 }
 
+# The learning rate a `--tune-lr` grid chose for METHOD: chosen_lr GRID METHOD.
+chosen_lr() {
+    .venv/bin/python -c "import pandas as pd; t = pd.read_csv('$1/tuning.csv'); \
+print(t[t.chosen & (t.method == '$2')].lr.iloc[0])"
+}
+
 core() {
     # Learning rates chosen on validation by the banking77 --limit 3000 sweeps (BENCHMARKS.md, never test).
     .venv/bin/python bench/bench_core.py --data "$DATA/banking77" --epochs 3 --seeds 0,1,2 --threads 1 \
@@ -72,8 +78,7 @@ t = t[t.chosen & t.method.isin(['sparse', 'random', 'fisher'])]; print(','.join(
     # banking77 10-shot: full and sparse with their LR sweeps, then random rows at sparse's chosen LR.
     $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 5 --tune-lr \
         --out "$OUT/banking77-10shot"
-    lr=$(.venv/bin/python -c "import pandas as pd; t = pd.read_csv('$OUT/banking77-10shot/tuning.csv'); \
-print(t[t.chosen & (t.method == 'sparse')].lr.iloc[0])")
+    lr=$(chosen_lr "$OUT/banking77-10shot" sparse)
     $CLI bench --data "$DATA/banking77" --shots 10 --methods random --seeds 3 --epochs 5 --lr "random=$lr" \
         --out "$OUT/banking77-10shot-random"
     # ... the other row methods at that LR too (third session), then the rest with their own sweeps.
@@ -165,8 +170,7 @@ fewshot_long() {
     $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr \
         --out "$OUT/banking77-10shot-e15"
     # ... and random and Fisher rows there at sparse's chosen rate, as in the 5-epoch banking77 10-shot table.
-    lr=$(.venv/bin/python -c "import pandas as pd; t = pd.read_csv('$OUT/banking77-10shot-e15/tuning.csv'); \
-print(t[t.chosen & (t.method == 'sparse')].lr.iloc[0])")
+    lr=$(chosen_lr "$OUT/banking77-10shot-e15" sparse)
     $CLI bench --data "$DATA/banking77" --shots 10 --methods random,fisher --seeds 3 --epochs 15 \
         --lr "random=$lr,fisher=$lr" --out "$OUT/banking77-10shot-e15-rows"
 }
