@@ -88,6 +88,9 @@ class MiningConfig:
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
 
 
+FEW_SHOT_ROWS_PER_LABEL = 20
+"""Below this many calibration rows per label the automatic head warm-up is 1 epoch instead of 5."""
+
 SCORES = ("fisher", "taylor", "gradient")
 """Row scores of the sensitivity pass (SensitivityConfig.score)."""
 
@@ -104,8 +107,10 @@ class SensitivityConfig:
     every matrix gives about the same share of its rows) or 'none'."""
     calibration_rows: int = 4096
     """Training rows used for the scores (min(N, this))."""
-    warmup_epochs: int = 5
-    """Head warm-up epochs on cached pooled features (backbone frozen) before scoring."""
+    warmup_epochs: int = -1
+    """Head warm-up epochs on cached pooled features (backbone frozen) before scoring; -1 = auto: 5, or 1 when
+    the calibration rows hold fewer than FEW_SHOT_ROWS_PER_LABEL per label (few-shot: a longer warm-up
+    makes the head over-confident on the few rows it will be finetuned on, see BENCHMARKS.md); 0 = none."""
     warmup_lr: float = 1e-2
     """Learning rate of the head warm-up."""
     min_layer: int = 0
@@ -122,7 +127,13 @@ class SensitivityConfig:
         _check(self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         _check(self.normalise in ("mean", "zscore", "rank", "none"), f"normalise must be mean, zscore, rank or none, got {self.normalise!r}")
         _check(self.calibration_rows >= 1, f"calibration_rows must be >= 1, got {self.calibration_rows}")
-        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.warmup_epochs >= -1, f"warmup_epochs must be >= 0 or -1 (auto), got {self.warmup_epochs}")
+
+    def warmup_epochs_for(self, rows: int, labels: int) -> int:
+        """The head warm-up epochs for ``rows`` calibration rows over ``labels`` labels (resolves auto)."""
+        if self.warmup_epochs >= 0:
+            return self.warmup_epochs
+        return 1 if rows < FEW_SHOT_ROWS_PER_LABEL * labels else 5
 
 
 @dataclass(frozen=True)

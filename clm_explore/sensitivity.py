@@ -204,7 +204,8 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
 
 
 def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """Train the classification head alone on cached head inputs (one forward pass over the batches).
+    """Train the classification head alone on cached head inputs (one forward pass over the batches), for
+    ``cfg.warmup_epochs_for`` the rows and labels at hand.
 
     Returns the head's state dict (also loaded into the model).
     """
@@ -214,7 +215,7 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     feats, labels = _head_inputs(loaded, head, batches, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
-    for _ in range(cfg.warmup_epochs):
+    for _ in range(cfg.warmup_epochs_for(len(feats), head.out_features)):
         for idx in torch.randperm(len(feats), generator=gen).split(cfg.batch_size):
             loss = nn.functional.cross_entropy(head(feats[idx]), labels[idx])
             opt.zero_grad()
@@ -403,7 +404,8 @@ def compute_sensitivity(
                 for n, (lin, layer, kind) in linears.items()}
     row_scores = {f"{n}.weight": s for n, s in scores.items()}
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
-    notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}"]
+    notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}",
+             f"head warm-up: {cfg.warmup_epochs_for(len(texts), len(data.labels))} epochs"]
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
     return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),

@@ -111,13 +111,19 @@ def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_pa
     out = tmp_path / "run"
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--schedule", "constant",
                       "--warmup-ratio", "0", "--head-lr", "0.02", "--norm-lr", "0.03", "--dropout", "0",
-                      "--score", "gradient", "--out", str(out), "--json"])
+                      "--score", "gradient", "--head-warmup-epochs", "2", "--out", str(out), "--json"])
     saved = json.loads((out / "clm_run.json").read_text())["config"]
     assert (saved["schedule"], saved["warmup_ratio"], saved["head_lr"]) == ("constant", 0.0, 0.02)
     assert (saved["norm_lr"], saved["dropout"]) == (0.03, 0.0)
     assert saved["sensitivity"]["score"] == "gradient"
     scored = json.loads((out / "sensitivity" / "sensitivity.json").read_text())["config"]
     assert scored["score"] == "gradient"  # the rows were scored that way, not just recorded
+    assert saved["sensitivity"]["warmup_epochs"] == scored["warmup_epochs"] == 2
+
+
+def test_bad_head_warmup_epochs_exits_2(capsys, data_dir):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--head-warmup-epochs", "-3"])
+    assert "warmup_epochs" in err and "-3" in err
 
 
 def test_bad_warmup_ratio_exits_2(capsys, data_dir):

@@ -8,6 +8,8 @@ score is then the mean over examples of the row's summed squared gradient (weigh
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -283,3 +285,24 @@ def test_scoring_from_a_layer_keeps_its_scores_and_stops_backward_there(score):
 def test_a_block_that_does_not_exist_is_a_clear_error():
     with pytest.raises(ValueError, match="no transformer block 7"):
         compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(min_layer=7), device="cpu")
+
+
+def test_auto_head_warmup_is_one_epoch_below_twenty_rows_per_label(tiny_data):
+    auto = SensitivityConfig()
+    assert auto.warmup_epochs == -1
+    assert auto.warmup_epochs_for(rows=60, labels=6) == 1  # 10-shot
+    assert auto.warmup_epochs_for(rows=120, labels=6) == 5
+    assert auto.warmup_epochs_for(rows=4096, labels=77) == 5
+    assert SensitivityConfig(warmup_epochs=3).warmup_epochs_for(rows=60, labels=6) == 3  # explicit wins
+    cfg = SensitivityConfig(calibration_rows=48, restriction="none")
+    rows, labels = min(len(tiny_data.train), 48), len(tiny_data.labels)
+    resolved = cfg.warmup_epochs_for(rows, labels)
+
+    def head_after(c: SensitivityConfig) -> SensitivityReport:
+        return compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, c, device="cpu")
+
+    auto_report = head_after(cfg)
+    same, other = head_after(replace(cfg, warmup_epochs=resolved)), head_after(replace(cfg, warmup_epochs=6 - resolved))
+    assert all(torch.equal(auto_report.head_state[k], same.head_state[k]) for k in same.head_state)
+    assert not all(torch.equal(auto_report.head_state[k], other.head_state[k]) for k in other.head_state)
+    assert f"head warm-up: {resolved} epochs" in auto_report.notes

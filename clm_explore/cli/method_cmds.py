@@ -88,11 +88,17 @@ def _register_sensitivity(sub: Any) -> None:
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score)
     p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows)
+    _head_warmup_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
     p.add_argument("--budget", type=float, default=None, help="also show what this budget selects")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_sensitivity)
+
+
+def _head_warmup_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head-warmup-epochs", type=int, default=SensitivityConfig.warmup_epochs,
+                   help="epochs of the linear-probe head warm-up before scoring (-1 = auto: 5, or 1 below 20 rows per label)")
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
@@ -104,7 +110,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     data = _data(args)
     loaded = load_model(args.model, data.labels)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
-    cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows)
+    cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
+                            warmup_epochs=args.head_warmup_epochs)
     report = compute_sensitivity(loaded, data, task_tokens, cfg, device=args.device,
                                  on_progress=None if args.json else _progress_printer("scoring"))
     if args.out:
@@ -162,6 +169,7 @@ def _register_finetune(sub: Any) -> None:
                    help="row methods: also train every linear bias at and above the lowest selected layer")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
                    help="row score of the sparse method's sensitivity pass")
+    _head_warmup_arg(p)
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", action="store_true")
@@ -180,7 +188,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           norm_lr=args.norm_lr, dropout=args.dropout,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
-                          sensitivity=SensitivityConfig(score=args.score))
+                          sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs))
 
 
 def run_finetune(args: argparse.Namespace) -> int:

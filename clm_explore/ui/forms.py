@@ -107,7 +107,8 @@ def sensitivity_form(key: str = "sens") -> SensitivityConfig:
             "Score", SCORES, index=SCORES.index(cfg.score), key=f"{key}_score"
         )
         rows = c2.number_input("Calibration rows", 16, 100_000, cfg.calibration_rows, key=f"{key}_rows")
-        warmup = c3.number_input("Head warm-up epochs", 0, 50, cfg.warmup_epochs, key=f"{key}_warmup")
+        warmup = c3.number_input("Head warm-up epochs", -1, 50, cfg.warmup_epochs, key=f"{key}_warmup",
+                                 help="-1 = auto: 5, or 1 when there are fewer than 20 rows per label (few-shot)")
         if st.form_submit_button("Compute"):
             cfg = dataclasses.replace(cfg, score=score, calibration_rows=int(rows), warmup_epochs=int(warmup))
             state.put(state.SENS_CFG, cfg)
