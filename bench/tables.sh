@@ -9,6 +9,9 @@
 #   bash bench/tables.sh fulldata # snips full data, every method; banking77 full data, the other methods;
 #                                 # the budget sweep on trec6 full data
 #   bash bench/tables.sh fewshot_long # 10-shot with three times the epochs: full, sparse, random, fisher
+#                                 # (made with the 5-epoch head warm-up that was the default then)
+#   bash bench/tables.sh fewshot_probes # variants of those grids scored on development rows (probe_fewshot.py)
+#   bash bench/tables.sh fewshot_auto # the 10-shot grids again with the automatic head warm-up
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -175,7 +178,74 @@ fewshot_long() {
         --lr "random=$lr,fisher=$lr" --out "$OUT/banking77-10shot-e15-rows"
 }
 
+fewshot_probes() {
+    # Fifteenth session: variants of the 30-epoch (banking77 15) 10-shot grids above, scored on development
+    # rows, never test (bench/probe_fewshot.py; results in GRID/probes/dev.tsv). Made with the library as it
+    # stood before the automatic head warm-up (5 epochs then: w5 pins it), at the rates those grids chose.
+    local probe=".venv/bin/python bench/probe_fewshot.py" s5=0,1,2,3,4 w5=sensitivity.warmup_epochs=5 g
+    g="$OUT/trec6-10shot-e30"
+    $probe "$g" default sparse 5e-3 $s5 $w5
+    $probe "$g" random random 5e-3 $s5 $w5
+    $probe "$g" rank sparse 5e-3 $s5 sensitivity.normalise=rank $w5
+    $probe "$g" warm50 sparse 5e-3 $s5 sensitivity.warmup_epochs=50
+    $probe "$g" mincount2 sparse 5e-3 $s5 mining.min_count=2 $w5
+    $probe "$g" minlayer0 sparse 5e-3 $s5 mask.min_layer=0 $w5
+    $probe "$g" biases sparse 5e-3 $s5 mask.train_biases=true $w5
+    $probe "$g" taylor sparse 5e-3 $s5 sensitivity.score=taylor $w5
+    $probe "$g" cost1 sparse 5e-3 $s5 mask.cost_aware=1.0 $w5
+    $probe "$g" fisher fisher 5e-3 $s5 $w5
+    $probe "$g" warm1 sparse 5e-3 $s5 sensitivity.warmup_epochs=1
+    $probe "$g" warm2 sparse 5e-3 $s5 sensitivity.warmup_epochs=2
+    $probe "$g" warm0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0
+    $probe "$g" full full 2e-4 $s5 $w5
+    $probe "$g" full-warm1 full 2e-4 $s5 sensitivity.warmup_epochs=1
+    $probe "$g" taylor-warm1 sparse 5e-3 $s5 sensitivity.score=taylor sensitivity.warmup_epochs=1
+    $probe "$g" full-warm0 full 2e-4 $s5 sensitivity.warmup_epochs=0
+    $probe "$g" random-warm1 random 5e-3 $s5 sensitivity.warmup_epochs=1
+    g="$OUT/snips-10shot-e30"
+    $probe "$g" default sparse 5e-3 $s5 $w5
+    $probe "$g" warm1 sparse 5e-3 $s5 sensitivity.warmup_epochs=1
+    $probe "$g" mincount2 sparse 5e-3 $s5 mining.min_count=2 $w5
+    $probe "$g" random random 5e-3 $s5 $w5
+    $probe "$g" warm50 sparse 5e-3 $s5 sensitivity.warmup_epochs=50
+    $probe "$g" taylor sparse 5e-3 $s5 sensitivity.score=taylor $w5
+    $probe "$g" taylor-warm1 sparse 5e-3 $s5 sensitivity.score=taylor sensitivity.warmup_epochs=1
+    $probe "$g" full full 6.67e-5 $s5 $w5
+    g="$OUT/hint3_sofmattress-10shot-e30"
+    $probe "$g" default sparse 1.67e-3 $s5 $w5
+    $probe "$g" random random 1.67e-3 $s5 $w5
+    $probe "$g" taylor sparse 1.67e-3 $s5 sensitivity.score=taylor $w5
+    $probe "$g" warm1 sparse 1.67e-3 $s5 sensitivity.warmup_epochs=1
+    g="$OUT/banking77-10shot-e15"
+    $probe "$g" default sparse 5e-3 0,1,2 $w5
+    $probe "$g" taylor sparse 5e-3 0,1,2 sensitivity.score=taylor $w5
+    $probe "$g" warm1 sparse 5e-3 0,1,2 sensitivity.warmup_epochs=1
+    # Taylor rows on banking77 full data, the sixth session's single-seed probe setting.
+    bash bench/probe_sparse.sh taylor 0 --score taylor
+    # How far the 5-epoch warm-up takes the head.
+    .venv/bin/python bench/probe_head_warmup.py "$OUT"/{trec6,snips,hint3_sofmattress}-10shot-e30 "$OUT/banking77-10shot-e15"
+}
+
+fewshot_auto() {
+    # Fifteenth session: the 10-shot grids again with the automatic head warm-up (1 epoch below 20 rows per
+    # label), every rate swept again; same shots and seeds as fewshot_long. Two lanes: the first three grids
+    # and the trec6 checks in one, banking77 in the other.
+    $CLI bench --data "$DATA/trec6" --shots 10 --methods full,sparse,random,fisher --seeds 3 --epochs 30 \
+        --tune-lr --out "$OUT/trec6-10shot-e30-auto"
+    for name in snips hint3_sofmattress; do
+        $CLI bench --data "$DATA/$name" --shots 10 --methods full,sparse --seeds 3 --epochs 30 --tune-lr \
+            --out "$OUT/$name-10shot-e30-auto"
+    done
+    # On test, once chosen: Taylor rows on trec6 at sparse's chosen rate (they led on development rows), and
+    # full finetuning at the rate the 5-epoch-warm-up grid had chosen (this grid's 59-row carve chose 6.67e-5).
+    local g="$OUT/trec6-10shot-e30-auto"
+    .venv/bin/python bench/probe_fewshot.py --test "$g" taylor sparse "$(chosen_lr "$g" sparse)" 0,1,2 sensitivity.score=taylor
+    .venv/bin/python bench/probe_fewshot.py --test "$g" full-lr2e-4 full 2e-4 0,1,2
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr \
+        --out "$OUT/banking77-10shot-e15-auto"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fulldata) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fulldata" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata" >&2; exit 2 ;;
 esac
