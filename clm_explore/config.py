@@ -109,8 +109,9 @@ class SensitivityConfig:
     """Training rows used for the scores (min(N, this))."""
     warmup_epochs: int = -1
     """Head warm-up epochs on cached pooled features (backbone frozen) before scoring; -1 = auto: 5, or 1 when
-    the calibration rows hold fewer than FEW_SHOT_ROWS_PER_LABEL per label (few-shot, where every method
-    finetuned worse after the longer warm-up in BENCHMARKS.md's probes); 0 = none."""
+    the calibration rows hold fewer than FEW_SHOT_ROWS_PER_LABEL per label (few-shot: on four 10-shot sets the
+    row methods finetuned as well or better after 1 epoch, full finetuning worse on three; BENCHMARKS.md);
+    0 = none. Every method starts from this head, so a comparison shares it."""
     warmup_lr: float = 1e-2
     """Learning rate of the head warm-up."""
     min_layer: int = 0
