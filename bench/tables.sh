@@ -243,6 +243,10 @@ fewshot_auto() {
     .venv/bin/python bench/probe_fewshot.py --test "$g" full-lr2e-4 full 2e-4 0,1,2
     $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr \
         --out "$OUT/banking77-10shot-e15-auto"
+    # Taylor rows on the other three test splits too, for the record (development rows chose Fisher there).
+    for g in "$OUT"/{snips,hint3_sofmattress}-10shot-e30-auto "$OUT/banking77-10shot-e15-auto"; do
+        .venv/bin/python bench/probe_fewshot.py --test "$g" taylor sparse "$(chosen_lr "$g" sparse)" 0,1,2 sensitivity.score=taylor
+    done
 }
 
 case "${1:-}" in
