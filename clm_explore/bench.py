@@ -8,7 +8,8 @@ never run again, so an interrupted grid resumes where it stopped. ``run_grid`` w
   ``logs/`` (each cell's stderr), ``bench.json`` (the config);
 - ``results.csv`` (one row per method, budget and seed), ``summary.csv`` (mean and std over seeds),
   ``masks.csv`` (share of selected rows per (layer, module) for every row-mask run), ``overlap.csv``
-  (Jaccard of the row masks of sparse, fisher, gradient and random), ``tuning.csv`` with ``tune_lr``;
+  (Jaccard of the row masks of sparse, fisher, gradient and random), ``tuning.csv`` with ``tune_lr`` (the
+  sweep's validation accuracies, with the row score too under ``tune_score``);
 - ``report.html``: self-contained plotly figures (Pareto, stability, cost, curves, mask overlap).
 
 The tables come from ``clm_explore.bench_results``, the page from ``clm_explore.bench_report``.
@@ -30,14 +31,21 @@ import pandas as pd
 
 from clm_explore.bench_report import render_report
 from clm_explore.bench_results import collect_results, mask_overlap, mask_statistics, read_metrics, summarise
-from clm_explore.config import METHODS, ConfigError, DataConfig
+from clm_explore.config import METHODS, SCORES, ConfigError, DataConfig, SensitivityConfig
 from clm_explore.data import AnnotatedData, load_data
 
 BUDGET_METHODS = ("sparse", "sparse_merged", "layers", "random", "fisher", "gradient")
 """Methods whose trainable set is sized by the budget; the others get one cell per seed."""
 LR_FACTORS = (1.0, 1 / 3, 3.0)
 """The LR sweep: the method's default times these (the default first, so it wins ties)."""
-SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr")
+SCORE_METHODS = ("sparse", "sparse_merged")
+"""Methods whose row score (SensitivityConfig.score) a grid may set or choose: the token-restricted rows."""
+TUNE_SCORES = ("fisher", "taylor")
+"""Row scores the sweep tries with ``tune_score`` (the default first, so it wins ties). Taylor rows led Fisher
+rows by 13 points on trec6 10-shot development rows and trailed by 0.5-0.8 on three other sets: a per-task
+choice, so the grid makes it on validation like the learning rate."""
+SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
+              "tune_score", "score")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 
 
@@ -61,6 +69,11 @@ class BenchConfig:
     """Per method, pick the LR among default x LR_FACTORS by validation accuracy (1 seed), then use it."""
     lr: dict[str, float] = field(default_factory=dict)
     """Fixed learning rates per method (e.g. chosen by an earlier ``tune_lr`` grid); the rest use their default."""
+    tune_score: bool = False
+    """With ``tune_lr``: the sweep of SCORE_METHODS runs every rate with each of TUNE_SCORES and the best
+    (rate, score) pair on validation is used."""
+    score: dict[str, str] = field(default_factory=dict)
+    """Fixed row scores per method of SCORE_METHODS (e.g. chosen by an earlier ``tune_score`` grid); default fisher."""
     model: str = "default"
     batch_size: int = 32
     max_length: int = 64
@@ -85,6 +98,17 @@ class BenchConfig:
         stray = [m for m in self.lr if m not in self.methods]
         if stray or any(not v > 0 for v in self.lr.values()):
             raise BenchError(f"learning rates must be > 0 and for methods of the grid; got {self.lr}")
+        self._check_scores()
+
+    def _check_scores(self) -> None:
+        if self.tune_score and not self.tune_lr:
+            raise BenchError("tune_score sweeps the row score with the learning rate: it needs tune_lr")
+        if self.score and self.tune_score:
+            raise BenchError("give fixed row scores or tune them, not both")
+        stray = [m for m in self.score if m not in self.methods or m not in SCORE_METHODS]
+        if stray or any(v not in SCORES for v in self.score.values()):
+            raise BenchError(f"row scores must be among {', '.join(SCORES)} and for methods of the grid among "
+                             f"{', '.join(SCORE_METHODS)}; got {self.score}")
 
 
 @dataclass(frozen=True)
@@ -96,11 +120,19 @@ class Cell:
     seed: int
     lr: float = 0.0
     """0 = the method's default learning rate."""
+    score: str = ""
+    """Row score of a SCORE_METHODS cell; '' = the default (folder names and commands stay as before)."""
 
     @property
     def name(self) -> str:
         budget = f"-b{self.budget:g}" if self.budget is not None else ""
-        return f"{self.method}{budget}-s{self.seed}"
+        score = f"-{self.score}" if self.score else ""
+        return f"{self.method}{score}{budget}-s{self.seed}"
+
+    @property
+    def row_score(self) -> str:
+        """The row score the cell's mask was chosen by ('' for methods without a choice of score)."""
+        return (self.score or SensitivityConfig.score) if self.method in SCORE_METHODS else ""
 
 
 @dataclass
@@ -110,6 +142,8 @@ class BenchResult:
     summary: pd.DataFrame
     lrs: dict[str, float] = field(default_factory=dict)
     """Learning rate used per method (chosen by the sweep with tune_lr, else the default)."""
+    scores: dict[str, str] = field(default_factory=dict)
+    """Row score used per method of SCORE_METHODS (chosen by the sweep with tune_score, else fixed or default)."""
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -170,14 +204,19 @@ def _write_splits(folder: Path, train: pd.DataFrame, val: pd.DataFrame, test: pd
 # ------------------------------------------------------------------------------------------------ grid
 
 
-def plan_cells(cfg: BenchConfig, lrs: dict[str, float] | None = None) -> list[Cell]:
+def plan_cells(cfg: BenchConfig, lrs: dict[str, float] | None = None, scores: dict[str, str] | None = None) -> list[Cell]:
     """Every cell of the grid, method by method (budget None for methods without one)."""
-    lrs = lrs or {}
+    lrs, scores = lrs or {}, {**cfg.score, **(scores or {})}
     cells = []
     for method in cfg.methods:
         budgets: tuple[float | None, ...] = cfg.budgets if method in BUDGET_METHODS else (None,)
-        cells += [Cell(method, b, s, lrs.get(method, 0.0)) for b in budgets for s in range(cfg.seeds)]
+        score = _cell_score(scores.get(method, ""))
+        cells += [Cell(method, b, s, lrs.get(method, 0.0), score) for b in budgets for s in range(cfg.seeds)]
     return cells
+
+
+def _cell_score(score: str) -> str:
+    return "" if score == SensitivityConfig.score else score
 
 
 def finished(cell_dir: Path) -> bool:
@@ -198,6 +237,8 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
         cmd += ["--budget", repr(cell.budget)]
     if cell.lr:
         cmd += ["--lr", repr(cell.lr)]
+    if cell.score:
+        cmd += ["--score", cell.score]
     return cmd
 
 
@@ -298,26 +339,46 @@ def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, ba
             bar.show(label, "done" if finished(cell_dir) else "FAILED (see logs/)", final=True)
 
 
-def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner: Runner,
-                        bar: ProgressBar | None = None) -> tuple[dict[str, float], pd.DataFrame]:
-    """Per method, seed 0 at the middle budget, LR = default x LR_FACTORS; best validation accuracy wins."""
+def tune_cells(cfg: BenchConfig) -> list[Cell]:
+    """The sweep: per method, seed 0 at the middle budget, LR = default x LR_FACTORS (x TUNE_SCORES with
+    tune_score for SCORE_METHODS), the default first so that it wins ties."""
     from clm_explore.finetune import DEFAULT_LR
 
     budget = sorted(cfg.budgets)[len(cfg.budgets) // 2]
-    cells = [Cell(m, budget if m in BUDGET_METHODS else None, 0, float(f"{DEFAULT_LR[m] * f:.3g}"))
-             for m in cfg.methods for f in LR_FACTORS]
-    cells = [_TunedCell(**asdict(c)) for c in cells]  # folder names that include the LR
+    cells = []
+    for m in cfg.methods:
+        scores = TUNE_SCORES if cfg.tune_score and m in SCORE_METHODS else (cfg.score.get(m, ""),)
+        cells += [_TunedCell(m, budget if m in BUDGET_METHODS else None, 0, float(f"{DEFAULT_LR[m] * f:.3g}"),
+                             _cell_score(s)) for s in scores for f in LR_FACTORS]
+    return cells
+
+
+def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner: Runner,
+                        bar: ProgressBar | None = None) -> tuple[dict[str, float], dict[str, str], pd.DataFrame]:
+    """Run the sweep of ``tune_cells``; per method the best validation accuracy picks the rate (and score).
+
+    Returns:
+        (learning rate per method, row score per SCORE_METHODS method, the sweep's table).
+    """
+    cells = tune_cells(cfg)
     root = out_dir / "tune"
     _run_cells(cells, root, tune_dir, runner, bar)
-    rows = [{"method": c.method, "budget": c.budget, "lr": c.lr,
-             "val_accuracy": read_metrics(root / c.name).get("accuracy")} for c in cells]
-    table = pd.DataFrame(rows)
-    chosen = {}
+    table = pd.DataFrame([{"method": c.method, "budget": c.budget, "lr": c.lr, "score": c.row_score,
+                           "val_accuracy": read_metrics(root / c.name).get("accuracy")} for c in cells])
+    chosen: dict[str, float] = {}
+    scores: dict[str, str] = {}
+    table["chosen"] = False
     for method, group in table.groupby("method", sort=False):
-        scores = group["val_accuracy"].astype(float)
-        chosen[method] = float(group["lr"].iloc[int(np.nanargmax(scores))]) if scores.notna().any() else 0.0
-    table["chosen"] = [chosen[m] == lr for m, lr in zip(table["method"], table["lr"], strict=True)]
-    return chosen, table
+        accuracy = group["val_accuracy"].astype(float)
+        if not accuracy.notna().any():
+            chosen[method] = 0.0
+            continue
+        best = group.index[int(np.nanargmax(accuracy))]
+        table.loc[best, "chosen"] = True
+        chosen[method] = float(table.loc[best, "lr"])
+        if method in SCORE_METHODS:
+            scores[method] = str(table.loc[best, "score"])
+    return chosen, scores, table
 
 
 @dataclass(frozen=True)
@@ -349,13 +410,13 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     runner = runner or subprocess_runner(cfg)
     lrs: dict[str, float] = dict(cfg.lr)
     tuning = None
-    n_tune = len(cfg.methods) * len(LR_FACTORS) if cfg.tune_lr else 0
+    n_tune = len(tune_cells(cfg)) if cfg.tune_lr else 0
     bar = ProgressBar(n_tune + len(plan_cells(cfg))) if progress else None
     cells = plan_cells(cfg, lrs)
     try:
         if cfg.tune_lr:
-            lrs, tuning = tune_learning_rates(cfg, out_dir, tune_dir, runner, bar)
-            cells = plan_cells(cfg, lrs)
+            lrs, scores, tuning = tune_learning_rates(cfg, out_dir, tune_dir, runner, bar)
+            cells = plan_cells(cfg, lrs, scores)
         _run_cells(cells, out_dir / "cells", data_dir, runner, bar)
     except KeyboardInterrupt:
         write_outputs(out_dir, cells, lrs, tuning)  # what finished so far; a rerun resumes
@@ -373,8 +434,9 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
         # Rates only matter for the methods both grids hold: a rerun with fewer (or other) methods
         # resumes as long as the rates of the methods it shares with the finished cells agree.
         shared = set(before.get("methods", ())) & set(cfg.methods)
-        before["lr"] = {m: r for m, r in before.get("lr", {}).items() if m in shared}
-        now["lr"] = {m: r for m, r in now["lr"].items() if m in shared}
+        for key in ("lr", "score"):
+            before[key] = {m: r for m, r in before.get(key, {}).items() if m in shared}
+            now[key] = {m: r for m, r in now[key].items() if m in shared}
         changed = [k for k in SAME_CELLS if k in before and before[k] != now[k]]
         if changed:
             raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)}; its finished cells would "
@@ -402,4 +464,5 @@ def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
     files["report"].write_text(render_report(results, summary, masks, overlap, tuning,
                                              json.loads((out_dir / "bench.json").read_text())))
     used = {m: float(g["lr"].dropna().iloc[0]) for m, g in results.groupby("method") if g["lr"].notna().any()}
-    return BenchResult(out_dir, results, summary, {**lrs, **used}, files)
+    scores = {c.method: c.row_score for c in cells if c.row_score}
+    return BenchResult(out_dir, results, summary, {**lrs, **used}, scores, files)

@@ -121,7 +121,7 @@ def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFr
     body = [f"<h1>clm-explore benchmark</h1><p>{esc(json.dumps(config))}</p>",
             "<h2>Summary (mean and std over seeds)</h2>", summary.round(4).to_html(index=False, na_rep="")]
     if tuning is not None:
-        body += ["<h2>Learning-rate sweep (validation accuracy, seed 0)</h2>", tuning.to_html(index=False)]
+        body += ["<h2>Learning-rate sweep (with the row score under tune_score; validation accuracy, seed 0)</h2>", tuning.to_html(index=False)]
     if len(failed):
         body += [f"<h2>Cells that did not finish ({len(failed)})</h2>",
                  failed[["method", "budget", "seed", "status", "error"]].to_html(index=False)]

@@ -21,7 +21,7 @@ OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 
 RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
                   "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
-                  "lowest_layer", "lr", "epochs", "total_params", "base_params", "val_curve", "cell", "error"]
+                  "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error"]
 
 
 def read_metrics(cell_dir: Path) -> dict:
@@ -40,6 +40,7 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
         ok = m.get("status") == "succeeded"
         row = {k: m.get(k) for k in RESULT_COLUMNS} if ok else {}
         row.update(method=cell.method, budget=cell.budget, seed=cell.seed, cell=str(cell_dir.relative_to(out_dir)),
+                   score=cell.row_score,
                    status=m.get("status", "failed") if not ok else "succeeded")
         if ok:
             row["trainable_share"] = m["trainable_params"] / max(m.get("base_params") or m["total_params"], 1)
@@ -74,6 +75,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     out.insert(0, "seeds", grouped.size())
     out["trainable_params"] = grouped["trainable_params"].first()
     out["lr"] = grouped["lr"].first()
+    out["score"] = grouped["score"].first()
     out["lowest_layer"] = grouped["lowest_layer"].first()
     return out.reset_index()
 

@@ -36,7 +36,8 @@ def in_process(cfg: BenchConfig, fail: str | None = None):
             raise RuntimeError("boom")
         ft = FinetuneConfig(method=cell.method, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cell.seed,
                             lr=cell.lr, device="cpu", mask=MaskConfig(budget=cell.budget or 0.01, seed=cell.seed),
-                            sensitivity=SensitivityConfig(calibration_rows=80, warmup_epochs=1))
+                            sensitivity=SensitivityConfig(calibration_rows=80, warmup_epochs=1,
+                                                          score=cell.score or SensitivityConfig.score))
         finetune(load_data(data_dir), ft, cell_dir, source="tiny-random")
 
     return run
@@ -64,6 +65,12 @@ def test_bad_grid_options_are_refused():
         BenchConfig(lr={"sparse": 1e-3}, tune_lr=True)
     with pytest.raises(BenchError, match="learning rates"):
         BenchConfig(methods=("sparse",), lr={"full": 1e-4})
+    with pytest.raises(BenchError, match="needs tune_lr"):
+        BenchConfig(methods=("sparse",), tune_score=True)
+    with pytest.raises(BenchError, match="row scores"):
+        BenchConfig(methods=("sparse", "random"), score={"random": "taylor"})  # random rows have no score
+    with pytest.raises(BenchError, match="row scores"):
+        BenchConfig(methods=("sparse",), score={"sparse": "entropy"})
 
 
 def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
@@ -85,17 +92,25 @@ def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
 
 def test_cli_parses_method_learning_rates():
     from clm_explore.cli import UserError
-    from clm_explore.cli.bench_cmds import parse_method_lrs
+    from clm_explore.cli.bench_cmds import parse_method_lrs, parse_method_scores
 
     assert parse_method_lrs("sparse=5e-3, full=6.7e-5") == {"sparse": 5e-3, "full": 6.7e-5}
     with pytest.raises(UserError, match="METHOD=LR"):
         parse_method_lrs("sparse:5e-3")
+    with pytest.raises(UserError, match="METHOD=LR"):
+        parse_method_lrs("sparse=fast")
+    assert parse_method_scores("sparse=taylor") == {"sparse": "taylor"}
+    with pytest.raises(UserError, match="METHOD=SCORE"):
+        parse_method_scores("taylor")
 
 
 def test_finetune_command_passes_the_cell():
     cmd = finetune_command(Cell("sparse", 0.01, 2, 5e-4), _cfg(), Path("d"), Path("c"))
     text = " ".join(cmd)
     assert "--method sparse" in text and "--budget 0.01" in text and "--seed 2" in text and "--lr 0.0005" in text
+    assert "--score" not in cmd  # the default row score: the command (and folder name) of older grids
+    taylor = finetune_command(Cell("sparse", 0.01, 2, 5e-4, "taylor"), _cfg(), Path("d"), Path("c"))
+    assert taylor[taylor.index("--score") + 1] == "taylor"
     assert "--json" in cmd and "--overwrite" in cmd and cmd[cmd.index("--out") + 1] == "c"
     assert "--budget" not in finetune_command(Cell("full", None, 0), _cfg(), Path("d"), Path("c"))
 
@@ -157,6 +172,31 @@ def test_lr_sweep_scores_on_validation_never_test(data_dir, tmp_path):
     tune_test = pd.read_csv(out / "data_tune" / "test.csv")
     assert tune_test.equals(pd.read_csv(out / "data" / "validation.csv"))
     assert not set(tune_test["text"]) & set(pd.read_csv(out / "data" / "test.csv")["text"])
+
+
+def test_row_score_sweep_picks_the_best_pair_on_validation(data_dir, tmp_path):
+    cfg = _cfg(methods=("head", "sparse"), tune_lr=True, tune_score=True)
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    tuning = pd.read_csv(tmp_path / "out" / "tuning.csv", keep_default_na=False)
+    sweep = tuning[tuning["method"] == "sparse"]
+    assert sorted(sweep["score"]) == ["fisher"] * 3 + ["taylor"] * 3 and len(tuning) == 9  # head: 3 rates, no score
+    assert (tuning.groupby("method")["chosen"].sum() == 1).all()
+    best = sweep.loc[sweep["chosen"]].iloc[0]
+    assert best["val_accuracy"] == sweep["val_accuracy"].max()
+    assert result.scores == {"sparse": best["score"]} and result.lrs["sparse"] == best["lr"]
+    row = result.results.set_index("method").loc["sparse"]
+    assert row["score"] == best["score"] and row["lr"] == best["lr"]
+    assert (tmp_path / "out" / "tune" / "sparse-taylor-b0.05-s0-lr0.005").is_dir()
+
+
+def test_fixed_row_scores_reach_the_cells(data_dir, tmp_path):
+    cfg = _cfg(methods=("sparse",), score={"sparse": "taylor"})
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    assert list(result.results["cell"]) == ["cells/sparse-taylor-b0.05-s0"] and result.scores == {"sparse": "taylor"}
+    run = json.loads((tmp_path / "out" / "cells" / "sparse-taylor-b0.05-s0" / "clm_run.json").read_text())
+    assert run["config"]["sensitivity"]["score"] == "taylor"
+    with pytest.raises(BenchError, match="score"):  # its finished cell was chosen by Taylor rows
+        run_grid(data_dir, _cfg(methods=("sparse",)), tmp_path / "out", runner=in_process(cfg), progress=False)
 
 
 def test_resuming_with_other_training_settings_is_refused(data_dir, tmp_path):

@@ -28,6 +28,11 @@ def register(subparsers: Any) -> None:
                    help="per method, sweep 3 learning rates on a validation split (never test) and use the best")
     p.add_argument("--lr", default="", metavar="M=LR,...",
                    help="fixed learning rates per method, e.g. sparse=5e-3,full=6.7e-5 (others: their default)")
+    p.add_argument("--tune-score", action="store_true",
+                   help="with --tune-lr: sweep the row score of sparse/sparse_merged too (fisher, taylor) and use "
+                   "the best (rate, score) pair on validation")
+    p.add_argument("--score", default="", metavar="M=SCORE,...",
+                   help="fixed row scores of sparse/sparse_merged, e.g. sparse=taylor (others: fisher)")
     p.add_argument("--model", default="default", metavar="SRC", help="'default', 'tiny-random' or a local folder")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
@@ -46,13 +51,26 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 
 def parse_method_lrs(text: str) -> dict[str, float]:
     lrs = {}
-    for item in (x.strip() for x in text.split(",") if x.strip()):
-        method, _, value = item.partition("=")
+    for method, value in _method_pairs(text, "--lr", "METHOD=LR", "sparse=5e-3"):
         try:
-            lrs[method.strip()] = float(value)
+            lrs[method] = float(value)
         except ValueError as exc:
-            raise UserError(f"--lr takes METHOD=LR pairs separated by commas, e.g. sparse=5e-3; got {item!r}") from exc
+            raise UserError(f"--lr takes METHOD=LR pairs separated by commas, e.g. sparse=5e-3; got {value!r}") from exc
     return lrs
+
+
+def parse_method_scores(text: str) -> dict[str, str]:
+    return dict(_method_pairs(text, "--score", "METHOD=SCORE", "sparse=taylor"))
+
+
+def _method_pairs(text: str, flag: str, shape: str, example: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        method, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"{flag} takes {shape} pairs separated by commas, e.g. {example}; got {item!r}")
+        pairs.append((method.strip(), value.strip()))
+    return pairs
 
 
 def bench_config(args: argparse.Namespace):
@@ -61,7 +79,8 @@ def bench_config(args: argparse.Namespace):
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
-                       lr=parse_method_lrs(args.lr), model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                       lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
+                       model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                        data=str(Path(args.data).resolve()))
 
 
@@ -79,12 +98,14 @@ def run_bench(args: argparse.Namespace) -> int:
     summary = result.summary
     if args.json:
         print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
-                    "lr": result.lrs, "cells": len(result.results),
+                    "lr": result.lrs, "score": result.scores, "cells": len(result.results),
                     "failed": int((result.results["status"] != "succeeded").sum()),
                     "summary": summary.to_dict(orient="records")})
         return 0
-    cols = [c for c in ("method", "budget", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean",
+    cols = [c for c in ("method", "budget", "score", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean",
                         "trainable_share_mean", "train_seconds_mean", "peak_memory_mb_mean") if c in summary]
+    if "score" in summary and not summary["score"].fillna("").astype(bool).any():
+        cols.remove("score")  # no method of this grid has a row score to show
     print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     failed = result.results[result.results["status"] != "succeeded"]
     if len(failed):
