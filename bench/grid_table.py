@@ -3,7 +3,7 @@
     python bench/grid_table.py bench/out/snips-10shot [more folders ...]
     python bench/grid_table.py --merge bench/out/snips-full bench/out/snips-full-others   # one table
 
-Columns: method (budget), learning rate, accuracy and macro-F1 as mean ± std over seeds, seeds,
+Columns: method (budget; the row score when not Fisher), learning rate, accuracy and macro-F1 as mean ± std over seeds, seeds,
 trainable share, train seconds (preparation included) and peak memory, each a mean over seeds.
 """
 
@@ -28,6 +28,8 @@ def grid_table(*folders: Path) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         name = r["method"] if pd.isna(r["budget"]) else f"{r['method']} @ {r['budget']:g}"
+        if isinstance(r.get("score"), str) and r["score"] not in ("", "fisher"):  # the row score, when not the default
+            name += f" ({r['score']} rows)"
         lines.append(f"| {name} | {r['lr']:.3g} | {_pm(r['accuracy_mean'], r['accuracy_std'])} | "
                      f"{_pm(r['macro_f1_mean'], r['macro_f1_std'])} | {r['seeds']} | "
                      f"{r['trainable_share_mean'] * 100:.2f}% | {r['train_seconds_mean']:.0f} | "

@@ -12,6 +12,8 @@
 #                                 # (made with the 5-epoch head warm-up that was the default then)
 #   bash bench/tables.sh fewshot_probes # variants of those grids scored on development rows (probe_fewshot.py)
 #   bash bench/tables.sh fewshot_auto # the 10-shot grids again with the automatic head warm-up
+#   bash bench/tables.sh score_tuned # the row score chosen on validation (--tune-score) on the 10-shot grids;
+#                                 # hint3 and trec6 full data with the automatic warm-up and swept rates
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -249,7 +251,24 @@ fewshot_auto() {
     done
 }
 
+score_tuned() {
+    # Sixteenth session. Two lanes: hint3 full data then the 10-shot grids with the row score swept with the
+    # rate on each grid's validation carve (same shots and seeds as fewshot_auto; the full rows of trec6 for a
+    # self-contained table); trec6 full data with swept rates in the other.
+    $CLI bench --data "$DATA/hint3_sofmattress" --methods full,sparse,random,fisher --seeds 3 --epochs 10 \
+        --tune-lr --out "$OUT/hint3_sofmattress-full-auto"
+    $CLI bench --data "$DATA/trec6" --shots 10 --methods full,sparse --seeds 3 --epochs 30 --tune-lr --tune-score \
+        --out "$OUT/trec6-10shot-e30-tunescore"
+    for name in snips hint3_sofmattress; do
+        $CLI bench --data "$DATA/$name" --shots 10 --methods sparse --seeds 3 --epochs 30 --tune-lr --tune-score \
+            --out "$OUT/$name-10shot-e30-tunescore"
+    done
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods sparse --seeds 3 --epochs 15 --tune-lr --tune-score \
+        --out "$OUT/banking77-10shot-e15-tunescore"
+    $CLI bench --data "$DATA/trec6" --methods full,sparse --seeds 3 --epochs 3 --tune-lr --out "$OUT/trec6-full-tuned"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned" >&2; exit 2 ;;
 esac
