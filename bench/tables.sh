@@ -265,7 +265,22 @@ score_tuned() {
     done
     $CLI bench --data "$DATA/banking77" --shots 10 --methods sparse --seeds 3 --epochs 15 --tune-lr --tune-score \
         --out "$OUT/banking77-10shot-e15-tunescore"
+    # The budget sweep on trec6 10-shot at the rate and row score the 1% carve chose (its 1% sparse cells are
+    # trec6-10shot-e30-tunescore's, copied in by the session), random and unrestricted Fisher rows beside it.
+    $CLI bench --data "$DATA/trec6" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.01,0.05 --seeds 3 \
+        --epochs 30 --lr sparse=5e-3,random=5e-3,fisher=5e-3 --score sparse=taylor --out "$OUT/trec6-10shot-e30-budgets-taylor"
     $CLI bench --data "$DATA/trec6" --methods full,sparse --seeds 3 --epochs 3 --tune-lr --out "$OUT/trec6-full-tuned"
+    # Then sparse's row score swept too (the session copied trec6-full-tuned's finished Fisher cells into this
+    # folder first, the same runs, rather than train them again).
+    $CLI bench --data "$DATA/trec6" --methods sparse --seeds 3 --epochs 3 --tune-lr --tune-score \
+        --out "$OUT/trec6-full-tunescore"
+    # Full finetuning's head warm-up (1 epoch, the automatic length at 10 shots, or 5) on development rows.
+    for g in snips:6.67e-5 hint3_sofmattress:2e-4; do
+        for w in 1 5; do
+            .venv/bin/python bench/probe_fewshot.py "$OUT/${g%%:*}-10shot-e30-tunescore" "full-warm$w" full "${g#*:}" \
+                0,1,2,3,4 "sensitivity.warmup_epochs=$w"
+        done
+    done
 }
 
 case "${1:-}" in
