@@ -252,9 +252,10 @@ fewshot_auto() {
 }
 
 score_tuned() {
-    # Sixteenth session. Two lanes: hint3 full data then the 10-shot grids with the row score swept with the
-    # rate on each grid's validation carve (same shots and seeds as fewshot_auto; the full rows of trec6 for a
-    # self-contained table); trec6 full data with swept rates in the other.
+    # Sixteenth session, in order; the session ran them in two lanes (hint3 full data, the 10-shot grids and
+    # the budget sweep in one; trec6 full data and the probes in the other). The 10-shot grids sweep the row
+    # score with the rate on each grid's validation carve (same shots and seeds as fewshot_auto; trec6's full
+    # rows again, for a self-contained table).
     $CLI bench --data "$DATA/hint3_sofmattress" --methods full,sparse,random,fisher --seeds 3 --epochs 10 \
         --tune-lr --out "$OUT/hint3_sofmattress-full-auto"
     $CLI bench --data "$DATA/trec6" --shots 10 --methods full,sparse --seeds 3 --epochs 30 --tune-lr --tune-score \
