@@ -10,7 +10,10 @@ wall time until sparse comes within 0.5 point of full's final test accuracy (pre
 Variants (``--variants``): ``full``; ``sparse`` (default config); ``sparse-all-layers`` (rows may sit in
 any layer, so backward runs to the bottom); ``sparse-top2`` (rows only in layers 4-5 of 6: a shorter
 backward); ``sparse-untargeted`` (Fisher without the token restriction); ``sparse-merged`` (with 64
-adaptive merged tokens). The per-epoch test curve is for reporting only.
+adaptive merged tokens); ``sparse-cached`` and ``sparse-top2-cached`` (the frozen layers below the lowest
+selected row computed once, ``FinetuneConfig.cache_frozen_layers``; ``sparse-cached-drop``: with dropout 0.1 on
+the cached states, ``cache_input_dropout``). The per-epoch test curve is for
+reporting only.
 Learning rates are the methods' defaults unless ``--lr variant=LR,...`` fixes them (choose them on
 validation, e.g. with ``clm-explore bench --tune-lr``, never on test). ``--curve-split validation`` is that
 sweep on the full data: the per-epoch curve is taken on the validation split carved from train, and the
@@ -38,6 +41,9 @@ VARIANTS = {
     "sparse-top2": {"method": "sparse", "mask": {"min_layer": 4}},
     "sparse-untargeted": {"method": "sparse", "sensitivity": {"restriction": "none"}},
     "sparse-merged": {"method": "sparse_merged"},
+    "sparse-cached": {"method": "sparse", "cache_frozen_layers": True},
+    "sparse-cached-drop": {"method": "sparse", "cache_frozen_layers": True, "cache_input_dropout": 0.1},
+    "sparse-top2-cached": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True},
 }
 
 

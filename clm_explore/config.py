@@ -206,6 +206,18 @@ class FinetuneConfig:
     """Every method starts from the same warmed-up head (a linear probe on cached features, see
     SensitivityConfig.warmup_*; its time counts as preparation). Row methods warm up inside their
     sensitivity pass; False leaves full/head/bitfit/lora/prefix with a random head (plain finetuning)."""
+    cache_frozen_layers: bool = False
+    """Row methods (and 'layers'): compute the frozen layers below the lowest trained one once per training
+    row, then run only the layers above each step, skipping the lower layers' forward pass every epoch. Those
+    layers then run without dropout; the cache holds (tokens, hidden) floats per training row in memory. Off,
+    with the reason in metrics.json's ``prefix_cache``, where the architecture is not supported or several
+    processes train."""
+    cache_input_dropout: float = 0.0
+    """With the cache: dropout on the cached states fed to the lowest trained layer, a stand-in for the lower
+    layers' lost dropout noise (0.1 did not recover the accuracy the cache costs on banking77: BENCHMARKS.md)."""
+    cache_max_mb: float = 1024.0
+    """The cache's memory cap: when the training rows' states would need more, training runs the whole model
+    (the reason goes to metrics.json)."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
@@ -221,6 +233,9 @@ class FinetuneConfig:
         _check(self.norm_lr >= 0, f"norm_lr must be >= 0, got {self.norm_lr}")
         _check(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(0 <= self.cache_input_dropout < 1,
+               f"cache_input_dropout must be in [0, 1), got {self.cache_input_dropout}")
+        _check(self.cache_max_mb > 0, f"cache_max_mb must be > 0, got {self.cache_max_mb}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from clm_explore.modeling import (
     load_model,
     resolve_device,
 )
+from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
 from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
@@ -361,6 +363,7 @@ class _TrainLoop:
     def run(self) -> str:
         dtype = autocast_dtype(self.device)
         lengths = [len(x) for x in self.train_ids]
+        prefix = self._prefix_cache()
         for epoch in range(1, self.cfg.epochs + 1):
             self.model.train()
             for idx in self._my_batches(lengths):
@@ -368,7 +371,8 @@ class _TrainLoop:
                     return "cancelled"
                 started = time.perf_counter()
                 input_ids, mask = collate(self.train_ids, idx, self.loaded.tokenizer.pad_token_id)
-                with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                feeding = prefix.feeding(idx) if prefix else nullcontext()
+                with feeding, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                     logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 loss = nn.functional.cross_entropy(logits.float(), self.train_labels[idx].to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
@@ -384,6 +388,24 @@ class _TrainLoop:
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
             self._end_epoch(epoch)
         return "succeeded"
+
+    def _prefix_cache(self) -> PrefixCache | None:
+        """The frozen layers' outputs, when configured; built inside the timed, memory-measured loop."""
+        if not self.cfg.cache_frozen_layers:
+            return None
+        cache, why = None, "several processes train"
+        if self.world == 1:
+            cache, why = build_prefix_cache(self.eval_model, self.train_ids, self.loaded.tokenizer.pad_token_id,
+                                            self.prepared.info.get("lowest_layer"), self.device,
+                                            self.cfg.cache_max_mb)
+        if cache is None:
+            self.prepared.info["prefix_cache"] = {"off": why}
+            return None
+        cache.input_dropout = self.cfg.cache_input_dropout
+        self.prepared.info["prefix_cache"] = cache.info()
+        self.prepared.info["prep_seconds"] = self._prep_seconds() + cache.seconds
+        self.train_seconds += cache.seconds
+        return cache
 
     def _prep_seconds(self) -> float:
         return float(self.prepared.info.get("prep_seconds", 0.0))

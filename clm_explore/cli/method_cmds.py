@@ -154,6 +154,9 @@ def _register_finetune(sub: Any) -> None:
                    help="the row methods' LayerNorm rate (0 = --lr)")
     p.add_argument("--dropout", type=float, default=None,
                    help="dropout probability while training (default: the checkpoint's)")
+    p.add_argument("--cache-frozen-layers", action=argparse.BooleanOptionalAction,
+                   default=FinetuneConfig.cache_frozen_layers,
+                   help="row methods: compute the frozen layers below the lowest selected row once, not every step")
     p.add_argument("--schedule", default=FinetuneConfig.schedule, choices=SCHEDULES,
                    help="learning rate after the warm-up: linear or cosine decay to 0, or constant")
     p.add_argument("--warmup-ratio", type=float, default=FinetuneConfig.warmup_ratio,
@@ -185,7 +188,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                       include_embeddings=not args.no_embeddings, train_biases=args.train_biases,
                       seed=args.seed)
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
-                          norm_lr=args.norm_lr, dropout=args.dropout,
+                          norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs))

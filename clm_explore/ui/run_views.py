@@ -58,11 +58,14 @@ METRIC_ROWS = (
     "accuracy",
     "macro_f1",
     "train_seconds",
+    "prep_seconds",
     "examples_per_second",
     "peak_memory_mb",
     "trainable_params",
     "total_params",
     "budget",
+    "lowest_layer",
+    "prefix_cache",
     "epochs",
     "seed",
 )
@@ -77,6 +80,8 @@ def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
+    if isinstance(value, dict):  # e.g. prefix_cache: {"from_layer": 3, "seconds": 5.2, "mb": 71.0} or {"off": why}
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
         value = int(value)
     if isinstance(value, int):

@@ -142,12 +142,14 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
         at.selectbox(key="ft_method").set_value(method)
         at.number_input(key="ft_epochs").set_value(1)
         at.selectbox(key="ft_schedule").set_value("cosine" if method == "sparse" else "linear")
+        at.checkbox(key="ft_cache").set_value(method == "sparse")
         button(at, "Launch").click().run(timeout=TIMEOUT)
         assert not at.exception, [e.value for e in at.exception]
     store = RunStore()
     runs = store.list()
     assert sorted(r.method for r in runs) == ["full", "sparse"]
     assert {r.method: r.config["schedule"] for r in runs} == {"sparse": "cosine", "full": "linear"}
+    assert {r.method: r.config["cache_frozen_layers"] for r in runs} == {"sparse": True, "full": False}
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
     assert all((r.path / "predictions.csv").is_file() for r in runs)
 

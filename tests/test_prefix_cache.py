@@ -1,0 +1,122 @@
+"""The frozen prefix computed once (FinetuneConfig.cache_frozen_layers) on the tiny random BERT, whose
+dropout is off: training with the cache must reach the same weights as training without it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+
+from clm_explore.batches import collate, encode
+from clm_explore.config import FinetuneConfig, MaskConfig
+from clm_explore.finetune import finetune
+from clm_explore.prefix_cache import build_prefix_cache
+
+UPPER_LAYER = FinetuneConfig(method="sparse", epochs=2, batch_size=8, device="cpu", seed=0,
+                             mask=MaskConfig(budget=0.03, min_layer=1))
+
+
+def saved_params(folder) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in AutoModelForSequenceClassification.from_pretrained(folder).named_parameters()}
+
+
+def test_training_on_cached_lower_layers_reaches_the_same_weights(tiny_data, tmp_path):
+    plain = finetune(tiny_data, UPPER_LAYER, tmp_path / "plain", source="tiny-random")
+    cached = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True), tmp_path / "cached", source="tiny-random")
+    assert "prefix_cache" not in plain.metrics
+    info = cached.metrics["prefix_cache"]
+    assert info["from_layer"] == cached.metrics["lowest_layer"] == 1
+    assert info["mb"] > 0 and info["seconds"] > 0
+    before, after = saved_params(tmp_path / "plain"), saved_params(tmp_path / "cached")
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert cached.metrics["accuracy"] == plain.metrics["accuracy"]
+
+
+def test_the_cache_is_off_with_a_reason_when_the_lowest_trained_layer_is_the_first(tiny_data, tmp_path):
+    cfg = FinetuneConfig(method="sparse", epochs=1, batch_size=8, device="cpu", cache_frozen_layers=True,
+                         mask=MaskConfig(budget=0.03, min_layer=0))
+    metrics = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random").metrics
+    assert metrics["lowest_layer"] <= 0
+    assert metrics["prefix_cache"] == {"off": "no frozen layer below the lowest trained one"}
+
+
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def test_feeding_reproduces_the_logits_and_restores_the_model(tiny, tiny_data):
+    model, tokenizer = frozen(tiny.model), tiny.tokenizer
+    ids = encode(tiny, tiny_data.train["text"].tolist()[:20], 64)
+    cache, why = build_prefix_cache(model, ids, tokenizer.pad_token_id, 1, torch.device("cpu"))
+    assert cache is not None, why
+    assert len(cache.states) == len(ids)
+    assert [s.shape for s in cache.states] == [(len(x), model.config.hidden_size) for x in ids]
+    assert cache.megabytes == pytest.approx(sum(len(x) for x in ids) * model.config.hidden_size * 4 / 2**20)
+    modules = dict(model.named_modules())
+    rows = torch.arange(5, 12).numpy()
+    input_ids, mask = collate(ids, rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = model(input_ids=input_ids, attention_mask=mask).logits
+        with cache.feeding(rows):
+            assert len(model.bert.encoder.layer) == 1
+            cached = model(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-4)
+    assert dict(model.named_modules()) == modules, "feeding must put the embeddings and every layer back"
+
+
+def cache_for(model, tiny, tiny_data, max_length: int = 64, **limits):
+    """The cache from layer 1 for 8 training rows, or (None, why not)."""
+    ids = encode(tiny, tiny_data.train["text"].tolist()[:8], max_length)
+    return build_prefix_cache(model, ids, tiny.tokenizer.pad_token_id, 1, torch.device("cpu"), **limits)
+
+
+def test_positions_added_outside_the_embedding_module_are_refused(tiny, tiny_data):
+    """GPT-2 adds position embeddings in its forward: no module's output is layer 0's input."""
+    config = GPT2Config(vocab_size=tiny.tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, num_labels=4,
+                        pad_token_id=tiny.tokenizer.pad_token_id)
+    cache, why = cache_for(frozen(GPT2ForSequenceClassification(config)), tiny, tiny_data, max_length=32)
+    assert cache is None
+    assert why == "the input embeddings do not feed layer 0 directly"
+
+
+def test_a_trainable_parameter_below_the_cached_layer_is_refused(tiny, tiny_data):
+    model = frozen(tiny.model)
+    model.bert.encoder.layer[0].output.dense.weight.requires_grad_(True)
+    cache, why = cache_for(model, tiny, tiny_data)
+    assert cache is None
+    assert why == "a parameter below the lowest trained layer trains"
+
+
+def test_a_cache_above_the_memory_cap_is_refused(tiny, tiny_data):
+    model = frozen(tiny.model)
+    tokens = sum(len(x) for x in encode(tiny, tiny_data.train["text"].tolist()[:8], 64))
+    needed = tokens * model.config.hidden_size * 4 / 2**20
+    cache, why = cache_for(model, tiny, tiny_data, max_mb=needed / 2)
+    assert cache is None
+    assert why.startswith("the cache would need") and why.endswith("MB cap")
+    cache, why = cache_for(model, tiny, tiny_data, max_mb=needed * 2)
+    assert cache is not None, why
+
+
+def test_input_dropout_applies_while_training_only(tiny, tiny_data):
+    model = frozen(tiny.model)  # the tiny model's own dropout is 0: any difference is the cache's
+    ids = encode(tiny, tiny_data.train["text"].tolist()[:8], 64)
+    cache, why = build_prefix_cache(model, ids, tiny.tokenizer.pad_token_id, 1, torch.device("cpu"))
+    assert cache is not None, why
+    cache.input_dropout = 0.5
+    rows = torch.arange(8).numpy()
+    input_ids, mask = collate(ids, rows, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = model(input_ids=input_ids, attention_mask=mask).logits
+        with cache.feeding(rows):
+            evaluated = model(input_ids=input_ids, attention_mask=mask).logits
+            model.train()
+            trained = model(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(evaluated, plain, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(trained, plain, atol=1e-3)
