@@ -47,6 +47,8 @@ RULES = [
     (FinetuneConfig, "batch_size", 0, "batch_size must be >= 1"),
     (FinetuneConfig, "max_length", 4, "max_length must be in 8..512"),
     (FinetuneConfig, "warmup_ratio", 1.0, "warmup_ratio must be in [0, 1)"),
+    (FinetuneConfig, "cache_input_dropout", 1.0, "cache_input_dropout must be in [0, 1)"),
+    (FinetuneConfig, "cache_max_mb", 0.0, "cache_max_mb must be > 0"),
 ]
 
 # Values at the edge of each range that must be accepted.
@@ -58,7 +60,7 @@ EDGES = [
     (MaskConfig, {"budget": 1.0, "strategy": "random", "cost_aware": 0.0, "min_layer": 0}),
     (MaskConfig, {"budget": 50_000}),
     (FinetuneConfig, {"epochs": 1, "lr": 0.0, "batch_size": 1, "max_length": 8, "warmup_ratio": 0.0}),
-    (FinetuneConfig, {"max_length": 512}),
+    (FinetuneConfig, {"max_length": 512, "cache_frozen_layers": True, "cache_input_dropout": 0.0, "cache_max_mb": 0.5}),
 ]
 
 

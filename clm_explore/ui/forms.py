@@ -189,7 +189,7 @@ def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
             key=f"{key}_cache",
             help="Row methods: the layers below the lowest selected row run once per row, not every step. "
             "Epochs get faster (0.5-0.8 of the time on banking77), but those layers lose their dropout, "
-            "which cost 0.4 point of accuracy there (BENCHMARKS.md).",
+            "which cost about 0.35 point of accuracy there (BENCHMARKS.md).",
         )
         st.caption(f"Runs on: {default_device()}")
         if not st.form_submit_button("Launch", type="primary"):
