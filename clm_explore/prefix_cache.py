@@ -162,18 +162,14 @@ def _run_until(model: nn.Module, layer: nn.Module, ids, rows: np.ndarray, pad_id
         raise _Stop
 
     hook = layer.register_forward_pre_hook(capture, with_kwargs=True)
-    was_training = model.training
-    model.eval()
     input_ids, mask = collate(ids, rows, pad_id)
-    dtype = autocast_dtype(device)
     try:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with _inference(model, device):
             model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
     except _Stop:
         pass
     finally:
         hook.remove()
-        model.train(was_training)
     return seen[0]
 
 
@@ -182,18 +178,25 @@ def _reproduces_logits(cache: PrefixCache, ids, pad_id, device) -> bool:
     model = cache.model
     rows = _row_groups(ids)[-1][:CHECK_ROWS]  # the longest rows: padding and masks matter most there
     input_ids, mask = collate(ids, rows, pad_id)
+    with _inference(model, device):
+        plain = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+        with cache.feeding(rows):
+            cached = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+    tolerance = 1e-4 if autocast_dtype(device) is None else 5e-2  # bf16 rounds differently at another padding width
+    return bool(torch.allclose(plain, cached, atol=tolerance * (1 + plain.abs().max().item()), rtol=0))
+
+
+@contextmanager
+def _inference(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode (no dropout) and the device's autocast, as training uses it; the mode is restored after."""
     was_training = model.training
     model.eval()
     dtype = autocast_dtype(device)
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            plain = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-            with cache.feeding(rows):
-                cached = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+            yield
     finally:
         model.train(was_training)
-    tolerance = 1e-4 if dtype is None else 5e-2  # bf16 autocast rounds differently at another padding width
-    return bool(torch.allclose(plain, cached, atol=tolerance * (1 + plain.abs().max().item()), rtol=0))
 
 
 def _row_groups(ids: list[list[int]]) -> list[np.ndarray]:
