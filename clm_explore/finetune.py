@@ -91,6 +91,9 @@ class MethodContext:
     cfg: FinetuneConfig
     device: torch.device
     out_dir: Path
+    processes: int = 1
+    prefix: PrefixCache | None = None
+    """The frozen layers' outputs, when built for scoring (``frozen_prefix``); training reuses them."""
 
 
 @dataclass
@@ -162,10 +165,27 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
         _write_json(ctx.out_dir / "merge.json", merge.to_dict())
     sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction,
                        score=score or ctx.cfg.sensitivity.score)
-    report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device))
+    report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device),
+                                 prefix=frozen_prefix(ctx, sens_cfg.min_layer, sens_cfg.max_length))
     task_tokens.save(ctx.out_dir / "task_tokens.json")
     report.save(ctx.out_dir / "sensitivity")
     return task_tokens, report, time.perf_counter() - started
+
+
+def frozen_prefix(ctx: MethodContext, min_layer: int, max_length: int) -> PrefixCache | None:
+    """With ``cache_frozen_layers``, the training rows' hidden states at layer ``min_layer``, computed once
+    (in ``ctx.prefix``) for the head warm-up, the scoring and training alike: a method that scores only
+    from there up selects nothing below, so those layers never change. None where it does not apply
+    (nothing frozen, several processes, other token ids than training's) or cannot be built (training
+    then tries again and records why)."""
+    cfg = ctx.cfg
+    if not cfg.cache_frozen_layers or ctx.processes > 1 or min_layer < 1 or max_length != cfg.max_length:
+        return None
+    if ctx.prefix is None or ctx.prefix.start != min_layer:
+        ids = encode(ctx.loaded, ctx.data.train["text"].tolist(), cfg.max_length)
+        ctx.prefix, _ = build_prefix_cache(ctx.loaded.model, ids, ctx.loaded.tokenizer.pad_token_id, min_layer,
+                                           ctx.device, cfg.cache_max_mb, require_frozen=False)
+    return ctx.prefix
 
 
 def scoring_config(ctx: MethodContext) -> SensitivityConfig:
@@ -302,7 +322,7 @@ def finetune(
     loaded.model.to(device)
     _write_json(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
-    ctx = MethodContext(loaded, data, cfg, device, out_dir)
+    ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1)
     base_params = count_parameters(loaded.model)
     warmup_seconds = warm_up_head_only(ctx) if cfg.head_warmup and cfg.method in HEAD_WARMUP_METHODS else 0.0
     prepared = _preparer(cfg.method)(ctx)
@@ -313,6 +333,7 @@ def finetune(
     lr = cfg.lr or DEFAULT_LR[cfg.method]
     with open(out_dir / "progress.jsonl", "w") as progress:
         loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator)
+        loop.scoring_prefix, ctx.prefix = ctx.prefix, None
         with PeakMemory(device) as memory:
             status = loop.run()
     if status == "cancelled":
@@ -326,7 +347,7 @@ def finetune(
     metrics.update(prepared.info)
     metrics.update(method=cfg.method, seed=cfg.seed, epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size,
                    train_seconds=loop.train_seconds, examples_per_second=loop.examples / max(sum(loop.epoch_seconds), 1e-9),
-                   peak_memory_mb=memory.mb, trainable_params=loop.trainable_params, epoch_seconds=loop.epoch_seconds,
+                   peak_memory_mb=memory.mb + loop.memory_before_mb, trainable_params=loop.trainable_params, epoch_seconds=loop.epoch_seconds,
                    total_params=count_parameters(model), base_params=base_params,
                    backbone_params=backbone_parameter_count(model), val_curve=loop.val_curve,
                    device=str(device), status="succeeded")
@@ -359,6 +380,9 @@ class _TrainLoop:
         self.val_curve: list[dict] = []
         self.epoch_seconds: list[float] = []
         self.last_loss = self.last_lr = 0.0
+        self.scoring_prefix: PrefixCache | None = None
+        self.memory_before_mb = 0.0
+        """Memory the loop holds but allocated before it began (a prefix cache built for scoring)."""
 
     def run(self) -> str:
         dtype = autocast_dtype(self.device)
@@ -390,9 +414,17 @@ class _TrainLoop:
         return "succeeded"
 
     def _prefix_cache(self) -> PrefixCache | None:
-        """The frozen layers' outputs, when configured; built inside the timed, memory-measured loop."""
+        """The frozen layers' outputs, when configured: the ones built for scoring where they still apply
+        (their seconds are in the preparation's already), else built here, inside the timed loop."""
         if not self.cfg.cache_frozen_layers:
             return None
+        early, self.scoring_prefix = self.scoring_prefix, None
+        if early is not None and self._still_applies(early):
+            early.input_dropout = self.cfg.cache_input_dropout
+            self.prepared.info["prefix_cache"] = {**early.info(), "built": "before scoring"}
+            self.memory_before_mb = early.megabytes
+            return early
+        del early  # frees its states before another cache is built
         cache, why = None, "several processes train"
         if self.world == 1:
             cache, why = build_prefix_cache(self.eval_model, self.train_ids, self.loaded.tokenizer.pad_token_id,
@@ -406,6 +438,11 @@ class _TrainLoop:
         self.prepared.info["prep_seconds"] = self._prep_seconds() + cache.seconds
         self.train_seconds += cache.seconds
         return cache
+
+    def _still_applies(self, cache: PrefixCache) -> bool:
+        lowest = self.prepared.info.get("lowest_layer")
+        return (cache.model is self.eval_model and lowest is not None and cache.start <= lowest
+                and cache.fits(self.train_ids) and not cache.trains_below())
 
     def _prep_seconds(self) -> float:
         return float(self.prepared.info.get("prep_seconds", 0.0))

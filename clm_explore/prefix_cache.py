@@ -28,6 +28,7 @@ from clm_explore.modeling import autocast_dtype
 
 BUILD_BATCH = 64
 CHECK_ROWS = 8
+TRAINS_BELOW = "a parameter below the lowest trained layer trains"
 
 
 class _Stop(Exception):
@@ -63,6 +64,19 @@ class PrefixCache:
     def megabytes(self) -> float:
         return sum(s.numel() * s.element_size() for s in self.states) / 2**20  # the views tile the buffer
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules the cache stands in for: the embeddings and the layers below ``start``."""
+        layers = self.model.get_submodule(self.layers_name)
+        return [self.model.get_submodule(self.embeddings_name), *list(layers)[: self.start]]
+
+    def trains_below(self) -> bool:
+        """Whether a parameter the cache stands in for trains (then the cache would be stale)."""
+        return any(p.requires_grad for m in self.frozen_modules() for p in m.parameters())
+
+    def fits(self, ids: list[list[int]]) -> bool:
+        """Whether the cache holds exactly these rows' lengths (the same rows, tokenized the same way)."""
+        return len(ids) == len(self.states) and all(len(x) == len(s) for x, s in zip(ids, self.states, strict=True))
+
     def info(self) -> dict:
         return {"from_layer": self.start, "seconds": round(self.seconds, 2), "mb": round(self.megabytes, 1),
                 "input_dropout": self.input_dropout}
@@ -84,8 +98,11 @@ class PrefixCache:
 
 
 def build_prefix_cache(model: nn.Module, ids: list[list[int]], pad_id: int, start: int | None,
-                       device: torch.device, max_mb: float = float("inf")) -> tuple[PrefixCache | None, str]:
-    """The cache for training rows ``ids`` from layer ``start`` on, or (None, why not)."""
+                       device: torch.device, max_mb: float = float("inf"),
+                       require_frozen: bool = True) -> tuple[PrefixCache | None, str]:
+    """The cache for training rows ``ids`` from layer ``start`` on, or (None, why not). With
+    ``require_frozen=False`` the model may still have trainable parameters below ``start`` (built before
+    the method freezes them): the user then checks ``trains_below()`` before training with it."""
     started = time.perf_counter()
     if not start or start < 1:
         return None, "no frozen layer below the lowest trained one"
@@ -101,11 +118,10 @@ def build_prefix_cache(model: nn.Module, ids: list[list[int]], pad_id: int, star
     embeddings_name = _feeding_embeddings(model, layers[0], ids, pad_id, device)
     if embeddings_name is None:
         return None, "the input embeddings do not feed layer 0 directly"
-    frozen = [model.get_submodule(embeddings_name), *list(layers)[:start]]
-    if any(p.requires_grad for m in frozen for p in m.parameters()):
-        return None, "a parameter below the lowest trained layer trains"
-    states = _layer_inputs(model, layers[start], ids, pad_id, device)
-    cache = PrefixCache(model, embeddings_name, layers_name, start, states)
+    cache = PrefixCache(model, embeddings_name, layers_name, start, [])
+    if require_frozen and cache.trains_below():
+        return None, TRAINS_BELOW
+    cache.states = _layer_inputs(model, layers[start], ids, pad_id, device)
     if not _reproduces_logits(cache, ids, pad_id, device):
         return None, "the cached layers do not reproduce the model's logits"
     cache.seconds = time.perf_counter() - started

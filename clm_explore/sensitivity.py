@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from clm_explore.config import SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.modeling import LoadedModel, head_parameter_names, resolve_device
+from clm_explore.prefix_cache import PrefixCache
 
 MODULE_PATTERNS = (
     (r"attention\.self\.query$|self_attn\.q_proj$", "q"),
@@ -174,11 +176,14 @@ class Batch:
     labels: torch.Tensor
     positions: torch.Tensor
     """(batch, seq_len) float32: 1 where weight gradients are kept (mined groups + pooling position)."""
+    rows: np.ndarray | None = None
+    """The batch's training-row numbers, when known (a prefix cache feeds rows by number)."""
 
 
 def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, task_tokens: TaskTokens | None,
-                 batch_size: int, max_length: int) -> list[Batch]:
-    """Length-sorted batches (little padding) with the restriction mask of each position."""
+                 batch_size: int, max_length: int, row_ids: np.ndarray | None = None) -> list[Batch]:
+    """Length-sorted batches (little padding) with the restriction mask of each position; ``row_ids``
+    numbers the texts (their training rows)."""
     tok = loaded.tokenizer
     enc = tok(texts, truncation=True, max_length=max_length)
     covered = covered_positions(enc.encodings, texts, task_tokens) if task_tokens is not None else None
@@ -199,20 +204,27 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
                 pos[r, :n] = 1.0
             else:
                 pos[r, [p for p in covered[i] if p < n]] = 1.0
-        batches.append(Batch(ids, mask, torch.as_tensor(label_ids[idx]), pos))
+        batches.append(Batch(ids, mask, torch.as_tensor(label_ids[idx]), pos,
+                             None if row_ids is None else np.asarray(row_ids)[idx]))
     return batches
 
 
-def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """Train the classification head alone on cached head inputs (one forward pass over the batches), for
-    ``cfg.warmup_epochs_for`` the rows and labels at hand.
+def fed(prefix: PrefixCache | None, batch: Batch) -> AbstractContextManager:
+    """Run the model on ``batch`` from the prefix cache's states when there is one, else from the start."""
+    return nullcontext() if prefix is None else prefix.feeding(batch.rows)
+
+
+def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConfig, device: torch.device,
+                 prefix: PrefixCache | None = None) -> dict[str, torch.Tensor]:
+    """Train the classification head alone on cached head inputs (one forward pass over the batches, from
+    ``prefix``'s states when given), for ``cfg.warmup_epochs_for`` the rows and labels at hand.
 
     Returns the head's state dict (also loaded into the model).
     """
     model = loaded.model
     head_name = head_parameter_names(model)[0].rsplit(".", 1)[0]
     head: nn.Linear = model.get_submodule(head_name)
-    feats, labels = _head_inputs(loaded, head, batches, device)
+    feats, labels = _head_inputs(loaded, head, batches, device, prefix)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     for _ in range(cfg.warmup_epochs_for(len(feats), head.out_features)):
@@ -225,7 +237,8 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
 
 
 @torch.no_grad()
-def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], device: torch.device):
+def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], device: torch.device,
+                 prefix: PrefixCache | None = None):
     captured: list[torch.Tensor] = []
 
     def keep(_mod, args):
@@ -237,7 +250,8 @@ def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], dev
         loaded.model.eval()
         for b in batches:
             captured.clear()
-            loaded.model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device))
+            with fed(prefix, b):
+                loaded.model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device))
             x = captured[0]
             if x.dim() == 3:  # decoders score every position; the pooled one is the last real token
                 x = x[torch.arange(len(x)), b.attention_mask.sum(1).to(device) - 1]
@@ -376,6 +390,7 @@ def compute_sensitivity(
     cfg: SensitivityConfig | None = None,
     device: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
+    prefix: PrefixCache | None = None,
 ) -> SensitivityReport:
     """Warm up the head, then score rows of every linear map and eligible word-embedding rows.
 
@@ -385,6 +400,10 @@ def compute_sensitivity(
         task_tokens: mined groups; needed for restriction 'tokens' and for eligible embedding rows.
         cfg: options; ``restriction='none'`` is the unrestricted (ablation) Fisher.
         on_progress: called with (batches done, batches total).
+        prefix: the training rows' hidden states below layer ``cfg.min_layer`` (or lower), computed once
+            (``finetune`` with ``cache_frozen_layers``): the warm-up and the scoring then run only the layers
+            above, with the same result, since nothing below ``cfg.min_layer`` is scored. Its rows must be
+            ``data``'s training rows tokenized with ``cfg.max_length``.
     """
     cfg = cfg or SensitivityConfig()
     if cfg.restriction == "tokens" and task_tokens is None:
@@ -392,12 +411,16 @@ def compute_sensitivity(
     started = time.perf_counter()
     dev = resolve_device(device)
     model = loaded.model.to(dev)
-    texts, label_ids = calibration_rows(data, cfg)
+    if prefix is not None and (prefix.start > cfg.min_layer or len(prefix.states) != len(data.train)):
+        raise ValueError(f"a prefix cache from layer {prefix.start} over {len(prefix.states)} rows cannot feed "
+                         f"scoring from layer {cfg.min_layer} over {len(data.train)} training rows")
+    rows = calibration_indices(data, cfg)
+    texts, label_ids = data.train["text"].iloc[rows].tolist(), data.label_ids("train")[rows]
     restrict = task_tokens if cfg.restriction == "tokens" else None
-    batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length)
-    head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
+    batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
+    head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.warmup_epochs else {}
     linears = scored_linears(model)
-    scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress)
+    scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
     emb_name, emb_info = _embedding_info(loaded, task_tokens, batches)
     matrices = {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
                                           lin.in_features + (lin.bias is not None))
@@ -412,14 +435,19 @@ def compute_sensitivity(
                              to_dict(cfg), head_state, time.perf_counter() - started, notes)
 
 
-def calibration_rows(data: AnnotatedData, cfg: SensitivityConfig) -> tuple[list[str], np.ndarray]:
+def calibration_indices(data: AnnotatedData, cfg: SensitivityConfig) -> np.ndarray:
+    """The training rows used for the scores: a seeded sample of min(N, cfg.calibration_rows), in order."""
     n = min(len(data.train), cfg.calibration_rows)
     rng = np.random.default_rng(cfg.seed)
-    idx = np.sort(rng.choice(len(data.train), size=n, replace=False))
+    return np.sort(rng.choice(len(data.train), size=n, replace=False))
+
+
+def calibration_rows(data: AnnotatedData, cfg: SensitivityConfig) -> tuple[list[str], np.ndarray]:
+    idx = calibration_indices(data, cfg)
     return data.train["text"].iloc[idx].tolist(), data.label_ids("train")[idx]
 
 
-def _score_rows(loaded, batches, linears, cfg, dev, on_progress):
+def _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix=None):
     model = loaded.model
     model.eval()  # dropout off: scores should not depend on dropout noise
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -433,7 +461,8 @@ def _score_rows(loaded, batches, linears, cfg, dev, on_progress):
             scorer.positions = b.positions.to(dev)
             if emb is not None:
                 emb.positions = scorer.positions
-            out = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev))
+            with fed(prefix, b):
+                out = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev))
             # Sum, not mean: each example's gradient is then dL_n/dw, as the Fisher needs.
             loss = nn.functional.cross_entropy(out.logits.float(), b.labels.to(dev), reduction="sum")
             loss.backward()

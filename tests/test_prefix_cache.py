@@ -7,12 +7,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
 from clm_explore.batches import collate, encode
-from clm_explore.config import FinetuneConfig, MaskConfig
+from clm_explore.config import FinetuneConfig, MaskConfig, MiningConfig, SensitivityConfig
 from clm_explore.finetune import finetune
+from clm_explore.mining import mine_task_tokens
 from clm_explore.prefix_cache import build_prefix_cache
+from clm_explore.sensitivity import compute_sensitivity
 
 UPPER_LAYER = FinetuneConfig(method="sparse", epochs=2, batch_size=8, device="cpu", seed=0,
                              mask=MaskConfig(budget=0.03, min_layer=1))
@@ -29,11 +32,46 @@ def test_training_on_cached_lower_layers_reaches_the_same_weights(tiny_data, tmp
     info = cached.metrics["prefix_cache"]
     assert info["from_layer"] == cached.metrics["lowest_layer"] == 1
     assert info["mb"] > 0 and info["seconds"] > 0
+    assert info["built"] == "before scoring"  # the warm-up and the scoring ran on it too: same selection
+    plain_masks, cached_masks = (load_file(tmp_path / run / "masks.safetensors") for run in ("plain", "cached"))
+    assert plain_masks.keys() == cached_masks.keys()
+    assert all(torch.equal(plain_masks[k], cached_masks[k]) for k in plain_masks)
     before, after = saved_params(tmp_path / "plain"), saved_params(tmp_path / "cached")
     assert before.keys() == after.keys()
     for name in before:
         torch.testing.assert_close(after[name], before[name], atol=1e-5, rtol=1e-4, msg=name)
     assert cached.metrics["accuracy"] == plain.metrics["accuracy"]
+
+
+def test_training_builds_its_own_cache_when_the_scoring_one_does_not_apply(tiny_data, tmp_path):
+    # Scoring with other token ids (a shorter max_length) than training's: its cache cannot be reused.
+    cfg = replace(UPPER_LAYER, cache_frozen_layers=True, sensitivity=SensitivityConfig(max_length=16))
+    metrics = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random").metrics
+    assert "built" not in metrics["prefix_cache"]
+    assert metrics["prefix_cache"]["from_layer"] == metrics["lowest_layer"] == 1
+
+
+def test_scores_and_head_from_a_prefix_cache_equal_those_without(tiny, tiny_data):
+    tokens = mine_task_tokens(tiny_data.train["text"].tolist(), tiny_data.train["label"].tolist(), tiny.tokenizer,
+                              MiningConfig(top_k=20))
+    cfg = SensitivityConfig(min_layer=1, calibration_rows=40, warmup_epochs=1)
+    untrained_head = {k: v.clone() for k, v in tiny.model.state_dict().items() if k.startswith("classifier.")}
+    plain = compute_sensitivity(tiny, tiny_data, tokens, cfg, device="cpu")
+    ids = encode(tiny, tiny_data.train["text"].tolist(), cfg.max_length)
+    cache, why = build_prefix_cache(tiny.model, ids, tiny.tokenizer.pad_token_id, 1, torch.device("cpu"),
+                                    require_frozen=False)  # the model is as loaded: everything trainable
+    assert cache is not None, why
+    tiny.model.load_state_dict(untrained_head, strict=False)  # the second warm-up starts from the same head
+    fed = compute_sensitivity(tiny, tiny_data, tokens, cfg, device="cpu", prefix=cache)
+    for name, value in plain.head_state.items():
+        torch.testing.assert_close(fed.head_state[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    assert plain.row_scores.keys() == fed.row_scores.keys()
+    scored = [k for k, v in plain.row_scores.items() if v.abs().sum() > 0]
+    assert len(scored) >= 6  # the maps of layer 1 and up
+    for name in plain.row_scores:
+        torch.testing.assert_close(fed.row_scores[name], plain.row_scores[name], rtol=1e-4, atol=1e-8, msg=name)
+    with pytest.raises(ValueError, match="cannot feed scoring from layer 0"):
+        compute_sensitivity(tiny, tiny_data, tokens, replace(cfg, min_layer=0), device="cpu", prefix=cache)
 
 
 def test_the_cache_is_off_with_a_reason_when_the_lowest_trained_layer_is_the_first(tiny_data, tmp_path):
