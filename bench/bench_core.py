@@ -12,7 +12,8 @@ any layer, so backward runs to the bottom); ``sparse-top2`` (rows only in layers
 backward); ``sparse-untargeted`` (Fisher without the token restriction); ``sparse-merged`` (with 64
 adaptive merged tokens); ``sparse-cached`` and ``sparse-top2-cached`` (the frozen layers below the lowest
 selected row computed once, ``FinetuneConfig.cache_frozen_layers``; ``sparse-cached-drop``: with dropout 0.1 on
-the cached states, ``cache_input_dropout``). The per-epoch test curve is for
+the cached states, ``cache_input_dropout``; ``sparse-top2-cached-fp16``: the states stored as float16,
+``cache_dtype``). The per-epoch test curve is for
 reporting only.
 Learning rates are the methods' defaults unless ``--lr variant=LR,...`` fixes them (choose them on
 validation, e.g. with ``clm-explore bench --tune-lr``, never on test). ``--curve-split validation`` is that
@@ -44,6 +45,8 @@ VARIANTS = {
     "sparse-cached": {"method": "sparse", "cache_frozen_layers": True},
     "sparse-cached-drop": {"method": "sparse", "cache_frozen_layers": True, "cache_input_dropout": 0.1},
     "sparse-top2-cached": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True},
+    "sparse-top2-cached-fp16": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True,
+                                "cache_dtype": "float16"},
 }
 
 

@@ -168,6 +168,7 @@ class MaskConfig:
 
 METHODS = ("sparse", "sparse_merged", "full", "head", "bitfit", "lora", "prefix", "layers", "random", "fisher", "gradient")
 SCHEDULES = ("linear", "cosine", "constant")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
 """Learning-rate schedules after the warm-up (FinetuneConfig.schedule)."""
 
 
@@ -216,6 +217,9 @@ class FinetuneConfig:
     cache_input_dropout: float = 0.0
     """With the cache: dropout on the cached states fed to the lowest trained layer, a stand-in for the lower
     layers' lost dropout noise (0.1 did not recover the accuracy the cache costs on banking77: BENCHMARKS.md)."""
+    cache_dtype: str = "float32"
+    """How the cache stores the states: 'float32', or 'float16' / 'bfloat16' (half the memory; each batch is
+    cast back to the model's dtype)."""
     cache_max_mb: float = 1024.0
     """The cache's memory cap: when the training rows' states would need more, training runs the whole model
     (the reason goes to metrics.json)."""
@@ -236,6 +240,7 @@ class FinetuneConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(0 <= self.cache_input_dropout < 1,
                f"cache_input_dropout must be in [0, 1), got {self.cache_input_dropout}")
+        _check(self.cache_dtype in CACHE_DTYPES, f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         _check(self.cache_max_mb > 0, f"cache_max_mb must be > 0, got {self.cache_max_mb}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

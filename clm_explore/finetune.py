@@ -184,7 +184,8 @@ def frozen_prefix(ctx: MethodContext, min_layer: int, max_length: int) -> Prefix
     if ctx.prefix is None or ctx.prefix.start != min_layer:
         ids = encode(ctx.loaded, ctx.data.train["text"].tolist(), cfg.max_length)
         ctx.prefix, _ = build_prefix_cache(ctx.loaded.model, ids, ctx.loaded.tokenizer.pad_token_id, min_layer,
-                                           ctx.device, cfg.cache_max_mb, require_frozen=False)
+                                           ctx.device, cfg.cache_max_mb, require_frozen=False,
+                                           dtype=getattr(torch, cfg.cache_dtype))
     return ctx.prefix
 
 
@@ -429,7 +430,7 @@ class _TrainLoop:
         if self.world == 1:
             cache, why = build_prefix_cache(self.eval_model, self.train_ids, self.loaded.tokenizer.pad_token_id,
                                             self.prepared.info.get("lowest_layer"), self.device,
-                                            self.cfg.cache_max_mb)
+                                            self.cfg.cache_max_mb, dtype=getattr(torch, self.cfg.cache_dtype))
         if cache is None:
             self.prepared.info["prefix_cache"] = {"off": why}
             return None

@@ -6,6 +6,10 @@ lowest selected layer"; this also skips their forward pass).
 What changes: the frozen lower layers run without dropout (it would be fresh noise each epoch otherwise),
 the layers that train keep theirs; ``input_dropout`` (default 0) drops elements of the cached states each
 step instead, a stand-in for that lost noise. The cache holds (tokens, hidden) floats per training row, in memory.
+When a method scores rows only from a floor layer up (the mask's lowest eligible layer), ``finetune``
+builds the cache at that floor before scoring: the head warm-up and the scoring then run only the layers
+above it too, and training reuses it (``finetune.frozen_prefix``).
+
 Architecture-agnostic by checking, not by assuming: the model's input-embedding module (or its parent)
 must feed layer 0 directly, and the cached path must reproduce the model's own logits on a batch in eval
 mode; otherwise ``build_prefix_cache`` says why and training runs the whole model as before.
@@ -59,6 +63,8 @@ class PrefixCache:
     seconds: float = 0.0
     input_dropout: float = 0.0
     """Dropout probability on the cached states while the model trains."""
+    compute_dtype: torch.dtype = torch.float32
+    """The dtype the layers above take (the states may be stored narrower)."""
 
     @property
     def megabytes(self) -> float:
@@ -79,7 +85,8 @@ class PrefixCache:
 
     def info(self) -> dict:
         return {"from_layer": self.start, "seconds": round(self.seconds, 2), "mb": round(self.megabytes, 1),
-                "input_dropout": self.input_dropout}
+                "input_dropout": self.input_dropout, "dtype": str(self.states[0].dtype).removeprefix("torch.")
+                if self.states else None}
 
     @contextmanager
     def feeding(self, idx: np.ndarray) -> Iterator[None]:
@@ -87,7 +94,7 @@ class PrefixCache:
         from their cached states; outside, the model is untouched."""
         embeddings = self.model.get_submodule(self.embeddings_name)
         layers = self.model.get_submodule(self.layers_name)
-        batch = pad_sequence([self.states[i] for i in idx], batch_first=True)
+        batch = pad_sequence([self.states[i] for i in idx], batch_first=True).to(self.compute_dtype)
         self.model.set_submodule(self.embeddings_name, _Fixed(batch, self.input_dropout).train(self.model.training))
         self.model.set_submodule(self.layers_name, nn.ModuleList(list(layers)[self.start :]))
         try:
@@ -98,15 +105,16 @@ class PrefixCache:
 
 
 def build_prefix_cache(model: nn.Module, ids: list[list[int]], pad_id: int, start: int | None,
-                       device: torch.device, max_mb: float = float("inf"),
-                       require_frozen: bool = True) -> tuple[PrefixCache | None, str]:
-    """The cache for training rows ``ids`` from layer ``start`` on, or (None, why not). With
+                       device: torch.device, max_mb: float = float("inf"), require_frozen: bool = True,
+                       dtype: torch.dtype = torch.float32) -> tuple[PrefixCache | None, str]:
+    """The cache for training rows ``ids`` from layer ``start`` on, or (None, why not), its states stored
+    as ``dtype`` (float16 halves the memory; they are cast back to the model's dtype for each batch). With
     ``require_frozen=False`` the model may still have trainable parameters below ``start`` (built before
     the method freezes them): the user then checks ``trains_below()`` before training with it."""
     started = time.perf_counter()
     if not start or start < 1:
         return None, "no frozen layer below the lowest trained one"
-    needed_mb = sum(len(x) for x in ids) * model.config.hidden_size * 4 / 2**20  # fp32 states
+    needed_mb = sum(len(x) for x in ids) * model.config.hidden_size * dtype.itemsize / 2**20
     if needed_mb > max_mb:
         return None, f"the cache would need {needed_mb:.0f} MB, above the {max_mb:g} MB cap"
     layers_name = _layer_list_name(model)
@@ -118,10 +126,10 @@ def build_prefix_cache(model: nn.Module, ids: list[list[int]], pad_id: int, star
     embeddings_name = _feeding_embeddings(model, layers[0], ids, pad_id, device)
     if embeddings_name is None:
         return None, "the input embeddings do not feed layer 0 directly"
-    cache = PrefixCache(model, embeddings_name, layers_name, start, [])
+    cache = PrefixCache(model, embeddings_name, layers_name, start, [], compute_dtype=next(model.parameters()).dtype)
     if require_frozen and cache.trains_below():
         return None, TRAINS_BELOW
-    cache.states = _layer_inputs(model, layers[start], ids, pad_id, device)
+    cache.states = _layer_inputs(model, layers[start], ids, pad_id, device, dtype)
     if not _reproduces_logits(cache, ids, pad_id, device):
         return None, "the cached layers do not reproduce the model's logits"
     cache.seconds = time.perf_counter() - started
@@ -155,14 +163,14 @@ def _feeding_embeddings(model: nn.Module, first_layer: nn.Module, ids, pad_id, d
                  and outputs[n].shape == layer_input.shape and torch.equal(outputs[n], layer_input)), None)
 
 
-def _layer_inputs(model: nn.Module, layer: nn.Module, ids, pad_id, device) -> list[torch.Tensor]:
+def _layer_inputs(model: nn.Module, layer: nn.Module, ids, pad_id, device, dtype) -> list[torch.Tensor]:
     """Per row, a view into one preallocated buffer (thousands of small tensors can fragment the heap)."""
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
     buffer: torch.Tensor | None = None
     for rows in _row_groups(ids):
         hidden = _run_until(model, layer, ids, rows, pad_id, device)
         if buffer is None:
-            buffer = torch.empty(int(offsets[-1]), hidden.shape[-1], device=device)
+            buffer = torch.empty(int(offsets[-1]), hidden.shape[-1], device=device, dtype=dtype)
         for r, i in enumerate(rows):
             buffer[offsets[i] : offsets[i + 1]] = hidden[r, : len(ids[i])]
     return [] if buffer is None else [buffer[offsets[i] : offsets[i + 1]] for i in range(len(ids))]
@@ -198,7 +206,8 @@ def _reproduces_logits(cache: PrefixCache, ids, pad_id, device) -> bool:
         plain = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
         with cache.feeding(rows):
             cached = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-    tolerance = 1e-4 if autocast_dtype(device) is None else 5e-2  # bf16 rounds differently at another padding width
+    narrow = cache.states[0].dtype.itemsize < 4 or autocast_dtype(device) is not None
+    tolerance = 5e-2 if narrow else 1e-4  # 16-bit states, or bf16 rounding differently at another padding width
     return bool(torch.allclose(plain, cached, atol=tolerance * (1 + plain.abs().max().item()), rtol=0))
 
 

@@ -49,6 +49,7 @@ RULES = [
     (FinetuneConfig, "warmup_ratio", 1.0, "warmup_ratio must be in [0, 1)"),
     (FinetuneConfig, "cache_input_dropout", 1.0, "cache_input_dropout must be in [0, 1)"),
     (FinetuneConfig, "cache_max_mb", 0.0, "cache_max_mb must be > 0"),
+    (FinetuneConfig, "cache_dtype", "int8", "cache_dtype must be one of float32, float16, bfloat16"),
 ]
 
 # Values at the edge of each range that must be accepted.

@@ -74,6 +74,19 @@ def test_scores_and_head_from_a_prefix_cache_equal_those_without(tiny, tiny_data
         compute_sensitivity(tiny, tiny_data, tokens, replace(cfg, min_layer=0), device="cpu", prefix=cache)
 
 
+def test_float16_states_train_to_nearly_the_same_weights(tiny_data, tmp_path):
+    wide = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True), tmp_path / "fp32", source="tiny-random")
+    narrow = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True, cache_dtype="float16"),
+                      tmp_path / "fp16", source="tiny-random")
+    assert (wide.metrics["prefix_cache"]["dtype"], narrow.metrics["prefix_cache"]["dtype"]) == ("float32", "float16")
+    before, after = saved_params(tmp_path / "fp32"), saved_params(tmp_path / "fp16")
+    changed = 0
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], atol=1e-2, rtol=1e-2, msg=name)
+        changed += not torch.equal(after[name], before[name])
+    assert changed  # the rounding reached the trained rows: the narrow states were used
+
+
 def test_the_cache_is_off_with_a_reason_when_the_lowest_trained_layer_is_the_first(tiny_data, tmp_path):
     cfg = FinetuneConfig(method="sparse", epochs=1, batch_size=8, device="cpu", cache_frozen_layers=True,
                          mask=MaskConfig(budget=0.03, min_layer=0))
@@ -106,6 +119,13 @@ def test_feeding_reproduces_the_logits_and_restores_the_model(tiny, tiny_data):
             cached = model(input_ids=input_ids, attention_mask=mask).logits
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-4)
     assert dict(model.named_modules()) == modules, "feeding must put the embeddings and every layer back"
+    half, why = build_prefix_cache(model, ids, tokenizer.pad_token_id, 1, torch.device("cpu"), dtype=torch.float16)
+    assert half is not None, why
+    assert half.megabytes == cache.megabytes / 2 and half.info()["dtype"] == "float16"
+    with torch.no_grad(), half.feeding(rows):
+        rounded = model(input_ids=input_ids, attention_mask=mask).logits
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, plain)
+    torch.testing.assert_close(rounded, plain, atol=1e-2, rtol=1e-2)
 
 
 def cache_for(model, tiny, tiny_data, max_length: int = 64, **limits):
