@@ -130,6 +130,8 @@ def build_prefix_cache(model: nn.Module, ids: list[list[int]], pad_id: int, star
     if require_frozen and cache.trains_below():
         return None, TRAINS_BELOW
     cache.states = _layer_inputs(model, layers[start], ids, pad_id, device, dtype)
+    if not all(bool(torch.isfinite(x).all()) for x in cache.states):  # float16 overflows above 65504
+        return None, f"the states exceed {str(dtype).removeprefix('torch.')}'s range"
     if not _reproduces_logits(cache, ids, pad_id, device):
         return None, "the cached layers do not reproduce the model's logits"
     cache.seconds = time.perf_counter() - started

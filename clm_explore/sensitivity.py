@@ -211,7 +211,11 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
 
 def fed(prefix: PrefixCache | None, batch: Batch) -> AbstractContextManager:
     """Run the model on ``batch`` from the prefix cache's states when there is one, else from the start."""
-    return nullcontext() if prefix is None else prefix.feeding(batch.rows)
+    if prefix is None:
+        return nullcontext()
+    if batch.rows is None:
+        raise ValueError("a prefix cache feeds training rows by number: build the batches with row_ids")
+    return prefix.feeding(batch.rows)
 
 
 def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConfig, device: torch.device,

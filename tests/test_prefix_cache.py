@@ -27,7 +27,8 @@ def saved_params(folder) -> dict[str, torch.Tensor]:
 
 def test_training_on_cached_lower_layers_reaches_the_same_weights(tiny_data, tmp_path):
     plain = finetune(tiny_data, UPPER_LAYER, tmp_path / "plain", source="tiny-random")
-    cached = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True), tmp_path / "cached", source="tiny-random")
+    cached = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True, cache_dtype="float32"), tmp_path / "cached",
+                      source="tiny-random")
     assert "prefix_cache" not in plain.metrics
     info = cached.metrics["prefix_cache"]
     assert info["from_layer"] == cached.metrics["lowest_layer"] == 1
@@ -75,7 +76,8 @@ def test_scores_and_head_from_a_prefix_cache_equal_those_without(tiny, tiny_data
 
 
 def test_float16_states_train_to_nearly_the_same_weights(tiny_data, tmp_path):
-    wide = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True), tmp_path / "fp32", source="tiny-random")
+    wide = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True, cache_dtype="float32"), tmp_path / "fp32",
+                    source="tiny-random")
     narrow = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True, cache_dtype="float16"),
                       tmp_path / "fp16", source="tiny-random")
     assert (wide.metrics["prefix_cache"]["dtype"], narrow.metrics["prefix_cache"]["dtype"]) == ("float32", "float16")
@@ -160,6 +162,17 @@ def test_a_cache_above_the_memory_cap_is_refused(tiny, tiny_data):
     assert why.startswith("the cache would need") and why.endswith("MB cap")
     cache, why = cache_for(model, tiny, tiny_data, max_mb=needed * 2)
     assert cache is not None, why
+
+
+def test_states_beyond_float16s_range_are_refused(tiny, tiny_data):
+    model = frozen(tiny.model)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].output.LayerNorm.weight.fill_(1e6)  # layer 1 gets inputs far above 65504
+    cache, why = cache_for(model, tiny, tiny_data, dtype=torch.float16)
+    assert cache is None
+    assert why == "the states exceed float16's range"
+    cache, why = cache_for(model, tiny, tiny_data, dtype=torch.bfloat16)  # float32's range
+    assert why != "the states exceed bfloat16's range"
 
 
 def test_input_dropout_applies_while_training_only(tiny, tiny_data):
