@@ -333,8 +333,9 @@ def finetune(
         set_dropout(prepared.model, cfg.dropout)
     lr = cfg.lr or DEFAULT_LR[cfg.method]
     with open(out_dir / "progress.jsonl", "w") as progress:
-        loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator)
-        loop.scoring_prefix, ctx.prefix = ctx.prefix, None
+        loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator,
+                          scoring_prefix=ctx.prefix)
+        ctx.prefix = None  # the loop owns it now: it frees the states if they do not apply
         with PeakMemory(device) as memory:
             status = loop.run()
     if status == "cancelled":
@@ -358,7 +359,8 @@ def finetune(
 
 
 class _TrainLoop:
-    def __init__(self, loaded, data, cfg, prepared, device, lr, on_step, should_stop, accelerator=None):
+    def __init__(self, loaded, data, cfg, prepared, device, lr, on_step, should_stop, accelerator=None,
+                 scoring_prefix: PrefixCache | None = None):
         self.loaded, self.data, self.cfg, self.prepared = loaded, data, cfg, prepared
         self.device, self.on_step, self.should_stop = device, on_step, should_stop
         self.trainable_params = trainable_count(prepared.model)
@@ -381,7 +383,7 @@ class _TrainLoop:
         self.val_curve: list[dict] = []
         self.epoch_seconds: list[float] = []
         self.last_loss = self.last_lr = 0.0
-        self.scoring_prefix: PrefixCache | None = None
+        self.scoring_prefix = scoring_prefix
         self.memory_before_mb = 0.0
         """Memory the loop holds but allocated before it began (a prefix cache built for scoring)."""
 
@@ -421,11 +423,20 @@ class _TrainLoop:
             return None
         early, self.scoring_prefix = self.scoring_prefix, None
         if early is not None and self._still_applies(early):
-            early.input_dropout = self.cfg.cache_input_dropout
-            self.prepared.info["prefix_cache"] = {**early.info(), "built": "before scoring"}
-            self.memory_before_mb = early.megabytes
-            return early
-        del early  # frees its states before another cache is built
+            cache, built = early, {"built": "before scoring"}
+            self.memory_before_mb = early.megabytes  # allocated before the loop's memory measurement began
+        else:
+            del early  # frees its states before another cache is built
+            cache, built = self._build_prefix_cache(), {}
+            if cache is None:
+                return None
+            self.prepared.info["prep_seconds"] = self._prep_seconds() + cache.seconds
+            self.train_seconds += cache.seconds
+        cache.input_dropout = self.cfg.cache_input_dropout
+        self.prepared.info["prefix_cache"] = {**cache.info(), **built}
+        return cache
+
+    def _build_prefix_cache(self) -> PrefixCache | None:
         cache, why = None, "several processes train"
         if self.world == 1:
             cache, why = build_prefix_cache(self.eval_model, self.train_ids, self.loaded.tokenizer.pad_token_id,
@@ -433,11 +444,6 @@ class _TrainLoop:
                                             self.cfg.cache_max_mb, dtype=getattr(torch, self.cfg.cache_dtype))
         if cache is None:
             self.prepared.info["prefix_cache"] = {"off": why}
-            return None
-        cache.input_dropout = self.cfg.cache_input_dropout
-        self.prepared.info["prefix_cache"] = cache.info()
-        self.prepared.info["prep_seconds"] = self._prep_seconds() + cache.seconds
-        self.train_seconds += cache.seconds
         return cache
 
     def _still_applies(self, cache: PrefixCache) -> bool:

@@ -419,7 +419,7 @@ def compute_sensitivity(
         raise ValueError(f"a prefix cache from layer {prefix.start} over {len(prefix.states)} rows cannot feed "
                          f"scoring from layer {cfg.min_layer} over {len(data.train)} training rows")
     rows = calibration_indices(data, cfg)
-    texts, label_ids = data.train["text"].iloc[rows].tolist(), data.label_ids("train")[rows]
+    texts, label_ids = _train_rows(data, rows)
     restrict = task_tokens if cfg.restriction == "tokens" else None
     batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
     head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.warmup_epochs else {}
@@ -447,7 +447,10 @@ def calibration_indices(data: AnnotatedData, cfg: SensitivityConfig) -> np.ndarr
 
 
 def calibration_rows(data: AnnotatedData, cfg: SensitivityConfig) -> tuple[list[str], np.ndarray]:
-    idx = calibration_indices(data, cfg)
+    return _train_rows(data, calibration_indices(data, cfg))
+
+
+def _train_rows(data: AnnotatedData, idx: np.ndarray) -> tuple[list[str], np.ndarray]:
     return data.train["text"].iloc[idx].tolist(), data.label_ids("train")[idx]
 
 
