@@ -21,7 +21,11 @@ OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 
 RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
                   "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
-                  "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error"]
+                  "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error",
+                  "oos_accuracy", "oos_macro_f1", "oos_auroc"]
+"""``oos_*``: metrics.json's ``out_of_scope`` (test rows with labels unseen in train, scored with abstention)."""
+
+OUT_OF_SCOPE_KEYS = {"oos_accuracy": "accuracy", "oos_macro_f1": "macro_f1", "oos_auroc": "auroc"}
 
 
 def read_metrics(cell_dir: Path) -> dict:
@@ -47,6 +51,8 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
             row["val_curve"] = json.dumps(m.get("val_curve", []))
             row["prep_seconds"] = m.get("prep_seconds", 0.0)
             row["error"] = ""
+            scope = m.get("out_of_scope") or {}
+            row.update({column: scope.get(key) for column, key in OUT_OF_SCOPE_KEYS.items()})
         else:
             row["error"] = _log_tail(out_dir / "logs" / f"cells-{cell.name}.log")
         rows.append(row)
@@ -68,6 +74,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["method", "budget", "seeds"])
     ok["budget"] = ok["budget"].astype(float)
     cols = ["accuracy", "macro_f1", "trainable_share", "train_seconds", "peak_memory_mb", "examples_per_second"]
+    cols += [c for c in OUT_OF_SCOPE_KEYS if ok[c].notna().any()]  # only where test has out-of-scope rows
     ok[cols] = ok[cols].astype(float)
     grouped = ok.groupby(["method", "budget"], dropna=False, sort=False)
     out = grouped[cols].agg(["mean", "std"])

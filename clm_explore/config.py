@@ -203,6 +203,11 @@ class FinetuneConfig:
     """Evaluate after each epoch (time-to-accuracy curves, ``val_curve`` in metrics.json)."""
     curve_split: str = "validation"
     """Split of the per-epoch curve: 'validation', or 'test' for benchmark time-to-accuracy (never for tuning)."""
+    out_of_scope_quantile: float = 0.1
+    """When the test split holds labels train never had (out-of-scope queries, e.g. HINT3's
+    NO_NODES_DETECTED), metrics.json's ``out_of_scope`` scores abstention: a prediction counts as "out of
+    scope" when its top probability is below this quantile of the validation rows' top probabilities (about
+    this share of in-scope queries turned away; chosen without test rows). Its AUROC needs no threshold."""
     head_warmup: bool = True
     """Every method starts from the same warmed-up head (a linear probe on cached features, see
     SensitivityConfig.warmup_*; its time counts as preparation). Row methods warm up inside their
@@ -250,6 +255,8 @@ class FinetuneConfig:
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        _check(0 < self.out_of_scope_quantile < 1,
+               f"out_of_scope_quantile must be in (0, 1), got {self.out_of_scope_quantile}")
         _check(self.curve_split in ("validation", "test"), f"curve_split must be validation or test, got {self.curve_split!r}")
 
     @classmethod

@@ -30,7 +30,7 @@ from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.masks import MaskSelection, effective_min_layer, select_mask
-from clm_explore.metrics import PeakMemory, classification_metrics
+from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope_metrics
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import (
     LoadedModel,
@@ -486,8 +486,14 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict) -> 
     gold = data.label_ids("test")
     metrics = classification_metrics(gold, pred, data.labels)
     labels = np.array(data.labels)
-    pd.DataFrame({"row": range(len(texts)), "text": texts, "label": data.test["label"].tolist(),
-                  "pred": labels[pred], "prob": probs.max(1)}).to_csv(out_dir / "predictions.csv", index=False)
+    rows = pd.DataFrame({"row": range(len(texts)), "text": texts, "label": data.test["label"].tolist(),
+                         "pred": labels[pred], "prob": probs.max(1)})
+    scope = _out_of_scope(loaded, model, data, cfg, gold, pred, probs.max(1))
+    if scope is not None:
+        metrics["out_of_scope"] = scope
+        if scope["threshold"] is not None:
+            rows["out_of_scope"] = rows["prob"] < scope["threshold"]
+    rows.to_csv(out_dir / "predictions.csv", index=False)
     model.config.id2label = dict(enumerate(data.labels))
     model.config.label2id = {name: i for i, name in enumerate(data.labels)}
     if out_dir.parent.name == "ranks":
@@ -500,6 +506,15 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict) -> 
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / f"{name}.safetensors")
     return metrics
+
+
+def _out_of_scope(loaded, model, data, cfg, gold: np.ndarray, pred: np.ndarray, top: np.ndarray) -> dict | None:
+    """Abstention scores when test has labels unseen in train; the threshold comes from validation."""
+    if not (gold == -1).any():
+        return None
+    validation = data.split("validation")["text"].tolist()
+    val_top = predict_proba(model, loaded, validation, cfg.max_length).max(1) if validation else np.zeros(0)
+    return out_of_scope_metrics(gold, pred, top, val_top, cfg.out_of_scope_quantile, len(data.labels))
 
 
 def _distributed(device: torch.device):

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import psutil
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 
 def classification_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
@@ -32,6 +32,49 @@ def classification_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]
         "labels": list(labels),
         "test_rows": len(gold),
     }
+
+
+def out_of_scope_metrics(gold: np.ndarray, pred: np.ndarray, test_prob: np.ndarray, validation_prob: np.ndarray,
+                         quantile: float, n_labels: int) -> dict | None:
+    """Scores of abstention when the test split holds rows whose label train never had (out-of-scope queries,
+    such as HINT3's ``NO_NODES_DETECTED``); None when it holds none.
+
+    A prediction abstains ("out of scope") when its top probability is below the threshold: the ``quantile``
+    of the validation rows' top probabilities, so about that share of in-scope queries would be turned away.
+    The threshold is chosen without test rows, and without any out-of-scope example (train has none).
+
+    Args:
+        gold: (rows,) test label ids, -1 for a label unseen in train.
+        pred: (rows,) predicted ids (argmax).
+        test_prob: (rows,) top probability per test row.
+        validation_prob: (validation rows,) top probability per validation row; empty = no threshold.
+        quantile: share of validation rows below the threshold, in (0, 1).
+        n_labels: labels of train; "out of scope" is label id ``n_labels`` in the macro-F1.
+
+    Returns:
+        ``auroc`` (top probability ranking out-of-scope rows below in-scope ones; needs no threshold),
+        ``in_scope_accuracy`` (in-scope rows, no abstention), and with a threshold ``accuracy`` and
+        ``macro_f1`` over the labels plus "out of scope", ``oos_recall``, ``oos_precision``,
+        ``in_scope_rejected``.
+    """
+    unseen = gold == -1
+    if not unseen.any():
+        return None
+    out: dict = {"rows": int(unseen.sum()), "quantile": quantile, "threshold": None,
+                 "auroc": float(roc_auc_score(unseen, -test_prob)) if not unseen.all() else None,
+                 "in_scope_accuracy": float((pred == gold)[~unseen].mean()) if not unseen.all() else None}
+    if validation_prob.size == 0:
+        return out
+    threshold = float(np.quantile(validation_prob, quantile))
+    abstain = test_prob < threshold
+    gold_open, pred_open = np.where(unseen, n_labels, gold), np.where(abstain, n_labels, pred)
+    ids = list(range(n_labels + 1))
+    out.update(threshold=threshold, accuracy=float((gold_open == pred_open).mean()),
+               macro_f1=float(f1_score(gold_open, pred_open, labels=ids, average="macro", zero_division=0)),
+               oos_recall=float(abstain[unseen].mean()),
+               oos_precision=float(unseen[abstain].mean()) if abstain.any() else 0.0,
+               in_scope_rejected=float(abstain[~unseen].mean()) if not unseen.all() else 0.0)
+    return out
 
 
 def release_free_memory() -> None:

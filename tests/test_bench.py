@@ -150,6 +150,27 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
     for title in ("Accuracy vs trainable share", "(std = stability)", "Cost per method", "Row-mask overlap"):
         assert title in page
     assert set(result.summary["method"]) == {"head", "sparse", "random"}
+    assert results["oos_accuracy"].isna().all()  # every test label is a train label
+    assert "oos_accuracy_mean" not in result.summary
+
+
+def test_out_of_scope_test_rows_get_their_own_columns(tiny_data, tmp_path):
+    test = tiny_data.test.copy()
+    test.loc[test.index[:8], "label"] = "something_else"  # a label train never had
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, frame in (("train", tiny_data.train), ("validation", tiny_data.validation), ("test", test)):
+        frame.to_csv(folder / f"{split}.csv", index=False)
+    cfg = _cfg(methods=("head",), seeds=2)
+    result = run_grid(folder, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    for seed, row in results.set_index("seed").iterrows():
+        scope = json.loads((tmp_path / "out" / row["cell"] / "metrics.json").read_text())["out_of_scope"]
+        assert scope["rows"] == 8
+        assert (row["oos_accuracy"], row["oos_macro_f1"], row["oos_auroc"]) == pytest.approx(
+            (scope["accuracy"], scope["macro_f1"], scope["auroc"])), seed
+    summary = result.summary.iloc[0]
+    assert summary["oos_accuracy_mean"] == pytest.approx(results["oos_accuracy"].mean())
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(data_dir, tmp_path):

@@ -81,6 +81,38 @@ def test_finetune_out_overwrite_and_predict(capsys, data_dir, tmp_path):
         assert len(r["top"]) == 3
 
 
+def test_predict_abstains_below_a_probability_or_the_runs_own_threshold(capsys, data_dir, tmp_path):
+    test = pd.read_csv(data_dir / "test.csv")
+    test.loc[:9, "label"] = "unsupported_request"  # test rows whose label train never had
+    test.to_csv(data_dir / "test.csv", index=False)
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head",
+                      "--out-of-scope-quantile", "0.3", "--out", str(out), "--json"])
+    scope = json.loads((out / "metrics.json").read_text())["out_of_scope"]
+    assert scope["quantile"] == 0.3 and scope["rows"] == 10
+    texts = test["text"].head(6).tolist()
+    plain = run_json(capsys, ["predict", "--run", str(out), *sum([["--text", t] for t in texts], []), "--json"])
+    assert all("out_of_scope" not in r for r in plain)
+    ruled = run_json(capsys, ["predict", "--run", str(out), *sum([["--text", t] for t in texts], []),
+                              "--abstain-below", "run", "--json"])
+    assert [r["out_of_scope"] for r in ruled] == [r["probability"] < scope["threshold"] for r in plain]
+    everything = run_json(capsys, ["predict", "--run", str(out), "--text", texts[0], "--abstain-below", "0.999",
+                                   "--json"])
+    assert everything[0]["out_of_scope"] is True
+    assert main(["predict", "--run", str(out), "--text", texts[0], "--abstain-below", "0.999"]) == 0
+    assert capsys.readouterr().out.startswith("(out of scope)\t")
+
+
+@pytest.mark.parametrize(("value", "phrase"), [("1.5", "probability in (0, 1)"), ("often", "probability in (0, 1)"),
+                                               ("run", "chose no out-of-scope threshold")])
+def test_a_bad_abstention_threshold_exits_2(capsys, data_dir, tmp_path, value, phrase):
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out),
+                      "--json"])
+    err = run_error(capsys, ["predict", "--run", str(out), "--text", "hello", "--abstain-below", value])
+    assert phrase in err
+
+
 @pytest.mark.parametrize("budget", ["0", "-1", "1.5"])
 def test_bad_budget_exits_2(capsys, data_dir, tmp_path, budget):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--budget", budget,

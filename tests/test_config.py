@@ -50,6 +50,8 @@ RULES = [
     (FinetuneConfig, "cache_input_dropout", 1.0, "cache_input_dropout must be in [0, 1)"),
     (FinetuneConfig, "cache_max_mb", 0.0, "cache_max_mb must be > 0"),
     (FinetuneConfig, "cache_dtype", "int8", "cache_dtype must be one of float32, float16, bfloat16"),
+    (FinetuneConfig, "out_of_scope_quantile", 0.0, "out_of_scope_quantile must be in (0, 1)"),
+    (FinetuneConfig, "out_of_scope_quantile", 1.0, "out_of_scope_quantile must be in (0, 1)"),
 ]
 
 # Values at the edge of each range that must be accepted.

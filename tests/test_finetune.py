@@ -165,6 +165,34 @@ def test_metrics_json(sparse_run):
         assert (result.out_dir / name).is_file(), name
 
 
+def test_out_of_scope_test_rows_are_scored_with_a_threshold_from_validation(tmp_path, data):
+    from clm_explore.batches import predict_proba
+    from clm_explore.modeling import load_run
+
+    test = data.test.copy()
+    test.loc[test.index[::4], "label"] = "out_of_scope"  # 10 rows with a label train never had
+    open_data = AnnotatedData(data.train, data.validation, test, data.labels, source="open")
+    cfg = FinetuneConfig(method="head", epochs=1, batch_size=16, device="cpu", out_of_scope_quantile=0.25)
+    result = finetune(open_data, cfg, tmp_path / "run", source="tiny-random")
+    scope = result.metrics["out_of_scope"]
+    run = load_run(result.out_dir)
+    top = predict_proba(run.model, run, data.validation["text"].tolist()).max(1)
+    assert scope["threshold"] == pytest.approx(float(np.quantile(top, 0.25)), abs=1e-6)
+    assert scope["rows"] == 10 and scope["quantile"] == 0.25
+    rows = pd.read_csv(result.out_dir / "predictions.csv")
+    assert (rows["out_of_scope"] == (rows["prob"] < scope["threshold"])).all()
+    unseen = (rows["label"] == "out_of_scope").to_numpy()
+    right = np.where(unseen, rows["out_of_scope"], ~rows["out_of_scope"] & (rows["pred"] == rows["label"]))
+    assert scope["accuracy"] == pytest.approx(right.mean())
+    assert result.metrics["accuracy"] == pytest.approx(((rows["pred"] == rows["label"]) & ~unseen).mean())
+
+
+def test_predictions_have_no_out_of_scope_column_when_every_test_label_was_trained(sparse_run):
+    result, _ = sparse_run
+    assert "out_of_scope" not in pd.read_csv(result.out_dir / "predictions.csv")
+    assert "out_of_scope" not in result.metrics
+
+
 def test_progress_has_one_line_per_step_and_on_step_was_called(sparse_run):
     result, steps = sparse_run
     total = 2 * (160 // 8)

@@ -1,12 +1,14 @@
-"""PeakMemory on CPU: RSS growth measured from a trimmed heap."""
+"""PeakMemory on CPU: RSS growth measured from a trimmed heap; abstention scores for out-of-scope test rows."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
+import pytest
 import torch
 
-from clm_explore.metrics import PeakMemory
+from clm_explore.metrics import PeakMemory, out_of_scope_metrics
 
 BLOCK = 16 * 1024  # float32 values: 64 KB, small enough to come from malloc's heap rather than mmap
 
@@ -33,3 +35,37 @@ def test_memory_freed_before_the_measurement_is_not_reused_unseen():
         time.sleep(0.05)
     assert memory.mb >= 80
     del again, kept
+
+
+def test_out_of_scope_rows_count_right_only_when_the_prediction_abstains():
+    gold = np.array([0, 1, -1, -1])
+    pred = np.array([0, 0, 1, 0])
+    top = np.array([0.9, 0.8, 0.3, 0.6])
+    validation = np.array([0.5, 0.7, 0.9, 0.95, 1.0])  # 0.2-quantile: 0.5 + 0.8 * 0.2 = 0.66
+    m = out_of_scope_metrics(gold, pred, top, validation, quantile=0.2, n_labels=2)
+    assert m["threshold"] == pytest.approx(0.66)
+    assert m["rows"] == 2 and m["quantile"] == 0.2
+    # both unseen rows abstain (0.3, 0.6 < 0.66): right; row 0 right, row 1 wrong
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert (m["oos_recall"], m["oos_precision"], m["in_scope_rejected"]) == (1.0, 1.0, 0.0)
+    assert m["in_scope_accuracy"] == pytest.approx(0.5)
+    assert m["auroc"] == pytest.approx(1.0)  # every unseen row is less confident than every seen one
+    # F1 per label: 0 -> 2/3 (one right, one wrongly predicted), 1 -> 0, out of scope -> 1
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0 + 1) / 3)
+
+
+def test_a_confident_out_of_scope_row_is_wrong_and_a_rejected_in_scope_row_is_wrong():
+    gold = np.array([0, 1, -1])
+    pred = np.array([0, 1, 1])
+    top = np.array([0.2, 0.9, 0.95])
+    m = out_of_scope_metrics(gold, pred, top, np.array([0.5, 0.5]), quantile=0.5, n_labels=2)
+    assert m["accuracy"] == pytest.approx(1 / 3)  # row 0 rejected, row 2 accepted: only row 1 right
+    assert (m["oos_recall"], m["oos_precision"], m["in_scope_rejected"]) == (0.0, 0.0, 0.5)
+    assert m["auroc"] == pytest.approx(0.0)  # the unseen row is more confident than both seen ones
+
+
+def test_out_of_scope_scores_need_unseen_rows_and_the_threshold_needs_validation():
+    gold, pred, top = np.array([0, 1]), np.array([0, 0]), np.array([0.9, 0.4])
+    assert out_of_scope_metrics(gold, pred, top, np.array([0.5]), 0.1, 2) is None
+    m = out_of_scope_metrics(np.array([0, -1]), pred, top, np.zeros(0), 0.1, 2)
+    assert m["threshold"] is None and "accuracy" not in m and m["auroc"] == pytest.approx(1.0)

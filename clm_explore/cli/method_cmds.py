@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -173,6 +174,9 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
                    help="row score of the sparse method's sensitivity pass")
     _head_warmup_arg(p)
+    p.add_argument("--out-of-scope-quantile", type=float, default=FinetuneConfig.out_of_scope_quantile, metavar="Q",
+                   help="test labels unseen in train are scored with abstention below this quantile of the "
+                   "validation rows' top probabilities, in (0, 1)")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--json", action="store_true")
@@ -191,6 +195,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
+                          out_of_scope_quantile=args.out_of_scope_quantile,
                           sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs))
 
 
@@ -288,6 +293,9 @@ def _register_predict(sub: Any) -> None:
     src.add_argument("--file", help="a data file; its text column is classified")
     p.add_argument("--text-col", default=None)
     p.add_argument("--top", type=int, default=3, help="labels shown per text")
+    p.add_argument("--abstain-below", default=None, metavar="P|run",
+                   help="answer 'out of scope' when the top probability is below P; 'run' = the threshold the run "
+                   "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_predict)
 
@@ -310,6 +318,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_run
 
     run_dir = resolve_run_dir(args.run)
+    threshold = abstention_threshold(args.abstain_below, run_dir)
     texts = args.text or _texts_from_file(args.file, args.text_col)
     loaded = load_run(run_dir)
     probs = predict_proba(loaded.model, loaded, texts)
@@ -319,12 +328,41 @@ def run_predict(args: argparse.Namespace) -> int:
         top = p.argsort()[::-1][: args.top]
         results.append({"text": text, "label": labels[top[0]], "probability": float(p[top[0]]),
                         "top": [{"label": labels[i], "probability": float(p[i])} for i in top]})
+        if threshold is not None:
+            results[-1]["out_of_scope"] = bool(p[top[0]] < threshold)
     if args.json:
         print_json(results)
     else:
         for r in results:
-            print(f"{r['label']}\t{r['probability']:.3f}\t{r['text']}")
+            label = OUT_OF_SCOPE if r.get("out_of_scope") else r["label"]
+            print(f"{label}\t{r['probability']:.3f}\t{r['text']}")
     return 0
+
+
+OUT_OF_SCOPE = "(out of scope)"
+"""What ``predict`` prints in place of a label it abstains on."""
+
+
+def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
+    """``--abstain-below``: a probability in (0, 1), 'run' (the run's validation threshold) or None."""
+    if value is None:
+        return None
+    if value == "run":
+        try:
+            scope = json.loads((run_dir / "metrics.json").read_text()).get("out_of_scope") or {}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{run_dir} has no readable metrics.json for --abstain-below run.") from exc
+        if scope.get("threshold") is None:
+            raise UserError(f"{run_dir} chose no out-of-scope threshold (its test split had no label unseen in "
+                            "train); give --abstain-below a probability instead.")
+        return float(scope["threshold"])
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if not 0 < threshold < 1:
+        raise UserError(f"--abstain-below takes a probability in (0, 1) or 'run'; got {value!r}.")
+    return threshold
 
 
 def _texts_from_file(path: str, text_col: str | None) -> list[str]:

@@ -71,10 +71,21 @@ METRIC_ROWS = (
 )
 
 
-def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
+OUT_OF_SCOPE_ROWS = ("accuracy", "macro_f1", "auroc", "threshold", "oos_recall", "in_scope_rejected")
+"""metrics.json's ``out_of_scope`` parts shown when a run's test split had labels unseen in train."""
+
+
+def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
+    """A row per metric, a column per run (formatted text)."""
     rows = {name: [_fmt(a.metrics.get(name)), _fmt(b.metrics.get(name))] for name in METRIC_ROWS}
-    frame = pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T
-    st.dataframe(frame, key=f"{key}_metrics")
+    scopes = [r.metrics.get("out_of_scope") or {} for r in (a, b)]
+    if any(scopes):  # abstention on the test rows of unseen labels (threshold from validation)
+        rows.update({f"out of scope: {name}": [_fmt(s.get(name)) for s in scopes] for name in OUT_OF_SCOPE_ROWS})
+    return pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T
+
+
+def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
+    st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics")
 
 
 def _fmt(value: Any) -> str:

@@ -217,3 +217,19 @@ def test_bad_model_folder_is_a_plain_error(at: AppTest, tmp_path: Path) -> None:
     # without the entry script, so here it surfaces as the page's exception. Either way: one message.
     shown = [e.value for e in at.error] + [e.value for e in at.exception]
     assert len(shown) == 1 and "is neither 'default', 'tiny-random'" in shown[0]
+
+
+def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import metrics_side_by_side
+
+    def record(run_id: str, **metrics) -> RunRecord:
+        return RunRecord(run_id, run_id, "sparse", RunStatus.SUCCEEDED, Path(run_id), "", "", metrics=metrics)
+
+    plain = metrics_side_by_side(record("a", accuracy=0.5), record("b", accuracy=0.25))
+    assert not any(name.startswith("out of scope") for name in plain.index)
+    scope = {"accuracy": 0.61, "auroc": 0.8125, "threshold": 0.4, "macro_f1": 0.5, "oos_recall": 0.3}
+    frame = metrics_side_by_side(record("a", accuracy=0.5, out_of_scope=scope), record("b", accuracy=0.25))
+    assert frame.loc["out of scope: accuracy"].tolist() == ["0.61", "–"]
+    assert frame.loc["out of scope: auroc"].tolist() == ["0.8125", "–"]
+    assert frame.loc["accuracy"].tolist() == ["0.5", "0.25"]
