@@ -14,6 +14,9 @@
 #   bash bench/tables.sh fewshot_auto # the 10-shot grids again with the automatic head warm-up
 #   bash bench/tables.sh score_tuned # the row score chosen on validation (--tune-score) on the 10-shot grids;
 #                                 # hint3 and trec6 full data with the automatic warm-up and swept rates
+#   bash bench/tables.sh out_of_scope # hint3 again, with metrics.json's out_of_scope scores (abstention
+#                                 # below a threshold chosen on validation): sofmattress full data and
+#                                 # 10-shot, both head warm-ups; curekart full data with swept rates
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -284,7 +287,28 @@ score_tuned() {
     done
 }
 
+out_of_scope() {
+    # Twentieth session, two lanes (sofmattress full data then its 5-epoch warm-up probes, in one; the 10-shot
+    # grid in the other; then curekart in two folders, one per pair of methods). The sofmattress rates are the
+    # ones its carves chose in the sixteenth session (the cells' plain accuracies repeat that session's).
+    local lrs=full=2e-4,sparse=5e-3,random=5e-3,fisher=5e-3
+    $CLI bench --data "$DATA/hint3_sofmattress" --methods full,sparse,random,fisher --seeds 3 --epochs 10 \
+        --lr "$lrs" --out "$OUT/hint3_sofmattress-full-oos"
+    $CLI bench --data "$DATA/hint3_sofmattress" --shots 10 --methods full,sparse,random,fisher --seeds 3 --epochs 30 \
+        --lr "$lrs" --out "$OUT/hint3_sofmattress-10shot-e30-oos"
+    for g in full-oos 10shot-e30-oos; do
+        .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_sofmattress-$g" full-warm5 full 2e-4 0,1,2 \
+            sensitivity.warmup_epochs=5
+        .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_sofmattress-$g" sparse-warm5 sparse 5e-3 0,1,2 \
+            sensitivity.warmup_epochs=5
+    done
+    $CLI bench --data "$DATA/hint3_curekart" --methods full,sparse --seeds 3 --epochs 10 --tune-lr \
+        --out "$OUT/hint3_curekart-full-oos"
+    $CLI bench --data "$DATA/hint3_curekart" --methods random,fisher --seeds 3 --epochs 10 --tune-lr \
+        --out "$OUT/hint3_curekart-full-oos-rf"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope" >&2; exit 2 ;;
 esac
