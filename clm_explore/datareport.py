@@ -111,7 +111,10 @@ def _problems(r: DataReport) -> list[str]:
     for name, labels in r.unseen_labels.items():
         if labels:
             problems.append(f"{len(labels)} label(s) occur in {name} but never in train ({_some(labels)}); "
-                            "the model can never predict them.")
+                            "the model can never predict them."
+                            + (" Runs score those test rows as out-of-scope queries too: a prediction abstains "
+                               "below a confidence threshold chosen on validation (metrics.json's out_of_scope)."
+                               if name == "test" else ""))
     if r.rare_labels:
         shown = _some([f"{k} ({v})" for k, v in sorted(r.rare_labels.items(), key=lambda kv: kv[1])])
         problems.append(f"{len(r.rare_labels)} label(s) have fewer than {RARE_LABEL_ROWS} train rows: {shown}.")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.config import ConfigError
-from clm_explore.ui import forms, jobs, state
+from clm_explore.ui import cache, forms, jobs, state
 
 st.title("Finetune")
 st.write(
@@ -14,8 +14,9 @@ st.write(
 choice, source = state.require_data()
 st.caption(f"Data: **{choice.name}** · model: **{source}** · device: **{forms.device_label()}**")
 
+unseen = cache.report(choice).unseen_labels.get("test", [])  # out-of-scope queries in test
 try:
-    submitted = forms.finetune_form(key="ft")
+    submitted = forms.finetune_form(key="ft", out_of_scope_labels=unseen)
 except ConfigError as exc:
     st.error(str(exc))
     submitted = None

@@ -213,7 +213,7 @@ def test_report_counts_duplicates_leakage_unseen_and_rare_labels():
     assert report.notes == ["a note"]
     problems = " ".join(report.problems)
     for phrase in ("repeat a text", "more than one label", "leakage", "never in train", "fewer than 5 train rows",
-                   "imbalanced"):
+                   "imbalanced", "abstains below a confidence threshold chosen on validation"):
         assert phrase in problems
 
 

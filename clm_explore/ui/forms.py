@@ -19,6 +19,7 @@ from clm_explore.config import (
     SensitivityConfig,
 )
 from clm_explore.ui import state
+from clm_explore.ui.views import escape_markdown
 
 SOURCES = ("default", "tiny-random", "local folder…")
 BUDGET_STEPS = [float(f"{x:.3g}") for x in np.logspace(-4, -1, 31)]
@@ -157,8 +158,9 @@ def budget_input(key: str = "budget") -> float:
     return state.budget()
 
 
-def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
-    """Method, budget, epochs, lr, seed, schedule, frozen-layer cache; returns (run name, config) when Launch is pressed."""
+def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None) -> tuple[str, FinetuneConfig] | None:
+    """Method, budget, epochs, lr, seed, schedule, frozen-layer cache (and, when test has labels train never had,
+    the abstention quantile); returns (run name, config) when Launch is pressed."""
     defaults = FinetuneConfig()
     with st.form(f"{key}_form"):
         c1, c2, c3 = st.columns(3)
@@ -191,6 +193,19 @@ def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
             "Epochs get faster (0.5-0.8 of the time on banking77), but those layers lose their dropout, "
             "which cost about 0.35 point of accuracy there (BENCHMARKS.md).",
         )
+        quantile = defaults.out_of_scope_quantile
+        if out_of_scope_labels:
+            quantile = c3.number_input(
+                "Out-of-scope quantile",
+                0.01,
+                0.99,
+                quantile,
+                format="%.2f",
+                key=f"{key}_oos",
+                help=f"Test has {len(out_of_scope_labels)} label(s) train never had, e.g. "
+                f"{escape_markdown(out_of_scope_labels[0])}: those rows are scored as out-of-scope queries. A "
+                "prediction abstains below this quantile of the validation rows' confidences.",
+            )
         st.caption(f"Runs on: {default_device()}")
         if not st.form_submit_button("Launch", type="primary"):
             return None
@@ -202,6 +217,7 @@ def finetune_form(key: str = "ft") -> tuple[str, FinetuneConfig] | None:
         lr=float(lr),
         schedule=schedule,
         cache_frozen_layers=bool(cache),
+        out_of_scope_quantile=float(quantile),
         seed=int(seed),
         mask=mask,
         mining=state.mining_cfg(),

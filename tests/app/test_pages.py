@@ -233,3 +233,21 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert frame.loc["out of scope: accuracy"].tolist() == ["0.61", "–"]
     assert frame.loc["out of scope: auroc"].tolist() == ["0.8125", "–"]
     assert frame.loc["accuracy"].tolist() == ["0.5", "0.25"]
+
+
+def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
+    goto(at, "pages/5_finetune.py")
+    assert not [n for n in at.number_input if n.key == "ft_oos"]  # the sample's test labels are all trained
+    hint3 = ROOT.parent / "shared" / "data" / "hint3_sofmattress"
+    at.session_state["data_choice"] = DataChoice("shared", str(hint3), "hint3_sofmattress")
+    at.run()
+    at.selectbox(key="ft_method").set_value("head")
+    at.number_input(key="ft_epochs").set_value(1)
+    at.number_input(key="ft_oos").set_value(0.25)
+    button(at, "Launch").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    run = RunStore().list()[0]
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.config["out_of_scope_quantile"] == 0.25
+    scope = run.metrics["out_of_scope"]
+    assert scope["rows"] == 144 and scope["quantile"] == 0.25 and scope["threshold"] is not None
