@@ -16,7 +16,7 @@
 #                                 # hint3 and trec6 full data with the automatic warm-up and swept rates
 #   bash bench/tables.sh out_of_scope # hint3 again, with metrics.json's out_of_scope scores (abstention
 #                                 # below a threshold chosen on validation): sofmattress full data and
-#                                 # 10-shot, both head warm-ups; curekart full data with swept rates
+#                                 # 10-shot, both head warm-ups; curekart full data with swept rates, and 10-shot
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -306,6 +306,19 @@ out_of_scope() {
         --out "$OUT/hint3_curekart-full-oos"
     $CLI bench --data "$DATA/hint3_curekart" --methods random,fisher --seeds 3 --epochs 10 --tune-lr \
         --out "$OUT/hint3_curekart-full-oos-rf"
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-full-oos" full-warm5 full 2e-4 0,1,2 \
+        sensitivity.warmup_epochs=5
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-full-oos" sparse-warm5 sparse 5e-3 0,1,2 \
+        sensitivity.warmup_epochs=5
+    # curekart 10-shot at the rates its full-data carve chose (two folders, the same shots: one lane each)
+    $CLI bench --data "$DATA/hint3_curekart" --shots 10 --methods full --seeds 3 --epochs 30 --lr full=2e-4 \
+        --out "$OUT/hint3_curekart-10shot-e30-oos-full"
+    $CLI bench --data "$DATA/hint3_curekart" --shots 10 --methods sparse,random,fisher --seeds 3 --epochs 30 \
+        --lr sparse=5e-3,random=5e-3,fisher=5e-3 --out "$OUT/hint3_curekart-10shot-e30-oos"
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-10shot-e30-oos-full" full-warm5 full 2e-4 \
+        0,1,2 sensitivity.warmup_epochs=5
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-10shot-e30-oos" sparse-warm5 sparse 5e-3 \
+        0,1,2 sensitivity.warmup_epochs=5
 }
 
 case "${1:-}" in
