@@ -16,7 +16,8 @@
 #                                 # hint3 and trec6 full data with the automatic warm-up and swept rates
 #   bash bench/tables.sh out_of_scope # hint3 again, with metrics.json's out_of_scope scores (abstention
 #                                 # below a threshold chosen on validation): sofmattress full data and
-#                                 # 10-shot, both head warm-ups; curekart full data with swept rates, and 10-shot
+#                                 # 10-shot, both head warm-ups; curekart full data with swept rates, and
+#                                 # 10-shot; powerplay11 full data
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -318,6 +319,15 @@ out_of_scope() {
     .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-10shot-e30-oos-full" full-warm5 full 2e-4 \
         0,1,2 sensitivity.warmup_epochs=5
     .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-10shot-e30-oos" sparse-warm5 sparse 5e-3 \
+        0,1,2 sensitivity.warmup_epochs=5
+    # powerplay11 full data, rates swept (full chose 6e-4, sparse and random 5e-3), then the 5-epoch warm-ups
+    $CLI bench --data "$DATA/hint3_powerplay11" --methods full --seeds 3 --epochs 10 --tune-lr \
+        --out "$OUT/hint3_powerplay11-full-oos"
+    $CLI bench --data "$DATA/hint3_powerplay11" --methods sparse,random --seeds 3 --epochs 10 --tune-lr \
+        --out "$OUT/hint3_powerplay11-full-oos-sr"
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_powerplay11-full-oos" full-warm5 full 6e-4 0,1,2 \
+        sensitivity.warmup_epochs=5
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_powerplay11-full-oos-sr" sparse-warm5 sparse 5e-3 \
         0,1,2 sensitivity.warmup_epochs=5
 }
 
