@@ -18,6 +18,9 @@
 #                                 # below a threshold chosen on validation): sofmattress full data and
 #                                 # 10-shot, both head warm-ups; curekart full data with swept rates, and
 #                                 # 10-shot; powerplay11 full data
+#   bash bench/tables.sh rows_again # twenty-first session: random and Fisher rows at the automatic warm-up on
+#                                 # banking77 10-shot (5 seeds), full's best recipe beside them; the layer floor
+#                                 # at 4 on development rows; trec6 full data against sparse's Taylor rows
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -331,7 +334,35 @@ out_of_scope() {
         0,1,2 sensitivity.warmup_epochs=5
 }
 
+rows_again() {
+    # Twenty-first session, two lanes: banking77 10-shot (then trec6 full data, 5 seeds) in one; the trec6 and
+    # snips 10-shot grids, the development-row probes, trec6 full data's row masks and full's best banking77
+    # recipe in the other. Seeds 3-4 were added before reading them: the 5-seed means are the reported ones.
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods sparse,random,fisher --seeds 5 --epochs 15 \
+        --lr sparse=5e-3,random=5e-3,fisher=5e-3 --out "$OUT/banking77-10shot-e15-auto-rows"
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/banking77-10shot-e15-auto-rows" full-warm5 full 2e-4 \
+        0,1,2,3,4 sensitivity.warmup_epochs=5
+    .venv/bin/python bench/probe_fewshot.py --test "$OUT/banking77-10shot-e15-auto-rows" full-auto full 2e-4 0,1,2,3,4
+    for name in trec6 snips; do
+        $CLI bench --data "$DATA/$name" --shots 10 --methods sparse --seeds 3 --epochs 30 --lr sparse=5e-3 \
+            --out "$OUT/$name-10shot-e30-auto21"
+    done
+    # the layer floor at 4 (rows in the top two layers) against the default floor (3), on development rows;
+    # hint3's 10-shot grid is out_of_scope's
+    for g in "$OUT"/{trec6,snips}-10shot-e30-auto21 "$OUT/hint3_sofmattress-10shot-e30-oos"; do
+        .venv/bin/python bench/probe_fewshot.py "$g" default21 sparse 5e-3 0,1,2,3,4
+        .venv/bin/python bench/probe_fewshot.py "$g" top2 sparse 5e-3 0,1,2,3,4 mask.min_layer=4
+    done
+    # trec6 full data: random and Fisher rows against sparse with the Taylor rows its carve chose (score_tuned)
+    $CLI bench --data "$DATA/trec6" --methods sparse,random,fisher --seeds 3 --epochs 3 \
+        --lr sparse=5e-3,random=5e-3,fisher=5e-3 --score sparse=taylor --out "$OUT/trec6-full-rows21"
+    mkdir -p "$OUT/trec6-full-5seeds21/cells"
+    cp -rn "$OUT"/trec6-full-rows21/cells/sparse-taylor-b0.01-s{0,1,2} "$OUT/trec6-full-5seeds21/cells/"
+    $CLI bench --data "$DATA/trec6" --methods full,sparse --seeds 5 --epochs 3 --lr full=2e-4,sparse=5e-3 \
+        --score sparse=taylor --out "$OUT/trec6-full-5seeds21"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again" >&2; exit 2 ;;
 esac
