@@ -19,7 +19,7 @@
 #                                 # 10-shot, both head warm-ups; curekart full data with swept rates, and
 #                                 # 10-shot; powerplay11 full data
 #   bash bench/tables.sh rows_again # twenty-first session: random and Fisher rows at the automatic warm-up on
-#                                 # banking77 10-shot (5 seeds), full's best recipe beside them; the layer floor
+#                                 # the 10-shot grids but hint3 (5 seeds), full's best recipe on banking77; the layer floor
 #                                 # at 4 on development rows; trec6 full data against sparse's Taylor rows
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
@@ -344,8 +344,8 @@ rows_again() {
         0,1,2,3,4 sensitivity.warmup_epochs=5
     .venv/bin/python bench/probe_fewshot.py --test "$OUT/banking77-10shot-e15-auto-rows" full-auto full 2e-4 0,1,2,3,4
     for name in trec6 snips; do
-        $CLI bench --data "$DATA/$name" --shots 10 --methods sparse --seeds 3 --epochs 30 --lr sparse=5e-3 \
-            --out "$OUT/$name-10shot-e30-auto21"
+        $CLI bench --data "$DATA/$name" --shots 10 --methods sparse,random,fisher --seeds 5 --epochs 30 \
+            --lr sparse=5e-3,random=5e-3,fisher=5e-3 --out "$OUT/$name-10shot-e30-auto21"
     done
     # the layer floor at 4 (rows in the top two layers) against the default floor (3), on development rows;
     # hint3's 10-shot grid is out_of_scope's
