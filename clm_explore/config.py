@@ -210,9 +210,11 @@ class FinetuneConfig:
     scope" when its top probability is below this quantile of the validation rows' top probabilities (about
     this share of in-scope queries turned away; chosen without test rows). Its AUROC needs no threshold."""
     head_warmup: bool = True
-    """Every method starts from the same warmed-up head (a linear probe on cached features, see
+    """Every method starts training from the same warmed-up head (a linear probe on cached features, see
     SensitivityConfig.warmup_*; its time counts as preparation). Row methods warm up inside their
-    sensitivity pass; False leaves full/head/bitfit/lora/prefix with a random head (plain finetuning)."""
+    sensitivity pass. False: every method trains from the head as loaded (seeded random, plain
+    finetuning); full/head/bitfit/lora/prefix skip the warm-up, and the row methods still warm a head for
+    their scores (a random head scores noise) but do not train from it (``finetune --cold-head``)."""
     cache_frozen_layers: bool = False
     """Row methods (and 'layers'): compute the frozen layers below the lowest trained one once per training
     row, then run only the layers above each step, skipping the lower layers' forward pass every epoch. When

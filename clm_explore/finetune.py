@@ -286,6 +286,20 @@ def warm_up_head_only(ctx: MethodContext) -> float:
     return time.perf_counter() - started
 
 
+def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the classification head's parameters, by name."""
+    names = set(head_parameter_names(model))
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+
+
+@torch.no_grad()
+def restore_head(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the head's parameters in place (an optimizer built on them keeps them)."""
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        params[name].copy_(value)
+
+
 def _preparer(method: str) -> Preparer:
     if method not in PREPARERS:
         import clm_explore.baselines  # noqa: F401  (registers the comparison methods)
@@ -326,7 +340,10 @@ def finetune(
     ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1)
     base_params = count_parameters(loaded.model)
     warmup_seconds = warm_up_head_only(ctx) if cfg.head_warmup and cfg.method in HEAD_WARMUP_METHODS else 0.0
+    loaded_head = None if cfg.head_warmup or cfg.method in HEAD_WARMUP_METHODS else head_state(loaded.model)
     prepared = _preparer(cfg.method)(ctx)
+    if loaded_head is not None:  # the scores came from a warmed head; training starts from the loaded one
+        restore_head(prepared.model, loaded_head)
     if warmup_seconds:
         prepared.info["prep_seconds"] = prepared.info.get("prep_seconds", 0.0) + warmup_seconds
     if cfg.dropout is not None:

@@ -143,10 +143,10 @@ def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_pa
     out = tmp_path / "run"
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--schedule", "constant",
                       "--warmup-ratio", "0", "--head-lr", "0.02", "--norm-lr", "0.03", "--dropout", "0",
-                      "--score", "gradient", "--head-warmup-epochs", "2", "--cache-frozen-layers",
+                      "--score", "gradient", "--head-warmup-epochs", "2", "--cache-frozen-layers", "--cold-head",
                       "--out", str(out), "--json"])
     saved = json.loads((out / "clm_run.json").read_text())["config"]
-    assert saved["cache_frozen_layers"] is True
+    assert saved["cache_frozen_layers"] is True and saved["head_warmup"] is False
     assert json.loads((out / "metrics.json").read_text())["prefix_cache"]["from_layer"] >= 1  # it ran cached
     assert (saved["schedule"], saved["warmup_ratio"], saved["head_lr"]) == ("constant", 0.0, 0.02)
     assert (saved["norm_lr"], saved["dropout"]) == (0.03, 0.0)

@@ -378,3 +378,24 @@ def test_finetune_scores_only_the_layers_the_mask_may_pick(data, tmp_path, min_l
     assert result.metrics["lowest_layer"] >= min_layer
     for name, info in report.matrices.items():
         assert (info.layer >= scored_from) == bool(report.row_scores[name].any()), name
+
+
+def test_a_cold_head_row_method_scores_with_the_warmed_head_but_trains_from_the_loaded_one(data, tmp_path):
+    from safetensors.torch import load_file
+
+    from clm_explore.modeling import head_parameter_names, load_run
+
+    cfg = FinetuneConfig(epochs=1, batch_size=8, lr=1e-12, warmup_ratio=0.0, device="cpu")
+    warm = finetune(data, cfg, tmp_path / "warm", source="tiny-random")
+    cold = finetune(data, FinetuneConfig(**{**cfg.__dict__, "head_warmup": False}), tmp_path / "cold",
+                    source="tiny-random")
+    warm_masks = load_file(warm.out_dir / "masks.safetensors")
+    cold_masks = load_file(cold.out_dir / "masks.safetensors")
+    assert warm_masks.keys() == cold_masks.keys()
+    assert all(torch.equal(warm_masks[k], cold_masks[k]) for k in warm_masks)  # the same scores chose the rows
+    loaded = load_model("tiny-random", data.labels, seed=0).model.state_dict()
+    cold_head = load_run(cold.out_dir).model.state_dict()
+    warm_head = load_run(warm.out_dir).model.state_dict()
+    for name in head_parameter_names(load_model("tiny-random", data.labels, seed=0).model):
+        assert torch.allclose(cold_head[name], loaded[name], atol=1e-6), name  # a vanishing rate: the start
+        assert not torch.allclose(warm_head[name], loaded[name], atol=1e-3), name

@@ -174,6 +174,9 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
                    help="row score of the sparse method's sensitivity pass")
     _head_warmup_arg(p)
+    p.add_argument("--cold-head", action="store_true",
+                   help="train from the head as loaded (seeded random), not the warmed-up one; row methods still "
+                   "warm a head for their scores")
     p.add_argument("--out-of-scope-quantile", type=float, default=FinetuneConfig.out_of_scope_quantile, metavar="Q",
                    help="test labels unseen in train are scored with abstention below this quantile of the "
                    "validation rows' top probabilities, in (0, 1)")
@@ -195,7 +198,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
-                          out_of_scope_quantile=args.out_of_scope_quantile,
+                          out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
                           sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs))
 
 
