@@ -21,6 +21,8 @@
 #   bash bench/tables.sh rows_again # twenty-first session: random and Fisher rows at the automatic warm-up on
 #                                 # the 10-shot grids but hint3 (5 seeds), full's best recipe on banking77; the layer floor
 #                                 # at 4 on development rows; trec6 full data against sparse's Taylor rows
+#   bash bench/tables.sh head_start # twenty-second session: where training's head starts in 10-shot
+#                                 # (--cold-head, no warm-up) on development rows, then on snips and trec6 test
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -362,7 +364,40 @@ rows_again() {
         --score sparse=taylor --out "$OUT/trec6-full-5seeds21"
 }
 
+head_start() {
+    # Twenty-second session: where training's head starts in 10-shot (finetune --cold-head), on development rows
+    # (never test), sparse at 5e-3, 5 seeds (banking77 3; the session ran them in two lanes); the grids are the twenty-first session's
+    # (hint3's is out_of_scope's). Then on test where development rows chose no warm-up for sparse (snips,
+    # trec6): sparse, random rows and full finetuning without it, and full's best snips recipe to 5 seeds.
+    local probe=".venv/bin/python bench/probe_fewshot.py" s5=0,1,2,3,4 g
+    local trec6="$OUT/trec6-10shot-e30-auto21" snips="$OUT/snips-10shot-e30-auto21"
+    local hint3="$OUT/hint3_sofmattress-10shot-e30-oos" b77="$OUT/banking77-10shot-e15-auto-rows"
+    $probe "$trec6" w5 sparse 5e-3 $s5 sensitivity.warmup_epochs=5
+    $probe "$trec6" random-w5 random 5e-3 $s5 sensitivity.warmup_epochs=5
+    $probe "$trec6" zscore sparse 5e-3 $s5 sensitivity.normalise=zscore
+    $probe "$snips" zscore sparse 5e-3 $s5 sensitivity.normalise=zscore
+    $probe "$trec6" taylor sparse 5e-3 $s5 sensitivity.score=taylor
+    $probe "$trec6" taylor-w0 sparse 5e-3 $s5 sensitivity.score=taylor sensitivity.warmup_epochs=0
+    $probe "$hint3" auto22 sparse 5e-3 $s5
+    for g in "$trec6" "$snips" "$hint3"; do
+        $probe "$g" w0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0
+        $probe "$g" cold sparse 5e-3 $s5 head_warmup=false
+        $probe "$g" cold-w5 sparse 5e-3 $s5 head_warmup=false sensitivity.warmup_epochs=5
+    done
+    $probe "$b77" auto22 sparse 5e-3 0,1,2
+    $probe "$b77" w0 sparse 5e-3 0,1,2 sensitivity.warmup_epochs=0
+    $probe "$b77" cold-w5 sparse 5e-3 0,1,2 head_warmup=false sensitivity.warmup_epochs=5
+    for g in "$snips" "$trec6"; do
+        $probe --test "$g" w0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0
+        $probe --test "$g" random-w0 random 5e-3 $s5 sensitivity.warmup_epochs=0
+    done
+    $probe --test "$snips" full-w0 full 6.67e-5 $s5 sensitivity.warmup_epochs=0
+    $probe --test "$trec6" full-w0 full 2e-4 $s5 sensitivity.warmup_epochs=0
+    $probe --test "$snips" full-w5 full 6.67e-5 $s5 sensitivity.warmup_epochs=5
+    $probe --test "$snips" cold sparse 5e-3 $s5 head_warmup=false
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start" >&2; exit 2 ;;
 esac

@@ -198,8 +198,9 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             not defaults.head_warmup,
             key=f"{key}_cold",
             help="Start training from the classifier head as loaded (random) instead of the warmed-up one; the "
-            "row methods still warm a head for their scores. On four 10-shot sets it moved sparse by -1.4 to "
-            "+1.7 points of development accuracy, by set (BENCHMARKS.md): try both on your validation rows.",
+            "row methods still warm a head for their scores. In 10-shot it helped sparse on trec6 and snips "
+            "(+0.4 to +2.6 points) and cost it on hint3 (-0.6 to -1.8; BENCHMARKS.md): try both on your "
+            "validation rows.",
         )
         quantile = defaults.out_of_scope_quantile
         if out_of_scope_labels:
