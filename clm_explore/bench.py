@@ -45,7 +45,7 @@ TUNE_SCORES = ("fisher", "taylor")
 rows by 13 points on trec6 10-shot development rows and trailed by 0.5-0.8 on three other sets: a per-task
 choice, so the grid makes it on validation like the learning rate."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
-              "tune_score", "score")
+              "tune_score", "score", "cold_head")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 
 
@@ -74,6 +74,8 @@ class BenchConfig:
     (rate, score) pair on validation is used."""
     score: dict[str, str] = field(default_factory=dict)
     """Fixed row scores per method of SCORE_METHODS (e.g. chosen by an earlier ``tune_score`` grid); default fisher."""
+    cold_head: bool = False
+    """Every cell trains from the head as loaded, not the warmed-up one (``finetune --cold-head``)."""
     model: str = "default"
     batch_size: int = 32
     max_length: int = 64
@@ -239,6 +241,8 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
         cmd += ["--lr", repr(cell.lr)]
     if cell.score:
         cmd += ["--score", cell.score]
+    if cfg.cold_head:
+        cmd.append("--cold-head")
     return cmd
 
 

@@ -113,6 +113,8 @@ def test_finetune_command_passes_the_cell():
     assert taylor[taylor.index("--score") + 1] == "taylor"
     assert "--json" in cmd and "--overwrite" in cmd and cmd[cmd.index("--out") + 1] == "c"
     assert "--budget" not in finetune_command(Cell("full", None, 0), _cfg(), Path("d"), Path("c"))
+    assert "--cold-head" not in cmd
+    assert "--cold-head" in finetune_command(Cell("full", None, 0), _cfg(cold_head=True), Path("d"), Path("c"))
 
 
 def test_few_shot_and_limit_are_seeded_and_stratified():
@@ -226,12 +228,16 @@ def test_resuming_with_other_training_settings_is_refused(data_dir, tmp_path):
     with pytest.raises(BenchError, match="epochs"):
         run_grid(data_dir, _cfg(methods=("head",), epochs=2), tmp_path / "out", runner=in_process(cfg),
                  progress=False)
+    with pytest.raises(BenchError, match="cold_head"):
+        run_grid(data_dir, _cfg(methods=("head",), cold_head=True), tmp_path / "out", runner=in_process(cfg),
+                 progress=False)
 
 
 def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     out = tmp_path / "grid"
     cmd = [sys.executable, "-m", "clm_explore.cli", "bench", "--data", str(data_dir), "--model", "tiny-random",
-           "--methods", "head,bitfit", "--seeds", "1", "--epochs", "1", "--batch-size", "80", "--out", str(out)]
+           "--methods", "head,bitfit", "--seeds", "1", "--epochs", "1", "--batch-size", "80", "--cold-head",
+           "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = out / "cells" / "head-s0" / "metrics.json"
     with open(tmp_path / "first.log", "w") as log:
@@ -256,3 +262,5 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     results = pd.read_csv(out / "results.csv")
     assert list(results["method"]) == ["head", "bitfit"] and (results["status"] == "succeeded").all()
     assert (out / "report.html").is_file()
+    assert json.loads((out / "bench.json").read_text())["cold_head"] is True
+    assert json.loads((out / "cells" / "bitfit-s0" / "clm_run.json").read_text())["config"]["head_warmup"] is False

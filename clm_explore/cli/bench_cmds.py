@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
                    "the best (rate, score) pair on validation")
     p.add_argument("--score", default="", metavar="M=SCORE,...",
                    help="fixed row scores of sparse/sparse_merged, e.g. sparse=taylor (others: fisher)")
+    p.add_argument("--cold-head", action="store_true",
+                   help="every cell trains from the head as loaded, not the warmed-up one (finetune --cold-head)")
     p.add_argument("--model", default="default", metavar="SRC", help="'default', 'tiny-random' or a local folder")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
@@ -80,7 +82,7 @@ def bench_config(args: argparse.Namespace):
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
-                       model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                       cold_head=args.cold_head, model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                        data=str(Path(args.data).resolve()))
 
 
