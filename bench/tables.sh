@@ -395,6 +395,9 @@ head_start() {
     $probe --test "$trec6" full-w0 full 2e-4 $s5 sensitivity.warmup_epochs=0
     $probe --test "$snips" full-w5 full 6.67e-5 $s5 sensitivity.warmup_epochs=5
     $probe --test "$snips" cold sparse 5e-3 $s5 head_warmup=false
+    # sparse's rate without the warm-up, on snips development rows (after the test runs above)
+    $probe "$snips" w0-lr2.5e-3 sparse 2.5e-3 $s5 sensitivity.warmup_epochs=0
+    $probe "$snips" w0-lr1e-2 sparse 1e-2 $s5 sensitivity.warmup_epochs=0
 }
 
 case "${1:-}" in
