@@ -82,8 +82,8 @@ def bench_config(args: argparse.Namespace):
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
-                       cold_head=args.cold_head, model=args.model, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
-                       data=str(Path(args.data).resolve()))
+                       cold_head=args.cold_head, model=args.model, batch_size=args.batch_size,
+                       max_length=args.max_length, device=args.device, data=str(Path(args.data).resolve()))
 
 
 def run_bench(args: argparse.Namespace) -> int:
