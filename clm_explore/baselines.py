@@ -306,7 +306,7 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     model = loaded.model.to(dev)
     texts, label_ids = calibration_rows(data, cfg)
     batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
-    head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.warmup_epochs else {}
+    head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.prepares_head else {}
     linears = scored_linears(model)
     totals = _accumulate_gradients(model, batches, linears, dev, cfg.min_layer)
     n_rows = sum(len(b.labels) for b in batches)

@@ -229,6 +229,8 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     head_name = head_parameter_names(model)[0].rsplit(".", 1)[0]
     head: nn.Linear = model.get_submodule(head_name)
     feats, labels = _head_inputs(loaded, head, batches, device, prefix)
+    if cfg.head_init == "centroid":
+        centroid_head(head, feats, labels, cfg.centroid_scale)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     for _ in range(cfg.warmup_epochs_for(len(feats), head.out_features)):
@@ -238,6 +240,26 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
             loss.backward()
             opt.step()
     return {f"{head_name}.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
+
+
+@torch.no_grad()
+def centroid_head(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, scale: float) -> None:
+    """Set ``head`` to a nearest-centroid classifier of ``feats``: label c's weights are the unit direction
+    from the rows' mean to label c's mean, divided by the spread of the rows' projections on those
+    directions and times ``scale``; the bias centres the logits on the rows' mean (a head without a bias
+    keeps the uncentred projections). A label without rows keeps a zero direction."""
+    feats = feats.float()
+    mean = feats.mean(0)
+    seen = labels.unique()
+    directions = torch.zeros(head.out_features, feats.shape[1], device=feats.device)
+    for label in seen:
+        directions[label] = feats[labels == label].mean(0) - mean
+    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    spread = ((feats - mean) @ directions[seen].T).std().clamp_min(1e-12)
+    weight = directions * (scale / spread)
+    head.weight.copy_(weight.to(head.weight.dtype))
+    if head.bias is not None:
+        head.bias.copy_((-(weight @ mean)).to(head.bias.dtype))
 
 
 @torch.no_grad()
@@ -422,7 +444,7 @@ def compute_sensitivity(
     texts, label_ids = _train_rows(data, rows)
     restrict = task_tokens if cfg.restriction == "tokens" else None
     batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
-    head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.warmup_epochs else {}
+    head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.prepares_head else {}
     linears = scored_linears(model)
     scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
     emb_name, emb_info = _embedding_info(loaded, task_tokens, batches)
@@ -432,7 +454,8 @@ def compute_sensitivity(
     row_scores = {f"{n}.weight": s for n, s in scores.items()}
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
     notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}",
-             f"head warm-up: {cfg.warmup_epochs_for(len(texts), len(data.labels))} epochs"]
+             f"head warm-up: {cfg.warmup_epochs_for(len(texts), len(data.labels))} epochs"
+             + (" from a centroid head" if cfg.head_init == "centroid" else "")]
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
     return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),

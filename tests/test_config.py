@@ -36,6 +36,8 @@ RULES = [
     (SensitivityConfig, "normalise", "max", "normalise must be mean, zscore, rank or none"),
     (SensitivityConfig, "calibration_rows", 0, "calibration_rows must be >= 1"),
     (SensitivityConfig, "warmup_epochs", -2, "warmup_epochs must be >= 0 or -1"),
+    (SensitivityConfig, "head_init", "zeros", "head_init must be one of loaded, centroid"),
+    (SensitivityConfig, "centroid_scale", 0.0, "centroid_scale must be > 0"),
     (MaskConfig, "budget", 0.0, "budget must be in (0, 1]"),
     (MaskConfig, "budget", 1.5, "budget above 1 must be a whole parameter count"),
     (MaskConfig, "strategy", "topk", "strategy must be topk_global or random"),

@@ -306,3 +306,37 @@ def test_auto_head_warmup_is_one_epoch_below_twenty_rows_per_label(tiny_data):
     assert all(torch.equal(auto_report.head_state[k], same.head_state[k]) for k in same.head_state)
     assert not all(torch.equal(auto_report.head_state[k], other.head_state[k]) for k in other.head_state)
     assert f"head warm-up: {resolved} epochs" in auto_report.notes
+
+
+def test_centroid_head_is_a_nearest_centroid_classifier():
+    from clm_explore.sensitivity import centroid_head
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]])
+    labels = torch.arange(3).repeat_interleave(20)
+    feats = centres[labels] + 0.3 * torch.randn(60, 3, generator=gen)
+    head = torch.nn.Linear(3, 4)  # label 3 has no rows
+    centroid_head(head, feats, labels, scale=0.5)
+    logits = head(feats)
+    assert torch.equal(logits[:, :3].argmax(1), labels)
+    assert torch.equal(head.weight[3], torch.zeros(3)) and head.bias[3] == 0
+    mean = feats.mean(0)
+    assert torch.allclose(head(mean.unsqueeze(0)), torch.zeros(1, 4), atol=1e-5)  # centred on the rows' mean
+    spread = ((feats - mean) @ (head.weight[:3] / head.weight[:3].norm(dim=1, keepdim=True)).T).std()
+    assert head.weight[:3].norm(dim=1).allclose(torch.full((3,), 0.5 / float(spread)), rtol=1e-4)
+
+
+def test_centroid_head_starts_scoring_the_same_for_every_seed(tiny_data):
+    cfg = SensitivityConfig(warmup_epochs=0, head_init="centroid", calibration_rows=64, restriction="none")
+    heads = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)  # the loaded head's draw
+        loaded = load_model("tiny-random", tiny_data.labels)
+        report = compute_sensitivity(loaded, tiny_data, None, cfg, device="cpu")
+        assert report.head_state and "from a centroid head" in report.notes[-1]
+        heads.append(report.head_state)
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    torch.manual_seed(1)
+    loaded = load_model("tiny-random", tiny_data.labels)
+    plain = compute_sensitivity(loaded, tiny_data, None, replace(cfg, head_init="loaded"), device="cpu")
+    assert plain.head_state == {}  # no warm-up and no centroid: the head stays as loaded
