@@ -43,7 +43,7 @@ def test_mine_json(capsys, data_dir):
 
 def test_sensitivity_json(capsys, data_dir, tmp_path):
     rows = run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--json", "--calibration-rows", "32",
-                             "--device", "cpu", "--out", str(tmp_path / "sens")])
+                             "--device", "cpu", "--head-init", "centroid", "--out", str(tmp_path / "sens")])
     assert len(rows) == 2 * 6 + 2  # q k v o ffn_in ffn_out per layer, pooler, embeddings
     for r in rows:
         assert {"layer", "module", "score", "norm_score", "rows", "params"} <= set(r)
@@ -52,6 +52,7 @@ def test_sensitivity_json(capsys, data_dir, tmp_path):
     assert (q0["rows"], q0["params"]) == (32, 32 * 33)
     assert (tmp_path / "sens" / "row_scores.safetensors").is_file()
     assert (tmp_path / "sens" / "task_tokens.json").is_file()
+    assert json.loads((tmp_path / "sens" / "sensitivity.json").read_text())["config"]["head_init"] == "centroid"
 
 
 def test_finetune_out_overwrite_and_predict(capsys, data_dir, tmp_path):
@@ -143,7 +144,8 @@ def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_pa
     out = tmp_path / "run"
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--schedule", "constant",
                       "--warmup-ratio", "0", "--head-lr", "0.02", "--norm-lr", "0.03", "--dropout", "0",
-                      "--score", "gradient", "--head-warmup-epochs", "2", "--cache-frozen-layers", "--cold-head",
+                      "--score", "gradient", "--head-warmup-epochs", "2", "--head-init", "centroid",
+                      "--cache-frozen-layers", "--cold-head",
                       "--out", str(out), "--json"])
     saved = json.loads((out / "clm_run.json").read_text())["config"]
     assert saved["cache_frozen_layers"] is True and saved["head_warmup"] is False
@@ -154,6 +156,7 @@ def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_pa
     scored = json.loads((out / "sensitivity" / "sensitivity.json").read_text())["config"]
     assert scored["score"] == "gradient"  # the rows were scored that way, not just recorded
     assert saved["sensitivity"]["warmup_epochs"] == scored["warmup_epochs"] == 2
+    assert saved["sensitivity"]["head_init"] == scored["head_init"] == "centroid"
 
 
 def test_bad_head_warmup_epochs_exits_2(capsys, data_dir):

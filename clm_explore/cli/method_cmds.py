@@ -12,6 +12,7 @@ from typing import Any
 
 from clm_explore.cli import UserError, add_data_args, print_json
 from clm_explore.config import (
+    HEAD_INITS,
     METHODS,
     SCHEDULES,
     SCORES,
@@ -100,6 +101,9 @@ def _register_sensitivity(sub: Any) -> None:
 def _head_warmup_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-warmup-epochs", type=int, default=SensitivityConfig.warmup_epochs,
                    help="epochs of the linear-probe head warm-up before scoring (-1 = auto: 5, or 1 below 20 rows per label)")
+    p.add_argument("--head-init", choices=HEAD_INITS, default=SensitivityConfig.head_init,
+                   help="where the warm-up starts: the head as loaded, or a nearest-centroid head of the "
+                        "calibration rows (the same for every seed; also with --head-warmup-epochs 0)")
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
@@ -112,7 +116,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, data.labels)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
     cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
-                            warmup_epochs=args.head_warmup_epochs)
+                            warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)
     report = compute_sensitivity(loaded, data, task_tokens, cfg, device=args.device,
                                  on_progress=None if args.json else _progress_printer("scoring"))
     if args.out:
@@ -199,7 +203,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
-                          sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs))
+                          sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs,
+                                                        head_init=args.head_init))
 
 
 def run_finetune(args: argparse.Namespace) -> int:
