@@ -10,6 +10,7 @@ import numpy as np
 import streamlit as st
 
 from clm_explore.config import (
+    HEAD_INITS,
     METHODS,
     SCHEDULES,
     SCORES,
@@ -24,6 +25,7 @@ from clm_explore.ui.views import escape_markdown
 SOURCES = ("default", "tiny-random", "local folder…")
 BUDGET_STEPS = [float(f"{x:.3g}") for x in np.logspace(-4, -1, 31)]
 """Log-spaced budgets from 0.01% to 10% (fractions)."""
+HEAD_START_NAMES = {"loaded": "as loaded", "centroid": "label centroids"}
 
 
 def sidebar() -> None:
@@ -103,15 +105,20 @@ def mining_form(key: str = "tok") -> MiningConfig:
 def sensitivity_form(key: str = "sens") -> SensitivityConfig:
     cfg = state.sens_cfg()
     with st.expander("Sensitivity options"), st.form(f"{key}_form"):
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         score = c1.selectbox(
             "Score", SCORES, index=SCORES.index(cfg.score), key=f"{key}_score"
         )
         rows = c2.number_input("Calibration rows", 16, 100_000, cfg.calibration_rows, key=f"{key}_rows")
         warmup = c3.number_input("Head warm-up epochs", -1, 50, cfg.warmup_epochs, key=f"{key}_warmup",
                                  help="-1 = auto: 5, or 1 when there are fewer than 20 rows per label (few-shot)")
+        head_init = c4.selectbox("Head start", HEAD_INITS, index=HEAD_INITS.index(cfg.head_init), key=f"{key}_head",
+                                 format_func=HEAD_START_NAMES.get,
+                                 help="where the warm-up starts: the head as loaded (seeded random), or each "
+                                      "label's mean direction (the same for every seed)")
         if st.form_submit_button("Compute"):
-            cfg = dataclasses.replace(cfg, score=score, calibration_rows=int(rows), warmup_epochs=int(warmup))
+            cfg = dataclasses.replace(cfg, score=score, calibration_rows=int(rows), warmup_epochs=int(warmup),
+                                      head_init=head_init)
             state.put(state.SENS_CFG, cfg)
     return cfg
 

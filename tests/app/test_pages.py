@@ -121,6 +121,10 @@ def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
     assert not at.exception
     assert at.session_state["sens_compare"] is True
     assert any("Difference" in str(c.proto) for c in at.get("plotly_chart"))
+    at.selectbox(key="sens_head").set_value("centroid")
+    button(at, "Compute").click().run()
+    assert not at.exception
+    assert at.session_state["sens_cfg"].head_init == "centroid"  # reaches the scores and the finetune page
 
 
 def test_budget_slider_and_number_box(at: AppTest) -> None:
