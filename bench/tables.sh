@@ -23,6 +23,9 @@
 #                                 # at 4 on development rows; trec6 full data against sparse's Taylor rows
 #   bash bench/tables.sh head_start # twenty-second session: where training's head starts in 10-shot
 #                                 # (--cold-head, no warm-up) on development rows, then on snips and trec6 test
+#   bash bench/tables.sh head_init # twenty-third session: a centroid head (--head-init centroid), random rows
+#                                 # and Taylor rows without the warm-up, on development rows; then banking77 and
+#                                 # hint3 10-shot test
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -400,7 +403,41 @@ head_start() {
     $probe "$snips" w0-lr1e-2 sparse 1e-2 $s5 sensitivity.warmup_epochs=0
 }
 
+head_init() {
+    # Twenty-third session: the head that training starts from, on development rows (never test), sparse at
+    # 5e-3, 5 seeds (banking77 3), the twenty-second session's grids; two lanes. First the starting heads alone
+    # on the frozen features, then finetuning from them; then test where development rows chose.
+    local probe=".venv/bin/python bench/probe_fewshot.py" s5=0,1,2,3,4 g
+    local trec6="$OUT/trec6-10shot-e30-auto21" snips="$OUT/snips-10shot-e30-auto21"
+    local hint3="$OUT/hint3_sofmattress-10shot-e30-oos" b77="$OUT/banking77-10shot-e15-auto-rows"
+    local centroid="sensitivity.warmup_epochs=0 sensitivity.head_init=centroid"
+    .venv/bin/python bench/probe_head_start.py "$trec6" "$snips" "$hint3" "$b77"
+    for g in "$trec6" "$snips" "$hint3"; do
+        $probe "$g" c0 sparse 5e-3 $s5 $centroid
+    done
+    for g in "$trec6" "$snips"; do
+        $probe "$g" c005 sparse 5e-3 $s5 $centroid sensitivity.centroid_scale=0.05
+        $probe "$g" c0-cold sparse 5e-3 $s5 $centroid head_warmup=false
+        $probe "$g" random-w0 random 5e-3 $s5 sensitivity.warmup_epochs=0
+        $probe "$g" zscore-w0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 sensitivity.normalise=zscore
+        for rate in 2e-2 1e-3 2e-4; do
+            $probe "$g" "w0-hlr$rate" sparse 5e-3 $s5 sensitivity.warmup_epochs=0 head_lr=$rate
+        done
+    done
+    $probe "$snips" taylor-w0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 sensitivity.score=taylor
+    $probe "$snips" taylor-auto sparse 5e-3 $s5 sensitivity.score=taylor
+    $probe "$hint3" taylor-w0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 sensitivity.score=taylor
+    $probe "$hint3" random-auto random 5e-3 $s5
+    $probe "$b77" c005 sparse 5e-3 0,1,2 $centroid sensitivity.centroid_scale=0.05
+    $probe "$b77" c005-auto sparse 5e-3 0,1,2 sensitivity.head_init=centroid sensitivity.centroid_scale=0.05
+    $probe --test "$hint3" auto sparse 5e-3 $s5
+    $probe --test "$hint3" random-auto random 5e-3 $s5
+    for g in "$b77" "$trec6" "$snips"; do
+        $probe --test "$g" c005 sparse 5e-3 $s5 $centroid sensitivity.centroid_scale=0.05
+    done
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init" >&2; exit 2 ;;
 esac

@@ -1,0 +1,78 @@
+"""Probe of the head that finetuning starts from (issue #4), not product code: how well each starting head
+classifies a 10-shot grid's development rows on the model's frozen pooled features.
+
+Heads: as loaded (seed 0), the linear-probe warm-up of `compute_sensitivity` after 1, 5, 20 and 100 epochs,
+and the centroid head (`SensitivityConfig.head_init="centroid"`) at two logit scales. Each line gives the
+development accuracy, and the training loss as a share of ln(labels) (1.0 = a uniform guess). Development
+rows are `probe_fewshot.py`'s (never test); the shots are the calibration rows, as in a 10-shot run.
+
+    python bench/probe_head_start.py bench/out/trec6-10shot-e30-auto21 bench/out/snips-10shot-e30-auto21
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from probe_fewshot import dev_folder
+from torch import nn
+
+from clm_explore.config import SensitivityConfig
+from clm_explore.data import load_data
+from clm_explore.modeling import head_parameter_names, load_model
+from clm_explore.sensitivity import _head_inputs, calibration_rows, centroid_head, make_batches
+
+WARMUP_EPOCHS = (1, 5, 20, 100)
+CENTROID_SCALES = (0.05, 0.5)
+
+
+def features(loaded, head: nn.Module, texts: list[str], label_ids, cfg: SensitivityConfig):
+    batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
+    return _head_inputs(loaded, head, batches, torch.device("cpu"))
+
+
+@torch.no_grad()
+def scored(name: str, head: nn.Module, train, dev, n_labels: int) -> str:
+    loss = nn.functional.cross_entropy(head(train[0]), train[1]).item() / float(torch.log(torch.tensor(n_labels)))
+    accuracy = (head(dev[0]).argmax(1) == dev[1]).float().mean().item()
+    return f"{name:<22} dev acc {accuracy:.3f}  train loss/ln(K) {loss:.2f}"
+
+
+def warmed(loaded_state: dict, train, epochs: int, cfg: SensitivityConfig) -> nn.Linear:
+    """The loaded head after ``epochs`` of `warm_up_head`'s loop (AdamW at the warm-up rate, seeded order)."""
+    weight = loaded_state["weight"]
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict(loaded_state)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(train[0]), generator=generator).split(cfg.batch_size):
+            loss = nn.functional.cross_entropy(head(train[0][idx]), train[1][idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return head
+
+
+def main(grid: str) -> None:
+    data = load_data(dev_folder(Path(grid)))
+    loaded = load_model("default", data.labels, seed=0)
+    cfg = SensitivityConfig()
+    head = loaded.model.get_submodule(head_parameter_names(loaded.model)[0].rsplit(".", 1)[0])
+    train = features(loaded, head, *calibration_rows(data, cfg), cfg)
+    dev = features(loaded, head, data.test["text"].tolist(), data.label_ids("test"), cfg)
+    loaded_state = {k: v.clone() for k, v in head.state_dict().items()}
+    lines = [scored("as loaded", head, train, dev, len(data.labels))]
+    for epochs in WARMUP_EPOCHS:
+        lines.append(scored(f"warm-up {epochs} epochs", warmed(loaded_state, train, epochs, cfg), train, dev,
+                            len(data.labels)))
+    for scale in CENTROID_SCALES:
+        centroid = nn.Linear(head.in_features, head.out_features)
+        centroid_head(centroid, *train, scale)
+        lines.append(scored(f"centroid x {scale}", centroid, train, dev, len(data.labels)))
+    print(f"{grid}: {len(data.labels)} labels, {len(train[0])} rows, {len(dev[0])} development rows\n  "
+          + "\n  ".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    for grid_dir in sys.argv[1:]:
+        main(grid_dir)
