@@ -413,11 +413,11 @@ head_init() {
     local centroid="sensitivity.warmup_epochs=0 sensitivity.head_init=centroid"
     .venv/bin/python bench/probe_head_start.py "$trec6" "$snips" "$hint3" "$b77"
     for g in "$trec6" "$snips" "$hint3"; do
-        $probe "$g" c0 sparse 5e-3 $s5 $centroid
+        $probe "$g" c0 sparse 5e-3 $s5 $centroid sensitivity.centroid_scale=0.5
     done
     for g in "$trec6" "$snips"; do
         $probe "$g" c005 sparse 5e-3 $s5 $centroid sensitivity.centroid_scale=0.05
-        $probe "$g" c0-cold sparse 5e-3 $s5 $centroid head_warmup=false
+        $probe "$g" c0-cold sparse 5e-3 $s5 $centroid sensitivity.centroid_scale=0.5 head_warmup=false
         $probe "$g" random-w0 random 5e-3 $s5 sensitivity.warmup_epochs=0
         $probe "$g" zscore-w0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 sensitivity.normalise=zscore
         for rate in 2e-2 1e-3 2e-4; do
