@@ -428,6 +428,8 @@ head_init() {
     $probe "$snips" taylor-auto sparse 5e-3 $s5 sensitivity.score=taylor
     $probe "$hint3" taylor-w0 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 sensitivity.score=taylor
     $probe "$hint3" random-auto random 5e-3 $s5
+    $probe "$hint3" w0-hlr2e-4 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 head_lr=2e-4
+    $probe "$b77" w0-hlr2e-4 sparse 5e-3 0,1,2 sensitivity.warmup_epochs=0 head_lr=2e-4
     $probe "$b77" c005 sparse 5e-3 0,1,2 $centroid sensitivity.centroid_scale=0.05
     $probe "$b77" c005-auto sparse 5e-3 0,1,2 sensitivity.head_init=centroid sensitivity.centroid_scale=0.05
     $probe --test "$hint3" auto sparse 5e-3 $s5
