@@ -25,7 +25,7 @@
 #                                 # (--cold-head, no warm-up) on development rows, then on snips and trec6 test
 #   bash bench/tables.sh head_init # twenty-third session: a centroid head (--head-init centroid), random rows
 #                                 # and Taylor rows without the warm-up, on development rows; then banking77 and
-#                                 # hint3 10-shot test
+#                                 # hint3 10-shot test; banking77 time to accuracy on seeds 3-4
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -437,6 +437,11 @@ head_init() {
     for g in "$b77" "$trec6" "$snips"; do
         $probe --test "$g" c005 sparse 5e-3 $s5 $centroid sensitivity.centroid_scale=0.05
     done
+    # Time to accuracy on banking77 seeds 3-4, the nineteenth session's float16 pair (one lane each).
+    .venv/bin/python bench/bench_core.py --data "$DATA/banking77" --epochs 3 --seeds 3,4 --threads 1 \
+        --variants full --lr full=1.33e-4 --out "$OUT/ttt4-full"
+    .venv/bin/python bench/bench_core.py --data "$DATA/banking77" --epochs 6 --seeds 3,4 --threads 1 \
+        --variants sparse-top2-cached-fp16 --lr sparse-top2-cached-fp16=2.5e-3 --out "$OUT/ttt4-fp16"
 }
 
 case "${1:-}" in
