@@ -10,6 +10,7 @@ rows are `probe_fewshot.py`'s (never test); the shots are the calibration rows, 
 """
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,15 +20,10 @@ from torch import nn
 from clm_explore.config import SensitivityConfig
 from clm_explore.data import load_data
 from clm_explore.modeling import head_parameter_names, load_model
-from clm_explore.sensitivity import _head_inputs, calibration_rows, centroid_head, make_batches
+from clm_explore.sensitivity import _head_inputs, calibration_rows, centroid_head, make_batches, warm_up_head
 
 WARMUP_EPOCHS = (1, 5, 20, 100)
 CENTROID_SCALES = (0.05, 0.5)
-
-
-def features(loaded, head: nn.Module, texts: list[str], label_ids, cfg: SensitivityConfig):
-    batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
-    return _head_inputs(loaded, head, batches, torch.device("cpu"))
 
 
 @torch.no_grad()
@@ -37,38 +33,25 @@ def scored(name: str, head: nn.Module, train, dev, n_labels: int) -> str:
     return f"{name:<22} dev acc {accuracy:.3f}  train loss/ln(K) {loss:.2f}"
 
 
-def warmed(loaded_state: dict, train, epochs: int, cfg: SensitivityConfig) -> nn.Linear:
-    """The loaded head after ``epochs`` of `warm_up_head`'s loop (AdamW at the warm-up rate, seeded order)."""
-    weight = loaded_state["weight"]
-    head = nn.Linear(weight.shape[1], weight.shape[0])
-    head.load_state_dict(loaded_state)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(train[0]), generator=generator).split(cfg.batch_size):
-            loss = nn.functional.cross_entropy(head(train[0][idx]), train[1][idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return head
-
-
 def main(grid: str) -> None:
     data = load_data(dev_folder(Path(grid)))
     loaded = load_model("default", data.labels, seed=0)
     cfg = SensitivityConfig()
     head = loaded.model.get_submodule(head_parameter_names(loaded.model)[0].rsplit(".", 1)[0])
-    train = features(loaded, head, *calibration_rows(data, cfg), cfg)
-    dev = features(loaded, head, data.test["text"].tolist(), data.label_ids("test"), cfg)
+    shots = make_batches(loaded, *calibration_rows(data, cfg), None, cfg.batch_size, cfg.max_length)
+    train = _head_inputs(loaded, head, shots, torch.device("cpu"))
+    dev_batches = make_batches(loaded, data.test["text"].tolist(), data.label_ids("test"), None, cfg.batch_size,
+                               cfg.max_length)
+    dev = _head_inputs(loaded, head, dev_batches, torch.device("cpu"))
     loaded_state = {k: v.clone() for k, v in head.state_dict().items()}
     lines = [scored("as loaded", head, train, dev, len(data.labels))]
-    for epochs in WARMUP_EPOCHS:
-        lines.append(scored(f"warm-up {epochs} epochs", warmed(loaded_state, train, epochs, cfg), train, dev,
-                            len(data.labels)))
+    for epochs in WARMUP_EPOCHS:  # the library's warm-up itself, from the loaded head each time
+        head.load_state_dict(loaded_state)
+        warm_up_head(loaded, shots, replace(cfg, warmup_epochs=epochs), torch.device("cpu"))
+        lines.append(scored(f"warm-up {epochs} epochs", head, train, dev, len(data.labels)))
     for scale in CENTROID_SCALES:
-        centroid = nn.Linear(head.in_features, head.out_features)
-        centroid_head(centroid, *train, scale)
-        lines.append(scored(f"centroid x {scale}", centroid, train, dev, len(data.labels)))
+        centroid_head(head, *train, scale)
+        lines.append(scored(f"centroid x {scale}", head, train, dev, len(data.labels)))
     print(f"{grid}: {len(data.labels)} labels, {len(train[0])} rows, {len(dev[0])} development rows\n  "
           + "\n  ".join(lines), flush=True)
 
