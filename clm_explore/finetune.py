@@ -12,8 +12,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, get_scheduler
 
+from clm_explore.averaging import TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
@@ -395,6 +396,8 @@ class _TrainLoop:
                                        num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.average = (TailAverage.for_share([p for g in self.optimizer.param_groups for p in g["params"]],
+                                              cfg.average_last, self.total_steps) if cfg.average_last else None)
         self.step = self.examples = 0
         self.train_seconds = float(prepared.info.get("prep_seconds", 0.0))
         self.val_curve: list[dict] = []
@@ -418,7 +421,8 @@ class _TrainLoop:
                 feeding = prefix.feeding(idx) if prefix else nullcontext()
                 with feeding, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                     logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                loss = nn.functional.cross_entropy(logits.float(), self.train_labels[idx].to(self.device))
+                loss = nn.functional.cross_entropy(logits.float(), self.train_labels[idx].to(self.device),
+                                                   label_smoothing=self.cfg.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.last_lr = self.optimizer.param_groups[0]["lr"]
@@ -426,11 +430,15 @@ class _TrainLoop:
                 self.scheduler.step()
                 self.train_seconds += time.perf_counter() - started
                 self.step += 1
+                if self.average:
+                    self.average.update(self.step)
                 self.examples += len(idx) * self.world
                 self.last_loss = loss.item()
                 self._report(epoch, self.last_loss, None)
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
             self._end_epoch(epoch)
+        if self.average:
+            self.average.swap()  # training's result is the average from here on (evaluation, saving)
         return "succeeded"
 
     def _prefix_cache(self) -> PrefixCache | None:
@@ -480,12 +488,24 @@ class _TrainLoop:
         split = self.data.split(self.cfg.curve_split)
         if not self.cfg.eval_every_epoch or split.empty:
             return
-        probs = predict_proba(self.eval_model, self.loaded, split["text"].tolist(), self.cfg.max_length,
-                              device=self.device)
+        with self._averaged():
+            probs = predict_proba(self.eval_model, self.loaded, split["text"].tolist(), self.cfg.max_length,
+                                  device=self.device)
         accuracy = float((probs.argmax(1) == self.data.label_ids(self.cfg.curve_split)).mean())
         point = {"epoch": epoch, "seconds": self.train_seconds, "accuracy": accuracy, "split": self.cfg.curve_split}
         self.val_curve.append(point)
         self._report(epoch, self.last_loss, point)  # progress.jsonl stays strict JSON (no NaN)
+
+    @contextmanager
+    def _averaged(self) -> Iterator[None]:
+        """The averaged weights in place while inside (when averaging has begun), training's after."""
+        if self.average:
+            self.average.swap()
+        try:
+            yield
+        finally:
+            if self.average:
+                self.average.swap()
 
     def _report(self, epoch: int, loss: float, evaluation: dict | None) -> None:
         if not self.on_step:

@@ -296,6 +296,16 @@ def test_dropout_option_reaches_the_dropout_layers_while_training(tmp_path, data
     assert half[0] != plain[0]  # the first step already sees dropout noise
 
 
+def test_label_smoothing_reaches_the_training_loss(tmp_path, data):
+    def first_loss(smoothing):
+        steps: list = []
+        finetune(data, replace(SPARSE, epochs=1, label_smoothing=smoothing), tmp_path / str(smoothing),
+                 source="tiny-random", on_step=steps.append)
+        return next(s.loss for s in steps if s.eval is None)
+
+    assert first_loss(0.5) != pytest.approx(first_loss(0.0), abs=1e-6)  # the same weights, another loss
+
+
 def test_a_dropout_outside_0_1_is_refused():
     with pytest.raises(ValueError, match="dropout must be in"):
         FinetuneConfig(dropout=1.0)
@@ -399,3 +409,14 @@ def test_a_cold_head_row_method_scores_with_the_warmed_head_but_trains_from_the_
     for name in head_parameter_names(load_model("tiny-random", data.labels, seed=0).model):
         assert torch.allclose(cold_head[name], loaded[name], atol=1e-6), name  # a vanishing rate: the start
         assert not torch.allclose(warm_head[name], loaded[name], atol=1e-3), name
+
+
+def test_tail_averaging_changes_only_masked_rows_and_its_last_step_alone_is_training_result(tmp_path, data):
+    plain = finetune(data, replace(SPARSE, epochs=1), tmp_path / "plain", source="tiny-random")
+    last = finetune(data, replace(SPARSE, epochs=1, average_last=1e-6), tmp_path / "last", source="tiny-random")
+    half = finetune(data, replace(SPARSE, epochs=1, average_last=0.5), tmp_path / "half", source="tiny-random")
+    plain_w, last_w, half_w = (saved_params(r.out_dir) for r in (plain, last, half))
+    assert all(torch.equal(plain_w[n], last_w[n]) for n in plain_w)  # an average of one step is that step
+    assert any(not torch.equal(plain_w[n], half_w[n]) for n in plain_w)
+    assert_only_masked_rows_changed(half.out_dir)
+    assert half.metrics["trainable_params"] == plain.metrics["trainable_params"]

@@ -166,6 +166,10 @@ def _register_finetune(sub: Any) -> None:
                    help="learning rate after the warm-up: linear or cosine decay to 0, or constant")
     p.add_argument("--warmup-ratio", type=float, default=FinetuneConfig.warmup_ratio,
                    help="share of steps with a linear warm-up, in [0, 1)")
+    p.add_argument("--label-smoothing", type=float, default=FinetuneConfig.label_smoothing,
+                   help="label smoothing of the training loss, in [0, 1)")
+    p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
+                   help="average the trained weights over this last share of the steps, in [0, 1] (0 = off)")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
     p.add_argument("--seed", type=int, default=0)
@@ -201,6 +205,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                           norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
+                          label_smoothing=args.label_smoothing, average_last=args.average_last,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
                           sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs,
