@@ -26,6 +26,10 @@
 #   bash bench/tables.sh head_init # twenty-third session: a centroid head (--head-init centroid), random rows
 #                                 # and Taylor rows without the warm-up, on development rows; then banking77 and
 #                                 # hint3 10-shot test; banking77 time to accuracy on seeds 3-4
+#   bash bench/tables.sh averaging # twenty-fourth session: the trained weights averaged over the last half of
+#                                 # the steps (--average-last), with linear decay and a constant rate, and
+#                                 # label smoothing, on 10-shot development rows; banking77 10-shot test and
+#                                 # full-data probes (validation carve)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -444,7 +448,31 @@ head_init() {
         --variants sparse-top2-cached-fp16 --lr sparse-top2-cached-fp16=2.5e-3 --out "$OUT/ttt4-fp16"
 }
 
+averaging() {
+    # Twenty-fourth session: tail averaging (SWA-style) and label smoothing, sparse at 5e-3 on the twenty-third
+    # session's 10-shot grids (development rows, 5 seeds, banking77 3), then banking77 test; two lanes.
+    local probe=".venv/bin/python bench/probe_fewshot.py" s5=0,1,2,3,4 seed
+    local trec6="$OUT/trec6-10shot-e30-auto21" snips="$OUT/snips-10shot-e30-auto21"
+    local b77="$OUT/banking77-10shot-e15-auto-rows" swa="schedule=constant average_last=0.5"
+    $probe "$snips" w0-avg50 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 average_last=0.5
+    $probe "$snips" auto-avg50 sparse 5e-3 $s5 average_last=0.5
+    $probe "$snips" w0-const sparse 5e-3 $s5 sensitivity.warmup_epochs=0 schedule=constant
+    $probe "$snips" w0-const-avg50 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 $swa
+    $probe "$snips" w0-ls10 sparse 5e-3 $s5 sensitivity.warmup_epochs=0 label_smoothing=0.1
+    $probe "$trec6" auto-ls10 sparse 5e-3 $s5 label_smoothing=0.1
+    $probe "$b77" auto-avg50 sparse 5e-3 0,1,2 average_last=0.5
+    $probe "$b77" const-avg50 sparse 5e-3 0,1,2 $swa
+    $probe --test "$b77" auto-avg50 sparse 5e-3 $s5 average_last=0.5
+    $probe --test "$b77" const-avg50 sparse 5e-3 $s5 $swa
+    # banking77 full data, 3 epochs, the validation carve (probe_sparse.sh: sparse at 2.5e-3 unless --lr).
+    for seed in 0 1 2; do
+        bash bench/probe_sparse.sh const-avg50 "$seed" --schedule constant --average-last 0.5
+    done
+    bash bench/probe_sparse.sh const-avg50-lr5e-3 0 --schedule constant --average-last 0.5 --lr 5e-3
+    bash bench/probe_sparse.sh full-const-avg50 0 --method full --lr 1.33e-4 --schedule constant --average-last 0.5
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging" >&2; exit 2 ;;
 esac
