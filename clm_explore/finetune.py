@@ -428,16 +428,16 @@ class _TrainLoop:
                 self.last_lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
+                if self.average is not None:
+                    self.average.update(self.step + 1)  # inside the timed step: averaging is training's cost
                 self.train_seconds += time.perf_counter() - started
                 self.step += 1
-                if self.average:
-                    self.average.update(self.step)
                 self.examples += len(idx) * self.world
                 self.last_loss = loss.item()
                 self._report(epoch, self.last_loss, None)
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
             self._end_epoch(epoch)
-        if self.average:
+        if self.average is not None:
             self.average.swap()  # training's result is the average from here on (evaluation, saving)
         return "succeeded"
 
@@ -499,12 +499,12 @@ class _TrainLoop:
     @contextmanager
     def _averaged(self) -> Iterator[None]:
         """The averaged weights in place while inside (when averaging has begun), training's after."""
-        if self.average:
+        if self.average is not None:
             self.average.swap()
         try:
             yield
         finally:
-            if self.average:
+            if self.average is not None:
                 self.average.swap()
 
     def _report(self, epoch: int, loss: float, evaluation: dict | None) -> None:
