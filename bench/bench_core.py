@@ -47,6 +47,9 @@ VARIANTS = {
     "sparse-top2-cached": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True},
     "sparse-top2-cached-fp16": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True,
                                 "cache_dtype": "float16"},
+    # SWA's recipe (twenty-fourth session): a constant rate, the trained weights averaged over the last half.
+    "sparse-top2-cached-fp16-swa": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True,
+                                    "cache_dtype": "float16", "schedule": "constant", "average_last": 0.5},
 }
 
 
