@@ -470,8 +470,8 @@ averaging() {
     done
     bash bench/probe_sparse.sh const-avg50-lr5e-3 0 --schedule constant --average-last 0.5 --lr 5e-3
     bash bench/probe_sparse.sh full-const-avg50 0 --method full --lr 1.33e-4 --schedule constant --average-last 0.5
-    # Time to accuracy with SWA's recipe beside head_init's pair (seeds 3 and 4, one lane each).
-    for seed in 3 4; do
+    # Time to accuracy with SWA's recipe (seeds 3 and 4, one lane each; then 0 and 1, then 2).
+    for seed in 3 4 0 1 2; do
         .venv/bin/python bench/bench_core.py --data "$DATA/banking77" --epochs 6 --seeds "$seed" --threads 1 \
             --variants sparse-top2-cached-fp16-swa --lr sparse-top2-cached-fp16-swa=2.5e-3 --out "$OUT/ttt4-swa-s$seed"
     done

@@ -227,8 +227,8 @@ class FinetuneConfig:
     Only the trained parameters are averaged (for the row methods the deltas, head and norms). After a
     linear decay it changes nothing measurable; with ``schedule="constant"`` (SWA's recipe) it recovers the
     decay's accuracy and +0.1-0.2 point on banking77, inside the seed std, and the cached top-2 sparse run
-    came within 0.5 point of full finetuning sooner (0.37 / 0.41 of its time on two seeds, against 0.44 /
-    0.50; BENCHMARKS.md). Off by default: one more choice to make, and not measured on every seed."""
+    came within 0.5 point of full finetuning sooner (epoch 4 of 6 on five seeds, 0.32-0.41 of its time
+    against 0.40-0.56) and ended 0.05 above it (BENCHMARKS.md). Off by default: one run per seed so far."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
