@@ -16,7 +16,10 @@ the cached states, ``cache_input_dropout``; ``sparse-top2-cached-fp16``: the sta
 ``cache_dtype``). The per-epoch test curve is for
 reporting only.
 Learning rates are the methods' defaults unless ``--lr variant=LR,...`` fixes them (choose them on
-validation, e.g. with ``clm-explore bench --tune-lr``, never on test). ``--curve-split validation`` is that
+validation, e.g. with ``clm-explore bench --tune-lr``, never on test); ``--variant-epochs variant=N,...`` gives a
+variant its own number of epochs, so that a pair of schedules of different lengths (full finetuning for 3
+epochs, sparse for 6) runs side by side in one run and the time-to-accuracy ratio is read off one table.
+``--curve-split validation`` is that
 sweep on the full data: the per-epoch curve is taken on the validation split carved from train, and the
 table shows the final validation accuracy per variant and learning rate (the test figures are not printed).
 
@@ -95,6 +98,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="cap training rows (stratified), 0 = all")
     ap.add_argument("--variants", default="full,sparse,sparse-all-layers")
     ap.add_argument("--lr", default="", help="fixed learning rates per variant, e.g. full=6.7e-5,sparse=5e-3")
+    ap.add_argument("--variant-epochs", default="",
+                    help="epochs per variant where it differs from --epochs, e.g. sparse-top2-cached-fp16-swa=6")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/out/core")
     ap.add_argument("--curve-split", choices=("test", "validation"), default="test",
@@ -107,12 +112,13 @@ def main() -> None:
     from clm_explore.cli.bench_cmds import parse_method_lrs  # the same METHOD=LR syntax as `bench --lr`
 
     lrs = parse_method_lrs(args.lr)
+    epochs = parse_variant_epochs(args.variant_epochs, args.epochs)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in args.variants.split(","):
             out = Path(args.out) / f"{variant}-s{seed}"
             if not (out / "metrics.json").exists():
-                config = {"epochs": args.epochs, "seed": seed, "lr": lrs.get(variant, 0.0), **VARIANTS[variant]}
+                config = {"epochs": epochs[variant], "seed": seed, "lr": lrs.get(variant, 0.0), **VARIANTS[variant]}
                 config["mask"] = {"budget": args.budget, **config.get("mask", {})}
                 spec = {"data": args.data, "model": args.model, "limit": args.limit, "threads": args.threads,
                         "config": config, "out": str(out), "curve_split": args.curve_split}
@@ -122,7 +128,7 @@ def main() -> None:
             m = json.loads((out / "metrics.json").read_text())
             rows.append({"variant": variant, "seed": seed, **{k: m.get(k) for k in (
                 "accuracy", "macro_f1", "train_seconds", "prep_seconds", "peak_memory_mb", "trainable_params",
-                "lowest_layer", "lr")}, "epoch_s": float(np.mean(m["epoch_seconds"])), "curve": m["val_curve"]})
+                "lowest_layer", "lr")}, "epochs": len(m["epoch_seconds"]), "epoch_s": float(np.mean(m["epoch_seconds"])), "curve": m["val_curve"]})
     if args.curve_split == "validation":
         print(summarise_validation(pd.DataFrame(rows), args))
         return
@@ -130,6 +136,18 @@ def main() -> None:
     sens = Path(args.out) / f"sparse-s{args.seeds.split(',')[0]}" / "sensitivity"
     if sens.exists():
         print("\nselection from stored scores:", {k: round(v, 1) for k, v in time_selection(sens).items()})
+
+
+def parse_variant_epochs(text: str, default: int) -> dict[str, int]:
+    """``variant=N,...`` -> epochs per variant (every other variant gets ``default``)."""
+    epochs: dict[str, int] = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        variant, _, value = item.partition("=")
+        if variant not in VARIANTS or not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"--variant-epochs takes VARIANT=N pairs (N >= 1, VARIANT one of {', '.join(VARIANTS)}); "
+                             f"got {item!r}")
+        epochs[variant] = int(value)
+    return {variant: epochs.get(variant, default) for variant in VARIANTS}
 
 
 def _time_to_target(curve: list[dict], target: float) -> float:
@@ -160,7 +178,7 @@ def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
     table = df.groupby("variant").agg(
         accuracy=("accuracy", "mean"), acc_std=("accuracy", "std"), macro_f1=("macro_f1", "mean"),
         epoch_s=("epoch_s", "mean"), prep_s=("prep_seconds", "mean"), peak_mb=("peak_memory_mb", "mean"),
-        trainable=("trainable_params", "mean"), lowest_layer=("lowest_layer", "first"), lr=("lr", "first"))
+        trainable=("trainable_params", "mean"), epochs=("epochs", "first"), lowest_layer=("lowest_layer", "first"), lr=("lr", "first"))
     if not full.empty:
         target = full["accuracy"].mean() - 0.005
         full_total = full["train_seconds"].mean()  # preparation included, as in the curves
