@@ -30,6 +30,8 @@
 #                                 # the steps (--average-last), with linear decay and a constant rate, and
 #                                 # label smoothing, on 10-shot development rows; banking77 10-shot test and
 #                                 # full-data probes (validation carve)
+#   bash bench/tables.sh same_run # twenty-fifth session: SWA's time to accuracy beside full finetuning in one
+#                                 # run (seeds 0-4, two lanes); the SWA recipe on trec6 10-shot development rows
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -477,7 +479,21 @@ averaging() {
     done
 }
 
+same_run() {
+    # Twenty-fifth session: full finetuning (3 epochs) and sparse-top2 cached with SWA's recipe (6 epochs) in one
+    # bench_core run per lane, seeds 0-2 in the first lane and 3-4 in the second (there the order within a seed is
+    # reversed, so both lanes run both methods); the second lane then probes SWA on trec6 10-shot.
+    local v=sparse-top2-cached-fp16-swa
+    local pair=(--data "$DATA/banking77" --epochs 3 --variant-epochs "$v=6" --threads 1 --lr "full=1.33e-4,$v=2.5e-3")
+    .venv/bin/python bench/bench_core.py "${pair[@]}" --seeds 0,1,2 --variants "full,$v" --out "$OUT/ttt5-a" &
+    .venv/bin/python bench/bench_core.py "${pair[@]}" --seeds 3,4 --variants "$v,full" --out "$OUT/ttt5-b"
+    local probe=".venv/bin/python bench/probe_fewshot.py" trec6="$OUT/trec6-10shot-e30-auto21"
+    $probe "$trec6" auto-swa sparse 5e-3 0,1,2,3,4 schedule=constant average_last=0.5
+    $probe "$trec6" w0-swa sparse 5e-3 0,1,2,3,4 sensitivity.warmup_epochs=0 schedule=constant average_last=0.5
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run" >&2; exit 2 ;;
 esac
