@@ -115,6 +115,16 @@ def test_finetune_command_passes_the_cell():
     assert "--budget" not in finetune_command(Cell("full", None, 0), _cfg(), Path("d"), Path("c"))
     assert "--cold-head" not in cmd
     assert "--cold-head" in finetune_command(Cell("full", None, 0), _cfg(cold_head=True), Path("d"), Path("c"))
+    assert "--schedule" not in cmd and "--average-last" not in cmd  # the defaults: older grids' commands
+    swa = finetune_command(Cell("full", None, 0), _cfg(schedule="constant", average_last=0.5), Path("d"), Path("c"))
+    assert swa[swa.index("--schedule") + 1] == "constant" and swa[swa.index("--average-last") + 1] == "0.5"
+
+
+def test_bad_training_recipe_is_refused():
+    with pytest.raises(BenchError, match="schedule must be one of"):
+        _cfg(schedule="step")
+    with pytest.raises(BenchError, match="average_last must be in"):
+        _cfg(average_last=1.5)
 
 
 def test_few_shot_and_limit_are_seeded_and_stratified():
@@ -231,13 +241,29 @@ def test_resuming_with_other_training_settings_is_refused(data_dir, tmp_path):
     with pytest.raises(BenchError, match="cold_head"):
         run_grid(data_dir, _cfg(methods=("head",), cold_head=True), tmp_path / "out", runner=in_process(cfg),
                  progress=False)
+    with pytest.raises(BenchError, match="average_last"):
+        run_grid(data_dir, _cfg(methods=("head",), average_last=0.5), tmp_path / "out", runner=in_process(cfg),
+                 progress=False)
+
+
+def test_a_grid_from_before_a_setting_existed_resumes_at_its_default(data_dir, tmp_path):
+    cfg = _cfg(methods=("head",))
+    run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    saved = tmp_path / "out" / "bench.json"
+    older = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("schedule", "average_last")}
+    saved.write_text(json.dumps(older))
+    assert len(run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False).results) == 1
+    saved.write_text(json.dumps(older))
+    with pytest.raises(BenchError, match="schedule"):
+        run_grid(data_dir, _cfg(methods=("head",), schedule="constant"), tmp_path / "out", runner=in_process(cfg),
+                 progress=False)
 
 
 def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     out = tmp_path / "grid"
     cmd = [sys.executable, "-m", "clm_explore.cli", "bench", "--data", str(data_dir), "--model", "tiny-random",
            "--methods", "head,bitfit", "--seeds", "1", "--epochs", "1", "--batch-size", "80", "--cold-head",
-           "--out", str(out)]
+           "--schedule", "constant", "--average-last", "0.5", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = out / "cells" / "head-s0" / "metrics.json"
     with open(tmp_path / "first.log", "w") as log:
@@ -263,4 +289,6 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     assert list(results["method"]) == ["head", "bitfit"] and (results["status"] == "succeeded").all()
     assert (out / "report.html").is_file()
     assert json.loads((out / "bench.json").read_text())["cold_head"] is True
-    assert json.loads((out / "cells" / "bitfit-s0" / "clm_run.json").read_text())["config"]["head_warmup"] is False
+    cell_config = json.loads((out / "cells" / "bitfit-s0" / "clm_run.json").read_text())["config"]
+    assert cell_config["head_warmup"] is False
+    assert cell_config["schedule"] == "constant" and cell_config["average_last"] == 0.5

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clm_explore.cli import UserError, add_data_args, print_json
-from clm_explore.config import METHODS, DataConfig, FinetuneConfig
+from clm_explore.config import METHODS, SCHEDULES, DataConfig, FinetuneConfig
 
 
 def register(subparsers: Any) -> None:
@@ -35,6 +35,11 @@ def register(subparsers: Any) -> None:
                    help="fixed row scores of sparse/sparse_merged, e.g. sparse=taylor (others: fisher)")
     p.add_argument("--cold-head", action="store_true",
                    help="every cell trains from the head as loaded, not the warmed-up one (finetune --cold-head)")
+    p.add_argument("--schedule", default=FinetuneConfig.schedule, choices=SCHEDULES,
+                   help="every cell's learning rate after the warm-up: linear or cosine decay to 0, or constant")
+    p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
+                   help="every cell averages its trained weights over this last share of the steps (0 = off); "
+                   "with --schedule constant and 0.5 it is SWA's recipe")
     p.add_argument("--model", default="default", metavar="SRC", help="'default', 'tiny-random' or a local folder")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
@@ -82,7 +87,8 @@ def bench_config(args: argparse.Namespace):
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
-                       cold_head=args.cold_head, model=args.model, batch_size=args.batch_size,
+                       cold_head=args.cold_head, schedule=args.schedule, average_last=args.average_last,
+                       model=args.model, batch_size=args.batch_size,
                        max_length=args.max_length, device=args.device, data=str(Path(args.data).resolve()))
 
 
