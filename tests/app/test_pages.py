@@ -146,6 +146,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
         at.selectbox(key="ft_method").set_value(method)
         at.number_input(key="ft_epochs").set_value(1)
         at.selectbox(key="ft_schedule").set_value("cosine" if method == "sparse" else "linear")
+        at.number_input(key="ft_average").set_value(0.5 if method == "sparse" else 0.0)
         at.checkbox(key="ft_cache").set_value(method == "sparse")
         at.checkbox(key="ft_cold").set_value(method == "full")
         button(at, "Launch").click().run(timeout=TIMEOUT)
@@ -154,6 +155,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     runs = store.list()
     assert sorted(r.method for r in runs) == ["full", "sparse"]
     assert {r.method: r.config["schedule"] for r in runs} == {"sparse": "cosine", "full": "linear"}
+    assert {r.method: r.config["average_last"] for r in runs} == {"sparse": 0.5, "full": 0.0}
     assert {r.method: r.config["cache_frozen_layers"] for r in runs} == {"sparse": True, "full": False}
     assert {r.method: r.config["head_warmup"] for r in runs} == {"sparse": True, "full": False}
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
