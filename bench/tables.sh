@@ -32,6 +32,8 @@
 #                                 # full-data probes (validation carve)
 #   bash bench/tables.sh same_run # twenty-fifth session: SWA's time to accuracy beside full finetuning in one
 #                                 # run (seeds 0-4, two lanes); the SWA recipe on trec6 10-shot development rows
+#   bash bench/tables.sh swa_rows # twenty-sixth session: SWA's recipe given to the baselines too: random, Fisher
+#                                 # and full on banking77 10-shot test; full, sparse, random, Fisher on trec6 full
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -493,7 +495,28 @@ same_run() {
     wait
 }
 
+swa_rows() {
+    # Twenty-sixth session: the recipe that matched full finetuning's best on banking77 10-shot (sparse, a constant
+    # rate, the last half of the steps averaged) given to random and unrestricted-Fisher rows and to full
+    # finetuning at its best warm-up, on test once; then trec6's full split with it for every method (bench
+    # --schedule/--average-last), sparse with the Taylor rows its carve chose. Two lanes.
+    local probe=".venv/bin/python bench/probe_fewshot.py" s5=0,1,2,3,4 swa=(schedule=constant average_last=0.5)
+    local b77="$OUT/banking77-10shot-e15-auto-rows" recipe=(--schedule constant --average-last 0.5)
+    {
+        $probe --test "$b77" random-const-avg50 random 5e-3 $s5 "${swa[@]}"
+        $probe --test "$b77" fisher-const-avg50 fisher 5e-3 $s5 "${swa[@]}"
+        $CLI bench --data "$DATA/trec6" --methods sparse --seeds 5 --epochs 3 --lr sparse=5e-3 --score sparse=taylor \
+            "${recipe[@]}" --out "$OUT/trec6-full-swa-sparse"
+        $CLI bench --data "$DATA/trec6" --methods random,fisher --seeds 3 --epochs 3 --lr random=5e-3,fisher=5e-3 \
+            "${recipe[@]}" --out "$OUT/trec6-full-swa-rows"
+    } &
+    $probe --test "$b77" full-warm5-const-avg50 full 2e-4 $s5 sensitivity.warmup_epochs=5 "${swa[@]}"
+    $CLI bench --data "$DATA/trec6" --methods full --seeds 5 --epochs 3 --lr full=2e-4 "${recipe[@]}" \
+        --out "$OUT/trec6-full-swa-full"
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows" >&2; exit 2 ;;
 esac
