@@ -59,7 +59,8 @@ def device_label() -> str:
 
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def default_device() -> str:
