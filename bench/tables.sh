@@ -34,6 +34,7 @@
 #                                 # run (seeds 0-4, two lanes); the SWA recipe on trec6 10-shot development rows
 #   bash bench/tables.sh swa_rows # twenty-sixth session: SWA's recipe given to the baselines too: random, Fisher
 #                                 # and full on banking77 10-shot test; full, sparse, random, Fisher on trec6 full
+#                                 # data; full and sparse on hint3_sofmattress full data (5 seeds, both warm-ups)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -513,6 +514,20 @@ swa_rows() {
     $probe --test "$b77" full-warm5-const-avg50 full 2e-4 $s5 sensitivity.warmup_epochs=5 "${swa[@]}"
     $CLI bench --data "$DATA/trec6" --methods full --seeds 5 --epochs 3 --lr full=2e-4 "${recipe[@]}" \
         --out "$OUT/trec6-full-swa-full"
+    wait
+    # hint3_sofmattress's full split (5 seeds; the rates its carve chose in the sixteenth session), the default
+    # recipe and SWA's at the automatic warm-up through the grid, then both at the 5-epoch warm-up on its data.
+    local hint3=(--data "$DATA/hint3_sofmattress" --methods full,sparse --seeds 5 --epochs 10 --lr full=2e-4,sparse=5e-3)
+    local lin5="$OUT/hint3_sofmattress-full-lin5"
+    {
+        $CLI bench "${hint3[@]}" --out "$lin5"
+        $probe --test "$lin5" full-warm5 full 2e-4 $s5 sensitivity.warmup_epochs=5
+        $probe --test "$lin5" full-warm5-swa full 2e-4 $s5 sensitivity.warmup_epochs=5 "${swa[@]}"
+    } &
+    $CLI bench "${hint3[@]}" "${recipe[@]}" --out "$OUT/hint3_sofmattress-full-swa5"
+    wait
+    $probe --test "$lin5" sparse-warm5 sparse 5e-3 $s5 sensitivity.warmup_epochs=5 &
+    $probe --test "$lin5" sparse-warm5-swa sparse 5e-3 $s5 sensitivity.warmup_epochs=5 "${swa[@]}"
     wait
 }
 
