@@ -34,7 +34,8 @@
 #                                 # run (seeds 0-4, two lanes); the SWA recipe on trec6 10-shot development rows
 #   bash bench/tables.sh swa_rows # twenty-sixth session: SWA's recipe given to the baselines too: random, Fisher
 #                                 # and full on banking77 10-shot test; full, sparse, random, Fisher on trec6 full
-#                                 # data; full and sparse on hint3_sofmattress full data (5 seeds, both warm-ups)
+#                                 # data; full and sparse on hint3_sofmattress full data (5 seeds, both warm-ups);
+#                                 # full on banking77 full data (seeds 1-2)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -528,6 +529,10 @@ swa_rows() {
     wait
     $probe --test "$lin5" sparse-warm5 sparse 5e-3 $s5 sensitivity.warmup_epochs=5 &
     $probe --test "$lin5" sparse-warm5-swa sparse 5e-3 $s5 sensitivity.warmup_epochs=5 "${swa[@]}"
+    wait
+    # banking77 full data: full finetuning with the recipe on seeds 1 and 2 (seed 0: the averaging lane)
+    bash bench/probe_sparse.sh full-const-avg50 1 --method full --lr 1.33e-4 "${recipe[@]}" &
+    bash bench/probe_sparse.sh full-const-avg50 2 --method full --lr 1.33e-4 "${recipe[@]}"
     wait
 }
 
