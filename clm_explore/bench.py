@@ -33,7 +33,6 @@ from clm_explore.bench_report import render_report
 from clm_explore.bench_results import collect_results, mask_overlap, mask_statistics, read_metrics, summarise
 from clm_explore.config import (
     METHODS,
-    SCHEDULES,
     SCORES,
     ConfigError,
     DataConfig,
@@ -107,10 +106,10 @@ class BenchConfig:
         for name in ("seeds", "epochs"):
             if getattr(self, name) < 1:
                 raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.schedule not in SCHEDULES:
-            raise BenchError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        if not 0 <= self.average_last <= 1:
-            raise BenchError(f"average_last must be in [0, 1] (0 = off), got {self.average_last}")
+        try:  # the recipe's rules are finetune's own
+            FinetuneConfig(schedule=self.schedule, average_last=self.average_last)
+        except ConfigError as exc:
+            raise BenchError(str(exc)) from exc
         if self.shots < 0 or self.limit < 0:
             raise BenchError(f"shots and limit must be >= 0, got {self.shots} and {self.limit}")
         if self.lr and self.tune_lr:
