@@ -7,6 +7,8 @@ never run again, so an interrupted grid resumes where it stopped. ``run_grid`` w
 - ``data/`` (the train/validation/test files every cell reads, after ``shots``/``limit``), ``cells/``,
   ``logs/`` (each cell's stderr), ``bench.json`` (the config);
 - ``results.csv`` (one row per method, budget and seed), ``summary.csv`` (mean and std over seeds),
+  ``comparison.csv`` (each method against full finetuning, and sparse against the other cheap methods: the
+  difference of means with a 95% Welch interval, the std ratio and a verdict),
   ``masks.csv`` (share of selected rows per (layer, module) for every row-mask run), ``overlap.csv``
   (Jaccard of the row masks of sparse, fisher, gradient and random), ``tuning.csv`` with ``tune_lr`` (the
   sweep's validation accuracies, with the row score too under ``tune_score``);
@@ -30,7 +32,14 @@ import numpy as np
 import pandas as pd
 
 from clm_explore.bench_report import render_report
-from clm_explore.bench_results import collect_results, mask_overlap, mask_statistics, read_metrics, summarise
+from clm_explore.bench_results import (
+    collect_results,
+    compare_methods,
+    mask_overlap,
+    mask_statistics,
+    read_metrics,
+    summarise,
+)
 from clm_explore.config import (
     METHODS,
     SCORES,
@@ -164,6 +173,8 @@ class BenchResult:
     scores: dict[str, str] = field(default_factory=dict)
     """Row score used per method of SCORE_METHODS (chosen by the sweep with tune_score, else fixed or default)."""
     files: dict[str, Path] = field(default_factory=dict)
+    comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Differences between methods with their intervals (``bench_results.compare_methods``)."""
 
 
 Runner = Callable[[Cell, Path, Path, Path, Callable[[str], None]], None]
@@ -478,19 +489,21 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
 
 def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
                   tuning: pd.DataFrame | None = None) -> BenchResult:
-    """results.csv, summary.csv, masks.csv, overlap.csv (+ tuning.csv) and report.html from the cell folders."""
+    """results.csv, summary.csv, comparison.csv, masks.csv, overlap.csv (+ tuning.csv) and report.html from the
+    cell folders."""
     results = collect_results(out_dir, cells)
-    summary = summarise(results)
+    summary, comparison = summarise(results), compare_methods(results)
     masks, overlap = mask_statistics(out_dir, results), mask_overlap(out_dir, results)
-    files = {name: out_dir / f"{name}.csv" for name in ("results", "summary", "masks", "overlap")}
-    for name, frame in (("results", results), ("summary", summary), ("masks", masks), ("overlap", overlap)):
+    tables = {"results": results, "summary": summary, "comparison": comparison, "masks": masks, "overlap": overlap}
+    files = {name: out_dir / f"{name}.csv" for name in tables}
+    for name, frame in tables.items():
         frame.to_csv(files[name], index=False)
     if tuning is not None:
         files["tuning"] = out_dir / "tuning.csv"
         tuning.to_csv(files["tuning"], index=False)
     files["report"] = out_dir / "report.html"
     files["report"].write_text(render_report(results, summary, masks, overlap, tuning,
-                                             json.loads((out_dir / "bench.json").read_text())))
+                                             json.loads((out_dir / "bench.json").read_text()), comparison))
     used = {m: float(g["lr"].dropna().iloc[0]) for m, g in results.groupby("method") if g["lr"].notna().any()}
     scores = {c.method: c.row_score for c in cells if c.row_score}
-    return BenchResult(out_dir, results, summary, {**lrs, **used}, scores, files)
+    return BenchResult(out_dir, results, summary, {**lrs, **used}, scores, files, comparison)

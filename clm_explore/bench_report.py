@@ -1,5 +1,5 @@
-"""The benchmark's self-contained HTML page: the summary table and plotly figures (Pareto, stability,
-cost, time-to-accuracy curves, mask overlap, mask placement)."""
+"""The benchmark's self-contained HTML page: the summary and comparison tables and plotly figures (Pareto,
+stability, differences with their intervals, cost, time-to-accuracy curves, mask overlap, mask placement)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from clm_explore.bench_results import OVERLAP_METHODS
+from clm_explore.bench_results import COMPARISON_LEVEL, OVERLAP_METHODS
 
 
 def _label(method: str, budget: float | None) -> str:
     return method if budget is None or (isinstance(budget, float) and math.isnan(budget)) else f"{method}@{budget:g}"
 
 
-def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame) -> list:
+def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame,
+            comparison: pd.DataFrame | None = None) -> list:
     """The report's plotly figures (an empty list when no cell succeeded)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -46,7 +47,10 @@ def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, o
         cost.add_trace(go.Bar(x=s["label"], y=s[f"{key}_mean"], error_y={"array": s[f"{key}_std"].fillna(0)},
                               showlegend=False), row=1, col=col)
     cost.update_layout(title="Cost per method")
-    figs = [pareto, stability, cost, _curves_figure(results)]
+    figs = [pareto, stability]
+    if comparison is not None and not comparison.empty:
+        figs.append(_difference_figure(comparison))
+    figs += [cost, _curves_figure(results)]
     if not overlap.empty:
         figs.append(_overlap_figure(overlap))
     if not masks.empty:
@@ -63,6 +67,23 @@ def _pareto_front(s: pd.DataFrame) -> pd.DataFrame:
             keep.append(i)
             best = acc
     return ordered.loc[keep]
+
+
+def _difference_figure(comparison: pd.DataFrame):
+    """Accuracy difference of each pair in points, with its interval: a bar whose whiskers cross 0 is a tie."""
+    import plotly.graph_objects as go
+
+    c = comparison.fillna({"accuracy_low": comparison["accuracy_diff"], "accuracy_high": comparison["accuracy_diff"]})
+    labels = [f"{_label(m, b)} − {_label(v, vb)}" for m, b, v, vb in
+              zip(c["method"], c["budget"], c["versus"], c["versus_budget"], strict=True)]
+    points = c["accuracy_diff"] * 100
+    fig = go.Figure(go.Bar(x=labels, y=points, text=[f"{p:+.2f}" for p in points],
+                           error_y={"type": "data", "symmetric": False,
+                                    "array": (c["accuracy_high"] - c["accuracy_diff"]) * 100,
+                                    "arrayminus": (c["accuracy_diff"] - c["accuracy_low"]) * 100}))
+    fig.update_layout(title=f"Test accuracy difference in points, mean over seeds with its {COMPARISON_LEVEL:.0%} "
+                            "interval (Welch; none with one seed)", yaxis={"title": "points"})
+    return fig
 
 
 def _curves_figure(results: pd.DataFrame):
@@ -112,14 +133,18 @@ def _mask_figure(masks: pd.DataFrame):
 
 
 def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame,
-                  tuning: pd.DataFrame | None, config: dict) -> str:
-    """A self-contained HTML page: the summary table, the figures (plotly.js inlined once), notes."""
-    figs = figures(results, summary, masks, overlap)
+                  tuning: pd.DataFrame | None, config: dict, comparison: pd.DataFrame | None = None) -> str:
+    """A self-contained HTML page: the summary and comparison tables, the figures (plotly.js inlined once), notes."""
+    figs = figures(results, summary, masks, overlap, comparison)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs)]
     failed = results[results["status"] != "succeeded"]
     esc = html.escape
     body = [f"<h1>clm-explore benchmark</h1><p>{esc(json.dumps(config))}</p>",
             "<h2>Summary (mean and std over seeds)</h2>", summary.round(4).to_html(index=False, na_rep="")]
+    if comparison is not None and not comparison.empty:
+        body += [f"<h2>Differences (method − versus: mean over seeds, {COMPARISON_LEVEL:.0%} Welch interval "
+                 "low..high; std_ratio = the method's accuracy std / the versus method's)</h2>",
+                 comparison.round(4).to_html(index=False, na_rep="")]
     if tuning is not None:
         body += ["<h2>Learning-rate sweep (with the row score under tune_score; validation accuracy, seed 0)</h2>", tuning.to_html(index=False)]
     if len(failed):

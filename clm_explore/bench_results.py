@@ -1,4 +1,4 @@
-"""The benchmark's tables, read back from the cell folders: results, summary, mask statistics, overlap.
+"""The benchmark's tables, read back from the cell folders: results, summary, comparison, mask statistics, overlap.
 
 ``clm_explore.bench`` runs the grid; this module turns its cell folders into the CSV tables that
 ``clm_explore.bench_report`` draws.
@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -85,6 +88,94 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     out["score"] = grouped["score"].first()
     out["lowest_layer"] = grouped["lowest_layer"].first()
     return out.reset_index()
+
+
+REFERENCE_METHOD = "full"
+"""Every other method of a grid is compared with this one (the issue's targets are stated against it)."""
+OURS = "sparse"
+"""The method that is also compared with every other cheap method at its budget (random, fisher, lora, ...)."""
+COMPARED_METRICS = ("accuracy", "macro_f1", "oos_accuracy")
+COMPARISON_LEVEL = 0.95
+
+
+def difference_interval(a: Sequence[float], b: Sequence[float],
+                        level: float = COMPARISON_LEVEL) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and Welch's t-interval for it at ``level``.
+
+    Welch, not a paired test: a seed fixes each method's own random draws (head, mask, data order), which two
+    methods consume differently, so runs at the same seed are independent draws, not pairs. The bounds are NaN
+    with fewer than two values on a side (no spread to judge by).
+    """
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return diff, math.nan, math.nan
+    var_x, var_y = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(var_x + var_y)
+    if se == 0:  # identical runs on both sides: no spread, the difference is exact
+        return diff, diff, diff
+    dof = (var_x + var_y) ** 2 / (var_x**2 / (len(x) - 1) + var_y**2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return diff, diff - half, diff + half
+
+
+def comparison_pairs(keys: Sequence[tuple[str, float]]) -> list[tuple[tuple[str, float], tuple[str, float]]]:
+    """(subject, versus) pairs of (method, budget) keys: every method against REFERENCE_METHOD, and OURS at
+    each budget against every other method at that budget or without one."""
+    def same_budget(b1: float, b2: float) -> bool:
+        return (math.isnan(b1) and math.isnan(b2)) or b1 == b2
+
+    pairs = []
+    references = [k for k in keys if k[0] == REFERENCE_METHOD]
+    for ref in references:
+        pairs += [(k, ref) for k in keys if k[0] != REFERENCE_METHOD]
+    for ours in (k for k in keys if k[0] == OURS):
+        pairs += [(ours, k) for k in keys if k[0] not in (OURS, REFERENCE_METHOD)
+                  and (math.isnan(k[1]) or same_budget(k[1], ours[1]))]
+    return pairs
+
+
+COMPARISON_COLUMNS = ["method", "budget", "versus", "versus_budget", "seeds", "versus_seeds",
+                      *(f"{m}_{part}" for m in COMPARED_METRICS for part in ("diff", "low", "high")),
+                      "std_ratio", "verdict"]
+
+
+def compare_methods(results: pd.DataFrame, level: float = COMPARISON_LEVEL) -> pd.DataFrame:
+    """Differences of mean test metrics between methods (comparison_pairs), with Welch intervals at ``level``.
+
+    ``std_ratio`` is the subject's accuracy std over the versus method's (the stability target: <= 0.5 against
+    full finetuning). ``verdict``: 'ahead' or 'behind' when the accuracy interval excludes 0, 'level' when it
+    spans 0, 'one seed' when a side has a single run.
+    """
+    ok = results[results["status"] == "succeeded"].copy()
+    ok["budget"] = ok["budget"].astype(float)
+    runs = {(m, b): g for (m, b), g in ok.groupby(["method", "budget"], dropna=False, sort=False)}
+    rows = []
+    for subject, versus in comparison_pairs(list(runs)):
+        a, b = runs[subject], runs[versus]
+        row = {"method": subject[0], "budget": subject[1], "versus": versus[0], "versus_budget": versus[1],
+               "seeds": len(a), "versus_seeds": len(b)}
+        for metric in COMPARED_METRICS:
+            x, y = a[metric].dropna().astype(float), b[metric].dropna().astype(float)
+            found = difference_interval(x, y, level) if len(x) and len(y) else (math.nan,) * 3
+            row.update(zip((f"{metric}_diff", f"{metric}_low", f"{metric}_high"), found, strict=True))
+        spread_a, spread_b = a["accuracy"].astype(float).std(), b["accuracy"].astype(float).std()
+        row["std_ratio"] = spread_a / spread_b if spread_b > 0 else math.nan
+        row["verdict"] = interval_verdict(row["accuracy_low"], row["accuracy_high"])
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    unscored = [c for c in frame if c.startswith("oos_") and frame[c].isna().all()]
+    return frame.drop(columns=unscored)  # out-of-scope columns only where test has out-of-scope rows
+
+
+def interval_verdict(low: float, high: float) -> str:
+    """'ahead' or 'behind' when the interval (low, high) of a difference excludes 0, 'level' when it spans 0,
+    'one seed' when there is no interval (NaN bounds)."""
+    if math.isnan(low):
+        return "one seed"
+    return "ahead" if low > 0 else "behind" if high < 0 else "level"
 
 
 def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,8 @@ from clm_explore.bench import (
     run_grid,
     stratified_cap,
 )
+from clm_explore.bench_results import compare_methods, difference_interval
+from clm_explore.cli.bench_cmds import comparison_lines
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 
 
@@ -162,8 +164,56 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
     for title in ("Accuracy vs trainable share", "(std = stability)", "Cost per method", "Row-mask overlap"):
         assert title in page
     assert set(result.summary["method"]) == {"head", "sparse", "random"}
+    comparison = pd.read_csv(out / "comparison.csv")  # no full finetuning here: sparse against the others only
+    assert comparison[["method", "versus"]].values.tolist() == [["sparse", "head"], ["sparse", "random"]]
+    assert (comparison["verdict"] == "one seed").all() and comparison["accuracy_low"].isna().all()
+    sparse, random_rows = (results.loc[results["method"] == m, "accuracy"].item() for m in ("sparse", "random"))
+    assert comparison.loc[1, "accuracy_diff"] == pytest.approx(sparse - random_rows)
+    assert "Differences (method − versus" in page and "Test accuracy difference in points" in page
     assert results["oos_accuracy"].isna().all()  # every test label is a train label
     assert "oos_accuracy_mean" not in result.summary
+
+
+def test_difference_interval_is_welchs():
+    from scipy import stats
+
+    a, b = [0.93, 0.935, 0.928, 0.931], [0.925, 0.927, 0.921]
+    diff, low, high = difference_interval(a, b)
+    expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(sum(a) / 4 - sum(b) / 3)
+    assert (low, high) == pytest.approx((expected.low, expected.high))
+    assert difference_interval(a, b, level=0.5)[1] > low  # a lower level, a narrower interval
+    one = difference_interval([0.9], b)
+    assert one[0] == pytest.approx(0.9 - sum(b) / 3) and all(v != v for v in one[1:])  # NaN: no spread
+    assert difference_interval([0.9, 0.9], [0.8, 0.8]) == pytest.approx((0.1, 0.1, 0.1))
+
+
+def test_methods_are_compared_with_full_and_sparse_with_the_cheap_ones():
+    rows = [("full", None, s, a) for s, a in enumerate((0.90, 0.91, 0.92))]
+    rows += [("sparse", 0.01, s, a) for s, a in enumerate((0.95, 0.955, 0.96))]
+    rows += [("random", 0.01, s, a) for s, a in enumerate((0.949, 0.956, 0.961))]
+    rows += [("random", 0.05, 0, 0.5), ("head", None, 0, 0.7)]
+    results = pd.DataFrame([{"method": m, "budget": b, "seed": s, "accuracy": a, "macro_f1": a - 0.01,
+                             "oos_accuracy": None, "status": "succeeded"} for m, b, s, a in rows])
+    results.loc[len(results)] = {"method": "lora", "budget": None, "seed": 0, "accuracy": None, "status": "failed"}
+    c = compare_methods(results)
+    pairs = [(m if pd.isna(b) else f"{m}@{b:g}", v) for m, b, v in c[["method", "budget", "versus"]].itertuples(index=False)]
+    assert pairs == [("sparse@0.01", "full"), ("random@0.01", "full"), ("random@0.05", "full"), ("head", "full"),
+                     ("sparse@0.01", "random"), ("sparse@0.01", "head")]  # random@0.05: another budget
+    sparse_full = c.iloc[0]
+    assert sparse_full["accuracy_diff"] == pytest.approx(0.045) and sparse_full["verdict"] == "ahead"
+    assert sparse_full["macro_f1_diff"] == pytest.approx(0.045) and sparse_full["accuracy_low"] > 0
+    assert sparse_full["std_ratio"] == pytest.approx(0.5)
+    assert c.iloc[4]["verdict"] == "level" and c.iloc[4]["accuracy_low"] < 0 < c.iloc[4]["accuracy_high"]
+    assert c.iloc[3]["verdict"] == "one seed" and c.iloc[3]["accuracy_diff"] == pytest.approx(-0.21)
+    assert "oos_accuracy_diff" not in c  # no out-of-scope rows in this grid's test split
+    lines = comparison_lines(c)  # what `clm-explore bench` prints under its summary
+    assert lines[1].startswith("  sparse@0.01 - full: +4.50 [+") and lines[1].endswith("ahead (3 vs 3 seeds, std ratio 0.50)")
+    assert lines[4] == "  head - full: -21.00 one seed (1 vs 3 seeds)"
+    scored = compare_methods(results.assign(oos_accuracy=results["accuracy"] - 0.2))
+    assert scored.iloc[0]["oos_accuracy_diff"] == pytest.approx(0.045)
+    behind = compare_methods(results.assign(accuracy=lambda f: f["accuracy"].where(f["method"] != "sparse", 0.5)))
+    assert behind.iloc[0]["verdict"] == "behind"
 
 
 def test_out_of_scope_test_rows_get_their_own_columns(tiny_data, tmp_path):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import UserError, add_data_args, print_json
 from clm_explore.config import METHODS, SCHEDULES, DataConfig, FinetuneConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(subparsers: Any) -> None:
@@ -108,18 +112,40 @@ def run_bench(args: argparse.Namespace) -> int:
         print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
                     "lr": result.lrs, "score": result.scores, "cells": len(result.results),
                     "failed": int((result.results["status"] != "succeeded").sum()),
-                    "summary": summary.to_dict(orient="records")})
+                    "summary": summary.to_dict(orient="records"),
+                    "comparison": result.comparison.to_dict(orient="records")})
         return 0
     cols = [c for c in ("method", "budget", "score", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean",
                         "trainable_share_mean", "train_seconds_mean", "peak_memory_mb_mean") if c in summary]
     if "score" in summary and not summary["score"].fillna("").astype(bool).any():
         cols.remove("score")  # no method of this grid has a row score to show
     print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for line in comparison_lines(result.comparison):
+        print(line)
     failed = result.results[result.results["status"] != "succeeded"]
     if len(failed):
         print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).")
     print(f"report: {result.files['report']}")
     return 0
+
+
+def comparison_lines(comparison: pd.DataFrame) -> list[str]:
+    """One line per compared pair: the accuracy difference in points, its interval, the verdict, the std ratio."""
+    if comparison.empty:
+        return []
+    lines = ["test accuracy differences in points (mean over seeds, 95% Welch interval):"]
+    for _, r in comparison.iterrows():
+        pair = f"{_name(r['method'], r['budget'])} - {_name(r['versus'], r['versus_budget'])}"
+        interval = ("" if math.isnan(r["accuracy_low"])
+                    else f" [{r['accuracy_low'] * 100:+.2f}, {r['accuracy_high'] * 100:+.2f}]")
+        ratio = "" if math.isnan(r["std_ratio"]) else f", std ratio {r['std_ratio']:.2f}"
+        lines.append(f"  {pair}: {r['accuracy_diff'] * 100:+.2f}{interval} {r['verdict']} "
+                     f"({r['seeds']} vs {r['versus_seeds']} seeds{ratio})")
+    return lines
+
+
+def _name(method: str, budget: float) -> str:
+    return method if math.isnan(budget) else f"{method}@{budget:g}"
 
 
 def _interrupt(signum: int, frame: object) -> None:

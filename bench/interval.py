@@ -1,0 +1,52 @@
+"""The difference between two methods' mean test accuracy, with its 95% Welch interval, from per-seed runs.
+
+Each side is NAME=SPEC, SPEC a comma-separated list of accuracies or of run folders (their metrics.json);
+the first side minus the second is reported in points, as `clm-explore bench` does in comparison.csv
+(clm_explore.bench_results.difference_interval), with the ratio of their seed stds.
+
+    python bench/interval.py sparse=0.9331,0.9377,0.9305 full=0.9351,0.9279,0.9338
+    python bench/interval.py sparse=bench/out/b77-probe/epochs-12-s0,bench/out/b77-probe/epochs-12-s1 full=...
+    python bench/interval.py --metric macro_f1 sparse=RUN,RUN full=RUN,RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from clm_explore.bench_results import difference_interval, interval_verdict
+
+
+def read_side(spec: str, metric: str) -> tuple[str, list[float]]:
+    name, _, values = spec.partition("=")
+    if not values:
+        raise SystemExit(f"{spec!r}: expected NAME=VALUE,VALUE,... or NAME=RUN_DIR,RUN_DIR,...")
+    out = []
+    for item in values.split(","):
+        path = Path(item)
+        out.append(float(json.loads((path / "metrics.json").read_text())[metric]) if path.is_dir() else float(item))
+    return name, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("first")
+    parser.add_argument("second")
+    parser.add_argument("--metric", default="accuracy", help="metrics.json key for run folders (default accuracy)")
+    args = parser.parse_args()
+    (a_name, a), (b_name, b) = read_side(args.first, args.metric), read_side(args.second, args.metric)
+    diff, low, high = difference_interval(a, b)
+    spread = ""
+    if min(len(a), len(b)) > 1:
+        std_a, std_b = statistics.stdev(a), statistics.stdev(b)
+        spread = f", std {std_a:.4f} vs {std_b:.4f}" + (f" (ratio {std_a / std_b:.2f})" if std_b else "")
+    verdict = interval_verdict(low, high)
+    interval = "" if verdict == "one seed" else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
+    print(f"{a_name} - {b_name}: {diff * 100:+.2f} points{interval} {verdict} "
+          f"({len(a)} vs {len(b)} seeds{spread})")
+
+
+if __name__ == "__main__":
+    main()
