@@ -36,6 +36,9 @@
 #                                 # and full on banking77 10-shot test; full, sparse, random, Fisher on trec6 full
 #                                 # data; full and sparse on hint3_sofmattress full data (5 seeds, both warm-ups);
 #                                 # full on banking77 full data (seeds 1-2)
+#   bash bench/tables.sh intervals # twenty-seventh session: seeds added where a target's 95% interval hinged on
+#                                 # them (hint3 10-shot full finetuning with abstention, trec6 10-shot seeds 3-4,
+#                                 # snips 10-shot seeds 5-9, snips full data seeds 3-4)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -536,7 +539,31 @@ swa_rows() {
     wait
 }
 
+intervals() {
+    # Twenty-seventh session: seeds added where a target's 95% interval hinged on them, on the grids' own shots and
+    # test splits (probe_fewshot.py --test): full finetuning's per-seed abstention scores on hint3 10-shot (both
+    # warm-ups), trec6 10-shot seeds 3-4 (Taylor rows, full at 2e-4), snips 10-shot seeds 5-9. Two lanes. The
+    # intervals: bench/interval.py on these run folders and on the per-seed figures of the earlier tables.
+    local probe=".venv/bin/python bench/probe_fewshot.py --test" hint3="$OUT/hint3_sofmattress-10shot-e30-oos"
+    local trec6="$OUT/trec6-10shot-e30-auto21" snips="$OUT/snips-10shot-e30-auto21"
+    {
+        $probe "$hint3" full-w5 full 2e-4 0,1,2,3,4 sensitivity.warmup_epochs=5
+        $probe "$trec6" taylor sparse 5e-3 0,3,4 sensitivity.score=taylor
+        $probe "$snips" w0 sparse 5e-3 5,6,7,8,9 sensitivity.warmup_epochs=0
+        $probe "$snips" random-w0 random 5e-3 5,6,7 sensitivity.warmup_epochs=0
+    } &
+    $probe "$hint3" full-auto full 2e-4 0,1,2,3,4
+    $probe "$trec6" full-2e-4 full 2e-4 0,3,4
+    $probe "$snips" full-w5 full 6.67e-5 5,6,7,8,9 sensitivity.warmup_epochs=5
+    $probe "$snips" random-w0 random 5e-3 8,9 sensitivity.warmup_epochs=0
+    wait
+    # snips full data, 3 epochs: seeds 3-4 (the fulldata lane's two grids resumed with --seeds 5 run only those)
+    $CLI bench --data "$DATA/snips" --methods full --seeds 5 --epochs 3 --out "$OUT/snips-full-3ep" &
+    $CLI bench --data "$DATA/snips" --methods sparse --seeds 5 --epochs 3 --out "$OUT/snips-full-3ep-b"
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals" >&2; exit 2 ;;
 esac
