@@ -123,17 +123,13 @@ def difference_interval(a: Sequence[float], b: Sequence[float],
 
 def comparison_pairs(keys: Sequence[tuple[str, float]]) -> list[tuple[tuple[str, float], tuple[str, float]]]:
     """(subject, versus) pairs of (method, budget) keys: every method against REFERENCE_METHOD, and OURS at
-    each budget against every other method at that budget or without one."""
-    def same_budget(b1: float, b2: float) -> bool:
-        return (math.isnan(b1) and math.isnan(b2)) or b1 == b2
-
+    each budget against every other method at that budget or without one (budget NaN)."""
     pairs = []
-    references = [k for k in keys if k[0] == REFERENCE_METHOD]
-    for ref in references:
+    for ref in (k for k in keys if k[0] == REFERENCE_METHOD):
         pairs += [(k, ref) for k in keys if k[0] != REFERENCE_METHOD]
     for ours in (k for k in keys if k[0] == OURS):
         pairs += [(ours, k) for k in keys if k[0] not in (OURS, REFERENCE_METHOD)
-                  and (math.isnan(k[1]) or same_budget(k[1], ours[1]))]
+                  and (math.isnan(k[1]) or k[1] == ours[1])]
     return pairs
 
 
