@@ -174,6 +174,41 @@ def interval_verdict(low: float, high: float) -> str:
     return "ahead" if low > 0 else "behind" if high < 0 else "level"
 
 
+GROUP_METRICS = {"accuracy": ("accuracy",), "macro-F1": ("macro_f1",),
+                 "accuracy with abstention": ("out_of_scope", "accuracy"), "out-of-scope AUROC": ("out_of_scope", "auroc")}
+"""Metrics compared between groups of runs, as paths into metrics.json; out-of-scope ones only where every run
+has them (test splits with labels unseen in train)."""
+
+
+def compare_run_groups(a: Sequence[dict], b: Sequence[dict], level: float = COMPARISON_LEVEL) -> pd.DataFrame:
+    """Two groups of runs (their metrics.json dicts, e.g. seeds of two methods), per metric: each group's mean,
+    std and size, mean(a) - mean(b) in points with its Welch interval at ``level``, the verdict, and the ratio of
+    the stds (a's over b's)."""
+    rows = []
+    for name, path in GROUP_METRICS.items():
+        x, y = [_metric(m, path) for m in a], [_metric(m, path) for m in b]
+        if not x or not y or any(v is None for v in x + y):
+            continue
+        diff, low, high = difference_interval(x, y, level)
+        rows.append({"metric": name, "a_mean": float(np.mean(x)), "a_std": _std(x), "a_runs": len(x),
+                     "b_mean": float(np.mean(y)), "b_std": _std(y), "b_runs": len(y), "difference_points": diff * 100,
+                     "low_points": low * 100, "high_points": high * 100, "verdict": interval_verdict(low, high),
+                     "std_ratio": _std(x) / _std(y) if _std(y) > 0 else math.nan})
+    return pd.DataFrame(rows, columns=["metric", "a_mean", "a_std", "a_runs", "b_mean", "b_std", "b_runs",
+                                       "difference_points", "low_points", "high_points", "verdict", "std_ratio"])
+
+
+def _metric(metrics: dict, path: tuple[str, ...]) -> float | None:
+    value: object = metrics
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
 def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
     """Per row-mask run and (layer, module): selected rows, eligible rows, share selected, lowest layer."""
     frames = []

@@ -1,4 +1,5 @@
-"""Runs: every run on this server with its config and metrics; delete; download as a zip."""
+"""Runs: every run on this server with its config and metrics; groups of runs (seeds) compared with an interval;
+delete; download as a zip."""
 
 import streamlit as st
 
@@ -16,6 +17,9 @@ if not records:
     st.info("No runs yet; launch one on the Finetune page.")
     st.stop()
 run_views.render_runs_table(records, key="runs")
+
+with st.expander("Compare groups of runs (seeds)", expanded=False):
+    run_views.render_group_comparison(records, key="runs_groups")
 
 run = run_views.run_picker(records, "Run", records[0], key="runs_pick")
 st.caption(

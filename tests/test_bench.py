@@ -23,7 +23,7 @@ from clm_explore.bench import (
     run_grid,
     stratified_cap,
 )
-from clm_explore.bench_results import compare_methods, difference_interval
+from clm_explore.bench_results import compare_methods, compare_run_groups, difference_interval
 from clm_explore.cli.bench_cmds import comparison_lines
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 
@@ -214,6 +214,22 @@ def test_methods_are_compared_with_full_and_sparse_with_the_cheap_ones():
     assert scored.iloc[0]["oos_accuracy_diff"] == pytest.approx(0.045)
     behind = compare_methods(results.assign(accuracy=lambda f: f["accuracy"].where(f["method"] != "sparse", 0.5)))
     assert behind.iloc[0]["verdict"] == "behind"
+
+
+def test_groups_of_runs_are_compared_per_metric():
+    sparse = [{"accuracy": a, "macro_f1": a - 0.02, "out_of_scope": {"accuracy": a - 0.1, "auroc": 0.8}}
+              for a in (0.95, 0.955, 0.96)]
+    full = [{"accuracy": a, "macro_f1": a - 0.02} for a in (0.90, 0.91, 0.92)]
+    table = compare_run_groups(sparse, full).set_index("metric")
+    assert list(table.index) == ["accuracy", "macro-F1"]  # the full runs have no out-of-scope scores
+    row = table.loc["accuracy"]
+    assert (row["a_runs"], row["b_runs"]) == (3, 3) and row["a_mean"] == pytest.approx(0.955)
+    assert row["difference_points"] == pytest.approx(4.5) and row["verdict"] == "ahead"
+    assert row["low_points"] == pytest.approx(difference_interval([0.95, 0.955, 0.96], [0.90, 0.91, 0.92])[1] * 100)
+    assert row["std_ratio"] == pytest.approx(0.5)
+    with_scope = compare_run_groups(sparse, sparse[:1]).set_index("metric")
+    assert with_scope.loc["accuracy with abstention", "verdict"] == "one seed"
+    assert with_scope.loc["out-of-scope AUROC", "difference_points"] == pytest.approx(0.0)
 
 
 def test_out_of_scope_test_rows_get_their_own_columns(tiny_data, tmp_path):

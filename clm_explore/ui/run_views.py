@@ -13,7 +13,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from clm_explore.runs import RunRecord
+from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
+from clm_explore.runs import RunRecord, RunStatus
 from clm_explore.ui.views import escape_markdown, plot_text
 
 NO_BUDGET = ("full", "head")
@@ -243,3 +244,45 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
     if not study.overlap.empty:
         st.caption("Share of each label's top words that are mined groups")
         st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200)
+
+
+def default_groups(records: list[RunRecord]) -> tuple[list[str], list[str]]:
+    """Group A = the sparse runs, group B = the full-finetuning runs, both on the newest run's data and model."""
+    if not records:
+        return [], []
+    newest = records[0]
+    same = [r for r in records if (r.config.get("data"), r.config.get("source"))
+            == (newest.config.get("data"), newest.config.get("source"))]
+    return [r.id for r in same if r.method == "sparse"], [r.id for r in same if r.method == "full"]
+
+
+def render_group_comparison(records: list[RunRecord], key: str) -> None:
+    """Two groups of finished runs (seeds, say) side by side: means, stds, and the difference with its interval."""
+    done = [r for r in records if r.status is RunStatus.SUCCEEDED and r.metrics.get("accuracy") is not None]
+    if len(done) < 2:
+        st.caption("Needs two finished runs or more: launch the same method with a few seeds on the Finetune page.")
+        return
+    by_id = {r.id: r for r in done}
+    label = {r.id: f"{r.id} · {r.method} · seed {r.config.get('seed', '?')}" for r in done}
+    a_default, b_default = default_groups(done)
+    c1, c2 = st.columns(2)
+    a_ids = c1.multiselect("Group A", list(by_id), default=a_default, format_func=label.get, key=f"{key}_a")
+    b_ids = c2.multiselect("Group B", list(by_id), default=b_default, format_func=label.get, key=f"{key}_b")
+    if not a_ids or not b_ids:
+        st.caption("Pick at least one run for each group.")
+        return
+    if set(a_ids) & set(b_ids):
+        st.warning("A run is in both groups: the difference then compares a group with itself in part.")
+    picked = [by_id[i] for i in a_ids + b_ids]
+    if len({(r.config.get("data"), r.config.get("source")) for r in picked}) > 1:
+        st.warning("These runs were trained on different data or models: their difference says little.")
+    table = compare_run_groups([by_id[i].metrics for i in a_ids], [by_id[i].metrics for i in b_ids])
+    st.dataframe(table, key=f"{key}_table", hide_index=True, column_config={
+        **{c: st.column_config.NumberColumn(format="%.4f") for c in ("a_mean", "a_std", "b_mean", "b_std")},
+        **{c: st.column_config.NumberColumn(format="%+.2f")
+           for c in ("difference_points", "low_points", "high_points")},
+        "std_ratio": st.column_config.NumberColumn(format="%.2f")})
+    st.caption(f"difference = mean of A - mean of B, in points; low..high is its {COMPARISON_LEVEL:.0%} Welch "
+               "interval (it needs two runs or more per group). **ahead** / **behind**: the interval excludes 0; "
+               "**level**: it spans 0, so these runs cannot tell the two apart. std_ratio = A's std / B's "
+               "(stability: lower is steadier).")

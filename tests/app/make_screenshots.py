@@ -105,6 +105,7 @@ def main() -> int:
 
         nav(page, "Runs")
         page.get_by_text("Every run in the registry").wait_for(timeout=WAIT)
+        page.get_by_text("Compare groups of runs (seeds)").click()  # open it: the shot shows the comparison
         settle(page)
         shoot(page, "7_runs")
         browser.close()

@@ -194,6 +194,26 @@ def test_runs_page_shows_interrupted(at: AppTest) -> None:
     assert "interrupted" in at.dataframe[0].value["status"].tolist()
 
 
+def test_runs_page_compares_groups_of_seeds(at: AppTest) -> None:
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    for method, accuracies in (("full", (0.90, 0.91, 0.92)), ("sparse", (0.95, 0.955, 0.96))):
+        for seed, accuracy in enumerate(accuracies):
+            run = store.create(f"{method}-{seed}", method, {"seed": seed, "data": "sample", "source": "tiny-random"})
+            store.update_metrics(run.id, {"accuracy": accuracy, "macro_f1": accuracy - 0.01})
+            store.set_status(run.id, RunStatus.SUCCEEDED)
+    goto(at, "pages/7_runs.py")
+    groups = at.multiselect(key="runs_groups_a"), at.multiselect(key="runs_groups_b")
+    by_method = {r.method: sorted(x.id for x in store.list() if x.method == r.method) for r in store.list()}
+    assert sorted(groups[0].value) == by_method["sparse"] and sorted(groups[1].value) == by_method["full"]
+    table = next(d.value for d in at.dataframe if "difference_points" in d.value)
+    accuracy = table.set_index("metric").loc["accuracy"]
+    assert accuracy["difference_points"] == pytest.approx(4.5) and accuracy["verdict"] == "ahead"
+    assert not at.warning
+    groups[1].set_value(by_method["full"] + by_method["sparse"][:1]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("in both groups" in w.value for w in at.warning)
+
+
 def test_highlight_escapes_user_text() -> None:
     from clm_explore.ui.views import escape_markdown, highlight_markdown
 
