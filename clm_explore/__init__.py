@@ -11,6 +11,12 @@ A notebook session, end to end::
     selection = clm.select_mask(report, clm.MaskConfig(budget=0.01))
     result = clm.finetune(data, clm.FinetuneConfig(method="sparse"), "runs/my-sparse")
 
+Is sparse ahead of full finetuning on this data, or level? Seeds of each, compared with a 95% interval::
+
+    runs = {m: [clm.finetune(data, clm.FinetuneConfig(method=m, seed=s), f"runs/{m}-{s}") for s in range(3)]
+            for m in ("sparse", "full")}
+    clm.compare_run_groups([r.metrics for r in runs["sparse"]], [r.metrics for r in runs["full"]])
+
 Names are imported lazily, so ``import clm_explore`` (and the CLI's ``--help``) stays fast.
 """
 
@@ -34,6 +40,7 @@ _EXPORTS = {
     "StepInfo": "clm_explore.finetune",
     "TaskTokens": "clm_explore.mining",
     "adaptive_tokenization": "clm_explore.mining",
+    "compare_run_groups": "clm_explore.bench_results",
     "compute_sensitivity": "clm_explore.sensitivity",
     "data_report": "clm_explore.data",
     "finetune": "clm_explore.finetune",
