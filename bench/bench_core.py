@@ -62,7 +62,7 @@ def run_cell(spec: dict) -> None:
 
     from clm_explore.config import FinetuneConfig
     from clm_explore.data import load_data
-    from clm_explore.finetune import finetune
+    from clm_explore.training import finetune
 
     torch.set_num_threads(spec["threads"])
     data = load_data(spec["data"])

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import clm_explore.finetune as ft
 import clm_explore.sensitivity as sens
+import clm_explore.training as ft
 from clm_explore.masks import budget_to_params
 from clm_explore.sparse import _set_submodule
 

@@ -29,7 +29,7 @@ import pandas as pd
 from clm_explore.bench import stratified_cap
 from clm_explore.config import DataConfig, FinetuneConfig
 from clm_explore.data import load_data
-from clm_explore.finetune import finetune
+from clm_explore.training import finetune
 
 DEV_ROWS = 600
 

@@ -28,16 +28,6 @@ from transformers import PreTrainedModel
 
 from clm_explore.config import SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
-from clm_explore.finetune import (
-    MethodContext,
-    Prepared,
-    freeze_all,
-    head_parameters,
-    mine_and_score,
-    prepare_rows,
-    register_method,
-    scoring_config,
-)
 from clm_explore.masks import budget_to_params, select_mask
 from clm_explore.modeling import LoadedModel, head_parameter_names, load_model, resolve_device
 from clm_explore.sensitivity import (
@@ -49,6 +39,16 @@ from clm_explore.sensitivity import (
     make_batches,
     scored_linears,
     warm_up_head,
+)
+from clm_explore.training import (
+    MethodContext,
+    Prepared,
+    freeze_all,
+    head_parameters,
+    mine_and_score,
+    prepare_rows,
+    register_method,
+    scoring_config,
 )
 
 ADAPTER_DIR = "adapter"

@@ -378,7 +378,7 @@ def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, ba
 def tune_cells(cfg: BenchConfig) -> list[Cell]:
     """The sweep: per method, seed 0 at the middle budget, LR = default x LR_FACTORS (x TUNE_SCORES with
     tune_score for SCORE_METHODS), the default first so that it wins ties."""
-    from clm_explore.finetune import DEFAULT_LR
+    from clm_explore.training import DEFAULT_LR
 
     budget = sorted(cfg.budgets)[len(cfg.budgets) // 2]
     cells = []

@@ -126,7 +126,7 @@ class JobQueue:
         processes: run each device's jobs in a child process of that device (see the module docstring);
             ``fn``, its arguments and its result must then pickle.
         torch_threads: CPU threads for torch in those processes (None: torch's default).
-        preload: modules those processes import as soon as they start (e.g. ``clm_explore.finetune``).
+        preload: modules those processes import as soon as they start (e.g. ``clm_explore.training``).
     """
 
     def __init__(self, store: RunStore | None = None, inline: bool = False, processes: bool = False,

@@ -16,10 +16,10 @@ from transformers import AutoModelForSequenceClassification
 from clm_explore.baselines import choose_layers, gradient_sensitivity, load_run_model
 from clm_explore.batches import predict_proba
 from clm_explore.config import METHODS, FinetuneConfig, MaskConfig, SensitivityConfig
-from clm_explore.finetune import finetune
 from clm_explore.masks import budget_to_params
 from clm_explore.modeling import count_parameters, head_parameter_names
 from clm_explore.sensitivity import SensitivityReport
+from clm_explore.training import finetune
 
 
 def _cfg(method: str, budget: float = 0.05, seed: int = 0) -> FinetuneConfig:

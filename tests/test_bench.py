@@ -31,7 +31,7 @@ from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 def in_process(cfg: BenchConfig, fail: str | None = None):
     """A runner that trains the cell here (no subprocess): fast enough for the suite."""
     from clm_explore.data import load_data
-    from clm_explore.finetune import finetune
+    from clm_explore.training import finetune
 
     def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
         if cell.method == fail:

@@ -19,9 +19,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from clm_explore.config import FinetuneConfig, MaskConfig
 from clm_explore.data import AnnotatedData
-from clm_explore.finetune import finetune
 from clm_explore.modeling import count_parameters, load_model
 from clm_explore.sensitivity import SensitivityReport
+from clm_explore.training import finetune
 
 LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
 # min_layer 0: every layer and the word embeddings compete, so DeltaEmbedding is exercised too.

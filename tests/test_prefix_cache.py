@@ -12,10 +12,10 @@ from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2For
 
 from clm_explore.batches import collate, encode
 from clm_explore.config import FinetuneConfig, MaskConfig, MiningConfig, SensitivityConfig
-from clm_explore.finetune import finetune
 from clm_explore.mining import mine_task_tokens
 from clm_explore.prefix_cache import build_prefix_cache
 from clm_explore.sensitivity import compute_sensitivity
+from clm_explore.training import finetune
 
 UPPER_LAYER = FinetuneConfig(method="sparse", epochs=2, batch_size=8, device="cpu", seed=0,
                              mask=MaskConfig(budget=0.03, min_layer=1))

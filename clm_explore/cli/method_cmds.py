@@ -213,8 +213,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from clm_explore.finetune import finetune
     from clm_explore.runs import RunStatus, RunStore
+    from clm_explore.training import finetune
 
     cfg = finetune_config(args)
     data = _data(args)
@@ -261,7 +261,7 @@ def _check_budget_fits(cfg: FinetuneConfig, source: str, labels: list[str]) -> N
 
 
 def _run_finetune_secondary(args: argparse.Namespace, data, cfg: FinetuneConfig) -> int:
-    from clm_explore.finetune import finetune
+    from clm_explore.training import finetune
 
     if not args.out:
         raise UserError("Several processes need --out DIR, so that every rank writes into the same run folder.")

@@ -29,7 +29,7 @@ def _queue(root: str, inline: bool) -> JobQueue:
     runs = cache.run_store(root)
     runs.mark_interrupted()
     jobs = JobQueue(runs, inline=inline, processes=True, torch_threads=cache.configure_torch(),
-                    preload=("clm_explore.finetune",))  # fmt: skip
+                    preload=("clm_explore.training",))  # fmt: skip
     jobs.warm(forms.default_device())
     return jobs
 
@@ -41,7 +41,7 @@ def job_queue() -> JobQueue:
 
 def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> Job:
     """Create the run (pending) and queue ``finetune`` for it on the config's device."""
-    from clm_explore.finetune import finetune
+    from clm_explore.training import finetune
 
     annotated = cache.data(choice)
     run = store().create(name, cfg.method, {**to_dict(cfg), "source": source, "data": choice.key})
