@@ -212,6 +212,7 @@ def test_methods_are_compared_with_full_and_sparse_with_the_cheap_ones():
     assert lines[4] == "  head - full: -21.00 one seed (1 vs 3 seeds)"
     scored = compare_methods(results.assign(oos_accuracy=results["accuracy"] - 0.2))
     assert scored.iloc[0]["oos_accuracy_diff"] == pytest.approx(0.045)
+    assert comparison_lines(scored)[1].endswith("; with abstention +4.50 [" + lines[1].split("[")[1].split("]")[0] + "]")
     behind = compare_methods(results.assign(accuracy=lambda f: f["accuracy"].where(f["method"] != "sparse", 0.5)))
     assert behind.iloc[0]["verdict"] == "behind"
 

@@ -130,18 +130,25 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def comparison_lines(comparison: pd.DataFrame) -> list[str]:
-    """One line per compared pair: the accuracy difference in points, its interval, the verdict, the std ratio."""
+    """One line per compared pair: the accuracy difference in points, its interval, the verdict, the std ratio,
+    and the accuracy with abstention where test has out-of-scope rows."""
     if comparison.empty:
         return []
     lines = ["test accuracy differences in points (mean over seeds, 95% Welch interval):"]
     for _, r in comparison.iterrows():
         pair = f"{_name(r['method'], r['budget'])} - {_name(r['versus'], r['versus_budget'])}"
-        interval = ("" if math.isnan(r["accuracy_low"])
-                    else f" [{r['accuracy_low'] * 100:+.2f}, {r['accuracy_high'] * 100:+.2f}]")
         ratio = "" if math.isnan(r["std_ratio"]) else f", std ratio {r['std_ratio']:.2f}"
-        lines.append(f"  {pair}: {r['accuracy_diff'] * 100:+.2f}{interval} {r['verdict']} "
-                     f"({r['seeds']} vs {r['versus_seeds']} seeds{ratio})")
+        scope = f"; with abstention {_points(r, 'oos_accuracy')}" if "oos_accuracy_diff" in r else ""
+        lines.append(f"  {pair}: {_points(r, 'accuracy')} {r['verdict']} "
+                     f"({r['seeds']} vs {r['versus_seeds']} seeds{ratio}){scope}")
     return lines
+
+
+def _points(row: pd.Series, metric: str) -> str:
+    """'+0.10 [-0.31, +0.50]': a difference and its interval in points (no interval with one seed a side)."""
+    low, high = row[f"{metric}_low"], row[f"{metric}_high"]
+    interval = "" if math.isnan(low) else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
+    return f"{row[f'{metric}_diff'] * 100:+.2f}{interval}"
 
 
 def _name(method: str, budget: float) -> str:
