@@ -38,7 +38,8 @@
 #                                 # full on banking77 full data (seeds 1-2)
 #   bash bench/tables.sh intervals # twenty-seventh session: seeds added where a target's 95% interval hinged on
 #                                 # them (hint3 10-shot full finetuning with abstention, trec6 10-shot seeds 3-4,
-#                                 # snips 10-shot seeds 5-9, snips full data seeds 3-4)
+#                                 # snips 10-shot seeds 5-9, snips full data seeds 3-4, banking77 full data
+#                                 # sparse seeds 3-4)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -560,6 +561,10 @@ intervals() {
     # snips full data, 3 epochs: seeds 3-4 (the fulldata lane's two grids resumed with --seeds 5 run only those)
     $CLI bench --data "$DATA/snips" --methods full --seeds 5 --epochs 3 --out "$OUT/snips-full-3ep" &
     $CLI bench --data "$DATA/snips" --methods sparse --seeds 5 --epochs 3 --out "$OUT/snips-full-3ep-b"
+    wait
+    # banking77 full data, 3 epochs: sparse at its defaults on seeds 3-4 (the validation carve)
+    bash bench/probe_sparse.sh default22 3 &
+    bash bench/probe_sparse.sh default22 4
     wait
 }
 

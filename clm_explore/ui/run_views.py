@@ -277,12 +277,15 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
     if len({(r.config.get("data"), r.config.get("source")) for r in picked}) > 1:
         st.warning("These runs were trained on different data or models: their difference says little.")
     table = compare_run_groups([by_id[i].metrics for i in a_ids], [by_id[i].metrics for i in b_ids])
+    level = f"{COMPARISON_LEVEL:.0%}"
+    number = st.column_config.NumberColumn
     st.dataframe(table, key=f"{key}_table", hide_index=True, column_config={
-        **{c: st.column_config.NumberColumn(format="%.4f") for c in ("a_mean", "a_std", "b_mean", "b_std")},
-        **{c: st.column_config.NumberColumn(format="%+.2f")
-           for c in ("difference_points", "low_points", "high_points")},
-        "std_ratio": st.column_config.NumberColumn(format="%.2f")})
-    st.caption(f"difference = mean of A - mean of B, in points; low..high is its {COMPARISON_LEVEL:.0%} Welch "
-               "interval (it needs two runs or more per group). **ahead** / **behind**: the interval excludes 0; "
-               "**level**: it spans 0, so these runs cannot tell the two apart. std_ratio = A's std / B's "
-               "(stability: lower is steadier).")
+        "a_mean": number("A mean", format="%.4f"), "a_std": number("A std", format="%.4f"),
+        "a_runs": number("A runs"), "b_mean": number("B mean", format="%.4f"),
+        "b_std": number("B std", format="%.4f"), "b_runs": number("B runs"),
+        "difference_points": number("A − B (points)", format="%+.2f"),
+        "low_points": number(f"{level} low", format="%+.2f"), "high_points": number(f"{level} high", format="%+.2f"),
+        "std_ratio": number("std A / B", format="%.2f")})
+    st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
+               "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "
+               "0, so these runs cannot tell the two apart. std A / B: stability, lower is steadier.")
