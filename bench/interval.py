@@ -7,6 +7,7 @@ the first side minus the second is reported in points, as `clm-explore bench` do
     python bench/interval.py sparse=0.9331,0.9377,0.9305 full=0.9351,0.9279,0.9338
     python bench/interval.py sparse=bench/out/b77-probe/epochs-12-s0,bench/out/b77-probe/epochs-12-s1 full=...
     python bench/interval.py --metric macro_f1 sparse=RUN,RUN full=RUN,RUN
+    python bench/interval.py --metric out_of_scope.accuracy sparse=RUN,RUN full=RUN,RUN   # with abstention
 """
 
 from __future__ import annotations
@@ -26,15 +27,23 @@ def read_side(spec: str, metric: str) -> tuple[str, list[float]]:
     out = []
     for item in values.split(","):
         path = Path(item)
-        out.append(float(json.loads((path / "metrics.json").read_text())[metric]) if path.is_dir() else float(item))
+        out.append(_read_metric(path, metric) if path.is_dir() else float(item))
     return name, out
+
+
+def _read_metric(run: Path, metric: str) -> float:
+    """A metrics.json value; a dotted key reads a nested one (out_of_scope.accuracy: the accuracy with abstention)."""
+    value = json.loads((run / "metrics.json").read_text())
+    for part in metric.split("."):
+        value = value[part]
+    return float(value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("first")
     parser.add_argument("second")
-    parser.add_argument("--metric", default="accuracy", help="metrics.json key for run folders (default accuracy)")
+    parser.add_argument("--metric", default="accuracy", help="metrics.json key for run folders, dotted for a nested one (default accuracy)")
     args = parser.parse_args()
     (a_name, a), (b_name, b) = read_side(args.first, args.metric), read_side(args.second, args.metric)
     diff, low, high = difference_interval(a, b)
