@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="run a benchmark grid of methods, budgets and seeds (resumable)",
                               description="Runs every (method, budget, seed) cell as a `finetune` subprocess, "
                               "skips cells finished earlier in the same --out folder, and writes results.csv, "
-                              "summary.csv, comparison.csv (differences with 95%% Welch intervals), masks.csv, "
+                              "summary.csv, comparison.csv (differences with 95% Welch intervals), masks.csv, "
                               "overlap.csv and report.html there.")
     add_data_args(p, positional=False)
     p.add_argument("--methods", default="full,sparse,lora", help=f"comma-separated, among: {', '.join(METHODS)}")
