@@ -39,7 +39,7 @@
 #   bash bench/tables.sh intervals # twenty-seventh session: seeds added where a target's 95% interval hinged on
 #                                 # them (hint3 10-shot full finetuning with abstention, trec6 10-shot seeds 3-4,
 #                                 # snips 10-shot seeds 5-9, snips full data seeds 3-4, banking77 full data
-#                                 # sparse seeds 3-4)
+#                                 # seeds 3-4: sparse at 3 epochs, both at 6)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -565,6 +565,11 @@ intervals() {
     # banking77 full data, 3 epochs: sparse at its defaults on seeds 3-4 (the validation carve)
     bash bench/probe_sparse.sh default22 3 &
     bash bench/probe_sparse.sh default22 4
+    wait
+    # and 6 epochs each on seeds 3-4, the two methods side by side
+    { bash bench/probe_sparse.sh epochs-6 3 --epochs 6; bash bench/probe_sparse.sh epochs-6 4 --epochs 6; } &
+    bash bench/probe_sparse.sh full-epochs-6 3 --method full --lr 1.33e-4 --epochs 6
+    bash bench/probe_sparse.sh full-epochs-6 4 --method full --lr 1.33e-4 --epochs 6
     wait
 }
 
