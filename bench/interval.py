@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
-from clm_explore.bench_results import difference_interval, interval_verdict
+from clm_explore.bench_results import difference_interval, interval_verdict, metric_at, std_ratio
 
 
 def read_side(spec: str, metric: str) -> tuple[str, list[float]]:
@@ -33,10 +34,10 @@ def read_side(spec: str, metric: str) -> tuple[str, list[float]]:
 
 def _read_metric(run: Path, metric: str) -> float:
     """A metrics.json value; a dotted key reads a nested one (out_of_scope.accuracy: the accuracy with abstention)."""
-    value = json.loads((run / "metrics.json").read_text())
-    for part in metric.split("."):
-        value = value[part]
-    return float(value)
+    value = metric_at(json.loads((run / "metrics.json").read_text()), metric.split("."))
+    if value is None:
+        raise SystemExit(f"{run}/metrics.json has no number at {metric!r}")
+    return value
 
 
 def main() -> None:
@@ -49,8 +50,9 @@ def main() -> None:
     diff, low, high = difference_interval(a, b)
     spread = ""
     if min(len(a), len(b)) > 1:
-        std_a, std_b = statistics.stdev(a), statistics.stdev(b)
-        spread = f", std {std_a:.4f} vs {std_b:.4f}" + (f" (ratio {std_a / std_b:.2f})" if std_b else "")
+        ratio = std_ratio(a, b)
+        spread = f", std {statistics.stdev(a):.4f} vs {statistics.stdev(b):.4f}" + (
+            "" if math.isnan(ratio) else f" (ratio {ratio:.2f})")  # NaN: b has no spread
     verdict = interval_verdict(low, high)
     interval = "" if verdict == "one seed" else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
     print(f"{a_name} - {b_name}: {diff * 100:+.2f} points{interval} {verdict} "

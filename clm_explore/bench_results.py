@@ -157,13 +157,18 @@ def compare_methods(results: pd.DataFrame, level: float = COMPARISON_LEVEL) -> p
             x, y = a[metric].dropna().astype(float), b[metric].dropna().astype(float)
             found = difference_interval(x, y, level) if len(x) and len(y) else (math.nan,) * 3
             row.update(zip((f"{metric}_diff", f"{metric}_low", f"{metric}_high"), found, strict=True))
-        spread_a, spread_b = a["accuracy"].astype(float).std(), b["accuracy"].astype(float).std()
-        row["std_ratio"] = spread_a / spread_b if spread_b > 0 else math.nan
+        row["std_ratio"] = std_ratio(a["accuracy"].astype(float).tolist(), b["accuracy"].astype(float).tolist())
         row["verdict"] = interval_verdict(row["accuracy_low"], row["accuracy_high"])
         rows.append(row)
     frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     unscored = [c for c in frame if c.startswith("oos_") and frame[c].isna().all()]
     return frame.drop(columns=unscored)  # out-of-scope columns only where test has out-of-scope rows
+
+
+def std_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """a's seed std over b's (the stability figure); NaN when either has one value or b has no spread."""
+    spread_b = _std(b)
+    return _std(a) / spread_b if spread_b > 0 else math.nan
 
 
 def interval_verdict(low: float, high: float) -> str:
@@ -186,26 +191,27 @@ def compare_run_groups(a: Sequence[dict], b: Sequence[dict], level: float = COMP
     the stds (a's over b's)."""
     rows = []
     for name, path in GROUP_METRICS.items():
-        x, y = [_metric(m, path) for m in a], [_metric(m, path) for m in b]
+        x, y = [metric_at(m, path) for m in a], [metric_at(m, path) for m in b]
         if not x or not y or any(v is None for v in x + y):
             continue
         diff, low, high = difference_interval(x, y, level)
         rows.append({"metric": name, "a_mean": float(np.mean(x)), "a_std": _std(x), "a_runs": len(x),
                      "b_mean": float(np.mean(y)), "b_std": _std(y), "b_runs": len(y), "difference_points": diff * 100,
                      "low_points": low * 100, "high_points": high * 100, "verdict": interval_verdict(low, high),
-                     "std_ratio": _std(x) / _std(y) if _std(y) > 0 else math.nan})
+                     "std_ratio": std_ratio(x, y)})
     return pd.DataFrame(rows, columns=["metric", "a_mean", "a_std", "a_runs", "b_mean", "b_std", "b_runs",
                                        "difference_points", "low_points", "high_points", "verdict", "std_ratio"])
 
 
-def _metric(metrics: dict, path: tuple[str, ...]) -> float | None:
+def metric_at(metrics: dict, path: Sequence[str]) -> float | None:
+    """The number at ``path`` in a metrics.json dict (``("out_of_scope", "accuracy")``), or None."""
     value: object = metrics
     for part in path:
         value = value.get(part) if isinstance(value, dict) else None
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _std(values: list[float]) -> float:
+def _std(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
