@@ -98,6 +98,8 @@ def _fmt(value: Any) -> str:
         value = int(value)
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, float) and abs(value) < 1:  # shares and scores: the same 4 decimals in both columns
+        return f"{value:.4f}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

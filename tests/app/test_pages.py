@@ -258,9 +258,9 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert not any(name.startswith("out of scope") for name in plain.index)
     scope = {"accuracy": 0.61, "auroc": 0.8125, "threshold": 0.4, "macro_f1": 0.5, "oos_recall": 0.3}
     frame = metrics_side_by_side(record("a", accuracy=0.5, out_of_scope=scope), record("b", accuracy=0.25))
-    assert frame.loc["out of scope: accuracy"].tolist() == ["0.61", "–"]
+    assert frame.loc["out of scope: accuracy"].tolist() == ["0.6100", "–"]
     assert frame.loc["out of scope: auroc"].tolist() == ["0.8125", "–"]
-    assert frame.loc["accuracy"].tolist() == ["0.5", "0.25"]
+    assert frame.loc["accuracy"].tolist() == ["0.5000", "0.2500"]  # shares: 4 decimals on both sides
 
 
 def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
