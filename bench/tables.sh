@@ -40,6 +40,9 @@
 #                                 # them (hint3 10-shot full finetuning with abstention, trec6 10-shot seeds 3-4,
 #                                 # snips 10-shot seeds 5-9, snips full data seeds 3-4, banking77 full data
 #                                 # seeds 3-4: sparse at 3 epochs, both at 6)
+#   bash bench/tables.sh oracle   # twenty-eighth session: sparse with the rows full finetuning moved most
+#                                 # (bench/probe_oracle.py): banking77 full data, seeds 0-2 (validation carve);
+#                                 # snips 10-shot, 5 seeds
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -573,7 +576,39 @@ intervals() {
     wait
 }
 
+oracle() {
+    # Twenty-eighth session: does the choice of rows keep sparse behind? Full finetuning first, then sparse with
+    # the rows that run moved most (bench/probe_oracle.py), per seed. banking77 full data on the validation
+    # carve (probe_sparse.sh's setting), seeds 0-2, and with every layer eligible (seed 0); two lanes.
+    local oracle="env ORACLE_RUN=$OUT/b77-probe/full-s"
+    for s in 0 1 2; do bash bench/probe_sparse.sh full "$s" --method full --lr 1.33e-4; done &
+    bash bench/probe_sparse.sh default 0
+    wait
+    for s in 0 1 2; do
+        CLI="$oracle$s ORACLE_NORM=mean .venv/bin/python bench/probe_oracle.py" bash bench/probe_sparse.sh oracle-mean "$s" &
+        CLI="$oracle$s ORACLE_NORM=none .venv/bin/python bench/probe_oracle.py" bash bench/probe_sparse.sh oracle-none "$s"
+        wait
+    done
+    CLI="${oracle}0 .venv/bin/python bench/probe_oracle.py" bash bench/probe_sparse.sh oracle-mean-all-layers 0 --min-layer 0
+    # snips 10-shot (the shots of the 10-shot grids), 30 epochs: full finetuning at its best recipe (6.67e-5,
+    # 5-epoch warm-up; and 3 epochs of it), then sparse at the automatic warm-up with the rows each seed's full run
+    # moved most (both normalisations; and from the 3-epoch run), the Fisher rows and random rows beside them.
+    local g="$OUT/snips-10shot-oracle" s
+    .venv/bin/python -c "from clm_explore.bench import BenchConfig, prepare_data; from clm_explore.data import load_data
+prepare_data(load_data('$DATA/snips'), BenchConfig(methods=['full'], shots=10), __import__('pathlib').Path('$g'))"
+    shot() { local name=$1; shift; "$@" --data "$g/data" --seed "$s" --device cpu --out "$g/$name-s$s" --overwrite --json > /dev/null; }
+    for s in 0 1 2 3 4; do
+        shot full $CLI finetune --method full --lr 6.67e-5 --head-warmup-epochs 5 --epochs 30
+        shot full3 $CLI finetune --method full --lr 6.67e-5 --head-warmup-epochs 5 --epochs 3
+        for m in sparse random; do shot "$m" $CLI finetune --method "$m" --lr 5e-3 --epochs 30; done
+        local rows=(.venv/bin/python bench/probe_oracle.py finetune --method sparse --lr 5e-3 --epochs 30)
+        ORACLE_RUN="$g/full-s$s" shot oracle "${rows[@]}"
+        ORACLE_RUN="$g/full-s$s" ORACLE_NORM=none shot oracle-none "${rows[@]}"
+        ORACLE_RUN="$g/full3-s$s" shot oracle3 "${rows[@]}"
+    done
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle" >&2; exit 2 ;;
 esac

@@ -1,0 +1,57 @@
+"""Probe of the core method (issue #3), not product code: is the selection what keeps sparse behind?
+
+Ranks rows by how far a finished full finetune moved them (the squared change of the row and its bias,
+full run's weights minus the base model's) instead of by their sensitivity score, then runs the
+``clm-explore`` command line unchanged: the same budget, eligible layers, training and evaluation. It is an
+oracle (it needs the full run first, so it buys no time); if even these rows leave sparse behind full
+finetuning at the same epochs, a better score cannot close the gap, the 1% of rows is the limit.
+
+    ORACLE_RUN=bench/out/b77-probe/full-s0 [ORACLE_NORM=mean|none] \
+        CLI="python -P bench/probe_oracle.py" bash bench/probe_sparse.sh oracle 0
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import clm_explore.masks as masks
+from clm_explore.modeling import load_model
+
+_candidate_rows = masks._candidate_rows
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return {k.removeprefix("bert."): v.float() for k, v in tensors.items()}
+
+
+def _row_change(report) -> dict[str, torch.Tensor]:
+    tuned = _weights(Path(os.environ["ORACLE_RUN"]))
+    base_model = load_model("default", labels=["a", "b"]).model  # the backbone's weights; the head is unused
+    base = {k.removeprefix("bert."): v.float() for k, v in base_model.state_dict().items()}
+    scores = {}
+    for name in report.row_scores:
+        key = name.removeprefix("bert.")
+        change = (tuned[key] - base[key]).pow(2).sum(dim=1)
+        bias = key.removesuffix("weight") + "bias"
+        if bias in tuned and report.matrices[name].module != "embeddings":
+            change = change + (tuned[bias] - base[bias]).pow(2)
+        scores[name] = change
+    return scores
+
+
+def _oracle_rows(report, cfg):
+    report.row_scores = _row_change(report)
+    report.config["normalise"] = os.environ.get("ORACLE_NORM", "mean")
+    return _candidate_rows(report, cfg)
+
+
+masks._candidate_rows = _oracle_rows
+from clm_explore.cli import main  # noqa: E402  (after the patch, so the CLI selects with it)
+
+sys.exit(main(sys.argv[1:]))
