@@ -28,12 +28,20 @@ def read_side(spec: str, metric: str) -> tuple[str, list[float]]:
     out = []
     for item in values.split(","):
         path = Path(item)
-        out.append(_read_metric(path, metric) if path.is_dir() else float(item))
+        if path.is_dir():
+            out.append(_read_metric(path, metric))
+            continue
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise SystemExit(f"{item!r}: neither a run folder nor a number") from None
     return name, out
 
 
 def _read_metric(run: Path, metric: str) -> float:
     """A metrics.json value; a dotted key reads a nested one (out_of_scope.accuracy: the accuracy with abstention)."""
+    if not (run / "metrics.json").is_file():
+        raise SystemExit(f"{run} has no metrics.json: a run still going, or one that failed")
     value = metric_at(json.loads((run / "metrics.json").read_text()), metric.split("."))
     if value is None:
         raise SystemExit(f"{run}/metrics.json has no number at {metric!r}")
