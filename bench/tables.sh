@@ -42,7 +42,7 @@
 #                                 # seeds 3-4: sparse at 3 epochs, both at 6)
 #   bash bench/tables.sh oracle   # twenty-eighth session: sparse with the rows full finetuning moved most
 #                                 # (bench/probe_oracle.py): banking77 full data, seeds 0-2 (validation carve);
-#                                 # snips 10-shot, 5 seeds
+#                                 # snips and trec6 10-shot, 5 seeds
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -605,6 +605,16 @@ prepare_data(load_data('$DATA/snips'), BenchConfig(methods=['full'], shots=10), 
         ORACLE_RUN="$g/full-s$s" shot oracle "${rows[@]}"
         ORACLE_RUN="$g/full-s$s" ORACLE_NORM=none shot oracle-none "${rows[@]}"
         ORACLE_RUN="$g/full3-s$s" shot oracle3 "${rows[@]}"
+    done
+    # trec6 10-shot the same way: full finetuning at 2e-4 (the automatic warm-up), the Fisher rows, the oracle
+    g="$OUT/trec6-10shot-oracle"
+    .venv/bin/python -c "from clm_explore.bench import BenchConfig, prepare_data; from clm_explore.data import load_data
+prepare_data(load_data('$DATA/trec6'), BenchConfig(methods=['full'], shots=10), __import__('pathlib').Path('$g'))"
+    for s in 0 1 2 3 4; do
+        shot full $CLI finetune --method full --lr 2e-4 --epochs 30
+        shot sparse $CLI finetune --method sparse --lr 5e-3 --epochs 30
+        ORACLE_RUN="$g/full-s$s" shot oracle .venv/bin/python bench/probe_oracle.py finetune --method sparse --lr 5e-3 \
+            --epochs 30
     done
 }
 
