@@ -98,8 +98,8 @@ def _fmt(value: Any) -> str:
         value = int(value)
     if isinstance(value, int):
         return f"{value:,}"
-    if isinstance(value, float) and abs(value) < 1:  # shares and scores: the same 4 decimals in both columns
-        return f"{value:.4f}"
+    if isinstance(value, float) and 0.001 <= abs(value) < 1:  # shares and scores: 4 decimals in both columns
+        return f"{value:.4f}"  # (a smaller budget keeps its significant digits below)
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -261,6 +261,8 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert frame.loc["out of scope: accuracy"].tolist() == ["0.6100", "–"]
     assert frame.loc["out of scope: auroc"].tolist() == ["0.8125", "–"]
     assert frame.loc["accuracy"].tolist() == ["0.5000", "0.2500"]  # shares: 4 decimals on both sides
+    tiny = metrics_side_by_side(record("a", budget=0.00005), record("b", budget=0.01))
+    assert tiny.loc["budget"].tolist() == ["5e-05", "0.0100"]  # a tiny budget is not rounded to 0.0000
 
 
 def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
