@@ -8,6 +8,10 @@ finetuning at the same epochs, a better score cannot close the gap, the 1% of ro
 
     ORACLE_RUN=bench/out/b77-probe/full-s0 [ORACLE_NORM=mean|none] \
         CLI="python -P bench/probe_oracle.py" bash bench/probe_sparse.sh oracle 0
+
+``{seed}`` in ORACLE_RUN stands for the run's seed (the mask's), so one process can run several seeds, e.g. on
+a 10-shot grid's development rows: ``python bench/probe_oracle.py --fewshot GRID NAME sparse 5e-3 0,1,2`` with
+``ORACLE_RUN=GRID/full-s{seed}`` (the arguments of ``bench/probe_fewshot.py``). The base model is the default.
 """
 
 import os
@@ -30,8 +34,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("bert."): v.float() for k, v in tensors.items()}
 
 
-def _row_change(report) -> dict[str, torch.Tensor]:
-    tuned = _weights(Path(os.environ["ORACLE_RUN"]))
+def _row_change(report, seed: int) -> dict[str, torch.Tensor]:
+    tuned = _weights(Path(os.environ["ORACLE_RUN"].format(seed=seed)))
     base_model = load_model("default", labels=["a", "b"]).model  # the backbone's weights; the head is unused
     base = {k.removeprefix("bert."): v.float() for k, v in base_model.state_dict().items()}
     scores = {}
@@ -46,12 +50,19 @@ def _row_change(report) -> dict[str, torch.Tensor]:
 
 
 def _oracle_rows(report, cfg):
-    report.row_scores = _row_change(report)
+    report.row_scores = _row_change(report, cfg.seed)
     report.config["normalise"] = os.environ.get("ORACLE_NORM", "mean")
     return _candidate_rows(report, cfg)
 
 
-masks._candidate_rows = _oracle_rows
-from clm_explore.cli import main  # noqa: E402  (after the patch, so the CLI selects with it)
+if __name__ == "__main__":
+    masks._candidate_rows = _oracle_rows  # before the command runs, so its selection goes through the oracle
+    if sys.argv[1:2] == ["--fewshot"]:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import probe_fewshot
 
-sys.exit(main(sys.argv[1:]))
+        probe_fewshot.main(*sys.argv[2:])
+    else:
+        from clm_explore.cli import main
+
+        sys.exit(main(sys.argv[1:]))
