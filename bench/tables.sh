@@ -617,13 +617,14 @@ prepare_data(load_data('$DATA/trec6'), BenchConfig(methods=['full'], shots=10), 
             --epochs 30
     done
     # both on development rows (probe_fewshot.py: 600 rows that are neither shots nor test): the Fisher rows, random
-    # rows, the oracle, and the Fisher rows spread evenly over the matrices (rank normalisation)
+    # rows, the oracle, the Fisher rows spread evenly over the matrices (rank normalisation), gradient-magnitude rows
     for g in "$OUT"/{snips,trec6}-10shot-oracle; do
         echo "{\"data\": \"$DATA/$(basename "$g" -10shot-oracle)\", \"epochs\": 30}" > "$g/bench.json"
         .venv/bin/python bench/probe_fewshot.py "$g" default sparse 5e-3 0,1,2,3,4
         .venv/bin/python bench/probe_fewshot.py "$g" random random 5e-3 0,1,2,3,4
         ORACLE_RUN="$g/full-s{seed}" .venv/bin/python bench/probe_oracle.py --fewshot "$g" oracle sparse 5e-3 0,1,2,3,4
         .venv/bin/python bench/probe_fewshot.py "$g" rank sparse 5e-3 0,1,2,3,4 sensitivity.normalise=rank
+        .venv/bin/python bench/probe_fewshot.py "$g" gradient sparse 5e-3 0,1,2,3,4 sensitivity.score=gradient
     done
 }
 
