@@ -579,17 +579,18 @@ intervals() {
 oracle() {
     # Twenty-eighth session: does the choice of rows keep sparse behind? Full finetuning first, then sparse with
     # the rows that run moved most (bench/probe_oracle.py), per seed. banking77 full data on the validation
-    # carve (probe_sparse.sh's setting), seeds 0-2, and with every layer eligible (seed 0); two lanes.
-    local oracle="env ORACLE_RUN=$OUT/b77-probe/full-s"
-    for s in 0 1 2; do bash bench/probe_sparse.sh full "$s" --method full --lr 1.33e-4; done &
-    bash bench/probe_sparse.sh default 0
+    # carve (probe_sparse.sh's setting: the shared split's validation file), seeds 0-2, and with every layer eligible
+    # (seed 0); two lanes.
+    local oracle="env ORACLE_RUN=$OUT/b77-probe/full-s" probe="env DATA=$DATA/banking77 bash bench/probe_sparse.sh"
+    for s in 0 1 2; do $probe full "$s" --method full --lr 1.33e-4; done &
+    $probe default 0
     wait
     for s in 0 1 2; do
-        CLI="$oracle$s ORACLE_NORM=mean .venv/bin/python bench/probe_oracle.py" bash bench/probe_sparse.sh oracle-mean "$s" &
-        CLI="$oracle$s ORACLE_NORM=none .venv/bin/python bench/probe_oracle.py" bash bench/probe_sparse.sh oracle-none "$s"
+        CLI="$oracle$s ORACLE_NORM=mean .venv/bin/python bench/probe_oracle.py" $probe oracle-mean "$s" &
+        CLI="$oracle$s ORACLE_NORM=none .venv/bin/python bench/probe_oracle.py" $probe oracle-none "$s"
         wait
     done
-    CLI="${oracle}0 .venv/bin/python bench/probe_oracle.py" bash bench/probe_sparse.sh oracle-mean-all-layers 0 --min-layer 0
+    CLI="${oracle}0 .venv/bin/python bench/probe_oracle.py" $probe oracle-mean-all-layers 0 --min-layer 0
     # snips 10-shot (the shots of the 10-shot grids), 30 epochs: full finetuning at its best recipe (6.67e-5,
     # 5-epoch warm-up; and 3 epochs of it), then sparse at the automatic warm-up with the rows each seed's full run
     # moved most (both normalisations; and from the 3-epoch run), the Fisher rows and random rows beside them.
