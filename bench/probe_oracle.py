@@ -4,7 +4,7 @@ Ranks rows by how far a finished full finetune moved them (the squared change of
 full run's weights minus the base model's) instead of by their sensitivity score, then runs the
 ``clm-explore`` command line unchanged: the same budget, eligible layers, training and evaluation. It is an
 oracle (it needs the full run first, so it buys no time); if even these rows leave sparse behind full
-finetuning at the same epochs, a better score cannot close the gap, the 1% of rows is the limit.
+finetuning at the same epochs, a better row score is unlikely to close the gap: the budget is the limit.
 
     ORACLE_RUN=bench/out/b77-probe/full-s0 [ORACLE_NORM=mean|none] \
         CLI="python -P bench/probe_oracle.py" bash bench/probe_sparse.sh oracle 0
