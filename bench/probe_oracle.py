@@ -10,8 +10,8 @@ finetuning at the same epochs, a better row score is unlikely to close the gap: 
         CLI="python -P bench/probe_oracle.py" bash bench/probe_sparse.sh oracle 0
 
 ``{seed}`` in ORACLE_RUN stands for the run's seed (the mask's), so one process can run several seeds, e.g. on
-a 10-shot grid's development rows: ``python bench/probe_oracle.py --fewshot GRID NAME sparse 5e-3 0,1,2`` with
-``ORACLE_RUN=GRID/full-s{seed}`` (the arguments of ``bench/probe_fewshot.py``). The base model is the default.
+a 10-shot grid's development rows: ``python bench/probe_oracle.py --fewshot [--test] GRID NAME sparse 5e-3 0,1,2``
+with ``ORACLE_RUN=GRID/full-s{seed}`` (the arguments of ``bench/probe_fewshot.py``). The base model is the default.
 """
 
 import os
@@ -61,7 +61,8 @@ if __name__ == "__main__":
         sys.path.insert(0, str(Path(__file__).parent))
         import probe_fewshot
 
-        probe_fewshot.main(*sys.argv[2:])
+        test = sys.argv[2:3] == ["--test"]  # as probe_fewshot.py: the grid's test split instead of development rows
+        probe_fewshot.main(*sys.argv[2 + test :], split="test" if test else "dev")
     else:
         from clm_explore.cli import main
 

@@ -42,7 +42,7 @@
 #                                 # seeds 3-4: sparse at 3 epochs, both at 6)
 #   bash bench/tables.sh oracle   # twenty-eighth session: sparse with the rows full finetuning moved most
 #                                 # (bench/probe_oracle.py): banking77 full data, seeds 0-2 (validation carve);
-#                                 # snips and trec6 10-shot, 5 seeds
+#                                 # snips, trec6 and hint3_sofmattress 10-shot, 5 seeds
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -627,6 +627,18 @@ prepare_data(load_data('$DATA/trec6'), BenchConfig(methods=['full'], shots=10), 
         .venv/bin/python bench/probe_fewshot.py "$g" rank sparse 5e-3 0,1,2,3,4 sensitivity.normalise=rank
         .venv/bin/python bench/probe_fewshot.py "$g" gradient sparse 5e-3 0,1,2,3,4 sensitivity.score=gradient
     done
+    # hint3_sofmattress 10-shot: full finetuning (2e-4, the 5-epoch warm-up), then on development rows the Fisher
+    # rows, random rows and the oracle, and on test the Fisher rows and the oracle
+    g="$OUT/hint3_sofmattress-10shot-oracle"
+    .venv/bin/python -c "from clm_explore.bench import BenchConfig, prepare_data; from clm_explore.data import load_data
+prepare_data(load_data('$DATA/hint3_sofmattress'), BenchConfig(methods=['full'], shots=10), __import__('pathlib').Path('$g'))"
+    echo "{\"data\": \"$DATA/hint3_sofmattress\", \"epochs\": 30}" > "$g/bench.json"
+    for s in 0 1 2 3 4; do shot full $CLI finetune --method full --lr 2e-4 --head-warmup-epochs 5 --epochs 30; done
+    .venv/bin/python bench/probe_fewshot.py "$g" default sparse 5e-3 0,1,2,3,4
+    .venv/bin/python bench/probe_fewshot.py "$g" random random 5e-3 0,1,2,3,4
+    ORACLE_RUN="$g/full-s{seed}" .venv/bin/python bench/probe_oracle.py --fewshot "$g" oracle sparse 5e-3 0,1,2,3,4
+    .venv/bin/python bench/probe_fewshot.py --test "$g" default sparse 5e-3 0,1,2,3,4
+    ORACLE_RUN="$g/full-s{seed}" .venv/bin/python bench/probe_oracle.py --fewshot --test "$g" oracle sparse 5e-3 0,1,2,3,4
 }
 
 case "${1:-}" in
