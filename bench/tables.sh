@@ -576,6 +576,16 @@ intervals() {
     wait
 }
 
+# A 10-shot folder for NAME at $OUT/NAME-10shot-oracle: the grids' shots (data_seed 0) in data/, and the bench.json
+# that bench/probe_fewshot.py reads (its data set and 30 epochs).
+oracle_shots() {
+    local name=$1 g="$OUT/$1-10shot-oracle"
+    .venv/bin/python -c "from pathlib import Path; from clm_explore.bench import BenchConfig, prepare_data
+from clm_explore.data import load_data
+prepare_data(load_data('$DATA/$name'), BenchConfig(methods=['full'], shots=10), Path('$g'))"
+    echo "{\"data\": \"$DATA/$name\", \"epochs\": 30}" > "$g/bench.json"
+}
+
 oracle() {
     # Twenty-eighth session: does the choice of rows keep sparse behind? Full finetuning first, then sparse with
     # the rows that run moved most (bench/probe_oracle.py), per seed. banking77 full data on the validation
@@ -595,8 +605,7 @@ oracle() {
     # 5-epoch warm-up; and 3 epochs of it), then sparse at the automatic warm-up with the rows each seed's full run
     # moved most (both normalisations; and from the 3-epoch run), the Fisher rows and random rows beside them.
     local g="$OUT/snips-10shot-oracle" s
-    .venv/bin/python -c "from clm_explore.bench import BenchConfig, prepare_data; from clm_explore.data import load_data
-prepare_data(load_data('$DATA/snips'), BenchConfig(methods=['full'], shots=10), __import__('pathlib').Path('$g'))"
+    oracle_shots snips
     shot() { local name=$1; shift; "$@" --data "$g/data" --seed "$s" --device cpu --out "$g/$name-s$s" --overwrite --json > /dev/null; }
     for s in 0 1 2 3 4; do
         shot full $CLI finetune --method full --lr 6.67e-5 --head-warmup-epochs 5 --epochs 30
@@ -609,18 +618,15 @@ prepare_data(load_data('$DATA/snips'), BenchConfig(methods=['full'], shots=10), 
     done
     # trec6 10-shot the same way: full finetuning at 2e-4 (the automatic warm-up), the Fisher rows, the oracle
     g="$OUT/trec6-10shot-oracle"
-    .venv/bin/python -c "from clm_explore.bench import BenchConfig, prepare_data; from clm_explore.data import load_data
-prepare_data(load_data('$DATA/trec6'), BenchConfig(methods=['full'], shots=10), __import__('pathlib').Path('$g'))"
+    oracle_shots trec6
     for s in 0 1 2 3 4; do
         shot full $CLI finetune --method full --lr 2e-4 --epochs 30
         shot sparse $CLI finetune --method sparse --lr 5e-3 --epochs 30
-        ORACLE_RUN="$g/full-s$s" shot oracle .venv/bin/python bench/probe_oracle.py finetune --method sparse --lr 5e-3 \
-            --epochs 30
+        ORACLE_RUN="$g/full-s$s" shot oracle "${rows[@]}"
     done
     # both on development rows (probe_fewshot.py: 600 rows that are neither shots nor test): the Fisher rows, random
     # rows, the oracle, the Fisher rows spread evenly over the matrices (rank normalisation), gradient-magnitude rows
     for g in "$OUT"/{snips,trec6}-10shot-oracle; do
-        echo "{\"data\": \"$DATA/$(basename "$g" -10shot-oracle)\", \"epochs\": 30}" > "$g/bench.json"
         .venv/bin/python bench/probe_fewshot.py "$g" default sparse 5e-3 0,1,2,3,4
         .venv/bin/python bench/probe_fewshot.py "$g" random random 5e-3 0,1,2,3,4
         ORACLE_RUN="$g/full-s{seed}" .venv/bin/python bench/probe_oracle.py --fewshot "$g" oracle sparse 5e-3 0,1,2,3,4
@@ -630,9 +636,7 @@ prepare_data(load_data('$DATA/trec6'), BenchConfig(methods=['full'], shots=10), 
     # hint3_sofmattress 10-shot: full finetuning (2e-4, the 5-epoch warm-up), then on development rows the Fisher
     # rows, random rows and the oracle, and on test the Fisher rows and the oracle
     g="$OUT/hint3_sofmattress-10shot-oracle"
-    .venv/bin/python -c "from clm_explore.bench import BenchConfig, prepare_data; from clm_explore.data import load_data
-prepare_data(load_data('$DATA/hint3_sofmattress'), BenchConfig(methods=['full'], shots=10), __import__('pathlib').Path('$g'))"
-    echo "{\"data\": \"$DATA/hint3_sofmattress\", \"epochs\": 30}" > "$g/bench.json"
+    oracle_shots hint3_sofmattress
     for s in 0 1 2 3 4; do shot full $CLI finetune --method full --lr 2e-4 --head-warmup-epochs 5 --epochs 30; done
     .venv/bin/python bench/probe_fewshot.py "$g" default sparse 5e-3 0,1,2,3,4
     .venv/bin/python bench/probe_fewshot.py "$g" random random 5e-3 0,1,2,3,4
