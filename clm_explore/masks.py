@@ -110,11 +110,15 @@ def _order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
     if cfg.cost_aware:
         # Prefer upper layers at equal score: backward stops sooner the higher the lowest selected row.
         score = score * (1 + cfg.cost_aware * (rows.layer + 1) / (n_layers + 1))
+    if cfg.strategy == "sampled":
+        # Gumbel top-k: an ordered draw without replacement with P(row) proportional to score ** (1 / T).
+        gumbel = np.random.default_rng(cfg.seed).gumbel(size=len(score))
+        score = np.log(np.maximum(score, 1e-30)) / cfg.sample_temperature + gumbel
     return np.argsort(-score, kind="stable")
 
 
 def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> MaskSelection:
-    """Global top rows by normalised score (or random rows) until the budget is spent."""
+    """Global top rows by normalised score (or random or score-weighted drawn rows) until the budget is spent."""
     cfg = cfg or MaskConfig()
     budget = budget_to_params(cfg.budget, report.backbone_params)
     rows = _candidate_rows(report, cfg)

@@ -105,6 +105,25 @@ def test_random_is_seed_reproducible_and_differs_across_seeds():
         assert sel.selected_params > sel.budget_params - 1537  # within one (largest) row of the budget
 
 
+def test_sampled_rows_lie_between_top_k_and_random():
+    report = big_report(layers=2)
+    norm = report.normalised()
+
+    def mean_score(sel) -> float:
+        return float(torch.cat([norm[name][mask] for name, mask in sel.masks.items()]).mean())
+
+    def pick(**kw):
+        return select_mask(report, MaskConfig(budget=0.01, min_layer=0, **kw))
+
+    top, rand = pick(), pick(strategy="random")
+    sampled = pick(strategy="sampled", sample_temperature=1.0)
+    assert chosen(sampled) == chosen(pick(strategy="sampled", sample_temperature=1.0))  # seeded
+    assert chosen(sampled) != chosen(pick(strategy="sampled", sample_temperature=1.0, seed=1))
+    assert mean_score(rand) < mean_score(sampled) < mean_score(top)
+    assert chosen(pick(strategy="sampled", sample_temperature=1e-6)) == chosen(top)  # the cold limit is top-k
+    assert sampled.selected_params <= sampled.budget_params
+
+
 def test_budget_above_the_parameter_count_raises():
     with pytest.raises(ValueError, match="budget"):
         select_mask(hand_report(), MaskConfig(budget=1001, min_layer=0))

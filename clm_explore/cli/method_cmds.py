@@ -176,6 +176,8 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
     p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
+    p.add_argument("--sample-temperature", type=float, default=None, metavar="T",
+                   help="sparse: draw rows with probability proportional to score ** (1/T) instead of taking the top ones")
     p.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
     p.add_argument("--train-biases", action="store_true",
                    help="row methods: also train every linear bias at and above the lowest selected layer")
@@ -194,6 +196,11 @@ def _register_finetune(sub: Any) -> None:
     p.set_defaults(func=run_finetune)
 
 
+def _sampling(temperature: float | None) -> dict:
+    """MaskConfig fields for --sample-temperature: none given keeps the top rows."""
+    return {} if temperature is None else {"strategy": "sampled", "sample_temperature": temperature}
+
+
 def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     if args.method not in METHODS:
         raise UserError(f"Unknown method {args.method!r}; choose one of {', '.join(METHODS)}.")
@@ -201,7 +208,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         raise UserError(f"--budget {args.budget:g} must be a fraction in (0, 1] or a whole parameter count above 1.")
     mask = MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
                       include_embeddings=not args.no_embeddings, train_biases=args.train_biases,
-                      seed=args.seed)
+                      seed=args.seed, **_sampling(args.sample_temperature))
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                           norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
