@@ -43,6 +43,8 @@
 #   bash bench/tables.sh oracle   # twenty-eighth session: sparse with the rows full finetuning moved most
 #                                 # (bench/probe_oracle.py): banking77 full data, seeds 0-2 (validation carve);
 #                                 # snips, trec6 and hint3_sofmattress 10-shot, 5 seeds
+#   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
+#                                 # (mask.strategy=sampled) on 10-shot development rows, 5 seeds
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -645,7 +647,26 @@ oracle() {
     ORACLE_RUN="$g/full-s{seed}" .venv/bin/python bench/probe_oracle.py --fewshot --test "$g" oracle sparse 5e-3 0,1,2,3,4
 }
 
+sampled() {
+    # Twenty-ninth session: between top-k and random rows. Rows drawn without replacement in proportion to
+    # score ** (1 / T) (mask.strategy=sampled), Fisher and Taylor scores, on the oracle lane's 10-shot shots,
+    # scored on development rows (probe_fewshot.py), 5 seeds, beside the top-k rows and random rows; two lanes.
+    local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4 g t
+    local snips="$OUT/snips-10shot-oracle" trec6="$OUT/trec6-10shot-oracle" hint3="$OUT/hint3_sofmattress-10shot-oracle"
+    for name in snips trec6 hint3_sofmattress; do [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"; done
+    draw() { $probe "$1" "sampled-$2-t$3" sparse 5e-3 $seeds mask.strategy=sampled sensitivity.score="$2" mask.sample_temperature="$3"; }
+    (
+        for g in "$snips" "$trec6" "$hint3"; do $probe "$g" default sparse 5e-3 $seeds; done
+        $probe "$snips" random random 5e-3 $seeds
+        for g in "$trec6" "$hint3"; do $probe "$g" taylor sparse 5e-3 $seeds sensitivity.score=taylor; done
+        for g in "$snips" "$trec6" "$hint3"; do draw "$g" fisher 0.3; done
+    ) &
+    for g in "$snips" "$trec6" "$hint3"; do draw "$g" fisher 1; draw "$g" taylor 1; done
+    for t in 0.3 0.1; do for g in "$trec6" "$snips"; do draw "$g" taylor "$t"; done; done
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled" >&2; exit 2 ;;
 esac
