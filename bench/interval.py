@@ -2,7 +2,8 @@
 
 Each side is NAME=SPEC, SPEC a comma-separated list of accuracies or of run folders (their metrics.json);
 the first side minus the second is reported in points, as `clm-explore bench` does in comparison.csv
-(clm_explore.bench_results.difference_interval), with the ratio of their seed stds.
+(clm_explore.bench_results.difference_interval), with the ratio of their seed stds and its 95% interval
+(F distribution; std_ratio_interval).
 
     python bench/interval.py sparse=0.9331,0.9377,0.9305 full=0.9351,0.9279,0.9338
     python bench/interval.py sparse=bench/out/b77-probe/epochs-12-s0,bench/out/b77-probe/epochs-12-s1 full=...
@@ -18,7 +19,13 @@ import math
 import statistics
 from pathlib import Path
 
-from clm_explore.bench_results import difference_interval, interval_verdict, metric_at, std_ratio
+from clm_explore.bench_results import (
+    difference_interval,
+    interval_verdict,
+    metric_at,
+    std_ratio,
+    std_ratio_interval,
+)
 
 
 def read_side(spec: str, metric: str) -> tuple[str, list[float]]:
@@ -58,9 +65,10 @@ def main() -> None:
     diff, low, high = difference_interval(a, b)
     spread = ""
     if min(len(a), len(b)) > 1:
-        ratio = std_ratio(a, b)
+        ratio, (ratio_low, ratio_high) = std_ratio(a, b), std_ratio_interval(a, b)
+        bounds = "" if math.isnan(ratio_low) else f" [{ratio_low:.2f}, {ratio_high:.2f}]"  # NaN: a side without spread
         spread = f", std {statistics.stdev(a):.4f} vs {statistics.stdev(b):.4f}" + (
-            "" if math.isnan(ratio) else f" (ratio {ratio:.2f})")  # NaN: b has no spread
+            "" if math.isnan(ratio) else f" (ratio {ratio:.2f}{bounds})")  # NaN: b has no spread
     verdict = interval_verdict(low, high)
     interval = "" if verdict == "one seed" else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
     print(f"{a_name} - {b_name}: {diff * 100:+.2f} points{interval} {verdict} "

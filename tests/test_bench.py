@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,7 +25,12 @@ from clm_explore.bench import (
     run_grid,
     stratified_cap,
 )
-from clm_explore.bench_results import compare_methods, compare_run_groups, difference_interval
+from clm_explore.bench_results import (
+    compare_methods,
+    compare_run_groups,
+    difference_interval,
+    std_ratio_interval,
+)
 from clm_explore.cli.bench_cmds import comparison_lines
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 
@@ -188,6 +195,17 @@ def test_difference_interval_is_welchs():
     assert difference_interval([0.9, 0.9], [0.8, 0.8]) == pytest.approx((0.1, 0.1, 0.1))
 
 
+def test_std_ratio_interval_covers_the_true_ratio_as_often_as_its_level_says():
+    rng = np.random.default_rng(0)
+    draws = [std_ratio_interval(rng.normal(0.9, 0.005, 5), rng.normal(0.9, 0.01, 5)) for _ in range(2000)]
+    coverage = np.mean([low <= 0.5 <= high for low, high in draws])
+    assert 0.935 < coverage < 0.965  # 95% over 2000 draws: +-1.5 points is about 3 standard errors
+    low, high = std_ratio_interval([0.91, 0.92, 0.93], [0.90, 0.92, 0.94])  # ratio 0.5, 2 dof a side
+    assert (low, high) == pytest.approx((0.5 / 39**0.5, 0.5 * 39**0.5))  # F(0.975; 2, 2) = 39
+    assert all(math.isnan(v) for v in std_ratio_interval([0.9, 0.9], [0.8, 0.9]))  # no spread: nothing to say
+    assert all(math.isnan(v) for v in std_ratio_interval([0.9], [0.8, 0.9]))
+
+
 def test_methods_are_compared_with_full_and_sparse_with_the_cheap_ones():
     rows = [("full", None, s, a) for s, a in enumerate((0.90, 0.91, 0.92))]
     rows += [("sparse", 0.01, s, a) for s, a in enumerate((0.95, 0.955, 0.96))]
@@ -204,11 +222,12 @@ def test_methods_are_compared_with_full_and_sparse_with_the_cheap_ones():
     assert sparse_full["accuracy_diff"] == pytest.approx(0.045) and sparse_full["verdict"] == "ahead"
     assert sparse_full["macro_f1_diff"] == pytest.approx(0.045) and sparse_full["accuracy_low"] > 0
     assert sparse_full["std_ratio"] == pytest.approx(0.5)
+    assert (sparse_full["std_ratio_low"], sparse_full["std_ratio_high"]) == pytest.approx(std_ratio_interval([0.95, 0.955, 0.96], [0.90, 0.91, 0.92]))
     assert c.iloc[4]["verdict"] == "level" and c.iloc[4]["accuracy_low"] < 0 < c.iloc[4]["accuracy_high"]
     assert c.iloc[3]["verdict"] == "one seed" and c.iloc[3]["accuracy_diff"] == pytest.approx(-0.21)
     assert "oos_accuracy_diff" not in c  # no out-of-scope rows in this grid's test split
     lines = comparison_lines(c)  # what `clm-explore bench` prints under its summary
-    assert lines[1].startswith("  sparse@0.01 - full: +4.50 [+") and lines[1].endswith("ahead (3 vs 3 seeds, std ratio 0.50)")
+    assert lines[1].startswith("  sparse@0.01 - full: +4.50 [+") and lines[1].endswith("ahead (3 vs 3 seeds, std ratio 0.50 [0.08, 3.12])")
     assert lines[4] == "  head - full: -21.00 one seed (1 vs 3 seeds)"
     scored = compare_methods(results.assign(oos_accuracy=results["accuracy"] - 0.2))
     assert scored.iloc[0]["oos_accuracy_diff"] == pytest.approx(0.045)
@@ -227,7 +246,7 @@ def test_groups_of_runs_are_compared_per_metric():
     assert (row["a_runs"], row["b_runs"]) == (3, 3) and row["a_mean"] == pytest.approx(0.955)
     assert row["difference_points"] == pytest.approx(4.5) and row["verdict"] == "ahead"
     assert row["low_points"] == pytest.approx(difference_interval([0.95, 0.955, 0.96], [0.90, 0.91, 0.92])[1] * 100)
-    assert row["std_ratio"] == pytest.approx(0.5)
+    assert row["std_ratio"] == pytest.approx(0.5) and row["std_ratio_low"] < 0.5 < row["std_ratio_high"]
     with_scope = compare_run_groups(sparse, sparse[:1]).set_index("metric")
     assert with_scope.loc["accuracy with abstention", "verdict"] == "one seed"
     assert with_scope.loc["out-of-scope AUROC", "difference_points"] == pytest.approx(0.0)

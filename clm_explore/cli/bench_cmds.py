@@ -138,11 +138,17 @@ def comparison_lines(comparison: pd.DataFrame) -> list[str]:
     lines = ["test accuracy differences in points (mean over seeds, 95% Welch interval):"]
     for _, r in comparison.iterrows():
         pair = f"{_name(r['method'], r['budget'])} - {_name(r['versus'], r['versus_budget'])}"
-        ratio = "" if math.isnan(r["std_ratio"]) else f", std ratio {r['std_ratio']:.2f}"
+        ratio = "" if math.isnan(r["std_ratio"]) else f", std ratio {_ratio(r)}"
         scope = f"; with abstention {_points(r, 'oos_accuracy')}" if "oos_accuracy_diff" in r else ""
         lines.append(f"  {pair}: {_points(r, 'accuracy')} {r['verdict']} "
                      f"({r['seeds']} vs {r['versus_seeds']} seeds{ratio}){scope}")
     return lines
+
+
+def _ratio(row: pd.Series) -> str:
+    """'0.50 [0.16, 1.56]': the std ratio and its interval (none where one side has no spread)."""
+    low, high = row["std_ratio_low"], row["std_ratio_high"]
+    return f"{row['std_ratio']:.2f}" + ("" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]")
 
 
 def _points(row: pd.Series, metric: str) -> str:

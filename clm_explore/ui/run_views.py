@@ -287,7 +287,9 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
         "b_std": number("B std", format="%.4f"), "b_runs": number("B runs"),
         "difference_points": number("A − B (points)", format="%+.2f"),
         "low_points": number(f"{level} low", format="%+.2f"), "high_points": number(f"{level} high", format="%+.2f"),
-        "std_ratio": number("std A / B", format="%.2f")})
+        "std_ratio": number("std A / B", format="%.2f"), "std_ratio_low": number(f"std ratio {level} low", format="%.2f"),
+        "std_ratio_high": number(f"std ratio {level} high", format="%.2f")})
     st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
                "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "
-               "0, so these runs cannot tell the two apart. std A / B: stability, lower is steadier.")
+               "0, so these runs cannot tell the two apart. std A / B: stability, lower is steadier; its interval (F "
+               "distribution) is wide with few runs: about 0.3x to 3x the ratio with 5 runs a group.")

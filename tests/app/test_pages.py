@@ -208,6 +208,8 @@ def test_runs_page_compares_groups_of_seeds(at: AppTest) -> None:
     table = next(d.value for d in at.dataframe if "difference_points" in d.value)
     accuracy = table.set_index("metric").loc["accuracy"]
     assert accuracy["difference_points"] == pytest.approx(4.5) and accuracy["verdict"] == "ahead"
+    assert accuracy["std_ratio"] == pytest.approx(0.5)
+    assert accuracy["std_ratio_low"] < 0.5 < accuracy["std_ratio_high"]
     assert not at.warning
     groups[1].set_value(by_method["full"] + by_method["sparse"][:1]).run()
     assert not at.exception, [e.value for e in at.exception]
