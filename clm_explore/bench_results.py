@@ -142,8 +142,9 @@ def compare_methods(results: pd.DataFrame, level: float = COMPARISON_LEVEL) -> p
     """Differences of mean test metrics between methods (comparison_pairs), with Welch intervals at ``level``.
 
     ``std_ratio`` is the subject's accuracy std over the versus method's (the stability target: <= 0.5 against
-    full finetuning), ``std_ratio_low``..``std_ratio_high`` its interval at ``level`` (std_ratio_interval). ``verdict``: 'ahead' or 'behind' when the accuracy interval excludes 0, 'level' when it
-    spans 0, 'one seed' when a side has a single run.
+    full finetuning), ``std_ratio_low``..``std_ratio_high`` its interval at ``level`` (std_ratio_interval).
+    ``verdict``: 'ahead' or 'behind' when the accuracy interval excludes 0, 'level' when it spans 0, 'one seed'
+    when a side has a single run.
     """
     ok = results[results["status"] == "succeeded"].copy()
     ok["budget"] = ok["budget"].astype(float)

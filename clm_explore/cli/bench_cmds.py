@@ -146,7 +146,7 @@ def comparison_lines(comparison: pd.DataFrame) -> list[str]:
 
 
 def _ratio(row: pd.Series) -> str:
-    """'0.50 [0.16, 1.56]': the std ratio and its interval (none where one side has no spread)."""
+    """'0.50 [0.16, 1.55]': the std ratio and its interval (none where one side has no spread)."""
     low, high = row["std_ratio_low"], row["std_ratio_high"]
     return f"{row['std_ratio']:.2f}" + ("" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]")
 
