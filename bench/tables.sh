@@ -664,6 +664,10 @@ sampled() {
     for g in "$snips" "$trec6" "$hint3"; do draw "$g" fisher 1; draw "$g" taylor 1; done
     for t in 0.3 0.1; do for g in "$trec6" "$snips"; do draw "$g" taylor "$t"; done; done
     wait
+    # snips's test split once, after the choice: the top Fisher rows and the T = 1 draw of them
+    $probe --test "$snips" default sparse 5e-3 $seeds &
+    $probe --test "$snips" sampled-fisher-t1 sparse 5e-3 $seeds mask.strategy=sampled
+    wait
 }
 
 case "${1:-}" in
