@@ -44,7 +44,8 @@
 #                                 # (bench/probe_oracle.py): banking77 full data, seeds 0-2 (validation carve);
 #                                 # snips, trec6 and hint3_sofmattress 10-shot, 5 seeds
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
-#                                 # (mask.strategy=sampled) on 10-shot development rows, 5 seeds
+#                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
+#                                 # hint3_sofmattress, banking77), 5 seeds; snips and banking77 test once
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -580,12 +581,12 @@ intervals() {
 
 # A 10-shot folder for NAME at $OUT/NAME-10shot-oracle: the grids' shots (data_seed 0) in data/, and the bench.json
 # that bench/probe_fewshot.py reads (its data set and 30 epochs).
-oracle_shots() {
-    local name=$1 g="$OUT/$1-10shot-oracle"
+oracle_shots() {  # NAME [FOLDER [EPOCHS]]: the 10-shot grids' shots of NAME in FOLDER, with its bench.json
+    local name=$1 g=${2:-"$OUT/$1-10shot-oracle"} epochs=${3:-30}
     .venv/bin/python -c "from pathlib import Path; from clm_explore.bench import BenchConfig, prepare_data
 from clm_explore.data import load_data
 prepare_data(load_data('$DATA/$name'), BenchConfig(methods=['full'], shots=10), Path('$g'))"
-    echo "{\"data\": \"$DATA/$name\", \"epochs\": 30}" > "$g/bench.json"
+    echo "{\"data\": \"$DATA/$name\", \"epochs\": $epochs}" > "$g/bench.json"
 }
 
 oracle() {
@@ -667,6 +668,14 @@ sampled() {
     # snips's test split once, after the choice: the top Fisher rows and the T = 1 draw of them
     $probe --test "$snips" default sparse 5e-3 $seeds &
     $probe --test "$snips" sampled-fisher-t1 sparse 5e-3 $seeds mask.strategy=sampled
+    wait
+    # banking77 10-shot (15 epochs): development rows for the top Fisher rows, random rows and the T = 1 draw;
+    # then the draw on test (the top Fisher rows' and random rows' test figures are the fewshot_auto grid's)
+    local b77="$OUT/banking77-10shot-e15"
+    [ -f "$b77/bench.json" ] || oracle_shots banking77 "$b77" 15
+    { $probe "$b77" default sparse 5e-3 $seeds; $probe "$b77" random random 5e-3 $seeds; } &
+    draw "$b77" fisher 1
+    $probe --test "$b77" sampled-fisher-t1 sparse 5e-3 $seeds mask.strategy=sampled
     wait
 }
 
