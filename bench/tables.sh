@@ -45,7 +45,7 @@
 #                                 # snips, trec6 and hint3_sofmattress 10-shot, 5 seeds
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
-#                                 # hint3_sofmattress, banking77), 5 seeds; snips and banking77 test once
+#                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
 # hold fewer methods than the others: what fit the sessions' CPU time.
 set -euo pipefail
@@ -665,10 +665,12 @@ sampled() {
     for g in "$snips" "$trec6" "$hint3"; do draw "$g" fisher 1; draw "$g" taylor 1; done
     for t in 0.3 0.1; do for g in "$trec6" "$snips"; do draw "$g" taylor "$t"; done; done
     wait
-    # snips's test split once, after the choice: the top Fisher rows and the T = 1 draw of them
-    $probe --test "$snips" default sparse 5e-3 $seeds &
-    $probe --test "$snips" sampled-fisher-t1 sparse 5e-3 $seeds mask.strategy=sampled
-    wait
+    # snips's and hint3's test splits once, after the choice: the top Fisher rows and the T = 1 draw of them
+    for g in "$snips" "$hint3"; do
+        $probe --test "$g" default sparse 5e-3 $seeds &
+        $probe --test "$g" sampled-fisher-t1 sparse 5e-3 $seeds mask.strategy=sampled
+        wait
+    done
     # banking77 10-shot (15 epochs): development rows for the top Fisher rows, random rows and the T = 1 draw;
     # then the draw on test (the top Fisher rows' and random rows' test figures are the fewshot_auto grid's)
     local b77="$OUT/banking77-10shot-e15"
