@@ -217,11 +217,11 @@ def compare_run_groups(a: Sequence[dict], b: Sequence[dict], level: float = COMP
         if not x or not y or any(v is None for v in x + y):
             continue
         diff, low, high = difference_interval(x, y, level)
+        ratio_low, ratio_high = std_ratio_interval(x, y, level)
         rows.append({"metric": name, "a_mean": float(np.mean(x)), "a_std": _std(x), "a_runs": len(x),
                      "b_mean": float(np.mean(y)), "b_std": _std(y), "b_runs": len(y), "difference_points": diff * 100,
                      "low_points": low * 100, "high_points": high * 100, "verdict": interval_verdict(low, high),
-                     "std_ratio": std_ratio(x, y), **dict(zip(("std_ratio_low", "std_ratio_high"),
-                                                               std_ratio_interval(x, y, level), strict=True))})
+                     "std_ratio": std_ratio(x, y), "std_ratio_low": ratio_low, "std_ratio_high": ratio_high})
     return pd.DataFrame(rows, columns=["metric", "a_mean", "a_std", "a_runs", "b_mean", "b_std", "b_runs",
                                        "difference_points", "low_points", "high_points", "verdict", "std_ratio",
                                        "std_ratio_low", "std_ratio_high"])
