@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The banking77 benches on a lent GPU (bf16 autocast), in one call: run from the repository root with the
+# folder of `bench/gpu_prepare.py` (.devcarry/: the model in float16, the data, plotly's wheel, wordfreq's
+# figures). Stages, each logged to $OUT and stopped at a deadline so that what finished comes back:
+#   1. the machine and the package versions;
+#   2. bench/gpu_smoke.py: every method one epoch on the tiny model on CUDA (stops here if one fails);
+#   3. bench/bench_core.py alone on the GPU: full finetuning and sparse at 1%, 3 seeds, 3 epochs, at the rates
+#      chosen on the CPU's validation carve (full 1.33e-4, sparse 2.5e-3): time per epoch, peak memory,
+#      accuracy and time to accuracy, as ratios measured side by side;
+#   4. the other methods of the full-data table, 3 seeds, 3 epochs, at the rates of the CPU table, one
+#      `clm-explore bench` lane per method, all lanes at once (their seconds are shared-GPU seconds: rough).
+# $OUT/gpu.tar.gz holds every run's metrics and the grids' CSV files (no weights).
+#
+#   OUT=/tmp/gpu-out BUDGET_S=480 bash bench/gpu_run.sh
+# A dry run on a CPU (the script's plumbing only): DEVICE=cpu LIMIT=200 EPOCHS=1 PY=.venv/bin/python bash bench/gpu_run.sh
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+WORK=${WORK:-/tmp/gpu-work}
+CARRY=${CARRY:-.devcarry}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+LIMIT=${LIMIT:-0}
+EPOCHS=${EPOCHS:-3}
+DEADLINE=$(($(date +%s) + ${BUDGET_S:-480}))
+DATA=$CARRY/data/banking77
+MODEL=$WORK/model
+mkdir -p "$OUT" "$WORK"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 WORDFREQ_MISSES=$OUT/wordfreq_misses.txt
+# Seconds to the deadline less a reserve, at least 1 (`timeout 0` would mean no limit at all).
+left() { local s=$((DEADLINE - $(date +%s) - ${1:-0})); echo $((s > 1 ? s : 1)); }
+
+pack() {
+    (cd "$WORK" && find . \( -name '*.json' -o -name '*.jsonl' -o -name '*.csv' -o -name '*.log' \) \
+        -not -path './model/*' -not -path '*/sensitivity/*' -not -name 'tokenizer*' -print0 |
+        tar --null -czf "$OUT/gpu.tar.gz" -T -)
+    ls -la "$OUT"
+}
+trap pack EXIT
+
+# 1. the machine, the packages; plotly from its wheel, wordfreq's stand-in, the model back to float32.
+nvidia-smi -L || echo "no nvidia-smi"
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$CARRY"/whl/*.whl
+export PYTHONPATH=$PWD:$PWD/$CARRY/site:/tmp/site
+$PY - "$CARRY/model" "$MODEL" <<'EOF'
+import shutil, sys
+from importlib.metadata import version
+from pathlib import Path
+import torch
+from safetensors.torch import load_file, save_file
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+shutil.copytree(src, dst, dirs_exist_ok=True)
+tensors = load_file(src / "model.safetensors")
+save_file({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, dst / "model.safetensors",
+          metadata={"format": "pt"})
+def installed(name):
+    try:
+        return version(name)
+    except Exception:
+        return "absent"
+print("versions:", ", ".join(f"{p} {installed(p)}" for p in ("torch", "transformers", "peft", "accelerate", "pandas",
+                                                             "numpy", "safetensors", "plotly")))
+if torch.cuda.is_available():
+    print("gpu:", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
+EOF
+
+# 2. every method on CUDA, tiny model.
+# The tiny model's tokenizer asks wordfreq other words: its misses go to their own file.
+WORDFREQ_MISSES=$OUT/smoke_wordfreq_misses.txt timeout "$(left 300)" $PY bench/gpu_smoke.py "$DATA" --device "$DEVICE" 2>&1 | tee "$OUT/smoke.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "smoke failed: stopping"; exit 3; }
+
+# 3. the core bench, alone on the GPU.
+timeout "$(left 200)" $PY bench/bench_core.py --data "$DATA" --model "$MODEL" --epochs "$EPOCHS" --seeds 0,1,2 --threads 4 \
+    --limit "$LIMIT" --variants full,sparse --lr full=1.33e-4,sparse=2.5e-3 --out "$WORK/core" 2>&1 | tee "$OUT/core.txt"
+pkill -f "bench_core.py --cell"  # a cell the deadline cut short would hold the GPU
+
+# 4. the other methods, one lane each, all at once.
+lanes=(head=9e-2 bitfit=9e-3 lora=4.5e-3 prefix=3e-2 layers=6e-4 random=2.5e-3 fisher=2.5e-3 gradient=2.5e-3)
+for lane in "${lanes[@]}"; do
+    m=${lane%%=*}
+    OMP_NUM_THREADS=2 timeout "$(left 15)" $PY -m clm_explore.cli bench --data "$DATA" --model "$MODEL" \
+        --methods "$m" --seeds 3 --epochs "$EPOCHS" --limit "$LIMIT" --lr "$lane" --device "$DEVICE" --out "$WORK/grid-$m" \
+        >"$WORK/grid-$m.log" 2>&1 &
+done
+wait
+for lane in "${lanes[@]}"; do
+    m=${lane%%=*}
+    echo "== $m"; tail -n 3 "$WORK/grid-$m.log"
+    [ -f "$WORK/grid-$m/results.csv" ] && cat "$WORK/grid-$m/results.csv"
+done
+[ -s "$WORDFREQ_MISSES" ] && echo "wordfreq stand-in misses: $(wc -l <"$WORDFREQ_MISSES")" || echo "wordfreq stand-in: no misses"
