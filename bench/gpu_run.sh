@@ -63,12 +63,16 @@ if torch.cuda.is_available():
     print("gpu:", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
 EOF
 
-# 2. every method on CUDA, tiny model.
+# 2. every method on CUDA, tiny model (SKIP_SMOKE=1 skips it in a rerun).
 # The tiny model's tokenizer asks wordfreq other words: its misses go to their own file.
-WORDFREQ_MISSES=$OUT/smoke_wordfreq_misses.txt timeout "$(left 300)" $PY bench/gpu_smoke.py "$DATA" --device "$DEVICE" 2>&1 | tee "$OUT/smoke.txt"
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "smoke failed: stopping"; exit 3; }
+if [ -z "${SKIP_SMOKE:-}" ]; then
+    WORDFREQ_MISSES=$OUT/smoke_wordfreq_misses.txt timeout "$(left 300)" $PY bench/gpu_smoke.py "$DATA" \
+        --device "$DEVICE" 2>&1 | tee "$OUT/smoke.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "smoke failed: stopping"; exit 3; }
+fi
 
-# 3. the core bench, alone on the GPU.
+# 3. the core bench, alone on the GPU; cells an earlier call finished travel in $CARRY/core and are kept.
+[ -d "$CARRY/core" ] && cp -r "$CARRY/core" "$WORK/"
 timeout "$(left 200)" $PY bench/bench_core.py --data "$DATA" --model "$MODEL" --epochs "$EPOCHS" --seeds 0,1,2 --threads 4 \
     --limit "$LIMIT" --variants full,sparse --lr full=1.33e-4,sparse=2.5e-3 --out "$WORK/core" 2>&1 | tee "$OUT/core.txt"
 pkill -f "bench_core.py --cell"  # a cell the deadline cut short would hold the GPU

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from captum.attr import LayerIntegratedGradients
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clm_explore.config import ConfigError
@@ -271,6 +270,9 @@ def _explain_batch(
     predicted = probs.argmax(-1).tolist()
     target_ids = [p if t is None else t for p, t in zip(predicted, targets, strict=True)]
     n_steps = cfg.n_steps * 2 if decoder else cfg.n_steps
+    # Imported here: every CLI command loads this module for its defaults, and captum costs a second to import.
+    from captum.attr import LayerIntegratedGradients
+
     attributions = LayerIntegratedGradients(forward, model.get_input_embeddings()).attribute(
         inputs=input_ids,
         baselines=reference_ids,
