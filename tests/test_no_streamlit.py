@@ -44,3 +44,19 @@ def test_no_streamlit_import():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_commands_load_without_captum_or_plotly():
+    """Every command but `explain` and `report` must run where captum and plotly are absent (a GPU image
+    without them, thirtieth session): building the parser imports neither."""
+    script = (
+        "import json, sys\n"
+        "import clm_explore.cli as cli\n"
+        "cli.build_parser()\n"
+        "print(json.dumps(sorted(m for m in ('captum', 'plotly') if m in sys.modules)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
