@@ -430,10 +430,12 @@ class _TrainLoop:
                 self.scheduler.step()
                 if self.average is not None:
                     self.average.update(self.step + 1)  # inside the timed step: averaging is training's cost
+                # Read inside the timed step: on a GPU it waits for the step's queued kernels, which the
+                # clock would otherwise miss (the thirtieth session's GPU seconds stopped before it).
+                self.last_loss = loss.item()
                 self.train_seconds += time.perf_counter() - started
                 self.step += 1
                 self.examples += len(idx) * self.world
-                self.last_loss = loss.item()
                 self._report(epoch, self.last_loss, None)
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
             self._end_epoch(epoch)
