@@ -2,8 +2,9 @@
 
 Each cell (variant x seed) runs in its own subprocess, one after the other, so peak memory is per cell
 and both methods see the same machine state. Prints a table of ratios sparse / full:
-time per epoch (prep excluded; also without the first epoch, which on a GPU pays for start-up), peak training memory, accuracy and macro-F1 (mean over seeds), and
-wall time until sparse comes within 0.5 point of full's final test accuracy (prep included).
+time per epoch (prep excluded; also without the first epoch, which on a GPU pays for start-up), peak
+training memory, accuracy and macro-F1 (mean over seeds), and wall time until sparse comes within 0.5 point
+of full's final test accuracy (prep included).
 
     python bench/bench_core.py --data ../shared/data/banking77 --epochs 3 --seeds 0,1,2
 
@@ -152,8 +153,8 @@ def parse_variant_epochs(text: str, default: int) -> dict[str, int]:
 
 
 def _later_epochs_mean(seconds: list[float]) -> float:
-    """Mean seconds of the epochs after the first: on a GPU the first also pays for start-up (CUDA's kernels
-    and allocator, cuBLAS's choices per new shape), 2-5 times a later epoch's cost in the thirtieth session."""
+    """Mean seconds of the epochs after the first: on a GPU the first also pays for start-up (the first use
+    of CUDA and of each batch shape, by the look of it), 2-5 times a later epoch's cost in the thirtieth session."""
     return float(np.mean(seconds[1:])) if len(seconds) > 1 else float("nan")
 
 
@@ -190,7 +191,8 @@ def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
              f"limit {args.limit or 'all'}  threads {args.threads}", ""]
     table = df.groupby("variant").agg(
         accuracy=("accuracy", "mean"), acc_std=("accuracy", "std"), macro_f1=("macro_f1", "mean"),
-        epoch_s=("epoch_s", "mean"), later_epoch_s=("later_epoch_s", "mean"), prep_s=("prep_seconds", "mean"), peak_mb=("peak_memory_mb", "mean"),
+        epoch_s=("epoch_s", "mean"), later_epoch_s=("later_epoch_s", "mean"), prep_s=("prep_seconds", "mean"),
+        peak_mb=("peak_memory_mb", "mean"),
         trainable=("trainable_params", "mean"), epochs=("epochs", "first"), lowest_layer=("lowest_layer", "first"), lr=("lr", "first"))
     if not full.empty:
         target = full["accuracy"].mean() - 0.005

@@ -270,7 +270,8 @@ def _explain_batch(
     predicted = probs.argmax(-1).tolist()
     target_ids = [p if t is None else t for p, t in zip(predicted, targets, strict=True)]
     n_steps = cfg.n_steps * 2 if decoder else cfg.n_steps
-    # Imported here: every CLI command loads this module for its defaults, and captum costs a second to import.
+    # Imported here: every CLI command loads this module for its defaults, and the others must run where captum
+    # is absent (a GPU image) and start without its half second of import.
     from captum.attr import LayerIntegratedGradients
 
     attributions = LayerIntegratedGradients(forward, model.get_input_embeddings()).attribute(
