@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--variant-epochs", default="",
                     help="epochs per variant where it differs from --epochs, e.g. sparse-top2-cached-fp16-swa=6")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="every variant's batch (a GPU's step at 32 is bound by launches, not arithmetic)")
     ap.add_argument("--out", default="bench/out/core")
     ap.add_argument("--curve-split", choices=("test", "validation"), default="test",
                     help="validation: a learning-rate sweep, scored on the validation split only")
@@ -119,7 +121,8 @@ def main() -> None:
         for variant in args.variants.split(","):
             out = Path(args.out) / f"{variant}-s{seed}"
             if not (out / "metrics.json").exists():
-                config = {"epochs": epochs[variant], "seed": seed, "lr": lrs.get(variant, 0.0), **VARIANTS[variant]}
+                config = {"epochs": epochs[variant], "seed": seed, "lr": lrs.get(variant, 0.0),
+                          "batch_size": args.batch_size, **VARIANTS[variant]}
                 config["mask"] = {"budget": args.budget, **config.get("mask", {})}
                 spec = {"data": args.data, "model": args.model, "limit": args.limit, "threads": args.threads,
                         "config": config, "out": str(out), "curve_split": args.curve_split}
@@ -188,7 +191,7 @@ def summarise_validation(df: pd.DataFrame, args: argparse.Namespace) -> str:
 def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
     full = df[df.variant == "full"]
     lines = [f"data {args.data}  epochs {args.epochs}  budget {args.budget:g}  seeds {args.seeds}  "
-             f"limit {args.limit or 'all'}  threads {args.threads}", ""]
+             f"limit {args.limit or 'all'}  threads {args.threads}  batch {args.batch_size}", ""]
     table = df.groupby("variant").agg(
         accuracy=("accuracy", "mean"), acc_std=("accuracy", "std"), macro_f1=("macro_f1", "mean"),
         epoch_s=("epoch_s", "mean"), later_epoch_s=("later_epoch_s", "mean"), prep_s=("prep_seconds", "mean"),

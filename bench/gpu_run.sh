@@ -7,8 +7,11 @@
 #   3. bench/bench_core.py alone on the GPU: full finetuning and sparse at 1%, 3 seeds, 3 epochs, at the rates
 #      chosen on the CPU's validation carve (full 1.33e-4, sparse 2.5e-3): time per epoch, peak memory,
 #      accuracy and time to accuracy, as ratios measured side by side;
-#   4. the other methods of the full-data table, 3 seeds, 3 epochs, at the rates of the CPU table, one
+#   4. (only when STAGES names `batch`) the same pair at a larger batch (PROBE_BATCH, 256), seed 0, 2 epochs, at
+#      the same rates: whether sparse's saving shows once a step is bound by arithmetic, not launches;
+#   5. the other methods of the full-data table, 3 seeds, 3 epochs, at the rates of the CPU table, one
 #      `clm-explore bench` lane per method, all lanes at once (their seconds are shared-GPU seconds: rough).
+# STAGES (default smoke,core,grid) names the stages to run, e.g. STAGES=core,batch in a rerun.
 # $OUT/gpu.tar.gz holds every run's metrics and the grids' CSV files (no weights).
 #
 #   OUT=/tmp/gpu-out BUDGET_S=480 bash bench/gpu_run.sh
@@ -21,6 +24,8 @@ PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 LIMIT=${LIMIT:-0}
 EPOCHS=${EPOCHS:-3}
+STAGES=${STAGES:-smoke,core,grid}
+[ -n "${SKIP_SMOKE:-}" ] && STAGES=${STAGES//smoke/}  # the thirtieth session's rerun spelled it so
 DEADLINE=$(($(date +%s) + ${BUDGET_S:-480}))
 DATA=$CARRY/data/banking77
 MODEL=$WORK/model
@@ -28,18 +33,20 @@ mkdir -p "$OUT" "$WORK"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 WORDFREQ_MISSES=$OUT/wordfreq_misses.txt
 # Seconds to the deadline less a reserve, at least 1 (`timeout 0` would mean no limit at all).
 left() { local s=$((DEADLINE - $(date +%s) - ${1:-0})); echo $((s > 1 ? s : 1)); }
+stage() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 pack() {
     (cd "$WORK" && find . \( -name '*.json' -o -name '*.jsonl' -o -name '*.csv' -o -name '*.log' \) \
         -not -path './model/*' -not -path '*/sensitivity/*' -not -name 'tokenizer*' -print0 |
         tar --null -czf "$OUT/gpu.tar.gz" -T -)
+    [ -s "$WORDFREQ_MISSES" ] && echo "wordfreq stand-in misses: $(wc -l <"$WORDFREQ_MISSES")" || echo "wordfreq stand-in: no misses"
     ls -la "$OUT"
 }
 trap pack EXIT
 
 # 1. the machine, the packages; plotly from its wheel, wordfreq's stand-in, the model back to float32.
 nvidia-smi -L || echo "no nvidia-smi"
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$CARRY"/whl/*.whl
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$CARRY"/whl/*.whl
 export PYTHONPATH=$PWD:$PWD/$CARRY/site:/tmp/site
 $PY - "$CARRY/model" "$MODEL" <<'EOF'
 import shutil, sys
@@ -63,21 +70,34 @@ if torch.cuda.is_available():
     print("gpu:", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
 EOF
 
-# 2. every method on CUDA, tiny model (SKIP_SMOKE=1 skips it in a rerun).
+# 2. every method on CUDA, tiny model.
 # The tiny model's tokenizer asks wordfreq other words: its misses go to their own file.
-if [ -z "${SKIP_SMOKE:-}" ]; then
+if stage smoke; then
     WORDFREQ_MISSES=$OUT/smoke_wordfreq_misses.txt timeout "$(left 300)" $PY bench/gpu_smoke.py "$DATA" \
         --device "$DEVICE" 2>&1 | tee "$OUT/smoke.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "smoke failed: stopping"; exit 3; }
 fi
 
 # 3. the core bench, alone on the GPU; cells an earlier call finished travel in $CARRY/core and are kept.
-[ -d "$CARRY/core" ] && cp -r "$CARRY/core" "$WORK/"
-timeout "$(left 200)" $PY bench/bench_core.py --data "$DATA" --model "$MODEL" --epochs "$EPOCHS" --seeds 0,1,2 --threads 4 \
-    --limit "$LIMIT" --variants full,sparse --lr full=1.33e-4,sparse=2.5e-3 --out "$WORK/core" 2>&1 | tee "$OUT/core.txt"
-pkill -f "bench_core.py --cell"  # a cell the deadline cut short would hold the GPU
+core_pair=(--data "$DATA" --model "$MODEL" --threads 4 --limit "$LIMIT" --variants full,sparse
+           --lr full=1.33e-4,sparse=2.5e-3)
+if stage core; then
+    [ -d "$CARRY/core" ] && cp -r "$CARRY/core" "$WORK/"
+    timeout "$(left 200)" $PY bench/bench_core.py "${core_pair[@]}" --epochs "$EPOCHS" --seeds 0,1,2 \
+        --out "$WORK/core" 2>&1 | tee "$OUT/core.txt"
+    pkill -f "bench_core.py --cell"  # a cell the deadline cut short would hold the GPU
+fi
 
-# 4. the other methods, one lane each, all at once.
+# 4. the pair at a larger batch.
+if stage batch; then
+    b=${PROBE_BATCH:-256}
+    timeout "$(left 150)" $PY bench/bench_core.py "${core_pair[@]}" --epochs 2 --seeds 0 --batch-size "$b" \
+        --out "$WORK/core-b$b" 2>&1 | tee "$OUT/core-b$b.txt"
+    pkill -f "bench_core.py --cell"
+fi
+
+# 5. the other methods, one lane each, all at once.
+stage grid || exit 0
 lanes=(head=9e-2 bitfit=9e-3 lora=4.5e-3 prefix=3e-2 layers=6e-4 random=2.5e-3 fisher=2.5e-3 gradient=2.5e-3)
 for lane in "${lanes[@]}"; do
     m=${lane%%=*}
@@ -91,4 +111,3 @@ for lane in "${lanes[@]}"; do
     echo "== $m"; tail -n 3 "$WORK/grid-$m.log"
     [ -f "$WORK/grid-$m/results.csv" ] && cat "$WORK/grid-$m/results.csv"
 done
-[ -s "$WORDFREQ_MISSES" ] && echo "wordfreq stand-in misses: $(wc -l <"$WORDFREQ_MISSES")" || echo "wordfreq stand-in: no misses"
