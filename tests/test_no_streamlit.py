@@ -32,31 +32,22 @@ def test_library_modules_are_found():
     assert not any(name.startswith("clm_explore.ui") for name in modules)
 
 
-def test_no_streamlit_import():
-    script = (
-        "import importlib, json, sys\n"
-        f"for name in {library_modules()!r}:\n"
-        "    importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'streamlit' or m.startswith('streamlit.'))))\n"
-    )
+def modules_loaded_by(script: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules named by ``prefixes`` (or inside them) that ``script`` loads, in a fresh interpreter."""
+    report = f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {prefixes!r})))\n"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", "import json, sys\n" + script + report], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_no_streamlit_import():
+    script = f"import importlib\nfor name in {library_modules()!r}:\n    importlib.import_module(name)\n"
+    assert modules_loaded_by(script, ("streamlit",)) == []
 
 
 def test_cli_commands_load_without_captum_or_plotly():
     """Every command but `explain` and `report` must run where captum and plotly are absent (a GPU image
     without them, thirtieth session): building the parser imports neither."""
-    script = (
-        "import json, sys\n"
-        "import clm_explore.cli as cli\n"
-        "cli.build_parser()\n"
-        "print(json.dumps(sorted(m for m in ('captum', 'plotly') if m in sys.modules)))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert modules_loaded_by("import clm_explore.cli as cli\ncli.build_parser()\n", ("captum", "plotly")) == []
