@@ -6,10 +6,11 @@ plotly or wordfreq, and at most 64 MiB travels with the working tree. So this wr
 - ``model/``: all-MiniLM-L6-v2 with its weights rounded to float16 (45 MB instead of 91; ``gpu_run.sh``
   turns them back into float32 there, so training sees float32 weights within fp16's rounding, 5e-4 relative);
 - ``data/NAME/``: the data set's CSV files and SOURCE.md;
-- ``wordfreq/``: a stand-in for the wordfreq package (its data alone is 58 MB) that answers
+- ``site/wordfreq/``: a stand-in for the wordfreq package (its data alone is 58 MB) that answers
   ``word_frequency`` and ``zipf_frequency`` from a table of wordfreq's own figures for every word that mining
-  asks about on this data set (recorded here by running the same mining); a word outside the table is
-  counted in ``$WORDFREQ_MISSES`` and answered as unseen, so a run says when it could differ;
+  asks about on this data set's training split (recorded here by running the same mining; a ``--limit`` or
+  ``--shots`` subset may ask others); a word outside the table is counted in ``$WORDFREQ_MISSES`` and
+  answered as unseen, so a run says when it could differ;
 - ``whl/``: the plotly wheel, when given (``--plotly-wheel``), for the bench's report page.
 
     python bench/gpu_prepare.py --data ../shared/data/banking77 --plotly-wheel /tmp/whl/plotly-7.1.0-py3-none-any.whl
