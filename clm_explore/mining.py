@@ -181,7 +181,7 @@ def mine_task_tokens(
     for row, (enc, text) in enumerate(zip(encodings, texts, strict=True)):
         words = split_words(enc, text)
         word_total += len(words)
-        for kind, key, pieces in _row_candidates(words, cfg):
+        for kind, key, pieces in sorted(_row_candidates(words, cfg)):  # sorted: a set's order varies by process
             rows_with[(kind, key)].append(row)
             pieces_of[(kind, key)] = pieces
         for w in words:
@@ -189,7 +189,9 @@ def mine_task_tokens(
                 for kind, key, _ in _row_candidates([w], MiningConfig(max_words=1, max_ngram=cfg.max_ngram)):
                     if kind == FRAGMENT:
                         fragment_words[key][w.text] += 1
-    keys = [k for k, rows in rows_with.items() if len(set(rows)) >= cfg.min_count and _keep(k, fragment_words, cfg)]
+    # Sorted, so that groups of equal score come in the same order (and the top_k cut keeps the same ones)
+    # whatever the process's string hashing: the order of rows_with follows the candidates' set order.
+    keys = sorted(k for k, rows in rows_with.items() if len(set(rows)) >= cfg.min_count and _keep(k, fragment_words, cfg))
     if not keys:
         return TaskTokens([], "", len(texts), asdict(cfg))
     label_ids = np.array([label_index[x] for x in labels])
