@@ -280,6 +280,18 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(data_dir, tmp_path):
     assert "did not finish" in (tmp_path / "out" / "report.html").read_text()
 
 
+def test_cli_says_why_when_no_cell_finished_and_exits_1(data_dir, tmp_path, monkeypatch, capsys):
+    import clm_explore.bench as bench
+    from clm_explore.cli import main
+
+    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg: in_process(cfg, fail="head"))
+    code = main(["bench", "--data", str(data_dir), "--model", "tiny-random", "--methods", "head", "--seeds", "1",
+                 "--epochs", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no cell finished (1 failed)" in err and "boom" in err
+
+
 def test_lr_sweep_scores_on_validation_never_test(data_dir, tmp_path):
     cfg = _cfg(methods=("head",), tune_lr=True)
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)

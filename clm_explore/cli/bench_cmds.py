@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,7 +116,14 @@ def run_bench(args: argparse.Namespace) -> int:
                     "failed": int((result.results["status"] != "succeeded").sum()),
                     "summary": summary.to_dict(orient="records"),
                     "comparison": result.comparison.to_dict(orient="records")})
-        return 0
+        return 1 if summary.empty else 0
+    failed = result.results[result.results["status"] != "succeeded"]
+    if summary.empty:  # every cell failed: say why (the first cell's error) and fail, so scripts notice
+        errors = failed["error"].dropna().astype(str)
+        first = errors.iloc[0] if len(errors) else "none recorded"
+        print(f"no cell finished ({len(failed)} failed); the first error: {first}\n"
+              f"logs in {args.out}/logs; report: {result.files['report']}", file=sys.stderr)
+        return 1
     cols = [c for c in ("method", "budget", "score", "seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean",
                         "trainable_share_mean", "train_seconds_mean", "peak_memory_mb_mean") if c in summary]
     if "score" in summary and not summary["score"].fillna("").astype(bool).any():
@@ -123,7 +131,6 @@ def run_bench(args: argparse.Namespace) -> int:
     print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     for line in comparison_lines(result.comparison):
         print(line)
-    failed = result.results[result.results["status"] != "succeeded"]
     if len(failed):
         print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).")
     print(f"report: {result.files['report']}")
