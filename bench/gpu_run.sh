@@ -9,9 +9,10 @@
 #      accuracy and time to accuracy, as ratios measured side by side;
 #   4. (only when STAGES names `batch`) the same pair at a larger batch (PROBE_BATCH, 256), seed 0, 2 epochs, at
 #      the same rates: whether sparse's saving shows once a step is bound by arithmetic, not launches;
-#   5. the other methods of the full-data table, 3 seeds, 3 epochs, at the rates of the CPU table, one
+#   5. (only when STAGES names `fewshot`) the 10-shot grids of other carried data sets, one lane per method;
+#   6. the other methods of the full-data table, 3 seeds, 3 epochs, at the rates of the CPU table, one
 #      `clm-explore bench` lane per method, all lanes at once (their seconds are shared-GPU seconds: rough).
-# STAGES (default smoke,core,grid) names the stages to run, e.g. STAGES=core,batch in a rerun.
+# STAGES (default smoke,core,grid) names the stages to run, e.g. STAGES=core,batch,fewshot in a rerun.
 # $OUT/gpu.tar.gz holds every run's metrics and the grids' CSV files (no weights).
 #
 #   OUT=/tmp/gpu-out BUDGET_S=480 bash bench/gpu_run.sh
@@ -96,18 +97,41 @@ if stage batch; then
     pkill -f "bench_core.py --cell"
 fi
 
-# 5. the other methods, one lane each, all at once.
+# Lanes: one `clm-explore bench` per method, all at once, then each lane's summary.
+# run_lanes DATA PREFIX "SHARED OPTIONS" LANE...  (a LANE is METHOD, or METHOD=LR for a fixed rate)
+run_lanes() {
+    local data=$1 prefix=$2 shared=$3 lane m
+    shift 3
+    for lane in "$@"; do
+        m=${lane%%=*}
+        local rate=()
+        [[ $lane == *=* ]] && rate=(--lr "$lane")
+        # shellcheck disable=SC2086  # $shared is a list of options
+        OMP_NUM_THREADS=2 timeout "$(left 15)" $PY -m clm_explore.cli bench --data "$data" --model "$MODEL" \
+            --methods "$m" --limit "$LIMIT" --device "$DEVICE" "${rate[@]}" $shared --out "$WORK/$prefix-$m" \
+            >"$WORK/$prefix-$m.log" 2>&1 &
+    done
+    wait
+    for lane in "$@"; do
+        m=${lane%%=*}
+        echo "== $prefix $m"; tail -n 3 "$WORK/$prefix-$m.log"
+        [ -f "$WORK/$prefix-$m/results.csv" ] && cat "$WORK/$prefix-$m/results.csv"
+    done
+}
+
+# 5. (only when STAGES names `fewshot`) the 10-shot grids of FEWSHOT_DATA (carried data sets; default snips,
+#    trec6 and hint3_sofmattress), one data set at a time, every method of FEWSHOT_METHODS with its own rate
+#    sweep on validation (--tune-lr), FEWSHOT_SEEDS seeds (3), FEWSHOT_EPOCHS epochs (10, the published grids').
+if stage fewshot; then
+    all=full,sparse,sparse_merged,head,bitfit,lora,prefix,layers,random,fisher,gradient
+    IFS=, read -r -a methods <<<"${FEWSHOT_METHODS:-$all}"
+    for name in ${FEWSHOT_DATA:-snips trec6 hint3_sofmattress}; do
+        run_lanes "$CARRY/data/$name" "$name-10shot" \
+            "--shots 10 --tune-lr --seeds ${FEWSHOT_SEEDS:-3} --epochs ${FEWSHOT_EPOCHS:-10}" "${methods[@]}"
+    done
+fi
+
+# 6. the other methods of banking77's full-data table.
 stage grid || exit 0
-lanes=(head=9e-2 bitfit=9e-3 lora=4.5e-3 prefix=3e-2 layers=6e-4 random=2.5e-3 fisher=2.5e-3 gradient=2.5e-3)
-for lane in "${lanes[@]}"; do
-    m=${lane%%=*}
-    OMP_NUM_THREADS=2 timeout "$(left 15)" $PY -m clm_explore.cli bench --data "$DATA" --model "$MODEL" \
-        --methods "$m" --seeds 3 --epochs "$EPOCHS" --limit "$LIMIT" --lr "$lane" --device "$DEVICE" --out "$WORK/grid-$m" \
-        >"$WORK/grid-$m.log" 2>&1 &
-done
-wait
-for lane in "${lanes[@]}"; do
-    m=${lane%%=*}
-    echo "== $m"; tail -n 3 "$WORK/grid-$m.log"
-    [ -f "$WORK/grid-$m/results.csv" ] && cat "$WORK/grid-$m/results.csv"
-done
+run_lanes "$DATA" grid "--seeds 3 --epochs $EPOCHS" head=9e-2 bitfit=9e-3 lora=4.5e-3 prefix=3e-2 layers=6e-4 \
+    random=2.5e-3 fisher=2.5e-3 gradient=2.5e-3
