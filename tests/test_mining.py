@@ -8,6 +8,7 @@ The tiny vocabulary (clm_explore/assets/tiny_vocab.txt) holds whole words such a
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,21 +229,21 @@ def test_groups_come_in_the_same_order_whatever_the_string_hashing():
     import subprocess
     import sys
 
-    from conftest import ROOT, SHARED_DATA
+    root = Path(__file__).resolve().parent.parent  # not `from conftest import`: tests/app has its own conftest
 
     script = (
         "import json, sys\n"
         "from clm_explore.data import load_data\n"
         "from clm_explore.mining import mine_task_tokens\n"
         "from clm_explore.modeling import load_model\n"
-        f"data = load_data({str(SHARED_DATA / 'trec6')!r})\n"
+        f"data = load_data({str(root.parent / 'shared' / 'data' / 'trec6')!r})\n"
         "train = data.train.head(1000)\n"
         "tokens = mine_task_tokens(train['text'].tolist(), train['label'].tolist(), load_model('tiny-random').tokenizer)\n"
         "print(json.dumps([[g.text, g.pieces] for g in tokens.groups]))\n"
     )
     orders = []
     for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": hash_seed}
+        env = {**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": hash_seed}
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr
         orders.append(done.stdout)
