@@ -26,9 +26,10 @@ def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator)
     return [batches[i] for i in order]
 
 
-def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, width) input ids and attention mask, right-padded to the longest row."""
-    width = max(len(ids[i]) for i in idx)
+def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, width) input ids and attention mask, right-padded to the longest row, rounded up to a
+    multiple of ``multiple`` tokens (a compiled model then sees few shapes)."""
+    width = -(-max(len(ids[i]) for i in idx) // multiple) * multiple
     input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     for r, i in enumerate(idx):

@@ -199,6 +199,8 @@ METHODS = ("sparse", "sparse_merged", "full", "head", "bitfit", "lora", "prefix"
 SCHEDULES = ("linear", "cosine", "constant")
 """Learning-rate schedules after the warm-up (FinetuneConfig.schedule)."""
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+"""How the training step is compiled (FinetuneConfig.compile): off, or a ``torch.compile`` mode."""
 """How the frozen-layer cache stores its states (FinetuneConfig.cache_dtype)."""
 
 
@@ -279,6 +281,14 @@ class FinetuneConfig:
     cache_max_mb: float = 1024.0
     """The cache's memory cap: when the training rows' states would need more, training runs the whole model
     (the reason goes to metrics.json)."""
+    compile: str = "off"
+    """``torch.compile`` the model for training (forward and backward; evaluation stays eager): 'off', or a
+    mode: 'default', 'reduce-overhead' (CUDA graphs on a GPU, where a batch-32 step of the default model is
+    bound by kernel launches, not arithmetic: BENCHMARKS.md) or 'max-autotune'. Batches are then padded to a
+    multiple of 16 tokens (``training.COMPILE_PAD_MULTIPLE``), so that a few shapes cover every batch. The first steps pay
+    for the compilation (in training time, in the first epoch). On these CPUs it bought nothing (a
+    step of the default model: full 1.17x eager's time, sparse 0.99x: BENCHMARKS.md), so it is off. Not with
+    ``cache_frozen_layers``, whose per-batch module swap would recompile every step."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
@@ -298,6 +308,10 @@ class FinetuneConfig:
                f"cache_input_dropout must be in [0, 1), got {self.cache_input_dropout}")
         _check(self.cache_dtype in CACHE_DTYPES, f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         _check(self.cache_max_mb > 0, f"cache_max_mb must be > 0, got {self.cache_max_mb}")
+        _check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        _check(self.compile == "off" or not self.cache_frozen_layers,
+               "compile does not combine with cache_frozen_layers: the cache swaps modules every batch, which "
+               "would recompile every step")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")

@@ -58,6 +58,12 @@ DEFAULT_LR = {"sparse": ROW_DELTA_LR, "sparse_merged": ROW_DELTA_LR, "random": R
               "gradient": ROW_DELTA_LR, "full": 2e-4, "layers": 2e-4, "head": 1e-2, "bitfit": 1e-3, "lora": 5e-4,
               "prefix": 1e-2}
 SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend (the tests use 'aot_eager': the same tracing and autograd graphs, no code generation)."""
+COMPILE_PAD_MULTIPLE = 16
+"""With FinetuneConfig.compile, batches are padded to a multiple of this many tokens: at max_length 64 the
+compiled model sees 4 widths, not up to 64 (each new shape costs a recompilation or, with CUDA graphs, a
+recording)."""
 """FinetuneConfig.schedule -> the name ``transformers.get_scheduler`` knows (all warm up linearly first)."""
 
 
@@ -387,6 +393,10 @@ class _TrainLoop:
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.model = accelerator.prepare_model(prepared.model) if accelerator else prepared.model
         self.eval_model = prepared.model
+        self.pad_multiple = 1
+        if cfg.compile != "off":
+            self.model = compiled(self.model, cfg.compile)
+            self.pad_multiple = COMPILE_PAD_MULTIPLE
         self.optimizer = torch.optim.AdamW(prepared.param_groups, lr=lr)
         self.train_ids = encode(loaded, data.train["text"].tolist(), cfg.max_length)
         self.train_labels = torch.as_tensor(data.label_ids("train"))
@@ -417,7 +427,7 @@ class _TrainLoop:
                 if self.should_stop and self.should_stop():
                     return "cancelled"
                 started = time.perf_counter()
-                input_ids, mask = collate(self.train_ids, idx, self.loaded.tokenizer.pad_token_id)
+                input_ids, mask = collate(self.train_ids, idx, self.loaded.tokenizer.pad_token_id, self.pad_multiple)
                 feeding = prefix.feeding(idx) if prefix else nullcontext()
                 with feeding, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                     logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
@@ -575,6 +585,13 @@ def _logged(on_step: Callable[[StepInfo], None] | None, progress) -> Callable[[S
             on_step(info)
 
     return log
+
+
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` under ``torch.compile`` in ``mode`` (a FinetuneConfig.compile value other than 'off')."""
+    if COMPILE_BACKEND != "inductor":  # modes are inductor's options
+        return torch.compile(model, backend=COMPILE_BACKEND)
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def _seed_everything(seed: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from clm_explore.cli import UserError, add_data_args, print_json
 from clm_explore.config import (
+    COMPILE_MODES,
     HEAD_INITS,
     METHODS,
     SCHEDULES,
@@ -162,6 +163,9 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--cache-frozen-layers", action=argparse.BooleanOptionalAction,
                    default=FinetuneConfig.cache_frozen_layers,
                    help="row methods: compute the frozen layers below the lowest selected row once, not every step")
+    p.add_argument("--compile", default=FinetuneConfig.compile, choices=COMPILE_MODES, metavar="MODE",
+                   help="torch.compile the training step: off, default, reduce-overhead (CUDA graphs on a GPU) or "
+                        "max-autotune; not with --cache-frozen-layers")
     p.add_argument("--schedule", default=FinetuneConfig.schedule, choices=SCHEDULES,
                    help="learning rate after the warm-up: linear or cosine decay to 0, or constant")
     p.add_argument("--warmup-ratio", type=float, default=FinetuneConfig.warmup_ratio,
@@ -211,6 +215,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                       seed=args.seed, **_sampling(args.sample_temperature))
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                           norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
+                          compile=args.compile,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           label_smoothing=args.label_smoothing, average_last=args.average_last,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,

@@ -1,0 +1,73 @@
+"""``FinetuneConfig.compile``: the training step under torch.compile trains the same weights as eager.
+
+The tests compile with the 'aot_eager' backend: dynamo's tracing and AOT autograd's forward and backward
+graphs, as with inductor, without inductor's code generation (about 25 s per run on one CPU thread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from test_finetune import SPARSE, assert_only_masked_rows_changed, saved_params
+from torch._dynamo.backends.registry import lookup_backend
+
+from clm_explore import training
+from clm_explore.batches import collate
+from clm_explore.config import FinetuneConfig
+from clm_explore.training import finetune
+
+
+@pytest.fixture
+def traced_only(monkeypatch) -> list[int]:
+    """Compile with aot_eager; returns the widths (tokens) of the batches each compiled graph was made for."""
+    widths: list[int] = []
+
+    def backend(graph, example_inputs):
+        widths.extend(x.shape[1] for x in example_inputs if isinstance(x, torch.Tensor) and x.dim() == 2
+                      and x.shape[0] == SPARSE.batch_size and not x.is_floating_point())  # ids and mask
+        return lookup_backend("aot_eager")(graph, example_inputs)
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    return widths
+
+
+def test_collate_pads_to_a_multiple_of_tokens():
+    ids = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    input_ids, mask = collate(ids, np.array([0, 1]), pad_id=0, multiple=16)
+    assert input_ids.shape == mask.shape == (2, 16)
+    assert mask.sum(1).tolist() == [3, 5]
+    assert collate(ids, np.array([0, 1]), pad_id=0)[0].shape == (2, 5)  # the default: the longest row
+
+
+def test_compiled_sparse_training_matches_eager(tmp_path, tiny_data, traced_only):
+    cfg = replace(SPARSE, epochs=1)
+    eager = finetune(tiny_data, cfg, tmp_path / "eager", source="tiny-random")
+    compiled = finetune(tiny_data, replace(cfg, compile="default"), tmp_path / "compiled", source="tiny-random")
+    assert compiled.status == "succeeded"
+    assert traced_only and all(w % training.COMPILE_PAD_MULTIPLE == 0 for w in traced_only)  # it was compiled
+    assert_only_masked_rows_changed(compiled.out_dir)
+    before, after = saved_params(eager.out_dir), saved_params(compiled.out_dir)
+    for name, weight in before.items():  # padding and traced graphs change only the order of sums
+        torch.testing.assert_close(after[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled.metrics["trainable_params"] == eager.metrics["trainable_params"]
+
+
+def test_compiled_full_finetuning_matches_eager(tmp_path, tiny_data, traced_only):
+    cfg = FinetuneConfig(method="full", epochs=1, batch_size=SPARSE.batch_size, device="cpu")
+    eager = finetune(tiny_data, cfg, tmp_path / "eager", source="tiny-random")
+    compiled = finetune(tiny_data, replace(cfg, compile="reduce-overhead"), tmp_path / "compiled",
+                        source="tiny-random")
+    assert traced_only
+    before, after = saved_params(eager.out_dir), saved_params(compiled.out_dir)
+    for name, weight in before.items():
+        torch.testing.assert_close(after[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compile_is_refused_with_the_frozen_layer_cache_or_an_unknown_mode():
+    with pytest.raises(ValueError, match="cache_frozen_layers"):
+        FinetuneConfig(compile="default", cache_frozen_layers=True)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        FinetuneConfig(compile="fast")
