@@ -14,7 +14,8 @@ backward); ``sparse-untargeted`` (Fisher without the token restriction); ``spars
 adaptive merged tokens); ``sparse-cached`` and ``sparse-top2-cached`` (the frozen layers below the lowest
 selected row computed once, ``FinetuneConfig.cache_frozen_layers``; ``sparse-cached-drop``: with dropout 0.1 on
 the cached states, ``cache_input_dropout``; ``sparse-top2-cached-fp16``: the states stored as float16,
-``cache_dtype``). The per-epoch test curve is for
+``cache_dtype``); ``full-compiled`` and ``sparse-compiled`` (``FinetuneConfig.compile="default"``), ``full-graphs``
+and ``sparse-graphs`` (``"reduce-overhead"``: CUDA graphs on a GPU). The per-epoch test curve is for
 reporting only.
 Learning rates are the methods' defaults unless ``--lr variant=LR,...`` fixes them (choose them on
 validation, e.g. with ``clm-explore bench --tune-lr``, never on test); ``--variant-epochs variant=N,...`` gives a
@@ -51,6 +52,11 @@ VARIANTS = {
     "sparse-top2-cached": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True},
     "sparse-top2-cached-fp16": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True,
                                 "cache_dtype": "float16"},
+    # torch.compile (thirty-first session); 'reduce-overhead' is CUDA graphs on a GPU, 'default' on a CPU.
+    "full-compiled": {"method": "full", "compile": "default"},
+    "sparse-compiled": {"method": "sparse", "compile": "default"},
+    "full-graphs": {"method": "full", "compile": "reduce-overhead"},
+    "sparse-graphs": {"method": "sparse", "compile": "reduce-overhead"},
     # SWA's recipe (twenty-fourth session): a constant rate, the trained weights averaged over the last half.
     "sparse-top2-cached-fp16-swa": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True,
                                     "cache_dtype": "float16", "schedule": "constant", "average_last": 0.5},
@@ -104,6 +110,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32,
                     help="every variant's batch (a GPU's step at 32 is bound by launches, not arithmetic)")
+    ap.add_argument("--reference", default="full", help="the variant the ratios divide by (e.g. full-graphs)")
     ap.add_argument("--out", default="bench/out/core")
     ap.add_argument("--curve-split", choices=("test", "validation"), default="test",
                     help="validation: a learning-rate sweep, scored on the validation split only")
@@ -189,8 +196,9 @@ def summarise_validation(df: pd.DataFrame, args: argparse.Namespace) -> str:
 
 
 def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
-    full = df[df.variant == "full"]
-    lines = [f"data {args.data}  epochs {args.epochs}  budget {args.budget:g}  seeds {args.seeds}  "
+    ref = args.reference
+    full = df[df.variant == ref]
+    lines = [f"reference {ref}  data {args.data}  epochs {args.epochs}  budget {args.budget:g}  seeds {args.seeds}  "
              f"limit {args.limit or 'all'}  threads {args.threads}  batch {args.batch_size}", ""]
     table = df.groupby("variant").agg(
         accuracy=("accuracy", "mean"), acc_std=("accuracy", "std"), macro_f1=("macro_f1", "mean"),
@@ -200,14 +208,14 @@ def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
     if not full.empty:
         target = full["accuracy"].mean() - 0.005
         full_total = full["train_seconds"].mean()  # preparation included, as in the curves
-        table["epoch_ratio"] = table["epoch_s"] / table.loc["full", "epoch_s"]
-        table["later_ratio"] = table["later_epoch_s"] / table.loc["full", "later_epoch_s"]
-        table["memory_ratio"] = table["peak_mb"] / table.loc["full", "peak_mb"]
+        table["epoch_ratio"] = table["epoch_s"] / table.loc[ref, "epoch_s"]
+        table["later_ratio"] = table["later_epoch_s"] / table.loc[ref, "later_epoch_s"]
+        table["memory_ratio"] = table["peak_mb"] / table.loc[ref, "peak_mb"]
         table["time_to_full-0.5pt"] = [
             _mean_of_reached([_time_to_target(c, target) for c in df[df.variant == v]["curve"]]) for v in table.index]
         table["ttt_ratio"] = table["time_to_full-0.5pt"] / full_total
-        lines.append(f"target for time-to-accuracy: full's mean final test accuracy - 0.5 pt = {target:.4f}; "
-                     f"full's total time (training + head warm-up) {full_total:.1f} s")
+        lines.append(f"target for time-to-accuracy: {ref}'s mean final test accuracy - 0.5 pt = {target:.4f}; "
+                     f"{ref}'s total time (training + head warm-up) {full_total:.1f} s")
     lines.append(table.round(4).to_string())
     return "\n".join(lines)
 

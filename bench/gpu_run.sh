@@ -9,10 +9,16 @@
 #      accuracy and time to accuracy, as ratios measured side by side;
 #   4. (only when STAGES names `batch`) the same pair at a larger batch (PROBE_BATCH, 256), seed 0, 2 epochs, at
 #      the same rates: whether sparse's saving shows once a step is bound by arithmetic, not launches;
+#   4b. (only when STAGES names `graphs`) the pair compiled with CUDA graphs (`--compile reduce-overhead`,
+#      variants full-graphs and sparse-graphs), seeds 0-1, 3 epochs: the time per epoch once launches are
+#      replayed from a graph, as ratios to full-graphs;
+#   4c. (only when STAGES names `recipe`) sparse with SWA's recipe (rows in layers 4-5, the frozen layers
+#      cached in float16, a constant rate, the last half averaged; 6 epochs), seeds 0-2, beside the core
+#      stage's full cells: the time until it comes within 0.5 point of full (0.42 of full's time on the CPU);
 #   5. (only when STAGES names `fewshot`) the 10-shot grids of other carried data sets, one lane per method;
 #   6. the other methods of the full-data table, 3 seeds, 3 epochs, at the rates of the CPU table, one
 #      `clm-explore bench` lane per method, all lanes at once (their seconds are shared-GPU seconds: rough).
-# STAGES (default smoke,core,grid) names the stages to run, e.g. STAGES=core,batch,fewshot in a rerun.
+# STAGES (default smoke,core,grid) names the stages to run, e.g. STAGES=core,batch,graphs,recipe,fewshot.
 # $OUT/gpu.tar.gz holds every run's metrics and the grids' CSV files (no weights).
 #
 #   OUT=/tmp/gpu-out BUDGET_S=480 bash bench/gpu_run.sh
@@ -94,6 +100,24 @@ if stage batch; then
     b=${PROBE_BATCH:-256}
     timeout "$(left 150)" $PY bench/bench_core.py "${core_pair[@]}" --epochs 2 --seeds 0 --batch-size "$b" \
         --out "$WORK/core-b$b" 2>&1 | tee "$OUT/core-b$b.txt"
+    pkill -f "bench_core.py --cell"
+fi
+
+# 4b. the pair with CUDA graphs; its ratios divide by full-graphs (eager full's cells are in the core stage).
+if stage graphs && timeout "$(left 200)" $PY bench/gpu_smoke.py "$DATA" --device "$DEVICE" --compiled 2>&1 |
+        tee "$OUT/smoke-graphs.txt" && [ "${PIPESTATUS[0]}" = 0 ]; then
+    timeout "$(left 150)" $PY bench/bench_core.py --data "$DATA" --model "$MODEL" --threads 4 --limit "$LIMIT" \
+        --variants full-graphs,sparse-graphs --lr full-graphs=1.33e-4,sparse-graphs=2.5e-3 --reference full-graphs \
+        --epochs "$EPOCHS" --seeds 0,1 --out "$WORK/core-graphs" 2>&1 | tee "$OUT/core-graphs.txt"
+    pkill -f "bench_core.py --cell"
+fi
+
+# 4c. SWA's recipe beside the core stage's full cells (the same folder: finished cells are reused, not rerun).
+if stage recipe; then
+    swa=sparse-top2-cached-fp16-swa
+    timeout "$(left 150)" $PY bench/bench_core.py --data "$DATA" --model "$MODEL" --threads 4 --limit "$LIMIT" \
+        --variants "full,$swa" --lr "full=1.33e-4,$swa=2.5e-3" --variant-epochs "$swa=6" --epochs "$EPOCHS" \
+        --seeds 0,1,2 --out "$WORK/core" 2>&1 | tee "$OUT/core-recipe.txt"
     pkill -f "bench_core.py --cell"
 fi
 

@@ -1,7 +1,10 @@
 """Every finetune method for one epoch on the tiny random BERT, on CUDA: the first thing `bench/gpu_run.sh`
 runs on a lent GPU, so that a CUDA-only fault shows in seconds, before the long runs.
 
-    python bench/gpu_smoke.py DATA_FOLDER [--device cuda]
+    python bench/gpu_smoke.py DATA_FOLDER [--device cuda] [--compiled]
+
+``--compiled`` runs only full finetuning and sparse compiled with CUDA graphs (``compile="reduce-overhead"``),
+the check before `gpu_run.sh`'s graphs stage.
 
 Prints one line per method (accuracy, trainable parameters, seconds) and exits 1 if any method failed.
 """
@@ -28,6 +31,7 @@ EXTRA = {  # the options the benches use on top of a method's defaults
                                "mask": MaskConfig(budget=0.05, min_layer=1), "schedule": "constant",
                                "average_last": 0.5},
 }
+COMPILED = {f"{m} graphs": {"method": m, "compile": "reduce-overhead"} for m in ("full", "sparse")}
 
 
 def small_slice(data: AnnotatedData, labels: int = 4, rows: int = 24) -> AnnotatedData:
@@ -41,10 +45,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--compiled", action="store_true", help="only the two methods under torch.compile")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, cuda available {torch.cuda.is_available()}", flush=True)
     data = small_slice(load_data(args.data))
-    runs = {m: {"method": m} for m in METHODS} | EXTRA
+    runs = COMPILED if args.compiled else {m: {"method": m} for m in METHODS} | EXTRA
     failed = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, options in runs.items():

@@ -286,9 +286,11 @@ class FinetuneConfig:
     mode: 'default', 'reduce-overhead' (CUDA graphs on a GPU, where a batch-32 step of the default model is
     bound by kernel launches, not arithmetic: BENCHMARKS.md) or 'max-autotune'. Batches are then padded to a
     multiple of 16 tokens (``training.COMPILE_PAD_MULTIPLE``), so that a few shapes cover every batch. The first steps pay
-    for the compilation (in training time, in the first epoch). On these CPUs it bought nothing (a
-    step of the default model: full 1.17x eager's time, sparse 0.99x: BENCHMARKS.md), so it is off. Not with
-    ``cache_frozen_layers``, whose per-batch module swap would recompile every step."""
+    for the compilation (in training time, in the first epoch). Seeded, but dropout then draws from the
+    compiler's random stream, so a run's numbers differ from the eager run's. On these CPUs it cost time
+    (banking77, 2,000 rows: later epochs 1.33x eager's for full finetuning and 1.23x for sparse, after about
+    2 minutes of compiling: BENCHMARKS.md), so it is off; untried on a GPU. Not with ``cache_frozen_layers``,
+    whose per-batch module swap would recompile every step."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
