@@ -284,8 +284,9 @@ class FinetuneConfig:
     compile: str = "off"
     """``torch.compile`` the model for training (forward and backward; evaluation stays eager): 'off', or a
     mode: 'default', 'reduce-overhead' (CUDA graphs on a GPU, where a batch-32 step of the default model is
-    bound by kernel launches, not arithmetic: BENCHMARKS.md) or 'max-autotune'. Batches are then padded to a
-    multiple of 16 tokens (``training.COMPILE_PAD_MULTIPLE``), so that a few shapes cover every batch. The first steps pay
+    bound by kernel launches, not arithmetic: BENCHMARKS.md) or 'max-autotune'. With CUDA graphs, batches are
+    padded to a multiple of 8 tokens (``training.GRAPHS_PAD_MULTIPLE``), so that a few shapes (graph
+    recordings) cover every batch. The first steps pay
     for the compilation (in training time, in the first epoch). Seeded, but dropout then draws from the
     compiler's random stream, so a run's numbers differ from the eager run's. On these CPUs it cost time
     (banking77, 2,000 rows: later epochs 1.33x eager's for full finetuning and 1.23x for sparse, after about
