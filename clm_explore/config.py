@@ -199,9 +199,9 @@ METHODS = ("sparse", "sparse_merged", "full", "head", "bitfit", "lora", "prefix"
 SCHEDULES = ("linear", "cosine", "constant")
 """Learning-rate schedules after the warm-up (FinetuneConfig.schedule)."""
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
+"""How the frozen-layer cache stores its states (FinetuneConfig.cache_dtype)."""
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 """How the training step is compiled (FinetuneConfig.compile): off, or a ``torch.compile`` mode."""
-"""How the frozen-layer cache stores its states (FinetuneConfig.cache_dtype)."""
 
 
 @dataclass(frozen=True)
@@ -286,12 +286,12 @@ class FinetuneConfig:
     mode: 'default', 'reduce-overhead' (CUDA graphs on a GPU, where a batch-32 step of the default model is
     bound by kernel launches, not arithmetic: BENCHMARKS.md) or 'max-autotune'. With CUDA graphs, batches are
     padded to a multiple of 8 tokens (``training.GRAPHS_PAD_MULTIPLE``), so that a few shapes (graph
-    recordings) cover every batch. The first steps pay
-    for the compilation (in training time, in the first epoch). Seeded, but dropout then draws from the
-    compiler's random stream, so a run's numbers differ from the eager run's. On these CPUs it cost time
-    (banking77, 2,000 rows: later epochs 1.33x eager's for full finetuning and 1.23x for sparse, after about
-    2 minutes of compiling: BENCHMARKS.md), so it is off; untried on a GPU. Not with ``cache_frozen_layers``,
-    whose per-batch module swap would recompile every step."""
+    recordings) cover every batch. The first steps pay for the compilation (in training time, in the first
+    epoch). Seeded, but dropout then draws from the compiler's random stream, so a run's numbers differ from
+    the eager run's. On these CPUs it bought no time (banking77, 2,000 rows: later epochs 1.28x eager's for
+    full finetuning, 1.00x for sparse, after 45-50 s of compiling) and lowered peak memory to 0.71 of eager's
+    (BENCHMARKS.md), so it is off; untried on a GPU. Not with ``cache_frozen_layers``, whose per-batch module
+    swap would recompile every step."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
