@@ -181,3 +181,16 @@ def test_bad_sample_temperature_exits_2(capsys, data_dir):
 def test_bad_warmup_ratio_exits_2(capsys, data_dir):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--warmup-ratio", "1.5"])
     assert "warmup_ratio" in err and "1.5" in err
+
+
+def test_compile_with_the_frozen_layer_cache_exits_2(capsys, data_dir):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--compile", "default",
+                             "--cache-frozen-layers"])
+    assert "compile" in err and "cache_frozen_layers" in err
+
+
+def test_an_unknown_compile_mode_exits_2(capsys, data_dir):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own choices check
+        main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--compile", "fast"])
+    assert exit_info.value.code == 2
+    assert "reduce-overhead" in capsys.readouterr().err
