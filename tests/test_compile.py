@@ -1,7 +1,8 @@
 """``FinetuneConfig.compile``: the training step under torch.compile trains the same weights as eager.
 
 The tests compile with the 'aot_eager' backend: dynamo's tracing and AOT autograd's forward and backward
-graphs, as with inductor, without inductor's code generation (about 25 s per run on one CPU thread).
+graphs, as with inductor, without inductor's code generation (which takes about 25 s per tiny run on one CPU
+thread).
 """
 
 from __future__ import annotations
