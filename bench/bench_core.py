@@ -52,7 +52,7 @@ VARIANTS = {
     "sparse-top2-cached": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True},
     "sparse-top2-cached-fp16": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True,
                                 "cache_dtype": "float16"},
-    # torch.compile (thirty-first session); 'reduce-overhead' is CUDA graphs on a GPU, 'default' on a CPU.
+    # torch.compile (thirty-first session): its 'default' mode, and 'reduce-overhead' (CUDA graphs on a GPU).
     "full-compiled": {"method": "full", "compile": "default"},
     "sparse-compiled": {"method": "sparse", "compile": "default"},
     "full-graphs": {"method": "full", "compile": "reduce-overhead"},
@@ -197,7 +197,7 @@ def summarise_validation(df: pd.DataFrame, args: argparse.Namespace) -> str:
 
 def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
     ref = args.reference
-    full = df[df.variant == ref]
+    ref_rows = df[df.variant == ref]
     lines = [f"reference {ref}  data {args.data}  epochs {args.epochs}  budget {args.budget:g}  seeds {args.seeds}  "
              f"limit {args.limit or 'all'}  threads {args.threads}  batch {args.batch_size}", ""]
     table = df.groupby("variant").agg(
@@ -205,17 +205,17 @@ def summarise(df: pd.DataFrame, args: argparse.Namespace) -> str:
         epoch_s=("epoch_s", "mean"), later_epoch_s=("later_epoch_s", "mean"), prep_s=("prep_seconds", "mean"),
         peak_mb=("peak_memory_mb", "mean"),
         trainable=("trainable_params", "mean"), epochs=("epochs", "first"), lowest_layer=("lowest_layer", "first"), lr=("lr", "first"))
-    if not full.empty:
-        target = full["accuracy"].mean() - 0.005
-        full_total = full["train_seconds"].mean()  # preparation included, as in the curves
+    if not ref_rows.empty:
+        target = ref_rows["accuracy"].mean() - 0.005
+        ref_total = ref_rows["train_seconds"].mean()  # preparation included, as in the curves
         table["epoch_ratio"] = table["epoch_s"] / table.loc[ref, "epoch_s"]
         table["later_ratio"] = table["later_epoch_s"] / table.loc[ref, "later_epoch_s"]
         table["memory_ratio"] = table["peak_mb"] / table.loc[ref, "peak_mb"]
         table["time_to_full-0.5pt"] = [
             _mean_of_reached([_time_to_target(c, target) for c in df[df.variant == v]["curve"]]) for v in table.index]
-        table["ttt_ratio"] = table["time_to_full-0.5pt"] / full_total
+        table["ttt_ratio"] = table["time_to_full-0.5pt"] / ref_total
         lines.append(f"target for time-to-accuracy: {ref}'s mean final test accuracy - 0.5 pt = {target:.4f}; "
-                     f"{ref}'s total time (training + head warm-up) {full_total:.1f} s")
+                     f"{ref}'s total time (training + head warm-up) {ref_total:.1f} s")
     lines.append(table.round(4).to_string())
     return "\n".join(lines)
 
