@@ -160,7 +160,7 @@ def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list
     page.get_by_text("Upload a file").click()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(SAMPLE_TRAIN))
     page.get_by_text("Data set: train.csv").wait_for(timeout=WAIT_MS)
-    assert page.locator('[data-testid="stSidebar"]').get_by_text("train.csv").count()
+    page.locator('[data-testid="stSidebar"]').get_by_text("train.csv").first.wait_for(timeout=WAIT_MS)
 
     nav(page, "Tokens")
     page.get_by_text("groups from").wait_for(timeout=WAIT_MS)
@@ -171,8 +171,11 @@ def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list
     page.get_by_text("Trainable params").wait_for(timeout=WAIT_MS)
     # The budget's what-if (slider and number box re-selecting the mask) is exercised by the AppTest
     # suite; keyboard focus on the slider handle was unreliable in a fresh clone, so here the page only
-    # has to show its figures.
-    assert page.locator('[data-testid="stMetricValue"]').count() >= 4
+    # has to show its figures. They paint one after another: wait for the fourth rather than count at once
+    # (a fresh-clone CI run counted 2 just after "Trainable params" appeared).
+    metrics = page.locator('[data-testid="stMetricValue"]')
+    metrics.nth(3).wait_for(timeout=WAIT_MS)
+    assert metrics.count() >= 4
 
     nav(page, "Finetune")
     page.get_by_role("button", name="Launch").wait_for(timeout=WAIT_MS)
