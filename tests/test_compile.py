@@ -35,6 +35,13 @@ def traced_only(monkeypatch) -> list[int]:
     return widths
 
 
+def assert_same_weights(eager_dir, compiled_dir) -> None:
+    """Every saved parameter equal up to the order of sums (padding and traced graphs change only that)."""
+    before, after = saved_params(eager_dir), saved_params(compiled_dir)
+    for name, weight in before.items():
+        torch.testing.assert_close(after[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_collate_pads_to_a_multiple_of_tokens():
     ids = [[1, 2, 3], [4, 5, 6, 7, 8]]
     input_ids, mask = collate(ids, np.array([0, 1]), pad_id=0, multiple=16)
@@ -52,9 +59,7 @@ def test_compiled_sparse_training_matches_eager(tmp_path, tiny_data, traced_only
     # It was compiled, for batches padded for CUDA graphs (a recording per width).
     assert traced_only and all(w % training.GRAPHS_PAD_MULTIPLE == 0 for w in traced_only)
     assert_only_masked_rows_changed(compiled.out_dir)
-    before, after = saved_params(eager.out_dir), saved_params(compiled.out_dir)
-    for name, weight in before.items():  # padding and traced graphs change only the order of sums
-        torch.testing.assert_close(after[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_weights(eager.out_dir, compiled.out_dir)
     assert compiled.metrics["trainable_params"] == eager.metrics["trainable_params"]
 
 
@@ -63,9 +68,7 @@ def test_compiled_full_finetuning_matches_eager(tmp_path, tiny_data, traced_only
     eager = finetune(tiny_data, cfg, tmp_path / "eager", source="tiny-random")
     compiled = finetune(tiny_data, replace(cfg, compile="default"), tmp_path / "compiled", source="tiny-random")
     assert any(w % training.GRAPHS_PAD_MULTIPLE for w in traced_only)  # compiled, batches as long as their rows
-    before, after = saved_params(eager.out_dir), saved_params(compiled.out_dir)
-    for name, weight in before.items():
-        torch.testing.assert_close(after[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_weights(eager.out_dir, compiled.out_dir)
 
 
 def test_compile_is_refused_with_the_frozen_layer_cache_or_an_unknown_mode():
