@@ -151,7 +151,7 @@ if stage fewshot; then
     IFS=, read -r -a methods <<<"${FEWSHOT_METHODS:-$all}"
     for name in ${FEWSHOT_DATA:-snips trec6 hint3_sofmattress}; do
         run_lanes "$CARRY/data/$name" "$name-10shot" \
-            "--shots 10 --tune-lr --seeds ${FEWSHOT_SEEDS:-3} --epochs ${FEWSHOT_EPOCHS:-10}" "${methods[@]}"
+            "--shots 10 --tune-lr --tune-widen 0 --seeds ${FEWSHOT_SEEDS:-3} --epochs ${FEWSHOT_EPOCHS:-10}" "${methods[@]}"
     done
 fi
 

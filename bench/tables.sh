@@ -47,7 +47,9 @@
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
-# hold fewer methods than the others: what fit the sessions' CPU time.
+# hold fewer methods than the others: what fit the sessions' CPU time. Every sweep here is the one the grids were
+# published with, three rates (`--tune-widen 0`); since the thirty-second session `bench --tune-lr` widens past
+# an edge choice by default, and the published grids went on upwards by hand instead (upward_rate below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
@@ -100,7 +102,7 @@ core() {
 
 fewshot() {
     for name in snips trec6 hint3_sofmattress; do
-        $CLI bench --data "$DATA/$name" --shots 10 --methods "$ALL" --seeds 3 --epochs 10 --tune-lr \
+        $CLI bench --data "$DATA/$name" --shots 10 --methods "$ALL" --seeds 3 --epochs 10 --tune-lr --tune-widen 0 \
             --out "$OUT/$name-10shot"
     done
     # The budget sweep on trec6 10-shot at the learning rates that grid chose on validation; its 1% cells
@@ -113,7 +115,7 @@ t = t[t.chosen & t.method.isin(['sparse', 'random', 'fisher'])]; print(','.join(
     $CLI bench --data "$DATA/trec6" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.01,0.05 \
         --seeds 3 --epochs 10 --lr sparse=5e-3,random=5e-3,fisher=5e-3 --out "$OUT/trec6-10shot-budgets-lr5e-3"
     # banking77 10-shot: full and sparse with their LR sweeps, then random rows at sparse's chosen LR.
-    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 5 --tune-lr \
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 5 --tune-lr --tune-widen 0 \
         --out "$OUT/banking77-10shot"
     lr=$(chosen_lr "$OUT/banking77-10shot" sparse)
     $CLI bench --data "$DATA/banking77" --shots 10 --methods random --seeds 3 --epochs 5 --lr "random=$lr" \
@@ -123,9 +125,9 @@ t = t[t.chosen & t.method.isin(['sparse', 'random', 'fisher'])]; print(','.join(
         --lr "fisher=$lr,gradient=$lr,sparse_merged=$lr" --out "$OUT/banking77-10shot-rows"
     # ... and the other baselines with their own sweeps (fourth session).
     $CLI bench --data "$DATA/banking77" --shots 10 --methods head,layers,bitfit,lora,prefix --seeds 3 --epochs 5 \
-        --tune-lr --out "$OUT/banking77-10shot-tuned"
+        --tune-lr --tune-widen 0 --out "$OUT/banking77-10shot-tuned"
     # hint3 on its full training split (328 rows; 10 epochs as in 10-shot), every method with its sweep.
-    $CLI bench --data "$DATA/hint3_sofmattress" --methods "$ALL" --seeds 3 --epochs 10 --tune-lr \
+    $CLI bench --data "$DATA/hint3_sofmattress" --methods "$ALL" --seeds 3 --epochs 10 --tune-lr --tune-widen 0 \
         --out "$OUT/hint3_sofmattress-full"
 }
 
@@ -161,8 +163,8 @@ fulldata() {
     # {1/3, 1, 3} on the validation carve), two lanes side by side. Both chose their top rate, so the sweep
     # went on upwards, one rate at a time, on the same carve (data_tune: its test split is the validation
     # carve), and LoRA's 3 seeds ran again at the best of those (4.5e-3).
-    $CLI bench --data "$DATA/banking77" --methods lora --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-lora-tuned"
-    $CLI bench --data "$DATA/banking77" --methods prefix --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-prefix-tuned"
+    $CLI bench --data "$DATA/banking77" --methods lora --tune-lr --tune-widen 0 --seeds 3 --epochs 3 --out "$OUT/banking77-full-lora-tuned"
+    $CLI bench --data "$DATA/banking77" --methods prefix --tune-lr --tune-widen 0 --seeds 3 --epochs 3 --out "$OUT/banking77-full-prefix-tuned"
     for lr in 0.0045 0.0135; do upward_rate lora $lr; done
     $CLI bench --data "$DATA/banking77" --methods lora --lr lora=0.0045 --seeds 3 --epochs 3 --out "$OUT/banking77-full-lora-0.0045"
     upward_rate prefix 0.09
@@ -170,21 +172,21 @@ fulldata() {
     # rate, so two upward rates ran on the carve and its 3 seeds ran at the best (9e-3); layers chose its
     # top rate, one upward rate (1.8e-3) scored below it, and the grid went on at 6e-4; the probe chose its
     # top rate, one upward rate (9e-2) scored higher, and 3 seeds ran there too.
-    $CLI bench --data "$DATA/banking77" --methods bitfit --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-tuned"
+    $CLI bench --data "$DATA/banking77" --methods bitfit --tune-lr --tune-widen 0 --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-tuned"
     for lr in 0.009 0.027; do upward_rate bitfit $lr; done
     $CLI bench --data "$DATA/banking77" --methods bitfit --lr bitfit=0.009 --seeds 3 --epochs 3 --out "$OUT/banking77-full-bitfit-0.009"
-    $CLI bench --data "$DATA/banking77" --methods layers --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-layers-tuned"
+    $CLI bench --data "$DATA/banking77" --methods layers --tune-lr --tune-widen 0 --seeds 3 --epochs 3 --out "$OUT/banking77-full-layers-tuned"
     upward_rate layers 0.0018
-    $CLI bench --data "$DATA/banking77" --methods head --tune-lr --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-tuned"
+    $CLI bench --data "$DATA/banking77" --methods head --tune-lr --tune-widen 0 --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-tuned"
     upward_rate head 0.09
     $CLI bench --data "$DATA/banking77" --methods head --lr head=0.09 --seeds 3 --epochs 3 --out "$OUT/banking77-full-head-0.09"
-    # Ninth session: snips full data (1 epoch) again, every method with its own rate sweep (--tune-lr), in two
+    # Ninth session: snips full data (1 epoch) again, every method with its own rate sweep (--tune-lr --tune-widen 0), in two
     # folders side by side. Where a method's sweep chose its default rate, its three cells were copied from the
     # fifth session's grids above before the grid reached them (same data, seeds, epochs and rate; runs are
     # deterministic here); without the copies the grid trains them again.
-    $CLI bench --data "$DATA/snips" --methods full,sparse,sparse_merged,lora,head --tune-lr --seeds 3 --epochs 1 \
+    $CLI bench --data "$DATA/snips" --methods full,sparse,sparse_merged,lora,head --tune-lr --tune-widen 0 --seeds 3 --epochs 1 \
         --out "$OUT/snips-full-tuned"
-    $CLI bench --data "$DATA/snips" --methods random,fisher,gradient,layers,bitfit,prefix --tune-lr --seeds 3 \
+    $CLI bench --data "$DATA/snips" --methods random,fisher,gradient,layers,bitfit,prefix --tune-lr --tune-widen 0 --seeds 3 \
         --epochs 1 --out "$OUT/snips-full-tuned-b"
     # Tenth session: prefix tuning, BitFit and the probe chose their top rate there, so the sweep went on
     # upwards on the same validation split, one rate at a time while the score rose, and 3 seeds ran at the
@@ -202,9 +204,9 @@ fewshot_long() {
     # rate sweep on the validation carve. Two grids ran side by side, one per lane.
     for name in trec6 snips hint3_sofmattress; do
         $CLI bench --data "$DATA/$name" --shots 10 --methods full,sparse,random,fisher --seeds 3 --epochs 30 \
-            --tune-lr --out "$OUT/$name-10shot-e30"
+            --tune-lr --tune-widen 0 --out "$OUT/$name-10shot-e30"
     done
-    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr \
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr --tune-widen 0 \
         --out "$OUT/banking77-10shot-e15"
     # ... and random and Fisher rows there at sparse's chosen rate, as in the 5-epoch banking77 10-shot table.
     lr=$(chosen_lr "$OUT/banking77-10shot-e15" sparse)
@@ -265,9 +267,9 @@ fewshot_auto() {
     # label), every rate swept again; same shots and seeds as fewshot_long. Two lanes: the first three grids
     # and the trec6 checks in one, banking77 in the other.
     $CLI bench --data "$DATA/trec6" --shots 10 --methods full,sparse,random,fisher --seeds 3 --epochs 30 \
-        --tune-lr --out "$OUT/trec6-10shot-e30-auto"
+        --tune-lr --tune-widen 0 --out "$OUT/trec6-10shot-e30-auto"
     for name in snips hint3_sofmattress; do
-        $CLI bench --data "$DATA/$name" --shots 10 --methods full,sparse --seeds 3 --epochs 30 --tune-lr \
+        $CLI bench --data "$DATA/$name" --shots 10 --methods full,sparse --seeds 3 --epochs 30 --tune-lr --tune-widen 0 \
             --out "$OUT/$name-10shot-e30-auto"
     done
     # On test, once chosen: Taylor rows on trec6 at sparse's chosen rate (they led on development rows), and
@@ -275,7 +277,7 @@ fewshot_auto() {
     local g="$OUT/trec6-10shot-e30-auto"
     .venv/bin/python bench/probe_fewshot.py --test "$g" taylor sparse "$(chosen_lr "$g" sparse)" 0,1,2 sensitivity.score=taylor
     .venv/bin/python bench/probe_fewshot.py --test "$g" full-lr2e-4 full 2e-4 0,1,2
-    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr \
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods full,sparse --seeds 3 --epochs 15 --tune-lr --tune-widen 0 \
         --out "$OUT/banking77-10shot-e15-auto"
     # Taylor rows on the other three test splits too, for the record (development rows chose Fisher there).
     for g in "$OUT"/{snips,hint3_sofmattress}-10shot-e30-auto "$OUT/banking77-10shot-e15-auto"; do
@@ -289,23 +291,23 @@ score_tuned() {
     # score with the rate on each grid's validation carve (same shots and seeds as fewshot_auto; trec6's full
     # rows again, for a self-contained table).
     $CLI bench --data "$DATA/hint3_sofmattress" --methods full,sparse,random,fisher --seeds 3 --epochs 10 \
-        --tune-lr --out "$OUT/hint3_sofmattress-full-auto"
-    $CLI bench --data "$DATA/trec6" --shots 10 --methods full,sparse --seeds 3 --epochs 30 --tune-lr --tune-score \
+        --tune-lr --tune-widen 0 --out "$OUT/hint3_sofmattress-full-auto"
+    $CLI bench --data "$DATA/trec6" --shots 10 --methods full,sparse --seeds 3 --epochs 30 --tune-lr --tune-widen 0 --tune-score \
         --out "$OUT/trec6-10shot-e30-tunescore"
     for name in snips hint3_sofmattress; do
-        $CLI bench --data "$DATA/$name" --shots 10 --methods sparse --seeds 3 --epochs 30 --tune-lr --tune-score \
+        $CLI bench --data "$DATA/$name" --shots 10 --methods sparse --seeds 3 --epochs 30 --tune-lr --tune-widen 0 --tune-score \
             --out "$OUT/$name-10shot-e30-tunescore"
     done
-    $CLI bench --data "$DATA/banking77" --shots 10 --methods sparse --seeds 3 --epochs 15 --tune-lr --tune-score \
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods sparse --seeds 3 --epochs 15 --tune-lr --tune-widen 0 --tune-score \
         --out "$OUT/banking77-10shot-e15-tunescore"
     # The budget sweep on trec6 10-shot at the rate and row score the 1% carve chose (its 1% sparse cells are
     # trec6-10shot-e30-tunescore's, copied in by the session), random and unrestricted Fisher rows beside it.
     $CLI bench --data "$DATA/trec6" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.01,0.05 --seeds 3 \
         --epochs 30 --lr sparse=5e-3,random=5e-3,fisher=5e-3 --score sparse=taylor --out "$OUT/trec6-10shot-e30-budgets-taylor"
-    $CLI bench --data "$DATA/trec6" --methods full,sparse --seeds 3 --epochs 3 --tune-lr --out "$OUT/trec6-full-tuned"
+    $CLI bench --data "$DATA/trec6" --methods full,sparse --seeds 3 --epochs 3 --tune-lr --tune-widen 0 --out "$OUT/trec6-full-tuned"
     # Then sparse's row score swept too (the session copied trec6-full-tuned's finished Fisher cells into this
     # folder first, the same runs, rather than train them again).
-    $CLI bench --data "$DATA/trec6" --methods sparse --seeds 3 --epochs 3 --tune-lr --tune-score \
+    $CLI bench --data "$DATA/trec6" --methods sparse --seeds 3 --epochs 3 --tune-lr --tune-widen 0 --tune-score \
         --out "$OUT/trec6-full-tunescore"
     # Full finetuning's head warm-up (1 epoch, the automatic length at 10 shots, or 5) on development rows.
     for g in snips:6.67e-5 hint3_sofmattress:2e-4; do
@@ -331,9 +333,9 @@ out_of_scope() {
         .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_sofmattress-$g" sparse-warm5 sparse 5e-3 0,1,2 \
             sensitivity.warmup_epochs=5
     done
-    $CLI bench --data "$DATA/hint3_curekart" --methods full,sparse --seeds 3 --epochs 10 --tune-lr \
+    $CLI bench --data "$DATA/hint3_curekart" --methods full,sparse --seeds 3 --epochs 10 --tune-lr --tune-widen 0 \
         --out "$OUT/hint3_curekart-full-oos"
-    $CLI bench --data "$DATA/hint3_curekart" --methods random,fisher --seeds 3 --epochs 10 --tune-lr \
+    $CLI bench --data "$DATA/hint3_curekart" --methods random,fisher --seeds 3 --epochs 10 --tune-lr --tune-widen 0 \
         --out "$OUT/hint3_curekart-full-oos-rf"
     .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-full-oos" full-warm5 full 2e-4 0,1,2 \
         sensitivity.warmup_epochs=5
@@ -349,9 +351,9 @@ out_of_scope() {
     .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_curekart-10shot-e30-oos" sparse-warm5 sparse 5e-3 \
         0,1,2 sensitivity.warmup_epochs=5
     # powerplay11 full data, rates swept (full chose 6e-4, sparse and random 5e-3), then the 5-epoch warm-ups
-    $CLI bench --data "$DATA/hint3_powerplay11" --methods full --seeds 3 --epochs 10 --tune-lr \
+    $CLI bench --data "$DATA/hint3_powerplay11" --methods full --seeds 3 --epochs 10 --tune-lr --tune-widen 0 \
         --out "$OUT/hint3_powerplay11-full-oos"
-    $CLI bench --data "$DATA/hint3_powerplay11" --methods sparse,random --seeds 3 --epochs 10 --tune-lr \
+    $CLI bench --data "$DATA/hint3_powerplay11" --methods sparse,random --seeds 3 --epochs 10 --tune-lr --tune-widen 0 \
         --out "$OUT/hint3_powerplay11-full-oos-sr"
     .venv/bin/python bench/probe_fewshot.py --test "$OUT/hint3_powerplay11-full-oos" full-warm5 full 6e-4 0,1,2 \
         sensitivity.warmup_epochs=5

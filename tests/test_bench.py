@@ -31,7 +31,7 @@ from clm_explore.bench_results import (
     difference_interval,
     std_ratio_interval,
 )
-from clm_explore.cli.bench_cmds import comparison_lines
+from clm_explore.cli.bench_cmds import comparison_lines, sweep_lines
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 
 
@@ -293,11 +293,11 @@ def test_cli_says_why_when_no_cell_finished_and_exits_1(data_dir, tmp_path, monk
 
 
 def test_lr_sweep_scores_on_validation_never_test(data_dir, tmp_path):
-    cfg = _cfg(methods=("head",), tune_lr=True)
+    cfg = _cfg(methods=("head",), tune_lr=True, tune_widen=0)
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     out = tmp_path / "out"
     tuning = pd.read_csv(out / "tuning.csv")
-    assert list(tuning["lr"]) == [0.01, 0.00333, 0.03] and tuning["chosen"].sum() == 1
+    assert list(tuning["lr"]) == [0.00333, 0.01, 0.03] and tuning["chosen"].sum() == 1
     chosen = float(tuning.loc[tuning["chosen"], "lr"].iloc[0])
     assert result.lrs["head"] == chosen == result.results.loc[0, "lr"]
     tune_test = pd.read_csv(out / "data_tune" / "test.csv")
@@ -305,8 +305,75 @@ def test_lr_sweep_scores_on_validation_never_test(data_dir, tmp_path):
     assert not set(tune_test["text"]) & set(pd.read_csv(out / "data" / "test.csv")["text"])
 
 
+def scored_by_rate(accuracy_of_lr, calls: list[str]):
+    """A runner that trains nothing: each cell "scores" accuracy_of_lr(its rate) (rates are what the widening
+    of the sweep decides on), and records its name in ``calls``."""
+
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        calls.append(cell.name)
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        accuracy = accuracy_of_lr(cell.lr or 1e-2)
+        metrics = {"status": "succeeded", "accuracy": accuracy, "macro_f1": accuracy, "lr": cell.lr or 1e-2,
+                   "trainable_params": 10, "total_params": 1000}
+        (cell_dir / "metrics.json").write_text(json.dumps(metrics))
+
+    return run
+
+
+def _sweep(tuning: pd.DataFrame) -> list[tuple[float, bool, str]]:
+    return [(r.lr, bool(r.chosen), r.edge if isinstance(r.edge, str) else "") for r in tuning.itertuples()]
+
+
+def test_the_sweep_widens_past_its_edge_until_the_score_falls(data_dir, tmp_path):
+    calls: list[str] = []
+    peak = scored_by_rate(lambda lr: 0.9 - abs(math.log(lr / 0.09)) / 10, calls)  # best at 9x the default 1e-2
+    result = run_grid(data_dir, _cfg(methods=("head",), tune_lr=True), tmp_path / "out", runner=peak, progress=False)
+    assert _sweep(result.tuning) == [(0.00333, False, ""), (0.01, False, ""), (0.03, False, ""), (0.09, True, ""),
+                                     (0.27, False, "")]
+    assert result.lrs == {"head": 0.09} and result.results["lr"].tolist() == [0.09]
+    assert pd.read_csv(tmp_path / "out" / "tuning.csv")["lr"].tolist() == [0.00333, 0.01, 0.03, 0.09, 0.27]
+    calls.clear()  # a resumed grid makes the same choices from the finished cells and runs nothing again
+    again = run_grid(data_dir, _cfg(methods=("head",), tune_lr=True), tmp_path / "out", runner=peak, progress=False)
+    assert calls == [] and again.lrs == {"head": 0.09}
+
+
+def test_a_sweep_that_runs_out_of_widening_says_its_choice_is_at_the_edge(data_dir, tmp_path):
+    falling = scored_by_rate(lambda lr: 1 - lr, [])  # the lower the better: the sweep goes down
+    result = run_grid(data_dir, _cfg(methods=("head",), tune_lr=True, tune_widen=1), tmp_path / "out",
+                      runner=falling, progress=False)
+    assert _sweep(result.tuning)[:2] == [(0.00111, True, "lowest"), (0.00333, False, "")]
+    assert len(result.tuning) == 4
+    lines = sweep_lines(result.tuning)
+    assert lines[0] == "learning rates chosen on validation: head=0.00111"
+    assert "head: 0.00111 is the lowest rate tried" in lines[1]
+    narrow = run_grid(data_dir, _cfg(methods=("head",), tune_lr=True, tune_widen=0), tmp_path / "narrow",
+                      runner=falling, progress=False)
+    assert _sweep(narrow.tuning) == [(0.00333, True, "lowest"), (0.01, False, ""), (0.03, False, "")]
+    with pytest.raises(BenchError, match="tune_widen"):  # its sweep might choose another rate now
+        run_grid(data_dir, _cfg(methods=("head",), tune_lr=True), tmp_path / "narrow", runner=falling,
+                 progress=False)
+    with pytest.raises(BenchError, match="tune_widen"):
+        BenchConfig(tune_widen=-1)
+
+
+def test_a_grid_swept_before_the_sweep_widened_resumes_only_unwidened(data_dir, tmp_path):
+    falling = scored_by_rate(lambda lr: 1 - lr, [])
+    run_grid(data_dir, _cfg(methods=("head",), tune_lr=True, tune_widen=0), tmp_path / "out", runner=falling,
+             progress=False)
+    saved = tmp_path / "out" / "bench.json"
+    saved.write_text(json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "tune_widen"}))
+    with pytest.raises(BenchError, match="tune_widen"):
+        run_grid(data_dir, _cfg(methods=("head",), tune_lr=True), tmp_path / "out", runner=falling, progress=False)
+    old = run_grid(data_dir, _cfg(methods=("head",), tune_lr=True, tune_widen=0), tmp_path / "out", runner=falling,
+                   progress=False)
+    assert old.lrs == {"head": 0.00333}
+    # Without a sweep the width means nothing, so it does not stop a grid from resuming.
+    run_grid(data_dir, _cfg(methods=("head",)), tmp_path / "plain", runner=falling, progress=False)
+    run_grid(data_dir, _cfg(methods=("head",), tune_widen=0), tmp_path / "plain", runner=falling, progress=False)
+
+
 def test_row_score_sweep_picks_the_best_pair_on_validation(data_dir, tmp_path):
-    cfg = _cfg(methods=("head", "sparse"), tune_lr=True, tune_score=True)
+    cfg = _cfg(methods=("head", "sparse"), tune_lr=True, tune_score=True, tune_widen=0)
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     tuning = pd.read_csv(tmp_path / "out" / "tuning.csv", keep_default_na=False)
     sweep = tuning[tuning["method"] == "sparse"]

@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=0, metavar="N", help="cap training rows at N, stratified (0 = all)")
     p.add_argument("--tune-lr", action="store_true",
                    help="per method, sweep 3 learning rates on a validation split (never test) and use the best")
+    p.add_argument("--tune-widen", type=int, default=2, metavar="N",
+                   help="with --tune-lr: where the best rate is the lowest or highest tried, try one more a factor "
+                   "of 3 further, up to N times per method (0 = the 3 rates only; default 2)")
     p.add_argument("--lr", default="", metavar="M=LR,...",
                    help="fixed learning rates per method, e.g. sparse=5e-3,full=6.7e-5 (others: their default)")
     p.add_argument("--tune-score", action="store_true",
@@ -92,7 +95,7 @@ def bench_config(args: argparse.Namespace):
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
-                       lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
+                       tune_widen=args.tune_widen, lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, schedule=args.schedule, average_last=args.average_last,
                        model=args.model, batch_size=args.batch_size,
                        max_length=args.max_length, device=args.device, data=str(Path(args.data).resolve()))
@@ -113,6 +116,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
                     "lr": result.lrs, "score": result.scores, "cells": len(result.results),
+                    "lr_at_edge": _edges(result.tuning),
                     "failed": int((result.results["status"] != "succeeded").sum()),
                     "summary": summary.to_dict(orient="records"),
                     "comparison": result.comparison.to_dict(orient="records")})
@@ -129,12 +133,28 @@ def run_bench(args: argparse.Namespace) -> int:
     if "score" in summary and not summary["score"].fillna("").astype(bool).any():
         cols.remove("score")  # no method of this grid has a row score to show
     print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for line in sweep_lines(result.tuning):
+        print(line)
     for line in comparison_lines(result.comparison):
         print(line)
     if len(failed):
         print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).")
     print(f"report: {result.files['report']}")
     return 0
+
+
+def sweep_lines(tuning: pd.DataFrame | None) -> list[str]:
+    """The rates (and row scores) the sweep chose, and a warning for each still at the edge of what it tried."""
+    if tuning is None or not tuning["chosen"].any():
+        return []
+    chosen = tuning[tuning["chosen"]]
+    picks = ", ".join(f"{r['method']}={r['lr']:.3g}" + (f" ({r['score']})" if r["score"] else "")
+                      for _, r in chosen.iterrows())
+    lines = [f"learning rates chosen on validation: {picks}"]
+    for _, r in chosen[chosen["edge"].astype(bool)].iterrows():
+        lines.append(f"  {r['method']}: {r['lr']:.3g} is the {r['edge']} rate tried, so a wider sweep may do better "
+                     "(raise --tune-widen in a new --out)")
+    return lines
 
 
 def comparison_lines(comparison: pd.DataFrame) -> list[str]:
@@ -150,6 +170,14 @@ def comparison_lines(comparison: pd.DataFrame) -> list[str]:
         lines.append(f"  {pair}: {_points(r, 'accuracy')} {r['verdict']} "
                      f"({r['seeds']} vs {r['versus_seeds']} seeds{ratio}){scope}")
     return lines
+
+
+def _edges(tuning: pd.DataFrame | None) -> dict[str, str]:
+    """Per method whose chosen rate is the lowest or highest its sweep tried: which edge."""
+    if tuning is None:
+        return {}
+    chosen = tuning[tuning["chosen"] & tuning["edge"].astype(bool)]
+    return dict(zip(chosen["method"], chosen["edge"], strict=True))
 
 
 def _ratio(row: pd.Series) -> str:
