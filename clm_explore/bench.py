@@ -26,9 +26,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,8 @@ TUNE_SCORES = ("fisher", "taylor")
 rows by 13 points on trec6 10-shot development rows and trailed by 0.5-0.8 on three other sets: a per-task
 choice, so the grid makes it on validation like the learning rate."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
-              "tune_score", "score", "cold_head", "schedule", "average_last", "tune_widen")
+              "tune_score", "score", "cold_head", "schedule", "average_last", "tune_widen",
+              "tune_each_budget")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
@@ -96,6 +98,10 @@ class BenchConfig:
     more, LR_STEP further that way, at most this many times per method (0 = the three rates only). Until the
     thirty-second session the sweep stopped at three rates, and on banking77 five baselines chose its top
     one; going on by hand lifted LoRA by 2.1 points and the linear probe by 1.8 (BENCHMARKS.md)."""
+    tune_each_budget: bool = False
+    """With ``tune_lr``: every budget of the budgeted methods gets its own sweep (and rate), not only the middle
+    one. A rate chosen at 1% can be far off at 5% (on trec6 10-shot 1%'s rate collapsed every 5% row method,
+    BENCHMARKS.md); the sweep then costs a cell per rate per budget."""
     tune_score: bool = False
     """With ``tune_lr``: the sweep of SCORE_METHODS runs every rate with each of TUNE_SCORES and the best
     (rate, score) pair on validation is used."""
@@ -144,6 +150,8 @@ class BenchConfig:
     def _check_scores(self) -> None:
         if self.tune_score and not self.tune_lr:
             raise BenchError("tune_score sweeps the row score with the learning rate: it needs tune_lr")
+        if self.tune_each_budget and not self.tune_lr:
+            raise BenchError("tune_each_budget sweeps the learning rate per budget: it needs tune_lr")
         if self.score and self.tune_score:
             raise BenchError("give fixed row scores or tune them, not both")
         stray = [m for m in self.score if m not in self.methods or m not in SCORE_METHODS]
@@ -182,9 +190,11 @@ class BenchResult:
     results: pd.DataFrame
     summary: pd.DataFrame
     lrs: dict[str, float] = field(default_factory=dict)
-    """Learning rate used per method (chosen by the sweep with tune_lr, else the default)."""
+    """Learning rate used per method (chosen by the sweep with tune_lr, else the default); a method whose budgets
+    ran at different rates (tune_each_budget) has a key per budget instead, ``method@budget`` (rate_key)."""
     scores: dict[str, str] = field(default_factory=dict)
-    """Row score used per method of SCORE_METHODS (chosen by the sweep with tune_score, else fixed or default)."""
+    """Row score used per method of SCORE_METHODS (chosen by the sweep with tune_score, else fixed or default),
+    keyed like ``lrs``."""
     files: dict[str, Path] = field(default_factory=dict)
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Differences between methods with their intervals (``bench_results.compare_methods``)."""
@@ -250,14 +260,22 @@ def _write_splits(folder: Path, train: pd.DataFrame, val: pd.DataFrame, test: pd
 
 
 def plan_cells(cfg: BenchConfig, lrs: dict[str, float] | None = None, scores: dict[str, str] | None = None) -> list[Cell]:
-    """Every cell of the grid, method by method (budget None for methods without one)."""
+    """Every cell of the grid, method by method (budget None for methods without one). ``lrs`` and ``scores``
+    are keyed by method, or by ``rate_key(method, budget)`` where a budget has its own."""
     lrs, scores = lrs or {}, {**cfg.score, **(scores or {})}
     cells = []
     for method in cfg.methods:
         budgets: tuple[float | None, ...] = cfg.budgets if method in BUDGET_METHODS else (None,)
-        score = _cell_score(scores.get(method, ""))
-        cells += [Cell(method, b, s, lrs.get(method, 0.0), score) for b in budgets for s in range(cfg.seeds)]
+        for b in budgets:
+            key = rate_key(method, b)
+            lr, score = lrs.get(key, lrs.get(method, 0.0)), scores.get(key, scores.get(method, ""))
+            cells += [Cell(method, b, s, lr, _cell_score(score)) for s in range(cfg.seeds)]
     return cells
+
+
+def rate_key(method: str, budget: float | None) -> str:
+    """``sparse@0.05``: the key of a rate (or row score) chosen for one budget of a method."""
+    return method if budget is None else f"{method}@{budget:g}"
 
 
 def _cell_score(score: str) -> str:
@@ -395,23 +413,27 @@ def tune_cells(cfg: BenchConfig) -> list[Cell]:
     tune_score for SCORE_METHODS), the default first so that it wins ties."""
     from clm_explore.training import DEFAULT_LR
 
-    budget = sorted(cfg.budgets)[len(cfg.budgets) // 2]
+    middle = sorted(cfg.budgets)[len(cfg.budgets) // 2]
     cells = []
     for m in cfg.methods:
         scores = TUNE_SCORES if cfg.tune_score and m in SCORE_METHODS else (cfg.score.get(m, ""),)
-        cells += [_TunedCell(m, budget if m in BUDGET_METHODS else None, 0, float(f"{DEFAULT_LR[m] * f:.3g}"),
-                             _cell_score(s)) for s in scores for f in LR_FACTORS]
+        budgets: tuple[float | None, ...] = (None,)
+        if m in BUDGET_METHODS:
+            budgets = tuple(sorted(cfg.budgets)) if cfg.tune_each_budget else (middle,)
+        cells += [_TunedCell(m, b, 0, float(f"{DEFAULT_LR[m] * f:.3g}"), _cell_score(s))
+                  for b in budgets for s in scores for f in LR_FACTORS]
     return cells
 
 
 def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner: Runner,
                         bar: ProgressBar | None = None) -> tuple[dict[str, float], dict[str, str], pd.DataFrame]:
-    """Run the sweep of ``tune_cells``, widened past its edges (``tune_widen``); per method the best validation
-    accuracy picks the rate (and score).
+    """Run the sweep of ``tune_cells``, widened past its edges (``tune_widen``); per method (per budget with
+    ``tune_each_budget``) the best validation accuracy picks the rate (and score).
 
     Returns:
-        (learning rate per method, row score per SCORE_METHODS method, the sweep's table: a row per rate tried,
-        ``chosen`` on the best, ``edge`` = "lowest" / "highest" where the chosen rate is still the sweep's edge).
+        (learning rate per method, row score per SCORE_METHODS method, both keyed by ``rate_key`` with
+        ``tune_each_budget``; the sweep's table: a row per rate tried, ``chosen`` on the best, ``edge`` =
+        "lowest" / "highest" where the chosen rate is still the sweep's edge).
     """
     cells = tune_cells(cfg)
     root = out_dir / "tune"
@@ -426,29 +448,31 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
         cells += wider
     table = pd.DataFrame([{"method": c.method, "budget": c.budget, "lr": c.lr, "score": c.row_score,
                            "val_accuracy": read_metrics(root / c.name).get("accuracy")} for c in cells])
-    table = table.sort_values(["method", "score", "lr"], kind="stable")
+    table = table.sort_values(["method", "budget", "score", "lr"], kind="stable")
     chosen: dict[str, float] = {}
     scores: dict[str, str] = {}
     table["chosen"], table["edge"] = False, ""
-    for method in dict.fromkeys(c.method for c in cells):
-        best = _best_cell([c for c in cells if c.method == method], root)
+    for method, budget in dict.fromkeys((c.method, c.budget) for c in cells):
+        key = rate_key(method, budget) if cfg.tune_each_budget else method
+        best = _best_cell(_sweep_of(method, budget, cells), root)
         if best is None:
-            chosen[method] = 0.0
+            chosen[key] = 0.0
             continue
         at = (table["method"] == method) & (table["score"] == best.row_score) & (table["lr"] == best.lr)
+        at &= table["budget"].isna() if budget is None else table["budget"] == budget
         table.loc[at, ["chosen", "edge"]] = [True, _edge(best, cells)]
-        chosen[method] = best.lr
+        chosen[key] = best.lr
         if method in SCORE_METHODS:
-            scores[method] = best.row_score
+            scores[key] = best.row_score
     return chosen, scores, table.reset_index(drop=True)
 
 
 def widened_cells(cells: list[Cell], root: Path) -> list[Cell]:
-    """One more sweep cell per method whose best rate so far is the lowest or highest it tried (with the best
-    cell's row score): a factor LR_STEP further that way. Empty when every best lies inside its sweep."""
+    """One more sweep cell per (method, budget) whose best rate so far is the lowest or highest it tried (with the
+    best cell's row score): a factor LR_STEP further that way. Empty when every best lies inside its sweep."""
     wider = []
-    for method in dict.fromkeys(c.method for c in cells):
-        best = _best_cell([c for c in cells if c.method == method], root)
+    for method, budget in dict.fromkeys((c.method, c.budget) for c in cells):
+        best = _best_cell(_sweep_of(method, budget, cells), root)
         edge = _edge(best, cells) if best else ""
         if edge:
             lr = best.lr * (LR_STEP if edge == "highest" else 1 / LR_STEP)
@@ -464,9 +488,14 @@ def _best_cell(cells: list[Cell], root: Path) -> Cell | None:
     return max(scored, key=lambda pair: pair[1])[0] if scored else None
 
 
+def _sweep_of(method: str, budget: float | None, cells: list[Cell]) -> list[Cell]:
+    return [c for c in cells if c.method == method and c.budget == budget]
+
+
 def _edge(best: Cell, cells: list[Cell]) -> str:
-    """"highest" / "lowest" when ``best`` has the highest / lowest rate tried by its method with its row score."""
-    rates = [c.lr for c in cells if c.method == best.method and c.score == best.score]
+    """"highest" / "lowest" when ``best`` has the highest / lowest rate tried for its method and budget with its
+    row score."""
+    rates = [c.lr for c in _sweep_of(best.method, best.budget, cells) if c.score == best.score]
     return "highest" if best.lr == max(rates) else "lowest" if best.lr == min(rates) else ""
 
 
@@ -529,8 +558,9 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
         # A grid written before a training field existed ran at that field's default (its data is unknown).
         defaults = {k: v for k, v in asdict(BenchConfig()).items() if k in SAME_CELLS and k != "data"}
         before = {**defaults, **LEGACY_DEFAULTS, **before}
-        for grid in (before, now):  # the sweep's width only matters to a grid that sweeps
-            grid["tune_widen"] = grid["tune_widen"] if grid["tune_lr"] else 0
+        for grid in (before, now):  # how the sweep goes only matters to a grid that sweeps
+            if not grid["tune_lr"]:
+                grid.update(tune_widen=0, tune_each_budget=False)
         changed = [k for k in SAME_CELLS if k in before and before[k] != now[k]]
         if changed:
             raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)}; its finished cells would "
@@ -559,6 +589,22 @@ def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
     files["report"] = out_dir / "report.html"
     files["report"].write_text(render_report(results, summary, masks, overlap, tuning,
                                              json.loads((out_dir / "bench.json").read_text()), comparison))
-    used = {m: float(g["lr"].dropna().iloc[0]) for m, g in results.groupby("method") if g["lr"].notna().any()}
-    scores = {c.method: c.row_score for c in cells if c.row_score}
-    return BenchResult(out_dir, results, summary, {**lrs, **used}, scores, files, comparison, tuning)
+    ran = results.dropna(subset=["lr"])
+    used = _keyed_by_method(zip(ran["method"], ran["budget"], ran["lr"].astype(float), strict=True))
+    scores = _keyed_by_method((c.method, c.budget, c.row_score) for c in cells if c.row_score)
+    unfinished = {k: v for k, v in lrs.items() if k.partition("@")[0] not in {u.partition("@")[0] for u in used}}
+    return BenchResult(out_dir, results, summary, {**unfinished, **used}, scores, files, comparison, tuning)
+
+
+def _keyed_by_method(values: Iterable[tuple[str, float | None, Any]]) -> dict[str, Any]:
+    """{method: value} from (method, budget, value) triples; a method whose budgets differ in value gets a key per
+    budget instead (``rate_key``)."""
+    per_method: dict[str, dict[str | None, Any]] = {}
+    for method, budget, value in values:
+        budget = None if budget is None or (isinstance(budget, float) and math.isnan(budget)) else budget
+        per_method.setdefault(method, {})[rate_key(method, budget)] = value
+    keyed: dict[str, Any] = {}
+    for method, by_budget in per_method.items():
+        distinct = set(by_budget.values())
+        keyed.update({method: distinct.pop()} if len(distinct) == 1 else by_budget)
+    return keyed

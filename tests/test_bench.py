@@ -311,13 +311,16 @@ def scored_by_rate(accuracy_of_lr, calls: list[str]):
 
     def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
         calls.append(cell.name)
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        accuracy = accuracy_of_lr(cell.lr or 1e-2)
-        metrics = {"status": "succeeded", "accuracy": accuracy, "macro_f1": accuracy, "lr": cell.lr or 1e-2,
-                   "trainable_params": 10, "total_params": 1000}
-        (cell_dir / "metrics.json").write_text(json.dumps(metrics))
+        _write_metrics(cell_dir, accuracy_of_lr(cell.lr or 1e-2), cell.lr or 1e-2)
 
     return run
+
+
+def _write_metrics(cell_dir: Path, accuracy: float, lr: float) -> None:
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {"status": "succeeded", "accuracy": accuracy, "macro_f1": accuracy, "lr": lr,
+               "trainable_params": 10, "total_params": 1000}
+    (cell_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
 def _sweep(tuning: pd.DataFrame) -> list[tuple[float, bool, str]]:
@@ -370,6 +373,30 @@ def test_a_grid_swept_before_the_sweep_widened_resumes_only_unwidened(data_dir, 
     # Without a sweep the width means nothing, so it does not stop a grid from resuming.
     run_grid(data_dir, _cfg(methods=("head",)), tmp_path / "plain", runner=falling, progress=False)
     run_grid(data_dir, _cfg(methods=("head",), tune_widen=0), tmp_path / "plain", runner=falling, progress=False)
+
+
+def test_each_budget_can_get_its_own_rate(data_dir, tmp_path):
+    def runner(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        lr = cell.lr or 5e-3  # the best rate falls as the budget grows: 1.5e-2 at 1%, nearest 5e-3 at 5%
+        _write_metrics(cell_dir, 0.9 - abs(math.log(lr * cell.budget / 0.01 / 1.5e-2)) / 10, lr)
+
+    shared = run_grid(data_dir, _cfg(methods=("sparse",), budgets=(0.01, 0.05), tune_lr=True), tmp_path / "shared",
+                      runner=runner, progress=False)
+    assert len(shared.tuning) == 3 and set(shared.tuning["budget"]) == {0.05}  # the middle budget's sweep
+    assert shared.lrs == {"sparse": 5e-3}
+    cfg = _cfg(methods=("sparse",), budgets=(0.01, 0.05), tune_lr=True, tune_each_budget=True)
+    each = run_grid(data_dir, cfg, tmp_path / "each", runner=runner, progress=False)
+    chosen = each.tuning[each.tuning["chosen"]]
+    assert dict(zip(chosen["budget"], chosen["lr"], strict=True)) == {0.01: 0.015, 0.05: 0.005}
+    assert len(each.tuning) == 7  # 3 rates a budget, and 1% went on upwards once until its score fell
+    assert each.lrs == {"sparse@0.01": 0.015, "sparse@0.05": 0.005}
+    assert dict(zip(each.results["budget"], each.results["lr"], strict=True)) == {0.01: 0.015, 0.05: 0.005}
+    assert sweep_lines(each.tuning) == [
+        "learning rates chosen on validation: sparse@0.01=0.015 (fisher), sparse@0.05=0.005 (fisher)"]
+    with pytest.raises(BenchError, match="tune_each_budget"):  # the shared grid's cells ran at one rate
+        run_grid(data_dir, cfg, tmp_path / "shared", runner=runner, progress=False)
+    with pytest.raises(BenchError, match="needs tune_lr"):
+        BenchConfig(tune_each_budget=True)
 
 
 def test_row_score_sweep_picks_the_best_pair_on_validation(data_dir, tmp_path):

@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tune-widen", type=int, default=2, metavar="N",
                    help="with --tune-lr: where the best rate is the lowest or highest tried, try one more a factor "
                    "of 3 further, up to N times per method (0 = the 3 rates only; default 2)")
+    p.add_argument("--tune-each-budget", action="store_true",
+                   help="with --tune-lr: sweep every budget of the budgeted methods, not only the middle one")
     p.add_argument("--lr", default="", metavar="M=LR,...",
                    help="fixed learning rates per method, e.g. sparse=5e-3,full=6.7e-5 (others: their default)")
     p.add_argument("--tune-score", action="store_true",
@@ -95,7 +97,7 @@ def bench_config(args: argparse.Namespace):
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
-                       tune_widen=args.tune_widen, lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
+                       tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget, lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, schedule=args.schedule, average_last=args.average_last,
                        model=args.model, batch_size=args.batch_size,
                        max_length=args.max_length, device=args.device, data=str(Path(args.data).resolve()))
@@ -148,12 +150,16 @@ def sweep_lines(tuning: pd.DataFrame | None) -> list[str]:
     if tuning is None or not tuning["chosen"].any():
         return []
     chosen = tuning[tuning["chosen"]]
-    picks = ", ".join(f"{r['method']}={r['lr']:.3g}" + (f" ({r['score']})" if r["score"] else "")
-                      for _, r in chosen.iterrows())
+    per_budget = chosen["method"].duplicated(keep=False)  # tune_each_budget: a choice per budget
+    names = [_name(m, b) if several else m for m, b, several in zip(chosen["method"], chosen["budget"], per_budget,
+                                                                     strict=True)]
+    picks = ", ".join(f"{name}={r['lr']:.3g}" + (f" ({r['score']})" if r["score"] else "")
+                      for name, (_, r) in zip(names, chosen.iterrows(), strict=True))
     lines = [f"learning rates chosen on validation: {picks}"]
-    for _, r in chosen[chosen["edge"].astype(bool)].iterrows():
-        lines.append(f"  {r['method']}: {r['lr']:.3g} is the {r['edge']} rate tried, so a wider sweep may do better "
-                     "(raise --tune-widen in a new --out)")
+    for name, (_, r) in zip(names, chosen.iterrows(), strict=True):
+        if r["edge"]:
+            lines.append(f"  {name}: {r['lr']:.3g} is the {r['edge']} rate tried, so a wider sweep may do better "
+                         "(raise --tune-widen in a new --out)")
     return lines
 
 
@@ -176,8 +182,10 @@ def _edges(tuning: pd.DataFrame | None) -> dict[str, str]:
     """Per method whose chosen rate is the lowest or highest its sweep tried: which edge."""
     if tuning is None:
         return {}
-    chosen = tuning[tuning["chosen"] & tuning["edge"].astype(bool)]
-    return dict(zip(chosen["method"], chosen["edge"], strict=True))
+    chosen = tuning[tuning["chosen"]]
+    per_budget = chosen["method"].duplicated(keep=False)
+    return {_name(m, b) if several else m: edge for m, b, several, edge in
+            zip(chosen["method"], chosen["budget"], per_budget, chosen["edge"], strict=True) if edge}
 
 
 def _ratio(row: pd.Series) -> str:
