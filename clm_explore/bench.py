@@ -23,10 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +122,11 @@ class BenchConfig:
     batch_size: int = 32
     max_length: int = 64
     device: str = "auto"
+    jobs: int = 1
+    """Cells that run at the same time, each its own process. With several GPUs (device auto or cuda) each
+    running cell gets one of them in turn (CUDA_VISIBLE_DEVICES); on a CPU each gets cores / jobs threads
+    unless OMP_NUM_THREADS is set. Cells that ran side by side time each other's contention: compare their
+    seconds with each other, not with a grid run one cell at a time."""
     data_seed: int = 0
     data: str = ""
     """Where the data came from (recorded, and checked when a grid resumes)."""
@@ -132,8 +140,8 @@ class BenchConfig:
         for name in ("seeds", "epochs"):
             if getattr(self, name) < 1:
                 raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.tune_widen < 0:
-            raise BenchError(f"tune_widen must be >= 0, got {self.tune_widen}")
+        if self.tune_widen < 0 or self.jobs < 1:
+            raise BenchError(f"tune_widen must be >= 0 and jobs >= 1, got {self.tune_widen} and {self.jobs}")
         try:  # the recipe's rules are finetune's own
             FinetuneConfig(schedule=self.schedule, average_last=self.average_last)
         except ConfigError as exc:
@@ -312,26 +320,60 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
 
 
 def subprocess_runner(cfg: BenchConfig) -> Runner:
-    """Run each cell as a subprocess; stderr goes to the log, progress is read from progress.jsonl."""
+    """Run each cell as a subprocess; stderr goes to the log, progress is read from progress.jsonl. With
+    ``cfg.jobs`` > 1 each running cell holds one of ``cell_environments`` (its GPU or its threads)."""
+    slots: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
+    for env in cell_environments(cfg.jobs, cfg.device):
+        slots.put(env)
 
     def run(cell: Cell, data_dir: Path, cell_dir: Path, log_path: Path, report: Callable[[str], None]) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(finetune_command(cell, cfg, data_dir, cell_dir), stdout=subprocess.DEVNULL,
-                                    stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            try:
-                while proc.poll() is None:
-                    report(_cell_progress(cell_dir))
-                    time.sleep(0.5)
-            except BaseException:  # interrupted: stop the cell we started, leave it unfinished
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                raise
+        slot = slots.get()
+        try:
+            _run_process(finetune_command(cell, cfg, data_dir, cell_dir), slot, cell_dir, log_path, report)
+        finally:
+            slots.put(slot)
 
     return run
+
+
+def cell_environments(jobs: int, device: str, gpus: list[str] | None = None) -> list[dict[str, str]]:
+    """The extra environment of each of ``jobs`` cell slots: one GPU each in turn where ``device`` may take any
+    of several (``gpus``: the visible ones, found when None); else, below the CPU's cores, an equal share of
+    them as threads (unless OMP_NUM_THREADS is set)."""
+    if device in ("auto", "cuda"):
+        gpus = _visible_gpus() if gpus is None else gpus
+        if len(gpus) > 1:
+            return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(jobs)]
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        return [{"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}] * jobs
+    return [{}] * jobs
+
+
+def _visible_gpus() -> list[str]:
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _run_process(cmd: list[str], env: dict[str, str], cell_dir: Path, log_path: Path,
+                 report: Callable[[str], None]) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+        try:
+            while proc.poll() is None:
+                report(_cell_progress(cell_dir))
+                time.sleep(0.5)
+        except BaseException:  # interrupted (or told to stop): stop the cell we started, leave it unfinished
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
 
 
 def _cell_progress(cell_dir: Path) -> str:
@@ -351,8 +393,9 @@ class ProgressBar:
     finished cells are printed, one line each.
     """
 
-    def __init__(self, total: int, stream=None, width: int = 24):
-        self.total, self.done, self.width = total, 0, width
+    def __init__(self, total: int, stream=None, width: int = 24, jobs: int = 1):
+        self.total, self.done, self.width, self.jobs = total, 0, width, jobs
+        self._lock = threading.Lock()  # cells running side by side (jobs > 1) report from their own threads
         self.stream = stream or sys.stderr
         self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.started = time.perf_counter()
@@ -360,21 +403,27 @@ class ProgressBar:
         self._last = (0.0, "")
 
     def show(self, label: str, detail: str = "", final: bool = False) -> None:
+        with self._lock:
+            self._show(label, detail, final)
+
+    def _show(self, label: str, detail: str, final: bool) -> None:
         now = time.perf_counter()
         if not (final or (self.is_tty and (now - self._last[0] >= 1 or detail != self._last[1]))):
             return
         self._last = (now, detail)
         filled = int(self.width * self.done / max(self.total, 1))
-        left = f", ~{_clock(np.mean(self.ran) * (self.total - self.done))} left" if self.ran else ""
+        rest = np.mean(self.ran) * (self.total - self.done) / self.jobs if self.ran else 0.0
+        left = f", ~{_clock(rest)} left" if self.ran else ""
         line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {label} {detail}"
         line = f"{line} ({_clock(now - self.started)}{left})"
         self.stream.write(f"\r{line:<100}" if self.is_tty else line + "\n")
         self.stream.flush()
 
     def advance(self, seconds: float | None) -> None:
-        self.done += 1
-        if seconds is not None:
-            self.ran.append(seconds)
+        with self._lock:
+            self.done += 1
+            if seconds is not None:
+                self.ran.append(seconds)
 
     def close(self) -> None:
         if self.is_tty:
@@ -387,25 +436,63 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
-def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, bar: ProgressBar | None) -> None:
+class CellStopped(BaseException):
+    """Raised into a running cell's progress report when the grid stops (an interrupt while cells run side by
+    side): its runner stops the cell's process, which stays unfinished for a rerun. A BaseException, like
+    KeyboardInterrupt, so that it is not recorded as the cell's failure."""
+
+
+def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, bar: ProgressBar | None,
+               jobs: int = 1) -> None:
+    """Run the cells not finished yet, ``jobs`` at a time. On an interrupt the running cells are stopped and the
+    interrupt goes on to the caller."""
+    todo = []
     for cell in cells:
-        cell_dir, log = root / cell.name, root.parent / "logs" / f"{root.name}-{cell.name}.log"
-        label = f"{cell.name}" + (f" lr={cell.lr:.3g}" if cell.lr else "")
-        if finished(cell_dir):
-            if bar:
-                bar.advance(None)
-            continue
-        started = time.perf_counter()
-        if bar:
-            bar.show(label)
+        if not finished(root / cell.name):
+            todo.append(cell)
+        elif bar:
+            bar.advance(None)
+    if jobs == 1:
+        for cell in todo:
+            _run_cell(cell, root, data_dir, runner, bar)
+        return
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_run_cell, cell, root, data_dir, runner, bar, stop) for cell in todo]
         try:
-            runner(cell, data_dir, cell_dir, log, lambda detail, label=label: bar.show(label, detail) if bar else None)
-        except Exception as exc:  # one broken cell must not stop the grid; its row says why
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(f"{type(exc).__name__}: {exc}\n")
+            for future in futures:
+                future.result()
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _run_cell(cell: Cell, root: Path, data_dir: Path, runner: Runner, bar: ProgressBar | None,
+              stop: threading.Event | None = None) -> None:
+    if stop is not None and stop.is_set():
+        return
+    cell_dir, log = root / cell.name, root.parent / "logs" / f"{root.name}-{cell.name}.log"
+    label = f"{cell.name}" + (f" lr={cell.lr:.3g}" if cell.lr else "")
+
+    def report(detail: str) -> None:
+        if stop is not None and stop.is_set():
+            raise CellStopped(cell.name)
         if bar:
-            bar.advance(time.perf_counter() - started)
-            bar.show(label, "done" if finished(cell_dir) else "FAILED (see logs/)", final=True)
+            bar.show(label, detail)
+
+    started = time.perf_counter()
+    if bar:
+        bar.show(label)
+    try:
+        runner(cell, data_dir, cell_dir, log, report)
+    except Exception as exc:  # one broken cell must not stop the grid; its row says why
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"{type(exc).__name__}: {exc}\n")
+    if bar:
+        bar.advance(time.perf_counter() - started)
+        bar.show(label, "done" if finished(cell_dir) else "FAILED (see logs/)", final=True)
 
 
 def tune_cells(cfg: BenchConfig) -> list[Cell]:
@@ -437,14 +524,14 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
     """
     cells = tune_cells(cfg)
     root = out_dir / "tune"
-    _run_cells(cells, root, tune_dir, runner, bar)
+    _run_cells(cells, root, tune_dir, runner, bar, cfg.jobs)
     for _ in range(cfg.tune_widen):
         wider = widened_cells(cells, root)
         if not wider:
             break
         if bar:
             bar.total += len(wider)
-        _run_cells(wider, root, tune_dir, runner, bar)
+        _run_cells(wider, root, tune_dir, runner, bar, cfg.jobs)
         cells += wider
     table = pd.DataFrame([{"method": c.method, "budget": c.budget, "lr": c.lr, "score": c.row_score,
                            "val_accuracy": read_metrics(root / c.name).get("accuracy")} for c in cells])
@@ -529,13 +616,13 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     lrs: dict[str, float] = dict(cfg.lr)
     tuning = None
     n_tune = len(tune_cells(cfg)) if cfg.tune_lr else 0
-    bar = ProgressBar(n_tune + len(plan_cells(cfg))) if progress else None
+    bar = ProgressBar(n_tune + len(plan_cells(cfg)), jobs=cfg.jobs) if progress else None
     cells = plan_cells(cfg, lrs)
     try:
         if cfg.tune_lr:
             lrs, scores, tuning = tune_learning_rates(cfg, out_dir, tune_dir, runner, bar)
             cells = plan_cells(cfg, lrs, scores)
-        _run_cells(cells, out_dir / "cells", data_dir, runner, bar)
+        _run_cells(cells, out_dir / "cells", data_dir, runner, bar, cfg.jobs)
     except KeyboardInterrupt:
         write_outputs(out_dir, cells, lrs, tuning)  # what finished so far; a rerun resumes
         raise

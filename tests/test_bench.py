@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from clm_explore.bench import (
     BenchConfig,
     BenchError,
     Cell,
+    cell_environments,
     few_shot,
     finetune_command,
     plan_cells,
@@ -397,6 +400,60 @@ def test_each_budget_can_get_its_own_rate(data_dir, tmp_path):
         run_grid(data_dir, cfg, tmp_path / "shared", runner=runner, progress=False)
     with pytest.raises(BenchError, match="needs tune_lr"):
         BenchConfig(tune_each_budget=True)
+
+
+def test_cells_run_side_by_side_with_jobs(data_dir, tmp_path):
+    running, most, lock = [0], [0], threading.Lock()
+
+    def runner(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        _write_metrics(cell_dir, 0.5, cell.lr or 1e-2)
+
+    result = run_grid(data_dir, _cfg(methods=("head", "bitfit"), seeds=3, jobs=2), tmp_path / "out", runner=runner,
+                      progress=False)
+    assert most[0] == 2 and (result.results["status"] == "succeeded").all() and len(result.results) == 6
+    with pytest.raises(BenchError, match="jobs"):
+        BenchConfig(jobs=0)
+
+
+def test_an_interrupt_stops_the_cells_running_side_by_side(data_dir, tmp_path):
+    stopped, started = [], threading.Event()
+
+    def runner(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        if cell.seed == 0:  # the "Ctrl+C" arrives while the other cell runs
+            started.wait(10)
+            _thread.interrupt_main()
+            return
+        started.set()
+        try:
+            for _ in range(200):  # a cell's process being watched, as subprocess_runner does
+                report("step")
+                time.sleep(0.05)
+        except BaseException:
+            stopped.append(cell.name)
+            raise
+        _write_metrics(cell_dir, 0.5, 1e-2)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(data_dir, _cfg(methods=("head",), seeds=2, jobs=2), tmp_path / "out", runner=runner, progress=False)
+    assert stopped == ["head-s1"] and not (tmp_path / "out" / "cells" / "head-s1" / "metrics.json").exists()
+    assert (tmp_path / "out" / "results.csv").is_file()  # what finished so far is written on the way out
+
+
+def test_each_running_cell_gets_its_own_gpu_or_share_of_the_cores(monkeypatch):
+    assert cell_environments(3, "auto", gpus=["0", "1"]) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "0")]
+    assert cell_environments(2, "cuda:1", gpus=["0", "1"]) == [{}, {}]  # one device named: every cell on it
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert cell_environments(2, "cpu") == [{"OMP_NUM_THREADS": "4"}] * 2
+    assert cell_environments(1, "cpu") == [{}]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cell_environments(2, "auto", gpus=["0"]) == [{}, {}]
 
 
 def test_row_score_sweep_picks_the_best_pair_on_validation(data_dir, tmp_path):

@@ -55,6 +55,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
     p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="cells run at the same time, each its own process; with several GPUs each gets one in turn, "
+                   "on a CPU cores/N threads each unless OMP_NUM_THREADS is set (default 1)")
     p.add_argument("--out", default="bench-out", metavar="DIR", help="grid folder; rerun with it to resume")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_bench)
@@ -97,10 +100,12 @@ def bench_config(args: argparse.Namespace):
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
-                       tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget, lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
+                       tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget,
+                       lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, schedule=args.schedule, average_last=args.average_last,
                        model=args.model, batch_size=args.batch_size,
-                       max_length=args.max_length, device=args.device, data=str(Path(args.data).resolve()))
+                       max_length=args.max_length, device=args.device, jobs=args.jobs,
+                       data=str(Path(args.data).resolve()))
 
 
 def run_bench(args: argparse.Namespace) -> int:
