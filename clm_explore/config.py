@@ -202,6 +202,8 @@ CACHE_DTYPES = ("float32", "float16", "bfloat16")
 """How the frozen-layer cache stores its states (FinetuneConfig.cache_dtype)."""
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 """How the training step is compiled (FinetuneConfig.compile): off, or a ``torch.compile`` mode."""
+TUNE_WIDEN = 4
+"""How many rates a learning-rate sweep may add past its edge per method (``bench.BenchConfig.tune_widen``)."""
 
 
 @dataclass(frozen=True)

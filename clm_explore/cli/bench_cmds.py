@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import UserError, add_data_args, print_json
-from clm_explore.config import METHODS, SCHEDULES, DataConfig, FinetuneConfig
+from clm_explore.config import METHODS, SCHEDULES, TUNE_WIDEN, DataConfig, FinetuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,9 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=0, metavar="N", help="cap training rows at N, stratified (0 = all)")
     p.add_argument("--tune-lr", action="store_true",
                    help="per method, sweep 3 learning rates on a validation split (never test) and use the best")
-    p.add_argument("--tune-widen", type=int, default=2, metavar="N",
+    p.add_argument("--tune-widen", type=int, default=TUNE_WIDEN, metavar="N",
                    help="with --tune-lr: where the best rate is the lowest or highest tried, try one more a factor "
-                   "of 3 further, up to N times per method (0 = the 3 rates only; default 2)")
+                   f"of 3 further, up to N times per method (0 = the 3 rates only; default {TUNE_WIDEN})")
     p.add_argument("--tune-each-budget", action="store_true",
                    help="with --tune-lr: sweep every budget of the budgeted methods, not only the middle one")
     p.add_argument("--lr", default="", metavar="M=LR,...",
