@@ -458,10 +458,11 @@ def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, ba
         for cell in todo:
             _run_cell(cell, root, data_dir, runner, bar)
         return
-    stop = threading.Event()
+    stop, futures = threading.Event(), []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_cell, cell, root, data_dir, runner, bar, stop) for cell in todo]
-        try:
+        try:  # submitting inside: an interrupt may come while the first cells already run
+            for cell in todo:
+                futures.append(pool.submit(_run_cell, cell, root, data_dir, runner, bar, stop))
             for future in futures:
                 future.result()
         except BaseException:
