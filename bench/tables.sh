@@ -43,12 +43,13 @@
 #   bash bench/tables.sh oracle   # twenty-eighth session: sparse with the rows full finetuning moved most
 #                                 # (bench/probe_oracle.py): banking77 full data, seeds 0-2 (validation carve);
 #                                 # snips, trec6 and hint3_sofmattress 10-shot, 5 seeds
+#   bash bench/tables.sh widened  # thirty-second session: the 10-shot grids with the sweep widened past its edge
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
-# hold fewer methods than the others: what fit the sessions' CPU time. Every sweep here is the one the grids were
-# published with, three rates (`--tune-widen 0`); since the thirty-second session `bench --tune-lr` widens past
+# hold fewer methods than the others: what fit the sessions' CPU time. Every sweep here but the `widened` lane's
+# is the one the grids were published with, three rates (`--tune-widen 0`); since the thirty-second session `bench --tune-lr` widens past
 # an edge choice by default, and the published grids went on upwards by hand instead (upward_rate below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -683,7 +684,27 @@ sampled() {
     wait
 }
 
+# Thirty-second session: the 10-shot grids again with the sweep widened past its edge (the default now), sparse
+# and five baselines, two cells at a time (--jobs 2); banking77 also at the old three rates' choices; trec6's
+# budget sweep with a sweep per budget. banking77 ran first as two grids widened twice (b77-10shot-widen-A/-B),
+# then the methods still at the edge went on in b77-10shot-widen4 (their sweep cells copied in); one grid at
+# the default four steps tries the same rates and so should make the same choices (the cells are deterministic
+# on the CPU: widen4's seeds repeated -A's and -B's exactly).
+widened() {
+    local out="$OUT/s32" bench="$CLI bench --shots 10 --seeds 3 --tune-lr --jobs 2"
+    local all=sparse,head,bitfit,lora,prefix,layers
+    $bench --data "$DATA/banking77" --methods "$all" --epochs 5 --out "$out/b77-10shot-widen"
+    $bench --data "$DATA/banking77" --methods head,bitfit,layers,lora,prefix --epochs 5 --tune-widen 0 \
+        --out "$out/b77-10shot-narrow"  # the three-rate sweep's choices: head 3e-2, bitfit 3e-3, layers 6e-4,
+                                        # lora 1.5e-3, prefix 3e-2 (the published run fixed them with --lr)
+    $bench --data "$DATA/snips" --methods "$all" --epochs 30 --out "$out/snips-10shot-widen"
+    $bench --data "$DATA/trec6" --methods "$all" --epochs 30 --tune-score --out "$out/trec6-10shot-widen"
+    $bench --data "$DATA/hint3_sofmattress" --methods "$all" --epochs 30 --out "$out/hint3-10shot-widen"
+    $bench --data "$DATA/trec6" --methods sparse,random,fisher --budgets 0.001,0.01,0.05 --epochs 30 \
+        --tune-each-budget --out "$out/trec6-10shot-budgets-each"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened" >&2; exit 2 ;;
 esac
