@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -463,8 +463,11 @@ def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, ba
         try:  # submitting inside: an interrupt may come while the first cells already run
             for cell in todo:
                 futures.append(pool.submit(_run_cell, cell, root, data_dir, runner, bar, stop))
-            for future in futures:
-                future.result()
+            pending = set(futures)
+            while pending:  # wake up twice a second: a signal another thread took is then handled here
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()
         except BaseException:
             stop.set()
             for future in futures:
