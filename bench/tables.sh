@@ -700,6 +700,9 @@ widened() {
     $bench --data "$DATA/snips" --methods "$all" --epochs 30 --out "$out/snips-10shot-widen"
     $bench --data "$DATA/trec6" --methods "$all" --epochs 30 --tune-score --out "$out/trec6-10shot-widen"
     $bench --data "$DATA/hint3_sofmattress" --methods "$all" --epochs 30 --out "$out/hint3-10shot-widen"
+    for name in snips trec6; do
+        $bench --data "$DATA/$name" --methods full --epochs 30 --out "$out/$name-10shot-widen-full"
+    done
     $bench --data "$DATA/trec6" --methods sparse,random,fisher --budgets 0.001,0.01,0.05 --epochs 30 \
         --tune-each-budget --out "$out/trec6-10shot-budgets-each"
 }
