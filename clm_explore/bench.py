@@ -539,25 +539,20 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
             bar.total += len(wider)
         _run_cells(wider, root, tune_dir, runner, bar, cfg.jobs)
         cells += wider
+    groups = dict.fromkeys((c.method, c.budget) for c in cells)
+    best = {(m, b): _best_cell(_sweep_of(m, b, cells), root) for m, b in groups}
+    winners = {cell for cell in best.values() if cell is not None}
     table = pd.DataFrame([{"method": c.method, "budget": c.budget, "lr": c.lr, "score": c.row_score,
-                           "val_accuracy": read_metrics(root / c.name).get("accuracy")} for c in cells])
-    table = table.sort_values(["method", "budget", "score", "lr"], kind="stable")
+                           "val_accuracy": read_metrics(root / c.name).get("accuracy"), "chosen": c in winners,
+                           "edge": _edge(c, cells) if c in winners else ""} for c in cells])
     chosen: dict[str, float] = {}
     scores: dict[str, str] = {}
-    table["chosen"], table["edge"] = False, ""
-    for method, budget in dict.fromkeys((c.method, c.budget) for c in cells):
+    for (method, budget), cell in best.items():
         key = rate_key(method, budget) if cfg.tune_each_budget else method
-        best = _best_cell(_sweep_of(method, budget, cells), root)
-        if best is None:
-            chosen[key] = 0.0
-            continue
-        at = (table["method"] == method) & (table["score"] == best.row_score) & (table["lr"] == best.lr)
-        at &= table["budget"].isna() if budget is None else table["budget"] == budget
-        table.loc[at, ["chosen", "edge"]] = [True, _edge(best, cells)]
-        chosen[key] = best.lr
-        if method in SCORE_METHODS:
-            scores[key] = best.row_score
-    return chosen, scores, table.reset_index(drop=True)
+        chosen[key] = cell.lr if cell else 0.0
+        if cell and method in SCORE_METHODS:
+            scores[key] = cell.row_score
+    return chosen, scores, table.sort_values(["method", "budget", "score", "lr"], kind="stable").reset_index(drop=True)
 
 
 def widened_cells(cells: list[Cell], root: Path) -> list[Cell]:
@@ -685,7 +680,8 @@ def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
     ran = results.dropna(subset=["lr"])
     used = _keyed_by_method(zip(ran["method"], ran["budget"], ran["lr"].astype(float), strict=True))
     scores = _keyed_by_method((c.method, c.budget, c.row_score) for c in cells if c.row_score)
-    unfinished = {k: v for k, v in lrs.items() if k.partition("@")[0] not in {u.partition("@")[0] for u in used}}
+    ran_methods = {key.partition("@")[0] for key in used}
+    unfinished = {k: v for k, v in lrs.items() if k.partition("@")[0] not in ran_methods}
     return BenchResult(out_dir, results, summary, {**unfinished, **used}, scores, files, comparison, tuning)
 
 

@@ -155,9 +155,7 @@ def sweep_lines(tuning: pd.DataFrame | None) -> list[str]:
     if tuning is None or not tuning["chosen"].any():
         return []
     chosen = tuning[tuning["chosen"]]
-    per_budget = chosen["method"].duplicated(keep=False)  # tune_each_budget: a choice per budget
-    names = [_name(m, b) if several else m for m, b, several in zip(chosen["method"], chosen["budget"], per_budget,
-                                                                     strict=True)]
+    names = _chosen_names(chosen)
     picks = ", ".join(f"{name}={r['lr']:.3g}" + (f" ({r['score']})" if r["score"] else "")
                       for name, (_, r) in zip(names, chosen.iterrows(), strict=True))
     lines = [f"learning rates chosen on validation: {picks}"]
@@ -188,9 +186,14 @@ def _edges(tuning: pd.DataFrame | None) -> dict[str, str]:
     if tuning is None:
         return {}
     chosen = tuning[tuning["chosen"]]
+    return {name: edge for name, edge in zip(_chosen_names(chosen), chosen["edge"], strict=True) if edge}
+
+
+def _chosen_names(chosen: pd.DataFrame) -> list[str]:
+    """'sparse', or 'sparse@0.05' where a method has a choice per budget (tune_each_budget)."""
     per_budget = chosen["method"].duplicated(keep=False)
-    return {_name(m, b) if several else m: edge for m, b, several, edge in
-            zip(chosen["method"], chosen["budget"], per_budget, chosen["edge"], strict=True) if edge}
+    return [_name(m, b) if several else m
+            for m, b, several in zip(chosen["method"], chosen["budget"], per_budget, strict=True)]
 
 
 def _ratio(row: pd.Series) -> str:
