@@ -165,8 +165,10 @@ def die(on_step=None, should_stop=None) -> None:
 
 
 @pytest.fixture(scope="module")
-def process_jobs():
-    q = JobQueue(RunStore(), processes=True)
+def process_jobs(tmp_path_factory: pytest.TempPathFactory):
+    # Its own root: a module fixture is set up before the per-test run root of conftest applies,
+    # so RunStore() here would write into ./runs.
+    q = JobQueue(RunStore(tmp_path_factory.mktemp("process-jobs") / "runs"), processes=True)
     q.warm("cpu")
     yield q
     q.shutdown()
