@@ -44,11 +44,13 @@
 #                                 # (bench/probe_oracle.py): banking77 full data, seeds 0-2 (validation carve);
 #                                 # snips, trec6 and hint3_sofmattress 10-shot, 5 seeds
 #   bash bench/tables.sh widened  # thirty-second session: the 10-shot grids with the sweep widened past its edge
+#   bash bench/tables.sh widened_rows  # thirty-third session: random, Fisher and gradient rows and full finetuning
+#                                 # with the widened sweep (10-shot), hint3 full data, 10-shot budget sweeps
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
 # Each grid resumes where it stopped: rerun the same lane after an interruption. The banking77 grids
-# hold fewer methods than the others: what fit the sessions' CPU time. Every sweep here but the `widened` lane's
+# hold fewer methods than the others: what fit the sessions' CPU time. Every sweep here but the `widened` lanes'
 # is the one the grids were published with, three rates (`--tune-widen 0`); since the thirty-second session `bench --tune-lr` widens past
 # an edge choice by default, and the published grids went on upwards by hand instead (upward_rate below).
 set -euo pipefail
@@ -707,7 +709,28 @@ widened() {
         --tune-each-budget --out "$out/trec6-10shot-budgets-each"
 }
 
+widened_rows() {
+    local out="$OUT/s33" bench="$CLI bench --seeds 3 --tune-lr --jobs 2"
+    $bench --data "$DATA/banking77" --shots 10 --methods sparse,random,fisher,gradient,full --epochs 5 \
+        --out "$out/b77-10shot-widen-rows"
+    $bench --data "$DATA/snips" --shots 10 --methods sparse,random,fisher,gradient --epochs 30 \
+        --out "$out/snips-10shot-widen-rows"
+    $bench --data "$DATA/trec6" --shots 10 --methods sparse,gradient --epochs 30 --tune-score \
+        --out "$out/trec6-10shot-widen-rows"
+    $bench --data "$DATA/hint3_sofmattress" --shots 10 --methods sparse,random,fisher,gradient,full --epochs 30 \
+        --out "$out/hint3-10shot-widen-rows"
+    $bench --data "$DATA/hint3_sofmattress" --methods full,sparse,head,bitfit,lora,prefix,layers,random,fisher,gradient \
+        --epochs 10 --out "$out/hint3-full-widen"
+    # The budget sweep at 0.1% and 5% (1% is in the grids above), a sweep per budget.
+    for name in snips hint3_sofmattress; do
+        $bench --data "$DATA/$name" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.05 --epochs 30 \
+            --tune-each-budget --out "$out/$name-10shot-budgets-each"
+    done
+    $bench --data "$DATA/banking77" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.05 --epochs 5 \
+        --tune-each-budget --out "$out/banking77-10shot-budgets-each"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows" >&2; exit 2 ;;
 esac
