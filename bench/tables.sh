@@ -710,23 +710,23 @@ widened() {
 }
 
 widened_rows() {
-    local out="$OUT/s33" bench="$CLI bench --seeds 3 --tune-lr --jobs 2"
-    $bench --data "$DATA/banking77" --shots 10 --methods sparse,random,fisher,gradient,full --epochs 5 \
+    local out="$OUT/s33" bench="$CLI bench --tune-lr --jobs 2"
+    $bench --data "$DATA/banking77" --shots 10 --methods sparse,random,fisher,gradient,full --epochs 5 --seeds 5 \
         --out "$out/b77-10shot-widen-rows"
-    $bench --data "$DATA/snips" --shots 10 --methods sparse,random,fisher,gradient --epochs 30 \
+    $bench --data "$DATA/snips" --shots 10 --methods sparse,random,fisher,gradient --epochs 30 --seeds 3 \
         --out "$out/snips-10shot-widen-rows"
-    $bench --data "$DATA/trec6" --shots 10 --methods sparse,gradient --epochs 30 --tune-score \
+    $bench --data "$DATA/trec6" --shots 10 --methods sparse,gradient --epochs 30 --seeds 3 --tune-score \
         --out "$out/trec6-10shot-widen-rows"
-    $bench --data "$DATA/hint3_sofmattress" --shots 10 --methods sparse,random,fisher,gradient,full --epochs 30 \
+    $bench --data "$DATA/hint3_sofmattress" --shots 10 --methods sparse,random,fisher,gradient,full --epochs 30 --seeds 3 \
         --out "$out/hint3-10shot-widen-rows"
     $bench --data "$DATA/hint3_sofmattress" --methods full,sparse,head,bitfit,lora,prefix,layers,random,fisher,gradient \
-        --epochs 10 --out "$out/hint3-full-widen"
+        --epochs 10 --seeds 3 --out "$out/hint3-full-widen"
     # The budget sweep at 0.1% and 5% (1% is in the grids above), a sweep per budget.
     for name in snips hint3_sofmattress; do
-        $bench --data "$DATA/$name" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.05 --epochs 30 \
+        $bench --data "$DATA/$name" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.05 --epochs 30 --seeds 3 \
             --tune-each-budget --out "$out/$name-10shot-budgets-each"
     done
-    $bench --data "$DATA/banking77" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.05 --epochs 5 \
+    $bench --data "$DATA/banking77" --shots 10 --methods sparse,random,fisher --budgets 0.001,0.05 --epochs 5 --seeds 3 \
         --tune-each-budget --out "$out/banking77-10shot-budgets-each"
 }
 
