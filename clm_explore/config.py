@@ -183,14 +183,19 @@ class MaskConfig:
     sample_temperature: float = 1.0
     """Temperature of the 'sampled' strategy: towards 0 it becomes top-k, large it becomes random rows. On
     10-shot development rows T = 1 matched random rows on snips but cost trec6 9.6 points (BENCHMARKS.md)."""
+    random_share: float = 0.0
+    """Share of the budget spent on random rows: the top (or drawn) rows fill the rest first, then rows drawn
+    uniformly from the remaining candidates; 0 = none, 1 = the 'random' strategy. A middle ground between
+    the scored rows (which led on trec6 and hint3 10-shot) and random rows (which led on banking77 and snips)."""
     seed: int = 0
-    """Seed of the random and sampled strategies."""
+    """Seed of the random and sampled strategies and of random_share's rows."""
 
     def __post_init__(self) -> None:
         _check(self.budget > 0, f"budget must be in (0, 1] or a parameter count > 1, got {self.budget}")
         _check(self.budget <= 1 or float(self.budget).is_integer(), f"budget above 1 must be a whole parameter count, got {self.budget}")
         _check(self.strategy in MASK_STRATEGIES, f"strategy must be one of {', '.join(MASK_STRATEGIES)}, got {self.strategy!r}")
         _check(self.sample_temperature > 0, f"sample_temperature must be > 0, got {self.sample_temperature}")
+        _check(0 <= self.random_share <= 1, f"random_share must be in [0, 1], got {self.random_share}")
         _check(self.cost_aware >= 0, f"cost_aware must be >= 0, got {self.cost_aware}")
         _check(self.min_layer >= -1, f"min_layer must be >= -1 (auto), got {self.min_layer}")
 

@@ -103,9 +103,21 @@ def effective_min_layer(cfg: MaskConfig, n_layers: int) -> int:
     return n_layers // 2 if cfg.min_layer == -1 else cfg.min_layer
 
 
-def _order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
+def _order(rows: _Rows, cfg: MaskConfig, n_layers: int, budget: int) -> np.ndarray:
     if cfg.strategy == "random":
         return np.random.default_rng(cfg.seed).permutation(len(rows.score))
+    order = _scored_order(rows, cfg, n_layers)
+    if not cfg.random_share:
+        return order
+    # The scored rows fill (1 - random_share) of the budget; the rest of the order is a uniform shuffle of
+    # every other candidate, so random rows fill what is left.
+    spent = np.cumsum(rows.cost[order])
+    head = order[: int(np.searchsorted(spent, (1 - cfg.random_share) * budget, side="right"))]
+    rest = np.setdiff1d(np.arange(len(order)), head, assume_unique=True)
+    return np.concatenate([head, np.random.default_rng(cfg.seed).permutation(rest)])
+
+
+def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
     score = rows.score
     if cfg.cost_aware:
         # Prefer upper layers at equal score: backward stops sooner the higher the lowest selected row.
@@ -118,11 +130,12 @@ def _order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
 
 
 def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> MaskSelection:
-    """Global top rows by normalised score (or random or score-weighted drawn rows) until the budget is spent."""
+    """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
+    random ones) until the budget is spent."""
     cfg = cfg or MaskConfig()
     budget = budget_to_params(cfg.budget, report.backbone_params)
     rows = _candidate_rows(report, cfg)
-    order = _order(rows, cfg, report.n_layers)
+    order = _order(rows, cfg, report.n_layers, budget)
     spent = np.cumsum(rows.cost[order])
     chosen = order[: int(np.searchsorted(spent, budget, side="right"))]
     masks = {}

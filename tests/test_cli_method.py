@@ -146,13 +146,14 @@ def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_pa
                       "--warmup-ratio", "0", "--head-lr", "0.02", "--norm-lr", "0.03", "--dropout", "0",
                       "--score", "gradient", "--head-warmup-epochs", "2", "--head-init", "centroid",
                       "--cache-frozen-layers", "--cold-head", "--label-smoothing", "0.1", "--average-last", "0.5",
-                      "--sample-temperature", "0.5", "--out", str(out), "--json"])
+                      "--sample-temperature", "0.5", "--random-share", "0.25", "--out", str(out), "--json"])
     saved = json.loads((out / "clm_run.json").read_text())["config"]
     assert saved["cache_frozen_layers"] is True and saved["head_warmup"] is False
     assert json.loads((out / "metrics.json").read_text())["prefix_cache"]["from_layer"] >= 1  # it ran cached
     assert (saved["schedule"], saved["warmup_ratio"], saved["head_lr"]) == ("constant", 0.0, 0.02)
     assert (saved["norm_lr"], saved["dropout"]) == (0.03, 0.0)
     assert (saved["mask"]["strategy"], saved["mask"]["sample_temperature"]) == ("sampled", 0.5)
+    assert saved["mask"]["random_share"] == 0.25
     assert (saved["label_smoothing"], saved["average_last"]) == (0.1, 0.5)
     assert saved["sensitivity"]["score"] == "gradient"
     scored = json.loads((out / "sensitivity" / "sensitivity.json").read_text())["config"]

@@ -42,6 +42,7 @@ RULES = [
     (MaskConfig, "budget", 1.5, "budget above 1 must be a whole parameter count"),
     (MaskConfig, "strategy", "topk", "strategy must be one of topk_global, random, sampled"),
     (MaskConfig, "sample_temperature", 0.0, "sample_temperature must be > 0"),
+    (MaskConfig, "random_share", 1.5, "random_share must be in"),
     (MaskConfig, "cost_aware", -0.1, "cost_aware must be >= 0"),
     (MaskConfig, "min_layer", -2, "min_layer must be >= -1"),
     (FinetuneConfig, "method", "adapter", "method must be one of"),

@@ -124,6 +124,28 @@ def test_sampled_rows_lie_between_top_k_and_random():
     assert sampled.selected_params <= sampled.budget_params
 
 
+def test_random_share_tops_the_top_rows_up_with_random_ones():
+    report = big_report(layers=2)
+
+    def pick(**kw):
+        return select_mask(report, MaskConfig(budget=0.01, min_layer=0, **kw))
+
+    def rows(sel) -> set[tuple[str, int]]:
+        return {(name, row) for name, picked in chosen(sel).items() for row in picked}
+
+    top, half = pick(), pick(random_share=0.5)
+    kept, added = rows(top) & rows(half), rows(half) - rows(top)
+    # The top rows that fit half the budget stay; the other half holds rows the top mask did not pick.
+    kept_params = sum(report.matrices[name].row_params for name, _ in kept)
+    assert 0.5 * half.budget_params - 1537 < kept_params <= 0.6 * half.budget_params  # + what random re-drew
+    assert sum(report.matrices[name].row_params for name, _ in added) > 0.4 * half.budget_params
+    assert half.selected_params <= half.budget_params
+    assert half.selected_params > half.budget_params - 1537  # within one (largest) row of the budget
+    assert chosen(half) != chosen(pick(random_share=0.5, seed=1))  # the random part follows the seed
+    assert chosen(pick(random_share=1.0)) == chosen(pick(strategy="random"))
+    assert chosen(pick(random_share=0.0)) == chosen(top)
+
+
 def test_budget_above_the_parameter_count_raises():
     with pytest.raises(ValueError, match="budget"):
         select_mask(hand_report(), MaskConfig(budget=1001, min_layer=0))
