@@ -46,6 +46,9 @@
 #   bash bench/tables.sh widened  # thirty-second session: the 10-shot grids with the sweep widened past its edge
 #   bash bench/tables.sh widened_rows  # thirty-third session: random, Fisher and gradient rows and full finetuning
 #                                 # with the widened sweep (10-shot), hint3 full data, 10-shot budget sweeps
+#   bash bench/tables.sh widened_full  # thirty-fourth session: trec6 full data's baselines, widened sweep
+#   bash bench/tables.sh mixed    # thirty-fourth session: half the budget on top rows, half on random rows
+#                                 # (mask.random_share=0.5), 10-shot development rows
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -730,7 +733,26 @@ widened_rows() {
         --tune-each-budget --out "$out/banking77-10shot-budgets-each"
 }
 
+# Thirty-fourth session: trec6 full data's baselines with the widened sweep (sparse beside them, its row score
+# swept too), and masks whose top rows fill half the budget and random rows the rest (mask.random_share) on
+# the 10-shot development rows of the twenty-eighth and thirty-first sessions' probes, 5 seeds.
+widened_full() {
+    $CLI bench --data "$DATA/trec6" --methods sparse,head,bitfit,lora,prefix,layers --epochs 3 --seeds 3 \
+        --tune-lr --tune-score --jobs 2 --out "$OUT/s34/trec6-full-widen"
+}
+
+mixed() {
+    local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
+    $probe "$OUT/banking77-10shot-e15" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5 &
+    $probe "$OUT/snips-10shot-oracle" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5
+    $probe "$OUT/trec6-10shot-oracle" mixed-taylor-0.5 sparse 5e-3 $seeds sensitivity.score=taylor mask.random_share=0.5
+    wait
+    $probe "$OUT/hint3_sofmattress-10shot-oracle" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5 &
+    $probe "$OUT/trec6-10shot-oracle" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed" >&2; exit 2 ;;
 esac
