@@ -186,7 +186,8 @@ class MaskConfig:
     random_share: float = 0.0
     """Share of the budget spent on random rows: the top (or drawn) rows fill the rest first, then rows drawn
     uniformly from the remaining candidates; 0 = none, 1 = the 'random' strategy. A middle ground between
-    the scored rows (which led on trec6 and hint3 10-shot) and random rows (which led on banking77 and snips)."""
+    the scored rows (which led on trec6 and hint3 10-shot) and random rows (which led on banking77 and snips);
+    on their 10-shot development rows 0.5 landed halfway on each and best on none (BENCHMARKS.md)."""
     seed: int = 0
     """Seed of the random and sampled strategies and of random_share's rows."""
 
