@@ -188,8 +188,9 @@ class MaskConfig:
     uniformly from the remaining candidates; 0 = none, 1 = the 'random' strategy. A middle ground between
     the scored rows (which led on trec6 and hint3 10-shot) and random rows (which led on banking77 and snips);
     on their 10-shot development rows 0.5 landed halfway on each and best on none (BENCHMARKS.md)."""
-    seed: int = 0
-    """Seed of the random and sampled strategies and of random_share's rows."""
+    seed: int | None = None
+    """Seed of the random and sampled strategies and of random_share's rows; None = the run's seed
+    (``FinetuneConfig.seed``), and 0 when a mask is selected outside a run."""
 
     def __post_init__(self) -> None:
         _check(self.budget > 0, f"budget must be in (0, 1] or a parameter count > 1, got {self.budget}")

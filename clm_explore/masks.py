@@ -103,9 +103,13 @@ def effective_min_layer(cfg: MaskConfig, n_layers: int) -> int:
     return n_layers // 2 if cfg.min_layer == -1 else cfg.min_layer
 
 
+def _rng(cfg: MaskConfig) -> np.random.Generator:
+    return np.random.default_rng(0 if cfg.seed is None else cfg.seed)
+
+
 def _order(rows: _Rows, cfg: MaskConfig, n_layers: int, budget: int) -> np.ndarray:
     if cfg.strategy == "random":
-        return np.random.default_rng(cfg.seed).permutation(len(rows.score))
+        return _rng(cfg).permutation(len(rows.score))
     order = _scored_order(rows, cfg, n_layers)
     if not cfg.random_share:
         return order
@@ -114,7 +118,7 @@ def _order(rows: _Rows, cfg: MaskConfig, n_layers: int, budget: int) -> np.ndarr
     spent = np.cumsum(rows.cost[order])
     head = order[: int(np.searchsorted(spent, (1 - cfg.random_share) * budget, side="right"))]
     rest = np.setdiff1d(np.arange(len(order)), head, assume_unique=True)
-    return np.concatenate([head, np.random.default_rng(cfg.seed).permutation(rest)])
+    return np.concatenate([head, _rng(cfg).permutation(rest)])
 
 
 def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
@@ -124,7 +128,7 @@ def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
         score = score * (1 + cfg.cost_aware * (rows.layer + 1) / (n_layers + 1))
     if cfg.strategy == "sampled":
         # Gumbel top-k: an ordered draw without replacement with P(row) proportional to score ** (1 / T).
-        gumbel = np.random.default_rng(cfg.seed).gumbel(size=len(score))
+        gumbel = _rng(cfg).gumbel(size=len(score))
         score = np.log(np.maximum(score, 1e-30)) / cfg.sample_temperature + gumbel
     return np.argsort(-score, kind="stable")
 

@@ -333,6 +333,8 @@ def finetune(
         FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
     """
     out_dir = Path(out_dir)
+    if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
+        cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
     if accelerator is not None:

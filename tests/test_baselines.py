@@ -119,6 +119,12 @@ def test_random_rows_depend_on_the_seed(tiny_data, tmp_path):
     a = load_file(_run("random", tiny_data, tmp_path / "a", seed=0).out_dir / "masks.safetensors")
     b = load_file(_run("random", tiny_data, tmp_path / "b", seed=1).out_dir / "masks.safetensors")
     assert a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a)
+    # A mask without a seed of its own (the app's and a notebook's default) takes the run's.
+    unseeded = replace(_cfg("random", seed=1), mask=MaskConfig(budget=0.05))
+    run = finetune(tiny_data, unseeded, tmp_path / "c", source="tiny-random").out_dir
+    c = load_file(run / "masks.safetensors")
+    assert c.keys() == b.keys() and all(torch.equal(b[k], c[k]) for k in b)
+    assert json.loads((run / "clm_run.json").read_text())["config"]["mask"]["seed"] == 1
 
 
 def test_layers_trains_whole_layers_within_the_budget(tiny_data, tmp_path):

@@ -100,6 +100,8 @@ def test_random_is_seed_reproducible_and_differs_across_seeds():
     c = select_mask(report, MaskConfig(budget=0.01, min_layer=0, strategy="random", seed=1))
     assert chosen(a) == chosen(b)
     assert chosen(a) != chosen(c)
+    unseeded = select_mask(report, MaskConfig(budget=0.01, min_layer=0, strategy="random"))
+    assert chosen(unseeded) == chosen(a)  # outside a run a mask without a seed draws as seed 0
     for sel in (a, c):
         assert sel.selected_params <= sel.budget_params
         assert sel.selected_params > sel.budget_params - 1537  # within one (largest) row of the budget
