@@ -4,7 +4,6 @@ import dataclasses
 
 import streamlit as st
 
-from clm_explore.config import MaskConfig
 from clm_explore.ui import cache, forms, state, views
 
 st.title("Sensitivity")
@@ -31,7 +30,7 @@ VIEWS = {
 }
 view = st.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="sens_view")
 if view == "share_selected":
-    table = cache.mask(source, choice, state.mining_cfg(), cfg, MaskConfig(budget=state.budget())).table
+    table = cache.mask(source, choice, state.mining_cfg(), cfg, state.mask_cfg()).table
 views.heatmap(table, view, VIEWS[view], key="sens_main")
 
 st.subheader("Restricted vs unrestricted")

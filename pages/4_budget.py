@@ -4,13 +4,14 @@ import time
 
 import streamlit as st
 
-from clm_explore.config import METHODS, MaskConfig
+from clm_explore.config import METHODS
 from clm_explore.ui import cache, forms, jobs, state, views
 
 st.title("Budget")
 st.write(
-    "Choose the share of backbone parameters to train. The mask is re-selected from the cached "
-    "scores on every move."
+    "Choose the share of backbone parameters to train, and under Row choice which rows may compete. The "
+    "mask is re-selected from the cached scores on every move; runs launched here or on the Finetune page "
+    "use both."
 )
 
 choice, source = state.require_data()
@@ -18,8 +19,9 @@ choice, source = state.require_data()
 mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
 report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
 budget = forms.budget_input(key="budget")
+mask_cfg = forms.mask_options(report.n_layers, key="budget")
 started = time.perf_counter()
-selection = cache.mask(source, choice, mining_cfg, sens_cfg, MaskConfig(budget=budget))
+selection = cache.mask(source, choice, mining_cfg, sens_cfg, mask_cfg)
 st.caption(f"Mask selected in {(time.perf_counter() - started) * 1000:.0f} ms.")
 
 views.render_mask_summary(selection, report.backbone_params, key="budget")
@@ -34,6 +36,6 @@ st.write(
 )
 picked = st.multiselect("Methods", METHODS, default=["sparse", "full"], key="budget_methods")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
-    launched = jobs.launch_many(picked, budget, choice, source, forms.default_device())
+    launched = jobs.launch_many(picked, mask_cfg, choice, source, forms.default_device())
     st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")
     st.page_link("pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")

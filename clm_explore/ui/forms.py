@@ -16,6 +16,7 @@ from clm_explore.config import (
     SCORES,
     DataConfig,
     FinetuneConfig,
+    MaskConfig,
     MiningConfig,
     SensitivityConfig,
 )
@@ -166,6 +167,43 @@ def budget_input(key: str = "budget") -> float:
     return state.budget()
 
 
+def mask_options(n_layers: int, key: str = "budget") -> MaskConfig:
+    """The row choice (lowest eligible layer, a share of random rows), kept in the session for the Budget page's
+    selection and for every launch; returns it at the current budget."""
+    cfg = state.mask_cfg()
+    layers = [-1, *range(n_layers)]
+    with st.expander("Row choice"):
+        c1, c2 = st.columns(2)
+        min_layer = c1.selectbox(
+            "Lowest eligible layer",
+            layers,
+            index=layers.index(cfg.min_layer) if cfg.min_layer in layers else 0,
+            format_func=lambda v: f"auto: {n_layers // 2}, the upper half" if v == -1 else str(v),
+            key=f"{key}_min_layer",
+            help="No row below it is chosen. Backward stops at the lowest chosen row, so a lower layer means "
+            "slower epochs; 0 also lets the mined tokens' word-embedding rows compete.",
+        )
+        share = c2.slider(
+            "Random share of the budget",
+            0.0,
+            1.0,
+            cfg.random_share,
+            0.05,
+            key=f"{key}_random_share",
+            help="The top-scored rows fill the rest of the budget first, then rows drawn at random (seeded by the "
+            "run) fill this share; 1 = random rows. In 10-shot, 0.5 landed halfway between the top rows (best "
+            "on trec6 and hint3) and random rows (best on banking77 and snips; BENCHMARKS.md).",
+        )
+    options = dataclasses.replace(cfg, min_layer=int(min_layer), random_share=float(share))
+    state.put(state.MASK_OPTIONS, options)
+    return options
+
+
+def row_choice_label(cfg: MaskConfig) -> str:
+    layer = "auto" if cfg.min_layer == -1 else str(cfg.min_layer)
+    return f"lowest layer {layer}, random share {cfg.random_share:g}"
+
+
 def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None) -> tuple[str, FinetuneConfig] | None:
     """Method, budget, epochs, lr, seed, schedule, weight averaging, frozen-layer cache, cold head (and, when test
     has labels train never had, the abstention quantile); returns (run name, config) when Launch is pressed."""
@@ -235,10 +273,10 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
                 f"{escape_markdown(out_of_scope_labels[0])}: those rows are scored as out-of-scope queries. A "
                 "prediction abstains below this quantile of the validation rows' confidences.",
             )
-        st.caption(f"Runs on: {default_device()}")
+        st.caption(f"Runs on: {default_device()} · row choice (Budget page): {row_choice_label(state.mask_cfg())}")
         if not st.form_submit_button("Launch", type="primary"):
             return None
-    mask = dataclasses.replace(defaults.mask, budget=float(budget) / 100)
+    mask = dataclasses.replace(state.mask_cfg(), budget=float(budget) / 100)  # the Budget page's row choice
     cfg = dataclasses.replace(
         defaults,
         method=method,

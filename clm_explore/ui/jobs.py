@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from clm_explore.config import FinetuneConfig, to_dict
+from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.jobs import Job, JobQueue
 from clm_explore.runs import RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
@@ -54,15 +54,16 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
     return job
 
 
-def launch_many(methods: list[str], budget: float, choice: DataChoice, source: str, device: str) -> list[Job]:
-    """One run per method at the same budget (the Budget page's launch list)."""
+def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str) -> list[Job]:
+    """One run per method with the same budget and row choice (the Budget page's launch list)."""
     base = FinetuneConfig()
+    budget = mask.budget
     jobs = []
     for method in methods:
         cfg = dataclasses.replace(
             base,
             method=method,
-            mask=dataclasses.replace(base.mask, budget=budget),
+            mask=mask,
             mining=state.mining_cfg(),
             sensitivity=state.sens_cfg(),
             device=device,

@@ -6,6 +6,7 @@ values are prefixed per page (``data_``, ``tok_``, ``sens_``, ``budget_``, ``ft_
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -34,6 +35,8 @@ SENS_COMPARE = "sens_compare"
 """True once the user asked for the restricted vs unrestricted comparison."""
 BUDGET = "budget"
 """The budget chosen on the Budget page, a fraction in (0, 1]."""
+MASK_OPTIONS = "mask_options"
+"""The Budget page's row-choice options, a MaskConfig whose budget field is unused (BUDGET holds it)."""
 INLINE_JOBS = "inline_jobs"
 """Run jobs synchronously inside the script (tests); also set by env CLM_EXPLORE_INLINE_JOBS=1."""
 COMPARE_ROW = "compare_row"
@@ -175,6 +178,11 @@ def budget() -> float:
 
 def set_budget(value: float) -> None:
     st.session_state[BUDGET] = float(value)
+
+
+def mask_cfg() -> MaskConfig:
+    """The row-choice options set on the Budget page, at the current budget."""
+    return dataclasses.replace(_get(MASK_OPTIONS, MaskConfig()), budget=budget())
 
 
 def inline_jobs() -> bool:

@@ -225,15 +225,35 @@ def test_highlight_escapes_user_text() -> None:
     assert escape_markdown("**bold** :red[x]") == "\\*\\*bold\\*\\* \\:red\\[x\\]"
 
 
+def lowest_layer_shown(app: AppTest) -> str:
+    return next(m.value for m in app.metric if m.label == "Lowest selected layer")
+
+
+def test_row_choice_reselects_the_mask_and_reaches_the_finetune_page(at: AppTest) -> None:
+    goto(at, "pages/4_budget.py")
+    assert lowest_layer_shown(at) == "1"  # auto: the upper half of the tiny model's 2 layers
+    at.selectbox(key="budget_min_layer").set_value(0).run()
+    at.slider(key="budget_random_share").set_value(1.0).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert lowest_layer_shown(at) in ("0", "emb")  # random rows from every layer and the embeddings
+    assert (at.session_state["mask_options"].min_layer, at.session_state["mask_options"].random_share) == (0, 1.0)
+    goto(at, "pages/5_finetune.py")
+    assert any("lowest layer 0, random share 1" in c.value for c in at.caption)
+    goto(at, "pages/4_budget.py")  # the choice survives a round trip through another page
+    assert at.slider(key="budget_random_share").value == 1.0
+
+
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
     goto(at, "pages/4_budget.py")
     at.select_slider(key="budget_slider").set_value(0.001).run()
-    at.multiselect(key="budget_methods").set_value(["random", "head"]).run()
+    at.slider(key="budget_random_share").set_value(0.5).run()
+    at.multiselect(key="budget_methods").set_value(["sparse", "head"]).run()
     at.button(key="budget_launch").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     runs = {r.method: r for r in RunStore().list()}
-    assert set(runs) == {"random", "head"}
-    assert runs["random"].config["mask"]["budget"] == pytest.approx(0.001)
+    assert set(runs) == {"sparse", "head"}
+    assert runs["sparse"].config["mask"]["budget"] == pytest.approx(0.001)
+    assert runs["sparse"].config["mask"]["random_share"] == 0.5
     assert all(r.status is RunStatus.SUCCEEDED for r in runs.values()), [
         (r.method, r.error) for r in runs.values()
     ]
