@@ -47,8 +47,9 @@
 #   bash bench/tables.sh widened_rows  # thirty-third session: random, Fisher and gradient rows and full finetuning
 #                                 # with the widened sweep (10-shot), hint3 full data, 10-shot budget sweeps
 #   bash bench/tables.sh widened_full  # thirty-fourth session: trec6 full data's baselines, widened sweep
-#   bash bench/tables.sh mixed    # thirty-fourth session: half the budget on top rows, half on random rows
-#                                 # (mask.random_share=0.5), 10-shot development rows
+#   bash bench/tables.sh mixed    # thirty-fourth/-fifth sessions: half the budget on top rows, half on random
+#                                 # rows (mask.random_share=0.5), 10-shot development rows
+#   bash bench/tables.sh snips_3ep  # thirty-fifth session: snips full data's baselines over 3 epochs
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -743,6 +744,12 @@ widened_full() {
 
 mixed() {
     local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
+    # The grids' shots (data_seed 0) and bench.json, rebuilt where an earlier lane's folder is missing.
+    [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
+    local name
+    for name in snips trec6 hint3_sofmattress; do
+        [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
+    done
     $probe "$OUT/banking77-10shot-e15" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5 &
     $probe "$OUT/snips-10shot-oracle" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5
     $probe "$OUT/trec6-10shot-oracle" mixed-taylor-0.5 sparse 5e-3 $seeds sensitivity.score=taylor mask.random_share=0.5
@@ -752,7 +759,14 @@ mixed() {
     wait
 }
 
+# Thirty-fifth session: snips full data's BitFit, LoRA, prefix tuning and whole layers over 3 epochs at the rates
+# their 1-epoch sweeps chose (ninth and tenth sessions), sparse beside them.
+snips_3ep() {
+    $CLI bench --data "$DATA/snips" --methods sparse,bitfit,lora,prefix,layers --epochs 3 --seeds 3 \
+        --lr sparse=5e-3,bitfit=3e-3,lora=5e-4,prefix=9e-2,layers=2e-4 --jobs 2 --out "$OUT/s35/snips-full-3ep-baselines"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep" >&2; exit 2 ;;
 esac
