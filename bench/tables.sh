@@ -735,13 +735,14 @@ widened_rows() {
 }
 
 # Thirty-fourth session: trec6 full data's baselines with the widened sweep (sparse beside them, its row score
-# swept too), and masks whose top rows fill half the budget and random rows the rest (mask.random_share) on
-# the 10-shot development rows of the twenty-eighth and thirty-first sessions' probes, 5 seeds.
+# swept too).
 widened_full() {
     $CLI bench --data "$DATA/trec6" --methods sparse,head,bitfit,lora,prefix,layers --epochs 3 --seeds 3 \
         --tune-lr --tune-score --jobs 2 --out "$OUT/s34/trec6-full-widen"
 }
 
+# Thirty-fourth and thirty-fifth sessions: masks whose top rows fill half the budget and random rows the rest
+# (mask.random_share) on the 10-shot development rows of the twenty-eighth and thirty-first sessions' probes, 5 seeds.
 mixed() {
     local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
     # The grids' shots (data_seed 0) and bench.json, rebuilt where an earlier lane's folder is missing.
