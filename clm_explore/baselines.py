@@ -276,7 +276,8 @@ def prepare_random(ctx: MethodContext) -> Prepared:
 @register_method("fisher")
 def prepare_fisher(ctx: MethodContext) -> Prepared:
     """Fisher rows without the token restriction (every position's gradient counts), whatever the score
-    of ``sparse`` is set to: the baseline is the unrestricted Fisher by definition."""
+    of ``sparse`` is set to: the baseline is the unrestricted Fisher by definition (at the configured
+    ``fisher_labels``, so that it differs from sparse's Fisher rows in the restriction alone)."""
     _, report, seconds = mine_and_score(ctx, "none", score="fisher")
     return prepare_rows(ctx, report, select_mask(report, replace(ctx.cfg.mask, strategy="topk_global")), seconds)
 
@@ -316,7 +317,7 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     row_scores = {f"{n}.weight": totals[n] / n_rows for n in linears}
     emb_name, emb_info = _embedding_info(loaded, None, batches)
     matrices[emb_name], row_scores[emb_name] = emb_info, totals["<embedding>"] / n_rows
-    config = {**to_dict(cfg), "restriction": "none", "score": "gradient"}
+    config = {**to_dict(cfg), "restriction": "none", "score": "gradient", "fisher_labels": "data", "label_draws": 1}
     notes = [f"calibration rows: {len(texts)}", "restriction: none", "score: gradient (accumulated |dL/dw|)"]
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")

@@ -97,6 +97,9 @@ HEAD_INITS = ("loaded", "centroid")
 SCORES = ("fisher", "taylor", "gradient")
 """Row scores of the sensitivity pass (SensitivityConfig.score)."""
 
+FISHER_LABELS = ("data", "model")
+"""Which labels the Fisher score's gradients are taken for (SensitivityConfig.fisher_labels)."""
+
 
 @dataclass(frozen=True)
 class SensitivityConfig:
@@ -105,6 +108,13 @@ class SensitivityConfig:
     score: str = "fisher"
     """'fisher' (mean squared per-example gradient), 'taylor' (|w * dL/dw|) or 'gradient' (summed |batch
     gradient|, the gradient-magnitude score of sparse-finetuning studies; depends on how rows are batched)."""
+    fisher_labels: str = "data"
+    """The labels of the Fisher score's per-example gradients: 'data' (the annotated ones: the empirical
+    Fisher) or 'model' (drawn from the warmed-up model's predicted distribution, ``label_draws`` per row,
+    seeded: the true Fisher, which does not vanish on rows the head already fits). 'fisher' score only: with
+    model labels the Taylor and gradient scores' summed gradients average to zero."""
+    label_draws: int = 1
+    """Model-label draws per calibration row ('model' labels): one scoring pass each."""
     normalise: str = "mean"
     """Per-matrix normalisation of row scores: 'mean', 'zscore', 'rank' (percentile within the matrix, so
     every matrix gives about the same share of its rows) or 'none'."""
@@ -139,6 +149,11 @@ class SensitivityConfig:
         _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
         _check(self.restriction in ("tokens", "none"), f"restriction must be tokens or none, got {self.restriction!r}")
         _check(self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        _check(self.fisher_labels in FISHER_LABELS,
+               f"fisher_labels must be one of {', '.join(FISHER_LABELS)}, got {self.fisher_labels!r}")
+        _check(self.fisher_labels == "data" or self.score == "fisher",
+               f"fisher_labels 'model' needs score 'fisher', got score {self.score!r}")
+        _check(self.label_draws >= 1, f"label_draws must be >= 1, got {self.label_draws}")
         _check(self.normalise in ("mean", "zscore", "rank", "none"), f"normalise must be mean, zscore, rank or none, got {self.normalise!r}")
         _check(self.calibration_rows >= 1, f"calibration_rows must be >= 1, got {self.calibration_rows}")
         _check(self.warmup_epochs >= -1, f"warmup_epochs must be >= 0 or -1 (auto), got {self.warmup_epochs}")

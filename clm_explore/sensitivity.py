@@ -456,6 +456,8 @@ def compute_sensitivity(
     notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}",
              f"head warm-up: {cfg.warmup_epochs_for(len(texts), len(data.labels))} epochs"
              + (" from a centroid head" if cfg.head_init == "centroid" else "")]
+    if cfg.fisher_labels == "model":
+        notes.append(f"Fisher labels: drawn from the model, {cfg.label_draws} per row")
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
     return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),
@@ -486,18 +488,22 @@ def _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix=None):
     scorer = _RowScorer(linears, cfg.score, cfg.min_layer)
     emb = _EmbeddingScorer(model.get_input_embeddings(), cfg.score) if not cfg.min_layer else None
     start = start_backward_at(model, cfg.min_layer) if cfg.min_layer else None
+    draws = cfg.label_draws if cfg.fisher_labels == "model" else 1
+    draw_rng = torch.Generator().manual_seed(cfg.seed)
     try:
-        for i, b in enumerate(batches):
+        for done, b in enumerate(batches * draws, start=1):
             scorer.positions = b.positions.to(dev)
             if emb is not None:
                 emb.positions = scorer.positions
             with fed(prefix, b):
                 out = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev))
+            logits = out.logits.float()
+            targets = b.labels if cfg.fisher_labels == "data" else model_labels(logits, draw_rng)
             # Sum, not mean: each example's gradient is then dL_n/dw, as the Fisher needs.
-            loss = nn.functional.cross_entropy(out.logits.float(), b.labels.to(dev), reduction="sum")
+            loss = nn.functional.cross_entropy(logits, targets.to(dev), reduction="sum")
             loss.backward()
             if on_progress:
-                on_progress(i + 1, len(batches))
+                on_progress(done, draws * len(batches))
     finally:
         scorer.close()
         if emb is not None:
@@ -507,9 +513,16 @@ def _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix=None):
         for n, p in model.named_parameters():
             p.requires_grad_(frozen[n])
             p.grad = None
-    n_rows = sum(len(b.labels) for b in batches)
+    n_rows = draws * sum(len(b.labels) for b in batches)
     emb_scores = emb.scores(n_rows) if emb is not None else torch.zeros(model.get_input_embeddings().num_embeddings)
     return scorer.scores(n_rows), emb_scores
+
+
+def model_labels(logits: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """One label per row drawn from the softmax of ``logits`` (on the CPU, so a seed gives the same draw on
+    any device)."""
+    probs = logits.detach().float().softmax(-1).cpu()
+    return torch.multinomial(probs, 1, generator=rng).squeeze(1)
 
 
 def block_module(model: nn.Module, layer: int) -> nn.Module:

@@ -43,7 +43,8 @@ def test_mine_json(capsys, data_dir):
 
 def test_sensitivity_json(capsys, data_dir, tmp_path):
     rows = run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--json", "--calibration-rows", "32",
-                             "--device", "cpu", "--head-init", "centroid", "--out", str(tmp_path / "sens")])
+                             "--device", "cpu", "--head-init", "centroid", "--fisher-labels", "model",
+                             "--label-draws", "2", "--out", str(tmp_path / "sens")])
     assert len(rows) == 2 * 6 + 2  # q k v o ffn_in ffn_out per layer, pooler, embeddings
     for r in rows:
         assert {"layer", "module", "score", "norm_score", "rows", "params"} <= set(r)
@@ -52,7 +53,9 @@ def test_sensitivity_json(capsys, data_dir, tmp_path):
     assert (q0["rows"], q0["params"]) == (32, 32 * 33)
     assert (tmp_path / "sens" / "row_scores.safetensors").is_file()
     assert (tmp_path / "sens" / "task_tokens.json").is_file()
-    assert json.loads((tmp_path / "sens" / "sensitivity.json").read_text())["config"]["head_init"] == "centroid"
+    saved = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
+    assert saved["config"]["head_init"] == "centroid"
+    assert (saved["config"]["fisher_labels"], saved["config"]["label_draws"]) == ("model", 2)
 
 
 def test_finetune_out_overwrite_and_predict(capsys, data_dir, tmp_path):
@@ -160,6 +163,21 @@ def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_pa
     assert scored["score"] == "gradient"  # the rows were scored that way, not just recorded
     assert saved["sensitivity"]["warmup_epochs"] == scored["warmup_epochs"] == 2
     assert saved["sensitivity"]["head_init"] == scored["head_init"] == "centroid"
+
+
+def test_finetune_fisher_of_model_labels_reaches_the_scores(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--fisher-labels", "model",
+                      "--label-draws", "3", "--out", str(out), "--json"])
+    scored = json.loads((out / "sensitivity" / "sensitivity.json").read_text())
+    assert (scored["config"]["fisher_labels"], scored["config"]["label_draws"]) == ("model", 3)
+    assert any("drawn from the model, 3 per row" in note for note in scored["notes"])
+
+
+def test_model_labels_with_the_taylor_score_exits_2(capsys, data_dir):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--score", "taylor",
+                             "--fisher-labels", "model"])
+    assert "needs score 'fisher'" in err
 
 
 def test_bad_head_warmup_epochs_exits_2(capsys, data_dir):

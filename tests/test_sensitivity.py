@@ -171,6 +171,33 @@ def test_gradient_magnitude_equals_autograd_for_batches_of_one_and_of_all():
     assert not torch.allclose(per_example[q0], one_batch[q0])  # the batching matters, as documented
 
 
+def test_fisher_of_model_labels_equals_autograd_at_the_drawn_labels():
+    # One batch of all three rows, two draws: each pass draws every row's label from the model's softmax
+    # with the seeded generator, and the score is the mean over both passes' per-example squared gradients.
+    loaded = wide_tiny()
+    enc = loaded.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = loaded.model.eval()(**enc).logits.softmax(-1)
+    rng = torch.Generator().manual_seed(7)
+    draws = [torch.multinomial(probs, 1, generator=rng).squeeze(1).tolist() for _ in range(2)]
+    assert draws[0] != Y or draws[1] != Y  # the drawn labels are not just the annotated ones
+    per_draw = [brute_force(wide_tiny(), TEXTS, y, ALLOWED) for y in draws]
+    want = {name: (per_draw[0][name] + per_draw[1][name]) / 2 for name in per_draw[0]}
+    cfg = config(fisher_labels="model", label_draws=2, batch_size=3, seed=7)
+    report = compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, cfg, device="cpu")
+    assert_scores_close(report.row_scores, want)
+    assert any("drawn from the model, 2 per row" in note for note in report.notes)
+
+
+def test_model_labels_need_the_fisher_score():
+    with pytest.raises(ValueError, match="needs score 'fisher'"):
+        SensitivityConfig(score="taylor", fisher_labels="model")
+    with pytest.raises(ValueError, match="fisher_labels must be one of data, model"):
+        SensitivityConfig(fisher_labels="annotated")
+    with pytest.raises(ValueError, match="label_draws must be >= 1"):
+        SensitivityConfig(fisher_labels="model", label_draws=0)
+
+
 def test_one_finite_non_negative_score_per_row(tiny, tiny_data):
     train = tiny_data.train
     tt = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), tiny.tokenizer)

@@ -13,6 +13,7 @@ from typing import Any
 from clm_explore.cli import UserError, add_data_args, print_json
 from clm_explore.config import (
     COMPILE_MODES,
+    FISHER_LABELS,
     HEAD_INITS,
     METHODS,
     SCHEDULES,
@@ -91,12 +92,21 @@ def _register_sensitivity(sub: Any) -> None:
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score)
     p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows)
+    _fisher_labels_arg(p)
     _head_warmup_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
     p.add_argument("--budget", type=float, default=None, help="also show what this budget selects")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_sensitivity)
+
+
+def _fisher_labels_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fisher-labels", choices=FISHER_LABELS, default=SensitivityConfig.fisher_labels,
+                   help="the Fisher score's labels: the annotated ones (empirical Fisher) or drawn from the "
+                        "warmed-up model (true Fisher; --score fisher only)")
+    p.add_argument("--label-draws", type=int, default=SensitivityConfig.label_draws, metavar="N",
+                   help="model-label draws per calibration row (--fisher-labels model), one scoring pass each")
 
 
 def _head_warmup_arg(p: argparse.ArgumentParser) -> None:
@@ -117,6 +127,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, data.labels)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
     cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
+                            fisher_labels=args.fisher_labels, label_draws=args.label_draws,
                             warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)
     report = compute_sensitivity(loaded, data, task_tokens, cfg, device=args.device,
                                  on_progress=None if args.json else _progress_printer("scoring"))
@@ -189,6 +200,7 @@ def _register_finetune(sub: Any) -> None:
                    help="row methods: also train every linear bias at and above the lowest selected layer")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
                    help="row score of the sparse method's sensitivity pass")
+    _fisher_labels_arg(p)
     _head_warmup_arg(p)
     p.add_argument("--cold-head", action="store_true",
                    help="train from the head as loaded (seeded random), not the warmed-up one; row methods still "
@@ -222,7 +234,9 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           label_smoothing=args.label_smoothing, average_last=args.average_last,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
-                          sensitivity=SensitivityConfig(score=args.score, warmup_epochs=args.head_warmup_epochs,
+                          sensitivity=SensitivityConfig(score=args.score, fisher_labels=args.fisher_labels,
+                                                        label_draws=args.label_draws,
+                                                        warmup_epochs=args.head_warmup_epochs,
                                                         head_init=args.head_init))
 
 
