@@ -10,6 +10,7 @@ import numpy as np
 import streamlit as st
 
 from clm_explore.config import (
+    FISHER_LABELS,
     HEAD_INITS,
     METHODS,
     SCHEDULES,
@@ -27,6 +28,7 @@ SOURCES = ("default", "tiny-random", "local folder…")
 BUDGET_STEPS = [float(f"{x:.3g}") for x in np.logspace(-4, -1, 31)]
 """Log-spaced budgets from 0.01% to 10% (fractions)."""
 HEAD_START_NAMES = {"loaded": "as loaded", "centroid": "label centroids"}
+FISHER_LABEL_NAMES = {"data": "annotated", "model": "drawn from the model"}
 
 
 def sidebar() -> None:
@@ -118,9 +120,19 @@ def sensitivity_form(key: str = "sens") -> SensitivityConfig:
                                  format_func=HEAD_START_NAMES.get,
                                  help="where the warm-up starts: the head as loaded (seeded random), or each "
                                       "label's mean direction (the same for every seed)")
+        labels = c1.selectbox("Fisher labels", FISHER_LABELS, index=FISHER_LABELS.index(cfg.fisher_labels),
+                              key=f"{key}_labels", format_func=FISHER_LABEL_NAMES.get,
+                              help="the labels of the Fisher score's gradients: the annotated ones (empirical "
+                                   "Fisher) or drawn from the warmed-up head's predictions (true Fisher)")
+        draws = c2.number_input("Label draws per row", 1, 16, cfg.label_draws, key=f"{key}_draws",
+                                help="model labels only: one scoring pass per draw")
         if st.form_submit_button("Compute"):
+            if labels == "model" and score != "fisher":
+                st.error(f"Labels drawn from the model apply to the Fisher score only, not {score}; "
+                         "the options were not changed.")
+                return cfg
             cfg = dataclasses.replace(cfg, score=score, calibration_rows=int(rows), warmup_epochs=int(warmup),
-                                      head_init=head_init)
+                                      head_init=head_init, fisher_labels=labels, label_draws=int(draws))
             state.put(state.SENS_CFG, cfg)
     return cfg
 

@@ -125,6 +125,16 @@ def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
     button(at, "Compute").click().run()
     assert not at.exception
     assert at.session_state["sens_cfg"].head_init == "centroid"  # reaches the scores and the finetune page
+    at.selectbox(key="sens_labels").set_value("model")
+    at.selectbox(key="sens_score").set_value("taylor")
+    button(at, "Compute").click().run()
+    assert any("Fisher score only" in e.value for e in at.error), "model labels need the Fisher score"
+    assert at.session_state["sens_cfg"].fisher_labels == "data"  # nothing changed
+    at.selectbox(key="sens_score").set_value("fisher")
+    at.number_input(key="sens_draws").set_value(2)
+    button(at, "Compute").click().run()
+    assert not at.exception and not at.error
+    assert (at.session_state["sens_cfg"].fisher_labels, at.session_state["sens_cfg"].label_draws) == ("model", 2)
 
 
 def test_budget_slider_and_number_box(at: AppTest) -> None:
