@@ -50,6 +50,9 @@
 #   bash bench/tables.sh mixed    # thirty-fourth/-fifth sessions: half the budget on top rows, half on random
 #                                 # rows (mask.random_share=0.5), 10-shot development rows
 #   bash bench/tables.sh snips_3ep  # thirty-fifth session: snips full data's baselines over 3 epochs
+#   bash bench/tables.sh model_fisher  # thirty-sixth session: Fisher rows at labels drawn from the model
+#                                 # (sensitivity.fisher_labels=model, 4 draws), 10-shot development rows, 5 seeds
+#   bash bench/tables.sh snips_3ep_sweep  # thirty-sixth session: snips full data's baselines, 3-epoch sweep
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -767,7 +770,33 @@ snips_3ep() {
         --lr sparse=5e-3,bitfit=3e-3,lora=5e-4,prefix=9e-2,layers=2e-4 --jobs 2 --out "$OUT/s35/snips-full-3ep-baselines"
 }
 
+# Thirty-sixth session: the Fisher rows scored at labels drawn from the warmed-up model (the true Fisher, 4
+# draws per row) on the same development rows as the mixed lane, 5 seeds.
+model_fisher() {
+    local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
+    local opts="sensitivity.fisher_labels=model sensitivity.label_draws=4"
+    [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
+    local name
+    for name in snips trec6 hint3_sofmattress; do
+        [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
+    done
+    (
+        $probe "$OUT/banking77-10shot-e15" model-fisher-4 sparse 5e-3 $seeds $opts
+        $probe "$OUT/hint3_sofmattress-10shot-oracle" model-fisher-4 sparse 5e-3 $seeds $opts
+    ) &
+    $probe "$OUT/snips-10shot-oracle" model-fisher-4 sparse 5e-3 $seeds $opts
+    $probe "$OUT/trec6-10shot-oracle" model-fisher-4 sparse 5e-3 $seeds $opts
+    wait
+}
+
+# Thirty-sixth session: snips full data's BitFit, LoRA, prefix tuning and whole layers with their own 3-epoch
+# learning-rate sweep on the validation carve (widened past an edge choice).
+snips_3ep_sweep() {
+    $CLI bench --data "$DATA/snips" --methods bitfit,lora,prefix,layers --epochs 3 --seeds 3 \
+        --tune-lr --jobs 2 --out "$OUT/s36/snips-full-3ep-sweep"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep" >&2; exit 2 ;;
 esac
