@@ -9,8 +9,8 @@ from clm_explore.ui import cache, forms, state, views
 st.title("Sensitivity")
 st.write(
     "Row scores of every weight matrix (empirical Fisher by default; in the options the true Fisher, at "
-    "labels drawn from the model, Taylor or gradient magnitude), with gradients taken only at mined task-token positions (restricted) or at every "
-    "position (unrestricted), summed per layer and module."
+    "labels drawn from the model, Taylor or gradient magnitude), with gradients taken only at mined "
+    "task-token positions (restricted) or at every position (unrestricted), summed per layer and module."
 )
 
 choice, source = state.require_data()
