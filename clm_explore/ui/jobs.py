@@ -57,7 +57,6 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
 def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str) -> list[Job]:
     """One run per method with the same budget and row choice (the Budget page's launch list)."""
     base = FinetuneConfig()
-    budget = mask.budget
     jobs = []
     for method in methods:
         cfg = dataclasses.replace(
@@ -68,7 +67,7 @@ def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source
             sensitivity=state.sens_cfg(),
             device=device,
         )
-        jobs.append(launch(f"{method}-{budget * 100:.3g}pct", cfg, choice, source))
+        jobs.append(launch(f"{method}-{mask.budget * 100:.3g}pct", cfg, choice, source))
     return jobs
 
 
