@@ -53,6 +53,10 @@
 #   bash bench/tables.sh model_fisher  # thirty-sixth session: Fisher rows at labels drawn from the model
 #                                 # (sensitivity.fisher_labels=model, 4 draws), 10-shot development rows, 5 seeds
 #   bash bench/tables.sh snips_3ep_sweep  # thirty-sixth session: snips full data's baselines, 3-epoch sweep
+#   bash bench/tables.sh snips_3ep_rows   # thirty-seventh session: snips full data's sparse, random, Fisher and
+#                                         # gradient rows and the probe, 3-epoch sweep
+#   bash bench/tables.sh within           # thirty-seventh session: the default mask's count per map, its rows
+#                                         # re-picked uniformly inside each map (10-shot development rows, 5 seeds)
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -796,7 +800,29 @@ snips_3ep_sweep() {
         --tune-lr --jobs 2 --out "$OUT/s36/snips-full-3ep-sweep"
 }
 
+snips_3ep_rows() {
+    $CLI bench --data "$DATA/snips" --methods sparse,random,fisher,gradient,head --epochs 3 --seeds 3 \
+        --tune-lr --jobs 2 --out "$OUT/s37/snips-full-3ep-rows"
+}
+
+# Thirty-seventh session: is the top rows' 10-shot gap to random rows in the share of the budget each map gets or
+# in which rows of a map are chosen? The default mask's row count per map kept, its rows drawn uniformly inside
+# each map (bench/probe_within.py), same development rows, rates and seeds as the mixed lane.
+within() {
+    local probe=".venv/bin/python bench/probe_within.py" seeds=0,1,2,3,4
+    [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
+    local name
+    for name in snips trec6 hint3_sofmattress; do
+        [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
+    done
+    $probe shuffle "$OUT/banking77-10shot-e15" within-shuffle sparse 5e-3 $seeds &
+    $probe shuffle "$OUT/snips-10shot-oracle" within-shuffle sparse 5e-3 $seeds
+    $probe shuffle "$OUT/hint3_sofmattress-10shot-oracle" within-shuffle sparse 5e-3 $seeds
+    $probe shuffle "$OUT/trec6-10shot-oracle" within-shuffle-taylor sparse 5e-3 $seeds sensitivity.score=taylor
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within" >&2; exit 2 ;;
 esac

@@ -1,0 +1,65 @@
+"""Probe of the few-shot targets (issue #4), not product code: is the top rows' 10-shot gap to random rows in
+how the budget is shared between the maps, or in which rows of a map are chosen?
+
+The default mask and random rows differ in both. This probe keeps the default mask's row count in every map
+and picks the rows inside each map anew: uniformly among the map's eligible rows (``shuffle``), or its
+lowest-scored eligible rows (``bottom``). Everything else is `probe_fewshot.py`'s: the grid's shots and epochs,
+development rows that never hold a test row, one run per seed, results appended to GRID/probes/dev.tsv.
+
+    python bench/probe_within.py MODE GRID NAME METHOD LR SEEDS [key=value ...]
+    e.g. python bench/probe_within.py shuffle bench/out/snips-10shot-oracle within-shuffle sparse 5e-3 0,1,2,3,4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import probe_fewshot  # noqa: E402
+
+from clm_explore import masks as masks_module  # noqa: E402
+from clm_explore import training  # noqa: E402
+from clm_explore.config import MaskConfig  # noqa: E402
+from clm_explore.sensitivity import SensitivityReport  # noqa: E402
+
+MODES = ("shuffle", "bottom")
+
+
+def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_module.MaskSelection:
+    """The default selection with each map's rows chosen anew, the count per map (and so the cost) kept."""
+    selection = masks_module.select_mask(report, cfg)
+    rng = np.random.default_rng([0 if cfg.seed is None else cfg.seed, 1])
+    normalised = report.normalised()
+    chosen = {}
+    for name, mask in selection.masks.items():
+        info = report.matrices[name]
+        eligible = np.asarray(info.eligible_rows if info.eligible_rows is not None else range(info.rows), dtype=np.int64)
+        count = int(mask.sum())
+        if mode == "shuffle":
+            rows = rng.choice(eligible, count, replace=False)
+        else:
+            rows = eligible[np.argsort(normalised[name].numpy()[eligible], kind="stable")[:count]]
+        new = torch.zeros_like(mask)
+        new[torch.from_numpy(rows)] = True
+        chosen[name] = new
+    print(f"{mode}: {sum(int(m.sum()) for m in chosen.values())} rows in {len(chosen)} maps, "
+          f"Jaccard with the default mask {masks_module.masks_jaccard(chosen, selection.masks):.3f}", flush=True)
+    return dataclasses.replace(selection, masks=chosen, table=masks_module._selection_table(report, chosen))
+
+
+def main(mode: str, *args: str) -> None:
+    if mode not in MODES:
+        raise SystemExit(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    # prepare_sparse (and sparse_merged) look select_mask up in training's namespace at call time.
+    training.select_mask = lambda report, cfg=None: repicked(report, cfg or MaskConfig(), mode)
+    probe_fewshot.main(*args)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
