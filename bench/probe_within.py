@@ -3,7 +3,8 @@ how the budget is shared between the maps, or in which rows of a map are chosen?
 
 The default mask and random rows differ in both. This probe keeps the default mask's row count in every map
 and picks the rows inside each map anew: uniformly among the map's eligible rows (``shuffle``), or its
-lowest-scored eligible rows (``bottom``). Everything else is `probe_fewshot.py`'s: the grid's shots and epochs,
+lowest-scored eligible rows (``bottom``); or it takes the random mask's row count in every map (same seed) and
+fills each with the map's top-scored rows (``quota``). Everything else is `probe_fewshot.py`'s: the grid's shots and epochs,
 development rows that never hold a test row, one run per seed, results appended to GRID/probes/dev.tsv.
 
     python bench/probe_within.py MODE GRID NAME METHOD LR SEEDS [key=value ...]
@@ -28,12 +29,13 @@ from clm_explore import training  # noqa: E402
 from clm_explore.config import MaskConfig  # noqa: E402
 from clm_explore.sensitivity import SensitivityReport  # noqa: E402
 
-MODES = ("shuffle", "bottom")
+MODES = ("shuffle", "bottom", "quota")
 
 
 def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_module.MaskSelection:
-    """The default selection with each map's rows chosen anew, the count per map (and so the cost) kept."""
-    selection = masks_module.select_mask(report, cfg)
+    """The default selection with each map's rows chosen anew, the count per map (and so the cost) kept; for
+    ``quota`` the random selection's counts per map, filled with top rows."""
+    selection = masks_module.select_mask(report, dataclasses.replace(cfg, strategy="random") if mode == "quota" else cfg)
     rng = np.random.default_rng([0 if cfg.seed is None else cfg.seed, 1])
     normalised = report.normalised()
     chosen = {}
@@ -44,12 +46,13 @@ def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_mod
         if mode == "shuffle":
             rows = rng.choice(eligible, count, replace=False)
         else:
-            rows = eligible[np.argsort(normalised[name].numpy()[eligible], kind="stable")[:count]]
+            ascending = np.argsort(normalised[name].numpy()[eligible], kind="stable")
+            rows = eligible[ascending[len(ascending) - count :] if mode == "quota" else ascending[:count]]
         new = torch.zeros_like(mask)
         new[torch.from_numpy(rows)] = True
         chosen[name] = new
     print(f"{mode}: {sum(int(m.sum()) for m in chosen.values())} rows in {len(chosen)} maps, "
-          f"Jaccard with the default mask {masks_module.masks_jaccard(chosen, selection.masks):.3f}", flush=True)
+          f"Jaccard with the {'random' if mode == 'quota' else 'default'} mask {masks_module.masks_jaccard(chosen, selection.masks):.3f}", flush=True)
     return dataclasses.replace(selection, masks=chosen, table=masks_module._selection_table(report, chosen))
 
 

@@ -56,7 +56,8 @@
 #   bash bench/tables.sh snips_3ep_rows   # thirty-seventh session: snips full data's sparse, random, Fisher and
 #                                         # gradient rows and the probe, 3-epoch sweep
 #   bash bench/tables.sh within           # thirty-seventh session: the default mask's count per map, its rows
-#                                         # re-picked uniformly inside each map (10-shot development rows, 5 seeds)
+#                                         # re-picked uniformly inside each map, and the random mask's count per map
+#                                         # filled with top rows (10-shot development rows, 5 seeds)
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -807,7 +808,8 @@ snips_3ep_rows() {
 
 # Thirty-seventh session: is the top rows' 10-shot gap to random rows in the share of the budget each map gets or
 # in which rows of a map are chosen? The default mask's row count per map kept, its rows drawn uniformly inside
-# each map (bench/probe_within.py), same development rows, rates and seeds as the mixed lane.
+# each map (shuffle), or the random mask's count per map filled with top rows (quota; bench/probe_within.py),
+# same development rows, rates and seeds as the mixed lane.
 within() {
     local probe=".venv/bin/python bench/probe_within.py" seeds=0,1,2,3,4
     [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
@@ -815,10 +817,15 @@ within() {
     for name in snips trec6 hint3_sofmattress; do
         [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
     done
-    $probe shuffle "$OUT/banking77-10shot-e15" within-shuffle sparse 5e-3 $seeds &
-    $probe shuffle "$OUT/snips-10shot-oracle" within-shuffle sparse 5e-3 $seeds
-    $probe shuffle "$OUT/hint3_sofmattress-10shot-oracle" within-shuffle sparse 5e-3 $seeds
-    $probe shuffle "$OUT/trec6-10shot-oracle" within-shuffle-taylor sparse 5e-3 $seeds sensitivity.score=taylor
+    ($probe shuffle "$OUT/banking77-10shot-e15" within-shuffle sparse 5e-3 $seeds
+     $probe quota "$OUT/banking77-10shot-e15" within-quota sparse 5e-3 $seeds) &
+    local mode
+    for mode in shuffle quota; do
+        $probe $mode "$OUT/snips-10shot-oracle" within-$mode sparse 5e-3 $seeds
+        $probe $mode "$OUT/hint3_sofmattress-10shot-oracle" within-$mode sparse 5e-3 $seeds
+    done
+    # the control: random rows on snips' development rows again
+    .venv/bin/python bench/probe_fewshot.py "$OUT/snips-10shot-oracle" random-recheck random 5e-3 $seeds
     wait
 }
 
