@@ -606,6 +606,14 @@ prepare_data(load_data('$DATA/$name'), BenchConfig(methods=['full'], shots=10), 
     echo "{\"data\": \"$DATA/$name\", \"epochs\": $epochs}" > "$g/bench.json"
 }
 
+probe_grids() {  # the four 10-shot grids the development-row probes use, rebuilt where a folder is missing
+    [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
+    local name
+    for name in snips trec6 hint3_sofmattress; do
+        [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
+    done
+}
+
 oracle() {
     # Twenty-eighth session: does the choice of rows keep sparse behind? Full finetuning first, then sparse with
     # the rows that run moved most (bench/probe_oracle.py), per seed. banking77 full data on the validation
@@ -753,12 +761,7 @@ widened_full() {
 # (mask.random_share) on the 10-shot development rows of the twenty-eighth and thirty-first sessions' probes, 5 seeds.
 mixed() {
     local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
-    # The grids' shots (data_seed 0) and bench.json, rebuilt where an earlier lane's folder is missing.
-    [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
-    local name
-    for name in snips trec6 hint3_sofmattress; do
-        [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
-    done
+    probe_grids  # the grids' shots (data_seed 0) and bench.json, rebuilt where an earlier lane's folder is missing
     $probe "$OUT/banking77-10shot-e15" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5 &
     $probe "$OUT/snips-10shot-oracle" mixed-0.5 sparse 5e-3 $seeds mask.random_share=0.5
     $probe "$OUT/trec6-10shot-oracle" mixed-taylor-0.5 sparse 5e-3 $seeds sensitivity.score=taylor mask.random_share=0.5
@@ -780,11 +783,7 @@ snips_3ep() {
 model_fisher() {
     local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
     local opts="sensitivity.fisher_labels=model sensitivity.label_draws=4"
-    [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
-    local name
-    for name in snips trec6 hint3_sofmattress; do
-        [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
-    done
+    probe_grids
     (
         $probe "$OUT/banking77-10shot-e15" model-fisher-4 sparse 5e-3 $seeds $opts
         $probe "$OUT/hint3_sofmattress-10shot-oracle" model-fisher-4 sparse 5e-3 $seeds $opts
@@ -812,11 +811,7 @@ snips_3ep_rows() {
 # same development rows, rates and seeds as the mixed lane.
 within() {
     local probe=".venv/bin/python bench/probe_within.py" seeds=0,1,2,3,4
-    [ -f "$OUT/banking77-10shot-e15/bench.json" ] || oracle_shots banking77 "$OUT/banking77-10shot-e15" 15
-    local name
-    for name in snips trec6 hint3_sofmattress; do
-        [ -f "$OUT/$name-10shot-oracle/bench.json" ] || oracle_shots "$name"
-    done
+    probe_grids
     ($probe shuffle "$OUT/banking77-10shot-e15" within-shuffle sparse 5e-3 $seeds
      $probe quota "$OUT/banking77-10shot-e15" within-quota sparse 5e-3 $seeds) &
     local mode
