@@ -2,10 +2,9 @@
 how the budget is shared between the maps, or in which rows of a map are chosen?
 
 The default mask and random rows differ in both. This probe keeps the default mask's row count in every map
-and picks the rows inside each map anew: uniformly among the map's eligible rows (``shuffle``), or its
-lowest-scored eligible rows (``bottom``); or it takes the random mask's row count in every map (same seed) and
-fills each with the map's top-scored rows (``quota``). Everything else is `probe_fewshot.py`'s: the grid's shots and epochs,
-development rows that never hold a test row, one run per seed, results appended to GRID/probes/dev.tsv.
+and draws the rows inside each map uniformly among its eligible rows (``shuffle``), or it takes the random
+mask's row count in every map (same seed) and fills each with the map's top-scored rows (``quota``). Everything
+else is `probe_fewshot.py`'s: the grid's shots and epochs, development rows that never hold a test row, one run per seed, results appended to GRID/probes/dev.tsv.
 
     python bench/probe_within.py MODE GRID NAME METHOD LR SEEDS [key=value ...]
     e.g. python bench/probe_within.py shuffle bench/out/snips-10shot-oracle within-shuffle sparse 5e-3 0,1,2,3,4
@@ -29,12 +28,12 @@ from clm_explore import training  # noqa: E402
 from clm_explore.config import MaskConfig  # noqa: E402
 from clm_explore.sensitivity import SensitivityReport  # noqa: E402
 
-MODES = ("shuffle", "bottom", "quota")
+MODES = ("shuffle", "quota")
 
 
 def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_module.MaskSelection:
-    """The default selection with each map's rows chosen anew, the count per map (and so the cost) kept; for
-    ``quota`` the random selection's counts per map, filled with top rows."""
+    """``shuffle``: the default selection's count per map (and so its cost), uniform rows inside each map;
+    ``quota``: the random selection's count per map, filled with each map's top-scored rows."""
     selection = masks_module.select_mask(report, dataclasses.replace(cfg, strategy="random") if mode == "quota" else cfg)
     rng = np.random.default_rng([0 if cfg.seed is None else cfg.seed, 1])
     normalised = report.normalised()
@@ -46,8 +45,7 @@ def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_mod
         if mode == "shuffle":
             rows = rng.choice(eligible, count, replace=False)
         else:
-            ascending = np.argsort(normalised[name].numpy()[eligible], kind="stable")
-            rows = eligible[ascending[len(ascending) - count :] if mode == "quota" else ascending[:count]]
+            rows = eligible[np.argsort(-normalised[name].numpy()[eligible], kind="stable")[:count]]
         new = torch.zeros_like(mask)
         new[torch.from_numpy(rows)] = True
         chosen[name] = new
