@@ -57,7 +57,10 @@
 #                                         # gradient rows and the probe, 3-epoch sweep
 #   bash bench/tables.sh within           # thirty-seventh session: the default mask's count per map, its rows
 #                                         # re-picked uniformly inside each map, and the random mask's count per map
-#                                         # filled with top rows (10-shot development rows, 5 seeds)
+#                                         # filled with top rows (10-shot development rows, 5 seeds; trec6 in the
+#                                         # thirty-eighth)
+#   bash bench/tables.sh heads            # thirty-eighth session: uniform rows in the attention maps only, and the
+#                                         # attention maps' top rows spread over the heads (same rows and seeds)
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -818,13 +821,31 @@ within() {
     for mode in shuffle quota; do
         $probe $mode "$OUT/snips-10shot-oracle" within-$mode sparse 5e-3 $seeds
         $probe $mode "$OUT/hint3_sofmattress-10shot-oracle" within-$mode sparse 5e-3 $seeds
+        # thirty-eighth session: trec6 with the Taylor rows its carve chose
+        $probe $mode "$OUT/trec6-10shot-oracle" within-$mode-taylor sparse 5e-3 $seeds sensitivity.score=taylor
     done
     # the control: random rows on snips' development rows again
     .venv/bin/python bench/probe_fewshot.py "$OUT/snips-10shot-oracle" random-recheck random 5e-3 $seeds
     wait
 }
 
+# Thirty-eighth session: where shuffle's banking77 gain sits. Uniform rows only in the attention query, key and
+# value maps (shuffle-attn), and the top rows of those maps spread evenly over the attention heads (heads), the
+# default count per map each; same grids, rates and seeds as the within lane.
+heads() {
+    probe_grids
+    local mode
+    for mode in heads shuffle-attn; do
+        (local probe=".venv/bin/python bench/probe_within.py $mode" seeds=0,1,2,3,4
+         $probe "$OUT/banking77-10shot-e15" within-$mode sparse 5e-3 $seeds
+         $probe "$OUT/snips-10shot-oracle" within-$mode sparse 5e-3 $seeds
+         $probe "$OUT/trec6-10shot-oracle" within-$mode-taylor sparse 5e-3 $seeds sensitivity.score=taylor
+         $probe "$OUT/hint3_sofmattress-10shot-oracle" within-$mode sparse 5e-3 $seeds) &
+    done
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads" >&2; exit 2 ;;
 esac
