@@ -31,11 +31,11 @@ from clm_explore.data import AnnotatedData
 from clm_explore.masks import budget_to_params, select_mask
 from clm_explore.modeling import LoadedModel, head_parameter_names, load_model, resolve_device
 from clm_explore.sensitivity import (
-    MatrixInfo,
     SensitivityReport,
     _embedding_info,
     backbone_parameter_count,
     calibration_rows,
+    linear_matrix_infos,
     make_batches,
     scored_linears,
     warm_up_head,
@@ -311,9 +311,7 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     linears = scored_linears(model)
     totals = _accumulate_gradients(model, batches, linears, dev, cfg.min_layer)
     n_rows = sum(len(b.labels) for b in batches)
-    matrices = {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
-                                          lin.in_features + (lin.bias is not None))
-                for n, (lin, layer, kind) in linears.items()}
+    matrices = linear_matrix_infos(model, linears)
     row_scores = {f"{n}.weight": totals[n] / n_rows for n in linears}
     emb_name, emb_info = _embedding_info(loaded, None, batches)
     matrices[emb_name], row_scores[emb_name] = emb_info, totals["<embedding>"] / n_rows

@@ -205,6 +205,12 @@ class MaskConfig:
     uniformly from the remaining candidates; 0 = none, 1 = the 'random' strategy. A middle ground between
     the scored rows (which led on trec6 and hint3 10-shot) and random rows (which led on banking77 and snips);
     on their 10-shot development rows 0.5 landed halfway on each and best on none (BENCHMARKS.md)."""
+    spread_heads: bool = False
+    """Once the budget is shared out between the maps, take each query, key and value map's rows round-robin
+    over its attention heads (every head's best row, then every head's second, ...) instead of its top rows,
+    which tend to crowd into one or two heads. Same count per map, so the same cost; top rows only
+    ('topk_global', no random_share). On 10-shot development rows it recovered most of random rows' lead
+    over the top rows on banking77 and snips and was level on trec6 and hint3 (BENCHMARKS.md)."""
     seed: int | None = None
     """Seed of the random and sampled strategies and of random_share's rows; None = the run's seed
     (``FinetuneConfig.seed``), and 0 when a mask is selected outside a run."""
@@ -215,6 +221,8 @@ class MaskConfig:
         _check(self.strategy in MASK_STRATEGIES, f"strategy must be one of {', '.join(MASK_STRATEGIES)}, got {self.strategy!r}")
         _check(self.sample_temperature > 0, f"sample_temperature must be > 0, got {self.sample_temperature}")
         _check(0 <= self.random_share <= 1, f"random_share must be in [0, 1], got {self.random_share}")
+        _check(not self.spread_heads or (self.strategy == "topk_global" and not self.random_share),
+               "spread_heads re-picks the top rows: it needs strategy 'topk_global' and random_share 0")
         _check(self.cost_aware >= 0, f"cost_aware must be >= 0, got {self.cost_aware}")
         _check(self.min_layer >= -1, f"min_layer must be >= -1 (auto), got {self.min_layer}")
 

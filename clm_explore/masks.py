@@ -135,7 +135,8 @@ def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
 
 def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> MaskSelection:
     """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
-    random ones) until the budget is spent."""
+    random ones) until the budget is spent; with ``spread_heads``, each attention map's share re-picked evenly
+    over its heads."""
     cfg = cfg or MaskConfig()
     budget = budget_to_params(cfg.budget, report.backbone_params)
     rows = _candidate_rows(report, cfg)
@@ -145,12 +146,26 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> Mas
     masks = {}
     for m in np.unique(rows.matrix[chosen]):
         name = rows.names[m]
-        mask = torch.zeros(report.matrices[name].rows, dtype=torch.bool)
-        mask[torch.from_numpy(rows.row[chosen[rows.matrix[chosen] == m]])] = True
+        info = report.matrices[name]
+        picked = rows.row[chosen[rows.matrix[chosen] == m]]
+        if cfg.spread_heads and info.heads > 1:
+            picked = _spread_over_heads(rows.score[rows.matrix == m], info.heads, len(picked))
+        mask = torch.zeros(info.rows, dtype=torch.bool)
+        mask[torch.from_numpy(picked)] = True
         masks[name] = mask
     lowest = int(rows.layer[chosen].min()) if len(chosen) else None
     return MaskSelection(masks, int(rows.cost[chosen].sum()), budget, report.backbone_params, lowest,
                          report.n_layers, _selection_table(report, masks))
+
+
+def _spread_over_heads(scores: np.ndarray, heads: int, count: int) -> np.ndarray:
+    """``count`` rows of a map whose rows form ``heads`` equal consecutive blocks, taken round-robin: every
+    head's best row (the heads in descending score order), then every head's second best, and so on."""
+    per_head = len(scores) // heads
+    by_head = scores.reshape(heads, per_head)
+    rank_in_head = np.empty_like(by_head, dtype=np.int64)
+    np.put_along_axis(rank_in_head, np.argsort(-by_head, axis=1, kind="stable"), np.arange(per_head)[None, :], axis=1)
+    return np.lexsort((-scores, rank_in_head.reshape(-1)))[:count]
 
 
 def _selection_table(report: SensitivityReport, masks: dict[str, torch.Tensor]) -> pd.DataFrame:

@@ -58,6 +58,9 @@ class MatrixInfo:
     """Parameters in one row (in_features, + 1 for the bias)."""
     eligible_rows: list[int] | None = None
     """For the word embeddings: the rows that may be selected (None = all)."""
+    heads: int = 1
+    """Attention heads the rows split into, in equal consecutive blocks (query, key and value maps); 1 for
+    every other map, and in reports saved before the field existed."""
 
 
 @dataclass
@@ -161,6 +164,24 @@ def scored_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
                 layer, kind = where
                 found[name] = (mod, n_layers if layer == -2 else layer, kind)
     return found
+
+
+def linear_matrix_infos(model: nn.Module, linears: dict[str, tuple[nn.Linear, int, str]]) -> dict[str, MatrixInfo]:
+    """Weight name -> MatrixInfo of every scored linear map (``scored_linears``), with the query, key and value
+    maps' attention heads."""
+    return {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
+                                      lin.in_features + (lin.bias is not None), heads=_attention_heads(model, kind, lin))
+            for n, (lin, layer, kind) in linears.items()}
+
+
+def _attention_heads(model: nn.Module, kind: str, lin: nn.Linear) -> int:
+    """Heads of a query (num_attention_heads) or key/value map (num_key_value_heads under grouped-query
+    attention); 1 for other maps or when the rows do not split evenly."""
+    config = model.config
+    heads = getattr(config, "num_attention_heads", 1) if kind in ("q", "k", "v") else 1
+    if kind in ("k", "v"):
+        heads = getattr(config, "num_key_value_heads", None) or heads
+    return heads if heads > 1 and lin.out_features % heads == 0 else 1
 
 
 def backbone_parameter_count(model: nn.Module) -> int:
@@ -448,9 +469,7 @@ def compute_sensitivity(
     linears = scored_linears(model)
     scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
     emb_name, emb_info = _embedding_info(loaded, task_tokens, batches)
-    matrices = {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
-                                          lin.in_features + (lin.bias is not None))
-                for n, (lin, layer, kind) in linears.items()}
+    matrices = linear_matrix_infos(model, linears)
     row_scores = {f"{n}.weight": s for n, s in scores.items()}
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
     notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}",

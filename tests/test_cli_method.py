@@ -165,6 +165,15 @@ def test_finetune_schedule_options_reach_the_run_config(capsys, data_dir, tmp_pa
     assert saved["sensitivity"]["head_init"] == scored["head_init"] == "centroid"
 
 
+def test_finetune_spread_heads_reaches_the_mask(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--spread-heads", "--out", str(out), "--json"])
+    assert json.loads((out / "clm_run.json").read_text())["config"]["mask"]["spread_heads"] is True
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--spread-heads",
+                             "--random-share", "0.5", "--out", str(tmp_path / "other")])
+    assert "spread_heads" in err and not (tmp_path / "other").exists()
+
+
 def test_finetune_fisher_of_model_labels_reaches_the_scores(capsys, data_dir, tmp_path):
     out = tmp_path / "run"
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--fisher-labels", "model",

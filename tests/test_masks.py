@@ -148,6 +148,43 @@ def test_random_share_tops_the_top_rows_up_with_random_ones():
     assert chosen(pick(random_share=0.0)) == chosen(top)
 
 
+def test_spread_heads_takes_each_attention_maps_rows_round_robin_over_its_heads():
+    report = big_report(layers=2)
+    for name, info in report.matrices.items():
+        if info.module in ("q", "k", "v"):
+            info.heads = 12
+            report.row_scores[name][:32] += 100  # head 0 holds the map's top rows
+    top = select_mask(report, MaskConfig(budget=0.01, min_layer=0))
+    spread = select_mask(report, MaskConfig(budget=0.01, min_layer=0, spread_heads=True))
+    # Every map keeps its share of the budget; only the attention maps' rows change.
+    assert {k: int(v.sum()) for k, v in spread.masks.items()} == {k: int(v.sum()) for k, v in top.masks.items()}
+    assert spread.selected_params == top.selected_params and spread.lowest_layer == top.lowest_layer
+    attention = [k for k in top.masks if report.matrices[k].module in ("q", "k", "v")]
+    assert attention and len(attention) < len(top.masks)
+    for name in top.masks:
+        if name not in attention:
+            assert torch.equal(spread.masks[name], top.masks[name])
+            continue
+        per_head = spread.masks[name].view(12, 32).sum(1)
+        assert int(per_head.max() - per_head.min()) <= 1, per_head
+        assert int(top.masks[name].view(12, 32).sum(1)[0]) == min(32, int(top.masks[name].sum()))  # crowded
+        scores = report.row_scores[name].view(12, 32)
+        for head in range(12):  # each head gives its best rows
+            k = int(per_head[head])
+            assert set(spread.masks[name].view(12, 32)[head].nonzero().flatten().tolist()) == set(
+                scores[head].topk(k).indices.tolist())
+
+
+def test_spread_heads_leaves_maps_without_heads_and_needs_the_top_rows():
+    report = big_report(layers=2)  # every map has heads=1, as in reports saved before the field existed
+    assert chosen(select_mask(report, MaskConfig(min_layer=0, spread_heads=True))) == chosen(
+        select_mask(report, MaskConfig(min_layer=0)))
+    with pytest.raises(ValueError, match="spread_heads"):
+        MaskConfig(strategy="random", spread_heads=True)
+    with pytest.raises(ValueError, match="spread_heads"):
+        MaskConfig(random_share=0.5, spread_heads=True)
+
+
 def test_budget_above_the_parameter_count_raises():
     with pytest.raises(ValueError, match="budget"):
         select_mask(hand_report(), MaskConfig(budget=1001, min_layer=0))

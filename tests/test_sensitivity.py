@@ -259,6 +259,9 @@ def test_save_load_round_trip(tiny, tiny_data, tmp_path):
     assert all(torch.equal(back.row_scores[k], report.row_scores[k]) for k in report.row_scores)
     assert all(torch.equal(back.head_state[k], report.head_state[k]) for k in report.head_state)
     assert back.matrices == report.matrices
+    heads = {info.module: info.heads for info in report.matrices.values()}
+    assert heads["q"] == heads["k"] == heads["v"] == tiny.model.config.num_attention_heads > 1
+    assert {m: h for m, h in heads.items() if m not in ("q", "k", "v")} == dict.fromkeys(set(heads) - {"q", "k", "v"}, 1)
     assert (back.n_layers, back.backbone_params, back.config) == (report.n_layers, report.backbone_params, report.config)
     pd.testing.assert_frame_equal(back.table, report.table)
     assert (tmp_path / "sens" / "sensitivity.csv").is_file()

@@ -195,6 +195,8 @@ def _register_finetune(sub: Any) -> None:
                    help="sparse: draw rows with probability proportional to score ** (1/T) instead of taking the top ones")
     p.add_argument("--random-share", type=float, default=MaskConfig.random_share, metavar="S",
                    help="row methods: spend this share of the budget in [0, 1] on random rows, the rest on the top ones")
+    p.add_argument("--spread-heads", action="store_true",
+                   help="top rows: take each query, key and value map's rows round-robin over its attention heads")
     p.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
     p.add_argument("--train-biases", action="store_true",
                    help="row methods: also train every linear bias at and above the lowest selected layer")
@@ -226,7 +228,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         raise UserError(f"--budget {args.budget:g} must be a fraction in (0, 1] or a whole parameter count above 1.")
     mask = MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
                       include_embeddings=not args.no_embeddings, train_biases=args.train_biases,
-                      random_share=args.random_share, seed=args.seed, **_sampling(args.sample_temperature))
+                      random_share=args.random_share, spread_heads=args.spread_heads, seed=args.seed,
+                      **_sampling(args.sample_temperature))
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                           norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
                           compile=args.compile,

@@ -206,14 +206,25 @@ def mask_options(n_layers: int, key: str = "budget") -> MaskConfig:
             "run) fill this share; 1 = random rows. In 10-shot, 0.5 landed halfway between the top rows (best "
             "on trec6 and hint3) and random rows (best on banking77 and snips; BENCHMARKS.md).",
         )
-    options = dataclasses.replace(cfg, min_layer=int(min_layer), random_share=float(share))
+        spread = st.checkbox(
+            "Spread the attention rows over the heads",
+            cfg.spread_heads and not share,
+            key=f"{key}_spread_heads",
+            disabled=bool(share),
+            help="Each query, key and value map keeps its share of the budget, but its rows are taken round-robin "
+            "over the attention heads instead of its top rows, which crowd into one or two heads. In 10-shot it "
+            "recovered most of random rows' lead on banking77 and snips and was level on trec6 and hint3 "
+            "(BENCHMARKS.md). Top rows only: no random share.",
+        )
+    options = dataclasses.replace(cfg, min_layer=int(min_layer), random_share=float(share),
+                                  spread_heads=bool(spread) and not share)
     state.put(state.MASK_OPTIONS, options)
     return options
 
 
 def row_choice_label(cfg: MaskConfig) -> str:
     layer = "auto" if cfg.min_layer == -1 else str(cfg.min_layer)
-    return f"lowest layer {layer}, random share {cfg.random_share:g}"
+    return f"lowest layer {layer}, random share {cfg.random_share:g}" + (", spread over heads" if cfg.spread_heads else "")
 
 
 def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None) -> tuple[str, FinetuneConfig] | None:

@@ -251,6 +251,13 @@ def test_row_choice_reselects_the_mask_and_reaches_the_finetune_page(at: AppTest
     assert any("lowest layer 0, random share 1" in c.value for c in at.caption)
     goto(at, "pages/4_budget.py")  # the choice survives a round trip through another page
     assert at.slider(key="budget_random_share").value == 1.0
+    assert at.checkbox(key="budget_spread_heads").disabled  # random rows have no top rows to spread
+    at.slider(key="budget_random_share").set_value(0.0).run()
+    at.checkbox(key="budget_spread_heads").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["mask_options"].spread_heads is True
+    goto(at, "pages/5_finetune.py")
+    assert any("random share 0, spread over heads" in c.value for c in at.caption)
 
 
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
