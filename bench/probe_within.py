@@ -3,11 +3,11 @@ how the budget is shared between the maps, or in which rows of a map are chosen?
 
 The default mask and random rows differ in both. This probe keeps the default mask's row count in every map
 and draws the rows inside each map uniformly among its eligible rows (``shuffle``), or it takes the random
-mask's row count in every map (same seed) and fills each with the map's top-scored rows (``quota``). Three more
+mask's row count in every map (same seed) and fills each with the map's top-scored rows (``quota``). Two more
 modes keep the default count per map and ask where ``shuffle``'s change matters: uniform rows only in the
-attention query, key and value maps (``shuffle-attn``) or only in the other maps (``shuffle-rest``), and
-``heads``, the top rows of the query, key and value maps spread evenly over the attention heads (each head's
-best row first, then each head's second, ...), the top rows of a map otherwise falling in one or two heads. Everything
+attention query, key and value maps (``shuffle-attn``) or only in the other maps (``shuffle-rest``). (The
+thirty-eighth session's ``heads`` mode became ``MaskConfig.spread_heads``: run it as
+``probe_fewshot.py GRID within-heads sparse 5e-3 SEEDS mask.spread_heads=true``.) Everything
 else is `probe_fewshot.py`'s: the grid's shots and epochs, development rows that never hold a test row, one run per seed, results appended to GRID/probes/dev.tsv (with ``--test``, the grid's shots scored on its test split, to GRID/probes/test.tsv).
 
     python bench/probe_within.py [--test] MODE GRID NAME METHOD LR SEEDS [key=value ...]
@@ -32,9 +32,7 @@ from clm_explore import training  # noqa: E402
 from clm_explore.config import MaskConfig  # noqa: E402
 from clm_explore.sensitivity import SensitivityReport  # noqa: E402
 
-MODES = ("shuffle", "quota", "shuffle-attn", "shuffle-rest", "heads")
-HEADS = 12
-"""Attention heads of the grids' model (all-MiniLM-L6-v2): a query, key or value row belongs to head row // 32."""
+MODES = ("shuffle", "quota", "shuffle-attn", "shuffle-rest")
 ATTENTION_MAPS = ("attention.self.query.", "attention.self.key.", "attention.self.value.")
 
 
@@ -42,19 +40,6 @@ def redrawn(mode: str, name: str) -> bool:
     """Whether ``mode`` draws this map's rows uniformly (else they are the default selection's)."""
     in_attention = any(part in name for part in ATTENTION_MAPS)
     return mode == "shuffle" or (mode == "shuffle-attn" and in_attention) or (mode == "shuffle-rest" and not in_attention)
-
-
-def head_spread(scores: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` rows taken round-robin over the heads, each head's rows in descending score order (a round
-    ordered by score too)."""
-    per_head = len(scores) // HEADS
-    if len(scores) % HEADS:
-        raise SystemExit(f"a map of {len(scores)} rows does not split into {HEADS} heads")
-    rank_in_head = np.empty(len(scores), dtype=np.int64)
-    for head in range(HEADS):
-        rows = np.arange(head * per_head, (head + 1) * per_head)
-        rank_in_head[rows[np.argsort(-scores[rows], kind="stable")]] = np.arange(per_head)
-    return np.lexsort((-scores, rank_in_head))[:count]
 
 
 def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_module.MaskSelection:
@@ -73,8 +58,6 @@ def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_mod
             rows = rng.choice(eligible, count, replace=False)
         elif mode == "quota":
             rows = eligible[np.argsort(-scores[eligible], kind="stable")[:count]]
-        elif mode == "heads" and any(part in name for part in ATTENTION_MAPS):
-            rows = head_spread(scores, count)
         else:
             rows = mask.nonzero().flatten().numpy()
         new = torch.zeros_like(mask)

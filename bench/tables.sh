@@ -830,17 +830,26 @@ within() {
 }
 
 # Thirty-eighth session: where shuffle's banking77 gain sits. Uniform rows only in the attention query, key and
-# value maps (shuffle-attn), and the top rows of those maps spread evenly over the attention heads (heads), the
-# default count per map each; same grids, rates and seeds as the within lane.
+# value maps (shuffle-attn), and the top rows of those maps spread evenly over the attention heads
+# (mask.spread_heads, first run as a probe_within mode with the same masks), the default count per map each; same
+# grids, rates and seeds as the within lane; then spread_heads on the grids' test splits, with the default rows'
+# seed 0 again as a control.
 heads() {
     probe_grids
-    local mode
-    for mode in heads shuffle-attn; do
-        (local probe=".venv/bin/python bench/probe_within.py $mode" seeds=0,1,2,3,4
-         $probe "$OUT/banking77-10shot-e15" within-$mode sparse 5e-3 $seeds
-         $probe "$OUT/snips-10shot-oracle" within-$mode sparse 5e-3 $seeds
-         $probe "$OUT/trec6-10shot-oracle" within-$mode-taylor sparse 5e-3 $seeds sensitivity.score=taylor
-         $probe "$OUT/hint3_sofmattress-10shot-oracle" within-$mode sparse 5e-3 $seeds) &
+    local seeds=0,1,2,3,4 fewshot=".venv/bin/python bench/probe_fewshot.py"
+    local within=".venv/bin/python bench/probe_within.py shuffle-attn"
+    ($fewshot "$OUT/banking77-10shot-e15" within-heads sparse 5e-3 $seeds mask.spread_heads=true
+     $fewshot --test "$OUT/banking77-10shot-e15" heads sparse 5e-3 $seeds mask.spread_heads=true
+     $fewshot --test "$OUT/banking77-10shot-e15" top-recheck sparse 5e-3 0
+     $within "$OUT/banking77-10shot-e15" within-shuffle-attn sparse 5e-3 $seeds) &
+    local grid
+    for grid in snips-10shot-oracle trec6-10shot-oracle hint3_sofmattress-10shot-oracle; do
+        local taylor=() suffix="" control=top-recheck
+        [[ $grid == trec6* ]] && taylor=(sensitivity.score=taylor) suffix=-taylor control=taylor-recheck
+        $fewshot "$OUT/$grid" within-heads$suffix sparse 5e-3 $seeds mask.spread_heads=true "${taylor[@]}"
+        $within "$OUT/$grid" within-shuffle-attn$suffix sparse 5e-3 $seeds "${taylor[@]}"
+        $fewshot --test "$OUT/$grid" heads$suffix sparse 5e-3 $seeds mask.spread_heads=true "${taylor[@]}"
+        $fewshot --test "$OUT/$grid" $control sparse 5e-3 0 "${taylor[@]}"
     done
     wait
 }
