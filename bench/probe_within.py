@@ -3,9 +3,9 @@ how the budget is shared between the maps, or in which rows of a map are chosen?
 
 The default mask and random rows differ in both. This probe keeps the default mask's row count in every map
 and draws the rows inside each map uniformly among its eligible rows (``shuffle``), or it takes the random
-mask's row count in every map (same seed) and fills each with the map's top-scored rows (``quota``). Two more
-modes keep the default count per map and ask where ``shuffle``'s change matters: uniform rows only in the
-attention query, key and value maps (``shuffle-attn``) or only in the other maps (``shuffle-rest``). (The
+mask's row count in every map (same seed) and fills each with the map's top-scored rows (``quota``). A third
+mode keeps the default count per map and asks where ``shuffle``'s change matters: uniform rows only in the
+attention query, key and value maps (``shuffle-attn``), the top rows in the others. (The
 thirty-eighth session's ``heads`` mode became ``MaskConfig.spread_heads``: run it as
 ``probe_fewshot.py GRID within-heads sparse 5e-3 SEEDS mask.spread_heads=true``.) Everything
 else is `probe_fewshot.py`'s: the grid's shots and epochs, development rows that never hold a test row, one run per seed, results appended to GRID/probes/dev.tsv (with ``--test``, the grid's shots scored on its test split, to GRID/probes/test.tsv).
@@ -32,19 +32,19 @@ from clm_explore import training  # noqa: E402
 from clm_explore.config import MaskConfig  # noqa: E402
 from clm_explore.sensitivity import SensitivityReport  # noqa: E402
 
-MODES = ("shuffle", "quota", "shuffle-attn", "shuffle-rest")
+MODES = ("shuffle", "quota", "shuffle-attn")
 ATTENTION_MAPS = ("attention.self.query.", "attention.self.key.", "attention.self.value.")
 
 
 def redrawn(mode: str, name: str) -> bool:
     """Whether ``mode`` draws this map's rows uniformly (else they are the default selection's)."""
-    in_attention = any(part in name for part in ATTENTION_MAPS)
-    return mode == "shuffle" or (mode == "shuffle-attn" and in_attention) or (mode == "shuffle-rest" and not in_attention)
+    return mode == "shuffle" or (mode == "shuffle-attn" and any(part in name for part in ATTENTION_MAPS))
 
 
 def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_module.MaskSelection:
     """``shuffle``: the default selection's count per map (and so its cost), uniform rows inside each map;
-    ``quota``: the random selection's count per map, filled with each map's top-scored rows."""
+    ``quota``: the random selection's count per map, filled with each map's top-scored rows; ``shuffle-attn``:
+    ``shuffle`` in the attention query, key and value maps only."""
     selection = masks_module.select_mask(report, dataclasses.replace(cfg, strategy="random") if mode == "quota" else cfg)
     rng = np.random.default_rng([0 if cfg.seed is None else cfg.seed, 1])
     normalised = report.normalised()
@@ -53,11 +53,10 @@ def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_mod
         info = report.matrices[name]
         eligible = np.asarray(info.eligible_rows if info.eligible_rows is not None else range(info.rows), dtype=np.int64)
         count = int(mask.sum())
-        scores = normalised[name].numpy()
         if redrawn(mode, name):
             rows = rng.choice(eligible, count, replace=False)
         elif mode == "quota":
-            rows = eligible[np.argsort(-scores[eligible], kind="stable")[:count]]
+            rows = eligible[np.argsort(-normalised[name].numpy()[eligible], kind="stable")[:count]]
         else:
             rows = mask.nonzero().flatten().numpy()
         new = torch.zeros_like(mask)
