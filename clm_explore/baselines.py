@@ -267,9 +267,10 @@ def prepare_layers(ctx: MethodContext) -> Prepared:
 
 @register_method("random")
 def prepare_random(ctx: MethodContext) -> Prepared:
-    """Random rows at the same budget, over the same eligible rows and warmed-up head as ``sparse``."""
+    """Random rows at the same budget, over the same eligible rows and warmed-up head as ``sparse``
+    (``spread_heads``, a way of picking top rows, does not apply)."""
     _, report, seconds = mine_and_score(ctx, "tokens")
-    selection = select_mask(report, replace(ctx.cfg.mask, strategy="random"))
+    selection = select_mask(report, replace(ctx.cfg.mask, strategy="random", spread_heads=False))
     return prepare_rows(ctx, report, selection, seconds)
 
 

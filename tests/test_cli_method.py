@@ -172,6 +172,10 @@ def test_finetune_spread_heads_reaches_the_mask(capsys, data_dir, tmp_path):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--spread-heads",
                              "--random-share", "0.5", "--out", str(tmp_path / "other")])
     assert "spread_heads" in err and not (tmp_path / "other").exists()
+    random = tmp_path / "random"  # random rows have no top rows to spread: the option is dropped, not an error
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "random", "--spread-heads",
+                      "--out", str(random), "--json"])
+    assert (random / "metrics.json").is_file()
 
 
 def test_finetune_fisher_of_model_labels_reaches_the_scores(capsys, data_dir, tmp_path):

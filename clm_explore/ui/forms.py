@@ -213,8 +213,8 @@ def mask_options(n_layers: int, key: str = "budget") -> MaskConfig:
             disabled=bool(share),
             help="Each query, key and value map keeps its share of the budget, but its rows are taken round-robin "
             "over the attention heads instead of its top rows, which crowd into one or two heads. In 10-shot it "
-            "recovered most of random rows' lead on banking77 and snips and was level on trec6 and hint3 "
-            "(BENCHMARKS.md). Top rows only: no random share.",
+            "was level with the top rows on banking77, snips and hint3 test splits (+0.1 to +0.5 points) and 2.7 "
+            "behind on trec6 (BENCHMARKS.md). Top rows only: no random share.",
         )
     options = dataclasses.replace(cfg, min_layer=int(min_layer), random_share=float(share),
                                   spread_heads=bool(spread) and not share)
