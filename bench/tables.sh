@@ -60,7 +60,10 @@
 #                                         # filled with top rows (10-shot development rows, 5 seeds; trec6 in the
 #                                         # thirty-eighth)
 #   bash bench/tables.sh heads            # thirty-eighth session: uniform rows in the attention maps only, and the
-#                                         # attention maps' top rows spread over the heads (same rows and seeds)
+#                                         # attention maps' top rows spread over the heads (same rows and seeds;
+#                                         # spread_heads then on the grids' test splits)
+#   bash bench/tables.sh heads_full       # thirty-eighth session: spread_heads on snips and banking77 full data,
+#                                         # 3 epochs, 3 seeds
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -854,7 +857,28 @@ heads() {
     wait
 }
 
+# Thirty-eighth session: spread_heads on full data over 3 epochs, 3 seeds: snips with the default sparse cell's
+# command on the snips_3ep lane's data folder (its seeds 0-2 are the published top rows), banking77 through
+# probe_sparse.sh on the full-data grids' carve; the top rows' seed 0 again on each as a control.
+heads_full() {
+    local snips_data="$OUT/s35/snips-full-3ep-baselines/data" folder="$OUT/s38/snips-full-heads" seed
+    [ -f "$snips_data/train.csv" ] || { echo "run the snips_3ep lane first: it writes $snips_data" >&2; exit 2; }
+    [ -f "$OUT/banking77-full-rows/data/train.csv" ] || .venv/bin/python -c "from pathlib import Path
+from clm_explore.bench import BenchConfig, prepare_data
+from clm_explore.data import load_data
+prepare_data(load_data('$DATA/banking77'), BenchConfig(methods=['full']), Path('$OUT/banking77-full-rows'))"
+    mkdir -p "$folder"
+    snips_cell() {  # SEED NAME [finetune options]
+        $CLI finetune --data "$snips_data" --method sparse --epochs 3 --seed "$1" --budget 0.01 --lr 0.005 \
+            --device cpu "${@:3}" --out "$folder/$2-s$1" --overwrite --json > "$folder/$2-s$1.json"
+    }
+    (for seed in 0 1 2; do snips_cell $seed heads --spread-heads; done; snips_cell 0 plain) &
+    for seed in 0 1 2; do bash bench/probe_sparse.sh heads $seed --spread-heads; done
+    bash bench/probe_sparse.sh default 0
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full" >&2; exit 2 ;;
 esac
