@@ -854,6 +854,9 @@ heads() {
         $fewshot --test "$OUT/$grid" heads$suffix sparse 5e-3 $seeds mask.spread_heads=true "${taylor[@]}"
         $fewshot --test "$OUT/$grid" $control sparse 5e-3 0 "${taylor[@]}"
     done
+    # trec6's default Fisher rows, once the Taylor rows' loss was known
+    $fewshot "$OUT/trec6-10shot-oracle" within-heads-fisher sparse 5e-3 $seeds mask.spread_heads=true
+    $fewshot --test "$OUT/trec6-10shot-oracle" heads-fisher sparse 5e-3 $seeds mask.spread_heads=true
     wait
 }
 
