@@ -69,9 +69,11 @@ TUNE_SCORES = ("fisher", "taylor")
 """Row scores the sweep tries with ``tune_score`` (the default first, so it wins ties). Taylor rows led Fisher
 rows by 13 points on trec6 10-shot development rows and trailed by 0.5-0.8 on three other sets: a per-task
 choice, so the grid makes it on validation like the learning rate."""
+SPREAD_METHODS = ("sparse", "sparse_merged", "fisher", "gradient")
+"""Methods that train their scores' top rows, which ``spread_heads`` re-picks over the attention heads."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
               "tune_score", "score", "cold_head", "schedule", "average_last", "tune_widen",
-              "tune_each_budget")
+              "tune_each_budget", "spread_heads")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
@@ -114,6 +116,9 @@ class BenchConfig:
     """Fixed row scores per method of SCORE_METHODS (e.g. chosen by an earlier ``tune_score`` grid); default fisher."""
     cold_head: bool = False
     """Every cell trains from the head as loaded, not the warmed-up one (``finetune --cold-head``)."""
+    spread_heads: bool = False
+    """The cells of SPREAD_METHODS take each attention map's rows round-robin over its heads
+    (``finetune --spread-heads``, ``MaskConfig.spread_heads``); random rows and the other methods are unchanged."""
     schedule: str = FinetuneConfig.schedule
     """Every cell's learning-rate schedule after the warm-up (``finetune --schedule``)."""
     average_last: float = FinetuneConfig.average_last
@@ -314,6 +319,8 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
         cmd += ["--score", cell.score]
     if cfg.cold_head:
         cmd.append("--cold-head")
+    if cfg.spread_heads and cell.method in SPREAD_METHODS:
+        cmd.append("--spread-heads")
     if cfg.schedule != FinetuneConfig.schedule:
         cmd += ["--schedule", cfg.schedule]
     if cfg.average_last:

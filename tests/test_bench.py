@@ -126,6 +126,10 @@ def test_finetune_command_passes_the_cell():
     assert "--budget" not in finetune_command(Cell("full", None, 0), _cfg(), Path("d"), Path("c"))
     assert "--cold-head" not in cmd
     assert "--cold-head" in finetune_command(Cell("full", None, 0), _cfg(cold_head=True), Path("d"), Path("c"))
+    assert "--spread-heads" not in cmd
+    spread = _cfg(methods=("sparse", "fisher", "random", "full"), spread_heads=True)
+    assert [m for m in ("sparse", "fisher", "random", "full")
+            if "--spread-heads" in finetune_command(Cell(m, 0.01, 0), spread, Path("d"), Path("c"))] == ["sparse", "fisher"]
     assert "--schedule" not in cmd and "--average-last" not in cmd  # the defaults: older grids' commands
     swa = finetune_command(Cell("full", None, 0), _cfg(schedule="constant", average_last=0.5), Path("d"), Path("c"))
     assert swa[swa.index("--schedule") + 1] == "constant" and swa[swa.index("--average-last") + 1] == "0.5"
@@ -489,6 +493,9 @@ def test_resuming_with_other_training_settings_is_refused(data_dir, tmp_path):
     with pytest.raises(BenchError, match="cold_head"):
         run_grid(data_dir, _cfg(methods=("head",), cold_head=True), tmp_path / "out", runner=in_process(cfg),
                  progress=False)
+    with pytest.raises(BenchError, match="spread_heads"):
+        run_grid(data_dir, _cfg(methods=("head",), spread_heads=True), tmp_path / "out", runner=in_process(cfg),
+                 progress=False)
     with pytest.raises(BenchError, match="average_last"):
         run_grid(data_dir, _cfg(methods=("head",), average_last=0.5), tmp_path / "out", runner=in_process(cfg),
                  progress=False)
@@ -511,7 +518,7 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     out = tmp_path / "grid"
     cmd = [sys.executable, "-m", "clm_explore.cli", "bench", "--data", str(data_dir), "--model", "tiny-random",
            "--methods", "head,bitfit", "--seeds", "1", "--epochs", "1", "--batch-size", "80", "--cold-head",
-           "--schedule", "constant", "--average-last", "0.5", "--out", str(out)]
+           "--schedule", "constant", "--average-last", "0.5", "--spread-heads", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = out / "cells" / "head-s0" / "metrics.json"
     with open(tmp_path / "first.log", "w") as log:
@@ -536,7 +543,8 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     results = pd.read_csv(out / "results.csv")
     assert list(results["method"]) == ["head", "bitfit"] and (results["status"] == "succeeded").all()
     assert (out / "report.html").is_file()
-    assert json.loads((out / "bench.json").read_text())["cold_head"] is True
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["cold_head"] is True and saved["spread_heads"] is True
     cell_config = json.loads((out / "cells" / "bitfit-s0" / "clm_run.json").read_text())["config"]
     assert cell_config["head_warmup"] is False
     assert cell_config["schedule"] == "constant" and cell_config["average_last"] == 0.5

@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
                    help="fixed row scores of sparse/sparse_merged, e.g. sparse=taylor (others: fisher)")
     p.add_argument("--cold-head", action="store_true",
                    help="every cell trains from the head as loaded, not the warmed-up one (finetune --cold-head)")
+    p.add_argument("--spread-heads", action="store_true",
+                   help="the top-row methods (sparse, sparse_merged, fisher, gradient) take each attention map's rows "
+                   "round-robin over its heads (finetune --spread-heads)")
     p.add_argument("--schedule", default=FinetuneConfig.schedule, choices=SCHEDULES,
                    help="every cell's learning rate after the warm-up: linear or cosine decay to 0, or constant")
     p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
@@ -102,7 +105,7 @@ def bench_config(args: argparse.Namespace):
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
                        tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget,
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
-                       cold_head=args.cold_head, schedule=args.schedule, average_last=args.average_last,
+                       cold_head=args.cold_head, spread_heads=args.spread_heads, schedule=args.schedule, average_last=args.average_last,
                        model=args.model, batch_size=args.batch_size,
                        max_length=args.max_length, device=args.device, jobs=args.jobs,
                        data=str(Path(args.data).resolve()))
