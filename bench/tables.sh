@@ -64,6 +64,8 @@
 #                                         # spread_heads then on the grids' test splits)
 #   bash bench/tables.sh heads_full       # thirty-eighth session: spread_heads on snips and banking77 full data,
 #                                         # 3 epochs, 3 seeds
+#   bash bench/tables.sh heads_grids      # thirty-eighth session: snips and banking77 10-shot row grids with
+#                                         # bench --spread-heads
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -881,7 +883,14 @@ prepare_data(load_data('$DATA/banking77'), BenchConfig(methods=['full']), Path('
     wait
 }
 
+# Thirty-eighth session: two of the thirty-third session's 10-shot row grids with bench --spread-heads.
+heads_grids() {
+    local bench="$CLI bench --tune-lr --jobs 2 --spread-heads --shots 10 --seeds 3"
+    $bench --data "$DATA/snips" --methods sparse,fisher,gradient --epochs 30 --out "$OUT/s38/snips-10shot-spread-rows"
+    $bench --data "$DATA/banking77" --methods sparse --epochs 5 --out "$OUT/s38/b77-10shot-spread-rows"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids" >&2; exit 2 ;;
 esac
