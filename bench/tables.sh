@@ -64,7 +64,7 @@
 #                                         # spread_heads then on the grids' test splits)
 #   bash bench/tables.sh heads_full       # thirty-eighth session: spread_heads on snips and banking77 full data,
 #                                         # 3 epochs, 3 seeds
-#   bash bench/tables.sh heads_grids      # thirty-eighth session: snips and banking77 10-shot row grids with
+#   bash bench/tables.sh heads_grids      # thirty-eighth session: the four 10-shot row grids with
 #                                         # bench --spread-heads
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
@@ -883,11 +883,14 @@ prepare_data(load_data('$DATA/banking77'), BenchConfig(methods=['full']), Path('
     wait
 }
 
-# Thirty-eighth session: two of the thirty-third session's 10-shot row grids with bench --spread-heads.
+# Thirty-eighth session: the thirty-third session's 10-shot row grids with bench --spread-heads.
 heads_grids() {
     local bench="$CLI bench --tune-lr --jobs 2 --spread-heads --shots 10 --seeds 3"
     $bench --data "$DATA/snips" --methods sparse,fisher,gradient --epochs 30 --out "$OUT/s38/snips-10shot-spread-rows"
     $bench --data "$DATA/banking77" --methods sparse --epochs 5 --out "$OUT/s38/b77-10shot-spread-rows"
+    $bench --data "$DATA/trec6" --methods sparse,gradient --epochs 30 --tune-score --out "$OUT/s38/trec6-10shot-spread-rows"
+    $bench --data "$DATA/hint3_sofmattress" --methods sparse,fisher,gradient --epochs 30 \
+        --out "$OUT/s38/hint3-10shot-spread-rows"
 }
 
 case "${1:-}" in
