@@ -33,12 +33,13 @@ from clm_explore.config import MaskConfig  # noqa: E402
 from clm_explore.sensitivity import SensitivityReport  # noqa: E402
 
 MODES = ("shuffle", "quota", "shuffle-attn")
-ATTENTION_MAPS = ("attention.self.query.", "attention.self.key.", "attention.self.value.")
+ATTENTION_MODULES = ("q", "k", "v")
 
 
-def redrawn(mode: str, name: str) -> bool:
-    """Whether ``mode`` draws this map's rows uniformly (else they are the default selection's)."""
-    return mode == "shuffle" or (mode == "shuffle-attn" and any(part in name for part in ATTENTION_MAPS))
+def redrawn(mode: str, module: str) -> bool:
+    """Whether ``mode`` draws the rows of a map of this module kind uniformly (else they are the default
+    selection's)."""
+    return mode == "shuffle" or (mode == "shuffle-attn" and module in ATTENTION_MODULES)
 
 
 def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_module.MaskSelection:
@@ -53,7 +54,7 @@ def repicked(report: SensitivityReport, cfg: MaskConfig, mode: str) -> masks_mod
         info = report.matrices[name]
         eligible = np.asarray(info.eligible_rows if info.eligible_rows is not None else range(info.rows), dtype=np.int64)
         count = int(mask.sum())
-        if redrawn(mode, name):
+        if redrawn(mode, info.module):
             rows = rng.choice(eligible, count, replace=False)
         elif mode == "quota":
             rows = eligible[np.argsort(-normalised[name].numpy()[eligible], kind="stable")[:count]]
