@@ -5,7 +5,8 @@ import streamlit as st
 from clm_explore.config import ConfigError
 from clm_explore.data import DataError
 from clm_explore.modeling import ModelSourceError
-from clm_explore.ui import cache, forms, jobs
+from clm_explore.ui import cache, forms, jobs, state
+from clm_explore.ui.views import escape_markdown
 
 USER_ERRORS = (ConfigError, DataError, ModelSourceError)
 
@@ -22,10 +23,11 @@ PAGES = [
 ]
 
 cache.configure_torch()
+cache.pruned_uploads(str(state.uploads_root()))
 jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
 page = st.navigation(PAGES)
 forms.sidebar()
 try:
     page.run()
 except USER_ERRORS as exc:  # a bad model folder, unusable data or option: one paragraph, no traceback
-    st.error(str(exc))
+    st.error(escape_markdown(str(exc)))

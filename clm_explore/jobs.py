@@ -209,6 +209,7 @@ class JobQueue:
         self._set_run_status(job, status, _last_line(job.error))
         job.status = status
         job.finished = time.time()
+        job.kwargs = {}  # the job's data set (an upload can be 200 MB) is not kept for the server's lifetime
         job._done.set()
 
     def _set_run_status(self, job: Job, status: RunStatus, error: str | None = None) -> None:

@@ -1,7 +1,5 @@
 """Data: the bundled sample, a server-side data set or an upload; column mapping; the data report."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from clm_explore.data import DataError
@@ -14,18 +12,17 @@ choice = forms.data_picker(state.data_choice(), key="data")
 if choice is None:
     st.stop()
 if choice.kind == "upload":
-    raw = Path(choice.path).read_bytes()
-    choice = forms.column_mapping(choice, cache.columns(choice.digest, raw, choice.name), key="data")
+    choice = forms.column_mapping(choice, cache.columns(choice.digest, choice.path, choice.name), key="data")
 
 try:
     annotated = cache.data(choice)
 except DataError as exc:
-    st.error(str(exc))
+    st.error(views.escape_markdown(str(exc)))
     st.stop()
 if state.set_data_choice(choice):
     st.rerun()  # the sidebar, drawn before this page, shows the new data set
 
-st.subheader(f"Data set: {choice.name}")
+st.subheader(f"Data set: {views.escape_markdown(choice.name)}")
 views.render_data_report(cache.report(choice), key="data")
 with st.expander("Preview (first 50 training rows)"):
     st.dataframe(annotated.train.head(50), key="data_preview")

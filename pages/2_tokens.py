@@ -18,7 +18,7 @@ cfg = forms.mining_form(key="tok")
 try:
     mined = cache.task_tokens(source, choice, cfg)
 except (DataError, ModelSourceError) as exc:
-    st.error(str(exc))
+    st.error(views.escape_markdown(str(exc)))
     st.stop()
 if not mined.groups:
     st.warning("No group passed the thresholds; lower 'Min rows' in the mining options.")

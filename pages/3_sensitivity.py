@@ -35,9 +35,9 @@ views.heatmap(table, view, VIEWS[view], key="sens_main")
 
 st.subheader("Restricted vs unrestricted")
 st.write("The same score with gradients from every position: how much the token restriction moves the mass.")
-if st.button("Compare with unrestricted", key="sens_compare_btn"):
-    state.put(state.SENS_COMPARE, True)
-if state.get(state.SENS_COMPARE, False):
+# A toggle, not a button: the comparison costs a second scoring pass on every change of the options, so the
+# user can turn it off again.
+if st.toggle("Compare with the other restriction (a second scoring pass)", key=state.SENS_COMPARE):
     other_cfg = dataclasses.replace(cfg, restriction="none" if cfg.restriction == "tokens" else "tokens")
     other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
     left, right = st.columns(2)

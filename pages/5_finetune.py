@@ -4,6 +4,7 @@ import streamlit as st
 
 from clm_explore.config import ConfigError
 from clm_explore.ui import cache, forms, jobs, state
+from clm_explore.ui.views import escape_markdown
 
 st.title("Finetune")
 st.write(
@@ -12,13 +13,16 @@ st.write(
 )
 
 choice, source = state.require_data()
-st.caption(f"Data: **{choice.name}** · model: **{source}** · device: **{forms.device_label()}**")
+st.caption(
+    f"Data: **{escape_markdown(choice.name)}** · model: **{escape_markdown(source)}** · "
+    f"device: **{forms.device_label()}**"
+)
 
 unseen = cache.report(choice).unseen_labels.get("test", [])  # out-of-scope queries in test
 try:
     submitted = forms.finetune_form(key="ft", out_of_scope_labels=unseen)
 except ConfigError as exc:
-    st.error(str(exc))
+    st.error(escape_markdown(str(exc)))
     submitted = None
 if submitted is not None:
     name, cfg = submitted

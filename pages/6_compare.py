@@ -19,7 +19,11 @@ c1, c2 = st.columns(2)
 with c1:
     a = run_views.run_picker(done, "Run A", store.latest("sparse") or done[0], key="cmp_a")
 with c2:
-    b = run_views.run_picker(done, "Run B", store.latest("full") or done[1], key="cmp_b")
+    b = run_views.run_picker(done, "Run B", run_views.other_run(done, a, prefer="full"), key="cmp_b")
+mismatch = run_views.data_mismatch(a, b)
+if mismatch:
+    st.warning(mismatch)
+    st.stop()
 run_views.render_metrics_side_by_side(a, b, key="cmp")
 c1, c2 = st.columns(2)
 with c1:

@@ -5,6 +5,7 @@ import streamlit as st
 
 from clm_explore.runs import RunStoreError
 from clm_explore.ui import jobs, run_views
+from clm_explore.ui.views import escape_markdown
 
 st.title("Runs")
 st.write("Every run in the registry, whoever launched it. Runs live in folders on the server.")
@@ -26,7 +27,7 @@ st.caption(
     f"Folder: `{run.path}` · status **{run.status.value}** · created {run.created} · updated {run.updated}"
 )
 if run.error:
-    st.error(run.error)
+    st.error(escape_markdown(run.error))
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Config**")
@@ -50,12 +51,13 @@ with c2:
     if not run.is_terminal and job is not None and st.button("Cancel job", key="runs_cancel"):
         job.cancel()
         st.toast("Cancel requested.")
-    confirm = st.checkbox("Yes, delete this run and its folder", key="runs_confirm")
+    # Keyed by run: after a delete (or another pick) the box starts unticked for the run now shown.
+    confirm = st.checkbox("Yes, delete this run and its folder", key=f"runs_confirm_{run.id}")
     if st.button("Delete run", key="runs_delete", disabled=not confirm):
         try:
             store.delete(run.id)
         except RunStoreError as exc:
-            st.error(str(exc))
+            st.error(escape_markdown(str(exc)))
         else:
             st.toast(f"Deleted {run.id}")
             st.rerun()

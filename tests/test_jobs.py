@@ -76,6 +76,7 @@ def test_success_updates_run_and_progress(jobs: JobQueue, store: RunStore) -> No
     assert job.progress().loss == 0.25 and len(job.progress().losses) == 4  # NaN loss ignored
     record = store.get(run.id)
     assert record.status is RunStatus.SUCCEEDED and record.metrics == {"accuracy": 0.75}
+    assert job.kwargs == {}  # the job's arguments (a whole data set in the app) are not kept once it ends
 
 
 def test_running_status_seen_while_it_runs(jobs: JobQueue, store: RunStore) -> None:

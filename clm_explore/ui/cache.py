@@ -8,6 +8,7 @@ modify a model (sensitivity warms up the head) get a fresh copy loaded inside th
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,13 @@ import pandas as pd
 import streamlit as st
 
 from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
-from clm_explore.data import AnnotatedData, DataReport, data_report, load_data, load_upload
+from clm_explore.data import AnnotatedData, DataError, DataReport, data_report, load_data, load_upload
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model
 from clm_explore.runs import RunStore
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
+from clm_explore.ui import state
 from clm_explore.ui.state import DataChoice
 
 
@@ -39,7 +41,11 @@ def model(source: str, labels: tuple[str, ...]) -> LoadedModel:
 def data(choice: DataChoice, max_file_mb: float = DataConfig().max_file_mb) -> AnnotatedData:
     cfg = DataConfig(text_col=choice.text_col, label_col=choice.label_col, max_file_mb=max_file_mb)
     if choice.kind == "upload":
-        return load_upload(Path(choice.path).read_bytes(), choice.name, cfg)
+        try:
+            raw = Path(choice.path).read_bytes()
+        except OSError as exc:  # cleaned up (old uploads are pruned when a server starts) or moved
+            raise DataError(f"The uploaded file {choice.name} is no longer on the server; upload it again.") from exc
+        return load_upload(raw, choice.name, cfg)
     return load_data(choice.path, cfg)
 
 
@@ -49,13 +55,14 @@ def report(choice: DataChoice) -> DataReport:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def columns(raw_digest: str, _raw: bytes, filename: str) -> list[str]:
-    """Column names of an uploaded file (for the column mapping), read from its first rows."""
+def columns(raw_digest: str, path: str, filename: str) -> list[str]:
+    """Column names of an uploaded file (for the column mapping), read from its first rows; the file is read
+    only when its digest is not cached yet ([] when it cannot be read: ``data`` then says why)."""
     import io
 
     suffix = Path(filename).suffix.lower()
-    buffer = io.BytesIO(_raw)
     try:
+        buffer = io.BytesIO(Path(path).read_bytes())
         if suffix == ".parquet":
             frame = pd.read_parquet(buffer)
         elif suffix in (".jsonl", ".ndjson"):
@@ -99,16 +106,25 @@ def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: 
     return compute_sensitivity(fresh, annotated, groups, cfg, device=device)
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
 def mask(
     source: str, choice: DataChoice, mining_cfg: MiningConfig, sens: SensitivityConfig, cfg: MaskConfig
 ) -> MaskSelection:
-    return select_mask(sensitivity(source, choice, mining_cfg, sens), cfg)
+    return timed_mask(source, choice, mining_cfg, sens, cfg)[0]
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def timed_mask(
+    source: str, choice: DataChoice, mining_cfg: MiningConfig, sens: SensitivityConfig, cfg: MaskConfig
+) -> tuple[MaskSelection, float]:
+    """The selection and the seconds its selection took from the scores (timed here, not around a cache hit)."""
+    report = sensitivity(source, choice, mining_cfg, sens)
+    started = time.perf_counter()
+    return select_mask(report, cfg), time.perf_counter() - started
 
 
 @st.cache_resource(show_spinner="Loading the run's model…", max_entries=4)
 def run_model(run_path: str, mtime: float) -> LoadedModel:
-    """A finetuned run folder's model (``mtime`` of its weights keys the cache)."""
+    """A finetuned run folder's model (``mtime``, of a file the run rewrites when it is trained again, keys the cache)."""
     from clm_explore.attribution import load_run_model
 
     return load_run_model(run_path)
@@ -156,6 +172,12 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows).read_bytes()
+
+
+@st.cache_resource(show_spinner=False)
+def pruned_uploads(root: str) -> list[str]:
+    """Once per server (and uploads folder): old sessions' uploads deleted (``state.prune_uploads``)."""
+    return state.prune_uploads(Path(root), state.upload_max_days())
 
 
 @st.cache_resource(show_spinner=False)

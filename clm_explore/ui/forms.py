@@ -52,8 +52,8 @@ def sidebar() -> None:
         elif choice != current:
             state.set_model_source(choice)
         data = state.data_choice()
-        st.caption(f"**Model:** {state.model_source()}")
-        st.caption(f"**Data:** {data.name if data else 'none (pick one on the Data page)'}")
+        st.caption(f"**Model:** {escape_markdown(state.model_source())}")
+        st.caption(f"**Data:** {escape_markdown(data.name) if data else 'none (pick one on the Data page)'}")
         st.caption(f"**Device:** {device_label()}")
 
 
@@ -146,6 +146,7 @@ def _sync_from_slider(key: str) -> None:
 def _sync_from_number(key: str) -> None:
     value = min(max(st.session_state[f"{key}_number"] / 100, BUDGET_STEPS[0]), 1.0)
     state.set_budget(value)
+    st.session_state[f"{key}_number"] = round(value * 100, 4)  # the box shows the budget in use
     st.session_state[f"{key}_slider"] = min(BUDGET_STEPS, key=lambda s: abs(math.log(s) - math.log(value)))
 
 
@@ -168,7 +169,7 @@ def budget_input(key: str = "budget") -> float:
     )
     c2.number_input(
         "Budget %",
-        min_value=0.001,
+        min_value=BUDGET_STEPS[0] * 100,
         max_value=100.0,
         step=0.1,
         format="%.4g",
@@ -240,7 +241,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             help="'sparse' is ours; the others are baselines at the same budget where it applies.",
         )
         budget = c2.number_input(
-            "Budget %", 0.001, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget"
+            "Budget %", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget"
         )
         epochs = c3.number_input("Epochs", 1, 100, defaults.epochs, key=f"{key}_epochs")
         lr = c1.number_input(
@@ -362,7 +363,7 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
         if upload is not None:
             raw = upload.getvalue()
             if len(raw) > cap * 2**20:
-                st.error(f"{upload.name} is {len(raw) / 2**20:.0f} MB; the limit is {cap:.0f} MB.")
+                st.error(f"{escape_markdown(upload.name)} is {len(raw) / 2**20:.0f} MB; the limit is {cap:.0f} MB.")
                 return None
             choice = state.upload_choice(raw, upload.name, choice)
     return choice

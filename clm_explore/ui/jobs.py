@@ -112,7 +112,7 @@ def _job_card(job: Job, key: str) -> None:
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–")
         m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
-        m3.metric("Elapsed", _duration(p.elapsed or (time.time() - (job.started or time.time()))))
+        m3.metric("Elapsed", _duration(p.elapsed or ((job.finished or time.time()) - (job.started or time.time()))))
         m4.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
         # every open session, held the server's CPU away from the jobs themselves (in the two-user browser

@@ -155,10 +155,35 @@ def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
     st.plotly_chart(fig, key=f"{key}_f1diff")
 
 
+def other_run(records: list[RunRecord], picked: RunRecord, prefer: str) -> RunRecord | None:
+    """The default partner of ``picked``: the newest run of method ``prefer`` that is not ``picked``, else the
+    newest other run (``records`` are newest first)."""
+    others = [r for r in records if r.id != picked.id]
+    return next((r for r in others if r.method == prefer), others[0] if others else None)
+
+
+def data_mismatch(a: RunRecord, b: RunRecord) -> str:
+    """Why two runs cannot be paired row by row ('' when they can): they were launched on different data sets.
+    Runs registered without a data key (e.g. from the CLI) are not refused; their rows are paired by row id
+    and text."""
+    data_a, data_b = a.config.get("data"), b.config.get("data")
+    if data_a is None or data_b is None or data_a == data_b:
+        return ""
+    # A data key is "kind:name:text column:label column:digest"; the name says it unless both share it.
+    name_a, name_b = (str(d).split(":")[1] if ":" in str(d) else str(d) for d in (data_a, data_b))
+    if name_a == name_b:
+        name_a, name_b = str(data_a), str(data_b)
+    name_a, name_b = escape_markdown(name_a), escape_markdown(name_b)  # an upload's name is user text
+    return (f"Run A was trained and tested on {name_a}, run B on {name_b}: their test rows differ, so "
+            "they cannot be compared row by row. Pick two runs on one data set (the Runs page compares the "
+            "metrics of any runs).")
+
+
 def disagreements(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
-    """Test rows where the two runs predict differently, with which one is right."""
+    """Test rows where the two runs predict differently, with which one is right (rows paired by id and text,
+    so that two different test splits pair nothing)."""
     both = pred_a[["row", "text", "label", "pred", "prob"]].merge(
-        pred_b[["row", "pred", "prob"]], on="row", suffixes=("_a", "_b")
+        pred_b[["row", "text", "pred", "prob"]], on=["row", "text"], suffixes=("_a", "_b")
     )
     both = both[both["pred_a"] != both["pred_b"]].copy()
     both["right"] = np.select(

@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import os
 import re
+import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +34,13 @@ SESSION_ID = "session_id"
 MINING_CFG = "mining_cfg"
 SENS_CFG = "sens_cfg"
 SENS_COMPARE = "sens_compare"
-"""True once the user asked for the restricted vs unrestricted comparison."""
+"""The Sensitivity page's toggle: show the scores with the other token restriction beside them."""
 BUDGET = "budget"
 """The budget chosen on the Budget page, a fraction in (0, 1]."""
 MASK_OPTIONS = "mask_options"
 """The Budget page's row-choice options, a MaskConfig whose budget field is unused (BUDGET holds it)."""
 INLINE_JOBS = "inline_jobs"
 """Run jobs synchronously inside the script (tests); also set by env CLM_EXPLORE_INLINE_JOBS=1."""
-COMPARE_ROW = "compare_row"
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,41 @@ def session_id() -> str:
 def uploads_root() -> Path:
     """``$CLM_EXPLORE_UPLOADS`` or ``<runs root>/_uploads``."""
     return Path(os.environ.get("CLM_EXPLORE_UPLOADS") or default_root() / "_uploads")
+
+
+UPLOAD_DAYS = 7.0
+"""Default age (days since the last upload) after which a session's upload folder is deleted when a server starts."""
+
+
+def upload_max_days() -> float:
+    """``$CLM_EXPLORE_UPLOAD_DAYS`` (0 keeps uploads forever), else UPLOAD_DAYS."""
+    raw = os.environ.get("CLM_EXPLORE_UPLOAD_DAYS")
+    try:
+        return max(0.0, float(raw)) if raw else UPLOAD_DAYS
+    except ValueError:
+        return UPLOAD_DAYS
+
+
+def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list[str]:
+    """Delete the session folders under ``root`` whose newest file is older than ``max_days`` (0 = none).
+
+    A browser session's uploads live in a folder of its own that no later session reopens (a reload is a new
+    session), so without this the folder outlives its session for good. A session that is still open when its
+    folder goes is told on its next page that the file is gone and to upload it again.
+
+    Returns:
+        The names of the deleted folders.
+    """
+    if max_days <= 0 or not root.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - max_days * 86400
+    deleted = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        newest = max((f.stat().st_mtime for f in folder.rglob("*") if f.is_file()), default=folder.stat().st_mtime)
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(folder.name)
+    return deleted
 
 
 def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataChoice:

@@ -7,12 +7,16 @@ User text (data rows, labels, words) is only ever shown through dataframes or th
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+
+if TYPE_CHECKING:  # type names only: the pages import this module before any model code is needed
+    from clm_explore.masks import MaskSelection
+    from clm_explore.mining import MergeReport
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 MODULE_ORDER = ["embeddings", "q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "pooler"]
@@ -111,7 +115,7 @@ def render_group_examples(group: Any, train: pd.DataFrame, key: str, limit: int 
         needle = group.text.lower()
         ids = train.index[train["text"].str.lower().str.contains(needle, regex=False)].tolist()
     st.markdown(
-        f"**{escape_markdown(group.text)}** → label `{group.label}` · in {group.count} rows · "
+        f"**{escape_markdown(group.text)}** → label _{escape_markdown(group.label)}_ · in {group.count} rows · "
         f"lift {group.lift:.2f}"
     )
     for i in ids[:limit]:
@@ -159,47 +163,35 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GiB"  # pragma: no cover
 
 
-def render_mask_summary(selection: Any, full_params: int | None, key: str) -> None:
-    # The contract named it trainable_params; masks.py calls it selected_params.
-    trainable = getattr(selection, "trainable_params", None) or selection.selected_params
+def render_mask_summary(selection: MaskSelection, full_params: int | None, key: str) -> None:
     lowest = selection.lowest_layer
     c = st.columns(5)
-    c[0].metric("Trainable params", f"{trainable:,}")
+    c[0].metric("Trainable params", f"{selection.selected_params:,}")
     c[1].metric("Share of backbone", f"{selection.share * 100:.3g}%")
     c[2].metric(
         "Optimizer memory", human_bytes(selection.optimizer_bytes), help="AdamW: value, gradient, 2 moments"
     )
     c[3].metric("Lowest selected layer", "–" if lowest is None else ("emb" if lowest < 0 else str(lowest)))
-    ratio = getattr(selection, "time_ratio_estimate", None)
     c[4].metric(
         "Time per epoch vs full",
-        f"{ratio:.2f}×" if ratio is not None else "–",
+        f"{selection.time_ratio_estimate:.2f}×",
         help="Estimate: backward stops at the lowest selected layer; optimizer touches selected rows only.",
     )
     if full_params:
         st.caption(f"Full finetuning would train {full_params:,} backbone parameters.")
 
 
-def render_merge_report(report: Any, key: str) -> None:
+def render_merge_report(report: MergeReport, key: str) -> None:
     """Mean input length before/after merging groups into single tokens, and the merged groups."""
-    fields = vars(report) if hasattr(report, "__dict__") else {}
-    before = next((fields[k] for k in ("mean_length_before", "mean_before", "before") if k in fields), None)
-    after = next((fields[k] for k in ("mean_length_after", "mean_after", "after") if k in fields), None)
-    if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
+    if report.mean_length_before:
         c = st.columns(3)
-        c[0].metric("Mean sub-tokens before", f"{before:.2f}")
-        c[1].metric("After merging", f"{after:.2f}")
-        c[2].metric("Shorter by", f"{(1 - after / before) * 100:.1f}%")
-    merged = next((fields[k] for k in ("merged", "merged_groups", "groups", "added") if k in fields), None)
-    if merged:
-        items = [
-            vars(m) if hasattr(m, "__dict__") else ({"group": m} if not isinstance(m, dict) else m)
-            for m in merged
-        ]
-        st.dataframe(pd.DataFrame(items).astype(str), key=f"{key}_merged", hide_index=True)
-    note = fields.get("note")
-    if note:
-        st.caption(escape_markdown(str(note)))
+        c[0].metric("Mean sub-tokens before", f"{report.mean_length_before:.2f}")
+        c[1].metric("After merging", f"{report.mean_length_after:.2f}")
+        c[2].metric("Shorter by", f"{report.shortening * 100:.1f}%")
+    if report.merged:
+        st.dataframe(pd.DataFrame(report.merged).astype(str), key=f"{key}_merged", hide_index=True)
+    if report.note:
+        st.caption(escape_markdown(report.note))
 
 
 def share_of_total(table: pd.DataFrame) -> pd.DataFrame:

@@ -52,7 +52,7 @@ def shoot_setup_pages(page) -> None:
 
     nav(page, "Sensitivity")
     page.get_by_text("Restricted vs unrestricted").wait_for(timeout=WAIT)
-    page.get_by_role("button", name="Compare with unrestricted").click()
+    page.get_by_text("Compare with the other restriction").click()  # a toggle
     page.get_by_text("Difference (").wait_for(timeout=WAIT)
     settle(page)
     shoot(page, "3_sensitivity")

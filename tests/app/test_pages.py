@@ -57,7 +57,7 @@ def button(app: AppTest, label: str):
 def test_data_page_defaults_to_sample(at: AppTest) -> None:
     assert at.session_state["data_choice"].name == "banking77_20"
     assert at.title[0].value == "Data"
-    assert any("banking77_20" in c.value for c in at.sidebar.caption)
+    assert any("banking77\\_20" in c.value for c in at.sidebar.caption)  # a data name is escaped Markdown
     assert at.metric[0].label == "Rows" and int(at.metric[0].value) > 0
 
 
@@ -110,6 +110,9 @@ def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
     assert at.session_state["mining_cfg"].min_count == 3
     at.text_input(key="tok_all_query").input("zzzz-no-match").run()
     assert not at.exception
+    at.toggle(key="tok_merge").set_value(True).run()
+    assert not at.exception
+    assert [m.label for m in at.metric][-3:] == ["Mean sub-tokens before", "After merging", "Shorter by"]
 
 
 def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
@@ -117,10 +120,11 @@ def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
     for view in ("norm_score", "share_selected", "score"):
         at.radio(key="sens_view").set_value(view).run()
         assert not at.exception, view
-    at.button(key="sens_compare_btn").click().run()
+    at.toggle(key="sens_compare").set_value(True).run()
     assert not at.exception
-    assert at.session_state["sens_compare"] is True
     assert any("Difference" in str(c.proto) for c in at.get("plotly_chart"))
+    at.toggle(key="sens_compare").set_value(False).run()  # and off again: no second scoring pass
+    assert not any("Difference" in str(c.proto) for c in at.get("plotly_chart"))
     at.selectbox(key="sens_head").set_value("centroid")
     button(at, "Compute").click().run()
     assert not at.exception
@@ -148,6 +152,8 @@ def test_budget_slider_and_number_box(at: AppTest) -> None:
     at.number_input(key="budget_number").set_value(0.5).run()
     assert at.session_state["budget"] == pytest.approx(0.005)
     assert not at.exception
+    assert at.number_input(key="budget_number").min == pytest.approx(0.01)  # the slider's lowest step
+    assert "from the cached scores in" in " ".join(c.value for c in at.caption)
 
 
 def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
@@ -188,10 +194,13 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
 
     goto(at, "pages/7_runs.py")
     victim = at.selectbox(key="runs_pick").value
-    at.checkbox(key="runs_confirm").check().run()
+    at.checkbox(key=f"runs_confirm_{victim}").check().run()
     at.button(key="runs_delete").click().run()
     assert not at.exception
     assert victim not in [r.id for r in store.list()]
+    shown = at.selectbox(key="runs_pick").value  # the other run: its confirmation starts unticked
+    assert shown != victim and at.checkbox(key=f"runs_confirm_{shown}").value is False
+    assert at.button(key="runs_delete").disabled
 
 
 def test_runs_page_shows_interrupted(at: AppTest) -> None:
@@ -320,3 +329,69 @@ def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_label
     assert run.config["out_of_scope_quantile"] == 0.25
     scope = run.metrics["out_of_scope"]
     assert scope["rows"] == 144 and scope["quantile"] == 0.25 and scope["threshold"] is not None
+
+
+def test_upload_gone_from_the_server_is_a_plain_error(tmp_path: Path) -> None:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["data_choice"] = DataChoice("upload", str(tmp_path / "gone.csv"), "gone.csv", digest="0" * 64)
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.error and "upload it again" in app.error[0].value
+
+
+def test_prune_uploads_deletes_only_old_session_folders(tmp_path: Path) -> None:
+    from clm_explore.ui.state import prune_uploads
+
+    old, fresh, empty_old = (tmp_path / name for name in ("old", "fresh", "empty"))
+    for folder in (old, fresh, empty_old):
+        folder.mkdir()
+    (old / "a.csv").write_text("text,label\n")
+    (fresh / "b.csv").write_text("text,label\n")
+    now = 1_000_000_000.0
+    day = 86400
+    os.utime(old / "a.csv", (now - 8 * day, now - 8 * day))
+    os.utime(fresh / "b.csv", (now - 6 * day, now - 6 * day))
+    os.utime(empty_old, (now - 9 * day, now - 9 * day))
+    assert prune_uploads(tmp_path, 0, now=now) == []  # 0 keeps everything
+    assert prune_uploads(tmp_path, 7, now=now) == ["empty", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh"]
+    assert prune_uploads(tmp_path / "missing", 7, now=now) == []
+
+
+def test_compare_pairs_runs_of_one_data_set_only() -> None:
+    import pandas as pd
+
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import data_mismatch, disagreements, other_run
+
+    def record(run_id: str, method: str, data: str | None) -> RunRecord:
+        config = {} if data is None else {"data": data}
+        return RunRecord(run_id, run_id, method, RunStatus.SUCCEEDED, Path(run_id), "", "", config=config)
+
+    newest_first = [record("s2", "sparse", "sample:a:None:None:"), record("s1", "sparse", "sample:a:None:None:"),
+                    record("f1", "full", "shared:b:None:None:")]
+    assert other_run(newest_first, newest_first[0], prefer="full").id == "f1"
+    assert other_run(newest_first, newest_first[2], prefer="full").id == "s2"  # never the picked run itself
+    assert other_run(newest_first[:1], newest_first[0], prefer="full") is None
+    assert data_mismatch(newest_first[0], newest_first[1]) == ""
+    message = data_mismatch(newest_first[0], newest_first[2])
+    assert "on a, run B on b" in message
+    assert data_mismatch(newest_first[0], record("cli", "full", None)) == ""  # unknown data: paired by text
+    two_uploads = data_mismatch(record("u1", "sparse", "upload:x.csv:t:l:aaa"), record("u2", "full", "upload:x.csv:t:l:bbb"))
+    assert "aaa" in two_uploads and "bbb" in two_uploads  # one name, two files: the keys tell them apart
+
+    pred = pd.DataFrame({"row": [0, 1], "text": ["hi", "yo"], "label": ["a", "b"], "pred": ["a", "a"], "prob": 0.9})
+    other = pred.assign(pred=["b", "b"])
+    assert disagreements(pred, other)["right"].tolist() == ["only A", "only B"]
+    assert disagreements(pred, other.assign(text=["x", "y"])).empty  # same row ids, other texts: no pairs
+
+
+def test_compare_page_refuses_runs_on_different_data(at: AppTest) -> None:
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    for method, data in (("full", "shared:trec6:None:None:"), ("sparse", "sample:banking77_20:None:None:")):
+        run = store.create(method, method, {"data": data})
+        (run.path / "metrics.json").write_text("{}")
+        store.set_status(run.id, RunStatus.SUCCEEDED)
+    goto(at, "pages/6_compare.py")
+    assert at.selectbox(key="cmp_a").value != at.selectbox(key="cmp_b").value
+    assert at.warning and "cannot be compared row by row" in at.warning[0].value
