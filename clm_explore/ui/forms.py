@@ -47,7 +47,10 @@ def sidebar() -> None:
             folder = st.text_input(
                 "Model folder (on the server)", value="" if pick != SOURCES[2] else current, key="side_folder"
             )
-            if folder and folder != current:
+            refused = state.refused_model_source(folder) if folder and folder != current else ""
+            if refused:
+                st.error(refused)
+            elif folder and folder != current:
                 state.set_model_source(folder)
         elif choice != current:
             state.set_model_source(choice)

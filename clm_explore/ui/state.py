@@ -87,6 +87,31 @@ def set_model_source(source: str) -> None:
     st.session_state[MODEL_SOURCE] = source
 
 
+NAMED_MODEL_SOURCES = ("default", "tiny-random", "smollm2")
+"""Model sources given by name (packages), allowed whatever ``$CLM_EXPLORE_MODEL_DIRS`` says."""
+
+
+def model_dirs() -> list[Path]:
+    """``$CLM_EXPLORE_MODEL_DIRS`` (folders separated like PATH): where the sidebar may load models from; empty
+    when unset (any path: a server for one user)."""
+    raw = os.environ.get("CLM_EXPLORE_MODEL_DIRS", "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def refused_model_source(source: str) -> str:
+    """Why a browser user may not load ``source`` ('' when they may): with ``$CLM_EXPLORE_MODEL_DIRS`` set, a
+    path must lie inside one of its folders. The answer is the same whether the path exists or not, so the
+    sidebar does not tell a user what is on the server."""
+    allowed = model_dirs()
+    if not allowed or source in NAMED_MODEL_SOURCES:
+        return ""
+    path = Path(source).expanduser().resolve()
+    if any(path == root or root in path.parents for root in allowed):
+        return ""
+    return ("This server loads models only by name (" + ", ".join(NAMED_MODEL_SOURCES) + ") or from its "
+            "model folders; ask its administrator (CLM_EXPLORE_MODEL_DIRS).")
+
+
 def sample_choice() -> DataChoice | None:
     if SAMPLE_DIR.is_dir():
         return DataChoice("sample", str(SAMPLE_DIR), SAMPLE_DIR.name)

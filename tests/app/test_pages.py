@@ -395,3 +395,28 @@ def test_compare_page_refuses_runs_on_different_data(at: AppTest) -> None:
     goto(at, "pages/6_compare.py")
     assert at.selectbox(key="cmp_a").value != at.selectbox(key="cmp_b").value
     assert at.warning and "cannot be compared row by row" in at.warning[0].value
+
+
+def test_model_dirs_limit_the_sidebar_folder_box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clm_explore.ui.state import refused_model_source
+
+    allowed = tmp_path / "models"
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", f"{tmp_path / 'elsewhere'}{os.pathsep}{allowed}")
+    assert refused_model_source(str(allowed / "mini")) == ""
+    assert refused_model_source("smollm2") == ""  # named sources stay
+    outside = refused_model_source("/etc")
+    assert "CLM_EXPLORE_MODEL_DIRS" in outside
+    assert refused_model_source(str(allowed / ".." / "secret")) == outside  # no way out through ..
+    assert refused_model_source("/no/such/folder") == outside  # same answer whether it exists or not
+    monkeypatch.delenv("CLM_EXPLORE_MODEL_DIRS")
+    assert refused_model_source("/etc") == ""  # unset: one user's server, any path
+
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(allowed))
+    # AppTest keeps the sidebar's elements of a session's first run only: the folder is typed before it.
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["side_source"] = "local folder…"
+    app.session_state["side_folder"] = "/etc"
+    app.run()
+    assert not app.exception
+    assert any("CLM_EXPLORE_MODEL_DIRS" in e.value for e in app.sidebar.error)
+    assert app.session_state["model_source"] == "tiny-random"  # unchanged
