@@ -617,8 +617,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     out_dir = Path(out_dir)
     if not cfg.data:
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})
+    data = load_data(data_path, data_cfg or DataConfig())  # first: a mistyped --data leaves no bench.json
     _check_resume(out_dir, cfg)
-    data = load_data(data_path, data_cfg or DataConfig())
     data_dir, tune_dir = prepare_data(data, cfg, out_dir)
     runner = runner or subprocess_runner(cfg)
     lrs: dict[str, float] = dict(cfg.lr)

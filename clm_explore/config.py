@@ -341,6 +341,7 @@ class FinetuneConfig:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.lr >= 0, f"lr must be >= 0, got {self.lr}")
         _check(self.norm_lr >= 0, f"norm_lr must be >= 0, got {self.norm_lr}")
+        _check(self.head_lr >= 0, f"head_lr must be >= 0, got {self.head_lr}")
         _check(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(0 <= self.cache_input_dropout < 1,

@@ -225,7 +225,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:  # torch's message lists every device type it knows
+        raise ModelSourceError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelSourceError(f"Device {name!r} was asked for but no CUDA device is present; use --device cpu.")
     return device

@@ -35,6 +35,7 @@ from clm_explore.bench_results import (
 )
 from clm_explore.cli.bench_cmds import comparison_lines, sweep_lines
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
+from clm_explore.data import DataError
 
 
 def in_process(cfg: BenchConfig, fail: str | None = None):
@@ -275,6 +276,15 @@ def test_out_of_scope_test_rows_get_their_own_columns(tiny_data, tmp_path):
             (scope["accuracy"], scope["macro_f1"], scope["auroc"])), seed
     summary = result.summary.iloc[0]
     assert summary["oos_accuracy_mean"] == pytest.approx(results["oos_accuracy"].mean())
+
+
+def test_a_mistyped_data_path_leaves_the_out_folder_free(data_dir, tmp_path):
+    cfg = _cfg(methods=("head",))
+    with pytest.raises(DataError):
+        run_grid(tmp_path / "no-such-data", cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    assert not (tmp_path / "out" / "bench.json").exists()
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)  # the right data runs
+    assert result.results["status"].eq("succeeded").all()
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(data_dir, tmp_path):

@@ -226,3 +226,70 @@ def test_an_unknown_compile_mode_exits_2(capsys, data_dir):
         main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--compile", "fast"])
     assert exit_info.value.code == 2
     assert "reduce-overhead" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_run_folders_only(capsys, data_dir, tmp_path):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.txt").write_text("keep")
+    args = ["finetune", "--data", str(data_dir), *TINY, *FAST, "--overwrite", "--out"]
+    assert "not a run folder" in run_error(capsys, [*args, str(precious)])
+    assert (precious / "chapter1.txt").read_text() == "keep"
+    (precious / "clm_run.json").write_text("{}")  # even a run folder is kept when it holds the data
+    (data_dir / "clm_run.json").write_text("{}")
+    assert "which holds" in run_error(capsys, [*args, str(data_dir)])
+    assert (data_dir / "train.csv").is_file()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    assert "is a file" in run_error(capsys, [*args, str(a_file)])
+    assert "Unknown device 'nonsense'" in run_error(capsys, [*args[:-2], "--device", "nonsense", "--out",
+                                                             str(precious), "--overwrite"])
+    assert (precious / "chapter1.txt").read_text() == "keep"  # checked before the folder is touched
+
+
+def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_dir, tmp_path, monkeypatch):
+    from clm_explore.cli.method_cmds import trained_max_length
+
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out),
+                      "--json"])
+    assert trained_max_length(out) == 32  # FAST's --max-length
+    assert trained_max_length(tmp_path) == 64  # no clm_run.json: the default
+    test = pd.read_csv(out / "predictions.csv").head(4)
+    results = run_json(capsys, ["predict", "--run", str(out), *sum([["--text", t] for t in test["text"]], []),
+                                "--json"])
+    assert [r["label"] for r in results] == test["pred"].tolist()
+    assert [r["probability"] for r in results] == pytest.approx(test["prob"].tolist(), abs=1e-5)
+    assert "--top 0" in run_error(capsys, ["predict", "--run", str(out), "--text", "hi", "--top", "0"])
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "no-registry"))
+    assert "known run id" in run_error(capsys, ["predict", "--run", "typo", "--text", "hi"])
+    assert not (tmp_path / "no-registry").exists()  # a failed lookup makes no registry
+
+
+def test_sensitivity_budget_in_json_and_checked_before_scoring(capsys, data_dir):
+    rows = run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--json", "--calibration-rows", "32",
+                             "--device", "cpu", "--budget", "0.05"])
+    assert all(r["selected_rows"] <= r["rows"] for r in rows)
+    assert sum(r["selected_rows"] for r in rows) > 0
+    err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "99999999"])
+    assert "budget" in err and "scoring" not in err  # refused before the scoring pass printed progress
+
+
+@pytest.mark.parametrize(("argv", "phrase"), [
+    (["mine", "{data}", *TINY, "--merge", "-1"], "--merge -1"),
+    (["finetune", "--data", "{data}", *TINY, *FAST, "--head-lr", "-1"], "head_lr must be >= 0"),
+])
+def test_negative_counts_and_rates_exit_2(capsys, data_dir, argv, phrase):
+    assert phrase in run_error(capsys, [a.replace("{data}", str(data_dir)) for a in argv])
+
+
+def test_json_output_is_strict_json(capsys):
+    import numpy as np
+
+    from clm_explore.cli import print_json
+
+    print_json({"budget": float("nan"), "share": np.float32("nan"), "rows": np.array([1.0, np.inf]),
+                "n": np.int64(3), "runs": [{"seconds": float("-inf")}]})
+    text = capsys.readouterr().out
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {
+        "budget": None, "share": None, "rows": [1.0, None], "n": 3, "runs": [{"seconds": None}]}

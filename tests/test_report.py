@@ -128,3 +128,8 @@ def test_cli_report(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str
     ]
     assert main(args) == 0
     assert out.is_file() and "report written" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"out": str(out)}
+    args[args.index("--out") + 1] = str(tmp_path)  # a folder: refused before any attribution
+    assert main(args) == 2
+    assert "is a folder" in capsys.readouterr().err

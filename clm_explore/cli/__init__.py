@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -37,8 +38,22 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def print_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout (numpy scalars and paths turned into plain values)."""
-    print(json.dumps(obj, indent=2, default=_json_default))
+    """Print ``obj`` as strict JSON on stdout: numpy values and paths turned into plain ones, NaN and infinities
+    into null (a method without a budget has a NaN budget in a grid's tables; NaN is not JSON)."""
+    print(json.dumps(_plain(obj), indent=2, default=_json_default, allow_nan=False))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {key: _plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(value) for value in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy scalars and arrays, pandas series
+        value = obj.tolist()
+        return _plain(value) if isinstance(value, (list, tuple, dict, float)) else value
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -53,6 +53,7 @@ def register(subparsers: Any) -> None:
         "--max-rows", type=int, default=300, help="rows attributed per run (disagreements first)"
     )
     report.add_argument("--top-k", type=int, default=10, help="top words per label")
+    report.add_argument("--json", action="store_true", help='print {"out": HTML} instead of a sentence')
     report.set_defaults(func=run_report)
 
 
@@ -116,12 +117,17 @@ def run_report(args: argparse.Namespace) -> int:
     run_b = _check_run(args.vs, "--vs")
     if args.data is not None and not Path(args.data).exists():
         raise UserError(f"--data {args.data}: no such file or folder.")
+    if Path(args.out).is_dir():  # checked before the attributions, which take a while
+        raise UserError(f"--out {args.out} is a folder; give the HTML file to write, e.g. {Path(args.out) / 'report.html'}.")
     if run_b is None and args.data is None and not (run_a / "predictions.csv").is_file():
         raise UserError(f"--run {args.run} has no predictions.csv; pass --data with the rows to explain.")
     cfg = AttributionConfig(n_steps=args.steps)
     try:
         out = build_report(run_a, run_b, args.data, args.out, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # e.g. --out in a folder that cannot be written
         raise UserError(str(exc)) from exc
-    print(f"report written to {out}")
+    if args.json:
+        print_json({"out": str(out)})
+    else:
+        print(f"report written to {out}")
     return 0

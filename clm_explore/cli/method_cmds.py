@@ -65,6 +65,8 @@ def run_mine(args: argparse.Namespace) -> int:
     from clm_explore.mining import adaptive_tokenization, mine_task_tokens
     from clm_explore.modeling import load_model
 
+    if args.merge < 0:
+        raise UserError(f"--merge {args.merge} must be 0 (no merging) or more.")
     data = _data(args)
     loaded = load_model(args.model, data.labels)
     cfg = MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance)
@@ -96,7 +98,8 @@ def _register_sensitivity(sub: Any) -> None:
     _head_warmup_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
-    p.add_argument("--budget", type=float, default=None, help="also show what this budget selects")
+    p.add_argument("--budget", type=float, default=None,
+                   help="also show what this budget selects (with --json: selected_rows per layer and module)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_sensitivity)
 
@@ -125,6 +128,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
     data = _data(args)
     loaded = load_model(args.model, data.labels)
+    if args.budget is not None:  # before the scoring pass: a budget the model cannot hold is a message at once
+        _check_budget_fits(MaskConfig(budget=args.budget), loaded)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
     cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
                             fisher_labels=args.fisher_labels, label_draws=args.label_draws,
@@ -134,14 +139,17 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.out:
         report.save(args.out)
         task_tokens.save(Path(args.out) / "task_tokens.json")
-    table = report.table
-    if args.json:
-        print_json(table[["layer", "module", "score", "norm_score", "rows", "params"]].to_dict(orient="records"))
+    table = report.table[["layer", "module", "score", "norm_score", "rows", "params"]]
+    sel = select_mask(report, MaskConfig(budget=args.budget)) if args.budget is not None else None
+    if args.json:  # with --budget each (layer, module) also says how many of its rows the budget selects
+        if sel is not None:
+            table = table.merge(sel.table[["layer", "module", "selected_rows"]], on=["layer", "module"], how="left")
+            table["selected_rows"] = table["selected_rows"].fillna(0).astype(int)
+        print_json(table.to_dict(orient="records"))
         return 0
-    print(table.to_string(index=False))
+    print(report.table.to_string(index=False))
     print(f"{report.seconds:.1f} s; " + "; ".join(report.notes))
-    if args.budget is not None:
-        sel = select_mask(report, MaskConfig(budget=args.budget))
+    if sel is not None:
         print(f"budget {args.budget:g}: {sel.selected_params:,} parameters ({sel.share:.3%}), lowest layer "
               f"{sel.lowest_layer}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
     return 0
@@ -244,6 +252,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from clm_explore.modeling import load_model, resolve_device
     from clm_explore.runs import RunStatus, RunStore
     from clm_explore.training import finetune
 
@@ -251,12 +260,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     data = _data(args)
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
-    _check_budget_fits(cfg, args.model, data.labels)
+    _check_budget_fits(cfg.mask, load_model(args.model, data.labels))
+    resolve_device(cfg.device)  # a bad --device is a message before any folder is touched
     if int(os.environ.get("RANK", "0")) > 0:
         # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry.
         return _run_finetune_secondary(args, data, cfg)
     store = RunStore()
-    out = _claim_out_dir(args.out, args.overwrite) if args.out else None
+    out = _claim_out_dir(args.out, args.overwrite, protected=(store.root, Path(args.data))) if args.out else None
     record = store.register_folder(out) if out else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method)
     run_dir = store.path(record.id)
     store.set_status(record.id, RunStatus.RUNNING)
@@ -279,14 +289,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_budget_fits(cfg: FinetuneConfig, source: str, labels: list[str]) -> None:
-    """Refuse a budget above the backbone before any run folder is made or any work is done."""
+def _check_budget_fits(mask: MaskConfig, loaded: Any) -> None:
+    """Refuse a budget above the backbone of ``loaded`` before any run folder is made or any work is done."""
     from clm_explore.masks import budget_to_params
-    from clm_explore.modeling import load_model
     from clm_explore.sensitivity import backbone_parameter_count
 
     try:
-        budget_to_params(cfg.mask.budget, backbone_parameter_count(load_model(source, labels).model))
+        budget_to_params(mask.budget, backbone_parameter_count(loaded.model))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -306,14 +315,31 @@ def _budget_error(exc: BaseException) -> None:
         raise UserError(str(exc)) from exc
 
 
-def _claim_out_dir(out: str, overwrite: bool) -> Path:
+def _claim_out_dir(out: str, overwrite: bool, protected: tuple[Path, ...] = ()) -> Path:
+    """The run folder ``out``, made if needed. A non-empty one is refused unless ``overwrite``, and even then it
+    is deleted only when it is a run folder (it holds clm_run.json) that holds none of ``protected`` (the run
+    registry, the data), the working folder or the home folder: a mistyped --out must not empty a folder."""
     path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; a run folder is a folder.")
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise UserError(f"Run folder {path} already exists; pass --overwrite to replace it or choose another --out.")
+        _check_replaceable(path, (*protected, Path.cwd(), Path.home()))
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _check_replaceable(path: Path, protected: tuple[Path, ...]) -> None:
+    here = path.resolve()
+    for keep in protected:
+        keep = keep.expanduser().resolve()
+        if here == keep or here in keep.parents:
+            raise UserError(f"--overwrite would delete {path}, which holds {keep}; choose another --out.")
+    if not (path / "clm_run.json").is_file():
+        raise UserError(f"{path} is not a run folder (it has no clm_run.json); --overwrite replaces run folders "
+                        "only: choose another --out, or empty it yourself.")
 
 
 def _step_printer():
@@ -337,6 +363,8 @@ def _register_predict(sub: Any) -> None:
     src.add_argument("--file", help="a data file; its text column is classified")
     p.add_argument("--text-col", default=None)
     p.add_argument("--top", type=int, default=3, help="labels shown per text")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="sub-tokens read per text (default: the run's own, from clm_run.json; else 64)")
     p.add_argument("--abstain-below", default=None, metavar="P|run",
                    help="answer 'out of scope' when the top probability is below P; 'run' = the threshold the run "
                    "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels)")
@@ -345,27 +373,42 @@ def _register_predict(sub: Any) -> None:
 
 
 def resolve_run_dir(run: str) -> Path:
-    """A run folder path, or a run id looked up in the registry."""
+    """A run folder path, or a run id looked up in the registry (not created here when there is none)."""
     path = Path(run).expanduser()
     if (path / "config.json").is_file():
         return path
-    from clm_explore.runs import RunStore
+    from clm_explore.runs import REGISTRY_NAME, RunStore, default_root
 
     try:
+        if not (default_root() / REGISTRY_NAME).is_file():
+            raise FileNotFoundError(default_root() / REGISTRY_NAME)
         return RunStore().path(run)
     except Exception as exc:
         raise UserError(f"{run!r} is neither a run folder (with config.json) nor a known run id.") from exc
+
+
+def trained_max_length(run_dir: Path) -> int:
+    """The sub-token length the run trained with (its clm_run.json), so that predictions read what training
+    read; 64 (the default) for a folder without it."""
+    try:
+        return int(json.loads((run_dir / "clm_run.json").read_text())["config"]["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return FinetuneConfig.max_length
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from clm_explore.batches import predict_proba
     from clm_explore.modeling import load_run
 
+    if args.top < 1:
+        raise UserError(f"--top {args.top} must be at least 1.")
+    if args.max_length is not None and args.max_length < 1:
+        raise UserError(f"--max-length {args.max_length} must be at least 1.")
     run_dir = resolve_run_dir(args.run)
     threshold = abstention_threshold(args.abstain_below, run_dir)
     texts = args.text or _texts_from_file(args.file, args.text_col)
     loaded = load_run(run_dir)
-    probs = predict_proba(loaded.model, loaded, texts)
+    probs = predict_proba(loaded.model, loaded, texts, max_length=args.max_length or trained_max_length(run_dir))
     labels = [loaded.model.config.id2label[i] for i in range(probs.shape[1])]
     results = []
     for text, p in zip(texts, probs, strict=True):
