@@ -66,6 +66,7 @@
 #                                         # 3 epochs, 3 seeds
 #   bash bench/tables.sh heads_grids      # thirty-eighth session: the four 10-shot row grids with
 #                                         # bench --spread-heads
+#   bash bench/tables.sh snips_3ep_merged # thirty-ninth session: snips full data's sparse_merged, 3-epoch sweep
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -893,7 +894,14 @@ heads_grids() {
         --out "$OUT/s38/hint3-10shot-spread-rows"
 }
 
+# Thirty-ninth session (started in the thirty-eighth): snips full data's merged adaptive tokens over 3 epochs with
+# their own sweep, the last method of the grid without a 3-epoch reading there.
+snips_3ep_merged() {
+    $CLI bench --data "$DATA/snips" --methods sparse_merged --epochs 3 --seeds 3 --tune-lr --jobs 2 \
+        --out "$OUT/s38/snips-full-3ep-merged"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged" >&2; exit 2 ;;
 esac
