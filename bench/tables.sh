@@ -67,6 +67,8 @@
 #   bash bench/tables.sh heads_grids      # thirty-eighth session: the four 10-shot row grids with
 #                                         # bench --spread-heads
 #   bash bench/tables.sh snips_3ep_merged # thirty-ninth session: snips full data's sparse_merged, 3-epoch sweep
+#   bash bench/tables.sh cold_heads       # thirty-ninth session: spread_heads with training from the loaded head,
+#                                         # 10-shot development rows, then snips' test split over 10 seeds
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -901,7 +903,25 @@ snips_3ep_merged() {
         --out "$OUT/s38/snips-full-3ep-merged"
 }
 
+# Thirty-ninth session: the attention rows spread over the heads (mask.spread_heads) and training from the loaded
+# head (head_warmup=false, `--cold-head`) together, on the 10-shot development rows (5 seeds; trec6 with its Taylor
+# rows, cold head only), then snips' test split (seeds 0-9), where the development rows chose it.
+cold_heads() {
+    local fewshot=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
+    local both="mask.spread_heads=true head_warmup=false"
+    probe_grids
+    $fewshot "$OUT/banking77-10shot-e15" cold-heads sparse 5e-3 $seeds $both &
+    $fewshot "$OUT/snips-10shot-oracle" cold-heads sparse 5e-3 $seeds $both
+    $fewshot "$OUT/snips-10shot-oracle" cold-top sparse 5e-3 $seeds head_warmup=false
+    $fewshot "$OUT/trec6-10shot-oracle" cold-taylor sparse 5e-3 $seeds sensitivity.score=taylor head_warmup=false
+    $fewshot "$OUT/hint3_sofmattress-10shot-oracle" cold-heads sparse 5e-3 $seeds $both
+    $fewshot --test "$OUT/snips-10shot-oracle" cold-heads sparse 5e-3 $seeds $both
+    $fewshot --test "$OUT/snips-10shot-oracle" cold-top sparse 5e-3 $seeds head_warmup=false
+    $fewshot --test "$OUT/snips-10shot-oracle" cold-heads-more sparse 5e-3 5,6,7,8,9 $both
+    wait
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged | cold_heads) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged|cold_heads" >&2; exit 2 ;;
 esac
