@@ -68,7 +68,8 @@
 #                                         # bench --spread-heads
 #   bash bench/tables.sh snips_3ep_merged # thirty-ninth session: snips full data's sparse_merged, 3-epoch sweep
 #   bash bench/tables.sh cold_heads       # thirty-ninth session: spread_heads with training from the loaded head,
-#                                         # 10-shot development rows, then snips' test split over 10 seeds
+#                                         # 10-shot development rows, then snips' test split over 10 seeds; full
+#                                         # finetuning from the loaded head at its swept rate (snips, trec6, hint3)
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -919,6 +920,17 @@ cold_heads() {
     $fewshot --test "$OUT/snips-10shot-oracle" cold-top sparse 5e-3 $seeds head_warmup=false
     $fewshot --test "$OUT/snips-10shot-oracle" cold-heads-more sparse 5e-3 5,6,7,8,9 $both
     wait
+    # every method from the loaded head at its own swept rate; full finetuning's snips rate (2e-4) on seeds 3-9
+    $CLI bench --data "$DATA/snips" --shots 10 --methods sparse,random,full --seeds 3 --epochs 30 --tune-lr --jobs 2 \
+        --cold-head --spread-heads --out "$OUT/s39/snips-10shot-cold-spread"
+    $fewshot --test "$OUT/snips-10shot-oracle" full-cold full 2e-4 0,3,4,5 head_warmup=false &
+    $fewshot --test "$OUT/snips-10shot-oracle" full-cold-b full 2e-4 6,7,8,9 head_warmup=false
+    wait
+    local data
+    for data in trec6 hint3_sofmattress; do
+        $CLI bench --data "$DATA/$data" --shots 10 --methods full --seeds 5 --epochs 30 --tune-lr --jobs 2 \
+            --cold-head --out "$OUT/s39/${data%%_*}-10shot-full-cold"
+    done
 }
 
 case "${1:-}" in
