@@ -931,6 +931,8 @@ cold_heads() {
         $CLI bench --data "$DATA/$data" --shots 10 --methods full --seeds 5 --epochs 30 --tune-lr --jobs 2 \
             --cold-head --out "$OUT/s39/${data%%_*}-10shot-full-cold"
     done
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods full --seeds 5 --epochs 15 --tune-lr --jobs 2 \
+        --cold-head --out "$OUT/s39/banking77-10shot-full-cold"
 }
 
 case "${1:-}" in
