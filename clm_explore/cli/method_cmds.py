@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -379,12 +380,10 @@ def resolve_run_dir(run: str) -> Path:
         return path
     from clm_explore.runs import REGISTRY_NAME, RunStore, default_root
 
-    try:
-        if not (default_root() / REGISTRY_NAME).is_file():
-            raise FileNotFoundError(default_root() / REGISTRY_NAME)
-        return RunStore().path(run)
-    except Exception as exc:
-        raise UserError(f"{run!r} is neither a run folder (with config.json) nor a known run id.") from exc
+    if (default_root() / REGISTRY_NAME).is_file():
+        with contextlib.suppress(Exception):  # an unknown id: the message below
+            return RunStore().path(run)
+    raise UserError(f"{run!r} is neither a run folder (with config.json) nor a known run id.")
 
 
 def trained_max_length(run_dir: Path) -> int:
