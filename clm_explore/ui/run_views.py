@@ -15,6 +15,7 @@ import streamlit as st
 
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.runs import RunRecord, RunStatus
+from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
 
 NO_BUDGET = ("full", "head")
@@ -169,8 +170,7 @@ def data_mismatch(a: RunRecord, b: RunRecord) -> str:
     data_a, data_b = a.config.get("data"), b.config.get("data")
     if data_a is None or data_b is None or data_a == data_b:
         return ""
-    # A data key is "kind:name:text column:label column:digest"; the name says it unless both share it.
-    name_a, name_b = (str(d).split(":")[1] if ":" in str(d) else str(d) for d in (data_a, data_b))
+    name_a, name_b = data_key_name(str(data_a)), data_key_name(str(data_b))  # the full keys when both share it
     if name_a == name_b:
         name_a, name_b = str(data_a), str(data_b)
     name_a, name_b = escape_markdown(name_a), escape_markdown(name_b)  # an upload's name is user text

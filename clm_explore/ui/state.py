@@ -61,6 +61,12 @@ class DataChoice:
         return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}"
 
 
+def data_key_name(key: str) -> str:
+    """The data set's name in a ``DataChoice.key`` (what a run's config records), or the key itself when it is
+    not one."""
+    return key.split(":")[1] if ":" in key else key
+
+
 def _get(key: str, default: Any) -> Any:
     if key not in st.session_state:
         st.session_state[key] = default
