@@ -93,6 +93,7 @@ class _Word:
 def split_words(encoding, text: str) -> list[_Word]:
     """Group a fast-tokenizer encoding's pieces into words (lower-cased text, pieces, positions)."""
     words: list[_Word] = []
+    spans: list[list[int]] = []
     last = None
     for pos, (word_id, token, (start, end)) in enumerate(zip(encoding.word_ids, encoding.tokens, encoding.offsets, strict=True)):
         if word_id is None:
@@ -100,12 +101,15 @@ def split_words(encoding, text: str) -> list[_Word]:
             continue
         if word_id != last:
             words.append(_Word("", [], []))
-            words[-1].text = text[start:end].lower()
+            spans.append([start, end])
             last = word_id
-        else:
-            words[-1].text = (words[-1].text + text[start:end].lower()) if start > 0 else words[-1].text
+        spans[-1][1] = max(spans[-1][1], end)
         words[-1].pieces.append(token)
         words[-1].token_positions.append(pos)
+    for word, (start, end) in zip(words, spans, strict=True):
+        # Byte-level BPE (GPT-2, Llama via GGUF) keeps the leading space in its offsets (trim_offsets=False):
+        # stripped, " card" and "card" are one word and word_keys() finds the mined text again.
+        word.text = text[start:end].strip().lower()
     return words
 
 
@@ -269,9 +273,11 @@ def _group(key, pieces, counts, relevance, specificity, score, lifts, label_name
                       unique_rows[: cfg.examples_per_group])
 
 
-def covered_positions(encodings: Iterable, texts: Sequence[str], task_tokens: TaskTokens, max_words: int = 2) -> list[list[int]]:
-    """Token positions (in each encoding) covered by a mined group: words, spans or fragments."""
+def covered_positions(encodings: Iterable, texts: Sequence[str], task_tokens: TaskTokens) -> list[list[int]]:
+    """Token positions (in each encoding) covered by a mined group: words, spans (of any length mined, up to
+    MiningConfig.max_words) or fragments."""
     word_keys, fragment_keys = task_tokens.word_keys(), task_tokens.fragment_keys()
+    max_words = max((len(k) for k in word_keys), default=0)
     longest_fragment = max((len(k) for k in fragment_keys), default=0)
     covered: list[list[int]] = []
     for enc, text in zip(encodings, texts, strict=True):
@@ -347,6 +353,7 @@ def adaptive_tokenization(loaded, task_tokens: TaskTokens, texts: Sequence[str],
     before = float(np.mean([len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]))
     if not slots:
         return MergeReport([], before, before, "the tokenizer has no unused slots; nothing merged")
+    note = f"only {len(slots)} unused slots for {len(words)} words" if len(words) > len(slots) else ""
     words = words[: len(slots)]
     merged = [{"text": g.text, "pieces": g.pieces, "slot": s, "id": vocab[s]} for g, s in zip(words, slots, strict=False)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -367,7 +374,6 @@ def adaptive_tokenization(loaded, task_tokens: TaskTokens, texts: Sequence[str],
         for g in task_tokens.groups:  # a merged word is now one piece: its slot's row becomes eligible
             if g.text in merged_words and g.kind == WORDS:
                 g.pieces = [g.text]
-    note = "" if len(merged) == len(words) else f"only {len(slots)} unused slots"
     return MergeReport(merged, before, after, note)
 
 

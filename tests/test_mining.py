@@ -180,6 +180,29 @@ def test_covered_positions_marks_the_pieces_of_mined_words_and_fragments(tok):
     texts = ["my card details please", "card please details"]
     assert covered_positions(tok(texts).encodings, texts, span) == [[2, 3], []]
 
+    three = TaskTokens([group("card has not", ["card", "has", "not"])], "", 0, {})  # max_words=3 mines these
+    texts = ["my card has not arrived"]
+    assert covered_positions(tok(texts).encodings, texts, three) == [[2, 3, 4]]
+
+
+def test_byte_level_tokenizers_mine_words_without_their_leading_space():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    texts = ["my card has not arrived", "where is my card", "card payment failed", "the card was declined",
+             "exchange rate is bad", "what exchange rate", "rate for exchange today", "exchange money rate"] * 3
+    labels = ["card"] * 12 + ["rate"] * 12
+    bpe = ByteLevelBPETokenizer()  # GPT-2's scheme: offsets keep the leading space (trim_offsets=False)
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    tt = mine_task_tokens(texts, labels, tok, MiningConfig(specificity="none", min_count=3))
+    words = {g.text for g in tt.groups if g.kind == "words"}
+    assert {"card", "exchange", "exchange rate"} <= words
+    assert not any(w != w.strip() or "  " in w for w in words)
+    enc = tok(["my card has not arrived"], add_special_tokens=False).encodings
+    card = enc[0].tokens.index("Ġcard")
+    assert card in covered_positions(enc, ["my card has not arrived"], tt)[0]
+
 
 def test_adaptive_tokenization_merges_a_word_into_an_unused_slot():
     loaded = load_model("tiny-random", ["a", "b"])
@@ -208,6 +231,19 @@ def test_adaptive_tokenization_merges_a_word_into_an_unused_slot():
     assert report.mean_length_after == pytest.approx(1.5)
     assert report.shortening == pytest.approx(0.4)
     assert tt.groups[0].pieces == ["refunding"]
+
+
+def test_adaptive_tokenization_says_when_the_unused_slots_run_out():
+    loaded = load_model("tiny-random", ["a", "b"])
+    n_slots = sum(t.startswith("[unused") for t in loaded.tokenizer.get_vocab())
+    words = [f"refunding{'x' * i}" for i in range(n_slots + 2)]  # each at least two pieces
+    tt = TaskTokens([group(w, loaded.tokenizer.tokenize(w)) for w in words], "", 0, {})
+    assert all(len(g.pieces) > 1 for g in tt.groups)
+
+    report = adaptive_tokenization(loaded, tt, words, apply=False)
+
+    assert len(report.merged) == n_slots
+    assert report.note == f"only {n_slots} unused slots for {n_slots + 2} words"
 
 
 def test_adaptive_tokenization_without_apply_changes_nothing():
