@@ -148,10 +148,14 @@ def load_model(
             "ignore_mismatched_sizes": True,
         }
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(resolved, **kwargs)
+        # fp32 whatever the checkpoint stores: deltas and AdamW state take the weights' dtype, and bf16 weights
+        # would lose most updates to rounding (CUDA gets bf16 through autocast, over fp32 master weights).
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"Could not load a classification model from {resolved}: {exc}") from exc
-    is_decoder = bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES
+    _check_linear_head(model)
+    is_decoder = (bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES
+                  or hasattr(model, "score"))  # a `score` head reads the last token, as decoders pool
     if tokenizer.pad_token is None:
         # Decoder tokenizers often lack a pad token; reuse EOS so that batches can be padded.
         tokenizer.pad_token = tokenizer.eos_token
@@ -176,6 +180,20 @@ def load_run(run_dir: str | Path) -> LoadedModel:
 
         return load_run_model(path)
     return load_model(str(path), labels=None)
+
+
+def _check_linear_head(model: PreTrainedModel) -> None:
+    """The head warm-up, the centroid head and the row scores read the head as one linear map over the pooled
+    state (BERT's ``classifier``, a decoder's ``score``); refuse other heads instead of training them wrongly."""
+    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    pre_head = hasattr(model, "pre_classifier")  # DistilBERT: a new dense layer the head warm-up would not train
+    if not isinstance(head, torch.nn.Linear) or pre_head:
+        kind = (type(head).__name__ if head is not None else "none found") + (" after pre_classifier" if pre_head else "")
+        raise ModelSourceError(
+            f"{model.config.model_type} models are not supported: clm-explore needs a classification head that is "
+            f"one linear layer (`classifier` as in BERT and MiniLM, or `score` as in Llama, SmolLM2 and Qwen2); "
+            f"this model's head is {kind}."
+        )
 
 
 _DECODER_TYPES = {"llama", "mistral", "qwen2", "gpt2", "gpt_neox", "phi", "gemma", "smollm"}

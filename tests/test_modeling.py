@@ -79,6 +79,38 @@ def test_saved_folder_keeps_its_labels_when_none_given(tmp_path):
     assert loaded.model.config.id2label == dict(enumerate(LABELS))
 
 
+def test_a_half_precision_folder_loads_in_fp32(tmp_path):
+    original = _save_tiny(tmp_path)
+    original.model.to(torch.bfloat16).save_pretrained(tmp_path)  # decoders often ship bf16 weights
+    loaded = load_model(str(tmp_path), LABELS)
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+
+
+def test_a_decoder_style_score_head_pools_like_a_decoder(tmp_path):
+    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
+    tokenizer = load_model("tiny-random", LABELS).tokenizer
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=8, num_labels=3)
+    Qwen3ForSequenceClassification(config).save_pretrained(tmp_path)  # a type no list of ours names
+    tokenizer.save_pretrained(tmp_path)
+    assert load_model(str(tmp_path), LABELS).is_decoder is True
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_a_head_that_is_not_one_linear_layer_is_refused(tmp_path, family):
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig, RobertaConfig
+
+    tokenizer = load_model("tiny-random", LABELS).tokenizer
+    small = {"vocab_size": len(tokenizer), "num_labels": 3}
+    config = (RobertaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, **small)
+              if family == "roberta" else DistilBertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, **small))
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelSourceError, match=f"{family} models are not supported.*one linear layer"):
+        load_model(str(tmp_path), LABELS)
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelSourceError) as info:
