@@ -86,6 +86,8 @@ class MiningConfig:
         _check(self.specificity in ("wordfreq", "none"), f"specificity must be wordfreq or none, got {self.specificity!r}")
         _check(self.combine in ("product", "rank"), f"combine must be product or rank, got {self.combine!r}")
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        _check(self.examples_per_group >= 0, f"examples_per_group must be >= 0, got {self.examples_per_group}")
+        _check(self.merge_tokens >= 0, f"merge_tokens must be >= 0 (0 = off), got {self.merge_tokens}")
 
 
 FEW_SHOT_ROWS_PER_LABEL = 20
@@ -145,10 +147,20 @@ class SensitivityConfig:
     ``finetune`` sets it to the mask's lowest eligible layer: rows below it could not be chosen anyway."""
     batch_size: int = 32
     max_length: int = 64
-    seed: int = 0
+    """Sub-tokens read per row by a sensitivity pass of its own; ``finetune`` scores at its own max_length, so
+    that the head warm-up and the mask see what training reads."""
+    seed: int | None = 0
+    """Seeds the calibration subset (above ``calibration_rows`` training rows), the head warm-up's shuffle and
+    the model-label draws. 0: every run seed scores alike (the loaded head still follows the run's seed), so
+    the row methods' seed spread leaves out the scoring's; every published figure used 0. None: the run's
+    seed (``FinetuneConfig.seed``)."""
 
     def __post_init__(self) -> None:
         _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
+        _check(self.warmup_lr > 0, f"warmup_lr must be > 0, got {self.warmup_lr}")
+        _check(self.seed is None or self.seed >= 0, f"seed must be >= 0 or None (the run's), got {self.seed}")
         _check(self.restriction in ("tokens", "none"), f"restriction must be tokens or none, got {self.restriction!r}")
         _check(self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         _check(self.fisher_labels in FISHER_LABELS,
@@ -161,6 +173,11 @@ class SensitivityConfig:
         _check(self.warmup_epochs >= -1, f"warmup_epochs must be >= 0 or -1 (auto), got {self.warmup_epochs}")
         _check(self.head_init in HEAD_INITS, f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
         _check(self.centroid_scale > 0, f"centroid_scale must be > 0, got {self.centroid_scale}")
+
+    @property
+    def rng_seed(self) -> int:
+        """The seed in use: ``finetune`` puts the run's seed in place of None; a pass of its own uses 0."""
+        return 0 if self.seed is None else self.seed
 
     @property
     def prepares_head(self) -> bool:
@@ -360,6 +377,8 @@ class FinetuneConfig:
         _check(0 < self.out_of_scope_quantile < 1,
                f"out_of_scope_quantile must be in (0, 1), got {self.out_of_scope_quantile}")
         _check(self.curve_split in ("validation", "test"), f"curve_split must be validation or test, got {self.curve_split!r}")
+        _check(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        _check(self.prefix_tokens >= 1, f"prefix_tokens must be >= 1, got {self.prefix_tokens}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:

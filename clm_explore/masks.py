@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clm_explore.config import MaskConfig
+from clm_explore.config import ConfigError, MaskConfig
 from clm_explore.sensitivity import MODULE_ORDER, SensitivityReport
 
 ADAM_BYTES_PER_PARAM = 16
@@ -94,6 +94,9 @@ def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
         score.append(s.numpy()[rows].astype(np.float64))
         cost.append(np.full(len(rows), info.row_params))
         layer.append(np.full(len(rows), info.layer))
+    if not names:
+        raise ConfigError(f"no rows can be selected from layer {min_layer} up: the model's layers are 0-"
+                          f"{report.n_layers - 1} (and {report.n_layers} for a pooler); lower min_layer.")
     cat = np.concatenate
     return _Rows(names, cat(matrix), cat(row), cat(score), cat(cost), cat(layer))
 
@@ -143,6 +146,9 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> Mas
     order = _order(rows, cfg, report.n_layers, budget)
     spent = np.cumsum(rows.cost[order])
     chosen = order[: int(np.searchsorted(spent, budget, side="right"))]
+    if not len(chosen):  # a run labelled sparse that trains the head alone would mislead
+        raise ConfigError(f"a budget of {budget} parameters buys no row: the cheapest eligible row costs "
+                          f"{int(rows.cost.min())} parameters; raise the budget.")
     masks = {}
     for m in np.unique(rows.matrix[chosen]):
         name = rows.names[m]

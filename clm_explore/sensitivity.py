@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from clm_explore.config import SensitivityConfig, to_dict
+from clm_explore.config import ConfigError, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.modeling import LoadedModel, head_parameter_names, resolve_device
@@ -252,7 +252,7 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     feats, labels = _head_inputs(loaded, head, batches, device, prefix)
     if cfg.head_init == "centroid":
         centroid_head(head, feats, labels, cfg.centroid_scale)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.rng_seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     for _ in range(cfg.warmup_epochs_for(len(feats), head.out_features)):
         for idx in torch.randperm(len(feats), generator=gen).split(cfg.batch_size):
@@ -455,6 +455,10 @@ def compute_sensitivity(
     cfg = cfg or SensitivityConfig()
     if cfg.restriction == "tokens" and task_tokens is None:
         raise ValueError("restriction 'tokens' needs mined task tokens; mine first or use restriction 'none'")
+    n_layers = loaded.model.config.num_hidden_layers
+    if cfg.min_layer >= n_layers:
+        raise ConfigError(f"min_layer {cfg.min_layer} is above the model's top layer ({n_layers - 1}); nothing would "
+                          "be scored.")
     started = time.perf_counter()
     dev = resolve_device(device)
     model = loaded.model.to(dev)
@@ -486,7 +490,7 @@ def compute_sensitivity(
 def calibration_indices(data: AnnotatedData, cfg: SensitivityConfig) -> np.ndarray:
     """The training rows used for the scores: a seeded sample of min(N, cfg.calibration_rows), in order."""
     n = min(len(data.train), cfg.calibration_rows)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.rng_seed)
     return np.sort(rng.choice(len(data.train), size=n, replace=False))
 
 
@@ -508,7 +512,7 @@ def _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix=None):
     emb = _EmbeddingScorer(model.get_input_embeddings(), cfg.score) if not cfg.min_layer else None
     start = start_backward_at(model, cfg.min_layer) if cfg.min_layer else None
     draws = cfg.label_draws if cfg.fisher_labels == "model" else 1
-    draw_rng = torch.Generator().manual_seed(cfg.seed)
+    draw_rng = torch.Generator().manual_seed(cfg.rng_seed)
     try:
         for done, b in enumerate(batches * draws, start=1):
             scorer.positions = b.positions.to(dev)

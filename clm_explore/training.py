@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, get_scheduler
 
 from clm_explore.averaging import TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
-from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
+from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.masks import MaskSelection, effective_min_layer, select_mask
 from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope_metrics
@@ -166,13 +166,13 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
     config's score unless ``score`` names one); all saved into the run folder. Returns seconds too."""
     started = time.perf_counter()
     train = ctx.data.train
+    sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction,
+                       score=score or ctx.cfg.sensitivity.score)  # first: a floor above the model is refused at once
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer, ctx.cfg.mining)
     merge_tokens = ctx.cfg.mining.merge_tokens if merge_tokens is None else merge_tokens
     if merge_tokens:
         merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), merge_tokens)
         _write_json(ctx.out_dir / "merge.json", merge.to_dict())
-    sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction,
-                       score=score or ctx.cfg.sensitivity.score)
     report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device),
                                  prefix=frozen_prefix(ctx, sens_cfg.min_layer, sens_cfg.max_length))
     task_tokens.save(ctx.out_dir / "task_tokens.json")
@@ -200,6 +200,9 @@ def frozen_prefix(ctx: MethodContext, min_layer: int, max_length: int) -> Prefix
 def scoring_config(ctx: MethodContext) -> SensitivityConfig:
     """The sensitivity options, scoring only the layers the mask may pick from (a shorter backward)."""
     n_layers = ctx.loaded.model.config.num_hidden_layers
+    if effective_min_layer(ctx.cfg.mask, n_layers) > n_layers:  # refused before the mining and scoring work
+        raise ConfigError(f"mask min_layer {ctx.cfg.mask.min_layer} is above the model's layers (0-{n_layers - 1}, "
+                          f"and {n_layers} for a pooler).")
     floor = min(effective_min_layer(ctx.cfg.mask, n_layers), n_layers - 1)  # a pooler-only mask scores the top block too
     return replace(ctx.cfg.sensitivity, min_layer=max(ctx.cfg.sensitivity.min_layer, floor))
 
@@ -335,6 +338,9 @@ def finetune(
     out_dir = Path(out_dir)
     if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
         cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
+    # The head warm-up and the scores read what training reads; their seed is the run's only when asked (None).
+    sens_seed = cfg.seed if cfg.sensitivity.seed is None else cfg.sensitivity.seed
+    cfg = replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=sens_seed))
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
     if accelerator is not None:

@@ -31,6 +31,12 @@ RULES = [
     (MiningConfig, "specificity", "idf", "specificity must be wordfreq or none"),
     (MiningConfig, "combine", "sum", "combine must be product or rank"),
     (MiningConfig, "top_k", -1, "top_k must be >= 0"),
+    (MiningConfig, "examples_per_group", -1, "examples_per_group must be >= 0"),
+    (MiningConfig, "merge_tokens", -1, "merge_tokens must be >= 0"),
+    (SensitivityConfig, "batch_size", 0, "batch_size must be >= 1"),
+    (SensitivityConfig, "max_length", 600, "max_length must be in 8..512"),
+    (SensitivityConfig, "warmup_lr", 0.0, "warmup_lr must be > 0"),
+    (SensitivityConfig, "seed", -1, "seed must be >= 0 or None"),
     (SensitivityConfig, "restriction", "all", "restriction must be tokens or none"),
     (SensitivityConfig, "score", "grad", "score must be one of fisher, taylor, gradient"),
     (SensitivityConfig, "normalise", "max", "normalise must be mean, zscore, rank or none"),
@@ -56,6 +62,8 @@ RULES = [
     (FinetuneConfig, "cache_dtype", "int8", "cache_dtype must be one of float32, float16, bfloat16"),
     (FinetuneConfig, "out_of_scope_quantile", 0.0, "out_of_scope_quantile must be in (0, 1)"),
     (FinetuneConfig, "out_of_scope_quantile", 1.0, "out_of_scope_quantile must be in (0, 1)"),
+    (FinetuneConfig, "lora_r", 0, "lora_r must be >= 1"),
+    (FinetuneConfig, "prefix_tokens", 0, "prefix_tokens must be >= 1"),
 ]
 
 # Values at the edge of each range that must be accepted.
@@ -63,7 +71,7 @@ EDGES = [
     (DataConfig, {"validation_fraction": 0.0, "test_fraction": 0.49, "max_file_mb": 0.001}),
     (MiningConfig, {"max_ngram": 1, "max_words": 1, "min_count": 1, "top_k": 0, "relevance": "chi2"}),
     (MiningConfig, {"max_ngram": 5, "specificity": "none", "combine": "rank"}),
-    (SensitivityConfig, {"restriction": "none", "score": "taylor", "normalise": "zscore", "warmup_epochs": 0}),
+    (SensitivityConfig, {"restriction": "none", "score": "taylor", "normalise": "zscore", "warmup_epochs": 0, "seed": None}),
     (MaskConfig, {"budget": 1.0, "strategy": "random", "cost_aware": 0.0, "min_layer": 0}),
     (MaskConfig, {"budget": 50_000}),
     (FinetuneConfig, {"epochs": 1, "lr": 0.0, "batch_size": 1, "max_length": 8, "warmup_ratio": 0.0}),

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from clm_explore.config import FinetuneConfig, MaskConfig
+from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig
 from clm_explore.data import AnnotatedData
 from clm_explore.modeling import count_parameters, load_model
 from clm_explore.sensitivity import SensitivityReport
@@ -389,6 +389,23 @@ def test_finetune_scores_only_the_layers_the_mask_may_pick(data, tmp_path, min_l
     assert result.metrics["lowest_layer"] >= min_layer
     for name, info in report.matrices.items():
         assert (info.layer >= scored_from) == bool(report.row_scores[name].any()), name
+
+
+def test_the_scoring_reads_training_length_and_a_none_seed_follows_the_run(data, tmp_path):
+    cfg = replace(SPARSE, epochs=1, max_length=32, seed=3, sensitivity=SensitivityConfig(seed=None))
+    finetune(data, cfg, tmp_path / "run", source="tiny-random")
+    scored = SensitivityReport.load(tmp_path / "run" / "sensitivity").config
+    assert (scored["max_length"], scored["seed"]) == (32, 3)
+    fixed = replace(cfg, sensitivity=SensitivityConfig())  # the default keeps seed 0 whatever the run's seed
+    finetune(data, fixed, tmp_path / "fixed", source="tiny-random")
+    assert SensitivityReport.load(tmp_path / "fixed" / "sensitivity").config["seed"] == 0
+
+
+def test_a_mask_floor_above_the_model_is_refused_before_mining(data, tmp_path):
+    cfg = replace(SPARSE, mask=MaskConfig(budget=0.03, min_layer=N_LAYERS + 1))
+    with pytest.raises(ConfigError, match="mask min_layer 3 is above the model's layers"):
+        finetune(data, cfg, tmp_path / "run", source="tiny-random")
+    assert not (tmp_path / "run" / "task_tokens.json").exists()
 
 
 def test_a_cold_head_row_method_scores_with_the_warmed_head_but_trains_from_the_loaded_one(data, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clm_explore.config import MaskConfig
+from clm_explore.config import ConfigError, MaskConfig
 from clm_explore.masks import budget_to_params, select_mask
 from clm_explore.sensitivity import MatrixInfo, SensitivityReport
 
@@ -268,3 +268,13 @@ def test_rows_below_the_scored_layers_are_never_selected():
     sel = select_mask(report, MaskConfig(budget=1000, min_layer=0))
     assert chosen(sel) == {F1: [0, 1, 2, 3]}
     assert sel.lowest_layer == 1
+
+
+def test_a_budget_below_the_cheapest_row_is_refused():
+    with pytest.raises(ConfigError, match="budget of 4 parameters buys no row: the cheapest eligible row costs 5"):
+        select_mask(hand_report(), MaskConfig(budget=4, min_layer=0))
+
+
+def test_a_floor_above_the_model_is_refused():
+    with pytest.raises(ConfigError, match="no rows can be selected from layer 3 up: the model's layers are 0-1"):
+        select_mask(hand_report(), MaskConfig(budget=30, min_layer=3))

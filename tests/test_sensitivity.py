@@ -312,8 +312,8 @@ def test_scoring_from_a_layer_keeps_its_scores_and_stops_backward_there(score):
     assert all(not m._forward_pre_hooks for m in loaded.model.modules())  # the start hook is removed
 
 
-def test_a_block_that_does_not_exist_is_a_clear_error():
-    with pytest.raises(ValueError, match="no transformer block 7"):
+def test_a_block_that_does_not_exist_is_a_clear_error():  # refused before the head warm-up's work
+    with pytest.raises(ValueError, match="min_layer 7 is above the model's top layer"):
         compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(min_layer=7), device="cpu")
 
 
