@@ -210,7 +210,8 @@ class MaskConfig:
     """Also train every linear map's bias at and above the lowest selected layer (BitFit inside the method:
     about 0.05% of the backbone, outside the budget like the LayerNorms, at FinetuneConfig.norm_lr)."""
     cost_aware: float = 0.0
-    """Bonus per layer height: score * (1 + cost_aware * layer / n_layers); 0 = plain scores."""
+    """Bonus per layer height: score * (1 + cost_aware * (layer + 1) / (n_layers + 1)), where the word embeddings
+    are layer -1 and a pooler layer n_layers; 0 = plain scores."""
     min_layer: int = -1
     """Rows below this layer are not eligible, so backward stops there; -1 = auto (the upper half of
     the layers: n_layers // 2), 0 = every layer and the word embeddings compete."""

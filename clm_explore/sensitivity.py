@@ -465,12 +465,15 @@ def compute_sensitivity(
     if prefix is not None and (prefix.start > cfg.min_layer or len(prefix.states) != len(data.train)):
         raise ValueError(f"a prefix cache from layer {prefix.start} over {len(prefix.states)} rows cannot feed "
                          f"scoring from layer {cfg.min_layer} over {len(data.train)} training rows")
+    linears = scored_linears(model)
+    if not linears:  # e.g. GPT-2's Conv1D maps: nothing could ever be selected, so say so before any work
+        raise ValueError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
+                         "(BERT-style and Llama-style blocks are supported).")
     rows = calibration_indices(data, cfg)
     texts, label_ids = _train_rows(data, rows)
     restrict = task_tokens if cfg.restriction == "tokens" else None
     batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
     head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.prepares_head else {}
-    linears = scored_linears(model)
     scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
     emb_name, emb_info = _embedding_info(loaded, task_tokens, batches)
     matrices = linear_matrix_infos(model, linears)

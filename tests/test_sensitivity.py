@@ -371,3 +371,15 @@ def test_centroid_head_starts_scoring_the_same_for_every_seed(tiny_data):
     loaded = load_model("tiny-random", tiny_data.labels)
     plain = compute_sensitivity(loaded, tiny_data, None, replace(cfg, head_init="loaded"), device="cpu")
     assert plain.head_state == {}  # no warm-up and no centroid: the head stays as loaded
+
+
+def test_a_model_without_scorable_linear_maps_is_refused_before_any_work(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tokenizer = load_model("tiny-random", ["a", "b"]).tokenizer
+    gpt2 = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_labels=2)
+    GPT2ForSequenceClassification(gpt2).save_pretrained(tmp_path)  # its maps are Conv1D, not nn.Linear
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), ["a", "b"])
+    with pytest.raises(ValueError, match="gpt2 has no linear maps clm-explore knows how to score"):
+        compute_sensitivity(loaded, hand_data(), REFUNDING, config(), device="cpu")
