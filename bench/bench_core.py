@@ -26,16 +26,21 @@ sweep on the full data: the per-epoch curve is taken on the validation split car
 table shows the final validation accuracy per variant and learning rate (the test figures are not printed).
 
     python bench/bench_core.py --curve-split validation --variants sparse --lr sparse=2.5e-3 --out bench/out/sweep
+
+A cell folder already in ``--out`` is reused only when it succeeded with this call's learning rate, epochs,
+``--limit`` and ``--curve-split`` (``reuse_problem``); any other is run again, with a line saying why.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +66,66 @@ VARIANTS = {
     "sparse-top2-cached-fp16-swa": {"method": "sparse", "mask": {"min_layer": 4}, "cache_frozen_layers": True,
                                     "cache_dtype": "float16", "schedule": "constant", "average_last": 0.5},
 }
+
+
+RECORD = "bench_core.json"
+"""Written into a cell folder once its run succeeded: the spec it ran with, for the training-row limit,
+which neither metrics.json nor clm_run.json records."""
+
+
+def planned_settings(variant: str, epochs: int, lr: float, limit: int, curve_split: str) -> dict[str, Any]:
+    """What a cell of this call must have trained with to be reused (lr 0 = the method's default rate)."""
+    from clm_explore.training import DEFAULT_LR
+
+    return {"lr": lr or DEFAULT_LR[VARIANTS[variant]["method"]], "epochs": epochs, "limit": limit,
+            "curve_split": curve_split}
+
+
+def recorded_settings(out: Path) -> dict[str, Any]:
+    """status, lr, epochs, limit and curve_split as the cell folder records them (None where it does not)."""
+    metrics, run, record = (_read_json(out / name) for name in ("metrics.json", "clm_run.json", RECORD))
+    curve = metrics.get("val_curve") or [{}]
+    split = (run.get("config") or {}).get("curve_split") or curve[0].get("split")
+    return {"status": metrics.get("status"), "lr": metrics.get("lr"), "epochs": metrics.get("epochs"),
+            "limit": record.get("limit"), "curve_split": split}
+
+
+def reuse_problem(out: Path, planned: dict[str, Any]) -> str:
+    """'' when the cell in ``out`` succeeded with the ``planned`` settings, else why it must run (again).
+    A setting the folder does not record is not judged (as ``clm-explore bench`` does): the cells published
+    before RECORD existed have no limit written down, and rerunning them all would cost hours."""
+    if not (out / "metrics.json").exists():
+        return "not run yet"
+    recorded = recorded_settings(out)
+    if recorded["status"] != "succeeded":
+        return f"its last run did not succeed (status {recorded['status']})"
+    problems = []
+    for key, want in planned.items():
+        had = recorded[key]
+        if had is None:
+            continue
+        if not (math.isclose(float(had), want, rel_tol=1e-6) if key == "lr" else had == want):
+            problems.append(f"it ran with {key} {had}, now {want}")
+    return "; ".join(problems)
+
+
+def run_spec(out: Path, spec: dict) -> None:
+    """Run one cell in a subprocess, then write its RECORD. A finished cell run again with other settings is set
+    aside first (``set_aside``: nothing finished is lost, and a run that stops half way is not reused)."""
+    from clm_explore.bench import set_aside
+
+    if (out / "metrics.json").exists():
+        print(f"  the old run is kept in {set_aside(out).name}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], check=True, stdout=subprocess.DEVNULL)
+    (out / RECORD).write_text(json.dumps({k: v for k, v in spec.items() if k != "threads"}, indent=1))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def run_cell(spec: dict) -> None:
@@ -127,15 +192,16 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in args.variants.split(","):
             out = Path(args.out) / f"{variant}-s{seed}"
-            if not (out / "metrics.json").exists():
+            planned = planned_settings(variant, epochs[variant], lrs.get(variant, 0.0), args.limit, args.curve_split)
+            why = reuse_problem(out, planned)
+            if why:
                 config = {"epochs": epochs[variant], "seed": seed, "lr": lrs.get(variant, 0.0),
                           "batch_size": args.batch_size, **VARIANTS[variant]}
                 config["mask"] = {"budget": args.budget, **config.get("mask", {})}
                 spec = {"data": args.data, "model": args.model, "limit": args.limit, "threads": args.threads,
                         "config": config, "out": str(out), "curve_split": args.curve_split}
-                print(f"running {variant} seed {seed} ...", file=sys.stderr, flush=True)
-                subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], check=True,
-                               stdout=subprocess.DEVNULL)
+                print(f"running {variant} seed {seed} ({why}) ...", file=sys.stderr, flush=True)
+                run_spec(out, spec)
             m = json.loads((out / "metrics.json").read_text())
             rows.append({"variant": variant, "seed": seed, **{k: m.get(k) for k in (
                 "accuracy", "macro_f1", "train_seconds", "prep_seconds", "peak_memory_mb", "trainable_params",

@@ -69,8 +69,8 @@ def main() -> None:
         bounds = "" if math.isnan(ratio_low) else f" [{ratio_low:.2f}, {ratio_high:.2f}]"  # NaN: a side without spread
         spread = f", std {statistics.stdev(a):.4f} vs {statistics.stdev(b):.4f}" + (
             "" if math.isnan(ratio) else f" (ratio {ratio:.2f}{bounds})")  # NaN: b has no spread
-    verdict = interval_verdict(low, high)
-    interval = "" if verdict == "one seed" else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
+    verdict = interval_verdict(low, high, min(len(a), len(b)))
+    interval = "" if math.isnan(low) else f" [{low * 100:+.2f}, {high * 100:+.2f}]"  # NaN: one seed or no spread
     print(f"{a_name} - {b_name}: {diff * 100:+.2f} points{interval} {verdict} "
           f"({len(a)} vs {len(b)} seeds{spread})")
 

@@ -1,8 +1,10 @@
 """The benchmark grid: methods x budgets x seeds on one data set, with results, mask statistics and a report.
 
 Each cell is one ``clm-explore finetune ... --json --out <cell>`` subprocess, so peak memory is measured
-per cell and a crash costs one cell, not the grid. A cell whose ``metrics.json`` says it succeeded is
-never run again, so an interrupted grid resumes where it stopped. ``run_grid`` writes into ``out_dir``:
+per cell and a crash costs one cell, not the grid. A cell whose ``metrics.json`` says it succeeded with the
+planned method, seed, epochs and rate is not run again, so an interrupted grid resumes where it stopped (one
+that finished with other settings, e.g. a rate the sweep no longer chooses, is trained again). ``run_grid``
+writes into ``out_dir``:
 
 - ``data/`` (the train/validation/test files every cell reads, after ``shots``/``limit``), ``cells/``,
   ``logs/`` (each cell's stderr), ``bench.json`` (the config);
@@ -305,6 +307,66 @@ def finished(cell_dir: Path) -> bool:
         return False
 
 
+def stale_settings(cell: Cell, metrics: dict, epochs: int | None = None) -> list[tuple[str, Any, Any]]:
+    """(setting, as trained, as planned) for each of lr, seed, method and epochs where a finished cell's
+    metrics.json differs from the plan; settings it does not record are not judged.
+
+    Why: a cell's folder name holds no rate, so a rerun whose sweep chose another rate (a sweep cell that failed
+    the first time and wins now) would otherwise keep main cells trained at the old one.
+    """
+    from clm_explore.training import DEFAULT_LR
+
+    planned = {"lr": cell.lr or DEFAULT_LR[cell.method], "seed": cell.seed, "method": cell.method, "epochs": epochs}
+    stale = []
+    for key, want in planned.items():
+        had = metrics.get(key)
+        if want is None or had is None:
+            continue
+        if not _same_setting(had, want):
+            stale.append((key, had, want))
+    return stale
+
+
+def _same_setting(had: Any, want: Any) -> bool:
+    """Rates compare with a relative tolerance (JSON and ``repr`` round trips), the rest exactly."""
+    if isinstance(want, float):
+        try:
+            return math.isclose(float(had), want, rel_tol=1e-6)
+        except (TypeError, ValueError):
+            return False
+    return had == want
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _needs_run(cell: Cell, root: Path, epochs: int | None) -> bool:
+    """True for a cell not finished, or finished with settings the plan no longer has (said on stderr; its folder
+    is set aside, not deleted, so a finished run is never lost and a failed rerun is not read as its success)."""
+    cell_dir = root / cell.name
+    if not finished(cell_dir):
+        return True
+    stale = stale_settings(cell, read_metrics(cell_dir), epochs)
+    if not stale:
+        return False
+    had = ", ".join(f"{key}={_shown(value)}" for key, value, _ in stale)
+    now = ", ".join(f"{key}={_shown(value)}" for key, _, value in stale)
+    kept = set_aside(cell_dir)
+    print(f"{root.name}/{cell.name} finished with {had}; the grid now gives it {now}: training it again (the old "
+          f"run is kept in {kept.name})", file=sys.stderr, flush=True)
+    return True
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a finished cell folder that will be trained again to ``<name>.replaced-<n>`` beside it (the lowest
+    free n); returns the new path."""
+    n = 1
+    while (kept := folder.with_name(f"{folder.name}.replaced-{n}")).exists():
+        n += 1
+    return folder.rename(kept)
+
+
 def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Path) -> list[str]:
     """The ``clm-explore finetune`` command line of one cell."""
     cmd = [sys.executable, "-m", "clm_explore.cli", "finetune", "--data", str(data_dir), "--model", cfg.model,
@@ -452,12 +514,13 @@ class CellStopped(BaseException):
 
 
 def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, bar: ProgressBar | None,
-               jobs: int = 1) -> None:
-    """Run the cells not finished yet, ``jobs`` at a time. On an interrupt the running cells are stopped and the
-    interrupt goes on to the caller."""
+               jobs: int = 1, epochs: int | None = None) -> None:
+    """Run the cells not finished yet, ``jobs`` at a time, and again those that finished with other settings than
+    the plan's (``stale_settings``; ``epochs``: the grid's, None = not checked). On an interrupt the running cells
+    are stopped and the interrupt goes on to the caller."""
     todo = []
     for cell in cells:
-        if not finished(root / cell.name):
+        if _needs_run(cell, root, epochs):
             todo.append(cell)
         elif bar:
             bar.advance(None)
@@ -537,14 +600,14 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
     """
     cells = tune_cells(cfg)
     root = out_dir / "tune"
-    _run_cells(cells, root, tune_dir, runner, bar, cfg.jobs)
+    _run_cells(cells, root, tune_dir, runner, bar, cfg.jobs, cfg.epochs)
     for _ in range(cfg.tune_widen):
         wider = widened_cells(cells, root)
         if not wider:
             break
         if bar:
             bar.total += len(wider)
-        _run_cells(wider, root, tune_dir, runner, bar, cfg.jobs)
+        _run_cells(wider, root, tune_dir, runner, bar, cfg.jobs, cfg.epochs)
         cells += wider
     groups = dict.fromkeys((c.method, c.budget) for c in cells)
     best = {(m, b): _best_cell(_sweep_of(m, b, cells), root) for m, b in groups}
@@ -557,6 +620,9 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
     for (method, budget), cell in best.items():
         key = rate_key(method, budget) if cfg.tune_each_budget else method
         chosen[key] = cell.lr if cell else 0.0
+        if cell is None:  # said, or the default rate would pass for a choice
+            print(f"warning: no learning-rate sweep cell of {key} finished; its cells train at "
+                  "the default rate (a rerun retries the sweep)", file=sys.stderr, flush=True)
         if cell and method in SCORE_METHODS:
             scores[key] = cell.row_score
     return chosen, scores, table.sort_values(["method", "budget", "score", "lr"], kind="stable").reset_index(drop=True)
@@ -630,7 +696,7 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
         if cfg.tune_lr:
             lrs, scores, tuning = tune_learning_rates(cfg, out_dir, tune_dir, runner, bar)
             cells = plan_cells(cfg, lrs, scores)
-        _run_cells(cells, out_dir / "cells", data_dir, runner, bar, cfg.jobs)
+        _run_cells(cells, out_dir / "cells", data_dir, runner, bar, cfg.jobs, cfg.epochs)
     except KeyboardInterrupt:
         write_outputs(out_dir, cells, lrs, tuning)  # what finished so far; a rerun resumes
         raise
@@ -641,9 +707,11 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
 
 
 def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
+    from clm_explore.training import _write_json  # the package's atomic JSON write; training is loaded anyway
+
     path = out_dir / "bench.json"
     if path.is_file():
-        before, now = json.loads(path.read_text()), asdict(cfg)
+        before, now = _saved_config(path), asdict(cfg)
         # Rates only matter for the methods both grids hold: a rerun with fewer (or other) methods
         # resumes as long as the rates of the methods it shares with the finished cells agree.
         shared = set(before.get("methods", ())) & set(cfg.methods)
@@ -661,7 +729,22 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
             raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)}; its finished cells would "
                              "not match. Choose another --out, or delete that folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(cfg), indent=2))
+    _write_json(path, asdict(cfg))  # atomic: a grid killed while writing leaves the old file, never half of one
+
+
+def _saved_config(path: Path) -> dict[str, Any]:
+    """The config a grid saved in bench.json; a file that cannot be read is a BenchError saying what to do."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        saved, why = None, str(exc)
+    else:
+        why = "not a JSON object"
+    if not isinstance(saved, dict):
+        raise BenchError(f"{path} cannot be read ({why}), so this grid cannot be checked against the one that made "
+                         f"{path.parent}'s cells. Choose another --out or delete that folder; if this very grid made it, "
+                         "deleting bench.json alone resumes it (its finished cells are then trusted).")
+    return saved
 
 
 # --------------------------------------------------------------------------------------------- outputs

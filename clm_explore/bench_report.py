@@ -82,7 +82,7 @@ def _difference_figure(comparison: pd.DataFrame):
                                     "array": (c["accuracy_high"] - c["accuracy_diff"]) * 100,
                                     "arrayminus": (c["accuracy_diff"] - c["accuracy_low"]) * 100}))
     fig.update_layout(title=f"Test accuracy difference in points, mean over seeds with its {COMPARISON_LEVEL:.0%} "
-                            "interval (Welch; none with one seed)", yaxis={"title": "points"})
+                            "interval (Welch; none with one seed a side or no spread)", yaxis={"title": "points"})
     return fig
 
 

@@ -104,7 +104,9 @@ def difference_interval(a: Sequence[float], b: Sequence[float],
 
     Welch, not a paired test: a seed fixes each method's own random draws (head, mask, data order), which two
     methods consume differently, so runs at the same seed are independent draws, not pairs. The bounds are NaN
-    with fewer than two values on a side (no spread to judge by).
+    with fewer than two values on a side, and with no spread on either side: seeds that all agree say nothing
+    about how far another draw might land, so an interval of width 0 would claim a certainty they do not give.
+    ``interval_verdict`` tells the two apart by the number of runs.
     """
     from scipy import stats
 
@@ -114,8 +116,8 @@ def difference_interval(a: Sequence[float], b: Sequence[float],
         return diff, math.nan, math.nan
     var_x, var_y = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(var_x + var_y)
-    if se == 0:  # identical runs on both sides: no spread, the difference is exact
-        return diff, diff, diff
+    if se == 0:  # identical runs on both sides: no spread to judge by (see above), not an exact difference
+        return diff, math.nan, math.nan
     dof = (var_x + var_y) ** 2 / (var_x**2 / (len(x) - 1) + var_y**2 / (len(y) - 1))
     half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
     return diff, diff - half, diff + half
@@ -144,7 +146,7 @@ def compare_methods(results: pd.DataFrame, level: float = COMPARISON_LEVEL) -> p
     ``std_ratio`` is the subject's accuracy std over the versus method's (the stability target: <= 0.5 against
     full finetuning), ``std_ratio_low``..``std_ratio_high`` its interval at ``level`` (std_ratio_interval).
     ``verdict``: 'ahead' or 'behind' when the accuracy interval excludes 0, 'level' when it spans 0, 'one seed'
-    when a side has a single run.
+    when a side has a single run, 'no spread' when both sides' runs all scored alike.
     """
     ok = results[results["status"] == "succeeded"].copy()
     ok["budget"] = ok["budget"].astype(float)
@@ -161,7 +163,7 @@ def compare_methods(results: pd.DataFrame, level: float = COMPARISON_LEVEL) -> p
         accuracies = a["accuracy"].astype(float).tolist(), b["accuracy"].astype(float).tolist()
         row["std_ratio"] = std_ratio(*accuracies)
         row["std_ratio_low"], row["std_ratio_high"] = std_ratio_interval(*accuracies, level)
-        row["verdict"] = interval_verdict(row["accuracy_low"], row["accuracy_high"])
+        row["verdict"] = interval_verdict(row["accuracy_low"], row["accuracy_high"], min(len(a), len(b)))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     unscored = [c for c in frame if c.startswith("oos_") and frame[c].isna().all()]
@@ -193,11 +195,12 @@ def std_ratio_interval(a: Sequence[float], b: Sequence[float], level: float = CO
     return low, high
 
 
-def interval_verdict(low: float, high: float) -> str:
-    """'ahead' or 'behind' when the interval (low, high) of a difference excludes 0, 'level' when it spans 0,
-    'one seed' when there is no interval (NaN bounds)."""
+def interval_verdict(low: float, high: float, fewest_runs: int) -> str:
+    """'ahead' or 'behind' when the interval (low, high) of a difference excludes 0, 'level' when it spans 0;
+    without an interval (NaN bounds) 'one seed' when a side has fewer than two runs (``fewest_runs``), else
+    'no spread' (every run of both sides scored alike: ``difference_interval``)."""
     if math.isnan(low):
-        return "one seed"
+        return "one seed" if fewest_runs < 2 else "no spread"
     return "ahead" if low > 0 else "behind" if high < 0 else "level"
 
 
@@ -220,7 +223,7 @@ def compare_run_groups(a: Sequence[dict], b: Sequence[dict], level: float = COMP
         ratio_low, ratio_high = std_ratio_interval(x, y, level)
         rows.append({"metric": name, "a_mean": float(np.mean(x)), "a_std": _std(x), "a_runs": len(x),
                      "b_mean": float(np.mean(y)), "b_std": _std(y), "b_runs": len(y), "difference_points": diff * 100,
-                     "low_points": low * 100, "high_points": high * 100, "verdict": interval_verdict(low, high),
+                     "low_points": low * 100, "high_points": high * 100, "verdict": interval_verdict(low, high, min(len(x), len(y))),
                      "std_ratio": std_ratio(x, y), "std_ratio_low": ratio_low, "std_ratio_high": ratio_high})
     return pd.DataFrame(rows, columns=["metric", "a_mean", "a_std", "a_runs", "b_mean", "b_std", "b_runs",
                                        "difference_points", "low_points", "high_points", "verdict", "std_ratio",

@@ -25,12 +25,14 @@ from clm_explore.bench import (
     finetune_command,
     plan_cells,
     run_grid,
+    stale_settings,
     stratified_cap,
 )
 from clm_explore.bench_results import (
     compare_methods,
     compare_run_groups,
     difference_interval,
+    read_metrics,
     std_ratio_interval,
 )
 from clm_explore.cli.bench_cmds import comparison_lines, sweep_lines
@@ -199,7 +201,19 @@ def test_difference_interval_is_welchs():
     assert difference_interval(a, b, level=0.5)[1] > low  # a lower level, a narrower interval
     one = difference_interval([0.9], b)
     assert one[0] == pytest.approx(0.9 - sum(b) / 3) and all(v != v for v in one[1:])  # NaN: no spread
-    assert difference_interval([0.9, 0.9], [0.8, 0.8]) == pytest.approx((0.1, 0.1, 0.1))
+    alike = difference_interval([0.9, 0.9], [0.8, 0.8])  # seeds that all agree give no interval, not a certain one
+    assert alike[0] == pytest.approx(0.1) and all(math.isnan(v) for v in alike[1:])
+
+
+def test_runs_without_spread_on_either_side_are_not_called_ahead_or_behind():
+    rows = [("full", None, s, 0.9) for s in range(3)] + [("head", None, s, 0.7) for s in range(2)]
+    results = pd.DataFrame([{"method": m, "budget": b, "seed": s, "accuracy": a, "macro_f1": a, "oos_accuracy": None,
+                             "status": "succeeded"} for m, b, s, a in rows])
+    c = compare_methods(results).iloc[0]
+    assert c["verdict"] == "no spread" and math.isnan(c["accuracy_low"]) and c["accuracy_diff"] == pytest.approx(-0.2)
+    assert comparison_lines(compare_methods(results))[1] == "  head - full: -20.00 no spread (2 vs 3 seeds)"
+    groups = compare_run_groups([{"accuracy": 0.7, "macro_f1": 0.7}] * 2, [{"accuracy": 0.9, "macro_f1": 0.9}] * 3)
+    assert list(groups["verdict"]) == ["no spread", "no spread"] and groups["low_points"].isna().all()
 
 
 def test_std_ratio_interval_covers_the_true_ratio_as_often_as_its_level_says():
@@ -413,6 +427,76 @@ def test_each_budget_can_get_its_own_rate(data_dir, tmp_path):
         run_grid(data_dir, cfg, tmp_path / "shared", runner=runner, progress=False)
     with pytest.raises(BenchError, match="needs tune_lr"):
         BenchConfig(tune_each_budget=True)
+
+
+def failing_where(names: set[str], runner):
+    """``runner``, but the cells named in ``names`` fail (as a cell that ran out of memory would)."""
+
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        if cell.name in names:
+            raise RuntimeError("out of memory")
+        runner(cell, data_dir, cell_dir, log, report)
+
+    return run
+
+
+def test_a_resumed_grid_trains_again_the_cells_whose_rate_the_sweep_changed(data_dir, tmp_path, capsys):
+    calls: list[str] = []
+    best_at_3x = scored_by_rate(lambda lr: 0.9 - abs(math.log(lr / 0.03)) / 10, calls)  # head's default: 1e-2
+    cfg = _cfg(methods=("head",), tune_lr=True, tune_widen=0)
+    first = run_grid(data_dir, cfg, tmp_path / "out", runner=failing_where({"head-s0-lr0.03"}, best_at_3x),
+                     progress=False)
+    assert first.lrs == {"head": 0.01} and first.results["lr"].tolist() == [0.01]
+    calls.clear()
+    capsys.readouterr()
+    again = run_grid(data_dir, cfg, tmp_path / "out", runner=best_at_3x, progress=False)
+    assert calls == ["head-s0-lr0.03", "head-s0"]  # the failed sweep cell, then the main cell at its new rate
+    assert again.lrs == {"head": 0.03} and again.results["lr"].tolist() == [0.03]
+    assert ("cells/head-s0 finished with lr=0.01; the grid now gives it lr=0.03: training it again (the old run "
+            "is kept in head-s0.replaced-1)") in capsys.readouterr().err
+    assert read_metrics(tmp_path / "out" / "cells" / "head-s0.replaced-1")["lr"] == 0.01  # nothing finished is lost
+    calls.clear()
+    run_grid(data_dir, cfg, tmp_path / "out", runner=best_at_3x, progress=False)
+    assert calls == []  # every finished cell matches its plan now
+
+
+def test_a_finished_cell_is_judged_on_what_its_metrics_record():
+    cell = Cell("head", None, 1)
+    same = {"lr": 0.010000000001, "seed": 1, "method": "head", "epochs": 3}  # head's default, after a JSON trip
+    assert stale_settings(cell, same, epochs=3) == []
+    assert stale_settings(cell, {**same, "seed": 0, "epochs": 2}, epochs=3) == [("seed", 0, 1), ("epochs", 2, 3)]
+    assert stale_settings(Cell("head", None, 1, lr=0.03), same) == [("lr", 0.010000000001, 0.03)]
+    assert stale_settings(cell, {"lr": 0.01}, epochs=3) == []  # what a metrics.json does not record is not judged
+
+
+def test_a_sweep_with_no_finished_cell_warns_that_its_method_takes_the_default_rate(data_dir, tmp_path, capsys):
+    cfg = _cfg(methods=("head",), tune_lr=True, tune_widen=0)
+    sweep = {"head-s0-lr0.00333", "head-s0-lr0.01", "head-s0-lr0.03"}
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=failing_where(sweep, scored_by_rate(lambda lr: 0.5, [])),
+                      progress=False)
+    assert result.results["lr"].tolist() == [0.01]  # head's default
+    assert "warning: no learning-rate sweep cell of head finished" in capsys.readouterr().err
+
+
+def test_bench_json_is_written_whole_and_an_unreadable_one_says_what_to_do(data_dir, tmp_path, monkeypatch):
+    cfg, out = _cfg(methods=("head",)), tmp_path / "out"
+    runner = scored_by_rate(lambda lr: 0.5, [])
+    run_grid(data_dir, cfg, out, runner=runner, progress=False)
+    saved = (out / "bench.json").read_text()
+    write_text = Path.write_text
+
+    def dies_halfway(self: Path, text: str, *args, **kwargs) -> int:
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="No space"):
+        patch.setattr(Path, "write_text", dies_halfway)
+        run_grid(data_dir, cfg, out, runner=runner, progress=False)
+    assert (out / "bench.json").read_text() == saved  # the old config, whole
+    for broken in (saved[:40], "[1, 2]"):
+        (out / "bench.json").write_text(broken)
+        with pytest.raises(BenchError, match="bench.json cannot be read .*Choose another --out"):
+            run_grid(data_dir, cfg, out, runner=runner, progress=False)
 
 
 def test_cells_run_side_by_side_with_jobs(data_dir, tmp_path):

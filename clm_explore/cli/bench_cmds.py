@@ -206,7 +206,7 @@ def _ratio(row: pd.Series) -> str:
 
 
 def _points(row: pd.Series, metric: str) -> str:
-    """'+0.10 [-0.31, +0.50]': a difference and its interval in points (no interval with one seed a side)."""
+    """'+0.10 [-0.31, +0.50]': a difference and its interval in points (no interval with one seed a side or no spread)."""
     low, high = row[f"{metric}_low"], row[f"{metric}_high"]
     interval = "" if math.isnan(low) else f" [{low * 100:+.2f}, {high * 100:+.2f}]"
     return f"{row[f'{metric}_diff'] * 100:+.2f}{interval}"
