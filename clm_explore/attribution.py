@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from clm_explore.config import ConfigError
 from clm_explore.modeling import LoadedModel, load_run
 
 TargetSpec = int | str | None
+DEFAULT_MAX_LENGTH = 64
+"""Sub-tokens read when no run says how many it trained with (``AttributionConfig.max_length`` None)."""
 
 
 class AttributionError(ValueError):
@@ -44,8 +46,11 @@ class AttributionConfig:
     """Label explained: 'predicted' (the model's argmax) or 'gold' (the row's annotated label)."""
     batch_size: int = 16
     """Texts attributed together; texts are grouped by length so padding stays small."""
-    max_length: int = 64
-    """Texts are truncated to this many sub-tokens (specials included)."""
+    max_length: int | None = None
+    """Texts are truncated to this many sub-tokens (specials included). None: the run's trained length where the
+    run is known (attribute_split, compare_runs, CLI explain/report), else DEFAULT_MAX_LENGTH (64). Reading
+    fewer or more sub-tokens than training did can change the prediction, and the "predicted" label explained
+    would then not be the one in the run's predictions.csv."""
     method: str = "gausslegendre"
     """Captum's integral approximation: 'gausslegendre' (converges fastest) or 'riemann_trapezoid'."""
 
@@ -61,7 +66,10 @@ class AttributionConfig:
                 self.target in ("predicted", "gold"),
                 f"target must be 'predicted' or 'gold', got {self.target!r}",
             ),
-            (8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}"),
+            (
+                self.max_length is None or 8 <= self.max_length <= 512,
+                f"max_length must be None or in 8..512, got {self.max_length}",
+            ),
             (
                 self.method
                 in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
@@ -125,17 +133,23 @@ def reference_token_id(tokenizer: PreTrainedTokenizerBase, decoder: bool) -> int
 
 
 def resolve_target(model: PreTrainedModel, target: TargetSpec) -> int | None:
-    """A label name or id -> a label id (None stays None); unknown names raise ``AttributionError``."""
+    """A label name or id -> a label id (None stays None); unknown names raise ``AttributionError``.
+
+    A string is a label name first: labels are strings sorted as strings, so with numeric labels
+    ("0", "1", "10", "2", ...) the label "2" is not id 2. Only a string that names no label and is all
+    digits is read as an id; an int is always an id.
+    """
     if target is None:
         return None
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-    if isinstance(target, str) and not target.lstrip("-").isdigit():
+    if isinstance(target, str):
         by_name = {v: k for k, v in id2label.items()}
-        if target not in by_name:
+        if target in by_name:
+            return by_name[target]
+        if not target.lstrip("-").isdigit():
             raise AttributionError(
                 f"Unknown target label {target!r}; the model's labels are: {', '.join(by_name)}."
             )
-        return by_name[target]
     idx = int(target)
     if idx not in id2label:
         raise AttributionError(
@@ -158,7 +172,7 @@ def explain(
             never otherwise changed.
         tokenizer: the model's fast tokenizer (word ids and offsets are needed to merge pieces).
         texts: one text or a list of texts.
-        cfg: steps, batching, truncation.
+        cfg: steps, batching, truncation (``max_length`` None: DEFAULT_MAX_LENGTH, as no run is known here).
         target: None (the predicted label), one label name/id for every text, or one per text (gold labels
             when ``cfg.target == 'gold'``).
 
@@ -166,6 +180,8 @@ def explain(
         One ``TokenAttribution`` per text, in input order.
     """
     cfg = cfg or AttributionConfig()
+    if cfg.max_length is None:
+        cfg = replace(cfg, max_length=DEFAULT_MAX_LENGTH)
     if not getattr(tokenizer, "is_fast", False):
         raise AttributionError(
             "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
+from clm_explore.runs import trained_max_length
 
 CACHE_DIR = "attributions"
 
@@ -119,12 +120,17 @@ def attribute_split(
         run_dir: the run folder (a transformers model folder).
         split: split name (part of the cache file name); 'test' reads predictions.csv when data is None.
         data: rows to attribute (columns text, label); None = the run's predictions.csv.
-        cfg: attribution settings (part of the cache key).
+        cfg: attribution settings (part of the cache key). ``max_length`` None reads the texts at the run's
+            trained length (``runs.trained_max_length``), as its predictions.csv did. With ``target='gold'``,
+            a row whose gold label the model does not have (an out-of-scope test label that train never had)
+            explains the model's prediction instead; its ``target_label`` then shows the predicted label.
         rows: restrict to these row ids (in this order); None = all rows.
         loaded: an already loaded ``LoadedModel`` of the run (else loaded when rows are missing).
     """
-    cfg = cfg or AttributionConfig()
     run_dir = Path(run_dir)
+    cfg = cfg or AttributionConfig()
+    if cfg.max_length is None:  # before the cache key: the key names the length the rows were read at
+        cfg = replace(cfg, max_length=trained_max_length(run_dir))
     frame = full = split_frame(run_dir, split, data)
     if rows is not None:
         frame = frame.set_index("row").loc[list(rows)].reset_index()
@@ -141,7 +147,7 @@ def attribute_split(
     if todo:
         loaded = loaded or load_run_model(run_dir)
         sub = frame.set_index("row").loc[todo]
-        target = list(sub["label"]) if cfg.target == "gold" else None
+        target = _gold_targets(loaded, sub["label"]) if cfg.target == "gold" else None
         for row, text, item in zip(
             todo,
             sub["text"],
@@ -152,6 +158,13 @@ def attribute_split(
             cache[str(row)] = {"text_hash": _text_hash(text), **item.to_dict()}
         _write_cache(cache_path, cache, cfg)
     return RunAttributions(run_dir, split, _rows_table(frame, items, run_dir), items, full)
+
+
+def _gold_targets(loaded: Any, gold: pd.Series) -> list[str | None]:
+    """The gold labels as targets; None (the prediction) for a label the model lacks, which would otherwise stop
+    the whole split (e.g. hint3's test-only NO_NODES_DETECTED rows)."""
+    known = {str(name) for name in loaded.model.config.id2label.values()}
+    return [label if label in known else None for label in gold.astype(str)]
 
 
 def _rows_table(frame: pd.DataFrame, items: dict[int, TokenAttribution], run_dir: Path) -> pd.DataFrame:

@@ -33,6 +33,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from clm_explore.config import FinetuneConfig
+
 REGISTRY_NAME = "registry.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -377,6 +379,15 @@ class RunStore:
                     if file.is_file() and not file.is_symlink():
                         archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
         return buffer.getvalue()
+
+
+def trained_max_length(run_dir: Path) -> int:
+    """The sub-token length the run trained with (its clm_run.json), so that predictions and attributions read
+    what training read; FinetuneConfig's default (64) for a folder without it."""
+    try:
+        return int(json.loads((Path(run_dir) / "clm_run.json").read_text())["config"]["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return FinetuneConfig.max_length
 
 
 def _dumps(obj: Any) -> str:

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from clm_explore.attribution import (
+    DEFAULT_MAX_LENGTH,
     AttributionConfig,
     AttributionError,
     TokenAttribution,
     explain,
     merge_words,
     reference_token_id,
+    resolve_target,
 )
 from clm_explore.config import ConfigError
 from clm_explore.modeling import TINY_VOCAB, LoadedModel, load_model, tiny_bert_config
@@ -136,11 +138,28 @@ def test_unknown_target_label(loaded: LoadedModel) -> None:
         explain(loaded.model, loaded.tokenizer, ["card"], target=7)
 
 
+def test_numeric_label_names_are_names_before_ids() -> None:
+    numeric = tiny_loaded(["0", "1", "10", "11", "2"])  # data labels: strings, sorted as strings
+    assert resolve_target(numeric.model, "2") == 4  # the label "2", not id 2 (= label "10")
+    assert resolve_target(numeric.model, "10") == 2
+    assert resolve_target(numeric.model, 2) == 2  # an int is an id
+    assert resolve_target(numeric.model, "4") == 4  # names no label, all digits: an id
+    with pytest.raises(AttributionError, match="out of range"):
+        resolve_target(numeric.model, "7")
+    with pytest.raises(AttributionError, match="Unknown target label 'x'"):
+        resolve_target(numeric.model, "x")
+    gold = explain(numeric.model, numeric.tokenizer, ["card", "rate"], AttributionConfig(target="gold"), ["2", "0"])
+    assert [(g.target, g.target_label) for g in gold] == [(4, "2"), (0, "0")]
+
+
 def test_truncation_noted(loaded: LoadedModel) -> None:
     (res,) = explain(
         loaded.model, loaded.tokenizer, " ".join(["card"] * 40), AttributionConfig(max_length=10)
     )
     assert len(res.words) == 8 and "truncated" in res.note
+    (unset,) = explain(loaded.model, loaded.tokenizer, " ".join(["card"] * 80))  # no run known: 64 sub-tokens
+    assert AttributionConfig().max_length is None and len(res.tokens) == 10
+    assert len(unset.tokens) == DEFAULT_MAX_LENGTH == 64 and "truncated to 64" in unset.note
 
 
 def test_decoder_reference_is_not_pad(loaded: LoadedModel) -> None:
@@ -177,6 +196,7 @@ def test_round_trip_dict(loaded: LoadedModel) -> None:
         ({"batch_size": 16, "internal_batch_size": 8}, "internal_batch_size"),
         ({"target": "true"}, "target"),
         ({"max_length": 4}, "max_length"),
+        ({"max_length": 513}, "max_length"),
         ({"method": "simpson"}, "method"),
     ],
 )

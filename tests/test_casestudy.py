@@ -19,15 +19,21 @@ from clm_explore.attribution import AttributionConfig
 GROUPS = ["card", "exchange rate", "top", "##less"]
 
 
-def make_run(root: Path, data, seed: int = 0, method: str = "sparse", groups: object = None) -> Path:
-    """A run folder as finetune writes it: model + tokenizer, predictions, metrics, task tokens, masks."""
+def make_run(
+    root: Path, data, seed: int = 0, method: str = "sparse", groups: object = None, max_length: int | None = None
+) -> Path:
+    """A run folder as finetune writes it: model + tokenizer, predictions, metrics, task tokens, masks; with
+    ``max_length`` also clm_run.json, the predictions read at that length as training read."""
     loaded = tiny_loaded(data.labels, seed=seed)
     out = root / f"{method}-{seed}"
     loaded.model.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
+    if max_length is not None:
+        run = {"method": method, "config": {"method": method, "seed": seed, "max_length": max_length}}
+        (out / "clm_run.json").write_text(json.dumps(run))
     test = data.test
     enc = loaded.tokenizer(
-        list(test["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt"
+        list(test["text"]), padding=True, truncation=True, max_length=max_length or 64, return_tensors="pt"
     )
     with torch.no_grad():
         probs = torch.softmax(loaded.model(**enc).logits, -1)
@@ -115,6 +121,34 @@ def test_attribute_split_from_dataframe_gold(runs, tiny_data) -> None:
     assert len(attrs.rows) == 40
     assert (attrs.rows["target_label"] == attrs.rows["label"]).all()
     assert list((run_a / "attributions").glob("validation-*.json"))
+
+
+def test_gold_rows_with_a_label_the_model_lacks_explain_its_prediction(runs, tiny_data) -> None:
+    run_a, _ = runs
+    rows = tiny_data.validation.head(4).assign(label=["NO_NODES_DETECTED", *tiny_data.validation["label"][1:4]])
+    attrs = cs.attribute_split(run_a, "validation", rows, AttributionConfig(n_steps=8, target="gold"))
+    unknown, known = attrs.rows.iloc[0], attrs.rows.iloc[1:]
+    assert attrs.items[0].target == attrs.items[0].predicted and unknown["target_label"] == unknown["pred"]
+    assert (known["target_label"] == known["label"]).all()
+
+
+def test_a_run_is_read_at_the_length_it_trained_at(tmp_path: Path, tiny_data, monkeypatch) -> None:
+    train = tiny_data.train["text"].tolist()
+    tails = [" ".join(train[(7 * i) % len(train) :][:5]) for i in range(len(tiny_data.test))]
+    tiny_data.test = tiny_data.test.assign(text=[f"{t} {tail}" for t, tail in zip(tiny_data.test["text"], tails, strict=True)])
+    run = make_run(tmp_path, tiny_data, seed=1, max_length=32)  # seed 1: some predictions change past 32 sub-tokens
+    attrs = cs.attribute_split(run, cfg=CFG)
+    assert {len(item.tokens) for item in attrs.items.values()} == {32}
+    assert all("truncated to 32 sub-tokens" in item.note for item in attrs.items.values())
+    assert (attrs.rows["pred"] == attrs.rows["target_label"]).all()  # predictions.csv's label is the one explained
+    at_64 = cs.attribute_split(run, cfg=AttributionConfig(n_steps=8, max_length=64))
+    assert (at_64.rows["pred"] != at_64.rows["target_label"]).any()  # what reading the default length explains
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(cs, "explain", boom)  # the run's length resolved first: one cache entry for both spellings
+    cs.attribute_split(run, cfg=AttributionConfig(n_steps=8, max_length=32))
 
 
 def test_top_words_by_hand() -> None:

@@ -248,7 +248,7 @@ def test_overwrite_replaces_run_folders_only(capsys, data_dir, tmp_path):
 
 
 def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_dir, tmp_path, monkeypatch):
-    from clm_explore.cli.method_cmds import trained_max_length
+    from clm_explore.runs import trained_max_length
 
     out = tmp_path / "run"
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out),

@@ -95,6 +95,22 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
     assert human.splitlines()[0].startswith("my") and "delta" in human
 
 
+def test_cli_reads_a_run_at_the_length_it_trained_at(tmp_path: Path, tiny_data, capsys) -> None:
+    from clm_explore.cli import main
+
+    run = make_run(tmp_path, tiny_data, 0, max_length=32)  # its clm_run.json says 32, as finetune records it
+    long = " ".join(["card"] * 60)
+    assert main(["explain", "--run", str(run), "--text", long, "--steps", "4", "--json"]) == 0
+    read = json.loads(capsys.readouterr().out)
+    assert len(read["sub_tokens"]) == 32 and "truncated to 32" in read["note"]
+    assert main(["explain", "--run", str(run), "--text", long, "--steps", "4", "--max-length", "16", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["sub_tokens"]) == 16  # an explicit length wins
+    args = ["report", "--run", str(run), "--out", str(tmp_path / "r.html"), "--steps", "4", "--max-rows", "2"]
+    assert main(args) == 0
+    (cached,) = (run / "attributions").glob("test-*.json")
+    assert json.loads(cached.read_text())["config"]["max_length"] == 32
+
+
 def test_cli_bad_input(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str]) -> None:
     from clm_explore.cli import main
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clm_explore.runs import RunStatus, RunStore, RunStoreError, slugify
+from clm_explore.runs import RunStatus, RunStore, RunStoreError, slugify, trained_max_length
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,3 +154,13 @@ def test_concurrent_threads(store: RunStore) -> None:
     assert not errors
     assert len(store.list()) == 20
     assert all(r.status is RunStatus.SUCCEEDED for r in store.list())
+
+
+def test_trained_max_length_reads_the_run_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert trained_max_length(run) == 64  # no clm_run.json: FinetuneConfig's default
+    (run / "clm_run.json").write_text(json.dumps({"method": "head", "config": {"max_length": 128}}))
+    assert trained_max_length(run) == 128
+    (run / "clm_run.json").write_text("{half")
+    assert trained_max_length(run) == 64

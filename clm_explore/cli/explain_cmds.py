@@ -8,6 +8,7 @@ from typing import Any
 
 from clm_explore.attribution import AttributionConfig, AttributionError, TokenAttribution
 from clm_explore.cli import UserError, print_json
+from clm_explore.runs import trained_max_length
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +30,10 @@ def register(subparsers: Any) -> None:
     )
     explain.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps")
     explain.add_argument(
-        "--max-length", type=int, default=AttributionConfig.max_length, help="sub-tokens kept"
+        "--max-length",
+        type=int,
+        default=None,
+        help="sub-tokens kept (default: the length the run trained with, as its predictions read)",
     )
     explain.add_argument(
         "--json", action="store_true", help="print JSON (an object for one text, else a list)"
@@ -72,7 +76,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from clm_explore.attribution import explain, load_run_model
 
     run = _check_run(args.run, "--run")
-    cfg = AttributionConfig(n_steps=args.steps, max_length=args.max_length)
+    length = args.max_length if args.max_length is not None else trained_max_length(run)
+    cfg = AttributionConfig(n_steps=args.steps, max_length=length)
     loaded = load_run_model(run)
     try:
         results = explain(loaded.model, loaded.tokenizer, args.text, cfg, target=args.target)
@@ -121,7 +126,7 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} is a folder; give the HTML file to write, e.g. {Path(args.out) / 'report.html'}.")
     if run_b is None and args.data is None and not (run_a / "predictions.csv").is_file():
         raise UserError(f"--run {args.run} has no predictions.csv; pass --data with the rows to explain.")
-    cfg = AttributionConfig(n_steps=args.steps)
+    cfg = AttributionConfig(n_steps=args.steps)  # max_length None: each run is read at its trained length
     try:
         out = build_report(run_a, run_b, args.data, args.out, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
     except (OSError, ValueError) as exc:  # e.g. --out in a folder that cannot be written

@@ -386,18 +386,10 @@ def resolve_run_dir(run: str) -> Path:
     raise UserError(f"{run!r} is neither a run folder (with config.json) nor a known run id.")
 
 
-def trained_max_length(run_dir: Path) -> int:
-    """The sub-token length the run trained with (its clm_run.json), so that predictions read what training
-    read; 64 (the default) for a folder without it."""
-    try:
-        return int(json.loads((run_dir / "clm_run.json").read_text())["config"]["max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return FinetuneConfig.max_length
-
-
 def run_predict(args: argparse.Namespace) -> int:
     from clm_explore.batches import predict_proba
     from clm_explore.modeling import load_run
+    from clm_explore.runs import trained_max_length
 
     if args.top < 1:
         raise UserError(f"--top {args.top} must be at least 1.")

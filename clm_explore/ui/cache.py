@@ -20,7 +20,7 @@ from clm_explore.data import AnnotatedData, DataError, DataReport, data_report, 
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model
-from clm_explore.runs import RunStore
+from clm_explore.runs import RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.ui import state
 from clm_explore.ui.state import DataChoice
@@ -141,10 +141,11 @@ def predictions(run_path: str, mtime: float) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Explaining…", max_entries=64)
 def attributions(run_path: str, mtime: float, texts: tuple[str, ...]) -> list[Any]:
-    from clm_explore.attribution import explain
+    from clm_explore.attribution import AttributionConfig, explain
 
     loaded = run_model(run_path, mtime)
-    return explain(loaded.model, loaded.tokenizer, list(texts))
+    cfg = AttributionConfig(max_length=trained_max_length(Path(run_path)))  # the run's predictions read as much
+    return explain(loaded.model, loaded.tokenizer, list(texts), cfg)
 
 
 def file_mtime(path: str | Path) -> float:
