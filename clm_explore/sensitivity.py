@@ -28,7 +28,7 @@ from torch import nn
 from clm_explore.config import ConfigError, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.mining import TaskTokens, covered_positions
-from clm_explore.modeling import LoadedModel, head_parameter_names, resolve_device
+from clm_explore.modeling import LoadedModel, ModelSourceError, head_parameter_names, resolve_device
 from clm_explore.prefix_cache import PrefixCache
 
 MODULE_PATTERNS = (
@@ -467,7 +467,7 @@ def compute_sensitivity(
                          f"scoring from layer {cfg.min_layer} over {len(data.train)} training rows")
     linears = scored_linears(model)
     if not linears:  # e.g. GPT-2's Conv1D maps: nothing could ever be selected, so say so before any work
-        raise ValueError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
+        raise ModelSourceError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
                          "(BERT-style and Llama-style blocks are supported).")
     rows = calibration_indices(data, cfg)
     texts, label_ids = _train_rows(data, rows)

@@ -44,11 +44,11 @@ def test_training_on_cached_lower_layers_reaches_the_same_weights(tiny_data, tmp
     assert cached.metrics["accuracy"] == plain.metrics["accuracy"]
 
 
-def test_training_builds_its_own_cache_when_the_scoring_one_does_not_apply(tiny_data, tmp_path):
-    # Scoring with other token ids (a shorter max_length) than training's: its cache cannot be reused.
+def test_the_scoring_reads_training_length_so_one_cache_serves_both(tiny_data, tmp_path):
+    # A sensitivity max_length of its own used to mean other token ids than training's, and a second cache.
     cfg = replace(UPPER_LAYER, cache_frozen_layers=True, sensitivity=SensitivityConfig(max_length=16))
     metrics = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random").metrics
-    assert "built" not in metrics["prefix_cache"]
+    assert metrics["prefix_cache"]["built"] == "before scoring"
     assert metrics["prefix_cache"]["from_layer"] == metrics["lowest_layer"] == 1
 
 

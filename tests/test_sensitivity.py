@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from clm_explore.config import SensitivityConfig
 from clm_explore.data import AnnotatedData
 from clm_explore.mining import TaskTokens, TokenGroup, mine_task_tokens
-from clm_explore.modeling import head_parameter_names, load_model
+from clm_explore.modeling import ModelSourceError, head_parameter_names, load_model
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity, scored_linears
 
 LABELS = ["a", "b"]
@@ -381,5 +381,5 @@ def test_a_model_without_scorable_linear_maps_is_refused_before_any_work(tmp_pat
     GPT2ForSequenceClassification(gpt2).save_pretrained(tmp_path)  # its maps are Conv1D, not nn.Linear
     tokenizer.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path), ["a", "b"])
-    with pytest.raises(ValueError, match="gpt2 has no linear maps clm-explore knows how to score"):
+    with pytest.raises(ModelSourceError, match="gpt2 has no linear maps clm-explore knows how to score"):
         compute_sensitivity(loaded, hand_data(), REFUNDING, config(), device="cpu")
