@@ -8,8 +8,12 @@ A notebook session, end to end::
     loaded = clm.load_model("default", data.labels)
     task_tokens = clm.mine_task_tokens(data.train.text.tolist(), data.train.label.tolist(), loaded.tokenizer)
     report = clm.compute_sensitivity(loaded, data, task_tokens)
-    selection = clm.select_mask(report, clm.MaskConfig(budget=0.01))
-    result = clm.finetune(data, clm.FinetuneConfig(method="sparse"), "runs/my-sparse")
+    selection = clm.select_mask(report, clm.MaskConfig(budget=0.01))  # what a budget selects, for looking
+    # finetune mines, scores and selects again itself, from its config; the mask options go in cfg.mask
+    cfg = clm.FinetuneConfig(method="sparse", mask=clm.MaskConfig(budget=0.01))
+    result = clm.finetune(data, cfg, "runs/my-sparse", source="default")
+    clm.predict("runs/my-sparse", ["my card has not arrived"])  # probabilities, a column per label
+    clm.RunStore().register_folder("runs/my-sparse")  # listed in the app's Runs and Compare pages
 
 Is sparse ahead of full finetuning on this data, or level? Seeds of each, compared with a 95% interval::
 
@@ -46,7 +50,9 @@ _EXPORTS = {
     "finetune": "clm_explore.training",
     "load_data": "clm_explore.data",
     "load_model": "clm_explore.modeling",
+    "load_run": "clm_explore.modeling",
     "mine_task_tokens": "clm_explore.mining",
+    "predict": "clm_explore.batches",
     "predict_proba": "clm_explore.batches",
     "select_mask": "clm_explore.masks",
 }

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from clm_explore.config import ConfigError
+from clm_explore.config import AttributionConfig
 from clm_explore.modeling import LoadedModel, load_run
 
 TargetSpec = int | str | None
@@ -34,54 +34,6 @@ DEFAULT_MAX_LENGTH = 64
 
 class AttributionError(ValueError):
     """An attribution request cannot be served (unknown target label, empty text); the message says why."""
-
-
-@dataclass(frozen=True)
-class AttributionConfig:
-    n_steps: int = 32
-    """Interpolation steps between the reference and the input (decoders use twice as many)."""
-    internal_batch_size: int = 512
-    """Rows (examples x steps) per forward/backward pass; bounds memory."""
-    target: str = "predicted"
-    """Label explained: 'predicted' (the model's argmax) or 'gold' (the row's annotated label)."""
-    batch_size: int = 16
-    """Texts attributed together; texts are grouped by length so padding stays small."""
-    max_length: int | None = None
-    """Texts are truncated to this many sub-tokens (specials included). None: the run's trained length where the
-    run is known (attribute_split, compare_runs, CLI explain/report), else DEFAULT_MAX_LENGTH (64). Reading
-    fewer or more sub-tokens than training did can change the prediction, and the "predicted" label explained
-    would then not be the one in the run's predictions.csv."""
-    method: str = "gausslegendre"
-    """Captum's integral approximation: 'gausslegendre' (converges fastest) or 'riemann_trapezoid'."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (
-                self.internal_batch_size >= self.batch_size,
-                f"internal_batch_size must be >= batch_size ({self.batch_size}), got {self.internal_batch_size}",
-            ),
-            (
-                self.target in ("predicted", "gold"),
-                f"target must be 'predicted' or 'gold', got {self.target!r}",
-            ),
-            (
-                self.max_length is None or 8 <= self.max_length <= 512,
-                f"max_length must be None or in 8..512, got {self.max_length}",
-            ),
-            (
-                self.method
-                in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
-                f"method must be gausslegendre or a riemann_* rule, got {self.method!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

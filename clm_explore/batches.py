@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -57,3 +60,17 @@ def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_l
         probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
     model.train(was_training)
     return probs
+
+
+def predict(run_dir: str | Path, texts: list[str], max_length: int | None = None) -> pd.DataFrame:
+    """Class probabilities of ``texts`` under a finished run: a row per text, a column per label (in the run's
+    label order). Texts are read at the run's trained length unless ``max_length`` says otherwise, so the
+    figures match its predictions.csv and ``clm-explore predict``."""
+    from clm_explore.modeling import load_run
+    from clm_explore.runs import trained_max_length
+
+    loaded = load_run(run_dir)
+    length = max_length or trained_max_length(Path(run_dir))
+    probs = predict_proba(loaded.model, loaded, list(texts), max_length=length)
+    labels = [str(loaded.model.config.id2label[i]) for i in range(probs.shape[1])]
+    return pd.DataFrame(probs, columns=labels, index=pd.Index(list(texts), name="text"))

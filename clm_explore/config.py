@@ -7,7 +7,7 @@ JSON so that a run folder's ``clm_run.json`` rebuilds the exact configuration.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ class DataConfig:
     validation_fraction: float = 0.1
     """Share of train carved out as validation when the data has no validation split."""
     test_fraction: float = 0.2
-    """Share held out as test when the data has a single file."""
+    """Share of train held out as test when the data has no test split (a single file, or a folder without one)."""
     seed: int = 0
     """Seed of the stratified splits."""
 
@@ -58,7 +58,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class MiningConfig:
     max_ngram: int = 3
-    """Longest sub-token n-gram considered as a candidate group."""
+    """Longest word fragment (sub-token n-gram inside a word) considered as a group; a single word is a candidate
+    however many pieces it has, and a span of n words at most max_ngram * n pieces."""
     max_words: int = 2
     """A candidate spans at most this many words."""
     min_count: int = 5
@@ -277,7 +278,8 @@ class FinetuneConfig:
     batch_size: int = 32
     max_length: int = 64
     weight_decay: float = 0.0
-    """AdamW decoupled weight decay; applied to deltas only, never to frozen rows."""
+    """AdamW decoupled weight decay. The row methods apply it to their deltas only, never to frozen rows; full,
+    layers and LoRA to every weight matrix they train."""
     warmup_ratio: float = 0.06
     """Share of steps with linear learning-rate warm-up, then the schedule."""
     schedule: str = "linear"
@@ -388,3 +390,53 @@ class FinetuneConfig:
             if isinstance(data.get(key), dict):
                 data[key] = from_dict(sub, data[key])
         return from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Integrated-Gradients attributions (``attribution.explain``, the case study, ``clm-explore explain``); here,
+    not in attribution.py, so that the CLI reads its defaults without importing torch."""
+
+    n_steps: int = 32
+    """Interpolation steps between the reference and the input (decoders use twice as many)."""
+    internal_batch_size: int = 512
+    """Rows (examples x steps) per forward/backward pass; bounds memory."""
+    target: str = "predicted"
+    """Label explained: 'predicted' (the model's argmax) or 'gold' (the row's annotated label)."""
+    batch_size: int = 16
+    """Texts attributed together; texts are grouped by length so padding stays small."""
+    max_length: int | None = None
+    """Texts are truncated to this many sub-tokens (specials included). None: the run's trained length where the
+    run is known (attribute_split, compare_runs, CLI explain/report), else DEFAULT_MAX_LENGTH (64). Reading
+    fewer or more sub-tokens than training did can change the prediction, and the "predicted" label explained
+    would then not be the one in the run's predictions.csv."""
+    method: str = "gausslegendre"
+    """Captum's integral approximation: 'gausslegendre' (converges fastest) or 'riemann_trapezoid'."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                self.internal_batch_size >= self.batch_size,
+                f"internal_batch_size must be >= batch_size ({self.batch_size}), got {self.internal_batch_size}",
+            ),
+            (
+                self.target in ("predicted", "gold"),
+                f"target must be 'predicted' or 'gold', got {self.target!r}",
+            ),
+            (
+                self.max_length is None or 8 <= self.max_length <= 512,
+                f"max_length must be None or in 8..512, got {self.max_length}",
+            ),
+            (
+                self.method
+                in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
+                f"method must be gausslegendre or a riemann_* rule, got {self.method!r}",
+            ),
+        ]
+        for ok, message in checks:
+            _check(ok, message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

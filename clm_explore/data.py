@@ -141,23 +141,55 @@ def _split_files(folder: Path) -> dict[str, Path]:
 
 def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str]) -> pd.DataFrame:
     """Read one file into a checked ``[text, label]`` frame; ``read()`` is only called after the size check."""
+    return _select_columns(_parse_table(path, read, size, cfg, notes), cfg)
+
+
+def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | None = None) -> list[str]:
+    """The texts of a file to predict on: any format ``load_data`` reads (no label column needed; the text
+    column is found by the same names, or ``text_col``), or a .txt file with one text per line.
+
+    Raises:
+        DataError: a missing, oversized, unreadable or unsupported file, no text column, or empty texts.
+    """
+    cfg = cfg or DataConfig()
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{path} does not exist or is not a file.")
+    if file.suffix.lower() == ".txt":
+        _check_size(str(file), file.stat().st_size, cfg)
+        text = _decode(str(file), file.read_bytes(), [])
+        return [line for line in text.splitlines() if line.strip()]
+    table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, [])
+    columns = [str(c) for c in table.frame.columns]
+    if table.frame.empty:
+        raise DataError(f"{table.name} has a header ({', '.join(columns)}) but no rows to predict.")
+    column = _find_column(table.name, columns, text_col, TEXT_NAMES, "text", "--text-col")
+    texts = pd.Series(_as_str(table, table.frame.set_axis(columns, axis=1)[column], "text"))
+    _require_filled(table, texts, "empty text", "text")
+    return texts.tolist()
+
+
+def _check_size(name: str, size: int, cfg: DataConfig) -> None:
+    if size > cfg.max_file_mb * 1024 * 1024:
+        mb = f"{size / 2**20:,.1f}" if size >= 2**20 else f"{size / 2**20:.2g}"
+        raise DataError(f"{name} is {mb} MB, above the {cfg.max_file_mb:g} MB limit. Use a smaller sample "
+                        "or raise the limit with --max-file-mb (DataConfig.max_file_mb).")
+
+
+def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str]) -> _Table:
+    """Parse one file of a supported format, every column kept; ``read()`` is only called after the size check."""
     name = str(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"{name} has an unsupported extension {path.suffix or '(none)'!r}. Save it as .csv, .tsv, "
                         ".jsonl, .json or .parquet (spreadsheets: export as CSV, UTF-8).")
-    if size > cfg.max_file_mb * 1024 * 1024:
-        mb = f"{size / 2**20:,.1f}" if size >= 2**20 else f"{size / 2**20:.2g}"
-        raise DataError(f"{name} is {mb} MB, above the {cfg.max_file_mb:g} MB limit. Use a smaller sample "
-                        "or raise the limit with --max-file-mb (DataConfig.max_file_mb).")
+    _check_size(name, size, cfg)
     raw: bytes = read()
     if not raw.strip():
         raise DataError(f"{name} is empty. Put a header row (e.g. text,label) and at least a few rows per label in it.")
     if fmt == "parquet":
-        table = _parse_parquet(name, raw)
-    else:
-        table = _PARSERS[fmt](name, _decode(name, raw, notes))
-    return _select_columns(table, cfg)
+        return _parse_parquet(name, raw)
+    return _PARSERS[fmt](name, _decode(name, raw, notes))
 
 
 # ------------------------------------------------------------------------------------------ parsing

@@ -381,6 +381,43 @@ class RunStore:
         return buffer.getvalue()
 
 
+class RunFolderError(ValueError):
+    """A run folder cannot be written: a file stands there, or it holds another run (or other files) and may
+    not be replaced; the message says what to do."""
+
+
+def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Path:
+    """The run folder ``out``, made if needed. A non-empty one is refused unless ``overwrite``, and even then it
+    is deleted only when it is a run folder (it holds clm_run.json) that holds none of ``protected`` (the run
+    registry, the data), the working folder or the home folder: a mistyped folder must not be emptied.
+
+    Raises:
+        RunFolderError: what stands in the way, and what to do.
+    """
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{path} is a file; a run folder is a folder.")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"Run folder {path} already exists; replace it with --overwrite (overwrite=True "
+                                 "in Python) or choose another folder.")
+        _check_replaceable(path, (*protected, Path.cwd(), Path.home()))
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_replaceable(path: Path, protected: tuple[Path, ...]) -> None:
+    here = path.resolve()
+    for keep in protected:
+        keep = keep.expanduser().resolve()
+        if here == keep or here in keep.parents:
+            raise RunFolderError(f"Replacing {path} would delete {keep}, which it holds (or is); choose another folder.")
+    if not (path / "clm_run.json").is_file():
+        raise RunFolderError(f"{path} is not a run folder (it has no clm_run.json); overwrite replaces run folders "
+                             "only: choose another folder, or empty it yourself.")
+
+
 def trained_max_length(run_dir: Path) -> int:
     """The sub-token length the run trained with (its clm_run.json), so that predictions and attributions read
     what training read; FinetuneConfig's default (64) for a folder without it."""

@@ -42,6 +42,7 @@ from clm_explore.modeling import (
     resolve_device,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
+from clm_explore.runs import claim_run_dir
 from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
@@ -329,8 +330,17 @@ def finetune(
     source: str = "default",
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> FinetuneResult:
     """Finetune ``source`` on ``data`` with ``cfg.method`` and write the run folder ``out_dir``.
+
+    The model is loaded from ``source`` and the groups, scores and mask are made here, from ``cfg`` (mining,
+    sensitivity, mask): a selection made beforehand with ``select_mask`` is for looking, and its options go in
+    ``cfg.mask`` to be trained. The run is not in the app's run list until ``RunStore().register_folder(out_dir)``.
+
+    Args:
+        overwrite: replace an earlier run in ``out_dir`` (its files would otherwise mix with this run's);
+            without it such a folder is refused (``runs.RunFolderError``).
 
     Returns:
         FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
@@ -347,6 +357,8 @@ def finetune(
         device = accelerator.device
         if not accelerator.is_main_process:  # other ranks keep their own copy, for checks, out of the way
             out_dir = out_dir / "ranks" / str(accelerator.process_index)
+    if (out_dir / "clm_run.json").exists() or (out_dir / "metrics.json").exists():
+        claim_run_dir(out_dir, overwrite)  # stale masks, scores or an adapter would be read as this run's
     out_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
     loaded = load_model(source, data.labels, seed=cfg.seed)

@@ -39,6 +39,19 @@ def test_mine_json(capsys, data_dir):
         assert g["label"] in {"card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"}
     scores = [g["score"] for g in groups]
     assert scores == sorted(scores, reverse=True)
+    merged = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--top", "20", "--merge", "3"])
+    assert [g["text"] for g in merged] == [g["text"] for g in groups]  # the same list, one shape
+    assert all(isinstance(g["pieces"], list) and "merged_slot" in g for g in merged)
+
+
+def test_mine_json_names_the_slot_of_each_merged_word(capsys, tmp_path):
+    rows = [("refunding my money please", "refund"), ("card has not arrived", "card")] * 8
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(tmp_path / "data.csv", index=False)
+    groups = run_json(capsys, ["mine", str(tmp_path / "data.csv"), *TINY, "--json", "--merge", "3"])
+    by_text = {g["text"]: g for g in groups}
+    assert by_text["refunding"]["merged_slot"] == "[unused0]"  # refund ##ing: the one multi-piece word
+    assert by_text["refunding"]["pieces"] == ["refunding"]
+    assert by_text["card"]["merged_slot"] is None
 
 
 def test_sensitivity_json(capsys, data_dir, tmp_path):
@@ -237,7 +250,7 @@ def test_overwrite_replaces_run_folders_only(capsys, data_dir, tmp_path):
     assert (precious / "chapter1.txt").read_text() == "keep"
     (precious / "clm_run.json").write_text("{}")  # even a run folder is kept when it holds the data
     (data_dir / "clm_run.json").write_text("{}")
-    assert "which holds" in run_error(capsys, [*args, str(data_dir)])
+    assert "which it holds" in run_error(capsys, [*args, str(data_dir)])
     assert (data_dir / "train.csv").is_file()
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep")
@@ -260,6 +273,15 @@ def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_di
                                 "--json"])
     assert [r["label"] for r in results] == test["pred"].tolist()
     assert [r["probability"] for r in results] == pytest.approx(test["prob"].tolist(), abs=1e-5)
+    import clm_explore as clm
+
+    frame = clm.predict(out, test["text"].tolist())  # the notebook's way reads the same length
+    assert frame.idxmax(axis=1).tolist() == test["pred"].tolist()
+    assert frame.max(axis=1).tolist() == pytest.approx(test["prob"].tolist(), abs=1e-5)
+    questions = tmp_path / "questions.csv"
+    pd.DataFrame({"Question": test["text"]}).to_csv(questions, index=False)  # load_data's column names, any case
+    from_file = run_json(capsys, ["predict", "--run", str(out), "--file", str(questions), "--json"])
+    assert [r["label"] for r in from_file] == test["pred"].tolist()
     assert "--top 0" in run_error(capsys, ["predict", "--run", str(out), "--text", "hi", "--top", "0"])
     monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "no-registry"))
     assert "known run id" in run_error(capsys, ["predict", "--run", "typo", "--text", "hi"])

@@ -12,7 +12,7 @@ import pytest
 
 from clm_explore.cli import main
 from clm_explore.config import DataConfig
-from clm_explore.data import AnnotatedData, DataError, data_report, load_data, load_upload
+from clm_explore.data import AnnotatedData, DataError, data_report, load_data, load_upload, read_texts
 
 CORPUS = Path(__file__).parent / "data"
 _spec = importlib.util.spec_from_file_location("make_bad_corpus", CORPUS / "make_bad_corpus.py")
@@ -226,3 +226,29 @@ def test_report_lengths_and_json():
     assert report["lengths"]["train"]["chars"]["max"] == 7
     assert report["labels"] == ["x", "y"]
     assert report["problems"] == ["2 label(s) have fewer than 5 train rows: x (1), y (1)."]
+
+
+def test_read_texts_finds_the_text_column_like_load_data_in_every_format(tmp_path):
+    csv_file = tmp_path / "q.csv"
+    csv_file.write_text('Question,id\n"where is my card, please",1\nhow do I top up,2\n')
+    assert read_texts(csv_file) == ["where is my card, please", "how do I top up"]  # any case, no label
+    json_file = tmp_path / "q.json"
+    json_file.write_text('[{"content": "lost card"}, {"content": "refund"}]')
+    assert read_texts(json_file) == ["lost card", "refund"]
+    txt = tmp_path / "q.txt"
+    txt.write_text("one\n\ntwo\n")
+    assert read_texts(txt) == ["one", "two"]
+    assert read_texts(csv_file, text_col="id") == ["1", "2"]
+
+
+@pytest.mark.parametrize(("content", "phrase"), [
+    ("body,id\nx,1\n", "no text column found"),
+    ("text,id\n,1\nok,2\n", r"have empty text \(line 2\)"),
+])
+def test_read_texts_refuses_with_a_message(tmp_path, content, phrase):
+    file = tmp_path / "q.csv"
+    file.write_text(content)
+    with pytest.raises(DataError, match=phrase):
+        read_texts(file)
+    with pytest.raises(DataError, match="does not exist"):
+        read_texts(tmp_path / "missing.csv")

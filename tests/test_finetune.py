@@ -401,6 +401,19 @@ def test_the_scoring_reads_training_length_and_a_none_seed_follows_the_run(data,
     assert SensitivityReport.load(tmp_path / "fixed" / "sensitivity").config["seed"] == 0
 
 
+def test_an_earlier_run_in_the_folder_is_refused_unless_overwritten(data, tmp_path):
+    from clm_explore.runs import RunFolderError
+
+    out = tmp_path / "run"
+    finetune(data, replace(SPARSE, epochs=1), out, source="tiny-random")
+    assert (out / "masks.safetensors").is_file()
+    with pytest.raises(RunFolderError, match="already exists; replace it with --overwrite"):
+        finetune(data, replace(SPARSE, method="head", epochs=1), out, source="tiny-random")
+    finetune(data, replace(SPARSE, method="head", epochs=1), out, source="tiny-random", overwrite=True)
+    assert not (out / "masks.safetensors").exists()  # no stale mask is read as the head run's
+    assert json.loads((out / "clm_run.json").read_text())["method"] == "head"
+
+
 def test_a_mask_floor_above_the_model_is_refused_before_mining(data, tmp_path):
     cfg = replace(SPARSE, mask=MaskConfig(budget=0.03, min_layer=N_LAYERS + 1))
     with pytest.raises(ConfigError, match="mask min_layer 3 is above the model's layers"):

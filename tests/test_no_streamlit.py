@@ -51,3 +51,10 @@ def test_cli_commands_load_without_captum_or_plotly():
     """Every command but `explain` and `report` must run where captum and plotly are absent (a GPU image
     without them, thirtieth session): building the parser imports neither."""
     assert modules_loaded_by("import clm_explore.cli as cli\ncli.build_parser()\n", ("captum", "plotly")) == []
+
+
+def test_cli_help_loads_no_heavy_library():
+    """`clm-explore --help` (building the parser) must stay fast: torch, transformers, pandas and scikit-learn load
+    only when a command runs."""
+    heavy = ("torch", "transformers", "pandas", "sklearn", "captum", "plotly")
+    assert modules_loaded_by("import clm_explore.cli as cli\ncli.build_parser()\n", heavy) == []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import add_data_args, print_json
 from clm_explore.config import DataConfig
-from clm_explore.data import SPLITS, DataReport, data_report, load_data
+
+if TYPE_CHECKING:  # pandas and scikit-learn load only when the command runs, so --help stays fast
+    from clm_explore.data import DataReport
 
 _LABELS_SHOWN = 30
 """Label table rows printed before '... and N more' (the JSON output always has all of them)."""
@@ -29,6 +31,8 @@ def register(subparsers: Any) -> None:
 def run_validate(args: argparse.Namespace) -> int:
     """Load, report, print; a ``DataError`` propagates to ``cli.main`` (exit 2)."""
     cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
+    from clm_explore.data import data_report, load_data
+
     report = data_report(load_data(args.data, cfg))
     if args.json:
         print_json(report.to_dict())
@@ -63,6 +67,8 @@ def _length_lines(report: DataReport) -> list[str]:
 
 
 def _label_lines(report: DataReport) -> list[str]:
+    from clm_explore.data import SPLITS
+
     width = min(40, max(len("label"), *(len(label) for label in report.label_counts)))
     lines = [f"{'label':<{width}}  " + "  ".join(f"{s:>10}" for s in SPLITS)]
     items = list(report.label_counts.items())

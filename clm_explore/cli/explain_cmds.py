@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clm_explore.attribution import AttributionConfig, AttributionError, TokenAttribution
 from clm_explore.cli import UserError, print_json
+from clm_explore.config import AttributionConfig  # torch and captum load only when a command runs
 from clm_explore.runs import trained_max_length
+
+if TYPE_CHECKING:
+    from clm_explore.attribution import TokenAttribution
 
 
 def register(subparsers: Any) -> None:
@@ -73,7 +76,7 @@ def _check_run(path: str | None, flag: str) -> Path | None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from clm_explore.attribution import explain, load_run_model
+    from clm_explore.attribution import AttributionError, explain, load_run_model
 
     run = _check_run(args.run, "--run")
     length = args.max_length if args.max_length is not None else trained_max_length(run)

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,9 +73,14 @@ def run_mine(args: argparse.Namespace) -> int:
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer, cfg)
     merge = adaptive_tokenization(loaded, task_tokens, data.train["text"].tolist(), args.merge) if args.merge else None
     frame = task_tokens.to_frame()
-    if args.json:
-        print_json(frame.assign(pieces=[g.pieces for g in task_tokens.groups]).to_dict(orient="records")
-                   if not merge else {"groups": frame.to_dict(orient="records"), "merge": merge.to_dict()})
+    if args.json:  # one shape with or without --merge: a list of groups, pieces as a list
+        records = frame.assign(pieces=[g.pieces for g in task_tokens.groups]).to_dict(orient="records")
+        if merge:
+            slots = {m["text"]: m["slot"] for m in merge.merged}
+            for record in records:
+                record["merged_slot"] = slots.get(record["text"]) if record["kind"] == "words" else None
+            print(merge.summary(), file=sys.stderr)
+        print_json(records)
         return 0
     print(f"{len(frame)} groups from {len(data.train)} training rows; background: {task_tokens.background}")
     print(frame.head(args.show)[["text", "pieces", "count", "score", "label", "lift"]].to_string(index=False))
@@ -254,7 +258,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model, resolve_device
-    from clm_explore.runs import RunStatus, RunStore
+    from clm_explore.runs import RunStatus, RunStore, claim_run_dir
     from clm_explore.training import finetune
 
     cfg = finetune_config(args)
@@ -267,7 +271,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry.
         return _run_finetune_secondary(args, data, cfg)
     store = RunStore()
-    out = _claim_out_dir(args.out, args.overwrite, protected=(store.root, Path(args.data))) if args.out else None
+    out = claim_run_dir(args.out, args.overwrite, protected=(store.root, Path(args.data))) if args.out else None
     record = store.register_folder(out) if out else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method)
     run_dir = store.path(record.id)
     store.set_status(record.id, RunStatus.RUNNING)
@@ -316,33 +320,6 @@ def _budget_error(exc: BaseException) -> None:
         raise UserError(str(exc)) from exc
 
 
-def _claim_out_dir(out: str, overwrite: bool, protected: tuple[Path, ...] = ()) -> Path:
-    """The run folder ``out``, made if needed. A non-empty one is refused unless ``overwrite``, and even then it
-    is deleted only when it is a run folder (it holds clm_run.json) that holds none of ``protected`` (the run
-    registry, the data), the working folder or the home folder: a mistyped --out must not empty a folder."""
-    path = Path(out).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} is a file; a run folder is a folder.")
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise UserError(f"Run folder {path} already exists; pass --overwrite to replace it or choose another --out.")
-        _check_replaceable(path, (*protected, Path.cwd(), Path.home()))
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _check_replaceable(path: Path, protected: tuple[Path, ...]) -> None:
-    here = path.resolve()
-    for keep in protected:
-        keep = keep.expanduser().resolve()
-        if here == keep or here in keep.parents:
-            raise UserError(f"--overwrite would delete {path}, which holds {keep}; choose another --out.")
-    if not (path / "clm_run.json").is_file():
-        raise UserError(f"{path} is not a run folder (it has no clm_run.json); --overwrite replaces run folders "
-                        "only: choose another --out, or empty it yourself.")
-
-
 def _step_printer():
     def show(info) -> None:
         if info.eval:
@@ -387,9 +364,7 @@ def resolve_run_dir(run: str) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from clm_explore.batches import predict_proba
-    from clm_explore.modeling import load_run
-    from clm_explore.runs import trained_max_length
+    from clm_explore.batches import predict
 
     if args.top < 1:
         raise UserError(f"--top {args.top} must be at least 1.")
@@ -398,9 +373,8 @@ def run_predict(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args.run)
     threshold = abstention_threshold(args.abstain_below, run_dir)
     texts = args.text or _texts_from_file(args.file, args.text_col)
-    loaded = load_run(run_dir)
-    probs = predict_proba(loaded.model, loaded, texts, max_length=args.max_length or trained_max_length(run_dir))
-    labels = [loaded.model.config.id2label[i] for i in range(probs.shape[1])]
+    frame = predict(run_dir, texts, args.max_length)  # at the run's trained length unless --max-length
+    probs, labels = frame.to_numpy(), list(frame.columns)
     results = []
     for text, p in zip(texts, probs, strict=True):
         top = p.argsort()[::-1][: args.top]
@@ -444,24 +418,7 @@ def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
 
 
 def _texts_from_file(path: str, text_col: str | None) -> list[str]:
-    """Texts of a CSV/TSV/JSONL/Parquet file (labels not needed), or of a .txt file, one per line."""
-    import pandas as pd
+    """Texts of any data file ``load_data`` reads (labels not needed), or of a .txt file, one per line."""
+    from clm_explore.data import read_texts
 
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"{path} does not exist.")
-    suffix = file.suffix.lower()
-    if suffix == ".txt":
-        return [line for line in file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    readers = {".csv": pd.read_csv, ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet,
-               ".jsonl": lambda f: pd.read_json(f, lines=True)}
-    if suffix not in readers:
-        raise UserError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .parquet or .txt.")
-    try:
-        frame = readers[suffix](file)
-    except Exception as exc:
-        raise UserError(f"{path} could not be read: {exc}") from exc
-    column = text_col or next((c for c in ("text", "sentence", "utterance", "query") if c in frame.columns), None)
-    if column not in frame.columns:
-        raise UserError(f"{path}: no text column found among {list(frame.columns)}; pass --text-col.")
-    return frame[column].astype(str).tolist()
+    return read_texts(path, text_col)
