@@ -206,7 +206,7 @@ class JobQueue:
         if self.store is not None and job.run_id and isinstance(metrics, dict) and metrics:
             with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
                 self.store.update_metrics(job.run_id, metrics)
-        self._set_run_status(job, status, _last_line(job.error))
+        self._set_run_status(job, status, last_line(job.error))
         job.status = status
         job.finished = time.time()
         job.kwargs = {}  # the job's data set (an upload can be 200 MB) is not kept for the server's lifetime
@@ -290,7 +290,8 @@ def _result_status(job: Job) -> RunStatus:
     return RunStatus.CANCELLED if job.cancel_event.is_set() else RunStatus.SUCCEEDED
 
 
-def _last_line(text: str | None) -> str | None:
+def last_line(text: str | None) -> str | None:
+    """The last non-blank line of a traceback (the exception and its message), or None."""
     if not text:
         return None
     lines = [line for line in text.strip().splitlines() if line.strip()]

@@ -164,6 +164,29 @@ def load_model(
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
 
 
+def unsupported_reason(source: str) -> str:
+    """Why the method cannot use the model folder ``source`` ('' when it can): a missing folder, a head that is
+    not one linear layer, or no linear map to score. Read from its config on the meta device: no weights load,
+    so a server can check a folder as it is typed."""
+    from transformers import AutoConfig
+
+    from clm_explore.sensitivity import scored_linears  # sensitivity imports this module
+
+    if source in (TINY_SOURCE, DEFAULT_SOURCE, "smollm2") or source.endswith(".gguf"):
+        return ""  # the bundled sources are supported (a GGUF file is converted when it is first loaded)
+    try:
+        resolved = resolve_source(source)
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(resolved))
+        _check_linear_head(model)
+    except (OSError, ValueError, ModelSourceError) as exc:
+        return str(exc)
+    if not scored_linears(model):
+        return (f"{model.config.model_type} has no linear maps clm-explore knows how to score (BERT-style and "
+                "Llama-style blocks are supported).")
+    return ""
+
+
 def load_run(run_dir: str | Path) -> LoadedModel:
     """Load a finetuned run folder with its own labels (a prefix-tuning run gets its ``adapter/`` back).
 

@@ -30,11 +30,12 @@ from clm_explore.averaging import TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
-from clm_explore.masks import MaskSelection, effective_min_layer, select_mask
+from clm_explore.masks import MaskSelection, budget_to_params, effective_min_layer, select_mask
 from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope_metrics
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import (
     LoadedModel,
+    ModelSourceError,
     autocast_dtype,
     count_parameters,
     head_parameter_names,
@@ -49,6 +50,7 @@ from clm_explore.sensitivity import (
     calibration_rows,
     compute_sensitivity,
     make_batches,
+    scored_linears,
     warm_up_head,
 )
 from clm_explore.sparse import attach_deltas, delta_state, merge_deltas
@@ -198,12 +200,45 @@ def frozen_prefix(ctx: MethodContext, min_layer: int, max_length: int) -> Prefix
     return ctx.prefix
 
 
+ROW_METHODS = ("sparse", "sparse_merged", "random", "fisher", "gradient")
+"""Methods that train rows chosen under the budget (``check_runnable`` checks their mask can hold one)."""
+
+
+def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
+    """Refuse, before any mining, scoring or training, a row method this model cannot run: no linear map it can
+    score, a layer floor above the model, a budget above the backbone or below the cheapest row it may pick.
+
+    Raises:
+        ModelSourceError, ConfigError: with what to change (``finetune`` calls it; the CLI and the app call it
+            before a run folder or a queued job exists).
+    """
+    if cfg.method not in ROW_METHODS:
+        return
+    model = loaded.model
+    linears = scored_linears(model)
+    if not linears:
+        raise ModelSourceError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
+                               "(BERT-style and Llama-style blocks are supported); try method full or lora.")
+    n_layers = model.config.num_hidden_layers
+    floor = effective_min_layer(cfg.mask, n_layers)
+    if floor > n_layers:
+        raise ConfigError(f"mask min_layer {cfg.mask.min_layer} is above the model's layers (0-{n_layers - 1}, "
+                          f"and {n_layers} for a pooler).")
+    costs = [lin.in_features + (lin.bias is not None) for lin, layer, _ in linears.values() if layer >= floor]
+    if floor == 0 and cfg.mask.include_embeddings:  # 0: the mined words' embedding rows compete too
+        costs.append(model.get_input_embeddings().embedding_dim)
+    try:
+        budget = budget_to_params(cfg.mask.budget, backbone_parameter_count(model))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if costs and budget < min(costs):
+        raise ConfigError(f"a budget of {budget} parameters buys no row: the cheapest eligible row costs "
+                          f"{min(costs)} parameters; raise the budget.")
+
+
 def scoring_config(ctx: MethodContext) -> SensitivityConfig:
     """The sensitivity options, scoring only the layers the mask may pick from (a shorter backward)."""
     n_layers = ctx.loaded.model.config.num_hidden_layers
-    if effective_min_layer(ctx.cfg.mask, n_layers) > n_layers:  # refused before the mining and scoring work
-        raise ConfigError(f"mask min_layer {ctx.cfg.mask.min_layer} is above the model's layers (0-{n_layers - 1}, "
-                          f"and {n_layers} for a pooler).")
     floor = min(effective_min_layer(ctx.cfg.mask, n_layers), n_layers - 1)  # a pooler-only mask scores the top block too
     return replace(ctx.cfg.sensitivity, min_layer=max(ctx.cfg.sensitivity.min_layer, floor))
 
@@ -362,6 +397,7 @@ def finetune(
     out_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
     loaded = load_model(source, data.labels, seed=cfg.seed)
+    check_runnable(cfg, loaded)
     loaded.model.to(device)
     _write_json(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})

@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from clm_explore.config import METHODS
+from clm_explore.config import METHODS, ConfigError
+from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state, views
+from clm_explore.ui.views import escape_markdown
 
 st.title("Budget")
 st.write(
@@ -18,7 +20,11 @@ mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
 report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
 budget = forms.budget_input(key="budget")
 mask_cfg = forms.mask_options(report.n_layers, key="budget")
-selection, seconds = cache.timed_mask(source, choice, mining_cfg, sens_cfg, mask_cfg)
+try:
+    selection, seconds = cache.timed_mask(source, choice, mining_cfg, sens_cfg, mask_cfg)
+except ConfigError as exc:  # e.g. a budget below the cheapest row: the controls above stay to change it
+    st.warning(escape_markdown(str(exc)))
+    st.stop()
 st.caption(f"Mask selected from the cached scores in {seconds * 1000:.0f} ms.")
 
 views.render_mask_summary(selection, report.backbone_params, key="budget")
@@ -33,6 +39,10 @@ st.write(
 )
 picked = st.multiselect("Methods", METHODS, default=["sparse", "full"], key="budget_methods")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
-    launched = jobs.launch_many(picked, mask_cfg, choice, source, forms.default_device())
-    st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")
-    st.page_link("pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
+    try:
+        launched = jobs.launch_many(picked, mask_cfg, choice, source, forms.default_device())
+    except (ConfigError, ModelSourceError) as exc:  # checked before each run is queued
+        st.error(escape_markdown(str(exc)))
+    else:
+        st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")
+        st.page_link("pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")

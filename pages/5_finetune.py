@@ -3,6 +3,7 @@
 import streamlit as st
 
 from clm_explore.config import ConfigError
+from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state
 from clm_explore.ui.views import escape_markdown
 
@@ -26,8 +27,12 @@ except ConfigError as exc:
     submitted = None
 if submitted is not None:
     name, cfg = submitted
-    job = jobs.launch(name, cfg, choice, source)
-    st.toast(f"Queued {job.run_id}")
+    try:
+        job = jobs.launch(name, cfg, choice, source)
+    except (ConfigError, ModelSourceError) as exc:  # e.g. a budget below one row: nothing is queued
+        st.error(escape_markdown(str(exc)))
+    else:
+        st.toast(f"Queued {job.run_id}")
 
 st.subheader("Queue")
 jobs.progress_panel(key="ft")  # the queue's cards and, below them, the recent runs

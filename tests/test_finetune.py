@@ -414,6 +414,14 @@ def test_an_earlier_run_in_the_folder_is_refused_unless_overwritten(data, tmp_pa
     assert json.loads((out / "clm_run.json").read_text())["method"] == "head"
 
 
+def test_a_budget_that_buys_no_row_is_refused_before_any_work(data, tmp_path):
+    cfg = replace(SPARSE, mask=MaskConfig(budget=10, min_layer=0))
+    with pytest.raises(ConfigError, match="a budget of 10 parameters buys no row: the cheapest eligible row costs"):
+        finetune(data, cfg, tmp_path / "run", source="tiny-random")
+    assert not (tmp_path / "run" / "task_tokens.json").exists()
+    finetune(data, replace(cfg, method="head", epochs=1), tmp_path / "head", source="tiny-random")  # no rows: fine
+
+
 def test_a_mask_floor_above_the_model_is_refused_before_mining(data, tmp_path):
     cfg = replace(SPARSE, mask=MaskConfig(budget=0.03, min_layer=N_LAYERS + 1))
     with pytest.raises(ConfigError, match="mask min_layer 3 is above the model's layers"):

@@ -14,6 +14,7 @@ from clm_explore.modeling import (
     load_model,
     resolve_device,
     resolve_source,
+    unsupported_reason,
 )
 
 LABELS = ["balance", "card_lost", "transfer"]
@@ -109,6 +110,14 @@ def test_a_head_that_is_not_one_linear_layer_is_refused(tmp_path, family):
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ModelSourceError, match=f"{family} models are not supported.*one linear layer"):
         load_model(str(tmp_path), LABELS)
+    assert f"{family} models are not supported" in unsupported_reason(str(tmp_path))  # no weights loaded
+
+
+def test_unsupported_reason_is_empty_for_a_supported_folder_and_names_a_missing_one(tmp_path):
+    _save_tiny(tmp_path / "bert")
+    assert unsupported_reason(str(tmp_path / "bert")) == ""
+    assert unsupported_reason("tiny-random") == ""
+    assert "neither 'default'" in unsupported_reason(str(tmp_path / "missing"))
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

@@ -259,13 +259,15 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 def run_finetune(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model, resolve_device
     from clm_explore.runs import RunStatus, RunStore, claim_run_dir
-    from clm_explore.training import finetune
+    from clm_explore.training import check_runnable, finetune
 
     cfg = finetune_config(args)
     data = _data(args)
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
-    _check_budget_fits(cfg.mask, load_model(args.model, data.labels))
+    loaded = load_model(args.model, data.labels)
+    _check_budget_fits(cfg.mask, loaded)
+    check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
     resolve_device(cfg.device)  # a bad --device is a message before any folder is touched
     if int(os.environ.get("RANK", "0")) > 0:
         # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry.

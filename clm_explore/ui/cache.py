@@ -19,7 +19,7 @@ from clm_explore.config import DataConfig, MaskConfig, MiningConfig, Sensitivity
 from clm_explore.data import AnnotatedData, DataError, DataReport, data_report, load_data, load_upload
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
-from clm_explore.modeling import LoadedModel, load_model
+from clm_explore.modeling import LoadedModel, load_model, unsupported_reason
 from clm_explore.runs import RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.ui import state
@@ -35,6 +35,12 @@ def run_store(root: str) -> RunStore:
 def model(source: str, labels: tuple[str, ...]) -> LoadedModel:
     """The model and tokenizer of ``source`` with a head for ``labels``. Shared: read only."""
     return load_model(source, list(labels), seed=0)
+
+
+@st.cache_data(show_spinner="Checking the model…", max_entries=32)
+def unsupported_model(folder: str) -> str:
+    """Why the sidebar's model folder cannot be used ('' when it can), from its config alone (no weights)."""
+    return unsupported_reason(folder)
 
 
 @st.cache_data(show_spinner="Reading the data…", max_entries=8)

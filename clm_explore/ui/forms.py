@@ -21,7 +21,7 @@ from clm_explore.config import (
     MiningConfig,
     SensitivityConfig,
 )
-from clm_explore.ui import state
+from clm_explore.ui import cache, state
 from clm_explore.ui.views import escape_markdown
 
 SOURCES = ("default", "tiny-random", "local folder…")
@@ -47,9 +47,10 @@ def sidebar() -> None:
             folder = st.text_input(
                 "Model folder (on the server)", value="" if pick != SOURCES[2] else current, key="side_folder"
             )
-            refused = state.refused_model_source(folder) if folder and folder != current else ""
+            refused = (state.refused_model_source(folder) or cache.unsupported_model(folder)
+                       if folder and folder != current else "")
             if refused:
-                st.error(refused)
+                st.error(escape_markdown(refused))
             elif folder and folder != current:
                 state.set_model_source(folder)
         elif choice != current:

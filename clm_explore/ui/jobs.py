@@ -10,10 +10,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
-from clm_explore.jobs import Job, JobQueue
+from clm_explore.jobs import Job, JobQueue, last_line
 from clm_explore.runs import RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
+from clm_explore.ui.views import escape_markdown
 
 
 def store() -> RunStore:
@@ -41,9 +42,10 @@ def job_queue() -> JobQueue:
 
 def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> Job:
     """Create the run (pending) and queue ``finetune`` for it on the config's device."""
-    from clm_explore.training import finetune
+    from clm_explore.training import check_runnable, finetune
 
     annotated = cache.data(choice)
+    check_runnable(cfg, cache.model(source, tuple(annotated.labels)))  # a refusal is a message, not a failed job
     run = store().create(name, cfg.method, {**to_dict(cfg), "source": source, "data": choice.key})
     job = job_queue().submit(
         finetune,
@@ -56,19 +58,14 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
 
 def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str) -> list[Job]:
     """One run per method with the same budget and row choice (the Budget page's launch list)."""
-    base = FinetuneConfig()
-    jobs = []
-    for method in methods:
-        cfg = dataclasses.replace(
-            base,
-            method=method,
-            mask=mask,
-            mining=state.mining_cfg(),
-            sensitivity=state.sens_cfg(),
-            device=device,
-        )
-        jobs.append(launch(f"{method}-{mask.budget * 100:.3g}pct", cfg, choice, source))
-    return jobs
+    from clm_explore.training import check_runnable
+
+    base = FinetuneConfig(mask=mask, mining=state.mining_cfg(), sensitivity=state.sens_cfg(), device=device)
+    cfgs = [dataclasses.replace(base, method=method) for method in methods]
+    loaded = cache.model(source, tuple(cache.data(choice).labels))
+    for cfg in cfgs:  # all or none: a refusal leaves no half of the list queued
+        check_runnable(cfg, loaded)
+    return [launch(f"{cfg.method}-{mask.budget * 100:.3g}pct", cfg, choice, source) for cfg in cfgs]
 
 
 @st.fragment(run_every=1.0)
@@ -121,8 +118,9 @@ def _job_card(job: Job, key: str) -> None:
         if p.losses and show:
             _curves(p.losses, p.eval_history, f"{key}_{job.id}")
         if job.status is RunStatus.FAILED and job.error:
-            st.error("The job failed:")
-            st.code(job.error[-3000:])
+            st.error(f"The job failed: {escape_markdown(last_line(job.error) or '')}")
+            with st.expander("Traceback"):
+                st.code(job.error[-3000:])
 
 
 def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str) -> None:

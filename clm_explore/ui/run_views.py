@@ -316,5 +316,6 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
         "std_ratio_high": number(f"std ratio {level} high", format="%.2f")})
     st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
                "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "
-               "0, so these runs cannot tell the two apart. std A / B: stability, lower is steadier; its interval (F "
+               "0, so these runs cannot tell the two apart; **one seed**: a group has one run; **no spread**: every "
+               "run of both groups scored alike, so there is no interval. std A / B: stability, lower is steadier; its interval (F "
                "distribution) is wide with few runs: about 0.3x to 3x the ratio with 5 runs a group.")

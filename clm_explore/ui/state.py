@@ -90,6 +90,8 @@ def model_source() -> str:
 
 
 def set_model_source(source: str) -> None:
+    if source != st.session_state.get(MODEL_SOURCE):  # another model may have fewer layers than the floor chosen
+        st.session_state[MASK_OPTIONS] = dataclasses.replace(_get(MASK_OPTIONS, MaskConfig()), min_layer=-1)
     st.session_state[MODEL_SOURCE] = source
 
 

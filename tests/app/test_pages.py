@@ -418,5 +418,54 @@ def test_model_dirs_limit_the_sidebar_folder_box(tmp_path: Path, monkeypatch: py
     app.session_state["side_folder"] = "/etc"
     app.run()
     assert not app.exception
-    assert any("CLM_EXPLORE_MODEL_DIRS" in e.value for e in app.sidebar.error)
+    assert any("ask its administrator" in e.value for e in app.sidebar.error)  # escaped Markdown, one message
     assert app.session_state["model_source"] == "tiny-random"  # unchanged
+
+
+def test_a_budget_that_buys_no_row_is_a_warning_and_queues_nothing(at: AppTest) -> None:
+    goto(at, "pages/4_budget.py")
+    at.select_slider(key="budget_slider").set_value(0.0001).run()  # 4 of the tiny model's 42k parameters
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("buys no row" in w.value for w in at.warning)
+    at.select_slider(key="budget_slider").set_value(0.01).run()  # the page comes back
+    at.multiselect(key="budget_methods").set_value(["head", "sparse"]).run()
+    at.number_input(key="budget_number").set_value(0.01).run()
+    assert any("buys no row" in w.value for w in at.warning)
+    goto(at, "pages/5_finetune.py")
+    at.selectbox(key="ft_method").set_value("sparse")
+    at.number_input(key="ft_budget").set_value(0.01)
+    button(at, "Launch").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("buys no row" in e.value for e in at.error)
+    assert RunStore().list() == []  # refused before a run folder or a job existed
+
+
+def test_sidebar_refuses_an_unsupported_model_folder_and_a_new_model_resets_the_layer_floor(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, RobertaConfig
+
+    from clm_explore.config import MaskConfig
+    from clm_explore.modeling import load_model
+
+    tiny = load_model("tiny-random", ["a", "b"])
+    roberta = RobertaConfig(vocab_size=len(tiny.tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, num_labels=2)
+    AutoModelForSequenceClassification.from_config(roberta).save_pretrained(tmp_path / "roberta")
+    tiny.tokenizer.save_pretrained(tmp_path / "roberta")
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["side_source"] = "local folder…"
+    app.session_state["side_folder"] = str(tmp_path / "roberta")
+    app.run()
+    assert not app.exception
+    assert any("roberta models are not supported" in e.value for e in app.sidebar.error)
+    assert app.session_state["model_source"] == "tiny-random"  # unchanged
+
+    tiny.model.save_pretrained(tmp_path / "bert")
+    tiny.tokenizer.save_pretrained(tmp_path / "bert")
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["mask_options"] = MaskConfig(min_layer=1)  # chosen for the model before
+    app.session_state["side_source"] = "local folder…"
+    app.session_state["side_folder"] = str(tmp_path / "bert")
+    app.run()
+    assert not app.exception
+    assert app.session_state["model_source"] == str(tmp_path / "bert")
+    assert app.session_state["mask_options"].min_layer == -1  # back to auto for the new model
