@@ -300,9 +300,11 @@ def test_sensitivity_budget_in_json_and_checked_before_scoring(capsys, data_dir)
 @pytest.mark.parametrize(("argv", "phrase"), [
     (["mine", "{data}", *TINY, "--merge", "-1"], "--merge -1"),
     (["finetune", "--data", "{data}", *TINY, *FAST, "--head-lr", "-1"], "head_lr must be >= 0"),
+    (["finetune", "--data", "{data}", *TINY, *FAST, "--budget", "10", "--out", "{data}/../run"], "buys no row"),
 ])
 def test_negative_counts_and_rates_exit_2(capsys, data_dir, argv, phrase):
     assert phrase in run_error(capsys, [a.replace("{data}", str(data_dir)) for a in argv])
+    assert not (data_dir.parent / "run").exists()  # refused before any run folder
 
 
 def test_json_output_is_strict_json(capsys):
