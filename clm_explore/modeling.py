@@ -170,7 +170,7 @@ def unsupported_reason(source: str) -> str:
     so a server can check a folder as it is typed."""
     from transformers import AutoConfig
 
-    from clm_explore.sensitivity import scored_linears  # sensitivity imports this module
+    from clm_explore.sensitivity import scorable_linears  # sensitivity imports this module
 
     if source in (TINY_SOURCE, DEFAULT_SOURCE, "smollm2") or source.endswith(".gguf"):
         return ""  # the bundled sources are supported (a GGUF file is converted when it is first loaded)
@@ -179,11 +179,9 @@ def unsupported_reason(source: str) -> str:
         with torch.device("meta"):
             model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(resolved))
         _check_linear_head(model)
+        scorable_linears(model)
     except (OSError, ValueError, ModelSourceError) as exc:
         return str(exc)
-    if not scored_linears(model):
-        return (f"{model.config.model_type} has no linear maps clm-explore knows how to score (BERT-style and "
-                "Llama-style blocks are supported).")
     return ""
 
 

@@ -166,6 +166,20 @@ def scored_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
     return found
 
 
+def scorable_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
+    """``scored_linears``, refusing a model that has none (e.g. GPT-2's Conv1D maps): nothing could ever be
+    selected, so it is said before any work.
+
+    Raises:
+        ModelSourceError: the model type and what is supported.
+    """
+    linears = scored_linears(model)
+    if not linears:
+        raise ModelSourceError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
+                               "(BERT-style and Llama-style blocks are supported); methods full and lora need none.")
+    return linears
+
+
 def linear_matrix_infos(model: nn.Module, linears: dict[str, tuple[nn.Linear, int, str]]) -> dict[str, MatrixInfo]:
     """Weight name -> MatrixInfo of every scored linear map (``scored_linears``), with the query, key and value
     maps' attention heads."""
@@ -465,10 +479,7 @@ def compute_sensitivity(
     if prefix is not None and (prefix.start > cfg.min_layer or len(prefix.states) != len(data.train)):
         raise ValueError(f"a prefix cache from layer {prefix.start} over {len(prefix.states)} rows cannot feed "
                          f"scoring from layer {cfg.min_layer} over {len(data.train)} training rows")
-    linears = scored_linears(model)
-    if not linears:  # e.g. GPT-2's Conv1D maps: nothing could ever be selected, so say so before any work
-        raise ModelSourceError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
-                         "(BERT-style and Llama-style blocks are supported).")
+    linears = scorable_linears(model)
     rows = calibration_indices(data, cfg)
     texts, label_ids = _train_rows(data, rows)
     restrict = task_tokens if cfg.restriction == "tokens" else None

@@ -35,7 +35,6 @@ from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import (
     LoadedModel,
-    ModelSourceError,
     autocast_dtype,
     count_parameters,
     head_parameter_names,
@@ -50,7 +49,7 @@ from clm_explore.sensitivity import (
     calibration_rows,
     compute_sensitivity,
     make_batches,
-    scored_linears,
+    scorable_linears,
     warm_up_head,
 )
 from clm_explore.sparse import attach_deltas, delta_state, merge_deltas
@@ -170,7 +169,7 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
     started = time.perf_counter()
     train = ctx.data.train
     sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction,
-                       score=score or ctx.cfg.sensitivity.score)  # first: a floor above the model is refused at once
+                       score=score or ctx.cfg.sensitivity.score)
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer, ctx.cfg.mining)
     merge_tokens = ctx.cfg.mining.merge_tokens if merge_tokens is None else merge_tokens
     if merge_tokens:
@@ -215,10 +214,7 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     if cfg.method not in ROW_METHODS:
         return
     model = loaded.model
-    linears = scored_linears(model)
-    if not linears:
-        raise ModelSourceError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
-                               "(BERT-style and Llama-style blocks are supported); try method full or lora.")
+    linears = scorable_linears(model)
     n_layers = model.config.num_hidden_layers
     floor = effective_min_layer(cfg.mask, n_layers)
     if floor > n_layers:

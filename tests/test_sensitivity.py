@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from clm_explore.config import SensitivityConfig
 from clm_explore.data import AnnotatedData
 from clm_explore.mining import TaskTokens, TokenGroup, mine_task_tokens
-from clm_explore.modeling import ModelSourceError, head_parameter_names, load_model
+from clm_explore.modeling import ModelSourceError, head_parameter_names, load_model, unsupported_reason
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity, scored_linears
 
 LABELS = ["a", "b"]
@@ -383,3 +383,4 @@ def test_a_model_without_scorable_linear_maps_is_refused_before_any_work(tmp_pat
     loaded = load_model(str(tmp_path), ["a", "b"])
     with pytest.raises(ModelSourceError, match="gpt2 has no linear maps clm-explore knows how to score"):
         compute_sensitivity(loaded, hand_data(), REFUNDING, config(), device="cpu")
+    assert "gpt2 has no linear maps" in unsupported_reason(str(tmp_path))  # the app's sidebar check, no weights
