@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clm_explore.runs import read_json_object
+
 VARIANTS = {
     "full": {"method": "full"},
     "sparse": {"method": "sparse"},
@@ -83,7 +85,7 @@ def planned_settings(variant: str, epochs: int, lr: float, limit: int, curve_spl
 
 def recorded_settings(out: Path) -> dict[str, Any]:
     """status, lr, epochs, limit and curve_split as the cell folder records them (None where it does not)."""
-    metrics, run, record = (_read_json(out / name) for name in ("metrics.json", "clm_run.json", RECORD))
+    metrics, run, record = (read_json_object(out / name) for name in ("metrics.json", "clm_run.json", RECORD))
     curve = metrics.get("val_curve") or [{}]
     split = (run.get("config") or {}).get("curve_split") or curve[0].get("split")
     return {"status": metrics.get("status"), "lr": metrics.get("lr"), "epochs": metrics.get("epochs"),
@@ -118,14 +120,6 @@ def run_spec(out: Path, spec: dict) -> None:
         print(f"  the old run is kept in {set_aside(out).name}", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], check=True, stdout=subprocess.DEVNULL)
     (out / RECORD).write_text(json.dumps({k: v for k, v in spec.items() if k != "threads"}, indent=1))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def run_cell(spec: dict) -> None:

@@ -197,8 +197,8 @@ class RunStore:
         existing = self._find_by_path(folder)
         if existing is not None:
             return existing
-        meta = _read_json(folder / "clm_run.json")
-        metrics = _read_json(folder / "metrics.json")
+        meta = read_json_object(folder / "clm_run.json")
+        metrics = read_json_object(folder / "metrics.json")
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
         slug = slugify(name or folder.name)
         status = RunStatus.SUCCEEDED if metrics else RunStatus.PENDING
@@ -270,7 +270,7 @@ class RunStore:
             pid = os.getpid()
             sets.update(host=socket.gethostname(), pid=pid, pid_start=_process_start(pid))
         if status is RunStatus.SUCCEEDED:
-            on_disk = _read_json(record.path / "metrics.json")
+            on_disk = read_json_object(record.path / "metrics.json")
             if on_disk:
                 sets["metrics"] = _dumps({**record.metrics, **on_disk})
         self._update(run_id, sets)
@@ -431,7 +431,8 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} when the file is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
