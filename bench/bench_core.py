@@ -136,7 +136,7 @@ def run_cell(spec: dict) -> None:
         fraction = min(1.0, spec["limit"] / len(data.train))
         data.train = data.train.groupby("label").sample(frac=fraction, random_state=0).reset_index(drop=True)
     cfg = FinetuneConfig.from_dict({**spec["config"], "curve_split": spec.get("curve_split", "test")})
-    finetune(data, cfg, spec["out"], source=spec["model"])
+    finetune(data, cfg, spec["out"], source=spec["model"], overwrite=True)  # a finished cell was set aside first
 
 
 def time_selection(sens_dir: Path) -> dict[str, float]:

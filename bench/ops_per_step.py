@@ -95,7 +95,7 @@ def main() -> None:
         counter.ops.clear()
         cfg = FinetuneConfig(epochs=1, batch_size=args.batch_size, seed=0, device="cpu",
                              mask=MaskConfig(budget=args.budget), **VARIANTS[name])
-        training.finetune(data, cfg, f"/tmp/ops_per_step/{name}", source="default")
+        training.finetune(data, cfg, f"/tmp/ops_per_step/{name}", source="default", overwrite=True)
         steps = -(-len(data.train) // args.batch_size)
         per_step = {key: n / steps for key, n in counter.ops.items()}
         rest = {op: n for (opt, op), n in per_step.items() if not opt}

@@ -59,7 +59,10 @@ def with_overrides(cfg: FinetuneConfig, pairs: list[str]) -> FinetuneConfig:
         part, _, name = key.rpartition(".")
         owner = getattr(cfg, part) if part else cfg
         current = getattr(owner, name)
-        typed = value if isinstance(current, str) else (value == "true" if isinstance(current, bool) else type(current)(value))
+        if value == "none":  # e.g. sensitivity.seed=none: the run's seed
+            typed = None
+        else:
+            typed = value if isinstance(current, str) else (value == "true" if isinstance(current, bool) else type(current)(value))
         owner = dataclasses.replace(owner, **{name: typed})
         cfg = dataclasses.replace(cfg, **{part: owner}) if part else owner
     return cfg
@@ -73,7 +76,8 @@ def main(grid: str, name: str, method: str, lr: str, seeds: str, *pairs: str, sp
     for seed in map(int, seeds.split(",")):
         cfg = FinetuneConfig(method=method, lr=float(lr), epochs=epochs, seed=seed, device="cpu", eval_every_epoch=False)
         cfg = with_overrides(dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, seed=seed)), list(pairs))
-        result = finetune(data, cfg, grid_dir / "probes" / f"{'' if split == 'dev' else 'test-'}{name}-s{seed}")
+        result = finetune(data, cfg, grid_dir / "probes" / f"{'' if split == 'dev' else 'test-'}{name}-s{seed}",
+                          overwrite=True)  # a probe run again replaces its folder, as it always has
         accuracies.append(result.metrics["accuracy"])
     line = (f"{name}\t{method}\t{lr}\t{' '.join(pairs) or '-'}\t{split} {np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}"
             f"\t{' / '.join(f'{a:.3f}' for a in accuracies)}\t{len(data.test)} rows")
