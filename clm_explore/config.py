@@ -41,7 +41,13 @@ class DataConfig:
     label_col: str | None = None
     """Column holding the label; detected when None (label, intent, category, ...)."""
     max_file_mb: float = 200.0
-    """Files above this size are refused before reading."""
+    """Files above this size are refused before reading (a Parquet file also when its data, uncompressed, is)."""
+    max_rows: int = 500_000
+    """Files with more rows are refused (a Parquet file's row count is read before its columns): a shared server
+    must not let one small, highly compressed upload fill its memory."""
+    max_labels: int = 1_000
+    """Data with more distinct train labels is refused: mining, the metrics and the confusion matrix grow with
+    labels x labels and groups x labels."""
     validation_fraction: float = 0.1
     """Share of train carved out as validation when the data has no validation split."""
     test_fraction: float = 0.2
@@ -51,6 +57,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_file_mb > 0, f"max_file_mb must be > 0, got {self.max_file_mb}")
+        _check(self.max_rows >= 1, f"max_rows must be >= 1, got {self.max_rows}")
+        _check(self.max_labels >= 2, f"max_labels must be >= 2, got {self.max_labels}")
         _check(0 <= self.validation_fraction < 0.5, f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
 
@@ -78,6 +86,9 @@ class MiningConfig:
     """Example row ids reported per group."""
     merge_tokens: int = 0
     """Adaptive tokenization: merge the top N multi-piece words into unused vocabulary slots (0 = off)."""
+    max_tokens: int = 512
+    """Sub-tokens of each row mined, from its start (no model here reads more); bounds the work a very long
+    row can cost."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_ngram <= 5, f"max_ngram must be in 1..5, got {self.max_ngram}")
@@ -89,6 +100,7 @@ class MiningConfig:
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         _check(self.examples_per_group >= 0, f"examples_per_group must be >= 0, got {self.examples_per_group}")
         _check(self.merge_tokens >= 0, f"merge_tokens must be >= 0 (0 = off), got {self.merge_tokens}")
+        _check(self.max_tokens >= 8, f"max_tokens must be >= 8, got {self.max_tokens}")
 
 
 FEW_SHOT_ROWS_PER_LABEL = 20

@@ -144,6 +144,29 @@ def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig
     return _select_columns(_parse_table(path, read, size, cfg, notes), cfg)
 
 
+def column_names(path: str | Path, suffix: str | None = None) -> list[str]:
+    """The column names of a data file for a column mapping, read without loading its rows where the format
+    allows (a Parquet file's schema, a CSV/TSV header and first rows, a JSON file's first records); [] when it
+    cannot be read (``load_data`` then says why). ``suffix`` overrides the file's own extension."""
+    import pyarrow.parquet as pq
+
+    file = Path(path)
+    fmt = FORMATS.get((suffix or file.suffix).lower())
+    try:
+        if fmt == "parquet":
+            return [n for n in pq.read_schema(file).names if not n.startswith("__index_level_")]
+        if fmt == "json":
+            records = json.loads(file.read_text(encoding="utf-8-sig"))[:20]
+            return [str(k) for k in dict.fromkeys(k for r in records if isinstance(r, dict) for k in r)]
+        if fmt == "jsonl":
+            frame = pd.read_json(file, lines=True, nrows=20)
+        else:
+            frame = pd.read_csv(file, sep="\t" if fmt == "tsv" else ",", nrows=20, dtype=str)
+    except Exception:  # noqa: BLE001 - the loader reports the real problem in plain words
+        return []
+    return [str(c) for c in frame.columns]
+
+
 def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | None = None) -> list[str]:
     """The texts of a file to predict on: any format ``load_data`` reads (no label column needed; the text
     column is found by the same names, or ``text_col``), or a .txt file with one text per line.
@@ -188,8 +211,10 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
     if not raw.strip():
         raise DataError(f"{name} is empty. Put a header row (e.g. text,label) and at least a few rows per label in it.")
     if fmt == "parquet":
-        return _parse_parquet(name, raw)
-    return _PARSERS[fmt](name, _decode(name, raw, notes))
+        return _parse_parquet(name, raw, cfg)
+    table = _PARSERS[fmt](name, _decode(name, raw, notes))
+    _check_rows(name, len(table.frame), cfg)
+    return table
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -276,6 +301,9 @@ def _parse_jsonl(name: str, text: str) -> _Table:
             continue
         try:
             record = json.loads(line)
+        except RecursionError as exc:
+            raise DataError(f"{name}, line {number}: JSON nested too deeply to read. Each line must be one flat "
+                            "object such as {\"text\": \"...\", \"label\": \"...\"}.") from exc
         except json.JSONDecodeError as exc:
             raise DataError(f"{name}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}). Each line "
                             "must be one JSON object such as {\"text\": \"...\", \"label\": \"...\"}.") from exc
@@ -290,6 +318,9 @@ def _parse_jsonl(name: str, text: str) -> _Table:
 def _parse_json(name: str, text: str) -> _Table:
     try:
         data = json.loads(text)
+    except RecursionError as exc:
+        raise DataError(f"{name}: JSON nested too deeply to read. A .json file must hold a flat list of records "
+                        "like [{\"text\": \"...\", \"label\": \"...\"}].") from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"{name}, line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}). "
                         "A .json file must hold a list of records; for one record per line use .jsonl.") from exc
@@ -299,20 +330,63 @@ def _parse_json(name: str, text: str) -> _Table:
     return _records_table(name, data, list(range(1, len(data) + 1)), "record")
 
 
+_MAX_RECORD_KEYS = 100
+"""Distinct keys over all records of a JSON/JSONL file: every key becomes a column for every row."""
+
+
 def _records_table(name: str, records: list[dict[str, Any]], positions: list[int], unit: str) -> _Table:
     if not records:
         raise DataError(f"{name} holds no records. Add rows with a text and a label.")
+    keys: set[str] = set()
+    for record in records:
+        keys.update(record)
+        if len(keys) > _MAX_RECORD_KEYS:  # the table would grow as records x keys
+            raise DataError(f"{name}: its records hold more than {_MAX_RECORD_KEYS} different keys. Keep the text and "
+                            "label keys (and a few more) in every record.")
     return _Table(name, pd.DataFrame.from_records(records), positions, unit)
 
 
-def _parse_parquet(name: str, raw: bytes) -> _Table:
+def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
+    import pyarrow.parquet as pq
+
     if not raw.startswith(b"PAR1"):
         raise DataError(f"{name} is not a Parquet file (no PAR1 signature). Check the extension matches the format.")
     try:
-        frame = pd.read_parquet(io.BytesIO(raw))
+        file = pq.ParquetFile(io.BytesIO(raw))
+        # Both checked before the rows are decoded: a few KB of dictionary-encoded Parquet can hold gigabytes.
+        _check_rows(name, file.metadata.num_rows, cfg)
+        _check_size(f"{name} (decoded)", _decoded_bytes(raw, file.schema_arrow), cfg)
+        frame = file.read().to_pandas()
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
         raise DataError(f"{name} could not be read as Parquet ({exc}). Re-export the file.") from exc
     return _Table(name, frame.reset_index(drop=True), list(range(1, len(frame) + 1)), "row")
+
+
+def _decoded_bytes(raw: bytes, schema: Any) -> int:
+    """Bytes a Parquet file's columns take once decoded, measured with its text columns still
+    dictionary-encoded (each distinct value held once, sized per row through the indices)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    texts = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+             or pa.types.is_binary(f.type)]
+    total = 0
+    for column in pq.ParquetFile(io.BytesIO(raw), read_dictionary=texts).read().columns:
+        for chunk in column.chunks:
+            if pa.types.is_dictionary(chunk.type):
+                total += pc.sum(pc.take(pc.binary_length(chunk.dictionary), chunk.indices)).as_py() or 0
+            else:
+                total += chunk.nbytes
+    return total
+
+
+def _check_rows(name: str, rows: int, cfg: DataConfig) -> None:
+    if rows > cfg.max_rows:
+        raise DataError(f"{name} has {rows:,} rows, above the {cfg.max_rows:,} row limit. Use a sample, or raise the "
+                        "limit (DataConfig.max_rows) on a machine with the memory for it.")
 
 
 def _parse_csv(name: str, text: str) -> _Table:
@@ -405,7 +479,7 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     """Check the train labels, carve the missing splits and build ``AnnotatedData``."""
     train = frames.get("train", frames.get("all"))
     assert train is not None
-    _check_labels(train_name, train)
+    _check_labels(train_name, train, cfg.max_labels)
     test = frames.get("test")
     if test is None:
         train, test = _carve(train, cfg.test_fraction, cfg.seed, "test", notes)
@@ -416,8 +490,11 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     return AnnotatedData(*parts, labels=sorted(parts[0]["label"].unique()), source=source, notes=notes)
 
 
-def _check_labels(name: str, frame: pd.DataFrame) -> None:
+def _check_labels(name: str, frame: pd.DataFrame, max_labels: int) -> None:
     counts = frame["label"].value_counts()
+    if len(counts) > max_labels:
+        raise DataError(f"{name}: {len(counts):,} different labels, above the {max_labels:,} label limit. Is the label "
+                        "column right (--label-col)? Otherwise merge rare labels, or raise DataConfig.max_labels.")
     if len(counts) < 2:
         raise DataError(f"{name}: every row has the same label {counts.index[0]!r} ({len(frame)} rows). A classifier "
                         "needs at least two labels; check the label column (--label-col).")

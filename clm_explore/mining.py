@@ -177,7 +177,7 @@ def mine_task_tokens(
     cfg = cfg or MiningConfig()
     label_names = sorted(set(labels))
     label_index = {name: i for i, name in enumerate(label_names)}
-    encodings = tokenizer(list(texts), add_special_tokens=False, truncation=False).encodings
+    encodings = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=cfg.max_tokens).encodings
     rows_with: dict[tuple, list[int]] = defaultdict(list)
     pieces_of: dict[tuple, tuple[str, ...]] = {}
     fragment_words: dict[tuple, Counter] = defaultdict(Counter)

@@ -252,3 +252,49 @@ def test_read_texts_refuses_with_a_message(tmp_path, content, phrase):
         read_texts(file)
     with pytest.raises(DataError, match="does not exist"):
         read_texts(tmp_path / "missing.csv")
+
+
+def _rows(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"row number {i}" for i in range(n)], "label": ["a", "b"] * (n // 2)})
+
+
+def test_a_small_parquet_file_with_too_many_rows_is_refused_before_its_columns_are_read(tmp_path):
+    file = tmp_path / "bomb.parquet"
+    pd.DataFrame({"text": ["the same text"] * 5000, "label": ["a", "b"] * 2500}).to_parquet(file)
+    assert file.stat().st_size < 10_000  # dictionary-encoded: small on disk, 5,000 rows in memory
+    with pytest.raises(DataError, match="5,000 rows, above the 1,000 row limit"):
+        load_data(file, DataConfig(max_rows=1000))
+    with pytest.raises(DataError, match=r"bomb.parquet \(decoded\) is .* MB, above the 0.05 MB limit"):
+        load_data(file, DataConfig(max_file_mb=0.05))  # 65 KB of text once decoded
+    assert len(load_data(file).train) > 0  # within the defaults it loads
+
+
+def test_too_many_rows_labels_or_record_keys_are_refused(tmp_path):
+    csv_file = tmp_path / "many.csv"
+    _rows(200).to_csv(csv_file, index=False)
+    with pytest.raises(DataError, match="200 rows, above the 100 row limit"):
+        load_data(csv_file, DataConfig(max_rows=100))
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": [f"l{i // 2}" for i in range(40)]}).to_csv(labels, index=False)
+    with pytest.raises(DataError, match="20 different labels, above the 10 label limit"):
+        load_data(labels, DataConfig(max_labels=10))
+    keys = tmp_path / "keys.jsonl"
+    keys.write_text("\n".join(json.dumps({"text": "t", "label": "ab"[i % 2], f"k{i}": 1}) for i in range(200)))
+    with pytest.raises(DataError, match="more than 100 different keys"):
+        load_data(keys)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_data(deep)
+
+
+def test_column_names_come_from_the_schema_or_header_without_the_rows(tmp_path):
+    from clm_explore.data import column_names
+
+    _rows(10).to_parquet(tmp_path / "d.parquet")
+    _rows(10).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "d.json").write_text(json.dumps([{"utterance": "x", "intent": "a"}, {"utterance": "y", "extra": 1}]))
+    assert column_names(tmp_path / "d.parquet") == ["text", "label"]
+    assert column_names(tmp_path / "d.csv") == ["text", "label"]
+    assert column_names(tmp_path / "d.json") == ["utterance", "intent", "extra"]
+    assert column_names(tmp_path / "d.csv", ".parquet") == []  # unreadable as said: load_data explains

@@ -284,3 +284,12 @@ def test_groups_come_in_the_same_order_whatever_the_string_hashing():
         assert done.returncode == 0, done.stderr
         orders.append(done.stdout)
     assert len(orders[0]) > 1000 and orders[0] == orders[1]
+
+
+def test_rows_are_mined_up_to_max_tokens(tok):
+    texts = ["my card " * 10 + "refunding"] * 6 + ["exchange rate please"] * 6
+    labels = ["card"] * 6 + ["rate"] * 6
+    short = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none", max_tokens=8))
+    full = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none"))
+    assert "refunding" in {g.text for g in full.groups}
+    assert "refunding" not in {g.text for g in short.groups}  # past the first 8 sub-tokens of its rows

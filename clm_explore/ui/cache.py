@@ -16,7 +16,15 @@ import pandas as pd
 import streamlit as st
 
 from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
-from clm_explore.data import AnnotatedData, DataError, DataReport, data_report, load_data, load_upload
+from clm_explore.data import (
+    AnnotatedData,
+    DataError,
+    DataReport,
+    column_names,
+    data_report,
+    load_data,
+    load_upload,
+)
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model, unsupported_reason
@@ -62,24 +70,9 @@ def report(choice: DataChoice) -> DataReport:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def columns(raw_digest: str, path: str, filename: str) -> list[str]:
-    """Column names of an uploaded file (for the column mapping), read from its first rows; the file is read
-    only when its digest is not cached yet ([] when it cannot be read: ``data`` then says why)."""
-    import io
-
-    suffix = Path(filename).suffix.lower()
-    try:
-        buffer = io.BytesIO(Path(path).read_bytes())
-        if suffix == ".parquet":
-            frame = pd.read_parquet(buffer)
-        elif suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(buffer, lines=True, nrows=20)
-        elif suffix == ".json":
-            frame = pd.read_json(buffer)
-        else:
-            frame = pd.read_csv(buffer, sep="\t" if suffix == ".tsv" else ",", nrows=20, dtype=str)
-    except Exception:  # noqa: BLE001 - the loader reports the real problem in plain words
-        return []
-    return [str(c) for c in frame.columns]
+    """Column names of an uploaded file (for the column mapping), read without its rows where the format allows;
+    the file is read only when its digest is not cached yet ([] when it cannot be read: ``data`` then says why)."""
+    return column_names(path, Path(filename).suffix)
 
 
 @st.cache_data(show_spinner="Mining task tokens…", max_entries=16)

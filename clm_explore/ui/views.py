@@ -24,7 +24,7 @@ MODULE_ORDER = ["embeddings", "q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out
 
 def escape_markdown(text: str) -> str:
     """Backslash-escape every character Markdown, LaTeX ($) or Streamlit directives (:) could act on."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+    return " ".join(_MD_SPECIAL.sub(r"\\\1", str(text)).splitlines())  # \r, \n and Unicode breaks alike
 
 
 def plot_text(text: str) -> str:

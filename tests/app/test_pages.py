@@ -242,6 +242,7 @@ def test_highlight_escapes_user_text() -> None:
     assert out.count("**card**") == 2 and "<" not in out.replace("\\<", "")
     assert "\\$" in out and "\\[" in out and "\\(" in out
     assert escape_markdown("**bold** :red[x]") == "\\*\\*bold\\*\\* \\:red\\[x\\]"
+    assert escape_markdown("x\r=====\r\n    code\u2028y") == "x =====     code y"  # one line: no heading, no block
 
 
 def lowest_layer_shown(app: AppTest) -> str:
