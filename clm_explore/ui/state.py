@@ -217,7 +217,19 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataCh
     if target.parent != folder:  # cannot happen with the name above; kept as a guard
         raise ValueError(f"Refusing upload name {filename!r}.")
     target.write_bytes(raw)
+    _keep_newest_uploads(folder, UPLOADS_KEPT)
     return DataChoice("upload", str(target), f"{stem}{suffix}", digest=hashlib.sha256(raw).hexdigest())
+
+
+UPLOADS_KEPT = 5
+"""Files a session keeps in its upload folder; older ones are deleted as new ones arrive, so one browser session
+cannot fill the server's disk (200 MB a file)."""
+
+
+def _keep_newest_uploads(folder: Path, keep: int) -> None:
+    files = sorted((f for f in folder.iterdir() if f.is_file()), key=lambda f: f.stat().st_mtime_ns, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def upload_choice(raw: bytes, filename: str, current: DataChoice | None) -> DataChoice:

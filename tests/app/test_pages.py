@@ -359,6 +359,16 @@ def test_prune_uploads_deletes_only_old_session_folders(tmp_path: Path) -> None:
     assert prune_uploads(tmp_path / "missing", 7, now=now) == []
 
 
+def test_a_session_keeps_its_newest_uploads_only(tmp_path: Path) -> None:
+    from clm_explore.ui.state import UPLOADS_KEPT
+
+    for i in range(UPLOADS_KEPT + 2):
+        choice = save_upload(b"text,label\n", f"file{i}.csv", folder=tmp_path)
+        os.utime(choice.path, ns=(i * 10**9, i * 10**9))  # file i is the i-th newest
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == [f"file{i}.csv" for i in range(2, UPLOADS_KEPT + 2)]
+
+
 def test_compare_pairs_runs_of_one_data_set_only() -> None:
     import pandas as pd
 
