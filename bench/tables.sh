@@ -70,6 +70,8 @@
 #   bash bench/tables.sh cold_heads       # thirty-ninth session: spread_heads with training from the loaded head,
 #                                         # 10-shot development rows, then snips' test split over 10 seeds; full
 #                                         # finetuning from the loaded head at its swept rate (snips, trec6, hint3)
+#   bash bench/tables.sh cold_baselines   # fortieth session: LoRA, BitFit, prefix tuning and whole layers trained
+#                                         # from the loaded head, each with its own sweep, on the four 10-shot sets
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -935,7 +937,19 @@ cold_heads() {
         --cold-head --out "$OUT/s39/banking77-10shot-full-cold"
 }
 
+cold_baselines() {
+    # Fortieth session: LoRA, BitFit, prefix tuning and whole layers from the loaded head (--cold-head), each with
+    # its own widened sweep, on the four 10-shot sets (30 epochs; banking77 5, as the thirty-second session's grid)
+    local data
+    for data in trec6 hint3_sofmattress snips; do
+        $CLI bench --data "$DATA/$data" --shots 10 --methods lora,bitfit,prefix,layers --seeds 3 --epochs 30 --tune-lr \
+            --jobs 2 --cold-head --out "$OUT/s40/${data%%_*}-10shot-cold-baselines"
+    done
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods lora,bitfit,prefix,layers --seeds 3 --epochs 5 --tune-lr \
+        --jobs 2 --cold-head --out "$OUT/s40/banking77-10shot-cold-baselines"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged | cold_heads) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged|cold_heads" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged | cold_heads | cold_baselines) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged|cold_heads|cold_baselines" >&2; exit 2 ;;
 esac
