@@ -72,6 +72,7 @@
 #                                         # finetuning from the loaded head at its swept rate (snips, trec6, hint3)
 #   bash bench/tables.sh cold_baselines   # fortieth session: LoRA, BitFit, prefix tuning and whole layers trained
 #                                         # from the loaded head, each with its own sweep, on the four 10-shot sets
+#   bash bench/tables.sh scoring_seed     # fortieth session: the scoring's seed following the run's, development rows
 #   bash bench/tables.sh sampled  # twenty-ninth session: rows drawn in proportion to their score
 #                                 # (mask.strategy=sampled) on 10-shot development rows (snips, trec6,
 #                                 # hint3_sofmattress, banking77), 5 seeds; their test splits once (not trec6)
@@ -949,7 +950,18 @@ cold_baselines() {
         --jobs 2 --cold-head --out "$OUT/s40/banking77-10shot-cold-baselines"
 }
 
+scoring_seed() {
+    # Fortieth session: the scoring's seed following the run's (sensitivity.seed=none) on development rows
+    local probe=".venv/bin/python bench/probe_fewshot.py" seeds=0,1,2,3,4
+    probe_grids
+    $probe "$OUT/snips-10shot-oracle" seed0-top sparse 5e-3 $seeds
+    $probe "$OUT/snips-10shot-oracle" seednone-top sparse 5e-3 $seeds sensitivity.seed=none
+    $probe "$OUT/trec6-10shot-oracle" seednone-taylor sparse 5e-3 $seeds sensitivity.score=taylor sensitivity.seed=none
+    $probe "$OUT/trec6-10shot-oracle" seed0-full full 2e-4 $seeds
+    $probe "$OUT/trec6-10shot-oracle" seednone-full full 2e-4 $seeds sensitivity.seed=none
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged | cold_heads | cold_baselines) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged|cold_heads|cold_baselines" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged | cold_heads | cold_baselines | scoring_seed) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged|cold_heads|cold_baselines|scoring_seed" >&2; exit 2 ;;
 esac
