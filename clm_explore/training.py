@@ -390,10 +390,10 @@ def finetune(
             out_dir = out_dir / "ranks" / str(accelerator.process_index)
     if (out_dir / "clm_run.json").exists() or (out_dir / "metrics.json").exists():
         claim_run_dir(out_dir, overwrite)  # stale masks, scores or an adapter would be read as this run's
-    out_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
     loaded = load_model(source, data.labels, seed=cfg.seed)
-    check_runnable(cfg, loaded)
+    check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
+    out_dir.mkdir(parents=True, exist_ok=True)
     loaded.model.to(device)
     _write_json(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
