@@ -948,6 +948,14 @@ cold_baselines() {
     done
     $CLI bench --data "$DATA/banking77" --shots 10 --methods lora,bitfit,prefix,layers --seeds 3 --epochs 5 --tune-lr \
         --jobs 2 --cold-head --out "$OUT/s40/banking77-10shot-cold-baselines"
+    # trec6's BitFit from the warmed head at the rate the loaded head's sweep chose (a check of what the rate buys)
+    $CLI bench --data "$DATA/trec6" --shots 10 --methods bitfit --seeds 3 --epochs 30 --lr bitfit=0.027 --jobs 2 \
+        --out "$OUT/s40/trec6-10shot-bitfit-warm-2.7e-2"
+    # the random, Fisher and gradient rows from the loaded head, each with its own sweep
+    for data in trec6 hint3_sofmattress; do
+        $CLI bench --data "$DATA/$data" --shots 10 --methods random,fisher,gradient --seeds 3 --epochs 30 --tune-lr \
+            --jobs 2 --cold-head --out "$OUT/s40/${data%%_*}-10shot-cold-rows"
+    done
 }
 
 scoring_seed() {
