@@ -956,6 +956,8 @@ cold_baselines() {
         $CLI bench --data "$DATA/$data" --shots 10 --methods random,fisher,gradient --seeds 3 --epochs 30 --tune-lr \
             --jobs 2 --cold-head --out "$OUT/s40/${data%%_*}-10shot-cold-rows"
     done
+    $CLI bench --data "$DATA/banking77" --shots 10 --methods random,fisher,gradient --seeds 3 --epochs 5 --tune-lr \
+        --jobs 2 --cold-head --out "$OUT/s40/banking77-10shot-cold-rows"
 }
 
 scoring_seed() {
