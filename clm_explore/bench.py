@@ -58,6 +58,7 @@ from clm_explore.config import (
     SensitivityConfig,
 )
 from clm_explore.data import AnnotatedData, load_data
+from clm_explore.runs import write_json_atomic
 
 BUDGET_METHODS = ("sparse", "sparse_merged", "layers", "random", "fisher", "gradient")
 """Methods whose trainable set is sized by the budget; the others get one cell per seed."""
@@ -707,8 +708,6 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
 
 
 def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
-    from clm_explore.training import _write_json  # the package's atomic JSON write; training is loaded anyway
-
     path = out_dir / "bench.json"
     if path.is_file():
         before, now = _saved_config(path), asdict(cfg)
@@ -729,7 +728,7 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
             raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)}; its finished cells would "
                              "not match. Choose another --out, or delete that folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(path, asdict(cfg))  # atomic: a grid killed while writing leaves the old file, never half of one
+    write_json_atomic(path, asdict(cfg))  # atomic: a grid killed while writing leaves the old file, never half of one
 
 
 def _saved_config(path: Path) -> dict[str, Any]:

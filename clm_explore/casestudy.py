@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
-from clm_explore.runs import trained_max_length
+from clm_explore.runs import trained_max_length, write_json_atomic
 
 CACHE_DIR = "attributions"
 
@@ -210,9 +209,7 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
 
 def _write_cache(path: Path, items: dict[str, dict[str, Any]], cfg: AttributionConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent writers never share a temp file
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), "items": items}))
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    write_json_atomic(path, {"config": cfg.to_dict(), "items": items}, indent=None)
 
 
 def top_words(

@@ -431,6 +431,14 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
 
+def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON through a temporary file of this process and a rename: a reader never sees half a
+    file, and a writer killed half way leaves the old one."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent writers never share a temporary file
+    tmp.write_text(json.dumps(obj, indent=indent, default=str))
+    tmp.replace(path)
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``; {} when the file is missing, unreadable or not an object."""
     try:

@@ -42,7 +42,7 @@ from clm_explore.modeling import (
     resolve_device,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
-from clm_explore.runs import claim_run_dir
+from clm_explore.runs import claim_run_dir, write_json_atomic
 from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
@@ -174,7 +174,7 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
     merge_tokens = ctx.cfg.mining.merge_tokens if merge_tokens is None else merge_tokens
     if merge_tokens:
         merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), merge_tokens)
-        _write_json(ctx.out_dir / "merge.json", merge.to_dict())
+        write_json_atomic(ctx.out_dir / "merge.json", merge.to_dict())
     report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device),
                                  prefix=frozen_prefix(ctx, sens_cfg.min_layer, sens_cfg.max_length))
     task_tokens.save(ctx.out_dir / "task_tokens.json")
@@ -395,7 +395,7 @@ def finetune(
     check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded.model.to(device)
-    _write_json(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
+    write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
     ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1)
     base_params = count_parameters(loaded.model)
@@ -416,7 +416,7 @@ def finetune(
         with PeakMemory(device) as memory:
             status = loop.run()
     if status == "cancelled":
-        _write_json(out_dir / "metrics.json", {"status": "cancelled", "steps": loop.step})
+        write_json_atomic(out_dir / "metrics.json", {"status": "cancelled", "steps": loop.step})
         return FinetuneResult("cancelled", {"status": "cancelled"}, out_dir)
     files = dict(prepared.files)
     if prepared.after_training:
@@ -431,7 +431,7 @@ def finetune(
                    backbone_params=backbone_parameter_count(model), val_curve=loop.val_curve,
                    device=str(device), status="succeeded")
     metrics.setdefault("budget", None)
-    _write_json(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / "metrics.json", metrics)
     return FinetuneResult("succeeded", metrics, out_dir)
 
 
@@ -651,7 +651,3 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)  # atomic: readers never see half a file
