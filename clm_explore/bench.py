@@ -74,9 +74,12 @@ rows by 13 points on trec6 10-shot development rows and trailed by 0.5-0.8 on th
 choice, so the grid makes it on validation like the learning rate."""
 SPREAD_METHODS = ("sparse", "sparse_merged", "fisher", "gradient")
 """Methods that train their scores' top rows, which ``spread_heads`` re-picks over the attention heads."""
+SPREAD_SUFFIX = "+spread"
+"""A row score of SCORE_METHODS with this suffix (``taylor+spread``) also spreads the attention rows over the heads
+(``finetune --spread-heads``): the mask variant ``tune_spread`` sweeps and ``score`` may fix per method."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
               "tune_score", "score", "cold_head", "schedule", "average_last", "tune_widen",
-              "tune_each_budget", "spread_heads")
+              "tune_each_budget", "spread_heads", "tune_spread")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
@@ -115,8 +118,14 @@ class BenchConfig:
     tune_score: bool = False
     """With ``tune_lr``: the sweep of SCORE_METHODS runs every rate with each of TUNE_SCORES and the best
     (rate, score) pair on validation is used."""
+    tune_spread: bool = False
+    """With ``tune_lr``: the sweep of SCORE_METHODS runs every rate and score with the attention rows as scored and
+    spread over the heads (``score + SPREAD_SUFFIX``), and the best on validation is used. Spread rows lifted
+    trec6's Fisher rows by 8 points on test and cost its Taylor rows 2.7 (thirty-eighth session): another per-set
+    choice. Only our method's cells sweep it; ``spread_heads`` gives spread rows to every top-row method."""
     score: dict[str, str] = field(default_factory=dict)
-    """Fixed row scores per method of SCORE_METHODS (e.g. chosen by an earlier ``tune_score`` grid); default fisher."""
+    """Fixed row scores per method of SCORE_METHODS (e.g. chosen by an earlier ``tune_score`` grid); default fisher.
+    A score may end in SPREAD_SUFFIX (``taylor+spread``)."""
     cold_head: bool = False
     """Every cell trains from the head as loaded, not the warmed-up one (``finetune --cold-head``)."""
     spread_heads: bool = False
@@ -170,12 +179,25 @@ class BenchConfig:
             raise BenchError("tune_score sweeps the row score with the learning rate: it needs tune_lr")
         if self.tune_each_budget and not self.tune_lr:
             raise BenchError("tune_each_budget sweeps the learning rate per budget: it needs tune_lr")
-        if self.score and self.tune_score:
-            raise BenchError("give fixed row scores or tune them, not both")
+        if self.tune_spread and not self.tune_lr:
+            raise BenchError("tune_spread sweeps the spread rows with the learning rate: it needs tune_lr")
+        if self.tune_spread and self.spread_heads:
+            raise BenchError("spread_heads already spreads every top-row method's rows: drop it or tune_spread")
+        if self.score and (self.tune_score or self.tune_spread):
+            raise BenchError("give fixed row scores or tune them (tune_score, tune_spread), not both")
         stray = [m for m in self.score if m not in self.methods or m not in SCORE_METHODS]
-        if stray or any(v not in SCORES for v in self.score.values()):
-            raise BenchError(f"row scores must be among {', '.join(SCORES)} and for methods of the grid among "
-                             f"{', '.join(SCORE_METHODS)}; got {self.score}")
+        if stray or any(split_score(v)[0] not in SCORES for v in self.score.values()):
+            raise BenchError(f"row scores must be among {', '.join(SCORES)} (each may end in {SPREAD_SUFFIX}) and for "
+                             f"methods of the grid among {', '.join(SCORE_METHODS)}; got {self.score}")
+        if self.spread_heads and any(split_score(v)[1] for v in self.score.values()):
+            raise BenchError(f"spread_heads already spreads every top-row method's rows: drop {SPREAD_SUFFIX}")
+
+
+def split_score(score: str) -> tuple[str, bool]:
+    """(row score, spread over the heads) of a grid's score: ``taylor+spread`` -> ("taylor", True)."""
+    if score.endswith(SPREAD_SUFFIX):
+        return score[: -len(SPREAD_SUFFIX)], True
+    return score, False
 
 
 @dataclass(frozen=True)
@@ -297,6 +319,7 @@ def rate_key(method: str, budget: float | None) -> str:
 
 
 def _cell_score(score: str) -> str:
+    """'' for the default row score unspread (folder names and commands stay as they were before scores)."""
     return "" if score == SensitivityConfig.score else score
 
 
@@ -378,11 +401,12 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
         cmd += ["--budget", repr(cell.budget)]
     if cell.lr:
         cmd += ["--lr", repr(cell.lr)]
-    if cell.score:
-        cmd += ["--score", cell.score]
+    score, spread = split_score(cell.score)
+    if score:
+        cmd += ["--score", score]
     if cfg.cold_head:
         cmd.append("--cold-head")
-    if cfg.spread_heads and cell.method in SPREAD_METHODS:
+    if spread or (cfg.spread_heads and cell.method in SPREAD_METHODS):
         cmd.append("--spread-heads")
     if cfg.schedule != FinetuneConfig.schedule:
         cmd += ["--schedule", cfg.schedule]
@@ -574,13 +598,16 @@ def _run_cell(cell: Cell, root: Path, data_dir: Path, runner: Runner, bar: Progr
 
 def tune_cells(cfg: BenchConfig) -> list[Cell]:
     """The sweep: per method, seed 0 at the middle budget, LR = default x LR_FACTORS (x TUNE_SCORES with
-    tune_score for SCORE_METHODS), the default first so that it wins ties."""
+    tune_score, x spread or not with tune_spread, for SCORE_METHODS), the default first so that it wins ties."""
     from clm_explore.training import DEFAULT_LR
 
     middle = sorted(cfg.budgets)[len(cfg.budgets) // 2]
     cells = []
     for m in cfg.methods:
         scores = TUNE_SCORES if cfg.tune_score and m in SCORE_METHODS else (cfg.score.get(m, ""),)
+        if cfg.tune_spread and m in SCORE_METHODS:  # every score as scored first, then spread
+            plain = tuple(s or SensitivityConfig.score for s in scores)
+            scores = plain + tuple(s + SPREAD_SUFFIX for s in plain)
         budgets: tuple[float | None, ...] = (None,)
         if m in BUDGET_METHODS:
             budgets = tuple(sorted(cfg.budgets)) if cfg.tune_each_budget else (middle,)

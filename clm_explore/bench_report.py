@@ -146,7 +146,7 @@ def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFr
                  "low..high; std_ratio = the method's accuracy std / the versus method's)</h2>",
                  comparison.round(4).to_html(index=False, na_rep="")]
     if tuning is not None:
-        body += ["<h2>Learning-rate sweep (with the row score under tune_score; validation accuracy, seed 0; "
+        body += ["<h2>Learning-rate sweep (with the row score under tune_score and tune_spread; validation accuracy, seed 0; "
                  "edge: the chosen rate is still the lowest or highest tried)</h2>", tuning.to_html(index=False)]
     if len(failed):
         body += [f"<h2>Cells that did not finish ({len(failed)})</h2>",

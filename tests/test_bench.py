@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +37,23 @@ from clm_explore.bench_results import (
     std_ratio_interval,
 )
 from clm_explore.cli.bench_cmds import comparison_lines, sweep_lines
-from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 from clm_explore.data import DataError
 
 
 def in_process(cfg: BenchConfig, fail: str | None = None):
-    """A runner that trains the cell here (no subprocess): fast enough for the suite."""
+    """A runner that trains the cell here (no subprocess): fast enough for the suite. The cell's config is read
+    from its ``clm-explore finetune`` command line, so the options the grid passes are the ones tested."""
+    from clm_explore.cli import build_parser
+    from clm_explore.cli.method_cmds import finetune_config
     from clm_explore.data import load_data
     from clm_explore.training import finetune
 
     def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
         if cell.method == fail:
             raise RuntimeError("boom")
-        ft = FinetuneConfig(method=cell.method, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cell.seed,
-                            lr=cell.lr, device="cpu", mask=MaskConfig(budget=cell.budget or 0.01, seed=cell.seed),
-                            sensitivity=SensitivityConfig(calibration_rows=80, warmup_epochs=1,
-                                                          score=cell.score or SensitivityConfig.score))
-        finetune(load_data(data_dir), ft, cell_dir, source="tiny-random")
+        ft = finetune_config(build_parser().parse_args(finetune_command(cell, cfg, data_dir, cell_dir)[3:]))
+        ft = replace(ft, device="cpu", sensitivity=replace(ft.sensitivity, calibration_rows=80, warmup_epochs=1))
+        finetune(load_data(data_dir), ft, cell_dir, source="tiny-random", overwrite=True)
 
     return run
 
@@ -85,6 +86,17 @@ def test_bad_grid_options_are_refused():
         BenchConfig(methods=("sparse", "random"), score={"random": "taylor"})  # random rows have no score
     with pytest.raises(BenchError, match="row scores"):
         BenchConfig(methods=("sparse",), score={"sparse": "entropy"})
+    with pytest.raises(BenchError, match="row scores"):
+        BenchConfig(methods=("sparse",), score={"sparse": "entropy+spread"})
+    with pytest.raises(BenchError, match="needs tune_lr"):
+        BenchConfig(methods=("sparse",), tune_spread=True)
+    with pytest.raises(BenchError, match="spread_heads already"):
+        BenchConfig(methods=("sparse",), tune_lr=True, tune_spread=True, spread_heads=True)
+    with pytest.raises(BenchError, match="spread_heads already"):
+        BenchConfig(methods=("sparse",), score={"sparse": "taylor+spread"}, spread_heads=True)
+    with pytest.raises(BenchError, match="not both"):
+        BenchConfig(methods=("sparse",), score={"sparse": "taylor"}, tune_lr=True, tune_spread=True)
+    assert BenchConfig(methods=("sparse",), score={"sparse": "taylor+spread"}).score == {"sparse": "taylor+spread"}
 
 
 def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
@@ -133,6 +145,8 @@ def test_finetune_command_passes_the_cell():
     spread = _cfg(methods=("sparse", "fisher", "random", "full"), spread_heads=True)
     assert [m for m in ("sparse", "fisher", "random", "full")
             if "--spread-heads" in finetune_command(Cell(m, 0.01, 0), spread, Path("d"), Path("c"))] == ["sparse", "fisher"]
+    spread_taylor = finetune_command(Cell("sparse", 0.01, 0, 0.0, "taylor+spread"), _cfg(), Path("d"), Path("c"))
+    assert spread_taylor[spread_taylor.index("--score") + 1] == "taylor" and "--spread-heads" in spread_taylor
     assert "--schedule" not in cmd and "--average-last" not in cmd  # the defaults: older grids' commands
     swa = finetune_command(Cell("full", None, 0), _cfg(schedule="constant", average_last=0.5), Path("d"), Path("c"))
     assert swa[swa.index("--schedule") + 1] == "constant" and swa[swa.index("--average-last") + 1] == "0.5"
@@ -566,6 +580,24 @@ def test_row_score_sweep_picks_the_best_pair_on_validation(data_dir, tmp_path):
     row = result.results.set_index("method").loc["sparse"]
     assert row["score"] == best["score"] and row["lr"] == best["lr"]
     assert (tmp_path / "out" / "tune" / "sparse-taylor-b0.05-s0-lr0.005").is_dir()
+
+
+def test_spread_sweep_tries_every_score_both_ways_and_trains_the_choice(data_dir, tmp_path):
+    cfg = _cfg(methods=("sparse", "random"), tune_lr=True, tune_score=True, tune_spread=True, tune_widen=0)
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    tuning = pd.read_csv(tmp_path / "out" / "tuning.csv", keep_default_na=False)
+    sweep = tuning[tuning["method"] == "sparse"]
+    assert sorted(set(sweep["score"])) == ["fisher", "fisher+spread", "taylor", "taylor+spread"] and len(sweep) == 12
+    assert set(tuning.loc[tuning["method"] == "random", "score"]) == {""}  # random rows have no score to spread
+    best = sweep.loc[sweep["chosen"]].iloc[0]
+    assert best["val_accuracy"] == sweep["val_accuracy"].max() and result.scores == {"sparse": best["score"]}
+    for variant in ("fisher", "taylor+spread"):  # each variant's sweep cell trained as its name says
+        name = f"sparse{'' if variant == 'fisher' else '-' + variant}-b0.05-s0-lr0.005"
+        run = json.loads((tmp_path / "out" / "tune" / name / "clm_run.json").read_text())["config"]
+        assert (run["sensitivity"]["score"], run["mask"]["spread_heads"]) == (variant.split("+")[0], "+" in variant)
+    cell = result.results.set_index("method").loc["sparse", "cell"]
+    run = json.loads((tmp_path / "out" / cell / "clm_run.json").read_text())["config"]
+    assert run["mask"]["spread_heads"] == best["score"].endswith("+spread")
 
 
 def test_fixed_row_scores_reach_the_cells(data_dir, tmp_path):

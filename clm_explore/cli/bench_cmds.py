@@ -42,8 +42,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tune-score", action="store_true",
                    help="with --tune-lr: sweep the row score of sparse/sparse_merged too (fisher, taylor) and use "
                    "the best (rate, score) pair on validation")
+    p.add_argument("--tune-spread", action="store_true",
+                   help="with --tune-lr: sweep sparse/sparse_merged with the attention rows as scored and spread over "
+                   "the heads too, and use the best on validation (with --tune-score: every score both ways)")
     p.add_argument("--score", default="", metavar="M=SCORE,...",
-                   help="fixed row scores of sparse/sparse_merged, e.g. sparse=taylor (others: fisher)")
+                   help="fixed row scores of sparse/sparse_merged, e.g. sparse=taylor (others: fisher); a score "
+                   "ending in +spread also spreads the attention rows over the heads, e.g. sparse=fisher+spread")
     p.add_argument("--cold-head", action="store_true",
                    help="every cell trains from the head as loaded, not the warmed-up one (finetune --cold-head)")
     p.add_argument("--spread-heads", action="store_true",
@@ -104,7 +108,7 @@ def bench_config(args: argparse.Namespace):
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
                        epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
                        tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget,
-                       lr=parse_method_lrs(args.lr), tune_score=args.tune_score, score=parse_method_scores(args.score),
+                       lr=parse_method_lrs(args.lr), tune_score=args.tune_score, tune_spread=args.tune_spread, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, spread_heads=args.spread_heads, schedule=args.schedule, average_last=args.average_last,
                        model=args.model, batch_size=args.batch_size,
                        max_length=args.max_length, device=args.device, jobs=args.jobs,
