@@ -20,8 +20,10 @@ import contextlib
 import dataclasses
 import importlib
 import multiprocessing
+import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -62,7 +64,7 @@ class WorkerProcess:
             target=_serve,
             args=(child_end, self._stop, self.torch_threads, self.preload),
             name=f"clm-jobs-{self.device}",
-            daemon=True,  # ends with the server
+            daemon=True,  # ends with the server on a clean exit; after a kill, _watch_parent ends it
         )
         self._process.start()
         child_end.close()
@@ -100,10 +102,14 @@ class WorkerProcess:
         self._process.join(1)
         code = self._process.exitcode
         self._release()
-        return f"the worker process for {self.device} died (exit code {code}); the next job starts a new one"
+        why = ""
+        if code is not None and code < 0:  # killed by a signal; SIGKILL is most often the kernel out of memory
+            why = f", {signal.Signals(-code).name}" + (": out of memory?" if -code == signal.SIGKILL else "")
+        return f"the worker process for {self.device} died (exit code {code}{why}); the next job starts a new one"
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """Ask the child to exit after its current job; terminate it when it does not within ``timeout``."""
+        """Stop the child: its current job is told to stop (``should_stop``), then it exits; terminated when it
+        has not within ``timeout``."""
         if self._process is None:
             return
         if self._stop is not None:
@@ -127,6 +133,7 @@ def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tupl
     """The child's loop: run each ``(fn, kwargs)`` received and report back, until ``None`` or EOF."""
     # Ctrl-C in the server's terminal stops the server, which ends this process (daemon).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="clm-jobs-parent", daemon=True).start()
     if torch_threads:
         import torch
 
@@ -158,6 +165,15 @@ def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tupl
             return
         except Exception:  # noqa: BLE001 - a result that does not pickle
             conn.send(("error", traceback.format_exc()))
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """End this process as soon as the server that spawned it is gone. A server killed outright (SIGKILL, out of
+    memory) runs no exit handlers, so the daemon flag does not end us: we would be re-parented and go on loading,
+    scoring and training into a run the restarted server has already marked interrupted, holding its memory."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _as_dict(info: Any) -> dict[str, Any]:

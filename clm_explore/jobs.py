@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import math
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -77,6 +78,7 @@ class Job:
         self._lock = threading.Lock()
         self._progress = Progress()
         self._done = threading.Event()
+        self._claimed = False
 
     def on_step(self, info: Any) -> None:
         """Record one step report (a ``StepInfo`` dataclass, or a dict with the same fields)."""
@@ -97,8 +99,16 @@ class Job:
         return self.cancel_event.is_set()
 
     def cancel(self) -> None:
-        """Ask the job to stop; a job still waiting in the queue will never start."""
+        """Ask the job to stop; a job still waiting in the queue will never start. ``JobQueue.cancel`` also
+        ends a waiting job at once (its status and its run's)."""
         self.cancel_event.set()
+
+    def claim(self) -> bool:
+        """True for the first caller only: the worker taking the job to run it, or a cancel ending it while it
+        waits. Whoever claims it finishes it."""
+        with self._lock:
+            first, self._claimed = not self._claimed, True
+            return first
 
     def progress(self) -> Progress:
         """A consistent copy of the progress snapshot."""
@@ -178,14 +188,22 @@ class JobQueue:
             job = jobs.get()
             if job is None:
                 return
-            self._run(job)
+            try:
+                self._run(job)
+            except Exception:  # noqa: BLE001 - a fault outside the job itself: fail it, keep serving the queue
+                job.error = traceback.format_exc()
+                self._finish(job, RunStatus.FAILED)
 
     def _run(self, job: Job) -> None:
+        if not job.claim():  # cancelled while it waited: already finished
+            return
         if job.cancel_event.is_set():
             self._finish(job, RunStatus.CANCELLED)
             return
         job.started = time.time()
-        self._set_run_status(job, RunStatus.RUNNING)  # the row first: a running job implies a running run
+        # The row first: a running job implies a running run. A registry that cannot record it fails the job
+        # (its run would otherwise stay "pending" while it trains).
+        self._set_run_status(job, RunStatus.RUNNING, tolerate=False)
         job.status = RunStatus.RUNNING
         try:
             job.result = self._call(job)
@@ -202,21 +220,37 @@ class JobQueue:
         return process.run(job.fn, job.kwargs, job.on_step, job.cancel_event)
 
     def _finish(self, job: Job, status: RunStatus) -> None:
+        """End the job: its run's metrics and status in the store (a store fault is logged, never raised: the
+        job must end), then the job's own state."""
         metrics = getattr(job.result, "metrics", None)
         if self.store is not None and job.run_id and isinstance(metrics, dict) and metrics:
-            with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
-                self.store.update_metrics(job.run_id, metrics)
+            self._store_call(job, self.store.update_metrics, job.run_id, metrics)
         self._set_run_status(job, status, last_line(job.error))
         job.status = status
         job.finished = time.time()
         job.kwargs = {}  # the job's data set (an upload can be 200 MB) is not kept for the server's lifetime
         job._done.set()
 
-    def _set_run_status(self, job: Job, status: RunStatus, error: str | None = None) -> None:
+    def _set_run_status(self, job: Job, status: RunStatus, error: str | None = None, tolerate: bool = True) -> None:
+        """Move the job's run to ``status``. A store fault (a locked or full database) is logged when
+        ``tolerate``, else raised."""
         if self.store is None or not job.run_id:
+            return
+        if tolerate:
+            self._store_call(job, self.store.set_status, job.run_id, status, error=error)
             return
         with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
             self.store.set_status(job.run_id, status, error=error)
+
+    @staticmethod
+    def _store_call(job: Job, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            call(*args, **kwargs)
+        except RunStoreError:  # the run may have been deleted meanwhile
+            pass
+        except Exception as exc:  # noqa: BLE001 - the registry failed; the job's own state still ends
+            print(f"clm-explore: could not record {job.id} ({job.run_id}) in the run registry: {exc}",
+                  file=sys.stderr, flush=True)
 
     # -- reading and control ---------------------------------------------------------------------
     def jobs(self) -> list[Job]:
@@ -237,9 +271,14 @@ class JobQueue:
         return [j for j in self.jobs() if not j.done]
 
     def cancel(self, job_id: str) -> None:
+        """Ask the job to stop. One still waiting ends now, cancelled (its card and its run say so, and the run
+        can be deleted), rather than when its turn comes."""
         job = self.get(job_id)
-        if job is not None:
-            job.cancel()
+        if job is None:
+            return
+        job.cancel()
+        if job.claim():
+            self._finish(job, RunStatus.CANCELLED)
 
     def devices(self) -> list[str]:
         with self._lock:

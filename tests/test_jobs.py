@@ -121,6 +121,45 @@ def test_cancel_running_and_pending(jobs: JobQueue, store: RunStore) -> None:
     assert store.get(waiting_run.id).status is RunStatus.CANCELLED
 
 
+def test_a_waiting_job_cancelled_ends_at_once(jobs: JobQueue, store: RunStore) -> None:
+    gate = threading.Event()
+    ahead = jobs.submit(count_steps, {"n": 1, "gate": gate})
+    run = store.create("waiting", "sparse", {})
+    waiting = jobs.submit(count_steps, {"n": 3}, run_id=run.id)
+    jobs.cancel(waiting.id)
+    # Not when the job ahead ends (hours, behind a real finetune): now, so that its run can be deleted.
+    assert waiting.done and waiting.status is RunStatus.CANCELLED and waiting.started is None
+    assert store.get(run.id).status is RunStatus.CANCELLED
+    store.delete(run.id)
+    gate.set()
+    after = jobs.submit(count_steps, {"n": 1})
+    assert ahead.wait(5) and after.wait(5)  # the worker skips the cancelled job and goes on
+    assert ahead.status is RunStatus.SUCCEEDED and after.status is RunStatus.SUCCEEDED
+    assert waiting.progress().step == 0  # it never ran
+
+
+def test_a_registry_fault_fails_one_job_and_the_queue_goes_on(jobs: JobQueue, store: RunStore, monkeypatch,
+                                                                capsys) -> None:
+    import sqlite3
+
+    real = store.set_status
+    faults = iter([True])
+
+    def flaky(*args, **kwargs):
+        if next(faults, False):
+            raise sqlite3.OperationalError("database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "set_status", flaky)
+    run = store.create("locked", "sparse", {})
+    first = jobs.submit(count_steps, {"n": 1}, run_id=run.id)
+    second = jobs.submit(count_steps, {"n": 1}, run_id=store.create("next", "sparse", {}).id)
+    assert first.wait(5) and second.wait(5)
+    assert first.status is RunStatus.FAILED and "database is locked" in first.error
+    assert store.get(run.id).status is RunStatus.FAILED  # the fault passed; its failure is recorded
+    assert second.status is RunStatus.SUCCEEDED
+
+
 def test_failure_keeps_traceback_and_worker_lives(jobs: JobQueue, store: RunStore) -> None:
     run = store.create("bad", "sparse", {})
     failed = jobs.submit(boom, {}, run_id=run.id)
@@ -210,3 +249,49 @@ def test_process_job_cancel_reaches_the_child(process_jobs: JobQueue) -> None:
     assert job.status is RunStatus.RUNNING
     job.cancel()
     assert job.wait(10) and job.status is RunStatus.CANCELLED
+
+
+ORPHAN_JOB = """
+import os, time
+from dataclasses import dataclass
+
+def sleep_then_write(path, seconds, on_step=None, should_stop=None):
+    # Like finetune's loading and scoring: a long stretch that never asks should_stop.
+    with open(path + ".pid", "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("written after the server was gone")
+"""
+
+ORPHAN_SERVER = """
+import sys, time
+from clm_explore.jobs import JobQueue
+from orphan_job import sleep_then_write
+if __name__ == "__main__":
+    JobQueue(processes=True).submit(sleep_then_write, {"path": sys.argv[1], "seconds": 4})
+    time.sleep(60)
+"""
+
+
+def test_a_killed_server_takes_its_worker_process_with_it(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "orphan_job.py").write_text(ORPHAN_JOB)
+    (tmp_path / "server.py").write_text(ORPHAN_SERVER)
+    marker = tmp_path / "written"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    server = subprocess.Popen([sys.executable, str(tmp_path / "server.py"), str(marker)], env=env)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "written.pid").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "written.pid").exists(), "the job never started in its worker process"
+        server.send_signal(signal.SIGKILL)  # no exit handlers run: the daemon flag alone leaves the child going
+        server.wait(10)
+        time.sleep(6)  # the job would have written its file 4 s after it started
+        assert not marker.exists()
+    finally:
+        server.kill()

@@ -81,7 +81,7 @@ def progress_panel(key: str = "ft") -> None:
     jobs = job_queue().jobs()
     if not jobs:
         st.caption("No jobs yet in this server's queue.")
-    for job in reversed(jobs[-8:]):
+    for job in shown_jobs(jobs):
         _job_card(job, key)
     st.subheader("Recent runs")
     records = store().list()[:10]
@@ -91,6 +91,14 @@ def progress_panel(key: str = "ft") -> None:
         st.caption("No runs yet.")
 
 
+def shown_jobs(jobs: list[Job], finished_shown: int = 8) -> list[Job]:
+    """The panel's cards, newest first: every job still waiting or running (several sessions may have queued
+    many; the running one must keep its Cancel button), then the newest ``finished_shown`` finished ones."""
+    active = [j for j in jobs if not j.done]
+    ended = [j for j in jobs if j.done][-finished_shown:]
+    return list(reversed(active)) + list(reversed(ended))
+
+
 def _job_card(job: Job, key: str) -> None:
     p = job.progress()
     run_name = job.run_id or job.id
@@ -98,7 +106,7 @@ def _job_card(job: Job, key: str) -> None:
         c1, c2 = st.columns([5, 1])
         c1.markdown(f"**{run_name}** · {job.device} · `{job.status.value}`")
         if not job.done and c2.button("Cancel", key=f"{key}_cancel_{job.id}"):
-            job.cancel()
+            job_queue().cancel(job.id)  # a waiting job ends at once
         if job.status is RunStatus.PENDING:
             ahead = [
                 j for j in job_queue().active() if j.device == job.device and j.submitted < job.submitted
@@ -109,7 +117,8 @@ def _job_card(job: Job, key: str) -> None:
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–")
         m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
-        m3.metric("Elapsed", _duration(p.elapsed or ((job.finished or time.time()) - (job.started or time.time()))))
+        elapsed = p.elapsed or ((job.finished or time.time()) - job.started if job.started else None)
+        m3.metric("Elapsed", _duration(elapsed))  # cancelled before it started: "–"
         m4.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
         # every open session, held the server's CPU away from the jobs themselves (in the two-user browser

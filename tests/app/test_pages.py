@@ -480,3 +480,16 @@ def test_sidebar_refuses_an_unsupported_model_folder_and_a_new_model_resets_the_
     assert not app.exception
     assert app.session_state["model_source"] == str(tmp_path / "bert")
     assert app.session_state["mask_options"].min_layer == -1  # back to auto for the new model
+
+
+def test_the_job_panel_keeps_every_active_job_however_many_finished() -> None:
+    from types import SimpleNamespace
+
+    from clm_explore.ui.jobs import shown_jobs
+
+    running = SimpleNamespace(name="running", done=False)  # the oldest job: the one on the device now
+    ended = [SimpleNamespace(name=f"ended{i}", done=True) for i in range(10)]
+    waiting = [SimpleNamespace(name=f"waiting{i}", done=False) for i in range(2)]
+    cards = shown_jobs([running, *ended, *waiting])
+    assert cards[:3] == [waiting[1], waiting[0], running]  # active first, newest first: none pushed off
+    assert cards[3:] == ended[::-1][:8] and len(cards) == 11
