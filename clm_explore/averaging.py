@@ -30,6 +30,11 @@ class TailAverage:
         return cls(params, total_steps - max(1, round(share * total_steps)) + 1)
 
     @property
+    def megabytes(self) -> float:
+        """The float32 means' memory (one copy of every averaged parameter)."""
+        return sum(m.numel() * m.element_size() for m in self.means) / 2**20
+
+    @property
     def started(self) -> bool:
         return self.count > 0
 

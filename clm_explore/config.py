@@ -329,7 +329,7 @@ class FinetuneConfig:
     it moved sparse by +0.4 to +2.6 points on trec6 and snips and -0.6 to -1.8 on hint3 (development rows,
     BENCHMARKS.md), so the default stays."""
     cache_frozen_layers: bool = False
-    """Row methods (and 'layers'): compute the frozen layers below the lowest trained one once per training
+    """Row methods (and 'layers'; other methods train without it and say so in metrics.json): compute the frozen layers below the lowest trained one once per training
     row, then run only the layers above each step, skipping the lower layers' forward pass every epoch. When
     the mask's rows may only sit from a floor layer up (``MaskConfig.min_layer``), the cache is built at the
     floor before scoring, and the head warm-up and the scoring run on it too. The frozen layers then run
@@ -352,9 +352,9 @@ class FinetuneConfig:
     compile: str = "off"
     """``torch.compile`` the model for training (forward and backward; evaluation stays eager): 'off', or a
     mode: 'default', 'reduce-overhead' (CUDA graphs on a GPU, where a batch-32 step of the default model is
-    bound by kernel launches, not arithmetic: BENCHMARKS.md) or 'max-autotune'. With CUDA graphs, batches are
-    padded to a multiple of 8 tokens (``training.GRAPHS_PAD_MULTIPLE``), so that a few shapes (graph
-    recordings) cover every batch. The first steps pay for the compilation (in training time, in the first
+    bound by kernel launches, not arithmetic: BENCHMARKS.md) or 'max-autotune' (tuned kernels, CUDA graphs too).
+    With CUDA graphs (on a GPU), batches are padded to a multiple of 8 tokens (``training.GRAPHS_PAD_MULTIPLE``),
+    so that a few shapes (graph recordings) cover every batch; elsewhere to their longest row. The first steps pay for the compilation (in training time, in the first
     epoch). Seeded, but dropout then draws from the compiler's random stream, so a run's numbers differ from
     the eager run's. On these CPUs it bought no time (banking77, 2,000 rows: later epochs 1.28x eager's for
     full finetuning, 1.00x for sparse, after 45-50 s of compiling) and lowered peak memory to 0.71 of eager's

@@ -64,10 +64,12 @@ SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant
 COMPILE_BACKEND = "inductor"
 """torch.compile's backend (the tests use 'aot_eager': the same tracing and autograd graphs, no code generation)."""
 GRAPHS_PAD_MULTIPLE = 8
-"""With CUDA graphs (FinetuneConfig.compile 'reduce-overhead'), batches are padded to a multiple of this many
-tokens: each new shape costs a graph recording, and at max_length 64 there are then 8 widths, not up to 64.
-On banking77 the batches then hold 21% more tokens than padded to their longest row (16: 33%; 4: 9%, with
-12 widths). The other modes take every width: after the second shape the compiler makes one graph for all."""
+"""With CUDA graphs (``CUDA_GRAPH_MODES`` on a GPU), batches are padded to a multiple of this many tokens: each
+new shape costs a graph recording, and at max_length 64 there are then 8 widths, not up to 64. On banking77 the
+batches then hold 21% more tokens than padded to their longest row (16: 33%; 4: 9%, with 12 widths). Without
+CUDA graphs every width is taken: after the second shape the compiler makes one graph for all."""
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""Compile modes that record CUDA graphs on a GPU (``torch._inductor.list_mode_options``: triton.cudagraphs)."""
 
 
 @dataclass
@@ -316,6 +318,8 @@ def prepare_sparse_merged(ctx: MethodContext) -> Prepared:
 
 
 HEAD_WARMUP_METHODS = ("full", "head", "bitfit", "lora", "prefix")
+CACHE_METHODS = (*ROW_METHODS, "layers")
+"""Methods that train from a lowest layer up, below which ``cache_frozen_layers`` can cache the frozen layers."""
 """Methods without a sensitivity pass of their own; they get the same head warm-up here."""
 
 
@@ -430,6 +434,8 @@ def finetune(
                    total_params=count_parameters(model), base_params=base_params,
                    backbone_params=backbone_parameter_count(model), val_curve=loop.val_curve,
                    device=str(device), status="succeeded")
+    if loop.average is not None:
+        metrics["averaged_steps"] = loop.average.count
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return FinetuneResult("succeeded", metrics, out_dir)
@@ -448,7 +454,7 @@ class _TrainLoop:
         self.eval_model = prepared.model
         if cfg.compile != "off":
             self.model = compiled(self.model, cfg.compile)
-        self.pad_multiple = GRAPHS_PAD_MULTIPLE if cfg.compile == "reduce-overhead" else 1
+        self.pad_multiple = batch_pad_multiple(cfg.compile, device)
         self.optimizer = torch.optim.AdamW(prepared.param_groups, lr=lr)
         self.train_ids = encode(loaded, data.train["text"].tolist(), cfg.max_length)
         self.train_labels = torch.as_tensor(data.label_ids("train"))
@@ -466,8 +472,9 @@ class _TrainLoop:
         self.epoch_seconds: list[float] = []
         self.last_loss = self.last_lr = 0.0
         self.scoring_prefix = scoring_prefix
-        self.memory_before_mb = 0.0
-        """Memory the loop holds but allocated before it began (a prefix cache built for scoring)."""
+        self.memory_before_mb = self.average.megabytes if self.average else 0.0
+        """Memory the loop holds but allocated before its measurement began: the averaged weights' buffers, and a
+        prefix cache built for scoring."""
 
     def run(self) -> str:
         dtype = autocast_dtype(self.device)
@@ -513,7 +520,7 @@ class _TrainLoop:
         early, self.scoring_prefix = self.scoring_prefix, None
         if early is not None and self._still_applies(early):
             cache, built = early, {"built": "before scoring"}
-            self.memory_before_mb = early.megabytes  # allocated before the loop's memory measurement began
+            self.memory_before_mb += early.megabytes  # allocated before the loop's memory measurement began
         else:
             del early  # frees its states before another cache is built
             cache, built = self._build_prefix_cache(), {}
@@ -527,7 +534,9 @@ class _TrainLoop:
 
     def _build_prefix_cache(self) -> PrefixCache | None:
         cache, why = None, "several processes train"
-        if self.world == 1:
+        if self.cfg.method not in CACHE_METHODS:
+            why = f"{self.cfg.method} trains no layer range above frozen ones (the cache serves the row methods and 'layers')"
+        elif self.world == 1:
             cache, why = build_prefix_cache(self.eval_model, self.train_ids, self.loaded.tokenizer.pad_token_id,
                                             self.prepared.info.get("lowest_layer"), self.device,
                                             self.cfg.cache_max_mb, dtype=getattr(torch, self.cfg.cache_dtype))
@@ -637,6 +646,12 @@ def _logged(on_step: Callable[[StepInfo], None] | None, progress) -> Callable[[S
             on_step(info)
 
     return log
+
+
+def batch_pad_multiple(mode: str, device: torch.device) -> int:
+    """Tokens a training batch's width is a multiple of: GRAPHS_PAD_MULTIPLE where CUDA graphs record one graph per
+    width (a GPU, a mode of CUDA_GRAPH_MODES), else 1 (the longest row: padding would only add work)."""
+    return GRAPHS_PAD_MULTIPLE if device.type == "cuda" and mode in CUDA_GRAPH_MODES else 1
 
 
 def compiled(model: nn.Module, mode: str) -> nn.Module:

@@ -44,3 +44,28 @@ def test_a_share_outside_0_1_is_refused(share):
 
     with pytest.raises(ValueError, match="average_last must be in"):
         FinetuneConfig(average_last=share)
+
+
+def test_the_means_memory_is_one_float32_copy_of_the_averaged_parameters():
+    params = [nn.Parameter(torch.zeros(256, 256, dtype=torch.bfloat16)), nn.Parameter(torch.zeros(256))]
+    assert TailAverage(params, 1).megabytes == pytest.approx((256 * 256 + 256) * 4 / 2**20)
+
+
+def test_a_finetune_with_averaging_saves_and_scores_the_average(tmp_path, tiny_data):
+    from dataclasses import replace
+
+    from test_finetune import SPARSE, assert_only_masked_rows_changed
+
+    from clm_explore.training import finetune
+
+    cfg = replace(SPARSE, epochs=2, schedule="constant", average_last=0.5)
+    result = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random")
+    steps = -(-len(tiny_data.train) // cfg.batch_size) * cfg.epochs
+    assert result.metrics["averaged_steps"] == round(0.5 * steps)
+    assert_only_masked_rows_changed(result.out_dir)  # the average of masked deltas leaves other rows as they were
+    # The last epoch's validation score is the averaged model's: the saved one, scored again here.
+    from clm_explore.batches import predict
+
+    probs = predict(result.out_dir, tiny_data.validation["text"].tolist())
+    accuracy = (probs.idxmax(axis=1).to_numpy() == tiny_data.validation["label"].astype(str).to_numpy()).mean()
+    assert result.metrics["val_curve"][-1]["accuracy"] == pytest.approx(accuracy)

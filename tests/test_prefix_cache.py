@@ -97,6 +97,12 @@ def test_the_cache_is_off_with_a_reason_when_the_lowest_trained_layer_is_the_fir
     assert metrics["prefix_cache"] == {"off": "no frozen layer below the lowest trained one"}
 
 
+def test_a_method_without_a_lowest_trained_layer_says_so(tiny_data, tmp_path):
+    cfg = FinetuneConfig(method="head", epochs=1, batch_size=8, device="cpu", cache_frozen_layers=True)
+    metrics = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random").metrics
+    assert metrics["prefix_cache"]["off"].startswith("head trains no layer range above frozen ones")
+
+
 def frozen(model: torch.nn.Module) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)

@@ -189,7 +189,7 @@ def _register_finetune(sub: Any) -> None:
                    help="row methods: compute the frozen layers below the lowest selected row once, not every step")
     p.add_argument("--compile", default=FinetuneConfig.compile, choices=COMPILE_MODES, metavar="MODE",
                    help="torch.compile the training step: off, default, reduce-overhead (CUDA graphs on a GPU) or "
-                        "max-autotune; not with --cache-frozen-layers")
+                        "max-autotune (CUDA graphs too); not with --cache-frozen-layers")
     p.add_argument("--schedule", default=FinetuneConfig.schedule, choices=SCHEDULES,
                    help="learning rate after the warm-up: linear or cosine decay to 0, or constant")
     p.add_argument("--warmup-ratio", type=float, default=FinetuneConfig.warmup_ratio,
