@@ -21,7 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clm_explore.attribution import AttributionConfig, explain, load_run_model, mean_abs_delta  # noqa: E402
+from clm_explore.attribution import explain, load_run_model, mean_abs_delta  # noqa: E402
+from clm_explore.config import AttributionConfig  # noqa: E402
 from clm_explore.modeling import load_model  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "banking77" / "test.csv"

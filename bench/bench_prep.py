@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from clm_explore.batches import encode
-from clm_explore.config import MaskConfig, SensitivityConfig
+from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
 from clm_explore.data import load_data
 from clm_explore.masks import select_mask
 from clm_explore.mining import mine_task_tokens
@@ -104,7 +104,7 @@ def _timed_cache(loaded, data, floor: int) -> tuple[PrefixCache, float]:
     started = time.perf_counter()
     ids = encode(loaded, data.train["text"].tolist(), SensitivityConfig.max_length)
     cache, why = build_prefix_cache(loaded.model, ids, loaded.tokenizer.pad_token_id, floor, torch.device("cpu"),
-                                    require_frozen=False)
+                                    require_frozen=False, dtype=getattr(torch, FinetuneConfig.cache_dtype))
     if cache is None:
         raise SystemExit(f"no cache at layer {floor}: {why}")
     return cache, time.perf_counter() - started

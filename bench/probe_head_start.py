@@ -14,8 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from probe_fewshot import dev_folder
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))  # probe_fewshot beside it, also under python -P
+from probe_fewshot import dev_folder  # noqa: E402
 
 from clm_explore.config import SensitivityConfig
 from clm_explore.data import load_data

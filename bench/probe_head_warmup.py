@@ -37,7 +37,7 @@ def main(grid: str) -> None:
     batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
     head = loaded.model.get_submodule(head_parameter_names(loaded.model)[0].rsplit(".", 1)[0])
     feats, labels = _head_inputs(loaded, head, batches, torch.device("cpu"))
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.rng_seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     states = []
     for epoch in range(EPOCHS + 1):

@@ -131,6 +131,8 @@ core() {
 }
 
 fewshot() {
+    # Made before the automatic head warm-up (hint3 and the 10-shot sets now get a 1-epoch one, which bench
+    # cannot turn off): a rerun in a fresh folder gives today's defaults, not the published 10-epoch tables.
     for name in snips trec6 hint3_sofmattress; do
         $CLI bench --data "$DATA/$name" --shots 10 --methods "$ALL" --seeds 3 --epochs 10 --tune-lr --tune-widen 0 \
             --out "$OUT/$name-10shot"
@@ -612,13 +614,19 @@ intervals() {
 }
 
 # A 10-shot folder for NAME at $OUT/NAME-10shot-oracle: the grids' shots (data_seed 0) in data/, and the bench.json
-# that bench/probe_fewshot.py reads (its data set and 30 epochs).
+# that bench/probe_fewshot.py reads (its data set and 30 epochs). That bench.json is the one fewshot_long's grid
+# writes (full,sparse, 3 seeds, --tune-lr --tune-widen 0), so that the banking77 grid still resumes in a folder
+# made here first.
 oracle_shots() {  # NAME [FOLDER [EPOCHS]]: the 10-shot grids' shots of NAME in FOLDER, with its bench.json
     local name=$1 g=${2:-"$OUT/$1-10shot-oracle"} epochs=${3:-30}
-    .venv/bin/python -c "from pathlib import Path; from clm_explore.bench import BenchConfig, prepare_data
+    .venv/bin/python -c "from dataclasses import asdict; from pathlib import Path
+from clm_explore.bench import BenchConfig, prepare_data
 from clm_explore.data import load_data
-prepare_data(load_data('$DATA/$name'), BenchConfig(methods=['full'], shots=10), Path('$g'))"
-    echo "{\"data\": \"$DATA/$name\", \"epochs\": $epochs}" > "$g/bench.json"
+from clm_explore.runs import write_json_atomic
+cfg = BenchConfig(methods=('full', 'sparse'), shots=10, epochs=$epochs, tune_lr=True, tune_widen=0,
+                  data=str(Path('$DATA/$name').resolve()))
+prepare_data(load_data('$DATA/$name'), cfg, Path('$g'))
+write_json_atomic(Path('$g') / 'bench.json', asdict(cfg))"
 }
 
 probe_grids() {  # the four 10-shot grids the development-row probes use, rebuilt where a folder is missing
