@@ -31,6 +31,9 @@ from typing import Any
 
 _SPAWN = multiprocessing.get_context("spawn")
 _POLL_SECONDS = 0.1
+CANCEL_GRACE_SECONDS = 30.0
+"""How long a cancelled job may go on before its child is ended: a job that misses its stop flag (a long step, a
+hung kernel) must not block its device's queue until the server restarts."""
 
 
 class JobFailed(Exception):
@@ -81,9 +84,14 @@ class WorkerProcess:
         except Exception as exc:  # noqa: BLE001 - unpicklable arguments or a dead pipe: the job fails
             message = f"the job could not be handed to its worker process:\n{traceback.format_exc()}"
             raise JobFailed(message) from exc
+        cancelled_at = None
         while True:
             if cancel.is_set():
                 self._stop.set()
+                cancelled_at = cancelled_at or time.monotonic()
+                if time.monotonic() - cancelled_at > CANCEL_GRACE_SECONDS:
+                    self._end_child()  # it did not stop in time; the next job starts a new one
+                    return None  # no result: the job ends cancelled, by its cancel flag
             if self._conn.poll(_POLL_SECONDS):
                 try:
                     kind, payload = self._conn.recv()
@@ -118,8 +126,15 @@ class WorkerProcess:
             assert self._conn is not None
             self._conn.send(None)
         self._process.join(timeout)
+        self._end_child(timeout)
+
+    def _end_child(self, timeout: float | None = 5.0) -> None:
+        """Terminate the child (kill it if it ignores that) and forget it."""
         if self._process.is_alive():
             self._process.terminate()
+            self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
             self._process.join(timeout)
         self._release()
 

@@ -33,6 +33,9 @@ from clm_explore.job_process import JobFailed, WorkerProcess
 from clm_explore.runs import RunStatus, RunStore, RunStoreError
 
 _STEP_FIELDS = ("step", "total_steps", "epoch", "loss", "examples_per_second", "elapsed", "eta")
+FINISHED_JOBS_KEPT = 100
+"""Finished jobs a queue remembers (their progress and curves; the runs themselves stay in the RunStore): a server
+that runs for weeks would otherwise keep every job's per-step losses."""
 
 
 @dataclass
@@ -161,11 +164,18 @@ class JobQueue:
         with self._lock:
             job = Job(f"job-{next(self._ids)}", fn, dict(kwargs), run_id, device)
             self._jobs[job.id] = job
+            self._forget_old_jobs()
             if not self.inline:
                 self._queue_for(device).put(job)
         if self.inline:
             self._run(job)
         return job
+
+    def _forget_old_jobs(self) -> None:
+        # Called under self._lock; jobs are in submission order.
+        finished = [job_id for job_id, job in self._jobs.items() if job.done]
+        for job_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
+            del self._jobs[job_id]
 
     def _queue_for(self, device: str) -> queue.Queue[Job | None]:
         # Called under self._lock: the worker is created once per device, lazily.

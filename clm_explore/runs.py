@@ -23,10 +23,11 @@ import re
 import shutil
 import socket
 import sqlite3
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -321,10 +322,11 @@ class RunStore:
         return marked
 
     # -- reading --------------------------------------------------------------------------------
-    def list(self) -> list[RunRecord]:
-        """All runs, newest first."""
+    def list(self, limit: int | None = None) -> list[RunRecord]:
+        """All runs (the newest ``limit`` ones), newest first."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT * FROM runs ORDER BY created DESC, id DESC").fetchall()
+            rows = conn.execute("SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT ?",
+                                (-1 if limit is None else limit,)).fetchall()
         return [_record(r) for r in rows]
 
     def get(self, run_id: str) -> RunRecord:
@@ -432,11 +434,21 @@ def _dumps(obj: Any) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON through a temporary file of this process and a rename: a reader never sees half a
+    """Write ``obj`` as JSON through a temporary file of this call and a rename: a reader never sees half a
     file, and a writer killed half way leaves the old one."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent writers never share a temporary file
-    tmp.write_text(json.dumps(obj, indent=indent, default=str))
-    tmp.replace(path)
+    text = json.dumps(obj, indent=indent, default=str)
+    # A file of its own (not one per process): the app's sessions are threads of one process, and two of them
+    # may write the same cache file at once.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(name, 0o644)  # mkstemp's 0600 would hide run files from a server's other readers
+        os.replace(name, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 ``finetune`` is synchronous: it loads the model, lets the method's *preparer* decide what trains
 (``PREPARERS``: sparse row deltas, full, and the baselines registered by ``clm_explore.baselines``),
 runs one shared training loop, merges, evaluates and writes the run folder described in
-docs/CONTRACTS.md. Progress goes out through ``on_step``; ``should_stop`` is polled every step.
+docs/CONTRACTS.md. Progress goes out through ``on_step``; ``should_stop`` is polled every step and between the preparation's phases.
 """
 
 from __future__ import annotations
@@ -403,9 +403,18 @@ def finetune(
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
     ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1)
     base_params = count_parameters(loaded.model)
+    # Cancelling is also heard between the preparation's phases (loading, warm-up, mining and scoring take
+    # minutes on a real model), not only at training's steps.
+    stopped = should_stop or (lambda: False)
+    if stopped():
+        return _cancelled(out_dir, 0)
     warmup_seconds = warm_up_head_only(ctx) if cfg.head_warmup and cfg.method in HEAD_WARMUP_METHODS else 0.0
     loaded_head = None if cfg.head_warmup or cfg.method in HEAD_WARMUP_METHODS else head_state(loaded.model)
+    if stopped():
+        return _cancelled(out_dir, 0)
     prepared = _preparer(cfg.method)(ctx)
+    if stopped():
+        return _cancelled(out_dir, 0)
     if loaded_head is not None:  # the scores came from a warmed head; training starts from the loaded one
         restore_head(prepared.model, loaded_head)
     if warmup_seconds:
@@ -420,8 +429,7 @@ def finetune(
         with PeakMemory(device) as memory:
             status = loop.run()
     if status == "cancelled":
-        write_json_atomic(out_dir / "metrics.json", {"status": "cancelled", "steps": loop.step})
-        return FinetuneResult("cancelled", {"status": "cancelled"}, out_dir)
+        return _cancelled(out_dir, loop.step)
     files = dict(prepared.files)
     if prepared.after_training:
         files.update(prepared.after_training())
@@ -439,6 +447,11 @@ def finetune(
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return FinetuneResult("succeeded", metrics, out_dir)
+
+
+def _cancelled(out_dir: Path, steps: int) -> FinetuneResult:
+    write_json_atomic(out_dir / "metrics.json", {"status": "cancelled", "steps": steps})
+    return FinetuneResult("cancelled", {"status": "cancelled"}, out_dir)
 
 
 class _TrainLoop:

@@ -229,6 +229,19 @@ def test_should_stop_cancels(tmp_path, data):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_a_cancel_during_the_preparation_stops_before_scoring(tmp_path, data, monkeypatch):
+    from clm_explore import training
+
+    asked = []  # polled once before the warm-up, once before mining and scoring: stop at the second
+    scored = []
+    monkeypatch.setattr(training, "_preparer", lambda method: lambda ctx: scored.append(method))
+    cfg = FinetuneConfig(epochs=1, batch_size=8, device="cpu", mask=MaskConfig(budget=0.01))
+    result = finetune(data, cfg, tmp_path / "run", source="tiny-random",
+                      should_stop=lambda: asked.append(1) or len(asked) >= 2)
+    assert result.status == "cancelled" and not scored and len(asked) == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"status": "cancelled", "steps": 0}
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
 def test_schedule_shapes_the_learning_rate_after_the_warm_up(tmp_path, data, schedule):
     seen: list = []

@@ -295,3 +295,34 @@ def test_a_killed_server_takes_its_worker_process_with_it(tmp_path) -> None:
         assert not marker.exists()
     finally:
         server.kill()
+
+
+def sleep_ignoring_stop(seconds: float = 30.0, on_step=None, should_stop=None) -> FakeResult:
+    time.sleep(seconds)  # never asks should_stop, like a hung step
+    return FakeResult("succeeded", {"pid": os.getpid()})
+
+
+def test_a_job_that_ignores_its_cancel_is_ended_after_the_grace(process_jobs: JobQueue, monkeypatch) -> None:
+    from clm_explore import job_process
+
+    monkeypatch.setattr(job_process, "CANCEL_GRACE_SECONDS", 0.5)
+    before = process_jobs.submit(report_pid, {})
+    hung = process_jobs.submit(sleep_ignoring_stop, {})
+    after = process_jobs.submit(report_pid, {})
+    deadline = time.time() + 60
+    while hung.status is not RunStatus.RUNNING and time.time() < deadline:
+        time.sleep(0.05)
+    process_jobs.cancel(hung.id)
+    assert hung.wait(10) and hung.status is RunStatus.CANCELLED  # not 30 s later, and not failed
+    assert after.wait(60) and after.status is RunStatus.SUCCEEDED  # the device's queue goes on
+    assert after.result.metrics["pid"] != before.result.metrics["pid"]  # in a new child
+
+
+def test_a_queue_remembers_only_its_newest_finished_jobs(store: RunStore, monkeypatch) -> None:
+    from clm_explore import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "FINISHED_JOBS_KEPT", 3)
+    q = JobQueue(store, inline=True)
+    done = [q.submit(count_steps, {"n": 1}) for _ in range(6)]
+    assert [j.id for j in q.jobs()] == [j.id for j in done[2:]]  # 3 finished kept, plus the one just submitted
+    assert q.get(done[0].id) is None and q.get(done[-1].id) is done[-1]

@@ -164,3 +164,31 @@ def test_trained_max_length_reads_the_run_config(tmp_path: Path) -> None:
     assert trained_max_length(run) == 128
     (run / "clm_run.json").write_text("{half")
     assert trained_max_length(run) == 64
+
+
+def test_threads_writing_one_json_file_never_collide(tmp_path: Path) -> None:
+    from clm_explore.runs import read_json_object, write_json_atomic
+
+    path, errors = tmp_path / "cache.json", []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(50):
+                write_json_atomic(path, {"writer": n, "i": i, "pad": "x" * 5000})
+        except Exception as exc:  # noqa: BLE001 - collected: a shared temporary file fails one writer
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and read_json_object(path)["i"] == 49
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]  # no temporary file left behind
+
+
+def test_list_reads_the_newest_runs_only_when_asked(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    made = [store.create(f"run{i}", "sparse", {}) for i in range(4)]
+    assert [r.id for r in store.list(limit=2)] == [r.id for r in store.list()][:2]
+    assert len(store.list()) == len(made) == 4

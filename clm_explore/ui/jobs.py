@@ -84,7 +84,7 @@ def progress_panel(key: str = "ft") -> None:
     for job in shown_jobs(jobs):
         _job_card(job, key)
     st.subheader("Recent runs")
-    records = store().list()[:10]
+    records = store().list(limit=10)  # redrawn every second in every session: read ten rows, not the registry
     if records:
         run_views.render_runs_table(records, key=key)
     else:
@@ -132,8 +132,12 @@ def _job_card(job: Job, key: str) -> None:
                 st.code(job.error[-3000:])
 
 
+CURVE_POINTS = 1000
+"""Most loss points a live curve sends: it is redrawn every second in every open session."""
+
+
 def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str) -> None:
-    frame = pd.DataFrame(losses, columns=["step", "loss"])
+    frame = pd.DataFrame(losses[:: max(1, -(-len(losses) // CURVE_POINTS))], columns=["step", "loss"])
     fig = go.Figure(go.Scatter(x=frame["step"], y=frame["loss"], name="train loss", mode="lines"))
     metric_names = [
         k
