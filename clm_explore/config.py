@@ -307,7 +307,8 @@ class FinetuneConfig:
     linear decay it changes nothing measurable; with ``schedule="constant"`` (SWA's recipe) it recovers the
     decay's accuracy and +0.1-0.2 point on banking77, inside the seed std, and the cached top-2 sparse run
     came within 0.5 point of full finetuning sooner (epoch 4 of 6 on five seeds, 0.32-0.41 of its time
-    against 0.40-0.56) and ended 0.05 above it (BENCHMARKS.md). Off by default: one run per seed so far."""
+    against 0.40-0.56) and ended 0.05 above it (BENCHMARKS.md). Off by default: one run per seed so far.
+    LoRA's A and B are averaged apart, so its merged change is avg(B)·avg(A), not the average of B·A."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
@@ -378,6 +379,9 @@ class FinetuneConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(0 <= self.cache_input_dropout < 1,
                f"cache_input_dropout must be in [0, 1), got {self.cache_input_dropout}")
+        _check(self.cache_frozen_layers or not self.cache_input_dropout,
+               f"cache_input_dropout={self.cache_input_dropout} acts on the frozen-layer cache: it needs "
+               "cache_frozen_layers")
         _check(self.cache_dtype in CACHE_DTYPES, f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
         _check(self.cache_max_mb > 0, f"cache_max_mb must be > 0, got {self.cache_max_mb}")
         _check(self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")

@@ -61,6 +61,7 @@ RULES = [
     (FinetuneConfig, "max_length", 4, "max_length must be in 8..512"),
     (FinetuneConfig, "warmup_ratio", 1.0, "warmup_ratio must be in [0, 1)"),
     (FinetuneConfig, "cache_input_dropout", 1.0, "cache_input_dropout must be in [0, 1)"),
+    (FinetuneConfig, "cache_input_dropout", 0.1, "it needs cache_frozen_layers"),  # nothing to drop out without it
     (FinetuneConfig, "cache_max_mb", 0.0, "cache_max_mb must be > 0"),
     (FinetuneConfig, "cache_dtype", "int8", "cache_dtype must be one of float32, float16, bfloat16"),
     (FinetuneConfig, "out_of_scope_quantile", 0.0, "out_of_scope_quantile must be in (0, 1)"),
