@@ -33,7 +33,6 @@ from clm_explore.modeling import LoadedModel, head_parameter_names, load_model, 
 from clm_explore.sensitivity import (
     SensitivityReport,
     _embedding_info,
-    backbone_parameter_count,
     calibration_rows,
     linear_matrix_infos,
     make_batches,
@@ -320,8 +319,8 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     notes = [f"calibration rows: {len(texts)}", "restriction: none", "score: gradient (accumulated |dL/dw|)"]
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
-    return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),
-                             config, head_state, time.perf_counter() - started, notes)
+    return SensitivityReport.of_model(model, row_scores, matrices, config, head_state, time.perf_counter() - started,
+                                      notes)
 
 
 def _accumulate_gradients(model, batches, linears, dev, min_layer: int = 0) -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ from clm_explore.bench_results import (
     summarise,
 )
 from clm_explore.config import (
+    BUDGET_METHODS,  # noqa: F401 - also read from here: a budgeted method gets one cell per budget
     METHODS,
     SCORES,
     TUNE_WIDEN,
@@ -60,8 +61,6 @@ from clm_explore.config import (
 from clm_explore.data import AnnotatedData, load_data
 from clm_explore.runs import write_json_atomic
 
-BUDGET_METHODS = ("sparse", "sparse_merged", "layers", "random", "fisher", "gradient")
-"""Methods whose trainable set is sized by the budget; the others get one cell per seed."""
 LR_FACTORS = (1.0, 1 / 3, 3.0)
 """The LR sweep: the method's default times these (the default first, so it wins ties)."""
 LR_STEP = 3.0

@@ -261,6 +261,9 @@ class MaskConfig:
 
 
 METHODS = ("sparse", "sparse_merged", "full", "head", "bitfit", "lora", "prefix", "layers", "random", "fisher", "gradient")
+BUDGET_METHODS = ("sparse", "sparse_merged", "layers", "random", "fisher", "gradient")
+"""Methods whose trainable set the budget (``MaskConfig.budget``) sizes; full, head, bitfit, lora and prefix
+train what they train whatever the budget."""
 SCHEDULES = ("linear", "cosine", "constant")
 """Learning-rate schedules after the warm-up (FinetuneConfig.schedule)."""
 CACHE_DTYPES = ("float32", "float16", "bfloat16")

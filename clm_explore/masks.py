@@ -34,6 +34,9 @@ class MaskSelection:
     n_layers: int
     table: pd.DataFrame
     """Per (layer, module): selected_rows, rows, share_selected."""
+    beside_params: int | None = None
+    """What a row method trains beside the rows: the head, and the LayerNorms (with ``train_biases`` the linear
+    biases too) at and above the lowest selected layer. None when the scores' report predates this count."""
 
     @property
     def share(self) -> float:
@@ -41,8 +44,15 @@ class MaskSelection:
         return self.selected_params / max(self.backbone_params, 1)
 
     @property
+    def trainable_params(self) -> int | None:
+        """Everything a row-method run of this selection trains (its metrics' ``trainable_params``): the rows the
+        budget counts plus ``beside_params``; None when that is unknown."""
+        return None if self.beside_params is None else self.selected_params + self.beside_params
+
+    @property
     def optimizer_bytes(self) -> int:
-        return self.selected_params * ADAM_BYTES_PER_PARAM
+        """AdamW's memory for what the run trains (the rows alone where ``beside_params`` is unknown)."""
+        return (self.trainable_params or self.selected_params) * ADAM_BYTES_PER_PARAM
 
     @property
     def time_ratio_estimate(self) -> float:
@@ -161,7 +171,17 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> Mas
         masks[name] = mask
     lowest = int(rows.layer[chosen].min()) if len(chosen) else None
     return MaskSelection(masks, int(rows.cost[chosen].sum()), budget, report.backbone_params, lowest,
-                         report.n_layers, _selection_table(report, masks))
+                         report.n_layers, _selection_table(report, masks), _beside_rows(report, cfg, lowest))
+
+
+def _beside_rows(report: SensitivityReport, cfg: MaskConfig, lowest: int | None) -> int | None:
+    """The head and the small parameters a row method trains with the rows (``training._small_params``)."""
+    if report.head_params is None or report.small_params is None:
+        return None
+    kinds = [k for k, on in (("norm", cfg.train_layernorm), ("bias", cfg.train_biases)) if on]
+    small = sum(n for kind in kinds for layer, n in report.small_params.get(kind, {}).items()
+                if lowest is not None and layer >= lowest)
+    return report.head_params + small
 
 
 def _spread_over_heads(scores: np.ndarray, heads: int, count: int) -> np.ndarray:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -288,3 +291,32 @@ def count_parameters(model: torch.nn.Module) -> int:
 def head_parameter_names(model: PreTrainedModel) -> list[str]:
     """Names of the classification head's parameters (BERT ``classifier``, decoders ``score``)."""
     return [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
+
+
+ABOVE_LAYERS = 10**6
+"""The layer of a small parameter above the transformer layers (a pooler's bias): at or above any lowest layer."""
+
+
+def small_parameters(model: nn.Module) -> Iterator[tuple[str, int, nn.Parameter]]:
+    """(kind, layer, parameter) of every LayerNorm parameter (kind 'norm') and linear bias ('bias') outside the
+    head: what ``MaskConfig.train_layernorm`` / ``train_biases`` add to a row method's training at and above its
+    lowest selected layer. Layer -1 = the embeddings; ABOVE_LAYERS = above the layers (a pooler)."""
+    head = set(head_parameter_names(model))
+    head_ids = {id(p) for n, p in model.named_parameters() if n in head}
+    for name, mod in model.named_modules():
+        norm = isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower()
+        if not (norm or isinstance(mod, nn.Linear)):
+            continue
+        found = re.search(r"layers?\.(\d+)\.", name)
+        layer = int(found.group(1)) if found else (-1 if "embed" in name else ABOVE_LAYERS)
+        for p in list(mod.parameters(recurse=False)) if norm else [mod.bias]:
+            if p is not None and id(p) not in head_ids:
+                yield ("norm" if norm else "bias"), layer, p
+
+
+def small_parameter_counts(model: nn.Module) -> dict[str, dict[int, int]]:
+    """Parameters per kind ('norm', 'bias') and layer of ``small_parameters``."""
+    counts: dict[str, dict[int, int]] = {"norm": {}, "bias": {}}
+    for kind, layer, p in small_parameters(model):
+        counts[kind][layer] = counts[kind].get(layer, 0) + p.numel()
+    return counts

@@ -28,7 +28,13 @@ from torch import nn
 from clm_explore.config import ConfigError, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.mining import TaskTokens, covered_positions
-from clm_explore.modeling import LoadedModel, ModelSourceError, head_parameter_names, resolve_device
+from clm_explore.modeling import (
+    LoadedModel,
+    ModelSourceError,
+    head_parameter_names,
+    resolve_device,
+    small_parameter_counts,
+)
 from clm_explore.prefix_cache import PrefixCache
 
 MODULE_PATTERNS = (
@@ -76,6 +82,21 @@ class SensitivityReport:
     head_state: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    head_params: int | None = None
+    """The classification head's parameters (trained by every row method); None in reports saved before it."""
+    small_params: dict[str, dict[int, int]] | None = None
+    """LayerNorm ('norm') and linear-bias ('bias') parameters per layer (``modeling.small_parameter_counts``):
+    a row method trains them at and above its lowest selected layer as ``MaskConfig`` says; None in reports
+    saved before it."""
+
+    @classmethod
+    def of_model(cls, model: nn.Module, row_scores: dict[str, torch.Tensor], matrices: dict[str, MatrixInfo],
+                 config: dict, head_state: dict[str, torch.Tensor], seconds: float,
+                 notes: list[str]) -> SensitivityReport:
+        """The report of scores made on ``model``, with its layer count, backbone size and trained extras."""
+        head = [p for n, p in model.named_parameters() if n in set(head_parameter_names(model))]
+        return cls(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model), config,
+                   head_state, seconds, notes, sum(p.numel() for p in head), small_parameter_counts(model))
 
     @property
     def scored_from_layer(self) -> int:
@@ -122,7 +143,7 @@ class SensitivityReport:
             save_file({k: v.contiguous() for k, v in self.head_state.items()}, folder / "head.safetensors")
         meta = {"matrices": {k: vars(v) for k, v in self.matrices.items()}, "n_layers": self.n_layers,
                 "backbone_params": self.backbone_params, "config": self.config, "seconds": self.seconds,
-                "notes": self.notes}
+                "notes": self.notes, "head_params": self.head_params, "small_params": self.small_params}
         (folder / "sensitivity.json").write_text(json.dumps(meta))
         self.table.to_csv(folder / "sensitivity.csv", index=False)
 
@@ -131,10 +152,12 @@ class SensitivityReport:
         folder = Path(folder)
         meta = json.loads((folder / "sensitivity.json").read_text())
         head = folder / "head.safetensors"
+        small = meta.get("small_params")  # JSON keys are strings: the layers come back as ints
+        small = {kind: {int(k): v for k, v in by_layer.items()} for kind, by_layer in small.items()} if small else None
         return cls(load_file(folder / "row_scores.safetensors"),
                    {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, meta["n_layers"],
                    meta["backbone_params"], meta["config"], load_file(head) if head.exists() else {},
-                   meta.get("seconds", 0.0), meta.get("notes", []))
+                   meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small)
 
 
 def _module_key(col: pd.Series) -> pd.Series:
@@ -497,8 +520,8 @@ def compute_sensitivity(
         notes.append(f"Fisher labels: drawn from the model, {cfg.label_draws} per row")
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
-    return SensitivityReport(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model),
-                             to_dict(cfg), head_state, time.perf_counter() - started, notes)
+    return SensitivityReport.of_model(model, row_scores, matrices, to_dict(cfg), head_state,
+                                      time.perf_counter() - started, notes)
 
 
 def calibration_indices(data: AnnotatedData, cfg: SensitivityConfig) -> np.ndarray:

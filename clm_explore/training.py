@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -40,6 +39,7 @@ from clm_explore.modeling import (
     head_parameter_names,
     load_model,
     resolve_device,
+    small_parameters,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
 from clm_explore.runs import claim_run_dir, write_json_atomic
@@ -250,7 +250,7 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
     wrappers = attach_deltas(model, selection.masks)
     deltas = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
     head = head_parameters(model)
-    small = _small_params(model, selection.lowest_layer, ctx.cfg.mask, exclude={id(p) for p in head})
+    small = _small_params(model, selection.lowest_layer, ctx.cfg.mask)
     lr = ctx.cfg.lr or DEFAULT_LR[ctx.cfg.method]
     head_lr, norm_lr = ctx.cfg.head_lr or lr, ctx.cfg.norm_lr or lr
     groups = [{"params": deltas, "weight_decay": ctx.cfg.weight_decay},
@@ -276,24 +276,15 @@ def set_dropout(model: nn.Module, p: float) -> None:
             mod.p = p
 
 
-def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig,
-                  exclude: set[int]) -> list[nn.Parameter]:
+def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig) -> list[nn.Parameter]:
     """LayerNorm gains and biases (train_layernorm) and linear biases (train_biases) at or above the lowest
-    selected layer, so backward still stops there; the head (``exclude``) has its own group."""
-    params = []
-    for name, mod in model.named_modules():
-        norm = isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower()
-        if not ((mask.train_layernorm and norm) or (mask.train_biases and isinstance(mod, nn.Linear))):
-            continue
-        found = re.search(r"layers?\.(\d+)\.", name)
-        layer = int(found.group(1)) if found else (-1 if "embed" in name else 10**6)
-        if lowest_layer is None or layer < lowest_layer:
-            continue
-        chosen = list(mod.parameters(recurse=False)) if norm else [mod.bias]
-        for p in chosen:
-            if p is not None and id(p) not in exclude:
-                p.requires_grad_(True)
-                params.append(p)
+    selected layer, so backward still stops there; the head has its own group."""
+    if lowest_layer is None:
+        return []
+    kinds = {k for k, on in (("norm", mask.train_layernorm), ("bias", mask.train_biases)) if on}
+    params = [p for kind, layer, p in small_parameters(model) if kind in kinds and layer >= lowest_layer]
+    for p in params:
+        p.requires_grad_(True)
     return params
 
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from clm_explore.config import METHODS, ConfigError
+from clm_explore.config import BUDGET_METHODS, METHODS, ConfigError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state, views
 from clm_explore.ui.views import escape_markdown
@@ -11,7 +11,8 @@ st.title("Budget")
 st.write(
     "Choose the share of backbone parameters to train, and under Row choice which rows may compete. The "
     "mask is re-selected from the cached scores on every move; runs launched here or on the Finetune page "
-    "use both."
+    "use both. It is the seed-0 mask: a run with another seed warms its own head before scoring, and draws "
+    "its random-share rows with that seed, so its rows differ somewhat."
 )
 
 choice, source = state.require_data()
@@ -31,11 +32,11 @@ views.render_mask_summary(selection, report.backbone_params, key="budget")
 views.heatmap(selection.table, "share_selected", "Share of rows selected per layer and module", key="budget")
 
 st.subheader("Launch at this budget")
-ROW_METHODS = [m for m in METHODS if m not in ("full", "head")]
 st.write(
     f"Methods that use the budget ({budget * 100:.3g}%): "
-    + ", ".join(ROW_METHODS)
-    + ". 'full' and 'head' ignore it and give the reference points."
+    + ", ".join(BUDGET_METHODS)
+    + ". The others (" + ", ".join(m for m in METHODS if m not in BUDGET_METHODS)
+    + ") train what they train whatever the budget; 'full' and 'head' give the reference points."
 )
 picked = st.multiselect("Methods", METHODS, default=["sparse", "full"], key="budget_methods")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):

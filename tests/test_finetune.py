@@ -123,6 +123,13 @@ def test_trainable_params_are_deltas_layernorms_and_head(sparse_run, data):
     assert m["selected_params"] == deltas
     assert 0 < deltas <= round(0.03 * m["backbone_params"])
     assert m["trainable_params"] == deltas + norms + head
+    # What the Budget page and select_mask say a run will train, from the saved scores alone, is what it trained.
+    from clm_explore.masks import select_mask
+    from clm_explore.sensitivity import SensitivityReport
+
+    selection = select_mask(SensitivityReport.load(result.out_dir / "sensitivity"), SPARSE.mask)
+    assert (selection.selected_params, selection.trainable_params) == (deltas, m["trainable_params"])
+    assert selection.optimizer_bytes == 16 * m["trainable_params"]
 
 
 def test_saved_folder_is_a_standard_model_that_reproduces_predictions(sparse_run, data):
@@ -294,6 +301,12 @@ def test_train_biases_adds_every_linear_bias_at_and_above_the_lowest_layer(tmp_p
     extra = sum(base[n].numel() for n in linear_biases)
     # Selected rows keep their own bias delta too, so the count grows by exactly the biases.
     assert result.metrics["trainable_params"] == rows_only.metrics["trainable_params"] + extra
+    from clm_explore.masks import select_mask
+    from clm_explore.sensitivity import SensitivityReport
+
+    biased = replace(upper.mask, train_biases=True)
+    assert select_mask(SensitivityReport.load(result.out_dir / "sensitivity"), biased).trainable_params == \
+        result.metrics["trainable_params"]
     below = [n for n in base if n.endswith(".bias") and layer_of(n) == 0]
     assert below and all(torch.equal(saved[n], base[n]) for n in below)
 

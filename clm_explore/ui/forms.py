@@ -10,6 +10,7 @@ import numpy as np
 import streamlit as st
 
 from clm_explore.config import (
+    BUDGET_METHODS,
     FISHER_LABELS,
     HEAD_INITS,
     METHODS,
@@ -211,6 +212,8 @@ def mask_options(n_layers: int, key: str = "budget") -> MaskConfig:
             "run) fill this share; 1 = random rows. In 10-shot, 0.5 landed halfway between the top rows (best "
             "on trec6 and hint3) and random rows (best on banking77 and snips; BENCHMARKS.md).",
         )
+        if share:  # not applied with a random share: the box must not stay ticked (greyed) as if it were
+            st.session_state[f"{key}_spread_heads"] = False
         spread = st.checkbox(
             "Spread the attention rows over the heads",
             cfg.spread_heads and not share,
@@ -242,7 +245,8 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "Method",
             METHODS,
             key=f"{key}_method",
-            help="'sparse' is ours; the others are baselines at the same budget where it applies.",
+            help="'sparse' is ours; the others are baselines, at the same budget where the budget sizes them "
+            f"({', '.join(m for m in BUDGET_METHODS if m != 'sparse')}).",
         )
         budget = c2.number_input(
             "Budget %", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget"
@@ -321,7 +325,12 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         sensitivity=state.sens_cfg(),
         device=default_device(),
     )
-    return (name or f"{method}-{budget:.3g}pct"), cfg
+    return (name or default_run_name(method, mask.budget)), cfg
+
+
+def default_run_name(method: str, budget: float) -> str:
+    """``sparse-1pct``; methods the budget does not size get none in their name (``lora``)."""
+    return f"{method}-{budget * 100:.3g}pct" if method in BUDGET_METHODS else method
 
 
 DATA_SOURCES = {"sample": "Bundled sample", "shared": "Server data set", "upload": "Upload a file"}

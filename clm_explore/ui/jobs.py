@@ -65,7 +65,7 @@ def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source
     loaded = cache.model(source, tuple(cache.data(choice).labels))
     for cfg in cfgs:  # all or none: a refusal leaves no half of the list queued
         check_runnable(cfg, loaded)
-    return [launch(f"{cfg.method}-{mask.budget * 100:.3g}pct", cfg, choice, source) for cfg in cfgs]
+    return [launch(forms.default_run_name(cfg.method, mask.budget), cfg, choice, source) for cfg in cfgs]
 
 
 @st.fragment(run_every=1.0)
@@ -132,6 +132,8 @@ def _job_card(job: Job, key: str) -> None:
                 st.code(job.error[-3000:])
 
 
+CURVE_METRICS = ("accuracy", "macro_f1")
+"""Validation figures drawn on the curves' 0-1 axis (an epoch's eval also reports its seconds, not a score)."""
 CURVE_POINTS = 1000
 """Most loss points a live curve sends: it is redrawn every second in every open session."""
 
@@ -139,11 +141,7 @@ CURVE_POINTS = 1000
 def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str) -> None:
     frame = pd.DataFrame(losses[:: max(1, -(-len(losses) // CURVE_POINTS))], columns=["step", "loss"])
     fig = go.Figure(go.Scatter(x=frame["step"], y=frame["loss"], name="train loss", mode="lines"))
-    metric_names = [
-        k
-        for k in (evals[0] if evals else {})
-        if k not in ("step", "epoch") and isinstance(evals[0][k], (int, float))
-    ]
+    metric_names = [k for k in CURVE_METRICS if evals and isinstance(evals[0].get(k), (int, float))]
     for name in metric_names:
         fig.add_trace(
             go.Scatter(

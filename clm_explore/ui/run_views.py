@@ -14,19 +14,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
+from clm_explore.config import BUDGET_METHODS
 from clm_explore.runs import RunRecord, RunStatus
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
-
-NO_BUDGET = ("full", "head")
-"""Methods that ignore the mask budget."""
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         m = r.metrics
-        budget = r.config.get("mask", {}).get("budget") if r.method not in NO_BUDGET else None
+        budget = r.config.get("mask", {}).get("budget") if r.method in BUDGET_METHODS else None
         rows.append(
             {
                 "run": r.id,
@@ -77,13 +75,25 @@ OUT_OF_SCOPE_ROWS = ("accuracy", "macro_f1", "auroc", "threshold", "oos_recall",
 """metrics.json's ``out_of_scope`` parts shown when a run's test split had labels unseen in train."""
 
 
+METRIC_LABELS = {"budget": "budget %", "peak_memory_mb": "peak memory (MiB)", "train_seconds": "train_seconds (with prep)"}
+"""Row names where metrics.json's key would mislead: the budget is shown in percent as on every other page,
+peak memory is in MiB (2**20 bytes), and train_seconds already holds prep_seconds."""
+
+
 def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
     """A row per metric, a column per run (formatted text)."""
-    rows = {name: [_fmt(a.metrics.get(name)), _fmt(b.metrics.get(name))] for name in METRIC_ROWS}
+    rows = {METRIC_LABELS.get(name, name): [_fmt(_shown_metric(name, r.metrics.get(name))) for r in (a, b)]
+            for name in METRIC_ROWS}
     scopes = [r.metrics.get("out_of_scope") or {} for r in (a, b)]
     if any(scopes):  # abstention on the test rows of unseen labels (threshold from validation)
         rows.update({f"out of scope: {name}": [_fmt(s.get(name)) for s in scopes] for name in OUT_OF_SCOPE_ROWS})
     return pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T
+
+
+def _shown_metric(name: str, value: Any) -> Any:
+    if name == "budget" and isinstance(value, (int, float)) and value <= 1:
+        return value * 100  # a fraction; a whole parameter count above 1 stays a count
+    return value
 
 
 def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
@@ -243,7 +253,9 @@ def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, ke
         key=f"{key}_top",
         hide_index=True,
         height=300,
-        column_config={
+        column_config={  # the words' label is the one each row's attribution explained: the predicted one
+            "label": st.column_config.TextColumn("predicted label"),
+            "target_label": st.column_config.TextColumn("predicted label"),
             "mined": st.column_config.CheckboxColumn("mined group"),
             "mean_score": st.column_config.NumberColumn(format="%.4f"),
         },

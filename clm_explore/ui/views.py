@@ -166,10 +166,15 @@ def human_bytes(n: float) -> str:
 def render_mask_summary(selection: MaskSelection, full_params: int | None, key: str) -> None:
     lowest = selection.lowest_layer
     c = st.columns(5)
-    c[0].metric("Trainable params", f"{selection.selected_params:,}")
-    c[1].metric("Share of backbone", f"{selection.share * 100:.3g}%")
+    total = selection.trainable_params
+    beside = (f" + {selection.beside_params:,} trained with them (the head, and the LayerNorms from the lowest "
+              "selected layer up)" if total is not None else "")
+    c[0].metric("Trainable params", f"{total if total is not None else selection.selected_params:,}",
+                help=f"{selection.selected_params:,} in the selected rows (what the budget counts){beside}.")
+    c[1].metric("Share of backbone", f"{selection.share * 100:.3g}%", help="The selected rows' parameters.")
     c[2].metric(
-        "Optimizer memory", human_bytes(selection.optimizer_bytes), help="AdamW: value, gradient, 2 moments"
+        "Optimizer memory", human_bytes(selection.optimizer_bytes),
+        help="AdamW, for everything trained: value, gradient, 2 moments",
     )
     c[3].metric("Lowest selected layer", "–" if lowest is None else ("emb" if lowest < 0 else str(lowest)))
     c[4].metric(

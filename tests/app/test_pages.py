@@ -268,6 +268,10 @@ def test_row_choice_reselects_the_mask_and_reaches_the_finetune_page(at: AppTest
     assert at.session_state["mask_options"].spread_heads is True
     goto(at, "pages/5_finetune.py")
     assert any("random share 0, spread over heads" in c.value for c in at.caption)
+    goto(at, "pages/4_budget.py")
+    at.slider(key="budget_random_share").set_value(0.5).run()  # spread rows no longer apply: the box says so
+    assert at.checkbox(key="budget_spread_heads").value is False and at.checkbox(key="budget_spread_heads").disabled
+    assert at.session_state["mask_options"].spread_heads is False
 
 
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
@@ -284,6 +288,8 @@ def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
     assert all(r.status is RunStatus.SUCCEEDED for r in runs.values()), [
         (r.method, r.error) for r in runs.values()
     ]
+    assert "sparse-0-1pct" in runs["sparse"].id and "head" in runs["head"].id, [r.id for r in runs.values()]
+    assert "pct" not in runs["head"].id  # the budget does not size a probe: its name does not claim one
 
 
 def test_bad_model_folder_is_a_plain_error(at: AppTest, tmp_path: Path) -> None:
@@ -311,7 +317,7 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert frame.loc["out of scope: auroc"].tolist() == ["0.8125", "–"]
     assert frame.loc["accuracy"].tolist() == ["0.5000", "0.2500"]  # shares: 4 decimals on both sides
     tiny = metrics_side_by_side(record("a", budget=0.00005), record("b", budget=0.01))
-    assert tiny.loc["budget"].tolist() == ["5e-05", "0.0100"]  # a tiny budget is not rounded to 0.0000
+    assert tiny.loc["budget %"].tolist() == ["0.0050", "1"]  # in percent, as elsewhere; a tiny one not rounded to 0
 
 
 def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
