@@ -247,7 +247,7 @@ def prepare_layers(ctx: MethodContext) -> Prepared:
     if report.head_state:  # the same warmed-up head the row methods start from
         model.load_state_dict(report.head_state, strict=False)
     budget = budget_to_params(ctx.cfg.mask.budget, report.backbone_params)
-    layers = choose_layers(model, rank_layers(report), budget)
+    layers = ctx.from_main(choose_layers(model, rank_layers(report), budget))  # every rank trains rank 0's
     params = [(n, p) for n, p in model.named_parameters() if layer_of(n) in layers]
     for _, p in params:
         p.requires_grad_(True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save_file, save_model
 from torch import nn
 from transformers import PreTrainedModel, get_scheduler
 
@@ -106,6 +106,16 @@ class MethodContext:
     processes: int = 1
     prefix: PrefixCache | None = None
     """The frozen layers' outputs, when built for scoring (``frozen_prefix``); training reuses them."""
+
+    def from_main(self, value: Any) -> Any:
+        """``value`` as rank 0 made it, on every rank (with several processes; else ``value``). Each rank scores on
+        its own, and on a GPU its sums may differ by a rounding, enough to move one row across the budget's cut:
+        DDP then fails (parameters of other shapes) or trains rows that another rank's masks do not name."""
+        if self.processes <= 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
 
 @dataclass
@@ -242,7 +252,9 @@ def scoring_config(ctx: MethodContext) -> SensitivityConfig:
 
 
 def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskSelection, prep_seconds: float) -> Prepared:
-    """Row deltas for a selection, the warmed-up head, LayerNorms at or above the lowest selected layer."""
+    """Row deltas for a selection (rank 0's, with several processes), the warmed-up head, LayerNorms at or above
+    the lowest selected layer."""
+    selection = ctx.from_main(selection)
     model = ctx.loaded.model
     freeze_all(model)
     if report.head_state:
@@ -379,12 +391,15 @@ def finetune(
     cfg = replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=sens_seed))
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
+    main = accelerator is None or accelerator.is_main_process
+    if main and ((out_dir / "clm_run.json").exists() or (out_dir / "metrics.json").exists()):
+        claim_run_dir(out_dir, overwrite)  # stale masks, scores or an adapter would be read as this run's
     if accelerator is not None:
         device = accelerator.device
-        if not accelerator.is_main_process:  # other ranks keep their own copy, for checks, out of the way
+        # Rank 0 has claimed (and with overwrite emptied) the run folder before any other rank writes into it.
+        accelerator.wait_for_everyone()
+        if not main:  # other ranks keep their own copy, for checks, out of the way
             out_dir = out_dir / "ranks" / str(accelerator.process_index)
-    if (out_dir / "clm_run.json").exists() or (out_dir / "metrics.json").exists():
-        claim_run_dir(out_dir, overwrite)  # stale masks, scores or an adapter would be read as this run's
     _seed_everything(cfg.seed)
     loaded = load_model(source, data.labels, seed=cfg.seed)
     check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
@@ -425,7 +440,7 @@ def finetune(
     if prepared.after_training:
         files.update(prepared.after_training())
     model = prepared.finalize()
-    metrics = _evaluate_and_save(loaded, model, data, cfg, out_dir, files)
+    metrics = _evaluate_and_save(loaded, model, data, cfg, out_dir, files, main)
     metrics.update(prepared.info)
     metrics.update(method=cfg.method, seed=cfg.seed, epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size,
                    train_seconds=loop.train_seconds, examples_per_second=loop.examples / max(sum(loop.epoch_seconds), 1e-9),
@@ -463,6 +478,9 @@ class _TrainLoop:
         self.train_ids = encode(loaded, data.train["text"].tolist(), cfg.max_length)
         self.train_labels = torch.as_tensor(data.label_ids("train"))
         steps_per_epoch = -(-len(self.train_ids) // cfg.batch_size) // self.world
+        if not steps_per_epoch:  # every rank would "succeed" without one step
+            raise ConfigError(f"{len(self.train_ids)} training rows make fewer batches of {cfg.batch_size} than the "
+                              f"{self.world} processes: lower --batch-size or use fewer processes")
         self.total_steps = steps_per_epoch * cfg.epochs
         self.scheduler = get_scheduler(SCHEDULER_NAMES[cfg.schedule], self.optimizer,
                                        num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
@@ -588,12 +606,12 @@ class _TrainLoop:
         if not self.on_step:
             return
         rate = self.examples / max(self.train_seconds - self._prep_seconds(), 1e-9)
-        eta = (self.total_steps - self.step) * self.cfg.batch_size / max(rate, 1e-9)
+        eta = (self.total_steps - self.step) * self.cfg.batch_size * self.world / max(rate, 1e-9)  # rate: all ranks
         self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation,
                               self.last_lr))
 
 
-def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict) -> dict:
+def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, main: bool = True) -> dict:
     texts = data.test["text"].tolist()
     probs = predict_proba(model, loaded, texts, cfg.max_length)
     pred = probs.argmax(1)
@@ -610,9 +628,10 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict) -> 
     rows.to_csv(out_dir / "predictions.csv", index=False)
     model.config.id2label = dict(enumerate(data.labels))
     model.config.label2id = {name: i for i, name in enumerate(data.labels)}
-    if out_dir.parent.name == "ranks":
-        # transformers saves only on the main process; a secondary rank keeps its weights for checks.
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
+    if not main:
+        # transformers saves only on the main process; a secondary rank keeps its weights for checks (save_model
+        # drops the tensors a model shares, e.g. prefix tuning's word embeddings, which save_file refuses).
+        save_model(model, str(out_dir / "model.safetensors"))
     else:
         model.save_pretrained(out_dir, safe_serialization=True)
         loaded.tokenizer.save_pretrained(out_dir)

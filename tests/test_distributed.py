@@ -13,22 +13,35 @@ import torch
 from safetensors.torch import load_file
 
 
-def test_two_ranks_agree_on_final_weights(data_dir: Path, tmp_path: Path) -> None:
+def _launch(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     if accelerate is None:
         pytest.skip("accelerate's launcher is not installed")
-    out = tmp_path / "run"
     # --multi_gpu with no GPU visible makes accelerate start torch.distributed workers that use gloo on CPU.
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "clm_explore.cli", "finetune",
            "--data", str(data_dir), "--model", "tiny-random", "--epochs", "1", "--batch-size", "8",
-           "--budget", "0.05", "--out", str(out), "--json"]
+           "--out", str(out), "--json", *extra]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def _same_weights(out: Path) -> None:
     main, other = load_file(out / "model.safetensors"), load_file(out / "ranks" / "1" / "model.safetensors")
     assert main.keys() == other.keys()
     assert all(torch.equal(main[k], other[k]) for k in main)
-    # and training did move the weights (the check above is not vacuous)
-    masks = load_file(out / "masks.safetensors")
-    assert masks, "a 5% budget selects some rows"
+
+
+def test_two_ranks_agree_on_final_weights_and_a_rerun_overwrites(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = _launch(data_dir, out, "--budget", "0.05")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _same_weights(out)
+    delta = load_file(out / "delta.safetensors")  # training moved the rows (the check above is not vacuous)
+    assert any(v.abs().max() > 0 for k, v in delta.items() if k.endswith("delta_w"))
+    # Again into the same folder, with prefix tuning (its secondary rank saves a model with shared tensors):
+    # rank 0 empties the folder before the other rank writes its copy into it.
+    again = _launch(data_dir, out, "--method", "prefix", "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "ranks" / "1" / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert not (out / "masks.safetensors").exists()  # nothing of the sparse run is left to be read as this one's

@@ -312,7 +312,7 @@ def _run_finetune_secondary(args: argparse.Namespace, data, cfg: FinetuneConfig)
 
     if not args.out:
         raise UserError("Several processes need --out DIR, so that every rank writes into the same run folder.")
-    finetune(data, cfg, Path(args.out), source=args.model)
+    finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite)
     return 0
 
 
