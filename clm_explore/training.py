@@ -3,7 +3,8 @@
 ``finetune`` is synchronous: it loads the model, lets the method's *preparer* decide what trains
 (``PREPARERS``: sparse row deltas, full, and the baselines registered by ``clm_explore.baselines``),
 runs one shared training loop, merges, evaluates and writes the run folder described in
-docs/CONTRACTS.md. Progress goes out through ``on_step``; ``should_stop`` is polled every step and between the preparation's phases.
+docs/CONTRACTS.md. Progress goes out through ``on_step``; ``should_stop`` is polled every step and between the
+preparation's phases.
 """
 
 from __future__ import annotations
@@ -321,9 +322,9 @@ def prepare_sparse_merged(ctx: MethodContext) -> Prepared:
 
 
 HEAD_WARMUP_METHODS = ("full", "head", "bitfit", "lora", "prefix")
+"""Methods without a sensitivity pass of their own; they get the same head warm-up here."""
 CACHE_METHODS = (*ROW_METHODS, "layers")
 """Methods that train from a lowest layer up, below which ``cache_frozen_layers`` can cache the frozen layers."""
-"""Methods without a sensitivity pass of their own; they get the same head warm-up here."""
 
 
 def warm_up_head_only(ctx: MethodContext) -> float:
