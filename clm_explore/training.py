@@ -378,6 +378,8 @@ def finetune(
     ``cfg.mask`` to be trained. The run is not in the app's run list until ``RunStore().register_folder(out_dir)``.
 
     Args:
+        should_stop: polled at every step and between the preparation's phases; True cancels. Under several
+            processes (accelerate launch) pass none: a rank that stopped alone would leave the others waiting.
         overwrite: replace an earlier run in ``out_dir`` (its files would otherwise mix with this run's);
             without it such a folder is refused (``runs.RunFolderError``).
 
