@@ -133,25 +133,33 @@ def test_mark_interrupted_only_dead_owners(store: RunStore) -> None:
     assert store.get(mine.id).status is RunStatus.RUNNING
 
 
-def test_concurrent_threads(store: RunStore) -> None:
+def in_threads(work, count: int) -> list[BaseException]:
+    """Run ``work(i)`` for i < count in as many threads at once; what they raised."""
     errors: list[BaseException] = []
 
-    def work(i: int) -> None:
+    def guarded(i: int) -> None:
         try:
-            for j in range(5):
-                run = store.create(f"t{i}", "sparse", {"j": j})
-                store.set_status(run.id, RunStatus.RUNNING)
-                store.update_metrics(run.id, {"j": j})
-                store.set_status(run.id, RunStatus.SUCCEEDED)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - collected for the caller to assert on
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    return errors
+
+
+def test_concurrent_threads(store: RunStore) -> None:
+    def work(i: int) -> None:
+        for j in range(5):
+            run = store.create(f"t{i}", "sparse", {"j": j})
+            store.set_status(run.id, RunStatus.RUNNING)
+            store.update_metrics(run.id, {"j": j})
+            store.set_status(run.id, RunStatus.SUCCEEDED)
+
+    assert not in_threads(work, 4)
     assert len(store.list()) == 20
     assert all(r.status is RunStatus.SUCCEEDED for r in store.list())
 
@@ -169,21 +177,14 @@ def test_trained_max_length_reads_the_run_config(tmp_path: Path) -> None:
 def test_threads_writing_one_json_file_never_collide(tmp_path: Path) -> None:
     from clm_explore.runs import read_json_object, write_json_atomic
 
-    path, errors = tmp_path / "cache.json", []
+    path = tmp_path / "cache.json"
 
     def write(n: int) -> None:
-        try:
-            for i in range(50):
-                write_json_atomic(path, {"writer": n, "i": i, "pad": "x" * 5000})
-        except Exception as exc:  # noqa: BLE001 - collected: a shared temporary file fails one writer
-            errors.append(exc)
+        for i in range(50):
+            write_json_atomic(path, {"writer": n, "i": i, "pad": "x" * 5000})
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and read_json_object(path)["i"] == 49
+    assert not in_threads(write, 4)  # a temporary file shared by the threads failed one of them
+    assert read_json_object(path)["i"] == 49
     assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]  # no temporary file left behind
 
 
