@@ -979,7 +979,19 @@ scoring_seed() {
     $probe "$OUT/trec6-10shot-oracle" seednone-full full 2e-4 $seeds sensitivity.seed=none
 }
 
+# Forty-first session: sparse's sweep choosing the row score and spread rows per set on the carve (--tune-spread),
+# the four 10-shot grids' shots and epochs; banking77's choice and full finetuning at its widened rate over 5 seeds.
+tune_spread() {
+    local B="$CLI bench --tune-lr --tune-score --tune-spread --jobs 2 --methods sparse --shots 10"
+    for name in trec6 snips hint3_sofmattress; do
+        $B --data "$DATA/$name" --seeds 3 --epochs 30 --out "$OUT/$name-10shot-tune-spread"
+    done
+    $B --data "$DATA/banking77" --seeds 5 --epochs 5 --out "$OUT/b77-10shot-tune-spread"
+    $CLI bench --lr full=6e-4 --jobs 2 --methods full --shots 10 --seeds 5 --data "$DATA/banking77" --epochs 5 \
+        --out "$OUT/b77-10shot-full-6e-4"
+}
+
 case "${1:-}" in
-core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged | cold_heads | cold_baselines | scoring_seed) "$1" ;;
-*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged|cold_heads|cold_baselines|scoring_seed" >&2; exit 2 ;;
+core | fewshot | fewshot_long | fewshot_probes | fewshot_auto | fulldata | score_tuned | out_of_scope | rows_again | head_start | head_init | averaging | same_run | swa_rows | intervals | oracle | sampled | widened | widened_rows | widened_full | mixed | snips_3ep | model_fisher | snips_3ep_sweep | snips_3ep_rows | within | heads | heads_full | heads_grids | snips_3ep_merged | cold_heads | cold_baselines | scoring_seed | tune_spread) "$1" ;;
+*) echo "usage: bash bench/tables.sh core|fewshot|fewshot_long|fewshot_probes|fewshot_auto|fulldata|score_tuned|out_of_scope|rows_again|head_start|head_init|averaging|same_run|swa_rows|intervals|oracle|sampled|widened|widened_rows|widened_full|mixed|snips_3ep|model_fisher|snips_3ep_sweep|snips_3ep_rows|within|heads|heads_full|heads_grids|snips_3ep_merged|cold_heads|cold_baselines|scoring_seed|tune_spread" >&2; exit 2 ;;
 esac

@@ -184,11 +184,12 @@ class RunStore:
             raise
         return self.get(run_id)
 
-    def register_folder(self, path: str | Path, name: str | None = None) -> RunRecord:
+    def register_folder(self, path: str | Path, name: str | None = None, method: str | None = None,
+                        config: dict[str, Any] | None = None) -> RunRecord:
         """Register a run folder written anywhere (``finetune --out DIR``), by absolute path.
 
-        The method and config come from ``clm_run.json`` and the metrics from ``metrics.json``
-        when present. Status: succeeded when ``metrics.json`` exists, else pending (owned by this
+        The method and config come from ``clm_run.json`` (else from ``method`` and ``config``: a run about to
+        be written) and the metrics from ``metrics.json`` when present. Status: succeeded when ``metrics.json`` exists, else pending (owned by this
         process, so a crash later shows as interrupted). Registering the same folder twice
         returns the existing record.
         """
@@ -211,9 +212,9 @@ class RunStore:
                 self._insert(
                     run_id,
                     name or folder.name,
-                    str(meta.get("method", metrics.get("method", "?"))),
+                    str(meta.get("method", metrics.get("method", method or "?"))),
                     folder,
-                    meta.get("config", {}),
+                    _registry_config(meta) or config or {},
                     metrics,
                     status,
                 )
@@ -274,6 +275,9 @@ class RunStore:
             on_disk = read_json_object(record.path / "metrics.json")
             if on_disk:
                 sets["metrics"] = _dumps({**record.metrics, **on_disk})
+            meta = read_json_object(record.path / "clm_run.json")
+            if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
+                sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
         self._update(run_id, sets)
         return self.get(run_id)
 
@@ -449,6 +453,14 @@ def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
         with suppress(OSError):
             os.unlink(name)
         raise
+
+
+def _registry_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """The registry's config of a run from its ``clm_run.json``: the finetune config with the model ``source`` and
+    ``data`` beside it, as the app records them (the Runs and Compare pages group runs by both)."""
+    if not isinstance(meta.get("config"), dict):
+        return {}
+    return {**meta["config"], **{k: meta[k] for k in ("source", "data") if k in meta}}
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

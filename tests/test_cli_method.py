@@ -80,6 +80,11 @@ def test_finetune_out_overwrite_and_predict(capsys, data_dir, tmp_path):
     assert first["method"] == "sparse" and first["budget"] == 0.01
     for name in ("config.json", "model.safetensors", "metrics.json", "predictions.csv", "masks.safetensors"):
         assert (out / name).is_file(), name
+    from clm_explore.runs import RunStore
+
+    listed = RunStore().get(first["run"])  # as the app lists its own runs: method, config, model and data
+    assert listed.method == "sparse" and listed.config["epochs"] == 1 and listed.config["mask"]["budget"] == 0.01
+    assert listed.config["source"] == "tiny-random" and listed.config["data"]
 
     err = run_error(capsys, args)  # the folder exists: refuse without --overwrite
     assert "--overwrite" in err and str(out) in err

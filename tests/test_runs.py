@@ -193,3 +193,16 @@ def test_list_reads_the_newest_runs_only_when_asked(tmp_path: Path) -> None:
     made = [store.create(f"run{i}", "sparse", {}) for i in range(4)]
     assert [r.id for r in store.list(limit=2)] == [r.id for r in store.list()][:2]
     assert len(store.list()) == len(made) == 4
+
+
+def test_a_run_registered_before_its_files_gets_its_method_and_config_when_it_succeeds(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    record = store.register_folder(folder)  # as an older CLI did, before clm_run.json existed
+    assert (record.method, record.config) == ("?", {})
+    (folder / "clm_run.json").write_text(json.dumps({"method": "lora", "source": "tiny-random", "data": "d.csv",
+                                                     "config": {"epochs": 2}}))
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    done = store.set_status(record.id, RunStatus.SUCCEEDED)
+    assert done.method == "lora" and done.config == {"epochs": 2, "source": "tiny-random", "data": "d.csv"}

@@ -23,6 +23,7 @@ from clm_explore.config import (
     MaskConfig,
     MiningConfig,
     SensitivityConfig,
+    to_dict,
 )
 
 
@@ -274,7 +275,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         return _run_finetune_secondary(args, data, cfg)
     store = RunStore()
     out = claim_run_dir(args.out, args.overwrite, protected=(store.root, Path(args.data))) if args.out else None
-    record = store.register_folder(out) if out else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method)
+    # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
+    listed = {**to_dict(cfg), "source": args.model, "data": data.source}
+    record = (store.register_folder(out, method=cfg.method, config=listed) if out
+              else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method, listed))
     run_dir = store.path(record.id)
     store.set_status(record.id, RunStatus.RUNNING)
     try:
