@@ -165,6 +165,10 @@ class PrefixRunModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.peft(*args, **kwargs)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The base model's word embeddings (what Captum's attributions hook, as on any transformers model)."""
+        return self.peft.get_input_embeddings()
+
     def save_pretrained(self, out_dir: str | Path, **kwargs) -> None:
         self.peft.save_pretrained(Path(out_dir) / ADAPTER_DIR)  # prefix + head, while peft still wraps the head
         _unwrap_heads(self.peft)  # then the trained head becomes the base model's own module, saved with it

@@ -94,6 +94,12 @@ def test_prefix_run_reloads_and_predicts_the_same(tiny_data, tmp_path):
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     trained = next(v for k, v in adapter.items() if k.endswith("classifier.weight"))
     assert torch.equal(plain.classifier.weight, trained)
+    # The case study explains a prefix run like any other: its word embeddings are the base model's.
+    from clm_explore.attribution import explain
+
+    text = saved["text"].iloc[0]
+    (why,) = explain(loaded.model, loaded.tokenizer, [text])
+    assert why.probability == pytest.approx(float(saved["prob"].iloc[0]), abs=1e-5) and why.tokens
 
 
 @pytest.mark.parametrize("method", ["sparse", "sparse_merged", "random", "fisher", "gradient"])
