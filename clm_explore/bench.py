@@ -734,6 +734,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
 
 
 def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"{out_dir} is a file; a grid's output is a folder. Choose another --out.")
     path = out_dir / "bench.json"
     if path.is_file():
         before, now = _saved_config(path), asdict(cfg)

@@ -181,7 +181,10 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
         text = _decode(str(file), file.read_bytes(), [])
-        return [line for line in text.splitlines() if line.strip()]
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise DataError(f"{path} holds no text to predict (it is empty or blank).")
+        return lines
     table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, [])
     columns = [str(c) for c in table.frame.columns]
     if table.frame.empty:

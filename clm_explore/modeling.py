@@ -141,7 +141,6 @@ def load_model(
         config = tiny_bert_config(len(tokenizer), len(labels or ["a", "b"]))
         _set_labels(config, labels)
         return LoadedModel(BertForSequenceClassification(config), tokenizer, TINY_SOURCE, False)
-    tokenizer = AutoTokenizer.from_pretrained(resolved)
     kwargs: dict[str, object] = {}
     if labels is not None:
         kwargs = {
@@ -151,10 +150,11 @@ def load_model(
             "ignore_mismatched_sizes": True,
         }
     try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
         # fp32 whatever the checkpoint stores: deltas and AdamW state take the weights' dtype, and bf16 weights
         # would lose most updates to rounding (CUDA gets bf16 through autocast, over fp32 master weights).
         model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # what a folder without a usable model raises
         raise ModelSourceError(f"Could not load a classification model from {resolved}: {exc}") from exc
     _check_linear_head(model)
     is_decoder = (bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES

@@ -674,3 +674,9 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     cell_config = json.loads((out / "cells" / "bitfit-s0" / "clm_run.json").read_text())["config"]
     assert cell_config["head_warmup"] is False
     assert cell_config["schedule"] == "constant" and cell_config["average_last"] == 0.5
+
+
+def test_an_output_that_is_a_file_is_refused(data_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BenchError, match="is a file"):
+        run_grid(data_dir, _cfg(methods=("head",)), tmp_path / "afile", progress=False)

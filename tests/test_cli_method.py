@@ -189,7 +189,7 @@ def test_finetune_spread_heads_reaches_the_mask(capsys, data_dir, tmp_path):
     assert json.loads((out / "clm_run.json").read_text())["config"]["mask"]["spread_heads"] is True
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--spread-heads",
                              "--random-share", "0.5", "--out", str(tmp_path / "other")])
-    assert "spread_heads" in err and not (tmp_path / "other").exists()
+    assert "--spread-heads" in err and not (tmp_path / "other").exists()
     random = tmp_path / "random"  # random rows have no top rows to spread: the option is dropped, not an error
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "random", "--spread-heads",
                       "--out", str(random), "--json"])
@@ -213,30 +213,29 @@ def test_model_labels_with_the_taylor_score_exits_2(capsys, data_dir):
 
 def test_bad_head_warmup_epochs_exits_2(capsys, data_dir):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--head-warmup-epochs", "-3"])
-    assert "warmup_epochs" in err and "-3" in err
+    assert "--head-warmup-epochs" in err and "-3" in err  # the option typed, not the field
 
 
-@pytest.mark.parametrize(("flag", "value", "field"), [("--label-smoothing", "1", "label_smoothing"),
-                                                      ("--average-last", "-0.5", "average_last")])
-def test_bad_smoothing_or_average_exits_2(capsys, data_dir, flag, value, field):
+@pytest.mark.parametrize(("flag", "value"), [("--label-smoothing", "1"), ("--average-last", "-0.5")])
+def test_bad_smoothing_or_average_exits_2(capsys, data_dir, flag, value):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, flag, value])
-    assert field in err and value in err
+    assert flag in err and value in err  # the option the user typed, not the config's field
 
 
 def test_bad_sample_temperature_exits_2(capsys, data_dir):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--sample-temperature", "0"])
-    assert "sample_temperature" in err
+    assert "--sample-temperature" in err
 
 
 def test_bad_warmup_ratio_exits_2(capsys, data_dir):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--warmup-ratio", "1.5"])
-    assert "warmup_ratio" in err and "1.5" in err
+    assert "--warmup-ratio" in err and "1.5" in err
 
 
 def test_compile_with_the_frozen_layer_cache_exits_2(capsys, data_dir):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--compile", "default",
                              "--cache-frozen-layers"])
-    assert "compile" in err and "cache_frozen_layers" in err
+    assert "--compile" in err and "--cache-frozen-layers" in err and "--no-" not in err
 
 
 def test_an_unknown_compile_mode_exits_2(capsys, data_dir):
@@ -304,7 +303,7 @@ def test_sensitivity_budget_in_json_and_checked_before_scoring(capsys, data_dir)
 
 @pytest.mark.parametrize(("argv", "phrase"), [
     (["mine", "{data}", *TINY, "--merge", "-1"], "--merge -1"),
-    (["finetune", "--data", "{data}", *TINY, *FAST, "--head-lr", "-1"], "head_lr must be >= 0"),
+    (["finetune", "--data", "{data}", *TINY, *FAST, "--head-lr", "-1"], "--head-lr must be >= 0"),
     (["finetune", "--data", "{data}", *TINY, *FAST, "--budget", "10", "--out", "{data}/../run"], "buys no row"),
 ])
 def test_negative_counts_and_rates_exit_2(capsys, data_dir, argv, phrase):
@@ -322,3 +321,52 @@ def test_json_output_is_strict_json(capsys):
     text = capsys.readouterr().out
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {
         "budget": None, "share": None, "rows": [1.0, None], "n": 3, "runs": [{"seconds": None}]}
+
+
+def _fake_run(folder: Path, labels: list[str], texts: list[str]) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"id2label": dict(enumerate(labels)), "max_position_embeddings": 128}))
+    pd.DataFrame({"text": texts, "label": labels[0], "pred": labels[0], "prob": 0.5}).to_csv(
+        folder / "predictions.csv", index=False)
+    return folder
+
+
+@pytest.mark.parametrize(("extra", "phrase"), [
+    (["--text", ""], "--text is empty"),
+    (["--text", "caf\udce9"], "not UTF-8"),  # what Python makes of a non-UTF-8 argument
+    (["--text", "hi", "--max-length", "4"], "must be in 8..512"),
+    (["--text", "hi", "--max-length", "256"], "above the 128 positions"),
+])
+def test_predict_refuses_texts_and_lengths_it_cannot_read(capsys, tmp_path, extra, phrase):
+    run = _fake_run(tmp_path / "run", ["a", "b"], ["x"])
+    assert phrase in run_error(capsys, ["predict", "--run", str(run), *extra])
+
+
+def test_predict_refuses_an_empty_text_file(capsys, tmp_path):
+    run = _fake_run(tmp_path / "run", ["a", "b"], ["x"])
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert "no text to predict" in run_error(capsys, ["predict", "--run", str(run), "--file", str(tmp_path / "blank.txt")])
+
+
+def test_report_refuses_runs_of_other_data_and_bad_counts(capsys, tmp_path):
+    a = _fake_run(tmp_path / "a", ["a", "b"], ["x", "y"])
+    other_labels = _fake_run(tmp_path / "b", ["c", "d"], ["x", "y"])
+    other_rows = _fake_run(tmp_path / "c", ["a", "b"], ["x", "z"])
+    out = str(tmp_path / "r.html")
+    assert "different labels" in run_error(capsys, ["report", "--run", str(a), "--vs", str(other_labels), "--out", out])
+    assert "different rows" in run_error(capsys, ["report", "--run", str(a), "--vs", str(other_rows), "--out", out])
+    assert "--max-rows" in run_error(capsys, ["report", "--run", str(a), "--max-rows", "-1", "--out", out])
+    assert not Path(out).exists()
+
+
+def test_sensitivity_out_never_writes_into_a_data_folder_or_a_file(capsys, data_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert "holds other files" in run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--out", str(data_dir)])
+    assert "is a file" in run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--out", str(tmp_path / "afile")])
+    assert sorted(p.name for p in Path(data_dir).iterdir()) == ["test.csv", "train.csv", "validation.csv"]
+
+
+def test_a_folder_without_a_usable_model_is_a_message(capsys, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert "Could not load" in run_error(capsys, ["predict", "--run", str(tmp_path / "run"), "--text", "hi"])

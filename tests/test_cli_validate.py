@@ -48,7 +48,7 @@ def test_column_options(capsys):
 
 def test_bad_option_value_exits_2(capsys):
     assert main(["validate", str(GOOD / "intents.csv"), "--max-file-mb", "0"]) == 2
-    assert "max_file_mb must be > 0" in capsys.readouterr().err
+    assert "--max-file-mb must be > 0" in capsys.readouterr().err
 
 
 def test_subprocess_entry_point():

@@ -12,8 +12,10 @@ import argparse
 import importlib
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 COMMAND_MODULES = (
@@ -65,6 +67,34 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def checked_texts(texts: list[str], flag: str = "--text") -> list[str]:
+    """Texts given on the command line, refused when blank or not UTF-8 (a shell in another encoding)."""
+    for text in texts:
+        if not text.strip():
+            raise UserError(f"{flag} is empty: give the text to classify.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{flag} {text!r} is not UTF-8 text; set your terminal to UTF-8, or put the texts in "
+                            "a file (--file)") from None
+    return texts
+
+
+def checked_max_length(value: int | None, run_dir: Path) -> int | None:
+    """``--max-length``: None (the run's own), or 8..512 and within the model's positions."""
+    if value is None:
+        return None
+    if not 8 <= value <= 512:
+        raise UserError(f"--max-length {value} must be in 8..512.")
+    try:
+        positions = json.loads((run_dir / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        positions = None
+    if isinstance(positions, int) and value > positions:
+        raise UserError(f"--max-length {value} is above the {positions} positions this run's model has.")
+    return value
+
+
 def add_data_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """DATA (a file or a folder of train/validation/test files) and the column options."""
     if positional:
@@ -93,6 +123,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FIELD_FLAGS = {"warmup_epochs": "head_warmup_epochs", "n_steps": "steps", "top_k": "top"}
+"""Config fields whose command-line option has another name (where the command has no option of the field's)."""
+
+
+def in_flags(exc: BaseException, parser: argparse.ArgumentParser, command: str) -> str:
+    """A config error's message with the config's field names as the command's options (``batch_size`` ->
+    ``--batch-size``): the user typed options, not fields. Other errors name their options already."""
+    from clm_explore.config import ConfigError
+
+    text = str(exc)
+    if not isinstance(exc, ConfigError):
+        return text
+    commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    sub = commands.choices.get(command) if commands else None
+    if sub is None:
+        return text
+    flags = {a.dest: max([o for o in a.option_strings if not o.startswith("--no-")] or a.option_strings, key=len)
+             for a in sub._actions if a.option_strings}  # --cache-frozen-layers, not its --no- twin
+
+    def flag(match: re.Match) -> str:
+        word = match.group(0)
+        dest = word if word in flags else FIELD_FLAGS.get(word)
+        named = dest in flags and ("_" in word or match.start() == 0)  # a plain word only where it leads
+        return flags[dest] if named else word
+
+    return re.sub(r"\b[a-z][a-z0-9_]*\b", flag, text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -102,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except user_error_types() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {in_flags(exc, parser, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

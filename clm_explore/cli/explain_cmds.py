@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import UserError, print_json
+from clm_explore.cli import UserError, checked_max_length, checked_texts, print_json
 from clm_explore.config import AttributionConfig  # torch and captum load only when a command runs
 from clm_explore.runs import trained_max_length
 
@@ -79,7 +80,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from clm_explore.attribution import AttributionError, explain, load_run_model
 
     run = _check_run(args.run, "--run")
-    length = args.max_length if args.max_length is not None else trained_max_length(run)
+    checked_texts(args.text)
+    length = checked_max_length(args.max_length, run) or trained_max_length(run)
     cfg = AttributionConfig(n_steps=args.steps, max_length=length)
     loaded = load_run_model(run)
     try:
@@ -118,6 +120,34 @@ def format_attribution(res: TokenAttribution) -> str:
     return "\n".join(lines)
 
 
+def _run_labels(run: Path) -> set[str]:
+    try:
+        return {str(v) for v in json.loads((run / "config.json").read_text()).get("id2label", {}).values()}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _check_same_task(run_a: Path, run_b: Path) -> None:
+    """A case study pairs two runs' predictions row by row: they must classify the same labels on the same rows."""
+    labels_a, labels_b = _run_labels(run_a), _run_labels(run_b)
+    if labels_a and labels_b and labels_a != labels_b:
+        raise UserError(f"--run and --vs classify different labels ({len(labels_a)} and {len(labels_b)}, "
+                        f"{len(labels_a & labels_b)} shared): a report compares two runs of one data set.")
+    texts = [_test_texts(run) for run in (run_a, run_b)]
+    if all(t is not None for t in texts) and texts[0] != texts[1]:
+        raise UserError("--run and --vs were tested on different rows (their predictions.csv differ): a report "
+                        "compares two runs of one data set.")
+
+
+def _test_texts(run: Path) -> list[str] | None:
+    import pandas as pd
+
+    try:
+        return pd.read_csv(run / "predictions.csv", usecols=["text"], keep_default_na=False)["text"].tolist()
+    except (OSError, ValueError):
+        return None
+
+
 def run_report(args: argparse.Namespace) -> int:
     from clm_explore.report import build_report
 
@@ -129,6 +159,10 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} is a folder; give the HTML file to write, e.g. {Path(args.out) / 'report.html'}.")
     if run_b is None and args.data is None and not (run_a / "predictions.csv").is_file():
         raise UserError(f"--run {args.run} has no predictions.csv; pass --data with the rows to explain.")
+    if args.max_rows < 0 or args.top_k < 1:
+        raise UserError(f"--max-rows must be >= 0 and --top-k >= 1; got {args.max_rows} and {args.top_k}.")
+    if run_b is not None:
+        _check_same_task(run_a, run_b)
     cfg = AttributionConfig(n_steps=args.steps)  # max_length None: each run is read at its trained length
     try:
         out = build_report(run_a, run_b, args.data, args.out, cfg=cfg, k=args.top_k, max_rows=args.max_rows)

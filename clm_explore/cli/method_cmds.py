@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clm_explore.cli import UserError, add_data_args, print_json
+from clm_explore.cli import UserError, add_data_args, checked_max_length, checked_texts, print_json
 from clm_explore.config import (
     COMPILE_MODES,
     FISHER_LABELS,
@@ -132,6 +132,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model
     from clm_explore.sensitivity import compute_sensitivity
 
+    _check_scores_folder(args.out)
     data = _data(args)
     loaded = load_model(args.model, data.labels)
     if args.budget is not None:  # before the scoring pass: a budget the model cannot hold is a message at once
@@ -159,6 +160,19 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print(f"budget {args.budget:g}: {sel.selected_params:,} parameters ({sel.share:.3%}), lowest layer "
               f"{sel.lowest_layer}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
     return 0
+
+
+def _check_scores_folder(out: str | None) -> None:
+    """``sensitivity --out``: a new or empty folder, or an earlier one of its own (its files are replaced), checked
+    before the scoring: never a data or run folder whose files would be overwritten or mixed with the scores."""
+    if out is None:
+        return
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out} is a file; the scores go into a folder.")
+    if path.is_dir() and any(path.iterdir()) and not (path / "sensitivity.json").is_file():
+        raise UserError(f"--out {out} holds other files (it is not an earlier sensitivity output); choose a new or "
+                        "empty folder.")
 
 
 def _progress_printer(what: str):
@@ -346,7 +360,7 @@ def _register_predict(sub: Any) -> None:
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
     src.add_argument("--file", help="a data file; its text column is classified")
     p.add_argument("--text-col", default=None)
-    p.add_argument("--top", type=int, default=3, help="labels shown per text")
+    p.add_argument("--top", type=int, default=3, help="labels listed per text in --json (plain output: the first)")
     p.add_argument("--max-length", type=int, default=None,
                    help="sub-tokens read per text (default: the run's own, from clm_run.json; else 64)")
     p.add_argument("--abstain-below", default=None, metavar="P|run",
@@ -374,12 +388,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError(f"--top {args.top} must be at least 1.")
-    if args.max_length is not None and args.max_length < 1:
-        raise UserError(f"--max-length {args.max_length} must be at least 1.")
     run_dir = resolve_run_dir(args.run)
+    length = checked_max_length(args.max_length, run_dir)
     threshold = abstention_threshold(args.abstain_below, run_dir)
-    texts = args.text or _texts_from_file(args.file, args.text_col)
-    frame = predict(run_dir, texts, args.max_length)  # at the run's trained length unless --max-length
+    texts = checked_texts(args.text) if args.text else _texts_from_file(args.file, args.text_col)
+    frame = predict(run_dir, texts, length)  # at the run's trained length unless --max-length
     probs, labels = frame.to_numpy(), list(frame.columns)
     results = []
     for text, p in zip(texts, probs, strict=True):
