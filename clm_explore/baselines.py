@@ -29,7 +29,14 @@ from transformers import PreTrainedModel
 from clm_explore.config import SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.masks import budget_to_params, select_mask
-from clm_explore.modeling import LoadedModel, head_parameter_names, load_model, resolve_device
+from clm_explore.modeling import (
+    LoadedModel,
+    ModelSourceError,
+    head_parameter_names,
+    load_model,
+    resolve_device,
+)
+from clm_explore.runs import read_json_object
 from clm_explore.sensitivity import (
     SensitivityReport,
     _embedding_info,
@@ -196,6 +203,10 @@ def load_run_model(run_dir: str | Path) -> LoadedModel:
     run_dir = Path(run_dir)
     loaded = load_model(str(run_dir), None)
     adapter = run_dir / ADAPTER_DIR
+    method = read_json_object(run_dir / "clm_run.json").get("method")
+    if method == "prefix" and not (adapter / "adapter_config.json").is_file():  # the base model alone would answer
+        raise ModelSourceError(f"{run_dir} is a prefix-tuning run without its {ADAPTER_DIR}/ folder (the trained "
+                               "prefix); copy the whole run folder.")
     if (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 

@@ -94,6 +94,15 @@ def test_prefix_run_reloads_and_predicts_the_same(tiny_data, tmp_path):
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     trained = next(v for k, v in adapter.items() if k.endswith("classifier.weight"))
     assert torch.equal(plain.classifier.weight, trained)
+    # A copy without the adapter would predict with the base model alone: refused.
+    import shutil
+
+    from clm_explore.modeling import ModelSourceError
+
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial, ignore=shutil.ignore_patterns("adapter"))
+    with pytest.raises(ModelSourceError, match="without its adapter"):
+        load_run_model(partial)
     # The case study explains a prefix run like any other: its word embeddings are the base model's.
     from clm_explore.attribution import explain
 

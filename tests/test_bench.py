@@ -680,3 +680,11 @@ def test_an_output_that_is_a_file_is_refused(data_dir, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(BenchError, match="is a file"):
         run_grid(data_dir, _cfg(methods=("head",)), tmp_path / "afile", progress=False)
+
+
+def test_the_first_failed_cells_error_is_named():
+    from clm_explore.cli.bench_cmds import _first_error
+
+    results = pd.DataFrame({"status": ["succeeded", "failed", "failed"], "error": ["", "OOM | killed", "boom"]})
+    assert _first_error(results) == "OOM | killed"
+    assert _first_error(results.iloc[:1]) is None

@@ -93,6 +93,11 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
     assert main(["explain", "--run", str(run), "--text", "my card"]) == 0
     human = capsys.readouterr().out
     assert human.splitlines()[0].startswith("my") and "delta" in human
+    from clm_explore.runs import RunStore
+
+    run_id = RunStore().register_folder(run).id  # a run id of the registry, as predict takes
+    assert main(["explain", "--run", run_id, "--text", "my card", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == ["my", "card"]
 
 
 def test_cli_reads_a_run_at_the_length_it_trained_at(tmp_path: Path, tiny_data, capsys) -> None:

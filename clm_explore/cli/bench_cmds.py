@@ -115,6 +115,12 @@ def bench_config(args: argparse.Namespace):
                        data=str(Path(args.data).resolve()))
 
 
+def _first_error(results) -> str | None:
+    """The first failed cell's error text (its log's last lines), or None when every cell finished."""
+    errors = results.loc[results["status"] != "succeeded", "error"].dropna().astype(str)
+    return errors.iloc[0] if len(errors) else None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from clm_explore.bench import run_grid
 
@@ -132,13 +138,13 @@ def run_bench(args: argparse.Namespace) -> int:
                     "lr": result.lrs, "score": result.scores, "cells": len(result.results),
                     "lr_at_edge": _edges(result.tuning),
                     "failed": int((result.results["status"] != "succeeded").sum()),
+                    "first_error": _first_error(result.results),
                     "summary": summary.to_dict(orient="records"),
                     "comparison": result.comparison.to_dict(orient="records")})
         return 1 if summary.empty else 0
     failed = result.results[result.results["status"] != "succeeded"]
     if summary.empty:  # every cell failed: say why (the first cell's error) and fail, so scripts notice
-        errors = failed["error"].dropna().astype(str)
-        first = errors.iloc[0] if len(errors) else "none recorded"
+        first = _first_error(result.results) or "none recorded"
         print(f"no cell finished ({len(failed)} failed); the first error: {first}\n"
               f"logs in {args.out}/logs; report: {result.files['report']}", file=sys.stderr)
         return 1

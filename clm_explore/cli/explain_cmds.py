@@ -69,8 +69,13 @@ def _check_run(path: str | None, flag: str) -> Path | None:
     if path is None:
         return None
     run = Path(path).expanduser()
-    if not run.is_dir():
-        raise UserError(f"{flag} {path}: no such run folder.")
+    if not run.is_dir():  # a run id of the registry, as predict takes
+        from clm_explore.cli.method_cmds import resolve_run_dir
+
+        try:
+            return resolve_run_dir(path)
+        except UserError:
+            raise UserError(f"{flag} {path}: no such run folder or run id.") from None
     if not (run / "config.json").is_file():
         raise UserError(f"{flag} {path}: not a run folder (no config.json); pass the folder finetune wrote.")
     return run
