@@ -88,7 +88,7 @@ def prepare_elements(ctx):
     lowest = min(layers)
     deltas = [w.delta_w for w in wrappers.values()]
     head = ft.head_parameters(model)
-    small = ft._small_params(model, lowest, ctx.cfg.mask, exclude={id(p) for p in head})
+    small = ft._small_params(model, lowest, ctx.cfg.mask)  # the head has its own group
     lr = ctx.cfg.lr or ft.DEFAULT_LR[ctx.cfg.method]
     groups = [{"params": deltas, "weight_decay": ctx.cfg.weight_decay},
               {"params": small, "weight_decay": 0.0, "lr": ctx.cfg.norm_lr or lr},

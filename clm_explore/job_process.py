@@ -112,7 +112,11 @@ class WorkerProcess:
         self._release()
         why = ""
         if code is not None and code < 0:  # killed by a signal; SIGKILL is most often the kernel out of memory
-            why = f", {signal.Signals(-code).name}" + (": out of memory?" if -code == signal.SIGKILL else "")
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:  # a real-time signal has no name
+                name = f"signal {-code}"
+            why = f", {name}" + (": out of memory?" if -code == signal.SIGKILL else "")
         return f"the worker process for {self.device} died (exit code {code}{why}); the next job starts a new one"
 
     def close(self, timeout: float | None = 5.0) -> None:

@@ -198,15 +198,18 @@ class JobQueue:
             job = jobs.get()
             if job is None:
                 return
-            try:
-                self._run(job)
-            except Exception:  # noqa: BLE001 - a fault outside the job itself: fail it, keep serving the queue
-                job.error = traceback.format_exc()
-                self._finish(job, RunStatus.FAILED)
+            self._run(job)
 
     def _run(self, job: Job) -> None:
         if not job.claim():  # cancelled while it waited: already finished
             return
+        try:
+            self._run_claimed(job)
+        except Exception:  # noqa: BLE001 - a fault outside the job itself: fail it, keep serving the queue
+            job.error = traceback.format_exc()
+            self._finish(job, RunStatus.FAILED)
+
+    def _run_claimed(self, job: Job) -> None:
         if job.cancel_event.is_set():
             self._finish(job, RunStatus.CANCELLED)
             return

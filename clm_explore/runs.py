@@ -23,7 +23,7 @@ import re
 import shutil
 import socket
 import sqlite3
-import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -382,9 +382,14 @@ class RunStore:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             if folder.is_dir():
                 for file in sorted(folder.rglob("*")):
-                    if file.is_file() and not file.is_symlink():
+                    if file.is_file() and not file.is_symlink() and not _half_written(file):
                         archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
         return buffer.getvalue()
+
+
+def _half_written(file: Path) -> bool:
+    """A temporary file of ``write_json_atomic`` that a killed writer left behind."""
+    return file.name.startswith(".") and file.name.endswith(".tmp")
 
 
 class RunFolderError(ValueError):
@@ -442,16 +447,15 @@ def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
     file, and a writer killed half way leaves the old one."""
     text = json.dumps(obj, indent=indent, default=str)
     # A file of its own (not one per process): the app's sessions are threads of one process, and two of them
-    # may write the same cache file at once.
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # may write the same cache file at once. Opened exclusively, with the umask's permissions like any file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x") as f:
             f.write(text)
-        os.chmod(name, 0o644)  # mkstemp's 0600 would hide run files from a server's other readers
-        os.replace(name, path)
+        os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):
-            os.unlink(name)
+            os.unlink(tmp)
         raise
 
 

@@ -370,3 +370,13 @@ def test_a_folder_without_a_usable_model_is_a_message(capsys, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
     assert "Could not load" in run_error(capsys, ["predict", "--run", str(tmp_path / "run"), "--text", "hi"])
+
+
+def test_config_errors_name_options_but_leave_paths_alone():
+    from clm_explore.cli import build_parser, in_flags
+    from clm_explore.config import ConfigError
+
+    parser = build_parser()
+    assert in_flags(ConfigError("batch_size must be >= 1, got 0"), parser, "finetune") == "--batch-size must be >= 1, got 0"
+    for path in ("out/grid", "/srv/max_length/g1", "model/grid"):
+        assert in_flags(ConfigError(f"{path} is a file"), parser, "bench") == f"{path} is a file"

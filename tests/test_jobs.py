@@ -326,3 +326,17 @@ def test_a_queue_remembers_only_its_newest_finished_jobs(store: RunStore, monkey
     done = [q.submit(count_steps, {"n": 1}) for _ in range(6)]
     assert [j.id for j in q.jobs()] == [j.id for j in done[2:]]  # 3 finished kept, plus the one just submitted
     assert q.get(done[0].id) is None and q.get(done[-1].id) is done[-1]
+
+
+def test_an_inline_registry_fault_fails_the_job_too(store: RunStore, monkeypatch) -> None:
+    import sqlite3
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    q = JobQueue(store, inline=True)  # the app's test mode: the job runs inside submit
+    run = store.create("locked", "sparse", {})
+    monkeypatch.setattr(store, "set_status", locked)
+    job = q.submit(count_steps, {"n": 1}, run_id=run.id)
+    assert job.done and job.status is RunStatus.FAILED and "database is locked" in job.error
+    assert q.active() == []  # no dead card left with a Cancel button that does nothing

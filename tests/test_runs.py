@@ -206,3 +206,12 @@ def test_a_run_registered_before_its_files_gets_its_method_and_config_when_it_su
     (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
     done = store.set_status(record.id, RunStatus.SUCCEEDED)
     assert done.method == "lora" and done.config == {"epochs": 2, "source": "tiny-random", "data": "d.csv"}
+
+
+def test_the_zip_leaves_out_a_killed_writers_temporary_file(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    run = store.create("r", "sparse", {})
+    (run.path / "metrics.json").write_text("{}")
+    (run.path / ".metrics.json.123.456.789.tmp").write_text("{half")
+    names = zipfile.ZipFile(io.BytesIO(store.zip_run(run.id))).namelist()
+    assert names == [f"{run.id}/metrics.json"]

@@ -265,6 +265,13 @@ def test_save_load_round_trip(tiny, tiny_data, tmp_path):
     assert (back.n_layers, back.backbone_params, back.config) == (report.n_layers, report.backbone_params, report.config)
     pd.testing.assert_frame_equal(back.table, report.table)
     assert (tmp_path / "sens" / "sensitivity.csv").is_file()
+    assert (back.head_params, back.small_params) == (report.head_params, report.small_params)  # int layers again
+    assert report.head_params == sum(p.numel() for n, p in tiny.model.named_parameters() if n.startswith("classifier"))
+    # Saved again into the folder without a head (scores from the loaded head): the old head is not read as its.
+    from dataclasses import replace
+
+    replace(report, head_state={}).save(tmp_path / "sens")
+    assert SensitivityReport.load(tmp_path / "sens").head_state == {}
 
 
 def test_table_columns_and_values():

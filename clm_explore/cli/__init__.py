@@ -148,7 +148,8 @@ def in_flags(exc: BaseException, parser: argparse.ArgumentParser, command: str) 
         named = dest in flags and ("_" in word or match.start() == 0)  # a plain word only where it leads
         return flags[dest] if named else word
 
-    return re.sub(r"\b[a-z][a-z0-9_]*\b", flag, text)
+    # Words inside paths (out/grid, /srv/max_length/g1, report.html) are not options: they stay as they are.
+    return re.sub(r"(?<![\w/.\-])[a-z][a-z0-9_]*(?![\w/.\-])", flag, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

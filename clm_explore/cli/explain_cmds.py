@@ -132,13 +132,14 @@ def _run_labels(run: Path) -> set[str]:
         return set()
 
 
-def _check_same_task(run_a: Path, run_b: Path) -> None:
-    """A case study pairs two runs' predictions row by row: they must classify the same labels on the same rows."""
+def _check_same_task(run_a: Path, run_b: Path, same_rows: bool = True) -> None:
+    """A case study pairs two runs' predictions row by row: they must classify the same labels, and (unless the rows
+    come from --data) on the same test rows."""
     labels_a, labels_b = _run_labels(run_a), _run_labels(run_b)
     if labels_a and labels_b and labels_a != labels_b:
         raise UserError(f"--run and --vs classify different labels ({len(labels_a)} and {len(labels_b)}, "
                         f"{len(labels_a & labels_b)} shared): a report compares two runs of one data set.")
-    texts = [_test_texts(run) for run in (run_a, run_b)]
+    texts = [_test_texts(run) for run in (run_a, run_b)] if same_rows else [None, None]
     if all(t is not None for t in texts) and texts[0] != texts[1]:
         raise UserError("--run and --vs were tested on different rows (their predictions.csv differ): a report "
                         "compares two runs of one data set.")
@@ -167,7 +168,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.max_rows < 0 or args.top_k < 1:
         raise UserError(f"--max-rows must be >= 0 and --top-k >= 1; got {args.max_rows} and {args.top_k}.")
     if run_b is not None:
-        _check_same_task(run_a, run_b)
+        _check_same_task(run_a, run_b, same_rows=args.data is None)  # --data: both explain those rows
     cfg = AttributionConfig(n_steps=args.steps)  # max_length None: each run is read at its trained length
     try:
         out = build_report(run_a, run_b, args.data, args.out, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
