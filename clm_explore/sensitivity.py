@@ -94,7 +94,8 @@ class SensitivityReport:
                  config: dict, head_state: dict[str, torch.Tensor], seconds: float,
                  notes: list[str]) -> SensitivityReport:
         """The report of scores made on ``model``, with its layer count, backbone size and trained extras."""
-        head = [p for n, p in model.named_parameters() if n in set(head_parameter_names(model))]
+        head_names = set(head_parameter_names(model))
+        head = [p for n, p in model.named_parameters() if n in head_names]
         return cls(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model), config,
                    head_state, seconds, notes, sum(p.numel() for p in head), small_parameter_counts(model))
 
