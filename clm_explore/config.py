@@ -248,6 +248,11 @@ class MaskConfig:
     """Seed of the random and sampled strategies and of random_share's rows; None = the run's seed
     (``FinetuneConfig.seed``), and 0 when a mask is selected outside a run."""
 
+    @property
+    def small_kinds(self) -> tuple[str, ...]:
+        """The kinds of ``modeling.small_parameters`` a row method trains beside its rows ('norm', 'bias')."""
+        return tuple(k for k, on in (("norm", self.train_layernorm), ("bias", self.train_biases)) if on)
+
     def __post_init__(self) -> None:
         _check(self.budget > 0, f"budget must be in (0, 1] or a parameter count > 1, got {self.budget}")
         _check(self.budget <= 1 or float(self.budget).is_integer(), f"budget above 1 must be a whole parameter count, got {self.budget}")

@@ -216,7 +216,9 @@ class JobQueue:
         job.started = time.time()
         # The row first: a running job implies a running run. A registry that cannot record it fails the job
         # (its run would otherwise stay "pending" while it trains).
-        self._set_run_status(job, RunStatus.RUNNING, tolerate=False)
+        if self.store is not None and job.run_id:
+            with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
+                self.store.set_status(job.run_id, RunStatus.RUNNING)
         job.status = RunStatus.RUNNING
         try:
             job.result = self._call(job)
@@ -244,16 +246,10 @@ class JobQueue:
         job.kwargs = {}  # the job's data set (an upload can be 200 MB) is not kept for the server's lifetime
         job._done.set()
 
-    def _set_run_status(self, job: Job, status: RunStatus, error: str | None = None, tolerate: bool = True) -> None:
-        """Move the job's run to ``status``. A store fault (a locked or full database) is logged when
-        ``tolerate``, else raised."""
-        if self.store is None or not job.run_id:
-            return
-        if tolerate:
+    def _set_run_status(self, job: Job, status: RunStatus, error: str | None = None) -> None:
+        """Move the job's run to ``status``; a store fault (a locked or full database) is logged, not raised."""
+        if self.store is not None and job.run_id:
             self._store_call(job, self.store.set_status, job.run_id, status, error=error)
-            return
-        with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
-            self.store.set_status(job.run_id, status, error=error)
 
     @staticmethod
     def _store_call(job: Job, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

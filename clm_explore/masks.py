@@ -178,8 +178,7 @@ def _beside_rows(report: SensitivityReport, cfg: MaskConfig, lowest: int | None)
     """The head and the small parameters a row method trains with the rows (``training._small_params``)."""
     if report.head_params is None or report.small_params is None:
         return None
-    kinds = [k for k, on in (("norm", cfg.train_layernorm), ("bias", cfg.train_biases)) if on]
-    small = sum(n for kind in kinds for layer, n in report.small_params.get(kind, {}).items()
+    small = sum(n for kind in cfg.small_kinds for layer, n in report.small_params.get(kind, {}).items()
                 if lowest is not None and layer >= lowest)
     return report.head_params + small
 

@@ -189,9 +189,9 @@ class RunStore:
         """Register a run folder written anywhere (``finetune --out DIR``), by absolute path.
 
         The method and config come from ``clm_run.json`` (else from ``method`` and ``config``: a run about to
-        be written) and the metrics from ``metrics.json`` when present. Status: succeeded when ``metrics.json`` exists, else pending (owned by this
-        process, so a crash later shows as interrupted). Registering the same folder twice
-        returns the existing record.
+        be written) and the metrics from ``metrics.json`` when present. Status: succeeded when ``metrics.json``
+        exists, else pending (owned by this process, so a crash later shows as interrupted). Registering the
+        same folder twice returns the existing record.
         """
         folder = Path(path).expanduser().resolve()
         if not folder.is_dir():

@@ -294,8 +294,7 @@ def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig) 
     selected layer, so backward still stops there; the head has its own group."""
     if lowest_layer is None:
         return []
-    kinds = {k for k, on in (("norm", mask.train_layernorm), ("bias", mask.train_biases)) if on}
-    params = [p for kind, layer, p in small_parameters(model) if kind in kinds and layer >= lowest_layer]
+    params = [p for kind, layer, p in small_parameters(model) if kind in mask.small_kinds and layer >= lowest_layer]
     for p in params:
         p.requires_grad_(True)
     return params
