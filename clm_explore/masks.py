@@ -37,6 +37,10 @@ class MaskSelection:
     beside_params: int | None = None
     """What a row method trains beside the rows: the head, and the LayerNorms (with ``train_biases`` the linear
     biases too) at and above the lowest selected layer. None when the scores' report predates this count."""
+    eligible_params: int | None = None
+    """Parameters in every row that could be selected (the layers from ``min_layer`` up, embeddings as configured)."""
+    min_layer: int = 0
+    """The lowest layer whose rows competed."""
 
     @property
     def share(self) -> float:
@@ -53,6 +57,19 @@ class MaskSelection:
     def optimizer_bytes(self) -> int:
         """AdamW's memory for what the run trains (the rows alone where ``beside_params`` is unknown)."""
         return (self.trainable_params or self.selected_params) * ADAM_BYTES_PER_PARAM
+
+    @property
+    def budget_note(self) -> str | None:
+        """A sentence when the budget is larger than every eligible row together, so all of them are selected and
+        part of the budget stays unspent; None otherwise."""
+        if self.eligible_params is None or self.selected_params < self.eligible_params:
+            return None
+        if self.eligible_params >= self.budget_params:
+            return None
+        hint = "; a lower min_layer lets more rows compete" if self.min_layer > 0 else ""
+        return (f"the budget asks for {self.budget_params:,} parameters, but the rows that may be selected (layers "
+                f"{self.min_layer} and up) hold {self.eligible_params:,}: all of them are selected, "
+                f"{self.share:.2%} of the backbone{hint}.")
 
     @property
     def time_ratio_estimate(self) -> float:
@@ -91,7 +108,7 @@ class _Rows:
 def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
     names, matrix, row, score, cost, layer = [], [], [], [], [], []
     normalised = report.normalised()
-    min_layer = max(effective_min_layer(cfg, report.n_layers), report.scored_from_layer)
+    min_layer = _lowest_competing_layer(report, cfg)
     floor = min_layer if min_layer > 0 else -1  # 0 = every layer and the word embeddings (layer -1) compete
     for name, s in normalised.items():
         info = report.matrices[name]
@@ -109,6 +126,10 @@ def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
                           f"{report.n_layers - 1} (and {report.n_layers} for a pooler); lower min_layer.")
     cat = np.concatenate
     return _Rows(names, cat(matrix), cat(row), cat(score), cat(cost), cat(layer))
+
+
+def _lowest_competing_layer(report: SensitivityReport, cfg: MaskConfig) -> int:
+    return max(effective_min_layer(cfg, report.n_layers), report.scored_from_layer)
 
 
 def effective_min_layer(cfg: MaskConfig, n_layers: int) -> int:
@@ -171,7 +192,8 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> Mas
         masks[name] = mask
     lowest = int(rows.layer[chosen].min()) if len(chosen) else None
     return MaskSelection(masks, int(rows.cost[chosen].sum()), budget, report.backbone_params, lowest,
-                         report.n_layers, _selection_table(report, masks), _beside_rows(report, cfg, lowest))
+                         report.n_layers, _selection_table(report, masks), _beside_rows(report, cfg, lowest),
+                         int(rows.cost.sum()), _lowest_competing_layer(report, cfg))
 
 
 def _beside_rows(report: SensitivityReport, cfg: MaskConfig, lowest: int | None) -> int | None:

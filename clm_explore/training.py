@@ -278,6 +278,8 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
     info = {"lowest_layer": selection.lowest_layer, "prep_seconds": prep_seconds, "budget": ctx.cfg.mask.budget,
             "selected_params": selection.selected_params, "budget_share": selection.share,
             "time_ratio_estimate": selection.time_ratio_estimate}
+    if selection.budget_note:
+        info["budget_note"] = selection.budget_note
     return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,
                     after_training=lambda: {"delta": delta_state(wrappers)})
 

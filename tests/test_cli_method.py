@@ -301,6 +301,17 @@ def test_sensitivity_budget_in_json_and_checked_before_scoring(capsys, data_dir)
     assert "budget" in err and "scoring" not in err  # refused before the scoring pass printed progress
 
 
+def test_a_budget_above_every_eligible_row_is_noted(capsys, data_dir, tmp_path):
+    # The tiny model's upper half (the default min_layer) holds under 90% of its backbone.
+    assert main(["sensitivity", str(data_dir), *TINY, "--calibration-rows", "32", "--device", "cpu",
+                 "--budget", "0.9"]) == 0
+    assert "note: the budget asks for" in capsys.readouterr().out
+    metrics = run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--budget", "0.9", "--json",
+                                "--out", str(tmp_path / "run")])
+    assert "all of them are selected" in metrics["budget_note"]
+    assert metrics["selected_params"] < 0.9 * metrics["total_params"]
+
+
 @pytest.mark.parametrize(("argv", "phrase"), [
     (["mine", "{data}", *TINY, "--merge", "-1"], "--merge -1"),
     (["finetune", "--data", "{data}", *TINY, *FAST, "--head-lr", "-1"], "--head-lr must be >= 0"),

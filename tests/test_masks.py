@@ -64,6 +64,15 @@ def test_ineligible_embedding_rows_are_never_selected():
     assert sel.selected_params == 8 * 10 + 3 * 5
 
 
+def test_a_budget_above_every_eligible_row_selects_them_all_and_says_so():
+    sel = select_mask(hand_report(), MaskConfig(budget=1000, min_layer=1))
+    assert sel.selected_params == sel.eligible_params == 40
+    assert sel.budget_note is not None and "1,000" in sel.budget_note and "(layers 1 and up) hold 40" in sel.budget_note
+    # A budget that every eligible row fills exactly, and one that leaves a row out, need no note.
+    assert select_mask(hand_report(), MaskConfig(budget=40, min_layer=1)).budget_note is None
+    assert select_mask(hand_report(), MaskConfig(budget=30, min_layer=1)).budget_note is None
+
+
 def test_min_layer_and_include_embeddings():
     sel = select_mask(hand_report(), MaskConfig(budget=30, min_layer=1))
     assert chosen(sel) == {F1: [0, 2, 3]}

@@ -153,12 +153,16 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             table = table.merge(sel.table[["layer", "module", "selected_rows"]], on=["layer", "module"], how="left")
             table["selected_rows"] = table["selected_rows"].fillna(0).astype(int)
         print_json(table.to_dict(orient="records"))
+        if sel is not None and sel.budget_note:
+            print(f"note: {sel.budget_note}", file=sys.stderr)
         return 0
     print(report.table.to_string(index=False))
     print(f"{report.seconds:.1f} s; " + "; ".join(report.notes))
     if sel is not None:
         print(f"budget {args.budget:g}: {sel.selected_params:,} parameters ({sel.share:.3%}), lowest layer "
               f"{sel.lowest_layer}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
+        if sel.budget_note:
+            print(f"note: {sel.budget_note}")
     return 0
 
 
@@ -311,6 +315,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"run {record.id} -> {run_dir}")
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  train {metrics['train_seconds']:.1f} s")
+        if metrics.get("budget_note"):
+            print(f"note: {metrics['budget_note']}")
     return 0
 
 

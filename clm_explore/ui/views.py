@@ -184,6 +184,8 @@ def render_mask_summary(selection: MaskSelection, full_params: int | None, key: 
     )
     if full_params:
         st.caption(f"Full finetuning would train {full_params:,} backbone parameters.")
+    if selection.budget_note:
+        st.caption(selection.budget_note[0].upper() + selection.budget_note[1:])
 
 
 def render_merge_report(report: MergeReport, key: str) -> None:

@@ -154,6 +154,9 @@ def test_budget_slider_and_number_box(at: AppTest) -> None:
     assert not at.exception
     assert at.number_input(key="budget_number").min == pytest.approx(0.01)  # the slider's lowest step
     assert "from the cached scores in" in " ".join(c.value for c in at.caption)
+    assert "all of them are selected" not in " ".join(c.value for c in at.caption)
+    at.number_input(key="budget_number").set_value(100.0).run()  # more than the upper half's rows hold
+    assert "hold 7,717: all of them are selected" in " ".join(c.value for c in at.caption)
 
 
 def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
