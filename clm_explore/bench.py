@@ -56,6 +56,7 @@ from clm_explore.config import (
     ConfigError,
     DataConfig,
     FinetuneConfig,
+    MaskConfig,
     SensitivityConfig,
 )
 from clm_explore.data import AnnotatedData, load_data
@@ -712,6 +713,7 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})
     data = load_data(data_path, data_cfg or DataConfig())  # first: a mistyped --data leaves no bench.json
     _check_resume(out_dir, cfg)
+    check_budgets(cfg, data.labels)
     data_dir, tune_dir = prepare_data(data, cfg, out_dir)
     runner = runner or subprocess_runner(cfg)
     lrs: dict[str, float] = dict(cfg.lr)
@@ -731,6 +733,31 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
         if bar:
             bar.close()
     return write_outputs(out_dir, cells, lrs, tuning)
+
+
+def check_budgets(cfg: BenchConfig, labels: list[str]) -> None:
+    """Refuse a budget that some budgeted method cannot run on ``cfg.model`` (above the backbone, below the cheapest
+    row) before any sweep or cell, as ``finetune`` refuses it; otherwise every cell would fail on its own, minutes in.
+
+    Raises:
+        BenchError: naming the budget, the method and why.
+    """
+    from clm_explore.masks import budget_to_params
+    from clm_explore.modeling import load_model
+    from clm_explore.sensitivity import backbone_parameter_count
+    from clm_explore.training import check_runnable
+
+    methods = [m for m in cfg.methods if m in BUDGET_METHODS]
+    if not methods:
+        return
+    loaded = load_model(cfg.model, labels)
+    for budget in cfg.budgets:
+        for method in methods:
+            try:
+                budget_to_params(budget, backbone_parameter_count(loaded.model))
+                check_runnable(FinetuneConfig(method=method, mask=MaskConfig(budget=budget)), loaded)
+            except (ValueError, ConfigError) as exc:
+                raise BenchError(f"--budgets {budget:g} cannot run {method} on {cfg.model}: {exc}") from exc
 
 
 def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:

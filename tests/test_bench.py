@@ -159,6 +159,15 @@ def test_bad_training_recipe_is_refused():
         _cfg(average_last=1.5)
 
 
+@pytest.mark.parametrize(("budgets", "phrase"), [((0.01, 99_999_999), "the backbone has"), ((10,), "buys no row")])
+def test_a_budget_the_model_cannot_run_is_refused_before_any_cell(data_dir, tmp_path, budgets, phrase):
+    cfg = _cfg(methods=("head", "sparse"), budgets=budgets)
+    with pytest.raises(BenchError, match=phrase) as caught:
+        run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    assert f"{budgets[-1]:g} cannot run sparse" in str(caught.value)
+    assert not (tmp_path / "out" / "cells").exists()  # not even the head's cell ran
+
+
 def test_few_shot_and_limit_are_seeded_and_stratified():
     frame = pd.DataFrame({"text": [f"t{i}" for i in range(100)], "label": ["a"] * 70 + ["b"] * 25 + ["c"] * 5})
     shots = few_shot(frame, 3, seed=0)
