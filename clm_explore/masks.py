@@ -156,7 +156,9 @@ def _order(rows: _Rows, cfg: MaskConfig, n_layers: int, budget: int) -> np.ndarr
 
 
 def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
-    score = rows.score
+    # z-scores go below zero; shifted to start at zero, the upper-layer bonus and the draw's weights still favour
+    # the higher score (a factor > 1 on a negative score would push an upper row down).
+    score = rows.score - min(float(rows.score.min()), 0.0)
     if cfg.cost_aware:
         # Prefer upper layers at equal score: backward stops sooner the higher the lowest selected row.
         score = score * (1 + cfg.cost_aware * (rows.layer + 1) / (n_layers + 1))

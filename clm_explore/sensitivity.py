@@ -113,12 +113,11 @@ class SensitivityReport:
             pool = s[info.eligible_rows] if info.eligible_rows is not None else s
             if how == "mean":
                 s = s / pool.mean().clamp_min(1e-30)
-            elif how == "zscore":
-                s = (s - pool.mean()) / pool.std().clamp_min(1e-30)
+            elif how == "zscore":  # a single eligible row has no spread: its z-score is 0, not NaN
+                spread = pool.std() if len(pool) > 1 else pool.new_zeros(())
+                s = (s - pool.mean()) / spread.clamp_min(1e-30)
             elif how == "rank":
-                # A row's percentile within its matrix: global top-k then takes about the same share of
-                # every matrix, so the scores choose rows inside a matrix but not between matrices.
-                s = torch.searchsorted(pool.sort().values.contiguous(), s.contiguous(), right=True).float() / len(pool)
+                s = _percentile_ranks(s, pool)
             out[name] = s
         return out
 
@@ -161,6 +160,17 @@ class SensitivityReport:
                    {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, meta["n_layers"],
                    meta["backbone_params"], meta["config"], load_file(head) if head.exists() else {},
                    meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small)
+
+
+def _percentile_ranks(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """A row's percentile within its matrix: global top-k then takes about the same share of every matrix, so the
+    scores choose rows inside a matrix but not between matrices. Tied rows share their average rank (rows that
+    never received a gradient tie at zero: they must not rank with the top), and a zero score ranks 0."""
+    ordered = pool.sort().values.contiguous()
+    below = torch.searchsorted(ordered, scores.contiguous(), right=False).float()
+    at_or_below = torch.searchsorted(ordered, scores.contiguous(), right=True).float()
+    ranks = (below + at_or_below) / 2 / len(pool)
+    return torch.where(scores > 0, ranks, torch.zeros_like(ranks))
 
 
 def _module_key(col: pd.Series) -> pd.Series:

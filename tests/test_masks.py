@@ -287,3 +287,38 @@ def test_a_budget_below_the_cheapest_row_is_refused():
 def test_a_floor_above_the_model_is_refused():
     with pytest.raises(ConfigError, match="no rows can be selected from layer 3 up: the model's layers are 0-1"):
         select_mask(hand_report(), MaskConfig(budget=30, min_layer=3))
+
+
+def twin_layers_report(normalise: str) -> SensitivityReport:
+    """The same 8 scores in layer 0 and layer 1 (row costs 10): only the layer can break their ties."""
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    names = ("l0.q.weight", "l1.q.weight")
+    matrices = {n: MatrixInfo(n, layer, "q", 8, 10) for layer, n in enumerate(names)}
+    return SensitivityReport({n: scores.clone() for n in names}, matrices, n_layers=2, backbone_params=10_000,
+                             config={"normalise": normalise})
+
+
+@pytest.mark.parametrize("normalise", ["mean", "zscore", "rank"])
+def test_cost_aware_prefers_the_upper_layer_under_every_normalisation(normalise):
+    # Nine rows from two identical matrices: the ninth goes to the upper layer. Under z-scores, half the rows
+    # score below zero, where a bonus factor used to push upper rows down instead.
+    sel = select_mask(twin_layers_report(normalise), MaskConfig(budget=90, min_layer=0, cost_aware=1.0))
+    assert chosen(sel) == {"l0.q.weight": [4, 5, 6, 7], "l1.q.weight": [3, 4, 5, 6, 7]}
+
+
+def test_rank_gives_tied_rows_their_average_rank_and_zero_scores_rank_zero():
+    report = twin_layers_report("rank")
+    report.row_scores["l0.q.weight"] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0])  # 7 rows never moved
+    ranks = report.normalised()
+    assert ranks["l0.q.weight"][:7].tolist() == [0.0] * 7 and ranks["l0.q.weight"][7] == pytest.approx(15 / 16)
+    assert ranks["l1.q.weight"].tolist() == pytest.approx([(i + 0.5) / 8 for i in range(8)])
+    sel = select_mask(report, MaskConfig(budget=30, min_layer=0))  # three rows: no zero-score row among them
+    assert chosen(sel) == {"l0.q.weight": [7], "l1.q.weight": [6, 7]}
+
+
+def test_a_zscore_of_a_single_eligible_row_is_zero_not_nan():
+    report = hand_report()
+    report.config["normalise"] = "zscore"
+    report.matrices[EMB].eligible_rows = [5]
+    normalised = report.normalised()
+    assert normalised[EMB][5] == 0.0 and not any(torch.isnan(s).any() for s in normalised.values())
