@@ -167,6 +167,17 @@ def load_model(
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
 
 
+def pooled_positions(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """(batch,) the position a decoder's classification head reads: the rightmost token that is not the pad
+    token, as ``transformers``' sequence classifiers pick it (left or right padding alike; with the pad token
+    set to an EOS the tokenizer appends, the token before that EOS); the last position without a pad token."""
+    if pad_token_id is None:
+        return torch.full((len(input_ids),), input_ids.shape[-1] - 1, dtype=torch.long, device=input_ids.device)
+    real = (input_ids != pad_token_id).to(torch.int32)
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device, dtype=torch.int32)
+    return (positions * real).argmax(-1).long()
+
+
 def unsupported_reason(source: str) -> str:
     """Why the method cannot use the model folder ``source`` ('' when it can): a missing folder, a head that is
     not one linear layer, or no linear map to score. Read from its config on the meta device: no weights load,

@@ -32,6 +32,7 @@ from clm_explore.modeling import (
     LoadedModel,
     ModelSourceError,
     head_parameter_names,
+    pooled_positions,
     resolve_device,
     small_parameter_counts,
 )
@@ -270,11 +271,14 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
             n = len(enc["input_ids"][i])
             ids[r, :n] = torch.tensor(enc["input_ids"][i])
             mask[r, :n] = 1
-            pos[r, n - 1 if loaded.is_decoder else 0] = 1.0  # the pooling position always counts
             if covered is None:
                 pos[r, :n] = 1.0
             else:
                 pos[r, [p for p in covered[i] if p < n]] = 1.0
+        # The pooling position always counts: CLS for encoders, the token the classifier reads for decoders.
+        pooled = pooled_positions(ids, loaded.model.config.pad_token_id) if loaded.is_decoder else torch.zeros(
+            len(idx), dtype=torch.long)
+        pos[torch.arange(len(idx)), pooled] = 1.0
         batches.append(Batch(ids, mask, torch.as_tensor(label_ids[idx]), pos,
                              None if row_ids is None else np.asarray(row_ids)[idx]))
     return batches
@@ -350,8 +354,8 @@ def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], dev
             with fed(prefix, b):
                 loaded.model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device))
             x = captured[0]
-            if x.dim() == 3:  # decoders score every position; the pooled one is the last real token
-                x = x[torch.arange(len(x)), b.attention_mask.sum(1).to(device) - 1]
+            if x.dim() == 3:  # decoders score every position; the head reads the one the model pools
+                x = x[torch.arange(len(x)), pooled_positions(b.input_ids, loaded.model.config.pad_token_id).to(device)]
             feats.append(x.float())
     finally:
         handle.remove()

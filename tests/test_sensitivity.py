@@ -391,3 +391,31 @@ def test_a_model_without_scorable_linear_maps_is_refused_before_any_work(tmp_pat
     with pytest.raises(ModelSourceError, match="gpt2 has no linear maps clm-explore knows how to score"):
         compute_sensitivity(loaded, hand_data(), REFUNDING, config(), device="cpu")
     assert "gpt2 has no linear maps" in unsupported_reason(str(tmp_path))  # the app's sidebar check, no weights
+
+
+def test_a_decoder_is_scored_and_warmed_at_the_position_its_classifier_reads():
+    # A decoder whose pad token is the EOS its tokenizer appends: transformers pools at the token before that EOS,
+    # and the restriction's kept position and the head warm-up's features must be that token too.
+    import numpy as np
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from clm_explore.modeling import LoadedModel
+    from clm_explore.sensitivity import _head_inputs, make_batches
+
+    tok = load_model("tiny-random", ["a", "b"]).tokenizer
+    tok.pad_token = tok.sep_token
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id, max_position_embeddings=64)).eval()
+    loaded = LoadedModel(model, tok, "tiny-llama", True)
+    batch = make_batches(loaded, TEXTS, np.array(Y), None, 3, 64)[0]
+    ends = batch.attention_mask.sum(1) - 1  # the appended EOS
+    hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    read = [r for r in range(3) for p in [ends[r] - 1] if torch.allclose(model.score(hidden[r, p]), logits[r])]
+    assert read == [0, 1, 2]  # the classifier reads the token before the EOS
+    restricted = make_batches(loaded, TEXTS, np.array(Y), REFUNDING, 3, 64)[0]
+    assert all(restricted.positions[r, ends[r] - 1] == 1 for r in range(3))
+    features, _ = _head_inputs(loaded, model.score, [batch], torch.device("cpu"))
+    assert torch.allclose(model.score(features), logits, atol=1e-6)
