@@ -111,6 +111,8 @@ HEAD_INITS = ("loaded", "centroid")
 
 SCORES = ("fisher", "taylor", "gradient")
 """Row scores of the sensitivity pass (SensitivityConfig.score)."""
+NORMALISATIONS = ("mean", "zscore", "rank", "none")
+"""How row scores are made comparable across matrices (``SensitivityConfig.normalise``)."""
 
 FISHER_LABELS = ("data", "model")
 """Which labels the Fisher score's gradients are taken for (SensitivityConfig.fisher_labels)."""
@@ -181,7 +183,7 @@ class SensitivityConfig:
         _check(self.fisher_labels == "data" or self.score == "fisher",
                f"fisher_labels 'model' needs score 'fisher', got score {self.score!r}")
         _check(self.label_draws >= 1, f"label_draws must be >= 1, got {self.label_draws}")
-        _check(self.normalise in ("mean", "zscore", "rank", "none"), f"normalise must be mean, zscore, rank or none, got {self.normalise!r}")
+        _check(self.normalise in NORMALISATIONS, f"normalise must be mean, zscore, rank or none, got {self.normalise!r}")
         _check(self.calibration_rows >= 1, f"calibration_rows must be >= 1, got {self.calibration_rows}")
         _check(self.warmup_epochs >= -1, f"warmup_epochs must be >= 0 or -1 (auto), got {self.warmup_epochs}")
         _check(self.head_init in HEAD_INITS, f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")

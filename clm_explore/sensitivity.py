@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from clm_explore.config import ConfigError, SensitivityConfig, to_dict
+from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.modeling import (
@@ -152,15 +153,53 @@ class SensitivityReport:
 
     @classmethod
     def load(cls, folder: str | Path) -> SensitivityReport:
+        """A saved report (safetensors and JSON: nothing is unpickled), checked before any selection reads it.
+
+        Raises:
+            ConfigError: the folder is not a complete, consistent scores folder (names the folder and the fault).
+        """
         folder = Path(folder)
-        meta = json.loads((folder / "sensitivity.json").read_text())
-        head = folder / "head.safetensors"
-        small = meta.get("small_params")  # JSON keys are strings: the layers come back as ints
-        small = {kind: {int(k): v for k, v in by_layer.items()} for kind, by_layer in small.items()} if small else None
-        return cls(load_file(folder / "row_scores.safetensors"),
-                   {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, meta["n_layers"],
-                   meta["backbone_params"], meta["config"], load_file(head) if head.exists() else {},
-                   meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small)
+        try:
+            meta = json.loads((folder / "sensitivity.json").read_text())
+            head = folder / "head.safetensors"
+            small = meta.get("small_params")  # JSON keys are strings: the layers come back as ints
+            small = {kind: {int(k): v for k, v in by_layer.items()} for kind, by_layer in small.items()} if small else None
+            report = cls(load_file(folder / "row_scores.safetensors"),
+                         {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, int(meta["n_layers"]),
+                         int(meta["backbone_params"]), dict(meta["config"]), load_file(head) if head.exists() else {},
+                         meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small)
+            report.check()
+        except ConfigError as exc:
+            raise ConfigError(f"{folder} holds unusable scores: {exc}") from exc
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError) as exc:
+            raise ConfigError(f"{folder} is not a readable scores folder (sensitivity.json and "
+                              f"row_scores.safetensors, as `sensitivity --out` writes them): {exc!r}") from exc
+        return report
+
+    def check(self) -> None:
+        """Scores that selection can trust: one finite, non-negative score per row of every matrix described,
+        eligible rows inside the matrix, heads that split its rows evenly, a known normalisation.
+
+        Raises:
+            ConfigError: naming the first matrix at fault.
+        """
+        if set(self.row_scores) != set(self.matrices):
+            raise ConfigError("the scores and the matrices they describe name different weights")
+        normalise = self.config.get("normalise", "mean")
+        if normalise not in NORMALISATIONS:
+            raise ConfigError(f"unknown normalisation {normalise!r} (one of {', '.join(NORMALISATIONS)})")
+        for name, scores in self.row_scores.items():
+            info = self.matrices[name]
+            if not (isinstance(info.layer, int) and isinstance(info.rows, int) and isinstance(info.row_params, int)):
+                raise ConfigError(f"{name}: layer, rows and row_params must be integers")
+            if tuple(scores.shape) != (info.rows,) or info.row_params < 1 or info.heads < 1 or info.rows % info.heads:
+                raise ConfigError(f"{name}: {tuple(scores.shape)} scores for {info.rows} rows of {info.row_params} "
+                                  f"parameters in {info.heads} heads")
+            if not bool(torch.isfinite(scores).all()) or bool((scores < 0).any()):
+                raise ConfigError(f"{name}: scores must be finite and non-negative")
+            eligible = info.eligible_rows
+            if eligible and (min(eligible) < 0 or max(eligible) >= info.rows):
+                raise ConfigError(f"{name}: eligible rows must lie in 0..{info.rows - 1}")
 
 
 def _percentile_ranks(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:

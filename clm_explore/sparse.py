@@ -76,14 +76,18 @@ def attach_deltas(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str,
     wrappers = {}
     for weight_name, mask in masks.items():
         module_name = weight_name.removesuffix(".weight")
-        base = model.get_submodule(module_name)
-        rows = torch.nonzero(mask.to(base.weight.device)).flatten()
-        if isinstance(base, nn.Linear):
-            wrapper: nn.Module = DeltaLinear(base, rows)
-        elif isinstance(base, nn.Embedding):
-            wrapper = DeltaEmbedding(base, rows)
-        else:
+        try:
+            base = model.get_submodule(module_name)
+        except AttributeError as exc:
+            raise ValueError(f"the masks name {weight_name}, which this model does not have: were they selected "
+                             "for another model?") from exc
+        if not isinstance(base, nn.Linear | nn.Embedding):
             raise TypeError(f"{weight_name}: row deltas support Linear and Embedding, not {type(base).__name__}")
+        if tuple(mask.shape) != (base.weight.shape[0],):
+            raise ValueError(f"the mask of {weight_name} has {tuple(mask.shape)} rows; the model's matrix has "
+                             f"{base.weight.shape[0]}: were the masks selected for another model?")
+        rows = torch.nonzero(mask.to(base.weight.device)).flatten()
+        wrapper: nn.Module = DeltaLinear(base, rows) if isinstance(base, nn.Linear) else DeltaEmbedding(base, rows)
         _set_submodule(model, module_name, wrapper)
         wrappers[module_name] = wrapper
     return wrappers

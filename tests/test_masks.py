@@ -322,3 +322,54 @@ def test_a_zscore_of_a_single_eligible_row_is_zero_not_nan():
     report.matrices[EMB].eligible_rows = [5]
     normalised = report.normalised()
     assert normalised[EMB][5] == 0.0 and not any(torch.isnan(s).any() for s in normalised.values())
+
+
+def _corrupt(folder, fault: str) -> None:
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    meta = json.loads((folder / "sensitivity.json").read_text())
+    scores = load_file(folder / "row_scores.safetensors")
+    if fault == "short":
+        scores[Q0] = scores[Q0][:3]
+    elif fault == "nan":
+        scores[F1][1] = float("nan")
+    elif fault == "negative_row":
+        meta["matrices"][EMB]["eligible_rows"] = [-1, 3]
+    elif fault == "normalise":
+        meta["config"]["normalise"] = "bogus"
+    elif fault == "unknown_field":
+        meta["matrices"][Q0]["colour"] = "red"
+    elif fault == "extra_scores":
+        scores["x.weight"] = torch.zeros(2)
+    elif fault == "pickle":
+        (folder / "row_scores.safetensors").write_bytes(b"\x80\x04K\x01.")
+        return
+    save_file(scores, folder / "row_scores.safetensors")
+    (folder / "sensitivity.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("fault", "phrase"), [
+    ("short", r"\(3,\) scores for 4 rows"), ("nan", "finite and non-negative"), ("negative_row", "eligible rows"),
+    ("normalise", "unknown normalisation 'bogus'"), ("unknown_field", "not a readable scores folder"),
+    ("extra_scores", "name different weights"), ("pickle", "not a readable scores folder")])
+def test_a_damaged_scores_folder_is_refused_with_its_name(tmp_path, fault, phrase):
+    hand_report().save(tmp_path / "sens")
+    assert select_mask(SensitivityReport.load(tmp_path / "sens"), MaskConfig(budget=30, min_layer=0)).masks
+    _corrupt(tmp_path / "sens", fault)
+    with pytest.raises(ConfigError, match=phrase) as caught:
+        SensitivityReport.load(tmp_path / "sens")
+    assert str(tmp_path / "sens") in str(caught.value)
+
+
+def test_masks_of_another_model_are_refused_when_attached():
+    from clm_explore.modeling import load_model
+    from clm_explore.sparse import attach_deltas
+
+    model = load_model("tiny-random", ["a", "b"]).model
+    q = "bert.encoder.layer.1.attention.self.query.weight"
+    with pytest.raises(ValueError, match="has \\(384,\\) rows; the model's matrix has 32"):
+        attach_deltas(model, {q: torch.zeros(384, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="this model does not have"):
+        attach_deltas(model, {"model.layers.1.self_attn.q_proj.weight": torch.zeros(32, dtype=torch.bool)})
