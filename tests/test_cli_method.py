@@ -306,6 +306,9 @@ def test_a_budget_above_every_eligible_row_is_noted(capsys, data_dir, tmp_path):
     assert main(["sensitivity", str(data_dir), *TINY, "--calibration-rows", "32", "--device", "cpu",
                  "--budget", "0.9"]) == 0
     assert "note: the budget asks for" in capsys.readouterr().out
+    rows = run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--calibration-rows", "32", "--device", "cpu",
+                             "--budget", "0.9", "--min-layer", "0", "--json"])
+    assert any(r["selected_rows"] for r in rows if r["layer"] < 1)  # the lower layers compete too
     metrics = run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--budget", "0.9", "--json",
                                 "--out", str(tmp_path / "run")])
     assert "all of them are selected" in metrics["budget_note"]

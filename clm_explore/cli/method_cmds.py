@@ -106,6 +106,9 @@ def _register_sensitivity(sub: Any) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
     p.add_argument("--budget", type=float, default=None,
                    help="also show what this budget selects (with --json: selected_rows per layer and module)")
+    p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer,
+                   help="with --budget: no rows below this layer (-1 = auto: the upper half; 0 = all layers and "
+                        "embeddings), as finetune's --min-layer")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_sensitivity)
 
@@ -136,7 +139,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     data = _data(args)
     loaded = load_model(args.model, data.labels)
     if args.budget is not None:  # before the scoring pass: a budget the model cannot hold is a message at once
-        _check_budget_fits(MaskConfig(budget=args.budget), loaded)
+        _check_budget_fits(MaskConfig(budget=args.budget, min_layer=args.min_layer), loaded)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
     cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
                             fisher_labels=args.fisher_labels, label_draws=args.label_draws,
@@ -147,7 +150,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         report.save(args.out)
         task_tokens.save(Path(args.out) / "task_tokens.json")
     table = report.table[["layer", "module", "score", "norm_score", "rows", "params"]]
-    sel = select_mask(report, MaskConfig(budget=args.budget)) if args.budget is not None else None
+    sel = select_mask(report, MaskConfig(budget=args.budget, min_layer=args.min_layer)) if args.budget is not None else None
     if args.json:  # with --budget each (layer, module) also says how many of its rows the budget selects
         if sel is not None:
             table = table.merge(sel.table[["layer", "module", "selected_rows"]], on=["layer", "module"], how="left")
