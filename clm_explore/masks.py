@@ -194,16 +194,20 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> Mas
         masks[name] = mask
     lowest = int(rows.layer[chosen].min()) if len(chosen) else None
     return MaskSelection(masks, int(rows.cost[chosen].sum()), budget, report.backbone_params, lowest,
-                         report.n_layers, _selection_table(report, masks), _beside_rows(report, cfg, lowest),
+                         report.n_layers, _selection_table(report, masks), _beside_rows(report, cfg, lowest, masks),
                          int(rows.cost.sum()), _lowest_competing_layer(report, cfg))
 
 
-def _beside_rows(report: SensitivityReport, cfg: MaskConfig, lowest: int | None) -> int | None:
-    """The head and the small parameters a row method trains with the rows (``training._small_params``)."""
+def _beside_rows(report: SensitivityReport, cfg: MaskConfig, lowest: int | None, masks: dict[str, torch.Tensor]
+                 ) -> int | None:
+    """The head and the small parameters a row method trains with the rows (``training._small_params``). With
+    ``train_biases`` a selected row's bias entry trains in its map's bias, not in the row's delta: counted once."""
     if report.head_params is None or report.small_params is None:
         return None
     small = sum(n for kind in cfg.small_kinds for layer, n in report.small_params.get(kind, {}).items()
                 if lowest is not None and layer >= lowest)
+    if "bias" in cfg.small_kinds:
+        small -= sum(int(mask.sum()) for name, mask in masks.items() if report.matrices[name].bias)
     return report.head_params + small
 
 

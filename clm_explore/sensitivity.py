@@ -69,6 +69,9 @@ class MatrixInfo:
     heads: int = 1
     """Attention heads the rows split into, in equal consecutive blocks (query, key and value maps); 1 for
     every other map, and in reports saved before the field existed."""
+    bias: bool = False
+    """Whether a row's cost counts a bias entry (a linear map with a bias); False in reports saved before the field
+    existed."""
 
 
 @dataclass
@@ -260,7 +263,8 @@ def linear_matrix_infos(model: nn.Module, linears: dict[str, tuple[nn.Linear, in
     """Weight name -> MatrixInfo of every scored linear map (``scored_linears``), with the query, key and value
     maps' attention heads."""
     return {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
-                                      lin.in_features + (lin.bias is not None), heads=_attention_heads(model, kind, lin))
+                                      lin.in_features + (lin.bias is not None), heads=_attention_heads(model, kind, lin),
+                                      bias=lin.bias is not None)
             for n, (lin, layer, kind) in linears.items()}
 
 

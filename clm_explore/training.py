@@ -261,6 +261,10 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
     if report.head_state:
         model.load_state_dict(report.head_state, strict=False)
     wrappers = attach_deltas(model, selection.masks)
+    if "bias" in ctx.cfg.mask.small_kinds:  # the maps' whole biases train: a row's bias delta would train it twice
+        for wrapper in wrappers.values():
+            if getattr(wrapper, "delta_b", None) is not None:
+                wrapper.delta_b.requires_grad_(False)
     deltas = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
     head = head_parameters(model)
     small = _small_params(model, selection.lowest_layer, ctx.cfg.mask)

@@ -299,8 +299,14 @@ def test_train_biases_adds_every_linear_bias_at_and_above_the_lowest_layer(tmp_p
     # A key bias adds the same amount to every score of a query, which softmax ignores: its gradient is 0.
     assert linear_biases and moved == [n for n in linear_biases if ".key." not in n]
     extra = sum(base[n].numel() for n in linear_biases)
-    # Selected rows keep their own bias delta too, so the count grows by exactly the biases.
-    assert result.metrics["trainable_params"] == rows_only.metrics["trainable_params"] + extra
+    # A selected row's bias entry now trains in its map's bias, not twice: the count grows by the biases less the
+    # selected linear rows' own bias deltas.
+    masks = load_file(result.out_dir / "masks.safetensors")
+    selected_linear_rows = sum(int(m.sum()) for name, m in masks.items() if "embeddings" not in name)
+    assert selected_linear_rows > 0
+    assert result.metrics["trainable_params"] == rows_only.metrics["trainable_params"] + extra - selected_linear_rows
+    delta = load_file(result.out_dir / "delta.safetensors")
+    assert all(not v.any() for k, v in delta.items() if k.endswith(".delta_b"))  # the bias deltas stayed zero
     from clm_explore.masks import select_mask
     from clm_explore.sensitivity import SensitivityReport
 
