@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,8 +14,22 @@ from torch import nn
 from clm_explore.modeling import LoadedModel, autocast_dtype
 
 
+def text_list(texts: str | Iterable[str]) -> list[str]:
+    """``texts`` as a list of strings: one string is one text (not its characters).
+
+    Raises:
+        TypeError: an item that is not a string (a NaN cell, a number), with its position.
+    """
+    listed = [texts] if isinstance(texts, str) else list(texts)
+    for i, text in enumerate(listed):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__} {text!r}; every text must be a string.")
+    return listed
+
+
 def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:
-    return loaded.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    texts = text_list(texts)
+    return loaded.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
 
 
 def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
@@ -48,6 +64,7 @@ def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_l
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+    texts = text_list(texts)
     ids = encode(loaded, texts, max_length)
     order = np.argsort([len(x) for x in ids], kind="stable")
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
@@ -62,15 +79,18 @@ def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_l
     return probs
 
 
-def predict(run_dir: str | Path, texts: list[str], max_length: int | None = None) -> pd.DataFrame:
-    """Class probabilities of ``texts`` under a finished run: a row per text, a column per label (in the run's
-    label order). Texts are read at the run's trained length unless ``max_length`` says otherwise, so the
-    figures match its predictions.csv and ``clm-explore predict``."""
+def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int | None = None) -> pd.DataFrame:
+    """Class probabilities of ``texts`` (one string or several) under a finished run (its folder, or the
+    ``FinetuneResult`` that ``finetune`` returned): a row per text, a column per label (in the run's label order).
+    Texts are read at the run's trained length unless ``max_length`` says otherwise, so the figures match its
+    predictions.csv and ``clm-explore predict``."""
     from clm_explore.modeling import load_run
     from clm_explore.runs import trained_max_length
 
+    run_dir = Path(getattr(run, "out_dir", run))
+    texts = text_list(texts)
     loaded = load_run(run_dir)
-    length = max_length or trained_max_length(Path(run_dir))
-    probs = predict_proba(loaded.model, loaded, list(texts), max_length=length)
+    length = max_length or trained_max_length(run_dir)
+    probs = predict_proba(loaded.model, loaded, texts, max_length=length)
     labels = [str(loaded.model.config.id2label[i]) for i in range(probs.shape[1])]
-    return pd.DataFrame(probs, columns=labels, index=pd.Index(list(texts), name="text"))
+    return pd.DataFrame(probs, columns=labels, index=pd.Index(texts, name="text"))
