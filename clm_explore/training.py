@@ -400,8 +400,10 @@ def finetune(
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
     main = accelerator is None or accelerator.is_main_process
-    if main and ((out_dir / "clm_run.json").exists() or (out_dir / "metrics.json").exists()):
-        claim_run_dir(out_dir, overwrite)  # stale masks, scores or an adapter would be read as this run's
+    if main and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        # A new or empty folder, or an earlier run's with overwrite: stale masks, scores or an adapter would be
+        # read as this run's, and a notebook's working folder or a data folder must not fill with run files.
+        claim_run_dir(out_dir, overwrite)
     if accelerator is not None:
         device = accelerator.device
         # Rank 0 has claimed (and with overwrite emptied) the run folder before any other rank writes into it.

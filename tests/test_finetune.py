@@ -446,6 +446,23 @@ def test_an_earlier_run_in_the_folder_is_refused_unless_overwritten(data, tmp_pa
     assert json.loads((out / "clm_run.json").read_text())["method"] == "head"
 
 
+
+def test_a_folder_holding_other_files_is_never_filled_or_emptied(data, tmp_path):
+    from clm_explore.runs import RunFolderError
+
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    (notebook / "notes.txt").write_text("mine")
+    head = replace(SPARSE, method="head", epochs=1)
+    with pytest.raises(RunFolderError, match="already exists"):
+        finetune(data, head, notebook, source="tiny-random")
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        finetune(data, head, notebook, source="tiny-random", overwrite=True)
+    assert [p.name for p in notebook.iterdir()] == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert finetune(data, head, tmp_path / "empty", source="tiny-random").status == "succeeded"
+
+
 def test_a_budget_that_buys_no_row_is_refused_before_any_work(data, tmp_path):
     cfg = replace(SPARSE, mask=MaskConfig(budget=10, min_layer=0))
     with pytest.raises(ConfigError, match="a budget of 10 parameters buys no row: the cheapest eligible row costs"):
