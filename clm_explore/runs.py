@@ -191,33 +191,30 @@ class RunStore:
         The method and config come from ``clm_run.json`` (else from ``method`` and ``config``: a run about to
         be written) and the metrics from ``metrics.json`` when present. Status: succeeded when ``metrics.json``
         exists, else pending (owned by this process, so a crash later shows as interrupted). Registering the
-        same folder twice returns the existing record.
+        same folder again returns its record, read again from the folder unless a process is running it: a run
+        trained again into the folder (overwrite) must not keep the earlier run's method, config and metrics.
         """
         folder = Path(path).expanduser().resolve()
         if not folder.is_dir():
             raise RunStoreError(f"Run folder {folder} does not exist.")
-        existing = self._find_by_path(folder)
-        if existing is not None:
-            return existing
         meta = read_json_object(folder / "clm_run.json")
         metrics = read_json_object(folder / "metrics.json")
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
-        slug = slugify(name or folder.name)
         status = RunStatus.SUCCEEDED if metrics else RunStatus.PENDING
         if metrics.get("status") in {s.value for s in RunStatus}:  # e.g. a cancelled run's metrics.json
             status = RunStatus(metrics["status"])
+        method = str(meta.get("method", metrics.get("method", method or "?")))
+        config = _registry_config(meta) or config or {}
+        existing = self._find_by_path(folder)
+        if existing is not None:
+            if existing.status in (RunStatus.PENDING, RunStatus.RUNNING) and self._owner_alive(existing):
+                return existing
+            return self._reread(existing, method, config, metrics, status)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
+        slug = slugify(name or folder.name)
         for n in range(1, 1000):
             run_id = f"{stamp}-{slug}" if n == 1 else f"{stamp}-{slug}-{n}"
             try:
-                self._insert(
-                    run_id,
-                    name or folder.name,
-                    str(meta.get("method", metrics.get("method", method or "?"))),
-                    folder,
-                    _registry_config(meta) or config or {},
-                    metrics,
-                    status,
-                )
+                self._insert(run_id, name or folder.name, method, folder, config, metrics, status)
             except sqlite3.IntegrityError:
                 found = self._find_by_path(folder)
                 if found is not None:  # another process registered it meanwhile
@@ -225,6 +222,23 @@ class RunStore:
                 continue
             return self.get(run_id)
         raise RunStoreError(f"Could not register {folder}.")  # pragma: no cover
+
+    def _owner_alive(self, record: RunRecord) -> bool:
+        """Whether the process that owns a pending or running run may still be at work (another host's: assumed)."""
+        if record.pid is None or record.host != socket.gethostname():
+            return record.pid is not None
+        with self._connect() as conn:
+            start = conn.execute("SELECT pid_start FROM runs WHERE id = ?", (record.id,)).fetchone()
+        return _pid_alive(record.pid, start["pid_start"] if start else None)
+
+    def _reread(self, record: RunRecord, method: str, config: dict[str, Any], metrics: dict[str, Any],
+                status: RunStatus) -> RunRecord:
+        """A registered folder's record replaced by what the folder holds now; a pending one owned by this process."""
+        pid = os.getpid()
+        self._update(record.id, {"method": method, "config": _dumps(config), "metrics": _dumps(metrics),
+                                 "status": status.value, "error": None, "updated": _now(),
+                                 "host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid)})
+        return self.get(record.id)
 
     def _insert(
         self,
@@ -311,9 +325,7 @@ class RunStore:
         for record in self.list():
             if record.is_terminal or record.host != host or record.pid is None:
                 continue
-            with self._connect() as conn:
-                start = conn.execute("SELECT pid_start FROM runs WHERE id = ?", (record.id,)).fetchone()
-            if not _pid_alive(record.pid, start["pid_start"] if start else None):
+            if not self._owner_alive(record):
                 self._update(
                     record.id,
                     {

@@ -107,6 +107,31 @@ def test_register_folder_outside_root(store: RunStore, tmp_path: Path) -> None:
     assert out.is_dir()  # external folders are only unregistered
 
 
+
+def test_a_folder_trained_again_is_read_again_when_registered_again(store: RunStore, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "clm_run.json").write_text(json.dumps({"method": "full", "config": {"seed": 0}}))
+    (out / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    first = store.register_folder(out)
+    # Trained again into the folder (overwrite): another method, seed and score.
+    (out / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": {"seed": 7}}))
+    (out / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
+    again = store.register_folder(out)
+    assert again.id == first.id
+    assert (again.method, again.config, again.metrics, again.status) == (
+        "sparse", {"seed": 7}, {"accuracy": 0.9}, RunStatus.SUCCEEDED)
+    # As the CLI's --overwrite does: the folder emptied and registered for the run about to be written.
+    for f in out.iterdir():
+        f.unlink()
+    pending = store.register_folder(out, method="lora", config={"seed": 1})
+    assert (pending.method, pending.config, pending.metrics, pending.status) == (
+        "lora", {"seed": 1}, {}, RunStatus.PENDING)
+    store.set_status(pending.id, RunStatus.RUNNING)  # this process is at work: the record stays as it is
+    (out / "metrics.json").write_text(json.dumps({"accuracy": 0.1}))
+    assert store.register_folder(out).status is RunStatus.RUNNING
+
+
 def test_zip_run(store: RunStore) -> None:
     run = store.create("z", "sparse", {})
     (run.path / "sub").mkdir()
