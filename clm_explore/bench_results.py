@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -210,10 +210,16 @@ GROUP_METRICS = {"accuracy": ("accuracy",), "macro-F1": ("macro_f1",),
 has them (test splits with labels unseen in train)."""
 
 
-def compare_run_groups(a: Sequence[dict], b: Sequence[dict], level: float = COMPARISON_LEVEL) -> pd.DataFrame:
-    """Two groups of runs (their metrics.json dicts, e.g. seeds of two methods), per metric: each group's mean,
-    std and size, mean(a) - mean(b) in points with its Welch interval at ``level``, the verdict, and the ratio of
-    the stds (a's over b's) with its interval."""
+def compare_run_groups(a: Sequence[Any], b: Sequence[Any], level: float = COMPARISON_LEVEL) -> pd.DataFrame:
+    """Two groups of runs (e.g. seeds of two methods), per metric: each group's mean, std and size, mean(a) - mean(b)
+    in points with its Welch interval at ``level``, the verdict, and the ratio of the stds (a's over b's) with its
+    interval. A run is its metrics.json dict, a ``FinetuneResult`` or registry record (their ``metrics``), or its
+    folder.
+
+    Raises:
+        ValueError: a run that has no metrics (a folder without metrics.json, a cancelled run).
+    """
+    a, b = [_run_metrics(run) for run in a], [_run_metrics(run) for run in b]
     rows = []
     for name, path in GROUP_METRICS.items():
         x, y = [metric_at(m, path) for m in a], [metric_at(m, path) for m in b]
@@ -228,6 +234,17 @@ def compare_run_groups(a: Sequence[dict], b: Sequence[dict], level: float = COMP
     return pd.DataFrame(rows, columns=["metric", "a_mean", "a_std", "a_runs", "b_mean", "b_std", "b_runs",
                                        "difference_points", "low_points", "high_points", "verdict", "std_ratio",
                                        "std_ratio_low", "std_ratio_high"])
+
+
+def _run_metrics(run: Any) -> dict:
+    if isinstance(run, str | Path):
+        file = Path(run).expanduser() / "metrics.json"
+        run = json.loads(file.read_text()) if file.is_file() else {}
+    metrics = run if isinstance(run, dict) else getattr(run, "metrics", None)
+    if not isinstance(metrics, dict) or "accuracy" not in metrics:
+        raise ValueError(f"{run!r} has no finished run's metrics (metrics.json with an accuracy): pass metrics dicts, "
+                         "FinetuneResults, registry records or run folders of finished runs.")
+    return metrics
 
 
 def metric_at(metrics: dict, path: Sequence[str]) -> float | None:

@@ -169,10 +169,14 @@ def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
-def select_mask(report: SensitivityReport, cfg: MaskConfig | None = None) -> MaskSelection:
+def select_mask(report: SensitivityReport, cfg: MaskConfig | float | None = None) -> MaskSelection:
     """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
     random ones) until the budget is spent; with ``spread_heads``, each attention map's share re-picked evenly
-    over its heads."""
+    over its heads. ``cfg`` may be a budget alone (``select_mask(report, 0.01)``), the other options default."""
+    if isinstance(cfg, int | float) and not isinstance(cfg, bool):
+        cfg = MaskConfig(budget=float(cfg))
+    if cfg is not None and not isinstance(cfg, MaskConfig):
+        raise TypeError(f"select_mask takes a MaskConfig or a budget, not {type(cfg).__name__}")
     cfg = cfg or MaskConfig()
     budget = budget_to_params(cfg.budget, report.backbone_params)
     rows = _candidate_rows(report, cfg)

@@ -552,6 +552,7 @@ def compute_sensitivity(
     cfg = cfg or SensitivityConfig()
     if cfg.restriction == "tokens" and task_tokens is None:
         raise ValueError("restriction 'tokens' needs mined task tokens; mine first or use restriction 'none'")
+    check_head_labels(loaded, data.labels)
     n_layers = loaded.model.config.num_hidden_layers
     if cfg.min_layer >= n_layers:
         raise ConfigError(f"min_layer {cfg.min_layer} is above the model's top layer ({n_layers - 1}); nothing would "
@@ -593,6 +594,20 @@ def calibration_indices(data: AnnotatedData, cfg: SensitivityConfig) -> np.ndarr
 
 def calibration_rows(data: AnnotatedData, cfg: SensitivityConfig) -> tuple[list[str], np.ndarray]:
     return _train_rows(data, calibration_indices(data, cfg))
+
+
+def check_head_labels(loaded: LoadedModel, labels: list[str]) -> None:
+    """The model's head must name the data's labels in the data's order: label ids index the head's outputs.
+
+    Raises:
+        ConfigError: naming both and the call that makes them agree.
+    """
+    config = loaded.model.config
+    head = [str(config.id2label[i]) for i in range(config.num_labels)]
+    if head != [str(label) for label in labels]:
+        shown = ", ".join(head[:5]) + (", ..." if len(head) > 5 else "")
+        raise ConfigError(f"the model's head has {len(head)} labels ({shown}); the data has {len(labels)}. Load it "
+                          "for this data: load_model(source, data.labels).")
 
 
 def _train_rows(data: AnnotatedData, idx: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, get_scheduler
 from clm_explore.averaging import TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
-from clm_explore.data import AnnotatedData
+from clm_explore.data import AnnotatedData, load_data
 from clm_explore.masks import MaskSelection, budget_to_params, effective_min_layer, select_mask
 from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope_metrics
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
@@ -368,7 +368,7 @@ def _preparer(method: str) -> Preparer:
 
 
 def finetune(
-    data: AnnotatedData,
+    data: AnnotatedData | str | Path,
     cfg: FinetuneConfig,
     out_dir: str | Path,
     source: str = "default",
@@ -383,6 +383,8 @@ def finetune(
     ``cfg.mask`` to be trained. The run is not in the app's run list until ``RunStore().register_folder(out_dir)``.
 
     Args:
+        data: the splits (``load_data``), or a path that ``load_data`` reads.
+        source: a model name or folder (``load_model``'s source), recorded with the run.
         should_stop: polled at every step and between the preparation's phases; True cancels. Under several
             processes (accelerate launch) pass none: a rank that stopped alone would leave the others waiting.
         overwrite: replace an earlier run in ``out_dir`` (its files would otherwise mix with this run's);
@@ -391,6 +393,14 @@ def finetune(
     Returns:
         FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
     """
+    if isinstance(data, str | Path):
+        data = load_data(data)
+    if not isinstance(data, AnnotatedData) or not isinstance(cfg, FinetuneConfig):
+        raise TypeError(f"finetune(data, cfg, out_dir): data is AnnotatedData or a path, cfg a FinetuneConfig; got "
+                        f"{type(data).__name__} and {type(cfg).__name__}")
+    if not isinstance(source, str | Path):  # a LoadedModel: the run must name where its model came from
+        raise TypeError(f"source is a model name or folder, as load_model takes; got {type(source).__name__}")
+    source = str(source)
     out_dir = Path(out_dir)
     if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
         cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))

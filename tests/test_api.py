@@ -27,3 +27,31 @@ def test_predict_takes_one_string_a_result_or_no_text(tiny_data, tmp_path):
     assert none.shape == (0, len(tiny_data.labels)) and list(none.columns) == list(one.columns)
     with pytest.raises(TypeError, match=r"texts\[1\] is float"):
         clm_explore.predict(result, ["fine", float("nan")])
+
+
+def test_the_natural_calls_work_and_plain_mistakes_say_what_to_do(tiny_data, data_dir, tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    from clm_explore.config import ConfigError
+
+    head = replace(clm_explore.FinetuneConfig(method="head"), epochs=1)
+    runs = [clm_explore.finetune(data_dir, replace(head, seed=s), tmp_path / f"run{s}", source="tiny-random")
+            for s in range(2)]  # a data folder's path is read as load_data reads it
+    by_result = clm_explore.compare_run_groups(runs[:1], runs[1:])
+    by_folder = clm_explore.compare_run_groups([tmp_path / "run0"], [str(tmp_path / "run1")])
+    assert not by_result.empty and by_result.equals(by_folder)
+    assert by_result.equals(clm_explore.compare_run_groups([runs[0].metrics], [runs[1].metrics]))
+    with pytest.raises(ValueError, match="no finished run's metrics"):
+        clm_explore.compare_run_groups([tmp_path], runs[1:])
+    loaded = clm_explore.load_model("tiny-random", tiny_data.labels)
+    with pytest.raises(TypeError, match="source is a model name or folder"):
+        clm_explore.finetune(tiny_data, head, tmp_path / "x", source=loaded)
+    unlabelled = clm_explore.load_model("tiny-random")  # labels left out: a head of another size
+    with pytest.raises(ConfigError, match=r"head has 2 labels .*the data has 4.*load_model\(source, data.labels\)"):
+        clm_explore.compute_sensitivity(unlabelled, tiny_data, None, clm_explore.SensitivityConfig(restriction="none"))
+    report = clm_explore.compute_sensitivity(loaded, tiny_data, None, clm_explore.SensitivityConfig(
+        restriction="none", warmup_epochs=0, calibration_rows=16), device="cpu")
+    assert clm_explore.select_mask(report, 0.05).masks.keys() == \
+        clm_explore.select_mask(report, clm_explore.MaskConfig(budget=0.05)).masks.keys()
