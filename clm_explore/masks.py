@@ -42,6 +42,13 @@ class MaskSelection:
     min_layer: int = 0
     """The lowest layer whose rows competed."""
 
+    def __repr__(self) -> str:  # the mask tensors would fill a notebook cell
+        rows = sum(int(m.sum()) for m in self.masks.values())
+        lowest = "-" if self.lowest_layer is None else self.lowest_layer
+        return (f"MaskSelection({self.selected_params:,} of a {self.budget_params:,}-parameter budget ({self.share:.2%} "
+                f"of the backbone) in {rows:,} rows of {len(self.masks)} matrices, lowest layer {lowest}, "
+                f"{self.trainable_params if self.trainable_params is not None else '?'} trainable)")
+
     @property
     def share(self) -> float:
         """Selected parameters as a share of the backbone."""

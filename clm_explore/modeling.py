@@ -60,6 +60,11 @@ class LoadedModel:
     is_decoder: bool
     """True for causal LMs (pooling at the last token), False for encoders (CLS)."""
 
+    def __repr__(self) -> str:  # the whole module tree would fill a notebook cell
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"LoadedModel({self.source!r}: {type(self.model).__name__}, {params:,} parameters, "
+                f"{self.model.config.num_labels} labels, {'decoder' if self.is_decoder else 'encoder'})")
+
 
 def cache_dir() -> Path:
     """Where converted models are kept (``CLM_EXPLORE_CACHE`` or ``~/.cache/clm_explore``)."""

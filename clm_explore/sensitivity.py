@@ -104,6 +104,11 @@ class SensitivityReport:
         return cls(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model), config,
                    head_state, seconds, notes, sum(p.numel() for p in head), small_parameter_counts(model))
 
+    def __repr__(self) -> str:  # the score tensors would fill a notebook cell
+        how = ", ".join(f"{k} {self.config[k]}" for k in ("score", "restriction", "normalise") if k in self.config)
+        return (f"SensitivityReport({len(self.row_scores)} matrices over {self.n_layers} layers, "
+                f"{self.backbone_params:,} backbone parameters{', ' + how if how else ''}, {self.seconds:.1f} s)")
+
     @property
     def scored_from_layer(self) -> int:
         """Rows of layers below this one were not scored (``SensitivityConfig.min_layer``): never select them."""

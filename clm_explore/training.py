@@ -94,6 +94,10 @@ class FinetuneResult:
     metrics: dict
     out_dir: Path
 
+    def __repr__(self) -> str:  # metrics.json holds a confusion matrix and curves: the headline figures only
+        shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("accuracy", "macro_f1") if k in self.metrics)
+        return f"FinetuneResult({self.status}{', ' + shown if shown else ''}, out_dir={str(self.out_dir)!r})"
+
 
 @dataclass
 class MethodContext:

@@ -55,3 +55,17 @@ def test_the_natural_calls_work_and_plain_mistakes_say_what_to_do(tiny_data, dat
         restriction="none", warmup_epochs=0, calibration_rows=16), device="cpu")
     assert clm_explore.select_mask(report, 0.05).masks.keys() == \
         clm_explore.select_mask(report, clm_explore.MaskConfig(budget=0.05)).masks.keys()
+
+
+def test_results_print_a_short_summary_in_a_notebook(tiny_data, tmp_path):
+    from dataclasses import replace
+
+    loaded = clm_explore.load_model("tiny-random", tiny_data.labels)
+    assert repr(loaded).startswith("LoadedModel('tiny-random': BertForSequenceClassification,") and "4 labels" in repr(loaded)
+    report = clm_explore.compute_sensitivity(loaded, tiny_data, None, clm_explore.SensitivityConfig(
+        restriction="none", warmup_epochs=0, calibration_rows=16), device="cpu")
+    selection = clm_explore.select_mask(report, 0.05)
+    result = clm_explore.finetune(tiny_data, replace(clm_explore.FinetuneConfig(method="head"), epochs=1),
+                                  tmp_path / "run", source="tiny-random")
+    for shown, words in [(report, "matrices over 2 layers"), (selection, "rows of"), (result, "succeeded, accuracy")]:
+        assert words in repr(shown) and len(repr(shown)) < 300 and "tensor" not in repr(shown)
