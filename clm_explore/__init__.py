@@ -14,12 +14,20 @@ A notebook session, end to end::
     result = clm.finetune(data, cfg, "runs/my-sparse", source="default")
     clm.predict("runs/my-sparse", ["my card has not arrived"])  # probabilities, a column per label
     clm.RunStore().register_folder("runs/my-sparse")  # listed in the app's Runs and Compare pages
+    run = clm.load_run("runs/my-sparse")
+    clm.explain(run.model, run.tokenizer, "my card has not arrived")  # word attributions (Integrated Gradients)
+    clm.write_report(clm.case_study("runs/my-sparse", "runs/my-full"), "report.html")  # the case study, one file
 
 Is sparse ahead of full finetuning on this data, or level? Seeds of each, compared with a 95% interval::
 
     runs = {m: [clm.finetune(data, clm.FinetuneConfig(method=m, seed=s), f"runs/{m}-{s}") for s in range(3)]
             for m in ("sparse", "full")}
     clm.compare_run_groups([r.metrics for r in runs["sparse"]], [r.metrics for r in runs["full"]])
+
+The method x budget x seed grid, as ``clm-explore bench`` runs it (each cell a ``finetune`` process)::
+
+    result = clm.run_grid("sample_data/banking77_20", clm.BenchConfig(methods=("full", "sparse"), seeds=3), "bench/out")
+    result.summary  # mean and std per method and budget; result.files names the CSV and the HTML report
 
 Names are imported lazily, so ``import clm_explore`` (and the CLI's ``--help``) stays fast.
 """
@@ -31,6 +39,8 @@ from typing import Any
 
 _EXPORTS = {
     "AnnotatedData": "clm_explore.data",
+    "AttributionConfig": "clm_explore.config",
+    "BenchConfig": "clm_explore.bench",
     "DataConfig": "clm_explore.config",
     "FinetuneConfig": "clm_explore.config",
     "FinetuneResult": "clm_explore.training",
@@ -44,9 +54,11 @@ _EXPORTS = {
     "StepInfo": "clm_explore.training",
     "TaskTokens": "clm_explore.mining",
     "adaptive_tokenization": "clm_explore.mining",
+    "case_study": "clm_explore.casestudy",
     "compare_run_groups": "clm_explore.bench_results",
     "compute_sensitivity": "clm_explore.sensitivity",
     "data_report": "clm_explore.data",
+    "explain": "clm_explore.attribution",
     "finetune": "clm_explore.training",
     "load_data": "clm_explore.data",
     "load_model": "clm_explore.modeling",
@@ -54,7 +66,9 @@ _EXPORTS = {
     "mine_task_tokens": "clm_explore.mining",
     "predict": "clm_explore.batches",
     "predict_proba": "clm_explore.batches",
+    "run_grid": "clm_explore.bench",
     "select_mask": "clm_explore.masks",
+    "write_report": "clm_explore.report",
 }
 
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605  (built from the table above so the two cannot drift)
