@@ -12,7 +12,9 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,10 +39,20 @@ class TokenGroup:
     specificity: float
     score: float
     label: str
-    """The label most associated with the group."""
+    """The label most associated with the group: the highest lift, smoothed (see ``associated_labels``).
+    Not the most frequent label among the group's rows: on imbalanced data that can be the majority label
+    with a lift below 1."""
     lift: float
-    """P(label | group) / P(label) for that label."""
+    """P(label | group) / P(label) for that label (at least 1: the lifts average to 1 under P(label))."""
     example_ids: list[int] = field(default_factory=list)
+    variants: list[list[str]] = field(default_factory=list)
+    """Every split of the group seen in the rows, most rows first (``pieces`` is the first): byte-level and
+    cased tokenizers split one word several ways ('card', 'Ġcard', 'Card'). Empty: ``pieces`` alone."""
+    merged_token: str | None = None
+    """Adaptive tokenization: the vocabulary entry this word now is (the tokenizer's normalised form of
+    ``pieces``); ``pieces`` stays the split the original tokenizer makes."""
+    merged_slot: str | None = None
+    """The unused slot that ``merged_token`` replaced ('[unused0]')."""
 
 
 @dataclass
@@ -77,10 +89,18 @@ class TaskTokens:
         return {tuple(g.pieces) for g in self.groups if g.kind == FRAGMENT}
 
     def token_ids(self, tokenizer) -> set[int]:
-        """Vocabulary ids of every piece in any group (the eligible embedding rows)."""
-        pieces = {p for g in self.groups for p in g.pieces}
+        """Vocabulary ids of every piece of every split of any group (the eligible embedding rows). A merged
+        word's split (``pieces``) is replaced by its merged token: the tokenizer no longer produces it there."""
+        pieces = {p for g in self.groups for split in _current_splits(g) for p in split}
         ids = tokenizer.convert_tokens_to_ids(sorted(pieces))
         return {i for i in ids if i is not None and i != tokenizer.unk_token_id}
+
+
+def _current_splits(group: TokenGroup) -> list[list[str]]:
+    splits = group.variants or [group.pieces]
+    if group.merged_token is None:
+        return splits
+    return [s for s in splits if s != group.pieces] + [[group.merged_token]]
 
 
 @dataclass
@@ -95,22 +115,33 @@ def split_words(encoding, text: str) -> list[_Word]:
     words: list[_Word] = []
     spans: list[list[int]] = []
     last = None
+    prev_end = 0
     for pos, (word_id, token, (start, end)) in enumerate(zip(encoding.word_ids, encoding.tokens, encoding.offsets, strict=True)):
         if word_id is None:
             last = None
             continue
-        if word_id != last:
+        if word_id != last or _opens_word(token, text, prev_end, start):
             words.append(_Word("", [], []))
             spans.append([start, end])
             last = word_id
         spans[-1][1] = max(spans[-1][1], end)
         words[-1].pieces.append(token)
         words[-1].token_positions.append(pos)
+        prev_end = end
     for word, (start, end) in zip(words, spans, strict=True):
         # Byte-level BPE (GPT-2, Llama via GGUF) keeps the leading space in its offsets (trim_offsets=False):
         # stripped, " card" and "card" are one word and word_keys() finds the mined text again.
         word.text = text[start:end].strip().lower()
     return words
+
+
+def _opens_word(token: str, text: str, prev_end: int, start: int) -> bool:
+    """Whether a piece starts a new word although it has the previous piece's word id. SentencePiece
+    tokenizers without a word pre-tokenizer (Llama-2 / Mistral as transformers v5 and the GGUF converter
+    build them: none, or Metaspace(split=False)) give the whole text word id 0: there the '▁' marker, or
+    whitespace in the text before or at the piece, is the only word boundary. Elsewhere the pieces of one
+    word id are contiguous and carry no marker after the first, so this never fires."""
+    return token.startswith("▁") or any(c.isspace() for c in text[prev_end : start + 1])
 
 
 def _row_candidates(words: list[_Word], cfg: MiningConfig) -> set[tuple[str, tuple[str, ...], tuple[str, ...]]]:
@@ -156,8 +187,13 @@ def _relevance(counts: np.ndarray, prior: np.ndarray, n_rows: int, kind: str) ->
         absent = prior * n_rows - counts
         cond_absent = (absent + 0.1) / (absent.sum(1, keepdims=True) + 0.1 * counts.shape[1])
         return p_g * kl + (1 - p_g) * (cond_absent * np.log(cond_absent / prior)).sum(1)
+    # The 2 x L table: rows with g and rows without it. The absent row's deviations mirror the present
+    # row's, weighted by 1 / its expectation; without it a rare group's chi2 was inflated against a common one.
     expected = present * prior
-    return ((counts - expected) ** 2 / np.maximum(expected, 1e-9)).sum(1) / n_rows  # chi2 per row
+    expected_absent = (n_rows - present) * prior
+    deviation = (counts - expected) ** 2
+    chi2 = deviation / np.maximum(expected, 1e-9) + deviation / np.maximum(expected_absent, 1e-9)
+    return chi2.sum(1) / n_rows  # chi2 per row (phi squared)
 
 
 def mine_task_tokens(
@@ -175,11 +211,12 @@ def mine_task_tokens(
         TaskTokens with the top groups, best first.
     """
     cfg = cfg or MiningConfig()
+    labels = [str(x) for x in labels]  # numpy ints would not save as JSON, and mixed types do not sort
     label_names = sorted(set(labels))
     label_index = {name: i for i, name in enumerate(label_names)}
     encodings = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=cfg.max_tokens).encodings
     rows_with: dict[tuple, list[int]] = defaultdict(list)
-    pieces_of: dict[tuple, tuple[str, ...]] = {}
+    split_rows: Counter = Counter()  # (kind, key, pieces): rows with that split of the group
     fragment_words: dict[tuple, Counter] = defaultdict(Counter)
     word_total = 0
     for row, (enc, text) in enumerate(zip(encodings, texts, strict=True)):
@@ -187,7 +224,7 @@ def mine_task_tokens(
         word_total += len(words)
         for kind, key, pieces in sorted(_row_candidates(words, cfg)):  # sorted: a set's order varies by process
             rows_with[(kind, key)].append(row)
-            pieces_of[(kind, key)] = pieces
+            split_rows[(kind, key, pieces)] += 1
         for w in words:
             if len(w.pieces) > 1:
                 for kind, key, _ in _row_candidates([w], MiningConfig(max_words=1, max_ngram=cfg.max_ngram)):
@@ -209,9 +246,20 @@ def mine_task_tokens(
     top_k = cfg.top_k or min(1024, max(64, len(texts) // 8))
     order = [i for i in np.argsort(-score, kind="stable") if score[i] > 0][:top_k]
     lifts = (counts / counts.sum(1, keepdims=True)) / prior
-    groups = [_group(keys[i], pieces_of[keys[i]], counts[i], relevance[i], specificity[i], score[i],
-                     lifts[i], label_names, rows_with[keys[i]], tokenizer, cfg) for i in order]
+    best = associated_labels(counts, prior)
+    splits = _splits_of({keys[i] for i in order}, split_rows)
+    groups = [_group(keys[i], splits[keys[i]], relevance[i], specificity[i], score[i], label_names[best[i]],
+                     lifts[i, best[i]], rows_with[keys[i]], tokenizer, cfg) for i in order]
     return TaskTokens(groups, background, len(texts), asdict(cfg))
+
+
+def _splits_of(keys: set[tuple], split_rows: Counter) -> dict[tuple, list[tuple[str, ...]]]:
+    """Every split of each kept group, most rows first (ties: first seen, so the order is reproducible)."""
+    found: dict[tuple, list[tuple[tuple[str, ...], int]]] = defaultdict(list)
+    for (kind, key, pieces), n in split_rows.items():  # insertion order: rows in order, candidates sorted
+        if (kind, key) in keys:
+            found[(kind, key)].append((pieces, n))
+    return {k: [p for p, _ in sorted(v, key=lambda pn: -pn[1])] for k, v in found.items()}
 
 
 def _keep(key: tuple, fragment_words: dict[tuple, Counter], cfg: MiningConfig) -> bool:
@@ -263,14 +311,23 @@ def _combine(relevance: np.ndarray, specificity: np.ndarray, how: str) -> np.nda
     return ranks.to_numpy() * (specificity > 0)
 
 
-def _group(key, pieces, counts, relevance, specificity, score, lifts, label_names, rows, tokenizer, cfg) -> TokenGroup:
+def associated_labels(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Per group, the index of the label it lifts most: the highest observed / expected ratio of rows,
+    shrunk by 0.5 rows (Noren et al. 2013, "shrinkage observed-to-expected ratios"), so that one row
+    of a rare label (expected 0.1 rows: raw lift 10) does not outrank a label seen in half the group's rows.
+    Its raw lift is above 1 unless every label's is 1. counts: (groups, labels); prior: (labels,)."""
+    expected = counts.sum(1, keepdims=True) * prior
+    return np.argmax((counts + 0.5) / (expected + 0.5), axis=1)
+
+
+def _group(key, splits, relevance, specificity, score, label, lift, rows, tokenizer, cfg) -> TokenGroup:
     kind, inner = key
     text = " ".join(inner) if kind == WORDS else tokenizer.convert_tokens_to_string(list(inner)).strip()
-    best = int(np.argmax(counts))
     unique_rows = sorted(set(rows))
-    return TokenGroup(text if kind == WORDS else " ".join(inner), list(pieces), kind, len(unique_rows),
-                      float(relevance), float(specificity), float(score), label_names[best], float(lifts[best]),
-                      unique_rows[: cfg.examples_per_group])
+    return TokenGroup(text if kind == WORDS else " ".join(inner), list(splits[0]), kind, len(unique_rows),
+                      float(relevance), float(specificity), float(score), label, float(lift),
+                      unique_rows[: cfg.examples_per_group],
+                      variants=[list(s) for s in splits] if len(splits) > 1 else [])
 
 
 def covered_positions(encodings: Iterable, texts: Sequence[str], task_tokens: TaskTokens) -> list[list[int]]:
@@ -310,7 +367,8 @@ class MergeReport:
     """What adaptive tokenization merged into the tokenizer's unused slots, and what it bought."""
 
     merged: list[dict]
-    """One entry per merged word: text, pieces, slot (the replaced token), id."""
+    """One entry per merged word: text, pieces (its split before), token (the new vocabulary entry, the
+    tokenizer's normalised form of the word), slot (the replaced token), id."""
     mean_length_before: float
     mean_length_after: float
     note: str = ""
@@ -334,47 +392,114 @@ def adaptive_tokenization(loaded, task_tokens: TaskTokens, texts: Sequence[str],
     """Merge the top multi-piece single-word groups into the tokenizer's unused slots (BERT ``[unusedN]``).
 
     The slot's embedding row becomes the mean of the pieces' rows, so no parameter is added. Multi-word
-    spans are not merged: the pre-tokenizer splits on spaces before the vocabulary is consulted.
+    spans are not merged: the pre-tokenizer splits on spaces before the vocabulary is consulted. The entry
+    is the word as the tokenizer's normaliser leaves it, and a merge is kept only where the new tokenizer
+    turns the word into that one token; a rejected word frees its slot for the next one (said in the note).
 
     Args:
-        loaded: a LoadedModel; with ``apply`` its tokenizer and embedding rows are changed in place.
+        loaded: a LoadedModel; with ``apply`` its tokenizer and embedding rows are changed in place, and each
+            merged group gets ``merged_token`` and ``merged_slot`` (its ``pieces`` stay the original split).
         n_merge: at most this many words are merged.
         apply: False only measures the shortening (nothing is changed).
     """
+    tok = loaded.tokenizer
+    vocab = tok.get_vocab()
+    slots = sorted((t for t in vocab if t.startswith("[unused")), key=lambda t: vocab[t])
+    candidates = _merge_candidates(tok, task_tokens, vocab)
+    before = _mean_length(tok, texts)
+    if not slots:
+        return MergeReport([], before, before, "the tokenizer has no unused slots; nothing merged")
+    wanted = min(n_merge, len(candidates))
+    notes = [f"only {len(slots)} unused slots for {wanted} words"] if wanted > len(slots) else []
+    plan, new_tok, rejected = _verified_merges(tok, vocab, candidates, slots, min(wanted, len(slots)))
+    if rejected:
+        notes.append(f"{len(rejected)} words not merged: the tokenizer would still split them "
+                     f"({', '.join(m.group.text for m in rejected[:5])}{', ...' if len(rejected) > 5 else ''})")
+    merged = [{"text": m.group.text, "pieces": m.group.pieces, "token": m.token, "slot": slot, "id": vocab[slot]}
+              for m, slot in plan]
+    after = _mean_length(new_tok, texts)
+    if apply:
+        _apply_merges(loaded, plan, vocab)
+        loaded.tokenizer = new_tok
+    return MergeReport(merged, before, after, "; ".join(notes))
+
+
+@dataclass
+class _Merge:
+    group: TokenGroup
+    word: str
+    """The word as its pieces spell it (the cased form a cased tokenizer sees in the rows)."""
+    token: str
+    """The vocabulary entry: ``word`` after the tokenizer's normaliser ('español' -> 'espanol' for MiniLM)."""
+
+
+def _merge_candidates(tok, task_tokens: TaskTokens, vocab: dict[str, int]) -> list[_Merge]:
+    """Single-word multi-piece groups, best first, each with the entry the tokenizer can look up. The raw
+    lower-cased text is not that entry: a normaliser that strips accents never sees 'español', a cased
+    one never sees 'contactless' where the rows say 'Contactless'."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    normalizer = getattr(backend, "normalizer", None)
+    found: list[_Merge] = []
+    seen: set[str] = set()
+    for g in task_tokens.groups:
+        if g.kind != WORDS or " " in g.text or len(g.pieces) < 2 or g.merged_token is not None:
+            continue
+        word = tok.convert_tokens_to_string(list(g.pieces)).strip()
+        token = (normalizer.normalize_str(word) if normalizer is not None else word).strip()
+        if token and token not in vocab and token not in seen:
+            seen.add(token)
+            found.append(_Merge(g, word, token))
+    return found
+
+
+def _verified_merges(tok, vocab: dict[str, int], candidates: list[_Merge], slots: list[str],
+                     n: int) -> tuple[list[tuple[_Merge, str]], Any, list[_Merge]]:
+    """Put up to ``n`` candidates into slots, keeping only the merges the new tokenizer produces (a word that
+    still splits would waste its slot and drop its real pieces from the eligible rows); each rejected word's
+    slot goes to the next candidate. Returns (merge, slot) pairs, the tokenizer that has them, the rejected."""
+    pending = iter(candidates)
+    kept: list[_Merge] = []
+    rejected: list[_Merge] = []
+    while True:  # every round that does not return rejects a candidate for good, so this ends
+        trial = kept + list(islice(pending, n - len(kept)))
+        if not trial:  # nothing to merge: the tokenizer as it is
+            return [], tok, rejected
+        plan = list(zip(trial, slots, strict=False))
+        new_tok = _renamed_tokenizer(tok, {slot: m.token for m, slot in plan})
+        ids = new_tok([m.word for m in trial], add_special_tokens=False)["input_ids"]
+        ok = [found == [vocab[slot]] for found, (_, slot) in zip(ids, plan, strict=True)]
+        if all(ok):
+            return plan, new_tok, rejected
+        rejected += [m for m, good in zip(trial, ok, strict=True) if not good]
+        kept = [m for m, good in zip(trial, ok, strict=True) if good]
+
+
+def _renamed_tokenizer(tok, renames: dict[str, str]):
+    """A copy of ``tok`` with vocabulary entries renamed (same ids), reloaded so its model sees them."""
     import tempfile
 
     from transformers import AutoTokenizer
 
-    tok = loaded.tokenizer
-    vocab = tok.get_vocab()
-    slots = sorted((t for t in vocab if t.startswith("[unused")), key=lambda t: vocab[t])
-    words = [g for g in task_tokens.groups if g.kind == WORDS and " " not in g.text and len(g.pieces) > 1
-             and g.text not in vocab][:n_merge]
-    before = float(np.mean([len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]))
-    if not slots:
-        return MergeReport([], before, before, "the tokenizer has no unused slots; nothing merged")
-    note = f"only {len(slots)} unused slots for {len(words)} words" if len(words) > len(slots) else ""
-    words = words[: len(slots)]
-    merged = [{"text": g.text, "pieces": g.pieces, "slot": s, "id": vocab[s]} for g, s in zip(words, slots, strict=False)]
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)
-        _rename_vocab(Path(tmp), {m["slot"]: m["text"] for m in merged})
-        new_tok = AutoTokenizer.from_pretrained(tmp)
-    after = float(np.mean([len(x) for x in new_tok(list(texts), add_special_tokens=False)["input_ids"]]))
-    if apply:
-        import torch
+        _rename_vocab(Path(tmp), renames)
+        return AutoTokenizer.from_pretrained(tmp)
 
-        emb = loaded.model.get_input_embeddings().weight
-        with torch.no_grad():
-            for m in merged:
-                piece_ids = tok.convert_tokens_to_ids(m["pieces"])
-                emb[m["id"]] = emb[piece_ids].mean(0)
-        loaded.tokenizer = new_tok
-        merged_words = {m["text"] for m in merged}
-        for g in task_tokens.groups:  # a merged word is now one piece: its slot's row becomes eligible
-            if g.text in merged_words and g.kind == WORDS:
-                g.pieces = [g.text]
-    return MergeReport(merged, before, after, note)
+
+def _mean_length(tok, texts: Sequence[str]) -> float:
+    return float(np.mean([len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]))
+
+
+def _apply_merges(loaded, plan: list[tuple[_Merge, str]], vocab: dict[str, int]) -> None:
+    """Each slot's embedding row becomes the mean of its word's pieces' rows; the groups record the merge
+    (``pieces`` stays the original split; TaskTokens.token_ids makes the slot's row eligible instead)."""
+    import torch
+
+    emb = loaded.model.get_input_embeddings().weight
+    with torch.no_grad():
+        for m, slot in plan:
+            emb[vocab[slot]] = emb[loaded.tokenizer.convert_tokens_to_ids(m.group.pieces)].mean(0)
+            m.group.merged_token, m.group.merged_slot = m.token, slot
 
 
 def _rename_vocab(folder: Path, renames: dict[str, str]) -> None:

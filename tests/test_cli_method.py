@@ -50,7 +50,7 @@ def test_mine_json_names_the_slot_of_each_merged_word(capsys, tmp_path):
     groups = run_json(capsys, ["mine", str(tmp_path / "data.csv"), *TINY, "--json", "--merge", "3"])
     by_text = {g["text"]: g for g in groups}
     assert by_text["refunding"]["merged_slot"] == "[unused0]"  # refund ##ing: the one multi-piece word
-    assert by_text["refunding"]["pieces"] == ["refunding"]
+    assert by_text["refunding"]["pieces"] == ["refund", "##ing"]  # the split, not the merged token
     assert by_text["card"]["merged_slot"] is None
 
 

@@ -230,7 +230,10 @@ def test_adaptive_tokenization_merges_a_word_into_an_unused_slot():
     assert report.mean_length_before == pytest.approx(2.5)
     assert report.mean_length_after == pytest.approx(1.5)
     assert report.shortening == pytest.approx(0.4)
-    assert tt.groups[0].pieces == ["refunding"]
+    # pieces stay the original split; the merge is recorded beside them and its slot's row becomes eligible
+    assert tt.groups[0].pieces == ["refund", "##ing"]
+    assert (tt.groups[0].merged_token, tt.groups[0].merged_slot) == ("refunding", "[unused0]")
+    assert tt.token_ids(new) == {slot["id"], new.convert_tokens_to_ids("money")}
 
 
 def test_adaptive_tokenization_says_when_the_unused_slots_run_out():
@@ -293,3 +296,117 @@ def test_rows_are_mined_up_to_max_tokens(tok):
     full = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none"))
     assert "refunding" in {g.text for g in full.groups}
     assert "refunding" not in {g.text for g in short.groups}  # past the first 8 sub-tokens of its rows
+
+
+# -- word boundaries, every split, chi2, the associated label, label types, verified merges --------------
+
+
+def _metaspace_tokenizer():
+    """A Llama-2 / Mistral style tokenizer as transformers v5 and the GGUF converter build it: SentencePiece
+    pieces with the '▁' word marker and Metaspace(split=False), so every piece of a text has word id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "▁", "▁ref", "und", "ing", "▁please", "▁now", "▁money", "▁trans", "fer", *"abcdefghijklmnopqrstuvwxyz"]
+    backend = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=0, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+
+
+def test_sentencepiece_without_a_word_pre_tokenizer_still_mines_words():
+    tok = _metaspace_tokenizer()
+    enc = tok(["refunding please now"], add_special_tokens=False).encodings
+    assert enc[0].tokens == ["▁ref", "und", "ing", "▁please", "▁now"] and set(enc[0].word_ids) == {0}
+    texts = ["refunding please now"] * 5 + ["money transfer"] * 5
+    tt = mine_task_tokens(texts, ["a"] * 5 + ["b"] * 5, tok, MiningConfig(min_count=3, specificity="none"))
+    groups = by_text(tt)
+    assert {"refunding", "please", "now", "money", "transfer"} <= set(groups)  # not whole sentences
+    assert groups["refunding"].pieces == ["▁ref", "und", "ing"]
+    assert covered_positions(enc, texts[:1], TaskTokens([groups["refunding"]], "", 0, {})) == [[0, 1, 2]]
+
+
+def test_every_split_of_a_word_makes_its_rows_eligible():
+    # Byte-level BPE splits "card" as 'Card' at the start of a row and 'Ġcard' after a space: both occur.
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    texts = ["Card never arrived", "my card has not arrived", "where is my card", "Card payment failed",
+             "exchange rate is bad", "what exchange rate", "Exchange rate today", "bad exchange money"] * 3
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    tt = mine_task_tokens(texts, (["card"] * 4 + ["rate"] * 4) * 3, tok, MiningConfig(specificity="none", min_count=3))
+    card = by_text(tt)["card"]
+    assert sorted(card.variants) == [["Card"], ["Ġcard"]]
+    assert card.pieces == card.variants[0]  # the split shown is the most frequent one (here a tie: first seen)
+    assert set(tok.convert_tokens_to_ids(["Card", "Ġcard"])) <= tt.token_ids(tok)
+
+
+def test_chi2_relevance_uses_the_whole_contingency_table(tok):
+    # 50 "a" and 50 "b" rows. refund: 45 a, 15 b; money: 20 a, 0 b. The 2 x 2 tables give chi2 37.5 and 25
+    # (per row 0.375 and 0.25); the "present" row alone gave 15 and 20 and ranked money first.
+    texts = ["refund money"] * 20 + ["refund"] * 25 + ["please"] * 5 + ["refund please"] * 15 + ["please"] * 35
+    labels = ["a"] * 50 + ["b"] * 50
+    groups = by_text(mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, relevance="chi2", specificity="none")))
+    assert groups["refund"].relevance == pytest.approx(0.375)
+    assert groups["money"].relevance == pytest.approx(0.25)
+
+
+def test_label_is_the_one_the_group_lifts_most_not_the_most_frequent(tok):
+    # 200 rows: r 2, a 20, b 178. "refund" in 10 rows: 1 r, 4 a, 5 b. Most frequent: b (lift 0.56 < 1);
+    # raw lift: r (10, one row); smoothed (O + 0.5) / (E + 0.5): r 2.5, a 3.0, b 0.59 -> a, lift 4.
+    texts = ["refund"] + ["please"] + ["refund now"] * 4 + ["now"] * 16 + ["refund money"] * 5 + ["money"] * 173
+    labels = ["r"] * 2 + ["a"] * 20 + ["b"] * 178
+    g = by_text(mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none")))["refund"]
+    assert (g.label, g.lift) == ("a", pytest.approx(4.0))
+
+
+def test_numpy_and_mixed_type_labels_are_read_as_text(tok, tmp_path):
+    import numpy as np
+
+    texts = ["refunding please now"] * 5 + ["money transfer"] * 5
+    tt = mine_task_tokens(texts, np.array([1] * 5 + [2] * 5), tok, MiningConfig(min_count=3, specificity="none"))
+    tt.save(tmp_path / "tt.json")  # numpy int64 labels used to break the JSON writer
+    assert {g.label for g in TaskTokens.load(tmp_path / "tt.json").groups} == {"1", "2"}
+    mixed = mine_task_tokens(texts, [1] * 5 + ["b"] * 5, tok, MiningConfig(min_count=3, specificity="none"))
+    assert {g.label for g in mixed.groups} == {"1", "b"}
+
+
+def test_merge_enters_the_normalised_word_and_keeps_only_merges_that_happen():
+    loaded = load_model("tiny-random", ["a", "b"])
+    tok = loaded.tokenizer
+    assert tok.tokenize("refundíng") == ["refund", "##ing"]  # the normaliser strips the accent
+    too_long = "refund" + "ing" * 32  # WordPiece turns a word over 100 characters into [UNK], whatever the vocabulary
+    tt = TaskTokens([group(too_long, ["refund"] + ["##ing"] * 32), group("refundíng", ["refund", "##ing"])], "", 0, {})
+
+    report = adaptive_tokenization(loaded, tt, ["refundíng please"], n_merge=1)
+
+    assert [(m["text"], m["token"], m["slot"]) for m in report.merged] == [("refundíng", "refunding", "[unused0]")]
+    assert "1 words not merged" in report.note and too_long in report.note
+    assert loaded.tokenizer.tokenize("Refundíng") == ["refunding"]
+    assert tt.groups[0].merged_token is None and tt.groups[1].merged_slot == "[unused0]"
+    assert report.mean_length_after == 2
+
+
+def test_merge_of_a_cased_tokenizer_enters_the_word_as_the_rows_spell_it(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from clm_explore.modeling import LoadedModel
+
+    vocab = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Contact", "contact", "##less",
+             "please", "card", "pay", "now"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    tok = BertTokenizerFast(str(tmp_path / "vocab.txt"), do_lower_case=False)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=8))
+    texts = ["Contactless card please"] * 6 + ["pay now"] * 6  # sentence-initial capital, as in real rows
+    tt = mine_task_tokens(texts, ["a"] * 6 + ["b"] * 6, tok, MiningConfig(min_count=3, specificity="none"))
+    assert by_text(tt)["contactless"].pieces == ["Contact", "##less"]
+    loaded = LoadedModel(model, tok, "in-test", False)
+
+    report = adaptive_tokenization(loaded, tt, texts)
+
+    assert [m["token"] for m in report.merged] == ["Contactless"]  # not the lower-cased text
+    assert loaded.tokenizer.tokenize("Contactless card please") == ["Contactless", "card", "please"]
+    assert report.mean_length_after < report.mean_length_before

@@ -75,11 +75,11 @@ def run_mine(args: argparse.Namespace) -> int:
     merge = adaptive_tokenization(loaded, task_tokens, data.train["text"].tolist(), args.merge) if args.merge else None
     frame = task_tokens.to_frame()
     if args.json:  # one shape with or without --merge: a list of groups, pieces as a list
+        # pieces: the original tokenizer's split, also after --merge; merged_slot names the merged word's slot
         records = frame.assign(pieces=[g.pieces for g in task_tokens.groups]).to_dict(orient="records")
         if merge:
-            slots = {m["text"]: m["slot"] for m in merge.merged}
-            for record in records:
-                record["merged_slot"] = slots.get(record["text"]) if record["kind"] == "words" else None
+            for record, group in zip(records, task_tokens.groups, strict=True):
+                record["merged_slot"] = group.merged_slot
             print(merge.summary(), file=sys.stderr)
         print_json(records)
         return 0

@@ -30,6 +30,7 @@ from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, m
 from clm_explore.modeling import LoadedModel, load_model, unsupported_reason
 from clm_explore.runs import RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
+from clm_explore.training import DEFAULT_MERGE_TOKENS
 from clm_explore.ui import state
 from clm_explore.ui.state import DataChoice
 
@@ -88,8 +89,9 @@ def task_tokens(source: str, choice: DataChoice, cfg: MiningConfig) -> TaskToken
 def merge_report(source: str, choice: DataChoice, cfg: MiningConfig) -> MergeReport:
     annotated = data(choice)
     fresh = load_model(source, annotated.labels, seed=0)  # merging may add tokens: never the shared model
+    n_merge = cfg.merge_tokens or DEFAULT_MERGE_TOKENS  # as many words as training would merge
     return adaptive_tokenization(
-        fresh, task_tokens(source, choice, cfg), annotated.train["text"].tolist()
+        fresh, task_tokens(source, choice, cfg), annotated.train["text"].tolist(), n_merge
     )
 
 
