@@ -209,12 +209,21 @@ def mine_task_tokens(
 
     Returns:
         TaskTokens with the top groups, best first.
+
+    Raises:
+        ValueError: no texts, or not one label per text.
     """
+    from clm_explore.batches import text_list  # torch only when mining runs, not when this module is imported
+
     cfg = cfg or MiningConfig()
+    texts = text_list(texts)
     labels = [str(x) for x in labels]  # numpy ints would not save as JSON, and mixed types do not sort
+    if not texts or len(texts) != len(labels):
+        raise ValueError(f"mining needs training texts with one label each; got {len(texts)} texts and "
+                         f"{len(labels)} labels.")
     label_names = sorted(set(labels))
     label_index = {name: i for i, name in enumerate(label_names)}
-    encodings = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=cfg.max_tokens).encodings
+    encodings = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=cfg.max_tokens).encodings
     rows_with: dict[tuple, list[int]] = defaultdict(list)
     split_rows: Counter = Counter()  # (kind, key, pieces): rows with that split of the group
     fragment_words: dict[tuple, Counter] = defaultdict(Counter)

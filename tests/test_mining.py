@@ -410,3 +410,13 @@ def test_merge_of_a_cased_tokenizer_enters_the_word_as_the_rows_spell_it(tmp_pat
     assert [m["token"] for m in report.merged] == ["Contactless"]  # not the lower-cased text
     assert loaded.tokenizer.tokenize("Contactless card please") == ["Contactless", "card", "please"]
     assert report.mean_length_after < report.mean_length_before
+
+
+def test_mining_refuses_no_texts_and_labels_that_do_not_pair_with_the_texts():
+    from clm_explore.modeling import load_model
+
+    tok = load_model("tiny-random").tokenizer
+    with pytest.raises(ValueError, match="got 0 texts and 0 labels"):
+        mine_task_tokens([], [], tok)
+    with pytest.raises(ValueError, match="got 3 texts and 2 labels"):
+        mine_task_tokens(["a b", "c d", "e f"], ["x", "y"], tok)
