@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -64,6 +64,19 @@ class TaskTokens:
     """Where the general-English background came from ('wordfreq'), or why there was none."""
     n_rows: int
     config: dict
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self) -> Iterator[TokenGroup]:
+        return iter(self.groups)
+
+    def __getitem__(self, index: int) -> TokenGroup:
+        return self.groups[index]
+
+    def __repr__(self) -> str:  # every group and its example rows would fill a notebook cell
+        top = ", ".join(g.text for g in self.groups[:5]) + (", ..." if len(self.groups) > 5 else "")
+        return f"TaskTokens({len(self.groups)} groups from {self.n_rows:,} rows: {top}; to_frame() lists them)"
 
     def to_frame(self) -> pd.DataFrame:
         rows = [asdict(g) | {"pieces": " ".join(g.pieces)} for g in self.groups]

@@ -67,5 +67,8 @@ def test_results_print_a_short_summary_in_a_notebook(tiny_data, tmp_path):
     selection = clm_explore.select_mask(report, 0.05)
     result = clm_explore.finetune(tiny_data, replace(clm_explore.FinetuneConfig(method="head"), epochs=1),
                                   tmp_path / "run", source="tiny-random")
-    for shown, words in [(report, "matrices over 2 layers"), (selection, "rows of"), (result, "succeeded, accuracy")]:
+    tokens = clm_explore.mine_task_tokens(tiny_data.train["text"], tiny_data.train["label"], loaded.tokenizer)
+    assert len(tokens) == len(list(tokens)) > 0 and tokens[0] is tokens.groups[0]
+    for shown, words in [(report, "matrices over 2 layers"), (selection, "rows of"), (result, "succeeded, accuracy"),
+                         (tokens, f"TaskTokens({len(tokens)} groups from")]:
         assert words in repr(shown) and len(repr(shown)) < 300 and "tensor" not in repr(shown)
