@@ -41,7 +41,8 @@ class TokenAttribution:
     """Integrated-Gradients scores of one text, per word and per sub-token."""
 
     words: list[str]
-    """The text's words (as split by the tokenizer's pre-tokenizer), truncated words dropped."""
+    """The text's words (the tokenizer's words, split further at whitespace; ``merge_words``). When truncation
+    cut the text, the words read are kept and the last one may be a fragment of a cut word (``note`` says so)."""
     scores: list[float]
     """One score per word: the sum of its sub-token scores (positive = towards the target)."""
     target: int
@@ -289,6 +290,14 @@ def merge_words(
 ) -> tuple[list[str], list[float], bool]:
     """Sum sub-token scores into words.
 
+    A word is a run of sub-tokens with one word id and no whitespace between them: the tokenizer's word ids
+    alone are not enough, as a SentencePiece tokenizer without a word pre-tokenizer (Llama-2 and Mistral:
+    ``Metaspace(split=False)``) gives every sub-token of a text word id 0. A sub-token that covers only
+    whitespace (byte-level BPE's lone 'Ġ' before a second space, SentencePiece's lone '▁') is no word: its
+    score goes to the next word (the previous one at the end), so no word is empty and the scores still sum
+    to the row's total. A single sub-token that spans whitespace itself (only in vocabularies learnt without
+    splitting at spaces) keeps its words together, as its score cannot be divided between them.
+
     Args:
         text: the original text (words are cut from it by character offsets).
         word_ids: the fast tokenizer's word index per sub-token (None for specials and padding).
@@ -296,22 +305,50 @@ def merge_words(
         token_scores: (seq,) float, one score per sub-token.
 
     Returns:
-        (words, scores, truncated): truncated is True when the text has characters after the last word kept.
+        (words, scores, truncated): truncated is True when the text has characters after the last sub-token
+        read; the last word is then possibly a fragment of a word the truncation cut.
     """
-    spans: dict[int, list[int]] = {}
-    sums: dict[int, float] = {}
+    spans: list[list[int]] = []  # [start, end] of each word's non-whitespace characters
+    sums: list[float] = []
+    last_wid: int | None = None
+    pending = 0.0  # scores of whitespace-only sub-tokens, waiting for the next word
+    last_end = 0
     for pos, wid in enumerate(word_ids):
         if wid is None:
             continue
         start, end = offsets[pos]
-        span = spans.setdefault(wid, [start, end])
-        span[0], span[1] = min(span[0], start), max(span[1], end)
-        sums[wid] = sums.get(wid, 0.0) + float(token_scores[pos])
-    order = sorted(spans)
-    words = [text[spans[w][0] : spans[w][1]].strip() for w in order]
-    last_end = max((spans[w][1] for w in order), default=0)
+        last_end = max(last_end, end)
+        score = float(token_scores[pos])
+        inner = _non_space_span(text, start, end)
+        if inner is None:
+            pending += score
+            continue
+        if not spans or wid != last_wid or _has_space(text, spans[-1][1], inner[0]):
+            spans.append(list(inner))
+            sums.append(pending + score)
+        else:
+            spans[-1][1] = max(spans[-1][1], inner[1])
+            sums[-1] += pending + score
+        pending, last_wid = 0.0, wid
+    if sums:
+        sums[-1] += pending  # trailing whitespace pieces: to the last word
+    words = [text[s:e] for s, e in spans]
     truncated = bool(text[last_end:].strip())
-    return words, [sums[w] for w in order], truncated
+    return words, sums, truncated
+
+
+def _non_space_span(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """(first, last + 1) of the non-whitespace characters in text[start:end]; None when there are none."""
+    piece = text[start:end]
+    stripped = piece.lstrip()
+    if not stripped:
+        return None
+    first = start + len(piece) - len(stripped)
+    return first, first + len(stripped.rstrip())
+
+
+def _has_space(text: str, start: int, end: int) -> bool:
+    return any(ch.isspace() for ch in text[start:end])
 
 
 def load_run_model(run_dir: str | Path) -> LoadedModel:

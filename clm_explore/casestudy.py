@@ -6,7 +6,10 @@
   once and later calls only fill in rows not seen before.
 - ``top_words``: per label, the words with the highest mean attribution (with counts);
 - ``compare_runs``: agreement rate, the disagreement rows (which run is right), per-row attribution
-  difference and the Spearman rank correlation of word attributions between the two models;
+  difference and the Spearman rank correlation of word attributions between the two models (also apart for
+  the rows where the runs agree and where they disagree);
+- ``select_rows``: which rows to attribute when not all are: disagreements first, then the rest spread
+  round-robin over the labels, so that a cut covers as many labels as it can;
 - ``group_overlap``: share of each label's top-k words that are mined token groups (``task_tokens.json``);
 - ``stability``: the same rank correlation for two seeds of one method.
 """
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
+from clm_explore.batches import predict_proba
 from clm_explore.runs import trained_max_length, write_json_atomic
 
 CACHE_DIR = "attributions"
@@ -69,6 +73,13 @@ class Comparison:
     """Spearman correlation of all word scores pooled over the rows both runs attributed."""
     mean_row_correlation: float
     """Mean of the per-row Spearman correlations (rows with at least 3 words)."""
+    n_attributed: int = 0
+    """Rows both runs attributed with the same words: the rows every correlation uses (``row_difference``).
+    They are the rows ``select_rows`` chose, disagreements first, so not a random sample of the ``n_rows``."""
+    rank_correlation_agree: float = math.nan
+    """``rank_correlation`` over the attributed rows where both runs predict the same label."""
+    rank_correlation_disagree: float = math.nan
+    """``rank_correlation`` over the attributed rows where the runs predict different labels."""
 
 
 @dataclass
@@ -85,6 +96,19 @@ class CaseStudy:
     overlap: pd.DataFrame = field(default_factory=pd.DataFrame)
     """label, run ('a'/'b'), k, in_groups, share: top-k words that are mined groups."""
 
+    def coverage(self) -> tuple[int, int]:
+        """(rows attributed, rows of the split): the top words and the correlations use the first only."""
+        return len(self.a.rows), len(self.a.predictions)
+
+    def coverage_text(self) -> str:
+        """The coverage in words, e.g. '300 of 800 rows attributed (disagreements first, then ...)'."""
+        done, total = self.coverage()
+        if done >= total:
+            return f"all {total} rows attributed"
+        disagree = self.comparison is not None and not self.comparison.disagreements.empty
+        first = "the rows where the runs disagree first, then " if disagree else ""
+        return f"{done} of {total} rows attributed ({first}rows taken from each label in turn)"
+
 
 def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | None = None) -> pd.DataFrame:
     """The rows to attribute: ``data`` (columns text, label; row = index) or the run's predictions.csv."""
@@ -98,7 +122,10 @@ def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | N
         return frame.assign(text=frame["text"].astype(str), label=frame["label"].astype(str))
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass the rows as data=DataFrame(text, label) instead.")
+        raise FileNotFoundError(
+            f"{path} not found: give the rows to explain instead (clm-explore report --data DATA; in Python, "
+            "data=DataFrame with columns text and label)."
+        )
     frame = pd.read_csv(path, dtype={"text": str, "label": str, "pred": str}, keep_default_na=False)
     if split != "test":
         raise ValueError(f"predictions.csv holds the test split only; pass data= for split {split!r}.")
@@ -277,7 +304,8 @@ def compare_runs(a: RunAttributions, b: RunAttributions) -> Comparison:
     """Agreement, disagreements and attribution similarity of two runs on the same rows.
 
     Agreement and disagreements use every row of the split when both runs have predictions for it
-    (predictions.csv), else the attributed rows; the attribution figures use the rows both attributed.
+    (predictions.csv, or ``case_study``'s predictions of data rows), else the attributed rows; the attribution
+    figures use the rows both attributed (``n_attributed``), pooled and apart by agreement.
     """
     has_preds = "pred" in a.predictions.columns and "pred" in b.predictions.columns
     pa, pb = (a.predictions, b.predictions) if has_preds else (a.rows, b.rows)
@@ -290,14 +318,13 @@ def compare_runs(a: RunAttributions, b: RunAttributions) -> Comparison:
     dis["right"] = np.where(
         dis["pred_a"] == dis["label"], "a", np.where(dis["pred_b"] == dis["label"], "b", "neither")
     )
-    diffs, pooled_a, pooled_b = [], [], []
+    diffs, pairs = [], []
     for row, same_pred in zip(both["row"], same, strict=True):
         ia, ib = a.items.get(row), b.items.get(row)
         if ia is None or ib is None or [w.lower() for w in ia.words] != [w.lower() for w in ib.words]:
             continue  # different tokenizers split differently: no word-by-word comparison
         sa, sb = np.asarray(ia.scores), np.asarray(ib.scores)
-        pooled_a.extend(sa)
-        pooled_b.extend(sb)
+        pairs.append((bool(same_pred), sa, sb))
         diff = float(np.abs(sa - sb).mean()) if len(sa) else math.nan
         diffs.append((row, bool(same_pred), diff, spearman(sa, sb) if len(sa) >= 3 else math.nan))
     row_diff = pd.DataFrame(diffs, columns=["row", "same_pred", "mean_abs_diff", "spearman"])
@@ -306,11 +333,21 @@ def compare_runs(a: RunAttributions, b: RunAttributions) -> Comparison:
         n_rows=len(both),
         disagreements=dis[["row", "text", "label", "pred_a", "pred_b", "right"]].reset_index(drop=True),
         row_difference=row_diff,
-        rank_correlation=spearman(np.asarray(pooled_a), np.asarray(pooled_b)),
+        rank_correlation=_pooled_spearman(pairs),
         mean_row_correlation=float(row_diff["spearman"].mean())
         if row_diff["spearman"].notna().any()
         else math.nan,
+        n_attributed=len(row_diff),
+        rank_correlation_agree=_pooled_spearman([p for p in pairs if p[0]]),
+        rank_correlation_disagree=_pooled_spearman([p for p in pairs if not p[0]]),
     )
+
+
+def _pooled_spearman(pairs: list[tuple[bool, np.ndarray, np.ndarray]]) -> float:
+    """Spearman correlation of the word scores of several rows, pooled: (same_pred, scores_a, scores_b) each."""
+    if not pairs:
+        return math.nan
+    return spearman(np.concatenate([p[1] for p in pairs]), np.concatenate([p[2] for p in pairs]))
 
 
 def stability(seed_a: RunAttributions, seed_b: RunAttributions) -> dict[str, float]:
@@ -342,18 +379,58 @@ def word_difference(a: RunAttributions, b: RunAttributions, row: int) -> pd.Data
     return frame.assign(diff=frame["score_a"] - frame["score_b"])
 
 
-def select_rows(
-    run_a: Path, run_b: Path | None, data: pd.DataFrame | None, max_rows: int | None
-) -> list[int] | None:
-    """Rows to attribute: disagreements between the runs first, then the rest in order, at most max_rows."""
-    frame_a = split_frame(run_a, data=data)
-    rows = list(frame_a["row"].astype(int))
-    if run_b is not None and data is None and "pred" in frame_a.columns:
-        frame_b = split_frame(run_b).set_index("row")
-        pred_b = frame_b["pred"].to_dict()
-        first = [r for r, p in zip(rows, frame_a["pred"], strict=True) if r in pred_b and pred_b[r] != p]
-        rows = first + [r for r in rows if r not in set(first)]
-    return rows if max_rows is None else rows[:max_rows]
+def select_rows(frame_a: pd.DataFrame, frame_b: pd.DataFrame | None, max_rows: int | None) -> list[int]:
+    """Rows to attribute, at most max_rows: the rows where the runs predict different labels first, then the
+    others; each group spread round-robin over the gold labels (``spread_over_labels``).
+
+    Args:
+        frame_a, frame_b: the split's rows (row, label and, for the disagreements, pred) under each run;
+            frame_b None for one run.
+        max_rows: how many rows to keep; None = all.
+    """
+    rows = frame_a["row"].astype(int).tolist()
+    labels = dict(zip(rows, frame_a["label"].astype(str), strict=True))
+    differ = _disagreeing_rows(frame_a, frame_b)
+    first = spread_over_labels([r for r in rows if r in differ], labels)
+    rest = spread_over_labels([r for r in rows if r not in differ], labels)
+    ordered = first + rest
+    return ordered if max_rows is None else ordered[:max_rows]
+
+
+def _disagreeing_rows(frame_a: pd.DataFrame, frame_b: pd.DataFrame | None) -> set[int]:
+    if frame_b is None or "pred" not in frame_a.columns or "pred" not in frame_b.columns:
+        return set()
+    pred_b = dict(zip(frame_b["row"].astype(int), frame_b["pred"].astype(str), strict=True))
+    return {
+        row
+        for row, pred in zip(frame_a["row"].astype(int), frame_a["pred"].astype(str), strict=True)
+        if row in pred_b and pred_b[row] != pred
+    }
+
+
+def spread_over_labels(rows: Sequence[int], labels: dict[int, str]) -> list[int]:
+    """Rows interleaved over their labels: each label's first row (labels sorted), then each label's second, ...
+
+    A data set sorted by label (a test file often is) would otherwise give its first few labels every one of
+    the first max_rows rows; any cut of this order covers as many labels as it can. Deterministic: within a
+    label, rows keep their order.
+    """
+    by_label: dict[str, list[int]] = {}
+    for row in rows:
+        by_label.setdefault(labels[row], []).append(row)
+    queues = [by_label[label] for label in sorted(by_label)]
+    depth = max((len(q) for q in queues), default=0)
+    return [q[i] for i in range(depth) for q in queues if i < len(q)]
+
+
+def _with_predictions(run_dir: Path, frame: pd.DataFrame, cfg: AttributionConfig) -> tuple[pd.DataFrame, Any]:
+    """The rows with the run's predicted label (column pred), read at the length the attributions read; and the
+    loaded model, to attribute with."""
+    loaded = load_run_model(run_dir)
+    length = cfg.max_length or trained_max_length(run_dir)
+    probs = predict_proba(loaded.model, loaded, frame["text"].astype(str).tolist(), max_length=length)
+    names = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
+    return frame.assign(pred=[names[i] for i in probs.argmax(-1).tolist()]), loaded
 
 
 def case_study(
@@ -371,17 +448,31 @@ def case_study(
     Args:
         run_a: the run folder studied (e.g. the sparse run).
         run_b: an optional second run on the same rows (e.g. full finetuning, or another seed).
-        data: rows to use instead of the runs' predictions.csv.
-        max_rows: attribute at most this many rows (disagreements first); None = all.
+        data: rows to use instead of the runs' predictions.csv. With run_b, both runs first predict every row
+            (a forward pass each, far cheaper than attributing), so that disagreements come first and the
+            agreement covers every row, as with predictions.csv.
+        max_rows: attribute at most this many rows (``select_rows``: disagreements first, then spread over the
+            labels); None = all.
     """
-    run_a = Path(run_a)
-    rows = select_rows(run_a, Path(run_b) if run_b else None, data, max_rows)
-    a = attribute_split(run_a, split, data, cfg, rows)
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1 (or None for every row), got {max_rows}.")
+    cfg = cfg or AttributionConfig()
+    run_a, run_b = Path(run_a), Path(run_b) if run_b else None
+    data_a = data_b = data
+    loaded_a = None
+    if run_b is not None and data is not None:
+        frame = split_frame(run_a, split, data)
+        data_b = _with_predictions(run_b, frame, cfg)[0]  # B's model is freed before A's loads (reloaded later)
+        data_a, loaded_a = _with_predictions(run_a, frame, cfg)
+    frame_b = split_frame(run_b, split, data_b) if run_b is not None else None
+    rows = select_rows(split_frame(run_a, split, data_a), frame_b, max_rows)
+    a = attribute_split(run_a, split, data_a, cfg, rows, loaded=loaded_a)
+    loaded_a = None  # one model in memory at a time
     top_a, groups_a = top_words(a, k, min_count), load_task_tokens(run_a)
     study = CaseStudy(a=a, top_a=top_a, groups_a=groups_a)
     overlaps = [group_overlap(top_a, groups_a, k).assign(run="a")]
     if run_b is not None:
-        b = attribute_split(Path(run_b), split, data, cfg, rows)
+        b = attribute_split(run_b, split, data_b, cfg, rows)
         study.b, study.top_b, study.groups_b = b, top_words(b, k, min_count), load_task_tokens(run_b)
         study.comparison = compare_runs(a, b)
         # The sparse run's groups are the reference for both models; fall back on run b's own groups.

@@ -441,7 +441,10 @@ class AttributionConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.n_steps >= 2, f"n_steps must be >= 2, got {self.n_steps}"),
+            (  # the cap stops a typo from asking for petabytes; IG converges long before 1024 steps
+                2 <= self.n_steps <= 1024,
+                f"n_steps must be in 2..1024 (the default 32 usually converges), got {self.n_steps}",
+            ),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (
                 self.internal_batch_size >= self.batch_size,

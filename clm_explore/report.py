@@ -4,13 +4,14 @@
 inlined once): the runs' metrics, confusion matrices, per-label F1 and its difference, each label's top
 attributed words with mined groups marked, the mask heatmap (share of selected rows per layer and
 module) and disagreement rows with word attributions coloured. Every piece of user text (data rows,
-labels, words, paths) goes through ``html.escape``.
+labels, words, paths) goes through ``html.escape``: ``esc`` for the page, ``plot_text`` for plotly's labels.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution
-from clm_explore.casestudy import CaseStudy, case_study, is_group_word
+from clm_explore.casestudy import CaseStudy, Comparison, case_study, is_group_word
 
 METRIC_KEYS = (
     "method", "accuracy", "macro_f1", "seed", "epochs", "train_seconds", "examples_per_second",
@@ -44,6 +45,12 @@ th { background: #f3f3f3; }
 def esc(value: Any) -> str:
     """Any value as escaped HTML text (quotes too, so it is safe inside attributes)."""
     return html.escape(str(value), quote=True)
+
+
+def plot_text(value: Any) -> str:
+    """Any value as text for a plotly label, title or legend: plotly renders a few HTML tags there, so < > &
+    are escaped; quotes are not, as plotly decodes no &quot; and would show it as typed."""
+    return html.escape(str(value), quote=False)
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
@@ -96,11 +103,11 @@ class _Figures:
 def _confusion_figure(metrics: dict[str, Any], title: str) -> go.Figure | None:
     if not metrics.get("confusion") or not metrics.get("labels"):
         return None
-    labels = [esc(x) for x in metrics["labels"]]
+    labels = [plot_text(x) for x in metrics["labels"]]
     fig = go.Figure(
         go.Heatmap(z=metrics["confusion"], x=labels, y=labels, colorscale="Blues", showscale=False)
     )
-    fig.update_layout(title=esc(title), xaxis_title="predicted", yaxis_title="gold", height=420)
+    fig.update_layout(title=plot_text(title), xaxis_title="predicted", yaxis_title="gold", height=420)
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -110,12 +117,16 @@ def _f1_figure(ma: dict[str, Any], mb: dict[str, Any] | None, names: tuple[str, 
     if not f1a:
         return None
     labels = sorted(f1a)
-    fig = go.Figure(go.Bar(x=[esc(x) for x in labels], y=[f1a[x] for x in labels], name=esc(names[0])))
+    fig = go.Figure(
+        go.Bar(x=[plot_text(x) for x in labels], y=[f1a[x] for x in labels], name=plot_text(names[0]))
+    )
     if mb and mb.get("per_label_f1"):
         f1b = mb["per_label_f1"]
-        fig.add_bar(x=[esc(x) for x in labels], y=[f1b.get(x, 0.0) for x in labels], name=esc(names[1]))
+        fig.add_bar(
+            x=[plot_text(x) for x in labels], y=[f1b.get(x, 0.0) for x in labels], name=plot_text(names[1])
+        )
         diff = [f1a[x] - f1b.get(x, 0.0) for x in labels]
-        fig.add_scatter(x=[esc(x) for x in labels], y=diff, name="difference (a - b)", mode="markers",
+        fig.add_scatter(x=[plot_text(x) for x in labels], y=diff, name="difference (a - b)", mode="markers",
                         marker={"symbol": "diamond", "size": 9, "color": "black"})  # fmt: skip
     fig.update_layout(title="Per-label F1", barmode="group", height=420, yaxis_title="F1")
     return fig
@@ -128,10 +139,10 @@ def _mask_figure(table: pd.DataFrame, title: str) -> go.Figure | None:
     layers = sorted(pivot.columns, key=lambda x: -1 if x == "emb" else int(x))
     pivot = pivot[layers]
     fig = go.Figure(
-        go.Heatmap(z=pivot.values, x=[f"layer {esc(x)}" for x in layers], y=[esc(m) for m in pivot.index],
+        go.Heatmap(z=pivot.values, x=[f"layer {plot_text(x)}" for x in layers], y=[plot_text(m) for m in pivot.index],
                    colorscale="Viridis", colorbar={"title": "share"}, hovertemplate="%{y} %{x}: %{z:.3%}<extra></extra>")
     )  # fmt: skip
-    fig.update_layout(title=esc(title), height=160 + 28 * len(pivot.index))
+    fig.update_layout(title=plot_text(title), height=160 + 28 * len(pivot.index))
     return fig
 
 
@@ -172,8 +183,9 @@ def _metrics_section(runs: list[tuple[str, dict[str, Any]]]) -> str:
 
 def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
     parts = ["<h2>Top attributed words per label</h2>",
-             '<p class="note">Mean attribution towards the label each row is explained for; '
-             "<span class=\"group\">bold</span> words are mined token groups.</p>"]  # fmt: skip
+             '<p class="note">Mean attribution towards the label each row is explained for, over the rows '
+             f"attributed: {esc(study.coverage_text())}. <span class=\"group\">Bold</span> words are mined token "
+             "groups.</p>"]  # fmt: skip
     runs = [(names[0], study.top_a, study.groups_a)]
     if study.top_b is not None:
         runs.append((names[1], study.top_b, study.groups_a or study.groups_b))
@@ -209,11 +221,7 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
     frame = frame[frame["row"].isin(a.items)].head(n)
     parts = [f"<h2>{title}</h2>"]
     if study.comparison is not None:
-        c = study.comparison
-        parts.append(
-            f"<p>Agreement {c.agreement:.1%} over {c.n_rows} rows; Spearman rank correlation of word attributions "
-            f"{c.rank_correlation:.3f} (pooled), {c.mean_row_correlation:.3f} (mean per row).</p>"
-        )
+        parts.append(f"<p>{esc(agreement_text(study.comparison))}</p>")
     head = "<th>row</th><th>gold</th>" + "".join(f"<th>{esc(x)}</th>" for x in names[: 2 if b else 1])
     body = []
     for _, row in frame.iterrows():
@@ -222,6 +230,31 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
         cells = [f"<td>{colored_words(run.items.get(r))}</td>" for run in ([a, b] if b else [a])]
         body.append(f"<tr>{gold}{''.join(cells)}</tr>")
     return "".join(parts) + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def agreement_text(c: Comparison) -> str:
+    """The agreement and the attribution correlations, each with the rows it counts: the agreement covers every
+    row with both runs' predictions, the correlations only the attributed rows (disagreements picked first)."""
+
+    def fig(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{x:.3f}"
+
+    same = c.row_difference["same_pred"].astype(bool)
+    n_agree, n_disagree = int(same.sum()), int((~same).sum())
+    text = (
+        f"Agreement {c.agreement:.1%} over {c.n_rows} rows. Spearman rank correlation of word attributions over "
+        f"the {c.n_attributed} rows both runs attributed: {fig(c.rank_correlation)} pooled, "
+        f"{fig(c.mean_row_correlation)} mean per row"
+    )
+    if n_agree and n_disagree:  # with one group only, its figure is the one above
+        text += (
+            f"; {fig(c.rank_correlation_agree)} pooled over the {n_agree} of them where the runs agree, "
+            f"{fig(c.rank_correlation_disagree)} over the {n_disagree} where they disagree"
+        )
+    text += "."
+    if n_disagree and c.n_attributed < c.n_rows:
+        text += " The attributed rows put disagreements first, so they are not a random sample of the rows."
+    return text
 
 
 def _right(row: pd.Series) -> str:
@@ -259,12 +292,18 @@ def build_report(
         cfg: attribution settings; k, min_count: top words per label; max_rows: rows attributed.
     """
     run_a, run_b = Path(run_a), Path(run_b) if run_b else None
-    names = (f"A: {run_a.name}", f"B: {run_b.name}" if run_b else "")
     study = case_study(run_a, run_b, _load_data(data), cfg=cfg, k=k, min_count=min_count, max_rows=max_rows)
+    return write_report(study, out_path)
+
+
+def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path:
+    """Write the HTML report of a case study (``case_study``) and return its path."""
+    run_a, run_b = study.a.run_dir, study.b.run_dir if study.b is not None else None
+    names = (f"A: {run_a.name}", f"B: {run_b.name}" if run_b else "")
     ma, mb = read_metrics(run_a), read_metrics(run_b) if run_b else None
     fig = _Figures()
     body = [f"<h1>clm-explore report</h1><p class='note'>{esc(run_a)}" + (f" vs {esc(run_b)}" if run_b else "")
-            + f" &middot; {datetime.now():%Y-%m-%d %H:%M}</p>"]  # fmt: skip
+            + f" &middot; {datetime.now():%Y-%m-%d %H:%M} &middot; {esc(study.coverage_text())}</p>"]  # fmt: skip
     body.append(_metrics_section([(names[0], ma)] + ([(names[1], mb or {})] if run_b else [])))
     figures = [_confusion_figure(ma, f"Confusion {names[0]}")]
     if run_b:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import PreTrainedTokenizerFast
 
 from clm_explore.attribution import (
     DEFAULT_MAX_LENGTH,
@@ -90,6 +91,63 @@ def test_merge_words_by_hand() -> None:
         torch.tensor([9.0, 1, 2, 3, 9]),
     )
     assert words == ["ab", "cd"] and scores == [3.0, 3.0] and not truncated
+
+
+def test_merge_words_splits_at_whitespace_when_word_ids_do_not() -> None:
+    # Llama-2/Mistral style (Metaspace split=False): every sub-token of the text has word id 0.
+    text = "My card  arrived"
+    words, scores, truncated = merge_words(
+        text,
+        [None, 0, 0, 0, 0, 0],
+        [[0, 0], [0, 2], [2, 7], [7, 8], [8, 12], [12, 16]],  # My | ▁card | ▁ (2nd space) | ▁arr | ived
+        torch.tensor([9.0, 1, 2, 4, 8, 16]),
+    )
+    assert words == ["My", "card", "arrived"] and scores == [1.0, 2.0, 28.0] and not truncated
+
+
+def test_whitespace_only_pieces_go_to_a_neighbour_word() -> None:
+    # Byte-level BPE: "a  b " -> 'a', 'Ġ' (the second space alone), 'Ġb', 'Ġ' (trailing): no empty word.
+    words, scores, _ = merge_words(
+        "a  b ", [0, 1, 2, 3], [[0, 1], [1, 2], [2, 4], [4, 5]], torch.tensor([1.0, 2, 4, 8])
+    )
+    assert words == ["a", "b"] and scores == [1.0, 14.0]
+    words, scores, _ = merge_words("x", [0, 1], [[0, 1], [1, 1]], torch.tensor([1.0, 2]))  # empty span at the end
+    assert words == ["x"] and scores == [3.0]
+
+
+def _sentencepiece_like_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer as Llama-2's converts: pieces learnt per word, encoded with Metaspace(split=False)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    corpus = ["my card has not arrived yet", "why was my top up declined", "exchange rate please"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")  # fmt: skip
+
+
+def test_words_of_a_sentencepiece_tokenizer_without_word_ids() -> None:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = _sentencepiece_like_tokenizer()
+    text = "my card has  not arrived"
+    enc = tok(text)
+    assert set(enc.word_ids()) == {0}  # the tokenizer alone makes the whole text one word
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id, max_position_embeddings=64,
+    )  # fmt: skip
+    (res,) = explain(LlamaForSequenceClassification(config), tok, [text], AttributionConfig(n_steps=8))
+    assert res.words == ["my", "card", "has", "not", "arrived"]
+    assert sum(res.scores) == pytest.approx(sum(res.token_scores), abs=1e-6)
+
+
+def test_a_word_cut_by_truncation_is_kept_as_a_fragment(loaded: LoadedModel) -> None:
+    (cut,) = explain(loaded.model, loaded.tokenizer, "a b c d e f cardless", AttributionConfig(max_length=9, n_steps=4))
+    assert cut.tokens[-2:] == ["card", "[SEP]"]  # [CLS] a b c d e f card [SEP]: ##less cut
+    assert cut.words[-1] == "card" and "truncated" in cut.note  # the fragment stays, as the docstring says
 
 
 def test_deterministic_and_order_independent(loaded: LoadedModel) -> None:
@@ -192,6 +250,7 @@ def test_round_trip_dict(loaded: LoadedModel) -> None:
     ("kwargs", "field"),
     [
         ({"n_steps": 1}, "n_steps"),
+        ({"n_steps": 1025}, "n_steps"),  # a typo such as 100000000 would ask for petabytes
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 16, "internal_batch_size": 8}, "internal_batch_size"),
         ({"target": "true"}, "target"),

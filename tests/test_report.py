@@ -6,11 +6,20 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_casestudy import make_run
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution
-from clm_explore.report import build_report, colored_words, mask_table
+from clm_explore.casestudy import Comparison
+from clm_explore.report import (
+    _confusion_figure,
+    _f1_figure,
+    agreement_text,
+    build_report,
+    colored_words,
+    mask_table,
+)
 
 EVIL = "<script>alert('x')</script> my card"
 CFG = AttributionConfig(n_steps=4)
@@ -150,7 +159,82 @@ def test_cli_report(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str
     assert main(args) == 0
     assert out.is_file() and "report written" in capsys.readouterr().out
     assert main([*args, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"out": str(out)}
+    assert json.loads(capsys.readouterr().out) == {"out": str(out), "rows_attributed": 8, "rows": 40}
     args[args.index("--out") + 1] = str(tmp_path)  # a folder: refused before any attribution
     assert main(args) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_plot_labels_are_escaped_for_plotly_not_for_html() -> None:
+    labels = ['say "hi"', "<b>bold</b> & co"]
+    metrics = {"labels": labels, "confusion": [[1, 0], [0, 1]], "per_label_f1": dict.fromkeys(labels, 0.5)}
+    shown = ['say "hi"', "&lt;b&gt;bold&lt;/b&gt; &amp; co"]  # plotly decodes &lt; &gt; &amp;, not &quot;
+    confusion = _confusion_figure(metrics, 'Confusion "A"')
+    assert list(confusion.data[0].x) == shown and confusion.layout.title.text == 'Confusion "A"'
+    f1 = _f1_figure(metrics, metrics, ('A: "x"', "B: <i>y</i>"))
+    assert sorted(f1.data[0].x) == sorted(shown)
+    assert [t.name for t in f1.data[:2]] == ['A: "x"', "B: &lt;i&gt;y&lt;/i&gt;"]
+
+
+def test_report_says_which_rows_each_figure_uses(tmp_path: Path, tiny_data) -> None:
+    run_a, run_b = make_run(tmp_path, tiny_data, 0, "sparse"), make_run(tmp_path, tiny_data, 1, "full")
+    page = build_report(run_a, run_b, out_path=tmp_path / "c.html", cfg=CFG, max_rows=8, min_count=1).read_text()
+    assert "8 of 40 rows attributed" in page
+    assert "over 40 rows" in page and "over the 8 rows both runs attributed" in page
+    rows = pd.DataFrame({"row": [0, 1, 2], "same_pred": [True, True, False], "mean_abs_diff": 0.1, "spearman": 0.5})
+    cmp = Comparison(0.9, 50, pd.DataFrame(), rows, 0.4, 0.5, n_attributed=3, rank_correlation_agree=0.7,
+                     rank_correlation_disagree=float("nan"))  # fmt: skip
+    text = agreement_text(cmp)
+    assert text.startswith("Agreement 90.0% over 50 rows.") and "over the 3 rows both runs attributed: 0.400 pooled" in text
+    assert "0.700 pooled over the 2 of them where the runs agree, n/a over the 1 where they disagree" in text
+    assert "not a random sample" in text
+
+
+def _cli(capsys: pytest.CaptureFixture[str], argv: list[str], code: int = 0) -> tuple[str, str]:
+    from clm_explore.cli import main
+
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_cli_explain_json_shows_the_prediction(tmp_path: Path, tiny_data, capsys) -> None:
+    run = make_run(tmp_path, tiny_data, 0)
+    base = ["explain", "--run", str(run), "--text", "my card", "--steps", "4"]
+    (predicted,) = {json.loads(_cli(capsys, [*base, "--json"])[0])["predicted"]}
+    other = next(x for x in tiny_data.labels if x != predicted)
+    one = json.loads(_cli(capsys, [*base, "--target", other, "--json"])[0])
+    assert isinstance(one, dict) and one["target"] == other and one["predicted"] == predicted
+    assert one["predicted_id"] == tiny_data.labels.index(predicted)
+    both = json.loads(_cli(capsys, [*base, "--text", "rate", "--json"])[0])
+    assert isinstance(both, list) and all("predicted" in x for x in both)
+    assert f"predicted {predicted}" in _cli(capsys, [*base, "--target", other])[0]
+
+
+def test_cli_refuses_steps_that_would_not_fit_in_memory(tmp_path: Path, tiny_data, capsys) -> None:
+    run = make_run(tmp_path, tiny_data, 0)
+    _, err = _cli(capsys, ["explain", "--run", str(run), "--text", "x", "--steps", "100000000"], code=2)
+    assert "--steps must be in 2..1024" in err and "Traceback" not in err
+    out = str(tmp_path / "r.html")
+    assert "--steps" in _cli(capsys, ["report", "--run", str(run), "--out", out, "--steps", "5000"], code=2)[1]
+
+
+def test_cli_report_refuses_no_rows_and_a_vs_run_without_predictions(tmp_path: Path, tiny_data, capsys) -> None:
+    run_a, run_b = make_run(tmp_path, tiny_data, 0), make_run(tmp_path, tiny_data, 1, "full")
+    out = str(tmp_path / "r.html")
+    assert "--max-rows" in _cli(capsys, ["report", "--run", str(run_a), "--out", out, "--max-rows", "0"], code=2)[1]
+    (run_b / "predictions.csv").unlink()
+    _, err = _cli(capsys, ["report", "--run", str(run_a), "--vs", str(run_b), "--out", out], code=2)
+    assert f"--vs {run_b} has no predictions.csv; pass --data" in err
+    assert not Path(out).exists()
+
+
+def test_cli_report_data_with_named_columns(tmp_path: Path, tiny_data, capsys) -> None:
+    run_a, run_b = make_run(tmp_path, tiny_data, 0), make_run(tmp_path, tiny_data, 1, "full")
+    rows = tiny_data.test.rename(columns={"text": "words", "label": "answer"})
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    base = ["report", "--run", str(run_a), "--vs", str(run_b), "--data", str(tmp_path / "rows.csv"),
+            "--out", str(tmp_path / "d.html"), "--steps", "4", "--max-rows", "6"]  # fmt: skip
+    assert "--text-col" in _cli(capsys, base, code=2)[1]
+    out, _ = _cli(capsys, [*base, "--text-col", "words", "--label-col", "answer"])
+    assert "report written to" in out and "6 of " in out and "rows attributed" in out

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import UserError, checked_max_length, checked_texts, print_json
-from clm_explore.config import AttributionConfig  # torch and captum load only when a command runs
+from clm_explore.config import AttributionConfig, DataConfig  # torch and captum load only when a command runs
 from clm_explore.runs import trained_max_length
 
 if TYPE_CHECKING:
@@ -40,7 +40,10 @@ def register(subparsers: Any) -> None:
         help="sub-tokens kept (default: the length the run trained with, as its predictions read)",
     )
     explain.add_argument(
-        "--json", action="store_true", help="print JSON (an object for one text, else a list)"
+        "--json",
+        action="store_true",
+        help="print JSON (an object for one text, else a list): tokens (words), scores, target, target_id, "
+        "predicted, predicted_id, probability (of the target), delta, sub_tokens, sub_token_scores, note",
     )
     explain.set_defaults(func=run_explain)
 
@@ -55,14 +58,34 @@ def register(subparsers: Any) -> None:
     report.add_argument(
         "--data", default=None, metavar="DATA", help="data whose test split is explained instead"
     )
+    _add_column_args(report)
     report.add_argument("--out", required=True, metavar="HTML", help="the HTML file to write")
     report.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps")
     report.add_argument(
-        "--max-rows", type=int, default=300, help="rows attributed per run (disagreements first)"
+        "--max-rows",
+        type=int,
+        default=300,
+        help="rows attributed per run (disagreements first, then rows taken from each label in turn)",
     )
     report.add_argument("--top-k", type=int, default=10, help="top words per label")
-    report.add_argument("--json", action="store_true", help='print {"out": HTML} instead of a sentence')
+    report.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"out": HTML, "rows_attributed": N, "rows": M} instead of a sentence',
+    )
     report.set_defaults(func=run_report)
+
+
+def _add_column_args(parser: argparse.ArgumentParser) -> None:
+    """The column options of ``cli.add_data_args``, for report's optional --data (add_data_args's is required)."""
+    parser.add_argument("--text-col", default=None, help="text column of --data (detected when omitted)")
+    parser.add_argument("--label-col", default=None, help="label column of --data (detected when omitted)")
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=DataConfig.max_file_mb,
+        help="refuse --data files above this size",
+    )
 
 
 def _check_run(path: str | None, flag: str) -> Path | None:
@@ -93,20 +116,24 @@ def run_explain(args: argparse.Namespace) -> int:
         results = explain(loaded.model, loaded.tokenizer, args.text, cfg, target=args.target)
     except AttributionError as exc:
         raise UserError(str(exc)) from exc
+    labels = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
     if args.json:
-        payload = [_as_json(r) for r in results]
+        payload = [_as_json(r, labels) for r in results]
         print_json(payload[0] if len(payload) == 1 else payload)
     else:
-        print("\n\n".join(format_attribution(r) for r in results))
+        print("\n\n".join(format_attribution(r, labels) for r in results))
     return 0
 
 
-def _as_json(res: TokenAttribution) -> dict[str, Any]:
+def _as_json(res: TokenAttribution, labels: dict[int, str]) -> dict[str, Any]:
     return {
         "tokens": res.words,
         "scores": res.scores,
         "target": res.target_label,
         "target_id": res.target,
+        # with --target the label explained need not be the prediction: both are shown
+        "predicted": labels.get(res.predicted, str(res.predicted)),
+        "predicted_id": res.predicted,
         "probability": res.probability,
         "delta": res.delta,
         "sub_tokens": res.tokens,
@@ -115,11 +142,15 @@ def _as_json(res: TokenAttribution) -> dict[str, Any]:
     }
 
 
-def format_attribution(res: TokenAttribution) -> str:
-    """Words with their scores, one per line, then the target, probability and delta."""
+def format_attribution(res: TokenAttribution, labels: dict[int, str] | None = None) -> str:
+    """Words with their scores, one per line, then the target, probability and delta (and the predicted label
+    where it is not the target; ``labels``: id -> name)."""
     width = max((len(w) for w in res.words), default=4)
     lines = [f"{word:<{width}}  {score:+.4f}" for word, score in zip(res.words, res.scores, strict=True)]
-    lines.append(f"target {res.target_label} (p={res.probability:.3f}), delta {res.delta:+.4f}")
+    predicted = ""
+    if res.predicted >= 0 and res.predicted != res.target:
+        predicted = f"; predicted {(labels or {}).get(res.predicted, res.predicted)}"
+    lines.append(f"target {res.target_label} (p={res.probability:.3f}), delta {res.delta:+.4f}{predicted}")
     if res.note:
         lines.append(f"note: {res.note}")
     return "\n".join(lines)
@@ -155,7 +186,8 @@ def _test_texts(run: Path) -> list[str] | None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from clm_explore.report import build_report
+    from clm_explore.casestudy import case_study
+    from clm_explore.report import write_report
 
     run_a = _check_run(args.run, "--run")
     run_b = _check_run(args.vs, "--vs")
@@ -163,19 +195,36 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError(f"--data {args.data}: no such file or folder.")
     if Path(args.out).is_dir():  # checked before the attributions, which take a while
         raise UserError(f"--out {args.out} is a folder; give the HTML file to write, e.g. {Path(args.out) / 'report.html'}.")
-    if run_b is None and args.data is None and not (run_a / "predictions.csv").is_file():
-        raise UserError(f"--run {args.run} has no predictions.csv; pass --data with the rows to explain.")
-    if args.max_rows < 0 or args.top_k < 1:
-        raise UserError(f"--max-rows must be >= 0 and --top-k >= 1; got {args.max_rows} and {args.top_k}.")
+    if args.data is None:
+        for run, flag, name in ((run_a, "--run", args.run), (run_b, "--vs", args.vs)):
+            if run is not None and not (run / "predictions.csv").is_file():
+                raise UserError(
+                    f"{flag} {name} has no predictions.csv; pass --data with the rows to explain."
+                )
+    if args.max_rows < 1 or args.top_k < 1:
+        raise UserError(f"--max-rows and --top-k must be >= 1; got {args.max_rows} and {args.top_k}.")
     if run_b is not None:
         _check_same_task(run_a, run_b, same_rows=args.data is None)  # --data: both explain those rows
     cfg = AttributionConfig(n_steps=args.steps)  # max_length None: each run is read at its trained length
+    data = _report_data(args)  # before the attributions: a bad column stops the command at once
     try:
-        out = build_report(run_a, run_b, args.data, args.out, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
+        study = case_study(run_a, run_b, data, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
+        out = write_report(study, args.out)
     except (OSError, ValueError) as exc:  # e.g. --out in a folder that cannot be written
         raise UserError(str(exc)) from exc
+    done, total = study.coverage()
     if args.json:
-        print_json({"out": str(out)})
+        print_json({"out": str(out), "rows_attributed": done, "rows": total})
     else:
-        print(f"report written to {out}")
+        print(f"report written to {out}; {study.coverage_text()}")
     return 0
+
+
+def _report_data(args: argparse.Namespace) -> Any:
+    """--data's test split (a DataFrame with text and label), read with the column options; None without --data."""
+    if args.data is None:
+        return None
+    from clm_explore.data import load_data
+
+    cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
+    return load_data(args.data, cfg).test
