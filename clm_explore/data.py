@@ -10,17 +10,21 @@ Contract (other modules rely on it):
 
 Formats: CSV, TSV, JSONL, JSON (a list of records) and Parquet, or a folder holding ``train``,
 ``validation`` (or ``dev``) and ``test`` files in any of them. Missing splits are carved out of train
-with a seeded stratified split. Nothing is ever dropped silently: bad rows are errors that name them.
+with a seeded stratified split that keeps copies of a text together. Nothing is ever dropped silently: bad
+rows are errors that name them.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -145,26 +149,63 @@ def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig
 
 
 def column_names(path: str | Path, suffix: str | None = None) -> list[str]:
-    """The column names of a data file for a column mapping, read without loading its rows where the format
-    allows (a Parquet file's schema, a CSV/TSV header and first rows, a JSON file's first records); [] when it
-    cannot be read (``load_data`` then says why). ``suffix`` overrides the file's own extension."""
-    import pyarrow.parquet as pq
-
+    """The column names of a data file for a column mapping: exactly the names ``load_data`` accepts, found by
+    the loader's own decoding and parsing (encoding fallback, CSV separator, stripped header) over the start of
+    the file: a CSV/TSV header, a JSONL file's first records, a Parquet file's schema (a JSON list is read
+    whole). [] when the file cannot be read (``load_data`` then says why). ``suffix`` overrides the file's own
+    extension."""
     file = Path(path)
     fmt = FORMATS.get((suffix or file.suffix).lower())
     try:
         if fmt == "parquet":
-            return [n for n in pq.read_schema(file).names if not n.startswith("__index_level_")]
-        if fmt == "json":
-            records = json.loads(file.read_text(encoding="utf-8-sig"))[:20]
-            return [str(k) for k in dict.fromkeys(k for r in records if isinstance(r, dict) for k in r)]
-        if fmt == "jsonl":
-            frame = pd.read_json(file, lines=True, nrows=20)
-        else:
-            frame = pd.read_csv(file, sep="\t" if fmt == "tsv" else ",", nrows=20, dtype=str)
+            return _parquet_names(file)
+        if fmt is None:
+            return []
+        text = _decode(str(file), file.read_bytes() if fmt == "json" else _head(file), [])
+        return _names_in(fmt, str(file), text)
     except Exception:  # noqa: BLE001 - the loader reports the real problem in plain words
         return []
-    return [str(c) for c in frame.columns]
+
+
+_HEAD_BYTES = 1 << 20
+"""How much of a CSV/TSV/JSONL file ``column_names`` reads: plenty for a header or the first records."""
+_HEAD_RECORDS = 20
+"""JSONL records whose keys ``column_names`` offers."""
+
+
+def _head(file: Path) -> bytes:
+    """The complete lines in the first ``_HEAD_BYTES`` of ``file``; all of it when shorter or a single line."""
+    with file.open("rb") as stream:
+        head = stream.read(_HEAD_BYTES)
+        if len(head) < _HEAD_BYTES:
+            return head
+        # UTF-16 (with its BOM) is the one encoding where a line break is not the byte \n.
+        newline = {b"\xff\xfe": b"\n\x00", b"\xfe\xff": b"\x00\n"}.get(head[:2], b"\n")
+        cut = head.rfind(newline)
+        while cut > 0 and len(newline) == 2 and cut % 2:  # a UTF-16 character starts at an even byte
+            cut = head.rfind(newline, 0, cut)
+        return head[: cut + len(newline)] if cut > 0 else head + stream.read()
+
+
+def _names_in(fmt: str, name: str, text: str) -> list[str]:
+    """The column names the loader finds in ``text`` (the start of the file for CSV, TSV and JSONL)."""
+    if fmt == "json":
+        return _record_keys(name, _json_records(name, text))
+    if fmt == "jsonl":
+        return _record_keys(name, [record for _, record in islice(_jsonl_records(name, text), _HEAD_RECORDS)])
+    delimiter = "\t" if fmt == "tsv" else _csv_delimiter(text)
+    for _, row in _delimited_rows(name, text, delimiter):
+        return _header(name, row)
+    return []
+
+
+def _parquet_names(file: Path) -> list[str]:
+    """A Parquet file's column names, less the pandas index columns the loader drops."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(file)
+    index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    return [n for n in schema.names if n not in index and not n.startswith("__index_level_")]
 
 
 def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | None = None) -> list[str]:
@@ -195,11 +236,12 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     return texts.tolist()
 
 
-def _check_size(name: str, size: int, cfg: DataConfig) -> None:
+def _check_size(name: str, size: int, cfg: DataConfig, at_least: bool = False) -> None:
+    """Refuse ``size`` bytes above the cap; ``at_least`` when measuring stopped there (the full size is more)."""
     if size > cfg.max_file_mb * 1024 * 1024:
         mb = f"{size / 2**20:,.1f}" if size >= 2**20 else f"{size / 2**20:.2g}"
-        raise DataError(f"{name} is {mb} MB, above the {cfg.max_file_mb:g} MB limit. Use a smaller sample "
-                        "or raise the limit with --max-file-mb (DataConfig.max_file_mb).")
+        raise DataError(f"{name} is {'at least ' if at_least else ''}{mb} MB, above the {cfg.max_file_mb:g} MB limit. "
+                        "Use a smaller sample or raise the limit with --max-file-mb (DataConfig.max_file_mb).")
 
 
 def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str]) -> _Table:
@@ -215,16 +257,16 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
         raise DataError(f"{name} is empty. Put a header row (e.g. text,label) and at least a few rows per label in it.")
     if fmt == "parquet":
         return _parse_parquet(name, raw, cfg)
-    table = _PARSERS[fmt](name, _decode(name, raw, notes))
-    _check_rows(name, len(table.frame), cfg)
-    return table
+    # Each parser stops at row max_rows + 1: parsing millions of rows only to refuse them costs minutes and GBs.
+    return _PARSERS[fmt](name, _decode(name, raw, notes), cfg.max_rows)
 
 
 # ------------------------------------------------------------------------------------------ parsing
 
 
 def _decode(name: str, raw: bytes, notes: list[str]) -> str:
-    """Bytes to text: UTF-8 (BOM allowed), UTF-16 with a BOM, else cp1252/latin-1 with a note."""
+    """Bytes to text: UTF-8 (BOM allowed), UTF-16 with a BOM; lines that are not valid UTF-8 are read as
+    cp1252 (else latin-1), with a note naming them."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         notes.append(f"{name} is UTF-16; it was decoded as such.")
         return _check_text(name, raw.decode("utf-16", errors="replace"))
@@ -233,17 +275,84 @@ def _decode(name: str, raw: bytes, notes: list[str]) -> str:
         _binary_error(name, raw, f"it contains NUL bytes (first at byte {nul})")
     try:
         return _check_text(name, raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-    for encoding, label in (("cp1252", "Windows-1252 (cp1252)"), ("latin-1", "Latin-1")):
+    except UnicodeDecodeError:
+        pass
+    text, legacy = _decode_by_line(raw.removeprefix(codecs.BOM_UTF8))
+    notes.append(_legacy_note(name, legacy))
+    return _check_text(name, text)
+
+
+_LEGACY = (("cp1252", "Windows-1252 (cp1252)"), ("latin-1", "Latin-1"))
+"""Encodings tried, in order, for a line that is not valid UTF-8; latin-1 decodes any byte."""
+
+
+def _decode_by_line(raw: bytes) -> tuple[str, list[tuple[int, str]]]:
+    """Decode ``raw`` as UTF-8 except the lines holding an invalid byte, read as cp1252 (else latin-1).
+
+    One stray byte must not turn every correct accented character of the file into mojibake. Returns the text
+    and (line number, encoding) of each line not read as UTF-8. Lines end at \\n, a char boundary in both
+    encodings (a file with bare \\r line ends is then one line, read as cp1252 as a whole)."""
+    parts: list[str] = []
+    legacy: list[tuple[int, str]] = []
+    pos, line = 0, 1
+    while pos < len(raw):
+        # Blocks of whole lines: Python's UTF-8 decoder sizes its output to all of its input even when it
+        # fails early, so retrying on the rest of a file after each bad line would take quadratic time.
+        end = raw.find(b"\n", pos + _DECODE_BLOCK) + 1 or len(raw)
+        block = raw[pos:end]
         try:
-            text = _check_text(name, raw.decode(encoding))
+            parts.append(block.decode("utf-8"))
+            line += block.count(b"\n")
+        except UnicodeDecodeError:
+            line = _decode_lines(block, line, parts, legacy)
+        pos = end
+    return "".join(parts), legacy
+
+
+_DECODE_BLOCK = 1 << 16
+_ESCAPED = re.compile("[\udc80-\udcff]")
+"""What an invalid byte becomes under errors="surrogateescape"; valid UTF-8 never decodes to it."""
+
+
+def _decode_lines(block: bytes, line: int, parts: list[str], legacy: list[tuple[int, str]]) -> int:
+    """Decode ``block`` (first line number ``line``) into ``parts``, UTF-8 but for the lines holding an invalid
+    byte; returns the next line number. One decode marks every bad byte and one more reads all the bad lines:
+    a file written in cp1252 can have a bad byte on every line."""
+    texts = block.decode("utf-8", "surrogateescape").split("\n")
+    bad = [i for i, text in enumerate(texts) if _ESCAPED.search(text)]
+    raw_lines = block.split(b"\n")
+    for i, (text, label) in zip(bad, _decode_legacy([raw_lines[i] for i in bad]), strict=True):
+        texts[i] = text
+        legacy.append((line + i, label))
+    parts.append("\n".join(texts))
+    return line + len(texts) - 1
+
+
+def _decode_legacy(raw_lines: list[bytes]) -> list[tuple[str, str]]:
+    """(text, encoding) of each line; all in one call where they are all valid cp1252, as they mostly are."""
+    try:
+        return [(text, _LEGACY[0][1]) for text in b"\n".join(raw_lines).decode(_LEGACY[0][0]).split("\n")]
+    except UnicodeDecodeError:
+        return [_decode_legacy_line(raw_line) for raw_line in raw_lines]
+
+
+def _decode_legacy_line(raw_line: bytes) -> tuple[str, str]:
+    for encoding, label in _LEGACY:
+        try:
+            return raw_line.decode(encoding), label
         except UnicodeDecodeError:
             continue
-        notes.append(f"{name} is not valid UTF-8 (first bad byte on line {line}); it was read as {label}. "
-                     "Check accented characters, or save the file as UTF-8.")
-        return text
     raise AssertionError("latin-1 decodes every byte string")  # pragma: no cover
+
+
+def _legacy_note(name: str, legacy: list[tuple[int, str]]) -> str:
+    shown = ", ".join(str(number) for number, _ in legacy[:5]) + (
+        f" and {len(legacy) - 5:,} more" if len(legacy) > 5 else "")
+    found = {label for _, label in legacy}
+    used = " or ".join(label for _, label in _LEGACY if label in found)
+    return (f"{name} is not valid UTF-8 on {len(legacy):,} line(s) ({'line' if len(legacy) == 1 else 'lines'} "
+            f"{shown}); those lines were read as {used}, the rest as UTF-8. Check their accented characters, "
+            "or save the file as UTF-8.")
 
 
 def _check_text(name: str, text: str) -> str:
@@ -261,31 +370,47 @@ def _binary_error(name: str, head: bytes, why: str) -> None:
                     "(UTF-8) or JSONL with one text and one label per row.")
 
 
-def _parse_delimited(name: str, text: str, delimiter: str) -> _Table:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int) -> _Table:
     rows: list[list[str]] = []
     positions: list[int] = []
     header: list[str] | None = None
+    for line, row in _delimited_rows(name, text, delimiter):
+        if header is None:
+            header = _header(name, row)
+        elif len(row) != len(header):
+            raise DataError(f"{name}, line {line}: expected {len(header)} fields like the header "
+                            f"({', '.join(header)}) but found {len(row)}. Quote texts that contain "
+                            f"{'tabs' if delimiter == chr(9) else 'commas'} (\"...\"), or fix the row.")
+        elif len(rows) == max_rows:
+            raise _row_cap_error(name, max_rows, line)
+        else:
+            rows.append(row)
+            positions.append(line)
+    if header is None:  # not blank (checked before), yet every row is empty cells: ",,,"
+        raise DataError(f"{name} holds no header row, only empty fields. Put a header (e.g. text,label) and rows in it.")
+    return _Table(name, pd.DataFrame(rows, columns=header, dtype=str), positions, "line")
+
+
+def _delimited_rows(name: str, text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line, cells) of each non-blank row, parsed lazily so that a caller can stop early."""
+    csv.field_size_limit(_FIELD_LIMIT)  # process-wide; csv's own 128 KiB limit rejects long documents
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     start = 1
     try:
         for row in reader:
             if row and any(cell.strip() for cell in row):
-                if header is None:
-                    header = [c.strip() for c in row]
-                elif len(row) != len(header):
-                    raise DataError(f"{name}, line {start}: expected {len(header)} fields like the header "
-                                    f"({', '.join(header)}) but found {len(row)}. Quote texts that contain "
-                                    f"{'tabs' if delimiter == chr(9) else 'commas'} (\"...\"), or fix the row.")
-                else:
-                    rows.append(row)
-                    positions.append(start)
+                yield start, row
             start = reader.line_num + 1
     except csv.Error as exc:
         raise DataError(f"{name}, row starting at line {start}: cannot be parsed ({exc}). Usually a stray or "
                         "unclosed quote; double quotes inside a quoted text must be written as \"\".") from exc
-    assert header is not None  # the file is not blank (checked before)
+
+
+def _header(name: str, row: list[str]) -> list[str]:
+    """The column names of a header row as the loader uses them: stripped, each distinct."""
+    header = [c.strip() for c in row]
     _check_header(name, header)
-    return _Table(name, pd.DataFrame(rows, columns=header, dtype=str), positions, "line")
+    return header
 
 
 def _check_header(name: str, header: list[str]) -> None:
@@ -296,10 +421,20 @@ def _check_header(name: str, header: list[str]) -> None:
                         "Give every column a distinct name.")
 
 
-def _parse_jsonl(name: str, text: str) -> _Table:
+def _parse_jsonl(name: str, text: str, max_rows: int) -> _Table:
     records: list[dict[str, Any]] = []
     positions: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, record in _jsonl_records(name, text):
+        if len(records) == max_rows:
+            raise _row_cap_error(name, max_rows, number)
+        records.append(record)
+        positions.append(number)
+    return _records_table(name, records, positions, "line")
+
+
+def _jsonl_records(name: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each non-blank line, parsed lazily so that a caller can stop early."""
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -313,12 +448,31 @@ def _parse_jsonl(name: str, text: str) -> _Table:
         if not isinstance(record, dict):
             raise DataError(f"{name}, line {number}: expected a JSON object per line, found "
                             f"{type(record).__name__}. Write one {{\"text\": ..., \"label\": ...}} object per line.")
-        records.append(record)
-        positions.append(number)
-    return _records_table(name, records, positions, "line")
+        yield number, record
 
 
-def _parse_json(name: str, text: str) -> _Table:
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` one at a time (no list of millions of lines). Only \\r and \\n break a line:
+    U+2028 and the like may stand unescaped inside a JSON string."""
+    start = 0
+    for brk in _LINE_BREAK.finditer(text):
+        yield text[start:brk.start()]
+        start = brk.end()
+    if start < len(text):
+        yield text[start:]
+
+
+def _parse_json(name: str, text: str, max_rows: int) -> _Table:
+    records = _json_records(name, text)
+    _check_rows(name, len(records), max_rows)  # before the table, which costs far more than the parsed list
+    return _records_table(name, records, list(range(1, len(records) + 1)), "record")
+
+
+def _json_records(name: str, text: str) -> list[dict[str, Any]]:
+    """The records of a .json file holding a list of objects."""
     try:
         data = json.loads(text)
     except RecursionError as exc:
@@ -330,7 +484,7 @@ def _parse_json(name: str, text: str) -> _Table:
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise DataError(f"{name}: expected a JSON list of records like [{{\"text\": \"...\", \"label\": \"...\"}}], "
                         f"found a {type(data).__name__}. Convert it to that shape, or to JSONL.")
-    return _records_table(name, data, list(range(1, len(data) + 1)), "record")
+    return data
 
 
 _MAX_RECORD_KEYS = 100
@@ -340,13 +494,19 @@ _MAX_RECORD_KEYS = 100
 def _records_table(name: str, records: list[dict[str, Any]], positions: list[int], unit: str) -> _Table:
     if not records:
         raise DataError(f"{name} holds no records. Add rows with a text and a label.")
-    keys: set[str] = set()
+    _record_keys(name, records)
+    return _Table(name, pd.DataFrame.from_records(records), positions, unit)
+
+
+def _record_keys(name: str, records: list[dict[str, Any]]) -> list[str]:
+    """The keys of ``records`` in order of first appearance: the columns of the loader's table."""
+    keys: dict[str, None] = {}
     for record in records:
-        keys.update(record)
+        keys.update(dict.fromkeys(record))
         if len(keys) > _MAX_RECORD_KEYS:  # the table would grow as records x keys
             raise DataError(f"{name}: its records hold more than {_MAX_RECORD_KEYS} different keys. Keep the text and "
                             "label keys (and a few more) in every record.")
-    return _Table(name, pd.DataFrame.from_records(records), positions, unit)
+    return [str(k) for k in keys]
 
 
 def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
@@ -356,9 +516,10 @@ def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
         raise DataError(f"{name} is not a Parquet file (no PAR1 signature). Check the extension matches the format.")
     try:
         file = pq.ParquetFile(io.BytesIO(raw))
-        # Both checked before the rows are decoded: a few KB of dictionary-encoded Parquet can hold gigabytes.
-        _check_rows(name, file.metadata.num_rows, cfg)
-        _check_size(f"{name} (decoded)", _decoded_bytes(raw, file.schema_arrow), cfg)
+        # All checked before the rows are decoded: a few KB of compressed Parquet can hold gigabytes.
+        _check_rows(name, file.metadata.num_rows, cfg.max_rows)
+        _check_size(f"{name} (uncompressed)", _uncompressed_bytes(file.metadata), cfg)
+        _check_decoded(name, raw, file, cfg)
         frame = file.read().to_pandas()
     except DataError:
         raise
@@ -367,40 +528,98 @@ def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
     return _Table(name, frame.reset_index(drop=True), list(range(1, len(frame) + 1)), "row")
 
 
-def _decoded_bytes(raw: bytes, schema: Any) -> int:
-    """Bytes a Parquet file's columns take once decoded, measured with its text columns still
-    dictionary-encoded (each distinct value held once, sized per row through the indices)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _uncompressed_bytes(metadata: Any) -> int:
+    """The pages' size once decompressed, from the file's footer (nothing is decoded). It bounds what plain
+    and delta-length encoded columns decode to, though not dictionary-encoded ones (see ``_check_decoded``)."""
+    return sum(metadata.row_group(g).column(c).total_uncompressed_size
+               for g in range(metadata.num_row_groups) for c in range(metadata.num_columns))
+
+
+_PARQUET_BATCH_ROWS = 1024
+"""Rows decoded at a time by ``_check_decoded``: at most one such batch is decoded past the size cap."""
+
+
+def _check_decoded(name: str, raw: bytes, file: Any, cfg: DataConfig) -> None:
+    """Refuse a Parquet file whose columns take more than the size cap once decoded, decoding one batch of rows
+    at a time and stopping as soon as the cap is passed. Text columns are read dictionary-encoded: a value that
+    a dictionary repeats on many rows is held once and sized per row through the indices."""
     import pyarrow.parquet as pq
 
-    texts = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-             or pa.types.is_binary(f.type)]
+    texts = [f.name for f in file.schema_arrow if _is_text_type(f.type)]
+    delta = _delta_chunk_bytes(file.metadata)
+    # pyarrow cannot read DELTA_BYTE_ARRAY text as a dictionary: those columns are decoded batch by batch.
+    reader = pq.ParquetFile(io.BytesIO(raw), read_dictionary=[t for t in texts if t not in delta])
     total = 0
-    for column in pq.ParquetFile(io.BytesIO(raw), read_dictionary=texts).read().columns:
-        for chunk in column.chunks:
-            if pa.types.is_dictionary(chunk.type):
-                total += pc.sum(pc.take(pc.binary_length(chunk.dictionary), chunk.indices)).as_py() or 0
-            else:
-                total += chunk.nbytes
-    return total
+    for batch in reader.iter_batches(batch_size=_batch_rows(delta, cfg)):
+        total += sum(_decoded_bytes(column) for column in batch.columns)
+        _check_size(f"{name} (decoded)", total, cfg, at_least=True)
 
 
-def _check_rows(name: str, rows: int, cfg: DataConfig) -> None:
-    if rows > cfg.max_rows:
-        raise DataError(f"{name} has {rows:,} rows, above the {cfg.max_rows:,} row limit. Use a sample, or raise the "
+def _batch_rows(delta: dict[str, int], cfg: DataConfig) -> int:
+    """Rows per batch for ``_check_decoded``. DELTA_BYTE_ARRAY stores a prefix shared with the previous value
+    once, so a value can be as long as its whole column chunk: batches get fewer rows, to hold about a quarter
+    of the cap; not under 8 rows, as one-row batches take ~45 us each (20 s for 500,000 rows)."""
+    if not delta:
+        return _PARQUET_BATCH_ROWS
+    return max(8, min(_PARQUET_BATCH_ROWS, int(cfg.max_file_mb * 2**20 / 4 // max(delta.values()))))
+
+
+def _delta_chunk_bytes(metadata: Any) -> dict[str, int]:
+    """Column -> its largest uncompressed column chunk, for the columns with DELTA_BYTE_ARRAY pages."""
+    out: dict[str, int] = {}
+    for g in range(metadata.num_row_groups):
+        for c in range(metadata.num_columns):
+            chunk = metadata.row_group(g).column(c)
+            if "DELTA_BYTE_ARRAY" in chunk.encodings:  # a top-level column's path is its name
+                out[chunk.path_in_schema] = max(out.get(chunk.path_in_schema, 0), chunk.total_uncompressed_size)
+    return out
+
+
+def _decoded_bytes(array: Any) -> int:
+    """Bytes an Arrow array takes decoded; a dictionary array is measured without decoding its text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_dictionary(array.type):
+        return int(array.nbytes)
+    values = array.dictionary
+    if _is_text_type(values.type):
+        return int(pc.sum(pc.take(pc.binary_length(values), array.indices)).as_py() or 0)
+    return int(pc.take(values, array.indices).nbytes)  # numbers and the like: one batch is small
+
+
+def _is_text_type(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+                or pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type))
+
+
+def _check_rows(name: str, rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise DataError(f"{name} has {rows:,} rows, above the {max_rows:,} row limit. Use a sample, or raise the "
                         "limit (DataConfig.max_rows) on a machine with the memory for it.")
 
 
-def _parse_csv(name: str, text: str) -> _Table:
+def _row_cap_error(name: str, max_rows: int, line: int) -> DataError:
+    """The row cap passed while parsing: reading stopped there, so the full count is unknown."""
+    return DataError(f"{name} has more rows than the {max_rows:,} row limit (reading stopped at line {line:,}). Use a "
+                     "sample, or raise the limit (DataConfig.max_rows) on a machine with the memory for it.")
+
+
+_HEADER_LINE = re.compile(r"[\ufeff\r\n]*([^\r\n]*)")
+
+
+def _csv_delimiter(text: str) -> str:
     # Spreadsheets in many European locales export "CSV" with semicolons; a header without commas tells.
-    header = text.lstrip("\ufeff\r\n").split("\n", 1)[0]
-    return _parse_delimited(name, text, ";" if ";" in header and "," not in header else ",")
+    match = _HEADER_LINE.match(text)
+    header = match.group(1) if match else ""
+    return ";" if ";" in header and "," not in header else ","
 
 
-_PARSERS: dict[str, Callable[[str, str], _Table]] = {
-    "csv": _parse_csv,
-    "tsv": lambda name, text: _parse_delimited(name, text, "\t"),
+_PARSERS: dict[str, Callable[[str, str, int], _Table]] = {
+    "csv": lambda name, text, max_rows: _parse_delimited(name, text, _csv_delimiter(text), max_rows),
+    "tsv": lambda name, text, max_rows: _parse_delimited(name, text, "\t", max_rows),
     "jsonl": _parse_jsonl,
     "json": _parse_json,
 }
@@ -514,27 +733,50 @@ def _check_labels(name: str, frame: pd.DataFrame, max_labels: int) -> None:
 
 def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str,
            notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``fraction`` of ``frame`` off as ``what``, stratified by label when the labels allow it."""
+    """Split ``fraction`` of ``frame`` off as ``what``, stratified by label when the labels allow it.
+
+    The split is drawn over distinct texts and every copy of a text follows it: copies spread over train and
+    ``what`` would be leakage made by the carving itself."""
     if fraction <= 0:
         notes.append(f"No {what} split was given and the {what} fraction is 0, so {what} is empty.")
         return frame, frame.iloc[:0]
-    counts = frame["label"].map(frame["label"].value_counts())
-    # A label with one row cannot be in both parts; it stays in train, where it can at least be learned.
-    lonely = frame[counts < 2]
-    rest = frame[counts >= 2]
+    distinct = frame.drop_duplicates("text")  # the first row of each text stands for all its copies
+    counts = distinct["label"].map(distinct["label"].value_counts())
+    # A label with one text cannot be in both parts; it stays in train, where it can at least be learned.
+    lonely = distinct[counts < 2]
+    rest = distinct[counts >= 2]
     try:
-        kept, carved = train_test_split(rest, test_size=fraction, random_state=seed, stratify=rest["label"])
+        carved = train_test_split(rest, test_size=fraction, random_state=seed, stratify=rest["label"])[1]["text"]
         how = "stratified by label"
     except ValueError:
         # sklearn also refuses to stratify when fewer rows are carved than there are labels.
-        kept, carved = train_test_split(rest, test_size=fraction, random_state=seed)
-        how = "at random, not stratified, because the labels have too few rows for a stratified split"
+        carved = _carve_at_random(frame, rest, fraction, seed)
+        how = ("at random, not stratified, because the labels have too few rows for a stratified split; one row "
+               "of every label stayed in train")
     if len(lonely):
         how += f"; {len(lonely)} label(s) with a single row stay in train"
-    notes.append(f"No {what} split was given: {fraction:.0%} of train ({len(carved):,} rows) was carved out as "
-                 f"{what}, {how} (seed {seed}).")
-    # Keep the file's row order inside each split; it makes row ids easy to trace back.
-    return pd.concat([kept, lonely]).sort_index(), carved.sort_index()
+    taken = frame["text"].isin(carved)
+    note = (f"No {what} split was given: {fraction:.0%} of train ({int(taken.sum()):,} rows) was carved out as "
+            f"{what}, {how} (seed {seed}).")
+    if len(distinct) < len(frame):
+        note += (f" {len(frame) - len(distinct):,} row(s) repeat an earlier text; all copies of a text went to the "
+                 f"same split, so the carving put no text in both train and {what}.")
+    notes.append(note)
+    # Boolean masks keep the file's row order inside each split; it makes row ids easy to trace back.
+    return frame[~taken], frame[taken]
+
+
+def _carve_at_random(frame: pd.DataFrame, rest: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
+    """The texts of a seeded random ``fraction`` of ``rest`` (one row per distinct text), always leaving in
+    train a text of every label: a plain random split can take every row of a rare label out of train."""
+    order = rest["text"].sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    rank = pd.Series(order.index, index=order.to_numpy())
+    rows = frame[frame["text"].isin(order)]
+    # Per label, the first of its texts in the shuffled order is kept; over all rows, as a text may carry
+    # several labels.
+    ranked = rows.assign(rank=rows["text"].map(rank)).sort_values("rank", kind="stable")
+    pool = order[~order.isin(ranked.drop_duplicates("label")["text"])]
+    return pool.iloc[: min(math.ceil(fraction * len(rest)), len(pool))]
 
 
 # The report lives in its own module; re-exported here so `from clm_explore.data import data_report` works.

@@ -115,6 +115,11 @@ def _problems(r: DataReport) -> list[str]:
                             + (" Runs score those test rows as out-of-scope queries too: a prediction abstains "
                                "below a confidence threshold chosen on validation (metrics.json's out_of_scope)."
                                if name == "test" else ""))
+    variants = _case_variants(list(r.label_counts))
+    if variants:
+        shown = _some([" / ".join(map(repr, group)) for group in variants])
+        problems.append(f"{len(variants)} group(s) of labels differ only in upper/lower case or spacing: {shown}. They "
+                        "are kept as separate labels; if they mean the same, write them the same way in the data.")
     if r.rare_labels:
         shown = _some([f"{k} ({v})" for k, v in sorted(r.rare_labels.items(), key=lambda kv: kv[1])])
         problems.append(f"{len(r.rare_labels)} label(s) have fewer than {RARE_LABEL_ROWS} train rows: {shown}.")
@@ -126,6 +131,15 @@ def _problems(r: DataReport) -> list[str]:
         if not r.splits[name]:
             problems.append(f"The {name} split is empty.")
     return problems
+
+
+def _case_variants(labels: list[str]) -> list[list[str]]:
+    """Groups of labels that are equal once case and runs of whitespace are ignored ('Pos', 'pos', 'POS'): most
+    likely one label typed differently, which the model would learn as rivals."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(" ".join(label.split()).casefold(), []).append(label)
+    return [sorted(group) for group in groups.values() if len(group) > 1]
 
 
 def _some(items: list[str], limit: int = 5) -> str:

@@ -272,8 +272,8 @@ def test_a_small_parquet_file_with_too_many_rows_is_refused_before_its_columns_a
 def test_too_many_rows_labels_or_record_keys_are_refused(tmp_path):
     csv_file = tmp_path / "many.csv"
     _rows(200).to_csv(csv_file, index=False)
-    with pytest.raises(DataError, match="200 rows, above the 100 row limit"):
-        load_data(csv_file, DataConfig(max_rows=100))
+    with pytest.raises(DataError, match=r"more rows than the 100 row limit \(reading stopped at line 102\)"):
+        load_data(csv_file, DataConfig(max_rows=100))  # parsing stops there: the total is not known
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": [f"l{i // 2}" for i in range(40)]}).to_csv(labels, index=False)
     with pytest.raises(DataError, match="20 different labels, above the 10 label limit"):
@@ -298,3 +298,199 @@ def test_column_names_come_from_the_schema_or_header_without_the_rows(tmp_path):
     assert column_names(tmp_path / "d.csv") == ["text", "label"]
     assert column_names(tmp_path / "d.json") == ["utterance", "intent", "extra"]
     assert column_names(tmp_path / "d.csv", ".parquet") == []  # unreadable as said: load_data explains
+
+
+def _parquet_calls(monkeypatch) -> list[str]:
+    """Record every ParquetFile method call that decodes rows."""
+    import pyarrow.parquet as pq
+
+    calls: list[str] = []
+    for method in ("read", "read_row_group", "read_row_groups", "iter_batches"):
+        real = getattr(pq.ParquetFile, method)
+
+        def spy(self, *args, _real=real, _method=method, **kwargs):
+            calls.append(_method)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(pq.ParquetFile, method, spy)
+    return calls
+
+
+def test_a_parquet_file_too_big_once_decompressed_is_refused_from_its_footer_alone(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = tmp_path / "plain.parquet"
+    texts = [("a" * 10_000) + str(i) for i in range(30)]  # distinct values: no dictionary, 300 KB decoded
+    table = pa.table({"text": texts, "label": ["ab"[i % 2] for i in range(30)]})
+    pq.write_table(table, file, compression="zstd", use_dictionary=False)
+    assert file.stat().st_size < 5_000
+    calls = _parquet_calls(monkeypatch)
+    with pytest.raises(DataError, match=r"plain.parquet \(uncompressed\) is 0.29 MB, above the 0.1 MB limit"):
+        load_data(file, DataConfig(max_file_mb=0.1))
+    assert calls == []  # refused from the footer's sizes: no row was decoded
+
+
+def test_a_dictionary_encoded_parquet_file_is_measured_batch_by_batch_not_decoded_whole(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    file = tmp_path / "dict.parquet"
+    pd.DataFrame({"text": ["the same text"] * 20_000, "label": ["a", "b"] * 10_000}).to_parquet(file)
+    calls = _parquet_calls(monkeypatch)
+    batches: list[int] = []
+    spy = pq.ParquetFile.iter_batches
+
+    def counting(self, *args, **kwargs):
+        for batch in spy(self, *args, **kwargs):
+            batches.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counting)
+    with pytest.raises(DataError, match=r"dict.parquet \(decoded\) is at least .* MB, above the 0.05 MB limit"):
+        load_data(file, DataConfig(max_file_mb=0.05))
+    assert "read" not in calls
+    assert 0 < sum(batches) < 20_000  # stopped once past the cap
+
+
+def test_a_delta_encoded_parquet_text_column_loads(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = tmp_path / "delta.parquet"
+    table = pa.table({"text": [f"a text number {i}" for i in range(60)], "label": ["ab"[i % 2] for i in range(60)]})
+    pq.write_table(table, file, use_dictionary=["label"], column_encoding={"text": "DELTA_BYTE_ARRAY"})
+    assert len(load_data(file).labels) == 2  # pyarrow cannot read such a column as a dictionary
+
+
+def test_the_row_cap_stops_parsing_at_the_first_row_past_it(tmp_path, monkeypatch):
+    import csv
+
+    rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(5_000)]
+    (tmp_path / "many.csv").write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    (tmp_path / "many.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "many.json").write_text(json.dumps(rows[:200]))
+    parsed: list[object] = []
+    real_reader, real_loads = csv.reader, json.loads
+
+    class CountingReader:
+        def __init__(self, *args, **kwargs):
+            self._reader = real_reader(*args, **kwargs)
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            parsed.append(row := next(self._reader))
+            return row
+
+        @property
+        def line_num(self):
+            return self._reader.line_num
+
+    monkeypatch.setattr(csv, "reader", CountingReader)
+    monkeypatch.setattr(json, "loads", lambda text, **kw: parsed.append(text) or real_loads(text, **kw))
+    for name in ("many.csv", "many.jsonl"):
+        parsed.clear()
+        with pytest.raises(DataError, match=rf"{name} has more rows than the 100 row limit \(reading stopped"):
+            load_data(tmp_path / name, DataConfig(max_rows=100))
+        assert len(parsed) <= 102  # the header and 101 rows, not 5,000
+    monkeypatch.setattr(pd.DataFrame, "from_records", lambda *a, **k: pytest.fail("table built before the row cap"))
+    with pytest.raises(DataError, match="many.json has 200 rows, above the 100 row limit"):
+        load_data(tmp_path / "many.json", DataConfig(max_rows=100))
+
+
+@pytest.mark.parametrize(("name", "cell"), [("long.csv", '"{}"'), ("bare.csv", "{}"), ("long.tsv", "{}")])
+def test_a_cell_over_128_kib_loads(tmp_path, name, cell):
+    sep = "\t" if name.endswith(".tsv") else ","
+    long_text = ("word, " if cell.startswith('"') else "word ") * 40_000  # 200-240 KB; csv's default limit: 128 KiB
+    rows = [cell.format(long_text) + f"{sep}a"] + [f"short {i}{sep}{'ab'[i % 2]}" for i in range(30)]
+    (tmp_path / name).write_text(f"text{sep}label\n" + "\n".join(rows) + "\n")
+    data = load_data(tmp_path / name)
+    texts = pd.concat([data.train, data.validation, data.test])["text"]
+    assert texts.str.len().max() == len(long_text)
+
+
+def test_carving_keeps_every_label_in_train_when_it_cannot_stratify(tmp_path):
+    rows = [{"text": f"text {i}", "label": f"l{i % 200}"} for i in range(400)]  # 200 labels x 2 rows
+    path = tmp_path / "rare.jsonl"
+    path.write_bytes(corpus.jsonl_bytes(rows))
+    data = load_data(path)
+    again = load_data(path)
+    assert data.labels == sorted({r["label"] for r in rows})  # a plain random split lost some
+    assert data.test.equals(again.test) and data.validation.equals(again.validation)
+    assert len(data.train) + len(data.validation) + len(data.test) == 400 and len(data.test) > 0
+    assert any("at random, not stratified" in n and "one row of every label stayed in train" in n for n in data.notes)
+
+
+def test_carving_keeps_copies_of_a_text_in_one_split(tmp_path):
+    texts = [f"text {i % 100}" for i in range(300)]  # every text three times
+    path = tmp_path / "copies.csv"
+    _frame([(t, "ab"[int(t.split()[1]) % 2]) for t in texts]).to_csv(path, index=False)
+    data = load_data(path)
+    report = data_report(data)
+    assert report.leakage["count"] == 0  # copies spread over the splits would be leakage the carving made
+    assert len(data.train) + len(data.validation) + len(data.test) == 300
+    assert data.test["label"].value_counts().tolist() == [30, 30]  # still stratified: 10 texts per label
+    assert any("200 row(s) repeat an earlier text; all copies of a text went to the same split" in n
+               for n in data.notes)
+
+
+def test_column_names_are_the_names_the_loader_accepts(tmp_path):
+    from clm_explore.data import column_names
+
+    rows = "\n".join(f"caf\u00e9 {i},{'ab'[i % 2]}" for i in range(30)) + "\n"
+    files = {
+        "semi.csv": ("review_txt;sentiment\n" + rows.replace(",", ";")).encode(),
+        "cp.csv": ("review_txt,sentiment\n" + rows).encode("cp1252"),
+        "utf16.csv": ("review_txt,sentiment\n" + rows).encode("utf-16"),
+        "spaced.csv": (" review_txt , sentiment \n" + rows).encode(),
+        "tab.tsv": ("review_txt\tsentiment\n" + rows.replace(",", "\t")).encode(),
+        "lines.jsonl": "".join(json.dumps({"review_txt": f"t{i}", "sentiment": "ab"[i % 2]}) + "\n"
+                               for i in range(30)).encode(),
+    }
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+        columns = column_names(tmp_path / name)
+        assert columns == ["review_txt", "sentiment"], name
+        data = load_data(tmp_path / name, DataConfig(text_col=columns[0], label_col=columns[1]))
+        assert data.labels == ["a", "b"], name
+    (tmp_path / "dupe.csv").write_text("text,Text,label\na,a,x\n")
+    assert column_names(tmp_path / "dupe.csv") == []  # the loader refuses the header: it explains why
+
+
+def test_column_names_read_only_the_first_lines(tmp_path, monkeypatch):
+    from clm_explore import data as data_module
+    from clm_explore.data import column_names
+
+    monkeypatch.setattr(data_module, "_HEAD_BYTES", 100)  # two JSONL records
+    body = "".join(f"some text number {i},{'ab'[i % 2]}\n" for i in range(50))
+    (tmp_path / "d.csv").write_text("review,sentiment\n" + body)
+    (tmp_path / "u16.csv").write_bytes(("review,sentiment\n" + body).encode("utf-16"))
+    lines = [json.dumps({"review": f"text {i}", "sentiment": "a"}) for i in range(50)]
+    (tmp_path / "d.jsonl").write_text("\n".join([*lines[:1], json.dumps({"review": "x", "extra": 1}), *lines[1:]]))
+    (tmp_path / "one.jsonl").write_text(json.dumps({"review": "x" * 200, "sentiment": "a"}))  # longer than the head
+    assert column_names(tmp_path / "d.csv") == ["review", "sentiment"]
+    assert column_names(tmp_path / "u16.csv") == ["review", "sentiment"]
+    assert column_names(tmp_path / "d.jsonl") == ["review", "sentiment", "extra"]
+    assert column_names(tmp_path / "one.jsonl") == ["review", "sentiment"]
+
+
+def test_one_bad_byte_decodes_only_its_line_as_cp1252(tmp_path):
+    path = tmp_path / "mixed.csv"
+    body = "".join(f"caf\u00e9 {i},{'ab'[i % 2]}\n" for i in range(30)).encode()
+    path.write_bytes(b"text,label\n" + body[:100] + b"na\xefve,a\n" + body[100:])
+    data = load_data(path)
+    texts = set(pd.concat([data.train, data.validation, data.test])["text"])
+    assert "na\u00efve" in texts and "caf\u00e9 0" in texts and "caf\u00e9 29" in texts  # no 'cafÃ©'
+    bad_line = body[:100].count(b"\n") + 2
+    assert any(f"not valid UTF-8 on 1 line(s) (line {bad_line}); those lines were read as Windows-1252" in note
+               for note in data.notes)
+
+
+def test_report_names_labels_that_differ_only_in_case_or_spacing():
+    train = _frame([(f"t{i}", ["Pos", "pos", "POS", "neg", "very  bad", "Very bad"][i % 6]) for i in range(36)])
+    data = AnnotatedData(train, train.iloc[:0], train.iloc[:0], sorted(set(train["label"])))
+    problems = " ".join(data_report(data).problems)
+    assert "2 group(s) of labels differ only in upper/lower case or spacing" in problems
+    assert "'POS' / 'Pos' / 'pos'" in problems and "'Very bad' / 'very  bad'" in problems
+    assert data.labels == ["POS", "Pos", "Very bad", "neg", "pos", "very  bad"]  # not merged: the user decides
