@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import multiprocessing
 import os
 import signal
@@ -173,8 +174,9 @@ def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tupl
             return
         try:
             fn, kwargs = message
+            phase = {"on_phase": lambda *report: conn.send(("step", {"phase": report}))} if takes_phases(fn) else {}
             result = fn(**kwargs, on_step=lambda info: conn.send(("step", _as_dict(info))),
-                        should_stop=stop.is_set)  # fmt: skip
+                        should_stop=stop.is_set, **phase)  # fmt: skip
             reply = ("done", result)
         except BaseException:  # noqa: BLE001 - report any failure of the job, then take the next one
             reply = ("error", traceback.format_exc())
@@ -193,6 +195,14 @@ def _watch_parent(parent: int, every: float = 1.0) -> None:
     while os.getppid() == parent:
         time.sleep(every)
     os._exit(1)
+
+
+def takes_phases(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` reports its preparation's phases (an ``on_phase`` argument, as ``finetune`` has)."""
+    try:
+        return "on_phase" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or a callable without a signature
+        return False
 
 
 def _as_dict(info: Any) -> dict[str, Any]:

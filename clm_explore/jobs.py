@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clm_explore.job_process import JobFailed, WorkerProcess
+from clm_explore.job_process import JobFailed, WorkerProcess, takes_phases
 from clm_explore.runs import RunStatus, RunStore, RunStoreError
 
 _STEP_FIELDS = ("step", "total_steps", "epoch", "loss", "examples_per_second", "elapsed", "eta")
@@ -53,6 +53,10 @@ class Progress:
     """(step, loss) for every step reported so far."""
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     """The ``eval`` dicts reported at epoch ends, each with its step added."""
+    phase: str = ""
+    """The preparation's phase before the first step ("scoring rows"), when ``fn`` reports it (``on_phase``)."""
+    phase_done: int = 0
+    phase_total: int = 0
 
     @property
     def fraction(self) -> float:
@@ -83,9 +87,18 @@ class Job:
         self._done = threading.Event()
         self._claimed = False
 
+    def on_phase(self, phase: str, done: int, total: int) -> None:
+        """Record a preparation phase's progress (``finetune``'s ``on_phase``)."""
+        with self._lock:
+            self._progress.phase, self._progress.phase_done, self._progress.phase_total = phase, done, total
+
     def on_step(self, info: Any) -> None:
-        """Record one step report (a ``StepInfo`` dataclass, or a dict with the same fields)."""
+        """Record one step report (a ``StepInfo`` dataclass, or a dict with the same fields; a worker process
+        relays a phase report as ``{"phase": (phase, done, total)}``)."""
         data = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+        if "phase" in data:
+            self.on_phase(*data["phase"])
+            return
         if isinstance(data.get("loss"), float) and not math.isfinite(data["loss"]):
             data["loss"] = None  # the epoch-end report carries eval only (loss NaN)
         with self._lock:
@@ -231,7 +244,8 @@ class JobQueue:
     def _call(self, job: Job) -> Any:
         process = self._processes.get(job.device)
         if process is None:
-            return job.fn(**job.kwargs, on_step=job.on_step, should_stop=job.should_stop)
+            phase = {"on_phase": job.on_phase} if takes_phases(job.fn) else {}
+            return job.fn(**job.kwargs, on_step=job.on_step, should_stop=job.should_stop, **phase)
         return process.run(job.fn, job.kwargs, job.on_step, job.cancel_event)
 
     def _finish(self, job: Job, status: RunStatus) -> None:

@@ -99,6 +99,30 @@ class FinetuneResult:
         return f"FinetuneResult({self.status}{', ' + shown if shown else ''}, out_dir={str(self.out_dir)!r})"
 
 
+PhaseCallback = Callable[[str, int, int], None]
+"""(phase, done, total): a preparation phase's progress ("scoring rows", 12, 128) before training's steps."""
+
+
+def _quiet(phase: str, done: int, total: int) -> None:
+    """A phase report nobody listens to."""
+
+
+class _Stopped(Exception):
+    """``should_stop`` answered True while the run was being prepared."""
+
+
+def phase_reporter(on_phase: PhaseCallback | None, should_stop: Callable[[], bool] | None) -> PhaseCallback:
+    """Reports a preparation phase and hears a cancel there: loading, mining and scoring a real model take
+    minutes, and a cancel must not wait for training's first step. Raises ``_Stopped`` (``finetune`` ends the
+    run cancelled)."""
+    def report(phase: str, done: int, total: int) -> None:
+        if on_phase is not None:
+            on_phase(phase, done, total)
+        if should_stop is not None and should_stop():
+            raise _Stopped
+    return report
+
+
 @dataclass
 class MethodContext:
     """What a preparer may use to decide which parameters train."""
@@ -111,6 +135,8 @@ class MethodContext:
     processes: int = 1
     prefix: PrefixCache | None = None
     """The frozen layers' outputs, when built for scoring (``frozen_prefix``); training reuses them."""
+    report: PhaseCallback = _quiet
+    """Where a preparer reports its phases (``phase_reporter``: may raise to cancel)."""
 
     def from_main(self, value: Any) -> Any:
         """``value`` as rank 0 made it, on every rank (with several processes; else ``value``). Each rank scores on
@@ -187,13 +213,17 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
     train = ctx.data.train
     sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction,
                        score=score or ctx.cfg.sensitivity.score)
+    ctx.report("mining task tokens", 0, 1)
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer, ctx.cfg.mining)
     merge_tokens = ctx.cfg.mining.merge_tokens if merge_tokens is None else merge_tokens
     if merge_tokens:
+        ctx.report("merging task tokens", 0, 1)
         merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), merge_tokens)
         write_json_atomic(ctx.out_dir / "merge.json", merge.to_dict())
+    prefix = frozen_prefix(ctx, sens_cfg.min_layer, sens_cfg.max_length)
+    ctx.report("scoring rows", 0, 1)
     report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device),
-                                 prefix=frozen_prefix(ctx, sens_cfg.min_layer, sens_cfg.max_length))
+                                 on_progress=lambda done, total: ctx.report("scoring rows", done, total), prefix=prefix)
     task_tokens.save(ctx.out_dir / "task_tokens.json")
     report.save(ctx.out_dir / "sensitivity")
     return task_tokens, report, time.perf_counter() - started
@@ -209,6 +239,7 @@ def frozen_prefix(ctx: MethodContext, min_layer: int, max_length: int) -> Prefix
     if not cfg.cache_frozen_layers or ctx.processes > 1 or min_layer < 1 or max_length != cfg.max_length:
         return None
     if ctx.prefix is None or ctx.prefix.start != min_layer:
+        ctx.report("caching the frozen layers", 0, 1)
         ids = encode(ctx.loaded, ctx.data.train["text"].tolist(), cfg.max_length)
         ctx.prefix, _ = build_prefix_cache(ctx.loaded.model, ids, ctx.loaded.tokenizer.pad_token_id, min_layer,
                                            ctx.device, cfg.cache_max_mb, require_frozen=False,
@@ -379,6 +410,7 @@ def finetune(
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     overwrite: bool = False,
+    on_phase: PhaseCallback | None = None,
 ) -> FinetuneResult:
     """Finetune ``source`` on ``data`` with ``cfg.method`` and write the run folder ``out_dir``.
 
@@ -389,8 +421,12 @@ def finetune(
     Args:
         data: the splits (``load_data``), or a path that ``load_data`` reads.
         source: a model name or folder (``load_model``'s source), recorded with the run.
-        should_stop: polled at every step and between the preparation's phases; True cancels. Under several
-            processes (accelerate launch) pass none: a rank that stopped alone would leave the others waiting.
+        on_step: called after every training step and at every epoch's end (``StepInfo``).
+        should_stop: polled at every step and through the preparation (between its phases and at every scoring
+            batch); True cancels. Under several processes (accelerate launch) pass none: a rank that stopped alone
+            would leave the others waiting.
+        on_phase: called with (phase, done, total) while the run is prepared, before training's first step:
+            "loading the model", "head warm-up", "mining task tokens", "scoring rows" (per batch), ...
         overwrite: replace an earlier run in ``out_dir`` (its files would otherwise mix with this run's);
             without it such a folder is refused (``runs.RunFolderError``).
 
@@ -425,25 +461,27 @@ def finetune(
         if not main:  # other ranks keep their own copy, for checks, out of the way
             out_dir = out_dir / "ranks" / str(accelerator.process_index)
     _seed_everything(cfg.seed)
+    if on_phase is not None:
+        on_phase("loading the model", 0, 1)
     loaded = load_model(source, data.labels, seed=cfg.seed)
     check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded.model.to(device)
     write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
-    ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1)
+    ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1,
+                        report=phase_reporter(on_phase, should_stop))
     base_params = count_parameters(loaded.model)
-    # Cancelling is also heard between the preparation's phases (loading, warm-up, mining and scoring take
-    # minutes on a real model), not only at training's steps.
-    stopped = should_stop or (lambda: False)
-    if stopped():
-        return _cancelled(out_dir, 0)
-    warmup_seconds = warm_up_head_only(ctx) if cfg.head_warmup and cfg.method in HEAD_WARMUP_METHODS else 0.0
-    loaded_head = None if cfg.head_warmup or cfg.method in HEAD_WARMUP_METHODS else head_state(loaded.model)
-    if stopped():
-        return _cancelled(out_dir, 0)
-    prepared = _preparer(cfg.method)(ctx)
-    if stopped():
+    try:
+        ctx.report("preparing " + cfg.method, 0, 1)
+        warmup = cfg.head_warmup and cfg.method in HEAD_WARMUP_METHODS
+        if warmup:
+            ctx.report("head warm-up", 0, 1)
+        warmup_seconds = warm_up_head_only(ctx) if warmup else 0.0
+        loaded_head = None if cfg.head_warmup or cfg.method in HEAD_WARMUP_METHODS else head_state(loaded.model)
+        prepared = _preparer(cfg.method)(ctx)
+        ctx.report("training", 0, 1)
+    except _Stopped:
         return _cancelled(out_dir, 0)
     if loaded_head is not None:  # the scores came from a warmed head; training starts from the loaded one
         restore_head(prepared.model, loaded_head)

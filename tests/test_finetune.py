@@ -236,17 +236,30 @@ def test_should_stop_cancels(tmp_path, data):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_a_cancel_during_the_preparation_stops_before_scoring(tmp_path, data, monkeypatch):
-    from clm_explore import training
+def test_the_preparation_reports_its_phases_and_a_cancel_stops_it_at_the_next_scoring_batch(tmp_path, data):
+    phases: list[tuple[str, int, int]] = []
 
-    asked = []  # polled once before the warm-up, once before mining and scoring: stop at the second
-    scored = []
-    monkeypatch.setattr(training, "_preparer", lambda method: lambda ctx: scored.append(method))
-    cfg = FinetuneConfig(epochs=1, batch_size=8, device="cpu", mask=MaskConfig(budget=0.01))
-    result = finetune(data, cfg, tmp_path / "run", source="tiny-random",
-                      should_stop=lambda: asked.append(1) or len(asked) >= 2)
-    assert result.status == "cancelled" and not scored and len(asked) == 2
+    def after_the_first_scoring_batch() -> bool:
+        return bool(phases) and phases[-1][0] == "scoring rows" and phases[-1][1] >= 1
+
+    cfg = FinetuneConfig(epochs=1, batch_size=8, device="cpu", mask=MaskConfig(budget=0.01),
+                         sensitivity=SensitivityConfig(batch_size=4))
+    result = finetune(data, cfg, tmp_path / "run", source="tiny-random", should_stop=after_the_first_scoring_batch,
+                      on_phase=lambda *phase: phases.append(phase))
+    assert result.status == "cancelled"
+    assert [p[0] for p in phases] == ["loading the model", "preparing sparse", "mining task tokens", "scoring rows",
+                                      "scoring rows"]
+    assert phases[-1][1] == 1 and phases[-1][2] > 1  # stopped after one batch of several
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"status": "cancelled", "steps": 0}
+    assert not (tmp_path / "run" / "sensitivity").exists()
+
+
+def test_a_cancel_before_training_ends_a_method_without_scoring_too(tmp_path, data):
+    phases: list[str] = []
+    result = finetune(data, FinetuneConfig(method="full", epochs=1, device="cpu"), tmp_path / "run",
+                      source="tiny-random", on_phase=lambda phase, *_: phases.append(phase),
+                      should_stop=lambda: phases[-1:] == ["head warm-up"])
+    assert result.status == "cancelled" and phases == ["loading the model", "preparing full", "head warm-up"]
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])

@@ -200,6 +200,14 @@ def run_until_stopped(on_step=None, should_stop=None) -> FakeResult:
     return FakeResult("cancelled" if should_stop() else "succeeded", {})
 
 
+def prepare_then_wait(on_step=None, should_stop=None, on_phase=None) -> FakeResult:
+    on_phase("scoring rows", 3, 8)  # as finetune reports its preparation before training's first step
+    deadline = time.time() + 30
+    while not should_stop() and time.time() < deadline:
+        time.sleep(0.01)
+    return FakeResult("cancelled", {})
+
+
 def die(on_step=None, should_stop=None) -> None:
     os._exit(3)
 
@@ -340,3 +348,23 @@ def test_an_inline_registry_fault_fails_the_job_too(store: RunStore, monkeypatch
     job = q.submit(count_steps, {"n": 1}, run_id=run.id)
     assert job.done and job.status is RunStatus.FAILED and "database is locked" in job.error
     assert q.active() == []  # no dead card left with a Cancel button that does nothing
+
+
+@pytest.mark.parametrize("in_process", [False, True])
+def test_a_jobs_preparation_phase_reaches_its_progress_and_bar(store, process_jobs, in_process) -> None:
+    from clm_explore.ui.jobs import progress_bar
+
+    q = process_jobs if in_process else JobQueue(store)
+    job = q.submit(prepare_then_wait, {})
+    deadline = time.time() + 60
+    while job.progress().phase != "scoring rows" and time.time() < deadline:
+        time.sleep(0.05)
+    p = job.progress()
+    assert (p.phase, p.phase_done, p.phase_total) == ("scoring rows", 3, 8)
+    assert progress_bar(p) == (3 / 8, "preparing: scoring rows 3/8")
+    q.cancel(job.id)
+    assert job.wait(60)
+    if not in_process:
+        q.shutdown()
+    p.step, p.total_steps = 5, 10  # once training steps come, the bar shows them
+    assert progress_bar(p) == (0.5, "step 5/10 · epoch 0.00")

@@ -304,7 +304,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     store.set_status(record.id, RunStatus.RUNNING)
     try:
         result = finetune(data, cfg, run_dir, source=args.model,
-                          on_step=None if args.json else _step_printer())
+                          on_step=None if args.json else _step_printer(),
+                          on_phase=None if args.json else _phase_printer())
     except BaseException as exc:
         store.set_status(record.id, RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
                          error=str(exc))
@@ -347,6 +348,22 @@ def _budget_error(exc: BaseException) -> None:
     """The budget check lives in masks.budget_to_params; turn its ValueError into a user error."""
     if isinstance(exc, ValueError) and "budget" in str(exc):
         raise UserError(str(exc)) from exc
+
+
+def _phase_printer():
+    """The preparation's phases on stderr, one line each ("scoring rows" counts its batches on its line)."""
+    shown: list[str] = []
+
+    def show(phase: str, done: int, total: int) -> None:
+        if phase == "training":
+            return
+        if shown and shown[-1] == phase:
+            if total > 1:
+                print(f"\r{phase} {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            return
+        shown.append(phase)
+        print(f"{phase} ..." if total <= 1 else f"\r{phase} {done}/{total}", file=sys.stderr, flush=True)
+    return show
 
 
 def _step_printer():

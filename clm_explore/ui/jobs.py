@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
-from clm_explore.jobs import Job, JobQueue, last_line
+from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.runs import RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
@@ -113,7 +113,7 @@ def _job_card(job: Job, key: str) -> None:
             ]
             st.caption(f"Waiting in the queue ({len(ahead)} job(s) ahead on {job.device}).")
             return
-        st.progress(p.fraction, text=f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:.2f}")
+        st.progress(*progress_bar(p))
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–")
         m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
@@ -130,6 +130,16 @@ def _job_card(job: Job, key: str) -> None:
             st.error(f"The job failed: {escape_markdown(last_line(job.error) or '')}")
             with st.expander("Traceback"):
                 st.code(job.error[-3000:])
+
+
+def progress_bar(p: Progress) -> tuple[float, str]:
+    """The bar's fill and text: training's steps, or before the first step the preparation's phase (loading,
+    mining and scoring a real model take minutes, which a bar stuck at step 0 would not explain)."""
+    if p.step == 0 and p.phase and p.phase != "training":
+        counted = f" {p.phase_done}/{p.phase_total}" if p.phase_total > 1 else ""
+        fill = p.phase_done / p.phase_total if p.phase_total > 1 else 0.0
+        return min(fill, 1.0), f"preparing: {p.phase}{counted}"
+    return p.fraction, f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:.2f}"
 
 
 CURVE_METRICS = ("accuracy", "macro_f1")
