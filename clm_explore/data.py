@@ -63,6 +63,21 @@ class AnnotatedData:
     notes: list[str] = field(default_factory=list)
     """Plain-English remarks on how the data was read (encoding fallback, carved splits)."""
 
+    def __post_init__(self) -> None:
+        """Built by hand (``load_data`` checks far more): the shape every consumer relies on, said plainly."""
+        for name in SPLITS:
+            frame = self.split(name)
+            if not isinstance(frame, pd.DataFrame) or not {"text", "label"} <= set(frame.columns):
+                raise DataError(f"AnnotatedData's {name} split must be a DataFrame with 'text' and 'label' columns; "
+                                "load_data(frame) finds and checks the columns of any table.")
+        if self.train.empty or not len(self.labels):  # one label loads (the report says why it cannot train)
+            raise DataError(f"AnnotatedData needs training rows and their labels; got {len(self.train)} rows and "
+                            f"labels {list(self.labels)[:5]}.")
+
+    def __repr__(self) -> str:
+        return (f"AnnotatedData({self.source or 'in memory'}: {len(self.train):,} train, {len(self.validation):,} "
+                f"validation, {len(self.test):,} test rows, {len(self.labels)} labels)")
+
     def split(self, name: str) -> pd.DataFrame:
         """The frame of split ``name`` (train, validation or test)."""
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
@@ -87,12 +102,14 @@ class _Table:
 # ----------------------------------------------------------------------------------------- loading
 
 
-def load_data(path: str | Path, cfg: DataConfig | None = None) -> AnnotatedData:
-    """Read and check a data file or a folder of split files.
+def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig | None = None
+              ) -> AnnotatedData:
+    """Read and check a data file or a folder of split files (or DataFrames, with the same checks).
 
     Args:
         path: a CSV/TSV/JSONL/JSON/Parquet file, or a folder with ``train`` (required), ``validation``
-            (or ``dev``) and ``test`` files in any of those formats.
+            (or ``dev``) and ``test`` files in any of those formats; or a DataFrame (one table, as a single
+            file), or a dict of them by split name (``{"train": ..., "test": ...}``).
         cfg: column names, size cap and split fractions; defaults to ``DataConfig()``.
 
     Returns:
@@ -102,6 +119,8 @@ def load_data(path: str | Path, cfg: DataConfig | None = None) -> AnnotatedData:
         DataError: the data cannot be used; the message says where and what to do.
     """
     cfg = cfg or DataConfig()
+    if isinstance(path, pd.DataFrame | dict):
+        return _load_frames(path, cfg)
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist. Pass a data file (CSV, TSV, JSONL, JSON, Parquet) or a folder "
@@ -110,6 +129,28 @@ def load_data(path: str | Path, cfg: DataConfig | None = None) -> AnnotatedData:
     files = _split_files(path) if path.is_dir() else {"all": path}
     frames = {split: _read_file(f, f.read_bytes, f.stat().st_size, cfg, notes) for split, f in files.items()}
     return _assemble(frames, cfg, str(path), str(files.get("train", path)), notes)
+
+
+def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig) -> AnnotatedData:
+    """``load_data`` of DataFrames: the columns found and checked as a file's are, missing splits carved."""
+    by_split = {"all": given} if isinstance(given, pd.DataFrame) else {}
+    if isinstance(given, dict):
+        for key, frame in given.items():
+            split = SPLIT_ALIASES.get(str(key).lower())
+            if split is None or not isinstance(frame, pd.DataFrame):
+                raise DataError(f"load_data takes a dict of DataFrames keyed train, validation (or dev) and test; "
+                                f"got {key!r}: {type(frame).__name__}.")
+            by_split[split] = frame
+        if "train" not in by_split:
+            raise DataError("load_data's dict of DataFrames needs a 'train' one.")
+    notes: list[str] = []
+    frames = {}
+    for split, frame in by_split.items():
+        name = "the DataFrame" if split == "all" else f"the {split} DataFrame"
+        _check_rows(name, len(frame), cfg.max_rows)
+        table = _Table(name, frame.reset_index(drop=True), list(range(1, len(frame) + 1)), "row")
+        frames[split] = _select_columns(table, cfg)
+    return _assemble(frames, cfg, "DataFrame", "the train DataFrame" if "train" in frames else "the DataFrame", notes)
 
 
 def load_upload(raw: bytes, filename: str, cfg: DataConfig | None = None) -> AnnotatedData:

@@ -72,3 +72,25 @@ def test_results_print_a_short_summary_in_a_notebook(tiny_data, tmp_path):
     for shown, words in [(report, "matrices over 2 layers"), (selection, "rows of"), (result, "succeeded, accuracy"),
                          (tokens, f"TaskTokens({len(tokens)} groups from")]:
         assert words in repr(shown) and len(repr(shown)) < 300 and "tensor" not in repr(shown)
+
+
+def test_data_comes_in_from_dataframes_with_the_files_checks(tiny_data):
+    import pandas as pd
+    import pytest
+
+    from clm_explore.data import DataError
+
+    frame = tiny_data.train.rename(columns={"text": "utterance", "label": "intent"})
+    data = clm_explore.load_data(frame)  # one table: its columns found, validation and test carved
+    assert data.labels == tiny_data.labels and len(data.train) + len(data.validation) + len(data.test) == len(frame)
+    assert any("carved" in note for note in data.notes) and "in memory" not in repr(data)
+    split = clm_explore.load_data({"train": tiny_data.train, "dev": tiny_data.validation, "test": tiny_data.test})
+    assert split.validation.equals(tiny_data.validation.reset_index(drop=True).astype(str))
+    with pytest.raises(DataError, match="'train' one"):
+        clm_explore.load_data({"test": tiny_data.test})
+    with pytest.raises(DataError, match="must be a DataFrame with 'text' and 'label' columns"):
+        clm_explore.AnnotatedData(frame, frame, frame, tiny_data.labels)
+    with pytest.raises(DataError, match="needs training rows and their labels"):
+        clm_explore.AnnotatedData(tiny_data.train, tiny_data.validation, tiny_data.test, [])
+    with pytest.raises(DataError, match="empty"):
+        clm_explore.load_data(pd.DataFrame({"text": ["a", ""], "label": ["x", "y"]}))
