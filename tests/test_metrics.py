@@ -69,3 +69,19 @@ def test_out_of_scope_scores_need_unseen_rows_and_the_threshold_needs_validation
     assert out_of_scope_metrics(gold, pred, top, np.array([0.5]), 0.1, 2) is None
     m = out_of_scope_metrics(np.array([0, -1]), pred, top, np.zeros(0), 0.1, 2)
     assert m["threshold"] is None and "accuracy" not in m and m["auroc"] == pytest.approx(1.0)
+
+
+def test_a_label_the_test_split_lacks_and_no_row_predicts_has_no_f1():
+    from clm_explore.metrics import classification_metrics
+
+    # Three train labels; test holds only a and b, every row right: macro-F1 1, not 2/3 with c counted as 0.
+    m = classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 1]), ["a", "b", "c"])
+    assert m["macro_f1"] == 1.0 and m["per_label_f1"] == {"a": 1.0, "b": 1.0}
+    # A row wrongly predicted as c: c occurs, with F1 0, and counts.
+    m = classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 2]), ["a", "b", "c"])
+    assert m["per_label_f1"] == pytest.approx({"a": 1.0, "b": 2 / 3, "c": 0.0})
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    # With abstention: the out-of-scope label and the seen labels, not the absent third one.
+    oos = out_of_scope_metrics(np.array([0, 1, -1]), np.array([0, 1, 0]), np.array([0.9, 0.9, 0.1]),
+                               np.array([0.5, 0.5]), quantile=0.5, n_labels=3)
+    assert oos["accuracy"] == 1.0 and oos["macro_f1"] == 1.0
