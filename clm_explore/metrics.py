@@ -7,6 +7,7 @@ import ctypes
 import gc
 import os
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import psutil
@@ -107,6 +108,7 @@ class PeakMemory:
         self.device = device
         self.peak = 0
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PeakMemory:
@@ -123,11 +125,28 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss - self.start)
+            if not self._paused.is_set():
+                self.peak = max(self.peak, self.process.memory_info().rss - self.start)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave what runs inside out of the peak (an epoch's validation pass, at its own batch size: training's
+        memory is what methods are compared on). Its freed memory is returned before measuring resumes."""
+        if self.device.type == "cuda":
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) - self.start)
+        self._paused.set()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            else:
+                release_free_memory()
+            self._paused.clear()
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device) - self.start)
         else:
             self._stop.set()
             if self._thread:

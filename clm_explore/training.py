@@ -495,6 +495,7 @@ def finetune(
                           scoring_prefix=ctx.prefix)
         ctx.prefix = None  # the loop owns it now: it frees the states if they do not apply
         with PeakMemory(device) as memory:
+            loop.memory = memory
             status = loop.run()
     if status == "cancelled":
         return _cancelled(out_dir, loop.step)
@@ -556,6 +557,8 @@ class _TrainLoop:
         self.epoch_seconds: list[float] = []
         self.last_loss = self.last_lr = 0.0
         self.scoring_prefix = scoring_prefix
+        self.memory: PeakMemory | None = None
+        """Training's memory measurement (set by ``finetune``): the epochs' validation passes are left out of it."""
         self.memory_before_mb = self.average.megabytes if self.average else 0.0
         """Memory the loop holds but allocated before its measurement began: the averaged weights' buffers, and a
         prefix cache built for scoring."""
@@ -645,7 +648,7 @@ class _TrainLoop:
         split = self.data.split(self.cfg.curve_split)
         if not self.cfg.eval_every_epoch or split.empty:
             return
-        with self._averaged():
+        with self.memory.paused() if self.memory else nullcontext(), self._averaged():
             probs = predict_proba(self.eval_model, self.loaded, split["text"].tolist(), self.cfg.max_length,
                                   device=self.device)
         accuracy = float((probs.argmax(1) == self.data.label_ids(self.cfg.curve_split)).mean())

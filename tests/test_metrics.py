@@ -85,3 +85,21 @@ def test_a_label_the_test_split_lacks_and_no_row_predicts_has_no_f1():
     oos = out_of_scope_metrics(np.array([0, 1, -1]), np.array([0, 1, 0]), np.array([0.9, 0.9, 0.1]),
                                np.array([0.5, 0.5]), quantile=0.5, n_labels=3)
     assert oos["accuracy"] == 1.0 and oos["macro_f1"] == 1.0
+
+
+def test_a_paused_stretch_is_left_out_of_the_peak():
+    import time
+
+    import torch
+
+    from clm_explore.metrics import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as memory:
+        with memory.paused():  # as an epoch's validation pass
+            big = torch.ones(50_000_000)  # 200 MB
+            time.sleep(0.2)
+            del big
+        small = torch.ones(12_500_000)  # 50 MB, while training
+        time.sleep(0.2)
+        del small
+    assert 40 < memory.mb < 150
