@@ -95,7 +95,11 @@ def _head_modules(model: nn.Module) -> list[str]:
 
 
 def _trainable_group(model: nn.Module, weight_decay: float) -> list[dict]:
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    """Weight decay on the trained matrices, none on biases and norms: the rule every method follows."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if p.ndim > 1], "weight_decay": weight_decay},
+              {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 @register_method("lora")
@@ -267,9 +271,10 @@ def prepare_layers(ctx: MethodContext) -> Prepared:
     for _, p in params:
         p.requires_grad_(True)
     selected = sum(p.numel() for _, p in params)
-    groups = [{"params": [p for _, p in params if p.ndim > 1], "weight_decay": ctx.cfg.weight_decay},
-              {"params": [p for _, p in params if p.ndim <= 1], "weight_decay": 0.0},
-              {"params": head_parameters(model), "weight_decay": 0.0}]
+    head = head_parameters(model)
+    groups = [{"params": [p for _, p in params if p.ndim > 1] + [p for p in head if p.ndim > 1],
+               "weight_decay": ctx.cfg.weight_decay},
+              {"params": [p for _, p in params if p.ndim <= 1] + [p for p in head if p.ndim <= 1], "weight_decay": 0.0}]
     info = {"layers": layers, "lowest_layer": min(layers), "prep_seconds": seconds, "budget": ctx.cfg.mask.budget,
             "selected_params": selected, "budget_share": selected / max(report.backbone_params, 1),
             "over_budget": selected > budget}

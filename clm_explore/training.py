@@ -252,16 +252,26 @@ ROW_METHODS = ("sparse", "sparse_merged", "random", "fisher", "gradient")
 
 
 def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
-    """Refuse, before any mining, scoring or training, a row method this model cannot run: no linear map it can
-    score, a layer floor above the model, a budget above the backbone or below the cheapest row it may pick.
+    """Refuse, before any mining, scoring or training, a method this model cannot run: for a row method no linear
+    map it can score, a layer floor above the model, a budget above the backbone or below the cheapest row it may
+    pick; for whole layers a budget above the backbone; BitFit on a model without biases (it would be a linear
+    probe under BitFit's name).
 
     Raises:
         ModelSourceError, ConfigError: with what to change (``finetune`` calls it; the CLI and the app call it
             before a run folder or a queued job exists).
     """
+    model = loaded.model
+    if cfg.method == "bitfit" and not any(n.endswith(".bias") for n, _ in backbone_named_parameters(model)):
+        raise ConfigError(f"{type(model).__name__} has no bias terms outside its head, so BitFit would train the head "
+                          "alone: use --method head for that.")
+    if cfg.method == "layers":
+        try:
+            budget_to_params(cfg.mask.budget, backbone_parameter_count(model))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     if cfg.method not in ROW_METHODS:
         return
-    model = loaded.model
     linears = scorable_linears(model)
     n_layers = model.config.num_hidden_layers
     floor = effective_min_layer(cfg.mask, n_layers)
@@ -278,6 +288,12 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     if costs and budget < min(costs):
         raise ConfigError(f"a budget of {budget} parameters buys no row: the cheapest eligible row costs "
                           f"{min(costs)} parameters; raise the budget.")
+
+
+def backbone_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of everything but the classification head."""
+    head = set(head_parameter_names(model))
+    return [(n, p) for n, p in model.named_parameters() if n not in head]
 
 
 def scoring_config(ctx: MethodContext) -> SensitivityConfig:

@@ -186,3 +186,37 @@ def test_gradient_scores_from_a_layer_match_the_full_pass_there(tiny_data, tiny)
         else:
             assert not upper.row_scores[name].any(), name
     assert {n: p.requires_grad for n, p in tiny.model.named_parameters()} == flags
+
+
+def test_bitfit_without_biases_and_layers_over_the_backbone_are_refused_before_any_work(tiny_data, tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from clm_explore.config import ConfigError
+    from clm_explore.modeling import LoadedModel, load_model
+    from clm_explore.training import check_runnable
+
+    tok = load_model("tiny-random").tokenizer
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                                       num_hidden_layers=2, num_attention_heads=4, num_labels=4))
+    with pytest.raises(ConfigError, match="no bias terms outside its head.*--method head"):
+        check_runnable(_cfg("bitfit"), LoadedModel(llama, tok, "tiny-llama", True))
+    with pytest.raises(ConfigError, match="the backbone has"):
+        finetune(tiny_data, _cfg("layers", budget=1e9), tmp_path / "layers", source="tiny-random")
+    assert not (tmp_path / "layers").exists()  # refused before mining and scoring wrote into it
+
+
+def test_lora_and_layers_decay_the_matrices_they_train_and_no_bias(tiny_data, tmp_path, monkeypatch):
+    from clm_explore import training
+
+    seen = {}
+    original = training._TrainLoop.__init__
+
+    def keep_groups(self, loaded, data, cfg, prepared, *args, **kw):
+        seen[cfg.method] = [(g["weight_decay"], {p.ndim for p in g["params"]}) for g in prepared.param_groups]
+        original(self, loaded, data, cfg, prepared, *args, **kw)
+
+    monkeypatch.setattr(training._TrainLoop, "__init__", keep_groups)
+    for method in ("lora", "layers"):
+        finetune(tiny_data, replace(_cfg(method, budget=0.5), weight_decay=0.1), tmp_path / method,
+                 source="tiny-random")
+        assert sorted(seen[method], key=lambda g: g[0]) == [(0.0, {1}), (0.1, {2})], method
