@@ -748,7 +748,7 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
         train, test = _carve(train, cfg.test_fraction, cfg.seed, "test", notes)
     validation = frames.get("validation")
     if validation is None:
-        train, validation = _carve(train, cfg.validation_fraction, cfg.seed, "validation", notes)
+        train, validation = _carve(train, cfg.validation_fraction, cfg.seed, "validation", notes, group_copies=False)
     parts = [f.reset_index(drop=True).astype(str) for f in (train, validation, test)]
     return AnnotatedData(*parts, labels=sorted(parts[0]["label"].unique()), source=source, notes=notes)
 
@@ -772,39 +772,49 @@ def _check_labels(name: str, frame: pd.DataFrame, max_labels: int) -> None:
                         "right (--label-col)? Otherwise merge rare labels or add rows.")
 
 
-def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str,
-           notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: list[str],
+           group_copies: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``fraction`` of ``frame`` off as ``what``, stratified by label when the labels allow it.
 
-    The split is drawn over distinct texts and every copy of a text follows it: copies spread over train and
-    ``what`` would be leakage made by the carving itself."""
+    With ``group_copies`` the split is drawn over distinct texts and every copy of a text follows it: copies spread
+    over train and test would be leakage made by the carving itself. Without it (the validation carve) rows are
+    drawn as they always were, so the splits every published benchmark used stay the same; copies it spreads over
+    both parts are counted in the note."""
     if fraction <= 0:
         notes.append(f"No {what} split was given and the {what} fraction is 0, so {what} is empty.")
         return frame, frame.iloc[:0]
-    distinct = frame.drop_duplicates("text")  # the first row of each text stands for all its copies
-    counts = distinct["label"].map(distinct["label"].value_counts())
+    units = frame.drop_duplicates("text") if group_copies else frame  # the first row of a text stands for all
+    counts = units["label"].map(units["label"].value_counts())
     # A label with one text cannot be in both parts; it stays in train, where it can at least be learned.
-    lonely = distinct[counts < 2]
-    rest = distinct[counts >= 2]
+    lonely = units[counts < 2]
+    rest = units[counts >= 2]
     try:
-        carved = train_test_split(rest, test_size=fraction, random_state=seed, stratify=rest["label"])[1]["text"]
+        carved = train_test_split(rest, test_size=fraction, random_state=seed, stratify=rest["label"])[1]
+        taken = frame["text"].isin(carved["text"]) if group_copies else frame.index.isin(carved.index)
         how = "stratified by label"
     except ValueError:
         # sklearn also refuses to stratify when fewer rows are carved than there are labels.
-        carved = _carve_at_random(frame, rest, fraction, seed)
+        taken = frame["text"].isin(_carve_at_random(frame, rest, fraction, seed))
         how = ("at random, not stratified, because the labels have too few rows for a stratified split; one row "
                "of every label stayed in train")
     if len(lonely):
         how += f"; {len(lonely)} label(s) with a single row stay in train"
-    taken = frame["text"].isin(carved)
-    note = (f"No {what} split was given: {fraction:.0%} of train ({int(taken.sum()):,} rows) was carved out as "
-            f"{what}, {how} (seed {seed}).")
-    if len(distinct) < len(frame):
-        note += (f" {len(frame) - len(distinct):,} row(s) repeat an earlier text; all copies of a text went to the "
-                 f"same split, so the carving put no text in both train and {what}.")
-    notes.append(note)
+    notes.append(f"No {what} split was given: {fraction:.0%} of train ({int(taken.sum()):,} rows) was carved out as "
+                 f"{what}, {how} (seed {seed}).{_copies_note(frame, taken, what, group_copies)}")
     # Boolean masks keep the file's row order inside each split; it makes row ids easy to trace back.
     return frame[~taken], frame[taken]
+
+
+def _copies_note(frame: pd.DataFrame, taken: Any, what: str, grouped: bool) -> str:
+    repeated = int(frame["text"].duplicated().sum())
+    if not repeated:
+        return ""
+    if grouped:
+        return (f" {repeated:,} row(s) repeat an earlier text; all copies of a text went to the same split, so the "
+                f"carving put no text in both train and {what}.")
+    both = len(set(frame.loc[taken, "text"]) & set(frame.loc[~taken, "text"]))
+    return (f" {repeated:,} row(s) repeat an earlier text; {both:,} text(s) have copies in both train and {what} (rows "
+            "are drawn as the published benchmarks drew them).") if both else ""
 
 
 def _carve_at_random(frame: pd.DataFrame, rest: pd.DataFrame, fraction: float, seed: int) -> pd.Series:

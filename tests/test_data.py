@@ -428,11 +428,15 @@ def test_carving_keeps_copies_of_a_text_in_one_split(tmp_path):
     _frame([(t, "ab"[int(t.split()[1]) % 2]) for t in texts]).to_csv(path, index=False)
     data = load_data(path)
     report = data_report(data)
-    assert report.leakage["count"] == 0  # copies spread over the splits would be leakage the carving made
+    # Copies spread over train and test would be leakage the carving made; the validation carve draws rows as the
+    # published benchmarks did, and its note counts the texts it spread.
+    assert report.leakage["pairs"]["train/test"] == report.leakage["pairs"]["validation/test"] == 0
     assert len(data.train) + len(data.validation) + len(data.test) == 300
     assert data.test["label"].value_counts().tolist() == [30, 30]  # still stratified: 10 texts per label
     assert any("200 row(s) repeat an earlier text; all copies of a text went to the same split" in n
                for n in data.notes)
+    spread = report.leakage["pairs"]["train/validation"]
+    assert spread > 0 and any(f"{spread} text(s) have copies in both train and validation" in n for n in data.notes)
 
 
 def test_column_names_are_the_names_the_loader_accepts(tmp_path):
@@ -494,3 +498,11 @@ def test_report_names_labels_that_differ_only_in_case_or_spacing():
     assert "2 group(s) of labels differ only in upper/lower case or spacing" in problems
     assert "'POS' / 'Pos' / 'pos'" in problems and "'Very bad' / 'very  bad'" in problems
     assert data.labels == ["POS", "Pos", "Very bad", "neg", "pos", "very  bad"]  # not merged: the user decides
+
+
+@pytest.mark.parametrize(("name", "train", "validation"), [("banking77", 9002, 1001), ("trec6", 4906, 546)])
+def test_the_benchmark_sets_validation_carve_is_the_one_their_published_figures_used(name, train, validation):
+    from tests.conftest import SHARED_DATA
+
+    data = load_data(SHARED_DATA / name)
+    assert (len(data.train), len(data.validation)) == (train, validation)  # rows drawn as in every earlier session
