@@ -6,7 +6,7 @@ from clm_explore.config import ConfigError
 from clm_explore.data import DataError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state
-from clm_explore.ui.views import escape_markdown
+from clm_explore.ui.views import data_error_text, escape_markdown
 
 USER_ERRORS = (ConfigError, DataError, ModelSourceError)
 
@@ -30,4 +30,8 @@ forms.sidebar()
 try:
     page.run()
 except USER_ERRORS as exc:  # a bad model folder, unusable data or option: one paragraph, no traceback
-    st.error(escape_markdown(str(exc)))
+    message = str(exc)
+    if isinstance(exc, DataError):  # in the app's words: the Data page's column boxes, not command-line options
+        current = state.data_choice()
+        message = data_error_text(message, upload=current is not None and current.kind == "upload")
+    st.error(escape_markdown(message))

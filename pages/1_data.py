@@ -16,8 +16,8 @@ if choice.kind == "upload":
 
 try:
     annotated = cache.data(choice)
-except DataError as exc:
-    st.error(views.escape_markdown(str(exc)))
+except DataError as exc:  # in the app's words: its column boxes, not the command line's options
+    st.error(views.escape_markdown(views.data_error_text(str(exc), upload=choice.kind == "upload")))
     st.stop()
 if state.set_data_choice(choice):
     st.rerun()  # the sidebar, drawn before this page, shows the new data set

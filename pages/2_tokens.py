@@ -18,7 +18,10 @@ cfg = forms.mining_form(key="tok")
 try:
     mined = cache.task_tokens(source, choice, cfg)
 except (DataError, ModelSourceError) as exc:
-    st.error(views.escape_markdown(str(exc)))
+    message = str(exc)
+    if isinstance(exc, DataError):  # in the app's words: the Data page's column boxes, not command-line options
+        message = views.data_error_text(message, upload=choice.kind == "upload")
+    st.error(views.escape_markdown(message))
     st.stop()
 if not mined.groups:
     st.warning("No group passed the thresholds; lower 'Min rows' in the mining options.")

@@ -4,6 +4,7 @@ import dataclasses
 
 import streamlit as st
 
+from clm_explore.config import ConfigError
 from clm_explore.ui import cache, forms, state, views
 
 st.title("Sensitivity")
@@ -28,16 +29,25 @@ VIEWS = {
     "norm_score": "Normalised (score per parameter)",
     "share_selected": f"Share selected at the current budget ({state.budget() * 100:.3g}%)",
 }
+state.restore("sens_view", "score", options=list(VIEWS))  # the view and the toggle below outlive page switches
 view = st.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="sens_view")
-if view == "share_selected":
-    table = cache.mask(source, choice, state.mining_cfg(), cfg, state.mask_cfg()).table
-views.heatmap(table, view, VIEWS[view], key="sens_main")
+state.keep("sens_view")
+try:
+    if view == "share_selected":
+        table = cache.mask(source, choice, state.mining_cfg(), cfg, state.mask_cfg()).table
+except ConfigError as exc:  # e.g. a budget below the cheapest row, as on the Budget page: the rest of the page stays
+    st.warning(views.escape_markdown(str(exc)))
+else:
+    views.heatmap(table, view, VIEWS[view], key="sens_main")
 
 st.subheader("Restricted vs unrestricted")
 st.write("The same score with gradients from every position: how much the token restriction moves the mass.")
 # A toggle, not a button: the comparison costs a second scoring pass on every change of the options, so the
 # user can turn it off again.
-if st.toggle("Compare with the other restriction (a second scoring pass)", key=state.SENS_COMPARE):
+state.restore(state.SENS_COMPARE, False)
+compare = st.toggle("Compare with the other restriction (a second scoring pass)", key=state.SENS_COMPARE)
+state.keep(state.SENS_COMPARE)
+if compare:
     other_cfg = dataclasses.replace(cfg, restriction="none" if cfg.restriction == "tokens" else "tokens")
     other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
     left, right = st.columns(2)

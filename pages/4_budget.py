@@ -38,10 +38,15 @@ st.write(
     + ". The others (" + ", ".join(m for m in METHODS if m not in BUDGET_METHODS)
     + ") train what they train whatever the budget; 'full' and 'head' give the reference points."
 )
-picked = st.multiselect("Methods", METHODS, default=["sparse", "full"], key="budget_methods")
+state.restore("budget_methods", ["sparse", "full"])
+picked = st.multiselect("Methods", METHODS, key="budget_methods")
+state.keep("budget_methods")
+options = forms.launch_options()  # the Finetune form's epochs and seed, as last submitted there
+st.caption(f"Each run trains {options['epochs']} epoch(s) with seed {options['seed']}, as set on the Finetune "
+           "page; its other options take their defaults.")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
     try:
-        launched = jobs.launch_many(picked, mask_cfg, choice, source, forms.default_device())
+        launched = jobs.launch_many(picked, mask_cfg, choice, source, forms.default_device(), **options)
     except (ConfigError, ModelSourceError) as exc:  # checked before each run is queued
         st.error(escape_markdown(str(exc)))
     else:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.runs import RunStatus
-from clm_explore.ui import cache, jobs, run_views
+from clm_explore.ui import cache, jobs, run_views, state
 
 st.title("Compare runs")
 st.write("Two finished runs side by side: what each gets right, and which words each model relies on.")
@@ -14,10 +14,11 @@ done = [
 if len(done) < 2:
     st.info("Two finished runs are needed; launch some on the Finetune page.")
     st.stop()
-store = jobs.store()
+current = state.data_choice()  # the session's data and model come first: other sessions' runs share the list
+default_a = run_views.default_pick(done, current.key if current else None, state.model_source())
 c1, c2 = st.columns(2)
 with c1:
-    a = run_views.run_picker(done, "Run A", store.latest("sparse") or done[0], key="cmp_a")
+    a = run_views.run_picker(done, "Run A", default_a, key="cmp_a")
 with c2:
     b = run_views.run_picker(done, "Run B", run_views.other_run(done, a, prefer="full"), key="cmp_b")
 mismatch = run_views.data_mismatch(a, b)
@@ -58,9 +59,13 @@ if not shown.empty:
             run_views.render_attribution(result, f"{name}: {run.method}")
 
 st.subheader("Top words per label")
-max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, 100, key="cmp_max_rows")
+state.restore("cmp_max_rows", 100)
+state.restore("cmp_top", False)
+max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, key="cmp_max_rows")
+top = st.toggle("Compute top words", key="cmp_top")
+state.keep("cmp_max_rows", "cmp_top")
 key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
-if st.toggle("Compute top words", key="cmp_top"):
+if top:
     run_views.render_top_words_pair(cache.case_study(*key), a, b, key="cmp")
 if st.button("Build case-study report", key="cmp_report"):
     st.download_button(

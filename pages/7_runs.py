@@ -48,9 +48,8 @@ with c1:
     )
 with c2:
     job = jobs.job_queue().for_run(run.id)
-    if not run.is_terminal and job is not None and st.button("Cancel job", key="runs_cancel"):
-        jobs.job_queue().cancel(job.id)  # a waiting job ends at once
-        st.toast("Cancel requested.")
+    if not run.is_terminal and job is not None and not job.done:
+        jobs.cancel_control(job, key="runs")  # two clicks: the job may be another user's
     # Keyed by run: after a delete (or another pick) the box starts unticked for the run now shown.
     confirm = st.checkbox("Yes, delete this run and its folder", key=f"runs_confirm_{run.id}")
     if st.button("Delete run", key="runs_delete", disabled=not confirm):

@@ -239,6 +239,18 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
     """Method, budget, epochs, lr, seed, schedule, weight averaging, frozen-layer cache, cold head (and, when test
     has labels train never had, the abstention quantile); returns (run name, config) when Launch is pressed."""
     defaults = FinetuneConfig()
+    # Every option but the budget (the Budget page's, shared) and the run name keeps its value across page
+    # switches: seeded from the kept copy (state.restore), so the widgets take no default of their own.
+    kept_defaults = {
+        "method": METHODS[0], "epochs": defaults.epochs, "lr": defaults.lr, "seed": defaults.seed,
+        "schedule": SCHEDULES[0], "average": defaults.average_last, "cache": defaults.cache_frozen_layers,
+        "cold": not defaults.head_warmup,
+    }
+    if out_of_scope_labels:
+        kept_defaults["oos"] = defaults.out_of_scope_quantile
+    options = {"method": METHODS, "schedule": SCHEDULES}
+    for option, value in kept_defaults.items():
+        state.restore(f"{key}_{option}", value, options=options.get(option))
     with st.form(f"{key}_form"):
         c1, c2, c3 = st.columns(3)
         method = c1.selectbox(
@@ -251,11 +263,9 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         budget = c2.number_input(
             "Budget %", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget"
         )
-        epochs = c3.number_input("Epochs", 1, 100, defaults.epochs, key=f"{key}_epochs")
-        lr = c1.number_input(
-            "Learning rate (0 = method default)", 0.0, 1.0, defaults.lr, format="%.2g", key=f"{key}_lr"
-        )
-        seed = c2.number_input("Seed", 0, 10_000, defaults.seed, key=f"{key}_seed")
+        epochs = c3.number_input("Epochs", 1, 100, key=f"{key}_epochs")
+        lr = c1.number_input("Learning rate (0 = method default)", 0.0, 1.0, format="%.2g", key=f"{key}_lr")
+        seed = c2.number_input("Seed", 0, 10_000, key=f"{key}_seed")
         name = c3.text_input("Run name (optional)", key=f"{key}_name")
         schedule = c1.selectbox(
             "Rate schedule",
@@ -267,7 +277,6 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "Average the last share of steps",
             0.0,
             1.0,
-            defaults.average_last,
             step=0.1,
             format="%.2f",
             key=f"{key}_average",
@@ -277,7 +286,6 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         )
         cache = c3.checkbox(
             "Cache the frozen lower layers",
-            defaults.cache_frozen_layers,
             key=f"{key}_cache",
             help="Row methods: the layers below the lowest selected row run once per row, not every step. "
             "Epochs get faster (0.5-0.8 of the time on banking77), but those layers lose their dropout, "
@@ -285,7 +293,6 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         )
         cold = c1.checkbox(
             "Train from a cold head",
-            not defaults.head_warmup,
             key=f"{key}_cold",
             help="Start training from the classifier head as loaded (random) instead of the warmed-up one; the "
             "row methods still warm a head for their scores. In 10-shot it helped sparse on trec6 and snips "
@@ -298,13 +305,13 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
                 "Out-of-scope quantile",
                 0.01,
                 0.99,
-                quantile,
                 format="%.2f",
                 key=f"{key}_oos",
                 help=f"Test has {len(out_of_scope_labels)} label(s) train never had, e.g. "
                 f"{escape_markdown(out_of_scope_labels[0])}: those rows are scored as out-of-scope queries. A "
                 "prediction abstains below this quantile of the validation rows' confidences.",
             )
+        state.keep(*(f"{key}_{option}" for option in kept_defaults))
         st.caption(f"Runs on: {default_device()} · row choice (Budget page): {row_choice_label(state.mask_cfg())}")
         if not st.form_submit_button("Launch", type="primary"):
             return None
@@ -326,6 +333,14 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         device=default_device(),
     )
     return (name or default_run_name(method, mask.budget)), cfg
+
+
+def launch_options(key: str = "ft") -> dict[str, int]:
+    """The epochs and seed of the Finetune form (``key``), as last submitted there, for launches from other pages
+    (the Budget page's): FinetuneConfig's defaults until the form has been used."""
+    defaults = FinetuneConfig()
+    return {"epochs": int(state.kept(f"{key}_epochs", defaults.epochs)),
+            "seed": int(state.kept(f"{key}_seed", defaults.seed))}
 
 
 def default_run_name(method: str, budget: float) -> str:

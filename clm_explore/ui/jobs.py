@@ -56,11 +56,15 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
     return job
 
 
-def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str) -> list[Job]:
-    """One run per method with the same budget and row choice (the Budget page's launch list)."""
+def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str,
+                epochs: int | None = None, seed: int | None = None) -> list[Job]:
+    """One run per method with the same budget and row choice (the Budget page's launch list), and the same
+    ``epochs`` and ``seed`` (FinetuneConfig's defaults when None)."""
     from clm_explore.training import check_runnable
 
-    base = FinetuneConfig(mask=mask, mining=state.mining_cfg(), sensitivity=state.sens_cfg(), device=device)
+    chosen = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
+    base = FinetuneConfig(mask=mask, mining=state.mining_cfg(), sensitivity=state.sens_cfg(), device=device,
+                          **chosen)
     cfgs = [dataclasses.replace(base, method=method) for method in methods]
     loaded = cache.model(source, tuple(cache.data(choice).labels))
     for cfg in cfgs:  # all or none: a refusal leaves no half of the list queued
@@ -105,15 +109,16 @@ def _job_card(job: Job, key: str) -> None:
     with st.container(border=True):
         c1, c2 = st.columns([5, 1])
         c1.markdown(f"**{run_name}** · {job.device} · `{job.status.value}`")
-        if not job.done and c2.button("Cancel", key=f"{key}_cancel_{job.id}"):
-            job_queue().cancel(job.id)  # a waiting job ends at once
+        if not job.done:
+            with c2:
+                cancel_control(job, key)
         if job.status is RunStatus.PENDING:
             ahead = [
                 j for j in job_queue().active() if j.device == job.device and j.submitted < job.submitted
             ]
             st.caption(f"Waiting in the queue ({len(ahead)} job(s) ahead on {job.device}).")
             return
-        st.progress(*progress_bar(p))
+        st.progress(*progress_bar(p, job.status if job.done else None))
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–")
         m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
@@ -132,14 +137,46 @@ def _job_card(job: Job, key: str) -> None:
                 st.code(job.error[-3000:])
 
 
-def progress_bar(p: Progress) -> tuple[float, str]:
+def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, str]:
     """The bar's fill and text: training's steps, or before the first step the preparation's phase (loading,
-    mining and scoring a real model take minutes, which a bar stuck at step 0 would not explain)."""
-    if p.step == 0 and p.phase and p.phase != "training":
+    mining and scoring a real model take minutes, which a bar stuck at step 0 would not explain). ``ended``: the
+    status of a job that has ended; one that ended before its first step says how, not "preparing"."""
+    preparing = bool(p.step == 0 and p.phase and p.phase != "training")
+    if ended is not None and ended.is_terminal and p.step == 0:  # e.g. cancelled while its rows were scored
+        if ended is RunStatus.SUCCEEDED:
+            return 1.0, "succeeded (no training step reported)"
+        how = f"while preparing: {p.phase}" if preparing else "before its first step"
+        return 0.0, f"{ended.value} {how}"
+    if preparing:
         counted = f" {p.phase_done}/{p.phase_total}" if p.phase_total > 1 else ""
         fill = p.phase_done / p.phase_total if p.phase_total > 1 else 0.0
         return min(fill, 1.0), f"preparing: {p.phase}{counted}"
     return p.fraction, f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:.2f}"
+
+
+def cancel_control(job: Job, key: str) -> None:
+    """Cancel a job in two clicks: "Cancel…" asks, "Yes, cancel it" cancels, "Keep it" backs out. Every session
+    sees every job, so one click must not end another user's run by accident."""
+    armed = f"{key}_cancel_armed"
+    if st.session_state.get(armed) != job.id:
+        st.button("Cancel…", key=f"{key}_cancel_{job.id}", on_click=_arm_cancel, args=(armed, job.id),
+                  help="Asks before cancelling: this queue is shared, the job may be another user's.")
+        return
+    st.caption(f"Cancel {escape_markdown(job.run_id or job.id)}? Every user of this server sees this job; it "
+               "may be someone else's.")
+    st.button("Yes, cancel it", key=f"{key}_cancel_yes_{job.id}", type="primary", on_click=_confirm_cancel,
+              args=(armed, job.id))
+    st.button("Keep it", key=f"{key}_cancel_no_{job.id}", on_click=_arm_cancel, args=(armed, None))
+
+
+def _arm_cancel(armed: str, job_id: str | None) -> None:
+    st.session_state[armed] = job_id
+
+
+def _confirm_cancel(armed: str, job_id: str) -> None:
+    st.session_state[armed] = None
+    job_queue().cancel(job_id)  # a waiting job ends at once
+    st.toast("Cancel requested.")
 
 
 CURVE_METRICS = ("accuracy", "macro_f1")

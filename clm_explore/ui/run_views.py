@@ -5,6 +5,7 @@ Same rules as ``views``: user text only through dataframes or escaped Markdown, 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import streamlit as st
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.config import BUDGET_METHODS
 from clm_explore.runs import RunRecord, RunStatus
+from clm_explore.ui import state
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
 
@@ -167,19 +169,52 @@ def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
 
 
 def other_run(records: list[RunRecord], picked: RunRecord, prefer: str) -> RunRecord | None:
-    """The default partner of ``picked``: the newest run of method ``prefer`` that is not ``picked``, else the
-    newest other run (``records`` are newest first)."""
+    """The default partner of ``picked``: the newest other run that can be paired with it row by row (same data
+    set, or one of the two without a data key), on the same data and model (``config["source"]``) where there is
+    one, and of method ``prefer`` where there is one; else the newest other run (``records`` are newest first).
+    Another session's run on other data must not become the partner when a run on ``picked``'s data exists."""
     others = [r for r in records if r.id != picked.id]
-    return next((r for r in others if r.method == prefer), others[0] if others else None)
+    if not others:
+        return None
+    data, source = picked.config.get("data"), picked.config.get("source")
+
+    def rank(r: RunRecord) -> tuple[bool, bool, bool, bool]:
+        return (_pairable(picked, r), data is not None and r.config.get("data") == data,
+                r.config.get("source") == source, r.method == prefer)
+
+    return max(others, key=rank)  # the first of the best, so the newest of them
+
+
+def default_pick(records: list[RunRecord], data: str | None, source: str | None, prefer: str = "sparse",
+                 partner: str = "full") -> RunRecord | None:
+    """The default run A of a comparison: the newest run of method ``prefer`` on the session's data set (key
+    ``data``) and model ``source``, falling back to the session's data on another model, then to any method, then
+    to other data; among those, the first that ``other_run`` can pair with a run on its own data, so the page
+    does not open on two runs of different data sets while a valid pair exists."""
+    if not records:
+        return None
+    ranked = sorted(records, key=lambda r: (data is not None and r.config.get("data") == data,
+                                           r.config.get("source") == source, r.method == prefer), reverse=True)
+    counts = Counter(r.config.get("data") for r in records)  # a pairable partner exists when another run
+    for run in ranked:                                        # shares the data key, or one of them has none
+        key = run.config.get("data")
+        if (len(records) > 1 if key is None else counts[key] - 1 + counts[None] > 0):
+            return run
+    return ranked[0]
+
+
+def _pairable(a: RunRecord, b: RunRecord) -> bool:
+    data_a, data_b = a.config.get("data"), b.config.get("data")
+    return data_a is None or data_b is None or data_a == data_b
 
 
 def data_mismatch(a: RunRecord, b: RunRecord) -> str:
     """Why two runs cannot be paired row by row ('' when they can): they were launched on different data sets.
     Runs registered without a data key (e.g. from the CLI) are not refused; their rows are paired by row id
     and text."""
-    data_a, data_b = a.config.get("data"), b.config.get("data")
-    if data_a is None or data_b is None or data_a == data_b:
+    if _pairable(a, b):
         return ""
+    data_a, data_b = a.config.get("data"), b.config.get("data")
     name_a, name_b = data_key_name(str(data_a)), data_key_name(str(data_b))  # the full keys when both share it
     if name_a == name_b:
         name_a, name_b = str(data_a), str(data_b)
@@ -203,11 +238,18 @@ def disagreements(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
 
 
 def render_attribution(result: Any, title: str) -> None:
-    """Words with their attribution: a bar chart (dataframe-safe, no HTML)."""
+    """Words with their attribution: a bar chart (dataframe-safe, no HTML), what the bars add up to, and the
+    result's note (a text cut at the run's max_length, a decoder's reference)."""
     st.markdown(
         f"**{escape_markdown(title)}** → {escape_markdown(result.target_label)} "
         f"(p = {result.probability:.2f})"
     )
+    label = escape_markdown(result.target_label)
+    gap = float(np.sum(result.scores)) - result.delta  # p(label) - p(reference), exactly
+    st.caption(f"Integrated Gradients toward {label}, the label explained: the bars sum to p({label}) − "
+               f"p(reference) = {gap:+.3g}, up to delta = {result.delta:+.2g}, the integral's convergence error.")
+    if result.note:
+        st.caption(f"Note: {escape_markdown(result.note)}.")
     frame = pd.DataFrame({"pos": range(len(result.words)), "word": result.words, "score": result.scores})
     fig = go.Figure(
         go.Bar(
@@ -226,17 +268,20 @@ def render_attribution(result: Any, title: str) -> None:
     st.plotly_chart(fig, key=f"attr_{title}_{hash(tuple(result.words))}")
 
 
+def run_label(run: RunRecord) -> str:
+    """A run as pickers list it: id, method and the data set it was trained on (plain text, not Markdown)."""
+    data = run.config.get("data")
+    return f"{run.id} ({run.method}" + (f", {data_key_name(str(data))})" if data else ")")
+
+
 def run_picker(records: list[RunRecord], label: str, default: RunRecord | None, key: str) -> RunRecord:
-    ids = [r.id for r in records]
-    index = ids.index(default.id) if default is not None and default.id in ids else 0
-    picked = st.selectbox(
-        label,
-        ids,
-        index=index,
-        key=key,
-        format_func=lambda i: f"{i} ({next(r.method for r in records if r.id == i)})",
-    )
-    return next(r for r in records if r.id == picked)
+    """A run select box whose pick outlives page switches (``state.restore``)."""
+    by_id = {r.id: r for r in records}
+    ids = list(by_id)
+    state.restore(key, default.id if default is not None and default.id in by_id else ids[0], options=ids)
+    picked = st.selectbox(label, ids, key=key, format_func=lambda i: run_label(by_id[i]))
+    state.keep(key)
+    return by_id[picked]
 
 
 def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, key: str) -> None:
@@ -267,7 +312,9 @@ RIGHT = {"all": "All", "only A": "Only A right", "only B": "Only B right", "neit
 
 def filter_disagreements(diff: pd.DataFrame, key: str) -> pd.DataFrame:
     """A filter (all / only A right / only B right / neither) and the filtered disagreement table."""
+    state.restore(f"{key}_filter", "all", options=list(RIGHT))
     which = st.radio("Show", list(RIGHT), format_func=RIGHT.get, horizontal=True, key=f"{key}_filter")
+    state.keep(f"{key}_filter")
     shown = diff if which == "all" else diff[diff["right"] == which]
     st.dataframe(shown, key=f"{key}_disagree", hide_index=True, height=260)
     return shown

@@ -12,7 +12,9 @@ import os
 import re
 import shutil
 import time
+import unicodedata
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,14 @@ SESSION_ID = "session_id"
 MINING_CFG = "mining_cfg"
 SENS_CFG = "sens_cfg"
 SENS_COMPARE = "sens_compare"
-"""The Sensitivity page's toggle: show the scores with the other token restriction beside them."""
+"""The Sensitivity page's toggle (a widget key, kept across pages by ``restore``/``keep``): show the scores with
+the other token restriction beside them."""
 BUDGET = "budget"
 """The budget chosen on the Budget page, a fraction in (0, 1]."""
 MASK_OPTIONS = "mask_options"
 """The Budget page's row-choice options, a MaskConfig whose budget field is unused (BUDGET holds it)."""
+KEPT_WIDGETS = "kept_widgets"
+"""Copies of widget values, by widget key, that outlive page switches (``restore``/``keep``)."""
 INLINE_JOBS = "inline_jobs"
 """Run jobs synchronously inside the script (tests); also set by env CLM_EXPLORE_INLINE_JOBS=1."""
 
@@ -206,19 +211,41 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataCh
     """Keep an uploaded file under this session's own folder, with a sanitised name.
 
     The stored name is only letters, digits, '-' and '_' plus a known extension, so it can never
-    leave the session folder; two sessions never share a folder.
+    leave the session folder; two sessions never share a folder. Within one, two different files never share a
+    stored name either: when sanitising leaves nothing of the name (every character non-ASCII, say) or a file
+    with other bytes already has it, the stored name gets the start of the file's digest. Such a name is kept,
+    cleaned of control and path characters, as the name the app shows.
     """
     folder = (folder or uploads_root() / session_id()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(raw).hexdigest()
     suffix = Path(filename).suffix.lower()
     suffix = suffix if suffix in UPLOAD_SUFFIXES else ".csv"
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(filename).stem).strip("-")[:60] or "upload"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(filename).stem).strip("-")[:60]
+    shown = f"{stem}{suffix}"
+    if not stem:  # nothing ASCII left: "upload" alone would make every such file overwrite the last one
+        stem = f"upload-{digest[:12]}"
+        shown = f"{_display_stem(filename) or stem}{suffix}"
     target = (folder / f"{stem}{suffix}").resolve()
+    if target.is_file() and not _holds(target, raw, digest):  # another file with the same sanitised name
+        target = (folder / f"{stem}-{digest[:12]}{suffix}").resolve()
     if target.parent != folder:  # cannot happen with the name above; kept as a guard
         raise ValueError(f"Refusing upload name {filename!r}.")
     target.write_bytes(raw)
     _keep_newest_uploads(folder, UPLOADS_KEPT)
-    return DataChoice("upload", str(target), f"{stem}{suffix}", digest=hashlib.sha256(raw).hexdigest())
+    return DataChoice("upload", str(target), shown, digest=digest)
+
+
+def _holds(path: Path, raw: bytes, digest: str) -> bool:
+    return path.stat().st_size == len(raw) and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def _display_stem(filename: str) -> str:
+    """An upload's own name without its extension, for display only: no folders, no control or format
+    characters, no ':' (it separates a DataChoice key's parts)."""
+    stem = Path(filename.replace("\\", "/")).stem
+    stem = "".join(c for c in stem if unicodedata.category(c)[0] not in "CZ" or c == " ")
+    return stem.replace(":", "-").strip()[:60]
 
 
 UPLOADS_KEPT = 5
@@ -268,6 +295,37 @@ def mask_cfg() -> MaskConfig:
 
 def inline_jobs() -> bool:
     return bool(_get(INLINE_JOBS, os.environ.get("CLM_EXPLORE_INLINE_JOBS") == "1"))
+
+
+def restore(widget_key: str, default: Any, options: Sequence[Any] | None = None) -> None:
+    """Before drawing the widget ``widget_key``: give it the value it had when the user last saw it.
+
+    Streamlit drops the keys of widgets a script run does not draw, so a page's settings would fall back to their
+    defaults whenever the user visits another page. ``keep`` copies the value under KEPT_WIDGETS, a key no widget
+    owns; here it seeds the widget when Streamlit dropped it (else ``default``; a kept value no longer among
+    ``options`` is dropped too). Draw the widget without a default of its own: its session value is always set.
+    """
+    if widget_key in st.session_state:
+        return
+    value = _get(KEPT_WIDGETS, {}).get(widget_key, default)
+    if options is not None and value not in options:
+        value = default
+    st.session_state[widget_key] = value
+
+
+def keep(*widget_keys: str) -> None:
+    """After drawing widgets: remember their values for ``restore`` (a form's widgets: the submitted values)."""
+    kept = _get(KEPT_WIDGETS, {})
+    for widget_key in widget_keys:
+        if widget_key in st.session_state:
+            kept[widget_key] = st.session_state[widget_key]
+
+
+def kept(widget_key: str, default: Any = None) -> Any:
+    """The value widget ``widget_key`` last had (while its page is shown or not), else ``default``."""
+    if widget_key in st.session_state:
+        return st.session_state[widget_key]
+    return _get(KEPT_WIDGETS, {}).get(widget_key, default)
 
 
 def get(key: str, default: Any = None) -> Any:

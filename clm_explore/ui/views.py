@@ -47,6 +47,36 @@ def highlight_markdown(text: str, needle: str) -> str:
 
 
 # -- data -----------------------------------------------------------------------------------------
+_APP_CONTROLS = (  # the library's data errors name command-line options; the app has its own controls for them
+    ("Pass one of them with", "Pick one of them with"),
+    ("pass the column with", "pick the column with"),
+    ("Pass different columns with", "Pick different columns with"),
+    ("with --text-col and --label-col", "in the Text column and Label column boxes on the Data page"),
+    ("with --text-col", "in the Text column box on the Data page"),
+    ("with --label-col", "in the Label column box on the Data page"),
+    ("(--label-col)", "(the Label column box on the Data page)"),
+    ("(--text-col)", "(the Text column box on the Data page)"),
+)
+_FILE_LIMIT = re.compile(r" or raise the limit with --max-file-mb \(DataConfig\.max_file_mb\)")
+_CONFIG_LIMIT = re.compile(r"(,? or)? raise (the limit )?\(?DataConfig\.(max_rows|max_labels)\)?( on a machine with the "
+                           r"memory for it)?")
+
+
+def data_error_text(message: str, upload: bool) -> str:
+    """A data error in the app's words (plain text: escape it to show it): the command-line options the library
+    names (--text-col, --label-col, --max-file-mb) become the Data page's controls, and the limits a browser user
+    cannot raise are stated as limits. ``upload``: the data set is an uploaded file, the only kind whose columns
+    the Data page lets the user pick; for another the message says the data set's files must change."""
+    for flag, control in _APP_CONTROLS:
+        message = message.replace(flag, control)
+    message = _FILE_LIMIT.sub("", message)  # the message states the limit; a browser user cannot raise it
+    message = _CONFIG_LIMIT.sub("", message)
+    if not upload and "column box" in message:
+        message += (" The Data page offers those boxes for uploaded files only: for this data set, upload its "
+                    "file, or ask the server's administrator to fix it.")
+    return message
+
+
 def render_data_report(report: Any, key: str) -> None:
     """Sizes, a per-label bar chart, lengths, duplicates and leakage; problems in plain words."""
     c = st.columns(4)

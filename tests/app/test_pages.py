@@ -96,6 +96,23 @@ def test_bad_upload_shows_plain_error(tmp_path: Path) -> None:
     app.run()
     assert not app.exception
     assert app.error and "column" in app.error[0].value.lower()
+    assert "--text-col" not in app.error[0].value  # the app's own control, not the command line's option
+    assert "Text column box on the Data page" in app.error[0].value
+
+
+def test_data_errors_name_the_apps_controls_not_command_line_options() -> None:
+    from clm_explore.ui.views import data_error_text
+
+    both = data_error_text("x.csv: the text and the label column are both 'a'. Pass different columns with "
+                           "--text-col and --label-col.", upload=True)
+    assert both.endswith("Pick different columns in the Text column and Label column boxes on the Data page.")
+    size = data_error_text("x.csv is 300 MB, above the 200 MB limit. Use a smaller sample or raise the limit with "
+                           "--max-file-mb (DataConfig.max_file_mb).", upload=True)
+    assert size == "x.csv is 300 MB, above the 200 MB limit. Use a smaller sample."
+    labels = data_error_text("x: 1 label. Is the label column right (--label-col)? Otherwise merge rare labels, or "
+                             "raise DataConfig.max_labels.", upload=False)
+    assert "--" not in labels and "DataConfig" not in labels
+    assert "(the Label column box on the Data page)" in labels and "uploaded files only" in labels
 
 
 def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
@@ -390,7 +407,8 @@ def test_compare_pairs_runs_of_one_data_set_only() -> None:
 
     newest_first = [record("s2", "sparse", "sample:a:None:None:"), record("s1", "sparse", "sample:a:None:None:"),
                     record("f1", "full", "shared:b:None:None:")]
-    assert other_run(newest_first, newest_first[0], prefer="full").id == "f1"
+    assert other_run(newest_first, newest_first[0], prefer="full").id == "s1"  # its own data before the method
+    assert other_run(newest_first[:1] + newest_first[2:], newest_first[0], prefer="full").id == "f1"  # else any
     assert other_run(newest_first, newest_first[2], prefer="full").id == "s2"  # never the picked run itself
     assert other_run(newest_first[:1], newest_first[0], prefer="full") is None
     assert data_mismatch(newest_first[0], newest_first[1]) == ""
@@ -502,3 +520,166 @@ def test_the_job_panel_keeps_every_active_job_however_many_finished() -> None:
     cards = shown_jobs([running, *ended, *waiting])
     assert cards[:3] == [waiting[1], waiting[0], running]  # active first, newest first: none pushed off
     assert cards[3:] == ended[::-1][:8] and len(cards) == 11
+
+
+def create_finished(store: RunStore, name: str, method: str, data: str) -> str:
+    run = store.create(name, method, {"data": data, "source": "tiny-random"})
+    (run.path / "metrics.json").write_text("{}")
+    store.set_status(run.id, RunStatus.SUCCEEDED)
+    return run.id
+
+
+SAMPLE_KEY = "sample:banking77_20:None:None:"
+
+
+def test_compare_opens_on_a_pair_of_the_sessions_data_whatever_other_sessions_ran(at: AppTest) -> None:
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])  # names sort in creation order: one second ties by id
+    sparse = create_finished(store, "a-sparse", "sparse", SAMPLE_KEY)
+    full = create_finished(store, "b-full", "full", SAMPLE_KEY)
+    create_finished(store, "c-other-full", "full", "upload:tiny.csv:None:None:abc")  # another session, newest
+    goto(at, "pages/6_compare.py")
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == (sparse, full)
+    assert not at.warning, [w.value for w in at.warning]
+    assert any("tiny.csv" in o for o in at.selectbox(key="cmp_b").options)  # each run's data set is named
+    assert all("banking77_20" in o or "tiny.csv" in o for o in at.selectbox(key="cmp_a").options)
+
+    create_finished(store, "d-other-sparse", "sparse", "upload:tiny.csv:None:None:abc")
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)  # a new session on the sample
+    fresh.run()
+    goto(fresh, "pages/6_compare.py")
+    assert (fresh.selectbox(key="cmp_a").value, fresh.selectbox(key="cmp_b").value) == (sparse, full)
+
+
+def test_sensitivity_share_view_at_a_budget_that_buys_no_row_is_a_warning(at: AppTest) -> None:
+    goto(at, "pages/4_budget.py")
+    at.select_slider(key="budget_slider").set_value(0.0001).run()
+    goto(at, "pages/3_sensitivity.py")
+    at.radio(key="sens_view").set_value("share_selected").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("buys no row" in w.value for w in at.warning)
+    assert at.toggle(key="sens_compare") and at.subheader[-1].value == "Restricted vs unrestricted"  # page goes on
+
+
+def test_an_attribution_says_what_its_bars_add_up_to_and_shows_its_note() -> None:
+    def script() -> None:
+        from types import SimpleNamespace
+
+        from clm_explore.ui.run_views import render_attribution
+
+        render_attribution(SimpleNamespace(words=["my", "card"], scores=[0.05, 0.2], target_label="card_arrival",
+                                           probability=0.9, delta=0.01, note="text truncated to 64 sub-tokens"),
+                           "A: sparse")
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    captions = " ".join(c.value for c in app.caption)
+    assert "Integrated Gradients toward card\\_arrival" in captions and "p(reference) = +0.24," in captions
+    assert "delta = +0.01" in captions and "Note: text truncated to 64 sub\\-tokens" in captions
+
+
+def test_page_settings_survive_a_visit_to_another_page(at: AppTest) -> None:
+    goto(at, "pages/5_finetune.py")
+    at.selectbox(key="ft_method").set_value("head")
+    at.number_input(key="ft_epochs").set_value(2)
+    at.number_input(key="ft_seed").set_value(7)
+    at.selectbox(key="ft_schedule").set_value("cosine")
+    at.checkbox(key="ft_cold").check()
+    button(at, "Launch").click().run(timeout=TIMEOUT)  # a form's values are the ones it submitted
+    assert not at.exception, [e.value for e in at.exception]
+    goto(at, "pages/3_sensitivity.py")
+    at.radio(key="sens_view").set_value("norm_score").run()
+    at.toggle(key="sens_compare").set_value(True).run()
+    goto(at, "pages/2_tokens.py")
+    goto(at, "pages/5_finetune.py")
+    assert at.selectbox(key="ft_method").value == "head" and at.number_input(key="ft_epochs").value == 2
+    assert at.number_input(key="ft_seed").value == 7 and at.selectbox(key="ft_schedule").value == "cosine"
+    assert at.checkbox(key="ft_cold").value is True
+    goto(at, "pages/3_sensitivity.py")
+    assert at.radio(key="sens_view").value == "norm_score" and at.toggle(key="sens_compare").value is True
+
+    goto(at, "pages/4_budget.py")  # the Budget page's launches take the Finetune form's epochs and seed
+    assert any("trains 2 epoch(s) with seed 7" in c.value for c in at.caption)
+    at.multiselect(key="budget_methods").set_value(["head"]).run()
+    goto(at, "pages/2_tokens.py")
+    goto(at, "pages/4_budget.py")
+    assert at.multiselect(key="budget_methods").value == ["head"]
+    at.button(key="budget_launch").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    runs = RunStore().list()
+    assert len(runs) == 2 and all((r.config["epochs"], r.config["seed"]) == (2, 7) for r in runs)
+    assert [r.config["schedule"] for r in runs] == ["linear", "cosine"]  # the Budget page's: the defaults
+
+
+def test_compare_picks_survive_a_visit_to_another_page(at: AppTest) -> None:
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    ids = [create_finished(store, name, method, SAMPLE_KEY)
+           for name, method in (("a-sparse", "sparse"), ("b-full", "full"), ("c-full", "full"))]
+    goto(at, "pages/6_compare.py")
+    assert at.selectbox(key="cmp_b").value == ids[2]
+    at.selectbox(key="cmp_b").set_value(ids[1]).run()
+    goto(at, "pages/7_runs.py")
+    goto(at, "pages/6_compare.py")
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == (ids[0], ids[1])
+    store.delete(ids[1])  # a kept pick that is gone falls back to the default
+    goto(at, "pages/7_runs.py")
+    goto(at, "pages/6_compare.py")
+    assert at.selectbox(key="cmp_b").value == ids[2]
+
+
+def waiting_job(store: RunStore, name: str):
+    """A job another session queued, still waiting (the tests' inline jobs never wait), in the app's queue."""
+    from clm_explore.jobs import Job
+    from clm_explore.runs import default_root
+    from clm_explore.ui.jobs import _queue
+
+    run = store.create(name, "sparse", {})
+    job = Job(f"job-{name}", print, {}, run.id, "cpu")
+    _queue(str(default_root().resolve()), True)._jobs[job.id] = job
+    return run, job
+
+
+def test_cancelling_a_job_asks_first(at: AppTest) -> None:
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    run, job = waiting_job(store, "theirs")
+    goto(at, "pages/5_finetune.py")
+    at.button(key=f"ft_cancel_{job.id}").click().run()
+    assert not job.cancel_event.is_set() and not job.done  # one click only asks
+    at.button(key=f"ft_cancel_no_{job.id}").click().run()  # "Keep it"
+    assert not job.cancel_event.is_set() and at.button(key=f"ft_cancel_{job.id}")
+    at.button(key=f"ft_cancel_{job.id}").click().run()
+    at.button(key=f"ft_cancel_yes_{job.id}").click().run()
+    assert job.done and job.status is RunStatus.CANCELLED and store.get(run.id).status is RunStatus.CANCELLED
+
+    run, job = waiting_job(store, "zz-also-theirs")
+    goto(at, "pages/7_runs.py")
+    at.selectbox(key="runs_pick").set_value(run.id).run()
+    at.button(key=f"runs_cancel_{job.id}").click().run()
+    assert not job.cancel_event.is_set()
+    at.button(key=f"runs_cancel_yes_{job.id}").click().run()
+    assert job.done and store.get(run.id).status is RunStatus.CANCELLED
+
+
+def test_a_job_that_ended_while_preparing_says_how_it_ended() -> None:
+    from clm_explore.jobs import Progress
+    from clm_explore.ui.jobs import progress_bar
+
+    p = Progress(phase="scoring rows", phase_done=3, phase_total=8)
+    assert progress_bar(p) == (3 / 8, "preparing: scoring rows 3/8")  # running: unchanged
+    assert progress_bar(p, RunStatus.RUNNING) == (3 / 8, "preparing: scoring rows 3/8")
+    assert progress_bar(p, RunStatus.CANCELLED) == (0.0, "cancelled while preparing: scoring rows")
+    assert progress_bar(Progress(), RunStatus.FAILED) == (0.0, "failed before its first step")
+    p.step, p.total_steps = 5, 10
+    assert progress_bar(p, RunStatus.CANCELLED) == (0.5, "step 5/10 · epoch 0.00")
+
+
+def test_uploads_whose_names_have_no_ascii_letters_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    first = save_upload(b"text,label\na,x\n", "数据.csv", folder=tmp_path)
+    second = save_upload(b"text,label\nb,y\n", "统计.csv", folder=tmp_path)
+    assert first.path != second.path and Path(first.path).read_bytes() == b"text,label\na,x\n"
+    assert (first.name, second.name) == ("数据.csv", "统计.csv")  # shown under their own names
+    assert all(Path(c.path).parent == tmp_path.resolve() and Path(c.path).name.isascii() for c in (first, second))
+    again = save_upload(b"text,label\na,x\n", "数据.csv", folder=tmp_path)
+    assert again.path == first.path  # the same file again: the same stored name
+    clash = save_upload(b"text,label\nc,z\n", "数据 1.csv", folder=tmp_path)  # sanitised to "1.csv"
+    other = save_upload(b"text,label\nd,w\n", "统计 1.csv", folder=tmp_path)
+    assert clash.path != other.path and Path(clash.path).read_bytes() == b"text,label\nc,z\n"
