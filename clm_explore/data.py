@@ -1,7 +1,8 @@
 """Annotated data intake: read a file or a folder of splits, check it, and describe it.
 
 Contract (other modules rely on it):
-- ``load_data(path, cfg) -> AnnotatedData`` and ``load_upload(raw, filename, cfg)`` (the app);
+- ``load_data(path, cfg) -> AnnotatedData`` (``path``: a file, a folder of splits, a DataFrame or a dict of
+  DataFrames by split) and ``load_upload(raw, filename, cfg)`` (the app);
   ``AnnotatedData.train/.validation/.test`` are DataFrames with exactly the columns ``text`` (str) and
   ``label`` (str), index 0..n-1 (the row id);
 - ``AnnotatedData.labels`` lists the train labels, sorted; ``label_ids(split)`` maps to ints;
@@ -9,9 +10,11 @@ Contract (other modules rely on it):
 - ``data_report(data) -> DataReport``: sizes, label counts, lengths, duplicates, leakage and problems.
 
 Formats: CSV, TSV, JSONL, JSON (a list of records) and Parquet, or a folder holding ``train``,
-``validation`` (or ``dev``) and ``test`` files in any of them. Missing splits are carved out of train
-with a seeded stratified split that keeps copies of a text together. Nothing is ever dropped silently: bad
-rows are errors that name them.
+``validation`` (or ``dev``) and ``test`` files in any of them. Missing splits are carved out of train: seeded,
+stratified by label (at random, keeping a row of every label in train, when the labels have too few rows). The
+test carve keeps every copy of a text on one side; the validation carve draws rows as the published benchmarks
+did, and its note counts texts found on both sides. Labels that differ only in case or spacing are kept apart
+(``data_report`` flags them). Nothing is ever dropped silently: bad rows are errors that name them.
 """
 
 from __future__ import annotations
@@ -779,30 +782,53 @@ def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: li
     With ``group_copies`` the split is drawn over distinct texts and every copy of a text follows it: copies spread
     over train and test would be leakage made by the carving itself. Without it (the validation carve) rows are
     drawn as they always were, so the splits every published benchmark used stay the same; copies it spreads over
-    both parts are counted in the note."""
+    both parts are counted in the note. Either way no label leaves train entirely."""
     if fraction <= 0:
         notes.append(f"No {what} split was given and the {what} fraction is 0, so {what} is empty.")
         return frame, frame.iloc[:0]
-    units = frame.drop_duplicates("text") if group_copies else frame  # the first row of a text stands for all
-    counts = units["label"].map(units["label"].value_counts())
-    # A label with one text cannot be in both parts; it stays in train, where it can at least be learned.
-    lonely = units[counts < 2]
-    rest = units[counts >= 2]
+    lonely, rest = _carve_units(frame, group_copies)
     try:
-        carved = train_test_split(rest, test_size=fraction, random_state=seed, stratify=rest["label"])[1]
-        taken = frame["text"].isin(carved["text"]) if group_copies else frame.index.isin(carved.index)
-        how = "stratified by label"
+        if len(rest) < 2:  # every label has a single text: none can be spared
+            carved, how = rest.iloc[:0], "nothing, as no label has two texts to spare one"
+        else:
+            carved = train_test_split(rest, test_size=fraction, random_state=seed, stratify=rest["label"])[1]
+            how = "stratified by label"
     except ValueError:
         # sklearn also refuses to stratify when fewer rows are carved than there are labels.
-        taken = frame["text"].isin(_carve_at_random(frame, rest, fraction, seed))
-        how = ("at random, not stratified, because the labels have too few rows for a stratified split; one row "
-               "of every label stayed in train")
-    if len(lonely):
-        how += f"; {len(lonely)} label(s) with a single row stay in train"
+        carved, returned = _kept_labels(rest, train_test_split(rest, test_size=fraction, random_state=seed))
+        how = "at random, not stratified, because the labels have too few rows for a stratified split"
+        if returned:
+            how += f"; {returned} row(s) went back to train so that every label keeps one there"
+    taken = frame["text"].isin(carved["text"]) if group_copies else frame.index.isin(carved.index)
+    if lonely:
+        how += f"; {lonely} label(s) with a single {'text' if group_copies else 'row'} stay in train"
     notes.append(f"No {what} split was given: {fraction:.0%} of train ({int(taken.sum()):,} rows) was carved out as "
                  f"{what}, {how} (seed {seed}).{_copies_note(frame, taken, what, group_copies)}")
     # Boolean masks keep the file's row order inside each split; it makes row ids easy to trace back.
     return frame[~taken], frame[taken]
+
+
+def _carve_units(frame: pd.DataFrame, group_copies: bool) -> tuple[int, pd.DataFrame]:
+    """(labels that must stay in train, the rows the carve draws from): rows, or one row per distinct text. A label
+    with one row (one text) cannot be in both parts; it stays in train, where it can at least be learned. Grouped,
+    that holds for every text carrying such a label, whichever label its first row names."""
+    if not group_copies:
+        counts = frame["label"].map(frame["label"].value_counts())
+        return int((counts < 2).sum()), frame[counts >= 2]
+    texts_per_label = frame.groupby("label")["text"].nunique()
+    single = texts_per_label[texts_per_label < 2].index
+    pinned = set(frame.loc[frame["label"].isin(single), "text"])
+    units = frame.drop_duplicates("text")
+    return len(single), units[~units["text"].isin(pinned)]
+
+
+def _kept_labels(rest: pd.DataFrame, split: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """The carved part of a plain random ``split`` of ``rest``, less one row of every label it would have taken out
+    of train entirely (the first in the draw's order): a random split can take every row of a rare label."""
+    kept, carved = split
+    lost = carved.loc[~carved["label"].isin(set(kept["label"]))]
+    back = lost.drop_duplicates("label")
+    return carved.drop(back.index), len(back)
 
 
 def _copies_note(frame: pd.DataFrame, taken: Any, what: str, grouped: bool) -> str:
@@ -815,19 +841,6 @@ def _copies_note(frame: pd.DataFrame, taken: Any, what: str, grouped: bool) -> s
     both = len(set(frame.loc[taken, "text"]) & set(frame.loc[~taken, "text"]))
     return (f" {repeated:,} row(s) repeat an earlier text; {both:,} text(s) have copies in both train and {what} (rows "
             "are drawn as the published benchmarks drew them).") if both else ""
-
-
-def _carve_at_random(frame: pd.DataFrame, rest: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
-    """The texts of a seeded random ``fraction`` of ``rest`` (one row per distinct text), always leaving in
-    train a text of every label: a plain random split can take every row of a rare label out of train."""
-    order = rest["text"].sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    rank = pd.Series(order.index, index=order.to_numpy())
-    rows = frame[frame["text"].isin(order)]
-    # Per label, the first of its texts in the shuffled order is kept; over all rows, as a text may carry
-    # several labels.
-    ranked = rows.assign(rank=rows["text"].map(rank)).sort_values("rank", kind="stable")
-    pool = order[~order.isin(ranked.drop_duplicates("label")["text"])]
-    return pool.iloc[: min(math.ceil(fraction * len(rest)), len(pool))]
 
 
 # The report lives in its own module; re-exported here so `from clm_explore.data import data_report` works.
