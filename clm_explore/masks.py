@@ -8,6 +8,7 @@ call this on every move.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,7 +181,7 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | float | None = None
     """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
     random ones) until the budget is spent; with ``spread_heads``, each attention map's share re-picked evenly
     over its heads. ``cfg`` may be a budget alone (``select_mask(report, 0.01)``), the other options default."""
-    if isinstance(cfg, int | float) and not isinstance(cfg, bool):
+    if isinstance(cfg, numbers.Real) and not isinstance(cfg, bool):  # numpy numbers too
         cfg = MaskConfig(budget=float(cfg))
     if cfg is not None and not isinstance(cfg, MaskConfig):
         raise TypeError(f"select_mask takes a MaskConfig or a budget, not {type(cfg).__name__}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 import clm_explore
 
 
@@ -53,7 +55,7 @@ def test_the_natural_calls_work_and_plain_mistakes_say_what_to_do(tiny_data, dat
         clm_explore.compute_sensitivity(unlabelled, tiny_data, None, clm_explore.SensitivityConfig(restriction="none"))
     report = clm_explore.compute_sensitivity(loaded, tiny_data, None, clm_explore.SensitivityConfig(
         restriction="none", warmup_epochs=0, calibration_rows=16), device="cpu")
-    assert clm_explore.select_mask(report, 0.05).masks.keys() == \
+    assert clm_explore.select_mask(report, np.float64(0.05)).masks.keys() == \
         clm_explore.select_mask(report, clm_explore.MaskConfig(budget=0.05)).masks.keys()
 
 
