@@ -213,13 +213,18 @@ def _run_labels(run_dir: Path) -> dict[int, str]:
     return {int(k): str(v) for k, v in config.get("id2label", {}).items()}
 
 
+WORDS_VERSION = 2
+"""How ``attribution.merge_words`` cuts words (2: also at whitespace, no empty words); cached rows cut otherwise are
+not mixed with new ones (``compare_runs`` pairs rows by their word lists)."""
+
+
 def _cache_key(run_dir: Path, cfg: AttributionConfig) -> str:
     # Retraining into the same folder changes the weights file, hence the key.
     weights = sorted(run_dir.glob("*.safetensors")) + sorted(run_dir.glob("*.bin"))
     stamp = [
         (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights if p.name != "masks.safetensors"
     ]
-    raw = json.dumps({"cfg": cfg.to_dict(), "weights": stamp}, sort_keys=True)
+    raw = json.dumps({"cfg": cfg.to_dict(), "weights": stamp, "words": WORDS_VERSION}, sort_keys=True)
     return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 

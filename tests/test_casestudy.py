@@ -265,3 +265,14 @@ def test_missing_predictions_and_no_rows_are_plain_messages(tmp_path: Path, runs
         cs.split_frame(tmp_path)
     with pytest.raises(ValueError, match="max_rows must be >= 1"):
         cs.case_study(runs[0], cfg=CFG, max_rows=0)
+
+
+def test_the_attribution_cache_key_changes_with_how_words_are_cut(tmp_path, monkeypatch):
+    from clm_explore import casestudy
+    from clm_explore.config import AttributionConfig
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    before = casestudy._cache_key(tmp_path, AttributionConfig())
+    assert casestudy._cache_key(tmp_path, AttributionConfig()) == before
+    monkeypatch.setattr(casestudy, "WORDS_VERSION", casestudy.WORDS_VERSION + 1)
+    assert casestudy._cache_key(tmp_path, AttributionConfig()) != before
