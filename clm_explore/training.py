@@ -3,8 +3,10 @@
 ``finetune`` is synchronous: it loads the model, lets the method's *preparer* decide what trains
 (``PREPARERS``: sparse row deltas, full, and the baselines registered by ``clm_explore.baselines``),
 runs one shared training loop, merges, evaluates and writes the run folder described in
-docs/CONTRACTS.md. Progress goes out through ``on_step``; ``should_stop`` is polled every step and between the
-preparation's phases.
+docs/CONTRACTS.md. Progress goes out through ``on_step``, and before the first step through ``on_phase`` (phase,
+done, total: loading the model, the head warm-up, mining, scoring rows per batch); ``should_stop`` is polled every
+step and through the preparation, between its phases and at every scoring batch, so a cancel need not wait for
+training.
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
         merge = adaptive_tokenization(ctx.loaded, task_tokens, train["text"].tolist(), merge_tokens)
         write_json_atomic(ctx.out_dir / "merge.json", merge.to_dict())
     prefix = frozen_prefix(ctx, sens_cfg.min_layer, sens_cfg.max_length)
-    ctx.report("scoring rows", 0, 1)
+    # The warm-up runs first inside the scoring call (one forward pass for its features, then epochs over them).
+    ctx.report("head warm-up" if sens_cfg.prepares_head else "scoring rows", 0, 1)
     report = compute_sensitivity(ctx.loaded, ctx.data, task_tokens, sens_cfg, device=str(ctx.device),
                                  on_progress=lambda done, total: ctx.report("scoring rows", done, total), prefix=prefix)
     task_tokens.save(ctx.out_dir / "task_tokens.json")

@@ -247,7 +247,7 @@ def test_the_preparation_reports_its_phases_and_a_cancel_stops_it_at_the_next_sc
     result = finetune(data, cfg, tmp_path / "run", source="tiny-random", should_stop=after_the_first_scoring_batch,
                       on_phase=lambda *phase: phases.append(phase))
     assert result.status == "cancelled"
-    assert [p[0] for p in phases] == ["loading the model", "preparing sparse", "mining task tokens", "scoring rows",
+    assert [p[0] for p in phases] == ["loading the model", "preparing sparse", "mining task tokens", "head warm-up",
                                       "scoring rows"]
     assert phases[-1][1] == 1 and phases[-1][2] > 1  # stopped after one batch of several
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"status": "cancelled", "steps": 0}
