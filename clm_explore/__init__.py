@@ -16,6 +16,7 @@ A notebook session, end to end::
     clm.RunStore().register_folder("runs/my-sparse")  # listed in the app's Runs and Compare pages
     run = clm.load_run("runs/my-sparse")
     clm.explain(run.model, run.tokenizer, "my card has not arrived")  # word attributions (Integrated Gradients)
+    full = clm.finetune(data, clm.FinetuneConfig(method="full"), "runs/my-full", source="default")
     clm.write_report(clm.case_study("runs/my-sparse", "runs/my-full"), "report.html")  # the case study, one file
 
 Is sparse ahead of full finetuning on this data, or level? Seeds of each, compared with a 95% interval::

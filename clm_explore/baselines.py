@@ -5,7 +5,8 @@ plain model comes back, and ``finetune.finetune`` does the rest, so data, epochs
 the trainable-parameter count (parameters with ``requires_grad``) are the same for every method.
 
 - ``head``: linear probe, only the classification head trains.
-- ``bitfit``: every bias of the backbone plus the head.
+- ``bitfit``: every bias of the backbone plus the head; refused on a model without backbone biases (Llama-style
+  decoders such as smollm2), where it would be a linear probe (``training.check_runnable``).
 - ``lora`` / ``prefix``: ``peft`` adapters (task type SEQ_CLS, the head in ``modules_to_save``). LoRA is
   merged into the weights, so its run folder is a plain model. A prefix cannot be merged: see
   ``PrefixRunModel`` for what its run folder holds and ``load_run_model`` to reload it.

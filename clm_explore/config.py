@@ -51,9 +51,10 @@ class DataConfig:
     validation_fraction: float = 0.1
     """Share of train carved out as validation when the data has no validation split."""
     test_fraction: float = 0.2
-    """Share of train held out as test when the data has no test split (a single file, or a folder without one)."""
+    """Share of train held out as test when the data has no test split (a single file, or a folder without one);
+    every copy of a text goes to the same side."""
     seed: int = 0
-    """Seed of the stratified splits."""
+    """Seed of the carved splits."""
 
     def __post_init__(self) -> None:
         _check(self.max_file_mb > 0, f"max_file_mb must be > 0, got {self.max_file_mb}")
@@ -85,7 +86,8 @@ class MiningConfig:
     examples_per_group: int = 5
     """Example row ids reported per group."""
     merge_tokens: int = 0
-    """Adaptive tokenization: merge the top N multi-piece words into unused vocabulary slots (0 = off)."""
+    """Adaptive tokenization: merge at most N of the top multi-piece words into unused vocabulary slots (0 = off),
+    each kept only where the tokenizer then produces it as one token (a rejected word's slot goes to the next)."""
     max_tokens: int = 512
     """Sub-tokens of each row mined, from its start (no model here reads more); bounds the work a very long
     row can cost."""
@@ -225,13 +227,15 @@ class MaskConfig:
     """Also train every linear map's bias at and above the lowest selected layer (BitFit inside the method:
     about 0.05% of the backbone, outside the budget like the LayerNorms, at FinetuneConfig.norm_lr)."""
     cost_aware: float = 0.0
-    """Bonus per layer height: score * (1 + cost_aware * (layer + 1) / (n_layers + 1)), where the word embeddings
-    are layer -1 and a pooler layer n_layers; 0 = plain scores."""
+    """Bonus per layer height: score * (1 + cost_aware * (layer + 1) / (n_layers + 1)), where score is the
+    normalised score, shifted up to start at 0 where it goes below (z-scores), the word embeddings are layer -1
+    and a pooler layer n_layers; 0 = plain scores."""
     min_layer: int = -1
     """Rows below this layer are not eligible, so backward stops there; -1 = auto (the upper half of
     the layers: n_layers // 2), 0 = every layer and the word embeddings compete."""
     sample_temperature: float = 1.0
-    """Temperature of the 'sampled' strategy: towards 0 it becomes top-k, large it becomes random rows. On
+    """Temperature of the 'sampled' strategy, whose weights read the normalised score shifted up to start
+    at 0 where it goes below (with cost_aware's bonus): towards 0 it becomes top-k, large it becomes random rows. On
     10-shot development rows T = 1 matched random rows on snips but cost trec6 9.6 points (BENCHMARKS.md)."""
     random_share: float = 0.0
     """Share of the budget spent on random rows: the top (or drawn) rows fill the rest first, then rows drawn

@@ -65,8 +65,8 @@ def out_of_scope_metrics(gold: np.ndarray, pred: np.ndarray, test_prob: np.ndarr
     Returns:
         ``auroc`` (top probability ranking out-of-scope rows below in-scope ones; needs no threshold),
         ``in_scope_accuracy`` (in-scope rows, no abstention), and with a threshold ``accuracy`` and
-        ``macro_f1`` over the labels plus "out of scope", ``oos_recall``, ``oos_precision``,
-        ``in_scope_rejected``.
+        ``macro_f1`` over the labels that occur (in the gold labels or the predictions) plus "out of scope",
+        ``oos_recall``, ``oos_precision``, ``in_scope_rejected``.
     """
     unseen = gold == -1
     if not unseen.any():

@@ -6,7 +6,8 @@ Layout::
     <root>/<YYYYmmdd-HHMMSS>-<slug>/       # one run folder (what ``finetune`` writes)
 
 ``root`` is ``$CLM_EXPLORE_RUNS`` or ``./runs``. A folder written elsewhere (``finetune --out DIR``)
-can be added with ``register_folder``; it is then listed by its absolute path.
+can be added with ``register_folder``; it is then listed by its absolute path. Registering a folder again
+re-reads its method, config and metrics, unless a live process owns its run (pending or running).
 
 Every call opens its own short-lived connection, so one ``RunStore`` may be shared by threads, and
 several processes (the app and the CLI) may use the same root at once. The owning process of a run

@@ -103,7 +103,9 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True) -> N
         parser.add_argument("--data", required=True, metavar="DATA", help="a data file or a folder of splits")
     parser.add_argument("--text-col", default=None, help="text column (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column (detected when omitted)")
-    parser.add_argument("--max-file-mb", type=float, default=200.0, help="refuse files above this size")
+    parser.add_argument("--max-file-mb", type=float, default=200.0,
+                        help="refuse files above this size (a Parquet file's data is also measured uncompressed and "
+                             "decoded)")
 
 
 def build_parser() -> argparse.ArgumentParser:

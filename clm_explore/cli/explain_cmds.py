@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     explain.add_argument(
         "--target", default=None, metavar="LABEL", help="label explained (default: predicted)"
     )
-    explain.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps")
+    explain.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps (2-1024)")
     explain.add_argument(
         "--max-length",
         type=int,
@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
     )
     _add_column_args(report)
     report.add_argument("--out", required=True, metavar="HTML", help="the HTML file to write")
-    report.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps")
+    report.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps (2-1024)")
     report.add_argument(
         "--max-rows",
         type=int,
@@ -84,7 +84,8 @@ def _add_column_args(parser: argparse.ArgumentParser) -> None:
         "--max-file-mb",
         type=float,
         default=DataConfig.max_file_mb,
-        help="refuse --data files above this size",
+        help="refuse --data files above this size (a Parquet file's data is also measured uncompressed and "
+        "decoded)",
     )
 
 

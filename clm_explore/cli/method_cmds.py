@@ -56,7 +56,9 @@ def _register_mine(sub: Any) -> None:
     p.add_argument("--min-count", type=int, default=5, help="rows a group must occur in")
     p.add_argument("--relevance", choices=["kl", "mi", "chi2"], default="kl")
     p.add_argument("--merge", type=int, default=0, metavar="N",
-                   help="adaptive tokenization: merge the top N multi-piece words into unused vocabulary slots")
+                   help="adaptive tokenization: merge up to N of the top multi-piece words into unused vocabulary "
+                        "slots, each in the tokenizer's normalised form and kept only where the new tokenizer then "
+                        "produces it as one token (a rejected word's slot goes to the next word)")
     p.add_argument("--show", type=int, default=30, help="groups printed (human output)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_mine)
@@ -246,7 +248,8 @@ def _register_finetune(sub: Any) -> None:
                    help="test labels unseen in train are scored with abstention below this quantile of the "
                    "validation rows' top probabilities, in (0, 1)")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out run folder (one holding clm_run.json)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_finetune)
 
