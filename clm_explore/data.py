@@ -795,11 +795,12 @@ def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: li
             how = "stratified by label"
     except ValueError:
         # sklearn also refuses to stratify when fewer rows are carved than there are labels.
-        carved, returned = _kept_labels(rest, train_test_split(rest, test_size=fraction, random_state=seed))
+        carved = train_test_split(rest, test_size=fraction, random_state=seed)[1]
         how = "at random, not stratified, because the labels have too few rows for a stratified split"
-        if returned:
-            how += f"; {returned} row(s) went back to train so that every label keeps one there"
     taken = frame["text"].isin(carved["text"]) if group_copies else frame.index.isin(carved.index)
+    taken, returned = _return_lost_labels(frame, np.asarray(taken, dtype=bool))
+    if returned:
+        how += f"; {returned} text(s) went back to train so that every label keeps a row there"
     if lonely:
         how += f"; {lonely} label(s) with a single {'text' if group_copies else 'row'} stay in train"
     notes.append(f"No {what} split was given: {fraction:.0%} of train ({int(taken.sum()):,} rows) was carved out as "
@@ -822,13 +823,14 @@ def _carve_units(frame: pd.DataFrame, group_copies: bool) -> tuple[int, pd.DataF
     return len(single), units[~units["text"].isin(pinned)]
 
 
-def _kept_labels(rest: pd.DataFrame, split: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
-    """The carved part of a plain random ``split`` of ``rest``, less one row of every label it would have taken out
-    of train entirely (the first in the draw's order): a random split can take every row of a rare label."""
-    kept, carved = split
-    lost = carved.loc[~carved["label"].isin(set(kept["label"]))]
-    back = lost.drop_duplicates("label")
-    return carved.drop(back.index), len(back)
+def _return_lost_labels(frame: pd.DataFrame, taken: np.ndarray) -> tuple[np.ndarray, int]:
+    """``taken`` less the first carved text (every copy of it) of each label the carve took out of train entirely:
+    a random split can take every row of a rare label, and grouped by text, a label can ride out with texts that
+    other labels' rows stand for. Returns the mask and the number of texts returned."""
+    kept_labels = set(frame.loc[~taken, "label"])
+    lost = frame.loc[taken & ~frame["label"].isin(kept_labels).to_numpy()]
+    texts = lost.drop_duplicates("label")["text"]
+    return taken & ~frame["text"].isin(texts).to_numpy(), len(texts)
 
 
 def _copies_note(frame: pd.DataFrame, taken: Any, what: str, grouped: bool) -> str:

@@ -419,7 +419,7 @@ def test_carving_keeps_every_label_in_train_when_it_cannot_stratify(tmp_path):
     assert data.labels == sorted({r["label"] for r in rows})  # a plain random split lost some
     assert data.test.equals(again.test) and data.validation.equals(again.validation)
     assert len(data.train) + len(data.validation) + len(data.test) == 400 and len(data.test) > 0
-    assert any("at random, not stratified" in n and "went back to train so that every label keeps one there" in n
+    assert any("at random, not stratified" in n and "went back to train so that every label keeps a row there" in n
                for n in data.notes)
 
 
@@ -525,3 +525,9 @@ def test_a_random_carve_keeps_every_label_in_train_and_a_label_of_a_shared_text_
     _frame(texts).to_csv(path, index=False)
     for seed in range(5):  # RARE's one text is also an L0 row: it stays in train with RARE
         assert "RARE" in load_data(path, DataConfig(seed=seed)).labels
+    # A label whose texts other labels' rows stand for in the grouped draw rides out with them unless returned.
+    rows = [(f"t{i}", "M") for i in range(10)] + [(f"u{i}", "N") for i in range(10)] + [("t1", "L"), ("u1", "L")]
+    shared = tmp_path / "rides.csv"
+    _frame(rows).to_csv(shared, index=False)
+    for seed in range(60):
+        assert load_data(shared, DataConfig(seed=seed, test_fraction=0.45)).labels == ["L", "M", "N"], seed
