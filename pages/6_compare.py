@@ -15,10 +15,17 @@ if len(done) < 2:
     st.info("Two finished runs are needed; launch some on the Finetune page.")
     st.stop()
 current = state.data_choice()  # the session's data and model come first: other sessions' runs share the list
-default_a = run_views.default_pick(done, current.key if current else None, state.model_source())
+data_key = current.key if current else None
+if state.get("cmp_data", data_key) != data_key:  # another data set: its own pair, not the last one's picks
+    state.forget("cmp_a", "cmp_b")
+state.put("cmp_data", data_key)
+default_a = run_views.default_pick(done, data_key, state.model_source())
 c1, c2 = st.columns(2)
 with c1:
     a = run_views.run_picker(done, "Run A", default_a, key="cmp_a")
+if state.get("cmp_a_seen", a.id) != a.id:  # another A: B follows it to a run of the same rows
+    state.forget("cmp_b")
+state.put("cmp_a_seen", a.id)
 with c2:
     b = run_views.run_picker(done, "Run B", run_views.other_run(done, a, prefer="full"), key="cmp_b")
 mismatch = run_views.data_mismatch(a, b)

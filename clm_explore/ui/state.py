@@ -321,6 +321,14 @@ def keep(*widget_keys: str) -> None:
             kept[widget_key] = st.session_state[widget_key]
 
 
+def forget(*widget_keys: str) -> None:
+    """Before drawing them: drop the widgets' values, shown and kept, so that they start from their defaults."""
+    kept_values = _get(KEPT_WIDGETS, {})
+    for widget_key in widget_keys:
+        kept_values.pop(widget_key, None)
+        st.session_state.pop(widget_key, None)
+
+
 def kept(widget_key: str, default: Any = None) -> Any:
     """The value widget ``widget_key`` last had (while its page is shown or not), else ``default``."""
     if widget_key in st.session_state:

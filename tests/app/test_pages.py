@@ -550,6 +550,23 @@ def test_compare_opens_on_a_pair_of_the_sessions_data_whatever_other_sessions_ra
     assert (fresh.selectbox(key="cmp_a").value, fresh.selectbox(key="cmp_b").value) == (sparse, full)
 
 
+def test_compare_picks_follow_the_sessions_data_and_b_follows_a(at: AppTest) -> None:
+    from clm_explore.ui.state import DataChoice
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    tiny = "upload:tiny.csv:None:None:abc000000000"
+    sample_pair = [create_finished(store, n, m, SAMPLE_KEY) for n, m in (("a-sparse", "sparse"), ("b-full", "full"))]
+    tiny_pair = [create_finished(store, n, m, tiny) for n, m in (("c-sparse", "sparse"), ("d-full", "full"))]
+    goto(at, "pages/6_compare.py")
+    assert [at.selectbox(key=k).value for k in ("cmp_a", "cmp_b")] == sample_pair
+    goto(at, "pages/7_runs.py")
+    at.session_state["data_choice"] = DataChoice("upload", "/tmp/tiny.csv", "tiny.csv", digest="abc" + "0" * 61)
+    goto(at, "pages/6_compare.py")  # another data set: its own pair, not the picks kept for the sample
+    assert [at.selectbox(key=k).value for k in ("cmp_a", "cmp_b")] == tiny_pair
+    at.selectbox(key="cmp_a").set_value(sample_pair[0]).run()  # B follows A to a run of the same rows
+    assert at.selectbox(key="cmp_b").value == sample_pair[1] and not at.warning
+
+
 def test_sensitivity_share_view_at_a_budget_that_buys_no_row_is_a_warning(at: AppTest) -> None:
     goto(at, "pages/4_budget.py")
     at.select_slider(key="budget_slider").set_value(0.0001).run()
