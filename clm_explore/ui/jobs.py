@@ -158,7 +158,7 @@ def cancel_control(job: Job, key: str) -> None:
     """Cancel a job in two clicks: "Cancel…" asks, "Yes, cancel it" cancels, "Keep it" backs out. Every session
     sees every job, so one click must not end another user's run by accident."""
     armed = f"{key}_cancel_armed"
-    if st.session_state.get(armed) != job.id:
+    if _armed_job(armed) != job.id:
         st.button("Cancel…", key=f"{key}_cancel_{job.id}", on_click=_arm_cancel, args=(armed, job.id),
                   help="Asks before cancelling: this queue is shared, the job may be another user's.")
         return
@@ -169,8 +169,19 @@ def cancel_control(job: Job, key: str) -> None:
     st.button("Keep it", key=f"{key}_cancel_no_{job.id}", on_click=_arm_cancel, args=(armed, None))
 
 
+CANCEL_ARMED_SECONDS = 30.0
+"""How long "Cancel…" waits for its confirmation: a question left open must not greet a later visit."""
+
+
+def _armed_job(armed: str) -> str | None:
+    asked = st.session_state.get(armed)
+    if not asked or time.time() - asked[1] > CANCEL_ARMED_SECONDS:
+        return None
+    return asked[0]
+
+
 def _arm_cancel(armed: str, job_id: str | None) -> None:
-    st.session_state[armed] = job_id
+    st.session_state[armed] = (job_id, time.time()) if job_id else None
 
 
 def _confirm_cancel(armed: str, job_id: str) -> None:

@@ -676,6 +676,22 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     assert job.done and store.get(run.id).status is RunStatus.CANCELLED
 
 
+def test_a_cancel_question_left_open_expires(at: AppTest, monkeypatch) -> None:
+    from clm_explore.ui import jobs as ui_jobs
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    _, job = waiting_job(store, "theirs")
+    goto(at, "pages/5_finetune.py")
+    at.button(key=f"ft_cancel_{job.id}").click().run()
+    assert at.button(key=f"ft_cancel_yes_{job.id}")  # asked
+    monkeypatch.setattr(ui_jobs, "CANCEL_ARMED_SECONDS", -1.0)  # as if the user came back a minute later
+    goto(at, "pages/4_budget.py")
+    goto(at, "pages/5_finetune.py")
+    assert at.button(key=f"ft_cancel_{job.id}") and not any(
+        b.key == f"ft_cancel_yes_{job.id}" for b in at.button)  # the question is not waiting for one click
+    ui_jobs.job_queue().cancel(job.id)  # leave no waiting job behind
+
+
 def test_a_job_that_ended_while_preparing_says_how_it_ended() -> None:
     from clm_explore.jobs import Progress
     from clm_explore.ui.jobs import progress_bar
