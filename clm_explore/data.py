@@ -788,8 +788,8 @@ def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: li
         return frame, frame.iloc[:0]
     lonely, rest = _carve_units(frame, group_copies)
     try:
-        if len(rest) < 2:  # every label has a single text: none can be spared
-            carved, how = rest.iloc[:0], "nothing, as no label has two texts to spare one"
+        if len(rest) < 2:  # (nearly) every text carries a label that has no other: none can be spared
+            carved, how = rest.iloc[:0], "nothing, as too few texts can be spared without taking a label out of train"
         else:
             carved = train_test_split(rest, test_size=fraction, random_state=seed, stratify=rest["label"])[1]
             how = "stratified by label"
