@@ -28,7 +28,8 @@ def text_list(texts: str | Iterable[str]) -> list[str]:
 
 
 def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:
-    texts = text_list(texts)
+    """Token ids of a list of texts (the API's entry points check them with ``text_list``)."""
+    texts = list(texts)
     return loaded.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
 
 
