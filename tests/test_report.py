@@ -91,7 +91,7 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
 
     run = make_run(tmp_path, tiny_data, 0)
     assert main(["explain", "--run", str(run), "--text", "my cardless card", "--steps", "8", "--json"]) == 0
-    one = json.loads(capsys.readouterr().out)
+    (one,) = json.loads(capsys.readouterr().out)  # a list for one text too, as predict's
     assert {"tokens", "scores", "target", "probability", "delta"} <= set(one)
     assert one["tokens"] == ["my", "cardless", "card"] and len(one["scores"]) == 3
     assert one["target"] in tiny_data.labels
@@ -106,7 +106,7 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
 
     run_id = RunStore().register_folder(run).id  # a run id of the registry, as predict takes
     assert main(["explain", "--run", run_id, "--text", "my card", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["tokens"] == ["my", "card"]
+    assert json.loads(capsys.readouterr().out)[0]["tokens"] == ["my", "card"]
 
 
 def test_cli_reads_a_run_at_the_length_it_trained_at(tmp_path: Path, tiny_data, capsys) -> None:
@@ -115,10 +115,10 @@ def test_cli_reads_a_run_at_the_length_it_trained_at(tmp_path: Path, tiny_data, 
     run = make_run(tmp_path, tiny_data, 0, max_length=32)  # its clm_run.json says 32, as finetune records it
     long = " ".join(["card"] * 60)
     assert main(["explain", "--run", str(run), "--text", long, "--steps", "4", "--json"]) == 0
-    read = json.loads(capsys.readouterr().out)
+    (read,) = json.loads(capsys.readouterr().out)
     assert len(read["sub_tokens"]) == 32 and "truncated to 32" in read["note"]
     assert main(["explain", "--run", str(run), "--text", long, "--steps", "4", "--max-length", "16", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["sub_tokens"]) == 16  # an explicit length wins
+    assert len(json.loads(capsys.readouterr().out)[0]["sub_tokens"]) == 16  # an explicit length wins
     args = ["report", "--run", str(run), "--out", str(tmp_path / "r.html"), "--steps", "4", "--max-rows", "2"]
     assert main(args) == 0
     (cached,) = (run / "attributions").glob("test-*.json")
@@ -201,10 +201,10 @@ def _cli(capsys: pytest.CaptureFixture[str], argv: list[str], code: int = 0) -> 
 def test_cli_explain_json_shows_the_prediction(tmp_path: Path, tiny_data, capsys) -> None:
     run = make_run(tmp_path, tiny_data, 0)
     base = ["explain", "--run", str(run), "--text", "my card", "--steps", "4"]
-    (predicted,) = {json.loads(_cli(capsys, [*base, "--json"])[0])["predicted"]}
+    predicted = json.loads(_cli(capsys, [*base, "--json"])[0])[0]["predicted"]
     other = next(x for x in tiny_data.labels if x != predicted)
-    one = json.loads(_cli(capsys, [*base, "--target", other, "--json"])[0])
-    assert isinstance(one, dict) and one["target"] == other and one["predicted"] == predicted
+    (one,) = json.loads(_cli(capsys, [*base, "--target", other, "--json"])[0])
+    assert one["target"] == other and one["predicted"] == predicted
     assert one["predicted_id"] == tiny_data.labels.index(predicted)
     both = json.loads(_cli(capsys, [*base, "--text", "rate", "--json"])[0])
     assert isinstance(both, list) and all("predicted" in x for x in both)

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
     explain.add_argument(
         "--json",
         action="store_true",
-        help="print JSON (an object for one text, else a list): tokens (words), scores, target, target_id, "
+        help="print JSON (a list, an object per text, as predict --json): tokens (words), scores, target, target_id, "
         "predicted, predicted_id, probability (of the target), delta, sub_tokens, sub_token_scores, note",
     )
     explain.set_defaults(func=run_explain)
@@ -119,8 +119,7 @@ def run_explain(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     labels = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
     if args.json:
-        payload = [_as_json(r, labels) for r in results]
-        print_json(payload[0] if len(payload) == 1 else payload)
+        print_json([_as_json(r, labels) for r in results])  # a list for one text too, as predict's
     else:
         print("\n\n".join(format_attribution(r, labels) for r in results))
     return 0
