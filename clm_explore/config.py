@@ -307,7 +307,8 @@ class FinetuneConfig:
     """AdamW decoupled weight decay. The row methods apply it to their deltas only, never to frozen rows; full,
     layers and LoRA to every weight matrix they train."""
     warmup_ratio: float = 0.06
-    """Share of steps with linear learning-rate warm-up, then the schedule."""
+    """Share of steps with linear learning-rate warm-up, then the schedule. The count is rounded down, so a run of
+    fewer than 1 / ratio steps (17 at 0.06: short few-shot runs) has none; a warm-up's first step is at rate 0."""
     schedule: str = "linear"
     """After the warm-up: 'linear' decay to 0 (the method's design), 'cosine' decay to 0, or 'constant'."""
     label_smoothing: float = 0.0
