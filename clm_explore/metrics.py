@@ -37,7 +37,35 @@ def classification_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]
         "confusion": confusion_matrix(gold, pred, labels=ids).tolist(),
         "labels": list(labels),
         "test_rows": len(gold),
+        **_unseen_row(gold, pred, len(labels)),
     }
+
+
+UNSEEN_LABEL_ROW = "(label not in train)"
+"""The confusion matrix's last row, where the test split holds labels that train never had."""
+
+
+def _unseen_row(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict:
+    """``confusion_unseen``: what the test rows of labels unseen in train were predicted as (counts per label id);
+    nothing when there are none. The square matrix has no row for them."""
+    unseen = np.asarray(gold) == -1
+    if not unseen.any():
+        return {}
+    return {"confusion_unseen": np.bincount(np.asarray(pred)[unseen], minlength=n_labels).tolist()}
+
+
+def confusion_table(metrics: dict) -> tuple[list[list[int]], list[str], list[str]] | None:
+    """A run's confusion matrix as ``(counts, predicted labels, gold labels)``, rows gold; the test rows of labels
+    unseen in train (``confusion_unseen``) form a last row, so the counts add up to ``test_rows``. None when the
+    metrics hold no matrix."""
+    matrix, labels = metrics.get("confusion"), metrics.get("labels")
+    if not matrix or not labels:
+        return None
+    gold = [str(x) for x in labels]
+    unseen = metrics.get("confusion_unseen")
+    if unseen:
+        return [*matrix, list(unseen)], list(gold), [*gold, UNSEEN_LABEL_ROW]
+    return list(matrix), list(gold), gold
 
 
 def _labels_present(gold: np.ndarray, pred: np.ndarray) -> list[int]:

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution
 from clm_explore.casestudy import CaseStudy, Comparison, case_study, is_group_word
+from clm_explore.metrics import confusion_table
 
 METRIC_KEYS = (
     "method", "accuracy", "macro_f1", "seed", "epochs", "train_seconds", "examples_per_second",
@@ -101,12 +102,12 @@ class _Figures:
 
 
 def _confusion_figure(metrics: dict[str, Any], title: str) -> go.Figure | None:
-    if not metrics.get("confusion") or not metrics.get("labels"):
+    table = confusion_table(metrics)
+    if table is None:
         return None
-    labels = [plot_text(x) for x in metrics["labels"]]
-    fig = go.Figure(
-        go.Heatmap(z=metrics["confusion"], x=labels, y=labels, colorscale="Blues", showscale=False)
-    )
+    counts, predicted, gold = table
+    fig = go.Figure(go.Heatmap(z=counts, x=[plot_text(x) for x in predicted], y=[plot_text(x) for x in gold],
+                               colorscale="Blues", showscale=False))
     fig.update_layout(title=plot_text(title), xaxis_title="predicted", yaxis_title="gold", height=420)
     fig.update_yaxes(autorange="reversed")
     return fig

@@ -103,3 +103,18 @@ def test_a_paused_stretch_is_left_out_of_the_peak():
         time.sleep(0.2)
         del small
     assert 40 < memory.mb < 150
+
+
+def test_test_rows_of_labels_unseen_in_train_form_the_confusion_matrix_last_row():
+    from clm_explore.metrics import UNSEEN_LABEL_ROW, classification_metrics, confusion_table
+    from clm_explore.report import _confusion_figure
+
+    # Two rows whose label train never had (-1), predicted as b and b: before, the matrix dropped them.
+    m = classification_metrics(np.array([0, 1, -1, -1]), np.array([0, 1, 1, 1]), ["a", "b"])
+    assert m["confusion_unseen"] == [0, 2]
+    counts, predicted, gold = confusion_table(m)
+    assert gold == ["a", "b", UNSEEN_LABEL_ROW] and predicted == ["a", "b"]
+    assert sum(map(sum, counts)) == m["test_rows"] == 4
+    assert list(_confusion_figure(m, "A").data[0].y) == gold
+    plain = classification_metrics(np.array([0, 1]), np.array([0, 1]), ["a", "b"])
+    assert "confusion_unseen" not in plain and confusion_table(plain)[2] == ["a", "b"]

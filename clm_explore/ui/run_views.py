@@ -16,6 +16,7 @@ import streamlit as st
 
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.config import BUDGET_METHODS
+from clm_explore.metrics import confusion_table
 from clm_explore.runs import RunRecord, RunStatus
 from clm_explore.ui import state
 from clm_explore.ui.state import data_key_name
@@ -119,16 +120,16 @@ def _fmt(value: Any) -> str:
 
 
 def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
-    matrix, labels = metrics.get("confusion"), metrics.get("labels")
-    if not matrix or not labels:
+    table = confusion_table(metrics)
+    if table is None:
         st.info("This run has no confusion matrix.")
         return
-    labels = [plot_text(x) for x in labels]
+    counts, predicted, gold = table
     fig = go.Figure(
         go.Heatmap(
-            z=np.asarray(matrix),
-            x=labels,
-            y=labels,
+            z=np.asarray(counts),
+            x=[plot_text(x) for x in predicted],
+            y=[plot_text(x) for x in gold],
             colorscale="Blues",
             hovertemplate="true %{y} → pred %{x}: %{z}<extra></extra>",
         )
