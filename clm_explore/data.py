@@ -25,8 +25,9 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -93,13 +94,24 @@ class AnnotatedData:
 
 @dataclass
 class _Table:
-    """One parsed file before column selection: all columns as read, and where each row came from."""
+    """One parsed file before column selection: its columns, the values of those that may be chosen, and where
+    each row came from."""
 
     name: str
     frame: pd.DataFrame
+    """The columns that may be the text or the label column (``_candidate``), named as ``columns`` names them. A
+    file's other columns are never read into it: a shared server must not hold what it will not use."""
     positions: list[int]
     """1-based line (CSV, TSV, JSONL), record (JSON) or row (Parquet) number of each row."""
     unit: str
+    columns: list[str]
+    """Every column name of the file, in order (for messages and the column picker)."""
+
+
+def _candidate(column: str, cfg: DataConfig) -> bool:
+    """Whether ``column`` could be picked as the text or the label column, by ``_find_column``'s rules."""
+    given = {c.lower() for c in (cfg.text_col, cfg.label_col) if c is not None}
+    return column.lower() in given or column.strip().lower() in TEXT_NAMES + LABEL_NAMES
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -151,7 +163,10 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
     for split, frame in by_split.items():
         name = "the DataFrame" if split == "all" else f"the {split} DataFrame"
         _check_rows(name, len(frame), cfg.max_rows)
-        table = _Table(name, frame.reset_index(drop=True), list(range(1, len(frame) + 1)), "row")
+        columns = [str(c) for c in frame.columns]
+        _check_header(name, columns)
+        table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), list(range(1, len(frame) + 1)),
+                       "row", columns)
         frames[split] = _select_columns(table, cfg)
     return _assemble(frames, cfg, "DataFrame", "the train DataFrame" if "train" in frames else "the DataFrame", notes)
 
@@ -244,12 +259,17 @@ def _names_in(fmt: str, name: str, text: str) -> list[str]:
 
 
 def _parquet_names(file: Path) -> list[str]:
-    """A Parquet file's column names, less the pandas index columns the loader drops."""
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(file)
+    return _parquet_columns(str(file), pq.read_schema(file))
+
+
+def _parquet_columns(name: str, schema: Any) -> list[str]:
+    """A Parquet schema's column names, less the pandas index columns the loader drops; each distinct."""
     index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
-    return [n for n in schema.names if n not in index and not n.startswith("__index_level_")]
+    columns = [n for n in schema.names if n not in index and not n.startswith("__index_level_")]
+    _check_header(name, columns)
+    return columns
 
 
 def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | None = None) -> list[str]:
@@ -270,12 +290,11 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
         if not lines:
             raise DataError(f"{path} holds no text to predict (it is empty or blank).")
         return lines
-    table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, [])
-    columns = [str(c) for c in table.frame.columns]
-    if table.frame.empty:
-        raise DataError(f"{table.name} has a header ({', '.join(columns)}) but no rows to predict.")
-    column = _find_column(table.name, columns, text_col, TEXT_NAMES, "text", "--text-col")
-    texts = pd.Series(_as_str(table, table.frame.set_axis(columns, axis=1)[column], "text"))
+    table = _parse_table(file, file.read_bytes, file.stat().st_size, replace(cfg, text_col=text_col), [])
+    if not table.positions:
+        raise DataError(f"{table.name} has a header ({_listed(table.columns)}) but no rows to predict.")
+    column = _find_column(table.name, table.columns, text_col, TEXT_NAMES, "text", "--text-col")
+    texts = pd.Series(_as_str(table, table.frame[column], "text"))
     _require_filled(table, texts, "empty text", "text")
     return texts.tolist()
 
@@ -302,7 +321,7 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
     if fmt == "parquet":
         return _parse_parquet(name, raw, cfg)
     # Each parser stops at row max_rows + 1: parsing millions of rows only to refuse them costs minutes and GBs.
-    return _PARSERS[fmt](name, _decode(name, raw, notes), cfg.max_rows)
+    return _PARSERS[fmt](name, _decode(name, raw, notes), cfg)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -414,25 +433,28 @@ def _binary_error(name: str, head: bytes, why: str) -> None:
                     "(UTF-8) or JSONL with one text and one label per row.")
 
 
-def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int) -> _Table:
+def _parse_delimited(name: str, text: str, delimiter: str, cfg: DataConfig) -> _Table:
     rows: list[list[str]] = []
     positions: list[int] = []
     header: list[str] | None = None
+    kept: list[int] = []
     for line, row in _delimited_rows(name, text, delimiter):
         if header is None:
             header = _header(name, row)
+            kept = [i for i, column in enumerate(header) if _candidate(column, cfg)]
         elif len(row) != len(header):
             raise DataError(f"{name}, line {line}: expected {len(header)} fields like the header "
                             f"({', '.join(header)}) but found {len(row)}. Quote texts that contain "
                             f"{'tabs' if delimiter == chr(9) else 'commas'} (\"...\"), or fix the row.")
-        elif len(rows) == max_rows:
-            raise _row_cap_error(name, max_rows, line)
+        elif len(rows) == cfg.max_rows:
+            raise _row_cap_error(name, cfg.max_rows, line)
         else:
-            rows.append(row)
+            rows.append([row[i] for i in kept])
             positions.append(line)
     if header is None:  # not blank (checked before), yet every row is empty cells: ",,,"
         raise DataError(f"{name} holds no header row, only empty fields. Put a header (e.g. text,label) and rows in it.")
-    return _Table(name, pd.DataFrame(rows, columns=header, dtype=str), positions, "line")
+    frame = pd.DataFrame(rows, columns=[header[i] for i in kept], dtype=str)
+    return _Table(name, frame, positions, "line", header)
 
 
 def _delimited_rows(name: str, text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
@@ -458,22 +480,16 @@ def _header(name: str, row: list[str]) -> list[str]:
 
 
 def _check_header(name: str, header: list[str]) -> None:
-    seen = [c.lower() for c in header]
-    dupes = sorted({c for c in header if seen.count(c.lower()) > 1})
+    counts = Counter(c.lower() for c in header)  # not list.count per column: quadratic in a 40,000-column header
+    dupes = sorted({c for c in header if counts[c.lower()] > 1})[:_MAX_LISTED]
     if dupes:
         raise DataError(f"{name}: the header names column(s) {', '.join(map(repr, dupes))} more than once. "
                         "Give every column a distinct name.")
 
 
-def _parse_jsonl(name: str, text: str, max_rows: int) -> _Table:
-    records: list[dict[str, Any]] = []
-    positions: list[int] = []
-    for number, record in _jsonl_records(name, text):
-        if len(records) == max_rows:
-            raise _row_cap_error(name, max_rows, number)
-        records.append(record)
-        positions.append(number)
-    return _records_table(name, records, positions, "line")
+def _parse_jsonl(name: str, text: str, cfg: DataConfig) -> _Table:
+    _check_json_values(name, text)
+    return _records_table(name, _jsonl_records(name, text), cfg, "line")
 
 
 def _jsonl_records(name: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -509,14 +525,39 @@ def _lines(text: str) -> Iterator[str]:
         yield text[start:]
 
 
-def _parse_json(name: str, text: str, max_rows: int) -> _Table:
+def _parse_json(name: str, text: str, cfg: DataConfig) -> _Table:
     records = _json_records(name, text)
-    _check_rows(name, len(records), max_rows)  # before the table, which costs far more than the parsed list
-    return _records_table(name, records, list(range(1, len(records) + 1)), "record")
+    _check_rows(name, len(records), cfg.max_rows)  # before the table, which costs far more than the parsed list
+    return _records_table(name, enumerate(records, start=1), cfg, "record")
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\[\s\S]?)*(?:"|\Z)')
+"""A JSON string. It also ends at the end of the text (an unclosed string, or a lone backslash): a match that can
+fail would make every later quote a new start, a scan to the end each, quadratic in a hostile file."""
+_MAX_JSON_VALUES = 5_000_000
+"""Values (about: objects, lists and the items separated by commas) a JSON or JSONL file may hold. Parsed, each
+is a Python object of 30-200 bytes, 15-25 times the file's bytes for small ones, before any row or unused field
+can be dropped: 80 MB of ``[{},{},...]`` took 2 GB. 500,000 rows of ten fields stay under it."""
+
+
+def _check_json_values(name: str, text: str) -> None:
+    """Refuse a JSON text holding more values than ``_MAX_JSON_VALUES``, counted without parsing it."""
+    values = _structure_count(text)
+    if values > _MAX_JSON_VALUES:  # maybe commas inside texts: count again without the strings (1.6 s for 43 MB)
+        values = _structure_count(_JSON_STRING.sub("", text))
+    if values > _MAX_JSON_VALUES:
+        raise DataError(f"{name} holds about {values:,} JSON values, above the {_MAX_JSON_VALUES:,} the loader reads "
+                        "(each becomes an object in memory before any is dropped). Keep the text and the label in "
+                        "each record and drop nested fields, or use a smaller sample.")
+
+
+def _structure_count(text: str) -> int:
+    return text.count(",") + text.count("[") + text.count("{")
 
 
 def _json_records(name: str, text: str) -> list[dict[str, Any]]:
     """The records of a .json file holding a list of objects."""
+    _check_json_values(name, text)
     try:
         data = json.loads(text)
     except RecursionError as exc:
@@ -535,22 +576,36 @@ _MAX_RECORD_KEYS = 100
 """Distinct keys over all records of a JSON/JSONL file: every key becomes a column for every row."""
 
 
-def _records_table(name: str, records: list[dict[str, Any]], positions: list[int], unit: str) -> _Table:
-    if not records:
+def _records_table(name: str, records: Iterable[tuple[int, dict[str, Any]]], cfg: DataConfig, unit: str) -> _Table:
+    """The table of numbered records, each keeping only the keys that may be picked; stops at the row cap."""
+    keys: dict[str, None] = {}
+    kept: list[dict[str, Any]] = []
+    positions: list[int] = []
+    for position, record in records:
+        if len(kept) == cfg.max_rows:
+            raise _row_cap_error(name, cfg.max_rows, position, unit)
+        _add_keys(name, keys, record)
+        kept.append({k: v for k, v in record.items() if _candidate(k, cfg)})
+        positions.append(position)
+    if not kept:
         raise DataError(f"{name} holds no records. Add rows with a text and a label.")
-    _record_keys(name, records)
-    return _Table(name, pd.DataFrame.from_records(records), positions, unit)
+    frame = pd.DataFrame.from_records(kept, columns=[k for k in keys if _candidate(k, cfg)])
+    return _Table(name, frame, positions, unit, list(keys))
 
 
-def _record_keys(name: str, records: list[dict[str, Any]]) -> list[str]:
+def _record_keys(name: str, records: Iterable[dict[str, Any]]) -> list[str]:
     """The keys of ``records`` in order of first appearance: the columns of the loader's table."""
     keys: dict[str, None] = {}
     for record in records:
-        keys.update(dict.fromkeys(record))
-        if len(keys) > _MAX_RECORD_KEYS:  # the table would grow as records x keys
-            raise DataError(f"{name}: its records hold more than {_MAX_RECORD_KEYS} different keys. Keep the text and "
-                            "label keys (and a few more) in every record.")
-    return [str(k) for k in keys]
+        _add_keys(name, keys, record)
+    return list(keys)
+
+
+def _add_keys(name: str, keys: dict[str, None], record: dict[str, Any]) -> None:
+    keys.update(dict.fromkeys(record))  # JSON object keys are always strings
+    if len(keys) > _MAX_RECORD_KEYS:
+        raise DataError(f"{name}: its records hold more than {_MAX_RECORD_KEYS} different keys. Keep the text and "
+                        "label keys (and a few more) in every record.")
 
 
 def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
@@ -560,16 +615,34 @@ def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
         raise DataError(f"{name} is not a Parquet file (no PAR1 signature). Check the extension matches the format.")
     try:
         file = pq.ParquetFile(io.BytesIO(raw))
+        columns = _parquet_columns(name, file.schema_arrow)
+        kept = [c for c in columns if _candidate(c, cfg)]  # only these are decoded
         # All checked before the rows are decoded: a few KB of compressed Parquet can hold gigabytes.
         _check_rows(name, file.metadata.num_rows, cfg.max_rows)
+        _check_flat(name, file.schema_arrow, kept)
         _check_size(f"{name} (uncompressed)", _uncompressed_bytes(file.metadata), cfg)
-        _check_decoded(name, raw, file, cfg)
-        frame = file.read().to_pandas()
+        _check_decoded(name, raw, file, cfg, kept)
+        rows = file.metadata.num_rows
+        frame = file.read(columns=kept).to_pandas().reset_index(drop=True) if kept else pd.DataFrame(index=range(rows))
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
         raise DataError(f"{name} could not be read as Parquet ({exc}). Re-export the file.") from exc
-    return _Table(name, frame.reset_index(drop=True), list(range(1, len(frame) + 1)), "row")
+    return _Table(name, frame, list(range(1, rows + 1)), "row", columns)
+
+
+def _check_flat(name: str, schema: Any, columns: list[str]) -> None:
+    """Refuse a column that may be picked when it holds lists, maps or records: a text or a label is one value, and
+    a list of a hundred million nulls takes no bytes in Parquet and gigabytes once converted."""
+    import pyarrow as pa
+
+    for column in columns:
+        kind = schema.field(column).type
+        inner = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if pa.types.is_nested(inner):
+            raise DataError(f"{name}: column {column!r} holds {inner} values, not one text or label per row. Only "
+                            "one plain text and one label per row are supported (multi-label data is not); rename "
+                            "the column if it is neither.")
 
 
 def _uncompressed_bytes(metadata: Any) -> int:
@@ -583,18 +656,20 @@ _PARQUET_BATCH_ROWS = 1024
 """Rows decoded at a time by ``_check_decoded``: at most one such batch is decoded past the size cap."""
 
 
-def _check_decoded(name: str, raw: bytes, file: Any, cfg: DataConfig) -> None:
-    """Refuse a Parquet file whose columns take more than the size cap once decoded, decoding one batch of rows
+def _check_decoded(name: str, raw: bytes, file: Any, cfg: DataConfig, columns: list[str]) -> None:
+    """Refuse a Parquet file whose ``columns`` take more than the size cap once decoded, decoding one batch of rows
     at a time and stopping as soon as the cap is passed. Text columns are read dictionary-encoded: a value that
     a dictionary repeats on many rows is held once and sized per row through the indices."""
     import pyarrow.parquet as pq
 
-    texts = [f.name for f in file.schema_arrow if _is_text_type(f.type)]
+    if not columns:
+        return
+    texts = [f.name for f in file.schema_arrow if _is_text_type(f.type) and f.name in columns]
     delta = _delta_chunk_bytes(file.metadata)
     # pyarrow cannot read DELTA_BYTE_ARRAY text as a dictionary: those columns are decoded batch by batch.
     reader = pq.ParquetFile(io.BytesIO(raw), read_dictionary=[t for t in texts if t not in delta])
     total = 0
-    for batch in reader.iter_batches(batch_size=_batch_rows(delta, cfg)):
+    for batch in reader.iter_batches(batch_size=_batch_rows(delta, cfg), columns=columns):
         total += sum(_decoded_bytes(column) for column in batch.columns)
         _check_size(f"{name} (decoded)", total, cfg, at_least=True)
 
@@ -645,10 +720,10 @@ def _check_rows(name: str, rows: int, max_rows: int) -> None:
                         "limit (DataConfig.max_rows) on a machine with the memory for it.")
 
 
-def _row_cap_error(name: str, max_rows: int, line: int) -> DataError:
+def _row_cap_error(name: str, max_rows: int, position: int, unit: str = "line") -> DataError:
     """The row cap passed while parsing: reading stopped there, so the full count is unknown."""
-    return DataError(f"{name} has more rows than the {max_rows:,} row limit (reading stopped at line {line:,}). Use a "
-                     "sample, or raise the limit (DataConfig.max_rows) on a machine with the memory for it.")
+    return DataError(f"{name} has more rows than the {max_rows:,} row limit (reading stopped at {unit} {position:,}). "
+                     "Use a sample, or raise the limit (DataConfig.max_rows) on a machine with the memory for it.")
 
 
 _HEADER_LINE = re.compile(r"[\ufeff\r\n]*([^\r\n]*)")
@@ -661,9 +736,9 @@ def _csv_delimiter(text: str) -> str:
     return ";" if ";" in header and "," not in header else ","
 
 
-_PARSERS: dict[str, Callable[[str, str, int], _Table]] = {
-    "csv": lambda name, text, max_rows: _parse_delimited(name, text, _csv_delimiter(text), max_rows),
-    "tsv": lambda name, text, max_rows: _parse_delimited(name, text, "\t", max_rows),
+_PARSERS: dict[str, Callable[[str, str, DataConfig], _Table]] = {
+    "csv": lambda name, text, cfg: _parse_delimited(name, text, _csv_delimiter(text), cfg),
+    "tsv": lambda name, text, cfg: _parse_delimited(name, text, "\t", cfg),
     "jsonl": _parse_jsonl,
     "json": _parse_json,
 }
@@ -674,18 +749,17 @@ _PARSERS: dict[str, Callable[[str, str, int], _Table]] = {
 
 def _select_columns(table: _Table, cfg: DataConfig) -> pd.DataFrame:
     """Pick the text and label columns and check every row has both; returns ``[text, label]`` as str."""
-    columns = [str(c) for c in table.frame.columns]
-    if table.frame.empty:
-        raise DataError(f"{table.name} has a header ({', '.join(columns)}) but no data rows. Add rows below it.")
+    columns = table.columns
+    if not table.positions:
+        raise DataError(f"{table.name} has a header ({_listed(columns)}) but no data rows. Add rows below it.")
     text_col = _find_column(table.name, columns, cfg.text_col, TEXT_NAMES, "text", "--text-col")
     label_col = _find_column(table.name, columns, cfg.label_col, LABEL_NAMES, "label", "--label-col")
     if text_col == label_col:
         raise DataError(f"{table.name}: the text and the label column are both {text_col!r}. "
                         "Pass different columns with --text-col and --label-col.")
-    frame = table.frame.set_axis(columns, axis=1)
     out = pd.DataFrame({
-        "text": _as_str(table, frame[text_col], "text"),
-        "label": [s.strip() for s in _as_str(table, frame[label_col], "label")],
+        "text": _as_str(table, table.frame[text_col], "text"),
+        "label": [s.strip() for s in _as_str(table, table.frame[label_col], "label")],
     })
     _require_filled(table, out["text"], "empty text", "text")
     _require_filled(table, out["label"], "no label", "label")
@@ -694,7 +768,7 @@ def _select_columns(table: _Table, cfg: DataConfig) -> pd.DataFrame:
 
 def _find_column(name: str, columns: list[str], given: str | None, known: tuple[str, ...], role: str,
                  option: str) -> str:
-    listed = ", ".join(repr(c) for c in columns)
+    listed = _listed(columns)
     if given is not None:
         matches = [c for c in columns if c == given] or [c for c in columns if c.lower() == given.lower()]
         if not matches:
@@ -710,6 +784,12 @@ def _find_column(name: str, columns: list[str], given: str | None, known: tuple[
         raise DataError(f"{name}: no {role} column found (columns found: {listed}); expected one named "
                         f"{', '.join(known)}. Rename it, or pass the column with {option}.{hint}")
     return candidates[0]
+
+
+def _listed(columns: list[str], most: int = 30) -> str:
+    """Column names for a message: the first ``most`` of them, and how many more."""
+    shown = ", ".join(repr(c) for c in columns[:most])
+    return shown + (f" and {len(columns) - most:,} more" if len(columns) > most else "")
 
 
 def _as_str(table: _Table, column: pd.Series, role: str) -> list[str]:

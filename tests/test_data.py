@@ -531,3 +531,82 @@ def test_a_random_carve_keeps_every_label_in_train_and_a_label_of_a_shared_text_
     _frame(rows).to_csv(shared, index=False)
     for seed in range(60):
         assert load_data(shared, DataConfig(seed=seed, test_fraction=0.45)).labels == ["L", "M", "N"], seed
+
+
+def _parquet_bytes(table) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def test_only_the_columns_that_may_be_picked_are_read(tmp_path):
+    import pyarrow as pa
+
+    from clm_explore.data import _parse_table
+
+    texts, labels = ["good card", "bad rate", "card ok", "rate up"] * 3, ["a", "b"] * 6
+    # An unused column holding a list of ten million nulls: a 1 KB file (with 100 million, 2.3 GB once converted).
+    nulls = pa.ListArray.from_arrays(pa.array([0] * 12 + [10_000_000], pa.int32()), pa.nulls(10_000_000))
+    raw = _parquet_bytes(pa.table({"text": texts, "label": labels, "extra": nulls}))
+    assert len(raw) < 10_000 and len(load_upload(raw, "x.parquet").labels) == 2
+    (tmp_path / "x.parquet").write_bytes(raw)
+    rows = [{"text": t, "label": x, "meta": {"deep": [1, 2, 3]}, "n": i} for i, (t, x) in enumerate(zip(texts, labels))]
+    files = {"x.jsonl": "\n".join(json.dumps(r) for r in rows), "x.json": json.dumps(rows),
+             "x.parquet": None, "x.csv": "id,text,label,note\n" + "".join(f"{i},{t},{x},n\n" for i, (t, x) in enumerate(zip(texts, labels)))}
+    for name, content in files.items():
+        if content is not None:
+            (tmp_path / name).write_text(content)
+        table = _parse_table(tmp_path / name, (tmp_path / name).read_bytes, 1, DataConfig(), [])
+        assert list(table.frame.columns) == ["text", "label"], name  # the file's other columns are not held
+        assert table.columns[-1] in {"n", "note", "extra"} and len(table.positions) == 12
+    named = DataConfig(text_col="NOTE")  # a column asked for by name (any case) is kept
+    assert "note" in _parse_table(tmp_path / "x.csv", (tmp_path / "x.csv").read_bytes, 1, named, []).frame
+
+
+def test_a_nested_parquet_text_column_and_repeated_names_are_refused_in_plain_words(tmp_path):
+    import pyarrow as pa
+
+    from clm_explore.data import column_names
+
+    nested = pa.table({"text": pa.array([[None] * 3] * 4, type=pa.list_(pa.null())), "label": ["a", "b"] * 2})
+    with pytest.raises(DataError, match=r"column 'text' holds list<.*null> values, not one text"):
+        load_upload(_parquet_bytes(nested), "x.parquet")
+    twice = pa.Table.from_arrays([pa.array(["x", "y"] * 3), pa.array(["a", "b"] * 3), pa.array(["z"] * 6)],
+                                 names=["text", "label", "text"])
+    (tmp_path / "dup.parquet").write_bytes(_parquet_bytes(twice))
+    with pytest.raises(DataError, match="names column\\(s\\) 'text' more than once"):
+        load_data(tmp_path / "dup.parquet")
+    assert column_names(tmp_path / "dup.parquet") == []  # the app's picker offers none; the loader says why
+
+
+def test_a_json_file_of_too_many_values_is_refused_before_it_is_parsed(monkeypatch):
+    import clm_explore.data as data_module
+
+    monkeypatch.setattr(data_module, "_MAX_JSON_VALUES", 100)
+    rows = [{"text": f"card {i}", "label": "ab"[i % 2]} for i in range(20)]
+    many = json.dumps(rows + [{"text": "x", "label": "a", "extra": [{}] * 200}]).encode()
+    for name, raw in {"x.json": many, "x.jsonl": b'{"text": "x", "label": "a", "extra": [' + b"{}," * 200 + b"{}]}"}.items():
+        with pytest.raises(DataError, match="JSON values, above the 100 the loader reads"):
+            load_upload(raw, name)
+    # Commas and brackets inside the texts are not structure: 20 rows of 30 commas each still load.
+    commas = [{"text": "a, b, [c], {d}" * 10, "label": "ab"[i % 2]} for i in range(20)]
+    assert len(load_upload(json.dumps(commas).encode(), "x.json").labels) == 2
+
+
+def test_the_json_string_pattern_cannot_be_made_quadratic():
+    from clm_explore.data import _JSON_STRING
+
+    # An unclosed string followed by escaped quotes: a pattern that can fail rescans to the end from every quote.
+    hostile = '"' + '\\"' * 200_000 + "\\"
+    assert _JSON_STRING.sub("", hostile) == "" and _JSON_STRING.sub("", '["a,b", 1, "c]"]') == "[, 1, ]"
+
+
+def test_a_message_lists_at_most_thirty_column_names():
+    header = ",".join(f"c{i}" for i in range(40_000))
+    with pytest.raises(DataError, match=r"'c29' and 39,970 more\)") as err:
+        load_upload(f"{header}\n{','.join(['x'] * 40_000)}\n".encode(), "wide.csv")
+    assert len(str(err.value)) < 1_000
