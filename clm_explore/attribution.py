@@ -16,6 +16,8 @@ and twice the steps, and the result's ``note`` says so.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -122,7 +124,7 @@ def explain(
 
     Args:
         model: a sequence classifier; put in eval mode for the call (its previous mode is restored),
-            never otherwise changed.
+            never otherwise changed. Calls on one model from several threads take turns.
         tokenizer: the model's fast tokenizer (word ids and offsets are needed to merge pieces).
         texts: one text or a list of texts.
         cfg: steps, batching, truncation (``max_length`` None: DEFAULT_MAX_LENGTH, as no run is known here).
@@ -147,20 +149,36 @@ def explain(
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     results: list[TokenAttribution | None] = [None] * len(texts)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            for start in range(0, len(order), cfg.batch_size):
-                chunk = order[start : start + cfg.batch_size]
-                done = _explain_batch(
-                    model, tokenizer, [texts[i] for i in chunk], cfg, [targets[i] for i in chunk]
-                )
-                for i, res in zip(chunk, done, strict=True):
-                    results[i] = res
-    finally:
-        model.train(was_training)
+    with _model_lock(model):  # Captum hooks the model's input embeddings while it attributes
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                for start in range(0, len(order), cfg.batch_size):
+                    chunk = order[start : start + cfg.batch_size]
+                    done = _explain_batch(
+                        model, tokenizer, [texts[i] for i in chunk], cfg, [targets[i] for i in chunk]
+                    )
+                    for i, res in zip(chunk, done, strict=True):
+                        results[i] = res
+        finally:
+            model.train(was_training)
     return [r for r in results if r is not None]
+
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _model_lock(model: torch.nn.Module) -> threading.Lock:
+    """One lock per model object. While ``explain`` runs, a hook on the input embeddings swaps in its own
+    tensors, so a second ``explain`` on the same model at once (two app sessions share a cached run model) fails
+    on the first one's shapes: calls on one model take turns."""
+    with _LOCKS_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
 
 
 def _per_text_targets(

@@ -262,3 +262,30 @@ def test_round_trip_dict(loaded: LoadedModel) -> None:
 def test_config_validation(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         AttributionConfig(**kwargs)
+
+
+def test_two_threads_explaining_with_one_model_take_turns(loaded: LoadedModel) -> None:
+    import threading
+
+    # Two app sessions share a cached run model; Captum's hook on its embeddings made the other call fail on its
+    # shapes ("The size of tensor a (8) must match the size of tensor b (9)").
+    texts = {"short": ["card arrived"], "long": ["exchange rate card refund " * 4]}
+    cfg = AttributionConfig(n_steps=8)
+    expected = {k: explain(loaded.model, loaded.tokenizer, v, cfg)[0].scores for k, v in texts.items()}
+    errors: list[str] = []
+    wrong: list[str] = []
+
+    def work(key: str) -> None:
+        for _ in range(15):
+            try:
+                if explain(loaded.model, loaded.tokenizer, texts[key], cfg)[0].scores != pytest.approx(expected[key]):
+                    wrong.append(key)
+            except Exception as exc:  # noqa: BLE001 - any failure of the other thread's call counts
+                errors.append(repr(exc)[:120])
+
+    threads = [threading.Thread(target=work, args=(key,)) for key in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and wrong == []

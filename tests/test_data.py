@@ -554,9 +554,10 @@ def test_only_the_columns_that_may_be_picked_are_read(tmp_path):
     raw = _parquet_bytes(pa.table({"text": texts, "label": labels, "extra": nulls}))
     assert len(raw) < 10_000 and len(load_upload(raw, "x.parquet").labels) == 2
     (tmp_path / "x.parquet").write_bytes(raw)
-    rows = [{"text": t, "label": x, "meta": {"deep": [1, 2, 3]}, "n": i} for i, (t, x) in enumerate(zip(texts, labels))]
+    pairs = list(enumerate(zip(texts, labels, strict=True)))
+    rows = [{"text": t, "label": x, "meta": {"deep": [1, 2, 3]}, "n": i} for i, (t, x) in pairs]
     files = {"x.jsonl": "\n".join(json.dumps(r) for r in rows), "x.json": json.dumps(rows),
-             "x.parquet": None, "x.csv": "id,text,label,note\n" + "".join(f"{i},{t},{x},n\n" for i, (t, x) in enumerate(zip(texts, labels)))}
+             "x.parquet": None, "x.csv": "id,text,label,note\n" + "".join(f"{i},{t},{x},n\n" for i, (t, x) in pairs)}
     for name, content in files.items():
         if content is not None:
             (tmp_path / name).write_text(content)
