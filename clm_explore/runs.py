@@ -318,13 +318,17 @@ class RunStore:
     def mark_interrupted(self) -> list[str]:
         """Mark pending/running runs whose owning process (on this host) is gone as interrupted.
 
-        Call at app or server start. Runs owned by another host are left alone (their process
-        cannot be checked from here). Returns the ids that were marked.
+        Call at app or server start, and whenever runs are shown: a CLI run killed (``kill -9``) would otherwise stay
+        "running" for good, and could not be deleted. Cheap: it reads the unfinished rows only. Runs owned by another
+        host are left alone (their process cannot be checked from here). Returns the ids that were marked.
         """
         host = socket.gethostname()
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM runs WHERE status IN (?, ?)",
+                                (RunStatus.PENDING.value, RunStatus.RUNNING.value)).fetchall()
         marked = []
-        for record in self.list():
-            if record.is_terminal or record.host != host or record.pid is None:
+        for record in map(_record, rows):
+            if record.host != host or record.pid is None:
                 continue
             if not self._owner_alive(record):
                 self._update(
@@ -332,7 +336,7 @@ class RunStore:
                     {
                         "status": RunStatus.INTERRUPTED.value,
                         "updated": _now(),
-                        "error": "The process running this job stopped (server restart?).",
+                        "error": "The process running this run stopped (it was killed, or the server restarted).",
                     },
                 )
                 marked.append(record.id)
@@ -378,10 +382,10 @@ class RunStore:
 
         A folder outside ``root`` (registered with ``register_folder``) is only unregistered, never
         deleted: it belongs to whoever wrote it there. A pending or running run is refused unless
-        ``force`` (cancel its job first).
+        ``force`` (cancel its job first), or unless the process that owned it is gone.
         """
         record = self.get(run_id)
-        if not record.is_terminal and not force:
+        if not record.is_terminal and not force and self._owner_alive(record):
             raise RunStoreError(f"Run {run_id} is {record.status.value}; cancel it before deleting.")
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))

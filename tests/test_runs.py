@@ -240,3 +240,45 @@ def test_the_zip_leaves_out_a_killed_writers_temporary_file(tmp_path: Path) -> N
     (run.path / ".metrics.json.123.456.789.tmp").write_text("{half")
     names = zipfile.ZipFile(io.BytesIO(store.zip_run(run.id))).namelist()
     assert names == [f"{run.id}/metrics.json"]
+
+
+def test_a_run_whose_process_died_can_be_deleted_a_live_one_cannot(store: RunStore) -> None:
+    mine = store.create("alive", "sparse", {})
+    store.set_status(mine.id, RunStatus.RUNNING)
+    code = (
+        "from clm_explore.runs import RunStore, RunStatus; s = RunStore(); "
+        "r = s.create('dead', 'full', {}); s.set_status(r.id, RunStatus.RUNNING); print(r.id)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    dead_id = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+    with pytest.raises(RunStoreError, match="is running; cancel it"):
+        store.delete(mine.id)
+    store.delete(dead_id)  # a killed CLI run stayed "running" and could not be removed
+    assert [r.id for r in store.list()] == [mine.id]
+
+
+def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CLM_EXPLORE_RUNS": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "clm_explore.cli", "finetune", "--data", str(data), "--model", "tiny-random",
+           "--method", "head", "--epochs", "100000", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not any(
+                r.status is RunStatus.RUNNING for r in RunStore(tmp_path / "runs").list()):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # what `kill`, `timeout` and batch schedulers send
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err, err
+    (record,) = RunStore(tmp_path / "runs").list()
+    assert record.status is RunStatus.CANCELLED

@@ -9,12 +9,15 @@ without a traceback, with exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +157,24 @@ def in_flags(exc: BaseException, parser: argparse.ArgumentParser, command: str) 
     return re.sub(r"(?<![\w/.\-])[a-z][a-z0-9_]*(?![\w/.\-])", flag, text)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A plain ``kill`` (or a scheduler's, or ``timeout``'s SIGTERM) stops a command as Ctrl+C does: a finetune
+    marks its run cancelled, a bench keeps its finished cells. Only the main thread may set a signal handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -161,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except user_error_types() as exc:
         print(f"error: {in_flags(exc, parser, args.command)}", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,12 +125,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     cfg = bench_config(args)
     data_cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
-    # A plain `kill` should stop the running cell too, as Ctrl+C does (the grid resumes later).
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result = run_grid(args.data, cfg, args.out, data_cfg)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result = run_grid(args.data, cfg, args.out, data_cfg)  # a plain `kill` stops it as Ctrl+C does (cli.main)
     summary = result.summary
     if args.json:
         print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
@@ -226,5 +220,3 @@ def _name(method: str, budget: float) -> str:
     return method if math.isnan(budget) else f"{method}@{budget:g}"
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

@@ -18,7 +18,10 @@ from clm_explore.ui.views import escape_markdown
 
 
 def store() -> RunStore:
-    return cache.run_store(str(default_root().resolve()))
+    """The server's run registry, with runs whose process died (a killed CLI run) marked interrupted."""
+    runs = cache.run_store(str(default_root().resolve()))
+    runs.mark_interrupted()
+    return runs
 
 
 @st.cache_resource(show_spinner=False)
