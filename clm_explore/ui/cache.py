@@ -176,9 +176,10 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
         return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows).read_bytes()
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, ttl=3600)
 def pruned_uploads(root: str) -> list[str]:
-    """Once per server (and uploads folder): old sessions' uploads deleted (``state.prune_uploads``)."""
+    """When a server starts, then at most hourly (on the next page shown): old sessions' uploads deleted
+    (``state.prune_uploads``). Not only at start: a server may run for weeks."""
     return state.prune_uploads(Path(root), state.upload_max_days())
 
 

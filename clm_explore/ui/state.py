@@ -173,7 +173,20 @@ def uploads_root() -> Path:
 
 
 UPLOAD_DAYS = 7.0
-"""Default age (days since the last upload) after which a session's upload folder is deleted when a server starts."""
+"""Default age (days since the last upload) after which a session's upload folder is deleted (checked when a server
+starts, then hourly)."""
+UPLOADS_TOTAL_MB = 2_000.0
+"""Default cap on all sessions' uploads together: every reload is a new session with room for five files, so
+without it a long-running server's disk fills from one browser."""
+
+
+def uploads_total_mb() -> float:
+    """``$CLM_EXPLORE_UPLOADS_MB`` (0: no cap), else UPLOADS_TOTAL_MB."""
+    raw = os.environ.get("CLM_EXPLORE_UPLOADS_MB")
+    try:
+        return max(0.0, float(raw)) if raw else UPLOADS_TOTAL_MB
+    except ValueError:
+        return UPLOADS_TOTAL_MB
 
 
 def upload_max_days() -> float:
@@ -233,6 +246,7 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataCh
         raise ValueError(f"Refusing upload name {filename!r}.")
     target.write_bytes(raw)
     _keep_newest_uploads(folder, UPLOADS_KEPT)
+    _keep_uploads_under(folder.parent, uploads_total_mb() * 2**20, target)
     return DataChoice("upload", str(target), shown, digest=digest)
 
 
@@ -257,6 +271,27 @@ def _keep_newest_uploads(folder: Path, keep: int) -> None:
     files = sorted((f for f in folder.iterdir() if f.is_file()), key=lambda f: f.stat().st_mtime_ns, reverse=True)
     for old in files[keep:]:
         old.unlink(missing_ok=True)
+
+
+def _keep_uploads_under(root: Path, max_bytes: float, kept: Path) -> list[Path]:
+    """Delete the oldest uploads of every session under ``root`` until they take at most ``max_bytes`` together
+    (0: no cap); never ``kept``, the file just saved. A session whose file goes is told on its next page to upload
+    it again, as after ``prune_uploads``. Returns the deleted files."""
+    if max_bytes <= 0:
+        return []
+    files = [f for f in root.glob("*/*") if f.is_file() and not f.is_symlink()]
+    stats = {f: f.stat() for f in files}
+    total = sum(info.st_size for info in stats.values())
+    deleted = []
+    for old in sorted(files, key=lambda f: stats[f].st_mtime_ns):
+        if total <= max_bytes:
+            break
+        if old == kept:
+            continue
+        old.unlink(missing_ok=True)
+        total -= stats[old].st_size
+        deleted.append(old)
+    return deleted
 
 
 def upload_choice(raw: bytes, filename: str, current: DataChoice | None) -> DataChoice:

@@ -385,6 +385,20 @@ def test_prune_uploads_deletes_only_old_session_folders(tmp_path: Path) -> None:
     assert prune_uploads(tmp_path / "missing", 7, now=now) == []
 
 
+def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monkeypatch) -> None:
+    # Each reload is a new session with room for five files: the cap is over every session's folder.
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))  # 2.5 KiB
+    kb = b"text,label\n" + b"x" * 1013
+    for i, session in enumerate(("s1", "s2", "s3", "s4")):
+        save_upload(kb + bytes([65 + i]), f"f{i}.csv", folder=tmp_path / session)
+        os.utime(tmp_path / session / f"f{i}.csv", (1000 + i, 1000 + i))  # in upload order, whatever the clock
+    left = sorted(f.relative_to(tmp_path).as_posix() for f in tmp_path.glob("*/*"))
+    assert left == ["s3/f2.csv", "s4/f3.csv"]  # the oldest went first, the file just saved stays
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.000001")  # below one file: the new file is still kept
+    save_upload(kb, "big.csv", folder=tmp_path / "s5")
+    assert [f.name for f in tmp_path.glob("*/*")] == ["big.csv"]
+
+
 def test_a_session_keeps_its_newest_uploads_only(tmp_path: Path) -> None:
     from clm_explore.ui.state import UPLOADS_KEPT
 
