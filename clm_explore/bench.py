@@ -325,10 +325,7 @@ def _cell_score(score: str) -> str:
 
 def finished(cell_dir: Path) -> bool:
     """True when the cell's metrics.json exists and says it succeeded."""
-    try:
-        return json.loads((cell_dir / "metrics.json").read_text()).get("status") == "succeeded"
-    except (OSError, ValueError):
-        return False
+    return read_metrics(cell_dir).get("status") == "succeeded"
 
 
 def stale_settings(cell: Cell, metrics: dict, epochs: int | None = None) -> list[tuple[str, Any, Any]]:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from clm_explore.runs import read_json_object
+
 if TYPE_CHECKING:
     from clm_explore.bench import Cell
 
@@ -32,10 +34,8 @@ OUT_OF_SCOPE_KEYS = {"oos_accuracy": "accuracy", "oos_macro_f1": "macro_f1", "oo
 
 
 def read_metrics(cell_dir: Path) -> dict:
-    try:
-        return json.loads((cell_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    """A cell's metrics.json; {} when missing, unreadable or not a JSON object."""
+    return read_json_object(cell_dir / "metrics.json")
 
 
 def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:

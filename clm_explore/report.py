@@ -10,7 +10,6 @@ labels, words, paths) goes through ``html.escape``: ``esc`` for the page, ``plot
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 from datetime import datetime
@@ -23,6 +22,7 @@ import plotly.graph_objects as go
 from clm_explore.attribution import AttributionConfig, TokenAttribution
 from clm_explore.casestudy import CaseStudy, Comparison, case_study, is_group_word
 from clm_explore.metrics import confusion_table
+from clm_explore.runs import read_json_object
 
 METRIC_KEYS = (
     "method", "accuracy", "macro_f1", "seed", "epochs", "train_seconds", "examples_per_second",
@@ -55,10 +55,8 @@ def plot_text(value: Any) -> str:
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    """The run's metrics.json; {} when missing, unreadable or not a JSON object (a report must not fail on it)."""
+    return read_json_object(run_dir / "metrics.json")
 
 
 def mask_table(run_dir: Path) -> pd.DataFrame:

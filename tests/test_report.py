@@ -238,3 +238,12 @@ def test_cli_report_data_with_named_columns(tmp_path: Path, tiny_data, capsys) -
     assert "--text-col" in _cli(capsys, base, code=2)[1]
     out, _ = _cli(capsys, [*base, "--text-col", "words", "--label-col", "answer"])
     assert "report written to" in out and "6 of " in out and "rows attributed" in out
+
+
+def test_a_report_of_a_run_whose_metrics_are_not_an_object_still_builds(tmp_path: Path, tiny_data) -> None:
+    from clm_explore.report import read_metrics
+
+    run = make_run(tmp_path, tiny_data, 0)
+    (run / "metrics.json").write_text("[1, 2]")  # valid JSON, not an object: m.get failed in the report
+    assert read_metrics(run) == {}
+    assert build_report(run, out_path=tmp_path / "r.html", max_rows=2).is_file()
