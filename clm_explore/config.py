@@ -48,6 +48,9 @@ class DataConfig:
     max_labels: int = 1_000
     """Data with more distinct train labels is refused: mining, the metrics and the confusion matrix grow with
     labels x labels and groups x labels."""
+    max_label_chars: int = 200
+    """Longer train labels are refused: a label names a class, and one of thousands of characters is most often a
+    text column taken for the label (each is stored in every run's metrics and drawn on every chart)."""
     validation_fraction: float = 0.1
     """Share of train carved out as validation when the data has no validation split."""
     test_fraction: float = 0.2
@@ -60,6 +63,7 @@ class DataConfig:
         _check(self.max_file_mb > 0, f"max_file_mb must be > 0, got {self.max_file_mb}")
         _check(self.max_rows >= 1, f"max_rows must be >= 1, got {self.max_rows}")
         _check(self.max_labels >= 2, f"max_labels must be >= 2, got {self.max_labels}")
+        _check(self.max_label_chars >= 1, f"max_label_chars must be >= 1, got {self.max_label_chars}")
         _check(0 <= self.validation_fraction < 0.5, f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
 

@@ -825,7 +825,7 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     """Check the train labels, carve the missing splits and build ``AnnotatedData``."""
     train = frames.get("train", frames.get("all"))
     assert train is not None
-    _check_labels(train_name, train, cfg.max_labels)
+    _check_labels(train_name, train, cfg.max_labels, cfg.max_label_chars)
     test = frames.get("test")
     if test is None:
         train, test = _carve(train, cfg.test_fraction, cfg.seed, "test", notes)
@@ -836,11 +836,16 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     return AnnotatedData(*parts, labels=sorted(parts[0]["label"].unique()), source=source, notes=notes)
 
 
-def _check_labels(name: str, frame: pd.DataFrame, max_labels: int) -> None:
+def _check_labels(name: str, frame: pd.DataFrame, max_labels: int, max_chars: int) -> None:
     counts = frame["label"].value_counts()
     if len(counts) > max_labels:
         raise DataError(f"{name}: {len(counts):,} different labels, above the {max_labels:,} label limit. Is the label "
                         "column right (--label-col)? Otherwise merge rare labels, or raise DataConfig.max_labels.")
+    longest = max(counts.index, key=len)
+    if len(longest) > max_chars:
+        raise DataError(f"{name}: a label is {len(longest):,} characters long ({longest[:40]!r}...), above the "
+                        f"{max_chars:,}-character limit for a class name. Is the label column right (--label-col)? "
+                        "Otherwise shorten the labels, or raise DataConfig.max_label_chars.")
     if len(counts) < 2:
         raise DataError(f"{name}: every row has the same label {counts.index[0]!r} ({len(frame)} rows). A classifier "
                         "needs at least two labels; check the label column (--label-col).")

@@ -97,6 +97,11 @@ class RunRecord:
     def is_terminal(self) -> bool:
         return self.status.is_terminal
 
+    def full_metrics(self) -> dict[str, Any]:
+        """``metrics`` with the per-label figures the registry leaves out (``PER_LABEL_METRICS``), from the run
+        folder's metrics.json."""
+        return {**self.metrics, **read_json_object(self.path / "metrics.json")}
+
 
 def default_root() -> Path:
     """``$CLM_EXPLORE_RUNS`` or ``./runs``."""
@@ -236,7 +241,7 @@ class RunStore:
                 status: RunStatus) -> RunRecord:
         """A registered folder's record replaced by what the folder holds now; a pending one owned by this process."""
         pid = os.getpid()
-        self._update(record.id, {"method": method, "config": _dumps(config), "metrics": _dumps(metrics),
+        self._update(record.id, {"method": method, "config": _dumps(config), "metrics": _dumps(_summary(metrics)),
                                  "status": status.value, "error": None, "updated": _now(),
                                  "host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid)})
         return self.get(record.id)
@@ -266,7 +271,7 @@ class RunStore:
                     now,
                     now,
                     _dumps(config),
-                    _dumps(metrics),
+                    _dumps(_summary(metrics)),
                     socket.gethostname(),
                     pid,
                     _process_start(pid),
@@ -289,7 +294,7 @@ class RunStore:
         if status is RunStatus.SUCCEEDED:
             on_disk = read_json_object(record.path / "metrics.json")
             if on_disk:
-                sets["metrics"] = _dumps({**record.metrics, **on_disk})
+                sets["metrics"] = _dumps(_summary({**record.metrics, **on_disk}))
             meta = read_json_object(record.path / "clm_run.json")
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
                 sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
@@ -304,7 +309,7 @@ class RunStore:
                 raise RunStoreError(f"No run with id {run_id!r}.")
             merged = {**json.loads(row["metrics"]), **metrics}
             conn.execute(
-                "UPDATE runs SET metrics = ?, updated = ? WHERE id = ?", (_dumps(merged), _now(), run_id)
+                "UPDATE runs SET metrics = ?, updated = ? WHERE id = ?", (_dumps(_summary(merged)), _now(), run_id)
             )
         return self.get(run_id)
 
@@ -453,6 +458,16 @@ def trained_max_length(run_dir: Path) -> int:
         return int(json.loads((Path(run_dir) / "clm_run.json").read_text())["config"]["max_length"])
     except (OSError, ValueError, KeyError, TypeError):
         return FinetuneConfig.max_length
+
+
+PER_LABEL_METRICS = ("confusion", "confusion_unseen", "per_label_f1", "labels")
+"""Figures of metrics.json that grow with the labels (a confusion matrix of 1,000 labels is a million counts). The
+registry leaves them out: every open page lists the runs, up to once a second; ``RunRecord.full_metrics`` reads
+them from the folder."""
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in PER_LABEL_METRICS}
 
 
 def _dumps(obj: Any) -> str:

@@ -33,12 +33,13 @@ if mismatch:
     st.warning(mismatch)
     st.stop()
 run_views.render_metrics_side_by_side(a, b, key="cmp")
+full_a, full_b = a.full_metrics(), b.full_metrics()  # the registry keeps no per-label figures
 c1, c2 = st.columns(2)
 with c1:
-    run_views.confusion(a.metrics, f"A: {a.method}", key="cmp_a")
+    run_views.confusion(full_a, f"A: {a.method}", key="cmp_a")
 with c2:
-    run_views.confusion(b.metrics, f"B: {b.method}", key="cmp_b")
-run_views.f1_difference(a.metrics, b.metrics, key="cmp")
+    run_views.confusion(full_b, f"B: {b.method}", key="cmp_b")
+run_views.f1_difference(full_a, full_b, key="cmp")
 
 st.subheader("Where they disagree")
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}

@@ -34,7 +34,7 @@ with c1:
     st.json(run.config, expanded=1)
 with c2:
     st.markdown("**Metrics**")
-    st.json({k: v for k, v in run.metrics.items() if k not in ("confusion", "per_label_f1")}, expanded=1)
+    st.json(run.metrics, expanded=1)  # the registry keeps no per-label figures (runs.PER_LABEL_METRICS)
 
 c1, c2 = st.columns(2)
 with c1:

@@ -611,3 +611,10 @@ def test_a_message_lists_at_most_thirty_column_names():
     with pytest.raises(DataError, match=r"'c29' and 39,970 more\)") as err:
         load_upload(f"{header}\n{','.join(['x'] * 40_000)}\n".encode(), "wide.csv")
     assert len(str(err.value)) < 1_000
+
+
+def test_a_label_longer_than_a_class_name_is_refused():
+    rows = "".join(f"text {i},{'ab'[i % 2] * (1 if i % 2 else 300)}\n" for i in range(10))
+    with pytest.raises(DataError, match="a label is 300 characters long .* above the 200-character limit"):
+        load_upload(f"text,label\n{rows}".encode(), "x.csv")
+    assert len(load_upload(f"text,label\n{rows}".encode(), "x.csv", DataConfig(max_label_chars=300)).labels) == 2

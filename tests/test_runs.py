@@ -282,3 +282,16 @@ def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -
     assert proc.returncode == 130 and "interrupted" in err, err
     (record,) = RunStore(tmp_path / "runs").list()
     assert record.status is RunStatus.CANCELLED
+
+
+def test_the_registry_keeps_no_per_label_figures_and_the_folder_gives_them(store: RunStore) -> None:
+    run = store.create("wide", "sparse", {})
+    metrics = {"accuracy": 0.5, "labels": ["a", "b"], "confusion": [[1, 0], [1, 0]], "per_label_f1": {"a": 0.67}}
+    (run.path / "metrics.json").write_text(json.dumps(metrics))
+    store.set_status(run.id, RunStatus.SUCCEEDED)  # loads metrics.json, as a finished job does
+    record = store.get(run.id)
+    assert record.metrics == {"accuracy": 0.5}  # a 1,000-label run put a million counts in every registry read
+    assert record.full_metrics() == metrics
+    store.update_metrics(run.id, {"confusion": [[2]], "lr": 0.1})
+    assert store.get(run.id).metrics == {"accuracy": 0.5, "lr": 0.1}
+    assert store.register_folder(run.path).metrics == {"accuracy": 0.5}
