@@ -33,6 +33,7 @@ from clm_explore.masks import budget_to_params, select_mask
 from clm_explore.modeling import (
     LoadedModel,
     ModelSourceError,
+    head_module_name,
     head_parameter_names,
     load_model,
     resolve_device,
@@ -92,7 +93,7 @@ def prepare_bitfit(ctx: MethodContext) -> Prepared:
 
 
 def _head_modules(model: nn.Module) -> list[str]:
-    return sorted({n.rsplit(".", 1)[0] for n in head_parameter_names(model)})
+    return [head_module_name(model)]
 
 
 def _trainable_group(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -110,7 +111,7 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
 
     r = ctx.cfg.lora_r
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
-                        modules_to_save=_head_modules(ctx.loaded.model))
+                        target_modules=_lora_targets(ctx.loaded.model), modules_to_save=_head_modules(ctx.loaded.model))
     peft_model = get_peft_model(ctx.loaded.model, config)
 
     def finalize() -> PreTrainedModel:
@@ -119,6 +120,17 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
 
     return Prepared(peft_model, _trainable_group(peft_model, ctx.cfg.weight_decay), finalize,
                     info={"lora_r": r, "lora_alpha": 2 * r})
+
+
+def _lora_targets(model: nn.Module) -> list[str] | None:
+    """None (peft's own query/value targets) where peft knows the architecture; else the query and value maps'
+    names as the row scores find them (MPNet's ``q`` and ``v``), so that LoRA adapts the same maps everywhere."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
+
+    if KNOWN.get(model.config.model_type):
+        return None
+    found = sorted({name.rsplit(".", 1)[-1] for name, (_, _, kind) in scored_linears(model).items() if kind in ("q", "v")})
+    return found or None
 
 
 @register_method("prefix")
@@ -137,6 +149,17 @@ def prepare_prefix(ctx: MethodContext) -> Prepared:
 
     return Prepared(peft_model, _trainable_group(peft_model, 0.0), finalize,
                     info={"prefix_tokens": ctx.cfg.prefix_tokens, "adapter": ADAPTER_DIR})
+
+
+def takes_a_prefix(model: PreTrainedModel) -> bool:
+    """Whether peft's prefix tuning can feed this model its prefixes: its forward or its backbone's takes
+    ``past_key_values``, or the backbone takes transformers 5's ``cache`` (``_accept_prefix_cache``). MPNet takes
+    neither."""
+    import inspect
+
+    backbone = inspect.signature(model.base_model.forward).parameters
+    return ("past_key_values" in inspect.signature(model.forward).parameters or "past_key_values" in backbone
+            or "cache" in backbone)
 
 
 def _accept_prefix_cache(model: PreTrainedModel) -> None:

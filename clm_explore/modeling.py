@@ -223,17 +223,26 @@ def load_run(run_dir: str | Path) -> LoadedModel:
 
 
 def _check_linear_head(model: PreTrainedModel) -> None:
-    """The head warm-up, the centroid head and the row scores read the head as one linear map over the pooled
-    state (BERT's ``classifier``, a decoder's ``score``); refuse other heads instead of training them wrongly."""
+    """The head warm-up and the row scores read the head as one module over the pooled state: one linear map
+    (BERT's ``classifier``, a decoder's ``score``) or a dense layer then a linear one over the first token
+    (RoBERTa's and MPNet's ``classifier``, ``is_two_layer_head``); refuse other heads instead of training them
+    wrongly."""
     head = getattr(model, "classifier", None) or getattr(model, "score", None)
-    pre_head = hasattr(model, "pre_classifier")  # DistilBERT: a new dense layer the head warm-up would not train
-    if not isinstance(head, torch.nn.Linear) or pre_head:
+    pre_head = hasattr(model, "pre_classifier")  # DistilBERT: a new dense layer outside the head module
+    if not (isinstance(head, torch.nn.Linear) or is_two_layer_head(head)) or pre_head:
         kind = (type(head).__name__ if head is not None else "none found") + (" after pre_classifier" if pre_head else "")
         raise ModelSourceError(
             f"{model.config.model_type} models are not supported: clm-explore needs a classification head that is "
-            f"one linear layer (`classifier` as in BERT and MiniLM, or `score` as in Llama, SmolLM2 and Qwen2); "
-            f"this model's head is {kind}."
+            f"one linear layer (`classifier` as in BERT and MiniLM, or `score` as in Llama, SmolLM2 and Qwen2) or a "
+            f"dense and an output layer over the first token (RoBERTa, MPNet); this model's head is {kind}."
         )
+
+
+def is_two_layer_head(head: object) -> bool:
+    """RoBERTa's, XLM-R's, ELECTRA's and MPNet's head: ``dense`` then ``out_proj`` over the first token's state,
+    called on the whole sequence of states (it takes the first itself)."""
+    return (isinstance(getattr(head, "dense", None), torch.nn.Linear)
+            and isinstance(getattr(head, "out_proj", None), torch.nn.Linear))
 
 
 _DECODER_TYPES = {"llama", "mistral", "qwen2", "gpt2", "gpt_neox", "phi", "gemma", "smollm"}
@@ -305,8 +314,26 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def head_parameter_names(model: PreTrainedModel) -> list[str]:
-    """Names of the classification head's parameters (BERT ``classifier``, decoders ``score``)."""
+    """Names of the classification head's parameters (BERT ``classifier``, decoders ``score``; RoBERTa's and
+    MPNet's ``classifier`` holds its dense layer too, new in a checkpoint without a head: trained as the head)."""
     return [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
+
+
+def head_module_name(model: PreTrainedModel) -> str:
+    """The classification head's module: ``classifier`` or ``score``."""
+    return head_parameter_names(model)[0].split(".")[0]
+
+
+def head_logits(head: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """The head's logits from (rows, hidden) pooled states; a two-layer head is handed them as one-token
+    sequences, as it takes the first token's state itself."""
+    return head(pooled) if isinstance(head, torch.nn.Linear) else head(pooled[:, None, :])
+
+
+def head_classes(head: torch.nn.Module) -> int:
+    """Labels the head scores (its output layer's width)."""
+    out = head if isinstance(head, torch.nn.Linear) else head.out_proj
+    return int(out.out_features)
 
 
 ABOVE_LAYERS = 10**6

@@ -32,6 +32,9 @@ from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.modeling import (
     LoadedModel,
     ModelSourceError,
+    head_classes,
+    head_logits,
+    head_module_name,
     head_parameter_names,
     pooled_positions,
     resolve_device,
@@ -39,11 +42,11 @@ from clm_explore.modeling import (
 )
 from clm_explore.prefix_cache import PrefixCache
 
-MODULE_PATTERNS = (
-    (r"attention\.self\.query$|self_attn\.q_proj$", "q"),
-    (r"attention\.self\.key$|self_attn\.k_proj$", "k"),
-    (r"attention\.self\.value$|self_attn\.v_proj$", "v"),
-    (r"attention\.output\.dense$|self_attn\.o_proj$", "o"),
+MODULE_PATTERNS = (  # BERT and RoBERTa, Llama-style decoders, MPNet (attention.attn.q)
+    (r"attention\.self\.query$|self_attn\.q_proj$|attention\.attn\.q$", "q"),
+    (r"attention\.self\.key$|self_attn\.k_proj$|attention\.attn\.k$", "k"),
+    (r"attention\.self\.value$|self_attn\.v_proj$|attention\.attn\.v$", "v"),
+    (r"attention\.output\.dense$|self_attn\.o_proj$|attention\.attn\.o$", "o"),
     (r"intermediate\.dense$|mlp\.up_proj$", "ffn_in"),
     (r"mlp\.gate_proj$", "ffn_gate"),
     (r"(?<!attention\.)output\.dense$|mlp\.down_proj$", "ffn_out"),
@@ -349,19 +352,25 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     Returns the head's state dict (also loaded into the model).
     """
     model = loaded.model
-    head_name = head_parameter_names(model)[0].rsplit(".", 1)[0]
-    head: nn.Linear = model.get_submodule(head_name)
+    head_name = head_module_name(model)
+    head = model.get_submodule(head_name)
     feats, labels = _head_inputs(loaded, head, batches, device, prefix)
     if cfg.head_init == "centroid":
+        if not isinstance(head, nn.Linear):
+            raise ConfigError(f"head_init 'centroid' sets a head of one linear layer; this {model.config.model_type} "
+                              "head has a dense layer before it. Use head_init 'loaded'.")
         centroid_head(head, feats, labels, cfg.centroid_scale)
     gen = torch.Generator().manual_seed(cfg.rng_seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
-    for _ in range(cfg.warmup_epochs_for(len(feats), head.out_features)):
+    was_training = head.training
+    head.train()  # a two-layer head's dropout, as in finetuning (a linear head has none)
+    for _ in range(cfg.warmup_epochs_for(len(feats), head_classes(head))):
         for idx in torch.randperm(len(feats), generator=gen).split(cfg.batch_size):
-            loss = nn.functional.cross_entropy(head(feats[idx]), labels[idx])
+            loss = nn.functional.cross_entropy(head_logits(head, feats[idx]), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+    head.train(was_training)
     return {f"{head_name}.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
 
@@ -402,8 +411,10 @@ def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], dev
             with fed(prefix, b):
                 loaded.model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device))
             x = captured[0]
-            if x.dim() == 3:  # decoders score every position; the head reads the one the model pools
-                x = x[torch.arange(len(x)), pooled_positions(b.input_ids, loaded.model.config.pad_token_id).to(device)]
+            if x.dim() == 3:  # the head reads one position: the one a decoder pools, an encoder's first
+                at = (pooled_positions(b.input_ids, loaded.model.config.pad_token_id) if loaded.is_decoder
+                      else torch.zeros(len(x), dtype=torch.long))
+                x = x[torch.arange(len(x)), at.to(device)]
             feats.append(x.float())
     finally:
         handle.remove()

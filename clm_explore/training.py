@@ -258,7 +258,7 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     """Refuse, before any mining, scoring or training, a method this model cannot run: for a row method no linear
     map it can score, a layer floor above the model, a budget above the backbone or below the cheapest row it may
     pick; for whole layers a budget above the backbone; BitFit on a model without biases (it would be a linear
-    probe under BitFit's name).
+    probe under BitFit's name); prefix tuning on a model that takes no past key values (MPNet).
 
     Raises:
         ModelSourceError, ConfigError: with what to change (``finetune`` calls it; the CLI and the app call it
@@ -268,6 +268,12 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     if cfg.method == "bitfit" and not any(n.endswith(".bias") for n, _ in backbone_named_parameters(model)):
         raise ConfigError(f"{type(model).__name__} has no bias terms outside its head, so BitFit would train the head "
                           "alone: use --method head for that.")
+    if cfg.method == "prefix":
+        from clm_explore.baselines import takes_a_prefix
+
+        if not takes_a_prefix(model):
+            raise ConfigError(f"{type(model).__name__} takes no past key values, through which prefix tuning (peft) "
+                              "feeds its prefixes: use --method lora for an adapter baseline.")
     if cfg.method == "layers":
         try:
             budget_to_params(cfg.mask.budget, backbone_parameter_count(model))

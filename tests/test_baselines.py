@@ -220,3 +220,52 @@ def test_lora_and_layers_decay_the_matrices_they_train_and_no_bias(tiny_data, tm
         finetune(tiny_data, replace(_cfg(method, budget=0.5), weight_decay=0.1), tmp_path / method,
                  source="tiny-random")
         assert sorted(seen[method], key=lambda g: g[0]) == [(0.0, {1}), (0.1, {2})], method
+
+
+def save_two_layer_head_model(folder, family: str) -> str:
+    """A tiny random RoBERTa or MPNet folder (a dense layer then an output layer as the head) with the tiny
+    tokenizer."""
+    from transformers import MPNetConfig, RobertaConfig
+
+    from clm_explore.modeling import load_model
+
+    tok = load_model("tiny-random").tokenizer
+    shape = {"vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 37, "max_position_embeddings": 130, "pad_token_id": tok.pad_token_id}
+    config = RobertaConfig(**shape) if family == "roberta" else MPNetConfig(**shape)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("family", ["roberta", "mpnet"])
+def test_models_with_a_two_layer_head_run_every_method(family, tiny_data, tmp_path):
+    from clm_explore.config import ConfigError
+    from clm_explore.modeling import load_model
+    from clm_explore.sensitivity import scored_linears
+
+    source = save_two_layer_head_model(tmp_path / family, family)
+    loaded = load_model(source, tiny_data.labels)
+    kinds = {kind for _, _, kind in scored_linears(loaded.model).values()}
+    assert kinds == {"q", "k", "v", "o", "ffn_in", "ffn_out"}  # MPNet names its maps attention.attn.q ...
+    assert head_parameter_names(loaded.model) == ["classifier.dense.weight", "classifier.dense.bias",
+                                                  "classifier.out_proj.weight", "classifier.out_proj.bias"]
+    for method in ("sparse", "head", "full", "lora", "bitfit", "layers", "random", "prefix"):
+        cfg = _cfg(method)
+        if method == "prefix" and family == "mpnet":  # MPNet takes no past key values: refused in plain words
+            with pytest.raises(ConfigError, match="takes no past key values.*--method lora"):
+                finetune(tiny_data, cfg, tmp_path / method, source=source)
+            continue
+        result = finetune(tiny_data, cfg, tmp_path / family / method, source=source)
+        assert result.status == "succeeded" and np.isfinite(result.metrics["accuracy"]), method
+        if method in ("sparse", "random"):  # the budget spent on the backbone; the whole two-layer head trained
+            report = SensitivityReport.load(result.out_dir / "sensitivity")
+            assert "classifier.dense.weight" not in report.matrices and report.head_params == sum(
+                p.numel() for n, p in loaded.model.named_parameters() if n.startswith("classifier."))
+            assert 0 < result.metrics["selected_params"] <= budget_to_params(0.05, report.backbone_params)
+        reloaded = AutoModelForSequenceClassification.from_pretrained(result.out_dir)
+        assert reloaded.config.model_type == family and reloaded.config.id2label[0] == tiny_data.labels[0]
+    with pytest.raises(ConfigError, match="centroid.*dense layer before it"):
+        finetune(tiny_data, replace(_cfg("sparse"), sensitivity=SensitivityConfig(calibration_rows=80,
+                 head_init="centroid")), tmp_path / "centroid", source=source)
+
