@@ -302,6 +302,9 @@ def prepare_layers(ctx: MethodContext) -> Prepared:
     info = {"layers": layers, "lowest_layer": min(layers), "prep_seconds": seconds, "budget": ctx.cfg.mask.budget,
             "selected_params": selected, "budget_share": selected / max(report.backbone_params, 1),
             "over_budget": selected > budget}
+    if selected > budget:  # printed by finetune and shown in the app, as the row methods' budget notes are
+        info["budget_note"] = (f"no whole layer fits the budget of {budget:,} parameters: the top-ranked layer "
+                               f"trains anyway ({selected:,} parameters, {info['budget_share']:.1%} of the backbone)")
     return Prepared(model, [g for g in groups if g["params"]], lambda: model, info=info)
 
 

@@ -166,7 +166,7 @@ class BenchConfig:
         except ConfigError as exc:
             raise BenchError(str(exc)) from exc
         if self.shots < 0 or self.limit < 0:
-            raise BenchError(f"shots and limit must be >= 0, got {self.shots} and {self.limit}")
+            raise BenchError(f"--shots and --limit must be >= 0, got {self.shots} and {self.limit}")
         if self.lr and self.tune_lr:
             raise BenchError("give fixed learning rates or tune them, not both")
         stray = [m for m in self.lr if m not in self.methods]

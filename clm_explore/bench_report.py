@@ -140,18 +140,24 @@ def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFr
     failed = results[results["status"] != "succeeded"]
     esc = html.escape
     body = [f"<h1>clm-explore benchmark</h1><p>{esc(json.dumps(config))}</p>",
-            "<h2>Summary (mean and std over seeds)</h2>", summary.round(4).to_html(index=False, na_rep="")]
+            "<h2>Summary (mean and std over seeds)</h2>", _html_table(summary)]
     if comparison is not None and not comparison.empty:
         body += [f"<h2>Differences (method − versus: mean over seeds, {COMPARISON_LEVEL:.0%} Welch interval "
                  "low..high; std_ratio = the method's accuracy std / the versus method's)</h2>",
-                 comparison.round(4).to_html(index=False, na_rep="")]
+                 _html_table(comparison)]
     if tuning is not None:
         body += ["<h2>Learning-rate sweep (with the row score under tune_score and tune_spread; validation accuracy, seed 0; "
-                 "edge: the chosen rate is still the lowest or highest tried)</h2>", tuning.to_html(index=False)]
+                 "edge: the chosen rate is still the lowest or highest tried)</h2>", _html_table(tuning)]
     if len(failed):
         body += [f"<h2>Cells that did not finish ({len(failed)})</h2>",
-                 failed[["method", "budget", "seed", "status", "error"]].to_html(index=False)]
+                 _html_table(failed[["method", "budget", "seed", "status", "error"]])]
     body += ["<h2>Figures</h2>", *parts] if parts else ["<p>No cell finished, so there is nothing to plot.</p>"]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore benchmark</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:90%}"
             "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(body) + "</body></html>")
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    """A table with figures to 4 decimals and a blank where a figure does not apply (a full finetune's budget and
+    lowest layer): pandas' nullable columns print ``<NA>`` whatever ``na_rep`` says."""
+    return frame.round(4).astype(object).where(frame.notna(), "").to_html(index=False)

@@ -27,8 +27,9 @@ OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
                   "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
                   "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error",
-                  "oos_accuracy", "oos_macro_f1", "oos_auroc"]
-"""``oos_*``: metrics.json's ``out_of_scope`` (test rows with labels unseen in train, scored with abstention)."""
+                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget"]
+"""``oos_*``: metrics.json's ``out_of_scope`` (test rows with labels unseen in train, scored with abstention);
+``over_budget``: whole layers (``layers``) that took more than the budget, as no layer fitted it."""
 
 OUT_OF_SCOPE_KEYS = {"oos_accuracy": "accuracy", "oos_macro_f1": "macro_f1", "oos_auroc": "auroc"}
 

@@ -176,7 +176,7 @@ def _table(frame: pd.DataFrame, groups: list[str] | None = None, word_col: str =
 
 def _metrics_section(runs: list[tuple[str, dict[str, Any]]]) -> str:
     keys = [k for k in METRIC_KEYS if any(k in m for _, m in runs)]
-    frame = pd.DataFrame({name: [m.get(k, "") for k in keys] for name, m in runs}, index=keys)
+    frame = pd.DataFrame({name: ["" if m.get(k) is None else m[k] for k in keys] for name, m in runs}, index=keys)
     return "<h2>Metrics</h2>" + _table(frame.rename_axis("metric").reset_index())
 
 

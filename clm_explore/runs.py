@@ -431,10 +431,10 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{path} is a file; a run folder is a folder.")
     if path.exists() and any(path.iterdir()):
+        _check_replaceable(path, (*protected, Path.cwd(), Path.home()))  # first: say --overwrite only where it works
         if not overwrite:
             raise RunFolderError(f"Run folder {path} already exists; replace it with --overwrite (overwrite=True "
                                  "in Python) or choose another folder.")
-        _check_replaceable(path, (*protected, Path.cwd(), Path.home()))
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -269,3 +269,8 @@ def test_models_with_a_two_layer_head_run_every_method(family, tiny_data, tmp_pa
         finetune(tiny_data, replace(_cfg("sparse"), sensitivity=SensitivityConfig(calibration_rows=80,
                  head_init="centroid")), tmp_path / "centroid", source=source)
 
+
+def test_layers_over_the_budget_say_so(tiny_data, tmp_path):
+    result = _run("layers", tiny_data, tmp_path, budget=0.01)  # a tiny model's layer holds far more than 1%
+    assert result.metrics["over_budget"] is True and result.metrics["budget_share"] > 0.01
+    assert result.metrics["budget_note"].startswith("no whole layer fits the budget of 421 parameters")

@@ -202,6 +202,7 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
     assert page.count("plotly.js v") == 1  # plotly.js inlined once, then shared by every figure
     for title in ("Accuracy vs trainable share", "(std = stability)", "Cost per method", "Row-mask overlap"):
         assert title in page
+    assert "&lt;NA&gt;" not in page and "<td>nan</td>" not in page  # the head's budget and lowest layer: blank
     assert set(result.summary["method"]) == {"head", "sparse", "random"}
     comparison = pd.read_csv(out / "comparison.csv")  # no full finetuning here: sparse against the others only
     assert comparison[["method", "versus"]].values.tolist() == [["sparse", "head"], ["sparse", "random"]]

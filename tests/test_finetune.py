@@ -467,10 +467,9 @@ def test_a_folder_holding_other_files_is_never_filled_or_emptied(data, tmp_path)
     notebook.mkdir()
     (notebook / "notes.txt").write_text("mine")
     head = replace(SPARSE, method="head", epochs=1)
-    with pytest.raises(RunFolderError, match="already exists"):
-        finetune(data, head, notebook, source="tiny-random")
-    with pytest.raises(RunFolderError, match="not a run folder"):
-        finetune(data, head, notebook, source="tiny-random", overwrite=True)
+    for overwrite in (False, True):  # never "use --overwrite", which would then be refused: it cannot help here
+        with pytest.raises(RunFolderError, match="not a run folder"):
+            finetune(data, head, notebook, source="tiny-random", overwrite=overwrite)
     assert [p.name for p in notebook.iterdir()] == ["notes.txt"]
     (tmp_path / "empty").mkdir()
     assert finetune(data, head, tmp_path / "empty", source="tiny-random").status == "succeeded"

@@ -146,7 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         "trainable_share_mean", "train_seconds_mean", "peak_memory_mb_mean") if c in summary]
     if "score" in summary and not summary["score"].fillna("").astype(bool).any():
         cols.remove("score")  # no method of this grid has a row score to show
-    print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))  # full: no budget
     for line in sweep_lines(result.tuning):
         print(line)
     for line in comparison_lines(result.comparison):
