@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import time
 import types
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
     r = ctx.cfg.lora_r
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
                         target_modules=_lora_targets(ctx.loaded.model), modules_to_save=_head_modules(ctx.loaded.model))
-    peft_model = get_peft_model(ctx.loaded.model, config)
+    with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question; not the user's concern
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(ctx.loaded.model, config)
 
     def finalize() -> PreTrainedModel:
         # Folds B @ A into the weights and swaps the trained head copy in: the base architecture again.

@@ -72,7 +72,8 @@ def _log_tail(path: Path, lines: int = 3) -> str:
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (method, budget): accuracy, macro-F1 (std = stability), share, cost."""
+    """Mean and std over seeds per (method, budget): accuracy, macro-F1 (std = stability), share, cost; the
+    trainable parameters' mean (random rows cost differently per seed) and the lowest layer any seed trained."""
     ok = results[results["status"] == "succeeded"].copy()
     if ok.empty:
         return pd.DataFrame(columns=["method", "budget", "seeds"])
@@ -84,10 +85,10 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     out = grouped[cols].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out.insert(0, "seeds", grouped.size())
-    out["trainable_params"] = grouped["trainable_params"].first()
+    out["trainable_params"] = grouped["trainable_params"].mean().round().astype("Int64")
     out["lr"] = grouped["lr"].first()
     out["score"] = grouped["score"].first()
-    out["lowest_layer"] = grouped["lowest_layer"].first()
+    out["lowest_layer"] = grouped["lowest_layer"].min()
     return out.reset_index()
 
 

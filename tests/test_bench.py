@@ -698,3 +698,17 @@ def test_the_first_failed_cells_error_is_named():
     results = pd.DataFrame({"status": ["succeeded", "failed", "failed"], "error": ["", "OOM | killed", "boom"]})
     assert _first_error(results) == "OOM | killed"
     assert _first_error(results.iloc[:1]) is None
+
+
+def test_the_summary_gives_the_seeds_mean_cost_and_their_lowest_layer():
+    from clm_explore.bench_results import summarise
+
+    seeds = pd.DataFrame({"method": ["random"] * 2, "budget": [0.01] * 2, "seed": [0, 1], "status": ["succeeded"] * 2,
+                          "accuracy": [0.5, 0.6], "macro_f1": [0.4, 0.5], "trainable_share": [0.01] * 2,
+                          "train_seconds": [1.0] * 2, "peak_memory_mb": [1.0] * 2, "examples_per_second": [1.0] * 2,
+                          "trainable_params": pd.array([1194, 1200], dtype="Int64"), "lr": [1e-3] * 2,
+                          "score": [""] * 2, "lowest_layer": pd.array([1, 0], dtype="Int64")})
+    for column in ("oos_accuracy", "oos_macro_f1", "oos_auroc"):
+        seeds[column] = None
+    (row,) = summarise(seeds).to_dict(orient="records")  # before: the first seed's 1194 and layer 1
+    assert (row["trainable_params"], row["lowest_layer"], row["seeds"]) == (1197, 0, 2)

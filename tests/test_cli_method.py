@@ -383,7 +383,10 @@ def test_sensitivity_out_never_writes_into_a_data_folder_or_a_file(capsys, data_
 def test_a_folder_without_a_usable_model_is_a_message(capsys, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    assert "Could not load" in run_error(capsys, ["predict", "--run", str(tmp_path / "run"), "--text", "hi"])
+    argv = ["predict", "--run", str(tmp_path / "run"), "--text", "hi"]
+    assert "not a finetuned run" in run_error(capsys, argv)  # no label names, no clm_run.json
+    (tmp_path / "run" / "clm_run.json").write_text("{}")
+    assert "Could not load" in run_error(capsys, argv)
 
 
 def test_config_errors_name_options_but_leave_paths_alone():

@@ -250,3 +250,29 @@ def test_a_report_of_a_run_whose_metrics_are_not_an_object_still_builds(tmp_path
     (run / "metrics.json").write_text("[1, 2]")  # valid JSON, not an object: m.get failed in the report
     assert read_metrics(run) == {}
     assert build_report(run, out_path=tmp_path / "r.html", max_rows=2).is_file()
+
+
+def test_cli_refuses_a_base_model_as_a_run_and_data_of_another_task(tmp_path: Path, tiny_data, capsys) -> None:
+    from clm_explore.modeling import load_model
+
+    base = tmp_path / "base"
+    loaded = load_model("tiny-random")  # a head for LABEL_0 and LABEL_1, never trained: it predicted LABEL_0
+    loaded.model.save_pretrained(base)
+    loaded.tokenizer.save_pretrained(base)
+    for argv in (["predict", "--run", str(base), "--text", "my card"], ["explain", "--run", str(base), "--text", "x"]):
+        assert "not a finetuned run" in _cli(capsys, argv, code=2)[1]
+    run = make_run(tmp_path, tiny_data, 0)
+    other = pd.DataFrame({"text": [f"what is a dog {i}" for i in range(6)] + [f"who is she {i}" for i in range(6)],
+                          "label": ["DESC"] * 6 + ["HUM"] * 6})
+    other.to_csv(tmp_path / "other.csv", index=False)
+    report = ["report", "--run", str(run), "--out", str(tmp_path / "r.html"), "--steps", "4", "--max-rows", "2"]
+    assert "share none with the run's" in _cli(capsys, [*report, "--data", str(tmp_path / "other.csv")], code=2)[1]
+    mixed = tmp_path / "mixed"  # a folder: its test file is read whole
+    mixed.mkdir()
+    tiny_data.train.to_csv(mixed / "train.csv", index=False)
+    pd.concat([tiny_data.test.head(6), other.head(4)]).to_csv(mixed / "test.csv", index=False)
+    _, err = _cli(capsys, [*report, "--data", str(mixed)])
+    assert "4 of --data's 10 rows carry labels the run does not have" in err
+    copies = pd.DataFrame({"text": ["my card", "rate up"] * 3, "label": ["card_arrival", "exchange_rate"] * 3})
+    copies.to_csv(tmp_path / "copies.csv", index=False)  # every copy of a text stays in train: no test rows
+    assert "no test rows" in _cli(capsys, [*report, "--data", str(tmp_path / "copies.csv")], code=2)[1]

@@ -98,6 +98,25 @@ def checked_max_length(value: int | None, run_dir: Path) -> int | None:
     return value
 
 
+_GENERIC_LABEL = re.compile(r"LABEL_\d+")
+
+
+def refuse_untrained_head(run: Path, flag: str) -> Path:
+    """``run``, unless it is a model folder that finetune did not write (no clm_run.json) whose head names no labels
+    (LABEL_0, LABEL_1, ...): a base model with a head never trained, whose predictions would mean nothing."""
+    if (run / "clm_run.json").is_file():
+        return run
+    try:
+        labels = json.loads((run / "config.json").read_text()).get("id2label") or {}
+    except (OSError, ValueError, AttributeError):
+        labels = {}
+    if not labels or all(_GENERIC_LABEL.fullmatch(str(v)) for v in labels.values()):
+        raise UserError(f"{flag} {run}: not a finetuned run. It has no clm_run.json and its head names no labels "
+                        "(LABEL_0, LABEL_1, ...): a base model whose head was never trained. Pass the folder "
+                        "finetune wrote.")
+    return run
+
+
 def add_data_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """DATA (a file or a folder of train/validation/test files) and the column options."""
     if positional:

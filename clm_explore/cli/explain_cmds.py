@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import UserError, checked_max_length, checked_texts, print_json
+from clm_explore.cli import UserError, checked_max_length, checked_texts, print_json, refuse_untrained_head
 from clm_explore.config import AttributionConfig, DataConfig  # torch and captum load only when a command runs
 from clm_explore.runs import trained_max_length
 
@@ -102,7 +103,7 @@ def _check_run(path: str | None, flag: str) -> Path | None:
             raise UserError(f"{flag} {path}: no such run folder or run id.") from None
     if not (run / "config.json").is_file():
         raise UserError(f"{flag} {path}: not a run folder (no config.json); pass the folder finetune wrote.")
-    return run
+    return refuse_untrained_head(run, flag)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -207,6 +208,8 @@ def run_report(args: argparse.Namespace) -> int:
         _check_same_task(run_a, run_b, same_rows=args.data is None)  # --data: both explain those rows
     cfg = AttributionConfig(n_steps=args.steps)  # max_length None: each run is read at its trained length
     data = _report_data(args)  # before the attributions: a bad column stops the command at once
+    if data is not None:
+        _check_data_labels(data, run_a)
     try:
         study = case_study(run_a, run_b, data, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
         out = write_report(study, args.out)
@@ -218,6 +221,24 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         print(f"report written to {out}; {study.coverage_text()}")
     return 0
+
+
+def _check_data_labels(data: Any, run: Path) -> None:
+    """Refuse --data whose labels the run does not classify at all (a report of another task's rows, every one
+    "wrong"); say how many rows carry labels the run lacks when some do."""
+    if data.empty:
+        raise UserError("--data has no test rows to explain (a single file's carved test split came out empty: too "
+                        "few distinct texts per label). Pass more rows, or a folder with a test file.")
+    known = _run_labels(run)
+    labels = set(data["label"].astype(str))
+    if not known or labels <= known:
+        return
+    if not labels & known:
+        raise UserError(f"--data's labels share none with the run's ({len(labels)} and {len(known)}, e.g. "
+                        f"{sorted(labels)[0]!r} and {sorted(known)[0]!r}): pass rows of the task the run was trained on.")
+    unknown = int((~data["label"].astype(str).isin(known)).sum())
+    print(f"note: {unknown} of --data's {len(data)} rows carry labels the run does not have; they count as wrong.",
+          file=sys.stderr)
 
 
 def _report_data(args: argparse.Namespace) -> Any:

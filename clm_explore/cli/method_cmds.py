@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clm_explore.cli import UserError, add_data_args, checked_max_length, checked_texts, print_json
+from clm_explore.cli import (
+    UserError,
+    add_data_args,
+    checked_max_length,
+    checked_texts,
+    print_json,
+    refuse_untrained_head,
+)
 from clm_explore.config import (
     COMPILE_MODES,
     FISHER_LABELS,
@@ -164,8 +171,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     print(report.table.to_string(index=False))
     print(f"{report.seconds:.1f} s; " + "; ".join(report.notes))
     if sel is not None:
+        lowest = f"{sel.lowest_layer} (the embeddings)" if sel.lowest_layer == -1 else sel.lowest_layer
         print(f"budget {args.budget:g}: {sel.selected_params:,} parameters ({sel.share:.3%}), lowest layer "
-              f"{sel.lowest_layer}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
+              f"{lowest}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
         if sel.budget_note:
             print(f"note: {sel.budget_note}")
     return 0
@@ -414,7 +422,7 @@ def resolve_run_dir(run: str) -> Path:
     """A run folder path, or a run id looked up in the registry (not created here when there is none)."""
     path = Path(run).expanduser()
     if (path / "config.json").is_file():
-        return path
+        return refuse_untrained_head(path, "--run")
     from clm_explore.runs import REGISTRY_NAME, RunStore, default_root
 
     if (default_root() / REGISTRY_NAME).is_file():
