@@ -141,18 +141,21 @@ def test_zip_run(store: RunStore) -> None:
     assert sorted(names) == [f"{run.id}/metrics.json", f"{run.id}/sub/a.txt"]
 
 
-def test_mark_interrupted_only_dead_owners(store: RunStore) -> None:
-    mine = store.create("alive", "sparse", {})
-    store.set_status(mine.id, RunStatus.RUNNING)
-    # A run created by a process that has exited since.
+def _run_of_a_process_gone() -> str:
+    """The id of a running run created (in the registry of $CLM_EXPLORE_RUNS) by a process that has exited since."""
     code = (
         "from clm_explore.runs import RunStore, RunStatus; s = RunStore(); "
         "r = s.create('dead', 'full', {}); s.set_status(r.id, RunStatus.RUNNING); print(r.id)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    dead_id = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    ).stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+                          ).stdout.strip()
+
+
+def test_mark_interrupted_only_dead_owners(store: RunStore) -> None:
+    mine = store.create("alive", "sparse", {})
+    store.set_status(mine.id, RunStatus.RUNNING)
+    dead_id = _run_of_a_process_gone()
     assert store.mark_interrupted() == [dead_id]
     assert store.get(dead_id).status is RunStatus.INTERRUPTED
     assert store.get(mine.id).status is RunStatus.RUNNING
@@ -245,14 +248,7 @@ def test_the_zip_leaves_out_a_killed_writers_temporary_file(tmp_path: Path) -> N
 def test_a_run_whose_process_died_can_be_deleted_a_live_one_cannot(store: RunStore) -> None:
     mine = store.create("alive", "sparse", {})
     store.set_status(mine.id, RunStatus.RUNNING)
-    code = (
-        "from clm_explore.runs import RunStore, RunStatus; s = RunStore(); "
-        "r = s.create('dead', 'full', {}); s.set_status(r.id, RunStatus.RUNNING); print(r.id)"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    dead_id = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    ).stdout.strip()
+    dead_id = _run_of_a_process_gone()
     with pytest.raises(RunStoreError, match="is running; cancel it"):
         store.delete(mine.id)
     store.delete(dead_id)  # a killed CLI run stayed "running" and could not be removed

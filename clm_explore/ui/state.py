@@ -182,20 +182,21 @@ without it a long-running server's disk fills from one browser."""
 
 def uploads_total_mb() -> float:
     """``$CLM_EXPLORE_UPLOADS_MB`` (0: no cap), else UPLOADS_TOTAL_MB."""
-    raw = os.environ.get("CLM_EXPLORE_UPLOADS_MB")
-    try:
-        return max(0.0, float(raw)) if raw else UPLOADS_TOTAL_MB
-    except ValueError:
-        return UPLOADS_TOTAL_MB
+    return _env_amount("CLM_EXPLORE_UPLOADS_MB", UPLOADS_TOTAL_MB)
 
 
 def upload_max_days() -> float:
     """``$CLM_EXPLORE_UPLOAD_DAYS`` (0 keeps uploads forever), else UPLOAD_DAYS."""
-    raw = os.environ.get("CLM_EXPLORE_UPLOAD_DAYS")
+    return _env_amount("CLM_EXPLORE_UPLOAD_DAYS", UPLOAD_DAYS)
+
+
+def _env_amount(name: str, default: float) -> float:
+    """A non-negative number from the environment variable ``name``; ``default`` when unset or not a number."""
+    raw = os.environ.get(name)
     try:
-        return max(0.0, float(raw)) if raw else UPLOAD_DAYS
+        return max(0.0, float(raw)) if raw else default
     except ValueError:
-        return UPLOAD_DAYS
+        return default
 
 
 def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list[str]:
