@@ -27,7 +27,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -99,19 +99,35 @@ class _Table:
 
     name: str
     frame: pd.DataFrame
-    """The columns that may be the text or the label column (``_candidate``), named as ``columns`` names them. A
+    """The columns that may be the text or the label column (``_Wanted``), named as ``columns`` names them. A
     file's other columns are never read into it: a shared server must not hold what it will not use."""
     positions: list[int]
     """1-based line (CSV, TSV, JSONL), record (JSON) or row (Parquet) number of each row."""
     unit: str
     columns: list[str]
     """Every column name of the file, in order (for messages and the column picker)."""
+    unread: dict[str, str] = field(default_factory=dict)
+    """Columns that may be picked but hold lists or records (Parquet): never decoded; refused if picked."""
 
 
-def _candidate(column: str, cfg: DataConfig) -> bool:
-    """Whether ``column`` could be picked as the text or the label column, by ``_find_column``'s rules."""
-    given = {c.lower() for c in (cfg.text_col, cfg.label_col) if c is not None}
-    return column.lower() in given or column.strip().lower() in TEXT_NAMES + LABEL_NAMES
+@dataclass(frozen=True)
+class _Wanted:
+    """Which columns a parser keeps: those ``_find_column`` could pick for each role read. A role given by name keeps
+    that column only (any case); otherwise every column of a known name (text, sentence, ...) is kept."""
+
+    text_col: str | None = None
+    label_col: str | None = None
+    label: bool = True
+    """False when no label is read (texts to predict on)."""
+
+    @classmethod
+    def of(cls, cfg: DataConfig, label: bool = True) -> _Wanted:
+        return cls(cfg.text_col, cfg.label_col, label)
+
+    def keeps(self, column: str) -> bool:
+        roles = [(self.text_col, TEXT_NAMES)] + ([(self.label_col, LABEL_NAMES)] if self.label else [])
+        return any(column.lower() == given.lower() if given is not None else column.strip().lower() in known
+                   for given, known in roles)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -164,7 +180,7 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
         name = "the DataFrame" if split == "all" else f"the {split} DataFrame"
         _check_rows(name, len(frame), cfg.max_rows)
         columns = [str(c) for c in frame.columns]
-        _check_header(name, columns)
+        _check_header(name, columns, any_case=False)
         table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), list(range(1, len(frame) + 1)),
                        "row", columns)
         frames[split] = _select_columns(table, cfg)
@@ -268,7 +284,7 @@ def _parquet_columns(name: str, schema: Any) -> list[str]:
     """A Parquet schema's column names, less the pandas index columns the loader drops; each distinct."""
     index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
     columns = [n for n in schema.names if n not in index and not n.startswith("__index_level_")]
-    _check_header(name, columns)
+    _check_header(name, columns, any_case=False)
     return columns
 
 
@@ -290,10 +306,12 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
         if not lines:
             raise DataError(f"{path} holds no text to predict (it is empty or blank).")
         return lines
-    table = _parse_table(file, file.read_bytes, file.stat().st_size, replace(cfg, text_col=text_col), [])
+    wanted = _Wanted(text_col=text_col, label=False)
+    table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, [], wanted)
     if not table.positions:
         raise DataError(f"{table.name} has a header ({_listed(table.columns)}) but no rows to predict.")
     column = _find_column(table.name, table.columns, text_col, TEXT_NAMES, "text", "--text-col")
+    _require_flat(table, column, "text")
     texts = pd.Series(_as_str(table, table.frame[column], "text"))
     _require_filled(table, texts, "empty text", "text")
     return texts.tolist()
@@ -307,8 +325,11 @@ def _check_size(name: str, size: int, cfg: DataConfig, at_least: bool = False) -
                         "Use a smaller sample or raise the limit with --max-file-mb (DataConfig.max_file_mb).")
 
 
-def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str]) -> _Table:
-    """Parse one file of a supported format, every column kept; ``read()`` is only called after the size check."""
+def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str],
+                 wanted: _Wanted | None = None) -> _Table:
+    """Parse one file of a supported format, keeping the columns ``wanted`` (default: those ``cfg`` may pick) and
+    every column's name; ``read()`` is only called after the size check."""
+    wanted = wanted or _Wanted.of(cfg)
     name = str(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -319,9 +340,9 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
     if not raw.strip():
         raise DataError(f"{name} is empty. Put a header row (e.g. text,label) and at least a few rows per label in it.")
     if fmt == "parquet":
-        return _parse_parquet(name, raw, cfg)
+        return _parse_parquet(name, raw, cfg, wanted)
     # Each parser stops at row max_rows + 1: parsing millions of rows only to refuse them costs minutes and GBs.
-    return _PARSERS[fmt](name, _decode(name, raw, notes), cfg)
+    return _PARSERS[fmt](name, _decode(name, raw, notes), cfg.max_rows, wanted)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -433,7 +454,7 @@ def _binary_error(name: str, head: bytes, why: str) -> None:
                     "(UTF-8) or JSONL with one text and one label per row.")
 
 
-def _parse_delimited(name: str, text: str, delimiter: str, cfg: DataConfig) -> _Table:
+def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int, wanted: _Wanted) -> _Table:
     rows: list[list[str]] = []
     positions: list[int] = []
     header: list[str] | None = None
@@ -441,13 +462,13 @@ def _parse_delimited(name: str, text: str, delimiter: str, cfg: DataConfig) -> _
     for line, row in _delimited_rows(name, text, delimiter):
         if header is None:
             header = _header(name, row)
-            kept = [i for i, column in enumerate(header) if _candidate(column, cfg)]
+            kept = [i for i, column in enumerate(header) if wanted.keeps(column)]
         elif len(row) != len(header):
             raise DataError(f"{name}, line {line}: expected {len(header)} fields like the header "
                             f"({', '.join(header)}) but found {len(row)}. Quote texts that contain "
                             f"{'tabs' if delimiter == chr(9) else 'commas'} (\"...\"), or fix the row.")
-        elif len(rows) == cfg.max_rows:
-            raise _row_cap_error(name, cfg.max_rows, line)
+        elif len(rows) == max_rows:
+            raise _row_cap_error(name, max_rows, line)
         else:
             rows.append([row[i] for i in kept])
             positions.append(line)
@@ -479,17 +500,20 @@ def _header(name: str, row: list[str]) -> list[str]:
     return header
 
 
-def _check_header(name: str, header: list[str]) -> None:
-    counts = Counter(c.lower() for c in header)  # not list.count per column: quadratic in a 40,000-column header
-    dupes = sorted({c for c in header if counts[c.lower()] > 1})[:_MAX_LISTED]
+def _check_header(name: str, header: list[str], any_case: bool = True) -> None:
+    """Refuse a name given twice (``any_case``: in any case, as a CSV header always was; Parquet files and
+    DataFrames only exact repeats, which would make a column ambiguous)."""
+    fold = str.lower if any_case else str
+    counts = Counter(map(fold, header))  # not list.count per column: quadratic in a 40,000-column header
+    dupes = sorted({c for c in header if counts[fold(c)] > 1})[:_MAX_LISTED]
     if dupes:
         raise DataError(f"{name}: the header names column(s) {', '.join(map(repr, dupes))} more than once. "
                         "Give every column a distinct name.")
 
 
-def _parse_jsonl(name: str, text: str, cfg: DataConfig) -> _Table:
+def _parse_jsonl(name: str, text: str, max_rows: int, wanted: _Wanted) -> _Table:
     _check_json_values(name, text)
-    return _records_table(name, _jsonl_records(name, text), cfg, "line")
+    return _records_table(name, _jsonl_records(name, text), max_rows, wanted, "line")
 
 
 def _jsonl_records(name: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -525,19 +549,19 @@ def _lines(text: str) -> Iterator[str]:
         yield text[start:]
 
 
-def _parse_json(name: str, text: str, cfg: DataConfig) -> _Table:
+def _parse_json(name: str, text: str, max_rows: int, wanted: _Wanted) -> _Table:
     records = _json_records(name, text)
-    _check_rows(name, len(records), cfg.max_rows)  # before the table, which costs far more than the parsed list
-    return _records_table(name, enumerate(records, start=1), cfg, "record")
+    _check_rows(name, len(records), max_rows)  # before the table, which costs far more than the parsed list
+    return _records_table(name, enumerate(records, start=1), max_rows, wanted, "record")
 
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]+|\\[\s\S]?)*(?:"|\Z)')
 """A JSON string. It also ends at the end of the text (an unclosed string, or a lone backslash): a match that can
 fail would make every later quote a new start, a scan to the end each, quadratic in a hostile file."""
-_MAX_JSON_VALUES = 5_000_000
+_MAX_JSON_VALUES = 6_000_000
 """Values (about: objects, lists and the items separated by commas) a JSON or JSONL file may hold. Parsed, each
 is a Python object of 30-200 bytes, 15-25 times the file's bytes for small ones, before any row or unused field
-can be dropped: 80 MB of ``[{},{},...]`` took 2 GB. 500,000 rows of ten fields stay under it."""
+can be dropped: 80 MB of ``[{},{},...]`` took 2 GB. 500,000 records of ten fields count 5.5 million."""
 
 
 def _check_json_values(name: str, text: str) -> None:
@@ -576,20 +600,21 @@ _MAX_RECORD_KEYS = 100
 """Distinct keys over all records of a JSON/JSONL file: every key becomes a column for every row."""
 
 
-def _records_table(name: str, records: Iterable[tuple[int, dict[str, Any]]], cfg: DataConfig, unit: str) -> _Table:
+def _records_table(name: str, records: Iterable[tuple[int, dict[str, Any]]], max_rows: int, wanted: _Wanted,
+                   unit: str) -> _Table:
     """The table of numbered records, each keeping only the keys that may be picked; stops at the row cap."""
     keys: dict[str, None] = {}
     kept: list[dict[str, Any]] = []
     positions: list[int] = []
     for position, record in records:
-        if len(kept) == cfg.max_rows:
-            raise _row_cap_error(name, cfg.max_rows, position, unit)
+        if len(kept) == max_rows:
+            raise _row_cap_error(name, max_rows, position, unit)
         _add_keys(name, keys, record)
-        kept.append({k: v for k, v in record.items() if _candidate(k, cfg)})
+        kept.append({k: v for k, v in record.items() if wanted.keeps(k)})
         positions.append(position)
     if not kept:
         raise DataError(f"{name} holds no records. Add rows with a text and a label.")
-    frame = pd.DataFrame.from_records(kept, columns=[k for k in keys if _candidate(k, cfg)])
+    frame = pd.DataFrame.from_records(kept, columns=[k for k in keys if wanted.keeps(k)])
     return _Table(name, frame, positions, unit, list(keys))
 
 
@@ -608,7 +633,7 @@ def _add_keys(name: str, keys: dict[str, None], record: dict[str, Any]) -> None:
                         "label keys (and a few more) in every record.")
 
 
-def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
+def _parse_parquet(name: str, raw: bytes, cfg: DataConfig, wanted: _Wanted) -> _Table:
     import pyarrow.parquet as pq
 
     if not raw.startswith(b"PAR1"):
@@ -616,11 +641,11 @@ def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
     try:
         file = pq.ParquetFile(io.BytesIO(raw))
         columns = _parquet_columns(name, file.schema_arrow)
-        kept = [c for c in columns if _candidate(c, cfg)]  # only these are decoded
+        unread = _nested(file.schema_arrow, [c for c in columns if wanted.keeps(c)])
+        kept = [c for c in columns if wanted.keeps(c) and c not in unread]  # only these are decoded
         # All checked before the rows are decoded: a few KB of compressed Parquet can hold gigabytes.
         _check_rows(name, file.metadata.num_rows, cfg.max_rows)
-        _check_flat(name, file.schema_arrow, kept)
-        _check_size(f"{name} (uncompressed)", _uncompressed_bytes(file.metadata), cfg)
+        _check_size(f"{name} (uncompressed)", _uncompressed_bytes(file.metadata, kept), cfg)
         _check_decoded(name, raw, file, cfg, kept)
         rows = file.metadata.num_rows
         frame = file.read(columns=kept).to_pandas().reset_index(drop=True) if kept else pd.DataFrame(index=range(rows))
@@ -628,28 +653,38 @@ def _parse_parquet(name: str, raw: bytes, cfg: DataConfig) -> _Table:
         raise
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
         raise DataError(f"{name} could not be read as Parquet ({exc}). Re-export the file.") from exc
-    return _Table(name, frame, list(range(1, rows + 1)), "row", columns)
+    return _Table(name, frame, list(range(1, rows + 1)), "row", columns, unread)
 
 
-def _check_flat(name: str, schema: Any, columns: list[str]) -> None:
-    """Refuse a column that may be picked when it holds lists, maps or records: a text or a label is one value, and
-    a list of a hundred million nulls takes no bytes in Parquet and gigabytes once converted."""
+def _nested(schema: Any, columns: list[str]) -> dict[str, str]:
+    """Column -> its type, for the ``columns`` that hold lists, maps or records. They are never decoded (a list of a
+    hundred million nulls takes no bytes in Parquet and gigabytes once converted); picking one is refused."""
     import pyarrow as pa
 
+    out = {}
     for column in columns:
         kind = schema.field(column).type
         inner = kind.value_type if pa.types.is_dictionary(kind) else kind
         if pa.types.is_nested(inner):
-            raise DataError(f"{name}: column {column!r} holds {inner} values, not one text or label per row. Only "
-                            "one plain text and one label per row are supported (multi-label data is not); rename "
-                            "the column if it is neither.")
+            out[column] = str(inner)
+    return out
 
 
-def _uncompressed_bytes(metadata: Any) -> int:
-    """The pages' size once decompressed, from the file's footer (nothing is decoded). It bounds what plain
-    and delta-length encoded columns decode to, though not dictionary-encoded ones (see ``_check_decoded``)."""
-    return sum(metadata.row_group(g).column(c).total_uncompressed_size
-               for g in range(metadata.num_row_groups) for c in range(metadata.num_columns))
+def _require_flat(table: _Table, column: str, role: str) -> None:
+    if column in table.unread:
+        raise DataError(f"{table.name}: the {role} column {column!r} holds {table.unread[column]} values, not one {role} "
+                        "per row. Only one plain text and one label per row are supported (multi-label data is not); "
+                        f"pick another column with --{role}-col.")
+
+
+def _uncompressed_bytes(metadata: Any, columns: list[str]) -> int:
+    """The ``columns``' pages' size once decompressed, from the file's footer (nothing is decoded). It bounds what
+    plain and delta-length encoded columns decode to, though not dictionary-encoded ones (see ``_check_decoded``).
+    The columns are flat, so each chunk's path is its column's name."""
+    wanted = set(columns)
+    return sum(chunk.total_uncompressed_size for g in range(metadata.num_row_groups)
+               for chunk in map(metadata.row_group(g).column, range(metadata.num_columns))
+               if chunk.path_in_schema in wanted)
 
 
 _PARQUET_BATCH_ROWS = 1024
@@ -736,9 +771,9 @@ def _csv_delimiter(text: str) -> str:
     return ";" if ";" in header and "," not in header else ","
 
 
-_PARSERS: dict[str, Callable[[str, str, DataConfig], _Table]] = {
-    "csv": lambda name, text, cfg: _parse_delimited(name, text, _csv_delimiter(text), cfg),
-    "tsv": lambda name, text, cfg: _parse_delimited(name, text, "\t", cfg),
+_PARSERS: dict[str, Callable[[str, str, int, _Wanted], _Table]] = {
+    "csv": lambda name, text, max_rows, wanted: _parse_delimited(name, text, _csv_delimiter(text), max_rows, wanted),
+    "tsv": lambda name, text, max_rows, wanted: _parse_delimited(name, text, "\t", max_rows, wanted),
     "jsonl": _parse_jsonl,
     "json": _parse_json,
 }
@@ -757,6 +792,8 @@ def _select_columns(table: _Table, cfg: DataConfig) -> pd.DataFrame:
     if text_col == label_col:
         raise DataError(f"{table.name}: the text and the label column are both {text_col!r}. "
                         "Pass different columns with --text-col and --label-col.")
+    _require_flat(table, text_col, "text")
+    _require_flat(table, label_col, "label")
     out = pd.DataFrame({
         "text": _as_str(table, table.frame[text_col], "text"),
         "label": [s.strip() for s in _as_str(table, table.frame[label_col], "label")],

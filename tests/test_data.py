@@ -574,7 +574,7 @@ def test_a_nested_parquet_text_column_and_repeated_names_are_refused_in_plain_wo
     from clm_explore.data import column_names
 
     nested = pa.table({"text": pa.array([[None] * 3] * 4, type=pa.list_(pa.null())), "label": ["a", "b"] * 2})
-    with pytest.raises(DataError, match=r"column 'text' holds list<.*null> values, not one text"):
+    with pytest.raises(DataError, match=r"the text column 'text' holds list<.*null> values, not one text per row"):
         load_upload(_parquet_bytes(nested), "x.parquet")
     twice = pa.Table.from_arrays([pa.array(["x", "y"] * 3), pa.array(["a", "b"] * 3), pa.array(["z"] * 6)],
                                  names=["text", "label", "text"])
@@ -618,3 +618,29 @@ def test_a_label_longer_than_a_class_name_is_refused():
     with pytest.raises(DataError, match="a label is 300 characters long .* above the 200-character limit"):
         load_upload(f"text,label\n{rows}".encode(), "x.csv")
     assert len(load_upload(f"text,label\n{rows}".encode(), "x.csv", DataConfig(max_label_chars=300)).labels) == 2
+
+
+def test_columns_that_are_not_read_cannot_stop_a_parquet_file():
+    import pyarrow as pa
+
+    from clm_explore.data import _parse_table
+
+    texts, labels = ["good card", "bad rate"] * 6, ["a", "b"] * 6
+    multi = pa.array([["a", "b"], ["c"]] * 6)  # a multi-label export's column: never read when not picked
+    raw = _parquet_bytes(pa.table({"text": texts, "label": labels, "labels": multi, "id": range(12), "ID": range(12)}))
+    picked = DataConfig(text_col="text", label_col="label")  # before: refused for 'labels', and for 'id'/'ID'
+    assert len(load_upload(raw, "x.parquet", picked).labels) == 2
+    with pytest.raises(DataError, match="ambiguous"):  # without the names, label or labels could be it
+        load_upload(raw, "x.parquet")
+    frame = pd.DataFrame({"text": texts, "label": labels, "id": range(12), "ID": range(12)})
+    assert len(load_data(frame).labels) == 2  # names differing in case are two columns of a DataFrame
+    blob = _parquet_bytes(pa.table({"text": texts, "label": labels, "blob": [b"x" * 700_000] * 12}))
+    assert len(load_upload(blob, "x.parquet", DataConfig(max_file_mb=2)).labels) == 2  # the 8 MB column is not read
+
+
+def test_texts_to_predict_ignore_label_columns(tmp_path):
+    import pyarrow as pa
+
+    file = tmp_path / "to_predict.parquet"
+    file.write_bytes(_parquet_bytes(pa.table({"text": ["my card", "rate up"], "labels": [["a", "b"], ["c"]]})))
+    assert read_texts(file) == ["my card", "rate up"]
