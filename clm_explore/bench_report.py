@@ -158,6 +158,13 @@ def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFr
 
 
 def _html_table(frame: pd.DataFrame) -> str:
-    """A table with figures to 4 decimals and a blank where a figure does not apply (a full finetune's budget and
-    lowest layer): pandas' nullable columns print ``<NA>`` whatever ``na_rep`` says."""
-    return frame.round(4).astype(object).where(frame.notna(), "").to_html(index=False)
+    """A table with figures to 4 significant digits (learning rates of 2e-05 too) and a blank where a figure does not
+    apply (a full finetune's budget and lowest layer): pandas' nullable columns print ``<NA>`` whatever ``na_rep``
+    says."""
+    return frame.astype(object).map(_cell).to_html(index=False)
+
+
+def _cell(value: object) -> object:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else value

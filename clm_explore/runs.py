@@ -335,17 +335,20 @@ class RunStore:
         for record in map(_record, rows):
             if record.host != host or record.pid is None:
                 continue
-            if not self._owner_alive(record):
-                self._update(
-                    record.id,
-                    {
-                        "status": RunStatus.INTERRUPTED.value,
-                        "updated": _now(),
-                        "error": "The process running this run stopped (it was killed, or the server restarted).",
-                    },
-                )
+            if not self._owner_alive(record) and self._interrupt(record):
                 marked.append(record.id)
         return marked
+
+    def _interrupt(self, record: RunRecord) -> bool:
+        """Mark ``record`` interrupted unless it changed since it was read (finished, or claimed by another
+        process): its owner may have recorded success and exited between the read and this write."""
+        with self._connect() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, updated = ?, error = ? WHERE id = ? AND status = ? AND pid IS ?",
+                (RunStatus.INTERRUPTED.value, _now(),
+                 "The process running this run stopped (it was killed, or the server restarted).",
+                 record.id, record.status.value, record.pid))
+            return cur.rowcount == 1
 
     # -- reading --------------------------------------------------------------------------------
     def list(self, limit: int | None = None) -> list[RunRecord]:

@@ -356,9 +356,7 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     head = model.get_submodule(head_name)
     feats, labels = _head_inputs(loaded, head, batches, device, prefix)
     if cfg.head_init == "centroid":
-        if not isinstance(head, nn.Linear):
-            raise ConfigError(f"head_init 'centroid' sets a head of one linear layer; this {model.config.model_type} "
-                              "head has a dense layer before it. Use head_init 'loaded'.")
+        check_head_init(model, cfg)
         centroid_head(head, feats, labels, cfg.centroid_scale)
     gen = torch.Generator().manual_seed(cfg.rng_seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
@@ -372,6 +370,13 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
             opt.step()
     head.train(was_training)
     return {f"{head_name}.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
+
+
+def check_head_init(model: nn.Module, cfg: SensitivityConfig) -> None:
+    """Refuse ``head_init='centroid'`` on a head that is not one linear layer (RoBERTa's, MPNet's)."""
+    if cfg.head_init == "centroid" and not isinstance(model.get_submodule(head_module_name(model)), nn.Linear):
+        raise ConfigError(f"head_init 'centroid' sets a head of one linear layer; this {model.config.model_type} "
+                          "head has a dense layer before it. Use head_init 'loaded'.")
 
 
 @torch.no_grad()

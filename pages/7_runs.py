@@ -3,7 +3,7 @@ delete; download as a zip."""
 
 import streamlit as st
 
-from clm_explore.runs import RunStoreError
+from clm_explore.runs import PER_LABEL_METRICS, RunStoreError
 from clm_explore.ui import jobs, run_views
 from clm_explore.ui.views import escape_markdown
 
@@ -34,7 +34,8 @@ with c1:
     st.json(run.config, expanded=1)
 with c2:
     st.markdown("**Metrics**")
-    st.json(run.metrics, expanded=1)  # the registry keeps no per-label figures (runs.PER_LABEL_METRICS)
+    # Rows written before the registry left the per-label figures out may still hold them.
+    st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
 
 c1, c2 = st.columns(2)
 with c1:

@@ -268,6 +268,7 @@ def test_models_with_a_two_layer_head_run_every_method(family, tiny_data, tmp_pa
     with pytest.raises(ConfigError, match="centroid.*dense layer before it"):
         finetune(tiny_data, replace(_cfg("sparse"), sensitivity=SensitivityConfig(calibration_rows=80,
                  head_init="centroid")), tmp_path / "centroid", source=source)
+    assert not (tmp_path / "centroid").exists()  # refused before the run folder (the app: before a queued job)
 
 
 def test_layers_over_the_budget_say_so(tiny_data, tmp_path):

@@ -712,3 +712,12 @@ def test_the_summary_gives_the_seeds_mean_cost_and_their_lowest_layer():
         seeds[column] = None
     (row,) = summarise(seeds).to_dict(orient="records")  # before: the first seed's 1194 and layer 1
     assert (row["trainable_params"], row["lowest_layer"], row["seeds"]) == (1197, 0, 2)
+
+
+def test_report_tables_keep_small_rates_and_blank_what_does_not_apply():
+    from clm_explore.bench_report import _html_table
+
+    page = _html_table(pd.DataFrame({"method": ["full", "sparse"], "lr": [2e-5, 5e-3], "accuracy": [0.93456, 0.9],
+                                     "lowest_layer": pd.array([None, 3], dtype="Int64")}))
+    assert "<td>2e-05</td>" in page and "<td>0.9346</td>" in page and "<td>3</td>" in page  # rounding gave 0.0
+    assert "NA" not in page and "nan" not in page

@@ -406,3 +406,14 @@ def test_the_printed_time_splits_the_preparation_from_the_epochs():
     assert _time_text({"train_seconds": 40.5, "prep_seconds": 21.8, "epoch_seconds": [18.7]}) == (
         "train 40.5 s (preparation 21.8 s, then 18.7 s per epoch)")
     assert _time_text({"train_seconds": 35.3, "epoch_seconds": [27.7]}) == "train 35.3 s"
+
+
+def test_abstaining_at_the_runs_threshold_reads_metrics_that_are_no_object_as_missing(tmp_path):
+    from clm_explore.cli import UserError
+    from clm_explore.cli.method_cmds import abstention_threshold
+
+    (tmp_path / "metrics.json").write_text("[1, 2]")  # before: AttributeError, a traceback
+    with pytest.raises(UserError, match="no readable metrics.json"):
+        abstention_threshold("run", tmp_path)
+    (tmp_path / "metrics.json").write_text('{"out_of_scope": {"threshold": 0.4}}')
+    assert abstention_threshold("run", tmp_path) == 0.4

@@ -623,7 +623,6 @@ def test_a_label_longer_than_a_class_name_is_refused():
 def test_columns_that_are_not_read_cannot_stop_a_parquet_file():
     import pyarrow as pa
 
-    from clm_explore.data import _parse_table
 
     texts, labels = ["good card", "bad rate"] * 6, ["a", "b"] * 6
     multi = pa.array([["a", "b"], ["c"]] * 6)  # a multi-label export's column: never read when not picked

@@ -291,3 +291,15 @@ def test_the_registry_keeps_no_per_label_figures_and_the_folder_gives_them(store
     store.update_metrics(run.id, {"confusion": [[2]], "lr": 0.1})
     assert store.get(run.id).metrics == {"accuracy": 0.5, "lr": 0.1}
     assert store.register_folder(run.path).metrics == {"accuracy": 0.5}
+
+
+def test_a_run_that_finished_after_it_was_read_is_not_marked_interrupted(store: RunStore, monkeypatch) -> None:
+    dead_id = _run_of_a_process_gone()
+
+    def finished_meanwhile(record) -> bool:  # the owner records success and exits between the read and the write
+        store.set_status(record.id, RunStatus.SUCCEEDED)
+        return False
+
+    monkeypatch.setattr(store, "_owner_alive", finished_meanwhile)
+    assert store.mark_interrupted() == []
+    assert store.get(dead_id).status is RunStatus.SUCCEEDED

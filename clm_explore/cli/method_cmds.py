@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -467,11 +466,13 @@ def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
     if value is None:
         return None
     if value == "run":
-        try:
-            scope = json.loads((run_dir / "metrics.json").read_text()).get("out_of_scope") or {}
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{run_dir} has no readable metrics.json for --abstain-below run.") from exc
-        if scope.get("threshold") is None:
+        from clm_explore.runs import read_json_object
+
+        metrics = read_json_object(run_dir / "metrics.json")
+        if not metrics:
+            raise UserError(f"{run_dir} has no readable metrics.json for --abstain-below run.")
+        scope = metrics.get("out_of_scope") or {}
+        if not isinstance(scope, dict) or scope.get("threshold") is None:
             raise UserError(f"{run_dir} chose no out-of-scope threshold (its test split had no label unseen in "
                             "train); give --abstain-below a probability instead.")
         return float(scope["threshold"])

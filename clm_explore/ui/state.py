@@ -6,6 +6,7 @@ values are prefixed per page (``data_``, ``tok_``, ``sens_``, ``budget_``, ``ft_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -280,8 +281,12 @@ def _keep_uploads_under(root: Path, max_bytes: float, kept: Path) -> list[Path]:
     it again, as after ``prune_uploads``. Returns the deleted files."""
     if max_bytes <= 0:
         return []
-    files = [f for f in root.glob("*/*") if f.is_file() and not f.is_symlink()]
-    stats = {f: f.stat() for f in files}
+    stats = {}
+    for file in root.glob("*/*"):
+        with contextlib.suppress(OSError):  # another session's cleanup may delete it meanwhile
+            if file.is_file() and not file.is_symlink():
+                stats[file] = file.stat()
+    files = list(stats)
     total = sum(info.st_size for info in stats.values())
     deleted = []
     for old in sorted(files, key=lambda f: stats[f].st_mtime_ns):

@@ -399,6 +399,23 @@ def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monk
     assert [f.name for f in tmp_path.glob("*/*")] == ["big.csv"]
 
 
+def test_an_upload_deleted_by_another_session_meanwhile_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.001")
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s1" / "a.csv").write_bytes(b"text,label\n" + b"x" * 800)
+    real_is_file = Path.is_file
+
+    def gone_once_listed(path: Path) -> bool:  # another session's cleanup removes it right after the listing
+        found = real_is_file(path)
+        if path.name == "a.csv":
+            path.unlink(missing_ok=True)
+        return found
+
+    monkeypatch.setattr(Path, "is_file", gone_once_listed)
+    choice = save_upload(b"text,label\nhello,a\n", "new.csv", folder=tmp_path / "s2")  # before: FileNotFoundError
+    assert Path(choice.path).read_bytes() == b"text,label\nhello,a\n"
+
+
 def test_a_session_keeps_its_newest_uploads_only(tmp_path: Path) -> None:
     from clm_explore.ui.state import UPLOADS_KEPT
 
