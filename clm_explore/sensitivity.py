@@ -356,8 +356,7 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     head = model.get_submodule(head_name)
     feats, labels = _head_inputs(loaded, head, batches, device, prefix)
     if cfg.head_init == "centroid":
-        check_head_init(model, cfg)
-        centroid_head(head, feats, labels, cfg.centroid_scale)
+        centroid_head(*_output_layer(head, feats), labels, cfg.centroid_scale)
     gen = torch.Generator().manual_seed(cfg.rng_seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     was_training = head.training
@@ -372,11 +371,22 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     return {f"{head_name}.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
 
-def check_head_init(model: nn.Module, cfg: SensitivityConfig) -> None:
-    """Refuse ``head_init='centroid'`` on a head that is not one linear layer (RoBERTa's, MPNet's)."""
-    if cfg.head_init == "centroid" and not isinstance(model.get_submodule(head_module_name(model)), nn.Linear):
-        raise ConfigError(f"head_init 'centroid' sets a head of one linear layer; this {model.config.model_type} "
-                          "head has a dense layer before it. Use head_init 'loaded'.")
+@torch.no_grad()
+def _output_layer(head: nn.Module, feats: torch.Tensor) -> tuple[nn.Linear, torch.Tensor]:
+    """The head's output layer and its inputs for the pooled ``feats``: a linear head and ``feats`` themselves; a
+    two-layer head's ``out_proj`` and what its dense layer (as loaded) makes of them, which a centroid head reads."""
+    if isinstance(head, nn.Linear):
+        return head, feats
+    captured: list[torch.Tensor] = []
+    handle = head.out_proj.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    was_training = head.training
+    head.eval()
+    try:
+        head_logits(head, feats)
+    finally:
+        handle.remove()
+        head.train(was_training)
+    return head.out_proj, captured[0]
 
 
 @torch.no_grad()

@@ -50,7 +50,6 @@ from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
     calibration_rows,
-    check_head_init,
     compute_sensitivity,
     make_batches,
     scorable_linears,
@@ -269,7 +268,6 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     if cfg.method == "bitfit" and not any(n.endswith(".bias") for n, _ in backbone_named_parameters(model)):
         raise ConfigError(f"{type(model).__name__} has no bias terms outside its head, so BitFit would train the head "
                           "alone: use --method head for that.")
-    check_head_init(model, cfg.sensitivity)
     if cfg.method == "prefix":
         from clm_explore.baselines import takes_a_prefix
 
