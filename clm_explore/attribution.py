@@ -240,6 +240,12 @@ def _probabilities(model: PreTrainedModel) -> Any:
     return forward
 
 
+UNSETTLED_DELTA = 0.1
+"""A completeness gap (|delta|, in probability) above which a result's note says the bars do not add up. At the
+default 32 steps, 60 test texts of an all-MiniLM-L6-v2 sparse run stayed under it (largest 0.069, median 0.0007);
+8 of an all-mpnet-base-v2 full run did not (median 0.22, and 0.30 at 200 steps)."""
+
+
 def _explain_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -284,6 +290,9 @@ def _explain_batch(
         offsets = enc["offset_mapping"][i].tolist()
         words, word_scores, truncated = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
         note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens"] if truncated else [])
+        if abs(float(deltas[i])) > UNSETTLED_DELTA:
+            note.append(f"the bars miss the probability change by {float(deltas[i]):+.2f}, so read them as a "
+                        f"ranking, not amounts; more than {n_steps} integration steps (the CLI's --steps) may help")
         valid = enc["attention_mask"][i].bool().tolist()
         tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][i].tolist())
         out.append(

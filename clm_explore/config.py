@@ -452,7 +452,7 @@ class AttributionConfig:
         checks = [
             (  # the cap stops a typo from asking for petabytes; IG converges long before 1024 steps
                 2 <= self.n_steps <= 1024,
-                f"n_steps must be in 2..1024 (the default 32 usually converges), got {self.n_steps}",
+                f"n_steps must be in 2..1024 (the default 32 converges on the default model), got {self.n_steps}",
             ),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (

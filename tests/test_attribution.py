@@ -289,3 +289,13 @@ def test_two_threads_explaining_with_one_model_take_turns(loaded: LoadedModel) -
     for thread in threads:
         thread.join()
     assert errors == [] and wrong == []
+
+
+def test_a_result_whose_bars_miss_the_probability_change_says_so(loaded: LoadedModel, monkeypatch) -> None:
+    import clm_explore.attribution as attribution
+
+    (settled,) = explain(loaded.model, loaded.tokenizer, ["card arrived"], AttributionConfig(n_steps=64))
+    assert "do not add up" not in settled.note and "miss the probability" not in settled.note
+    monkeypatch.setattr(attribution, "UNSETTLED_DELTA", abs(settled.delta) / 2)  # as if it missed by twice the bar
+    (flagged,) = explain(loaded.model, loaded.tokenizer, ["card arrived"], AttributionConfig(n_steps=64))
+    assert f"miss the probability change by {flagged.delta:+.2f}" in flagged.note and "--steps" in flagged.note
