@@ -5,7 +5,7 @@ import streamlit as st
 from clm_explore.config import BUDGET_METHODS, METHODS, ConfigError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state, views
-from clm_explore.ui.views import escape_markdown
+from clm_explore.ui.views import escape_markdown, refusal_text
 
 st.title("Budget")
 st.write(
@@ -42,13 +42,14 @@ state.restore("budget_methods", ["sparse", "full"])
 picked = st.multiselect("Methods", METHODS, key="budget_methods")
 state.keep("budget_methods")
 options = forms.launch_options()  # the Finetune form's epochs and seed, as last submitted there
+forms.rates_note()
 st.caption(f"Each run trains {options['epochs']} epoch(s) with seed {options['seed']}, as set on the Finetune "
            "page; its other options take their defaults.")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
     try:
         launched = jobs.launch_many(picked, mask_cfg, choice, source, forms.default_device(), **options)
     except (ConfigError, ModelSourceError) as exc:  # checked before each run is queued
-        st.error(escape_markdown(str(exc)))
+        st.error(escape_markdown(refusal_text(str(exc))))
     else:
         st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")
         st.page_link("pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")

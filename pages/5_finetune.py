@@ -5,7 +5,7 @@ import streamlit as st
 from clm_explore.config import ConfigError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state
-from clm_explore.ui.views import escape_markdown
+from clm_explore.ui.views import escape_markdown, refusal_text
 
 st.title("Finetune")
 st.write(
@@ -30,7 +30,7 @@ if submitted is not None:
     try:
         job = jobs.launch(name, cfg, choice, source)
     except (ConfigError, ModelSourceError) as exc:  # e.g. a budget below one row: nothing is queued
-        st.error(escape_markdown(str(exc)))
+        st.error(escape_markdown(refusal_text(str(exc))))
     else:
         st.toast(f"Queued {job.run_id}")
 

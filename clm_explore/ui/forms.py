@@ -22,6 +22,7 @@ from clm_explore.config import (
     MiningConfig,
     SensitivityConfig,
 )
+from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
 from clm_explore.ui import cache, state
 from clm_explore.ui.views import escape_markdown
 
@@ -235,6 +236,16 @@ def row_choice_label(cfg: MaskConfig) -> str:
     return f"lowest layer {layer}, random share {cfg.random_share:g}" + (", spread over heads" if cfg.spread_heads else "")
 
 
+def rates_note() -> None:
+    """Under a model other than the bundled ones: the default learning rates were chosen on the default model."""
+    if state.model_source() in (DEFAULT_SOURCE, TINY_SOURCE):
+        return
+    st.caption("The methods' default learning rates were chosen on all-MiniLM-L6-v2, the default model; on another "
+               "model they may be too high (on all-mpnet-base-v2 the row methods' 5e-3 diverged where 1e-3 "
+               "trained). Set a rate in the Finetune form, or let `clm-explore bench --tune-lr` choose one. Runs "
+               "launched from the Budget page take the defaults.")
+
+
 def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None) -> tuple[str, FinetuneConfig] | None:
     """Method, budget, epochs, lr, seed, schedule, weight averaging, frozen-layer cache, cold head (and, when test
     has labels train never had, the abstention quantile); returns (run name, config) when Launch is pressed."""
@@ -251,6 +262,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
     options = {"method": METHODS, "schedule": SCHEDULES}
     for option, value in kept_defaults.items():
         state.restore(f"{key}_{option}", value, options=options.get(option))
+    rates_note()
     with st.form(f"{key}_form"):
         c1, c2, c3 = st.columns(3)
         method = c1.selectbox(

@@ -65,6 +65,7 @@ METRIC_ROWS = (
     "examples_per_second",
     "peak_memory_mb",
     "trainable_params",
+    "selected_params",
     "total_params",
     "budget",
     "lowest_layer",
@@ -78,9 +79,11 @@ OUT_OF_SCOPE_ROWS = ("accuracy", "macro_f1", "auroc", "threshold", "oos_recall",
 """metrics.json's ``out_of_scope`` parts shown when a run's test split had labels unseen in train."""
 
 
-METRIC_LABELS = {"budget": "budget %", "peak_memory_mb": "peak memory (MiB)", "train_seconds": "train_seconds (with prep)"}
+METRIC_LABELS = {"budget": "budget %", "peak_memory_mb": "peak memory (MiB)", "train_seconds": "train_seconds (with prep)",
+                 "selected_params": "selected_params (the budget's; trainable adds the head)"}
 """Row names where metrics.json's key would mislead: the budget is shown in percent as on every other page,
-peak memory is in MiB (2**20 bytes), and train_seconds already holds prep_seconds."""
+peak memory is in MiB (2**20 bytes), train_seconds already holds prep_seconds, and the trainable parameters are
+the budget's rows plus the head (and LayerNorms), which a two-layer head makes far more."""
 
 
 def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:

@@ -62,6 +62,15 @@ _CONFIG_LIMIT = re.compile(r"(,? or)? raise (the limit )?\(?DataConfig\.(max_row
                            r"memory for it)?")
 
 
+_METHOD_FLAG = re.compile(r"--method (\w+)")
+
+
+def refusal_text(message: str) -> str:
+    """A refusal of a run in the app's words (plain text: escape it to show it): the library's ``--method M``
+    becomes the Method box's choice."""
+    return _METHOD_FLAG.sub(r"the method '\1' (the Method box)", message)
+
+
 def data_error_text(message: str, upload: bool) -> str:
     """A data error in the app's words (plain text: escape it to show it): the command-line options the library
     names (--text-col, --label-col, --max-file-mb) become the Data page's controls, and the limits a browser user

@@ -747,3 +747,19 @@ def test_uploads_whose_names_have_no_ascii_letters_do_not_overwrite_each_other(t
     clash = save_upload(b"text,label\nc,z\n", "数据 1.csv", folder=tmp_path)  # sanitised to "1.csv"
     other = save_upload(b"text,label\nd,w\n", "统计 1.csv", folder=tmp_path)
     assert clash.path != other.path and Path(clash.path).read_bytes() == b"text,label\nc,z\n"
+
+
+def test_another_model_is_told_the_default_rates_come_from_the_default_one(at: AppTest, tmp_path: Path) -> None:
+    from clm_explore.modeling import load_model
+    from clm_explore.ui.views import refusal_text
+
+    goto(at, "pages/5_finetune.py")
+    assert not [c for c in at.caption if "default learning rates" in c.value]  # the bundled model: no note
+    tiny = load_model("tiny-random", ["a", "b"])
+    tiny.model.save_pretrained(tmp_path / "bert")
+    tiny.tokenizer.save_pretrained(tmp_path / "bert")
+    at.session_state["model_source"] = str(tmp_path / "bert")
+    at.run()
+    assert [c for c in at.caption if "default learning rates were chosen on all-MiniLM-L6-v2" in c.value]
+    assert refusal_text("use --method lora for an adapter baseline.") == (
+        "use the method 'lora' (the Method box) for an adapter baseline.")
