@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from clm_explore.config import AttributionConfig
+from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig
 from clm_explore.modeling import LoadedModel, load_run
 
 TargetSpec = int | str | None
@@ -246,6 +246,14 @@ default 32 steps, 60 test texts of an all-MiniLM-L6-v2 sparse run stayed under i
 8 of an all-mpnet-base-v2 full run did not (median 0.22, and 0.30 at 200 steps)."""
 
 
+def _unsettled_note(delta: float, steps: int) -> str:
+    """The note of a result whose bars miss the probability change; ``steps``: as asked (--steps; a decoder runs
+    twice as many)."""
+    more = f"; more than {steps} steps (--steps, up to {MAX_ATTRIBUTION_STEPS}) may help" if (
+        steps < MAX_ATTRIBUTION_STEPS) else ""
+    return f"the bars miss the probability change by {delta:+.2f}, so read them as a ranking, not amounts{more}"
+
+
 def _explain_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -291,8 +299,7 @@ def _explain_batch(
         words, word_scores, truncated = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
         note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens"] if truncated else [])
         if abs(float(deltas[i])) > UNSETTLED_DELTA:
-            note.append(f"the bars miss the probability change by {float(deltas[i]):+.2f}, so read them as a "
-                        f"ranking, not amounts; more than {n_steps} integration steps (the CLI's --steps) may help")
+            note.append(_unsettled_note(float(deltas[i]), cfg.n_steps))
         valid = enc["attention_mask"][i].bool().tolist()
         tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][i].tolist())
         out.append(

@@ -167,4 +167,6 @@ def _html_table(frame: pd.DataFrame) -> str:
 def _cell(value: object) -> object:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return f"{value:.4g}" if isinstance(value, float) else value
+    if not isinstance(value, float):
+        return value
+    return f"{value:.4g}" if abs(value) < 1 else str(round(value, 4))  # 2e-05, 0.9123; 15234.56, not 1.523e+04

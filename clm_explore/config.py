@@ -155,7 +155,9 @@ class SensitivityConfig:
     head_init: str = "loaded"
     """Where the warm-up starts: 'loaded' (the head as loaded: seeded random for a new head) or 'centroid'
     (each label's weights point from the calibration rows' mean head input to that label's mean, a
-    nearest-centroid classifier, the same for every seed; the warm-up epochs, 0 allowed, then train it). In
+    nearest-centroid classifier, the same for every seed; the warm-up epochs, 0 allowed, then train it; a
+    two-layer head's output layer is set so on its dense layer's outputs, which follow the seed where that layer is
+    new to the checkpoint). In
     10-shot without a warm-up it finetuned no better than the loaded head (test: level on banking77 and snips,
     -5.4 points on trec6) and did not lower the seed std on test (BENCHMARKS.md), so 'loaded' stays."""
     centroid_scale: float = 0.05
@@ -427,6 +429,10 @@ class FinetuneConfig:
         return from_dict(cls, data)
 
 
+MAX_ATTRIBUTION_STEPS = 1024
+"""Integrated Gradients' most interpolation steps (``AttributionConfig.n_steps``, --steps)."""
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
     """Integrated-Gradients attributions (``attribution.explain``, the case study, ``clm-explore explain``); here,
@@ -450,9 +456,10 @@ class AttributionConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (  # the cap stops a typo from asking for petabytes; IG converges long before 1024 steps
-                2 <= self.n_steps <= 1024,
-                f"n_steps must be in 2..1024 (the default 32 converges on the default model), got {self.n_steps}",
+            (  # the cap stops a typo from asking for petabytes of interpolated inputs
+                2 <= self.n_steps <= MAX_ATTRIBUTION_STEPS,
+                f"n_steps must be in 2..{MAX_ATTRIBUTION_STEPS} (the default 32 converges on the default model), "
+                f"got {self.n_steps}",
             ),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (

@@ -811,6 +811,9 @@ def _find_column(name: str, columns: list[str], given: str | None, known: tuple[
         if not matches:
             raise DataError(f"{name} has no column {given!r} (asked for as the {role} column); "
                             f"columns found: {listed}. Pass one of them with {option}.")
+        if len(matches) > 1:  # no exact match, several in other cases (a Parquet file or DataFrame may hold them)
+            raise DataError(f"{name}: the {role} column {given!r} is ambiguous: {', '.join(map(repr, matches))} "
+                            f"differ from it only in case. Choose one, exactly as written, with {option}.")
         return matches[0]
     candidates = [c for c in columns if c.strip().lower() in known]
     if len(candidates) > 1:

@@ -298,4 +298,6 @@ def test_a_result_whose_bars_miss_the_probability_change_says_so(loaded: LoadedM
     assert "do not add up" not in settled.note and "miss the probability" not in settled.note
     monkeypatch.setattr(attribution, "UNSETTLED_DELTA", abs(settled.delta) / 2)  # as if it missed by twice the bar
     (flagged,) = explain(loaded.model, loaded.tokenizer, ["card arrived"], AttributionConfig(n_steps=64))
-    assert f"miss the probability change by {flagged.delta:+.2f}" in flagged.note and "--steps" in flagged.note
+    assert f"miss the probability change by {flagged.delta:+.2f}" in flagged.note
+    assert "more than 64 steps (--steps, up to 1024) may help" in flagged.note  # the steps asked for
+    assert "may help" not in attribution._unsettled_note(0.5, 1024)  # no advice the CLI would refuse

@@ -268,7 +268,9 @@ def test_models_with_a_two_layer_head_run_every_method(family, tiny_data, tmp_pa
     centroid = SensitivityConfig(calibration_rows=80, head_init="centroid", warmup_epochs=0)
     first, again = (finetune(tiny_data, replace(_cfg("sparse", seed=i), sensitivity=centroid), tmp_path / f"c{i}",
                              source=source) for i in (0, 1))
-    assert first.status == "succeeded"  # the output layer set from the dense layer's outputs, the same every seed
+    # The output layer set on the dense layer's outputs: the same every seed, as this checkpoint stores its dense
+    # layer (a new one would be seeded by the run).
+    assert first.status == "succeeded"
     heads = [SensitivityReport.load(r.out_dir / "sensitivity").head_state for r in (first, again)]
     assert torch.equal(heads[0]["classifier.out_proj.weight"], heads[1]["classifier.out_proj.weight"])
 

@@ -718,6 +718,8 @@ def test_report_tables_keep_small_rates_and_blank_what_does_not_apply():
     from clm_explore.bench_report import _html_table
 
     page = _html_table(pd.DataFrame({"method": ["full", "sparse"], "lr": [2e-5, 5e-3], "accuracy": [0.93456, 0.9],
-                                     "lowest_layer": pd.array([None, 3], dtype="Int64")}))
+                                     "lowest_layer": pd.array([None, 3], dtype="Int64"),
+                                     "peak_memory_mb": [15234.56, 980.0]}))
     assert "<td>2e-05</td>" in page and "<td>0.9346</td>" in page and "<td>3</td>" in page  # rounding gave 0.0
+    assert "<td>15234.56</td>" in page  # not 1.523e+04
     assert "NA" not in page and "nan" not in page

@@ -533,13 +533,13 @@ def test_a_random_carve_keeps_every_label_in_train_and_a_label_of_a_shared_text_
         assert load_data(shared, DataConfig(seed=seed, test_fraction=0.45)).labels == ["L", "M", "N"], seed
 
 
-def _parquet_bytes(table) -> bytes:
+def _parquet_bytes(table, **options) -> bytes:
     import io
 
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, **options)
     return buffer.getvalue()
 
 
@@ -633,7 +633,11 @@ def test_columns_that_are_not_read_cannot_stop_a_parquet_file():
         load_upload(raw, "x.parquet")
     frame = pd.DataFrame({"text": texts, "label": labels, "id": range(12), "ID": range(12)})
     assert len(load_data(frame).labels) == 2  # names differing in case are two columns of a DataFrame
-    blob = _parquet_bytes(pa.table({"text": texts, "label": labels, "blob": [b"x" * 700_000] * 12}))
+    two_texts = frame.rename(columns={"id": "Text"}).assign(Text=texts)
+    with pytest.raises(DataError, match="the text column 'TEXT' is ambiguous: 'text', 'Text' differ from it only"):
+        load_data(two_texts, DataConfig(text_col="TEXT"))
+    blob = _parquet_bytes(pa.table({"text": texts, "label": labels, "blob": [b"x" * 700_000] * 12}),
+                          use_dictionary=False)  # 8.4 MB uncompressed (a dictionary would hold one value)
     assert len(load_upload(blob, "x.parquet", DataConfig(max_file_mb=2)).labels) == 2  # the 8 MB column is not read
 
 
