@@ -301,3 +301,23 @@ def test_a_result_whose_bars_miss_the_probability_change_says_so(loaded: LoadedM
     assert f"miss the probability change by {flagged.delta:+.2f}" in flagged.note
     assert "more than 64 steps (--steps, up to 1024) may help" in flagged.note  # the steps asked for
     assert "may help" not in attribution._unsettled_note(0.5, 1024)  # no advice the CLI would refuse
+
+
+def test_the_bars_add_up_on_a_model_that_numbers_positions_from_the_ids(tmp_path) -> None:
+    from transformers import AutoModelForSequenceClassification, RobertaConfig
+
+    tok = tiny_loaded().tokenizer
+    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=37, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                           num_labels=len(LABELS), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    with torch.no_grad():  # positions and logits that matter, as in a trained model (random ones barely move)
+        model.roberta.embeddings.position_embeddings.weight.mul_(5.0)
+        model.classifier.out_proj.weight.mul_(300.0)
+    texts = ["my card has not arrived", "exchange rate for a refund of my card"]
+    results = explain(model, tok, texts, AttributionConfig(n_steps=256))
+    # RoBERTa gives pad ids the padding position: a pass over the reference ids moved every position, and the
+    # bars (which add up to the change along the path) missed that pass's probability by 0.003 here, by 0.3 on
+    # a finetuned all-mpnet-base-v2.
+    assert max(abs(r.delta) for r in results) < 1e-3, [r.delta for r in results]
