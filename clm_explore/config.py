@@ -41,7 +41,8 @@ class DataConfig:
     label_col: str | None = None
     """Column holding the label; detected when None (label, intent, category, ...)."""
     max_file_mb: float = 200.0
-    """Files above this size are refused before reading (a Parquet file also when its data, uncompressed, is)."""
+    """Files above this size are refused before reading (a Parquet file also when the columns it reads, the text
+    and label candidates, are, uncompressed or decoded)."""
     max_rows: int = 500_000
     """Files with more rows are refused (a Parquet file's row count is read before its columns): a shared server
     must not let one small, highly compressed upload fill its memory."""
@@ -343,7 +344,7 @@ class FinetuneConfig:
     scope" when its top probability is below this quantile of the validation rows' top probabilities (about
     this share of in-scope queries turned away; chosen without test rows). Its AUROC needs no threshold."""
     head_warmup: bool = True
-    """Every method starts training from the same warmed-up head (a linear probe on cached features, see
+    """Every method starts training from the same warmed-up head (trained alone on cached features, see
     SensitivityConfig.warmup_*; its time counts as preparation). Row methods warm up inside their
     sensitivity pass. False: every method trains from the head as loaded (seeded random, plain
     finetuning); full/head/bitfit/lora/prefix skip the warm-up, and the row methods still warm a head for

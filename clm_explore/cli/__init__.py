@@ -126,8 +126,8 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True) -> N
     parser.add_argument("--text-col", default=None, help="text column (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column (detected when omitted)")
     parser.add_argument("--max-file-mb", type=float, default=200.0,
-                        help="refuse files above this size (a Parquet file's data is also measured uncompressed and "
-                             "decoded)")
+                        help="refuse files above this size (a Parquet file's text and label candidates are also "
+                             "measured uncompressed and decoded)")
 
 
 def build_parser() -> argparse.ArgumentParser:

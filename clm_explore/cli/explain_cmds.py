@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
         "(positive = towards the target label). Scores sum to p(text) - p(reference) up to delta.",
     )
     explain.add_argument(
-        "--run", required=True, metavar="DIR", help="a run folder (a finetuned model folder)"
+        "--run", required=True, metavar="DIR", help="a run folder (a finetuned model folder) or a run id of the registry"
     )
     explain.add_argument(
         "--text", action="append", required=True, metavar="T", help="a text (repeat for more)"
@@ -54,8 +54,8 @@ def register(subparsers: Any) -> None:
         description="One self-contained HTML file: metrics, confusion matrices, per-label F1, top attributed "
         "words per label with mined groups marked, the mask heatmap and disagreement rows.",
     )
-    report.add_argument("--run", required=True, metavar="A", help="the run folder studied (e.g. sparse)")
-    report.add_argument("--vs", default=None, metavar="B", help="a second run folder (e.g. full)")
+    report.add_argument("--run", required=True, metavar="A", help="the run folder (or run id) studied (e.g. sparse)")
+    report.add_argument("--vs", default=None, metavar="B", help="a second run folder or run id (e.g. full)")
     report.add_argument(
         "--data", default=None, metavar="DATA", help="data whose test split is explained instead"
     )
@@ -85,8 +85,8 @@ def _add_column_args(parser: argparse.ArgumentParser) -> None:
         "--max-file-mb",
         type=float,
         default=DataConfig.max_file_mb,
-        help="refuse --data files above this size (a Parquet file's data is also measured uncompressed and "
-        "decoded)",
+        help="refuse --data files above this size (a Parquet file's text and label candidates are also measured "
+        "uncompressed and decoded)",
     )
 
 
