@@ -121,8 +121,8 @@ class _Wanted:
     """False when no label is read (texts to predict on)."""
 
     @classmethod
-    def of(cls, cfg: DataConfig, label: bool = True) -> _Wanted:
-        return cls(cfg.text_col, cfg.label_col, label)
+    def of(cls, cfg: DataConfig) -> _Wanted:
+        return cls(cfg.text_col, cfg.label_col)
 
     def keeps(self, column: str) -> bool:
         roles = [(self.text_col, TEXT_NAMES)] + ([(self.label_col, LABEL_NAMES)] if self.label else [])
