@@ -286,10 +286,9 @@ def _keep_uploads_under(root: Path, max_bytes: float, kept: Path) -> list[Path]:
         with contextlib.suppress(OSError):  # another session's cleanup may delete it meanwhile
             if file.is_file() and not file.is_symlink():
                 stats[file] = file.stat()
-    files = list(stats)
     total = sum(info.st_size for info in stats.values())
     deleted = []
-    for old in sorted(files, key=lambda f: stats[f].st_mtime_ns):
+    for old in sorted(stats, key=lambda f: stats[f].st_mtime_ns):
         if total <= max_bytes:
             break
         if old == kept:
