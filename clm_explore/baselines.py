@@ -34,7 +34,7 @@ from clm_explore.masks import budget_to_params, select_mask
 from clm_explore.modeling import (
     LoadedModel,
     ModelSourceError,
-    head_module_name,
+    head_module_names,
     head_parameter_names,
     load_model,
     resolve_device,
@@ -93,10 +93,6 @@ def prepare_bitfit(ctx: MethodContext) -> Prepared:
 # ------------------------------------------------------------------------------------------- peft
 
 
-def _head_modules(model: nn.Module) -> list[str]:
-    return [head_module_name(model)]
-
-
 def _trainable_group(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on the trained matrices, none on biases and norms: the rule every method follows."""
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -112,7 +108,7 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
 
     r = ctx.cfg.lora_r
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
-                        target_modules=_lora_targets(ctx.loaded.model), modules_to_save=_head_modules(ctx.loaded.model))
+                        target_modules=_lora_targets(ctx.loaded.model), modules_to_save=head_module_names(ctx.loaded.model))
     with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question; not the user's concern
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         peft_model = get_peft_model(ctx.loaded.model, config)
@@ -144,7 +140,7 @@ def prepare_prefix(ctx: MethodContext) -> Prepared:
     model = ctx.loaded.model
     _accept_prefix_cache(model)
     config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=ctx.cfg.prefix_tokens,
-                                modules_to_save=_head_modules(model))
+                                modules_to_save=head_module_names(model))
     peft_model = get_peft_model(model, config)
 
     def finalize() -> PreTrainedModel:

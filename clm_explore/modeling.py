@@ -224,25 +224,73 @@ def load_run(run_dir: str | Path) -> LoadedModel:
 
 def _check_linear_head(model: PreTrainedModel) -> None:
     """The head warm-up and the row scores read the head as one module over the pooled state: one linear map
-    (BERT's ``classifier``, a decoder's ``score``) or a dense layer then a linear one over the first token
-    (RoBERTa's and MPNet's ``classifier``, ``is_two_layer_head``); refuse other heads instead of training them
-    wrongly."""
-    head = getattr(model, "classifier", None) or getattr(model, "score", None)
-    pre_head = hasattr(model, "pre_classifier")  # DistilBERT: a new dense layer outside the head module
-    if not (isinstance(head, torch.nn.Linear) or is_two_layer_head(head)) or pre_head:
-        kind = (type(head).__name__ if head is not None else "none found") + (" after pre_classifier" if pre_head else "")
+    (BERT's ``classifier``, a decoder's ``score``), a dense layer then a linear one over the first token
+    (RoBERTa's and MPNet's ``classifier``, ``is_two_layer_head``), or a first layer outside ``classifier``
+    (DistilBERT's ``pre_classifier``, DeBERTa's ``pooler``: ``SplitHead``); refuse other heads instead of
+    training them wrongly."""
+    head = head_module(model) if _pre_head_name(model) else getattr(model, "classifier", None) or getattr(
+        model, "score", None)
+    if not (isinstance(head, torch.nn.Linear) or is_two_layer_head(head)):
+        kind = type(head).__name__ if head is not None else "none found"
         raise ModelSourceError(
             f"{model.config.model_type} models are not supported: clm-explore needs a classification head that is "
             f"one linear layer (`classifier` as in BERT and MiniLM, or `score` as in Llama, SmolLM2 and Qwen2) or a "
-            f"dense and an output layer over the first token (RoBERTa, MPNet); this model's head is {kind}."
+            f"dense and an output layer over the first token (RoBERTa, MPNet, DistilBERT, DeBERTa); this model's "
+            f"head is {kind}."
         )
 
 
 def is_two_layer_head(head: object) -> bool:
-    """RoBERTa's, XLM-R's, ELECTRA's and MPNet's head: ``dense`` then ``out_proj`` over the first token's state,
-    called on the whole sequence of states (it takes the first itself)."""
+    """RoBERTa's, XLM-R's, ELECTRA's and MPNet's head, and ``SplitHead``: ``dense`` then ``out_proj`` over the
+    first token's state, called on the whole sequence of states (it takes the first itself)."""
     return (isinstance(getattr(head, "dense", None), torch.nn.Linear)
             and isinstance(getattr(head, "out_proj", None), torch.nn.Linear))
+
+
+PRE_HEADS = ("pre_classifier", "pooler")
+"""Top-level layers between the backbone and a linear ``classifier``: DistilBERT's ``pre_classifier`` (then ReLU)
+and DeBERTa's ``pooler`` (a dense layer over the first token). A checkpoint without a head lacks them, so they are
+new and random: the head, trained whole, not backbone rows under the budget. (BERT's pooler is inside the
+backbone, ``bert.pooler``, and pretrained.)"""
+
+
+def _pre_head_name(model: nn.Module) -> str | None:
+    if not isinstance(getattr(model, "classifier", None), nn.Linear):
+        return None
+    return next((name for name in PRE_HEADS if isinstance(getattr(model, name, None), nn.Module)), None)
+
+
+class SplitHead(nn.Module):
+    """DistilBERT's and DeBERTa's head as one module, as RoBERTa's is: the first token's state, the first layer
+    (``pre_classifier`` then ReLU, or the ``pooler``, which takes the first token itself), the model's dropout,
+    then ``classifier``. A view: its parameters are the model's own, under the model's names."""
+
+    def __init__(self, model: nn.Module, first: str):
+        super().__init__()
+        self.first = first
+        self.add_module(first, getattr(model, first))
+        self.classifier = model.classifier
+        self.dropout = model.dropout
+
+    @property
+    def entry(self) -> nn.Module:
+        """The layer the backbone's states enter."""
+        return getattr(self, self.first)
+
+    @property
+    def dense(self) -> nn.Linear:
+        return self.entry if isinstance(self.entry, nn.Linear) else self.entry.dense
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        return self.classifier
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.entry, nn.Linear):
+            pooled = nn.functional.relu(self.entry(states[:, 0]))
+        else:
+            pooled = self.entry(states)
+        return self.classifier(self.dropout(pooled))
 
 
 _DECODER_TYPES = {"llama", "mistral", "qwen2", "gpt2", "gpt_neox", "phi", "gemma", "smollm"}
@@ -313,15 +361,30 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def head_parameter_names(model: PreTrainedModel) -> list[str]:
-    """Names of the classification head's parameters (BERT ``classifier``, decoders ``score``; RoBERTa's and
-    MPNet's ``classifier`` holds its dense layer too, new in a checkpoint without a head: trained as the head)."""
-    return [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
+def head_module_names(model: nn.Module) -> list[str]:
+    """The classification head's top-level modules: ``classifier`` or ``score``, after DistilBERT's
+    ``pre_classifier`` or DeBERTa's ``pooler`` (``PRE_HEADS``)."""
+    first = _pre_head_name(model)
+    last = "classifier" if isinstance(getattr(model, "classifier", None), nn.Module) else "score"
+    return [first, last] if first else [last]
 
 
-def head_module_name(model: PreTrainedModel) -> str:
-    """The classification head's module: ``classifier`` or ``score``."""
-    return head_parameter_names(model)[0].split(".")[0]
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the classification head's parameters (``head_module_names``; RoBERTa's and MPNet's ``classifier``
+    holds its dense layer too, new in a checkpoint without a head: trained as the head)."""
+    modules = head_module_names(model)
+    return [n for n, _ in model.named_parameters() if n.split(".")[0] in modules]
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    """The head as one module over the pooled state (a ``SplitHead`` where it spans two top-level modules)."""
+    first = _pre_head_name(model)
+    return SplitHead(model, first) if first else model.get_submodule(head_module_names(model)[0])
+
+
+def head_entry(head: nn.Module) -> nn.Module:
+    """The module of ``head`` that the backbone's states enter (its first layer for a ``SplitHead``)."""
+    return head.entry if isinstance(head, SplitHead) else head
 
 
 def head_logits(head: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
@@ -351,10 +414,18 @@ def small_parameters(model: nn.Module) -> Iterator[tuple[str, int, nn.Parameter]
         if not (norm or isinstance(mod, nn.Linear)):
             continue
         found = re.search(r"layers?\.(\d+)\.", name)
-        layer = int(found.group(1)) if found else (-1 if "embed" in name else ABOVE_LAYERS)
+        layer = int(found.group(1)) if found else (-1 if "embed" in name or _feeds_every_layer(model, name)
+                                                   else ABOVE_LAYERS)
         for p in list(mod.parameters(recurse=False)) if norm else [mod.bias]:
             if p is not None and id(p) not in head_ids:
                 yield ("norm" if norm else "bias"), layer, p
+
+
+def _feeds_every_layer(model: nn.Module, name: str) -> bool:
+    """DeBERTa's ``encoder.LayerNorm`` normalises the relative position embeddings that every layer reads: it sits
+    below the layers as the embeddings do, though outside them."""
+    parent = name.rpartition(".")[0]
+    return hasattr(model.get_submodule(parent) if parent else model, "rel_embeddings")
 
 
 def small_parameter_counts(model: nn.Module) -> dict[str, dict[int, int]]:

@@ -33,8 +33,9 @@ from clm_explore.modeling import (
     LoadedModel,
     ModelSourceError,
     head_classes,
+    head_entry,
     head_logits,
-    head_module_name,
+    head_module,
     head_parameter_names,
     pooled_positions,
     resolve_device,
@@ -42,14 +43,15 @@ from clm_explore.modeling import (
 )
 from clm_explore.prefix_cache import PrefixCache
 
-MODULE_PATTERNS = (  # BERT and RoBERTa, Llama-style decoders, MPNet (attention.attn.q)
-    (r"attention\.self\.query$|self_attn\.q_proj$|attention\.attn\.q$", "q"),
-    (r"attention\.self\.key$|self_attn\.k_proj$|attention\.attn\.k$", "k"),
-    (r"attention\.self\.value$|self_attn\.v_proj$|attention\.attn\.v$", "v"),
-    (r"attention\.output\.dense$|self_attn\.o_proj$|attention\.attn\.o$", "o"),
-    (r"intermediate\.dense$|mlp\.up_proj$", "ffn_in"),
+MODULE_PATTERNS = (  # BERT and RoBERTa, Llama-style decoders, MPNet (attention.attn.q), DistilBERT (q_lin, ffn.lin1),
+    # DeBERTa (attention.self.query_proj)
+    (r"attention\.self\.query(_proj)?$|self_attn\.q_proj$|attention\.attn\.q$|attention\.q_lin$", "q"),
+    (r"attention\.self\.key(_proj)?$|self_attn\.k_proj$|attention\.attn\.k$|attention\.k_lin$", "k"),
+    (r"attention\.self\.value(_proj)?$|self_attn\.v_proj$|attention\.attn\.v$|attention\.v_lin$", "v"),
+    (r"attention\.output\.dense$|self_attn\.o_proj$|attention\.attn\.o$|attention\.out_lin$", "o"),
+    (r"intermediate\.dense$|mlp\.up_proj$|ffn\.lin1$", "ffn_in"),
     (r"mlp\.gate_proj$", "ffn_gate"),
-    (r"(?<!attention\.)output\.dense$|mlp\.down_proj$", "ffn_out"),
+    (r"(?<!attention\.)output\.dense$|mlp\.down_proj$|ffn\.lin2$", "ffn_out"),
     (r"pooler\.dense$", "pooler"),
 )
 MODULE_ORDER = ["embeddings", "q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "pooler"]
@@ -116,6 +118,14 @@ class SensitivityReport:
     def scored_from_layer(self) -> int:
         """Rows of layers below this one were not scored (``SensitivityConfig.min_layer``): never select them."""
         return int(self.config.get("min_layer", 0))
+
+    @property
+    def zero_note(self) -> str | None:
+        """A sentence when every row scored 0, so that the top rows are an arbitrary pick; None otherwise."""
+        if any(bool(s.any()) for s in self.row_scores.values()):
+            return None
+        return ("every row scored 0: no gradient reached the scored rows (a head whose units all died in the "
+                "warm-up does this), so the rows taken are an arbitrary pick; try --head-warmup-epochs 0")
 
     def normalised(self, how: str | None = None) -> dict[str, torch.Tensor]:
         """Row scores normalised within each matrix ('mean', 'zscore', 'rank' or 'none')."""
@@ -352,8 +362,7 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     Returns the head's state dict (also loaded into the model).
     """
     model = loaded.model
-    head_name = head_module_name(model)
-    head = model.get_submodule(head_name)
+    head = head_module(model)
     feats, labels = _head_inputs(loaded, head, batches, device, prefix)
     if cfg.head_init == "centroid":
         centroid_head(*_output_layer(head, feats), labels, cfg.centroid_scale)
@@ -368,7 +377,8 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
             loss.backward()
             opt.step()
     head.train(was_training)
-    return {f"{head_name}.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    names = set(head_parameter_names(model))
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in names}
 
 
 @torch.no_grad()
@@ -417,7 +427,7 @@ def _head_inputs(loaded: LoadedModel, head: nn.Module, batches: list[Batch], dev
     def keep(_mod, args):
         captured.append(args[0].detach())
 
-    handle = head.register_forward_pre_hook(keep)
+    handle = head_entry(head).register_forward_pre_hook(keep)
     feats = []
     try:
         loaded.model.eval()
@@ -612,8 +622,11 @@ def compute_sensitivity(
         notes.append(f"Fisher labels: drawn from the model, {cfg.label_draws} per row")
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
-    return SensitivityReport.of_model(model, row_scores, matrices, to_dict(cfg), head_state,
-                                      time.perf_counter() - started, notes)
+    report = SensitivityReport.of_model(model, row_scores, matrices, to_dict(cfg), head_state,
+                                        time.perf_counter() - started, notes)
+    if report.zero_note:
+        report.notes.append(report.zero_note)
+    return report
 
 
 def calibration_indices(data: AnnotatedData, cfg: SensitivityConfig) -> np.ndarray:

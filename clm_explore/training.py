@@ -344,6 +344,8 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
             "time_ratio_estimate": selection.time_ratio_estimate}
     if selection.budget_note:
         info["budget_note"] = selection.budget_note
+    if report.zero_note and ctx.cfg.method != "random":
+        info["score_note"] = report.zero_note
     return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,
                     after_training=lambda: {"delta": delta_state(wrappers)})
 

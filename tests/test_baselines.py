@@ -223,48 +223,69 @@ def test_lora_and_layers_decay_the_matrices_they_train_and_no_bias(tiny_data, tm
 
 
 def save_two_layer_head_model(folder, family: str) -> str:
-    """A tiny random RoBERTa or MPNet folder (a dense layer then an output layer as the head) with the tiny
-    tokenizer."""
-    from transformers import MPNetConfig, RobertaConfig
+    """A tiny random RoBERTa, MPNet, DistilBERT or DeBERTa-v2 folder (a dense layer then an output layer as the
+    head) with the tiny tokenizer."""
+    from transformers import DebertaV2Config, DistilBertConfig, MPNetConfig, RobertaConfig
 
     from clm_explore.modeling import load_model
 
     tok = load_model("tiny-random").tokenizer
     shape = {"vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
              "intermediate_size": 37, "max_position_embeddings": 130, "pad_token_id": tok.pad_token_id}
-    config = RobertaConfig(**shape) if family == "roberta" else MPNetConfig(**shape)
+    if family == "distilbert":
+        config = DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                                  max_position_embeddings=130, pad_token_id=tok.pad_token_id)
+    elif family == "deberta":  # as DeBERTa-v3: relative attention, its embeddings normalised in the encoder
+        config = DebertaV2Config(**shape, relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"],
+                                 norm_rel_ebd="layer_norm", max_relative_positions=-1, position_buckets=16)
+    else:
+        config = {"roberta": RobertaConfig, "mpnet": MPNetConfig}[family](**shape)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
 
 
-@pytest.mark.parametrize("family", ["roberta", "mpnet"])
+TWO_LAYER_HEADS = {  # family -> (the head's dense layer, its output layer)
+    "roberta": ("classifier.dense", "classifier.out_proj"),
+    "mpnet": ("classifier.dense", "classifier.out_proj"),
+    "distilbert": ("pre_classifier", "classifier"),  # outside the classifier module (modeling.SplitHead)
+    "deberta": ("pooler.dense", "classifier"),
+}
+
+
+@pytest.mark.parametrize("family", list(TWO_LAYER_HEADS))
 def test_models_with_a_two_layer_head_run_every_method(family, tiny_data, tmp_path):
     from clm_explore.config import ConfigError
-    from clm_explore.modeling import load_model
+    from clm_explore.modeling import load_model, small_parameters
     from clm_explore.sensitivity import scored_linears
 
     source = save_two_layer_head_model(tmp_path / family, family)
     loaded = load_model(source, tiny_data.labels)
     kinds = {kind for _, _, kind in scored_linears(loaded.model).values()}
-    assert kinds == {"q", "k", "v", "o", "ffn_in", "ffn_out"}  # MPNet names its maps attention.attn.q ...
-    assert head_parameter_names(loaded.model) == ["classifier.dense.weight", "classifier.dense.bias",
-                                                  "classifier.out_proj.weight", "classifier.out_proj.bias"]
+    assert kinds == {"q", "k", "v", "o", "ffn_in", "ffn_out"}  # MPNet names its maps attention.attn.q, DistilBERT q_lin
+    dense, out = TWO_LAYER_HEADS[family]
+    if family == "deberta":  # the relative embeddings' norm feeds every layer: it sits below them, as the embeddings
+        assert {layer for kind, layer, p in small_parameters(loaded.model)
+                if p is loaded.model.deberta.encoder.LayerNorm.weight} == {-1}
+    assert head_parameter_names(loaded.model) == [f"{dense}.weight", f"{dense}.bias", f"{out}.weight", f"{out}.bias"]
     for method in ("sparse", "head", "full", "lora", "bitfit", "layers", "random", "prefix"):
         cfg = _cfg(method)
-        if method == "prefix" and family == "mpnet":  # MPNet takes no past key values: refused in plain words
+        if method == "prefix" and family != "roberta":  # no past key values: refused in plain words
             with pytest.raises(ConfigError, match="takes no past key values.*--method lora"):
                 finetune(tiny_data, cfg, tmp_path / method, source=source)
             continue
         result = finetune(tiny_data, cfg, tmp_path / family / method, source=source)
         assert result.status == "succeeded" and np.isfinite(result.metrics["accuracy"]), method
+        head_params = sum(p.numel() for n, p in loaded.model.named_parameters() if n.startswith((dense, out)))
         if method in ("sparse", "random"):  # the budget spent on the backbone; the whole two-layer head trained
             report = SensitivityReport.load(result.out_dir / "sensitivity")
-            assert "classifier.dense.weight" not in report.matrices and report.head_params == sum(
-                p.numel() for n, p in loaded.model.named_parameters() if n.startswith("classifier."))
+            assert f"{dense}.weight" not in report.matrices and report.head_params == head_params
             assert 0 < result.metrics["selected_params"] <= budget_to_params(0.05, report.backbone_params)
+        if method == "head":
+            assert result.metrics["trainable_params"] == head_params
         reloaded = AutoModelForSequenceClassification.from_pretrained(result.out_dir)
-        assert reloaded.config.model_type == family and reloaded.config.id2label[0] == tiny_data.labels[0]
+        assert reloaded.config.model_type == loaded.model.config.model_type
+        assert reloaded.config.id2label[0] == tiny_data.labels[0]
     centroid = SensitivityConfig(calibration_rows=80, head_init="centroid", warmup_epochs=0)
     first, again = (finetune(tiny_data, replace(_cfg("sparse", seed=i), sensitivity=centroid), tmp_path / f"c{i}",
                              source=source) for i in (0, 1))
@@ -272,7 +293,8 @@ def test_models_with_a_two_layer_head_run_every_method(family, tiny_data, tmp_pa
     # layer (a new one would be seeded by the run).
     assert first.status == "succeeded"
     heads = [SensitivityReport.load(r.out_dir / "sensitivity").head_state for r in (first, again)]
-    assert torch.equal(heads[0]["classifier.out_proj.weight"], heads[1]["classifier.out_proj.weight"])
+    assert torch.equal(heads[0][f"{out}.weight"], heads[1][f"{out}.weight"])
+    assert not torch.equal(heads[0][f"{out}.weight"], loaded.model.state_dict()[f"{out}.weight"])
 
 
 def test_layers_over_the_budget_say_so(tiny_data, tmp_path):

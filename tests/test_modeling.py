@@ -98,16 +98,17 @@ def test_a_decoder_style_score_head_pools_like_a_decoder(tmp_path):
     assert load_model(str(tmp_path), LABELS).is_decoder is True
 
 
-def test_a_head_after_a_pre_classifier_is_refused(tmp_path):
-    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+def test_a_head_of_another_shape_is_refused(tmp_path):
+    from transformers import AutoModelForSequenceClassification, FunnelConfig
 
     tokenizer = load_model("tiny-random", LABELS).tokenizer
-    config = DistilBertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, vocab_size=len(tokenizer), num_labels=3)
+    config = FunnelConfig(vocab_size=len(tokenizer), d_model=16, n_head=2, d_head=8, d_inner=32, block_sizes=[1, 1],
+                          num_labels=3)  # its classifier holds linear_hidden and linear_out
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(ModelSourceError, match="distilbert models are not supported.*one linear layer"):
+    with pytest.raises(ModelSourceError, match="funnel models are not supported.*one linear layer"):
         load_model(str(tmp_path), LABELS)
-    assert "distilbert models are not supported" in unsupported_reason(str(tmp_path))  # no weights loaded
+    assert "funnel models are not supported" in unsupported_reason(str(tmp_path))  # no weights loaded
 
 
 def test_unsupported_reason_is_empty_for_a_supported_folder_and_names_a_missing_one(tmp_path):

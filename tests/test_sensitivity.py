@@ -419,3 +419,23 @@ def test_a_decoder_is_scored_and_warmed_at_the_position_its_classifier_reads():
     assert all(restricted.positions[r, ends[r] - 1] == 1 for r in range(3))
     features, _ = _head_inputs(loaded, model.score, [batch], torch.device("cpu"))
     assert torch.allclose(model.score(features), logits, atol=1e-6)
+
+
+def test_scores_that_are_all_zero_say_the_pick_is_arbitrary(tiny_data, tmp_path):
+    from clm_explore.config import FinetuneConfig, MaskConfig
+    from clm_explore.training import finetune
+
+    loaded = load_model("tiny-random", tiny_data.labels)
+    with torch.no_grad():  # a head that passes no gradient back, as one whose ReLU units all died would
+        loaded.model.classifier.weight.zero_()
+    loaded.model.save_pretrained(tmp_path / "model")
+    loaded.tokenizer.save_pretrained(tmp_path / "model")
+    sens = SensitivityConfig(calibration_rows=40, warmup_epochs=0, restriction="none")
+    report = compute_sensitivity(load_model(str(tmp_path / "model"), tiny_data.labels), tiny_data, None, sens)
+    assert report.notes[-1].startswith("every row scored 0") and report.zero_note == report.notes[-1]
+    cfg = FinetuneConfig(method="fisher", epochs=1, mask=MaskConfig(budget=0.05), sensitivity=sens)
+    result = finetune(tiny_data, cfg, tmp_path / "run", source=str(tmp_path / "model"))
+    assert result.metrics["score_note"] == report.zero_note
+
+    scored = compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, sens)
+    assert scored.zero_note is None and not any("scored 0" in n for n in scored.notes)

@@ -510,22 +510,22 @@ def test_a_budget_that_buys_no_row_is_a_warning_and_queues_nothing(at: AppTest) 
 
 
 def test_sidebar_refuses_an_unsupported_model_folder_and_a_new_model_resets_the_layer_floor(tmp_path: Path) -> None:
-    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+    from transformers import AutoModelForSequenceClassification, FunnelConfig
 
     from clm_explore.config import MaskConfig
     from clm_explore.modeling import load_model
 
     tiny = load_model("tiny-random", ["a", "b"])
-    distilbert = DistilBertConfig(vocab_size=len(tiny.tokenizer), dim=16, n_layers=1, n_heads=2, hidden_dim=32,
-                                  num_labels=2)
-    AutoModelForSequenceClassification.from_config(distilbert).save_pretrained(tmp_path / "distilbert")
-    tiny.tokenizer.save_pretrained(tmp_path / "distilbert")
+    funnel = FunnelConfig(vocab_size=len(tiny.tokenizer), d_model=16, n_head=2, d_head=8, d_inner=32,
+                          block_sizes=[1, 1], num_labels=2)
+    AutoModelForSequenceClassification.from_config(funnel).save_pretrained(tmp_path / "funnel")
+    tiny.tokenizer.save_pretrained(tmp_path / "funnel")
     app = AppTest.from_file(APP, default_timeout=TIMEOUT)
     app.session_state["side_source"] = "local folder…"
-    app.session_state["side_folder"] = str(tmp_path / "distilbert")
+    app.session_state["side_folder"] = str(tmp_path / "funnel")
     app.run()
     assert not app.exception
-    assert any("distilbert models are not supported" in e.value for e in app.sidebar.error)
+    assert any("funnel models are not supported" in e.value for e in app.sidebar.error)
     assert app.session_state["model_source"] == "tiny-random"  # unchanged
 
     tiny.model.save_pretrained(tmp_path / "bert")
