@@ -208,6 +208,8 @@ def _encode(
     enc = tokenizer(
         texts,
         padding=True,
+        padding_side="right",  # as training and predictions pad (batches.collate): GPT-2's positions and a prefix
+        # run's read a left-padded text differently, so its bars changed with the other texts of the call
         truncation=True,
         max_length=cfg.max_length,
         return_tensors="pt",

@@ -384,6 +384,12 @@ def coverage_share(texts: Sequence[str], tokenizer, task_tokens: TaskTokens) -> 
     return sum(len(c) for c in covered) / max(total, 1)
 
 
+def unused_slots(vocab: dict[str, int]) -> list[str]:
+    """The vocabulary's unused entries (BERT's ``[unused0]`` ...), in id order: where adaptive tokenization merges
+    words without adding a parameter. Byte-level and SentencePiece vocabularies have none."""
+    return sorted((t for t in vocab if t.startswith("[unused")), key=lambda t: vocab[t])
+
+
 @dataclass
 class MergeReport:
     """What adaptive tokenization merged into the tokenizer's unused slots, and what it bought."""
@@ -426,7 +432,7 @@ def adaptive_tokenization(loaded, task_tokens: TaskTokens, texts: Sequence[str],
     """
     tok = loaded.tokenizer
     vocab = tok.get_vocab()
-    slots = sorted((t for t in vocab if t.startswith("[unused")), key=lambda t: vocab[t])
+    slots = unused_slots(vocab)
     candidates = _merge_candidates(tok, task_tokens, vocab)
     before = _mean_length(tok, texts)
     if not slots:

@@ -164,12 +164,32 @@ def load_model(
     _check_linear_head(model)
     is_decoder = (bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES
                   or hasattr(model, "score"))  # a `score` head reads the last token, as decoders pool
-    if tokenizer.pad_token is None:
-        # Decoder tokenizers often lack a pad token; reuse EOS so that batches can be padded.
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    _align_pad_tokens(model, tokenizer, is_decoder, resolved)
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
+
+
+def _align_pad_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, is_decoder: bool, where: str) -> None:
+    """One pad token for the tokenizer (which pads batches) and the model's config (where a decoder's classifier
+    reads the last token that is not a pad): a decoder folder whose config names another one (Llama-3-style folders
+    often name EOS there and ship a `<pad>`) read a pad position in any text shorter than its batch, so a prediction
+    changed with the other texts of its batch.
+
+    Raises:
+        ModelSourceError: the tokenizer has no pad token and neither the config nor an EOS token names one.
+    """
+    config = model.config
+    if tokenizer.pad_token is None:
+        # Decoder tokenizers often lack a pad token: take the config's, else EOS, so that batches can be padded.
+        if config.pad_token_id is not None and config.pad_token_id < len(tokenizer):
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(config.pad_token_id))
+        elif tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            raise ModelSourceError(f"The tokenizer in {where} has no pad token and no EOS token, and the model's "
+                                   "config names no pad token id: batches cannot be padded. Set pad_token in its "
+                                   "tokenizer_config.json or pad_token_id in its config.json.")
+    if config.pad_token_id is None or is_decoder:
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 def pooled_positions(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
@@ -329,6 +349,8 @@ def _convert_gguf(gguf_path: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except ImportError as exc:
         raise ModelSourceError("Loading GGUF files needs the `gguf` package: `pip install gguf`.") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # not a GGUF file, or one transformers cannot read
+        raise ModelSourceError(f"Could not load {gguf_path} as a GGUF model: {exc}") from exc
     tmp = out.with_suffix(".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -283,7 +283,9 @@ class RunStore:
         """Move a run to ``status``. The caller sets succeeded only once the run's files are complete.
 
         Running claims the run for this process (host, pid). Succeeded also loads ``metrics.json``
-        from the folder into the row, when the file exists.
+        from the folder into the row, when the file exists. Failed, cancelled and interrupted write the status (and
+        error) to a folder without ``metrics.json``, so that the folder registered again reads as it ended, not
+        as pending.
         """
         status = RunStatus(status)
         record = self.get(run_id)
@@ -298,6 +300,9 @@ class RunStore:
             meta = read_json_object(record.path / "clm_run.json")
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
                 sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
+        if status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED) and record.path.is_dir() and not (
+                record.path / "metrics.json").exists():
+            write_json_atomic(record.path / "metrics.json", {"status": status.value, "error": error})
         self._update(run_id, sets)
         return self.get(run_id)
 
@@ -430,6 +435,24 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
     Raises:
         RunFolderError: what stands in the way, and what to do.
     """
+    path = check_run_dir(out, overwrite, protected)
+    if path.exists() and any(path.iterdir()):
+        # Moved aside first, then deleted: another process checking the folder meanwhile (``check_run_dir``) sees
+        # the whole run folder or an empty one, never one half deleted.
+        aside = path.with_name(f"{path.name}.replaced-{os.getpid()}")
+        path.rename(aside)
+        shutil.rmtree(aside)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Path:
+    """What ``claim_run_dir`` checks, touching nothing: the other processes of a launch run it while rank 0
+    claims the folder, so that a refusal stops every process, not rank 0 alone (the rest waited for it).
+
+    Raises:
+        RunFolderError: what stands in the way, and what to do.
+    """
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{path} is a file; a run folder is a folder.")
@@ -438,8 +461,6 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
         if not overwrite:
             raise RunFolderError(f"Run folder {path} already exists; replace it with --overwrite (overwrite=True "
                                  "in Python) or choose another folder.")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -273,7 +273,9 @@ def scorable_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
     linears = scored_linears(model)
     if not linears:
         raise ModelSourceError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
-                               "(BERT-style and Llama-style blocks are supported); methods full and lora need none.")
+                               "(BERT-style and Llama-style blocks are supported): the sensitivity map and the methods that "
+                               "score rows or rank layers need them; on the command line, methods full, head, bitfit, "
+                               "lora and prefix run without them.")
     return linears
 
 

@@ -34,7 +34,7 @@ from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, Sensitiv
 from clm_explore.data import AnnotatedData, load_data
 from clm_explore.masks import MaskSelection, budget_to_params, effective_min_layer, select_mask
 from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope_metrics
-from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens
+from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens, unused_slots
 from clm_explore.modeling import (
     LoadedModel,
     autocast_dtype,
@@ -45,7 +45,7 @@ from clm_explore.modeling import (
     small_parameters,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
-from clm_explore.runs import claim_run_dir, write_json_atomic
+from clm_explore.runs import check_run_dir, claim_run_dir, write_json_atomic
 from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
@@ -257,8 +257,9 @@ ROW_METHODS = ("sparse", "sparse_merged", "random", "fisher", "gradient")
 def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     """Refuse, before any mining, scoring or training, a method this model cannot run: for a row method no linear
     map it can score, a layer floor above the model, a budget above the backbone or below the cheapest row it may
-    pick; for whole layers a budget above the backbone; BitFit on a model without biases (it would be a linear
-    probe under BitFit's name); prefix tuning on a model that takes no past key values (MPNet).
+    pick; for whole layers no linear map to rank them by or a budget above the backbone; merged tokens without an
+    unused vocabulary slot (it would train as sparse); BitFit on a model without biases (it would be a linear
+    probe under BitFit's name); prefix tuning on a model that takes no past key values (MPNet, DistilBERT, DeBERTa).
 
     Raises:
         ModelSourceError, ConfigError: with what to change (``finetune`` calls it; the CLI and the app call it
@@ -274,7 +275,12 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
         if not takes_a_prefix(model):
             raise ConfigError(f"{type(model).__name__} takes no past key values, through which prefix tuning (peft) "
                               "feeds its prefixes: use --method lora for an adapter baseline.")
+    if cfg.method == "sparse_merged" and not unused_slots(loaded.tokenizer.get_vocab()):
+        raise ConfigError(f"sparse_merged merges mined words into the tokenizer's unused slots ([unused0] ... in "
+                          f"BERT vocabularies), and {type(loaded.tokenizer).__name__} of this model has none: it would "
+                          "train as sparse. Use --method sparse.")
     if cfg.method == "layers":
+        scorable_linears(model)  # whole layers are ranked by their rows' scores
         try:
             budget_to_params(cfg.mask.budget, backbone_parameter_count(model))
         except ValueError as exc:
@@ -476,11 +482,14 @@ def finetune(
     cfg = replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=sens_seed))
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
+    check_processes(len(data.train), cfg.batch_size, accelerator.num_processes if accelerator else 1)
     main = accelerator is None or accelerator.is_main_process
     if main and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         # A new or empty folder, or an earlier run's with overwrite: stale masks, scores or an adapter would be
         # read as this run's, and a notebook's working folder or a data folder must not fill with run files.
         claim_run_dir(out_dir, overwrite)
+    elif not main:  # the same refusal on every process: one left alone would wait for rank 0 at the barrier
+        check_run_dir(out_dir, overwrite)
     if accelerator is not None:
         device = accelerator.device
         # Rank 0 has claimed (and with overwrite emptied) the run folder before any other rank writes into it.
@@ -567,10 +576,8 @@ class _TrainLoop:
         self.optimizer = torch.optim.AdamW(prepared.param_groups, lr=lr)
         self.train_ids = encode(loaded, data.train["text"].tolist(), cfg.max_length)
         self.train_labels = torch.as_tensor(data.label_ids("train"))
+        check_processes(len(self.train_ids), cfg.batch_size, self.world)
         steps_per_epoch = -(-len(self.train_ids) // cfg.batch_size) // self.world
-        if not steps_per_epoch:  # every rank would "succeed" without one step
-            raise ConfigError(f"{len(self.train_ids)} training rows make fewer batches of {cfg.batch_size} than the "
-                              f"{self.world} processes: lower --batch-size or use fewer processes")
         self.total_steps = steps_per_epoch * cfg.epochs
         self.scheduler = get_scheduler(SCHEDULER_NAMES[cfg.schedule], self.optimizer,
                                        num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
@@ -596,7 +603,7 @@ class _TrainLoop:
         prefix = self._prefix_cache()
         for epoch in range(1, self.cfg.epochs + 1):
             self.model.train()
-            for idx in self._my_batches(lengths):
+            for idx, step_examples in self._my_batches(lengths):
                 if self.should_stop and self.should_stop():
                     return "cancelled"
                 started = time.perf_counter()
@@ -618,7 +625,7 @@ class _TrainLoop:
                 self.last_loss = loss.item()
                 self.train_seconds += time.perf_counter() - started
                 self.step += 1
-                self.examples += len(idx) * self.world
+                self.examples += step_examples
                 self._report(epoch, self.last_loss, None)
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
             self._end_epoch(epoch)
@@ -666,10 +673,13 @@ class _TrainLoop:
     def _prep_seconds(self) -> float:
         return float(self.prepared.info.get("prep_seconds", 0.0))
 
-    def _my_batches(self, lengths: list[int]) -> list[np.ndarray]:
+    def _my_batches(self, lengths: list[int]) -> list[tuple[np.ndarray, int]]:
+        """This process's batches, each with the rows that every process's batch of that step holds together (a
+        last short batch may fall to any process)."""
         batches = batch_order(lengths, self.cfg.batch_size, self.generator)
         usable = len(batches) // self.world * self.world  # equal step counts: DDP syncs every backward
-        return batches[self.rank : usable : self.world]
+        return [(batches[start + self.rank], sum(len(b) for b in batches[start : start + self.world]))
+                for start in range(0, usable, self.world)]
 
     def _end_epoch(self, epoch: int) -> None:
         split = self.data.split(self.cfg.curve_split)
@@ -740,6 +750,18 @@ def _out_of_scope(loaded, model, data, cfg, gold: np.ndarray, pred: np.ndarray, 
     validation = data.split("validation")["text"].tolist()
     val_top = predict_proba(model, loaded, validation, cfg.max_length).max(1) if validation else np.zeros(0)
     return out_of_scope_metrics(gold, pred, top, val_top, cfg.out_of_scope_quantile, len(data.labels))
+
+
+def check_processes(train_rows: int, batch_size: int, processes: int) -> None:
+    """Refuse more processes than the training rows make batches: each takes every processes-th batch, and one
+    without a batch would "succeed" without a step.
+
+    Raises:
+        ConfigError: the figures, and what to change.
+    """
+    if processes > 1 and -(-train_rows // batch_size) < processes:
+        raise ConfigError(f"{train_rows} training rows make fewer batches of {batch_size} than the {processes} "
+                          "processes: lower --batch-size or use fewer processes")
 
 
 def _distributed(device: torch.device):

@@ -161,6 +161,16 @@ def test_deterministic_and_order_independent(loaded: LoadedModel) -> None:
     assert first[1].scores == pytest.approx(alone[0].scores, abs=1e-5)  # padding in a batch does not matter
 
 
+def test_a_left_padding_tokenizer_pads_on_the_right_as_training_does(loaded: LoadedModel) -> None:
+    # BERT's positions (as GPT-2's) are absolute: a left-padded text in a batch read other positions than alone.
+    loaded.tokenizer.padding_side = "left"
+    cfg = AttributionConfig(n_steps=8)
+    together = explain(loaded.model, loaded.tokenizer, ["card", MULTI_PIECE], cfg)
+    alone = explain(loaded.model, loaded.tokenizer, ["card"], cfg)
+    assert together[0].scores == pytest.approx(alone[0].scores, abs=1e-5)
+    assert together[0].probability == pytest.approx(alone[0].probability, abs=1e-6)
+
+
 def test_target_by_name_and_model_untouched(loaded: LoadedModel) -> None:
     model = loaded.model
     model.train()

@@ -45,3 +45,10 @@ def test_two_ranks_agree_on_final_weights_and_a_rerun_overwrites(data_dir: Path,
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "ranks" / "1" / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     assert not (out / "masks.safetensors").exists()  # nothing of the sparse run is left to be read as this one's
+    # Into the same folder without --overwrite: every process refuses it, so none waits for another (the other
+    # rank waited for rank 0 at the barrier until the launcher killed it, 30 s on).
+    refused = _launch(data_dir, out, "--method", "prefix")
+    assert refused.returncode != 0 and "already exists; replace it with --overwrite" in refused.stderr
+    # (the launcher's own traceback reports the exit status 2; none comes from our code)
+    assert "forcefully exiting" not in refused.stderr and "/clm_explore/" not in refused.stderr, refused.stderr[-3000:]
+    assert (out / "metrics.json").is_file()  # the earlier run is left as it was

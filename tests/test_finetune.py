@@ -520,3 +520,53 @@ def test_tail_averaging_changes_only_masked_rows_and_its_last_step_alone_is_trai
     assert any(not torch.equal(plain_w[n], half_w[n]) for n in plain_w)
     assert_only_masked_rows_changed(half.out_dir)
     assert half.metrics["trainable_params"] == plain.metrics["trainable_params"]
+
+
+def test_more_processes_than_batches_are_refused_before_any_folder(data, tmp_path, monkeypatch):
+    from clm_explore.cli import main
+    from clm_explore.config import ConfigError
+    from clm_explore.training import check_processes
+
+    check_processes(12, 8, 2)  # two batches: one each
+    with pytest.raises(ConfigError, match="12 training rows make fewer batches of 16 than the 2 processes"):
+        check_processes(12, 16, 2)
+    check_processes(12, 16, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a launch: every process refuses before mining or the run folder
+    assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--batch-size", "100000", "--out",
+                 str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+    assert main(["finetune", "--data", str(data), "--model", "tiny-random"]) == 2  # no --out: on every process
+
+
+def test_each_step_counts_the_rows_of_every_process_batch():
+    from types import SimpleNamespace
+
+    from clm_explore.training import _TrainLoop
+
+    def steps(rank: int, rows: int, batch_size: int) -> list[tuple]:
+        loop = SimpleNamespace(cfg=SimpleNamespace(batch_size=batch_size), generator=torch.Generator().manual_seed(3),
+                               world=2, rank=rank)
+        return _TrainLoop._my_batches(loop, [5] * rows)
+
+    for rows, batch_size in ((18, 4), (12, 8), (31, 4)):  # last batches of 2, 4 and 3 rows
+        first, second = steps(0, rows, batch_size), steps(1, rows, batch_size)
+        assert len(first) == len(second) == -(-rows // batch_size) // 2
+        # Every step counts both processes' rows: it was rank 0's batch size twice, wrong where one got the short one.
+        assert [n for _, n in first] == [n for _, n in second] == [
+            len(a) + len(b) for (a, _), (b, _) in zip(first, second, strict=True)]
+    assert any(len(a) != len(b) for (a, _), (b, _) in zip(steps(0, 12, 8), steps(1, 12, 8), strict=True))
+
+
+def test_merged_tokens_are_refused_for_a_tokenizer_without_unused_slots(data):
+    from transformers import BertTokenizer
+
+    from clm_explore.config import ConfigError, FinetuneConfig
+    from clm_explore.modeling import TINY_VOCAB, LoadedModel, load_model
+    from clm_explore.training import check_runnable
+
+    loaded = load_model("tiny-random", data.labels)
+    check_runnable(FinetuneConfig(method="sparse_merged"), loaded)
+    words = [t for t in TINY_VOCAB.read_text(encoding="utf-8").split("\n") if t and not t.startswith("[unused")]
+    plain = BertTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(words))})  # as byte-level vocabularies
+    with pytest.raises(ConfigError, match="has none: it would train as sparse. Use --method sparse"):
+        check_runnable(FinetuneConfig(method="sparse_merged"), LoadedModel(loaded.model, plain, "tiny-random", False))

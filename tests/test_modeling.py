@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,6 +97,47 @@ def test_a_decoder_style_score_head_pools_like_a_decoder(tmp_path):
     Qwen3ForSequenceClassification(config).save_pretrained(tmp_path)  # a type no list of ours names
     tokenizer.save_pretrained(tmp_path)
     assert load_model(str(tmp_path), LABELS).is_decoder is True
+
+
+def _tiny_llama(folder, tokenizer, pad_token_id):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=3, pad_token_id=pad_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_decoder_reads_the_pad_token_its_tokenizer_pads_with(tmp_path):
+    from clm_explore.batches import predict_proba
+
+    tokenizer = load_model("tiny-random", LABELS).tokenizer
+    # The config names another pad token than the tokenizer's (Llama-3-style folders name EOS there): the classifier
+    # looked for the last token that is not the config's pad, a pad position in any text shorter than its batch.
+    loaded = load_model(_tiny_llama(tmp_path, tokenizer, pad_token_id=5), LABELS)
+    assert loaded.model.config.pad_token_id == tokenizer.pad_token_id
+    texts = ["card", "my card has not arrived yet and i am waiting"]
+    together = predict_proba(loaded.model, loaded, texts, 32)
+    alone = [predict_proba(loaded.model, loaded, [t], 32)[0] for t in texts]
+    assert np.allclose(together, np.stack(alone), atol=1e-5)
+
+
+def test_a_decoder_tokenizer_without_pad_or_eos_is_a_clear_error(tmp_path):
+    tokenizer = load_model("tiny-random", LABELS).tokenizer
+    tokenizer.pad_token = None
+    with pytest.raises(ModelSourceError, match="no pad token and no EOS token.*pad_token_id in its config.json"):
+        load_model(_tiny_llama(tmp_path / "none", tokenizer, pad_token_id=None), LABELS)
+    named = load_model(_tiny_llama(tmp_path / "config", tokenizer, pad_token_id=7), LABELS)
+    assert named.tokenizer.pad_token_id == named.model.config.pad_token_id == 7  # the config's pad token pads
+
+
+def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLM_EXPLORE_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "model.gguf"
+    fake.write_text("text\n")
+    with pytest.raises(ModelSourceError, match="Could not load .*model.gguf as a GGUF model"):
+        load_model(str(fake), LABELS)
 
 
 def test_a_head_of_another_shape_is_refused(tmp_path):

@@ -278,6 +278,29 @@ def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -
     assert proc.returncode == 130 and "interrupted" in err, err
     (record,) = RunStore(tmp_path / "runs").list()
     assert record.status is RunStatus.CANCELLED
+    # The folder says so too: registered again (another registry, the app opening it) it is not pending.
+    assert RunStore(tmp_path / "other").register_folder(tmp_path / "run").status is RunStatus.CANCELLED
+
+
+def test_a_sigterm_under_a_launch_of_several_processes_is_recorded_interrupted(tmp_path, monkeypatch) -> None:
+    from clm_explore import training
+    from clm_explore.cli import Terminated, main
+
+    def stopped(*args, **kwargs):  # the launcher's SIGTERM: a process failed elsewhere, or the launcher was stopped
+        raise Terminated
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
+    monkeypatch.setattr(training, "finetune", stopped)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "runs"))
+    assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(tmp_path / "run")]) == 130
+    (record,) = RunStore(tmp_path / "runs").list()
+    assert record.status is RunStatus.INTERRUPTED and "fails" in record.error
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(tmp_path / "run2")]) == 130
+    assert RunStore(tmp_path / "runs").list()[0].status is RunStatus.CANCELLED  # one process: the user's stop
 
 
 def test_the_registry_keeps_no_per_label_figures_and_the_folder_gives_them(store: RunStore) -> None:

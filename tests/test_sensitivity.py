@@ -391,6 +391,13 @@ def test_a_model_without_scorable_linear_maps_is_refused_before_any_work(tmp_pat
     with pytest.raises(ModelSourceError, match="gpt2 has no linear maps clm-explore knows how to score"):
         compute_sensitivity(loaded, hand_data(), REFUNDING, config(), device="cpu")
     assert "gpt2 has no linear maps" in unsupported_reason(str(tmp_path))  # the app's sidebar check, no weights
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.training import check_runnable
+
+    for method in ("sparse", "layers"):  # refused before mining: whole layers are ranked by their rows' scores
+        with pytest.raises(ModelSourceError, match="methods full, head, bitfit, lora and prefix run without them"):
+            check_runnable(FinetuneConfig(method=method), loaded)
+    check_runnable(FinetuneConfig(method="head"), loaded)
 
 
 def test_a_decoder_is_scored_and_warmed_at_the_position_its_classifier_reads():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from clm_explore.cli import (
+    Terminated,
     UserError,
     add_data_args,
     checked_max_length,
@@ -292,22 +293,30 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model, resolve_device
-    from clm_explore.runs import RunStatus, RunStore, claim_run_dir
-    from clm_explore.training import check_runnable, finetune
+    from clm_explore.runs import RunStatus, RunStore, check_run_dir, claim_run_dir, default_root
+    from clm_explore.training import check_processes, check_runnable, finetune
 
     cfg = finetune_config(args)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and not args.out:  # on every process: a refusal on one alone left the others waiting for it
+        raise UserError("Several processes need --out DIR, so that every process writes into the same run folder.")
     data = _data(args)
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
+    check_processes(len(data.train), cfg.batch_size, processes)
     loaded = load_model(args.model, data.labels)
     _check_budget_fits(cfg.mask, loaded)
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
     resolve_device(cfg.device)  # a bad --device is a message before any folder is touched
+    protected = (default_root(), Path(args.data))
     if int(os.environ.get("RANK", "0")) > 0:
-        # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry.
-        return _run_finetune_secondary(args, data, cfg)
+        # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry; the others refuse a
+        # folder as it does, before any process waits for another.
+        check_run_dir(args.out, args.overwrite, protected)
+        finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite)
+        return 0
     store = RunStore()
-    out = claim_run_dir(args.out, args.overwrite, protected=(store.root, Path(args.data))) if args.out else None
+    out = claim_run_dir(args.out, args.overwrite, protected=protected) if args.out else None
     # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
     listed = {**to_dict(cfg), "source": args.model, "data": data.source}
     record = (store.register_folder(out, method=cfg.method, config=listed) if out
@@ -319,8 +328,12 @@ def run_finetune(args: argparse.Namespace) -> int:
                           on_step=None if args.json else _step_printer(),
                           on_phase=None if args.json else _phase_printer())
     except BaseException as exc:
-        store.set_status(record.id, RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
-                         error=str(exc))
+        if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
+            store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher sends "
+                             "every process when one of them fails, or when it is stopped itself")
+        else:
+            store.set_status(record.id, RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt)
+                             else RunStatus.FAILED, error=str(exc))
         _budget_error(exc)
         raise
     store.set_status(record.id, RunStatus.SUCCEEDED)
@@ -359,13 +372,6 @@ def _check_budget_fits(mask: MaskConfig, loaded: Any) -> None:
         raise UserError(str(exc)) from exc
 
 
-def _run_finetune_secondary(args: argparse.Namespace, data, cfg: FinetuneConfig) -> int:
-    from clm_explore.training import finetune
-
-    if not args.out:
-        raise UserError("Several processes need --out DIR, so that every rank writes into the same run folder.")
-    finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite)
-    return 0
 
 
 def _budget_error(exc: BaseException) -> None:
