@@ -22,6 +22,7 @@ The tables come from ``clm_explore.bench_results``, the page from ``clm_explore.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -82,6 +83,8 @@ SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_le
               "tune_each_budget", "spread_heads", "tune_spread")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
+DATA_DIGEST = "data_sha256"
+"""bench.json's key for ``splits_digest`` of the rows the grid's cells read."""
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
 
 
@@ -156,13 +159,18 @@ class BenchConfig:
             raise BenchError(f"methods must be among {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}")
         if any(not (0 < b <= 1 or (b > 1 and float(b).is_integer())) for b in self.budgets) or not self.budgets:
             raise BenchError(f"budgets must be fractions in (0, 1] or whole counts > 1; got {self.budgets}")
+        # A repeat would train one cell twice into one folder and count it as two seeds.
+        if len(set(self.methods)) < len(self.methods) or len({float(b) for b in self.budgets}) < len(self.budgets):
+            raise BenchError(f"each method and budget once: got methods {', '.join(self.methods)} and budgets "
+                             f"{', '.join(f'{b:g}' for b in self.budgets)}")
         for name in ("seeds", "epochs"):
             if getattr(self, name) < 1:
                 raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tune_widen < 0 or self.jobs < 1:
             raise BenchError(f"tune_widen must be >= 0 and jobs >= 1, got {self.tune_widen} and {self.jobs}")
-        try:  # the recipe's rules are finetune's own
-            FinetuneConfig(schedule=self.schedule, average_last=self.average_last)
+        try:  # finetune's own rules, said before any cell rather than by every cell
+            FinetuneConfig(schedule=self.schedule, average_last=self.average_last, batch_size=self.batch_size,
+                           max_length=self.max_length)
         except ConfigError as exc:
             raise BenchError(str(exc)) from exc
         if self.shots < 0 or self.limit < 0:
@@ -278,14 +286,35 @@ def prepare_data(data: AnnotatedData, cfg: BenchConfig, out_dir: Path) -> tuple[
         (data folder, tuning folder). The tuning folder never holds a test row: its "test" file is the
         validation split, which is carved from train when the data has none.
     """
+    return write_grid_data(grid_splits(data, cfg), cfg, out_dir)
+
+
+def grid_splits(data: AnnotatedData, cfg: BenchConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The (train, validation, test) rows the grid's cells read, after shots and limit."""
     train, val = data.train, data.validation
     if cfg.shots:
         train, val = few_shot(train, cfg.shots, cfg.data_seed), few_shot(val, cfg.shots, cfg.data_seed)
     if cfg.limit:
         train = stratified_cap(train, cfg.limit, cfg.data_seed)
         val = stratified_cap(val, max(cfg.limit // 4, 1), cfg.data_seed)
+    return train, val, data.test
+
+
+def splits_digest(splits: tuple[pd.DataFrame, ...]) -> str:
+    """SHA-256 of the splits' text and label columns, as written: a resumed grid must read the rows its finished
+    cells read (another --label-col, or the file edited in place, changes them)."""
+    digest = hashlib.sha256()
+    for frame in splits:
+        digest.update(frame[["text", "label"]].to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+def write_grid_data(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], cfg: BenchConfig,
+                    out_dir: Path) -> tuple[Path, Path]:
+    """``prepare_data``'s folders from ``grid_splits``."""
+    train, val, test = splits
     folders = out_dir / "data", out_dir / "data_tune"
-    _write_splits(folders[0], train, val, data.test)
+    _write_splits(folders[0], train, val, test)
     _write_splits(folders[1], train, few_shot(val, 1, cfg.data_seed), val)  # one row per label for epoch curves
     return folders
 
@@ -709,9 +738,10 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     if not cfg.data:
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})
     data = load_data(data_path, data_cfg or DataConfig())  # first: a mistyped --data leaves no bench.json
-    _check_resume(out_dir, cfg)
+    splits = grid_splits(data, cfg)
+    _check_resume(out_dir, cfg, splits_digest(splits))
     check_budgets(cfg, data.labels)
-    data_dir, tune_dir = prepare_data(data, cfg, out_dir)
+    data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)
     runner = runner or subprocess_runner(cfg)
     lrs: dict[str, float] = dict(cfg.lr)
     tuning = None
@@ -754,18 +784,23 @@ def check_budgets(cfg: BenchConfig, labels: list[str]) -> None:
                 raise BenchError(f"--budgets {budget:g} cannot run {method} on {cfg.model}: {exc}") from exc
 
 
-def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
+def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
+    """Refuse an ``out_dir`` whose finished cells another grid made (other training settings, or other rows:
+    ``digest`` is ``splits_digest``); then record this grid in its bench.json."""
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchError(f"{out_dir} is a file; a grid's output is a folder. Choose another --out.")
     path = out_dir / "bench.json"
     if path.is_file():
         before, now = _saved_config(path), asdict(cfg)
+        if before.get(DATA_DIGEST, digest) != digest:  # grids saved before the digest existed are trusted
+            raise BenchError(f"{out_dir} holds a grid trained on other rows (another --text-col or --label-col, other "
+                             "--shots or --limit, or the data file changed since); its finished cells would not "
+                             "match. Choose another --out, or delete that folder.")
         # Rates only matter for the methods both grids hold: a rerun with fewer (or other) methods
         # resumes as long as the rates of the methods it shares with the finished cells agree.
-        shared = set(before.get("methods", ())) & set(cfg.methods)
-        for key in ("lr", "score"):
-            before[key] = {m: r for m, r in before.get(key, {}).items() if m in shared}
-            now[key] = {m: r for m, r in now[key].items() if m in shared}
+        shared = sorted(set(before.get("methods", ())) & set(cfg.methods))
+        for grid in (before, now):  # as the cells resolve them: a rate or score left out is the method's default
+            grid["lr"], grid["score"] = _resolved_rates(grid, shared), _resolved_scores(grid, shared)
         # A grid written before a training field existed ran at that field's default (its data is unknown).
         defaults = {k: v for k, v in asdict(BenchConfig()).items() if k in SAME_CELLS and k != "data"}
         before = {**defaults, **LEGACY_DEFAULTS, **before}
@@ -774,10 +809,23 @@ def _check_resume(out_dir: Path, cfg: BenchConfig) -> None:
                 grid.update(tune_widen=0, tune_each_budget=False)
         changed = [k for k in SAME_CELLS if k in before and before[k] != now[k]]
         if changed:
-            raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)}; its finished cells would "
-                             "not match. Choose another --out, or delete that folder.")
+            said = "; ".join(f"{k} {_shown(before[k])} there, {_shown(now[k])} now" for k in changed)
+            raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)} ({said}); its finished "
+                             "cells would not match. Choose another --out, or delete that folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, asdict(cfg))  # atomic: a grid killed while writing leaves the old file, never half of one
+    write_json_atomic(path, {**asdict(cfg), DATA_DIGEST: digest})  # atomic: a grid killed while writing leaves the old file, never half of one
+
+
+def _resolved_rates(grid: dict[str, Any], methods: list[str]) -> dict[str, float]:
+    from clm_explore.training import DEFAULT_LR
+
+    fixed = grid.get("lr") or {}
+    return {m: float(fixed.get(m, DEFAULT_LR[m])) for m in methods}
+
+
+def _resolved_scores(grid: dict[str, Any], methods: list[str]) -> dict[str, str]:
+    fixed = grid.get("score") or {}
+    return {m: fixed.get(m) or SensitivityConfig.score for m in methods if m in SCORE_METHODS}
 
 
 def _saved_config(path: Path) -> dict[str, Any]:

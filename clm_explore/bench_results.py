@@ -47,9 +47,11 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
         m = read_metrics(cell_dir)
         ok = m.get("status") == "succeeded"
         row = {k: m.get(k) for k in RESULT_COLUMNS} if ok else {}
+        log = out_dir / "logs" / f"cells-{cell.name}.log"
+        # A cell with no metrics.json failed if it started (its log exists); a grid stopped before it left it not run.
+        status = "succeeded" if ok else m.get("status") or ("failed" if log.exists() else "not run")
         row.update(method=cell.method, budget=cell.budget, seed=cell.seed, cell=str(cell_dir.relative_to(out_dir)),
-                   score=cell.row_score,
-                   status=m.get("status", "failed") if not ok else "succeeded")
+                   score=cell.row_score, status=status)
         if ok:
             row["trainable_share"] = m["trainable_params"] / max(m.get("base_params") or m["total_params"], 1)
             row["val_curve"] = json.dumps(m.get("val_curve", []))
@@ -58,7 +60,7 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
             scope = m.get("out_of_scope") or {}
             row.update({column: scope.get(key) for column, key in OUT_OF_SCOPE_KEYS.items()})
         else:
-            row["error"] = _log_tail(out_dir / "logs" / f"cells-{cell.name}.log")
+            row["error"] = _log_tail(log)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64"})

@@ -97,6 +97,12 @@ def test_bad_grid_options_are_refused():
     with pytest.raises(BenchError, match="not both"):
         BenchConfig(methods=("sparse",), score={"sparse": "taylor"}, tune_lr=True, tune_spread=True)
     assert BenchConfig(methods=("sparse",), score={"sparse": "taylor+spread"}).score == {"sparse": "taylor+spread"}
+    with pytest.raises(BenchError, match="each method and budget once"):  # one cell would count as two seeds
+        BenchConfig(methods=("head", "full", "head"))
+    with pytest.raises(BenchError, match="each method and budget once"):
+        BenchConfig(budgets=(0.01, 1e-2))
+    with pytest.raises(BenchError, match="batch_size must be >= 1"):  # before any cell, not by every cell
+        BenchConfig(batch_size=0)
 
 
 def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
@@ -637,6 +643,47 @@ def test_resuming_with_other_training_settings_is_refused(data_dir, tmp_path):
                  progress=False)
 
 
+def test_resuming_on_other_rows_is_refused(data_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "edited"
+    shutil.copytree(data_dir, data)
+    cfg = _cfg(methods=("head",))
+    run_grid(data, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    assert len(json.loads((tmp_path / "out" / "bench.json").read_text())["data_sha256"]) == 64
+    train = pd.read_csv(data / "train.csv")
+    train.iloc[: len(train) - 5].to_csv(data / "train.csv", index=False)  # the file edited in place
+    with pytest.raises(BenchError, match="trained on other rows"):
+        run_grid(data, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    assert len(pd.read_csv(tmp_path / "out" / "data" / "train.csv")) == len(train)  # the grid's rows left as they were
+
+
+def test_a_rate_or_score_given_as_its_default_resumes_and_another_names_both(data_dir, tmp_path):
+    from clm_explore.training import DEFAULT_LR
+
+    cfg = _cfg(methods=("head", "sparse"))
+    run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    same = _cfg(methods=("head", "sparse"), lr={"sparse": DEFAULT_LR["sparse"]}, score={"sparse": "fisher"})
+    assert len(run_grid(data_dir, same, tmp_path / "out", runner=in_process(same), progress=False).results) == 2
+    other = _cfg(methods=("head", "sparse"), lr={"sparse": 1e-3})
+    with pytest.raises(BenchError, match=r"different lr \(lr \{'head': .*'sparse': 0.005\} there, .*'sparse': 0.001\} now"):
+        run_grid(data_dir, other, tmp_path / "out", runner=in_process(other), progress=False)
+
+
+def test_cells_that_never_ran_are_not_run_not_failed(tmp_path):
+    from clm_explore.bench_results import collect_results
+
+    cells = plan_cells(_cfg(methods=("head", "full", "bitfit")))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "cells-full-s0.log").write_text("Traceback ...\nRuntimeError: boom\n")
+    (tmp_path / "cells" / "bitfit-s0").mkdir(parents=True)
+    (tmp_path / "cells" / "bitfit-s0" / "metrics.json").write_text('{"status": "cancelled"}')
+    (tmp_path / "logs" / "cells-bitfit-s0.log").write_text("interrupted\n")
+    results = collect_results(tmp_path, cells)
+    assert list(results["status"]) == ["not run", "failed", "cancelled"]
+    assert list(results["error"])[:2] == ["not run", "Traceback ... | RuntimeError: boom"]
+
+
 def test_a_grid_from_before_a_setting_existed_resumes_at_its_default(data_dir, tmp_path):
     cfg = _cfg(methods=("head",))
     run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
@@ -669,9 +716,10 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    assert not (out / "cells" / "bitfit-s0" / "metrics.json").exists()
     partial = pd.read_csv(out / "results.csv")  # written on the way out, before the rerun
-    assert list(partial["status"]) == ["succeeded", "failed"]
+    # The stopped cell: cancelled where it had begun its run, failed where it had only started, else not run.
+    assert partial["status"][0] == "succeeded" and partial["status"][1] in ("cancelled", "failed", "not run")
+    assert "run the same command again to resume" in (tmp_path / "first.log").read_text()
     stamp = first.stat().st_mtime_ns
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

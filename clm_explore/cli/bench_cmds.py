@@ -125,7 +125,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
     cfg = bench_config(args)
     data_cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
-    result = run_grid(args.data, cfg, args.out, data_cfg)  # a plain `kill` stops it as Ctrl+C does (cli.main)
+    try:
+        result = run_grid(args.data, cfg, args.out, data_cfg)  # a plain `kill` stops it as Ctrl+C does (cli.main)
+    except KeyboardInterrupt:
+        print(f"the finished cells are kept, and results.csv and report.html say what finished; run the same command "
+              f"again to resume (outputs in {args.out})", file=sys.stderr)
+        raise
     summary = result.summary
     if args.json:
         print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
