@@ -21,6 +21,8 @@ import re
 import time
 import types
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,8 +111,7 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
     r = ctx.cfg.lora_r
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
                         target_modules=_lora_targets(ctx.loaded.model), modules_to_save=head_module_names(ctx.loaded.model))
-    with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question; not the user's concern
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with _quiet_peft():
         peft_model = get_peft_model(ctx.loaded.model, config)
 
     def finalize() -> PreTrainedModel:
@@ -119,6 +120,14 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
 
     return Prepared(peft_model, _trainable_group(peft_model, ctx.cfg.weight_decay), finalize,
                     info={"lora_r": r, "lora_alpha": 2 * r})
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 a deprecated question whenever it wraps a model; not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _lora_targets(model: nn.Module) -> list[str] | None:
@@ -141,7 +150,8 @@ def prepare_prefix(ctx: MethodContext) -> Prepared:
     _accept_prefix_cache(model)
     config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=ctx.cfg.prefix_tokens,
                                 modules_to_save=head_module_names(model))
-    peft_model = get_peft_model(model, config)
+    with _quiet_peft():
+        peft_model = get_peft_model(model, config)
 
     def finalize() -> PreTrainedModel:
         return PrefixRunModel(peft_model)  # type: ignore[return-value]  (saves like one, see the class)
@@ -238,7 +248,8 @@ def load_run_model(run_dir: str | Path) -> LoadedModel:
         from peft import PeftModel
 
         _accept_prefix_cache(loaded.model)
-        peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
+        with _quiet_peft():
+            peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
         loaded.model = PrefixRunModel(peft_model).eval()  # type: ignore[assignment]
     return loaded
 

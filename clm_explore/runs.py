@@ -406,15 +406,22 @@ class RunStore:
             shutil.rmtree(record.path, ignore_errors=True)
 
     def zip_run(self, run_id: str) -> bytes:
-        """The run folder as a zip archive (entries under ``<run_id>/``)."""
+        """The run folder as a zip archive (entries under ``<run_id>/``), without the other processes' copies of a
+        run trained by several (``ranks/``: kept for checks, they doubled a download)."""
         folder = self.path(run_id)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             if folder.is_dir():
                 for file in sorted(folder.rglob("*")):
+                    if file.relative_to(folder).parts[0] == RANK_COPIES:
+                        continue
                     if file.is_file() and not file.is_symlink() and not _half_written(file):
                         archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
         return buffer.getvalue()
+
+
+RANK_COPIES = "ranks"
+"""The folder where the other processes of a launch save their copies of the run (``training.finetune``)."""
 
 
 def _half_written(file: Path) -> bool:

@@ -45,7 +45,7 @@ from clm_explore.modeling import (
     small_parameters,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
-from clm_explore.runs import check_run_dir, claim_run_dir, write_json_atomic
+from clm_explore.runs import RANK_COPIES, check_run_dir, claim_run_dir, write_json_atomic
 from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
@@ -495,7 +495,7 @@ def finetune(
         # Rank 0 has claimed (and with overwrite emptied) the run folder before any other rank writes into it.
         accelerator.wait_for_everyone()
         if not main:  # other ranks keep their own copy, for checks, out of the way
-            out_dir = out_dir / "ranks" / str(accelerator.process_index)
+            out_dir = out_dir / RANK_COPIES / str(accelerator.process_index)
     _seed_everything(cfg.seed)
     if on_phase is not None:
         on_phase("loading the model", 0, 1)

@@ -417,3 +417,19 @@ def test_abstaining_at_the_runs_threshold_reads_metrics_that_are_no_object_as_mi
         abstention_threshold("run", tmp_path)
     (tmp_path / "metrics.json").write_text('{"out_of_scope": {"threshold": 0.4}}')
     assert abstention_threshold("run", tmp_path) == 0.4
+
+
+def test_progress_in_a_log_is_a_line_per_report_not_one_rewritten_line(capsys):
+    from types import SimpleNamespace
+
+    from clm_explore.cli.method_cmds import _phase_printer, _step_printer
+
+    phases, steps = _phase_printer(), _step_printer()  # stderr is captured: not a terminal
+    for done in range(1, 35):
+        phases("scoring rows", done, 34)
+    for step in range(1, 101):
+        steps(SimpleNamespace(eval=None, step=step, total_steps=100, loss=1.0, examples_per_second=10.0, eta=0.0))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0] == "scoring rows 34/34" and len(lines) == 11 and lines[-1].startswith("step 100/100 loss")

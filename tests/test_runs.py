@@ -137,6 +137,8 @@ def test_zip_run(store: RunStore) -> None:
     (run.path / "sub").mkdir()
     (run.path / "sub" / "a.txt").write_text("hello")
     (run.path / "metrics.json").write_text("{}")
+    (run.path / "ranks" / "1").mkdir(parents=True)  # another process's copy of a run trained by two
+    (run.path / "ranks" / "1" / "model.safetensors").write_text("copy")
     names = zipfile.ZipFile(io.BytesIO(store.zip_run(run.id))).namelist()
     assert sorted(names) == [f"{run.id}/metrics.json", f"{run.id}/sub/a.txt"]
 

@@ -381,28 +381,42 @@ def _budget_error(exc: BaseException) -> None:
 
 
 def _phase_printer():
-    """The preparation's phases on stderr, one line each ("scoring rows" counts its batches on its line)."""
+    """The preparation's phases on stderr, one line each ("scoring rows" counts its batches on its line; where stderr
+    is not a terminal, a log, only its last count)."""
     shown: list[str] = []
+    live = sys.stderr.isatty()
 
     def show(phase: str, done: int, total: int) -> None:
         if phase == "training":
             return
         if shown and shown[-1] == phase:
-            if total > 1:
-                print(f"\r{phase} {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            if total > 1 and (live or done == total):
+                print(f"\r{phase} {done}/{total}" if live else f"{phase} {done}/{total}",
+                      end="" if done < total else "\n", file=sys.stderr, flush=True)
             return
         shown.append(phase)
-        print(f"{phase} ..." if total <= 1 else f"\r{phase} {done}/{total}", file=sys.stderr, flush=True)
+        if total <= 1:
+            print(f"{phase} ...", file=sys.stderr, flush=True)
+        elif live:
+            print(f"\r{phase} {done}/{total}", end="", file=sys.stderr, flush=True)
     return show
 
 
 def _step_printer():
+    """Training's steps on stderr: one line rewritten in a terminal; in a log, a line every tenth of the steps (the
+    rewritten line ran every report together into one)."""
+    live = sys.stderr.isatty()
+
     def show(info) -> None:
         if info.eval:
-            print(f"\nepoch {info.epoch}: validation accuracy {info.eval['accuracy']:.4f}", file=sys.stderr)
-        elif info.step % 10 == 0 or info.step == info.total_steps:
-            print(f"\rstep {info.step}/{info.total_steps} loss {info.loss:.4f} {info.examples_per_second:.0f} ex/s "
-                  f"eta {info.eta:.0f} s", end="", file=sys.stderr, flush=True)
+            print(f"{chr(10) if live else ''}epoch {info.epoch}: validation accuracy {info.eval['accuracy']:.4f}",
+                  file=sys.stderr)
+            return
+        every = 10 if live else max(info.total_steps // 10, 1)
+        if info.step % every == 0 or info.step == info.total_steps:
+            line = (f"step {info.step}/{info.total_steps} loss {info.loss:.4f} {info.examples_per_second:.0f} ex/s "
+                    f"eta {info.eta:.0f} s")
+            print(f"\r{line}" if live else line, end="" if live else "\n", file=sys.stderr, flush=True)
     return show
 
 
