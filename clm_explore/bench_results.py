@@ -91,6 +91,8 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     out["lr"] = grouped["lr"].first()
     out["score"] = grouped["score"].first()
     out["lowest_layer"] = grouped["lowest_layer"].min()
+    # Whole layers that took more than the budget (no layer fitted it): said beside their share, not in results only.
+    out["over_budget"] = grouped["over_budget"].agg(lambda flags: bool(flags.fillna(False).astype(bool).any()))
     return out.reset_index()
 
 

@@ -756,10 +756,13 @@ def test_the_summary_gives_the_seeds_mean_cost_and_their_lowest_layer():
                           "train_seconds": [1.0] * 2, "peak_memory_mb": [1.0] * 2, "examples_per_second": [1.0] * 2,
                           "trainable_params": pd.array([1194, 1200], dtype="Int64"), "lr": [1e-3] * 2,
                           "score": [""] * 2, "lowest_layer": pd.array([1, 0], dtype="Int64")})
-    for column in ("oos_accuracy", "oos_macro_f1", "oos_auroc"):
+    for column in ("oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget"):
         seeds[column] = None
     (row,) = summarise(seeds).to_dict(orient="records")  # before: the first seed's 1194 and layer 1
     assert (row["trainable_params"], row["lowest_layer"], row["seeds"]) == (1197, 0, 2)
+    assert row["over_budget"] is False  # not NaN: a row method never takes more than its budget
+    layers = seeds.assign(method="layers", over_budget=[True, None])
+    assert summarise(layers).to_dict(orient="records")[0]["over_budget"] is True
 
 
 def test_report_tables_keep_small_rates_and_blank_what_does_not_apply():

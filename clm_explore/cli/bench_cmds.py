@@ -27,10 +27,14 @@ def register(subparsers: Any) -> None:
                    "(sparse, sparse_merged, layers, random, fisher, gradient); ignored by the others")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
     p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
-    p.add_argument("--shots", type=int, default=0, metavar="K", help="K training rows per label (few-shot; 0 = all)")
-    p.add_argument("--limit", type=int, default=0, metavar="N", help="cap training rows at N, stratified (0 = all)")
+    p.add_argument("--shots", type=int, default=0, metavar="K",
+                   help="K training (and validation) rows per label, all of a label's where it has fewer (few-shot; "
+                   "0 = all)")
+    p.add_argument("--limit", type=int, default=0, metavar="N",
+                   help="cap training rows at N and validation rows at N/4, stratified (0 = all)")
     p.add_argument("--tune-lr", action="store_true",
-                   help="per method, sweep 3 learning rates on a validation split (never test) and use the best")
+                   help="per method, sweep 3 learning rates on a validation split (never test), more where the best "
+                   "is at an edge (--tune-widen), and use the best")
     p.add_argument("--tune-widen", type=int, default=TUNE_WIDEN, metavar="N",
                    help="with --tune-lr: where the best rate is the lowest or highest tried, try one more a factor "
                    f"of 3 further, up to N times per method (0 = the 3 rates only; default {TUNE_WIDEN})")
@@ -151,6 +155,8 @@ def run_bench(args: argparse.Namespace) -> int:
                         "trainable_share_mean", "train_seconds_mean", "peak_memory_mb_mean") if c in summary]
     if "score" in summary and not summary["score"].fillna("").astype(bool).any():
         cols.remove("score")  # no method of this grid has a row score to show
+    if "over_budget" in summary and summary["over_budget"].any():
+        cols.append("over_budget")  # whole layers above the budget: their share is not the budget's
     print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))  # full: no budget
     for line in sweep_lines(result.tuning):
         print(line)
