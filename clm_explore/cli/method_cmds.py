@@ -372,8 +372,6 @@ def _check_budget_fits(mask: MaskConfig, loaded: Any) -> None:
         raise UserError(str(exc)) from exc
 
 
-
-
 def _budget_error(exc: BaseException) -> None:
     """The budget check lives in masks.budget_to_params; turn its ValueError into a user error."""
     if isinstance(exc, ValueError) and "budget" in str(exc):
