@@ -264,6 +264,17 @@ def few_shot(frame: pd.DataFrame, shots: int, seed: int) -> pd.DataFrame:
     return frame[rank <= shots].reset_index(drop=True)
 
 
+def shots_note(train: pd.DataFrame, shots: int) -> str:
+    """A sentence when some label has fewer than ``shots`` training rows (it keeps all of its own), else ''."""
+    counts = train["label"].value_counts()
+    short = counts[counts < shots] if shots else counts.iloc[:0]
+    if short.empty:
+        return ""
+    named = ", ".join(f"{label} ({n})" for label, n in short.sort_values().head(5).items())
+    return (f"--shots {shots}: {len(short)} of {len(counts)} labels have fewer training rows and keep all theirs: "
+            f"{named}{', ...' if len(short) > 5 else ''}")
+
+
 def stratified_cap(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """At most ``n`` rows, each label in proportion to its count and every label kept once when n allows."""
     if n <= 0 or len(frame) <= n:
@@ -740,6 +751,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     data = load_data(data_path, data_cfg or DataConfig())  # first: a mistyped --data leaves no bench.json
     splits = grid_splits(data, cfg)
     _check_resume(out_dir, cfg, splits_digest(splits))
+    if progress and shots_note(data.train, cfg.shots):
+        print(f"note: {shots_note(data.train, cfg.shots)}", file=sys.stderr)
     check_budgets(cfg, data.labels)
     data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)
     runner = runner or subprocess_runner(cfg)

@@ -774,3 +774,12 @@ def test_report_tables_keep_small_rates_and_blank_what_does_not_apply():
     assert "<td>2e-05</td>" in page and "<td>0.9346</td>" in page and "<td>3</td>" in page  # rounding gave 0.0
     assert "<td>15234.56</td>" in page  # not 1.523e+04
     assert "NA" not in page and "nan" not in page
+
+
+def test_shots_above_a_labels_rows_are_said():
+    from clm_explore.bench import shots_note
+
+    train = pd.DataFrame({"text": list("abcdefg"), "label": ["x"] * 4 + ["y"] * 2 + ["z"]})
+    assert shots_note(train, 2) == "--shots 2: 1 of 3 labels have fewer training rows and keep all theirs: z (1)"
+    assert shots_note(train, 1) == "" and shots_note(train, 0) == ""
+    assert shots_note(train, 10).startswith("--shots 10: 3 of 3 labels")
