@@ -763,3 +763,22 @@ def test_another_model_is_told_the_default_rates_come_from_the_default_one(at: A
     assert [c for c in at.caption if "default learning rates were chosen on all-MiniLM-L6-v2" in c.value]
     assert refusal_text("use --method lora for an adapter baseline.") == (
         "use the method 'lora' (the Method box) for an adapter baseline.")
+
+
+def test_every_page_renders_with_a_head_outside_the_classifier_module(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    from clm_explore.modeling import load_model
+
+    tiny = load_model("tiny-random", ["a", "b"])
+    distilbert = DistilBertConfig(vocab_size=len(tiny.tokenizer), dim=16, n_layers=2, n_heads=2, hidden_dim=32)
+    AutoModelForSequenceClassification.from_config(distilbert).save_pretrained(tmp_path / "distilbert")
+    tiny.tokenizer.save_pretrained(tmp_path / "distilbert")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["side_source"] = "local folder…"
+    at.session_state["side_folder"] = str(tmp_path / "distilbert")
+    at.run()
+    assert at.session_state["model_source"] == str(tmp_path / "distilbert") and not at.sidebar.error
+    for page in PAGES[:4]:  # tokens, sensitivity (scored: q_lin, ffn.lin1, ...), budget, finetune
+        goto(at, page)
+        assert at.title and not at.error, (page, [e.value for e in at.error])
