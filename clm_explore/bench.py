@@ -83,9 +83,9 @@ SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_le
               "tune_each_budget", "spread_heads", "tune_spread")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
+"""Fields whose default changed after grids were saved without them: such a grid ran at this value."""
 DATA_DIGEST = "data_sha256"
 """bench.json's key for ``splits_digest`` of the rows the grid's cells read."""
-"""Fields whose default changed after grids were saved without them: such a grid ran at this value."""
 
 
 class BenchError(ConfigError):

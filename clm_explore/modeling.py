@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,7 +350,8 @@ def _convert_gguf(gguf_path: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except ImportError as exc:
         raise ModelSourceError("Loading GGUF files needs the `gguf` package: `pip install gguf`.") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # not a GGUF file, or one transformers cannot read
+    except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, struct.error) as exc:
+        # not a GGUF file, one cut short (struct.error from the reader) or one transformers cannot read
         raise ModelSourceError(f"Could not load {gguf_path} as a GGUF model: {exc}") from exc
     tmp = out.with_suffix(".tmp")
     model.save_pretrained(tmp, safe_serialization=True)

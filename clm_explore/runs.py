@@ -24,6 +24,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import zipfile
@@ -300,8 +301,10 @@ class RunStore:
             meta = read_json_object(record.path / "clm_run.json")
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
                 sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
-        if status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED) and record.path.is_dir() and not (
-                record.path / "metrics.json").exists():
+        if (status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
+                and (record.path / "clm_run.json").is_file() and not (record.path / "metrics.json").exists()):
+            # Only in a run folder (clm_run.json): a folder stopped before it would hold the marker alone, which
+            # --overwrite refuses to replace (not a run folder), so the run could never be trained there again.
             write_json_atomic(record.path / "metrics.json", {"status": status.value, "error": error})
         self._update(run_id, sets)
         return self.get(run_id)
@@ -444,10 +447,10 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
     """
     path = check_run_dir(out, overwrite, protected)
     if path.exists() and any(path.iterdir()):
-        # Moved aside first, then deleted: another process checking the folder meanwhile (``check_run_dir``) sees
-        # the whole run folder or an empty one, never one half deleted.
-        aside = path.with_name(f"{path.name}.replaced-{os.getpid()}")
-        path.rename(aside)
+        # Moved aside first (into a new hidden folder beside it: short names), then deleted: another process checking
+        # the folder meanwhile (``check_run_dir``) sees the whole run folder or an empty one, never one half deleted.
+        aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent))
+        path.rename(aside / "run")
         shutil.rmtree(aside)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -468,6 +471,8 @@ def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
         if not overwrite:
             raise RunFolderError(f"Run folder {path} already exists; replace it with --overwrite (overwrite=True "
                                  "in Python) or choose another folder.")
+        if path.is_symlink():  # replacing it would replace the link, not the run it points to
+            raise RunFolderError(f"{path} is a link to {path.resolve()}; give that folder to replace the run in it.")
     return path
 
 

@@ -370,7 +370,7 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
         centroid_head(*_output_layer(head, feats), labels, cfg.centroid_scale)
     gen = torch.Generator().manual_seed(cfg.rng_seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
-    was_training = head.training
+    was_training = head_entry(head).training  # a SplitHead is made anew, in training mode
     head.train()  # a two-layer head's dropout, as in finetuning (a linear head has none)
     for _ in range(cfg.warmup_epochs_for(len(feats), head_classes(head))):
         for idx in torch.randperm(len(feats), generator=gen).split(cfg.batch_size):
@@ -391,7 +391,7 @@ def _output_layer(head: nn.Module, feats: torch.Tensor) -> tuple[nn.Linear, torc
         return head, feats
     captured: list[torch.Tensor] = []
     handle = head.out_proj.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
-    was_training = head.training
+    was_training = head_entry(head).training  # a SplitHead is made anew, in training mode
     head.eval()
     try:
         head_logits(head, feats)

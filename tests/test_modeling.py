@@ -138,6 +138,11 @@ def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path, monkeypatch):
     fake.write_text("text\n")
     with pytest.raises(ModelSourceError, match="Could not load .*model.gguf as a GGUF model"):
         load_model(str(fake), LABELS)
+    import struct
+
+    fake.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 5, 3))  # a header cut short, as a partial download leaves
+    with pytest.raises(ModelSourceError, match="Could not load .*model.gguf as a GGUF model"):
+        load_model(str(fake), LABELS)
 
 
 def test_a_head_of_another_shape_is_refused(tmp_path):

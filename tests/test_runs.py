@@ -269,8 +269,9 @@ def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not any(
-                r.status is RunStatus.RUNNING for r in RunStore(tmp_path / "runs").list()):
+        while proc.poll() is None and time.monotonic() < deadline and not (any(
+                r.status is RunStatus.RUNNING for r in RunStore(tmp_path / "runs").list())
+                and (tmp_path / "run" / "progress.jsonl").exists()):  # training has begun
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)  # what `kill`, `timeout` and batch schedulers send
         _, err = proc.communicate(timeout=60)
@@ -284,11 +285,41 @@ def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -
     assert RunStore(tmp_path / "other").register_folder(tmp_path / "run").status is RunStatus.CANCELLED
 
 
+def test_a_stopped_run_marks_its_folder_only_when_it_is_a_run_folder(store: RunStore, tmp_path: Path) -> None:
+    from clm_explore.runs import claim_run_dir
+
+    (tmp_path / "began").mkdir()
+    (tmp_path / "began" / "clm_run.json").write_text("{}")
+    began = store.register_folder(tmp_path / "began")
+    store.set_status(began.id, RunStatus.FAILED, error="boom")
+    assert json.loads((tmp_path / "began" / "metrics.json").read_text()) == {"status": "failed", "error": "boom"}
+    early = store.register_folder(claim_run_dir(tmp_path / "early"))  # stopped while its model loaded
+    store.set_status(early.id, RunStatus.CANCELLED)
+    assert not any((tmp_path / "early").iterdir())  # a marker alone would make the folder one --overwrite refuses
+    assert claim_run_dir(tmp_path / "early") == tmp_path / "early"
+
+
+def test_overwrite_refuses_a_link_and_replaces_a_folder_of_a_long_name(tmp_path: Path) -> None:
+    from clm_explore.runs import RunFolderError, claim_run_dir
+
+    for name in ("real", "r" * 245):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "clm_run.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(RunFolderError, match="is a link to .*real; give that folder"):
+        claim_run_dir(tmp_path / "link", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "clm_run.json").is_file()  # nothing moved
+    claim_run_dir(tmp_path / ("r" * 245), overwrite=True)  # the folder moved aside had its name lengthened
+    assert not any((tmp_path / ("r" * 245)).iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["real", "link", "r" * 245])  # nothing left aside
+
+
 def test_a_sigterm_under_a_launch_of_several_processes_is_recorded_interrupted(tmp_path, monkeypatch) -> None:
     from clm_explore import training
     from clm_explore.cli import Terminated, main
 
-    def stopped(*args, **kwargs):  # the launcher's SIGTERM: a process failed elsewhere, or the launcher was stopped
+    def stopped(data, cfg, out_dir, **kwargs):  # the launcher's SIGTERM (a process failed elsewhere, or the
+        (out_dir / "clm_run.json").write_text("{}")  # launcher was stopped) once the run had begun
         raise Terminated
 
     data = tmp_path / "d.csv"

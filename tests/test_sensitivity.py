@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -446,3 +447,21 @@ def test_scores_that_are_all_zero_say_the_pick_is_arbitrary(tiny_data, tmp_path)
 
     scored = compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, sens)
     assert scored.zero_note is None and not any("scored 0" in n for n in scored.notes)
+
+
+def test_the_head_warm_up_leaves_a_split_head_in_the_models_mode(tiny_data, tmp_path):
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    from clm_explore.sensitivity import make_batches, warm_up_head
+
+    tokenizer = load_model("tiny-random", tiny_data.labels).tokenizer
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), tiny_data.labels)
+    loaded.model.eval()
+    texts, labels = tiny_data.train["text"].tolist()[:40], np.arange(40) % len(tiny_data.labels)
+    state = warm_up_head(loaded, make_batches(loaded, texts, labels, None, 16, 32), SensitivityConfig(warmup_epochs=1),
+                         torch.device("cpu"))
+    assert set(state) == {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"}
+    assert [n for n, m in loaded.model.named_modules() if m.training] == []  # the head's dropout stays off
