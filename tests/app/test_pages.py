@@ -509,6 +509,18 @@ def test_a_budget_that_buys_no_row_is_a_warning_and_queues_nothing(at: AppTest) 
     assert RunStore().list() == []  # refused before a run folder or a job existed
 
 
+def _app_on_model_folder(model, tokenizer, folder: Path) -> AppTest:
+    """A new session whose sidebar was given ``model`` saved with ``tokenizer`` as a local folder, run once."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["side_source"] = "local folder…"
+    app.session_state["side_folder"] = str(folder)
+    app.run()
+    assert not app.exception
+    return app
+
+
 def test_sidebar_refuses_an_unsupported_model_folder_and_a_new_model_resets_the_layer_floor(tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, FunnelConfig
 
@@ -518,13 +530,8 @@ def test_sidebar_refuses_an_unsupported_model_folder_and_a_new_model_resets_the_
     tiny = load_model("tiny-random", ["a", "b"])
     funnel = FunnelConfig(vocab_size=len(tiny.tokenizer), d_model=16, n_head=2, d_head=8, d_inner=32,
                           block_sizes=[1, 1], num_labels=2)
-    AutoModelForSequenceClassification.from_config(funnel).save_pretrained(tmp_path / "funnel")
-    tiny.tokenizer.save_pretrained(tmp_path / "funnel")
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    app.session_state["side_source"] = "local folder…"
-    app.session_state["side_folder"] = str(tmp_path / "funnel")
-    app.run()
-    assert not app.exception
+    app = _app_on_model_folder(AutoModelForSequenceClassification.from_config(funnel), tiny.tokenizer,
+                               tmp_path / "funnel")
     assert any("funnel models are not supported" in e.value for e in app.sidebar.error)
     assert app.session_state["model_source"] == "tiny-random"  # unchanged
 
@@ -772,12 +779,8 @@ def test_every_page_renders_with_a_head_outside_the_classifier_module(tmp_path: 
 
     tiny = load_model("tiny-random", ["a", "b"])
     distilbert = DistilBertConfig(vocab_size=len(tiny.tokenizer), dim=16, n_layers=2, n_heads=2, hidden_dim=32)
-    AutoModelForSequenceClassification.from_config(distilbert).save_pretrained(tmp_path / "distilbert")
-    tiny.tokenizer.save_pretrained(tmp_path / "distilbert")
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["side_source"] = "local folder…"
-    at.session_state["side_folder"] = str(tmp_path / "distilbert")
-    at.run()
+    at = _app_on_model_folder(AutoModelForSequenceClassification.from_config(distilbert), tiny.tokenizer,
+                              tmp_path / "distilbert")
     assert at.session_state["model_source"] == str(tmp_path / "distilbert") and not at.sidebar.error
     for page in PAGES[:4]:  # tokens, sensitivity (scored: q_lin, ffn.lin1, ...), budget, finetune
         goto(at, page)
