@@ -9,6 +9,7 @@ distribution) times domain specificity A (how much more frequent it is here than
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,14 @@ class TokenGroup:
     ``pieces``); ``pieces`` stays the split the original tokenizer makes."""
     merged_slot: str | None = None
     """The unused slot that ``merged_token`` replaced ('[unused0]')."""
+
+    @property
+    def surface(self) -> str:
+        """How the group reads in a text: a word group's text, a fragment's pieces without their tokenizer's markers
+        (WordPiece '##', byte-level 'Ġ', SentencePiece '▁'), joined: ('##r', '##ing') -> 'ring'."""
+        if self.kind == WORDS:
+            return self.text
+        return "".join(re.sub(r"^(##|Ġ|▁)", "", piece) for piece in self.pieces)
 
 
 @dataclass

@@ -420,3 +420,18 @@ def test_mining_refuses_no_texts_and_labels_that_do_not_pair_with_the_texts():
         mine_task_tokens([], [], tok)
     with pytest.raises(ValueError, match="got 3 texts and 2 labels"):
         mine_task_tokens(["a b", "c d", "e f"], ["x", "y"], tok)
+
+
+def test_a_fragment_reads_in_a_text_without_its_tokenizers_markers():
+    from clm_explore.mining import FRAGMENT, WORDS, TokenGroup
+    from clm_explore.ui.views import highlight_markdown
+
+    def group(text, pieces, kind=FRAGMENT):
+        return TokenGroup(text, pieces, kind, 1, 1.0, 1.0, 1.0, "a", 1.0)
+
+    assert group("##r ##ing", ["##r", "##ing"]).surface == "ring"  # WordPiece
+    assert group("Ġcon", ["Ġcon"]).surface == "con" and group("o le", ["o", "le"]).surface == "ole"  # byte-level BPE
+    assert group("▁re", ["▁re"]).surface == "re"  # SentencePiece
+    assert group("top up", ["top", "up"], WORDS).surface == "top up"
+    # The example rows bold the fragment: its text with '##' and spaces matched nothing inside "transferring".
+    assert highlight_markdown("transferring", group("##r ##ing", ["##r", "##ing"]).surface) == "transfer**ring**"

@@ -151,7 +151,7 @@ def render_group_examples(group: Any, train: pd.DataFrame, key: str, limit: int 
     """Example training rows that contain ``group``, the group in bold (escaped Markdown)."""
     ids = [i for i in group.example_ids if 0 <= i < len(train)]
     if not ids:
-        needle = group.text.lower()
+        needle = group.surface.lower()
         ids = train.index[train["text"].str.lower().str.contains(needle, regex=False)].tolist()
     st.markdown(
         f"**{escape_markdown(group.text)}** → label _{escape_markdown(group.label)}_ · in {group.count} rows · "
@@ -159,7 +159,7 @@ def render_group_examples(group: Any, train: pd.DataFrame, key: str, limit: int 
     )
     for i in ids[:limit]:
         row = train.loc[i]
-        st.markdown(f"- {highlight_markdown(row['text'], group.text)}  ·  _{escape_markdown(row['label'])}_")
+        st.markdown(f"- {highlight_markdown(row['text'], group.surface)}  ·  _{escape_markdown(row['label'])}_")
 
 
 # -- sensitivity and masks ------------------------------------------------------------------------
