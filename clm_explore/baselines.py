@@ -315,6 +315,8 @@ def prepare_layers(ctx: MethodContext) -> Prepared:
     if selected > budget:  # printed by finetune and shown in the app, as the row methods' budget notes are
         info["budget_note"] = (f"no whole layer fits the budget of {budget:,} parameters: the top-ranked layer "
                                f"trains anyway ({selected:,} parameters, {info['budget_share']:.1%} of the backbone)")
+    if report.zero_note:  # the layers were ranked by scores that are all 0
+        info["score_note"] = report.zero_note
     return Prepared(model, [g for g in groups if g["params"]], lambda: model, info=info)
 
 

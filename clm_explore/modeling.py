@@ -205,8 +205,8 @@ def pooled_positions(input_ids: torch.Tensor, pad_token_id: int | None) -> torch
 
 
 def unsupported_reason(source: str) -> str:
-    """Why the method cannot use the model folder ``source`` ('' when it can): a missing folder, a head that is
-    not one linear layer, or no linear map to score. Read from its config on the meta device: no weights load,
+    """Why the method cannot use the model folder ``source`` ('' when it can): a missing folder, a head of another
+    shape than ``_check_linear_head`` accepts, or no linear map to score. Read from its config on the meta device: no weights load,
     so a server can check a folder as it is typed."""
     from transformers import AutoConfig
 

@@ -285,8 +285,8 @@ class RunStore:
 
         Running claims the run for this process (host, pid). Succeeded also loads ``metrics.json``
         from the folder into the row, when the file exists. Failed, cancelled and interrupted write the status (and
-        error) to a folder without ``metrics.json``, so that the folder registered again reads as it ended, not
-        as pending.
+        error) to a run folder (one with ``clm_run.json``: the run had begun) without ``metrics.json``, so that the
+        folder registered again reads as it ended, not as pending.
         """
         status = RunStatus(status)
         record = self.get(run_id)

@@ -124,8 +124,10 @@ class SensitivityReport:
         """A sentence when every row scored 0, so that the top rows are an arbitrary pick; None otherwise."""
         if any(bool(s.any()) for s in self.row_scores.values()):
             return None
-        return ("every row scored 0: no gradient reached the scored rows (a head whose units all died in the "
-                "warm-up does this), so the rows taken are an arbitrary pick; try --head-warmup-epochs 0")
+        warmed = self.config.get("warmup_epochs", -1) != 0
+        return ("every row scored 0: no gradient reached the scored rows, so the rows (or layers) taken are an "
+                "arbitrary pick" + ("; a head whose units all died in its warm-up does this: try --head-warmup-epochs "
+                                    "0" if warmed else "; the head passes no gradient back (weights of 0?)"))
 
     def normalised(self, how: str | None = None) -> dict[str, torch.Tensor]:
         """Row scores normalised within each matrix ('mean', 'zscore', 'rank' or 'none')."""
@@ -273,7 +275,8 @@ def scorable_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
     linears = scored_linears(model)
     if not linears:
         raise ModelSourceError(f"{model.config.model_type} has no linear maps clm-explore knows how to score "
-                               "(BERT-style and Llama-style blocks are supported): the sensitivity map and the methods that "
+                               "(BERT-, RoBERTa-, MPNet-, DistilBERT-, DeBERTa- and Llama-style blocks are supported): the "
+                               "sensitivity map and the methods that "
                                "score rows or rank layers need them; on the command line, methods full, head, bitfit, "
                                "lora and prefix run without them.")
     return linears

@@ -443,7 +443,10 @@ def test_scores_that_are_all_zero_say_the_pick_is_arbitrary(tiny_data, tmp_path)
     assert report.notes[-1].startswith("every row scored 0") and report.zero_note == report.notes[-1]
     cfg = FinetuneConfig(method="fisher", epochs=1, mask=MaskConfig(budget=0.05), sensitivity=sens)
     result = finetune(tiny_data, cfg, tmp_path / "run", source=str(tmp_path / "model"))
-    assert result.metrics["score_note"] == report.zero_note
+    assert result.metrics["score_note"] == report.zero_note and "weights of 0" in report.zero_note  # no warm-up ran
+    layers = finetune(tiny_data, replace(cfg, method="layers", mask=MaskConfig(budget=0.5)), tmp_path / "layers",
+                      source=str(tmp_path / "model"))
+    assert layers.metrics["score_note"] == report.zero_note  # whole layers ranked by those scores
 
     scored = compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, sens)
     assert scored.zero_note is None and not any("scored 0" in n for n in scored.notes)

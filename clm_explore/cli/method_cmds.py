@@ -195,8 +195,14 @@ def _check_scores_folder(out: str | None) -> None:
 
 
 def _progress_printer(what: str):
+    """A count rewritten on one line in a terminal; in a log, its last value only (as ``_phase_printer``)."""
+    live = sys.stderr.isatty()
+
     def show(done: int, total: int) -> None:
-        print(f"\r{what} {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        if live:
+            print(f"\r{what} {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        elif done == total:
+            print(f"{what} {done}/{total}", file=sys.stderr, flush=True)
     return show
 
 
