@@ -171,7 +171,7 @@ def test_a_budget_the_model_cannot_run_is_refused_before_any_cell(data_dir, tmp_
     with pytest.raises(BenchError, match=phrase) as caught:
         run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     assert f"{budgets[-1]:g} cannot run sparse" in str(caught.value)
-    assert not (tmp_path / "out" / "cells").exists()  # not even the head's cell ran
+    assert not (tmp_path / "out").exists()  # not even the head's cell ran, nor bench.json was written
 
 
 def test_few_shot_and_limit_are_seeded_and_stratified():
