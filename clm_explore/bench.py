@@ -752,8 +752,9 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     splits = grid_splits(data, cfg)
     check_budgets(cfg, data.labels)  # before bench.json: a refused grid leaves the out folder as it was
     _check_resume(out_dir, cfg, splits_digest(splits))
-    if progress and shots_note(data.train, cfg.shots):
-        print(f"note: {shots_note(data.train, cfg.shots)}", file=sys.stderr)
+    note = shots_note(data.train, cfg.shots)
+    if progress and note:
+        print(f"note: {note}", file=sys.stderr)
     data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)
     runner = runner or subprocess_runner(cfg)
     lrs: dict[str, float] = dict(cfg.lr)
