@@ -46,6 +46,7 @@ from clm_explore.sensitivity import (
     SensitivityReport,
     _embedding_info,
     calibration_rows,
+    head_kept,
     linear_matrix_infos,
     make_batches,
     scored_linears,
@@ -366,9 +367,10 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     model = loaded.model.to(dev)
     texts, label_ids = calibration_rows(data, cfg)
     batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
-    head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.prepares_head else {}
     linears = scored_linears(model)
-    totals = _accumulate_gradients(model, batches, linears, dev, cfg.min_layer)
+    with head_kept(model):
+        head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.prepares_head else {}
+        totals = _accumulate_gradients(model, batches, linears, dev, cfg.min_layer)
     n_rows = sum(len(b.labels) for b in batches)
     matrices = linear_matrix_infos(model, linears)
     row_scores = {f"{n}.weight": totals[n] / n_rows for n in linears}

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -359,6 +359,21 @@ def fed(prefix: PrefixCache | None, batch: Batch) -> AbstractContextManager:
     return prefix.feeding(batch.rows)
 
 
+@contextmanager
+def head_kept(model: nn.Module) -> Iterator[None]:
+    """The head's weights as they were on entry, put back on exit: scoring warms the head up for its own use, and
+    the warmed head travels in the report, so the caller's model (a notebook's, scored twice) is left unchanged."""
+    names = set(head_parameter_names(model))
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in saved:
+                    param.copy_(saved[name])
+
+
 def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConfig, device: torch.device,
                  prefix: PrefixCache | None = None) -> dict[str, torch.Tensor]:
     """Train the classification head alone on cached head inputs (one forward pass over the batches, from
@@ -585,7 +600,8 @@ def compute_sensitivity(
     """Warm up the head, then score rows of every linear map and eligible word-embedding rows.
 
     Args:
-        loaded: the model; its head is replaced by the warmed-up head, the backbone is not changed.
+        loaded: the model, left as it was: the warmed-up head is the report's ``head_state`` (a second call
+            starts from the same head and gives the same scores).
         data: training split is used (a seeded calibration subset of it).
         task_tokens: mined groups; needed for restriction 'tokens' and for eligible embedding rows.
         cfg: options; ``restriction='none'`` is the unrestricted (ablation) Fisher.
@@ -614,8 +630,9 @@ def compute_sensitivity(
     texts, label_ids = _train_rows(data, rows)
     restrict = task_tokens if cfg.restriction == "tokens" else None
     batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
-    head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.prepares_head else {}
-    scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
+    with head_kept(model):
+        head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.prepares_head else {}
+        scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
     emb_name, emb_info = _embedding_info(loaded, task_tokens, batches)
     matrices = linear_matrix_infos(model, linears)
     row_scores = {f"{n}.weight": s for n, s in scores.items()}

@@ -174,6 +174,15 @@ def test_gradient_scores_are_row_sums_of_the_batch_gradient(tiny_data, tiny):
     assert report.config["score"] == "gradient"
 
 
+def test_gradient_scores_leave_the_model_as_it_was(tiny_data, tiny):
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    cfg = SensitivityConfig(calibration_rows=32, warmup_epochs=2)
+    first, second = (gradient_sensitivity(tiny, tiny_data, cfg, device="cpu") for _ in range(2))
+    assert all(torch.equal(v, tiny.model.state_dict()[k]) for k, v in before.items())  # the warmed head is the report's
+    assert all(torch.equal(first.row_scores[k], second.row_scores[k]) for k in first.row_scores)
+    assert any(not torch.equal(first.head_state[k], before[k]) for k in first.head_state)
+
+
 def test_gradient_scores_from_a_layer_match_the_full_pass_there(tiny_data, tiny):
     cfg = SensitivityConfig(calibration_rows=len(tiny_data.train), warmup_epochs=0)
     flags = {n: p.requires_grad for n, p in tiny.model.named_parameters()}

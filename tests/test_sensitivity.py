@@ -231,6 +231,15 @@ def test_deterministic_under_seed(tiny_data):
     assert not all(torch.equal(a.row_scores[k], c.row_scores[k]) for k in a.row_scores)  # another subset
 
 
+def test_scoring_the_same_model_twice_gives_the_same_report(tiny, tiny_data):
+    # A notebook scores one loaded model again: the second warm-up must not start from the first's head.
+    cfg = SensitivityConfig(warmup_epochs=2, calibration_rows=48, restriction="none")
+    first = compute_sensitivity(tiny, tiny_data, None, cfg, device="cpu")
+    second = compute_sensitivity(tiny, tiny_data, None, cfg, device="cpu")
+    assert all(torch.equal(first.row_scores[k], second.row_scores[k]) for k in first.row_scores)
+    assert all(torch.equal(first.head_state[k], second.head_state[k]) for k in first.head_state)
+
+
 def test_backbone_unchanged_and_requires_grad_restored(tiny, tiny_data):
     model = tiny.model
     model.bert.embeddings.position_embeddings.weight.requires_grad_(False)  # a mixed set of flags
@@ -239,13 +248,10 @@ def test_backbone_unchanged_and_requires_grad_restored(tiny, tiny_data):
     report = compute_sensitivity(tiny, tiny_data, None, SensitivityConfig(restriction="none", warmup_epochs=2,
                                                                           calibration_rows=48), device="cpu")
     after = model.state_dict()
+    for name, value in before.items():  # the head too: the warmed-up head travels in the report
+        assert torch.equal(after[name], value), name
     head = set(head_parameter_names(model))
-    for name, value in before.items():
-        if name in head:
-            assert torch.equal(after[name], report.head_state[name])  # the warmed-up head is loaded
-        else:
-            assert torch.equal(after[name], value), name
-    assert any(not torch.equal(after[n], before[n]) for n in head)
+    assert head == set(report.head_state) and any(not torch.equal(report.head_state[n], before[n]) for n in head)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert all(p.grad is None for p in model.parameters())
     assert all(not m._forward_hooks for m in model.modules())  # no hook left behind
