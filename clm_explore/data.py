@@ -61,7 +61,7 @@ class AnnotatedData:
     validation: pd.DataFrame
     test: pd.DataFrame
     labels: list[str]
-    """Sorted labels of the train split (the model's output order)."""
+    """Labels of the train split in the model's output order: sorted (numerically when all are integers)."""
     source: str = ""
     """Where the data came from (a path or an uploaded file name)."""
     notes: list[str] = field(default_factory=list)
@@ -77,6 +77,9 @@ class AnnotatedData:
         if self.train.empty or not len(self.labels):  # one label loads (the report says why it cannot train)
             raise DataError(f"AnnotatedData needs training rows and their labels; got {len(self.train)} rows and "
                             f"labels {list(self.labels)[:5]}.")
+        for name in SPLITS:  # int labels (a DataFrame's own) would reach the saved config and fail there, after training
+            setattr(self, name, _as_text_columns(name, self.split(name)))
+        self.labels = [str(label) for label in self.labels]
 
     def __repr__(self) -> str:
         return (f"AnnotatedData({self.source or 'in memory'}: {len(self.train):,} train, {len(self.validation):,} "
@@ -90,6 +93,29 @@ class AnnotatedData:
         """(rows,) int64 label ids of a split; labels unseen in train map to -1."""
         index = {label: i for i, label in enumerate(self.labels)}
         return np.array([index.get(x, -1) for x in self.split(name)["label"]], dtype=np.int64)
+
+
+def _as_text_columns(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with str ``text`` and ``label`` columns (the same frame when they are already): numbers become their
+    text; a missing value is refused, since str() would make it the word 'nan'."""
+    columns = ["text", "label"]
+    if all(isinstance(value, str) for c in columns for value in frame[c].tolist()):
+        return frame
+    missing = frame[columns].isna().any(axis=1)
+    if missing.any():
+        rows = ", ".join(str(i) for i in frame.index[missing][:5])
+        raise DataError(f"AnnotatedData's {name} split has {int(missing.sum())} row(s) without a text or label "
+                        f"(index {rows}); drop or fill them, or let load_data(frame) check the table.")
+    return frame.astype({c: str for c in columns})
+
+
+def label_order(labels) -> list[str]:
+    """The model's output order of ``labels``: sorted as text, or as numbers when every label is an integer
+    ('2' before '10'), so that a data set labelled 0..N-1 keeps its ids."""
+    labels = [str(label) for label in labels]
+    if all(re.fullmatch(r"[+-]?\d+", label) for label in labels):
+        return sorted(labels, key=lambda label: (int(label), label))
+    return sorted(labels)
 
 
 @dataclass
@@ -873,7 +899,7 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     if validation is None:
         train, validation = _carve(train, cfg.validation_fraction, cfg.seed, "validation", notes, group_copies=False)
     parts = [f.reset_index(drop=True).astype(str) for f in (train, validation, test)]
-    return AnnotatedData(*parts, labels=sorted(parts[0]["label"].unique()), source=source, notes=notes)
+    return AnnotatedData(*parts, labels=label_order(parts[0]["label"].unique()), source=source, notes=notes)
 
 
 def _check_labels(name: str, frame: pd.DataFrame, max_labels: int, max_chars: int) -> None:

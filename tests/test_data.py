@@ -12,7 +12,15 @@ import pytest
 
 from clm_explore.cli import main
 from clm_explore.config import DataConfig
-from clm_explore.data import AnnotatedData, DataError, data_report, load_data, load_upload, read_texts
+from clm_explore.data import (
+    AnnotatedData,
+    DataError,
+    data_report,
+    label_order,
+    load_data,
+    load_upload,
+    read_texts,
+)
 
 CORPUS = Path(__file__).parent / "data"
 _spec = importlib.util.spec_from_file_location("make_bad_corpus", CORPUS / "make_bad_corpus.py")
@@ -189,6 +197,26 @@ def test_label_ids_map_unseen_labels_to_minus_one():
     data = AnnotatedData(frame, frame, pd.DataFrame({"text": ["d"], "label": ["z"]}), ["x", "y"])
     assert data.label_ids("train").tolist() == [0, 1, 0]
     assert data.label_ids("test").tolist() == [-1]
+
+
+def test_integer_labels_keep_their_numeric_order():
+    # A table labelled 0..11: as text '10' would sort before '2', and the model's id 2 would mean label 10.
+    frame = pd.DataFrame({"text": [f"text number {i}" for i in range(48)], "label": [i % 12 for i in range(48)]})
+    data = load_data(frame)
+    assert data.labels == [str(i) for i in range(12)]
+    assert data.label_ids("train").tolist() == data.train["label"].astype(int).tolist()
+    assert label_order(["b", "10", "a"]) == ["10", "a", "b"]  # mixed: as text
+    assert label_order(["-1", "10", "2"]) == ["-1", "2", "10"]
+
+
+def test_hand_built_data_gets_text_columns_and_refuses_missing_values():
+    train = pd.DataFrame({"text": ["a", "b", 3], "label": [0, 1, 0]})
+    data = AnnotatedData(train, train.iloc[:1], train.iloc[:1], [0, 1])
+    assert data.labels == ["0", "1"] and data.train["label"].tolist() == ["0", "1", "0"]
+    assert data.train["text"].tolist() == ["a", "b", "3"]
+    json.dumps(data.labels)  # the saved config names them; an int64 label failed there, after training
+    with pytest.raises(DataError, match="1 row.* without a text or label .*index 1"):
+        AnnotatedData(pd.DataFrame({"text": ["a", None], "label": ["x", "y"]}), train, train, ["x", "y"])
 
 
 def _frame(rows: list[tuple[str, str]]) -> pd.DataFrame:
