@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -31,7 +32,9 @@ from clm_explore.modeling import LoadedModel, load_run
 
 TargetSpec = int | str | None
 DEFAULT_MAX_LENGTH = 64
-"""Sub-tokens read when no run says how many it trained with (``AttributionConfig.max_length`` None)."""
+"""Sub-tokens read when neither the config nor the tokenizer says how many (``AttributionConfig.max_length`` None
+and a tokenizer with no ``model_max_length`` of its own)."""
+_UNSET_LENGTH = 1_000_000  # transformers' placeholder for "no limit" is about 1e30
 
 
 class AttributionError(ValueError):
@@ -61,9 +64,23 @@ class TokenAttribution:
     """Anything a reader should know (decoder reference, truncation)."""
     predicted: int = -1
     """The model's predicted label id (equals ``target`` when the target is 'predicted')."""
+    predicted_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, by its name here (``from_dict`` reads it back)."""
         return asdict(self)
+
+    def to_record(self) -> dict[str, Any]:
+        """The object ``clm-explore explain --json`` prints for a text: ``tokens`` are the words, ``target`` and
+        ``predicted`` label names (with ``target_id``/``predicted_id``), ``sub_tokens`` the pieces."""
+        return {"tokens": self.words, "scores": self.scores, "target": self.target_label, "target_id": self.target,
+                "predicted": self.predicted_label or str(self.predicted), "predicted_id": self.predicted,
+                "probability": self.probability, "delta": self.delta, "sub_tokens": self.tokens,
+                "sub_token_scores": self.token_scores, "note": self.note}
+
+    def to_frame(self) -> pd.DataFrame:
+        """A row per word: word, score (towards ``target_label``)."""
+        return pd.DataFrame({"word": self.words, "score": self.scores})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenAttribution:
@@ -127,7 +144,9 @@ def explain(
             never otherwise changed. Calls on one model from several threads take turns.
         tokenizer: the model's fast tokenizer (word ids and offsets are needed to merge pieces).
         texts: one text or a list of texts.
-        cfg: steps, batching, truncation (``max_length`` None: DEFAULT_MAX_LENGTH, as no run is known here).
+        cfg: steps, batching, truncation (``max_length`` None: the tokenizer's ``model_max_length``, which a run
+            folder's tokenizer sets to the length training read, so ``load_run``'s model is read as ``predict`` reads
+            it; DEFAULT_MAX_LENGTH for a tokenizer that sets none).
         target: None (the predicted label), one label name/id for every text, or one per text (gold labels
             when ``cfg.target == 'gold'``).
 
@@ -136,7 +155,10 @@ def explain(
     """
     cfg = cfg or AttributionConfig()
     if cfg.max_length is None:
-        cfg = replace(cfg, max_length=DEFAULT_MAX_LENGTH)
+        said = getattr(tokenizer, "model_max_length", None)
+        said = said if isinstance(said, int) and 0 < said < _UNSET_LENGTH else DEFAULT_MAX_LENGTH
+        positions = getattr(model.config, "max_position_embeddings", None)
+        cfg = replace(cfg, max_length=min(said, positions) if isinstance(positions, int) and positions > 0 else said)
     if not getattr(tokenizer, "is_fast", False):
         raise AttributionError(
             "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."
@@ -332,6 +354,7 @@ def _explain_batch(
                 token_scores=[float(x) for x, v in zip(token_scores[i].tolist(), valid, strict=True) if v],
                 note="; ".join(note),
                 predicted=int(predicted[i]),
+                predicted_label=labels.get(int(predicted[i]), str(int(predicted[i]))),
             )
         )
     return out

@@ -12,6 +12,7 @@ Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set on import.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import struct
@@ -225,17 +226,35 @@ def unsupported_reason(source: str) -> str:
     return ""
 
 
+UNTRAINED_HEAD = ("it has no clm_run.json and its head names no labels (LABEL_0, LABEL_1, ...): a base model whose "
+                  "head was never trained. Pass the folder finetune wrote.")
+
+
+def has_untrained_head(folder: Path) -> bool:
+    """A model folder that finetune did not write (no clm_run.json) whose head names no labels (LABEL_0, LABEL_1,
+    ...): a base model with a head never trained, whose predictions would mean nothing."""
+    if (folder / "clm_run.json").is_file():
+        return False
+    try:
+        labels = json.loads((folder / "config.json").read_text()).get("id2label") or {}
+    except (OSError, ValueError, AttributeError):
+        labels = {}
+    return not labels or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in labels.values())
+
+
 def load_run(run_dir: str | Path) -> LoadedModel:
     """Load a finetuned run folder with its own labels (a prefix-tuning run gets its ``adapter/`` back).
 
     Raises:
-        ModelSourceError: the folder is missing or is not a model folder.
+        ModelSourceError: the folder is missing, is not a model folder, or is a base model (``has_untrained_head``).
     """
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise ModelSourceError(f"Run folder {path} does not exist.")
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"Run folder {path} has no config.json; it is not a finetuned model folder.")
+    if has_untrained_head(path):
+        raise ModelSourceError(f"{path} is not a finetuned run: {UNTRAINED_HEAD}")
     if (path / "adapter" / "adapter_config.json").is_file():
         from clm_explore.baselines import load_run_model  # only prefix runs need peft
 

@@ -94,6 +94,11 @@ class RunRecord:
     host: str | None = None
     pid: int | None = None
 
+    def __repr__(self) -> str:  # the config alone is a few KB
+        accuracy = self.metrics.get("accuracy")
+        score = f", accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
+        return f"RunRecord({self.id}: {self.method}, {self.status.value}{score}, {self.path})"
+
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal

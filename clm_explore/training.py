@@ -736,11 +736,22 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
         save_model(model, str(out_dir / "model.safetensors"))
     else:
         model.save_pretrained(out_dir, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(out_dir)
+        save_tokenizer(loaded.tokenizer, out_dir, cfg.max_length)
     for name, tensors in files.items():
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / f"{name}.safetensors")
     return metrics
+
+
+def save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> None:
+    """The tokenizer, saved with the length training read as its ``model_max_length``: plain transformers with
+    ``truncation=True`` and ``explain`` then read a text as training and ``predict`` do (the loaded one keeps its own)."""
+    kept = tokenizer.model_max_length
+    tokenizer.model_max_length = max_length
+    try:
+        tokenizer.save_pretrained(out_dir)
+    finally:
+        tokenizer.model_max_length = kept
 
 
 def _out_of_scope(loaded, model, data, cfg, gold: np.ndarray, pred: np.ndarray, top: np.ndarray) -> dict | None:

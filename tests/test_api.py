@@ -71,9 +71,14 @@ def test_results_print_a_short_summary_in_a_notebook(tiny_data, tmp_path):
                                   tmp_path / "run", source="tiny-random")
     tokens = clm_explore.mine_task_tokens(tiny_data.train["text"], tiny_data.train["label"], loaded.tokenizer)
     assert len(tokens) == len(list(tokens)) > 0 and tokens[0] is tokens.groups[0]
+    study = clm_explore.case_study(result.out_dir, result.out_dir, cfg=clm_explore.AttributionConfig(n_steps=2),
+                                   max_rows=3)
+    record = clm_explore.RunStore(tmp_path / "store").register_folder(result.out_dir)
     for shown, words in [(report, "matrices over 2 layers"), (selection, "rows of"), (result, "succeeded, accuracy"),
-                         (tokens, f"TaskTokens({len(tokens)} groups from")]:
-        assert words in repr(shown) and len(repr(shown)) < 300 and "tensor" not in repr(shown)
+                         (tokens, f"TaskTokens({len(tokens)} groups from"), (study, "CaseStudy(run vs run: 3 of"),
+                         (study.a, "RunAttributions(run: 3 of"), (study.comparison, "Comparison(agreement 100.0%"),
+                         (record, "head, succeeded, accuracy")]:
+        assert words in repr(shown) and len(repr(shown)) < 300 and "tensor" not in repr(shown), repr(shown)
 
 
 def test_data_comes_in_from_dataframes_with_the_files_checks(tiny_data):

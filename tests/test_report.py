@@ -98,6 +98,12 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
     assert {"tokens", "scores", "target", "probability", "delta"} <= set(one)
     assert one["tokens"] == ["my", "cardless", "card"] and len(one["scores"]) == 3
     assert one["target"] in tiny_data.labels
+    import clm_explore as clm  # the notebook's result gives the same object, by the same names
+
+    loaded = clm.load_run(run)
+    (api,) = clm.explain(loaded.model, loaded.tokenizer, "my cardless card", clm.AttributionConfig(n_steps=8))
+    assert api.to_record() == one and one["predicted"] in tiny_data.labels
+    assert api.to_frame()["word"].tolist() == one["tokens"] and api.to_frame()["score"].tolist() == one["scores"]
     args = ["explain", "--run", str(run), "--text", "a", "--text", "b", "--target", "exchange_rate", "--json"]
     assert main(args) == 0
     both = json.loads(capsys.readouterr().out)
@@ -261,6 +267,11 @@ def test_cli_refuses_a_base_model_as_a_run_and_data_of_another_task(tmp_path: Pa
     loaded.tokenizer.save_pretrained(base)
     for argv in (["predict", "--run", str(base), "--text", "my card"], ["explain", "--run", str(base), "--text", "x"]):
         assert "not a finetuned run" in _cli(capsys, argv, code=2)[1]
+    import clm_explore as clm
+    from clm_explore.modeling import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="not a finetuned run"):  # the API says what the CLI says
+        clm.predict(base, "my card")  # (it answered LABEL_0 0.50 / LABEL_1 0.50)
     run = make_run(tmp_path, tiny_data, 0)
     other = pd.DataFrame({"text": [f"what is a dog {i}" for i in range(6)] + [f"who is she {i}" for i in range(6)],
                           "label": ["DESC"] * 6 + ["HUM"] * 6})

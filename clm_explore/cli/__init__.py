@@ -98,22 +98,12 @@ def checked_max_length(value: int | None, run_dir: Path) -> int | None:
     return value
 
 
-_GENERIC_LABEL = re.compile(r"LABEL_\d+")
-
-
 def refuse_untrained_head(run: Path, flag: str) -> Path:
-    """``run``, unless it is a model folder that finetune did not write (no clm_run.json) whose head names no labels
-    (LABEL_0, LABEL_1, ...): a base model with a head never trained, whose predictions would mean nothing."""
-    if (run / "clm_run.json").is_file():
-        return run
-    try:
-        labels = json.loads((run / "config.json").read_text()).get("id2label") or {}
-    except (OSError, ValueError, AttributeError):
-        labels = {}
-    if not labels or all(_GENERIC_LABEL.fullmatch(str(v)) for v in labels.values()):
-        raise UserError(f"{flag} {run}: not a finetuned run. It has no clm_run.json and its head names no labels "
-                        "(LABEL_0, LABEL_1, ...): a base model whose head was never trained. Pass the folder "
-                        "finetune wrote.")
+    """``run``, unless it is a base model whose head was never trained (``modeling.has_untrained_head``)."""
+    from clm_explore.modeling import UNTRAINED_HEAD, has_untrained_head
+
+    if has_untrained_head(run):
+        raise UserError(f"{flag} {run}: not a finetuned run. {UNTRAINED_HEAD[0].upper()}{UNTRAINED_HEAD[1:]}")
     return run
 
 

@@ -120,27 +120,10 @@ def run_explain(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     labels = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
     if args.json:
-        print_json([_as_json(r, labels) for r in results])  # a list for one text too, as predict's
+        print_json([r.to_record() for r in results])  # a list for one text too, as predict's
     else:
         print("\n\n".join(format_attribution(r, labels) for r in results))
     return 0
-
-
-def _as_json(res: TokenAttribution, labels: dict[int, str]) -> dict[str, Any]:
-    return {
-        "tokens": res.words,
-        "scores": res.scores,
-        "target": res.target_label,
-        "target_id": res.target,
-        # with --target the label explained need not be the prediction: both are shown
-        "predicted": labels.get(res.predicted, str(res.predicted)),
-        "predicted_id": res.predicted,
-        "probability": res.probability,
-        "delta": res.delta,
-        "sub_tokens": res.tokens,
-        "sub_token_scores": res.token_scores,
-        "note": res.note,
-    }
 
 
 def format_attribution(res: TokenAttribution, labels: dict[int, str] | None = None) -> str:
