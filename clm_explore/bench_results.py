@@ -225,6 +225,10 @@ def compare_run_groups(a: Sequence[Any], b: Sequence[Any], level: float = COMPAR
     Raises:
         ValueError: a run that has no metrics (a folder without metrics.json, a cancelled run).
     """
+    for group in (a, b):  # one folder or result given as a group: its characters or fields would be read as runs
+        if isinstance(group, str | Path | dict) or not isinstance(group, Sequence):
+            raise TypeError(f"compare_run_groups(a, b) takes two lists of runs (e.g. seeds of two methods); got "
+                            f"{type(group).__name__}: wrap a single run in a list, [run].")
     a, b = [_run_metrics(run) for run in a], [_run_metrics(run) for run in b]
     rows = []
     for name, path in GROUP_METRICS.items():

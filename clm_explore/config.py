@@ -392,6 +392,12 @@ class FinetuneConfig:
     """Virtual tokens (method 'prefix')."""
 
     def __post_init__(self) -> None:
+        for key, sub in (("mask", MaskConfig), ("sensitivity", SensitivityConfig), ("mining", MiningConfig)):
+            value = getattr(self, key)
+            if isinstance(value, dict):  # a notebook's mask={"budget": 0.02}: its keys checked as the class's
+                object.__setattr__(self, key, sub(**value))
+            _check(isinstance(getattr(self, key), sub), f"{key} must be a {sub.__name__} (or a dict of its fields); "
+                   f"got {type(value).__name__}")
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.lr >= 0, f"lr must be >= 0, got {self.lr}")

@@ -178,6 +178,9 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     cfg = cfg or DataConfig()
     if isinstance(path, pd.DataFrame | dict):
         return _load_frames(path, cfg)
+    if not isinstance(path, str | Path):  # a Series or a list of rows: say what is taken, not what Path says
+        raise DataError(f"load_data takes a file or folder path, a DataFrame or a dict of DataFrames by split; got "
+                        f"{type(path).__name__}. A list of rows: load_data(pd.DataFrame(rows)).")
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist. Pass a data file (CSV, TSV, JSONL, JSON, Parquet) or a folder "
@@ -209,7 +212,7 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
         _check_header(name, columns, any_case=False)
         table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), list(range(1, len(frame) + 1)),
                        "row", columns)
-        frames[split] = _select_columns(table, cfg)
+        frames[split] = _select_columns(table, cfg, notes)
     return _assemble(frames, cfg, "DataFrame", "the train DataFrame" if "train" in frames else "the DataFrame", notes)
 
 
@@ -246,7 +249,7 @@ def _split_files(folder: Path) -> dict[str, Path]:
 
 def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str]) -> pd.DataFrame:
     """Read one file into a checked ``[text, label]`` frame; ``read()`` is only called after the size check."""
-    return _select_columns(_parse_table(path, read, size, cfg, notes), cfg)
+    return _select_columns(_parse_table(path, read, size, cfg, notes), cfg, notes)
 
 
 def column_names(path: str | Path, suffix: str | None = None) -> list[str]:
@@ -808,8 +811,9 @@ _PARSERS: dict[str, Callable[[str, str, int, _Wanted], _Table]] = {
 # ---------------------------------------------------------------------------------- column checks
 
 
-def _select_columns(table: _Table, cfg: DataConfig) -> pd.DataFrame:
-    """Pick the text and label columns and check every row has both; returns ``[text, label]`` as str."""
+def _select_columns(table: _Table, cfg: DataConfig, notes: list[str]) -> pd.DataFrame:
+    """Pick the text and label columns and check every row has both; returns ``[text, label]`` as str, the labels
+    without surrounding spaces (a note says when that made two spellings one label)."""
     columns = table.columns
     if not table.positions:
         raise DataError(f"{table.name} has a header ({_listed(columns)}) but no data rows. Add rows below it.")
@@ -820,10 +824,12 @@ def _select_columns(table: _Table, cfg: DataConfig) -> pd.DataFrame:
                         "Pass different columns with --text-col and --label-col.")
     _require_flat(table, text_col, "text")
     _require_flat(table, label_col, "label")
-    out = pd.DataFrame({
-        "text": _as_str(table, table.frame[text_col], "text"),
-        "label": [s.strip() for s in _as_str(table, table.frame[label_col], "label")],
-    })
+    raw_labels = _as_str(table, table.frame[label_col], "label")
+    out = pd.DataFrame({"text": _as_str(table, table.frame[text_col], "text"), "label": [s.strip() for s in raw_labels]})
+    spellings = pd.Series(raw_labels).groupby(out["label"].to_numpy()).nunique()
+    if (spellings > 1).any():
+        merged = ", ".join(repr(label) for label in spellings[spellings > 1].index[:5])
+        notes.append(f"{table.name}: labels that differ only in surrounding spaces were read as one: {merged}")
     _require_filled(table, out["text"], "empty text", "text")
     _require_filled(table, out["label"], "no label", "label")
     return out

@@ -17,6 +17,7 @@ import os
 import re
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,28 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-# A fresh head over a pretrained backbone is the normal case here; its load report and the save
-# progress bars would bury the tool's own output.
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
+
+@contextmanager
+def transformers_quieted() -> Iterator[None]:
+    """transformers' load report and progress bars off for the call, then as they were. A fresh head over a
+    pretrained backbone is the normal case here, and its "newly initialized" report and the save progress bars would
+    bury the tool's own output; a notebook's own transformers logging must stay as its user set it. Also a decorator."""
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def quiet_transformers() -> None:
+    """For a process the tool owns (the CLI, the app's server): transformers' reports and progress bars off for
+    good (``transformers_quieted`` alone would let another thread's call turn them back on midway)."""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 DEFAULT_SOURCE = "default"
 TINY_SOURCE = "tiny-random"
@@ -128,6 +147,7 @@ def resolve_source(source: str | None) -> str:
     return str(path)
 
 
+@transformers_quieted()
 def load_model(
     source: str | None = DEFAULT_SOURCE,
     labels: list[str] | None = None,
@@ -139,8 +159,11 @@ def load_model(
         source: see the module docstring.
         labels: label names in id order; the head gets one output per label. None keeps the
             folder's own labels (a finetuned run folder).
-        seed: seeds the random head (and the tiny model's weights).
+        seed: seeds the random head (and the tiny model's weights) through torch's global generator, which the
+            head's init draws from (as transformers' ``set_seed`` does); ``finetune`` puts the global state back.
     """
+    if isinstance(labels, str):  # its letters would become the labels
+        raise TypeError(f"labels is a list of label names (data.labels); got the string {labels[:40]!r}.")
     resolved = resolve_source(source)
     torch.manual_seed(seed)
     if resolved == TINY_SOURCE:
@@ -242,6 +265,7 @@ def has_untrained_head(folder: Path) -> bool:
     return not labels or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in labels.values())
 
 
+@transformers_quieted()
 def load_run(run_dir: str | Path) -> LoadedModel:
     """Load a finetuned run folder with its own labels (a prefix-tuning run gets its ``adapter/`` back).
 

@@ -43,6 +43,7 @@ from clm_explore.modeling import (
     load_model,
     resolve_device,
     small_parameters,
+    transformers_quieted,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
 from clm_explore.runs import RANK_COPIES, check_run_dir, claim_run_dir, write_json_atomic
@@ -435,8 +436,22 @@ def _preparer(method: str) -> Preparer:
 # ----------------------------------------------------------------------------------------------- loop
 
 
+@contextmanager
+def global_rng_kept() -> Iterator[None]:
+    """torch's and NumPy's global random state as it was, after the block: a run seeds them for its own draws (the
+    head's init, dropout), and a notebook's next ``torch.rand`` must not start from the run's seed."""
+    numpy_state = np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+@global_rng_kept()
 def finetune(
-    data: AnnotatedData | str | Path,
+    data: AnnotatedData | str | Path | pd.DataFrame,
     cfg: FinetuneConfig,
     out_dir: str | Path,
     source: str = "default",
@@ -452,7 +467,7 @@ def finetune(
     ``cfg.mask`` to be trained. The run is not in the app's run list until ``RunStore().register_folder(out_dir)``.
 
     Args:
-        data: the splits (``load_data``), or a path that ``load_data`` reads.
+        data: the splits (``load_data``), or a path or DataFrame that ``load_data`` reads.
         source: a model name or folder (``load_model``'s source), recorded with the run.
         on_step: called after every training step and at every epoch's end (``StepInfo``).
         should_stop: polled at every step and through the preparation (between its phases and at every scoring
@@ -466,10 +481,11 @@ def finetune(
     Returns:
         FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
     """
-    if isinstance(data, str | Path):
+    if isinstance(data, str | Path | pd.DataFrame):
         data = load_data(data)
     if not isinstance(data, AnnotatedData) or not isinstance(cfg, FinetuneConfig):
-        raise TypeError(f"finetune(data, cfg, out_dir): data is AnnotatedData or a path, cfg a FinetuneConfig; got "
+        raise TypeError(f"finetune(data, cfg, out_dir): data is AnnotatedData, a path or a DataFrame (as load_data "
+                        f"takes), cfg a FinetuneConfig; got "
                         f"{type(data).__name__} and {type(cfg).__name__}")
     if not isinstance(source, str | Path):  # a LoadedModel: the run must name where its model came from
         raise TypeError(f"source is a model name or folder, as load_model takes; got {type(source).__name__}")
@@ -735,8 +751,9 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
         # drops the tensors a model shares, e.g. prefix tuning's word embeddings, which save_file refuses).
         save_model(model, str(out_dir / "model.safetensors"))
     else:
-        model.save_pretrained(out_dir, safe_serialization=True)
-        save_tokenizer(loaded.tokenizer, out_dir, cfg.max_length)
+        with transformers_quieted():
+            model.save_pretrained(out_dir, safe_serialization=True)
+            save_tokenizer(loaded.tokenizer, out_dir, cfg.max_length)
     for name, tensors in files.items():
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / f"{name}.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import pandas as pd
 
 import clm_explore
 
@@ -37,6 +38,7 @@ def test_the_natural_calls_work_and_plain_mistakes_say_what_to_do(tiny_data, dat
     import pytest
 
     from clm_explore.config import ConfigError
+    from clm_explore.data import DataError
 
     head = replace(clm_explore.FinetuneConfig(method="head"), epochs=1)
     runs = [clm_explore.finetune(data_dir, replace(head, seed=s), tmp_path / f"run{s}", source="tiny-random")
@@ -47,6 +49,15 @@ def test_the_natural_calls_work_and_plain_mistakes_say_what_to_do(tiny_data, dat
     assert by_result.equals(clm_explore.compare_run_groups([runs[0].metrics], [runs[1].metrics]))
     with pytest.raises(ValueError, match="no finished run's metrics"):
         clm_explore.compare_run_groups([tmp_path], runs[1:])
+    with pytest.raises(TypeError, match=r"two lists of runs .*got str: wrap a single run in a list"):
+        clm_explore.compare_run_groups(str(tmp_path / "run0"), runs[1:])  # its characters were read as runs
+    with pytest.raises(TypeError, match="got the string 'abc'"):
+        clm_explore.load_model("tiny-random", "abc")  # made three labels, a, b and c
+    with pytest.raises(DataError, match="got Series"):
+        clm_explore.load_data(tiny_data.train["text"])
+    frame = pd.concat([tiny_data.train] * 2, ignore_index=True)  # a DataFrame goes where a data path goes
+    from_frame = clm_explore.finetune(frame, head, tmp_path / "frame", source="tiny-random")
+    assert from_frame.status == "succeeded" and from_frame.metrics["labels"] == tiny_data.labels
     loaded = clm_explore.load_model("tiny-random", tiny_data.labels)
     with pytest.raises(TypeError, match="source is a model name or folder"):
         clm_explore.finetune(tiny_data, head, tmp_path / "x", source=loaded)
@@ -95,9 +106,36 @@ def test_data_comes_in_from_dataframes_with_the_files_checks(tiny_data):
     assert split.validation.equals(tiny_data.validation.reset_index(drop=True).astype(str))
     with pytest.raises(DataError, match="'train' one"):
         clm_explore.load_data({"test": tiny_data.test})
+    spaced = frame.assign(intent=[label + " " * (i % 2) for i, label in enumerate(frame["intent"])])
+    assert clm_explore.load_data(spaced).labels == tiny_data.labels  # one label, with a note that says so
+    assert any("differ only in surrounding spaces" in note and repr(tiny_data.labels[0]) in note
+               for note in clm_explore.load_data(spaced).notes)
     with pytest.raises(DataError, match="must be a DataFrame with 'text' and 'label' columns"):
         clm_explore.AnnotatedData(frame, frame, frame, tiny_data.labels)
     with pytest.raises(DataError, match="needs training rows and their labels"):
         clm_explore.AnnotatedData(tiny_data.train, tiny_data.validation, tiny_data.test, [])
     with pytest.raises(DataError, match="empty"):
         clm_explore.load_data(pd.DataFrame({"text": ["a", ""], "label": ["x", "y"]}))
+
+
+def test_a_run_leaves_the_notebooks_random_state_and_transformers_logging_as_they_were(tiny_data, tmp_path):
+    import numpy as np
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    hf_logging.enable_progress_bar()
+    try:
+        torch.manual_seed(123)
+        np.random.seed(123)
+        expected = torch.rand(3), np.random.rand(3)
+        torch.manual_seed(123)
+        np.random.seed(123)
+        cfg = clm_explore.FinetuneConfig(method="head", epochs=1)
+        clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random")  # seeds both for its own draws
+        assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+        clm_explore.load_run(tmp_path / "run")
+        assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()

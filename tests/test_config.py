@@ -152,3 +152,12 @@ def test_from_dict_validates():
         FinetuneConfig.from_dict({"epochs": 0})
     with pytest.raises(ConfigError, match="budget must be"):
         FinetuneConfig.from_dict({"mask": {"budget": -1}})
+
+
+def test_a_sub_config_may_be_a_dict_of_its_fields_and_nothing_else():
+    cfg = FinetuneConfig(mask={"budget": 0.02}, sensitivity={"score": "taylor"})  # a notebook's shorthand
+    assert cfg.mask == MaskConfig(budget=0.02) and cfg.sensitivity.score == "taylor"
+    with pytest.raises(ConfigError, match="mask must be a MaskConfig .*got int"):
+        FinetuneConfig(mask=3)  # an AttributeError on .seed before
+    with pytest.raises(TypeError, match="budgett"):
+        FinetuneConfig(mask={"budgett": 0.02})

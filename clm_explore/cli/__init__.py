@@ -194,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from clm_explore.modeling import quiet_transformers
+
+    quiet_transformers()  # the command owns the process: transformers' reports would bury its output
     try:
         with _sigterm_as_interrupt():
             return int(args.func(args) or 0)

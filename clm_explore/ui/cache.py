@@ -185,8 +185,13 @@ def pruned_uploads(root: str) -> list[str]:
 
 @st.cache_resource(show_spinner=False)
 def configure_torch() -> int:
-    """Once per server: ``$CLM_EXPLORE_TORCH_THREADS`` CPU threads for torch (its default when unset)."""
+    """Once per server: ``$CLM_EXPLORE_TORCH_THREADS`` CPU threads for torch (its default when unset), and
+    transformers' reports and progress bars off (the server's log is the tool's)."""
     import torch
+
+    from clm_explore.modeling import quiet_transformers
+
+    quiet_transformers()
 
     threads = os.environ.get("CLM_EXPLORE_TORCH_THREADS")
     if threads:
