@@ -1,37 +1,48 @@
-"""clm-explore app: `streamlit run app.py`. Navigation and the shared sidebar; pages live in pages/."""
+"""clm-explore app: `streamlit run app.py`. Navigation and the shared sidebar; pages live in app_pages/ (not
+`pages/`, which Streamlit would also serve as pages of their own, bypassing this file, on a deep link)."""
 
 import streamlit as st
 
-from clm_explore.config import ConfigError
-from clm_explore.data import DataError
-from clm_explore.modeling import ModelSourceError
-from clm_explore.ui import cache, forms, jobs, state
-from clm_explore.ui.views import data_error_text, escape_markdown
 
-USER_ERRORS = (ConfigError, DataError, ModelSourceError)
+def pages() -> list:
+    return [
+        st.Page("app_pages/1_data.py", title="Data", icon=":material/table_view:", default=True),
+        st.Page("app_pages/2_tokens.py", title="Tokens", icon=":material/token:"),
+        st.Page("app_pages/3_sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
+        st.Page("app_pages/4_budget.py", title="Budget", icon=":material/tune:"),
+        st.Page("app_pages/5_finetune.py", title="Finetune", icon=":material/model_training:"),
+        st.Page("app_pages/6_compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("app_pages/7_runs.py", title="Runs", icon=":material/folder_open:"),
+    ]
 
-st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
 
-PAGES = [
-    st.Page("pages/1_data.py", title="Data", icon=":material/table_view:", default=True),
-    st.Page("pages/2_tokens.py", title="Tokens", icon=":material/token:"),
-    st.Page("pages/3_sensitivity.py", title="Sensitivity", icon=":material/grid_on:"),
-    st.Page("pages/4_budget.py", title="Budget", icon=":material/tune:"),
-    st.Page("pages/5_finetune.py", title="Finetune", icon=":material/model_training:"),
-    st.Page("pages/6_compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("pages/7_runs.py", title="Runs", icon=":material/folder_open:"),
-]
+def main() -> None:
+    # Imported here, not above: a job worker runs this file again (see the guard below), and the UI modules' caches
+    # would each log "No runtime found" there.
+    from clm_explore.config import ConfigError
+    from clm_explore.data import DataError
+    from clm_explore.modeling import ModelSourceError
+    from clm_explore.ui import cache, forms, jobs, state
+    from clm_explore.ui.views import data_error_text, escape_markdown
 
-cache.configure_torch()
-cache.pruned_uploads(str(state.uploads_root()))
-jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
-page = st.navigation(PAGES)
-forms.sidebar()
-try:
-    page.run()
-except USER_ERRORS as exc:  # a bad model folder, unusable data or option: one paragraph, no traceback
-    message = str(exc)
-    if isinstance(exc, DataError):  # in the app's words: the Data page's column boxes, not command-line options
-        current = state.data_choice()
-        message = data_error_text(message, upload=current is not None and current.kind == "upload")
-    st.error(escape_markdown(message))
+    st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
+    cache.configure_torch()
+    cache.pruned_uploads(str(state.uploads_root()))
+    jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
+    page = st.navigation(pages())
+    forms.sidebar()
+    try:
+        page.run()
+    except (ConfigError, DataError, ModelSourceError) as exc:  # a bad model folder, unusable data or option: one paragraph, no traceback
+        message = str(exc)
+        if isinstance(exc, DataError):  # in the app's words: the Data page's column boxes, not command-line options
+            current = state.data_choice()
+            message = data_error_text(message, upload=current is not None and current.kind == "upload")
+        st.error(escape_markdown(message))
+
+
+# The job workers start with multiprocessing's "spawn", which runs the parent's __main__ again in the child, as
+# __mp_main__: during a script run Streamlit makes this file __main__, so without the guard every worker would run
+# the whole app (set up a page, start a job queue of its own) before its first job.
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ and a crash in it fails the job, not the server. Without it (scripts, tests) job
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import itertools
@@ -75,6 +76,8 @@ class Job:
         self.run_id = run_id
         self.device = device
         self.status = RunStatus.PENDING
+        self.label = ""
+        """What the job is, in a few words, for a shared queue's cards ("sparse on banking77_20")."""
         self.error: str | None = None
         """The traceback text when the job failed."""
         self.result: Any = None
@@ -168,6 +171,10 @@ class JobQueue:
         self._workers: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._exiting = False
+        if self.processes:
+            # Registered after multiprocessing's own exit handler, so run before it terminates the workers.
+            atexit.register(self._server_exiting)
 
     def submit(
         self, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None = None, device: str = "cpu"
@@ -236,10 +243,13 @@ class JobQueue:
         try:
             job.result = self._call(job)
         except BaseException as exc:  # noqa: BLE001 - any failure of the job is reported, the worker lives on
+            if self._exiting:  # its worker was ended with the server: already recorded interrupted
+                return
             job.error = str(exc) if isinstance(exc, JobFailed) else traceback.format_exc()
             self._finish(job, RunStatus.FAILED)
             return
-        self._finish(job, _result_status(job))
+        if not self._exiting:
+            self._finish(job, _result_status(job))
 
     def _call(self, job: Job) -> Any:
         process = self._processes.get(job.device)
@@ -313,6 +323,15 @@ class JobQueue:
         if not self.inline:
             with self._lock:
                 self._queue_for(normalise_device(device))
+
+    def _server_exiting(self) -> None:
+        """At the server's exit (Ctrl+C, SIGTERM), before multiprocessing terminates the worker processes: a running
+        job ends interrupted, as a restarted server would mark its run, not failed by its worker's death."""
+        self._exiting = True
+        for job in self.jobs():
+            if job.status is RunStatus.RUNNING:
+                job.error = "the server stopped while the job ran"
+                self._finish(job, RunStatus.INTERRUPTED)
 
     def shutdown(self, timeout: float | None = 5.0) -> None:
         """Cancel everything and stop the workers (tests)."""

@@ -305,6 +305,43 @@ def test_a_killed_server_takes_its_worker_process_with_it(tmp_path) -> None:
         server.kill()
 
 
+STOPPED_SERVER = """
+import signal, sys, time
+from clm_explore.jobs import JobQueue
+from clm_explore.runs import RunStore
+from orphan_job import sleep_then_write
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as Streamlit stops on SIGTERM: exit handlers run
+    store = RunStore(sys.argv[2])
+    run = store.create("stopped", "sparse")
+    JobQueue(store, processes=True).submit(sleep_then_write, {"path": sys.argv[1], "seconds": 60}, run_id=run.id)
+    time.sleep(120)
+"""
+
+
+def test_a_server_stopped_mid_job_records_its_run_interrupted(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "orphan_job.py").write_text(ORPHAN_JOB)
+    (tmp_path / "server.py").write_text(STOPPED_SERVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    server = subprocess.Popen([sys.executable, str(tmp_path / "server.py"), str(tmp_path / "written"),
+                               str(tmp_path / "runs")], env=env)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "written.pid").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "written.pid").exists(), "the job never started in its worker process"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        server.kill()
+    (run,) = RunStore(tmp_path / "runs").list()
+    assert run.status is RunStatus.INTERRUPTED, (run.status, run.error)  # was failed: "the worker ... died"
+
+
 def sleep_ignoring_stop(seconds: float = 30.0, on_step=None, should_stop=None) -> FakeResult:
     time.sleep(seconds)  # never asks should_stop, like a hung step
     return FakeResult("succeeded", {"pid": os.getpid()})
@@ -366,5 +403,5 @@ def test_a_jobs_preparation_phase_reaches_its_progress_and_bar(store, process_jo
     assert job.wait(60)
     if not in_process:
         q.shutdown()
-    p.step, p.total_steps = 5, 10  # once training steps come, the bar shows them
-    assert progress_bar(p) == (0.5, "step 5/10 · epoch 0.00")
+    p.step, p.total_steps, p.epoch = 5, 10, 1  # once training steps come, the bar shows them
+    assert progress_bar(p) == (0.5, "step 5/10 · epoch 1")  # the epoch under way (it read 'epoch 1.00' at step 5)

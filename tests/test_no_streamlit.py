@@ -1,4 +1,4 @@
-"""The library never imports Streamlit: only app.py, pages/ and clm_explore/ui/ may."""
+"""The library never imports Streamlit: only app.py, app_pages/ and clm_explore/ui/ may."""
 
 from __future__ import annotations
 

@@ -327,7 +327,10 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         st.caption(f"Runs on: {default_device()} · row choice (Budget page): {row_choice_label(state.mask_cfg())}")
         if not st.form_submit_button("Launch", type="primary"):
             return None
-    mask = dataclasses.replace(state.mask_cfg(), budget=float(budget) / 100)  # the Budget page's row choice
+    # The budget launched becomes the shared one: the box (seeded from it) and the Budget and Sensitivity pages then
+    # show what the last run used, and the next Launch does not fall back silently to the Budget page's figure.
+    state.set_budget(float(budget) / 100)
+    mask = state.mask_cfg()  # the Budget page's row choice, at that budget
     cfg = dataclasses.replace(
         defaults,
         method=method,

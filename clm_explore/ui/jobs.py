@@ -56,6 +56,8 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
         run_id=run.id,
         device=cfg.device,
     )
+    job.label = f"{cfg.method} on {state.data_key_name(choice.key)}"  # a shared queue: whose job is this?
+    state.remember_launch(run.id)
     return job
 
 
@@ -111,7 +113,8 @@ def _job_card(job: Job, key: str) -> None:
     run_name = job.run_id or job.id
     with st.container(border=True):
         c1, c2 = st.columns([5, 1])
-        c1.markdown(f"**{run_name}** · {job.device} · `{job.status.value}`")
+        about = f" · {escape_markdown(job.label)}" if job.label else ""
+        c1.markdown(f"**{escape_markdown(run_name)}**{about} · {job.device} · `{job.status.value}`")
         if not job.done:
             with c2:
                 cancel_control(job, key)
@@ -122,6 +125,8 @@ def _job_card(job: Job, key: str) -> None:
             st.caption(f"Waiting in the queue ({len(ahead)} job(s) ahead on {job.device}).")
             return
         st.progress(*progress_bar(p, job.status if job.done else None))
+        if job.cancel_event.is_set() and not job.done:  # every session sees it (a toast from the callback did not)
+            st.caption("Cancel requested: the job stops at its next step or scoring batch.")
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–")
         m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
@@ -154,7 +159,9 @@ def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, st
         counted = f" {p.phase_done}/{p.phase_total}" if p.phase_total > 1 else ""
         fill = p.phase_done / p.phase_total if p.phase_total > 1 else 0.0
         return min(fill, 1.0), f"preparing: {p.phase}{counted}"
-    return p.fraction, f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:.2f}"
+    if p.step == 0:  # a method without preparation phases, or training's first step under way
+        return 0.0, "starting training"
+    return p.fraction, f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:g}"  # the epoch under way, 1, 2, ...
 
 
 def cancel_control(job: Job, key: str) -> None:
@@ -189,8 +196,7 @@ def _arm_cancel(armed: str, job_id: str | None) -> None:
 
 def _confirm_cancel(armed: str, job_id: str) -> None:
     st.session_state[armed] = None
-    job_queue().cancel(job_id)  # a waiting job ends at once
-    st.toast("Cancel requested.")
+    job_queue().cancel(job_id)  # a waiting job ends at once; a running one's card says so until it stops
 
 
 CURVE_METRICS = ("accuracy", "macro_f1")

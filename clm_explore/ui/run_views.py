@@ -264,9 +264,10 @@ def render_attribution(result: Any, title: str) -> None:
         )
     )
     fig.update_layout(
-        height=max(200, 22 * len(frame)),
-        margin=dict(l=10, r=10, t=10, b=10),
+        height=max(200, 24 * len(frame) + 70),
+        margin=dict(l=10, r=10, t=30, b=10),  # the top margin keeps plotly's toolbar off the first bar
         yaxis_autorange="reversed",
+        yaxis_dtick=1,  # every word labelled: plotly's automatic ticks labelled every other one of a short text
         xaxis_title="attribution",
     )
     st.plotly_chart(fig, key=f"attr_{title}_{hash(tuple(result.words))}")

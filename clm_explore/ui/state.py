@@ -47,6 +47,8 @@ KEPT_WIDGETS = "kept_widgets"
 """Copies of widget values, by widget key, that outlive page switches (``restore``/``keep``)."""
 INLINE_JOBS = "inline_jobs"
 """Run jobs synchronously inside the script (tests); also set by env CLM_EXPLORE_INLINE_JOBS=1."""
+LAUNCHED = "launched_runs"
+"""Ids of the runs this browser session launched: the Runs page warns before deleting anyone else's."""
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,15 @@ def set_budget(value: float) -> None:
 def mask_cfg() -> MaskConfig:
     """The row-choice options set on the Budget page, at the current budget."""
     return dataclasses.replace(_get(MASK_OPTIONS, MaskConfig()), budget=budget())
+
+
+def remember_launch(run_id: str) -> None:
+    st.session_state[LAUNCHED] = {*_get(LAUNCHED, set()), run_id}
+
+
+def launched_here(run_id: str) -> bool:
+    """Whether this browser session launched the run (every session sees every run of the server)."""
+    return run_id in _get(LAUNCHED, set())
 
 
 def inline_jobs() -> bool:

@@ -70,9 +70,15 @@ def streamlit_server(tmp: Path, model: str = "tiny-random", threads: int = 1) ->
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module server's folder: its run root, cache and server.log."""
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="module")
+def server(server_dir: Path) -> Iterator[str]:
     """A server for this module, warmed up once (first imports take a while on a busy machine)."""
-    with streamlit_server(tmp_path_factory.mktemp("server")) as url:
+    with streamlit_server(server_dir) as url:
         with sync_api.sync_playwright() as p:  # warm-up: imports, data, tiny model, mining, sensitivity
             browser = _launch(p)
             page = browser.new_page()
@@ -191,7 +197,7 @@ def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list
     assert not page.locator('[data-testid="stException"]').count()
 
 
-def test_two_users_share_the_queue(server: str, browser, shots: list) -> None:
+def test_two_users_share_the_queue(server: str, server_dir: Path, browser, shots: list) -> None:
     contexts = [browser.new_context(viewport={"width": 1300, "height": 900}) for _ in range(2)]
     pages = [c.new_page() for c in contexts]
     shots.extend(pages)
@@ -211,6 +217,22 @@ def test_two_users_share_the_queue(server: str, browser, shots: list) -> None:
         assert any("user-a-head" in o for o in options) and any("user-b-full" in o for o in options), options
     for c in contexts:
         c.close()
+    log = (server_dir / "server.log").read_text()  # a job worker that ran app.py again logged both
+    assert "bootstrapping phase" not in log and "No runtime found" not in log, log[-3000:]
+
+
+def test_a_deep_link_into_a_fresh_server_gets_the_app(tmp_path: Path, browser, shots: list) -> None:
+    # A pages/ folder beside app.py was also served by Streamlit's own page discovery: /runs before anyone opened /
+    # showed that bare page, without the sidebar's model box or the app's error handling.
+    with streamlit_server(tmp_path) as url:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        shots.append(page)
+        page.goto(f"{url}/runs", timeout=180_000)
+        page.get_by_text("Every run in the registry").wait_for(timeout=180_000)
+        page.locator(".st-key-side_source").wait_for(timeout=WAIT_MS)
+        links = page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
+        titles = [link.strip().splitlines()[-1] for link in links]  # each reads the icon's name, then the title
+        assert titles == ["Data", "Tokens", "Sensitivity", "Budget", "Finetune", "Compare", "Runs"], links
 
 
 def test_bad_model_folder_shows_plain_error(server: str, browser, shots: list) -> None:

@@ -18,12 +18,12 @@ from clm_explore.ui.state import DataChoice, save_upload
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 PAGES = [
-    "pages/2_tokens.py",
-    "pages/3_sensitivity.py",
-    "pages/4_budget.py",
-    "pages/5_finetune.py",
-    "pages/6_compare.py",
-    "pages/7_runs.py",
+    "app_pages/2_tokens.py",
+    "app_pages/3_sensitivity.py",
+    "app_pages/4_budget.py",
+    "app_pages/5_finetune.py",
+    "app_pages/6_compare.py",
+    "app_pages/7_runs.py",
 ]
 TIMEOUT = 120
 
@@ -116,7 +116,7 @@ def test_data_errors_name_the_apps_controls_not_command_line_options() -> None:
 
 
 def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
-    goto(at, "pages/2_tokens.py")
+    goto(at, "app_pages/2_tokens.py")
     assert at.dataframe, "groups table"
     pick = at.selectbox(key="tok_pick")
     pick.set_value(pick.options and pick.value).run()
@@ -133,7 +133,7 @@ def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
 
 
 def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
-    goto(at, "pages/3_sensitivity.py")
+    goto(at, "app_pages/3_sensitivity.py")
     for view in ("norm_score", "share_selected", "score"):
         at.radio(key="sens_view").set_value(view).run()
         assert not at.exception, view
@@ -159,7 +159,7 @@ def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
 
 
 def test_budget_slider_and_number_box(at: AppTest) -> None:
-    goto(at, "pages/4_budget.py")
+    goto(at, "app_pages/4_budget.py")
     first = at.metric[0].value
     at.select_slider(key="budget_slider").set_value(0.1).run()
     assert not at.exception
@@ -177,7 +177,7 @@ def test_budget_slider_and_number_box(at: AppTest) -> None:
 
 
 def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     for method in ("sparse", "full"):
         at.selectbox(key="ft_method").set_value(method)
         at.number_input(key="ft_epochs").set_value(1)
@@ -197,7 +197,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
     assert all((r.path / "predictions.csv").is_file() for r in runs)
 
-    goto(at, "pages/6_compare.py")
+    goto(at, "app_pages/6_compare.py")
     assert at.selectbox(key="cmp_a").value == store.latest("sparse").id
     assert at.selectbox(key="cmp_b").value == store.latest("full").id
     at.radio(key="cmp_filter").set_value("only A").run()
@@ -212,13 +212,19 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("download_button"), "report download offered"
 
-    goto(at, "pages/7_runs.py")
+    goto(at, "app_pages/7_runs.py")
     victim = at.selectbox(key="runs_pick").value
+    assert not any("may be another user's" in c.value for c in at.caption)  # launched in this session
+    other = store.create("someone-elses", "full", {})
+    at.run()  # the picker lists it
+    at.selectbox(key="runs_pick").set_value(other.id).run()
+    assert any("did not launch this run: it may be another user's" in c.value for c in at.caption)
+    at.selectbox(key="runs_pick").set_value(victim).run()
     at.checkbox(key=f"runs_confirm_{victim}").check().run()
     at.button(key="runs_delete").click().run()
     assert not at.exception
     assert victim not in [r.id for r in store.list()]
-    shown = at.selectbox(key="runs_pick").value  # the other run: its confirmation starts unticked
+    shown = at.selectbox(key="runs_pick").value  # another run: its confirmation starts unticked
     assert shown != victim and at.checkbox(key=f"runs_confirm_{shown}").value is False
     assert at.button(key="runs_delete").disabled
 
@@ -228,7 +234,7 @@ def test_runs_page_shows_interrupted(at: AppTest) -> None:
     run = store.create("ghost", "sparse", {})
     store._update(run.id, {"status": "running", "pid": 2**22 + 7, "pid_start": "0"})  # a process long gone
     store.mark_interrupted()
-    goto(at, "pages/7_runs.py")
+    goto(at, "app_pages/7_runs.py")
     assert store.get(run.id).status is RunStatus.INTERRUPTED
     assert "interrupted" in at.dataframe[0].value["status"].tolist()
 
@@ -240,7 +246,7 @@ def test_runs_page_compares_groups_of_seeds(at: AppTest) -> None:
             run = store.create(f"{method}-{seed}", method, {"seed": seed, "data": "sample", "source": "tiny-random"})
             store.update_metrics(run.id, {"accuracy": accuracy, "macro_f1": accuracy - 0.01})
             store.set_status(run.id, RunStatus.SUCCEEDED)
-    goto(at, "pages/7_runs.py")
+    goto(at, "app_pages/7_runs.py")
     groups = at.multiselect(key="runs_groups_a"), at.multiselect(key="runs_groups_b")
     by_method = {r.method: sorted(x.id for x in store.list() if x.method == r.method) for r in store.list()}
     assert sorted(groups[0].value) == by_method["sparse"] and sorted(groups[1].value) == by_method["full"]
@@ -270,32 +276,32 @@ def lowest_layer_shown(app: AppTest) -> str:
 
 
 def test_row_choice_reselects_the_mask_and_reaches_the_finetune_page(at: AppTest) -> None:
-    goto(at, "pages/4_budget.py")
+    goto(at, "app_pages/4_budget.py")
     assert lowest_layer_shown(at) == "1"  # auto: the upper half of the tiny model's 2 layers
     at.selectbox(key="budget_min_layer").set_value(0).run()
     at.slider(key="budget_random_share").set_value(1.0).run()
     assert not at.exception, [e.value for e in at.exception]
     assert lowest_layer_shown(at) in ("0", "emb")  # random rows from every layer and the embeddings
     assert (at.session_state["mask_options"].min_layer, at.session_state["mask_options"].random_share) == (0, 1.0)
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     assert any("lowest layer 0, random share 1" in c.value for c in at.caption)
-    goto(at, "pages/4_budget.py")  # the choice survives a round trip through another page
+    goto(at, "app_pages/4_budget.py")  # the choice survives a round trip through another page
     assert at.slider(key="budget_random_share").value == 1.0
     assert at.checkbox(key="budget_spread_heads").disabled  # random rows have no top rows to spread
     at.slider(key="budget_random_share").set_value(0.0).run()
     at.checkbox(key="budget_spread_heads").check().run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["mask_options"].spread_heads is True
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     assert any("random share 0, spread over heads" in c.value for c in at.caption)
-    goto(at, "pages/4_budget.py")
+    goto(at, "app_pages/4_budget.py")
     at.slider(key="budget_random_share").set_value(0.5).run()  # spread rows no longer apply: the box says so
     assert at.checkbox(key="budget_spread_heads").value is False and at.checkbox(key="budget_spread_heads").disabled
     assert at.session_state["mask_options"].spread_heads is False
 
 
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
-    goto(at, "pages/4_budget.py")
+    goto(at, "app_pages/4_budget.py")
     at.select_slider(key="budget_slider").set_value(0.001).run()
     at.slider(key="budget_random_share").set_value(0.5).run()
     at.multiselect(key="budget_methods").set_value(["sparse", "head"]).run()
@@ -312,14 +318,19 @@ def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
     assert "pct" not in runs["head"].id  # the budget does not size a probe: its name does not claim one
 
 
+def pick_model_folder(at: AppTest, folder: Path) -> None:
+    """The sidebar's model box set to a folder on the server, as a user does."""
+    from clm_explore.ui.forms import SOURCES
+
+    at.selectbox(key="side_source").set_value(SOURCES[2]).run()
+    at.text_input(key="side_folder").input(str(folder)).run()
+
+
 def test_bad_model_folder_is_a_plain_error(at: AppTest, tmp_path: Path) -> None:
-    at.session_state["model_source"] = str(tmp_path / "no-such-model")
-    at.switch_page("pages/3_sensitivity.py")
-    at.run()
-    # In the served app, app.py turns this into st.error; AppTest's switch_page runs the page file
-    # without the entry script, so here it surfaces as the page's exception. Either way: one message.
-    shown = [e.value for e in at.error] + [e.value for e in at.exception]
-    assert len(shown) == 1 and "is neither 'default', 'tiny-random'" in shown[0]
+    goto(at, "app_pages/3_sensitivity.py")
+    pick_model_folder(at, tmp_path / "no-such-model")
+    shown = [e.value for e in at.error] + [e.value for e in at.exception]  # one message, no traceback
+    assert len(shown) == 1 and "is neither 'default'" in shown[0]
 
 
 def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
@@ -341,7 +352,7 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
 
 
 def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     assert not [n for n in at.number_input if n.key == "ft_oos"]  # the sample's test labels are all trained
     hint3 = ROOT.parent / "shared" / "data" / "hint3_sofmattress"
     at.session_state["data_choice"] = DataChoice("shared", str(hint3), "hint3_sofmattress")
@@ -461,7 +472,7 @@ def test_compare_page_refuses_runs_on_different_data(at: AppTest) -> None:
         run = store.create(method, method, {"data": data})
         (run.path / "metrics.json").write_text("{}")
         store.set_status(run.id, RunStatus.SUCCEEDED)
-    goto(at, "pages/6_compare.py")
+    goto(at, "app_pages/6_compare.py")
     assert at.selectbox(key="cmp_a").value != at.selectbox(key="cmp_b").value
     assert at.warning and "cannot be compared row by row" in at.warning[0].value
 
@@ -492,7 +503,7 @@ def test_model_dirs_limit_the_sidebar_folder_box(tmp_path: Path, monkeypatch: py
 
 
 def test_a_budget_that_buys_no_row_is_a_warning_and_queues_nothing(at: AppTest) -> None:
-    goto(at, "pages/4_budget.py")
+    goto(at, "app_pages/4_budget.py")
     at.select_slider(key="budget_slider").set_value(0.0001).run()  # 4 of the tiny model's 42k parameters
     assert not at.exception, [e.value for e in at.exception]
     assert any("buys no row" in w.value for w in at.warning)
@@ -500,7 +511,7 @@ def test_a_budget_that_buys_no_row_is_a_warning_and_queues_nothing(at: AppTest) 
     at.multiselect(key="budget_methods").set_value(["head", "sparse"]).run()
     at.number_input(key="budget_number").set_value(0.01).run()
     assert any("buys no row" in w.value for w in at.warning)
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     at.selectbox(key="ft_method").set_value("sparse")
     at.number_input(key="ft_budget").set_value(0.01)
     button(at, "Launch").click().run(timeout=TIMEOUT)
@@ -575,7 +586,7 @@ def test_compare_opens_on_a_pair_of_the_sessions_data_whatever_other_sessions_ra
     sparse = create_finished(store, "a-sparse", "sparse", SAMPLE_KEY)
     full = create_finished(store, "b-full", "full", SAMPLE_KEY)
     create_finished(store, "c-other-full", "full", "upload:tiny.csv:None:None:abc")  # another session, newest
-    goto(at, "pages/6_compare.py")
+    goto(at, "app_pages/6_compare.py")
     assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == (sparse, full)
     assert not at.warning, [w.value for w in at.warning]
     assert any("tiny.csv" in o for o in at.selectbox(key="cmp_b").options)  # each run's data set is named
@@ -584,7 +595,7 @@ def test_compare_opens_on_a_pair_of_the_sessions_data_whatever_other_sessions_ra
     create_finished(store, "d-other-sparse", "sparse", "upload:tiny.csv:None:None:abc")
     fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)  # a new session on the sample
     fresh.run()
-    goto(fresh, "pages/6_compare.py")
+    goto(fresh, "app_pages/6_compare.py")
     assert (fresh.selectbox(key="cmp_a").value, fresh.selectbox(key="cmp_b").value) == (sparse, full)
 
 
@@ -595,20 +606,20 @@ def test_compare_picks_follow_the_sessions_data_and_b_follows_a(at: AppTest) -> 
     tiny = "upload:tiny.csv:None:None:abc000000000"
     sample_pair = [create_finished(store, n, m, SAMPLE_KEY) for n, m in (("a-sparse", "sparse"), ("b-full", "full"))]
     tiny_pair = [create_finished(store, n, m, tiny) for n, m in (("c-sparse", "sparse"), ("d-full", "full"))]
-    goto(at, "pages/6_compare.py")
+    goto(at, "app_pages/6_compare.py")
     assert [at.selectbox(key=k).value for k in ("cmp_a", "cmp_b")] == sample_pair
-    goto(at, "pages/7_runs.py")
+    goto(at, "app_pages/7_runs.py")
     at.session_state["data_choice"] = DataChoice("upload", "/tmp/tiny.csv", "tiny.csv", digest="abc" + "0" * 61)
-    goto(at, "pages/6_compare.py")  # another data set: its own pair, not the picks kept for the sample
+    goto(at, "app_pages/6_compare.py")  # another data set: its own pair, not the picks kept for the sample
     assert [at.selectbox(key=k).value for k in ("cmp_a", "cmp_b")] == tiny_pair
     at.selectbox(key="cmp_a").set_value(sample_pair[0]).run()  # B follows A to a run of the same rows
     assert at.selectbox(key="cmp_b").value == sample_pair[1] and not at.warning
 
 
 def test_sensitivity_share_view_at_a_budget_that_buys_no_row_is_a_warning(at: AppTest) -> None:
-    goto(at, "pages/4_budget.py")
+    goto(at, "app_pages/4_budget.py")
     at.select_slider(key="budget_slider").set_value(0.0001).run()
-    goto(at, "pages/3_sensitivity.py")
+    goto(at, "app_pages/3_sensitivity.py")
     at.radio(key="sens_view").set_value("share_selected").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("buys no row" in w.value for w in at.warning)
@@ -633,35 +644,39 @@ def test_an_attribution_says_what_its_bars_add_up_to_and_shows_its_note() -> Non
 
 
 def test_page_settings_survive_a_visit_to_another_page(at: AppTest) -> None:
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     at.selectbox(key="ft_method").set_value("head")
     at.number_input(key="ft_epochs").set_value(2)
     at.number_input(key="ft_seed").set_value(7)
     at.selectbox(key="ft_schedule").set_value("cosine")
     at.checkbox(key="ft_cold").check()
+    at.number_input(key="ft_budget").set_value(2.5)
     button(at, "Launch").click().run(timeout=TIMEOUT)  # a form's values are the ones it submitted
     assert not at.exception, [e.value for e in at.exception]
-    goto(at, "pages/3_sensitivity.py")
+    assert any(" · head on banking77\\_20 · cpu" in m.value for m in at.markdown)  # the card says what the job is
+    goto(at, "app_pages/3_sensitivity.py")
     at.radio(key="sens_view").set_value("norm_score").run()
     at.toggle(key="sens_compare").set_value(True).run()
-    goto(at, "pages/2_tokens.py")
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/2_tokens.py")
+    goto(at, "app_pages/5_finetune.py")
     assert at.selectbox(key="ft_method").value == "head" and at.number_input(key="ft_epochs").value == 2
     assert at.number_input(key="ft_seed").value == 7 and at.selectbox(key="ft_schedule").value == "cosine"
     assert at.checkbox(key="ft_cold").value is True
-    goto(at, "pages/3_sensitivity.py")
+    assert at.number_input(key="ft_budget").value == 2.5  # it fell back to the Budget page's 1%: the next Launch too
+    goto(at, "app_pages/3_sensitivity.py")
     assert at.radio(key="sens_view").value == "norm_score" and at.toggle(key="sens_compare").value is True
 
-    goto(at, "pages/4_budget.py")  # the Budget page's launches take the Finetune form's epochs and seed
+    goto(at, "app_pages/4_budget.py")  # the Budget page's launches take the Finetune form's epochs and seed
     assert any("trains 2 epoch(s) with seed 7" in c.value for c in at.caption)
     at.multiselect(key="budget_methods").set_value(["head"]).run()
-    goto(at, "pages/2_tokens.py")
-    goto(at, "pages/4_budget.py")
+    goto(at, "app_pages/2_tokens.py")
+    goto(at, "app_pages/4_budget.py")
     assert at.multiselect(key="budget_methods").value == ["head"]
     at.button(key="budget_launch").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     runs = RunStore().list()
     assert len(runs) == 2 and all((r.config["epochs"], r.config["seed"]) == (2, 7) for r in runs)
+    assert [r.config["mask"]["budget"] for r in runs] == [0.025, 0.025]  # the budget launched is the shared one
     assert [r.config["schedule"] for r in runs] == ["linear", "cosine"]  # the Budget page's: the defaults
 
 
@@ -669,15 +684,15 @@ def test_compare_picks_survive_a_visit_to_another_page(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     ids = [create_finished(store, name, method, SAMPLE_KEY)
            for name, method in (("a-sparse", "sparse"), ("b-full", "full"), ("c-full", "full"))]
-    goto(at, "pages/6_compare.py")
+    goto(at, "app_pages/6_compare.py")
     assert at.selectbox(key="cmp_b").value == ids[2]
     at.selectbox(key="cmp_b").set_value(ids[1]).run()
-    goto(at, "pages/7_runs.py")
-    goto(at, "pages/6_compare.py")
+    goto(at, "app_pages/7_runs.py")
+    goto(at, "app_pages/6_compare.py")
     assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == (ids[0], ids[1])
     store.delete(ids[1])  # a kept pick that is gone falls back to the default
-    goto(at, "pages/7_runs.py")
-    goto(at, "pages/6_compare.py")
+    goto(at, "app_pages/7_runs.py")
+    goto(at, "app_pages/6_compare.py")
     assert at.selectbox(key="cmp_b").value == ids[2]
 
 
@@ -696,7 +711,7 @@ def waiting_job(store: RunStore, name: str):
 def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run, job = waiting_job(store, "theirs")
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     at.button(key=f"ft_cancel_{job.id}").click().run()
     assert not job.cancel_event.is_set() and not job.done  # one click only asks
     at.button(key=f"ft_cancel_no_{job.id}").click().run()  # "Keep it"
@@ -706,7 +721,7 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     assert job.done and job.status is RunStatus.CANCELLED and store.get(run.id).status is RunStatus.CANCELLED
 
     run, job = waiting_job(store, "zz-also-theirs")
-    goto(at, "pages/7_runs.py")
+    goto(at, "app_pages/7_runs.py")
     at.selectbox(key="runs_pick").set_value(run.id).run()
     at.button(key=f"runs_cancel_{job.id}").click().run()
     assert not job.cancel_event.is_set()
@@ -714,17 +729,28 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     assert job.done and store.get(run.id).status is RunStatus.CANCELLED
 
 
+def test_a_running_jobs_card_says_its_cancel_was_asked(at: AppTest) -> None:
+    run, job = waiting_job(RunStore(os.environ["CLM_EXPLORE_RUNS"]), "running")
+    assert job.claim()  # the worker took it: a cancel now waits for its next step
+    job.status = RunStatus.RUNNING
+    goto(at, "app_pages/5_finetune.py")
+    at.button(key=f"ft_cancel_{job.id}").click().run()
+    at.button(key=f"ft_cancel_yes_{job.id}").click().run()
+    assert job.cancel_event.is_set() and not job.done
+    assert any("Cancel requested" in c.value for c in at.caption)  # a toast from the button's callback was dropped
+
+
 def test_a_cancel_question_left_open_expires(at: AppTest, monkeypatch) -> None:
     from clm_explore.ui import jobs as ui_jobs
 
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     _, job = waiting_job(store, "theirs")
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     at.button(key=f"ft_cancel_{job.id}").click().run()
     assert at.button(key=f"ft_cancel_yes_{job.id}")  # asked
     monkeypatch.setattr(ui_jobs, "CANCEL_ARMED_SECONDS", -1.0)  # as if the user came back a minute later
-    goto(at, "pages/4_budget.py")
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/4_budget.py")
+    goto(at, "app_pages/5_finetune.py")
     assert at.button(key=f"ft_cancel_{job.id}") and not any(
         b.key == f"ft_cancel_yes_{job.id}" for b in at.button)  # the question is not waiting for one click
     ui_jobs.job_queue().cancel(job.id)  # leave no waiting job behind
@@ -739,8 +765,9 @@ def test_a_job_that_ended_while_preparing_says_how_it_ended() -> None:
     assert progress_bar(p, RunStatus.RUNNING) == (3 / 8, "preparing: scoring rows 3/8")
     assert progress_bar(p, RunStatus.CANCELLED) == (0.0, "cancelled while preparing: scoring rows")
     assert progress_bar(Progress(), RunStatus.FAILED) == (0.0, "failed before its first step")
-    p.step, p.total_steps = 5, 10
-    assert progress_bar(p, RunStatus.CANCELLED) == (0.5, "step 5/10 · epoch 0.00")
+    p.step, p.total_steps, p.epoch = 5, 10, 2
+    assert progress_bar(p, RunStatus.CANCELLED) == (0.5, "step 5/10 · epoch 2")
+    assert progress_bar(Progress()) == (0.0, "starting training")  # was 'step 0/? · epoch 0.00'
 
 
 def test_uploads_whose_names_have_no_ascii_letters_do_not_overwrite_each_other(tmp_path: Path) -> None:
@@ -760,13 +787,12 @@ def test_another_model_is_told_the_default_rates_come_from_the_default_one(at: A
     from clm_explore.modeling import load_model
     from clm_explore.ui.views import refusal_text
 
-    goto(at, "pages/5_finetune.py")
+    goto(at, "app_pages/5_finetune.py")
     assert not [c for c in at.caption if "default learning rates" in c.value]  # the bundled model: no note
     tiny = load_model("tiny-random", ["a", "b"])
     tiny.model.save_pretrained(tmp_path / "bert")
     tiny.tokenizer.save_pretrained(tmp_path / "bert")
-    at.session_state["model_source"] = str(tmp_path / "bert")
-    at.run()
+    pick_model_folder(at, tmp_path / "bert")
     assert [c for c in at.caption if "default learning rates were chosen on all-MiniLM-L6-v2" in c.value]
     assert refusal_text("use --method lora for an adapter baseline.") == (
         "use the method 'lora' (the Method box) for an adapter baseline.")

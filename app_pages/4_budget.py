@@ -52,4 +52,4 @@ if st.button("Launch runs", type="primary", key="budget_launch", disabled=not pi
         st.error(escape_markdown(refusal_text(str(exc))))
     else:
         st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")
-        st.page_link("pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
+        st.page_link("app_pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")

@@ -4,7 +4,7 @@ delete; download as a zip."""
 import streamlit as st
 
 from clm_explore.runs import PER_LABEL_METRICS, RunStoreError
-from clm_explore.ui import jobs, run_views
+from clm_explore.ui import jobs, run_views, state
 from clm_explore.ui.views import escape_markdown
 
 st.title("Runs")
@@ -52,6 +52,8 @@ with c2:
     if not run.is_terminal and job is not None and not job.done:
         jobs.cancel_control(job, key="runs")  # two clicks: the job may be another user's
     # Keyed by run: after a delete (or another pick) the box starts unticked for the run now shown.
+    if not state.launched_here(run.id):  # every session sees every run; deleting one deletes it for all
+        st.caption("This browser session did not launch this run: it may be another user's.")
     confirm = st.checkbox("Yes, delete this run and its folder", key=f"runs_confirm_{run.id}")
     if st.button("Delete run", key="runs_delete", disabled=not confirm):
         try:
