@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import pandas as pd
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
 from clm_explore.batches import predict_proba
+from clm_explore.data import DataError
+from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import trained_max_length, write_json_atomic
 
 CACHE_DIR = "attributions"
@@ -48,8 +51,8 @@ class RunAttributions:
     """Every row of the split (row, text, label and pred when the run's predictions.csv has it)."""
 
     def __repr__(self) -> str:  # every attribution would fill a notebook cell
-        return (f"RunAttributions({self.run_dir.name}: {len(self.items)} of {len(self.predictions)} {self.split} rows "
-                "attributed; .rows, .items, .words())")
+        return (f"RunAttributions({run_name(self.run_dir)}: {len(self.items)} of {len(self.predictions)} {self.split} "
+                "rows attributed; .rows, .items, .words())")
 
     def words(self) -> pd.DataFrame:
         """Long table: row, label (gold), target_label, position, word (lower-cased), score."""
@@ -103,9 +106,12 @@ class CaseStudy:
     comparison: Comparison | None = None
     overlap: pd.DataFrame = field(default_factory=pd.DataFrame)
     """label, run ('a'/'b'), k, in_groups, share: top-k words that are mined groups."""
+    from_data: bool = False
+    """The rows came from ``data``, not from the runs' predictions.csv: the runs' metrics.json figures (their own
+    test split) are then figures of other rows."""
 
     def __repr__(self) -> str:  # the default repr printed every table and attribution (143 KB on 80 rows)
-        runs = self.a.run_dir.name + (f" vs {self.b.run_dir.name}" if self.b is not None else "")
+        runs = run_name(self.a.run_dir) + (f" vs {run_name(self.b.run_dir)}" if self.b is not None else "")
         return (f"CaseStudy({runs}: {self.coverage_text()}; .top_a, .comparison, .overlap; "
                 "write_report(study, path) draws it)")
 
@@ -121,6 +127,16 @@ class CaseStudy:
         disagree = self.comparison is not None and not self.comparison.disagreements.empty
         first = "the rows where the runs disagree first, then " if disagree else ""
         return f"{done} of {total} rows attributed ({first}rows taken from each label in turn)"
+
+
+def run_name(run_dir: str | Path) -> str:
+    """The run folder's name, also for '.' or '..' (whose ``Path.name`` is '' or '..'): the name of the folder meant."""
+    path = Path(run_dir)
+    return path.resolve().name if path.name in ("", "..") else path.name
+
+
+PREDICTION_COLUMNS = ("text", "label")
+"""The columns of a run's predictions.csv that a case study needs (finetune writes them, with row, pred and prob)."""
 
 
 def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -139,10 +155,26 @@ def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | N
             f"{path} not found: give the rows to explain instead (clm-explore report --data DATA; in Python, "
             "data=DataFrame with columns text and label)."
         )
-    frame = pd.read_csv(path, dtype={"text": str, "label": str, "pred": str}, keep_default_na=False)
     if split != "test":
         raise ValueError(f"predictions.csv holds the test split only; pass data= for split {split!r}.")
-    return frame
+    return _read_predictions(path)
+
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    """A run's predictions.csv, refused with the file named when it cannot be read or lacks a column: a damaged file
+    would otherwise stop the case study with a bare KeyError."""
+    try:
+        frame = pd.read_csv(path, dtype={"text": str, "label": str, "pred": str}, keep_default_na=False)
+    except ValueError as exc:  # pandas' ParserError and EmptyDataError, a file that is not UTF-8
+        raise DataError(f"{path} cannot be read as a CSV file ({exc}); restore the run's predictions.csv, or give "
+                        "the rows to explain instead (clm-explore report --data DATA).") from exc
+    missing = [col for col in PREDICTION_COLUMNS if col not in frame.columns]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(missing)} column (it needs {' and '.join(PREDICTION_COLUMNS)}, "
+                        "as finetune writes it); restore the run's predictions.csv, or give the rows to explain "
+                        "instead (clm-explore report --data DATA).")
+    # finetune numbers the rows in file order; a file without the column is numbered the same way
+    return frame if "row" in frame.columns else frame.rename_axis("row").reset_index()
 
 
 def attribute_split(
@@ -252,9 +284,19 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _write_cache(path: Path, items: dict[str, dict[str, Any]], cfg: AttributionConfig) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"config": cfg.to_dict(), "items": items}, indent=None)
+def _write_cache(path: Path, items: dict[str, dict[str, Any]], cfg: AttributionConfig) -> bool:
+    """Save the rows attributed; False, writing nothing, where the run folder cannot be written (read-only, a full
+    disk): the cache only saves time, so the attributions go on without it and are computed again next time."""
+    made = not path.parent.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"config": cfg.to_dict(), "items": items}, indent=None)
+    except OSError:  # write_json_atomic has removed its temporary file; an attributions folder made here goes too
+        if made:
+            with suppress(OSError):
+                path.parent.rmdir()
+        return False
+    return True
 
 
 def top_words(
@@ -283,13 +325,30 @@ def top_words(
 
 
 def load_task_tokens(run_dir: str | Path) -> list[str] | None:
-    """Mined group texts of a run (``task_tokens.json``: {"groups": [{"text": ...}]} or a list), or None."""
+    """Mined group texts of a run (``task_tokens.json``: {"groups": [{"text": ...}]} or a list), or None.
+
+    Raises:
+        ModelSourceError: the file is not JSON, or not groups each with a text (a damaged run file, named).
+    """
     path = Path(run_dir) / "task_tokens.json"
     if not path.is_file():
         return None
-    raw = json.loads(path.read_text())
+    fix = "restore it, or delete it (the report then marks no mined groups)"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{path} cannot be read as JSON ({exc}); {fix}.") from exc
     groups = raw.get("groups", []) if isinstance(raw, dict) else raw
-    return [str(g["text"] if isinstance(g, dict) else g) for g in groups]
+    if not isinstance(groups, list):
+        raise ModelSourceError(f"{path} holds no list of groups ({'groups is' if isinstance(raw, dict) else 'it is'} "
+                               f"a {type(groups).__name__}); {fix}.")
+    texts = []
+    for i, group in enumerate(groups):
+        if isinstance(group, dict) and "text" not in group:
+            fields = ", ".join(map(str, group)) or "no field"
+            raise ModelSourceError(f"{path}: group {i} has no 'text' field (it has {fields}); {fix}.")
+        texts.append(str(group["text"] if isinstance(group, dict) else group))
+    return texts
 
 
 def is_group_word(word: str, groups: Sequence[str]) -> bool:
@@ -441,6 +500,19 @@ def spread_over_labels(rows: Sequence[int], labels: dict[int, str]) -> list[int]
     return [q[i] for i in range(depth) for q in queues if i < len(q)]
 
 
+def known_label_accuracy(attrs: RunAttributions) -> tuple[float, int] | None:
+    """The run's accuracy over the rows of its split whose gold label it classifies (a label it lacks it can never
+    predict), and how many rows those are; None without its predictions of every row (``predictions``)."""
+    frame = attrs.predictions
+    if "pred" not in frame.columns:
+        return None
+    labels = set(_run_labels(attrs.run_dir).values())
+    known = frame[frame["label"].astype(str).isin(labels)] if labels else frame
+    if known.empty:
+        return math.nan, 0
+    return float((known["pred"].astype(str) == known["label"].astype(str)).mean()), len(known)
+
+
 def _with_predictions(run_dir: Path, frame: pd.DataFrame, cfg: AttributionConfig) -> tuple[pd.DataFrame, Any]:
     """The rows with the run's predicted label (column pred), read at the length the attributions read; and the
     loaded model, to attribute with."""
@@ -487,7 +559,7 @@ def case_study(
     a = attribute_split(run_a, split, data_a, cfg, rows, loaded=loaded_a)
     loaded_a = None  # one model in memory at a time
     top_a, groups_a = top_words(a, k, min_count), load_task_tokens(run_a)
-    study = CaseStudy(a=a, top_a=top_a, groups_a=groups_a)
+    study = CaseStudy(a=a, top_a=top_a, groups_a=groups_a, from_data=data is not None)
     overlaps = [group_overlap(top_a, groups_a, k).assign(run="a")]
     if run_b is not None:
         b = attribute_split(run_b, split, data_b, cfg, rows)

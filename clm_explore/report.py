@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +21,16 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution
-from clm_explore.casestudy import CaseStudy, Comparison, case_study, is_group_word
+from clm_explore.casestudy import (
+    CaseStudy,
+    Comparison,
+    case_study,
+    is_group_word,
+    known_label_accuracy,
+    run_name,
+)
 from clm_explore.metrics import confusion_table
+from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import read_json_object
 
 METRIC_KEYS = (
@@ -64,14 +73,23 @@ def mask_table(run_dir: Path) -> pd.DataFrame:
 
     Returns:
         DataFrame [layer, module, selected_rows, rows, share]; layer 'emb' for embedding matrices.
+
+    Raises:
+        ModelSourceError: the file cannot be read (damaged or truncated), named with what to do.
     """
     path = run_dir / "masks.safetensors"
     if not path.is_file():
         return pd.DataFrame(columns=["layer", "module", "selected_rows", "rows", "share"])
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        masks = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelSourceError(f"{path} cannot be read ({exc}); restore it, or delete it (the report then shows no "
+                               "mask heatmap for this run).") from exc
     records = []
-    for name, mask in load_file(str(path)).items():
+    for name, mask in masks.items():
         rows = mask.bool().reshape(mask.shape[0], -1).any(dim=1) if mask.dim() > 1 else mask.bool()
         found = LAYER_RE.search(name)
         if found:
@@ -84,6 +102,92 @@ def mask_table(run_dir: Path) -> pd.DataFrame:
     frame = pd.DataFrame(records, columns=["layer", "module", "selected_rows", "rows"])
     frame = frame.groupby(["layer", "module"], as_index=False)[["selected_rows", "rows"]].sum()
     return frame.assign(share=frame["selected_rows"] / frame["rows"].clip(lower=1))
+
+
+class ReportPathError(ValueError):
+    """The report may not be written at this path; the message says why and what to give instead."""
+
+
+RUN_FOLDER_MARKERS = ("clm_run.json", "config.json")
+"""Files that make a folder a run folder (finetune's record, a model's config): a report is not written inside one."""
+
+
+def check_out_path(out_path: str | Path) -> Path:
+    """The report's path, refused where writing it would destroy something or cannot work: it must end in .html; an
+    existing file is replaced only when it is an HTML page (an earlier report), never a data file or a run's file;
+    not inside a run folder; its folder must be a folder (or creatable) that can be written. Touches nothing.
+
+    Raises:
+        ReportPathError: what stands in the way, and what to do.
+    """
+    out = Path(out_path).expanduser()
+    if out.is_dir():
+        raise ReportPathError(f"{out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}.")
+    if out.suffix.lower() != ".html":
+        raise ReportPathError(f"{out} does not end in .html; the report is one HTML file: give a name ending in "
+                              ".html, e.g. report.html.")
+    _check_out_folder(out)
+    if out.exists() or out.is_symlink():
+        _check_replaceable(out)
+    run = _enclosing_run_folder(out)
+    if run is not None:
+        raise ReportPathError(f"{out} is inside the run folder {run}; write the report outside it, e.g. "
+                              f"{run.parent / (run.name + '-report.html')}.")
+    return out
+
+
+def _check_out_folder(out: Path) -> None:
+    """The nearest existing folder above ``out`` is a folder that can be written (the missing ones are made then),
+    or ``out`` itself can be (an existing file is written in place)."""
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ReportPathError(f"{out}: {folder} is a file, not a folder; choose another place for the report.")
+    if out.is_file() and not os.access(out, os.W_OK):
+        raise ReportPathError(f"{out} cannot be written (permission denied); choose another file.")
+    if not out.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ReportPathError(f"{out}: the folder {folder} cannot be written (permission denied); choose a folder "
+                              "you can write to.")
+
+
+def _check_replaceable(out: Path) -> None:
+    """An existing ``out`` is replaced only when it is an HTML page or empty: a mistyped --out must not destroy
+    a data file or a run's file."""
+    if not out.is_file():
+        raise ReportPathError(f"{out} exists and is not a plain file; choose another name for the report.")
+    try:
+        with out.open("rb") as f:
+            head = f.read(1024)
+    except OSError as exc:
+        raise ReportPathError(f"{out} exists and cannot be read ({exc.strerror or exc}); choose another name for "
+                              "the report.") from exc
+    if head and not looks_like_html(head):
+        raise ReportPathError(f"{out} exists and is not an HTML page (it does not start with <!DOCTYPE html> or "
+                              "<html>); the report replaces only an earlier HTML file: choose another name, or move "
+                              "that file away.")
+
+
+def looks_like_html(head: bytes) -> bool:
+    """Whether a file's first bytes open an HTML page (<!DOCTYPE html or <html, any case, after whitespace)."""
+    text = head.decode("utf-8", errors="ignore").lstrip("\ufeff").lstrip().lower()
+    return text.startswith(("<!doctype html", "<html"))
+
+
+def _enclosing_run_folder(out: Path) -> Path | None:
+    """The run folder ``out`` would be written into (at any depth), or None. A config.json counts only when it is a
+    model's (model_type or id2label): another project's settings file above the report is no run."""
+    try:
+        path = out.resolve()
+    except (OSError, RuntimeError):  # a link loop: the folders as written
+        path = out.absolute()
+    for folder in path.parents:
+        if (folder / RUN_FOLDER_MARKERS[0]).is_file():
+            return folder
+        config = read_json_object(folder / RUN_FOLDER_MARKERS[1])
+        if "model_type" in config or "id2label" in config:
+            return folder
+    return None
 
 
 class _Figures:
@@ -174,10 +278,41 @@ def _table(frame: pd.DataFrame, groups: list[str] | None = None, word_col: str =
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _metrics_section(runs: list[tuple[str, dict[str, Any]]]) -> str:
+def _metrics_section(runs: list[tuple[str, dict[str, Any]]], note: str = "") -> str:
     keys = [k for k in METRIC_KEYS if any(k in m for _, m in runs)]
     frame = pd.DataFrame({name: ["" if m.get(k) is None else m[k] for k in keys] for name, m in runs}, index=keys)
-    return "<h2>Metrics</h2>" + _table(frame.rename_axis("metric").reset_index())
+    return "<h2>Metrics</h2>" + note + _table(frame.rename_axis("metric").reset_index())
+
+
+def training_split_note(study: CaseStudy) -> str:
+    """With rows given (--data), a note that the metrics, confusion matrices and per-label F1 are each run's own
+    test-split figures from training (its metrics.json), not figures of those rows; '' otherwise."""
+    if not study.from_data:
+        return ""
+    where = " Each run's accuracy on the --data rows is given below, beside the agreement." if _accuracies(study) else ""
+    return ("<p class='note'>These are each run's own test-split figures from training (its metrics.json), not "
+            f"figures of the --data rows this page explains.{where}</p>")
+
+
+def _accuracies(study: CaseStudy) -> list[tuple[float, int]] | None:
+    """Both runs' (accuracy, rows counted) on the rows given, where each predicted every row (--data with a second
+    run: ``case_study``); None otherwise: without --data, metrics.json has them for these very rows."""
+    if not study.from_data or study.b is None:
+        return None
+    figures = [known_label_accuracy(run) for run in (study.a, study.b)]
+    return None if figures[0] is None or figures[1] is None else [figures[0], figures[1]]
+
+
+def accuracy_text(study: CaseStudy, names: tuple[str, str]) -> str:
+    """Each run's accuracy on the rows given (--data), over the rows whose label it classifies; '' where the study
+    has no predictions of every one of those rows (``_accuracies``)."""
+    figures = _accuracies(study)
+    if figures is None:
+        return ""
+    parts = [f"{name} {acc:.1%} over {n} rows" if n else f"{name} n/a (no row with a label it classifies)"
+             for name, (acc, n) in zip(names, figures, strict=True)]
+    return (f"Accuracy on these rows: {', '.join(parts)} (the rows whose gold label the run classifies; the runs' "
+            "own test-split figures are under Metrics).")
 
 
 def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
@@ -217,10 +352,16 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
             "Rows (errors first)",
             pd.concat([rows[rows["pred"] != rows["label"]], rows[rows["pred"] == rows["label"]]]),
         )
-    frame = frame[frame["row"].isin(a.items)].head(n)
+    attributed = frame[frame["row"].isin(a.items)]
+    frame = attributed.head(n)
     parts = [f"<h2>{title}</h2>"]
+    if len(attributed) > n:  # the page would otherwise read as if these were all
+        parts.append(f"<p class='note'>The first {n} of {len(attributed)} attributed rows.</p>")
     if study.comparison is not None:
         parts.append(f"<p>{esc(agreement_text(study.comparison))}</p>")
+    accuracy = accuracy_text(study, names)
+    if accuracy:
+        parts.append(f"<p>{esc(accuracy)}</p>")
     head = "<th>row</th><th>gold</th>" + "".join(f"<th>{esc(x)}</th>" for x in names[: 2 if b else 1])
     body = []
     for _, row in frame.iterrows():
@@ -296,24 +437,30 @@ def build_report(
 
 
 def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path:
-    """Write the HTML report of a case study (``case_study``) and return its path."""
+    """Write the HTML report of a case study (``case_study``) and return its path.
+
+    Raises:
+        ReportPathError: ``out_path`` may not be written (``check_out_path``), checked before anything is drawn.
+    """
+    out = check_out_path(out_path)
     run_a, run_b = study.a.run_dir, study.b.run_dir if study.b is not None else None
-    names = (f"A: {run_a.name}", f"B: {run_b.name}" if run_b else "")
+    names = (f"A: {run_name(run_a)}", f"B: {run_name(run_b)}" if run_b else "")
     ma, mb = read_metrics(run_a), read_metrics(run_b) if run_b else None
+    note = training_split_note(study)
     fig = _Figures()
     body = [f"<h1>clm-explore report</h1><p class='note'>{esc(run_a)}" + (f" vs {esc(run_b)}" if run_b else "")
             + f" &middot; {datetime.now():%Y-%m-%d %H:%M} &middot; {esc(study.coverage_text())}</p>"]  # fmt: skip
-    body.append(_metrics_section([(names[0], ma)] + ([(names[1], mb or {})] if run_b else [])))
+    body.append(_metrics_section([(names[0], ma)] + ([(names[1], mb or {})] if run_b else []), note))
     figures = [_confusion_figure(ma, f"Confusion {names[0]}")]
     if run_b:
         figures.append(_confusion_figure(mb or {}, f"Confusion {names[1]}"))
     body.append(
-        "<h2>Confusion matrices</h2><div class='side'>"
+        "<h2>Confusion matrices</h2>" + note + "<div class='side'>"
         + "".join(f"<div>{fig(f)}</div>" for f in figures if f)
         + "</div>"
     )
     f1 = _f1_figure(ma, mb, names)
-    body.append(fig(f1) if f1 else "")
+    body.append(note + fig(f1) if f1 else "")
     body.append(_top_words_section(study, names))
     body.append("<h2>Selected rows (masks)</h2>")
     for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []):
@@ -322,7 +469,6 @@ def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path
     body.append(_rows_section(study, names))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore report</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
-    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out

@@ -276,3 +276,52 @@ def test_the_attribution_cache_key_changes_with_how_words_are_cut(tmp_path, monk
     assert casestudy._cache_key(tmp_path, AttributionConfig()) == before
     monkeypatch.setattr(casestudy, "WORDS_VERSION", casestudy.WORDS_VERSION + 1)
     assert casestudy._cache_key(tmp_path, AttributionConfig()) != before
+
+
+def test_damaged_run_files_are_named(tmp_path: Path, runs) -> None:
+    from clm_explore.data import DataError
+    from clm_explore.modeling import ModelSourceError
+
+    (tmp_path / "task_tokens.json").write_text(json.dumps({"groups": [{"text": "card"}, {"count": 3}]}))
+    with pytest.raises(ModelSourceError, match=r"task_tokens.json: group 1 has no 'text' field \(it has count\)"):
+        cs.load_task_tokens(tmp_path)
+    for bad in ("[1, 2", json.dumps({"groups": 3})):
+        (tmp_path / "task_tokens.json").write_text(bad)
+        with pytest.raises(ModelSourceError, match="task_tokens.json"):
+            cs.load_task_tokens(tmp_path)
+    frame = pd.read_csv(runs[0] / "predictions.csv")
+    frame.drop(columns=["label", "text"]).to_csv(tmp_path / "predictions.csv", index=False)
+    with pytest.raises(DataError, match=r"predictions.csv has no text or label column"):
+        cs.split_frame(tmp_path)
+    frame.drop(columns=["row"]).to_csv(tmp_path / "predictions.csv", index=False)  # numbered in file order
+    assert cs.split_frame(tmp_path)["row"].tolist() == frame["row"].tolist()
+    (tmp_path / "predictions.csv").write_text("")
+    with pytest.raises(DataError, match="predictions.csv cannot be read as a CSV file"):
+        cs.split_frame(tmp_path)
+
+
+def test_attributions_go_on_when_the_run_folder_cannot_be_written(runs, monkeypatch) -> None:
+    run_a, _ = runs
+
+    def denied(path, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(cs, "write_json_atomic", denied)
+    attrs = cs.attribute_split(run_a, cfg=CFG, rows=[0, 1])
+    assert set(attrs.items) == {0, 1} and not (run_a / "attributions").exists()  # nothing half made
+
+
+def test_known_label_accuracy_counts_the_rows_a_run_can_predict(runs, tiny_data) -> None:
+    data = pd.concat([tiny_data.test, pd.DataFrame({"text": ["who is she"], "label": ["HUM"]})], ignore_index=True)
+    study = cs.case_study(runs[0], runs[1], data, cfg=CFG, min_count=1, max_rows=2)
+    assert study.from_data and not cs.case_study(runs[0], cfg=CFG, max_rows=2).from_data
+    acc, n = cs.known_label_accuracy(study.a)
+    assert n == 40 and acc == pytest.approx(json.loads((runs[0] / "metrics.json").read_text())["accuracy"])
+    assert cs.known_label_accuracy(cs.attribute_split(runs[0], "x", tiny_data.test, CFG, rows=[0])) is None
+
+
+def test_run_name_of_the_working_folder(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "run-7").mkdir()
+    monkeypatch.chdir(tmp_path / "run-7")
+    assert cs.run_name(Path(".")) == "run-7" and cs.run_name("..") == tmp_path.name
+    assert cs.run_name("a/b") == "b"

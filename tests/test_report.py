@@ -287,3 +287,185 @@ def test_cli_refuses_a_base_model_as_a_run_and_data_of_another_task(tmp_path: Pa
     copies = pd.DataFrame({"text": ["my card", "rate up"] * 3, "label": ["card_arrival", "exchange_rate"] * 3})
     copies.to_csv(tmp_path / "copies.csv", index=False)  # every copy of a text stays in train: no test rows
     assert "no test rows" in _cli(capsys, [*report, "--data", str(tmp_path / "copies.csv")], code=2)[1]
+
+
+def _no_attributions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the attribution work fail loudly: what a test refuses must be refused before it."""
+    from clm_explore import casestudy
+
+    def boom(*args, **kwargs):
+        raise AssertionError("attributed although the command should have stopped first")
+
+    monkeypatch.setattr(casestudy, "case_study", boom)
+
+
+def test_cli_report_out_never_replaces_a_data_or_run_file(tmp_path: Path, tiny_data, capsys, monkeypatch) -> None:
+    run = make_run(tmp_path, tiny_data, 0)
+    base = ["report", "--run", str(run), "--steps", "4", "--max-rows", "2", "--out"]
+    predictions = (run / "predictions.csv").read_bytes()
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\nhi,a\n")
+    notes = tmp_path / "notes.html"
+    notes.write_text("my notes, not a page")
+    with monkeypatch.context() as m:
+        _no_attributions(m)
+        for out, phrase in [
+            (run / "predictions.csv", "does not end in .html"),
+            (data, "does not end in .html"),
+            (notes, "exists and is not an HTML page"),
+            (run / "report.html", f"is inside the run folder {run}"),
+            (run / "attributions" / "r.html", f"is inside the run folder {run}"),
+            (data / "r.html", f"{data} is a file, not a folder"),
+        ]:
+            err = _cli(capsys, [*base, str(out)], code=2)[1]
+            assert phrase in err and err.startswith(f"error: --out {out}") and "Traceback" not in err, err
+        m.setattr("clm_explore.report.os.access", lambda *args, **kwargs: False)  # a folder we may not write in
+        err = _cli(capsys, [*base, str(tmp_path / "r.html")], code=2)[1]
+        assert "cannot be written (permission denied)" in err and "Errno" not in err
+    assert (run / "predictions.csv").read_bytes() == predictions and data.read_text() == "text,label\nhi,a\n"
+    assert notes.read_text() == "my notes, not a page" and not (run / "report.html").exists()
+    old = tmp_path / "old.html"
+    old.write_text("\n  <!doctype HTML><html><body>an earlier report</body></html>")
+    assert "report written to" in _cli(capsys, [*base, str(old)])[0]  # an HTML page is replaced
+    assert "an earlier report" not in old.read_text()
+    new = tmp_path / "new" / "sub" / "r.html"
+    assert "report written to" in _cli(capsys, [*base, str(new)])[0] and new.is_file()  # folders still made
+
+
+def test_looks_like_html() -> None:
+    from clm_explore.report import looks_like_html
+
+    for head in (b"<!DOCTYPE html>", b"  \n<html lang='en'>", b"\xef\xbb\xbf<!doctype HTML>", b"<HTML>"):
+        assert looks_like_html(head), head
+    for head in (b"text,label\n", b"<svg>", b"", b'{"a": 1}', b"<!DOCTYPE svg>"):
+        assert not looks_like_html(head), head
+
+
+def test_cli_report_says_a_failed_write_in_words(tmp_path: Path, tiny_data, capsys, monkeypatch) -> None:
+    run = make_run(tmp_path, tiny_data, 0)
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_text", denied)  # the folder checked fine, then could not be written
+    out = tmp_path / "r.html"
+    err = _cli(capsys, ["report", "--run", str(run), "--out", str(out), "--steps", "4", "--max-rows", "2"], code=2)[1]
+    assert f"--out {out}: the report cannot be written (Permission denied)" in err and "Errno" not in err
+
+
+def test_report_with_data_says_its_metrics_are_each_runs_own(tmp_path: Path, tiny_data) -> None:
+    run_a, run_b = make_run(tmp_path, tiny_data, 0, "sparse"), make_run(tmp_path, tiny_data, 1, "full")
+    extra = pd.DataFrame({"text": ["what is a dog", "who is she"], "label": ["DESC", "HUM"]})  # labels no run has
+    data = pd.concat([tiny_data.test, extra], ignore_index=True)
+    note = "each run's own test-split figures from training (its metrics.json), not figures of the --data rows"
+    page = build_report(run_a, run_b, data=data, out_path=tmp_path / "d.html", cfg=CFG, max_rows=4).read_text()
+    metrics, confusion = page.split("<h2>Metrics</h2>")[1], page.split("<h2>Confusion matrices</h2>")[1]
+    assert note in metrics.split("<table>")[0] and note in confusion.split("<div")[0]
+    assert page.count(note) == 3  # Metrics, confusion matrices, per-label F1
+    # The rows are predictions.csv's (plus two of labels no run classifies): each run's accuracy on the 40 it can
+    # predict is its metrics.json accuracy, shown beside the agreement.
+    acc = [json.loads((run / "metrics.json").read_text())["accuracy"] for run in (run_a, run_b)]
+    shown = f"Accuracy on these rows: A: sparse-0 {acc[0]:.1%} over 40 rows, B: full-1 {acc[1]:.1%} over 40 rows"
+    rows = page.split("Disagreement rows")[1]
+    assert shown in rows and "Agreement " in rows.split(shown)[0] and "given below, beside the agreement" in page
+    one = build_report(run_a, data=data, out_path=tmp_path / "one.html", cfg=CFG, max_rows=4).read_text()
+    assert note in one and "Accuracy on these rows" not in one and "beside the agreement" not in one
+    plain = build_report(run_a, run_b, out_path=tmp_path / "p.html", cfg=CFG, max_rows=4).read_text()
+    assert "test-split figures" not in plain and "Accuracy on these rows" not in plain  # metrics.json's rows: no note
+
+
+def test_cli_report_on_a_read_only_run_folder(tmp_path: Path, tiny_data, capsys, monkeypatch) -> None:
+    import os
+    import stat
+
+    from clm_explore import casestudy
+
+    run = make_run(tmp_path, tiny_data, 0)
+    files = sorted(p.name for p in run.iterdir())
+    run.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    try:
+        if os.access(run, os.W_OK):  # root writes anyway: make the cache's write fail as a read-only folder's does
+            def denied(path, *args, **kwargs):
+                raise PermissionError(13, "Permission denied", str(path))
+
+            monkeypatch.setattr(casestudy, "write_json_atomic", denied)
+        out = tmp_path / "r.html"
+        assert "report written to" in _cli(capsys, ["report", "--run", str(run), "--out", str(out), "--steps", "4",
+                                                    "--max-rows", "2"])[0]  # fmt: skip
+        assert out.is_file() and "Top attributed words" in out.read_text()
+    finally:
+        run.chmod(0o755)
+    assert sorted(p.name for p in run.iterdir()) == files  # no cache, no attributions folder, no temporary file
+
+
+def test_cli_report_names_a_damaged_run_file_before_attributing(tmp_path: Path, tiny_data, capsys, monkeypatch) -> None:
+    run = make_run(tmp_path, tiny_data, 0)
+    _no_attributions(monkeypatch)
+    base = ["report", "--run", str(run), "--out", str(tmp_path / "r.html")]
+    good = {name: (run / name).read_bytes() for name in ("masks.safetensors", "task_tokens.json", "predictions.csv")}
+    damaged = [
+        ("masks.safetensors", b"garbage", "cannot be read"),
+        ("task_tokens.json", json.dumps({"groups": [{"count": 3}]}).encode(), "group 0 has no 'text' field"),
+        ("task_tokens.json", b"{not json", "cannot be read as JSON"),
+        ("predictions.csv", pd.read_csv(run / "predictions.csv").drop(columns=["label"]).to_csv(index=False).encode(),
+         "has no label column"),
+        ("predictions.csv", pd.read_csv(run / "predictions.csv").drop(columns=["text"]).to_csv(index=False).encode(),
+         "has no text column"),
+    ]  # fmt: skip
+    for name, content, phrase in damaged:
+        (run / name).write_bytes(content)
+        err = _cli(capsys, base, code=2)[1]
+        assert f"{run / name}" in err and phrase in err and "Traceback" not in err, err
+        (run / name).write_bytes(good[name])
+
+
+def test_mask_table_names_a_damaged_file(tmp_path: Path) -> None:
+    from clm_explore.modeling import ModelSourceError
+
+    (tmp_path / "masks.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ModelSourceError, match="masks.safetensors cannot be read"):
+        mask_table(tmp_path)
+
+
+def test_cli_report_says_a_run_is_missing_or_not_finished(tmp_path: Path, tiny_data, capsys) -> None:
+    import shutil
+
+    from clm_explore.runs import RunStatus, RunStore
+
+    out = ["--out", str(tmp_path / "r.html")]
+    moved = make_run(tmp_path, tiny_data, 0)
+    run_id = RunStore().register_folder(moved).id
+    shutil.rmtree(moved)
+    err = _cli(capsys, ["report", "--run", run_id, *out], code=2)[1]
+    assert f"the run's folder {moved} does not exist (moved or deleted)" in err and "predictions.csv" not in err
+    training = tmp_path / "training"
+    training.mkdir()
+    (training / "clm_run.json").write_text("{}")  # finetune's first file; the model comes at the end
+    err = _cli(capsys, ["report", "--run", str(training), *out], code=2)[1]
+    assert "the run is not finished (still training" in err and "not a run folder" not in err
+    (training / "metrics.json").write_text(json.dumps({"status": "failed", "error": "out of memory"}))
+    assert "not finished (status failed: out of memory)" in _cli(capsys, ["report", "--run", str(training), *out],
+                                                                 code=2)[1]  # fmt: skip
+    store = RunStore()
+    running = store.create("busy", "sparse")  # its folder still empty while the model loads
+    store.set_status(running.id, RunStatus.RUNNING)
+    run = make_run(tmp_path, tiny_data, 1)
+    err = _cli(capsys, ["report", "--run", str(run), "--vs", running.id, *out], code=2)[1]
+    assert f"--vs {running.id}: the run is not finished (status running)" in err
+
+
+def test_cli_report_of_the_working_folder_names_it(tmp_path: Path, tiny_data, capsys, monkeypatch) -> None:
+    run = make_run(tmp_path, tiny_data, 0, "sparse")
+    monkeypatch.chdir(run)
+    out = tmp_path / "here.html"
+    _cli(capsys, ["report", "--run", ".", "--out", str(out), "--steps", "4", "--max-rows", "2"])
+    page = out.read_text()
+    assert "<th>A: sparse-0</th>" in page and "<th>A: </th>" not in page
+
+
+def test_report_says_when_it_shows_only_some_attributed_rows(tmp_path: Path, tiny_data) -> None:
+    run = make_run(tmp_path, tiny_data, 0)
+    page = build_report(run, out_path=tmp_path / "r.html", cfg=CFG, max_rows=12).read_text()
+    assert "The first 10 of 12 attributed rows." in page.split("Rows (errors first)")[1]
+    few = build_report(run, out_path=tmp_path / "few.html", cfg=CFG, max_rows=4).read_text()
+    assert "attributed rows.</p>" not in few  # all four shown

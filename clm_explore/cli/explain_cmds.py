@@ -60,7 +60,13 @@ def register(subparsers: Any) -> None:
         "--data", default=None, metavar="DATA", help="data whose test split is explained instead"
     )
     _add_column_args(report)
-    report.add_argument("--out", required=True, metavar="HTML", help="the HTML file to write")
+    report.add_argument(
+        "--out",
+        required=True,
+        metavar="HTML",
+        help="the HTML file to write (.html; an existing file is replaced only when it is an HTML page; not inside a "
+        "run folder)",
+    )
     report.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps (2-1024)")
     report.add_argument(
         "--max-rows",
@@ -91,19 +97,59 @@ def _add_column_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_run(path: str | None, flag: str) -> Path | None:
+    """The run folder of ``path`` (a folder, or a run id of the registry), refused with what is wrong: missing,
+    not finished, not a run folder, or a base model."""
     if path is None:
         return None
     run = Path(path).expanduser()
-    if not run.is_dir():  # a run id of the registry, as predict takes
+    run_id = None if run.is_dir() else path
+    if run_id is not None:  # a run id of the registry, as predict takes
         from clm_explore.cli.method_cmds import resolve_run_dir
 
         try:
-            return resolve_run_dir(path)
+            run = resolve_run_dir(path)
         except UserError:
             raise UserError(f"{flag} {path}: no such run folder or run id.") from None
+        if not run.is_dir():  # the registry's folder was moved or deleted since
+            raise UserError(f"{flag} {path}: the run's folder {run} does not exist (moved or deleted); pass the "
+                            "folder where it is now.")
+    unfinished = _unfinished(run)
+    if unfinished is None and run_id is not None and not (run / "config.json").is_file():
+        unfinished = _registry_unfinished(run_id)  # its folder has no model yet: what the registry says
+    if unfinished:
+        raise UserError(f"{flag} {path}: the run is not finished ({unfinished}); pass a run that succeeded.")
     if not (run / "config.json").is_file():
         raise UserError(f"{flag} {path}: not a run folder (no config.json); pass the folder finetune wrote.")
     return refuse_untrained_head(run, flag)
+
+
+STOPPED = ("failed", "cancelled", "interrupted")
+"""The statuses a stopped run's metrics.json records (``RunStore.set_status``, ``training``)."""
+
+
+def _unfinished(run: Path) -> str | None:
+    """Why a run folder holds no finished run, in words (its status), or None: finetune writes clm_run.json first,
+    the model (config.json) at the end, and a stopped run's status into metrics.json."""
+    from clm_explore.runs import read_json_object
+
+    metrics = read_json_object(run / "metrics.json")
+    if metrics.get("status") in STOPPED:
+        return f"status {metrics['status']}" + (f": {metrics['error']}" if metrics.get("error") else "")
+    if (run / "clm_run.json").is_file() and not (run / "config.json").is_file():
+        return "still training, or stopped before it saved its model: no config.json yet"
+    return None
+
+
+def _registry_unfinished(run_id: str) -> str | None:
+    """The registry's status of a run that has not succeeded (e.g. running: its folder may still be empty while the
+    model loads), or None."""
+    from clm_explore.runs import RunStatus, RunStore
+
+    try:
+        status = RunStore().get(run_id).status
+    except Exception:  # an unreadable registry: the folder's own checks decide
+        return None
+    return None if status is RunStatus.SUCCEEDED else f"status {status.value}"
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -171,20 +217,20 @@ def _test_texts(run: Path) -> list[str] | None:
 
 def run_report(args: argparse.Namespace) -> int:
     from clm_explore.casestudy import case_study
-    from clm_explore.report import write_report
 
     run_a = _check_run(args.run, "--run")
     run_b = _check_run(args.vs, "--vs")
     if args.data is not None and not Path(args.data).exists():
         raise UserError(f"--data {args.data}: no such file or folder.")
-    if Path(args.out).is_dir():  # checked before the attributions, which take a while
-        raise UserError(f"--out {args.out} is a folder; give the HTML file to write, e.g. {Path(args.out) / 'report.html'}.")
+    out = _check_out(args.out)  # checked before the attributions, which take a while
     if args.data is None:
         for run, flag, name in ((run_a, "--run", args.run), (run_b, "--vs", args.vs)):
             if run is not None and not (run / "predictions.csv").is_file():
                 raise UserError(
                     f"{flag} {name} has no predictions.csv; pass --data with the rows to explain."
                 )
+    for run in (run_a, run_b):
+        _check_run_files(run, with_predictions=args.data is None)
     if args.max_rows < 1 or args.top_k < 1:
         raise UserError(f"--max-rows and --top-k must be >= 1; got {args.max_rows} and {args.top_k}.")
     if run_b is not None:
@@ -195,15 +241,52 @@ def run_report(args: argparse.Namespace) -> int:
         _check_data_labels(data, run_a)
     try:
         study = case_study(run_a, run_b, data, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
-        out = write_report(study, args.out)
-    except (OSError, ValueError) as exc:  # e.g. --out in a folder that cannot be written
+    except (OSError, ValueError) as exc:  # e.g. a run file that cannot be read
         raise UserError(str(exc)) from exc
+    out = _write(study, out)
     done, total = study.coverage()
     if args.json:
         print_json({"out": str(out), "rows_attributed": done, "rows": total})
     else:
         print(f"report written to {out}; {study.coverage_text()}")
     return 0
+
+
+def _check_out(out: str) -> Path:
+    """--out as ``report.check_out_path`` takes it: an .html file, not a data or run file, outside the runs."""
+    from clm_explore.report import ReportPathError, check_out_path
+
+    try:
+        return check_out_path(out)
+    except ReportPathError as exc:
+        raise UserError(f"--out {exc}") from None
+
+
+def _check_run_files(run: Path | None, with_predictions: bool) -> None:
+    """The run files the report reads after the attributions (mined groups, masks) and, without --data, its
+    predictions.csv: a damaged one is said now, not after minutes of work (each raises an error naming the file)."""
+    if run is None:
+        return
+    from clm_explore.casestudy import load_task_tokens, split_frame
+    from clm_explore.report import mask_table
+
+    load_task_tokens(run)
+    mask_table(run)
+    if with_predictions:
+        split_frame(run)
+
+
+def _write(study: Any, out: Path) -> Path:
+    """``write_report`` with its failures said in words (the folder checked at first may have changed since)."""
+    from clm_explore.report import ReportPathError, write_report
+
+    try:
+        return write_report(study, out)
+    except ReportPathError as exc:
+        raise UserError(f"--out {exc}") from None
+    except OSError as exc:
+        raise UserError(f"--out {out}: the report cannot be written ({exc.strerror or type(exc).__name__}); choose "
+                        "a file in a folder you can write to.") from None
 
 
 def _check_data_labels(data: Any, run: Path) -> None:
@@ -220,8 +303,8 @@ def _check_data_labels(data: Any, run: Path) -> None:
         raise UserError(f"--data's labels share none with the run's ({len(labels)} and {len(known)}, e.g. "
                         f"{sorted(labels)[0]!r} and {sorted(known)[0]!r}): pass rows of the task the run was trained on.")
     unknown = int((~data["label"].astype(str).isin(known)).sum())
-    print(f"note: {unknown} of --data's {len(data)} rows carry labels the run does not have; they count as wrong.",
-          file=sys.stderr)
+    print(f"note: {unknown} of --data's {len(data)} rows carry labels the run does not have; they count as wrong "
+          "among the rows shown; the report's accuracy on these rows leaves them out.", file=sys.stderr)
 
 
 def _report_data(args: argparse.Namespace) -> Any:
