@@ -88,8 +88,11 @@ class TaskTokens:
         return f"TaskTokens({len(self.groups)} groups from {self.n_rows:,} rows: {top}; to_frame() lists them)"
 
     def to_frame(self) -> pd.DataFrame:
-        rows = [asdict(g) | {"pieces": " ".join(g.pieces)} for g in self.groups]
-        cols = ["text", "pieces", "kind", "count", "score", "relevance", "specificity", "label", "lift", "example_ids"]
+        """A row per group; ``reads`` is how it reads in a text (``surface``: a fragment's pieces without their
+        tokenizer's markers, 'Ġcon' -> 'con')."""
+        rows = [asdict(g) | {"pieces": " ".join(g.pieces), "reads": g.surface} for g in self.groups]
+        cols = ["text", "reads", "pieces", "kind", "count", "score", "relevance", "specificity", "label", "lift",
+                "example_ids"]
         return pd.DataFrame(rows, columns=cols)
 
     def save(self, path: str | Path) -> None:

@@ -435,3 +435,7 @@ def test_a_fragment_reads_in_a_text_without_its_tokenizers_markers():
     assert group("top up", ["top", "up"], WORDS).surface == "top up"
     # The example rows bold the fragment: its text with '##' and spaces matched nothing inside "transferring".
     assert highlight_markdown("transferring", group("##r ##ing", ["##r", "##ing"]).surface) == "transfer**ring**"
+    from clm_explore.mining import TaskTokens  # the tables list it too: 'Ġcon' alone read as a raw piece
+
+    frame = TaskTokens([group("Ġcon", ["Ġcon"]), group("top up", ["top", "up"], WORDS)], "", 2, {}).to_frame()
+    assert frame["reads"].tolist() == ["con", "top up"] and frame["text"].tolist() == ["Ġcon", "top up"]

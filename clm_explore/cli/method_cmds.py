@@ -93,7 +93,7 @@ def run_mine(args: argparse.Namespace) -> int:
         print_json(records)
         return 0
     print(f"{len(frame)} groups from {len(data.train)} training rows; background: {task_tokens.background}")
-    print(frame.head(args.show)[["text", "pieces", "count", "score", "label", "lift"]].to_string(index=False))
+    print(frame.head(args.show)[["text", "reads", "pieces", "count", "score", "label", "lift"]].to_string(index=False))
     if merge:
         print(merge.summary())
     return 0

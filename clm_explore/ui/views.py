@@ -134,7 +134,7 @@ def filter_groups(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def render_group_table(frame: pd.DataFrame, key: str) -> None:
-    cols = ["text", "label", "score", "count", "pieces", "kind", "relevance", "specificity", "lift"]
+    cols = ["text", "reads", "label", "score", "count", "pieces", "kind", "relevance", "specificity", "lift"]
     st.dataframe(
         frame[[c for c in cols if c in frame.columns]],
         key=f"{key}_table",
