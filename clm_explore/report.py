@@ -49,7 +49,10 @@ th { background: #f3f3f3; }
 .row-text span { padding: 1px 2px; border-radius: 3px; }
 .side { display: flex; gap: 2em; flex-wrap: wrap; }
 .note { color: #666; font-size: 0.9em; }
+th, td, .row-text span, bdi { unicode-bidi: isolate; }
 """
+# isolate: a text's right-to-left override (U+202E) stays inside its own cell, word or label, and cannot flip the
+# figures that follow it on the page.
 
 
 def esc(value: Any) -> str:
@@ -261,7 +264,7 @@ def colored_words(item: TokenAttribution | None) -> str:
         spans.append(
             f'<span style="background-color: rgba({rgb},{alpha:.2f})" title="{score:+.4f}">{esc(word)}</span>'
         )
-    head = f"{esc(item.target_label)} (p={item.probability:.2f}, &delta;={item.delta:+.3f})"
+    head = f"<bdi>{esc(item.target_label)}</bdi> (p={item.probability:.2f}, &delta;={item.delta:+.3f})"
     return f'<div class="row-text">{" ".join(spans)}</div><div class="note">explains {head}</div>'
 
 
@@ -366,7 +369,7 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
     body = []
     for _, row in frame.iterrows():
         r = int(row["row"])
-        gold = f'<td title="{esc(row["text"])}">{r}</td><td>{esc(row["label"])}{_right(row)}</td>'
+        gold = f'<td title="{esc(row["text"])}">{r}</td><td><bdi>{esc(row["label"])}</bdi>{_right(row)}</td>'
         cells = [f"<td>{colored_words(run.items.get(r))}</td>" for run in ([a, b] if b else [a])]
         body.append(f"<tr>{gold}{''.join(cells)}</tr>")
     return "".join(parts) + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

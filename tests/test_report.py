@@ -469,3 +469,13 @@ def test_report_says_when_it_shows_only_some_attributed_rows(tmp_path: Path, tin
     assert "The first 10 of 12 attributed rows." in page.split("Rows (errors first)")[1]
     few = build_report(run, out_path=tmp_path / "few.html", cfg=CFG, max_rows=4).read_text()
     assert "attributed rows.</p>" not in few  # all four shown
+
+
+def test_a_right_to_left_override_in_user_text_stays_in_its_element() -> None:
+    from clm_explore.attribution import TokenAttribution
+    from clm_explore.report import CSS, colored_words
+
+    label = "\u05e9\u05dc\u05d5\u05dd\u202ertl"  # the override flipped the "(p=0.26, δ=...)" after it
+    shown = colored_words(TokenAttribution(["hi"], [0.1], 0, label, 0.26, 0.0))
+    assert f"<bdi>{label}</bdi> (p=0.26" in shown
+    assert "th, td, .row-text span, bdi { unicode-bidi: isolate; }" in CSS  # cells and words too
