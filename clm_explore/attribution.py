@@ -29,12 +29,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig
 from clm_explore.modeling import LoadedModel, load_run
+from clm_explore.runs import TRAINED_LENGTH_KEY
 
 TargetSpec = int | str | None
 DEFAULT_MAX_LENGTH = 64
-"""Sub-tokens read when neither the config nor the tokenizer says how many (``AttributionConfig.max_length`` None
-and a tokenizer with no ``model_max_length`` of its own)."""
-_UNSET_LENGTH = 1_000_000  # transformers' placeholder for "no limit" is about 1e30
+"""Sub-tokens read when neither the config nor the model says how many (``AttributionConfig.max_length`` None and
+a model that is no finetuned run's)."""
 
 
 class AttributionError(ValueError):
@@ -144,9 +144,9 @@ def explain(
             never otherwise changed. Calls on one model from several threads take turns.
         tokenizer: the model's fast tokenizer (word ids and offsets are needed to merge pieces).
         texts: one text or a list of texts.
-        cfg: steps, batching, truncation (``max_length`` None: the tokenizer's ``model_max_length``, which a run
-            folder's tokenizer sets to the length training read, so ``load_run``'s model is read as ``predict`` reads
-            it; DEFAULT_MAX_LENGTH for a tokenizer that sets none).
+        cfg: steps, batching, truncation (``max_length`` None: the length the model's run trained with, which its
+            config records, so ``load_run``'s model is read as ``predict`` reads it; DEFAULT_MAX_LENGTH for a
+            model that records none, e.g. a run saved before the record was kept).
         target: None (the predicted label), one label name/id for every text, or one per text (gold labels
             when ``cfg.target == 'gold'``).
 
@@ -155,10 +155,8 @@ def explain(
     """
     cfg = cfg or AttributionConfig()
     if cfg.max_length is None:
-        said = getattr(tokenizer, "model_max_length", None)
-        said = said if isinstance(said, int) and 0 < said < _UNSET_LENGTH else DEFAULT_MAX_LENGTH
-        positions = getattr(model.config, "max_position_embeddings", None)
-        cfg = replace(cfg, max_length=min(said, positions) if isinstance(positions, int) and positions > 0 else said)
+        trained = getattr(model.config, TRAINED_LENGTH_KEY, None)
+        cfg = replace(cfg, max_length=trained if isinstance(trained, int) and trained >= 4 else DEFAULT_MAX_LENGTH)
     if not getattr(tokenizer, "is_fast", False):
         raise AttributionError(
             "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."

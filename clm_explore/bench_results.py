@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -226,7 +226,7 @@ def compare_run_groups(a: Sequence[Any], b: Sequence[Any], level: float = COMPAR
         ValueError: a run that has no metrics (a folder without metrics.json, a cancelled run).
     """
     for group in (a, b):  # one folder or result given as a group: its characters or fields would be read as runs
-        if isinstance(group, str | Path | dict) or not isinstance(group, Sequence):
+        if isinstance(group, str | Path | dict) or not isinstance(group, Iterable) or hasattr(group, "metrics"):
             raise TypeError(f"compare_run_groups(a, b) takes two lists of runs (e.g. seeds of two methods); got "
                             f"{type(group).__name__}: wrap a single run in a list, [run].")
     a, b = [_run_metrics(run) for run in a], [_run_metrics(run) for run in b]

@@ -447,11 +447,12 @@ class AttributionConfig:
 
     n_steps: int = 32
     """Interpolation steps between the reference and the input (decoders use twice as many)."""
-    internal_batch_size: int = 512
-    """Rows (examples x steps) per forward/backward pass; bounds memory."""
+    internal_batch_size: int = 128
+    """Rows (examples x steps) per forward/backward pass; bounds memory (on the default model 1.6 GB of peak
+    memory at 128, 4.3 GB at 512, at the same speed on the CPU: BENCHMARKS.md, attributions)."""
     target: str = "predicted"
     """Label explained: 'predicted' (the model's argmax) or 'gold' (the row's annotated label)."""
-    batch_size: int = 16
+    batch_size: int = 4
     """Texts attributed together; texts are grouped by length so padding stays small."""
     max_length: int | None = None
     """Texts are truncated to this many sub-tokens (specials included). None: the run's trained length where the

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -178,7 +179,7 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     cfg = cfg or DataConfig()
     if isinstance(path, pd.DataFrame | dict):
         return _load_frames(path, cfg)
-    if not isinstance(path, str | Path):  # a Series or a list of rows: say what is taken, not what Path says
+    if not isinstance(path, str | os.PathLike):  # a Series or a list of rows: say what is taken, not what Path says
         raise DataError(f"load_data takes a file or folder path, a DataFrame or a dict of DataFrames by split; got "
                         f"{type(path).__name__}. A list of rows: load_data(pd.DataFrame(rows)).")
     path = Path(path).expanduser()

@@ -260,13 +260,16 @@ class JobQueue:
 
     def _finish(self, job: Job, status: RunStatus) -> None:
         """End the job: its run's metrics and status in the store (a store fault is logged, never raised: the
-        job must end), then the job's own state."""
+        job must end), then the job's own state. Once per job: the server's exit and the job's own end may race."""
+        with self._lock:
+            if job.finished is not None:
+                return
+            job.finished = time.time()
         metrics = getattr(job.result, "metrics", None)
         if self.store is not None and job.run_id and isinstance(metrics, dict) and metrics:
             self._store_call(job, self.store.update_metrics, job.run_id, metrics)
         self._set_run_status(job, status, last_line(job.error))
         job.status = status
-        job.finished = time.time()
         job.kwargs = {}  # the job's data set (an upload can be 200 MB) is not kept for the server's lifetime
         job._done.set()
 

@@ -434,6 +434,7 @@ def build_report(
         out_path: the HTML file written.
         cfg: attribution settings; k, min_count: top words per label; max_rows: rows attributed.
     """
+    check_out_path(out_path)  # before the attributions, which take minutes on a real model
     run_a, run_b = Path(run_a), Path(run_b) if run_b else None
     study = case_study(run_a, run_b, _load_data(data), cfg=cfg, k=k, min_count=min_count, max_rows=max_rows)
     return write_report(study, out_path)

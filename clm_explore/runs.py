@@ -492,6 +492,11 @@ def _check_replaceable(path: Path, protected: tuple[Path, ...]) -> None:
                              "only: choose another folder, or empty it yourself.")
 
 
+TRAINED_LENGTH_KEY = "clm_max_length"
+"""The model config's record of the sub-tokens its run trained with (``finetune`` saves it in config.json, where
+``attribution.explain`` of a loaded run finds it)."""
+
+
 def trained_max_length(run_dir: Path) -> int:
     """The sub-token length the run trained with (its clm_run.json), so that predictions and attributions read
     what training read; FinetuneConfig's default (64) for a folder without it."""

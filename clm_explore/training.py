@@ -46,7 +46,7 @@ from clm_explore.modeling import (
     transformers_quieted,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
-from clm_explore.runs import RANK_COPIES, check_run_dir, claim_run_dir, write_json_atomic
+from clm_explore.runs import RANK_COPIES, TRAINED_LENGTH_KEY, check_run_dir, claim_run_dir, write_json_atomic
 from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
@@ -438,8 +438,9 @@ def _preparer(method: str) -> Preparer:
 
 @contextmanager
 def global_rng_kept() -> Iterator[None]:
-    """torch's and NumPy's global random state as it was, after the block: a run seeds them for its own draws (the
-    head's init, dropout), and a notebook's next ``torch.rand`` must not start from the run's seed."""
+    """torch's CPU and NumPy's global random state as it was, after the block (and a GPU's, where CUDA was in use
+    before it): a run seeds them for its own draws (the head's init, dropout), and a notebook's next ``torch.rand``
+    must not start from the run's seed."""
     numpy_state = np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
@@ -746,6 +747,7 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     rows.to_csv(out_dir / "predictions.csv", index=False)
     model.config.id2label = dict(enumerate(data.labels))
     model.config.label2id = {name: i for i, name in enumerate(data.labels)}
+    setattr(model.config, TRAINED_LENGTH_KEY, cfg.max_length)  # what explain() of the loaded run reads
     if not main:
         # transformers saves only on the main process; a secondary rank keeps its weights for checks (save_model
         # drops the tensors a model shares, e.g. prefix tuning's word embeddings, which save_file refuses).
@@ -753,22 +755,11 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     else:
         with transformers_quieted():
             model.save_pretrained(out_dir, safe_serialization=True)
-            save_tokenizer(loaded.tokenizer, out_dir, cfg.max_length)
+            loaded.tokenizer.save_pretrained(out_dir)
     for name, tensors in files.items():
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / f"{name}.safetensors")
     return metrics
-
-
-def save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> None:
-    """The tokenizer, saved with the length training read as its ``model_max_length``: plain transformers with
-    ``truncation=True`` and ``explain`` then read a text as training and ``predict`` do (the loaded one keeps its own)."""
-    kept = tokenizer.model_max_length
-    tokenizer.model_max_length = max_length
-    try:
-        tokenizer.save_pretrained(out_dir)
-    finally:
-        tokenizer.model_max_length = kept
 
 
 def _out_of_scope(loaded, model, data, cfg, gold: np.ndarray, pred: np.ndarray, top: np.ndarray) -> dict | None:

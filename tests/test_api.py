@@ -51,6 +51,10 @@ def test_the_natural_calls_work_and_plain_mistakes_say_what_to_do(tiny_data, dat
         clm_explore.compare_run_groups([tmp_path], runs[1:])
     with pytest.raises(TypeError, match=r"two lists of runs .*got str: wrap a single run in a list"):
         clm_explore.compare_run_groups(str(tmp_path / "run0"), runs[1:])  # its characters were read as runs
+    with pytest.raises(TypeError, match="got FinetuneResult: wrap a single run"):
+        clm_explore.compare_run_groups(runs[0], runs[1:])
+    assert by_result.equals(clm_explore.compare_run_groups(pd.Series([tmp_path / "run0"]), (r for r in runs[1:])))
+    assert clm_explore.load_data(type("P", (), {"__fspath__": lambda self: str(data_dir)})()).labels  # os.PathLike
     with pytest.raises(TypeError, match="got the string 'abc'"):
         clm_explore.load_model("tiny-random", "abc")  # made three labels, a, b and c
     with pytest.raises(DataError, match="got Series"):

@@ -282,8 +282,8 @@ def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_di
     frame = clm.predict(out, test["text"].tolist())  # the notebook's way reads the same length
     assert frame.idxmax(axis=1).tolist() == test["pred"].tolist()
     assert frame.max(axis=1).tolist() == pytest.approx(test["prob"].tolist(), abs=1e-5)
-    run = clm.load_run(out)  # and its attributions: the saved tokenizer says the trained length (it said 512)
-    assert run.tokenizer.model_max_length == 32
+    run = clm.load_run(out)  # and its attributions: the saved config says the trained length (they read 64)
+    assert run.model.config.clm_max_length == 32
     (long,) = clm.explain(run.model, run.tokenizer, " ".join(["card"] * 80), clm.AttributionConfig(n_steps=4))
     assert len(long.tokens) == 32 and "truncated to 32" in long.note
     questions = tmp_path / "questions.csv"

@@ -463,6 +463,15 @@ def test_cli_report_of_the_working_folder_names_it(tmp_path: Path, tiny_data, ca
     assert "<th>A: sparse-0</th>" in page and "<th>A: </th>" not in page
 
 
+def test_build_report_refuses_its_path_before_the_attributions(tmp_path: Path, tiny_data, monkeypatch) -> None:
+    from clm_explore import report
+
+    run = make_run(tmp_path, tiny_data, 0)
+    monkeypatch.setattr(report, "case_study", lambda *a, **k: pytest.fail("attributed before the path was checked"))
+    with pytest.raises(report.ReportPathError, match="inside the run folder"):
+        build_report(run, out_path=run / "report.html", cfg=CFG)
+
+
 def test_report_says_when_it_shows_only_some_attributed_rows(tmp_path: Path, tiny_data) -> None:
     run = make_run(tmp_path, tiny_data, 0)
     page = build_report(run, out_path=tmp_path / "r.html", cfg=CFG, max_rows=12).read_text()
