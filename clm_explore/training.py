@@ -451,6 +451,7 @@ def global_rng_kept() -> Iterator[None]:
 
 
 @global_rng_kept()
+@transformers_quieted()  # its own loads, saves and peft's reports; a job worker's log stays the tool's
 def finetune(
     data: AnnotatedData | str | Path | pd.DataFrame,
     cfg: FinetuneConfig,
