@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument(
         "--fit-head", type=int, default=500, help="train rows to fit the random head on (0 = keep random)"
     )
-    parser.add_argument("--settings", default="1x32,8x256,16x512", help="batch x internal batch, comma-separated")
+    parser.add_argument("--settings", default="1x32,4x128,16x512",
+                        help="batch x internal batch, comma-separated (4x128 is AttributionConfig's default)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: one setting, one table row
     args = parser.parse_args()
     if args.one is None:
