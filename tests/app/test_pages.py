@@ -645,6 +645,7 @@ def test_an_attribution_says_what_its_bars_add_up_to_and_shows_its_note() -> Non
 
 def test_page_settings_survive_a_visit_to_another_page(at: AppTest) -> None:
     goto(at, "app_pages/5_finetune.py")
+    assert any(c.value.startswith("Data: banking77") and "runs on: cpu" in c.value for c in at.caption)  # by Launch
     at.selectbox(key="ft_method").set_value("head")
     at.number_input(key="ft_epochs").set_value(2)
     at.number_input(key="ft_seed").set_value(7)
