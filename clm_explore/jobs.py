@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,8 +174,9 @@ class JobQueue:
         self._ids = itertools.count(1)
         self._exiting = False
         if self.processes:
-            # Registered after multiprocessing's own exit handler, so run before it terminates the workers.
-            atexit.register(self._server_exiting)
+            # Registered after multiprocessing's own exit handler, so run before it terminates the workers; by a weak
+            # reference, so that a queue a test dropped is not kept alive until the interpreter exits.
+            atexit.register(_at_exit, weakref.ref(self))
 
     def submit(
         self, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None = None, device: str = "cpu"
@@ -348,6 +350,12 @@ class JobQueue:
             worker.join(timeout)
         for process in list(self._processes.values()):
             process.close(timeout)
+
+
+def _at_exit(jobs_ref: weakref.ref[JobQueue]) -> None:
+    jobs = jobs_ref()
+    if jobs is not None:
+        jobs._server_exiting()
 
 
 def normalise_device(device: str | None) -> str:
