@@ -31,6 +31,7 @@ import pandas as pd
 from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
 from clm_explore.batches import predict_proba
 from clm_explore.data import DataError
+from clm_explore.mining import pieces_surface
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import trained_max_length, write_json_atomic
 
@@ -352,11 +353,21 @@ def load_task_tokens(run_dir: str | Path) -> list[str] | None:
 
 
 def is_group_word(word: str, groups: Sequence[str]) -> bool:
-    """A word counts as mined when it is a group, one word of a multi-word group, or holds a ##fragment."""
+    """A word counts as mined when it is a group, one word of a multi-word group, or holds a mined fragment where
+    the fragment can stand: a WordPiece ##-fragment ('##r ##ing' reads 'ring') inside the word after its first
+    letter, a word-initial byte-level or SentencePiece one ('Ġcon' reads 'con') at its start. (Any substring counted
+    before: '##ing' marked 'ingot', and 'Ġcon' marked nothing.)"""
     word = word.lower()
     for group in groups:
+        pieces = group.strip().split()  # the markers before lower(): 'Ġ'.lower() is another letter
         g = group.lower().strip()
-        if word == g or word in g.split() or (g.startswith("##") and len(g) > 3 and g[2:] in word):
+        if word == g or word in g.split():
+            return True
+        if not pieces or not pieces[0].startswith(("##", "Ġ", "▁")):
+            continue
+        surface = pieces_surface(pieces).lower()
+        inside = pieces[0].startswith("##")
+        if len(surface) > 1 and (surface in word[1:] if inside else word.startswith(surface)):
             return True
     return False
 

@@ -61,7 +61,12 @@ class TokenGroup:
         (WordPiece '##', byte-level 'Ġ', SentencePiece '▁'), joined: ('##r', '##ing') -> 'ring'."""
         if self.kind == WORDS:
             return self.text
-        return "".join(re.sub(r"^(##|Ġ|▁)", "", piece) for piece in self.pieces)
+        return pieces_surface(self.pieces)
+
+
+def pieces_surface(pieces: Sequence[str]) -> str:
+    """Sub-token pieces as they read in a text: without their tokenizer's markers, joined ('##r', '##ing') -> 'ring'."""
+    return "".join(re.sub(r"^(##|Ġ|▁)", "", piece) for piece in pieces)
 
 
 @dataclass

@@ -182,6 +182,14 @@ def test_group_overlap_and_loading(runs, tmp_path: Path) -> None:
     assert cs.load_task_tokens(tmp_path / "nope") is None
 
 
+def test_a_mined_fragment_marks_a_word_only_where_it_can_stand() -> None:
+    groups = ["##less", "##r ##ing", "Ġcon", "▁re"]
+    marked = [w for w in ["cardless", "less", "transferring", "ringer", "contactless", "icon", "return", "are"]
+              if cs.is_group_word(w, groups)]
+    # ##-pieces continue a word (any substring counted: '##ing' marked 'ingot'); Ġ and ▁ start one (never matched)
+    assert marked == ["cardless", "transferring", "contactless", "return"]
+
+
 def test_compare_runs(runs) -> None:
     a = cs.attribute_split(runs[0], cfg=CFG)
     b = cs.attribute_split(runs[1], cfg=CFG)
