@@ -73,6 +73,10 @@ class RunStatus(StrEnum):
         return self not in (RunStatus.PENDING, RunStatus.RUNNING)
 
 
+STOPPED_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
+"""The ends of a run that began and did not succeed: what a stopped run's metrics.json records as its status."""
+
+
 class RunStoreError(RuntimeError):
     """A run cannot be found, created or removed; the message says why."""
 
@@ -306,7 +310,7 @@ class RunStore:
             meta = read_json_object(record.path / "clm_run.json")
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
                 sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
-        if (status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
+        if (status in STOPPED_STATUSES
                 and (record.path / "clm_run.json").is_file() and not (record.path / "metrics.json").exists()):
             # Only in a run folder (clm_run.json): a folder stopped before it would hold the marker alone, which
             # --overwrite refuses to replace (not a run folder), so the run could never be trained there again.

@@ -123,17 +123,13 @@ def _check_run(path: str | None, flag: str) -> Path | None:
     return refuse_untrained_head(run, flag)
 
 
-STOPPED = ("failed", "cancelled", "interrupted")
-"""The statuses a stopped run's metrics.json records (``RunStore.set_status``, ``training``)."""
-
-
 def _unfinished(run: Path) -> str | None:
     """Why a run folder holds no finished run, in words (its status), or None: finetune writes clm_run.json first,
     the model (config.json) at the end, and a stopped run's status into metrics.json."""
-    from clm_explore.runs import read_json_object
+    from clm_explore.runs import STOPPED_STATUSES, read_json_object
 
     metrics = read_json_object(run / "metrics.json")
-    if metrics.get("status") in STOPPED:
+    if metrics.get("status") in STOPPED_STATUSES:  # StrEnum members equal their strings
         return f"status {metrics['status']}" + (f": {metrics['error']}" if metrics.get("error") else "")
     if (run / "clm_run.json").is_file() and not (run / "config.json").is_file():
         return "still training, or stopped before it saved its model: no config.json yet"
