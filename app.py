@@ -22,16 +22,17 @@ def main() -> None:
     from clm_explore.config import ConfigError
     from clm_explore.data import DataError
     from clm_explore.modeling import ModelSourceError
-    from clm_explore.ui import cache, forms, jobs, state
+    from clm_explore.ui import cache, forms, jobs, saved_session, state
     from clm_explore.ui.views import data_error_text, escape_markdown
 
     st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
     cache.configure_torch()
     cache.pruned_uploads(str(state.uploads_root()))
     jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
+    saved_session.resume()  # a reload takes up the session its address names
     page = st.navigation(pages())
-    forms.sidebar()
     try:
+        forms.sidebar()
         page.run()
     except (ConfigError, DataError, ModelSourceError) as exc:  # a bad model folder, unusable data or option: one paragraph, no traceback
         message = str(exc)
@@ -39,6 +40,8 @@ def main() -> None:
             current = state.data_choice()
             message = data_error_text(message, upload=current is not None and current.kind == "upload")
         st.error(escape_markdown(message))
+    finally:  # also after st.stop() or st.rerun() (both raise)
+        saved_session.persist()
 
 
 # The job workers start with multiprocessing's "spawn", which runs the parent's __main__ again in the child, as

@@ -324,7 +324,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
                 "prediction abstains below this quantile of the validation rows' confidences.",
             )
         state.keep(*(f"{key}_{option}" for option in kept_defaults))
-        data = state.data_choice()  # beside Launch: after a reload the session starts again on the sample
+        data = state.data_choice()  # beside Launch: the data set trained on is never a guess
         st.caption(f"Data: {escape_markdown(data.name) if data else 'none'} · runs on: {default_device()} · row "
                    f"choice (Budget page): {row_choice_label(state.mask_cfg())}")
         if not st.form_submit_button("Launch", type="primary"):

@@ -11,10 +11,10 @@ import dataclasses
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import time
 import unicodedata
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,10 @@ KEPT_WIDGETS = "kept_widgets"
 """Copies of widget values, by widget key, that outlive page switches (``restore``/``keep``)."""
 INLINE_JOBS = "inline_jobs"
 """Run jobs synchronously inside the script (tests); also set by env CLM_EXPLORE_INLINE_JOBS=1."""
+SESSION_RESUMED = "session_resumed"
+"""Set on a browser session's first run, once it has looked for the saved session its address names."""
+SESSION_SAVED = "session_saved"
+"""The session's choices as last written to its file (``saved_session``), so an unchanged run writes nothing."""
 LAUNCHED = "launched_runs"
 """Ids of the runs this browser session launched: the Runs page warns before deleting anyone else's."""
 
@@ -167,7 +171,9 @@ def set_data_choice(choice: DataChoice) -> bool:
 
 
 def session_id() -> str:
-    return _get(SESSION_ID, uuid.uuid4().hex[:16])
+    """The session's token: it names its upload folder and, in the page's address, lets a reload resume it
+    (``saved_session``), so it is long and random."""
+    return _get(SESSION_ID, secrets.token_hex(16))
 
 
 def uploads_root() -> Path:
@@ -179,8 +185,8 @@ UPLOAD_DAYS = 7.0
 """Default age (days since the last upload) after which a session's upload folder is deleted (checked when a server
 starts, then hourly)."""
 UPLOADS_TOTAL_MB = 2_000.0
-"""Default cap on all sessions' uploads together: every reload is a new session with room for five files, so
-without it a long-running server's disk fills from one browser."""
+"""Default cap on all sessions' uploads together: every session opened without a token (a new tab, a script) has
+room for five files, so without it a long-running server's disk fills from one browser."""
 
 
 def uploads_total_mb() -> float:
@@ -203,25 +209,41 @@ def _env_amount(name: str, default: float) -> float:
 
 
 def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list[str]:
-    """Delete the session folders under ``root`` whose newest file is older than ``max_days`` (0 = none).
+    """Delete the sessions under ``root`` last used over ``max_days`` ago (0 = none): a session's upload folder and
+    its saved choices (``<token>.session.json``, touched whenever a reload resumes it), by the newest of their files.
 
-    A browser session's uploads live in a folder of its own that no later session reopens (a reload is a new
-    session), so without this the folder outlives its session for good. A session that is still open when its
-    folder goes is told on its next page that the file is gone and to upload it again.
+    Without this a session's folder would stay for good once no browser holds its address. A session that is
+    still open when its folder goes is told on its next page that the file is gone and to upload it again.
 
     Returns:
-        The names of the deleted folders.
+        The tokens of the deleted sessions.
     """
     if max_days <= 0 or not root.is_dir():
         return []
     cutoff = (time.time() if now is None else now) - max_days * 86400
-    deleted = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
-        newest = max((f.stat().st_mtime for f in folder.rglob("*") if f.is_file()), default=folder.stat().st_mtime)
-        if newest < cutoff:
-            shutil.rmtree(folder, ignore_errors=True)
-            deleted.append(folder.name)
+    last_used: dict[str, float] = {}
+    for entry in root.iterdir():
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            files = [f.stat().st_mtime for f in entry.rglob("*") if f.is_file()]
+            newest, token = max(files, default=entry.stat().st_mtime), entry.name
+        elif TOKEN_PATTERN.fullmatch(entry.name.removesuffix(SESSION_SUFFIX)):
+            newest, token = entry.stat().st_mtime, entry.name.removesuffix(SESSION_SUFFIX)
+        else:  # not ours (a token is never '.' or a path)
+            continue
+        last_used[token] = max(newest, last_used.get(token, newest))
+    deleted = sorted(token for token, newest in last_used.items() if newest < cutoff)
+    for token in deleted:
+        shutil.rmtree(root / token, ignore_errors=True)
+        (root / f"{token}{SESSION_SUFFIX}").unlink(missing_ok=True)
     return deleted
+
+
+SESSION_SUFFIX = ".session.json"
+"""A session's saved choices: ``<uploads root>/<token>.session.json``, beside its upload folder (``saved_session``)."""
+TOKEN_PATTERN = re.compile(r"[0-9a-f]{16,64}")
+"""What a session token looks like (new ones are 32 hex digits; sessions before tokens used 16): never a path."""
 
 
 def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataChoice:

@@ -173,6 +173,12 @@ def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list
     # The caption can paint before the table; wait for the table itself rather than count at once.
     page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=WAIT_MS)
 
+    # A reload is a new Streamlit session: the token in the address takes up the upload where it was.
+    assert "?s=" in page.url, page.url
+    page.reload()
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=WAIT_MS)
+    page.locator('[data-testid="stSidebar"]').get_by_text("train.csv").first.wait_for(timeout=WAIT_MS)
+
     nav(page, "Budget")
     page.get_by_text("Trainable params").wait_for(timeout=WAIT_MS)
     # The budget's what-if (slider and number box re-selecting the mask) is exercised by the AppTest

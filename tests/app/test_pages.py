@@ -397,7 +397,7 @@ def test_prune_uploads_deletes_only_old_session_folders(tmp_path: Path) -> None:
 
 
 def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monkeypatch) -> None:
-    # Each reload is a new session with room for five files: the cap is over every session's folder.
+    # Each new session has room for five files: the cap is over every session's folder.
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))  # 2.5 KiB
     kb = b"text,label\n" + b"x" * 1013
     for i, session in enumerate(("s1", "s2", "s3", "s4")):

@@ -1,0 +1,166 @@
+"""A page reload resumes the session its address names (``clm_explore.ui.saved_session``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from clm_explore.config import MaskConfig, MiningConfig
+from clm_explore.ui import saved_session, state
+from clm_explore.ui.state import DataChoice, prune_uploads, save_upload
+from clm_explore.ui.views import escape_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+TIMEOUT = 120
+ROWS = b"utterance,intent\n" + b"".join(
+    f"text number {i} about {'cards' if i % 2 else 'money'},{'card' if i % 2 else 'cash'}\n".encode() for i in range(60)
+)
+
+
+@pytest.fixture(autouse=True)
+def _app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_MODEL", "tiny-random")
+    monkeypatch.setenv("CLM_EXPLORE_INLINE_JOBS", "1")
+    monkeypatch.setenv("CLM_EXPLORE_DEVICE", "cpu")
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS", str(tmp_path / "uploads"))
+
+
+def open_app(token: str | None = None, page: str | None = None) -> AppTest:
+    """A new browser session (what a reload is), its address holding ``token``."""
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if token is not None:
+        app.query_params[saved_session.TOKEN_PARAM] = token
+    app.run()
+    if page is not None:
+        app.switch_page(page)
+        app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def token_of(app: AppTest) -> str:
+    value = app.query_params[saved_session.TOKEN_PARAM]
+    return value[0] if isinstance(value, list) else value
+
+
+def test_a_reload_takes_up_the_upload_and_settings_where_they_were(tmp_path: Path) -> None:
+    token = "a" * 32
+    upload = save_upload(ROWS, "My data.csv", folder=tmp_path / "uploads" / token)
+    choice = dataclasses.replace(upload, text_col="utterance", label_col="intent")
+    first = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    first.session_state["session_id"] = token  # as if this session had uploaded the file through the Data page
+    first.session_state["data_choice"] = choice
+    first.session_state["budget"] = 0.02
+    first.session_state["mask_options"] = MaskConfig(min_layer=1)
+    first.session_state["kept_widgets"] = {"cmp_max_rows": 250, "budget_methods": ["sparse", "lora"], "odd": object()}
+    first.run()
+    assert not first.exception and token_of(first) == token
+    assert (tmp_path / "uploads" / f"{token}.session.json").is_file()
+
+    reloaded = open_app(token)
+    assert token_of(reloaded) == token and reloaded.session_state["session_id"] == token
+    assert reloaded.session_state["data_choice"] == choice  # the upload with its column mapping
+    assert reloaded.session_state["budget"] == 0.02
+    assert reloaded.session_state["mask_options"].min_layer == 1
+    assert reloaded.session_state["kept_widgets"] == {"cmp_max_rows": 250, "budget_methods": ["sparse", "lora"]}
+    assert any(escape_markdown("My-data.csv") in c.value for c in reloaded.sidebar.caption)
+    assert reloaded.metric[0].label == "Rows" and int(reloaded.metric[0].value) > 0  # the upload, not the sample
+
+
+def test_the_token_stays_in_the_address_across_pages() -> None:
+    app = open_app()
+    token = token_of(app)
+    assert state.TOKEN_PATTERN.fullmatch(token) and len(token) == 32
+    app.switch_page("app_pages/7_runs.py")  # Streamlit clears query parameters on a page switch
+    app.run()
+    assert not app.exception
+    assert token_of(app) == token
+
+
+@pytest.mark.parametrize("token", ["f" * 32, "../../etc", "", "ABCDEF0123456789"])
+def test_an_address_without_a_saved_session_starts_a_fresh_one(token: str, tmp_path: Path) -> None:
+    app = open_app(token)
+    assert token_of(app) != token and state.TOKEN_PATTERN.fullmatch(token_of(app))
+    assert app.session_state["data_choice"].kind == "sample"
+    assert not list(tmp_path.glob("etc*")) and not (tmp_path.parent / "etc.session.json").exists()
+
+
+def test_saved_values_that_no_longer_hold_are_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "uploads" / ("a" * 32)
+    folder.mkdir(parents=True)
+    inside = save_upload(ROWS, "mine.csv", folder=folder)
+    elsewhere = save_upload(ROWS, "theirs.csv", folder=tmp_path / "uploads" / ("b" * 32))
+    good = {
+        state.MODEL_SOURCE: "tiny-random", state.DATA_CHOICE: inside, state.BUDGET: 0.05,
+        state.MINING_CFG: MiningConfig(top_k=7), state.LAUNCHED: {"run-1"},
+    }
+    assert saved_session.from_record(saved_session.to_record(good), folder) == {**good, state.KEPT_WIDGETS: {}}
+    record = saved_session.to_record(good)
+    bad = {
+        "model_source": str(tmp_path / "no-such-model"),
+        "data_choice": saved_session.to_record({state.DATA_CHOICE: elsewhere})["data_choice"],  # another session's
+        "budget": 1.5,
+        "mining_cfg": {**record["mining_cfg"], "top_k": -3},
+        "kept_widgets": {"x": {"nested": 1}},
+        "launched_runs": "run-1",
+    }
+    assert saved_session.from_record({**record, **bad}, folder) == {state.KEPT_WIDGETS: {}}
+    assert saved_session.from_record({**record, "version": 99}, folder) == {}
+    assert saved_session.from_record(["not", "a", "record"], folder) == {}
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(tmp_path / "models"))
+    model = tmp_path / "elsewhere-model"
+    model.mkdir()
+    assert state.MODEL_SOURCE not in saved_session.from_record({**record, "model_source": str(model)}, folder)
+
+
+def test_a_damaged_session_file_starts_fresh(tmp_path: Path) -> None:
+    token = "c" * 32
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / f"{token}.session.json").write_text("{not json")
+    assert saved_session.load(tmp_path / "uploads", token) is None
+    app = open_app(token)
+    assert token_of(app) != token
+
+
+def test_prune_deletes_a_session_by_its_last_use(tmp_path: Path) -> None:
+    day, now = 86400, 1_000_000_000.0
+    used, idle, stray = "1" * 32, "2" * 32, "3" * 32
+    for token in (used, idle):
+        (tmp_path / token).mkdir()
+        (tmp_path / token / "a.csv").write_text("text,label\n")
+        (tmp_path / f"{token}.session.json").write_text(json.dumps({"version": 1}))
+    (tmp_path / f"{stray}.session.json").write_text("{}")  # a session that never uploaded
+    (tmp_path / "..session.json").write_text("{}")  # not a token: never taken for the root itself
+    old = now - 9 * day
+    for path in (tmp_path / used / "a.csv", tmp_path / idle / "a.csv", tmp_path / f"{idle}.session.json",
+                 tmp_path / f"{stray}.session.json", tmp_path / "..session.json"):
+        os.utime(path, (old, old))
+    os.utime(tmp_path / f"{used}.session.json", (now - day, now - day))  # resumed yesterday: its old upload stays
+    assert prune_uploads(tmp_path, 7, now=now) == sorted([idle, stray])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["..session.json", used, f"{used}.session.json"])
+
+
+def test_loading_a_session_marks_it_used(tmp_path: Path) -> None:
+    token = "d" * 32
+    saved_session.save(tmp_path, token, json.dumps(saved_session.to_record({state.BUDGET: 0.03})))
+    path = tmp_path / f"{token}.session.json"
+    os.utime(path, (1000, 1000))
+    assert saved_session.load(tmp_path, token) == {state.BUDGET: 0.03, state.KEPT_WIDGETS: {}, state.LAUNCHED: set()}
+    assert path.stat().st_mtime > 1000
+    assert saved_session.session_file(tmp_path, "../x") is None
+
+
+def test_a_session_before_tokens_keeps_its_short_folder_name(tmp_path: Path) -> None:
+    token = "e" * 16  # sessions named their folders by 16 hex digits before
+    upload = save_upload(ROWS, "old.csv", folder=tmp_path / "uploads" / token)
+    saved_session.save(tmp_path / "uploads", token, json.dumps(saved_session.to_record({state.DATA_CHOICE: upload})))
+    app = open_app(token)
+    assert token_of(app) == token and app.session_state["data_choice"] == upload
+    assert isinstance(app.session_state["data_choice"], DataChoice)
