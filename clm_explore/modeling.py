@@ -38,6 +38,8 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from clm_explore.runs import TRAINED_LENGTH_KEY, trained_max_length  # noqa: E402
+
 
 @contextmanager
 def transformers_quieted() -> Iterator[None]:
@@ -282,8 +284,14 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     if (path / "adapter" / "adapter_config.json").is_file():
         from clm_explore.baselines import load_run_model  # only prefix runs need peft
 
-        return load_run_model(path)
-    return load_model(str(path), labels=None)
+        loaded = load_run_model(path)
+    else:
+        loaded = load_model(str(path), labels=None)
+    config = getattr(loaded.model, "config", None)
+    if config is not None and getattr(config, TRAINED_LENGTH_KEY, None) is None and (path / "clm_run.json").is_file():
+        # a run saved before its config recorded the length: explain() reads it from there, as predict does
+        setattr(config, TRAINED_LENGTH_KEY, trained_max_length(path))
+    return loaded
 
 
 def _check_linear_head(model: PreTrainedModel) -> None:

@@ -286,6 +286,10 @@ def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_di
     assert run.model.config.clm_max_length == 32
     (long,) = clm.explain(run.model, run.tokenizer, " ".join(["card"] * 80), clm.AttributionConfig(n_steps=4))
     assert len(long.tokens) == 32 and "truncated to 32" in long.note
+    saved = json.loads((out / "config.json").read_text())
+    saved.pop("clm_max_length")  # a run saved before the config recorded it: its clm_run.json says it
+    (out / "config.json").write_text(json.dumps(saved))
+    assert clm.load_run(out).model.config.clm_max_length == 32
     questions = tmp_path / "questions.csv"
     pd.DataFrame({"Question": test["text"]}).to_csv(questions, index=False)  # load_data's column names, any case
     from_file = run_json(capsys, ["predict", "--run", str(out), "--file", str(questions), "--json"])
