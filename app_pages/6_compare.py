@@ -59,12 +59,12 @@ if not shown.empty:
         key="cmp_row",
         format_func=lambda i: f"{shown.at[i, 'row']}: {shown.at[i, 'text'][:80]}",
     )
-    text = shown.at[pick, "text"]
-    c1, c2 = st.columns(2)
-    for col, run, name in ((c1, a, "A"), (c2, b, "B")):
-        with col:
-            result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
-            run_views.render_attribution(result, f"{name}: {run.method}")
+    run_views.explain_pair(shown.at[pick, "text"], a, b)
+
+st.subheader("Try a text")
+own = run_views.try_text(key="cmp")
+if own:
+    run_views.explain_pair(own, a, b)
 
 st.subheader("Top words per label")
 state.restore("cmp_max_rows", 100)

@@ -18,7 +18,7 @@ from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.config import BUDGET_METHODS
 from clm_explore.metrics import confusion_table
 from clm_explore.runs import RunRecord, RunStatus
-from clm_explore.ui import state
+from clm_explore.ui import cache, state
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
 
@@ -271,6 +271,33 @@ def render_attribution(result: Any, title: str) -> None:
         xaxis_title="attribution",
     )
     st.plotly_chart(fig, key=f"attr_{title}_{hash(tuple(result.words))}")
+
+
+def explain_pair(text: str, a: RunRecord, b: RunRecord) -> None:
+    """Both runs' answer on ``text`` and its word attributions, side by side."""
+    for col, run, name in zip(st.columns(2), (a, b), "AB", strict=True):
+        with col:
+            result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
+            render_attribution(result, f"{name}: {run.method}")
+
+
+TRY_TEXT_CHARS = 1000
+"""Longest text the Compare page's "Try a text" box takes (a run reads at most its trained sub-tokens anyway)."""
+
+
+def try_text(key: str) -> str:
+    """A box for a text of the user's own: the text last submitted ('' before any), kept across pages."""
+    widget = f"{key}_try_text"
+    state.restore(widget, "")
+    with st.form(f"{key}_try"):  # in a form the box's value changes on submit only, not on every keystroke
+        st.text_area(
+            "Text", key=widget, max_chars=TRY_TEXT_CHARS, height=80,
+            placeholder="Type a text as your data would hold it",
+            help="Both runs classify it and attribute their answer to its words (Integrated Gradients).",
+        )
+        st.form_submit_button("Explain with both runs")
+    state.keep(widget)
+    return str(state.kept(widget, "")).strip()
 
 
 def run_label(run: RunRecord) -> str:

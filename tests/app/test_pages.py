@@ -208,9 +208,21 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.info, [i.value for i in at.info]  # every library module present: nothing guarded
     assert any("sparse" in m.value and "p =" in m.value for m in at.markdown), "attributions of run A"
+    explained = sum("p =" in m.value for m in at.markdown)
+    at.text_area(key="cmp_try_text").input("my new card has not arrived yet")
+    assert sum("p =" in m.value for m in at.markdown) == explained  # nothing before Explain
+    button(at, "Explain with both runs").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    answers = [m.value for m in at.markdown if "p =" in m.value]
+    assert len(answers) == explained + 2 and "sparse" in answers[-2] and "full" in answers[-1]
     at.button(key="cmp_report").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("download_button"), "report download offered"
+
+    goto(at, "app_pages/7_runs.py")
+    goto(at, "app_pages/6_compare.py")  # back on Compare, the text is still there and explained (cached)
+    assert at.text_area(key="cmp_try_text").value == "my new card has not arrived yet"
+    assert sum("p =" in m.value for m in at.markdown) == explained + 2
 
     goto(at, "app_pages/7_runs.py")
     victim = at.selectbox(key="runs_pick").value
