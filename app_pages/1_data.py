@@ -22,7 +22,7 @@ except DataError as exc:  # in the app's words: its column boxes, not the comman
 if state.set_data_choice(choice):
     st.rerun()  # the sidebar, drawn before this page, shows the new data set
 
-st.subheader(f"Data set: {views.escape_markdown(choice.name)}")
+st.header(f"Data set: {views.escape_markdown(choice.name)}")
 views.render_data_report(cache.report(choice), key="data")
 with st.expander("Preview (first 50 training rows)"):
     st.dataframe(annotated.train.head(50), key="data_preview")

@@ -40,7 +40,7 @@ except ConfigError as exc:  # e.g. a budget below the cheapest row, as on the Bu
 else:
     views.heatmap(table, view, VIEWS[view], key="sens_main")
 
-st.subheader("Restricted vs unrestricted")
+st.header("Restricted vs unrestricted")
 st.write("The same score with gradients from every position: how much the token restriction moves the mass.")
 # A toggle, not a button: the comparison costs a second scoring pass on every change of the options, so the
 # user can turn it off again.
@@ -62,5 +62,6 @@ if compare:
     diff = views.share_of_total(report.table).merge(views.share_of_total(other.table), on=["layer", "module"])
     diff["share"] = diff["share_x"] - diff["share_y"]
     views.heatmap(
-        diff, "share", f"Difference ({cfg.restriction} − {other_cfg.restriction})", "sens_diff", "RdBu"
+        diff, "share", f"Difference ({cfg.restriction} − {other_cfg.restriction})", "sens_diff", "RdBu",
+        diverging=True,
     )

@@ -31,7 +31,7 @@ st.caption(f"Mask selected from the cached scores in {seconds * 1000:.0f} ms.")
 views.render_mask_summary(selection, report.backbone_params, key="budget")
 views.heatmap(selection.table, "share_selected", "Share of rows selected per layer and module", key="budget")
 
-st.subheader("Launch at this budget")
+st.header("Launch at this budget")
 st.write(
     f"Methods that use the budget ({budget * 100:.3g}%): "
     + ", ".join(BUDGET_METHODS)

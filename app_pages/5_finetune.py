@@ -34,5 +34,5 @@ if submitted is not None:
     else:
         st.toast(f"Queued {job.run_id}")
 
-st.subheader("Queue")
+st.header("Queue")
 jobs.progress_panel(key="ft")  # the queue's cards and, below them, the recent runs

@@ -34,14 +34,10 @@ if mismatch:
     st.stop()
 run_views.render_metrics_side_by_side(a, b, key="cmp")
 full_a, full_b = a.full_metrics(), b.full_metrics()  # the registry keeps no per-label figures
-c1, c2 = st.columns(2)
-with c1:
-    run_views.confusion(full_a, f"A: {a.method}", key="cmp_a")
-with c2:
-    run_views.confusion(full_b, f"B: {b.method}", key="cmp_b")
+run_views.confusion_pair(full_a, full_b, (f"A: {a.method}", f"B: {b.method}"), key="cmp")
 run_views.f1_difference(full_a, full_b, key="cmp")
 
-st.subheader("Where they disagree")
+st.header("Where they disagree")
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}
 if not mtime[a.id] or not mtime[b.id]:
     st.info("A run has no predictions.csv.")
@@ -59,14 +55,14 @@ if not shown.empty:
         key="cmp_row",
         format_func=lambda i: f"{shown.at[i, 'row']}: {shown.at[i, 'text'][:80]}",
     )
-    run_views.explain_pair(shown.at[pick, "text"], a, b)
+    run_views.explain_pair(shown.at[pick, "text"], a, b, key="cmp_row")
 
-st.subheader("Try a text")
+st.header("Try a text")
 own = run_views.try_text(key="cmp")
 if own:
-    run_views.explain_pair(own, a, b)
+    run_views.explain_pair(own, a, b, key="cmp_try")
 
-st.subheader("Top words per label")
+st.header("Top words per label")
 state.restore("cmp_max_rows", 100)
 state.restore("cmp_top", False)
 max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, key="cmp_max_rows")
@@ -76,9 +72,13 @@ key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
 if top:
     run_views.render_top_words_pair(cache.case_study(*key), a, b, key="cmp")
 if st.button("Build case-study report", key="cmp_report"):
+    state.put("cmp_report_for", key)
+if state.get("cmp_report_for") == key:  # kept: the next click elsewhere on the page does not take the download away
+    report = cache.report_html(*key)
+    st.success("The case-study report is ready.")
     st.download_button(
         "Download report.html",
-        cache.report_html(*key),
+        report,
         file_name=f"report-{a.id}-vs-{b.id}.html",
         mime="text/html",
         key="cmp_download",

@@ -22,6 +22,7 @@ run_views.render_runs_table(records, key="runs")
 with st.expander("Compare groups of runs (seeds)", expanded=False):
     run_views.render_group_comparison(records, key="runs_groups")
 
+st.header("One run")
 run = run_views.run_picker(records, "Run", records[0], key="runs_pick")
 st.caption(
     f"Folder: `{run.path}` · status **{run.status.value}** · created {run.created} · updated {run.updated}"
@@ -30,10 +31,10 @@ if run.error:
     st.error(escape_markdown(run.error))
 c1, c2 = st.columns(2)
 with c1:
-    st.markdown("**Config**")
+    st.subheader("Config")
     st.json(run.config, expanded=1)
 with c2:
-    st.markdown("**Metrics**")
+    st.subheader("Metrics")
     # Rows written before the registry left the per-label figures out may still hold them.
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
 
@@ -53,7 +54,7 @@ with c2:
         jobs.cancel_control(job, key="runs")  # two clicks: the job may be another user's
     # Keyed by run: after a delete (or another pick) the box starts unticked for the run now shown.
     if not state.launched_here(run.id):  # every session sees every run; deleting one deletes it for all
-        st.caption("This browser session did not launch this run: it may be another user's.")
+        st.warning("This browser session did not launch this run: it may be another user's.")
     confirm = st.checkbox("Yes, delete this run and its folder", key=f"runs_confirm_{run.id}")
     if st.button("Delete run", key="runs_delete", disabled=not confirm):
         try:

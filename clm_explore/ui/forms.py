@@ -83,22 +83,31 @@ def mining_form(key: str = "tok") -> MiningConfig:
     """Mining options; submitting stores them in the session (the Tokens, Sensitivity and Budget pages share them)."""
     cfg = state.mining_cfg()
     with st.expander("Mining options"), st.form(f"{key}_form"):
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3 = st.columns(3)  # one st.columns per row: Tab then walks the boxes row by row, as they read
         relevance = c1.selectbox(
             "Relevance",
             ("kl", "mi", "chi2"),
             index=("kl", "mi", "chi2").index(cfg.relevance),
             key=f"{key}_relevance",
+            help="How strongly a group points to labels: kl (divergence of the labels where it occurs from the "
+            "labels overall), mi (mutual information) or chi2.",
         )
         specificity = c2.selectbox(
             "Specificity",
             ("wordfreq", "none"),
             index=("wordfreq", "none").index(cfg.specificity),
             key=f"{key}_spec",
+            help="How much more often a group occurs in this data than in general English (word frequencies of "
+            "the wordfreq package); 'none' ranks by relevance alone.",
         )
-        min_count = c3.number_input("Min rows", 1, 1000, cfg.min_count, key=f"{key}_min_count")
-        max_words = c1.number_input("Max words per group", 1, 4, cfg.max_words, key=f"{key}_max_words")
-        top_k = c2.number_input("Groups kept (0 = auto)", 0, 5000, cfg.top_k, key=f"{key}_top_k")
+        min_count = c3.number_input("Min rows", 1, 1000, cfg.min_count, key=f"{key}_min_count",
+                                    help="A group must occur in at least this many training rows.")
+        c1, c2, _ = st.columns(3)
+        max_words = c1.number_input("Max words per group", 1, 4, cfg.max_words, key=f"{key}_max_words",
+                                    help="Longest run of words mined as one group.")
+        top_k = c2.number_input("Groups kept (0 = auto)", 0, 5000, cfg.top_k, key=f"{key}_top_k",
+                                help="How many of the best-scored groups are kept (0: scales with the rows, "
+                                "64 to 1,024); their positions restrict the sensitivity scores.")
         if st.form_submit_button("Mine task tokens"):
             cfg = dataclasses.replace(
                 cfg,
@@ -115,17 +124,21 @@ def mining_form(key: str = "tok") -> MiningConfig:
 def sensitivity_form(key: str = "sens") -> SensitivityConfig:
     cfg = state.sens_cfg()
     with st.expander("Sensitivity options"), st.form(f"{key}_form"):
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3, c4 = st.columns(4)  # one st.columns per row, so that Tab walks them as they read
         score = c1.selectbox(
-            "Score", SCORES, index=SCORES.index(cfg.score), key=f"{key}_score"
+            "Score", SCORES, index=SCORES.index(cfg.score), key=f"{key}_score",
+            help="How a weight row's importance is measured: Fisher (mean squared per-example gradient, the "
+            "default), Taylor (|weight x gradient|) or gradient magnitude.",
         )
-        rows = c2.number_input("Calibration rows", 16, 100_000, cfg.calibration_rows, key=f"{key}_rows")
+        rows = c2.number_input("Calibration rows", 16, 100_000, cfg.calibration_rows, key=f"{key}_rows",
+                               help="Training rows whose gradients are scored (more: steadier scores, slower).")
         warmup = c3.number_input("Head warm-up epochs", -1, 50, cfg.warmup_epochs, key=f"{key}_warmup",
                                  help="-1 = auto: 5, or 1 when there are fewer than 20 rows per label (few-shot)")
         head_init = c4.selectbox("Head start", HEAD_INITS, index=HEAD_INITS.index(cfg.head_init), key=f"{key}_head",
                                  format_func=HEAD_START_NAMES.get,
                                  help="where the warm-up starts: the head as loaded (seeded random), or each "
                                       "label's mean direction (the same for every seed)")
+        c1, c2, _, _ = st.columns(4)
         labels = c1.selectbox("Fisher labels", FISHER_LABELS, index=FISHER_LABELS.index(cfg.fisher_labels),
                               key=f"{key}_labels", format_func=FISHER_LABEL_NAMES.get,
                               help="the labels of the Fisher score's gradients: the annotated ones (empirical "
@@ -276,9 +289,11 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "Budget %", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget"
         )
         epochs = c3.number_input("Epochs", 1, 100, key=f"{key}_epochs")
+        c1, c2, c3 = st.columns(3)  # one st.columns per row, so that Tab walks the boxes as they read
         lr = c1.number_input("Learning rate (0 = method default)", 0.0, 1.0, format="%.2g", key=f"{key}_lr")
         seed = c2.number_input("Seed", 0, 10_000, key=f"{key}_seed")
         name = c3.text_input("Run name (optional)", key=f"{key}_name")
+        c1, c2, c3 = st.columns(3)
         schedule = c1.selectbox(
             "Rate schedule",
             SCHEDULES,
@@ -303,6 +318,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "Epochs get faster (0.5-0.8 of the time on banking77), but those layers lose their dropout, "
             "which cost about 0.35 point of accuracy there (BENCHMARKS.md).",
         )
+        c1, _, c3 = st.columns(3)
         cold = c1.checkbox(
             "Train from a cold head",
             key=f"{key}_cold",

@@ -14,7 +14,7 @@ from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.runs import RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
-from clm_explore.ui.views import escape_markdown
+from clm_explore.ui.views import escape_markdown, metric_row
 
 
 def store() -> RunStore:
@@ -92,7 +92,7 @@ def progress_panel(key: str = "ft") -> None:
         st.caption("No jobs yet in this server's queue.")
     for job in shown_jobs(jobs):
         _job_card(job, key)
-    st.subheader("Recent runs")
+    st.header("Recent runs")
     records = store().list(limit=10)  # redrawn every second in every session: read ten rows, not the registry
     if records:
         run_views.render_runs_table(records, key=key)
@@ -127,16 +127,16 @@ def _job_card(job: Job, key: str) -> None:
         st.progress(*progress_bar(p, job.status if job.done else None))
         if job.cancel_event.is_set() and not job.done:  # every session sees it (a toast from the callback did not)
             st.caption("Cancel requested: the job stops at its next step or scoring batch.")
-        m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–")
-        m2.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–")
         elapsed = p.elapsed or ((job.finished or time.time()) - job.started if job.started else None)
-        m3.metric("Elapsed", _duration(elapsed))  # cancelled before it started: "–"
-        m4.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–")
+        with metric_row():  # wraps on a narrow window instead of cutting the figures
+            st.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–", width="content")
+            st.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–", width="content")
+            st.metric("Elapsed", _duration(elapsed), width="content")  # cancelled before it started: "–"
+            st.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–", width="content")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
         # every open session, held the server's CPU away from the jobs themselves (in the two-user browser
         # test, with four finished jobs on the board, a head job on the tiny model waited 99 s, now 21 s).
-        show = not job.done or st.toggle("Curves", key=f"{key}_curves_{job.id}")
+        show = not job.done or st.toggle(f"Curves of {escape_markdown(run_name)}", key=f"{key}_curves_{job.id}")
         if p.losses and show:
             _curves(p.losses, p.eval_history, f"{key}_{job.id}")
         if job.status is RunStatus.FAILED and job.error:
@@ -169,7 +169,9 @@ def cancel_control(job: Job, key: str) -> None:
     sees every job, so one click must not end another user's run by accident."""
     armed = f"{key}_cancel_armed"
     if _armed_job(armed) != job.id:
-        st.button("Cancel…", key=f"{key}_cancel_{job.id}", on_click=_arm_cancel, args=(armed, job.id),
+        # the run named in the label: each job's button is told apart by a screen reader, not only by its card
+        st.button(f"Cancel {escape_markdown(job.run_id or job.id)}…", key=f"{key}_cancel_{job.id}", on_click=_arm_cancel,
+                  args=(armed, job.id),
                   help="Asks before cancelling: this queue is shared, the job may be another user's.")
         return
     st.caption(f"Cancel {escape_markdown(job.run_id or job.id)}? Every user of this server sees this job; it "

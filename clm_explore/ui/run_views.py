@@ -18,7 +18,7 @@ from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.config import BUDGET_METHODS
 from clm_explore.metrics import confusion_table
 from clm_explore.runs import RunRecord, RunStatus
-from clm_explore.ui import cache, state
+from clm_explore.ui import cache, state, views
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
 
@@ -80,7 +80,7 @@ OUT_OF_SCOPE_ROWS = ("accuracy", "macro_f1", "auroc", "threshold", "oos_recall",
 
 
 METRIC_LABELS = {"budget": "budget %", "peak_memory_mb": "peak memory (MiB)", "train_seconds": "train_seconds (with prep)",
-                 "selected_params": "selected_params (the budget's; trainable adds the head)"}
+                 "selected_params": "selected_params (budget's)"}
 """Row names where metrics.json's key would mislead: the budget is shown in percent as on every other page,
 peak memory is in MiB (2**20 bytes), train_seconds already holds prep_seconds, and the trainable parameters are
 the budget's rows plus the head (and LayerNorms), which a two-layer head makes far more."""
@@ -93,7 +93,7 @@ def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
     scopes = [r.metrics.get("out_of_scope") or {} for r in (a, b)]
     if any(scopes):  # abstention on the test rows of unseen labels (threshold from validation)
         rows.update({f"out of scope: {name}": [_fmt(s.get(name)) for s in scopes] for name in OUT_OF_SCOPE_ROWS})
-    return pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T
+    return pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T.rename_axis("metric")
 
 
 def _shown_metric(name: str, value: Any) -> Any:
@@ -104,6 +104,8 @@ def _shown_metric(name: str, value: Any) -> Any:
 
 def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
     st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics")
+    st.caption("selected_params counts the budget's rows; trainable_params adds what trains beside them (the head, "
+               "and LayerNorms where the run trains them).")
 
 
 def _fmt(value: Any) -> str:
@@ -120,6 +122,21 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+CONFUSION_ROW_PX = 22
+SIDE_BY_SIDE_LABELS = 12
+"""Two confusion matrices of at most this many labels stand side by side; larger ones one above the other, each
+the page's width (side by side, 20 labels' names were cut and the matrices shrank to slivers at 800 px)."""
+
+
+def confusion_pair(a: dict[str, Any], b: dict[str, Any], titles: tuple[str, str], key: str) -> None:
+    """Both runs' confusion matrices, side by side when they are small."""
+    labels = max(len(m.get("labels") or []) for m in (a, b))
+    places = st.columns(2) if labels <= SIDE_BY_SIDE_LABELS else (st.container(), st.container())
+    for place, metrics, title, side in zip(places, (a, b), titles, "ab", strict=True):
+        with place:
+            confusion(metrics, title, key=f"{key}_{side}")
 
 
 def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
@@ -139,13 +156,16 @@ def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
     )
     fig.update_layout(
         title=title,
-        height=420,
+        height=max(420, CONFUSION_ROW_PX * len(gold) + 160),  # a row per label tall enough for its name
         margin=dict(l=10, r=10, t=40, b=10),
         xaxis_title="predicted",
         yaxis_title="true",
         yaxis_autorange="reversed",
+        xaxis_dtick=1,  # every label named: plotly's automatic ticks named half of them
+        yaxis_dtick=1,
     )
-    st.plotly_chart(fig, key=f"{key}_confusion")
+    numbers = pd.DataFrame(np.asarray(counts), index=list(gold), columns=list(predicted))
+    views.chart(fig, f"{key}_confusion", numbers.rename_axis(index="true", columns="predicted"), title)
 
 
 def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
@@ -168,8 +188,9 @@ def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
         color_continuous_scale="RdBu",
         range_color=[-1, 1],
     )
-    fig.update_layout(height=max(300, 18 * len(labels)), margin=dict(l=10, r=10, t=40, b=10))
-    st.plotly_chart(fig, key=f"{key}_f1diff")
+    fig.update_traces(marker_line_color="#555", marker_line_width=1)  # a bar near 0 is near white: outline it
+    fig.update_layout(height=max(300, 18 * len(labels) + 80), margin=dict(l=10, r=10, t=40, b=10), yaxis_dtick=1)
+    views.chart(fig, f"{key}_f1diff", diff.set_index("label"), "per-label F1 difference")
 
 
 def other_run(records: list[RunRecord], picked: RunRecord, prefer: str) -> RunRecord | None:
@@ -241,7 +262,7 @@ def disagreements(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
     return both.reset_index(drop=True)
 
 
-def render_attribution(result: Any, title: str) -> None:
+def render_attribution(result: Any, title: str, key: str) -> None:
     """Words with their attribution: a bar chart (dataframe-safe, no HTML), what the bars add up to, and the
     result's note (a text cut at the run's max_length, a decoder's reference)."""
     st.markdown(
@@ -269,16 +290,17 @@ def render_attribution(result: Any, title: str) -> None:
         yaxis_autorange="reversed",
         yaxis_dtick=1,  # every word labelled: plotly's automatic ticks labelled every other one of a short text
         xaxis_title="attribution",
+        xaxis_exponentformat="e",  # 2e-06, not plotly's "2μ"
     )
-    st.plotly_chart(fig, key=f"attr_{title}_{hash(tuple(result.words))}")
+    views.chart(fig, f"{key}_attr", frame.set_index("pos"), f"{title}, per word")
 
 
-def explain_pair(text: str, a: RunRecord, b: RunRecord) -> None:
+def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str) -> None:
     """Both runs' answer on ``text`` and its word attributions, side by side."""
     for col, run, name in zip(st.columns(2), (a, b), "AB", strict=True):
         with col:
             result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
-            render_attribution(result, f"{name}: {run.method}")
+            render_attribution(result, f"{name}: {run.method}", key=f"{key}_{name.lower()}")
 
 
 TRY_TEXT_CHARS = 1000
@@ -320,7 +342,7 @@ def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, ke
     """Per-label top attributed words; a column marks the ones that are mined groups."""
     from clm_explore.casestudy import is_group_word
 
-    st.markdown(f"**{escape_markdown(title)}**")
+    st.subheader(escape_markdown(title))
     if top.empty:
         st.caption("No words passed the minimum count.")
         return

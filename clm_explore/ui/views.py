@@ -46,6 +46,20 @@ def highlight_markdown(text: str, needle: str) -> str:
     return "".join(parts)
 
 
+def chart(fig: go.Figure, key: str, numbers: pd.DataFrame | None = None, title: str = "") -> None:
+    """A plotly figure, and beneath it, folded, the numbers it draws: a screen reader, a keyboard or a reader who
+    cannot tell its colours apart gets the values the figure shows only by colour, length or on hover."""
+    st.plotly_chart(fig, key=key)
+    if numbers is not None:
+        with st.expander(f"Numbers: {title}" if title else "Numbers behind the chart"):
+            st.dataframe(numbers, key=f"{key}_numbers")
+
+
+def metric_row() -> Any:
+    """A row for st.metric boxes that wraps on a narrow window (columns would cut their labels and values)."""
+    return st.container(horizontal=True, gap="medium")
+
+
 # -- data -----------------------------------------------------------------------------------------
 _APP_CONTROLS = (  # the library's data errors name command-line options; the app has its own controls for them
     ("Pass one of them with", "Pick one of them with"),
@@ -88,11 +102,11 @@ def data_error_text(message: str, upload: bool) -> str:
 
 def render_data_report(report: Any, key: str) -> None:
     """Sizes, a per-label bar chart, lengths, duplicates and leakage; problems in plain words."""
-    c = st.columns(4)
-    c[0].metric("Rows", report.rows)
-    c[1].metric("Labels", len(report.labels))
-    c[2].metric("Duplicates", sum(report.duplicates.values()))
-    c[3].metric("Leaked texts", report.leakage.get("count", 0))
+    with metric_row():
+        st.metric("Rows", report.rows, width="content")
+        st.metric("Labels", len(report.labels), width="content")
+        st.metric("Duplicates", sum(report.duplicates.values()), width="content")
+        st.metric("Leaked texts", report.leakage.get("count", 0), width="content")
     st.caption(" · ".join(f"{name}: {n} rows" for name, n in report.splits.items()))
     for note in report.notes:
         st.caption(escape_markdown(note))
@@ -100,17 +114,19 @@ def render_data_report(report: Any, key: str) -> None:
         st.warning("\n".join(f"- {escape_markdown(p)}" for p in report.problems))
     else:
         st.success("No problems found.")
-    counts = pd.DataFrame(report.label_counts).T.rename_axis("label").reset_index()
+    table = pd.DataFrame(report.label_counts).T.rename_axis("label")
+    counts = table.reset_index()
     counts["label"] = counts["label"].map(plot_text)
     long = counts.melt(id_vars="label", var_name="split", value_name="rows")
     fig = px.bar(long, x="label", y="rows", color="split", title="Rows per label")
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45)
-    st.plotly_chart(fig, key=f"{key}_labels")
+    chart(fig, f"{key}_labels", table.fillna(0).astype(int), "rows per label and split")
     lengths = pd.DataFrame(
         {(split, unit): v for split, units in report.lengths.items() for unit, v in units.items()}
     )
-    st.markdown("**Text lengths** (characters and words: min, median, 95th percentile, max)")
-    st.dataframe(lengths.T, key=f"{key}_lengths")
+    st.subheader("Text lengths")
+    st.caption("Characters and words per text: min, median, 95th percentile, max.")
+    st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
 
 
 # -- tokens ---------------------------------------------------------------------------------------
@@ -141,8 +157,21 @@ def render_group_table(frame: pd.DataFrame, key: str) -> None:
         hide_index=True,
         height=320,
         column_config={
-            "score": st.column_config.NumberColumn(format="%.4f"),
-            "lift": st.column_config.NumberColumn(format="%.2f"),
+            "text": st.column_config.TextColumn(help="The group as mined: a word, words, or a fragment (##, Ġ, ▁)."),
+            "reads": st.column_config.TextColumn(help="How the group reads in a text ('Ġcon' reads 'con')."),
+            "label": st.column_config.TextColumn(help="The label the group points to most."),
+            "score": st.column_config.NumberColumn(format="%.4f", help="Relevance combined with specificity."),
+            "count": st.column_config.NumberColumn(help="Training rows that hold the group."),
+            "pieces": st.column_config.TextColumn(help="The model tokenizer's sub-tokens of the group."),
+            "kind": st.column_config.TextColumn(help="words (one or more whole words) or fragment (a piece that "
+                                                "recurs inside several words)."),
+            "relevance": st.column_config.NumberColumn(help="How strongly the group points to labels (Mining "
+                                                       "options: kl, mi or chi2)."),
+            "specificity": st.column_config.NumberColumn(help="How over-represented the group is here against "
+                                                         "general English (0: no more common; 1 for every group "
+                                                         "when not measured)."),
+            "lift": st.column_config.NumberColumn(format="%.2f", help="How many times more often the label occurs "
+                                                  "in rows with the group than overall."),
         },
     )
 
@@ -163,8 +192,14 @@ def render_group_examples(group: Any, train: pd.DataFrame, key: str, limit: int 
 
 
 # -- sensitivity and masks ------------------------------------------------------------------------
-def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: str = "Viridis") -> None:
-    """A layers x modules heatmap of ``table[value]`` (embeddings shown as layer 'emb')."""
+HEATMAP_LABELLED_CELLS = 80
+"""Heatmaps of at most this many cells print each cell's value in it (more would not fit: a 30-layer model)."""
+
+
+def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: str = "Viridis",
+            diverging: bool = False) -> None:
+    """A layers x modules heatmap of ``table[value]`` (embeddings shown as layer 'emb'), its numbers in a table
+    beneath. ``diverging``: values of either sign, the colour scale's middle at 0 (not at the data's middle)."""
     if table.empty:
         st.info("Nothing to show.")
         return
@@ -180,7 +215,10 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
             x=list(grid.columns),
             y=list(grid.index),
             colorscale=colorscale,
+            zmid=0 if diverging else None,
+            texttemplate="%{z:.2g}" if grid.size <= HEATMAP_LABELLED_CELLS else None,
             hovertemplate="layer %{y} · %{x}: %{z:.4g}<extra></extra>",
+            colorbar=dict(exponentformat="e"),
         )
     )
     fig.update_layout(
@@ -191,7 +229,7 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
         yaxis_type="category",
         xaxis_type="category",
     )
-    st.plotly_chart(fig, key=f"{key}_heat")
+    chart(fig, f"{key}_heat", grid.rename_axis(index="layer", columns="module"), title)
 
 
 def human_bytes(n: float) -> str:
@@ -204,23 +242,21 @@ def human_bytes(n: float) -> str:
 
 def render_mask_summary(selection: MaskSelection, full_params: int | None, key: str) -> None:
     lowest = selection.lowest_layer
-    c = st.columns(5)
     total = selection.trainable_params
     beside = (f" + {selection.beside_params:,} trained with them (the head, and the LayerNorms from the lowest "
               "selected layer up)" if total is not None else "")
-    c[0].metric("Trainable params", f"{total if total is not None else selection.selected_params:,}",
-                help=f"{selection.selected_params:,} in the selected rows (what the budget counts){beside}.")
-    c[1].metric("Share of backbone", f"{selection.share * 100:.3g}%", help="The selected rows' parameters.")
-    c[2].metric(
-        "Optimizer memory", human_bytes(selection.optimizer_bytes),
-        help="AdamW, for everything trained: value, gradient, 2 moments",
-    )
-    c[3].metric("Lowest selected layer", "–" if lowest is None else ("emb" if lowest < 0 else str(lowest)))
-    c[4].metric(
-        "Time per epoch vs full",
-        f"{selection.time_ratio_estimate:.2f}×",
-        help="Estimate: backward stops at the lowest selected layer; optimizer touches selected rows only.",
-    )
+    with metric_row():
+        st.metric("Trainable params", f"{total if total is not None else selection.selected_params:,}",
+                  help=f"{selection.selected_params:,} in the selected rows (what the budget counts){beside}.",
+                  width="content")
+        st.metric("Share of backbone", f"{selection.share * 100:.3g}%", help="The selected rows' parameters.",
+                  width="content")
+        st.metric("Optimizer memory", human_bytes(selection.optimizer_bytes),
+                  help="AdamW, for everything trained: value, gradient, 2 moments", width="content")
+        st.metric("Lowest selected layer", "–" if lowest is None else ("emb" if lowest < 0 else str(lowest)),
+                  width="content")
+        st.metric("Time per epoch vs full", f"{selection.time_ratio_estimate:.2f}×", width="content",
+                  help="Estimate: backward stops at the lowest selected layer; optimizer touches selected rows only.")
     if full_params:
         st.caption(f"Full finetuning would train {full_params:,} backbone parameters.")
     if selection.budget_note:
@@ -230,10 +266,10 @@ def render_mask_summary(selection: MaskSelection, full_params: int | None, key: 
 def render_merge_report(report: MergeReport, key: str) -> None:
     """Mean input length before/after merging groups into single tokens, and the merged groups."""
     if report.mean_length_before:
-        c = st.columns(3)
-        c[0].metric("Mean sub-tokens before", f"{report.mean_length_before:.2f}")
-        c[1].metric("After merging", f"{report.mean_length_after:.2f}")
-        c[2].metric("Shorter by", f"{report.shortening * 100:.1f}%")
+        with metric_row():
+            st.metric("Mean sub-tokens before", f"{report.mean_length_before:.2f}", width="content")
+            st.metric("After merging", f"{report.mean_length_after:.2f}", width="content")
+            st.metric("Shorter by", f"{report.shortening * 100:.1f}%", width="content")
     if report.merged:
         st.dataframe(pd.DataFrame(report.merged).astype(str), key=f"{key}_merged", hide_index=True)
     if report.note:

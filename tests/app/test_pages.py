@@ -6,6 +6,7 @@ Jobs run inline (CLM_EXPLORE_INLINE_JOBS=1), so a launched run finishes inside t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from clm_explore.runs import RunStatus, RunStore
 from clm_explore.ui.state import DataChoice, save_upload
+from clm_explore.ui.views import escape_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
@@ -201,7 +203,8 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert at.selectbox(key="cmp_a").value == store.latest("sparse").id
     assert at.selectbox(key="cmp_b").value == store.latest("full").id
     at.radio(key="cmp_filter").set_value("only A").run()
-    assert set(at.dataframe[1].value["right"]) <= {"only A"}
+    disagreements = next(d.value for d in at.dataframe if "right" in d.value.columns)
+    assert set(disagreements["right"]) <= {"only A"}
     assert not at.exception
     at.radio(key="cmp_filter").set_value("all").run()
     at.toggle(key="cmp_top").set_value(True).run(timeout=TIMEOUT)
@@ -218,6 +221,8 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     at.button(key="cmp_report").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("download_button"), "report download offered"
+    at.toggle(key="cmp_top").set_value(False).run(timeout=TIMEOUT)  # another click on the page: the report stays
+    assert at.get("download_button") and any("report is ready" in s.value for s in at.success)
 
     goto(at, "app_pages/7_runs.py")
     goto(at, "app_pages/6_compare.py")  # back on Compare, the text is still there and explained (cached)
@@ -226,11 +231,11 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
 
     goto(at, "app_pages/7_runs.py")
     victim = at.selectbox(key="runs_pick").value
-    assert not any("may be another user's" in c.value for c in at.caption)  # launched in this session
+    assert not any("may be another user's" in w.value for w in at.warning)  # launched in this session
     other = store.create("someone-elses", "full", {})
     at.run()  # the picker lists it
     at.selectbox(key="runs_pick").set_value(other.id).run()
-    assert any("did not launch this run: it may be another user's" in c.value for c in at.caption)
+    assert any("did not launch this run: it may be another user's" in w.value for w in at.warning)
     at.selectbox(key="runs_pick").set_value(victim).run()
     at.checkbox(key=f"runs_confirm_{victim}").check().run()
     at.button(key="runs_delete").click().run()
@@ -267,7 +272,7 @@ def test_runs_page_compares_groups_of_seeds(at: AppTest) -> None:
     assert accuracy["difference_points"] == pytest.approx(4.5) and accuracy["verdict"] == "ahead"
     assert accuracy["std_ratio"] == pytest.approx(0.5)
     assert accuracy["std_ratio_low"] < 0.5 < accuracy["std_ratio_high"]
-    assert not at.warning
+    assert [w.value for w in at.warning] == ["This browser session did not launch this run: it may be another user's."]
     groups[1].set_value(by_method["full"] + by_method["sparse"][:1]).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("in both groups" in w.value for w in at.warning)
@@ -635,7 +640,7 @@ def test_sensitivity_share_view_at_a_budget_that_buys_no_row_is_a_warning(at: Ap
     at.radio(key="sens_view").set_value("share_selected").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("buys no row" in w.value for w in at.warning)
-    assert at.toggle(key="sens_compare") and at.subheader[-1].value == "Restricted vs unrestricted"  # page goes on
+    assert at.toggle(key="sens_compare") and at.header[-1].value == "Restricted vs unrestricted"  # page goes on
 
 
 def test_an_attribution_says_what_its_bars_add_up_to_and_shows_its_note() -> None:
@@ -646,7 +651,7 @@ def test_an_attribution_says_what_its_bars_add_up_to_and_shows_its_note() -> Non
 
         render_attribution(SimpleNamespace(words=["my", "card"], scores=[0.05, 0.2], target_label="card_arrival",
                                            probability=0.9, delta=0.01, note="text truncated to 64 sub-tokens"),
-                           "A: sparse")
+                           "A: sparse", key="t")
 
     app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
     assert not app.exception, [e.value for e in app.exception]
@@ -725,6 +730,7 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run, job = waiting_job(store, "theirs")
     goto(at, "app_pages/5_finetune.py")
+    assert at.button(key=f"ft_cancel_{job.id}").label == f"Cancel {escape_markdown(run.id)}…"  # told apart
     at.button(key=f"ft_cancel_{job.id}").click().run()
     assert not job.cancel_event.is_set() and not job.done  # one click only asks
     at.button(key=f"ft_cancel_no_{job.id}").click().run()  # "Keep it"
@@ -824,3 +830,27 @@ def test_every_page_renders_with_a_head_outside_the_classifier_module(tmp_path: 
     for page in PAGES[:4]:  # tokens, sensitivity (scored: q_lin, ffn.lin1, ...), budget, finetune
         goto(at, page)
         assert at.title and not at.error, (page, [e.value for e in at.error])
+
+
+def test_charts_carry_their_numbers_and_a_diverging_map_centres_on_zero() -> None:
+    def script() -> None:
+        import pandas as pd
+
+        from clm_explore.ui.run_views import confusion
+        from clm_explore.ui.views import heatmap
+
+        table = pd.DataFrame({"layer": [0, 0, 1, 1], "module": ["q", "k", "q", "k"],
+                              "share": [3e-5, -1e-8, 2e-8, -4e-5]})
+        heatmap(table, "share", "Difference", "d", "RdBu", diverging=True)
+        labels = [f"label {i}" for i in range(20)]
+        confusion({"labels": labels, "confusion": [[int(i == j) for j in range(20)] for i in range(20)]},
+                  "A: full", key="c")
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    heat, matrix = (json.loads(chart.proto.spec) for chart in app.get("plotly_chart"))
+    assert heat["data"][0]["zmid"] == 0  # +2e-8 is blue, not red: the white point is 0, not the data's middle
+    assert matrix["layout"]["xaxis"]["dtick"] == 1 and matrix["layout"]["yaxis"]["dtick"] == 1  # every label named
+    assert [e.label for e in app.expander] == ["Numbers: Difference", "Numbers: A: full"]
+    assert app.dataframe[0].value.loc["L1", "k"] == -4e-5
+    assert app.dataframe[1].value.shape == (20, 20) and app.dataframe[1].value.loc["label 3", "label 3"] == 1
