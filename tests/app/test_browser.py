@@ -256,3 +256,35 @@ def test_bad_model_folder_shows_plain_error(server: str, browser, shots: list) -
     error.wait_for(timeout=WAIT_MS)
     assert "is neither 'default'" in error.inner_text()
     assert not page.locator('[data-testid="stException"]').count()
+
+
+def _focused_key(page) -> str:
+    """The widget key of the element that has the keyboard's focus ('' when none)."""
+    return page.evaluate(
+        "() => { const el = document.activeElement && document.activeElement.closest('[class*=\"st-key-\"]');"
+        " return el ? [...el.classList].find(c => c.startsWith('st-key-')).slice(7) : ''; }"
+    )
+
+
+def test_keyboard_order_and_a_narrow_window(server: str, browser, shots: list) -> None:
+    page = browser.new_page(viewport={"width": 800, "height": 900})
+    shots.append(page)
+    page.goto(f"{server}/finetune", timeout=WAIT_MS)
+    page.locator(".st-key-ft_method input[role='combobox']").focus()
+    order = [_focused_key(page)]
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        order.append(_focused_key(page))
+    # The form's boxes in the order they read, row by row (the columns used to be filled one after another:
+    # Tab went from Method to Learning rate, two rows down).
+    assert order == ["ft_method", "ft_budget", "ft_epochs", "ft_lr"], order
+
+    page.goto(f"{server}/budget", timeout=WAIT_MS)
+    values = page.locator('[data-testid="stMetricValue"]')
+    values.nth(4).wait_for(timeout=WAIT_MS)
+    cut = page.evaluate(
+        "() => [...document.querySelectorAll('[data-testid=\"stMetricLabel\"], [data-testid=\"stMetricValue\"]')]"
+        ".flatMap(el => [el, ...el.querySelectorAll('*')]).filter(el => el.scrollWidth > el.clientWidth + 1)"
+        ".map(el => el.innerText)"
+    )
+    assert not cut, f"metrics cut at 800 px: {cut}"  # five columns read 'Trainab…', 'Optimi… 18.…'
