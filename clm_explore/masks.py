@@ -177,6 +177,13 @@ def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
+def no_row_message(budget: int, cheapest: int, backbone_params: int) -> str:
+    """Why a budget selects nothing, and the least budget that selects a row."""
+    return (f"a budget of {budget} parameters buys no row: the cheapest eligible row costs {cheapest} parameters; "
+            f"raise the budget to at least {cheapest} ({cheapest / max(backbone_params, 1) * 100:.2g}% of the "
+            "backbone).")
+
+
 def select_mask(report: SensitivityReport, cfg: MaskConfig | float | None = None) -> MaskSelection:
     """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
     random ones) until the budget is spent; with ``spread_heads``, each attention map's share re-picked evenly
@@ -192,8 +199,7 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | float | None = None
     spent = np.cumsum(rows.cost[order])
     chosen = order[: int(np.searchsorted(spent, budget, side="right"))]
     if not len(chosen):  # a run labelled sparse that trains the head alone would mislead
-        raise ConfigError(f"a budget of {budget} parameters buys no row: the cheapest eligible row costs "
-                          f"{int(rows.cost.min())} parameters; raise the budget.")
+        raise ConfigError(no_row_message(budget, int(rows.cost.min()), report.backbone_params))
     masks = {}
     for m in np.unique(rows.matrix[chosen]):
         name = rows.names[m]

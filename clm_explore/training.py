@@ -32,7 +32,13 @@ from clm_explore.averaging import TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
 from clm_explore.data import AnnotatedData, load_data
-from clm_explore.masks import MaskSelection, budget_to_params, effective_min_layer, select_mask
+from clm_explore.masks import (
+    MaskSelection,
+    budget_to_params,
+    effective_min_layer,
+    no_row_message,
+    select_mask,
+)
 from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope_metrics
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens, unused_slots
 from clm_explore.modeling import (
@@ -297,13 +303,13 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     costs = [lin.in_features + (lin.bias is not None) for lin, layer, _ in linears.values() if layer >= floor]
     if floor == 0 and cfg.mask.include_embeddings:  # 0: the mined words' embedding rows compete too
         costs.append(model.get_input_embeddings().embedding_dim)
+    backbone = backbone_parameter_count(model)
     try:
-        budget = budget_to_params(cfg.mask.budget, backbone_parameter_count(model))
+        budget = budget_to_params(cfg.mask.budget, backbone)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if costs and budget < min(costs):
-        raise ConfigError(f"a budget of {budget} parameters buys no row: the cheapest eligible row costs "
-                          f"{min(costs)} parameters; raise the budget.")
+        raise ConfigError(no_row_message(budget, min(costs), backbone))
 
 
 def backbone_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -280,7 +280,8 @@ def test_rows_below_the_scored_layers_are_never_selected():
 
 
 def test_a_budget_below_the_cheapest_row_is_refused():
-    with pytest.raises(ConfigError, match="budget of 4 parameters buys no row: the cheapest eligible row costs 5"):
+    with pytest.raises(ConfigError, match=r"budget of 4 parameters buys no row: the cheapest eligible row costs 5 "
+                       r"parameters; raise the budget to at least 5 \("):
         select_mask(hand_report(), MaskConfig(budget=4, min_layer=0))
 
 

@@ -416,11 +416,12 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
     else:
         cap = DataConfig().max_file_mb
         upload = st.file_uploader(
-            f"CSV, TSV, JSONL, JSON or Parquet; one file, up to {cap:.0f} MB. A single file is split into "
-            "train, validation and test (stratified by label).",
+            "Data file",
             type=["csv", "tsv", "jsonl", "ndjson", "json", "parquet"],
             key=f"{key}_upload",
         )
+        st.caption(f"CSV, TSV, JSONL, JSON or Parquet, up to {cap:.0f} MB: a text column and a label column. One "
+                   "file is split into train, validation and test (stratified by label).")
         if upload is not None:
             raw = upload.getvalue()
             if len(raw) > cap * 2**20:
