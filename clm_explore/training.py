@@ -359,15 +359,25 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
         info["budget_note"] = selection.budget_note
     if report.zero_note and ctx.cfg.method != "random":
         info["score_note"] = report.zero_note
+    if ctx.cfg.mask.train_biases and not any(kind == "bias" for kind, _, _ in small_parameters(model)):
+        info["biases_note"] = "the model's linear maps have no biases: train_biases changed nothing"
     return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,
                     after_training=lambda: {"delta": delta_state(wrappers)})
 
 
-def set_dropout(model: nn.Module, p: float) -> None:
-    """Set every dropout layer's probability (BERT's attention reads its module's p when training)."""
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout's probability: dropout layers (BERT's attention reads its module's p when training) and
+    attention dropout held as a number (Llama-style decoders have no dropout layer at all). Returns how many were
+    set (0: the model has none, and the option changes nothing)."""
+    changed = 0
     for mod in model.modules():
         if isinstance(mod, nn.Dropout):
             mod.p = p
+            changed += 1
+        elif isinstance(getattr(mod, "attention_dropout", None), float):
+            mod.attention_dropout = p
+            changed += 1
+    return changed
 
 
 def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig) -> list[nn.Parameter]:
@@ -547,8 +557,8 @@ def finetune(
         restore_head(prepared.model, loaded_head)
     if warmup_seconds:
         prepared.info["prep_seconds"] = prepared.info.get("prep_seconds", 0.0) + warmup_seconds
-    if cfg.dropout is not None:
-        set_dropout(prepared.model, cfg.dropout)
+    if cfg.dropout is not None and not set_dropout(prepared.model, cfg.dropout):
+        prepared.info["dropout_note"] = "the model has no dropout to set: the dropout option changed nothing"
     lr = cfg.lr or DEFAULT_LR[cfg.method]
     with open(out_dir / "progress.jsonl", "w") as progress:
         loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator,

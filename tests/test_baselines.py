@@ -214,6 +214,32 @@ def test_bitfit_without_biases_and_layers_over_the_backbone_are_refused_before_a
     assert not (tmp_path / "layers").exists()  # refused before mining and scoring wrote into it
 
 
+def test_dropout_and_bias_options_reach_a_llama_decoder_or_say_they_cannot(tiny_data, tmp_path):
+    # Llama-style decoders hold attention dropout as a number and have no dropout layer nor linear bias: the dropout
+    # option changed nothing and train_biases trained nothing more, silently.
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from clm_explore.modeling import load_model
+    from clm_explore.training import set_dropout
+
+    tok = load_model("tiny-random").tokenizer
+    folder = tmp_path / "llama"
+    LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=4, num_labels=4,
+                                               pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    llama = load_model(str(folder), tiny_data.labels).model
+    assert set_dropout(llama, 0.3) == 2 and [m.self_attn.attention_dropout for m in llama.model.layers] == [0.3, 0.3]
+    assert set_dropout(nn.Sequential(nn.Linear(2, 2)), 0.3) == 0  # nothing to set: the caller notes it
+    cfg = _cfg("sparse", budget=0.05)
+    cfg = replace(cfg, dropout=0.2, mask=replace(cfg.mask, train_biases=True))
+    metrics = finetune(tiny_data, cfg, tmp_path / "run", source=str(folder)).metrics
+    assert metrics["biases_note"] == "the model's linear maps have no biases: train_biases changed nothing"
+    assert "dropout_note" not in metrics
+    bert = finetune(tiny_data, cfg, tmp_path / "bert", source="tiny-random").metrics
+    assert "biases_note" not in bert and "dropout_note" not in bert
+
+
 def test_lora_and_layers_decay_the_matrices_they_train_and_no_bias(tiny_data, tmp_path, monkeypatch):
     from clm_explore import training
 

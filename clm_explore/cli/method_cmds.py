@@ -350,9 +350,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"run {record.id} -> {run_dir}")
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  {_time_text(metrics)}")
-        for note in ("budget_note", "score_note"):
-            if metrics.get(note):
-                print(f"note: {metrics[note]}")
+        for key, note in metrics.items():  # budget_note, score_note, dropout_note, biases_note
+            if key.endswith("_note") and note:
+                print(f"note: {note}")
     return 0
 
 
