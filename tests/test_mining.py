@@ -8,6 +8,7 @@ The tiny vocabulary (clm_explore/assets/tiny_vocab.txt) holds whole words such a
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -439,3 +440,20 @@ def test_a_fragment_reads_in_a_text_without_its_tokenizers_markers():
 
     frame = TaskTokens([group("Ġcon", ["Ġcon"]), group("top up", ["top", "up"], WORDS)], "", 2, {}).to_frame()
     assert frame["reads"].tolist() == ["con", "top up"] and frame["text"].tolist() == ["Ġcon", "top up"]
+
+
+def test_a_marker_alone_is_never_a_group():
+    # SmolLM2's tokenizer has no merge of 'Ġ' with a digit (" 10" -> 'Ġ', '1', '0', one word): the marker, in every
+    # number, was mined as a fragment that reads nothing, and its embedding row competed for the budget.
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [f"rate this book {n} stars" for n in ("one", "two", "three", "four", "five", "six")] * 2 + \
+        [f"book a table for {n} people" for n in (20, 21, 32, 33, 44, 45)] * 2  # numbers in one label only
+    labels = ["rate"] * 12 + ["table"] * 12
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([re.sub(r" \d+", "", t) for t in texts], vocab_size=300, min_frequency=1)  # no digit merges
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    assert tok.tokenize(" 10") == ["Ġ", "1", "0"]  # as SmolLM2 splits a number
+    tt = mine_task_tokens(texts, labels, tok, MiningConfig(specificity="none", min_count=3, top_k=500))
+    assert tt.groups and all(g.surface for g in tt.groups), [g.text for g in tt.groups if not g.surface]
