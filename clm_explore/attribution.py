@@ -287,7 +287,7 @@ default 32 steps, 60 test texts of an all-MiniLM-L6-v2 sparse run stayed under i
 def _unsettled_note(delta: float, steps: int) -> str:
     """The note of a result whose bars miss the probability change; ``steps``: as asked (--steps; a decoder runs
     twice as many)."""
-    more = f"; more than {steps} steps (--steps, up to {MAX_ATTRIBUTION_STEPS}) may help" if (
+    more = f"; asking more than {steps} steps (--steps, up to {MAX_ATTRIBUTION_STEPS}) may help" if (
         steps < MAX_ATTRIBUTION_STEPS) else ""
     return f"the bars miss the probability change by {delta:+.2f}, so read them as a ranking, not amounts{more}"
 
@@ -330,7 +330,8 @@ def _explain_batch(
     base_note = []
     if decoder:
         ref_tok = tokenizer.convert_ids_to_tokens(reference_token_id(tokenizer, decoder))
-        base_note.append(f"decoder model: reference token {ref_tok!r} (not pad), {n_steps} steps")
+        base_note.append(f"decoder model: reference token {ref_tok!r} (not pad), {n_steps} integration steps "
+                         f"(twice the {cfg.n_steps} asked)")
     out = []
     for i, text in enumerate(texts):
         offsets = enc["offset_mapping"][i].tolist()

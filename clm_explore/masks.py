@@ -130,8 +130,10 @@ def _candidate_rows(report: SensitivityReport, cfg: MaskConfig) -> _Rows:
         cost.append(np.full(len(rows), info.row_params))
         layer.append(np.full(len(rows), info.layer))
     if not names:
+        has_pooler = any(info.layer == report.n_layers for info in report.matrices.values())
+        pooler = f" (and {report.n_layers} for its pooler)" if has_pooler else ""
         raise ConfigError(f"no rows can be selected from layer {min_layer} up: the model's layers are 0-"
-                          f"{report.n_layers - 1} (and {report.n_layers} for a pooler); lower min_layer.")
+                          f"{report.n_layers - 1}{pooler}; lower min_layer.")
     cat = np.concatenate
     return _Rows(names, cat(matrix), cat(row), cat(score), cat(cost), cat(layer))
 

@@ -297,9 +297,11 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     linears = scorable_linears(model)
     n_layers = model.config.num_hidden_layers
     floor = effective_min_layer(cfg.mask, n_layers)
-    if floor > n_layers:
-        raise ConfigError(f"mask min_layer {cfg.mask.min_layer} is above the model's layers (0-{n_layers - 1}, "
-                          f"and {n_layers} for a pooler).")
+    has_pooler = any(layer == n_layers for _, layer, _ in linears.values())
+    if floor > n_layers or (floor == n_layers and not has_pooler):
+        pooler = f", and {n_layers} for its pooler" if has_pooler else ""
+        raise ConfigError(f"mask min_layer {cfg.mask.min_layer} is above the model's layers (0-{n_layers - 1}"
+                          f"{pooler}).")
     costs = [lin.in_features + (lin.bias is not None) for lin, layer, _ in linears.values() if layer >= floor]
     if floor == 0 and cfg.mask.include_embeddings:  # 0: the mined words' embedding rows compete too
         costs.append(model.get_input_embeddings().embedding_dim)

@@ -247,7 +247,7 @@ def test_decoder_model_notes_reference() -> None:
     config.is_decoder = True
     model = LlamaForSequenceClassification(config)
     (res,) = explain(model, tok, [MULTI_PIECE], AttributionConfig(n_steps=16))
-    assert "decoder" in res.note and "32 steps" in res.note
+    assert "decoder" in res.note and "32 integration steps (twice the 16 asked)" in res.note
     assert abs(res.delta) < 0.01
 
 

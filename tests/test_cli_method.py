@@ -307,6 +307,9 @@ def test_sensitivity_budget_in_json_and_checked_before_scoring(capsys, data_dir)
     assert sum(r["selected_rows"] for r in rows) > 0
     err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "99999999"])
     assert "budget" in err and "scoring" not in err  # refused before the scoring pass printed progress
+    err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "0.05",
+                             "--min-layer", "40"])
+    assert "--min-layer 40 is above the model's layers (0-1, and 2 for its pooler)" in err and "scoring" not in err
 
 
 def test_a_budget_above_every_eligible_row_is_noted(capsys, data_dir, tmp_path):

@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
                    help="every cell averages its trained weights over this last share of the steps (0 = off); "
                    "with --schedule constant and 0.5 it is SWA's recipe")
-    p.add_argument("--model", default="default", metavar="SRC", help="'default', 'tiny-random' or a local folder")
+    p.add_argument("--model", default="default", metavar="SRC",
+                   help="'default' (all-MiniLM-L6-v2), 'tiny-random', a local HF folder, a .gguf file or 'smollm2'")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
     p.add_argument("--device", default="auto")

@@ -149,8 +149,12 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     _check_scores_folder(args.out)
     data = _data(args)
     loaded = load_model(args.model, data.labels)
-    if args.budget is not None:  # before the scoring pass: a budget the model cannot hold is a message at once
-        _check_budget_fits(MaskConfig(budget=args.budget, min_layer=args.min_layer), loaded)
+    if args.budget is not None:  # before the scoring pass: a budget or floor the model cannot hold is said at once
+        from clm_explore.training import check_runnable
+
+        mask = MaskConfig(budget=args.budget, min_layer=args.min_layer)
+        _check_budget_fits(mask, loaded)
+        check_runnable(FinetuneConfig(method="sparse", mask=mask), loaded)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
     cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
                             fisher_labels=args.fisher_labels, label_draws=args.label_draws,
