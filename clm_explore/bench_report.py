@@ -28,6 +28,7 @@ def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, o
     s = summary.assign(label=[_label(m, b) for m, b in zip(summary["method"], summary["budget"], strict=True)])
     pareto = go.Figure()
     for method, g in s.groupby("method", sort=False):
+        g = g.sort_values("trainable_share_mean")  # a line along the share, whatever order --budgets gave
         pareto.add_trace(go.Scatter(x=g["trainable_share_mean"], y=g["accuracy_mean"], mode="markers+lines",
                                     name=method, text=g["label"], error_y={"array": g["accuracy_std"].fillna(0)}))
     front = _pareto_front(s)
@@ -37,8 +38,8 @@ def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, o
                          xaxis={"type": "log", "title": "trainable parameters / model parameters"},
                          yaxis={"title": "test accuracy"})
     stability = go.Figure(go.Bar(x=s["label"], y=s["accuracy_mean"], error_y={"array": s["accuracy_std"].fillna(0)},
-                                 text=[f"{a:.3f} ± {0 if math.isnan(d) else d:.3f}" for a, d in
-                                       zip(s["accuracy_mean"], s["accuracy_std"], strict=True)]))
+                                 text=[f"{a:.3f}" if math.isnan(d) else f"{a:.3f} ± {d:.3f}" for a, d in
+                                       zip(s["accuracy_mean"], s["accuracy_std"], strict=True)]))  # one seed: no ±
     stability.update_layout(title="Accuracy per method: mean ± std over seeds (std = stability)",
                             yaxis={"title": "test accuracy"})
     cost = make_subplots(rows=1, cols=3, subplot_titles=("train seconds (incl. preparation)", "peak memory (MB)",
@@ -124,10 +125,11 @@ def _mask_figure(masks: pd.DataFrame):
     first = masks[masks["seed"] == masks["seed"].min()]
     runs = list(first.groupby(["method", "budget"], sort=False))
     fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[_label(m, b) for (m, b), _ in runs])
+    top = max(float(first["share_selected"].max()), 1e-12)  # one colour scale for every panel, as the one bar says
     for col, (_, g) in enumerate(runs, start=1):
         table = g.pivot_table(index="module", columns="layer", values="share_selected", aggfunc="sum")
         fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns], y=list(table.index),
-                                 colorscale="Viridis", showscale=col == 1), row=1, col=col)
+                                 colorscale="Viridis", zmin=0, zmax=top, showscale=col == 1), row=1, col=col)
     fig.update_layout(title="Share of rows selected per (layer, module), first seed (-1 = embeddings)")
     return fig
 

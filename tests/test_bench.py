@@ -783,3 +783,24 @@ def test_shots_above_a_labels_rows_are_said():
     assert shots_note(train, 2) == "--shots 2: 1 of 3 labels have fewer training rows and keep all theirs: z (1)"
     assert shots_note(train, 1) == "" and shots_note(train, 0) == ""
     assert shots_note(train, 10).startswith("--shots 10: 3 of 3 labels")
+
+
+def test_report_figures_follow_the_share_show_no_spread_of_one_seed_and_share_one_mask_scale():
+    from clm_explore.bench_report import figures
+
+    cost = {f"{k}_{s}": 1.0 for k in ("train_seconds", "peak_memory_mb", "examples_per_second") for s in ("mean", "std")}
+    summary = pd.DataFrame([  # --budgets 0.05,0.01 in that order, one seed each
+        {"method": "sparse", "budget": 0.05, "trainable_share_mean": 0.05, "accuracy_mean": 0.8,
+         "accuracy_std": np.nan, **cost},
+        {"method": "sparse", "budget": 0.01, "trainable_share_mean": 0.01, "accuracy_mean": 0.7,
+         "accuracy_std": np.nan, **cost},
+    ])
+    results = pd.DataFrame({"status": ["succeeded"], "val_curve": ["[]"], "method": ["sparse"], "budget": [0.01],
+                            "seed": [0]})
+    masks = pd.DataFrame([{"seed": 0, "method": "sparse", "budget": b, "module": "q", "layer": layer,
+                           "share_selected": share} for b, layer, share in
+                          ((0.01, 0, 0.02), (0.01, 1, 0.1), (0.05, 0, 0.1), (0.05, 1, 0.6))])
+    pareto, stability, *_, mask_fig = figures(results, summary, masks, pd.DataFrame())
+    assert list(pareto.data[0].x) == [0.01, 0.05]  # a line along the share, not zigzagging in --budgets order
+    assert list(stability.data[0].text) == ["0.800", "0.700"]  # no "± 0.000" claimed of a single seed
+    assert {(t.zmin, t.zmax) for t in mask_fig.data} == {(0, 0.6)}  # one colour bar, one scale
