@@ -42,6 +42,7 @@ import pandas as pd
 
 from clm_explore.bench_report import render_report
 from clm_explore.bench_results import (
+    INTERRUPTED_LINE,
     collect_results,
     compare_methods,
     mask_overlap,
@@ -166,8 +167,10 @@ class BenchConfig:
         for name in ("seeds", "epochs"):
             if getattr(self, name) < 1:
                 raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.tune_widen < 0 or self.jobs < 1:
-            raise BenchError(f"tune_widen must be >= 0 and jobs >= 1, got {self.tune_widen} and {self.jobs}")
+        if self.tune_widen < 0:
+            raise BenchError(f"tune_widen must be >= 0, got {self.tune_widen}")
+        if self.jobs < 1:
+            raise BenchError(f"jobs must be >= 1, got {self.jobs}")
         try:  # finetune's own rules, said before any cell rather than by every cell
             FinetuneConfig(schedule=self.schedule, average_last=self.average_last, batch_size=self.batch_size,
                            max_length=self.max_length)
@@ -621,6 +624,7 @@ def _run_cell(cell: Cell, root: Path, data_dir: Path, runner: Runner, bar: Progr
             bar.show(label, detail)
 
     started = time.perf_counter()
+    (cell_dir / "progress.jsonl").unlink(missing_ok=True)  # a run stopped before: its steps are not this run's
     if bar:
         bar.show(label)
     try:
@@ -628,6 +632,12 @@ def _run_cell(cell: Cell, root: Path, data_dir: Path, runner: Runner, bar: Progr
     except Exception as exc:  # one broken cell must not stop the grid; its row says why
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"{type(exc).__name__}: {exc}\n")
+    except BaseException:  # the grid stopped while the cell ran: its row says so, not "failed"
+        if not finished(cell_dir):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as out:
+                out.write(f"\n{INTERRUPTED_LINE}\n")
+        raise
     if bar:
         bar.advance(time.perf_counter() - started)
         bar.show(label, "done" if finished(cell_dir) else "FAILED (see logs/)", final=True)
@@ -674,12 +684,7 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
             bar.total += len(wider)
         _run_cells(wider, root, tune_dir, runner, bar, cfg.jobs, cfg.epochs)
         cells += wider
-    groups = dict.fromkeys((c.method, c.budget) for c in cells)
-    best = {(m, b): _best_cell(_sweep_of(m, b, cells), root) for m, b in groups}
-    winners = {cell for cell in best.values() if cell is not None}
-    table = pd.DataFrame([{"method": c.method, "budget": c.budget, "lr": c.lr, "score": c.row_score,
-                           "val_accuracy": read_metrics(root / c.name).get("accuracy"), "chosen": c in winners,
-                           "edge": _edge(c, cells) if c in winners else ""} for c in cells])
+    best, table = sweep_table(cells, root)
     chosen: dict[str, float] = {}
     scores: dict[str, str] = {}
     for (method, budget), cell in best.items():
@@ -690,7 +695,19 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
                   "the default rate (a rerun retries the sweep)", file=sys.stderr, flush=True)
         if cell and method in SCORE_METHODS:
             scores[key] = cell.row_score
-    return chosen, scores, table.sort_values(["method", "budget", "score", "lr"], kind="stable").reset_index(drop=True)
+    return chosen, scores, table
+
+
+def sweep_table(cells: list[Cell], root: Path) -> tuple[dict[tuple[str, float | None], Cell | None], pd.DataFrame]:
+    """The sweep's best cell per (method, budget) among those finished, and its table (a row per rate tried,
+    ``val_accuracy`` blank where the cell did not finish)."""
+    groups = dict.fromkeys((c.method, c.budget) for c in cells)
+    best = {(m, b): _best_cell(_sweep_of(m, b, cells), root) for m, b in groups}
+    winners = {cell for cell in best.values() if cell is not None}
+    table = pd.DataFrame([{"method": c.method, "budget": c.budget, "lr": c.lr, "score": c.row_score,
+                           "val_accuracy": read_metrics(root / c.name).get("accuracy"), "chosen": c in winners,
+                           "edge": _edge(c, cells) if c in winners else ""} for c in cells])
+    return best, table.sort_values(["method", "budget", "score", "lr"], kind="stable").reset_index(drop=True)
 
 
 def widened_cells(cells: list[Cell], root: Path) -> list[Cell]:
@@ -749,12 +766,15 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     if not cfg.data:
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})
     data = load_data(data_path, data_cfg or DataConfig())  # first: a mistyped --data leaves no bench.json
+    check_out_dir(out_dir, data_path)
     splits = grid_splits(data, cfg)
-    check_budgets(cfg, data.labels)  # before bench.json: a refused grid leaves the out folder as it was
+    check_grid_rows(splits[0], cfg)
+    check_model_and_device(cfg)  # before bench.json: a refused grid leaves the out folder as it was, and a
+    check_budgets(cfg, data.labels)  # mistyped model or device is said once, not by every cell
     _check_resume(out_dir, cfg, splits_digest(splits))
-    note = shots_note(data.train, cfg.shots)
-    if progress and note:
-        print(f"note: {note}", file=sys.stderr)
+    for note in (shots_note(data.train, cfg.shots), limit_note(splits[0], cfg)):
+        if progress and note:
+            print(f"note: {note}", file=sys.stderr)
     data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)
     runner = runner or subprocess_runner(cfg)
     lrs: dict[str, float] = dict(cfg.lr)
@@ -768,12 +788,62 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
             cells = plan_cells(cfg, lrs, scores)
         _run_cells(cells, out_dir / "cells", data_dir, runner, bar, cfg.jobs, cfg.epochs)
     except KeyboardInterrupt:
+        if cfg.tune_lr and tuning is None:  # stopped in the sweep: its finished cells are shown too
+            tuning = sweep_table(tune_cells(cfg), out_dir / "tune")[1]
         write_outputs(out_dir, cells, lrs, tuning)  # what finished so far; a rerun resumes
         raise
     finally:
         if bar:
             bar.close()
     return write_outputs(out_dir, cells, lrs, tuning)
+
+
+def check_out_dir(out_dir: Path, data_path: str | Path) -> None:
+    """Refuse an ``out_dir`` that is a run folder, the run registry's root, or the data itself (or holds it): the
+    grid writes cells/, data/ and its tables into it, as ``finetune`` and ``report`` refuse to write there."""
+    from clm_explore.runs import default_root
+
+    out, data = Path(out_dir).resolve(), Path(data_path).resolve()
+    if (out / "clm_run.json").is_file():
+        raise BenchError(f"{out_dir} is a run folder (it holds clm_run.json); give the grid a folder of its own (--out).")
+    if out == default_root().resolve():
+        raise BenchError(f"{out_dir} is the run registry's folder; give the grid a folder of its own (--out).")
+    if out == data or out in data.parents:
+        raise BenchError(f"{out_dir} holds the data ({data_path}); give the grid a folder of its own (--out).")
+
+
+MIN_ROWS_PER_LABEL = 2
+"""Training rows per label a cell needs on average (``data.load_data`` refuses fewer)."""
+
+
+def check_grid_rows(train: pd.DataFrame, cfg: BenchConfig) -> None:
+    """Refuse shots or a limit that leave the cells too few training rows, before any cell fails on its own with
+    advice about the label column."""
+    labels = train["label"].nunique()
+    if len(train) >= MIN_ROWS_PER_LABEL * labels:
+        return
+    cut = " and ".join(x for x in (f"--shots {cfg.shots}" if cfg.shots else "",
+                                   f"--limit {cfg.limit}" if cfg.limit else "") if x)
+    raise BenchError(f"{cut or 'the data'} leaves {len(train)} training rows for {labels} labels; every cell needs "
+                     f"at least {MIN_ROWS_PER_LABEL} per label ({MIN_ROWS_PER_LABEL * labels} rows): "
+                     + ("raise --shots or --limit." if cut else "add rows."))
+
+
+def limit_note(train: pd.DataFrame, cfg: BenchConfig) -> str:
+    """A sentence when --limit cut the --shots rows further, else ''."""
+    labels = train["label"].nunique()
+    if not (cfg.shots and cfg.limit) or len(train) >= cfg.shots * labels:
+        return ""
+    return (f"--limit {cfg.limit} keeps {len(train)} of the few-shot rows: about {len(train) / max(labels, 1):.1f} "
+            f"per label, not --shots {cfg.shots}")
+
+
+def check_model_and_device(cfg: BenchConfig) -> None:
+    """The model source and device every cell will use, checked once (a missing folder, a GPU this machine lacks)."""
+    from clm_explore.modeling import resolve_device, resolve_source
+
+    resolve_source(cfg.model)
+    resolve_device(cfg.device)
 
 
 def check_budgets(cfg: BenchConfig, labels: list[str]) -> None:
@@ -804,7 +874,7 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchError(f"{out_dir} is a file; a grid's output is a folder. Choose another --out.")
     path = out_dir / "bench.json"
-    if path.is_file():
+    if path.is_file() and _any_finished(out_dir):  # with nothing finished, nothing can mismatch: the grid starts over
         before, now = _saved_config(path), asdict(cfg)
         if before.get(DATA_DIGEST, digest) != digest:  # grids saved before the digest existed are trusted
             raise BenchError(f"{out_dir} holds a grid trained on other rows (another --text-col or --label-col, other "
@@ -823,11 +893,16 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
                 grid.update(tune_widen=0, tune_each_budget=False)
         changed = [k for k in SAME_CELLS if k in before and before[k] != now[k]]
         if changed:
-            said = "; ".join(f"{k} {_shown(before[k])} there, {_shown(now[k])} now" for k in changed)
-            raise BenchError(f"{out_dir} holds a grid with different {', '.join(changed)} ({said}); its finished "
-                             "cells would not match. Choose another --out, or delete that folder.")
+            said = "; ".join(f"`{k}` {_shown(before[k])} there, {_shown(now[k])} now" for k in changed)
+            raise BenchError(f"{out_dir} holds a grid with other settings ({said}); its finished cells would not "
+                             "match. Choose another --out, or delete that folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {**asdict(cfg), DATA_DIGEST: digest})  # atomic: a grid killed while writing leaves the old file, never half of one
+
+
+def _any_finished(out_dir: Path) -> bool:
+    """Whether any grid or sweep cell under ``out_dir`` finished."""
+    return any(finished(cell) for part in ("cells", "tune") for cell in (out_dir / part).glob("*") if cell.is_dir())
 
 
 def _resolved_rates(grid: dict[str, Any], methods: list[str]) -> dict[str, float]:

@@ -20,6 +20,9 @@ from clm_explore.runs import read_json_object
 if TYPE_CHECKING:
     from clm_explore.bench import Cell
 
+INTERRUPTED_LINE = "interrupted: the grid was stopped while this cell ran; a rerun runs it again"
+"""The last line of the log of a cell the grid's interrupt stopped (results.csv: status 'interrupted')."""
+
 OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 """Row-mask methods whose masks are compared pairwise (Jaccard)."""
 
@@ -48,8 +51,9 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
         ok = m.get("status") == "succeeded"
         row = {k: m.get(k) for k in RESULT_COLUMNS} if ok else {}
         log = out_dir / "logs" / f"cells-{cell.name}.log"
-        # A cell with no metrics.json failed if it started (its log exists); a grid stopped before it left it not run.
-        status = "succeeded" if ok else m.get("status") or ("failed" if log.exists() else "not run")
+        # A cell with no metrics.json failed if it started (its log exists), unless the grid's interrupt stopped it;
+        # a grid stopped before it left it not run.
+        status = "succeeded" if ok else m.get("status") or _unfinished_status(log)
         row.update(method=cell.method, budget=cell.budget, seed=cell.seed, cell=str(cell_dir.relative_to(out_dir)),
                    score=cell.row_score, status=status)
         if ok:
@@ -64,6 +68,12 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64"})
+
+
+def _unfinished_status(log: Path) -> str:
+    if not log.exists():
+        return "not run"
+    return "interrupted" if _log_tail(log, 1) == INTERRUPTED_LINE else "failed"
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:

@@ -666,7 +666,7 @@ def test_a_rate_or_score_given_as_its_default_resumes_and_another_names_both(dat
     same = _cfg(methods=("head", "sparse"), lr={"sparse": DEFAULT_LR["sparse"]}, score={"sparse": "fisher"})
     assert len(run_grid(data_dir, same, tmp_path / "out", runner=in_process(same), progress=False).results) == 2
     other = _cfg(methods=("head", "sparse"), lr={"sparse": 1e-3})
-    with pytest.raises(BenchError, match=r"different lr \(lr \{'head': .*'sparse': 0.005\} there, .*'sparse': 0.001\} now"):
+    with pytest.raises(BenchError, match=r"other settings \(`lr` \{'head': .*'sparse': 0.005\} there, .*'sparse': 0.001\} now"):
         run_grid(data_dir, other, tmp_path / "out", runner=in_process(other), progress=False)
 
 
@@ -804,3 +804,77 @@ def test_report_figures_follow_the_share_show_no_spread_of_one_seed_and_share_on
     assert list(pareto.data[0].x) == [0.01, 0.05]  # a line along the share, not zigzagging in --budgets order
     assert list(stability.data[0].text) == ["0.800", "0.700"]  # no "± 0.000" claimed of a single seed
     assert {(t.zmin, t.zmax) for t in mask_fig.data} == {(0, 0.6)}  # one colour bar, one scale
+
+
+def _stopping_runner(cfg: BenchConfig, stop_at: str):
+    """Trains cells in process until the cell named ``stop_at``, which is interrupted (Ctrl+C) as it runs."""
+    train = in_process(cfg)
+
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        if cell.name == stop_at:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("loading the model\n")
+            raise KeyboardInterrupt
+        train(cell, data_dir, cell_dir, log, report)
+
+    return run
+
+
+def test_a_cell_stopped_by_the_interrupt_reads_interrupted_not_failed(data_dir, tmp_path):
+    cfg = _cfg(methods=("head", "full", "bitfit"))
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(data_dir, cfg, tmp_path / "out", runner=_stopping_runner(cfg, "full-s0"), progress=False)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(results["status"]) == ["succeeded", "interrupted", "not run"]  # before: "failed", a blank error
+    assert "a rerun runs it again" in results["error"][1]
+
+
+def test_a_grid_stopped_in_its_sweep_shows_the_sweep_cells_that_finished(data_dir, tmp_path):
+    from clm_explore.bench import tune_cells
+
+    cfg = _cfg(methods=("head",), tune_lr=True, tune_widen=0)
+    sweep = tune_cells(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(data_dir, cfg, tmp_path / "out", runner=_stopping_runner(cfg, sweep[-1].name), progress=False)
+    tuning = pd.read_csv(tmp_path / "out" / "tuning.csv")  # before: no tuning.csv, the report said "not run" only
+    assert len(tuning) == len(sweep) and tuning["val_accuracy"].notna().sum() == len(sweep) - 1
+
+
+def test_too_few_rows_and_a_limit_under_the_shots_are_said_before_any_cell(data_dir, tmp_path, capsys):
+    with pytest.raises(BenchError, match=r"--shots 1 leaves \d+ training rows for \d+ labels; every cell needs at "
+                                         r"least 2 per label"):
+        run_grid(data_dir, _cfg(methods=("head",), shots=1), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    from clm_explore.bench import limit_note
+
+    train = pd.DataFrame({"text": list("abcdefgh"), "label": ["x", "y"] * 4})
+    assert limit_note(train, _cfg(shots=10, limit=8)) == ("--limit 8 keeps 8 of the few-shot rows: about 4.0 per "
+                                                          "label, not --shots 10")
+    assert limit_note(train, _cfg(shots=4, limit=8)) == ""
+
+
+def test_a_grid_with_no_finished_cell_resumes_with_other_settings(data_dir, tmp_path):
+    cfg = _cfg(methods=("head",))
+    run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg, fail="head"), progress=False)  # every cell fails
+    other = _cfg(methods=("head",), epochs=2)  # before: refused, "its finished cells would not match" (none did)
+    result = run_grid(data_dir, other, tmp_path / "out", runner=in_process(other), progress=False)
+    assert list(result.results["status"]) == ["succeeded"]
+    with pytest.raises(BenchError, match="`epochs` 2 there, 1 now"):  # now one finished: the check applies
+        run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+
+
+def test_a_grid_refuses_a_run_folder_the_data_or_a_missing_model_as_out_before_writing(data_dir, tmp_path):
+    from clm_explore.modeling import ModelSourceError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "clm_run.json").write_text("{}")
+    with pytest.raises(BenchError, match="is a run folder"):
+        run_grid(data_dir, _cfg(methods=("head",)), run_dir, progress=False)
+    with pytest.raises(BenchError, match="holds the data"):
+        run_grid(data_dir, _cfg(methods=("head",)), data_dir, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["clm_run.json"] and not (data_dir / "bench.json").exists()
+    with pytest.raises(ModelSourceError, match="no-such-model"):
+        run_grid(data_dir, _cfg(methods=("head",), model=str(tmp_path / "no-such-model")), tmp_path / "out",
+                 progress=False)
+    assert not (tmp_path / "out").exists()

@@ -159,7 +159,8 @@ def in_flags(exc: BaseException, parser: argparse.ArgumentParser, command: str) 
     def flag(match: re.Match) -> str:
         word = match.group(0)
         dest = word if word in flags else FIELD_FLAGS.get(word)
-        named = dest in flags and ("_" in word or match.start() == 0)  # a plain word only where it leads
+        # a plain word only where it leads the message or a library message marks it as a field (`epochs`)
+        named = dest in flags and ("_" in word or match.start() == 0 or text[match.start() - 1:match.start()] == "`")
         return flags[dest] if named else word
 
     # Words inside paths (out/grid, /srv/max_length/g1, report.html) are not options: they stay as they are.

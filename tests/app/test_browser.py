@@ -270,13 +270,20 @@ def test_keyboard_order_and_a_narrow_window(server: str, browser, shots: list) -
     page = browser.new_page(viewport={"width": 800, "height": 900})
     shots.append(page)
     page.goto(f"{server}/finetune", timeout=WAIT_MS)
-    page.locator(".st-key-ft_method input[role='combobox']").focus()
-    order = [_focused_key(page)]
-    for _ in range(3):
-        page.keyboard.press("Tab")
-        order.append(_focused_key(page))
+    page.get_by_role("button", name="Launch").wait_for(timeout=WAIT_MS)
     # The form's boxes in the order they read, row by row (the columns used to be filled one after another:
-    # Tab went from Method to Learning rate, two rows down).
+    # Tab went from Method to Learning rate, two rows down). Walked once the page is idle: on a loaded machine
+    # (the whole suite beside other work) one walk read a page still being drawn.
+    for _ in range(3):
+        page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=WAIT_MS)
+        page.locator(".st-key-ft_method input[role='combobox']").focus()
+        order = [_focused_key(page)]
+        for _ in range(3):
+            page.keyboard.press("Tab")
+            order.append(_focused_key(page))
+        if order == ["ft_method", "ft_budget", "ft_epochs", "ft_lr"]:
+            break
+        time.sleep(1)
     assert order == ["ft_method", "ft_budget", "ft_epochs", "ft_lr"], order
 
     page.goto(f"{server}/budget", timeout=WAIT_MS)
