@@ -408,6 +408,10 @@ def test_config_errors_name_options_but_leave_paths_alone():
     assert in_flags(ConfigError("batch_size must be >= 1, got 0"), parser, "finetune") == "--batch-size must be >= 1, got 0"
     for path in ("out/grid", "/srv/max_length/g1", "model/grid"):
         assert in_flags(ConfigError(f"{path} is a file"), parser, "bench") == f"{path} is a file"
+    said = in_flags(ConfigError("g/out holds a grid with other settings (`epochs` 1 there, 2 now; `shots` 5 there, 0 "
+                                "now)"), parser, "bench")  # a plain word marked as a field in the message
+    assert said == "g/out holds a grid with other settings (`--epochs` 1 there, 2 now; `--shots` 5 there, 0 now)"
+    assert in_flags(ConfigError("jobs must be >= 1, got 0"), parser, "bench") == "--jobs must be >= 1, got 0"
 
 
 def test_the_printed_time_splits_the_preparation_from_the_epochs():
