@@ -693,9 +693,21 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
         if cell is None:  # said, or the default rate would pass for a choice
             print(f"warning: no learning-rate sweep cell of {key} finished; its cells train at "
                   "the default rate (a rerun retries the sweep)", file=sys.stderr, flush=True)
+        elif _all_tied(table, method, budget):  # the first tried (the default) wins ties: no choice was made
+            print(f"warning: every rate the sweep tried for {key} scored the same validation accuracy; the default "
+                  "rate stands by the tie, not as a choice (more validation rows would tell them apart)",
+                  file=sys.stderr, flush=True)
         if cell and method in SCORE_METHODS:
             scores[key] = cell.row_score
     return chosen, scores, table
+
+
+def _all_tied(table: pd.DataFrame, method: str, budget: float | None) -> bool:
+    """Whether the sweep's finished cells of (method, budget) all scored alike (and there were several)."""
+    rows = table[(table["method"] == method) & ((table["budget"] == budget) if budget is not None
+                                                else table["budget"].isna())]
+    scored = rows["val_accuracy"].dropna()
+    return len(scored) > 1 and scored.nunique() == 1
 
 
 def sweep_table(cells: list[Cell], root: Path) -> tuple[dict[tuple[str, float | None], Cell | None], pd.DataFrame]:

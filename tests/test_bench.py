@@ -878,3 +878,11 @@ def test_a_grid_refuses_a_run_folder_the_data_or_a_missing_model_as_out_before_w
         run_grid(data_dir, _cfg(methods=("head",), model=str(tmp_path / "no-such-model")), tmp_path / "out",
                  progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_whose_rates_all_tie_says_the_default_stands_by_the_tie(data_dir, tmp_path, capsys):
+    cfg = _cfg(methods=("head",), tune_lr=True, tune_widen=0)
+    run_grid(data_dir, cfg, tmp_path / "tied", runner=scored_by_rate(lambda lr: 0.5, []), progress=False)
+    assert "scored the same validation accuracy; the default rate stands by the tie" in capsys.readouterr().err
+    run_grid(data_dir, cfg, tmp_path / "apart", runner=scored_by_rate(lambda lr: lr, []), progress=False)
+    assert "same validation accuracy" not in capsys.readouterr().err
