@@ -10,7 +10,7 @@ st.write("Pick the annotated data every page works on. It stays selected while y
 
 choice = forms.data_picker(state.data_choice(), key="data")
 if choice is None:
-    st.stop()
+    state.stop()
 if choice.kind == "upload":
     choice = forms.column_mapping(choice, cache.columns(choice.digest, choice.path, choice.name), key="data")
 
@@ -18,7 +18,7 @@ try:
     annotated = cache.data(choice)
 except DataError as exc:  # in the app's words: its column boxes, not the command line's options
     st.error(views.escape_markdown(views.data_error_text(str(exc), upload=choice.kind == "upload")))
-    st.stop()
+    state.stop()
 if state.set_data_choice(choice):
     st.rerun()  # the sidebar, drawn before this page, shows the new data set
 

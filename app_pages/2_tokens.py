@@ -22,10 +22,10 @@ except (DataError, ModelSourceError) as exc:
     if isinstance(exc, DataError):  # in the app's words: the Data page's column boxes, not command-line options
         message = views.data_error_text(message, upload=choice.kind == "upload")
     st.error(views.escape_markdown(message))
-    st.stop()
+    state.stop()
 if not mined.groups:
     st.warning("No group passed the thresholds; lower 'Min rows' in the mining options.")
-    st.stop()
+    state.stop()
 frame = mined.to_frame()
 st.caption(f"{len(mined.groups)} groups from {mined.n_rows} training rows · background: {mined.background}")
 

@@ -25,7 +25,7 @@ try:
     selection, seconds = cache.timed_mask(source, choice, mining_cfg, sens_cfg, mask_cfg)
 except ConfigError as exc:  # e.g. a budget below the cheapest row: the controls above stay to change it
     st.warning(escape_markdown(str(exc)))
-    st.stop()
+    state.stop()
 st.caption(f"Mask selected from the cached scores in {seconds * 1000:.0f} ms.")
 
 views.render_mask_summary(selection, report.backbone_params, key="budget")

@@ -13,7 +13,7 @@ done = [
 ]
 if len(done) < 2:
     st.info("Two finished runs are needed; launch some on the Finetune page.")
-    st.stop()
+    state.stop()
 current = state.data_choice()  # the session's data and model come first: other sessions' runs share the list
 data_key = current.key if current else None
 if state.get("cmp_data", data_key) != data_key:  # another data set: its own pair, not the last one's picks
@@ -31,7 +31,7 @@ with c2:
 mismatch = run_views.data_mismatch(a, b)
 if mismatch:
     st.warning(mismatch)
-    st.stop()
+    state.stop()
 run_views.render_metrics_side_by_side(a, b, key="cmp")
 full_a, full_b = a.full_metrics(), b.full_metrics()  # the registry keeps no per-label figures
 run_views.confusion_pair(full_a, full_b, (f"A: {a.method}", f"B: {b.method}"), key="cmp")
@@ -41,7 +41,7 @@ st.header("Where they disagree")
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}
 if not mtime[a.id] or not mtime[b.id]:
     st.info("A run has no predictions.csv.")
-    st.stop()
+    state.stop()
 diff = run_views.disagreements(
     cache.predictions(str(a.path), mtime[a.id]), cache.predictions(str(b.path), mtime[b.id])
 )

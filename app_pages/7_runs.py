@@ -16,7 +16,7 @@ if st.button("Refresh", key="runs_refresh"):
 records = store.list()
 if not records:
     st.info("No runs yet; launch one on the Finetune page.")
-    st.stop()
+    state.stop()
 run_views.render_runs_table(records, key="runs")
 
 with st.expander("Compare groups of runs (seeds)", expanded=False):

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -253,8 +254,11 @@ class BenchResult:
     """The learning-rate sweep with ``tune_lr`` (``tune_learning_rates``), else None."""
 
 
-Runner = Callable[[Cell, Path, Path, Path, Callable[[str], None]], None]
-"""runner(cell, data_dir, cell_dir, log_path, report) trains one cell into cell_dir (report: status text)."""
+Runner = Callable[[Cell, Path, Path, Path, Callable[[str], None]], int | None]
+"""runner(cell, data_dir, cell_dir, log_path, report) trains one cell into cell_dir (report: status text); it may
+return the cell process's exit code (an interrupt's marks the cell interrupted)."""
+INTERRUPT_EXIT_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
+"""Exit codes of a cell process stopped by Ctrl+C or kill: the CLI's own (130) or the signal's, before it ran."""
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -462,10 +466,10 @@ def subprocess_runner(cfg: BenchConfig) -> Runner:
     for env in cell_environments(cfg.jobs, cfg.device):
         slots.put(env)
 
-    def run(cell: Cell, data_dir: Path, cell_dir: Path, log_path: Path, report: Callable[[str], None]) -> None:
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log_path: Path, report: Callable[[str], None]) -> int:
         slot = slots.get()
         try:
-            _run_process(finetune_command(cell, cfg, data_dir, cell_dir), slot, cell_dir, log_path, report)
+            return _run_process(finetune_command(cell, cfg, data_dir, cell_dir), slot, cell_dir, log_path, report)
         finally:
             slots.put(slot)
 
@@ -494,7 +498,8 @@ def _visible_gpus() -> list[str]:
 
 
 def _run_process(cmd: list[str], env: dict[str, str], cell_dir: Path, log_path: Path,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None]) -> int:
+    """Run one cell's process to its end; its exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
@@ -510,6 +515,7 @@ def _run_process(cmd: list[str], env: dict[str, str], cell_dir: Path, log_path: 
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+    return proc.returncode
 
 
 def _cell_progress(cell_dir: Path) -> str:
@@ -578,6 +584,13 @@ class CellStopped(BaseException):
     KeyboardInterrupt, so that it is not recorded as the cell's failure."""
 
 
+def _mark_interrupted(cell_dir: Path, log: Path) -> None:
+    if not finished(cell_dir):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as out:
+            out.write(f"\n{INTERRUPTED_LINE}\n")
+
+
 def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, bar: ProgressBar | None,
                jobs: int = 1, epochs: int | None = None) -> None:
     """Run the cells not finished yet, ``jobs`` at a time, and again those that finished with other settings than
@@ -628,16 +641,16 @@ def _run_cell(cell: Cell, root: Path, data_dir: Path, runner: Runner, bar: Progr
     if bar:
         bar.show(label)
     try:
-        runner(cell, data_dir, cell_dir, log, report)
+        code = runner(cell, data_dir, cell_dir, log, report)
     except Exception as exc:  # one broken cell must not stop the grid; its row says why
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"{type(exc).__name__}: {exc}\n")
     except BaseException:  # the grid stopped while the cell ran: its row says so, not "failed"
-        if not finished(cell_dir):
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "a") as out:
-                out.write(f"\n{INTERRUPTED_LINE}\n")
+        _mark_interrupted(cell_dir, log)
         raise
+    else:  # Ctrl+C reaches the cells' processes too: one may end before its grid hears of it
+        if code in INTERRUPT_EXIT_CODES:
+            _mark_interrupted(cell_dir, log)
     if bar:
         bar.advance(time.perf_counter() - started)
         bar.show(label, "done" if finished(cell_dir) else "FAILED (see logs/)", final=True)
@@ -703,11 +716,12 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
 
 
 def _all_tied(table: pd.DataFrame, method: str, budget: float | None) -> bool:
-    """Whether the sweep's finished cells of (method, budget) all scored alike (and there were several)."""
+    """Whether every sweep cell of (method, budget) finished and all scored alike (and there were several): then
+    the default, tried first, won by the tie."""
     rows = table[(table["method"] == method) & ((table["budget"] == budget) if budget is not None
                                                 else table["budget"].isna())]
     scored = rows["val_accuracy"].dropna()
-    return len(scored) > 1 and scored.nunique() == 1
+    return len(rows) > 1 and len(scored) == len(rows) and scored.nunique() == 1
 
 
 def sweep_table(cells: list[Cell], root: Path) -> tuple[dict[tuple[str, float | None], Cell | None], pd.DataFrame]:

@@ -376,7 +376,8 @@ def set_dropout(model: nn.Module, p: float) -> int:
         if isinstance(mod, nn.Dropout):
             mod.p = p
             changed += 1
-        elif isinstance(getattr(mod, "attention_dropout", None), float):
+        elif isinstance(getattr(mod, "attention_dropout", None), int | float) and not isinstance(
+                mod.attention_dropout, bool):  # a config's "attention_dropout": 0 stays an int
             mod.attention_dropout = p
             changed += 1
     return changed

@@ -231,6 +231,9 @@ def test_dropout_and_bias_options_reach_a_llama_decoder_or_say_they_cannot(tiny_
     llama = load_model(str(folder), tiny_data.labels).model
     assert set_dropout(llama, 0.3) == 2 and [m.self_attn.attention_dropout for m in llama.model.layers] == [0.3, 0.3]
     assert set_dropout(nn.Sequential(nn.Linear(2, 2)), 0.3) == 0  # nothing to set: the caller notes it
+    zero = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                                      num_hidden_layers=1, num_attention_heads=4, attention_dropout=0))
+    assert set_dropout(zero, 0.3) == 1 and zero.model.layers[0].self_attn.attention_dropout == 0.3  # an int 0 too
     cfg = _cfg("sparse", budget=0.05)
     cfg = replace(cfg, dropout=0.2, mask=replace(cfg.mask, train_biases=True))
     metrics = finetune(tiny_data, cfg, tmp_path / "run", source=str(folder)).metrics

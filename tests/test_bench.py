@@ -886,3 +886,30 @@ def test_a_sweep_whose_rates_all_tie_says_the_default_stands_by_the_tie(data_dir
     assert "scored the same validation accuracy; the default rate stands by the tie" in capsys.readouterr().err
     run_grid(data_dir, cfg, tmp_path / "apart", runner=scored_by_rate(lambda lr: lr, []), progress=False)
     assert "same validation accuracy" not in capsys.readouterr().err
+    tied = scored_by_rate(lambda lr: 0.5, [])
+
+    def default_fails(cell, data_dir, cell_dir, log, report):
+        if cell.lr == 1e-2:  # the head's default rate: another rate is chosen, not the default by a tie
+            raise RuntimeError("boom")
+        tied(cell, data_dir, cell_dir, log, report)
+
+    run_grid(data_dir, cfg, tmp_path / "default-failed", runner=default_fails, progress=False)
+    assert "same validation accuracy" not in capsys.readouterr().err
+
+
+def test_a_cell_whose_process_the_interrupt_ended_first_reads_interrupted(data_dir, tmp_path):
+    # Ctrl+C reaches every cell's process; with --jobs 2 one may end before its grid hears of the interrupt, and its
+    # runner returned normally: the cell read "failed".
+    cfg = _cfg(methods=("head", "full"))
+    train = in_process(cfg)
+
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> int:
+        if cell.method == "full":
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("KeyboardInterrupt\n")
+            return -signal.SIGINT
+        train(cell, data_dir, cell_dir, log, report)
+        return 0
+
+    result = run_grid(data_dir, cfg, tmp_path / "out", runner=run, progress=False)
+    assert list(result.results["status"]) == ["succeeded", "interrupted"]

@@ -4,9 +4,10 @@ A reload (or a tab reopened from history) is a new Streamlit session: without th
 the model, the budget and every kept setting fell back to the defaults. Each session gets a random token, shown in
 the page's address as ``?s=<token>`` (Streamlit clears query parameters on a page switch, so ``resume`` puts it back
 on every run); after each run its choices are written to ``<uploads root>/<token>.session.json``, beside the
-session's upload folder. A session opened with a token whose file exists starts from it; any other token starts a
-fresh session with a new one. The address is the key: anyone given it gets the session's upload, as anyone on the
-server already sees every run.
+session's upload folder. A session opened with a token whose file exists takes it over under a new token (its folder
+renamed, the old file deleted: ``take_over``), so a link someone else made opens a copy for whoever follows it, never
+a session its maker goes on to watch; any other token starts a fresh session. Whoever opens an address first gets
+that session's upload, as anyone on the server already sees every run.
 
 Everything read back is checked as if a user had typed it: an unknown model folder, a data file outside the session's
 own folder, a budget outside (0, 1], a config that no longer validates are dropped (the default stands). Files live
@@ -97,14 +98,19 @@ def from_record(record: Any, upload_folder: Path) -> dict[str, Any]:
 
 
 def _usable_model_source(source: str) -> bool:
-    """A source this server still allows, and, unless it is a name, still has."""
-    if state.refused_model_source(source):
+    """A source this server still allows, and, unless it is a name, still has (a path the system cannot even look
+    up, '~nosuchuser/m.gguf' or a name too long, is not)."""
+    try:
+        if state.refused_model_source(source):
+            return False
+        return source in state.NAMED_MODEL_SOURCES or Path(source).expanduser().exists()
+    except (OSError, RuntimeError, ValueError):
         return False
-    return source in state.NAMED_MODEL_SOURCES or Path(source).expanduser().exists()
 
 
 def _data_choice(raw: Any, upload_folder: Path) -> state.DataChoice | None:
-    """The saved data set when it is still the sample, a server data set or a file in the session's folder."""
+    """The saved data set when it is still the sample, a server data set or a file in the session's folder (an
+    upload saved in another folder: the name alone is looked for there)."""
     if not isinstance(raw, dict):
         return None
     text_col, label_col = raw.get("text_col"), raw.get("label_col")
@@ -116,7 +122,7 @@ def _data_choice(raw: Any, upload_folder: Path) -> state.DataChoice | None:
     elif kind == "shared":
         found = next((c for c in state.shared_choices() if c.name == name), None)
     elif kind == "upload" and isinstance(raw.get("path"), str) and isinstance(name, str):
-        path = Path(raw["path"]).resolve()
+        path = upload_folder.resolve() / Path(raw["path"]).name  # the session's folder moves with its token (take_over)
         inside = path.parent == upload_folder.resolve() and path.is_file()
         found = state.DataChoice("upload", str(path), name, digest=str(raw.get("digest", ""))) if inside else None
     else:
@@ -126,18 +132,28 @@ def _data_choice(raw: Any, upload_folder: Path) -> state.DataChoice | None:
     )
 
 
-def load(root: Path, token: str) -> dict[str, Any] | None:
-    """The saved values of session ``token`` (None when it has no readable file), its file touched: a session in
-    use is not pruned."""
+def take_over(root: Path, token: str) -> tuple[str, dict[str, Any]] | None:
+    """Session ``token``'s saved values under a new token (None when it has no readable file): its upload folder is
+    renamed to the new token and its old file deleted, so the old address no longer opens it.
+
+    A new token on every take-over: a link with a token someone else made (or saw) opens a copy of that session for
+    whoever follows it, never one that the link's author goes on to see (their uploads, their choices).
+    """
     path = session_file(root, token)
     if path is None or not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        path.touch()
     except (OSError, ValueError):
         return None
-    return from_record(record, root / token)
+    new = secrets.token_hex(16)
+    with contextlib.suppress(OSError):  # no folder (nothing uploaded), or another tab took this session over first
+        (root / token).rename(root / new)
+    path.unlink(missing_ok=True)
+    try:
+        return new, from_record(record, root / new)
+    except (OSError, RuntimeError, ValueError, TypeError):  # a value the system cannot look up: start afresh
+        return new, {}
 
 
 def save(root: Path, token: str, text: str) -> None:
@@ -157,12 +173,11 @@ def resume() -> None:
     if not st.session_state.get(state.SESSION_RESUMED):
         st.session_state[state.SESSION_RESUMED] = True
         token = st.query_params.get(TOKEN_PARAM, "")
-        values = load(state.uploads_root(), token) if state.SESSION_ID not in st.session_state else None
-        if values is not None:
+        taken = take_over(state.uploads_root(), token) if state.SESSION_ID not in st.session_state else None
+        if taken is not None:  # persist() writes it under the new token at the end of this run
+            st.session_state[state.SESSION_ID], values = taken
             for key, value in values.items():
                 st.session_state[key] = value
-            st.session_state[state.SESSION_ID] = token
-            st.session_state[state.SESSION_SAVED] = json.dumps(to_record(values), sort_keys=True)
     token = state.session_id()
     if st.query_params.get(TOKEN_PARAM) != token:
         st.query_params[TOKEN_PARAM] = token

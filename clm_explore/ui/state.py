@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import streamlit as st
 
@@ -154,12 +154,21 @@ def data_choice() -> DataChoice | None:
     return choice
 
 
+def stop() -> NoReturn:
+    """``st.stop()``, the session's choices saved first: after ``st.stop()`` Streamlit refuses every read of the
+    session state, so the app's own save at the end of the run (``saved_session.persist``) cannot happen then."""
+    from clm_explore.ui import saved_session  # it imports this module
+
+    saved_session.persist()
+    st.stop()
+
+
 def require_data() -> tuple[DataChoice, str]:
     """The current data set and model source; stops the page with a hint when no data is picked."""
     choice = data_choice()
     if choice is None:
         st.info("Pick a data set on the Data page first.")
-        st.stop()
+        stop()
     return choice, model_source()
 
 

@@ -53,7 +53,7 @@ def shoot_setup_pages(page) -> None:
     nav(page, "Sensitivity")
     page.get_by_text("Restricted vs unrestricted").wait_for(timeout=WAIT)
     page.get_by_text("Compare with the other restriction").click()  # a toggle
-    page.get_by_text("Difference (").wait_for(timeout=WAIT)
+    page.get_by_text("Difference (").first.wait_for(timeout=WAIT)
     settle(page)
     shoot(page, "3_sensitivity")
 
@@ -83,7 +83,7 @@ def main() -> int:
         browser = _launch(p)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(url)
-        page.get_by_text("Rows per label").wait_for(timeout=WAIT)
+        page.get_by_text("Rows per label").first.wait_for(timeout=WAIT)
         settle(page)
         if not args.from_finetune:
             shoot_setup_pages(page)
@@ -100,7 +100,7 @@ def main() -> int:
         wait_run(page, "demo-full", timeout_s=WAIT / 1000)
 
         nav(page, "Compare")
-        page.get_by_text("Top words per label").wait_for(timeout=WAIT)
+        page.get_by_text("Top words per label").first.wait_for(timeout=WAIT)
         settle(page, 5)
         shoot(page, "6_compare")
 

@@ -64,13 +64,56 @@ def test_a_reload_takes_up_the_upload_and_settings_where_they_were(tmp_path: Pat
     assert (tmp_path / "uploads" / f"{token}.session.json").is_file()
 
     reloaded = open_app(token)
-    assert token_of(reloaded) == token and reloaded.session_state["session_id"] == token
-    assert reloaded.session_state["data_choice"] == choice  # the upload with its column mapping
+    new = token_of(reloaded)  # taken over under a new token: the old address no longer opens it
+    assert new != token and reloaded.session_state["session_id"] == new and state.TOKEN_PATTERN.fullmatch(new)
+    moved = dataclasses.replace(choice, path=str((tmp_path / "uploads" / new / Path(choice.path).name).resolve()))
+    assert reloaded.session_state["data_choice"] == moved  # the upload, moved with its folder, and its column mapping
+    assert not (tmp_path / "uploads" / token).exists() and not (tmp_path / "uploads" / f"{token}.session.json").exists()
+    assert (tmp_path / "uploads" / f"{new}.session.json").is_file()  # saved under the new token at once
     assert reloaded.session_state["budget"] == 0.02
     assert reloaded.session_state["mask_options"].min_layer == 1
     assert reloaded.session_state["kept_widgets"] == {"cmp_max_rows": 250, "budget_methods": ["sparse", "lora"]}
     assert any(escape_markdown("My-data.csv") in c.value for c in reloaded.sidebar.caption)
     assert reloaded.metric[0].label == "Rows" and int(reloaded.metric[0].value) > 0  # the upload, not the sample
+    again = open_app(new)  # and the next reload takes it up again
+    assert again.session_state["data_choice"].name == choice.name and again.session_state["budget"] == 0.02
+    assert open_app(token).session_state["data_choice"].kind == "sample"  # the first address: a fresh session
+
+
+def test_a_link_with_someone_elses_token_never_joins_their_session(tmp_path: Path) -> None:
+    # Session fixation: a link carrying a token its maker keeps watching must not make the follower's uploads and
+    # choices land in that session.
+    maker = "f0" * 16
+    saved_session.save(tmp_path / "uploads", maker, json.dumps(saved_session.to_record({state.BUDGET: 0.03})))
+    follower = open_app(maker)
+    assert follower.session_state["budget"] == 0.03 and token_of(follower) != maker
+    save_upload(ROWS, "private.csv", folder=tmp_path / "uploads" / follower.session_state["session_id"])
+    assert not (tmp_path / "uploads" / maker).exists() and not (tmp_path / "uploads" / f"{maker}.session.json").exists()
+
+
+def test_a_page_that_stops_still_saves_the_session(tmp_path: Path) -> None:
+    # After st.stop() Streamlit refuses every session-state read, so the save at the end of the run never happened on
+    # a page that stopped (Runs with no run, Compare with fewer than two, the Budget page at a budget that buys no row).
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["session_id"] = "ab" * 16
+    app.session_state["budget"] = 0.04
+    app.run()
+    app.session_state["budget"] = 0.05  # changed where the page then stops
+    app.switch_page("app_pages/7_runs.py")  # no runs: the page stops
+    app.run()
+    assert app.info and "No runs yet" in app.info[0].value
+    record = json.loads((tmp_path / "uploads" / f"{'ab' * 16}.session.json").read_text())
+    assert record["budget"] == 0.05
+    pages = sorted((ROOT / "app_pages").glob("*.py")) + sorted((ROOT / "clm_explore" / "ui").glob("*.py"))
+    direct = [p.name for p in pages if "st.stop()" in p.read_text().replace("``st.stop()``", "")
+              and p.name != "state.py"]
+    assert not direct, f"pages stop through state.stop(), which saves first: {direct}"
+
+
+def test_a_saved_model_path_the_system_cannot_look_up_is_dropped(tmp_path: Path) -> None:
+    folder = tmp_path / "uploads" / ("c" * 32)
+    for source in ("~nosuchuser-clm/m.gguf", "/" + "x" * 300 + ".gguf"):
+        assert state.MODEL_SOURCE not in saved_session.from_record({"version": 1, "model_source": source}, folder)
 
 
 def test_the_token_stays_in_the_address_across_pages() -> None:
@@ -123,7 +166,7 @@ def test_a_damaged_session_file_starts_fresh(tmp_path: Path) -> None:
     token = "c" * 32
     (tmp_path / "uploads").mkdir()
     (tmp_path / "uploads" / f"{token}.session.json").write_text("{not json")
-    assert saved_session.load(tmp_path / "uploads", token) is None
+    assert saved_session.take_over(tmp_path / "uploads", token) is None
     app = open_app(token)
     assert token_of(app) != token
 
@@ -147,13 +190,13 @@ def test_prune_deletes_a_session_by_its_last_use(tmp_path: Path) -> None:
     assert left == sorted(["..session.json", used, f"{used}.session.json"])
 
 
-def test_loading_a_session_marks_it_used(tmp_path: Path) -> None:
+def test_taking_a_session_over_moves_it_to_a_new_token(tmp_path: Path) -> None:
     token = "d" * 32
     saved_session.save(tmp_path, token, json.dumps(saved_session.to_record({state.BUDGET: 0.03})))
-    path = tmp_path / f"{token}.session.json"
-    os.utime(path, (1000, 1000))
-    assert saved_session.load(tmp_path, token) == {state.BUDGET: 0.03, state.KEPT_WIDGETS: {}, state.LAUNCHED: set()}
-    assert path.stat().st_mtime > 1000
+    new, values = saved_session.take_over(tmp_path, token)
+    assert values == {state.BUDGET: 0.03, state.KEPT_WIDGETS: {}, state.LAUNCHED: set()}
+    assert new != token and not (tmp_path / f"{token}.session.json").exists()
+    assert saved_session.take_over(tmp_path, token) is None  # taken once only
     assert saved_session.session_file(tmp_path, "../x") is None
 
 
@@ -162,5 +205,6 @@ def test_a_session_before_tokens_keeps_its_short_folder_name(tmp_path: Path) -> 
     upload = save_upload(ROWS, "old.csv", folder=tmp_path / "uploads" / token)
     saved_session.save(tmp_path / "uploads", token, json.dumps(saved_session.to_record({state.DATA_CHOICE: upload})))
     app = open_app(token)
-    assert token_of(app) == token and app.session_state["data_choice"] == upload
-    assert isinstance(app.session_state["data_choice"], DataChoice)
+    choice = app.session_state["data_choice"]
+    assert isinstance(choice, DataChoice) and choice.kind == "upload" and choice.digest == upload.digest
+    assert Path(choice.path).read_bytes() == ROWS and Path(choice.path).parent.name == token_of(app) != token
