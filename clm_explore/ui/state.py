@@ -237,7 +237,7 @@ def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list
         if entry.is_dir():
             files = [f.stat().st_mtime for f in entry.rglob("*") if f.is_file()]
             newest, token = max(files, default=entry.stat().st_mtime), entry.name
-        elif TOKEN_PATTERN.fullmatch(entry.name.removesuffix(SESSION_SUFFIX)):
+        elif entry.name.endswith(SESSION_SUFFIX) and TOKEN_PATTERN.fullmatch(entry.name.removesuffix(SESSION_SUFFIX)):
             newest, token = entry.stat().st_mtime, entry.name.removesuffix(SESSION_SUFFIX)
         else:  # not ours (a token is never '.' or a path)
             continue
