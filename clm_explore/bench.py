@@ -162,7 +162,8 @@ class BenchConfig:
         if any(not (0 < b <= 1 or (b > 1 and float(b).is_integer())) for b in self.budgets) or not self.budgets:
             raise BenchError(f"budgets must be fractions in (0, 1] or whole counts > 1; got {self.budgets}")
         # A repeat would train one cell twice into one folder and count it as two seeds.
-        if len(set(self.methods)) < len(self.methods) or len({float(b) for b in self.budgets}) < len(self.budgets):
+        # Budgets are told apart by their cell folders' names ({budget:g}): 0.0100001 and 0.01 would share one.
+        if len(set(self.methods)) < len(self.methods) or len({f"{b:g}" for b in self.budgets}) < len(self.budgets):
             raise BenchError(f"each method and budget once: got methods {', '.join(self.methods)} and budgets "
                              f"{', '.join(f'{b:g}' for b in self.budgets)}")
         for name in ("seeds", "epochs"):
@@ -798,7 +799,7 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     check_model_and_device(cfg)  # before bench.json: a refused grid leaves the out folder as it was, and a
     check_budgets(cfg, data.labels)  # mistyped model or device is said once, not by every cell
     _check_resume(out_dir, cfg, splits_digest(splits))
-    for note in (shots_note(data.train, cfg.shots), limit_note(splits[0], cfg)):
+    for note in (shots_note(data.train, cfg.shots), limit_note(splits[0], cfg), budgets_note(cfg)):
         if progress and note:
             print(f"note: {note}", file=sys.stderr)
     data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)
@@ -862,6 +863,14 @@ def limit_note(train: pd.DataFrame, cfg: BenchConfig) -> str:
         return ""
     return (f"--limit {cfg.limit} keeps {len(train)} of the few-shot rows: about {len(train) / max(labels, 1):.1f} "
             f"per label, not --shots {cfg.shots}")
+
+
+def budgets_note(cfg: BenchConfig) -> str:
+    """A sentence when budgets were asked for a grid whose methods take none, else ''."""
+    if any(m in BUDGET_METHODS for m in cfg.methods) or tuple(cfg.budgets) == BenchConfig.budgets:
+        return ""
+    return (f"--budgets {','.join(f'{b:g}' for b in cfg.budgets)} is unused: none of {', '.join(cfg.methods)} "
+            f"takes a budget (those that do: {', '.join(sorted(BUDGET_METHODS))})")
 
 
 def check_model_and_device(cfg: BenchConfig) -> None:

@@ -101,6 +101,8 @@ def test_bad_grid_options_are_refused():
         BenchConfig(methods=("head", "full", "head"))
     with pytest.raises(BenchError, match="each method and budget once"):
         BenchConfig(budgets=(0.01, 1e-2))
+    with pytest.raises(BenchError, match="each method and budget once"):  # one cell folder, sparse-b0.01-s0, for both
+        BenchConfig(budgets=(0.01, 0.01000001))
     with pytest.raises(BenchError, match="batch_size must be >= 1"):  # before any cell, not by every cell
         BenchConfig(batch_size=0)
 
@@ -851,6 +853,11 @@ def test_too_few_rows_and_a_limit_under_the_shots_are_said_before_any_cell(data_
     assert limit_note(train, _cfg(shots=10, limit=8)) == ("--limit 8 keeps 8 of the few-shot rows: about 4.0 per "
                                                           "label, not --shots 10")
     assert limit_note(train, _cfg(shots=4, limit=8)) == ""
+    from clm_explore.bench import budgets_note
+
+    assert budgets_note(_cfg(methods=("head", "full"), budgets=(0.05,))).startswith(
+        "--budgets 0.05 is unused: none of head, full takes a budget")
+    assert budgets_note(_cfg(methods=("head", "sparse"), budgets=(0.05,))) == ""
 
 
 def test_a_grid_with_no_finished_cell_resumes_with_other_settings(data_dir, tmp_path):
