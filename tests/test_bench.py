@@ -601,12 +601,15 @@ def test_row_score_sweep_picks_the_best_pair_on_validation(data_dir, tmp_path):
 
 
 def test_spread_sweep_tries_every_score_both_ways_and_trains_the_choice(data_dir, tmp_path):
-    cfg = _cfg(methods=("sparse", "random"), tune_lr=True, tune_score=True, tune_spread=True, tune_widen=0)
+    from clm_explore.bench import tune_cells
+
+    cfg = _cfg(methods=("sparse",), tune_lr=True, tune_score=True, tune_spread=True, tune_widen=0)
+    random_sweep = tune_cells(replace(cfg, methods=("random",)))
+    assert {c.row_score for c in random_sweep} == {""} and len(random_sweep) == 3  # random rows: no score to spread
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     tuning = pd.read_csv(tmp_path / "out" / "tuning.csv", keep_default_na=False)
     sweep = tuning[tuning["method"] == "sparse"]
     assert sorted(set(sweep["score"])) == ["fisher", "fisher+spread", "taylor", "taylor+spread"] and len(sweep) == 12
-    assert set(tuning.loc[tuning["method"] == "random", "score"]) == {""}  # random rows have no score to spread
     best = sweep.loc[sweep["chosen"]].iloc[0]
     assert best["val_accuracy"] == sweep["val_accuracy"].max() and result.scores == {"sparse": best["score"]}
     for variant in ("fisher", "taylor+spread"):  # each variant's sweep cell trained as its name says
