@@ -304,7 +304,7 @@ def _splits_of(keys: set[tuple], split_rows: Counter) -> dict[tuple, list[tuple[
 def _keep(key: tuple, fragment_words: dict[tuple, Counter], cfg: MiningConfig) -> bool:
     kind, inner = key
     if kind == FRAGMENT:
-        if not any(c.isalnum() for c in pieces_surface(inner)):
+        if not pieces_surface(inner).strip():
             return False  # a marker alone ('Ġ', the piece a byte-level tokenizer puts before a digit) reads nothing
         # "##gur" from "configure" alone is noise; a fragment that recurs across words is a real stem,
         # unless one word accounts for most of its uses (then that word is the group).
