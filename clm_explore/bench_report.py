@@ -125,9 +125,11 @@ def _mask_figure(masks: pd.DataFrame):
     first = masks[masks["seed"] == masks["seed"].min()]
     runs = list(first.groupby(["method", "budget"], sort=False))
     fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[_label(m, b) for (m, b), _ in runs])
-    top = max(float(first["share_selected"].max()), 1e-12)  # one colour scale for every panel, as the one bar says
+    shares = first["share_selected"].dropna()  # blank: a layer below the row floor, drawn as a gap
+    top = max(float(shares.max()), 1e-12) if len(shares) else 1.0  # one colour scale for every panel, as the bar says
     for col, (_, g) in enumerate(runs, start=1):
-        table = g.pivot_table(index="module", columns="layer", values="share_selected", aggfunc="sum")
+        # one value per cell; "max" keeps a blank blank (a sum would draw it as 0), dropna=False keeps its column
+        table = g.pivot_table(index="module", columns="layer", values="share_selected", aggfunc="max", dropna=False)
         fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns], y=list(table.index),
                                  colorscale="Viridis", zmin=0, zmax=top, showscale=col == 1), row=1, col=col)
     fig.update_layout(title="Share of rows selected per (layer, module), first seed (-1 = embeddings)")

@@ -291,18 +291,37 @@ def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
         from clm_explore.sensitivity import SensitivityReport
 
         masks = load_file(cell_dir / "masks.safetensors")
+        report = SensitivityReport.load(cell_dir / "sensitivity")
+        eligible = _eligible(cell_dir, report, r["method"])
         recs = []
-        for name, info in SensitivityReport.load(cell_dir / "sensitivity").matrices.items():
+        for name, info in report.matrices.items():
             rows = len(info.eligible_rows) if info.eligible_rows is not None else info.rows
+            rows = rows if eligible is None or name in eligible else 0  # below the floor: not a candidate at all
             picked = int(masks[name].sum()) if name in masks else 0
             recs.append({"layer": info.layer, "module": info.module, "selected_rows": picked, "rows": rows,
                          "share_selected": picked / max(rows, 1)})
         frame = pd.DataFrame(recs).groupby(["layer", "module"], as_index=False).sum()
-        frame["share_selected"] = frame["selected_rows"] / frame["rows"].clip(lower=1)
+        # blank where no row could be chosen (a gap in the report's heatmap), 0 where none of those that could was
+        frame["share_selected"] = (frame["selected_rows"] / frame["rows"]).where(frame["rows"] > 0)
         frames.append(frame.assign(method=r["method"], budget=r["budget"], seed=r["seed"],
                                    lowest_layer=r["lowest_layer"]))
     cols = ["method", "budget", "seed", "layer", "module", "selected_rows", "rows", "share_selected", "lowest_layer"]
     return pd.concat(frames)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def _eligible(cell_dir: Path, report: Any, method: str) -> set[str] | None:
+    """The matrices the cell's row choice could pick from (its MaskConfig in clm_run.json); None (every matrix)
+    for whole layers, which ignore the row floor, or a run whose config cannot be read."""
+    from clm_explore.config import ConfigError, MaskConfig, from_dict
+    from clm_explore.masks import eligible_matrices
+
+    if method == "layers":
+        return None
+    try:
+        mask = read_json_object(cell_dir / "clm_run.json")["config"]["mask"]
+        return eligible_matrices(report, from_dict(MaskConfig, mask))
+    except (KeyError, TypeError, ValueError, ConfigError):
+        return None
 
 
 def mask_overlap(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:

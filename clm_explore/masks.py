@@ -142,6 +142,11 @@ def _lowest_competing_layer(report: SensitivityReport, cfg: MaskConfig) -> int:
     return max(effective_min_layer(cfg, report.n_layers), report.scored_from_layer)
 
 
+def eligible_matrices(report: SensitivityReport, cfg: MaskConfig) -> set[str]:
+    """The matrices whose rows may be selected under ``cfg`` (its layer floor, the embeddings option)."""
+    return set(_candidate_rows(report, cfg).names)
+
+
 def effective_min_layer(cfg: MaskConfig, n_layers: int) -> int:
     """The lowest eligible layer: ``cfg.min_layer``, or the upper half of the layers when it is -1."""
     return n_layers // 2 if cfg.min_layer == -1 else cfg.min_layer

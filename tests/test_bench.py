@@ -202,7 +202,10 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
     masks = pd.read_csv(out / "masks.csv")
     assert set(masks["method"]) == {"sparse", "random"}
     for _, g in masks.groupby("method"):
-        assert g["selected_rows"].sum() > 0 and (g["share_selected"] <= 1).all()
+        assert g["selected_rows"].sum() > 0 and (g["share_selected"].dropna() <= 1).all()
+        below = g["layer"] < 1  # the tiny model's row floor (-1: the upper half of its 2 layers) is layer 1
+        assert g.loc[below, "share_selected"].isna().all() and (g.loc[below, "rows"] == 0).all()  # not "0 picked"
+        assert g.loc[~below, "share_selected"].notna().all()
     overlap = pd.read_csv(out / "overlap.csv")
     assert overlap[["method_a", "method_b"]].values.tolist() == [["sparse", "random"]]
     assert 0 <= overlap["jaccard"][0] <= 1
