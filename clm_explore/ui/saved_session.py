@@ -4,10 +4,10 @@ A reload (or a tab reopened from history) is a new Streamlit session: without th
 the model, the budget and every kept setting fell back to the defaults. Each session gets a random token, shown in
 the page's address as ``?s=<token>`` (Streamlit clears query parameters on a page switch, so ``resume`` puts it back
 on every run); after each run its choices are written to ``<uploads root>/<token>.session.json``, beside the
-session's upload folder. A session opened with a token whose file exists takes it over under a new token (its folder
-renamed, the old file deleted: ``take_over``), so a link someone else made opens a copy for whoever follows it, never
-a session its maker goes on to watch; any other token starts a fresh session. Whoever opens an address first gets
-that session's upload, as anyone on the server already sees every run.
+session's upload folder. A session opened with a token whose file exists starts from a copy of it under a new token
+(its uploaded file linked into the new folder: ``take_over``), so a link someone else made opens a copy for whoever
+follows it, never a session its maker goes on to watch; any other token starts a fresh session. Whoever has an
+address gets a copy of that session's upload, as anyone on the server already sees every run.
 
 Everything read back is checked as if a user had typed it: an unknown model folder, a data file outside the session's
 own folder, a budget outside (0, 1], a config that no longer validates are dropped (the default stands). Files live
@@ -133,11 +133,12 @@ def _data_choice(raw: Any, upload_folder: Path) -> state.DataChoice | None:
 
 
 def take_over(root: Path, token: str) -> tuple[str, dict[str, Any]] | None:
-    """Session ``token``'s saved values under a new token (None when it has no readable file): its upload folder is
-    renamed to the new token and its old file deleted, so the old address no longer opens it.
+    """A copy of session ``token``'s saved values under a new token (None when it has no readable file), its
+    uploaded data file linked into the new token's folder (no second copy on disk).
 
     A new token on every take-over: a link with a token someone else made (or saw) opens a copy of that session for
-    whoever follows it, never one that the link's author goes on to see (their uploads, their choices).
+    whoever follows it, never one that the link's author goes on to see (their uploads, their choices). The old
+    session stays as it was: a duplicated tab, or the first tab still open, keeps its file.
     """
     path = session_file(root, token)
     if path is None or not path.is_file():
@@ -147,13 +148,28 @@ def take_over(root: Path, token: str) -> tuple[str, dict[str, Any]] | None:
     except (OSError, ValueError):
         return None
     new = secrets.token_hex(16)
-    with contextlib.suppress(OSError):  # no folder (nothing uploaded), or another tab took this session over first
-        (root / token).rename(root / new)
-    path.unlink(missing_ok=True)
+    _share_upload(record, root / token, root / new)
     try:
         return new, from_record(record, root / new)
     except (OSError, RuntimeError, ValueError, TypeError):  # a value the system cannot look up: start afresh
         return new, {}
+
+
+def _share_upload(record: Any, old: Path, new: Path) -> None:
+    """The record's uploaded file, from the old session's folder into the new one: a hard link (the same bytes,
+    no room taken), else moved (a file system without links: the old session loses it, as after pruning)."""
+    choice = record.get("data_choice") if isinstance(record, dict) else None
+    if not isinstance(choice, dict) or choice.get("kind") != "upload" or not isinstance(choice.get("path"), str):
+        return
+    source = old / Path(choice["path"]).name
+    if source.is_symlink() or not source.is_file():
+        return
+    with contextlib.suppress(OSError):  # pruned meanwhile, or a full disk: the session starts on the sample
+        new.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, new / source.name)
+        except OSError:
+            source.rename(new / source.name)
 
 
 def save(root: Path, token: str, text: str) -> None:

@@ -64,11 +64,12 @@ def test_a_reload_takes_up_the_upload_and_settings_where_they_were(tmp_path: Pat
     assert (tmp_path / "uploads" / f"{token}.session.json").is_file()
 
     reloaded = open_app(token)
-    new = token_of(reloaded)  # taken over under a new token: the old address no longer opens it
+    new = token_of(reloaded)  # a copy under a new token
     assert new != token and reloaded.session_state["session_id"] == new and state.TOKEN_PATTERN.fullmatch(new)
-    moved = dataclasses.replace(choice, path=str((tmp_path / "uploads" / new / Path(choice.path).name).resolve()))
-    assert reloaded.session_state["data_choice"] == moved  # the upload, moved with its folder, and its column mapping
-    assert not (tmp_path / "uploads" / token).exists() and not (tmp_path / "uploads" / f"{token}.session.json").exists()
+    linked = dataclasses.replace(choice, path=str((tmp_path / "uploads" / new / Path(choice.path).name).resolve()))
+    assert reloaded.session_state["data_choice"] == linked  # the upload, linked into its folder, and its column mapping
+    assert os.path.samefile(linked.path, choice.path)  # one file on disk, not a second copy
+    assert Path(choice.path).is_file()  # the first session (a tab still open, say) keeps its file
     assert (tmp_path / "uploads" / f"{new}.session.json").is_file()  # saved under the new token at once
     assert reloaded.session_state["budget"] == 0.02
     assert reloaded.session_state["mask_options"].min_layer == 1
@@ -77,7 +78,6 @@ def test_a_reload_takes_up_the_upload_and_settings_where_they_were(tmp_path: Pat
     assert reloaded.metric[0].label == "Rows" and int(reloaded.metric[0].value) > 0  # the upload, not the sample
     again = open_app(new)  # and the next reload takes it up again
     assert again.session_state["data_choice"].name == choice.name and again.session_state["budget"] == 0.02
-    assert open_app(token).session_state["data_choice"].kind == "sample"  # the first address: a fresh session
 
 
 def test_a_link_with_someone_elses_token_never_joins_their_session(tmp_path: Path) -> None:
@@ -88,7 +88,8 @@ def test_a_link_with_someone_elses_token_never_joins_their_session(tmp_path: Pat
     follower = open_app(maker)
     assert follower.session_state["budget"] == 0.03 and token_of(follower) != maker
     save_upload(ROWS, "private.csv", folder=tmp_path / "uploads" / follower.session_state["session_id"])
-    assert not (tmp_path / "uploads" / maker).exists() and not (tmp_path / "uploads" / f"{maker}.session.json").exists()
+    assert not (tmp_path / "uploads" / maker).exists()  # the follower's upload is not in the maker's folder
+    assert json.loads((tmp_path / "uploads" / f"{maker}.session.json").read_text())["budget"] == 0.03  # nor its file
 
 
 def test_a_page_that_stops_still_saves_the_session(tmp_path: Path) -> None:
@@ -190,13 +191,13 @@ def test_prune_deletes_a_session_by_its_last_use(tmp_path: Path) -> None:
     assert left == sorted(["..session.json", used, f"{used}.session.json"])
 
 
-def test_taking_a_session_over_moves_it_to_a_new_token(tmp_path: Path) -> None:
+def test_taking_a_session_over_copies_it_under_a_new_token(tmp_path: Path) -> None:
     token = "d" * 32
     saved_session.save(tmp_path, token, json.dumps(saved_session.to_record({state.BUDGET: 0.03})))
     new, values = saved_session.take_over(tmp_path, token)
     assert values == {state.BUDGET: 0.03, state.KEPT_WIDGETS: {}, state.LAUNCHED: set()}
-    assert new != token and not (tmp_path / f"{token}.session.json").exists()
-    assert saved_session.take_over(tmp_path, token) is None  # taken once only
+    again, _ = saved_session.take_over(tmp_path, token)  # each take-over a copy of its own
+    assert len({token, new, again}) == 3
     assert saved_session.session_file(tmp_path, "../x") is None
 
 
