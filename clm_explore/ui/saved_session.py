@@ -122,7 +122,7 @@ def _data_choice(raw: Any, upload_folder: Path) -> state.DataChoice | None:
     elif kind == "shared":
         found = next((c for c in state.shared_choices() if c.name == name), None)
     elif kind == "upload" and isinstance(raw.get("path"), str) and isinstance(name, str):
-        path = upload_folder.resolve() / Path(raw["path"]).name  # the session's folder moves with its token (take_over)
+        path = upload_folder.resolve() / Path(raw["path"]).name  # a copy's file is linked into its own folder (take_over)
         inside = path.parent == upload_folder.resolve() and path.is_file()
         found = state.DataChoice("upload", str(path), name, digest=str(raw.get("digest", ""))) if inside else None
     else:
@@ -145,6 +145,7 @@ def take_over(root: Path, token: str) -> tuple[str, dict[str, Any]] | None:
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
+        path.touch()  # used: a bookmarked address is not pruned while it is opened
     except (OSError, ValueError):
         return None
     new = secrets.token_hex(16)

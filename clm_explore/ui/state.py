@@ -191,8 +191,8 @@ def uploads_root() -> Path:
 
 
 UPLOAD_DAYS = 7.0
-"""Default age (days since the last upload) after which a session's upload folder is deleted (checked when a server
-starts, then hourly)."""
+"""Default age (days since a session was last used: an upload, a saved choice, its address opened) after which its
+upload folder and saved choices are deleted (checked when a server starts, then hourly)."""
 UPLOADS_TOTAL_MB = 2_000.0
 """Default cap on all sessions' uploads together: every session opened without a token (a new tab, a script) has
 room for five files, so without it a long-running server's disk fills from one browser."""
@@ -219,7 +219,8 @@ def _env_amount(name: str, default: float) -> float:
 
 def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list[str]:
     """Delete the sessions under ``root`` last used over ``max_days`` ago (0 = none): a session's upload folder and
-    its saved choices (``<token>.session.json``, touched whenever a reload resumes it), by the newest of their files.
+    its saved choices (``<token>.session.json``, rewritten as they change and touched whenever its address is opened),
+    by the newest of their files.
 
     Without this a session's folder would stay for good once no browser holds its address. A session that is
     still open when its folder goes is told on its next page that the file is gone and to upload it again.

@@ -194,8 +194,10 @@ def test_prune_deletes_a_session_by_its_last_use(tmp_path: Path) -> None:
 def test_taking_a_session_over_copies_it_under_a_new_token(tmp_path: Path) -> None:
     token = "d" * 32
     saved_session.save(tmp_path, token, json.dumps(saved_session.to_record({state.BUDGET: 0.03})))
+    os.utime(tmp_path / f"{token}.session.json", (1000, 1000))
     new, values = saved_session.take_over(tmp_path, token)
     assert values == {state.BUDGET: 0.03, state.KEPT_WIDGETS: {}, state.LAUNCHED: set()}
+    assert (tmp_path / f"{token}.session.json").stat().st_mtime > 1000  # opened: used, not pruned
     again, _ = saved_session.take_over(tmp_path, token)  # each take-over a copy of its own
     assert len({token, new, again}) == 3
     assert saved_session.session_file(tmp_path, "../x") is None
