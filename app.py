@@ -40,8 +40,10 @@ def main() -> None:
             current = state.data_choice()
             message = data_error_text(message, upload=current is not None and current.kind == "upload")
         st.error(escape_markdown(message))
-    finally:  # also after st.rerun() (it raises); a page that stops saves first (state.stop: after st.stop() the
-        saved_session.persist()  # session state refuses every read, and this save fails quietly)
+    finally:
+        # Also after st.rerun(), which raises. A page that stops saves first (state.stop): after st.stop() the
+        # session state refuses every read, and this save would fail quietly.
+        saved_session.persist()
 
 
 # The job workers start with multiprocessing's "spawn", which runs the parent's __main__ again in the child, as

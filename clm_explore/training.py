@@ -376,11 +376,15 @@ def set_dropout(model: nn.Module, p: float) -> int:
         if isinstance(mod, nn.Dropout):
             mod.p = p
             changed += 1
-        elif isinstance(getattr(mod, "attention_dropout", None), int | float) and not isinstance(
-                mod.attention_dropout, bool):  # a config's "attention_dropout": 0 stays an int
+        elif _is_rate(getattr(mod, "attention_dropout", None)):
             mod.attention_dropout = p
             changed += 1
     return changed
+
+
+def _is_rate(value: object) -> bool:
+    """A number held as a dropout rate: a float, or an int (a config's "attention_dropout": 0 stays one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _small_params(model: nn.Module, lowest_layer: int | None, mask: MaskConfig) -> list[nn.Parameter]:
