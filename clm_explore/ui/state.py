@@ -15,6 +15,7 @@ import secrets
 import shutil
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,7 +313,11 @@ def _keep_newest_uploads(folder: Path, keep: int) -> None:
 def _keep_uploads_under(root: Path, max_bytes: float, kept: Path) -> list[Path]:
     """Delete the oldest uploads of every session under ``root`` until they take at most ``max_bytes`` together
     (0: no cap); never ``kept``, the file just saved. A session whose file goes is told on its next page to upload
-    it again, as after ``prune_uploads``. Returns the deleted files."""
+    it again, as after ``prune_uploads``. Returns the deleted files.
+
+    A file hard-linked into several session folders (a session taken up from its address) takes its room once:
+    its links share one modification time, so they go together, and the room counts as freed with the last.
+    """
     if max_bytes <= 0:
         return []
     stats = {}
@@ -320,17 +325,26 @@ def _keep_uploads_under(root: Path, max_bytes: float, kept: Path) -> list[Path]:
         with contextlib.suppress(OSError):  # another session's cleanup may delete it meanwhile
             if file.is_file() and not file.is_symlink():
                 stats[file] = file.stat()
-    total = sum(info.st_size for info in stats.values())
+    links = Counter(_inode(info) for info in stats.values())
+    total = sum({_inode(info): info.st_size for info in stats.values()}.values())
+    kept_inode = _inode(stats[kept]) if kept in stats else None
     deleted = []
-    for old in sorted(stats, key=lambda f: stats[f].st_mtime_ns):
+    for old in sorted(stats, key=lambda f: (stats[f].st_mtime_ns, _inode(stats[f]))):
         if total <= max_bytes:
             break
-        if old == kept:
+        inode = _inode(stats[old])
+        if inode == kept_inode:  # deleting another link of the new file would free nothing
             continue
         old.unlink(missing_ok=True)
-        total -= stats[old].st_size
         deleted.append(old)
+        links[inode] -= 1
+        if links[inode] == 0:
+            total -= stats[old].st_size
     return deleted
+
+
+def _inode(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
 
 
 def upload_choice(raw: bytes, filename: str, current: DataChoice | None) -> DataChoice:

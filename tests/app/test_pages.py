@@ -427,6 +427,29 @@ def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monk
     assert [f.name for f in tmp_path.glob("*/*")] == ["big.csv"]
 
 
+def test_a_file_linked_into_two_sessions_takes_its_room_once(tmp_path: Path, monkeypatch) -> None:
+    # A session taken up from its address links its upload into the new folder: one file on disk, two names.
+    kb = b"text,label\n" + b"x" * 1013
+    for session in ("s1", "s3"):
+        (tmp_path / session).mkdir()
+    (tmp_path / "s1" / "a.csv").write_bytes(kb + b"A")
+    (tmp_path / "s2").mkdir()
+    os.link(tmp_path / "s1" / "a.csv", tmp_path / "s2" / "a.csv")
+    (tmp_path / "s3" / "b.csv").write_bytes(kb + b"B")
+    os.utime(tmp_path / "s1" / "a.csv", (1000, 1000))
+    os.utime(tmp_path / "s3" / "b.csv", (1001, 1001))
+
+    def left() -> list[str]:
+        return sorted(f.relative_to(tmp_path).as_posix() for f in tmp_path.glob("*/*"))
+
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(3.5 / 1024))  # three files' room: all fit
+    save_upload(kb + b"C", "c.csv", folder=tmp_path / "s4")
+    assert left() == ["s1/a.csv", "s2/a.csv", "s3/b.csv", "s4/c.csv"]  # before: s1's link went, freeing nothing
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))
+    save_upload(kb + b"D", "d.csv", folder=tmp_path / "s5")
+    assert left() == ["s4/c.csv", "s5/d.csv"]  # both links of the oldest file, then the next oldest
+
+
 def test_an_upload_deleted_by_another_session_meanwhile_is_skipped(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.001")
     (tmp_path / "s1").mkdir()
