@@ -14,7 +14,7 @@ from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.runs import RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
-from clm_explore.ui.views import escape_markdown, metric_row
+from clm_explore.ui.views import CHART_CONFIG, escape_markdown, metric_row
 
 
 def store() -> RunStore:
@@ -138,7 +138,7 @@ def _job_card(job: Job, key: str) -> None:
         # test, with four finished jobs on the board, a head job on the tiny model waited 99 s, now 21 s).
         show = not job.done or st.toggle(f"Curves of {escape_markdown(run_name)}", key=f"{key}_curves_{job.id}")
         if p.losses and show:
-            _curves(p.losses, p.eval_history, f"{key}_{job.id}")
+            _curves(p.losses, p.eval_history, f"{key}_{job.id}", f"Training loss and validation scores of {run_name}")
         if job.status is RunStatus.FAILED and job.error:
             st.error(f"The job failed: {escape_markdown(last_line(job.error) or '')}")
             with st.expander("Traceback"):
@@ -207,7 +207,7 @@ CURVE_POINTS = 1000
 """Most loss points a live curve sends: it is redrawn every second in every open session."""
 
 
-def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str) -> None:
+def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str, alt: str) -> None:
     frame = pd.DataFrame(losses[:: max(1, -(-len(losses) // CURVE_POINTS))], columns=["step", "loss"])
     fig = go.Figure(go.Scatter(x=frame["step"], y=frame["loss"], name="train loss", mode="lines"))
     metric_names = [k for k in CURVE_METRICS if evals and isinstance(evals[0].get(k), (int, float))]
@@ -228,7 +228,7 @@ def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str) -> Non
         yaxis2=dict(overlaying="y", side="right", range=[0, 1], showgrid=False),
         legend=dict(orientation="h", y=1.15),
     )
-    st.plotly_chart(fig, key=f"{key}_curve", width="stretch")
+    st.plotly_chart(fig, key=f"{key}_curve", width="stretch", config=CHART_CONFIG, alt=alt)
 
 
 def _duration(seconds: float | None) -> str:

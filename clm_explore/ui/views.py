@@ -46,10 +46,18 @@ def highlight_markdown(text: str, needle: str) -> str:
     return "".join(parts)
 
 
+CHART_CONFIG = {
+    "displaylogo": False,
+    "modeBarButtonsToRemove": ["zoom2d", "pan2d", "select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"],
+}
+"""Plotly's toolbar kept to 'Download plot as a png' and 'Reset axes': every button is a Tab stop for a keyboard
+(eight a chart before), and a drag still zooms, a double-click still resets."""
+
+
 def chart(fig: go.Figure, key: str, numbers: pd.DataFrame | None = None, title: str = "") -> None:
     """A plotly figure, and beneath it, folded, the numbers it draws: a screen reader, a keyboard or a reader who
     cannot tell its colours apart gets the values the figure shows only by colour, length or on hover."""
-    st.plotly_chart(fig, key=key)
+    st.plotly_chart(fig, key=key, config=CHART_CONFIG, alt=title or None)
     if numbers is not None:
         with st.expander(f"Numbers: {title}" if title else "Numbers behind the chart"):
             st.dataframe(numbers, key=f"{key}_numbers")

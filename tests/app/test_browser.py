@@ -295,3 +295,18 @@ def test_keyboard_order_and_a_narrow_window(server: str, browser, shots: list) -
         ".map(el => el.innerText)"
     )
     assert not cut, f"metrics cut at 800 px: {cut}"  # five columns read 'Trainab…', 'Optimi… 18.…'
+
+    # A chart is named for a screen reader and costs a keyboard three Tab stops (PNG, reset, fullscreen): plotly's
+    # whole toolbar was eight, and the chart had no name of its own.
+    page.goto(server, timeout=WAIT_MS)
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.wait_for(timeout=WAIT_MS)
+    chart.hover()
+    page.locator('[data-testid="stPlotlyChart"] .modebar-btn').first.wait_for(state="attached", timeout=WAIT_MS)
+    named, stops = page.evaluate(
+        "() => { const c = document.querySelector('[data-testid=\"stPlotlyChart\"]');"
+        " return [c.getAttribute('aria-label'), [...c.querySelectorAll('a, button, [tabindex]')]"
+        ".filter(e => e.tabIndex >= 0).length]; }"
+    )
+    assert named == "rows per label and split"
+    assert stops <= 3, stops
