@@ -150,7 +150,8 @@ def prepare_prefix(ctx: MethodContext) -> Prepared:
     model = ctx.loaded.model
     _accept_prefix_cache(model)
     config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=ctx.cfg.prefix_tokens,
-                                modules_to_save=head_module_names(model))
+                                modules_to_save=head_module_names(model),
+                                init_weights="zero" if ctx.cfg.prefix_init == "zero" else None)
     with _quiet_peft():
         peft_model = get_peft_model(model, config)
 
@@ -158,7 +159,8 @@ def prepare_prefix(ctx: MethodContext) -> Prepared:
         return PrefixRunModel(peft_model)  # type: ignore[return-value]  (saves like one, see the class)
 
     return Prepared(peft_model, _trainable_group(peft_model, 0.0), finalize,
-                    info={"prefix_tokens": ctx.cfg.prefix_tokens, "adapter": ADAPTER_DIR})
+                    info={"prefix_tokens": ctx.cfg.prefix_tokens, "prefix_init": ctx.cfg.prefix_init,
+                          "adapter": ADAPTER_DIR})
 
 
 def takes_a_prefix(model: PreTrainedModel) -> bool:

@@ -82,7 +82,7 @@ SPREAD_SUFFIX = "+spread"
 (``finetune --spread-heads``): the mask variant ``tune_spread`` sweeps and ``score`` may fix per method."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
               "tune_score", "score", "cold_head", "schedule", "average_last", "tune_widen",
-              "tune_each_budget", "spread_heads", "tune_spread")
+              "tune_each_budget", "spread_heads", "tune_spread", "prefix_init")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
@@ -142,6 +142,8 @@ class BenchConfig:
     """Every cell evaluates and saves its trained weights averaged over this last share of the steps
     (``finetune --average-last``; 0 = off). With ``schedule="constant"`` and 0.5 it is SWA's recipe, the fastest
     to full finetuning's accuracy on banking77 (BENCHMARKS.md); the grid gives it to every method alike."""
+    prefix_init: str = FinetuneConfig.prefix_init
+    """Where the prefix method's cells start (``finetune --prefix-init``)."""
     model: str = "default"
     batch_size: int = 32
     max_length: int = 64
@@ -175,7 +177,7 @@ class BenchConfig:
             raise BenchError(f"jobs must be >= 1, got {self.jobs}")
         try:  # finetune's own rules, said before any cell rather than by every cell
             FinetuneConfig(schedule=self.schedule, average_last=self.average_last, batch_size=self.batch_size,
-                           max_length=self.max_length)
+                           max_length=self.max_length, prefix_init=self.prefix_init)
         except ConfigError as exc:
             raise BenchError(str(exc)) from exc
         if self.shots < 0 or self.limit < 0:
@@ -457,6 +459,8 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
         cmd += ["--schedule", cfg.schedule]
     if cfg.average_last:
         cmd += ["--average-last", repr(cfg.average_last)]
+    if cell.method == "prefix" and cfg.prefix_init != FinetuneConfig.prefix_init:
+        cmd += ["--prefix-init", cfg.prefix_init]
     return cmd
 
 
@@ -926,6 +930,8 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
         for grid in (before, now):  # how the sweep goes only matters to a grid that sweeps
             if not grid["tune_lr"]:
                 grid.update(tune_widen=0, tune_each_budget=False)
+            if "prefix" not in shared:  # where the prefix starts only matters to prefix cells
+                grid["prefix_init"] = FinetuneConfig.prefix_init
         changed = [k for k in SAME_CELLS if k in before and before[k] != now[k]]
         if changed:
             said = "; ".join(f"`{k}` {_shown(before[k])} there, {_shown(now[k])} now" for k in changed)

@@ -15,9 +15,9 @@ from transformers import AutoModelForSequenceClassification
 
 from clm_explore.baselines import choose_layers, gradient_sensitivity, load_run_model
 from clm_explore.batches import predict_proba
-from clm_explore.config import METHODS, FinetuneConfig, MaskConfig, SensitivityConfig
+from clm_explore.config import METHODS, ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig
 from clm_explore.masks import budget_to_params
-from clm_explore.modeling import count_parameters, head_parameter_names
+from clm_explore.modeling import count_parameters, head_parameter_names, load_model
 from clm_explore.sensitivity import SensitivityReport
 from clm_explore.training import finetune
 
@@ -70,6 +70,25 @@ def test_bitfit_leaves_weights_untouched(tiny_data, tiny, tmp_path):
 def test_peft_methods_train_far_fewer_parameters_than_full(method, tiny_data, tiny, tmp_path):
     metrics = _run(method, tiny_data, tmp_path).metrics
     assert metrics["trainable_params"] < count_parameters(tiny.model) / 4
+
+
+def test_prefix_starts_at_zero_or_at_random(tiny_data, tiny, tmp_path):
+    from clm_explore.baselines import prepare_prefix
+    from clm_explore.training import MethodContext
+
+    def start(init: str) -> torch.Tensor:
+        loaded = load_model("tiny-random", tiny_data.labels, seed=0)
+        cfg = replace(_cfg("prefix"), prefix_init=init)
+        prepared = prepare_prefix(MethodContext(loaded, tiny_data, cfg, torch.device("cpu"), tmp_path))
+        return prepared.model.prompt_encoder["default"].embedding.weight.detach()
+
+    assert torch.count_nonzero(start("zero")) == 0  # keys and values 0: nothing added to an attention output
+    assert torch.count_nonzero(start("random")) > 0  # peft's default draws
+    metrics = finetune(tiny_data, replace(_cfg("prefix"), prefix_init="zero"), tmp_path / "zero",
+                       source="tiny-random").metrics
+    assert metrics["prefix_init"] == "zero"
+    with pytest.raises(ConfigError, match="prefix_init must be one of random, zero"):
+        FinetuneConfig(method="prefix", prefix_init="ones")
 
 
 def test_lora_merges_into_the_base_architecture(tiny_data, tmp_path):

@@ -160,6 +160,24 @@ def test_finetune_command_passes_the_cell():
     assert swa[swa.index("--schedule") + 1] == "constant" and swa[swa.index("--average-last") + 1] == "0.5"
 
 
+def test_prefix_init_reaches_the_prefix_cells_and_only_their_grids_resume_on_it(data_dir, tmp_path):
+    zero = _cfg(methods=("prefix", "head"), prefix_init="zero")
+    cmd = finetune_command(Cell("prefix", None, 0), zero, Path("d"), Path("c"))
+    assert cmd[cmd.index("--prefix-init") + 1] == "zero"
+    assert "--prefix-init" not in finetune_command(Cell("head", None, 0), zero, Path("d"), Path("c"))
+    assert "--prefix-init" not in finetune_command(Cell("prefix", None, 0), _cfg(), Path("d"), Path("c"))  # older grids'
+    heads = _cfg(methods=("head",))
+    run_grid(data_dir, heads, tmp_path / "heads", runner=in_process(heads), progress=False)
+    other = _cfg(methods=("head",), prefix_init="zero")  # no prefix cell: nothing it changes
+    assert len(run_grid(data_dir, other, tmp_path / "heads", runner=in_process(other), progress=False).results) == 1
+    prefix = _cfg(methods=("prefix",), prefix_init="zero")
+    results = run_grid(data_dir, prefix, tmp_path / "prefix", runner=in_process(prefix), progress=False).results
+    assert json.loads((tmp_path / "prefix" / "cells" / "prefix-s0" / "metrics.json").read_text())["prefix_init"] == "zero"
+    assert len(results) == 1
+    with pytest.raises(BenchError, match="`prefix_init` zero there, random now"):
+        run_grid(data_dir, _cfg(methods=("prefix",)), tmp_path / "prefix", runner=in_process(prefix), progress=False)
+
+
 def test_bad_training_recipe_is_refused():
     with pytest.raises(BenchError, match="schedule must be one of"):
         _cfg(schedule="step")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import UserError, add_data_args, print_json
-from clm_explore.config import METHODS, SCHEDULES, TUNE_WIDEN, DataConfig, FinetuneConfig
+from clm_explore.config import METHODS, PREFIX_INITS, SCHEDULES, TUNE_WIDEN, DataConfig, FinetuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +61,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
                    help="every cell averages its trained weights over this last share of the steps (0 = off); "
                    "with --schedule constant and 0.5 it is SWA's recipe")
+    p.add_argument("--prefix-init", choices=PREFIX_INITS, default=FinetuneConfig.prefix_init,
+                   help="where the prefix method's keys and values start (finetune --prefix-init)")
     p.add_argument("--model", default="default", metavar="SRC",
                    help="'default' (all-MiniLM-L6-v2), 'tiny-random', a local HF folder, a .gguf file or 'smollm2'")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
@@ -114,7 +116,7 @@ def bench_config(args: argparse.Namespace):
                        tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget,
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, tune_spread=args.tune_spread, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, spread_heads=args.spread_heads, schedule=args.schedule, average_last=args.average_last,
-                       model=args.model, batch_size=args.batch_size,
+                       prefix_init=args.prefix_init, model=args.model, batch_size=args.batch_size,
                        max_length=args.max_length, device=args.device, jobs=args.jobs,
                        data=str(Path(args.data).resolve()))
 

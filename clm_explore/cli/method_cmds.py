@@ -23,6 +23,7 @@ from clm_explore.config import (
     FISHER_LABELS,
     HEAD_INITS,
     METHODS,
+    PREFIX_INITS,
     SCHEDULES,
     SCORES,
     DataConfig,
@@ -264,6 +265,9 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--cold-head", action="store_true",
                    help="train from the head as loaded (seeded random), not the warmed-up one; row methods still "
                    "warm a head for their scores")
+    p.add_argument("--prefix-init", choices=PREFIX_INITS, default=FinetuneConfig.prefix_init,
+                   help="prefix method: where the prefix keys and values start (random: peft's default draws; zero: "
+                   "they add nothing to an attention output at the start)")
     p.add_argument("--out-of-scope-quantile", type=float, default=FinetuneConfig.out_of_scope_quantile, metavar="Q",
                    help="test labels unseen in train are scored with abstention below this quantile of the "
                    "validation rows' top probabilities, in (0, 1)")
@@ -295,6 +299,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           label_smoothing=args.label_smoothing, average_last=args.average_last,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
+                          prefix_init=args.prefix_init,
                           sensitivity=SensitivityConfig(score=args.score, fisher_labels=args.fisher_labels,
                                                         label_draws=args.label_draws,
                                                         warmup_epochs=args.head_warmup_epochs,
