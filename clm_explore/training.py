@@ -19,7 +19,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,9 @@ from clm_explore.sensitivity import (
     warm_up_head,
 )
 from clm_explore.sparse import attach_deltas, delta_state, merge_deltas
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 ROW_DELTA_LR = 5e-3
 """Row-delta methods' default: best of 3.3e-4..1e-2 for sparse on banking77 validation (BENCHMARKS.md)."""
@@ -582,9 +585,14 @@ def finetune(
     model = prepared.finalize()
     metrics = _evaluate_and_save(loaded, model, data, cfg, out_dir, files, main)
     metrics.update(prepared.info)
+    ranks = _per_rank(accelerator, {"train_seconds": loop.train_seconds, "peak_memory_mb": memory.mb + loop.memory_before_mb})
+    if len(ranks) > 1:
+        metrics["per_rank"] = ranks
     metrics.update(method=cfg.method, seed=cfg.seed, epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size,
-                   train_seconds=loop.train_seconds, examples_per_second=loop.examples / max(sum(loop.epoch_seconds), 1e-9),
-                   peak_memory_mb=memory.mb + loop.memory_before_mb, trainable_params=loop.trainable_params, epoch_seconds=loop.epoch_seconds,
+                   train_seconds=max(r["train_seconds"] for r in ranks),
+                   examples_per_second=loop.examples / max(sum(loop.epoch_seconds), 1e-9),
+                   peak_memory_mb=max(r["peak_memory_mb"] for r in ranks), trainable_params=loop.trainable_params,
+                   epoch_seconds=loop.epoch_seconds,
                    total_params=count_parameters(model), base_params=base_params,
                    backbone_params=backbone_parameter_count(model), val_curve=loop.val_curve,
                    device=str(device), status="succeeded")
@@ -593,6 +601,15 @@ def finetune(
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return FinetuneResult("succeeded", metrics, out_dir)
+
+
+def _per_rank(accelerator: Accelerator | None, values: dict[str, float]) -> list[dict[str, float]]:
+    """Every process's ``values``, in rank order (one process: its own). A collective: every rank must call it.
+    The run's time is its slowest process's and its memory the largest one's (the GPU that runs out first)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [values]
+    mine = torch.tensor([list(values.values())], dtype=torch.float64, device=accelerator.device)
+    return [dict(zip(values, row, strict=True)) for row in accelerator.gather(mine).tolist()]
 
 
 def _cancelled(out_dir: Path, steps: int) -> FinetuneResult:

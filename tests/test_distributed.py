@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +40,13 @@ def test_two_ranks_agree_on_final_weights_and_a_rerun_overwrites(data_dir: Path,
     _same_weights(out)
     delta = load_file(out / "delta.safetensors")  # training moved the rows (the check above is not vacuous)
     assert any(v.abs().max() > 0 for k, v in delta.items() if k.endswith("delta_w"))
+    # The run's time and memory are its slowest and largest process's, each process's kept (rank 0's alone before).
+    metrics = json.loads((out / "metrics.json").read_text())
+    ranks = metrics["per_rank"]
+    assert len(ranks) == 2 and all(r["peak_memory_mb"] >= 0 and r["train_seconds"] > 0 for r in ranks)
+    assert metrics["peak_memory_mb"] == max(r["peak_memory_mb"] for r in ranks)
+    assert metrics["train_seconds"] == max(r["train_seconds"] for r in ranks)
+    assert json.loads((out / "ranks" / "1" / "metrics.json").read_text())["per_rank"] == ranks
     # Again into the same folder, with prefix tuning (its secondary rank saves a model with shared tensors):
     # rank 0 empties the folder before the other rank writes its copy into it.
     again = _launch(data_dir, out, "--method", "prefix", "--overwrite")
