@@ -310,10 +310,11 @@ class RunStore:
             meta = read_json_object(record.path / "clm_run.json")
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
                 sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
-        if (status in STOPPED_STATUSES
-                and (record.path / "clm_run.json").is_file() and not (record.path / "metrics.json").exists()):
+        if (status in STOPPED_STATUSES and (record.path / "clm_run.json").is_file()
+                and _unfinished_on_disk(record.path / "metrics.json")):
             # Only in a run folder (clm_run.json): a folder stopped before it would hold the marker alone, which
             # --overwrite refuses to replace (not a run folder), so the run could never be trained there again.
+            # A stopped run's own record (``finetune`` writes failed or cancelled) gives way to the caller's.
             write_json_atomic(record.path / "metrics.json", {"status": status.value, "error": error})
         self._update(run_id, sets)
         return self.get(run_id)
@@ -522,6 +523,13 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+
+def _unfinished_on_disk(metrics_path: Path) -> bool:
+    """No metrics.json yet, or one that records a stopped run (never a finished run's)."""
+    if not metrics_path.exists():
+        return True
+    return read_json_object(metrics_path).get("status") in {s.value for s in STOPPED_STATUSES}
 
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:

@@ -11,6 +11,7 @@ training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -52,7 +53,14 @@ from clm_explore.modeling import (
     transformers_quieted,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
-from clm_explore.runs import RANK_COPIES, TRAINED_LENGTH_KEY, check_run_dir, claim_run_dir, write_json_atomic
+from clm_explore.runs import (
+    RANK_COPIES,
+    TRAINED_LENGTH_KEY,
+    RunStatus,
+    check_run_dir,
+    claim_run_dir,
+    write_json_atomic,
+)
 from clm_explore.sensitivity import (
     SensitivityReport,
     backbone_parameter_count,
@@ -549,6 +557,15 @@ def finetune(
     loaded.model.to(device)
     write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                             "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
+    with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
+        return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase)
+
+
+def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfig, device: torch.device,
+                    out_dir: Path, accelerator: Accelerator | None, on_step: Callable[[StepInfo], None] | None,
+                    should_stop: Callable[[], bool] | None, on_phase: PhaseCallback | None) -> FinetuneResult:
+    """``finetune`` once its run folder holds clm_run.json: prepare the method, train, evaluate, save."""
+    main = accelerator is None or accelerator.is_main_process
     ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1,
                         report=phase_reporter(on_phase, should_stop))
     base_params = count_parameters(loaded.model)
@@ -601,6 +618,22 @@ def finetune(
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
     return FinetuneResult("succeeded", metrics, out_dir)
+
+
+@contextmanager
+def _ending_recorded(out_dir: Path) -> Iterator[None]:
+    """A run that raises leaves metrics.json saying how it ended (cancelled on KeyboardInterrupt, else failed), as
+    the CLI and the app record it, so that the folder registered later does not read as pending. The caller's
+    record (``RunStore.set_status``: interrupted, say) replaces it."""
+    try:
+        yield
+    except BaseException as exc:
+        if not (out_dir / "metrics.json").exists():
+            status = RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+            with contextlib.suppress(OSError):  # a full disk: the error the caller sees is the one that counts
+                write_json_atomic(out_dir / "metrics.json",
+                                  {"status": status.value, "error": str(exc) or type(exc).__name__})
+        raise
 
 
 def _per_rank(accelerator: Accelerator | None, values: dict[str, float]) -> list[dict[str, float]]:

@@ -236,6 +236,26 @@ def test_should_stop_cancels(tmp_path, data):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize(("raised", "status"), [(RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "cancelled")])
+def test_a_run_that_raises_says_how_it_ended_and_the_caller_may_say_more(tmp_path, data, raised, status):
+    from clm_explore.runs import RunStatus, RunStore
+
+    def raise_at_step_2(info) -> None:
+        if info.step == 2:
+            raise raised
+
+    cfg = FinetuneConfig(method="full", epochs=1, batch_size=8, device="cpu")
+    with pytest.raises(type(raised)):
+        finetune(data, cfg, tmp_path / "run", source="tiny-random", on_step=raise_at_step_2)
+    ended = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert ended == {"status": status, "error": str(raised) or type(raised).__name__}  # before: no metrics.json
+    store = RunStore(tmp_path / "registry")
+    record = store.register_folder(tmp_path / "run")
+    assert record.status is RunStatus(status)  # it read "pending", for good
+    store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM")  # as the CLI records a launcher's stop
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+
+
 def test_the_preparation_reports_its_phases_and_a_cancel_stops_it_at_the_next_scoring_batch(tmp_path, data):
     phases: list[tuple[str, int, int]] = []
 
