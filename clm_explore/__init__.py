@@ -72,7 +72,7 @@ _EXPORTS = {
     "write_report": "clm_explore.report",
 }
 
-__all__ = sorted(_EXPORTS)  # noqa: PLE0605  (built from the table above so the two cannot drift)
+__all__ = sorted(_EXPORTS)  # built from the table above so the two cannot drift
 
 
 def __getattr__(name: str) -> Any:
