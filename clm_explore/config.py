@@ -273,8 +273,11 @@ class MaskConfig:
         _check(self.strategy in MASK_STRATEGIES, f"strategy must be one of {', '.join(MASK_STRATEGIES)}, got {self.strategy!r}")
         _check(self.sample_temperature > 0, f"sample_temperature must be > 0, got {self.sample_temperature}")
         _check(0 <= self.random_share <= 1, f"random_share must be in [0, 1], got {self.random_share}")
-        _check(not self.spread_heads or (self.strategy == "topk_global" and not self.random_share),
-               "spread_heads re-picks the top rows: it needs strategy 'topk_global' and random_share 0")
+        _check(not self.spread_heads or self.strategy == "topk_global",
+               f"spread_heads re-picks the top rows: not with strategy {self.strategy!r} (rows drawn"
+               f"{' by score; on the command line, --sample-temperature' if self.strategy == 'sampled' else ' at random'})")
+        _check(not self.spread_heads or not self.random_share,
+               "spread_heads re-picks the top rows: not with a random_share above 0")
         _check(self.cost_aware >= 0, f"cost_aware must be >= 0, got {self.cost_aware}")
         _check(self.min_layer >= -1, f"min_layer must be >= -1 (auto), got {self.min_layer}")
 

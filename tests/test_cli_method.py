@@ -227,6 +227,14 @@ def test_bad_sample_temperature_exits_2(capsys, data_dir):
     assert "--sample-temperature" in err
 
 
+@pytest.mark.parametrize(("flags", "phrase"), [(["--sample-temperature", "0.5"], "--sample-temperature"),
+                                              (["--random-share", "0.5"], "a --random-share above 0")])
+def test_spread_heads_with_drawn_rows_names_the_flag_at_fault(capsys, data_dir, flags, phrase):
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--spread-heads", *flags])
+    assert "--spread-heads re-picks the top rows" in err and phrase in err
+    assert "topk_global" not in err  # a field the command line has no option for
+
+
 def test_bad_warmup_ratio_exits_2(capsys, data_dir):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--warmup-ratio", "1.5"])
     assert "--warmup-ratio" in err and "1.5" in err
