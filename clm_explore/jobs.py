@@ -65,6 +65,10 @@ class Progress:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
 
+NEVER_STARTED = "the server stopped before its turn came: it never started; launch it again"
+"""A queued job's error when the server stops before the job's turn (its run reads interrupted)."""
+
+
 class Job:
     """One queued call. Read ``status`` and ``progress()``; ``cancel()`` asks it to stop."""
 
@@ -223,7 +227,7 @@ class JobQueue:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        if not job.claim():  # cancelled while it waited: already finished
+        if self._exiting or not job.claim():  # the server is going (``_server_exiting`` ends it), or cancelled
             return
         try:
             self._run_claimed(job)
@@ -234,6 +238,10 @@ class JobQueue:
     def _run_claimed(self, job: Job) -> None:
         if job.cancel_event.is_set():
             self._finish(job, RunStatus.CANCELLED)
+            return
+        if self._exiting:  # claimed as the server began to go: ``_server_exiting`` passed it by
+            job.error = NEVER_STARTED
+            self._finish(job, RunStatus.INTERRUPTED)
             return
         job.started = time.time()
         # The row first: a running job implies a running run. A registry that cannot record it fails the job
@@ -331,11 +339,15 @@ class JobQueue:
 
     def _server_exiting(self) -> None:
         """At the server's exit (Ctrl+C, SIGTERM), before multiprocessing terminates the worker processes: a running
-        job ends interrupted, as a restarted server would mark its run, not failed by its worker's death."""
+        job ends interrupted, as a restarted server would mark its run, not failed by its worker's death; a job
+        still waiting its turn is not started, and ends interrupted too, saying so."""
         self._exiting = True
         for job in self.jobs():
             if job.status is RunStatus.RUNNING:
                 job.error = "the server stopped while the job ran"
+                self._finish(job, RunStatus.INTERRUPTED)
+            elif job.claim():  # still waiting: the worker will not take it now
+                job.error = NEVER_STARTED
                 self._finish(job, RunStatus.INTERRUPTED)
 
     def shutdown(self, timeout: float | None = 5.0) -> None:

@@ -313,8 +313,10 @@ from orphan_job import sleep_then_write
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as Streamlit stops on SIGTERM: exit handlers run
     store = RunStore(sys.argv[2])
-    run = store.create("stopped", "sparse")
-    JobQueue(store, processes=True).submit(sleep_then_write, {"path": sys.argv[1], "seconds": 60}, run_id=run.id)
+    run, waiting = store.create("stopped", "sparse"), store.create("waiting", "full")
+    jobs = JobQueue(store, processes=True)
+    jobs.submit(sleep_then_write, {"path": sys.argv[1], "seconds": 60}, run_id=run.id)
+    jobs.submit(sleep_then_write, {"path": sys.argv[1] + "-2", "seconds": 60}, run_id=waiting.id)
     time.sleep(120)
 """
 
@@ -338,8 +340,13 @@ def test_a_server_stopped_mid_job_records_its_run_interrupted(tmp_path) -> None:
         assert server.wait(30) == 0
     finally:
         server.kill()
-    (run,) = RunStore(tmp_path / "runs").list()
+    runs = {run.name: run for run in RunStore(tmp_path / "runs").list()}
+    run = runs["stopped"]
     assert run.status is RunStatus.INTERRUPTED, (run.status, run.error)  # was failed: "the worker ... died"
+    # The job waiting its turn never starts: its run says so (it was marked running as the server went, for good).
+    waiting = runs["waiting"]
+    assert waiting.status is RunStatus.INTERRUPTED and "before its turn" in waiting.error, (waiting.status, waiting.error)
+    assert not (tmp_path / "written-2.pid").exists()
 
 
 def sleep_ignoring_stop(seconds: float = 30.0, on_step=None, should_stop=None) -> FakeResult:
