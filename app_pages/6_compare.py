@@ -27,7 +27,8 @@ if state.get("cmp_a_seen", a.id) != a.id:  # another A: B follows it to a run of
     state.forget("cmp_b")
 state.put("cmp_a_seen", a.id)
 with c2:
-    b = run_views.run_picker(done, "Run B", run_views.other_run(done, a, prefer="full"), key="cmp_b")
+    others = [r for r in done if r.id != a.id]  # B is never A: a run compared with itself agrees everywhere
+    b = run_views.run_picker(others, "Run B", run_views.other_run(done, a, prefer="full"), key="cmp_b")
 mismatch = run_views.data_mismatch(a, b)
 if mismatch:
     st.warning(mismatch)

@@ -329,10 +329,19 @@ def run_label(run: RunRecord) -> str:
 
 
 def run_picker(records: list[RunRecord], label: str, default: RunRecord | None, key: str) -> RunRecord:
-    """A run select box whose pick outlives page switches (``state.restore``)."""
+    """A run select box whose pick outlives page switches (``state.restore``). A picked run that is gone (deleted,
+    perhaps by another user of the server) is said so and replaced by ``default``: Streamlit alone would take the
+    list's first run in silence, which on the Compare page could be the other side's run."""
     by_id = {r.id: r for r in records}
     ids = list(by_id)
-    state.restore(key, default.id if default is not None and default.id in by_id else ids[0], options=ids)
+    fallback = default.id if default is not None and default.id in by_id else ids[0]
+    previous = st.session_state.get(key, state.kept(key))  # the live widget's pick, else the one kept across pages
+    gone = previous if previous is not None and previous not in by_id else None
+    if gone is not None:
+        state.put(key, fallback)
+        st.warning(f"{label}, {escape_markdown(str(gone))}, is no longer on this server (deleted, perhaps by another "
+                   f"user): showing {escape_markdown(run_label(by_id[fallback]))} instead.")
+    state.restore(key, fallback, options=ids)
     picked = st.selectbox(label, ids, key=key, format_func=lambda i: run_label(by_id[i]))
     state.keep(key)
     return by_id[picked]

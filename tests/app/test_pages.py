@@ -731,10 +731,28 @@ def test_compare_picks_survive_a_visit_to_another_page(at: AppTest) -> None:
     goto(at, "app_pages/7_runs.py")
     goto(at, "app_pages/6_compare.py")
     assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == (ids[0], ids[1])
-    store.delete(ids[1])  # a kept pick that is gone falls back to the default
+    store.delete(ids[1])  # a kept pick that is gone falls back to the default, and says so
     goto(at, "app_pages/7_runs.py")
     goto(at, "app_pages/6_compare.py")
     assert at.selectbox(key="cmp_b").value == ids[2]
+    assert any("Run B" in w.value and "no longer on this server" in w.value for w in at.warning)
+
+
+def test_a_compared_run_deleted_meanwhile_is_never_replaced_by_the_other_side(at: AppTest) -> None:
+    # Another user deletes run B while this page shows it: Streamlit fell back to the list's first run, Run A
+    # itself ("0 disagreements"), without a word.
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    ids = [create_finished(store, name, method, SAMPLE_KEY)
+           for name, method in (("a-full", "full"), ("b-sparse", "sparse"), ("c-head", "head"))]
+    goto(at, "app_pages/6_compare.py")
+    at.selectbox(key="cmp_a").set_value(ids[2]).run()
+    at.selectbox(key="cmp_b").set_value(ids[0]).run()
+    assert ids[2] not in at.selectbox(key="cmp_b").options  # B is never A
+    store.delete(ids[0])
+    at.run()
+    a, b = at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value
+    assert (a, b) == (ids[2], ids[1])
+    assert any("Run B" in w.value and "no longer on this server" in w.value for w in at.warning)
 
 
 def waiting_job(store: RunStore, name: str):
