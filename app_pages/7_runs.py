@@ -42,7 +42,7 @@ c1, c2 = st.columns(2)
 with c1:
     st.download_button(
         "Download folder (zip)",
-        data=lambda: store.zip_run(run.id),
+        data=lambda: run_views.run_zip(store, run.id),
         file_name=f"{run.id}.zip",
         mime="application/zip",
         key="runs_zip",

@@ -5,6 +5,8 @@ Same rules as ``views``: user text only through dataframes or escaped Markdown, 
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections import Counter
 from typing import Any
 
@@ -17,7 +19,7 @@ import streamlit as st
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.config import BUDGET_METHODS
 from clm_explore.metrics import confusion_table
-from clm_explore.runs import RunRecord, RunStatus
+from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
@@ -326,6 +328,20 @@ def run_label(run: RunRecord) -> str:
     """A run as pickers list it: id, method and the data set it was trained on (plain text, not Markdown)."""
     data = run.config.get("data")
     return f"{run.id} ({run.method}" + (f", {data_key_name(str(data))})" if data else ")")
+
+
+def run_zip(store: RunStore, run_id: str) -> bytes:
+    """The run folder as a zip; a run deleted since the page was drawn (by another user, say) gives a zip that says
+    so. The zip is made after the click, where an error reaches no one: Streamlit logs it and the browser shows
+    nothing."""
+    try:
+        return store.zip_run(run_id)
+    except RunStoreError:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(f"{run_id}/DELETED.txt", f"Run {run_id} was deleted from the server before this download "
+                             "began (perhaps by another user of the server).\n")
+        return buffer.getvalue()
 
 
 def run_picker(records: list[RunRecord], label: str, default: RunRecord | None, key: str) -> RunRecord:

@@ -755,6 +755,20 @@ def test_a_compared_run_deleted_meanwhile_is_never_replaced_by_the_other_side(at
     assert any("Run B" in w.value and "no longer on this server" in w.value for w in at.warning)
 
 
+def test_a_download_of_a_run_deleted_meanwhile_says_so(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from clm_explore.ui.run_views import run_zip
+
+    store = RunStore(tmp_path)
+    run_id = create_finished(store, "gone", "full", SAMPLE_KEY)
+    assert zipfile.ZipFile(io.BytesIO(run_zip(store, run_id))).namelist() == [f"{run_id}/metrics.json"]
+    store.delete(run_id)  # after the page was drawn, before the click: the zip is made on the click
+    archive = zipfile.ZipFile(io.BytesIO(run_zip(store, run_id)))  # before: an error in the server log, nothing else
+    assert "was deleted from the server" in archive.read(f"{run_id}/DELETED.txt").decode()
+
+
 def waiting_job(store: RunStore, name: str):
     """A job another session queued, still waiting (the tests' inline jobs never wait), in the app's queue."""
     from clm_explore.jobs import Job
