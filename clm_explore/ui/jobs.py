@@ -56,7 +56,8 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
         run_id=run.id,
         device=cfg.device,
     )
-    job.label = f"{cfg.method} on {state.data_key_name(choice.key)}"  # a shared queue: whose job is this?
+    # A shared queue: what is this job? (its session is marked on the card: ``state.launched_here``)
+    job.label = f"{cfg.method} on {state.data_key_name(choice.key)} with {run_views.model_name(source)}"
     state.remember_launch(run.id)
     return job
 
@@ -114,7 +115,8 @@ def _job_card(job: Job, key: str) -> None:
     with st.container(border=True):
         c1, c2 = st.columns([5, 1])
         about = f" · {escape_markdown(job.label)}" if job.label else ""
-        c1.markdown(f"**{escape_markdown(run_name)}**{about} · {job.device} · `{job.status.value}`")
+        yours = " · *launched here*" if job.run_id and state.launched_here(job.run_id) else ""
+        c1.markdown(f"**{escape_markdown(run_name)}**{about} · {job.device} · `{job.status.value}`{yours}")
         if not job.done:
             with c2:
                 cancel_control(job, key)

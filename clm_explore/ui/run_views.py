@@ -34,6 +34,9 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
             {
                 "run": r.id,
                 "method": r.method,
+                "data": data_key_name(str(r.config["data"])) if r.config.get("data") else None,
+                "model": model_name(r.config.get("source")) or None,
+                "launched here": state.launched_here(r.id),
                 "status": r.status.value,
                 "created": r.created,
                 "accuracy": m.get("accuracy"),
@@ -55,6 +58,8 @@ def render_runs_table(records: list[RunRecord], key: str) -> None:
         column_config={
             "accuracy": st.column_config.NumberColumn(format="%.3f"),
             "macro_f1": st.column_config.NumberColumn(format="%.3f"),
+            "launched here": st.column_config.CheckboxColumn(help="launched from this browser session"),
+            "error": st.column_config.TextColumn(width="large"),  # "the server stopped…" was cut to "the serve…"
         },
     )
 
@@ -242,9 +247,9 @@ def data_mismatch(a: RunRecord, b: RunRecord) -> str:
     if _pairable(a, b):
         return ""
     data_a, data_b = a.config.get("data"), b.config.get("data")
-    name_a, name_b = data_key_name(str(data_a)), data_key_name(str(data_b))  # the full keys when both share it
-    if name_a == name_b:
-        name_a, name_b = str(data_a), str(data_b)
+    name_a, name_b = data_key_name(str(data_a)), data_key_name(str(data_b))
+    if name_a == name_b:  # one file, other columns
+        name_a, name_b = data_key_name(str(data_a), columns=True), data_key_name(str(data_b), columns=True)
     name_a, name_b = escape_markdown(name_a), escape_markdown(name_b)  # an upload's name is user text
     return (f"Run A was trained and tested on {name_a}, run B on {name_b}: their test rows differ, so "
             "they cannot be compared row by row. Pick two runs on one data set (the Runs page compares the "
@@ -325,9 +330,19 @@ def try_text(key: str) -> str:
 
 
 def run_label(run: RunRecord) -> str:
-    """A run as pickers list it: id, method and the data set it was trained on (plain text, not Markdown)."""
-    data = run.config.get("data")
-    return f"{run.id} ({run.method}" + (f", {data_key_name(str(data))})" if data else ")")
+    """A run as pickers list it: id, method, the data set it was trained on and the model (plain text, not
+    Markdown)."""
+    about = [run.method, data_key_name(str(run.config["data"])) if run.config.get("data") else "",
+             model_name(run.config.get("source"))]
+    return f"{run.id} ({', '.join(a for a in about if a)})"
+
+
+def model_name(source: object) -> str:
+    """A model source as a list shows it: a named source as it is, a folder or file by its last part."""
+    if not source:
+        return ""
+    text = str(source).rstrip("/")
+    return text.rsplit("/", 1)[-1] if "/" in text else text
 
 
 def run_zip(store: RunStore, run_id: str) -> bytes:

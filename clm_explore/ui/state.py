@@ -74,10 +74,18 @@ class DataChoice:
         return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}"
 
 
-def data_key_name(key: str) -> str:
+def data_key_name(key: str, columns: bool = False) -> str:
     """The data set's name in a ``DataChoice.key`` (what a run's config records), or the key itself when it is
-    not one."""
-    return key.split(":")[1] if ":" in key else key
+    not one. An upload's name has the start of its digest after it: two users' different ``train.csv`` files are
+    told apart on a shared server. With ``columns``, the text and label columns chosen, where any was."""
+    kind, _, rest = key.partition(":")
+    parts = rest.rsplit(":", 3)
+    if kind not in ("sample", "shared", "upload") or len(parts) != 4:
+        return key
+    name, text_col, label_col, digest = parts
+    shown = f"{name} ({digest[:6]})" if kind == "upload" and digest else name
+    mapped = [f"{what} column {col}" for what, col in (("text", text_col), ("label", label_col)) if col != "None"]
+    return f"{shown}, {' and '.join(mapped)}" if columns and mapped else shown
 
 
 def _get(key: str, default: Any) -> Any:

@@ -694,7 +694,9 @@ def test_page_settings_survive_a_visit_to_another_page(at: AppTest) -> None:
     at.number_input(key="ft_budget").set_value(2.5)
     button(at, "Launch").click().run(timeout=TIMEOUT)  # a form's values are the ones it submitted
     assert not at.exception, [e.value for e in at.exception]
-    assert any(" · head on banking77\\_20 · cpu" in m.value for m in at.markdown)  # the card says what the job is
+    # The card says what the job is, and that this session launched it (a shared queue: whose job is this?)
+    assert any(" · head on banking77\\_20 with tiny\\-random · cpu" in m.value and m.value.endswith("*launched here*")
+               for m in at.markdown), [m.value for m in at.markdown]
     goto(at, "app_pages/3_sensitivity.py")
     at.radio(key="sens_view").set_value("norm_score").run()
     at.toggle(key="sens_compare").set_value(True).run()
@@ -767,6 +769,23 @@ def test_a_download_of_a_run_deleted_meanwhile_says_so(tmp_path: Path) -> None:
     store.delete(run_id)  # after the page was drawn, before the click: the zip is made on the click
     archive = zipfile.ZipFile(io.BytesIO(run_zip(store, run_id)))  # before: an error in the server log, nothing else
     assert "was deleted from the server" in archive.read(f"{run_id}/DELETED.txt").decode()
+
+
+def test_runs_of_two_users_uploads_with_one_name_are_told_apart(tmp_path: Path) -> None:
+    from clm_explore.ui.run_views import data_mismatch, run_label
+
+    store = RunStore(tmp_path)
+    theirs, mine = "upload:train.csv:None:None:45e6c6b32ed4", "upload:train.csv:None:None:3c571d74a94c"
+    ids = [create_finished(store, name, "head", key) for name, key in (("theirs", theirs), ("mine", mine))]
+    a, b = (store.get(i) for i in ids)
+    assert run_label(a) == f"{ids[0]} (head, train.csv (45e6c6), tiny-random)"  # was "(head, train.csv)" for both
+    said = data_mismatch(a, b)
+    assert "train\\.csv \\(45e6c6\\)" in said and "train\\.csv \\(3c571d\\)" in said  # Markdown-escaped
+    assert "upload:" not in said  # the inner keys, "upload:train.csv:None:None:45e6c6b32ed4", before
+    mapped = create_finished(store, "mapped", "head", "shared:snips:question:qtype:")
+    plain = create_finished(store, "plain", "head", "shared:snips:None:None:")
+    assert "snips, text column question and label column qtype" in data_mismatch(store.get(mapped), store.get(plain))
+    assert "(head, snips, tiny-random)" in run_label(store.get(plain))
 
 
 def waiting_job(store: RunStore, name: str):
