@@ -277,13 +277,7 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataCh
     folder = (folder or uploads_root() / session_id()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(raw).hexdigest()
-    suffix = Path(filename).suffix.lower()
-    suffix = suffix if suffix in UPLOAD_SUFFIXES else ".csv"
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(filename).stem).strip("-")[:60]
-    shown = f"{stem}{suffix}"
-    if not stem:  # nothing ASCII left: "upload" alone would make every such file overwrite the last one
-        stem = f"upload-{digest[:12]}"
-        shown = f"{_display_stem(filename) or stem}{suffix}"
+    stem, suffix, shown = _upload_names(filename, digest)
     target = (folder / f"{stem}{suffix}").resolve()
     if target.is_file() and not _holds(target, raw, digest):  # another file with the same sanitised name
         target = (folder / f"{stem}-{digest[:12]}{suffix}").resolve()
@@ -293,6 +287,17 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataCh
     _keep_newest_uploads(folder, UPLOADS_KEPT)
     _keep_uploads_under(folder.parent, uploads_total_mb() * 2**20, target)
     return DataChoice("upload", str(target), shown, digest=digest)
+
+
+def _upload_names(filename: str, digest: str) -> tuple[str, str, str]:
+    """An upload's stored stem and suffix, and the name the app shows for it."""
+    suffix = Path(filename).suffix.lower()
+    suffix = suffix if suffix in UPLOAD_SUFFIXES else ".csv"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(filename).stem).strip("-")[:60]
+    if not stem:  # nothing ASCII left: "upload" alone would make every such file overwrite the last one
+        stem = f"upload-{digest[:12]}"
+        return stem, suffix, f"{_display_stem(filename) or stem}{suffix}"
+    return stem, suffix, f"{stem}{suffix}"
 
 
 def _holds(path: Path, raw: bytes, digest: str) -> bool:
@@ -356,16 +361,15 @@ def _inode(info: os.stat_result) -> tuple[int, int]:
 
 
 def upload_choice(raw: bytes, filename: str, current: DataChoice | None) -> DataChoice:
-    """The current upload choice when ``raw`` is the same file (keeps its column mapping), else a new one."""
+    """The current upload choice when ``raw`` is the same file under the same name, else a new one; the same bytes
+    under another name keep their column mapping and take the new name (the page named the old one)."""
     digest = hashlib.sha256(raw).hexdigest()
-    if (
-        current is not None
-        and current.kind == "upload"
-        and current.digest == digest
-        and Path(current.path).is_file()
-    ):
+    same_file = (current is not None and current.kind == "upload" and current.digest == digest
+                 and Path(current.path).is_file())
+    if same_file and current.name == _upload_names(filename, digest)[2]:
         return current
-    return save_upload(raw, filename)
+    saved = save_upload(raw, filename)
+    return dataclasses.replace(saved, text_col=current.text_col, label_col=current.label_col) if same_file else saved
 
 
 def mining_cfg() -> MiningConfig:

@@ -863,6 +863,22 @@ def test_a_job_that_ended_while_preparing_says_how_it_ended() -> None:
     assert progress_bar(Progress()) == (0.0, "starting training")  # was 'step 0/? · epoch 0.00'
 
 
+def test_the_same_bytes_uploaded_under_another_name_take_that_name_and_keep_the_columns(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    from dataclasses import replace
+
+    from clm_explore.ui import state
+
+    monkeypatch.setattr(state, "uploads_root", lambda: tmp_path)
+    monkeypatch.setattr(state, "session_id", lambda: "s1")
+    raw = b"question,qtype\nhello there,a\n"
+    first = replace(state.upload_choice(raw, "snips_small.csv", None), text_col="question", label_col="qtype")
+    assert state.upload_choice(raw, "snips_small.csv", first) is first  # the script's next run: nothing new
+    renamed = state.upload_choice(raw, "train.csv", first)
+    assert renamed.name == "train.csv"  # the page went on naming snips_small.csv
+    assert (renamed.text_col, renamed.label_col, renamed.digest) == ("question", "qtype", first.digest)
+
+
 def test_uploads_whose_names_have_no_ascii_letters_do_not_overwrite_each_other(tmp_path: Path) -> None:
     first = save_upload(b"text,label\na,x\n", "数据.csv", folder=tmp_path)
     second = save_upload(b"text,label\nb,y\n", "统计.csv", folder=tmp_path)
