@@ -11,7 +11,7 @@ import streamlit as st
 
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
-from clm_explore.runs import RunStatus, RunStore, default_root
+from clm_explore.runs import RunStatus, RunStore, RunStoreError, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
 from clm_explore.ui.views import CHART_CONFIG, escape_markdown, metric_row
@@ -101,6 +101,15 @@ def progress_panel(key: str = "ft") -> None:
         st.caption("No runs yet.")
 
 
+def _registered(run_id: str) -> bool:
+    """Whether the run is still on the server: a finished job's card outlives its run, which anyone may delete."""
+    try:
+        store().get(run_id)
+    except RunStoreError:
+        return False
+    return True
+
+
 def shown_jobs(jobs: list[Job], finished_shown: int = 8) -> list[Job]:
     """The panel's cards, newest first: every job still waiting or running (several sessions may have queued
     many; the running one must keep its Cancel button), then the newest ``finished_shown`` finished ones."""
@@ -116,7 +125,8 @@ def _job_card(job: Job, key: str) -> None:
         c1, c2 = st.columns([5, 1])
         about = f" · {escape_markdown(job.label)}" if job.label else ""
         yours = " · *launched here*" if job.run_id and state.launched_here(job.run_id) else ""
-        c1.markdown(f"**{escape_markdown(run_name)}**{about} · {job.device} · `{job.status.value}`{yours}")
+        gone = " · run deleted since" if job.done and job.run_id and not _registered(job.run_id) else ""
+        c1.markdown(f"**{escape_markdown(run_name)}**{about} · {job.device} · `{job.status.value}`{gone}{yours}")
         if not job.done:
             with c2:
                 cancel_control(job, key)

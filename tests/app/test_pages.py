@@ -244,6 +244,10 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     shown = at.selectbox(key="runs_pick").value  # another run: its confirmation starts unticked
     assert shown != victim and at.checkbox(key=f"runs_confirm_{shown}").value is False
     assert at.button(key="runs_delete").disabled
+    goto(at, "app_pages/5_finetune.py")  # its job's card says the run is gone (it read "succeeded" still)
+    cards = [m.value for m in at.markdown if m.value.startswith("**") and "`succeeded`" in m.value]
+    assert [escape_markdown(victim) in c for c in cards].count(True) == 1, cards
+    assert all(("run deleted since" in c) == (escape_markdown(victim) in c) for c in cards), cards
 
 
 def test_runs_page_shows_interrupted(at: AppTest) -> None:
