@@ -456,3 +456,19 @@ def test_progress_in_a_log_is_a_line_per_report_not_one_rewritten_line(capsys):
     assert "\r" not in err
     lines = err.splitlines()
     assert lines[0] == "scoring rows 34/34" and len(lines) == 11 and lines[-1].startswith("step 100/100 loss")
+
+
+def test_every_option_of_every_command_has_help_and_its_default_shown(capsys) -> None:
+    import argparse
+
+    from clm_explore.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [f"{name} {action.option_strings[0]}" for name, command in commands.items() for action in command._actions
+              if action.option_strings and not action.help]
+    assert not silent  # --epochs, --batch-size, --max-length, --seed, --json ... had none
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "passes over the training split (default: 3)" in shown and "rows per step (default: 32)" in shown
+    assert "--json print JSON instead of a table (default" not in shown  # a switch's False is not said

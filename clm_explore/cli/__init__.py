@@ -128,7 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsShown
     return parser
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """``--help`` gives each option's default after its help, where it has one worth saying (not off, none or
+    empty) and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings
+        if quiet or "default" in text or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 FIELD_FLAGS = {"warmup_epochs": "head_warmup_epochs", "n_steps": "steps", "top_k": "top"}

@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--budgets", default="0.01", help="comma-separated budgets of the budgeted methods "
                    "(sparse, sparse_merged, layers, random, fisher, gradient); ignored by the others")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
-    p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs, help="every cell's epochs")
     p.add_argument("--shots", type=int, default=0, metavar="K",
                    help="K training (and validation) rows per label, all of a label's where it has fewer (few-shot; "
                    "0 = all)")
@@ -65,9 +65,10 @@ def register(subparsers: Any) -> None:
                    help="where the prefix method's keys and values start (finetune --prefix-init)")
     p.add_argument("--model", default="default", metavar="SRC",
                    help="'default' (all-MiniLM-L6-v2), 'tiny-random', a local HF folder, a .gguf file or 'smollm2'")
-    p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
-    p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size, help="every cell's rows per step")
+    p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length,
+                   help="every cell's sub-tokens per text")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="cells run at the same time, each its own process; with several GPUs each gets one in turn, "
                    "on a CPU cores/N threads each unless OMP_NUM_THREADS is set (default 1)")

@@ -62,13 +62,14 @@ def _register_mine(sub: Any) -> None:
     _model_arg(p)
     p.add_argument("--top", type=int, default=0, help="groups kept (0 = scaled with data size)")
     p.add_argument("--min-count", type=int, default=5, help="rows a group must occur in")
-    p.add_argument("--relevance", choices=["kl", "mi", "chi2"], default="kl")
+    p.add_argument("--relevance", choices=["kl", "mi", "chi2"], default="kl",
+                   help="label relevance of a group: KL divergence from the label prior, mutual information or chi2")
     p.add_argument("--merge", type=int, default=0, metavar="N",
                    help="adaptive tokenization: merge up to N of the top multi-piece words into unused vocabulary "
                         "slots, each in the tokenizer's normalised form and kept only where the new tokenizer then "
                         "produces it as one token (a rejected word's slot goes to the next word)")
     p.add_argument("--show", type=int, default=30, help="groups printed (human output)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_mine)
 
 
@@ -107,19 +108,21 @@ def _register_sensitivity(sub: Any) -> None:
     p = sub.add_parser("sensitivity", help="score rows of every weight matrix (token-restricted Fisher)")
     add_data_args(p)
     _model_arg(p)
-    p.add_argument("--restriction", choices=["tokens", "none"], default="tokens")
-    p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score)
-    p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows)
+    p.add_argument("--restriction", choices=["tokens", "none"], default="tokens",
+                   help="tokens: the Fisher over the mined groups' positions only (the method); none: every position")
+    p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score, help="the row score")
+    p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows,
+                   help="training rows the scores are computed on")
     _fisher_labels_arg(p)
     _head_warmup_arg(p)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
     p.add_argument("--budget", type=float, default=None,
                    help="also show what this budget selects (with --json: selected_rows per layer and module)")
     p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer,
                    help="with --budget: no rows below this layer (-1 = auto: the upper half; 0 = all layers and "
                         "embeddings), as finetune's --min-layer")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_sensitivity)
 
 
@@ -221,7 +224,7 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--method", default="sparse", help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--budget", type=float, default=MaskConfig.budget,
                    help="fraction of backbone parameters in (0, 1], or a count > 1")
-    p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs, help="passes over the training split")
     p.add_argument("--lr", type=float, default=0.0, help="0 = the method's default")
     p.add_argument("--head-lr", type=float, default=FinetuneConfig.head_lr,
                    help="the row methods' head rate (0 = --lr)")
@@ -243,9 +246,10 @@ def _register_finetune(sub: Any) -> None:
                    help="label smoothing of the training loss, in [0, 1)")
     p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
                    help="average the trained weights over this last share of the steps, in [0, 1] (0 = off)")
-    p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
-    p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size, help="rows per step")
+    p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length,
+                   help="sub-tokens read per text (predictions and attributions then read as many)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the head, the order of rows, dropout and drawn rows")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
     p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
@@ -266,7 +270,7 @@ def _register_finetune(sub: Any) -> None:
                    help="train from the head as loaded (seeded random), not the warmed-up one; row methods still "
                    "warm a head for their scores")
     p.add_argument("--prefix-init", choices=PREFIX_INITS, default=FinetuneConfig.prefix_init,
-                   help="prefix method: where the prefix keys and values start (random: peft's default draws; zero: "
+                   help="prefix method: where the prefix keys and values start (random: peft's draws; zero: "
                    "they add nothing to an attention output at the start)")
     p.add_argument("--out-of-scope-quantile", type=float, default=FinetuneConfig.out_of_scope_quantile, metavar="Q",
                    help="test labels unseen in train are scored with abstention below this quantile of the "
@@ -274,7 +278,7 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out run folder (one holding clm_run.json)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_finetune)
 
 
@@ -442,14 +446,14 @@ def _register_predict(sub: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
     src.add_argument("--file", help="a data file; its text column is classified")
-    p.add_argument("--text-col", default=None)
+    p.add_argument("--text-col", default=None, help="text column of --file (detected when omitted)")
     p.add_argument("--top", type=int, default=3, help="labels listed per text in --json (plain output: the first)")
     p.add_argument("--max-length", type=int, default=None,
                    help="sub-tokens read per text (default: the run's own, from clm_run.json; else 64)")
     p.add_argument("--abstain-below", default=None, metavar="P|run",
                    help="answer 'out of scope' when the top probability is below P; 'run' = the threshold the run "
                    "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_predict)
 
 
