@@ -332,7 +332,7 @@ def prepare_random(ctx: MethodContext) -> Prepared:
     (``spread_heads``, a way of picking top rows, does not apply)."""
     _, report, seconds = mine_and_score(ctx, "tokens")
     selection = select_mask(report, replace(ctx.cfg.mask, strategy="random", spread_heads=False))
-    return prepare_rows(ctx, report, selection, seconds)
+    return _noting_unused(prepare_rows(ctx, report, selection, seconds), ctx, ("sampled",), spread_applies=False)
 
 
 @register_method("fisher")
@@ -341,7 +341,8 @@ def prepare_fisher(ctx: MethodContext) -> Prepared:
     of ``sparse`` is set to: the baseline is the unrestricted Fisher by definition (at the configured
     ``fisher_labels``, so that it differs from sparse's Fisher rows in the restriction alone)."""
     _, report, seconds = mine_and_score(ctx, "none", score="fisher")
-    return prepare_rows(ctx, report, select_mask(report, replace(ctx.cfg.mask, strategy="topk_global")), seconds)
+    prepared = prepare_rows(ctx, report, select_mask(report, replace(ctx.cfg.mask, strategy="topk_global")), seconds)
+    return _noting_unused(prepared, ctx, ("sampled", "random"))
 
 
 @register_method("gradient")
@@ -351,7 +352,21 @@ def prepare_gradient(ctx: MethodContext) -> Prepared:
     report = gradient_sensitivity(ctx.loaded, ctx.data, scoring_config(ctx), device=str(ctx.device))
     report.save(ctx.out_dir / "sensitivity")
     selection = select_mask(report, replace(ctx.cfg.mask, strategy="topk_global"))
-    return prepare_rows(ctx, report, selection, time.perf_counter() - started)
+    return _noting_unused(prepare_rows(ctx, report, selection, time.perf_counter() - started), ctx, ("sampled", "random"))
+
+
+def _noting_unused(prepared: Prepared, ctx: MethodContext, ignored: tuple[str, ...],
+                   spread_applies: bool = True) -> Prepared:
+    """A baseline that picks its rows its own way says which of the mask options it was given changed nothing
+    (``mask_note``), as ``--train-biases`` on a model without biases does."""
+    mask = ctx.cfg.mask
+    unused = [f"strategy {mask.strategy!r}" + (" (--sample-temperature)" if mask.strategy == "sampled" else "")
+              ] if mask.strategy in ignored else []
+    if mask.spread_heads and not spread_applies:
+        unused.append("spread_heads (--spread-heads)")
+    if unused:
+        prepared.info["mask_note"] = f"{ctx.cfg.method} picks its rows its own way: {' and '.join(unused)} changed nothing"
+    return prepared
 
 
 def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: SensitivityConfig | None = None,

@@ -91,6 +91,18 @@ def test_prefix_starts_at_zero_or_at_random(tiny_data, tiny, tmp_path):
         FinetuneConfig(method="prefix", prefix_init="ones")
 
 
+def test_a_mask_option_a_baseline_does_not_use_is_noted(tiny_data, tmp_path):
+    def run(method: str, **mask) -> dict:
+        cfg = _cfg(method)
+        return finetune(tiny_data, replace(cfg, mask=replace(cfg.mask, **mask)), tmp_path / method,
+                        source="tiny-random").metrics
+
+    sampled = {"strategy": "sampled", "sample_temperature": 0.5}
+    assert "--sample-temperature" in run("fisher", **sampled)["mask_note"]  # it took its top rows in silence
+    assert "spread_heads" in run("random", spread_heads=True)["mask_note"]
+    assert "mask_note" not in run("sparse", **sampled)  # ours draws its rows as asked
+
+
 def test_lora_merges_into_the_base_architecture(tiny_data, tmp_path):
     result = _run("lora", tiny_data, tmp_path)
     assert result.metrics["total_params"] == result.metrics["base_params"]

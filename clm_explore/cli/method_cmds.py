@@ -363,7 +363,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"run {record.id} -> {run_dir}")
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  {_time_text(metrics)}")
-        for key, note in metrics.items():  # budget_note, score_note, dropout_note, biases_note
+        for key, note in metrics.items():  # budget_note, score_note, dropout_note, biases_note, mask_note
             if key.endswith("_note") and note:
                 print(f"note: {note}")
     return 0
