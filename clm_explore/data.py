@@ -110,7 +110,7 @@ def _as_text_columns(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: str for c in columns})
 
 
-def label_order(labels) -> list[str]:
+def label_order(labels: Iterable[object]) -> list[str]:
     """The model's output order of ``labels``: sorted as text, or as numbers when every label is an integer
     ('2' before '10'), so that a data set labelled 0..N-1 keeps its ids."""
     labels = [str(label) for label in labels]

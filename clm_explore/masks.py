@@ -260,7 +260,7 @@ def _selection_table(report: SensitivityReport, masks: dict[str, torch.Tensor]) 
 
 def masks_jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """Jaccard overlap of two row selections (rows as (matrix, index) pairs)."""
-    def as_set(masks):
+    def as_set(masks: dict[str, torch.Tensor]) -> set[tuple[str, int]]:
         return {(n, int(i)) for n, m in masks.items() for i in torch.nonzero(m).flatten()}
 
     sa, sb = as_set(a), as_set(b)

@@ -15,12 +15,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from clm_explore.config import MiningConfig
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+    from clm_explore.modeling import LoadedModel
 
 FRAGMENT = "fragment"
 WORDS = "words"
@@ -118,7 +123,7 @@ class TaskTokens:
     def fragment_keys(self) -> set[tuple[str, ...]]:
         return {tuple(g.pieces) for g in self.groups if g.kind == FRAGMENT}
 
-    def token_ids(self, tokenizer) -> set[int]:
+    def token_ids(self, tokenizer: PreTrainedTokenizerBase) -> set[int]:
         """Vocabulary ids of every piece of every split of any group (the eligible embedding rows). A merged
         word's split (``pieces``) is replaced by its merged token: the tokenizer no longer produces it there."""
         pieces = {p for g in self.groups for split in _current_splits(g) for p in split}
@@ -140,7 +145,7 @@ class _Word:
     token_positions: list[int]
 
 
-def split_words(encoding, text: str) -> list[_Word]:
+def split_words(encoding: BatchEncoding, text: str) -> list[_Word]:
     """Group a fast-tokenizer encoding's pieces into words (lower-cased text, pieces, positions)."""
     words: list[_Word] = []
     spans: list[list[int]] = []
@@ -227,7 +232,7 @@ def _relevance(counts: np.ndarray, prior: np.ndarray, n_rows: int, kind: str) ->
 
 
 def mine_task_tokens(
-    texts: Sequence[str], labels: Sequence[str], tokenizer, cfg: MiningConfig | None = None
+    texts: Sequence[str], labels: Sequence[str], tokenizer: PreTrainedTokenizerBase, cfg: MiningConfig | None = None
 ) -> TaskTokens:
     """Mine and score token groups from the training split.
 
@@ -395,7 +400,7 @@ def covered_positions(encodings: Iterable, texts: Sequence[str], task_tokens: Ta
     return covered
 
 
-def coverage_share(texts: Sequence[str], tokenizer, task_tokens: TaskTokens) -> float:
+def coverage_share(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, task_tokens: TaskTokens) -> float:
     """Share of non-special token positions covered by some group (a quick health figure)."""
     encodings = tokenizer(list(texts), add_special_tokens=False).encodings
     covered = covered_positions(encodings, texts, task_tokens)
@@ -434,7 +439,7 @@ class MergeReport:
                 + (f"; {self.note}" if self.note else ""))
 
 
-def adaptive_tokenization(loaded, task_tokens: TaskTokens, texts: Sequence[str], n_merge: int = 64,
+def adaptive_tokenization(loaded: LoadedModel, task_tokens: TaskTokens, texts: Sequence[str], n_merge: int = 64,
                           apply: bool = True) -> MergeReport:
     """Merge the top multi-piece single-word groups into the tokenizer's unused slots (BERT ``[unusedN]``).
 

@@ -14,6 +14,8 @@ from clm_explore.config import METHODS, PREFIX_INITS, SCHEDULES, TUNE_WIDEN, Dat
 if TYPE_CHECKING:
     import pandas as pd
 
+    from clm_explore.bench import BenchConfig
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="run a benchmark grid of methods, budgets and seeds (resumable)",
@@ -108,7 +110,7 @@ def _method_pairs(text: str, flag: str, shape: str, example: str) -> list[tuple[
     return pairs
 
 
-def bench_config(args: argparse.Namespace):
+def bench_config(args: argparse.Namespace) -> BenchConfig:
     from clm_explore.bench import BenchConfig
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
