@@ -1,7 +1,7 @@
 """The difference between two methods' mean test accuracy, with its 95% Welch interval, from per-seed runs.
 
 Each side is NAME=SPEC, SPEC a comma-separated list of accuracies or of run folders (their metrics.json);
-the first side minus the second is reported in points, as `clm-explore bench` does in comparison.csv
+the first side minus the second is reported in points, as `clm-explore bench` prints it (comparison.csv holds fractions)
 (clm_explore.bench_results.difference_interval), with the ratio of their seed stds and its 95% interval
 (F distribution; std_ratio_interval).
 

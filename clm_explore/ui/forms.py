@@ -315,7 +315,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "Cache the frozen lower layers",
             key=f"{key}_cache",
             help="Row methods: the layers below the lowest selected row run once per row, not every step. "
-            "Epochs get faster (0.5-0.8 of the time on banking77), but those layers lose their dropout, "
+            "Epochs get faster (0.5-0.8 of an uncached epoch on banking77), but those layers lose their dropout, "
             "which cost about 0.35 point of accuracy there (BENCHMARKS.md).",
         )
         c1, _, c3 = st.columns(3)
