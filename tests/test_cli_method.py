@@ -471,4 +471,6 @@ def test_every_option_of_every_command_has_help_and_its_default_shown(capsys) ->
         main(["finetune", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "passes over the training split (default: 3)" in shown and "rows per step (default: 32)" in shown
+    assert "drawn rows (default: 0)" in shown  # --seed: a default of 0 is said (0 == False hid it)
+    assert "'smollm2' (default: default)" in shown  # --model: a help that names a source 'default' hid it
     assert "--json print JSON instead of a table (default" not in shown  # a switch's False is not said

@@ -139,8 +139,9 @@ class DefaultsShown(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        quiet = action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings
-        if quiet or "default" in text or "%(default)" in text:
+        # By identity: 0 == False, and a default of 0 (--seed, --lr) is worth saying where a switch's False is not.
+        quiet = any(action.default is off for off in (None, False, argparse.SUPPRESS)) or action.default == ""
+        if quiet or not action.option_strings or "(default" in text or "%(default)" in text:
             return text
         return f"{text} (default: %(default)s)"
 
