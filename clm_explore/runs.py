@@ -294,8 +294,9 @@ class RunStore:
 
         Running claims the run for this process (host, pid). Succeeded also loads ``metrics.json``
         from the folder into the row, when the file exists. Failed, cancelled and interrupted write the status (and
-        error) to a run folder (one with ``clm_run.json``: the run had begun) without ``metrics.json``, so that the
-        folder registered again reads as it ended, not as pending.
+        error) to a run folder (one with ``clm_run.json``: the run had begun) without ``metrics.json``, or with one that
+        records another way of stopping (``finetune`` writes failed for any exception), so that the folder registered
+        again reads as it ended, not as pending.
         """
         status = RunStatus(status)
         record = self.get(run_id)
@@ -311,7 +312,7 @@ class RunStore:
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
                 sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
         if (status in STOPPED_STATUSES and (record.path / "clm_run.json").is_file()
-                and _unfinished_on_disk(record.path / "metrics.json")):
+                and _stopped_otherwise_on_disk(record.path / "metrics.json", status)):
             # Only in a run folder (clm_run.json): a folder stopped before it would hold the marker alone, which
             # --overwrite refuses to replace (not a run folder), so the run could never be trained there again.
             # A stopped run's own record (``finetune`` writes failed or cancelled) gives way to the caller's.
@@ -525,11 +526,13 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
 
-def _unfinished_on_disk(metrics_path: Path) -> bool:
-    """No metrics.json yet, or one that records a stopped run (never a finished run's)."""
+def _stopped_otherwise_on_disk(metrics_path: Path, status: RunStatus) -> bool:
+    """No metrics.json yet, or one that records the run stopped another way than ``status`` (never a finished run's;
+    a cancel's own record, with its steps, stays)."""
     if not metrics_path.exists():
         return True
-    return read_json_object(metrics_path).get("status") in {s.value for s in STOPPED_STATUSES}
+    recorded = read_json_object(metrics_path).get("status")
+    return recorded in {s.value for s in STOPPED_STATUSES} and recorded != status.value
 
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:

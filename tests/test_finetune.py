@@ -234,6 +234,11 @@ def test_should_stop_cancels(tmp_path, data):
     assert [s.step for s in seen] == [1, 2, 3]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "cancelled"
     assert not (tmp_path / "run" / "model.safetensors").exists()
+    from clm_explore.runs import RunStatus, RunStore
+
+    store = RunStore(tmp_path / "registry")  # the app's queue then records the cancel: the steps stay
+    store.set_status(store.register_folder(tmp_path / "run").id, RunStatus.CANCELLED)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"status": "cancelled", "steps": 3}
 
 
 @pytest.mark.parametrize(("raised", "status"), [(RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "cancelled")])
