@@ -63,4 +63,5 @@ with c2:
             st.error(escape_markdown(str(exc)))
         else:
             st.toast(f"Deleted {run.id}")
+            state.forget("runs_pick")  # the next pick is the newest run, without a notice that this one is gone
             st.rerun()

@@ -243,6 +243,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert victim not in [r.id for r in store.list()]
     shown = at.selectbox(key="runs_pick").value  # another run: its confirmation starts unticked
     assert shown != victim and at.checkbox(key=f"runs_confirm_{shown}").value is False
+    assert not any("no longer on this server" in w.value for w in at.warning)  # deleted here: no one else to blame
     assert at.button(key="runs_delete").disabled
     goto(at, "app_pages/5_finetune.py")  # its job's card says the run is gone (it read "succeeded" still)
     cards = [m.value for m in at.markdown if m.value.startswith("**") and "`succeeded`" in m.value]
