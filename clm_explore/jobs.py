@@ -239,17 +239,22 @@ class JobQueue:
         if job.cancel_event.is_set():
             self._finish(job, RunStatus.CANCELLED)
             return
-        if self._exiting:  # claimed as the server began to go: ``_server_exiting`` passed it by
+        # Under the queue's lock, as ``_server_exiting`` reads the jobs: a job either starts (job and run running)
+        # before the server's exit looks, and is ended interrupted by it, or sees the exit and never starts.
+        with self._lock:
+            exiting = self._exiting
+            if not exiting:
+                job.started = time.time()
+                # The row first: a running job implies a running run. A registry that cannot record it fails the
+                # job (its run would otherwise stay "pending" while it trains).
+                if self.store is not None and job.run_id:
+                    with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
+                        self.store.set_status(job.run_id, RunStatus.RUNNING)
+                job.status = RunStatus.RUNNING
+        if exiting:  # claimed as the server began to go: ``_server_exiting`` passed it by
             job.error = NEVER_STARTED
             self._finish(job, RunStatus.INTERRUPTED)
             return
-        job.started = time.time()
-        # The row first: a running job implies a running run. A registry that cannot record it fails the job
-        # (its run would otherwise stay "pending" while it trains).
-        if self.store is not None and job.run_id:
-            with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
-                self.store.set_status(job.run_id, RunStatus.RUNNING)
-        job.status = RunStatus.RUNNING
         try:
             job.result = self._call(job)
         except BaseException as exc:  # noqa: BLE001 - any failure of the job is reported, the worker lives on
@@ -341,8 +346,10 @@ class JobQueue:
         """At the server's exit (Ctrl+C, SIGTERM), before multiprocessing terminates the worker processes: a running
         job ends interrupted, as a restarted server would mark its run, not failed by its worker's death; a job
         still waiting its turn is not started, and ends interrupted too, saying so."""
-        self._exiting = True
-        for job in self.jobs():
+        with self._lock:  # see ``_run_claimed``: no job starts after this
+            self._exiting = True
+            jobs = list(self._jobs.values())
+        for job in jobs:
             if job.status is RunStatus.RUNNING:
                 job.error = "the server stopped while the job ran"
                 self._finish(job, RunStatus.INTERRUPTED)
