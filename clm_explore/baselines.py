@@ -1,4 +1,5 @@
-"""Comparison methods for the shared training loop (method.md section 5, peers.md B.3).
+"""Comparison methods for the shared training loop (docs/method.md section 5; the baselines of the team's
+peers.md, B.3, in the shared docs).
 
 Each method registers a *preparer* with ``finetune.register_method``: it decides what trains and how a
 plain model comes back, and ``finetune.finetune`` does the rest, so data, epochs, seeds, evaluation and

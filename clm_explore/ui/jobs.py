@@ -107,6 +107,8 @@ def _registered(run_id: str) -> bool:
         store().get(run_id)
     except RunStoreError:
         return False
+    except Exception:  # noqa: BLE001 - a registry that cannot answer (locked, say) says nothing of the run
+        return True
     return True
 
 

@@ -240,6 +240,9 @@ def _pairable(a: RunRecord, b: RunRecord) -> bool:
     return data_a is None or data_b is None or data_a == data_b
 
 
+_SOURCE_WORDS = {"sample": "the bundled sample", "shared": "the server's data set", "upload": "the upload"}
+
+
 def data_mismatch(a: RunRecord, b: RunRecord) -> str:
     """Why two runs cannot be paired row by row ('' when they can): they were launched on different data sets.
     Runs registered without a data key (e.g. from the CLI) are not refused; their rows are paired by row id
@@ -250,6 +253,9 @@ def data_mismatch(a: RunRecord, b: RunRecord) -> str:
     name_a, name_b = data_key_name(str(data_a)), data_key_name(str(data_b))
     if name_a == name_b:  # one file, other columns
         name_a, name_b = data_key_name(str(data_a), columns=True), data_key_name(str(data_b), columns=True)
+    if name_a == name_b:  # one name, two sources: the bundled sample and a server data set, say
+        name_a, name_b = (f"{_SOURCE_WORDS.get(str(key).partition(':')[0], 'data')} {name}"
+                          for key, name in ((data_a, name_a), (data_b, name_b)))
     name_a, name_b = escape_markdown(name_a), escape_markdown(name_b)  # an upload's name is user text
     return (f"Run A was trained and tested on {name_a}, run B on {name_b}: their test rows differ, so "
             "they cannot be compared row by row. Pick two runs on one data set (the Runs page compares the "

@@ -791,6 +791,10 @@ def test_runs_of_two_users_uploads_with_one_name_are_told_apart(tmp_path: Path) 
     plain = create_finished(store, "plain", "head", "shared:snips:None:None:")
     assert "snips, text column question and label column qtype" in data_mismatch(store.get(mapped), store.get(plain))
     assert "(head, snips, tiny-random)" in run_label(store.get(plain))
+    bundled = create_finished(store, "bundled", "head", SAMPLE_KEY)
+    served = create_finished(store, "served", "head", "shared:banking77_20:None:None:")
+    said = data_mismatch(store.get(bundled), store.get(served))  # it read "banking77_20, run B on banking77_20"
+    assert "the bundled sample banking77\\_20, run B on the server's data set banking77\\_20" in said
 
 
 def waiting_job(store: RunStore, name: str):
