@@ -872,13 +872,23 @@ def _as_str(table: _Table, column: pd.Series, role: str) -> list[str]:
             kind = "several labels" if role == "label" else "a list or object"
             raise DataError(f"{table.name}, {table.unit} {table.positions[i]}: the {role} holds {kind} ({value!r:.60}). "
                             f"Only one plain {role} per row is supported; multi-label data is not.")
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            values.append("")
+        if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+            values.append("")  # pandas' own missing values too: str(pd.NA) made the label "<NA>"
         elif isinstance(value, float) and value.is_integer():
             values.append(str(int(value)))  # 3.0 from a numeric column with gaps is the label "3"
+        elif isinstance(value, bytes):  # a binary Parquet column: str() would read "b'...'"
+            values.append(_decoded(table, value, i, role))
         else:
             values.append(str(value))
     return values
+
+
+def _decoded(table: _Table, value: bytes, i: int, role: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{table.name}, {table.unit} {table.positions[i]}: the {role} holds bytes that are not UTF-8 "
+                        f"text ({value!r:.60}).") from None
 
 
 def _require_filled(table: _Table, values: pd.Series, what: str, role: str) -> None:

@@ -675,3 +675,20 @@ def test_texts_to_predict_ignore_label_columns(tmp_path):
     file = tmp_path / "to_predict.parquet"
     file.write_bytes(_parquet_bytes(pa.table({"text": ["my card", "rate up"], "labels": [["a", "b"], ["c"]]})))
     assert read_texts(file) == ["my card", "rate up"]
+
+
+@pytest.mark.parametrize("dtype", ["string", "Int64"])
+def test_pandas_missing_values_are_missing_not_the_label_na(dtype):
+    labels = pd.array((["1", "2", None, "2"] if dtype == "string" else [1, 2, None, 2]) * 30, dtype=dtype)
+    frame = pd.DataFrame({"text": [f"text number {i}" for i in range(120)], "label": labels})
+    with pytest.raises(DataError, match=r"30 row\(s\) have no label"):  # it became a class called "<NA>"
+        load_data(frame)
+
+
+def test_a_bytes_text_column_is_read_as_utf8_text():
+    frame = pd.DataFrame({"text": [f"héllo number {i}".encode() for i in range(120)], "label": ["a", "b"] * 60})
+    texts = pd.concat([load_data(frame).train, load_data(frame).test])["text"]
+    assert texts.str.startswith("héllo number").all()  # it read "b'h\\xc3\\xa9llo number 0'"
+    frame.loc[5, "text"] = b"\xff\xfe broken"
+    with pytest.raises(DataError, match="bytes that are not UTF-8"):
+        load_data(frame)
