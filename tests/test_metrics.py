@@ -118,3 +118,18 @@ def test_test_rows_of_labels_unseen_in_train_form_the_confusion_matrix_last_row(
     assert list(_confusion_figure(m, "A").data[0].y) == gold
     plain = classification_metrics(np.array([0, 1]), np.array([0, 1]), ["a", "b"])
     assert "confusion_unseen" not in plain and confusion_table(plain)[2] == ["a", "b"]
+
+
+def test_the_confusion_matrix_counts_as_scikit_learn_and_survives_a_test_split_train_never_labelled():
+    from sklearn.metrics import confusion_matrix
+
+    from clm_explore.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    gold, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    gold[:20] = -1  # rows of labels train never had
+    got = classification_metrics(gold, pred, ["a", "b", "c", "d"])
+    assert got["confusion"] == confusion_matrix(gold, pred, labels=[0, 1, 2, 3]).tolist()
+    unseen = classification_metrics(np.full(10, -1), np.array([0, 1] * 5), ["a", "b"])  # it raised ValueError
+    assert unseen["accuracy"] == 0.0 and unseen["confusion"] == [[0, 0], [0, 0]]
+    assert unseen["confusion_unseen"] == [5, 5]
