@@ -135,6 +135,8 @@ class _Table:
     """Every column name of the file, in order (for messages and the column picker)."""
     unread: dict[str, str] = field(default_factory=dict)
     """Columns that may be picked but hold lists or records (Parquet): never decoded; refused if picked."""
+    blank: list[int] = field(default_factory=list)
+    """Lines of rows whose fields are all empty or spaces (``,,`` as spreadsheets export): skipped, and said so."""
 
 
 @dataclass(frozen=True)
@@ -489,7 +491,8 @@ def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int, wanted
     positions: list[int] = []
     header: list[str] | None = None
     kept: list[int] = []
-    for line, row in _delimited_rows(name, text, delimiter):
+    blank: list[int] = []
+    for line, row in _delimited_rows(name, text, delimiter, blank):
         if header is None:
             header = _header(name, row)
             kept = [i for i, column in enumerate(header) if wanted.keeps(column)]
@@ -505,11 +508,13 @@ def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int, wanted
     if header is None:  # not blank (checked before), yet every row is empty cells: ",,,"
         raise DataError(f"{name} holds no header row, only empty fields. Put a header (e.g. text,label) and rows in it.")
     frame = pd.DataFrame(rows, columns=[header[i] for i in kept], dtype=str)
-    return _Table(name, frame, positions, "line", header)
+    return _Table(name, frame, positions, "line", header, blank=blank)
 
 
-def _delimited_rows(name: str, text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line, cells) of each non-blank row, parsed lazily so that a caller can stop early."""
+def _delimited_rows(name: str, text: str, delimiter: str,
+                    blank: list[int] | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(first line, cells) of each non-blank row, parsed lazily so that a caller can stop early; the lines of rows
+    whose fields are all empty or spaces go to ``blank`` (empty lines are skipped without a word)."""
     csv.field_size_limit(_FIELD_LIMIT)  # process-wide; csv's own 128 KiB limit rejects long documents
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     start = 1
@@ -517,6 +522,8 @@ def _delimited_rows(name: str, text: str, delimiter: str) -> Iterator[tuple[int,
         for row in reader:
             if row and any(cell.strip() for cell in row):
                 yield start, row
+            elif row and blank is not None:
+                blank.append(start)
             start = reader.line_num + 1
     except csv.Error as exc:
         raise DataError(f"{name}, row starting at line {start}: cannot be parsed ({exc}). Usually a stray or "
@@ -816,6 +823,9 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str]) -> pd.Data
     """Pick the text and label columns and check every row has both; returns ``[text, label]`` as str, the labels
     without surrounding spaces (a note says when that made two spellings one label)."""
     columns = table.columns
+    if table.blank:
+        lines = ", ".join(map(str, table.blank[:_MAX_LISTED])) + (", ..." if len(table.blank) > _MAX_LISTED else "")
+        notes.append(f"{table.name}: {len(table.blank)} row(s) with only empty fields were skipped (line(s) {lines}).")
     if not table.positions:
         raise DataError(f"{table.name} has a header ({_listed(columns)}) but no data rows. Add rows below it.")
     text_col = _find_column(table.name, columns, cfg.text_col, TEXT_NAMES, "text", "--text-col")

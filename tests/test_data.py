@@ -692,3 +692,12 @@ def test_a_bytes_text_column_is_read_as_utf8_text():
     frame.loc[5, "text"] = b"\xff\xfe broken"
     with pytest.raises(DataError, match="bytes that are not UTF-8"):
         load_data(frame)
+
+
+def test_rows_of_empty_fields_are_skipped_and_said(tmp_path):
+    lines = ["text,label", *[f"text number {i},{'ab'[i % 2]}" for i in range(60)]]
+    lines[5:5] = ["   ,   ", ",", ""]  # fields of spaces, empty fields, an empty line
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    data = load_data(tmp_path / "d.csv")
+    assert sum(len(f) for f in (data.train, data.validation, data.test)) == 60
+    assert any("2 row(s) with only empty fields were skipped (line(s) 6, 7)" in note for note in data.notes)  # silent
