@@ -474,3 +474,12 @@ def test_every_option_of_every_command_has_help_and_its_default_shown(capsys) ->
     assert "drawn rows (default: 0)" in shown  # --seed: a default of 0 is said (0 == False hid it)
     assert "'smollm2' (default: default)" in shown  # --model: a help that names a source 'default' hid it
     assert "--json print JSON instead of a table (default" not in shown  # a switch's False is not said
+
+
+def test_commands_that_read_data_pass_on_its_notes(capsys, tmp_path):
+    rows = [f"text number {i} about {'ab'[i % 2]},{'ab'[i % 2]}" for i in range(60)]
+    (tmp_path / "one.csv").write_text("text,label\n" + "\n".join(rows) + "\n")  # one file: the splits are carved
+    groups = run_json(capsys, ["mine", str(tmp_path / "one.csv"), *TINY, "--json"])  # stdout stays JSON
+    assert isinstance(groups, list)
+    assert main(["mine", str(tmp_path / "one.csv"), *TINY]) == 0
+    assert "note: No validation split was given" in capsys.readouterr().err  # said by validate only, before

@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import (
     Terminated,
@@ -34,6 +34,9 @@ from clm_explore.config import (
     to_dict,
 )
 
+if TYPE_CHECKING:
+    from clm_explore.data import AnnotatedData
+
 
 def register(subparsers: Any) -> None:
     _register_mine(subparsers)
@@ -42,10 +45,16 @@ def register(subparsers: Any) -> None:
     _register_predict(subparsers)
 
 
-def _data(args: argparse.Namespace):
+def _data(args: argparse.Namespace) -> AnnotatedData:
+    """The data, its loader's notes on stderr (as ``validate`` lists them: an encoding guessed, splits carved, rows
+    skipped): a command that trains on the data must not keep them from its user."""
     from clm_explore.data import load_data
 
-    return load_data(args.data, DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb))
+    data = load_data(args.data, DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb))
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a launch
+        for note in data.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return data
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
