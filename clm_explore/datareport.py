@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,10 +117,11 @@ def _problems(r: DataReport) -> list[str]:
                             + (" Runs score those test rows as out-of-scope queries too: a prediction abstains "
                                "below a confidence threshold chosen on validation (metrics.json's out_of_scope)."
                                if name == "test" else ""))
-    variants = _case_variants(list(r.label_counts))
+    variants = _case_variants(sorted({*r.label_counts, *(label for labels in r.unseen_labels.values() for label in labels)}))
     if variants:
         shown = _some([" / ".join(map(repr, group)) for group in variants])
-        problems.append(f"{len(variants)} group(s) of labels differ only in upper/lower case or spacing: {shown}. They "
+        problems.append(f"{len(variants)} group(s) of labels differ only in upper/lower case, spacing, invisible "
+                        f"characters or the way a number is written: {shown}. They "
                         "are kept as separate labels; if they mean the same, write them the same way in the data.")
     if r.rare_labels:
         shown = _some([f"{k} ({v})" for k, v in sorted(r.rare_labels.items(), key=lambda kv: kv[1])])
@@ -134,12 +137,23 @@ def _problems(r: DataReport) -> list[str]:
 
 
 def _case_variants(labels: list[str]) -> list[list[str]]:
-    """Groups of labels that are equal once case and runs of whitespace are ignored ('Pos', 'pos', 'POS'): most
-    likely one label typed differently, which the model would learn as rivals."""
+    """Groups of labels that are equal once case, runs of whitespace, Unicode's forms, invisible characters and the
+    way a number is written are ignored ('Pos', 'pos', 'POS'; 'café' composed and decomposed; '1' and '1.0', which a
+    CSV keeps apart and a JSON or Parquet file does not): most likely one label typed differently, which the model
+    would learn as rivals."""
     groups: dict[str, list[str]] = {}
     for label in labels:
-        groups.setdefault(" ".join(label.split()).casefold(), []).append(label)
+        groups.setdefault(_label_key(label), []).append(label)
     return [sorted(group) for group in groups.values() if len(group) > 1]
+
+
+def _label_key(label: str) -> str:
+    visible = "".join(c for c in unicodedata.normalize("NFKC", label) if unicodedata.category(c) != "Cf")
+    try:
+        number = float(visible)
+    except ValueError:
+        return " ".join(visible.split()).casefold()
+    return repr(number) if math.isfinite(number) else " ".join(visible.split()).casefold()
 
 
 def _some(items: list[str], limit: int = 5) -> str:

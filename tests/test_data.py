@@ -524,9 +524,21 @@ def test_report_names_labels_that_differ_only_in_case_or_spacing():
     train = _frame([(f"t{i}", ["Pos", "pos", "POS", "neg", "very  bad", "Very bad"][i % 6]) for i in range(36)])
     data = AnnotatedData(train, train.iloc[:0], train.iloc[:0], sorted(set(train["label"])))
     problems = " ".join(data_report(data).problems)
-    assert "2 group(s) of labels differ only in upper/lower case or spacing" in problems
+    assert "2 group(s) of labels differ only in upper/lower case, spacing, invisible characters or the way a number" \
+        in problems
     assert "'POS' / 'Pos' / 'pos'" in problems and "'Very bad' / 'very  bad'" in problems
     assert data.labels == ["POS", "Pos", "Very bad", "neg", "pos", "very  bad"]  # not merged: the user decides
+
+
+def test_report_names_labels_that_look_alike_across_formats_and_unicode_forms():
+    labels = ["1", "1.0", "caf\u00e9", "cafe\u0301", "age_limit", "age_limit\u200b", "2", "10"]
+    train = _frame([(f"t{i}", labels[i % len(labels)]) for i in range(48)])
+    test = _frame([("u0", "2.0"), ("u1", "10")])  # a JSON file's 2.0 reads "2", a CSV's "2.0" stays so
+    data = AnnotatedData(train, train.iloc[:0], test, sorted(set(train["label"])))
+    problems = " ".join(data_report(data).problems)
+    for group in ("'1' / '1.0'", "'cafe\u0301' / 'caf\u00e9'", "'age_limit' / 'age_limit\\u200b'", "'2' / '2.0'"):
+        assert group in problems, group  # each read "Problems: none" (the last: a label "never in train" alone)
+    assert "'10'" not in problems  # one spelling: nothing to say
 
 
 @pytest.mark.parametrize(("name", "sizes", "digest"), [
