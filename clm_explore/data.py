@@ -81,6 +81,13 @@ class AnnotatedData:
         for name in SPLITS:  # int labels (a DataFrame's own) would reach the saved config and fail there, after training
             setattr(self, name, _as_text_columns(name, self.split(name)))
         self.labels = [str(label) for label in self.labels]
+        repeated = sorted(label for label, n in Counter(self.labels).items() if n > 1)
+        missing = sorted(set(self.train["label"]) - set(self.labels))
+        if repeated or missing:  # a train row without an id failed deep in training (torch: "Target -1 is out of bounds")
+            said = (f"names {', '.join(map(repr, repeated[:5]))} more than once" if repeated
+                    else f"leaves out train's {', '.join(map(repr, missing[:5]))}")
+            raise DataError(f"AnnotatedData's labels {said}: it is every train label once, in the model's output "
+                            "order (label_order(train labels)).")
 
     def __repr__(self) -> str:
         return (f"AnnotatedData({self.source or 'in memory'}: {len(self.train):,} train, {len(self.validation):,} "
@@ -203,6 +210,9 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
             if split is None or not isinstance(frame, pd.DataFrame):
                 raise DataError(f"load_data takes a dict of DataFrames keyed train, validation (or dev) and test; "
                                 f"got {key!r}: {type(frame).__name__}.")
+            if split in by_split:  # 'validation' and 'dev', or 'train' and 'Train': one would replace the other
+                raise DataError(f"load_data's dict of DataFrames gives the {split} split twice (as {key!r} and "
+                                "another key). Keep one DataFrame per split.")
             by_split[split] = frame
         if "train" not in by_split:
             raise DataError("load_data's dict of DataFrames needs a 'train' one.")
@@ -235,10 +245,19 @@ def load_upload(raw: bytes, filename: str, cfg: DataConfig | None = None) -> Ann
 
 def _split_files(folder: Path) -> dict[str, Path]:
     found: dict[str, list[Path]] = {}
+    unread: list[str] = []
     for f in sorted(folder.iterdir()):
+        if not f.is_file():
+            continue
         split = SPLIT_ALIASES.get(f.stem.lower())
-        if f.is_file() and split and f.suffix.lower() in FORMATS:
+        if split and f.suffix.lower() in FORMATS:
             found.setdefault(split, []).append(f)
+        elif SPLIT_ALIASES.get(f.name.split(".", 1)[0].lower()):  # test.csv.gz, validation.xlsx: a split not read
+            unread.append(f.name)
+    if unread:
+        raise DataError(f"{folder} holds split file(s) in a format the loader does not read: {', '.join(unread)}. "
+                        "Save them as .csv, .tsv, .jsonl, .json or .parquet (uncompressed), or move them out of the "
+                        "folder.")
     for split, files in found.items():
         if len(files) > 1:
             names = ", ".join(f.name for f in files)

@@ -713,3 +713,21 @@ def test_rows_of_empty_fields_are_skipped_and_said(tmp_path):
     data = load_data(tmp_path / "d.csv")
     assert sum(len(f) for f in (data.train, data.validation, data.test)) == 60
     assert any("2 row(s) with only empty fields were skipped (line(s) 6, 7)" in note for note in data.notes)  # silent
+
+
+def test_a_folder_split_in_a_format_not_read_is_refused_not_carved_over(tmp_path):
+    rows = "text,label\n" + "\n".join(f"text number {i},{'ab'[i % 2]}" for i in range(40)) + "\n"
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "test.csv.gz").write_bytes(b"\x1f\x8b not read")  # the test split was carved from train, unnamed
+    with pytest.raises(DataError, match=r"in a format the loader does not read: test\.csv\.gz"):
+        load_data(tmp_path)
+
+
+def test_a_dict_giving_one_split_twice_and_hand_built_labels_that_miss_train_are_refused():
+    frame = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": ["a", "b"] * 20})
+    with pytest.raises(DataError, match="gives the validation split twice"):  # 'dev' replaced 'validation'
+        load_data({"train": frame, "validation": frame.iloc[:10], "dev": frame.iloc[10:20]})
+    with pytest.raises(DataError, match=r"leaves out train's 'b'"):  # failed in training: "Target -1 is out of bounds"
+        AnnotatedData(frame, frame.iloc[:0], frame.iloc[:0], ["a"])
+    with pytest.raises(DataError, match=r"names 'a' more than once"):
+        AnnotatedData(frame, frame.iloc[:0], frame.iloc[:0], ["a", "a", "b"])
