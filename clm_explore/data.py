@@ -191,10 +191,15 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     if not isinstance(path, str | os.PathLike):  # a Series or a list of rows: say what is taken, not what Path says
         raise DataError(f"load_data takes a file or folder path, a DataFrame or a dict of DataFrames by split; got "
                         f"{type(path).__name__}. A list of rows: load_data(pd.DataFrame(rows)).")
+    if not str(path).strip():  # Path("") is the working directory: its files would be read as the data
+        raise DataError("The data path is empty. Pass a data file (CSV, TSV, JSONL, JSON, Parquet) or a folder with "
+                        "train/validation/test files.")
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist. Pass a data file (CSV, TSV, JSONL, JSON, Parquet) or a folder "
                         "with train/validation/test files.")
+    if not path.is_dir() and not path.is_file():  # a pipe or a device: reading it could wait forever
+        raise DataError(f"{path} is not a regular file or a folder. Save the data to a file and pass that.")
     notes: list[str] = []
     files = _split_files(path) if path.is_dir() else {"all": path}
     frames = {split: _read_file(f, f.read_bytes, f.stat().st_size, cfg, notes) for split, f in files.items()}
@@ -561,7 +566,8 @@ def _check_header(name: str, header: list[str], any_case: bool = True) -> None:
     DataFrames only exact repeats, which would make a column ambiguous)."""
     fold = str.lower if any_case else str
     counts = Counter(map(fold, header))  # not list.count per column: quadratic in a 40,000-column header
-    dupes = sorted({c for c in header if counts[fold(c)] > 1})[:_MAX_LISTED]
+    # Unnamed columns may repeat ("text,label,," from a spreadsheet): no name can pick them.
+    dupes = sorted({c for c in header if c and counts[fold(c)] > 1})[:_MAX_LISTED]
     if dupes:
         raise DataError(f"{name}: the header names column(s) {', '.join(map(repr, dupes))} more than once. "
                         "Give every column a distinct name.")
@@ -821,10 +827,13 @@ _HEADER_LINE = re.compile(r"[\ufeff\r\n]*([^\r\n]*)")
 
 
 def _csv_delimiter(text: str) -> str:
-    # Spreadsheets in many European locales export "CSV" with semicolons; a header without commas tells.
+    # Spreadsheets in many European locales export "CSV" with semicolons, and tab-separated files are often named
+    # .csv: a header with one of them and no comma tells.
     match = _HEADER_LINE.match(text)
     header = match.group(1) if match else ""
-    return ";" if ";" in header and "," not in header else ","
+    if "," in header:
+        return ","
+    return next((sep for sep in ("\t", ";") if sep in header), ",")
 
 
 _PARSERS: dict[str, Callable[[str, str, int, _Wanted], _Table]] = {

@@ -731,3 +731,19 @@ def test_a_dict_giving_one_split_twice_and_hand_built_labels_that_miss_train_are
         AnnotatedData(frame, frame.iloc[:0], frame.iloc[:0], ["a"])
     with pytest.raises(DataError, match=r"names 'a' more than once"):
         AnnotatedData(frame, frame.iloc[:0], frame.iloc[:0], ["a", "a", "b"])
+
+
+def test_paths_and_headers_from_the_wild(tmp_path):
+    import os
+
+    rows = [f"text number {i}\t{'ab'[i % 2]}" for i in range(40)]
+    (tmp_path / "tabs.csv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")  # tab-separated, named .csv
+    assert len(load_data(tmp_path / "tabs.csv").train) > 0  # "expected 1 fields ... quote texts that contain commas"
+    excel = "text,label,,\n" + "\n".join(f"text number {i},{'ab'[i % 2]},," for i in range(40)) + "\n"
+    (tmp_path / "excel.csv").write_text(excel)  # unnamed trailing columns, as spreadsheets export
+    assert set(load_data(tmp_path / "excel.csv").labels) == {"a", "b"}  # "names column(s) '' more than once"
+    with pytest.raises(DataError, match="The data path is empty"):  # it read the working directory
+        load_data("")
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(DataError, match="not a regular file"):  # validate waited on the pipe until killed
+        load_data(tmp_path / "pipe.csv")
