@@ -947,6 +947,9 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     train = frames.get("train", frames.get("all"))
     assert train is not None
     _check_labels(train_name, train, cfg.max_labels, cfg.max_label_chars)
+    for split in ("validation", "test"):  # their labels reach reports and metrics as train's do
+        if split in frames:
+            _check_label_length(f"the {split} split", frames[split]["label"].unique(), cfg.max_label_chars)
     test = frames.get("test")
     if test is None:
         train, test = _carve(train, cfg.test_fraction, cfg.seed, "test", notes)
@@ -957,16 +960,20 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     return AnnotatedData(*parts, labels=label_order(parts[0]["label"].unique()), source=source, notes=notes)
 
 
+def _check_label_length(name: str, labels: Iterable[str], max_chars: int) -> None:
+    longest = max(labels, key=len, default="")
+    if len(longest) > max_chars:
+        raise DataError(f"{name}: a label is {len(longest):,} characters long ({longest[:40]!r}...), above the "
+                        f"{max_chars:,}-character limit for a class name. Is the label column right (--label-col)? "
+                        "Otherwise shorten the labels, or raise DataConfig.max_label_chars.")
+
+
 def _check_labels(name: str, frame: pd.DataFrame, max_labels: int, max_chars: int) -> None:
     counts = frame["label"].value_counts()
     if len(counts) > max_labels:
         raise DataError(f"{name}: {len(counts):,} different labels, above the {max_labels:,} label limit. Is the label "
                         "column right (--label-col)? Otherwise merge rare labels, or raise DataConfig.max_labels.")
-    longest = max(counts.index, key=len)
-    if len(longest) > max_chars:
-        raise DataError(f"{name}: a label is {len(longest):,} characters long ({longest[:40]!r}...), above the "
-                        f"{max_chars:,}-character limit for a class name. Is the label column right (--label-col)? "
-                        "Otherwise shorten the labels, or raise DataConfig.max_label_chars.")
+    _check_label_length(name, counts.index, max_chars)
     if len(counts) < 2:
         raise DataError(f"{name}: every row has the same label {counts.index[0]!r} ({len(frame)} rows). A classifier "
                         "needs at least two labels; check the label column (--label-col).")

@@ -747,3 +747,10 @@ def test_paths_and_headers_from_the_wild(tmp_path):
     os.mkfifo(tmp_path / "pipe.csv")
     with pytest.raises(DataError, match="not a regular file"):  # validate waited on the pipe until killed
         load_data(tmp_path / "pipe.csv")
+
+
+def test_a_test_label_is_held_to_the_label_length_limit_too():
+    frame = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": ["a", "b"] * 20})
+    test = pd.DataFrame({"text": ["x", "y"], "label": ["a", "y" * 5000]})
+    with pytest.raises(DataError, match="the test split: a label is 5,000 characters long"):  # train's alone before
+        load_data({"train": frame, "test": test})
