@@ -142,8 +142,8 @@ class _Table:
     """Every column name of the file, in order (for messages and the column picker)."""
     unread: dict[str, str] = field(default_factory=dict)
     """Columns that may be picked but hold lists or records (Parquet): never decoded; refused if picked."""
-    blank: list[int] = field(default_factory=list)
-    """Lines of rows whose fields are all empty or spaces (``,,`` as spreadsheets export): skipped, and said so."""
+    notes: list[str] = field(default_factory=list)
+    """What the parser saw fit to tell (rows of empty fields skipped, a TSV text spanning lines), for the data's notes."""
 
 
 @dataclass(frozen=True)
@@ -532,7 +532,20 @@ def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int, wanted
     if header is None:  # not blank (checked before), yet every row is empty cells: ",,,"
         raise DataError(f"{name} holds no header row, only empty fields. Put a header (e.g. text,label) and rows in it.")
     frame = pd.DataFrame(rows, columns=[header[i] for i in kept], dtype=str)
-    return _Table(name, frame, positions, "line", header, blank=blank)
+    notes = [f"{name}: {len(blank)} row(s) with only empty fields were skipped (line(s) {_listed_lines(blank)})."
+             ] if blank else []
+    # A TSV is seldom quoted: a text that starts with a quote reads on to the next closing one, rows and all.
+    spanning = [line for line, row in zip(positions, rows, strict=True)
+                if delimiter == "\t" and any("\n" in cell for cell in row)]
+    if spanning:
+        notes.append(f"{name}: {len(spanning)} text(s) span several lines (from line(s) {_listed_lines(spanning)}): "
+                     "a quote opens a text that runs to the next quote. If those rows were meant apart, save the "
+                     "file as CSV, or double the quotes inside texts (\"\").")
+    return _Table(name, frame, positions, "line", header, notes=notes)
+
+
+def _listed_lines(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:_MAX_LISTED])) + (", ..." if len(lines) > _MAX_LISTED else "")
 
 
 def _delimited_rows(name: str, text: str, delimiter: str,
@@ -851,9 +864,7 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str]) -> pd.Data
     """Pick the text and label columns and check every row has both; returns ``[text, label]`` as str, the labels
     without surrounding spaces (a note says when that made two spellings one label)."""
     columns = table.columns
-    if table.blank:
-        lines = ", ".join(map(str, table.blank[:_MAX_LISTED])) + (", ..." if len(table.blank) > _MAX_LISTED else "")
-        notes.append(f"{table.name}: {len(table.blank)} row(s) with only empty fields were skipped (line(s) {lines}).")
+    notes.extend(table.notes)
     if not table.positions:
         raise DataError(f"{table.name} has a header ({_listed(columns)}) but no data rows. Add rows below it.")
     text_col = _find_column(table.name, columns, cfg.text_col, TEXT_NAMES, "text", "--text-col")

@@ -754,3 +754,13 @@ def test_a_test_label_is_held_to_the_label_length_limit_too():
     test = pd.DataFrame({"text": ["x", "y"], "label": ["a", "y" * 5000]})
     with pytest.raises(DataError, match="the test split: a label is 5,000 characters long"):  # train's alone before
         load_data({"train": frame, "test": test})
+
+
+def test_a_tsv_text_that_swallows_rows_through_a_quote_is_said(tmp_path):
+    rows = [f"text number {i}\t{'ab'[i % 2]}" for i in range(40)]
+    rows[3] = '"Hello, she said\ta'  # unquoted TSV: this quote runs to the next one, three rows on
+    rows[6] = 'it is 5"\tb'
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    data = load_data(tmp_path / "d.tsv")
+    assert sum(len(f) for f in (data.train, data.validation, data.test)) == 37  # three rows went into one, silently
+    assert any("1 text(s) span several lines (from line(s) 5)" in note for note in data.notes)
