@@ -405,8 +405,11 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
 
 
 def _decode(name: str, raw: bytes, notes: list[str]) -> str:
-    """Bytes to text: UTF-8 (BOM allowed), UTF-16 with a BOM; lines that are not valid UTF-8 are read as
+    """Bytes to text: UTF-8 (BOM allowed), UTF-16 or UTF-32 with a BOM; lines that are not valid UTF-8 are read as
     cp1252 (else latin-1), with a note naming them."""
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: the LE marks share a start
+        notes.append(f"{name} is UTF-32; it was decoded as such.")
+        return _check_text(name, raw.decode("utf-32", errors="replace"))
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         notes.append(f"{name} is UTF-16; it was decoded as such.")
         return _check_text(name, raw.decode("utf-16", errors="replace"))
@@ -505,9 +508,20 @@ def _check_text(name: str, text: str) -> str:
 
 
 def _binary_error(name: str, head: bytes, why: str) -> None:
-    kind = "a ZIP archive or an Excel/ODS spreadsheet" if head.startswith(b"PK") else "a binary file"
+    kind = ("a ZIP archive or an Excel/ODS spreadsheet" if head.startswith(b"PK")
+            else "text in UTF-16 or UTF-32 without a byte-order mark" if _wide_text(head[:4096])
+            else "a binary file")
     raise DataError(f"{name} does not look like text: {why}; it looks like {kind}. Export the data as CSV "
                     "(UTF-8) or JSONL with one text and one label per row.")
+
+
+def _wide_text(head: bytes) -> bool:
+    """Whether ``head`` reads as ASCII text stored 2 or 4 bytes a character: NUL at every other (or 3 of 4) byte,
+    printable bytes between."""
+    if len(head) < 8:
+        return False
+    nul_share = head.count(0) / len(head)
+    return 0.45 < nul_share < 0.8 and all(32 <= b < 127 or b in (9, 10, 13) for b in head if b)
 
 
 def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int, wanted: _Wanted) -> _Table:

@@ -764,3 +764,14 @@ def test_a_tsv_text_that_swallows_rows_through_a_quote_is_said(tmp_path):
     data = load_data(tmp_path / "d.tsv")
     assert sum(len(f) for f in (data.train, data.validation, data.test)) == 37  # three rows went into one, silently
     assert any("1 text(s) span several lines (from line(s) 5)" in note for note in data.notes)
+
+
+def test_utf32_with_its_mark_is_read_and_wide_text_without_one_is_named(tmp_path):
+    text = "text,label\n" + "\n".join(f"caf\u00e9 number {i},{'ab'[i % 2]}" for i in range(40)) + "\n"
+    (tmp_path / "wide.csv").write_bytes(text.encode("utf-32"))  # with its byte-order mark
+    data = load_data(tmp_path / "wide.csv")  # it read as UTF-16: "control characters ... a binary file"
+    assert "caf\u00e9 number 0" in set(pd.concat([data.train, data.validation, data.test])["text"])
+    assert any("is UTF-32" in note for note in data.notes)
+    (tmp_path / "bare.csv").write_bytes(text.replace("\u00e9", "e").encode("utf-16-le"))  # no mark
+    with pytest.raises(DataError, match="UTF-16 or UTF-32 without a byte-order mark"):  # it said "a binary file"
+        load_data(tmp_path / "bare.csv")
