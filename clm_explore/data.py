@@ -680,8 +680,12 @@ def _json_records(name: str, text: str) -> list[dict[str, Any]]:
         raise DataError(f"{name}, line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}). "
                         "A .json file must hold a list of records; for one record per line use .jsonl.") from exc
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        stray = data if not isinstance(data, list) else next(r for r in data if not isinstance(r, dict))
+        found = (f"a {type(data).__name__}" if not isinstance(data, list)
+                 else f"a list holding a {type(stray).__name__} ({json.dumps(stray)[:40]}) where a record belongs")
         raise DataError(f"{name}: expected a JSON list of records like [{{\"text\": \"...\", \"label\": \"...\"}}], "
-                        f"found a {type(data).__name__}. Convert it to that shape, or to JSONL.")
+                        f"found {found}. Convert it to that shape (rows without column names cannot say which "
+                        "value is the text), or to JSONL.")
     return data
 
 
@@ -896,6 +900,10 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str]) -> pd.Data
         notes.append(f"{table.name}: labels that differ only in surrounding spaces were read as one: {merged}")
     _require_filled(table, out["text"], "empty text", "text")
     _require_filled(table, out["label"], "no label", "label")
+    broken = [table.positions[i] for i, label in enumerate(out["label"]) if "\n" in label or "\r" in label]
+    if broken:  # a class name over two lines: most likely a quote left open in the label column
+        raise DataError(f"{table.name}: {len(broken)} label(s) hold a line break ({table.unit}(s) "
+                        f"{_listed_lines(broken)}). A label is one line; check the quotes around it.")
     return out
 
 

@@ -775,3 +775,14 @@ def test_utf32_with_its_mark_is_read_and_wide_text_without_one_is_named(tmp_path
     (tmp_path / "bare.csv").write_bytes(text.replace("\u00e9", "e").encode("utf-16-le"))  # no mark
     with pytest.raises(DataError, match="UTF-16 or UTF-32 without a byte-order mark"):  # it said "a binary file"
         load_data(tmp_path / "bare.csv")
+
+
+def test_a_label_over_two_lines_and_a_json_list_of_rows_are_refused_plainly(tmp_path):
+    rows = [f"text number {i},{'ab'[i % 2]}" for i in range(40)]
+    rows[4] = 'text number 4,"a\nb"'
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"1 label\(s\) hold a line break \(line\(s\) 6\)"):  # it broke validate's table
+        load_data(tmp_path / "d.csv")
+    (tmp_path / "rows.json").write_text(json.dumps([[f"text number {i}", "ab"[i % 2]] for i in range(40)]))
+    with pytest.raises(DataError, match="found a list holding a list"):  # "found a list"
+        load_data(tmp_path / "rows.json")
