@@ -965,9 +965,8 @@ def _decoded(table: _Table, value: bytes, i: int, role: str) -> str:
 def _require_filled(table: _Table, values: pd.Series, what: str, role: str) -> None:
     bad = [table.positions[i] for i, v in enumerate(values) if not v.strip()]
     if bad:
-        shown = ", ".join(map(str, bad[:_MAX_LISTED])) + (", ..." if len(bad) > _MAX_LISTED else "")
         units = table.unit + ("s" if len(bad) > 1 else "")
-        raise DataError(f"{table.name}: {len(bad)} row(s) have {what} ({units} {shown}). Fill in the {role} or "
+        raise DataError(f"{table.name}: {len(bad)} row(s) have {what} ({units} {_listed_lines(bad)}). Fill in the {role} or "
                         "delete these rows; rows are never dropped silently, so nothing goes missing unnoticed.")
 
 
