@@ -248,6 +248,10 @@ def load_upload(raw: bytes, filename: str, cfg: DataConfig | None = None) -> Ann
     return _assemble({"all": frame}, cfg, filename, filename, notes)
 
 
+UNREAD_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".xlsx", ".xls", ".ods")
+"""Compressed and spreadsheet files: named as a split, they are the data in a form the loader does not read."""
+
+
 def _split_files(folder: Path) -> dict[str, Path]:
     found: dict[str, list[Path]] = {}
     unread: list[str] = []
@@ -257,8 +261,8 @@ def _split_files(folder: Path) -> dict[str, Path]:
         split = SPLIT_ALIASES.get(f.stem.lower())
         if split and f.suffix.lower() in FORMATS:
             found.setdefault(split, []).append(f)
-        elif SPLIT_ALIASES.get(f.name.split(".", 1)[0].lower()):  # test.csv.gz, validation.xlsx: a split not read
-            unread.append(f.name)
+        elif SPLIT_ALIASES.get(f.name.split(".", 1)[0].lower()) and f.suffix.lower() in UNREAD_SUFFIXES:
+            unread.append(f.name)  # test.csv.gz, validation.xlsx: a split not read (train.csv.bak, dev.ipynb are let be)
     if unread:
         raise DataError(f"{folder} holds split file(s) in a format the loader does not read: {', '.join(unread)}. "
                         "Save them as .csv, .tsv, .jsonl, .json or .parquet (uncompressed), or move them out of the "
@@ -549,8 +553,8 @@ def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int, wanted
     notes = [f"{name}: {len(blank)} row(s) with only empty fields were skipped (line(s) {_listed_lines(blank)})."
              ] if blank else []
     # A TSV is seldom quoted: a text that starts with a quote reads on to the next closing one, rows and all.
-    spanning = [line for line, row in zip(positions, rows, strict=True)
-                if delimiter == "\t" and any("\n" in cell for cell in row)]
+    spanning = [line for line, row in zip(positions, rows, strict=True)  # a tab inside too: rows swallowed, not a
+                if delimiter == "\t" and any("\n" in cell and "\t" in cell for cell in row)]  # text of several lines
     if spanning:
         notes.append(f"{name}: {len(spanning)} text(s) span several lines (from line(s) {_listed_lines(spanning)}): "
                      "a quote opens a text that runs to the next quote. If those rows were meant apart, save the "
@@ -900,7 +904,7 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str]) -> pd.Data
         notes.append(f"{table.name}: labels that differ only in surrounding spaces were read as one: {merged}")
     _require_filled(table, out["text"], "empty text", "text")
     _require_filled(table, out["label"], "no label", "label")
-    broken = [table.positions[i] for i, label in enumerate(out["label"]) if "\n" in label or "\r" in label]
+    broken = [table.positions[i] for i, label in enumerate(out["label"]) if len(label.splitlines()) > 1]
     if broken:  # a class name over two lines: most likely a quote left open in the label column
         raise DataError(f"{table.name}: {len(broken)} label(s) hold a line break ({table.unit}(s) "
                         f"{_listed_lines(broken)}). A label is one line; check the quotes around it.")

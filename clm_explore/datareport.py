@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -138,22 +138,26 @@ def _problems(r: DataReport) -> list[str]:
 
 def _case_variants(labels: list[str]) -> list[list[str]]:
     """Groups of labels that are equal once case, runs of whitespace, Unicode's forms, invisible characters and the
-    way a number is written are ignored ('Pos', 'pos', 'POS'; 'café' composed and decomposed; '1' and '1.0', which a
-    CSV keeps apart and a JSON or Parquet file does not): most likely one label typed differently, which the model
-    would learn as rivals."""
+    way a whole number is written are ignored ('Pos', 'pos', 'POS'; 'café' composed and decomposed; '1' and '1.0',
+    which a CSV keeps apart and a JSON or Parquet file does not): most likely one label typed differently, which the
+    model would learn as rivals."""
     groups: dict[str, list[str]] = {}
     for label in labels:
         groups.setdefault(_label_key(label), []).append(label)
     return [sorted(group) for group in groups.values() if len(group) > 1]
 
 
+_JOINERS = {"\u200d", *map(chr, range(0xE0020, 0xE0080))}
+"""Format characters that make a different emoji (a family, a flag), not invisible noise."""
+_WHOLE_NUMBER = re.compile(r"\s*([+-]?[0-9]+)(?:\.0+)?\s*")
+"""A whole number, with or without a zero fraction: '1', '1.0', '1.00' (not '1.1' and '1.10', codes that differ)."""
+
+
 def _label_key(label: str) -> str:
-    visible = "".join(c for c in unicodedata.normalize("NFKC", label) if unicodedata.category(c) != "Cf")
-    try:
-        number = float(visible)
-    except ValueError:
-        return " ".join(visible.split()).casefold()
-    return repr(number) if math.isfinite(number) else " ".join(visible.split()).casefold()
+    visible = "".join(c for c in unicodedata.normalize("NFKC", label)
+                      if unicodedata.category(c) != "Cf" or c in _JOINERS)
+    number = _WHOLE_NUMBER.fullmatch(visible)
+    return f"#{int(number.group(1))}" if number else " ".join(visible.split()).casefold()
 
 
 def _some(items: list[str], limit: int = 5) -> str:

@@ -539,6 +539,11 @@ def test_report_names_labels_that_look_alike_across_formats_and_unicode_forms():
     for group in ("'1' / '1.0'", "'cafe\u0301' / 'caf\u00e9'", "'age_limit' / 'age_limit\\u200b'", "'2' / '2.0'"):
         assert group in problems, group  # each read "Problems: none" (the last: a label "never in train" alone)
     assert "'10'" not in problems  # one spelling: nothing to say
+    distinct = ["1.1", "1.10", "1_1", "11", "1e3", "1000", "\u0663", "3", "12345678901234567890",
+                "12345678901234567891", "\U0001F468\u200d\U0001F469", "\U0001F468\U0001F469"]
+    train = _frame([(f"t{i}", distinct[i % len(distinct)]) for i in range(48)])
+    data = AnnotatedData(train, train.iloc[:0], train.iloc[:0], sorted(set(train["label"])))
+    assert not any("differ only" in problem for problem in data_report(data).problems)  # codes, ids, emoji differ
 
 
 @pytest.mark.parametrize(("name", "sizes", "digest"), [
@@ -721,6 +726,10 @@ def test_a_folder_split_in_a_format_not_read_is_refused_not_carved_over(tmp_path
     (tmp_path / "test.csv.gz").write_bytes(b"\x1f\x8b not read")  # the test split was carved from train, unnamed
     with pytest.raises(DataError, match=r"in a format the loader does not read: test\.csv\.gz"):
         load_data(tmp_path)
+    (tmp_path / "test.csv.gz").unlink()
+    for other in ("train.csv.bak", "train.csv.dvc", "dev.ipynb", "test.txt"):  # beside the data, not the data
+        (tmp_path / other).write_text("not a split")
+    assert len(load_data(tmp_path).train) > 0
 
 
 def test_a_dict_giving_one_split_twice_and_hand_built_labels_that_miss_train_are_refused():
@@ -764,6 +773,9 @@ def test_a_tsv_text_that_swallows_rows_through_a_quote_is_said(tmp_path):
     data = load_data(tmp_path / "d.tsv")
     assert sum(len(f) for f in (data.train, data.validation, data.test)) == 37  # three rows went into one, silently
     assert any("1 text(s) span several lines (from line(s) 5)" in note for note in data.notes)
+    pd.DataFrame({"text": ["one line", "two\nlines"] * 20, "label": ["a", "b"] * 20}).to_csv(
+        tmp_path / "quoted.tsv", sep="\t", index=False)  # a text of two lines, quoted as pandas writes it
+    assert not any("span several lines" in note for note in load_data(tmp_path / "quoted.tsv").notes)
 
 
 def test_utf32_with_its_mark_is_read_and_wide_text_without_one_is_named(tmp_path):
@@ -782,6 +794,10 @@ def test_a_label_over_two_lines_and_a_json_list_of_rows_are_refused_plainly(tmp_
     rows[4] = 'text number 4,"a\nb"'
     (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"1 label\(s\) hold a line break \(line\(s\) 6\)"):  # it broke validate's table
+        load_data(tmp_path / "d.csv")
+    rows[4] = "text number 4,a\u2028b"  # a Unicode line separator breaks a table as well
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="hold a line break"):
         load_data(tmp_path / "d.csv")
     (tmp_path / "rows.json").write_text(json.dumps([[f"text number {i}", "ab"[i % 2]] for i in range(40)]))
     with pytest.raises(DataError, match="found a list holding a list"):  # "found a list"
