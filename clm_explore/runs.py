@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -376,6 +376,15 @@ class RunStore:
             rows = conn.execute("SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT ?",
                                 (-1 if limit is None else limit,)).fetchall()
         return [_record(r) for r in rows]
+
+    def known(self, run_ids: Iterable[str]) -> set[str]:
+        """Which of ``run_ids`` the registry holds (one query, however many ids)."""
+        ids = list(run_ids)
+        if not ids:
+            return set()
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
+        return {row[0] for row in rows}
 
     def get(self, run_id: str) -> RunRecord:
         """The run ``run_id``; ``RunStoreError`` when there is none."""

@@ -11,7 +11,7 @@ import streamlit as st
 
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
-from clm_explore.runs import RunStatus, RunStore, RunStoreError, default_root
+from clm_explore.runs import RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
 from clm_explore.ui.views import CHART_CONFIG, escape_markdown, metric_row
@@ -91,8 +91,10 @@ def progress_panel(key: str = "ft") -> None:
     jobs = job_queue().jobs()
     if not jobs:
         st.caption("No jobs yet in this server's queue.")
-    for job in shown_jobs(jobs):
-        _job_card(job, key)
+    cards = shown_jobs(jobs)
+    deleted = _deleted_runs([job.run_id for job in cards if job.done and job.run_id])
+    for job in cards:
+        _job_card(job, key, deleted)
     st.header("Recent runs")
     records = store().list(limit=10)  # redrawn every second in every session: read ten rows, not the registry
     if records:
@@ -101,15 +103,13 @@ def progress_panel(key: str = "ft") -> None:
         st.caption("No runs yet.")
 
 
-def _registered(run_id: str) -> bool:
-    """Whether the run is still on the server: a finished job's card outlives its run, which anyone may delete."""
+def _deleted_runs(run_ids: list[str]) -> set[str]:
+    """The runs of finished cards that are no longer on the server (a card outlives its run, which anyone may
+    delete); one registry query a redraw, which comes every second in every session."""
     try:
-        store().get(run_id)
-    except RunStoreError:
-        return False
-    except Exception:  # noqa: BLE001 - a registry that cannot answer (locked, say) says nothing of the run
-        return True
-    return True
+        return set(run_ids) - store().known(run_ids)
+    except Exception:  # noqa: BLE001 - a registry that cannot answer (locked, say) says nothing of the runs
+        return set()
 
 
 def shown_jobs(jobs: list[Job], finished_shown: int = 8) -> list[Job]:
@@ -120,14 +120,14 @@ def shown_jobs(jobs: list[Job], finished_shown: int = 8) -> list[Job]:
     return list(reversed(active)) + list(reversed(ended))
 
 
-def _job_card(job: Job, key: str) -> None:
+def _job_card(job: Job, key: str, deleted: set[str]) -> None:
     p = job.progress()
     run_name = job.run_id or job.id
     with st.container(border=True):
         c1, c2 = st.columns([5, 1])
         about = f" · {escape_markdown(job.label)}" if job.label else ""
         yours = " · *launched here*" if job.run_id and state.launched_here(job.run_id) else ""
-        gone = " · run deleted since" if job.done and job.run_id and not _registered(job.run_id) else ""
+        gone = " · run deleted since" if job.run_id in deleted else ""
         c1.markdown(f"**{escape_markdown(run_name)}**{about} · {job.device} · `{job.status.value}`{gone}{yours}")
         if not job.done:
             with c2:
