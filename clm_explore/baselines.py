@@ -361,8 +361,10 @@ def _noting_unused(prepared: Prepared, ctx: MethodContext, ignored: tuple[str, .
     """A baseline that picks its rows its own way says which of the mask options it was given changed nothing
     (``mask_note``), as ``--train-biases`` on a model without biases does."""
     mask = ctx.cfg.mask
-    unused = [f"strategy {mask.strategy!r}" + (" (--sample-temperature)" if mask.strategy == "sampled" else "")
-              ] if mask.strategy in ignored else []
+    unused = []
+    if mask.strategy in ignored:
+        flag = " (--sample-temperature)" if mask.strategy == "sampled" else ""
+        unused.append(f"strategy {mask.strategy!r}{flag}")
     if mask.spread_heads and not spread_applies:
         unused.append("spread_heads (--spread-heads)")
     if unused:
