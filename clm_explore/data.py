@@ -571,7 +571,8 @@ def _delimited_rows(name: str, text: str, delimiter: str,
     """(first line, cells) of each non-blank row, parsed lazily so that a caller can stop early; the lines of rows
     whose fields are all empty or spaces go to ``blank`` (empty lines are skipped without a word)."""
     csv.field_size_limit(_FIELD_LIMIT)  # process-wide; csv's own 128 KiB limit rejects long documents
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True,
+                        skipinitialspace=_quotes_after_spaces(text, delimiter))
     start = 1
     try:
         for row in reader:
@@ -583,6 +584,14 @@ def _delimited_rows(name: str, text: str, delimiter: str,
     except csv.Error as exc:
         raise DataError(f"{name}, row starting at line {start}: cannot be parsed ({exc}). Usually a stray or "
                         "unclosed quote; double quotes inside a quoted text must be written as \"\".") from exc
+
+
+def _quotes_after_spaces(text: str, delimiter: str) -> bool:
+    """Whether the header quotes its names after a delimiter and spaces (``"text", "label"``, as people write CSV
+    by hand): then every field's leading spaces are skipped, or a quote after them would be read as text and
+    stay in the name and the labels. Only then: in other files a text may well start with spaces and a quote."""
+    match = _HEADER_LINE.match(text)
+    return bool(match) and re.search(re.escape(delimiter) + r' +"', match.group(1)) is not None
 
 
 def _header(name: str, row: list[str]) -> list[str]:

@@ -758,6 +758,19 @@ def test_paths_and_headers_from_the_wild(tmp_path):
         load_data(tmp_path / "pipe.csv")
 
 
+def test_a_csv_written_with_a_space_after_each_comma_reads_its_quoted_names_and_labels(tmp_path):
+    from clm_explore.data import column_names
+
+    rows = [f'"text number {i}, said", "{"ab"[i % 2]}"' for i in range(40)]
+    (tmp_path / "spaced.csv").write_text('"text", "label"\n' + "\n".join(rows) + "\n")
+    data = load_data(tmp_path / "spaced.csv")  # the label column was named '"label"', its labels '"a"' and '"b"'
+    assert data.labels == ["a", "b"]
+    assert column_names(tmp_path / "spaced.csv") == ["text", "label"]
+    plain = [f'text number {i},  "quoted" start {i},{"ab"[i % 2]}' for i in range(40)]  # no spaced quotes in the header
+    (tmp_path / "plain.csv").write_text("id,text,label\n" + "\n".join(plain) + "\n")
+    assert load_data(tmp_path / "plain.csv").train.text.str.contains('"quoted"').all()  # a text's own spaces and quotes
+
+
 def test_a_test_label_is_held_to_the_label_length_limit_too():
     frame = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": ["a", "b"] * 20})
     test = pd.DataFrame({"text": ["x", "y"], "label": ["a", "y" * 5000]})
