@@ -77,7 +77,7 @@ def main(grid: str, name: str, method: str, lr: str, seeds: str, *pairs: str, sp
         cfg = FinetuneConfig(method=method, lr=float(lr), epochs=epochs, seed=seed, device="cpu", eval_every_epoch=False)
         cfg = with_overrides(dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, seed=seed)), list(pairs))
         result = finetune(data, cfg, grid_dir / "probes" / f"{'' if split == 'dev' else 'test-'}{name}-s{seed}",
-                          overwrite=True)  # a probe run again replaces its folder, as it always has
+                          overwrite=True, progress=False)  # a probe run again replaces its folder, as it always has
         accuracies.append(result.metrics["accuracy"])
     line = (f"{name}\t{method}\t{lr}\t{' '.join(pairs) or '-'}\t{split} {np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}"
             f"\t{' / '.join(f'{a:.3f}' for a in accuracies)}\t{len(data.test)} rows")

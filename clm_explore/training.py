@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,7 @@ from clm_explore.modeling import (
     transformers_quieted,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
+from clm_explore.progress_bar import ProgressBar
 from clm_explore.runs import (
     RANK_COPIES,
     TRAINED_LENGTH_KEY,
@@ -117,6 +118,27 @@ class FinetuneResult:
     def __repr__(self) -> str:  # metrics.json holds a confusion matrix and curves: the headline figures only
         shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("accuracy", "macro_f1") if k in self.metrics)
         return f"FinetuneResult({self.status}{', ' + shown if shown else ''}, out_dir={str(self.out_dir)!r})"
+
+    def history(self) -> pd.DataFrame:
+        """The run's progress.jsonl as a table: a row per training step (step, epoch, loss, lr, ...), and at each
+        epoch's end that step again with ``eval_accuracy`` and ``eval_split`` set. Empty when no step was taken."""
+        return read_history(self.out_dir)
+
+
+def read_history(out_dir: str | Path) -> pd.DataFrame:
+    """A run folder's progress.jsonl as ``FinetuneResult.history`` gives it (a line cut off by a stopped run is
+    left out)."""
+    rows = []
+    path = Path(out_dir) / "progress.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        evaluation = row.pop("eval", None) or {}
+        rows.append({**row, "eval_accuracy": evaluation.get("accuracy"), "eval_split": evaluation.get("split")})
+    columns = [f.name for f in fields(StepInfo) if f.name != "eval"] + ["eval_accuracy", "eval_split"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 PhaseCallback = Callable[[str, int, int], None]
@@ -495,6 +517,7 @@ def finetune(
     should_stop: Callable[[], bool] | None = None,
     overwrite: bool = False,
     on_phase: PhaseCallback | None = None,
+    progress: bool | None = None,
 ) -> FinetuneResult:
     """Finetune ``source`` on ``data`` with ``cfg.method`` and write the run folder ``out_dir``.
 
@@ -504,6 +527,8 @@ def finetune(
 
     Args:
         data: the splits (``load_data``), or a path or DataFrame that ``load_data`` reads.
+        cfg: the method and its settings (``FinetuneConfig``; the mask's in ``cfg.mask``).
+        out_dir: the run folder to write: a new or empty folder (see ``overwrite``).
         source: a model name or folder (``load_model``'s source), recorded with the run.
         on_step: called after every training step and at every epoch's end (``StepInfo``).
         should_stop: polled at every step and through the preparation (between its phases and at every scoring
@@ -513,6 +538,9 @@ def finetune(
             "loading the model", "head warm-up", "mining task tokens", "scoring rows" (per batch), ...
         overwrite: replace an earlier run in ``out_dir`` (its files would otherwise mix with this run's);
             without it such a folder is refused (``runs.RunFolderError``).
+        progress: a progress bar (tqdm: a widget in Jupyter, a text bar on stderr) over the preparation's phases
+            and the steps, with the loss and each epoch's validation accuracy. None (default): shown when neither
+            ``on_step`` nor ``on_phase`` is given; never on the other processes of a multi-process run.
 
     Returns:
         FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
@@ -549,16 +577,34 @@ def finetune(
         if not main:  # other ranks keep their own copy, for checks, out of the way
             out_dir = out_dir / RANK_COPIES / str(accelerator.process_index)
     _seed_everything(cfg.seed)
-    if on_phase is not None:
-        on_phase("loading the model", 0, 1)
-    loaded = load_model(source, data.labels, seed=cfg.seed)
-    check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loaded.model.to(device)
-    write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
-                                            "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
-    with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
-        return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase)
+    quiet = on_step is None and on_phase is None  # no caller listening: a notebook, a script
+    bar = ProgressBar() if main and (progress or (progress is None and quiet)) else None
+    if bar is not None:
+        on_step, on_phase = _both(on_step, bar.on_step), _both(on_phase, bar.on_phase)
+    with contextlib.ExitStack() as closing:
+        if bar is not None:
+            closing.callback(bar.close)
+        if on_phase is not None:
+            on_phase("loading the model", 0, 1)
+        loaded = load_model(source, data.labels, seed=cfg.seed)
+        check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
+        out_dir.mkdir(parents=True, exist_ok=True)
+        loaded.model.to(device)
+        write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
+                                                "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
+        with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
+            return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase)
+
+
+def _both(first: Callable[..., None] | None, second: Callable[..., None]) -> Callable[..., None]:
+    """A callback that calls ``first`` (when given) and then ``second``."""
+    if first is None:
+        return second
+
+    def call(*args: Any) -> None:
+        first(*args)
+        second(*args)
+    return call
 
 
 def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfig, device: torch.device,

@@ -143,3 +143,22 @@ def test_a_run_leaves_the_notebooks_random_state_and_transformers_logging_as_the
     finally:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+
+
+def test_a_finetune_called_without_callbacks_shows_a_progress_bar_and_one_with_them_does_not(tiny_data, tmp_path,
+                                                                                              capsys):
+    cfg = clm_explore.FinetuneConfig(method="sparse", epochs=2, batch_size=8)
+    result = clm_explore.finetune(tiny_data, cfg, tmp_path / "bar", source="tiny-random")  # minutes of silence before
+    shown = capsys.readouterr().err
+    steps = 2 * -(-len(tiny_data.train) // 8)
+    assert "training: 100%" in shown and f"{steps}/{steps}" in shown and "loss=" in shown
+    assert "validation acc=" in shown and "scoring rows" in shown  # the preparation's phases have bars too
+    history = result.history()  # per step, and each epoch's end again with its validation accuracy
+    assert len(history) == steps + 2 and history["step"].max() == steps and history["loss"].notna().all()
+    ends = history[history["eval_accuracy"].notna()]
+    assert ends["epoch"].tolist() == [1, 2] and set(ends["eval_split"]) == {"validation"}
+    assert ends["eval_accuracy"].tolist() == [p["accuracy"] for p in result.metrics["val_curve"]]
+    seen: list[int] = []
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "callback", source="tiny-random", on_step=lambda s: seen.append(s.step))
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "off", source="tiny-random", progress=False)
+    assert seen and "training" not in capsys.readouterr().err  # the caller draws its own (the CLI, the app)

@@ -354,7 +354,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     try:
         result = finetune(data, cfg, run_dir, source=args.model,
                           on_step=None if args.json else _step_printer(),
-                          on_phase=None if args.json else _phase_printer())
+                          on_phase=None if args.json else _phase_printer(), progress=False)
     except BaseException as exc:
         if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
             store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher sends "
