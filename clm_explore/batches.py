@@ -20,6 +20,8 @@ def text_list(texts: str | Iterable[str]) -> list[str]:
     Raises:
         TypeError: an item that is not a string (a NaN cell, a number), with its position.
     """
+    if not isinstance(texts, str | Iterable):  # a number: "'int' object is not iterable"
+        raise TypeError(f"texts is one string or a list of strings; got {type(texts).__name__} {texts!r}.")
     listed = [texts] if isinstance(texts, str) else list(texts)
     for i, text in enumerate(listed):
         if not isinstance(text, str):
@@ -81,14 +83,14 @@ def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_l
 
 
 def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int | None = None) -> pd.DataFrame:
-    """Class probabilities of ``texts`` (one string or several) under a finished run (its folder, or the
-    ``FinetuneResult`` that ``finetune`` returned): a row per text, a column per label (in the run's label order).
+    """Class probabilities of ``texts`` (one string or several) under a finished run (its folder, the
+    ``FinetuneResult`` that ``finetune`` returned or its registry record): a row per text, a column per label (in the run's label order).
     Texts are read at the run's trained length unless ``max_length`` says otherwise, so the figures match its
     predictions.csv and ``clm-explore predict``."""
     from clm_explore.modeling import load_run
-    from clm_explore.runs import trained_max_length
+    from clm_explore.runs import run_folder, trained_max_length
 
-    run_dir = Path(getattr(run, "out_dir", run))
+    run_dir = run_folder(run)
     texts = text_list(texts)
     loaded = load_run(run_dir)
     length = max_length or trained_max_length(run_dir)

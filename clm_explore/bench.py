@@ -61,6 +61,8 @@ from clm_explore.config import (
     FinetuneConfig,
     MaskConfig,
     SensitivityConfig,
+    check_field_types,
+    documented,
 )
 from clm_explore.data import AnnotatedData, load_data
 from clm_explore.runs import write_json_atomic
@@ -94,6 +96,7 @@ class BenchError(ConfigError):
     """A grid that cannot run as asked (bad option, or an output folder from a different grid)."""
 
 
+@documented
 @dataclass(frozen=True)
 class BenchConfig:
     methods: tuple[str, ...] = ("full", "sparse", "lora")
@@ -158,6 +161,14 @@ class BenchConfig:
     """Where the data came from (recorded, and checked when a grid resumes)."""
 
     def __post_init__(self) -> None:
+        try:
+            check_field_types(self)
+        except ConfigError as exc:
+            raise BenchError(str(exc)) from exc
+        for name in ("methods", "budgets"):  # a string would be read a character at a time ("got s, p, a, r, ...")
+            if isinstance(getattr(self, name), str | int | float):
+                raise BenchError(f"{name} is a tuple, e.g. {name}=({getattr(self, name)!r},); got "
+                                 f"{type(getattr(self, name)).__name__} {getattr(self, name)!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         if not self.methods or unknown:
             raise BenchError(f"methods must be among {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}")
@@ -255,6 +266,12 @@ class BenchResult:
     """Differences between methods with their intervals (``bench_results.compare_methods``)."""
     tuning: pd.DataFrame | None = None
     """The learning-rate sweep with ``tune_lr`` (``tune_learning_rates``), else None."""
+
+    def __repr__(self) -> str:  # the default nests three DataFrames' reprs
+        cells = len(self.results)
+        finished = int((self.results["status"] == "succeeded").sum()) if "status" in self.results else cells
+        return (f"BenchResult({finished} of {cells} cells succeeded, {len(self.summary)} summary rows, "
+                f"out_dir={str(self.out_dir)!r}; see .summary, .comparison, .files)")
 
 
 Runner = Callable[[Cell, Path, Path, Path, Callable[[str], None]], int | None]

@@ -6,8 +6,15 @@ JSON so that a run folder's ``clm_run.json`` rebuilds the exact configuration.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import numbers
+import sys
+import textwrap
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -17,9 +24,61 @@ class ConfigError(ValueError):
     """A config field holds a value it cannot take; the message names the field."""
 
 
+@functools.cache
+def _module_tree(path: str) -> ast.Module | None:
+    """A module's syntax tree, parsed once for all its config classes (20 ms a parse: the CLI's --help waits)."""
+    try:
+        return ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError):
+        return None
+
+
+def documented(cls: type[T]) -> type[T]:
+    """``cls`` with its fields' docstrings (the string under each field, which Python drops) in its ``__doc__``,
+    so that ``help(FinetuneConfig)`` and an editor's hover say what each option does, not just its default."""
+    tree = _module_tree(sys.modules[cls.__module__].__file__ or "")
+    if tree is None:  # no source shipped (a frozen app): the plain dataclass doc stays
+        return cls
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__), None)
+    body = node.body if node is not None else []
+    docs = {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:], strict=False)
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
+            and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)}
+    lines = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f"{f.default_factory.__name__}()" if f.default_factory is not dataclasses.MISSING else "required")
+        lines.append(f"    {f.name} ({f.type}, default {default!r})")
+        lines.extend(textwrap.wrap(docs.get(f.name, ""), 100, initial_indent=" " * 8, subsequent_indent=" " * 8))
+    head = inspect.cleandoc(node and ast.get_docstring(node) or "") if node is not None else ""
+    cls.__doc__ = (head + "\n\n" if head else "") + "Fields:\n" + "\n".join(lines)
+    return cls
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str,),
+                                              "bool": (bool,), "None": (type(None),)}
+
+
+def check_field_types(cfg: Any) -> None:
+    """Each field of a plain type (int, float, str, bool, None, or a union of them) holds one: ``epochs=2.5`` or
+    ``lr="1e-4"`` from a notebook failed deep in training, or in a comparison, with a message about neither. A
+    float field takes an int; no number field takes a bool. A NumPy number becomes Python's (``to_dict`` writes
+    JSON)."""
+    for f in dataclasses.fields(cfg):
+        names = [n.strip() for n in str(f.type).split("|")]
+        if not all(n in _PLAIN_TYPES for n in names):  # a nested config, a tuple: checked where it is used
+            continue
+        value = getattr(cfg, f.name)
+        allowed = tuple(t for n in names for t in _PLAIN_TYPES[n])
+        _check(isinstance(value, allowed) and not (isinstance(value, bool) and "bool" not in names),
+               f"{type(cfg).__name__}.{f.name} is {f.type}; got {type(value).__name__} {value!r}")
+        if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):  # NumPy's: not JSON
+            object.__setattr__(cfg, f.name, int(value) if isinstance(value, numbers.Integral) else float(value))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -34,6 +93,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+@documented
 @dataclass(frozen=True)
 class DataConfig:
     text_col: str | None = None
@@ -61,6 +121,7 @@ class DataConfig:
     """Seed of the carved splits."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         _check(self.max_file_mb > 0, f"max_file_mb must be > 0, got {self.max_file_mb}")
         _check(self.max_rows >= 1, f"max_rows must be >= 1, got {self.max_rows}")
         _check(self.max_labels >= 2, f"max_labels must be >= 2, got {self.max_labels}")
@@ -69,6 +130,7 @@ class DataConfig:
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
 
 
+@documented
 @dataclass(frozen=True)
 class MiningConfig:
     max_ngram: int = 3
@@ -98,6 +160,7 @@ class MiningConfig:
     row can cost."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         _check(1 <= self.max_ngram <= 5, f"max_ngram must be in 1..5, got {self.max_ngram}")
         _check(self.max_words >= 1, f"max_words must be >= 1, got {self.max_words}")
         _check(self.min_count >= 1, f"min_count must be >= 1, got {self.min_count}")
@@ -125,6 +188,7 @@ FISHER_LABELS = ("data", "model")
 """Which labels the Fisher score's gradients are taken for (SensitivityConfig.fisher_labels)."""
 
 
+@documented
 @dataclass(frozen=True)
 class SensitivityConfig:
     restriction: str = "tokens"
@@ -180,6 +244,7 @@ class SensitivityConfig:
     seed (``FinetuneConfig.seed``)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
@@ -219,6 +284,7 @@ MASK_STRATEGIES = ("topk_global", "random", "sampled")
 """How a row mask is chosen (MaskConfig.strategy)."""
 
 
+@documented
 @dataclass(frozen=True)
 class MaskConfig:
     budget: float = 0.01
@@ -268,6 +334,7 @@ class MaskConfig:
         return tuple(k for k, on in (("norm", self.train_layernorm), ("bias", self.train_biases)) if on)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         _check(self.budget > 0, f"budget must be in (0, 1] or a parameter count > 1, got {self.budget}")
         _check(self.budget <= 1 or float(self.budget).is_integer(), f"budget above 1 must be a whole parameter count, got {self.budget}")
         _check(self.strategy in MASK_STRATEGIES, f"strategy must be one of {', '.join(MASK_STRATEGIES)}, got {self.strategy!r}")
@@ -298,11 +365,13 @@ TUNE_WIDEN = 4
 """How many rates a learning-rate sweep may add past its edge per method (``bench.BenchConfig.tune_widen``)."""
 
 
+@documented
 @dataclass(frozen=True)
 class FinetuneConfig:
     method: str = "sparse"
     """One of METHODS; 'sparse' is ours (token-restricted Fisher rows)."""
     epochs: int = 3
+    """Passes over the training split (the head warm-up's are apart: SensitivityConfig.warmup_epochs)."""
     lr: float = 0.0
     """Learning rate; 0 picks the method's default (row deltas 5e-3, full 2e-4, head 1e-2, ...: DEFAULT_LR)."""
     head_lr: float = 0.0
@@ -316,7 +385,10 @@ class FinetuneConfig:
     attention dropout, which it holds as a number); None keeps the checkpoint's (0.1 for BERT, 0 for SmolLM2).
     Evaluation never uses dropout. A model with no dropout at all gets a ``dropout_note`` in its metrics."""
     batch_size: int = 32
+    """Training rows per step (per process under accelerate launch)."""
     max_length: int = 64
+    """Sub-tokens read per text, in training and evaluation; the run records it, and predict and explain read
+    texts at the same length."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay. The row methods apply it to their deltas only, never to frozen rows; full,
     layers and LoRA to every weight matrix they train."""
@@ -406,6 +478,7 @@ class FinetuneConfig:
     zero, snips 10-shot -1.7; BENCHMARKS.md), so peft's default stays."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for key, sub in (("mask", MaskConfig), ("sensitivity", SensitivityConfig), ("mining", MiningConfig)):
             value = getattr(self, key)
             if isinstance(value, dict):  # a notebook's mask={"budget": 0.02}: its keys checked as the class's
@@ -456,6 +529,7 @@ MAX_ATTRIBUTION_STEPS = 1024
 """Integrated Gradients' most interpolation steps (``AttributionConfig.n_steps``, --steps)."""
 
 
+@documented
 @dataclass(frozen=True)
 class AttributionConfig:
     """Integrated-Gradients attributions (``attribution.explain``, the case study, ``clm-explore explain``); here,
@@ -479,6 +553,7 @@ class AttributionConfig:
     """Captum's integral approximation: 'gausslegendre' (converges fastest) or 'riemann_trapezoid'."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         checks = [
             (  # the cap stops a typo from asking for petabytes of interpolated inputs
                 2 <= self.n_steps <= MAX_ATTRIBUTION_STEPS,

@@ -48,7 +48,7 @@ class MaskSelection:
         lowest = "-" if self.lowest_layer is None else self.lowest_layer
         return (f"MaskSelection({self.selected_params:,} of a {self.budget_params:,}-parameter budget ({self.share:.2%} "
                 f"of the backbone) in {rows:,} rows of {len(self.masks)} matrices, lowest layer {lowest}, "
-                f"{self.trainable_params if self.trainable_params is not None else '?'} trainable)")
+                f"{'?' if self.trainable_params is None else f'{self.trainable_params:,}'} trainable)")
 
     @property
     def share(self) -> float:
@@ -184,17 +184,22 @@ def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
-def no_row_message(budget: int, cheapest: int, backbone_params: int) -> str:
-    """Why a budget selects nothing, and the least budget that selects a row."""
+def no_row_message(budget: int, cheapest: int, backbone_params: int, asked: float = 0.0) -> str:
+    """Why a budget selects nothing, and the least budget that selects a row; ``asked`` is the budget as given (a
+    count of 5 is most often 5% meant)."""
     return (f"a budget of {budget} parameters buys no row: the cheapest eligible row costs {cheapest} parameters; "
             f"raise the budget to at least {cheapest} ({cheapest / max(backbone_params, 1) * 100:.2g}% of the "
-            "backbone).")
+            "backbone)." + (f" A budget above 1 counts parameters: for a share of the backbone give a fraction "
+                            f"({asked:g}% is {asked / 100:g})." if 1 < asked <= 100 else ""))
 
 
 def select_mask(report: SensitivityReport, cfg: MaskConfig | float | None = None) -> MaskSelection:
     """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
     random ones) until the budget is spent; with ``spread_heads``, each attention map's share re-picked evenly
     over its heads. ``cfg`` may be a budget alone (``select_mask(report, 0.01)``), the other options default."""
+    if not isinstance(report, SensitivityReport):  # a MaskSelection or TaskTokens: "has no attribute 'normalised'"
+        raise TypeError(f"select_mask takes the SensitivityReport that compute_sensitivity returns (or "
+                        f"SensitivityReport.load(folder)); got {type(report).__name__}")
     if isinstance(cfg, numbers.Real) and not isinstance(cfg, bool):  # numpy numbers too
         cfg = MaskConfig(budget=float(cfg))
     if cfg is not None and not isinstance(cfg, MaskConfig):
@@ -206,7 +211,7 @@ def select_mask(report: SensitivityReport, cfg: MaskConfig | float | None = None
     spent = np.cumsum(rows.cost[order])
     chosen = order[: int(np.searchsorted(spent, budget, side="right"))]
     if not len(chosen):  # a run labelled sparse that trains the head alone would mislead
-        raise ConfigError(no_row_message(budget, int(rows.cost.min()), report.backbone_params))
+        raise ConfigError(no_row_message(budget, int(rows.cost.min()), report.backbone_params, cfg.budget))
     masks = {}
     for m in np.unique(rows.matrix[chosen]):
         name = rows.names[m]

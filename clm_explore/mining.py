@@ -239,7 +239,7 @@ def mine_task_tokens(
     Args:
         texts: training texts (never the test split).
         labels: one label per text.
-        tokenizer: the chosen model's fast tokenizer (pieces are its sub-tokens).
+        tokenizer: the chosen model's tokenizer (pieces are its sub-tokens), or the ``LoadedModel`` holding it.
         cfg: mining options.
 
     Returns:
@@ -251,6 +251,11 @@ def mine_task_tokens(
     from clm_explore.batches import text_list  # torch only when mining runs, not when this module is imported
 
     cfg = cfg or MiningConfig()
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a LoadedModel, as compute_sensitivity takes: its own
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer is the model's tokenizer (loaded.tokenizer); got {type(tokenizer).__name__}")
+    if isinstance(cfg, dict):
+        cfg = MiningConfig(**cfg)
     texts = text_list(texts)
     labels = [str(x) for x in labels]  # numpy ints would not save as JSON, and mixed types do not sort
     if not texts or len(texts) != len(labels):

@@ -40,7 +40,7 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from clm_explore.runs import TRAINED_LENGTH_KEY, trained_max_length  # noqa: E402
+from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length  # noqa: E402
 
 
 @contextmanager
@@ -161,13 +161,17 @@ def load_model(
 
     Args:
         source: see the module docstring.
-        labels: label names in id order; the head gets one output per label. None keeps the
-            folder's own labels (a finetuned run folder).
+        labels: label names in id order (or the ``AnnotatedData``, whose labels are), the head gets one output
+            per label. None keeps the folder's own labels (a finetuned run folder).
         seed: seeds the random head (and the tiny model's weights) through torch's global generator, which the
             head's init draws from (as transformers' ``set_seed`` does); ``finetune`` puts the global state back.
     """
     if isinstance(labels, str):  # its letters would become the labels
         raise TypeError(f"labels is a list of label names (data.labels); got the string {labels[:40]!r}.")
+    from clm_explore.data import AnnotatedData  # pandas' import only when a model loads
+
+    if isinstance(labels, AnnotatedData):  # load_model(source, data): its labels, in their order
+        labels = labels.labels
     resolved = resolve_source(source)
     torch.manual_seed(seed)
     if resolved == TINY_SOURCE:
@@ -271,12 +275,13 @@ def has_untrained_head(folder: Path) -> bool:
 
 @transformers_quieted()
 def load_run(run_dir: str | Path) -> LoadedModel:
-    """Load a finetuned run folder with its own labels (a prefix-tuning run gets its ``adapter/`` back).
+    """Load a finetuned run folder (or the ``FinetuneResult`` or registry record naming it) with its own labels (a
+    prefix-tuning run gets its ``adapter/`` back).
 
     Raises:
         ModelSourceError: the folder is missing, is not a model folder, or is a base model (``has_untrained_head``).
     """
-    path = Path(run_dir).expanduser()
+    path = run_folder(run_dir).expanduser()
     if not path.is_dir():
         raise ModelSourceError(f"Run folder {path} does not exist.")
     if not (path / "config.json").is_file():

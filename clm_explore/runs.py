@@ -512,6 +512,23 @@ TRAINED_LENGTH_KEY = "clm_max_length"
 ``attribution.explain`` of a loaded run finds it)."""
 
 
+def run_folder(run: Any) -> Path:
+    """The folder of a run given as its path, the ``FinetuneResult`` that ``finetune`` returned (``out_dir``) or a
+    registry record (``RunRecord.path``).
+
+    Raises:
+        TypeError: anything else (a loaded model, say), named.
+    """
+    if isinstance(run, str | os.PathLike):
+        return Path(run)
+    for attribute in ("out_dir", "path"):
+        folder = getattr(run, attribute, None)
+        if isinstance(folder, str | os.PathLike):
+            return Path(folder)
+    raise TypeError(f"a run is its folder, the FinetuneResult that finetune returned, or a RunStore record; got "
+                    f"{type(run).__name__}")
+
+
 def trained_max_length(run_dir: Path) -> int:
     """The sub-token length the run trained with (its clm_run.json), so that predictions and attributions read
     what training read; FinetuneConfig's default (64) for a folder without it."""

@@ -588,6 +588,18 @@ class _EmbeddingScorer:
         self.embedding.weight.requires_grad_(False)
 
 
+def _check_arguments(loaded: object, data: object, task_tokens: object, cfg: object) -> None:
+    """compute_sensitivity's arguments by type, named: a source string or a path given for the model or the data
+    failed as "'str' object has no attribute 'model'" deep inside."""
+    wanted = [("loaded", loaded, LoadedModel, "load_model(source, data.labels)"),
+              ("data", data, AnnotatedData, "load_data(path)"),
+              ("task_tokens", task_tokens, TaskTokens | None, "mine_task_tokens(...), or None"),
+              ("cfg", cfg, SensitivityConfig | None, "SensitivityConfig(...), or None")]
+    for name, value, kind, made_by in wanted:
+        if not isinstance(value, kind):
+            raise TypeError(f"compute_sensitivity: {name} is what {made_by} returns; got {type(value).__name__}")
+
+
 def compute_sensitivity(
     loaded: LoadedModel,
     data: AnnotatedData,
@@ -611,6 +623,7 @@ def compute_sensitivity(
             above, with the same result, since nothing below ``cfg.min_layer`` is scored. Its rows must be
             ``data``'s training rows tokenized with ``cfg.max_length``.
     """
+    _check_arguments(loaded, data, task_tokens, cfg)
     cfg = cfg or SensitivityConfig()
     if cfg.restriction == "tokens" and task_tokens is None:
         raise ValueError("restriction 'tokens' needs mined task tokens; mine first or use restriction 'none'")

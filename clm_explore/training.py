@@ -53,7 +53,7 @@ from clm_explore.modeling import (
     transformers_quieted,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
-from clm_explore.progress_bar import ProgressBar
+from clm_explore.progress_bar import ProgressBar, combined
 from clm_explore.runs import (
     RANK_COPIES,
     TRAINED_LENGTH_KEY,
@@ -344,7 +344,7 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if costs and budget < min(costs):
-        raise ConfigError(no_row_message(budget, min(costs), backbone))
+        raise ConfigError(no_row_message(budget, min(costs), backbone, cfg.mask.budget))
 
 
 def backbone_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -580,7 +580,7 @@ def finetune(
     quiet = on_step is None and on_phase is None  # no caller listening: a notebook, a script
     bar = ProgressBar() if main and (progress or (progress is None and quiet)) else None
     if bar is not None:
-        on_step, on_phase = _both(on_step, bar.on_step), _both(on_phase, bar.on_phase)
+        on_step, on_phase = combined(on_step, bar.on_step), combined(on_phase, bar.on_phase)
     with contextlib.ExitStack() as closing:
         if bar is not None:
             closing.callback(bar.close)
@@ -594,17 +594,6 @@ def finetune(
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
             return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase)
-
-
-def _both(first: Callable[..., None] | None, second: Callable[..., None]) -> Callable[..., None]:
-    """A callback that calls ``first`` (when given) and then ``second``."""
-    if first is None:
-        return second
-
-    def call(*args: Any) -> None:
-        first(*args)
-        second(*args)
-    return call
 
 
 def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfig, device: torch.device,

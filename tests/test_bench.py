@@ -112,6 +112,8 @@ def test_fixed_learning_rates_reach_the_cells(data_dir, tmp_path):
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     used = dict(zip(result.results["method"], result.results["lr"], strict=True))
     assert used == {"head": 0.02, "bitfit": 1e-3}  # bitfit keeps its default
+    assert repr(result) == (f"BenchResult(2 of 2 cells succeeded, 2 summary rows, out_dir={str(tmp_path / 'out')!r}; "
+                            "see .summary, .comparison, .files)")  # three DataFrames' reprs nested before
     with pytest.raises(BenchError, match="lr"):  # other rates would make the finished cells wrong
         run_grid(data_dir, _cfg(methods=("head", "bitfit"), lr={"head": 0.05}), tmp_path / "out",
                  runner=in_process(cfg), progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from clm_explore.config import (
@@ -161,3 +162,35 @@ def test_a_sub_config_may_be_a_dict_of_its_fields_and_nothing_else():
         FinetuneConfig(mask=3)  # an AttributeError on .seed before
     with pytest.raises(TypeError, match="budgett"):
         FinetuneConfig(mask={"budgett": 0.02})
+
+
+def test_a_field_of_the_wrong_type_is_refused_where_it_is_given():
+    from clm_explore.bench import BenchConfig, BenchError
+
+    # epochs=2.5 failed after the preparation ("'float' object cannot be interpreted as an integer"), lr="1e-4" in
+    # a comparison of str and int, methods="sparse" as the methods s, p, a, r, s, e
+    for kwargs, message in [({"epochs": 2.5}, r"FinetuneConfig.epochs is int; got float 2.5"),
+                            ({"lr": "1e-4"}, r"FinetuneConfig.lr is float; got str '1e-4'"),
+                            ({"epochs": True}, r"epochs is int; got bool True"),
+                            ({"mask": {"budget": "0.01"}}, r"MaskConfig.budget is float; got str")]:
+        with pytest.raises(ConfigError, match=message):
+            FinetuneConfig(**kwargs)
+    assert FinetuneConfig(lr=1, dropout=None).lr == 1  # an int where a float goes, None where it may
+    budget = MaskConfig(budget=np.int64(5000)).budget  # a count from a NumPy array
+    assert budget == 5000 and type(budget) is int and json.dumps(to_dict(MaskConfig(budget=np.float32(0.5))))
+    with pytest.raises(BenchError, match=r"methods is a tuple, e.g. methods=\('sparse',\); got str"):
+        BenchConfig(methods="sparse")
+    with pytest.raises(BenchError, match="BenchConfig.seeds is int; got float 2.0"):
+        BenchConfig(seeds=2.0)
+
+
+def test_help_on_a_config_says_what_each_field_does():
+    import pydoc
+
+    from clm_explore.bench import BenchConfig
+
+    shown = pydoc.render_doc(MaskConfig, renderer=pydoc.plaintext)  # the signature and defaults alone before
+    assert "budget (float, default 0.01)" in shown and "Fraction of backbone parameters in (0, 1]" in shown
+    documented = FinetuneConfig.__doc__ or ""
+    assert all(f"    {f.name} (" in documented for f in dataclasses.fields(FinetuneConfig))
+    assert "Passes over the training split" in documented and "Seeds 0..seeds-1" in (BenchConfig.__doc__ or "")

@@ -283,6 +283,11 @@ def test_a_budget_below_the_cheapest_row_is_refused():
     with pytest.raises(ConfigError, match=r"budget of 4 parameters buys no row: the cheapest eligible row costs 5 "
                        r"parameters; raise the budget to at least 5 \("):
         select_mask(hand_report(), MaskConfig(budget=4, min_layer=0))
+    with pytest.raises(ConfigError, match=r"counts parameters: for a share of the backbone give a fraction \(4% is "
+                       r"0.04\)"):  # select_mask(report, 4) meant 4%: the message steered to a count of 5
+        select_mask(hand_report(), 4)
+    with pytest.raises(ConfigError, match=r"buys no row.*backbone\)\.$"):  # a fraction too small: no such hint
+        select_mask(hand_report(), MaskConfig(budget=1e-6, min_layer=0))
 
 
 def test_a_floor_above_the_model_is_refused():
