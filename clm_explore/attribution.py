@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,12 @@ class TokenAttribution:
     predicted: int = -1
     """The model's predicted label id (equals ``target`` when the target is 'predicted')."""
     predicted_label: str = ""
+
+    def __repr__(self) -> str:  # the default lists every sub-token and score: hundreds of characters a text
+        strongest = sorted(zip(self.words, self.scores, strict=True), key=lambda ws: -abs(ws[1]))[:4]
+        shown = ", ".join(f"{word} {score:+.2f}" for word, score in strongest)
+        more = f", ... ({len(self.words)} words)" if len(self.words) > len(strongest) else ""
+        return f"TokenAttribution({self.target_label} p={self.probability:.2f}: {shown}{more})"
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, by its name here (``from_dict`` reads it back)."""
@@ -136,6 +142,7 @@ def explain(
     texts: Sequence[str] | str,
     cfg: AttributionConfig | None = None,
     target: TargetSpec | Sequence[TargetSpec] = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[TokenAttribution]:
     """Integrated-Gradients word attributions of each text.
 
@@ -149,6 +156,7 @@ def explain(
             model that records none, e.g. a run saved before the record was kept).
         target: None (the predicted label), one label name/id for every text, or one per text (gold labels
             when ``cfg.target == 'gold'``).
+        on_progress: called with (texts done, texts) after each batch: a few hundred texts take minutes.
 
     Returns:
         One ``TokenAttribution`` per text, in input order.
@@ -181,6 +189,8 @@ def explain(
                     )
                     for i, res in zip(chunk, done, strict=True):
                         results[i] = res
+                    if on_progress is not None:
+                        on_progress(min(start + cfg.batch_size, len(order)), len(order))
         finally:
             model.train(was_training)
     return [r for r in results if r is not None]

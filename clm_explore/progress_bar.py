@@ -6,6 +6,7 @@ and a run is minutes of silence (Trainer and setfit show a bar by default). tqdm
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,3 +51,13 @@ class ProgressBar:
         self.close()
         self._phase = phase
         self._bar = tqdm(total=total, desc=phase, leave=phase == "training", dynamic_ncols=True)
+
+
+def combined(*listeners: Callable[..., None] | None) -> Callable[..., None]:
+    """One callback that calls each given listener in turn (a caller's own and a bar's)."""
+    present = [listener for listener in listeners if listener is not None]
+
+    def call(*args: Any) -> None:
+        for listener in present:
+            listener(*args)
+    return call

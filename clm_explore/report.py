@@ -13,6 +13,7 @@ import html
 import math
 import os
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -423,6 +424,8 @@ def build_report(
     k: int = 10,
     min_count: int = 2,
     max_rows: int | None = 300,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    progress: bool | None = None,
 ) -> Path:
     """Write the HTML report of run_a (and run_b side by side) and return its path.
 
@@ -433,10 +436,11 @@ def build_report(
             an ``AnnotatedData`` or a data path (its test split).
         out_path: the HTML file written.
         cfg: attribution settings; k, min_count: top words per label; max_rows: rows attributed.
+        on_progress, progress: the attributions' progress, as ``case_study`` takes them.
     """
     check_out_path(out_path)  # before the attributions, which take minutes on a real model
-    run_a, run_b = Path(run_a), Path(run_b) if run_b else None
-    study = case_study(run_a, run_b, _load_data(data), cfg=cfg, k=k, min_count=min_count, max_rows=max_rows)
+    study = case_study(run_a, run_b, _load_data(data), cfg=cfg, k=k, min_count=min_count, max_rows=max_rows,
+                       on_progress=on_progress, progress=progress)
     return write_report(study, out_path)
 
 

@@ -162,3 +162,37 @@ def test_a_finetune_called_without_callbacks_shows_a_progress_bar_and_one_with_t
     clm_explore.finetune(tiny_data, cfg, tmp_path / "callback", source="tiny-random", on_step=lambda s: seen.append(s.step))
     clm_explore.finetune(tiny_data, cfg, tmp_path / "off", source="tiny-random", progress=False)
     assert seen and "training" not in capsys.readouterr().err  # the caller draws its own (the CLI, the app)
+
+
+def test_a_wrong_argument_to_a_step_is_named_and_the_natural_stand_ins_are_taken(tiny_data, tmp_path):
+    import pytest
+
+    from clm_explore.attribution import TokenAttribution
+
+    loaded = clm_explore.load_model("tiny-random", tiny_data)  # the data itself: "AnnotatedData has no len()"
+    assert loaded.model.config.id2label == dict(enumerate(tiny_data.labels))
+    groups = clm_explore.mine_task_tokens(tiny_data.train.text, tiny_data.train.label, loaded)  # not callable
+    assert groups.to_frame().equals(clm_explore.mine_task_tokens(tiny_data.train.text, tiny_data.train.label,
+                                                                 loaded.tokenizer).to_frame())
+    with pytest.raises(TypeError, match=r"compute_sensitivity: loaded is what load_model\(source, data.labels\) "
+                       "returns; got str"):  # "'str' object has no attribute 'model'"
+        clm_explore.compute_sensitivity("tiny-random", tiny_data, groups)
+    with pytest.raises(TypeError, match=r"data is what load_data\(path\) returns; got str"):
+        clm_explore.compute_sensitivity(loaded, "sample_data/banking77_20", groups)
+    with pytest.raises(TypeError, match="task_tokens is what mine_task_tokens"):
+        clm_explore.compute_sensitivity(loaded, tiny_data, groups.to_frame())
+    report = clm_explore.compute_sensitivity(loaded, tiny_data, groups)
+    selection = clm_explore.select_mask(report, 0.05)
+    with pytest.raises(TypeError, match="select_mask takes the SensitivityReport .* got MaskSelection"):
+        clm_explore.select_mask(selection, 0.01)
+    result = clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1), tmp_path / "run",
+                                  source="tiny-random", progress=False)
+    record = clm_explore.RunStore(tmp_path / "registry").register_folder(tmp_path / "run")
+    assert clm_explore.predict(record, "my card").equals(clm_explore.predict(result, "my card"))  # pathlib's TypeError
+    with pytest.raises(TypeError, match="texts is one string or a list of strings; got int 123"):
+        clm_explore.predict(result, 123)
+    with pytest.raises(TypeError, match="a run is its folder, the FinetuneResult .* got LoadedModel"):
+        clm_explore.predict(loaded, "my card")
+    [explained] = clm_explore.explain(loaded.model, loaded.tokenizer, "my card has not arrived yet")
+    assert isinstance(explained, TokenAttribution) and len(repr(explained)) < 160  # 528 characters a text before
+    assert repr(explained).startswith(f"TokenAttribution({explained.target_label} p=")

@@ -333,3 +333,16 @@ def test_run_name_of_the_working_folder(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path / "run-7")
     assert cs.run_name(Path(".")) == "run-7" and cs.run_name("..") == tmp_path.name
     assert cs.run_name("a/b") == "b"
+
+
+def test_a_case_study_tells_its_progress_and_draws_a_bar_when_nobody_listens(runs, capsys) -> None:
+    from dataclasses import replace
+
+    heard: list[tuple[str, int, int]] = []
+    cs.case_study(runs[0], runs[1], cfg=replace(CFG, n_steps=CFG.n_steps + 1), min_count=1, max_rows=5,
+                  on_progress=lambda *report: heard.append(report))  # minutes of silence on a real model before
+    names = (Path(runs[0]).name, Path(runs[1]).name)
+    assert heard[-1] == (f"attributing run B ({names[1]})", 5, 5)
+    assert (f"attributing run A ({names[0]})", 5, 5) in heard and "attributing" not in capsys.readouterr().err
+    cs.case_study(runs[0], cfg=replace(CFG, n_steps=CFG.n_steps + 2), min_count=1, max_rows=5)
+    assert f"attributing run A ({names[0]})" in capsys.readouterr().err

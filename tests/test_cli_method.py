@@ -445,9 +445,10 @@ def test_abstaining_at_the_runs_threshold_reads_metrics_that_are_no_object_as_mi
 def test_progress_in_a_log_is_a_line_per_report_not_one_rewritten_line(capsys):
     from types import SimpleNamespace
 
-    from clm_explore.cli.method_cmds import _phase_printer, _step_printer
+    from clm_explore.cli import phase_printer
+    from clm_explore.cli.method_cmds import _step_printer
 
-    phases, steps = _phase_printer(), _step_printer()  # stderr is captured: not a terminal
+    phases, steps = phase_printer(), _step_printer()  # stderr is captured: not a terminal
     for done in range(1, 35):
         phases("scoring rows", done, 34)
     for step in range(1, 101):

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +223,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def phase_printer() -> Callable[[str, int, int], None]:
+    """A run's phases on stderr (finetune's preparation, a report's attributions), one line each ("scoring rows" counts its batches on its line; where stderr
+    is not a terminal, a log, only its last count)."""
+    shown: list[str] = []
+    live = sys.stderr.isatty()
+
+    def show(phase: str, done: int, total: int) -> None:
+        if phase == "training":
+            return
+        if shown and shown[-1] == phase:
+            if total > 1 and (live or done == total):
+                print(f"\r{phase} {done}/{total}" if live else f"{phase} {done}/{total}",
+                      end="" if done < total else "\n", file=sys.stderr, flush=True)
+            return
+        shown.append(phase)
+        if total <= 1:
+            print(f"{phase} ...", file=sys.stderr, flush=True)
+        elif live:
+            print(f"\r{phase} {done}/{total}", end="", file=sys.stderr, flush=True)
+    return show

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import UserError, checked_max_length, checked_texts, print_json, refuse_untrained_head
+from clm_explore.cli import (
+    UserError,
+    checked_max_length,
+    checked_texts,
+    phase_printer,
+    print_json,
+    refuse_untrained_head,
+)
 from clm_explore.config import AttributionConfig, DataConfig  # torch and captum load only when a command runs
 from clm_explore.runs import trained_max_length
 
@@ -236,7 +243,8 @@ def run_report(args: argparse.Namespace) -> int:
     if data is not None:
         _check_data_labels(data, run_a)
     try:
-        study = case_study(run_a, run_b, data, cfg=cfg, k=args.top_k, max_rows=args.max_rows)
+        study = case_study(run_a, run_b, data, cfg=cfg, k=args.top_k, max_rows=args.max_rows,
+                           on_progress=None if args.json else phase_printer(), progress=False)
     except (OSError, ValueError) as exc:  # e.g. a run file that cannot be read
         raise UserError(str(exc)) from exc
     out = _write(study, out)

@@ -15,6 +15,7 @@ from clm_explore.cli import (
     add_data_args,
     checked_max_length,
     checked_texts,
+    phase_printer,
     print_json,
     refuse_untrained_head,
 )
@@ -212,7 +213,7 @@ def _check_scores_folder(out: str | None) -> None:
 
 
 def _progress_printer(what: str):
-    """A count rewritten on one line in a terminal; in a log, its last value only (as ``_phase_printer``)."""
+    """A count rewritten on one line in a terminal; in a log, its last value only (as ``phase_printer``)."""
     live = sys.stderr.isatty()
 
     def show(done: int, total: int) -> None:
@@ -354,7 +355,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     try:
         result = finetune(data, cfg, run_dir, source=args.model,
                           on_step=None if args.json else _step_printer(),
-                          on_phase=None if args.json else _phase_printer(), progress=False)
+                          on_phase=None if args.json else phase_printer(), progress=False)
     except BaseException as exc:
         if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
             store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher sends "
@@ -404,28 +405,6 @@ def _budget_error(exc: BaseException) -> None:
     """The budget check lives in masks.budget_to_params; turn its ValueError into a user error."""
     if isinstance(exc, ValueError) and "budget" in str(exc):
         raise UserError(str(exc)) from exc
-
-
-def _phase_printer():
-    """The preparation's phases on stderr, one line each ("scoring rows" counts its batches on its line; where stderr
-    is not a terminal, a log, only its last count)."""
-    shown: list[str] = []
-    live = sys.stderr.isatty()
-
-    def show(phase: str, done: int, total: int) -> None:
-        if phase == "training":
-            return
-        if shown and shown[-1] == phase:
-            if total > 1 and (live or done == total):
-                print(f"\r{phase} {done}/{total}" if live else f"{phase} {done}/{total}",
-                      end="" if done < total else "\n", file=sys.stderr, flush=True)
-            return
-        shown.append(phase)
-        if total <= 1:
-            print(f"{phase} ...", file=sys.stderr, flush=True)
-        elif live:
-            print(f"\r{phase} {done}/{total}", end="", file=sys.stderr, flush=True)
-    return show
 
 
 def _step_printer():

@@ -163,7 +163,7 @@ def file_mtime(path: str | Path) -> float:
 def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> Any:
     from clm_explore.casestudy import case_study as study
 
-    return study(run_a, run_b, max_rows=max_rows)
+    return study(run_a, run_b, max_rows=max_rows, progress=False)  # the page shows a spinner
 
 
 @st.cache_data(show_spinner="Building the case-study report…", max_entries=8)
@@ -173,7 +173,8 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
     from clm_explore.report import build_report
 
     with tempfile.TemporaryDirectory() as tmp:
-        return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows).read_bytes()
+        return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows,
+                            progress=False).read_bytes()
 
 
 @st.cache_resource(show_spinner=False, ttl=3600)
