@@ -22,19 +22,21 @@ def main() -> None:
     from clm_explore.config import ConfigError
     from clm_explore.data import DataError
     from clm_explore.modeling import ModelSourceError
+    from clm_explore.runs import RunStoreError
     from clm_explore.ui import cache, forms, jobs, saved_session, state
     from clm_explore.ui.views import data_error_text, escape_markdown
 
     st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
     cache.configure_torch()
     cache.pruned_uploads(str(state.uploads_root()))
-    jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
     saved_session.resume()  # a reload takes up the session its address names
     page = st.navigation(pages())
     try:
+        jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
         forms.sidebar()
         page.run()
-    except (ConfigError, DataError, ModelSourceError) as exc:  # a bad model folder, unusable data or option: one paragraph, no traceback
+    except (ConfigError, DataError, ModelSourceError, RunStoreError) as exc:  # a bad model folder, unusable data
+        # or option, a damaged run registry: one paragraph, no traceback
         message = str(exc)
         if isinstance(exc, DataError):  # in the app's words: the Data page's column boxes, not command-line options
             current = state.data_choice()

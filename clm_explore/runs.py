@@ -168,13 +168,36 @@ class RunStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # One connection per call: sqlite3 connections must not cross threads, and short
         # transactions keep the WAL writer lock brief for other processes.
-        conn = sqlite3.connect(self.db_path, timeout=30.0)
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from exc
         conn.row_factory = sqlite3.Row
         try:
             with conn:  # commits, or rolls back on error
                 yield conn
+        except sqlite3.IntegrityError:  # a caller's to handle (two processes registering one folder)
+            raise
+        except sqlite3.DatabaseError as exc:  # locked past the timeout, damaged, read-only: named, not a traceback
+            raise self._unusable(exc) from exc
         finally:
             conn.close()
+
+    def _unusable(self, exc: sqlite3.Error) -> RunStoreError:
+        return RunStoreError(
+            f"The run registry {self.db_path} cannot be used ({exc}). If another program holds it, try again when it "
+            "is done; if the file is damaged, move it aside and a new one is made (the run folders stay as they are "
+            "and can be registered again: RunStore().register_folder).")
+
+    def check_writable(self) -> None:
+        """Take the registry's write lock once and let it go, so that a registry that cannot take a write (held by
+        another program past the timeout, read-only, damaged) is said before a run folder is replaced.
+
+        Raises:
+            RunStoreError: what stands in the way.
+        """
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
 
     # -- creating -------------------------------------------------------------------------------
     def create(self, name: str, method: str, config: dict[str, Any] | None = None) -> RunRecord:
@@ -438,7 +461,7 @@ class RunStore:
                 for file in sorted(folder.rglob("*")):
                     if file.relative_to(folder).parts[0] == RANK_COPIES:
                         continue
-                    if file.is_file() and not file.is_symlink() and not _half_written(file):
+                    if file.is_file() and not file.is_symlink() and not _half_written(file) and file.name != RUN_LOCK:
                         archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
         return buffer.getvalue()
 
@@ -455,6 +478,70 @@ def _half_written(file: Path) -> bool:
 class RunFolderError(ValueError):
     """A run folder cannot be written: a file stands there, or it holds another run (or other files) and may
     not be replaced; the message says what to do."""
+
+
+RUN_LOCK = ".clm_running"
+"""The file a process holds locked (``fcntl.flock``) while it writes a run into the folder. The kernel drops the
+lock when the process ends, however it ends, so a file left by a killed run locks nothing."""
+
+
+@contextmanager
+def run_folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s run lock while inside: another process's ``check_run_dir`` (its --overwrite, or a second
+    run into the same --out) then refuses the folder instead of deleting a run being written, or mixing two runs'
+    files in one folder. A no-op where ``fcntl`` is missing (Windows).
+
+    Raises:
+        RunFolderError: another process holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    path = folder / RUN_LOCK
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunFolderError(_busy_message(folder)) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        with suppress(OSError):
+            path.unlink()
+        handle.close()  # releases the lock
+
+
+def _busy_message(folder: Path) -> str:
+    owner = ""
+    with suppress(OSError):
+        owner = f" ({(folder / RUN_LOCK).read_text().strip()[:80]})"
+    return (f"Another process is writing a run into {folder}{owner}: wait for it to end, stop it, or choose "
+            "another folder.")
+
+
+def _locked_by_another(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s run lock (a lock file left by a killed run is not held)."""
+    path = folder / RUN_LOCK
+    try:
+        import fcntl
+
+        handle = path.open("r")
+    except (ImportError, OSError):  # no lock file (or no fcntl): nobody writes there
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Path:
@@ -486,6 +573,8 @@ def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{path} is a file; a run folder is a folder.")
+    if path.is_dir() and _locked_by_another(path):  # before --overwrite: it would delete a run being written
+        raise RunFolderError(_busy_message(path))
     if path.exists() and any(path.iterdir()):
         _check_replaceable(path, (*protected, Path.cwd(), Path.home()))  # first: say --overwrite only where it works
         if not overwrite:

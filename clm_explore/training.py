@@ -60,6 +60,7 @@ from clm_explore.runs import (
     RunStatus,
     check_run_dir,
     claim_run_dir,
+    run_folder_lock,
     write_json_atomic,
 )
 from clm_explore.sensitivity import (
@@ -564,18 +565,10 @@ def finetune(
     accelerator = _distributed(device)
     check_processes(len(data.train), cfg.batch_size, accelerator.num_processes if accelerator else 1)
     main = accelerator is None or accelerator.is_main_process
-    if main and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        # A new or empty folder, or an earlier run's with overwrite: stale masks, scores or an adapter would be
-        # read as this run's, and a notebook's working folder or a data folder must not fill with run files.
-        claim_run_dir(out_dir, overwrite)
-    elif not main:  # the same refusal on every process: one left alone would wait for rank 0 at the barrier
-        check_run_dir(out_dir, overwrite)
-    if accelerator is not None:
-        device = accelerator.device
-        # Rank 0 has claimed (and with overwrite emptied) the run folder before any other rank writes into it.
-        accelerator.wait_for_everyone()
-        if not main:  # other ranks keep their own copy, for checks, out of the way
-            out_dir = out_dir / RANK_COPIES / str(accelerator.process_index)
+    # A new or empty folder, or an earlier run's with overwrite: stale masks, scores or an adapter would be read as
+    # this run's, and a notebook's working folder or a data folder must not fill with run files. Checked on every
+    # process (one refused alone would leave the others waiting at the barrier), before the model loads.
+    check_run_dir(out_dir, overwrite)
     _seed_everything(cfg.seed)
     quiet = on_step is None and on_phase is None  # no caller listening: a notebook, a script
     bar = ProgressBar() if main and (progress or (progress is None and quiet)) else None
@@ -588,7 +581,17 @@ def finetune(
             on_phase("loading the model", 0, 1)
         loaded = load_model(source, data.labels, seed=cfg.seed)
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
+        if main and out_dir.exists() and any(out_dir.iterdir()):  # emptied only now: overwrite=True must not
+            claim_run_dir(out_dir, overwrite)  # delete a finished run for a mistyped source or a refused config
+        if accelerator is not None:
+            device = accelerator.device
+            # Rank 0 has claimed (and with overwrite emptied) the run folder before any other rank writes into it.
+            accelerator.wait_for_everyone()
+            if not main:  # other ranks keep their own copy, for checks, out of the way
+                out_dir = out_dir / RANK_COPIES / str(accelerator.process_index)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if main:  # another process's --overwrite or run into this folder is refused while this one writes it
+            closing.enter_context(run_folder_lock(out_dir))
         loaded.model.to(device)
         write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})

@@ -196,3 +196,21 @@ def test_a_wrong_argument_to_a_step_is_named_and_the_natural_stand_ins_are_taken
     [explained] = clm_explore.explain(loaded.model, loaded.tokenizer, "my card has not arrived yet")
     assert isinstance(explained, TokenAttribution) and len(repr(explained)) < 160  # 528 characters a text before
     assert repr(explained).startswith(f"TokenAttribution({explained.target_label} p=")
+
+
+def test_overwrite_keeps_the_earlier_run_when_the_new_one_is_refused_before_it_starts(tiny_data, tmp_path):
+    import pytest
+
+    from clm_explore.config import ConfigError
+    from clm_explore.modeling import ModelSourceError
+
+    cfg = clm_explore.FinetuneConfig(method="head", epochs=1)
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
+    kept = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(ModelSourceError):  # a mistyped source emptied the folder first (failure review)
+        clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-randm", overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match="buys no row"):
+        clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(mask={"budget": 2}), tmp_path / "run",
+                             source="tiny-random", overwrite=True, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == kept
+    assert clm_explore.predict(tmp_path / "run", "my card").shape == (1, len(tiny_data.labels))

@@ -304,7 +304,7 @@ def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_di
     assert [r["label"] for r in from_file] == test["pred"].tolist()
     assert "--top 0" in run_error(capsys, ["predict", "--run", str(out), "--text", "hi", "--top", "0"])
     monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "no-registry"))
-    assert "known run id" in run_error(capsys, ["predict", "--run", "typo", "--text", "hi"])
+    assert "--run typo: no such run folder or run id" in run_error(capsys, ["predict", "--run", "typo", "--text", "hi"])
     assert not (tmp_path / "no-registry").exists()  # a failed lookup makes no registry
 
 

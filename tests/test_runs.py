@@ -359,3 +359,53 @@ def test_a_run_that_finished_after_it_was_read_is_not_marked_interrupted(store: 
     monkeypatch.setattr(store, "_owner_alive", finished_meanwhile)
     assert store.mark_interrupted() == []
     assert store.get(dead_id).status is RunStatus.SUCCEEDED
+
+
+def test_a_folder_another_process_writes_a_run_into_is_never_replaced_or_shared(tmp_path: Path) -> None:
+    import signal
+
+    from clm_explore.runs import RUN_LOCK, RunFolderError, check_run_dir, claim_run_dir
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "clm_run.json").write_text("{}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from clm_explore.runs import run_folder_lock\n"
+         f"with run_folder_lock(Path({str(folder)!r})):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # A second finetune --overwrite into it moved the live run aside and deleted it (the failure review).
+        with pytest.raises(RunFolderError, match=r"Another process is writing a run into .*run \(.* pid \d+\)"):
+            claim_run_dir(folder, overwrite=True)
+        with pytest.raises(RunFolderError, match="Another process is writing a run into"):
+            check_run_dir(folder)
+        assert (folder / "clm_run.json").is_file()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed writer leaves its lock file, which then locks nothing
+        holder.wait()
+    assert (folder / RUN_LOCK).is_file()
+    assert claim_run_dir(folder, overwrite=True) == folder and not any(folder.iterdir())
+
+
+def test_a_damaged_registry_is_named_and_a_run_it_would_replace_is_kept(tmp_path: Path, monkeypatch, capsys) -> None:
+    from clm_explore.cli import main
+
+    root = tmp_path / "runs"
+    RunStore(root)
+    (root / "registry.sqlite").write_bytes(os.urandom(4096))  # "file is not a database", as a traceback
+    for extra in ("-wal", "-shm"):
+        (root / f"registry.sqlite{extra}").unlink(missing_ok=True)
+    with pytest.raises(RunStoreError, match=r"The run registry .*registry.sqlite cannot be used \(file is not a "
+                       r"database\).*move it aside"):
+        RunStore(root)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "clm_run.json").write_text("{}")
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(root))
+    assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(old), "--overwrite"]) == 2
+    assert "cannot be used" in capsys.readouterr().err and (old / "clm_run.json").is_file()  # it was deleted
+    assert main(["predict", "--run", "20261206-000000-x", "--text", "hi"]) == 2  # not "not a known run id"
+    assert "registry" in capsys.readouterr().err

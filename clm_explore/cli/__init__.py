@@ -38,9 +38,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clm_explore.config import ConfigError
     from clm_explore.data import DataError
     from clm_explore.modeling import ModelSourceError
-    from clm_explore.runs import RunFolderError
+    from clm_explore.runs import RunFolderError, RunStoreError
 
-    return (UserError, ConfigError, DataError, ModelSourceError, RunFolderError)
+    return (UserError, ConfigError, DataError, ModelSourceError, RunFolderError, RunStoreError)
 
 
 def print_json(obj: Any) -> None:

@@ -103,7 +103,7 @@ def _add_column_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_run(path: str | None, flag: str) -> Path | None:
+def checked_run(path: str | None, flag: str) -> Path | None:
     """The run folder of ``path`` (a folder, or a run id of the registry), refused with what is wrong: missing,
     not finished, not a run folder, or a base model."""
     if path is None:
@@ -158,7 +158,7 @@ def _registry_unfinished(run_id: str) -> str | None:
 def run_explain(args: argparse.Namespace) -> int:
     from clm_explore.attribution import AttributionError, explain, load_run_model
 
-    run = _check_run(args.run, "--run")
+    run = checked_run(args.run, "--run")
     checked_texts(args.text)
     length = checked_max_length(args.max_length, run) or trained_max_length(run)
     cfg = AttributionConfig(n_steps=args.steps, max_length=length)
@@ -221,8 +221,8 @@ def _test_texts(run: Path) -> list[str] | None:
 def run_report(args: argparse.Namespace) -> int:
     from clm_explore.casestudy import case_study
 
-    run_a = _check_run(args.run, "--run")
-    run_b = _check_run(args.vs, "--vs")
+    run_a = checked_run(args.run, "--run")
+    run_b = checked_run(args.vs, "--vs")
     if args.data is not None and not Path(args.data).exists():
         raise UserError(f"--data {args.data}: no such file or folder.")
     out = _check_out(args.out)  # checked before the attributions, which take a while

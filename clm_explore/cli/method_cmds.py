@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -345,6 +344,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite)
         return 0
     store = RunStore()
+    store.check_writable()  # a registry held or damaged is said before --overwrite deletes the earlier run
     out = claim_run_dir(args.out, args.overwrite, protected=protected) if args.out else None
     # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
     listed = {**to_dict(cfg), "source": args.model, "data": data.source}
@@ -453,8 +453,9 @@ def resolve_run_dir(run: str) -> Path:
     from clm_explore.runs import REGISTRY_NAME, RunStore, default_root
 
     if (default_root() / REGISTRY_NAME).is_file():
-        with contextlib.suppress(Exception):  # an unknown id: the message below
-            return RunStore().path(run)
+        store = RunStore()  # a registry that cannot be read says so (RunStoreError), not "not a known run id"
+        if store.known([run]):
+            return store.path(run)
     raise UserError(f"{run!r} is neither a run folder (with config.json) nor a known run id.")
 
 
@@ -463,7 +464,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError(f"--top {args.top} must be at least 1.")
-    run_dir = resolve_run_dir(args.run)
+    from clm_explore.cli.explain_cmds import checked_run
+
+    run_dir = checked_run(args.run, "--run")  # an unfinished run is said so, as explain says it
     length = checked_max_length(args.max_length, run_dir)
     threshold = abstention_threshold(args.abstain_below, run_dir)
     texts = checked_texts(args.text) if args.text else _texts_from_file(args.file, args.text_col)
