@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -192,13 +193,32 @@ def load_model(
         # fp32 whatever the checkpoint stores: deltas and AdamW state take the weights' dtype, and bf16 weights
         # would lose most updates to rounding (CUDA gets bf16 through autocast, over fp32 master weights).
         model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # what a folder without a usable model raises
-        raise ModelSourceError(f"Could not load a classification model from {resolved}: {exc}") from exc
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        # What a folder without a usable model raises: no files, a weights file cut short (SafetensorError), a head
+        # whose size its config's labels do not match (RuntimeError: "You set ignore_mismatched_sizes to False").
+        why = str(exc)
+        if "ignore_mismatched_sizes" in why:  # transformers' words point at its own argument
+            why = ("the classification head's size differs from the labels config.json names (id2label): the config "
+                   "was edited or is another model's")
+        raise ModelSourceError(f"Could not load a classification model from {resolved}: {why}") from exc
     _check_linear_head(model)
+    _check_tokenizer_fits(model, tokenizer, resolved)
     is_decoder = (bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES
                   or hasattr(model, "score"))  # a `score` head reads the last token, as decoders pool
     _align_pad_tokens(model, tokenizer, is_decoder, resolved)
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
+
+
+def _check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """Refuse a tokenizer far smaller than the model's vocabulary: a folder without its tokenizer files loads one
+    of a few special tokens, which reads every word as [UNK], and the model then predicts (and trains) on nothing
+    in silence."""
+    vocabulary = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) * 2 < vocabulary:
+        raise ModelSourceError(
+            f"{where}: its tokenizer knows {len(tokenizer):,} tokens and its model {vocabulary:,}: the tokenizer "
+            "files (tokenizer.json, vocab.txt, tokenizer_config.json, ...) are missing there or are another "
+            "model's. Copy the model's own tokenizer files into the folder.")
 
 
 def _align_pad_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, is_decoder: bool, where: str) -> None:

@@ -230,3 +230,29 @@ def test_a_converted_gguf_model_saves_without_its_quantizer(tmp_path):
     _drop_gguf_quantizer(model)
     model.save_pretrained(tmp_path / "saved")
     assert "quantization_config" not in (tmp_path / "saved" / "config.json").read_text()
+
+
+def test_a_damaged_model_folder_is_named_not_a_traceback_nor_read_as_unknown_words(tmp_path):
+    import json
+    import shutil
+
+    _save_tiny(tmp_path / "ok")
+    load_model(str(tmp_path / "ok"), LABELS)
+    for case in ("tokenizer", "weights", "labels"):
+        shutil.copytree(tmp_path / "ok", tmp_path / case)
+    for f in (tmp_path / "tokenizer").iterdir():  # every word read as [UNK]: predictions on nothing, in silence
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            f.unlink()
+    with pytest.raises(ModelSourceError, match=r"its tokenizer knows \d+ tokens and its model [\d,]+: the tokenizer "
+                       "files .* are missing"):
+        load_model(str(tmp_path / "tokenizer"), LABELS)
+    weights = tmp_path / "weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a disk that filled: SafetensorError, a traceback
+    with pytest.raises(ModelSourceError, match="Could not load a classification model from .*weights: Error while "
+                       "deserializing header"):
+        load_model(str(tmp_path / "weights"), None)
+    config = json.loads((tmp_path / "labels" / "config.json").read_text())
+    config["id2label"] = {"0": "a", "1": "b", "2": "c", "3": "d", "4": "e"}
+    (tmp_path / "labels" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSourceError, match="head's size differs from the labels config.json names"):
+        load_model(str(tmp_path / "labels"), None)
