@@ -238,16 +238,15 @@ class RunStore:
             raise RunStoreError(f"Run folder {folder} does not exist.")
         meta = read_json_object(folder / "clm_run.json")
         metrics = read_json_object(folder / "metrics.json")
-        status = RunStatus.SUCCEEDED if metrics else RunStatus.PENDING
-        if metrics.get("status") in {s.value for s in RunStatus}:  # e.g. a cancelled run's metrics.json
-            status = RunStatus(metrics["status"])
+        status, error = _folder_status(folder, metrics)
         method = str(meta.get("method", metrics.get("method", method or "?")))
         config = _registry_config(meta) or config or {}
         existing = self._find_by_path(folder)
         if existing is not None:
             if existing.status in (RunStatus.PENDING, RunStatus.RUNNING) and self._owner_alive(existing):
                 return existing
-            return self._reread(existing, method, config, metrics, status)
+            record = self._reread(existing, method, config, metrics, status)
+            return self._with_error(record, error)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
         slug = slugify(name or folder.name)
         for n in range(1, 1000):
@@ -259,8 +258,14 @@ class RunStore:
                 if found is not None:  # another process registered it meanwhile
                     return found
                 continue
-            return self.get(run_id)
+            return self._with_error(self.get(run_id), error)
         raise RunStoreError(f"Could not register {folder}.")  # pragma: no cover
+
+    def _with_error(self, record: RunRecord, error: str | None) -> RunRecord:
+        if error is None or record.error == error:
+            return record
+        self._update(record.id, {"error": error})
+        return self.get(record.id)
 
     def _owner_alive(self, record: RunRecord) -> bool:
         """Whether the process that owns a pending or running run may still be at work (another host's: assumed)."""
@@ -673,6 +678,27 @@ def _registry_config(meta: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(meta.get("config"), dict):
         return {}
     return {**meta["config"], **{k: meta[k] for k in ("source", "data") if k in meta}}
+
+
+def _folder_status(folder: Path, metrics: dict[str, Any]) -> tuple[RunStatus, str | None]:
+    """What a folder being registered says of its run, and why it failed where the folder tells: succeeded with
+    metrics.json, the status a stopped run wrote there, else pending (a run about to be written, or being written
+    by its owner). A metrics.json that cannot be read, or a model saved without one (a run killed in between),
+    is a failed run, not a pending one that the next look marks killed."""
+    stated = metrics.get("status")
+    if isinstance(stated, str) and stated in {s.value for s in RunStatus}:  # e.g. a cancelled run's metrics.json
+        error = metrics.get("error")
+        return RunStatus(stated), error if isinstance(error, str) else None
+    if metrics:
+        return RunStatus.SUCCEEDED, None
+    if _locked_by_another(folder):
+        return RunStatus.PENDING, None
+    if (folder / "metrics.json").exists():
+        return RunStatus.FAILED, ("metrics.json cannot be read (damaged or cut short): the run's figures are lost; "
+                                  "its model files, if any, are as they were")
+    if (folder / "config.json").is_file() and (folder / "clm_run.json").is_file():
+        return RunStatus.FAILED, "the run stopped after saving its model, before writing metrics.json"
+    return RunStatus.PENDING, None
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

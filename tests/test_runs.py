@@ -409,3 +409,25 @@ def test_a_damaged_registry_is_named_and_a_run_it_would_replace_is_kept(tmp_path
     assert "cannot be used" in capsys.readouterr().err and (old / "clm_run.json").is_file()  # it was deleted
     assert main(["predict", "--run", "20261206-000000-x", "--text", "hi"]) == 2  # not "not a known run id"
     assert "registry" in capsys.readouterr().err
+
+
+def test_a_folder_whose_metrics_cannot_be_read_registers_as_failed_not_as_a_run_that_was_killed(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    for name, metrics in (("cut", '{"accuracy": 0.9'), ("list", "[1, 2]"), ("odd", '{"status": ["x"]}'),
+                          ("saved", None)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "clm_run.json").write_text('{"method": "sparse"}')
+        (folder / "config.json").write_text("{}")
+        if metrics is not None:
+            (folder / "metrics.json").write_text(metrics)
+    for name in ("cut", "list"):  # pending before, then "interrupted: the process ... was killed" at the next look
+        record = store.register_folder(tmp_path / name)
+        assert record.status is RunStatus.FAILED and "metrics.json cannot be read" in record.error
+    saved = store.register_folder(tmp_path / "saved")
+    assert saved.status is RunStatus.FAILED and "before writing metrics.json" in saved.error
+    assert store.register_folder(tmp_path / "odd").status is RunStatus.SUCCEEDED  # TypeError: unhashable 'list'
+    store.mark_interrupted()
+    assert store.get(saved.id).status is RunStatus.FAILED
+    (tmp_path / "empty").mkdir()
+    assert store.register_folder(tmp_path / "empty").status is RunStatus.PENDING  # a run about to be written
