@@ -431,3 +431,19 @@ def test_a_folder_whose_metrics_cannot_be_read_registers_as_failed_not_as_a_run_
     assert store.get(saved.id).status is RunStatus.FAILED
     (tmp_path / "empty").mkdir()
     assert store.register_folder(tmp_path / "empty").status is RunStatus.PENDING  # a run about to be written
+
+
+def test_a_place_that_cannot_be_written_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys) -> None:
+    import errno
+
+    from clm_explore import training
+    from clm_explore.cli import main
+
+    def read_only(data, cfg, out_dir, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(out_dir))
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
+    monkeypatch.setattr(training, "finetune", read_only)
+    assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(tmp_path / "run")]) == 2
+    assert f"error: Read-only file system: {tmp_path / 'run'}. Choose a place" in capsys.readouterr().err

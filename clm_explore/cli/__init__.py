@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import json
 import math
@@ -219,6 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `clm-explore ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        if exc.errno not in _PLACE_ERRNOS:
+            raise
+        print(f"error: {exc.strerror}: {exc.filename}. Choose a place this user can write to, or free some space.",
+              file=sys.stderr)
+        return 2
+
+
+_PLACE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+"""Write failures of the place given (a read-only or full disk, another user's folder): a message, not a traceback."""
 
 
 if __name__ == "__main__":

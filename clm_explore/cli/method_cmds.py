@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,6 +210,8 @@ def _check_scores_folder(out: str | None) -> None:
     if path.is_dir() and any(path.iterdir()) and not (path / "sensitivity.json").is_file():
         raise UserError(f"--out {out} holds other files (it is not an earlier sensitivity output); choose a new or "
                         "empty folder.")
+    path.mkdir(parents=True, exist_ok=True)  # a folder it cannot write (read-only, not this user's): said now, not
+    tempfile.TemporaryFile(dir=path).close()  # after minutes of scoring
 
 
 def _progress_printer(what: str):
