@@ -159,20 +159,20 @@ def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | N
         )
     if split != "test":
         raise ValueError(f"predictions.csv holds the test split only; pass data= for split {split!r}.")
-    return _read_predictions(path)
+    return read_predictions(path)
 
 
-def _read_predictions(path: Path) -> pd.DataFrame:
-    """A run's predictions.csv, refused with the file named when it cannot be read or lacks a column: a damaged file
-    would otherwise stop the case study with a bare KeyError."""
+def read_predictions(path: Path, needed: Sequence[str] = PREDICTION_COLUMNS) -> pd.DataFrame:
+    """A run's predictions.csv, refused with the file named when it cannot be read or lacks one of the ``needed``
+    columns: a damaged file would otherwise stop the case study (or the app's Compare page) with a bare KeyError."""
     try:
         frame = pd.read_csv(path, dtype={"text": str, "label": str, "pred": str}, keep_default_na=False)
     except ValueError as exc:  # pandas' ParserError and EmptyDataError, a file that is not UTF-8
         raise DataError(f"{path} cannot be read as a CSV file ({exc}); restore the run's predictions.csv, or give "
                         "the rows to explain instead (clm-explore report --data DATA).") from exc
-    missing = [col for col in PREDICTION_COLUMNS if col not in frame.columns]
+    missing = [col for col in needed if col not in frame.columns]
     if missing:
-        raise DataError(f"{path} has no {' or '.join(missing)} column (it needs {' and '.join(PREDICTION_COLUMNS)}, "
+        raise DataError(f"{path} has no {' or '.join(missing)} column (it needs {' and '.join(needed)}, "
                         "as finetune writes it); restore the run's predictions.csv, or give the rows to explain "
                         "instead (clm-explore report --data DATA).")
     # finetune numbers the rows in file order; a file without the column is numbered the same way

@@ -133,11 +133,10 @@ def run_model(run_path: str, mtime: float) -> LoadedModel:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def predictions(run_path: str, mtime: float) -> pd.DataFrame:
-    return pd.read_csv(
-        Path(run_path) / "predictions.csv",
-        dtype={"text": str, "label": str, "pred": str},
-        keep_default_na=False,
-    )
+    from clm_explore.casestudy import read_predictions
+
+    # A damaged file is a DataError naming it (the page's one paragraph), not a KeyError traceback.
+    return read_predictions(Path(run_path) / "predictions.csv", ("text", "label", "pred", "prob"))
 
 
 @st.cache_data(show_spinner="Explaining…", max_entries=64)

@@ -953,3 +953,13 @@ def test_charts_carry_their_numbers_and_a_diverging_map_centres_on_zero() -> Non
     assert [e.label for e in app.expander] == ["Numbers: Difference", "Numbers: A: full"]
     assert app.dataframe[0].value.loc["L1", "k"] == -4e-5
     assert app.dataframe[1].value.shape == (20, 20) and app.dataframe[1].value.loc["label 3", "label 3"] == 1
+
+
+def test_a_damaged_predictions_file_is_named_on_the_compare_page(tmp_path) -> None:
+    from clm_explore.data import DataError
+    from clm_explore.ui import cache
+
+    (tmp_path / "predictions.csv").write_text("row,text,label\n0,hi,a\n")  # KeyError traceback before
+    with pytest.raises(DataError, match=r"predictions.csv has no pred or prob column \(it needs text and label and "
+                       "pred and prob"):
+        cache.predictions(str(tmp_path), 0.0)
