@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -284,14 +285,9 @@ def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for _, r in results[results["status"] == "succeeded"].iterrows():
         cell_dir = out_dir / r["cell"]
-        if not (cell_dir / "masks.safetensors").is_file() or not (cell_dir / "sensitivity").is_dir():
+        masks, report = _cell_masks(cell_dir), _cell_report(cell_dir)
+        if masks is None or report is None:
             continue
-        from safetensors.torch import load_file  # torch only when there are masks to read
-
-        from clm_explore.sensitivity import SensitivityReport
-
-        masks = load_file(cell_dir / "masks.safetensors")
-        report = SensitivityReport.load(cell_dir / "sensitivity")
         eligible = _eligible(cell_dir, report, r["method"])
         recs = []
         for name, info in report.matrices.items():
@@ -307,6 +303,39 @@ def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
                                    lowest_layer=r["lowest_layer"]))
     cols = ["method", "budget", "seed", "layer", "module", "selected_rows", "rows", "share_selected", "lowest_layer"]
     return pd.concat(frames)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def _cell_masks(cell_dir: Path) -> dict[str, Any] | None:
+    """A finished cell's row masks; None when it has none, or a damaged file (said in a warning: the cell is trusted
+    as finished, and a traceback here stopped every rerun before the report)."""
+    path = cell_dir / "masks.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file  # torch only when there are masks to read
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        warnings.warn(f"{path} cannot be read ({exc}): the cell is left out of the mask statistics and overlaps; "
+                      "delete the cell's folder and rerun to train it again.", stacklevel=2)
+        return None
+
+
+def _cell_report(cell_dir: Path) -> Any:
+    """A finished cell's saved sensitivity scores (as ``_cell_masks``: None when absent or damaged)."""
+    path = cell_dir / "sensitivity"
+    if not path.is_dir():
+        return None
+    from clm_explore.config import ConfigError
+    from clm_explore.sensitivity import SensitivityReport
+
+    try:
+        return SensitivityReport.load(path)
+    except (ConfigError, OSError, ValueError) as exc:
+        warnings.warn(f"{path} cannot be read ({exc}): the cell is left out of the mask statistics; delete the "
+                      "cell's folder and rerun to train it again.", stacklevel=2)
+        return None
 
 
 def _eligible(cell_dir: Path, report: Any, method: str) -> set[str] | None:
@@ -329,14 +358,12 @@ def mask_overlap(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
     ok = results[(results["status"] == "succeeded") & results["method"].isin(OVERLAP_METHODS)]
     if ok["method"].nunique() < 2:
         return pd.DataFrame(columns=["budget", "seed", "method_a", "method_b", "jaccard"])
-    from safetensors.torch import load_file
-
     from clm_explore.masks import masks_jaccard
 
     recs = []
     for (budget, seed), group in ok.groupby(["budget", "seed"]):
-        masks = {r["method"]: load_file(out_dir / r["cell"] / "masks.safetensors") for _, r in group.iterrows()
-                 if (out_dir / r["cell"] / "masks.safetensors").is_file()}
+        read = {r["method"]: _cell_masks(out_dir / r["cell"]) for _, r in group.iterrows()}
+        masks = {method: cell for method, cell in read.items() if cell is not None}
         names = [m for m in OVERLAP_METHODS if m in masks]
         for i, a in enumerate(names):
             for b in names[i + 1:]:

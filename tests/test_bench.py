@@ -946,3 +946,18 @@ def test_a_cell_whose_process_the_interrupt_ended_first_reads_interrupted(data_d
 
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=run, progress=False)
     assert list(result.results["status"]) == ["succeeded", "interrupted"]
+
+
+def test_a_finished_cell_with_damaged_masks_is_left_out_of_the_mask_tables_with_a_warning(tmp_path):
+    from clm_explore.bench_results import mask_overlap, mask_statistics
+
+    results = pd.DataFrame({"status": ["succeeded"] * 2, "method": ["sparse", "random"], "cell": ["a", "b"],
+                            "budget": [0.01] * 2, "seed": [0] * 2, "lowest_layer": [3] * 2})
+    for cell in ("a", "b"):
+        (tmp_path / cell / "sensitivity").mkdir(parents=True)
+        (tmp_path / cell / "masks.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
+    # A SafetensorError traceback stopped the summary, and every rerun, before report.html (failure review).
+    with pytest.warns(UserWarning, match=r"a/masks.safetensors cannot be read .* delete the cell's folder and rerun"):
+        assert mask_statistics(tmp_path, results).empty
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert mask_overlap(tmp_path, results).empty
