@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -282,10 +282,15 @@ def _text_hash(text: str) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """The cached rows that can be read back; a damaged file or entry is computed again, not a TypeError."""
     try:
-        return json.loads(path.read_text())["items"]
-    except (OSError, ValueError, KeyError):
+        items = json.loads(path.read_text())["items"]
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
+    needed = {"text_hash"} | {name for name, f in TokenAttribution.__dataclass_fields__.items()
+                              if f.default is MISSING and f.default_factory is MISSING}
+    return {row: item for row, item in items.items() if isinstance(item, dict) and needed <= item.keys()
+            } if isinstance(items, dict) else {}
 
 
 def _write_cache(path: Path, items: dict[str, dict[str, Any]], cfg: AttributionConfig) -> bool:

@@ -346,3 +346,15 @@ def test_a_case_study_tells_its_progress_and_draws_a_bar_when_nobody_listens(run
     assert (f"attributing run A ({names[0]})", 5, 5) in heard and "attributing" not in capsys.readouterr().err
     cs.case_study(runs[0], cfg=replace(CFG, n_steps=CFG.n_steps + 2), min_count=1, max_rows=5)
     assert f"attributing run A ({names[0]})" in capsys.readouterr().err
+
+
+def test_a_damaged_attribution_cache_is_computed_again(runs) -> None:
+    run_a, _ = runs
+    cfg = AttributionConfig(n_steps=5)
+    first = cs.attribute_split(run_a, cfg=cfg, rows=[0, 1, 2])
+    [cache] = [p for p in (run_a / "attributions").glob("test-*.json") if json.loads(p.read_text())["config"]
+               ["n_steps"] == 5]
+    for damage in ([1, 2], {"items": []}, {"items": {"0": {"text_hash": "x"}, "1": 3}}):  # TypeError, AttributeError
+        cache.write_text(json.dumps(damage))
+        again = cs.attribute_split(run_a, cfg=cfg, rows=[0, 1, 2])
+        assert {r: i.scores for r, i in again.items.items()} == {r: i.scores for r, i in first.items.items()}
