@@ -417,8 +417,10 @@ def _smollm2_gguf() -> Path:
 
 
 def _convert_gguf(gguf_path: Path) -> Path:
-    """Convert a GGUF file to a safetensors folder once; later calls reuse the cached folder."""
-    digest = hashlib.sha256(f"{gguf_path.resolve()}:{gguf_path.stat().st_size}".encode()).hexdigest()[:16]
+    """Convert a GGUF file to a safetensors folder once; later calls reuse the cached folder (keyed on the file's
+    path, size and modification time: another file of the same size put in its place is converted anew)."""
+    stat = gguf_path.stat()
+    digest = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_dir() / "gguf" / f"{gguf_path.stem}-{digest}"
     if (out / "config.json").is_file():
         return out
