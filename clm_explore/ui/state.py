@@ -68,6 +68,9 @@ class DataChoice:
     label_col: str | None = None
     digest: str = ""
     """sha256 of an uploaded file's bytes (distinguishes two uploads with one name)."""
+    version: str = ""
+    """For a data set read from the server's disk (sample, shared): its files' sizes and modification times, so
+    that files edited while the server runs key new cached results, not the old ones. Not part of ``key``."""
 
     @property
     def key(self) -> str:
@@ -160,7 +163,21 @@ def data_choice() -> DataChoice | None:
     if choice is None:
         choice = sample_choice() or next(iter(shared_choices()), None)
         st.session_state[DATA_CHOICE] = choice
+    if choice is not None and choice.kind != "upload":  # read on every run: a stat per file
+        choice = dataclasses.replace(choice, version=files_version(choice.path))
     return choice
+
+
+def files_version(path: str) -> str:
+    """Names, sizes and modification times of a data file, or of a data folder's files (not its subfolders)."""
+    folder = Path(path)
+    try:
+        files = [f for f in (sorted(folder.iterdir()) if folder.is_dir() else [folder]) if f.is_file()]
+        stats = [f.stat() for f in files]
+    except OSError:  # gone: load_data says so
+        return ""
+    stamps = [f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}" for f, stat in zip(files, stats, strict=True)]
+    return hashlib.sha256("|".join(stamps).encode()).hexdigest()[:16]
 
 
 def stop() -> NoReturn:

@@ -963,3 +963,21 @@ def test_a_damaged_predictions_file_is_named_on_the_compare_page(tmp_path) -> No
     with pytest.raises(DataError, match=r"predictions.csv has no pred or prob column \(it needs text and label and "
                        "pred and prob"):
         cache.predictions(str(tmp_path), 0.0)
+
+
+def test_a_data_set_edited_on_the_servers_disk_is_read_again(tmp_path) -> None:
+    import dataclasses
+
+    from clm_explore.ui import cache, state
+
+    def write(rows: int) -> None:
+        (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"card {i} came,a\nrate {i} up,b\n"
+                                                                     for i in range(rows)))
+
+    write(20)
+    choice = state.DataChoice("shared", str(tmp_path), "d", version=state.files_version(str(tmp_path)))
+    assert len(cache.data(choice).train) + len(cache.data(choice).test) < 40
+    write(40)  # a shared data set updated in place: the cache kept serving the old rows to every job
+    fresh = dataclasses.replace(choice, version=state.files_version(str(tmp_path)))
+    assert fresh.version != choice.version and fresh.key == choice.key  # the runs' data key is unchanged
+    assert len(cache.data(fresh).train) + len(cache.data(fresh).test) > 40
