@@ -458,16 +458,21 @@ class RunStore:
 
     def zip_run(self, run_id: str) -> bytes:
         """The run folder as a zip archive (entries under ``<run_id>/``), without the other processes' copies of a
-        run trained by several (``ranks/``: kept for checks, they doubled a download)."""
+        run trained by several (``ranks/``: kept for checks, they doubled a download).
+
+        Raises:
+            RunStoreError: no such run, or its folder is not there."""
         folder = self.path(run_id)
+        if not folder.is_dir():  # a registered folder moved or deleted outside the tool: an empty zip said nothing
+            raise RunStoreError(f"Run {run_id}'s folder {folder} is not there: it was moved or deleted outside the "
+                                "tool.")
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            if folder.is_dir():
-                for file in sorted(folder.rglob("*")):
-                    if file.relative_to(folder).parts[0] == RANK_COPIES:
-                        continue
-                    if file.is_file() and not file.is_symlink() and not _half_written(file) and file.name != RUN_LOCK:
-                        archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
+            for file in sorted(folder.rglob("*")):
+                if file.relative_to(folder).parts[0] == RANK_COPIES:
+                    continue
+                if file.is_file() and not file.is_symlink() and not _half_written(file) and file.name != RUN_LOCK:
+                    archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
         return buffer.getvalue()
 
 

@@ -139,8 +139,21 @@ def test_zip_run(store: RunStore) -> None:
     (run.path / "metrics.json").write_text("{}")
     (run.path / "ranks" / "1").mkdir(parents=True)  # another process's copy of a run trained by two
     (run.path / "ranks" / "1" / "model.safetensors").write_text("copy")
+    (run.path / ".clm_running").write_text("host pid 1")  # a run's lock file: not the run's
     names = zipfile.ZipFile(io.BytesIO(store.zip_run(run.id))).namelist()
     assert sorted(names) == [f"{run.id}/metrics.json", f"{run.id}/sub/a.txt"]
+
+
+def test_a_registered_folder_moved_away_downloads_as_a_zip_that_says_so(store: RunStore, tmp_path: Path) -> None:
+    from clm_explore.ui.run_views import run_zip
+
+    (tmp_path / "elsewhere").mkdir()
+    run = store.register_folder(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").rename(tmp_path / "moved")
+    with pytest.raises(RunStoreError, match="folder .*elsewhere is not there: it was moved or deleted"):
+        store.zip_run(run.id)  # an empty zip before
+    archive = zipfile.ZipFile(io.BytesIO(run_zip(store, run.id)))
+    assert "is not there" in archive.read(f"{run.id}/MISSING.txt").decode()
 
 
 def _run_of_a_process_gone() -> str:

@@ -357,11 +357,13 @@ def run_zip(store: RunStore, run_id: str) -> bytes:
     nothing."""
     try:
         return store.zip_run(run_id)
-    except RunStoreError:
+    except RunStoreError as exc:
+        known = store.known([run_id])  # a registry entry whose folder went, or no entry at all
+        why = str(exc) if known else (f"Run {run_id} was deleted from the server before this download began "
+                                      "(perhaps by another user of the server).")
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
-            archive.writestr(f"{run_id}/DELETED.txt", f"Run {run_id} was deleted from the server before this download "
-                             "began (perhaps by another user of the server).\n")
+            archive.writestr(f"{run_id}/{'MISSING' if known else 'DELETED'}.txt", why + "\n")
         return buffer.getvalue()
 
 
