@@ -288,6 +288,15 @@ def _metrics_section(runs: list[tuple[str, dict[str, Any]]], note: str = "") -> 
     return "<h2>Metrics</h2>" + note + _table(frame.rename_axis("metric").reset_index())
 
 
+def _unread_metrics_note(runs: list[tuple[str, Path, dict[str, Any] | None]]) -> str:
+    """A note naming the runs whose metrics.json gave nothing (missing or damaged): their columns stay empty, and
+    an empty table alone read as a run with no figures."""
+    unread = [f"{esc(name)} ({esc(folder / 'metrics.json')})" for name, folder, metrics in runs if not metrics]
+    if not unread:
+        return ""
+    return f"<p class='note'>No figures could be read from the metrics.json of {', '.join(unread)}: missing or damaged.</p>"
+
+
 def training_split_note(study: CaseStudy) -> str:
     """With rows given (--data), a note that the metrics, confusion matrices and per-label F1 are each run's own
     test-split figures from training (its metrics.json), not figures of those rows; '' otherwise."""
@@ -454,7 +463,8 @@ def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path
     run_a, run_b = study.a.run_dir, study.b.run_dir if study.b is not None else None
     names = (f"A: {run_name(run_a)}", f"B: {run_name(run_b)}" if run_b else "")
     ma, mb = read_metrics(run_a), read_metrics(run_b) if run_b else None
-    note = training_split_note(study)
+    note = training_split_note(study) + _unread_metrics_note([(names[0], run_a, ma)] + ([(names[1], run_b, mb)]
+                                                                                            if run_b else []))
     fig = _Figures()
     body = [f"<h1>clm-explore report</h1><p class='note'>{esc(run_a)}" + (f" vs {esc(run_b)}" if run_b else "")
             + f" &middot; {datetime.now():%Y-%m-%d %H:%M} &middot; {esc(study.coverage_text())}</p>"]  # fmt: skip
