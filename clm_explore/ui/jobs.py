@@ -11,7 +11,7 @@ import streamlit as st
 
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
-from clm_explore.runs import RunStatus, RunStore, default_root
+from clm_explore.runs import RunRecord, RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
 from clm_explore.ui.views import CHART_CONFIG, escape_markdown, metric_row
@@ -89,18 +89,28 @@ def progress_panel(key: str = "ft") -> None:
     page that called ``st.rerun``).
     """
     jobs = job_queue().jobs()
+    records = store().list(limit=10)  # redrawn every second in every session: read ten rows, not the registry
     if not jobs:
-        st.caption("No jobs yet in this server's queue.")
+        st.caption("No jobs yet in this server's queue." + _lost_jobs_note(records))
     cards = shown_jobs(jobs)
     deleted = _deleted_runs([job.run_id for job in cards if job.done and job.run_id])
     for job in cards:
         _job_card(job, key, deleted)
     st.header("Recent runs")
-    records = store().list(limit=10)  # redrawn every second in every session: read ten rows, not the registry
     if records:
         run_views.render_runs_table(records, key=key)
     else:
         st.caption("No runs yet.")
+
+
+def _lost_jobs_note(records: list[RunRecord]) -> str:
+    """Why an empty queue holds none of this session's jobs: the server restarted (a queue lives in its process)
+    and the runs they were training read interrupted below."""
+    lost = [r for r in records if r.status is RunStatus.INTERRUPTED and state.launched_here(r.id)]
+    if not lost:
+        return ""
+    return (f" The server restarted since this session launched {len(lost)} of the runs below, which it "
+            "interrupted: launch them again to train them.")
 
 
 def _deleted_runs(run_ids: list[str]) -> set[str]:

@@ -981,3 +981,14 @@ def test_a_data_set_edited_on_the_servers_disk_is_read_again(tmp_path) -> None:
     fresh = dataclasses.replace(choice, version=state.files_version(str(tmp_path)))
     assert fresh.version != choice.version and fresh.key == choice.key  # the runs' data key is unchanged
     assert len(cache.data(fresh).train) + len(cache.data(fresh).test) > 40
+
+
+def test_an_empty_queue_after_a_restart_says_this_sessions_runs_were_interrupted(at: AppTest) -> None:
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    mine, theirs = (store.create(name, "sparse", {"data": "sample", "source": "tiny-random"}) for name in ("a", "b"))
+    for run in (mine, theirs):
+        store.set_status(run.id, RunStatus.INTERRUPTED, error="the server stopped")
+    at.session_state["launched_runs"] = {mine.id}  # the card went with the old server's queue, in silence
+    goto(at, "app_pages/5_finetune.py")
+    captions = [c.value for c in at.caption if "No jobs yet" in c.value]
+    assert captions and "The server restarted since this session launched 1 of the runs below" in captions[0]
