@@ -22,9 +22,17 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 MODULE_ORDER = ["embeddings", "q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "pooler"]
 
 
+_AUTOLINK = re.compile(r"\\:(?=//)|@|(?i:ww(?=w\\\.))")
+"""Where GitHub-flavoured Markdown would make a link of plain text (escaped or not): a scheme's colon
+(http://...), an e-mail's @ and a leading www. A zero-width space after each keeps the text as it reads."""
+
+
 def escape_markdown(text: str) -> str:
-    """Backslash-escape every character Markdown, LaTeX ($) or Streamlit directives (:) could act on."""
-    return " ".join(_MD_SPECIAL.sub(r"\\\1", str(text)).splitlines())  # \r, \n and Unicode breaks alike
+    """Backslash-escape every character Markdown, LaTeX ($) or Streamlit directives (:) could act on, and keep URLs,
+    e-mail addresses and www. names in user text from becoming links (a row of uploaded data is not to be
+    clicked through to wherever it points)."""
+    escaped = " ".join(_MD_SPECIAL.sub(r"\\\1", str(text)).splitlines())  # \r, \n and Unicode breaks alike
+    return _AUTOLINK.sub(lambda match: match.group(0) + "\u200b", escaped)
 
 
 def plot_text(text: str) -> str:

@@ -291,6 +291,11 @@ def test_highlight_escapes_user_text() -> None:
     assert "\\$" in out and "\\[" in out and "\\(" in out
     assert escape_markdown("**bold** :red[x]") == "\\*\\*bold\\*\\* \\:red\\[x\\]"
     assert escape_markdown("x\r=====\r\n    code\u2028y") == "x =====     code y"  # one line: no heading, no block
+    # GitHub-flavoured Markdown made links of these, escaped or not (security review; checked in Chromium: none)
+    assert escape_markdown("see https://evil.example/x") == "see https\\:\u200b//evil\\.example/x"
+    assert escape_markdown("user@mail.example") == "user@\u200bmail\\.example"
+    assert escape_markdown("Www.leak.example") == "Ww\u200bw\\.leak\\.example"
+    assert escape_markdown("at 10:30") == "at 10\\:30"  # other colons as they were
 
 
 def lowest_layer_shown(app: AppTest) -> str:
