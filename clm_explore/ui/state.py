@@ -261,7 +261,7 @@ def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list
     for entry in root.iterdir():
         if entry.is_symlink():
             continue
-        if entry.is_dir():
+        if entry.is_dir() and TOKEN_PATTERN.fullmatch(entry.name):  # a session's folder, nothing else under root
             files = [f.stat().st_mtime for f in entry.rglob("*") if f.is_file()]
             newest, token = max(files, default=entry.stat().st_mtime), entry.name
         elif entry.name.endswith(SESSION_SUFFIX) and TOKEN_PATTERN.fullmatch(entry.name.removesuffix(SESSION_SUFFIX)):
@@ -340,37 +340,69 @@ def _keep_newest_uploads(folder: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def _keep_uploads_under(root: Path, max_bytes: float, kept: Path) -> list[Path]:
-    """Delete the oldest uploads of every session under ``root`` until they take at most ``max_bytes`` together
-    (0: no cap); never ``kept``, the file just saved. A session whose file goes is told on its next page to upload
-    it again, as after ``prune_uploads``. Returns the deleted files.
+UPLOAD_IN_USE_SECONDS = 3600.0
+"""Another session's upload is never deleted to make room while that session was used this recently: one user
+opening fresh tabs must not be able to push everyone else's files out (a session is used when its address is
+opened or it uploads)."""
+
+
+def _keep_uploads_under(root: Path, max_bytes: float, kept: Path, now: float | None = None) -> list[Path]:
+    """Make the uploads of every session under ``root`` take at most ``max_bytes`` together (0: no cap): this
+    session's older files go first, then other sessions' files, oldest first, of sessions unused for
+    UPLOAD_IN_USE_SECONDS. If that is not enough room, ``kept`` (the file just saved) goes too and the upload is
+    refused: a full server says so rather than deleting files other people are using. A session whose file goes is
+    told on its next page to upload it again, as after ``prune_uploads``. Returns the deleted files.
 
     A file hard-linked into several session folders (a session taken up from its address) takes its room once:
     its links share one modification time, so they go together, and the room counts as freed with the last.
+
+    Raises:
+        DataError: no room for ``kept``.
     """
     if max_bytes <= 0:
         return []
     stats = {}
     for file in root.glob("*/*"):
         with contextlib.suppress(OSError):  # another session's cleanup may delete it meanwhile
-            if file.is_file() and not file.is_symlink():
+            if TOKEN_PATTERN.fullmatch(file.parent.name) and file.is_file() and not file.is_symlink():
                 stats[file] = file.stat()
     links = Counter(_inode(info) for info in stats.values())
     total = sum({_inode(info): info.st_size for info in stats.values()}.values())
     kept_inode = _inode(stats[kept]) if kept in stats else None
+    idle_before = (time.time() if now is None else now) - UPLOAD_IN_USE_SECONDS
+    last_used = _sessions_last_used(root, stats)
+    own = kept.parent
+    candidates = [f for f in stats if _inode(stats[f]) != kept_inode  # another link of the new file frees nothing
+                  and (f.parent == own or last_used[f.parent.name] < idle_before)]
     deleted = []
-    for old in sorted(stats, key=lambda f: (stats[f].st_mtime_ns, _inode(stats[f]))):
+    for old in sorted(candidates, key=lambda f: (f.parent != own, stats[f].st_mtime_ns, _inode(stats[f]))):
         if total <= max_bytes:
             break
-        inode = _inode(stats[old])
-        if inode == kept_inode:  # deleting another link of the new file would free nothing
-            continue
         old.unlink(missing_ok=True)
         deleted.append(old)
+        inode = _inode(stats[old])
         links[inode] -= 1
         if links[inode] == 0:
             total -= stats[old].st_size
+    if total > max_bytes:
+        kept.unlink(missing_ok=True)
+        from clm_explore.data import DataError
+
+        raise DataError(f"The server's room for uploads ({max_bytes / 2**20:.4g} MB for every session together) is "
+                        "full with files in use; try again later, or ask whoever runs the server to raise "
+                        "CLM_EXPLORE_UPLOADS_MB.")
     return deleted
+
+
+def _sessions_last_used(root: Path, stats: dict[Path, os.stat_result]) -> dict[str, float]:
+    """Per session token: the last time it uploaded or its address was opened (its saved choices touched)."""
+    used: dict[str, float] = {}
+    for file, info in stats.items():
+        used[file.parent.name] = max(info.st_mtime, used.get(file.parent.name, 0.0))
+    for token in list(used):
+        with contextlib.suppress(OSError):
+            used[token] = max(used[token], (root / f"{token}{SESSION_SUFFIX}").stat().st_mtime)
+    return used
 
 
 def _inode(info: os.stat_result) -> tuple[int, int]:

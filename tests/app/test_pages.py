@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from clm_explore.data import DataError
 from clm_explore.runs import RunStatus, RunStore
 from clm_explore.ui.state import DataChoice, save_upload
 from clm_explore.ui.views import escape_markdown
@@ -407,8 +408,8 @@ def test_upload_gone_from_the_server_is_a_plain_error(tmp_path: Path) -> None:
 def test_prune_uploads_deletes_only_old_session_folders(tmp_path: Path) -> None:
     from clm_explore.ui.state import prune_uploads
 
-    old, fresh, empty_old = (tmp_path / name for name in ("old", "fresh", "empty"))
-    for folder in (old, fresh, empty_old):
+    old, fresh, empty_old, other = (tmp_path / name for name in ("a" * 32, "b" * 32, "c" * 32, "not-a-session"))
+    for folder in (old, fresh, empty_old, other):
         folder.mkdir()
     (old / "a.csv").write_text("text,label\n")
     (fresh / "b.csv").write_text("text,label\n")
@@ -417,9 +418,10 @@ def test_prune_uploads_deletes_only_old_session_folders(tmp_path: Path) -> None:
     os.utime(old / "a.csv", (now - 8 * day, now - 8 * day))
     os.utime(fresh / "b.csv", (now - 6 * day, now - 6 * day))
     os.utime(empty_old, (now - 9 * day, now - 9 * day))
+    os.utime(other, (now - 9 * day, now - 9 * day))  # an admin's folder under the root: not a session's (review)
     assert prune_uploads(tmp_path, 0, now=now) == []  # 0 keeps everything
-    assert prune_uploads(tmp_path, 7, now=now) == ["empty", "old"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh"]
+    assert prune_uploads(tmp_path, 7, now=now) == ["a" * 32, "c" * 32]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b" * 32, "not-a-session"]
     assert prune_uploads(tmp_path / "missing", 7, now=now) == []
 
 
@@ -427,43 +429,61 @@ def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monk
     # Each new session has room for five files: the cap is over every session's folder.
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))  # 2.5 KiB
     kb = b"text,label\n" + b"x" * 1013
-    for i, session in enumerate(("s1", "s2", "s3", "s4")):
+    s1, s2, s3, s4, s5 = (f"{i:032x}" for i in range(1, 6))  # session tokens
+    for i, session in enumerate((s1, s2, s3, s4)):
         save_upload(kb + bytes([65 + i]), f"f{i}.csv", folder=tmp_path / session)
-        os.utime(tmp_path / session / f"f{i}.csv", (1000 + i, 1000 + i))  # in upload order, whatever the clock
+        os.utime(tmp_path / session / f"f{i}.csv", (1000 + i, 1000 + i))  # in upload order, long unused
     left = sorted(f.relative_to(tmp_path).as_posix() for f in tmp_path.glob("*/*"))
-    assert left == ["s3/f2.csv", "s4/f3.csv"]  # the oldest went first, the file just saved stays
-    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.000001")  # below one file: the new file is still kept
-    save_upload(kb, "big.csv", folder=tmp_path / "s5")
-    assert [f.name for f in tmp_path.glob("*/*")] == ["big.csv"]
+    assert left == [f"{s3}/f2.csv", f"{s4}/f3.csv"]  # the oldest went first, the file just saved stays
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.000001")  # below one file: the upload is refused
+    with pytest.raises(DataError, match=r"room for uploads .* is full with files in use.*CLM_EXPLORE_UPLOADS_MB"):
+        save_upload(kb, "big.csv", folder=tmp_path / s5)
+    assert list(tmp_path.glob("*/*")) == []
+
+
+def test_one_session_cannot_push_out_the_uploads_of_sessions_in_use(tmp_path: Path, monkeypatch) -> None:
+    # Fresh tabs each get room for five files: before, their uploads deleted everyone else's (security review).
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))  # 2.5 KiB
+    kb = b"text,label\n" + b"x" * 1013
+    victim, tab1, tab2 = (f"{i:032x}" for i in (7, 8, 9))
+    save_upload(kb + b"V", "mine.csv", folder=tmp_path / victim)  # uploaded just now: in use
+    save_upload(kb + b"A", "a.csv", folder=tmp_path / tab1)
+    with pytest.raises(DataError, match="is full with files in use"):
+        save_upload(kb + b"B", "b.csv", folder=tmp_path / tab2)
+    assert (tmp_path / victim / "mine.csv").is_file() and not (tmp_path / tab2 / "b.csv").exists()
+    os.utime(tmp_path / victim / "mine.csv", (1000, 1000))  # an hour and more unused: its room may be taken
+    save_upload(kb + b"B", "b.csv", folder=tmp_path / tab2)
+    assert not (tmp_path / victim / "mine.csv").exists() and (tmp_path / tab2 / "b.csv").is_file()
 
 
 def test_a_file_linked_into_two_sessions_takes_its_room_once(tmp_path: Path, monkeypatch) -> None:
     # A session taken up from its address links its upload into the new folder: one file on disk, two names.
     kb = b"text,label\n" + b"x" * 1013
-    for session in ("s1", "s3"):
+    s1, s2, s3, s4, s5 = (f"{i:032x}" for i in range(1, 6))  # session tokens
+    for session in (s1, s3):
         (tmp_path / session).mkdir()
-    (tmp_path / "s1" / "a.csv").write_bytes(kb + b"A")
-    (tmp_path / "s2").mkdir()
-    os.link(tmp_path / "s1" / "a.csv", tmp_path / "s2" / "a.csv")
-    (tmp_path / "s3" / "b.csv").write_bytes(kb + b"B")
-    os.utime(tmp_path / "s1" / "a.csv", (1000, 1000))
-    os.utime(tmp_path / "s3" / "b.csv", (1001, 1001))
+    (tmp_path / s1 / "a.csv").write_bytes(kb + b"A")
+    (tmp_path / s2).mkdir()
+    os.link(tmp_path / s1 / "a.csv", tmp_path / s2 / "a.csv")
+    (tmp_path / s3 / "b.csv").write_bytes(kb + b"B")
+    os.utime(tmp_path / s1 / "a.csv", (1000, 1000))
+    os.utime(tmp_path / s3 / "b.csv", (1001, 1001))
 
     def left() -> list[str]:
         return sorted(f.relative_to(tmp_path).as_posix() for f in tmp_path.glob("*/*"))
 
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(3.5 / 1024))  # three files' room: all fit
-    save_upload(kb + b"C", "c.csv", folder=tmp_path / "s4")
-    assert left() == ["s1/a.csv", "s2/a.csv", "s3/b.csv", "s4/c.csv"]  # before: s1's link went, freeing nothing
+    save_upload(kb + b"C", "c.csv", folder=tmp_path / s4)
+    assert left() == [f"{s1}/a.csv", f"{s2}/a.csv", f"{s3}/b.csv", f"{s4}/c.csv"]  # before: s1's link went
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))
-    save_upload(kb + b"D", "d.csv", folder=tmp_path / "s5")
-    assert left() == ["s4/c.csv", "s5/d.csv"]  # both links of the oldest file, then the next oldest
+    save_upload(kb + b"D", "d.csv", folder=tmp_path / s5)
+    assert left() == [f"{s4}/c.csv", f"{s5}/d.csv"]  # both links of the oldest file, then the next oldest
 
 
 def test_an_upload_deleted_by_another_session_meanwhile_is_skipped(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.001")
-    (tmp_path / "s1").mkdir()
-    (tmp_path / "s1" / "a.csv").write_bytes(b"text,label\n" + b"x" * 800)
+    (tmp_path / ("1" * 32)).mkdir()
+    (tmp_path / ("1" * 32) / "a.csv").write_bytes(b"text,label\n" + b"x" * 800)
     real_is_file = Path.is_file
 
     def gone_once_listed(path: Path) -> bool:  # another session's cleanup removes it right after the listing
@@ -473,7 +493,7 @@ def test_an_upload_deleted_by_another_session_meanwhile_is_skipped(tmp_path: Pat
         return found
 
     monkeypatch.setattr(Path, "is_file", gone_once_listed)
-    choice = save_upload(b"text,label\nhello,a\n", "new.csv", folder=tmp_path / "s2")  # before: FileNotFoundError
+    choice = save_upload(b"text,label\nhello,a\n", "new.csv", folder=tmp_path / ("2" * 32))  # FileNotFoundError
     assert Path(choice.path).read_bytes() == b"text,label\nhello,a\n"
 
 
