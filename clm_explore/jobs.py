@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clm_explore.job_process import JobFailed, WorkerProcess, takes_phases
-from clm_explore.runs import RunStatus, RunStore, RunStoreError
+from clm_explore.runs import RunNotFoundError, RunStatus, RunStore
 
 _STEP_FIELDS = ("step", "total_steps", "epoch", "loss", "examples_per_second", "elapsed", "eta")
 FINISHED_JOBS_KEPT = 100
@@ -248,7 +248,7 @@ class JobQueue:
                 # The row first: a running job implies a running run. A registry that cannot record it fails the
                 # job (its run would otherwise stay "pending" while it trains).
                 if self.store is not None and job.run_id:
-                    with contextlib.suppress(RunStoreError):  # the run may have been deleted meanwhile
+                    with contextlib.suppress(RunNotFoundError):  # the run may have been deleted meanwhile
                         self.store.set_status(job.run_id, RunStatus.RUNNING)
                 job.status = RunStatus.RUNNING
         if exiting:  # claimed as the server began to go: ``_server_exiting`` passed it by
@@ -297,7 +297,7 @@ class JobQueue:
     def _store_call(job: Job, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:
             call(*args, **kwargs)
-        except RunStoreError:  # the run may have been deleted meanwhile
+        except RunNotFoundError:  # the run was deleted meanwhile; a registry that cannot answer is logged below
             pass
         except Exception as exc:  # noqa: BLE001 - the registry failed; the job's own state still ends
             print(f"clm-explore: could not record {job.id} ({job.run_id}) in the run registry: {exc}",

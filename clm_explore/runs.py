@@ -81,6 +81,10 @@ class RunStoreError(RuntimeError):
     """A run cannot be found, created or removed; the message says why."""
 
 
+class RunNotFoundError(RunStoreError):
+    """No run has the id asked for (deleted meanwhile, or never there); the registry itself answered."""
+
+
 @dataclass
 class RunRecord:
     """One row of the registry."""
@@ -353,7 +357,7 @@ class RunStore:
         with self._connect() as conn:
             row = conn.execute("SELECT metrics FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
-                raise RunStoreError(f"No run with id {run_id!r}.")
+                raise RunNotFoundError(f"No run with id {run_id!r}.")
             merged = {**json.loads(row["metrics"]), **metrics}
             conn.execute(
                 "UPDATE runs SET metrics = ?, updated = ? WHERE id = ?", (_dumps(_summary(merged)), _now(), run_id)
@@ -365,7 +369,7 @@ class RunStore:
         with self._connect() as conn:
             cur = conn.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*sets.values(), run_id))
             if cur.rowcount == 0:
-                raise RunStoreError(f"No run with id {run_id!r}.")
+                raise RunNotFoundError(f"No run with id {run_id!r}.")
 
     def mark_interrupted(self) -> list[str]:
         """Mark pending/running runs whose owning process (on this host) is gone as interrupted.
@@ -419,7 +423,7 @@ class RunStore:
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise RunStoreError(f"No run with id {run_id!r}.")
+            raise RunNotFoundError(f"No run with id {run_id!r}.")
         return _record(row)
 
     def path(self, run_id: str) -> Path:

@@ -412,3 +412,19 @@ def test_a_jobs_preparation_phase_reaches_its_progress_and_bar(store, process_jo
         q.shutdown()
     p.step, p.total_steps, p.epoch = 5, 10, 1  # once training steps come, the bar shows them
     assert progress_bar(p) == (0.5, "step 5/10 · epoch 1")  # the epoch under way (it read 'epoch 1.00' at step 5)
+
+
+def test_a_registry_that_cannot_answer_is_logged_and_a_deleted_run_is_not(capsys) -> None:
+    from clm_explore.jobs import Job, JobQueue
+    from clm_explore.runs import RunNotFoundError, RunStoreError
+
+    def fails(error: Exception):
+        def call(*args, **kwargs):
+            raise error
+        return call
+
+    job = Job("job1", print, {}, "run1", "cpu")
+    JobQueue._store_call(job, fails(RunNotFoundError("No run with id 'run1'.")))  # deleted meanwhile: nothing to say
+    assert capsys.readouterr().err == ""
+    JobQueue._store_call(job, fails(RunStoreError("The run registry x cannot be used (file is not a database)")))
+    assert "could not record job1 (run1) in the run registry: The run registry x" in capsys.readouterr().err
