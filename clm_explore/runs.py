@@ -499,15 +499,46 @@ RUN_LOCK = ".clm_running"
 lock when the process ends, however it ends, so a file left by a killed run locks nothing."""
 
 
+_HELD_LOCKS: dict[Path, int] = {}
+"""Run folders whose lock this process holds, and how many times over: the CLI holds its folder from the claim on
+and ``finetune`` takes it again inside (a second flock of the same file from this process would be refused)."""
+_HELD_GUARD = threading.Lock()
+
+
 @contextmanager
 def run_folder_lock(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s run lock while inside: another process's ``check_run_dir`` (its --overwrite, or a second
     run into the same --out) then refuses the folder instead of deleting a run being written, or mixing two runs'
-    files in one folder. A no-op where ``fcntl`` is missing (Windows).
+    files in one folder. Re-entrant within a process. A no-op where ``fcntl`` is missing (Windows).
 
     Raises:
         RunFolderError: another process holds it.
     """
+    key = folder.resolve()
+    with _HELD_GUARD:
+        held = key in _HELD_LOCKS
+        if held:
+            _HELD_LOCKS[key] += 1
+    if held:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD_LOCKS[key] -= 1
+        return
+    with _flocked(folder):
+        with _HELD_GUARD:
+            _HELD_LOCKS[key] = 1
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                del _HELD_LOCKS[key]
+
+
+@contextmanager
+def _flocked(folder: Path) -> Iterator[None]:
+    """The kernel lock on ``folder``'s RUN_LOCK file, its owner written in it; removed when let go."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux or macOS
@@ -532,6 +563,12 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
+def holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but its run lock (a lock file alone, one a run killed as it began left, say,
+    leaves the folder as empty as before; a held one is ``check_run_dir``'s to refuse)."""
+    return any(entry.name != RUN_LOCK for entry in folder.iterdir())
+
+
 def _busy_message(folder: Path) -> str:
     owner = ""
     with suppress(OSError):
@@ -543,6 +580,9 @@ def _busy_message(folder: Path) -> str:
 def _locked_by_another(folder: Path) -> bool:
     """Whether another process holds ``folder``'s run lock (a lock file left by a killed run is not held)."""
     path = folder / RUN_LOCK
+    with _HELD_GUARD:
+        if folder.resolve() in _HELD_LOCKS:  # this process's own
+            return False
     try:
         import fcntl
 
@@ -567,7 +607,7 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
         RunFolderError: what stands in the way, and what to do.
     """
     path = check_run_dir(out, overwrite, protected)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and holds_files(path):
         # Moved aside first (into a new hidden folder beside it: short names), then deleted: another process checking
         # the folder meanwhile (``check_run_dir``) sees the whole run folder or an empty one, never one half deleted.
         aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent))
@@ -577,9 +617,11 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
     return path
 
 
-def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Path:
+def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = (),
+                  launch_peer: bool = False) -> Path:
     """What ``claim_run_dir`` checks, touching nothing: the other processes of a launch run it while rank 0
-    claims the folder, so that a refusal stops every process, not rank 0 alone (the rest waited for it).
+    claims the folder, so that a refusal stops every process, not rank 0 alone (the rest waited for it). They pass
+    ``launch_peer``: the folder's lock is then rank 0's, not another run's.
 
     Raises:
         RunFolderError: what stands in the way, and what to do.
@@ -587,9 +629,9 @@ def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{path} is a file; a run folder is a folder.")
-    if path.is_dir() and _locked_by_another(path):  # before --overwrite: it would delete a run being written
+    if not launch_peer and path.is_dir() and _locked_by_another(path):  # a run being written there
         raise RunFolderError(_busy_message(path))
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and holds_files(path):
         _check_replaceable(path, (*protected, Path.cwd(), Path.home()))  # first: say --overwrite only where it works
         if not overwrite:
             raise RunFolderError(f"Run folder {path} already exists; replace it with --overwrite (overwrite=True "

@@ -60,6 +60,7 @@ from clm_explore.runs import (
     RunStatus,
     check_run_dir,
     claim_run_dir,
+    holds_files,
     run_folder_lock,
     write_json_atomic,
 )
@@ -568,7 +569,7 @@ def finetune(
     # A new or empty folder, or an earlier run's with overwrite: stale masks, scores or an adapter would be read as
     # this run's, and a notebook's working folder or a data folder must not fill with run files. Checked on every
     # process (one refused alone would leave the others waiting at the barrier), before the model loads.
-    check_run_dir(out_dir, overwrite)
+    check_run_dir(out_dir, overwrite, launch_peer=not main)
     _seed_everything(cfg.seed)
     quiet = on_step is None and on_phase is None  # no caller listening: a notebook, a script
     bar = ProgressBar() if main and (progress or (progress is None and quiet)) else None
@@ -581,7 +582,7 @@ def finetune(
             on_phase("loading the model", 0, 1)
         loaded = load_model(source, data.labels, seed=cfg.seed)
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
-        if main and out_dir.exists() and any(out_dir.iterdir()):  # emptied only now: overwrite=True must not
+        if main and out_dir.exists() and holds_files(out_dir):  # emptied only now: overwrite=True must not
             claim_run_dir(out_dir, overwrite)  # delete a finished run for a mistyped source or a refused config
         if accelerator is not None:
             device = accelerator.device

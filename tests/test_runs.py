@@ -399,6 +399,8 @@ def test_a_folder_another_process_writes_a_run_into_is_never_replaced_or_shared(
         holder.wait()
     assert (folder / RUN_LOCK).is_file()
     assert claim_run_dir(folder, overwrite=True) == folder and not any(folder.iterdir())
+    (folder / RUN_LOCK).write_text("a run killed as it began")  # its lock file alone: the folder is as empty as it was
+    assert claim_run_dir(folder) == folder  # "not a run folder (it has no clm_run.json)" (diff review)
 
 
 def test_a_damaged_registry_is_named_and_a_run_it_would_replace_is_kept(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -460,3 +462,42 @@ def test_a_place_that_cannot_be_written_is_a_message_not_a_traceback(tmp_path, m
     monkeypatch.setattr(training, "finetune", read_only)
     assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(tmp_path / "run")]) == 2
     assert f"error: Read-only file system: {tmp_path / 'run'}. Choose a place" in capsys.readouterr().err
+
+
+def test_a_run_refused_its_folder_after_the_claim_leaves_the_live_runs_record_alone(tmp_path, monkeypatch,
+                                                                                      capsys) -> None:
+    import signal
+
+    from clm_explore import runs
+    from clm_explore.cli import main
+
+    root, folder = tmp_path / "runs", tmp_path / "out"
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
+    holder: list[subprocess.Popen] = []
+    real_claim = runs.claim_run_dir
+
+    def claim_then_another_run_starts(*args, **kwargs):  # run A gets in between this claim and this run's lock
+        path = real_claim(*args, **kwargs)
+        holder.append(subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from clm_explore.runs import RunStatus, "
+             "RunStore, run_folder_lock\n"
+             f"store = RunStore({str(root)!r}); record = store.register_folder({str(path)!r})\n"
+             f"store.set_status(record.id, RunStatus.RUNNING)\nwith run_folder_lock(Path({str(path)!r})):\n"
+             "    print('held', flush=True); sys.stdin.read()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        assert holder[0].stdout.readline().strip() == "held"
+        return path
+
+    monkeypatch.setattr(runs, "claim_run_dir", claim_then_another_run_starts)
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(root))
+    try:
+        assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(folder)]) == 2
+        assert "Another process is writing a run into" in capsys.readouterr().err
+        [record] = RunStore(root).list()  # before: taken over, then marked failed (diff review)
+        assert record.status is RunStatus.RUNNING and record.pid == holder[0].pid
+        assert not (folder / "metrics.json").exists()
+    finally:
+        for process in holder:
+            process.send_signal(signal.SIGKILL)
+            process.wait()

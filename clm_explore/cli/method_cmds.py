@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -324,7 +325,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model, resolve_device
-    from clm_explore.runs import RunStatus, RunStore, check_run_dir, claim_run_dir, default_root
+    from clm_explore.runs import RunStore, check_run_dir, claim_run_dir, default_root, run_folder_lock
     from clm_explore.training import check_processes, check_runnable, finetune
 
     cfg = finetune_config(args)
@@ -343,12 +344,24 @@ def run_finetune(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) > 0:
         # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry; the others refuse a
         # folder as it does, before any process waits for another.
-        check_run_dir(args.out, args.overwrite, protected)
+        check_run_dir(args.out, args.overwrite, protected, launch_peer=True)  # rank 0 holds the folder's lock
         finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite)
         return 0
     store = RunStore()
     store.check_writable()  # a registry held or damaged is said before --overwrite deletes the earlier run
     out = claim_run_dir(args.out, args.overwrite, protected=protected) if args.out else None
+    # Held from the claim on (finetune takes it again inside): a second run into this folder is refused before it
+    # registers, where it took over this run's record and, refused later, marked the live run failed.
+    with run_folder_lock(out) if out is not None else contextlib.nullcontext():
+        return _train_registered(args, cfg, data, store, out, processes)
+
+
+def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any, out: Path | None,
+                      processes: int) -> int:
+    """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded."""
+    from clm_explore.runs import RunStatus
+    from clm_explore.training import finetune
+
     # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
     listed = {**to_dict(cfg), "source": args.model, "data": data.source}
     record = (store.register_folder(out, method=cfg.method, config=listed) if out
