@@ -571,7 +571,7 @@ def case_study(
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 (or None for every row), got {max_rows}.")
     cfg = cfg or AttributionConfig()
-    run_a, run_b = run_folder(run_a), run_folder(run_b) if run_b is not None else None
+    run_a, run_b = run_folder(run_a), run_folder(run_b) if run_b not in (None, "") else None  # "": no run B
     bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
     try:
         return _study(run_a, run_b, data, split, cfg, k, min_count, max_rows, combined(on_progress, bar and bar.on_phase))

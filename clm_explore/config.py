@@ -27,9 +27,11 @@ class ConfigError(ValueError):
 @functools.cache
 def _module_tree(path: str) -> ast.Module | None:
     """A module's syntax tree, parsed once for all its config classes (20 ms a parse: the CLI's --help waits)."""
+    if not path.endswith(".py"):  # only compiled files installed (a .pyc): no field docs to read
+        return None
     try:
-        return ast.parse(Path(path).read_text())
-    except (OSError, SyntaxError):
+        return ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
         return None
 
 
@@ -74,10 +76,13 @@ def check_field_types(cfg: Any) -> None:
         if not all(n in _PLAIN_TYPES for n in names):  # a nested config, a tuple: checked where it is used
             continue
         value = getattr(cfg, f.name)
+        if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # a DataFrame cell's
+            value = bool(value)  # NumPy's values are not JSON: Python's in their place (numpy not imported here)
+            object.__setattr__(cfg, f.name, value)
         allowed = tuple(t for n in names for t in _PLAIN_TYPES[n])
         _check(isinstance(value, allowed) and not (isinstance(value, bool) and "bool" not in names),
                f"{type(cfg).__name__}.{f.name} is {f.type}; got {type(value).__name__} {value!r}")
-        if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):  # NumPy's: not JSON
+        if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):
             object.__setattr__(cfg, f.name, int(value) if isinstance(value, numbers.Integral) else float(value))
 
 

@@ -178,6 +178,8 @@ def test_a_field_of_the_wrong_type_is_refused_where_it_is_given():
     assert FinetuneConfig(lr=1, dropout=None).lr == 1  # an int where a float goes, None where it may
     budget = MaskConfig(budget=np.int64(5000)).budget  # a count from a NumPy array
     assert budget == 5000 and type(budget) is int and json.dumps(to_dict(MaskConfig(budget=np.float32(0.5))))
+    flag = FinetuneConfig(cache_frozen_layers=np.True_).cache_frozen_layers  # a DataFrame cell (diff review)
+    assert flag is True
     with pytest.raises(BenchError, match=r"methods is a tuple, e.g. methods=\('sparse',\); got str"):
         BenchConfig(methods="sparse")
     with pytest.raises(BenchError, match="BenchConfig.seeds is int; got float 2.0"):
@@ -186,7 +188,9 @@ def test_a_field_of_the_wrong_type_is_refused_where_it_is_given():
 
 def test_help_on_a_config_says_what_each_field_does():
     import pydoc
+    from pathlib import Path
 
+    import clm_explore.config as config_module
     from clm_explore.bench import BenchConfig
 
     shown = pydoc.render_doc(MaskConfig, renderer=pydoc.plaintext)  # the signature and defaults alone before
@@ -194,3 +198,6 @@ def test_help_on_a_config_says_what_each_field_does():
     documented = FinetuneConfig.__doc__ or ""
     assert all(f"    {f.name} (" in documented for f in dataclasses.fields(FinetuneConfig))
     assert "Passes over the training split" in documented and "Seeds 0..seeds-1" in (BenchConfig.__doc__ or "")
+    from clm_explore.config import _module_tree
+
+    assert _module_tree(str(Path(config_module.__file__).with_suffix(".pyc"))) is None  # compiled only: no crash

@@ -461,7 +461,8 @@ def test_a_place_that_cannot_be_written_is_a_message_not_a_traceback(tmp_path, m
     data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
     monkeypatch.setattr(training, "finetune", read_only)
     assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(tmp_path / "run")]) == 2
-    assert f"error: Read-only file system: {tmp_path / 'run'}. Choose a place" in capsys.readouterr().err
+    assert f"error: Read-only file system: {tmp_path / 'run'}. Check that this user may read or write it" in (
+        capsys.readouterr().err)
 
 
 def test_a_run_refused_its_folder_after_the_claim_leaves_the_live_runs_record_alone(tmp_path, monkeypatch,

@@ -223,13 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in _PLACE_ERRNOS:
             raise
-        print(f"error: {exc.strerror}: {exc.filename}. Choose a place this user can write to, or free some space.",
-              file=sys.stderr)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        advice = "free some space there" if full else "check that this user may read or write it, or choose another place"
+        print(f"error: {exc.strerror}: {exc.filename}. {advice[0].upper()}{advice[1:]}.", file=sys.stderr)
         return 2
 
 
 _PLACE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
-"""Write failures of the place given (a read-only or full disk, another user's folder): a message, not a traceback."""
+"""Failures of the place given, not of the tool (a read-only or full disk, a file or folder of another user's): a
+message, not a traceback."""
 
 
 if __name__ == "__main__":

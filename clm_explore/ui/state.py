@@ -145,8 +145,8 @@ def refused_model_source(source: str) -> str:
 
 
 def sample_choice() -> DataChoice | None:
-    if SAMPLE_DIR.is_dir():
-        return DataChoice("sample", str(SAMPLE_DIR), SAMPLE_DIR.name)
+    if SAMPLE_DIR.is_dir():  # versioned as data_choice() versions it: one cache entry, fresh after an edit
+        return DataChoice("sample", str(SAMPLE_DIR), SAMPLE_DIR.name, version=files_version(str(SAMPLE_DIR)))
     return None
 
 
@@ -154,7 +154,8 @@ def shared_choices() -> list[DataChoice]:
     """Server-side data sets under ``../shared/data/*`` (folders of split files)."""
     if not SHARED_DATA.is_dir():
         return []
-    return [DataChoice("shared", str(p), p.name) for p in sorted(SHARED_DATA.iterdir()) if p.is_dir()]
+    return [DataChoice("shared", str(p), p.name, version=files_version(str(p)))
+            for p in sorted(SHARED_DATA.iterdir()) if p.is_dir()]
 
 
 def data_choice() -> DataChoice | None:
@@ -349,7 +350,7 @@ opened or it uploads)."""
 def _keep_uploads_under(root: Path, max_bytes: float, kept: Path, now: float | None = None) -> list[Path]:
     """Make the uploads of every session under ``root`` take at most ``max_bytes`` together (0: no cap): this
     session's older files go first, then other sessions' files, oldest first, of sessions unused for
-    UPLOAD_IN_USE_SECONDS. If that is not enough room, ``kept`` (the file just saved) goes too and the upload is
+    UPLOAD_IN_USE_SECONDS. If that is not room enough, only ``kept`` (the file just saved) goes and the upload is
     refused: a full server says so rather than deleting files other people are using. A session whose file goes is
     told on its next page to upload it again, as after ``prune_uploads``. Returns the deleted files.
 
@@ -374,24 +375,26 @@ def _keep_uploads_under(root: Path, max_bytes: float, kept: Path, now: float | N
     own = kept.parent
     candidates = [f for f in stats if _inode(stats[f]) != kept_inode  # another link of the new file frees nothing
                   and (f.parent == own or last_used[f.parent.name] < idle_before)]
-    deleted = []
+    doomed = []  # chosen first, deleted only if they make room: a refused upload must not cost the session its data
     for old in sorted(candidates, key=lambda f: (f.parent != own, stats[f].st_mtime_ns, _inode(stats[f]))):
         if total <= max_bytes:
             break
-        old.unlink(missing_ok=True)
-        deleted.append(old)
+        doomed.append(old)
         inode = _inode(stats[old])
         links[inode] -= 1
         if links[inode] == 0:
             total -= stats[old].st_size
-    if total > max_bytes:
-        kept.unlink(missing_ok=True)
-        from clm_explore.data import DataError
+    if total <= max_bytes:
+        freeing = [f for f in doomed if links[_inode(stats[f])] == 0]  # a link whose twin stays frees nothing
+        for old in freeing:
+            old.unlink(missing_ok=True)
+        return freeing
+    kept.unlink(missing_ok=True)
+    from clm_explore.data import DataError
 
-        raise DataError(f"The server's room for uploads ({max_bytes / 2**20:.4g} MB for every session together) is "
-                        "full with files in use; try again later, or ask whoever runs the server to raise "
-                        "CLM_EXPLORE_UPLOADS_MB.")
-    return deleted
+    raise DataError(f"The server's room for uploads ({max_bytes / 2**20:.4g} MB for every session together) is full "
+                    "with files in use; try again later, or ask whoever runs the server to raise "
+                    "CLM_EXPLORE_UPLOADS_MB.")
 
 
 def _sessions_last_used(root: Path, stats: dict[Path, os.stat_result]) -> dict[str, float]:

@@ -438,7 +438,7 @@ def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monk
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.000001")  # below one file: the upload is refused
     with pytest.raises(DataError, match=r"room for uploads .* is full with files in use.*CLM_EXPLORE_UPLOADS_MB"):
         save_upload(kb, "big.csv", folder=tmp_path / s5)
-    assert list(tmp_path.glob("*/*")) == []
+    assert sorted(f.relative_to(tmp_path).as_posix() for f in tmp_path.glob("*/*")) == left  # nothing went for it
 
 
 def test_one_session_cannot_push_out_the_uploads_of_sessions_in_use(tmp_path: Path, monkeypatch) -> None:
@@ -1017,3 +1017,26 @@ def test_an_empty_queue_after_a_restart_says_this_sessions_runs_were_interrupted
     goto(at, "app_pages/5_finetune.py")
     captions = [c.value for c in at.caption if "No jobs yet" in c.value]
     assert captions and "The server restarted since this session launched 1 of the runs below" in captions[0]
+
+
+def test_a_refused_upload_leaves_the_sessions_own_files(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))  # 2.5 KiB
+    kb = b"text,label\n" + b"x" * 1013
+    mine, busy = "a" * 32, "b" * 32
+    save_upload(kb + b"M", "mine.csv", folder=tmp_path / mine)
+    save_upload(kb + b"B", "busy.csv", folder=tmp_path / busy)  # another session, in use
+    with pytest.raises(DataError, match="is full with files in use"):
+        save_upload(kb + b"N" * 1000, "new.csv", folder=tmp_path / mine)
+    # before: mine.csv went first, then the upload was refused anyway (diff review)
+    assert sorted(f.name for f in tmp_path.glob("*/*")) == ["busy.csv", "mine.csv"]
+
+
+def test_the_data_pages_choice_and_the_other_pages_share_one_versioned_choice(tmp_path, monkeypatch) -> None:
+    from clm_explore.ui import state
+
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"card {i} came,a\nrate {i} up,b\n" for i in range(20)))
+    monkeypatch.setattr(state, "SAMPLE_DIR", tmp_path)
+    first = state.sample_choice()  # unversioned before: the Data page kept serving the rows as first read
+    assert first is not None and first.version == state.files_version(str(tmp_path)) != ""
+    (tmp_path / "train.csv").write_text("text,label\nnew,a\nrows,b\n" * 20)
+    assert state.sample_choice().version != first.version
