@@ -84,7 +84,7 @@ SPREAD_SUFFIX = "+spread"
 (``finetune --spread-heads``): the mask variant ``tune_spread`` sweeps and ``score`` may fix per method."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
               "tune_score", "score", "cold_head", "schedule", "average_last", "tune_widen",
-              "tune_each_budget", "spread_heads", "tune_spread", "prefix_init")
+              "tune_each_budget", "spread_heads", "tune_spread", "prefix_init", "weight_decay")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
@@ -147,6 +147,9 @@ class BenchConfig:
     to full finetuning's accuracy on banking77 (BENCHMARKS.md); the grid gives it to every method alike."""
     prefix_init: str = FinetuneConfig.prefix_init
     """Where the prefix method's cells start (``finetune --prefix-init``)."""
+    weight_decay: dict[str, float] = field(default_factory=dict)
+    """AdamW weight decay per method (``finetune --weight-decay``; e.g. ``{"sparse": 1.0}``), in its sweep's cells
+    too; the rest train without."""
     model: str = "default"
     batch_size: int = 32
     max_length: int = 64
@@ -198,6 +201,8 @@ class BenchConfig:
         stray = [m for m in self.lr if m not in self.methods]
         if stray or any(not v > 0 for v in self.lr.values()):
             raise BenchError(f"learning rates must be > 0 and for methods of the grid; got {self.lr}")
+        if any(m not in self.methods for m in self.weight_decay) or any(not v >= 0 for v in self.weight_decay.values()):
+            raise BenchError(f"weight decays must be >= 0 and for methods of the grid; got {self.weight_decay}")
         self._check_scores()
 
     def _check_scores(self) -> None:
@@ -478,6 +483,8 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
         cmd += ["--average-last", repr(cfg.average_last)]
     if cell.method == "prefix" and cfg.prefix_init != FinetuneConfig.prefix_init:
         cmd += ["--prefix-init", cfg.prefix_init]
+    if cfg.weight_decay.get(cell.method):
+        cmd += ["--weight-decay", repr(cfg.weight_decay[cell.method])]
     return cmd
 
 
@@ -941,6 +948,7 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
         shared = sorted(set(before.get("methods", ())) & set(cfg.methods))
         for grid in (before, now):  # as the cells resolve them: a rate or score left out is the method's default
             grid["lr"], grid["score"] = _resolved_rates(grid, shared), _resolved_scores(grid, shared)
+            grid["weight_decay"] = {m: v for m, v in (grid.get("weight_decay") or {}).items() if m in shared and v}
         # A grid written before a training field existed ran at that field's default (its data is unknown).
         defaults = {k: v for k, v in asdict(BenchConfig()).items() if k in SAME_CELLS and k != "data"}
         before = {**defaults, **LEGACY_DEFAULTS, **before}

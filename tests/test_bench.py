@@ -961,3 +961,31 @@ def test_a_finished_cell_with_damaged_masks_is_left_out_of_the_mask_tables_with_
         assert mask_statistics(tmp_path, results).empty
     with pytest.warns(UserWarning, match="cannot be read"):
         assert mask_overlap(tmp_path, results).empty
+
+
+def test_a_methods_weight_decay_reaches_its_cells_and_a_changed_one_is_refused_on_resume(data_dir, tmp_path):
+    from clm_explore.cli import UserError, build_parser
+    from clm_explore.cli.bench_cmds import bench_config, parse_method_lrs
+    from clm_explore.cli.method_cmds import finetune_config
+    from clm_explore.config import ConfigError, FinetuneConfig
+
+    decayed = _cfg(methods=("sparse", "full"), weight_decay={"sparse": 1.0})
+    for method, expected in (("sparse", 1.0), ("full", 0.0)):  # the decay on the deltas, for sparse alone
+        cmd = finetune_command(Cell(method, 0.01 if method == "sparse" else None, 0), decayed, Path("d"), Path("c"))
+        assert finetune_config(build_parser().parse_args(cmd[3:])).weight_decay == expected
+    args = build_parser().parse_args(["bench", "--data", str(data_dir), "--methods", "sparse,full",
+                                      "--weight-decay", "sparse=1.0"])
+    assert bench_config(args).weight_decay == {"sparse": 1.0}
+    with pytest.raises(UserError, match="--weight-decay takes METHOD=WEIGHT-DECAY pairs"):
+        parse_method_lrs("sparse=much", "--weight-decay", "sparse=1.0")
+    with pytest.raises(BenchError, match="weight decays must be >= 0 and for methods of the grid"):
+        _cfg(methods=("sparse",), weight_decay={"full": 0.1})
+    with pytest.raises(ConfigError, match="weight_decay must be >= 0"):
+        FinetuneConfig(weight_decay=-0.1)
+    grid = _cfg(methods=("head", "sparse"), weight_decay={"sparse": 1.0})
+    run_grid(data_dir, grid, tmp_path / "out", runner=in_process(grid), progress=False)
+    other = _cfg(methods=("head", "sparse"), weight_decay={"sparse": 0.5})
+    with pytest.raises(BenchError, match="`weight_decay`"):  # its finished cells trained at 1.0
+        run_grid(data_dir, other, tmp_path / "out", runner=in_process(other), progress=False)
+    head_only = _cfg(methods=("head",))  # a rerun of the other methods alone needs no decay of sparse's
+    assert len(run_grid(data_dir, head_only, tmp_path / "out", runner=in_process(head_only), progress=False).results)

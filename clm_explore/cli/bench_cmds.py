@@ -44,6 +44,8 @@ def register(subparsers: Any) -> None:
                    help="with --tune-lr: sweep every budget of the budgeted methods, not only the middle one")
     p.add_argument("--lr", default="", metavar="M=LR,...",
                    help="fixed learning rates per method, e.g. sparse=5e-3,full=6.7e-5 (others: their default)")
+    p.add_argument("--weight-decay", default="", metavar="M=WD,...",
+                   help="AdamW weight decay per method, e.g. sparse=1.0 (finetune --weight-decay; others: none)")
     p.add_argument("--tune-score", action="store_true",
                    help="with --tune-lr: sweep the row score of sparse/sparse_merged too (fisher, taylor) and use "
                    "the best (rate, score) pair on validation")
@@ -86,14 +88,16 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         raise UserError(f"--{what} must be comma-separated numbers, got {text!r}") from exc
 
 
-def parse_method_lrs(text: str) -> dict[str, float]:
-    lrs = {}
-    for method, value in _method_pairs(text, "--lr", "METHOD=LR", "sparse=5e-3"):
+def parse_method_lrs(text: str, flag: str = "--lr", example: str = "sparse=5e-3") -> dict[str, float]:
+    """``METHOD=NUMBER`` pairs (``--lr``, ``--weight-decay``) as a dict."""
+    numbers = {}
+    for method, value in _method_pairs(text, flag, "METHOD=" + flag.lstrip("-").upper(), example):
         try:
-            lrs[method] = float(value)
+            numbers[method] = float(value)
         except ValueError as exc:
-            raise UserError(f"--lr takes METHOD=LR pairs separated by commas, e.g. sparse=5e-3; got {value!r}") from exc
-    return lrs
+            raise UserError(f"{flag} takes METHOD={flag.lstrip('-').upper()} pairs separated by commas, e.g. "
+                            f"{example}; got {value!r}") from exc
+    return numbers
 
 
 def parse_method_scores(text: str) -> dict[str, str]:
@@ -120,6 +124,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, tune_spread=args.tune_spread, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, spread_heads=args.spread_heads, schedule=args.schedule, average_last=args.average_last,
                        prefix_init=args.prefix_init, model=args.model, batch_size=args.batch_size,
+                       weight_decay=parse_method_lrs(args.weight_decay, "--weight-decay", "sparse=1.0"),
                        max_length=args.max_length, device=args.device, jobs=args.jobs,
                        data=str(Path(args.data).resolve()))
 

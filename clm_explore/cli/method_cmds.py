@@ -257,6 +257,9 @@ def _register_finetune(sub: Any) -> None:
                    help="share of steps with a linear warm-up, in [0, 1)")
     p.add_argument("--label-smoothing", type=float, default=FinetuneConfig.label_smoothing,
                    help="label smoothing of the training loss, in [0, 1)")
+    p.add_argument("--weight-decay", type=float, default=FinetuneConfig.weight_decay,
+                   help="AdamW weight decay; the row methods decay only their deltas, which pulls the trained rows "
+                   "back towards the checkpoint's")
     p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
                    help="average the trained weights over this last share of the steps, in [0, 1] (0 = off)")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size, help="rows per step")
@@ -314,6 +317,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           compile=args.compile,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           label_smoothing=args.label_smoothing, average_last=args.average_last,
+                          weight_decay=args.weight_decay,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
                           prefix_init=args.prefix_init,
