@@ -268,7 +268,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
     kept_defaults = {
         "method": METHODS[0], "epochs": defaults.epochs, "lr": defaults.lr, "seed": defaults.seed,
         "schedule": SCHEDULES[0], "average": defaults.average_last, "cache": defaults.cache_frozen_layers,
-        "cold": not defaults.head_warmup,
+        "cold": not defaults.head_warmup, "decay": defaults.weight_decay,
     }
     if out_of_scope_labels:
         kept_defaults["oos"] = defaults.out_of_scope_quantile
@@ -318,7 +318,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "Epochs get faster (0.5-0.8 of an uncached epoch on banking77), but those layers lose their dropout, "
             "which cost about 0.35 point of accuracy there (BENCHMARKS.md).",
         )
-        c1, _, c3 = st.columns(3)
+        c1, c2, c3 = st.columns(3)
         cold = c1.checkbox(
             "Train from a cold head",
             key=f"{key}_cold",
@@ -326,6 +326,17 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "row methods still warm a head for their scores. In 10-shot it helped sparse on trec6 and snips "
             "(+0.4 to +2.6 points) and cost it on hint3 (-0.6 to -1.8; BENCHMARKS.md): try both on your "
             "validation rows.",
+        )
+        decay = c2.number_input(
+            "Weight decay",
+            0.0,
+            100.0,
+            step=0.1,
+            format="%.2g",
+            key=f"{key}_decay",
+            help="AdamW's weight decay. The row methods decay only their trained rows' changes, pulling them back "
+            "towards the checkpoint's; the others decay their weights towards 0. On banking77 10-shot 1.0 lifted "
+            "sparse by 0.7 point, on snips 10-shot it changed nothing (BENCHMARKS.md): a per-data-set choice.",
         )
         quantile = defaults.out_of_scope_quantile
         if out_of_scope_labels:
@@ -358,6 +369,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         average_last=float(average),
         cache_frozen_layers=bool(cache),
         head_warmup=not cold,
+        weight_decay=float(decay),
         out_of_scope_quantile=float(quantile),
         seed=int(seed),
         mask=mask,

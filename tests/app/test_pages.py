@@ -188,6 +188,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
         at.number_input(key="ft_average").set_value(0.5 if method == "sparse" else 0.0)
         at.checkbox(key="ft_cache").set_value(method == "sparse")
         at.checkbox(key="ft_cold").set_value(method == "full")
+        at.number_input(key="ft_decay").set_value(1.0 if method == "sparse" else 0.0)
         button(at, "Launch").click().run(timeout=TIMEOUT)
         assert not at.exception, [e.value for e in at.exception]
     store = RunStore()
@@ -197,6 +198,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert {r.method: r.config["average_last"] for r in runs} == {"sparse": 0.5, "full": 0.0}
     assert {r.method: r.config["cache_frozen_layers"] for r in runs} == {"sparse": True, "full": False}
     assert {r.method: r.config["head_warmup"] for r in runs} == {"sparse": True, "full": False}
+    assert {r.method: r.config["weight_decay"] for r in runs} == {"sparse": 1.0, "full": 0.0}
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
     assert all((r.path / "predictions.csv").is_file() for r in runs)
 
