@@ -52,7 +52,7 @@ def documented(cls: type[T]) -> type[T]:
             f"{f.default_factory.__name__}()" if f.default_factory is not dataclasses.MISSING else "required")
         lines.append(f"    {f.name} ({f.type}, default {default!r})")
         lines.extend(textwrap.wrap(docs.get(f.name, ""), 100, initial_indent=" " * 8, subsequent_indent=" " * 8))
-    head = inspect.cleandoc(node and ast.get_docstring(node) or "") if node is not None else ""
+    head = inspect.cleandoc(ast.get_docstring(node) or "") if node is not None else ""
     cls.__doc__ = (head + "\n\n" if head else "") + "Fields:\n" + "\n".join(lines)
     return cls
 
