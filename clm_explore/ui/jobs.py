@@ -43,10 +43,28 @@ def job_queue() -> JobQueue:
     return _queue(str(default_root().resolve()), state.inline_jobs())
 
 
+MAX_ACTIVE_PER_SESSION = 12
+"""Jobs one browser session may have waiting or running at once: the queue is the server's, and one session's
+hundred launches would hold everyone else's jobs back (each queued job also keeps its data in memory). Every
+method of the Budget page's launch list fits at once."""
+
+
+def check_room(launching: int) -> None:
+    """Refuse ``launching`` more jobs when this session's waiting and running ones would pass the cap."""
+    from clm_explore.config import ConfigError
+
+    mine = sum(1 for job in job_queue().active() if job.run_id and state.launched_here(job.run_id))
+    if mine + launching > MAX_ACTIVE_PER_SESSION:
+        raise ConfigError(f"This session has {mine} job(s) waiting or running, and {MAX_ACTIVE_PER_SESSION} at a time "
+                          "is the most one session may have on the shared queue: wait for some to end, or cancel "
+                          "some, before launching more.")
+
+
 def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> Job:
     """Create the run (pending) and queue ``finetune`` for it on the config's device."""
     from clm_explore.training import check_runnable, finetune
 
+    check_room(1)
     annotated = cache.data(choice)
     check_runnable(cfg, cache.model(source, tuple(annotated.labels)))  # a refusal is a message, not a failed job
     run = store().create(name, cfg.method, {**to_dict(cfg), "source": source, "data": choice.key})
@@ -73,7 +91,8 @@ def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source
                           **chosen)
     cfgs = [dataclasses.replace(base, method=method) for method in methods]
     loaded = cache.model(source, tuple(cache.data(choice).labels))
-    for cfg in cfgs:  # all or none: a refusal leaves no half of the list queued
+    check_room(len(cfgs))  # all or none: a refusal leaves no half of the list queued
+    for cfg in cfgs:
         check_runnable(cfg, loaded)
     return [launch(forms.default_run_name(cfg.method, mask.budget), cfg, choice, source) for cfg in cfgs]
 

@@ -1042,3 +1042,19 @@ def test_the_data_pages_choice_and_the_other_pages_share_one_versioned_choice(tm
     assert first is not None and first.version == state.files_version(str(tmp_path)) != ""
     (tmp_path / "train.csv").write_text("text,label\nnew,a\nrows,b\n" * 20)
     assert state.sample_choice().version != first.version
+
+
+def test_one_session_may_not_fill_the_shared_queue(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from clm_explore.config import ConfigError
+    from clm_explore.ui import jobs, state
+
+    waiting = [SimpleNamespace(run_id=f"run{i}") for i in range(jobs.MAX_ACTIVE_PER_SESSION - 1)]
+    monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(active=lambda: waiting))
+    monkeypatch.setattr(state, "launched_here", lambda run_id: run_id != "theirs")
+    jobs.check_room(1)  # a launch list of every method fits beside what is left
+    with pytest.raises(ConfigError, match=r"This session has 11 job\(s\) waiting or running, and 12 at a time"):
+        jobs.check_room(2)  # before: no limit, one session's launches held everyone else's jobs back
+    waiting.append(SimpleNamespace(run_id="theirs"))  # another session's job does not count against this one
+    jobs.check_room(1)
