@@ -285,7 +285,8 @@ def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for _, r in results[results["status"] == "succeeded"].iterrows():
         cell_dir = out_dir / r["cell"]
-        masks, report = _cell_masks(cell_dir), _cell_report(cell_dir)
+        masks = _cell_masks(cell_dir)
+        report = _cell_report(cell_dir) if masks is not None else None
         if masks is None or report is None:
             continue
         eligible = _eligible(cell_dir, report, r["method"])

@@ -957,7 +957,7 @@ def test_a_finished_cell_with_damaged_masks_is_left_out_of_the_mask_tables_with_
         (tmp_path / cell / "sensitivity").mkdir(parents=True)
         (tmp_path / cell / "masks.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
     # A SafetensorError traceback stopped the summary, and every rerun, before report.html (failure review).
-    with pytest.warns(UserWarning, match=r"a/masks.safetensors cannot be read .* delete the cell's folder and rerun"):
+    with pytest.warns(UserWarning, match=r"/masks.safetensors cannot be read .* delete the cell's folder and rerun"):
         assert mask_statistics(tmp_path, results).empty
     with pytest.warns(UserWarning, match="cannot be read"):
         assert mask_overlap(tmp_path, results).empty
