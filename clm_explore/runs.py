@@ -29,7 +29,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -516,23 +516,15 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
     """
     key = folder.resolve()
     with _HELD_GUARD:
-        held = key in _HELD_LOCKS
-        if held:
-            _HELD_LOCKS[key] += 1
-    if held:
-        try:
+        first = key not in _HELD_LOCKS
+        _HELD_LOCKS[key] = _HELD_LOCKS.get(key, 0) + 1
+    try:
+        with _flocked(folder) if first else nullcontext():
             yield
-        finally:
-            with _HELD_GUARD:
-                _HELD_LOCKS[key] -= 1
-        return
-    with _flocked(folder):
+    finally:
         with _HELD_GUARD:
-            _HELD_LOCKS[key] = 1
-        try:
-            yield
-        finally:
-            with _HELD_GUARD:
+            _HELD_LOCKS[key] -= 1
+            if not _HELD_LOCKS[key]:
                 del _HELD_LOCKS[key]
 
 
