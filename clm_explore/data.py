@@ -29,6 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -117,12 +118,17 @@ def _as_text_columns(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: str for c in columns})
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+"""A label written as a decimal number: '2', '-1', '1.0' (a float column's labels), '2.5e1'."""
+
+
 def label_order(labels: Iterable[object]) -> list[str]:
-    """The model's output order of ``labels``: sorted as text, or as numbers when every label is an integer
-    ('2' before '10'), so that a data set labelled 0..N-1 keeps its ids."""
+    """The model's output order of ``labels``: sorted as text, or as numbers when every label is one ('2' before
+    '10', '2.0' before '10.0'), so that a data set labelled 0..N-1 keeps its ids, also when a spreadsheet or a
+    float column wrote them as 0.0..N-1.0. Exact (Decimal): long integer ids keep their order too."""
     labels = [str(label) for label in labels]
-    if all(re.fullmatch(r"[+-]?\d+", label) for label in labels):
-        return sorted(labels, key=lambda label: (int(label), label))
+    if all(_NUMBER.fullmatch(label) for label in labels):
+        return sorted(labels, key=lambda label: (Decimal(label), label))
     return sorted(labels)
 
 

@@ -209,6 +209,20 @@ def test_integer_labels_keep_their_numeric_order():
     assert label_order(["-1", "10", "2"]) == ["-1", "2", "10"]
 
 
+def test_labels_written_as_decimals_keep_their_numeric_order(tmp_path):
+    # A float column (a spreadsheet, or pandas with a missing value once) writes 0..11 as '0.0'..'11.0': as text
+    # '10.0' sorted before '2.0' and the model's id 2 meant label 10.
+    path = tmp_path / "floats.csv"
+    path.write_text("text,label\n" + "".join(f"text number {i},{i % 12}.0\n" for i in range(48)))
+    data = load_data(path)
+    assert data.labels == [f"{i}.0" for i in range(12)]
+    assert data.label_ids("train").tolist() == data.train["label"].astype(float).astype(int).tolist()
+    assert label_order(["2.5e1", "-0.5", "3", ".5"]) == ["-0.5", ".5", "3", "2.5e1"]
+    big = ["12345678901234567891", "12345678901234567890"]  # past a float's precision: still exact
+    assert label_order(big) == sorted(big)
+    assert label_order(["1.0", "nan", "2.0"]) == ["1.0", "2.0", "nan"]  # not every label a number: as text
+
+
 def test_hand_built_data_gets_text_columns_and_refuses_missing_values():
     train = pd.DataFrame({"text": ["a", "b", 3], "label": [0, 1, 0]})
     data = AnnotatedData(train, train.iloc[:1], train.iloc[:1], [0, 1])
