@@ -8,10 +8,11 @@ A notebook session, end to end::
     loaded = clm.load_model("default", data.labels)
     task_tokens = clm.mine_task_tokens(data.train.text.tolist(), data.train.label.tolist(), loaded.tokenizer)
     report = clm.compute_sensitivity(loaded, data, task_tokens)
-    selection = clm.select_mask(report, clm.MaskConfig(budget=0.01))  # what a budget selects, for looking
-    # finetune mines, scores and selects again itself, from its config; the mask options go in cfg.mask
+    selection = clm.select_mask(report, clm.MaskConfig(budget=0.01))  # what a budget selects (< 100 ms)
+    # the rows that selection shows, trained from the report's scores and warmed-up head (without scores=,
+    # finetune mines and scores again from its config); the mask options go in cfg.mask
     cfg = clm.FinetuneConfig(method="sparse", mask=clm.MaskConfig(budget=0.01))
-    result = clm.finetune(data, cfg, "runs/my-sparse", source="default")
+    result = clm.finetune(data, cfg, "runs/my-sparse", source="default", scores=report)
     clm.predict("runs/my-sparse", ["my card has not arrived"])  # probabilities, a column per label
     clm.RunStore().register_folder("runs/my-sparse")  # listed in the app's Runs and Compare pages
     run = clm.load_run("runs/my-sparse")

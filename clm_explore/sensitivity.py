@@ -98,6 +98,8 @@ class SensitivityReport:
     """LayerNorm ('norm') and linear-bias ('bias') parameters per layer (``modeling.small_parameter_counts``):
     a row method trains them at and above its lowest selected layer as ``MaskConfig`` says; None in reports
     saved before it."""
+    labels: list[str] | None = None
+    """The head's labels, in its output order, that the scores were computed for; None in reports saved before it."""
 
     @classmethod
     def of_model(cls, model: nn.Module, row_scores: dict[str, torch.Tensor], matrices: dict[str, MatrixInfo],
@@ -106,8 +108,9 @@ class SensitivityReport:
         """The report of scores made on ``model``, with its layer count, backbone size and trained extras."""
         head_names = set(head_parameter_names(model))
         head = [p for n, p in model.named_parameters() if n in head_names]
+        labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
         return cls(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model), config,
-                   head_state, seconds, notes, sum(p.numel() for p in head), small_parameter_counts(model))
+                   head_state, seconds, notes, sum(p.numel() for p in head), small_parameter_counts(model), labels)
 
     def __repr__(self) -> str:  # the score tensors would fill a notebook cell
         how = ", ".join(f"{k} {self.config[k]}" for k in ("score", "restriction", "normalise") if k in self.config)
@@ -170,7 +173,8 @@ class SensitivityReport:
             (folder / "head.safetensors").unlink(missing_ok=True)
         meta = {"matrices": {k: vars(v) for k, v in self.matrices.items()}, "n_layers": self.n_layers,
                 "backbone_params": self.backbone_params, "config": self.config, "seconds": self.seconds,
-                "notes": self.notes, "head_params": self.head_params, "small_params": self.small_params}
+                "notes": self.notes, "head_params": self.head_params, "small_params": self.small_params,
+                "labels": self.labels}
         (folder / "sensitivity.json").write_text(json.dumps(meta))
         self.table.to_csv(folder / "sensitivity.csv", index=False)
 
@@ -190,7 +194,8 @@ class SensitivityReport:
             report = cls(load_file(folder / "row_scores.safetensors"),
                          {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, int(meta["n_layers"]),
                          int(meta["backbone_params"]), dict(meta["config"]), load_file(head) if head.exists() else {},
-                         meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small)
+                         meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small,
+                         meta.get("labels"))
             report.check()
         except ConfigError as exc:
             raise ConfigError(f"{folder} holds unusable scores: {exc}") from exc
@@ -223,6 +228,36 @@ class SensitivityReport:
             eligible = info.eligible_rows
             if eligible and (min(eligible) < 0 or max(eligible) >= info.rows):
                 raise ConfigError(f"{name}: eligible rows must lie in 0..{info.rows - 1}")
+
+
+    def check_fits(self, loaded: LoadedModel, labels: list[str]) -> None:
+        """Scores that can choose rows of ``loaded`` for data with ``labels``: made on a model of the same shape
+        (every scored matrix with as many rows), with a head for the same labels in the same order (its warmed-up
+        state is what a row method starts training from).
+
+        Raises:
+            ConfigError: naming the first difference.
+        """
+        model = loaded.model
+        params = dict(model.named_parameters())
+        if self.n_layers != model.config.num_hidden_layers or self.backbone_params != backbone_parameter_count(model):
+            raise ConfigError(f"they were computed on another model ({self.n_layers} layers, {self.backbone_params:,} "
+                              f"backbone parameters; this one has {model.config.num_hidden_layers} and "
+                              f"{backbone_parameter_count(model):,})")
+        for name, info in self.matrices.items():
+            if name not in params or params[name].shape[0] != info.rows:
+                found = f"{params[name].shape[0]} rows" if name in params else "no such weight"
+                raise ConfigError(f"they were computed on another model ({name}: {info.rows} rows scored, {found} "
+                                  "here)")
+        labels = [str(label) for label in labels]
+        if self.labels is not None and self.labels != labels:
+            shown = ", ".join(self.labels[:5]) + (", ..." if len(self.labels) > 5 else "")
+            raise ConfigError(f"they were computed for {len(self.labels)} other labels ({shown}); this data has "
+                              f"{len(labels)}. Score this data's training split.")
+        for name, value in self.head_state.items():
+            if name not in params or params[name].shape != value.shape:
+                raise ConfigError(f"their warmed-up head does not fit this model's head for {len(labels)} labels "
+                                  f"({name})")
 
 
 def _percentile_ranks(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, get_scheduler
 
 from clm_explore.averaging import TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
-from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig, to_dict
+from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig, from_dict, to_dict
 from clm_explore.data import AnnotatedData, load_data
 from clm_explore.masks import (
     MaskSelection,
@@ -181,6 +181,8 @@ class MethodContext:
     """The frozen layers' outputs, when built for scoring (``frozen_prefix``); training reuses them."""
     report: PhaseCallback = _quiet
     """Where a preparer reports its phases (``phase_reporter``: may raise to cancel)."""
+    given: GivenScores | None = None
+    """Scores made before the run (``finetune(scores=...)``): used instead of scoring rows again."""
 
     def from_main(self, value: Any) -> Any:
         """``value`` as rank 0 made it, on every rank (with several processes; else ``value``). Each rank scores on
@@ -253,6 +255,8 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
     """Mine groups on train, merge the top words when asked (``merge_tokens``, default the config's), then
     row sensitivity (of the layers the mask may pick from, or of every layer with ``all_layers``; the
     config's score unless ``score`` names one); all saved into the run folder. Returns seconds too."""
+    if ctx.given is not None:
+        return _given(ctx)
     started = time.perf_counter()
     train = ctx.data.train
     sens_cfg = replace(ctx.cfg.sensitivity if all_layers else scoring_config(ctx), restriction=restriction,
@@ -272,6 +276,95 @@ def mine_and_score(ctx: MethodContext, restriction: str, merge_tokens: int | Non
     task_tokens.save(ctx.out_dir / "task_tokens.json")
     report.save(ctx.out_dir / "sensitivity")
     return task_tokens, report, time.perf_counter() - started
+
+
+SCORES_METHODS = {"sparse": "tokens", "fisher": "none", "random": None}
+"""Methods that can train from scores made before the run (``finetune(scores=...)``, ``--scores``), with the
+restriction those scores must have been made with (None: any; random rows read only which rows may be taken)."""
+
+
+@dataclass
+class GivenScores:
+    """Scores made before the run, with the groups they were restricted to when they came with them."""
+
+    report: SensitivityReport
+    task_tokens: TaskTokens | None
+    origin: str
+    """Their folder, or 'given' (a report passed in memory); recorded in metrics.json as ``scores_from``."""
+
+
+def given_scores(scores: SensitivityReport | str | Path | None, method: str) -> GivenScores | None:
+    """``finetune``'s ``scores``, loaded (a folder of ``sensitivity --out`` or ``report.save``) and checked against
+    the method, before any model loads; None when none were given.
+
+    Raises:
+        ConfigError: a method that does not train scored rows, an unreadable folder, scores of another kind.
+    """
+    if scores is None:
+        return None
+    if method not in SCORES_METHODS:
+        raise ConfigError(f"scores made beforehand (--scores) are for the methods that train scored rows "
+                          f"({', '.join(SCORES_METHODS)}); {method!r} makes its own choice or trains no rows")
+    if isinstance(scores, SensitivityReport):
+        given = GivenScores(scores, None, "given")
+    elif isinstance(scores, str | Path):
+        folder = Path(scores)
+        given = GivenScores(SensitivityReport.load(folder), _saved_tokens(folder), str(folder))
+    else:
+        raise TypeError(f"scores is a SensitivityReport (compute_sensitivity) or the folder it was saved to; got "
+                        f"{type(scores).__name__}")
+    restriction, wanted = given.report.config.get("restriction"), SCORES_METHODS[method]
+    if wanted is not None and restriction != wanted:
+        raise ConfigError(f"the scores ({given.origin}) were made with restriction {restriction!r}; {method!r} trains "
+                          f"rows scored with {wanted!r} (sensitivity --restriction {wanted})")
+    if method == "fisher" and given.report.config.get("score") != "fisher":
+        raise ConfigError(f"the scores ({given.origin}) are {given.report.config.get('score')!r} scores; 'fisher' "
+                          "trains Fisher rows (sensitivity --score fisher)")
+    return given
+
+
+def scoring_settled(cfg: FinetuneConfig, given: GivenScores | None) -> FinetuneConfig:
+    """``cfg`` with the sensitivity settings the run scores with (and records): the given scores' own, or the
+    config's reading what training reads, seeded with the run's seed unless it names one."""
+    if given is not None:  # options that made nothing must not read as the run's
+        return replace(cfg, sensitivity=from_dict(SensitivityConfig, given.report.config))
+    seed = cfg.seed if cfg.sensitivity.seed is None else cfg.sensitivity.seed
+    return replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=seed))
+
+
+def check_scores_fit(given: GivenScores, loaded: LoadedModel, labels: list[str]) -> None:
+    """Raises ConfigError, naming the scores, when they were made on another model or for other labels."""
+    try:
+        given.report.check_fits(loaded, labels)
+    except ConfigError as exc:
+        raise ConfigError(f"the scores ({given.origin}) cannot choose this run's rows: {exc}") from exc
+
+
+def _saved_tokens(folder: Path) -> TaskTokens | None:
+    """The groups saved beside the scores (``sensitivity --out`` writes them), or None."""
+    path = folder / "task_tokens.json"
+    if not path.exists():
+        return None
+    try:
+        return TaskTokens.load(path)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{path} cannot be read as mined groups ({exc!r}); remove it, or score again with "
+                          "sensitivity --out") from exc
+
+
+def _given(ctx: MethodContext) -> tuple[TaskTokens, SensitivityReport, float]:
+    """``mine_and_score`` with scores made beforehand: their groups (mined here when they came without them), both
+    saved into the run folder as a scored run's are. Returns seconds too."""
+    started = time.perf_counter()
+    task_tokens = ctx.given.task_tokens
+    if task_tokens is None:  # for the run folder (the case study reads them); the scores are not redone
+        ctx.report("mining task tokens", 0, 1)
+        train = ctx.data.train
+        task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), ctx.loaded.tokenizer,
+                                       ctx.cfg.mining)
+    task_tokens.save(ctx.out_dir / "task_tokens.json")
+    ctx.given.report.save(ctx.out_dir / "sensitivity")
+    return task_tokens, ctx.given.report, time.perf_counter() - started
 
 
 def frozen_prefix(ctx: MethodContext, min_layer: int, max_length: int) -> PrefixCache | None:
@@ -520,12 +613,14 @@ def finetune(
     overwrite: bool = False,
     on_phase: PhaseCallback | None = None,
     progress: bool | None = None,
+    scores: SensitivityReport | str | Path | None = None,
 ) -> FinetuneResult:
     """Finetune ``source`` on ``data`` with ``cfg.method`` and write the run folder ``out_dir``.
 
     The model is loaded from ``source`` and the groups, scores and mask are made here, from ``cfg`` (mining,
-    sensitivity, mask): a selection made beforehand with ``select_mask`` is for looking, and its options go in
-    ``cfg.mask`` to be trained. The run is not in the app's run list until ``RunStore().register_folder(out_dir)``.
+    sensitivity, mask), unless ``scores`` gives the scores: then the mask is chosen from them with ``cfg.mask``, as
+    ``select_mask(scores, cfg.mask)`` chooses it. The run is not in the app's run list until
+    ``RunStore().register_folder(out_dir)``.
 
     Args:
         data: the splits (``load_data``), or a path or DataFrame that ``load_data`` reads.
@@ -543,6 +638,11 @@ def finetune(
         progress: a progress bar (tqdm: a widget in Jupyter, a text bar on stderr) over the preparation's phases
             and the steps, with the loss and each epoch's validation accuracy. None (default): shown when neither
             ``on_step`` nor ``on_phase`` is given; never on the other processes of a multi-process run.
+        scores: row scores made beforehand, for 'sparse' (token-restricted), 'fisher' (unrestricted Fisher) or
+            'random' (which rows may be taken): a ``SensitivityReport`` or the folder it was saved to
+            (``report.save``, ``clm-explore sensitivity --out``). They must be of this model and these labels; the
+            run trains from their warmed-up head and records their settings as its ``cfg.sensitivity``
+            (``scores_from`` in metrics.json says where they came from). Saves the mining and scoring.
 
     Returns:
         FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
@@ -559,9 +659,8 @@ def finetune(
     out_dir = Path(out_dir)
     if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
         cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
-    # The head warm-up and the scores read what training reads; their seed is the run's only when asked (None).
-    sens_seed = cfg.seed if cfg.sensitivity.seed is None else cfg.sensitivity.seed
-    cfg = replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=sens_seed))
+    given = given_scores(scores, cfg.method)
+    cfg = scoring_settled(cfg, given)
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
     check_processes(len(data.train), cfg.batch_size, accelerator.num_processes if accelerator else 1)
@@ -582,6 +681,8 @@ def finetune(
             on_phase("loading the model", 0, 1)
         loaded = load_model(source, data.labels, seed=cfg.seed)
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
+        if given is not None:
+            check_scores_fit(given, loaded, data.labels)
         if main and out_dir.exists() and holds_files(out_dir):  # emptied only now: overwrite=True must not
             claim_run_dir(out_dir, overwrite)  # delete a finished run for a mistyped source or a refused config
         if accelerator is not None:
@@ -597,16 +698,18 @@ def finetune(
         write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
-            return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase)
+            return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase,
+                                   given)
 
 
 def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfig, device: torch.device,
                     out_dir: Path, accelerator: Accelerator | None, on_step: Callable[[StepInfo], None] | None,
-                    should_stop: Callable[[], bool] | None, on_phase: PhaseCallback | None) -> FinetuneResult:
+                    should_stop: Callable[[], bool] | None, on_phase: PhaseCallback | None,
+                    given: GivenScores | None = None) -> FinetuneResult:
     """``finetune`` once its run folder holds clm_run.json: prepare the method, train, evaluate, save."""
     main = accelerator is None or accelerator.is_main_process
     ctx = MethodContext(loaded, data, cfg, device, out_dir, accelerator.num_processes if accelerator else 1,
-                        report=phase_reporter(on_phase, should_stop))
+                        report=phase_reporter(on_phase, should_stop), given=given)
     base_params = count_parameters(loaded.model)
     try:
         ctx.report("preparing " + cfg.method, 0, 1)
@@ -619,6 +722,8 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
         ctx.report("training", 0, 1)
     except _Stopped:
         return _cancelled(out_dir, 0)
+    if given is not None:
+        prepared.info["scores_from"] = given.origin
     if loaded_head is not None:  # the scores came from a warmed head; training starts from the loaded one
         restore_head(prepared.model, loaded_head)
     if warmup_seconds:

@@ -205,6 +205,26 @@ def test_finetune_fisher_of_model_labels_reaches_the_scores(capsys, data_dir, tm
     assert any("drawn from the model, 3 per row" in note for note in scored["notes"])
 
 
+def test_finetune_trains_from_scores_saved_by_sensitivity(capsys, data_dir, tmp_path):
+    from clm_explore.runs import RunStore
+
+    scores = tmp_path / "scores"
+    run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--score", "taylor", "--out", str(scores), "--json"])
+    out = tmp_path / "run"
+    shown = run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores),
+                              "--out", str(out), "--json"])
+    assert shown["scores_from"] == str(scores)
+    assert (out / "task_tokens.json").read_text() == (scores / "task_tokens.json").read_text()
+    recorded = RunStore().get(shown["run"]).config["sensitivity"]  # the registry names what the folder names
+    assert recorded["score"] == "taylor" == json.loads((out / "clm_run.json").read_text())["config"]["sensitivity"]["score"]
+    for argv, message in (([str(tmp_path / "nowhere")], "is not a readable scores folder"),
+                          ([str(scores), "--method", "full"], "are for the methods that train scored rows"),
+                          ([str(scores), "--method", "fisher"], "made with restriction 'tokens'")):
+        err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", *argv,
+                                 "--out", str(tmp_path / "refused")])
+        assert message in err and not (tmp_path / "refused").exists()
+
+
 def test_model_labels_with_the_taylor_score_exits_2(capsys, data_dir):
     err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--score", "taylor",
                              "--fisher-labels", "model"])

@@ -595,3 +595,68 @@ def test_merged_tokens_are_refused_for_a_tokenizer_without_unused_slots(data):
     plain = BertTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(words))})  # as byte-level vocabularies
     with pytest.raises(ConfigError, match="has none: it would train as sparse. Use --method sparse"):
         check_runnable(FinetuneConfig(method="sparse_merged"), LoadedModel(loaded.model, plain, "tiny-random", False))
+
+
+def test_scores_saved_by_a_run_train_the_same_rows_without_scoring_again(data, sparse_run, tmp_path, monkeypatch):
+    import clm_explore.training as training
+
+    result, _ = sparse_run
+    scores = result.out_dir / "sensitivity"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the rows were scored again")
+
+    monkeypatch.setattr(training, "compute_sensitivity", refuse)
+    again = finetune(data, SPARSE, tmp_path / "again", source="tiny-random", scores=scores)
+    first, second = load_file(result.out_dir / "masks.safetensors"), load_file(again.out_dir / "masks.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert again.metrics["accuracy"] == result.metrics["accuracy"]  # the same warmed head and rows: the same run
+    assert again.metrics["scores_from"] == str(scores)
+    saved = json.loads((again.out_dir / "clm_run.json").read_text())["config"]["sensitivity"]
+    assert saved == SensitivityReport.load(scores).config  # the run records the settings its scores were made with
+    for name in ("task_tokens.json", "sensitivity/row_scores.safetensors"):
+        assert (again.out_dir / name).is_file(), name
+
+
+def test_a_report_made_in_a_notebook_chooses_the_rows_as_select_mask_does(data, tmp_path):
+    from clm_explore.masks import select_mask
+    from clm_explore.mining import mine_task_tokens
+    from clm_explore.sensitivity import compute_sensitivity
+
+    loaded = load_model("tiny-random", data.labels)
+    groups = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
+    report = compute_sensitivity(loaded, data, groups, SensitivityConfig(score="taylor"), device="cpu")
+    cfg = replace(SPARSE, epochs=1, mask=MaskConfig(budget=0.02, min_layer=1))
+    result = finetune(data, cfg, tmp_path / "run", source="tiny-random", scores=report)
+    expected = select_mask(report, replace(cfg.mask, seed=cfg.seed)).masks
+    trained = load_file(result.out_dir / "masks.safetensors")
+    assert expected.keys() == trained.keys() and all(torch.equal(expected[k].to(torch.uint8), trained[k])
+                                                     for k in expected)
+    assert result.metrics["scores_from"] == "given"
+    assert json.loads((result.out_dir / "clm_run.json").read_text())["config"]["sensitivity"]["score"] == "taylor"
+    random = finetune(data, replace(cfg, method="random"), tmp_path / "random", source="tiny-random", scores=report)
+    assert random.metrics["scores_from"] == "given" and random.metrics["selected_params"] > 0
+    drawn = load_file(random.out_dir / "masks.safetensors")
+    assert any(k not in drawn or not torch.equal(drawn[k], trained[k]) for k in trained)  # drawn, not the top rows
+
+
+def test_scores_that_cannot_serve_the_run_are_refused_before_any_folder(data, sparse_run, tmp_path):
+    result, _ = sparse_run
+    scores = SensitivityReport.load(result.out_dir / "sensitivity")
+    refused = {
+        "full": (replace(SPARSE, method="full"), scores, "are for the methods that train scored rows"),
+        "restriction": (replace(SPARSE, method="fisher"), scores, "made with restriction 'tokens'; 'fisher' trains"),
+        "model": (SPARSE, replace(scores, n_layers=5), "computed on another model"),
+        "labels": (SPARSE, replace(scores, labels=["a", "b", "c", "d"]), "computed for 4 other labels"),
+        "folder": (SPARSE, tmp_path / "nowhere", "is not a readable scores folder"),
+    }
+    for name, (cfg, given, message) in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            finetune(data, cfg, tmp_path / name, source="tiny-random", scores=given)
+        assert not (tmp_path / name).exists(), name
+    other = AnnotatedData(*(data.split(s)[data.split(s)["label"] != LABELS[0]] for s in ("train", "validation", "test")),
+                          labels=LABELS[1:])
+    with pytest.raises(ConfigError, match="labels"):  # a report saved before it named its labels: the head's shape
+        finetune(other, SPARSE, tmp_path / "three", source="tiny-random", scores=replace(scores, labels=None))
+    with pytest.raises(TypeError, match="scores is a SensitivityReport"):
+        finetune(data, SPARSE, tmp_path / "typed", source="tiny-random", scores=0.01)

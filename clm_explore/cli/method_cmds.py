@@ -291,6 +291,10 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--out-of-scope-quantile", type=float, default=FinetuneConfig.out_of_scope_quantile, metavar="Q",
                    help="test labels unseen in train are scored with abstention below this quantile of the "
                    "validation rows' top probabilities, in (0, 1)")
+    p.add_argument("--scores", default=None, metavar="DIR",
+                   help="sparse, fisher, random: choose the rows from scores saved by `sensitivity --out DIR` (same "
+                   "model and data) instead of mining and scoring again; their settings replace --score and the "
+                   "head warm-up options")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out run folder (one holding clm_run.json)")
@@ -330,9 +334,19 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 def run_finetune(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model, resolve_device
     from clm_explore.runs import RunStore, check_run_dir, claim_run_dir, default_root, run_folder_lock
-    from clm_explore.training import check_processes, check_runnable, finetune
+    from clm_explore.training import (
+        check_processes,
+        check_runnable,
+        check_scores_fit,
+        finetune,
+        given_scores,
+        scoring_settled,
+    )
 
     cfg = finetune_config(args)
+    given = given_scores(args.scores, cfg.method)  # a folder that cannot serve is said before the model loads
+    if given is not None:  # the registry records the settings the scores were made with, as the run folder does
+        cfg = scoring_settled(cfg, given)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and not args.out:  # on every process: a refusal on one alone left the others waiting for it
         raise UserError("Several processes need --out DIR, so that every process writes into the same run folder.")
@@ -343,13 +357,15 @@ def run_finetune(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, data.labels)
     _check_budget_fits(cfg.mask, loaded)
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
+    if given is not None:
+        check_scores_fit(given, loaded, data.labels)
     resolve_device(cfg.device)  # a bad --device is a message before any folder is touched
     protected = (default_root(), Path(args.data))
     if int(os.environ.get("RANK", "0")) > 0:
         # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry; the others refuse a
         # folder as it does, before any process waits for another.
         check_run_dir(args.out, args.overwrite, protected, launch_peer=True)  # rank 0 holds the folder's lock
-        finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite)
+        finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite, scores=args.scores)
         return 0
     store = RunStore()
     store.check_writable()  # a registry held or damaged is said before --overwrite deletes the earlier run
@@ -375,7 +391,7 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     try:
         result = finetune(data, cfg, run_dir, source=args.model,
                           on_step=None if args.json else _step_printer(),
-                          on_phase=None if args.json else phase_printer(), progress=False)
+                          on_phase=None if args.json else phase_printer(), progress=False, scores=args.scores)
     except BaseException as exc:
         if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
             store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher sends "
