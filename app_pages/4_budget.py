@@ -11,8 +11,9 @@ st.title("Budget")
 st.write(
     "Choose the share of backbone parameters to train, and under Row choice which rows may compete. The "
     "mask is re-selected from the cached scores on every move; runs launched here or on the Finetune page "
-    "use both. It is the seed-0 mask: a run with another seed warms its own head before scoring, and draws "
-    "its random-share rows with that seed, so its rows differ somewhat."
+    "use both. It is the seed-0 mask: a seed-0 run launched here trains these rows, from these scores "
+    "(not scored again); a run with another seed warms its own head before scoring, and draws its "
+    "random-share rows with that seed, so its rows differ somewhat."
 )
 
 choice, source = state.require_data()
@@ -47,7 +48,9 @@ st.caption(f"Each run trains {options['epochs']} epoch(s) with seed {options['se
            "page; its other options take their defaults.")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
     try:
-        launched = jobs.launch_many(picked, mask_cfg, choice, source, forms.default_device(), **options)
+        launched = jobs.launch_many(
+            picked, mask_cfg, choice, source, forms.default_device(), scores=report, **options
+        )
     except (ConfigError, ModelSourceError) as exc:  # checked before each run is queued
         st.error(escape_markdown(refusal_text(str(exc))))
     else:

@@ -332,6 +332,28 @@ def scoring_settled(cfg: FinetuneConfig, given: GivenScores | None) -> FinetuneC
     return replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=seed))
 
 
+SCORED_AS = {"sparse": {"restriction": "tokens"}, "random": {"restriction": "tokens"},
+             "fisher": {"restriction": "none", "score": "fisher"}}
+"""How each of ``SCORES_METHODS`` scores rows when it scores them itself (over ``cfg.sensitivity``)."""
+
+
+def scores_alike(report: SensitivityReport, cfg: FinetuneConfig) -> bool:
+    """Whether ``finetune`` with ``cfg`` would make ``report``'s scores itself: a method that trains scored rows,
+    the same settings (its restriction and score, read at its length, with its scoring seed), a head loaded with the
+    run's seed (a report made outside a run loads it with its scoring seed, as the app's pages do), and at least the
+    layers its mask may pick scored. The app gives such a report to the run (``scores=``): the rows a page showed
+    are the rows that train, and they are not scored twice."""
+    if cfg.method not in SCORED_AS:
+        return False
+    # As JSON holds them (a saved report's tuples are lists).
+    settled = json.loads(json.dumps(to_dict(replace(scoring_settled(cfg, None).sensitivity, **SCORED_AS[cfg.method]))))
+    made = json.loads(json.dumps(report.config))
+    floor = min(effective_min_layer(cfg.mask, report.n_layers), report.n_layers - 1)
+    if made.get("seed") != cfg.seed or made.get("min_layer", 0) > max(settled["min_layer"], floor):
+        return False
+    return all(made.get(key) == value for key, value in settled.items() if key != "min_layer")
+
+
 def check_scores_fit(given: GivenScores, loaded: LoadedModel, labels: list[str]) -> None:
     """Raises ConfigError, naming the scores, when they were made on another model or for other labels."""
     try:

@@ -660,3 +660,26 @@ def test_scores_that_cannot_serve_the_run_are_refused_before_any_folder(data, sp
         finetune(other, SPARSE, tmp_path / "three", source="tiny-random", scores=replace(scores, labels=None))
     with pytest.raises(TypeError, match="scores is a SensitivityReport"):
         finetune(data, SPARSE, tmp_path / "typed", source="tiny-random", scores=0.01)
+
+
+def test_scores_alike_names_a_report_the_run_would_make_itself(data, tmp_path):
+    from clm_explore.mining import mine_task_tokens
+    from clm_explore.sensitivity import compute_sensitivity
+    from clm_explore.training import scores_alike
+
+    loaded = load_model("tiny-random", data.labels, seed=0)
+    groups = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
+    report = compute_sensitivity(loaded, data, groups, SensitivityConfig(), device="cpu")  # every layer, as a page's
+    cfg = replace(SPARSE, epochs=1, mask=MaskConfig(budget=0.03))  # the mask's floor: the upper layer
+    assert scores_alike(report, cfg) and scores_alike(report, replace(cfg, method="random"))
+    for other in (replace(cfg, seed=1), replace(cfg, method="fisher"), replace(cfg, method="full"),
+                  replace(cfg, max_length=32), replace(cfg, sensitivity=SensitivityConfig(score="taylor"))):
+        assert not scores_alike(report, other), other
+    upper = compute_sensitivity(loaded, data, groups, SensitivityConfig(min_layer=1), device="cpu")
+    assert not scores_alike(upper, replace(cfg, mask=MaskConfig(budget=0.03, min_layer=0)))  # rows it never scored
+    # What it claims: the run given the report trains what it would have trained scoring itself.
+    scored = finetune(data, cfg, tmp_path / "scored", source="tiny-random")
+    given = finetune(data, cfg, tmp_path / "given", source="tiny-random", scores=report)
+    first, second = load_file(scored.out_dir / "masks.safetensors"), load_file(given.out_dir / "masks.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert given.metrics["accuracy"] == scored.metrics["accuracy"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -15,6 +16,9 @@ from clm_explore.runs import RunRecord, RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
 from clm_explore.ui.views import CHART_CONFIG, escape_markdown, metric_row
+
+if TYPE_CHECKING:
+    from clm_explore.sensitivity import SensitivityReport
 
 
 def store() -> RunStore:
@@ -60,19 +64,20 @@ def check_room(launching: int) -> None:
                           "some, before launching more.")
 
 
-def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> Job:
-    """Create the run (pending) and queue ``finetune`` for it on the config's device."""
+def launch(
+    name: str, cfg: FinetuneConfig, choice: DataChoice, source: str, scores: SensitivityReport | None = None
+) -> Job:
+    """Create the run (pending) and queue ``finetune`` for it on the config's device; ``scores``, when given, are the
+    page's, which the run would make itself (``training.scores_alike``): it trains from them, not scoring again."""
     from clm_explore.training import check_runnable, finetune
 
     check_room(1)
     annotated = cache.data(choice)
     check_runnable(cfg, cache.model(source, tuple(annotated.labels)))  # a refusal is a message, not a failed job
     run = store().create(name, cfg.method, {**to_dict(cfg), "source": source, "data": choice.key})
+    kwargs = {"data": annotated, "cfg": cfg, "out_dir": str(run.path), "source": source}
     job = job_queue().submit(
-        finetune,
-        {"data": annotated, "cfg": cfg, "out_dir": str(run.path), "source": source},
-        run_id=run.id,
-        device=cfg.device,
+        finetune, kwargs | ({"scores": scores} if scores is not None else {}), run_id=run.id, device=cfg.device
     )
     # A shared queue: what is this job? (its session is marked on the card: ``state.launched_here``)
     job.label = f"{cfg.method} on {state.data_key_name(choice.key)} with {run_views.model_name(source)}"
@@ -81,10 +86,12 @@ def launch(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str) -> J
 
 
 def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str,
-                epochs: int | None = None, seed: int | None = None) -> list[Job]:
+                epochs: int | None = None, seed: int | None = None,
+                scores: SensitivityReport | None = None) -> list[Job]:
     """One run per method with the same budget and row choice (the Budget page's launch list), and the same
-    ``epochs`` and ``seed`` (FinetuneConfig's defaults when None)."""
-    from clm_explore.training import check_runnable
+    ``epochs`` and ``seed`` (FinetuneConfig's defaults when None). ``scores``: the page's; a row method that would
+    make them itself (a seed-0 run at the page's settings) trains the rows the page shows from them."""
+    from clm_explore.training import check_runnable, scores_alike
 
     chosen = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
     base = FinetuneConfig(mask=mask, mining=state.mining_cfg(), sensitivity=state.sens_cfg(), device=device,
@@ -94,7 +101,8 @@ def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source
     check_room(len(cfgs))  # all or none: a refusal leaves no half of the list queued
     for cfg in cfgs:
         check_runnable(cfg, loaded)
-    return [launch(forms.default_run_name(cfg.method, mask.budget), cfg, choice, source) for cfg in cfgs]
+    return [launch(forms.default_run_name(cfg.method, mask.budget), cfg, choice, source,
+                   scores if scores is not None and scores_alike(scores, cfg) else None) for cfg in cfgs]
 
 
 @st.fragment(run_every=1.0)

@@ -345,6 +345,8 @@ def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
         (r.method, r.error) for r in runs.values()
     ]
     assert "sparse-0-1pct" in runs["sparse"].id and "head" in runs["head"].id, [r.id for r in runs.values()]
+    # A seed-0 run at the page's settings trains from the page's scores: the rows shown, not scored again.
+    assert json.loads((runs["sparse"].path / "metrics.json").read_text())["scores_from"] == "given"
     assert "pct" not in runs["head"].id  # the budget does not size a probe: its name does not claim one
 
 
