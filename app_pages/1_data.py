@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from clm_explore.config import LabelAuditConfig
 from clm_explore.data import DataError
 from clm_explore.ui import cache, forms, state, views
 
@@ -26,3 +27,21 @@ st.header(f"Data set: {views.escape_markdown(choice.name)}")
 views.render_data_report(cache.report(choice), key="data")
 with st.expander("Preview (first 50 training rows)"):
     st.dataframe(annotated.train.head(50), key="data_preview")
+
+st.header("Labels the data disputes")
+st.write(
+    "Rows whose annotated label their own text disputes: a linear probe on the model's features, trained on the "
+    "other rows (5 folds), is confidently sure of another label (confident learning, as cleanlab finds label "
+    "issues). Most disputed first; a flagged row is worth a second look, not necessarily wrong. One pass of the "
+    "model, no training."
+)
+source = state.model_source()
+if st.button("Check the labels", key="data_audit"):
+    state.put("audited", (choice, source))  # shown again on later reruns (from the cache) until the data changes
+if state.get("audited") == (choice, source):
+    try:
+        issues = cache.label_issues(source, choice, LabelAuditConfig())
+    except ValueError as exc:  # fewer than two labels with a row per fold
+        st.warning(views.escape_markdown(f"The labels cannot be checked: {exc}."))
+    else:
+        views.render_label_issues(issues, key="data")

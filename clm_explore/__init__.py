@@ -6,6 +6,7 @@ A notebook session, end to end::
 
     data = clm.load_data("sample_data/banking77_20")
     loaded = clm.load_model("default", data.labels)
+    clm.find_label_issues(loaded, data).issues  # rows whose label their own text disputes, most disputed first
     task_tokens = clm.mine_task_tokens(data.train.text.tolist(), data.train.label.tolist(), loaded.tokenizer)
     report = clm.compute_sensitivity(loaded, data, task_tokens)
     selection = clm.select_mask(report, clm.MaskConfig(budget=0.01))  # what a budget selects (< 100 ms)
@@ -46,6 +47,8 @@ _EXPORTS = {
     "DataConfig": "clm_explore.config",
     "FinetuneConfig": "clm_explore.config",
     "FinetuneResult": "clm_explore.training",
+    "LabelAuditConfig": "clm_explore.config",
+    "LabelIssues": "clm_explore.label_issues",
     "LoadedModel": "clm_explore.modeling",
     "MaskConfig": "clm_explore.config",
     "MaskSelection": "clm_explore.masks",
@@ -62,6 +65,7 @@ _EXPORTS = {
     "data_report": "clm_explore.data",
     "explain": "clm_explore.attribution",
     "finetune": "clm_explore.training",
+    "find_label_issues": "clm_explore.label_issues",
     "load_data": "clm_explore.data",
     "load_model": "clm_explore.modeling",
     "load_run": "clm_explore.modeling",

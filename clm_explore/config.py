@@ -592,3 +592,36 @@ class AttributionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@documented
+@dataclass(frozen=True)
+class LabelAuditConfig:
+    """The label audit (``label_issues.find_label_issues``, ``clm-explore audit``, the Data page): rows whose label
+    their own text disputes, found by confident learning (Northcutt et al., 2021; cleanlab's default filter) over
+    out-of-fold probabilities of a linear probe on the frozen model's features. No finetuning: one forward pass."""
+
+    folds: int = 5
+    """Cross-validation folds: every row is judged by a probe that never saw it. A label with fewer rows than this
+    is not audited (its rows are still read, as other labels' competition)."""
+    max_length: int = 64
+    """Sub-tokens read per text (as training reads them)."""
+    batch_size: int = 64
+    """Texts per forward pass."""
+    regularization: float = 1.0
+    """The probe's inverse L2 strength (scikit-learn's ``C``) on standardised features."""
+    seed: int = 0
+    """Seed of the folds."""
+    splits: tuple[str, ...] = ("train", "validation", "test")
+    """Splits audited, pooled: an error in test misleads the evaluation as one in train misleads training."""
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        if isinstance(self.splits, list):  # a notebook's list: kept hashable, as the app's cache keys need
+            object.__setattr__(self, "splits", tuple(self.splits))
+        _check(2 <= self.folds <= 20, f"folds must be in 2..20, got {self.folds}")
+        _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.regularization > 0, f"regularization must be > 0, got {self.regularization}")
+        _check(bool(self.splits) and all(s in ("train", "validation", "test") for s in self.splits),
+               f"splits must name some of train, validation and test; got {self.splits!r}")

@@ -1,4 +1,5 @@
-"""``clm-explore validate DATA``: load a data set, check it and print what it holds."""
+"""``clm-explore validate DATA`` (load a data set, check it and print what it holds) and ``clm-explore audit DATA``
+(rows whose label their own text disputes)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import add_data_args, print_json
-from clm_explore.config import DataConfig
+from clm_explore.config import DataConfig, LabelAuditConfig
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when the command runs, so --help stays fast
     from clm_explore.data import DataReport
+    from clm_explore.label_issues import LabelIssues
 
 _LABELS_SHOWN = 30
 """Label table rows printed before '... and N more' (the JSON output always has all of them)."""
@@ -26,6 +28,75 @@ def register(subparsers: Any) -> None:
     add_data_args(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run_validate)
+    _register_audit(subparsers)
+
+
+def _register_audit(subparsers: Any) -> None:
+    defaults = LabelAuditConfig()
+    parser = subparsers.add_parser(
+        "audit",
+        help="find rows whose label is likely wrong",
+        description="Flag rows whose label their own text disputes: confident learning (cleanlab's default filter) "
+        "over out-of-fold probabilities of a linear probe on the model's frozen features. One forward pass, no "
+        "finetuning; most disputed first.",
+    )
+    add_data_args(parser)
+    parser.add_argument("--model", default="default", metavar="SRC",
+                        help="'default' (all-MiniLM-L6-v2), 'tiny-random', a local HF folder, a .gguf file or 'smollm2'")
+    parser.add_argument("--splits", default=",".join(defaults.splits),
+                        help="splits audited together, comma-separated")
+    parser.add_argument("--folds", type=int, default=defaults.folds,
+                        help="cross-validation folds: each row is judged by a probe that never saw it")
+    parser.add_argument("--max-length", type=int, default=defaults.max_length, help="sub-tokens read per text")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument("--show", type=int, default=30, help="flagged rows printed (human output; --json has all)")
+    parser.add_argument("--out", default=None, metavar="FILE", help="also write every flagged row to this CSV file")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: {checked, flagged, probe_accuracy, notes, issues: [{split, row, text, label, "
+                        "suggested, label_prob, suggested_prob}]}")
+    parser.set_defaults(func=run_audit)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clm_explore.cli import UserError
+    from clm_explore.data import load_data
+    from clm_explore.label_issues import find_label_issues
+    from clm_explore.modeling import load_model
+
+    cfg = LabelAuditConfig(folds=args.folds, max_length=args.max_length,
+                           splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()))
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise UserError(f"--out {out} must be a file in an existing folder.")
+    data = load_data(args.data, DataConfig(text_col=args.text_col, label_col=args.label_col,
+                                           max_file_mb=args.max_file_mb))
+    try:
+        result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device)
+    except ValueError as exc:  # too few rows per label for the folds
+        raise UserError(f"{args.data}: {exc}.") from exc
+    if out is not None:
+        result.issues.to_csv(out, index=False)
+    if args.json:
+        print_json({"checked": result.checked, "flagged": len(result.issues), "probe_accuracy": result.probe_accuracy,
+                    "notes": result.notes, "issues": result.to_records()})
+        return 0
+    print(format_audit(result, args.show))
+    return 0
+
+
+def format_audit(result: LabelIssues, show: int) -> str:
+    """The flagged rows as a table (the text cut to 60 characters), with what was checked."""
+    lines = [f"{len(result.issues):,} of {result.checked:,} rows flagged ({result.seconds:.1f} s); the probe judging "
+             f"them is right on {result.probe_accuracy:.1%} of the rows it did not see."]
+    lines += [f"note: {note}" for note in result.notes]
+    if len(result.issues):
+        shown = result.issues.head(show).assign(text=lambda f: f["text"].str.slice(0, 60))
+        lines += ["", shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
+        if len(result.issues) > show:
+            lines.append(f"... and {len(result.issues) - show:,} more (--show N, --json or --out FILE)")
+    return "\n".join(lines)
 
 
 def run_validate(args: argparse.Namespace) -> int:

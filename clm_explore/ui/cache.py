@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.config import DataConfig, LabelAuditConfig, MaskConfig, MiningConfig, SensitivityConfig
 from clm_explore.data import (
     AnnotatedData,
     DataError,
@@ -25,6 +25,7 @@ from clm_explore.data import (
     load_data,
     load_upload,
 )
+from clm_explore.label_issues import LabelIssues, find_label_issues
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model, unsupported_reason
@@ -67,6 +68,14 @@ def data(choice: DataChoice, max_file_mb: float = DataConfig().max_file_mb) -> A
 @st.cache_data(show_spinner=False, max_entries=8)
 def report(choice: DataChoice) -> DataReport:
     return data_report(data(choice))
+
+
+@st.cache_data(show_spinner="Checking the labels: one pass of the model over every row, then a probe per fold…",
+               max_entries=8)
+def label_issues(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> LabelIssues:
+    """The label audit of the data with the shared model (read only: its backbone runs where it is, no grad)."""
+    annotated = data(choice)
+    return find_label_issues(model(source, tuple(annotated.labels)), annotated, cfg)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

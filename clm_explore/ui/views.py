@@ -145,6 +145,38 @@ def render_data_report(report: Any, key: str) -> None:
     st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
 
 
+def render_label_issues(result: Any, key: str) -> None:
+    """The label audit: how many rows were flagged and how far the probe can be trusted, then the flagged rows
+    (texts in a table: never rendered as markdown) and a CSV of them."""
+    with metric_row():
+        st.metric("Rows flagged", len(result.issues), width="content")
+        st.metric("Rows checked", result.checked, width="content")
+        st.metric("Probe accuracy", f"{result.probe_accuracy:.1%}", width="content",
+                  help="How often the probe names the annotated label of a row it did not see: its disagreement "
+                  "means more when this is high.")
+    for note in result.notes:
+        st.caption(escape_markdown(note))
+    if result.issues.empty:
+        st.success("No row's label is disputed by the others.")
+        return
+    st.dataframe(
+        result.issues,
+        key=f"{key}_issues",
+        hide_index=True,
+        height=320,
+        column_config={
+            "row": st.column_config.NumberColumn("row", help="Position in its split, as loaded (a carved "
+                                                 "validation or test split is drawn from train)"),
+            "label_prob": st.column_config.ProgressColumn("label prob", min_value=0.0, max_value=1.0, format="%.3f",
+                                                          help="The probe's probability of the annotated label"),
+            "suggested_prob": st.column_config.ProgressColumn("suggested prob", min_value=0.0, max_value=1.0,
+                                                              format="%.3f"),
+        },
+    )
+    st.download_button("Download the flagged rows (CSV)", result.issues.to_csv(index=False).encode(),
+                       file_name="label_issues.csv", mime="text/csv", key=f"{key}_issues_csv")
+
+
 # -- tokens ---------------------------------------------------------------------------------------
 def filter_groups(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """Text filter, label and kind pickers over the mined groups table."""

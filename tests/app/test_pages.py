@@ -64,6 +64,21 @@ def test_data_page_defaults_to_sample(at: AppTest) -> None:
     assert at.metric[0].label == "Rows" and int(at.metric[0].value) > 0
 
 
+def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest) -> None:
+    assert not any(m.label == "Rows flagged" for m in at.metric)  # a model pass only when asked
+    button(at, "Check the labels").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}
+    flagged = int(shown["Rows flagged"])  # the tiny random model's features dispute many labels
+    assert int(shown["Rows checked"]) == 2000 and flagged > 0
+    table = next(d.value for d in at.dataframe if "suggested" in d.value.columns)
+    assert len(table) == flagged and list(table.columns[:5]) == ["split", "row", "text", "label", "suggested"]
+    assert any(b.label == "Download the flagged rows (CSV)" for b in at.get("download_button"))
+    goto(at, "app_pages/2_tokens.py")
+    goto(at, "app_pages/1_data.py")  # still shown after another page, from the cache
+    assert {m.label: m.value for m in at.metric}["Rows flagged"] == shown["Rows flagged"]
+
+
 def test_every_page_renders(at: AppTest) -> None:
     for page in PAGES:
         goto(at, page)

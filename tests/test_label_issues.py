@@ -1,0 +1,97 @@
+"""The label audit: confident learning over out-of-fold probe probabilities flags the rows whose label was changed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_explore.cli import main
+from clm_explore.config import ConfigError, LabelAuditConfig
+from clm_explore.data import load_data
+from clm_explore.label_issues import confident_other_label, find_label_issues
+from clm_explore.modeling import load_model
+
+# Four labels, each with words of its own (all whole words of the tiny model's vocabulary), two shared fillers.
+WORDS = {"card": "card cards visa mastercard debit credit", "cash": "cash atm withdraw withdrawal machine withdrew",
+         "rate": "rate exchange currency currencies foreign pound", "top": "topping topped balance funds deposit salary"}
+FILLER = ["please", "help", "what", "why", "when", "where", "still"]
+FLIPPED = {5: "cash", 47: "rate", 99: "top", 150: "card"}  # train rows whose label is changed, and to what
+
+
+def rows(per_label: int, rng: np.random.Generator) -> pd.DataFrame:
+    texts = [(" ".join([*rng.choice(words.split(), 4), *rng.choice(FILLER, 2)]), label)
+             for label, words in WORDS.items() for _ in range(per_label)]
+    return pd.DataFrame(texts, columns=["text", "label"])
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    train, validation, test = rows(40, rng), rows(10, rng), rows(10, rng)
+    for row, label in FLIPPED.items():
+        train.loc[row, "label"] = label
+    return {"train": train, "validation": validation, "test": test}
+
+
+def test_a_row_is_flagged_only_when_another_label_is_confidently_its_own():
+    given = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8],  # label 0's threshold 0.633, label 1's 0.633
+                      [0.3, 0.7], [0.1, 0.9], [0.7, 0.3]])
+    assert confident_other_label(probs, given).tolist() == [-1, -1, 1, -1, -1, 0]
+    # Thresholds 0.5 and 0.575: the third row reaches neither (no confident label), the others their own.
+    unsure = np.array([[0.5, 0.5], [0.5, 0.5], [0.45, 0.55], [0.4, 0.6]])
+    assert confident_other_label(unsure, np.array([0, 0, 1, 1])).tolist() == [-1, -1, -1, -1]
+
+
+def test_changed_labels_are_flagged_first_and_nothing_else(splits):
+    loaded = load_model("tiny-random", sorted(WORDS), seed=0)
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    result = find_label_issues(loaded, load_data(splits))
+    flagged = result.issues
+    assert list(flagged.columns) == ["split", "row", "text", "label", "suggested", "label_prob", "suggested_prob"]
+    assert result.checked == 240 and result.probe_accuracy > 0.9
+    assert set(flagged["split"]) == {"train"} and set(flagged["row"]) <= set(FLIPPED)  # nothing else flagged
+    assert len(flagged) >= 3  # of the 4 changed rows
+    original = list(WORDS)  # train holds 40 rows of each label, in WORDS' order, before the change
+    assert all(suggested == original[row // 40] for row, suggested in zip(flagged["row"], flagged["suggested"],
+                                                                          strict=True))
+    assert flagged["label_prob"].is_monotonic_increasing and (flagged["suggested_prob"] > flagged["label_prob"]).all()
+    # The model is read, not changed: the app passes the model every session shares.
+    assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+
+
+def test_rare_labels_are_named_and_too_few_refused(splits):
+    loaded = load_model("tiny-random", sorted(WORDS), seed=0)
+    data = load_data(splits)
+    # 'top' keeps 3 train rows of its own and row 99 changed to it: 4, under the 5 folds.
+    rare = load_data({"train": splits["train"].iloc[:123], "validation": splits["validation"], "test": splits["test"]})
+    result = find_label_issues(loaded, rare, LabelAuditConfig(splits=("train",)))
+    assert result.checked == 119 and result.notes == [
+        "4 row(s) of 1 label(s) with fewer than 5 rows were not audited: top"]
+    assert "top" not in set(result.issues["label"])
+    with pytest.raises(ValueError, match="needs two labels with at least 11 rows"):  # 10 validation rows each
+        find_label_issues(loaded, data, LabelAuditConfig(splits=("validation",), folds=11))
+    with pytest.raises(ConfigError, match="folds must be in 2..20"):
+        LabelAuditConfig(folds=1)
+    with pytest.raises(TypeError, match="find_label_issues"):
+        find_label_issues("tiny-random", data)
+
+
+def test_cli_audit_prints_json_and_writes_the_flagged_rows(capsys, splits, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, frame in splits.items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+    out = tmp_path / "issues.csv"
+    code = main(["audit", str(folder), "--model", "tiny-random", "--out", str(out), "--json"])
+    shown = json.loads(capsys.readouterr().out)
+    assert code == 0 and shown["checked"] == 240 and shown["flagged"] == len(shown["issues"]) >= 3
+    assert pd.read_csv(out)["row"].tolist() == [issue["row"] for issue in shown["issues"]]
+    assert main(["audit", str(folder), "--model", "tiny-random", "--folds", "50"]) == 2
+    assert "folds must be in 2..20" in capsys.readouterr().err
+    assert main(["audit", str(folder), "--model", "tiny-random", "--splits", "test", "--folds", "11"]) == 2
+    assert "needs two labels with at least 11 rows" in capsys.readouterr().err
