@@ -4,6 +4,7 @@ import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
 from clm_explore.data import DataError
+from clm_explore.label_issues import TooFewRowsError
 from clm_explore.ui import cache, forms, state, views
 
 st.title("Data")
@@ -31,9 +32,9 @@ with st.expander("Preview (first 50 training rows)"):
 st.header("Labels the data disputes")
 st.write(
     "Rows whose annotated label their own text disputes: a linear probe on the model's features, trained on the "
-    "other rows (5 folds), is confidently sure of another label (confident learning, as cleanlab finds label "
-    "issues). Most disputed first; a flagged row is worth a second look, not necessarily wrong. One pass of the "
-    "model, no training."
+    "other rows (5 folds), is confidently sure of another label (confident learning, cleanlab's "
+    "confident_learning filter). Most disputed first; a flagged row is worth a second look, not necessarily "
+    "wrong. One pass of the model, no training."
 )
 source = state.model_source()
 if st.button("Check the labels", key="data_audit"):
@@ -41,7 +42,8 @@ if st.button("Check the labels", key="data_audit"):
 if state.get("audited") == (choice, source):
     try:
         issues = cache.label_issues(source, choice, LabelAuditConfig())
-    except ValueError as exc:  # fewer than two labels with a row per fold
-        st.warning(views.escape_markdown(f"The labels cannot be checked: {exc}."))
+    except TooFewRowsError as exc:  # not cached: forgotten, or every rerun would load and read the data again
+        state.put("audited", None)
+        st.warning(views.escape_markdown(str(exc)))
     else:
         views.render_label_issues(issues, key="data")

@@ -1,11 +1,14 @@
 """Likely label errors: rows whose annotated label their own text disputes.
 
-Confident learning (Northcutt, Jiang and Chuang, 2021; cleanlab's ``find_label_issues`` default): every row gets
-out-of-fold class probabilities from a linear probe on the frozen model's features (mean of the last layer's token
-states, standardised; scikit-learn's logistic regression), so no row is judged by a probe that saw it. A label's
-threshold is the mean probability its own rows give it. A row is flagged when the most probable of the labels
-whose probability reaches their threshold is not its own: the probe is confidently sure of another label. Rows
-are ranked by the probability of their own label (self-confidence), lowest first.
+Confident learning (Northcutt, Jiang and Chuang, 2021), the rule cleanlab's ``find_label_issues`` applies with
+``filter_by='confident_learning'`` (its default, 'prune_by_noise_rate', removes a calibrated count per pair of
+labels instead): every row gets out-of-fold class probabilities from a linear probe on the frozen model's features
+(mean of the last layer's token states, standardised; scikit-learn's logistic regression), with the copies of a
+text kept in one fold, so no row is judged by a probe that saw it or its copy. A label's threshold is the mean
+probability its own rows give it. A row is flagged when the most probable of the labels whose probability reaches
+their threshold is not its own, and the probe's most probable label is not its own either: the probe is
+confidently sure of another label. Rows are ranked by the probability of their own label (self-confidence),
+lowest first.
 
 - ``find_label_issues(loaded, data, cfg) -> LabelIssues``: ``.issues`` (a row per flagged row: split, row, text,
   label, suggested, label_prob, suggested_prob), ``.checked`` rows, ``.notes``, ``.probe_accuracy``.
@@ -23,13 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clm_explore.batches import collate, encode
 from clm_explore.config import LabelAuditConfig
-from clm_explore.data import AnnotatedData
+from clm_explore.data import AnnotatedData, DataError
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
 
 ISSUE_COLUMNS = ["split", "row", "text", "label", "suggested", "label_prob", "suggested_prob"]
@@ -66,40 +69,61 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
         loaded: any model ``load_model`` gives (its head is not used).
         data: the annotated splits.
         cfg: folds, length, the probe's regularization, the splits audited.
-        device: where the forward pass runs ('auto': CUDA when present); None: where the model is (a model shared
-            with other callers, the app's, is never moved).
+        device: where the forward pass runs ('auto': CUDA when present; the model is moved back afterwards);
+            None: where the model is.
+
+    Raises:
+        TooFewRowsError: (a ``DataError``) fewer than two labels with a row per fold in the audited splits.
     """
     if not isinstance(loaded, LoadedModel) or not isinstance(data, AnnotatedData):
         raise TypeError(f"find_label_issues(loaded, data): a LoadedModel (load_model) and an AnnotatedData "
                         f"(load_data); got {type(loaded).__name__} and {type(data).__name__}")
     cfg = cfg or LabelAuditConfig()
     started = time.perf_counter()
-    rows = pd.concat([data.split(s).assign(split=s, row=np.arange(len(data.split(s)))) for s in cfg.splits],
-                     ignore_index=True)
-    counts = rows["label"].value_counts()
-    audited = rows["label"].map(counts).to_numpy() >= cfg.folds
-    notes = []
-    if not audited.all():
-        rare = sorted(counts[counts < cfg.folds].index)
-        notes.append(f"{(~audited).sum():,} row(s) of {len(rare)} label(s) with fewer than {cfg.folds} rows were not "
-                     f"audited: {', '.join(rare[:5])}{', ...' if len(rare) > 5 else ''}")
-    if len(set(rows.loc[audited, "label"])) < 2:
-        raise ValueError(f"the label audit needs two labels with at least {cfg.folds} rows each (the folds); "
-                         f"{len(rows):,} rows in {', '.join(cfg.splits)} have {int((counts >= cfg.folds).sum())}")
+    rows, notes = audited_rows(data, cfg)
     features = text_features(loaded, rows["text"].tolist(), cfg, device)
-    kept = rows[audited].reset_index(drop=True)
-    probs, classes = out_of_fold_probabilities(features[audited], kept["label"].to_numpy(), cfg)
-    given = np.searchsorted(classes, kept["label"].to_numpy())
+    probs, classes = out_of_fold_probabilities(features, rows["label"].to_numpy(), rows["text"].to_numpy(), cfg)
+    given = np.searchsorted(classes, rows["label"].to_numpy())
     suggested = confident_other_label(probs, given)
     flagged = np.flatnonzero(suggested >= 0)
-    issues = kept.iloc[flagged][["split", "row", "text", "label"]].assign(
+    issues = rows.iloc[flagged][["split", "row", "text", "label"]].assign(
         suggested=classes[suggested[flagged]],
         label_prob=probs[flagged, given[flagged]],
         suggested_prob=probs[flagged, suggested[flagged]],
     )
     issues = issues.sort_values("label_prob", kind="stable").reset_index(drop=True)[ISSUE_COLUMNS]
     accuracy = float((probs.argmax(1) == given).mean())
-    return LabelIssues(issues, len(kept), accuracy, time.perf_counter() - started, notes)
+    return LabelIssues(issues, len(rows), accuracy, time.perf_counter() - started, notes)
+
+
+class TooFewRowsError(DataError):
+    """The audited splits hold fewer than two labels with a row per fold: nothing can be cross-validated."""
+
+
+def audited_rows(data: AnnotatedData, cfg: LabelAuditConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The rows audited (split, row, text, label), pooled over ``cfg.splits``: those of labels with a row per fold,
+    at most ``cfg.max_rows`` of them (a seeded sample above it), and notes on what was left out.
+
+    Raises:
+        TooFewRowsError: fewer than two labels with a row per fold.
+    """
+    rows = pd.concat([data.split(s).assign(split=s, row=np.arange(len(data.split(s)))) for s in cfg.splits],
+                     ignore_index=True)
+    notes = []
+    if len(rows) > cfg.max_rows:
+        notes.append(f"{cfg.max_rows:,} of {len(rows):,} rows audited (a seeded sample; LabelAuditConfig.max_rows)")
+        rows = rows.sample(cfg.max_rows, random_state=cfg.seed).sort_index()
+    counts = rows["label"].value_counts()
+    rare = sorted(counts[counts < cfg.folds].index)
+    if rare:
+        left = int(counts[rare].sum())
+        notes.append(f"{left:,} row(s) of {len(rare)} label(s) with fewer than {cfg.folds} rows were not audited: "
+                     f"{', '.join(rare[:5])}{', ...' if len(rare) > 5 else ''}")
+    rows = rows[~rows["label"].isin(rare)]
+    if rows["label"].nunique() < 2:
+        raise TooFewRowsError(f"The label audit needs two labels with at least {cfg.folds} rows each (one per fold); "
+                              f"the {', '.join(cfg.splits)} rows have {rows['label'].nunique()}.")
+    return rows.reset_index(drop=True), notes
 
 
 @torch.no_grad()
@@ -108,39 +132,41 @@ def text_features(loaded: LoadedModel, texts: list[str], cfg: LabelAuditConfig,
     """(texts, hidden) float32: the mean of the last layer's token states of each text (padding left out), as
     sentence encoders pool them. The backbone alone runs: the head plays no part. ``device`` None: the model's."""
     backbone = loaded.model.base_model
-    dev = next(backbone.parameters()).device if device is None else resolve_device(device)
-    backbone.to(dev)
+    home = next(backbone.parameters()).device
+    dev = home if device is None else resolve_device(device)
     was_training = backbone.training
-    backbone.eval()
     ids = encode(loaded, texts, cfg.max_length)
     order = np.argsort([len(x) for x in ids], kind="stable")
     dtype = autocast_dtype(dev)
-    out = np.zeros((len(texts), loaded.model.config.hidden_size), dtype=np.float32)
+    out: np.ndarray | None = None
     try:
+        backbone.to(dev).eval()
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             input_ids, mask = collate(ids, idx, loaded.tokenizer.pad_token_id)
             input_ids, mask = input_ids.to(dev), mask.to(dev)
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 states = backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+            if out is None:  # the states' width: not always config.hidden_size (OPT projects its embeddings)
+                out = np.zeros((len(texts), states.shape[-1]), dtype=np.float32)
             weights = mask.unsqueeze(-1).float()
             out[idx] = ((states * weights).sum(1) / weights.sum(1).clamp_min(1)).cpu().numpy()
     finally:
-        backbone.train(was_training)
-    return out
+        backbone.to(home).train(was_training)  # a caller's model comes back where and as it was
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray,
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, texts: np.ndarray,
                               cfg: LabelAuditConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, classes) probabilities, each row's from the probe of the fold that left it out, and the classes
-    (sorted) that index the columns."""
+    """(rows, classes) probabilities, each row's from the probe of the fold that left it out (and every copy of its
+    text: a copy would vouch for its own label), and the classes (sorted) that index the columns."""
     classes = np.unique(labels)
     probs = np.zeros((len(labels), len(classes)))
-    folds = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
-    for fit, held in folds.split(features, labels):
+    folds = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
+    for fit, held in folds.split(features, labels, groups=pd.factorize(texts)[0]):
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.regularization, max_iter=1000))
         probe.fit(features[fit], labels[fit])
-        columns = np.searchsorted(classes, probe.classes_)  # every label is in every fit: >= folds rows each
+        columns = np.searchsorted(classes, probe.classes_)  # a label whose rows all fell in one fold has no column
         probs[np.ix_(held, columns)] = probe.predict_proba(features[held])
     return probs, classes
 
@@ -150,11 +176,14 @@ def confident_other_label(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
 
     A label's threshold is the mean probability its own rows give it; a row's confident labels are those whose
     probability reaches their threshold, and the most probable of them is its confident label (cleanlab's
-    confident joint). A row with none, or whose confident label is its own, is not flagged.
+    confident joint). A row is flagged when its confident label is another one and the most probable label of all
+    is not its own either (cleanlab's confident_learning filter drops those too). A label no probe ever gave any
+    probability cannot be suggested (its threshold of 0 would make every row confident of it).
     """
     n_classes = probs.shape[1]
     thresholds = np.array([probs[given == k, k].mean() if (given == k).any() else np.inf for k in range(n_classes)])
-    confident = np.where(probs >= thresholds - 1e-12, probs, -np.inf)
+    thresholds = np.where(thresholds > 0, thresholds, np.inf)
+    confident = np.where(probs >= thresholds - 1e-6, probs, -np.inf)  # cleanlab's tolerance
     best = confident.argmax(1)
     has_one = np.isfinite(confident.max(1))
-    return np.where(has_one & (best != given), best, -1)
+    return np.where(has_one & (best != given) & (probs.argmax(1) != given), best, -1)

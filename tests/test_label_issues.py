@@ -45,6 +45,12 @@ def test_a_row_is_flagged_only_when_another_label_is_confidently_its_own():
     # Thresholds 0.5 and 0.575: the third row reaches neither (no confident label), the others their own.
     unsure = np.array([[0.5, 0.5], [0.5, 0.5], [0.45, 0.55], [0.4, 0.6]])
     assert confident_other_label(unsure, np.array([0, 0, 1, 1])).tolist() == [-1, -1, -1, -1]
+    # Over label 1's threshold (0.2) but most probable as its own: not flagged, as cleanlab's filter drops it too.
+    own_top = np.array([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.8, 0.2], [0.8, 0.2]])
+    assert confident_other_label(own_top, np.array([0, 0, 0, 1, 1])).tolist() == [-1, -1, -1, 0, 0]
+    # Label 2's own row gives it 0: a threshold of 0 would make the first row "confident" of it at probability 0.
+    never = np.array([[0.3, 0.7, 0.0], [0.9, 0.1, 0.0], [0.05, 0.95, 0.0], [0.5, 0.5, 0.0]])
+    assert confident_other_label(never, np.array([0, 0, 1, 2])).tolist() == [-1, -1, -1, -1]
 
 
 def test_changed_labels_are_flagged_first_and_nothing_else(splits):
@@ -60,8 +66,14 @@ def test_changed_labels_are_flagged_first_and_nothing_else(splits):
     assert all(suggested == original[row // 40] for row, suggested in zip(flagged["row"], flagged["suggested"],
                                                                           strict=True))
     assert flagged["label_prob"].is_monotonic_increasing and (flagged["suggested_prob"] > flagged["label_prob"]).all()
-    # The model is read, not changed: the app passes the model every session shares.
+    # The model is read, not changed, and left in the mode it was in.
     assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+    loaded.model.train()
+    copies = dict(splits, test=pd.concat([splits["test"], splits["train"].loc[list(FLIPPED)]], ignore_index=True))
+    leaked = find_label_issues(loaded, load_data(copies)).issues  # a copy of each wrong row, as wrong, in test
+    assert loaded.model.training
+    assert set(leaked.loc[leaked["split"] == "train", "row"]) == set(flagged["row"])  # a copy does not vouch for it
+    assert set(leaked.loc[leaked["split"] == "test", "row"]) == {40 + list(FLIPPED).index(r) for r in flagged["row"]}
 
 
 def test_rare_labels_are_named_and_too_few_refused(splits):
@@ -77,6 +89,11 @@ def test_rare_labels_are_named_and_too_few_refused(splits):
         find_label_issues(loaded, data, LabelAuditConfig(splits=("validation",), folds=11))
     with pytest.raises(ConfigError, match="folds must be in 2..20"):
         LabelAuditConfig(folds=1)
+    with pytest.raises(ConfigError, match="each once"):  # a split twice: each row in two folds, vouching for itself
+        LabelAuditConfig(splits=("train", "train"))
+    sampled = find_label_issues(loaded, data, LabelAuditConfig(max_rows=100))
+    assert sampled.checked == 100 and sampled.notes == ["100 of 240 rows audited (a seeded sample; "
+                                                        "LabelAuditConfig.max_rows)"]
     with pytest.raises(TypeError, match="find_label_issues"):
         find_label_issues("tiny-random", data)
 
@@ -91,6 +108,15 @@ def test_cli_audit_prints_json_and_writes_the_flagged_rows(capsys, splits, tmp_p
     shown = json.loads(capsys.readouterr().out)
     assert code == 0 and shown["checked"] == 240 and shown["flagged"] == len(shown["issues"]) >= 3
     assert pd.read_csv(out)["row"].tolist() == [issue["row"] for issue in shown["issues"]]
+    out.write_text(out.read_text())  # an earlier audit's CSV is replaced; any other file is refused, left as it was
+    assert main(["audit", str(folder), "--model", "tiny-random", "--out", str(out), "--show", "0"]) == 0
+    assert "more (--show N" in capsys.readouterr().out
+    before = (folder / "train.csv").read_text()
+    for target, message in ((folder / "train.csv", "is not an earlier audit's CSV"), (tmp_path / "x.txt", ".csv file"),
+                            (tmp_path / "no" / "x.csv", "does not exist")):
+        assert main(["audit", str(folder), "--model", "tiny-random", "--out", str(target)]) == 2
+        assert message in capsys.readouterr().err
+    assert (folder / "train.csv").read_text() == before
     assert main(["audit", str(folder), "--model", "tiny-random", "--folds", "50"]) == 2
     assert "folds must be in 2..20" in capsys.readouterr().err
     assert main(["audit", str(folder), "--model", "tiny-random", "--splits", "test", "--folds", "11"]) == 2

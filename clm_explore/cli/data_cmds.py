@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import add_data_args, print_json
@@ -58,8 +59,6 @@ def _register_audit(subparsers: Any) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from clm_explore.cli import UserError
     from clm_explore.data import load_data
     from clm_explore.label_issues import find_label_issues
@@ -67,15 +66,13 @@ def run_audit(args: argparse.Namespace) -> int:
 
     cfg = LabelAuditConfig(folds=args.folds, max_length=args.max_length,
                            splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()))
-    out = Path(args.out) if args.out else None
-    if out is not None and (out.is_dir() or not out.parent.is_dir()):
-        raise UserError(f"--out {out} must be a file in an existing folder.")
+    if args.show < 0:
+        raise UserError(f"--show {args.show} must be 0 or more.")
+    out = audit_out_path(args.out) if args.out is not None else None
     data = load_data(args.data, DataConfig(text_col=args.text_col, label_col=args.label_col,
                                            max_file_mb=args.max_file_mb))
-    try:
-        result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device)
-    except ValueError as exc:  # too few rows per label for the folds
-        raise UserError(f"{args.data}: {exc}.") from exc
+    # TooFewRowsError (too few rows per label for the folds) is a DataError: exit 2 with its message.
+    result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device)
     if out is not None:
         result.issues.to_csv(out, index=False)
     if args.json:
@@ -86,16 +83,38 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit_out_path(given: str) -> Path:
+    """``--out``: a new .csv file in an existing folder, or an earlier audit's CSV to replace; never a data file, a
+    run's predictions.csv or any other file (a path typed wrong must not destroy it)."""
+    from clm_explore.cli import UserError
+    from clm_explore.label_issues import ISSUE_COLUMNS
+
+    out = Path(given).expanduser()
+    if out.suffix.lower() != ".csv":
+        raise UserError(f"--out {given!r} must name a .csv file.")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist.")
+    if out.exists():
+        try:
+            with out.open(encoding="utf-8") as f:
+                header = f.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            header = ""
+        if header != ",".join(ISSUE_COLUMNS):
+            raise UserError(f"--out {out} exists and is not an earlier audit's CSV; choose a new file name.")
+    return out
+
+
 def format_audit(result: LabelIssues, show: int) -> str:
     """The flagged rows as a table (the text cut to 60 characters), with what was checked."""
     lines = [f"{len(result.issues):,} of {result.checked:,} rows flagged ({result.seconds:.1f} s); the probe judging "
              f"them is right on {result.probe_accuracy:.1%} of the rows it did not see."]
     lines += [f"note: {note}" for note in result.notes]
-    if len(result.issues):
+    if len(result.issues) and show:
         shown = result.issues.head(show).assign(text=lambda f: f["text"].str.slice(0, 60))
         lines += ["", shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
-        if len(result.issues) > show:
-            lines.append(f"... and {len(result.issues) - show:,} more (--show N, --json or --out FILE)")
+    if len(result.issues) > show:
+        lines.append(f"... and {len(result.issues) - show:,} more (--show N, --json or --out FILE)")
     return "\n".join(lines)
 
 

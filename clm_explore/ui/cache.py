@@ -73,9 +73,11 @@ def report(choice: DataChoice) -> DataReport:
 @st.cache_data(show_spinner="Checking the labels: one pass of the model over every row, then a probe per fold…",
                max_entries=8)
 def label_issues(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> LabelIssues:
-    """The label audit of the data with the shared model (read only: its backbone runs where it is, no grad)."""
+    """The label audit of the data, with a model of its own (the shared one is read by other sessions' threads
+    meanwhile) on the jobs' device."""
     annotated = data(choice)
-    return find_label_issues(model(source, tuple(annotated.labels)), annotated, cfg)
+    fresh = load_model(source, annotated.labels, seed=0)
+    return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
