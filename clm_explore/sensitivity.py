@@ -100,17 +100,23 @@ class SensitivityReport:
     saved before it."""
     labels: list[str] | None = None
     """The head's labels, in its output order, that the scores were computed for; None in reports saved before it."""
+    source: str | None = None
+    """The model's source (``load_model``'s) the scores were computed on; None where unknown."""
+    mining: dict | None = None
+    """The mining settings of the groups the scores read (``TaskTokens.config``: the restriction's positions and the
+    eligible embedding rows); None when none were given, or in reports saved before it."""
 
     @classmethod
     def of_model(cls, model: nn.Module, row_scores: dict[str, torch.Tensor], matrices: dict[str, MatrixInfo],
                  config: dict, head_state: dict[str, torch.Tensor], seconds: float,
-                 notes: list[str]) -> SensitivityReport:
+                 notes: list[str], source: str | None = None, mining: dict | None = None) -> SensitivityReport:
         """The report of scores made on ``model``, with its layer count, backbone size and trained extras."""
         head_names = set(head_parameter_names(model))
         head = [p for n, p in model.named_parameters() if n in head_names]
         labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
         return cls(row_scores, matrices, model.config.num_hidden_layers, backbone_parameter_count(model), config,
-                   head_state, seconds, notes, sum(p.numel() for p in head), small_parameter_counts(model), labels)
+                   head_state, seconds, notes, sum(p.numel() for p in head), small_parameter_counts(model), labels,
+                   source, mining)
 
     def __repr__(self) -> str:  # the score tensors would fill a notebook cell
         how = ", ".join(f"{k} {self.config[k]}" for k in ("score", "restriction", "normalise") if k in self.config)
@@ -174,7 +180,7 @@ class SensitivityReport:
         meta = {"matrices": {k: vars(v) for k, v in self.matrices.items()}, "n_layers": self.n_layers,
                 "backbone_params": self.backbone_params, "config": self.config, "seconds": self.seconds,
                 "notes": self.notes, "head_params": self.head_params, "small_params": self.small_params,
-                "labels": self.labels}
+                "labels": self.labels, "source": self.source, "mining": self.mining}
         (folder / "sensitivity.json").write_text(json.dumps(meta))
         self.table.to_csv(folder / "sensitivity.csv", index=False)
 
@@ -195,7 +201,7 @@ class SensitivityReport:
                          {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, int(meta["n_layers"]),
                          int(meta["backbone_params"]), dict(meta["config"]), load_file(head) if head.exists() else {},
                          meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small,
-                         meta.get("labels"))
+                         meta.get("labels"), meta.get("source"), meta.get("mining"))
             report.check()
         except ConfigError as exc:
             raise ConfigError(f"{folder} holds unusable scores: {exc}") from exc
@@ -213,6 +219,10 @@ class SensitivityReport:
         """
         if set(self.row_scores) != set(self.matrices):
             raise ConfigError("the scores and the matrices they describe name different weights")
+        if self.labels is not None and not (isinstance(self.labels, list) and all(isinstance(x, str) for x in self.labels)):
+            raise ConfigError(f"labels must be a list of label names, got {self.labels!r:.60}")
+        if self.mining is not None and not isinstance(self.mining, dict):
+            raise ConfigError(f"mining must be a dict of mining settings, got {self.mining!r:.60}")
         normalise = self.config.get("normalise", "mean")
         if normalise not in NORMALISATIONS:
             raise ConfigError(f"unknown normalisation {normalise!r} (one of {', '.join(NORMALISATIONS)})")
@@ -249,7 +259,13 @@ class SensitivityReport:
                 found = f"{params[name].shape[0]} rows" if name in params else "no such weight"
                 raise ConfigError(f"they were computed on another model ({name}: {info.rows} rows scored, {found} "
                                   "here)")
+        if self.source is not None and self.source != loaded.source:
+            raise ConfigError(f"they were computed on another model ({self.source!r}; this run loads "
+                              f"{loaded.source!r})")
         labels = [str(label) for label in labels]
+        if self.labels is None and self.head_state:  # a report saved before it named them: the order is unknown
+            raise ConfigError("they do not name the labels their warmed-up head was made for (saved by an earlier "
+                              "version); score again")
         if self.labels is not None and self.labels != labels:
             shown = ", ".join(self.labels[:5]) + (", ..." if len(self.labels) > 5 else "")
             raise ConfigError(f"they were computed for {len(self.labels)} other labels ({shown}); this data has "
@@ -693,7 +709,8 @@ def compute_sensitivity(
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
     report = SensitivityReport.of_model(model, row_scores, matrices, to_dict(cfg), head_state,
-                                        time.perf_counter() - started, notes)
+                                        time.perf_counter() - started, notes, loaded.source,
+                                        task_tokens.config if task_tokens is not None else None)
     if report.zero_note:
         report.notes.append(report.zero_note)
     return report

@@ -31,7 +31,15 @@ from transformers import PreTrainedModel, get_scheduler
 
 from clm_explore.averaging import TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
-from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, SensitivityConfig, from_dict, to_dict
+from clm_explore.config import (
+    ConfigError,
+    FinetuneConfig,
+    MaskConfig,
+    MiningConfig,
+    SensitivityConfig,
+    from_dict,
+    to_dict,
+)
 from clm_explore.data import AnnotatedData, load_data
 from clm_explore.masks import (
     MaskSelection,
@@ -285,49 +293,68 @@ restriction those scores must have been made with (None: any; random rows read o
 
 @dataclass
 class GivenScores:
-    """Scores made before the run, with the groups they were restricted to when they came with them."""
+    """Scores made before the run, with the groups they were restricted to when they came with them, and the
+    settings they were made with (what the run records as its own)."""
 
     report: SensitivityReport
     task_tokens: TaskTokens | None
     origin: str
-    """Their folder, or 'given' (a report passed in memory); recorded in metrics.json as ``scores_from``."""
+    """Their folder (resolved), or 'given' (a report passed in memory); recorded in metrics.json as
+    ``scores_from``."""
+    sensitivity: SensitivityConfig
+    mining: MiningConfig | None
+    """The groups' mining settings; None where the report does not say (made without groups, or saved before)."""
 
 
-def given_scores(scores: SensitivityReport | str | Path | None, method: str) -> GivenScores | None:
+def given_scores(scores: SensitivityReport | GivenScores | str | Path | None, cfg: FinetuneConfig) -> GivenScores | None:
     """``finetune``'s ``scores``, loaded (a folder of ``sensitivity --out`` or ``report.save``) and checked against
-    the method, before any model loads; None when none were given.
+    the run's method and options, before any model loads; None when none were given.
 
     Raises:
-        ConfigError: a method that does not train scored rows, an unreadable folder, scores of another kind.
+        ConfigError: a method that does not train scored rows, merged tokens, an unreadable or incomplete folder,
+            scores of another kind.
     """
     if scores is None:
         return None
-    if method not in SCORES_METHODS:
-        raise ConfigError(f"scores made beforehand (--scores) are for the methods that train scored rows "
-                          f"({', '.join(SCORES_METHODS)}); {method!r} makes its own choice or trains no rows")
-    if isinstance(scores, SensitivityReport):
-        given = GivenScores(scores, None, "given")
+    if cfg.method not in SCORES_METHODS:
+        raise ConfigError(f"Row scores made beforehand (--scores) serve the methods that train scored rows "
+                          f"({', '.join(SCORES_METHODS)}); {cfg.method!r} makes its own choice or trains no rows")
+    if isinstance(scores, GivenScores):
+        scores, tokens, origin = scores.report, scores.task_tokens, scores.origin
+    elif isinstance(scores, SensitivityReport):
+        tokens, origin = None, "given"
     elif isinstance(scores, str | Path):
-        folder = Path(scores)
-        given = GivenScores(SensitivityReport.load(folder), _saved_tokens(folder), str(folder))
+        folder = Path(scores).expanduser().resolve()
+        scores, tokens, origin = SensitivityReport.load(folder), _saved_tokens(folder), str(folder)
     else:
         raise TypeError(f"scores is a SensitivityReport (compute_sensitivity) or the folder it was saved to; got "
                         f"{type(scores).__name__}")
-    restriction, wanted = given.report.config.get("restriction"), SCORES_METHODS[method]
-    if wanted is not None and restriction != wanted:
-        raise ConfigError(f"the scores ({given.origin}) were made with restriction {restriction!r}; {method!r} trains "
-                          f"rows scored with {wanted!r} (sensitivity --restriction {wanted})")
-    if method == "fisher" and given.report.config.get("score") != "fisher":
-        raise ConfigError(f"the scores ({given.origin}) are {given.report.config.get('score')!r} scores; 'fisher' "
-                          "trains Fisher rows (sensitivity --score fisher)")
-    return given
+    made = scores.config
+    wanted = SCORES_METHODS[cfg.method]
+    if wanted is not None and made.get("restriction") != wanted:
+        raise ConfigError(f"the scores ({origin}) were made with restriction {made.get('restriction')!r}; "
+                          f"{cfg.method!r} trains rows scored with {wanted!r} (sensitivity --restriction {wanted})")
+    if cfg.method == "fisher" and made.get("score") != "fisher":
+        raise ConfigError(f"the scores ({origin}) are {made.get('score')!r} scores; 'fisher' trains Fisher rows "
+                          "(sensitivity --score fisher)")
+    if cfg.mining.merge_tokens:
+        raise ConfigError(f"merge_tokens={cfg.mining.merge_tokens} merges words into the tokenizer before the rows are "
+                          f"scored; the scores ({origin}) read the tokenizer unmerged")
+    try:  # config.max_length, not a command's --max-length: the file says it, not an option
+        sensitivity = from_dict(SensitivityConfig, made)
+        mining = from_dict(MiningConfig, scores.mining) if scores.mining is not None else None
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"the scores ({origin}) hold settings that are not valid: config.{exc}") from exc
+    if sensitivity.prepares_head and not scores.head_state:
+        raise ConfigError(f"the scores ({origin}) were made from a warmed-up head that is missing (head.safetensors)")
+    return GivenScores(scores, tokens, origin, replace(sensitivity, seed=sensitivity.rng_seed), mining)
 
 
 def scoring_settled(cfg: FinetuneConfig, given: GivenScores | None) -> FinetuneConfig:
-    """``cfg`` with the sensitivity settings the run scores with (and records): the given scores' own, or the
-    config's reading what training reads, seeded with the run's seed unless it names one."""
+    """``cfg`` with the sensitivity (and mining) settings the run scores with and records: the given scores' own,
+    or the config's reading what training reads, seeded with the run's seed unless it names one."""
     if given is not None:  # options that made nothing must not read as the run's
-        return replace(cfg, sensitivity=from_dict(SensitivityConfig, given.report.config))
+        return replace(cfg, sensitivity=given.sensitivity, mining=given.mining or cfg.mining)
     seed = cfg.seed if cfg.sensitivity.seed is None else cfg.sensitivity.seed
     return replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=seed))
 
@@ -339,27 +366,52 @@ SCORED_AS = {"sparse": {"restriction": "tokens"}, "random": {"restriction": "tok
 
 def scores_alike(report: SensitivityReport, cfg: FinetuneConfig) -> bool:
     """Whether ``finetune`` with ``cfg`` would make ``report``'s scores itself: a method that trains scored rows,
-    the same settings (its restriction and score, read at its length, with its scoring seed), a head loaded with the
-    run's seed (a report made outside a run loads it with its scoring seed, as the app's pages do), and at least the
-    layers its mask may pick scored. The app gives such a report to the run (``scores=``): the rows a page showed
-    are the rows that train, and they are not scored twice."""
-    if cfg.method not in SCORED_AS:
+    the same settings (its restriction and score, read at its length, with its scoring seed), groups mined with the
+    run's mining settings and none merged, a head loaded with the run's seed (a report made outside a run loads it
+    with its scoring seed, as the app's pages do), the same layers scored above the mask's floor, and no frozen
+    layers cached (scores read through the cache differ by a rounding even in float32, by 38% in bfloat16: a row at
+    the budget's cut could change). The app gives such a report to the run
+    (``scores=``): the rows a page showed are the rows a sparse run trains, and they are not scored twice."""
+    if cfg.method not in SCORED_AS or report.mining is None or cfg.mining.merge_tokens or cfg.cache_frozen_layers:
         return False
     # As JSON holds them (a saved report's tuples are lists).
     settled = json.loads(json.dumps(to_dict(replace(scoring_settled(cfg, None).sensitivity, **SCORED_AS[cfg.method]))))
     made = json.loads(json.dumps(report.config))
     floor = min(effective_min_layer(cfg.mask, report.n_layers), report.n_layers - 1)
-    if made.get("seed") != cfg.seed or made.get("min_layer", 0) > max(settled["min_layer"], floor):
+    if (made.get("seed") or 0) != cfg.seed or report.mining != json.loads(json.dumps(to_dict(cfg.mining))):
+        return False
+    if max(made.get("min_layer", 0), floor) != max(settled["min_layer"], floor):
         return False
     return all(made.get(key) == value for key, value in settled.items() if key != "min_layer")
 
 
-def check_scores_fit(given: GivenScores, loaded: LoadedModel, labels: list[str]) -> None:
-    """Raises ConfigError, naming the scores, when they were made on another model or for other labels."""
+def check_scores_fit(given: GivenScores, loaded: LoadedModel, labels: list[str], mask: MaskConfig) -> None:
+    """Refuse, before any run folder is claimed, scores made on another model or for other labels, scores that do
+    not reach down to the mask's floor, and a budget they cannot fill.
+
+    Raises:
+        ConfigError: naming the scores.
+    """
+    report = given.report
     try:
-        given.report.check_fits(loaded, labels)
+        report.check_fits(loaded, labels)
+        floor = min(effective_min_layer(mask, report.n_layers), report.n_layers - 1)
+        if report.scored_from_layer > floor:
+            raise ConfigError(f"they were scored from layer {report.scored_from_layer} up, and the mask may take rows "
+                              f"from layer {floor}: score the layers it may take")
     except ConfigError as exc:
         raise ConfigError(f"the scores ({given.origin}) cannot choose this run's rows: {exc}") from exc
+    select_mask(report, mask)  # a budget below their cheapest row: said now, not after the folder is claimed
+
+
+def check_scores_outside(given: GivenScores, out_dir: Path) -> None:
+    """Refuse scores that lie inside the run folder: claiming it (with overwrite) would delete them first."""
+    if given.origin == "given":
+        return
+    folder, out = Path(given.origin), Path(out_dir).expanduser().resolve()
+    if folder == out or out in folder.parents:
+        raise ConfigError(f"the scores ({folder}) lie inside the run folder {out}, which this run writes: copy them "
+                          "elsewhere first")
 
 
 def _saved_tokens(folder: Path) -> TaskTokens | None:
@@ -375,8 +427,8 @@ def _saved_tokens(folder: Path) -> TaskTokens | None:
 
 
 def _given(ctx: MethodContext) -> tuple[TaskTokens, SensitivityReport, float]:
-    """``mine_and_score`` with scores made beforehand: their groups (mined here when they came without them), both
-    saved into the run folder as a scored run's are. Returns seconds too."""
+    """``mine_and_score`` with scores made beforehand: their groups (mined here with their settings when they came
+    without them), both saved into the run folder as a scored run's are. Returns seconds too."""
     started = time.perf_counter()
     task_tokens = ctx.given.task_tokens
     if task_tokens is None:  # for the run folder (the case study reads them); the scores are not redone
@@ -640,9 +692,10 @@ def finetune(
     """Finetune ``source`` on ``data`` with ``cfg.method`` and write the run folder ``out_dir``.
 
     The model is loaded from ``source`` and the groups, scores and mask are made here, from ``cfg`` (mining,
-    sensitivity, mask), unless ``scores`` gives the scores: then the mask is chosen from them with ``cfg.mask``, as
-    ``select_mask(scores, cfg.mask)`` chooses it. The run is not in the app's run list until
-    ``RunStore().register_folder(out_dir)``.
+    sensitivity, mask), unless ``scores`` gives the scores: then 'sparse' trains the rows
+    ``select_mask(scores, cfg.mask)`` shows (the mask's seed is the run's unless it names one), 'random' draws its
+    rows among those the scores let it take, and 'fisher' takes their top rows. The run is not in the app's run list
+    until ``RunStore().register_folder(out_dir)``.
 
     Args:
         data: the splits (``load_data``), or a path or DataFrame that ``load_data`` reads.
@@ -662,9 +715,11 @@ def finetune(
             ``on_step`` nor ``on_phase`` is given; never on the other processes of a multi-process run.
         scores: row scores made beforehand, for 'sparse' (token-restricted), 'fisher' (unrestricted Fisher) or
             'random' (which rows may be taken): a ``SensitivityReport`` or the folder it was saved to
-            (``report.save``, ``clm-explore sensitivity --out``). They must be of this model and these labels; the
-            run trains from their warmed-up head and records their settings as its ``cfg.sensitivity``
-            (``scores_from`` in metrics.json says where they came from). Saves the mining and scoring.
+            (``report.save``, ``clm-explore sensitivity --out``). They must be of this model (its source and
+            shapes) and these labels, scored down to the mask's floor, and not for merged tokens; the run trains
+            from their warmed-up head and records their settings as its ``cfg.sensitivity`` (and their groups'
+            as its ``cfg.mining``; ``scores_from`` in metrics.json says where they came from). Saves the mining and
+            scoring; refused before any folder is touched.
 
     Returns:
         FinetuneResult; status 'cancelled' when ``should_stop`` returned True (no model is saved then).
@@ -681,7 +736,7 @@ def finetune(
     out_dir = Path(out_dir)
     if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
         cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
-    given = given_scores(scores, cfg.method)
+    given = given_scores(scores, cfg)
     cfg = scoring_settled(cfg, given)
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
@@ -690,6 +745,8 @@ def finetune(
     # A new or empty folder, or an earlier run's with overwrite: stale masks, scores or an adapter would be read as
     # this run's, and a notebook's working folder or a data folder must not fill with run files. Checked on every
     # process (one refused alone would leave the others waiting at the barrier), before the model loads.
+    if given is not None:
+        check_scores_outside(given, out_dir)
     check_run_dir(out_dir, overwrite, launch_peer=not main)
     _seed_everything(cfg.seed)
     quiet = on_step is None and on_phase is None  # no caller listening: a notebook, a script
@@ -704,7 +761,7 @@ def finetune(
         loaded = load_model(source, data.labels, seed=cfg.seed)
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
         if given is not None:
-            check_scores_fit(given, loaded, data.labels)
+            check_scores_fit(given, loaded, data.labels, cfg.mask)
         if main and out_dir.exists() and holds_files(out_dir):  # emptied only now: overwrite=True must not
             claim_run_dir(out_dir, overwrite)  # delete a finished run for a mistyped source or a refused config
         if accelerator is not None:
@@ -746,6 +803,9 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
         return _cancelled(out_dir, 0)
     if given is not None:
         prepared.info["scores_from"] = given.origin
+        if given.task_tokens is None and given.mining is None:
+            prepared.info["tokens_note"] = ("the scores do not say how their groups were mined: task_tokens.json "
+                                            "holds groups mined with this run's mining settings")
     if loaded_head is not None:  # the scores came from a warmed head; training starts from the loaded one
         restore_head(prepared.model, loaded_head)
     if warmup_seconds:

@@ -213,16 +213,21 @@ def test_finetune_trains_from_scores_saved_by_sensitivity(capsys, data_dir, tmp_
     out = tmp_path / "run"
     shown = run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores),
                               "--out", str(out), "--json"])
-    assert shown["scores_from"] == str(scores)
+    assert shown["scores_from"] == str(scores.resolve())
     assert (out / "task_tokens.json").read_text() == (scores / "task_tokens.json").read_text()
     recorded = RunStore().get(shown["run"]).config["sensitivity"]  # the registry names what the folder names
     assert recorded["score"] == "taylor" == json.loads((out / "clm_run.json").read_text())["config"]["sensitivity"]["score"]
     for argv, message in (([str(tmp_path / "nowhere")], "is not a readable scores folder"),
-                          ([str(scores), "--method", "full"], "are for the methods that train scored rows"),
+                          ([str(scores), "--method", "full"], "error: Row scores made beforehand (--scores) serve"),
                           ([str(scores), "--method", "fisher"], "made with restriction 'tokens'")):
         err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", *argv,
                                  "--out", str(tmp_path / "refused")])
         assert message in err and not (tmp_path / "refused").exists()
+    # Scores inside the run folder that --overwrite replaces: refused before it is emptied (it deleted them, then
+    # failed to read them).
+    err = run_error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(out / "sensitivity"),
+                             "--out", str(out), "--overwrite"])
+    assert "lie inside the run folder" in err and (out / "metrics.json").is_file()
 
 
 def test_model_labels_with_the_taylor_score_exits_2(capsys, data_dir):

@@ -611,7 +611,7 @@ def test_scores_saved_by_a_run_train_the_same_rows_without_scoring_again(data, s
     first, second = load_file(result.out_dir / "masks.safetensors"), load_file(again.out_dir / "masks.safetensors")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert again.metrics["accuracy"] == result.metrics["accuracy"]  # the same warmed head and rows: the same run
-    assert again.metrics["scores_from"] == str(scores)
+    assert again.metrics["scores_from"] == str(scores.resolve())
     saved = json.loads((again.out_dir / "clm_run.json").read_text())["config"]["sensitivity"]
     assert saved == SensitivityReport.load(scores).config  # the run records the settings its scores were made with
     for name in ("task_tokens.json", "sensitivity/row_scores.safetensors"):
@@ -641,25 +641,37 @@ def test_a_report_made_in_a_notebook_chooses_the_rows_as_select_mask_does(data, 
 
 
 def test_scores_that_cannot_serve_the_run_are_refused_before_any_folder(data, sparse_run, tmp_path):
+    from clm_explore.config import MiningConfig
+
     result, _ = sparse_run
     scores = SensitivityReport.load(result.out_dir / "sensitivity")
+    assert (scores.source, scores.labels, scores.mining["top_k"]) == ("tiny-random", LABELS, MiningConfig().top_k)
     refused = {
-        "full": (replace(SPARSE, method="full"), scores, "are for the methods that train scored rows"),
+        "full": (replace(SPARSE, method="full"), scores, "serve the methods that train scored rows"),
         "restriction": (replace(SPARSE, method="fisher"), scores, "made with restriction 'tokens'; 'fisher' trains"),
+        "merged": (replace(SPARSE, mining=MiningConfig(merge_tokens=4)), scores, "merges words into the tokenizer"),
         "model": (SPARSE, replace(scores, n_layers=5), "computed on another model"),
+        "source": (SPARSE, replace(scores, source="default"), "computed on another model \\('default'"),
         "labels": (SPARSE, replace(scores, labels=["a", "b", "c", "d"]), "computed for 4 other labels"),
+        "unnamed": (SPARSE, replace(scores, labels=None), "do not name the labels"),  # saved before they were named
+        "floor": (SPARSE, replace(scores, config={**scores.config, "min_layer": 1}), "scored from layer 1 up"),
+        "headless": (SPARSE, replace(scores, head_state={}), "warmed-up head that is missing"),
+        "settings": (SPARSE, replace(scores, config={**scores.config, "max_length": 4}), "config.max_length must be"),
         "folder": (SPARSE, tmp_path / "nowhere", "is not a readable scores folder"),
     }
     for name, (cfg, given, message) in refused.items():
         with pytest.raises(ConfigError, match=message):
             finetune(data, cfg, tmp_path / name, source="tiny-random", scores=given)
         assert not (tmp_path / name).exists(), name
-    other = AnnotatedData(*(data.split(s)[data.split(s)["label"] != LABELS[0]] for s in ("train", "validation", "test")),
-                          labels=LABELS[1:])
-    with pytest.raises(ConfigError, match="labels"):  # a report saved before it named its labels: the head's shape
-        finetune(other, SPARSE, tmp_path / "three", source="tiny-random", scores=replace(scores, labels=None))
     with pytest.raises(TypeError, match="scores is a SensitivityReport"):
         finetune(data, SPARSE, tmp_path / "typed", source="tiny-random", scores=0.01)
+    # An earlier run replaced with overwrite=True survives a refusal: its own scores, a budget they cannot fill.
+    kept = finetune(data, replace(SPARSE, epochs=1), tmp_path / "kept", source="tiny-random").out_dir
+    for cfg, given, message in ((SPARSE, kept / "sensitivity", "lie inside the run folder"),
+                                (replace(SPARSE, mask=MaskConfig(budget=10, min_layer=0)), scores, "buys no row")):
+        with pytest.raises(ConfigError, match=message):
+            finetune(data, cfg, kept, source="tiny-random", scores=given, overwrite=True)
+        assert json.loads((kept / "metrics.json").read_text())["status"] == "succeeded"
 
 
 def test_scores_alike_names_a_report_the_run_would_make_itself(data, tmp_path):
@@ -672,11 +684,19 @@ def test_scores_alike_names_a_report_the_run_would_make_itself(data, tmp_path):
     report = compute_sensitivity(loaded, data, groups, SensitivityConfig(), device="cpu")  # every layer, as a page's
     cfg = replace(SPARSE, epochs=1, mask=MaskConfig(budget=0.03))  # the mask's floor: the upper layer
     assert scores_alike(report, cfg) and scores_alike(report, replace(cfg, method="random"))
+    from clm_explore.config import MiningConfig
+
     for other in (replace(cfg, seed=1), replace(cfg, method="fisher"), replace(cfg, method="full"),
-                  replace(cfg, max_length=32), replace(cfg, sensitivity=SensitivityConfig(score="taylor"))):
+                  replace(cfg, max_length=32), replace(cfg, sensitivity=SensitivityConfig(score="taylor")),
+                  replace(cfg, mining=MiningConfig(top_k=3)),  # other groups: other positions scored
+                  replace(cfg, mining=MiningConfig(merge_tokens=4)),  # a merged tokenizer before scoring
+                  replace(cfg, sensitivity=SensitivityConfig(min_layer=1), mask=MaskConfig(budget=0.03, min_layer=0)),
+                  replace(cfg, cache_frozen_layers=True, cache_dtype="float32")):  # scores read rounded states
         assert not scores_alike(report, other), other
     upper = compute_sensitivity(loaded, data, groups, SensitivityConfig(min_layer=1), device="cpu")
     assert not scores_alike(upper, replace(cfg, mask=MaskConfig(budget=0.03, min_layer=0)))  # rows it never scored
+    ungrouped = compute_sensitivity(loaded, data, None, SensitivityConfig(restriction="none"), device="cpu")
+    assert not scores_alike(ungrouped, replace(cfg, method="fisher"))  # fisher's own run reads the groups' rows
     # What it claims: the run given the report trains what it would have trained scoring itself.
     scored = finetune(data, cfg, tmp_path / "scored", source="tiny-random")
     given = finetune(data, cfg, tmp_path / "given", source="tiny-random", scores=report)

@@ -293,8 +293,8 @@ def _register_finetune(sub: Any) -> None:
                    "validation rows' top probabilities, in (0, 1)")
     p.add_argument("--scores", default=None, metavar="DIR",
                    help="sparse, fisher, random: choose the rows from scores saved by `sensitivity --out DIR` (same "
-                   "model and data) instead of mining and scoring again; their settings replace --score and the "
-                   "head warm-up options")
+                   "model and labels) instead of mining and scoring again; their settings replace --score, "
+                   "--fisher-labels, --label-draws and the head warm-up options")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out run folder (one holding clm_run.json)")
@@ -338,15 +338,18 @@ def run_finetune(args: argparse.Namespace) -> int:
         check_processes,
         check_runnable,
         check_scores_fit,
+        check_scores_outside,
         finetune,
         given_scores,
         scoring_settled,
     )
 
     cfg = finetune_config(args)
-    given = given_scores(args.scores, cfg.method)  # a folder that cannot serve is said before the model loads
+    given = given_scores(args.scores, cfg)  # a folder that cannot serve is said before the model loads
     if given is not None:  # the registry records the settings the scores were made with, as the run folder does
         cfg = scoring_settled(cfg, given)
+        if args.out:
+            check_scores_outside(given, Path(args.out))  # --overwrite would delete them before they are read
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and not args.out:  # on every process: a refusal on one alone left the others waiting for it
         raise UserError("Several processes need --out DIR, so that every process writes into the same run folder.")
@@ -358,14 +361,14 @@ def run_finetune(args: argparse.Namespace) -> int:
     _check_budget_fits(cfg.mask, loaded)
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
     if given is not None:
-        check_scores_fit(given, loaded, data.labels)
+        check_scores_fit(given, loaded, data.labels, cfg.mask)
     resolve_device(cfg.device)  # a bad --device is a message before any folder is touched
     protected = (default_root(), Path(args.data))
     if int(os.environ.get("RANK", "0")) > 0:
         # accelerate launch / torchrun: rank 0 owns the run folder and the registry entry; the others refuse a
         # folder as it does, before any process waits for another.
         check_run_dir(args.out, args.overwrite, protected, launch_peer=True)  # rank 0 holds the folder's lock
-        finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite, scores=args.scores)
+        finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite, scores=given)
         return 0
     store = RunStore()
     store.check_writable()  # a registry held or damaged is said before --overwrite deletes the earlier run
@@ -373,11 +376,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     # Held from the claim on (finetune takes it again inside): a second run into this folder is refused before it
     # registers, where it took over this run's record and, refused later, marked the live run failed.
     with run_folder_lock(out) if out is not None else contextlib.nullcontext():
-        return _train_registered(args, cfg, data, store, out, processes)
+        return _train_registered(args, cfg, data, store, out, processes, given)
 
 
 def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any, out: Path | None,
-                      processes: int) -> int:
+                      processes: int, given: Any = None) -> int:
     """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded."""
     from clm_explore.runs import RunStatus
     from clm_explore.training import finetune
@@ -391,7 +394,7 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     try:
         result = finetune(data, cfg, run_dir, source=args.model,
                           on_step=None if args.json else _step_printer(),
-                          on_phase=None if args.json else phase_printer(), progress=False, scores=args.scores)
+                          on_phase=None if args.json else phase_printer(), progress=False, scores=given)
     except BaseException as exc:
         if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
             store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher sends "
