@@ -30,11 +30,12 @@ def settle(page, seconds: float = 2.5) -> None:
     time.sleep(seconds)
 
 
-def shoot(page, name: str) -> None:
+def shoot(page, name: str, full_page: bool = True) -> None:
+    """A PNG of the page (its top 2400 px), or of the window as scrolled (``full_page=False``)."""
     from PIL import Image
 
     path = OUT / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     image = Image.open(path)
     if image.height > 2400:  # keep the top of very long pages
         image = image.crop((0, 0, image.width, 2400))
@@ -45,6 +46,13 @@ def shoot(page, name: str) -> None:
 def shoot_setup_pages(page) -> None:
     """Data, Tokens, Sensitivity (with the unrestricted comparison) and Budget."""
     shoot(page, "1_data")
+    page.get_by_role("button", name="Check the labels").click()
+    page.get_by_text("Rows flagged").wait_for(timeout=WAIT)
+    settle(page)
+    # The section sits below the data report: the window scrolled to its heading.
+    page.get_by_role("heading", name="Labels the data disputes").evaluate("e => e.scrollIntoView({block: 'start'})")
+    settle(page, 1)
+    shoot(page, "1_labels", full_page=False)
     nav(page, "Tokens")
     page.get_by_text("groups from").wait_for(timeout=WAIT)
     settle(page)
