@@ -4,7 +4,7 @@ import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
 from clm_explore.data import DataError
-from clm_explore.label_issues import TooFewRowsError
+from clm_explore.label_issues import TooFewRowsError, relabelled, splits_zip
 from clm_explore.ui import cache, forms, state, views
 
 st.title("Data")
@@ -46,4 +46,15 @@ if state.get("audited") == (choice, source):
         state.put("audited", None)
         st.warning(views.escape_markdown(str(exc)))
     else:
-        views.render_label_issues(issues, key="data")
+        accepted = views.render_label_issues(issues, key="data")
+        if len(accepted):
+            fixed = relabelled(annotated, accepted)
+            st.download_button(
+                f"Download the data with {len(accepted)} label(s) changed (zip: train, validation, test)",
+                splits_zip(fixed), file_name=f"{choice.name}-relabelled.zip", mime="application/zip",
+                key="data_relabelled",
+            )
+            st.caption(
+                "Unzipped, a folder the command line reads as it is (clm-explore finetune --data FOLDER), splits "
+                "and all; or fix the labels at their source and load the data again."
+            )

@@ -12,6 +12,8 @@ lowest first.
 
 - ``find_label_issues(loaded, data, cfg) -> LabelIssues``: ``.issues`` (a row per flagged row: split, row, text,
   label, suggested, label_prob, suggested_prob), ``.checked`` rows, ``.notes``, ``.probe_accuracy``.
+- ``relabelled(data, accepted_issues) -> AnnotatedData``: the suggestions a person accepted, applied;
+  ``splits_zip(data)``: the splits as one zip of CSV files, to download and train on.
 
 It needs no finetuning (one forward pass over the audited rows), so it runs before any training: on the data an
 annotator uploaded, before it teaches a model its mistakes.
@@ -19,7 +21,9 @@ annotator uploaded, before it teaches a model its mistakes.
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +36,7 @@ from sklearn.preprocessing import StandardScaler
 
 from clm_explore.batches import collate, encode
 from clm_explore.config import LabelAuditConfig
-from clm_explore.data import AnnotatedData, DataError
+from clm_explore.data import AnnotatedData, DataError, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
 
 ISSUE_COLUMNS = ["split", "row", "text", "label", "suggested", "label_prob", "suggested_prob"]
@@ -187,3 +191,26 @@ def confident_other_label(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     best = confident.argmax(1)
     has_one = np.isfinite(confident.max(1))
     return np.where(has_one & (best != given) & (probs.argmax(1) != given), best, -1)
+
+
+def relabelled(data: AnnotatedData, accepted: pd.DataFrame) -> AnnotatedData:
+    """``data`` with the suggested label of every ``accepted`` row (rows of ``LabelIssues.issues``: split, row,
+    suggested) in place of its own, checked again as ``load_data`` checks a dict of splits (the label list may
+    change: a label only test held may now be a train label, one no row holds any more is gone)."""
+    splits = {name: data.split(name).copy() for name in ("train", "validation", "test")}
+    for split, row, label in zip(accepted["split"], accepted["row"], accepted["suggested"], strict=True):
+        frame = splits[split]
+        frame.iloc[int(row), frame.columns.get_loc("label")] = label
+    fixed = load_data(splits)
+    fixed.source = f"{data.source} ({len(accepted)} label(s) changed by the audit)"
+    return fixed
+
+
+def splits_zip(data: AnnotatedData) -> bytes:
+    """The three splits as train.csv, validation.csv and test.csv (text, label) in one zip: a folder
+    ``load_data`` reads as it is, splits and all."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("train", "validation", "test"):
+            archive.writestr(f"{name}.csv", data.split(name)[["text", "label"]].to_csv(index=False))
+    return buffer.getvalue()

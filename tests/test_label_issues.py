@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -121,3 +122,23 @@ def test_cli_audit_prints_json_and_writes_the_flagged_rows(capsys, splits, tmp_p
     assert "folds must be in 2..20" in capsys.readouterr().err
     assert main(["audit", str(folder), "--model", "tiny-random", "--splits", "test", "--folds", "11"]) == 2
     assert "needs two labels with at least 11 rows" in capsys.readouterr().err
+
+
+def test_accepted_suggestions_give_data_that_loads_and_zips_as_a_folder(splits, tmp_path):
+    import zipfile
+
+    from clm_explore.label_issues import relabelled, splits_zip
+
+    data = load_data(splits)
+    flagged = find_label_issues(load_model("tiny-random", data.labels, seed=0), data).issues
+    fixed = relabelled(data, flagged.iloc[:2])
+    for split, row, suggested in flagged.iloc[:2][["split", "row", "suggested"]].itertuples(index=False):
+        assert fixed.split(split)["label"].iloc[row] == suggested
+    changed = sum((fixed.split(s)["label"] != data.split(s)["label"]).sum() for s in ("train", "validation", "test"))
+    assert changed == 2 and all(len(fixed.split(s)) == len(data.split(s)) for s in ("train", "validation", "test"))
+    with zipfile.ZipFile(io.BytesIO(splits_zip(fixed))) as archive:
+        archive.extractall(tmp_path / "fixed")
+    again = load_data(tmp_path / "fixed")  # read back as it is: the same splits, rows and labels
+    for split in ("train", "validation", "test"):
+        pd.testing.assert_frame_equal(again.split(split).reset_index(drop=True),
+                                      fixed.split(split).reset_index(drop=True))

@@ -145,9 +145,10 @@ def render_data_report(report: Any, key: str) -> None:
     st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
 
 
-def render_label_issues(result: Any, key: str) -> None:
+def render_label_issues(result: Any, key: str) -> pd.DataFrame:
     """The label audit: how many rows were flagged and how far the probe can be trusted, then the flagged rows
-    (texts in a table: never rendered as markdown) and a CSV of them."""
+    (texts in a table: never rendered as markdown), each with a box to accept its suggestion, and a CSV of them.
+    Returns the rows whose suggestion was accepted."""
     with metric_row():
         st.metric("Rows flagged", len(result.issues), width="content")
         st.metric("Rows checked", result.checked, width="content")
@@ -158,13 +159,15 @@ def render_label_issues(result: Any, key: str) -> None:
         st.caption(escape_markdown(note))
     if result.issues.empty:
         st.success("No row's label is disputed by the others.")
-        return
-    st.dataframe(
-        result.issues,
+        return result.issues
+    edited = st.data_editor(
+        result.issues.assign(accept=False)[["accept", *result.issues.columns]],
         key=f"{key}_issues",
         hide_index=True,
         height=320,
+        disabled=list(result.issues.columns),  # only the boxes: the rows are the audit's
         column_config={
+            "accept": st.column_config.CheckboxColumn("accept", help="Take the suggested label for this row"),
             "row": st.column_config.NumberColumn("row", help="Position in its split, as loaded (a carved "
                                                  "validation or test split is drawn from train)"),
             "label_prob": st.column_config.ProgressColumn("label prob", min_value=0.0, max_value=1.0, format="%.3f",
@@ -175,6 +178,7 @@ def render_label_issues(result: Any, key: str) -> None:
     )
     st.download_button("Download the flagged rows (CSV)", result.issues.to_csv(index=False).encode(),
                        file_name="label_issues.csv", mime="text/csv", key=f"{key}_issues_csv")
+    return result.issues[edited["accept"].to_numpy(dtype=bool)]
 
 
 # -- tokens ---------------------------------------------------------------------------------------

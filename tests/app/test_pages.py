@@ -71,9 +71,17 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
     shown = {m.label: m.value for m in at.metric}
     flagged = int(shown["Rows flagged"])  # the tiny random model's features dispute many labels
     assert int(shown["Rows checked"]) == 2000 and flagged > 0
-    table = next(d.value for d in at.dataframe if "suggested" in d.value.columns)
-    assert len(table) == flagged and list(table.columns[:5]) == ["split", "row", "text", "label", "suggested"]
-    assert any(b.label == "Download the flagged rows (CSV)" for b in at.get("download_button"))
+    table = next(d.value for d in at.dataframe if "suggested" in d.value.columns)  # the editor: a dataframe here
+    assert len(table) == flagged and list(table.columns[:6]) == ["accept", "split", "row", "text", "label", "suggested"]
+    downloads = [b.proto.label for b in at.get("download_button")]
+    assert "Download the flagged rows (CSV)" in downloads and not any("changed" in d for d in downloads)
+    # Two suggestions accepted (as the editor's boxes record them): the data with them, to download.
+    at.session_state["data_issues"] = {"edited_rows": {"0": {"accept": True}, "2": {"accept": True}},
+                                       "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Download the data with 2 label(s) changed (zip: train, validation, test)" in [
+        b.proto.label for b in at.get("download_button")]
     goto(at, "app_pages/2_tokens.py")
     goto(at, "app_pages/1_data.py")  # still shown after another page, from the cache
     assert {m.label: m.value for m in at.metric}["Rows flagged"] == shown["Rows flagged"]
