@@ -1,5 +1,7 @@
 """Data: the bundled sample, a server-side data set or an upload; column mapping; the data report."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
@@ -45,13 +47,16 @@ if state.get("audited") == (choice, source):
     except TooFewRowsError as exc:  # not cached: forgotten, or every rerun would load and read the data again
         state.put("audited", None)
         st.warning(views.escape_markdown(str(exc)))
+    except Exception:
+        state.put("audited", None)  # shown once (app.py), not redone on every rerun
+        raise
     else:
         accepted = views.render_label_issues(issues, key="data")
         if len(accepted):
             fixed = relabelled(annotated, accepted)
             st.download_button(
                 f"Download the data with {len(accepted)} label(s) changed (zip: train, validation, test)",
-                splits_zip(fixed), file_name=f"{choice.name}-relabelled.zip", mime="application/zip",
+                splits_zip(fixed), file_name=f"{Path(choice.name).stem}-relabelled.zip", mime="application/zip",
                 key="data_relabelled",
             )
             st.caption(

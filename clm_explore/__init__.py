@@ -72,8 +72,10 @@ _EXPORTS = {
     "mine_task_tokens": "clm_explore.mining",
     "predict": "clm_explore.batches",
     "predict_proba": "clm_explore.batches",
+    "relabelled": "clm_explore.label_issues",
     "run_grid": "clm_explore.bench",
     "select_mask": "clm_explore.masks",
+    "splits_zip": "clm_explore.label_issues",
     "write_report": "clm_explore.report",
 }
 

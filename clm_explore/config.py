@@ -631,3 +631,4 @@ class LabelAuditConfig:
                and len(set(self.splits)) == len(self.splits),
                f"splits must name some of train, validation and test, each once; got {self.splits!r}")
         _check(self.max_rows >= 2 * self.folds, f"max_rows must be >= 2 x folds ({2 * self.folds}), got {self.max_rows}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")

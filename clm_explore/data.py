@@ -63,7 +63,7 @@ class AnnotatedData:
     validation: pd.DataFrame
     test: pd.DataFrame
     labels: list[str]
-    """Labels of the train split in the model's output order: sorted (numerically when all are integers)."""
+    """Labels of the train split in the model's output order: sorted (numerically when all are numbers)."""
     source: str = ""
     """Where the data came from (a path or an uploaded file name)."""
     notes: list[str] = field(default_factory=list)
@@ -118,7 +118,7 @@ def _as_text_columns(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: str for c in columns})
 
 
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,4})?")
 """A label written as a decimal number: '2', '-1', '1.0' (a float column's labels), '2.5e1'."""
 
 

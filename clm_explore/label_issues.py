@@ -2,13 +2,13 @@
 
 Confident learning (Northcutt, Jiang and Chuang, 2021), the rule cleanlab's ``find_label_issues`` applies with
 ``filter_by='confident_learning'`` (its default, 'prune_by_noise_rate', removes a calibrated count per pair of
-labels instead): every row gets out-of-fold class probabilities from a linear probe on the frozen model's features
-(mean of the last layer's token states, standardised; scikit-learn's logistic regression), with the copies of a
-text kept in one fold, so no row is judged by a probe that saw it or its copy. A label's threshold is the mean
-probability its own rows give it. A row is flagged when the most probable of the labels whose probability reaches
-their threshold is not its own, and the probe's most probable label is not its own either: the probe is
-confidently sure of another label. Rows are ranked by the probability of their own label (self-confidence),
-lowest first.
+labels instead; ``confident_other_label`` names the one difference). Every row gets out-of-fold class
+probabilities from a linear probe on the frozen model's features (mean of the last layer's token states,
+standardised; scikit-learn's logistic regression), with the copies of a text kept in one fold, so no row is judged
+by a probe that saw it or its copy. A label's threshold is the mean probability its own rows give it; a row's
+guess is the one label that reaches its threshold, or its most probable label when several do. A row is flagged
+when its guess is another label and its most probable label is not its own either: the probe is confidently sure
+of another label. Rows are ranked by the probability of their own label (self-confidence), lowest first.
 
 - ``find_label_issues(loaded, data, cfg) -> LabelIssues``: ``.issues`` (a row per flagged row: split, row, text,
   label, suggested, label_prob, suggested_prob), ``.checked`` rows, ``.notes``, ``.probe_accuracy``.
@@ -117,16 +117,16 @@ def audited_rows(data: AnnotatedData, cfg: LabelAuditConfig) -> tuple[pd.DataFra
     if len(rows) > cfg.max_rows:
         notes.append(f"{cfg.max_rows:,} of {len(rows):,} rows audited (a seeded sample; LabelAuditConfig.max_rows)")
         rows = rows.sample(cfg.max_rows, random_state=cfg.seed).sort_index()
-    counts = rows["label"].value_counts()
-    rare = sorted(counts[counts < cfg.folds].index)
+    texts = rows.groupby("label")["text"].nunique()  # the folds keep a text's copies together: count texts
+    rare = sorted(texts[texts < cfg.folds].index)
     if rare:
-        left = int(counts[rare].sum())
-        notes.append(f"{left:,} row(s) of {len(rare)} label(s) with fewer than {cfg.folds} rows were not audited: "
-                     f"{', '.join(rare[:5])}{', ...' if len(rare) > 5 else ''}")
+        left = int(rows["label"].isin(rare).sum())
+        notes.append(f"{left:,} row(s) of {len(rare)} label(s) with fewer than {cfg.folds} different texts were not "
+                     f"audited: {', '.join(rare[:5])}{', ...' if len(rare) > 5 else ''}")
     rows = rows[~rows["label"].isin(rare)]
     if rows["label"].nunique() < 2:
-        raise TooFewRowsError(f"The label audit needs two labels with at least {cfg.folds} rows each (one per fold); "
-                              f"the {', '.join(cfg.splits)} rows have {rows['label'].nunique()}.")
+        raise TooFewRowsError(f"The label audit needs two labels with at least {cfg.folds} different texts each (one "
+                              f"per fold); the {', '.join(cfg.splits)} rows have {rows['label'].nunique()}.")
     return rows.reset_index(drop=True), notes
 
 
@@ -168,6 +168,9 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, texts: n
     probs = np.zeros((len(labels), len(classes)))
     folds = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
     for fit, held in folds.split(features, labels, groups=pd.factorize(texts)[0]):
+        if len(np.unique(labels[fit])) < 2:  # the folds could not spread the labels' texts (few, unevenly copied)
+            raise TooFewRowsError("The label audit could not spread the texts over its folds with two labels in each "
+                                  "probe's rows; fewer folds (LabelAuditConfig.folds, --folds) may.")
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.regularization, max_iter=1000))
         probe.fit(features[fit], labels[fit])
         columns = np.searchsorted(classes, probe.classes_)  # a label whose rows all fell in one fold has no column
@@ -178,19 +181,21 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, texts: n
 def confident_other_label(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     """Per row, the label the probabilities are confidently sure of when it is not the given one, else -1.
 
-    A label's threshold is the mean probability its own rows give it; a row's confident labels are those whose
-    probability reaches their threshold, and the most probable of them is its confident label (cleanlab's
-    confident joint). A row is flagged when its confident label is another one and the most probable label of all
-    is not its own either (cleanlab's confident_learning filter drops those too). A label no probe ever gave any
-    probability cannot be suggested (its threshold of 0 would make every row confident of it).
+    As cleanlab's ``compute_confident_joint`` and its confident_learning filter: a label's threshold is the mean
+    probability its own rows give it; a row's confident labels are those whose probability reaches their threshold
+    (within 1e-6); its label guess is its one confident label, or its most probable label when several are
+    confident. A row is flagged when the guess is another label and its most probable label is not its own either.
+    One difference: a label its own rows give no probability is never confident (cleanlab's threshold of 0 would make
+    every row confident of it, and suggest it at probability 0).
     """
     n_classes = probs.shape[1]
     thresholds = np.array([probs[given == k, k].mean() if (given == k).any() else np.inf for k in range(n_classes)])
     thresholds = np.where(thresholds > 0, thresholds, np.inf)
-    confident = np.where(probs >= thresholds - 1e-6, probs, -np.inf)  # cleanlab's tolerance
-    best = confident.argmax(1)
-    has_one = np.isfinite(confident.max(1))
-    return np.where(has_one & (best != given) & (probs.argmax(1) != given), best, -1)
+    confident = probs >= thresholds - 1e-6
+    count = confident.sum(1)
+    top = probs.argmax(1)
+    guess = np.where(count > 1, top, confident.argmax(1))
+    return np.where((count > 0) & (guess != given) & (top != given), guess, -1)
 
 
 def relabelled(data: AnnotatedData, accepted: pd.DataFrame) -> AnnotatedData:

@@ -259,7 +259,7 @@ class SensitivityReport:
                 found = f"{params[name].shape[0]} rows" if name in params else "no such weight"
                 raise ConfigError(f"they were computed on another model ({name}: {info.rows} rows scored, {found} "
                                   "here)")
-        if self.source is not None and self.source != loaded.source:
+        if self.source is not None and not same_source(self.source, loaded.source):
             raise ConfigError(f"they were computed on another model ({self.source!r}; this run loads "
                               f"{loaded.source!r})")
         labels = [str(label) for label in labels]
@@ -274,6 +274,14 @@ class SensitivityReport:
             if name not in params or params[name].shape != value.shape:
                 raise ConfigError(f"their warmed-up head does not fit this model's head for {len(labels)} labels "
                                   f"({name})")
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two model sources name the same model: equal, or one folder or file written two ways."""
+    if a == b:
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
 
 
 def _percentile_ranks(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:

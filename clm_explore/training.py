@@ -337,12 +337,12 @@ def given_scores(scores: SensitivityReport | GivenScores | str | Path | None, cf
     if cfg.method == "fisher" and made.get("score") != "fisher":
         raise ConfigError(f"the scores ({origin}) are {made.get('score')!r} scores; 'fisher' trains Fisher rows "
                           "(sensitivity --score fisher)")
-    if cfg.mining.merge_tokens:
-        raise ConfigError(f"merge_tokens={cfg.mining.merge_tokens} merges words into the tokenizer before the rows are "
-                          f"scored; the scores ({origin}) read the tokenizer unmerged")
+    if cfg.mining.merge_tokens or (scores.mining or {}).get("merge_tokens"):
+        raise ConfigError(f"merge_tokens merges words into the tokenizer before the rows are scored; scores made "
+                          f"beforehand ({origin}) cannot serve a run that merges, nor come from one")
     try:  # config.max_length, not a command's --max-length: the file says it, not an option
         sensitivity = from_dict(SensitivityConfig, made)
-        mining = from_dict(MiningConfig, scores.mining) if scores.mining is not None else None
+        mining = from_dict(MiningConfig, scores.mining) if scores.mining else None  # {}: a file without its settings
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"the scores ({origin}) hold settings that are not valid: config.{exc}") from exc
     if sensitivity.prepares_head and not scores.head_state:
@@ -372,36 +372,38 @@ def scores_alike(report: SensitivityReport, cfg: FinetuneConfig) -> bool:
     layers cached (scores read through the cache differ by a rounding even in float32, by 38% in bfloat16: a row at
     the budget's cut could change). The app gives such a report to the run
     (``scores=``): the rows a page showed are the rows a sparse run trains, and they are not scored twice."""
-    if cfg.method not in SCORED_AS or report.mining is None or cfg.mining.merge_tokens or cfg.cache_frozen_layers:
+    if cfg.method not in SCORED_AS or not report.mining or cfg.mining.merge_tokens or cfg.cache_frozen_layers:
         return False
     # As JSON holds them (a saved report's tuples are lists).
     settled = json.loads(json.dumps(to_dict(replace(scoring_settled(cfg, None).sensitivity, **SCORED_AS[cfg.method]))))
     made = json.loads(json.dumps(report.config))
-    floor = min(effective_min_layer(cfg.mask, report.n_layers), report.n_layers - 1)
+    floor = mask_floor(cfg.mask, report.n_layers)
     if (made.get("seed") or 0) != cfg.seed or report.mining != json.loads(json.dumps(to_dict(cfg.mining))):
         return False
-    if max(made.get("min_layer", 0), floor) != max(settled["min_layer"], floor):
+    if max(made.get("min_layer", 0), floor) != max(settled["min_layer"], floor):  # the rows that may be chosen
         return False
     return all(made.get(key) == value for key, value in settled.items() if key != "min_layer")
 
 
+def mask_floor(mask: MaskConfig, n_layers: int) -> int:
+    """The lowest layer a mask may take rows from (a pooler-only mask: the top block), which a row method's own
+    scoring starts at unless its sensitivity settings start higher."""
+    return min(effective_min_layer(mask, n_layers), n_layers - 1)
+
+
 def check_scores_fit(given: GivenScores, loaded: LoadedModel, labels: list[str], mask: MaskConfig) -> None:
-    """Refuse, before any run folder is claimed, scores made on another model or for other labels, scores that do
-    not reach down to the mask's floor, and a budget they cannot fill.
+    """Refuse, before any run folder is claimed, scores made on another model or for other labels, and a budget
+    they cannot fill. (Scores that start above the mask's floor serve, as a run's own scoring from a higher
+    ``sensitivity.min_layer`` does: the rows below are not candidates, and the run's metrics say so.)
 
     Raises:
         ConfigError: naming the scores.
     """
-    report = given.report
     try:
-        report.check_fits(loaded, labels)
-        floor = min(effective_min_layer(mask, report.n_layers), report.n_layers - 1)
-        if report.scored_from_layer > floor:
-            raise ConfigError(f"they were scored from layer {report.scored_from_layer} up, and the mask may take rows "
-                              f"from layer {floor}: score the layers it may take")
+        given.report.check_fits(loaded, labels)
     except ConfigError as exc:
         raise ConfigError(f"the scores ({given.origin}) cannot choose this run's rows: {exc}") from exc
-    select_mask(report, mask)  # a budget below their cheapest row: said now, not after the folder is claimed
+    select_mask(given.report, mask)  # a budget below their cheapest row: said now, not after the folder is claimed
 
 
 def check_scores_outside(given: GivenScores, out_dir: Path) -> None:
@@ -525,7 +527,7 @@ def backbone_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]
 def scoring_config(ctx: MethodContext) -> SensitivityConfig:
     """The sensitivity options, scoring only the layers the mask may pick from (a shorter backward)."""
     n_layers = ctx.loaded.model.config.num_hidden_layers
-    floor = min(effective_min_layer(ctx.cfg.mask, n_layers), n_layers - 1)  # a pooler-only mask scores the top block too
+    floor = mask_floor(ctx.cfg.mask, n_layers)  # a pooler-only mask scores the top block too
     return replace(ctx.cfg.sensitivity, min_layer=max(ctx.cfg.sensitivity.min_layer, floor))
 
 
@@ -803,6 +805,11 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
         return _cancelled(out_dir, 0)
     if given is not None:
         prepared.info["scores_from"] = given.origin
+        floor = mask_floor(cfg.mask, given.report.n_layers)
+        if given.report.scored_from_layer > floor:
+            start = given.report.scored_from_layer
+            prepared.info["scores_note"] = (f"the scores start at layer {start}: rows of layers {floor}-{start - 1}, "
+                                            "which the mask allows, were not candidates")
         if given.task_tokens is None and given.mining is None:
             prepared.info["tokens_note"] = ("the scores do not say how their groups were mined: task_tokens.json "
                                             "holds groups mined with this run's mining settings")

@@ -218,9 +218,10 @@ def test_labels_written_as_decimals_keep_their_numeric_order(tmp_path):
     assert data.labels == [f"{i}.0" for i in range(12)]
     assert data.label_ids("train").tolist() == data.train["label"].astype(float).astype(int).tolist()
     assert label_order(["2.5e1", "-0.5", "3", ".5"]) == ["-0.5", ".5", "3", "2.5e1"]
-    big = ["12345678901234567891", "12345678901234567890"]  # past a float's precision: still exact
-    assert label_order(big) == sorted(big)
-    assert label_order(["1.0", "nan", "2.0"]) == ["1.0", "2.0", "nan"]  # not every label a number: as text
+    big = ["100000000000000000001", "99999999999999999999"]  # past a float's precision (floats order them wrongly)
+    assert label_order(big) == ["99999999999999999999", "100000000000000000001"]
+    assert label_order(["10.0", "nan", "2.0"]) == ["10.0", "2.0", "nan"]  # not every label a number: as text
+    assert label_order(["1e99999999999999999999", "2"]) == ["1e99999999999999999999", "2"]  # no exponent that large
 
 
 def test_hand_built_data_gets_text_columns_and_refuses_missing_values():

@@ -649,12 +649,12 @@ def test_scores_that_cannot_serve_the_run_are_refused_before_any_folder(data, sp
     refused = {
         "full": (replace(SPARSE, method="full"), scores, "serve the methods that train scored rows"),
         "restriction": (replace(SPARSE, method="fisher"), scores, "made with restriction 'tokens'; 'fisher' trains"),
-        "merged": (replace(SPARSE, mining=MiningConfig(merge_tokens=4)), scores, "merges words into the tokenizer"),
+        "merged": (replace(SPARSE, mining=MiningConfig(merge_tokens=4)), scores, "cannot serve a run that merges"),
         "model": (SPARSE, replace(scores, n_layers=5), "computed on another model"),
         "source": (SPARSE, replace(scores, source="default"), "computed on another model \\('default'"),
         "labels": (SPARSE, replace(scores, labels=["a", "b", "c", "d"]), "computed for 4 other labels"),
         "unnamed": (SPARSE, replace(scores, labels=None), "do not name the labels"),  # saved before they were named
-        "floor": (SPARSE, replace(scores, config={**scores.config, "min_layer": 1}), "scored from layer 1 up"),
+        "merged report": (SPARSE, replace(scores, mining={**scores.mining, "merge_tokens": 4}), "nor come from one"),
         "headless": (SPARSE, replace(scores, head_state={}), "warmed-up head that is missing"),
         "settings": (SPARSE, replace(scores, config={**scores.config, "max_length": 4}), "config.max_length must be"),
         "folder": (SPARSE, tmp_path / "nowhere", "is not a readable scores folder"),
@@ -665,6 +665,11 @@ def test_scores_that_cannot_serve_the_run_are_refused_before_any_folder(data, sp
         assert not (tmp_path / name).exists(), name
     with pytest.raises(TypeError, match="scores is a SensitivityReport"):
         finetune(data, SPARSE, tmp_path / "typed", source="tiny-random", scores=0.01)
+    # Scores from layer 1 serve a mask that may start at 0, as a run's own scoring from layer 1 would: it says so.
+    upper = finetune(data, replace(SPARSE, epochs=1), tmp_path / "upper", source="tiny-random",
+                     scores=replace(scores, config={**scores.config, "min_layer": 1}))
+    assert upper.metrics["lowest_layer"] >= 1 and "rows of layers 0-0, which the mask allows, were not candidates" in \
+        upper.metrics["scores_note"]
     # An earlier run replaced with overwrite=True survives a refusal: its own scores, a budget they cannot fill.
     kept = finetune(data, replace(SPARSE, epochs=1), tmp_path / "kept", source="tiny-random").out_dir
     for cfg, given, message in ((SPARSE, kept / "sensitivity", "lie inside the run folder"),

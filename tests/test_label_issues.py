@@ -49,6 +49,9 @@ def test_a_row_is_flagged_only_when_another_label_is_confidently_its_own():
     # Over label 1's threshold (0.2) but most probable as its own: not flagged, as cleanlab's filter drops it too.
     own_top = np.array([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.8, 0.2], [0.8, 0.2]])
     assert confident_other_label(own_top, np.array([0, 0, 0, 1, 1])).tolist() == [-1, -1, -1, 0, 0]
+    # Two labels confident (0 and 2): the guess is the most probable label, 1, as cleanlab's confident joint has it.
+    several = np.array([[0.30, 0.40, 0.30], [0.20, 0.10, 0.70], [0.05, 0.90, 0.05], [0.60, 0.20, 0.20]])
+    assert confident_other_label(several, np.array([0, 0, 1, 2])).tolist() == [1, 2, -1, 0]
     # Label 2's own row gives it 0: a threshold of 0 would make the first row "confident" of it at probability 0.
     never = np.array([[0.3, 0.7, 0.0], [0.9, 0.1, 0.0], [0.05, 0.95, 0.0], [0.5, 0.5, 0.0]])
     assert confident_other_label(never, np.array([0, 0, 1, 2])).tolist() == [-1, -1, -1, -1]
@@ -84,9 +87,13 @@ def test_rare_labels_are_named_and_too_few_refused(splits):
     rare = load_data({"train": splits["train"].iloc[:123], "validation": splits["validation"], "test": splits["test"]})
     result = find_label_issues(loaded, rare, LabelAuditConfig(splits=("train",)))
     assert result.checked == 119 and result.notes == [
-        "4 row(s) of 1 label(s) with fewer than 5 rows were not audited: top"]
+        "4 row(s) of 1 label(s) with fewer than 5 different texts were not audited: top"]
     assert "top" not in set(result.issues["label"])
-    with pytest.raises(ValueError, match="needs two labels with at least 11 rows"):  # 10 validation rows each
+    copies = dict(splits, train=splits["train"].assign(  # 'cash' written as one text 40 times: one fold's worth
+        text=lambda f: f["text"].where(f["label"] != "cash", "cash atm withdraw withdrawal machine withdrew")))
+    result = find_label_issues(loaded, load_data(copies), LabelAuditConfig(splits=("train",)))
+    assert result.notes == ["40 row(s) of 1 label(s) with fewer than 5 different texts were not audited: cash"]
+    with pytest.raises(ValueError, match="needs two labels with at least 11 different texts"):  # 10 validation rows each
         find_label_issues(loaded, data, LabelAuditConfig(splits=("validation",), folds=11))
     with pytest.raises(ConfigError, match="folds must be in 2..20"):
         LabelAuditConfig(folds=1)
@@ -121,7 +128,7 @@ def test_cli_audit_prints_json_and_writes_the_flagged_rows(capsys, splits, tmp_p
     assert main(["audit", str(folder), "--model", "tiny-random", "--folds", "50"]) == 2
     assert "folds must be in 2..20" in capsys.readouterr().err
     assert main(["audit", str(folder), "--model", "tiny-random", "--splits", "test", "--folds", "11"]) == 2
-    assert "needs two labels with at least 11 rows" in capsys.readouterr().err
+    assert "needs two labels with at least 11 different texts" in capsys.readouterr().err
 
 
 def test_accepted_suggestions_give_data_that_loads_and_zips_as_a_folder(splits, tmp_path):

@@ -474,3 +474,12 @@ def test_the_head_warm_up_leaves_a_split_head_in_the_models_mode(tiny_data, tmp_
                          torch.device("cpu"))
     assert set(state) == {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"}
     assert [n for n, m in loaded.model.named_modules() if m.training] == []  # the head's dropout stays off
+
+
+def test_a_model_folder_written_two_ways_is_one_source(tmp_path, monkeypatch):
+    from clm_explore.sensitivity import same_source
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert same_source(str(tmp_path / "model"), "model") and same_source("./model/", str(tmp_path / "model"))
+    assert not same_source("model", "default") and not same_source("tiny-random", "default")

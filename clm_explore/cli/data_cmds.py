@@ -37,8 +37,8 @@ def _register_audit(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "audit",
         help="find rows whose label is likely wrong",
-        description="Flag rows whose label their own text disputes: confident learning (cleanlab's default filter) "
-        "over out-of-fold probabilities of a linear probe on the model's frozen features. One forward pass, no "
+        description="Flag rows whose label their own text disputes: confident learning (cleanlab's "
+        "confident_learning filter) over out-of-fold probabilities of a linear probe on the model's frozen features. One forward pass, no "
         "finetuning; most disputed first.",
     )
     add_data_args(parser)

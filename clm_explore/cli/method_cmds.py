@@ -293,7 +293,7 @@ def _register_finetune(sub: Any) -> None:
                    "validation rows' top probabilities, in (0, 1)")
     p.add_argument("--scores", default=None, metavar="DIR",
                    help="sparse, fisher, random: choose the rows from scores saved by `sensitivity --out DIR` (same "
-                   "model and labels) instead of mining and scoring again; their settings replace --score, "
+                   "model and labels) instead of scoring again; their settings replace --score, "
                    "--fisher-labels, --label-draws and the head warm-up options")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
     p.add_argument("--overwrite", action="store_true",
