@@ -604,7 +604,7 @@ class LabelAuditConfig:
 
     folds: int = 5
     """Cross-validation folds: every row is judged by a probe that never saw it, nor a copy of its text. A label
-    with fewer rows than this is not audited and takes no part (it is never suggested either)."""
+    with fewer different texts than this is not audited and takes no part (it is never suggested either)."""
     max_length: int = 64
     """Sub-tokens read per text (as training reads them)."""
     batch_size: int = 64

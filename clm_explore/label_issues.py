@@ -50,7 +50,7 @@ class LabelIssues:
     """A row per flagged row: split, row (its position in that split), text, label (as annotated), suggested (the
     label the probe is confident of), label_prob and suggested_prob (out-of-fold probabilities)."""
     checked: int
-    """Rows audited (those of labels with at least ``folds`` rows in the audited splits)."""
+    """Rows audited (those of labels with at least ``folds`` different texts in the audited splits)."""
     probe_accuracy: float
     """Out-of-fold accuracy of the probe over the audited rows: how far its disagreement can be trusted."""
     seconds: float
@@ -77,7 +77,8 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
             None: where the model is.
 
     Raises:
-        TooFewRowsError: (a ``DataError``) fewer than two labels with a row per fold in the audited splits.
+        TooFewRowsError: (a ``DataError``) fewer than two labels with a text per fold in the audited splits, or
+            folds that cannot spread them.
     """
     if not isinstance(loaded, LoadedModel) or not isinstance(data, AnnotatedData):
         raise TypeError(f"find_label_issues(loaded, data): a LoadedModel (load_model) and an AnnotatedData "
@@ -101,15 +102,15 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
 
 
 class TooFewRowsError(DataError):
-    """The audited splits hold fewer than two labels with a row per fold: nothing can be cross-validated."""
+    """The audited splits hold fewer than two labels with a different text per fold: nothing to cross-validate."""
 
 
 def audited_rows(data: AnnotatedData, cfg: LabelAuditConfig) -> tuple[pd.DataFrame, list[str]]:
-    """The rows audited (split, row, text, label), pooled over ``cfg.splits``: those of labels with a row per fold,
-    at most ``cfg.max_rows`` of them (a seeded sample above it), and notes on what was left out.
+    """The rows audited (split, row, text, label), pooled over ``cfg.splits``: at most ``cfg.max_rows`` of them (a
+    seeded sample above it), those of labels with a different text per fold, and notes on what was left out.
 
     Raises:
-        TooFewRowsError: fewer than two labels with a row per fold.
+        TooFewRowsError: fewer than two labels with a different text per fold.
     """
     rows = pd.concat([data.split(s).assign(split=s, row=np.arange(len(data.split(s)))) for s in cfg.splits],
                      ignore_index=True)
