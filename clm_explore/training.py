@@ -378,7 +378,8 @@ def scores_alike(report: SensitivityReport, cfg: FinetuneConfig) -> bool:
     settled = json.loads(json.dumps(to_dict(replace(scoring_settled(cfg, None).sensitivity, **SCORED_AS[cfg.method]))))
     made = json.loads(json.dumps(report.config))
     floor = mask_floor(cfg.mask, report.n_layers)
-    if (made.get("seed") or 0) != cfg.seed or report.mining != json.loads(json.dumps(to_dict(cfg.mining))):
+    mining = json.loads(json.dumps(report.mining))
+    if (made.get("seed") or 0) != cfg.seed or mining != json.loads(json.dumps(to_dict(cfg.mining))):
         return False
     if max(made.get("min_layer", 0), floor) != max(settled["min_layer"], floor):  # the rows that may be chosen
         return False
@@ -718,7 +719,8 @@ def finetune(
         scores: row scores made beforehand, for 'sparse' (token-restricted), 'fisher' (unrestricted Fisher) or
             'random' (which rows may be taken): a ``SensitivityReport`` or the folder it was saved to
             (``report.save``, ``clm-explore sensitivity --out``). They must be of this model (its source and
-            shapes) and these labels, scored down to the mask's floor, and not for merged tokens; the run trains
+            shapes) and these labels, and not for merged tokens (scores that start above the mask's lowest layer
+            leave the rows below out, and ``scores_note`` says so); the run trains
             from their warmed-up head and records their settings as its ``cfg.sensitivity`` (and their groups'
             as its ``cfg.mining``; ``scores_from`` in metrics.json says where they came from). Saves the mining and
             scoring; refused before any folder is touched.
