@@ -374,16 +374,19 @@ def scores_alike(report: SensitivityReport, cfg: FinetuneConfig) -> bool:
     (``scores=``): the rows a page showed are the rows a sparse run trains, and they are not scored twice."""
     if cfg.method not in SCORED_AS or not report.mining or cfg.mining.merge_tokens or cfg.cache_frozen_layers:
         return False
-    # As JSON holds them (a saved report's tuples are lists).
-    settled = json.loads(json.dumps(to_dict(replace(scoring_settled(cfg, None).sensitivity, **SCORED_AS[cfg.method]))))
-    made = json.loads(json.dumps(report.config))
+    settled = _as_json(to_dict(replace(scoring_settled(cfg, None).sensitivity, **SCORED_AS[cfg.method])))
+    made = _as_json(report.config)
     floor = mask_floor(cfg.mask, report.n_layers)
-    mining = json.loads(json.dumps(report.mining))
-    if (made.get("seed") or 0) != cfg.seed or mining != json.loads(json.dumps(to_dict(cfg.mining))):
+    if (made.get("seed") or 0) != cfg.seed or _as_json(report.mining) != _as_json(to_dict(cfg.mining)):
         return False
     if max(made.get("min_layer", 0), floor) != max(settled["min_layer"], floor):  # the rows that may be chosen
         return False
     return all(made.get(key) == value for key, value in settled.items() if key != "min_layer")
+
+
+def _as_json(settings: dict) -> dict:
+    """Settings as JSON holds them (a saved report's tuples are lists), so that saved and in-memory ones compare."""
+    return json.loads(json.dumps(settings))
 
 
 def mask_floor(mask: MaskConfig, n_layers: int) -> int:
