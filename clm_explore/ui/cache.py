@@ -7,15 +7,25 @@ modify a model (sensitivity warms up the head) get a fresh copy loaded inside th
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from clm_explore.config import DataConfig, LabelAuditConfig, MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.config import (
+    DataConfig,
+    LabelAuditConfig,
+    MaskConfig,
+    MiningConfig,
+    SensitivityConfig,
+    to_dict,
+)
 from clm_explore.data import (
     AnnotatedData,
     DataError,
@@ -115,7 +125,29 @@ def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: 
     )  # the head gets warmed up: not the shared model
     groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
     device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
-    return compute_sensitivity(fresh, annotated, groups, cfg, device=device)
+    report = compute_sensitivity(fresh, annotated, groups, cfg, device=device)
+    with _MADE_LOCK:
+        _MADE_REPORTS[_report_key(source, choice, mining_cfg, cfg)] = report
+    return report
+
+
+# The reports ``sensitivity`` made that its cache (or a queued run) still holds: a launch looks here for scores it
+# would make itself, without ever scoring in the page's thread. Weak values: an evicted report is forgotten.
+_MADE_REPORTS: weakref.WeakValueDictionary[tuple[str, ...], SensitivityReport] = weakref.WeakValueDictionary()
+_MADE_LOCK = threading.Lock()
+
+
+def _report_key(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig) -> tuple[str, ...]:
+    return (source, repr(choice), json.dumps(to_dict(mining_cfg), sort_keys=True),
+            json.dumps(to_dict(cfg), sort_keys=True))
+
+
+def made_sensitivity(
+    source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
+) -> SensitivityReport | None:
+    """The report ``sensitivity`` already made for these arguments and still caches, else None (never scores)."""
+    with _MADE_LOCK:
+        return _MADE_REPORTS.get(_report_key(source, choice, mining_cfg, cfg))
 
 
 def mask(

@@ -68,10 +68,12 @@ def launch(
     name: str, cfg: FinetuneConfig, choice: DataChoice, source: str, scores: SensitivityReport | None = None
 ) -> Job:
     """Create the run (pending) and queue ``finetune`` for it on the config's device; ``scores``, when given, are the
-    page's, which the run would make itself (``training.scores_alike``): it trains from them, not scoring again."""
+    page's, which the run would make itself (``training.scores_alike``): it trains from them, not scoring again.
+    Without them, a report the pages already made that the run would make itself is used the same way."""
     from clm_explore.training import check_runnable, finetune
 
     check_room(1)
+    scores = scores if scores is not None else made_scores(cfg, choice, source)
     annotated = cache.data(choice)
     check_runnable(cfg, cache.model(source, tuple(annotated.labels)))  # a refusal is a message, not a failed job
     run = store().create(name, cfg.method, {**to_dict(cfg), "source": source, "data": choice.key})
@@ -83,6 +85,20 @@ def launch(
     job.label = f"{cfg.method} on {state.data_key_name(choice.key)} with {run_views.model_name(source)}"
     state.remember_launch(run.id)
     return job
+
+
+def made_scores(cfg: FinetuneConfig, choice: DataChoice, source: str) -> SensitivityReport | None:
+    """A report the Sensitivity or Budget page already made (any session's, still cached) that a run with ``cfg``
+    would make itself, so that a launch from the Finetune form trains from the rows those pages showed without
+    scoring again; None when there is none (the run scores for itself; nothing is scored here)."""
+    from clm_explore.training import SCORED_AS, scores_alike
+
+    settled = dataclasses.replace(cfg.sensitivity, **SCORED_AS.get(cfg.method, {}))
+    for sens in dict.fromkeys((cfg.sensitivity, settled)):  # the page's settings, or the method's own over them
+        report = cache.made_sensitivity(source, choice, cfg.mining, sens)
+        if report is not None and scores_alike(report, cfg):
+            return report
+    return None
 
 
 def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str,

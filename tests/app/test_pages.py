@@ -5,6 +5,7 @@ Jobs run inline (CLM_EXPLORE_INLINE_JOBS=1), so a launched run finishes inside t
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -371,6 +372,34 @@ def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
     # A seed-0 run at the page's settings trains from the page's scores: the rows shown, not scored again.
     assert json.loads((runs["sparse"].path / "metrics.json").read_text())["scores_from"] == "given"
     assert "pct" not in runs["head"].id  # the budget does not size a probe: its name does not claim one
+
+
+def test_finetune_form_trains_from_scores_a_page_made_and_never_scores_in_the_page() -> None:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    goto(app, "app_pages/5_finetune.py")
+    from clm_explore.ui import cache
+
+    cache.sensitivity.clear()  # no report made yet in this server process: the launch scores in its run
+    gc.collect()  # and none an earlier test made kept alive by a reference cycle
+    launch_from_form(app, "sparse", seed=0)
+    goto(app, "app_pages/4_budget.py")  # the Budget page makes the report (seed 0, its settings)
+    goto(app, "app_pages/5_finetune.py")
+    for method, seed in (("sparse", 0), ("sparse", 1), ("random", 0), ("fisher", 0)):
+        launch_from_form(app, method, seed)
+    origins = [(r.method, r.config["seed"], json.loads((r.path / "metrics.json").read_text()).get("scores_from"))
+               for r in reversed(RunStore().list())]
+    # Given only when the run would make those scores itself: seed 0, a method scored with the tokens' restriction.
+    assert origins == [("sparse", 0, None), ("sparse", 0, "given"), ("sparse", 1, None), ("random", 0, "given"),
+                       ("fisher", 0, None)], origins
+
+
+def launch_from_form(app: AppTest, method: str, seed: int) -> None:
+    app.selectbox(key="ft_method").set_value(method)
+    app.number_input(key="ft_epochs").set_value(1)
+    app.number_input(key="ft_seed").set_value(seed)
+    button(app, "Launch").click().run(timeout=TIMEOUT)
+    assert not app.exception, [e.value for e in app.exception]
 
 
 def pick_model_folder(at: AppTest, folder: Path) -> None:
