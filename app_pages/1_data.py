@@ -6,7 +6,7 @@ import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
 from clm_explore.data import DataError
-from clm_explore.label_issues import TooFewRowsError, relabelled, splits_zip
+from clm_explore.label_issues import TooFewRowsError, relabelled, splits_csv, splits_zip
 from clm_explore.ui import cache, forms, state, views
 
 st.title("Data")
@@ -54,11 +54,21 @@ if state.get("audited") == (choice, source):
         accepted = views.render_label_issues(issues, key="data")
         if len(accepted):
             fixed = relabelled(annotated, accepted)
-            st.download_button(
+            stem = Path(choice.name).stem
+            c1, c2 = st.columns(2)
+            c1.download_button(
                 f"Download the data with {len(accepted)} label(s) changed (zip: train, validation, test)",
-                splits_zip(fixed), file_name=f"{Path(choice.name).stem}-relabelled.zip", mime="application/zip",
-                key="data_relabelled",
+                splits_zip(fixed), file_name=f"{stem}-relabelled.zip", mime="application/zip", key="data_relabelled",
             )
+            c2.button(
+                f"Work on the data with {len(accepted)} label(s) changed", key="data_use_relabelled",
+                on_click=forms.switch_to_upload, args=(lambda: splits_csv(fixed), f"{stem}-relabelled.csv"),
+                help="Selects it on every page as an upload of this session (one CSV file with a split column: the "
+                "same train, validation and test rows), so that its runs can be compared with the original's.",
+            )
+            if message := state.get("data_switch_error"):
+                state.put("data_switch_error", None)
+                st.error(message)
             st.caption(
                 "Unzipped, a folder the command line reads as it is (clm-explore finetune --data FOLDER), splits "
                 "and all; or fix the labels at their source and load the data again."

@@ -75,6 +75,7 @@ _EXPORTS = {
     "relabelled": "clm_explore.label_issues",
     "run_grid": "clm_explore.bench",
     "select_mask": "clm_explore.masks",
+    "splits_csv": "clm_explore.label_issues",
     "splits_zip": "clm_explore.label_issues",
     "write_report": "clm_explore.report",
 }

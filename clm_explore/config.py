@@ -124,6 +124,10 @@ class DataConfig:
     every copy of a text goes to the same side."""
     seed: int = 0
     """Seed of the carved splits."""
+    split_col: str | None = None
+    """Column of a single file (or DataFrame) that puts each row in train, validation (or dev, val) or test; when
+    None, a column named ``split`` is used if every value names a split (an export of a hub data set's splits).
+    Splits it leaves empty are carved as usual. A folder's files are its splits: not read there."""
 
     def __post_init__(self) -> None:
         check_field_types(self)

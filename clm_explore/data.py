@@ -45,6 +45,8 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validatio
                  "val": "validation", "dev": "validation", "test": "test"}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
            ".parquet": "parquet", ".pq": "parquet"}
+SPLIT_NAMES = ("split",)
+"""The split column's name when ``DataConfig.split_col`` does not give one."""
 TEXT_NAMES = ("text", "sentence", "utterance", "query", "question", "content")
 LABEL_NAMES = ("label", "intent", "category", "class", "target", "labels")
 _MAX_LISTED = 10
@@ -161,13 +163,17 @@ class _Wanted:
     label_col: str | None = None
     label: bool = True
     """False when no label is read (texts to predict on)."""
+    split: bool = False
+    """True for a single file: its split column (``DataConfig.split_col``, else one named ``split``) is kept."""
+    split_col: str | None = None
 
     @classmethod
-    def of(cls, cfg: DataConfig) -> _Wanted:
-        return cls(cfg.text_col, cfg.label_col)
+    def of(cls, cfg: DataConfig, split: bool = False) -> _Wanted:
+        return cls(cfg.text_col, cfg.label_col, split=split, split_col=cfg.split_col)
 
     def keeps(self, column: str) -> bool:
         roles = [(self.text_col, TEXT_NAMES)] + ([(self.label_col, LABEL_NAMES)] if self.label else [])
+        roles += [(self.split_col, SPLIT_NAMES)] if self.split else []
         return any(column.lower() == given.lower() if given is not None else column.strip().lower() in known
                    for given, known in roles)
 
@@ -207,9 +213,13 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     if not path.is_dir() and not path.is_file():  # a pipe or a device: reading it could wait forever
         raise DataError(f"{path} is not a regular file or a folder. Save the data to a file and pass that.")
     notes: list[str] = []
+    if path.is_dir() and cfg.split_col is not None:
+        raise DataError(f"{path} is a folder: its train, validation and test files are its splits, so a split column "
+                        f"({cfg.split_col!r}, --split-col) is not read there. Pass a single file, or drop the option.")
     files = _split_files(path) if path.is_dir() else {"all": path}
-    frames = {split: _read_file(f, f.read_bytes, f.stat().st_size, cfg, notes) for split, f in files.items()}
-    return _assemble(frames, cfg, str(path), str(files.get("train", path)), notes)
+    frames = {split: _read_file(f, f.read_bytes, f.stat().st_size, cfg, notes, single=split == "all")
+              for split, f in files.items()}
+    return _assemble(_by_split_column(frames, str(path), notes), cfg, str(path), str(files.get("train", path)), notes)
 
 
 def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig) -> AnnotatedData:
@@ -236,7 +246,11 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
         _check_header(name, columns, any_case=False)
         table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), list(range(1, len(frame) + 1)),
                        "row", columns)
-        frames[split] = _select_columns(table, cfg, notes)
+        frames[split] = _select_columns(table, cfg, notes, split=split == "all")
+    if "all" not in frames and cfg.split_col is not None:
+        raise DataError(f"A dict of DataFrames by split is split already: the split column {cfg.split_col!r} is "
+                        "not read there. Pass one DataFrame, or drop DataConfig.split_col.")
+    frames = _by_split_column(frames, "the DataFrame", notes)
     return _assemble(frames, cfg, "DataFrame", "the train DataFrame" if "train" in frames else "the DataFrame", notes)
 
 
@@ -250,8 +264,8 @@ def load_upload(raw: bytes, filename: str, cfg: DataConfig | None = None) -> Ann
     """
     cfg = cfg or DataConfig()
     notes: list[str] = []
-    frame = _read_file(Path(filename), lambda: raw, len(raw), cfg, notes)
-    return _assemble({"all": frame}, cfg, filename, filename, notes)
+    frame = _read_file(Path(filename), lambda: raw, len(raw), cfg, notes, single=True)
+    return _assemble(_by_split_column({"all": frame}, filename, notes), cfg, filename, filename, notes)
 
 
 UNREAD_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".xlsx", ".xls", ".ods")
@@ -284,9 +298,12 @@ def _split_files(folder: Path) -> dict[str, Path]:
     return {split: files[0] for split, files in found.items()}
 
 
-def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str]) -> pd.DataFrame:
-    """Read one file into a checked ``[text, label]`` frame; ``read()`` is only called after the size check."""
-    return _select_columns(_parse_table(path, read, size, cfg, notes), cfg, notes)
+def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str],
+               single: bool = False) -> pd.DataFrame:
+    """Read one file into a checked ``[text, label]`` frame, plus ``split`` when the file is the whole data
+    (``single``) and has a split column; ``read()`` is only called after the size check."""
+    table = _parse_table(path, read, size, cfg, notes, _Wanted.of(cfg, split=single))
+    return _select_columns(table, cfg, notes, split=single)
 
 
 def column_names(path: str | Path, suffix: str | None = None) -> list[str]:
@@ -897,9 +914,10 @@ _PARSERS: dict[str, Callable[[str, str, int, _Wanted], _Table]] = {
 # ---------------------------------------------------------------------------------- column checks
 
 
-def _select_columns(table: _Table, cfg: DataConfig, notes: list[str]) -> pd.DataFrame:
+def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: bool = False) -> pd.DataFrame:
     """Pick the text and label columns and check every row has both; returns ``[text, label]`` as str, the labels
-    without surrounding spaces (a note says when that made two spellings one label)."""
+    without surrounding spaces (a note says when that made two spellings one label), plus ``split`` (train,
+    validation or test) when ``split`` is asked for and the table has a split column (``_split_column``)."""
     columns = table.columns
     notes.extend(table.notes)
     if not table.positions:
@@ -923,7 +941,54 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str]) -> pd.Data
     if broken:  # a class name over two lines: most likely a quote left open in the label column
         raise DataError(f"{table.name}: {len(broken)} label(s) hold a line break ({table.unit}(s) "
                         f"{_listed_lines(broken)}). A label is one line; check the quotes around it.")
-    return out
+    splits = _split_column(table, cfg.split_col, (text_col, label_col), notes) if split else None
+    return out if splits is None else out.assign(split=splits)
+
+
+def _split_column(table: _Table, given: str | None, taken: tuple[str, str], notes: list[str]) -> list[str] | None:
+    """Each row's split from the table's split column (``given``, else the one column named ``split``), as train,
+    validation or test; None when there is none. A column found by its name whose values are not all split names
+    is not used (a note says so); a given one is refused then."""
+    if given is None:
+        found = [c for c in table.columns if c.strip().lower() in SPLIT_NAMES and c not in taken]
+        if len(found) != 1:  # none, or 'split' and 'Split': nothing to go by
+            return None
+        column = found[0]
+    else:
+        column = _find_column(table.name, table.columns, given, SPLIT_NAMES, "split", "--split-col")
+        if column in taken:
+            raise DataError(f"{table.name}: the split column {column!r} is also the text or the label column. Pass "
+                            "another column with --split-col.")
+    _require_flat(table, column, "split")
+    raw = [value.strip() for value in _as_str(table, table.frame[column], "split")]
+    splits = [SPLIT_ALIASES.get(value.lower()) for value in raw]
+    bad = [i for i, value in enumerate(splits) if value is None]
+    if not bad:
+        return [str(value) for value in splits]
+    lines, example = _listed_lines([table.positions[i] for i in bad]), raw[bad[0]]
+    if given is not None:
+        raise DataError(f"{table.name}: {len(bad)} row(s) have a split that is not train, validation (dev, val) or "
+                        f"test in column {column!r} ({table.unit}(s) {lines}; e.g. {example!r}). Fix them, or pass "
+                        "another column with --split-col.")
+    notes.append(f"{table.name}: its column {column!r} was not used to split the rows: {len(bad):,} value(s) do not "
+                 f"name a split ({table.unit}(s) {lines}; e.g. {example!r}).")
+    return None
+
+
+def _by_split_column(frames: dict[str, pd.DataFrame], name: str, notes: list[str]) -> dict[str, pd.DataFrame]:
+    """A single table with a ``split`` column (``_split_column``) as the splits it names; other frames as given."""
+    whole = frames.get("all")
+    if whole is None or "split" not in whole.columns:
+        return frames
+    parts = {split: rows.drop(columns="split") for split in ("train", "validation", "test")
+             if len(rows := whole[whole["split"] == split])}
+    counts = ", ".join(f"{split} {len(rows):,}" for split, rows in parts.items())
+    if "train" not in parts:
+        raise DataError(f"{name}: no row's split is train ({counts}). Mark the rows to train on as train in the split "
+                        "column, or drop the column to have the splits carved.")
+    notes.append(f"{name}: rows were put in splits by its split column ({counts}); "
+                 + ("missing splits were carved from train." if len(parts) < 3 else "nothing was carved."))
+    return parts
 
 
 def _find_column(name: str, columns: list[str], given: str | None, known: tuple[str, ...], role: str,

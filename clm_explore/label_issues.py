@@ -212,6 +212,13 @@ def relabelled(data: AnnotatedData, accepted: pd.DataFrame) -> AnnotatedData:
     return fixed
 
 
+def splits_csv(data: AnnotatedData) -> bytes:
+    """The three splits as one CSV file (text, label, split), which ``load_data`` and the app's upload read back
+    with the same splits (``DataConfig.split_col``)."""
+    parts = [data.split(name)[["text", "label"]].assign(split=name) for name in ("train", "validation", "test")]
+    return pd.concat(parts, ignore_index=True).to_csv(index=False).encode("utf-8")
+
+
 def splits_zip(data: AnnotatedData) -> bytes:
     """The three splits as train.csv, validation.csv and test.csv (text, label) in one zip: a folder
     ``load_data`` reads as it is, splits and all."""

@@ -830,3 +830,66 @@ def test_a_label_over_two_lines_and_a_json_list_of_rows_are_refused_plainly(tmp_
     (tmp_path / "rows.json").write_text(json.dumps([[f"text number {i}", "ab"[i % 2]] for i in range(40)]))
     with pytest.raises(DataError, match="found a list holding a list"):  # "found a list"
         load_data(tmp_path / "rows.json")
+
+
+def _with_split_column(values: list[str]) -> pd.DataFrame:
+    """Rows of two labels, each row's split given by ``values`` (cycled)."""
+    rows = [{"text": f"row {i} about {'cards' if i % 2 else 'cash'}", "label": "card" if i % 2 else "cash"}
+            for i in range(60)]
+    return pd.DataFrame(rows).assign(Split=[values[i % len(values)] for i in range(60)])
+
+
+def test_a_split_column_puts_rows_in_their_splits_and_only_missing_ones_are_carved(tmp_path: Path) -> None:
+    frame = _with_split_column(["train", "train", "train", "dev", "TEST "])
+    frame.to_csv(tmp_path / "all.csv", index=False)
+    for data in (load_data(tmp_path / "all.csv"), load_data(frame), load_upload((tmp_path / "all.csv").read_bytes(),
+                                                                                 "all.csv")):
+        assert (len(data.train), len(data.validation), len(data.test)) == (36, 12, 12)
+        assert data.test["text"].tolist() == frame["text"].iloc[4::5].tolist()  # in the file's order
+        assert list(data.train.columns) == ["text", "label"]
+        assert any("by its split column (train 36, validation 12, test 12); nothing was carved" in n for n in data.notes)
+    frame[frame["Split"] != "dev"].to_csv(tmp_path / "no-dev.csv", index=False)
+    data = load_data(tmp_path / "no-dev.csv")
+    assert len(data.test) == 12 and len(data.train) + len(data.validation) == 36 and len(data.validation) > 0
+
+
+def test_a_split_column_by_another_name_is_read_when_named(tmp_path: Path) -> None:
+    frame = _with_split_column(["train", "train", "test"]).rename(columns={"Split": "part"})
+    frame.to_parquet(tmp_path / "all.parquet")
+    assert len(load_data(tmp_path / "all.parquet").test) == 12  # not a split column by its name: carved (20%)
+    assert len(load_data(tmp_path / "all.parquet", DataConfig(split_col="Part")).test) == 20
+    assert main(["validate", str(tmp_path / "all.parquet"), "--split-col", "part", "--json"]) == 0
+
+
+def test_a_split_column_that_does_not_name_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = _with_split_column(["train", "train", "test"])
+    frame.loc[7, "Split"] = "holdout"
+    frame.to_csv(tmp_path / "all.csv", index=False)
+    data = load_data(tmp_path / "all.csv")  # found by its name only: not used, and the note says why
+    assert len(data.test) == 12
+    assert any("column 'Split' was not used to split the rows: 1 value(s) do not name a split (line(s) 9; "
+               "e.g. 'holdout')" in n for n in data.notes)
+    with pytest.raises(DataError, match=r"1 row\(s\) have a split that is not train.*line\(s\) 9; e.g. 'holdout'"):
+        load_data(tmp_path / "all.csv", DataConfig(split_col="split"))
+    assert main(["validate", str(tmp_path / "all.csv"), "--split-col", "split"]) == 2
+    assert "'holdout'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("values", "cfg", "message"), [
+    (["test"], {}, "no row's split is train"),
+    (["train", "test"], {"split_col": "label"}, "also the text or the label column"),
+    (["train", "test"], {"split_col": "fold"}, "no column 'fold' \\(asked for as the split column\\)"),
+])
+def test_split_columns_refused(tmp_path: Path, values: list[str], cfg: dict, message: str) -> None:
+    _with_split_column(values).to_csv(tmp_path / "all.csv", index=False)
+    with pytest.raises(DataError, match=message):
+        load_data(tmp_path / "all.csv", DataConfig(**cfg))
+
+
+def test_a_split_column_is_not_read_in_a_folder_of_splits(tmp_path: Path) -> None:
+    _with_split_column(["test"]).to_csv(tmp_path / "train.csv", index=False)
+    assert len(load_data(tmp_path).test) == 12  # train.csv is train whatever its column says; test is carved
+    with pytest.raises(DataError, match="is a folder: its train, validation and test files are its splits"):
+        load_data(tmp_path, DataConfig(split_col="Split"))
+    with pytest.raises(DataError, match="split already"):
+        load_data({"train": _with_split_column(["train"])}, DataConfig(split_col="Split"))

@@ -134,7 +134,8 @@ def test_cli_audit_prints_json_and_writes_the_flagged_rows(capsys, splits, tmp_p
 def test_accepted_suggestions_give_data_that_loads_and_zips_as_a_folder(splits, tmp_path):
     import zipfile
 
-    from clm_explore.label_issues import relabelled, splits_zip
+    from clm_explore.data import load_upload
+    from clm_explore.label_issues import relabelled, splits_csv, splits_zip
 
     data = load_data(splits)
     flagged = find_label_issues(load_model("tiny-random", data.labels, seed=0), data).issues
@@ -149,3 +150,7 @@ def test_accepted_suggestions_give_data_that_loads_and_zips_as_a_folder(splits, 
     for split in ("train", "validation", "test"):
         pd.testing.assert_frame_equal(again.split(split).reset_index(drop=True),
                                       fixed.split(split).reset_index(drop=True))
+    (tmp_path / "fixed.csv").write_bytes(splits_csv(fixed))  # one file with a split column, as the app uses it
+    for again in (load_data(tmp_path / "fixed.csv"), load_upload(splits_csv(fixed), "fixed.csv")):
+        for split in ("train", "validation", "test"):
+            pd.testing.assert_frame_equal(again.split(split), fixed.split(split).reset_index(drop=True))

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from clm_explore.config import DataConfig
+
 COMMAND_MODULES = (
     "clm_explore.cli.data_cmds",  # validate
     "clm_explore.cli.method_cmds",  # mine, sensitivity, finetune, predict
@@ -116,9 +118,20 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True) -> N
         parser.add_argument("--data", required=True, metavar="DATA", help="a data file or a folder of splits")
     parser.add_argument("--text-col", default=None, help="text column (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column (detected when omitted)")
+    parser.add_argument("--split-col", default=None, help=SPLIT_COL_HELP)
     parser.add_argument("--max-file-mb", type=float, default=200.0,
                         help="refuse files above this size (a Parquet file's text and label candidates are also "
                              "measured uncompressed and decoded)")
+
+
+SPLIT_COL_HELP = ("column of a single file that puts each row in train, validation (dev) or test (default: a column "
+                  "named 'split', when every value names a split; splits it leaves empty are carved)")
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """The ``DataConfig`` of ``add_data_args``'s options."""
+    return DataConfig(text_col=args.text_col, label_col=args.label_col, split_col=args.split_col,
+                      max_file_mb=args.max_file_mb)
 
 
 def build_parser() -> argparse.ArgumentParser:

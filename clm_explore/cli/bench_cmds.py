@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import UserError, add_data_args, print_json
-from clm_explore.config import METHODS, PREFIX_INITS, SCHEDULES, TUNE_WIDEN, DataConfig, FinetuneConfig
+from clm_explore.cli import UserError, add_data_args, data_config, print_json
+from clm_explore.config import METHODS, PREFIX_INITS, SCHEDULES, TUNE_WIDEN, FinetuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,7 +139,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from clm_explore.bench import run_grid
 
     cfg = bench_config(args)
-    data_cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
+    data_cfg = data_config(args)
     try:
         result = run_grid(args.data, cfg, args.out, data_cfg)  # a plain `kill` stops it as Ctrl+C does (cli.main)
     except KeyboardInterrupt:

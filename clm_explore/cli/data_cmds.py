@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import add_data_args, print_json
-from clm_explore.config import DataConfig, LabelAuditConfig
+from clm_explore.cli import add_data_args, data_config, print_json
+from clm_explore.config import LabelAuditConfig
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when the command runs, so --help stays fast
     from clm_explore.data import DataReport
@@ -69,8 +69,7 @@ def run_audit(args: argparse.Namespace) -> int:
     if args.show < 0:
         raise UserError(f"--show {args.show} must be 0 or more.")
     out = audit_out_path(args.out) if args.out is not None else None
-    data = load_data(args.data, DataConfig(text_col=args.text_col, label_col=args.label_col,
-                                           max_file_mb=args.max_file_mb))
+    data = load_data(args.data, data_config(args))
     # TooFewRowsError (too few rows per label for the folds) is a DataError: exit 2 with its message.
     result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device)
     if out is not None:
@@ -120,7 +119,7 @@ def format_audit(result: LabelIssues, show: int) -> str:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Load, report, print; a ``DataError`` propagates to ``cli.main`` (exit 2)."""
-    cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
+    cfg = data_config(args)
     from clm_explore.data import data_report, load_data
 
     report = data_report(load_data(args.data, cfg))

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import (
+    SPLIT_COL_HELP,
     UserError,
     checked_max_length,
     checked_texts,
+    data_config,
     phase_printer,
     print_json,
     refuse_untrained_head,
@@ -94,6 +96,7 @@ def _add_column_args(parser: argparse.ArgumentParser) -> None:
     """The column options of ``cli.add_data_args``, for report's optional --data (add_data_args's is required)."""
     parser.add_argument("--text-col", default=None, help="text column of --data (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column of --data (detected when omitted)")
+    parser.add_argument("--split-col", default=None, help=SPLIT_COL_HELP)
     parser.add_argument(
         "--max-file-mb",
         type=float,
@@ -317,5 +320,5 @@ def _report_data(args: argparse.Namespace) -> Any:
         return None
     from clm_explore.data import load_data
 
-    cfg = DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb)
+    cfg = data_config(args)
     return load_data(args.data, cfg).test

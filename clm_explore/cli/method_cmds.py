@@ -16,6 +16,7 @@ from clm_explore.cli import (
     add_data_args,
     checked_max_length,
     checked_texts,
+    data_config,
     phase_printer,
     print_json,
     refuse_untrained_head,
@@ -28,7 +29,6 @@ from clm_explore.config import (
     PREFIX_INITS,
     SCHEDULES,
     SCORES,
-    DataConfig,
     FinetuneConfig,
     MaskConfig,
     MiningConfig,
@@ -52,7 +52,7 @@ def _data(args: argparse.Namespace) -> AnnotatedData:
     skipped): a command that trains on the data must not keep them from its user."""
     from clm_explore.data import load_data
 
-    data = load_data(args.data, DataConfig(text_col=args.text_col, label_col=args.label_col, max_file_mb=args.max_file_mb))
+    data = load_data(args.data, data_config(args))
     if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a launch
         for note in data.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 import streamlit as st
@@ -433,7 +434,8 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
             key=f"{key}_upload",
         )
         st.caption(f"CSV, TSV, JSONL, JSON or Parquet, up to {cap:.0f} MB: a text column and a label column. One "
-                   "file is split into train, validation and test (stratified by label).")
+                   "file is split into train, validation and test (stratified by label), unless a column named split "
+                   "says each row's (train, validation or dev, test).")
         if upload is not None:
             raw = upload.getvalue()
             if len(raw) > cap * 2**20:
@@ -441,6 +443,21 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
                 return None
             choice = state.upload_choice(raw, upload.name, choice)
     return choice
+
+
+def switch_to_upload(write: Callable[[], bytes], filename: str, key: str = "data") -> None:
+    """A button's callback: make the file ``write()`` returns (one the app writes, such as the data with accepted
+    labels; written only when pressed) this session's upload and select it, as if it had been uploaded. In a
+    callback, before the page reruns: the Source radio may only be set before it is drawn."""
+    raw = write()
+    cap = DataConfig().max_file_mb
+    if len(raw) > cap * 2**20:  # the upload's own cap: it could not be read back
+        state.put(f"{key}_switch_error", f"The file would be {len(raw) / 2**20:.0f} MB, above the {cap:.0f} MB upload "
+                                          "limit: download the zip instead.")
+        return
+    current = state.data_choice()
+    state.set_data_choice(state.upload_choice(raw, filename, current if current and current.kind == "upload" else None))
+    st.session_state[f"{key}_kind"] = "upload"
 
 
 def column_mapping(choice: state.DataChoice, columns: list[str], key: str = "data") -> state.DataChoice:

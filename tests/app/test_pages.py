@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clm_explore.data import DataError
+from clm_explore.data import DataError, load_data
 from clm_explore.runs import RunStatus, RunStore
 from clm_explore.ui.state import DataChoice, save_upload
 from clm_explore.ui.views import escape_markdown
@@ -86,6 +86,24 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
     goto(at, "app_pages/2_tokens.py")
     goto(at, "app_pages/1_data.py")  # still shown after another page, from the cache
     assert {m.label: m.value for m in at.metric}["Rows flagged"] == shown["Rows flagged"]
+    # ... and worked on here: the same splits, as this session's upload, with the two labels changed.
+    original = at.session_state["data_choice"]
+    at.session_state["data_issues"] = {"edited_rows": {"0": {"accept": True}, "2": {"accept": True}},
+                                       "added_rows": [], "deleted_rows": []}
+    at.run()
+    button(at, "Work on the data with 2 label(s) changed").click().run(timeout=TIMEOUT)
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    choice = at.session_state["data_choice"]
+    assert (choice.kind, choice.name) == ("upload", "banking77_20-relabelled.csv")
+    assert at.radio(key="data_kind").value == "upload"
+    before, after = load_data(original.path), load_data(choice.path)
+    for split in ("train", "validation", "test"):
+        assert after.split(split)["text"].tolist() == before.split(split)["text"].tolist(), split
+    changed = [(split, row, label) for split in ("train", "validation", "test")
+               for row, (label, was) in enumerate(zip(after.split(split)["label"], before.split(split)["label"],
+                                                      strict=True)) if label != was]
+    assert set(changed) == {(table.iloc[i]["split"], int(table.iloc[i]["row"]), table.iloc[i]["suggested"])
+                            for i in (0, 2)}
 
 
 def test_every_page_renders(at: AppTest) -> None:
