@@ -1,19 +1,22 @@
 """The only place with ``st.cache_*``: cached calls into the library, keyed by strings and configs.
 
-Keys are (model source, data choice, config): strings and frozen dataclasses, never model objects.
+Keys are (model source, the model folder's version, data choice, config): strings and frozen dataclasses, never
+model objects.
 Cached models are shared by every session and rerun, so nothing may change them; library calls that
 modify a model (sensitivity warms up the head) get a fresh copy loaded inside the cached function.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import streamlit as st
@@ -45,20 +48,37 @@ from clm_explore.training import DEFAULT_MERGE_TOKENS
 from clm_explore.ui import state
 from clm_explore.ui.state import DataChoice
 
+T = TypeVar("T")
+
 
 @st.cache_resource(show_spinner=False)
 def run_store(root: str) -> RunStore:
     return RunStore(root)
 
 
+def _per_model_version(cached: Callable[..., T]) -> Callable[..., T]:
+    """``cached(source, version, *args)`` called as ``f(source, *args)``: the model folder's files (their names,
+    sizes and times, ``state.model_version``) are part of the key, so that a model saved again into the same folder
+    while the server runs is loaded again, not served from the cache (a named model has one version)."""
+
+    @functools.wraps(cached)
+    def call(source: str, *args: Any) -> T:
+        return cached(source, state.model_version(source), *args)
+
+    call.clear = cached.clear  # type: ignore[attr-defined]
+    return call
+
+
+@_per_model_version
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def model(source: str, labels: tuple[str, ...]) -> LoadedModel:
+def model(source: str, version: str, labels: tuple[str, ...]) -> LoadedModel:
     """The model and tokenizer of ``source`` with a head for ``labels``. Shared: read only."""
     return load_model(source, list(labels), seed=0)
 
 
+@_per_model_version
 @st.cache_data(show_spinner="Checking the model…", max_entries=32)
-def unsupported_model(folder: str) -> str:
+def unsupported_model(folder: str, version: str) -> str:
     """Why the sidebar's model folder cannot be used ('' when it can), from its config alone (no weights)."""
     return unsupported_reason(folder)
 
@@ -80,9 +100,10 @@ def report(choice: DataChoice) -> DataReport:
     return data_report(data(choice))
 
 
+@_per_model_version
 @st.cache_data(show_spinner="Checking the labels: one pass of the model over every row, then a probe per fold…",
                max_entries=8)
-def label_issues(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> LabelIssues:
+def label_issues(source: str, version: str, choice: DataChoice, cfg: LabelAuditConfig) -> LabelIssues:
     """The label audit of the data, with a model of its own (the shared one is read by other sessions' threads
     meanwhile) on the jobs' device."""
     annotated = data(choice)
@@ -97,8 +118,9 @@ def columns(raw_digest: str, path: str, filename: str) -> list[str]:
     return column_names(path, Path(filename).suffix)
 
 
+@_per_model_version
 @st.cache_data(show_spinner="Mining task tokens…", max_entries=16)
-def task_tokens(source: str, choice: DataChoice, cfg: MiningConfig) -> TaskTokens:
+def task_tokens(source: str, version: str, choice: DataChoice, cfg: MiningConfig) -> TaskTokens:
     annotated = data(choice)
     tokenizer = model(source, tuple(annotated.labels)).tokenizer
     return mine_task_tokens(
@@ -106,8 +128,9 @@ def task_tokens(source: str, choice: DataChoice, cfg: MiningConfig) -> TaskToken
     )
 
 
+@_per_model_version
 @st.cache_data(show_spinner="Measuring adaptive tokenization…", max_entries=8)
-def merge_report(source: str, choice: DataChoice, cfg: MiningConfig) -> MergeReport:
+def merge_report(source: str, version: str, choice: DataChoice, cfg: MiningConfig) -> MergeReport:
     annotated = data(choice)
     fresh = load_model(source, annotated.labels, seed=0)  # merging may add tokens: never the shared model
     n_merge = cfg.merge_tokens or DEFAULT_MERGE_TOKENS  # as many words as training would merge
@@ -116,8 +139,11 @@ def merge_report(source: str, choice: DataChoice, cfg: MiningConfig) -> MergeRep
     )
 
 
+@_per_model_version
 @st.cache_resource(show_spinner="Scoring rows (sensitivity)… cached afterwards", max_entries=8)
-def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig) -> SensitivityReport:
+def sensitivity(
+    source: str, version: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
+) -> SensitivityReport:
     """The sensitivity report (tensors; cached as a resource, treat as read only)."""
     annotated = data(choice)
     fresh = load_model(
@@ -127,7 +153,7 @@ def sensitivity(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: 
     device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
     report = compute_sensitivity(fresh, annotated, groups, cfg, device=device)
     with _MADE_LOCK:
-        _MADE_REPORTS[_report_key(source, choice, mining_cfg, cfg)] = report
+        _MADE_REPORTS[_report_key(source, version, choice, mining_cfg, cfg)] = report
     return report
 
 
@@ -137,8 +163,9 @@ _MADE_REPORTS: weakref.WeakValueDictionary[tuple[str, ...], SensitivityReport] =
 _MADE_LOCK = threading.Lock()
 
 
-def _report_key(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig) -> tuple[str, ...]:
-    return (source, repr(choice), json.dumps(to_dict(mining_cfg), sort_keys=True),
+def _report_key(source: str, version: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
+                ) -> tuple[str, ...]:
+    return (source, version, repr(choice), json.dumps(to_dict(mining_cfg), sort_keys=True),
             json.dumps(to_dict(cfg), sort_keys=True))
 
 
@@ -147,7 +174,7 @@ def made_sensitivity(
 ) -> SensitivityReport | None:
     """The report ``sensitivity`` already made for these arguments and still caches, else None (never scores)."""
     with _MADE_LOCK:
-        return _MADE_REPORTS.get(_report_key(source, choice, mining_cfg, cfg))
+        return _MADE_REPORTS.get(_report_key(source, state.model_version(source), choice, mining_cfg, cfg))
 
 
 def mask(
@@ -156,9 +183,10 @@ def mask(
     return timed_mask(source, choice, mining_cfg, sens, cfg)[0]
 
 
+@_per_model_version
 @st.cache_resource(show_spinner=False, max_entries=64)
 def timed_mask(
-    source: str, choice: DataChoice, mining_cfg: MiningConfig, sens: SensitivityConfig, cfg: MaskConfig
+    source: str, version: str, choice: DataChoice, mining_cfg: MiningConfig, sens: SensitivityConfig, cfg: MaskConfig
 ) -> tuple[MaskSelection, float]:
     """The selection and the seconds its selection took from the scores (timed here, not around a cache hit)."""
     report = sensitivity(source, choice, mining_cfg, sens)

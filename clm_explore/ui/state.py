@@ -181,6 +181,11 @@ def files_version(path: str) -> str:
     return hashlib.sha256("|".join(stamps).encode()).hexdigest()[:16]
 
 
+def model_version(source: str) -> str:
+    """A model folder's version (``files_version``: its files' names, sizes and times); '' for a named model."""
+    return "" if source in NAMED_MODEL_SOURCES else files_version(source)
+
+
 def stop() -> NoReturn:
     """``st.stop()``, the session's choices saved first: after ``st.stop()`` Streamlit refuses every read of the
     session state, so the app's own save at the end of the run (``saved_session.persist``) cannot happen then."""

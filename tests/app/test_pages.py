@@ -1015,6 +1015,25 @@ def test_another_model_is_told_the_default_rates_come_from_the_default_one(at: A
         "use the method 'lora' (the Method box) for an adapter baseline.")
 
 
+def test_a_model_saved_again_into_its_folder_is_loaded_again_not_served_from_the_cache(tmp_path: Path) -> None:
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    from clm_explore.modeling import load_model
+
+    tiny = load_model("tiny-random", ["a", "b"])
+    at = _app_on_model_folder(tiny.model, tiny.tokenizer, tmp_path / "bert")
+    goto(at, "app_pages/4_budget.py")
+    assert lowest_layer_shown(at) == "1"  # auto: the upper half of 2 layers
+    deeper = copy.deepcopy(tiny.model.config)
+    deeper.num_hidden_layers = 4
+    AutoModelForSequenceClassification.from_config(deeper).save_pretrained(tmp_path / "bert")  # retrained in place
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert lowest_layer_shown(at) == "2"  # the upper half of the 4 layers now in the folder
+
+
 def test_every_page_renders_with_a_head_outside_the_classifier_module(tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
