@@ -77,6 +77,7 @@ _EXPORTS = {
     "select_mask": "clm_explore.masks",
     "splits_csv": "clm_explore.label_issues",
     "splits_zip": "clm_explore.label_issues",
+    "weight_changes": "clm_explore.changes",
     "write_report": "clm_explore.report",
 }
 

@@ -28,7 +28,7 @@ COMMAND_MODULES = (
     "clm_explore.cli.data_cmds",  # validate
     "clm_explore.cli.method_cmds",  # mine, sensitivity, finetune, predict
     "clm_explore.cli.bench_cmds",  # bench
-    "clm_explore.cli.explain_cmds",  # explain, report
+    "clm_explore.cli.explain_cmds",  # explain, report, changes
 )
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``explain`` and ``report`` sub-commands."""
+    """Add the ``explain``, ``report`` and ``changes`` sub-commands."""
     explain = subparsers.add_parser(
         "explain",
         help="word attributions of texts under a run's model",
@@ -90,6 +90,21 @@ def register(subparsers: Any) -> None:
         help='print {"out": HTML, "rows_attributed": N, "rows": M} instead of a sentence',
     )
     report.set_defaults(func=run_report)
+
+    changes = subparsers.add_parser(
+        "changes",
+        help="how far a run moved each weight matrix of its base model",
+        description="Per layer and module: the rows and parameters a finished run changed, and the change's size "
+        "relative to the base weights (a sparse run moves only its selected rows; full finetuning every matrix).",
+    )
+    changes.add_argument("--run", required=True, metavar="DIR", help="a run folder or a run id of the registry")
+    changes.add_argument("--base", default=None, metavar="SRC",
+                         help="the base model (default: the one the run was trained from, in its clm_run.json)")
+    changes.add_argument("--json", action="store_true",
+                         help="print JSON: run, source, backbone_params, backbone_params_changed, other_params_changed "
+                         "and matrices (layer, module, rows, rows_changed, share_rows_changed, params, params_changed, "
+                         "change_norm, relative_change)")
+    changes.set_defaults(func=run_changes)
 
 
 def _add_column_args(parser: argparse.ArgumentParser) -> None:
@@ -175,6 +190,20 @@ def run_explain(args: argparse.Namespace) -> int:
         print_json([r.to_record() for r in results])  # a list for one text too, as predict's
     else:
         print("\n\n".join(format_attribution(r, labels) for r in results))
+    return 0
+
+
+def run_changes(args: argparse.Namespace) -> int:
+    from clm_explore.changes import weight_changes
+
+    result = weight_changes(checked_run(args.run, "--run"), args.base)
+    if args.json:
+        print_json(result.to_record())
+        return 0
+    table = result.table.assign(layer=result.table["layer"].map(lambda i: "emb" if i < 0 else str(i)))
+    shown = table[["layer", "module", "rows_changed", "rows", "params_changed", "relative_change"]]
+    print(shown.to_string(index=False, formatters={"relative_change": "{:.3g}".format}))
+    print(result.summary())
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import streamlit as st
 
+from clm_explore.changes import WeightChanges
 from clm_explore.config import (
     DataConfig,
     LabelAuditConfig,
@@ -192,6 +193,14 @@ def timed_mask(
     report = sensitivity(source, choice, mining_cfg, sens)
     started = time.perf_counter()
     return select_mask(report, cfg), time.perf_counter() - started
+
+
+@st.cache_data(show_spinner="Comparing the run's weights with its base model's…", max_entries=32)
+def weight_changes(run_path: str, mtime: float) -> WeightChanges:
+    """How far the run moved its base model's weights (``mtime`` of its weights keys the cache)."""
+    from clm_explore.changes import weight_changes as changes
+
+    return changes(run_path)
 
 
 @st.cache_resource(show_spinner="Loading the run's model…", max_entries=4)

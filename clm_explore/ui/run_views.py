@@ -434,6 +434,20 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
         st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200)
 
 
+CHANGE_VIEWS = {"share_rows_changed": "Share of rows changed", "relative_change": "Change relative to the base weights"}
+
+
+def render_weight_changes_pair(changes: tuple[Any, Any], a: RunRecord, b: RunRecord, key: str) -> None:
+    """Both runs' weight changes from their base model, per layer and module, as heatmaps side by side."""
+    state.restore(f"{key}_view", "share_rows_changed", options=list(CHANGE_VIEWS))
+    view = st.radio("Show", list(CHANGE_VIEWS), format_func=CHANGE_VIEWS.get, horizontal=True, key=f"{key}_view")
+    state.keep(f"{key}_view")
+    for column, change, run, side in zip(st.columns(2), changes, (a, b), ("A", "B"), strict=True):
+        with column:
+            views.heatmap(change.table, view, f"{side}: {run.method}", key=f"{key}_{side}", colorscale="Reds")
+            st.caption(escape_markdown(change.summary()))
+
+
 def default_groups(records: list[RunRecord]) -> tuple[list[str], list[str]]:
     """Group A = the sparse runs, group B = the full-finetuning runs, both on the newest run's data and model."""
     if not records:

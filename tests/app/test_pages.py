@@ -9,6 +9,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,13 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert set(disagreements["right"]) <= {"only A"}
     assert not at.exception
     at.radio(key="cmp_filter").set_value("all").run()
+    at.toggle(key="cmp_changes").set_value(True).run()  # where each moved its base model's weights
+    assert not at.exception, [e.value for e in at.exception]
+    moved = [c.value.replace("\\", "") for c in at.caption if "backbone parameters changed" in c.value]
+    shares = [float(re.search(r"changed \(([\d.]+)%\)", c).group(1)) for c in moved]
+    assert len(shares) == 2 and 0 < shares[0] < 10 < shares[1], moved  # A sparse: few; B full: most
+    at.radio(key="cmp_changes_view").set_value("relative_change").run()
+    assert not at.exception and "Change relative" in at.radio(key="cmp_changes_view").format_func("relative_change")
     at.toggle(key="cmp_top").set_value(True).run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.info, [i.value for i in at.info]  # every library module present: nothing guarded
