@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
-from clm_explore.data import DataError
+from clm_explore.data import SPLITS, DataError
 from clm_explore.label_issues import TooFewRowsError, relabelled, splits_csv, splits_zip
 from clm_explore.ui import cache, forms, state, views
 
@@ -62,9 +62,11 @@ if state.get("audited") == (choice, source):
             )
             c2.button(
                 f"Work on the data with {len(accepted)} label(s) changed", key="data_use_relabelled",
-                on_click=forms.switch_to_upload, args=(lambda: splits_csv(fixed), f"{stem}-relabelled.csv"),
+                on_click=forms.switch_to_upload,
+                args=(lambda: splits_csv(fixed), f"{stem}-relabelled.csv", sum(len(fixed.split(s)) for s in SPLITS)),
                 help="Selects it on every page as an upload of this session (one CSV file with a split column: the "
-                "same train, validation and test rows), so that its runs can be compared with the original's.",
+                "same train, validation and test rows; accepted labels of validation or test rows change what runs are "
+                "scored against too), so that its runs can be set beside the original's.",
             )
             if message := state.get("data_switch_error"):
                 state.put("data_switch_error", None)

@@ -11,9 +11,10 @@ st.title("Budget")
 st.write(
     "Choose the share of backbone parameters to train, and under Row choice which rows may compete. The "
     "mask is re-selected from the cached scores on every move; runs launched here or on the Finetune page "
-    "use both. It is the seed-0 mask: a seed-0 sparse run launched here or there trains these rows, from "
-    "these scores (not scored again); a run with another seed warms its own head before scoring, and draws "
-    "its random-share rows with that seed, so its rows differ somewhat."
+    "use both. It is the seed-0 mask: a seed-0 sparse run launched here or there, at this budget and without "
+    "the frozen-layer cache, trains these rows, from these scores (not scored again); a run with another seed "
+    "warms its own head before scoring, and draws its random-share rows with that seed, so its rows differ "
+    "somewhat."
 )
 
 choice, source = state.require_data()

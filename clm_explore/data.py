@@ -951,7 +951,10 @@ def _split_column(table: _Table, given: str | None, taken: tuple[str, str], note
     is not used (a note says so); a given one is refused then."""
     if given is None:
         found = [c for c in table.columns if c.strip().lower() in SPLIT_NAMES and c not in taken]
-        if len(found) != 1:  # none, or 'split' and 'Split': nothing to go by
+        if len(found) > 1:
+            notes.append(f"{table.name}: the columns {', '.join(map(repr, found))} could each be the split column, so "
+                         "neither was used to split the rows; name one with --split-col (DataConfig.split_col).")
+        if len(found) != 1:
             return None
         column = found[0]
     else:
@@ -959,8 +962,15 @@ def _split_column(table: _Table, given: str | None, taken: tuple[str, str], note
         if column in taken:
             raise DataError(f"{table.name}: the split column {column!r} is also the text or the label column. Pass "
                             "another column with --split-col.")
-    _require_flat(table, column, "split")
-    raw = [value.strip() for value in _as_str(table, table.frame[column], "split")]
+    try:
+        _require_flat(table, column, "split")
+        raw = [value.strip() for value in _as_str(table, table.frame[column], "split")]
+    except DataError:  # lists, records or undecodable bytes: a column found by its name is let be
+        if given is not None:
+            raise
+        notes.append(f"{table.name}: its column {column!r} was not used to split the rows: it holds lists, records "
+                     "or bytes, not one split name per row.")
+        return None
     splits = [SPLIT_ALIASES.get(value.lower()) for value in raw]
     bad = [i for i, value in enumerate(splits) if value is None]
     if not bad:

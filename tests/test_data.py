@@ -853,12 +853,14 @@ def test_a_split_column_puts_rows_in_their_splits_and_only_missing_ones_are_carv
     assert len(data.test) == 12 and len(data.train) + len(data.validation) == 36 and len(data.validation) > 0
 
 
-def test_a_split_column_by_another_name_is_read_when_named(tmp_path: Path) -> None:
+def test_a_split_column_by_another_name_is_read_when_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
     frame = _with_split_column(["train", "train", "test"]).rename(columns={"Split": "part"})
     frame.to_parquet(tmp_path / "all.parquet")
     assert len(load_data(tmp_path / "all.parquet").test) == 12  # not a split column by its name: carved (20%)
     assert len(load_data(tmp_path / "all.parquet", DataConfig(split_col="Part")).test) == 20
-    assert main(["validate", str(tmp_path / "all.parquet"), "--split-col", "part", "--json"]) == 0
+    assert main(["validate", str(tmp_path / "all.parquet"), "--split-col", "part"]) == 0
+    assert "by its split column (train 40, test 20)" in capsys.readouterr().out
 
 
 def test_a_split_column_that_does_not_name_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -893,3 +895,16 @@ def test_a_split_column_is_not_read_in_a_folder_of_splits(tmp_path: Path) -> Non
         load_data(tmp_path, DataConfig(split_col="Split"))
     with pytest.raises(DataError, match="split already"):
         load_data({"train": _with_split_column(["train"])}, DataConfig(split_col="Split"))
+
+
+def test_a_column_named_split_that_holds_records_or_is_doubled_is_let_be(tmp_path: Path) -> None:
+    frame = _with_split_column(["train", "test"])
+    records = frame.assign(split=[{"name": v} for v in frame.pop("Split")])
+    records.to_json(tmp_path / "all.jsonl", orient="records", lines=True)
+    data = load_data(tmp_path / "all.jsonl")  # found by its name only: carved, with a note
+    assert len(data.test) == 12 and any("holds lists, records or bytes" in n for n in data.notes)
+    with pytest.raises(DataError, match="several labels|a list or object"):
+        load_data(tmp_path / "all.jsonl", DataConfig(split_col="split"))
+    doubled = _with_split_column(["train", "test"]).assign(split="test")
+    data = load_data(doubled)
+    assert len(data.test) == 12 and any("could each be the split column" in n for n in data.notes)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -400,14 +401,9 @@ DATA_SOURCES = {"sample": "Bundled sample", "shared": "Server data set", "upload
 def data_picker(current: state.DataChoice | None, key: str = "data") -> state.DataChoice | None:
     """Sample, a server-side set (../shared/data/*) or an upload saved under this session's folder."""
     kinds = list(DATA_SOURCES)
-    kind = st.radio(
-        "Source",
-        kinds,
-        format_func=DATA_SOURCES.get,
-        horizontal=True,
-        key=f"{key}_kind",
-        index=kinds.index(current.kind) if current else 0,
-    )
+    # The index only seeds a new radio: once its key holds a value (set by ``switch_to_upload`` too), it is that one.
+    seeded = {} if f"{key}_kind" in st.session_state else {"index": kinds.index(current.kind) if current else 0}
+    kind = st.radio("Source", kinds, format_func=DATA_SOURCES.get, horizontal=True, key=f"{key}_kind", **seeded)
     choice = current if current and current.kind == kind else None
     if kind == "sample":
         choice = state.sample_choice()
@@ -431,7 +427,7 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
         upload = st.file_uploader(
             "Data file",
             type=["csv", "tsv", "jsonl", "ndjson", "json", "parquet"],
-            key=f"{key}_upload",
+            key=f"{key}_upload{state.get(f'{key}_upload_box', 0) or ''}",  # 0: the first box, named data_upload
         )
         st.caption(f"CSV, TSV, JSONL, JSON or Parquet, up to {cap:.0f} MB: a text column and a label column. One "
                    "file is split into train, validation and test (stratified by label), unless a column named split "
@@ -445,19 +441,31 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
     return choice
 
 
-def switch_to_upload(write: Callable[[], bytes], filename: str, key: str = "data") -> None:
-    """A button's callback: make the file ``write()`` returns (one the app writes, such as the data with accepted
-    labels; written only when pressed) this session's upload and select it, as if it had been uploaded. In a
-    callback, before the page reruns: the Source radio may only be set before it is drawn."""
-    raw = write()
-    cap = DataConfig().max_file_mb
-    if len(raw) > cap * 2**20:  # the upload's own cap: it could not be read back
-        state.put(f"{key}_switch_error", f"The file would be {len(raw) / 2**20:.0f} MB, above the {cap:.0f} MB upload "
-                                          "limit: download the zip instead.")
-        return
+def switch_to_upload(write: Callable[[], bytes], filename: str, rows: int, key: str = "data") -> None:
+    """A button's callback: make the file ``write()`` returns (``rows`` rows; one the app writes, such as the data with
+    accepted labels; written only when pressed) this session's upload and select it, as if it had been uploaded. In
+    a callback, before the page reruns: the Source radio may only be set before it is drawn. The file the session
+    works on now, if an upload, is kept (it is what the new one is compared with); a refusal is put in
+    ``{key}_switch_error`` for the page to show."""
+    from clm_explore.data import DataError
+
     current = state.data_choice()
-    state.set_data_choice(state.upload_choice(raw, filename, current if current and current.kind == "upload" else None))
+    limits = DataConfig()
+    try:
+        raw = write()
+        if len(raw) > limits.max_file_mb * 2**20 or rows > limits.max_rows:
+            raise DataError(f"The data would be {len(raw) / 2**20:.0f} MB in {rows:,} rows, above an upload's limits "
+                            f"({limits.max_file_mb:.0f} MB, {limits.max_rows:,} rows): download the zip instead and "
+                            "train on it from the command line (clm-explore finetune --data FOLDER).")
+        protect = (Path(current.path),) if current is not None and current.kind == "upload" else ()
+        choice = state.upload_choice(raw, filename, None, protect=protect)
+    except DataError as exc:  # e.g. the server's room for uploads is full
+        state.put(f"{key}_switch_error", str(exc))
+        return
+    state.set_data_choice(choice)
     st.session_state[f"{key}_kind"] = "upload"
+    # A fresh file box: the one still holding an uploaded original would select that again on the next run.
+    state.put(f"{key}_upload_box", int(state.get(f"{key}_upload_box", 0)) + 1)
 
 
 def column_mapping(choice: state.DataChoice, columns: list[str], key: str = "data") -> state.DataChoice:

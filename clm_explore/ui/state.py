@@ -288,7 +288,7 @@ TOKEN_PATTERN = re.compile(r"[0-9a-f]{16,64}")
 """What a session token looks like (new ones are 32 hex digits; sessions before tokens used 16): never a path."""
 
 
-def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataChoice:
+def save_upload(raw: bytes, filename: str, folder: Path | None = None, protect: tuple[Path, ...] = ()) -> DataChoice:
     """Keep an uploaded file under this session's own folder, with a sanitised name.
 
     The stored name is only letters, digits, '-' and '_' plus a known extension, so it can never
@@ -307,8 +307,8 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None) -> DataCh
     if target.parent != folder:  # cannot happen with the name above; kept as a guard
         raise ValueError(f"Refusing upload name {filename!r}.")
     target.write_bytes(raw)
-    _keep_newest_uploads(folder, UPLOADS_KEPT)
-    _keep_uploads_under(folder.parent, uploads_total_mb() * 2**20, target)
+    _keep_newest_uploads(folder, UPLOADS_KEPT, protect)
+    _keep_uploads_under(folder.parent, uploads_total_mb() * 2**20, target, protect=protect)
     return DataChoice("upload", str(target), shown, digest=digest)
 
 
@@ -340,9 +340,11 @@ UPLOADS_KEPT = 5
 cannot fill the server's disk (200 MB a file)."""
 
 
-def _keep_newest_uploads(folder: Path, keep: int) -> None:
+def _keep_newest_uploads(folder: Path, keep: int, protect: tuple[Path, ...] = ()) -> None:
+    """The ``keep`` newest files, and the ``protect``ed ones (a file the new one is made from) whatever their age."""
+    kept = {p.resolve() for p in protect}
     files = sorted((f for f in folder.iterdir() if f.is_file()), key=lambda f: f.stat().st_mtime_ns, reverse=True)
-    for old in files[keep:]:
+    for old in (f for f in files[keep:] if f.resolve() not in kept):
         old.unlink(missing_ok=True)
 
 
@@ -352,11 +354,13 @@ opening fresh tabs must not be able to push everyone else's files out (a session
 opened or it uploads)."""
 
 
-def _keep_uploads_under(root: Path, max_bytes: float, kept: Path, now: float | None = None) -> list[Path]:
+def _keep_uploads_under(root: Path, max_bytes: float, kept: Path, now: float | None = None,
+                        protect: tuple[Path, ...] = ()) -> list[Path]:
     """Make the uploads of every session under ``root`` take at most ``max_bytes`` together (0: no cap): this
     session's older files go first, then other sessions' files, oldest first, of sessions unused for
     UPLOAD_IN_USE_SECONDS. If that is not room enough, only ``kept`` (the file just saved) goes and the upload is
-    refused: a full server says so rather than deleting files other people are using. A session whose file goes is
+    refused: a full server says so rather than deleting files other people are using (nor ``protect``: the file the
+    new one was made from, which the session goes on comparing with). A session whose file goes is
     told on its next page to upload it again, as after ``prune_uploads``. Returns the deleted files.
 
     A file hard-linked into several session folders (a session taken up from its address) takes its room once:
@@ -378,7 +382,9 @@ def _keep_uploads_under(root: Path, max_bytes: float, kept: Path, now: float | N
     idle_before = (time.time() if now is None else now) - UPLOAD_IN_USE_SECONDS
     last_used = _sessions_last_used(root, stats)
     own = kept.parent
+    protected = {_inode(stats[f]) for f in stats if f.resolve() in {p.resolve() for p in protect}}
     candidates = [f for f in stats if _inode(stats[f]) != kept_inode  # another link of the new file frees nothing
+                  and _inode(stats[f]) not in protected
                   and (f.parent == own or last_used[f.parent.name] < idle_before)]
     doomed = []  # chosen first, deleted only if they make room: a refused upload must not cost the session its data
     for old in sorted(candidates, key=lambda f: (f.parent != own, stats[f].st_mtime_ns, _inode(stats[f]))):
@@ -417,7 +423,7 @@ def _inode(info: os.stat_result) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def upload_choice(raw: bytes, filename: str, current: DataChoice | None) -> DataChoice:
+def upload_choice(raw: bytes, filename: str, current: DataChoice | None, protect: tuple[Path, ...] = ()) -> DataChoice:
     """The current upload choice when ``raw`` is the same file under the same name, else a new one; the same bytes
     under another name keep their column mapping and take the new name (the page named the old one)."""
     digest = hashlib.sha256(raw).hexdigest()
@@ -425,7 +431,7 @@ def upload_choice(raw: bytes, filename: str, current: DataChoice | None) -> Data
                  and Path(current.path).is_file())
     if same_file and current.name == _upload_names(filename, digest)[2]:
         return current
-    saved = save_upload(raw, filename)
+    saved = save_upload(raw, filename, protect=protect)
     return dataclasses.replace(saved, text_col=current.text_col, label_col=current.label_col) if same_file else saved
 
 

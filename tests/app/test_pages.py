@@ -107,6 +107,41 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
                             for i in (0, 2)}
 
 
+ACCEPT_TWO = {"edited_rows": {"0": {"accept": True}, "2": {"accept": True}}, "added_rows": [], "deleted_rows": []}
+
+
+def _accept_two_and_switch(app: AppTest) -> None:
+    button(app, "Check the labels").click().run(timeout=TIMEOUT)
+    app.session_state["data_issues"] = ACCEPT_TWO
+    app.run()
+    button(app, "Work on the data with 2 label(s) changed").click().run(timeout=TIMEOUT)
+
+
+def test_the_accepted_labels_replace_an_upload_and_keep_it_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    app.radio(key="data_kind").set_value("upload").run()
+    raw = (ROOT / "sample_data/banking77_20/train.csv").read_bytes()
+    app.file_uploader(key="data_upload").set_value(("mine.csv", raw, "text/csv")).run(timeout=TIMEOUT)
+    original = app.session_state["data_choice"]
+    monkeypatch.setattr("clm_explore.ui.state.UPLOADS_KEPT", 1)  # room for one file: the original must stay
+    _accept_two_and_switch(app)
+    assert not app.exception and not app.error, [e.value for e in [*app.exception, *app.error]]
+    app.run()  # the file box that still holds mine.csv does not select it again
+    assert app.session_state["data_choice"].name == "mine-relabelled.csv"
+    assert Path(original.path).is_file() and Path(app.session_state["data_choice"].path).is_file()
+
+
+def test_no_room_for_the_accepted_labels_is_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.01")  # smaller than the sample's splits as one file
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    _accept_two_and_switch(app)
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("room for uploads" in e.value for e in app.error)
+    assert app.session_state["data_choice"].kind == "sample"  # still working on the sample
+
+
 def test_every_page_renders(at: AppTest) -> None:
     for page in PAGES:
         goto(at, page)
@@ -521,6 +556,20 @@ def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monk
     with pytest.raises(DataError, match=r"room for uploads .* is full with files in use.*CLM_EXPLORE_UPLOADS_MB"):
         save_upload(kb, "big.csv", folder=tmp_path / s5)
     assert sorted(f.relative_to(tmp_path).as_posix() for f in tmp_path.glob("*/*")) == left  # nothing went for it
+
+
+def test_a_file_made_from_an_upload_never_pushes_that_upload_out(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))  # 2.5 KiB: two files of 1 KiB
+    kb = b"text,label\n" + b"x" * 1013
+    session = tmp_path / f"{1:032x}"
+    original = save_upload(kb + b"O", "mine.csv", folder=session)
+    save_upload(kb + b"P", "other.csv", folder=session)
+    # The relabelled copy is made with room for two: the other, newer file goes, not the one it was made from.
+    save_upload(kb + b"R", "mine-relabelled.csv", folder=session, protect=(Path(original.path),))
+    assert sorted(f.name for f in session.iterdir()) == ["mine-relabelled.csv", "mine.csv"]
+    with pytest.raises(DataError, match="is full with files in use"):  # no room without it: refused, it stays
+        save_upload(kb * 2, "big.csv", folder=session, protect=(Path(original.path),))
+    assert (session / "mine.csv").is_file()
 
 
 def test_one_session_cannot_push_out_the_uploads_of_sessions_in_use(tmp_path: Path, monkeypatch) -> None:
