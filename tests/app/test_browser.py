@@ -200,6 +200,8 @@ def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list
     # The page loads both saved models and predicts; on a loaded machine that once took over 45 s.
     page.get_by_text("Where they disagree").wait_for(timeout=120_000)
     page.get_by_text("Top words per label").wait_for(timeout=WAIT_MS)
+    page.get_by_text("Compare the weights with the base model's").click()  # both runs' maps of what they changed
+    page.get_by_text("backbone parameters changed").nth(1).wait_for(timeout=WAIT_MS)
     assert not page.locator('[data-testid="stException"]').count()
 
 
