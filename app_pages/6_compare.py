@@ -2,10 +2,8 @@
 
 import streamlit as st
 
-from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import RunStatus
 from clm_explore.ui import cache, jobs, run_views, state
-from clm_explore.ui.views import escape_markdown
 
 st.title("Compare runs")
 st.write("Two finished runs side by side: what each gets right, and which words each model relies on.")
@@ -43,15 +41,7 @@ run_views.f1_difference(full_a, full_b, key="cmp")
 st.header("What training changed")
 st.write("Where each run moved its base model's weights: a sparse run only its selected rows, full finetuning every "
          "matrix. Per layer and module; the head is left out, LayerNorms are counted below each map.")
-state.restore("cmp_changes", False)
-if st.toggle("Compare the weights with the base model's", key="cmp_changes"):
-    try:
-        changes = tuple(cache.weight_changes(str(r.path), cache.file_mtime(r.path / "model.safetensors")) for r in (a, b))
-    except ModelSourceError as exc:  # the base model is gone, or is not the one trained from
-        st.warning(escape_markdown(str(exc)))
-    else:
-        run_views.render_weight_changes_pair(changes, a, b, key="cmp_changes")
-state.keep("cmp_changes")
+run_views.weight_changes_toggle([a, b], key="cmp_changes")
 
 st.header("Where they disagree")
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}

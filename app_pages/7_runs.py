@@ -3,7 +3,7 @@ delete; download as a zip."""
 
 import streamlit as st
 
-from clm_explore.runs import PER_LABEL_METRICS, RunStoreError
+from clm_explore.runs import PER_LABEL_METRICS, RunStatus, RunStoreError
 from clm_explore.ui import jobs, run_views, state
 from clm_explore.ui.views import escape_markdown
 
@@ -37,6 +37,10 @@ with c2:
     st.subheader("Metrics")
     # Rows written before the registry left the per-label figures out may still hold them.
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
+
+if run.status is RunStatus.SUCCEEDED:
+    st.subheader("What training changed")
+    run_views.weight_changes_toggle([run], key="runs_changes")
 
 c1, c2 = st.columns(2)
 with c1:

@@ -437,14 +437,29 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
 CHANGE_VIEWS = {"share_rows_changed": "Share of rows changed", "relative_change": "Change relative to the base weights"}
 
 
-def render_weight_changes_pair(changes: tuple[Any, Any], a: RunRecord, b: RunRecord, key: str) -> None:
-    """Both runs' weight changes from their base model, per layer and module, as heatmaps side by side."""
+def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
+    """A toggle that draws how far each run moved its base model's weights, per layer and module (heatmaps side by
+    side), with the option of the share of rows changed or the change relative to the base weights."""
+    from clm_explore.modeling import ModelSourceError
+
+    state.restore(key, False)
+    shown = st.toggle("Compare the weights with the base model's", key=key)
+    state.keep(key)
+    if not shown:
+        return
+    try:
+        changes = [cache.weight_changes(str(r.path), cache.file_mtime(r.path / "model.safetensors")) for r in runs]
+    except ModelSourceError as exc:  # the base model is gone, or is not the one trained from
+        st.warning(escape_markdown(str(exc)))
+        return
     state.restore(f"{key}_view", "share_rows_changed", options=list(CHANGE_VIEWS))
     view = st.radio("Show", list(CHANGE_VIEWS), format_func=CHANGE_VIEWS.get, horizontal=True, key=f"{key}_view")
     state.keep(f"{key}_view")
-    for column, change, run, side in zip(st.columns(2), changes, (a, b), ("A", "B"), strict=True):
+    sides = ("A", "B") if len(runs) == 2 else ("",) * len(runs)
+    for column, change, run, side in zip(st.columns(len(runs)), changes, runs, sides, strict=True):
         with column:
-            views.heatmap(change.table, view, f"{side}: {run.method}", key=f"{key}_{side}", colorscale="Reds")
+            title = f"{side}: {run.method}" if side else f"{run.method}: {CHANGE_VIEWS[view].lower()}"
+            views.heatmap(change.table, view, title, key=f"{key}_{side or run.id}", colorscale="Reds")
             st.caption(escape_markdown(change.summary()))
 
 

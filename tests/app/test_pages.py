@@ -295,6 +295,11 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert len(shares) == 2 and 0 < shares[0] < 10 < shares[1], moved  # A sparse: few; B full: most
     at.radio(key="cmp_changes_view").set_value("relative_change").run()
     assert not at.exception and "Change relative" in at.radio(key="cmp_changes_view").format_func("relative_change")
+    goto(at, "app_pages/7_runs.py")  # one run's map, on the Runs page
+    at.toggle(key="runs_changes").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len([c for c in at.caption if "backbone parameters changed" in c.value]) == 1
+    goto(at, "app_pages/6_compare.py")
     at.toggle(key="cmp_top").set_value(True).run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.info, [i.value for i in at.info]  # every library module present: nothing guarded
