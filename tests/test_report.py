@@ -34,17 +34,21 @@ def evil_data(tiny_data):
 def test_report_pair(tmp_path: Path, evil_data) -> None:
     run_a = make_run(tmp_path, evil_data, 0, "sparse")
     run_b = make_run(tmp_path, evil_data, 1, "full")
+    (run_a / "clm_run.json").write_text(json.dumps({"method": "sparse", "source": "tiny-random", "config": {}}))
     out = build_report(
         run_a, run_b, out_path=tmp_path / "r" / "report.html", cfg=CFG, max_rows=20, min_count=1
     )
     page = out.read_text()
+    # A's weights against the model it names; B names none (no clm_run.json): a note says why it has no map.
+    assert "What training changed" in page and "A: sparse-0: " in page and "backbone parameters changed" in page
+    assert "B: full-1: no weight-change map" in page and "not a run folder" in page
     assert page.startswith("<!DOCTYPE html>")
     for section in ("Metrics", "Confusion matrices", "Per-label F1", "Top attributed words", "Selected rows"):
         assert section in page
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert ">&lt;</span>" in page  # the word spans too
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no CDN: plotly.js is inline
-    assert page.count("Plotly.newPlot") >= 4  # two confusions, F1, two mask heatmaps
+    assert page.count("Plotly.newPlot") >= 5  # two confusions, F1, two mask heatmaps, A's weight changes
     assert page.count("plotly.js v") == 1  # the bundle's banner: inlined once
     assert "rgba(34,139,34" in page or "rgba(220,20,60" in page
     assert "card_arrival" in page and 'class="group"' in page
