@@ -32,8 +32,10 @@ class WeightChanges:
 
     table: pd.DataFrame
     """One row per weight matrix of the sensitivity map (the linear maps and the word embeddings, layer -1):
-    name (the weight's parameter name), layer, module, rows, rows_changed, share_rows_changed, params, params_changed, relative_change
-    (||W_run - W_base|| / ||W_base||, biases included), change_norm (||W_run - W_base||)."""
+    name (the weight's parameter name), layer, module, rows, rows_changed (rows of the weight whose values
+    changed), share_rows_changed, biases_changed (entries of the map's bias), params (weight and bias),
+    params_changed, share_params_changed, relative_change (||W_run - W_base|| / ||W_base||, the bias with its
+    rows), change_norm (||W_run - W_base||)."""
     run: str
     source: str
     """The base model the run was compared with."""
@@ -42,25 +44,39 @@ class WeightChanges:
     """Every backbone parameter that differs from the base, LayerNorms and position embeddings included."""
     other_params_changed: int
     """Of those, the ones outside the table's matrices (LayerNorms, position and type embeddings, ...)."""
+    merged_rows: int = 0
+    """Word-embedding rows of merged adaptive tokens (``merge.json``): set from their pieces' rows before training,
+    so the base is compared with them set; only what training then did to them counts."""
 
     @property
     def share_changed(self) -> float:
         return self.backbone_params_changed / max(self.backbone_params, 1)
 
     def summary(self) -> str:
-        moved = self.table[self.table["rows_changed"] > 0]
-        lowest = "none" if moved.empty else ("emb" if moved["layer"].min() < 0 else f"{int(moved['layer'].min())}")
+        moved = self.table[self.table["params_changed"] > 0]
+        merged = f"; {self.merged_rows} merged-token rows set from their pieces first" if self.merged_rows else ""
         return (f"{self.backbone_params_changed:,} of {self.backbone_params:,} backbone parameters changed "
-                f"({self.share_changed:.3%}); {int(self.table['rows_changed'].sum()):,} rows of "
-                f"{int(self.table['rows'].sum()):,} in the scored matrices; lowest layer changed: {lowest}; "
-                f"{self.other_params_changed:,} changed outside them (LayerNorms, position embeddings, ...)")
+                f"({self.share_changed:.3%}); {int(self.table['rows_changed'].sum()):,} weight rows of "
+                f"{int(self.table['rows'].sum()):,} in the scored matrices and {int(self.table['biases_changed'].sum()):,} "
+                f"bias entries; lowest changed: {_lowest(moved)}; {self.other_params_changed:,} changed outside them "
+                f"(LayerNorms, position embeddings, ...){merged}")
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict (``changes --json``)."""
         return {"run": self.run, "source": self.source, "backbone_params": self.backbone_params,
                 "backbone_params_changed": self.backbone_params_changed,
-                "other_params_changed": self.other_params_changed,
+                "other_params_changed": self.other_params_changed, "merged_rows": self.merged_rows,
                 "matrices": self.table.to_dict(orient="records")}
+
+
+def _lowest(moved: pd.DataFrame) -> str:
+    """The lowest place with a change: 'the embeddings', 'layer N' or 'the pooler'; 'none'."""
+    if moved.empty:
+        return "none"
+    lowest = moved[moved["layer"] == moved["layer"].min()]
+    if int(lowest["layer"].iloc[0]) < 0:
+        return "the embeddings"
+    return "the pooler" if set(lowest["module"]) == {"pooler"} else f"layer {int(lowest['layer'].iloc[0])}"
 
 
 def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None = None) -> WeightChanges:
@@ -68,47 +84,79 @@ def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None
 
     Args:
         run: a run folder (or the ``FinetuneResult`` or registry record naming it).
-        source: the base model; default: the one the run was trained from (its ``clm_run.json``).
-        base: the base model already loaded (read only), instead of loading ``source``.
+        source: the base model; default: the one the run was trained from (its ``clm_run.json``), built with the
+            run's seed (weights a checkpoint lacks, such as a pooler, are drawn from it as training drew them).
+        base: the base model already loaded (read only; loaded with the run's seed), instead of loading one.
 
     Raises:
-        ChangesError: the run names no base model, or the two do not have the same weights' shapes.
+        ChangesError: not a run folder, no base model named, or a base of other weights' names or shapes.
         ModelSourceError: the run or the base model cannot be loaded.
     """
     folder = run_folder(run)
     if not (folder / "clm_run.json").is_file():
         raise ChangesError(f"{folder} is not a run folder (it has no clm_run.json).")
-    source = source or _run_source(folder)
+    meta = read_json_object(folder / "clm_run.json")
     tuned = load_model(str(folder), labels=None).model  # the folder's plain model (a prefix run's adapter/ aside)
-    base_model = base.model if base is not None else load_model(source, labels=None).model
-    base_params = _backbone(base_model)
+    if base is None:
+        source = source or _run_source(folder, meta)
+        base = _load_base(folder, source, meta)
+    source = source or base.source
+    base_params = _backbone(base.model)
     tuned_all = dict(tuned.named_parameters())
     differ = [n for n, p in base_params.items() if n not in tuned_all or tuned_all[n].shape != p.shape]
     if differ:
         raise ChangesError(f"{folder} and {source} do not have the same weights ({len(differ)} of {len(base_params)} "
                            f"differ in name or shape, e.g. {differ[0]}): is {source} the model the run was trained "
                            "from?")
+    merged = _merged_rows(folder, base, base_params)
     tuned_params = {n: tuned_all[n].detach().float().cpu() for n in base_params}
-    rows, covered = _matrix_rows(base_model, tuned_params, base_params)
+    rows, covered = _matrix_rows(base.model, tuned_params, base_params)
     changed = {name: int((tuned_params[name] != base_params[name]).sum()) for name in base_params}
     return WeightChanges(
         table=pd.DataFrame(rows), run=str(folder), source=source,
         backbone_params=sum(p.numel() for p in base_params.values()),
         backbone_params_changed=sum(changed.values()),
-        other_params_changed=sum(n for name, n in changed.items() if name not in covered),
+        other_params_changed=sum(n for name, n in changed.items() if name not in covered), merged_rows=merged,
     )
 
 
-def _run_source(folder: Path) -> str:
-    source = read_json_object(folder / "clm_run.json").get("source")
+def _run_source(folder: Path, meta: dict[str, Any]) -> str:
+    source = meta.get("source")
     if not source:
         raise ChangesError(f"{folder} does not record the model it was trained from: pass the base model "
                            "(--base SRC, source=...).")
     return str(source)
 
 
+def _load_base(folder: Path, source: str, meta: dict[str, Any]) -> LoadedModel:
+    """The base model at the run's seed (a checkpoint's missing weights, a pooler say, are drawn from it)."""
+    config = meta.get("config")
+    seed = config.get("seed", 0) if isinstance(config, dict) else 0
+    try:
+        return load_model(source, labels=None, seed=seed if isinstance(seed, int) else 0)
+    except ModelSourceError as exc:
+        raise ModelSourceError(f"{folder} was trained from {source}, which cannot be loaded here ({exc}). Pass the "
+                               "base model (--base SRC, source=...).") from exc
+
+
+def _merged_rows(folder: Path, base: LoadedModel, params: dict[str, torch.Tensor]) -> int:
+    """Set the base's rows of the run's merged adaptive tokens (``merge.json``) as training set them before it
+    began, the mean of their pieces' rows, in ``params`` (a copy; the base model is left as it is). Returns how
+    many."""
+    merged = read_json_object(folder / "merge.json").get("merged") or []
+    emb = base.model.get_input_embeddings().weight
+    name = next((n for n, p in base.model.named_parameters() if p is emb), None)
+    if not merged or name not in params:
+        return 0
+    rows = params[name] = params[name].clone()
+    for entry in merged:
+        pieces = base.tokenizer.convert_tokens_to_ids(list(entry["pieces"]))
+        rows[int(entry["id"])] = rows[pieces].mean(0)
+    return len(merged)
+
+
 def _backbone(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter outside the classification head, as float32 on the CPU."""
+    """Every parameter outside the classification head, as float32 on the CPU (not copied where already so)."""
     head = set(head_parameter_names(model))
     return {n: p.detach().float().cpu() for n, p in model.named_parameters() if n not in head}
 
@@ -122,20 +170,25 @@ def _matrix_rows(model: nn.Module, tuned: dict[str, torch.Tensor], base: dict[st
     rows, covered = [], set()
     for weight, layer, kind in ([(emb_name, -1, "embeddings")] if emb_name in base else []) + maps:
         bias = weight.removesuffix("weight") + "bias" if kind != "embeddings" else None
-        parts = [weight] + ([bias] if bias in base else [])
-        covered.update(parts)
-        rows.append({"name": weight} | _matrix_change(layer, kind, [tuned[p] for p in parts], [base[p] for p in parts]))
+        bias = bias if bias in base else None
+        covered.update([weight] + ([bias] if bias else []))
+        change = _matrix_change(tuned[weight], base[weight], tuned.get(bias), base.get(bias))
+        rows.append({"name": weight, "layer": layer, "module": kind} | change)
     return rows, covered
 
 
-def _matrix_change(layer: int, kind: str, tuned: list[torch.Tensor], base: list[torch.Tensor]) -> dict[str, Any]:
-    """One matrix's figures; a bias is a column of its rows (a row changed if its weights or its bias did)."""
-    as_rows = [t.reshape(t.shape[0], -1) for t in tuned], [b.reshape(b.shape[0], -1) for b in base]
-    new, old = (torch.cat(parts, dim=1) for parts in as_rows)
-    delta = new - old
+def _matrix_change(new: torch.Tensor, old: torch.Tensor, new_bias: torch.Tensor | None,
+                   old_bias: torch.Tensor | None) -> dict[str, Any]:
+    """One matrix's figures: weight rows changed, bias entries changed (apart: BitFit moves biases alone), and the
+    change's size with the bias counted with its rows."""
+    delta = (new - old).reshape(old.shape[0], -1)
+    bias_delta = (new_bias - old_bias) if new_bias is not None and old_bias is not None else delta.new_zeros(0)
     rows_changed = int((delta != 0).any(dim=1).sum())
-    base_norm = float(old.norm())
-    return {"layer": layer, "module": kind, "rows": old.shape[0], "rows_changed": rows_changed,
-            "share_rows_changed": rows_changed / old.shape[0], "params": old.numel(),
-            "params_changed": int((delta != 0).sum()), "change_norm": float(delta.norm()),
-            "relative_change": float(delta.norm()) / base_norm if base_norm > 0 else 0.0}
+    params = old.numel() + bias_delta.numel()
+    params_changed = int((delta != 0).sum() + (bias_delta != 0).sum())
+    change_norm = float(torch.cat([delta.flatten(), bias_delta]).norm())
+    base_norm = float(torch.cat([old.flatten(), old_bias.flatten() if old_bias is not None else old.new_zeros(0)]).norm())
+    return {"rows": old.shape[0], "rows_changed": rows_changed, "share_rows_changed": rows_changed / old.shape[0],
+            "biases_changed": int((bias_delta != 0).sum()), "params": params, "params_changed": params_changed,
+            "share_params_changed": params_changed / params, "change_norm": change_norm,
+            "relative_change": change_norm / base_norm if base_norm > 0 else 0.0}

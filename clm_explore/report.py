@@ -262,8 +262,8 @@ def _changes_part(run: Path, name: str, fig: Callable[[go.Figure], str]) -> str:
     except ModelSourceError as exc:  # not a run folder, its base model gone or not the one it was trained from
         return f"<p class='note'>{esc(name)}: no weight-change map ({esc(exc)})</p>"
     layers = changes.table["layer"].map(lambda i: "emb" if i < 0 else str(i))
-    figure = _mask_figure(changes.table.assign(layer=layers, share=changes.table["share_rows_changed"]),
-                          f"Share of rows changed, {name}")
+    figure = _mask_figure(changes.table.assign(layer=layers, share=changes.table["share_params_changed"]),
+                          f"Share of parameters changed, {name}")
     return (fig(figure) if figure else "") + f"<p class='note'>{esc(name)}: {esc(changes.summary())}</p>"
 
 
@@ -498,8 +498,8 @@ def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path
     for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []):
         mask_fig = _mask_figure(mask_table(run), f"Share of selected rows, {name}")
         body.append(fig(mask_fig) if mask_fig else f"<p class='note'>{esc(name)}: no masks.safetensors</p>")
-    body.append("<h2>What training changed</h2><p class='note'>The share of each weight matrix's rows that differ from "
-                "the base model's (the classification head left out).</p>")
+    body.append("<h2>What training changed</h2><p class='note'>The share of each weight matrix's parameters (its bias "
+                "included) that differ from the base model's (the classification head left out).</p>")
     body.extend(_changes_part(run, name, fig) for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []))
     body.append(_rows_section(study, names))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore report</title>"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from safetensors.torch import load_file
@@ -13,27 +14,33 @@ from clm_explore.config import FinetuneConfig, MaskConfig
 from clm_explore.training import finetune
 
 
-def _run(tmp_path_factory, data, method: str, **options):
-    cfg = FinetuneConfig(method=method, epochs=1, batch_size=16, device="cpu", seed=0, **options)
+def _run(tmp_path_factory, data, method: str, seed: int = 0, **options):
+    cfg = FinetuneConfig(method=method, epochs=1, batch_size=16, device="cpu", seed=seed, **options)
     return finetune(data, cfg, tmp_path_factory.mktemp(method), source="tiny-random")
+
+
+SPARSE = {"mask": MaskConfig(budget=0.03, min_layer=0)}  # every layer and the embeddings may take rows
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_data_module):
-    sparse = {"mask": MaskConfig(budget=0.03, min_layer=0)}  # every layer and the embeddings may take rows
-    return {method: _run(tmp_path_factory, tiny_data_module, method, **(sparse if method == "sparse" else {}))
-            for method in ("sparse", "full", "prefix")}
+    return {method: _run(tmp_path_factory, tiny_data_module, method, **(SPARSE if method == "sparse" else {}))
+            for method in ("sparse", "full", "prefix", "bitfit")}
+
+
+def _assert_only_selected_rows_changed(changes, run) -> None:
+    masks = load_file(run.out_dir / "masks.safetensors")
+    selected = changes.table["name"].map(lambda n: int(masks[n].bool().reshape(len(masks[n]), -1).any(1).sum())
+                                         if n in masks else 0)
+    assert changes.table["rows_changed"].sum() > 0 and selected.sum() > 0
+    assert (changes.table["rows_changed"] <= selected).all(), changes.table.assign(selected=selected)
 
 
 def test_a_sparse_run_changed_only_rows_its_mask_selected(runs):
     changes = weight_changes(runs["sparse"])
     assert changes.source == "tiny-random" and changes.backbone_params == 42_058
-    masks = load_file(runs["sparse"].out_dir / "masks.safetensors")
-    selected = changes.table["name"].map(lambda n: int(masks[n].bool().reshape(len(masks[n]), -1).any(1).sum())
-                                         if n in masks else 0)
-    assert changes.table["rows_changed"].sum() > 0 and selected.sum() > 0
-    assert (changes.table["rows_changed"] <= selected).all(), changes.table.assign(selected=selected)
-    assert (changes.table.loc[changes.table["rows_changed"] == 0, "relative_change"] == 0).all()
+    _assert_only_selected_rows_changed(changes, runs["sparse"])
+    assert (changes.table.loc[changes.table["params_changed"] == 0, "relative_change"] == 0).all()
     # Beyond the table's maps only the trained LayerNorms moved: fewer parameters than the budget's rows hold.
     assert 0 < changes.other_params_changed < changes.backbone_params_changed
 
@@ -44,6 +51,42 @@ def test_full_finetuning_moves_every_map_and_prefix_tuning_none(runs):
     assert (maps["rows_changed"] > 0).all() and (maps["relative_change"] > 0).all()
     prefix = weight_changes(runs["prefix"])  # its prefix lives in adapter/, outside the backbone
     assert prefix.backbone_params_changed == 0 and prefix.table["rows_changed"].sum() == 0
+
+
+def test_bitfit_moves_biases_only_and_a_head_at_another_seed_nothing(tmp_path_factory, tiny_data_module, runs):
+    bitfit = weight_changes(runs["bitfit"]).table
+    assert bitfit["rows_changed"].sum() == 0 and bitfit["biases_changed"].sum() > 0
+    assert bitfit["share_params_changed"].max() < 0.1  # not every parameter, as full finetuning's map would say
+    # The tiny model's backbone is drawn from the seed: the base must be built at the run's seed, or every weight
+    # of a head-only run would read as changed.
+    head = weight_changes(_run(tmp_path_factory, tiny_data_module, "head"))
+    seeded = weight_changes(_run(tmp_path_factory, tiny_data_module, "head", seed=3))
+    assert head.backbone_params_changed == 0 and seeded.backbone_params_changed == 0
+
+
+def test_merged_tokens_rows_are_set_in_the_base_before_comparing(tmp_path_factory, tiny_data_module):
+    words = dict(zip(tiny_data_module.labels, ["refunding", "topups", "cardholder", "fxrates"], strict=True))
+    tagged = {name: frame.assign(text=frame["text"] + " " + frame["label"].map(words))
+              for name, frame in (("train", tiny_data_module.train), ("validation", tiny_data_module.validation),
+                                  ("test", tiny_data_module.test))}
+    run = _run(tmp_path_factory, replace(tiny_data_module, **tagged), "sparse_merged", **SPARSE)
+    changes = weight_changes(run)
+    assert changes.merged_rows >= 4 and "merged-token rows set from their pieces first" in changes.summary()
+    _assert_only_selected_rows_changed(changes, run)  # a merged slot's row counts only if training moved it
+
+
+def test_a_given_base_model_is_the_one_named(runs, tmp_path):
+    from clm_explore.modeling import load_model
+
+    (runs["full"].out_dir / "clm_run.json").rename(tmp_path / "kept.json")  # a run that names no base model
+    try:
+        (runs["full"].out_dir / "clm_run.json").write_text(json.dumps({"method": "full"}))
+        with pytest.raises(ChangesError, match="does not record the model it was trained from"):
+            weight_changes(runs["full"])
+        given = weight_changes(runs["full"], base=load_model("tiny-random", labels=None))
+        assert given.source == "tiny-random" and given.backbone_params_changed > 0
+    finally:
+        (tmp_path / "kept.json").replace(runs["full"].out_dir / "clm_run.json")
 
 
 def test_changes_command_prints_the_table_and_json(runs, capsys):

@@ -101,9 +101,9 @@ def register(subparsers: Any) -> None:
     changes.add_argument("--base", default=None, metavar="SRC",
                          help="the base model (default: the one the run was trained from, in its clm_run.json)")
     changes.add_argument("--json", action="store_true",
-                         help="print JSON: run, source, backbone_params, backbone_params_changed, other_params_changed "
-                         "and matrices (layer, module, rows, rows_changed, share_rows_changed, params, params_changed, "
-                         "change_norm, relative_change)")
+                         help="print JSON: run, source, backbone_params, backbone_params_changed, other_params_changed, "
+                         "merged_rows and matrices (name, layer, module, rows, rows_changed, share_rows_changed, "
+                         "biases_changed, params, params_changed, share_params_changed, change_norm, relative_change)")
     changes.set_defaults(func=run_changes)
 
 
@@ -201,7 +201,7 @@ def run_changes(args: argparse.Namespace) -> int:
         print_json(result.to_record())
         return 0
     table = result.table.assign(layer=result.table["layer"].map(lambda i: "emb" if i < 0 else str(i)))
-    shown = table[["layer", "module", "rows_changed", "rows", "params_changed", "relative_change"]]
+    shown = table[["layer", "module", "rows_changed", "rows", "biases_changed", "params_changed", "relative_change"]]
     print(shown.to_string(index=False, formatters={"relative_change": "{:.3g}".format}))
     print(result.summary())
     return 0

@@ -196,8 +196,9 @@ def timed_mask(
 
 
 @st.cache_data(show_spinner="Comparing the run's weights with its base model's…", max_entries=32)
-def weight_changes(run_path: str, mtime: float) -> WeightChanges:
-    """How far the run moved its base model's weights (``mtime`` of its weights keys the cache)."""
+def weight_changes(run_path: str, mtime: float, base_version: str) -> WeightChanges:
+    """How far the run moved its base model's weights (``mtime``, of a file saving its model rewrites, and its base
+    model's ``state.model_version`` key the cache)."""
     from clm_explore.changes import weight_changes as changes
 
     return changes(run_path)

@@ -434,7 +434,8 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
         st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200)
 
 
-CHANGE_VIEWS = {"share_rows_changed": "Share of rows changed", "relative_change": "Change relative to the base weights"}
+CHANGE_VIEWS = {"share_params_changed": "Share of parameters changed", "share_rows_changed": "Share of weight rows changed",
+                "relative_change": "Change relative to the base weights"}
 
 
 def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
@@ -448,11 +449,13 @@ def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
     if not shown:
         return
     try:
-        changes = [cache.weight_changes(str(r.path), cache.file_mtime(r.path / "model.safetensors")) for r in runs]
+        # Keyed by the run's saved model and its base model's files: either saved again is compared again.
+        changes = [cache.weight_changes(str(r.path), cache.file_mtime(r.path / "config.json"),
+                                        state.model_version(str(r.config.get("source") or ""))) for r in runs]
     except ModelSourceError as exc:  # the base model is gone, or is not the one trained from
         st.warning(escape_markdown(str(exc)))
         return
-    state.restore(f"{key}_view", "share_rows_changed", options=list(CHANGE_VIEWS))
+    state.restore(f"{key}_view", "share_params_changed", options=list(CHANGE_VIEWS))
     view = st.radio("Show", list(CHANGE_VIEWS), format_func=CHANGE_VIEWS.get, horizontal=True, key=f"{key}_view")
     state.keep(f"{key}_view")
     sides = ("A", "B") if len(runs) == 2 else ("",) * len(runs)

@@ -183,7 +183,7 @@ def files_version(path: str) -> str:
 
 def model_version(source: str) -> str:
     """A model folder's version (``files_version``: its files' names, sizes and times); '' for a named model."""
-    return "" if source in NAMED_MODEL_SOURCES else files_version(source)
+    return "" if source in NAMED_MODEL_SOURCES else files_version(str(Path(source).expanduser()))
 
 
 def stop() -> NoReturn:
