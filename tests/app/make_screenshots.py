@@ -111,6 +111,11 @@ def main() -> int:
         page.get_by_text("Top words per label").first.wait_for(timeout=WAIT)
         settle(page, 5)
         shoot(page, "6_compare")
+        page.get_by_text("Compare the weights with the base model's").click()  # a toggle: both runs' maps
+        page.get_by_text("backbone parameters changed").nth(1).wait_for(timeout=WAIT)
+        page.get_by_role("heading", name="What training changed").evaluate("e => e.scrollIntoView({block: 'start'})")
+        settle(page, 2)
+        shoot(page, "6_changes", full_page=False)
 
         nav(page, "Runs")
         page.get_by_text("Every run in the registry").wait_for(timeout=WAIT)
