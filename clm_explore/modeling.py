@@ -152,6 +152,15 @@ def resolve_source(source: str | None) -> str:
     return str(path)
 
 
+def recorded_source(source: str) -> str:
+    """How a run records its model source: a folder or file as an absolute path (a command run later from another
+    folder, or the app, finds it again; symlinks kept as written), a named model as given."""
+    path = Path(source).expanduser()
+    if source in (TINY_SOURCE, DEFAULT_SOURCE, "smollm2") or not path.exists():
+        return source
+    return os.path.abspath(path)
+
+
 @transformers_quieted()
 def load_model(
     source: str | None = DEFAULT_SOURCE,

@@ -56,6 +56,7 @@ from clm_explore.modeling import (
     count_parameters,
     head_parameter_names,
     load_model,
+    recorded_source,
     resolve_device,
     small_parameters,
     transformers_quieted,
@@ -781,7 +782,8 @@ def finetune(
         if main:  # another process's --overwrite or run into this folder is refused while this one writes it
             closing.enter_context(run_folder_lock(out_dir))
         loaded.model.to(device)
-        write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": source, "data": data.source,
+        write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": recorded_source(source),
+                                                "data": data.source,
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
             return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase,

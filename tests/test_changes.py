@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from clm_explore.changes import ChangesError, weight_changes
 from clm_explore.cli import main
 from clm_explore.config import FinetuneConfig, MaskConfig
+from clm_explore.modeling import ModelSourceError
 from clm_explore.training import finetune
 
 
@@ -116,3 +117,21 @@ def test_another_base_model_is_refused(runs, tmp_path, capsys):
     assert "is " + str(tmp_path / "wider") + " the model the run was trained from?" in capsys.readouterr().err
     with pytest.raises(ChangesError, match="not a run folder"):
         weight_changes(tmp_path / "wider")
+
+
+def test_a_run_records_its_model_folder_so_that_it_is_found_from_anywhere(tmp_path, tiny_data_module, monkeypatch):
+    from clm_explore.modeling import load_model
+
+    tiny = load_model("tiny-random", tiny_data_module.labels)
+    for part in (tiny.model, tiny.tokenizer):
+        part.save_pretrained(tmp_path / "mybase")
+    monkeypatch.chdir(tmp_path)
+    cfg = FinetuneConfig(method="head", epochs=1, batch_size=16, device="cpu")
+    run = finetune(tiny_data_module, cfg, tmp_path / "run", source="mybase")  # relative, as typed
+    assert json.loads((tmp_path / "run" / "clm_run.json").read_text())["source"] == str(tmp_path / "mybase")
+    monkeypatch.chdir(tmp_path / "run")  # elsewhere: the recorded folder is still found
+    assert weight_changes(run).backbone_params_changed == 0
+    missing = tmp_path / "run" / "clm_run.json"
+    missing.write_text(json.dumps({"method": "head", "source": "gone-folder"}))
+    with pytest.raises(ModelSourceError, match="was trained from gone-folder, which cannot be loaded here.*--base"):
+        weight_changes(run)
