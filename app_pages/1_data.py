@@ -43,7 +43,8 @@ if st.button("Check the labels", key="data_audit"):
     state.put("audited", (choice, source))  # shown again on later reruns (from the cache) until the data changes
 if state.get("audited") == (choice, source):
     try:
-        issues = cache.label_issues(source, choice, LabelAuditConfig())
+        with views.progress_bar() as on_progress:  # drawn while the audit runs; a cached result returns at once
+            issues = cache.label_issues(source, choice, LabelAuditConfig(), on_progress=on_progress)
     except TooFewRowsError as exc:  # not cached: forgotten, or every rerun would load and read the data again
         state.put("audited", None)
         st.warning(views.escape_markdown(str(exc)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,9 @@ from clm_explore.batches import collate, encode
 from clm_explore.config import LabelAuditConfig
 from clm_explore.data import AnnotatedData, DataError, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
+
+Progress = Callable[[str, int, int], None]
+"""A progress callback: (phase, done, total)."""
 
 ISSUE_COLUMNS = ["split", "row", "text", "label", "suggested", "label_prob", "suggested_prob"]
 
@@ -65,7 +69,7 @@ class LabelIssues:
 
 
 def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditConfig | None = None,
-                      device: str | None = None) -> LabelIssues:
+                      device: str | None = None, on_progress: Progress | None = None) -> LabelIssues:
     """Rows of ``data`` (the splits ``cfg.splits``) whose label is likely wrong, by confident learning over
     out-of-fold probabilities of a linear probe on ``loaded``'s frozen features (see the module's docstring).
 
@@ -75,6 +79,7 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
         cfg: folds, length, the probe's regularization, the splits audited.
         device: where the forward pass runs ('auto': CUDA when present; the model is moved back afterwards);
             None: where the model is.
+        on_progress: called as (phase, done, total): "reading the texts" (rows), then "probing the folds" (folds).
 
     Raises:
         TooFewRowsError: (a ``DataError``) fewer than two labels with a text per fold in the audited splits, or
@@ -86,8 +91,9 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
     cfg = cfg or LabelAuditConfig()
     started = time.perf_counter()
     rows, notes = audited_rows(data, cfg)
-    features = text_features(loaded, rows["text"].tolist(), cfg, device)
-    probs, classes = out_of_fold_probabilities(features, rows["label"].to_numpy(), rows["text"].to_numpy(), cfg)
+    features = text_features(loaded, rows["text"].tolist(), cfg, device, on_progress)
+    probs, classes = out_of_fold_probabilities(features, rows["label"].to_numpy(), rows["text"].to_numpy(), cfg,
+                                               on_progress)
     given = np.searchsorted(classes, rows["label"].to_numpy())
     suggested = confident_other_label(probs, given)
     flagged = np.flatnonzero(suggested >= 0)
@@ -133,7 +139,7 @@ def audited_rows(data: AnnotatedData, cfg: LabelAuditConfig) -> tuple[pd.DataFra
 
 @torch.no_grad()
 def text_features(loaded: LoadedModel, texts: list[str], cfg: LabelAuditConfig,
-                  device: str | None = None) -> np.ndarray:
+                  device: str | None = None, on_progress: Progress | None = None) -> np.ndarray:
     """(texts, hidden) float32: the mean of the last layer's token states of each text (padding left out), as
     sentence encoders pool them. The backbone alone runs: the head plays no part. ``device`` None: the model's."""
     backbone = loaded.model.base_model
@@ -156,19 +162,24 @@ def text_features(loaded: LoadedModel, texts: list[str], cfg: LabelAuditConfig,
                 out = np.zeros((len(texts), states.shape[-1]), dtype=np.float32)
             weights = mask.unsqueeze(-1).float()
             out[idx] = ((states * weights).sum(1) / weights.sum(1).clamp_min(1)).cpu().numpy()
+            if on_progress is not None:
+                on_progress("reading the texts", min(start + cfg.batch_size, len(order)), len(order))
     finally:
         backbone.to(home).train(was_training)  # a caller's model comes back where and as it was
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, texts: np.ndarray,
-                              cfg: LabelAuditConfig) -> tuple[np.ndarray, np.ndarray]:
+                              cfg: LabelAuditConfig, on_progress: Progress | None = None
+                              ) -> tuple[np.ndarray, np.ndarray]:
     """(rows, classes) probabilities, each row's from the probe of the fold that left it out (and every copy of its
     text: a copy would vouch for its own label), and the classes (sorted) that index the columns."""
     classes = np.unique(labels)
     probs = np.zeros((len(labels), len(classes)))
     folds = StratifiedGroupKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed)
-    for fit, held in folds.split(features, labels, groups=pd.factorize(texts)[0]):
+    for fold, (fit, held) in enumerate(folds.split(features, labels, groups=pd.factorize(texts)[0])):
+        if on_progress is not None:
+            on_progress("probing the folds", fold, cfg.folds)
         if len(np.unique(labels[fit])) < 2:  # the folds could not spread the labels' texts (few, unevenly copied)
             raise TooFewRowsError("The label audit could not spread the texts over its folds with two labels in each "
                                   "probe's rows; fewer folds (LabelAuditConfig.folds, --folds) may.")
@@ -176,6 +187,8 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, texts: n
         probe.fit(features[fit], labels[fit])
         columns = np.searchsorted(classes, probe.classes_)  # a label whose rows all fell in one fold has no column
         probs[np.ix_(held, columns)] = probe.predict_proba(features[held])
+    if on_progress is not None:
+        on_progress("probing the folds", cfg.folds, cfg.folds)
     return probs, classes
 
 

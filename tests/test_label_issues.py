@@ -60,8 +60,12 @@ def test_a_row_is_flagged_only_when_another_label_is_confidently_its_own():
 def test_changed_labels_are_flagged_first_and_nothing_else(splits):
     loaded = load_model("tiny-random", sorted(WORDS), seed=0)
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
-    result = find_label_issues(loaded, load_data(splits))
+    progress = []
+    result = find_label_issues(loaded, load_data(splits), on_progress=lambda *step: progress.append(step))
     flagged = result.issues
+    read = [done for phase, done, total in progress if phase == "reading the texts" and total == 240]
+    assert read == sorted(read) and read[-1] == 240 and len(read) == 4  # batches of 64
+    assert [s for s in progress if s[0] == "probing the folds"] == [("probing the folds", i, 5) for i in range(6)]
     assert list(flagged.columns) == ["split", "row", "text", "label", "suggested", "label_prob", "suggested_prob"]
     assert result.checked == 240 and result.probe_accuracy > 0.9
     assert set(flagged["split"]) == {"train"} and set(flagged["row"]) <= set(FLIPPED)  # nothing else flagged
@@ -113,7 +117,9 @@ def test_cli_audit_prints_json_and_writes_the_flagged_rows(capsys, splits, tmp_p
         frame.to_csv(folder / f"{name}.csv", index=False)
     out = tmp_path / "issues.csv"
     code = main(["audit", str(folder), "--model", "tiny-random", "--out", str(out), "--json"])
-    shown = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    shown = json.loads(printed.out)
+    assert "reading the texts 240/240" in printed.err and "probing the folds 5/5" in printed.err  # stderr: not a tty
     assert code == 0 and shown["checked"] == 240 and shown["flagged"] == len(shown["issues"]) >= 3
     assert pd.read_csv(out)["row"].tolist() == [issue["row"] for issue in shown["issues"]]
     out.write_text(out.read_text())  # an earlier audit's CSV is replaced; any other file is refused, left as it was

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import add_data_args, data_config, print_json
+from clm_explore.cli import add_data_args, data_config, phase_printer, print_json
 from clm_explore.config import LabelAuditConfig
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when the command runs, so --help stays fast
@@ -71,7 +71,8 @@ def run_audit(args: argparse.Namespace) -> int:
     out = audit_out_path(args.out) if args.out is not None else None
     data = load_data(args.data, data_config(args))
     # TooFewRowsError (too few rows per label for the folds) is a DataError: exit 2 with its message.
-    result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device)
+    result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device,
+                               on_progress=phase_printer())
     if out is not None:
         result.issues.to_csv(out, index=False)
     if args.json:

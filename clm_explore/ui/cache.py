@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,8 +64,8 @@ def _per_model_version(cached: Callable[..., T]) -> Callable[..., T]:
     while the server runs is loaded again, not served from the cache (a named model has one version)."""
 
     @functools.wraps(cached)
-    def call(source: str, *args: Any) -> T:
-        return cached(source, state.model_version(source), *args)
+    def call(source: str, *args: Any, **kwargs: Any) -> T:
+        return cached(source, state.model_version(source), *args, **kwargs)
 
     call.clear = cached.clear  # type: ignore[attr-defined]
     return call
@@ -101,15 +102,37 @@ def report(choice: DataChoice) -> DataReport:
     return data_report(data(choice))
 
 
-@_per_model_version
-@st.cache_data(show_spinner="Checking the labels: one pass of the model over every row, then a probe per fold…",
-               max_entries=8)
-def label_issues(source: str, version: str, choice: DataChoice, cfg: LabelAuditConfig) -> LabelIssues:
+AUDITS_KEPT = 8
+"""Label audits kept per server process (the newest), as ``st.cache_data``'s ``max_entries`` would keep them."""
+
+
+@st.cache_resource(show_spinner=False)
+def _audits() -> tuple[OrderedDict[tuple[str, ...], LabelIssues], threading.Lock]:
+    return OrderedDict(), threading.Lock()
+
+
+def label_issues(source: str, choice: DataChoice, cfg: LabelAuditConfig,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> LabelIssues:
     """The label audit of the data, with a model of its own (the shared one is read by other sessions' threads
-    meanwhile) on the jobs' device."""
+    meanwhile) on the jobs' device; kept for every session, as the other results here are. Kept by hand, not with
+    ``st.cache_data``: ``on_progress`` draws the page's progress bar while it runs, which a cached function may not."""
+    key = (source, state.model_version(source), repr(choice), json.dumps(to_dict(cfg), sort_keys=True))
+    kept, lock = _audits()
+    with lock:
+        if key in kept:
+            kept.move_to_end(key)
+            return kept[key]
     annotated = data(choice)
+    if on_progress is not None:
+        on_progress("loading the model", 0, 1)
     fresh = load_model(source, annotated.labels, seed=0)
-    return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"))
+    result = find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
+                               on_progress=on_progress)
+    with lock:
+        kept[key] = result
+        while len(kept) > AUDITS_KEPT:
+            kept.popitem(last=False)
+    return result
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

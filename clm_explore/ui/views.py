@@ -6,7 +6,9 @@ User text (data rows, labels, words) is only ever shown through dataframes or th
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -143,6 +145,21 @@ def render_data_report(report: Any, key: str) -> None:
     st.subheader("Text lengths")
     st.caption("Characters and words per text: min, median, 95th percentile, max.")
     st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress callback, (phase, done, total), drawing a bar here while the block runs; gone after it."""
+    placeholder = st.empty()
+
+    def show(phase: str, done: int, total: int) -> None:
+        counted = f": {done:,} of {total:,}" if total > 1 else "…"
+        placeholder.progress(min(done / max(total, 1), 1.0), text=f"{phase[:1].upper()}{phase[1:]}{counted}")
+
+    try:
+        yield show
+    finally:
+        placeholder.empty()
 
 
 def render_label_issues(result: Any, key: str) -> pd.DataFrame:

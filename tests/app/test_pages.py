@@ -70,6 +70,7 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
     assert not any(m.label == "Rows flagged" for m in at.metric)  # a model pass only when asked
     button(at, "Check the labels").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
+    assert not at.get("progress")  # the audit's bar is gone once it is done
     shown = {m.label: m.value for m in at.metric}
     flagged = int(shown["Rows flagged"])  # the tiny random model's features dispute many labels
     assert int(shown["Rows checked"]) == 2000 and flagged > 0
