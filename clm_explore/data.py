@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 import math
@@ -179,6 +180,14 @@ class _Wanted:
 
 
 # ----------------------------------------------------------------------------------------- loading
+
+
+def split_digest(frame: pd.DataFrame) -> str:
+    """A fingerprint of a split's rows (texts and labels, in order): two splits with it are the same rows."""
+    digest = hashlib.sha256()
+    for text, label in zip(frame["text"], frame["label"], strict=True):
+        digest.update(json.dumps([str(text), str(label)]).encode())
+    return digest.hexdigest()[:16]
 
 
 def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig | None = None

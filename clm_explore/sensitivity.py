@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, to_dict
-from clm_explore.data import AnnotatedData
+from clm_explore.data import AnnotatedData, split_digest
 from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.modeling import (
     LoadedModel,
@@ -105,6 +105,9 @@ class SensitivityReport:
     mining: dict | None = None
     """The mining settings of the groups the scores read (``TaskTokens.config``: the restriction's positions and the
     eligible embedding rows); None when none were given, or in reports saved before it."""
+    train_digest: str | None = None
+    """``data.split_digest`` of the training split the scores were made from (their calibration rows and the head's
+    warm-up); None where unknown (reports saved before it)."""
 
     @classmethod
     def of_model(cls, model: nn.Module, row_scores: dict[str, torch.Tensor], matrices: dict[str, MatrixInfo],
@@ -180,7 +183,7 @@ class SensitivityReport:
         meta = {"matrices": {k: vars(v) for k, v in self.matrices.items()}, "n_layers": self.n_layers,
                 "backbone_params": self.backbone_params, "config": self.config, "seconds": self.seconds,
                 "notes": self.notes, "head_params": self.head_params, "small_params": self.small_params,
-                "labels": self.labels, "source": self.source, "mining": self.mining}
+                "labels": self.labels, "source": self.source, "mining": self.mining, "train_digest": self.train_digest}
         (folder / "sensitivity.json").write_text(json.dumps(meta))
         self.table.to_csv(folder / "sensitivity.csv", index=False)
 
@@ -201,7 +204,7 @@ class SensitivityReport:
                          {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, int(meta["n_layers"]),
                          int(meta["backbone_params"]), dict(meta["config"]), load_file(head) if head.exists() else {},
                          meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small,
-                         meta.get("labels"), meta.get("source"), meta.get("mining"))
+                         meta.get("labels"), meta.get("source"), meta.get("mining"), meta.get("train_digest"))
             report.check()
         except ConfigError as exc:
             raise ConfigError(f"{folder} holds unusable scores: {exc}") from exc
@@ -719,6 +722,7 @@ def compute_sensitivity(
     report = SensitivityReport.of_model(model, row_scores, matrices, to_dict(cfg), head_state,
                                         time.perf_counter() - started, notes, loaded.source,
                                         task_tokens.config if task_tokens is not None else None)
+    report.train_digest = split_digest(data.train)
     if report.zero_note:
         report.notes.append(report.zero_note)
     return report

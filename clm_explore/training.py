@@ -40,7 +40,7 @@ from clm_explore.config import (
     from_dict,
     to_dict,
 )
-from clm_explore.data import AnnotatedData, load_data
+from clm_explore.data import AnnotatedData, load_data, split_digest
 from clm_explore.masks import (
     MaskSelection,
     budget_to_params,
@@ -817,6 +817,11 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
             start = given.report.scored_from_layer
             prepared.info["scores_note"] = (f"the scores start at layer {start}: rows of layers {floor}-{start - 1}, "
                                             "which the mask allows, were not candidates")
+        made_on = given.report.train_digest
+        if made_on is not None and made_on != split_digest(data.train):
+            prepared.info["scores_data_note"] = ("the scores were made on other training rows than this run's (their "
+                                                 "texts or labels differ): the rows chosen are the ones that data's "
+                                                 "task needed")
         if given.task_tokens is None and given.mining is None:
             prepared.info["tokens_note"] = ("the scores do not say how their groups were mined: task_tokens.json "
                                             "holds groups mined with this run's mining settings")

@@ -612,6 +612,10 @@ def test_scores_saved_by_a_run_train_the_same_rows_without_scoring_again(data, s
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert again.metrics["accuracy"] == result.metrics["accuracy"]  # the same warmed head and rows: the same run
     assert again.metrics["scores_from"] == str(scores.resolve())
+    assert "scores_data_note" not in again.metrics  # made on these training rows
+    other = replace(data, train=data.train.iloc[::-1].reset_index(drop=True).iloc[1:])  # one row fewer
+    moved = finetune(other, replace(SPARSE, epochs=1), tmp_path / "other", source="tiny-random", scores=scores)
+    assert "made on other training rows" in moved.metrics["scores_data_note"]
     saved = json.loads((again.out_dir / "clm_run.json").read_text())["config"]["sensitivity"]
     assert saved == SensitivityReport.load(scores).config  # the run records the settings its scores were made with
     for name in ("task_tokens.json", "sensitivity/row_scores.safetensors"):
