@@ -42,17 +42,18 @@ source = state.model_source()
 if st.button("Check the labels", key="data_audit"):
     state.put("audited", (choice, source))  # shown again on later reruns (from the cache) until the data changes
 if state.get("audited") == (choice, source):
-    try:
-        with views.progress_bar() as on_progress:  # drawn while the audit runs; a cached result returns at once
-            issues = cache.label_issues(source, choice, LabelAuditConfig(), on_progress=on_progress)
-    except TooFewRowsError as exc:  # not cached: forgotten, or every rerun would load and read the data again
-        state.put("audited", None)
-        st.warning(views.escape_markdown(str(exc)))
-    except Exception:
-        state.put("audited", None)  # shown once (app.py), not redone on every rerun
-        raise
+    # A task of its own, shared by every session: a click or a page change while it runs does not restart it.
+    task = cache.label_audit(source, choice, LabelAuditConfig(), inline=state.inline_jobs())
+    if not task.done:
+        views.task_progress(task)
+    elif task.error is not None:
+        cache.forget_audit(task)  # not kept: a later click tries again
+        state.put("audited", None)  # shown once, not redone on every rerun
+        if not isinstance(task.error, TooFewRowsError):
+            raise task.error  # shown as the app shows any unexpected error
+        st.warning(views.escape_markdown(str(task.error)))
     else:
-        accepted = views.render_label_issues(issues, key="data")
+        accepted = views.render_label_issues(task.result, key="data")
         if len(accepted):
             fixed = relabelled(annotated, accepted)
             stem = Path(choice.name).stem

@@ -407,3 +407,71 @@ def last_line(text: str | None) -> str | None:
         return None
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else None
+
+
+# ---------------------------------------------------------------------------------------- keyed tasks
+
+
+@dataclass
+class KeyedTask:
+    """One piece of work run once for its key; ``progress`` is (phase, done, total) as the work last reported it."""
+
+    key: Any
+    progress: tuple[str, int, int] = ("starting", 0, 1)
+    result: Any = None
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+    def report(self, phase: str, done: int, total: int) -> None:
+        self.progress = (phase, done, total)
+
+
+class KeyedTasks:
+    """Work shared by every caller that asks for the same key (the app's browser sessions): started once, on a
+    thread of its own, so that a caller may come and go (a page rerun, another click) without stopping it or
+    starting it twice. The newest ``kept`` finished tasks are kept for their results; a failed one until
+    ``forget``."""
+
+    def __init__(self, kept: int = 8) -> None:
+        self._tasks: dict[Any, KeyedTask] = {}
+        self._lock = threading.Lock()
+        self._kept = kept
+
+    def get_or_start(self, key: Any, work: Callable[[Callable[[str, int, int], None]], Any],
+                     inline: bool = False) -> KeyedTask:
+        """The task of ``key``, started now as ``work(report)`` when there is none (``inline``: in this thread, done
+        on return, as tests want it)."""
+        with self._lock:
+            task = self._tasks.get(key)
+            if task is not None:
+                self._tasks[key] = self._tasks.pop(key)  # the newest asked for is the last to go
+                return task
+            task = self._tasks[key] = KeyedTask(key)
+            self._trim()
+        if inline:
+            _run_task(task, work)
+        else:
+            threading.Thread(target=_run_task, args=(task, work), name=f"task-{key!r:.40}", daemon=True).start()
+        return task
+
+    def forget(self, key: Any) -> None:
+        with self._lock:
+            self._tasks.pop(key, None)
+
+    def _trim(self) -> None:
+        finished = [k for k, t in self._tasks.items() if t.done]
+        for key in finished[: max(0, len(finished) - self._kept)]:
+            del self._tasks[key]
+
+
+def _run_task(task: KeyedTask, work: Callable[[Callable[[str, int, int], None]], Any]) -> None:
+    try:
+        task.result = work(task.report)
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the task, in their thread
+        task.error = exc
+    finally:
+        task.finished.set()

@@ -428,3 +428,42 @@ def test_a_registry_that_cannot_answer_is_logged_and_a_deleted_run_is_not(capsys
     assert capsys.readouterr().err == ""
     JobQueue._store_call(job, fails(RunStoreError("The run registry x cannot be used (file is not a database)")))
     assert "could not record job1 (run1) in the run registry: The run registry x" in capsys.readouterr().err
+
+
+def test_keyed_tasks_run_once_per_key_for_every_caller_and_keep_the_newest_finished() -> None:
+    from clm_explore.jobs import KeyedTasks
+
+    tasks, calls, release = KeyedTasks(kept=2), [], threading.Event()
+
+    def work(report):
+        calls.append(1)
+        report("reading", 1, 2)
+        release.wait(10)
+        return "issues"
+
+    first = tasks.get_or_start("a", work)
+    again = tasks.get_or_start("a", work)  # another session, or a rerun, while it runs: the same task
+    assert again is first and not first.done
+    release.set()
+    assert first.finished.wait(10) and first.result == "issues" and calls == [1]
+    assert first.progress == ("reading", 1, 2)
+    for key in ("b", "c"):  # two more finished: only the newest two are kept
+        tasks.get_or_start(key, lambda report, key=key: key, inline=True)
+    assert tasks.get_or_start("d", lambda report: "d", inline=True).result == "d"
+    restarted = tasks.get_or_start("a", work)  # "a" went: started again
+    assert restarted is not first and restarted.finished.wait(10) and calls == [1, 1]
+
+
+def test_a_keyed_task_that_fails_hands_its_error_to_the_caller_until_forgotten() -> None:
+    from clm_explore.jobs import KeyedTasks
+
+    tasks = KeyedTasks()
+
+    def fail(report):
+        raise ValueError("too few rows")
+
+    task = tasks.get_or_start("k", fail, inline=True)
+    assert task.done and isinstance(task.error, ValueError) and task.result is None
+    assert tasks.get_or_start("k", lambda report: "ok", inline=True) is task  # kept until forgotten
+    tasks.forget("k")
+    assert tasks.get_or_start("k", lambda report: "ok", inline=True).result == "ok"

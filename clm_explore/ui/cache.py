@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from clm_explore.data import (
     load_data,
     load_upload,
 )
+from clm_explore.jobs import KeyedTask, KeyedTasks
 from clm_explore.label_issues import LabelIssues, find_label_issues
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
@@ -102,37 +102,31 @@ def report(choice: DataChoice) -> DataReport:
     return data_report(data(choice))
 
 
-AUDITS_KEPT = 8
-"""Label audits kept per server process (the newest), as ``st.cache_data``'s ``max_entries`` would keep them."""
-
-
 @st.cache_resource(show_spinner=False)
-def _audits() -> tuple[OrderedDict[tuple[str, ...], LabelIssues], threading.Lock]:
-    return OrderedDict(), threading.Lock()
+def _audits() -> KeyedTasks:
+    return KeyedTasks(kept=8)  # as many as st.cache_data's max_entries kept before
 
 
-def label_issues(source: str, choice: DataChoice, cfg: LabelAuditConfig,
-                 on_progress: Callable[[str, int, int], None] | None = None) -> LabelIssues:
-    """The label audit of the data, with a model of its own (the shared one is read by other sessions' threads
-    meanwhile) on the jobs' device; kept for every session, as the other results here are. Kept by hand, not with
-    ``st.cache_data``: ``on_progress`` draws the page's progress bar while it runs, which a cached function may not."""
+def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: bool = False) -> KeyedTask:
+    """The label audit of the data as a task every session shares: started on a thread of its own the first time any
+    session asks (a rerun, a click or a page change meanwhile neither stops it nor starts it again), its progress
+    readable while it runs. It loads a model of its own (the shared one is read by other sessions' threads) and runs
+    on the jobs' device. ``inline``: run in this thread (tests)."""
     key = (source, state.model_version(source), repr(choice), json.dumps(to_dict(cfg), sort_keys=True))
-    kept, lock = _audits()
-    with lock:
-        if key in kept:
-            kept.move_to_end(key)
-            return kept[key]
-    annotated = data(choice)
-    if on_progress is not None:
-        on_progress("loading the model", 0, 1)
-    fresh = load_model(source, annotated.labels, seed=0)
-    result = find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
-                               on_progress=on_progress)
-    with lock:
-        kept[key] = result
-        while len(kept) > AUDITS_KEPT:
-            kept.popitem(last=False)
-    return result
+    annotated = data(choice)  # here, in the page's thread: Streamlit's caches belong to a script run
+
+    def work(report: Callable[[str, int, int], None]) -> LabelIssues:
+        report("loading the model", 0, 1)
+        fresh = load_model(source, annotated.labels, seed=0)
+        return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
+                                 on_progress=report)
+
+    return _audits().get_or_start(key, work, inline=inline)
+
+
+def forget_audit(task: KeyedTask) -> None:
+    """Drop a finished audit (a failed one: a later click tries again)."""
+    _audits().forget(task.key)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

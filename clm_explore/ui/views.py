@@ -6,9 +6,7 @@ User text (data rows, labels, words) is only ever shown through dataframes or th
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -147,19 +145,14 @@ def render_data_report(report: Any, key: str) -> None:
     st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
 
 
-@contextlib.contextmanager
-def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
-    """A progress callback, (phase, done, total), drawing a bar here while the block runs; gone after it."""
-    placeholder = st.empty()
-
-    def show(phase: str, done: int, total: int) -> None:
-        counted = f": {done:,} of {total:,}" if total > 1 else "…"
-        placeholder.progress(min(done / max(total, 1), 1.0), text=f"{phase[:1].upper()}{phase[1:]}{counted}")
-
-    try:
-        yield show
-    finally:
-        placeholder.empty()
+@st.fragment(run_every=2.0)  # each redraw takes server CPU from the task itself: a bar needs no more often
+def task_progress(task: Any) -> None:
+    """A progress bar that follows a background task (``jobs.KeyedTask``) and reruns the page once it is done."""
+    if task.done:
+        st.rerun()  # the whole page: it draws the result
+    phase, done, total = task.progress
+    counted = f": {done:,} of {total:,}" if total > 1 else "…"
+    st.progress(min(done / max(total, 1), 1.0), text=f"{phase[:1].upper()}{phase[1:]}{counted}")
 
 
 def render_label_issues(result: Any, key: str) -> pd.DataFrame:

@@ -167,6 +167,9 @@ def test_upload_tokens_budget_finetune_compare(server: str, browser, shots: list
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(SAMPLE_TRAIN))
     page.get_by_text("Data set: train.csv").wait_for(timeout=WAIT_MS)
     page.locator('[data-testid="stSidebar"]').get_by_text("train.csv").first.wait_for(timeout=WAIT_MS)
+    # The label audit runs as a task of its own: the page follows it, then draws its result.
+    page.get_by_role("button", name="Check the labels").click()
+    page.get_by_text("Rows flagged").wait_for(timeout=WAIT_MS)
 
     nav(page, "Tokens")
     page.get_by_text("groups from").wait_for(timeout=WAIT_MS)
