@@ -62,7 +62,8 @@ def with_overrides(cfg: FinetuneConfig, pairs: list[str]) -> FinetuneConfig:
         if value == "none":  # e.g. sensitivity.seed=none: the run's seed
             typed = None
         else:
-            kind = float if current is None else type(current)  # a field off by default (dropout=None) is a number
+            # A field off by default (dropout=None, mask.seed=None) takes a number: whole ones as int.
+            kind = (lambda v: int(v) if v.lstrip("-").isdigit() else float(v)) if current is None else type(current)
             typed = value if isinstance(current, str) else (value == "true" if isinstance(current, bool) else kind(value))
         owner = dataclasses.replace(owner, **{name: typed})
         cfg = dataclasses.replace(cfg, **{part: owner}) if part else owner

@@ -69,6 +69,11 @@ class WeightChanges:
                 "matrices": self.table.to_dict(orient="records")}
 
 
+def layer_names(layers: pd.Series) -> pd.Series:
+    """Layer numbers as the tables show them: 'emb' for the word embeddings (-1), the number otherwise."""
+    return layers.map(lambda i: "emb" if i < 0 else str(i))
+
+
 def _lowest(moved: pd.DataFrame) -> str:
     """The lowest place with a change: 'the embeddings', 'layer N' or 'the pooler'; 'none'."""
     if moved.empty:
@@ -149,9 +154,13 @@ def _merged_rows(folder: Path, base: LoadedModel, params: dict[str, torch.Tensor
     if not merged or name not in params:
         return 0
     rows = params[name] = params[name].clone()
-    for entry in merged:
-        pieces = base.tokenizer.convert_tokens_to_ids(list(entry["pieces"]))
-        rows[int(entry["id"])] = rows[pieces].mean(0)
+    try:
+        for entry in merged:
+            pieces = base.tokenizer.convert_tokens_to_ids(list(entry["pieces"]))
+            rows[int(entry["id"])] = rows[pieces].mean(0)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ChangesError(f"{folder / 'merge.json'} cannot be read as the run's merged tokens ({exc!r}): restore "
+                           "it from the run, or compare without it by deleting it.") from exc
     return len(merged)
 
 

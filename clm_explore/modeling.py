@@ -68,6 +68,9 @@ def quiet_transformers() -> None:
 
 DEFAULT_SOURCE = "default"
 TINY_SOURCE = "tiny-random"
+SMOLLM2_SOURCE = "smollm2"
+NAMED_SOURCES = (DEFAULT_SOURCE, TINY_SOURCE, SMOLLM2_SOURCE)
+"""Model sources given by name (packages, or built from a config), not paths."""
 TINY_VOCAB = Path(__file__).parent / "assets" / "tiny_vocab.txt"
 
 
@@ -138,7 +141,7 @@ def resolve_source(source: str | None) -> str:
         return source
     if source == DEFAULT_SOURCE:
         return str(default_model_path())
-    if source == "smollm2":
+    if source == SMOLLM2_SOURCE:
         return str(_convert_gguf(_smollm2_gguf()))
     path = Path(source).expanduser()
     if path.suffix == ".gguf" and path.is_file():
@@ -156,7 +159,7 @@ def recorded_source(source: str) -> str:
     """How a run records its model source: a folder or file as an absolute path (a command run later from another
     folder, or the app, finds it again; symlinks kept as written), a named model as given."""
     path = Path(source).expanduser()
-    if source in (TINY_SOURCE, DEFAULT_SOURCE, "smollm2") or not path.exists():
+    if source in NAMED_SOURCES or not path.exists():
         return source
     return os.path.abspath(path)
 
@@ -273,7 +276,7 @@ def unsupported_reason(source: str) -> str:
 
     from clm_explore.sensitivity import scorable_linears  # sensitivity imports this module
 
-    if source in (TINY_SOURCE, DEFAULT_SOURCE, "smollm2") or source.endswith(".gguf"):
+    if source in NAMED_SOURCES or source.endswith(".gguf"):
         return ""  # the bundled sources are supported (a GGUF file is converted when it is first loaded)
     try:
         resolved = resolve_source(source)

@@ -255,14 +255,14 @@ def _mask_figure(table: pd.DataFrame, title: str) -> go.Figure | None:
 
 def _changes_part(run: Path, name: str, fig: Callable[[go.Figure], str]) -> str:
     """The run's weight-change map (``changes.weight_changes``) and its summary; a note when it cannot be made."""
-    from clm_explore.changes import weight_changes
+    from clm_explore.changes import layer_names, weight_changes
 
     try:
         changes = weight_changes(run)
     except ModelSourceError as exc:  # not a run folder, its base model gone or not the one it was trained from
         return f"<p class='note'>{esc(name)}: no weight-change map ({esc(exc)})</p>"
-    layers = changes.table["layer"].map(lambda i: "emb" if i < 0 else str(i))
-    figure = _mask_figure(changes.table.assign(layer=layers, share=changes.table["share_params_changed"]),
+    figure = _mask_figure(changes.table.assign(layer=layer_names(changes.table["layer"]),
+                                               share=changes.table["share_params_changed"]),
                           f"Share of parameters changed, {name}")
     return (fig(figure) if figure else "") + f"<p class='note'>{esc(name)}: {esc(changes.summary())}</p>"
 

@@ -38,6 +38,7 @@ from clm_explore.modeling import (
     head_module,
     head_parameter_names,
     pooled_positions,
+    recorded_source,
     resolve_device,
     small_parameter_counts,
 )
@@ -720,7 +721,7 @@ def compute_sensitivity(
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
     report = SensitivityReport.of_model(model, row_scores, matrices, to_dict(cfg), head_state,
-                                        time.perf_counter() - started, notes, loaded.source,
+                                        time.perf_counter() - started, notes, recorded_source(loaded.source),
                                         task_tokens.config if task_tokens is not None else None)
     report.train_digest = split_digest(data.train)
     if report.zero_note:

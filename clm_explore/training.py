@@ -820,8 +820,8 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
         made_on = given.report.train_digest
         if made_on is not None and made_on != split_digest(data.train):
             prepared.info["scores_data_note"] = ("the scores were made on other training rows than this run's (their "
-                                                 "texts or labels differ): the rows chosen are the ones that data's "
-                                                 "task needed")
+                                                 "texts, labels or order differ): the rows chosen are the ones those "
+                                                 "rows' task needed")
         if given.task_tokens is None and given.mining is None:
             prepared.info["tokens_note"] = ("the scores do not say how their groups were mined: task_tokens.json "
                                             "holds groups mined with this run's mining settings")

@@ -126,11 +126,18 @@ def test_a_run_records_its_model_folder_so_that_it_is_found_from_anywhere(tmp_pa
     for part in (tiny.model, tiny.tokenizer):
         part.save_pretrained(tmp_path / "mybase")
     monkeypatch.chdir(tmp_path)
-    cfg = FinetuneConfig(method="head", epochs=1, batch_size=16, device="cpu")
+    cfg = FinetuneConfig(method="sparse", epochs=1, batch_size=16, device="cpu")
     run = finetune(tiny_data_module, cfg, tmp_path / "run", source="mybase")  # relative, as typed
     assert json.loads((tmp_path / "run" / "clm_run.json").read_text())["source"] == str(tmp_path / "mybase")
     monkeypatch.chdir(tmp_path / "run")  # elsewhere: the recorded folder is still found
-    assert weight_changes(run).backbone_params_changed == 0
+    assert weight_changes(run).backbone_params_changed > 0
+    # ... and so are the scores the run saved: another run from here trains from them on the same model.
+    again = finetune(tiny_data_module, cfg, tmp_path / "again", source=str(tmp_path / "mybase"),
+                     scores=tmp_path / "run" / "sensitivity")
+    assert again.metrics["scores_from"] == str(tmp_path / "run" / "sensitivity")
+    (tmp_path / "run" / "merge.json").write_text(json.dumps({"merged": [{"id": 5}]}))  # damaged: no pieces
+    with pytest.raises(ChangesError, match="merge.json cannot be read"):
+        weight_changes(run)
     missing = tmp_path / "run" / "clm_run.json"
     missing.write_text(json.dumps({"method": "head", "source": "gone-folder"}))
     with pytest.raises(ModelSourceError, match="was trained from gone-folder, which cannot be loaded here.*--base"):

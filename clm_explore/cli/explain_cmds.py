@@ -194,13 +194,13 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_changes(args: argparse.Namespace) -> int:
-    from clm_explore.changes import weight_changes
+    from clm_explore.changes import layer_names, weight_changes
 
     result = weight_changes(checked_run(args.run, "--run"), args.base)
     if args.json:
         print_json(result.to_record())
         return 0
-    table = result.table.assign(layer=result.table["layer"].map(lambda i: "emb" if i < 0 else str(i)))
+    table = result.table.assign(layer=layer_names(result.table["layer"]))
     shown = table[["layer", "module", "rows_changed", "rows", "biases_changed", "params_changed", "relative_change"]]
     print(shown.to_string(index=False, formatters={"relative_change": "{:.3g}".format}))
     print(result.summary())

@@ -382,11 +382,12 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any, out: Path | None,
                       processes: int, given: Any = None) -> int:
     """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded."""
+    from clm_explore.modeling import recorded_source
     from clm_explore.runs import RunStatus
     from clm_explore.training import finetune
 
     # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
-    listed = {**to_dict(cfg), "source": args.model, "data": data.source}
+    listed = {**to_dict(cfg), "source": recorded_source(args.model), "data": data.source}
     record = (store.register_folder(out, method=cfg.method, config=listed) if out
               else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method, listed))
     run_dir = store.path(record.id)

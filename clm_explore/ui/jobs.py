@@ -12,6 +12,7 @@ import streamlit as st
 
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
+from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
@@ -76,7 +77,7 @@ def launch(
     scores = scores if scores is not None else made_scores(cfg, choice, source)
     annotated = cache.data(choice)
     check_runnable(cfg, cache.model(source, tuple(annotated.labels)))  # a refusal is a message, not a failed job
-    run = store().create(name, cfg.method, {**to_dict(cfg), "source": source, "data": choice.key})
+    run = store().create(name, cfg.method, {**to_dict(cfg), "source": recorded_source(source), "data": choice.key})
     kwargs = {"data": annotated, "cfg": cfg, "out_dir": str(run.path), "source": source}
     job = job_queue().submit(
         finetune, kwargs | ({"scores": scores} if scores is not None else {}), run_id=run.id, device=cfg.device

@@ -19,7 +19,8 @@ import streamlit as st
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.config import BUDGET_METHODS
 from clm_explore.metrics import confusion_table
-from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError
+from clm_explore.modeling import recorded_source
+from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read_json_object
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
@@ -225,6 +226,7 @@ def default_pick(records: list[RunRecord], data: str | None, source: str | None,
     does not open on two runs of different data sets while a valid pair exists."""
     if not records:
         return None
+    source = recorded_source(source) if source else source  # as runs record it: a folder as an absolute path
     ranked = sorted(records, key=lambda r: (data is not None and r.config.get("data") == data,
                                            r.config.get("source") == source, r.method == prefer), reverse=True)
     counts = Counter(r.config.get("data") for r in records)  # a pairable partner exists when another run
@@ -451,7 +453,8 @@ def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
     try:
         # Keyed by the run's saved model and its base model's files: either saved again is compared again.
         changes = [cache.weight_changes(str(r.path), cache.file_mtime(r.path / "config.json"),
-                                        state.model_version(str(r.config.get("source") or ""))) for r in runs]
+                                        state.model_version(str(read_json_object(r.path / "clm_run.json").get("source")
+                                                                or ""))) for r in runs]
     except ModelSourceError as exc:  # the base model is gone, or is not the one trained from
         st.warning(escape_markdown(str(exc)))
         return

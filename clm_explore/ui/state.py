@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import streamlit as st
 
 from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.modeling import NAMED_SOURCES
 from clm_explore.runs import default_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def set_model_source(source: str) -> None:
     st.session_state[MODEL_SOURCE] = source
 
 
-NAMED_MODEL_SOURCES = ("default", "tiny-random", "smollm2")
+NAMED_MODEL_SOURCES = NAMED_SOURCES
 """Model sources given by name (packages), allowed whatever ``$CLM_EXPLORE_MODEL_DIRS`` says."""
 
 
