@@ -26,13 +26,14 @@ except ConfigError as exc:
     st.error(escape_markdown(str(exc)))
     submitted = None
 if submitted is not None:
-    name, cfg = submitted
+    name, cfg, seeds = submitted
     try:
-        job = jobs.launch(name, cfg, choice, source)
+        queued = jobs.launch_seeds(name, cfg, choice, source, seeds)
     except (ConfigError, ModelSourceError) as exc:  # e.g. a budget below one row: nothing is queued
         st.error(escape_markdown(refusal_text(str(exc))))
     else:
-        st.toast(f"Queued {job.run_id}")
+        st.toast(f"Queued {queued[0].run_id}" if len(queued) == 1 else f"Queued {len(queued)} runs (seeds "
+                 f"{cfg.seed}-{cfg.seed + len(queued) - 1})")
 
 st.header("Queue")
 jobs.progress_panel(key="ft")  # the queue's cards and, below them, the recent runs

@@ -261,16 +261,18 @@ def rates_note() -> None:
                "launched from the Budget page take the defaults.")
 
 
-def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None) -> tuple[str, FinetuneConfig] | None:
-    """Method, budget, epochs, lr, seed, schedule, weight averaging, frozen-layer cache, cold head (and, when test
-    has labels train never had, the abstention quantile); returns (run name, config) when Launch is pressed."""
+def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
+                  ) -> tuple[str, FinetuneConfig, int] | None:
+    """Method, budget, epochs, lr, seed, schedule, weight averaging, frozen-layer cache, cold head, how many seeds (and,
+    when test has labels train never had, the abstention quantile); returns (run name, config, seeds) when Launch is
+    pressed: ``seeds`` runs, at the config's seed and the ones after it."""
     defaults = FinetuneConfig()
     # Every option but the budget (the Budget page's, shared) and the run name keeps its value across page
     # switches: seeded from the kept copy (state.restore), so the widgets take no default of their own.
     kept_defaults = {
         "method": METHODS[0], "epochs": defaults.epochs, "lr": defaults.lr, "seed": defaults.seed,
         "schedule": SCHEDULES[0], "average": defaults.average_last, "cache": defaults.cache_frozen_layers,
-        "cold": not defaults.head_warmup, "decay": defaults.weight_decay,
+        "cold": not defaults.head_warmup, "decay": defaults.weight_decay, "seeds": 1,
     }
     if out_of_scope_labels:
         kept_defaults["oos"] = defaults.out_of_scope_quantile
@@ -340,9 +342,17 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
             "towards the checkpoint's; the others decay their weights towards 0. On banking77 10-shot 1.0 lifted "
             "sparse by 0.7 point, on snips 10-shot it changed nothing (BENCHMARKS.md): a per-data-set choice.",
         )
+        seeds = c3.number_input(
+            "Seeds",
+            1,
+            MAX_SEEDS,
+            key=f"{key}_seeds",
+            help="Runs to launch, one per seed from the Seed box on: compare their spread, and set them against "
+            "another method's, on the Runs page (Compare groups of runs).",
+        )
         quantile = defaults.out_of_scope_quantile
         if out_of_scope_labels:
-            quantile = c3.number_input(
+            quantile = st.columns(3)[0].number_input(
                 "Out-of-scope quantile",
                 0.01,
                 0.99,
@@ -379,7 +389,11 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None)
         sensitivity=state.sens_cfg(),
         device=default_device(),
     )
-    return (name or default_run_name(method, mask.budget)), cfg
+    return (name or default_run_name(method, mask.budget)), cfg, int(seeds)
+
+
+MAX_SEEDS = 10
+"""Seeds one press of Launch may run (the session's cap on waiting and running jobs still applies)."""
 
 
 def launch_options(key: str = "ft") -> dict[str, int]:

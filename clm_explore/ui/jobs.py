@@ -88,6 +88,16 @@ def launch(
     return job
 
 
+def launch_seeds(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str, seeds: int) -> list[Job]:
+    """``seeds`` runs of ``cfg`` at its seed and the ones after it (named ``NAME-sSEED``), all or none queued: the
+    session's room is checked for all of them first. One seed is ``launch`` itself."""
+    if seeds <= 1:
+        return [launch(name, cfg, choice, source)]
+    check_room(seeds)
+    return [launch(f"{name}-s{seed}", dataclasses.replace(cfg, seed=seed), choice, source)
+            for seed in range(cfg.seed, cfg.seed + seeds)]
+
+
 def made_scores(cfg: FinetuneConfig, choice: DataChoice, source: str) -> SensitivityReport | None:
     """A report the Sensitivity or Budget page already made (any session's, still cached) that a run with ``cfg``
     would make itself, so that a launch from the Finetune form trains from the rows those pages showed without

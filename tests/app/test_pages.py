@@ -469,6 +469,28 @@ def launch_from_form(app: AppTest, method: str, seed: int) -> None:
     assert not app.exception, [e.value for e in app.exception]
 
 
+def test_the_finetune_form_launches_one_run_per_seed(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    goto(at, "app_pages/5_finetune.py")
+    at.selectbox(key="ft_method").set_value("head")
+    at.number_input(key="ft_epochs").set_value(1)
+    at.number_input(key="ft_seed").set_value(3)
+    at.number_input(key="ft_seeds").set_value(2)
+    at.text_input(key="ft_name").input("probe")
+    button(at, "Launch").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    runs = sorted(RunStore().list(), key=lambda r: r.config["seed"])
+    assert [(r.name, r.config["seed"], r.status) for r in runs] == [
+        ("probe-s3", 3, RunStatus.SUCCEEDED), ("probe-s4", 4, RunStatus.SUCCEEDED)]
+    assert at.number_input(key="ft_seeds").value == 2  # kept for the next launch
+    from clm_explore.ui import jobs
+
+    monkeypatch.setattr(jobs, "MAX_ACTIVE_PER_SESSION", 1)  # room for one: two seeds are refused together
+    monkeypatch.setattr(jobs.JobQueue, "active", lambda self: [])
+    button(at, "Launch").click().run(timeout=TIMEOUT)
+    assert any("at a time is the most one session may have" in e.value for e in at.error)
+    assert len(RunStore().list()) == 2
+
+
 def pick_model_folder(at: AppTest, folder: Path) -> None:
     """The sidebar's model box set to a folder on the server, as a user does."""
     from clm_explore.ui.forms import SOURCES
