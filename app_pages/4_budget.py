@@ -45,8 +45,10 @@ picked = st.multiselect("Methods", METHODS, key="budget_methods")
 state.keep("budget_methods")
 options = forms.launch_options()  # the Finetune form's epochs and seed, as last submitted there
 forms.rates_note()
-st.caption(f"Each run trains {options['epochs']} epoch(s) with seed {options['seed']}, as set on the Finetune "
-           "page; its other options take their defaults.")
+seeds = (f"with seed {options['seed']}" if options["seeds"] == 1
+         else f"with each of the seeds {options['seed']}-{options['seed'] + options['seeds'] - 1}")
+st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, as set on the Finetune page; its other options "
+           "take their defaults.")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
     try:
         launched = jobs.launch_many(

@@ -397,11 +397,11 @@ MAX_SEEDS = 10
 
 
 def launch_options(key: str = "ft") -> dict[str, int]:
-    """The epochs and seed of the Finetune form (``key``), as last submitted there, for launches from other pages
-    (the Budget page's): FinetuneConfig's defaults until the form has been used."""
+    """The epochs, seed and seeds of the Finetune form (``key``), as last submitted there, for launches from other
+    pages (the Budget page's): FinetuneConfig's defaults (one seed) until the form has been used."""
     defaults = FinetuneConfig()
     return {"epochs": int(state.kept(f"{key}_epochs", defaults.epochs)),
-            "seed": int(state.kept(f"{key}_seed", defaults.seed))}
+            "seed": int(state.kept(f"{key}_seed", defaults.seed)), "seeds": int(state.kept(f"{key}_seeds", 1))}
 
 
 def default_run_name(method: str, budget: float) -> str:

@@ -114,21 +114,23 @@ def made_scores(cfg: FinetuneConfig, choice: DataChoice, source: str) -> Sensiti
 
 def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str,
                 epochs: int | None = None, seed: int | None = None,
-                scores: SensitivityReport | None = None) -> list[Job]:
+                scores: SensitivityReport | None = None, seeds: int = 1) -> list[Job]:
     """One run per method with the same budget and row choice (the Budget page's launch list), and the same
-    ``epochs`` and ``seed`` (FinetuneConfig's defaults when None). ``scores``: the page's; a row method that would
-    make them itself (a seed-0 run at the page's settings) trains the rows the page shows from them."""
+    ``epochs`` and ``seed`` (FinetuneConfig's defaults when None); ``seeds`` runs of each, at ``seed`` and the ones
+    after it (``NAME-sSEED``). ``scores``: the page's; a row method that would make them itself (a seed-0 run at the
+    page's settings) trains the rows the page shows from them."""
     from clm_explore.training import check_runnable, scores_alike
 
     chosen = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
     base = FinetuneConfig(mask=mask, mining=state.mining_cfg(), sensitivity=state.sens_cfg(), device=device,
                           **chosen)
-    cfgs = [dataclasses.replace(base, method=method) for method in methods]
+    cfgs = [dataclasses.replace(base, method=method, seed=base.seed + i) for method in methods for i in range(seeds)]
     loaded = cache.model(source, tuple(cache.data(choice).labels))
     check_room(len(cfgs))  # all or none: a refusal leaves no half of the list queued
     for cfg in cfgs:
         check_runnable(cfg, loaded)
-    return [launch(forms.default_run_name(cfg.method, mask.budget), cfg, choice, source,
+    suffix = (lambda cfg: f"-s{cfg.seed}") if seeds > 1 else (lambda cfg: "")
+    return [launch(forms.default_run_name(cfg.method, mask.budget) + suffix(cfg), cfg, choice, source,
                    scores if scores is not None and scores_alike(scores, cfg) else None) for cfg in cfgs]
 
 

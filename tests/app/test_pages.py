@@ -482,13 +482,20 @@ def test_the_finetune_form_launches_one_run_per_seed(at: AppTest, monkeypatch: p
     assert [(r.name, r.config["seed"], r.status) for r in runs] == [
         ("probe-s3", 3, RunStatus.SUCCEEDED), ("probe-s4", 4, RunStatus.SUCCEEDED)]
     assert at.number_input(key="ft_seeds").value == 2  # kept for the next launch
+    goto(at, "app_pages/4_budget.py")  # the Budget page's launches take them too
+    assert any("trains 1 epoch(s) with each of the seeds 3-4" in c.value for c in at.caption)
+    at.multiselect(key="budget_methods").set_value(["head"]).run()
+    at.button(key="budget_launch").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(r.name.split("-", 2)[-1] for r in RunStore().list() if r.name.startswith("head")) == ["s3", "s4"]
+    goto(at, "app_pages/5_finetune.py")
     from clm_explore.ui import jobs
 
     monkeypatch.setattr(jobs, "MAX_ACTIVE_PER_SESSION", 1)  # room for one: two seeds are refused together
     monkeypatch.setattr(jobs.JobQueue, "active", lambda self: [])
     button(at, "Launch").click().run(timeout=TIMEOUT)
     assert any("at a time is the most one session may have" in e.value for e in at.error)
-    assert len(RunStore().list()) == 2
+    assert len(RunStore().list()) == 4
 
 
 def pick_model_folder(at: AppTest, folder: Path) -> None:
