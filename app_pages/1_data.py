@@ -41,14 +41,14 @@ st.write(
 source = state.model_source()
 if st.button("Check the labels", key="data_audit"):
     state.put("audited", (choice, source))  # shown again on later reruns (from the cache) until the data changes
+    cache.retry_failed_audit(source, choice, LabelAuditConfig())
 if state.get("audited") == (choice, source):
     # A task of its own, shared by every session: a click or a page change while it runs does not restart it.
     task = cache.label_audit(source, choice, LabelAuditConfig(), inline=state.inline_jobs())
     if not task.done:
         views.task_progress(task)
     elif task.error is not None:
-        cache.forget_audit(task)  # not kept: a later click tries again
-        state.put("audited", None)  # shown once, not redone on every rerun
+        state.put("audited", None)  # shown once; the next click tries again
         if not isinstance(task.error, TooFewRowsError):
             raise task.error  # shown as the app shows any unexpected error
         st.warning(views.escape_markdown(str(task.error)))

@@ -458,9 +458,17 @@ class KeyedTasks:
             threading.Thread(target=_run_task, args=(task, work), name=f"task-{key!r:.40}", daemon=True).start()
         return task
 
-    def forget(self, key: Any) -> None:
+    def forget(self, task: KeyedTask) -> None:
+        """Drop ``task`` (a failed one, to be tried again), not a newer task of its key that another caller started."""
         with self._lock:
-            self._tasks.pop(key, None)
+            if self._tasks.get(task.key) is task:
+                del self._tasks[task.key]
+
+    def failed(self, key: Any) -> KeyedTask | None:
+        """The task of ``key`` when it ended in an error, else None."""
+        with self._lock:
+            task = self._tasks.get(key)
+        return task if task is not None and task.done and task.error is not None else None
 
     def _trim(self) -> None:
         finished = [k for k, t in self._tasks.items() if t.done]
@@ -472,6 +480,7 @@ def _run_task(task: KeyedTask, work: Callable[[Callable[[str, int, int], None]],
     try:
         task.result = work(task.report)
     except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the task, in their thread
+        traceback.clear_frames(exc.__traceback__)  # the lines stay; the frames' locals (a model, say) are let go
         task.error = exc
     finally:
         task.finished.set()

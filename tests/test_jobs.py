@@ -465,5 +465,29 @@ def test_a_keyed_task_that_fails_hands_its_error_to_the_caller_until_forgotten()
     task = tasks.get_or_start("k", fail, inline=True)
     assert task.done and isinstance(task.error, ValueError) and task.result is None
     assert tasks.get_or_start("k", lambda report: "ok", inline=True) is task  # kept until forgotten
-    tasks.forget("k")
-    assert tasks.get_or_start("k", lambda report: "ok", inline=True).result == "ok"
+    assert tasks.failed("k") is task and tasks.failed("other") is None
+    tasks.forget(task)
+    retried = tasks.get_or_start("k", lambda report: "ok", inline=True)
+    assert retried.result == "ok" and tasks.failed("k") is None
+    tasks.forget(task)  # a late forget of the failed task leaves the newer one of its key alone
+    assert tasks.get_or_start("k", fail, inline=True) is retried
+
+
+def test_a_failed_keyed_task_lets_go_of_what_its_work_held() -> None:
+    import gc
+    import weakref
+
+    from clm_explore.jobs import KeyedTasks
+
+    class Model:  # stands for a loaded model the work held when it failed
+        pass
+
+    def fail(report):
+        model = Model()
+        held.append(weakref.ref(model))
+        raise RuntimeError("out of memory")
+
+    held: list = []
+    task = KeyedTasks().get_or_start("k", fail, inline=True)
+    gc.collect()
+    assert isinstance(task.error, RuntimeError) and held[0]() is None  # the traceback keeps no frame's locals

@@ -112,7 +112,7 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
     session asks (a rerun, a click or a page change meanwhile neither stops it nor starts it again), its progress
     readable while it runs. It loads a model of its own (the shared one is read by other sessions' threads) and runs
     on the jobs' device. ``inline``: run in this thread (tests)."""
-    key = (source, state.model_version(source), repr(choice), json.dumps(to_dict(cfg), sort_keys=True))
+    key = _audit_key(source, choice, cfg)
     annotated = data(choice)  # here, in the page's thread: Streamlit's caches belong to a script run
 
     def work(report: Callable[[str, int, int], None]) -> LabelIssues:
@@ -124,9 +124,16 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
     return _audits().get_or_start(key, work, inline=inline)
 
 
-def forget_audit(task: KeyedTask) -> None:
-    """Drop a finished audit (a failed one: a later click tries again)."""
-    _audits().forget(task.key)
+def _audit_key(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> tuple[str, ...]:
+    return (source, state.model_version(source), repr(choice), json.dumps(to_dict(cfg), sort_keys=True))
+
+
+def retry_failed_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> None:
+    """Before a click starts the audit: one that failed is dropped, so the click tries again (it is kept until then, so
+    that every session following it reads its error rather than starting it again)."""
+    failed = _audits().failed(_audit_key(source, choice, cfg))
+    if failed is not None:
+        _audits().forget(failed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

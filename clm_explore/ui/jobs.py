@@ -51,7 +51,7 @@ def job_queue() -> JobQueue:
 MAX_ACTIVE_PER_SESSION = 12
 """Jobs one browser session may have waiting or running at once: the queue is the server's, and one session's
 hundred launches would hold everyone else's jobs back (each queued job also keeps its data in memory). Every
-method of the Budget page's launch list fits at once."""
+method of the Budget page's launch list fits at once at one seed."""
 
 
 def check_room(launching: int) -> None:
@@ -60,9 +60,11 @@ def check_room(launching: int) -> None:
 
     mine = sum(1 for job in job_queue().active() if job.run_id and state.launched_here(job.run_id))
     if mine + launching > MAX_ACTIVE_PER_SESSION:
-        raise ConfigError(f"This session has {mine} job(s) waiting or running, and {MAX_ACTIVE_PER_SESSION} at a time "
-                          "is the most one session may have on the shared queue: wait for some to end, or cancel "
-                          "some, before launching more.")
+        advice = ("wait for some to end, or cancel some, before launching more" if launching <= MAX_ACTIVE_PER_SESSION
+                  else "launch fewer at a time (fewer seeds or methods)")
+        raise ConfigError(f"This launch asks for {launching} run(s) and this session has {mine} job(s) waiting or "
+                          f"running; {MAX_ACTIVE_PER_SESSION} at a time is the most one session may have on the shared "
+                          f"queue: {advice}.")
 
 
 def launch(

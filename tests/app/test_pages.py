@@ -108,6 +108,32 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
                             for i in (0, 2)}
 
 
+def test_a_failed_label_audit_is_kept_for_every_session_until_a_click_tries_again(monkeypatch) -> None:
+    from clm_explore.label_issues import TooFewRowsError, find_label_issues
+    from clm_explore.ui import cache
+
+    cache._audits.clear()
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TooFewRowsError("too few rows per label for the folds")
+        return find_label_issues(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "find_label_issues", flaky)
+    first, second = (AppTest.from_file(APP, default_timeout=TIMEOUT).run() for _ in range(2))
+    button(first, "Check the labels").click().run(timeout=TIMEOUT)
+    assert any("too few rows" in w.value for w in first.warning), [w.value for w in first.warning]
+    # Another session that was following the same audit (its click came while the audit ran) reads its failure
+    # too, rather than starting it again.
+    second.session_state["audited"] = (second.session_state["data_choice"], "tiny-random")
+    second.run()
+    assert any("too few rows" in w.value for w in second.warning) and calls == [1]
+    button(second, "Check the labels").click().run(timeout=TIMEOUT)  # a click tries again
+    assert calls == [1, 1] and any(m.label == "Rows flagged" for m in second.metric)
+
+
 ACCEPT_TWO = {"edited_rows": {"0": {"accept": True}, "2": {"accept": True}}, "added_rows": [], "deleted_rows": []}
 
 
@@ -1237,7 +1263,10 @@ def test_one_session_may_not_fill_the_shared_queue(monkeypatch) -> None:
     monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(active=lambda: waiting))
     monkeypatch.setattr(state, "launched_here", lambda run_id: run_id != "theirs")
     jobs.check_room(1)  # a launch list of every method fits beside what is left
-    with pytest.raises(ConfigError, match=r"This session has 11 job\(s\) waiting or running, and 12 at a time"):
+    with pytest.raises(ConfigError, match=r"asks for 2 run\(s\) and this session has 11 job\(s\) waiting or "
+                                          r"running; 12 at a time .*: wait for some to end"):
         jobs.check_room(2)  # before: no limit, one session's launches held everyone else's jobs back
+    with pytest.raises(ConfigError, match=r"asks for 14 run\(s\).*launch fewer at a time \(fewer seeds"):
+        jobs.check_room(14)  # more than the cap at once (seven seeds of two methods): waiting would not help
     waiting.append(SimpleNamespace(run_id="theirs"))  # another session's job does not count against this one
     jobs.check_room(1)
