@@ -3,8 +3,8 @@
 The view that answers "which layers changed" from the weights' side, for any method: a sparse run moves only its
 selected rows (the rest stay bit-identical), full finetuning moves every matrix, LoRA (saved merged) every matrix it
 adapted, BitFit only biases, prefix tuning none (its prefix is outside the backbone). Per (layer, module), as the
-sensitivity table is laid out: rows and parameters changed, and the change's size relative to the base weights
-(Frobenius norms, the bias counted with its row).
+sensitivity table is laid out: weight rows, bias entries and parameters changed, and the change's size relative to
+the base weights (Frobenius norms over a map's weight and bias together).
 """
 
 from __future__ import annotations

@@ -125,7 +125,12 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
 
 
 def _audit_key(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> tuple[str, ...]:
-    return (source, state.model_version(source), repr(choice), json.dumps(to_dict(cfg), sort_keys=True))
+    return (source, state.model_version(source), repr(choice), _settings(cfg))
+
+
+def _settings(cfg: Any) -> str:
+    """A config as a key part: its fields as JSON (a config's tuples and nested configs hash alike this way)."""
+    return json.dumps(to_dict(cfg), sort_keys=True)
 
 
 def retry_failed_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> None:
@@ -190,8 +195,7 @@ _MADE_LOCK = threading.Lock()
 
 def _report_key(source: str, version: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
                 ) -> tuple[str, ...]:
-    return (source, version, repr(choice), json.dumps(to_dict(mining_cfg), sort_keys=True),
-            json.dumps(to_dict(cfg), sort_keys=True))
+    return (source, version, repr(choice), _settings(mining_cfg), _settings(cfg))
 
 
 def made_sensitivity(
