@@ -434,12 +434,14 @@ class KeyedTasks:
     """Work shared by every caller that asks for the same key (the app's browser sessions): started once, on a
     thread of its own, so that a caller may come and go (a page rerun, another click) without stopping it or
     starting it twice. The newest ``kept`` finished tasks are kept for their results; a failed one until
-    ``forget``."""
+    ``forget``. At most ``at_once`` run at a time (each may hold a model on the server's device); the others wait,
+    their phase "waiting for another to end"."""
 
-    def __init__(self, kept: int = 8) -> None:
+    def __init__(self, kept: int = 8, at_once: int = 1) -> None:
         self._tasks: dict[Any, KeyedTask] = {}
         self._lock = threading.Lock()
         self._kept = kept
+        self._gate = threading.Semaphore(at_once)
 
     def get_or_start(self, key: Any, work: Callable[[Callable[[str, int, int], None]], Any],
                      inline: bool = False) -> KeyedTask:
@@ -453,9 +455,10 @@ class KeyedTasks:
             task = self._tasks[key] = KeyedTask(key)
             self._trim()
         if inline:
-            _run_task(task, work)
+            _run_task(task, work, self._gate)
         else:
-            threading.Thread(target=_run_task, args=(task, work), name=f"task-{key!r:.40}", daemon=True).start()
+            threading.Thread(target=_run_task, args=(task, work, self._gate), name=f"task-{key!r:.40}",
+                             daemon=True).start()
         return task
 
     def forget(self, task: KeyedTask) -> None:
@@ -476,11 +479,16 @@ class KeyedTasks:
             del self._tasks[key]
 
 
-def _run_task(task: KeyedTask, work: Callable[[Callable[[str, int, int], None]], Any]) -> None:
+def _run_task(task: KeyedTask, work: Callable[[Callable[[str, int, int], None]], Any],
+              gate: threading.Semaphore) -> None:
+    if not gate.acquire(blocking=False):
+        task.report("waiting for another to end", 0, 1)
+        gate.acquire()
     try:
         task.result = work(task.report)
     except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the task, in their thread
         traceback.clear_frames(exc.__traceback__)  # the lines stay; the frames' locals (a model, say) are let go
         task.error = exc
     finally:
+        gate.release()
         task.finished.set()

@@ -491,3 +491,17 @@ def test_a_failed_keyed_task_lets_go_of_what_its_work_held() -> None:
     task = KeyedTasks().get_or_start("k", fail, inline=True)
     gc.collect()
     assert isinstance(task.error, RuntimeError) and held[0]() is None  # the traceback keeps no frame's locals
+
+
+def test_keyed_tasks_run_one_at_a_time_and_the_others_say_they_wait() -> None:
+    from clm_explore.jobs import KeyedTasks
+
+    tasks, release = KeyedTasks(at_once=1), threading.Event()
+    first = tasks.get_or_start("a", lambda report: release.wait(10))
+    deadline = time.monotonic() + 10
+    second = tasks.get_or_start("b", lambda report: "b")
+    while second.progress[0] != "waiting for another to end" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert second.progress[0] == "waiting for another to end" and not second.done
+    release.set()
+    assert first.finished.wait(10) and second.finished.wait(10) and second.result == "b"

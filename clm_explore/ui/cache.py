@@ -104,7 +104,8 @@ def report(choice: DataChoice) -> DataReport:
 
 @st.cache_resource(show_spinner=False)
 def _audits() -> KeyedTasks:
-    return KeyedTasks(kept=8)  # as many as st.cache_data's max_entries kept before
+    # As many kept as st.cache_data's max_entries kept before; one at a time: each loads a model on the jobs' device.
+    return KeyedTasks(kept=8, at_once=1)
 
 
 def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: bool = False) -> KeyedTask:
