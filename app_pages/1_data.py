@@ -47,11 +47,19 @@ if state.get("audited") == (choice, source):
     task = cache.label_audit(source, choice, LabelAuditConfig(), inline=state.inline_jobs())
     if not task.done:
         views.task_progress(task)
+        stopping = task.stop_asked.is_set()
+        st.button("Stopping…" if stopping else "Stop the check", key="data_audit_stop", disabled=stopping,
+                  on_click=cache.stop_audit, args=(task,),
+                  help="Ends it at its next batch, for every session that asked for it (it is shared).")
     elif task.error is not None:
         state.put("audited", None)  # shown once; the next click tries again
-        if not isinstance(task.error, TooFewRowsError):
+        if task.stopped:
+            st.info("The label check was stopped (here or in another session checking the same data). "
+                    "**Check the labels** starts it again.")
+        elif isinstance(task.error, TooFewRowsError):
+            st.warning(views.escape_markdown(str(task.error)))
+        else:
             raise task.error  # shown as the app shows any unexpected error
-        st.warning(views.escape_markdown(str(task.error)))
     else:
         accepted = views.render_label_issues(task.result, key="data")
         if len(accepted):

@@ -412,6 +412,10 @@ def last_line(text: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------- keyed tasks
 
 
+class TaskStopped(Exception):
+    """A keyed task ended at a caller's asking (``KeyedTasks.stop``)."""
+
+
 @dataclass
 class KeyedTask:
     """One piece of work run once for its key; ``progress`` is (phase, done, total) as the work last reported it."""
@@ -421,12 +425,21 @@ class KeyedTask:
     result: Any = None
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    stop_asked: threading.Event = field(default_factory=threading.Event)
 
     @property
     def done(self) -> bool:
         return self.finished.is_set()
 
+    @property
+    def stopped(self) -> bool:
+        """Ended by ``KeyedTasks.stop`` (its ``error`` is a ``TaskStopped``)."""
+        return self.done and isinstance(self.error, TaskStopped)
+
     def report(self, phase: str, done: int, total: int) -> None:
+        """Where the work says how far it got, and where a stop asked for ends it (the work's next report)."""
+        if self.stop_asked.is_set():
+            raise TaskStopped(f"Stopped while {phase}.")
         self.progress = (phase, done, total)
 
 
@@ -435,7 +448,8 @@ class KeyedTasks:
     thread of its own, so that a caller may come and go (a page rerun, another click) without stopping it or
     starting it twice. The newest ``kept`` finished tasks are kept for their results; a failed one until
     ``forget``. At most ``at_once`` run at a time (each may hold a model on the server's device); the others wait,
-    their phase "waiting for another to end"."""
+    their phase "waiting for another to end". ``stop`` ends one at its next report (a waiting one at once); it is
+    then kept like a failed one, so that every caller following it reads that it stopped."""
 
     def __init__(self, kept: int = 8, at_once: int = 1) -> None:
         self._tasks: dict[Any, KeyedTask] = {}
@@ -467,8 +481,14 @@ class KeyedTasks:
             if self._tasks.get(task.key) is task:
                 del self._tasks[task.key]
 
+    @staticmethod
+    def stop(task: KeyedTask) -> None:
+        """Ask ``task`` to end: its work raises ``TaskStopped`` at its next report. It is shared, so it stops for
+        every caller (the app says so); one already done is left as it is."""
+        task.stop_asked.set()
+
     def failed(self, key: Any) -> KeyedTask | None:
-        """The task of ``key`` when it ended in an error, else None."""
+        """The task of ``key`` when it ended in an error (a stop too), else None."""
         with self._lock:
             task = self._tasks.get(key)
         return task if task is not None and task.done and task.error is not None else None
@@ -481,9 +501,12 @@ class KeyedTasks:
 
 def _run_task(task: KeyedTask, work: Callable[[Callable[[str, int, int], None]], Any],
               gate: threading.Semaphore) -> None:
-    if not gate.acquire(blocking=False):
-        task.report("waiting for another to end", 0, 1)
-        gate.acquire()
+    try:
+        _enter(task, gate)
+    except TaskStopped as exc:  # stopped while it waited: it never held the gate
+        task.error = exc
+        task.finished.set()
+        return
     try:
         task.result = work(task.report)
     except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the task, in their thread
@@ -492,3 +515,13 @@ def _run_task(task: KeyedTask, work: Callable[[Callable[[str, int, int], None]],
     finally:
         gate.release()
         task.finished.set()
+
+
+def _enter(task: KeyedTask, gate: threading.Semaphore) -> None:
+    """Wait for the gate, hearing a stop meanwhile (a task stopped while it waits ends without running)."""
+    if gate.acquire(blocking=False):
+        return
+    task.report("waiting for another to end", 0, 1)
+    while not gate.acquire(timeout=0.2):
+        if task.stop_asked.is_set():
+            raise TaskStopped("Stopped before it started (it was waiting for another to end).")

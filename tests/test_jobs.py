@@ -505,3 +505,32 @@ def test_keyed_tasks_run_one_at_a_time_and_the_others_say_they_wait() -> None:
     assert second.progress[0] == "waiting for another to end" and not second.done
     release.set()
     assert first.finished.wait(10) and second.finished.wait(10) and second.result == "b"
+
+
+def test_a_stopped_keyed_task_ends_at_its_next_report_and_is_kept_for_its_readers() -> None:
+    from clm_explore.jobs import KeyedTasks, TaskStopped
+
+    tasks, reports = KeyedTasks(at_once=1), []
+
+    def endless(report):
+        while True:
+            report("reading", len(reports), 10**6)
+            reports.append(1)
+            time.sleep(0.005)
+
+    running = tasks.get_or_start("a", endless)
+    waiting = tasks.get_or_start("b", lambda report: "b")  # behind the first, one at a time
+    deadline = time.monotonic() + 10
+    while (not reports or waiting.progress[0] != "waiting for another to end") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tasks.stop(waiting)  # one still waiting ends without running
+    assert waiting.finished.wait(10) and waiting.stopped and waiting.result is None
+    assert not running.done
+    tasks.stop(running)
+    assert running.finished.wait(10) and running.stopped and isinstance(running.error, TaskStopped)
+    assert "Stopped while reading" in str(running.error)
+    assert tasks.failed("a") is running  # every caller following it reads that it stopped ...
+    tasks.forget(running)  # ... until one tries again
+    assert tasks.get_or_start("a", lambda report: "again", inline=True).result == "again"
+    third = tasks.get_or_start("c", lambda report: "c")  # the gate was let go by the stopped task
+    assert third.finished.wait(10) and third.result == "c" and not third.stopped

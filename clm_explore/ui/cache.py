@@ -134,9 +134,14 @@ def _settings(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
 
 
+def stop_audit(task: KeyedTask) -> None:
+    """Stop a running label audit (for every session sharing it: they read that it stopped)."""
+    _audits().stop(task)
+
+
 def retry_failed_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> None:
-    """Before a click starts the audit: one that failed is dropped, so the click tries again (it is kept until then, so
-    that every session following it reads its error rather than starting it again)."""
+    """Before a click starts the audit: one that failed or was stopped is dropped, so the click tries again (it is kept
+    until then, so that every session following it reads its error rather than starting it again)."""
     failed = _audits().failed(_audit_key(source, choice, cfg))
     if failed is not None:
         _audits().forget(failed)

@@ -134,6 +134,49 @@ def test_a_failed_label_audit_is_kept_for_every_session_until_a_click_tries_agai
     assert calls == [1, 1] and any(m.label == "Rows flagged" for m in second.metric)
 
 
+
+def test_a_running_label_audit_can_be_stopped_for_every_session_sharing_it(monkeypatch) -> None:
+    import time
+
+    from clm_explore.ui import cache
+
+    cache._audits.clear()
+    monkeypatch.setenv("CLM_EXPLORE_INLINE_JOBS", "0")  # on a thread of its own, as on the server
+    calls = []
+
+    def endless(loaded, annotated, cfg, device=None, on_progress=None):
+        calls.append(1)
+        while True:
+            on_progress("probing the folds", 1, 5)
+            time.sleep(0.01)
+
+    monkeypatch.setattr(cache, "find_label_issues", endless)
+    first, second = (AppTest.from_file(APP, default_timeout=TIMEOUT).run() for _ in range(2))
+    button(first, "Check the labels").click().run(timeout=TIMEOUT)
+    button(second, "Check the labels").click().run(timeout=TIMEOUT)  # the same audit: shared, not started again
+    task = cache._audits().get_or_start(cache._audit_key("tiny-random", first.session_state["data_choice"],
+                                                         cache.LabelAuditConfig()), endless)
+    assert not task.done and calls == [1]
+    button(first, "Stop the check").click().run(timeout=TIMEOUT)
+    assert task.finished.wait(10) and task.stopped
+    said = [i.value for i in first.info]  # the click's own rerun may already find it ended ...
+    if not said:
+        said = [i.value for i in first.run().info]  # ... else the fragment's rerun, once it ends
+    assert any("was stopped" in i for i in said), said
+    second.run()  # the other session following it reads that it stopped too
+    assert not first.exception and not second.exception, [e.value for e in [*first.exception, *second.exception]]
+    assert any("was stopped" in i.value for i in second.info), [i.value for i in second.info]
+    for app in (first.run(), second.run()):  # shown once; neither starts it again
+        assert not any(b.label == "Stop the check" for b in app.button) and not app.info
+    assert calls == [1]
+    button(second, "Check the labels").click().run(timeout=TIMEOUT)  # a click starts it again
+    deadline = time.monotonic() + 10
+    while calls == [1] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [1, 1]
+    cache.stop_audit(cache._audits().get_or_start(task.key, endless))  # let the thread go
+
+
 ACCEPT_TWO = {"edited_rows": {"0": {"accept": True}, "2": {"accept": True}}, "added_rows": [], "deleted_rows": []}
 
 
