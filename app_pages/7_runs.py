@@ -41,6 +41,7 @@ with c2:
 if run.status is RunStatus.SUCCEEDED:
     st.subheader("What training changed")
     run_views.weight_changes_toggle([run], key="runs_changes")
+    run_views.render_model_card(run, key="runs")
 
 c1, c2 = st.columns(2)
 with c1:

@@ -15,6 +15,7 @@ A notebook session, end to end::
     cfg = clm.FinetuneConfig(method="sparse", mask=clm.MaskConfig(budget=0.01))
     result = clm.finetune(data, cfg, "runs/my-sparse", source="default", scores=report)
     clm.predict("runs/my-sparse", ["my card has not arrived"])  # probabilities, a column per label
+    print(clm.model_card("runs/my-sparse"))  # its README.md: the Hub's model card, written with the run
     clm.RunStore().register_folder("runs/my-sparse")  # listed in the app's Runs and Compare pages
     run = clm.load_run("runs/my-sparse")
     clm.explain(run.model, run.tokenizer, "my card has not arrived")  # word attributions (Integrated Gradients)
@@ -70,6 +71,7 @@ _EXPORTS = {
     "load_model": "clm_explore.modeling",
     "load_run": "clm_explore.modeling",
     "mine_task_tokens": "clm_explore.mining",
+    "model_card": "clm_explore.model_card",
     "predict": "clm_explore.batches",
     "predict_proba": "clm_explore.batches",
     "relabelled": "clm_explore.label_issues",
@@ -78,6 +80,7 @@ _EXPORTS = {
     "splits_csv": "clm_explore.label_issues",
     "splits_zip": "clm_explore.label_issues",
     "weight_changes": "clm_explore.changes",
+    "write_model_card": "clm_explore.model_card",
     "write_report": "clm_explore.report",
 }
 

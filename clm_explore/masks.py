@@ -9,13 +9,16 @@ call this on every move.
 from __future__ import annotations
 
 import numbers
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from clm_explore.config import ConfigError, MaskConfig
+from clm_explore.modeling import ModelSourceError
 from clm_explore.sensitivity import MODULE_ORDER, SensitivityReport
 
 ADAM_BYTES_PER_PARAM = 16
@@ -270,3 +273,43 @@ def masks_jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 
     sa, sb = as_set(a), as_set(b)
     return len(sa & sb) / max(len(sa | sb), 1)
+
+
+LAYER_RE = re.compile(r"\blayers?\.(\d+)\.(.+?)(?:\.weight)?$")
+"""A parameter name's layer and module (``...layer.3.attention.self.query.weight``)."""
+
+
+def mask_table(run_dir: Path) -> pd.DataFrame:
+    """Share of selected rows per (layer, module) from ``masks.safetensors``; empty when absent.
+
+    Returns:
+        DataFrame [layer, module, selected_rows, rows, share]; layer 'emb' for embedding matrices.
+
+    Raises:
+        ModelSourceError: the file cannot be read (damaged or truncated), named with what to do.
+    """
+    path = run_dir / "masks.safetensors"
+    if not path.is_file():
+        return pd.DataFrame(columns=["layer", "module", "selected_rows", "rows", "share"])
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        masks = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelSourceError(f"{path} cannot be read ({exc}); restore it, or delete it (reports and the model card then "
+                               "show no mask for this run).") from exc
+    records = []
+    for name, mask in masks.items():
+        rows = mask.bool().reshape(mask.shape[0], -1).any(dim=1) if mask.dim() > 1 else mask.bool()
+        found = LAYER_RE.search(name)
+        if found:
+            layer, module = found.group(1), found.group(2)
+        elif "embed" in name:
+            layer, module = "emb", name.removesuffix(".weight").split(".")[-1]
+        else:
+            continue  # the head and anything else outside the layer stack
+        records.append((layer, module, int(rows.sum()), int(rows.numel())))
+    frame = pd.DataFrame(records, columns=["layer", "module", "selected_rows", "rows"])
+    frame = frame.groupby(["layer", "module"], as_index=False)[["selected_rows", "rows"]].sum()
+    return frame.assign(share=frame["selected_rows"] / frame["rows"].clip(lower=1))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from clm_explore.casestudy import (
     known_label_accuracy,
     run_name,
 )
+from clm_explore.masks import mask_table
 from clm_explore.metrics import confusion_table
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import read_json_object
@@ -38,7 +38,6 @@ METRIC_KEYS = (
     "method", "accuracy", "macro_f1", "seed", "epochs", "train_seconds", "examples_per_second",
     "peak_memory_mb", "trainable_params", "total_params", "budget",
 )  # fmt: skip
-LAYER_RE = re.compile(r"\blayers?\.(\d+)\.(.+?)(?:\.weight)?$")
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }
@@ -70,42 +69,6 @@ def plot_text(value: Any) -> str:
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     """The run's metrics.json; {} when missing, unreadable or not a JSON object (a report must not fail on it)."""
     return read_json_object(run_dir / "metrics.json")
-
-
-def mask_table(run_dir: Path) -> pd.DataFrame:
-    """Share of selected rows per (layer, module) from ``masks.safetensors``; empty when absent.
-
-    Returns:
-        DataFrame [layer, module, selected_rows, rows, share]; layer 'emb' for embedding matrices.
-
-    Raises:
-        ModelSourceError: the file cannot be read (damaged or truncated), named with what to do.
-    """
-    path = run_dir / "masks.safetensors"
-    if not path.is_file():
-        return pd.DataFrame(columns=["layer", "module", "selected_rows", "rows", "share"])
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        masks = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ModelSourceError(f"{path} cannot be read ({exc}); restore it, or delete it (the report then shows no "
-                               "mask heatmap for this run).") from exc
-    records = []
-    for name, mask in masks.items():
-        rows = mask.bool().reshape(mask.shape[0], -1).any(dim=1) if mask.dim() > 1 else mask.bool()
-        found = LAYER_RE.search(name)
-        if found:
-            layer, module = found.group(1), found.group(2)
-        elif "embed" in name:
-            layer, module = "emb", name.removesuffix(".weight").split(".")[-1]
-        else:
-            continue  # the head and anything else outside the layer stack
-        records.append((layer, module, int(rows.sum()), int(rows.numel())))
-    frame = pd.DataFrame(records, columns=["layer", "module", "selected_rows", "rows"])
-    frame = frame.groupby(["layer", "module"], as_index=False)[["selected_rows", "rows"]].sum()
-    return frame.assign(share=frame["selected_rows"] / frame["rows"].clip(lower=1))
 
 
 class ReportPathError(ValueError):

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -862,7 +863,21 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
         metrics["averaged_steps"] = loop.average.count
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
+    if main:
+        _write_card(out_dir)
     return FinetuneResult("succeeded", metrics, out_dir)
+
+
+def _write_card(out_dir: Path) -> None:
+    """The run's model card (README.md); a card that cannot be made is said in a warning, not a failed run: the
+    model and its figures are saved, and ``clm-explore card`` can make it later."""
+    from clm_explore.model_card import write_model_card
+
+    try:
+        write_model_card(out_dir)
+    except Exception as exc:  # noqa: BLE001 - anything: the trained run stands without its card
+        warnings.warn(f"{out_dir}: the model card (README.md) could not be written ({exc}); "
+                      f"`clm-explore card --run {out_dir} --write` tries again.", stacklevel=2)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``explain``, ``report`` and ``changes`` sub-commands."""
+    """Add the ``explain``, ``report``, ``changes`` and ``card`` sub-commands."""
     explain = subparsers.add_parser(
         "explain",
         help="word attributions of texts under a run's model",
@@ -105,6 +105,20 @@ def register(subparsers: Any) -> None:
                          "merged_rows and matrices (name, layer, module, rows, rows_changed, share_rows_changed, "
                          "biases_changed, params, params_changed, share_params_changed, change_norm, relative_change)")
     changes.set_defaults(func=run_changes)
+
+    card = subparsers.add_parser(
+        "card",
+        help="the model card (README.md) of a finished run",
+        description="The Hugging Face model card of a run: the Hub's metadata (base model, tags, test accuracy and "
+        "macro-F1), then how it was trained, what was trained, its results per label and how to use it. finetune "
+        "writes it into the run folder; this prints it, or writes it for a run saved before cards were written.",
+    )
+    card.add_argument("--run", required=True, metavar="DIR", help="a run folder or a run id of the registry")
+    card.add_argument("--write", action="store_true",
+                      help="write it as README.md in the run folder (replacing an earlier card) instead of printing it")
+    card.add_argument("--json", action="store_true",
+                      help='print {"run": DIR, "card": MARKDOWN, "path": the README.md written, or null}')
+    card.set_defaults(func=run_card)
 
 
 def _add_column_args(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +218,27 @@ def run_changes(args: argparse.Namespace) -> int:
     shown = table[["layer", "module", "rows_changed", "rows", "biases_changed", "params_changed", "relative_change"]]
     print(shown.to_string(index=False, formatters={"relative_change": "{:.3g}".format}))
     print(result.summary())
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from clm_explore.model_card import ModelCardError, model_card, write_model_card
+
+    run = checked_run(args.run, "--run")
+    try:
+        path = write_model_card(run) if args.write else None
+        text = path.read_text(encoding="utf-8") if path else model_card(run)
+    except ModelCardError as exc:
+        raise UserError(f"--run {args.run}: {exc}") from exc
+    except OSError as exc:  # a read-only run folder, say
+        raise UserError(f"--run {args.run}: README.md cannot be written there ({exc.strerror or exc}); print the card "
+                        "without --write and save it where you can.") from exc
+    if args.json:
+        print_json({"run": str(run), "card": text, "path": str(path) if path else None})
+    elif path:
+        print(f"wrote {path}")
+    else:
+        print(text, end="")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import streamlit as st
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.config import BUDGET_METHODS
 from clm_explore.metrics import confusion_table
+from clm_explore.model_card import CARD_FILE, ModelCardError, model_card
 from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read_json_object
 from clm_explore.ui import cache, state, views
@@ -367,6 +369,21 @@ def run_zip(store: RunStore, run_id: str) -> bytes:
         with zipfile.ZipFile(buffer, "w") as archive:
             archive.writestr(f"{run_id}/{'MISSING' if known else 'DELETED'}.txt", why + "\n")
         return buffer.getvalue()
+
+
+def render_model_card(run: RunRecord, key: str) -> None:
+    """The run's model card: its README.md, or one made now for a run saved before runs wrote cards; shown as the
+    file's text (not rendered) and to download."""
+    folder = Path(run.path)
+    try:
+        card = (folder / CARD_FILE).read_text(encoding="utf-8") if (folder / CARD_FILE).is_file() else model_card(folder)
+    except (ModelCardError, OSError, UnicodeDecodeError) as exc:  # a folder moved or damaged since it was listed
+        st.caption(f"No model card: {escape_markdown(str(exc))}")
+        return
+    with st.expander("Model card (README.md: the Hugging Face Hub's page of the model)"):
+        st.download_button("Download the model card", card, file_name=CARD_FILE, mime="text/markdown",
+                           key=f"{key}_card", on_click="ignore")
+        st.code(card, language="markdown", wrap_lines=True)
 
 
 def run_picker(records: list[RunRecord], label: str, default: RunRecord | None, key: str) -> RunRecord:

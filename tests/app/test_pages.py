@@ -369,6 +369,13 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     at.toggle(key="runs_changes").set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
     assert len([c for c in at.caption if "backbone parameters changed" in c.value]) == 1
+    shown_run = store.get(at.selectbox(key="runs_pick").value)
+    card = (shown_run.path / "README.md").read_text()  # the model card its run wrote, shown as the file's text
+    assert [c.value for c in at.code if "model-index" in c.value] == [card.strip()]
+    assert "Download the model card" in [b.proto.label for b in at.get("download_button")]
+    (shown_run.path / "README.md").unlink()  # a run saved before runs wrote cards: one made for the page
+    at.run()
+    assert [c.value for c in at.code if "model-index" in c.value] == [card.strip()]
     goto(at, "app_pages/6_compare.py")
     at.toggle(key="cmp_top").set_value(True).run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]

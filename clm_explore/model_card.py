@@ -1,0 +1,242 @@
+"""A model card for a finished run: the ``README.md`` a Hugging Face model folder carries (YAML metadata the Hub
+reads, then Markdown), saying what the model was trained from and on, how, what was trained, how it scored and how
+to use it. ``finetune`` writes it into the run folder; ``model_card(run)`` (``clm-explore card --run DIR``) makes it
+for a run saved before cards were written.
+
+Every piece of the data's text that reaches the card (labels, mined groups, the data's name) is escaped: the card
+is Markdown that a Hub page, an editor's preview or a notebook renders, and a label must stay a label there.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from clm_explore.config import BUDGET_METHODS
+from clm_explore.masks import mask_table
+from clm_explore.modeling import DEFAULT_SOURCE, NAMED_SOURCES, SMOLLM2_SOURCE, TINY_SOURCE, ModelSourceError
+from clm_explore.runs import read_json_object, run_folder, trained_max_length
+
+CARD_FILE = "README.md"
+HUB_IDS = {DEFAULT_SOURCE: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2_SOURCE: "HuggingFaceTB/SmolLM2-135M"}
+"""The Hub's names of the bundled models (the card's ``base_model``); ``tiny-random`` is built here and has none."""
+METHOD_WORDS = {
+    "sparse": "token-driven sparse finetuning: the weight rows that matter most to the task's mined token groups "
+              "(token-restricted Fisher scores), under a budget, trained as deltas; nothing added to the model",
+    "sparse_merged": "token-driven sparse finetuning with adaptive tokenization: the top multi-piece token groups "
+                     "merged into unused vocabulary slots, then the rows that matter most to them trained",
+    "full": "full finetuning: every weight trained",
+    "head": "a linear probe: only the classification head trained",
+    "bitfit": "BitFit: only the biases (and the head) trained",
+    "lora": "LoRA (peft), merged into the weights after training",
+    "prefix": "prefix tuning (peft): trained keys and values before every layer's attention, kept in adapter/",
+    "layers": "whole layers, the top-ranked by their scores, up to the budget",
+    "random": "random weight rows at the budget (a baseline)",
+    "fisher": "the rows of highest Fisher score over every position, without the token restriction (a baseline)",
+    "gradient": "the rows of largest gradient magnitude (a static mask, a baseline)",
+}
+MAX_LABELS_LISTED = 50
+"""Per-label F1 rows in the card (lowest first); the rest are counted."""
+MAX_GROUPS_LISTED = 10
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")  # inline; a data text never starts a line here
+
+
+class ModelCardError(ValueError):
+    """A folder that holds no finished run, named with what to do."""
+
+
+def md_text(value: Any) -> str:
+    """Any value as literal Markdown text on one line: its special characters escaped and ``<`` ``&`` as entities
+    (no HTML tag, link or image from the data), line breaks as spaces (a table cell stays one cell)."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def model_card(run: Any) -> str:
+    """The model card of a finished run (its folder, the ``FinetuneResult`` or a registry record), as Markdown with
+    the Hub's YAML metadata on top.
+
+    Raises:
+        ModelCardError: the folder holds no finished run (no clm_run.json, no model, or a run that did not succeed).
+    """
+    folder = run_folder(run)
+    meta = read_json_object(folder / "clm_run.json")
+    metrics = read_json_object(folder / "metrics.json")
+    if not meta or not (folder / "config.json").is_file() or metrics.get("status") != "succeeded":
+        raise ModelCardError(f"{folder} holds no finished run (a card needs the clm_run.json, config.json and a "
+                             "metrics.json of a run that succeeded): pass the folder finetune wrote.")
+    return _card(folder, meta, metrics).content
+
+
+def write_model_card(run: Any) -> Path:
+    """Write the run's model card as README.md in its folder (replacing an earlier card) and return its path."""
+    folder = run_folder(run)
+    path = folder / CARD_FILE
+    text = model_card(folder)
+    tmp = path.with_name(f".{CARD_FILE}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _card(folder: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> ModelCard:
+    method = str(meta.get("method") or metrics.get("method") or "?")
+    data_name = Path(str(meta.get("data") or "the data")).name or "the data"
+    data = _card_data(folder.name, method, str(meta.get("source") or ""), data_name, metrics)
+    sections = [
+        f"# {md_text(folder.name)}",
+        _summary(method, meta, metrics, data_name),
+        _use_it(folder, method),
+        _results(metrics),
+        _training(meta, metrics),
+        _trained(folder, method, metrics),
+        _tokens(folder),
+        _notes(metrics),
+        "Made with clm-explore. The figures are one run's (one seed): compare methods over several seeds "
+        "(`clm-explore bench --seeds N`).",
+    ]
+    body = "\n\n".join(part for part in sections if part)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def _card_data(name: str, method: str, source: str, data_name: str, metrics: dict[str, Any]) -> ModelCardData:
+    results = [
+        EvalResult(task_type="text-classification", dataset_type=data_name, dataset_name=data_name,
+                   dataset_split="test", metric_type=kind, metric_name=label, metric_value=round(float(value), 4))
+        for kind, label, value in (("accuracy", "accuracy", metrics.get("accuracy")),
+                                   ("f1", "macro-F1", metrics.get("macro_f1")))
+        if isinstance(value, int | float)
+    ]
+    tags = ["clm-explore", "text-classification", method.replace("_", "-")]
+    if method in BUDGET_METHODS:
+        tags.append("sparse-finetuning")
+    return ModelCardData(library_name="transformers", pipeline_tag="text-classification", tags=tags,
+                         base_model=HUB_IDS.get(source), model_name=name, eval_results=results or None,
+                         metrics=["accuracy", "f1"])
+
+
+def _base_words(source: str) -> str:
+    if source in HUB_IDS:
+        return f"`{HUB_IDS[source]}` (clm-explore's `{source}`)"
+    if source == TINY_SOURCE:
+        return "a tiny random BERT (clm-explore's `tiny-random`, for tests)"
+    if source in NAMED_SOURCES or not source:
+        return f"`{md_text(source or 'an unrecorded model')}`"
+    return f"the model in the folder `{md_text(Path(source).name)}`"  # the folder's name: a server's paths stay there
+
+
+def _summary(method: str, meta: dict[str, Any], metrics: dict[str, Any], data_name: str) -> str:
+    labels = metrics.get("labels") or []
+    words = METHOD_WORDS.get(method, md_text(method))
+    lines = [f"A text classifier of {len(labels)} labels, trained on {md_text(data_name)} from "
+             f"{_base_words(str(meta.get('source') or ''))} with `{method}`: {words}."]
+    trainable, total = metrics.get("trainable_params"), metrics.get("total_params")
+    if isinstance(trainable, int) and isinstance(total, int):
+        lines.append(f"Trained {trainable:,} of its {total:,} parameters (the classification head's included).")
+    return "\n".join(lines)
+
+
+def _use_it(folder: Path, method: str) -> str:
+    length = trained_max_length(folder)
+    if method == "prefix":  # the prefix is an adapter beside the model: only clm-explore (or peft) puts it back
+        code = ("from clm_explore import predict\n\n"
+                f'predict("path/to/{folder.name}", ["a text to classify"])  # a probability per label')
+    else:
+        code = ("from transformers import pipeline\n\n"
+                f'classify = pipeline("text-classification", model="path/to/{folder.name}")\n'
+                f'classify("a text to classify", truncation=True, max_length={length})')
+    return (f"## Use it\n\n```python\n{code}\n```\n\nIt was trained on texts cut to {length} sub-tokens; "
+            "`clm-explore predict --run DIR --text ...` reads them the same way.")
+
+
+def _results(metrics: dict[str, Any]) -> str:
+    lines = [f"## Results on the test split ({int(metrics.get('test_rows') or 0):,} rows)", "",
+             "| accuracy | macro-F1 |", "| --- | --- |",
+             f"| {_share(metrics.get('accuracy'))} | {_share(metrics.get('macro_f1'))} |"]
+    oos = metrics.get("out_of_scope")
+    if isinstance(oos, dict):
+        lines += ["", f"The test split holds {int(oos.get('rows') or 0):,} rows of labels not in train: rejected as "
+                  f"out of scope below a probability threshold set on validation, they make accuracy "
+                  f"{_share(oos.get('accuracy'))}, macro-F1 {_share(oos.get('macro_f1'))} (in-scope rows "
+                  f"{_share(oos.get('in_scope_accuracy'))}, out-of-scope recall {_share(oos.get('oos_recall'))})."]
+    per_label = metrics.get("per_label_f1")
+    if isinstance(per_label, dict) and per_label:
+        ranked = sorted(per_label.items(), key=lambda item: (item[1], item[0]))
+        lines += ["", "### F1 per label, lowest first", "", "| label | F1 |", "| --- | --- |"]
+        lines += [f"| {md_text(label)} | {_share(f1)} |" for label, f1 in ranked[:MAX_LABELS_LISTED]]
+        if len(ranked) > MAX_LABELS_LISTED:
+            lines.append(f"\n{len(ranked) - MAX_LABELS_LISTED} more labels, every one's F1 in metrics.json.")
+    curve = metrics.get("val_curve") or []
+    if curve:
+        lines += ["", "### Accuracy after each epoch", "", "| epoch | seconds | accuracy | split |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {p.get('epoch')} | {float(p.get('seconds') or 0):.1f} | {_share(p.get('accuracy'))} | "
+                  f"{md_text(p.get('split', 'validation'))} |" for p in curve]
+    return "\n".join(lines)
+
+
+def _share(value: Any) -> str:
+    return f"{float(value):.4f}" if isinstance(value, int | float) else "-"
+
+
+def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
+    cfg = meta.get("config") or {}
+    rows = [("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
+            ("learning rate", metrics.get("lr")), ("schedule", cfg.get("schedule")),
+            ("weight decay", cfg.get("weight_decay")), ("seed", metrics.get("seed")),
+            ("device", metrics.get("device")),
+            ("training time", f"{float(metrics.get('train_seconds') or 0):.1f} s"
+             + (f" (after {float(metrics['prep_seconds']):.1f} s of preparation)" if metrics.get("prep_seconds")
+                else "")),
+            ("peak memory", f"{float(metrics.get('peak_memory_mb') or 0):,.0f} MB"),
+            ("trained", str(meta.get("created") or "")[:19].replace("T", " ") + " UTC")]
+    lines = ["## Training", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows if value not in (None, "")]  # the tool's own values
+    lines.append("\nEvery setting: `clm_run.json` (the `FinetuneConfig`); every figure: `metrics.json`.")
+    return "\n".join(lines)
+
+
+def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:
+    if method not in BUDGET_METHODS:
+        return ""
+    lines = ["## What was trained", ""]
+    budget, selected = metrics.get("budget"), metrics.get("selected_params")
+    if isinstance(budget, int | float) and isinstance(selected, int):
+        lines.append(f"Budget {budget:g}: {selected:,} parameters chosen ({float(metrics.get('budget_share') or 0):.2%} "
+                     f"of the backbone); the lowest layer trained is {metrics.get('lowest_layer')}, so backward stops "
+                     "there.")
+    if method == "layers" and metrics.get("layers") is not None:
+        lines.append(f"Layers trained: {md_text(metrics['layers'])}.")
+    try:
+        table = mask_table(folder)
+    except ModelSourceError:  # a damaged masks file: the card goes without its table (the report names the file)
+        table = None
+    if table is not None and not table.empty:
+        per_layer = table.groupby("layer", sort=False)[["selected_rows", "rows"]].sum()
+        order = sorted(per_layer.index, key=lambda layer: -1 if layer == "emb" else int(layer))
+        lines += ["", "| layer | rows chosen | rows |", "| --- | --- | --- |"]
+        lines += [f"| {layer} | {int(per_layer.loc[layer, 'selected_rows']):,} | {int(per_layer.loc[layer, 'rows']):,} |"
+                  for layer in order]
+        lines.append("\nThe rows of every matrix: `masks.safetensors`; the trained rows' changes: `delta.safetensors`.")
+    return "\n".join(lines)
+
+
+def _tokens(folder: Path) -> str:
+    saved = read_json_object(folder / "task_tokens.json")
+    groups = [g for g in saved.get("groups") or [] if isinstance(g, dict)][:MAX_GROUPS_LISTED]
+    if not groups:
+        return ""
+    lines = ["## Task token groups (mined from the training split, top by score)", "",
+             "| group | count | label most associated | lift |", "| --- | --- | --- | --- |"]
+    lines += [f"| {md_text(g.get('text', ''))} | {g.get('count', '')} | {md_text(g.get('label', ''))} | "
+              f"{float(g.get('lift') or 0):.2f} |" for g in groups]
+    return "\n".join(lines)
+
+
+def _notes(metrics: dict[str, Any]) -> str:
+    notes = [str(v) for k, v in sorted(metrics.items()) if k.endswith("_note") and v]
+    return "## Notes\n\n" + "\n".join(f"- {md_text(note)}" for note in notes) if notes else ""

@@ -1,0 +1,112 @@
+"""The model card (README.md) a finished run carries: the Hub's metadata, Markdown that keeps the data's text literal,
+a usage snippet that works, and `clm-explore card`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from huggingface_hub import ModelCard
+
+from clm_explore.cli import main
+from clm_explore.config import FinetuneConfig, MaskConfig
+from clm_explore.data import AnnotatedData
+from clm_explore.model_card import ModelCardError, md_text, model_card, write_model_card
+from clm_explore.training import finetune
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory, tiny_data_module):
+    cfg = FinetuneConfig(method="sparse", epochs=1, batch_size=16, device="cpu", mask=MaskConfig(budget=0.03))
+    return finetune(tiny_data_module, cfg, tmp_path_factory.mktemp("runs") / "sparse", source="tiny-random")
+
+
+def test_a_finished_run_carries_a_card_the_hub_reads_with_its_figures(sparse_run):
+    card = ModelCard.load(sparse_run.out_dir / "README.md")  # huggingface_hub's own parser of the metadata
+    metrics = sparse_run.metrics
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
+    assert {"clm-explore", "sparse", "sparse-finetuning"} <= set(card.data.tags)
+    assert card.data.base_model is None  # the tiny random model has no name on the Hub
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"accuracy": round(metrics["accuracy"], 4), "f1": round(metrics["macro_f1"], 4)}
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    text = card.text
+    for label in metrics["labels"]:  # a row per label, lowest F1 first
+        assert f"| {md_text(label)} | {metrics['per_label_f1'][label]:.4f} |" in text
+    f1s = [float(v) for v in re.findall(r"^\| \S+ \| (\d\.\d{4}) \|$", text.split("### F1 per label")[1].split("###")[0],
+                                        flags=re.M)]
+    assert len(f1s) == len(metrics["labels"]) and f1s == sorted(f1s)
+    assert f"{metrics['selected_params']:,} parameters chosen" in text
+    assert f"the lowest layer trained is {metrics['lowest_layer']}" in text
+    rows = re.findall(r"^\| (\d+|emb) \| ([\d,]+) \| ([\d,]+) \|$", text, flags=re.M)  # rows chosen per layer
+    assert rows and min(int(r[0]) for r in rows if r[0] != "emb") >= metrics["lowest_layer"]
+    assert sum(int(r[1].replace(",", "")) for r in rows) > 0
+    assert "## Task token groups" in text
+
+
+def test_the_cards_usage_snippet_predicts_what_the_run_predicts(sparse_run, tiny_data_module):
+    from transformers import pipeline
+
+    from clm_explore.batches import predict
+
+    snippet = re.search(r"```python\n(.*?)```", model_card(sparse_run), flags=re.S).group(1)
+    assert 'pipeline("text-classification", model=' in snippet and "max_length=64" in snippet
+    texts = tiny_data_module.test["text"].head(8).tolist()
+    classify = pipeline("text-classification", model=str(sparse_run.out_dir))
+    shown = [r["label"] for r in classify(texts, truncation=True, max_length=64)]
+    assert shown == predict(sparse_run, texts).idxmax(axis=1).tolist()
+
+
+def test_the_datas_text_stays_literal_in_the_card(tmp_path):
+    hostile = ["<img src=x onerror=alert(1)>", "[click](http://example.com)", "a|b", "**bold**\nnext line"]
+    rows = [(f"text {i} about {j}", label) for j, label in enumerate(hostile) for i in range(6)]
+    frame = pd.DataFrame(rows, columns=["text", "label"])
+    data = AnnotatedData(frame, frame, frame, sorted(set(frame["label"])), source=str(tmp_path / "<b>data</b>"))
+    run = finetune(data, FinetuneConfig(method="head", epochs=1, device="cpu"), tmp_path / "run", source="tiny-random")
+    text = (run.out_dir / "README.md").read_text()
+    assert "<img" not in text and "<b>" not in text and "](http" not in text and "**bold**" not in text
+    per_label = text.split("### F1 per label")[1].split("###")[0]
+    table = [line for line in per_label.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(table) == len(hostile)
+    assert all(len(re.split(r"(?<!\\)\|", line)) == 4 for line in table)  # a | in a label does not add a cell
+    assert md_text("a|b") == r"a\|b" and md_text("<x> & y") == "&lt;x\\> &amp; y"
+
+
+def test_a_folder_without_a_finished_run_has_no_card(tmp_path, sparse_run):
+    with pytest.raises(ModelCardError, match="holds no finished run"):
+        model_card(tmp_path)
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    for name in ("clm_run.json", "config.json"):
+        (stopped / name).write_text((sparse_run.out_dir / name).read_text())
+    (stopped / "metrics.json").write_text(json.dumps({"status": "cancelled", "steps": 3}))
+    with pytest.raises(ModelCardError):
+        write_model_card(stopped)
+    assert not (stopped / "README.md").exists()
+
+
+def test_a_card_that_cannot_be_made_leaves_the_run_succeeded(tmp_path, tiny_data, monkeypatch):
+    from clm_explore import model_card as cards
+
+    def broken(run):
+        raise KeyError("per_label_f1")
+
+    monkeypatch.setattr(cards, "write_model_card", broken)
+    with pytest.warns(UserWarning, match="model card .* could not be written .*clm-explore card --run"):
+        run = finetune(tiny_data, FinetuneConfig(method="head", epochs=1, device="cpu"), tmp_path / "run",
+                       source="tiny-random")
+    assert run.status == "succeeded" and not (run.out_dir / "README.md").exists()
+
+
+def test_card_command_prints_writes_and_refuses(sparse_run, tmp_path, capsys):
+    folder = sparse_run.out_dir
+    assert main(["card", "--run", str(folder)]) == 0
+    assert capsys.readouterr().out == model_card(folder)
+    (folder / "README.md").unlink()  # a run saved before cards were written
+    assert main(["card", "--run", str(folder), "--write", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["path"] == str(folder / "README.md") and shown["card"] == (folder / "README.md").read_text()
+    assert main(["card", "--run", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
