@@ -71,7 +71,7 @@ _EXPORTS = {
     "load_model": "clm_explore.modeling",
     "load_run": "clm_explore.modeling",
     "mine_task_tokens": "clm_explore.mining",
-    "model_card": "clm_explore.model_card",
+    "model_card": "clm_explore.cards",
     "predict": "clm_explore.batches",
     "predict_proba": "clm_explore.batches",
     "relabelled": "clm_explore.label_issues",
@@ -80,7 +80,7 @@ _EXPORTS = {
     "splits_csv": "clm_explore.label_issues",
     "splits_zip": "clm_explore.label_issues",
     "weight_changes": "clm_explore.changes",
-    "write_model_card": "clm_explore.model_card",
+    "write_model_card": "clm_explore.cards",
     "write_report": "clm_explore.report",
 }
 

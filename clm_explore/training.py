@@ -871,7 +871,7 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
 def _write_card(out_dir: Path) -> None:
     """The run's model card (README.md); a card that cannot be made is said in a warning, not a failed run: the
     model and its figures are saved, and ``clm-explore card`` can make it later."""
-    from clm_explore.model_card import write_model_card
+    from clm_explore.cards import write_model_card
 
     try:
         write_model_card(out_dir)

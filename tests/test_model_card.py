@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from huggingface_hub import ModelCard
 
+from clm_explore.cards import ModelCardError, md_text, model_card, write_model_card
 from clm_explore.cli import main
 from clm_explore.config import FinetuneConfig, MaskConfig
 from clm_explore.data import AnnotatedData
-from clm_explore.model_card import ModelCardError, md_text, model_card, write_model_card
 from clm_explore.training import finetune
 
 
@@ -88,7 +88,7 @@ def test_a_folder_without_a_finished_run_has_no_card(tmp_path, sparse_run):
 
 
 def test_a_card_that_cannot_be_made_leaves_the_run_succeeded(tmp_path, tiny_data, monkeypatch):
-    from clm_explore import model_card as cards
+    from clm_explore import cards
 
     def broken(run):
         raise KeyError("per_label_f1")

@@ -222,7 +222,7 @@ def run_changes(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from clm_explore.model_card import ModelCardError, model_card, write_model_card
+    from clm_explore.cards import ModelCardError, model_card, write_model_card
 
     run = checked_run(args.run, "--run")
     try:

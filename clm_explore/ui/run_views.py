@@ -18,9 +18,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
+from clm_explore.cards import CARD_FILE, ModelCardError, model_card
 from clm_explore.config import BUDGET_METHODS
 from clm_explore.metrics import confusion_table
-from clm_explore.model_card import CARD_FILE, ModelCardError, model_card
 from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read_json_object
 from clm_explore.ui import cache, state, views
