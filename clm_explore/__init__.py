@@ -33,6 +33,11 @@ The method x budget x seed grid, as ``clm-explore bench`` runs it (each cell a `
     result = clm.run_grid("sample_data/banking77_20", clm.BenchConfig(methods=("full", "sparse"), seeds=3), "bench/out")
     result.summary  # mean and std per method and budget; result.files names the CSV and the HTML report
 
+Every error the API raises for a user's input is exported too (``except clm.DataError``): ``DataError`` (the data),
+``ConfigError`` (a config's values), ``ModelSourceError`` (a model or run that cannot be loaded), ``RunFolderError``
+(an output folder that cannot be written), ``RunStoreError``, ``AttributionError``, ``ReportPathError``,
+``ChangesError``, ``ModelCardError``, ``TooFewRowsError``.
+
 Names are imported lazily, so ``import clm_explore`` (and the CLI's ``--help``) stays fast.
 """
 
@@ -44,8 +49,12 @@ from typing import Any
 _EXPORTS = {
     "AnnotatedData": "clm_explore.data",
     "AttributionConfig": "clm_explore.config",
+    "AttributionError": "clm_explore.attribution",
     "BenchConfig": "clm_explore.bench",
+    "ChangesError": "clm_explore.changes",
+    "ConfigError": "clm_explore.config",
     "DataConfig": "clm_explore.config",
+    "DataError": "clm_explore.data",
     "FinetuneConfig": "clm_explore.config",
     "FinetuneResult": "clm_explore.training",
     "LabelAuditConfig": "clm_explore.config",
@@ -54,19 +63,27 @@ _EXPORTS = {
     "MaskConfig": "clm_explore.config",
     "MaskSelection": "clm_explore.masks",
     "MiningConfig": "clm_explore.config",
+    "ModelCardError": "clm_explore.cards",
+    "ModelSourceError": "clm_explore.modeling",
+    "ReportPathError": "clm_explore.report",
+    "RunFolderError": "clm_explore.runs",
     "RunStore": "clm_explore.runs",
+    "RunStoreError": "clm_explore.runs",
     "SensitivityConfig": "clm_explore.config",
     "SensitivityReport": "clm_explore.sensitivity",
     "StepInfo": "clm_explore.training",
     "TaskTokens": "clm_explore.mining",
+    "TokenAttribution": "clm_explore.attribution",
+    "TooFewRowsError": "clm_explore.label_issues",
     "adaptive_tokenization": "clm_explore.mining",
+    "build_report": "clm_explore.report",
     "case_study": "clm_explore.casestudy",
     "compare_run_groups": "clm_explore.bench_results",
     "compute_sensitivity": "clm_explore.sensitivity",
     "data_report": "clm_explore.data",
     "explain": "clm_explore.attribution",
-    "finetune": "clm_explore.training",
     "find_label_issues": "clm_explore.label_issues",
+    "finetune": "clm_explore.training",
     "load_data": "clm_explore.data",
     "load_model": "clm_explore.modeling",
     "load_run": "clm_explore.modeling",

@@ -137,14 +137,16 @@ def resolve_target(model: PreTrainedModel, target: TargetSpec) -> int | None:
 
 
 def explain(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str] | str,
+    model: PreTrainedModel | LoadedModel | str | Path | Any,
+    tokenizer: PreTrainedTokenizerBase | Sequence[str] | str,
+    texts: Sequence[str] | str | None = None,
     cfg: AttributionConfig | None = None,
     target: TargetSpec | Sequence[TargetSpec] = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[TokenAttribution]:
-    """Integrated-Gradients word attributions of each text.
+    """Integrated-Gradients word attributions of each text: ``explain(model, tokenizer, texts)``, or as ``predict``
+    is called, ``explain(run, texts)`` (a run folder, run id, ``FinetuneResult``, registry record or ``LoadedModel``;
+    the other arguments then by name).
 
     Args:
         model: a sequence classifier; put in eval mode for the call (its previous mode is restored),
@@ -161,6 +163,10 @@ def explain(
     Returns:
         One ``TokenAttribution`` per text, in input order.
     """
+    if not isinstance(model, torch.nn.Module):
+        model, tokenizer, texts = _run_call(model, tokenizer, texts)
+    elif texts is None:
+        raise TypeError("explain(model, tokenizer, texts): the texts are missing.")
     cfg = cfg or AttributionConfig()
     if cfg.max_length is None:
         trained = getattr(model.config, TRAINED_LENGTH_KEY, None)
@@ -209,6 +215,15 @@ def _model_lock(model: torch.nn.Module) -> threading.Lock:
         if lock is None:
             lock = _MODEL_LOCKS[model] = threading.Lock()
         return lock
+
+
+def _run_call(run: Any, texts: Any, extra: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Any]:
+    """``explain(run, texts)``'s model, tokenizer and texts."""
+    if extra is not None:
+        raise TypeError("explain takes (run, texts) or (model, tokenizer, texts); a run was given with more than its "
+                        "texts: pass cfg or target by name.")
+    loaded = run if isinstance(run, LoadedModel) else load_run(run)
+    return loaded.model, loaded.tokenizer, texts
 
 
 def _per_text_targets(

@@ -83,17 +83,22 @@ def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_l
 
 
 def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int | None = None) -> pd.DataFrame:
-    """Class probabilities of ``texts`` (one string or several) under a finished run (its folder, the
-    ``FinetuneResult`` that ``finetune`` returned or its registry record): a row per text, a column per label (in the run's label order).
+    """Class probabilities of ``texts`` (one string or several) under a finished run (its folder or run id, the
+    ``FinetuneResult`` that ``finetune`` returned, its registry record, or the run loaded: ``load_run``'s
+    ``LoadedModel``): a row per text, a column per label (in the run's label order).
     Texts are read at the run's trained length unless ``max_length`` says otherwise, so the figures match its
     predictions.csv and ``clm-explore predict``."""
-    from clm_explore.modeling import load_run
-    from clm_explore.runs import run_folder, trained_max_length
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.modeling import LoadedModel, load_run
+    from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length
 
-    run_dir = run_folder(run)
     texts = text_list(texts)
-    loaded = load_run(run_dir)
-    length = max_length or trained_max_length(run_dir)
+    if isinstance(run, LoadedModel):  # a run loaded already (load_run), as explain takes it
+        loaded, length = run, max_length or getattr(run.model.config, TRAINED_LENGTH_KEY, None) or FinetuneConfig.max_length
+    else:
+        run_dir = run_folder(run)
+        loaded = load_run(run_dir)
+        length = max_length or trained_max_length(run_dir)
     probs = predict_proba(loaded.model, loaded, texts, max_length=length)
     labels = [str(loaded.model.config.id2label[i]) for i in range(probs.shape[1])]
     return pd.DataFrame(probs, columns=labels, index=pd.Index(texts, name="text"))

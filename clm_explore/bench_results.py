@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clm_explore.runs import read_json_object
+from clm_explore.runs import read_json_object, run_folder
 
 if TYPE_CHECKING:
     from clm_explore.bench import Cell
@@ -258,13 +258,16 @@ def compare_run_groups(a: Sequence[Any], b: Sequence[Any], level: float = COMPAR
 
 
 def _run_metrics(run: Any) -> dict:
+    named = run
     if isinstance(run, str | Path):
-        file = Path(run).expanduser() / "metrics.json"
-        run = json.loads(file.read_text()) if file.is_file() else {}
+        folder = run_folder(run)  # a run id of the registry too
+        if not folder.is_dir():
+            raise ValueError(f"{run} is neither a run folder nor a run id of the registry.")
+        run = read_json_object(folder / "metrics.json")
     metrics = run if isinstance(run, dict) else getattr(run, "metrics", None)
     if not isinstance(metrics, dict) or "accuracy" not in metrics:
-        raise ValueError(f"{run!r} has no finished run's metrics (metrics.json with an accuracy): pass metrics dicts, "
-                         "FinetuneResults, registry records or run folders of finished runs.")
+        raise ValueError(f"{named!r} has no finished run's metrics (metrics.json with an accuracy): pass metrics "
+                         "dicts, FinetuneResults, registry records, run folders or run ids of finished runs.")
     return metrics
 
 

@@ -32,9 +32,9 @@ from clm_explore.attribution import AttributionConfig, TokenAttribution, explain
 from clm_explore.batches import predict_proba
 from clm_explore.data import DataError
 from clm_explore.mining import pieces_surface
-from clm_explore.modeling import ModelSourceError
+from clm_explore.modeling import ModelSourceError, finished_run
 from clm_explore.progress_bar import ProgressBar, combined
-from clm_explore.runs import run_folder, trained_max_length, write_json_atomic
+from clm_explore.runs import trained_max_length, write_json_atomic
 
 CACHE_DIR = "attributions"
 
@@ -571,7 +571,7 @@ def case_study(
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 (or None for every row), got {max_rows}.")
     cfg = cfg or AttributionConfig()
-    run_a, run_b = run_folder(run_a), run_folder(run_b) if run_b not in (None, "") else None  # "": no run B
+    run_a, run_b = finished_run(run_a), finished_run(run_b) if run_b not in (None, "") else None  # "": no run B
     bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
     try:
         return _study(run_a, run_b, data, split, cfg, k, min_count, max_rows, combined(on_progress, bar and bar.on_phase))

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from clm_explore.modeling import LoadedModel, ModelSourceError, head_parameter_names, load_model
-from clm_explore.runs import read_json_object, run_folder
+from clm_explore.modeling import LoadedModel, ModelSourceError, finished_run, head_parameter_names, load_model
+from clm_explore.runs import read_json_object
 from clm_explore.sensitivity import scored_linears
 
 
@@ -51,6 +51,10 @@ class WeightChanges:
     @property
     def share_changed(self) -> float:
         return self.backbone_params_changed / max(self.backbone_params, 1)
+
+    def __repr__(self) -> str:  # one line, as the other results print in a notebook (the table is .table)
+        return (f"WeightChanges({Path(self.run).name}: {self.backbone_params_changed:,} of {self.backbone_params:,} "
+                f"backbone parameters changed ({self.share_changed:.3%}), {len(self.table)} matrices in .table)")
 
     def summary(self) -> str:
         moved = self.table[self.table["params_changed"] > 0]
@@ -97,7 +101,7 @@ def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None
         ChangesError: not a run folder, no base model named, or a base of other weights' names or shapes.
         ModelSourceError: the run or the base model cannot be loaded.
     """
-    folder = run_folder(run)
+    folder = finished_run(run)
     if not (folder / "clm_run.json").is_file():
         raise ChangesError(f"{folder} is not a run folder (it has no clm_run.json).")
     meta = read_json_object(folder / "clm_run.json")

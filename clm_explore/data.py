@@ -29,7 +29,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from itertools import islice
 from pathlib import Path
@@ -190,8 +190,8 @@ def split_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig | None = None
-              ) -> AnnotatedData:
+def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig | None = None,
+              **options: Any) -> AnnotatedData:
     """Read and check a data file or a folder of split files (or DataFrames, with the same checks).
 
     Args:
@@ -199,6 +199,8 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
             (or ``dev``) and ``test`` files in any of those formats; or a DataFrame (one table, as a single
             file), or a dict of them by split name (``{"train": ..., "test": ...}``).
         cfg: column names, size cap and split fractions; defaults to ``DataConfig()``.
+        options: ``DataConfig`` fields by name, over ``cfg``'s: ``load_data(path, text_col="utterance",
+            label_col="intent")`` (the messages name the command line's flags: ``--label-col`` is ``label_col``).
 
     Returns:
         The three splits; missing ones are carved out of train (see ``AnnotatedData.notes``).
@@ -206,7 +208,7 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     Raises:
         DataError: the data cannot be used; the message says where and what to do.
     """
-    cfg = cfg or DataConfig()
+    cfg = _with_options(cfg or DataConfig(), options)
     if isinstance(path, pd.DataFrame | dict):
         return _load_frames(path, cfg)
     if not isinstance(path, str | os.PathLike):  # a Series or a list of rows: say what is taken, not what Path says
@@ -261,6 +263,14 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
                         "not read there. Pass one DataFrame, or drop DataConfig.split_col.")
     frames = _by_split_column(frames, "the DataFrame", notes)
     return _assemble(frames, cfg, "DataFrame", "the train DataFrame" if "train" in frames else "the DataFrame", notes)
+
+
+def _with_options(cfg: DataConfig, options: dict[str, Any]) -> DataConfig:
+    unknown = sorted(set(options) - {f.name for f in fields(DataConfig)})
+    if unknown:
+        raise TypeError(f"load_data got {', '.join(unknown)}, which DataConfig does not have; its fields: "
+                        f"{', '.join(f.name for f in fields(DataConfig))}.")
+    return replace(cfg, **options) if options else cfg
 
 
 def load_upload(raw: bytes, filename: str, cfg: DataConfig | None = None) -> AnnotatedData:

@@ -41,7 +41,7 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length  # noqa: E402
+from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length, unfinished_reason  # noqa: E402
 
 
 @contextmanager
@@ -305,17 +305,31 @@ def has_untrained_head(folder: Path) -> bool:
     return not labels or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in labels.values())
 
 
+def finished_run(run: object) -> Path:
+    """The folder of a run (as ``runs.run_folder`` takes it: a path, a run id, a result or a record) that exists and
+    did not stop unfinished.
+
+    Raises:
+        ModelSourceError: no such folder or run id, or a run that failed, was cancelled or is still training.
+    """
+    path = run_folder(run).expanduser()
+    if not path.is_dir():
+        raise ModelSourceError(f"Run folder {path} does not exist (nor is it a run id of the registry).")
+    if unfinished := unfinished_reason(path):
+        raise ModelSourceError(f"Run {path} is not finished ({unfinished}); pass a run that succeeded.")
+    return path
+
+
 @transformers_quieted()
 def load_run(run_dir: str | Path) -> LoadedModel:
-    """Load a finetuned run folder (or the ``FinetuneResult`` or registry record naming it) with its own labels (a
+    """Load a finetuned run folder (or its run id, or the ``FinetuneResult`` or registry record naming it) with its own labels (a
     prefix-tuning run gets its ``adapter/`` back).
 
     Raises:
-        ModelSourceError: the folder is missing, is not a model folder, or is a base model (``has_untrained_head``).
+        ModelSourceError: the folder is missing, holds a run that did not finish (failed, cancelled, still
+            training), is not a model folder, or is a base model (``has_untrained_head``).
     """
-    path = run_folder(run_dir).expanduser()
-    if not path.is_dir():
-        raise ModelSourceError(f"Run folder {path} does not exist.")
+    path = finished_run(run_dir)
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"Run folder {path} has no config.json; it is not a finetuned model folder.")
     if has_untrained_head(path):

@@ -650,20 +650,45 @@ TRAINED_LENGTH_KEY = "clm_max_length"
 
 
 def run_folder(run: Any) -> Path:
-    """The folder of a run given as its path, the ``FinetuneResult`` that ``finetune`` returned (``out_dir``) or a
-    registry record (``RunRecord.path``).
+    """The folder of a run given as its path, a run id of the registry (as the CLI's ``--run`` takes), the
+    ``FinetuneResult`` that ``finetune`` returned (``out_dir``) or a registry record (``RunRecord.path``).
 
     Raises:
         TypeError: anything else (a loaded model, say), named.
     """
     if isinstance(run, str | os.PathLike):
-        return Path(run)
+        path = Path(run).expanduser()
+        return path if path.exists() or not isinstance(run, str) else _registered_folder(run) or path
     for attribute in ("out_dir", "path"):
         folder = getattr(run, attribute, None)
         if isinstance(folder, str | os.PathLike):
             return Path(folder)
-    raise TypeError(f"a run is its folder, the FinetuneResult that finetune returned, or a RunStore record; got "
-                    f"{type(run).__name__}")
+    raise TypeError(f"a run is its folder, a run id of the registry, the FinetuneResult that finetune returned, or a "
+                    f"RunStore record; got {type(run).__name__}")
+
+
+def _registered_folder(run_id: str) -> Path | None:
+    """The folder of ``run_id`` in the registry of the runs root, None when it is not there (no registry is created
+    for the asking; an unreadable one answers None: the caller then says the path does not exist)."""
+    if not (default_root() / REGISTRY_NAME).is_file():
+        return None
+    try:
+        store = RunStore()
+        return store.path(run_id) if store.known([run_id]) else None
+    except RunStoreError:
+        return None
+
+
+def unfinished_reason(folder: Path) -> str | None:
+    """Why a run folder holds no finished run, in words, or None when it holds one (or is no run folder at all: the
+    caller says what it needs): finetune writes clm_run.json first, the model (config.json) at the end, and a
+    stopped run's status into metrics.json."""
+    metrics = read_json_object(folder / "metrics.json")
+    if metrics.get("status") in STOPPED_STATUSES:  # StrEnum members equal their strings
+        return f"status {metrics['status']}" + (f": {metrics['error']}" if metrics.get("error") else "")
+    if (folder / "clm_run.json").is_file() and not (folder / "config.json").is_file():
+        return "still training, or stopped before it saved its model: no config.json yet"
+    return None
 
 
 def trained_max_length(run_dir: Path) -> int:

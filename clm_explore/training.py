@@ -41,7 +41,7 @@ from clm_explore.config import (
     from_dict,
     to_dict,
 )
-from clm_explore.data import AnnotatedData, load_data, split_digest
+from clm_explore.data import AnnotatedData, DataError, load_data, split_digest
 from clm_explore.masks import (
     MaskSelection,
     budget_to_params,
@@ -743,6 +743,9 @@ def finetune(
         raise TypeError(f"source is a model name or folder, as load_model takes; got {type(source).__name__}")
     source = str(source)
     out_dir = Path(out_dir)
+    if data.test.empty:  # found after training, the metrics' failure said nothing of the data
+        raise DataError(f"{data.source or 'The data'} has no test rows to score the run on{_carve_said(data)}. Give it "
+                        "a test split (a test file, or a split column) with rows of its labels.")
     if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
         cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
     given = given_scores(scores, cfg)
@@ -866,6 +869,12 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
     if main:
         _write_card(out_dir)
     return FinetuneResult("succeeded", metrics, out_dir)
+
+
+def _carve_said(data: AnnotatedData) -> str:
+    """The data's note on its test carve, as a clause (why a carve left none, when it says)."""
+    said = [note for note in data.notes if "test" in note]
+    return f" ({said[0].rstrip('.')})" if said else ""
 
 
 def _write_card(out_dir: Path) -> None:

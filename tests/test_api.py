@@ -191,8 +191,10 @@ def test_a_wrong_argument_to_a_step_is_named_and_the_natural_stand_ins_are_taken
     assert clm_explore.predict(record, "my card").equals(clm_explore.predict(result, "my card"))  # pathlib's TypeError
     with pytest.raises(TypeError, match="texts is one string or a list of strings; got int 123"):
         clm_explore.predict(result, 123)
-    with pytest.raises(TypeError, match="a run is its folder, the FinetuneResult .* got LoadedModel"):
-        clm_explore.predict(loaded, "my card")
+    with pytest.raises(TypeError, match="a run is its folder, a run id .* got BertForSequenceClassification"):
+        clm_explore.predict(loaded.model, "my card")
+    run = clm_explore.load_run(result)  # a run loaded already: as explain takes it
+    assert clm_explore.predict(run, "my card").equals(clm_explore.predict(result, "my card"))
     [explained] = clm_explore.explain(loaded.model, loaded.tokenizer, "my card has not arrived yet")
     assert isinstance(explained, TokenAttribution) and len(repr(explained)) < 160  # 528 characters a text before
     assert repr(explained).startswith(f"TokenAttribution({explained.target_label} p=")
@@ -214,3 +216,51 @@ def test_overwrite_keeps_the_earlier_run_when_the_new_one_is_refused_before_it_s
                              source="tiny-random", overwrite=True, progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == kept
     assert clm_explore.predict(tmp_path / "run", "my card").shape == (1, len(tiny_data.labels))
+
+
+def test_a_run_id_works_where_a_run_folder_does_and_an_unfinished_run_is_named(tiny_data, tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    head = replace(clm_explore.FinetuneConfig(method="head"), epochs=1)
+    done = clm_explore.finetune(tiny_data, head, tmp_path / "done", source="tiny-random")
+    run_id = clm_explore.RunStore().register_folder(done.out_dir).id
+    text = "my card has not arrived"
+    assert clm_explore.predict(run_id, text).equals(clm_explore.predict(done, text))  # as the CLI's --run takes it
+    assert clm_explore.load_run(run_id).model.config.id2label == clm_explore.load_run(done).model.config.id2label
+    assert clm_explore.explain(run_id, text)[0].tokens == clm_explore.explain(done.out_dir, [text])[0].tokens
+    assert repr(clm_explore.weight_changes(run_id)).startswith("WeightChanges(done: 0 of ")  # a probe moves no weight
+    assert clm_explore.compare_run_groups([run_id], [done]).loc[0, "a_runs"] == 1
+    stopped = clm_explore.finetune(tiny_data, head, tmp_path / "stopped", source="tiny-random",
+                                   should_stop=lambda: True)
+    assert stopped.status == "cancelled"
+    for call in (lambda: clm_explore.predict(stopped, text), lambda: clm_explore.load_run(tmp_path / "stopped"),
+                 lambda: clm_explore.weight_changes(stopped), lambda: clm_explore.case_study(stopped),
+                 lambda: clm_explore.explain(stopped, text)):
+        with pytest.raises(clm_explore.ModelSourceError, match=r"is not finished \(status cancelled\)"):
+            call()
+    for call in (lambda: clm_explore.case_study(tmp_path / "nope"), lambda: clm_explore.predict("nope-id", text)):
+        with pytest.raises(clm_explore.ModelSourceError, match="does not exist .nor is it a run id"):
+            call()
+    with pytest.raises(ValueError, match="nope is neither a run folder nor a run id"):
+        clm_explore.compare_run_groups([tmp_path / "nope"], [done])
+    with pytest.raises(TypeError, match="pass cfg or target by name"):
+        clm_explore.explain(done, text, clm_explore.AttributionConfig())
+
+
+def test_data_without_test_rows_is_refused_before_training_and_load_data_takes_config_fields(tiny_data, tmp_path):
+    import pytest
+
+    twice = pd.DataFrame({"text": ["a b", "c d"] * 30, "label": ["x", "y"] * 30})  # two texts: no test carve
+    with pytest.raises(clm_explore.DataError, match="has no test rows to score the run on .No test split was given"):
+        clm_explore.finetune(twice, clm_explore.FinetuneConfig(method="head", epochs=1), tmp_path / "run",
+                             source="tiny-random")
+    assert not (tmp_path / "run").exists()
+    renamed = tiny_data.train.rename(columns={"text": "utterance", "label": "intent"})
+    loaded = clm_explore.load_data(renamed, text_col="utterance", label_col="intent")  # DataConfig's fields by name
+    assert loaded.labels == tiny_data.labels
+    assert clm_explore.load_data(renamed, clm_explore.DataConfig(text_col="x"), text_col="utterance",
+                                 label_col="intent").labels == tiny_data.labels  # over the cfg's
+    with pytest.raises(TypeError, match="load_data got textcol, which DataConfig does not have; its fields: text_col"):
+        clm_explore.load_data(renamed, textcol="utterance")

@@ -19,7 +19,7 @@ from clm_explore.cli import (
     refuse_untrained_head,
 )
 from clm_explore.config import AttributionConfig, DataConfig  # torch and captum load only when a command runs
-from clm_explore.runs import trained_max_length
+from clm_explore.runs import trained_max_length, unfinished_reason
 
 if TYPE_CHECKING:
     from clm_explore.attribution import TokenAttribution
@@ -152,7 +152,7 @@ def checked_run(path: str | None, flag: str) -> Path | None:
         if not run.is_dir():  # the registry's folder was moved or deleted since
             raise UserError(f"{flag} {path}: the run's folder {run} does not exist (moved or deleted); pass the "
                             "folder where it is now.")
-    unfinished = _unfinished(run)
+    unfinished = unfinished_reason(run)
     if unfinished is None and run_id is not None and not (run / "config.json").is_file():
         unfinished = _registry_unfinished(run_id)  # its folder has no model yet: what the registry says
     if unfinished:
@@ -160,19 +160,6 @@ def checked_run(path: str | None, flag: str) -> Path | None:
     if not (run / "config.json").is_file():
         raise UserError(f"{flag} {path}: not a run folder (no config.json); pass the folder finetune wrote.")
     return refuse_untrained_head(run, flag)
-
-
-def _unfinished(run: Path) -> str | None:
-    """Why a run folder holds no finished run, in words (its status), or None: finetune writes clm_run.json first,
-    the model (config.json) at the end, and a stopped run's status into metrics.json."""
-    from clm_explore.runs import STOPPED_STATUSES, read_json_object
-
-    metrics = read_json_object(run / "metrics.json")
-    if metrics.get("status") in STOPPED_STATUSES:  # StrEnum members equal their strings
-        return f"status {metrics['status']}" + (f": {metrics['error']}" if metrics.get("error") else "")
-    if (run / "clm_run.json").is_file() and not (run / "config.json").is_file():
-        return "still training, or stopped before it saved its model: no config.json yet"
-    return None
 
 
 def _registry_unfinished(run_id: str) -> str | None:
