@@ -1,4 +1,5 @@
-"""A uniform average of the trained weights over the last steps of training (tail averaging, as in SWA).
+"""Trained weights kept aside: a uniform average over the last steps of training (tail averaging, as in SWA), or a
+copy of the best epoch's (``FinetuneConfig.keep_best``).
 
 Only the parameters the optimizer trains are averaged: for the row methods those are the row deltas, the
 head and the norms, a few hundred thousand numbers, so the average costs no copy of the frozen model
@@ -55,3 +56,26 @@ class TailAverage:
             live = p.detach().float().clone()
             p.copy_(mean.to(p.dtype))
             mean.copy_(live)
+
+
+class BestWeights:
+    """A copy of ``params`` as they were at the best evaluation so far: ``keep()`` takes it (over the last), and
+    ``restore()`` puts it back into the parameters. Only the trained parameters, as for the average."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        self.params = params
+        self.copies: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def keep(self) -> None:
+        if self.copies is None:
+            self.copies = [p.detach().clone() for p in self.params]
+        else:
+            for copy, p in zip(self.copies, self.params, strict=True):
+                copy.copy_(p)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self.copies is not None:
+            for copy, p in zip(self.copies, self.params, strict=True):
+                p.copy_(copy)

@@ -84,7 +84,8 @@ SPREAD_SUFFIX = "+spread"
 (``finetune --spread-heads``): the mask variant ``tune_spread`` sweeps and ``score`` may fix per method."""
 SAME_CELLS = ("data", "model", "epochs", "shots", "limit", "batch_size", "max_length", "data_seed", "tune_lr", "lr",
               "tune_score", "score", "cold_head", "schedule", "average_last", "tune_widen",
-              "tune_each_budget", "spread_heads", "tune_spread", "prefix_init", "weight_decay")
+              "tune_each_budget", "spread_heads", "tune_spread", "prefix_init", "weight_decay", "keep_best",
+              "early_stop")
 """Config fields that change what a finished cell means; a resumed grid must match them."""
 LEGACY_DEFAULTS = {"tune_widen": 0}
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
@@ -147,6 +148,11 @@ class BenchConfig:
     to full finetuning's accuracy on banking77 (BENCHMARKS.md); the grid gives it to every method alike."""
     prefix_init: str = FinetuneConfig.prefix_init
     """Where the prefix method's cells start (``finetune --prefix-init``)."""
+    keep_best: bool = False
+    """Every cell saves and scores the weights of its best epoch on validation (``finetune --keep-best``); the
+    learning-rate sweep's cells too, scored on the validation rows that chose their epoch, alike for every method."""
+    early_stop: int = 0
+    """Every cell stops after this many epochs without a better validation accuracy (``finetune --early-stop``)."""
     weight_decay: dict[str, float] = field(default_factory=dict)
     """AdamW weight decay per method (``finetune --weight-decay``; e.g. ``{"sparse": 1.0}``), in its sweep's cells
     too; the rest train without."""
@@ -191,7 +197,8 @@ class BenchConfig:
             raise BenchError(f"jobs must be >= 1, got {self.jobs}")
         try:  # finetune's own rules, said before any cell rather than by every cell
             FinetuneConfig(schedule=self.schedule, average_last=self.average_last, batch_size=self.batch_size,
-                           max_length=self.max_length, prefix_init=self.prefix_init)
+                           max_length=self.max_length, prefix_init=self.prefix_init, keep_best=self.keep_best,
+                           early_stop=self.early_stop)
         except ConfigError as exc:
             raise BenchError(str(exc)) from exc
         if self.shots < 0 or self.limit < 0:
@@ -481,6 +488,10 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
         cmd += ["--schedule", cfg.schedule]
     if cfg.average_last:
         cmd += ["--average-last", repr(cfg.average_last)]
+    if cfg.keep_best:
+        cmd.append("--keep-best")
+    if cfg.early_stop:
+        cmd += ["--early-stop", str(cfg.early_stop)]
     if cell.method == "prefix" and cfg.prefix_init != FinetuneConfig.prefix_init:
         cmd += ["--prefix-init", cfg.prefix_init]
     if cfg.weight_decay.get(cell.method):

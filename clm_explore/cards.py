@@ -187,7 +187,11 @@ def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     cfg = meta.get("config") or {}
     rows = [("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
             ("learning rate", metrics.get("lr")), ("schedule", cfg.get("schedule")),
-            ("weight decay", cfg.get("weight_decay")), ("seed", metrics.get("seed")),
+            ("weight decay", cfg.get("weight_decay")),
+            ("stopped early", f"after epoch {metrics['stopped_after']}" if metrics.get("stopped_after") else None),
+            ("weights saved", f"epoch {metrics['saved_epoch']}'s, the best on validation" if cfg.get("keep_best")
+             and metrics.get("saved_epoch") else None),
+            ("seed", metrics.get("seed")),
             ("device", metrics.get("device")),
             ("training time", f"{float(metrics.get('train_seconds') or 0):.1f} s"
              + (f" (after {float(metrics['prep_seconds']):.1f} s of preparation)" if metrics.get("prep_seconds")

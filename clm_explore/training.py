@@ -30,7 +30,7 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 from transformers import PreTrainedModel, get_scheduler
 
-from clm_explore.averaging import TailAverage
+from clm_explore.averaging import BestWeights, TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import (
     ConfigError,
@@ -864,6 +864,11 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
                    device=str(device), status="succeeded")
     if loop.average is not None:
         metrics["averaged_steps"] = loop.average.count
+    if cfg.keep_best or cfg.early_stop:
+        metrics.update(best_epoch=loop.best_epoch, best_val_accuracy=loop.best_accuracy,
+                       saved_epoch=loop.best_epoch if cfg.keep_best else len(loop.epoch_seconds))
+    if loop.stopped_after is not None:
+        metrics["stopped_after"] = loop.stopped_after
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
     if main:
@@ -945,6 +950,11 @@ class _TrainLoop:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.average = (TailAverage.for_share([p for g in self.optimizer.param_groups for p in g["params"]],
                                               cfg.average_last, self.total_steps) if cfg.average_last else None)
+        trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.best_weights = BestWeights(trained) if cfg.keep_best else None
+        self.best_accuracy, self.best_epoch = -1.0, 0
+        self.stopped_after: int | None = None
+        """The epoch after which ``early_stop`` ended training, None when it ran every epoch."""
         self.step = self.examples = 0
         self.train_seconds = float(prepared.info.get("prep_seconds", 0.0))
         self.val_curve: list[dict] = []
@@ -988,10 +998,26 @@ class _TrainLoop:
                 self.examples += step_examples
                 self._report(epoch, self.last_loss, None)
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
-            self._end_epoch(epoch)
+            if self._no_gain_for_long(epoch, self._end_epoch(epoch)):
+                self.stopped_after = epoch
+                break
         if self.average is not None:
             self.average.swap()  # training's result is the average from here on (evaluation, saving)
+        if self.best_weights is not None:
+            self.best_weights.restore()  # training's result is the best epoch's weights (the last's when it was best)
         return "succeeded"
+
+    def _no_gain_for_long(self, epoch: int, accuracy: float | None) -> bool:
+        """Track the best validation accuracy (keeping its weights with ``keep_best``); True when ``early_stop``
+        epochs in a row have not bettered it."""
+        if accuracy is None:
+            return False
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, epoch
+            if self.best_weights is not None:
+                with self.memory.paused() if self.memory else nullcontext():  # kept like the evaluation: untimed
+                    self.best_weights.keep()
+        return bool(self.cfg.early_stop) and epoch - self.best_epoch >= self.cfg.early_stop
 
     def _prefix_cache(self) -> PrefixCache | None:
         """The frozen layers' outputs, when configured: the ones built for scoring where they still apply
@@ -1041,17 +1067,24 @@ class _TrainLoop:
         return [(batches[start + self.rank], sum(len(b) for b in batches[start : start + self.world]))
                 for start in range(0, usable, self.world)]
 
-    def _end_epoch(self, epoch: int) -> None:
+    def _end_epoch(self, epoch: int) -> float | None:
+        """Evaluate on the curve's split (the epoch's point of ``val_curve``) and return its accuracy; None when
+        there is no evaluation."""
         split = self.data.split(self.cfg.curve_split)
         if not self.cfg.eval_every_epoch or split.empty:
-            return
+            return None
         with self.memory.paused() if self.memory else nullcontext(), self._averaged():
             probs = predict_proba(self.eval_model, self.loaded, split["text"].tolist(), self.cfg.max_length,
                                   device=self.device)
         accuracy = float((probs.argmax(1) == self.data.label_ids(self.cfg.curve_split)).mean())
+        if self.world > 1 and torch.distributed.is_initialized():  # every rank stops (and keeps) as rank 0 does
+            shared = torch.tensor([accuracy], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(shared, src=0)
+            accuracy = float(shared.item())
         point = {"epoch": epoch, "seconds": self.train_seconds, "accuracy": accuracy, "split": self.cfg.curve_split}
         self.val_curve.append(point)
         self._report(epoch, self.last_loss, point)  # progress.jsonl stays strict JSON (no NaN)
+        return accuracy
 
     @contextmanager
     def _averaged(self) -> Iterator[None]:

@@ -160,6 +160,9 @@ def test_finetune_command_passes_the_cell():
     assert "--schedule" not in cmd and "--average-last" not in cmd  # the defaults: older grids' commands
     swa = finetune_command(Cell("full", None, 0), _cfg(schedule="constant", average_last=0.5), Path("d"), Path("c"))
     assert swa[swa.index("--schedule") + 1] == "constant" and swa[swa.index("--average-last") + 1] == "0.5"
+    assert "--keep-best" not in cmd and "--early-stop" not in cmd
+    best = finetune_command(Cell("full", None, 0), _cfg(keep_best=True, early_stop=3), Path("d"), Path("c"))
+    assert "--keep-best" in best and best[best.index("--early-stop") + 1] == "3"
 
 
 def test_prefix_init_reaches_the_prefix_cells_and_only_their_grids_resume_on_it(data_dir, tmp_path):
@@ -185,6 +188,8 @@ def test_bad_training_recipe_is_refused():
         _cfg(schedule="step")
     with pytest.raises(BenchError, match="average_last must be in"):
         _cfg(average_last=1.5)
+    with pytest.raises(BenchError, match="keep_best does not combine with average_last"):
+        _cfg(keep_best=True, average_last=0.5)
 
 
 @pytest.mark.parametrize(("budgets", "phrase"), [((0.01, 99_999_999), "the backbone has"), ((10,), "buys no row")])
@@ -668,6 +673,9 @@ def test_resuming_with_other_training_settings_is_refused(data_dir, tmp_path):
                  progress=False)
     with pytest.raises(BenchError, match="average_last"):
         run_grid(data_dir, _cfg(methods=("head",), average_last=0.5), tmp_path / "out", runner=in_process(cfg),
+                 progress=False)
+    with pytest.raises(BenchError, match="`keep_best` False there, True now"):
+        run_grid(data_dir, _cfg(methods=("head",), keep_best=True), tmp_path / "out", runner=in_process(cfg),
                  progress=False)
 
 

@@ -49,9 +49,12 @@ def test_two_ranks_agree_on_final_weights_and_a_rerun_overwrites(data_dir: Path,
     assert json.loads((out / "ranks" / "1" / "metrics.json").read_text())["per_rank"] == ranks
     # Again into the same folder, with prefix tuning (its secondary rank saves a model with shared tensors):
     # rank 0 empties the folder before the other rank writes its copy into it.
-    again = _launch(data_dir, out, "--method", "prefix", "--overwrite")
+    # Keeping the best epoch: every rank reads rank 0's validation accuracy, so all keep (and stop) alike.
+    again = _launch(data_dir, out, "--method", "prefix", "--overwrite", "--keep-best", "--early-stop", "1")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "ranks" / "1" / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    kept = [json.loads((folder / "metrics.json").read_text()) for folder in (out, out / "ranks" / "1")]
+    assert [(m["saved_epoch"], m["best_val_accuracy"]) for m in kept] == [(1, kept[0]["val_curve"][0]["accuracy"])] * 2
     assert not (out / "masks.safetensors").exists()  # nothing of the sparse run is left to be read as this one's
     # Into the same folder without --overwrite: every process refuses it, so none waits for another (the other
     # rank waited for rank 0 at the barrier until the launcher killed it, 30 s on).

@@ -67,6 +67,10 @@ def register(subparsers: Any) -> None:
                    "with --schedule constant and 0.5 it is SWA's recipe")
     p.add_argument("--prefix-init", choices=PREFIX_INITS, default=FinetuneConfig.prefix_init,
                    help="where the prefix method's keys and values start (finetune --prefix-init)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="every cell saves and scores its best epoch on validation (finetune --keep-best)")
+    p.add_argument("--early-stop", type=int, default=FinetuneConfig.early_stop, metavar="N",
+                   help="every cell stops after N epochs without a better validation accuracy (0 = off)")
     p.add_argument("--model", default="default", metavar="SRC",
                    help="'default' (all-MiniLM-L6-v2), 'tiny-random', a local HF folder, a .gguf file or 'smollm2'")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size, help="every cell's rows per step")
@@ -123,7 +127,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
                        tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget,
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, tune_spread=args.tune_spread, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, spread_heads=args.spread_heads, schedule=args.schedule, average_last=args.average_last,
-                       prefix_init=args.prefix_init, model=args.model, batch_size=args.batch_size,
+                       prefix_init=args.prefix_init, keep_best=args.keep_best, early_stop=args.early_stop,
+                       model=args.model, batch_size=args.batch_size,
                        weight_decay=parse_method_lrs(args.weight_decay, "--weight-decay", "sparse=1.0"),
                        max_length=args.max_length, device=args.device, jobs=args.jobs,
                        data=str(Path(args.data).resolve()))

@@ -262,6 +262,11 @@ def _register_finetune(sub: Any) -> None:
                    "back towards the checkpoint's")
     p.add_argument("--average-last", type=float, default=FinetuneConfig.average_last, metavar="SHARE",
                    help="average the trained weights over this last share of the steps, in [0, 1] (0 = off)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="save (and score on test) the weights of the epoch with the best validation accuracy, not "
+                   "the last epoch's")
+    p.add_argument("--early-stop", type=int, default=FinetuneConfig.early_stop, metavar="N",
+                   help="stop after N epochs in a row without a better validation accuracy (0 = off)")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size, help="rows per step")
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length,
                    help="sub-tokens read per text (predictions and attributions then read as many)")
@@ -321,7 +326,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           compile=args.compile,
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           label_smoothing=args.label_smoothing, average_last=args.average_last,
-                          weight_decay=args.weight_decay,
+                          weight_decay=args.weight_decay, keep_best=args.keep_best, early_stop=args.early_stop,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
                           prefix_init=args.prefix_init,
@@ -413,10 +418,26 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
         print(f"run {record.id} -> {run_dir}")
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  {_time_text(metrics)}")
+        if epochs_said := _epochs_text(metrics, cfg):
+            print(epochs_said)
         for key, note in metrics.items():  # budget_note, score_note, dropout_note, biases_note, mask_note
             if key.endswith("_note") and note:
                 print(f"note: {note}")
     return 0
+
+
+def _epochs_text(metrics: dict[str, Any], cfg: FinetuneConfig) -> str:
+    """Which epoch the saved weights are, and why training stopped early, when --keep-best or --early-stop chose."""
+    if "best_epoch" not in metrics:
+        return ""
+    said = []
+    if metrics.get("stopped_after"):
+        said.append(f"stopped after epoch {metrics['stopped_after']} of {cfg.epochs}: no better validation accuracy "
+                    f"for {cfg.early_stop} epoch(s)")
+    if cfg.keep_best:
+        said.append(f"saved epoch {metrics['saved_epoch']}'s weights, the best on validation "
+                    f"({metrics['best_val_accuracy']:.4f})")
+    return "; ".join(said)
 
 
 def _time_text(metrics: dict[str, Any]) -> str:

@@ -263,7 +263,8 @@ def rates_note() -> None:
 
 def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
                   ) -> tuple[str, FinetuneConfig, int] | None:
-    """Method, budget, epochs, lr, seed, schedule, weight averaging, frozen-layer cache, cold head, how many seeds (and,
+    """Method, budget, epochs, lr, seed, schedule, weight averaging, frozen-layer cache, cold head, weight decay, the
+    best epoch kept and early stopping, how many seeds (and,
     when test has labels train never had, the abstention quantile); returns (run name, config, seeds) when Launch is
     pressed: ``seeds`` runs, at the config's seed and the ones after it."""
     defaults = FinetuneConfig()
@@ -272,7 +273,8 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
     kept_defaults = {
         "method": METHODS[0], "epochs": defaults.epochs, "lr": defaults.lr, "seed": defaults.seed,
         "schedule": SCHEDULES[0], "average": defaults.average_last, "cache": defaults.cache_frozen_layers,
-        "cold": not defaults.head_warmup, "decay": defaults.weight_decay, "seeds": 1,
+        "cold": not defaults.head_warmup, "decay": defaults.weight_decay, "seeds": 1, "best": defaults.keep_best,
+        "patience": defaults.early_stop,
     }
     if out_of_scope_labels:
         kept_defaults["oos"] = defaults.out_of_scope_quantile
@@ -350,9 +352,24 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             help="Runs to launch, one per seed from the Seed box on: compare their spread, and set them against "
             "another method's, on the Runs page (Compare groups of runs).",
         )
+        c1, c2, c3 = st.columns(3)
+        best = c1.checkbox(
+            "Keep the best epoch",
+            key=f"{key}_best",
+            help="Save (and score on test) the weights of the epoch with the best validation accuracy, not the last "
+            "epoch's. Not with averaging (the average is what is saved).",
+        )
+        patience = c2.number_input(
+            "Stop after N epochs without gain",
+            0,
+            100,
+            key=f"{key}_patience",
+            help="End training once this many epochs in a row have not bettered the validation accuracy (0 = run "
+            "every epoch). The rate schedule stays the whole run's.",
+        )
         quantile = defaults.out_of_scope_quantile
         if out_of_scope_labels:
-            quantile = st.columns(3)[0].number_input(
+            quantile = c3.number_input(
                 "Out-of-scope quantile",
                 0.01,
                 0.99,
@@ -382,6 +399,8 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
         cache_frozen_layers=bool(cache),
         head_warmup=not cold,
         weight_decay=float(decay),
+        keep_best=bool(best),
+        early_stop=int(patience),
         out_of_scope_quantile=float(quantile),
         seed=int(seed),
         mask=mask,

@@ -337,6 +337,8 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
         at.checkbox(key="ft_cache").set_value(method == "sparse")
         at.checkbox(key="ft_cold").set_value(method == "full")
         at.number_input(key="ft_decay").set_value(1.0 if method == "sparse" else 0.0)
+        at.checkbox(key="ft_best").set_value(method == "full")
+        at.number_input(key="ft_patience").set_value(2 if method == "full" else 0)
         button(at, "Launch").click().run(timeout=TIMEOUT)
         assert not at.exception, [e.value for e in at.exception]
     store = RunStore()
@@ -347,6 +349,9 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert {r.method: r.config["cache_frozen_layers"] for r in runs} == {"sparse": True, "full": False}
     assert {r.method: r.config["head_warmup"] for r in runs} == {"sparse": True, "full": False}
     assert {r.method: r.config["weight_decay"] for r in runs} == {"sparse": 1.0, "full": 0.0}
+    assert {r.method: (r.config["keep_best"], r.config["early_stop"]) for r in runs} == {
+        "sparse": (False, 0), "full": (True, 2)}
+    assert store.latest("full").metrics["saved_epoch"] == store.latest("full").metrics["best_epoch"]
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
     assert all((r.path / "predictions.csv").is_file() for r in runs)
 
