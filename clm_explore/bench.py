@@ -947,6 +947,10 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
     ``digest`` is ``splits_digest``); then record this grid in its bench.json."""
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchError(f"{out_dir} is a file; a grid's output is a folder. Choose another --out.")
+    grid_marks = ("bench.json", "cells", "tune")  # a grid folder keeps its cells when its bench.json was deleted
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / mark).exists() for mark in grid_marks):
+        raise BenchError(f"{out_dir} holds other files and no grid (no bench.json or cells): a grid would write its "
+                         "cells, logs and report among them. Choose a new or empty folder for --out.")
     path = out_dir / "bench.json"
     if path.is_file() and _any_finished(out_dir):  # with nothing finished, nothing can mismatch: the grid starts over
         before, now = _saved_config(path), asdict(cfg)

@@ -69,7 +69,14 @@ def model_card(run: Any) -> str:
     if not meta or not (folder / "config.json").is_file() or metrics.get("status") != "succeeded":
         raise ModelCardError(f"{folder} holds no finished run (a card needs the clm_run.json, config.json and a "
                              "metrics.json of a run that succeeded): pass the folder finetune wrote.")
+    if not read_json_object(folder / "config.json") or not _has_weights(folder):  # a card that tells how to load
+        raise ModelCardError(f"{folder} is damaged: its config.json cannot be read or its weights are missing, so "
+                             "the model cannot be loaded as its card would say. Train it again.")
     return _card(folder, meta, metrics).content
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
 
 
 def write_model_card(run: Any) -> Path:

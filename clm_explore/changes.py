@@ -107,8 +107,9 @@ def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None
     meta = read_json_object(folder / "clm_run.json")
     tuned = load_model(str(folder), labels=None).model  # the folder's plain model (a prefix run's adapter/ aside)
     if base is None:
+        given = source is not None
         source = source or _run_source(folder, meta)
-        base = _load_base(folder, source, meta)
+        base = _load_base(folder, source, meta, given=given)
     source = source or base.source
     base_params = _backbone(base.model)
     tuned_all = dict(tuned.named_parameters())
@@ -132,18 +133,21 @@ def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None
 def _run_source(folder: Path, meta: dict[str, Any]) -> str:
     source = meta.get("source")
     if not source:
-        raise ChangesError(f"{folder} does not record the model it was trained from: pass the base model "
+        unread = "" if meta else " (its clm_run.json cannot be read)"
+        raise ChangesError(f"{folder} does not record the model it was trained from{unread}: pass the base model "
                            "(--base SRC, source=...).")
     return str(source)
 
 
-def _load_base(folder: Path, source: str, meta: dict[str, Any]) -> LoadedModel:
+def _load_base(folder: Path, source: str, meta: dict[str, Any], given: bool = False) -> LoadedModel:
     """The base model at the run's seed (a checkpoint's missing weights, a pooler say, are drawn from it)."""
     config = meta.get("config")
     seed = config.get("seed", 0) if isinstance(config, dict) else 0
     try:
         return load_model(source, labels=None, seed=seed if isinstance(seed, int) else 0)
     except ModelSourceError as exc:
+        if given:  # the user's own --base: their typo, not the run's record
+            raise ModelSourceError(f"The base model {source} cannot be loaded ({exc}).") from exc
         raise ModelSourceError(f"{folder} was trained from {source}, which cannot be loaded here ({exc}). Pass the "
                                "base model (--base SRC, source=...).") from exc
 

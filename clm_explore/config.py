@@ -84,6 +84,12 @@ def check_field_types(cfg: Any) -> None:
                f"{type(cfg).__name__}.{f.name} is {f.type}; got {type(value).__name__} {value!r}")
         if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):
             object.__setattr__(cfg, f.name, int(value) if isinstance(value, numbers.Integral) else float(value))
+    seed = getattr(cfg, "seed", None)  # every config's seed seeds NumPy somewhere, which takes 0..2**32-1 only
+    _check(not isinstance(seed, int) or 0 <= seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {seed}")
+
+
+MAX_SEED = 2**32 - 1
+"""The largest seed NumPy's ``random.seed`` takes (torch's would take more)."""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -41,7 +41,13 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length, unfinished_reason  # noqa: E402
+from clm_explore.runs import (  # noqa: E402
+    TRAINED_LENGTH_KEY,
+    run_folder,
+    share_tensor_files,
+    trained_max_length,
+    unfinished_reason,
+)
 
 
 @contextmanager
@@ -468,6 +474,7 @@ def _convert_gguf(gguf_path: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        share_tensor_files(tmp)  # a cache every user of the server reads
         tmp.rename(out)
     except OSError as exc:
         if (out / "config.json").is_file():  # another process finished the same conversion first

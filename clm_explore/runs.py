@@ -17,6 +17,7 @@ can be marked ``interrupted`` (``mark_interrupted``).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -721,6 +722,28 @@ def _stopped_otherwise_on_disk(metrics_path: Path, status: RunStatus) -> bool:
         return True
     recorded = read_json_object(metrics_path).get("status")
     return recorded in {s.value for s in STOPPED_STATUSES} and recorded != status.value
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it to read it, which is not safe while the
+    app server's other threads create files); 0o022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def share_tensor_files(folder: Path) -> None:
+    """Give the safetensors files under ``folder`` the permissions the umask gives any new file: safetensors writes
+    them owner-only (0600), so a colleague on a shared server could read a run's metrics but not load its model."""
+    mode = 0o666 & ~process_umask()
+    for file in Path(folder).rglob("*.safetensors"):
+        if file.is_file() and not file.is_symlink() and file.stat().st_mode & 0o777 != mode:
+            with contextlib.suppress(OSError):  # another user's file in a shared folder: left as it is
+                os.chmod(file, mode)
 
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:

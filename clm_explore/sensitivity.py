@@ -43,6 +43,7 @@ from clm_explore.modeling import (
     small_parameter_counts,
 )
 from clm_explore.prefix_cache import PrefixCache
+from clm_explore.runs import share_tensor_files
 
 MODULE_PATTERNS = (  # BERT and RoBERTa, Llama-style decoders, MPNet (attention.attn.q), DistilBERT (q_lin, ffn.lin1),
     # DeBERTa (attention.self.query_proj)
@@ -181,6 +182,7 @@ class SensitivityReport:
             save_file({k: v.contiguous() for k, v in self.head_state.items()}, folder / "head.safetensors")
         else:  # an earlier report's head in this folder must not be read as this one's
             (folder / "head.safetensors").unlink(missing_ok=True)
+        share_tensor_files(folder)
         meta = {"matrices": {k: vars(v) for k, v in self.matrices.items()}, "n_layers": self.n_layers,
                 "backbone_params": self.backbone_params, "config": self.config, "seconds": self.seconds,
                 "notes": self.notes, "head_params": self.head_params, "small_params": self.small_params,
@@ -210,8 +212,10 @@ class SensitivityReport:
         except ConfigError as exc:
             raise ConfigError(f"{folder} holds unusable scores: {exc}") from exc
         except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError) as exc:
+            why = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror
+                   else f"{type(exc).__name__}: {exc}")
             raise ConfigError(f"{folder} is not a readable scores folder (sensitivity.json and "
-                              f"row_scores.safetensors, as `sensitivity --out` writes them): {exc!r}") from exc
+                              f"row_scores.safetensors, as `sensitivity --out` writes them): {why}") from exc
         return report
 
     def check(self) -> None:

@@ -72,6 +72,7 @@ from clm_explore.runs import (
     claim_run_dir,
     holds_files,
     run_folder_lock,
+    share_tensor_files,
     write_json_atomic,
 )
 from clm_explore.sensitivity import (
@@ -873,6 +874,7 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
     write_json_atomic(out_dir / "metrics.json", metrics)
     if main:
         _write_card(out_dir)
+    share_tensor_files(out_dir)
     return FinetuneResult("succeeded", metrics, out_dir)
 
 

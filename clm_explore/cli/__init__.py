@@ -139,12 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clm-explore",
         description="Token-driven sparse finetuning of small language models for text classification.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     for command in sub.choices.values():
         command.formatter_class = DefaultsShown
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clm-explore")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "(not installed)"
 
 
 class DefaultsShown(argparse.HelpFormatter):
@@ -215,9 +225,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    if not getattr(args, "func", None):  # no command: the help, on stderr, as a usage error (a script's typo)
+        parser.print_help(sys.stderr)
+        return 2
     from clm_explore.modeling import quiet_transformers
 
     quiet_transformers()  # the command owns the process: transformers' reports would bury its output

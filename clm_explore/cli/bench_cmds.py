@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
                    "is at an edge (--tune-widen), and use the best")
     p.add_argument("--tune-widen", type=int, default=TUNE_WIDEN, metavar="N",
                    help="with --tune-lr: where the best rate is the lowest or highest tried, try one more a factor "
-                   f"of 3 further, up to N times per method (0 = the 3 rates only; default {TUNE_WIDEN})")
+                   "of 3 further, up to N times per method (0 = the 3 rates only)")
     p.add_argument("--tune-each-budget", action="store_true",
                    help="with --tune-lr: sweep every budget of the budgeted methods, not only the middle one")
     p.add_argument("--lr", default="", metavar="M=LR,...",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ def run_audit(args: argparse.Namespace) -> int:
                                on_progress=phase_printer())
     if out is not None:
         result.issues.to_csv(out, index=False)
+        print(f"wrote the {len(result.issues):,} flagged row(s) to {out}", file=sys.stderr)
     if args.json:
         print_json({"checked": result.checked, "flagged": len(result.issues), "probe_accuracy": result.probe_accuracy,
                     "notes": result.notes, "issues": result.to_records()})

@@ -40,7 +40,9 @@ def register(subparsers: Any) -> None:
         "--text", action="append", required=True, metavar="T", help="a text (repeat for more)"
     )
     explain.add_argument(
-        "--target", default=None, metavar="LABEL", help="label explained (default: predicted)"
+        "--target", default=None, metavar="LABEL",
+        help="label explained, by name (or by its id, 0-based in the run's label order, when no label has that name); "
+        "default: the predicted one"
     )
     explain.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps (2-1024)")
     explain.add_argument(

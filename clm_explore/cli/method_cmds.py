@@ -90,6 +90,8 @@ def run_mine(args: argparse.Namespace) -> int:
 
     if args.merge < 0:
         raise UserError(f"--merge {args.merge} must be 0 (no merging) or more.")
+    if args.show < 0:
+        raise UserError(f"--show {args.show} must be 0 or more.")
     data = _data(args)
     loaded = load_model(args.model, data.labels)
     cfg = MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance)
@@ -105,8 +107,12 @@ def run_mine(args: argparse.Namespace) -> int:
             print(merge.summary(), file=sys.stderr)
         print_json(records)
         return 0
-    print(f"{len(frame)} groups from {len(data.train)} training rows; background: {task_tokens.background}")
-    print(frame.head(args.show)[["text", "reads", "pieces", "count", "score", "label", "lift"]].to_string(index=False))
+    background = f"; background: {task_tokens.background}" if task_tokens.background else ""
+    print(f"{len(frame)} groups from {len(data.train)} training rows{background}")
+    if frame.empty:
+        print(f"No group occurs at least --min-count {args.min_count} times: lower it (or add rows).")
+    elif args.show:
+        print(frame.head(args.show)[["text", "reads", "pieces", "count", "score", "label", "lift"]].to_string(index=False))
     if merge:
         print(merge.summary())
     return 0
@@ -179,6 +185,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.out:
         report.save(args.out)
         task_tokens.save(Path(args.out) / "task_tokens.json")
+        print(f"saved the scores to {args.out} (finetune --scores {args.out} trains from them)", file=sys.stderr)
     table = report.table[["layer", "module", "score", "norm_score", "rows", "params"]]
     sel = select_mask(report, MaskConfig(budget=args.budget, min_layer=args.min_layer)) if args.budget is not None else None
     if args.json:  # with --budget each (layer, module) also says how many of its rows the budget selects
@@ -501,8 +508,11 @@ def _register_predict(sub: Any) -> None:
                    help="sub-tokens read per text (default: the run's own, from clm_run.json; else 64)")
     p.add_argument("--abstain-below", default=None, metavar="P|run",
                    help="answer 'out of scope' when the top probability is below P; 'run' = the threshold the run "
-                   "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+                   "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels). "
+                   "--json keeps the model's label and adds out_of_scope: true")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (a list: text, label, probability, top) instead of lines of label, probability "
+                   "and text separated by tabs (a text's tabs, line breaks and backslashes written \\t, \\n, \\\\)")
     p.set_defaults(func=run_predict)
 
 
@@ -545,8 +555,14 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         for r in results:
             label = OUT_OF_SCOPE if r.get("out_of_scope") else r["label"]
-            print(f"{label}\t{r['probability']:.3f}\t{r['text']}")
+            print(f"{one_line(label)}\t{r['probability']:.3f}\t{one_line(r['text'])}")
     return 0
+
+
+def one_line(text: str) -> str:
+    """A text as one tab-separated field: its backslashes, tabs and line breaks written as escapes (\\, \\t, \\n,
+    \\r), so that a script reads a line per text and three fields a line."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 OUT_OF_SCOPE = "(out of scope)"

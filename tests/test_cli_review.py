@@ -1,0 +1,98 @@
+"""What a review of the command line found (fifty-first session): each case as a script would meet it."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from clm_explore.bench import BenchConfig, BenchError, run_grid
+from clm_explore.cli import main
+from clm_explore.runs import process_umask
+
+TINY = ["--model", "tiny-random"]
+FAST = ["--epochs", "1", "--batch-size", "32", "--max-length", "32", "--device", "cpu"]
+
+
+def _error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def run_dir(capsys, data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--budget", "0.05", "--out", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_numpy_cannot_take_is_refused_before_anything_is_made(capsys, data_dir, tmp_path, seed):
+    assert "--seed must be in 0..4294967295" in _error(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST,
+                                                                "--seed", seed, "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_weights_a_run_saves_are_readable_as_the_umask_says(run_dir, tmp_path, capsys, data_dir):
+    expected = 0o666 & ~process_umask()  # safetensors itself writes 0600: a colleague could not load the run
+    tensors = sorted(run_dir.rglob("*.safetensors"))
+    assert {"model.safetensors", "delta.safetensors", "masks.safetensors", "row_scores.safetensors"} <= {
+        f.name for f in tensors}
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in tensors} == {f.name: expected for f in tensors}
+    assert main(["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--out", str(tmp_path / "scores")]) == 0
+    assert "saved the scores to" in capsys.readouterr().err
+    assert stat.S_IMODE((tmp_path / "scores" / "row_scores.safetensors").stat().st_mode) == expected
+
+
+def test_a_bench_out_folder_holding_other_files_is_refused(data_dir, tmp_path):
+    stranger = tmp_path / "mine"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(BenchError, match="holds other files and no grid"):
+        run_grid(data_dir, BenchConfig(methods=("head",), seeds=1, epochs=1, model="tiny-random", device="cpu"),
+                 stranger, progress=False)
+    assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]
+
+
+def test_mine_refuses_a_negative_show_and_says_when_no_group_is_left(capsys, data_dir):
+    assert "--show -1 must be 0 or more" in _error(capsys, ["mine", str(data_dir), *TINY, "--show", "-1"])
+    assert main(["mine", str(data_dir), *TINY, "--min-count", "100000"]) == 0
+    out = capsys.readouterr().out
+    assert "No group occurs at least --min-count 100000 times" in out and "Empty DataFrame" not in out
+
+
+def test_predict_prints_one_line_per_text(run_dir, capsys):
+    assert main(["predict", "--run", str(run_dir), "--text", "line one\nline two\tx", "--text", "back\\slash"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and [len(line.split("\t")) for line in lines] == [3, 3]
+    assert lines[0].endswith("\tline one\\nline two\\tx") and lines[1].endswith("\tback\\\\slash")
+
+
+def test_no_command_is_a_usage_error_and_the_version_is_printed(capsys):
+    assert main([]) == 2 and "COMMAND" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+    assert ended.value.code == 0 and capsys.readouterr().out.startswith("clm-explore ")
+
+
+def test_a_base_model_typed_wrong_is_named_as_the_users(run_dir, capsys):
+    err = _error(capsys, ["changes", "--run", str(run_dir), "--base", "no-such-model"])
+    assert "The base model no-such-model cannot be loaded" in err and "was trained from" not in err
+
+
+def test_a_damaged_run_gets_no_card(run_dir, capsys):
+    (run_dir / "model.safetensors").unlink()
+    assert "its weights are missing" in _error(capsys, ["card", "--run", str(run_dir)])
+
+
+def test_audit_says_where_it_wrote(capsys, tmp_path):
+    from conftest import SAMPLE_DATA
+
+    out = tmp_path / "flags.csv"
+    assert main(["audit", str(SAMPLE_DATA / "banking77_20"), *TINY, "--device", "cpu", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"flagged row(s) to {out}" in captured.err and out.is_file()
+    assert "flagged row(s) to" not in captured.out  # stdout keeps the table alone
