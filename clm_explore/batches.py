@@ -93,6 +93,9 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
     from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length
 
     texts = text_list(texts)
+    if max_length is not None and not 0 <= max_length <= 100_000:  # 0 and None: the run's own length
+        raise ValueError(f"max_length is the sub-tokens read per text, at least 1 (None or 0: the run's trained "
+                         f"length); got {max_length}.")
     if isinstance(run, LoadedModel):  # a run loaded already (load_run), as explain takes it
         loaded, length = run, max_length or getattr(run.model.config, TRAINED_LENGTH_KEY, None) or FinetuneConfig.max_length
     else:

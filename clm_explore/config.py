@@ -85,7 +85,8 @@ def check_field_types(cfg: Any) -> None:
         if isinstance(value, numbers.Number) and type(value) not in (int, float, bool):
             object.__setattr__(cfg, f.name, int(value) if isinstance(value, numbers.Integral) else float(value))
     seed = getattr(cfg, "seed", None)  # every config's seed seeds NumPy somewhere, which takes 0..2**32-1 only
-    _check(not isinstance(seed, int) or 0 <= seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {seed}")
+    optional = " or None (the run's)" if "None" in str(getattr(type(cfg), "__annotations__", {}).get("seed")) else ""
+    _check(not isinstance(seed, int) or 0 <= seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}{optional}, got {seed}")
 
 
 MAX_SEED = 2**32 - 1
@@ -264,7 +265,6 @@ class SensitivityConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
         _check(self.warmup_lr > 0, f"warmup_lr must be > 0, got {self.warmup_lr}")
-        _check(self.seed is None or self.seed >= 0, f"seed must be >= 0 or None (the run's), got {self.seed}")
         _check(self.restriction in ("tokens", "none"), f"restriction must be tokens or none, got {self.restriction!r}")
         _check(self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         _check(self.fisher_labels in FISHER_LABELS,
@@ -658,4 +658,3 @@ class LabelAuditConfig:
                and len(set(self.splits)) == len(self.splits),
                f"splits must name some of train, validation and test, each once; got {self.splits!r}")
         _check(self.max_rows >= 2 * self.folds, f"max_rows must be >= 2 x folds ({2 * self.folds}), got {self.max_rows}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")

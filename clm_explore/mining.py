@@ -112,8 +112,17 @@ class TaskTokens:
 
     @classmethod
     def load(cls, path: str | Path) -> TaskTokens:
-        data = json.loads(Path(path).read_text())
-        groups = [TokenGroup(**g) for g in data["groups"]]
+        """Groups saved by ``save`` (a run's task_tokens.json).
+
+        Raises:
+            ValueError: the file is not a saved list of groups (named, with what it is instead).
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+            groups = [TokenGroup(**g) for g in data["groups"]]
+        except (ValueError, KeyError, TypeError) as exc:  # a data file, a damaged or foreign JSON file
+            raise ValueError(f"{path} is not a file of mined groups (TaskTokens.save and runs' task_tokens.json "
+                             f"write one): {type(exc).__name__}: {exc}") from exc
         return cls(groups, data.get("background", ""), data.get("n_rows", 0), data.get("config", {}))
 
     def word_keys(self) -> set[tuple[str, ...]]:

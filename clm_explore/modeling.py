@@ -191,6 +191,9 @@ def load_model(
 
     if isinstance(labels, AnnotatedData):  # load_model(source, data): its labels, in their order
         labels = labels.labels
+    if labels is not None and len(list(labels)) < 2:  # a head of 0 or 1 outputs: nothing to classify between
+        raise ValueError(f"labels names the head's outputs: at least two label names (data.labels); got "
+                        f"{list(labels)!r}. None keeps a run folder's own.")
     resolved = resolve_source(source)
     torch.manual_seed(seed)
     if resolved == TINY_SOURCE:

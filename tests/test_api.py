@@ -264,3 +264,21 @@ def test_data_without_test_rows_is_refused_before_training_and_load_data_takes_c
                                  label_col="intent").labels == tiny_data.labels  # over the cfg's
     with pytest.raises(TypeError, match="load_data got textcol, which DataConfig does not have; its fields: text_col"):
         clm_explore.load_data(renamed, textcol="utterance")
+
+
+def test_plain_mistakes_of_a_notebook_are_named(tiny_data, tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    with pytest.raises(ValueError, match=r"at least two label names .*got \[\]"):
+        clm_explore.load_model("tiny-random", [])
+    with pytest.raises(ValueError, match=r"at least two label names .*got \['a'\]"):
+        clm_explore.load_model("tiny-random", ["a"])
+    result = clm_explore.finetune(tiny_data, replace(clm_explore.FinetuneConfig(method="head"), epochs=1),
+                                  tmp_path / "run", source="tiny-random", progress=False)
+    with pytest.raises(ValueError, match="max_length is the sub-tokens read per text, at least 1"):
+        clm_explore.predict(result, "my card", max_length=-3)
+    (tmp_path / "train.csv").write_text("text,label\na,b\n")
+    with pytest.raises(ValueError, match="train.csv is not a file of mined groups"):
+        clm_explore.TaskTokens.load(tmp_path / "train.csv")

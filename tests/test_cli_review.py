@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -89,10 +90,9 @@ def test_a_damaged_run_gets_no_card(run_dir, capsys):
 
 
 def test_audit_says_where_it_wrote(capsys, tmp_path):
-    from conftest import SAMPLE_DATA
-
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "banking77_20"
     out = tmp_path / "flags.csv"
-    assert main(["audit", str(SAMPLE_DATA / "banking77_20"), *TINY, "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["audit", str(sample), *TINY, "--device", "cpu", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert f"flagged row(s) to {out}" in captured.err and out.is_file()
     assert "flagged row(s) to" not in captured.out  # stdout keeps the table alone

@@ -40,7 +40,7 @@ RULES = [
     (SensitivityConfig, "batch_size", 0, "batch_size must be >= 1"),
     (SensitivityConfig, "max_length", 600, "max_length must be in 8..512"),
     (SensitivityConfig, "warmup_lr", 0.0, "warmup_lr must be > 0"),
-    (SensitivityConfig, "seed", -1, "seed must be >= 0 or None"),
+    (SensitivityConfig, "seed", -1, "seed must be in 0..4294967295 or None"),
     (SensitivityConfig, "restriction", "all", "restriction must be tokens or none"),
     (SensitivityConfig, "score", "grad", "score must be one of fisher, taylor, gradient"),
     (SensitivityConfig, "normalise", "max", "normalise must be mean, zscore, rank or none"),
