@@ -50,7 +50,8 @@ if state.get("audited") == (choice, source):
         stopping = task.stop_asked.is_set()
         st.button("Stopping…" if stopping else "Stop the check", key="data_audit_stop", disabled=stopping,
                   on_click=cache.stop_audit, args=(task,),
-                  help="Ends it at its next batch, for every session that asked for it (it is shared).")
+                  help="Ends it at its next step (a batch of texts, or a fold of the probe), for every session that asked "
+                  "for it (it is shared).")
     elif task.error is not None:
         state.put("audited", None)  # shown once; the next click tries again
         if task.stopped:

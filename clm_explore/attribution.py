@@ -138,7 +138,7 @@ def resolve_target(model: PreTrainedModel, target: TargetSpec) -> int | None:
 
 def explain(
     model: PreTrainedModel | LoadedModel | str | Path | Any,
-    tokenizer: PreTrainedTokenizerBase | Sequence[str] | str,
+    tokenizer: PreTrainedTokenizerBase | Sequence[str] | str | None = None,
     texts: Sequence[str] | str | None = None,
     cfg: AttributionConfig | None = None,
     target: TargetSpec | Sequence[TargetSpec] = None,
@@ -218,7 +218,11 @@ def _model_lock(model: torch.nn.Module) -> threading.Lock:
 
 
 def _run_call(run: Any, texts: Any, extra: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Any]:
-    """``explain(run, texts)``'s model, tokenizer and texts."""
+    """``explain(run, texts)``'s model, tokenizer and texts (``texts=`` by name lands in ``extra``)."""
+    if texts is None:
+        texts, extra = extra, None
+    if texts is None:
+        raise TypeError("explain(run, texts): the texts are missing.")
     if extra is not None:
         raise TypeError("explain takes (run, texts) or (model, tokenizer, texts); a run was given with more than its "
                         "texts: pass cfg or target by name.")

@@ -53,6 +53,7 @@ from clm_explore.bench_results import (
 )
 from clm_explore.config import (
     BUDGET_METHODS,  # noqa: F401 - also read from here: a budgeted method gets one cell per budget
+    MAX_SEED,
     METHODS,
     SCORES,
     TUNE_WIDEN,
@@ -149,8 +150,10 @@ class BenchConfig:
     prefix_init: str = FinetuneConfig.prefix_init
     """Where the prefix method's cells start (``finetune --prefix-init``)."""
     keep_best: bool = False
-    """Every cell saves and scores the weights of its best epoch on validation (``finetune --keep-best``); the
-    learning-rate sweep's cells too, scored on the validation rows that chose their epoch, alike for every method."""
+    """Every cell saves and scores the weights of its best epoch on validation (``finetune --keep-best``). The
+    learning-rate sweep's cells too: they choose on the sweep's own validation rows, one per label (the rows their
+    epoch curves read), and are scored on the grid's validation split, which holds those rows; a rough choice, made
+    alike for every method."""
     early_stop: int = 0
     """Every cell stops after this many epochs without a better validation accuracy (``finetune --early-stop``)."""
     weight_decay: dict[str, float] = field(default_factory=dict)
@@ -195,6 +198,8 @@ class BenchConfig:
             raise BenchError(f"tune_widen must be >= 0, got {self.tune_widen}")
         if self.jobs < 1:
             raise BenchError(f"jobs must be >= 1, got {self.jobs}")
+        if not 0 <= self.data_seed <= MAX_SEED:
+            raise BenchError(f"data_seed must be in 0..{MAX_SEED}, got {self.data_seed}")
         try:  # finetune's own rules, said before any cell rather than by every cell
             FinetuneConfig(schedule=self.schedule, average_last=self.average_last, batch_size=self.batch_size,
                            max_length=self.max_length, prefix_init=self.prefix_init, keep_best=self.keep_best,

@@ -9,6 +9,7 @@ is Markdown that a Hub page, an editor's preview or a notebook renders, and a la
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -75,15 +76,28 @@ def model_card(run: Any) -> str:
     return _card(folder, meta, metrics).content
 
 
+def _ours(path: Path) -> bool:
+    """A card this module wrote: YAML metadata first, tagged clm-explore."""
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:4000]
+    except OSError:
+        return False
+    return head.startswith("---\n") and "\n- clm-explore\n" in head.split("\n---", 1)[0]
+
+
 def _has_weights(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
 
 
 def write_model_card(run: Any) -> Path:
-    """Write the run's model card as README.md in its folder (replacing an earlier card) and return its path."""
+    """Write the run's model card as README.md in its folder (replacing an earlier card of this tool's, never another
+    README.md) and return its path."""
     folder = run_folder(run)
     path = folder / CARD_FILE
     text = model_card(folder)
+    if path.is_file() and not _ours(path):  # a model folder registered from elsewhere, with its own card
+        raise ModelCardError(f"{path} is a README.md clm-explore did not write; it is left as it is (print the card "
+                             "and save it where you like).")
     tmp = path.with_name(f".{CARD_FILE}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -121,7 +135,9 @@ def _card_data(name: str, method: str, source: str, data_name: str, metrics: dic
     tags = ["clm-explore", "text-classification", method.replace("_", "-")]
     if method in BUDGET_METHODS:
         tags.append("sparse-finetuning")
-    return ModelCardData(library_name="transformers", pipeline_tag="text-classification", tags=tags,
+    # A prefix run's model.safetensors alone predicts without its prefix (adapter/): no pipeline widget for it.
+    library, task = ("peft", None) if method == "prefix" else ("transformers", "text-classification")
+    return ModelCardData(library_name=library, pipeline_tag=task, tags=tags,
                          base_model=HUB_IDS.get(source), model_name=name, eval_results=results or None,
                          metrics=["accuracy", "f1"])
 
@@ -132,8 +148,8 @@ def _base_words(source: str) -> str:
     if source == TINY_SOURCE:
         return "a tiny random BERT (clm-explore's `tiny-random`, for tests)"
     if source in NAMED_SOURCES or not source:
-        return f"`{md_text(source or 'an unrecorded model')}`"
-    return f"the model in the folder `{md_text(Path(source).name)}`"  # the folder's name: a server's paths stay there
+        return md_text(source or "an unrecorded model")
+    return f"the model in the folder {md_text(Path(source).name)}"  # the folder's name: a server's paths stay there
 
 
 def _summary(method: str, meta: dict[str, Any], metrics: dict[str, Any], data_name: str) -> str:
@@ -149,14 +165,16 @@ def _summary(method: str, meta: dict[str, Any], metrics: dict[str, Any], data_na
 
 def _use_it(folder: Path, method: str) -> str:
     length = trained_max_length(folder)
+    where = json.dumps(f"path/to/{''.join(c for c in folder.name if c.isprintable())}")  # a Python string literal
     if method == "prefix":  # the prefix is an adapter beside the model: only clm-explore (or peft) puts it back
         code = ("from clm_explore import predict\n\n"
-                f'predict("path/to/{folder.name}", ["a text to classify"])  # a probability per label')
+                f'predict({where}, ["a text to classify"])  # a probability per label')
     else:
         code = ("from transformers import pipeline\n\n"
-                f'classify = pipeline("text-classification", model="path/to/{folder.name}")\n'
+                f'classify = pipeline("text-classification", model={where})\n'
                 f'classify("a text to classify", truncation=True, max_length={length})')
-    return (f"## Use it\n\n```python\n{code}\n```\n\nIt was trained on texts cut to {length} sub-tokens; "
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", code)), default=0))  # no name closes it
+    return (f"## Use it\n\n{fence}python\n{code}\n{fence}\n\nIt was trained on texts cut to {length} sub-tokens; "
             "`clm-explore predict --run DIR --text ...` reads them the same way.")
 
 

@@ -488,10 +488,12 @@ class KeyedTasks:
         task.stop_asked.set()
 
     def failed(self, key: Any) -> KeyedTask | None:
-        """The task of ``key`` when it ended in an error (a stop too), else None."""
+        """The task of ``key`` when it ended in an error (a stop too) or is stopping, else None: a caller that asks
+        again is not answered by one that will not give a result."""
         with self._lock:
             task = self._tasks.get(key)
-        return task if task is not None and task.done and task.error is not None else None
+        gone = task is not None and (task.stop_asked.is_set() or (task.done and task.error is not None))
+        return task if gone else None
 
     def _trim(self) -> None:
         finished = [k for k, t in self._tasks.items() if t.done]

@@ -311,7 +311,12 @@ def has_untrained_head(folder: Path) -> bool:
         labels = json.loads((folder / "config.json").read_text()).get("id2label") or {}
     except (OSError, ValueError, AttributeError):
         labels = {}
-    return not labels or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in labels.values())
+    return unnamed_labels(labels)
+
+
+def unnamed_labels(id2label: dict | None) -> bool:
+    """A head whose labels are transformers' placeholders (LABEL_0, LABEL_1, ...) or none: one never trained."""
+    return not id2label or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in id2label.values())
 
 
 def finished_run(run: object) -> Path:
@@ -477,7 +482,7 @@ def _convert_gguf(gguf_path: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        share_tensor_files(tmp)  # a cache every user of the server reads
+        share_tensor_files(Path(tmp).glob("*.safetensors"))  # a cache every user of the server reads
         tmp.rename(out)
     except OSError as exc:
         if (out / "config.json").is_file():  # another process finished the same conversion first

@@ -658,8 +658,8 @@ def run_folder(run: Any) -> Path:
         TypeError: anything else (a loaded model, say), named.
     """
     if isinstance(run, str | os.PathLike):
-        path = Path(run).expanduser()
-        return path if path.exists() or not isinstance(run, str) else _registered_folder(run) or path
+        path = Path(run).expanduser()  # a folder first, as the CLI's --run (a file of that name is no run)
+        return path if path.is_dir() or not isinstance(run, str) else _registered_folder(run) or path
     for attribute in ("out_dir", "path"):
         folder = getattr(run, attribute, None)
         if isinstance(folder, str | os.PathLike):
@@ -736,11 +736,12 @@ def process_umask() -> int:
     return 0o022
 
 
-def share_tensor_files(folder: Path) -> None:
-    """Give the safetensors files under ``folder`` the permissions the umask gives any new file: safetensors writes
-    them owner-only (0600), so a colleague on a shared server could read a run's metrics but not load its model."""
+def share_tensor_files(files: Iterable[Path]) -> None:
+    """Give ``files`` (safetensors files the tool just wrote) the permissions the umask gives any new file:
+    safetensors writes them owner-only (0600), so a colleague on a shared server could read a run's metrics but not
+    load its model. Only the files named: a folder a user chose may hold private files of theirs."""
     mode = 0o666 & ~process_umask()
-    for file in Path(folder).rglob("*.safetensors"):
+    for file in files:
         if file.is_file() and not file.is_symlink() and file.stat().st_mode & 0o777 != mode:
             with contextlib.suppress(OSError):  # another user's file in a shared folder: left as it is
                 os.chmod(file, mode)

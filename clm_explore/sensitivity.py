@@ -182,7 +182,7 @@ class SensitivityReport:
             save_file({k: v.contiguous() for k, v in self.head_state.items()}, folder / "head.safetensors")
         else:  # an earlier report's head in this folder must not be read as this one's
             (folder / "head.safetensors").unlink(missing_ok=True)
-        share_tensor_files(folder)
+        share_tensor_files([folder / "row_scores.safetensors", folder / "head.safetensors"])
         meta = {"matrices": {k: vars(v) for k, v in self.matrices.items()}, "n_layers": self.n_layers,
                 "backbone_params": self.backbone_params, "config": self.config, "seconds": self.seconds,
                 "notes": self.notes, "head_params": self.head_params, "small_params": self.small_params,

@@ -744,6 +744,9 @@ def finetune(
         raise TypeError(f"source is a model name or folder, as load_model takes; got {type(source).__name__}")
     source = str(source)
     out_dir = Path(out_dir)
+    if (cfg.keep_best or cfg.early_stop) and data.validation.empty:
+        raise DataError(f"{data.source or 'The data'} has no validation rows, which keep_best and early_stop choose "
+                        "on. Give it a validation split, or leave both off.")
     if data.test.empty:  # found after training, the metrics' failure said nothing of the data
         raise DataError(f"{data.source or 'The data'} has no test rows to score the run on{_carve_said(data)}. Give it "
                         "a test split (a test file, or a split column) with rows of its labels.")
@@ -874,7 +877,7 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
     write_json_atomic(out_dir / "metrics.json", metrics)
     if main:
         _write_card(out_dir)
-    share_tensor_files(out_dir)
+    share_tensor_files(out_dir.rglob("*.safetensors"))  # the run's own: its folder was new or emptied for it
     return FinetuneResult("succeeded", metrics, out_dir)
 
 
@@ -1000,7 +1003,7 @@ class _TrainLoop:
                 self.examples += step_examples
                 self._report(epoch, self.last_loss, None)
             self.epoch_seconds.append(self.train_seconds - sum(self.epoch_seconds) - self._prep_seconds())
-            if self._no_gain_for_long(epoch, self._end_epoch(epoch)):
+            if self._no_gain_for_long(epoch, self._end_epoch(epoch)) and epoch < self.cfg.epochs:
                 self.stopped_after = epoch
                 break
         if self.average is not None:

@@ -282,3 +282,18 @@ def test_plain_mistakes_of_a_notebook_are_named(tiny_data, tmp_path):
     (tmp_path / "train.csv").write_text("text,label\na,b\n")
     with pytest.raises(ValueError, match="train.csv is not a file of mined groups"):
         clm_explore.TaskTokens.load(tmp_path / "train.csv")
+
+
+def test_explain_takes_the_texts_by_name_and_predict_refuses_an_untrained_head(tiny_data, tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    result = clm_explore.finetune(tiny_data, replace(clm_explore.FinetuneConfig(method="head"), epochs=1),
+                                  tmp_path / "run", source="tiny-random", progress=False)
+    assert clm_explore.explain(result, texts=["my card"])[0].tokens == clm_explore.explain(result, "my card")[0].tokens
+    with pytest.raises(clm_explore.ModelSourceError, match="is not a finetuned run"):
+        clm_explore.predict(clm_explore.load_model("tiny-random"), "my card")  # LABEL_0, LABEL_1: never trained
+    (tmp_path / "some-id").write_text("not a run")  # a file named like a run id is no run folder
+    with pytest.raises(clm_explore.ModelSourceError, match="does not exist .nor is it a run id"):
+        clm_explore.predict(str(tmp_path / "some-id"), "my card")

@@ -83,3 +83,20 @@ def test_choices_an_epoch_cannot_be_made_on_are_refused():
         FinetuneConfig(early_stop=2, eval_every_epoch=False)
     with pytest.raises(ConfigError, match="keep_best does not combine with average_last"):
         FinetuneConfig(keep_best=True, average_last=0.5)
+
+
+def test_the_last_epoch_without_gain_is_no_early_stop_and_no_validation_is_refused(tiny_data, tmp_path):
+    from dataclasses import replace
+
+    from clm_explore.data import DataError
+
+    flat = _run(tiny_data, tmp_path, "flat", method="full", lr=1e-12, early_stop=4)  # patience runs out at epoch 5
+    assert len(flat.metrics["val_curve"]) == 5 and "stopped_after" not in flat.metrics  # it ran every epoch
+    assert flat.metrics["best_epoch"] == 1 and flat.metrics["saved_epoch"] == 5
+    blind = replace(tiny_data, validation=tiny_data.validation.iloc[:0])
+    for options in ({"keep_best": True}, {"early_stop": 2}):
+        with pytest.raises(DataError, match="has no validation rows, which keep_best and early_stop choose on"):
+            _run(blind, tmp_path, "blind", method="head", **options)
+        assert not (tmp_path / "blind").exists()
+    with pytest.raises(ConfigError, match="early_stop does not combine with average_last"):
+        FinetuneConfig(early_stop=2, average_last=0.5)

@@ -37,8 +37,18 @@ def test_a_seed_numpy_cannot_take_is_refused_before_anything_is_made(capsys, dat
     assert not (tmp_path / "r").exists()
 
 
-def test_the_weights_a_run_saves_are_readable_as_the_umask_says(run_dir, tmp_path, capsys, data_dir):
-    expected = 0o666 & ~process_umask()  # safetensors itself writes 0600: a colleague could not load the run
+@pytest.fixture
+def umask_022():
+    import os
+
+    before = os.umask(0o022)  # a shared server's usual umask; safetensors itself writes 0600 whatever it is
+    yield
+    os.umask(before)
+
+
+def test_the_weights_a_run_saves_are_readable_as_the_umask_says(umask_022, run_dir, tmp_path, capsys, data_dir):
+    expected = 0o666 & ~process_umask()
+    assert expected == 0o644
     tensors = sorted(run_dir.rglob("*.safetensors"))
     assert {"model.safetensors", "delta.safetensors", "masks.safetensors", "row_scores.safetensors"} <= {
         f.name for f in tensors}
@@ -46,6 +56,15 @@ def test_the_weights_a_run_saves_are_readable_as_the_umask_says(run_dir, tmp_pat
     assert main(["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--out", str(tmp_path / "scores")]) == 0
     assert "saved the scores to" in capsys.readouterr().err
     assert stat.S_IMODE((tmp_path / "scores" / "row_scores.safetensors").stat().st_mode) == expected
+    private = tmp_path / "mine"  # a folder of the user's own, given to save (the CLI refuses it): others left alone
+    (private / "deep").mkdir(parents=True)
+    (private / "deep" / "keys.safetensors").write_bytes(b"x")
+    (private / "deep" / "keys.safetensors").chmod(0o600)
+    from clm_explore.sensitivity import SensitivityReport
+
+    SensitivityReport.load(tmp_path / "scores").save(private)
+    assert stat.S_IMODE((private / "deep" / "keys.safetensors").stat().st_mode) == 0o600
+    assert stat.S_IMODE((private / "row_scores.safetensors").stat().st_mode) == expected
 
 
 def test_a_bench_out_folder_holding_other_files_is_refused(data_dir, tmp_path):

@@ -525,8 +525,9 @@ def test_a_stopped_keyed_task_ends_at_its_next_report_and_is_kept_for_its_reader
         time.sleep(0.01)
     tasks.stop(waiting)  # one still waiting ends without running
     assert waiting.finished.wait(10) and waiting.stopped and waiting.result is None
-    assert not running.done
+    assert not running.done and tasks.failed("a") is None
     tasks.stop(running)
+    assert tasks.failed("a") is running  # stopping already: a caller asking again is not answered by it
     assert running.finished.wait(10) and running.stopped and isinstance(running.error, TaskStopped)
     assert "Stopped while reading" in str(running.error)
     assert tasks.failed("a") is running  # every caller following it reads that it stopped ...

@@ -63,10 +63,12 @@ def test_the_datas_text_stays_literal_in_the_card(tmp_path):
     hostile = ["<img src=x onerror=alert(1)>", "[click](http://example.com)", "a|b", "**bold**\nnext line"]
     rows = [(f"text {i} about {j}", label) for j, label in enumerate(hostile) for i in range(6)]
     frame = pd.DataFrame(rows, columns=["text", "label"])
-    data = AnnotatedData(frame, frame, frame, sorted(set(frame["label"])), source=str(tmp_path / "<b>data</b>"))
+    data = AnnotatedData(frame, frame, frame, sorted(set(frame["label"])), source=str(tmp_path / "<b>data"))
     run = finetune(data, FinetuneConfig(method="head", epochs=1, device="cpu"), tmp_path / "run", source="tiny-random")
-    text = (run.out_dir / "README.md").read_text()
+    metadata, text = (run.out_dir / "README.md").read_text().split("\n---\n", 1)  # the YAML, then the Markdown
     assert "<img" not in text and "<b>" not in text and "](http" not in text and "**bold**" not in text
+    card = ModelCard.load(run.out_dir / "README.md")  # the metadata keeps the data's name as a YAML string
+    assert {r.dataset_name for r in card.data.eval_results} == {"<b>data"} and metadata.startswith("---\n")
     per_label = text.split("### F1 per label")[1].split("###")[0]
     table = [line for line in per_label.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(table) == len(hostile)
@@ -110,3 +112,28 @@ def test_card_command_prints_writes_and_refuses(sparse_run, tmp_path, capsys):
     assert shown["path"] == str(folder / "README.md") and shown["card"] == (folder / "README.md").read_text()
     assert main(["card", "--run", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_a_folder_name_cannot_break_the_cards_code_or_markdown(sparse_run, tmp_path):
+    import shutil
+
+    odd = tmp_path / 'my`run"```x'
+    shutil.copytree(sparse_run.out_dir, odd)
+    text = model_card(odd)
+    fence = re.search(r"^(`{3,})python$", text, flags=re.M).group(1)
+    assert len(fence) > 3 and text.count(f"\n{fence}\n") == 1  # a fence longer than the name's backticks
+    code = text.split(f"{fence}python\n")[1].split(f"\n{fence}")[0]
+    compile(code, "card", "exec")  # the snippet is still Python
+    assert json.dumps('path/to/my`run"```x') in code
+
+
+def test_a_prefix_runs_card_points_to_the_tool_and_a_foreign_readme_is_kept(tmp_path, tiny_data_module):
+    cfg = FinetuneConfig(method="prefix", epochs=1, batch_size=16, device="cpu")
+    run = finetune(tiny_data_module, cfg, tmp_path / "prefix", source="tiny-random")
+    card = ModelCard.load(run.out_dir / "README.md")
+    assert card.data.library_name == "peft" and card.data.pipeline_tag is None  # no widget without its adapter
+    assert "from clm_explore import predict" in card.text and "pipeline(" not in card.text
+    (run.out_dir / "README.md").write_text("# my own notes\n")
+    with pytest.raises(ModelCardError, match="clm-explore did not write; it is left as it is"):
+        write_model_card(run)
+    assert (run.out_dir / "README.md").read_text() == "# my own notes\n"
