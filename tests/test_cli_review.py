@@ -115,3 +115,13 @@ def test_audit_says_where_it_wrote(capsys, tmp_path):
     captured = capsys.readouterr()
     assert f"flagged row(s) to {out}" in captured.err and out.is_file()
     assert "flagged row(s) to" not in captured.out  # stdout keeps the table alone
+
+
+def test_options_a_method_does_not_read_are_said(capsys, data_dir, tmp_path):
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--budget", "0.5",
+                 "--score", "taylor", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "note: --budget is not read by head" in err and "note: --score is not read by head" in err
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out",
+                 str(tmp_path / "plain")]) == 0
+    assert "is not read by" not in capsys.readouterr().err  # the defaults, not typed: nothing to say

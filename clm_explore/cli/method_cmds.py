@@ -22,6 +22,7 @@ from clm_explore.cli import (
     refuse_untrained_head,
 )
 from clm_explore.config import (
+    BUDGET_METHODS,
     COMPILE_MODES,
     FISHER_LABELS,
     HEAD_INITS,
@@ -357,6 +358,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
 
     cfg = finetune_config(args)
+    for note in _unused_options(args):
+        print(f"note: {note}", file=sys.stderr)
     given = given_scores(args.scores, cfg)  # a folder that cannot serve is said before the model loads
     if given is not None:  # the registry records the settings the scores were made with, as the run folder does
         cfg = scoring_settled(cfg, given)
@@ -431,6 +434,18 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
             if key.endswith("_note") and note:
                 print(f"note: {note}")
     return 0
+
+
+def _unused_options(args: argparse.Namespace) -> list[str]:
+    """Options given away from their defaults that the method does not read (said, not refused: a script may pass
+    one recipe to every method)."""
+    unused = []
+    if args.method not in BUDGET_METHODS and args.budget != MaskConfig.budget:
+        unused.append(f"--budget is not read by {args.method}, which trains what it trains (the row methods and "
+                      "layers read it)")
+    if args.method in ("full", "head", "bitfit", "lora", "prefix", "random") and args.score != SensitivityConfig.score:
+        unused.append(f"--score is not read by {args.method}, which chooses no rows by their scores")
+    return unused
 
 
 def _epochs_text(metrics: dict[str, Any], cfg: FinetuneConfig) -> str:
