@@ -390,26 +390,30 @@ def _parquet_columns(name: str, schema: Any) -> list[str]:
     return columns
 
 
-def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | None = None) -> list[str]:
+def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | None = None,
+               notes: list[str] | None = None) -> list[str]:
     """The texts of a file to predict on: any format ``load_data`` reads (no label column needed; the text
-    column is found by the same names, or ``text_col``), or a .txt file with one text per line.
+    column is found by the same names, or ``text_col``), or a .txt file with one text per line. ``notes``, when
+    given, receives the reader's remarks (an encoding guessed, rows of empty fields skipped), as ``load_data``'s.
 
     Raises:
         DataError: a missing, oversized, unreadable or unsupported file, no text column, or empty texts.
     """
     cfg = cfg or DataConfig()
+    notes = [] if notes is None else notes
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"{path} does not exist or is not a file.")
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
-        text = _decode(str(file), file.read_bytes(), [])
+        text = _decode(str(file), file.read_bytes(), notes)
         lines = [line for line in text.splitlines() if line.strip()]
         if not lines:
             raise DataError(f"{path} holds no text to predict (it is empty or blank).")
         return lines
     wanted = _Wanted(text_col=text_col, label=False)
-    table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, [], wanted)
+    table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, notes, wanted)
+    notes.extend(table.notes)
     if not table.positions:
         raise DataError(f"{table.name} has a header ({_listed(table.columns)}) but no rows to predict.")
     column = _find_column(table.name, table.columns, text_col, TEXT_NAMES, "text", "--text-col")

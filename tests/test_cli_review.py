@@ -125,3 +125,14 @@ def test_options_a_method_does_not_read_are_said(capsys, data_dir, tmp_path):
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out",
                  str(tmp_path / "plain")]) == 0
     assert "is not read by" not in capsys.readouterr().err  # the defaults, not typed: nothing to say
+
+
+def test_data_given_with_the_wrong_flag_is_said_plainly_and_predict_prints_the_files_notes(capsys, run_dir, tmp_path):
+    assert "validate takes the data without --data: clm-explore validate DATA" in _error(
+        capsys, ["validate", "--data", str(tmp_path)])
+    texts = tmp_path / "texts.csv"
+    texts.write_bytes(b"text\ncaf\xe9 au lait\n,\nmy card\n")  # a cp1252 line and a row of empty fields
+    assert main(["predict", "--run", str(run_dir), "--file", str(texts)]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2 and "read as Windows-1252" in captured.err
+    assert "row(s) with only empty fields were skipped" in captured.err

@@ -222,7 +222,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise Terminated
 
 
+DATA_FIRST = ("validate", "audit", "mine", "sensitivity")
+"""Commands that take the data as their first argument, not as ``--data`` (finetune and bench do)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DATA_FIRST and any(a == "--data" or a.startswith("--data=") for a in argv[1:]):
+        # argparse's answer is the top-level usage and "unrecognized arguments: --data"
+        print(f"error: {argv[0]} takes the data without --data: clm-explore {argv[0]} DATA [options] "
+              f"(finetune and bench take --data DATA).", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):  # no command: the help, on stderr, as a usage error (a script's typo)

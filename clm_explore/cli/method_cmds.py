@@ -612,4 +612,8 @@ def _texts_from_file(path: str, text_col: str | None) -> list[str]:
     """Texts of any data file ``load_data`` reads (labels not needed), or of a .txt file, one per line."""
     from clm_explore.data import read_texts
 
-    return read_texts(path, text_col)
+    notes: list[str] = []
+    texts = read_texts(path, text_col, notes=notes)
+    for note in notes:  # as the training commands print the loader's notes
+        print(f"note: {note}", file=sys.stderr)
+    return texts
