@@ -953,9 +953,8 @@ class _TrainLoop:
                                        num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.average = (TailAverage.for_share([p for g in self.optimizer.param_groups for p in g["params"]],
-                                              cfg.average_last, self.total_steps) if cfg.average_last else None)
         trained = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.average = TailAverage.for_share(trained, cfg.average_last, self.total_steps) if cfg.average_last else None
         self.best_weights = BestWeights(trained) if cfg.keep_best else None
         self.best_accuracy, self.best_epoch = -1.0, 0
         self.stopped_after: int | None = None
