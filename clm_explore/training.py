@@ -1081,7 +1081,8 @@ class _TrainLoop:
             probs = predict_proba(self.eval_model, self.loaded, split["text"].tolist(), self.cfg.max_length,
                                   device=self.device)
         accuracy = float((probs.argmax(1) == self.data.label_ids(self.cfg.curve_split)).mean())
-        if self.world > 1 and torch.distributed.is_initialized():  # every rank stops (and keeps) as rank 0 does
+        chooses = self.cfg.keep_best or self.cfg.early_stop
+        if chooses and self.world > 1 and torch.distributed.is_initialized():  # every rank keeps and stops as rank 0
             shared = torch.tensor([accuracy], dtype=torch.float64, device=self.device)
             torch.distributed.broadcast(shared, src=0)
             accuracy = float(shared.item())

@@ -312,7 +312,7 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out run folder (one holding clm_run.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run_finetune)
+    p.set_defaults(func=run_finetune_process)
 
 
 def _sampling(temperature: float | None) -> dict:
@@ -342,6 +342,29 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                                                         label_draws=args.label_draws,
                                                         warmup_epochs=args.head_warmup_epochs,
                                                         head_init=args.head_init))
+
+
+def run_finetune_process(args: argparse.Namespace) -> int:
+    """``run_finetune``, then, under several processes, the process group ended on every rank together: one left to
+    the interpreter's exit let a rank abort (gloo: "terminate called without an active exception") while others
+    still talked to it."""
+    try:
+        code = run_finetune(args)
+    except BaseException:
+        _end_process_group(together=False)  # the others may wait in another collective: no barrier to hang on
+        raise
+    _end_process_group(together=True)
+    return code
+
+
+def _end_process_group(together: bool) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):  # a rank that failed: the launcher ends every process anyway
+            if together:
+                dist.barrier()
+            dist.destroy_process_group()
 
 
 def run_finetune(args: argparse.Namespace) -> int:
