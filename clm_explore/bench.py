@@ -843,7 +843,7 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     check_model_and_device(cfg)  # before bench.json: a refused grid leaves the out folder as it was, and a
     check_budgets(cfg, data.labels)  # mistyped model or device is said once, not by every cell
     _check_resume(out_dir, cfg, splits_digest(splits))
-    for note in (shots_note(data.train, cfg.shots), limit_note(splits[0], cfg), budgets_note(cfg)):
+    for note in (*data.notes, shots_note(data.train, cfg.shots), limit_note(splits[0], cfg), budgets_note(cfg)):
         if progress and note:
             print(f"note: {note}", file=sys.stderr)
     data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)

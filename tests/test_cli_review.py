@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from test_bench import in_process
 
 from clm_explore.bench import BenchConfig, BenchError, run_grid
 from clm_explore.cli import main
@@ -136,3 +137,16 @@ def test_data_given_with_the_wrong_flag_is_said_plainly_and_predict_prints_the_f
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 2 and "read as Windows-1252" in captured.err
     assert "row(s) with only empty fields were skipped" in captured.err
+
+
+def test_report_and_bench_print_the_datas_load_notes(capsys, run_dir, data_dir, tmp_path):
+    import pandas as pd
+
+    one = tmp_path / "one.csv"  # a single file: its test split is carved, and the report explains only that part
+    pd.concat([pd.read_csv(data_dir / f"{split}.csv") for split in ("train", "test")]).to_csv(one, index=False)
+    assert main(["report", "--run", str(run_dir), "--data", str(one), "--steps", "2", "--max-rows", "2",
+                 "--out", str(tmp_path / "r.html")]) == 0
+    assert "note: No test split was given" in capsys.readouterr().err
+    cfg = BenchConfig(methods=("head",), seeds=1, epochs=1, model="tiny-random", max_length=32, device="cpu")
+    run_grid(one, cfg, tmp_path / "grid", runner=in_process(cfg), progress=True)
+    assert "note: No test split was given" in capsys.readouterr().err

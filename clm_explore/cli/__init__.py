@@ -20,9 +20,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clm_explore.config import DataConfig
+
+if TYPE_CHECKING:
+    from clm_explore.data import AnnotatedData
 
 COMMAND_MODULES = (
     "clm_explore.cli.data_cmds",  # validate
@@ -132,6 +135,21 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     """The ``DataConfig`` of ``add_data_args``'s options."""
     return DataConfig(text_col=args.text_col, label_col=args.label_col, split_col=args.split_col,
                       max_file_mb=args.max_file_mb)
+
+
+def load_noted_data(args: argparse.Namespace) -> AnnotatedData:
+    """``load_data`` of ``add_data_args``'s options, its notes on stderr (as ``validate`` lists them: an encoding
+    guessed, splits carved, rows skipped): a command that trains on or explains the data must not keep them from its
+    user. Printed once under a launch of several processes (by rank 0)."""
+    import os
+
+    from clm_explore.data import load_data
+
+    data = load_data(args.data, data_config(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        for note in data.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return data
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,8 +60,7 @@ def _register_audit(subparsers: Any) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from clm_explore.cli import UserError
-    from clm_explore.data import load_data
+    from clm_explore.cli import UserError, load_noted_data
     from clm_explore.label_issues import find_label_issues
     from clm_explore.modeling import load_model
 
@@ -70,7 +69,7 @@ def run_audit(args: argparse.Namespace) -> int:
     if args.show < 0:
         raise UserError(f"--show {args.show} must be 0 or more.")
     out = audit_out_path(args.out) if args.out is not None else None
-    data = load_data(args.data, data_config(args))
+    data = load_noted_data(args)
     # TooFewRowsError (too few rows per label for the folds) is a DataError: exit 2 with its message.
     result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device,
                                on_progress=phase_printer())

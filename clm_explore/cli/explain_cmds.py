@@ -13,7 +13,7 @@ from clm_explore.cli import (
     UserError,
     checked_max_length,
     checked_texts,
-    data_config,
+    load_noted_data,
     phase_printer,
     print_json,
     refuse_untrained_head,
@@ -368,10 +368,8 @@ def _check_data_labels(data: Any, run: Path) -> None:
 
 
 def _report_data(args: argparse.Namespace) -> Any:
-    """--data's test split (a DataFrame with text and label), read with the column options; None without --data."""
+    """--data's test split (a DataFrame with text and label), read with the column options, its load notes printed
+    (a single file's test split is carved: the report explains only that part); None without --data."""
     if args.data is None:
         return None
-    from clm_explore.data import load_data
-
-    cfg = data_config(args)
-    return load_data(args.data, cfg).test
+    return load_noted_data(args).test

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clm_explore.cli import (
     Terminated,
@@ -16,7 +16,7 @@ from clm_explore.cli import (
     add_data_args,
     checked_max_length,
     checked_texts,
-    data_config,
+    load_noted_data,
     phase_printer,
     print_json,
     refuse_untrained_head,
@@ -37,27 +37,12 @@ from clm_explore.config import (
     to_dict,
 )
 
-if TYPE_CHECKING:
-    from clm_explore.data import AnnotatedData
-
 
 def register(subparsers: Any) -> None:
     _register_mine(subparsers)
     _register_sensitivity(subparsers)
     _register_finetune(subparsers)
     _register_predict(subparsers)
-
-
-def _data(args: argparse.Namespace) -> AnnotatedData:
-    """The data, its loader's notes on stderr (as ``validate`` lists them: an encoding guessed, splits carved, rows
-    skipped): a command that trains on the data must not keep them from its user."""
-    from clm_explore.data import load_data
-
-    data = load_data(args.data, data_config(args))
-    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a launch
-        for note in data.notes:
-            print(f"note: {note}", file=sys.stderr)
-    return data
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +78,7 @@ def run_mine(args: argparse.Namespace) -> int:
         raise UserError(f"--merge {args.merge} must be 0 (no merging) or more.")
     if args.show < 0:
         raise UserError(f"--show {args.show} must be 0 or more.")
-    data = _data(args)
+    data = load_noted_data(args)
     loaded = load_model(args.model, data.labels)
     cfg = MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer, cfg)
@@ -169,7 +154,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from clm_explore.sensitivity import compute_sensitivity
 
     _check_scores_folder(args.out)
-    data = _data(args)
+    data = load_noted_data(args)
     loaded = load_model(args.model, data.labels)
     if args.budget is not None:  # before the scoring pass: a budget or floor the model cannot hold is said at once
         from clm_explore.training import check_runnable
@@ -391,7 +376,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and not args.out:  # on every process: a refusal on one alone left the others waiting for it
         raise UserError("Several processes need --out DIR, so that every process writes into the same run folder.")
-    data = _data(args)
+    data = load_noted_data(args)
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
     check_processes(len(data.train), cfg.batch_size, processes)
