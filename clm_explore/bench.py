@@ -64,6 +64,7 @@ from clm_explore.config import (
     SensitivityConfig,
     check_field_types,
     documented,
+    keywords_checked,
 )
 from clm_explore.data import AnnotatedData, load_data
 from clm_explore.runs import write_json_atomic
@@ -98,6 +99,8 @@ class BenchError(ConfigError):
     """A grid that cannot run as asked (bad option, or an output folder from a different grid)."""
 
 
+@keywords_checked
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class BenchConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import numbers
@@ -55,6 +56,37 @@ def documented(cls: type[T]) -> type[T]:
     head = inspect.cleandoc(ast.get_docstring(node) or "") if node is not None else ""
     cls.__doc__ = (head + "\n\n" if head else "") + "Fields:\n" + "\n".join(lines)
     return cls
+
+
+def keywords_checked(cls: type[T]) -> type[T]:
+    """``cls`` whose constructor names a keyword it does not take, and where it belongs: ``FinetuneConfig(budget=
+    0.01)`` said only "unexpected keyword argument 'budget'" (the budget is the mask's), a typo not what was meant."""
+    init = cls.__init__
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    @functools.wraps(init)
+    def checked_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = next((name for name in kwargs if name not in names), None)
+        if unknown is not None:
+            raise TypeError(unknown_keyword_message(cls, unknown))
+        init(self, *args, **kwargs)
+
+    cls.__init__ = checked_init  # type: ignore[method-assign]
+    return cls
+
+
+def unknown_keyword_message(cls: type, name: str) -> str:
+    """What ``cls(name=...)`` should have been: the nested config that has the field, or the field of the closest
+    name, or the fields there are."""
+    fields = dataclasses.fields(cls)
+    said = f"{cls.__name__} has no field {name!r}"
+    for f in fields:
+        nested = f.default_factory
+        if dataclasses.is_dataclass(nested) and name in {g.name for g in dataclasses.fields(nested)}:
+            kind = nested.__name__  # type: ignore[union-attr]
+            return f"{said}: it is {kind}'s, given as {cls.__name__}({f.name}={kind}({name}=...))."
+    close = difflib.get_close_matches(name, [f.name for f in fields], n=1)
+    return said + (f"; did you mean {close[0]!r}?" if close else f"; its fields: {', '.join(f.name for f in fields)}.")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -105,6 +137,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class DataConfig:
@@ -146,6 +179,7 @@ class DataConfig:
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
 
 
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class MiningConfig:
@@ -204,6 +238,7 @@ FISHER_LABELS = ("data", "model")
 """Which labels the Fisher score's gradients are taken for (SensitivityConfig.fisher_labels)."""
 
 
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class SensitivityConfig:
@@ -299,6 +334,7 @@ MASK_STRATEGIES = ("topk_global", "random", "sampled")
 """How a row mask is chosen (MaskConfig.strategy)."""
 
 
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class MaskConfig:
@@ -380,6 +416,7 @@ TUNE_WIDEN = 4
 """How many rates a learning-rate sweep may add past its edge per method (``bench.BenchConfig.tune_widen``)."""
 
 
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -568,6 +605,7 @@ MAX_ATTRIBUTION_STEPS = 1024
 """Integrated Gradients' most interpolation steps (``AttributionConfig.n_steps``, --steps)."""
 
 
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class AttributionConfig:
@@ -625,6 +663,7 @@ class AttributionConfig:
         return asdict(self)
 
 
+@keywords_checked
 @documented
 @dataclass(frozen=True)
 class LabelAuditConfig:

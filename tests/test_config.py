@@ -201,3 +201,18 @@ def test_help_on_a_config_says_what_each_field_does():
     from clm_explore.config import _module_tree
 
     assert _module_tree(str(Path(config_module.__file__).with_suffix(".pyc"))) is None  # compiled only: no crash
+
+
+def test_a_keyword_a_config_lacks_is_named_with_where_it_belongs() -> None:
+    from clm_explore.bench import BenchConfig
+
+    with pytest.raises(TypeError, match=r"it is MaskConfig's, given as FinetuneConfig\(mask=MaskConfig\(budget=\.\.\.\)\)"):
+        FinetuneConfig(method="sparse", budget=0.01)
+    with pytest.raises(TypeError, match="FinetuneConfig has no field 'epoch'; did you mean 'epochs'"):
+        FinetuneConfig(epoch=2)
+    with pytest.raises(TypeError, match="MaskConfig has no field 'zzz'; its fields: budget, strategy"):
+        MaskConfig(zzz=1)
+    with pytest.raises(TypeError, match="did you mean 'budgets'"):
+        BenchConfig(budget=0.01)
+    cfg = FinetuneConfig(epochs=2, mask=MaskConfig(budget=0.02))  # the fields themselves as before
+    assert (cfg.epochs, cfg.mask.budget, dataclasses.replace(cfg, epochs=4).epochs) == (2, 0.02, 4)
