@@ -76,3 +76,12 @@ def test_sample_data_is_usable(capsys):
     assert report["rows"] == 2000 and len(report["labels"]) == 20
     assert report["splits"]["test"] == 800
     assert all(counts["test"] == 40 for counts in report["label_counts"].values())
+
+
+def test_strict_exits_1_on_problems_only(capsys):
+    banking = str(SHARED_DATA / "banking77")  # duplicates and train/test leakage: problems listed
+    assert main(["validate", banking, "--strict"]) == 1 and "leakage" in capsys.readouterr().out
+    assert main(["validate", banking, "--strict", "--json"]) == 1 and json.loads(capsys.readouterr().out)["problems"]
+    assert main(["validate", str(GOOD / "custom_columns.csv"), "--text-col", "review", "--label-col", "stars",
+                 "--strict", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == []

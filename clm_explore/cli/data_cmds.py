@@ -25,10 +25,13 @@ def register(subparsers: Any) -> None:
         "validate",
         help="check a data set and print a report",
         description="Load DATA, check it (columns, encoding, empty rows, labels, splits) and print a report. "
-        "Exit 0 when the data is usable, 2 with a message saying what to fix when it is not.",
+        "Exit 0 when the data is usable (its problems, such as duplicates or rare labels, listed; exit 1 for them "
+        "with --strict), 2 with a message saying what to fix when it is not.",
     )
     add_data_args(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when the report lists problems (a script or CI check that must stop on them)")
     parser.set_defaults(func=run_validate)
     _register_audit(subparsers)
 
@@ -129,7 +132,7 @@ def run_validate(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         print(format_report(report))
-    return 0
+    return 1 if args.strict and report.problems else 0
 
 
 def format_report(report: DataReport) -> str:
