@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.runs import RunStatus
-from clm_explore.ui import cache, jobs, run_views, state
+from clm_explore.ui import cache, jobs, layer_charts, run_views, state
 
 st.title("Compare runs")
 st.write("Two finished runs side by side: what each gets right, and which words each model relies on.")
@@ -42,6 +42,7 @@ st.header("What training changed")
 st.write("Where each run moved its base model's weights: a sparse run only its selected rows, full finetuning every "
          "matrix. Per layer and module; the head is left out, LayerNorms are counted below each map.")
 run_views.weight_changes_toggle([a, b], key="cmp_changes")
+layer_charts.layer_similarity_toggle(a, b, key="cmp_cka")
 
 st.header("Where they disagree")
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}
@@ -62,11 +63,13 @@ if not shown.empty:
         format_func=lambda i: f"{shown.at[i, 'row']}: {shown.at[i, 'text'][:80]}",
     )
     run_views.explain_pair(shown.at[pick, "text"], a, b, key="cmp_row")
+    layer_charts.head_attention_pair(shown.at[pick, "text"], a, b, key="cmp_row_heads")
 
 st.header("Try a text")
 own = run_views.try_text(key="cmp")
 if own:
     run_views.explain_pair(own, a, b, key="cmp_try")
+    layer_charts.head_attention_pair(own, a, b, key="cmp_try_heads")
 
 st.header("Top words per label")
 state.restore("cmp_max_rows", 100)

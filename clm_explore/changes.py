@@ -130,6 +130,18 @@ def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None
     )
 
 
+def base_model(run: Any, source: str | None = None) -> LoadedModel:
+    """The model a finished run was trained from (``source`` when given), loaded at the run's seed.
+
+    Raises:
+        ChangesError: the run does not record its base model and none is given.
+        ModelSourceError: the run or the base model cannot be loaded.
+    """
+    folder = finished_run(run)
+    meta = read_json_object(folder / "clm_run.json")
+    return _load_base(folder, source or _run_source(folder, meta), meta, given=source is not None)
+
+
 def _run_source(folder: Path, meta: dict[str, Any]) -> str:
     source = meta.get("source")
     if not source:

@@ -31,7 +31,8 @@ COMMAND_MODULES = (
     "clm_explore.cli.data_cmds",  # validate
     "clm_explore.cli.method_cmds",  # mine, sensitivity, finetune, predict
     "clm_explore.cli.bench_cmds",  # bench
-    "clm_explore.cli.explain_cmds",  # explain, report, changes
+    "clm_explore.cli.explain_cmds",  # explain, report, changes, card
+    "clm_explore.cli.layer_cmds",  # layers, heads
 )
 
 

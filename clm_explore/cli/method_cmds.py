@@ -563,7 +563,7 @@ def run_predict(args: argparse.Namespace) -> int:
     run_dir = checked_run(args.run, "--run")  # an unfinished run is said so, as explain says it
     length = checked_max_length(args.max_length, run_dir)
     threshold = abstention_threshold(args.abstain_below, run_dir)
-    texts = checked_texts(args.text) if args.text else _texts_from_file(args.file, args.text_col)
+    texts = checked_texts(args.text) if args.text else texts_from_file(args.file, args.text_col)
     frame = predict(run_dir, texts, length)  # at the run's trained length unless --max-length
     probs, labels = frame.to_numpy(), list(frame.columns)
     results = []
@@ -616,7 +616,7 @@ def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
     return threshold
 
 
-def _texts_from_file(path: str, text_col: str | None) -> list[str]:
+def texts_from_file(path: str, text_col: str | None) -> list[str]:
     """Texts of any data file ``load_data`` reads (labels not needed), or of a .txt file, one per line."""
     from clm_explore.data import read_texts
 

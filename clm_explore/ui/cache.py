@@ -41,6 +41,7 @@ from clm_explore.data import (
 )
 from clm_explore.jobs import KeyedTask, KeyedTasks
 from clm_explore.label_issues import LabelIssues, find_label_issues
+from clm_explore.layer_views import HeadAttention, LayerSimilarity
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model, unsupported_reason
@@ -244,6 +245,28 @@ def run_model(run_path: str, mtime: float) -> LoadedModel:
     from clm_explore.attribution import load_run_model
 
     return load_run_model(run_path)
+
+
+@st.cache_data(show_spinner="Comparing the layers' representations…", max_entries=32)
+def layer_similarity(run_path: str, mtime: float, other_path: str, other_mtime: float, base_version: str
+                     ) -> LayerSimilarity:
+    """Linear CKA per layer between a run and another run (``other_path``), or its base model (``other_path`` ''),
+    on the run's test rows (a sample of ``UI_CKA_ROWS``). The runs' ``mtime`` and the base model's version key the
+    cache."""
+    from clm_explore.layer_views import layer_similarity as similarity
+
+    return similarity(run_path, other_path or None, max_rows=UI_CKA_ROWS)
+
+
+UI_CKA_ROWS = 256
+"""Test rows the Compare page's CKA reads: a few seconds a model on a CPU; CKA over 256 texts is stable to ~0.01."""
+
+
+@st.cache_data(show_spinner="Reading the attention heads…", max_entries=32)
+def head_attention(run_path: str, mtime: float, text: str) -> HeadAttention:
+    from clm_explore.layer_views import head_attention as heads
+
+    return heads(run_path, text, loaded=run_model(run_path, mtime))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -370,6 +370,11 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert len(shares) == 2 and 0 < shares[0] < 10 < shares[1], moved  # A sparse: few; B full: most
     at.radio(key="cmp_changes_view").set_value("relative_change").run()
     assert not at.exception and "Change relative" in at.radio(key="cmp_changes_view").format_func("relative_change")
+    at.toggle(key="cmp_cka").set_value(True).run(timeout=TIMEOUT)  # the layers' representations, A, B and the base
+    assert not at.exception, [e.value for e in at.exception]
+    cka = next(c.value for c in at.caption if c.value.startswith("Over ") and "test rows" in c.value)
+    assert cka.count("lowest") == 3 and "A vs B" in cka and "B vs its base model" in cka, cka
+    at.toggle(key="cmp_cka").set_value(False).run()
     goto(at, "app_pages/7_runs.py")  # one run's map, on the Runs page
     at.toggle(key="runs_changes").set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -393,6 +398,14 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     answers = [m.value for m in at.markdown if "p =" in m.value]
     assert len(answers) == explained + 2 and "sparse" in answers[-2] and "full" in answers[-1]
+    at.toggle(key="cmp_try_heads").set_value(True).run(timeout=TIMEOUT)  # each head's reading of the text
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="cmp_try_heads_layer").value == 1  # the tiny model's last layer first
+    at.number_input(key="cmp_try_heads_head").set_value(3).run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    numbers = [d.value for d in at.dataframe if list(d.value.columns) == ["task_attention", "selected"]]
+    assert len(numbers) == 2 and numbers[0]["selected"].notna().all() and numbers[1]["selected"].isna().all()
+    at.toggle(key="cmp_try_heads").set_value(False).run()
     at.button(key="cmp_report").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("download_button"), "report download offered"

@@ -1,0 +1,345 @@
+"""Inside a run's model, layer by layer: how alike two models' representations are (linear CKA), and what each
+attention head reads in one text beside the share of its rows the run's mask selected.
+
+Weight changes (``changes``) say where training moved the weights; these say where it moved what the model
+computes (the representation view of ecco's CKA) and which heads look at the mined task tokens (BertViz's head
+view, tied to the mask: no peer shows which heads a sparse run trained).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clm_explore.modeling import LoadedModel, ModelSourceError, finished_run, load_run, trained_max_length
+
+DEFAULT_MAX_ROWS = 512
+"""Test rows whose pooled states are compared: CKA over a few hundred inputs is stable to about 0.01."""
+
+
+class LayerViewError(ModelSourceError):
+    """Two models whose layers cannot be compared, or a text that cannot be read; the message says why."""
+
+
+# ------------------------------------------------------------------------------------------------ similarity
+
+
+@dataclass
+class LayerSimilarity:
+    """Linear CKA (Kornblith et al., 2019) between two models' mean-pooled token states, layer by layer, over the
+    same texts: 1 = the same representation up to rotation and scale; lower = training changed what that layer
+    computes."""
+
+    table: pd.DataFrame
+    """One row per layer: layer (0 = the embeddings' output, i = after block i), cka."""
+    run: str
+    other: str
+    """The other run's folder, or the base model's source."""
+    rows: int
+    """Texts compared."""
+
+    def lowest(self) -> tuple[int, float]:
+        """The layer whose representation moved most (lowest CKA) and its CKA."""
+        at = int(self.table["cka"].idxmin())
+        return int(self.table.at[at, "layer"]), float(self.table.at[at, "cka"])
+
+    def summary(self) -> str:
+        layer, cka = self.lowest()
+        top = self.table.iloc[-1]
+        return (f"linear CKA over {self.rows:,} texts: {float(self.table['cka'].iloc[0]):.3f} at the embeddings, "
+                f"{float(top['cka']):.3f} after the last layer ({int(top['layer'])}); lowest {cka:.3f} at layer {layer}")
+
+    def __repr__(self) -> str:  # one line in a notebook (the per-layer figures are .table)
+        return f"LayerSimilarity({Path(self.run).name} vs {Path(self.other).name}: {self.summary()})"
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict (``layers --json``)."""
+        return {"run": self.run, "other": self.other, "rows": self.rows,
+                "layers": [{"layer": int(r.layer), "cka": float(r.cka)} for r in self.table.itertuples()]}
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA of two (n, d) representations of the same n inputs (their widths may differ); NaN when either
+    is constant over the inputs."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(np.linalg.norm(y.T @ x) ** 2 / denominator) if denominator > 0 else math.nan
+
+
+def layer_similarity(run: Any, other: Any = None, texts: list[str] | None = None, max_rows: int = DEFAULT_MAX_ROWS,
+                     source: str | None = None) -> LayerSimilarity:
+    """How alike ``run``'s and ``other``'s representations are after each layer, over the same texts.
+
+    Args:
+        run: a finished run (folder, run id, ``FinetuneResult`` or registry record), or a ``LoadedModel``.
+        other: another finished run or ``LoadedModel`` of the same number of layers; None: the run's base model
+            (``source``, else the one it was trained from).
+        texts: the texts; default: the run's test rows (its predictions.csv), a seeded sample of ``max_rows``.
+        max_rows: at most this many texts (a seeded sample of longer lists).
+        source: the base model when ``other`` is None (``weight_changes``' ``source``).
+
+    Raises:
+        LayerViewError: models of different depths, fewer than 3 texts, or no texts and no predictions.csv.
+        ModelSourceError: a run or the base model cannot be loaded.
+    """
+    if max_rows < 3:
+        raise LayerViewError(f"max_rows must be at least 3 (CKA compares texts with each other); got {max_rows}.")
+    model_a, name_a, length = _model_of(run)
+    if other is None:
+        from clm_explore.changes import base_model
+
+        model_b = base_model(run if not isinstance(run, LoadedModel) else name_a, source)
+        name_b = model_b.source
+    else:
+        model_b, name_b, length_b = _model_of(other)
+        length = max(length, length_b)
+    texts = _sampled(texts if texts is not None else _test_texts(run), max_rows)
+    states_a, states_b = pooled_states(model_a, texts, length), pooled_states(model_b, texts, length)
+    if len(states_a) != len(states_b):
+        raise LayerViewError(f"{name_a} has {len(states_a) - 1} layers and {name_b} {len(states_b) - 1}: CKA compares "
+                             "the same layer of two models of one depth.")
+    table = pd.DataFrame({"layer": range(len(states_a)),
+                          "cka": [linear_cka(a, b) for a, b in zip(states_a, states_b, strict=True)]})
+    return LayerSimilarity(table=table, run=name_a, other=name_b, rows=len(texts))
+
+
+def _model_of(run: Any) -> tuple[LoadedModel, str, int]:
+    """The loaded model, its name and the sub-tokens it reads per text (its run's trained length, else 64)."""
+    if isinstance(run, LoadedModel):
+        length = getattr(getattr(run.model, "config", None), "clm_max_length", None) or 64
+        return run, run.source, int(length)
+    folder = finished_run(run)
+    return load_run(folder), str(folder), trained_max_length(folder)
+
+
+def _test_texts(run: Any) -> list[str]:
+    if isinstance(run, LoadedModel):
+        raise LayerViewError("A loaded model has no test rows of its own: pass texts=[...].")
+    from clm_explore.casestudy import split_frame
+
+    try:
+        return split_frame(finished_run(run))["text"].astype(str).tolist()
+    except FileNotFoundError as exc:
+        raise LayerViewError(str(exc)) from None
+
+
+def _sampled(texts: list[str], max_rows: int) -> list[str]:
+    texts = [str(t) for t in texts]
+    if len(texts) < 3:
+        raise LayerViewError(f"CKA needs at least 3 texts; got {len(texts)}.")
+    if len(texts) <= max_rows:
+        return texts
+    keep = np.sort(np.random.default_rng(0).choice(len(texts), max_rows, replace=False))
+    return [texts[i] for i in keep]
+
+
+@torch.no_grad()
+def pooled_states(loaded: LoadedModel, texts: list[str], max_length: int, batch_size: int = 32) -> list[np.ndarray]:
+    """Per layer (the embeddings' output first), the (texts, width) mean of each text's token states (padding
+    left out), as float32 on the CPU."""
+    from clm_explore.batches import collate, encode
+
+    model = loaded.model
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids = encode(loaded, texts, max_length)
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    pooled: list[list[np.ndarray]] = []
+    try:
+        for start in range(0, len(ids), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(ids)))
+            input_ids, mask = collate(ids, idx, pad)
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            weights = mask.to(device).unsqueeze(-1).float()
+            for i, states in enumerate(out.hidden_states):
+                if len(pooled) <= i:
+                    pooled.append([])
+                mean = (states.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+                pooled[i].append(mean.cpu().numpy())
+    finally:
+        model.train(was_training)
+    return [np.concatenate(parts) for parts in pooled]
+
+
+# ------------------------------------------------------------------------------------------------ attention
+
+
+@dataclass
+class HeadAttention:
+    """What every attention head of a model reads in one text."""
+
+    tokens: list[str]
+    """The sub-tokens read, special tokens included."""
+    attention: np.ndarray
+    """(layers, heads, tokens, tokens): each query token's attention over the key tokens (rows sum to 1; a prefix
+    run's prefix positions are left out, so its rows may sum to less)."""
+    task_positions: list[int]
+    """Positions of ``tokens`` that a mined task-token group of the run covers."""
+    task_attention: np.ndarray
+    """(layers, heads): the attention the text's tokens give the task tokens, averaged over the query tokens
+    (special tokens left out); NaN when the text has none."""
+    selected: np.ndarray | None
+    """(layers, heads): the share of the head's query, key and value rows the run's mask selected; None when the
+    run has no row mask (full finetuning, LoRA, ...)."""
+    special_positions: list[int] = field(default_factory=list)
+    """Positions of the tokenizer's special tokens ([CLS], [SEP], ...)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def task_share(self) -> float:
+        """The task tokens' share of the tokens: the attention a head spreading evenly would give them."""
+        return len(self.task_positions) / max(len(self.tokens), 1)
+
+    def table(self) -> pd.DataFrame:
+        """One row per (layer, head): layer, head, task_attention, selected (NaN without a mask)."""
+        layers, heads = self.task_attention.shape
+        selected = self.selected if self.selected is not None else np.full((layers, heads), np.nan)
+        return pd.DataFrame({"layer": np.repeat(np.arange(layers), heads), "head": np.tile(np.arange(heads), layers),
+                             "task_attention": self.task_attention.reshape(-1), "selected": selected.reshape(-1)})
+
+    def __repr__(self) -> str:
+        layers, heads = self.task_attention.shape
+        return (f"HeadAttention({len(self.tokens)} tokens, {layers} layers x {heads} heads, "
+                f"{len(self.task_positions)} task-token positions; .table(), .attention)")
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict (``heads --json``): the tokens, the task positions and the per-head table (the full
+        attention maps are left out: layers x heads x tokens^2 numbers)."""
+        table = self.table().astype(object).where(self.table().notna(), None)
+        return {"tokens": self.tokens, "task_positions": self.task_positions, "task_share": self.task_share,
+                "heads": table.to_dict(orient="records"), "notes": self.notes}
+
+
+def head_attention(run: Any, text: str, max_length: int | None = None, loaded: LoadedModel | None = None
+                   ) -> HeadAttention:
+    """Every head's attention in ``text`` under a finished run's model, with the run's mined task tokens and, for a
+    row method, the share of each head's query, key and value rows its mask selected.
+
+    Args:
+        run: a finished run (folder, run id, ``FinetuneResult`` or registry record).
+        text: one text.
+        max_length: sub-tokens read; default the run's trained length.
+        loaded: the run's model already loaded (``load_run``; left as it was), instead of loading it.
+
+    Raises:
+        LayerViewError: an empty text, or a model whose attention cannot be read.
+        ModelSourceError: the run cannot be loaded.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise LayerViewError("head_attention needs one non-empty text.")
+    folder = finished_run(run)
+    loaded = loaded or load_run(folder)
+    length = max_length or trained_max_length(folder)
+    attention, tokens, special, enc = _attentions(loaded, text, length)
+    notes = []
+    groups = _run_task_tokens(folder)
+    if groups is None:
+        notes.append("the run has no mined task tokens (task_tokens.json): no task positions")
+        positions: list[int] = []
+    else:
+        from clm_explore.mining import covered_positions
+
+        positions = covered_positions([enc], [text], groups)[0]
+    queries = [i for i in range(len(tokens)) if i not in special]
+    if positions and queries:
+        task_attention = attention[:, :, queries][:, :, :, positions].sum(-1).mean(-1)
+    else:
+        task_attention = np.full(attention.shape[:2], np.nan)
+    selected = head_selection(folder, attention.shape[0], attention.shape[1], loaded)
+    return HeadAttention(tokens=tokens, attention=attention, task_positions=positions, task_attention=task_attention,
+                         selected=selected, special_positions=sorted(special), notes=notes)
+
+
+def _attentions(loaded: LoadedModel, text: str, length: int) -> tuple[np.ndarray, list[str], set[int], Any]:
+    """(layers, heads, tokens, tokens) attention of one text, its tokens, the special positions and the encoding.
+    The model computes with eager attention for the call (SDPA returns no weights), under the model's lock (the
+    app's sessions share a cached run model), and is put back as it was."""
+    from clm_explore.attribution import _model_lock
+
+    encoded = loaded.tokenizer(text, truncation=True, max_length=length, return_tensors="pt",
+                               return_special_tokens_mask=True)
+    special_mask = encoded.pop("special_tokens_mask")[0].tolist()
+    model = loaded.model
+    base = getattr(model, "get_base_model", lambda: model)()  # a prefix run: the transformers model inside
+    device = next(model.parameters()).device
+    with _model_lock(model), torch.no_grad():
+        before = getattr(base.config, "_attn_implementation", None)
+        was_training = model.training
+        try:
+            if before not in (None, "eager"):
+                base.set_attn_implementation("eager")
+            model.eval()
+            out = model(**{k: v.to(device) for k, v in encoded.items()}, output_attentions=True)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise LayerViewError(f"The attention of {loaded.source} cannot be read ({exc}).") from exc
+        finally:
+            model.train(was_training)
+            if before not in (None, "eager"):
+                base.set_attn_implementation(before)
+    if not out.attentions:
+        raise LayerViewError(f"{loaded.source} returned no attention weights.")
+    n = encoded["input_ids"].shape[1]
+    attention = torch.stack([a[0, :, :, -n:].float().cpu() for a in out.attentions]).numpy()
+    tokens = loaded.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist())
+    special = {i for i, s in enumerate(special_mask) if s}
+    return attention, tokens, special, encoded.encodings[0]
+
+
+def _run_task_tokens(folder: Path) -> Any:
+    from clm_explore.mining import TaskTokens
+
+    path = folder / "task_tokens.json"
+    if not path.is_file():
+        return None
+    try:
+        return TaskTokens.load(path)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{path} cannot be read ({exc}); restore it, or delete it (no task positions are "
+                               "then shown).") from exc
+
+
+def head_selection(folder: Path, layers: int, heads: int, loaded: LoadedModel) -> np.ndarray | None:
+    """(layers, heads): the share of each head's query, key and value rows in the run's row mask
+    (``masks.safetensors``, which holds only the maps with a selected row); a key/value head shared by several
+    query heads (grouped-query attention) counts for each. None without a mask."""
+    path = folder / "masks.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from clm_explore.sensitivity import scored_linears
+
+    try:
+        masks = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelSourceError(f"{path} cannot be read ({exc}); restore it, or delete it (no mask is then shown)."
+                               ) from exc
+    kv_heads = getattr(loaded.model.config, "num_key_value_heads", None) or heads
+    picked = np.zeros((layers, heads))
+    total = np.zeros((layers, heads))
+    for name, (lin, layer, kind) in scored_linears(loaded.model).items():
+        own = heads if kind == "q" else kv_heads
+        if kind not in ("q", "k", "v") or not 0 <= layer < layers or lin.out_features % own:
+            continue
+        mask = masks.get(f"{name}.weight")
+        rows = np.zeros(lin.out_features, dtype=bool) if mask is None else (
+            mask.bool().reshape(mask.shape[0], -1).any(dim=1).numpy())
+        per_head = rows.reshape(own, -1)
+        for h in range(heads):
+            block = per_head[h * own // heads]
+            picked[layer, h] += block.sum()
+            total[layer, h] += block.size
+    if not total.any():
+        return None
+    return np.divide(picked, total, out=np.full_like(picked, np.nan), where=total > 0)

@@ -1,0 +1,116 @@
+"""The Compare page's layer views: how alike the two runs' representations are per layer (linear CKA), and what
+each attention head reads in a text beside the share of its rows each run's mask selected.
+
+Same rules as ``views``: user text only through plotly labels escaped with ``plot_text`` or through dataframes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from clm_explore.modeling import ModelSourceError
+from clm_explore.runs import RunRecord, read_json_object
+from clm_explore.ui import cache, state, views
+from clm_explore.ui.views import escape_markdown, plot_text
+
+
+def layer_similarity_toggle(a: RunRecord, b: RunRecord, key: str) -> None:
+    """A toggle that draws linear CKA per layer: A vs B, and each run vs the base model it was trained from."""
+    state.restore(key, False)
+    shown = st.toggle("Compare the layers' representations (CKA)", key=key,
+                      help="Linear CKA between two models' mean-pooled token states after each layer, on the test "
+                      "rows: 1 = the same representation up to rotation and scale; lower = training changed what "
+                      "that layer computes.")
+    state.keep(key)
+    if not shown:
+        return
+    stamp = {r.id: cache.file_mtime(r.path / "config.json") for r in (a, b)}
+    try:
+        pairs = {
+            "A vs B": cache.layer_similarity(str(a.path), stamp[a.id], str(b.path), stamp[b.id], ""),
+            "A vs its base model": cache.layer_similarity(str(a.path), stamp[a.id], "", 0.0, _base_version(a)),
+            "B vs its base model": cache.layer_similarity(str(b.path), stamp[b.id], "", 0.0, _base_version(b)),
+        }
+    except ModelSourceError as exc:  # a base model gone, runs of different depths, no predictions.csv
+        st.warning(escape_markdown(str(exc)))
+        return
+    fig = go.Figure([go.Scatter(x=r.table["layer"], y=r.table["cka"], mode="lines+markers", name=name)
+                     for name, r in pairs.items()])
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="Linear CKA per layer",
+                      xaxis_title="layer (0 = the embeddings' output)", yaxis_title="CKA", xaxis_dtick=1)
+    numbers = pd.DataFrame({name: r.table.set_index("layer")["cka"] for name, r in pairs.items()})
+    views.chart(fig, f"{key}_cka", numbers, "Linear CKA per layer")
+    rows = next(iter(pairs.values())).rows
+    st.caption(f"Over {rows:,} test rows. " + " ".join(
+        f"{name}: lowest {cka:.3f} at layer {layer}." for name, (layer, cka) in
+        ((n, r.lowest()) for n, r in pairs.items())))
+
+
+def _base_version(run: RunRecord) -> str:
+    source = read_json_object(run.path / "clm_run.json").get("source")
+    return state.model_version(str(source or ""))
+
+
+def head_attention_pair(text: str, a: RunRecord, b: RunRecord, key: str) -> None:
+    """A toggle that draws, for both runs, each head's attention to the mined task tokens of ``text`` (the share
+    of the head's rows each run's mask selected in every cell), then one chosen head's attention map."""
+    state.restore(key, False)
+    shown = st.toggle("Attention heads", key=key, help="Per layer and head: the attention the text's tokens give "
+                      "the run's mined task tokens, and the share of the head's query, key and value rows the run's "
+                      "mask selected (row methods). Then one head's attention, token by token.")
+    state.keep(key)
+    if not shown:
+        return
+    try:
+        results = [cache.head_attention(str(r.path), cache.file_mtime(r.path / "config.json"), text) for r in (a, b)]
+    except ModelSourceError as exc:
+        st.warning(escape_markdown(str(exc)))
+        return
+    for column, result, run, side in zip(st.columns(2), results, (a, b), "AB", strict=True):
+        with column:
+            _task_attention_heatmap(result, f"{side}: {run.method}", key=f"{key}_{side.lower()}")
+    layers, heads = results[0].task_attention.shape
+    c1, c2 = st.columns(2)
+    layer = int(c1.number_input("Layer", 0, layers - 1, layers - 1, key=f"{key}_layer"))
+    head = int(c2.number_input("Head", 0, heads - 1, 0, key=f"{key}_head"))
+    for column, result, run, side in zip(st.columns(2), results, (a, b), "AB", strict=True):
+        with column:
+            if layer < result.attention.shape[0] and head < result.attention.shape[1]:
+                _attention_map(result, layer, head, f"{side}: {run.method}, layer {layer}, head {head}",
+                               key=f"{key}_{side.lower()}_map")
+
+
+def _task_attention_heatmap(result: object, title: str, key: str) -> None:
+    table = result.table()  # type: ignore[attr-defined]
+    for note in result.notes:  # type: ignore[attr-defined]
+        st.caption(f"Note: {escape_markdown(note)}.")
+    grid = table.pivot(index="layer", columns="head", values="task_attention")
+    picked = table.pivot(index="layer", columns="head", values="selected")
+    labels = np.where(picked.isna(), "", picked.map(lambda v: f"{v:.0%} rows" if v == v else ""))
+    fig = go.Figure(go.Heatmap(
+        z=grid.values, x=[f"h{h}" for h in grid.columns], y=[f"L{i}" for i in grid.index], colorscale="Blues",
+        zmin=0, zmax=1, text=labels, texttemplate="%{text}",
+        customdata=picked.values,
+        hovertemplate="layer %{y} · head %{x}: %{z:.1%} of the attention to task tokens; "
+                      "%{customdata:.0%} of its rows selected<extra></extra>",
+    ))
+    share = result.task_share  # type: ignore[attr-defined]
+    fig.update_layout(title=f"{title}: attention to task tokens (even spread {share:.0%})", height=340,
+                      margin=dict(l=10, r=10, t=40, b=10), yaxis_type="category", xaxis_type="category")
+    numbers = table.set_index(["layer", "head"])
+    views.chart(fig, f"{key}_heads", numbers, f"{title}: attention to task tokens per head")
+
+
+def _attention_map(result: object, layer: int, head: int, title: str, key: str) -> None:
+    tokens = [f"{i}: {plot_text(t)}" for i, t in enumerate(result.tokens)]  # type: ignore[attr-defined]
+    matrix = result.attention[layer, head]  # type: ignore[attr-defined]
+    fig = go.Figure(go.Heatmap(z=matrix, x=tokens, y=tokens, colorscale="Purples", zmin=0,
+                               hovertemplate="%{y} → %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=max(300, 18 * len(tokens) + 120), margin=dict(l=10, r=10, t=40, b=10),
+                      yaxis_autorange="reversed", yaxis_title="query token", xaxis_title="key token",
+                      yaxis_type="category", xaxis_type="category")
+    numbers = pd.DataFrame(matrix, index=tokens, columns=tokens)
+    views.chart(fig, f"{key}_map", numbers, title)

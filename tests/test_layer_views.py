@@ -1,0 +1,120 @@
+"""Layer by layer: linear CKA between two models' representations, and each attention head's reading of a text
+beside the share of its rows the run's mask selected (``clm_explore.layer_views``, ``layers`` and ``heads``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clm_explore.cli import main
+from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
+from clm_explore.layer_views import LayerViewError, head_attention, layer_similarity, linear_cka
+from clm_explore.training import finetune
+
+TEXT = "my card has not arrived yet, where is my card?"
+
+
+def _cfg(method: str) -> FinetuneConfig:
+    return FinetuneConfig(method=method, epochs=1, batch_size=80, device="cpu", lr=5e-2 if method == "full" else 0.0,
+                          mask=MaskConfig(budget=0.05, min_layer=0),
+                          sensitivity=SensitivityConfig(calibration_rows=80, warmup_epochs=1))
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data_module, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("layer_views")
+    return {m: finetune(tiny_data_module, _cfg(m), root / m, source="tiny-random", progress=False).out_dir
+            for m in ("sparse", "full", "head")}
+
+
+def test_linear_cka_is_one_for_the_same_representation_up_to_rotation_and_scale() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    assert linear_cka(x, 3.0 * x @ rotation + 5.0) == pytest.approx(1.0)
+    assert linear_cka(x, rng.normal(size=(200, 8))) < 0.2  # unrelated features of another width
+    assert linear_cka(x, x[:, :8]) == pytest.approx(linear_cka(x[:, :8], x))  # symmetric
+    assert np.isnan(linear_cka(x, np.ones((200, 4))))  # a constant representation says nothing
+
+
+def test_layer_similarity_sees_what_each_method_changed(runs) -> None:
+    probe = layer_similarity(runs["head"])  # a linear probe leaves the backbone as it was
+    assert list(probe.table["layer"]) == [0, 1, 2] and probe.rows == 40  # the test rows
+    assert np.allclose(probe.table["cka"], 1.0, atol=1e-6), probe.table
+    full = layer_similarity(runs["full"])
+    assert full.table["cka"].iloc[-1] < 0.999 and full.lowest()[1] == full.table["cka"].min()
+    between = layer_similarity(runs["sparse"], runs["full"], texts=[TEXT, "hello", "exchange rate", "top up"])
+    assert between.rows == 4 and between.other == str(runs["full"])
+    assert "sparse vs full" in repr(between) and json.loads(json.dumps(between.to_record()))["layers"][0]["layer"] == 0
+    with pytest.raises(LayerViewError, match="at least 3 texts"):
+        layer_similarity(runs["sparse"], texts=["one", "two"])
+
+
+def test_head_attention_reads_every_head_and_the_masks_rows_per_head(runs) -> None:
+    result = head_attention(runs["sparse"], TEXT)
+    layers, heads, n, m = result.attention.shape
+    assert (layers, heads) == (2, 4) and n == m == len(result.tokens) and result.tokens[0] == "[CLS]"
+    assert np.allclose(result.attention.sum(-1), 1.0, atol=1e-5)  # each query's attention over the keys
+    assert result.special_positions == [0, n - 1]
+    assert result.task_positions and not set(result.task_positions) & set(result.special_positions)
+    queries = [i for i in range(n) if i not in result.special_positions]
+    expected = result.attention[1, 2][queries][:, result.task_positions].sum(-1).mean()
+    assert result.task_attention[1, 2] == pytest.approx(expected)
+    masks = load_file(str(runs["sparse"] / "masks.safetensors"))
+    for layer in range(layers):  # the per-head shares add up to the rows the mask selected in q, k and v
+        picked = sum(int(masks[f"bert.encoder.layer.{layer}.attention.self.{kind}.weight"].sum())
+                     for kind in ("query", "key", "value")
+                     if f"bert.encoder.layer.{layer}.attention.self.{kind}.weight" in masks)
+        assert result.selected[layer].sum() * 3 * 32 / heads == pytest.approx(picked)
+    assert result.selected.sum() > 0
+    table = result.table()
+    assert len(table) == layers * heads and list(table.columns) == ["layer", "head", "task_attention", "selected"]
+    assert head_attention(runs["full"], TEXT).selected is None  # no row mask: nothing to show per head
+
+
+def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_module, tmp_path) -> None:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from clm_explore.modeling import load_model
+
+    tok = load_model("tiny-random").tokenizer
+    folder = tmp_path / "llama"
+    LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                               num_labels=4, pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    run = finetune(tiny_data_module, _cfg("sparse"), tmp_path / "run", source=str(folder), progress=False).out_dir
+    result = head_attention(run, TEXT)
+    masks = load_file(str(run / "masks.safetensors"))
+    assert any(f"self_attn.{kind}_proj" in name for name in masks for kind in "kv")  # shared rows were selected
+    for layer in range(2):
+        rows = {kind: masks.get(f"model.layers.{layer}.self_attn.{kind}_proj.weight") for kind in "qkv"}
+        q = rows["q"].reshape(4, -1).sum(1) if rows["q"] is not None else torch.zeros(4)
+        kv = sum(rows[k].reshape(2, -1).sum(1) for k in "kv" if rows[k] is not None) + torch.zeros(2)
+        picked = q + kv.repeat_interleave(2)  # query heads 0, 1 share key/value head 0; 2, 3 head 1
+        assert np.allclose(result.selected[layer], picked.numpy() / (8 + 8 + 8)), (layer, result.selected[layer])
+
+
+def test_layers_and_heads_commands(capsys, runs) -> None:
+    assert main(["layers", "--run", str(runs["head"])]) == 0
+    out = capsys.readouterr().out
+    assert "1.0000" in out and "linear CKA over 40 texts" in out
+    assert main(["layers", "--run", str(runs["sparse"]), "--vs", str(runs["full"]), "--max-rows", "10", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["rows"] == 10 and [r["layer"] for r in record["layers"]] == [0, 1, 2]
+    assert main(["heads", "--run", str(runs["sparse"]), "--text", TEXT]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tokens: [CLS] ") and "*card*" in out and "head 3" in out and "%)" in out
+    assert main(["heads", "--run", str(runs["sparse"]), "--text", TEXT, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["heads"]) == 8 and record["task_positions"] and 0 < record["task_share"] < 1
+    for argv, said in ((["layers", "--run", str(runs["sparse"]), "--max-rows", "2"], "--max-rows must be at least 3"),
+                       (["heads", "--run", str(runs["sparse"]), "--text", "  "], "--text is empty"),
+                       (["layers", "--run", str(runs["sparse"]) + "-missing"], "no such run folder")):
+        assert main(argv) == 2
+        assert said in capsys.readouterr().err
