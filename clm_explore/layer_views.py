@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from transformers import PreTrainedModel
 
 from clm_explore.modeling import LoadedModel, ModelSourceError, finished_run, load_run, trained_max_length
 
@@ -220,8 +221,8 @@ class HeadAttention:
                 "heads": table.to_dict(orient="records"), "notes": self.notes}
 
 
-def head_attention(run: Any, text: str, max_length: int | None = None, loaded: LoadedModel | None = None
-                   ) -> HeadAttention:
+def head_attention(run: Any, text: str, max_length: int | None = None, loaded: LoadedModel | None = None,
+                   groups_from: Any = None) -> HeadAttention:
     """Every head's attention in ``text`` under a finished run's model, with the run's mined task tokens and, for a
     row method, the share of each head's query, key and value rows its mask selected.
 
@@ -230,6 +231,8 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
         text: one text.
         max_length: sub-tokens read; default the run's trained length.
         loaded: the run's model already loaded (``load_run``; left as it was), instead of loading it.
+        groups_from: the run whose mined task tokens mark the text when ``run`` mined none (full finetuning, LoRA:
+            a sparse run of the same data, say); a run that mined its own keeps them.
 
     Raises:
         LayerViewError: an empty text, or a model whose attention cannot be read.
@@ -242,7 +245,13 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
     length = max_length or trained_max_length(folder)
     attention, tokens, special, enc = _attentions(loaded, text, length)
     notes = []
+    if attention.sum(-1).mean() < 0.999:  # a prefix run's prefix positions, left out of the maps
+        notes.append(f"{1 - attention.sum(-1).mean():.0%} of the attention goes to the prefix's positions, left out")
     groups = _run_task_tokens(folder)
+    if groups is None and groups_from is not None:
+        groups = _run_task_tokens(finished_run(groups_from))
+        if groups is not None:
+            notes.append(f"task tokens mined by {Path(finished_run(groups_from)).name}: this run mined none")
     if groups is None:
         notes.append("the run has no mined task tokens (task_tokens.json): no task positions")
         positions: list[int] = []
@@ -270,22 +279,24 @@ def _attentions(loaded: LoadedModel, text: str, length: int) -> tuple[np.ndarray
                                return_special_tokens_mask=True)
     special_mask = encoded.pop("special_tokens_mask")[0].tolist()
     model = loaded.model
-    base = getattr(model, "get_base_model", lambda: model)()  # a prefix run: the transformers model inside
+    # The transformers model that holds the attention: the model itself, or the one a prefix run's wrapper holds.
+    base = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    before = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    switch = base is not None and before not in (None, "eager")
     device = next(model.parameters()).device
     with _model_lock(model), torch.no_grad():
-        before = getattr(base.config, "_attn_implementation", None)
         was_training = model.training
         try:
-            if before not in (None, "eager"):
-                base.set_attn_implementation("eager")
+            if switch:
+                base.set_attn_implementation("eager")  # type: ignore[union-attr]
             model.eval()
             out = model(**{k: v.to(device) for k, v in encoded.items()}, output_attentions=True)
         except (ValueError, TypeError, AttributeError) as exc:
             raise LayerViewError(f"The attention of {loaded.source} cannot be read ({exc}).") from exc
         finally:
             model.train(was_training)
-            if before not in (None, "eager"):
-                base.set_attn_implementation(before)
+            if switch:
+                base.set_attn_implementation(before)  # type: ignore[union-attr]
     if not out.attentions:
         raise LayerViewError(f"{loaded.source} returned no attention weights.")
     n = encoded["input_ids"].shape[1]

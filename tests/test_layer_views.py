@@ -29,7 +29,7 @@ def _cfg(method: str) -> FinetuneConfig:
 def runs(tiny_data_module, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("layer_views")
     return {m: finetune(tiny_data_module, _cfg(m), root / m, source="tiny-random", progress=False).out_dir
-            for m in ("sparse", "full", "head")}
+            for m in ("sparse", "full", "head", "prefix")}
 
 
 def test_linear_cka_is_one_for_the_same_representation_up_to_rotation_and_scale() -> None:
@@ -74,7 +74,19 @@ def test_head_attention_reads_every_head_and_the_masks_rows_per_head(runs) -> No
     assert result.selected.sum() > 0
     table = result.table()
     assert len(table) == layers * heads and list(table.columns) == ["layer", "head", "task_attention", "selected"]
-    assert head_attention(runs["full"], TEXT).selected is None  # no row mask: nothing to show per head
+    full = head_attention(runs["full"], TEXT)
+    assert full.selected is None and not full.task_positions  # no row mask, no mined tokens of its own
+    lent = head_attention(runs["full"], TEXT, groups_from=runs["sparse"])  # the sparse run's, on the same data
+    assert lent.task_positions == result.task_positions and "task tokens mined by sparse" in lent.notes[0]
+    assert not np.isnan(lent.task_attention).any()
+
+
+def test_a_prefix_runs_attention_leaves_the_prefix_positions_out_and_says_so(runs) -> None:
+    result = head_attention(runs["prefix"], TEXT, groups_from=runs["sparse"])
+    n = len(result.tokens)
+    assert result.attention.shape[2:] == (n, n) and (result.attention.sum(-1) < 0.99).all()
+    assert "of the attention goes to the prefix's positions, left out" in result.notes[0]
+    assert result.task_positions and result.selected is None
 
 
 def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_module, tmp_path) -> None:
@@ -110,6 +122,9 @@ def test_layers_and_heads_commands(capsys, runs) -> None:
     assert main(["heads", "--run", str(runs["sparse"]), "--text", TEXT]) == 0
     out = capsys.readouterr().out
     assert out.startswith("tokens: [CLS] ") and "*card*" in out and "head 3" in out and "%)" in out
+    assert main(["heads", "--run", str(runs["full"]), "--text", TEXT, "--groups-from", str(runs["sparse"])]) == 0
+    out = capsys.readouterr().out
+    assert "*card*" in out and "task tokens mined by sparse" in out and "%)" not in out  # no mask: no brackets
     assert main(["heads", "--run", str(runs["sparse"]), "--text", TEXT, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert len(record["heads"]) == 8 and record["task_positions"] and 0 < record["task_share"] < 1

@@ -44,6 +44,8 @@ def register(subparsers: Any) -> None:
     )
     heads.add_argument("--run", required=True, metavar="DIR", help="a run folder or a run id of the registry")
     heads.add_argument("--text", required=True, metavar="T", help="the text")
+    heads.add_argument("--groups-from", default=None, metavar="RUN",
+                       help="a run whose mined task tokens mark the text when --run mined none (full finetuning, LoRA)")
     heads.add_argument("--max-length", type=int, default=None,
                        help="sub-tokens read (default: the length the run trained with)")
     heads.add_argument("--json", action="store_true",
@@ -78,7 +80,8 @@ def run_heads(args: argparse.Namespace) -> int:
     run = checked_run(args.run, "--run")
     if not args.text.strip():
         raise UserError("--text is empty; give the text to read.")
-    result = head_attention(run, args.text, checked_max_length(args.max_length, run))
+    groups_from = checked_run(args.groups_from, "--groups-from")
+    result = head_attention(run, args.text, checked_max_length(args.max_length, run), groups_from=groups_from)
     if args.json:
         print_json(result.to_record())
         return 0
@@ -101,7 +104,7 @@ def format_heads(result: HeadAttention) -> str:
     lines.append(f"Attention given to the task tokens (*...*), per head; a head spreading evenly gives them "
                  f"{result.task_share:.0%}" + ("; in brackets the share of the head's query, key and value rows the "
                                                  "mask selected" if masked else "") + ":")
-    lines.append("layer " + "".join(f"{f'head {h}':>13}" for h in range(heads)))
+    lines.append("layer " + "".join(f"{f'head {h}':>10}" for h in range(heads)))
     for layer in range(layers):
         cells = []
         for h in range(heads):
@@ -109,6 +112,6 @@ def format_heads(result: HeadAttention) -> str:
             cell = "-" if share != share else f"{share:.0%}"  # NaN: the text has no task tokens
             if masked:
                 cell += f" ({result.selected[layer, h]:.0%})"  # type: ignore[index]
-            cells.append(f"{cell:>13}")
+            cells.append(f"{cell:>10}")
         lines.append(f"{layer:<6}" + "".join(cells))
     return "\n".join(lines)

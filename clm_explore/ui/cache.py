@@ -263,10 +263,12 @@ UI_CKA_ROWS = 256
 
 
 @st.cache_data(show_spinner="Reading the attention heads…", max_entries=32)
-def head_attention(run_path: str, mtime: float, text: str) -> HeadAttention:
+def head_attention(run_path: str, mtime: float, text: str, groups_from: str) -> HeadAttention:
+    """Each head's attention in ``text``; ``groups_from`` (a run folder, or '') marks the task tokens of a run that
+    mined none."""
     from clm_explore.layer_views import head_attention as heads
 
-    return heads(run_path, text, loaded=run_model(run_path, mtime))
+    return heads(run_path, text, loaded=run_model(run_path, mtime), groups_from=groups_from or None)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

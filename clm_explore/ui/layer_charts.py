@@ -65,7 +65,9 @@ def head_attention_pair(text: str, a: RunRecord, b: RunRecord, key: str) -> None
     if not shown:
         return
     try:
-        results = [cache.head_attention(str(r.path), cache.file_mtime(r.path / "config.json"), text) for r in (a, b)]
+        # A run that mined no task tokens (full finetuning, LoRA) is read with the other run's: the same data.
+        results = [cache.head_attention(str(r.path), cache.file_mtime(r.path / "config.json"), text, str(other.path))
+                   for r, other in ((a, b), (b, a))]
     except ModelSourceError as exc:
         st.warning(escape_markdown(str(exc)))
         return
