@@ -19,6 +19,8 @@ A notebook session, end to end::
     clm.RunStore().register_folder("runs/my-sparse")  # listed in the app's Runs and Compare pages
     run = clm.load_run("runs/my-sparse")
     clm.explain(run.model, run.tokenizer, "my card has not arrived")  # word attributions (Integrated Gradients)
+    clm.layer_similarity("runs/my-sparse").table  # linear CKA per layer against the base model it was trained from
+    clm.head_attention("runs/my-sparse", "my card has not arrived").table()  # heads: task-token attention, mask share
     full = clm.finetune(data, clm.FinetuneConfig(method="full"), "runs/my-full", source="default")
     clm.write_report(clm.case_study("runs/my-sparse", "runs/my-full"), "report.html")  # the case study, one file
 
@@ -36,7 +38,7 @@ The method x budget x seed grid, as ``clm-explore bench`` runs it (each cell a `
 Every error the API raises for a user's input is exported too (``except clm.DataError``): ``DataError`` (the data),
 ``ConfigError`` (a config's values), ``ModelSourceError`` (a model or run that cannot be loaded), ``RunFolderError``
 (an output folder that cannot be written), ``RunStoreError``, ``AttributionError``, ``ReportPathError``,
-``ChangesError``, ``ModelCardError``, ``TooFewRowsError``.
+``ChangesError``, ``ModelCardError``, ``TooFewRowsError``, ``LayerViewError``.
 
 Names are imported lazily, so ``import clm_explore`` (and the CLI's ``--help``) stays fast.
 """
@@ -58,7 +60,10 @@ _EXPORTS = {
     "FinetuneConfig": "clm_explore.config",
     "FinetuneResult": "clm_explore.training",
     "LabelAuditConfig": "clm_explore.config",
+    "HeadAttention": "clm_explore.layer_views",
     "LabelIssues": "clm_explore.label_issues",
+    "LayerSimilarity": "clm_explore.layer_views",
+    "LayerViewError": "clm_explore.layer_views",
     "LoadedModel": "clm_explore.modeling",
     "MaskConfig": "clm_explore.config",
     "MaskSelection": "clm_explore.masks",
@@ -84,6 +89,8 @@ _EXPORTS = {
     "explain": "clm_explore.attribution",
     "find_label_issues": "clm_explore.label_issues",
     "finetune": "clm_explore.training",
+    "head_attention": "clm_explore.layer_views",
+    "layer_similarity": "clm_explore.layer_views",
     "load_data": "clm_explore.data",
     "load_model": "clm_explore.modeling",
     "load_run": "clm_explore.modeling",
