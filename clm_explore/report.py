@@ -230,6 +230,37 @@ def _changes_part(run: Path, name: str, fig: Callable[[go.Figure], str]) -> str:
     return (fig(figure) if figure else "") + f"<p class='note'>{esc(name)}: {esc(changes.summary())}</p>"
 
 
+REPORT_CKA_ROWS = 256
+"""Rows whose representations the report's CKA compares (a seeded sample of the study's split)."""
+
+
+def _similarity_part(study: CaseStudy, names: tuple[str, str], fig: Callable[[go.Figure], str]) -> str:
+    """Linear CKA per layer (``layer_views.layer_similarity``) on the study's rows: each run against its base model,
+    and A against B; a note for what cannot be made."""
+    from clm_explore.layer_views import layer_similarity
+
+    texts = study.a.predictions["text"].astype(str).tolist() if "text" in study.a.predictions else None
+    run_a, run_b = study.a.run_dir, study.b.run_dir if study.b is not None else None
+    pairs = [(f"{names[0]} vs its base model", run_a, None)]
+    if run_b is not None:
+        pairs += [(f"{names[1]} vs its base model", run_b, None), (f"{names[0]} vs {names[1]}", run_a, run_b)]
+    traces, notes = [], []
+    for label, run, other in pairs:
+        try:
+            result = layer_similarity(run, other, texts=texts, max_rows=REPORT_CKA_ROWS)
+        except ModelSourceError as exc:  # a base model gone, runs of two depths, too few rows
+            notes.append(f"<p class='note'>{esc(label)}: no CKA ({esc(exc)})</p>")
+            continue
+        traces.append(go.Scatter(x=result.table["layer"], y=result.table["cka"], mode="lines+markers",
+                                 name=plot_text(label)))
+        notes.append(f"<p class='note'>{esc(label)}: {esc(result.summary())}</p>")
+    figure = go.Figure(traces) if traces else None
+    if figure is not None:
+        figure.update_layout(title="Linear CKA per layer", height=360, yaxis_title="CKA",
+                             xaxis_title="layer (0 = the embeddings' output)", xaxis_dtick=1)
+    return (fig(figure) if figure else "") + "".join(notes)
+
+
 def colored_words(item: TokenAttribution | None) -> str:
     """The words of one row as spans, background green (towards the target) or red (against)."""
     if item is None:
@@ -464,6 +495,10 @@ def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path
     body.append("<h2>What training changed</h2><p class='note'>The share of each weight matrix's parameters (its bias "
                 "included) that differ from the base model's (the classification head left out).</p>")
     body.extend(_changes_part(run, name, fig) for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []))
+    body.append("<h2>Layer by layer</h2><p class='note'>Linear CKA between two models' mean-pooled token states after "
+                "each layer, on these rows: 1 = the same representation up to rotation and scale; lower = training "
+                "changed what that layer computes.</p>")
+    body.append(_similarity_part(study, names, fig))
     body.append(_rows_section(study, names))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore report</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip

@@ -42,13 +42,16 @@ def test_report_pair(tmp_path: Path, evil_data) -> None:
     # A's weights against the model it names; B names none (no clm_run.json): a note says why it has no map.
     assert "What training changed" in page and "A: sparse-0: " in page and "backbone parameters changed" in page
     assert "B: full-1: no weight-change map" in page and "not a run folder" in page
+    # Layer by layer on the 40 test rows: A against the base it names, B names none, A against B.
+    assert "A: sparse-0 vs its base model: linear CKA over 40 texts: " in page
+    assert "B: full-1 vs its base model: no CKA" in page and "A: sparse-0 vs B: full-1: linear CKA over 40" in page
     assert page.startswith("<!DOCTYPE html>")
     for section in ("Metrics", "Confusion matrices", "Per-label F1", "Top attributed words", "Selected rows"):
         assert section in page
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert ">&lt;</span>" in page  # the word spans too
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no CDN: plotly.js is inline
-    assert page.count("Plotly.newPlot") >= 5  # two confusions, F1, two mask heatmaps, A's weight changes
+    assert page.count("Plotly.newPlot") >= 6  # two confusions, F1, two mask heatmaps, A's weight changes, CKA
     assert page.count("plotly.js v") == 1  # the bundle's banner: inlined once
     assert "rgba(34,139,34" in page or "rgba(220,20,60" in page
     assert "card_arrival" in page and 'class="group"' in page
