@@ -63,7 +63,8 @@ def register(subparsers: Any) -> None:
         "report",
         help="write an HTML report of a run (or two runs side by side)",
         description="One self-contained HTML file: metrics, confusion matrices, per-label F1, top attributed "
-        "words per label with mined groups marked, the mask and weight-change heatmaps and disagreement rows.",
+        "words per label with mined groups marked, the mask and weight-change heatmaps, linear CKA per layer and "
+        "disagreement rows.",
     )
     report.add_argument("--run", required=True, metavar="A", help="the run folder (or run id) studied (e.g. sparse)")
     report.add_argument("--vs", default=None, metavar="B", help="a second run folder or run id (e.g. full)")
