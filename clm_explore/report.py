@@ -177,7 +177,8 @@ def _confusion_figure(metrics: dict[str, Any], title: str) -> go.Figure | None:
     counts, predicted, gold = table
     fig = go.Figure(go.Heatmap(z=counts, x=[plot_text(x) for x in predicted], y=[plot_text(x) for x in gold],
                                colorscale="Blues", showscale=False))
-    fig.update_layout(title=plot_text(title), xaxis_title="predicted", yaxis_title="gold", height=420)
+    fig.update_layout(title=plot_text(title), xaxis_title="predicted", yaxis_title="gold", height=420,
+                      xaxis_type="category", yaxis_type="category")  # coded labels (1, 10, 1000) are names
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -198,7 +199,7 @@ def _f1_figure(ma: dict[str, Any], mb: dict[str, Any] | None, names: tuple[str, 
         diff = [f1a[x] - f1b.get(x, 0.0) for x in labels]
         fig.add_scatter(x=[plot_text(x) for x in labels], y=diff, name="difference (a - b)", mode="markers",
                         marker={"symbol": "diamond", "size": 9, "color": "black"})  # fmt: skip
-    fig.update_layout(title="Per-label F1", barmode="group", height=420, yaxis_title="F1")
+    fig.update_layout(title="Per-label F1", barmode="group", height=420, yaxis_title="F1", xaxis_type="category")
     return fig
 
 

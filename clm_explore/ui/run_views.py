@@ -173,6 +173,8 @@ def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
         yaxis_autorange="reversed",
         xaxis_dtick=1,  # every label named: plotly's automatic ticks named half of them
         yaxis_dtick=1,
+        xaxis_type="category",  # labels are names: codes such as 1, 10, 1000 drew a numeric axis of 1000 ticks
+        yaxis_type="category",
     )
     numbers = pd.DataFrame(np.asarray(counts), index=list(gold), columns=list(predicted))
     views.chart(fig, f"{key}_confusion", numbers.rename_axis(index="true", columns="predicted"), title)
@@ -199,7 +201,8 @@ def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
         range_color=[-1, 1],
     )
     fig.update_traces(marker_line_color="#555", marker_line_width=1)  # a bar near 0 is near white: outline it
-    fig.update_layout(height=max(300, 18 * len(labels) + 80), margin=dict(l=10, r=10, t=40, b=10), yaxis_dtick=1)
+    fig.update_layout(height=max(300, 18 * len(labels) + 80), margin=dict(l=10, r=10, t=40, b=10), yaxis_dtick=1,
+                      yaxis_type="category")  # coded labels (1, 10, 1000) are names, not positions on a scale
     views.chart(fig, f"{key}_f1diff", diff.set_index("label"), "per-label F1 difference")
 
 

@@ -135,7 +135,8 @@ def render_data_report(report: Any, key: str) -> None:
     counts["label"] = counts["label"].map(plot_text)
     long = counts.melt(id_vars="label", var_name="split", value_name="rows")
     fig = px.bar(long, x="label", y="rows", color="split", title="Rows per label")
-    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45)
+    # Category axis: coded labels (1, 10, 1000) drew bars at positions on a numeric scale, thin slivers far apart.
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45, xaxis_type="category")
     chart(fig, f"{key}_labels", table.fillna(0).astype(int), "rows per label and split")
     lengths = pd.DataFrame(
         {(split, unit): v for split, units in report.lengths.items() for unit, v in units.items()}

@@ -1259,6 +1259,36 @@ def test_charts_carry_their_numbers_and_a_diverging_map_centres_on_zero() -> Non
     assert app.dataframe[1].value.shape == (20, 20) and app.dataframe[1].value.loc["label 3", "label 3"] == 1
 
 
+def test_coded_labels_are_drawn_as_names_not_as_positions_on_a_scale() -> None:
+    # Labels 1, 2, 10, 100, 1000 on a numeric axis: a tick per integer up to 1000 froze the browser for minutes.
+    def script() -> None:
+        import pandas as pd
+
+        from clm_explore.data import AnnotatedData, data_report
+        from clm_explore.ui.run_views import confusion, f1_difference
+        from clm_explore.ui.views import render_data_report
+
+        codes = ["1", "2", "10", "100", "1000"]
+        rows = pd.DataFrame({"text": [f"text {i} of {c}" for c in codes for i in range(4)],
+                             "label": [c for c in codes for _ in range(4)]})
+        render_data_report(data_report(AnnotatedData(rows, rows.head(0), rows, codes)), key="d")
+        metrics = {"labels": codes, "confusion": [[int(i == j) for j in range(5)] for i in range(5)],
+                   "per_label_f1": dict.fromkeys(codes, 0.5)}
+        confusion(metrics, "A", key="c")
+        f1_difference(metrics, {**metrics, "per_label_f1": dict.fromkeys(codes, 0.25)}, key="f")
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    rows, matrix, f1 = (json.loads(chart.proto.spec)["layout"] for chart in app.get("plotly_chart"))
+    assert rows["xaxis"]["type"] == "category"
+    assert matrix["xaxis"]["type"] == matrix["yaxis"]["type"] == "category" and f1["yaxis"]["type"] == "category"
+    from clm_explore.report import _confusion_figure, _f1_figure
+
+    metrics = {"labels": ["1", "10"], "confusion": [[1, 0], [0, 1]], "per_label_f1": {"1": 1.0, "10": 1.0}}
+    assert _confusion_figure(metrics, "A").layout.xaxis.type == "category"
+    assert _f1_figure(metrics, None, ("A", "B")).layout.xaxis.type == "category"
+
+
 def test_a_damaged_predictions_file_is_named_on_the_compare_page(tmp_path) -> None:
     from clm_explore.data import DataError
     from clm_explore.ui import cache
