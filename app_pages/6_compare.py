@@ -33,6 +33,9 @@ mismatch = run_views.data_mismatch(a, b)
 if mismatch:
     st.warning(mismatch)
     state.stop()
+relabelled = run_views.label_difference_note(a, b)
+if relabelled:
+    st.info(relabelled)
 run_views.render_metrics_side_by_side(a, b, key="cmp")
 full_a, full_b = a.full_metrics(), b.full_metrics()  # the registry keeps no per-label figures
 run_views.confusion_pair(full_a, full_b, (f"A: {a.method}", f"B: {b.method}"), key="cmp")

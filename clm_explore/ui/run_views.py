@@ -251,10 +251,11 @@ _SOURCE_WORDS = {"sample": "the bundled sample", "shared": "the server's data se
 
 
 def data_mismatch(a: RunRecord, b: RunRecord) -> str:
-    """Why two runs cannot be paired row by row ('' when they can): they were launched on different data sets.
-    Runs registered without a data key (e.g. from the CLI) are not refused; their rows are paired by row id
-    and text."""
-    if _pairable(a, b):
+    """Why two runs cannot be paired row by row ('' when they can): they were launched on different data sets
+    whose test texts differ. Runs registered without a data key (e.g. from the CLI) are not refused; their rows are
+    paired by row id and text, and so are two data sets of the same test texts (a relabelled copy and its
+    original: ``label_difference_note`` says how many labels differ)."""
+    if _pairable(a, b) or _test_frames(a, b) is not None:
         return ""
     data_a, data_b = a.config.get("data"), b.config.get("data")
     name_a, name_b = data_key_name(str(data_a)), data_key_name(str(data_b))
@@ -267,6 +268,35 @@ def data_mismatch(a: RunRecord, b: RunRecord) -> str:
     return (f"Run A was trained and tested on {name_a}, run B on {name_b}: their test rows differ, so "
             "they cannot be compared row by row. Pick two runs on one data set (the Runs page compares the "
             "metrics of any runs).")
+
+
+def _test_frames(a: RunRecord, b: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Both runs' predictions when they hold the same test rows (row ids and texts, in order); None otherwise, or
+    when either cannot be read."""
+    from clm_explore.data import DataError
+
+    try:
+        frames = [cache.predictions(str(r.path), cache.file_mtime(r.path / "predictions.csv")) for r in (a, b)]
+    except (DataError, OSError):
+        return None
+    rows_a, rows_b = (f[["row", "text"]].reset_index(drop=True) for f in frames)
+    return (frames[0], frames[1]) if len(rows_a) and rows_a.equals(rows_b) else None
+
+
+def label_difference_note(a: RunRecord, b: RunRecord) -> str:
+    """For two runs on different data sets of the same test texts (a relabelled copy and its original): how many
+    test labels differ, and whose labels the page judges by; '' otherwise."""
+    if _pairable(a, b):
+        return ""
+    frames = _test_frames(a, b)
+    if frames is None:
+        return ""
+    differ = int((frames[0]["label"].astype(str) != frames[1]["label"].astype(str)).sum())
+    if not differ:
+        return "A and B were launched on different data sets with the same test rows and labels."
+    return (f"A and B were launched on different data sets with the same test texts, {differ} of {len(frames[0])} "
+            "of them labelled differently (a relabelled copy, say): each run's metrics are against its own labels; "
+            "below, who is right is judged by A's.")
 
 
 def disagreements(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:

@@ -796,6 +796,28 @@ def test_compare_pairs_runs_of_one_data_set_only() -> None:
     assert disagreements(pred, other.assign(text=["x", "y"])).empty  # same row ids, other texts: no pairs
 
 
+def test_a_relabelled_copy_pairs_with_its_original_and_says_how_many_labels_differ(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import data_mismatch, label_difference_note
+
+    def record(name: str, data: str, labels: list[str], texts: tuple[str, ...] = ("hi", "yo", "ok")) -> RunRecord:
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame({"row": range(3), "text": texts, "label": labels, "pred": "a", "prob": 0.9}).to_csv(
+            folder / "predictions.csv", index=False)
+        return RunRecord(name, name, "head", RunStatus.SUCCEEDED, folder, "", "", config={"data": data})
+
+    original = record("orig", "sample:banking77_20:None:None:", ["a", "b", "a"])
+    copy = record("copy", "upload:banking77_20-relabelled.csv:None:None:e144d7", ["a", "a", "a"])
+    assert data_mismatch(copy, original) == ""  # the same test texts: paired row by row
+    assert "same test texts, 1 of 3 of them labelled differently" in label_difference_note(copy, original)
+    other = record("other", "shared:trec6:None:None:", ["a", "b", "a"], texts=("x", "y", "z"))
+    assert "cannot be compared row by row" in data_mismatch(other, original)
+    assert label_difference_note(other, original) == "" == label_difference_note(original, original)
+
+
 def test_compare_page_refuses_runs_on_different_data(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     for method, data in (("full", "shared:trec6:None:None:"), ("sparse", "sample:banking77_20:None:None:")):
