@@ -964,8 +964,24 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
     if broken:  # a class name over two lines: most likely a quote left open in the label column
         raise DataError(f"{table.name}: {len(broken)} label(s) hold a line break ({table.unit}(s) "
                         f"{_listed_lines(broken)}). A label is one line; check the quotes around it.")
+    header_note = _header_looks_like_data(table.name, text_col, label_col, out["label"])
+    if header_note:
+        notes.append(header_note)
     splits = _split_column(table, cfg.split_col, (text_col, label_col), notes) if split else None
     return out if splits is None else out.assign(split=splits)
+
+
+def _header_looks_like_data(name: str, text_col: str, label_col: str, labels: pd.Series) -> str:
+    """A note when the chosen columns' names look like a row of data (a file without a header row, its columns
+    picked by hand: its first row became the names and is missing from the rows); '' otherwise."""
+    sentence = len(text_col.split()) >= 4
+    a_label = label_col.strip() in set(labels)
+    if not sentence and not a_label:
+        return ""
+    why = (f"the text column is named {text_col[:60]!r}" if sentence else
+           f"the label column's name {label_col[:60]!r} is also one of its labels")
+    return (f"{name}: its header looks like a row of data ({why}). If the file has no header row, its first line was "
+            "read as the column names and is not among the rows; add a header line (e.g. text,label) to keep it.")
 
 
 def _split_column(table: _Table, given: str | None, taken: tuple[str, str], notes: list[str]) -> list[str] | None:

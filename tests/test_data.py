@@ -908,3 +908,19 @@ def test_a_column_named_split_that_holds_records_or_is_doubled_is_let_be(tmp_pat
     doubled = _with_split_column(["train", "test"]).assign(split="test")
     data = load_data(doubled)
     assert len(data.test) == 12 and any("could each be the split column" in n for n in data.notes)
+
+
+def test_a_header_that_looks_like_a_row_of_data_is_noted(tmp_path) -> None:
+    # A file without a header row, its columns picked by hand: its first row became the names (app review).
+    rows = [f"how do I top up card number {i} today ?,{'ab'[i % 2]}" for i in range(40)]
+    (tmp_path / "nohdr.csv").write_text("\n".join(rows) + "\n")
+    data = load_data(tmp_path / "nohdr.csv", DataConfig(text_col="how do I top up card number 0 today ?", label_col="a"))
+    assert sum(len(data.split(s)) for s in ("train", "validation", "test")) == 39  # the first row is the header
+    assert any("its header looks like a row of data (the text column is named" in n for n in data.notes)
+    (tmp_path / "codes.csv").write_text("utterance,NUM\n" + "\n".join(f"row {i},{'NUM' if i % 2 else 'LOC'}"
+                                                                    for i in range(40)) + "\n")
+    picked = load_data(tmp_path / "codes.csv", DataConfig(label_col="NUM"))
+    assert any("the label column's name 'NUM' is also one of its labels" in n for n in picked.notes)
+    plain = tmp_path / "plain.csv"
+    plain.write_text("text,label\n" + "\n".join(rows) + "\n")
+    assert not any("header looks like" in n for n in load_data(plain).notes)
