@@ -7,6 +7,7 @@ import streamlit as st
 from clm_explore.config import LabelAuditConfig
 from clm_explore.data import SPLITS, DataError
 from clm_explore.label_issues import TooFewRowsError, relabelled, splits_csv, splits_zip
+from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, state, views
 
 st.title("Data")
@@ -28,6 +29,10 @@ if state.set_data_choice(choice):
 
 st.header(f"Data set: {views.escape_markdown(choice.name)}")
 views.render_data_report(cache.report(choice), key="data")
+try:
+    views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.launch_options()["max_length"])
+except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note
+    st.caption(views.escape_markdown(f"Texts' lengths in sub-tokens not counted: {exc}"))
 with st.expander("Preview (first 50 training rows)"):
     st.dataframe(annotated.train.head(50), key="data_preview")
 

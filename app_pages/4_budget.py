@@ -47,8 +47,10 @@ options = forms.launch_options()  # the Finetune form's epochs and seed, as last
 forms.rates_note()
 seeds = (f"with seed {options['seed']}" if options["seeds"] == 1
          else f"with each of the seeds {options['seed']}-{options['seed'] + options['seeds'] - 1}")
-st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, as set on the Finetune page; its other options "
-           "take their defaults.")
+where = ("as set on the Finetune page" if forms.form_used()
+         else "the defaults; the Finetune page's epochs and seed once set there")
+st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {options['max_length']} sub-tokens per "
+           f"text ({where}); its other options take their defaults.")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
     try:
         launched = jobs.launch_many(

@@ -183,7 +183,7 @@ def explain(
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     results: list[TokenAttribution | None] = [None] * len(texts)
-    with _model_lock(model):  # Captum hooks the model's input embeddings while it attributes
+    with model_lock(model):  # Captum hooks the model's input embeddings while it attributes
         was_training = model.training
         model.eval()
         try:
@@ -206,7 +206,7 @@ _MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakr
 _LOCKS_LOCK = threading.Lock()
 
 
-def _model_lock(model: torch.nn.Module) -> threading.Lock:
+def model_lock(model: torch.nn.Module) -> threading.Lock:
     """One lock per model object. While ``explain`` runs, a hook on the input embeddings swaps in its own
     tensors, so a second ``explain`` on the same model at once (two app sessions share a cached run model) fails
     on the first one's shapes: calls on one model take turns."""

@@ -273,7 +273,7 @@ def _attentions(loaded: LoadedModel, text: str, length: int) -> tuple[np.ndarray
     """(layers, heads, tokens, tokens) attention of one text, its tokens, the special positions and the encoding.
     The model computes with eager attention for the call (SDPA returns no weights), under the model's lock (the
     app's sessions share a cached run model), and is put back as it was."""
-    from clm_explore.attribution import _model_lock
+    from clm_explore.attribution import model_lock
 
     encoded = loaded.tokenizer(text, truncation=True, max_length=length, return_tensors="pt",
                                return_special_tokens_mask=True)
@@ -284,7 +284,7 @@ def _attentions(loaded: LoadedModel, text: str, length: int) -> tuple[np.ndarray
     before = getattr(getattr(base, "config", None), "_attn_implementation", None)
     switch = base is not None and before not in (None, "eager")
     device = next(model.parameters()).device
-    with _model_lock(model), torch.no_grad():
+    with model_lock(model), torch.no_grad():
         was_training = model.training
         try:
             if switch:

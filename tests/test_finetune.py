@@ -597,6 +597,17 @@ def test_merged_tokens_are_refused_for_a_tokenizer_without_unused_slots(data):
         check_runnable(FinetuneConfig(method="sparse_merged"), LoadedModel(loaded.model, plain, "tiny-random", False))
 
 
+def test_a_length_above_the_models_positions_is_refused_before_any_work(data):
+    from clm_explore.config import ConfigError, FinetuneConfig
+    from clm_explore.modeling import load_model
+    from clm_explore.training import check_runnable
+
+    loaded = load_model("tiny-random", data.labels)  # 128 positions
+    check_runnable(FinetuneConfig(max_length=128), loaded)
+    with pytest.raises(ConfigError, match="max_length 256 is above the 128 positions BertForSequenceClassification"):
+        check_runnable(FinetuneConfig(max_length=256), loaded)
+
+
 def test_scores_saved_by_a_run_train_the_same_rows_without_scoring_again(data, sparse_run, tmp_path, monkeypatch):
     import clm_explore.training as training
 

@@ -86,6 +86,20 @@ def unsupported_model(folder: str, version: str) -> str:
     return unsupported_reason(folder)
 
 
+@st.cache_data(show_spinner="Counting the sub-tokens of every text…", max_entries=16)
+def text_lengths(source: str, choice: DataChoice) -> pd.Series:
+    """Sub-tokens per text (the model's markers included) over every split, as the model's tokenizer reads them
+    uncut: the Data page says how many texts a run would cut."""
+    annotated = data(choice)
+    loaded = model(source, tuple(annotated.labels))
+    texts = [t for split in ("train", "validation", "test") for t in annotated.split(split)["text"].tolist()]
+    from clm_explore.attribution import model_lock
+
+    with model_lock(loaded.model):  # a fast tokenizer shared by sessions fails when two threads set its truncation
+        ids = loaded.tokenizer(texts, truncation=False)["input_ids"]
+    return pd.Series([len(row) for row in ids], dtype="int64")
+
+
 @st.cache_data(show_spinner="Reading the data…", max_entries=8)
 def data(choice: DataChoice, max_file_mb: float = DataConfig().max_file_mb) -> AnnotatedData:
     cfg = DataConfig(text_col=choice.text_col, label_col=choice.label_col, max_file_mb=max_file_mb)

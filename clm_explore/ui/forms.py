@@ -274,7 +274,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
         "method": METHODS[0], "epochs": defaults.epochs, "lr": defaults.lr, "seed": defaults.seed,
         "schedule": SCHEDULES[0], "average": defaults.average_last, "cache": defaults.cache_frozen_layers,
         "cold": not defaults.head_warmup, "decay": defaults.weight_decay, "seeds": 1, "best": defaults.keep_best,
-        "patience": defaults.early_stop,
+        "patience": defaults.early_stop, "max_length": defaults.max_length,
     }
     if out_of_scope_labels:
         kept_defaults["oos"] = defaults.out_of_scope_quantile
@@ -367,9 +367,19 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             help="End training once this many epochs in a row have not bettered the validation accuracy (0 = run "
             "every epoch). The rate schedule stays the whole run's.",
         )
+        max_length = c3.number_input(
+            "Sub-tokens read per text",
+            8,
+            MAX_LENGTH,
+            step=8,
+            key=f"{key}_max_length",
+            help="Each text is cut to this many sub-tokens (word pieces, the model's markers included) in training, "
+            "predictions and attributions; the Data page says how many texts are longer. Longer reads cost time in "
+            "proportion.",
+        )
         quantile = defaults.out_of_scope_quantile
         if out_of_scope_labels:
-            quantile = c3.number_input(
+            quantile = st.columns(3)[0].number_input(
                 "Out-of-scope quantile",
                 0.01,
                 0.99,
@@ -401,6 +411,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
         weight_decay=float(decay),
         keep_best=bool(best),
         early_stop=int(patience),
+        max_length=int(max_length),
         out_of_scope_quantile=float(quantile),
         seed=int(seed),
         mask=mask,
@@ -413,14 +424,22 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
 
 MAX_SEEDS = 10
 """Seeds one press of Launch may run (the session's cap on waiting and running jobs still applies)."""
+MAX_LENGTH = 512
+"""The most sub-tokens the Finetune form lets a run read per text (BERT-sized models' position limit)."""
 
 
 def launch_options(key: str = "ft") -> dict[str, int]:
-    """The epochs, seed and seeds of the Finetune form (``key``), as last submitted there, for launches from other
-    pages (the Budget page's): FinetuneConfig's defaults (one seed) until the form has been used."""
+    """The epochs, seed, seeds and sub-tokens per text of the Finetune form (``key``), as last submitted there, for
+    launches from other pages (the Budget page's): FinetuneConfig's defaults (one seed) until the form has been used."""
     defaults = FinetuneConfig()
     return {"epochs": int(state.kept(f"{key}_epochs", defaults.epochs)),
-            "seed": int(state.kept(f"{key}_seed", defaults.seed)), "seeds": int(state.kept(f"{key}_seeds", 1))}
+            "seed": int(state.kept(f"{key}_seed", defaults.seed)), "seeds": int(state.kept(f"{key}_seeds", 1)),
+            "max_length": int(state.kept(f"{key}_max_length", defaults.max_length))}
+
+
+def form_used(key: str = "ft") -> bool:
+    """Whether the Finetune form (``key``) has been shown in this session (its values are then the user's)."""
+    return state.kept(f"{key}_epochs") is not None
 
 
 def default_run_name(method: str, budget: float) -> str:

@@ -146,6 +146,19 @@ def render_data_report(report: Any, key: str) -> None:
     st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
 
 
+def long_text_note(lengths: pd.Series, max_length: int) -> None:
+    """How many texts are longer than a run reads (``max_length`` sub-tokens): their end is never seen, in training,
+    predictions or attributions. A caption when every text fits."""
+    longer = int((lengths > max_length).sum())
+    if not longer:
+        st.caption(f"Every text fits in the {max_length} sub-tokens a run reads (the longest has {int(lengths.max())}).")
+        return
+    st.info(f"{longer:,} of {len(lengths):,} texts ({longer / len(lengths):.1%}) are longer than the {max_length} "
+            f"sub-tokens a run reads (the longest has {int(lengths.max()):,}): only their start is used, in training, "
+            "predictions and attributions. The Finetune form's **Sub-tokens read per text** reads more, at a cost in "
+            "time.")
+
+
 @st.fragment(run_every=2.0)  # each redraw takes server CPU from the task itself: a bar needs no more often
 def task_progress(task: Any) -> None:
     """A progress bar that follows a background task (``jobs.KeyedTask``) and reruns the page once it is done."""

@@ -66,6 +66,17 @@ def test_data_page_defaults_to_sample(at: AppTest) -> None:
     assert at.metric[0].label == "Rows" and int(at.metric[0].value) > 0
 
 
+def test_data_page_says_how_many_texts_a_run_would_cut(at: AppTest) -> None:
+    said = next(i.value for i in at.info if "sub-tokens a run reads" in i.value)  # the tiny tokenizer splits a lot
+    longer = int(re.match(r"([\d,]+) of", said).group(1).replace(",", ""))
+    assert longer > 0 and "only their start is used" in said
+    at.session_state["ft_max_length"] = 128  # as the Finetune form would keep it
+    at.run()
+    fewer = [i.value for i in at.info if "sub-tokens a run reads" in i.value]
+    assert not fewer or int(re.match(r"([\d,]+) of", fewer[0]).group(1).replace(",", "")) < longer
+    assert fewer or any("Every text fits in the 128 sub-tokens" in c.value for c in at.caption)
+
+
 def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest) -> None:
     assert not any(m.label == "Rows flagged" for m in at.metric)  # a model pass only when asked
     button(at, "Check the labels").click().run(timeout=TIMEOUT)
@@ -339,6 +350,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
         at.number_input(key="ft_decay").set_value(1.0 if method == "sparse" else 0.0)
         at.checkbox(key="ft_best").set_value(method == "full")
         at.number_input(key="ft_patience").set_value(2 if method == "full" else 0)
+        at.number_input(key="ft_max_length").set_value(48 if method == "sparse" else 64)
         button(at, "Launch").click().run(timeout=TIMEOUT)
         assert not at.exception, [e.value for e in at.exception]
     store = RunStore()
@@ -351,6 +363,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert {r.method: r.config["weight_decay"] for r in runs} == {"sparse": 1.0, "full": 0.0}
     assert {r.method: (r.config["keep_best"], r.config["early_stop"]) for r in runs} == {
         "sparse": (False, 0), "full": (True, 2)}
+    assert {r.method: r.config["max_length"] for r in runs} == {"sparse": 48, "full": 64}
     assert store.latest("full").metrics["saved_epoch"] == store.latest("full").metrics["best_epoch"]
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
     assert all((r.path / "predictions.csv").is_file() for r in runs)
@@ -517,6 +530,8 @@ def test_row_choice_reselects_the_mask_and_reaches_the_finetune_page(at: AppTest
 
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
     goto(at, "app_pages/4_budget.py")
+    said = next(c.value for c in at.caption if c.value.startswith("Each method trains"))
+    assert "reading 64 sub-tokens per text (the defaults;" in said  # the Finetune form was never used: not "as set"
     at.select_slider(key="budget_slider").set_value(0.001).run()
     at.slider(key="budget_random_share").set_value(0.5).run()
     at.multiselect(key="budget_methods").set_value(["sparse", "head"]).run()
