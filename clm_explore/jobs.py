@@ -90,6 +90,8 @@ class Job:
         self.started: float | None = None
         self.finished: float | None = None
         self.cancel_event = threading.Event()
+        self.cancelled_by: str | None = None
+        """Who asked the job to stop (an app session's token, ``JobQueue.cancel``'s ``by``), to tell its owner."""
         self._lock = threading.Lock()
         self._progress = Progress()
         self._done = threading.Event()
@@ -321,12 +323,14 @@ class JobQueue:
         """Jobs pending or running, oldest first."""
         return [j for j in self.jobs() if not j.done]
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, by: str | None = None) -> None:
         """Ask the job to stop. One still waiting ends now, cancelled (its card and its run say so, and the run
-        can be deleted), rather than when its turn comes."""
+        can be deleted), rather than when its turn comes. ``by``: who asked (kept as ``job.cancelled_by``)."""
         job = self.get(job_id)
         if job is None:
             return
+        if not job.cancel_event.is_set():
+            job.cancelled_by = by
         job.cancel()
         if job.claim():
             self._finish(job, RunStatus.CANCELLED)

@@ -197,6 +197,7 @@ def _job_card(job: Job, key: str, deleted: set[str]) -> None:
         about = f" · {escape_markdown(job.label)}" if job.label else ""
         yours = " · *launched here*" if job.run_id and state.launched_here(job.run_id) else ""
         gone = " · run deleted since" if job.run_id in deleted else ""
+        yours += " · cancelled from another session" if yours and _cancelled_elsewhere(job) else ""
         c1.markdown(f"**{escape_markdown(run_name)}**{about} · {job.device} · `{job.status.value}`{gone}{yours}")
         if not job.done:
             with c2:
@@ -228,6 +229,11 @@ def _job_card(job: Job, key: str, deleted: set[str]) -> None:
                 st.code(job.error[-3000:])
 
 
+def _cancelled_elsewhere(job: Job) -> bool:
+    """Whether another session cancelled the job (its owner is told; the queue is shared by every session)."""
+    return job.cancel_event.is_set() and job.cancelled_by not in (None, state.session_id())
+
+
 def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, str]:
     """The bar's fill and text: training's steps, or before the first step the preparation's phase (loading,
     mining and scoring a real model take minutes, which a bar stuck at step 0 would not explain). ``ended``: the
@@ -236,7 +242,8 @@ def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, st
     if ended is not None and ended.is_terminal and p.step == 0:  # e.g. cancelled while its rows were scored
         if ended is RunStatus.SUCCEEDED:
             return 1.0, "succeeded (no training step reported)"
-        how = f"while preparing: {p.phase}" if preparing else "before its first step"
+        phase = p.phase.removeprefix("preparing ")  # "preparing full": the phase names it already
+        how = f"while preparing ({phase})" if preparing else "before its first step"
         return 0.0, f"{ended.value} {how}"
     if preparing:
         counted = f" {p.phase_done}/{p.phase_total}" if p.phase_total > 1 else ""
@@ -281,7 +288,7 @@ def _arm_cancel(armed: str, job_id: str | None) -> None:
 
 def _confirm_cancel(armed: str, job_id: str) -> None:
     st.session_state[armed] = None
-    job_queue().cancel(job_id)  # a waiting job ends at once; a running one's card says so until it stops
+    job_queue().cancel(job_id, by=state.session_id())  # a waiting job ends at once; a running one's card says so
 
 
 CURVE_METRICS = ("accuracy", "macro_f1")

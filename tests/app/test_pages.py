@@ -1153,6 +1153,34 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     assert job.done and store.get(run.id).status is RunStatus.CANCELLED
 
 
+def test_a_job_cancelled_from_another_session_says_so_to_its_owner(at: AppTest) -> None:
+    from clm_explore.ui.state import LAUNCHED
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    run, job = waiting_job(store, "mine")
+    at.session_state[LAUNCHED] = {run.id}  # this session launched it
+    other = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    other.run()
+    goto(other, "app_pages/7_runs.py")
+    other.selectbox(key="runs_pick").set_value(run.id).run()
+    other.button(key=f"runs_cancel_{job.id}").click().run()
+    other.button(key=f"runs_cancel_yes_{job.id}").click().run()
+    assert job.done and job.status is RunStatus.CANCELLED
+    goto(at, "app_pages/5_finetune.py")
+    card = next(m.value for m in at.markdown if "launched here" in m.value)
+    assert "cancelled from another session" in card, card
+    goto(other, "app_pages/5_finetune.py")  # the session that cancelled it, which did not launch it: no note
+    assert not any("cancelled from another session" in m.value for m in other.markdown)
+
+    run, job = waiting_job(store, "mine-too")
+    at.session_state[LAUNCHED] = {*at.session_state[LAUNCHED], run.id}
+    at.run()
+    at.button(key=f"ft_cancel_{job.id}").click().run()
+    at.button(key=f"ft_cancel_yes_{job.id}").click().run()  # cancelled by its owner: nothing to tell
+    cards = [m.value for m in at.markdown if "launched here" in m.value and escape_markdown(run.id) in m.value]
+    assert len(cards) == 1 and "cancelled from another session" not in cards[0], cards
+
+
 def test_a_running_jobs_card_says_its_cancel_was_asked(at: AppTest) -> None:
     run, job = waiting_job(RunStore(os.environ["CLM_EXPLORE_RUNS"]), "running")
     assert job.claim()  # the worker took it: a cancel now waits for its next step
@@ -1187,7 +1215,9 @@ def test_a_job_that_ended_while_preparing_says_how_it_ended() -> None:
     p = Progress(phase="scoring rows", phase_done=3, phase_total=8)
     assert progress_bar(p) == (3 / 8, "preparing: scoring rows 3/8")  # running: unchanged
     assert progress_bar(p, RunStatus.RUNNING) == (3 / 8, "preparing: scoring rows 3/8")
-    assert progress_bar(p, RunStatus.CANCELLED) == (0.0, "cancelled while preparing: scoring rows")
+    assert progress_bar(p, RunStatus.CANCELLED) == (0.0, "cancelled while preparing (scoring rows)")
+    named = Progress(phase="preparing full", phase_done=0, phase_total=1)  # the phase names it: not said twice
+    assert progress_bar(named, RunStatus.CANCELLED) == (0.0, "cancelled while preparing (full)")
     assert progress_bar(Progress(), RunStatus.FAILED) == (0.0, "failed before its first step")
     p.step, p.total_steps, p.epoch = 5, 10, 2
     assert progress_bar(p, RunStatus.CANCELLED) == (0.5, "step 5/10 · epoch 2")
