@@ -6,6 +6,7 @@ import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
 from clm_explore.data import SPLITS, DataError
+from clm_explore.jobs import ABANDONED_SECONDS
 from clm_explore.label_issues import TooFewRowsError, relabelled, splits_csv, splits_zip
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, state, views
@@ -52,6 +53,10 @@ if state.get("audited") == (choice, source):
     task = cache.label_audit(source, choice, LabelAuditConfig(), inline=state.inline_jobs())
     if not task.done:
         views.task_progress(task)
+        if task.progress[0].startswith("waiting for"):
+            st.caption(f"Checks run one at a time on this server. One that no page follows any more (its session went "
+                       f"on to other data or another page) is stopped after {ABANDONED_SECONDS:.0f} s with a check "
+                       "waiting behind it.")
         stopping = task.stop_asked.is_set()
         st.button("Stopping…" if stopping else "Stop the check", key="data_audit_stop", disabled=stopping,
                   on_click=cache.stop_audit, args=(task,),
@@ -59,7 +64,11 @@ if state.get("audited") == (choice, source):
                   "for it (it is shared).")
     elif task.error is not None:
         state.put("audited", None)  # shown once; the next click tries again
-        if task.stopped:
+        if task.stopped and task.stop_reason:
+            st.info(f"The label check was stopped: {task.stop_reason} (another check waited for it, and a page "
+                    "left for other data or another page no longer followed it). **Check the labels** starts it "
+                    "again.")
+        elif task.stopped:
             st.info("The label check was stopped (here or in another session checking the same data). "
                     "**Check the labels** starts it again.")
         elif isinstance(task.error, TooFewRowsError):

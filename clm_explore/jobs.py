@@ -416,6 +416,10 @@ def last_line(text: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------- keyed tasks
 
 
+ABANDONED_SECONDS = 30.0
+"""A keyed task no caller has watched for this long is stopped when another task waits behind it."""
+
+
 class TaskStopped(Exception):
     """A keyed task ended at a caller's asking (``KeyedTasks.stop``)."""
 
@@ -430,6 +434,17 @@ class KeyedTask:
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
     stop_asked: threading.Event = field(default_factory=threading.Event)
+    label: str = ""
+    """What the work is, in a few words, for those waiting behind it ("the label check of trec6")."""
+    watched: float = field(default_factory=time.monotonic)
+    """When a caller last looked at it (``watch``; ``time.monotonic``)."""
+    stop_reason: str = ""
+    """Why it was stopped when no caller asked (``KeyedTasks``: nobody watched it while another waited)."""
+
+    def watch(self) -> None:
+        """Say that a caller is following it (a page polling its progress): a task nobody follows is stopped when
+        another waits behind it (``ABANDONED_SECONDS``)."""
+        self.watched = time.monotonic()
 
     @property
     def done(self) -> bool:
@@ -460,23 +475,25 @@ class KeyedTasks:
         self._lock = threading.Lock()
         self._kept = kept
         self._gate = threading.Semaphore(at_once)
+        self._holder: KeyedTask | None = None  # the task running now (at_once 1), for those waiting behind it
 
     def get_or_start(self, key: Any, work: Callable[[Callable[[str, int, int], None]], Any],
-                     inline: bool = False) -> KeyedTask:
+                     inline: bool = False, label: str = "") -> KeyedTask:
         """The task of ``key``, started now as ``work(report)`` when there is none (``inline``: in this thread, done
-        on return, as tests want it)."""
+        on return, as tests want it); watched now either way (``KeyedTask.watch``). ``label``: what it is, for
+        those that wait behind it."""
         with self._lock:
             task = self._tasks.get(key)
             if task is not None:
                 self._tasks[key] = self._tasks.pop(key)  # the newest asked for is the last to go
+                task.watch()
                 return task
-            task = self._tasks[key] = KeyedTask(key)
+            task = self._tasks[key] = KeyedTask(key, label=label)
             self._trim()
         if inline:
-            _run_task(task, work, self._gate)
+            self._run(task, work)
         else:
-            threading.Thread(target=_run_task, args=(task, work, self._gate), name=f"task-{key!r:.40}",
-                             daemon=True).start()
+            threading.Thread(target=self._run, args=(task, work), name=f"task-{key!r:.40}", daemon=True).start()
         return task
 
     def forget(self, task: KeyedTask) -> None:
@@ -499,35 +516,42 @@ class KeyedTasks:
         gone = task is not None and (task.stop_asked.is_set() or (task.done and task.error is not None))
         return task if gone else None
 
+    def _run(self, task: KeyedTask, work: Callable[[Callable[[str, int, int], None]], Any]) -> None:
+        try:
+            self._enter(task)
+        except TaskStopped as exc:  # stopped while it waited: it never held the gate
+            task.error = exc
+            task.finished.set()
+            return
+        self._holder = task
+        try:
+            task.result = work(task.report)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the task, in their thread
+            traceback.clear_frames(exc.__traceback__)  # the lines stay; the frames' locals (a model, say) are let go
+            task.error = exc
+        finally:
+            self._holder = None
+            self._gate.release()
+            task.finished.set()
+
+    def _enter(self, task: KeyedTask) -> None:
+        """Wait for the gate, hearing a stop meanwhile (a task stopped while it waits ends without running), saying
+        what it waits for; the task holding the gate is stopped when no caller has watched it for
+        ``ABANDONED_SECONDS`` (a session that went on to other data left it running, and everyone waited)."""
+        if self._gate.acquire(blocking=False):
+            return
+        while not self._gate.acquire(timeout=0.2):
+            if task.stop_asked.is_set():
+                raise TaskStopped("Stopped before it started (it was waiting for another to end).")
+            holder = self._holder
+            ahead = f"waiting for {holder.label} to end" if holder is not None and holder.label else (
+                "waiting for another to end")
+            task.report(ahead, 0, 1)
+            if holder is not None and time.monotonic() - holder.watched > ABANDONED_SECONDS:
+                holder.stop_reason = "no page followed it while another waited behind it"
+                self.stop(holder)
+
     def _trim(self) -> None:
         finished = [k for k, t in self._tasks.items() if t.done]
         for key in finished[: max(0, len(finished) - self._kept)]:
             del self._tasks[key]
-
-
-def _run_task(task: KeyedTask, work: Callable[[Callable[[str, int, int], None]], Any],
-              gate: threading.Semaphore) -> None:
-    try:
-        _enter(task, gate)
-    except TaskStopped as exc:  # stopped while it waited: it never held the gate
-        task.error = exc
-        task.finished.set()
-        return
-    try:
-        task.result = work(task.report)
-    except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the task, in their thread
-        traceback.clear_frames(exc.__traceback__)  # the lines stay; the frames' locals (a model, say) are let go
-        task.error = exc
-    finally:
-        gate.release()
-        task.finished.set()
-
-
-def _enter(task: KeyedTask, gate: threading.Semaphore) -> None:
-    """Wait for the gate, hearing a stop meanwhile (a task stopped while it waits ends without running)."""
-    if gate.acquire(blocking=False):
-        return
-    task.report("waiting for another to end", 0, 1)
-    while not gate.acquire(timeout=0.2):
-        if task.stop_asked.is_set():
-            raise TaskStopped("Stopped before it started (it was waiting for another to end).")

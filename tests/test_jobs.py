@@ -535,3 +535,33 @@ def test_a_stopped_keyed_task_ends_at_its_next_report_and_is_kept_for_its_reader
     assert tasks.get_or_start("a", lambda report: "again", inline=True).result == "again"
     third = tasks.get_or_start("c", lambda report: "c")  # the gate was let go by the stopped task
     assert third.finished.wait(10) and third.result == "c" and not third.stopped
+
+
+def test_a_keyed_task_nobody_follows_is_stopped_when_another_waits_and_a_followed_one_is_not(monkeypatch) -> None:
+    # A session that went on to other data left its label check running, and every other check waited (app review).
+    from clm_explore import jobs
+
+    monkeypatch.setattr(jobs, "ABANDONED_SECONDS", 0.5)
+    tasks, release = jobs.KeyedTasks(at_once=1), threading.Event()
+
+    def endless(report):
+        while not release.is_set():
+            report("reading", 0, 1)
+            time.sleep(0.01)
+        return "done"
+
+    followed = tasks.get_or_start("a", endless, label="the label check of a.csv")
+    waiting = tasks.get_or_start("b", lambda report: "b")
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # a page polls it: it is watched, so it keeps running
+        followed.watch()
+        time.sleep(0.05)
+    assert not followed.done and waiting.progress[0] == "waiting for the label check of a.csv to end"
+    waiting.finished.wait(3.0)  # unwatched now: stopped after ABANDONED_SECONDS, and the waiting one runs
+    assert followed.finished.wait(5) and followed.stopped and "no page followed it" in followed.stop_reason
+    assert waiting.finished.wait(5) and waiting.result == "b" and not waiting.stopped
+    alone = tasks.get_or_start("c", endless)  # nobody waits behind it: never stopped for want of a watcher
+    time.sleep(1.0)
+    assert not alone.done
+    release.set()
+    assert alone.finished.wait(5) and alone.result == "done"

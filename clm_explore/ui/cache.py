@@ -137,7 +137,7 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
         return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
                                  on_progress=report)
 
-    return _audits().get_or_start(key, work, inline=inline)
+    return _audits().get_or_start(key, work, inline=inline, label=f"the label check of {choice.name}")
 
 
 def _audit_key(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> tuple[str, ...]:

@@ -164,9 +164,11 @@ def task_progress(task: Any) -> None:
     """A progress bar that follows a background task (``jobs.KeyedTask``) and reruns the page once it is done."""
     if task.done:
         st.rerun()  # the whole page: it draws the result
+    task.watch()  # followed: a task no page follows is stopped when another waits behind it
     phase, done, total = task.progress
     counted = f": {done:,} of {total:,}" if total > 1 else "…"
-    st.progress(min(done / max(total, 1), 1.0), text=f"{phase[:1].upper()}{phase[1:]}{counted}")
+    # The phase may name a data set (an upload's file name): user text, escaped.
+    st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(f"{phase[:1].upper()}{phase[1:]}{counted}"))
 
 
 def render_label_issues(result: Any, key: str) -> pd.DataFrame:
