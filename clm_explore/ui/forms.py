@@ -53,8 +53,8 @@ def sidebar() -> None:
             )
             refused = (state.refused_model_source(folder) or cache.unsupported_model(folder)
                        if folder and folder != current else "")
-            if refused:
-                st.error(escape_markdown(refused))
+            if refused:  # the page goes on with the model it had: say so beside the refusal
+                st.error(escape_markdown(f"{refused} Still using {current}."))
             elif folder and folder != current:
                 state.set_model_source(folder)
         elif choice != current:

@@ -867,7 +867,8 @@ def test_model_dirs_limit_the_sidebar_folder_box(tmp_path: Path, monkeypatch: py
     app.run()
     assert not app.exception
     assert any("ask its administrator" in e.value for e in app.sidebar.error)  # escaped Markdown, one message
-    assert app.session_state["model_source"] == "tiny-random"  # unchanged
+    assert app.session_state["model_source"] == "tiny-random"  # unchanged, and the refusal says so
+    assert any(e.value.endswith(r"Still using tiny\-random\.") for e in app.sidebar.error), app.sidebar.error
 
 
 def test_a_budget_that_buys_no_row_is_a_warning_and_queues_nothing(at: AppTest) -> None:
