@@ -48,7 +48,7 @@ forms.rates_note()
 seeds = (f"with seed {options['seed']}" if options["seeds"] == 1
          else f"with each of the seeds {options['seed']}-{options['seed'] + options['seeds'] - 1}")
 where = ("as set on the Finetune page" if forms.form_used()
-         else "the defaults; the Finetune page's epochs and seed once set there")
+         else "the defaults; the Finetune page's once set there")
 st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {options['max_length']} sub-tokens per "
            f"text ({where}); its other options take their defaults.")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):

@@ -100,7 +100,6 @@ class BenchError(ConfigError):
 
 
 @keywords_checked
-@keywords_checked
 @documented
 @dataclass(frozen=True)
 class BenchConfig:

@@ -972,16 +972,15 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
 
 
 def _header_looks_like_data(name: str, text_col: str, label_col: str, labels: pd.Series) -> str:
-    """A note when the chosen columns' names look like a row of data (a file without a header row, its columns
-    picked by hand: its first row became the names and is missing from the rows); '' otherwise."""
-    sentence = len(text_col.split()) >= 4
-    a_label = label_col.strip() in set(labels)
-    if not sentence and not a_label:
+    """A note when the label column's name is one of its own labels: a file without a header row, its columns picked
+    by hand, whose first row became the names and is missing from the rows; '' otherwise. (A sentence as the text
+    column's name is no sign: "What the customer wrote" is a header.)"""
+    if label_col.strip() not in set(labels) or label_col.strip().lower() in LABEL_NAMES:
         return ""
-    why = (f"the text column is named {text_col[:60]!r}" if sentence else
-           f"the label column's name {label_col[:60]!r} is also one of its labels")
-    return (f"{name}: its header looks like a row of data ({why}). If the file has no header row, its first line was "
-            "read as the column names and is not among the rows; add a header line (e.g. text,label) to keep it.")
+    return (f"{name}: its header looks like a row of data (the label column's name {label_col[:60]!r} is also one of "
+            f"its labels, and the text column is named {text_col[:60]!r}). If the file has no header row, its first "
+            "line was read as the column names and is not among the rows; add a header line (e.g. text,label) to "
+            "keep it.")
 
 
 def _split_column(table: _Table, given: str | None, taken: tuple[str, str], notes: list[str]) -> list[str] | None:

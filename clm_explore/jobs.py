@@ -327,7 +327,7 @@ class JobQueue:
         """Ask the job to stop. One still waiting ends now, cancelled (its card and its run say so, and the run
         can be deleted), rather than when its turn comes. ``by``: who asked (kept as ``job.cancelled_by``)."""
         job = self.get(job_id)
-        if job is None:
+        if job is None or job.done:  # a click that came after the job ended (another session's, say) changes nothing
             return
         if not job.cancel_event.is_set():
             job.cancelled_by = by
@@ -416,8 +416,9 @@ def last_line(text: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------- keyed tasks
 
 
-ABANDONED_SECONDS = 30.0
-"""A keyed task no caller has watched for this long is stopped when another task waits behind it."""
+ABANDONED_SECONDS = 180.0
+"""A keyed task no caller has watched for this long is stopped when another task, which a caller has watched that
+recently, waits behind it (long: a browser slows a background tab's timers, down to one a minute)."""
 
 
 class TaskStopped(Exception):
@@ -523,14 +524,20 @@ class KeyedTasks:
             task.error = exc
             task.finished.set()
             return
-        self._holder = task
+        with self._lock:
+            self._holder = task
         try:
-            task.result = work(task.report)
+            result = work(task.report)
+            with self._lock:  # a result came: a stop asked after its last report is moot (and must not discard it)
+                task.result, self._holder = result, None
+                task.stop_asked.clear()
+                task.stop_reason = ""
         except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the task, in their thread
             traceback.clear_frames(exc.__traceback__)  # the lines stay; the frames' locals (a model, say) are let go
             task.error = exc
         finally:
-            self._holder = None
+            with self._lock:
+                self._holder = None
             self._gate.release()
             task.finished.set()
 
@@ -543,13 +550,18 @@ class KeyedTasks:
         while not self._gate.acquire(timeout=0.2):
             if task.stop_asked.is_set():
                 raise TaskStopped("Stopped before it started (it was waiting for another to end).")
-            holder = self._holder
+            with self._lock:
+                holder = self._holder
+                now = time.monotonic()
+                # Only for a waiter someone follows, and only the holder still running (under the lock, which the
+                # holder takes to hand in its result): a waiter left behind too stops nobody.
+                if (holder is not None and now - holder.watched > ABANDONED_SECONDS
+                        and now - task.watched <= ABANDONED_SECONDS):
+                    holder.stop_reason = "no page followed it while another waited behind it"
+                    holder.stop_asked.set()
             ahead = f"waiting for {holder.label} to end" if holder is not None and holder.label else (
                 "waiting for another to end")
             task.report(ahead, 0, 1)
-            if holder is not None and time.monotonic() - holder.watched > ABANDONED_SECONDS:
-                holder.stop_reason = "no page followed it while another waited behind it"
-                self.stop(holder)
 
     def _trim(self) -> None:
         finished = [k for k, t in self._tasks.items() if t.done]

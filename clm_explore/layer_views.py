@@ -33,17 +33,21 @@ class LayerViewError(ModelSourceError):
 
 @dataclass
 class LayerSimilarity:
-    """Linear CKA (Kornblith et al., 2019) between two models' mean-pooled token states, layer by layer, over the
-    same texts: 1 = the same representation up to rotation and scale; lower = training changed what that layer
-    computes."""
+    """Debiased linear CKA (Kornblith et al., 2019; the unbiased HSIC estimator of Song et al., 2012, as Nguyen et
+    al., 2021 use it) between two models' mean-pooled token states, layer by layer, over the same texts: 1 = the
+    same representation up to rotation and scale, about 0 = unrelated; lower = training changed what that layer
+    computes. The plain estimator reads near 1 for unrelated features when there are fewer texts than the layer is
+    wide (0.6 over 256 texts of 384 random features); the debiased one does not."""
 
     table: pd.DataFrame
-    """One row per layer: layer (0 = the embeddings' output, i = after block i), cka."""
+    """One row per layer: layer (-1 = the embeddings' output, i = the output of block i, counted from 0 as the
+    masks and the weight changes count them), cka."""
     run: str
     other: str
     """The other run's folder, or the base model's source."""
     rows: int
     """Texts compared."""
+    notes: list[str] = field(default_factory=list)
 
     def lowest(self) -> tuple[int, float]:
         """The layer whose representation moved most (lowest CKA) and its CKA."""
@@ -53,27 +57,52 @@ class LayerSimilarity:
     def summary(self) -> str:
         layer, cka = self.lowest()
         top = self.table.iloc[-1]
-        return (f"linear CKA over {self.rows:,} texts: {float(self.table['cka'].iloc[0]):.3f} at the embeddings, "
-                f"{float(top['cka']):.3f} after the last layer ({int(top['layer'])}); lowest {cka:.3f} at layer {layer}")
+        return (f"CKA over {self.rows:,} texts: {float(self.table['cka'].iloc[0]):.3f} at the embeddings, "
+                f"{float(top['cka']):.3f} after the last layer ({int(top['layer'])}); lowest {cka:.3f} at "
+                + ("the embeddings" if layer < 0 else f"layer {layer}"))
 
     def __repr__(self) -> str:  # one line in a notebook (the per-layer figures are .table)
         return f"LayerSimilarity({Path(self.run).name} vs {Path(self.other).name}: {self.summary()})"
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict (``layers --json``)."""
-        return {"run": self.run, "other": self.other, "rows": self.rows,
+        return {"run": self.run, "other": self.other, "rows": self.rows, "notes": self.notes,
                 "layers": [{"layer": int(r.layer), "cka": float(r.cka)} for r in self.table.itertuples()]}
 
 
-def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA of two (n, d) representations of the same n inputs (their widths may differ); NaN when either
-    is constant over the inputs."""
+MIN_CKA_ROWS = 10
+"""Fewest texts CKA is computed over: the debiased estimator needs 4, and its noise is large below about 10."""
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = True) -> float:
+    """Linear CKA of two (n, d) representations of the same n inputs (their widths may differ), from their Gram
+    matrices (Kornblith et al.'s reference code); ``debiased`` (default) with the unbiased HSIC estimator, which
+    needs n >= 4 and may read slightly below 0 for unrelated features. NaN when either is constant."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
-    return float(np.linalg.norm(y.T @ x) ** 2 / denominator) if denominator > 0 else math.nan
+    if not np.ptp(x, axis=0).any() or not np.ptp(y, axis=0).any():  # the same for every input: nothing to compare
+        return math.nan
+    gram_x, gram_y = _centred_gram(x @ x.T, debiased), _centred_gram(y @ y.T, debiased)
+    denominator = np.linalg.norm(gram_x) * np.linalg.norm(gram_y)
+    return float(gram_x.ravel() @ gram_y.ravel() / denominator) if denominator > 1e-12 else math.nan
+
+
+def _centred_gram(gram: np.ndarray, unbiased: bool) -> np.ndarray:
+    """A Gram matrix centred (``unbiased``: as the unbiased HSIC estimator takes it, its diagonal zeroed)."""
+    gram = gram.copy()
+    n = gram.shape[0]
+    if unbiased:
+        np.fill_diagonal(gram, 0.0)
+        means = gram.sum(0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+    else:
+        means = gram.mean(0)
+        means -= means.mean() / 2
+    gram -= means[:, None]
+    gram -= means[None, :]
+    if unbiased:
+        np.fill_diagonal(gram, 0.0)
+    return gram
 
 
 def layer_similarity(run: Any, other: Any = None, texts: list[str] | None = None, max_rows: int = DEFAULT_MAX_ROWS,
@@ -85,15 +114,18 @@ def layer_similarity(run: Any, other: Any = None, texts: list[str] | None = None
         other: another finished run or ``LoadedModel`` of the same number of layers; None: the run's base model
             (``source``, else the one it was trained from).
         texts: the texts; default: the run's test rows (its predictions.csv), a seeded sample of ``max_rows``.
-        max_rows: at most this many texts (a seeded sample of longer lists).
+        max_rows: at most this many texts (a seeded sample of longer lists); at least ``MIN_CKA_ROWS``.
         source: the base model when ``other`` is None (``weight_changes``' ``source``).
 
     Raises:
-        LayerViewError: models of different depths, fewer than 3 texts, or no texts and no predictions.csv.
+        LayerViewError: models of different depths, fewer than ``MIN_CKA_ROWS`` texts, or no texts and no
+            predictions.csv.
         ModelSourceError: a run or the base model cannot be loaded.
     """
-    if max_rows < 3:
-        raise LayerViewError(f"max_rows must be at least 3 (CKA compares texts with each other); got {max_rows}.")
+    if max_rows < MIN_CKA_ROWS:
+        raise LayerViewError(f"max_rows must be at least {MIN_CKA_ROWS} (CKA compares texts with each other); got "
+                             f"{max_rows}.")
+    texts = _sampled(texts if texts is not None else _test_texts(run), max_rows)
     model_a, name_a, length = _model_of(run)
     if other is None:
         from clm_explore.changes import base_model
@@ -103,14 +135,33 @@ def layer_similarity(run: Any, other: Any = None, texts: list[str] | None = None
     else:
         model_b, name_b, length_b = _model_of(other)
         length = max(length, length_b)
-    texts = _sampled(texts if texts is not None else _test_texts(run), max_rows)
+    depths = [getattr(m.model.config, "num_hidden_layers", None) for m in (model_a, model_b)]
+    if depths[0] != depths[1]:  # before any forward pass
+        raise LayerViewError(f"{name_a} has {depths[0]} layers and {name_b} {depths[1]}: CKA compares the same layer "
+                             "of two models of one depth.")
     states_a, states_b = pooled_states(model_a, texts, length), pooled_states(model_b, texts, length)
-    if len(states_a) != len(states_b):
-        raise LayerViewError(f"{name_a} has {len(states_a) - 1} layers and {name_b} {len(states_b) - 1}: CKA compares "
-                             "the same layer of two models of one depth.")
-    table = pd.DataFrame({"layer": range(len(states_a)),
+    table = pd.DataFrame({"layer": range(-1, len(states_a) - 1),
                           "cka": [linear_cka(a, b) for a, b in zip(states_a, states_b, strict=True)]})
-    return LayerSimilarity(table=table, run=name_a, other=name_b, rows=len(texts))
+    notes = [note for m, name in ((model_a, name_a), (model_b, name_b)) if (note := _prefix_note(m, name))]
+    return LayerSimilarity(table=table, run=name_a, other=name_b, rows=len(texts), notes=notes)
+
+
+def _prefix_note(loaded: LoadedModel, name: str) -> str:
+    """A prefix run's states differ from the base model's from the embeddings on without any weight having
+    changed: its positions are shifted by the prefix's virtual tokens."""
+    virtual = _virtual_tokens(loaded)
+    if not virtual:
+        return ""
+    return (f"{Path(name).name} is a prefix run: its positions are shifted by its {virtual} virtual tokens, so its "
+            "states differ from the base model's from the embeddings on, though prefix tuning changed no weight "
+            "there")
+
+
+def _virtual_tokens(loaded: LoadedModel) -> int:
+    """The prefix's virtual tokens of a prefix run's model (peft's ``num_virtual_tokens``); 0 for any other."""
+    peft = getattr(loaded.model, "peft", None)
+    config = getattr(peft, "peft_config", {}) if peft is not None else {}
+    return int(next((getattr(c, "num_virtual_tokens", 0) for c in config.values()), 0) or 0)
 
 
 def _model_of(run: Any) -> tuple[LoadedModel, str, int]:
@@ -127,16 +178,18 @@ def _test_texts(run: Any) -> list[str]:
         raise LayerViewError("A loaded model has no test rows of its own: pass texts=[...].")
     from clm_explore.casestudy import split_frame
 
+    folder = finished_run(run)
     try:
-        return split_frame(finished_run(run))["text"].astype(str).tolist()
-    except FileNotFoundError as exc:
-        raise LayerViewError(str(exc)) from None
+        return split_frame(folder)["text"].astype(str).tolist()
+    except FileNotFoundError:
+        raise LayerViewError(f"{folder} has no predictions.csv, whose test rows CKA reads by default: pass the texts "
+                             "(texts=[...]; clm-explore layers --file F).") from None
 
 
 def _sampled(texts: list[str], max_rows: int) -> list[str]:
     texts = [str(t) for t in texts]
-    if len(texts) < 3:
-        raise LayerViewError(f"CKA needs at least 3 texts; got {len(texts)}.")
+    if len(texts) < MIN_CKA_ROWS:
+        raise LayerViewError(f"CKA needs at least {MIN_CKA_ROWS} texts; got {len(texts)}.")
     if len(texts) <= max_rows:
         return texts
     keep = np.sort(np.random.default_rng(0).choice(len(texts), max_rows, replace=False))
@@ -160,7 +213,10 @@ def pooled_states(loaded: LoadedModel, texts: list[str], max_length: int, batch_
         for start in range(0, len(ids), batch_size):
             idx = np.arange(start, min(start + batch_size, len(ids)))
             input_ids, mask = collate(ids, idx, pad)
-            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            try:
+                out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            except (RuntimeError, IndexError) as exc:  # e.g. texts longer than a prefix run's positions leave it
+                raise LayerViewError(f"The states of {loaded.source} cannot be read ({exc}).") from exc
             weights = mask.to(device).unsqueeze(-1).float()
             for i, states in enumerate(out.hidden_states):
                 if len(pooled) <= i:
@@ -245,6 +301,11 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
     length = max_length or trained_max_length(folder)
     attention, tokens, special, enc = _attentions(loaded, text, length)
     notes = []
+    if len(loaded.tokenizer(text, truncation=False)["input_ids"]) > length:  # as explain says it
+        notes.append(f"text truncated to {length} sub-tokens (the run's trained length; max_length= reads more)")
+    if loaded.is_decoder:
+        notes.append("a decoder's token attends only to the tokens before it: a task token late in the text gets "
+                     "little attention from a head that would read it")
     if attention.sum(-1).mean() < 0.999:  # a prefix run's prefix positions, left out of the maps
         notes.append(f"{1 - attention.sum(-1).mean():.0%} of the attention goes to the prefix's positions, left out")
     groups = _run_task_tokens(folder)
@@ -291,7 +352,8 @@ def _attentions(loaded: LoadedModel, text: str, length: int) -> tuple[np.ndarray
                 base.set_attn_implementation("eager")  # type: ignore[union-attr]
             model.eval()
             out = model(**{k: v.to(device) for k, v in encoded.items()}, output_attentions=True)
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, RuntimeError, IndexError) as exc:  # e.g. a text longer
+            # than a prefix run's positions leave it
             raise LayerViewError(f"The attention of {loaded.source} cannot be read ({exc}).") from exc
         finally:
             model.train(was_training)

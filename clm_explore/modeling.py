@@ -161,6 +161,21 @@ def resolve_source(source: str | None) -> str:
     return str(path)
 
 
+def load_tokenizer(source: str | None = DEFAULT_SOURCE) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``source`` alone (``load_model``'s sources), without its weights.
+
+    Raises:
+        ModelSourceError: the source cannot be resolved or holds no tokenizer.
+    """
+    resolved = resolve_source(source)
+    if resolved == TINY_SOURCE:
+        return tiny_tokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(resolved)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelSourceError(f"Could not load a tokenizer from {resolved}: {exc}") from exc
+
+
 def recorded_source(source: str) -> str:
     """How a run records its model source: a folder or file as an absolute path (a command run later from another
     folder, or the app, finds it again; symlinks kept as written), a named model as given."""

@@ -252,13 +252,14 @@ def _similarity_part(study: CaseStudy, names: tuple[str, str], fig: Callable[[go
         except ModelSourceError as exc:  # a base model gone, runs of two depths, too few rows
             notes.append(f"<p class='note'>{esc(label)}: no CKA ({esc(exc)})</p>")
             continue
-        traces.append(go.Scatter(x=result.table["layer"], y=result.table["cka"], mode="lines+markers",
-                                 name=plot_text(label)))
-        notes.append(f"<p class='note'>{esc(label)}: {esc(result.summary())}</p>")
+        layers = ["emb" if int(i) < 0 else f"L{int(i)}" for i in result.table["layer"]]
+        traces.append(go.Scatter(x=layers, y=result.table["cka"], mode="lines+markers", name=plot_text(label)))
+        notes.append(f"<p class='note'>{esc(label)}: {esc(result.summary())}"
+                     + "".join(f"; {esc(note)}" for note in result.notes) + "</p>")
     figure = go.Figure(traces) if traces else None
     if figure is not None:
-        figure.update_layout(title="Linear CKA per layer", height=360, yaxis_title="CKA",
-                             xaxis_title="layer (0 = the embeddings' output)", xaxis_dtick=1)
+        figure.update_layout(title="CKA per layer", height=360, yaxis_title="CKA (debiased)",
+                             xaxis_title="the output of (emb = the embeddings)", xaxis_type="category")
     return (fig(figure) if figure else "") + "".join(notes)
 
 
@@ -496,9 +497,9 @@ def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path
     body.append("<h2>What training changed</h2><p class='note'>The share of each weight matrix's parameters (its bias "
                 "included) that differ from the base model's (the classification head left out).</p>")
     body.extend(_changes_part(run, name, fig) for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []))
-    body.append("<h2>Layer by layer</h2><p class='note'>Linear CKA between two models' mean-pooled token states after "
-                "each layer, on these rows: 1 = the same representation up to rotation and scale; lower = training "
-                "changed what that layer computes.</p>")
+    body.append("<h2>Layer by layer</h2><p class='note'>Debiased linear CKA between two models' mean-pooled token "
+                "states after each layer, on these rows: 1 = the same representation up to rotation and scale, about "
+                "0 = unrelated; lower = training changed what that layer computes.</p>")
     body.append(_similarity_part(study, names, fig))
     body.append(_rows_section(study, names))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore report</title>"

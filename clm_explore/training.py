@@ -485,9 +485,11 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     """
     model = loaded.model
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and cfg.max_length > positions:  # an index error deep in the first batch
+    prefix = cfg.prefix_tokens if cfg.method == "prefix" else 0  # its virtual tokens take positions before the text's
+    if isinstance(positions, int) and cfg.max_length > positions - prefix:  # an index error deep in the first batch
+        taken = f" less the {prefix} prefix tokens" if prefix else ""
         raise ConfigError(f"max_length {cfg.max_length} is above the {positions} positions {type(model).__name__} "
-                          f"has: read at most {positions} sub-tokens per text.")
+                          f"has{taken}: read at most {positions - prefix} sub-tokens per text.")
     if cfg.method == "bitfit" and not any(n.endswith(".bias") for n, _ in backbone_named_parameters(model)):
         raise ConfigError(f"{type(model).__name__} has no bias terms outside its head, so BitFit would train the head "
                           "alone: use --method head for that.")

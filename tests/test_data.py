@@ -916,7 +916,8 @@ def test_a_header_that_looks_like_a_row_of_data_is_noted(tmp_path) -> None:
     (tmp_path / "nohdr.csv").write_text("\n".join(rows) + "\n")
     data = load_data(tmp_path / "nohdr.csv", DataConfig(text_col="how do I top up card number 0 today ?", label_col="a"))
     assert sum(len(data.split(s)) for s in ("train", "validation", "test")) == 39  # the first row is the header
-    assert any("its header looks like a row of data (the text column is named" in n for n in data.notes)
+    assert any("its header looks like a row of data (the label column's name 'a' is also one of its labels" in n
+               for n in data.notes)
     (tmp_path / "codes.csv").write_text("utterance,NUM\n" + "\n".join(f"row {i},{'NUM' if i % 2 else 'LOC'}"
                                                                     for i in range(40)) + "\n")
     picked = load_data(tmp_path / "codes.csv", DataConfig(label_col="NUM"))
@@ -924,3 +925,10 @@ def test_a_header_that_looks_like_a_row_of_data_is_noted(tmp_path) -> None:
     plain = tmp_path / "plain.csv"
     plain.write_text("text,label\n" + "\n".join(rows) + "\n")
     assert not any("header looks like" in n for n in load_data(plain).notes)
+    spoken = tmp_path / "spoken.csv"  # a header of sentences is a header; a label named like its column is chance
+    spoken.write_text("What the customer wrote,Is it urgent\n" + "\n".join(rows) + "\n")
+    assert not any("header looks like" in n for n in load_data(spoken, DataConfig(
+        text_col="What the customer wrote", label_col="Is it urgent")).notes)
+    named = tmp_path / "named.csv"
+    named.write_text("text,label\n" + "\n".join(f"row {i},{'label' if i % 2 else 'other'}" for i in range(40)) + "\n")
+    assert not any("header looks like" in n for n in load_data(named).notes)

@@ -537,7 +537,8 @@ def test_a_stopped_keyed_task_ends_at_its_next_report_and_is_kept_for_its_reader
     assert third.finished.wait(10) and third.result == "c" and not third.stopped
 
 
-def test_a_keyed_task_nobody_follows_is_stopped_when_another_waits_and_a_followed_one_is_not(monkeypatch) -> None:
+def test_a_keyed_task_nobody_follows_is_stopped_when_a_followed_one_waits_and_a_followed_one_is_not(
+        monkeypatch) -> None:
     # A session that went on to other data left its label check running, and every other check waited (app review).
     from clm_explore import jobs
 
@@ -550,18 +551,58 @@ def test_a_keyed_task_nobody_follows_is_stopped_when_another_waits_and_a_followe
             time.sleep(0.01)
         return "done"
 
-    followed = tasks.get_or_start("a", endless, label="the label check of a.csv")
+    def follow(*followed: jobs.KeyedTask, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:  # a page polls them
+            for task in followed:
+                task.watch()
+            time.sleep(0.05)
+
+    holder = tasks.get_or_start("a", endless, label="the label check of a.csv")
     waiting = tasks.get_or_start("b", lambda report: "b")
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:  # a page polls it: it is watched, so it keeps running
-        followed.watch()
-        time.sleep(0.05)
-    assert not followed.done and waiting.progress[0] == "waiting for the label check of a.csv to end"
-    waiting.finished.wait(3.0)  # unwatched now: stopped after ABANDONED_SECONDS, and the waiting one runs
-    assert followed.finished.wait(5) and followed.stopped and "no page followed it" in followed.stop_reason
+    follow(holder, waiting, seconds=1.5)  # both followed: the holder runs on
+    assert not holder.done and waiting.progress[0] == "waiting for the label check of a.csv to end"
+    time.sleep(1.5)  # nobody follows either: a waiter left behind stops nobody
+    assert not holder.done and not holder.stop_asked.is_set()
+    follow(waiting, seconds=1.5)  # the waiter is followed again, the holder not: the holder is stopped
+    assert holder.finished.wait(5) and holder.stopped and "no page followed it" in holder.stop_reason
     assert waiting.finished.wait(5) and waiting.result == "b" and not waiting.stopped
     alone = tasks.get_or_start("c", endless)  # nobody waits behind it: never stopped for want of a watcher
     time.sleep(1.0)
     assert not alone.done
     release.set()
     assert alone.finished.wait(5) and alone.result == "done"
+
+
+def test_a_stop_that_comes_after_the_last_report_keeps_the_result() -> None:
+    from clm_explore import jobs
+
+    tasks, go = jobs.KeyedTasks(at_once=1), threading.Event()
+
+    def work(report):
+        report("reading", 0, 1)
+        go.wait(5)
+        return "result"
+
+    task = tasks.get_or_start("a", work)
+    deadline = time.monotonic() + 5
+    while task.progress[0] != "reading" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tasks.stop(task)  # asked after its last report: the work hands in its result all the same
+    go.set()
+    assert task.finished.wait(5) and task.result == "result" and not task.stopped
+    assert tasks.failed("a") is None  # not thrown away as a stopped task
+
+
+def test_a_cancel_that_comes_after_the_job_ended_changes_nothing(jobs: JobQueue) -> None:
+    # Another session's confirm click landing after the job succeeded told its owner it was cancelled (review).
+    done = jobs.submit(count_steps, {"n": 1})
+    assert done.wait(5) and done.status is RunStatus.SUCCEEDED
+    jobs.cancel(done.id, by="another session")
+    assert not done.cancel_event.is_set() and done.cancelled_by is None and done.status is RunStatus.SUCCEEDED
+    gate = threading.Event()
+    running = jobs.submit(count_steps, {"n": 3, "gate": gate})
+    jobs.cancel(running.id, by="another session")
+    jobs.cancel(running.id, by="a third")  # the first to ask is the one named
+    gate.set()
+    assert running.wait(5) and running.status is RunStatus.CANCELLED and running.cancelled_by == "another session"

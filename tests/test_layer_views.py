@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clm_explore.cli import main
+from clm_explore.cli import layer_cmds, main
 from clm_explore.config import FinetuneConfig, MaskConfig, SensitivityConfig
-from clm_explore.layer_views import LayerViewError, head_attention, layer_similarity, linear_cka
+from clm_explore.layer_views import MIN_CKA_ROWS, LayerViewError, head_attention, layer_similarity, linear_cka
 from clm_explore.training import finetune
 
 TEXT = "my card has not arrived yet, where is my card?"
@@ -40,19 +40,26 @@ def test_linear_cka_is_one_for_the_same_representation_up_to_rotation_and_scale(
     assert linear_cka(x, rng.normal(size=(200, 8))) < 0.2  # unrelated features of another width
     assert linear_cka(x, x[:, :8]) == pytest.approx(linear_cka(x[:, :8], x))  # symmetric
     assert np.isnan(linear_cka(x, np.ones((200, 4))))  # a constant representation says nothing
+    # Fewer texts than features: the plain estimator reads unrelated features as alike, the debiased one does not.
+    wide_a, wide_b = rng.normal(size=(256, 384)), rng.normal(size=(256, 384))
+    assert linear_cka(wide_a, wide_b, debiased=False) > 0.5 and abs(linear_cka(wide_a, wide_b)) < 0.05
 
 
 def test_layer_similarity_sees_what_each_method_changed(runs) -> None:
     probe = layer_similarity(runs["head"])  # a linear probe leaves the backbone as it was
-    assert list(probe.table["layer"]) == [0, 1, 2] and probe.rows == 40  # the test rows
+    assert list(probe.table["layer"]) == [-1, 0, 1] and probe.rows == 40  # the embeddings, blocks 0 and 1; test rows
     assert np.allclose(probe.table["cka"], 1.0, atol=1e-6), probe.table
     full = layer_similarity(runs["full"])
     assert full.table["cka"].iloc[-1] < 0.999 and full.lowest()[1] == full.table["cka"].min()
-    between = layer_similarity(runs["sparse"], runs["full"], texts=[TEXT, "hello", "exchange rate", "top up"])
-    assert between.rows == 4 and between.other == str(runs["full"])
-    assert "sparse vs full" in repr(between) and json.loads(json.dumps(between.to_record()))["layers"][0]["layer"] == 0
-    with pytest.raises(LayerViewError, match="at least 3 texts"):
-        layer_similarity(runs["sparse"], texts=["one", "two"])
+    texts = [f"{TEXT} {i}" for i in range(6)] + ["hello", "exchange rate", "top up", "my card is lost"]
+    between = layer_similarity(runs["sparse"], runs["full"], texts=texts)
+    assert between.rows == 10 and between.other == str(runs["full"])
+    assert "sparse vs full" in repr(between) and json.loads(json.dumps(between.to_record()))["layers"][0]["layer"] == -1
+    with pytest.raises(LayerViewError, match=f"at least {MIN_CKA_ROWS} texts"):
+        layer_similarity(runs["sparse"], texts=texts[:MIN_CKA_ROWS - 1])
+    assert MIN_CKA_ROWS == layer_cmds.MIN_CKA_ROWS  # the CLI's copy (its --help loads no torch)
+    prefix = layer_similarity(runs["prefix"])  # positions shifted by the prefix: said, not read as training
+    assert prefix.notes and "is a prefix run: its positions are shifted by its 16 virtual tokens" in prefix.notes[0]
 
 
 def test_head_attention_reads_every_head_and_the_masks_rows_per_head(runs) -> None:
@@ -87,6 +94,21 @@ def test_a_prefix_runs_attention_leaves_the_prefix_positions_out_and_says_so(run
     assert result.attention.shape[2:] == (n, n) and (result.attention.sum(-1) < 0.99).all()
     assert "of the attention goes to the prefix's positions, left out" in result.notes[0]
     assert result.task_positions and result.selected is None
+    long = head_attention(runs["sparse"], " ".join([TEXT] * 20))  # cut at the run's length, as explain says
+    assert len(long.tokens) == 64 and "text truncated to 64 sub-tokens" in long.notes[0]
+
+
+def test_a_prefix_runs_length_leaves_room_for_its_prefix(runs, capsys) -> None:
+    from clm_explore.config import ConfigError
+    from clm_explore.modeling import load_model
+    from clm_explore.training import check_runnable
+
+    tiny = load_model("tiny-random", ["a", "b"])  # 128 positions
+    with pytest.raises(ConfigError, match="above the 128 positions BertForSequenceClassification has less the 16"):
+        check_runnable(FinetuneConfig(method="prefix", max_length=128), tiny)
+    check_runnable(FinetuneConfig(method="sparse", max_length=128), tiny)
+    assert main(["predict", "--run", str(runs["prefix"]), "--text", TEXT, "--max-length", "128"]) == 2
+    assert "above the 128 positions this run's model has less the 16 its prefix takes" in capsys.readouterr().err
 
 
 def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_module, tmp_path) -> None:
@@ -115,10 +137,10 @@ def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_mod
 def test_layers_and_heads_commands(capsys, runs) -> None:
     assert main(["layers", "--run", str(runs["head"])]) == 0
     out = capsys.readouterr().out
-    assert "1.0000" in out and "linear CKA over 40 texts" in out
+    assert "emb 1.0000" in out and "CKA over 40 texts" in out
     assert main(["layers", "--run", str(runs["sparse"]), "--vs", str(runs["full"]), "--max-rows", "10", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["rows"] == 10 and [r["layer"] for r in record["layers"]] == [0, 1, 2]
+    assert record["rows"] == 10 and [r["layer"] for r in record["layers"]] == [-1, 0, 1]
     assert main(["heads", "--run", str(runs["sparse"]), "--text", TEXT]) == 0
     out = capsys.readouterr().out
     assert out.startswith("tokens: [CLS] ") and "*card*" in out and "head 3" in out and "%)" in out
@@ -128,7 +150,7 @@ def test_layers_and_heads_commands(capsys, runs) -> None:
     assert main(["heads", "--run", str(runs["sparse"]), "--text", TEXT, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert len(record["heads"]) == 8 and record["task_positions"] and 0 < record["task_share"] < 1
-    for argv, said in ((["layers", "--run", str(runs["sparse"]), "--max-rows", "2"], "--max-rows must be at least 3"),
+    for argv, said in ((["layers", "--run", str(runs["sparse"]), "--max-rows", "2"], "--max-rows must be at least 10"),
                        (["heads", "--run", str(runs["sparse"]), "--text", "  "], "--text is empty"),
                        (["layers", "--run", str(runs["sparse"]) + "-missing"], "no such run folder")):
         assert main(argv) == 2

@@ -43,8 +43,8 @@ def test_report_pair(tmp_path: Path, evil_data) -> None:
     assert "What training changed" in page and "A: sparse-0: " in page and "backbone parameters changed" in page
     assert "B: full-1: no weight-change map" in page and "not a run folder" in page
     # Layer by layer on the 40 test rows: A against the base it names, B names none, A against B.
-    assert "A: sparse-0 vs its base model: linear CKA over 40 texts: " in page
-    assert "B: full-1 vs its base model: no CKA" in page and "A: sparse-0 vs B: full-1: linear CKA over 40" in page
+    assert "A: sparse-0 vs its base model: CKA over 40 texts: " in page
+    assert "B: full-1 vs its base model: no CKA" in page and "A: sparse-0 vs B: full-1: CKA over 40" in page
     assert page.startswith("<!DOCTYPE html>")
     for section in ("Metrics", "Confusion matrices", "Per-label F1", "Top attributed words", "Selected rows"):
         assert section in page

@@ -100,9 +100,20 @@ def checked_max_length(value: int | None, run_dir: Path) -> int | None:
         positions = json.loads((run_dir / "config.json").read_text()).get("max_position_embeddings")
     except (OSError, ValueError, AttributeError):
         positions = None
-    if isinstance(positions, int) and value > positions:
-        raise UserError(f"--max-length {value} is above the {positions} positions this run's model has.")
+    virtual = _virtual_tokens(run_dir)  # a prefix run's prefix takes positions before the text's
+    if isinstance(positions, int) and value > positions - virtual:
+        taken = f" less the {virtual} its prefix takes" if virtual else ""
+        raise UserError(f"--max-length {value} is above the {positions} positions this run's model has{taken}.")
     return value
+
+
+def _virtual_tokens(run_dir: Path) -> int:
+    """A prefix run's virtual tokens (``adapter/adapter_config.json``'s ``num_virtual_tokens``); 0 for any other."""
+    try:
+        found = json.loads((run_dir / "adapter" / "adapter_config.json").read_text()).get("num_virtual_tokens")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return found if isinstance(found, int) else 0
 
 
 def refuse_untrained_head(run: Path, flag: str) -> Path:

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import UserError, checked_max_length, print_json
 
+MIN_CKA_ROWS = 10
+"""``layer_views.MIN_CKA_ROWS``, here so that --help loads no torch."""
+
 if TYPE_CHECKING:
     from clm_explore.layer_views import HeadAttention
 
@@ -17,10 +20,10 @@ def register(subparsers: Any) -> None:
     layers = subparsers.add_parser(
         "layers",
         help="how alike a run's layer representations are to its base model's (or another run's)",
-        description="Linear CKA (Kornblith et al., 2019) between two models' mean-pooled token states after each "
-        "layer, over the same texts: 1 = the same representation up to rotation and scale, lower = training "
-        "changed what the layer computes. Default: the run against the base model it was trained from, on its test "
-        "rows.",
+        description="Debiased linear CKA (Kornblith et al., 2019) between two models' mean-pooled token states after "
+        "each layer, over the same texts: 1 = the same representation up to rotation and scale, about 0 = unrelated, "
+        "lower = training changed what the layer computes. Layers as the masks count them: emb (the embeddings' "
+        "output), 0, 1, ... Default: the run against the base model it was trained from, on its test rows.",
     )
     layers.add_argument("--run", required=True, metavar="DIR", help="a run folder or a run id of the registry")
     other = layers.add_mutually_exclusive_group()
@@ -31,9 +34,10 @@ def register(subparsers: Any) -> None:
                         help="texts to compare on: a data file's text column or a .txt file (default: the run's "
                         "test rows)")
     layers.add_argument("--text-col", default=None, help="text column of --file (detected when omitted)")
-    layers.add_argument("--max-rows", type=int, default=512, help="texts compared at most (a seeded sample)")
+    layers.add_argument("--max-rows", type=int, default=512,
+                        help=f"texts compared at most (a seeded sample; at least {MIN_CKA_ROWS})")
     layers.add_argument("--json", action="store_true",
-                        help='print {"run", "other", "rows", "layers": [{"layer", "cka"}]}')
+                        help='print {"run", "other", "rows", "notes", "layers": [{"layer" (-1: the embeddings), "cka"}]}')
     layers.set_defaults(func=run_layers)
 
     heads = subparsers.add_parser(
@@ -59,8 +63,9 @@ def run_layers(args: argparse.Namespace) -> int:
     from clm_explore.cli.method_cmds import texts_from_file
     from clm_explore.layer_views import layer_similarity
 
-    if args.max_rows < 3:
-        raise UserError(f"--max-rows must be at least 3 (CKA compares texts with each other); got {args.max_rows}.")
+    if args.max_rows < MIN_CKA_ROWS:
+        raise UserError(f"--max-rows must be at least {MIN_CKA_ROWS} (CKA compares texts with each other); got "
+                        f"{args.max_rows}.")
     run = checked_run(args.run, "--run")
     other = checked_run(args.vs, "--vs")
     texts = texts_from_file(args.file, args.text_col) if args.file else None
@@ -68,8 +73,11 @@ def run_layers(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_record())
         return 0
-    print(result.table.to_string(index=False, formatters={"cka": "{:.4f}".format}))
+    shown = result.table.assign(layer=["emb" if i < 0 else str(i) for i in result.table["layer"]])
+    print(shown.to_string(index=False, formatters={"cka": "{:.4f}".format}))
     print(f"{args.run} vs {args.vs or result.other}: {result.summary()}")
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -98,12 +106,17 @@ def format_heads(result: HeadAttention) -> str:
     layers, heads = result.task_attention.shape
     masked = result.selected is not None
     if not task and not masked:
-        return "\n".join([*lines, "No mined task token in this text and no row mask in this run: nothing per head to show."])
+        hint = (" (this run mined none: --groups-from RUN marks them with another run's)"
+                if any("no mined task tokens" in note for note in result.notes) else "")
+        return "\n".join([*lines, f"No mined task token in this text{hint} and no row mask in this run: nothing per "
+                                   "head to show."])
     if not task:
         lines.append("No mined task token in this text: the grid shows only the mask's share of each head's rows.")
-    lines.append(f"Attention given to the task tokens (*...*), per head; a head spreading evenly gives them "
-                 f"{result.task_share:.0%}" + ("; in brackets the share of the head's query, key and value rows the "
-                                                 "mask selected" if masked else "") + ":")
+        lines.append("Per head, the share of its query, key and value rows the mask selected:")
+    else:
+        lines.append(f"Attention given to the task tokens (*...*), per head; a head spreading evenly gives them "
+                     f"{result.task_share:.0%}" + ("; in brackets the share of the head's query, key and value rows "
+                                                     "the mask selected" if masked else "") + ":")
     lines.append("layer " + "".join(f"{f'head {h}':>10}" for h in range(heads)))
     for layer in range(layers):
         cells = []

@@ -86,18 +86,25 @@ def unsupported_model(folder: str, version: str) -> str:
     return unsupported_reason(folder)
 
 
-@st.cache_data(show_spinner="Counting the sub-tokens of every text…", max_entries=16)
-def text_lengths(source: str, choice: DataChoice) -> pd.Series:
-    """Sub-tokens per text (the model's markers included) over every split, as the model's tokenizer reads them
-    uncut: the Data page says how many texts a run would cut."""
-    annotated = data(choice)
-    loaded = model(source, tuple(annotated.labels))
-    texts = [t for split in ("train", "validation", "test") for t in annotated.split(split)["text"].tolist()]
-    from clm_explore.attribution import model_lock
+@_per_model_version
+@st.cache_data(show_spinner="Counting the sub-tokens of the texts…", max_entries=16)
+def text_lengths(source: str, version: str, choice: DataChoice) -> pd.Series:
+    """Sub-tokens per text (the model's markers included) as the model's tokenizer reads them uncut, over every
+    split (a seeded sample of ``LENGTH_SAMPLE`` texts above that): the Data page says how many a run would cut.
+    The tokenizer alone is loaded, a fresh one (not the shared model's: a fast tokenizer that two threads set
+    truncation on at once fails)."""
+    from clm_explore.modeling import load_tokenizer
 
-    with model_lock(loaded.model):  # a fast tokenizer shared by sessions fails when two threads set its truncation
-        ids = loaded.tokenizer(texts, truncation=False)["input_ids"]
+    annotated = data(choice)
+    texts = pd.concat([annotated.split(split)["text"] for split in ("train", "validation", "test")])
+    if len(texts) > LENGTH_SAMPLE:
+        texts = texts.sample(LENGTH_SAMPLE, random_state=0)
+    ids = load_tokenizer(source)(texts.tolist(), truncation=False)["input_ids"]
     return pd.Series([len(row) for row in ids], dtype="int64")
+
+
+LENGTH_SAMPLE = 20_000
+"""Texts whose sub-tokens the Data page counts at most (a seeded sample of a larger set): a second or two."""
 
 
 @st.cache_data(show_spinner="Reading the data…", max_entries=8)

@@ -231,7 +231,8 @@ def _job_card(job: Job, key: str, deleted: set[str]) -> None:
 
 def _cancelled_elsewhere(job: Job) -> bool:
     """Whether another session cancelled the job (its owner is told; the queue is shared by every session)."""
-    return job.cancel_event.is_set() and job.cancelled_by not in (None, state.session_id())
+    ended_otherwise = job.done and job.status is not RunStatus.CANCELLED  # it finished before the cancel took
+    return job.cancel_event.is_set() and not ended_otherwise and job.cancelled_by not in (None, state.session_id())
 
 
 def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, str]:

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from clm_explore.data import DataError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import RunRecord, read_json_object
 from clm_explore.ui import cache, state, views
@@ -28,25 +29,37 @@ def layer_similarity_toggle(a: RunRecord, b: RunRecord, key: str) -> None:
     if not shown:
         return
     stamp = {r.id: cache.file_mtime(r.path / "config.json") for r in (a, b)}
-    try:
-        pairs = {
-            "A vs B": cache.layer_similarity(str(a.path), stamp[a.id], str(b.path), stamp[b.id], ""),
-            "A vs its base model": cache.layer_similarity(str(a.path), stamp[a.id], "", 0.0, _base_version(a)),
-            "B vs its base model": cache.layer_similarity(str(b.path), stamp[b.id], "", 0.0, _base_version(b)),
-        }
-    except ModelSourceError as exc:  # a base model gone, runs of different depths, no predictions.csv
-        st.warning(escape_markdown(str(exc)))
+    asked = {
+        "A vs B": (str(a.path), stamp[a.id], str(b.path), stamp[b.id], ""),
+        "A vs its base model": (str(a.path), stamp[a.id], "", 0.0, _base_version(a)),
+        "B vs its base model": (str(b.path), stamp[b.id], "", 0.0, _base_version(b)),
+    }
+    pairs = {}
+    for name, key_parts in asked.items():  # each pair on its own: one that cannot be made leaves the others
+        try:
+            pairs[name] = cache.layer_similarity(*key_parts)
+        except (ModelSourceError, DataError) as exc:  # a base model gone, two depths, a damaged predictions.csv
+            st.warning(escape_markdown(f"{name}: {exc}"))
+    if not pairs:
         return
-    fig = go.Figure([go.Scatter(x=r.table["layer"], y=r.table["cka"], mode="lines+markers", name=name)
+    fig = go.Figure([go.Scatter(x=layer_labels(r.table["layer"]), y=r.table["cka"], mode="lines+markers", name=name)
                      for name, r in pairs.items()])
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="Linear CKA per layer",
-                      xaxis_title="layer (0 = the embeddings' output)", yaxis_title="CKA", xaxis_dtick=1)
-    numbers = pd.DataFrame({name: r.table.set_index("layer")["cka"] for name, r in pairs.items()})
-    views.chart(fig, f"{key}_cka", numbers, "Linear CKA per layer")
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="CKA per layer",
+                      xaxis_title="the output of (emb = the embeddings)", yaxis_title="CKA (debiased)",
+                      xaxis_type="category")
+    numbers = pd.DataFrame({name: r.table.assign(layer=layer_labels(r.table["layer"])).set_index("layer")["cka"]
+                            for name, r in pairs.items()})
+    views.chart(fig, f"{key}_cka", numbers, "CKA per layer")
     rows = next(iter(pairs.values())).rows
-    st.caption(f"Over {rows:,} test rows. " + " ".join(
-        f"{name}: lowest {cka:.3f} at layer {layer}." for name, (layer, cka) in
-        ((n, r.lowest()) for n, r in pairs.items())))
+    notes = sorted({note for r in pairs.values() for note in r.notes})
+    st.caption(escape_markdown(f"Over {rows:,} test rows. " + " ".join(
+        f"{name}: lowest {cka:.3f} at {'the embeddings' if layer < 0 else f'layer {layer}'}." for name, (layer, cka)
+        in ((n, r.lowest()) for n, r in pairs.items())) + "".join(f" Note: {note}." for note in notes)))
+
+
+def layer_labels(layers: pd.Series) -> list[str]:
+    """Layer numbers as the heatmaps show them: 'emb' for the embeddings' output (-1), L0, L1, ... for the blocks."""
+    return ["emb" if int(i) < 0 else f"L{int(i)}" for i in layers]
 
 
 def _base_version(run: RunRecord) -> str:
@@ -91,17 +104,18 @@ def _task_attention_heatmap(result: object, title: str, key: str) -> None:
         st.caption(f"Note: {escape_markdown(note)}.")
     grid = table.pivot(index="layer", columns="head", values="task_attention")
     picked = table.pivot(index="layer", columns="head", values="selected")
-    labels = np.where(picked.isna(), "", picked.map(lambda v: f"{v:.0%} rows" if v == v else ""))
+    masked = bool(picked.notna().any().any())
+    marks = np.where(picked.fillna(0).to_numpy() > 0, "●", "")  # a dot: the mask took rows of this head
+    hover = "layer %{y} · head %{x}: %{z:.1%} of the attention to task tokens"
     fig = go.Figure(go.Heatmap(
         z=grid.values, x=[f"h{h}" for h in grid.columns], y=[f"L{i}" for i in grid.index], colorscale="Blues",
-        zmin=0, zmax=1, text=labels, texttemplate="%{text}",
-        customdata=picked.values,
-        hovertemplate="layer %{y} · head %{x}: %{z:.1%} of the attention to task tokens; "
-                      "%{customdata:.0%} of its rows selected<extra></extra>",
+        zmin=0, zmax=1, text=marks, texttemplate="%{text}", customdata=picked.fillna(0).values,
+        hovertemplate=hover + ("; %{customdata:.0%} of its q/k/v rows selected" if masked else "") + "<extra></extra>",
     ))
     share = result.task_share  # type: ignore[attr-defined]
-    fig.update_layout(title=f"{title}: attention to task tokens (even spread {share:.0%})", height=340,
-                      margin=dict(l=10, r=10, t=40, b=10), yaxis_type="category", xaxis_type="category")
+    even = f"even spread {share:.0%}" if share else "no task token in this text"
+    fig.update_layout(title=f"{title}: attention to task tokens ({even}" + ("; ● = rows selected)" if masked else ")"),
+                      height=340, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="category", xaxis_type="category")
     numbers = table.set_index(["layer", "head"])
     views.chart(fig, f"{key}_heads", numbers, f"{title}: attention to task tokens per head")
 

@@ -146,14 +146,16 @@ def render_data_report(report: Any, key: str) -> None:
     st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
 
 
-def long_text_note(lengths: pd.Series, max_length: int) -> None:
+def long_text_note(lengths: pd.Series, max_length: int, total: int) -> None:
     """How many texts are longer than a run reads (``max_length`` sub-tokens): their end is never seen, in training,
-    predictions or attributions. A caption when every text fits."""
+    predictions or attributions. ``lengths`` may be a sample of the ``total`` texts. A caption when every text fits."""
     longer = int((lengths > max_length).sum())
+    sample = f" (counted on a sample of {len(lengths):,})" if len(lengths) < total else ""
     if not longer:
-        st.caption(f"Every text fits in the {max_length} sub-tokens a run reads (the longest has {int(lengths.max())}).")
+        st.caption(f"Every text fits in the {max_length} sub-tokens a run reads (the longest has {int(lengths.max())})"
+                   f"{sample}.")
         return
-    st.info(f"{longer:,} of {len(lengths):,} texts ({longer / len(lengths):.1%}) are longer than the {max_length} "
+    st.info(f"{longer:,} of {len(lengths):,} texts{sample} ({longer / len(lengths):.1%}) are longer than the {max_length} "
             f"sub-tokens a run reads (the longest has {int(lengths.max()):,}): only their start is used, in training, "
             "predictions and attributions. The Finetune form's **Sub-tokens read per text** reads more, at a cost in "
             "time.")
