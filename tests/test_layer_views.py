@@ -124,6 +124,7 @@ def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_mod
     tok.save_pretrained(folder)
     run = finetune(tiny_data_module, _cfg("sparse"), tmp_path / "run", source=str(folder), progress=False).out_dir
     result = head_attention(run, TEXT)
+    assert any("a decoder's token attends only to the tokens before it" in note for note in result.notes)
     masks = load_file(str(run / "masks.safetensors"))
     assert any(f"self_attn.{kind}_proj" in name for name in masks for kind in "kv")  # shared rows were selected
     for layer in range(2):

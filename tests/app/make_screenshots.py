@@ -118,13 +118,12 @@ def main() -> int:
         shoot(page, "6_changes", full_page=False)
         page.get_by_text("Compare the layers' representations (CKA)").click()  # A vs B and each vs its base
         page.get_by_text(re.compile(r"Over [\d,]+ test rows")).first.wait_for(timeout=WAIT)
-        page.get_by_text("Linear CKA per layer").first.evaluate("e => e.scrollIntoView({block: 'center'})")
+        page.get_by_text("CKA per layer").first.evaluate("e => e.scrollIntoView({block: 'center'})")
         settle(page, 2)
         shoot(page, "6_layers", full_page=False)
         page.get_by_text("Attention heads").first.click()  # the first disagreement's text, under both runs
         page.get_by_text(re.compile("attention to task tokens")).first.wait_for(timeout=WAIT)
-        page.get_by_text(re.compile("attention to task tokens")).first.evaluate(
-            "e => e.scrollIntoView({block: 'start'})")
+        page.get_by_text("Attention heads").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         settle(page, 2)
         shoot(page, "6_heads", full_page=False)
 
