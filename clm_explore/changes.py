@@ -9,6 +9,7 @@ the base weights (Frobenius norms over a map's weight and bias together).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,12 @@ class WeightChanges:
 def layer_names(layers: pd.Series) -> pd.Series:
     """Layer numbers as the tables show them: 'emb' for the word embeddings (-1), the number otherwise."""
     return layers.map(lambda i: "emb" if i < 0 else str(i))
+
+
+def layer_axis_labels(layers: Iterable[int]) -> list[str]:
+    """Layer numbers as the charts' category axes name them: 'emb' for the embeddings (-1), L0, L1, ... (plain
+    digits would make plotly draw a numeric axis and misplace 'emb')."""
+    return ["emb" if int(i) < 0 else f"L{int(i)}" for i in layers]
 
 
 def _lowest(moved: pd.DataFrame) -> str:

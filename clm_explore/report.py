@@ -238,6 +238,7 @@ REPORT_CKA_ROWS = 256
 def _similarity_part(study: CaseStudy, names: tuple[str, str], fig: Callable[[go.Figure], str]) -> str:
     """Linear CKA per layer (``layer_views.layer_similarity``) on the study's rows: each run against its base model,
     and A against B; a note for what cannot be made."""
+    from clm_explore.changes import layer_axis_labels
     from clm_explore.layer_views import layer_similarity
 
     texts = study.a.predictions["text"].astype(str).tolist() if "text" in study.a.predictions else None
@@ -252,8 +253,8 @@ def _similarity_part(study: CaseStudy, names: tuple[str, str], fig: Callable[[go
         except ModelSourceError as exc:  # a base model gone, runs of two depths, too few rows
             notes.append(f"<p class='note'>{esc(label)}: no CKA ({esc(exc)})</p>")
             continue
-        layers = ["emb" if int(i) < 0 else f"L{int(i)}" for i in result.table["layer"]]
-        traces.append(go.Scatter(x=layers, y=result.table["cka"], mode="lines+markers", name=plot_text(label)))
+        traces.append(go.Scatter(x=layer_axis_labels(result.table["layer"]), y=result.table["cka"],
+                                 mode="lines+markers", name=plot_text(label)))
         notes.append(f"<p class='note'>{esc(label)}: {esc(result.summary())}"
                      + "".join(f"; {esc(note)}" for note in result.notes) + "</p>")
     figure = go.Figure(traces) if traces else None

@@ -73,7 +73,9 @@ def run_layers(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_record())
         return 0
-    shown = result.table.assign(layer=["emb" if i < 0 else str(i) for i in result.table["layer"]])
+    from clm_explore.changes import layer_names
+
+    shown = result.table.assign(layer=layer_names(result.table["layer"]))
     print(shown.to_string(index=False, formatters={"cka": "{:.4f}".format}))
     print(f"{args.run} vs {args.vs or result.other}: {result.summary()}")
     for note in result.notes:

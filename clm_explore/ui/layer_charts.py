@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from clm_explore.changes import layer_axis_labels
 from clm_explore.data import DataError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import RunRecord, read_json_object
@@ -42,12 +43,12 @@ def layer_similarity_toggle(a: RunRecord, b: RunRecord, key: str) -> None:
             st.warning(escape_markdown(f"{name}: {exc}"))
     if not pairs:
         return
-    fig = go.Figure([go.Scatter(x=layer_labels(r.table["layer"]), y=r.table["cka"], mode="lines+markers", name=name)
+    fig = go.Figure([go.Scatter(x=layer_axis_labels(r.table["layer"]), y=r.table["cka"], mode="lines+markers", name=name)
                      for name, r in pairs.items()])
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="CKA per layer",
                       xaxis_title="the output of (emb = the embeddings)", yaxis_title="CKA (debiased)",
                       xaxis_type="category")
-    numbers = pd.DataFrame({name: r.table.assign(layer=layer_labels(r.table["layer"])).set_index("layer")["cka"]
+    numbers = pd.DataFrame({name: r.table.assign(layer=layer_axis_labels(r.table["layer"])).set_index("layer")["cka"]
                             for name, r in pairs.items()})
     views.chart(fig, f"{key}_cka", numbers, "CKA per layer")
     rows = next(iter(pairs.values())).rows
@@ -56,10 +57,6 @@ def layer_similarity_toggle(a: RunRecord, b: RunRecord, key: str) -> None:
         f"{name}: lowest {cka:.3f} at {'the embeddings' if layer < 0 else f'layer {layer}'}." for name, (layer, cka)
         in ((n, r.lowest()) for n, r in pairs.items())) + "".join(f" Note: {note}." for note in notes)))
 
-
-def layer_labels(layers: pd.Series) -> list[str]:
-    """Layer numbers as the heatmaps show them: 'emb' for the embeddings' output (-1), L0, L1, ... for the blocks."""
-    return ["emb" if int(i) < 0 else f"L{int(i)}" for i in layers]
 
 
 def _base_version(run: RunRecord) -> str:
