@@ -575,12 +575,34 @@ def _wide_text(head: bytes) -> bool:
 
 
 def _parse_delimited(name: str, text: str, delimiter: str, max_rows: int, wanted: _Wanted) -> _Table:
+    """A CSV or TSV table. A TSV whose quotes cannot be read as quoting (a text that starts with a quote it never
+    closes) is read again with quotes as plain characters, as the TSV format has them, and a note says so."""
+    try:
+        return _parse_rows(name, text, delimiter, max_rows, wanted, csv.QUOTE_MINIMAL)
+    except _QuoteError as exc:
+        if delimiter != "\t":
+            raise DataError(str(exc)) from None
+        table = _parse_rows(name, text, delimiter, max_rows, wanted, csv.QUOTE_NONE)
+        table.notes.append(f"{name}: its quotes were read as plain characters of the texts (read as quoting, {exc.where} "
+                           "could not be parsed); a TSV file quotes nothing.")
+        return table
+
+
+class _QuoteError(DataError):
+    """A delimited file's quotes that cannot be read as quoting; ``where`` names the row."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def _parse_rows(name: str, text: str, delimiter: str, max_rows: int, wanted: _Wanted, quoting: int) -> _Table:
     rows: list[list[str]] = []
     positions: list[int] = []
     header: list[str] | None = None
     kept: list[int] = []
     blank: list[int] = []
-    for line, row in _delimited_rows(name, text, delimiter, blank):
+    for line, row in _delimited_rows(name, text, delimiter, blank, quoting):
         if header is None:
             header = _header(name, row)
             kept = [i for i, column in enumerate(header) if wanted.keeps(column)]
@@ -612,12 +634,13 @@ def _listed_lines(lines: list[int]) -> str:
     return ", ".join(map(str, lines[:_MAX_LISTED])) + (", ..." if len(lines) > _MAX_LISTED else "")
 
 
-def _delimited_rows(name: str, text: str, delimiter: str,
-                    blank: list[int] | None = None) -> Iterator[tuple[int, list[str]]]:
+def _delimited_rows(name: str, text: str, delimiter: str, blank: list[int] | None = None,
+                    quoting: int = csv.QUOTE_MINIMAL) -> Iterator[tuple[int, list[str]]]:
     """(first line, cells) of each non-blank row, parsed lazily so that a caller can stop early; the lines of rows
-    whose fields are all empty or spaces go to ``blank`` (empty lines are skipped without a word)."""
+    whose fields are all empty or spaces go to ``blank`` (empty lines are skipped without a word). A row whose
+    quotes cannot be parsed raises ``_QuoteError``."""
     csv.field_size_limit(_FIELD_LIMIT)  # process-wide; csv's own 128 KiB limit rejects long documents
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True,
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, quoting=quoting,
                         skipinitialspace=_quotes_after_spaces(text, delimiter))
     start = 1
     try:
@@ -628,8 +651,9 @@ def _delimited_rows(name: str, text: str, delimiter: str,
                 blank.append(start)
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{name}, row starting at line {start}: cannot be parsed ({exc}). Usually a stray or "
-                        "unclosed quote; double quotes inside a quoted text must be written as \"\".") from exc
+        raise _QuoteError(f"{name}, row starting at line {start}: cannot be parsed ({exc}). Usually a stray or "
+                          "unclosed quote; double quotes inside a quoted text must be written as \"\".",
+                          f"the row starting at line {start}") from exc
 
 
 def _quotes_after_spaces(text: str, delimiter: str) -> bool:

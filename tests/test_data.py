@@ -932,3 +932,17 @@ def test_a_header_that_looks_like_a_row_of_data_is_noted(tmp_path) -> None:
     named = tmp_path / "named.csv"
     named.write_text("text,label\n" + "\n".join(f"row {i},{'label' if i % 2 else 'other'}" for i in range(40)) + "\n")
     assert not any("header looks like" in n for n in load_data(named).notes)
+
+
+def test_a_tsv_whose_quotes_cannot_be_quoting_is_read_with_quotes_as_text(tmp_path) -> None:
+    rows = [f'"{i} opens a quote it never closes\t{"ab"[i % 2]}' if i % 5 == 0 else f'text {i} says "hi"\t{"ab"[i % 2]}'
+            for i in range(40)]
+    (tmp_path / "q.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    data = load_data(tmp_path / "q.tsv")
+    texts = set(pd.concat([data.split(s) for s in ("train", "validation", "test")])["text"])
+    assert len(texts) == 40 and '"0 opens a quote it never closes' in texts and 'text 1 says "hi"' in texts
+    assert any("its quotes were read as plain characters of the texts (read as quoting, the row starting at line 2"
+               in n for n in data.notes)
+    (tmp_path / "q.csv").write_text("text,label\n" + "\n".join(r.replace("\t", ",") for r in rows) + "\n")
+    with pytest.raises(DataError, match="row starting at line 2: cannot be parsed"):  # a CSV quotes: still refused
+        load_data(tmp_path / "q.csv")
