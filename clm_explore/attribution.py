@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig
+from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig, config_from
 from clm_explore.modeling import LoadedModel, load_run
 from clm_explore.runs import TRAINED_LENGTH_KEY
 
@@ -90,6 +90,13 @@ class TokenAttribution:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenAttribution:
+        """A ``to_dict`` dict, or a ``to_record`` one (``explain --json``'s: words as ``tokens``, label names)."""
+        if "words" not in data and "sub_tokens" in data:
+            data = {"words": data["tokens"], "scores": data["scores"], "target": data["target_id"],
+                    "target_label": data["target"], "probability": data["probability"], "delta": data["delta"],
+                    "tokens": data["sub_tokens"], "token_scores": data.get("sub_token_scores", []),
+                    "note": data.get("note", ""), "predicted": data.get("predicted_id", -1),
+                    "predicted_label": data.get("predicted", "")}
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -167,7 +174,7 @@ def explain(
         model, tokenizer, texts = _run_call(model, tokenizer, texts)
     elif texts is None:
         raise TypeError("explain(model, tokenizer, texts): the texts are missing.")
-    cfg = cfg or AttributionConfig()
+    cfg = config_from(cfg, AttributionConfig, "explain")
     if cfg.max_length is None:
         trained = getattr(model.config, TRAINED_LENGTH_KEY, None)
         cfg = replace(cfg, max_length=trained if isinstance(trained, int) and trained >= 4 else DEFAULT_MAX_LENGTH)

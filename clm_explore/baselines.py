@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from clm_explore.config import SensitivityConfig, to_dict
+from clm_explore.config import SensitivityConfig, config_from, to_dict
 from clm_explore.data import AnnotatedData
 from clm_explore.masks import budget_to_params, select_mask
 from clm_explore.modeling import (
@@ -381,7 +381,7 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     restriction: eligible word-embedding rows are the tokens seen in the calibration rows. Maps below
     ``cfg.min_layer`` (and the embeddings, when it is above 0) get no gradient and score 0.
     """
-    cfg = cfg or SensitivityConfig()
+    cfg = config_from(cfg, SensitivityConfig, "gradient_sensitivity")
     started = time.perf_counter()
     dev = resolve_device(device)
     model = loaded.model.to(dev)

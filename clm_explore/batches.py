@@ -22,6 +22,9 @@ def text_list(texts: str | Iterable[str]) -> list[str]:
     """
     if not isinstance(texts, str | Iterable):  # a number: "'int' object is not iterable"
         raise TypeError(f"texts is one string or a list of strings; got {type(texts).__name__} {texts!r}.")
+    if isinstance(texts, pd.DataFrame | dict):  # iterating one yields its column names or keys, not texts
+        raise TypeError(f"texts is one string or a list of strings; got a {type(texts).__name__}: pass its text "
+                        "column (frame['text']).")
     listed = [texts] if isinstance(texts, str) else list(texts)
     for i, text in enumerate(listed):
         if not isinstance(text, str):

@@ -835,6 +835,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     Raises:
         BenchError: ``out_dir`` holds a grid made with different data, model or training settings.
     """
+    if not isinstance(data_path, str | Path):  # each cell's subprocess reads the data from its path
+        raise TypeError(f"run_grid takes the data's file or folder (its path); got {type(data_path).__name__}")
     out_dir = Path(out_dir)
     if not cfg.data:
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})

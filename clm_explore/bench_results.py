@@ -234,12 +234,18 @@ def compare_run_groups(a: Sequence[Any], b: Sequence[Any], level: float = COMPAR
     folder.
 
     Raises:
-        ValueError: a run that has no metrics (a folder without metrics.json, a cancelled run).
+        ValueError: a run that has no metrics (a folder without metrics.json, a cancelled run), an empty group, or
+            a ``level`` outside (0, 1).
     """
     for group in (a, b):  # one folder or result given as a group: its characters or fields would be read as runs
         if isinstance(group, str | Path | dict) or not isinstance(group, Iterable) or hasattr(group, "metrics"):
             raise TypeError(f"compare_run_groups(a, b) takes two lists of runs (e.g. seeds of two methods); got "
                             f"{type(group).__name__}: wrap a single run in a list, [run].")
+    if not 0 < level < 1:
+        raise ValueError(f"level is the intervals' coverage, a fraction in (0, 1) (0.95 for 95%); got {level}.")
+    a, b = list(a), list(b)
+    if not a or not b:
+        raise ValueError(f"compare_run_groups needs at least one run a group; got {len(a)} and {len(b)}.")
     a, b = [_run_metrics(run) for run in a], [_run_metrics(run) for run in b]
     rows = []
     for name, path in GROUP_METRICS.items():

@@ -30,6 +30,7 @@ import pandas as pd
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
 from clm_explore.batches import predict_proba
+from clm_explore.config import config_from
 from clm_explore.data import DataError
 from clm_explore.mining import pieces_surface
 from clm_explore.modeling import ModelSourceError, finished_run
@@ -141,6 +142,18 @@ PREDICTION_COLUMNS = ("text", "label")
 """The columns of a run's predictions.csv that a case study needs (finetune writes them, with row, pred and prob)."""
 
 
+def rows_of(data: Any, split: str = "test") -> pd.DataFrame | None:
+    """The rows a case study reads from ``data``: a DataFrame (text, label) as it is, an ``AnnotatedData``'s
+    ``split``, or a data path's (``load_data``); None stays None (the runs' predictions.csv)."""
+    if data is None or isinstance(data, pd.DataFrame):
+        return data
+    if not isinstance(data, str | Path) and hasattr(data, "split"):
+        return data.split(split)
+    from clm_explore.data import load_data
+
+    return load_data(data).split(split)
+
+
 def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | None = None) -> pd.DataFrame:
     """The rows to attribute: ``data`` (columns text, label; row = index) or the run's predictions.csv."""
     if data is not None:
@@ -203,7 +216,7 @@ def attribute_split(
         on_progress: called with (rows attributed, rows to attribute) as the rows not in the cache are done.
     """
     run_dir = Path(run_dir)
-    cfg = cfg or AttributionConfig()
+    cfg = config_from(cfg, AttributionConfig, "attribute_split")
     if cfg.max_length is None:  # before the cache key: the key names the length the rows were read at
         cfg = replace(cfg, max_length=trained_max_length(run_dir))
     frame = full = split_frame(run_dir, split, data)
@@ -545,9 +558,9 @@ def _with_predictions(run_dir: Path, frame: pd.DataFrame, cfg: AttributionConfig
 def case_study(
     run_a: str | Path,
     run_b: str | Path | None = None,
-    data: pd.DataFrame | None = None,
+    data: Any = None,
     split: str = "test",
-    cfg: AttributionConfig | None = None,
+    cfg: AttributionConfig | dict | None = None,
     k: int = 10,
     min_count: int = 2,
     max_rows: int | None = 300,
@@ -559,7 +572,8 @@ def case_study(
     Args:
         run_a: the run studied (e.g. the sparse run): its folder, ``FinetuneResult`` or registry record.
         run_b: an optional second run on the same rows (e.g. full finetuning, or another seed).
-        data: rows to use instead of the runs' predictions.csv. With run_b, both runs first predict every row
+        data: rows to use instead of the runs' predictions.csv (a DataFrame with columns text and label, an
+            ``AnnotatedData`` or a data path, whose ``split`` is read). With run_b, both runs first predict every row
             (a forward pass each, far cheaper than attributing), so that disagreements come first and the
             agreement covers every row, as with predictions.csv.
         max_rows: attribute at most this many rows (``select_rows``: disagreements first, then spread over the
@@ -570,7 +584,8 @@ def case_study(
     """
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 (or None for every row), got {max_rows}.")
-    cfg = cfg or AttributionConfig()
+    cfg = config_from(cfg, AttributionConfig, "case_study")
+    data = rows_of(data, split)
     run_a, run_b = finished_run(run_a), finished_run(run_b) if run_b not in (None, "") else None  # "": no run B
     bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
     try:

@@ -75,6 +75,18 @@ def keywords_checked(cls: type[T]) -> type[T]:
     return cls
 
 
+def config_from(value: Any, cls: type[T], where: str) -> T:
+    """``value`` as a ``cls``: None is the defaults, a dict its fields (a notebook's ``{"budget": 0.02}``), an
+    instance itself; anything else a TypeError naming ``where`` it was given."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**value)
+    raise TypeError(f"{where} takes a {cls.__name__} (or a dict of its fields); got {type(value).__name__}")
+
+
 def unknown_keyword_message(cls: type, name: str) -> str:
     """What ``cls(name=...)`` should have been: the nested config that has the field, or the field of the closest
     name, or the fields there are."""
@@ -691,6 +703,8 @@ class LabelAuditConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if isinstance(self.splits, str):  # one split named alone: ("train",) meant, not its letters
+            object.__setattr__(self, "splits", (self.splits,))
         if isinstance(self.splits, list):  # a notebook's list: kept hashable, as the app's cache keys need
             object.__setattr__(self, "splits", tuple(self.splits))
         _check(2 <= self.folds <= 20, f"folds must be in 2..20, got {self.folds}")

@@ -50,6 +50,8 @@ class DataReport:
 
 def data_report(data: AnnotatedData) -> DataReport:
     """Describe ``data``: sizes, label counts, text lengths, duplicates, leakage and problems."""
+    if not isinstance(data, AnnotatedData):  # a path: "'str' object has no attribute 'labels'"
+        raise TypeError(f"data_report takes what load_data returns (load_data(path)); got {type(data).__name__}")
     frames = {name: data.split(name) for name in SPLITS}
     train_labels = set(data.labels)
     report = DataReport(

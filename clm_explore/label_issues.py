@@ -36,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clm_explore.batches import collate, encode
-from clm_explore.config import LabelAuditConfig
+from clm_explore.config import LabelAuditConfig, config_from
 from clm_explore.data import AnnotatedData, DataError, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
 
@@ -68,7 +68,7 @@ class LabelIssues:
         return self.issues.to_dict(orient="records")
 
 
-def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditConfig | None = None,
+def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditConfig | dict | None = None,
                       device: str | None = None, on_progress: Progress | None = None) -> LabelIssues:
     """Rows of ``data`` (the splits ``cfg.splits``) whose label is likely wrong, by confident learning over
     out-of-fold probabilities of a linear probe on ``loaded``'s frozen features (see the module's docstring).
@@ -88,7 +88,7 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
     if not isinstance(loaded, LoadedModel) or not isinstance(data, AnnotatedData):
         raise TypeError(f"find_label_issues(loaded, data): a LoadedModel (load_model) and an AnnotatedData "
                         f"(load_data); got {type(loaded).__name__} and {type(data).__name__}")
-    cfg = cfg or LabelAuditConfig()
+    cfg = config_from(cfg, LabelAuditConfig, "find_label_issues")
     started = time.perf_counter()
     rows, notes = audited_rows(data, cfg)
     features = text_features(loaded, rows["text"].tolist(), cfg, device, on_progress)

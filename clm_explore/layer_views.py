@@ -9,6 +9,7 @@ view, tied to the mask: no peer shows which heads a sparse run trained).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
+from clm_explore.batches import text_list
 from clm_explore.modeling import LoadedModel, ModelSourceError, finished_run, load_run, trained_max_length
 
 DEFAULT_MAX_ROWS = 512
@@ -186,8 +188,8 @@ def _test_texts(run: Any) -> list[str]:
                              "(texts=[...]; clm-explore layers --file F).") from None
 
 
-def _sampled(texts: list[str], max_rows: int) -> list[str]:
-    texts = [str(t) for t in texts]
+def _sampled(texts: Sequence[str], max_rows: int) -> list[str]:
+    texts = text_list(texts)
     if len(texts) < MIN_CKA_ROWS:
         raise LayerViewError(f"CKA needs at least {MIN_CKA_ROWS} texts; got {len(texts)}.")
     if len(texts) <= max_rows:
@@ -294,7 +296,9 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
         LayerViewError: an empty text, or a model whose attention cannot be read.
         ModelSourceError: the run cannot be loaded.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):  # a list: the heads are drawn for one text at a time
+        raise TypeError(f"head_attention reads one text (a string); got {type(text).__name__}: call it once per text.")
+    if not text.strip():
         raise LayerViewError("head_attention needs one non-empty text.")
     folder = finished_run(run)
     loaded = loaded or load_run(folder)

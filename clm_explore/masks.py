@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from clm_explore.config import ConfigError, MaskConfig
+from clm_explore.config import ConfigError, MaskConfig, config_from
 from clm_explore.modeling import ModelSourceError
 from clm_explore.sensitivity import MODULE_ORDER, SensitivityReport
 
@@ -27,6 +27,9 @@ ADAM_BYTES_PER_PARAM = 16
 
 @dataclass
 class MaskSelection:
+    """The rows a budget buys (``select_mask``): a bool mask per weight matrix, what they cost against the budget,
+    the lowest layer they reach (backward stops below it), and a per (layer, module) table."""
+
     masks: dict[str, torch.Tensor]
     """Weight name -> (rows,) bool; only matrices with at least one selected row."""
     selected_params: int
@@ -196,18 +199,26 @@ def no_row_message(budget: int, cheapest: int, backbone_params: int, asked: floa
                             f"({asked:g}% is {asked / 100:g})." if 1 < asked <= 100 else ""))
 
 
-def select_mask(report: SensitivityReport, cfg: MaskConfig | float | None = None) -> MaskSelection:
+def select_mask(report: SensitivityReport | str | Path, cfg: MaskConfig | dict | float | None = None, *,
+                budget: float | None = None) -> MaskSelection:
     """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
     random ones) until the budget is spent; with ``spread_heads``, each attention map's share re-picked evenly
-    over its heads. ``cfg`` may be a budget alone (``select_mask(report, 0.01)``), the other options default."""
+    over its heads.
+
+    ``report`` is what ``compute_sensitivity`` returns, or a saved scores folder or run folder (read with
+    ``SensitivityReport.load``). ``cfg`` is a ``MaskConfig``, a dict of its fields or a budget alone
+    (``select_mask(report, 0.01)``); ``budget=`` sets the budget over ``cfg``'s (``select_mask(run, budget=0.02)``).
+    """
+    if isinstance(report, str | Path):
+        report = SensitivityReport.load(report)
     if not isinstance(report, SensitivityReport):  # a MaskSelection or TaskTokens: "has no attribute 'normalised'"
-        raise TypeError(f"select_mask takes the SensitivityReport that compute_sensitivity returns (or "
-                        f"SensitivityReport.load(folder)); got {type(report).__name__}")
+        raise TypeError(f"select_mask takes the SensitivityReport that compute_sensitivity returns (or a scores or "
+                        f"run folder); got {type(report).__name__}")
     if isinstance(cfg, numbers.Real) and not isinstance(cfg, bool):  # numpy numbers too
         cfg = MaskConfig(budget=float(cfg))
-    if cfg is not None and not isinstance(cfg, MaskConfig):
-        raise TypeError(f"select_mask takes a MaskConfig or a budget, not {type(cfg).__name__}")
-    cfg = cfg or MaskConfig()
+    cfg = config_from(cfg, MaskConfig, "select_mask")
+    if budget is not None:
+        cfg = replace(cfg, budget=budget)
     budget = budget_to_params(cfg.budget, report.backbone_params)
     rows = _candidate_rows(report, cfg)
     order = _order(rows, cfg, report.n_layers, budget)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clm_explore.config import MiningConfig
+from clm_explore.config import MiningConfig, config_from
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
@@ -106,6 +106,10 @@ class TaskTokens:
         return pd.DataFrame(rows, columns=cols)
 
     def save(self, path: str | Path) -> None:
+        """Write the groups as JSON to the file ``path`` (a run's task_tokens.json)."""
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path} is a folder; TaskTokens.save writes one JSON file (e.g. "
+                                    f"{Path(path) / 'task_tokens.json'}).")
         data = {"background": self.background, "n_rows": self.n_rows, "config": self.config,
                 "groups": [asdict(g) for g in self.groups]}
         Path(path).write_text(json.dumps(data, indent=1))
@@ -259,12 +263,13 @@ def mine_task_tokens(
     """
     from clm_explore.batches import text_list  # torch only when mining runs, not when this module is imported
 
-    cfg = cfg or MiningConfig()
+    cfg = config_from(cfg, MiningConfig, "mine_task_tokens")
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a LoadedModel, as compute_sensitivity takes: its own
     if not callable(tokenizer):
         raise TypeError(f"tokenizer is the model's tokenizer (loaded.tokenizer); got {type(tokenizer).__name__}")
-    if isinstance(cfg, dict):
-        cfg = MiningConfig(**cfg)
+    if isinstance(texts, str) or isinstance(labels, str):  # a string's characters would be read as rows
+        raise TypeError("mine_task_tokens takes the training texts and their labels as two lists of the same "
+                        "length; got a single string")
     texts = text_list(texts)
     labels = [str(x) for x in labels]  # numpy ints would not save as JSON, and mixed types do not sort
     if not texts or len(texts) != len(labels):

@@ -18,7 +18,7 @@ import re
 import shutil
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +206,12 @@ def load_model(
 
     if isinstance(labels, AnnotatedData):  # load_model(source, data): its labels, in their order
         labels = labels.labels
+    if isinstance(labels, set | frozenset) or not (labels is None or isinstance(labels, Iterable)):
+        unordered = ", which has no order" if isinstance(labels, set | frozenset) else ""
+        raise TypeError(f"labels is the label names in the head's order (a list, data.labels); got "
+                        f"{type(labels).__name__}{unordered}")
+    if labels is not None:  # a Series ("truth value is ambiguous" below), an array or a tuple: one list
+        labels = list(labels)
     if labels is not None and len(list(labels)) < 2:  # a head of 0 or 1 outputs: nothing to classify between
         raise ValueError(f"labels names the head's outputs: at least two label names (data.labels); got "
                         f"{list(labels)!r}. None keeps a run folder's own.")

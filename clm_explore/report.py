@@ -425,16 +425,6 @@ def _right(row: pd.Series) -> str:
     return f"<br><span class='note'>right: {esc(row['right'])}</span>" if "right" in row else ""
 
 
-def _load_data(data: Any) -> pd.DataFrame | None:
-    if data is None or isinstance(data, pd.DataFrame):
-        return data
-    if hasattr(data, "test"):
-        return data.test
-    from clm_explore.data import load_data
-
-    return load_data(data).test
-
-
 def build_report(
     run_a: str | Path,
     run_b: str | Path | None = None,
@@ -459,7 +449,7 @@ def build_report(
         on_progress, progress: the attributions' progress, as ``case_study`` takes them.
     """
     check_out_path(out_path)  # before the attributions, which take minutes on a real model
-    study = case_study(run_a, run_b, _load_data(data), cfg=cfg, k=k, min_count=min_count, max_rows=max_rows,
+    study = case_study(run_a, run_b, data, cfg=cfg, k=k, min_count=min_count, max_rows=max_rows,
                        on_progress=on_progress, progress=progress)
     return write_report(study, out_path)
 

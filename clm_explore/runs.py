@@ -169,6 +169,9 @@ class RunStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
 
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.root)!r})"
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # One connection per call: sqlite3 connections must not cross threads, and short

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, to_dict
+from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, config_from, to_dict
 from clm_explore.data import AnnotatedData, split_digest
 from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.modeling import (
@@ -193,11 +193,14 @@ class SensitivityReport:
     @classmethod
     def load(cls, folder: str | Path) -> SensitivityReport:
         """A saved report (safetensors and JSON: nothing is unpickled), checked before any selection reads it.
+        ``folder`` is the scores folder, or a run folder that holds one (its ``sensitivity/``).
 
         Raises:
             ConfigError: the folder is not a complete, consistent scores folder (names the folder and the fault).
         """
         folder = Path(folder)
+        if not (folder / "sensitivity.json").exists() and (folder / "sensitivity" / "sensitivity.json").is_file():
+            folder = folder / "sensitivity"  # a run folder: the scores its run selected from
         try:
             meta = json.loads((folder / "sensitivity.json").read_text())
             head = folder / "head.safetensors"
@@ -661,7 +664,7 @@ def _check_arguments(loaded: object, data: object, task_tokens: object, cfg: obj
     wanted = [("loaded", loaded, LoadedModel, "load_model(source, data.labels)"),
               ("data", data, AnnotatedData, "load_data(path)"),
               ("task_tokens", task_tokens, TaskTokens | None, "mine_task_tokens(...), or None"),
-              ("cfg", cfg, SensitivityConfig | None, "SensitivityConfig(...), or None")]
+              ("cfg", cfg, SensitivityConfig | dict | None, "SensitivityConfig(...) (or a dict of its fields), or None")]
     for name, value, kind, made_by in wanted:
         if not isinstance(value, kind):
             raise TypeError(f"compute_sensitivity: {name} is what {made_by} returns; got {type(value).__name__}")
@@ -671,7 +674,7 @@ def compute_sensitivity(
     loaded: LoadedModel,
     data: AnnotatedData,
     task_tokens: TaskTokens | None,
-    cfg: SensitivityConfig | None = None,
+    cfg: SensitivityConfig | dict | None = None,
     device: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
     prefix: PrefixCache | None = None,
@@ -691,7 +694,7 @@ def compute_sensitivity(
             ``data``'s training rows tokenized with ``cfg.max_length``.
     """
     _check_arguments(loaded, data, task_tokens, cfg)
-    cfg = cfg or SensitivityConfig()
+    cfg = config_from(cfg, SensitivityConfig, "compute_sensitivity")
     if cfg.restriction == "tokens" and task_tokens is None:
         raise ValueError("restriction 'tokens' needs mined task tokens; mine first or use restriction 'none'")
     check_head_labels(loaded, data.labels)

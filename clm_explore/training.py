@@ -109,6 +109,9 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 @dataclass
 class StepInfo:
+    """One training step's progress, as ``finetune(on_step=...)`` hears it: the step and epoch, the loss, the speed
+    and the time spent and left (seconds); ``eval`` holds the validation metrics on the step that ends an epoch."""
+
     step: int
     total_steps: int
     epoch: int
@@ -123,6 +126,9 @@ class StepInfo:
 
 @dataclass
 class FinetuneResult:
+    """What ``finetune`` returns: the run's status, its metrics (metrics.json) and its folder. Every function that
+    takes a run takes it (``predict(result, texts)``); ``history()`` is the per-epoch curve."""
+
     status: str
     """'succeeded' or 'cancelled'."""
     metrics: dict

@@ -297,3 +297,51 @@ def test_explain_takes_the_texts_by_name_and_predict_refuses_an_untrained_head(t
     (tmp_path / "some-id").write_text("not a run")  # a file named like a run id is no run folder
     with pytest.raises(clm_explore.ModelSourceError, match="does not exist .nor is it a run id"):
         clm_explore.predict(str(tmp_path / "some-id"), "my card")
+
+
+def test_a_notebooks_natural_stand_ins_are_read_or_refused_by_name(tiny_data, data_dir, tmp_path):
+    import pytest
+
+    from clm_explore.attribution import TokenAttribution
+
+    loaded = clm_explore.load_model("tiny-random", tiny_data.train.label.drop_duplicates())  # a Series: ambiguous
+    assert list(loaded.model.config.id2label.values()) == list(tiny_data.train.label.drop_duplicates())
+    with pytest.raises(TypeError, match="got set, which has no order"):
+        clm_explore.load_model("tiny-random", set(tiny_data.labels))
+    with pytest.raises(TypeError, match="two lists of the same length; got a single string"):
+        clm_explore.mine_task_tokens("my card has not arrived", "card_arrival", loaded.tokenizer)
+    groups = clm_explore.mine_task_tokens(tiny_data.train.text, tiny_data.train.label, loaded,
+                                          {"top_k": 5})  # every config argument takes a dict of its fields
+    assert len(groups.groups) <= 5
+    with pytest.raises(IsADirectoryError, match="is a folder; TaskTokens.save writes one JSON file"):
+        groups.save(tmp_path)
+    with pytest.raises(TypeError, match="data_report takes what load_data returns"):
+        clm_explore.data_report(str(data_dir))
+    run = clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="sparse", epochs=1, mask={"budget": 0.05}),
+                               tmp_path / "run", source="tiny-random", progress=False)
+    # a run folder (its sensitivity/) or the path of its scores: another budget without a model pass
+    by_folder = clm_explore.select_mask(tmp_path / "run", budget=0.02)
+    by_report = clm_explore.select_mask(clm_explore.SensitivityReport.load(tmp_path / "run" / "sensitivity"),
+                                        {"budget": 0.02})
+    assert by_folder.selected_params == by_report.selected_params > 0
+    assert by_folder.selected_params < clm_explore.select_mask(str(tmp_path / "run"), 0.05).selected_params
+    with pytest.raises(TypeError, match="got a DataFrame: pass its text column"):
+        clm_explore.predict(run, pd.DataFrame({"text": ["my card", "a fee"]}))  # its column names were the texts
+    with pytest.raises(clm_explore.LayerViewError, match="CKA needs at least 10 texts; got 1"):
+        clm_explore.layer_similarity(run, texts="my card has not arrived")  # its 23 characters were 23 texts
+    with pytest.raises(TypeError, match="head_attention reads one text .*got list: call it once per text"):
+        clm_explore.head_attention(run, ["my card", "a fee"])
+    [explained] = clm_explore.explain(run, "my card has not arrived", cfg={"n_steps": 8})
+    assert TokenAttribution.from_dict(explained.to_record()) == explained  # explain --json's records read back
+    assert TokenAttribution.from_dict(explained.to_dict()) == explained
+    for data in (tiny_data, data_dir):  # what build_report takes: the data, or its path (the test split is read)
+        study = clm_explore.case_study(run, data=data, max_rows=2, progress=False)
+        assert len(study.a.items) == 2 and study.from_data
+    with pytest.raises(ValueError, match=r"a fraction in \(0, 1\) \(0.95 for 95%\); got 95"):
+        clm_explore.compare_run_groups([run], [run], level=95)
+    with pytest.raises(ValueError, match="at least one run a group; got 0 and 1"):
+        clm_explore.compare_run_groups([], [run])
+    with pytest.raises(TypeError, match="run_grid takes the data's file or folder"):
+        clm_explore.run_grid(tiny_data.train, clm_explore.BenchConfig(methods=("head",)), tmp_path / "bench")
+    assert repr(clm_explore.RunStore(tmp_path / "registry")) == f"RunStore({str((tmp_path / 'registry').resolve())!r})"
+    assert clm_explore.LabelAuditConfig(splits="train").splits == ("train",)
