@@ -32,7 +32,7 @@ st.header(f"Data set: {views.escape_markdown(choice.name)}")
 views.render_data_report(cache.report(choice), key="data")
 try:
     views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.launch_options()["max_length"],
-                         sum(len(annotated.split(s)) for s in SPLITS))
+                         sum(len(annotated.split(s)) for s in SPLITS), cache.LENGTH_COUNTED)
 except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note
     st.caption(views.escape_markdown(f"Texts' lengths in sub-tokens not counted: {exc}"))
 with st.expander("Preview (first 50 training rows)"):

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from clm_explore.batches import bounded_texts
 from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig, config_from
 from clm_explore.modeling import LoadedModel, load_run
 from clm_explore.runs import TRAINED_LENGTH_KEY
@@ -182,7 +183,7 @@ def explain(
         raise AttributionError(
             "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."
         )
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    texts = bounded_texts([texts] if isinstance(texts, str) else list(texts), cfg.max_length)
     targets = _per_text_targets(model, texts, cfg, target)
     if not texts:
         return []

@@ -261,7 +261,7 @@ def mine_task_tokens(
     Raises:
         ValueError: no texts, or not one label per text.
     """
-    from clm_explore.batches import text_list  # torch only when mining runs, not when this module is imported
+    from clm_explore.batches import text_list, tokenized  # torch only when mining runs
 
     cfg = config_from(cfg, MiningConfig, "mine_task_tokens")
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a LoadedModel, as compute_sensitivity takes: its own
@@ -277,7 +277,9 @@ def mine_task_tokens(
                          f"{len(labels)} labels.")
     label_names = sorted(set(labels))
     label_index = {name: i for i, name in enumerate(label_names)}
-    encodings = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=cfg.max_tokens).encodings
+    encodings = [encoding for chunk in tokenized(tokenizer, texts, cfg.max_tokens, add_special_tokens=False,
+                                                  truncation=True, max_length=cfg.max_tokens)
+                 for encoding in chunk.encodings]
     rows_with: dict[tuple, list[int]] = defaultdict(list)
     split_rows: Counter = Counter()  # (kind, key, pieces): rows with that split of the group
     fragment_words: dict[tuple, Counter] = defaultdict(Counter)
@@ -417,14 +419,6 @@ def covered_positions(encodings: Iterable, texts: Sequence[str], task_tokens: Ta
                         positions.update(words[i].token_positions[j : j + n])
         covered.append(sorted(positions))
     return covered
-
-
-def coverage_share(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, task_tokens: TaskTokens) -> float:
-    """Share of non-special token positions covered by some group (a quick health figure)."""
-    encodings = tokenizer(list(texts), add_special_tokens=False).encodings
-    covered = covered_positions(encodings, texts, task_tokens)
-    total = sum(len(e.ids) for e in encodings)
-    return sum(len(c) for c in covered) / max(total, 1)
 
 
 def unused_slots(vocab: dict[str, int]) -> list[str]:

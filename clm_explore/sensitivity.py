@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from clm_explore.batches import tokenized
 from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, config_from, to_dict
 from clm_explore.data import AnnotatedData, split_digest
 from clm_explore.mining import TaskTokens, covered_positions
@@ -393,19 +394,21 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
     """Length-sorted batches (little padding) with the restriction mask of each position; ``row_ids``
     numbers the texts (their training rows)."""
     tok = loaded.tokenizer
-    enc = tok(texts, truncation=True, max_length=max_length)
-    covered = covered_positions(enc.encodings, texts, task_tokens) if task_tokens is not None else None
-    order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+    encodings = [encoding for chunk in tokenized(tok, texts, max_length, truncation=True, max_length=max_length)
+                 for encoding in chunk.encodings]
+    input_ids = [encoding.ids for encoding in encodings]
+    covered = covered_positions(encodings, texts, task_tokens) if task_tokens is not None else None
+    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(enc["input_ids"][i]) for i in idx)
+        width = max(len(input_ids[i]) for i in idx)
         ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         pos = torch.zeros((len(idx), width))
         for r, i in enumerate(idx):
-            n = len(enc["input_ids"][i])
-            ids[r, :n] = torch.tensor(enc["input_ids"][i])
+            n = len(input_ids[i])
+            ids[r, :n] = torch.tensor(input_ids[i])
             mask[r, :n] = 1
             if covered is None:
                 pos[r, :n] = 1.0

@@ -89,22 +89,28 @@ def unsupported_model(folder: str, version: str) -> str:
 @_per_model_version
 @st.cache_data(show_spinner="Counting the sub-tokens of the texts…", max_entries=16)
 def text_lengths(source: str, version: str, choice: DataChoice) -> pd.Series:
-    """Sub-tokens per text (the model's markers included) as the model's tokenizer reads them uncut, over every
-    split (a seeded sample of ``LENGTH_SAMPLE`` texts above that): the Data page says how many a run would cut.
-    The tokenizer alone is loaded, a fresh one (not the shared model's: a fast tokenizer that two threads set
-    truncation on at once fails)."""
+    """Sub-tokens per text (the model's markers included), counted up to ``LENGTH_COUNTED`` (a longer text counts
+    one more: its length is not needed, only that a run cuts it), over every split (a seeded sample of
+    ``LENGTH_SAMPLE`` texts above that): the Data page says how many a run would cut. The tokenizer alone is
+    loaded, a fresh one (not the shared model's: a fast tokenizer that two threads set truncation on at once
+    fails); texts are cut and tokenized in chunks (``batches.tokenized``), as one upload's long texts took
+    gigabytes."""
+    from clm_explore.batches import tokenized
     from clm_explore.modeling import load_tokenizer
 
     annotated = data(choice)
     texts = pd.concat([annotated.split(split)["text"] for split in ("train", "validation", "test")])
     if len(texts) > LENGTH_SAMPLE:
         texts = texts.sample(LENGTH_SAMPLE, random_state=0)
-    ids = load_tokenizer(source)(texts.tolist(), truncation=False)["input_ids"]
-    return pd.Series([len(row) for row in ids], dtype="int64")
+    counted = LENGTH_COUNTED + 1
+    chunks = tokenized(load_tokenizer(source), texts.tolist(), counted, truncation=True, max_length=counted)
+    return pd.Series([len(row) for chunk in chunks for row in chunk["input_ids"]], dtype="int64")
 
 
 LENGTH_SAMPLE = 20_000
 """Texts whose sub-tokens the Data page counts at most (a seeded sample of a larger set): a second or two."""
+LENGTH_COUNTED = 512
+"""Sub-tokens counted per text at most: the most a run reads (the Finetune form's limit, ``forms.MAX_LENGTH``)."""
 
 
 @st.cache_data(show_spinner="Reading the data…", max_entries=8)

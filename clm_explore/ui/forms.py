@@ -26,6 +26,7 @@ from clm_explore.config import (
 )
 from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
 from clm_explore.ui import cache, state
+from clm_explore.ui.cache import LENGTH_COUNTED
 from clm_explore.ui.views import escape_markdown
 
 SOURCES = ("default", "tiny-random", "local folder…")
@@ -424,7 +425,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
 
 MAX_SEEDS = 10
 """Seeds one press of Launch may run (the session's cap on waiting and running jobs still applies)."""
-MAX_LENGTH = 512
+MAX_LENGTH = LENGTH_COUNTED
 """The most sub-tokens the Finetune form lets a run read per text (BERT-sized models' position limit)."""
 
 

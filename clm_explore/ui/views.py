@@ -146,17 +146,19 @@ def render_data_report(report: Any, key: str) -> None:
     st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
 
 
-def long_text_note(lengths: pd.Series, max_length: int, total: int) -> None:
+def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int) -> None:
     """How many texts are longer than a run reads (``max_length`` sub-tokens): their end is never seen, in training,
-    predictions or attributions. ``lengths`` may be a sample of the ``total`` texts. A caption when every text fits."""
+    predictions or attributions. ``lengths`` may be a sample of the ``total`` texts, each counted up to ``counted``
+    (a longer one is "more than" that). A caption when every text fits."""
     longer = int((lengths > max_length).sum())
     sample = f" (counted on a sample of {len(lengths):,})" if len(lengths) < total else ""
+    longest = f"{int(lengths.max()):,}" if lengths.max() <= counted else f"more than {counted:,}"
     if not longer:
-        st.caption(f"Every text fits in the {max_length} sub-tokens a run reads (the longest has {int(lengths.max())})"
+        st.caption(f"Every text fits in the {max_length} sub-tokens a run reads (the longest has {longest})"
                    f"{sample}.")
         return
     st.info(f"{longer:,} of {len(lengths):,} texts{sample} ({longer / len(lengths):.1%}) are longer than the {max_length} "
-            f"sub-tokens a run reads (the longest has {int(lengths.max()):,}): only their start is used, in training, "
+            f"sub-tokens a run reads (the longest has {longest}): only their start is used, in training, "
             "predictions and attributions. The Finetune form's **Sub-tokens read per text** reads more, at a cost in "
             "time.")
 

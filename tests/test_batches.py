@@ -1,0 +1,52 @@
+"""Tokenizing bounded: a text is cut to what its first sub-tokens can span, and texts go to the tokenizer in chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clm_explore.batches import CHARS_PER_TOKEN_BOUND, TOKENIZE_CHUNK, encode
+from clm_explore.modeling import load_model
+
+
+class _Recording:
+    """A tokenizer that records the longest text and the most texts of each call."""
+
+    def __init__(self, tokenizer):
+        self.inner, self.calls = tokenizer, []
+
+    def __getattr__(self, name):  # pad_token_id and the rest: the tokenizer's
+        return getattr(self.inner, name)
+
+    def __call__(self, texts, **kwargs):
+        self.calls.append((len(texts), max(map(len, texts))))
+        return self.inner(texts, **kwargs)
+
+
+def test_a_huge_text_is_cut_before_the_tokenizer_reads_it_and_its_ids_are_unchanged():
+    loaded = load_model("tiny-random", ["a", "b"])
+    huge = "my card has not arrived " * 40_000  # 960,000 characters: a fast tokenizer encodes it all
+    texts = [huge] * (TOKENIZE_CHUNK + 3) + ["short"]
+    expected = loaded.tokenizer([huge, "short"], truncation=True, max_length=64)["input_ids"]
+    recording = _Recording(loaded.tokenizer)
+    loaded.tokenizer = recording
+    ids = encode(loaded, texts, 64)
+    assert ids[0] == ids[TOKENIZE_CHUNK + 2] == expected[0] and ids[-1] == expected[1] and len(ids) == len(texts)
+    assert [n for n, _ in recording.calls] == [TOKENIZE_CHUNK, 4]
+    assert max(longest for _, longest in recording.calls) == 64 * CHARS_PER_TOKEN_BOUND
+
+
+def test_mining_and_scoring_read_a_huge_text_through_the_same_bound():
+    from clm_explore.mining import mine_task_tokens
+    from clm_explore.sensitivity import make_batches
+
+    loaded = load_model("tiny-random", ["a", "b"])
+    recording = _Recording(loaded.tokenizer)
+    texts, labels = ["my card has not arrived " * 40_000, "a fee on my transfer"] * 3, ["a", "b"] * 3
+    cut = mine_task_tokens([t[: 64 * CHARS_PER_TOKEN_BOUND] for t in texts], labels, loaded.tokenizer, {"max_tokens": 64})
+    assert mine_task_tokens(texts, labels, recording, {"max_tokens": 64}).to_frame().equals(cut.to_frame())
+    assert max(longest for _, longest in recording.calls) == 64 * CHARS_PER_TOKEN_BOUND
+    recording.calls.clear()
+    loaded.tokenizer = recording
+    batches = make_batches(loaded, texts, np.array([0, 1] * 3), None, batch_size=4, max_length=32)
+    assert max(longest for _, longest in recording.calls) == 32 * CHARS_PER_TOKEN_BOUND
+    assert max(batch.input_ids.shape[1] for batch in batches) == 32
