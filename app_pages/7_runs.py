@@ -25,7 +25,8 @@ with st.expander("Compare groups of runs (seeds)", expanded=False):
 st.header("One run")
 run = run_views.run_picker(records, "Run", records[0], key="runs_pick")
 st.caption(
-    f"Folder: `{run.path}` · status **{run.status.value}** · created {run.created} · updated {run.updated}"
+    f"Folder: {escape_markdown(str(run.path))} · status **{run.status.value}** · created {run.created} · updated "
+    f"{run.updated}"  # a folder's name is anyone's text: a backtick in it ended a code span and opened a link
 )
 if run.error:
     st.error(escape_markdown(run.error))

@@ -247,7 +247,7 @@ class RunStore:
         meta = read_json_object(folder / "clm_run.json")
         metrics = read_json_object(folder / "metrics.json")
         status, error = _folder_status(folder, metrics)
-        method = str(meta.get("method", metrics.get("method", method or "?")))
+        method = method_name(meta.get("method", metrics.get("method", method or "?")))
         config = _registry_config(meta) or config or {}
         existing = self._find_by_path(folder)
         if existing is not None:
@@ -486,6 +486,14 @@ class RunStore:
 
 RANK_COPIES = "ranks"
 """The folder where the other processes of a launch save their copies of the run (``training.finetune``)."""
+
+
+def method_name(value: object) -> str:
+    """A run folder's method as the registry keeps it: a method's name (letters, digits, ``_.+-``, at most 40), else
+    '?'. A folder is anyone's files: its clm_run.json could name a "method" of Markdown or HTML that every page
+    listing the run would show."""
+    text = str(value)
+    return text if re.fullmatch(r"[\w.+-]{1,40}", text, flags=re.ASCII) else "?"
 
 
 def _half_written(file: Path) -> bool:

@@ -502,3 +502,13 @@ def test_a_run_refused_its_folder_after_the_claim_leaves_the_live_runs_record_al
         for process in holder:
             process.send_signal(signal.SIGKILL)
             process.wait()
+
+
+def test_a_folders_method_that_is_no_methods_name_is_kept_as_a_question_mark(store: RunStore, tmp_path: Path) -> None:
+    out = tmp_path / "odd"
+    out.mkdir()
+    (out / "clm_run.json").write_text(json.dumps({"method": "full<a href='https://e.example'>[x](https://e.example)"}))
+    (out / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
+    assert store.register_folder(out).method == "?"  # every page that lists the run showed it as Markdown or HTML
+    (out / "clm_run.json").write_text(json.dumps({"method": "sparse_merged"}))
+    assert store.register_folder(out).method == "sparse_merged"

@@ -65,9 +65,11 @@ CHART_CONFIG = {
 def chart(fig: go.Figure, key: str, numbers: pd.DataFrame | None = None, title: str = "") -> None:
     """A plotly figure, and beneath it, folded, the numbers it draws: a screen reader, a keyboard or a reader who
     cannot tell its colours apart gets the values the figure shows only by colour, length or on hover."""
+    if fig.layout.title.text:  # titles name runs and labels: plotly reads <a href> in them as a link
+        fig.update_layout(title_text=plot_text(fig.layout.title.text))
     st.plotly_chart(fig, key=key, config=CHART_CONFIG, alt=title or None)
     if numbers is not None:
-        with st.expander(f"Numbers: {title}" if title else "Numbers behind the chart"):
+        with st.expander(escape_markdown(f"Numbers: {title}") if title else "Numbers behind the chart"):
             st.dataframe(numbers, key=f"{key}_numbers")
 
 

@@ -1012,6 +1012,35 @@ def test_an_attribution_says_what_its_bars_add_up_to_and_shows_its_note() -> Non
     assert "delta = +0.01" in captions and "Note: text truncated to 64 sub\\-tokens" in captions
 
 
+def test_a_charts_title_and_its_numbers_label_show_a_runs_text_as_text() -> None:
+    def script() -> None:
+        import pandas as pd
+        import plotly.graph_objects as go
+
+        from clm_explore.ui import views
+
+        title = "A: full<a href='https://e.example'>[x](https://e.example)"
+        views.chart(go.Figure(go.Bar(x=[1], y=[1]), layout={"title": title}), "c", pd.DataFrame({"n": [1]}), title)
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    [expander] = app.expander
+    assert expander.label.startswith("Numbers") and "[x](" not in expander.label and "\\[x\\]\\(" in expander.label
+    shown = json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    assert shown == "A: full‹a href='https://e.example'›[x](https://e.example)"  # plotly reads <a href> as a link
+
+
+def test_the_runs_page_shows_a_folders_name_as_text(at: AppTest, tmp_path: Path) -> None:
+    out = tmp_path / "a`![t](https:e.example)"  # a backtick ended the code span the path was shown in
+    out.mkdir()
+    (out / "clm_run.json").write_text(json.dumps({"method": "head", "config": {}}))
+    (out / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    RunStore(os.environ["CLM_EXPLORE_RUNS"]).register_folder(out)
+    goto(at, "app_pages/7_runs.py")
+    caption = next(c.value for c in at.caption if c.value.startswith("Folder:"))
+    assert "![t](" not in caption and "\\!\\[t\\]\\(https" in caption
+
+
 def test_page_settings_survive_a_visit_to_another_page(at: AppTest) -> None:
     goto(at, "app_pages/5_finetune.py")
     assert any(c.value.startswith("Data: banking77") and "runs on: cpu" in c.value for c in at.caption)  # by Launch
