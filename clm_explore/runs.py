@@ -471,6 +471,8 @@ class RunStore:
         Raises:
             RunStoreError: no such run, or its folder is not there."""
         folder = self.path(run_id)
+        if folder.is_symlink():  # a folder replaced by a link would send whatever the link reaches
+            raise RunStoreError(f"Run {run_id}'s folder {folder} is now a link to another folder: not zipped.")
         if not folder.is_dir():  # a registered folder moved or deleted outside the tool: an empty zip said nothing
             raise RunStoreError(f"Run {run_id}'s folder {folder} is not there: it was moved or deleted outside the "
                                 "tool.")

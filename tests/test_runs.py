@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -512,3 +513,13 @@ def test_a_folders_method_that_is_no_methods_name_is_kept_as_a_question_mark(sto
     assert store.register_folder(out).method == "?"  # every page that lists the run showed it as Markdown or HTML
     (out / "clm_run.json").write_text(json.dumps({"method": "sparse_merged"}))
     assert store.register_folder(out).method == "sparse_merged"
+
+
+def test_a_run_folder_replaced_by_a_link_is_not_zipped(store: RunStore, tmp_path: Path) -> None:
+    run = store.create("linked", "head")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.txt").write_text("not the run's")
+    shutil.rmtree(run.path)
+    run.path.symlink_to(tmp_path / "elsewhere")  # another account's link in the shared runs folder
+    with pytest.raises(RunStoreError, match="is now a link to another folder: not zipped"):
+        store.zip_run(run.id)

@@ -407,9 +407,12 @@ def run_zip(store: RunStore, run_id: str) -> bytes:
 def render_model_card(run: RunRecord, key: str) -> None:
     """The run's model card: its README.md, or one made now for a run saved before runs wrote cards; shown as the
     file's text (not rendered) and to download."""
-    folder = Path(run.path)
+    folder, file = Path(run.path), Path(run.path) / CARD_FILE
+    if file.is_symlink():  # the zip leaves links out too: a link shows whatever file it reaches
+        st.caption(f"No model card: {escape_markdown(str(file))} is a link, not the run's own file.")
+        return
     try:
-        card = (folder / CARD_FILE).read_text(encoding="utf-8") if (folder / CARD_FILE).is_file() else model_card(folder)
+        card = file.read_text(encoding="utf-8") if file.is_file() else model_card(folder)
     except (ModelCardError, OSError, UnicodeDecodeError) as exc:  # a folder moved or damaged since it was listed
         st.caption(f"No model card: {escape_markdown(str(exc))}")
         return

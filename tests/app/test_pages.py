@@ -1041,6 +1041,23 @@ def test_the_runs_page_shows_a_folders_name_as_text(at: AppTest, tmp_path: Path)
     assert "![t](" not in caption and "\\!\\[t\\]\\(https" in caption
 
 
+def test_a_model_card_that_is_a_link_is_not_shown(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "secret.txt").write_text("another account's file")
+    (tmp_path / "run" / "README.md").symlink_to(tmp_path / "secret.txt")
+
+    def script(folder: str) -> None:
+        from types import SimpleNamespace
+
+        from clm_explore.ui.run_views import render_model_card
+
+        render_model_card(SimpleNamespace(path=folder), key="card")
+
+    app = AppTest.from_function(script, args=(str(tmp_path / "run"),), default_timeout=TIMEOUT).run()
+    assert not app.exception and not app.code  # the linked file's text was shown as the card
+    assert any("is a link, not the run's own file" in c.value for c in app.caption)
+
+
 def test_page_settings_survive_a_visit_to_another_page(at: AppTest) -> None:
     goto(at, "app_pages/5_finetune.py")
     assert any(c.value.startswith("Data: banking77") and "runs on: cpu" in c.value for c in at.caption)  # by Launch
