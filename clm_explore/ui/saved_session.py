@@ -166,7 +166,7 @@ def _share_upload(record: Any, old: Path, new: Path) -> None:
     if source.is_symlink() or not source.is_file():
         return
     with contextlib.suppress(OSError):  # pruned meanwhile, or a full disk: the session starts on the sample
-        new.mkdir(parents=True, exist_ok=True)
+        state.private_folder(new)
         try:
             os.link(source, new / source.name)
         except OSError:
@@ -178,9 +178,9 @@ def save(root: Path, token: str, text: str) -> None:
     path = session_file(root, token)
     if path is None:
         return
-    root.mkdir(parents=True, exist_ok=True)
+    state.private_folder(root)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    state.write_private(tmp, text.encode("utf-8"))
     os.replace(tmp, path)
 
 

@@ -223,6 +223,28 @@ def uploads_root() -> Path:
     return Path(os.environ.get("CLM_EXPLORE_UPLOADS") or default_root() / "_uploads")
 
 
+def private_folder(folder: Path) -> Path:
+    """``folder`` made if missing and readable by the server's account alone, with the uploads root above it: under
+    a umask of 022 every account on the machine could read each session's uploads and saved choices (whose file
+    name, the session's token, opens a copy of the session)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    root = uploads_root().resolve()
+    for path in (folder.resolve(), *folder.resolve().parents):
+        with contextlib.suppress(OSError):  # another account's folder (a shared root): left as it is
+            os.chmod(path, 0o700)
+        if path == root or root not in path.parents:
+            break
+    return folder
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """``path`` written with ``data``, readable by the server's account alone (as ``private_folder``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        os.fchmod(file.fileno(), 0o600)  # a file written before this kept its mode
+        file.write(data)
+
+
 UPLOAD_DAYS = 7.0
 """Default age (days since a session was last used: an upload, a saved choice, its address opened) after which its
 upload folder and saved choices are deleted (checked when a server starts, then hourly)."""
@@ -298,8 +320,7 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None, protect: 
     with other bytes already has it, the stored name gets the start of the file's digest. Such a name is kept,
     cleaned of control and path characters, as the name the app shows.
     """
-    folder = (folder or uploads_root() / session_id()).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder((folder or uploads_root() / session_id()).resolve())
     digest = hashlib.sha256(raw).hexdigest()
     stem, suffix, shown = _upload_names(filename, digest)
     target = (folder / f"{stem}{suffix}").resolve()
@@ -307,7 +328,7 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None, protect: 
         target = (folder / f"{stem}-{digest[:12]}{suffix}").resolve()
     if target.parent != folder:  # cannot happen with the name above; kept as a guard
         raise ValueError(f"Refusing upload name {filename!r}.")
-    target.write_bytes(raw)
+    write_private(target, raw)
     _keep_newest_uploads(folder, UPLOADS_KEPT, protect)
     _keep_uploads_under(folder.parent, uploads_total_mb() * 2**20, target, protect=protect)
     return DataChoice("upload", str(target), shown, digest=digest)

@@ -211,3 +211,13 @@ def test_a_session_before_tokens_keeps_its_short_folder_name(tmp_path: Path) -> 
     choice = app.session_state["data_choice"]
     assert isinstance(choice, DataChoice) and choice.kind == "upload" and choice.digest == upload.digest
     assert Path(choice.path).read_bytes() == ROWS and Path(choice.path).parent.name == token_of(app) != token
+
+
+def test_uploads_and_saved_sessions_are_readable_by_the_servers_account_alone(tmp_path: Path) -> None:
+    os.umask(0o022)  # the common default, under which both were readable by every account
+    root = tmp_path / "uploads"
+    upload = save_upload(ROWS, "My data.csv", folder=root / ("a" * 32))
+    saved_session.save(root, "b" * 32, "{}")
+    assert [oct(p.stat().st_mode & 0o777) for p in (root, root / ("a" * 32))] == ["0o700", "0o700"]
+    assert oct(Path(upload.path).stat().st_mode & 0o777) == "0o600"
+    assert [oct(p.stat().st_mode & 0o777) for p in root.glob("*.json")] == ["0o600"]
