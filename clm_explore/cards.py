@@ -43,6 +43,9 @@ MAX_LABELS_LISTED = 50
 """Per-label F1 rows in the card (lowest first); the rest are counted."""
 MAX_GROUPS_LISTED = 10
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")  # inline; a data text never starts a line here
+_AUTOLINK_MARK = re.compile(r"(?i)(?<=\bwww)\.|:(?=//)")
+"""Where GitHub's Markdown makes a web link of bare text (www., scheme://): an escape there splits the text, and a
+label or data text stays text (cmark-gfm checked). An e-mail address stays a mailto link: no escape splits it."""
 
 
 class ModelCardError(ValueError):
@@ -51,10 +54,11 @@ class ModelCardError(ValueError):
 
 def md_text(value: Any) -> str:
     """Any value as literal Markdown text on one line: its special characters escaped and ``<`` ``&`` as entities
-    (no HTML tag, link or image from the data), line breaks as spaces (a table cell stays one cell)."""
+    (no HTML tag, link or image from the data, nor a web address that GitHub would link), line breaks as spaces (a
+    table cell stays one cell)."""
     text = " ".join(str(value).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;")
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return _AUTOLINK_MARK.sub(lambda mark: "\\" + mark.group(0), _MARKDOWN_SPECIAL.sub(r"\\\1", text))
 
 
 def model_card(run: Any) -> str:

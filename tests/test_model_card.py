@@ -74,6 +74,9 @@ def test_the_datas_text_stays_literal_in_the_card(tmp_path):
     assert len(table) == len(hostile)
     assert all(len(re.split(r"(?<!\\)\|", line)) == 4 for line in table)  # a | in a label does not add a cell
     assert md_text("a|b") == r"a\|b" and md_text("<x> & y") == "&lt;x\\> &amp; y"
+    # GitHub links a bare web address (cmark-gfm: "http://e.x" -> <a href>; "http\://e.x" and "www\.e.x" -> text)
+    assert md_text("see http://e.example/a or WWW.e.example") == r"see http\://e.example/a or WWW\.e.example"
+    assert md_text("3:4 a.b") == "3:4 a.b"  # no escape where no link would be
 
 
 def test_a_folder_without_a_finished_run_has_no_card(tmp_path, sparse_run):
