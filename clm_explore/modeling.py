@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle  # its error class alone: nothing here unpickles
 import re
 import shutil
 import struct
@@ -235,9 +236,10 @@ def load_model(
         # fp32 whatever the checkpoint stores: deltas and AdamW state take the weights' dtype, and bf16 weights
         # would lose most updates to rounding (CUDA gets bf16 through autocast, over fp32 master weights).
         model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
         # What a folder without a usable model raises: no files, a weights file cut short (SafetensorError), a head
-        # whose size its config's labels do not match (RuntimeError: "You set ignore_mismatched_sizes to False").
+        # whose size its config's labels do not match (RuntimeError: "You set ignore_mismatched_sizes to False"), a
+        # pytorch_model.bin that torch's weights_only load refuses (UnpicklingError: it would run code).
         why = str(exc)
         if "ignore_mismatched_sizes" in why:  # transformers' words point at its own argument
             why = ("the classification head's size differs from the labels config.json names (id2label): the config "

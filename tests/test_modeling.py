@@ -256,3 +256,24 @@ def test_a_damaged_model_folder_is_named_not_a_traceback_nor_read_as_unknown_wor
     (tmp_path / "labels" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelSourceError, match="head's size differs from the labels config.json names"):
         load_model(str(tmp_path / "labels"), None)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch pwned",)
+
+
+def test_a_model_folder_whose_weights_file_would_run_code_is_refused_by_name(tmp_path, monkeypatch):
+    import torch
+
+    loaded = load_model("tiny-random", ["a", "b"])
+    loaded.model.save_pretrained(tmp_path / "model")
+    loaded.tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").unlink()
+    torch.save({"weight": _RunsCode()}, tmp_path / "model" / "pytorch_model.bin")  # torch's pickle, with a payload
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelSourceError, match="Could not load a classification model from .*model"):
+        load_model(str(tmp_path / "model"), ["a", "b"])  # UnpicklingError: the app's "unexpected error"
+    assert not (tmp_path / "pwned").exists()  # torch's weights_only load ran nothing
