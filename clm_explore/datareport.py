@@ -43,6 +43,11 @@ class DataReport:
     problems: list[str]
     """Plain-English warnings; the data is still usable."""
 
+    def __repr__(self) -> str:  # the default printed every label's counts: thousands of characters in a cell
+        splits = ", ".join(f"{name} {rows:,}" for name, rows in self.splits.items())
+        return (f"DataReport({self.source}: {self.rows:,} rows ({splits}), {len(self.labels)} labels, "
+                f"{len(self.problems)} problem(s); .problems, .to_dict())")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
         return asdict(self)

@@ -92,7 +92,8 @@ def test_results_print_a_short_summary_in_a_notebook(tiny_data, tmp_path):
     for shown, words in [(report, "matrices over 2 layers"), (selection, "rows of"), (result, "succeeded, accuracy"),
                          (tokens, f"TaskTokens({len(tokens)} groups from"), (study, "CaseStudy(run vs run: 3 of"),
                          (study.a, "RunAttributions(run: 3 of"), (study.comparison, "Comparison(agreement 100.0%"),
-                         (record, "head, succeeded, accuracy")]:
+                         (record, "head, succeeded, accuracy"),
+                         (clm_explore.data_report(tiny_data), f"rows (train {len(tiny_data.train)},")]:
         assert words in repr(shown) and len(repr(shown)) < 300 and "tensor" not in repr(shown), repr(shown)
 
 
