@@ -27,11 +27,11 @@ try:
     selection, seconds = cache.timed_mask(source, choice, mining_cfg, sens_cfg, mask_cfg)
 except ConfigError as exc:  # e.g. a budget below the cheapest row: the controls above stay to change it
     st.warning(escape_markdown(str(exc)))
-    state.stop()
-st.caption(f"Mask selected from the cached scores in {seconds * 1000:.0f} ms.")
-
-views.render_mask_summary(selection, report.backbone_params, key="budget")
-views.heatmap(selection.table, "share_selected", "Share of rows selected per layer and module", key="budget")
+    selection = None  # the page goes on: a widget a run does not draw loses its value (the methods picked below)
+if selection is not None:
+    st.caption(f"Mask selected from the cached scores in {seconds * 1000:.0f} ms.")
+    views.render_mask_summary(selection, report.backbone_params, key="budget")
+    views.heatmap(selection.table, "share_selected", "Share of rows selected per layer and module", key="budget")
 
 st.header("Launch at this budget")
 st.write(
@@ -51,7 +51,9 @@ where = ("as set on the Finetune page" if forms.form_used()
          else "the defaults; the Finetune page's once set there")
 st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {options['max_length']} sub-tokens per "
            f"text ({where}); its other options take their defaults.")
-if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked):
+if selection is None:
+    st.caption("Launching waits for a budget that selects rows (above).")
+if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked or selection is None):
     try:
         launched = jobs.launch_many(
             picked, mask_cfg, choice, source, forms.default_device(), scores=report, **options

@@ -529,6 +529,17 @@ def test_row_choice_reselects_the_mask_and_reaches_the_finetune_page(at: AppTest
     assert at.session_state["mask_options"].spread_heads is False
 
 
+def test_a_budget_that_buys_no_row_keeps_the_methods_picked_and_holds_the_launch(at: AppTest) -> None:
+    goto(at, "app_pages/4_budget.py")
+    at.multiselect(key="budget_methods").set_value(["sparse", "head"]).run()
+    at.select_slider(key="budget_slider").set_value(0.0001).run()
+    assert any("buys no row" in w.value for w in at.warning)
+    assert at.button(key="budget_launch").disabled  # the page stopped above the box: it came back empty, Launch live
+    assert any("Launching waits for a budget that selects rows" in c.value for c in at.caption)
+    at.select_slider(key="budget_slider").set_value(0.01).run()
+    assert at.multiselect(key="budget_methods").value == ["sparse", "head"] and not at.button(key="budget_launch").disabled
+
+
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
     goto(at, "app_pages/4_budget.py")
     said = next(c.value for c in at.caption if c.value.startswith("Each method trains"))
