@@ -51,6 +51,7 @@ class TokenGroup:
     lift: float
     """P(label | group) / P(label) for that label (at least 1: the lifts average to 1 under P(label))."""
     example_ids: list[int] = field(default_factory=list)
+    """Training rows that hold the group (at most ``examples_per_group``): rows of its ``label`` first."""
     variants: list[list[str]] = field(default_factory=list)
     """Every split of the group seen in the rows, most rows first (``pieces`` is the first): byte-level and
     cased tokenizers split one word several ways ('card', 'Ġcard', 'Card'). Empty: ``pieces`` alone."""
@@ -314,7 +315,7 @@ def mine_task_tokens(
     best = associated_labels(counts, prior)
     splits = _splits_of({keys[i] for i in order}, split_rows)
     groups = [_group(keys[i], splits[keys[i]], relevance[i], specificity[i], score[i], label_names[best[i]],
-                     lifts[i, best[i]], rows_with[keys[i]], tokenizer, cfg) for i in order]
+                     lifts[i, best[i]], rows_with[keys[i]], labels, tokenizer, cfg) for i in order]
     return TaskTokens(groups, background, len(texts), asdict(cfg))
 
 
@@ -387,13 +388,15 @@ def associated_labels(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return np.argmax((counts + 0.5) / (expected + 0.5), axis=1)
 
 
-def _group(key, splits, relevance, specificity, score, label, lift, rows, tokenizer, cfg) -> TokenGroup:
+def _group(key, splits, relevance, specificity, score, label, lift, rows, row_labels, tokenizer, cfg) -> TokenGroup:
     kind, inner = key
     text = " ".join(inner) if kind == WORDS else tokenizer.convert_tokens_to_string(list(inner)).strip()
     unique_rows = sorted(set(rows))
+    # Its label's rows first: the first rows alone showed "pin -> change_pin" beside five pin_blocked rows.
+    examples = sorted(unique_rows, key=lambda row: (row_labels[row] != label, row))[: cfg.examples_per_group]
     return TokenGroup(text if kind == WORDS else " ".join(inner), list(splits[0]), kind, len(unique_rows),
                       float(relevance), float(specificity), float(score), label, float(lift),
-                      unique_rows[: cfg.examples_per_group],
+                      examples,
                       variants=[list(s) for s in splits] if len(splits) > 1 else [])
 
 

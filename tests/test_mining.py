@@ -459,3 +459,12 @@ def test_a_marker_alone_is_never_a_group():
     assert tok.tokenize(" 10") == ["Ġ", "1", "0"]  # as SmolLM2 splits a number
     tt = mine_task_tokens(texts, labels, tok, MiningConfig(specificity="none", min_count=3, top_k=500))
     assert tt.groups and all(g.surface for g in tt.groups), [g.text for g in tt.groups if not g.surface]
+
+
+def test_a_groups_examples_are_rows_of_its_own_label_first(tok):
+    # "pin" in 2 rows of a and 8 of b, where b has 8 times a's rows: its lift is highest for a, whose rows were
+    # after the first five b rows and so never shown beside "pin -> a".
+    texts = ["my pin please"] * 6 + ["money"] * 4 + ["pin money"] * 2 + ["please"] * 78
+    labels = ["b"] * 10 + ["a"] * 2 + ["b"] * 78
+    group = by_text(mine_task_tokens(texts, labels, tok, PLAIN))["pin"]
+    assert group.label == "a" and group.example_ids == [10, 11, 0, 1, 2]
