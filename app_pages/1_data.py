@@ -101,3 +101,11 @@ if state.get("audited") == (choice, source):
                 "Unzipped, a folder the command line reads as it is (clm-explore finetune --data FOLDER), splits "
                 "and all; or fix the labels at their source and load the data again."
             )
+
+st.divider()
+st.subheader("Next")
+st.caption("Tokens, Sensitivity and Budget show what a sparse run will train, and are optional: Finetune trains with "
+           "their defaults. Compare sets two finished runs side by side.")
+c1, c2 = st.columns(2)
+c1.page_link("app_pages/2_tokens.py", label="Tokens: the words that mark each label", icon=":material/token:")
+c2.page_link("app_pages/5_finetune.py", label="Finetune: train a model on this data", icon=":material/model_training:")

@@ -12,7 +12,8 @@ done = [
     r for r in jobs.store().list() if r.status is RunStatus.SUCCEEDED and (r.path / "metrics.json").is_file()
 ]
 if len(done) < 2:
-    st.info("Two finished runs are needed; launch some on the Finetune page.")
+    st.info("Two finished runs are needed; launch some on the Finetune page (a sparse run and full finetuning, say).")
+    st.page_link("app_pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
     state.stop()
 current = state.data_choice()  # the session's data and model come first: other sessions' runs share the list
 data_key = current.key if current else None

@@ -16,6 +16,7 @@ if st.button("Refresh", key="runs_refresh"):
 records = store.list()
 if not records:
     st.info("No runs yet; launch one on the Finetune page.")
+    st.page_link("app_pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
     state.stop()
 run_views.render_runs_table(records, key="runs")
 

@@ -153,8 +153,12 @@ def progress_panel(key: str = "ft") -> None:
         st.caption("No jobs yet in this server's queue." + _lost_jobs_note(records))
     cards = shown_jobs(jobs)
     deleted = _deleted_runs([job.run_id for job in cards if job.done and job.run_id])
+    accuracy = {r.id: r.metrics.get("accuracy") for r in records}  # the registry's copy: no file read a redraw
     for job in cards:
-        _job_card(job, key, deleted)
+        _job_card(job, key, deleted, accuracy.get(job.run_id or ""))
+    if any(job.status is RunStatus.SUCCEEDED for job in cards):
+        st.page_link("app_pages/6_compare.py", label="Compare finished runs: predictions, attributions, layers",
+                     icon=":material/compare_arrows:")
     st.header("Recent runs")
     if records:
         run_views.render_runs_table(records, key=key)
@@ -189,7 +193,7 @@ def shown_jobs(jobs: list[Job], finished_shown: int = 8) -> list[Job]:
     return list(reversed(active)) + list(reversed(ended))
 
 
-def _job_card(job: Job, key: str, deleted: set[str]) -> None:
+def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None) -> None:
     p = job.progress()
     run_name = job.run_id or job.id
     with st.container(border=True):
@@ -217,6 +221,8 @@ def _job_card(job: Job, key: str, deleted: set[str]) -> None:
             st.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–", width="content")
             st.metric("Elapsed", _duration(elapsed), width="content")  # cancelled before it started: "–"
             st.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–", width="content")
+            if job.status is RunStatus.SUCCEEDED and isinstance(test_accuracy, int | float):
+                st.metric("Test accuracy", f"{test_accuracy:.4f}", width="content")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
         # every open session, held the server's CPU away from the jobs themselves (in the two-user browser
         # test, with four finished jobs on the board, a head job on the tiny model waited 99 s, now 21 s).

@@ -66,6 +66,13 @@ def test_data_page_defaults_to_sample(at: AppTest) -> None:
     assert at.metric[0].label == "Rows" and int(at.metric[0].value) > 0
 
 
+def test_the_data_page_points_to_the_next_steps_and_empty_pages_to_finetune(at: AppTest) -> None:
+    assert [link.proto.page for link in at.get("page_link")] == ["tokens", "finetune"]
+    for page in ("app_pages/6_compare.py", "app_pages/7_runs.py"):  # no run yet
+        goto(at, page)
+        assert [link.proto.page for link in at.get("page_link")] == ["finetune"]
+
+
 def test_data_page_says_how_many_texts_a_run_would_cut(at: AppTest) -> None:
     said = next(i.value for i in at.info if "sub-tokens a run reads" in i.value)  # the tiny tokenizer splits a lot
     longer = int(re.match(r"([\d,]+) of", said).group(1).replace(",", ""))
@@ -368,6 +375,10 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert store.latest("full").metrics["saved_epoch"] == store.latest("full").metrics["best_epoch"]
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
     assert all((r.path / "predictions.csv").is_file() for r in runs)
+    at.run()  # the cards of finished jobs: their test accuracy, and the way on to Compare
+    shown = sorted(m.value for m in at.metric if m.label == "Test accuracy")
+    assert shown == sorted(f"{r.metrics['accuracy']:.4f}" for r in runs)
+    assert "compare" in [link.proto.page for link in at.get("page_link")]
 
     goto(at, "app_pages/6_compare.py")
     assert at.selectbox(key="cmp_a").value == store.latest("sparse").id
