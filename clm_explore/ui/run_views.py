@@ -515,10 +515,16 @@ def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
     view = st.radio("Show", list(CHANGE_VIEWS), format_func=CHANGE_VIEWS.get, horizontal=True, key=f"{key}_view")
     state.keep(f"{key}_view")
     sides = ("A", "B") if len(runs) == 2 else ("",) * len(runs)
+    # One colour scale for the maps side by side: each on its own range drew B's 0.79 near white beside A's 0.15.
+    top = max((float(views.layer_module_grid(change.table, view).max().max()) for change in changes
+               if not change.table.empty), default=0.0)
+    zrange = (0.0, top) if len(runs) > 1 and top > 0 else None
+    if zrange:
+        st.caption(f"The maps share one colour scale, 0 to {top:.3g}.")
     for column, change, run, side in zip(st.columns(len(runs)), changes, runs, sides, strict=True):
         with column:
             title = f"{side}: {run.method}" if side else f"{run.method}: {CHANGE_VIEWS[view].lower()}"
-            views.heatmap(change.table, view, title, key=f"{key}_{side or run.id}", colorscale="Reds")
+            views.heatmap(change.table, view, title, key=f"{key}_{side or run.id}", colorscale="Reds", zrange=zrange)
             st.caption(escape_markdown(change.summary()))
 
 

@@ -280,17 +280,21 @@ HEATMAP_LABELLED_CELLS = 80
 """Heatmaps of at most this many cells print each cell's value in it (more would not fit: a 30-layer model)."""
 
 
+def layer_module_grid(table: pd.DataFrame, value: str) -> pd.DataFrame:
+    """``table[value]`` as a layers x modules grid (summed per cell), the modules in the model's order."""
+    grid = table.pivot_table(index="layer", columns="module", values=value, aggfunc="sum")
+    return grid[[m for m in MODULE_ORDER if m in grid.columns] + [m for m in grid.columns if m not in MODULE_ORDER]]
+
+
 def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: str = "Viridis",
-            diverging: bool = False) -> None:
+            diverging: bool = False, zrange: tuple[float, float] | None = None) -> None:
     """A layers x modules heatmap of ``table[value]`` (embeddings shown as layer 'emb'), its numbers in a table
-    beneath. ``diverging``: values of either sign, the colour scale's middle at 0 (not at the data's middle)."""
+    beneath. ``diverging``: values of either sign, the colour scale's middle at 0 (not at the data's middle);
+    ``zrange``: the colour scale's ends (maps drawn side by side share one), else the data's own."""
     if table.empty:
         st.info("Nothing to show.")
         return
-    grid = table.pivot_table(index="layer", columns="module", values=value, aggfunc="sum")
-    grid = grid[
-        [m for m in MODULE_ORDER if m in grid.columns] + [m for m in grid.columns if m not in MODULE_ORDER]
-    ]
+    grid = layer_module_grid(table, value)
     # Category labels: plain digits would make plotly use a numeric axis and misplace 'emb'.
     grid.index = ["emb" if i < 0 else f"L{i}" for i in grid.index]
     fig = go.Figure(
@@ -300,6 +304,8 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
             y=list(grid.index),
             colorscale=colorscale,
             zmid=0 if diverging else None,
+            zmin=zrange[0] if zrange else None,
+            zmax=zrange[1] if zrange else None,
             texttemplate="%{z:.2g}" if grid.size <= HEATMAP_LABELLED_CELLS else None,
             hovertemplate="layer %{y} · %{x}: %{z:.4g}<extra></extra>",
             colorbar=dict(exponentformat="e"),

@@ -393,6 +393,9 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     moved = [c.value.replace("\\", "") for c in at.caption if "backbone parameters changed" in c.value]
     shares = [float(re.search(r"changed \(([\d.]+)%\)", c).group(1)) for c in moved]
     assert len(shares) == 2 and 0 < shares[0] < 10 < shares[1], moved  # A sparse: few; B full: most
+    scales = [trace["zmax"] for chart in at.get("plotly_chart")
+              for trace in json.loads(chart.proto.spec)["data"] if "zmax" in trace]
+    assert len(scales) == 2 and scales[0] == scales[1] > 0.5  # one colour scale for both maps, up to full's most
     at.radio(key="cmp_changes_view").set_value("relative_change").run()
     assert not at.exception and "Change relative" in at.radio(key="cmp_changes_view").format_func("relative_change")
     at.toggle(key="cmp_cka").set_value(True).run(timeout=TIMEOUT)  # the layers' representations, A, B and the base
