@@ -473,7 +473,7 @@ def filter_disagreements(diff: pd.DataFrame, key: str) -> pd.DataFrame:
     which = st.radio("Show", list(RIGHT), format_func=RIGHT.get, horizontal=True, key=f"{key}_filter")
     state.keep(f"{key}_filter")
     shown = diff if which == "all" else diff[diff["right"] == which]
-    st.dataframe(shown, key=f"{key}_disagree", hide_index=True, height=260)
+    st.dataframe(views.text_last(shown), key=f"{key}_disagree", hide_index=True, height=260)
     return shown
 
 

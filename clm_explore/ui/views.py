@@ -193,7 +193,7 @@ def render_label_issues(result: Any, key: str) -> pd.DataFrame:
         st.success("No row's label is disputed by the others.")
         return result.issues
     edited = st.data_editor(
-        result.issues.assign(accept=False)[["accept", *result.issues.columns]],
+        text_last(result.issues.assign(accept=False)[["accept", *result.issues.columns]]),
         key=f"{key}_issues",
         hide_index=True,
         height=320,
@@ -278,6 +278,12 @@ def render_group_examples(group: Any, train: pd.DataFrame, key: str, limit: int 
 # -- sensitivity and masks ------------------------------------------------------------------------
 HEATMAP_LABELLED_CELLS = 80
 """Heatmaps of at most this many cells print each cell's value in it (more would not fit: a 30-layer model)."""
+
+
+def text_last(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``text`` column moved to the end: a long text first pushed the labels, predictions and
+    probabilities beside it off a 1280-pixel screen."""
+    return frame[[c for c in frame.columns if c != "text"] + (["text"] if "text" in frame.columns else [])]
 
 
 def layer_module_grid(table: pd.DataFrame, value: str) -> pd.DataFrame:

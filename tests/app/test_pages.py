@@ -93,7 +93,8 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
     flagged = int(shown["Rows flagged"])  # the tiny random model's features dispute many labels
     assert int(shown["Rows checked"]) == 2000 and flagged > 0
     table = next(d.value for d in at.dataframe if "suggested" in d.value.columns)  # the editor: a dataframe here
-    assert len(table) == flagged and list(table.columns[:6]) == ["accept", "split", "row", "text", "label", "suggested"]
+    assert len(table) == flagged and list(table.columns[:5]) == ["accept", "split", "row", "label", "suggested"]
+    assert table.columns[-1] == "text"  # last: a long text pushed the suggested label off the screen
     downloads = [b.proto.label for b in at.get("download_button")]
     assert "Download the flagged rows (CSV)" in downloads and not any("changed" in d for d in downloads)
     # Two suggestions accepted (as the editor's boxes record them): the data with them, to download.
@@ -385,7 +386,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert at.selectbox(key="cmp_b").value == store.latest("full").id
     at.radio(key="cmp_filter").set_value("only A").run()
     disagreements = next(d.value for d in at.dataframe if "right" in d.value.columns)
-    assert set(disagreements["right"]) <= {"only A"}
+    assert set(disagreements["right"]) <= {"only A"} and disagreements.columns[-1] == "text"
     assert not at.exception
     at.radio(key="cmp_filter").set_value("all").run()
     at.toggle(key="cmp_changes").set_value(True).run()  # where each moved its base model's weights
