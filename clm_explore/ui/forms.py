@@ -36,6 +36,15 @@ HEAD_START_NAMES = {"loaded": "as loaded", "centroid": "label centroids"}
 FISHER_LABEL_NAMES = {"data": "annotated", "model": "drawn from the model"}
 
 
+MODEL_NAMES = {"default": "all-MiniLM-L6-v2", "tiny-random": "a 2-layer random BERT: runs score near chance"}
+"""What the sidebar says a named source is (a folder is its path)."""
+
+
+def model_shown(source: str) -> str:
+    """The sidebar's name of a model source: 'default (all-MiniLM-L6-v2)', a folder as its path."""
+    return f"{source} ({MODEL_NAMES[source]})" if source in MODEL_NAMES else source
+
+
 def sidebar() -> None:
     """Model source, current data set and device, on every page."""
     with st.sidebar:
@@ -61,7 +70,7 @@ def sidebar() -> None:
         elif choice != current:
             state.set_model_source(choice)
         data = state.data_choice()
-        st.caption(f"**Model:** {escape_markdown(state.model_source())}")
+        st.caption(f"**Model:** {escape_markdown(model_shown(state.model_source()))}")
         st.caption(f"**Data:** {escape_markdown(data.name) if data else 'none (pick one on the Data page)'}")
         st.caption(f"**Device:** {device_label()}")
 

@@ -315,6 +315,7 @@ def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str, alt: s
                 y=[e[name] for e in evals],
                 name=f"val {name}",
                 mode="lines+markers",
+                marker=dict(size=8),  # one epoch is one point: a pale dot at plotly's default size
                 yaxis="y2",
             )
         )
@@ -322,7 +323,9 @@ def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str, alt: s
         height=220,
         margin=dict(l=10, r=10, t=10, b=10),
         xaxis_title="step",
-        yaxis2=dict(overlaying="y", side="right", range=[0, 1], showgrid=False),
+        yaxis_title="train loss",
+        yaxis2=dict(overlaying="y", side="right", range=[0, 1], showgrid=False, title="validation score",
+                    tickformat=".1f", dtick=0.2),
         legend=dict(orientation="h", y=1.15),
     )
     st.plotly_chart(fig, key=f"{key}_curve", width="stretch", config=CHART_CONFIG, alt=alt)

@@ -314,7 +314,7 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
             zmax=zrange[1] if zrange else None,
             texttemplate="%{z:.2g}" if grid.size <= HEATMAP_LABELLED_CELLS else None,
             hovertemplate="layer %{y} · %{x}: %{z:.4g}<extra></extra>",
-            colorbar=dict(exponentformat="e"),
+            colorbar=dict(exponentformat="e", title=dict(text=value.replace("_", " "), side="right")),
         )
     )
     fig.update_layout(

@@ -63,6 +63,8 @@ def test_data_page_defaults_to_sample(at: AppTest) -> None:
     assert at.session_state["data_choice"].name == "banking77_20"
     assert at.title[0].value == "Data"
     assert any("banking77\\_20" in c.value for c in at.sidebar.caption)  # a data name is escaped Markdown
+    assert any("**Model:** tiny\\-random \\(a 2\\-layer random BERT\\: runs score near chance\\)" in c.value
+               for c in at.sidebar.caption)  # a demo's runs at chance are no fault of the method
     assert at.metric[0].label == "Rows" and int(at.metric[0].value) > 0
 
 
