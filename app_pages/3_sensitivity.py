@@ -9,10 +9,15 @@ from clm_explore.ui import cache, forms, state, views
 
 st.title("Sensitivity")
 st.write(
-    "Row scores of every weight matrix (empirical Fisher by default; in the options the true Fisher, at "
-    "labels drawn from the model, Taylor or gradient magnitude), with gradients taken only at mined "
-    "task-token positions (restricted) or at every position (unrestricted), summed per layer and module."
+    "How much each part of the model matters for your labels: every weight row gets a score, here summed per "
+    "layer and module (brighter: more). A sparse run trains the rows that score highest."
 )
+with st.expander("How the rows are scored"):
+    st.write(
+        "Row scores of every weight matrix (empirical Fisher by default; in the options the true Fisher, at "
+        "labels drawn from the model, Taylor or gradient magnitude), with gradients taken only at mined "
+        "task-token positions (restricted) or at every position (unrestricted), summed per layer and module."
+    )
 
 choice, source = state.require_data()
 

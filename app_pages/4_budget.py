@@ -9,13 +9,18 @@ from clm_explore.ui.views import escape_markdown, refusal_text
 
 st.title("Budget")
 st.write(
-    "Choose the share of backbone parameters to train, and under Row choice which rows may compete. The "
-    "mask is re-selected from the cached scores on every move; runs launched here or on the Finetune page "
-    "use both. It is the seed-0 mask: a seed-0 sparse run launched here or there, at this budget and without "
-    "the frozen-layer cache, trains these rows, from these scores (not scored again); a run with another seed "
-    "warms its own head before scoring, and draws its random-share rows with that seed, so its rows differ "
-    "somewhat."
+    "Choose how much of the model a sparse run trains (the budget, a share of its parameters), and see which "
+    "weight rows that buys: the highest-scoring ones on the Sensitivity page, until the budget is spent. Runs "
+    "launched here or on the Finetune page use this budget and these options."
 )
+with st.expander("Which runs train exactly these rows"):
+    st.write(
+        "The mask is re-selected from the cached scores on every move, under Row choice's options. It is the "
+        "seed-0 mask: a seed-0 sparse run launched here or on the Finetune page, at this budget and without the "
+        "frozen-layer cache, trains these rows, from these scores (not scored again); a run with another seed "
+        "warms its own head before scoring, and draws its random-share rows with that seed, so its rows differ "
+        "somewhat."
+    )
 
 choice, source = state.require_data()
 

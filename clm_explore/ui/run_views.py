@@ -321,6 +321,7 @@ def render_attribution(result: Any, title: str, key: str) -> None:
     )
     label = escape_markdown(result.target_label)
     gap = float(np.sum(result.scores)) - result.delta  # p(label) - p(reference), exactly
+    st.caption(f"Teal bars: words that pushed the model towards {label}; orange bars: words that pushed it away.")
     st.caption(f"Integrated Gradients toward {label}, the label explained: the bars sum to p({label}) − "
                f"p(reference) = {gap:+.3g}, up to delta = {result.delta:+.2g}, the integral's convergence error.")
     if result.note:
