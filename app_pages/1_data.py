@@ -16,6 +16,7 @@ st.write("Pick the annotated data every page works on. It stays selected while y
 
 choice = forms.data_picker(state.data_choice(), key="data")
 if choice is None:
+    views.still_using(state.data_choice())
     state.stop()
 if choice.kind == "upload":
     choice = forms.column_mapping(choice, cache.columns(choice.digest, choice.path, choice.name), key="data")
@@ -24,6 +25,8 @@ try:
     annotated = cache.data(choice)
 except DataError as exc:  # in the app's words: its column boxes, not the command line's options
     st.error(views.escape_markdown(views.data_error_text(str(exc), upload=choice.kind == "upload")))
+    if state.data_choice() != choice:
+        views.still_using(state.data_choice())
     state.stop()
 if state.set_data_choice(choice):
     st.rerun()  # the sidebar, drawn before this page, shows the new data set

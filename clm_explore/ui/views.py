@@ -280,6 +280,12 @@ HEATMAP_LABELLED_CELLS = 80
 """Heatmaps of at most this many cells print each cell's value in it (more would not fit: a 30-layer model)."""
 
 
+def still_using(previous: Any) -> None:
+    """Under a data pick that cannot be used (yet): which data set the sidebar and the other pages keep."""
+    if previous is not None:
+        st.caption(f"The other pages still use {escape_markdown(previous.name)}.")
+
+
 def text_last(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its ``text`` column moved to the end: a long text first pushed the labels, predictions and
     probabilities beside it off a 1280-pixel screen."""

@@ -259,6 +259,11 @@ def test_upload_via_library_path_and_column_mapping(tmp_path: Path) -> None:
     assert app.session_state["data_choice"].label_col == "intent"
 
 
+def test_an_upload_not_made_yet_says_which_data_the_other_pages_keep(at: AppTest) -> None:
+    at.radio(key="data_kind").set_value("upload").run()
+    assert "The other pages still use banking77\\_20." in [c.value for c in at.caption]
+
+
 def test_bad_upload_shows_plain_error(tmp_path: Path) -> None:
     raw = b"a,b\n1,2\n"
     app = AppTest.from_file(APP, default_timeout=TIMEOUT)
