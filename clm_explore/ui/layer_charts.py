@@ -97,8 +97,6 @@ def head_attention_pair(text: str, a: RunRecord, b: RunRecord, key: str) -> None
 
 def _task_attention_heatmap(result: object, title: str, key: str) -> None:
     table = result.table()  # type: ignore[attr-defined]
-    for note in result.notes:  # type: ignore[attr-defined]
-        st.caption(f"Note: {escape_markdown(note)}.")
     grid = table.pivot(index="layer", columns="head", values="task_attention")
     picked = table.pivot(index="layer", columns="head", values="selected")
     masked = bool(picked.notna().any().any())
@@ -110,11 +108,17 @@ def _task_attention_heatmap(result: object, title: str, key: str) -> None:
         hovertemplate=hover + ("; %{customdata:.0%} of its q/k/v rows selected" if masked else "") + "<extra></extra>",
     ))
     share = result.task_share  # type: ignore[attr-defined]
-    even = f"even spread {share:.0%}" if share else "no task token in this text"
-    fig.update_layout(title=f"{title}: attention to task tokens ({even}" + ("; ● = rows selected)" if masked else ")"),
-                      height=340, margin=dict(l=10, r=10, t=40, b=10), yaxis_type="category", xaxis_type="category")
+    # A short title, the rest beneath: a long one was cut at a half-width chart, and a note above one map alone
+    # set the two maps side by side at different heights.
+    fig.update_layout(title=f"{title}: attention to task tokens", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      yaxis_type="category", xaxis_type="category")
     numbers = table.set_index(["layer", "head"])
     views.chart(fig, f"{key}_heads", numbers, f"{title}: attention to task tokens per head")
+    even = (f"A head spreading its attention evenly gives the task tokens {share:.0%}." if share
+            else "No task token in this text.")
+    st.caption(even + (" ● = the mask selected rows of this head." if masked else ""))
+    for note in result.notes:  # type: ignore[attr-defined]
+        st.caption(f"Note: {escape_markdown(note)}.")
 
 
 def _attention_map(result: object, layer: int, head: int, title: str, key: str) -> None:

@@ -441,6 +441,8 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     numbers = [d.value for d in at.dataframe if list(d.value.columns) == ["task_attention", "selected"]]
     assert len(numbers) == 2 and numbers[0]["selected"].notna().all() and numbers[1]["selected"].isna().all()
+    said = [c.value for c in at.caption if "spreading its attention evenly" in c.value or "No task token" in c.value]
+    assert len(said) == 2 and "● = the mask selected rows" in said[0] and "●" not in said[1]  # A sparse; B full
     at.toggle(key="cmp_try_heads").set_value(False).run()
     at.button(key="cmp_report").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
