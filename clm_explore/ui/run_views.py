@@ -89,10 +89,13 @@ OUT_OF_SCOPE_ROWS = ("accuracy", "macro_f1", "auroc", "threshold", "oos_recall",
 """metrics.json's ``out_of_scope`` parts shown when a run's test split had labels unseen in train."""
 
 
-METRIC_LABELS = {"budget": "budget %", "peak_memory_mb": "peak memory (MiB)", "train_seconds": "train_seconds (with prep)",
-                 "selected_params": "selected_params (budget's)"}
-"""Row names where metrics.json's key would mislead: the budget is shown in percent as on every other page,
-peak memory is in MiB (2**20 bytes), train_seconds already holds prep_seconds, and the trainable parameters are
+METRIC_LABELS = {"macro_f1": "macro-F1", "train_seconds": "training time, s (with preparation)",
+                 "prep_seconds": "preparation time, s", "examples_per_second": "examples per second",
+                 "peak_memory_mb": "peak memory, MiB", "trainable_params": "trainable parameters",
+                 "selected_params": "selected parameters (the budget's rows)", "total_params": "total parameters",
+                 "budget": "budget %", "lowest_layer": "lowest trained layer", "prefix_cache": "frozen layers cached"}
+"""Row names in words (metrics.json's keys in the runs' files and the CLI): the budget in percent as on every other
+page, peak memory in MiB (2**20 bytes), the training time holding the preparation's, and the trainable parameters
 the budget's rows plus the head (and LayerNorms), which a two-layer head makes far more."""
 
 
@@ -102,7 +105,8 @@ def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
             for name in METRIC_ROWS}
     scopes = [r.metrics.get("out_of_scope") or {} for r in (a, b)]
     if any(scopes):  # abstention on the test rows of unseen labels (threshold from validation)
-        rows.update({f"out of scope: {name}": [_fmt(s.get(name)) for s in scopes] for name in OUT_OF_SCOPE_ROWS})
+        rows.update({f"out of scope: {METRIC_LABELS.get(name, name)}": [_fmt(s.get(name)) for s in scopes]
+                     for name in OUT_OF_SCOPE_ROWS})
     return pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T.rename_axis("metric")
 
 
@@ -114,8 +118,8 @@ def _shown_metric(name: str, value: Any) -> Any:
 
 def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
     st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics")
-    st.caption("selected_params counts the budget's rows; trainable_params adds what trains beside them (the head, "
-               "and LayerNorms where the run trains them).")
+    st.caption("Selected parameters count the budget's rows; trainable parameters add what trains beside them (the "
+               "head, and LayerNorms where the run trains them).")
 
 
 def _fmt(value: Any) -> str:

@@ -672,6 +672,8 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert frame.loc["out of scope: accuracy"].tolist() == ["0.6100", "–"]
     assert frame.loc["out of scope: auroc"].tolist() == ["0.8125", "–"]
     assert frame.loc["accuracy"].tolist() == ["0.5000", "0.2500"]  # shares: 4 decimals on both sides
+    assert frame.loc["out of scope: macro-F1"].tolist() == ["0.5000", "–"]  # in words, not metrics.json's keys
+    assert "peak memory, MiB" in frame.index and "peak_memory_mb" not in frame.index
     tiny = metrics_side_by_side(record("a", budget=0.00005), record("b", budget=0.01))
     assert tiny.loc["budget %"].tolist() == ["0.0050", "1"]  # in percent, as elsewhere; a tiny one not rounded to 0
 
