@@ -43,8 +43,10 @@ def layer_similarity_toggle(a: RunRecord, b: RunRecord, key: str) -> None:
             st.warning(escape_markdown(f"{name}: {exc}"))
     if not pairs:
         return
-    fig = go.Figure([go.Scatter(x=layer_axis_labels(r.table["layer"]), y=r.table["cka"], mode="lines+markers", name=name)
-                     for name, r in pairs.items()])
+    fig = go.Figure([go.Scatter(x=layer_axis_labels(r.table["layer"]), y=r.table["cka"], mode="lines+markers", name=name,
+                                line_dash=dash, marker_symbol=symbol)  # told apart without their colours
+                     for (name, r), dash, symbol in zip(pairs.items(), ("solid", "dash", "dot"),
+                                                        ("circle", "square", "diamond"), strict=False)])
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="CKA per layer",
                       xaxis_title="the output of (emb = the embeddings)", yaxis_title="CKA (debiased)",
                       xaxis_type="category")

@@ -118,6 +118,11 @@ def data_error_text(message: str, upload: bool) -> str:
     return message
 
 
+UPRIGHT_LABEL_BARS = 30
+"""Labels drawn as upright bars at most; more as one horizontal bar each, ``LABEL_BAR_PX`` tall."""
+LABEL_BAR_PX = 18
+
+
 def render_data_report(report: Any, key: str) -> None:
     """Sizes, a per-label bar chart, lengths, duplicates and leakage; problems in plain words."""
     with metric_row():
@@ -136,9 +141,14 @@ def render_data_report(report: Any, key: str) -> None:
     counts = table.reset_index()
     counts["label"] = counts["label"].map(plot_text)
     long = counts.melt(id_vars="label", var_name="split", value_name="rows")
-    fig = px.bar(long, x="label", y="rows", color="split", title="Rows per label")
-    # Category axis: coded labels (1, 10, 1000) drew bars at positions on a numeric scale, thin slivers far apart.
-    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45, xaxis_type="category")
+    if len(counts) <= UPRIGHT_LABEL_BARS:
+        fig = px.bar(long, x="label", y="rows", color="split", title="Rows per label")
+        # Category axis: coded labels (1, 10, 1000) drew bars at positions on a numeric scale, thin slivers far apart.
+        fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45, xaxis_type="category")
+    else:  # one row per label, every name shown: upright bars of 77 labels squashed and named every other one
+        fig = px.bar(long, y="label", x="rows", color="split", title="Rows per label", orientation="h")
+        fig.update_layout(height=LABEL_BAR_PX * len(counts) + 120, margin=dict(l=10, r=10, t=40, b=10),
+                          yaxis_type="category", yaxis_dtick=1, yaxis_autorange="reversed")
     chart(fig, f"{key}_labels", table.fillna(0).astype(int), "rows per label and split")
     lengths = pd.DataFrame(
         {(split, unit): v for split, units in report.lengths.items() for unit, v in units.items()}

@@ -75,6 +75,19 @@ def test_the_data_page_points_to_the_next_steps_and_empty_pages_to_finetune(at: 
         assert [link.proto.page for link in at.get("page_link")] == ["finetune"]
 
 
+def test_many_labels_are_drawn_as_a_bar_a_label_each_named(at: AppTest) -> None:
+    def label_chart() -> dict:
+        charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+        return next(c for c in charts if c["layout"]["title"]["text"] == "Rows per label")
+
+    assert label_chart()["data"][0]["orientation"] == "v"  # the sample's 20 labels: upright
+    at.radio(key="data_kind").set_value("shared").run(timeout=TIMEOUT)
+    at.selectbox(key="data_shared").set_value("banking77").run(timeout=TIMEOUT)
+    chart = label_chart()  # 77: squashed upright, every other name left out; now a row each, all named
+    assert chart["data"][0]["orientation"] == "h" and chart["layout"]["yaxis"]["dtick"] == 1
+    assert chart["layout"]["height"] >= 77 * 18
+
+
 def test_data_page_says_how_many_texts_a_run_would_cut(at: AppTest) -> None:
     said = next(i.value for i in at.info if "sub-tokens a run reads" in i.value)  # the tiny tokenizer splits a lot
     longer = int(re.match(r"([\d,]+) of", said).group(1).replace(",", ""))
