@@ -565,15 +565,16 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
         st.warning("These runs were trained on different data or models: their difference says little.")
     table = compare_run_groups([by_id[i].metrics for i in a_ids], [by_id[i].metrics for i in b_ids])
     level = f"{COMPARISON_LEVEL:.0%}"
-    number = st.column_config.NumberColumn
-    st.dataframe(table, key=f"{key}_table", hide_index=True, column_config={
-        "a_mean": number("A mean", format="%.4f"), "a_std": number("A std", format="%.4f"),
-        "a_runs": number("A runs"), "b_mean": number("B mean", format="%.4f"),
-        "b_std": number("B std", format="%.4f"), "b_runs": number("B runs"),
-        "difference_points": number("A − B (points)", format="%+.2f"),
-        "low_points": number(f"{level} low", format="%+.2f"), "high_points": number(f"{level} high", format="%+.2f"),
-        "std_ratio": number("std A / B", format="%.2f"), "std_ratio_low": number(f"std ratio {level} low", format="%.2f"),
-        "std_ratio_high": number(f"std ratio {level} high", format="%.2f")})
+    formats = {"a_mean": "{:.4f}", "a_std": "{:.4f}", "b_mean": "{:.4f}", "b_std": "{:.4f}",
+               "difference_points": "{:+.2f}", "low_points": "{:+.2f}", "high_points": "{:+.2f}",
+               "std_ratio": "{:.2f}", "std_ratio_low": "{:.2f}", "std_ratio_high": "{:.2f}"}
+    names = {"a_mean": "A mean", "a_std": "A std", "a_runs": "A runs", "b_mean": "B mean", "b_std": "B std",
+             "b_runs": "B runs", "difference_points": "A − B (points)", "low_points": f"{level} low",
+             "high_points": f"{level} high", "std_ratio": "std A / B", "std_ratio_low": f"std ratio {level} low",
+             "std_ratio_high": f"std ratio {level} high"}
+    # A figure a group cannot have (a std of one run, its interval) is "–": the table showed "None".
+    st.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True,
+                 column_config={column: st.column_config.Column(name) for column, name in names.items()})
     st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
                "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "
                "0, so these runs cannot tell the two apart; **one seed**: a group has one run; **no spread**: every "
