@@ -623,6 +623,59 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
     return path
 
 
+@dataclass
+class RunDirClaim:
+    """A run folder claimed by ``claimed_run_dir``: ``keep()`` once the new run has succeeded; ``earlier`` is where the
+    run it replaces waits meanwhile (None: it replaced none), ``restored`` whether that run was put back."""
+
+    path: Path
+    earlier: Path | None = None
+    kept: bool = False
+    restored: bool = False
+
+    def keep(self) -> None:
+        """The new run is the folder's: the earlier one is deleted when the claim ends."""
+        self.kept = True
+
+
+@contextmanager
+def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Iterator[RunDirClaim]:
+    """``claim_run_dir`` that keeps the run it replaces until the new one has succeeded: moved aside (a hidden folder
+    beside it, ``.replaced-*``), deleted when the body called ``keep()``, else put back in place of the new run's
+    files (a failure, a cancel, Ctrl-C, SIGTERM: the earlier, finished run was lost with the new one's start). A
+    process killed outright leaves it in the hidden folder. Checks and refusals as ``claim_run_dir``'s.
+
+    Raises:
+        RunFolderError: what stands in the way, and what to do.
+    """
+    path = check_run_dir(out, overwrite, protected)
+    claim = RunDirClaim(path)
+    if path.exists() and holds_files(path):
+        claim.earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
+        path.rename(claim.earlier)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield claim
+    finally:
+        if claim.earlier is not None:
+            if claim.kept:
+                shutil.rmtree(claim.earlier.parent, ignore_errors=True)
+            else:
+                claim.restored = _put_back(path, claim.earlier)
+
+
+def _put_back(path: Path, earlier: Path) -> bool:
+    """The earlier run ``earlier`` in ``path`` again, the new run's files deleted; False (the earlier run left where it
+    waits) when the file system refuses."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+        earlier.rename(path)
+        earlier.parent.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = (),
                   launch_peer: bool = False) -> Path:
     """What ``claim_run_dir`` checks, touching nothing: the other processes of a launch run it while rank 0

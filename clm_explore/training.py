@@ -69,7 +69,7 @@ from clm_explore.runs import (
     TRAINED_LENGTH_KEY,
     RunStatus,
     check_run_dir,
-    claim_run_dir,
+    claimed_run_dir,
     holds_files,
     run_folder_lock,
     share_tensor_files,
@@ -790,8 +790,10 @@ def finetune(
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
         if given is not None:
             check_scores_fit(given, loaded, data.labels, cfg.mask)
-        if main and out_dir.exists() and holds_files(out_dir):  # emptied only now: overwrite=True must not
-            claim_run_dir(out_dir, overwrite)  # delete a finished run for a mistyped source or a refused config
+        claim = None
+        if main and out_dir.exists() and holds_files(out_dir):  # claimed only now: overwrite=True must not move a
+            # finished run aside for a mistyped source or a refused config; it is put back unless this one succeeds
+            claim = closing.enter_context(claimed_run_dir(out_dir, overwrite))
         if accelerator is not None:
             device = accelerator.device
             # Rank 0 has claimed (and with overwrite emptied) the run folder before any other rank writes into it.
@@ -806,8 +808,11 @@ def finetune(
                                                 "data": data.source,
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
-            return _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase,
-                                   given)
+            result = _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase,
+                                     given)
+        if claim is not None and result.status == "succeeded":
+            claim.keep()
+        return result
 
 
 def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfig, device: torch.device,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -346,3 +347,27 @@ def test_a_notebooks_natural_stand_ins_are_read_or_refused_by_name(tiny_data, da
         clm_explore.run_grid(tiny_data.train, clm_explore.BenchConfig(methods=("head",)), tmp_path / "bench")
     assert repr(clm_explore.RunStore(tmp_path / "registry")) == f"RunStore({str((tmp_path / 'registry').resolve())!r})"
     assert clm_explore.LabelAuditConfig(splits="train").splits == ("train",)
+
+
+def test_overwrite_puts_the_earlier_run_back_when_the_new_one_is_cancelled_or_fails(tiny_data, tmp_path):
+    import pytest
+
+    cfg = clm_explore.FinetuneConfig(method="head", epochs=1)
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    cancelled = clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", overwrite=True,
+                                     progress=False, should_stop=lambda: True)
+    assert cancelled.status == "cancelled"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == files  # was lost
+
+    def fail(step):
+        raise RuntimeError("the disk is full")
+
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", overwrite=True, on_step=fail)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == files
+    assert not list(tmp_path.glob(".replaced-*"))  # nothing left beside it
+    replaced = clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1, seed=1),
+                                    tmp_path / "run", source="tiny-random", overwrite=True, progress=False)
+    assert replaced.status == "succeeded" and json.loads((tmp_path / "run" / "metrics.json").read_text())["seed"] == 1
+    assert not list(tmp_path.glob(".replaced-*"))

@@ -509,3 +509,24 @@ def test_commands_that_read_data_pass_on_its_notes(capsys, tmp_path):
     assert isinstance(groups, list)
     assert main(["mine", str(tmp_path / "one.csv"), *TINY]) == 0
     assert "note: No validation split was given" in capsys.readouterr().err  # said by validate only, before
+
+
+def test_an_overwrite_stopped_short_puts_the_earlier_run_back_and_says_so(capsys, data_dir, tmp_path, monkeypatch):
+    from clm_explore import training
+    from clm_explore.runs import RunStatus, RunStore
+
+    out = tmp_path / "run"
+    args = ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out), "--json"]
+    first = run_json(capsys, args)
+    model = (out / "model.safetensors").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the new run trains
+
+    monkeypatch.setattr(training, "_train_and_save", interrupted)
+    assert main([*args, "--overwrite"]) == 130  # "interrupted"
+    assert (out / "model.safetensors").read_bytes() == model  # deleted before the new run began
+    assert "the earlier run in" in capsys.readouterr().err
+    record = RunStore().get(first["run"])  # the new run's cancel, recorded under the folder, read again from it
+    assert record.status is RunStatus.SUCCEEDED and record.metrics["accuracy"] == first["accuracy"]
+    assert not list(tmp_path.glob(".replaced-*"))

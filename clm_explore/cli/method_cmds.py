@@ -354,7 +354,7 @@ def _end_process_group(together: bool) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model, resolve_device
-    from clm_explore.runs import RunStore, check_run_dir, claim_run_dir, default_root, run_folder_lock
+    from clm_explore.runs import RunStore, check_run_dir, claimed_run_dir, default_root, run_folder_lock
     from clm_explore.training import (
         check_processes,
         check_runnable,
@@ -394,12 +394,33 @@ def run_finetune(args: argparse.Namespace) -> int:
         finetune(data, cfg, Path(args.out), source=args.model, overwrite=args.overwrite, scores=given)
         return 0
     store = RunStore()
-    store.check_writable()  # a registry held or damaged is said before --overwrite deletes the earlier run
-    out = claim_run_dir(args.out, args.overwrite, protected=protected) if args.out else None
-    # Held from the claim on (finetune takes it again inside): a second run into this folder is refused before it
-    # registers, where it took over this run's record and, refused later, marked the live run failed.
-    with run_folder_lock(out) if out is not None else contextlib.nullcontext():
-        return _train_registered(args, cfg, data, store, out, processes, given)
+    store.check_writable()  # a registry held or damaged is said before --overwrite moves the earlier run aside
+    if not args.out:
+        return _train_registered(args, cfg, data, store, None, processes, given)
+    claim = None
+    try:
+        with claimed_run_dir(args.out, args.overwrite, protected=protected) as claim:
+            # Held from the claim on (finetune takes it again inside): a second run into this folder is refused
+            # before it registers, where it took over this run's record and, refused later, marked the live run
+            # failed.
+            with run_folder_lock(claim.path):
+                done = _train_registered(args, cfg, data, store, claim.path, processes, given)
+            claim.keep()
+            return done
+    finally:
+        if claim is not None and claim.earlier is not None and not claim.kept:  # the earlier run put back (or kept)
+            _said_put_back(store, claim)
+
+
+def _said_put_back(store: Any, claim: Any) -> None:
+    """After a run into a folder that held a finished one stopped short: where the earlier run is, and its registry
+    record read again from it (the new run's failure had been recorded under the folder)."""
+    if claim.restored:
+        store.register_folder(claim.path)
+        print(f"note: the earlier run in {claim.path} was put back.", file=sys.stderr)
+    else:
+        print(f"note: the earlier run that was in {claim.path} is kept in {claim.earlier}: move it back by hand.",
+              file=sys.stderr)
 
 
 def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any, out: Path | None,
