@@ -1419,7 +1419,7 @@ def test_charts_carry_their_numbers_and_a_diverging_map_centres_on_zero() -> Non
     heat, matrix = (json.loads(chart.proto.spec) for chart in app.get("plotly_chart"))
     assert heat["data"][0]["zmid"] == 0  # +2e-8 is blue, not red: the white point is 0, not the data's middle
     assert matrix["layout"]["xaxis"]["dtick"] == 1 and matrix["layout"]["yaxis"]["dtick"] == 1  # every label named
-    assert [e.label for e in app.expander] == ["Numbers: Difference", "Numbers: A: full"]
+    assert [e.label for e in app.expander] == ["Numbers\\: Difference", "Numbers\\: A\\: full"]  # escaped Markdown
     assert app.dataframe[0].value.loc["L1", "k"] == -4e-5
     assert app.dataframe[1].value.shape == (20, 20) and app.dataframe[1].value.loc["label 3", "label 3"] == 1
 
