@@ -235,7 +235,8 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         # fp32 whatever the checkpoint stores: deltas and AdamW state take the weights' dtype, and bf16 weights
         # would lose most updates to rounding (CUDA gets bf16 through autocast, over fp32 master weights).
-        model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=torch.float32, **kwargs)
+        model, loading = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=torch.float32,
+                                                                             output_loading_info=True, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
         # What a folder without a usable model raises: no files, a weights file cut short (SafetensorError), a head
         # whose size its config's labels do not match (RuntimeError: "You set ignore_mismatched_sizes to False"), a
@@ -245,12 +246,31 @@ def load_model(
             why = ("the classification head's size differs from the labels config.json names (id2label): the config "
                    "was edited or is another model's")
         raise ModelSourceError(f"Could not load a classification model from {resolved}: {why}") from exc
+    _check_weights_found(model, loading.get("missing_keys") or [], resolved)
     _check_linear_head(model)
     _check_tokenizer_fits(model, tokenizer, resolved)
     is_decoder = (bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES
                   or hasattr(model, "score"))  # a `score` head reads the last token, as decoders pool
     _align_pad_tokens(model, tokenizer, is_decoder, resolved)
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
+
+
+MOST_WEIGHTS_MISSING = 0.5
+"""Share of a model's weights that its files may lack (a new head, a pooler) before the folder is refused."""
+
+
+def _check_weights_found(model: PreTrainedModel, missing: list[str], where: str) -> None:
+    """Refuse a folder whose weight files do not hold most of the model its config.json names: transformers starts
+    every missing weight at random and only warns, so a config edited to another model type (bert -> gpt2) predicted,
+    explained and reported on a random model in silence."""
+    weights = model.state_dict()
+    total = sum(t.numel() for t in weights.values())
+    lacking = sum(weights[name].numel() for name in missing if name in weights)
+    if total and lacking / total > MOST_WEIGHTS_MISSING:
+        raise ModelSourceError(
+            f"{where}: {lacking:,} of its {total:,} weights ({lacking / total:.0%}) are not in its weight files for "
+            f"the {type(model).__name__} its config.json names (model_type {model.config.model_type!r}), and would "
+            "start at random: the config was edited or is another model's. Restore the folder's own config.json.")
 
 
 def _check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:

@@ -277,3 +277,17 @@ def test_a_model_folder_whose_weights_file_would_run_code_is_refused_by_name(tmp
     with pytest.raises(ModelSourceError, match="Could not load a classification model from .*model"):
         load_model(str(tmp_path / "model"), ["a", "b"])  # UnpicklingError: the app's "unexpected error"
     assert not (tmp_path / "pwned").exists()  # torch's weights_only load ran nothing
+
+
+def test_a_folder_whose_config_names_another_model_type_is_refused_not_started_at_random(tmp_path):
+    import json
+
+    loaded = load_model("tiny-random", ["a", "b"])
+    loaded.model.save_pretrained(tmp_path)
+    loaded.tokenizer.save_pretrained(tmp_path)
+    assert load_model(str(tmp_path)).model.config.id2label == {0: "a", 1: "b"}  # its own config: every weight found
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2",
+                                                      "architectures": ["GPT2ForSequenceClassification"]}))
+    with pytest.raises(ModelSourceError, match=r"of its .* weights \(100%\) are not in its weight files .*model_type 'gpt2'"):
+        load_model(str(tmp_path))  # predicted, explained and reported on a random GPT-2 in silence
