@@ -530,3 +530,22 @@ def test_an_overwrite_stopped_short_puts_the_earlier_run_back_and_says_so(capsys
     record = RunStore().get(first["run"])  # the new run's cancel, recorded under the folder, read again from it
     assert record.status is RunStatus.SUCCEEDED and record.metrics["accuracy"] == first["accuracy"]
     assert not list(tmp_path.glob(".replaced-*"))
+
+
+def test_ctrl_c_before_a_command_starts_is_said_in_a_word(capsys, monkeypatch):
+    import clm_explore.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt  # the first seconds: the parser built, torch imported
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["predict", "--run", "x", "--text", "hi"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"  # a 50-line traceback before
+
+
+def test_a_path_that_is_not_utf8_is_refused_before_any_folder_is_made(capsys, data_dir, tmp_path):
+    out = str(tmp_path) + "/\udcffbad"  # what Python makes of a Latin-1 shell's byte 0xff
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--out", out]) == 2
+    assert "--out" in capsys.readouterr().err and [p.name for p in tmp_path.iterdir()] == ["data"]  # an empty folder was left
+    assert main(["predict", "--run", out, "--text", "hi"]) == 2
+    assert "is not UTF-8; set your terminal to UTF-8" in capsys.readouterr().err  # a traceback from the registry

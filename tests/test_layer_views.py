@@ -153,6 +153,8 @@ def test_layers_and_heads_commands(capsys, runs) -> None:
     assert len(record["heads"]) == 8 and record["task_positions"] and 0 < record["task_share"] < 1
     for argv, said in ((["layers", "--run", str(runs["sparse"]), "--max-rows", "2"], "--max-rows must be at least 10"),
                        (["heads", "--run", str(runs["sparse"]), "--text", "  "], "--text is empty"),
+                       (["heads", "--run", str(runs["sparse"]), "--text", "caf\udce9"],  # a Latin-1 shell's é
+                        "is not UTF-8 text; set your terminal to UTF-8"),
                        (["layers", "--run", str(runs["sparse"]) + "-missing"], "no such run folder")):
         assert main(argv) == 2
         assert said in capsys.readouterr().err

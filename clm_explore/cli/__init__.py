@@ -77,16 +77,17 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def checked_texts(texts: list[str], flag: str = "--text") -> list[str]:
-    """Texts given on the command line, refused when blank or not UTF-8 (a shell in another encoding)."""
+def checked_texts(texts: list[str], flag: str = "--text", has_file: bool = True) -> list[str]:
+    """Texts given on the command line, refused when blank or not UTF-8 (a shell in another encoding); ``has_file``:
+    the command also reads texts from a file (--file), which the message then offers."""
     for text in texts:
         if not text.strip():
-            raise UserError(f"{flag} is empty: give the text to classify.")
+            raise UserError(f"{flag} is empty: give the text to " + ("classify." if has_file else "read."))
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise UserError(f"{flag} {text!r} is not UTF-8 text; set your terminal to UTF-8, or put the texts in "
-                            "a file (--file)") from None
+            raise UserError(f"{flag} {text!r} is not UTF-8 text; set your terminal to UTF-8"
+                            + (", or put the texts in a file (--file)" if has_file else "")) from None
     return texts
 
 
@@ -256,8 +257,35 @@ DATA_FIRST = ("validate", "audit", "mine", "sensitivity")
 """Commands that take the data as their first argument, not as ``--data`` (finetune and bench do)."""
 
 
+def _not_utf8(argv: list[str]) -> str:
+    """What names an argument that is not UTF-8 (a path or value typed in a shell of another encoding), '' when
+    none: a folder so named failed deep in the run registry with a traceback, after its folder was made. Texts
+    (--text) are the commands' own to check (``checked_texts``), with a word on --file."""
+    for i, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            flag = argv[i - 1] if i and argv[i - 1].startswith("-") else "an argument"
+            if flag == "--text":
+                continue
+            return (f"{flag} {arg!r} is not UTF-8; set your terminal to UTF-8, or give a name in UTF-8 (rename the file "
+                    "or folder)")
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the parser is built or torch imports (the first seconds): no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if said := _not_utf8(argv):
+        print(f"error: {said}", file=sys.stderr)
+        return 2
     if argv and argv[0] in DATA_FIRST and any(a == "--data" or a.startswith("--data=") for a in argv[1:]):
         # argparse's answer is the top-level usage and "unrecognized arguments: --data"
         print(f"error: {argv[0]} takes the data without --data: clm-explore {argv[0]} DATA [options] "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import UserError, checked_max_length, print_json
+from clm_explore.cli import UserError, checked_max_length, checked_texts, print_json
 
 MIN_CKA_ROWS = 10
 """``layer_views.MIN_CKA_ROWS``, here so that --help loads no torch."""
@@ -88,8 +88,7 @@ def run_heads(args: argparse.Namespace) -> int:
     from clm_explore.layer_views import head_attention
 
     run = checked_run(args.run, "--run")
-    if not args.text.strip():
-        raise UserError("--text is empty; give the text to read.")
+    checked_texts([args.text], has_file=False)  # a text not UTF-8 failed deep in the tokenizer with a traceback
     groups_from = checked_run(args.groups_from, "--groups-from")
     result = head_attention(run, args.text, checked_max_length(args.max_length, run), groups_from=groups_from)
     if args.json:
