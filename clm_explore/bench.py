@@ -67,7 +67,7 @@ from clm_explore.config import (
     keywords_checked,
 )
 from clm_explore.data import AnnotatedData, load_data
-from clm_explore.runs import write_json_atomic
+from clm_explore.runs import RunStore, write_json_atomic
 
 LR_FACTORS = (1.0, 1 / 3, 3.0)
 """The LR sweep: the method's default times these (the default first, so it wins ties)."""
@@ -844,6 +844,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     check_out_dir(out_dir, data_path)
     splits = grid_splits(data, cfg)
     check_grid_rows(splits[0], cfg)
+    if runner is None:  # each cell's finetune registers its run: a registry it cannot use failed every cell in turn
+        RunStore().check_writable()
     check_model_and_device(cfg)  # before bench.json: a refused grid leaves the out folder as it was, and a
     check_budgets(cfg, data.labels)  # mistyped model or device is said once, not by every cell
     _check_resume(out_dir, cfg, splits_digest(splits))

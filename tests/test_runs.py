@@ -425,6 +425,9 @@ def test_a_damaged_registry_is_named_and_a_run_it_would_replace_is_kept(tmp_path
     assert "cannot be used" in capsys.readouterr().err and (old / "clm_run.json").is_file()  # it was deleted
     assert main(["predict", "--run", "20261206-000000-x", "--text", "hi"]) == 2  # not "not a known run id"
     assert "registry" in capsys.readouterr().err
+    bench = tmp_path / "bench"  # every cell ran and failed on it in turn, then exit 1
+    assert main(["bench", "--data", str(data), "--model", "tiny-random", "--methods", "head", "--out", str(bench)]) == 2
+    assert "cannot be used" in capsys.readouterr().err and not bench.exists()
 
 
 def test_a_folder_whose_metrics_cannot_be_read_registers_as_failed_not_as_a_run_that_was_killed(tmp_path):
