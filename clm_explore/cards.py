@@ -246,8 +246,9 @@ def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:
         lines.append(f"Layers trained: {md_text(metrics['layers'])}.")
     try:
         table = mask_table(folder)
-    except ModelSourceError:  # a damaged masks file: the card goes without its table (the report names the file)
+    except ModelSourceError as exc:  # a damaged masks file: the card goes without its table, and says why
         table = None
+        lines.append(f"The table of rows chosen is left out: {md_text(exc)}")
     if table is not None and not table.empty:
         per_layer = table.groupby("layer", sort=False)[["selected_rows", "rows"]].sum()
         order = sorted(per_layer.index, key=lambda layer: -1 if layer == "emb" else int(layer))

@@ -175,19 +175,24 @@ def split_frame(run_dir: str | Path, split: str = "test", data: pd.DataFrame | N
     return read_predictions(path)
 
 
-def read_predictions(path: Path, needed: Sequence[str] = PREDICTION_COLUMNS) -> pd.DataFrame:
+OTHER_ROWS_HINT = "give the rows to explain instead (clm-explore report --data DATA)"
+"""What a reader of a damaged predictions.csv can do instead, in a case study's words (``read_predictions``)."""
+
+
+def read_predictions(path: Path, needed: Sequence[str] = PREDICTION_COLUMNS, instead: str = OTHER_ROWS_HINT
+                     ) -> pd.DataFrame:
     """A run's predictions.csv, refused with the file named when it cannot be read or lacks one of the ``needed``
-    columns: a damaged file would otherwise stop the case study (or the app's Compare page) with a bare KeyError."""
+    columns: a damaged file would otherwise stop the case study (or the app's Compare page) with a bare KeyError.
+    ``instead``: the message's other way, in the caller's words."""
     try:
         frame = pd.read_csv(path, dtype={"text": str, "label": str, "pred": str}, keep_default_na=False)
     except ValueError as exc:  # pandas' ParserError and EmptyDataError, a file that is not UTF-8
-        raise DataError(f"{path} cannot be read as a CSV file ({exc}); restore the run's predictions.csv, or give "
-                        "the rows to explain instead (clm-explore report --data DATA).") from exc
+        raise DataError(f"{path} cannot be read as a CSV file ({exc}); restore the run's predictions.csv, or "
+                        f"{instead}.") from exc
     missing = [col for col in needed if col not in frame.columns]
     if missing:
         raise DataError(f"{path} has no {' or '.join(missing)} column (it needs {' and '.join(needed)}, "
-                        "as finetune writes it); restore the run's predictions.csv, or give the rows to explain "
-                        "instead (clm-explore report --data DATA).")
+                        f"as finetune writes it); restore the run's predictions.csv, or {instead}.")
     # finetune numbers the rows in file order; a file without the column is numbered the same way
     return frame if "row" in frame.columns else frame.rename_axis("row").reset_index()
 

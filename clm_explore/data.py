@@ -311,7 +311,8 @@ def _split_files(folder: Path) -> dict[str, Path]:
             names = ", ".join(f.name for f in files)
             raise DataError(f"{folder} holds several {split} files ({names}). Keep one file per split.")
     if "train" not in found:
-        listed = ", ".join(sorted(f.name for f in folder.iterdir())[:20]) or "nothing"
+        # A folder is listed with a slash: "found: train.csv" beside "no train file" read as a contradiction
+        listed = ", ".join(sorted(f.name + ("/" if f.is_dir() else "") for f in folder.iterdir())[:20]) or "nothing"
         raise DataError(f"{folder} has no train file (found: {listed}). Name the files train, validation (or dev) "
                         "and test with a .csv, .tsv, .jsonl, .json or .parquet extension, or pass a single file.")
     return {split: files[0] for split, files in found.items()}

@@ -178,14 +178,14 @@ def _model_of(run: Any) -> tuple[LoadedModel, str, int]:
 def _test_texts(run: Any) -> list[str]:
     if isinstance(run, LoadedModel):
         raise LayerViewError("A loaded model has no test rows of its own: pass texts=[...].")
-    from clm_explore.casestudy import split_frame
+    from clm_explore.casestudy import read_predictions
 
     folder = finished_run(run)
-    try:
-        return split_frame(folder)["text"].astype(str).tolist()
-    except FileNotFoundError:
+    if not (folder / "predictions.csv").is_file():
         raise LayerViewError(f"{folder} has no predictions.csv, whose test rows CKA reads by default: pass the texts "
-                             "(texts=[...]; clm-explore layers --file F).") from None
+                             "(texts=[...]; clm-explore layers --file F).")
+    instead = "pass the texts (texts=[...]; clm-explore layers --file F)"  # not report's --data
+    return read_predictions(folder / "predictions.csv", ("text",), instead)["text"].astype(str).tolist()
 
 
 def _sampled(texts: Sequence[str], max_rows: int) -> list[str]:

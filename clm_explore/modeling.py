@@ -40,6 +40,7 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers import __version__ as transformers_version  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from clm_explore.runs import (  # noqa: E402
@@ -245,6 +246,11 @@ def load_model(
         if "ignore_mismatched_sizes" in why:  # transformers' words point at its own argument
             why = ("the classification head's size differs from the labels config.json names (id2label): the config "
                    "was edited or is another model's")
+        unknown = re.search(r"has model type `([^`]*)` but Transformers does not recognize", why)
+        if unknown:  # its four lines advise upgrading transformers, where a damaged config.json is as likely
+            why = (f"its config.json names model_type {unknown.group(1)!r}, which transformers {transformers_version} "
+                   "does not know: check the folder's config.json (edited, or another library's model); a model "
+                   "newer than this transformers needs a newer one")
         raise ModelSourceError(f"Could not load a classification model from {resolved}: {why}") from exc
     _check_weights_found(model, loading.get("missing_keys") or [], resolved)
     _check_linear_head(model)

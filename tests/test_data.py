@@ -747,6 +747,13 @@ def test_a_folder_split_in_a_format_not_read_is_refused_not_carved_over(tmp_path
     assert len(load_data(tmp_path).train) > 0
 
 
+def test_a_folder_named_like_a_split_file_is_listed_as_a_folder(tmp_path):
+    (tmp_path / "train.csv").mkdir()  # "no train file (found: test.csv, train.csv)" read as a contradiction
+    (tmp_path / "test.csv").write_text("text,label\na,b\n")
+    with pytest.raises(DataError, match=r"has no train file \(found: test\.csv, train\.csv/\)"):
+        load_data(tmp_path)
+
+
 def test_a_dict_giving_one_split_twice_and_hand_built_labels_that_miss_train_are_refused():
     frame = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": ["a", "b"] * 20})
     with pytest.raises(DataError, match="gives the validation split twice"):  # 'dev' replaced 'validation'

@@ -158,3 +158,15 @@ def test_layers_and_heads_commands(capsys, runs) -> None:
                        (["layers", "--run", str(runs["sparse"]) + "-missing"], "no such run folder")):
         assert main(argv) == 2
         assert said in capsys.readouterr().err
+
+
+def test_a_damaged_predictions_file_points_to_the_texts_layers_can_take(runs, tmp_path) -> None:
+    import shutil
+
+    from clm_explore.data import DataError
+
+    copy = shutil.copytree(runs["head"], tmp_path / "run")
+    (copy / "predictions.csv").write_bytes(b"\x00\xff random bytes, not a CSV \xfe")
+    with pytest.raises(DataError, match=r"restore the run's predictions.csv, or pass the texts .*layers --file F") as said:
+        layer_similarity(copy)
+    assert "report --data" not in str(said.value)  # the case study's way, which layers does not take

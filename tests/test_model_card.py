@@ -140,3 +140,14 @@ def test_a_prefix_runs_card_points_to_the_tool_and_a_foreign_readme_is_kept(tmp_
     with pytest.raises(ModelCardError, match="clm-explore did not write; it is left as it is"):
         write_model_card(run)
     assert (run.out_dir / "README.md").read_text() == "# my own notes\n"
+
+
+def test_a_damaged_masks_file_leaves_the_rows_table_out_and_says_why(tmp_path, sparse_run):
+    import shutil
+
+    copy = shutil.copytree(sparse_run.out_dir, tmp_path / "run")
+    assert "| layer | rows chosen | rows |" in model_card(copy)
+    (copy / "masks.safetensors").write_bytes(b"not a safetensors file")
+    card = model_card(copy)  # the table was dropped without a word, where report and heads name the file
+    assert "| layer | rows chosen | rows |" not in card and "The table of rows chosen is left out:" in card
+    assert "masks.safetensors" in card
