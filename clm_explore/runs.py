@@ -640,39 +640,58 @@ class RunDirClaim:
 
 @contextmanager
 def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Iterator[RunDirClaim]:
-    """``claim_run_dir`` that keeps the run it replaces until the new one has succeeded: moved aside (a hidden folder
-    beside it, ``.replaced-*``), deleted when the body called ``keep()``, else put back in place of the new run's
-    files (a failure, a cancel, Ctrl-C, SIGTERM: the earlier, finished run was lost with the new one's start). A
-    process killed outright leaves it in the hidden folder. Checks and refusals as ``claim_run_dir``'s.
+    """``claim_run_dir`` that keeps the run it replaces until the new one has succeeded, the folder's run lock held
+    throughout. The earlier run's files wait in a hidden folder beside it (``.replaced-*``); they are deleted when
+    the body called ``keep()``, else put back in place of the new run's files (a failure, a cancel, Ctrl-C, SIGTERM:
+    the earlier, finished run was lost with the new one's start). The lock is taken before a file moves and let go
+    after the last: another process's run into the folder is refused all along (a lock taken after the claim let
+    one in between, whose files the put-back would have deleted). A process killed outright leaves the earlier run
+    in the hidden folder. Checks and refusals as ``claim_run_dir``'s.
 
     Raises:
-        RunFolderError: what stands in the way, and what to do.
+        RunFolderError: what stands in the way (another process's run holds the folder, say), and what to do.
     """
     path = check_run_dir(out, overwrite, protected)
-    claim = RunDirClaim(path)
-    if path.exists() and holds_files(path):
-        claim.earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
-        path.rename(claim.earlier)
     path.mkdir(parents=True, exist_ok=True)
-    try:
-        yield claim
-    finally:
-        if claim.earlier is not None:
-            if claim.kept:
-                shutil.rmtree(claim.earlier.parent, ignore_errors=True)
-            else:
-                claim.restored = _put_back(path, claim.earlier)
+    with run_folder_lock(path):
+        claim = RunDirClaim(path)
+        if holds_files(path):
+            claim.earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
+            _move_entries(path, claim.earlier)
+        try:
+            yield claim
+        finally:
+            if claim.earlier is not None:
+                if claim.kept:
+                    shutil.rmtree(claim.earlier.parent, ignore_errors=True)
+                else:
+                    claim.restored = _put_back(path, claim.earlier)
+
+
+def _move_entries(source: Path, target: Path) -> None:
+    """Every entry of ``source`` but its run lock into ``target`` (made), each a rename: the same file system."""
+    target.mkdir()
+    for entry in source.iterdir():
+        if entry.name != RUN_LOCK:
+            entry.rename(target / entry.name)
 
 
 def _put_back(path: Path, earlier: Path) -> bool:
-    """The earlier run ``earlier`` in ``path`` again, the new run's files deleted; False (the earlier run left where it
-    waits) when the file system refuses."""
+    """The earlier run's files (in ``earlier``) in ``path`` again, the new run's deleted (the run lock stays, held by
+    the caller); False, the earlier run left where it waits, when the file system refuses."""
     try:
-        shutil.rmtree(path, ignore_errors=True)
-        earlier.rename(path)
-        earlier.parent.rmdir()
+        for entry in path.iterdir():
+            if entry.name == RUN_LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        for entry in earlier.iterdir():
+            entry.rename(path / entry.name)
     except OSError:
         return False
+    shutil.rmtree(earlier.parent, ignore_errors=True)  # empty now: a failure here leaves an empty hidden folder
     return True
 
 

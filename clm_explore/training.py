@@ -67,6 +67,7 @@ from clm_explore.progress_bar import ProgressBar, combined
 from clm_explore.runs import (
     RANK_COPIES,
     TRAINED_LENGTH_KEY,
+    RunDirClaim,
     RunStatus,
     check_run_dir,
     claimed_run_dir,
@@ -730,7 +731,8 @@ def finetune(
         on_phase: called with (phase, done, total) while the run is prepared, before training's first step:
             "loading the model", "head warm-up", "mining task tokens", "scoring rows" (per batch), ...
         overwrite: replace an earlier run in ``out_dir`` (its files would otherwise mix with this run's);
-            without it such a folder is refused (``runs.RunFolderError``).
+            without it such a folder is refused (``runs.RunFolderError``). The earlier run is kept aside until this
+            one succeeds, and put back (with a warning) when it fails or is cancelled.
         progress: a progress bar (tqdm: a widget in Jupyter, a text bar on stderr) over the preparation's phases
             and the steps, with the loss and each epoch's validation accuracy. None (default): shown when neither
             ``on_step`` nor ``on_phase`` is given; never on the other processes of a multi-process run.
@@ -793,6 +795,7 @@ def finetune(
         claim = None
         if main and out_dir.exists() and holds_files(out_dir):  # claimed only now: overwrite=True must not move a
             # finished run aside for a mistyped source or a refused config; it is put back unless this one succeeds
+            closing.callback(lambda: _warn_put_back(claim))  # after the claim ends (a stack: last in, first out)
             claim = closing.enter_context(claimed_run_dir(out_dir, overwrite))
         if accelerator is not None:
             device = accelerator.device
@@ -813,6 +816,17 @@ def finetune(
         if claim is not None and result.status == "succeeded":
             claim.keep()
         return result
+
+
+def _warn_put_back(claim: RunDirClaim | None) -> None:
+    """A notebook's word on the run an overwrite did not replace (the CLI prints its own)."""
+    if claim is None or claim.earlier is None or claim.kept:
+        return
+    if claim.restored:
+        warnings.warn(f"this run did not succeed: the earlier run in {claim.path} was put back", stacklevel=3)
+    else:
+        warnings.warn(f"this run did not succeed, and the earlier run that was in {claim.path} could not be put back: "
+                      f"it is kept in {claim.earlier}", stacklevel=3)
 
 
 def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfig, device: torch.device,

@@ -355,15 +355,16 @@ def test_overwrite_puts_the_earlier_run_back_when_the_new_one_is_cancelled_or_fa
     cfg = clm_explore.FinetuneConfig(method="head", epochs=1)
     clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
     files = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
-    cancelled = clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", overwrite=True,
-                                     progress=False, should_stop=lambda: True)
+    with pytest.warns(UserWarning, match="this run did not succeed: the earlier run in .* was put back"):
+        cancelled = clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", overwrite=True,
+                                         progress=False, should_stop=lambda: True)
     assert cancelled.status == "cancelled"
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == files  # was lost
 
     def fail(step):
         raise RuntimeError("the disk is full")
 
-    with pytest.raises(RuntimeError, match="the disk is full"):
+    with pytest.raises(RuntimeError, match="the disk is full"), pytest.warns(UserWarning, match="was put back"):
         clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", overwrite=True, on_step=fail)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == files
     assert not list(tmp_path.glob(".replaced-*"))  # nothing left beside it

@@ -473,17 +473,18 @@ def test_a_run_refused_its_folder_after_the_claim_leaves_the_live_runs_record_al
                                                                                       capsys) -> None:
     import signal
 
-    from clm_explore import runs
+    from clm_explore import runs, training  # noqa: F401  (imported first: its own name for the check stays real)
     from clm_explore.cli import main
 
     root, folder = tmp_path / "runs", tmp_path / "out"
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
     holder: list[subprocess.Popen] = []
-    real_claim = runs.claim_run_dir
+    real_check = runs.check_run_dir
 
-    def claim_then_another_run_starts(*args, **kwargs):  # run A gets in between this claim and this run's lock
-        path = real_claim(*args, **kwargs)
+    def check_then_another_run_starts(*args, **kwargs):  # run A gets in between this check and this run's lock
+        path = real_check(*args, **kwargs)
+        path.mkdir(parents=True, exist_ok=True)
         holder.append(subprocess.Popen(
             [sys.executable, "-c", "import sys; from pathlib import Path; from clm_explore.runs import RunStatus, "
              "RunStore, run_folder_lock\n"
@@ -494,7 +495,7 @@ def test_a_run_refused_its_folder_after_the_claim_leaves_the_live_runs_record_al
         assert holder[0].stdout.readline().strip() == "held"
         return path
 
-    monkeypatch.setattr(runs, "claim_run_dir", claim_then_another_run_starts)
+    monkeypatch.setattr(runs, "check_run_dir", check_then_another_run_starts)
     monkeypatch.setenv("CLM_EXPLORE_RUNS", str(root))
     try:
         assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(folder)]) == 2

@@ -354,7 +354,7 @@ def _end_process_group(together: bool) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from clm_explore.modeling import load_model, resolve_device
-    from clm_explore.runs import RunStore, check_run_dir, claimed_run_dir, default_root, run_folder_lock
+    from clm_explore.runs import RunStore, check_run_dir, claimed_run_dir, default_root
     from clm_explore.training import (
         check_processes,
         check_runnable,
@@ -399,12 +399,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         return _train_registered(args, cfg, data, store, None, processes, given)
     claim = None
     try:
+        # The folder's lock is held from the claim on (finetune takes it again inside): a second run into this
+        # folder is refused before it registers, where it took over this run's record and, refused later, marked
+        # the live run failed; and the earlier run is put back into a folder no other run could enter.
         with claimed_run_dir(args.out, args.overwrite, protected=protected) as claim:
-            # Held from the claim on (finetune takes it again inside): a second run into this folder is refused
-            # before it registers, where it took over this run's record and, refused later, marked the live run
-            # failed.
-            with run_folder_lock(claim.path):
-                done = _train_registered(args, cfg, data, store, claim.path, processes, given)
+            done = _train_registered(args, cfg, data, store, claim.path, processes, given)
             claim.keep()
             return done
     finally:
@@ -415,12 +414,15 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _said_put_back(store: Any, claim: Any) -> None:
     """After a run into a folder that held a finished one stopped short: where the earlier run is, and its registry
     record read again from it (the new run's failure had been recorded under the folder)."""
+    from clm_explore.runs import RunStoreError
+
     if claim.restored:
-        store.register_folder(claim.path)
         print(f"note: the earlier run in {claim.path} was put back.", file=sys.stderr)
+        with contextlib.suppress(RunStoreError):  # the registry's trouble must not hide why the run stopped
+            store.register_folder(claim.path)
     else:
-        print(f"note: the earlier run that was in {claim.path} is kept in {claim.earlier}: move it back by hand.",
-              file=sys.stderr)
+        print(f"note: the earlier run that was in {claim.path} is kept in {claim.earlier}: move its files back by "
+              "hand, then list it again (in Python: clm_explore.RunStore().register_folder(path)).", file=sys.stderr)
 
 
 def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any, out: Path | None,
