@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from clm_explore.batches import bounded_texts
+from clm_explore.batches import bounded_texts, tokenized
 from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig, config_from
 from clm_explore.modeling import LoadedModel, load_run
 from clm_explore.runs import TRAINED_LENGTH_KEY
@@ -188,7 +188,8 @@ def explain(
     if not texts:
         return []
     # Group texts of similar length so each batch pads little (sorted by sub-token count).
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]]
+    lengths = [len(ids) for chunk in tokenized(tokenizer, texts, cfg.max_length, truncation=True,
+                                               max_length=cfg.max_length) for ids in chunk["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     results: list[TokenAttribution | None] = [None] * len(texts)
     with model_lock(model):  # Captum hooks the model's input embeddings while it attributes

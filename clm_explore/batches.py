@@ -41,10 +41,11 @@ TOKENIZE_CHUNK = 256
 
 
 def bounded_texts(texts: Sequence[str], max_tokens: int) -> list[str]:
-    """Each text cut to ``max_tokens * CHARS_PER_TOKEN_BOUND`` characters, a prefix long enough for its first
-    ``max_tokens`` sub-tokens (the offsets of a tokenizer's encoding still index the text itself)."""
+    """Each text cut to ``max_tokens * CHARS_PER_TOKEN_BOUND`` characters after its leading whitespace (which reads
+    as no token), a prefix long enough for its first ``max_tokens`` sub-tokens (the offsets of a tokenizer's
+    encoding still index the text itself)."""
     cap = max_tokens * CHARS_PER_TOKEN_BOUND
-    return [text[:cap] for text in texts]
+    return [text if len(text) <= cap else text[: cap + len(text) - len(text.lstrip())] for text in texts]
 
 
 def tokenized(tokenizer: Any, texts: Sequence[str], max_tokens: int, **kwargs: Any) -> Iterator[Any]:

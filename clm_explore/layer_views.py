@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from clm_explore.batches import bounded_texts, text_list
+from clm_explore.batches import bounded_texts, text_list, tokenized
 from clm_explore.modeling import LoadedModel, ModelSourceError, finished_run, load_run, trained_max_length
 
 DEFAULT_MAX_ROWS = 512
@@ -305,7 +305,8 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
     length = max_length or trained_max_length(folder)
     attention, tokens, special, enc = _attentions(loaded, text, length)
     notes = []
-    if len(loaded.tokenizer(text, truncation=False)["input_ids"]) > length:  # as explain says it
+    [counted] = next(tokenized(loaded.tokenizer, [text], length + 1, truncation=True, max_length=length + 1))["input_ids"]
+    if len(counted) > length:  # as explain says it (one sub-token more than read is enough to know)
         notes.append(f"text truncated to {length} sub-tokens (the run's trained length; max_length= reads more)")
     if loaded.is_decoder:
         notes.append("a decoder's token attends only to the tokens before it: a task token late in the text gets "

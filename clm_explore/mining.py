@@ -554,8 +554,16 @@ def _renamed_tokenizer(tok, renames: dict[str, str]):
         return AutoTokenizer.from_pretrained(tmp)
 
 
+MEASURED_TOKENS = 512
+"""Sub-tokens a text is counted up to when merged tokens' shortening is measured: the most a run reads."""
+
+
 def _mean_length(tok, texts: Sequence[str]) -> float:
-    return float(np.mean([len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]))
+    from clm_explore.batches import tokenized
+
+    chunks = tokenized(tok, texts, MEASURED_TOKENS, add_special_tokens=False, truncation=True,
+                       max_length=MEASURED_TOKENS)
+    return float(np.mean([len(ids) for chunk in chunks for ids in chunk["input_ids"]]))
 
 
 def _apply_merges(loaded, plan: list[tuple[_Merge, str]], vocab: dict[str, int]) -> None:

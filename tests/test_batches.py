@@ -50,3 +50,12 @@ def test_mining_and_scoring_read_a_huge_text_through_the_same_bound():
     batches = make_batches(loaded, texts, np.array([0, 1] * 3), None, batch_size=4, max_length=32)
     assert max(longest for _, longest in recording.calls) == 32 * CHARS_PER_TOKEN_BOUND
     assert max(batch.input_ids.shape[1] for batch in batches) == 32
+
+
+def test_leading_whitespace_does_not_count_against_a_texts_cut():
+    from clm_explore.batches import bounded_texts
+
+    padded = " " * 5000 + "my card has not arrived " * 200  # 5,000 spaces: cut to them alone, read as [CLS][SEP]
+    [cut] = bounded_texts([padded], 64)
+    assert cut.strip().startswith("my card has not arrived") and len(cut) == 5000 + 64 * CHARS_PER_TOKEN_BOUND
+    assert bounded_texts(["  short  "], 64) == ["  short  "]  # within the cap: as it was
