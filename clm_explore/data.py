@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from clm_explore.config import DataConfig
+from clm_explore.config import DataConfig, config_from
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
@@ -208,7 +208,7 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     Raises:
         DataError: the data cannot be used; the message says where and what to do.
     """
-    cfg = _with_options(cfg or DataConfig(), options)
+    cfg = _with_options(config_from(cfg, DataConfig, "load_data"), options)
     if isinstance(path, pd.DataFrame | dict):
         return _load_frames(path, cfg)
     if not isinstance(path, str | os.PathLike):  # a Series or a list of rows: say what is taken, not what Path says

@@ -750,6 +750,8 @@ def finetune(
     """
     if isinstance(data, str | Path | pd.DataFrame):
         data = load_data(data)
+    if isinstance(cfg, dict):  # a notebook's {"method": "sparse", "mask": {"budget": 0.02}}
+        cfg = FinetuneConfig(**cfg)
     if not isinstance(data, AnnotatedData) or not isinstance(cfg, FinetuneConfig):
         raise TypeError(f"finetune(data, cfg, out_dir): data is AnnotatedData, a path or a DataFrame (as load_data "
                         f"takes), cfg a FinetuneConfig; got "

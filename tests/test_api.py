@@ -345,6 +345,11 @@ def test_a_notebooks_natural_stand_ins_are_read_or_refused_by_name(tiny_data, da
         clm_explore.compare_run_groups([], [run])
     with pytest.raises(TypeError, match="run_grid takes the data's file or folder"):
         clm_explore.run_grid(tiny_data.train, clm_explore.BenchConfig(methods=("head",)), tmp_path / "bench")
+    renamed = tiny_data.train.rename(columns={"text": "utterance"})
+    assert len(clm_explore.load_data(renamed, {"text_col": "utterance"}).train) > 0  # a dict for DataConfig too
+    by_dict = clm_explore.finetune(tiny_data, {"method": "head", "epochs": 1}, tmp_path / "by-dict", source="tiny-random",
+                                   progress=False)  # and for FinetuneConfig
+    assert by_dict.status == "succeeded" and by_dict.metrics["method"] == "head"
     assert repr(clm_explore.RunStore(tmp_path / "registry")) == f"RunStore({str((tmp_path / 'registry').resolve())!r})"
     assert clm_explore.LabelAuditConfig(splits="train").splits == ("train",)
 
