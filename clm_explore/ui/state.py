@@ -224,16 +224,18 @@ def uploads_root() -> Path:
 
 
 def private_folder(folder: Path) -> Path:
-    """``folder`` made if missing and readable by the server's account alone, with the uploads root above it: under
-    a umask of 022 every account on the machine could read each session's uploads and saved choices (whose file
-    name, the session's token, opens a copy of the session)."""
+    """``folder`` (a session's, or the uploads root) made if missing, and readable by the server's account alone:
+    under a umask of 022 every account on the machine could read each session's uploads, and list the saved
+    sessions, whose file names (their tokens) open a copy of each. The uploads root is closed only when it is the
+    tool's own (the default ``<runs>/_uploads``, or made now): ``$CLM_EXPLORE_UPLOADS`` may name a folder that
+    others read (the runs root, say), whose mode is the operator's."""
+    root = uploads_root()
+    ours = not root.exists() or root.resolve() == (default_root() / "_uploads").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    root = uploads_root().resolve()
-    for path in (folder.resolve(), *folder.resolve().parents):
-        with contextlib.suppress(OSError):  # another account's folder (a shared root): left as it is
+    closed = [folder.resolve()] if folder.resolve() != root.resolve() else []
+    for path in closed + ([root.resolve()] if ours else []):
+        with contextlib.suppress(OSError):  # another account's folder: left as it is
             os.chmod(path, 0o700)
-        if path == root or root not in path.parents:
-            break
     return folder
 
 

@@ -213,11 +213,21 @@ def test_a_session_before_tokens_keeps_its_short_folder_name(tmp_path: Path) -> 
     assert Path(choice.path).read_bytes() == ROWS and Path(choice.path).parent.name == token_of(app) != token
 
 
-def test_uploads_and_saved_sessions_are_readable_by_the_servers_account_alone(tmp_path: Path) -> None:
-    os.umask(0o022)  # the common default, under which both were readable by every account
-    root = tmp_path / "uploads"
-    upload = save_upload(ROWS, "My data.csv", folder=root / ("a" * 32))
-    saved_session.save(root, "b" * 32, "{}")
-    assert [oct(p.stat().st_mode & 0o777) for p in (root, root / ("a" * 32))] == ["0o700", "0o700"]
-    assert oct(Path(upload.path).stat().st_mode & 0o777) == "0o600"
-    assert [oct(p.stat().st_mode & 0o777) for p in root.glob("*.json")] == ["0o600"]
+def test_uploads_and_saved_sessions_are_readable_by_the_servers_account_alone(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    before = os.umask(0o022)  # the common default, under which both were readable by every account
+    try:
+        root = tmp_path / "uploads"
+        upload = save_upload(ROWS, "My data.csv", folder=root / ("a" * 32))
+        saved_session.save(root, "b" * 32, "{}")
+        assert [oct(p.stat().st_mode & 0o777) for p in (root, root / ("a" * 32))] == ["0o700", "0o700"]
+        assert oct(Path(upload.path).stat().st_mode & 0o777) == "0o600"
+        assert [oct(p.stat().st_mode & 0o777) for p in root.glob("*.json")] == ["0o600"]
+        shared = tmp_path / "shared"  # an existing folder others read, named as the uploads root: its mode stays
+        shared.mkdir(mode=0o755)
+        monkeypatch.setenv("CLM_EXPLORE_UPLOADS", str(shared))
+        saved_session.save(shared, "c" * 32, "{}")
+        save_upload(ROWS, "My data.csv", folder=shared / ("d" * 32))
+        assert oct(shared.stat().st_mode & 0o777) == "0o755" and oct((shared / ("d" * 32)).stat().st_mode & 0o777) == "0o700"
+    finally:
+        os.umask(before)
