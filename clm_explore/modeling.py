@@ -261,22 +261,25 @@ def load_model(
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
 
 
-MOST_WEIGHTS_MISSING = 0.5
-"""Share of a model's weights that its files may lack (a new head, a pooler) before the folder is refused."""
+HEAD_PARTS = frozenset({"classifier", "score", "pre_classifier", "pooler"})
+"""Module names of the parts a classification model may lack in its files and start at random: the head (a new one
+over a base model's backbone), the layer some heads read first (DistilBERT's pre_classifier) and the pooler."""
 
 
 def _check_weights_found(model: PreTrainedModel, missing: list[str], where: str) -> None:
-    """Refuse a folder whose weight files do not hold most of the model its config.json names: transformers starts
-    every missing weight at random and only warns, so a config edited to another model type (bert -> gpt2) predicted,
-    explained and reported on a random model in silence."""
-    weights = model.state_dict()
-    total = sum(t.numel() for t in weights.values())
-    lacking = sum(weights[name].numel() for name in missing if name in weights)
-    if total and lacking / total > MOST_WEIGHTS_MISSING:
+    """Refuse a folder whose weight files lack any backbone weight of the model its config.json names: transformers
+    starts every missing weight at random and only warns, so a config edited to another model type (bert -> gpt2)
+    or to more layers (6 -> 12: six random layers) predicted, explained and reported on in silence."""
+    parameters = dict(model.named_parameters())
+    lacking = [name for name in missing if name in parameters and not HEAD_PARTS & set(name.split("."))]
+    if lacking:
+        count = sum(parameters[name].numel() for name in lacking)
+        total = sum(t.numel() for t in parameters.values())
         raise ModelSourceError(
-            f"{where}: {lacking:,} of its {total:,} weights ({lacking / total:.0%}) are not in its weight files for "
-            f"the {type(model).__name__} its config.json names (model_type {model.config.model_type!r}), and would "
-            "start at random: the config was edited or is another model's. Restore the folder's own config.json.")
+            f"{where}: {count:,} of its {total:,} weights ({count / total:.0%}; {lacking[0]}, ...) are not in its "
+            f"weight files for the {type(model).__name__} its config.json names (model_type "
+            f"{model.config.model_type!r}), and would start at random: the config was edited or is another model's. "
+            "Restore the folder's own config.json.")
 
 
 def _check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:

@@ -289,8 +289,11 @@ def test_a_folder_whose_config_names_another_model_type_is_refused_not_started_a
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2",
                                                       "architectures": ["GPT2ForSequenceClassification"]}))
-    with pytest.raises(ModelSourceError, match=r"of its .* weights \(100%\) are not in its weight files .*model_type 'gpt2'"):
+    with pytest.raises(ModelSourceError, match=r"of its .* weights \(100%; .*\) are not in its weight files .*model_type 'gpt2'"):
         load_model(str(tmp_path))  # predicted, explained and reported on a random GPT-2 in silence
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}))
+    with pytest.raises(ModelSourceError, match=r"\(\d+%; bert\.encoder\.layer\.2\..*\) are not in its weight files"):
+        load_model(str(tmp_path))  # one layer more than its files hold: that layer started at random
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "bogus_arch"}))
     with pytest.raises(ModelSourceError, match=r"names model_type 'bogus_arch', which transformers .* does not know: "
                        "check the folder's config.json") as said:
