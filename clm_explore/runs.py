@@ -346,7 +346,7 @@ class RunStore:
                 sets["metrics"] = _dumps(_summary({**record.metrics, **on_disk}))
             meta = read_json_object(record.path / "clm_run.json")
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
-                sets.update(method=str(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
+                sets.update(method=method_name(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
         if (status in STOPPED_STATUSES and (record.path / "clm_run.json").is_file()
                 and _stopped_otherwise_on_disk(record.path / "metrics.json", status)):
             # Only in a run folder (clm_run.json): a folder stopped before it would hold the marker alone, which
@@ -891,7 +891,7 @@ def _record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
         id=row["id"],
         name=row["name"],
-        method=row["method"],
+        method=method_name(row["method"]),  # a row an earlier version wrote may hold any text
         status=RunStatus(row["status"]),
         path=Path(row["path"]),
         created=row["created"],

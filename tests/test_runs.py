@@ -517,6 +517,11 @@ def test_a_folders_method_that_is_no_methods_name_is_kept_as_a_question_mark(sto
     assert store.register_folder(out).method == "?"  # every page that lists the run showed it as Markdown or HTML
     (out / "clm_run.json").write_text(json.dumps({"method": "sparse_merged"}))
     assert store.register_folder(out).method == "sparse_merged"
+    early = tmp_path / "early"  # registered before its run wrote clm_run.json, read again when it succeeds
+    early.mkdir()
+    record = store.register_folder(early)
+    (early / "clm_run.json").write_text(json.dumps({"method": "<b>x</b>"}))
+    assert store.set_status(record.id, RunStatus.SUCCEEDED).method == "?"
 
 
 def test_a_run_folder_replaced_by_a_link_is_not_zipped(store: RunStore, tmp_path: Path) -> None:
