@@ -115,6 +115,9 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
     assert main(args) == 0
     both = json.loads(capsys.readouterr().out)
     assert isinstance(both, list) and [x["target"] for x in both] == ["exchange_rate"] * 2
+    for text, said in (("  ", "--text is empty: give the text to explain.\n"),
+                       ("caf\udce9", "is not UTF-8 text; set your terminal to UTF-8\n")):  # no --file: not offered
+        assert main(["explain", "--run", str(run), "--text", text]) == 2 and capsys.readouterr().err.endswith(said)
     assert main(["explain", "--run", str(run), "--text", "my card"]) == 0
     human = capsys.readouterr().out
     assert human.splitlines()[0].startswith("my") and "delta" in human

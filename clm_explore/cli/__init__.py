@@ -77,12 +77,12 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def checked_texts(texts: list[str], flag: str = "--text", has_file: bool = True) -> list[str]:
-    """Texts given on the command line, refused when blank or not UTF-8 (a shell in another encoding); ``has_file``:
-    the command also reads texts from a file (--file), which the message then offers."""
+def checked_texts(texts: list[str], flag: str = "--text", purpose: str = "classify", has_file: bool = True) -> list[str]:
+    """Texts given on the command line (to ``purpose``), refused when blank or not UTF-8 (a shell in another
+    encoding); ``has_file``: the command also reads texts from a file (--file), which the message then offers."""
     for text in texts:
         if not text.strip():
-            raise UserError(f"{flag} is empty: give the text to " + ("classify." if has_file else "read."))
+            raise UserError(f"{flag} is empty: give the text to {purpose}.")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

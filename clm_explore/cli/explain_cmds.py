@@ -181,7 +181,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from clm_explore.attribution import AttributionError, explain, load_run_model
 
     run = checked_run(args.run, "--run")
-    checked_texts(args.text)
+    checked_texts(args.text, purpose="explain", has_file=False)  # explain reads no --file
     length = checked_max_length(args.max_length, run) or trained_max_length(run)
     cfg = AttributionConfig(n_steps=args.steps, max_length=length)
     loaded = load_run_model(run)

@@ -88,7 +88,7 @@ def run_heads(args: argparse.Namespace) -> int:
     from clm_explore.layer_views import head_attention
 
     run = checked_run(args.run, "--run")
-    checked_texts([args.text], has_file=False)  # a text not UTF-8 failed deep in the tokenizer with a traceback
+    checked_texts([args.text], purpose="read", has_file=False)  # a text not UTF-8 failed deep in the tokenizer with a traceback
     groups_from = checked_run(args.groups_from, "--groups-from")
     result = head_attention(run, args.text, checked_max_length(args.max_length, run), groups_from=groups_from)
     if args.json:
