@@ -302,14 +302,27 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             f"({', '.join(m for m in BUDGET_METHODS if m != 'sparse')}).",
         )
         budget = c2.number_input(
-            "Budget %", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget"
+            "Budget %", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget",
+            help=f"The share of the model's parameters trained, read by {', '.join(BUDGET_METHODS)}; the other "
+            "methods train what they train whatever it says.",
         )
         epochs = c3.number_input("Epochs", 1, 100, key=f"{key}_epochs")
         c1, c2, c3 = st.columns(3)  # one st.columns per row, so that Tab walks the boxes as they read
         lr = c1.number_input("Learning rate (0 = method default)", 0.0, 1.0, format="%.2g", key=f"{key}_lr")
         seed = c2.number_input("Seed", 0, 10_000, key=f"{key}_seed")
-        name = c3.text_input("Run name (optional)", key=f"{key}_name")
-        c1, c2, c3 = st.columns(3)
+        seeds = c3.number_input(
+            "Seeds",
+            1,
+            MAX_SEEDS,
+            key=f"{key}_seeds",
+            help="Runs to launch, one per seed from the Seed box on: compare their spread, and set them against "
+            "another method's, on the Runs page (Compare groups of runs).",
+        )
+        name = st.text_input("Run name (optional)", key=f"{key}_name")
+        # The rest folded: fifteen boxes at once buried the four a first run needs (each keeps its value folded).
+        more = st.expander("More training options: schedule, averaging, cache, head, weight decay, epochs kept, "
+                           "length read")
+        c1, c2, c3 = more.columns(3)
         schedule = c1.selectbox(
             "Rate schedule",
             SCHEDULES,
@@ -334,7 +347,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             "Epochs get faster (0.5-0.8 of an uncached epoch on banking77), but those layers lose their dropout, "
             "which cost about 0.35 point of accuracy there (BENCHMARKS.md).",
         )
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3 = more.columns(3)
         cold = c1.checkbox(
             "Train from a cold head",
             key=f"{key}_cold",
@@ -354,15 +367,17 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             "towards the checkpoint's; the others decay their weights towards 0. On banking77 10-shot 1.0 lifted "
             "sparse by 0.7 point, on snips 10-shot it changed nothing (BENCHMARKS.md): a per-data-set choice.",
         )
-        seeds = c3.number_input(
-            "Seeds",
-            1,
-            MAX_SEEDS,
-            key=f"{key}_seeds",
-            help="Runs to launch, one per seed from the Seed box on: compare their spread, and set them against "
-            "another method's, on the Runs page (Compare groups of runs).",
+        max_length = c3.number_input(
+            "Sub-tokens read per text",
+            8,
+            MAX_LENGTH,
+            step=8,
+            key=f"{key}_max_length",
+            help="Each text is cut to this many sub-tokens (word pieces, the model's markers included) in training, "
+            "predictions and attributions; the Data page says how many texts are longer. Longer reads cost time in "
+            "proportion.",
         )
-        c1, c2, c3 = st.columns(3)
+        c1, c2, _ = more.columns(3)
         best = c1.checkbox(
             "Keep the best epoch",
             key=f"{key}_best",
@@ -376,16 +391,6 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             key=f"{key}_patience",
             help="End training once this many epochs in a row have not bettered the validation accuracy (0 = run "
             "every epoch). The rate schedule stays the whole run's.",
-        )
-        max_length = c3.number_input(
-            "Sub-tokens read per text",
-            8,
-            MAX_LENGTH,
-            step=8,
-            key=f"{key}_max_length",
-            help="Each text is cut to this many sub-tokens (word pieces, the model's markers included) in training, "
-            "predictions and attributions; the Data page says how many texts are longer. Longer reads cost time in "
-            "proportion.",
         )
         quantile = defaults.out_of_scope_quantile
         if out_of_scope_labels:

@@ -367,6 +367,16 @@ def test_budget_slider_and_number_box(at: AppTest) -> None:
     assert "hold 7,717: all of them are selected" in " ".join(c.value for c in at.caption)
 
 
+def test_the_finetune_form_folds_all_but_the_first_options(at: AppTest) -> None:
+    goto(at, "app_pages/5_finetune.py")
+    [more] = [e for e in at.expander if e.label.startswith("More training options")]
+    folded = {w.key for kind in ("number_input", "checkbox", "selectbox") for w in getattr(more, kind)}
+    assert folded == {"ft_schedule", "ft_average", "ft_cache", "ft_cold", "ft_decay", "ft_max_length", "ft_best",
+                      "ft_patience"}  # fifteen boxes at once buried the four a first run needs
+    assert {"ft_method", "ft_budget", "ft_epochs", "ft_lr", "ft_seed", "ft_seeds"} <= {
+        w.key for kind in ("number_input", "selectbox") for w in getattr(at, kind)} - folded
+
+
 def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     goto(at, "app_pages/5_finetune.py")
     for method in ("sparse", "full"):
