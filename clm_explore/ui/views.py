@@ -355,20 +355,23 @@ def human_bytes(n: float) -> str:
 def render_mask_summary(selection: MaskSelection, full_params: int | None, key: str) -> None:
     lowest = selection.lowest_layer
     total = selection.trainable_params
-    beside = (f" + {selection.beside_params:,} trained with them (the head, and the LayerNorms from the lowest "
-              "selected layer up)" if total is not None else "")
-    with metric_row():
-        st.metric("Trainable params", f"{total if total is not None else selection.selected_params:,}",
-                  help=f"{selection.selected_params:,} in the selected rows (what the budget counts){beside}.",
+    with metric_row():  # the names Compare's metrics table uses: selected parameters, trainable parameters
+        st.metric("Selected parameters", f"{selection.selected_params:,}", width="content",
+                  help="The parameters of the weight rows the budget buys (what the budget counts).")
+        st.metric("Share of backbone", f"{selection.share * 100:.3g}%", help="The selected parameters' share.",
                   width="content")
-        st.metric("Share of backbone", f"{selection.share * 100:.3g}%", help="The selected rows' parameters.",
-                  width="content")
+        st.metric("Trainable parameters", f"{total if total is not None else selection.selected_params:,}",
+                  help="The selected parameters and what trains with them: the head, and the LayerNorms from the "
+                  "lowest selected layer up.", width="content")
         st.metric("Optimizer memory", human_bytes(selection.optimizer_bytes),
                   help="AdamW, for everything trained: value, gradient, 2 moments", width="content")
         st.metric("Lowest selected layer", "–" if lowest is None else ("emb" if lowest < 0 else str(lowest)),
                   width="content")
         st.metric("Time per epoch vs full", f"{selection.time_ratio_estimate:.2f}×", width="content",
                   help="Estimate: backward stops at the lowest selected layer; optimizer touches selected rows only.")
+    if total is not None:
+        st.caption(f"{selection.selected_params:,} selected parameters ({selection.share * 100:.3g}% of the backbone) "
+                   f"+ {selection.beside_params:,} trained with them (head, LayerNorms) = {total:,} trainable.")
     if full_params:
         st.caption(f"Full finetuning would train {full_params:,} backbone parameters.")
     if selection.budget_note:

@@ -66,7 +66,7 @@ def shoot_setup_pages(page) -> None:
     shoot(page, "3_sensitivity")
 
     nav(page, "Budget")
-    page.get_by_text("Trainable params").wait_for(timeout=WAIT)
+    page.get_by_text("Trainable parameters").wait_for(timeout=WAIT)
     page.get_by_test_id("stExpander").get_by_text("Row choice").click()  # open it: the shot shows the row options
     settle(page)
     shoot(page, "4_budget")
