@@ -31,12 +31,11 @@ st.caption(
 )
 if run.error:
     st.error(escape_markdown(run.error))
+run_views.render_run_figures(run)  # the figures a reader wants first; the files' JSON folded below
 c1, c2 = st.columns(2)
-with c1:
-    st.subheader("Config")
+with c1, st.expander("Config (clm_run.json)"):
     st.json(run.config, expanded=1)
-with c2:
-    st.subheader("Metrics")
+with c2, st.expander("Metrics (metrics.json)"):
     # Rows written before the registry left the per-label figures out may still hold them.
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
 

@@ -116,6 +116,20 @@ def _shown_metric(name: str, value: Any) -> Any:
     return value
 
 
+RUN_FIGURES = ("accuracy", "macro_f1", "train_seconds", "trainable_params", "budget")
+"""The figures the Runs page shows of one run before its JSON, named as Compare's table names them."""
+
+
+def render_run_figures(run: RunRecord) -> None:
+    """One run's method and headline figures in words (rounded, '–' for one it lacks), before its files' JSON."""
+    with views.metric_row():
+        st.metric("Method", run.method, width="content")
+        for name in RUN_FIGURES:
+            value = run.metrics.get(name)
+            st.metric(METRIC_LABELS.get(name, name), _fmt(_shown_metric(name, value)) if value is not None else "–",
+                      width="content")
+
+
 def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
     st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics")
     st.caption("Selected parameters count the budget's rows; trainable parameters add what trains beside them (the "

@@ -526,6 +526,11 @@ def test_runs_page_compares_groups_of_seeds(at: AppTest) -> None:
     assert accuracy["difference_points"] == pytest.approx(4.5) and accuracy["verdict"] == "ahead"
     assert accuracy["std_ratio"] == pytest.approx(0.5)
     assert accuracy["std_ratio_low"] < 0.5 < accuracy["std_ratio_high"]
+    shown = {m.label: m.value for m in at.metric}  # one run's figures in words before its JSON, which is folded
+    picked = store.get(at.selectbox(key="runs_pick").value)
+    assert shown["Method"] == picked.method and shown["accuracy"] == f"{picked.metrics['accuracy']:.4f}"
+    assert shown["training time, s (with preparation)"] == "–"  # one it lacks
+    assert {"Config (clm_run.json)", "Metrics (metrics.json)"} <= {e.label for e in at.expander}
     assert [w.value for w in at.warning] == ["This browser session did not launch this run: it may be another user's."]
     groups[1].set_value(by_method["full"] + by_method["sparse"][:1]).run()
     assert not at.exception, [e.value for e in at.exception]
