@@ -67,7 +67,7 @@ def shoot_setup_pages(page) -> None:
 
     nav(page, "Budget")
     page.get_by_text("Trainable parameters").wait_for(timeout=WAIT)
-    page.get_by_test_id("stExpander").get_by_text("Row choice").click()  # open it: the shot shows the row options
+    page.get_by_test_id("stExpander").get_by_text("Row choice", exact=True).click()  # open it: the shot shows the row options
     settle(page)
     shoot(page, "4_budget")
 
