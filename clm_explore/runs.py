@@ -604,25 +604,6 @@ def _locked_by_another(folder: Path) -> bool:
         return False
 
 
-def claim_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Path:
-    """The run folder ``out``, made if needed. A non-empty one is refused unless ``overwrite``, and even then it
-    is deleted only when it is a run folder (it holds clm_run.json) that holds none of ``protected`` (the run
-    registry, the data), the working folder or the home folder: a mistyped folder must not be emptied.
-
-    Raises:
-        RunFolderError: what stands in the way, and what to do.
-    """
-    path = check_run_dir(out, overwrite, protected)
-    if path.exists() and holds_files(path):
-        # Moved aside first (into a new hidden folder beside it: short names), then deleted: another process checking
-        # the folder meanwhile (``check_run_dir``) sees the whole run folder or an empty one, never one half deleted.
-        aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent))
-        path.rename(aside / "run")
-        shutil.rmtree(aside)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @dataclass
 class RunDirClaim:
     """A run folder claimed by ``claimed_run_dir``: ``keep()`` once the new run has succeeded; ``earlier`` is where the
@@ -640,13 +621,17 @@ class RunDirClaim:
 
 @contextmanager
 def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = ()) -> Iterator[RunDirClaim]:
-    """``claim_run_dir`` that keeps the run it replaces until the new one has succeeded, the folder's run lock held
-    throughout. The earlier run's files wait in a hidden folder beside it (``.replaced-*``); they are deleted when
+    """The run folder ``out``, made if needed, for a new run; a non-empty one is refused unless ``overwrite``, and
+    even then replaced only when it is a run folder (it holds clm_run.json) that holds none of ``protected`` (the run
+    registry, the data), the working folder or the home folder: a mistyped folder must not be emptied.
+
+    The run it replaces is kept until the new one has succeeded, the folder's run lock held throughout. The earlier
+    run's files wait in a hidden folder beside it (``.replaced-*``); they are deleted when
     the body called ``keep()``, else put back in place of the new run's files (a failure, a cancel, Ctrl-C, SIGTERM:
     the earlier, finished run was lost with the new one's start). The lock is taken before a file moves and let go
     after the last: another process's run into the folder is refused all along (a lock taken after the claim let
     one in between, whose files the put-back would have deleted). A process killed outright leaves the earlier run
-    in the hidden folder. Checks and refusals as ``claim_run_dir``'s.
+    in the hidden folder.
 
     Raises:
         RunFolderError: what stands in the way (another process's run holds the folder, say), and what to do.
@@ -697,7 +682,7 @@ def _put_back(path: Path, earlier: Path) -> bool:
 
 def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Path, ...] = (),
                   launch_peer: bool = False) -> Path:
-    """What ``claim_run_dir`` checks, touching nothing: the other processes of a launch run it while rank 0
+    """What ``claimed_run_dir`` checks, touching nothing: the other processes of a launch run it while rank 0
     claims the folder, so that a refusal stops every process, not rank 0 alone (the rest waited for it). They pass
     ``launch_peer``: the folder's lock is then rank 0's, not another run's.
 

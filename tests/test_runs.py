@@ -300,30 +300,35 @@ def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -
 
 
 def test_a_stopped_run_marks_its_folder_only_when_it_is_a_run_folder(store: RunStore, tmp_path: Path) -> None:
-    from clm_explore.runs import claim_run_dir
+    from clm_explore.runs import claimed_run_dir
 
     (tmp_path / "began").mkdir()
     (tmp_path / "began" / "clm_run.json").write_text("{}")
     began = store.register_folder(tmp_path / "began")
     store.set_status(began.id, RunStatus.FAILED, error="boom")
     assert json.loads((tmp_path / "began" / "metrics.json").read_text()) == {"status": "failed", "error": "boom"}
-    early = store.register_folder(claim_run_dir(tmp_path / "early"))  # stopped while its model loaded
+    with claimed_run_dir(tmp_path / "early") as claim:
+        early = store.register_folder(claim.path)  # stopped while its model loaded
     store.set_status(early.id, RunStatus.CANCELLED)
     assert not any((tmp_path / "early").iterdir())  # a marker alone would make the folder one --overwrite refuses
-    assert claim_run_dir(tmp_path / "early") == tmp_path / "early"
+    with claimed_run_dir(tmp_path / "early") as claim:
+        assert claim.path == tmp_path / "early" and claim.earlier is None
 
 
 def test_overwrite_refuses_a_link_and_replaces_a_folder_of_a_long_name(tmp_path: Path) -> None:
-    from clm_explore.runs import RunFolderError, claim_run_dir
+    from clm_explore.runs import RunFolderError, claimed_run_dir
 
     for name in ("real", "r" * 245):
         (tmp_path / name).mkdir()
         (tmp_path / name / "clm_run.json").write_text("{}")
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    with pytest.raises(RunFolderError, match="is a link to .*real; give that folder"):
-        claim_run_dir(tmp_path / "link", overwrite=True)
+    with pytest.raises(RunFolderError, match="is a link to .*real; give that folder"), claimed_run_dir(
+            tmp_path / "link", overwrite=True):
+        pass
     assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "clm_run.json").is_file()  # nothing moved
-    claim_run_dir(tmp_path / ("r" * 245), overwrite=True)  # the folder moved aside had its name lengthened
+    with claimed_run_dir(tmp_path / ("r" * 245), overwrite=True) as claim:  # its files moved aside: a long name
+        assert [entry.name for entry in claim.path.iterdir()] == [".clm_running"]  # the lock alone, held
+        claim.keep()
     assert not any((tmp_path / ("r" * 245)).iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["real", "link", "r" * 245])  # nothing left aside
 
@@ -378,7 +383,7 @@ def test_a_run_that_finished_after_it_was_read_is_not_marked_interrupted(store: 
 def test_a_folder_another_process_writes_a_run_into_is_never_replaced_or_shared(tmp_path: Path) -> None:
     import signal
 
-    from clm_explore.runs import RUN_LOCK, RunFolderError, check_run_dir, claim_run_dir
+    from clm_explore.runs import RUN_LOCK, RunFolderError, check_run_dir, claimed_run_dir
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -390,8 +395,9 @@ def test_a_folder_another_process_writes_a_run_into_is_never_replaced_or_shared(
     try:
         assert holder.stdout.readline().strip() == "held"
         # A second finetune --overwrite into it moved the live run aside and deleted it (the failure review).
-        with pytest.raises(RunFolderError, match=r"Another process is writing a run into .*run \(.* pid \d+\)"):
-            claim_run_dir(folder, overwrite=True)
+        with pytest.raises(RunFolderError, match=r"Another process is writing a run into .*run \(.* pid \d+\)"), \
+                claimed_run_dir(folder, overwrite=True):
+            pass
         with pytest.raises(RunFolderError, match="Another process is writing a run into"):
             check_run_dir(folder)
         assert (folder / "clm_run.json").is_file()
@@ -399,9 +405,12 @@ def test_a_folder_another_process_writes_a_run_into_is_never_replaced_or_shared(
         holder.send_signal(signal.SIGKILL)  # a killed writer leaves its lock file, which then locks nothing
         holder.wait()
     assert (folder / RUN_LOCK).is_file()
-    assert claim_run_dir(folder, overwrite=True) == folder and not any(folder.iterdir())
+    with claimed_run_dir(folder, overwrite=True) as claim:
+        claim.keep()
+    assert not any(folder.iterdir())
     (folder / RUN_LOCK).write_text("a run killed as it began")  # its lock file alone: the folder is as empty as it was
-    assert claim_run_dir(folder) == folder  # "not a run folder (it has no clm_run.json)" (diff review)
+    with claimed_run_dir(folder) as claim:  # "not a run folder (it has no clm_run.json)" (diff review)
+        assert claim.path == folder and claim.earlier is None
 
 
 def test_a_damaged_registry_is_named_and_a_run_it_would_replace_is_kept(tmp_path: Path, monkeypatch, capsys) -> None:
