@@ -252,8 +252,8 @@ def load_model(
                    "does not know: check the folder's config.json (edited, or another library's model); a model "
                    "newer than this transformers needs a newer one")
         raise ModelSourceError(f"Could not load a classification model from {resolved}: {why}") from exc
-    _check_weights_found(model, loading.get("missing_keys") or [], resolved)
-    _check_linear_head(model)
+    _check_linear_head(model)  # first: a head of its own kind is named as such, not as missing weights
+    _check_weights_found(model, loading, resolved)
     _check_tokenizer_fits(model, tokenizer, resolved)
     is_decoder = (bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in _DECODER_TYPES
                   or hasattr(model, "score"))  # a `score` head reads the last token, as decoders pool
@@ -261,23 +261,25 @@ def load_model(
     return LoadedModel(model, tokenizer, source or DEFAULT_SOURCE, is_decoder)
 
 
-HEAD_PARTS = frozenset({"classifier", "score", "pre_classifier", "pooler"})
-"""Module names of the parts a classification model may lack in its files and start at random: the head (a new one
-over a base model's backbone), the layer some heads read first (DistilBERT's pre_classifier) and the pooler."""
-
-
-def _check_weights_found(model: PreTrainedModel, missing: list[str], where: str) -> None:
-    """Refuse a folder whose weight files lack any backbone weight of the model its config.json names: transformers
-    starts every missing weight at random and only warns, so a config edited to another model type (bert -> gpt2)
-    or to more layers (6 -> 12: six random layers) predicted, explained and reported on in silence."""
+def _check_weights_found(model: PreTrainedModel, loading: dict, where: str) -> None:
+    """Refuse a folder whose weight files lack a backbone weight of the model its config.json names, or hold one of
+    another shape: transformers starts such weights at random and only warns, so a config edited to another model
+    type (bert -> gpt2), to more layers (6 -> 12) or to other sizes predicted, explained and reported on in silence.
+    The backbone is what sits under the model's ``base_model_prefix`` ("bert.", "model.", ...) but its pooler; the
+    head (a new one over a base model's backbone, of whatever shape) may start fresh, and is checked apart."""
     parameters = dict(model.named_parameters())
-    lacking = [name for name in missing if name in parameters and not HEAD_PARTS & set(name.split("."))]
+    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
+    if not any(name.startswith(prefix) for name in parameters):  # a model without the usual wrapper: all of it
+        prefix = ""
+    names = [*loading.get("missing_keys", []), *(key[0] for key in loading.get("mismatched_keys", []))]
+    lacking = [name for name in names if name in parameters and name.startswith(prefix)
+               and "pooler" not in name.split(".")]
     if lacking:
         count = sum(parameters[name].numel() for name in lacking)
         total = sum(t.numel() for t in parameters.values())
         raise ModelSourceError(
             f"{where}: {count:,} of its {total:,} weights ({count / total:.0%}; {lacking[0]}, ...) are not in its "
-            f"weight files for the {type(model).__name__} its config.json names (model_type "
+            f"weight files, or not in the shape, of the {type(model).__name__} its config.json names (model_type "
             f"{model.config.model_type!r}), and would start at random: the config was edited or is another model's. "
             "Restore the folder's own config.json.")
 

@@ -642,7 +642,12 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
         claim = RunDirClaim(path)
         if holds_files(path):
             claim.earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
-            _move_entries(path, claim.earlier)
+            try:
+                _move_entries(path, claim.earlier)
+            except BaseException:  # Ctrl-C or a refusal half-way: the entries moved so far go back, the run whole
+                _move_entries(claim.earlier, path, make=False)
+                shutil.rmtree(claim.earlier.parent, ignore_errors=True)
+                raise
         try:
             yield claim
         finally:
@@ -653,12 +658,15 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
                     claim.restored = _put_back(path, claim.earlier)
 
 
-def _move_entries(source: Path, target: Path) -> None:
-    """Every entry of ``source`` but its run lock into ``target`` (made), each a rename: the same file system."""
-    target.mkdir()
-    for entry in source.iterdir():
-        if entry.name != RUN_LOCK:
-            entry.rename(target / entry.name)
+def _move_entries(source: Path, target: Path, make: bool = True) -> None:
+    """Every entry of ``source`` but its run lock into ``target`` (made when ``make``), each a rename (the same file
+    system), clm_run.json last: a launch's other processes, checking the folder meanwhile (``check_run_dir``), see a
+    run folder until the last file has gone."""
+    if make:
+        target.mkdir()
+    entries = [entry for entry in source.iterdir() if entry.name != RUN_LOCK]
+    for entry in sorted(entries, key=lambda entry: entry.name == "clm_run.json"):
+        entry.rename(target / entry.name)
 
 
 def _put_back(path: Path, earlier: Path) -> bool:
@@ -672,8 +680,7 @@ def _put_back(path: Path, earlier: Path) -> bool:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-        for entry in earlier.iterdir():
-            entry.rename(path / entry.name)
+        _move_entries(earlier, path, make=False)
     except OSError:
         return False
     shutil.rmtree(earlier.parent, ignore_errors=True)  # empty now: a failure here leaves an empty hidden folder

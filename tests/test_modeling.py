@@ -289,13 +289,28 @@ def test_a_folder_whose_config_names_another_model_type_is_refused_not_started_a
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2",
                                                       "architectures": ["GPT2ForSequenceClassification"]}))
-    with pytest.raises(ModelSourceError, match=r"of its .* weights \(100%; .*\) are not in its weight files .*model_type 'gpt2'"):
+    with pytest.raises(ModelSourceError, match=r"of its .* weights \(100%; .*\) are not in its weight files.*model_type 'gpt2'"):
         load_model(str(tmp_path))  # predicted, explained and reported on a random GPT-2 in silence
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}))
     with pytest.raises(ModelSourceError, match=r"\(\d+%; bert\.encoder\.layer\.2\..*\) are not in its weight files"):
         load_model(str(tmp_path))  # one layer more than its files hold: that layer started at random
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] + 11}))
+    with pytest.raises(ModelSourceError, match=r"\(\d+%; bert\.encoder\.layer\.\d\..*\) are not in its weight files, or not in the shape"):
+        load_model(str(tmp_path), ["a", "b", "c"])  # another shape: re-initialized, with a new head's mismatch
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "bogus_arch"}))
     with pytest.raises(ModelSourceError, match=r"names model_type 'bogus_arch', which transformers .* does not know: "
                        "check the folder's config.json") as said:
         load_model(str(tmp_path))
     assert "pip install" not in str(said.value)  # transformers' own four lines advised upgrading it
+
+
+def test_a_backbone_whose_head_is_of_another_kind_is_refused_for_its_head(tmp_path):
+    from transformers import XLNetConfig, XLNetModel
+
+    tokenizer = load_model("tiny-random", ["a", "b"]).tokenizer
+    XLNetModel(XLNetConfig(vocab_size=len(tokenizer), d_model=16, n_layer=1, n_head=2, d_inner=32)).save_pretrained(
+        tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelSourceError, match="xlnet models are not supported") as said:
+        load_model(str(tmp_path), ["a", "b"])  # not "the config was edited": its new head is XLNet's own kind
+    assert "would start at random" not in str(said.value)

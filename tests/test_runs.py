@@ -541,3 +541,33 @@ def test_a_run_folder_replaced_by_a_link_is_not_zipped(store: RunStore, tmp_path
     run.path.symlink_to(tmp_path / "elsewhere")  # another account's link in the shared runs folder
     with pytest.raises(RunStoreError, match="is now a link to another folder: not zipped"):
         store.zip_run(run.id)
+
+
+def test_an_overwrite_stopped_while_it_moves_the_earlier_run_aside_leaves_that_run_whole(tmp_path, monkeypatch):
+    from clm_explore.runs import claimed_run_dir
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("clm_run.json", "config.json", "metrics.json", "model.safetensors"):
+        (folder / name).write_text(name)
+    real_rename, moved, stopped = Path.rename, [], []
+
+    def rename(self, target):
+        if len(moved) == 2 and not stopped:
+            stopped.append(self.name)
+            raise KeyboardInterrupt  # Ctrl-C between two files: half the run aside, and no claim yet to put it back
+        moved.append(self.name)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt), claimed_run_dir(folder, overwrite=True):
+        pass
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert sorted(p.name for p in folder.iterdir()) == ["clm_run.json", "config.json", "metrics.json",
+                                                          "model.safetensors"]
+    assert "clm_run.json" not in moved[:2] and not list(tmp_path.glob(".replaced-*"))  # the two moved came back
+    order = []
+    monkeypatch.setattr(Path, "rename", lambda self, target: order.append(self.name) or real_rename(self, target))
+    with claimed_run_dir(folder, overwrite=True) as claim:
+        claim.keep()
+    assert order[-1] == "clm_run.json"  # last: a launch's other processes see a run folder until the others are aside

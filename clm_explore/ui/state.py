@@ -224,18 +224,15 @@ def uploads_root() -> Path:
 
 
 def private_folder(folder: Path) -> Path:
-    """``folder`` (a session's, or the uploads root) made if missing, and readable by the server's account alone:
-    under a umask of 022 every account on the machine could read each session's uploads, and list the saved
-    sessions, whose file names (their tokens) open a copy of each. The uploads root is closed only when it is the
-    tool's own (the default ``<runs>/_uploads``, or made now): ``$CLM_EXPLORE_UPLOADS`` may name a folder that
-    others read (the runs root, say), whose mode is the operator's."""
-    root = uploads_root()
-    ours = not root.exists() or root.resolve() == (default_root() / "_uploads").resolve()
+    """``folder`` (a session's, or the uploads root) made if missing, and readable by the server's account alone,
+    with the uploads root: under a umask of 022 every account on the machine could read each session's uploads,
+    and list the saved sessions in the root, whose file names (their tokens) open a copy of each. So
+    ``$CLM_EXPLORE_UPLOADS`` wants a folder of its own (the README says so)."""
     folder.mkdir(parents=True, exist_ok=True)
-    closed = [folder.resolve()] if folder.resolve() != root.resolve() else []
-    for path in closed + ([root.resolve()] if ours else []):
-        with contextlib.suppress(OSError):  # another account's folder: left as it is
-            os.chmod(path, 0o700)
+    for path in {folder.resolve(), uploads_root().resolve()}:
+        if path.is_dir():
+            with contextlib.suppress(OSError):  # another account's folder: left as it is
+                os.chmod(path, 0o700)
     return folder
 
 

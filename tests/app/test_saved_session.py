@@ -223,11 +223,10 @@ def test_uploads_and_saved_sessions_are_readable_by_the_servers_account_alone(tm
         assert [oct(p.stat().st_mode & 0o777) for p in (root, root / ("a" * 32))] == ["0o700", "0o700"]
         assert oct(Path(upload.path).stat().st_mode & 0o777) == "0o600"
         assert [oct(p.stat().st_mode & 0o777) for p in root.glob("*.json")] == ["0o600"]
-        shared = tmp_path / "shared"  # an existing folder others read, named as the uploads root: its mode stays
-        shared.mkdir(mode=0o755)
-        monkeypatch.setenv("CLM_EXPLORE_UPLOADS", str(shared))
-        saved_session.save(shared, "c" * 32, "{}")
-        save_upload(ROWS, "My data.csv", folder=shared / ("d" * 32))
-        assert oct(shared.stat().st_mode & 0o777) == "0o755" and oct((shared / ("d" * 32)).stat().st_mode & 0o777) == "0o700"
+        named = tmp_path / "named"  # an existing folder named as the uploads root: closed too, its listing names the
+        named.mkdir(mode=0o755)    # saved sessions' tokens
+        monkeypatch.setenv("CLM_EXPLORE_UPLOADS", str(named))
+        saved_session.save(named, "c" * 32, "{}")
+        assert oct(named.stat().st_mode & 0o777) == "0o700"
     finally:
         os.umask(before)
