@@ -111,8 +111,9 @@ def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
 
 
 def _shown_metric(name: str, value: Any) -> Any:
-    if name == "budget" and isinstance(value, (int, float)) and value <= 1:
-        return value * 100  # a fraction; a whole parameter count above 1 stays a count
+    if name == "budget" and isinstance(value, (int, float)):
+        # A fraction in percent, as the row says; a budget given as a parameter count (above 1) says it is one.
+        return value * 100 if value <= 1 else f"{int(value):,} parameters"
     return value
 
 

@@ -704,6 +704,8 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert "peak memory, MiB" in frame.index and "peak_memory_mb" not in frame.index
     tiny = metrics_side_by_side(record("a", budget=0.00005), record("b", budget=0.01))
     assert tiny.loc["budget %"].tolist() == ["0.0050", "1"]  # in percent, as elsewhere; a tiny one not rounded to 0
+    counted = metrics_side_by_side(record("a", budget=5000), record("b", budget=0.01))
+    assert counted.loc["budget %"].tolist() == ["5,000 parameters", "1"]  # a count, not 5,000 %
 
 
 def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
