@@ -1,9 +1,11 @@
-"""A job queue for long work (finetuning): one worker thread per device, FIFO, no Streamlit.
+"""A job queue for long work (finetuning): one worker thread per device, turns shared between owners, no Streamlit.
 
-``JobQueue.submit(fn, kwargs, run_id, device)`` queues ``fn(**kwargs, on_step=..., should_stop=...)``
-on the worker of ``device`` ("cpu", "cuda:0", ...). Jobs on one device run one at a time in
-submission order; jobs on different devices run side by side. Every job is visible to every
-caller of the same queue (the app keeps one queue per server process).
+``JobQueue.submit(fn, kwargs, run_id, device, owner)`` queues ``fn(**kwargs, on_step=..., should_stop=...)``
+on the worker of ``device`` ("cpu", "cuda:0", ...). Jobs on one device run one at a time; jobs on different
+devices run side by side. Every job is visible to every caller of the same queue (the app keeps one queue per
+server process). Turns go round the owners (the app's browser sessions): the next job is the oldest waiting job of
+the owner served least recently, so one user's ten queued runs do not hold another's one run back behind all ten;
+one owner's jobs run in the order they were submitted (``turn_order``).
 
 The worker keeps a progress snapshot from ``on_step`` (the core's ``StepInfo``), polls a cancel
 ``Event`` through ``should_stop``, and moves the job's run in the ``RunStore`` through
@@ -21,7 +23,6 @@ import contextlib
 import dataclasses
 import itertools
 import math
-import queue
 import sys
 import threading
 import time
@@ -73,13 +74,16 @@ class Job:
     """One queued call. Read ``status`` and ``progress()``; ``cancel()`` asks it to stop."""
 
     def __init__(
-        self, job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None, device: str
+        self, job_id: str, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None, device: str,
+        owner: str | None = None,
     ):
         self.id = job_id
         self.fn = fn
         self.kwargs = kwargs
         self.run_id = run_id
         self.device = device
+        self.owner = owner
+        """Who queued it (an app session's token; None: a script): turns go round the owners."""
         self.status = RunStatus.PENDING
         self.label = ""
         """What the job is, in a few words, for a shared queue's cards ("sparse on banking77_20")."""
@@ -154,7 +158,7 @@ class Job:
 
 
 class JobQueue:
-    """FIFO job queue with one worker thread per device; see the module docstring.
+    """A job queue with one worker thread per device, its turns shared between owners; see the module docstring.
 
     Args:
         store: where the jobs' runs are registered (status updates); None skips that.
@@ -174,27 +178,35 @@ class JobQueue:
         self.preload = preload
         self._processes: dict[str, WorkerProcess] = {}
         self._jobs: dict[str, Job] = {}
-        self._queues: dict[str, queue.Queue[Job | None]] = {}
+        self._waiting: dict[str, list[Job]] = {}
+        """Per device, the jobs not yet taken by its worker, in submission order."""
+        self._served: dict[str, dict[str | None, int]] = {}
+        """Per device, the turn at which each owner's last job was taken (``turn_order``)."""
         self._workers: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._ids = itertools.count(1)
+        self._turns = itertools.count()
         self._exiting = False
+        self._stopping = False
         if self.processes:
             # Registered after multiprocessing's own exit handler, so run before it terminates the workers; by a weak
             # reference, so that a queue a test dropped is not kept alive until the interpreter exits.
             atexit.register(_at_exit, weakref.ref(self))
 
     def submit(
-        self, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None = None, device: str = "cpu"
+        self, fn: Callable[..., Any], kwargs: dict[str, Any], run_id: str | None = None, device: str = "cpu",
+        owner: str | None = None,
     ) -> Job:
-        """Queue ``fn(**kwargs, on_step=job.on_step, should_stop=job.should_stop)`` on ``device``."""
+        """Queue ``fn(**kwargs, on_step=job.on_step, should_stop=job.should_stop)`` on ``device`` for ``owner``."""
         device = normalise_device(device)
         with self._lock:
-            job = Job(f"job-{next(self._ids)}", fn, dict(kwargs), run_id, device)
+            job = Job(f"job-{next(self._ids)}", fn, dict(kwargs), run_id, device, owner)
             self._jobs[job.id] = job
             self._forget_old_jobs()
             if not self.inline:
-                self._queue_for(device).put(job)
+                self._waiting_on(device).append(job)
+                self._wake.notify_all()
         if self.inline:
             self._run(job)
         return job
@@ -205,10 +217,10 @@ class JobQueue:
         for job_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
             del self._jobs[job_id]
 
-    def _queue_for(self, device: str) -> queue.Queue[Job | None]:
+    def _waiting_on(self, device: str) -> list[Job]:
         # Called under self._lock: the worker is created once per device, lazily.
-        if device not in self._queues:
-            self._queues[device] = queue.Queue()
+        if device not in self._waiting:
+            self._waiting[device], self._served[device] = [], {}
             if self.processes:
                 self._processes[device] = WorkerProcess(device, self.torch_threads, self.preload)
             worker = threading.Thread(
@@ -216,17 +228,28 @@ class JobQueue:
             )
             self._workers[device] = worker
             worker.start()
-        return self._queues[device]
+        return self._waiting[device]
 
     def _work(self, device: str) -> None:
-        jobs = self._queues[device]
         if device in self._processes:
             self._processes[device].start()  # its imports run now, while the user is still choosing
         while True:
-            job = jobs.get()
-            if job is None:
-                return
+            with self._wake:
+                while not self._stopping and not self._waiting[device]:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                job = turn_order(self._waiting[device], self._served[device])[0]
+                self._waiting[device].remove(job)
+                if not job.done:  # one cancelled while it waited took no turn
+                    self._served[device][job.owner] = next(self._turns)
             self._run(job)
+
+    def turn_order(self, device: str) -> list[Job]:
+        """The jobs waiting on ``device`` in the order they will start (cancelled ones left out)."""
+        with self._lock:
+            waiting = [job for job in self._waiting.get(normalise_device(device), []) if not job.done]
+            return turn_order(waiting, self._served.get(normalise_device(device), {}))
 
     def _run(self, job: Job) -> None:
         if self._exiting or not job.claim():  # the server is going (``_server_exiting`` ends it), or cancelled
@@ -344,7 +367,7 @@ class JobQueue:
         first job."""
         if not self.inline:
             with self._lock:
-                self._queue_for(normalise_device(device))
+                self._waiting_on(normalise_device(device))
 
     def _server_exiting(self) -> None:
         """At the server's exit (Ctrl+C, SIGTERM), before multiprocessing terminates the worker processes: a running
@@ -365,9 +388,9 @@ class JobQueue:
         """Cancel everything and stop the workers (tests)."""
         for job in self.jobs():
             job.cancel()
-        with self._lock:
-            for q in self._queues.values():
-                q.put(None)
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
             workers = list(self._workers.values())
         for worker in workers:
             worker.join(timeout)
@@ -379,6 +402,23 @@ def _at_exit(jobs_ref: weakref.ref[JobQueue]) -> None:
     jobs = jobs_ref()
     if jobs is not None:
         jobs._server_exiting()
+
+
+def turn_order(waiting: list[Job], served: dict[str | None, int]) -> list[Job]:
+    """``waiting`` (in submission order) in the order the jobs take their turns: each turn goes to the owner served
+    least recently (never served first; between those, the one whose oldest job waits longest), to that owner's
+    oldest job. ``served``: the turn at which each owner was last served."""
+    served, left, order = dict(served), list(waiting), []
+    turn = max(served.values(), default=-1)
+    while left:
+        first_job = {}
+        for position, job in enumerate(left):
+            first_job.setdefault(job.owner, position)
+        owner = min(first_job, key=lambda o: (served.get(o, -1), first_job[o]))
+        order.append(left.pop(first_job[owner]))
+        turn += 1
+        served[owner] = turn
+    return order
 
 
 def normalise_device(device: str | None) -> str:

@@ -105,6 +105,38 @@ def test_fifo_per_device(jobs: JobQueue) -> None:
     assert jobs.devices() == ["cpu"]
 
 
+def test_turns_go_round_the_owners(jobs: JobQueue) -> None:
+    """One session's ten queued runs must not hold another session's one run back behind all ten (the two-user
+    review: a 1-epoch head job waited behind 17 of another user's); each owner's own jobs keep their order."""
+    log: list[int] = []
+    gate = threading.Event()
+    first = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 0, "gate": gate}, owner="a")
+    deadline = time.time() + 5
+    while first.status is not RunStatus.RUNNING and time.time() < deadline:  # a is served, then the rest queue
+        time.sleep(0.01)
+    a_jobs = [jobs.submit(count_steps, {"n": 1, "log": log, "tag": i}, owner="a") for i in (1, 2, 3)]
+    b_job = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 10}, owner="b")
+    c_job = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 20}, owner="c")
+    b_again = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 11}, owner="b")
+    assert [j.id for j in jobs.turn_order("cpu")] == [j.id for j in (b_job, c_job, a_jobs[0], b_again, *a_jobs[1:])]
+    jobs.cancel(c_job.id)  # a cancelled job takes no turn and is not shown waiting
+    assert c_job.id not in [j.id for j in jobs.turn_order("cpu")]
+    gate.set()
+    for job in [first, *a_jobs, b_job, b_again]:
+        assert job.wait(5)
+    assert log == [0, 10, 1, 11, 2, 3]
+
+
+def test_turn_order_of_owners_never_served_is_by_their_oldest_job() -> None:
+    from types import SimpleNamespace
+
+    from clm_explore.jobs import turn_order
+
+    waiting = [SimpleNamespace(owner=o, tag=i) for i, o in enumerate(["x", "x", "y", None, "y", None])]
+    assert [j.tag for j in turn_order(waiting, {})] == [0, 2, 3, 1, 4, 5]
+    assert [j.tag for j in turn_order(waiting, {"x": 5, "y": 3})] == [3, 2, 0, 5, 4, 1]
+
+
 def test_cancel_running_and_pending(jobs: JobQueue, store: RunStore) -> None:
     gate = threading.Event()
     running_run = store.create("running", "sparse", {})

@@ -150,7 +150,12 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
         return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
                                  on_progress=report)
 
-    return _audits().get_or_start(key, work, inline=inline, label=f"the label check of {choice.name}")
+    return _audits().get_or_start(key, work, inline=inline, label=audit_label(choice))
+
+
+def audit_label(choice: DataChoice) -> str:
+    """What a session waiting behind this audit reads: an upload's name is its session's own business."""
+    return "the label check of " + ("an uploaded file" if choice.kind == "upload" else choice.name)
 
 
 def _audit_key(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> tuple[str, ...]:

@@ -499,6 +499,9 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
         st.caption(f"CSV, TSV, JSONL, JSON or Parquet, up to {cap:.0f} MB: a text column and a label column. One "
                    "file is split into train, validation and test (stratified by label), unless a column named split "
                    "says each row's (train, validation or dev, test).")
+        st.caption("Who sees it: the file stays this session's, but this page's address opens a copy of the session, "
+                   "upload included, for whoever has it; and runs are every user's, so a run trained on it shows its "
+                   "test rows (texts and labels) and its mined words to anyone on this server.")
         if upload is not None:
             raw = upload.getvalue()
             if len(raw) > cap * 2**20:

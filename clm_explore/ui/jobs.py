@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -52,19 +54,44 @@ MAX_ACTIVE_PER_SESSION = 12
 """Jobs one browser session may have waiting or running at once: the queue is the server's, and one session's
 hundred launches would hold everyone else's jobs back (each queued job also keeps its data in memory). Every
 method of the Budget page's launch list fits at once at one seed."""
+MAX_ACTIVE_ON_SERVER = 48
+"""Jobs the whole server may have waiting or running at once (``$CLM_EXPLORE_MAX_JOBS`` sets another number): a new
+tab is a new session, with a room of its own, and each waiting job keeps its data set in the server's memory."""
+
+
+def max_active_on_server() -> int:
+    """``$CLM_EXPLORE_MAX_JOBS`` when it is a positive whole number, else MAX_ACTIVE_ON_SERVER."""
+    raw = os.environ.get("CLM_EXPLORE_MAX_JOBS", "")
+    return int(raw) if raw.strip().isdigit() and int(raw) > 0 else MAX_ACTIVE_ON_SERVER
 
 
 def check_room(launching: int) -> None:
-    """Refuse ``launching`` more jobs when this session's waiting and running ones would pass the cap."""
+    """Refuse ``launching`` more jobs when this session's waiting and running ones, or the server's, would pass
+    their cap."""
     from clm_explore.config import ConfigError
 
-    mine = sum(1 for job in job_queue().active() if job.run_id and state.launched_here(job.run_id))
+    active = job_queue().active()
+    mine = sum(1 for job in active if job.run_id and state.launched_here(job.run_id))
     if mine + launching > MAX_ACTIVE_PER_SESSION:
         advice = ("wait for some to end, or cancel some, before launching more" if launching <= MAX_ACTIVE_PER_SESSION
                   else "launch fewer at a time (fewer seeds or methods)")
         raise ConfigError(f"This launch asks for {launching} run(s) and this session has {mine} job(s) waiting or "
                           f"running; {MAX_ACTIVE_PER_SESSION} at a time is the most one session may have on the shared "
                           f"queue: {advice}.")
+    most = max_active_on_server()
+    if len(active) + launching > most:
+        raise ConfigError(f"This launch asks for {launching} run(s) and the server's queue holds {len(active)} job(s) "
+                          f"waiting or running, of every session; {most} at a time is the most it takes: try again "
+                          "when some have ended.")
+
+
+@dataclass
+class LaunchPlan:
+    """One run to queue: its name, config and the scores it trains from (None: it scores for itself)."""
+
+    name: str
+    cfg: FinetuneConfig
+    scores: SensitivityReport | None = None
 
 
 def launch(
@@ -73,31 +100,58 @@ def launch(
     """Create the run (pending) and queue ``finetune`` for it on the config's device; ``scores``, when given, are the
     page's, which the run would make itself (``training.scores_alike``): it trains from them, not scoring again.
     Without them, a report the pages already made that the run would make itself is used the same way."""
-    from clm_explore.training import check_runnable, finetune
-
-    check_room(1)
-    scores = scores if scores is not None else made_scores(cfg, choice, source)
-    annotated = cache.data(choice)
-    check_runnable(cfg, cache.model(source, tuple(annotated.labels)))  # a refusal is a message, not a failed job
-    run = store().create(name, cfg.method, {**to_dict(cfg), "source": recorded_source(source), "data": choice.key})
-    kwargs = {"data": annotated, "cfg": cfg, "out_dir": str(run.path), "source": source}
-    job = job_queue().submit(
-        finetune, kwargs | ({"scores": scores} if scores is not None else {}), run_id=run.id, device=cfg.device
-    )
-    # A shared queue: what is this job? (its session is marked on the card: ``state.launched_here``)
-    job.label = f"{cfg.method} on {state.data_key_name(choice.key)} with {run_views.model_name(source)}"
-    state.remember_launch(run.id)
-    return job
+    return launch_plans([LaunchPlan(name, cfg, scores)], choice, source)[0]
 
 
 def launch_seeds(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str, seeds: int) -> list[Job]:
-    """``seeds`` runs of ``cfg`` at its seed and the ones after it (named ``NAME-sSEED``), all or none queued: the
-    session's room is checked for all of them first. One seed is ``launch`` itself."""
+    """``seeds`` runs of ``cfg`` at its seed and the ones after it (named ``NAME-sSEED``), all or none queued. One
+    seed is ``launch`` itself."""
     if seeds <= 1:
         return [launch(name, cfg, choice, source)]
-    check_room(seeds)
-    return [launch(f"{name}-s{seed}", dataclasses.replace(cfg, seed=seed), choice, source)
-            for seed in range(cfg.seed, cfg.seed + seeds)]
+    return launch_plans([LaunchPlan(f"{name}-s{seed}", dataclasses.replace(cfg, seed=seed))
+                         for seed in range(cfg.seed, cfg.seed + seeds)], choice, source)
+
+
+def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> list[Job]:
+    """Queue every plan or none: the session's and the server's room, each config and the data are checked first
+    (a refusal is a message, not a failed job), then the runs are created and queued without reading the session.
+
+    Why: Streamlit stops a script for its next run at any read of the session or widget (a second click, say). Before,
+    a 10-seed launch touched again within seconds queued five runs and left a sixth registered "pending" with no job
+    behind it, which could then be neither cancelled nor deleted."""
+    from clm_explore.training import check_runnable
+
+    check_room(len(plans))
+    annotated = cache.data(choice)
+    loaded = cache.model(source, tuple(annotated.labels))
+    plans = [dataclasses.replace(plan, scores=plan.scores if plan.scores is not None
+                                 else made_scores(plan.cfg, choice, source)) for plan in plans]
+    for plan in plans:
+        check_runnable(plan.cfg, loaded)
+    runs, queue, owner, launched = store(), job_queue(), state.session_id(), state.launched_runs()
+    about = f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}"
+    return [_queue_run(plan, runs, queue, owner, launched, annotated, source, choice, about) for plan in plans]
+
+
+def _queue_run(plan: LaunchPlan, runs: RunStore, queue: JobQueue, owner: str, launched: set[str],
+               annotated: object, source: str, choice: DataChoice, about: str) -> Job:
+    """Register the plan's run and queue its job; no Streamlit call in here (see ``launch_plans``)."""
+    from clm_explore.training import finetune
+
+    cfg = plan.cfg
+    run = runs.create(plan.name, cfg.method, {**to_dict(cfg), "source": recorded_source(source), "data": choice.key})
+    if choice.kind == "upload":  # its predictions hold the upload's test texts: closed on disk as the upload is
+        run.path.chmod(0o700)
+    kwargs = {"data": annotated, "cfg": cfg, "out_dir": str(run.path), "source": source}
+    try:
+        job = queue.submit(finetune, kwargs | ({"scores": plan.scores} if plan.scores is not None else {}),
+                           run_id=run.id, device=cfg.device, owner=owner)
+    except BaseException:
+        runs.delete(run.id, force=True)  # no run left "pending" with no job behind it
+        raise
+    job.label = f"{cfg.method} {about}"  # a shared queue: what is this job? (its session is marked on the card)
+    launched.add(run.id)  # the session's own set, changed in place: no session read here
+    return job
 
 
 def made_scores(cfg: FinetuneConfig, choice: DataChoice, source: str) -> SensitivityReport | None:
@@ -121,20 +175,17 @@ def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source
     ``epochs``, ``seed`` and ``max_length`` (FinetuneConfig's defaults when None); ``seeds`` runs of each, at ``seed`` and the ones
     after it (``NAME-sSEED``). ``scores``: the page's; a row method that would make them itself (a seed-0 run at the
     page's settings) trains the rows the page shows from them."""
-    from clm_explore.training import check_runnable, scores_alike
+    from clm_explore.training import scores_alike
 
     chosen = {name: value for name, value in (("epochs", epochs), ("seed", seed), ("max_length", max_length))
               if value is not None}
     base = FinetuneConfig(mask=mask, mining=state.mining_cfg(), sensitivity=state.sens_cfg(), device=device,
                           **chosen)
     cfgs = [dataclasses.replace(base, method=method, seed=base.seed + i) for method in methods for i in range(seeds)]
-    loaded = cache.model(source, tuple(cache.data(choice).labels))
-    check_room(len(cfgs))  # all or none: a refusal leaves no half of the list queued
-    for cfg in cfgs:
-        check_runnable(cfg, loaded)
     suffix = (lambda cfg: f"-s{cfg.seed}") if seeds > 1 else (lambda cfg: "")
-    return [launch(forms.default_run_name(cfg.method, mask.budget) + suffix(cfg), cfg, choice, source,
-                   scores if scores is not None and scores_alike(scores, cfg) else None) for cfg in cfgs]
+    return launch_plans([LaunchPlan(forms.default_run_name(cfg.method, mask.budget) + suffix(cfg), cfg,
+                                    scores if scores is not None and scores_alike(scores, cfg) else None)
+                         for cfg in cfgs], choice, source)  # all or none: a refusal leaves no half of the list queued
 
 
 @st.fragment(run_every=1.0)
@@ -207,10 +258,11 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
             with c2:
                 cancel_control(job, key)
         if job.status is RunStatus.PENDING:
-            ahead = [
-                j for j in job_queue().active() if j.device == job.device and j.submitted < job.submitted
-            ]
-            st.caption(f"Waiting in the queue ({len(ahead)} job(s) ahead on {job.device}).")
+            turns = [j.id for j in job_queue().turn_order(job.device)]
+            ahead = turns.index(job.id) if job.id in turns else 0
+            running = sum(1 for j in job_queue().active() if j.device == job.device and j.status is RunStatus.RUNNING)
+            st.caption(f"Waiting in the queue ({ahead + running} job(s) ahead on {job.device}; turns go round the "
+                       "sessions that have jobs waiting).")
             return
         st.progress(*progress_bar(p, job.status if job.done else None))
         if job.cancel_event.is_set() and not job.done:  # every session sees it (a toast from the callback did not)
@@ -231,8 +283,9 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
             _curves(p.losses, p.eval_history, f"{key}_{job.id}", f"Training loss and validation scores of {run_name}")
         if job.status is RunStatus.FAILED and job.error:
             st.error(f"The job failed: {escape_markdown(last_line(job.error) or '')}")
-            with st.expander("Traceback"):
-                st.code(job.error[-3000:])
+            if yours:  # its code paths and lines are for the one who launched it, not every user of the server
+                with st.expander("Traceback"):
+                    st.code(job.error[-3000:])
 
 
 def _cancelled_elsewhere(job: Job) -> bool:

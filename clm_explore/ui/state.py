@@ -477,8 +477,14 @@ def mask_cfg() -> MaskConfig:
     return dataclasses.replace(_get(MASK_OPTIONS, MaskConfig()), budget=budget())
 
 
-def remember_launch(run_id: str) -> None:
-    st.session_state[LAUNCHED] = {*_get(LAUNCHED, set()), run_id}
+def launched_runs() -> set[str]:
+    """The session's own set of the runs it launched (changed in place by a launch, which must not read the
+    session between registering a run and queueing it: ``ui.jobs.launch_plans``)."""
+    launched = _get(LAUNCHED, None)
+    if not isinstance(launched, set):
+        launched = set(launched or ())
+        st.session_state[LAUNCHED] = launched
+    return launched
 
 
 def launched_here(run_id: str) -> bool:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -1296,6 +1297,30 @@ def test_a_job_cancelled_from_another_session_says_so_to_its_owner(at: AppTest) 
     assert len(cards) == 1 and "cancelled from another session" not in cards[0], cards
 
 
+def test_a_label_check_waited_on_does_not_name_an_upload() -> None:
+    from clm_explore.ui import cache, state
+
+    assert cache.audit_label(state.DataChoice("upload", "/u/x/acme_patients.csv", "acme_patients.csv")) == (
+        "the label check of an uploaded file")  # before: its file name, to every session waiting behind it
+    assert cache.audit_label(state.DataChoice("shared", "/d/snips", "snips")) == "the label check of snips"
+
+
+def test_a_failed_jobs_traceback_is_shown_to_the_session_that_launched_it_only(at: AppTest) -> None:
+    """The two-user review: another session saw the job's traceback, the server's paths and code lines."""
+    from clm_explore.ui import state
+
+    run, job = waiting_job(RunStore(os.environ["CLM_EXPLORE_RUNS"]), "failing")
+    job.error = 'Traceback (most recent call last):\n  File "/srv/secret/training.py", line 9\nValueError: bad rows'
+    job.status, job.finished = RunStatus.FAILED, time.time()
+    job._done.set()
+    goto(at, "app_pages/5_finetune.py")
+    assert any("The job failed" in e.value and "bad rows" in e.value for e in at.error)  # the reason, for everyone
+    assert not [x for x in at.expander if x.label == "Traceback"]
+    at.session_state[state.LAUNCHED] = {run.id}
+    at.run()
+    assert [x for x in at.expander if x.label == "Traceback"]
+
+
 def test_a_running_jobs_card_says_its_cancel_was_asked(at: AppTest) -> None:
     run, job = waiting_job(RunStore(os.environ["CLM_EXPLORE_RUNS"]), "running")
     assert job.claim()  # the worker took it: a cancel now waits for its next step
@@ -1550,3 +1575,72 @@ def test_one_session_may_not_fill_the_shared_queue(monkeypatch) -> None:
         jobs.check_room(14)  # more than the cap at once (seven seeds of two methods): waiting would not help
     waiting.append(SimpleNamespace(run_id="theirs"))  # another session's job does not count against this one
     jobs.check_room(1)
+    monkeypatch.setenv("CLM_EXPLORE_MAX_JOBS", "12")  # the server's cap counts every session's jobs
+    with pytest.raises(ConfigError, match=r"the server's queue holds 12 job\(s\) waiting or running, of every "
+                                          r"session; 12 at a time is the most it takes"):
+        jobs.check_room(1)
+
+
+class _SessionRecorder(dict):
+    """A stand-in for ``st.session_state`` that fails the test on any read once ``armed``."""
+
+    armed = False
+
+    def __getitem__(self, key):
+        assert not self.armed, f"the session was read ({key!r}) between registering a run and queueing it"
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        assert not self.armed, f"the session was read ({key!r}) between registering a run and queueing it"
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        assert not self.armed, f"the session was read ({key!r}) between registering a run and queueing it"
+        return super().__contains__(key)
+
+
+def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_path: Path) -> None:
+    """Streamlit stops a script for its next run at any session read: a 10-seed launch touched again queued five
+    runs and left a sixth "pending" with no job behind it (the two-user review). Every read now comes before the
+    first run is registered, and a run whose job cannot be queued is deleted."""
+    from types import SimpleNamespace
+
+    import streamlit as st
+
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.runs import RunStore
+    from clm_explore.ui import cache, jobs, state
+
+    session = _SessionRecorder()
+    monkeypatch.setattr(st, "session_state", session)
+    runs = RunStore(tmp_path / "runs")
+    real_create = runs.create
+
+    def create(*args, **kwargs):
+        session.armed = True
+        return real_create(*args, **kwargs)
+
+    submitted = []
+
+    def submit(fn, kwargs, run_id=None, device="cpu", owner=None):
+        if len(submitted) == 2:
+            raise RuntimeError("the queue is gone")
+        submitted.append((run_id, owner))
+        return SimpleNamespace(label="", run_id=run_id)
+
+    monkeypatch.setattr(runs, "create", create)
+    monkeypatch.setattr(jobs, "store", lambda: runs)
+    monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(active=lambda: [], submit=submit))
+    monkeypatch.setattr(jobs, "made_scores", lambda *args: None)
+    monkeypatch.setattr(cache, "data", lambda choice: SimpleNamespace(labels=["a", "b"]))
+    monkeypatch.setattr(cache, "model", lambda source, labels: None)
+    monkeypatch.setattr("clm_explore.training.check_runnable", lambda cfg, loaded: None)
+    session[state.SESSION_ID] = "f" * 32
+    choice = state.DataChoice("upload", str(tmp_path / "acme.csv"), "acme.csv", digest="ab12")
+    with pytest.raises(RuntimeError, match="the queue is gone"):
+        jobs.launch_seeds("probe", FinetuneConfig(), choice, "tiny-random", 3)
+    session.armed = False
+    assert [r.name for r in runs.list()] == ["probe-s1", "probe-s0"]  # the third, never queued, is not left pending
+    assert submitted == [(r.id, "f" * 32) for r in reversed(runs.list())]
+    assert session[state.LAUNCHED] == {r.id for r in runs.list()}
+    assert {r.path.stat().st_mode & 0o777 for r in runs.list()} == {0o700}  # an upload's runs closed as it is
