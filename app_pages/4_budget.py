@@ -3,6 +3,7 @@
 import streamlit as st
 
 from clm_explore.config import BUDGET_METHODS, METHODS, ConfigError
+from clm_explore.data import DataError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state, views
 from clm_explore.ui.views import escape_markdown, refusal_text
@@ -63,7 +64,7 @@ if st.button("Launch runs", type="primary", key="budget_launch", disabled=not pi
         launched = jobs.launch_many(
             picked, mask_cfg, choice, source, forms.default_device(), scores=report, **options
         )
-    except (ConfigError, ModelSourceError) as exc:  # checked before each run is queued
+    except (ConfigError, DataError, ModelSourceError) as exc:  # checked before each run is queued
         st.error(escape_markdown(refusal_text(str(exc))))
     else:
         st.success(f"Queued {len(launched)} run(s); follow them on the Finetune page.")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from clm_explore.config import ConfigError
+from clm_explore.data import DataError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state
 from clm_explore.ui.views import escape_markdown, refusal_text
@@ -29,7 +30,7 @@ if submitted is not None:
     name, cfg, seeds = submitted
     try:
         queued = jobs.launch_seeds(name, cfg, choice, source, seeds)
-    except (ConfigError, ModelSourceError) as exc:  # e.g. a budget below one row: nothing is queued
+    except (ConfigError, DataError, ModelSourceError) as exc:  # e.g. a budget below one row: nothing is queued
         st.error(escape_markdown(refusal_text(str(exc))))
     else:
         st.toast(f"Queued {queued[0].run_id}" if len(queued) == 1 else f"Queued {len(queued)} runs (seeds "

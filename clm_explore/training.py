@@ -479,6 +479,20 @@ ROW_METHODS = ("sparse", "sparse_merged", "random", "fisher", "gradient")
 """Methods that train rows chosen under the budget (``check_runnable`` checks their mask can hold one)."""
 
 
+def check_splits(data: AnnotatedData, cfg: FinetuneConfig) -> None:
+    """Refuse data without the splits a run of ``cfg`` needs: test rows to score it on, validation rows when it keeps
+    its best epoch or stops early (``finetune`` calls it; the app before it queues a job, which would fail).
+
+    Raises:
+        DataError: naming the split and how to give it."""
+    if (cfg.keep_best or cfg.early_stop) and data.validation.empty:
+        raise DataError(f"{data.source or 'The data'} has no validation rows, which keep_best and early_stop choose "
+                        "on. Give it a validation split, or leave both off.")
+    if data.test.empty:  # found after training, the metrics' failure said nothing of the data
+        raise DataError(f"{data.source or 'The data'} has no test rows to score the run on{_carve_said(data)}. Give it "
+                        "a test split (a test file, or a split column) with rows of its labels.")
+
+
 def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
     """Refuse, before any mining, scoring or training, a method this model cannot run: for a row method no linear
     map it can score, a layer floor above the model, a budget above the backbone or below the cheapest row it may
@@ -760,12 +774,7 @@ def finetune(
         raise TypeError(f"source is a model name or folder, as load_model takes; got {type(source).__name__}")
     source = str(source)
     out_dir = Path(out_dir)
-    if (cfg.keep_best or cfg.early_stop) and data.validation.empty:
-        raise DataError(f"{data.source or 'The data'} has no validation rows, which keep_best and early_stop choose "
-                        "on. Give it a validation split, or leave both off.")
-    if data.test.empty:  # found after training, the metrics' failure said nothing of the data
-        raise DataError(f"{data.source or 'The data'} has no test rows to score the run on{_carve_said(data)}. Give it "
-                        "a test split (a test file, or a split column) with rows of its labels.")
+    check_splits(data, cfg)
     if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
         cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
     given = given_scores(scores, cfg)

@@ -119,10 +119,12 @@ def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> li
     Why: Streamlit stops a script for its next run at any read of the session or widget (a second click, say). Before,
     a 10-seed launch touched again within seconds queued five runs and left a sixth registered "pending" with no job
     behind it, which could then be neither cancelled nor deleted."""
-    from clm_explore.training import check_runnable
+    from clm_explore.training import check_runnable, check_splits
 
     check_room(len(plans))
     annotated = cache.data(choice)
+    for plan in plans:  # a split the run needs missing: a message now, not a job that fails when its turn comes
+        check_splits(annotated, plan.cfg)
     loaded = cache.model(source, tuple(annotated.labels))
     plans = [dataclasses.replace(plan, scores=plan.scores if plan.scores is not None
                                  else made_scores(plan.cfg, choice, source)) for plan in plans]

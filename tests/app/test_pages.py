@@ -1644,3 +1644,29 @@ def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_p
     assert submitted == [(r.id, "f" * 32) for r in reversed(runs.list())]
     assert session[state.LAUNCHED] == {r.id for r in runs.list()}
     assert {r.path.stat().st_mode & 0o777 for r in runs.list()} == {0o700}  # an upload's runs closed as it is
+
+
+def test_a_launch_on_data_without_test_rows_is_refused_before_any_run(monkeypatch, tmp_path: Path) -> None:
+    """The two-user review: such a launch was queued and its job failed when its turn came (with a traceback)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.data import DataError, load_data
+    from clm_explore.ui import cache, jobs, state
+
+    texts = [f"card number {i} is lost" for i in range(8)] + [f"loan number {i} is late" for i in range(8)]
+    frame = pd.DataFrame({"text": texts, "label": ["card"] * 8 + ["loan"] * 8,
+                          "split": (["train"] * 6 + ["validation"] * 2) * 2})
+    runs = RunStore(tmp_path / "runs")
+    annotated = load_data(frame)
+    annotated = dataclasses.replace(annotated, test=annotated.test.iloc[:0])  # e.g. every test row dropped on load
+    monkeypatch.setattr(cache, "data", lambda choice: annotated)
+    monkeypatch.setattr(jobs, "store", lambda: runs)
+    monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(active=lambda: []))
+    monkeypatch.setattr(state, "launched_here", lambda run_id: False)
+    with pytest.raises(DataError, match="has no test rows to score the run on"):
+        jobs.launch_seeds("probe", FinetuneConfig(), state.DataChoice("sample", "x", "x"), "tiny-random", 2)
+    assert runs.list() == []
