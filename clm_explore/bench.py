@@ -66,7 +66,7 @@ from clm_explore.config import (
     documented,
     keywords_checked,
 )
-from clm_explore.data import AnnotatedData, load_data
+from clm_explore.data import AnnotatedData, load_data, write_csv
 from clm_explore.runs import RunStore, write_json_atomic
 
 LR_FACTORS = (1.0, 1 / 3, 3.0)
@@ -379,7 +379,7 @@ def write_grid_data(splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], cfg
 def _write_splits(folder: Path, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in (("train", train), ("validation", val), ("test", test)):
-        frame[["text", "label"]].to_csv(folder / f"{name}.csv", index=False)
+        write_csv(frame[["text", "label"]], folder / f"{name}.csv")
 
 
 # ------------------------------------------------------------------------------------------------ grid

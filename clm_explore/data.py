@@ -1093,8 +1093,22 @@ def _listed(columns: list[str], most: int = 30) -> str:
     return shown + (f" and {len(columns) - most:,} more" if len(columns) > most else "")
 
 
+def csv_text(frame: pd.DataFrame) -> str:
+    """``frame`` (without its index) as CSV that ``load_data`` reads back cell for cell. Rows end in CRLF, as RFC
+    4180 has them: Python's csv quotes a cell only for the characters of the row ending, so with pandas' "\\n" a
+    text holding a lone carriage return was written bare and read back as two rows (a run's predictions.csv, a
+    bench grid's data, the label audit's files)."""
+    return frame.to_csv(index=False, lineterminator="\r\n")
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """``csv_text(frame)`` written to ``path`` in UTF-8."""
+    Path(path).write_bytes(csv_text(frame).encode("utf-8"))
+
+
 def _as_str(table: _Table, column: pd.Series, role: str) -> list[str]:
     values: list[str] = []
+    narrow = column.dtype if column.dtype in (np.float16, np.float32) else None
     for i, value in enumerate(column.tolist()):
         if isinstance(value, (list, dict, tuple, np.ndarray)):
             kind = "several labels" if role == "label" else "a list or object"
@@ -1104,10 +1118,15 @@ def _as_str(table: _Table, column: pd.Series, role: str) -> list[str]:
             values.append("")  # pandas' own missing values too: str(pd.NA) made the label "<NA>"
         elif isinstance(value, float) and value.is_integer():
             values.append(str(int(value)))  # 3.0 from a numeric column with gaps is the label "3"
+        elif isinstance(value, float) and narrow is not None:  # tolist() widened 0.1 to 0.10000000149011612
+            values.append(str(narrow.type(value)))
         elif isinstance(value, bytes):  # a binary Parquet column: str() would read "b'...'"
             values.append(_decoded(table, value, i, role))
         else:
             values.append(str(value))
+        if "\x00" in values[-1]:  # from JSON's \u0000, say: no CSV file the tool writes could carry it back
+            raise DataError(f"{table.name}, {table.unit} {table.positions[i]}: the {role} holds a NUL character "
+                            "(U+0000), which is not text. Remove it.")
     return values
 
 

@@ -37,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 
 from clm_explore.batches import collate, encode
 from clm_explore.config import LabelAuditConfig, config_from
-from clm_explore.data import AnnotatedData, DataError, load_data
+from clm_explore.data import AnnotatedData, DataError, csv_text, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
 
 Progress = Callable[[str, int, int], None]
@@ -229,7 +229,7 @@ def splits_csv(data: AnnotatedData) -> bytes:
     """The three splits as one CSV file (text, label, split), which ``load_data`` and the app's upload read back
     with the same splits (``DataConfig.split_col``)."""
     parts = [data.split(name)[["text", "label"]].assign(split=name) for name in ("train", "validation", "test")]
-    return pd.concat(parts, ignore_index=True).to_csv(index=False).encode("utf-8")
+    return csv_text(pd.concat(parts, ignore_index=True)).encode("utf-8")
 
 
 def splits_zip(data: AnnotatedData) -> bytes:
@@ -238,5 +238,5 @@ def splits_zip(data: AnnotatedData) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in ("train", "validation", "test"):
-            archive.writestr(f"{name}.csv", data.split(name)[["text", "label"]].to_csv(index=False))
+            archive.writestr(f"{name}.csv", csv_text(data.split(name)[["text", "label"]]))
     return buffer.getvalue()

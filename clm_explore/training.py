@@ -41,7 +41,7 @@ from clm_explore.config import (
     from_dict,
     to_dict,
 )
-from clm_explore.data import AnnotatedData, DataError, load_data, split_digest
+from clm_explore.data import AnnotatedData, DataError, load_data, split_digest, write_csv
 from clm_explore.masks import (
     MaskSelection,
     budget_to_params,
@@ -1167,7 +1167,7 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
         metrics["out_of_scope"] = scope
         if scope["threshold"] is not None:
             rows["out_of_scope"] = rows["prob"] < scope["threshold"]
-    rows.to_csv(out_dir / "predictions.csv", index=False)
+    write_csv(rows, out_dir / "predictions.csv")  # its texts exactly, a lone carriage return too
     model.config.id2label = dict(enumerate(data.labels))
     model.config.label2id = {name: i for i, name in enumerate(data.labels)}
     setattr(model.config, TRAINED_LENGTH_KEY, cfg.max_length)  # what explain() of the loaded run reads

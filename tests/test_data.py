@@ -953,3 +953,34 @@ def test_a_tsv_whose_quotes_cannot_be_quoting_is_read_with_quotes_as_text(tmp_pa
     (tmp_path / "q.csv").write_text("text,label\n" + "\n".join(r.replace("\t", ",") for r in rows) + "\n")
     with pytest.raises(DataError, match="row starting at line 2: cannot be parsed"):  # a CSV quotes: still refused
         load_data(tmp_path / "q.csv")
+
+
+def test_texts_with_a_lone_carriage_return_survive_the_csv_files_the_tool_writes(tmp_path: Path) -> None:
+    """The data review: a text holding a lone \\r loaded and trained, but predictions.csv, a bench grid's data and
+    the audit's files wrote it bare, and reading them back split the row (report: "invalid literal for int()")."""
+    from clm_explore.casestudy import read_predictions
+    from clm_explore.data import write_csv
+    from clm_explore.label_issues import splits_csv
+
+    texts = ["refund please\rthanks", "card deposit\r case", "a plain text", "loan\r\rlate"] * 5
+    data = load_data(pd.DataFrame({"text": texts, "label": ["a", "b", "a", "b"] * 5}))
+    (tmp_path / "all.csv").write_bytes(splits_csv(data))
+    back = load_data(tmp_path / "all.csv")
+    for split in ("train", "validation", "test"):
+        assert back.split(split)["text"].tolist() == data.split(split)["text"].tolist(), split
+    rows = pd.DataFrame({"row": range(4), "text": texts[:4], "label": ["a", "b", "a", "b"], "pred": ["a"] * 4,
+                         "prob": [0.5] * 4})
+    write_csv(rows, tmp_path / "predictions.csv")
+    assert read_predictions(tmp_path / "predictions.csv")["text"].tolist() == texts[:4]
+
+
+def test_a_nul_character_in_a_text_or_label_is_refused_where_it_is() -> None:
+    frame = pd.DataFrame({"text": ["fine text", "bad\x00text", "more text", "last text"], "label": ["a", "b"] * 2})
+    with pytest.raises(DataError, match=r"row 2: the text holds a NUL character \(U\+0000\)"):
+        load_data(frame)  # before: loaded and trained, then no CSV file the tool wrote of it could be read back
+
+
+def test_float32_labels_read_as_their_shortest_form() -> None:
+    labels = pd.Series([0.1, 0.2, 0.7, 1.0] * 3, dtype="float32")
+    data = load_data(pd.DataFrame({"text": [f"text number {i}" for i in range(12)], "label": labels}))
+    assert sorted(data.labels) == ["0.1", "0.2", "0.7", "1"]  # before: '0.10000000149011612', ...

@@ -64,6 +64,7 @@ def _register_audit(subparsers: Any) -> None:
 
 def run_audit(args: argparse.Namespace) -> int:
     from clm_explore.cli import UserError, load_noted_data
+    from clm_explore.data import write_csv
     from clm_explore.label_issues import find_label_issues
     from clm_explore.modeling import load_model
 
@@ -77,7 +78,7 @@ def run_audit(args: argparse.Namespace) -> int:
     result = find_label_issues(load_model(args.model, data.labels), data, cfg, device=args.device,
                                on_progress=phase_printer())
     if out is not None:
-        result.issues.to_csv(out, index=False)
+        write_csv(result.issues, out)
         print(f"wrote the {len(result.issues):,} flagged row(s) to {out}", file=sys.stderr)
     if args.json:
         print_json({"checked": result.checked, "flagged": len(result.issues), "probe_accuracy": result.probe_accuracy,

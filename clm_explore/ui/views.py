@@ -14,6 +14,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from clm_explore.data import csv_text
+
 if TYPE_CHECKING:  # type names only: the pages import this module before any model code is needed
     from clm_explore.masks import MaskSelection
     from clm_explore.mining import MergeReport
@@ -218,7 +220,7 @@ def render_label_issues(result: Any, key: str) -> pd.DataFrame:
                                                               format="%.3f"),
         },
     )
-    st.download_button("Download the flagged rows (CSV)", result.issues.to_csv(index=False).encode(),
+    st.download_button("Download the flagged rows (CSV)", csv_text(result.issues).encode(),
                        file_name="label_issues.csv", mime="text/csv", key=f"{key}_issues_csv")
     return result.issues[edited["accept"].to_numpy(dtype=bool)]
 
