@@ -377,3 +377,17 @@ def test_overwrite_puts_the_earlier_run_back_when_the_new_one_is_cancelled_or_fa
                                     tmp_path / "run", source="tiny-random", overwrite=True, progress=False)
     assert replaced.status == "succeeded" and json.loads((tmp_path / "run" / "metrics.json").read_text())["seed"] == 1
     assert not list(tmp_path.glob(".replaced-*"))
+
+
+def test_predict_takes_a_loaded_run_whose_labels_are_named_like_placeholders(tmp_path):
+    """The data review: data exported from a Hugging Face pipeline names its labels LABEL_0, LABEL_1; the run trained
+    on it predicted by its folder but was refused once loaded ("is not a finetuned run")."""
+    import pandas as pd
+
+    texts = [f"card number {i} arrived late" for i in range(10)] + [f"loan rate {i} went up" for i in range(10)]
+    frame = pd.DataFrame({"text": texts, "label": ["LABEL_0"] * 10 + ["LABEL_1"] * 10})
+    result = clm_explore.finetune(frame, {"method": "head", "epochs": 1}, tmp_path / "run", source="tiny-random",
+                                  progress=False)
+    by_folder = clm_explore.predict(result, ["my card", "the loan"])
+    loaded = clm_explore.predict(clm_explore.load_run(tmp_path / "run"), ["my card", "the loan"])
+    assert list(loaded.columns) == ["LABEL_0", "LABEL_1"] and loaded.values.tolist() == by_folder.values.tolist()
