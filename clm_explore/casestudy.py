@@ -231,9 +231,11 @@ def attribute_split(
     cache = _read_cache(cache_path)
     items: dict[int, TokenAttribution] = {}
     todo = []
-    for row, text in zip(frame["row"].astype(int), frame["text"], strict=True):
+    keys = {int(row): _row_key(text, label, cfg.target)
+            for row, text, label in zip(frame["row"], frame["text"], frame["label"], strict=True)}
+    for row, key in keys.items():
         hit = cache.get(str(row))
-        if hit is not None and hit.get("text_hash") == _text_hash(text):
+        if hit is not None and all(hit.get(name) == value for name, value in key.items()):
             items[row] = TokenAttribution.from_dict(hit)
         else:
             todo.append(row)
@@ -241,16 +243,21 @@ def attribute_split(
         loaded = loaded or load_run_model(run_dir)
         sub = frame.set_index("row").loc[todo]
         target = _gold_targets(loaded, sub["label"]) if cfg.target == "gold" else None
-        for row, text, item in zip(
+        for row, item in zip(
             todo,
-            sub["text"],
             explain(loaded.model, loaded.tokenizer, list(sub["text"]), cfg, target, on_progress),
             strict=True,
         ):
             items[row] = item
-            cache[str(row)] = {"text_hash": _text_hash(text), **item.to_dict()}
+            cache[str(row)] = {**keys[row], **item.to_dict()}
         _write_cache(cache_path, cache, cfg)
     return RunAttributions(run_dir, split, _rows_table(frame, items, run_dir), items, full)
+
+
+def _row_key(text: str, label: Any, target: str) -> dict[str, str]:
+    """What a cached row must match to be reused: its text, and when the gold label is explained, that label too (a
+    label corrected after an audit explained the old one, and top words went to the wrong label)."""
+    return {"text_hash": _text_hash(text)} | ({"gold_label": str(label)} if target == "gold" else {})
 
 
 def _gold_targets(loaded: Any, gold: pd.Series) -> list[str | None]:

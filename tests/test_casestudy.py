@@ -123,6 +123,19 @@ def test_attribute_split_from_dataframe_gold(runs, tiny_data) -> None:
     assert list((run_a / "attributions").glob("validation-*.json"))
 
 
+def test_gold_attributions_are_computed_again_for_a_relabelled_row(runs, tiny_data) -> None:
+    """The data review: after a label was corrected (the audit's workflow) the cache served the old label's
+    attributions, by text alone, and top words went to the wrong label."""
+    run_a, _ = runs
+    gold = AttributionConfig(n_steps=8, target="gold")
+    rows = tiny_data.validation.head(4)
+    cs.attribute_split(run_a, "validation", rows, gold)
+    labels = sorted(set(tiny_data.labels))
+    relabelled = rows.assign(label=[next(x for x in labels if x != old) for old in rows["label"]])
+    again = cs.attribute_split(run_a, "validation", relabelled, gold)
+    assert (again.rows["target_label"] == relabelled["label"].to_numpy()).all()
+
+
 def test_gold_rows_with_a_label_the_model_lacks_explain_its_prediction(runs, tiny_data) -> None:
     run_a, _ = runs
     rows = tiny_data.validation.head(4).assign(label=["NO_NODES_DETECTED", *tiny_data.validation["label"][1:4]])
