@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+import unicodedata
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -445,8 +446,14 @@ def merge_words(
     if sums:
         sums[-1] += pending  # trailing whitespace pieces: to the last word
     words = [text[s:e] for s, e in spans]
-    truncated = bool(text[last_end:].strip())
+    truncated = any(_read_by_tokenizers(c) for c in text[last_end:])
     return words, sums, truncated
+
+
+def _read_by_tokenizers(char: str) -> bool:
+    """Whether a character left after the last sub-token means the text was cut: not whitespace, and not a format or
+    control character (a right-to-left mark, a zero-width space, a BOM), which tokenizers drop and a text may end in."""
+    return not char.isspace() and unicodedata.category(char) not in ("Cf", "Cc")
 
 
 def _non_space_span(text: str, start: int, end: int) -> tuple[int, int] | None:
