@@ -408,7 +408,7 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
         text = _decode(str(file), file.read_bytes(), notes)
-        lines = [line for line in text.splitlines() if line.strip()]
+        lines = [line for line in _lines(text) if line.strip()]  # a form feed (PDF text) or U+2028 breaks no line
         if not lines:
             raise DataError(f"{path} holds no text to predict (it is empty or blank).")
         return lines

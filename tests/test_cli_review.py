@@ -90,6 +90,8 @@ def test_predict_prints_one_line_per_text(run_dir, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and [len(line.split("\t")) for line in lines] == [3, 3]
     assert lines[0].endswith("\tline one\\nline two\\tx") and lines[1].endswith("\tback\\\\slash")
+    assert main(["predict", "--run", str(run_dir), "--text", "page one\x0cpage two\u2028end"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("\tpage one\\x0cpage two\\u2028end")  # one line
 
 
 def test_no_command_is_a_usage_error_and_the_version_is_printed(capsys):

@@ -281,6 +281,8 @@ def test_read_texts_finds_the_text_column_like_load_data_in_every_format(tmp_pat
     txt = tmp_path / "q.txt"
     txt.write_text("one\n\ntwo\n")
     assert read_texts(txt) == ["one", "two"]
+    txt.write_text("first text\x0cstill first\nsecond \u2028 same line\r\nthird\n")  # a PDF's form feed, U+2028
+    assert read_texts(txt) == ["first text\x0cstill first", "second \u2028 same line", "third"]  # 5 before
     assert read_texts(csv_file, text_col="id") == ["1", "2"]
 
 
