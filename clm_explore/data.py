@@ -945,7 +945,7 @@ def _csv_delimiter(text: str) -> str:
     # Spreadsheets in many European locales export "CSV" with semicolons, and tab-separated files are often named
     # .csv: a header with one of them and no comma tells.
     match = _HEADER_LINE.match(text)
-    header = match.group(1) if match else ""
+    header = re.sub(r'"[^"]*"', "", match.group(1)) if match else ""  # a quoted name's comma ("note, extra") tells not
     if "," in header:
         return ","
     return next((sep for sep in ("\t", ";") if sep in header), ",")
@@ -989,11 +989,24 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
     if broken:  # a class name over two lines: most likely a quote left open in the label column
         raise DataError(f"{table.name}: {len(broken)} label(s) hold a line break ({table.unit}(s) "
                         f"{_listed_lines(broken)}). A label is one line; check the quotes around it.")
+    _refuse_repeated_header(table, text_col, label_col, out)
     header_note = _header_looks_like_data(table.name, text_col, label_col, out["label"])
     if header_note:
         notes.append(header_note)
     splits = _split_column(table, cfg.split_col, (text_col, label_col), notes) if split else None
     return out if splits is None else out.assign(split=splits)
+
+
+def _refuse_repeated_header(table: _Table, text_col: str, label_col: str, out: pd.DataFrame) -> None:
+    """Refuse rows that repeat the header (text and label the columns' names): files joined with their headers, whose
+    second header would train a label named after the label column (the data review: 'Label', one row)."""
+    text_name, label_name = text_col.strip().lower(), label_col.strip().lower()
+    repeated = [table.positions[i] for i, (text, label) in enumerate(zip(out["text"], out["label"], strict=True))
+                if label.lower() == label_name and text.strip().lower() == text_name]
+    if repeated:
+        raise DataError(f"{table.name}: {len(repeated)} row(s) repeat the header ({text_col!r}, {label_col!r}) at "
+                        f"{table.unit}(s) {_listed_lines(repeated)}: files joined with their header lines? Delete "
+                        "these rows.")
 
 
 def _header_looks_like_data(name: str, text_col: str, label_col: str, labels: pd.Series) -> str:

@@ -986,3 +986,18 @@ def test_float32_labels_read_as_their_shortest_form() -> None:
     labels = pd.Series([0.1, 0.2, 0.7, 1.0] * 3, dtype="float32")
     data = load_data(pd.DataFrame({"text": [f"text number {i}" for i in range(12)], "label": labels}))
     assert sorted(data.labels) == ["0.1", "0.2", "0.7", "1"]  # before: '0.10000000149011612', ...
+
+
+def test_a_row_repeating_the_header_is_refused_where_it_is(tmp_path: Path) -> None:
+    part = "Text,Label\nwhere is my card,card\nmy card is lost,card\nloan rate up,loan\nloan is late,loan\n"
+    (tmp_path / "joined.csv").write_text(part + part)  # two exports joined, each with its header
+    with pytest.raises(DataError, match=r"1 row\(s\) repeat the header \('Text', 'Label'\) at line\(s\) 6: files "
+                                        r"joined with their header lines\?"):
+        load_data(tmp_path / "joined.csv")  # before: a label 'Label' trained from the text 'Text', one row
+
+
+def test_a_quoted_comma_in_a_semicolon_header_does_not_make_it_comma_separated(tmp_path: Path) -> None:
+    rows = "".join(f"card text {i};card;x\nloan text {i};loan;y\n" for i in range(6))
+    (tmp_path / "semi.csv").write_text('text;label;"note, extra"\n' + rows)
+    data = load_data(tmp_path / "semi.csv")  # before: "expected 2 fields like the header ... found 1"
+    assert sorted(data.labels) == ["card", "loan"] and len(data.train) + len(data.validation) + len(data.test) == 12
