@@ -187,16 +187,16 @@ def _f1_figure(ma: dict[str, Any], mb: dict[str, Any] | None, names: tuple[str, 
     f1a = ma.get("per_label_f1") or {}
     if not f1a:
         return None
-    labels = sorted(f1a)
+    f1b = (mb or {}).get("per_label_f1") or {}
+    # The runs' own label order (metrics.json keeps it; sorted as text, "10" came before "2"), a label either run
+    # scored; a label a run has no F1 for (neither in its test rows nor predicted) is a gap, not a bar at 0.
+    labels = list(f1a) + [x for x in f1b if x not in f1a]
     fig = go.Figure(
-        go.Bar(x=[plot_text(x) for x in labels], y=[f1a[x] for x in labels], name=plot_text(names[0]))
+        go.Bar(x=[plot_text(x) for x in labels], y=[f1a.get(x) for x in labels], name=plot_text(names[0]))
     )
-    if mb and mb.get("per_label_f1"):
-        f1b = mb["per_label_f1"]
-        fig.add_bar(
-            x=[plot_text(x) for x in labels], y=[f1b.get(x, 0.0) for x in labels], name=plot_text(names[1])
-        )
-        diff = [f1a[x] - f1b.get(x, 0.0) for x in labels]
+    if f1b:
+        fig.add_bar(x=[plot_text(x) for x in labels], y=[f1b.get(x) for x in labels], name=plot_text(names[1]))
+        diff = [f1a[x] - f1b[x] if x in f1a and x in f1b else None for x in labels]
         fig.add_scatter(x=[plot_text(x) for x in labels], y=diff, name="difference (a - b)", mode="markers",
                         marker={"symbol": "diamond", "size": 9, "color": "black"})  # fmt: skip
     fig.update_layout(title="Per-label F1", barmode="group", height=420, yaxis_title="F1", xaxis_type="category")

@@ -195,6 +195,17 @@ def test_plot_labels_are_escaped_for_plotly_not_for_html() -> None:
     assert [t.name for t in f1.data[:2]] == ['A: "x"', "B: &lt;i&gt;y&lt;/i&gt;"]
 
 
+def test_per_label_f1_keeps_the_runs_label_order_and_shows_a_missing_f1_as_a_gap() -> None:
+    """The data review: labels sorted as text ("10" before "2"); a label B had no F1 for drawn as B = 0 and a
+    difference; a label only B scored left out."""
+    a = {"per_label_f1": {"1": 0.9, "2": 0.8, "10": 0.7, "gamma": 0.5}}
+    b = {"per_label_f1": {"1": 0.8, "2": 0.8, "10": 0.6, "delta": 0.4}}
+    fig = _f1_figure(a, b, ("A", "B"))
+    assert list(fig.data[0].x) == ["1", "2", "10", "gamma", "delta"]
+    assert list(fig.data[0].y) == [0.9, 0.8, 0.7, 0.5, None] and list(fig.data[1].y) == [0.8, 0.8, 0.6, None, 0.4]
+    assert [round(d, 6) if d is not None else None for d in fig.data[2].y] == [0.1, 0.0, 0.1, None, None]
+
+
 def test_report_says_which_rows_each_figure_uses(tmp_path: Path, tiny_data) -> None:
     run_a, run_b = make_run(tmp_path, tiny_data, 0, "sparse"), make_run(tmp_path, tiny_data, 1, "full")
     page = build_report(run_a, run_b, out_path=tmp_path / "c.html", cfg=CFG, max_rows=8, min_count=1).read_text()
