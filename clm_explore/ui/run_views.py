@@ -201,12 +201,16 @@ def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
 
 def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
     fa, fb = a.get("per_label_f1") or {}, b.get("per_label_f1") or {}
-    labels = sorted(set(fa) | set(fb))
+    labels = [x for x in fa if x in fb]  # a label one run has no F1 for (not in its test rows, never predicted)
+    # is no difference of its F1 from 0: it is named below the chart instead
+    one_sided = [f"{name} has no F1 for {', '.join(map(str, only[:10]))}{' …' if len(only) > 10 else ''}"
+                 for name, only in (("A", [x for x in fb if x not in fa]), ("B", [x for x in fa if x not in fb]))
+                 if only]
     if not labels:
-        st.info("No per-label F1 in these runs.")
+        st.info("No per-label F1 in these runs." if not one_sided else "No label has an F1 in both runs.")
         return
     diff = pd.DataFrame(
-        {"label": [plot_text(x) for x in labels], "A - B": [fa.get(x, 0.0) - fb.get(x, 0.0) for x in labels]}
+        {"label": [plot_text(x) for x in labels], "A - B": [fa[x] - fb[x] for x in labels]}
     )
     diff = diff.sort_values("A - B")
     fig = px.bar(
@@ -223,6 +227,8 @@ def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
     fig.update_layout(height=max(300, 18 * len(labels) + 80), margin=dict(l=10, r=10, t=40, b=10), yaxis_dtick=1,
                       yaxis_type="category")  # coded labels (1, 10, 1000) are names, not positions on a scale
     views.chart(fig, f"{key}_f1diff", diff.set_index("label"), "per-label F1 difference")
+    if one_sided:
+        st.caption(views.escape_markdown("; ".join(one_sided) + " (neither in its test rows nor predicted)."))
 
 
 def other_run(records: list[RunRecord], picked: RunRecord, prefer: str) -> RunRecord | None:

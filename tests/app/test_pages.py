@@ -1496,6 +1496,21 @@ def test_coded_labels_are_drawn_as_names_not_as_positions_on_a_scale() -> None:
     assert _f1_figure(metrics, None, ("A", "B")).layout.xaxis.type == "category"
 
 
+def test_a_label_one_run_has_no_f1_for_is_named_not_drawn_as_a_difference_from_0() -> None:
+    def script() -> None:
+        from clm_explore.ui.run_views import f1_difference
+
+        f1_difference({"per_label_f1": {"card": 0.9, "loan": 0.5, "gamma": 0.4}},
+                      {"per_label_f1": {"card": 0.7, "loan": 0.5}}, key="f")
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    (chart,) = app.get("plotly_chart")
+    drawn = json.loads(chart.proto.spec)["data"][0]
+    assert sorted(drawn["y"]) == ["card", "loan"]  # before: gamma drawn at A - B = 0.4, as if B scored 0 on it
+    assert any("B has no F1 for gamma" in c.value for c in app.caption)
+
+
 def test_a_damaged_predictions_file_is_named_on_the_compare_page(tmp_path) -> None:
     from clm_explore.data import DataError
     from clm_explore.ui import cache
