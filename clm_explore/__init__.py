@@ -53,6 +53,7 @@ _EXPORTS = {
     "AttributionConfig": "clm_explore.config",
     "AttributionError": "clm_explore.attribution",
     "BenchConfig": "clm_explore.bench",
+    "BenchError": "clm_explore.bench",
     "ChangesError": "clm_explore.changes",
     "ConfigError": "clm_explore.config",
     "DataConfig": "clm_explore.config",

@@ -63,6 +63,7 @@ from clm_explore.config import (
     MaskConfig,
     SensitivityConfig,
     check_field_types,
+    config_from,
     documented,
     keywords_checked,
 )
@@ -828,7 +829,9 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
 
     Args:
         data_path: a data file or folder (``load_data``); splits are carved the usual way.
-        cfg: the grid; ``cfg.data`` is filled with ``data_path`` when empty.
+        cfg: the grid (a BenchConfig or a dict of its fields); ``cfg.data`` is filled with ``data_path`` when empty.
+        out_dir: the grid's folder: its cells, results.csv, comparison.csv and report.html; a grid there resumes.
+        data_cfg: how the data is read (columns, splits), as ``load_data`` takes it; None: the defaults.
         runner: trains one cell; defaults to a ``clm-explore finetune`` subprocess.
         progress: show a progress line on stderr.
 
@@ -837,10 +840,12 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     """
     if not isinstance(data_path, str | Path):  # each cell's subprocess reads the data from its path
         raise TypeError(f"run_grid takes the data's file or folder (its path); got {type(data_path).__name__}")
+    cfg = config_from(cfg, BenchConfig, "run_grid's cfg")
+    data_cfg = config_from(data_cfg, DataConfig, "run_grid's data_cfg")
     out_dir = Path(out_dir)
     if not cfg.data:
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})
-    data = load_data(data_path, data_cfg or DataConfig())  # first: a mistyped --data leaves no bench.json
+    data = load_data(data_path, data_cfg)  # first: a mistyped --data leaves no bench.json
     check_out_dir(out_dir, data_path)
     splits = grid_splits(data, cfg)
     check_grid_rows(splits[0], cfg)

@@ -307,7 +307,8 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
     notes = []
     [counted] = next(tokenized(loaded.tokenizer, [text], length + 1, truncation=True, max_length=length + 1))["input_ids"]
     if len(counted) > length:  # as explain says it (one sub-token more than read is enough to know)
-        notes.append(f"text truncated to {length} sub-tokens (the run's trained length; max_length= reads more)")
+        why = "the length asked" if max_length else "the run's trained length"  # --max-length or max_length=
+        notes.append(f"text truncated to {length} sub-tokens ({why}; a larger max length reads more)")
     if loaded.is_decoder:
         notes.append("a decoder's token attends only to the tokens before it: a task token late in the text gets "
                      "little attention from a head that would read it")

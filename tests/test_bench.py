@@ -997,3 +997,17 @@ def test_a_methods_weight_decay_reaches_its_cells_and_a_changed_one_is_refused_o
         run_grid(data_dir, other, tmp_path / "out", runner=in_process(other), progress=False)
     head_only = _cfg(methods=("head",))  # a rerun of the other methods alone needs no decay of sparse's
     assert len(run_grid(data_dir, head_only, tmp_path / "out", runner=in_process(head_only), progress=False).results)
+
+
+def test_run_grid_takes_its_config_as_a_dict_and_its_error_is_exported(data_dir, tmp_path):
+    """The docs review: every other config argument took a dict; run_grid raised AttributeError ('dict' has no
+    'data'), and clm_explore.BenchError, which its docstring says it raises, was not exported."""
+    import clm_explore
+
+    heads = _cfg(methods=("head",))
+    fields = {"methods": ["head"], "budgets": [0.05], "seeds": 1, "epochs": 1, "batch_size": 80, "model": "tiny-random"}
+    result = run_grid(data_dir, fields, tmp_path / "g", data_cfg={}, runner=in_process(heads), progress=False)
+    assert result.results["method"].tolist() == ["head"]
+    assert clm_explore.BenchError is BenchError
+    with pytest.raises(TypeError, match="run_grid's cfg takes a BenchConfig .or a dict of its fields.; got str"):
+        run_grid(data_dir, "head", tmp_path / "h", progress=False)

@@ -95,7 +95,9 @@ def test_a_prefix_runs_attention_leaves_the_prefix_positions_out_and_says_so(run
     assert "of the attention goes to the prefix's positions, left out" in result.notes[0]
     assert result.task_positions and result.selected is None
     long = head_attention(runs["sparse"], " ".join([TEXT] * 20))  # cut at the run's length, as explain says
-    assert len(long.tokens) == 64 and "text truncated to 64 sub-tokens" in long.notes[0]
+    assert len(long.tokens) == 64 and "text truncated to 64 sub-tokens (the run's trained length" in long.notes[0]
+    short = head_attention(runs["sparse"], " ".join([TEXT] * 20), max_length=8)  # the docs review: it said the run's
+    assert "text truncated to 8 sub-tokens (the length asked; a larger max length reads more)" in short.notes[0]
 
 
 def test_a_prefix_runs_length_leaves_room_for_its_prefix(runs, capsys) -> None:
