@@ -39,7 +39,12 @@ def grid_table(*folders: Path) -> str:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args and args[0] == "--merge":
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if args else 2)
+    if missing := [f for f in args if f != "--merge" and not (Path(f) / "summary.csv").is_file()]:
+        sys.exit(f"not a bench grid folder (no summary.csv): {', '.join(missing)}")
+    if args[0] == "--merge":
         print(grid_table(*map(Path, args[1:])))
     else:
         print("\n\n".join(grid_table(Path(f)) for f in args))

@@ -105,11 +105,13 @@ class BenchError(ConfigError):
 @dataclass(frozen=True)
 class BenchConfig:
     methods: tuple[str, ...] = ("full", "sparse", "lora")
+    """The methods compared (``config.METHODS``), each in cells of its own."""
     budgets: tuple[float, ...] = (0.01,)
     """Budgets of the budgeted methods (fractions of the backbone, or counts > 1)."""
     seeds: int = 3
     """Seeds 0..seeds-1 per (method, budget)."""
     epochs: int = 3
+    """Training epochs of every cell (and of the learning-rate sweep's)."""
     shots: int = 0
     """Training rows per label (few-shot, seeded by ``data_seed``); 0 = all."""
     limit: int = 0
@@ -163,15 +165,20 @@ class BenchConfig:
     """AdamW weight decay per method (``finetune --weight-decay``; e.g. ``{"sparse": 1.0}``), in its sweep's cells
     too; the rest train without."""
     model: str = "default"
+    """The model every cell trains from (``load_model``'s sources: a name, a folder, a GGUF file)."""
     batch_size: int = 32
+    """Training rows per step in every cell."""
     max_length: int = 64
+    """Sub-tokens read per text in every cell."""
     device: str = "auto"
+    """Where the cells train: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     jobs: int = 1
     """Cells that run at the same time, each its own process. With several GPUs (device auto or cuda) each
     running cell gets one of them in turn (CUDA_VISIBLE_DEVICES); on a CPU each gets cores / jobs threads
     unless OMP_NUM_THREADS is set. Cells that ran side by side time each other's contention: compare their
     seconds with each other, not with a grid run one cell at a time."""
     data_seed: int = 0
+    """Seed of the data's draws: the ``shots`` rows per label, the ``limit`` rows and the sweep's validation rows."""
     data: str = ""
     """Where the data came from (recorded, and checked when a grid resumes)."""
 

@@ -62,7 +62,7 @@ def md_text(value: Any) -> str:
 
 
 def model_card(run: Any) -> str:
-    """The model card of a finished run (its folder, the ``FinetuneResult`` or a registry record), as Markdown with
+    """The model card of a finished run (its folder or run id, the ``FinetuneResult`` or a registry record), as Markdown with
     the Hub's YAML metadata on top.
 
     Raises:

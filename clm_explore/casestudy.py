@@ -588,6 +588,10 @@ def case_study(
             ``AnnotatedData`` or a data path, whose ``split`` is read). With run_b, both runs first predict every row
             (a forward pass each, far cheaper than attributing), so that disagreements come first and the
             agreement covers every row, as with predictions.csv.
+        split: which split of ``data`` is read (an ``AnnotatedData`` or a path), and the attribution cache's name.
+        cfg: the attribution settings (an ``AttributionConfig`` or a dict of its fields): steps, target, length.
+        k: top words kept per label.
+        min_count: a word counts among a label's top words when it occurs at least this many times under it.
         max_rows: attribute at most this many rows (``select_rows``: disagreements first, then spread over the
             labels); None = all.
         on_progress: called with (phase, rows done, rows) while each run's rows are attributed ("attributing

@@ -99,7 +99,7 @@ def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None
     """How far a finished run's backbone weights moved from its base model's.
 
     Args:
-        run: a run folder (or the ``FinetuneResult`` or registry record naming it).
+        run: a run folder or run id (or the ``FinetuneResult`` or registry record naming it).
         source: the base model; default: the one the run was trained from (its ``clm_run.json``), built with the
             run's seed (weights a checkpoint lacks, such as a pooler, are drawn from it as training drew them).
         base: the base model already loaded (read only; loaded with the run's seed), instead of loading one.

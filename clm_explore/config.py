@@ -297,6 +297,7 @@ class SensitivityConfig:
     word embeddings score 0 and cannot be selected); 0 = every layer and the embeddings (the heatmap).
     ``finetune`` sets it to the mask's lowest eligible layer: rows below it could not be chosen anyway."""
     batch_size: int = 32
+    """Calibration rows per scoring pass (forward and backward)."""
     max_length: int = 64
     """Sub-tokens read per row by a sensitivity pass of its own; ``finetune`` scores at its own max_length, so
     that the head warm-up and the mask see what training reads."""
@@ -477,6 +478,8 @@ class FinetuneConfig:
     against 0.40-0.56) and ended 0.05 above it (BENCHMARKS.md). Off by default: one run per seed so far.
     LoRA's A and B are averaged apart, so its merged change is avg(B)·avg(A), not the average of B·A."""
     seed: int = 0
+    """Seeds the run: the head's start and warm-up, the batches' order, dropout, and random rows (unless the mask has
+    a seed of its own); the mask's scores follow ``sensitivity.seed``."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     eval_every_epoch: bool = True
@@ -541,8 +544,11 @@ class FinetuneConfig:
     (BENCHMARKS.md), so it is off; untried on a GPU. Not with ``cache_frozen_layers``, whose per-batch module
     swap would recompile every step."""
     mask: MaskConfig = field(default_factory=MaskConfig)
+    """Which rows the row methods train: the budget, the strategy and their options (``MaskConfig``)."""
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    """How the rows are scored before they are chosen (``SensitivityConfig``)."""
     mining: MiningConfig = field(default_factory=MiningConfig)
+    """How the task tokens are mined, which the token-restricted score reads (``MiningConfig``)."""
     lora_r: int = 8
     """LoRA rank (method 'lora')."""
     prefix_tokens: int = 16

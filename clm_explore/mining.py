@@ -467,6 +467,8 @@ def adaptive_tokenization(loaded: LoadedModel, task_tokens: TaskTokens, texts: S
     Args:
         loaded: a LoadedModel; with ``apply`` its tokenizer and embedding rows are changed in place, and each
             merged group gets ``merged_token`` and ``merged_slot`` (its ``pieces`` stay the original split).
+        task_tokens: the mined groups (``mine_task_tokens``); its top multi-piece single words are merged.
+        texts: the texts whose mean length in sub-tokens is measured before and after (the training split's).
         n_merge: at most this many words are merged.
         apply: False only measures the shortening (nothing is changed).
     """

@@ -440,8 +440,8 @@ def build_report(
     """Write the HTML report of run_a (and run_b side by side) and return its path.
 
     Args:
-        run_a: a run folder (e.g. the sparse run).
-        run_b: an optional second run folder (e.g. full finetuning).
+        run_a: a run (e.g. the sparse run): its folder or run id, ``FinetuneResult`` or registry record.
+        run_b: an optional second run, in the same forms (e.g. full finetuning).
         data: test rows to explain instead of the runs' predictions.csv: a DataFrame (text, label),
             an ``AnnotatedData`` or a data path (its test split).
         out_path: the HTML file written.

@@ -690,6 +690,7 @@ def compute_sensitivity(
         data: training split is used (a seeded calibration subset of it).
         task_tokens: mined groups; needed for restriction 'tokens' and for eligible embedding rows.
         cfg: options; ``restriction='none'`` is the unrestricted (ablation) Fisher.
+        device: where the warm-up and the scoring run: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda:N'.
         on_progress: called with (batches done, batches total).
         prefix: the training rows' hidden states below layer ``cfg.min_layer`` (or lower), computed once
             (``finetune`` with ``cache_frozen_layers``): the warm-up and the scoring then run only the layers

@@ -198,6 +198,13 @@ def test_help_on_a_config_says_what_each_field_does():
     documented = FinetuneConfig.__doc__ or ""
     assert all(f"    {f.name} (" in documented for f in dataclasses.fields(FinetuneConfig))
     assert "Passes over the training split" in documented and "Seeds 0..seeds-1" in (BenchConfig.__doc__ or "")
+    import clm_explore
+
+    for cls in (getattr(clm_explore, name) for name in clm_explore.__all__ if name.endswith("Config")):
+        lines = (cls.__doc__ or "").splitlines()  # every field says what it does (the docs review: 13 did not)
+        heads = [i for i, line in enumerate(lines) if line.startswith("    ") and not line.startswith("     ")]
+        bare = [lines[i].split()[0] for i in heads if i + 1 >= len(lines) or not lines[i + 1].startswith(" " * 8)]
+        assert not bare, (cls.__name__, bare)
     from clm_explore.config import _module_tree
 
     assert _module_tree(str(Path(config_module.__file__).with_suffix(".pyc"))) is None  # compiled only: no crash

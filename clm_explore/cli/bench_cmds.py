@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="cells run at the same time, each its own process; with several GPUs each gets one in turn, "
-                   "on a CPU cores/N threads each unless OMP_NUM_THREADS is set (default 1)")
+                   "on a CPU cores/N threads each unless OMP_NUM_THREADS is set")
     p.add_argument("--out", default="bench-out", metavar="DIR", help="grid folder; rerun with it to resume")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_bench)

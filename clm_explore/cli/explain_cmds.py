@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
         "--max-length",
         type=int,
         default=None,
-        help="sub-tokens kept (default: the length the run trained with, as its predictions read)",
+        help="sub-tokens kept, 8-512 (default: the length the run trained with, as its predictions read)",
     )
     explain.add_argument(
         "--json",

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
     heads.add_argument("--groups-from", default=None, metavar="RUN",
                        help="a run whose mined task tokens mark the text when --run mined none (full finetuning, LoRA)")
     heads.add_argument("--max-length", type=int, default=None,
-                       help="sub-tokens read (default: the length the run trained with)")
+                       help="sub-tokens read, 8-512 (default: the length the run trained with)")
     heads.add_argument("--json", action="store_true",
                        help="print JSON: tokens, task_positions, task_share, heads (layer, head, task_attention, "
                        "selected), notes")

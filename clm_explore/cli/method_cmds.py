@@ -54,7 +54,10 @@ def _model_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _register_mine(sub: Any) -> None:
-    p = sub.add_parser("mine", help="mine task-specific token groups from the training split")
+    p = sub.add_parser("mine", help="mine task-specific token groups from the training split",
+                       description="Mine the word pieces and words that tell DATA's labels apart (count, label "
+                       "relevance, domain specificity against general English) and print the top groups; --merge "
+                       "adds the top multi-piece words to the tokenizer's unused slots.")
     add_data_args(p)
     _model_arg(p)
     p.add_argument("--top", type=int, default=0, help="groups kept (0 = scaled with data size)")
@@ -108,7 +111,10 @@ def run_mine(args: argparse.Namespace) -> int:
 
 
 def _register_sensitivity(sub: Any) -> None:
-    p = sub.add_parser("sensitivity", help="score rows of every weight matrix (token-restricted Fisher)")
+    p = sub.add_parser("sensitivity", help="score rows of every weight matrix (token-restricted Fisher)",
+                       description="Warm up a head on DATA, score every row of every weight matrix on a calibration "
+                       "subset and print the scores per layer and module; --out saves them, which finetune --scores "
+                       "then trains from, and --budget shows what a budget selects.")
     add_data_args(p)
     _model_arg(p)
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens",
@@ -224,7 +230,10 @@ def _progress_printer(what: str):
 
 
 def _register_finetune(sub: Any) -> None:
-    p = sub.add_parser("finetune", help="finetune with a method and write a run folder")
+    p = sub.add_parser("finetune", help="finetune with a method and write a run folder",
+                       description="Train a classifier on DATA with one method (sparse: the top-scored rows within "
+                       "the budget) and write a run folder: a transformers model, its masks, metrics.json, "
+                       "predictions.csv and a model card.")
     add_data_args(p, positional=False)
     _model_arg(p)
     p.add_argument("--method", default="sparse", help=f"one of: {', '.join(METHODS)}")
@@ -240,7 +249,8 @@ def _register_finetune(sub: Any) -> None:
                    help="dropout probability while training (default: the checkpoint's)")
     p.add_argument("--cache-frozen-layers", action=argparse.BooleanOptionalAction,
                    default=FinetuneConfig.cache_frozen_layers,
-                   help="row methods: compute the frozen layers below the lowest selected row once, not every step")
+                   help="row methods: compute the frozen layers below the lowest selected row once, not every step "
+                   "(default: off)")
     p.add_argument("--compile", default=FinetuneConfig.compile, choices=COMPILE_MODES, metavar="MODE",
                    help="torch.compile the training step: off, default, reduce-overhead (CUDA graphs on a GPU) or "
                         "max-autotune (CUDA graphs too); not with --cache-frozen-layers")
@@ -268,7 +278,8 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
     p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
     p.add_argument("--sample-temperature", type=float, default=None, metavar="T",
-                   help="sparse: draw rows with probability proportional to score ** (1/T) instead of taking the top ones")
+                   help="sparse: draw rows with probability proportional to score ** (1/T) instead of taking the top "
+                   "ones (default: off, the top ones)")
     p.add_argument("--random-share", type=float, default=MaskConfig.random_share, metavar="S",
                    help="row methods: spend this share of the budget in [0, 1] on random rows, the rest on the top ones")
     p.add_argument("--spread-heads", action="store_true",
@@ -543,7 +554,9 @@ def _step_printer():
 
 
 def _register_predict(sub: Any) -> None:
-    p = sub.add_parser("predict", help="predict labels with a finetuned run")
+    p = sub.add_parser("predict", help="predict labels with a finetuned run",
+                       description="Print each text's label, its probability and the text, tab-separated (--json: "
+                       "the top labels per text).")
     p.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
@@ -551,9 +564,9 @@ def _register_predict(sub: Any) -> None:
     p.add_argument("--text-col", default=None, help="text column of --file (detected when omitted)")
     p.add_argument("--top", type=int, default=3, help="labels listed per text in --json (plain output: the first)")
     p.add_argument("--max-length", type=int, default=None,
-                   help="sub-tokens read per text (default: the run's own, from clm_run.json; else 64)")
+                   help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
     p.add_argument("--abstain-below", default=None, metavar="P|run",
-                   help="answer 'out of scope' when the top probability is below P; 'run' = the threshold the run "
+                   help="answer (out of scope) when the top probability is below P; 'run' = the threshold the run "
                    "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels). "
                    "--json keeps the model's label and adds out_of_scope: true")
     p.add_argument("--json", action="store_true",
