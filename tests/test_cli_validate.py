@@ -85,3 +85,14 @@ def test_strict_exits_1_on_problems_only(capsys):
     assert main(["validate", str(GOOD / "custom_columns.csv"), "--text-col", "review", "--label-col", "stars",
                  "--strict", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["problems"] == []
+
+
+def test_a_label_with_a_tab_keeps_the_report_table_in_columns(tmp_path: Path, capsys) -> None:
+    """The data review: a label's raw tab broke the table's alignment; a label cut at the column's width looked
+    like the whole label."""
+    rows = [f"text number {i} here,\"a\tb\"" for i in range(6)] + [f"text number {i} there,{'x' * 50}" for i in range(6)]
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    assert main(["validate", str(tmp_path / "d.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "\t" not in out and "a\\tb" in out
+    assert any(line.startswith("x" * 39 + "…") for line in out.splitlines())

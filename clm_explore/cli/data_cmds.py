@@ -149,8 +149,17 @@ def format_report(report: DataReport) -> str:
         *_label_lines(report),
     ]
     for title, items in (("Notes", report.notes), ("Problems", report.problems)):
-        lines += ["", f"{title}:", *(f"  - {item}" for item in items)] if items else ["", f"{title}: none"]
+        lines += ["", f"{title}:", *(f"  - {_shown(item)}" for item in items)] if items else ["", f"{title}: none"]
     return "\n".join(lines)
+
+
+_BREAKS = {ord(c): ascii(c)[1:-1] for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _shown(text: str) -> str:
+    """``text`` on one line of the report: a label's tab or line break written as its escape (a raw tab broke the
+    label table's columns), backslashes as they are (a note's Windows path)."""
+    return text.translate(_BREAKS)
 
 
 def _length_lines(report: DataReport) -> list[str]:
@@ -164,11 +173,13 @@ def _length_lines(report: DataReport) -> list[str]:
 def _label_lines(report: DataReport) -> list[str]:
     from clm_explore.data import SPLITS
 
-    width = min(40, max(len("label"), *(len(label) for label in report.label_counts)))
+    shown = {label: _shown(label) for label in report.label_counts}
+    width = min(40, max(len("label"), *(len(label) for label in shown.values())))
     lines = [f"{'label':<{width}}  " + "  ".join(f"{s:>10}" for s in SPLITS)]
     items = list(report.label_counts.items())
     for label, counts in items[:_LABELS_SHOWN]:
-        lines.append(f"{label[:width]:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in SPLITS))
+        name = shown[label] if len(shown[label]) <= width else shown[label][: width - 1] + "…"  # cut, and said so
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in SPLITS))
     if len(items) > _LABELS_SHOWN:
         lines.append(f"... and {len(items) - _LABELS_SHOWN} more labels (see --json)")
     return lines
