@@ -98,7 +98,9 @@ def prepare_bitfit(ctx: MethodContext) -> Prepared:
 
 
 def _trainable_group(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on the trained matrices, none on biases and norms: the rule every method follows."""
+    """Weight decay on the trained matrices (the head's too), none on biases and norms: the rule of full finetuning,
+    whole layers and LoRA, as transformers' Trainer has it. The row methods follow their own (``weight_decay``'s
+    docstring): their deltas, bias rows included, are pulled towards the checkpoint, and their head is not decayed."""
     trained = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trained if p.ndim > 1], "weight_decay": weight_decay},
               {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]

@@ -255,7 +255,9 @@ FISHER_LABELS = ("data", "model")
 @dataclass(frozen=True)
 class SensitivityConfig:
     restriction: str = "tokens"
-    """'tokens': weight gradients only from mined-group positions plus the pooling position; 'none'."""
+    """'tokens': weight gradients only from mined-group positions plus the pooling position; 'none': from every
+    position (the unrestricted ablation). Either way the word-embedding rows eligible are those of the mined groups'
+    pieces (method.md section 2), which matters only where the mask reaches the embeddings (``min_layer`` 0)."""
     score: str = "fisher"
     """'fisher' (mean squared per-example gradient), 'taylor' (|w * dL/dw|) or 'gradient' (summed |batch
     gradient|, the gradient-magnitude score of sparse-finetuning studies; depends on how rows are batched)."""
@@ -455,9 +457,10 @@ class FinetuneConfig:
     """Sub-tokens read per text, in training and evaluation; the run records it, and predict and explain read
     texts at the same length."""
     weight_decay: float = 0.0
-    """AdamW decoupled weight decay. The row methods apply it to their deltas only, never to frozen rows, so it pulls
-    the trained rows back towards the checkpoint's; full, layers and LoRA to every weight matrix they train (towards
-    0). On banking77 10-shot, 1.0 lifted sparse (Taylor rows spread over the heads, 1.5e-2) by 0.7 point; on snips
+    """AdamW decoupled weight decay. The row methods apply it to their deltas only (weight and bias rows), never to
+    frozen rows or their head, so it pulls the trained rows back towards the checkpoint's; full, layers and LoRA to
+    every weight matrix they train, the head's included, and to no bias or norm (towards 0, as transformers' Trainer
+    does). A per-method setting (``bench --weight-decay sparse=1.0``), so the two rules are never mixed in one run. On banking77 10-shot, 1.0 lifted sparse (Taylor rows spread over the heads, 1.5e-2) by 0.7 point; on snips
     10-shot it changed nothing measurable (BENCHMARKS.md, forty-eighth session)."""
     warmup_ratio: float = 0.06
     """Share of steps with linear learning-rate warm-up, then the schedule. The count is rounded down, so a run of
