@@ -25,7 +25,7 @@ from clm_explore.config import (
     SensitivityConfig,
 )
 from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
-from clm_explore.ui import cache, state
+from clm_explore.ui import cache, saved_session, state
 from clm_explore.ui.cache import LENGTH_COUNTED
 from clm_explore.ui.views import escape_markdown
 
@@ -73,6 +73,10 @@ def sidebar() -> None:
         st.caption(f"**Model:** {escape_markdown(model_shown(state.model_source()))}")
         st.caption(f"**Data:** {escape_markdown(data.name) if data else 'none (pick one on the Data page)'}")
         st.caption(f"**Device:** {device_label()}")
+        with st.expander("This session"):
+            st.caption("This page's address reopens the session, upload included, for whoever has it. Ending it "
+                       "deletes its upload and saved choices from the server; its runs stay, listed for everyone.")
+            st.button("End this session", key="side_end_session", on_click=saved_session.end_this_session)
 
 
 def device_label() -> str:

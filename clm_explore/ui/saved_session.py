@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,25 @@ def _share_upload(record: Any, old: Path, new: Path) -> None:
             os.link(source, new / source.name)
         except OSError:
             source.rename(new / source.name)
+
+
+def end_session(root: Path, token: str) -> None:
+    """Delete session ``token``'s saved choices and upload folder: its address then opens a fresh session. Copies
+    that others already opened from the address keep theirs (their own folders)."""
+    path = session_file(root, token)
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    folder = root / token
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def end_this_session() -> None:
+    """A button's callback: end the browser's session (``end_session``) and start it afresh, on the sample."""
+    end_session(state.uploads_root(), state.session_id())
+    st.session_state.clear()  # the next run starts a new token; the old one in the address finds no file
+    st.toast("Session ended: its upload and saved choices are deleted from the server.")
 
 
 def save(root: Path, token: str, text: str) -> None:

@@ -230,3 +230,21 @@ def test_uploads_and_saved_sessions_are_readable_by_the_servers_account_alone(tm
         assert oct(named.stat().st_mode & 0o777) == "0o700"
     finally:
         os.umask(before)
+
+
+def test_ending_a_session_deletes_its_upload_and_choices_and_its_address_opens_afresh(tmp_path: Path) -> None:
+    """The two-user review: the address works as a key to the upload, forever; a user (a demo's presenter) could not
+    end it."""
+    token = "c" * 32
+    upload = save_upload(ROWS, "private.csv", folder=tmp_path / "uploads" / token)
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["session_id"] = token
+    app.session_state["data_choice"] = dataclasses.replace(upload, text_col="utterance", label_col="intent")
+    app.run()
+    assert (tmp_path / "uploads" / f"{token}.session.json").is_file()
+    app.sidebar.button(key="side_end_session").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert not (tmp_path / "uploads" / token).exists() and not (tmp_path / "uploads" / f"{token}.session.json").exists()
+    assert token_of(app) != token and app.session_state["data_choice"].kind == "sample"
+    follower = open_app(token)  # the old address: a fresh session, nothing of the upload
+    assert follower.session_state["data_choice"].kind == "sample" and token_of(follower) != token
