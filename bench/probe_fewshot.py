@@ -28,7 +28,7 @@ import pandas as pd
 
 from clm_explore.bench import stratified_cap
 from clm_explore.config import DataConfig, FinetuneConfig
-from clm_explore.data import load_data
+from clm_explore.data import load_data, write_csv
 from clm_explore.training import finetune
 
 DEV_ROWS = 600
@@ -46,9 +46,9 @@ def dev_folder(grid: Path) -> Path:
     dev = pd.concat([full.validation, left])[["text", "label"]]
     dev = stratified_cap(dev[~dev["text"].isin(set(full.test["text"]))], DEV_ROWS, 0)  # snips repeats texts
     folder.mkdir(parents=True, exist_ok=True)
-    shots.to_csv(folder / "train.csv", index=False)
-    pd.read_csv(grid / "data" / "validation.csv").to_csv(folder / "validation.csv", index=False)
-    dev.to_csv(folder / "test.csv", index=False)
+    write_csv(shots, folder / "train.csv")  # a text's lone carriage return quoted (data.csv_text)
+    write_csv(pd.read_csv(grid / "data" / "validation.csv", keep_default_na=False), folder / "validation.csv")
+    write_csv(dev, folder / "test.csv")
     return folder
 
 

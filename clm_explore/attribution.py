@@ -188,9 +188,10 @@ def explain(
     targets = _per_text_targets(model, texts, cfg, target)
     if not texts:
         return []
-    # Group texts of similar length so each batch pads little (sorted by sub-token count).
-    lengths = [len(ids) for chunk in tokenized(tokenizer, texts, cfg.max_length, truncation=True,
-                                               max_length=cfg.max_length) for ids in chunk["input_ids"]]
+    # Group texts of similar length so each batch pads little (sorted by sub-token count). One sub-token more than
+    # read tells a text that was cut (what its characters cannot: a tokenizer drops some, an emoji's U+FE0F say).
+    lengths = [len(ids) for chunk in tokenized(tokenizer, texts, cfg.max_length + 1, truncation=True,
+                                               max_length=cfg.max_length + 1) for ids in chunk["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     results: list[TokenAttribution | None] = [None] * len(texts)
     with model_lock(model):  # Captum hooks the model's input embeddings while it attributes
@@ -200,9 +201,8 @@ def explain(
             with torch.enable_grad():
                 for start in range(0, len(order), cfg.batch_size):
                     chunk = order[start : start + cfg.batch_size]
-                    done = _explain_batch(
-                        model, tokenizer, [texts[i] for i in chunk], cfg, [targets[i] for i in chunk]
-                    )
+                    done = _explain_batch(model, tokenizer, [texts[i] for i in chunk], cfg,
+                                          [targets[i] for i in chunk], [lengths[i] > cfg.max_length for i in chunk])
                     for i, res in zip(chunk, done, strict=True):
                         results[i] = res
                     if on_progress is not None:
@@ -337,6 +337,7 @@ def _explain_batch(
     texts: list[str],
     cfg: AttributionConfig,
     targets: list[int | None],
+    cut: list[bool],
 ) -> list[TokenAttribution]:
     decoder = is_decoder_model(model, tokenizer)
     enc, input_ids, reference_ids, extra = _encode(
@@ -374,8 +375,8 @@ def _explain_batch(
     out = []
     for i, text in enumerate(texts):
         offsets = enc["offset_mapping"][i].tolist()
-        words, word_scores, truncated = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
-        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens"] if truncated else [])
+        words, word_scores, _ = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
+        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens"] if cut[i] else [])
         if abs(float(deltas[i])) > UNSETTLED_DELTA:
             note.append(_unsettled_note(float(deltas[i]), cfg.n_steps))
         valid = enc["attention_mask"][i].bool().tolist()

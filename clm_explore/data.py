@@ -999,8 +999,12 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
 
 def _refuse_repeated_header(table: _Table, text_col: str, label_col: str, out: pd.DataFrame) -> None:
     """Refuse rows that repeat the header (text and label the columns' names): files joined with their headers, whose
-    second header would train a label named after the label column (the data review: 'Label', one row)."""
+    second header would train a label named after the label column (the data review: 'Label', one row). Only where a
+    column has a column's name (text, label, intent, ...): a file without a header row, its columns picked by what
+    its first row holds, repeats that row as data (``_header_looks_like_data`` says so)."""
     text_name, label_name = text_col.strip().lower(), label_col.strip().lower()
+    if text_name not in TEXT_NAMES and label_name not in LABEL_NAMES:
+        return
     repeated = [table.positions[i] for i, (text, label) in enumerate(zip(out["text"], out["label"], strict=True))
                 if label.lower() == label_name and text.strip().lower() == text_name]
     if repeated:

@@ -5,7 +5,7 @@ on the worker of ``device`` ("cpu", "cuda:0", ...). Jobs on one device run one a
 devices run side by side. Every job is visible to every caller of the same queue (the app keeps one queue per
 server process). Turns go round the owners (the app's browser sessions): the next job is the oldest waiting job of
 the owner served least recently, so one user's ten queued runs do not hold another's one run back behind all ten;
-one owner's jobs run in the order they were submitted (``turn_order``).
+one owner's jobs run in the order they were submitted (``order_turns``).
 
 The worker keeps a progress snapshot from ``on_step`` (the core's ``StepInfo``), polls a cancel
 ``Event`` through ``should_stop``, and moves the job's run in the ``RunStore`` through
@@ -181,7 +181,7 @@ class JobQueue:
         self._waiting: dict[str, list[Job]] = {}
         """Per device, the jobs not yet taken by its worker, in submission order."""
         self._served: dict[str, dict[str | None, int]] = {}
-        """Per device, the turn at which each owner's last job was taken (``turn_order``)."""
+        """Per device, the turn at which each owner's last job was taken (``order_turns``)."""
         self._workers: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -239,17 +239,30 @@ class JobQueue:
                     self._wake.wait()
                 if self._stopping:
                     return
-                job = turn_order(self._waiting[device], self._served[device])[0]
+                job = order_turns(self._waiting[device], self._served[device])[0]
                 self._waiting[device].remove(job)
-                if not job.done:  # one cancelled while it waited took no turn
-                    self._served[device][job.owner] = next(self._turns)
+                if not job.cancel_event.is_set():  # one cancelled while it waited takes no turn
+                    self._note_served(device, job.owner)
             self._run(job)
+
+    SERVED_KEPT = 1000
+    """Owners whose last turn a device remembers: a server that runs for months meets a new session token a visit."""
+
+    def _note_served(self, device: str, owner: str | None) -> None:
+        # Called under self._lock. Forgetting an owner with nothing waiting only puts its next job first, as a new
+        # session's would be.
+        served = self._served[device]
+        served[owner] = next(self._turns)
+        if len(served) > self.SERVED_KEPT:
+            waiting = {job.owner for job in self._waiting[device]}
+            for gone in sorted((o for o in served if o not in waiting), key=served.__getitem__)[: len(served) // 2]:
+                del served[gone]
 
     def turn_order(self, device: str) -> list[Job]:
         """The jobs waiting on ``device`` in the order they will start (cancelled ones left out)."""
         with self._lock:
             waiting = [job for job in self._waiting.get(normalise_device(device), []) if not job.done]
-            return turn_order(waiting, self._served.get(normalise_device(device), {}))
+            return order_turns(waiting, self._served.get(normalise_device(device), {}))
 
     def _run(self, job: Job) -> None:
         if self._exiting or not job.claim():  # the server is going (``_server_exiting`` ends it), or cancelled
@@ -385,9 +398,9 @@ class JobQueue:
                 self._finish(job, RunStatus.INTERRUPTED)
 
     def shutdown(self, timeout: float | None = 5.0) -> None:
-        """Cancel everything and stop the workers (tests)."""
+        """Cancel everything (a waiting job ends cancelled at once) and stop the workers (tests)."""
         for job in self.jobs():
-            job.cancel()
+            self.cancel(job.id)
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
@@ -404,7 +417,7 @@ def _at_exit(jobs_ref: weakref.ref[JobQueue]) -> None:
         jobs._server_exiting()
 
 
-def turn_order(waiting: list[Job], served: dict[str | None, int]) -> list[Job]:
+def order_turns(waiting: list[Job], served: dict[str | None, int]) -> list[Job]:
     """``waiting`` (in submission order) in the order the jobs take their turns: each turn goes to the owner served
     least recently (never served first; between those, the one whose oldest job waits longest), to that owner's
     oldest job. ``served``: the turn at which each owner was last served."""

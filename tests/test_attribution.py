@@ -228,7 +228,8 @@ def test_truncation_noted(loaded: LoadedModel) -> None:
     (unset,) = explain(loaded.model, loaded.tokenizer, " ".join(["card"] * 80))  # no run known: 64 sub-tokens
     assert AttributionConfig().max_length is None and len(res.tokens) == 10
     assert len(unset.tokens) == DEFAULT_MAX_LENGTH == 64 and "truncated to 64" in unset.note
-    for text in ("hello card\u200f", "hello card\ufeff", "zero\u200bwidth\u200b"):  # marks a tokenizer drops
+    for text in ("hello card\u200f", "hello card\ufeff", "zero\u200bwidth\u200b", "hello card \u2764\ufe0f",
+                 "hello cafe\u0301", "hello card \ufffd"):  # marks a tokenizer drops, an emoji's variation selector
         (short,) = explain(loaded.model, loaded.tokenizer, text, AttributionConfig(max_length=10))
         assert "truncated" not in short.note, text  # before: "text truncated to 10 sub-tokens" (the data review)
 

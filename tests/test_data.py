@@ -1001,3 +1001,11 @@ def test_a_quoted_comma_in_a_semicolon_header_does_not_make_it_comma_separated(t
     (tmp_path / "semi.csv").write_text('text;label;"note, extra"\n' + rows)
     data = load_data(tmp_path / "semi.csv")  # before: "expected 2 fields like the header ... found 1"
     assert sorted(data.labels) == ["card", "loan"] and len(data.train) + len(data.validation) + len(data.test) == 12
+
+
+def test_a_file_without_a_header_repeating_its_first_row_is_read_with_a_note(tmp_path: Path) -> None:
+    """The diff review: the repeated-header refusal must not catch a headerless file whose first row recurs."""
+    rows = "where is my card,card\nloan rate went up,loan\nmy card is lost,card\nloan is late,loan\n" * 4
+    (tmp_path / "plain.csv").write_text(rows)
+    data = load_data(tmp_path / "plain.csv", DataConfig(text_col="where is my card", label_col="card"))
+    assert any("its header looks like a row of data" in note for note in data.notes)

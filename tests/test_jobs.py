@@ -1,4 +1,4 @@
-"""JobQueue with trivial functions: status transitions, FIFO order per device, cancel, failures."""
+"""JobQueue with trivial functions: status transitions, turns per device shared between owners, cancel, failures."""
 
 from __future__ import annotations
 
@@ -111,9 +111,7 @@ def test_turns_go_round_the_owners(jobs: JobQueue) -> None:
     log: list[int] = []
     gate = threading.Event()
     first = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 0, "gate": gate}, owner="a")
-    deadline = time.time() + 5
-    while first.status is not RunStatus.RUNNING and time.time() < deadline:  # a is served, then the rest queue
-        time.sleep(0.01)
+    _running(first)  # a is served, then the rest queue
     a_jobs = [jobs.submit(count_steps, {"n": 1, "log": log, "tag": i}, owner="a") for i in (1, 2, 3)]
     b_job = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 10}, owner="b")
     c_job = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 20}, owner="c")
@@ -130,11 +128,45 @@ def test_turns_go_round_the_owners(jobs: JobQueue) -> None:
 def test_turn_order_of_owners_never_served_is_by_their_oldest_job() -> None:
     from types import SimpleNamespace
 
-    from clm_explore.jobs import turn_order
+    from clm_explore.jobs import order_turns
 
     waiting = [SimpleNamespace(owner=o, tag=i) for i, o in enumerate(["x", "x", "y", None, "y", None])]
-    assert [j.tag for j in turn_order(waiting, {})] == [0, 2, 3, 1, 4, 5]
-    assert [j.tag for j in turn_order(waiting, {"x": 5, "y": 3})] == [3, 2, 0, 5, 4, 1]
+    assert [j.tag for j in order_turns(waiting, {})] == [0, 2, 3, 1, 4, 5]
+    assert [j.tag for j in order_turns(waiting, {"x": 5, "y": 3})] == [3, 2, 0, 5, 4, 1]
+
+
+def _running(job) -> None:
+    deadline = time.time() + 5
+    while job.status is not RunStatus.RUNNING and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_job_cancelled_while_it_waits_takes_no_turn_from_its_owner(jobs: JobQueue) -> None:
+    log: list[int] = []
+    gate = threading.Event()
+    first = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 0, "gate": gate}, owner="a")
+    _running(first)
+    c1 = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 1}, owner="c")
+    a1 = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 2}, owner="a")
+    c2 = jobs.submit(count_steps, {"n": 1, "log": log, "tag": 3}, owner="c")
+    jobs.cancel(c1.id)
+    gate.set()
+    for job in (first, a1, c2):
+        assert job.wait(5)
+    assert log == [0, 3, 2]  # c still never served: its second job goes before a's next (a turn for c1: 0, 2, 3)
+
+
+def test_shutdown_ends_a_waiting_job_cancelled(store: RunStore) -> None:
+    queue = JobQueue(store)
+    gate = threading.Event()
+    running = queue.submit(count_steps, {"n": 2, "gate": gate})
+    _running(running)
+    run = store.create("waiting", "sparse", {})
+    waiting = queue.submit(count_steps, {"n": 2}, run_id=run.id)
+    gate.set()
+    queue.shutdown(5)
+    assert waiting.wait(5) and waiting.status is RunStatus.CANCELLED  # the diff review: it stayed pending for ever
+    assert store.get(run.id).status is RunStatus.CANCELLED
 
 
 def test_cancel_running_and_pending(jobs: JobQueue, store: RunStore) -> None:
@@ -638,3 +670,11 @@ def test_a_cancel_that_comes_after_the_job_ended_changes_nothing(jobs: JobQueue)
     jobs.cancel(running.id, by="a third")  # the first to ask is the one named
     gate.set()
     assert running.wait(5) and running.status is RunStatus.CANCELLED and running.cancelled_by == "another session"
+
+
+def test_a_device_forgets_the_turns_of_owners_long_gone(jobs: JobQueue) -> None:
+    jobs.SERVED_KEPT = 4  # a server that runs for months meets a new session token a visit
+    for owner in range(9):
+        assert jobs.submit(count_steps, {"n": 1}, owner=f"session-{owner}").wait(5)
+    served = jobs._served["cpu"]
+    assert len(served) <= 4 and "session-8" in served  # the oldest forgotten first

@@ -76,7 +76,9 @@ def sidebar() -> None:
         with st.expander("This session"):
             st.caption("This page's address reopens the session, upload included, for whoever has it. Ending it "
                        "deletes its upload and saved choices from the server; its runs stay, listed for everyone.")
-            st.button("End this session", key="side_end_session", on_click=saved_session.end_this_session)
+            sure = st.checkbox("Delete its upload and saved choices", key="side_end_confirm")
+            st.button("End this session", key="side_end_session", on_click=saved_session.end_this_session,
+                      disabled=not sure)
 
 
 def device_label() -> str:

@@ -62,7 +62,7 @@ tab is a new session, with a room of its own, and each waiting job keeps its dat
 def max_active_on_server() -> int:
     """``$CLM_EXPLORE_MAX_JOBS`` when it is a positive whole number, else MAX_ACTIVE_ON_SERVER."""
     raw = os.environ.get("CLM_EXPLORE_MAX_JOBS", "")
-    return int(raw) if raw.strip().isdigit() and int(raw) > 0 else MAX_ACTIVE_ON_SERVER
+    return int(raw) if raw.strip().isdecimal() and int(raw) > 0 else MAX_ACTIVE_ON_SERVER
 
 
 def check_room(launching: int) -> None:
@@ -114,7 +114,8 @@ def launch_seeds(name: str, cfg: FinetuneConfig, choice: DataChoice, source: str
 
 def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> list[Job]:
     """Queue every plan or none: the session's and the server's room, each config and the data are checked first
-    (a refusal is a message, not a failed job), then the runs are created and queued without reading the session.
+    (a refusal is a message, not a failed job), then the runs are created and queued without reading the session;
+    a fault while queueing (the registry, the disk) cancels the jobs already queued and deletes the run it was at.
 
     Why: Streamlit stops a script for its next run at any read of the session or widget (a second click, say). Before,
     a 10-seed launch touched again within seconds queued five runs and left a sixth registered "pending" with no job
@@ -130,29 +131,52 @@ def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> li
                                  else made_scores(plan.cfg, choice, source)) for plan in plans]
     for plan in plans:
         check_runnable(plan.cfg, loaded)
-    runs, queue, owner, launched = store(), job_queue(), state.session_id(), state.launched_runs()
-    about = f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}"
-    return [_queue_run(plan, runs, queue, owner, launched, annotated, source, choice, about) for plan in plans]
+    target = _LaunchTarget(store(), job_queue(), state.session_id(), state.launched_runs(), annotated, source, choice,
+                           f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}")
+    queued: list[Job] = []
+    try:
+        for plan in plans:
+            queued.append(_queue_run(plan, target))
+    except BaseException:
+        for job in queued:  # all or none: the runs stay, cancelled, for the user to see and delete
+            target.queue.cancel(job.id, by=target.owner)
+        raise
+    return queued
 
 
-def _queue_run(plan: LaunchPlan, runs: RunStore, queue: JobQueue, owner: str, launched: set[str],
-               annotated: object, source: str, choice: DataChoice, about: str) -> Job:
+@dataclass
+class _LaunchTarget:
+    """Where ``launch_plans`` queues its runs, every value read from the session before the first is registered."""
+
+    runs: RunStore
+    queue: JobQueue
+    owner: str
+    launched: set[str]
+    """The session's own set of launched runs, changed in place (no session read)."""
+    data: object
+    source: str
+    choice: DataChoice
+    about: str
+
+
+def _queue_run(plan: LaunchPlan, target: _LaunchTarget) -> Job:
     """Register the plan's run and queue its job; no Streamlit call in here (see ``launch_plans``)."""
     from clm_explore.training import finetune
 
-    cfg = plan.cfg
-    run = runs.create(plan.name, cfg.method, {**to_dict(cfg), "source": recorded_source(source), "data": choice.key})
-    if choice.kind == "upload":  # its predictions hold the upload's test texts: closed on disk as the upload is
-        run.path.chmod(0o700)
-    kwargs = {"data": annotated, "cfg": cfg, "out_dir": str(run.path), "source": source}
+    cfg, choice = plan.cfg, target.choice
+    run = target.runs.create(plan.name, cfg.method,
+                             {**to_dict(cfg), "source": recorded_source(target.source), "data": choice.key})
+    kwargs = {"data": target.data, "cfg": cfg, "out_dir": str(run.path), "source": target.source}
     try:
-        job = queue.submit(finetune, kwargs | ({"scores": plan.scores} if plan.scores is not None else {}),
-                           run_id=run.id, device=cfg.device, owner=owner)
+        if choice.kind == "upload":  # its predictions hold the upload's test texts: closed on disk as the upload is
+            run.path.chmod(0o700)
+        job = target.queue.submit(finetune, kwargs | ({"scores": plan.scores} if plan.scores is not None else {}),
+                                  run_id=run.id, device=cfg.device, owner=target.owner)
     except BaseException:
-        runs.delete(run.id, force=True)  # no run left "pending" with no job behind it
+        target.runs.delete(run.id, force=True)  # no run left "pending" with no job behind it
         raise
-    job.label = f"{cfg.method} {about}"  # a shared queue: what is this job? (its session is marked on the card)
-    launched.add(run.id)  # the session's own set, changed in place: no session read here
+    job.label = f"{cfg.method} {target.about}"  # a shared queue: what is this job? (its session marked on the card)
+    target.launched.add(run.id)
     return job
 
 
@@ -207,8 +231,9 @@ def progress_panel(key: str = "ft") -> None:
     cards = shown_jobs(jobs)
     deleted = _deleted_runs([job.run_id for job in cards if job.done and job.run_id])
     accuracy = {r.id: r.metrics.get("accuracy") for r in records}  # the registry's copy: no file read a redraw
+    ahead = jobs_ahead(jobs)
     for job in cards:
-        _job_card(job, key, deleted, accuracy.get(job.run_id or ""))
+        _job_card(job, key, deleted, accuracy.get(job.run_id or ""), ahead.get(job.id, 0))
     if any(job.status is RunStatus.SUCCEEDED for job in cards):
         st.page_link("app_pages/6_compare.py", label="Compare finished runs: predictions, attributions, layers",
                      icon=":material/compare_arrows:")
@@ -217,6 +242,17 @@ def progress_panel(key: str = "ft") -> None:
         run_views.render_runs_table(records, key=key)
     else:
         st.caption("No runs yet.")
+
+
+def jobs_ahead(jobs: list[Job]) -> dict[str, int]:
+    """Per waiting job, how many jobs run before it on its device: the running one and the waiting ones whose turn
+    comes first (the queue's turn order, computed once a redraw, not per card)."""
+    ahead: dict[str, int] = {}
+    for device in {job.device for job in jobs if job.status is RunStatus.PENDING}:
+        running = sum(1 for job in jobs if job.device == device and job.status is RunStatus.RUNNING)
+        for place, job in enumerate(job_queue().turn_order(device)):
+            ahead[job.id] = running + place
+    return ahead
 
 
 def _lost_jobs_note(records: list[RunRecord]) -> str:
@@ -246,7 +282,7 @@ def shown_jobs(jobs: list[Job], finished_shown: int = 8) -> list[Job]:
     return list(reversed(active)) + list(reversed(ended))
 
 
-def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None) -> None:
+def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None, ahead: int) -> None:
     p = job.progress()
     run_name = job.run_id or job.id
     with st.container(border=True):
@@ -260,11 +296,8 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
             with c2:
                 cancel_control(job, key)
         if job.status is RunStatus.PENDING:
-            turns = [j.id for j in job_queue().turn_order(job.device)]
-            ahead = turns.index(job.id) if job.id in turns else 0
-            running = sum(1 for j in job_queue().active() if j.device == job.device and j.status is RunStatus.RUNNING)
-            st.caption(f"Waiting in the queue ({ahead + running} job(s) ahead on {job.device}; turns go round the "
-                       "sessions that have jobs waiting).")
+            st.caption(f"Waiting in the queue ({ahead} job(s) ahead on {job.device}; turns go round the sessions that "
+                       "have jobs waiting).")
             return
         st.progress(*progress_bar(p, job.status if job.done else None))
         if job.cancel_event.is_set() and not job.done:  # every session sees it (a toast from the callback did not)

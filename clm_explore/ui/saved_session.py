@@ -187,9 +187,12 @@ def end_session(root: Path, token: str) -> None:
 
 
 def end_this_session() -> None:
-    """A button's callback: end the browser's session (``end_session``) and start it afresh, on the sample."""
+    """A button's callback: end the browser's session (``end_session``) and start it afresh, on the sample; the runs it
+    launched stay marked as its own (their cards, tracebacks and cap)."""
+    launched = set(state.launched_runs())
     end_session(state.uploads_root(), state.session_id())
     st.session_state.clear()  # the next run starts a new token; the old one in the address finds no file
+    st.session_state[state.LAUNCHED] = launched
     st.toast("Session ended: its upload and saved choices are deleted from the server.")
 
 

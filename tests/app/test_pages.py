@@ -1635,17 +1635,18 @@ def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_p
         session.armed = True
         return real_create(*args, **kwargs)
 
-    submitted = []
+    submitted, cancelled = [], []
 
     def submit(fn, kwargs, run_id=None, device="cpu", owner=None):
         if len(submitted) == 2:
             raise RuntimeError("the queue is gone")
         submitted.append((run_id, owner))
-        return SimpleNamespace(label="", run_id=run_id)
+        return SimpleNamespace(label="", run_id=run_id, id=f"job-{run_id}")
 
     monkeypatch.setattr(runs, "create", create)
     monkeypatch.setattr(jobs, "store", lambda: runs)
-    monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(active=lambda: [], submit=submit))
+    monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(
+        active=lambda: [], submit=submit, cancel=lambda job_id, by=None: cancelled.append(job_id)))
     monkeypatch.setattr(jobs, "made_scores", lambda *args: None)
     monkeypatch.setattr(cache, "data", lambda choice: SimpleNamespace(labels=["a", "b"]))
     monkeypatch.setattr(cache, "model", lambda source, labels: None)
@@ -1658,6 +1659,7 @@ def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_p
     session.armed = False
     assert [r.name for r in runs.list()] == ["probe-s1", "probe-s0"]  # the third, never queued, is not left pending
     assert submitted == [(r.id, "f" * 32) for r in reversed(runs.list())]
+    assert cancelled == [f"job-{run_id}" for run_id, _ in submitted]  # all or none: the two queued are cancelled
     assert session[state.LAUNCHED] == {r.id for r in runs.list()}
     assert {r.path.stat().st_mode & 0o777 for r in runs.list()} == {0o700}  # an upload's runs closed as it is
 

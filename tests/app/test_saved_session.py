@@ -242,9 +242,13 @@ def test_ending_a_session_deletes_its_upload_and_choices_and_its_address_opens_a
     app.session_state["data_choice"] = dataclasses.replace(upload, text_col="utterance", label_col="intent")
     app.run()
     assert (tmp_path / "uploads" / f"{token}.session.json").is_file()
+    app.session_state["launched_runs"] = {"run-of-mine"}
+    assert app.sidebar.button(key="side_end_session").disabled  # one click must not delete an upload
+    app.sidebar.checkbox(key="side_end_confirm").check().run()
     app.sidebar.button(key="side_end_session").click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert not (tmp_path / "uploads" / token).exists() and not (tmp_path / "uploads" / f"{token}.session.json").exists()
     assert token_of(app) != token and app.session_state["data_choice"].kind == "sample"
+    assert app.session_state["launched_runs"] == {"run-of-mine"}  # its runs' cards still say so
     follower = open_app(token)  # the old address: a fresh session, nothing of the upload
     assert follower.session_state["data_choice"].kind == "sample" and token_of(follower) != token
