@@ -17,10 +17,10 @@ st.write(
 with st.expander("Which runs train exactly these rows"):
     st.write(
         "The mask is re-selected from the cached scores on every move, under Row choice's options. It is the "
-        "seed-0 mask: a seed-0 sparse run launched here or on the Finetune page, at this budget and without the "
-        "frozen-layer cache, trains these rows, from these scores (not scored again); a run with another seed "
-        "warms its own head before scoring, and draws its random-share rows with that seed, so its rows differ "
-        "somewhat."
+        "seed-0 mask: a seed-0 sparse run launched here or on the Finetune page, at this budget, reading as many "
+        "sub-tokens per text as the scores did and without the frozen-layer cache, trains these rows, from these "
+        "scores (not scored again). A run with another seed or length scores its own rows (another seed warms its "
+        "own head before scoring and draws its random-share rows with that seed), so its rows differ somewhat."
     )
 
 choice, source = state.require_data()
@@ -57,6 +57,10 @@ where = ("as set on the Finetune page" if forms.form_used()
          else "the defaults; the Finetune page's once set there")
 st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {options['max_length']} sub-tokens per "
            f"text ({where}); its other options take their defaults.")
+if options["max_length"] != sens_cfg.max_length:
+    st.caption(f"The rows above were scored reading {sens_cfg.max_length} sub-tokens per text; these runs read "
+               f"{options['max_length']} and score their own rows at that length, so a sparse run may train other rows "
+               "than those shown.")
 if selection is None:
     st.caption("Launching waits for a budget that selects rows (above).")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked or selection is None):

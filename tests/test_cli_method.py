@@ -211,10 +211,17 @@ def test_finetune_trains_from_scores_saved_by_sensitivity(capsys, data_dir, tmp_
     scores = tmp_path / "scores"
     run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--score", "taylor", "--out", str(scores), "--json"])
     out = tmp_path / "run"
-    shown = run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores),
-                              "--out", str(out), "--json"])
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores), "--out", str(out),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    shown = json.loads(captured.out)
     assert shown["scores_from"] == str(scores.resolve())
+    assert (f"note: the scores in {scores} were made reading 64 sub-tokens per text and this run reads 32"
+            in captured.err)  # the faces review: it trained the 64-length rows without a word
     assert (out / "task_tokens.json").read_text() == (scores / "task_tokens.json").read_text()
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores), "--max-length", "64",
+                 "--out", str(tmp_path / "same"), "--json"]) == 0
+    assert "were made reading" not in capsys.readouterr().err  # the same length: nothing to say
     recorded = RunStore().get(shown["run"]).config["sensitivity"]  # the registry names what the folder names
     assert recorded["score"] == "taylor" == json.loads((out / "clm_run.json").read_text())["config"]["sensitivity"]["score"]
     for argv, message in (([str(tmp_path / "nowhere")], "is not a readable scores folder"),
@@ -343,6 +350,21 @@ def test_sensitivity_budget_in_json_and_checked_before_scoring(capsys, data_dir)
     err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "0.05",
                              "--min-layer", "40"])
     assert "--min-layer 40 is above the model's layers (0-1, and 2 for its pooler)" in err and "scoring" not in err
+
+
+def test_sensitivity_budget_says_what_a_sparse_run_trains_as_finetune_counts_it(capsys, data_dir, tmp_path):
+    """The faces review: it printed the selected rows' parameters alone (401), which a user read against finetune's
+    and the Budget page's trainable count (1,189) as a disagreement."""
+    import re
+
+    assert main(["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "0.05"]) == 0
+    said = capsys.readouterr().out
+    trains = re.search(r"parameters selected \([\d.]+%\); a sparse run trains ([\d,]+) with its head", said)
+    assert trains, said
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--max-length", "64", "--budget", "0.05",
+                      "--out", str(tmp_path / "run"), "--json"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert int(trains.group(1).replace(",", "")) == metrics["trainable_params"]
 
 
 def test_a_budget_above_every_eligible_row_is_noted(capsys, data_dir, tmp_path):

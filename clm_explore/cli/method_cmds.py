@@ -192,8 +192,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     print(f"{report.seconds:.1f} s; " + "; ".join(report.notes))
     if sel is not None:
         lowest = f"{sel.lowest_layer} (the embeddings)" if sel.lowest_layer == -1 else sel.lowest_layer
-        print(f"budget {args.budget:g}: {sel.selected_params:,} parameters ({sel.share:.3%}), lowest layer "
-              f"{lowest}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
+        trained = "" if sel.trainable_params is None else (
+            f"; a sparse run trains {sel.trainable_params:,} with its head and LayerNorms")  # as finetune prints it
+        print(f"budget {args.budget:g}: {sel.selected_params:,} parameters selected ({sel.share:.3%}){trained}; lowest "
+              f"layer {lowest}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
         if sel.budget_note:
             print(f"note: {sel.budget_note}")
     return 0
@@ -396,6 +398,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
     if given is not None:
         check_scores_fit(given, loaded, data.labels, cfg.mask)
+        if given.sensitivity.max_length != cfg.max_length:  # the faces review: said nowhere, yet the rows may differ
+            print(f"note: the scores in {args.scores} were made reading {given.sensitivity.max_length} sub-tokens per "
+                  f"text and this run reads {cfg.max_length}: it trains the rows they chose, which a run scoring for itself "
+                  "at its length may not", file=sys.stderr)
     resolve_device(cfg.device)  # a bad --device is a message before any folder is touched
     protected = (default_root(), Path(args.data))
     if int(os.environ.get("RANK", "0")) > 0:
