@@ -190,6 +190,13 @@ def split_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def data_digest(data: AnnotatedData) -> str:
+    """A fingerprint of the three splits (``split_digest`` of each): two runs with it trained and tested on the same
+    rows, whatever their data was called (a path typed on the command line, the app's name for it)."""
+    parts = [split_digest(data.split(name)) for name in ("train", "validation", "test")]
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
+
+
 def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig | None = None,
               **options: Any) -> AnnotatedData:
     """Read and check a data file or a folder of split files (or DataFrames, with the same checks).

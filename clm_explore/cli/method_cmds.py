@@ -445,12 +445,14 @@ def _said_put_back(store: Any, claim: Any) -> None:
 def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any, out: Path | None,
                       processes: int, given: Any = None) -> int:
     """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded."""
+    from clm_explore.data import data_digest
     from clm_explore.modeling import recorded_source
     from clm_explore.runs import RunStatus
     from clm_explore.training import finetune
 
     # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
-    listed = {**to_dict(cfg), "source": recorded_source(args.model), "data": data.source}
+    listed = {**to_dict(cfg), "source": recorded_source(args.model), "data": data.source,
+              "data_digest": data_digest(data)}  # the same rows as an app run's, whatever each calls the data
     record = (store.register_folder(out, method=cfg.method, config=listed) if out
               else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method, listed))
     run_dir = store.path(record.id)

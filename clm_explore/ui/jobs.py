@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
+from clm_explore.data import data_digest
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, default_root
@@ -132,7 +133,8 @@ def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> li
     for plan in plans:
         check_runnable(plan.cfg, loaded)
     target = _LaunchTarget(store(), job_queue(), state.session_id(), state.launched_runs(), annotated, source, choice,
-                           f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}")
+                           f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}",
+                           data_digest(annotated))
     queued: list[Job] = []
     try:
         for plan in plans:
@@ -157,6 +159,8 @@ class _LaunchTarget:
     source: str
     choice: DataChoice
     about: str
+    digest: str
+    """``data.data_digest`` of the data: runs of the CLI on the same rows compare with these (``run_views``)."""
 
 
 def _queue_run(plan: LaunchPlan, target: _LaunchTarget) -> Job:
@@ -164,8 +168,8 @@ def _queue_run(plan: LaunchPlan, target: _LaunchTarget) -> Job:
     from clm_explore.training import finetune
 
     cfg, choice = plan.cfg, target.choice
-    run = target.runs.create(plan.name, cfg.method,
-                             {**to_dict(cfg), "source": recorded_source(target.source), "data": choice.key})
+    run = target.runs.create(plan.name, cfg.method, {**to_dict(cfg), "source": recorded_source(target.source),
+                                                     "data": choice.key, "data_digest": target.digest})
     kwargs = {"data": target.data, "cfg": cfg, "out_dir": str(run.path), "source": target.source}
     try:
         if choice.kind == "upload":  # its predictions hold the upload's test texts: closed on disk as the upload is

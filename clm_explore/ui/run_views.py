@@ -239,10 +239,10 @@ def other_run(records: list[RunRecord], picked: RunRecord, prefer: str) -> RunRe
     others = [r for r in records if r.id != picked.id]
     if not others:
         return None
-    data, source = picked.config.get("data"), picked.config.get("source")
+    data, source = data_identity(picked), picked.config.get("source")
 
     def rank(r: RunRecord) -> tuple[bool, bool, bool, bool]:
-        return (_pairable(picked, r), data is not None and r.config.get("data") == data,
+        return (_pairable(picked, r), data is not None and data_identity(r) == data,
                 r.config.get("source") == source, r.method == prefer)
 
     return max(others, key=rank)  # the first of the best, so the newest of them
@@ -259,16 +259,22 @@ def default_pick(records: list[RunRecord], data: str | None, source: str | None,
     source = recorded_source(source) if source else source  # as runs record it: a folder as an absolute path
     ranked = sorted(records, key=lambda r: (data is not None and r.config.get("data") == data,
                                            r.config.get("source") == source, r.method == prefer), reverse=True)
-    counts = Counter(r.config.get("data") for r in records)  # a pairable partner exists when another run
-    for run in ranked:                                        # shares the data key, or one of them has none
-        key = run.config.get("data")
+    counts = Counter(data_identity(r) for r in records)  # a pairable partner exists when another run
+    for run in ranked:                                   # shares the data, or one of them has no data key
+        key = data_identity(run)
         if (len(records) > 1 if key is None else counts[key] - 1 + counts[None] > 0):
             return run
     return ranked[0]
 
 
+def data_identity(run: RunRecord) -> str | None:
+    """What tells two runs' data apart: the digest of their splits where the run recorded it (a CLI run names its data
+    by the path typed, an app run by the app's key: the same rows, two names), else its data key."""
+    return run.config.get("data_digest") or run.config.get("data")
+
+
 def _pairable(a: RunRecord, b: RunRecord) -> bool:
-    data_a, data_b = a.config.get("data"), b.config.get("data")
+    data_a, data_b = data_identity(a), data_identity(b)
     return data_a is None or data_b is None or data_a == data_b
 
 
@@ -559,8 +565,8 @@ def default_groups(records: list[RunRecord]) -> tuple[list[str], list[str]]:
     if not records:
         return [], []
     newest = records[0]
-    same = [r for r in records if (r.config.get("data"), r.config.get("source"))
-            == (newest.config.get("data"), newest.config.get("source"))]
+    same = [r for r in records if (data_identity(r), r.config.get("source"))
+            == (data_identity(newest), newest.config.get("source"))]
     return [r.id for r in same if r.method == "sparse"], [r.id for r in same if r.method == "full"]
 
 
@@ -582,7 +588,7 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
     if set(a_ids) & set(b_ids):
         st.warning("A run is in both groups: the difference then compares a group with itself in part.")
     picked = [by_id[i] for i in a_ids + b_ids]
-    if len({(r.config.get("data"), r.config.get("source")) for r in picked}) > 1:
+    if len({(data_identity(r), r.config.get("source")) for r in picked}) > 1:
         st.warning("These runs were trained on different data or models: their difference says little.")
     table = compare_run_groups([by_id[i].metrics for i in a_ids], [by_id[i].metrics for i in b_ids])
     level = f"{COMPARISON_LEVEL:.0%}"

@@ -891,6 +891,35 @@ def test_compare_pairs_runs_of_one_data_set_only() -> None:
     assert disagreements(pred, other.assign(text=["x", "y"])).empty  # same row ids, other texts: no pairs
 
 
+def test_a_cli_run_and_an_app_run_on_the_same_rows_are_the_same_data(monkeypatch, tmp_path: Path) -> None:
+    """The faces review: the CLI recorded the path typed, the app its own key; the Runs page warned "different data",
+    Compare said "different data sets", and the default groups left the CLI runs out. Both record the splits'
+    digest now."""
+    from clm_explore.cli import main
+    from clm_explore.runs import RunRecord, RunStore
+    from clm_explore.ui.run_views import data_identity, default_groups, other_run
+
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "runs"))
+    sample = ROOT / "sample_data" / "banking77_20"
+    assert main(["finetune", "--data", str(sample), "--model", "tiny-random", "--method", "head", "--epochs", "1",
+                 "--device", "cpu"]) == 0
+    (cli_run,) = RunStore().list()
+    from clm_explore.data import data_digest, load_data
+
+    assert cli_run.config["data_digest"] == data_digest(load_data(sample))
+    app_run = RunRecord("app-full", "app-full", "full", RunStatus.SUCCEEDED, tmp_path, "", "",
+                        config={"data": "sample:banking77_20:None:None:", "data_digest": data_digest(load_data(sample)),
+                                "source": cli_run.config["source"]})
+    other = RunRecord("other", "other", "full", RunStatus.SUCCEEDED, tmp_path, "", "",
+                      config={"data": "shared:snips:None:None:", "data_digest": "0" * 16,
+                              "source": cli_run.config["source"]})
+    assert data_identity(cli_run) == data_identity(app_run) != data_identity(other)
+    cli_sparse = RunRecord("cli-sparse", "cli-sparse", "sparse", RunStatus.SUCCEEDED, tmp_path, "", "",
+                           config=cli_run.config)
+    assert default_groups([app_run, cli_sparse, other]) == (["cli-sparse"], ["app-full"])
+    assert other_run([other, app_run, cli_sparse], cli_sparse, prefer="full").id == "app-full"  # not the newer snips
+
+
 def test_a_relabelled_copy_pairs_with_its_original_and_says_how_many_labels_differ(tmp_path: Path) -> None:
     import pandas as pd
 
