@@ -1692,6 +1692,7 @@ def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_p
     monkeypatch.setattr(cache, "model", lambda source, labels: None)
     monkeypatch.setattr("clm_explore.training.check_runnable", lambda cfg, loaded: None)
     monkeypatch.setattr("clm_explore.training.check_splits", lambda data, cfg: None)
+    monkeypatch.setattr(jobs, "data_digest", lambda data: "d" * 16)
     session[state.SESSION_ID] = "f" * 32
     choice = state.DataChoice("upload", str(tmp_path / "acme.csv"), "acme.csv", digest="ab12")
     with pytest.raises(RuntimeError, match="the queue is gone"):
