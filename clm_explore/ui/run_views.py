@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,10 +240,10 @@ def other_run(records: list[RunRecord], picked: RunRecord, prefer: str) -> RunRe
     others = [r for r in records if r.id != picked.id]
     if not others:
         return None
-    data, source = data_identity(picked), picked.config.get("source")
+    data, source = picked.config.get("data"), picked.config.get("source")
 
     def rank(r: RunRecord) -> tuple[bool, bool, bool, bool]:
-        return (_pairable(picked, r), data is not None and data_identity(r) == data,
+        return (_pairable(picked, r), data is not None and same_data(picked, r),
                 r.config.get("source") == source, r.method == prefer)
 
     return max(others, key=rank)  # the first of the best, so the newest of them
@@ -259,23 +260,42 @@ def default_pick(records: list[RunRecord], data: str | None, source: str | None,
     source = recorded_source(source) if source else source  # as runs record it: a folder as an absolute path
     ranked = sorted(records, key=lambda r: (data is not None and r.config.get("data") == data,
                                            r.config.get("source") == source, r.method == prefer), reverse=True)
-    counts = Counter(data_identity(r) for r in records)  # a pairable partner exists when another run
-    for run in ranked:                                   # shares the data, or one of them has no data key
-        key = data_identity(run)
-        if (len(records) > 1 if key is None else counts[key] - 1 + counts[None] > 0):
+    partners = _partner_counts(records)
+    for run in ranked:
+        if partners(run) > 0:
             return run
     return ranked[0]
 
 
-def data_identity(run: RunRecord) -> str | None:
-    """What tells two runs' data apart: the digest of their splits where the run recorded it (a CLI run names its data
-    by the path typed, an app run by the app's key: the same rows, two names), else its data key."""
-    return run.config.get("data_digest") or run.config.get("data")
+def _partner_counts(records: list[RunRecord]) -> Callable[[RunRecord], int]:
+    """How many other runs of ``records`` a run can be paired with (``_pairable``), counted once (each redraw reads
+    every run of the registry: no pair-by-pair loop)."""
+    keys = Counter(r.config.get("data") for r in records)
+    digests = Counter(r.config.get("data_digest") for r in records if r.config.get("data_digest"))
+    undigested = Counter(r.config.get("data") for r in records if not r.config.get("data_digest"))
+
+    def count(run: RunRecord) -> int:
+        key, digest = run.config.get("data"), run.config.get("data_digest")
+        if key is None:
+            return len(records) - 1
+        same = digests[digest] - 1 + undigested[key] if digest else keys[key] - 1
+        return same + keys[None]
+
+    return count
+
+
+def same_data(a: RunRecord, b: RunRecord) -> bool:
+    """Whether two runs trained on the same data as far as their records tell: by their splits' digest where both
+    recorded one (a CLI run names its data by the path typed, an app run by the app's key: the same rows, two names),
+    else by the data key (a run registered before the digest was recorded)."""
+    digest_a, digest_b = a.config.get("data_digest"), b.config.get("data_digest")
+    if digest_a and digest_b:
+        return digest_a == digest_b
+    return a.config.get("data") == b.config.get("data")
 
 
 def _pairable(a: RunRecord, b: RunRecord) -> bool:
-    data_a, data_b = data_identity(a), data_identity(b)
-    return data_a is None or data_b is None or data_a == data_b
+    return a.config.get("data") is None or b.config.get("data") is None or same_data(a, b)
 
 
 _SOURCE_WORDS = {"sample": "the bundled sample", "shared": "the server's data set", "upload": "the upload"}
@@ -565,8 +585,7 @@ def default_groups(records: list[RunRecord]) -> tuple[list[str], list[str]]:
     if not records:
         return [], []
     newest = records[0]
-    same = [r for r in records if (data_identity(r), r.config.get("source"))
-            == (data_identity(newest), newest.config.get("source"))]
+    same = [r for r in records if same_data(r, newest) and r.config.get("source") == newest.config.get("source")]
     return [r.id for r in same if r.method == "sparse"], [r.id for r in same if r.method == "full"]
 
 
@@ -588,7 +607,7 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
     if set(a_ids) & set(b_ids):
         st.warning("A run is in both groups: the difference then compares a group with itself in part.")
     picked = [by_id[i] for i in a_ids + b_ids]
-    if len({(data_identity(r), r.config.get("source")) for r in picked}) > 1:
+    if any(not same_data(r, picked[0]) or r.config.get("source") != picked[0].config.get("source") for r in picked):
         st.warning("These runs were trained on different data or models: their difference says little.")
     table = compare_run_groups([by_id[i].metrics for i in a_ids], [by_id[i].metrics for i in b_ids])
     level = f"{COMPARISON_LEVEL:.0%}"

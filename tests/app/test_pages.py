@@ -897,7 +897,7 @@ def test_a_cli_run_and_an_app_run_on_the_same_rows_are_the_same_data(monkeypatch
     digest now."""
     from clm_explore.cli import main
     from clm_explore.runs import RunRecord, RunStore
-    from clm_explore.ui.run_views import data_identity, default_groups, other_run
+    from clm_explore.ui.run_views import default_groups, other_run, same_data
 
     monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "runs"))
     sample = ROOT / "sample_data" / "banking77_20"
@@ -913,7 +913,10 @@ def test_a_cli_run_and_an_app_run_on_the_same_rows_are_the_same_data(monkeypatch
     other = RunRecord("other", "other", "full", RunStatus.SUCCEEDED, tmp_path, "", "",
                       config={"data": "shared:snips:None:None:", "data_digest": "0" * 16,
                               "source": cli_run.config["source"]})
-    assert data_identity(cli_run) == data_identity(app_run) != data_identity(other)
+    assert same_data(cli_run, app_run) and not same_data(app_run, other)
+    older = RunRecord("older", "older", "full", RunStatus.SUCCEEDED, tmp_path, "", "",
+                      config={"data": "sample:banking77_20:None:None:"})  # registered before the digest
+    assert same_data(older, app_run) and not same_data(older, cli_run)  # by the key where a digest is missing
     cli_sparse = RunRecord("cli-sparse", "cli-sparse", "sparse", RunStatus.SUCCEEDED, tmp_path, "", "",
                            config=cli_run.config)
     assert default_groups([app_run, cli_sparse, other]) == (["cli-sparse"], ["app-full"])
