@@ -90,7 +90,6 @@ class Job:
         self.error: str | None = None
         """The traceback text when the job failed."""
         self.result: Any = None
-        self.submitted = time.time()
         self.started: float | None = None
         self.finished: float | None = None
         self.cancel_event = threading.Event()

@@ -50,6 +50,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, ConfigError, DataError, ModelSourceError, RunFolderError, RunStoreError)
 
 
+LINE_BREAK_ESCAPES = {ord(c): ascii(c)[1:-1] for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+"""A tab and every character ``str.splitlines`` breaks at, each to its escape (\\t, \\n, \\x0c, \\u2028, ...): text
+printed on one line of a command's output."""
+
+
 def print_json(obj: Any) -> None:
     """Print ``obj`` as strict JSON on stdout: numpy values and paths turned into plain ones, NaN and infinities
     into null (a method without a budget has a NaN budget in a grid's tables; NaN is not JSON)."""

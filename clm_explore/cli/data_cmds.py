@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import add_data_args, data_config, phase_printer, print_json
+from clm_explore.cli import LINE_BREAK_ESCAPES, add_data_args, data_config, phase_printer, print_json
 from clm_explore.config import LabelAuditConfig
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when the command runs, so --help stays fast
@@ -153,13 +153,10 @@ def format_report(report: DataReport) -> str:
     return "\n".join(lines)
 
 
-_BREAKS = {ord(c): ascii(c)[1:-1] for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
-
-
 def _shown(text: str) -> str:
     """``text`` on one line of the report: a label's tab or line break written as its escape (a raw tab broke the
     label table's columns), backslashes as they are (a note's Windows path)."""
-    return text.translate(_BREAKS)
+    return text.translate(LINE_BREAK_ESCAPES)
 
 
 def _length_lines(report: DataReport) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from clm_explore.cli import (
+    LINE_BREAK_ESCAPES,
     Terminated,
     UserError,
     add_data_args,
@@ -630,12 +631,7 @@ def one_line(text: str) -> str:
     """A text as one tab-separated field: its backslashes, tabs and line breaks written as escapes (\\, \\t, \\n,
     \\r), and the other characters Python's ``splitlines`` breaks at as \\x0c, \\u2028 and the like, so that a
     script reads a line per text and three fields a line."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").translate(
-        _OTHER_BREAKS)
-
-
-_OTHER_BREAKS = {ord(c): ascii(c)[1:-1] for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
-"""Line breaks for ``str.splitlines`` beyond \\n and \\r, each to its escape (form feed: \\x0c)."""
+    return text.replace("\\", "\\\\").translate(LINE_BREAK_ESCAPES)
 
 
 OUT_OF_SCOPE = "(out of scope)"
