@@ -207,8 +207,8 @@ class SensitivityReport:
             head = folder / "head.safetensors"
             small = meta.get("small_params")  # JSON keys are strings: the layers come back as ints
             small = {kind: {int(k): v for k, v in by_layer.items()} for kind, by_layer in small.items()} if small else None
-            report = cls(load_file(folder / "row_scores.safetensors"),
-                         {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}, int(meta["n_layers"]),
+            matrices = {k: MatrixInfo(**v) for k, v in meta["matrices"].items()}
+            report = cls(_in_order(load_file(folder / "row_scores.safetensors"), matrices), matrices, int(meta["n_layers"]),
                          int(meta["backbone_params"]), dict(meta["config"]), load_file(head) if head.exists() else {},
                          meta.get("seconds", 0.0), meta.get("notes", []), meta.get("head_params"), small,
                          meta.get("labels"), meta.get("source"), meta.get("mining"), meta.get("train_digest"))
@@ -846,3 +846,12 @@ def _embedding_info(loaded: LoadedModel, task_tokens: TaskTokens | None, batches
         eligible = sorted(set(torch.cat([b.input_ids.flatten() for b in batches]).tolist()) - special)
     info = MatrixInfo(name, -1, "embeddings", emb.num_embeddings, emb.embedding_dim, eligible)
     return name, info
+
+
+def _in_order(row_scores: dict[str, torch.Tensor], matrices: dict[str, MatrixInfo]) -> dict[str, torch.Tensor]:
+    """Saved row scores in the model's order of matrices, as ``compute_sensitivity`` made them: safetensors hands
+    its tensors back sorted by name, and the rows a seed draws (random rows, ``random_share``, sampled rows) and
+    the order of equal scores follow this order, so a run from saved scores drew other rows than the same run
+    scoring for itself, and than ``sensitivity --budget`` showed (the faces review)."""
+    ordered = {name: row_scores[name] for name in matrices if name in row_scores}
+    return ordered | {name: scores for name, scores in row_scores.items() if name not in ordered}

@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from clm_explore.config import SensitivityConfig
+from clm_explore.config import MaskConfig, SensitivityConfig
 from clm_explore.data import AnnotatedData
+from clm_explore.masks import select_mask
 from clm_explore.mining import TaskTokens, TokenGroup, mine_task_tokens
 from clm_explore.modeling import ModelSourceError, head_parameter_names, load_model, unsupported_reason
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity, scored_linears
@@ -262,8 +263,13 @@ def test_save_load_round_trip(tiny, tiny_data, tmp_path):
     report = compute_sensitivity(tiny, tiny_data, tt, SensitivityConfig(warmup_epochs=1), device="cpu")
     report.save(tmp_path / "sens")
     back = SensitivityReport.load(tmp_path / "sens")
-    assert back.row_scores.keys() == report.row_scores.keys()
+    assert list(back.row_scores) == list(report.row_scores)  # the model's order, not safetensors' sorted names
     assert all(torch.equal(back.row_scores[k], report.row_scores[k]) for k in report.row_scores)
+    for drawn in ({"strategy": "random"}, {"random_share": 0.5, "seed": 3}, {"strategy": "sampled", "seed": 1}):
+        # the rows a seed draws follow that order: a run from saved scores drew other rows than one scoring itself
+        mask = MaskConfig(budget=0.05, min_layer=0, **drawn)
+        here, there = select_mask(report, mask).masks, select_mask(back, mask).masks
+        assert here.keys() == there.keys() and all(torch.equal(here[k], there[k]) for k in here), drawn
     assert all(torch.equal(back.head_state[k], report.head_state[k]) for k in report.head_state)
     assert back.matrices == report.matrices
     heads = {info.module: info.heads for info in report.matrices.values()}
