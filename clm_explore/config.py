@@ -191,6 +191,12 @@ class DataConfig:
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
 
 
+RELEVANCES = ("kl", "mi", "chi2")
+"""Label relevance measures of a mined group (MiningConfig.relevance)."""
+SPECIFICITIES = ("wordfreq", "none")
+"""Domain specificity measures of a mined group (MiningConfig.specificity)."""
+
+
 @keywords_checked
 @documented
 @dataclass(frozen=True)
@@ -226,8 +232,8 @@ class MiningConfig:
         _check(1 <= self.max_ngram <= 5, f"max_ngram must be in 1..5, got {self.max_ngram}")
         _check(self.max_words >= 1, f"max_words must be >= 1, got {self.max_words}")
         _check(self.min_count >= 1, f"min_count must be >= 1, got {self.min_count}")
-        _check(self.relevance in ("kl", "mi", "chi2"), f"relevance must be kl, mi or chi2, got {self.relevance!r}")
-        _check(self.specificity in ("wordfreq", "none"), f"specificity must be wordfreq or none, got {self.specificity!r}")
+        _check(self.relevance in RELEVANCES, f"relevance must be kl, mi or chi2, got {self.relevance!r}")
+        _check(self.specificity in SPECIFICITIES, f"specificity must be wordfreq or none, got {self.specificity!r}")
         _check(self.combine in ("product", "rank"), f"combine must be product or rank, got {self.combine!r}")
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         _check(self.examples_per_group >= 0, f"examples_per_group must be >= 0, got {self.examples_per_group}")
@@ -419,6 +425,8 @@ METHODS = ("sparse", "sparse_merged", "full", "head", "bitfit", "lora", "prefix"
 BUDGET_METHODS = ("sparse", "sparse_merged", "layers", "random", "fisher", "gradient")
 """Methods whose trainable set the budget (``MaskConfig.budget``) sizes; full, head, bitfit, lora and prefix
 train what they train whatever the budget."""
+MINING_METHODS = ("sparse", "sparse_merged", "layers", "random", "fisher")
+"""Methods that mine task-token groups (``FinetuneConfig.mining``) for their scores or their eligible rows."""
 SCHEDULES = ("linear", "cosine", "constant")
 """Learning-rate schedules after the warm-up (FinetuneConfig.schedule)."""
 PREFIX_INITS = ("random", "zero")

@@ -571,3 +571,60 @@ def test_a_path_that_is_not_utf8_is_refused_before_any_folder_is_made(capsys, da
     assert "--out" in capsys.readouterr().err and [p.name for p in tmp_path.iterdir()] == ["data"]  # an empty folder was left
     assert main(["predict", "--run", out, "--text", "hi"]) == 2
     assert "is not UTF-8; set your terminal to UTF-8" in capsys.readouterr().err  # a traceback from the registry
+
+
+def test_the_apps_mining_options_reach_mine_sensitivity_and_finetune(capsys, data_dir, tmp_path):
+    """The faces review: the Tokens page mines with relevance, specificity, min rows, max words and groups kept; the
+    CLI took three of these in mine alone, so a run the app made with others could not be repeated from it."""
+    options = ["--max-words", "1", "--specificity", "none", "--min-count", "3", "--top", "12"]
+    default = run_json(capsys, ["mine", str(data_dir), *TINY, "--json"])
+    assert any(" " in g["text"] for g in default if g["kind"] == "words")  # two-word groups by default
+    groups = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", *options])
+    assert 0 < len(groups) <= 12
+    assert all(" " not in g["text"] for g in groups if g["kind"] == "words")
+    assert all(g["specificity"] == 1 and g["score"] == g["relevance"] for g in groups)
+
+    sens = tmp_path / "sens"
+    run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--json", "--calibration-rows", "32", "--device", "cpu",
+                      "--out", str(sens), *options])
+    mining = json.loads((sens / "sensitivity.json").read_text())["mining"]
+    assert (mining["max_words"], mining["specificity"], mining["min_count"], mining["top_k"]) == (1, "none", 3, 12)
+    assert [g["text"] for g in json.loads((sens / "task_tokens.json").read_text())["groups"]] == \
+        [g["text"] for g in groups]
+
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--out", str(tmp_path / "run"), "--json",
+                      *options, "--relevance", "chi2"])
+    config = json.loads((tmp_path / "run" / "clm_run.json").read_text())["config"]["mining"]
+    assert (config["max_words"], config["specificity"], config["min_count"], config["top_k"],
+            config["relevance"]) == (1, "none", 3, 12, "chi2")
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--min-count", "3",
+                 "--out", str(tmp_path / "head")]) == 0
+    assert "note: the mining options are not read by head, which mines no groups" in capsys.readouterr().err
+    err = run_error(capsys, ["mine", str(data_dir), *TINY, "--max-words", "0"])
+    assert "--max-words must be >= 1" in err
+
+
+def test_sensitivity_budget_takes_finetunes_mask_options(capsys, data_dir, tmp_path):
+    """The faces review: sensitivity --budget took --min-layer alone, so it could not show what a run with random
+    rows, spread heads or cost-aware selection trains from the same scores."""
+    from clm_explore.config import MaskConfig
+    from clm_explore.masks import select_mask
+    from clm_explore.sensitivity import SensitivityReport
+
+    sens = tmp_path / "sens"
+    rows = run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--json", "--calibration-rows", "32", "--device",
+                             "cpu", "--out", str(sens), "--budget", "0.05", "--random-share", "0.5", "--seed", "3"])
+    shown = {(r["layer"], r["module"]): r["selected_rows"] for r in rows}
+    report = SensitivityReport.load(sens)
+
+    def selected(**mask) -> dict:
+        table = select_mask(report, MaskConfig(budget=0.05, **mask)).table
+        return {(layer, module): int(n) for layer, module, n in zip(table["layer"], table["module"],
+                                                                    table["selected_rows"], strict=True)}
+
+    drawn = selected(random_share=0.5, seed=3)
+    assert all(shown[k] == drawn.get(k, 0) for k in shown)
+    assert selected(random_share=0.5, seed=4) != drawn and selected() != drawn  # the options changed the rows
+    err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "0.05",
+                             "--random-share", "0.5", "--spread-heads"])
+    assert "--spread-heads" in err and "--random-share" in err

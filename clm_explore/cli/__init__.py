@@ -206,7 +206,7 @@ class DefaultsShown(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-FIELD_FLAGS = {"warmup_epochs": "head_warmup_epochs", "n_steps": "steps", "top_k": "top"}
+FIELD_FLAGS = {"warmup_epochs": "head_warmup_epochs", "n_steps": "steps", "top_k": "top", "merge_tokens": "merge"}
 """Config fields whose command-line option has another name (where the command has no option of the field's)."""
 
 

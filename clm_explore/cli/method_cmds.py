@@ -28,9 +28,12 @@ from clm_explore.config import (
     FISHER_LABELS,
     HEAD_INITS,
     METHODS,
+    MINING_METHODS,
     PREFIX_INITS,
+    RELEVANCES,
     SCHEDULES,
     SCORES,
+    SPECIFICITIES,
     FinetuneConfig,
     MaskConfig,
     MiningConfig,
@@ -61,17 +64,42 @@ def _register_mine(sub: Any) -> None:
                        "adds the top multi-piece words to the tokenizer's unused slots.")
     add_data_args(p)
     _model_arg(p)
-    p.add_argument("--top", type=int, default=0, help="groups kept (0 = scaled with data size)")
-    p.add_argument("--min-count", type=int, default=5, help="rows a group must occur in")
-    p.add_argument("--relevance", choices=["kl", "mi", "chi2"], default="kl",
-                   help="label relevance of a group: KL divergence from the label prior, mutual information or chi2")
-    p.add_argument("--merge", type=int, default=0, metavar="N",
-                   help="adaptive tokenization: merge up to N of the top multi-piece words into unused vocabulary "
-                        "slots, each in the tokenizer's normalised form and kept only where the new tokenizer then "
-                        "produces it as one token (a rejected word's slot goes to the next word)")
+    _merge_arg(_mining_args(p))
     p.add_argument("--show", type=int, default=30, help="groups printed (human output)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_mine)
+
+
+def _mining_args(p: argparse.ArgumentParser, scored: str = "") -> Any:
+    """The mining options, the app's Tokens page's: mine, sensitivity and finetune take the same ones, so that a
+    run the app made can be repeated from the command line (``scored``: what reads the groups, for the help)."""
+    group = p.add_argument_group("mining options" + (f" ({scored})" if scored else ""))
+    group.add_argument("--top", type=int, default=MiningConfig.top_k,
+                       help="groups kept (0 = scaled with the rows, 64 to 1,024)")
+    group.add_argument("--min-count", type=int, default=MiningConfig.min_count, help="rows a group must occur in")
+    group.add_argument("--relevance", choices=RELEVANCES, default=MiningConfig.relevance,
+                       help="label relevance of a group: KL divergence from the label prior, mutual information or chi2")
+    group.add_argument("--specificity", choices=SPECIFICITIES, default=MiningConfig.specificity,
+                       help="domain specificity of a group: against general English (the wordfreq package's word "
+                       "frequencies), or none (relevance alone)")
+    group.add_argument("--max-words", type=int, default=MiningConfig.max_words, metavar="N",
+                       help="longest run of words mined as one group")
+    return group
+
+
+def _merge_arg(p: Any, default_note: str = "") -> None:
+    p.add_argument("--merge", type=int, default=0, metavar="N",
+                   help="adaptive tokenization: merge up to N of the top multi-piece words into unused vocabulary "
+                        "slots, each in the tokenizer's normalised form and kept only where the new tokenizer then "
+                        "produces it as one token (a rejected word's slot goes to the next word)"
+                        + (f"; {default_note}" if default_note else ""))
+
+
+def mining_config(args: argparse.Namespace, merge_tokens: int = 0) -> MiningConfig:
+    """The mining options of ``args`` (``_mining_args``); a value out of range is a ConfigError, which the CLI
+    says with the option's name."""
+    return MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance,
+                        specificity=args.specificity, max_words=args.max_words, merge_tokens=merge_tokens)
 
 
 def run_mine(args: argparse.Namespace) -> int:
@@ -84,8 +112,8 @@ def run_mine(args: argparse.Namespace) -> int:
         raise UserError(f"--show {args.show} must be 0 or more.")
     data = load_noted_data(args)
     loaded = load_model(args.model, data.labels)
-    cfg = MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance)
-    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer, cfg)
+    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer,
+                                   mining_config(args))
     merge = adaptive_tokenization(loaded, task_tokens, data.train["text"].tolist(), args.merge) if args.merge else None
     frame = task_tokens.to_frame()
     if args.json:  # one shape with or without --merge: a list of groups, pieces as a list
@@ -118,6 +146,7 @@ def _register_sensitivity(sub: Any) -> None:
                        "then trains from, and --budget shows what a budget selects.")
     add_data_args(p)
     _model_arg(p)
+    _mining_args(p, "the groups whose positions --restriction tokens scores")
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens",
                    help="tokens: the Fisher over the mined groups' positions only (the method); none: every position")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score, help="the row score")
@@ -128,10 +157,12 @@ def _register_sensitivity(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
     p.add_argument("--budget", type=float, default=None,
-                   help="also show what this budget selects (with --json: selected_rows per layer and module)")
-    p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer,
-                   help="with --budget: no rows below this layer (-1 = auto: the upper half; 0 = all layers and "
-                        "embeddings), as finetune's --min-layer")
+                   help="also show what this budget selects (with --json: selected_rows per layer and module), "
+                   "a fraction of backbone parameters in (0, 1] or a count > 1")
+    mask_group = _mask_args(p, "with --budget: what the mask takes, as finetune's options")
+    mask_group.add_argument("--seed", type=int, default=0,
+                            help="seeds the rows drawn at random (--random-share, --sample-temperature), as a finetune "
+                            "--scores run of this seed draws them")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_sensitivity)
 
@@ -166,10 +197,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.budget is not None:  # before the scoring pass: a budget or floor the model cannot hold is said at once
         from clm_explore.training import check_runnable
 
-        mask = MaskConfig(budget=args.budget, min_layer=args.min_layer)
+        mask = mask_config(args)
         _check_budget_fits(mask, loaded)
         check_runnable(FinetuneConfig(method="sparse", mask=mask), loaded)
-    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer)
+    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer,
+                                   mining_config(args))
     cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
                             fisher_labels=args.fisher_labels, label_draws=args.label_draws,
                             warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)
@@ -180,7 +212,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         task_tokens.save(Path(args.out) / "task_tokens.json")
         print(f"saved the scores to {args.out} (finetune --scores {args.out} trains from them)", file=sys.stderr)
     table = report.table[["layer", "module", "score", "norm_score", "rows", "params"]]
-    sel = select_mask(report, MaskConfig(budget=args.budget, min_layer=args.min_layer)) if args.budget is not None else None
+    sel = select_mask(report, mask_config(args)) if args.budget is not None else None
     if args.json:  # with --budget each (layer, module) also says how many of its rows the budget selects
         if sel is not None:
             table = table.merge(sel.table[["layer", "module", "selected_rows"]], on=["layer", "module"], how="left")
@@ -278,18 +310,9 @@ def _register_finetune(sub: Any) -> None:
                    help="sub-tokens read per text (predictions and attributions then read as many)")
     p.add_argument("--seed", type=int, default=0, help="seeds the head, the order of rows, dropout and drawn rows")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--min-layer", type=int, default=MaskConfig.min_layer, help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
-    p.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, help="prefer upper layers (0 = off)")
-    p.add_argument("--sample-temperature", type=float, default=None, metavar="T",
-                   help="sparse: draw rows with probability proportional to score ** (1/T) instead of taking the top "
-                   "ones (default: off, the top ones)")
-    p.add_argument("--random-share", type=float, default=MaskConfig.random_share, metavar="S",
-                   help="row methods: spend this share of the budget in [0, 1] on random rows, the rest on the top ones")
-    p.add_argument("--spread-heads", action="store_true",
-                   help="top rows: take each query, key and value map's rows round-robin over its attention heads")
-    p.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
-    p.add_argument("--train-biases", action="store_true",
-                   help="row methods: also train every linear bias at and above the lowest selected layer")
+    _mask_args(p)
+    _merge_arg(_mining_args(p, f"the methods that mine: {', '.join(MINING_METHODS)}"),
+               "the methods that mine merge before scoring; sparse_merged: 0 = 64")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
                    help="row score of the sparse method's sensitivity pass")
     _fisher_labels_arg(p)
@@ -314,20 +337,43 @@ def _register_finetune(sub: Any) -> None:
     p.set_defaults(func=run_finetune_process)
 
 
-def _sampling(temperature: float | None) -> dict:
-    """MaskConfig fields for --sample-temperature: none given keeps the top rows."""
-    return {} if temperature is None else {"strategy": "sampled", "sample_temperature": temperature}
+def _mask_args(p: argparse.ArgumentParser, title: str = "what the mask takes (row methods, layers)") -> Any:
+    """What a mask takes: finetune's options, which sensitivity --budget takes too, so that it shows the rows a run
+    of the same options trains. Returns their group."""
+    group = p.add_argument_group(title)
+    group.add_argument("--min-layer", type=int, default=MaskConfig.min_layer,
+                       help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
+    group.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware,
+                       help="prefer rows in upper layers at equal score, by this weight (0 = off)")
+    group.add_argument("--sample-temperature", type=float, default=None, metavar="T",
+                       help="sparse: draw rows with probability proportional to score ** (1/T) instead of taking the "
+                       "top ones (default: off, the top ones)")
+    group.add_argument("--random-share", type=float, default=MaskConfig.random_share, metavar="S",
+                       help="row methods: spend this share of the budget in [0, 1] on random rows, the rest on the "
+                       "top ones")
+    group.add_argument("--spread-heads", action="store_true",
+                       help="top rows: take each query, key and value map's rows round-robin over its attention heads")
+    group.add_argument("--no-embeddings", action="store_true", help="word-embedding rows may not be selected")
+    group.add_argument("--train-biases", action="store_true",
+                       help="row methods: also train every linear bias at and above the lowest selected layer")
+    return group
+
+
+def mask_config(args: argparse.Namespace) -> MaskConfig:
+    """The mask options of ``args`` (``_mask_args``, ``--budget`` and ``--seed``)."""
+    if not (0 < args.budget <= 1 or (args.budget > 1 and float(args.budget).is_integer())):
+        raise UserError(f"--budget {args.budget:g} must be a fraction in (0, 1] or a whole parameter count above 1.")
+    sampling = {} if args.sample_temperature is None else {"strategy": "sampled",
+                                                           "sample_temperature": args.sample_temperature}
+    return MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
+                      include_embeddings=not args.no_embeddings, train_biases=args.train_biases,
+                      random_share=args.random_share, spread_heads=args.spread_heads, seed=args.seed, **sampling)
 
 
 def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     if args.method not in METHODS:
         raise UserError(f"Unknown method {args.method!r}; choose one of {', '.join(METHODS)}.")
-    if not (0 < args.budget <= 1 or (args.budget > 1 and float(args.budget).is_integer())):
-        raise UserError(f"--budget {args.budget:g} must be a fraction in (0, 1] or a whole parameter count above 1.")
-    mask = MaskConfig(budget=args.budget, min_layer=args.min_layer, cost_aware=args.cost_aware,
-                      include_embeddings=not args.no_embeddings, train_biases=args.train_biases,
-                      random_share=args.random_share, spread_heads=args.spread_heads, seed=args.seed,
-                      **_sampling(args.sample_temperature))
+    mask = mask_config(args)
     return FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                           norm_lr=args.norm_lr, dropout=args.dropout, cache_frozen_layers=args.cache_frozen_layers,
                           compile=args.compile,
@@ -336,7 +382,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           weight_decay=args.weight_decay, keep_best=args.keep_best, early_stop=args.early_stop,
                           max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
-                          prefix_init=args.prefix_init,
+                          prefix_init=args.prefix_init, mining=mining_config(args, args.merge),
                           sensitivity=SensitivityConfig(score=args.score, fisher_labels=args.fisher_labels,
                                                         label_draws=args.label_draws,
                                                         warmup_epochs=args.head_warmup_epochs,
@@ -496,6 +542,12 @@ def _unused_options(args: argparse.Namespace) -> list[str]:
                       "layers read it)")
     if args.method in ("full", "head", "bitfit", "lora", "prefix", "random") and args.score != SensitivityConfig.score:
         unused.append(f"--score is not read by {args.method}, which chooses no rows by their scores")
+    if mining_config(args, args.merge) != MiningConfig():
+        if args.method not in MINING_METHODS:
+            unused.append(f"the mining options are not read by {args.method}, which mines no groups")
+        elif args.scores:
+            unused.append("the mining options are not read with --scores: the groups come with the scores, mined "
+                          "as they were made")
     return unused
 
 

@@ -16,8 +16,10 @@ from clm_explore.config import (
     FISHER_LABELS,
     HEAD_INITS,
     METHODS,
+    RELEVANCES,
     SCHEDULES,
     SCORES,
+    SPECIFICITIES,
     DataConfig,
     FinetuneConfig,
     MaskConfig,
@@ -104,16 +106,16 @@ def mining_form(key: str = "tok") -> MiningConfig:
         c1, c2, c3 = st.columns(3)  # one st.columns per row: Tab then walks the boxes row by row, as they read
         relevance = c1.selectbox(
             "Relevance",
-            ("kl", "mi", "chi2"),
-            index=("kl", "mi", "chi2").index(cfg.relevance),
+            RELEVANCES,
+            index=RELEVANCES.index(cfg.relevance),
             key=f"{key}_relevance",
             help="How strongly a group points to labels: kl (divergence of the labels where it occurs from the "
             "labels overall), mi (mutual information) or chi2.",
         )
         specificity = c2.selectbox(
             "Specificity",
-            ("wordfreq", "none"),
-            index=("wordfreq", "none").index(cfg.specificity),
+            SPECIFICITIES,
+            index=SPECIFICITIES.index(cfg.specificity),
             key=f"{key}_spec",
             help="How much more often a group occurs in this data than in general English (word frequencies of "
             "the wordfreq package); 'none' ranks by relevance alone.",
