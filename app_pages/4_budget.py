@@ -27,7 +27,7 @@ choice, source = state.require_data()
 
 mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
 report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
-budget = forms.budget_input(key="budget")
+budget = forms.budget_input(key="budget", backbone_params=report.backbone_params)
 mask_cfg = forms.mask_options(report.n_layers, key="budget")
 try:
     selection, seconds = cache.timed_mask(source, choice, mining_cfg, sens_cfg, mask_cfg)

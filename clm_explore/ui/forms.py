@@ -176,6 +176,14 @@ def sensitivity_form(key: str = "sens") -> SensitivityConfig:
     return cfg
 
 
+def _nearest_step(value: float) -> float:
+    return min(BUDGET_STEPS, key=lambda s: abs(math.log(s) - math.log(value)))
+
+
+def _budget_count(value: float, backbone_params: int) -> int:
+    return max(1, round(value * backbone_params))  # as masks.budget_to_params counts a fraction
+
+
 def _sync_from_slider(key: str) -> None:
     value = st.session_state[f"{key}_slider"]
     st.session_state[f"{key}_number"] = round(value * 100, 4)
@@ -186,18 +194,26 @@ def _sync_from_number(key: str) -> None:
     value = min(max(st.session_state[f"{key}_number"] / 100, BUDGET_STEPS[0]), 1.0)
     state.set_budget(value)
     st.session_state[f"{key}_number"] = round(value * 100, 4)  # the box shows the budget in use
-    st.session_state[f"{key}_slider"] = min(BUDGET_STEPS, key=lambda s: abs(math.log(s) - math.log(value)))
+    st.session_state[f"{key}_slider"] = _nearest_step(value)
 
 
-def budget_input(key: str = "budget") -> float:
-    """A log-scale slider (0.01%..10%) and a number box (percent) kept in sync; returns a fraction."""
+def _sync_from_count(key: str, backbone_params: int) -> None:
+    # A count is kept as the fraction it is of this model's backbone: the runs, the run names and the other pages
+    # read a fraction, and round(fraction * backbone) gives the count back.
+    value = min(max(st.session_state[f"{key}_count"] / backbone_params, BUDGET_STEPS[0]), 1.0)
+    state.set_budget(value)
+    st.session_state[f"{key}_number"] = round(value * 100, 4)
+    st.session_state[f"{key}_slider"] = _nearest_step(value)
+
+
+def budget_input(key: str = "budget", backbone_params: int | None = None) -> float:
+    """A log-scale slider (0.01%..10%) and a number box (percent) kept in sync, and, given the model's backbone
+    size, a box for the budget as a parameter count; returns a fraction."""
     value = state.budget()
     if f"{key}_slider" not in st.session_state:
-        st.session_state[f"{key}_slider"] = min(
-            BUDGET_STEPS, key=lambda s: abs(math.log(s) - math.log(value))
-        )
+        st.session_state[f"{key}_slider"] = _nearest_step(value)
         st.session_state[f"{key}_number"] = round(value * 100, 4)
-    c1, c2 = st.columns([4, 1])
+    c1, c2, c3 = st.columns([4, 1, 1]) if backbone_params else (*st.columns([4, 1]), None)
     c1.select_slider(
         "Budget (share of backbone parameters, log scale)",
         options=BUDGET_STEPS,
@@ -216,6 +232,19 @@ def budget_input(key: str = "budget") -> float:
         on_change=_sync_from_number,
         args=(key,),
     )
+    if c3 is not None:
+        st.session_state[f"{key}_count"] = _budget_count(value, backbone_params)  # follows the slider and the box
+        c3.number_input(
+            "Budget (parameters)",
+            min_value=_budget_count(BUDGET_STEPS[0], backbone_params),
+            max_value=backbone_params,
+            step=1000,
+            key=f"{key}_count",
+            on_change=_sync_from_count,
+            args=(key, backbone_params),
+            help=f"The budget as a count of this model's {backbone_params:,} backbone parameters (to compare with "
+            "another method's trainable count); the runs take it as the share it is.",
+        )
     return state.budget()
 
 

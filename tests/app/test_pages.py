@@ -368,6 +368,22 @@ def test_budget_slider_and_number_box(at: AppTest) -> None:
     assert "hold 7,717: all of them are selected" in " ".join(c.value for c in at.caption)
 
 
+def test_budget_as_a_parameter_count(at: AppTest) -> None:
+    """The faces review: the CLI and the API took a budget as a count, the app only as a share."""
+    goto(at, "app_pages/4_budget.py")
+    count = at.number_input(key="budget_count")
+    backbone = count.max
+    assert count.value == round(0.01 * backbone)  # the default 1%, counted
+    count.set_value(5000).run()
+    assert not at.exception
+    assert at.session_state["budget"] * backbone == pytest.approx(5000)
+    assert at.number_input(key="budget_number").value == pytest.approx(round(5000 / backbone * 100, 4))
+    selected = int(at.metric[0].value.replace(",", ""))
+    assert 4000 < selected <= 5000  # rows up to the count
+    at.select_slider(key="budget_slider").set_value(0.001).run()
+    assert at.number_input(key="budget_count").value == round(0.001 * backbone)  # the count follows the slider
+
+
 def test_the_finetune_form_folds_all_but_the_first_options(at: AppTest) -> None:
     goto(at, "app_pages/5_finetune.py")
     [more] = [e for e in at.expander if e.label.startswith("More training options")]
