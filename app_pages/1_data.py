@@ -11,7 +11,7 @@ from clm_explore.label_issues import TooFewRowsError, relabelled, splits_csv, sp
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, state, views
 
-st.title("Data")
+st.title("Data", anchor=False)
 st.write("Pick the annotated data every page works on. It stays selected while you move between pages.")
 
 choice = forms.data_picker(state.data_choice(), key="data")
@@ -31,7 +31,7 @@ except DataError as exc:  # in the app's words: its column boxes, not the comman
 if state.set_data_choice(choice):
     st.rerun()  # the sidebar, drawn before this page, shows the new data set
 
-st.header(f"Data set: {views.escape_markdown(choice.name)}")
+st.header(f"Data set: {views.escape_markdown(choice.name)}", anchor=False)
 views.render_data_report(cache.report(choice), key="data")
 try:
     views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.launch_options()["max_length"],
@@ -39,14 +39,17 @@ try:
 except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note
     st.caption(views.escape_markdown(f"Texts' lengths in sub-tokens not counted: {exc}"))
 with st.expander("Preview (first 50 training rows)"):
-    st.dataframe(annotated.train.head(50), key="data_preview")
+    st.dataframe(annotated.train.head(50), key="data_preview", alt="First 50 training rows")
 
-st.header("Labels the data disputes")
+st.header("Labels the data disputes", anchor=False)
 st.write(
-    "Rows whose annotated label their own text disputes: a linear probe on the model's features, trained on the "
-    "other rows (5 folds), is confidently sure of another label (confident learning, cleanlab's "
-    "confident_learning filter). Most disputed first; a flagged row is worth a second look, not necessarily "
-    "wrong. One pass of the model, no training."
+    "Rows whose label the rest of the data disputes: a quick model, trained on the other rows, is confidently sure "
+    "the row belongs to another label. Most disputed first; a flagged row is worth a second look, not necessarily "
+    "wrong. Tick accept where the suggested label is right."
+)
+st.caption(
+    "How: a linear probe on the model's features, trained on the other rows in 5 folds, and cleanlab's confident "
+    "learning rule. One pass of the model, no finetuning."
 )
 source = state.model_source()
 if st.button("Check the labels", key="data_audit"):
@@ -106,7 +109,7 @@ if state.get("audited") == (choice, source):
             )
 
 st.divider()
-st.subheader("Next")
+st.header("Next", anchor=False)
 st.caption("Tokens, Sensitivity and Budget show what a sparse run will train, and are optional: Finetune trains with "
            "their defaults. Compare sets two finished runs side by side.")
 c1, c2 = st.columns(2)

@@ -6,7 +6,7 @@ from clm_explore.data import DataError
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, state, views
 
-st.title("Task tokens")
+st.title("Task tokens", anchor=False)
 st.write(
     "Words, short spans and recurring word pieces whose presence shifts the label distribution, "
     "scored by label relevance × domain specificity."

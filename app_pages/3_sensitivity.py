@@ -7,7 +7,7 @@ import streamlit as st
 from clm_explore.config import ConfigError
 from clm_explore.ui import cache, forms, state, views
 
-st.title("Sensitivity")
+st.title("Sensitivity", anchor=False)
 st.write(
     "How much each part of the model matters for your labels: every weight row gets a score, here summed per "
     "layer and module (brighter: more). A sparse run trains the rows that score highest."
@@ -35,7 +35,7 @@ VIEWS = {
     "share_selected": f"Share selected at the current budget ({state.budget() * 100:.3g}%)",
 }
 state.restore("sens_view", "score", options=list(VIEWS))  # the view and the toggle below outlive page switches
-view = st.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="sens_view")
+view = st.radio("Heatmap shows", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="sens_view")
 state.keep("sens_view")
 try:
     if view == "share_selected":
@@ -45,7 +45,7 @@ except ConfigError as exc:  # e.g. a budget below the cheapest row, as on the Bu
 else:
     views.heatmap(table, view, VIEWS[view], key="sens_main")
 
-st.header("Restricted vs unrestricted")
+st.header("Restricted vs unrestricted", anchor=False)
 st.write("The same score with gradients from every position: how much the token restriction moves the mass.")
 # A toggle, not a button: the comparison costs a second scoring pass on every change of the options, so the
 # user can turn it off again.

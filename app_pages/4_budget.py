@@ -8,7 +8,7 @@ from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state, views
 from clm_explore.ui.views import escape_markdown, refusal_text
 
-st.title("Budget")
+st.title("Budget", anchor=False)
 st.write(
     "Choose how much of the model a sparse run trains (the budget, a share of its parameters), and see which "
     "weight rows that buys: the highest-scoring ones on the Sensitivity page, until the budget is spent. Runs "
@@ -39,7 +39,7 @@ if selection is not None:
     views.render_mask_summary(selection, report.backbone_params, key="budget")
     views.heatmap(selection.table, "share_selected", "Share of rows selected per layer and module", key="budget")
 
-st.header("Launch at this budget")
+st.header("Launch at this budget", anchor=False)
 st.write(
     f"Methods that use the budget ({budget * 100:.3g}%): "
     + ", ".join(BUDGET_METHODS)

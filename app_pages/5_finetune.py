@@ -8,7 +8,7 @@ from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state
 from clm_explore.ui.views import escape_markdown, refusal_text
 
-st.title("Finetune")
+st.title("Finetune", anchor=False)
 st.write(
     "Launch a run with our sparse method or a baseline. Jobs queue per device and are visible "
     "to every user of this server; runs survive reloads and restarts."
@@ -36,5 +36,5 @@ if submitted is not None:
         st.toast(f"Queued {queued[0].run_id}" if len(queued) == 1 else f"Queued {len(queued)} runs (seeds "
                  f"{cfg.seed}-{cfg.seed + len(queued) - 1})")
 
-st.header("Queue")
+st.header("Queue", anchor=False)
 jobs.progress_panel(key="ft")  # the queue's cards and, below them, the recent runs

@@ -5,7 +5,7 @@ import streamlit as st
 from clm_explore.runs import RunStatus
 from clm_explore.ui import cache, jobs, layer_charts, run_views, state
 
-st.title("Compare runs")
+st.title("Compare runs", anchor=False)
 st.write("Two finished runs side by side: what each gets right, and which words each model relies on.")
 
 done = [
@@ -37,18 +37,19 @@ if mismatch:
 relabelled = run_views.label_difference_note(a, b)
 if relabelled:
     st.info(relabelled)
+st.header("Scores", anchor=False)
 run_views.render_metrics_side_by_side(a, b, key="cmp")
 full_a, full_b = a.full_metrics(), b.full_metrics()  # the registry keeps no per-label figures
 run_views.confusion_pair(full_a, full_b, (f"A: {a.method}", f"B: {b.method}"), key="cmp")
 run_views.f1_difference(full_a, full_b, key="cmp")
 
-st.header("What training changed")
+st.header("What training changed", anchor=False)
 st.write("Where each run moved its base model's weights: a sparse run only its selected rows, full finetuning every "
          "matrix. Per layer and module; the head is left out, LayerNorms are counted below each map.")
 run_views.weight_changes_toggle([a, b], key="cmp_changes")
 layer_charts.layer_similarity_toggle(a, b, key="cmp_cka")
 
-st.header("Where they disagree")
+st.header("Where they disagree", anchor=False)
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}
 if not mtime[a.id] or not mtime[b.id]:
     st.info("A run has no predictions.csv.")
@@ -69,13 +70,13 @@ if not shown.empty:
     run_views.explain_pair(shown.at[pick, "text"], a, b, key="cmp_row")
     layer_charts.head_attention_pair(shown.at[pick, "text"], a, b, key="cmp_row_heads")
 
-st.header("Try a text")
+st.header("Try a text", anchor=False)
 own = run_views.try_text(key="cmp")
 if own:
     run_views.explain_pair(own, a, b, key="cmp_try")
     layer_charts.head_attention_pair(own, a, b, key="cmp_try_heads")
 
-st.header("Top words per label")
+st.header("Top words per label", anchor=False)
 state.restore("cmp_max_rows", 100)
 state.restore("cmp_top", False)
 max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, key="cmp_max_rows")

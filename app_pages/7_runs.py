@@ -7,7 +7,7 @@ from clm_explore.runs import PER_LABEL_METRICS, RunStatus, RunStoreError
 from clm_explore.ui import jobs, run_views, state
 from clm_explore.ui.views import escape_markdown
 
-st.title("Runs")
+st.title("Runs", anchor=False)
 st.write("Every run in the registry, whoever launched it. Runs live in folders on the server.")
 
 store = jobs.store()
@@ -23,7 +23,7 @@ run_views.render_runs_table(records, key="runs")
 with st.expander("Compare groups of runs (seeds)", expanded=False):
     run_views.render_group_comparison(records, key="runs_groups")
 
-st.header("One run")
+st.header("One run", anchor=False)
 run = run_views.run_picker(records, "Run", records[0], key="runs_pick")
 st.caption(
     f"Folder: {escape_markdown(str(run.path))} · status **{run.status.value}** · created {run.created} · updated "
@@ -40,7 +40,7 @@ with c2, st.expander("Metrics (metrics.json)"):
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
 
 if run.status is RunStatus.SUCCEEDED:
-    st.subheader("What training changed")
+    st.subheader("What training changed", anchor=False)
     run_views.weight_changes_toggle([run], key="runs_changes")
     run_views.render_model_card(run, key="runs")
 

@@ -19,7 +19,7 @@ from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
-from clm_explore.ui.views import CHART_CONFIG, escape_markdown, metric_row
+from clm_explore.ui.views import CHART_CONFIG, escape_markdown, label_text, metric_row
 
 if TYPE_CHECKING:
     from clm_explore.sensitivity import SensitivityReport
@@ -241,7 +241,7 @@ def progress_panel(key: str = "ft") -> None:
     if any(job.status is RunStatus.SUCCEEDED for job in cards):
         st.page_link("app_pages/6_compare.py", label="Compare finished runs: predictions, attributions, layers",
                      icon=":material/compare_arrows:")
-    st.header("Recent runs")
+    st.header("Recent runs", anchor=False)
     if records:
         run_views.render_runs_table(records, key=key)
     else:
@@ -317,7 +317,7 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
         # every open session, held the server's CPU away from the jobs themselves (in the two-user browser
         # test, with four finished jobs on the board, a head job on the tiny model waited 99 s, now 21 s).
-        show = not job.done or st.toggle(f"Curves of {escape_markdown(run_name)}", key=f"{key}_curves_{job.id}")
+        show = not job.done or st.toggle(f"Curves of {label_text(run_name)}", key=f"{key}_curves_{job.id}")
         if p.losses and show:
             _curves(p.losses, p.eval_history, f"{key}_{job.id}", f"Training loss and validation scores of {run_name}")
         if job.status is RunStatus.FAILED and job.error:
@@ -359,7 +359,7 @@ def cancel_control(job: Job, key: str) -> None:
     armed = f"{key}_cancel_armed"
     if _armed_job(armed) != job.id:
         # the run named in the label: each job's button is told apart by a screen reader, not only by its card
-        st.button(f"Cancel {escape_markdown(job.run_id or job.id)}…", key=f"{key}_cancel_{job.id}", on_click=_arm_cancel,
+        st.button(f"Cancel {label_text(job.run_id or job.id)}…", key=f"{key}_cancel_{job.id}", on_click=_arm_cancel,
                   args=(armed, job.id),
                   help="Asks before cancelling: this queue is shared, the job may be another user's.")
         return

@@ -58,6 +58,7 @@ def render_runs_table(records: list[RunRecord], key: str) -> None:
     st.dataframe(
         runs_frame(records),
         key=f"{key}_runs",
+        alt="Runs",
         hide_index=True,
         column_config={
             "accuracy": st.column_config.NumberColumn(format="%.3f"),
@@ -133,7 +134,8 @@ def render_run_figures(run: RunRecord) -> None:
 
 
 def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
-    st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics")
+    # every row in view: at the default ten rows' height the last figures were cut off behind a scroll
+    st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics", height="content", alt="Metrics of runs A and B")
     st.caption("Selected parameters count the budget's rows; trainable parameters add what trains beside them (the "
                "head, and LayerNorms where the run trains them).")
 
@@ -155,6 +157,8 @@ def _fmt(value: Any) -> str:
 
 
 CONFUSION_ROW_PX = 22
+CONFUSION_COUNTED_LABELS = 20
+"""Confusion matrices of at most this many labels print each cell's count in it."""
 SIDE_BY_SIDE_LABELS = 12
 """Two confusion matrices of at most this many labels stand side by side; larger ones one above the other, each
 the page's width (side by side, 20 labels' names were cut and the matrices shrank to slivers at 800 px)."""
@@ -182,6 +186,8 @@ def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
             y=[plot_text(x) for x in gold],
             colorscale="Blues",
             hovertemplate="true %{y} → pred %{x}: %{z}<extra></extra>",
+            # counts in the cells where they fit: by colour alone they were unreadable to a demo's audience
+            texttemplate="%{z}" if len(gold) <= CONFUSION_COUNTED_LABELS else None,
         )
     )
     fig.update_layout(
@@ -200,6 +206,10 @@ def confusion(metrics: dict[str, Any], title: str, key: str) -> None:
     views.chart(fig, f"{key}_confusion", numbers.rename_axis(index="true", columns="predicted"), title)
 
 
+F1_DIFFERENCE = "F1 A − B"
+"""The F1 difference's column, axis and legend name (the title's minus sign, not a hyphen)."""
+
+
 def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
     fa, fb = a.get("per_label_f1") or {}, b.get("per_label_f1") or {}
     labels = [x for x in fa if x in fb]  # a label one run has no F1 for (not in its test rows, never predicted)
@@ -211,16 +221,16 @@ def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
         st.info("No per-label F1 in these runs." if not one_sided else "No label has an F1 in both runs.")
         return
     diff = pd.DataFrame(
-        {"label": [plot_text(x) for x in labels], "A - B": [fa[x] - fb[x] for x in labels]}
+        {"label": [plot_text(x) for x in labels], F1_DIFFERENCE: [fa[x] - fb[x] for x in labels]}
     )
-    diff = diff.sort_values("A - B")
+    diff = diff.sort_values(F1_DIFFERENCE)
     fig = px.bar(
         diff,
-        x="A - B",
+        x=F1_DIFFERENCE,
         y="label",
         orientation="h",
         title="Per-label F1 difference (A − B)",
-        color="A - B",
+        color=F1_DIFFERENCE,
         color_continuous_scale="RdBu",
         range_color=[-1, 1],
     )
@@ -497,7 +507,7 @@ def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, ke
     """Per-label top attributed words; a column marks the ones that are mined groups."""
     from clm_explore.casestudy import is_group_word
 
-    st.subheader(escape_markdown(title))
+    st.subheader(escape_markdown(title), anchor=False)
     if top.empty:
         st.caption("No words passed the minimum count.")
         return
@@ -505,6 +515,7 @@ def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, ke
     st.dataframe(
         shown,
         key=f"{key}_top",
+        alt="Top words per label",
         hide_index=True,
         height=300,
         column_config={  # the words' label is the one each row's attribution explained: the predicted one
@@ -522,10 +533,11 @@ RIGHT = {"all": "All", "only A": "Only A right", "only B": "Only B right", "neit
 def filter_disagreements(diff: pd.DataFrame, key: str) -> pd.DataFrame:
     """A filter (all / only A right / only B right / neither) and the filtered disagreement table."""
     state.restore(f"{key}_filter", "all", options=list(RIGHT))
-    which = st.radio("Show", list(RIGHT), format_func=RIGHT.get, horizontal=True, key=f"{key}_filter")
+    which = st.radio("Show the disagreements where", list(RIGHT), format_func=RIGHT.get, horizontal=True, key=f"{key}_filter")
     state.keep(f"{key}_filter")
     shown = diff if which == "all" else diff[diff["right"] == which]
-    st.dataframe(views.text_last(shown), key=f"{key}_disagree", hide_index=True, height=260)
+    st.dataframe(views.text_last(shown), key=f"{key}_disagree", hide_index=True, height=260,
+                 alt="Test rows the runs disagree on")
     return shown
 
 
@@ -538,7 +550,8 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
         render_top_words(study.top_b, study.groups_a or study.groups_b, f"B: {b.method}", key=f"{key}_b")
     if not study.overlap.empty:
         st.caption("Share of each label's top words that are mined groups")
-        st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200)
+        st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200,
+                     alt="Top words the runs share per label")
 
 
 CHANGE_VIEWS = {"share_params_changed": "Share of parameters changed", "share_rows_changed": "Share of weight rows changed",
@@ -564,7 +577,7 @@ def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
         st.warning(escape_markdown(str(exc)))
         return
     state.restore(f"{key}_view", "share_params_changed", options=list(CHANGE_VIEWS))
-    view = st.radio("Show", list(CHANGE_VIEWS), format_func=CHANGE_VIEWS.get, horizontal=True, key=f"{key}_view")
+    view = st.radio("Weight changes shown as", list(CHANGE_VIEWS), format_func=CHANGE_VIEWS.get, horizontal=True, key=f"{key}_view")
     state.keep(f"{key}_view")
     sides = ("A", "B") if len(runs) == 2 else ("",) * len(runs)
     # One colour scale for the maps side by side: each on its own range drew B's 0.79 near white beside A's 0.15.
@@ -619,7 +632,7 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
              "high_points": f"{level} high", "std_ratio": "std A / B", "std_ratio_low": f"std ratio {level} low",
              "std_ratio_high": f"std ratio {level} high"}
     # A figure a group cannot have (a std of one run, its interval) is "–": the table showed "None".
-    st.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True,
+    st.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True, alt="Weight changes",
                  column_config={column: st.column_config.Column(name) for column, name in names.items()})
     st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
                "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "

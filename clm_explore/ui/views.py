@@ -37,6 +37,21 @@ def escape_markdown(text: str) -> str:
     return _AUTOLINK.sub(lambda match: match.group(0) + "\u200b", escaped)
 
 
+_LABEL_SPECIAL = re.compile(r"([\\`*_\[\]!~$:<>&])")
+_LABEL_LEAD = re.compile(r"^(\s*)(?:([#>+\-])|(\d+)([.)]))")
+
+
+def label_text(text: str) -> str:
+    """User text (a run's name) for a widget's label: escaped where a label's Markdown acts (emphasis, code, links,
+    images, icons and colours, LaTeX, and a leading heading, quote or list marker), not before every - and . as
+    ``escape_markdown`` does: a label as written is also its name for a screen reader, which read each backslash
+    out ("Curves of 20261206\\-221335\\-full")."""
+    escaped = " ".join(_LABEL_SPECIAL.sub(r"\\\1", str(text)).splitlines())
+    escaped = _LABEL_LEAD.sub(lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) else f"{m.group(3)}\\{m.group(4)}"),
+                              escaped)
+    return _AUTOLINK.sub(lambda match: match.group(0) + "\u200b", escaped)
+
+
 def plot_text(text: str) -> str:
     """Text for plotly labels: plotly reads a few HTML-like tags (<b>, <a>), so angle brackets are replaced."""
     return str(text).replace("<", "‹").replace(">", "›")
@@ -72,7 +87,7 @@ def chart(fig: go.Figure, key: str, numbers: pd.DataFrame | None = None, title: 
     st.plotly_chart(fig, key=key, config=CHART_CONFIG, alt=title or None)
     if numbers is not None:
         with st.expander(escape_markdown(f"Numbers: {title}") if title else "Numbers behind the chart"):
-            st.dataframe(numbers, key=f"{key}_numbers")
+            st.dataframe(numbers, key=f"{key}_numbers", alt=f"Numbers: {title}" if title else "Numbers behind the chart")
 
 
 def metric_row() -> Any:
@@ -155,9 +170,9 @@ def render_data_report(report: Any, key: str) -> None:
     lengths = pd.DataFrame(
         {(split, unit): v for split, units in report.lengths.items() for unit, v in units.items()}
     )
-    st.subheader("Text lengths")
-    st.caption("Characters and words per text: min, median, 95th percentile, max.")
-    st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths")
+    st.subheader("Text lengths", anchor=False)
+    st.caption("Characters and words per text: min, median, 95th percentile (p95), max.")
+    st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths", alt="Text lengths")
 
 
 def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int) -> None:
@@ -193,31 +208,41 @@ def render_label_issues(result: Any, key: str) -> pd.DataFrame:
     """The label audit: how many rows were flagged and how far the probe can be trusted, then the flagged rows
     (texts in a table: never rendered as markdown), each with a box to accept its suggestion, and a CSV of them.
     Returns the rows whose suggestion was accepted."""
+    if not result.issues.empty:  # an alert is announced by screen readers; the figures below are not
+        st.info(f"The quick model disputes the labels of {len(result.issues):,} of {result.checked:,} rows: check them "
+                "in the table below, and tick accept where the suggested label is right.")
     with metric_row():
         st.metric("Rows flagged", len(result.issues), width="content")
         st.metric("Rows checked", result.checked, width="content")
-        st.metric("Probe accuracy", f"{result.probe_accuracy:.1%}", width="content",
-                  help="How often the probe names the annotated label of a row it did not see: its disagreement "
-                  "means more when this is high.")
+        st.metric("Quick model's accuracy", f"{result.probe_accuracy:.1%}", width="content",
+                  help="How often the quick model (a linear probe) names the annotated label of a row it did not "
+                  "see: its disagreement means more when this is high.")
     for note in result.notes:
         st.caption(escape_markdown(note))
     if result.issues.empty:
         st.success("No row's label is disputed by the others.")
         return result.issues
+    # The text beside its labels and wide: last, it sat off a 1280-pixel screen, and out of the screen reader's
+    # table, which holds the columns in view. Probabilities rounded: that table reads the values, not the format.
+    shown = result.issues.assign(accept=False).round({"label_prob": 3, "suggested_prob": 3})
     edited = st.data_editor(
-        text_last(result.issues.assign(accept=False)[["accept", *result.issues.columns]]),
+        shown[["accept", "label", "suggested", "text", "label_prob", "suggested_prob", "split", "row"]],
         key=f"{key}_issues",
+        alt="Rows whose label is disputed",
         hide_index=True,
         height=320,
         disabled=list(result.issues.columns),  # only the boxes: the rows are the audit's
         column_config={
             "accept": st.column_config.CheckboxColumn("accept", help="Take the suggested label for this row"),
+            "text": st.column_config.TextColumn("text", width="large"),
             "row": st.column_config.NumberColumn("row", help="Position in its split, as loaded (a carved "
                                                  "validation or test split is drawn from train)"),
-            "label_prob": st.column_config.ProgressColumn("label prob", min_value=0.0, max_value=1.0, format="%.3f",
-                                                          help="The probe's probability of the annotated label"),
-            "suggested_prob": st.column_config.ProgressColumn("suggested prob", min_value=0.0, max_value=1.0,
-                                                              format="%.3f"),
+            "label_prob": st.column_config.ProgressColumn(
+                "confidence in its label", min_value=0.0, max_value=1.0, format="%.3f",
+                help="The quick model's probability of the annotated label"),
+            "suggested_prob": st.column_config.ProgressColumn(
+                "confidence in the suggestion", min_value=0.0, max_value=1.0, format="%.3f",
+                help="The quick model's probability of the suggested label"),
         },
     )
     st.download_button("Download the flagged rows (CSV)", csv_text(result.issues).encode(),
@@ -250,6 +275,7 @@ def render_group_table(frame: pd.DataFrame, key: str) -> None:
     st.dataframe(
         frame[[c for c in cols if c in frame.columns]],
         key=f"{key}_table",
+        alt="Mined task-token groups",
         hide_index=True,
         height=320,
         column_config={
@@ -388,7 +414,8 @@ def render_merge_report(report: MergeReport, key: str) -> None:
             st.metric("After merging", f"{report.mean_length_after:.2f}", width="content")
             st.metric("Shorter by", f"{report.shortening * 100:.1f}%", width="content")
     if report.merged:
-        st.dataframe(pd.DataFrame(report.merged).astype(str), key=f"{key}_merged", hide_index=True)
+        st.dataframe(pd.DataFrame(report.merged).astype(str), key=f"{key}_merged", hide_index=True,
+                     alt="Merged words")
     if report.note:
         st.caption(escape_markdown(report.note))
 

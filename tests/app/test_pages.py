@@ -109,8 +109,11 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
     flagged = int(shown["Rows flagged"])  # the tiny random model's features dispute many labels
     assert int(shown["Rows checked"]) == 2000 and flagged > 0
     table = next(d.value for d in at.dataframe if "suggested" in d.value.columns)  # the editor: a dataframe here
-    assert len(table) == flagged and list(table.columns[:5]) == ["accept", "split", "row", "label", "suggested"]
-    assert table.columns[-1] == "text"  # last: a long text pushed the suggested label off the screen
+    # The text beside its labels (the accessibility review: last, it sat off screen and out of the screen reader's
+    # table); probabilities rounded, as that table reads values, not formats.
+    assert len(table) == flagged and list(table.columns[:4]) == ["accept", "label", "suggested", "text"]
+    assert (table["label_prob"] == table["label_prob"].round(3)).all()
+    assert any(f"disputes the labels of {flagged:,} of 2,000 rows" in i.value for i in at.info)  # an alert screen readers announce
     downloads = [b.proto.label for b in at.get("download_button")]
     assert "Download the flagged rows (CSV)" in downloads and not any("changed" in d for d in downloads)
     # Two suggestions accepted (as the editor's boxes record them): the data with them, to download.
@@ -567,6 +570,16 @@ def test_highlight_escapes_user_text() -> None:
     assert escape_markdown("user@mail.example") == "user@\u200bmail\\.example"
     assert escape_markdown("Www.leak.example") == "Ww\u200bw\\.leak\\.example"
     assert escape_markdown("at 10:30") == "at 10\\:30"  # other colons as they were
+
+
+def test_widget_labels_escape_only_what_a_label_acts_on() -> None:
+    """A label as written is also its name for a screen reader, which read escape_markdown's backslashes out."""
+    from clm_explore.ui.views import label_text
+
+    assert label_text("20261206-221335-full.v2 (b)") == "20261206-221335-full.v2 (b)"
+    assert label_text("**bold** :red[x] $y$ `z` ~s~ <b>") == "\\*\\*bold\\*\\* \\:red\\[x\\] \\$y\\$ \\`z\\` \\~s\\~ \\<b\\>"
+    assert (label_text("# big"), label_text("- item"), label_text("12. first")) == ("\\# big", "\\- item", "12\\. first")
+    assert label_text("see https://evil.example/x\nnext") == "see https\\:\u200b//evil.example/x next"
 
 
 def lowest_layer_shown(app: AppTest) -> str:
@@ -1310,7 +1323,7 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run, job = waiting_job(store, "theirs")
     goto(at, "app_pages/5_finetune.py")
-    assert at.button(key=f"ft_cancel_{job.id}").label == f"Cancel {escape_markdown(run.id)}…"  # told apart
+    assert at.button(key=f"ft_cancel_{job.id}").label == f"Cancel {run.id}…"  # told apart, with no backslash read out
     at.button(key=f"ft_cancel_{job.id}").click().run()
     assert not job.cancel_event.is_set() and not job.done  # one click only asks
     at.button(key=f"ft_cancel_no_{job.id}").click().run()  # "Keep it"
@@ -1520,6 +1533,7 @@ def test_charts_carry_their_numbers_and_a_diverging_map_centres_on_zero() -> Non
     heat, matrix = (json.loads(chart.proto.spec) for chart in app.get("plotly_chart"))
     assert heat["data"][0]["zmid"] == 0  # +2e-8 is blue, not red: the white point is 0, not the data's middle
     assert matrix["layout"]["xaxis"]["dtick"] == 1 and matrix["layout"]["yaxis"]["dtick"] == 1  # every label named
+    assert matrix["data"][0]["texttemplate"] == "%{z}"  # 20 labels: each cell's count printed, not colour alone
     assert [e.label for e in app.expander] == ["Numbers\\: Difference", "Numbers\\: A\\: full"]  # escaped Markdown
     assert app.dataframe[0].value.loc["L1", "k"] == -4e-5
     assert app.dataframe[1].value.shape == (20, 20) and app.dataframe[1].value.loc["label 3", "label 3"] == 1
