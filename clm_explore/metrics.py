@@ -63,6 +63,11 @@ def _unseen_row(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict:
     return {"confusion_unseen": np.bincount(np.asarray(pred)[unseen], minlength=n_labels).tolist()}
 
 
+CONFUSION_COUNTED_LABELS = 20
+"""Drawn confusion matrices of at most this many labels print each cell's count in it (the app's and the report's):
+by colour alone the counts were unreadable to a demo's audience; more labels leave no room for them."""
+
+
 def confusion_table(metrics: dict) -> tuple[list[list[int]], list[str], list[str]] | None:
     """A run's confusion matrix as ``(counts, predicted labels, gold labels)``, rows gold; the test rows of labels
     unseen in train (``confusion_unseen``) form a last row, so the counts add up to ``test_rows``. None when the

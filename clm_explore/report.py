@@ -30,7 +30,7 @@ from clm_explore.casestudy import (
     run_name,
 )
 from clm_explore.masks import mask_table
-from clm_explore.metrics import confusion_table
+from clm_explore.metrics import CONFUSION_COUNTED_LABELS, confusion_table
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import read_json_object
 
@@ -176,7 +176,8 @@ def _confusion_figure(metrics: dict[str, Any], title: str) -> go.Figure | None:
         return None
     counts, predicted, gold = table
     fig = go.Figure(go.Heatmap(z=counts, x=[plot_text(x) for x in predicted], y=[plot_text(x) for x in gold],
-                               colorscale="Blues", showscale=False))
+                               colorscale="Blues", showscale=False,
+                               texttemplate="%{z}" if len(gold) <= CONFUSION_COUNTED_LABELS else None))
     fig.update_layout(title=plot_text(title), xaxis_title="predicted", yaxis_title="gold", height=420,
                       xaxis_type="category", yaxis_type="category")  # coded labels (1, 10, 1000) are names
     fig.update_yaxes(autorange="reversed")

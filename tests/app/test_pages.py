@@ -1566,6 +1566,7 @@ def test_coded_labels_are_drawn_as_names_not_as_positions_on_a_scale() -> None:
 
     metrics = {"labels": ["1", "10"], "confusion": [[1, 0], [0, 1]], "per_label_f1": {"1": 1.0, "10": 1.0}}
     assert _confusion_figure(metrics, "A").layout.xaxis.type == "category"
+    assert _confusion_figure(metrics, "A").data[0].texttemplate == "%{z}"  # counts printed, as on Compare
     assert _f1_figure(metrics, None, ("A", "B")).layout.xaxis.type == "category"
 
 
