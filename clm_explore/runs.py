@@ -192,6 +192,10 @@ class RunStore:
             conn.close()
 
     def _unusable(self, exc: sqlite3.Error) -> RunStoreError:
+        if "readonly" in str(exc):  # moving a read-only file aside (the advice below) is not this user's to do
+            return RunStoreError(
+                f"The run registry {self.db_path} is read-only for this user ({exc}): keep runs in a folder of your "
+                "own (set CLM_EXPLORE_RUNS), or ask its owner for write access.")
         return RunStoreError(
             f"The run registry {self.db_path} cannot be used ({exc}). If another program holds it, try again when it "
             "is done; if the file is damaged, move it aside and a new one is made (the run folders stay as they are "
@@ -205,7 +209,12 @@ class RunStore:
             RunStoreError: what stands in the way.
         """
         with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")  # the write lock: a lock held elsewhere past the timeout fails here
+            # A read-only file takes the lock (sqlite opens it read-only) and refuses the first write: one that
+            # changes nothing, rolled back. (The concurrency review: a bench then ran every cell into the refusal.)
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.rollback()
 
     # -- creating -------------------------------------------------------------------------------
     def create(self, name: str, method: str, config: dict[str, Any] | None = None) -> RunRecord:
@@ -388,9 +397,11 @@ class RunStore:
                                 (RunStatus.PENDING.value, RunStatus.RUNNING.value)).fetchall()
         marked = []
         for record in map(_record, rows):
-            if record.host != host or record.pid is None:
+            if record.host != host or record.pid is None or self._owner_alive(record):
                 continue
-            if not self._owner_alive(record) and self._interrupt(record):
+            if _saved_finished(record.path):  # saved, then the registry could not record it (held): read it again
+                self.register_folder(record.path)
+            elif self._interrupt(record):
                 marked.append(record.id)
         return marked
 
@@ -847,6 +858,13 @@ def _registry_config(meta: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(meta.get("config"), dict):
         return {}
     return {**meta["config"], **{k: meta[k] for k in ("source", "data") if k in meta}}
+
+
+def _saved_finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a run that finished and saved its figures (metrics.json, no stopped status in it)."""
+    if not folder.is_dir() or not (folder / "metrics.json").is_file():
+        return False
+    return _folder_status(folder, read_json_object(folder / "metrics.json"))[0] is RunStatus.SUCCEEDED
 
 
 def _folder_status(folder: Path, metrics: dict[str, Any]) -> tuple[RunStatus, str | None]:

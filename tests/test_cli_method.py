@@ -554,6 +554,29 @@ def test_an_overwrite_stopped_short_puts_the_earlier_run_back_and_says_so(capsys
     assert not list(tmp_path.glob(".replaced-*"))
 
 
+def test_a_registry_held_at_the_end_keeps_the_new_run_it_saved(capsys, data_dir, tmp_path, monkeypatch):
+    """The concurrency review: another process held the registry when a finished --overwrite run recorded its
+    success; the earlier run was put back in place of the new one, which was deleted."""
+    from clm_explore.runs import RunStatus, RunStore, RunStoreError
+
+    out = tmp_path / "run"
+    args = ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out), "--json"]
+    first = run_json(capsys, args)
+    set_status = RunStore.set_status
+
+    def held_at_the_end(self, run_id, status, **kwargs):
+        if status is RunStatus.SUCCEEDED:
+            raise RunStoreError("The run registry cannot be used (database is locked).")
+        return set_status(self, run_id, status, **kwargs)
+
+    monkeypatch.setattr(RunStore, "set_status", held_at_the_end)
+    assert main([*args, "--overwrite", "--seed", "3"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["seed"] == 3 and json.loads((out / "metrics.json").read_text())["seed"] == 3
+    assert f"note: the run is saved in {out}, but the registry could not record it as finished" in said.err
+    assert not list(tmp_path.glob(".replaced-*")) and json.loads(said.out)["run"] == first["run"]
+
+
 def test_ctrl_c_before_a_command_starts_is_said_in_a_word(capsys, monkeypatch):
     import clm_explore.cli as cli
 

@@ -571,3 +571,26 @@ def test_an_overwrite_stopped_while_it_moves_the_earlier_run_aside_leaves_that_r
     with claimed_run_dir(folder, overwrite=True) as claim:
         claim.keep()
     assert order[-1] == "clm_run.json"  # last: a launch's other processes see a run folder until the others are aside
+
+
+def test_a_run_saved_before_the_registry_could_record_it_is_read_again_not_marked_interrupted(store: RunStore) -> None:
+    """The concurrency review: the registry held at a run's end left it "running"; once its process was gone the
+    next look marked the saved run interrupted."""
+    dead_id = _run_of_a_process_gone()
+    folder = store.path(dead_id)
+    (folder / "clm_run.json").write_text(json.dumps({"method": "full", "config": {}}))
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "macro_f1": 0.4}))
+    assert store.mark_interrupted() == []
+    assert store.get(dead_id).status is RunStatus.SUCCEEDED and store.get(dead_id).metrics["accuracy"] == 0.5
+
+
+def test_a_read_only_registry_is_said_before_any_write(store: RunStore, monkeypatch) -> None:
+    """A read-only file takes sqlite's write lock (it opens read-only) and refuses the first write: the check passed
+    and a bench then ran every cell into the refusal (the concurrency review; as another user, chmod 444)."""
+    import sqlite3
+
+    store.list()  # the registry made
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda path, **kw: connect(f"file:{path}?mode=ro", uri=True, **kw))
+    with pytest.raises(RunStoreError, match="is read-only for this user .*CLM_EXPLORE_RUNS"):
+        store.check_writable()

@@ -467,9 +467,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         # folder is refused before it registers, where it took over this run's record and, refused later, marked
         # the live run failed; and the earlier run is put back into a folder no other run could enter.
         with claimed_run_dir(args.out, args.overwrite, protected=protected) as claim:
-            done = _train_registered(args, cfg, data, store, claim.path, processes, given)
-            claim.keep()
-            return done
+            return _train_registered(args, cfg, data, store, claim.path, processes, given, claim)
     finally:
         if claim is not None and claim.earlier is not None and not claim.kept:  # the earlier run put back (or kept)
             _said_put_back(store, claim)
@@ -490,11 +488,13 @@ def _said_put_back(store: Any, claim: Any) -> None:
 
 
 def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any, out: Path | None,
-                      processes: int, given: Any = None) -> int:
-    """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded."""
+                      processes: int, given: Any = None, claim: Any = None) -> int:
+    """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded. The
+    claim is kept as soon as the run is saved: the registry's trouble afterwards must not put the earlier run back
+    in place of a finished one (the concurrency review: a registry held by another process for 30 s did)."""
     from clm_explore.data import data_digest
     from clm_explore.modeling import recorded_source
-    from clm_explore.runs import RunStatus
+    from clm_explore.runs import RunStatus, RunStoreError
     from clm_explore.training import finetune
 
     # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
@@ -509,15 +509,23 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
                           on_step=None if args.json else _step_printer(),
                           on_phase=None if args.json else phase_printer(), progress=False, scores=given)
     except BaseException as exc:
-        if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
-            store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher sends "
-                             "every process when one of them fails, or when it is stopped itself")
-        else:
-            store.set_status(record.id, RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt)
-                             else RunStatus.FAILED, error=str(exc))
+        with contextlib.suppress(RunStoreError):  # the registry's trouble must not hide why the run stopped
+            if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
+                store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher "
+                                 "sends every process when one of them fails, or when it is stopped itself")
+            else:  # a cancel's KeyboardInterrupt says nothing: its name, not ''
+                store.set_status(record.id, RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt)
+                                 else RunStatus.FAILED, error=str(exc) or type(exc).__name__)
         _budget_error(exc)
         raise
-    store.set_status(record.id, RunStatus.SUCCEEDED)
+    if claim is not None:
+        claim.keep()
+    try:
+        store.set_status(record.id, RunStatus.SUCCEEDED)
+    except RunStoreError as exc:
+        print(f"note: the run is saved in {run_dir}, but the registry could not record it as finished ({exc}); list "
+              f"it again when the registry is free (in Python: clm_explore.RunStore().register_folder(path)).",
+              file=sys.stderr)
     metrics = {k: v for k, v in result.metrics.items() if k not in ("confusion",)}
     if args.json:
         print_json({"run": record.id, "out_dir": str(run_dir), **metrics})
