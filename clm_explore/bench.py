@@ -68,7 +68,7 @@ from clm_explore.config import (
     keywords_checked,
 )
 from clm_explore.data import AnnotatedData, load_data, write_csv
-from clm_explore.runs import RunStore, write_json_atomic
+from clm_explore.runs import RunStore, lock_owner, owner_lock, write_json_atomic, write_text_atomic
 
 LR_FACTORS = (1.0, 1 / 3, 3.0)
 """The LR sweep: the method's default times these (the default first, so it wins ties)."""
@@ -860,6 +860,30 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
         RunStore().check_writable()
     check_model_and_device(cfg)  # before bench.json: a refused grid leaves the out folder as it was, and a
     check_budgets(cfg, data.labels)  # mistyped model or device is said once, not by every cell
+    _refuse_a_file(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with grid_lock(out_dir):
+        return _run_locked_grid(data_path, data, splits, cfg, out_dir, runner, progress)
+
+
+GRID_LOCK = ".bench.lock"
+"""The file a bench holds locked while it runs a grid in its folder (``runs.owner_lock``)."""
+
+
+def grid_lock(out_dir: Path) -> Any:
+    """The grid's lock, held while a bench runs it: a second bench on the same --out, or a resume started while the
+    first still runs, is refused. Both ran every cell (the concurrency review): each refused the cells the other
+    was writing and marked them failed though they succeeded, clobbered the other's logs, and retrained cells the
+    other had finished."""
+    path = out_dir / GRID_LOCK
+    return owner_lock(path, lambda: BenchError(
+        f"Another bench is running the grid in {out_dir}{lock_owner(path)}: wait for it to end (a rerun then resumes "
+        "what it left), stop it, or give this one another --out."))
+
+
+def _run_locked_grid(data_path: str | Path, data: Any, splits: Any, cfg: BenchConfig, out_dir: Path,
+                     runner: Runner | None, progress: bool) -> BenchResult:
+    """``run_grid`` once its checks passed and its lock is held."""
     _check_resume(out_dir, cfg, splits_digest(splits))
     for note in (*data.notes, shots_note(data.train, cfg.shots), limit_note(splits[0], cfg), budgets_note(cfg)):
         if progress and note:
@@ -965,13 +989,18 @@ def check_budgets(cfg: BenchConfig, labels: list[str]) -> None:
                 raise BenchError(f"--budgets {budget:g} cannot run {method} on {cfg.model}: {exc}") from exc
 
 
+def _refuse_a_file(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"{out_dir} is a file; a grid's output is a folder. Choose another --out.")
+
+
 def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
     """Refuse an ``out_dir`` whose finished cells another grid made (other training settings, or other rows:
     ``digest`` is ``splits_digest``); then record this grid in its bench.json."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BenchError(f"{out_dir} is a file; a grid's output is a folder. Choose another --out.")
+    _refuse_a_file(out_dir)
     grid_marks = ("bench.json", "cells", "tune")  # a grid folder keeps its cells when its bench.json was deleted
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / mark).exists() for mark in grid_marks):
+    others = out_dir.is_dir() and any(entry.name != GRID_LOCK for entry in out_dir.iterdir())
+    if others and not any((out_dir / mark).exists() for mark in grid_marks):
         raise BenchError(f"{out_dir} holds other files and no grid (no bench.json or cells): a grid would write its "
                          "cells, logs and report among them. Choose a new or empty folder for --out.")
     path = out_dir / "bench.json"
@@ -1048,13 +1077,14 @@ def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
     masks, overlap = mask_statistics(out_dir, results), mask_overlap(out_dir, results)
     tables = {"results": results, "summary": summary, "comparison": comparison, "masks": masks, "overlap": overlap}
     files = {name: out_dir / f"{name}.csv" for name in tables}
+    # Each through a rename: a reader (a notebook polling results.csv) never sees half a table.
     for name, frame in tables.items():
-        frame.to_csv(files[name], index=False)
+        write_text_atomic(files[name], frame.to_csv(index=False))
     if tuning is not None:
         files["tuning"] = out_dir / "tuning.csv"
-        tuning.to_csv(files["tuning"], index=False)
+        write_text_atomic(files["tuning"], tuning.to_csv(index=False))
     files["report"] = out_dir / "report.html"
-    files["report"].write_text(render_report(results, summary, masks, overlap, tuning,
+    write_text_atomic(files["report"], render_report(results, summary, masks, overlap, tuning,
                                              json.loads((out_dir / "bench.json").read_text()), comparison))
     ran = results.dropna(subset=["lr"])
     used = _keyed_by_method(zip(ran["method"], ran["budget"], ran["lr"].astype(float), strict=True))

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -556,18 +556,35 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
 @contextmanager
 def _flocked(folder: Path) -> Iterator[None]:
     """The kernel lock on ``folder``'s RUN_LOCK file, its owner written in it; removed when let go."""
+    with owner_lock(folder / RUN_LOCK, lambda: RunFolderError(_busy_message(folder))):
+        yield
+
+
+@contextmanager
+def owner_lock(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
+    """An exclusive kernel lock (``fcntl.flock``) on the file ``path``, this process's host and pid written in it for
+    the one refused, the file removed when let go; ``busy()`` is raised when another process holds it. The kernel
+    drops the lock when the process ends, however it ends. A no-op where ``fcntl`` is missing (Windows)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux or macOS
         yield
         return
-    path = folder / RUN_LOCK
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise busy() from None
+        # The holder before removes the file as it lets go: a lock taken on the file it removed is nobody's (a third
+        # process locks the new file meanwhile), so the lock counts only on the file the path still names.
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         handle.close()
-        raise RunFolderError(_busy_message(folder)) from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -580,6 +597,13 @@ def _flocked(folder: Path) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
+def lock_owner(path: Path) -> str:
+    """Who holds the lock file ``path`` (``owner_lock`` wrote it), in brackets, or '' when it cannot be read."""
+    with suppress(OSError):
+        return f" ({path.read_text().strip()[:80]})"
+    return ""
+
+
 def holds_files(folder: Path) -> bool:
     """Whether ``folder`` holds anything but its run lock (a lock file alone, one a run killed as it began left, say,
     leaves the folder as empty as before; a held one is ``check_run_dir``'s to refuse)."""
@@ -587,9 +611,7 @@ def holds_files(folder: Path) -> bool:
 
 
 def _busy_message(folder: Path) -> str:
-    owner = ""
-    with suppress(OSError):
-        owner = f" ({(folder / RUN_LOCK).read_text().strip()[:80]})"
+    owner = lock_owner(folder / RUN_LOCK)
     return (f"Another process is writing a run into {folder}{owner}: wait for it to end, stop it, or choose "
             "another folder.")
 
@@ -836,14 +858,18 @@ def share_tensor_files(files: Iterable[Path]) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON through a temporary file of this call and a rename: a reader never sees half a
-    file, and a writer killed half way leaves the old one."""
-    text = json.dumps(obj, indent=indent, default=str)
+    """Write ``obj`` as JSON through a temporary file of this call and a rename (``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file of this call and a rename: a reader never sees half a file, and a
+    writer killed half way leaves the old one."""
     # A file of its own (not one per process): the app's sessions are threads of one process, and two of them
     # may write the same cache file at once. Opened exclusively, with the umask's permissions like any file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp")
     try:
-        with open(tmp, "x") as f:
+        with open(tmp, "x", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

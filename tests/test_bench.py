@@ -361,6 +361,33 @@ def test_a_mistyped_data_path_leaves_the_out_folder_free(data_dir, tmp_path):
     assert result.results["status"].eq("succeeded").all()
 
 
+def test_a_second_bench_on_a_grid_being_run_is_refused(data_dir, tmp_path):
+    """The concurrency review: two benches on one --out (or a resume while the first still ran) both ran every cell,
+    each refusing and marking failed the cells the other wrote, and retraining cells the other had finished."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from clm_explore.bench import grid_lock\n"
+                               "with grid_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg, calls = _cfg(methods=("head",)), []
+        with pytest.raises(BenchError, match=rf"Another bench is running the grid in .*out \(.* pid {holder.pid}\)"):
+            run_grid(data_dir, cfg, out, runner=lambda *args: calls.append(args), progress=False)
+        assert calls == [] and not (out / "bench.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    result = run_grid(data_dir, cfg, out, runner=in_process(cfg), progress=False)  # the lock went with its process
+    assert result.results["status"].eq("succeeded").all() and not (out / ".bench.lock").exists()
+
+
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(data_dir, tmp_path):
     cfg = _cfg(methods=("sparse", "head"))
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg, fail="sparse"), progress=False)
@@ -543,14 +570,26 @@ def test_bench_json_is_written_whole_and_an_unreadable_one_says_what_to_do(data_
     runner = scored_by_rate(lambda lr: 0.5, [])
     run_grid(data_dir, cfg, out, runner=runner, progress=False)
     saved = (out / "bench.json").read_text()
-    write_text = Path.write_text
+    import builtins
 
-    def dies_halfway(self: Path, text: str, *args, **kwargs) -> int:
-        write_text(self, text[: len(text) // 2], *args, **kwargs)
-        raise OSError("No space left on device")
+    from clm_explore import runs
+
+    class DiesHalfway:  # a file whose writes stop half way: the disk filled up
+        def __init__(self, *args, **kwargs) -> None:
+            self.file = builtins.open(*args, **kwargs)  # noqa: SIM115 - closed by __exit__, as open's own
+
+        def __enter__(self) -> DiesHalfway:
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.file.close()
+
+        def write(self, text: str) -> None:
+            self.file.write(text[: len(text) // 2])
+            raise OSError("No space left on device")
 
     with monkeypatch.context() as patch, pytest.raises(OSError, match="No space"):
-        patch.setattr(Path, "write_text", dies_halfway)
+        patch.setattr(runs, "open", DiesHalfway, raising=False)  # every file the grid writes whole goes through it
         run_grid(data_dir, cfg, out, runner=runner, progress=False)
     assert (out / "bench.json").read_text() == saved  # the old config, whole
     for broken in (saved[:40], "[1, 2]"):
