@@ -792,13 +792,19 @@ def _registered_folder(run_id: str) -> Path | None:
 
 def unfinished_reason(folder: Path) -> str | None:
     """Why a run folder holds no finished run, in words, or None when it holds one (or is no run folder at all: the
-    caller says what it needs): finetune writes clm_run.json first, the model (config.json) at the end, and a
-    stopped run's status into metrics.json."""
+    caller says what it needs): another process holds its run lock (training, or saving: the concurrency review read
+    a folder half saved, "no model.safetensors", "its tokenizer knows 5 tokens"), or finetune wrote clm_run.json
+    first, the model (config.json) next and metrics.json last, and a stopped run's status there."""
+    if _locked_by_another(folder):  # its files come and go meanwhile: what a reader found said nothing true
+        return f"another process is writing it{lock_owner(folder / RUN_LOCK)}; wait for it to end"
     metrics = read_json_object(folder / "metrics.json")
     if metrics.get("status") in STOPPED_STATUSES:  # StrEnum members equal their strings
         return f"status {metrics['status']}" + (f": {metrics['error']}" if metrics.get("error") else "")
     if (folder / "clm_run.json").is_file() and not (folder / "config.json").is_file():
         return "still training, or stopped before it saved its model: no config.json yet"
+    if (folder / "clm_run.json").is_file() and not (folder / "metrics.json").is_file():
+        # the model is saved before the figures: a run killed in between has a model that may be cut short
+        return "stopped while it saved its model: no metrics.json"
     return None
 
 

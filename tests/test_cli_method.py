@@ -452,7 +452,32 @@ def test_a_folder_without_a_usable_model_is_a_message(capsys, tmp_path):
     argv = ["predict", "--run", str(tmp_path / "run"), "--text", "hi"]
     assert "not a finetuned run" in run_error(capsys, argv)  # no label names, no clm_run.json
     (tmp_path / "run" / "clm_run.json").write_text("{}")
+    assert "stopped while it saved its model: no metrics.json" in run_error(capsys, argv)  # killed between the two
+    (tmp_path / "run" / "metrics.json").write_text("{}")
     assert "Could not load" in run_error(capsys, argv)
+
+
+def test_a_run_another_process_is_writing_is_said_so_not_read_half_saved(capsys, data_dir, tmp_path):
+    """The concurrency review: predict read a folder being saved again (--overwrite) and said "no model.safetensors",
+    "Should have a model_type key" or "its tokenizer knows 5 tokens", by what it found at that moment."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out),
+                      "--json"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from clm_explore.runs import run_folder_lock\n"
+                               "with run_folder_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = run_error(capsys, ["predict", "--run", str(out), "--text", "my card"])
+        assert f"another process is writing it ({socket.gethostname()} pid {holder.pid})" in err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_config_errors_name_options_but_leave_paths_alone():
