@@ -18,6 +18,7 @@ can be marked ``interrupted`` (``mark_interrupted``).
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -674,7 +675,7 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
     with run_folder_lock(path):
         claim = RunDirClaim(path)
         if holds_files(path):
-            claim.earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
+            claim.earlier = Path(tempfile.mkdtemp(prefix=_replaced_prefix(path), dir=path.parent)) / "run"
             try:
                 _move_entries(path, claim.earlier)
             except BaseException:  # Ctrl-C or a refusal half-way: the entries moved so far go back, the run whole
@@ -738,7 +739,7 @@ def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
         _check_replaceable(path, (*protected, Path.cwd(), Path.home()))  # first: say --overwrite only where it works
         if not overwrite:
             raise RunFolderError(f"Run folder {path} already exists; replace it with --overwrite (overwrite=True "
-                                 "in Python) or choose another folder.")
+                                 "in Python) or choose another folder." + _sentence(left_behind_note(path)))
         if path.is_symlink():  # replacing it would replace the link, not the run it points to
             raise RunFolderError(f"{path} is a link to {path.resolve()}; give that folder to replace the run in it.")
     return path
@@ -800,12 +801,40 @@ def unfinished_reason(folder: Path) -> str | None:
     metrics = read_json_object(folder / "metrics.json")
     if metrics.get("status") in STOPPED_STATUSES:  # StrEnum members equal their strings
         return f"status {metrics['status']}" + (f": {metrics['error']}" if metrics.get("error") else "")
-    if (folder / "clm_run.json").is_file() and not (folder / "config.json").is_file():
-        return "still training, or stopped before it saved its model: no config.json yet"
-    if (folder / "clm_run.json").is_file() and not (folder / "metrics.json").is_file():
+    if (folder / "clm_run.json").is_file() and (folder / "config.json").is_file() and \
+            not (folder / "metrics.json").is_file():
         # the model is saved before the figures: a run killed in between has a model that may be cut short
-        return "stopped while it saved its model: no metrics.json"
+        return "stopped while it saved its model: no metrics.json" + _clause(left_behind_note(folder))
+    if (folder / "clm_run.json").is_file() and not (folder / "config.json").is_file():
+        return "still training, or stopped before it saved its model: no config.json yet" + _clause(
+            left_behind_note(folder))
     return None
+
+
+def _replaced_prefix(folder: Path) -> str:
+    """The name's start of the hidden folder where ``claimed_run_dir`` keeps the run ``folder`` held meanwhile."""
+    return f".replaced-{folder.name[:200]}-"
+
+
+def left_behind_note(folder: Path) -> str:
+    """Where a finished run that a run into ``folder`` was replacing waits, when that run was killed outright (SIGKILL,
+    a power cut) and no process holds the folder: said, or the earlier run sat unnamed in a hidden folder (the
+    concurrency review); '' when there is none."""
+    if _locked_by_another(folder):  # a live claim's own: its run goes on and puts it back or deletes it
+        return ""
+    waiting = sorted(p for p in folder.parent.glob(f"{glob.escape(_replaced_prefix(folder))}*") if (p / "run").is_dir())
+    if not waiting:
+        return ""
+    return (f"the finished run this folder held before waits in {waiting[-1] / 'run'} (a run replacing it was "
+            f"killed): move its files back into {folder} to keep it")
+
+
+def _clause(note: str) -> str:
+    return f"; {note}" if note else ""
+
+
+def _sentence(note: str) -> str:
+    return f" {note[:1].upper()}{note[1:]}." if note else ""
 
 
 def trained_max_length(run_dir: Path) -> int:

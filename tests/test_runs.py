@@ -594,3 +594,34 @@ def test_a_read_only_registry_is_said_before_any_write(store: RunStore, monkeypa
     monkeypatch.setattr(sqlite3, "connect", lambda path, **kw: connect(f"file:{path}?mode=ro", uri=True, **kw))
     with pytest.raises(RunStoreError, match="is read-only for this user .*CLM_EXPLORE_RUNS"):
         store.check_writable()
+
+
+def test_the_run_a_killed_overwrite_was_replacing_is_named_where_it_waits(tmp_path: Path) -> None:
+    """The concurrency review: a run killed outright (SIGKILL) while it replaced a finished run left that run in an
+    unnamed hidden folder; the folder itself then held half a run and said nothing of it."""
+    import signal
+
+    from clm_explore.runs import RunFolderError, check_run_dir, unfinished_reason
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in (("clm_run.json", '{"method": "head"}'), ("config.json", "{}"), ("metrics.json", "{}")):
+        (out / name).write_text(text)
+    code = ("import sys, time; from pathlib import Path; from clm_explore.runs import claimed_run_dir\n"
+            "out = Path(sys.argv[1])\n"
+            "with claimed_run_dir(out, overwrite=True):\n"
+            " (out / 'clm_run.json').write_text('{}'); (out / 'config.json').write_text('{}')\n"
+            " print('saving', flush=True); time.sleep(60)")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "saving"
+    assert unfinished_reason(out).startswith("another process is writing it")  # not yet: it is alive
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    waiting = next(tmp_path.glob(".replaced-run-*")) / "run"
+    assert json.loads((waiting / "clm_run.json").read_text()) == {"method": "head"}  # the finished run, whole
+    said = unfinished_reason(out)
+    assert said.startswith("stopped while it saved its model: no metrics.json; the finished run this folder held "
+                           f"before waits in {waiting} (a run replacing it was killed): move its files back")
+    with pytest.raises(RunFolderError, match=f"already exists; .* The finished run this folder held before waits in "
+                                             f"{waiting} "):
+        check_run_dir(out)
