@@ -474,7 +474,7 @@ class RunStore:
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         if record.path.resolve().parent == self.root and record.path.is_dir():
-            shutil.rmtree(record.path, ignore_errors=True)
+            _remove_whole(record.path)
 
     def zip_run(self, run_id: str) -> bytes:
         """The run folder as a zip archive (entries under ``<run_id>/``), without the other processes' copies of a
@@ -690,6 +690,18 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
                     shutil.rmtree(claim.earlier.parent, ignore_errors=True)
                 else:
                     claim.restored = _put_back(path, claim.earlier)
+
+
+def _remove_whole(folder: Path) -> None:
+    """Delete ``folder`` after renaming it out of the way: a reader (predict, the app) meanwhile finds no run there,
+    not half of one (the concurrency review: "Repo id must be in the form 'repo_name'" from a folder half deleted)."""
+    try:
+        gone = Path(tempfile.mkdtemp(prefix=".deleting-", dir=folder.parent)) / "run"
+        folder.rename(gone)
+    except OSError:  # a rename refused: deleted in place, as before
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    shutil.rmtree(gone.parent, ignore_errors=True)
 
 
 def _move_entries(source: Path, target: Path, make: bool = True) -> None:

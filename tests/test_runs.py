@@ -85,13 +85,21 @@ def test_unknown_run(store: RunStore) -> None:
         store.set_status("nope", RunStatus.FAILED)
 
 
-def test_delete_removes_folder_and_row(store: RunStore) -> None:
+def test_delete_removes_folder_and_row(store: RunStore, monkeypatch) -> None:
     run = store.create("gone", "sparse", {})
     with pytest.raises(RunStoreError, match="cancel"):
         store.delete(run.id)
     store.set_status(run.id, RunStatus.CANCELLED)
+    (run.path / "model.safetensors").write_text("weights")
+    rmtree, seen = shutil.rmtree, []
+
+    def watched(path, *args, **kwargs):  # a reader during the deletion finds no run there, not half of one
+        seen.append(run.path.exists())
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", watched)
     store.delete(run.id)
-    assert not run.path.exists()
+    assert seen == [False] and not run.path.exists() and not list(store.root.glob(".deleting-*"))
     assert all(r.id != run.id for r in store.list())
 
 
