@@ -633,3 +633,33 @@ def test_the_run_a_killed_overwrite_was_replacing_is_named_where_it_waits(tmp_pa
     with pytest.raises(RunFolderError, match=f"already exists; .* The finished run this folder held before waits in "
                                              f"{waiting} "):
         check_run_dir(out)
+
+
+def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: RunStore, capsys) -> None:
+    """The concurrency review: the CLI had no listing, and a CLI run killed outright stayed "running" until the app
+    next looked."""
+    from clm_explore.cli import main
+
+    done = store.create("done", "sparse", {})
+    (done.path / "metrics.json").write_text(json.dumps({"accuracy": 0.875, "macro_f1": 0.5, "trainable_params": 1234}))
+    store.set_status(done.id, RunStatus.SUCCEEDED)  # reads its metrics.json
+    failed = store.create("broke", "full", {})
+    store.set_status(failed.id, RunStatus.FAILED, error="CUDA out of memory\nTried to allocate")
+    killed = _run_of_a_process_gone()
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"3 run(s) in {store.root}:" and out[1].split() == [
+        "id", "method", "status", "accuracy", "macro_f1", "trainable", "created"]
+    assert [line.split()[0] for line in out[2:]] == [r.id for r in store.list()]  # the registry's order, newest first
+    line = {row.split()[0]: row for row in out[2:]}
+    assert line[killed].split()[2] == "interrupted"  # its process was gone: marked, as the app marks it
+    assert line[failed.id].endswith("(CUDA out of memory\\nTried to allocate)")
+    assert "0.8750" in line[done.id] and "1,234" in line[done.id]
+    assert main(["runs", "--status", "succeeded", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["accuracy"], r["trainable_params"]) for r in listed] == [(done.id, 0.875, 1234)]
+    assert main(["runs", "--method", "full", "--json"]) == 0
+    full = [r["id"] for r in json.loads(capsys.readouterr().out)]
+    assert sorted(full) == sorted([failed.id, killed])
+    assert main(["runs", "--method", "full", "--limit", "1", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == full[:1]

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "clm_explore.cli.bench_cmds",  # bench
     "clm_explore.cli.explain_cmds",  # explain, report, changes, card
     "clm_explore.cli.layer_cmds",  # layers, heads
+    "clm_explore.cli.runs_cmds",  # runs
 )
 
 

@@ -1,0 +1,71 @@
+"""``clm-explore runs``: the run registry's runs, newest first (the app's Runs page for a terminal or a script)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from clm_explore.cli import UserError, print_json
+from clm_explore.cli.method_cmds import one_line
+
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "interrupted")
+"""``runs.RunStatus``'s values, here so that --help loads no torch."""
+LISTED_METRICS = ("accuracy", "macro_f1", "trainable_params", "budget", "seed")
+"""The figures each run is listed with (the registry's copy of its metrics.json)."""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``runs`` sub-command."""
+    p = subparsers.add_parser(
+        "runs", help="list the runs of the run registry, newest first",
+        description="List the runs of the run registry ($CLM_EXPLORE_RUNS, default ./runs), newest first, with their "
+        "status and headline figures: the runs finetune and the app wrote. A run whose process is gone (killed, or "
+        "its server stopped) is marked interrupted first, as the app does.")
+    p.add_argument("--status", choices=STATUSES, default=None, help="only runs with this status")
+    p.add_argument("--method", default=None, help="only runs of this method")
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N runs (0 = all)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, a run per object")
+    p.set_defaults(func=run_runs)
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    from clm_explore.runs import RunStore
+
+    if args.limit < 0:
+        raise UserError(f"--limit {args.limit} must be 0 (all) or more.")
+    store = RunStore()
+    store.mark_interrupted()  # a CLI run killed outright stayed "running" until the app next looked
+    records = [r for r in store.list() if (args.status is None or r.status.value == args.status)
+               and (args.method is None or r.method == args.method)]
+    records = records[: args.limit] if args.limit else records
+    rows = [run_row(record) for record in records]
+    if args.json:
+        print_json(rows)
+        return 0
+    print(f"{len(rows)} run(s) in {store.root}" + (":" if rows else ""))
+    if rows:
+        print(format_runs(rows))
+    return 0
+
+
+def run_row(record: Any) -> dict[str, Any]:
+    """One run as listed: its registry fields and headline figures (None where it has none)."""
+    return {"id": record.id, "name": record.name, "method": record.method, "status": record.status.value,
+            "created": record.created, "updated": record.updated, "path": str(record.path),
+            **{name: record.metrics.get(name) for name in LISTED_METRICS}, "error": record.error}
+
+
+def format_runs(rows: list[dict[str, Any]]) -> str:
+    """The runs as an aligned table; a failed run's reason on one line after its figures."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)[["id", "method", "status", "accuracy", "macro_f1", "trainable_params", "created"]]
+    frame["accuracy"] = frame["accuracy"].map(lambda v: "–" if v is None or pd.isna(v) else f"{v:.4f}")
+    frame["macro_f1"] = frame["macro_f1"].map(lambda v: "–" if v is None or pd.isna(v) else f"{v:.4f}")
+    frame["trainable_params"] = frame["trainable_params"].map(
+        lambda v: "–" if v is None or pd.isna(v) else f"{int(v):,}")
+    lines = frame.rename(columns={"trainable_params": "trainable"}).to_string(index=False).splitlines()
+    for i, row in enumerate(rows, start=1):
+        if row["error"]:
+            lines[i] += f"  ({one_line(row['error'])[:120]})"  # a traceback's last line: one line, cut
+    return "\n".join(lines)
