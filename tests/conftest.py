@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -72,3 +76,20 @@ def data_dir(tiny_data, tmp_path: Path) -> Path:
     for split in ("train", "validation", "test"):
         tiny_data.split(split).to_csv(folder / f"{split}.csv", index=False)
     return folder
+
+
+@contextmanager
+def held_by_another_process(lock: str, path: Path) -> Iterator[int]:
+    """The lock ``lock`` of clm_explore (``module:function``, a context manager taking a folder) held on ``path`` by a
+    process of its own, as another run or bench would hold it; yields that process's pid, and ends it after."""
+    module, function = lock.split(":")
+    code = (f"import sys, time; from pathlib import Path; from {module} import {function}\n"
+            f"with {function}(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()

@@ -38,6 +38,7 @@ from clm_explore.bench_results import (
 )
 from clm_explore.cli.bench_cmds import comparison_lines, sweep_lines
 from clm_explore.data import DataError
+from tests.conftest import held_by_another_process
 
 
 def in_process(cfg: BenchConfig, fail: str | None = None):
@@ -364,26 +365,13 @@ def test_a_mistyped_data_path_leaves_the_out_folder_free(data_dir, tmp_path):
 def test_a_second_bench_on_a_grid_being_run_is_refused(data_dir, tmp_path):
     """The concurrency review: two benches on one --out (or a resume while the first still ran) both ran every cell,
     each refusing and marking failed the cells the other wrote, and retraining cells the other had finished."""
-    import subprocess
-    import sys
-    import time
-
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from clm_explore.bench import grid_lock\n"
-                               "with grid_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
-                               str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        cfg, calls = _cfg(methods=("head",)), []
-        with pytest.raises(BenchError, match=rf"Another bench is running the grid in .*out \(.* pid {holder.pid}\)"):
+    cfg, calls = _cfg(methods=("head",)), []
+    with held_by_another_process("clm_explore.bench:grid_lock", out) as pid:
+        with pytest.raises(BenchError, match=rf"Another bench is running the grid in .*out \(.* pid {pid}\)"):
             run_grid(data_dir, cfg, out, runner=lambda *args: calls.append(args), progress=False)
         assert calls == [] and not (out / "bench.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-    time.sleep(0.1)
     result = run_grid(data_dir, cfg, out, runner=in_process(cfg), progress=False)  # the lock went with its process
     assert result.results["status"].eq("succeeded").all() and not (out / ".bench.lock").exists()
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from clm_explore.cli import main
+from tests.conftest import held_by_another_process
 
 TINY = ["--model", "tiny-random"]
 FAST = ["--epochs", "1", "--batch-size", "32", "--max-length", "32", "--device", "cpu"]
@@ -461,23 +462,13 @@ def test_a_run_another_process_is_writing_is_said_so_not_read_half_saved(capsys,
     """The concurrency review: predict read a folder being saved again (--overwrite) and said "no model.safetensors",
     "Should have a model_type key" or "its tokenizer knows 5 tokens", by what it found at that moment."""
     import socket
-    import subprocess
-    import sys
 
     out = tmp_path / "run"
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out),
                       "--json"])
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from clm_explore.runs import run_folder_lock\n"
-                               "with run_folder_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
-                               str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process("clm_explore.runs:run_folder_lock", out) as pid:
         err = run_error(capsys, ["predict", "--run", str(out), "--text", "my card"])
-        assert f"another process is writing it ({socket.gethostname()} pid {holder.pid})" in err
-    finally:
-        holder.kill()
-        holder.wait()
+        assert f"another process is writing it ({socket.gethostname()} pid {pid})" in err
 
 
 def test_config_errors_name_options_but_leave_paths_alone():
