@@ -18,7 +18,6 @@ can be marked ``interrupted`` (``mark_interrupted``).
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import json
 import os
@@ -400,8 +399,8 @@ class RunStore:
         for record in map(_record, rows):
             if record.host != host or record.pid is None or self._owner_alive(record):
                 continue
-            if _saved_finished(record.path):  # saved, then the registry could not record it (held): read it again
-                self.register_folder(record.path)
+            if _folder_states_an_end(record.path):  # it ended, then the registry could not record it (held, say):
+                self.register_folder(record.path)  # read again from the folder, its reason with it
             elif self._interrupt(record):
                 marked.append(record.id)
         return marked
@@ -573,9 +572,7 @@ def owner_lock(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
         return
     while True:
         handle = path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock_within(fcntl, handle, LOCK_PATIENCE):
             handle.close()
             raise busy() from None
         # The holder before removes the file as it lets go: a lock taken on the file it removed is nobody's (a third
@@ -596,6 +593,24 @@ def owner_lock(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
         with suppress(OSError):
             path.unlink()
         handle.close()  # releases the lock
+
+
+LOCK_PATIENCE = (0.05, 0.05, 0.1)
+"""Pauses (s) before a lock held elsewhere is taken as held: a reader (``_locked_by_another``) holds it shared for
+an instant, and a run starting then refused its folder as written by the dead process a stale lock file names."""
+
+
+def _flock_within(fcntl: Any, handle: Any, pauses: tuple[float, ...]) -> bool:
+    """Take ``handle``'s exclusive lock, trying again after each pause; False when it stays held."""
+    for pause in (*pauses, None):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if pause is None:
+                return False
+            time.sleep(pause)
+    return False
 
 
 def lock_owner(path: Path) -> str:
@@ -675,8 +690,10 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
     with run_folder_lock(path):
         claim = RunDirClaim(path)
         if holds_files(path):
-            claim.earlier = Path(tempfile.mkdtemp(prefix=_replaced_prefix(path), dir=path.parent)) / "run"
+            claim.earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
             try:
+                # whose run waits there, should this process be killed before it puts it back (left_behind_note)
+                (claim.earlier.parent / REPLACED_ORIGIN).write_text(str(path.resolve()))
                 _move_entries(path, claim.earlier)
             except BaseException:  # Ctrl-C or a refusal half-way: the entries moved so far go back, the run whole
                 _move_entries(claim.earlier, path, make=False)
@@ -696,12 +713,15 @@ def _remove_whole(folder: Path) -> None:
     """Delete ``folder`` after renaming it out of the way: a reader (predict, the app) meanwhile finds no run there,
     not half of one (the concurrency review: "Repo id must be in the form 'repo_name'" from a folder half deleted)."""
     try:
-        gone = Path(tempfile.mkdtemp(prefix=".deleting-", dir=folder.parent)) / "run"
-        folder.rename(gone)
-    except OSError:  # a rename refused: deleted in place, as before
+        hidden = Path(tempfile.mkdtemp(prefix=".deleting-", dir=folder.parent))
+    except OSError:
         shutil.rmtree(folder, ignore_errors=True)
         return
-    shutil.rmtree(gone.parent, ignore_errors=True)
+    try:
+        folder.rename(hidden / "run")
+    except OSError:  # a rename refused (a file held open, on Windows): deleted in place, as before
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _move_entries(source: Path, target: Path, make: bool = True) -> None:
@@ -751,7 +771,8 @@ def check_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[Pat
         _check_replaceable(path, (*protected, Path.cwd(), Path.home()))  # first: say --overwrite only where it works
         if not overwrite:
             raise RunFolderError(f"Run folder {path} already exists; replace it with --overwrite (overwrite=True "
-                                 "in Python) or choose another folder." + _sentence(left_behind_note(path)))
+                                 "in Python) or choose another folder." + _sentence(
+                                     "" if (path / "metrics.json").is_file() else left_behind_note(path)))
         if path.is_symlink():  # replacing it would replace the link, not the run it points to
             raise RunFolderError(f"{path} is a link to {path.resolve()}; give that folder to replace the run in it.")
     return path
@@ -823,21 +844,24 @@ def unfinished_reason(folder: Path) -> str | None:
     return None
 
 
-def _replaced_prefix(folder: Path) -> str:
-    """The name's start of the hidden folder where ``claimed_run_dir`` keeps the run ``folder`` held meanwhile."""
-    return f".replaced-{folder.name[:200]}-"
+REPLACED_ORIGIN = "origin"
+"""The file in ``claimed_run_dir``'s hidden folder (``.replaced-*``) that names the run folder whose run waits there."""
 
 
 def left_behind_note(folder: Path) -> str:
-    """Where a finished run that a run into ``folder`` was replacing waits, when that run was killed outright (SIGKILL,
-    a power cut) and no process holds the folder: said, or the earlier run sat unnamed in a hidden folder (the
-    concurrency review); '' when there is none."""
+    """Where the finished run that a run into ``folder`` was replacing waits, when that run was killed outright
+    (SIGKILL, a power cut) and no process holds the folder: said, or the earlier run sat unnamed in a hidden folder
+    (the concurrency review); the newest such run when there are several; '' when there is none."""
     if _locked_by_another(folder):  # a live claim's own: its run goes on and puts it back or deletes it
         return ""
-    waiting = sorted(p for p in folder.parent.glob(f"{glob.escape(_replaced_prefix(folder))}*") if (p / "run").is_dir())
+    target, waiting = str(folder.resolve()), []
+    for hidden in folder.parent.glob(".replaced-*"):
+        with suppress(OSError):
+            if (hidden / "run").is_dir() and (hidden / REPLACED_ORIGIN).read_text() == target:
+                waiting.append((hidden.stat().st_mtime, hidden / "run"))
     if not waiting:
         return ""
-    return (f"the finished run this folder held before waits in {waiting[-1] / 'run'} (a run replacing it was "
+    return (f"the finished run this folder held before waits in {max(waiting)[1]} (a run replacing it was "
             f"killed): move its files back into {folder} to keep it")
 
 
@@ -933,11 +957,12 @@ def _registry_config(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta["config"], **{k: meta[k] for k in ("source", "data") if k in meta}}
 
 
-def _saved_finished(folder: Path) -> bool:
-    """Whether ``folder`` holds a run that finished and saved its figures (metrics.json, no stopped status in it)."""
+def _folder_states_an_end(folder: Path) -> bool:
+    """Whether ``folder``'s metrics.json says how its run ended: succeeded (its figures), or the status and reason a
+    stopped run wrote there."""
     if not folder.is_dir() or not (folder / "metrics.json").is_file():
         return False
-    return _folder_status(folder, read_json_object(folder / "metrics.json"))[0] is RunStatus.SUCCEEDED
+    return _folder_status(folder, read_json_object(folder / "metrics.json"))[0].is_terminal
 
 
 def _folder_status(folder: Path, metrics: dict[str, Any]) -> tuple[RunStatus, str | None]:

@@ -639,6 +639,10 @@ def test_the_apps_mining_options_reach_mine_sensitivity_and_finetune(capsys, dat
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--min-count", "3",
                  "--out", str(tmp_path / "head")]) == 0
     assert "note: the mining options are not read by head, which mines no groups" in capsys.readouterr().err
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(sens), "--min-count", "4",
+                 "--out", str(tmp_path / "scored")]) == 0  # the groups come with the scores
+    assert "note: the mining options are not read with --scores" in capsys.readouterr().err
+    assert json.loads((tmp_path / "scored" / "clm_run.json").read_text())["config"]["mining"]["min_count"] == 3
     err = run_error(capsys, ["mine", str(data_dir), *TINY, "--max-words", "0"])
     assert "--max-words must be >= 1" in err
 
@@ -667,3 +671,7 @@ def test_sensitivity_budget_takes_finetunes_mask_options(capsys, data_dir, tmp_p
     err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "0.05",
                              "--random-share", "0.5", "--spread-heads"])
     assert "--spread-heads" in err and "--random-share" in err
+    assert main(["sensitivity", str(data_dir), *TINY, "--calibration-rows", "32", "--device", "cpu",
+                 "--random-share", "0.5"]) == 0  # no --budget: nothing selected, and said so
+    assert "note: the mask options (--min-layer, --random-share and the like) are read with --budget only" in \
+        capsys.readouterr().err

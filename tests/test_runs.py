@@ -588,8 +588,26 @@ def test_a_run_saved_before_the_registry_could_record_it_is_read_again_not_marke
     folder = store.path(dead_id)
     (folder / "clm_run.json").write_text(json.dumps({"method": "full", "config": {}}))
     (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "macro_f1": 0.4}))
+    failed_id = _run_of_a_process_gone()  # ended failing, its reason in its folder: kept, not "process stopped"
+    (store.path(failed_id) / "metrics.json").write_text(json.dumps({"status": "failed", "error": "CUDA out of memory"}))
     assert store.mark_interrupted() == []
     assert store.get(dead_id).status is RunStatus.SUCCEEDED and store.get(dead_id).metrics["accuracy"] == 0.5
+    assert (store.get(failed_id).status, store.get(failed_id).error) == (RunStatus.FAILED, "CUDA out of memory")
+
+
+def test_a_readers_glance_at_a_run_lock_does_not_refuse_a_run(tmp_path: Path) -> None:
+    """The diff review: a reader holds the lock file shared for an instant (``_locked_by_another``); a run taking the
+    folder then was refused as written by whatever process a stale lock file named."""
+    import fcntl
+
+    from clm_explore.runs import RUN_LOCK, run_folder_lock
+
+    (tmp_path / RUN_LOCK).write_text("host pid 999999\n")  # left by a killed run
+    reader = (tmp_path / RUN_LOCK).open()
+    fcntl.flock(reader, fcntl.LOCK_SH)
+    threading.Timer(0.03, reader.close).start()  # the reader's glance ends
+    with run_folder_lock(tmp_path):
+        assert f"pid {os.getpid()}" in (tmp_path / RUN_LOCK).read_text()
 
 
 def test_a_read_only_registry_is_said_before_any_write(store: RunStore, monkeypatch) -> None:
@@ -625,14 +643,22 @@ def test_the_run_a_killed_overwrite_was_replacing_is_named_where_it_waits(tmp_pa
     assert unfinished_reason(out).startswith("another process is writing it")  # not yet: it is alive
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    waiting = next(tmp_path.glob(".replaced-run-*")) / "run"
+    killed.stdout.close()
+    waiting = next(tmp_path.glob(".replaced-*")) / "run"
     assert json.loads((waiting / "clm_run.json").read_text()) == {"method": "head"}  # the finished run, whole
+    other = tmp_path / ".replaced-zzzzzzzz"  # another folder's (run-2's) run waiting: never named for this one
+    (other / "run").mkdir(parents=True)
+    (other / "origin").write_text(str((tmp_path / "run-2").resolve()))
     said = unfinished_reason(out)
     assert said.startswith("stopped while it saved its model: no metrics.json; the finished run this folder held "
                            f"before waits in {waiting} (a run replacing it was killed): move its files back")
     with pytest.raises(RunFolderError, match=f"already exists; .* The finished run this folder held before waits in "
                                              f"{waiting} "):
         check_run_dir(out)
+    (out / "metrics.json").write_text("{}")  # a later run finished there: the old one is no longer offered back
+    with pytest.raises(RunFolderError) as refused:
+        check_run_dir(out)
+    assert "waits in" not in str(refused.value) and unfinished_reason(out) is None
 
 
 def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: RunStore, capsys) -> None:
@@ -663,3 +689,12 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     assert sorted(full) == sorted([failed.id, killed])
     assert main(["runs", "--method", "full", "--limit", "1", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == full[:1]
+
+
+def test_cli_runs_makes_no_registry_where_there_is_none(tmp_path: Path, monkeypatch, capsys) -> None:
+    from clm_explore.cli import main
+
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "none"))
+    assert main(["runs"]) == 0 and capsys.readouterr().out.startswith(f"No run registry in {tmp_path / 'none'}")
+    assert main(["runs", "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
+    assert not (tmp_path / "none").exists()  # a listing made the folder and an empty registry

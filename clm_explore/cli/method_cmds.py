@@ -192,6 +192,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from clm_explore.sensitivity import compute_sensitivity
 
     _check_scores_folder(args.out)
+    if args.budget is None and _mask_options_given(args):
+        print("note: the mask options (--min-layer, --random-share and the like) are read with --budget only",
+              file=sys.stderr)
     data = load_noted_data(args)
     loaded = load_model(args.model, data.labels)
     if args.budget is not None:  # before the scoring pass: a budget or floor the model cannot hold is said at once
@@ -359,6 +362,13 @@ def _mask_args(p: argparse.ArgumentParser, title: str = "what the mask takes (ro
     return group
 
 
+def _mask_options_given(args: argparse.Namespace) -> bool:
+    """Whether any of ``_mask_args``' options is away from its default."""
+    return (args.min_layer != MaskConfig.min_layer or args.cost_aware != MaskConfig.cost_aware
+            or args.sample_temperature is not None or args.random_share != MaskConfig.random_share
+            or args.spread_heads or args.no_embeddings or args.train_biases or args.seed != 0)
+
+
 def mask_config(args: argparse.Namespace) -> MaskConfig:
     """The mask options of ``args`` (``_mask_args``, ``--budget`` and ``--seed``)."""
     if not (0 < args.budget <= 1 or (args.budget > 1 and float(args.budget).is_integer())):
@@ -429,6 +439,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     for note in _unused_options(args):
         print(f"note: {note}", file=sys.stderr)
     given = given_scores(args.scores, cfg)  # a folder that cannot serve is said before the model loads
+    if given is not None and (given.task_tokens, given.mining) != (None, None) and cfg.mining != MiningConfig():
+        print("note: the mining options are not read with --scores: the groups come with the scores, mined as "
+              "they were made", file=sys.stderr)  # (scores saved without their settings: mined here, with these)
     if given is not None:  # the registry records the settings the scores were made with, as the run folder does
         cfg = scoring_settled(cfg, given)
         if args.out:
@@ -550,12 +563,8 @@ def _unused_options(args: argparse.Namespace) -> list[str]:
                       "layers read it)")
     if args.method in ("full", "head", "bitfit", "lora", "prefix", "random") and args.score != SensitivityConfig.score:
         unused.append(f"--score is not read by {args.method}, which chooses no rows by their scores")
-    if mining_config(args, args.merge) != MiningConfig():
-        if args.method not in MINING_METHODS:
-            unused.append(f"the mining options are not read by {args.method}, which mines no groups")
-        elif args.scores:
-            unused.append("the mining options are not read with --scores: the groups come with the scores, mined "
-                          "as they were made")
+    if mining_config(args, args.merge) != MiningConfig() and args.method not in MINING_METHODS:
+        unused.append(f"the mining options are not read by {args.method}, which mines no groups")
     return unused
 
 

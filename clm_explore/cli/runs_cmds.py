@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from clm_explore.cli import UserError, print_json
 from clm_explore.cli.method_cmds import one_line
+from clm_explore.runs import REGISTRY_NAME, RunStatus, RunStoreError, default_root
 
-STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "interrupted")
-"""``runs.RunStatus``'s values, here so that --help loads no torch."""
 LISTED_METRICS = ("accuracy", "macro_f1", "trainable_params", "budget", "seed")
 """The figures each run is listed with (the registry's copy of its metrics.json)."""
 
@@ -21,7 +21,8 @@ def register(subparsers: Any) -> None:
         description="List the runs of the run registry ($CLM_EXPLORE_RUNS, default ./runs), newest first, with their "
         "status and headline figures: the runs finetune and the app wrote. A run whose process is gone (killed, or "
         "its server stopped) is marked interrupted first, as the app does.")
-    p.add_argument("--status", choices=STATUSES, default=None, help="only runs with this status")
+    p.add_argument("--status", choices=[status.value for status in RunStatus], default=None,
+                   help="only runs with this status")
     p.add_argument("--method", default=None, help="only runs of this method")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N runs (0 = all)")
     p.add_argument("--json", action="store_true", help="print a JSON list, a run per object")
@@ -33,8 +34,17 @@ def run_runs(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise UserError(f"--limit {args.limit} must be 0 (all) or more.")
+    if not (default_root() / REGISTRY_NAME).is_file():  # a listing makes no registry (nor its folder)
+        if args.json:
+            print_json([])
+        else:
+            print(f"No run registry in {default_root()} (set CLM_EXPLORE_RUNS to another runs folder).")
+        return 0
     store = RunStore()
-    store.mark_interrupted()  # a CLI run killed outright stayed "running" until the app next looked
+    try:
+        store.mark_interrupted()  # a CLI run killed outright stayed "running" until the app next looked
+    except RunStoreError as exc:  # a registry this user may only read (or one held): listed as it stands
+        print(f"note: runs whose process is gone could not be marked interrupted ({exc})", file=sys.stderr)
     records = [r for r in store.list() if (args.status is None or r.status.value == args.status)
                and (args.method is None or r.method == args.method)]
     records = records[: args.limit] if args.limit else records
@@ -59,11 +69,12 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
     """The runs as an aligned table; a failed run's reason on one line after its figures."""
     import pandas as pd
 
+    def shown(form: str) -> Any:
+        return lambda v: "–" if v is None or pd.isna(v) else form.format(v)
+
     frame = pd.DataFrame(rows)[["id", "method", "status", "accuracy", "macro_f1", "trainable_params", "created"]]
-    frame["accuracy"] = frame["accuracy"].map(lambda v: "–" if v is None or pd.isna(v) else f"{v:.4f}")
-    frame["macro_f1"] = frame["macro_f1"].map(lambda v: "–" if v is None or pd.isna(v) else f"{v:.4f}")
-    frame["trainable_params"] = frame["trainable_params"].map(
-        lambda v: "–" if v is None or pd.isna(v) else f"{int(v):,}")
+    for column, form in (("accuracy", "{:.4f}"), ("macro_f1", "{:.4f}"), ("trainable_params", "{:,.0f}")):
+        frame[column] = frame[column].map(shown(form))
     lines = frame.rename(columns={"trainable_params": "trainable"}).to_string(index=False).splitlines()
     for i, row in enumerate(rows, start=1):
         if row["error"]:

@@ -191,18 +191,20 @@ def _sync_from_slider(key: str) -> None:
 
 
 def _sync_from_number(key: str) -> None:
-    value = min(max(st.session_state[f"{key}_number"] / 100, BUDGET_STEPS[0]), 1.0)
-    state.set_budget(value)
-    st.session_state[f"{key}_number"] = round(value * 100, 4)  # the box shows the budget in use
-    st.session_state[f"{key}_slider"] = _nearest_step(value)
+    _set_budget(key, st.session_state[f"{key}_number"] / 100)
 
 
 def _sync_from_count(key: str, backbone_params: int) -> None:
     # A count is kept as the fraction it is of this model's backbone: the runs, the run names and the other pages
     # read a fraction, and round(fraction * backbone) gives the count back.
-    value = min(max(st.session_state[f"{key}_count"] / backbone_params, BUDGET_STEPS[0]), 1.0)
+    _set_budget(key, st.session_state[f"{key}_count"] / backbone_params)
+
+
+def _set_budget(key: str, value: float) -> None:
+    """The budget at ``value`` (kept within the slider's lowest step and 1), the percent box and the slider at it."""
+    value = min(max(value, BUDGET_STEPS[0]), 1.0)
     state.set_budget(value)
-    st.session_state[f"{key}_number"] = round(value * 100, 4)
+    st.session_state[f"{key}_number"] = round(value * 100, 4)  # the box shows the budget in use
     st.session_state[f"{key}_slider"] = _nearest_step(value)
 
 

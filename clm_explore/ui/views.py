@@ -204,6 +204,10 @@ def task_progress(task: Any) -> None:
     st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(f"{phase[:1].upper()}{phase[1:]}{counted}"))
 
 
+ISSUES_SHOWN_FIRST = ("label", "suggested", "text")
+"""The label check's columns shown first, after the accept box: the text beside its labels."""
+
+
 def render_label_issues(result: Any, key: str) -> pd.DataFrame:
     """The label audit: how many rows were flagged and how far the probe can be trusted, then the flagged rows
     (texts in a table: never rendered as markdown), each with a box to accept its suggestion, and a CSV of them.
@@ -226,7 +230,7 @@ def render_label_issues(result: Any, key: str) -> pd.DataFrame:
     # table, which holds the columns in view. Probabilities rounded: that table reads the values, not the format.
     shown = result.issues.assign(accept=False).round({"label_prob": 3, "suggested_prob": 3})
     edited = st.data_editor(
-        shown[["accept", "label", "suggested", "text", "label_prob", "suggested_prob", "split", "row"]],
+        shown[["accept", *ISSUES_SHOWN_FIRST, *(c for c in result.issues.columns if c not in ISSUES_SHOWN_FIRST)]],
         key=f"{key}_issues",
         alt="Rows whose label is disputed",
         hide_index=True,
