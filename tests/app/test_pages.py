@@ -668,8 +668,10 @@ def test_finetune_form_trains_from_scores_a_page_made_and_never_scores_in_the_pa
     goto(app, "app_pages/5_finetune.py")
     for method, seed in (("sparse", 0), ("sparse", 1), ("random", 0), ("fisher", 0)):
         launch_from_form(app, method, seed)
+    # In the order they trained (one after another): the registry orders runs of the same second by id.
+    runs = sorted(RunStore().list(), key=lambda r: (r.path / "clm_run.json").stat().st_mtime_ns)
     origins = [(r.method, r.config["seed"], json.loads((r.path / "metrics.json").read_text()).get("scores_from"))
-               for r in reversed(RunStore().list())]
+               for r in runs]
     # Given only when the run would make those scores itself: seed 0, a method scored with the tokens' restriction.
     assert origins == [("sparse", 0, None), ("sparse", 0, "given"), ("sparse", 1, None), ("random", 0, "given"),
                        ("fisher", 0, None)], origins
