@@ -329,6 +329,16 @@ def shots_note(train: pd.DataFrame, shots: int) -> str:
             f"{named}{', ...' if len(short) > 5 else ''}")
 
 
+def draw_note(cfg: BenchConfig) -> str:
+    """With --shots: every seed trains on the same draw of rows, so the seeds' spread leaves out which rows were
+    drawn (the bench review), which in few-shot work is often the larger part; '' without --shots."""
+    if not cfg.shots:
+        return ""
+    return (f"--shots {cfg.shots}: every seed trains on the same {cfg.shots} rows per label (--data-seed "
+            f"{cfg.data_seed}); the spread over seeds leaves out which rows were drawn (another --data-seed draws "
+            "others)")
+
+
 def stratified_cap(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """At most ``n`` rows, each label in proportion to its count and every label kept once when n allows."""
     if n <= 0 or len(frame) <= n:
@@ -885,7 +895,8 @@ def _run_locked_grid(data_path: str | Path, data: Any, splits: Any, cfg: BenchCo
                      runner: Runner | None, progress: bool) -> BenchResult:
     """``run_grid`` once its checks passed and its lock is held."""
     _check_resume(out_dir, cfg, splits_digest(splits))
-    for note in (*data.notes, shots_note(data.train, cfg.shots), limit_note(splits[0], cfg), budgets_note(cfg)):
+    for note in (*data.notes, shots_note(data.train, cfg.shots), draw_note(cfg), limit_note(splits[0], cfg),
+                 budgets_note(cfg)):
         if progress and note:
             print(f"note: {note}", file=sys.stderr)
     data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)
@@ -908,7 +919,23 @@ def _run_locked_grid(data_path: str | Path, data: Any, splits: Any, cfg: BenchCo
     finally:
         if bar:
             bar.close()
+    if progress and (note := left_out_note(out_dir / "cells", cells)):
+        print(f"note: {note}", file=sys.stderr)
     return write_outputs(out_dir, cells, lrs, tuning)
+
+
+def left_out_note(cells_dir: Path, cells: list[Cell]) -> str:
+    """A sentence when ``cells_dir`` holds finished cells this grid does not plan (an earlier run of the folder with
+    more seeds, budgets or methods): the tables and report hold this grid's cells only, which a smaller rerun shrank
+    without a word (the bench review); '' when there are none."""
+    planned = {cell.name for cell in cells}
+    others = sorted(d.name for d in cells_dir.iterdir() if d.is_dir() and d.name not in planned and finished(d)) \
+        if cells_dir.is_dir() else []
+    if not others:
+        return ""
+    return (f"{len(others)} finished cell(s) in {cells_dir} are not in this grid ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}): the tables and report hold this grid's cells only; rerun with the "
+            "seeds, budgets and methods that made them to list them again")
 
 
 def check_out_dir(out_dir: Path, data_path: str | Path) -> None:

@@ -87,15 +87,29 @@ def _difference_figure(comparison: pd.DataFrame):
     return fig
 
 
+CURVE_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+"""The line style of each seed's validation curve (its method's colour)."""
+
+
 def _curves_figure(results: pd.DataFrame):
+    import plotly.colors
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for _, r in results[results["status"] == "succeeded"].iterrows():
+    done = results[results["status"] == "succeeded"]
+    # A colour per method (and budget), a dash per seed: plotly's ten colours cycled over every cell, and "full s0"
+    # and "gradient@0.01 s0" came out the same blue (the bench review).
+    palette = plotly.colors.qualitative.Dark24
+    labels = list(dict.fromkeys(_label(m, b) for m, b in zip(done["method"], done["budget"], strict=True)))
+    seeds = sorted(done["seed"].unique())
+    for _, r in done.iterrows():
         curve = json.loads(r["val_curve"] or "[]")
         if curve:
+            label = _label(r["method"], r["budget"])
             fig.add_trace(go.Scatter(x=[p["seconds"] for p in curve], y=[p["accuracy"] for p in curve],
-                                     mode="lines+markers", name=f"{_label(r['method'], r['budget'])} s{r['seed']}"))
+                                     mode="lines+markers", name=f"{label} s{r['seed']}", legendgroup=label,
+                                     line={"color": palette[labels.index(label) % len(palette)],
+                                           "dash": CURVE_DASHES[seeds.index(r["seed"]) % len(CURVE_DASHES)]}))
     fig.update_layout(title="Validation accuracy after each epoch vs training seconds",
                       xaxis={"title": "seconds"}, yaxis={"title": "validation accuracy"})
     return fig

@@ -141,6 +141,25 @@ def test_cli_parses_method_learning_rates():
         parse_method_scores("taylor")
 
 
+def test_the_data_seed_chooses_the_few_shot_draw_and_the_grid_says_the_seeds_share_one(data_dir, tmp_path, capsys):
+    """The bench review: every seed trains on one draw of --shots rows, so the seeds' spread leaves out the draw's,
+    said nowhere, and the draw could not be changed from the command line."""
+    from clm_explore.cli import build_parser
+    from clm_explore.cli.bench_cmds import bench_config
+
+    parsed = bench_config(build_parser().parse_args(["bench", "--data", str(data_dir), "--shots", "4",
+                                                      "--data-seed", "3"]))
+    assert (parsed.shots, parsed.data_seed) == (4, 3)
+    cfg = replace(_cfg(methods=("head",)), shots=parsed.shots, data_seed=parsed.data_seed)
+    run_grid(data_dir, cfg, tmp_path / "three", runner=in_process(cfg), progress=True)
+    assert "every seed trains on the same 4 rows per label (--data-seed 3); the spread over seeds leaves out" in \
+        capsys.readouterr().err
+    zero = replace(cfg, data_seed=0)
+    run_grid(data_dir, zero, tmp_path / "zero", runner=in_process(zero), progress=False)
+    drawn = [set(pd.read_csv(tmp_path / out / "data" / "train.csv")["text"]) for out in ("three", "zero")]
+    assert drawn[0] != drawn[1]  # another draw
+
+
 def test_finetune_command_passes_the_cell():
     cmd = finetune_command(Cell("sparse", 0.01, 2, 5e-4), _cfg(), Path("d"), Path("c"))
     text = " ".join(cmd)
@@ -1038,3 +1057,29 @@ def test_run_grid_takes_its_config_as_a_dict_and_its_error_is_exported(data_dir,
     assert clm_explore.BenchError is BenchError
     with pytest.raises(TypeError, match="run_grid's cfg takes a BenchConfig .or a dict of its fields.; got str"):
         run_grid(data_dir, "head", tmp_path / "h", progress=False)
+
+
+def test_validation_curves_take_a_colour_per_method_and_a_dash_per_seed():
+    """The bench review: plotly's ten colours cycled over every cell, and "full s0" and "gradient@0.01 s0" were the
+    same blue."""
+    from clm_explore.bench_report import _curves_figure
+
+    curve = json.dumps([{"seconds": 1.0, "accuracy": 0.5}])
+    methods = [f"method{i}" for i in range(12)]
+    rows = [{"status": "succeeded", "val_curve": curve, "method": m, "budget": float("nan"), "seed": seed}
+            for m in methods for seed in (0, 1)]
+    traces = {t.name: t.line for t in _curves_figure(pd.DataFrame(rows)).data}
+    colours = {m: traces[f"{m} s0"].color for m in methods}
+    assert len(set(colours.values())) == 12  # one each, however many methods a grid holds
+    assert all(traces[f"{m} s1"].color == colours[m] and traces[f"{m} s1"].dash != traces[f"{m} s0"].dash
+               for m in methods)
+
+
+def test_a_smaller_rerun_into_a_grid_says_which_finished_cells_its_tables_leave_out(data_dir, tmp_path, capsys):
+    """The bench review: a rerun with fewer seeds rewrote results.csv from 14 rows to 4 without a word."""
+    cfg = _cfg(methods=("head",), seeds=2)
+    run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    fewer = replace(cfg, seeds=1)
+    result = run_grid(data_dir, fewer, tmp_path / "out", runner=in_process(fewer), progress=True)
+    assert len(result.results) == 1
+    assert "note: 1 finished cell(s) in" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
                    "0 = all)")
     p.add_argument("--limit", type=int, default=0, metavar="N",
                    help="cap training rows at N and validation rows at N/4, stratified (0 = all)")
+    p.add_argument("--data-seed", type=int, default=0, metavar="S",
+                   help="seeds which rows --shots and --limit draw; every seed of the grid trains on that one draw "
+                   "(a grid per data seed, each in its own --out, gives the spread over draws)")
     p.add_argument("--tune-lr", action="store_true",
                    help="per method, sweep 3 learning rates on a validation split (never test), more where the best "
                    "is at an edge (--tune-widen), and use the best")
@@ -123,7 +126,8 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     return BenchConfig(methods=methods, budgets=_floats(args.budgets, "budgets"), seeds=args.seeds,
-                       epochs=args.epochs, shots=args.shots, limit=args.limit, tune_lr=args.tune_lr,
+                       epochs=args.epochs, shots=args.shots, limit=args.limit, data_seed=args.data_seed,
+                       tune_lr=args.tune_lr,
                        tune_widen=args.tune_widen, tune_each_budget=args.tune_each_budget,
                        lr=parse_method_lrs(args.lr), tune_score=args.tune_score, tune_spread=args.tune_spread, score=parse_method_scores(args.score),
                        cold_head=args.cold_head, spread_heads=args.spread_heads, schedule=args.schedule, average_last=args.average_last,
