@@ -31,9 +31,10 @@ OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
                   "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
                   "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error",
-                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget"]
+                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget", "labels_predicted"]
 """``oos_*``: metrics.json's ``out_of_scope`` (test rows with labels unseen in train, scored with abstention);
-``over_budget``: whole layers (``layers``) that took more than the budget, as no layer fitted it."""
+``over_budget``: whole layers (``layers``) that took more than the budget, as no layer fitted it;
+``labels_predicted``: how many labels the cell predicted on test (1: it collapsed onto one label)."""
 
 OUT_OF_SCOPE_KEYS = {"oos_accuracy": "accuracy", "oos_macro_f1": "macro_f1", "oos_auroc": "auroc"}
 
@@ -64,11 +65,35 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
             row["error"] = ""
             scope = m.get("out_of_scope") or {}
             row.update({column: scope.get(key) for column, key in OUT_OF_SCOPE_KEYS.items()})
+            row["labels_predicted"] = labels_predicted(m)
         else:
             row["error"] = _log_tail(log)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64"})
+
+
+def labels_predicted(metrics: dict) -> int | None:
+    """How many labels a run predicted on its test rows (its confusion matrix's non-empty columns, the rows of labels
+    unseen in train included, as ``metrics.confusion_table`` reads them); None without one."""
+    matrix = metrics.get("confusion")
+    if not matrix:
+        return None
+    rows = [*matrix, *([metrics["confusion_unseen"]] if metrics.get("confusion_unseen") else [])]
+    return sum(1 for column in zip(*rows, strict=True) if sum(column))
+
+
+def collapsed_note(results: pd.DataFrame) -> str:
+    """A sentence when finished cells predicted one label for every test row: their accuracy is that label's share
+    of test, and methods that all collapse read as a tie, "no spread" and a std ratio of 0 (the bench review, where
+    every tiny-model cell did); '' when none did."""
+    ok = results[results["status"] == "succeeded"]
+    collapsed = ok[ok["labels_predicted"] == 1]
+    if collapsed.empty:
+        return ""
+    return (f"{len(collapsed)} of {len(ok)} finished cells predicted one label for every test row ("
+            f"{', '.join(collapsed['cell'].str.rsplit('/', n=1).str[-1].head(3))}{', ...' if len(collapsed) > 3 else ''}"
+            "): their accuracy is that label's share of test, and comparisons between such cells tell nothing")
 
 
 def _unfinished_status(log: Path) -> str:

@@ -1103,3 +1103,17 @@ def test_a_smaller_rerun_into_a_grid_says_which_finished_cells_its_tables_leave_
     result = run_grid(data_dir, fewer, tmp_path / "out", runner=in_process(fewer), progress=True)
     assert len(result.results) == 1
     assert "note: 1 finished cell(s) in" in capsys.readouterr().err
+
+
+def test_cells_that_predicted_one_label_for_every_test_row_are_said_so():
+    """The bench review: a grid where every cell collapsed onto one label printed "+0.00 no spread" and a std ratio
+    of 0, read as "sparse matches full" and "sparse is perfectly stable"."""
+    from clm_explore.bench_results import collapsed_note, labels_predicted
+
+    assert labels_predicted({"confusion": [[3, 0], [2, 0]]}) == 1  # every row predicted as the first label
+    assert labels_predicted({"confusion": [[3, 0], [0, 2]], "confusion_unseen": [1, 0]}) == 2
+    assert labels_predicted({}) is None
+    results = pd.DataFrame({"status": ["succeeded", "succeeded", "failed"], "labels_predicted": [1, 2, None],
+                            "cell": ["cells/full-s0", "cells/sparse-0.01-s0", "cells/head-s0"]})
+    assert collapsed_note(results).startswith("1 of 2 finished cells predicted one label for every test row (full-s0)")
+    assert collapsed_note(results.assign(labels_predicted=[2, 2, None])) == ""

@@ -146,6 +146,7 @@ def _first_error(results) -> str | None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from clm_explore.bench import run_grid
+    from clm_explore.bench_results import collapsed_note
 
     cfg = bench_config(args)
     data_cfg = data_config(args)
@@ -161,6 +162,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     "lr": result.lrs, "score": result.scores, "cells": len(result.results),
                     "lr_at_edge": _edges(result.tuning),
                     "failed": int((result.results["status"] != "succeeded").sum()),
+                    "collapsed": int((result.results["labels_predicted"] == 1).sum()),
                     "first_error": _first_error(result.results),
                     "summary": summary.to_dict(orient="records"),
                     "comparison": result.comparison.to_dict(orient="records")})
@@ -186,6 +188,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print(line)
     for line in comparison_lines(result.comparison):
         print(line)
+    if collapsed := collapsed_note(result.results):
+        print(f"note: {collapsed}")
     if len(failed):
         print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).")
     print(f"report: {result.files['report']}")
