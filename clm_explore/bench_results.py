@@ -31,10 +31,11 @@ OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
                   "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
                   "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error",
-                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget", "labels_predicted"]
+                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget", "labels_predicted", "device"]
 """``oos_*``: metrics.json's ``out_of_scope`` (test rows with labels unseen in train, scored with abstention);
 ``over_budget``: whole layers (``layers``) that took more than the budget, as no layer fitted it;
-``labels_predicted``: how many labels the cell predicted on test (1: it collapsed onto one label)."""
+``labels_predicted``: how many labels the cell predicted on test (1: it collapsed onto one label); ``device``: where
+the cell trained (metrics.json's)."""
 
 OUT_OF_SCOPE_KEYS = {"oos_accuracy": "accuracy", "oos_macro_f1": "macro_f1", "oos_auroc": "auroc"}
 
@@ -94,6 +95,17 @@ def collapsed_note(results: pd.DataFrame) -> str:
     return (f"{len(collapsed)} of {len(ok)} finished cells predicted one label for every test row ("
             f"{', '.join(collapsed['cell'].str.rsplit('/', n=1).str[-1].head(3))}{', ...' if len(collapsed) > 3 else ''}"
             "): their accuracy is that label's share of test, and comparisons between such cells tell nothing")
+
+
+def devices_note(results: pd.DataFrame) -> str:
+    """A sentence when the finished cells trained on more than one device (a grid resumed with another --device, or
+    on another machine): their times and memory are then not comparable, and a mean mixes them (the bench review);
+    '' otherwise."""
+    devices = sorted({str(d) for d in results.loc[results["status"] == "succeeded", "device"].dropna()})
+    if len(devices) < 2:
+        return ""
+    return (f"the finished cells trained on {', '.join(devices)} (results.csv's device column): their train seconds "
+            "and peak memory are not comparable across devices")
 
 
 def _unfinished_status(log: Path) -> str:

@@ -243,6 +243,7 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
         assert column in results
     assert results["budget"].isna().tolist() == [True, False, False]
     assert json.loads(results["val_curve"][0])[0]["epoch"] == 1
+    assert (results["device"] == "cpu").all() and (results["labels_predicted"] >= 1).all()
     assert results.loc[0, "trainable_params"] < results.loc[1, "trainable_params"]
     masks = pd.read_csv(out / "masks.csv")
     assert set(masks["method"]) == {"sparse", "random"}
@@ -1117,3 +1118,14 @@ def test_cells_that_predicted_one_label_for_every_test_row_are_said_so():
                             "cell": ["cells/full-s0", "cells/sparse-0.01-s0", "cells/head-s0"]})
     assert collapsed_note(results).startswith("1 of 2 finished cells predicted one label for every test row (full-s0)")
     assert collapsed_note(results.assign(labels_predicted=[2, 2, None])) == ""
+
+
+def test_cells_trained_on_several_devices_are_said_not_comparable():
+    """The bench review: a grid resumed with another --device mixed GPU and CPU timings in one mean, unsaid, and
+    results.csv had no device column."""
+    from clm_explore.bench_results import devices_note
+
+    results = pd.DataFrame({"status": ["succeeded", "succeeded", "failed"], "device": ["cuda:0", "cpu", None]})
+    assert devices_note(results).startswith("the finished cells trained on cpu, cuda:0")
+    assert devices_note(results.assign(device=["cpu", "cpu", None])) == ""
+

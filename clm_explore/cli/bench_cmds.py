@@ -146,7 +146,7 @@ def _first_error(results) -> str | None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from clm_explore.bench import run_grid
-    from clm_explore.bench_results import collapsed_note
+    from clm_explore.bench_results import collapsed_note, devices_note
 
     cfg = bench_config(args)
     data_cfg = data_config(args)
@@ -188,8 +188,9 @@ def run_bench(args: argparse.Namespace) -> int:
         print(line)
     for line in comparison_lines(result.comparison):
         print(line)
-    if collapsed := collapsed_note(result.results):
-        print(f"note: {collapsed}")
+    for note in (collapsed_note(result.results), devices_note(result.results)):
+        if note:
+            print(f"note: {note}")
     if len(failed):
         print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).")
     print(f"report: {result.files['report']}")
