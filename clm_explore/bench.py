@@ -783,21 +783,32 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
 def _all_tied(table: pd.DataFrame, method: str, budget: float | None) -> bool:
     """Whether every sweep cell of (method, budget) finished and all scored alike (and there were several): then
     the default, tried first, won by the tie."""
-    rows = table[(table["method"] == method) & ((table["budget"] == budget) if budget is not None
-                                                else table["budget"].isna())]
+    rows = _sweep_rows(table, method, budget)
     scored = rows["val_accuracy"].dropna()
     return len(rows) > 1 and len(scored) == len(rows) and scored.nunique() == 1
 
 
+def _sweep_rows(table: pd.DataFrame, method: str, budget: float | None) -> pd.DataFrame:
+    return table[(table["method"] == method) & ((table["budget"] == budget) if budget is not None
+                                                else table["budget"].isna())]
+
+
 def sweep_table(cells: list[Cell], root: Path) -> tuple[dict[tuple[str, float | None], Cell | None], pd.DataFrame]:
     """The sweep's best cell per (method, budget) among those finished, and its table (a row per rate tried,
-    ``val_accuracy`` blank where the cell did not finish)."""
+    ``val_accuracy`` blank where the cell did not finish; on the chosen row, ``chosen_by``: 'tie' when every rate
+    scored alike and the default stood by the tie, 'part' when some of its sweep did not finish, else '')."""
     groups = dict.fromkeys((c.method, c.budget) for c in cells)
     best = {(m, b): _best_cell(_sweep_of(m, b, cells), root) for m, b in groups}
     winners = {cell for cell in best.values() if cell is not None}
     table = pd.DataFrame([{"method": c.method, "budget": c.budget, "lr": c.lr, "score": c.row_score,
                            "val_accuracy": read_metrics(root / c.name).get("accuracy"), "chosen": c in winners,
                            "edge": _edge(c, cells) if c in winners else ""} for c in cells])
+    # The bench review: a tie, or a sweep stopped after one of its rates, read as a real choice in tuning.csv.
+    table["chosen_by"] = ""
+    for cell in winners:
+        rows = _sweep_rows(table, cell.method, cell.budget)
+        how = "part" if rows["val_accuracy"].isna().any() else "tie" if _all_tied(table, cell.method, cell.budget) else ""
+        table.loc[rows.index[(rows["lr"] == cell.lr) & (rows["score"] == cell.row_score)], "chosen_by"] = how
     return best, table.sort_values(["method", "budget", "score", "lr"], kind="stable").reset_index(drop=True)
 
 

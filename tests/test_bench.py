@@ -485,6 +485,29 @@ def test_the_sweep_widens_past_its_edge_until_the_score_falls(data_dir, tmp_path
     assert calls == [] and again.lrs == {"head": 0.09}
 
 
+def test_a_rate_a_tie_or_an_unfinished_sweep_chose_is_marked_so(data_dir, tmp_path, capsys):
+    """The bench review: tuning.csv marked chosen=True, and bench printed "chosen on validation", a rate every rate
+    tied with, or the one rate of three a stopped sweep had finished."""
+    from clm_explore.cli.bench_cmds import _chosen_by, sweep_lines
+
+    cfg = _cfg(methods=("head",), tune_lr=True, tune_widen=0)
+    tied = run_grid(data_dir, cfg, tmp_path / "tied", runner=scored_by_rate(lambda lr: 0.5, []), progress=False)
+    assert tied.tuning.loc[tied.tuning["chosen"], "chosen_by"].tolist() == ["tie"]
+    assert "head=0.01 (every rate tied: the default by the tie)" in sweep_lines(tied.tuning)[0]
+    assert _chosen_by(tied.tuning) == {"head": "tie"}
+
+    def stops_after_the_default(cell, data_dir, cell_dir, log, report):
+        if cell.lr != 1e-2:
+            raise RuntimeError("stopped")
+        _write_metrics(cell_dir, 0.5, cell.lr)
+
+    part = run_grid(data_dir, cfg, tmp_path / "part", runner=stops_after_the_default, progress=False)
+    assert part.tuning.loc[part.tuning["chosen"], "chosen_by"].tolist() == ["part"]
+    assert pd.read_csv(tmp_path / "part" / "tuning.csv")["chosen_by"].fillna("").tolist() == ["", "part", ""]
+    fine = run_grid(data_dir, cfg, tmp_path / "fine", runner=scored_by_rate(lambda lr: lr, []), progress=False)
+    assert fine.tuning["chosen_by"].fillna("").tolist() == ["", "", ""] and _chosen_by(fine.tuning) == {}
+
+
 def test_a_sweep_that_runs_out_of_widening_says_its_choice_is_at_the_edge(data_dir, tmp_path):
     falling = scored_by_rate(lambda lr: 1 - lr, [])  # the lower the better: the sweep goes down
     result = run_grid(data_dir, _cfg(methods=("head",), tune_lr=True, tune_widen=1), tmp_path / "out",

@@ -160,7 +160,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
                     "lr": result.lrs, "score": result.scores, "cells": len(result.results),
-                    "lr_at_edge": _edges(result.tuning),
+                    "lr_at_edge": _edges(result.tuning), "lr_chosen_by": _chosen_by(result.tuning),
                     "failed": int((result.results["status"] != "succeeded").sum()),
                     "collapsed": int((result.results["labels_predicted"] == 1).sum()),
                     "first_error": _first_error(result.results),
@@ -197,6 +197,11 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+CHOSEN_BY_WORDS = {"tie": " (every rate tied: the default by the tie)",
+                   "part": " (not every rate of its sweep finished)"}
+"""What ``sweep_lines`` says of a rate not chosen on a full sweep's scores (tuning.csv's ``chosen_by``)."""
+
+
 def sweep_lines(tuning: pd.DataFrame | None) -> list[str]:
     """The rates (and row scores) the sweep chose, and a warning for each still at the edge of what it tried."""
     if tuning is None or not tuning["chosen"].any():
@@ -204,6 +209,7 @@ def sweep_lines(tuning: pd.DataFrame | None) -> list[str]:
     chosen = tuning[tuning["chosen"]]
     names = _chosen_names(chosen)
     picks = ", ".join(f"{name}={r['lr']:.3g}" + (f" ({r['score']})" if r["score"] else "")
+                      + CHOSEN_BY_WORDS.get(r.get("chosen_by") or "", "")
                       for name, (_, r) in zip(names, chosen.iterrows(), strict=True))
     lines = [f"learning rates chosen on validation: {picks}"]
     for name, (_, r) in zip(names, chosen.iterrows(), strict=True):
@@ -226,6 +232,14 @@ def comparison_lines(comparison: pd.DataFrame) -> list[str]:
         lines.append(f"  {pair}: {_points(r, 'accuracy')} {r['verdict']} "
                      f"({r['seeds']} vs {r['versus_seeds']} seeds{ratio}){scope}")
     return lines
+
+
+def _chosen_by(tuning: pd.DataFrame | None) -> dict[str, str]:
+    """Per method whose rate a tie chose ('tie') or a sweep that did not finish ('part')."""
+    if tuning is None or "chosen_by" not in tuning:
+        return {}
+    chosen = tuning[tuning["chosen"]]
+    return {name: how for name, how in zip(_chosen_names(chosen), chosen["chosen_by"], strict=True) if how}
 
 
 def _edges(tuning: pd.DataFrame | None) -> dict[str, str]:
