@@ -17,7 +17,8 @@ import pandas as pd
 
 
 def _pm(mean: float, std: float) -> str:
-    return f"{mean:.3f} ± {0.0 if math.isnan(std) else std:.3f}"
+    """``mean ± std``; the mean alone where there is no std (one seed): "± 0.000" claimed a stability never measured."""
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
 def grid_table(*folders: Path) -> str:

@@ -195,7 +195,8 @@ class BenchConfig:
         if not self.methods or unknown:
             raise BenchError(f"methods must be among {', '.join(METHODS)}; got {', '.join(unknown) or 'none'}")
         if any(not (0 < b <= 1 or (b > 1 and float(b).is_integer())) for b in self.budgets) or not self.budgets:
-            raise BenchError(f"budgets must be fractions in (0, 1] or whole counts > 1; got {self.budgets}")
+            raise BenchError("budgets must be fractions in (0, 1] or whole counts > 1; got "
+                             f"{', '.join(f'{b:g}' for b in self.budgets) or 'none'}")
         # A repeat would train one cell twice into one folder and count it as two seeds.
         # Budgets are told apart by their cell folders' names ({budget:g}): 0.0100001 and 0.01 would share one.
         if len(set(self.methods)) < len(self.methods) or len({f"{b:g}" for b in self.budgets}) < len(self.budgets):

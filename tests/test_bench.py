@@ -75,8 +75,8 @@ def test_plan_has_one_cell_per_budget_only_for_budgeted_methods():
 def test_bad_grid_options_are_refused():
     with pytest.raises(BenchError, match="methods"):
         BenchConfig(methods=("nope",))
-    with pytest.raises(BenchError, match="budgets"):
-        BenchConfig(budgets=(1.5,))
+    with pytest.raises(BenchError, match="budgets .*; got 0.01, 1.5$"):  # as typed, not a Python tuple
+        BenchConfig(budgets=(0.01, 1.5))
     with pytest.raises(BenchError, match="not both"):
         BenchConfig(lr={"sparse": 1e-3}, tune_lr=True)
     with pytest.raises(BenchError, match="learning rates"):
@@ -1152,3 +1152,12 @@ def test_cells_trained_on_several_devices_are_said_not_comparable():
     assert devices_note(results).startswith("the finished cells trained on cpu, cuda:0")
     assert devices_note(results.assign(device=["cpu", "cpu", None])) == ""
 
+
+
+def test_grid_table_claims_no_spread_of_a_single_seed():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grid_table", Path(__file__).parents[1] / "bench" / "grid_table.py")
+    grid_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid_table)
+    assert grid_table._pm(0.8, float("nan")) == "0.800" and grid_table._pm(0.8, 0.01) == "0.800 ± 0.010"
