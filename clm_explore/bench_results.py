@@ -129,6 +129,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["method", "budget", "seeds"])
     ok["budget"] = ok["budget"].astype(float)
     cols = ["accuracy", "macro_f1", "trainable_share", "train_seconds", "peak_memory_mb", "examples_per_second"]
+    cols += [c for c in ("prep_seconds",) if c in ok]  # the report stacks it under the epochs' time
     cols += [c for c in OUT_OF_SCOPE_KEYS if ok[c].notna().any()]  # only where test has out-of-scope rows
     ok[cols] = ok[cols].astype(float)
     grouped = ok.groupby(["method", "budget"], dropna=False, sort=False)
