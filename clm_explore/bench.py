@@ -1046,8 +1046,12 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
     if path.is_file() and _any_finished(out_dir):  # with nothing finished, nothing can mismatch: the grid starts over
         before, now = _saved_config(path), asdict(cfg)
         if before.get(DATA_DIGEST, digest) != digest:  # grids saved before the digest existed are trusted
-            raise BenchError(f"{out_dir} holds a grid trained on other rows (another --text-col or --label-col, other "
-                             "--shots or --limit, or the data file changed since); its finished cells would not "
+            # the draw's own options, named where they differ (the bench review: "--shots or --limit" left it open)
+            drawn = [f"--{k.replace('_', '-')} {before[k]} there, {now[k]} now" for k in ("shots", "limit", "data_seed")
+                     if k in before and before[k] != now[k]]
+            why = "; ".join(drawn) if drawn else ("another --text-col or --label-col, other --shots or --limit, or the "
+                                                 "data file changed since")
+            raise BenchError(f"{out_dir} holds a grid trained on other rows ({why}); its finished cells would not "
                              "match. Choose another --out, or delete that folder.")
         # Rates only matter for the methods both grids hold: a rerun with fewer (or other) methods
         # resumes as long as the rates of the methods it shares with the finished cells agree.

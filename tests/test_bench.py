@@ -779,9 +779,11 @@ def test_resuming_on_other_rows_is_refused(data_dir, tmp_path):
     assert len(json.loads((tmp_path / "out" / "bench.json").read_text())["data_sha256"]) == 64
     train = pd.read_csv(data / "train.csv")
     train.iloc[: len(train) - 5].to_csv(data / "train.csv", index=False)  # the file edited in place
-    with pytest.raises(BenchError, match="trained on other rows"):
+    with pytest.raises(BenchError, match="trained on other rows .*or the data file changed since"):
         run_grid(data, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     assert len(pd.read_csv(tmp_path / "out" / "data" / "train.csv")) == len(train)  # the grid's rows left as they were
+    with pytest.raises(BenchError, match=r"trained on other rows \(--limit 0 there, 150 now\)"):  # named where known
+        run_grid(data, replace(cfg, limit=150), tmp_path / "out", runner=in_process(cfg), progress=False)
 
 
 def test_a_rate_or_score_given_as_its_default_resumes_and_another_names_both(data_dir, tmp_path):
