@@ -1062,8 +1062,9 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
         # A grid written before a training field existed ran at that field's default (its data is unknown).
         defaults = {k: v for k, v in asdict(BenchConfig()).items() if k in SAME_CELLS and k != "data"}
         before = {**defaults, **LEGACY_DEFAULTS, **before}
-        for grid in (before, now):  # how the sweep goes only matters to a grid that sweeps
-            if not grid["tune_lr"]:
+        sweeps = before["tune_lr"] and now["tune_lr"]
+        for grid in (before, now):  # how the sweep goes only matters where both grids sweep (else tune_lr is said)
+            if not sweeps:
                 grid.update(tune_widen=0, tune_each_budget=False)
             if "prefix" not in shared:  # where the prefix starts only matters to prefix cells
                 grid["prefix_init"] = FinetuneConfig.prefix_init

@@ -1180,3 +1180,13 @@ def test_the_cost_figure_stacks_the_preparation_under_the_epochs():
     prep, epochs = cost_fig.data[:2]
     assert (prep.name, list(prep.y), epochs.name, list(epochs.y)) == ("preparation", [0.5], "epochs", [1.5])
     assert cost_fig.layout.barmode == "stack"
+
+
+def test_a_grid_that_did_not_sweep_names_tune_lr_alone_when_one_that_sweeps_resumes_it(data_dir, tmp_path):
+    """The bench review: the refusal named `tune_widen` 0 there, 4 now, an option the user never changed."""
+    cfg = _cfg(methods=("head",))
+    run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
+    with pytest.raises(BenchError, match="other settings") as refused:
+        run_grid(data_dir, replace(cfg, tune_lr=True), tmp_path / "out", runner=in_process(cfg), progress=False)
+    assert "`tune_lr` False there, True now" in str(refused.value) and "tune_widen" not in str(refused.value)
+
