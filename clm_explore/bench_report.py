@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from clm_explore.bench_results import COMPARISON_LEVEL, OVERLAP_METHODS
+from clm_explore.bench_results import COMPARISON_LEVEL, OVERLAP_METHODS, collapsed_note, devices_note
 
 
 def _label(method: str, budget: float | None) -> str:
@@ -164,7 +164,15 @@ def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFr
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs)]
     failed = results[results["status"] != "succeeded"]
     esc = html.escape
-    body = [f"<h1>clm-explore benchmark</h1><p>{esc(json.dumps(config))}</p>",
+    shots = (f"; {config['shots']} training rows per label, one draw for every seed (data seed "
+             f"{config.get('data_seed', 0)})" if config.get("shots") else "")
+    grid = (f"{', '.join(config.get('methods', ()))} on {config.get('data', '?')} with {config.get('model', '?')}: "
+            f"{config.get('seeds', '?')} seed(s), {config.get('epochs', '?')} epoch(s){shots}")
+    notes = [note for note in (collapsed_note(results), devices_note(results)) if note]
+    # The settings folded: the page opened on a line of raw JSON (the bench review).
+    body = [f"<h1>clm-explore benchmark</h1><p>{esc(grid)}</p>",
+            f"<details><summary>Grid settings (bench.json)</summary><pre>{esc(json.dumps(config, indent=2))}</pre>"
+            "</details>", *(f"<p><b>Note:</b> {esc(note)}.</p>" for note in notes),
             "<h2>Summary (mean and std over seeds)</h2>", _html_table(summary)]
     if comparison is not None and not comparison.empty:
         body += [f"<h2>Differences (method − versus: mean over seeds, {COMPARISON_LEVEL:.0%} Welch interval "

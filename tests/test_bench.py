@@ -260,6 +260,9 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
     for title in ("Accuracy vs trainable share", "(std = stability)", "Cost per method", "Row-mask overlap"):
         assert title in page
     assert "&lt;NA&gt;" not in page and "<td>nan</td>" not in page  # the head's budget and lowest layer: blank
+    # The grid in a sentence, its settings folded (the page opened on a line of raw JSON)
+    assert "<p>head, sparse, random on " in page and "1 seed(s), 1 epoch(s)</p>" in page
+    assert "<details><summary>Grid settings (bench.json)</summary><pre>{\n" in page
     assert set(result.summary["method"]) == {"head", "sparse", "random"}
     comparison = pd.read_csv(out / "comparison.csv")  # no full finetuning here: sparse against the others only
     assert comparison[["method", "versus"]].values.tolist() == [["sparse", "head"], ["sparse", "random"]]
@@ -1143,6 +1146,11 @@ def test_cells_that_predicted_one_label_for_every_test_row_are_said_so():
                             "cell": ["cells/full-s0", "cells/sparse-0.01-s0", "cells/head-s0"]})
     assert collapsed_note(results).startswith("1 of 2 finished cells predicted one label for every test row (full-s0)")
     assert collapsed_note(results.assign(labels_predicted=[2, 2, None])) == ""
+    from clm_explore.bench_report import render_report
+
+    page = render_report(results.assign(device="cpu", method="full", budget=None, seed=0, error=""),
+                         pd.DataFrame(columns=["method", "budget", "seeds"]), pd.DataFrame(), pd.DataFrame(), None, {})
+    assert "<b>Note:</b> 1 of 2 finished cells predicted one label for every test row (full-s0)" in page  # the report
 
 
 def test_cells_trained_on_several_devices_are_said_not_comparable():
