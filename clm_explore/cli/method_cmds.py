@@ -439,9 +439,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     for note in _unused_options(args):
         print(f"note: {note}", file=sys.stderr)
     given = given_scores(args.scores, cfg)  # a folder that cannot serve is said before the model loads
-    if given is not None and (given.task_tokens, given.mining) != (None, None) and cfg.mining != MiningConfig():
+    brings_groups = given is not None and (given.task_tokens is not None or given.mining is not None)
+    if brings_groups and cfg.mining != MiningConfig():  # scores saved without either: mined here, with these options
         print("note: the mining options are not read with --scores: the groups come with the scores, mined as "
-              "they were made", file=sys.stderr)  # (scores saved without their settings: mined here, with these)
+              "they were made", file=sys.stderr)
     if given is not None:  # the registry records the settings the scores were made with, as the run folder does
         cfg = scoring_settled(cfg, given)
         if args.out:
