@@ -8,7 +8,7 @@ from typing import Any
 
 from clm_explore.cli import UserError, print_json
 from clm_explore.cli.method_cmds import one_line
-from clm_explore.runs import REGISTRY_NAME, RunStatus, RunStoreError, default_root
+from clm_explore.runs import REGISTRY_NAME, RunStatus, RunStore, RunStoreError, default_root
 
 LISTED_METRICS = ("accuracy", "macro_f1", "trainable_params", "budget", "seed")
 """The figures each run is listed with (the registry's copy of its metrics.json)."""
@@ -30,8 +30,6 @@ def register(subparsers: Any) -> None:
 
 
 def run_runs(args: argparse.Namespace) -> int:
-    from clm_explore.runs import RunStore
-
     if args.limit < 0:
         raise UserError(f"--limit {args.limit} must be 0 (all) or more.")
     if not (default_root() / REGISTRY_NAME).is_file():  # a listing makes no registry (nor its folder)

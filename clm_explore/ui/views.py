@@ -86,8 +86,9 @@ def chart(fig: go.Figure, key: str, numbers: pd.DataFrame | None = None, title: 
         fig.update_layout(title_text=plot_text(fig.layout.title.text))
     st.plotly_chart(fig, key=key, config=CHART_CONFIG, alt=title or None)
     if numbers is not None:
-        with st.expander(escape_markdown(f"Numbers: {title}") if title else "Numbers behind the chart"):
-            st.dataframe(numbers, key=f"{key}_numbers", alt=f"Numbers: {title}" if title else "Numbers behind the chart")
+        name = f"Numbers: {title}" if title else "Numbers behind the chart"
+        with st.expander(escape_markdown(name)):
+            st.dataframe(numbers, key=f"{key}_numbers", alt=name)
 
 
 def metric_row() -> Any:
