@@ -440,6 +440,23 @@ def test_cli_says_why_when_no_cell_finished_and_exits_1(data_dir, tmp_path, monk
     assert "no cell finished (1 failed)" in err and "boom" in err
 
 
+def test_cli_exits_1_when_some_cells_did_not_finish(data_dir, tmp_path, monkeypatch, capsys):
+    """The bench review: a grid with a failed cell exited 0, so a script could not tell it from a whole grid."""
+    import clm_explore.bench as bench
+    from clm_explore.cli import main
+
+    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg: in_process(cfg, fail="sparse"))
+    argv = ["bench", "--data", str(data_dir), "--model", "tiny-random", "--methods", "head,sparse", "--seeds", "1",
+            "--epochs", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "head" in out and "1 cell(s) did not finish" in err
+    assert main([*argv, "--json"]) == 1  # the resume retries the failed cell, which fails again
+    assert json.loads(capsys.readouterr().out)["failed"] == 1
+    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg: in_process(cfg))
+    assert main(argv) == 0  # the retry finishes it
+
+
 def test_lr_sweep_scores_on_validation_never_test(data_dir, tmp_path):
     cfg = _cfg(methods=("head",), tune_lr=True, tune_widen=0)
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)

@@ -157,6 +157,9 @@ def run_bench(args: argparse.Namespace) -> int:
               f"again to resume (outputs in {args.out})", file=sys.stderr)
         raise
     summary = result.summary
+    # Any cell that did not finish fails the command (exit 1, as pytest's failures do), so a script or a CI job
+    # notices a partial grid; the tables of what finished are written all the same (the bench review).
+    failed = result.results[result.results["status"] != "succeeded"]
     if args.json:
         print_json({"out_dir": str(result.out_dir), "files": {k: str(v) for k, v in result.files.items()},
                     "lr": result.lrs, "score": result.scores, "cells": len(result.results),
@@ -166,8 +169,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     "first_error": _first_error(result.results),
                     "summary": summary.to_dict(orient="records"),
                     "comparison": result.comparison.to_dict(orient="records")})
-        return 1 if summary.empty else 0
-    failed = result.results[result.results["status"] != "succeeded"]
+        return 1 if len(failed) else 0
+
     if summary.empty:  # every cell failed: say why (the first cell's error) and fail, so scripts notice
         first = _first_error(result.results) or "none recorded"
         print(f"no cell finished ({len(failed)} failed); the first error: {first}\n"
@@ -192,9 +195,10 @@ def run_bench(args: argparse.Namespace) -> int:
         if note:
             print(f"note: {note}")
     if len(failed):
-        print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).")
+        print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).",
+              file=sys.stderr)
     print(f"report: {result.files['report']}")
-    return 0
+    return 1 if len(failed) else 0
 
 
 CHOSEN_BY_WORDS = {"tie": " (every rate tied: the default by the tie)",
