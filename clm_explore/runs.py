@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -157,6 +158,27 @@ def _pid_alive(pid: int, start: str | None) -> bool:
     return start is None or current is None or current == start
 
 
+REGISTRY_TIMEOUT = 30.0  # seconds a registry call waits for another process's write before it gives up
+WAIT_NOTE_AFTER = 2.0  # seconds of that wait before it is said: the calls themselves take milliseconds
+_log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _note_a_long_wait(db_path: Path) -> Iterator[None]:
+    """Log a warning (printed on stderr where logging is not set up) when a registry call takes longer than
+    ``WAIT_NOTE_AFTER``: sqlite waits for another process's write lock in silence, and the CLI sat for up to 30 s
+    without a word (the concurrency review)."""
+    timer = threading.Timer(WAIT_NOTE_AFTER, _log.warning, args=(
+        f"waiting for the run registry {db_path}: another process is writing to it (giving up after "
+        f"{REGISTRY_TIMEOUT:.0f} s)",))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 class RunStore:
     """The run registry over ``root``; see the module docstring."""
 
@@ -177,12 +199,12 @@ class RunStore:
         # One connection per call: sqlite3 connections must not cross threads, and short
         # transactions keep the WAL writer lock brief for other processes.
         try:
-            conn = sqlite3.connect(self.db_path, timeout=30.0)
+            conn = sqlite3.connect(self.db_path, timeout=REGISTRY_TIMEOUT)
         except sqlite3.Error as exc:
             raise self._unusable(exc) from exc
         conn.row_factory = sqlite3.Row
         try:
-            with conn:  # commits, or rolls back on error
+            with conn, _note_a_long_wait(self.db_path):  # commits, or rolls back on error
                 yield conn
         except sqlite3.IntegrityError:  # a caller's to handle (two processes registering one folder)
             raise

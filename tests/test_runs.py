@@ -698,3 +698,25 @@ def test_cli_runs_makes_no_registry_where_there_is_none(tmp_path: Path, monkeypa
     assert main(["runs"]) == 0 and capsys.readouterr().out.startswith(f"No run registry in {tmp_path / 'none'}")
     assert main(["runs", "--json"]) == 0 and json.loads(capsys.readouterr().out) == []
     assert not (tmp_path / "none").exists()  # a listing made the folder and an empty registry
+
+
+def test_a_registry_held_by_another_writer_is_said_while_it_waits(store: RunStore, monkeypatch, caplog) -> None:
+    """The concurrency review: a CLI command sat silent for up to 30 s while another process held the registry's
+    write lock; a wait longer than WAIT_NOTE_AFTER is said (a logged warning: stderr where logging is not set up)."""
+    import sqlite3
+
+    import clm_explore.runs as runs
+
+    monkeypatch.setattr(runs, "WAIT_NOTE_AFTER", 0.1)
+    holder = sqlite3.connect(store.db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write, in progress
+    threading.Timer(0.6, holder.rollback).start()
+    with caplog.at_level("WARNING", logger="clm_explore.runs"):
+        store.create("waited", "sparse")  # takes the write lock once the holder lets it go
+    holder.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"waiting for the run registry {store.db_path}: another process is writing to it (giving up after 30 s)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clm_explore.runs"):
+        store.create("free", "sparse")
+    assert caplog.records == []  # an uncontended call says nothing
