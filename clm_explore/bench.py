@@ -594,11 +594,15 @@ def _cell_progress(cell_dir: Path) -> str:
         return "preparing"
 
 
+LOG_EVERY_SECONDS = 60.0
+
+
 class ProgressBar:
     """One status line on stderr: cells done, the running cell, elapsed time and an estimate of the rest.
 
-    On a terminal the line is redrawn in place (at most once a second); elsewhere (a log file, CI) only
-    finished cells are printed, one line each.
+    On a terminal the line is redrawn in place (at most once a second); elsewhere (a log file, CI) a line is
+    printed when a cell ends and, while one runs, at most every ``LOG_EVERY_SECONDS`` when its step moved on (a
+    banking77 cell is 20 minutes of CPU: its log said nothing in between, the bench review).
     """
 
     def __init__(self, total: int, stream=None, width: int = 24, jobs: int = 1):
@@ -608,15 +612,19 @@ class ProgressBar:
         self.is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.started = time.perf_counter()
         self.ran: list[float] = []
-        self._last = (0.0, "")
+        self._last: tuple[float, str | None] = (-math.inf, None)  # when the last line was shown, and its detail
 
     def show(self, label: str, detail: str = "", final: bool = False) -> None:
         with self._lock:
             self._show(label, detail, final)
 
     def _show(self, label: str, detail: str, final: bool) -> None:
-        now = time.perf_counter()
-        if not (final or (self.is_tty and (now - self._last[0] >= 1 or detail != self._last[1]))):
+        now, (then, shown) = time.perf_counter(), self._last
+        if self.is_tty:
+            due = now - then >= 1 or detail != shown
+        else:
+            due = now - then >= LOG_EVERY_SECONDS and detail != shown
+        if not (final or due):
             return
         self._last = (now, detail)
         filled = int(self.width * self.done / max(self.total, 1))

@@ -1215,3 +1215,24 @@ def test_a_grid_that_did_not_sweep_names_tune_lr_alone_when_one_that_sweeps_resu
         run_grid(data_dir, replace(cfg, tune_lr=True), tmp_path / "out", runner=in_process(cfg), progress=False)
     assert "`tune_lr` False there, True now" in str(refused.value) and "tune_widen" not in str(refused.value)
 
+
+
+def test_progress_in_a_log_file_says_how_a_running_cell_gets_on(monkeypatch):
+    """The bench review: without a terminal only finished cells were printed, so a log said nothing for the
+    minutes a cell ran; now a line at most every LOG_EVERY_SECONDS, when the cell's step moved on."""
+    import io
+
+    import clm_explore.bench as bench
+
+    log = io.StringIO()  # not a terminal
+    bar = bench.ProgressBar(2, stream=log)
+    bar.show("sparse-b0.01-s0")  # the cell starts: a line
+    bar.show("sparse-b0.01-s0", "step 1/9")  # too soon after it
+    monkeypatch.setattr(bench, "LOG_EVERY_SECONDS", 0.0)
+    bar.show("sparse-b0.01-s0", "step 5/9")
+    bar.show("sparse-b0.01-s0", "step 5/9")  # no step since: not repeated
+    bar.advance(3.0)
+    bar.show("sparse-b0.01-s0", "done", final=True)
+    lines = log.getvalue().splitlines()
+    assert [line.split("] ")[1].split(" (")[0] for line in lines] == [
+        "0/2 sparse-b0.01-s0 ", "0/2 sparse-b0.01-s0 step 5/9", "1/2 sparse-b0.01-s0 done"]
