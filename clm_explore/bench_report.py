@@ -27,17 +27,20 @@ def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, o
         return []
     s = summary.assign(label=[_label(m, b) for m, b in zip(summary["method"], summary["budget"], strict=True)])
     pareto = go.Figure()
-    for method, g in s.groupby("method", sort=False):
+    for n, (method, g) in enumerate(s.groupby("method", sort=False)):
         g = g.sort_values("trainable_share_mean")  # a line along the share, whatever order --budgets gave
+        # A marker shape per method: random, fisher, gradient and sparse sit at one share, and in one shape the
+        # last drawn hid the others (the bench review).
         pareto.add_trace(go.Scatter(x=g["trainable_share_mean"], y=g["accuracy_mean"], mode="markers+lines",
-                                    name=method, text=g["label"], error_y={"array": g["accuracy_std"].fillna(0)}))
+                                    name=method, text=g["label"], error_y=_spread(g["accuracy_std"]),
+                                    marker={"symbol": MARKER_SYMBOLS[n % len(MARKER_SYMBOLS)], "size": 9}))
     front = _pareto_front(s)
     pareto.add_trace(go.Scatter(x=front["trainable_share_mean"], y=front["accuracy_mean"], mode="lines",
                                 name="Pareto front", line={"dash": "dot", "color": "grey"}))
     pareto.update_layout(title="Accuracy vs trainable share (mean ± std over seeds)",
                          xaxis={"type": "log", "title": "trainable parameters / model parameters"},
                          yaxis={"title": "test accuracy"})
-    stability = go.Figure(go.Bar(x=s["label"], y=s["accuracy_mean"], error_y={"array": s["accuracy_std"].fillna(0)},
+    stability = go.Figure(go.Bar(x=s["label"], y=s["accuracy_mean"], error_y=_spread(s["accuracy_std"]),
                                  text=[f"{a:.3f}" if math.isnan(d) else f"{a:.3f} ± {d:.3f}" for a, d in
                                        zip(s["accuracy_mean"], s["accuracy_std"], strict=True)]))  # one seed: no ±
     stability.update_layout(title="Accuracy per method: mean ± std over seeds (std = stability)",
@@ -50,9 +53,9 @@ def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, o
     prep = s["prep_seconds_mean"].fillna(0) if "prep_seconds_mean" in s else 0 * s["train_seconds_mean"]
     cost.add_trace(go.Bar(x=s["label"], y=prep, name="preparation", marker_color="#9aa5b1"), row=1, col=1)
     cost.add_trace(go.Bar(x=s["label"], y=s["train_seconds_mean"] - prep, name="epochs", marker_color="#1f77b4",
-                          error_y={"array": s["train_seconds_std"].fillna(0)}), row=1, col=1)
+                          error_y=_spread(s["train_seconds_std"])), row=1, col=1)
     for col, key in enumerate(("peak_memory_mb", "examples_per_second"), start=2):
-        cost.add_trace(go.Bar(x=s["label"], y=s[f"{key}_mean"], error_y={"array": s[f"{key}_std"].fillna(0)},
+        cost.add_trace(go.Bar(x=s["label"], y=s[f"{key}_mean"], error_y=_spread(s[f"{key}_std"]),
                               showlegend=False, marker_color="#1f77b4"), row=1, col=col)
     cost.update_layout(title="Cost per method", barmode="stack")
     figs = [pareto, stability]
@@ -64,6 +67,16 @@ def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, o
     if not masks.empty:
         figs.append(_mask_figure(masks))
     return figs
+
+
+MARKER_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", "triangle-down", "pentagon",
+                  "hexagon", "star-square", "hourglass")
+
+
+def _spread(std: pd.Series) -> dict:
+    """Error bars of a std over seeds, drawn only where there is one: a single seed's missing std drew a flat
+    whisker that read as no spread at all (the bench review)."""
+    return {"array": std.fillna(0), "visible": bool(std.notna().any())}
 
 
 def _pareto_front(s: pd.DataFrame) -> pd.DataFrame:

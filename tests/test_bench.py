@@ -951,7 +951,23 @@ def test_report_figures_follow_the_share_show_no_spread_of_one_seed_and_share_on
     pareto, stability, *_, mask_fig = figures(results, summary, masks, pd.DataFrame())
     assert list(pareto.data[0].x) == [0.01, 0.05]  # a line along the share, not zigzagging in --budgets order
     assert list(stability.data[0].text) == ["0.800", "0.700"]  # no "± 0.000" claimed of a single seed
+    assert pareto.data[0].error_y.visible is stability.data[0].error_y.visible is False  # no flat whiskers
     assert {(t.zmin, t.zmax) for t in mask_fig.data} == {(0, 0.6)}  # one colour bar, one scale
+
+
+def test_methods_at_one_share_are_told_apart_in_the_pareto_figure():
+    """The bench review: random, fisher, gradient and sparse at 1% sat on one point in one marker shape."""
+    from clm_explore.bench_report import figures
+
+    cost = {f"{k}_{s}": 1.0 for k in ("train_seconds", "peak_memory_mb", "examples_per_second") for s in ("mean", "std")}
+    summary = pd.DataFrame([{"method": m, "budget": 0.01, "trainable_share_mean": 0.0101, "accuracy_mean": 0.8,
+                             "accuracy_std": 0.01, **cost} for m in ("sparse", "random", "fisher", "gradient")])
+    results = pd.DataFrame({"status": ["succeeded"], "val_curve": ["[]"], "method": ["sparse"], "budget": [0.01],
+                            "seed": [0]})
+    pareto = figures(results, summary, pd.DataFrame(), pd.DataFrame())[0]
+    methods = [t for t in pareto.data if t.name != "Pareto front"]
+    assert len({t.marker.symbol for t in methods}) == 4
+    assert all(t.error_y.visible for t in methods)  # three seeds' std: whiskers drawn
 
 
 def _stopping_runner(cfg: BenchConfig, stop_at: str):
