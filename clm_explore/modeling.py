@@ -192,6 +192,8 @@ def load_model(
     source: str | None = DEFAULT_SOURCE,
     labels: list[str] | None = None,
     seed: int = 0,
+    *,
+    keep_global_rng: bool = True,
 ) -> LoadedModel:
     """Load a tokenizer and a fresh classification head over the source's backbone.
 
@@ -199,9 +201,14 @@ def load_model(
         source: see the module docstring.
         labels: label names in id order (or the ``AnnotatedData``, whose labels are), the head gets one output
             per label. None keeps the folder's own labels (a finetuned run folder).
-        seed: seeds the random head (and the tiny model's weights) through torch's global generator, which the
-            head's init draws from (as transformers' ``set_seed`` does); ``finetune`` puts the global state back.
+        seed: seeds the random head (and the tiny model's weights), which draw from torch's global generator.
+        keep_global_rng: True (the default) puts torch's global random state back as it was, so that loading a
+            model (``predict``, ``load_run``) does not reseed a notebook's own draws (the API review); False leaves
+            it seeded and advanced past the head's init, the stream ``finetune``'s dropout continues from.
     """
+    if keep_global_rng:
+        with torch.random.fork_rng(devices=[]):  # the head's init is on the CPU
+            return load_model(source, labels, seed, keep_global_rng=False)
     if isinstance(labels, str):  # its letters would become the labels
         raise TypeError(f"labels is a list of label names (data.labels); got the string {labels[:40]!r}.")
     from clm_explore.data import AnnotatedData  # pandas' import only when a model loads

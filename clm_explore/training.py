@@ -799,7 +799,7 @@ def finetune(
             closing.callback(bar.close)
         if on_phase is not None:
             on_phase("loading the model", 0, 1)
-        loaded = load_model(source, data.labels, seed=cfg.seed)
+        loaded = load_model(source, data.labels, seed=cfg.seed, keep_global_rng=False)  # global_rng_kept restores
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
         if given is not None:
             check_scores_fit(given, loaded, data.labels, cfg.mask)

@@ -140,7 +140,13 @@ def test_a_run_leaves_the_notebooks_random_state_and_transformers_logging_as_the
         cfg = clm_explore.FinetuneConfig(method="head", epochs=1)
         clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random")  # seeds both for its own draws
         assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+        # Reading a run reseeded torch's generator at the run's seed (the API review): a notebook interleaving
+        # predictions with its own draws repeated the same draws after every call.
+        torch.manual_seed(123)
         clm_explore.load_run(tmp_path / "run")
+        clm_explore.predict(tmp_path / "run", "my card")
+        clm_explore.load_model("tiny-random", tiny_data.labels, seed=5)
+        assert torch.equal(torch.rand(3), expected[0])
         assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.set_verbosity_error()
