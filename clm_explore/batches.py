@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,83 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
     probs = predict_proba(loaded.model, loaded, texts, max_length=length)
     labels = [str(loaded.model.config.id2label[i]) for i in range(probs.shape[1])]
     return pd.DataFrame(probs, columns=labels, index=pd.Index(texts, name="text"))
+
+
+@dataclass
+class Evaluation:
+    """A finished run scored on labelled rows (``evaluate``): its metrics, as a run's metrics.json holds them for
+    its own test split, and a row per text."""
+
+    run: str
+    """The run's folder (or the loaded model's source)."""
+    metrics: dict[str, Any]
+    """accuracy, macro_f1, per_label_f1, confusion (rows gold, columns predicted; the run's label order), labels,
+    test_rows, and confusion_unseen where rows hold labels the run was not trained on (counted wrong)."""
+    predictions: pd.DataFrame
+    """A row per text: row, text, label (gold), pred, prob (of pred), correct: predictions.csv's columns."""
+    unseen_labels: list[str] = field(default_factory=list)
+    """Gold labels the run has no output for: their rows are counted wrong."""
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    @property
+    def macro_f1(self) -> float:
+        return float(self.metrics["macro_f1"])
+
+    def to_frame(self) -> pd.DataFrame:
+        """A row per label that occurs (gold or predicted): its gold rows, the rows predicted as it, and its F1,
+        lowest F1 first (where the run struggles); then the labels the run was not trained on, without an F1."""
+        predictions = self.predictions
+        labels = [*self.metrics["per_label_f1"], *self.unseen_labels]
+        frame = pd.DataFrame({"label": labels,
+                              "rows": [int((predictions["label"] == x).sum()) for x in labels],
+                              "predicted": [int((predictions["pred"] == x).sum()) for x in labels],
+                              "f1": [self.metrics["per_label_f1"].get(x, float("nan")) for x in labels]})
+        return frame.sort_values("f1", na_position="last", kind="stable").reset_index(drop=True)
+
+    def __repr__(self) -> str:
+        unseen = (f"; {len(self.unseen_labels)} label(s) the run was not trained on, counted wrong"
+                  if self.unseen_labels else "")
+        return (f"Evaluation({self.run}: {len(self.predictions):,} rows, accuracy {self.accuracy:.4f}, macro-F1 "
+                f"{self.macro_f1:.4f}{unseen}; .to_frame() per label, .predictions per row)")
+
+
+def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, notes: list[str] | None = None,
+             **options: Any) -> Evaluation:
+    """Score a finished run on labelled rows it has not seen: a fresh batch of annotations, another data set.
+
+    Args:
+        run: what ``predict`` takes (a run folder or id, a ``FinetuneResult``, a registry record, ``load_run``'s
+            ``LoadedModel``).
+        data: a data file (any format ``load_data`` reads), a folder of splits (its test file), a DataFrame, or
+            ``AnnotatedData`` (its test split); every row is scored, none carved off.
+        max_length: sub-tokens read per text (None: the run's trained length, as ``predict``).
+        notes: receives the reader's remarks on ``data`` (an encoding guessed, labels' spaces trimmed).
+        options: ``DataConfig`` fields for reading ``data`` (``text_col="utterance"``, ``label_col="intent"``).
+
+    Raises:
+        DataError: the data cannot be read, or none of its labels is one of the run's.
+    """
+    from clm_explore.data import DataError, read_labelled
+    from clm_explore.metrics import classification_metrics
+    from clm_explore.runs import run_folder
+
+    if not isinstance(run, LoadedModel):
+        run = run_folder(run)  # a run id or a FinetuneResult as its folder, which the evaluation names
+    rows = read_labelled(data, notes=notes, **options)
+    probs = predict(run, rows["text"].tolist(), max_length)
+    labels = [str(label) for label in probs.columns]
+    index = {label: i for i, label in enumerate(labels)}
+    gold = np.array([index.get(label, -1) for label in rows["label"]], dtype=np.int64)
+    if (gold == -1).all():
+        raise DataError(f"None of the data's labels ({', '.join(sorted(set(rows['label']))[:5])}, ...) is one of the "
+                        f"run's ({', '.join(labels[:5])}, ...): check the label column (label_col=...).")
+    pred = probs.to_numpy().argmax(1)
+    predictions = pd.DataFrame({"row": range(len(rows)), "text": rows["text"].tolist(), "label": rows["label"].tolist(),
+                                "pred": np.array(labels)[pred], "prob": probs.to_numpy().max(1)})
+    predictions["correct"] = predictions["label"] == predictions["pred"]
+    unseen = sorted(set(rows["label"]) - set(labels))
+    where = run.source if isinstance(run, LoadedModel) else str(run)
+    return Evaluation(where, classification_metrics(gold, pred, labels), predictions, unseen)

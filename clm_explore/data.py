@@ -259,12 +259,7 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
     frames = {}
     for split, frame in by_split.items():
         name = "the DataFrame" if split == "all" else f"the {split} DataFrame"
-        _check_rows(name, len(frame), cfg.max_rows)
-        columns = [str(c) for c in frame.columns]
-        _check_header(name, columns, any_case=False)
-        table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), list(range(1, len(frame) + 1)),
-                       "row", columns)
-        frames[split] = _select_columns(table, cfg, notes, split=split == "all")
+        frames[split] = _frame_rows(frame, cfg, notes, name, split=split == "all")
     if "all" not in frames and cfg.split_col is not None:
         raise DataError(f"A dict of DataFrames by split is split already: the split column {cfg.split_col!r} is "
                         "not read there. Pass one DataFrame, or drop DataConfig.split_col.")
@@ -272,10 +267,10 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
     return _assemble(frames, cfg, "DataFrame", "the train DataFrame" if "train" in frames else "the DataFrame", notes)
 
 
-def _with_options(cfg: DataConfig, options: dict[str, Any]) -> DataConfig:
+def _with_options(cfg: DataConfig, options: dict[str, Any], caller: str = "load_data") -> DataConfig:
     unknown = sorted(set(options) - {f.name for f in fields(DataConfig)})
     if unknown:
-        raise TypeError(f"load_data got {', '.join(unknown)}, which DataConfig does not have; its fields: "
+        raise TypeError(f"{caller} got {', '.join(unknown)}, which DataConfig does not have; its fields: "
                         f"{', '.join(f.name for f in fields(DataConfig))}.")
     return replace(cfg, **options) if options else cfg
 
@@ -429,6 +424,49 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     texts = pd.Series(_as_str(table, table.frame[column], "text"))
     _require_filled(table, texts, "empty text", "text")
     return texts.tolist()
+
+
+def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataConfig | None = None,
+                  notes: list[str] | None = None, **options: Any) -> pd.DataFrame:
+    """Every row of labelled data to score a finished run on (``evaluate``), none carved off: a data file in any
+    format ``load_data`` reads, a folder of splits (its test file), a DataFrame, or ``AnnotatedData`` (its test
+    split). Returns a ``[text, label]`` frame of str with ``load_data``'s checks; ``options`` are ``DataConfig``
+    fields (``text_col``, ``label_col``, ``max_file_mb``, ...); ``notes`` receives the reader's remarks.
+
+    Raises:
+        DataError: the data cannot be read, or a folder has no test file.
+    """
+    cfg = _with_options(config_from(cfg, DataConfig, "read_labelled"), options, "read_labelled")
+    notes = [] if notes is None else notes
+    if isinstance(source, AnnotatedData):
+        return source.test[["text", "label"]].reset_index(drop=True)
+    if isinstance(source, pd.DataFrame):
+        return _frame_rows(source, cfg, notes)
+    if not isinstance(source, str | os.PathLike) or not str(source).strip():
+        raise DataError(f"The data to evaluate on is a data file, a folder of splits, a DataFrame or AnnotatedData; "
+                        f"got {type(source).__name__} {str(source)[:40]!r}.")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        split_files = _split_files(path)
+        if "test" not in split_files:
+            raise DataError(f"{path} has no test file to evaluate on. Pass the file of labelled rows itself.")
+        path = split_files["test"]
+    elif not path.is_file():
+        raise DataError(f"{path} does not exist or is not a regular file. Pass a data file (CSV, TSV, JSONL, JSON, "
+                        "Parquet) or a folder with a test file.")
+    return _read_file(path, path.read_bytes, path.stat().st_size, cfg, notes)
+
+
+def _frame_rows(frame: pd.DataFrame, cfg: DataConfig, notes: list[str], name: str = "the DataFrame",
+                split: bool = False) -> pd.DataFrame:
+    """A DataFrame's rows as a checked ``[text, label]`` frame, its columns found as a file's are (``split``: and
+    its split column, as ``_select_columns`` reads it)."""
+    _check_rows(name, len(frame), cfg.max_rows)
+    columns = [str(c) for c in frame.columns]
+    _check_header(name, columns, any_case=False)
+    table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), list(range(1, len(frame) + 1)),
+                   "row", columns)
+    return _select_columns(table, cfg, notes, split=split)
 
 
 def _check_size(name: str, size: int, cfg: DataConfig, at_least: bool = False) -> None:

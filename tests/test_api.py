@@ -397,3 +397,33 @@ def test_predict_takes_a_loaded_run_whose_labels_are_named_like_placeholders(tmp
     by_folder = clm_explore.predict(result, ["my card", "the loan"])
     loaded = clm_explore.predict(clm_explore.load_run(tmp_path / "run"), ["my card", "the loan"])
     assert list(loaded.columns) == ["LABEL_0", "LABEL_1"] and loaded.values.tolist() == by_folder.values.tolist()
+
+
+def test_evaluate_scores_a_run_on_labelled_rows_as_its_own_test_was_scored(tiny_data, data_dir, tmp_path):
+    """The API review: predict gave probabilities only, and nothing scored a run on a new labelled set."""
+    import pandas as pd
+    import pytest
+
+    result = clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1), tmp_path / "run",
+                                  source="tiny-random", progress=False)
+    own = clm_explore.evaluate(result, tiny_data)  # its test split: the figures metrics.json holds
+    assert own.accuracy == result.metrics["accuracy"] and own.macro_f1 == result.metrics["macro_f1"]
+    assert own.metrics["confusion"] == result.metrics["confusion"]
+    saved = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False)
+    assert own.predictions["pred"].tolist() == saved["pred"].tolist()
+    for source in (data_dir, data_dir / "test.csv", tiny_data.test):  # a folder's test file, a file, a DataFrame
+        assert clm_explore.evaluate(tmp_path / "run", source).accuracy == own.accuracy
+    renamed = tiny_data.test.rename(columns={"text": "utterance", "label": "intent"}).head(6)
+    renamed.loc[0, "intent"] = "a label never trained"
+    new = clm_explore.evaluate(tmp_path / "run", renamed, text_col="utterance", label_col="intent")
+    assert new.unseen_labels == ["a label never trained"] and len(new.predictions) == 6
+    assert not new.predictions.loc[0, "correct"] and new.metrics["confusion_unseen"]
+    table = new.to_frame()
+    assert table["rows"].sum() == 6 and table.iloc[-1]["label"] == "a label never trained"
+    assert table["f1"].dropna().is_monotonic_increasing  # where the run struggles first
+    assert "6 rows" in repr(new) and "1 label(s) the run was not trained on" in repr(new)
+    with pytest.raises(clm_explore.DataError, match="None of the data's labels .* is one of the run's"):
+        clm_explore.evaluate(tmp_path / "run", renamed.assign(intent="x"), text_col="utterance", label_col="intent")
+    (data_dir / "test.csv").unlink()
+    with pytest.raises(clm_explore.DataError, match="has no test file to evaluate on"):
+        clm_explore.evaluate(tmp_path / "run", data_dir)

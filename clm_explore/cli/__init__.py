@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 COMMAND_MODULES = (
     "clm_explore.cli.data_cmds",  # validate
     "clm_explore.cli.method_cmds",  # mine, sensitivity, finetune, predict
+    "clm_explore.cli.evaluate_cmds",  # evaluate
     "clm_explore.cli.bench_cmds",  # bench
     "clm_explore.cli.explain_cmds",  # explain, report, changes, card
     "clm_explore.cli.layer_cmds",  # layers, heads

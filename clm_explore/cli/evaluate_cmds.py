@@ -1,0 +1,78 @@
+"""``clm-explore evaluate``: a finished run scored on labelled rows it has not seen (a fresh batch of annotations,
+another data set), as ``finetune`` scored it on its own test split."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from clm_explore.cli import UserError, checked_max_length, print_json
+from clm_explore.cli.method_cmds import one_line
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``evaluate`` sub-command."""
+    p = subparsers.add_parser(
+        "evaluate", help="score a finished run on labelled data: accuracy, macro-F1, F1 per label",
+        description="Score a finished run on labelled rows: a data file (every row is scored, none carved off) or a "
+        "folder of splits (its test file). Prints accuracy, macro-F1 and the labels with the lowest F1; rows whose "
+        "label the run was not trained on are counted wrong and named.")
+    p.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help="a CSV/TSV/JSONL/JSON/Parquet file of text and label, or a folder with a test file")
+    p.add_argument("--text-col", default=None, help="text column (detected when omitted)")
+    p.add_argument("--label-col", default=None, help="label column (detected when omitted)")
+    p.add_argument("--max-file-mb", type=float, default=200.0, help="refuse files above this size")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
+    p.add_argument("--show", type=int, default=10, metavar="N", help="labels listed, lowest F1 first (0 = all)")
+    p.add_argument("--predictions", default=None, metavar="CSV",
+                   help="also write a row per text (row, text, label, pred, prob, correct) to this CSV file")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: run, rows, accuracy, macro_f1, per_label_f1, labels, confusion, unseen_labels")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from clm_explore.batches import evaluate
+    from clm_explore.cli.explain_cmds import checked_run
+    from clm_explore.data import write_csv
+
+    if args.show < 0:
+        raise UserError(f"--show {args.show} must be 0 (all) or more.")
+    target = Path(args.predictions).expanduser() if args.predictions else None
+    if target is not None and (target.is_dir() or not target.parent.is_dir()):
+        raise UserError(f"--predictions {args.predictions}: not a file in an existing folder; name a CSV file.")
+    run_dir = checked_run(args.run, "--run")  # an unfinished run is said so, as predict says it
+    length = checked_max_length(args.max_length, run_dir)
+    notes: list[str] = []
+    result = evaluate(run_dir, args.data, length, text_col=args.text_col, label_col=args.label_col,
+                      max_file_mb=args.max_file_mb, notes=notes)
+    for note in notes:  # as the training commands print the loader's notes
+        print(f"note: {note}", file=sys.stderr)
+    if target is not None:
+        write_csv(result.predictions, target)
+    if args.json:
+        keys = ("accuracy", "macro_f1", "per_label_f1", "labels", "confusion", "confusion_unseen")
+        print_json({"run": result.run, "rows": len(result.predictions),
+                    **{k: result.metrics[k] for k in keys if k in result.metrics},
+                    "unseen_labels": result.unseen_labels, "predictions": str(target) if target else None})
+        return 0
+    print(f"run: {result.run}")
+    unseen_rows = int((~result.predictions["label"].isin(result.metrics["labels"])).sum())
+    unseen = (f" ({unseen_rows} with a label the run was not trained on, counted wrong: "
+              f"{', '.join(map(one_line, result.unseen_labels[:5]))}{', ...' if len(result.unseen_labels) > 5 else ''})"
+              if unseen_rows else "")
+    print(f"rows: {len(result.predictions):,}{unseen}")
+    print(f"accuracy {result.accuracy:.4f}   macro-F1 {result.macro_f1:.4f}")
+    table = result.to_frame()
+    shown = table if args.show == 0 else table.head(args.show)
+    print(f"\n{'every label' if len(shown) == len(table) else f'the {len(shown)} labels with the lowest F1'} "
+          f"(of {len(table)}):")
+    shown = shown.assign(label=shown["label"].map(one_line))
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"))
+    if target is not None:
+        print(f"\npredictions: {target}")
+    return 0

@@ -1,0 +1,53 @@
+"""``clm-explore evaluate``: a finished run scored on labelled rows, as finetune scored its own test split."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from clm_explore.cli import main
+
+FAST = ["--epochs", "1", "--batch-size", "32", "--max-length", "32", "--device", "cpu"]
+
+
+def _head_run(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(data_dir), "--model", "tiny-random", "--method", "head", "--out", str(run),
+                 "--json", *FAST]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    return run, metrics
+
+
+def test_evaluate_prints_the_runs_own_figures_on_its_test_file_and_writes_the_rows(data_dir, tmp_path, capsys):
+    run, metrics = _head_run(data_dir, tmp_path, capsys)
+    rows = tmp_path / "rows.csv"
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--json", "--predictions", str(rows)]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["accuracy"] == metrics["accuracy"] and said["macro_f1"] == metrics["macro_f1"]
+    assert said["rows"] == len(pd.read_csv(data_dir / "test.csv")) and said["unseen_labels"] == []
+    written = pd.read_csv(rows, keep_default_na=False)
+    assert list(written.columns) == ["row", "text", "label", "pred", "prob", "correct"]
+    assert written["correct"].mean() == metrics["accuracy"]
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir / "test.csv"), "--show", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}" in out
+    assert "the 2 labels with the lowest F1 (of " in out
+
+
+def test_evaluate_names_labels_the_run_never_saw_and_refuses_what_it_cannot_score(data_dir, tmp_path, capsys):
+    run, _ = _head_run(data_dir, tmp_path, capsys)
+    new = pd.read_csv(data_dir / "test.csv").head(5).rename(columns={"text": "utterance", "label": "intent"})
+    new.loc[0, "intent"] = "refund_request"
+    new.to_csv(tmp_path / "new.csv", index=False)
+    argv = ["evaluate", "--run", str(run), "--data", str(tmp_path / "new.csv")]
+    assert main(argv) == 0  # the columns found by their usual names
+    out = capsys.readouterr().out
+    assert "rows: 5 (1 with a label the run was not trained on, counted wrong: refund_request)" in out
+    new.assign(intent="nothing the run knows").to_csv(tmp_path / "other.csv", index=False)
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "other.csv")]) == 2
+    assert "None of the data's labels (nothing the run knows, ...) is one of the run's" in capsys.readouterr().err
+    assert main([*argv, "--predictions", str(tmp_path)]) == 2  # a folder
+    assert "not a file in an existing folder" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path / "nothing"), "--data", str(data_dir)]) == 2
+    assert "no such run folder or run id" in capsys.readouterr().err
