@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clm_explore.batches import bounded_texts, tokenized
 from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig, config_from
-from clm_explore.modeling import LoadedModel, load_run
+from clm_explore.modeling import LoadedModel, check_trained, load_run
 from clm_explore.runs import TRAINED_LENGTH_KEY
 
 TargetSpec = int | str | None
@@ -185,6 +185,9 @@ def explain(
             "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."
         )
     texts = bounded_texts([texts] if isinstance(texts, str) else list(texts), cfg.max_length)
+    blank = [i for i, text in enumerate(texts) if isinstance(text, str) and not text.strip()]
+    if blank:  # its attributions would be the special tokens' alone
+        raise AttributionError(f"texts[{blank[0]}] is empty: it has no words to attribute ({len(blank)} such).")
     targets = _per_text_targets(model, texts, cfg, target)
     if not texts:
         return []
@@ -236,6 +239,8 @@ def _run_call(run: Any, texts: Any, extra: Any) -> tuple[PreTrainedModel, PreTra
     if extra is not None:
         raise TypeError("explain takes (run, texts) or (model, tokenizer, texts); a run was given with more than its "
                         "texts: pass cfg or target by name.")
+    if isinstance(run, LoadedModel):
+        check_trained(run)  # a base model's head, as predict refuses it (the API review)
     loaded = run if isinstance(run, LoadedModel) else load_run(run)
     return loaded.model, loaded.tokenizer, texts
 

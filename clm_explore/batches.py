@@ -117,14 +117,7 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
     Texts are read at the run's trained length unless ``max_length`` says otherwise, so the figures match its
     predictions.csv and ``clm-explore predict``."""
     from clm_explore.config import FinetuneConfig
-    from clm_explore.modeling import (
-        UNTRAINED_HEAD,
-        LoadedModel,
-        ModelSourceError,
-        has_untrained_head,
-        load_run,
-        unnamed_labels,
-    )
+    from clm_explore.modeling import LoadedModel, check_trained, load_run
     from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length
 
     texts = text_list(texts)
@@ -132,11 +125,7 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
         raise ValueError(f"max_length is the sub-tokens read per text, at least 1 (None or 0: the run's trained "
                          f"length); got {max_length}.")
     if isinstance(run, LoadedModel):  # a run loaded already (load_run), as explain takes it
-        folder = Path(run.source)  # a run's folder says it is one (clm_run.json), whatever its labels are called
-        untrained = (has_untrained_head(folder) if folder.is_dir()
-                     else unnamed_labels(getattr(run.model.config, "id2label", None)))
-        if untrained:
-            raise ModelSourceError(f"{run.source} is not a finetuned run: {UNTRAINED_HEAD}")
+        check_trained(run)
         loaded, length = run, max_length or getattr(run.model.config, TRAINED_LENGTH_KEY, None) or FinetuneConfig.max_length
     else:
         run_dir = run_folder(run)

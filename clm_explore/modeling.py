@@ -375,6 +375,21 @@ def has_untrained_head(folder: Path) -> bool:
     return unnamed_labels(labels)
 
 
+def check_trained(loaded: LoadedModel) -> None:
+    """Refuse a loaded model that is no finetuned run: a base model's head, never trained (``load_model``'s), whose
+    predictions and attributions would mean nothing. A run folder says it is one (clm_run.json), whatever its labels
+    are called.
+
+    Raises:
+        ModelSourceError: naming the source.
+    """
+    folder = Path(loaded.source)
+    untrained = (has_untrained_head(folder) if folder.is_dir()
+                 else unnamed_labels(getattr(loaded.model.config, "id2label", None)))
+    if untrained:
+        raise ModelSourceError(f"{loaded.source} is not a finetuned run: {UNTRAINED_HEAD}")
+
+
 def unnamed_labels(id2label: dict | None) -> bool:
     """A head whose labels are transformers' placeholders (LABEL_0, LABEL_1, ...) or none: one never trained."""
     return not id2label or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in id2label.values())

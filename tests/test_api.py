@@ -302,6 +302,10 @@ def test_explain_takes_the_texts_by_name_and_predict_refuses_an_untrained_head(t
     assert clm_explore.explain(result, texts=["my card"])[0].tokens == clm_explore.explain(result, "my card")[0].tokens
     with pytest.raises(clm_explore.ModelSourceError, match="is not a finetuned run"):
         clm_explore.predict(clm_explore.load_model("tiny-random"), "my card")  # LABEL_0, LABEL_1: never trained
+    with pytest.raises(clm_explore.ModelSourceError, match="is not a finetuned run"):  # as predict (the API review)
+        clm_explore.explain(clm_explore.load_model("tiny-random"), "my card")
+    with pytest.raises(clm_explore.AttributionError, match=r"texts\[1\] is empty: it has no words"):
+        clm_explore.explain(result, ["my card", " "])
     (tmp_path / "some-id").write_text("not a run")  # a file named like a run id is no run folder
     with pytest.raises(clm_explore.ModelSourceError, match="does not exist .nor is it a run id"):
         clm_explore.predict(str(tmp_path / "some-id"), "my card")
