@@ -492,10 +492,21 @@ class RunStore:
         record = self.get(run_id)
         if not record.is_terminal and not force and self._owner_alive(record):
             raise RunStoreError(f"Run {run_id} is {record.status.value}; cancel it before deleting.")
+        hidden = None
+        if record.path.resolve().parent == self.root and record.path.is_dir():
+            try:  # moved aside first: a folder that cannot go keeps its row (the app said "Deleted" and kept it)
+                hidden = _move_aside(record.path)
+            except OSError as exc:
+                raise RunStoreError(f"Run {run_id} cannot be deleted: its folder {record.path} cannot be moved "
+                                    f"({exc.strerror or exc}); it stays listed. Its files may belong to another "
+                                    "account: ask its owner, or delete it there.") from exc
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        if record.path.resolve().parent == self.root and record.path.is_dir():
-            _remove_whole(record.path)
+        if hidden is not None:
+            shutil.rmtree(hidden, ignore_errors=True)
+            if hidden.exists():
+                raise RunStoreError(f"Run {run_id} is no longer listed, but some of its files could not be deleted: "
+                                    f"they wait in {hidden}.")
 
     def zip_run(self, run_id: str) -> bytes:
         """The run folder as a zip archive (entries under ``<run_id>/``), without the other processes' copies of a
@@ -731,19 +742,21 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
                     claim.restored = _put_back(path, claim.earlier)
 
 
-def _remove_whole(folder: Path) -> None:
-    """Delete ``folder`` after renaming it out of the way: a reader (predict, the app) meanwhile finds no run there,
-    not half of one (the concurrency review: "Repo id must be in the form 'repo_name'" from a folder half deleted)."""
-    try:
-        hidden = Path(tempfile.mkdtemp(prefix=".deleting-", dir=folder.parent))
-    except OSError:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
+def _move_aside(folder: Path) -> Path:
+    """``folder`` renamed into a new hidden ``.deleting-*`` folder beside it, returned for deletion: a reader
+    (predict, the app) meanwhile finds no run there, not half of one (the concurrency review: "Repo id must be in
+    the form 'repo_name'" from a folder half deleted).
+
+    Raises:
+        OSError: the folder cannot be moved (nothing is changed then).
+    """
+    hidden = Path(tempfile.mkdtemp(prefix=".deleting-", dir=folder.parent))
     try:
         folder.rename(hidden / "run")
-    except OSError:  # a rename refused (a file held open, on Windows): deleted in place, as before
-        shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(hidden, ignore_errors=True)
+    except OSError:
+        hidden.rmdir()
+        raise
+    return hidden
 
 
 def _move_entries(source: Path, target: Path, make: bool = True) -> None:

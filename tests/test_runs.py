@@ -103,6 +103,27 @@ def test_delete_removes_folder_and_row(store: RunStore, monkeypatch) -> None:
     assert all(r.id != run.id for r in store.list())
 
 
+def test_a_run_whose_folder_cannot_go_stays_listed_and_says_why(store: RunStore, monkeypatch) -> None:
+    """The app review: the row went first and the folder's deletion ignored errors, so the Runs page said "Deleted"
+    of a folder another account owned, which stayed on disk out of the app's reach."""
+    run = store.create("theirs", "sparse", {})
+    store.set_status(run.id, RunStatus.SUCCEEDED)
+
+    def refused(source, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "rename", refused)
+    with pytest.raises(RunStoreError, match=r"cannot be deleted: its folder .* cannot be moved \(Permission denied\)"):
+        store.delete(run.id)
+    assert store.get(run.id).status is RunStatus.SUCCEEDED and run.path.is_dir()
+    assert not list(store.root.glob(".deleting-*"))
+    monkeypatch.undo()
+    monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)  # files that will not go
+    with pytest.raises(RunStoreError, match=r"is no longer listed, but some of its files could not be deleted"):
+        store.delete(run.id)
+    assert run.id not in store.known([run.id])
+
+
 def test_register_folder_outside_root(store: RunStore, tmp_path: Path) -> None:
     out = tmp_path / "elsewhere" / "my-run"
     out.mkdir(parents=True)
