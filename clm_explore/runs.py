@@ -179,6 +179,10 @@ def _note_a_long_wait(db_path: Path) -> Iterator[None]:
         timer.cancel()
 
 
+_RUN_ID = re.compile(r"\d{8}-\d{6}-[a-z0-9-]+")
+"""A run id as ``create`` makes it: ``<YYYYmmdd-HHMMSS>-<slug>``, a number after it when taken."""
+
+
 class RunStore:
     """The run registry over ``root``; see the module docstring."""
 
@@ -187,6 +191,12 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root = self.root.resolve()
         self.db_path = self.root / REGISTRY_NAME
+        new = not self.db_path.is_file()
+        self._make_table()
+        if new:  # a registry made where run folders are (the old one deleted, or moved aside): they are listed again
+            self.register_found()
+
+    def _make_table(self) -> None:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
@@ -214,6 +224,8 @@ class RunStore:
             conn.close()
 
     def _unusable(self, exc: sqlite3.Error) -> RunStoreError:
+        if "no such table" in str(exc):  # the file was deleted (sqlite made an empty one) or replaced while in use
+            return self._remade(exc)
         if "readonly" in str(exc):  # moving a read-only file aside (the advice below) is not this user's to do
             return RunStoreError(
                 f"The run registry {self.db_path} is read-only for this user ({exc}): keep runs in a folder of your "
@@ -222,6 +234,21 @@ class RunStore:
             f"The run registry {self.db_path} cannot be used ({exc}). If another program holds it, try again when it "
             "is done; if the file is damaged, move it aside and a new one is made (the run folders stay as they are "
             "and can be registered again: RunStore().register_folder).")
+
+    def _remade(self, exc: sqlite3.Error) -> RunStoreError:
+        """The registry's table made again and the run folders under root registered again, for a registry that
+        lost its table while this process used it (the app review: a registry deleted under a live server stayed
+        broken, every run gone from the app, until the server restarted). The error says so: the call that met it
+        failed, the next one works."""
+        try:
+            self._make_table()
+            found = self.register_found()
+        except (RunStoreError, OSError) as again:
+            return RunStoreError(f"The run registry {self.db_path} lost its table ({exc}) and cannot be made again "
+                                 f"({again}). Move the file aside, and a new one is made.")
+        return RunStoreError(f"The run registry {self.db_path} had lost its table (deleted or replaced while in use); "
+                             f"a new one was made and the {len(found)} finished run folder(s) in {self.root} listed "
+                             "again. Try again.")
 
     def check_writable(self) -> None:
         """Take the registry's write lock once and let it go, so that a registry that cannot take a write (held by
@@ -288,8 +315,9 @@ class RunStore:
             return self._with_error(record, error)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
         slug = slugify(name or folder.name)
-        for n in range(1, 1000):
-            run_id = f"{stamp}-{slug}" if n == 1 else f"{stamp}-{slug}-{n}"
+        # A folder of the root named as its runs are keeps its name as its id (found again after a registry was lost).
+        own = [folder.name] if folder.parent == self.root and _RUN_ID.fullmatch(folder.name) and not name else []
+        for run_id in [*own, *(f"{stamp}-{slug}" if n == 1 else f"{stamp}-{slug}-{n}" for n in range(1, 1000))]:
             try:
                 self._insert(run_id, name or folder.name, method, folder, config, metrics, status)
             except sqlite3.IntegrityError:
@@ -299,6 +327,19 @@ class RunStore:
                 continue
             return self._with_error(self.get(run_id), error)
         raise RunStoreError(f"Could not register {folder}.")  # pragma: no cover
+
+    def register_found(self) -> list[RunRecord]:
+        """Register the run folders directly under ``root`` that the registry does not list and whose run ended (the
+        folder says so: metrics.json, or a model saved without it): what a registry deleted, or moved aside when
+        damaged, had listed. Returns the records made."""
+        listed = {record.path for record in self.list()}
+        found = []
+        for folder in sorted(self.root.iterdir()):
+            if (folder.is_dir() and not folder.name.startswith(".") and folder not in listed
+                    and (folder / "clm_run.json").is_file()
+                    and _folder_status(folder, read_json_object(folder / "metrics.json"))[0].is_terminal):
+                found.append(self.register_folder(folder))
+        return found
 
     def _with_error(self, record: RunRecord, error: str | None) -> RunRecord:
         if error is None or record.error == error:

@@ -741,3 +741,22 @@ def test_a_registry_held_by_another_writer_is_said_while_it_waits(store: RunStor
     with caplog.at_level("WARNING", logger="clm_explore.runs"):
         store.create("free", "sparse")
     assert caplog.records == []  # an uncontended call says nothing
+
+
+def test_a_registry_lost_under_a_live_process_is_made_again_with_the_finished_runs(store: RunStore) -> None:
+    """The app review: a registry deleted while the server ran left every page saying "no such table: runs" (moving
+    the file aside, as advised, did not help) and every run gone from the app until a restart, and after it."""
+    done = store.create("done", "sparse", {})
+    (done.path / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": {"epochs": 1}}))
+    (done.path / "metrics.json").write_text(json.dumps({"accuracy": 0.75}))
+    store.set_status(done.id, RunStatus.SUCCEEDED)
+    unfinished = store.create("unfinished", "full", {})  # a folder with nothing that says its run ended
+    for file in store.root.glob("registry.sqlite*"):
+        file.unlink()
+    with pytest.raises(RunStoreError, match=r"had lost its table .* the 1 finished run folder\(s\) in .* listed again"):
+        store.list()
+    [again] = store.list()  # the next call works
+    assert (again.id, again.status, again.metrics["accuracy"]) == (done.id, RunStatus.SUCCEEDED, 0.75)
+    for file in store.root.glob("registry.sqlite*"):  # gone while no process used it: a new registry finds them
+        file.unlink()
+    assert [r.id for r in RunStore(store.root).list()] == [done.id] and unfinished.path.is_dir()

@@ -16,7 +16,7 @@ from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.data import data_digest
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
-from clm_explore.runs import RunRecord, RunStatus, RunStore, default_root
+from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
 from clm_explore.ui.views import CHART_CONFIG, escape_markdown, label_text, metric_row
@@ -228,6 +228,13 @@ def progress_panel(key: str = "ft") -> None:
     pending at that moment and keep the user on this page (Streamlit folds both into one rerun of the
     page that called ``st.rerun``).
     """
+    try:
+        _progress_panel(key)
+    except RunStoreError as exc:  # a fragment's rerun is outside app.py's handler: one paragraph, not a traceback
+        st.error(escape_markdown(str(exc)))
+
+
+def _progress_panel(key: str) -> None:
     jobs = job_queue().jobs()
     records = store().list(limit=10)  # redrawn every second in every session: read ten rows, not the registry
     if not jobs:

@@ -520,6 +520,25 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert all(("run deleted since" in c) == (escape_markdown(victim) in c) for c in cards), cards
 
 
+def test_a_registry_deleted_under_the_server_is_said_once_and_made_again(at: AppTest) -> None:
+    """The app review: the Finetune panel (a fragment, outside app.py's handler) showed a traceback every second,
+    and every page said "no such table: runs" until the server restarted, every run gone from the app."""
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    run = store.create("kept", "head", {})
+    (run.path / "clm_run.json").write_text(json.dumps({"method": "head", "config": {}}))
+    (run.path / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    store.set_status(run.id, RunStatus.SUCCEEDED)
+    goto(at, "app_pages/5_finetune.py")
+    for file in store.root.glob("registry.sqlite*"):
+        file.unlink()
+    at.run()
+    assert not at.exception, at.exception
+    assert any("had lost its table" in e.value for e in at.error), [e.value for e in at.error]
+    at.run()
+    assert not at.exception and not at.error
+    assert [r.id for r in store.list()] == [run.id]
+
+
 def test_runs_page_shows_interrupted(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run = store.create("ghost", "sparse", {})
