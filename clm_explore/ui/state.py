@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 import unicodedata
 from collections import Counter
@@ -237,11 +238,22 @@ def private_folder(folder: Path) -> Path:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """``path`` written with ``data``, readable by the server's account alone (as ``private_folder``)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        os.fchmod(file.fileno(), 0o600)  # a file written before this kept its mode
-        file.write(data)
+    """``path`` written with ``data``, readable by the server's account alone (as ``private_folder``), through a
+    rename: a write that fails (a full disk) leaves no file cut short under the name (the app review).
+
+    Raises:
+        OSError: the write failed; nothing is left of it.
+    """
+    part = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.part")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)  # a file written before this kept its mode
+            file.write(data)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 UPLOAD_DAYS = 7.0
@@ -327,7 +339,13 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None, protect: 
         target = (folder / f"{stem}-{digest[:12]}{suffix}").resolve()
     if target.parent != folder:  # cannot happen with the name above; kept as a guard
         raise ValueError(f"Refusing upload name {filename!r}.")
-    write_private(target, raw)
+    from clm_explore.data import DataError
+
+    try:
+        write_private(target, raw)
+    except OSError as exc:  # a full disk or an unwritable uploads folder: one paragraph, not a traceback
+        raise DataError(f"The server cannot keep the upload ({exc.strerror or exc}): its disk may be full or its "
+                        "uploads folder not writable. Try again later, or tell whoever runs the server.") from exc
     _keep_newest_uploads(folder, UPLOADS_KEPT, protect)
     _keep_uploads_under(folder.parent, uploads_total_mb() * 2**20, target, protect=protect)
     return DataChoice("upload", str(target), shown, digest=digest)

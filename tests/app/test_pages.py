@@ -832,6 +832,35 @@ def test_all_sessions_uploads_together_stay_under_their_cap(tmp_path: Path, monk
     assert sorted(f.relative_to(tmp_path).as_posix() for f in tmp_path.glob("*/*")) == left  # nothing went for it
 
 
+def test_an_upload_the_disk_has_no_room_for_is_a_plain_error_and_leaves_no_part(tmp_path: Path, monkeypatch) -> None:
+    """The app review: a full disk gave a raw OSError traceback and left 98,304 bytes under the upload's name."""
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def fileno(self):
+            return self.file.fileno()
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(DataError, match=r"cannot keep the upload \(No space left on device\): its disk may be full"):
+        save_upload(b"text,label\n" + b"x" * 4096, "big.csv", folder=tmp_path / ("a" * 32))
+    assert list((tmp_path / ("a" * 32)).iterdir()) == []  # nothing cut short under its name, no part file
+
+
 def test_a_file_made_from_an_upload_never_pushes_that_upload_out(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", str(2.5 / 1024))  # 2.5 KiB: two files of 1 KiB
     kb = b"text,label\n" + b"x" * 1013
