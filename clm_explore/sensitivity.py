@@ -144,6 +144,20 @@ class SensitivityReport:
                 "arbitrary pick" + ("; a head whose units all died in its warm-up does this: try --head-warmup-epochs "
                                     "0" if warmed else "; the head passes no gradient back (weights of 0?)"))
 
+    @property
+    def tokens_note(self) -> str | None:
+        """A sentence when the token restriction had no mined group to read (the mining options let none through):
+        the scores then read the pooled position alone and no word-embedding row can be taken, another method than
+        the one named, which ran on in silence (the app review); None otherwise."""
+        if self.config.get("restriction") != "tokens":
+            return None
+        embeddings = [info for info in self.matrices.values() if info.module == "embeddings"]
+        if not embeddings or embeddings[0].eligible_rows is None or embeddings[0].eligible_rows:
+            return None
+        return ("no task token was mined (the mining options let no group through), so the token-restricted scores "
+                "read the pooled position alone and no word-embedding row can be taken: lower the mining's minimum "
+                "count, or score without the restriction")
+
     def normalised(self, how: str | None = None) -> dict[str, torch.Tensor]:
         """Row scores normalised within each matrix ('mean', 'zscore', 'rank' or 'none')."""
         how = how or self.config.get("normalise", "mean")
@@ -735,8 +749,9 @@ def compute_sensitivity(
                                         time.perf_counter() - started, notes, recorded_source(loaded.source),
                                         task_tokens.config if task_tokens is not None else None)
     report.train_digest = split_digest(data.train)
-    if report.zero_note:
-        report.notes.append(report.zero_note)
+    for note in (report.zero_note, report.tokens_note):
+        if note:
+            report.notes.append(note)
     return report
 
 

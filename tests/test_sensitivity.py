@@ -489,3 +489,26 @@ def test_a_model_folder_written_two_ways_is_one_source(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert same_source(str(tmp_path / "model"), "model") and same_source("./model/", str(tmp_path / "model"))
     assert not same_source("model", "default") and not same_source("tiny-random", "default")
+
+
+def test_a_token_restriction_without_a_mined_group_is_said_and_recorded_by_the_run(tiny_data, tmp_path):
+    """The app review: mining options that let no group through left sparse reading the pooled position alone (and
+    no word-embedding row eligible) with only the Tokens page saying anything."""
+    from clm_explore.config import FinetuneConfig, MiningConfig
+    from clm_explore.training import finetune
+
+    loaded = load_model("tiny-random", tiny_data.labels)
+    texts, labels = tiny_data.train["text"].tolist(), tiny_data.train["label"].tolist()
+    none = mine_task_tokens(texts, labels, loaded.tokenizer, MiningConfig(min_count=10**6))
+    assert not none.groups
+    sens = SensitivityConfig(calibration_rows=40)
+    report = compute_sensitivity(loaded, tiny_data, none, sens)
+    assert report.tokens_note.startswith("no task token was mined") and report.notes[-1] == report.tokens_note
+    report.save(tmp_path / "scores")
+    assert SensitivityReport.load(tmp_path / "scores").tokens_note == report.tokens_note  # said from saved scores
+    mined = mine_task_tokens(texts, labels, loaded.tokenizer)
+    assert compute_sensitivity(loaded, tiny_data, mined, sens).tokens_note is None
+    assert compute_sensitivity(loaded, tiny_data, None, replace(sens, restriction="none")).tokens_note is None
+    cfg = FinetuneConfig(method="sparse", epochs=1, mining=MiningConfig(min_count=10**6), sensitivity=sens)
+    result = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
+    assert result.metrics["tokens_note"] == report.tokens_note

@@ -327,6 +327,18 @@ def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
     assert [m.label for m in at.metric][-3:] == ["Mean sub-tokens before", "After merging", "Shorter by"]
 
 
+def test_mining_that_finds_no_group_is_said_where_the_scores_are_read(at: AppTest) -> None:
+    """The app review: with no group mined, Sensitivity still said "restriction: tokens" and Budget selected as
+    usual, while sparse read the pooled position alone."""
+    goto(at, "app_pages/2_tokens.py")
+    at.number_input(key="tok_min_count").set_value(1000)
+    button(at, "Mine task tokens").click().run()
+    for page in ("app_pages/3_sensitivity.py", "app_pages/4_budget.py"):
+        goto(at, page)
+        assert not at.exception, at.exception
+        assert any(w.value.startswith("No task token was mined") for w in at.warning), [w.value for w in at.warning]
+
+
 def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
     goto(at, "app_pages/3_sensitivity.py")
     for view in ("norm_score", "share_selected", "score"):
