@@ -32,7 +32,11 @@ def main() -> None:
     saved_session.resume()  # a reload takes up the session its address names
     page = st.navigation(pages())
     try:
-        jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
+        try:
+            jobs.job_queue()  # first use per server: runs a previous server left running are marked interrupted
+        except RunStoreError as exc:  # a read-only or damaged registry: the data pages still work (the app review)
+            st.warning(escape_markdown(f"{exc} Until then the Data, Tokens, Sensitivity and Budget pages work; runs "
+                                       "cannot be launched or listed."))
         forms.sidebar()
         page.run()
     except (ConfigError, DataError, ModelSourceError, RunStoreError) as exc:  # a bad model folder, unusable data

@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from clm_explore.data import DataError, load_data
-from clm_explore.runs import RunStatus, RunStore
+from clm_explore.runs import RunStatus, RunStore, RunStoreError
 from clm_explore.ui.state import DataChoice, save_upload
 from clm_explore.ui.views import escape_markdown
 
@@ -293,6 +293,21 @@ def test_bad_upload_shows_plain_error(tmp_path: Path) -> None:
     assert app.error and "column" in app.error[0].value.lower()
     assert "--text-col" not in app.error[0].value  # the app's own control, not the command line's option
     assert "Text column box on the Data page" in app.error[0].value
+
+
+def test_a_registry_that_cannot_be_used_leaves_the_data_pages_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app review: a read-only registry showed its refusal alone on every page, the Data page too."""
+    from clm_explore.ui import jobs
+
+    def unusable():
+        raise RunStoreError("The run registry /srv/runs/registry.sqlite is read-only for this user.")
+
+    monkeypatch.setattr(jobs, "job_queue", unusable)
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception
+    assert "only for this user" in app.warning[0].value and "runs cannot be launched or listed" in app.warning[0].value
+    assert [m.label for m in app.metric][:2] == ["Rows", "Labels"]  # the Data page's report is drawn
 
 
 def test_data_errors_name_the_apps_controls_not_command_line_options() -> None:
