@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import re
 import sys
 import threading
 import time
@@ -458,11 +459,21 @@ def _result_status(job: Job) -> RunStatus:
 
 
 def last_line(text: str | None) -> str | None:
-    """The last non-blank line of a traceback (the exception and its message), or None."""
+    """The last non-blank line of a traceback (the exception and its message), or None; a full disk said in plain
+    words before it (its line read "SafetensorError: Error while serializing: I/O error: ... (os error 28)")."""
     if not text:
         return None
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None
+    if not lines:
+        return None
+    if DISK_FULL.search(lines[-1]):
+        return (f"The disk of the runs folder is full: free some room (delete runs you no longer need), then launch "
+                f"it again. ({lines[-1].strip()})")
+    return lines[-1]
+
+
+DISK_FULL = re.compile(r"No space left on device|\[Errno 28\]|os error 28|ENOSPC")
+"""How a full disk reads in an error: Python's OSError, a Rust library's (safetensors, tokenizers), the C name."""
 
 
 # ---------------------------------------------------------------------------------------- keyed tasks

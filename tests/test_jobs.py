@@ -678,3 +678,17 @@ def test_a_device_forgets_the_turns_of_owners_long_gone(jobs: JobQueue) -> None:
         assert jobs.submit(count_steps, {"n": 1}, owner=f"session-{owner}").wait(5)
     served = jobs._served["cpu"]
     assert len(served) <= 4 and "session-8" in served  # the oldest forgotten first
+
+
+def test_a_full_disk_is_said_in_plain_words_before_its_error():
+    """The app review: a job that ran out of disk read "SafetensorError: Error while serializing: I/O error: No space
+    left on device (os error 28)"."""
+    from clm_explore.jobs import last_line
+
+    error = ("Traceback (most recent call last):\n  File ...\nSafetensorError: Error while serializing: I/O error: "
+             "No space left on device (os error 28)\n")
+    said = last_line(error)
+    assert said.startswith("The disk of the runs folder is full: free some room")
+    assert said.endswith("(SafetensorError: Error while serializing: I/O error: No space left on device (os error 28))")
+    assert last_line("Traceback ...\nValueError: bad budget\n") == "ValueError: bad budget"
+    assert last_line("") is None and last_line("  \n") is None
