@@ -24,8 +24,8 @@ choice, source = state.require_data()
 cfg = forms.sensitivity_form(key="sens")
 report = cache.sensitivity(source, choice, state.mining_cfg(), cfg)
 table = report.table.copy()
-if report.tokens_note:  # sparse would quietly read the pooled position alone
-    st.warning(views.escape_markdown(report.tokens_note[0].upper() + report.tokens_note[1:]) + ".")
+if report.no_tokens_note:  # sparse would quietly read the pooled position alone
+    st.warning(views.escape_markdown(report.no_tokens_note[0].upper() + report.no_tokens_note[1:]) + ".")
 st.caption(
     f"{report.n_layers} layers · {report.backbone_params:,} backbone parameters · "
     f"computed in {report.seconds:.1f}s · " + " · ".join(report.notes)

@@ -28,8 +28,8 @@ choice, source = state.require_data()
 mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
 report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
 budget = forms.budget_input(key="budget", backbone_params=report.backbone_params)
-if report.tokens_note:  # sparse would quietly read the pooled position alone
-    st.warning(escape_markdown(report.tokens_note[0].upper() + report.tokens_note[1:]) + ".")
+if report.no_tokens_note:  # sparse would quietly read the pooled position alone
+    st.warning(escape_markdown(report.no_tokens_note[0].upper() + report.no_tokens_note[1:]) + ".")
 mask_cfg = forms.mask_options(report.n_layers, key="budget")
 try:
     selection, seconds = cache.timed_mask(source, choice, mining_cfg, sens_cfg, mask_cfg)

@@ -145,7 +145,7 @@ class SensitivityReport:
                                     "0" if warmed else "; the head passes no gradient back (weights of 0?)"))
 
     @property
-    def tokens_note(self) -> str | None:
+    def no_tokens_note(self) -> str | None:
         """A sentence when the token restriction had no mined group to read (the mining options let none through):
         the scores then read the pooled position alone and no word-embedding row can be taken, another method than
         the one named, which ran on in silence (the app review); None otherwise."""
@@ -749,7 +749,7 @@ def compute_sensitivity(
                                         time.perf_counter() - started, notes, recorded_source(loaded.source),
                                         task_tokens.config if task_tokens is not None else None)
     report.train_digest = split_digest(data.train)
-    for note in (report.zero_note, report.tokens_note):
+    for note in (report.zero_note, report.no_tokens_note):
         if note:
             report.notes.append(note)
     return report

@@ -599,8 +599,8 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
         info["budget_note"] = selection.budget_note
     if report.zero_note and ctx.cfg.method != "random":
         info["score_note"] = report.zero_note
-    if report.tokens_note and ctx.cfg.method != "random":
-        info["tokens_note"] = report.tokens_note
+    if report.no_tokens_note and ctx.cfg.method != "random":
+        info["no_tokens_note"] = report.no_tokens_note
     if ctx.cfg.mask.train_biases and not any(kind == "bias" for kind, _, _ in small_parameters(model)):
         info["biases_note"] = "the model's linear maps have no biases: train_biases changed nothing"
     return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,

@@ -503,12 +503,12 @@ def test_a_token_restriction_without_a_mined_group_is_said_and_recorded_by_the_r
     assert not none.groups
     sens = SensitivityConfig(calibration_rows=40)
     report = compute_sensitivity(loaded, tiny_data, none, sens)
-    assert report.tokens_note.startswith("no task token was mined") and report.notes[-1] == report.tokens_note
+    assert report.no_tokens_note.startswith("no task token was mined") and report.notes[-1] == report.no_tokens_note
     report.save(tmp_path / "scores")
-    assert SensitivityReport.load(tmp_path / "scores").tokens_note == report.tokens_note  # said from saved scores
+    assert SensitivityReport.load(tmp_path / "scores").no_tokens_note == report.no_tokens_note  # said from saved scores
     mined = mine_task_tokens(texts, labels, loaded.tokenizer)
-    assert compute_sensitivity(loaded, tiny_data, mined, sens).tokens_note is None
-    assert compute_sensitivity(loaded, tiny_data, None, replace(sens, restriction="none")).tokens_note is None
+    assert compute_sensitivity(loaded, tiny_data, mined, sens).no_tokens_note is None
+    assert compute_sensitivity(loaded, tiny_data, None, replace(sens, restriction="none")).no_tokens_note is None
     cfg = FinetuneConfig(method="sparse", epochs=1, mining=MiningConfig(min_count=10**6), sensitivity=sens)
     result = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
-    assert result.metrics["tokens_note"] == report.tokens_note
+    assert result.metrics["no_tokens_note"] == report.no_tokens_note
