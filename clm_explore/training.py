@@ -68,6 +68,7 @@ from clm_explore.runs import (
     RANK_COPIES,
     TRAINED_LENGTH_KEY,
     RunDirClaim,
+    RunFolderError,
     RunStatus,
     check_run_dir,
     claimed_run_dir,
@@ -824,8 +825,8 @@ def finetune(
                                                 "data": data.source,
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
-            result = _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, should_stop, on_phase,
-                                     given)
+            stop = _stop_when_folder_gone(should_stop, out_dir) if main else should_stop
+            result = _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, stop, on_phase, given)
         if claim is not None and result.status == "succeeded":
             claim.keep()
         return result
@@ -941,6 +942,18 @@ def _write_card(out_dir: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - anything: the trained run stands without its card
         warnings.warn(f"{out_dir}: the model card (README.md) could not be written ({exc}); "
                       f"`clm-explore card --run {out_dir} --write` tries again.", stacklevel=2)
+
+
+def _stop_when_folder_gone(should_stop: Callable[[], bool] | None, out_dir: Path) -> Callable[[], bool]:
+    """``should_stop``, which also raises ``RunFolderError`` once the run folder is gone: a folder deleted while its
+    run trained (from the app's Runs page, say) failed only at the end, on a raw FileNotFoundError for
+    predictions.csv (the app review). Polled at every step: a stat."""
+
+    def stop() -> bool:
+        if not out_dir.is_dir():
+            raise RunFolderError(f"{out_dir} was deleted while its run trained: the run stops, with nowhere to save.")
+        return bool(should_stop and should_stop())
+    return stop
 
 
 @contextmanager

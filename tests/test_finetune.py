@@ -723,3 +723,27 @@ def test_scores_alike_names_a_report_the_run_would_make_itself(data, tmp_path):
     first, second = load_file(scored.out_dir / "masks.safetensors"), load_file(given.out_dir / "masks.safetensors")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert given.metrics["accuracy"] == scored.metrics["accuracy"]
+
+
+def test_a_run_whose_folder_is_deleted_while_it_trains_stops_and_says_so(tiny_data, tmp_path):
+    """The app review: a run folder deleted mid-training trained every epoch, then failed on a raw FileNotFoundError
+    for predictions.csv."""
+    import shutil
+
+    import pytest
+
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.runs import RunFolderError
+    from clm_explore.training import finetune
+
+    steps = []
+
+    def delete_at_first_step(info):
+        steps.append(info.step)
+        if info.step == 1:
+            shutil.rmtree(tmp_path / "run")
+
+    with pytest.raises(RunFolderError, match=r"run.? was deleted while its run trained: the run stops"):
+        finetune(tiny_data, FinetuneConfig(method="head", epochs=3), tmp_path / "run", source="tiny-random",
+                 on_step=delete_at_first_step, progress=False)
+    assert steps == [1]  # stopped at the next step, not after every epoch
