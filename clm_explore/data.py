@@ -1070,6 +1070,11 @@ def _header_looks_like_data(name: str, text_col: str, label_col: str, labels: pd
             "keep it.")
 
 
+SPLIT_COLUMN_UNUSED = "was not used to split the rows"
+"""The note of a column named as a split column whose values are not all split names: the data report counts it a
+problem (a caption alone hid that the rows were carved afresh, the test rows the user chose among them)."""
+
+
 def _split_column(table: _Table, given: str | None, taken: tuple[str, str], notes: list[str]) -> list[str] | None:
     """Each row's split from the table's split column (``given``, else the one column named ``split``), as train,
     validation or test; None when there is none. A column found by its name whose values are not all split names
@@ -1093,7 +1098,7 @@ def _split_column(table: _Table, given: str | None, taken: tuple[str, str], note
     except DataError:  # lists, records or undecodable bytes: a column found by its name is let be
         if given is not None:
             raise
-        notes.append(f"{table.name}: its column {column!r} was not used to split the rows: it holds lists, records "
+        notes.append(f"{table.name}: its column {column!r} {SPLIT_COLUMN_UNUSED}: it holds lists, records "
                      "or bytes, not one split name per row.")
         return None
     splits = [SPLIT_ALIASES.get(value.lower()) for value in raw]
@@ -1105,7 +1110,7 @@ def _split_column(table: _Table, given: str | None, taken: tuple[str, str], note
         raise DataError(f"{table.name}: {len(bad)} row(s) have a split that is not train, validation (dev, val) or "
                         f"test in column {column!r} ({table.unit}(s) {lines}; e.g. {example!r}). Fix them, or pass "
                         "another column with --split-col.")
-    notes.append(f"{table.name}: its column {column!r} was not used to split the rows: {len(bad):,} value(s) do not "
+    notes.append(f"{table.name}: its column {column!r} {SPLIT_COLUMN_UNUSED}: {len(bad):,} value(s) do not "
                  f"name a split ({table.unit}(s) {lines}; e.g. {example!r}).")
     return None
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from clm_explore.data import SPLITS, AnnotatedData
+from clm_explore.data import SPLIT_COLUMN_UNUSED, SPLITS, AnnotatedData
 
 RARE_LABEL_ROWS = 5
 """Labels with fewer train rows than this are reported as very rare."""
@@ -140,6 +140,9 @@ def _problems(r: DataReport) -> list[str]:
     for name in ("validation", "test"):
         if not r.splits[name]:
             problems.append(f"The {name} split is empty.")
+    for note in r.notes:
+        if SPLIT_COLUMN_UNUSED in note and "value(s) do not name a split" in note:
+            problems.append(f"{note} Its rows were split afresh: fix those values to keep the splits it gives.")
     return problems
 
 

@@ -880,6 +880,9 @@ def test_a_split_column_that_does_not_name_splits(tmp_path: Path, capsys: pytest
     assert len(data.test) == 12
     assert any("column 'Split' was not used to split the rows: 1 value(s) do not name a split (line(s) 9; "
                "e.g. 'holdout')" in n for n in data.notes)
+    # A problem of the report, not a note alone (the app review: a caption hid that the rows were split afresh)
+    assert any(p.endswith("Its rows were split afresh: fix those values to keep the splits it gives.")
+               for p in data_report(data).problems)
     with pytest.raises(DataError, match=r"1 row\(s\) have a split that is not train.*line\(s\) 9; e.g. 'holdout'"):
         load_data(tmp_path / "all.csv", DataConfig(split_col="split"))
     assert main(["validate", str(tmp_path / "all.csv"), "--split-col", "split"]) == 2
