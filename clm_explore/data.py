@@ -697,6 +697,12 @@ def _delimited_rows(name: str, text: str, delimiter: str, blank: list[int] | Non
                 blank.append(start)
             start = reader.line_num + 1
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):  # a cell of over 10 million characters, or a quote left open
+            raise _QuoteError(f"{name}, row starting at line {start}: a field runs past {_FIELD_LIMIT:,} characters, "
+                              "the most a cell may hold. Either a text is that long (cut it or leave it out: a run "
+                              "reads its first few hundred sub-tokens anyway), or a quote is left open and the rest of "
+                              "the file reads as one cell (double quotes inside a quoted text are written as \"\").",
+                              f"the row starting at line {start}") from exc
         raise _QuoteError(f"{name}, row starting at line {start}: cannot be parsed ({exc}). Usually a stray or "
                           "unclosed quote; double quotes inside a quoted text must be written as \"\".",
                           f"the row starting at line {start}") from exc

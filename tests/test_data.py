@@ -1012,3 +1012,14 @@ def test_a_file_without_a_header_repeating_its_first_row_is_read_with_a_note(tmp
     (tmp_path / "plain.csv").write_text(rows)
     data = load_data(tmp_path / "plain.csv", DataConfig(text_col="where is my card", label_col="card"))
     assert any("its header looks like a row of data" in note for note in data.notes)
+
+
+def test_a_cell_past_the_field_limit_is_named_as_such(tmp_path: Path, monkeypatch) -> None:
+    """The app review: a 30 MB cell was blamed on "a stray or unclosed quote"."""
+    import clm_explore.data as data_module
+
+    monkeypatch.setattr(data_module, "_FIELD_LIMIT", 50)
+    rows = [f"short text {i},{'a' if i % 2 else 'b'}" for i in range(6)]
+    (tmp_path / "long.csv").write_text("text,label\n" + "\n".join(rows) + "\n" + "x" * 80 + ",a\n")
+    with pytest.raises(DataError, match=r"line 8: a field runs past 50 characters, the most a cell may hold"):
+        load_data(tmp_path / "long.csv")
