@@ -31,6 +31,9 @@ st.caption(
 )
 if run.error:
     st.error(escape_markdown(run.error))
+folder_gone = run.is_terminal and not run.path.is_dir()
+if folder_gone:
+    st.warning(escape_markdown(f"This run's {run_views.FOLDER_GONE}."))
 run_views.render_run_figures(run)  # the figures a reader wants first; the files' JSON folded below
 c1, c2 = st.columns(2)
 with c1, st.expander("Config (clm_run.json)"):
@@ -39,14 +42,14 @@ with c2, st.expander("Metrics (metrics.json)"):
     # Rows written before the registry left the per-label figures out may still hold them.
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
 
-if run.status is RunStatus.SUCCEEDED:
+if run.status is RunStatus.SUCCEEDED and not folder_gone:  # both read the folder's files
     st.subheader("What training changed", anchor=False)
     run_views.weight_changes_toggle([run], key="runs_changes")
     run_views.render_model_card(run, key="runs")
 
 c1, c2 = st.columns(2)
-with c1:
-    st.download_button(
+if not folder_gone:
+    c1.download_button(
         "Download folder (zip)",
         data=lambda: run_views.run_zip(store, run.id),
         file_name=f"{run.id}.zip",

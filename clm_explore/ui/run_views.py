@@ -33,6 +33,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         m = r.metrics
+        gone = r.is_terminal and not r.path.is_dir()  # deleted or moved outside the app: said, not "succeeded"
         budget = r.config.get("mask", {}).get("budget") if r.method in BUDGET_METHODS else None
         rows.append(
             {
@@ -41,17 +42,22 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "data": data_key_name(str(r.config["data"])) if r.config.get("data") else None,
                 "model": model_name(r.config.get("source")) or None,
                 "launched here": state.launched_here(r.id),
-                "status": r.status.value,
+                "status": f"{r.status.value}, folder gone" if gone else r.status.value,
                 "created": r.created,
                 "accuracy": m.get("accuracy"),
                 "macro_f1": m.get("macro_f1"),
                 "budget %": budget * 100 if isinstance(budget, (int, float)) and budget <= 1 else budget,
                 "epochs": r.config.get("epochs"),
                 "train s": round(m["train_seconds"], 1) if m.get("train_seconds") is not None else None,
-                "error": r.error,
+                "error": FOLDER_GONE if gone and not r.error else r.error,
             }
         )
     return pd.DataFrame(rows)
+
+
+FOLDER_GONE = ("its folder is gone from the server (deleted or moved outside the app), and its files with it; Delete "
+               "on the Runs page removes it from the list")
+"""What the runs table and the Runs page say of a finished run whose folder is no longer there."""
 
 
 def render_runs_table(records: list[RunRecord], key: str) -> None:

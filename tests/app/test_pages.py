@@ -566,6 +566,25 @@ def test_a_registry_deleted_under_the_server_is_said_once_and_made_again(at: App
     assert [r.id for r in store.list()] == [run.id]
 
 
+def test_a_finished_run_whose_folder_is_gone_says_so(at: AppTest) -> None:
+    """The app review: a run folder deleted from disk still read "succeeded", with a model-card caption in the CLI's
+    words and a weight-changes toggle that said the run id was not in the registry."""
+    import shutil
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    run = store.create("vanished", "head", {})
+    store.set_status(run.id, RunStatus.SUCCEEDED)
+    shutil.rmtree(run.path)
+    goto(at, "app_pages/7_runs.py")
+    assert not at.exception
+    assert at.dataframe[0].value["status"].tolist() == ["succeeded, folder gone"]
+    assert any("folder is gone from the server" in w.value for w in at.warning)
+    assert not [h for h in at.subheader if h.value == "What training changed"]
+    at.checkbox(key=f"runs_confirm_{run.id}").check().run()
+    at.button(key="runs_delete").click().run()
+    assert not at.exception and not store.list()
+
+
 def test_runs_page_shows_interrupted(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run = store.create("ghost", "sparse", {})
