@@ -4,6 +4,7 @@ import streamlit as st
 
 from clm_explore.runs import RunStatus
 from clm_explore.ui import cache, jobs, layer_charts, run_views, state
+from clm_explore.ui.views import escape_markdown
 
 st.title("Compare runs", anchor=False)
 st.write("Two finished runs side by side: what each gets right, and which words each model relies on.")
@@ -40,6 +41,10 @@ if relabelled:
 st.header("Scores", anchor=False)
 run_views.render_metrics_side_by_side(a, b, key="cmp")
 full_a, full_b = a.full_metrics(), b.full_metrics()  # the registry keeps no per-label figures
+for name, run in (("A", a), ("B", b)):
+    unread = run_views.unread_files_note(run)
+    if unread:  # said, not shown as a run without a confusion matrix or F1s (the app review)
+        st.warning(escape_markdown(f"Run {name} ({run.id}): {unread}"))
 run_views.confusion_pair(full_a, full_b, (f"A: {a.method}", f"B: {b.method}"), key="cmp")
 run_views.f1_difference(full_a, full_b, key="cmp")
 

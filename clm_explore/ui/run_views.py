@@ -55,6 +55,18 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def unread_files_note(run: RunRecord) -> str:
+    """Why a finished run's own files cannot be read ('' when they can): its folder gone, or its metrics.json
+    damaged; the pages that read them would otherwise say the run has no confusion matrix or F1s."""
+    if not run.path.is_dir():
+        return f"{FOLDER_GONE}."
+    metrics = run.path / "metrics.json"
+    if metrics.exists() and not read_json_object(metrics):
+        return ("its metrics.json cannot be read (damaged or cut short): its confusion matrix and per-label F1 are "
+                "not shown.")
+    return ""
+
+
 FOLDER_GONE = ("its folder is gone from the server (deleted or moved outside the app), and its files with it; Delete "
                "on the Runs page removes it from the list")
 """What the runs table and the Runs page say of a finished run whose folder is no longer there."""

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -569,8 +570,6 @@ def test_a_registry_deleted_under_the_server_is_said_once_and_made_again(at: App
 def test_a_finished_run_whose_folder_is_gone_says_so(at: AppTest) -> None:
     """The app review: a run folder deleted from disk still read "succeeded", with a model-card caption in the CLI's
     words and a weight-changes toggle that said the run id was not in the registry."""
-    import shutil
-
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run = store.create("vanished", "head", {})
     store.set_status(run.id, RunStatus.SUCCEEDED)
@@ -1689,6 +1688,21 @@ def test_a_damaged_predictions_file_is_named_on_the_compare_page(tmp_path) -> No
     with pytest.raises(DataError, match=r"predictions.csv has no pred or prob column \(it needs text and label and "
                        "pred and prob"):
         cache.predictions(str(tmp_path), 0.0)
+
+
+def test_a_runs_unreadable_files_are_named_not_shown_as_missing_figures(tmp_path) -> None:
+    """The app review: a damaged metrics.json read on Compare as "This run has no confusion matrix"."""
+    from clm_explore.ui import run_views
+
+    store = RunStore(tmp_path / "runs")
+    run = store.create("damaged", "head", {})
+    store.set_status(run.id, RunStatus.SUCCEEDED)
+    (run.path / "metrics.json").write_text('{"accuracy": 0.5, "confusion": [[1')  # cut short
+    assert run_views.unread_files_note(store.get(run.id)).startswith("its metrics.json cannot be read")
+    (run.path / "metrics.json").write_text('{"accuracy": 0.5}')
+    assert run_views.unread_files_note(store.get(run.id)) == ""
+    shutil.rmtree(run.path)
+    assert run_views.unread_files_note(store.get(run.id)) == f"{run_views.FOLDER_GONE}."
 
 
 def test_a_data_set_edited_on_the_servers_disk_is_read_again(tmp_path) -> None:
