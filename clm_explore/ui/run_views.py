@@ -6,6 +6,7 @@ Same rules as ``views``: user text only through dataframes or escaped Markdown, 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -61,7 +62,11 @@ def unread_files_note(run: RunRecord) -> str:
     if not run.path.is_dir():
         return f"{FOLDER_GONE}."
     metrics = run.path / "metrics.json"
-    if metrics.exists() and not read_json_object(metrics):
+    try:
+        readable = not metrics.exists() or isinstance(json.loads(metrics.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        readable = False
+    if not readable:
         return ("its metrics.json cannot be read (damaged or cut short): its confusion matrix and per-label F1 are "
                 "not shown.")
     return ""
