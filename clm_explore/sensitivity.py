@@ -695,6 +695,7 @@ def compute_sensitivity(
     device: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
     prefix: PrefixCache | None = None,
+    progress: bool | None = None,
 ) -> SensitivityReport:
     """Warm up the head, then score rows of every linear map and eligible word-embedding rows.
 
@@ -710,8 +711,25 @@ def compute_sensitivity(
             (``finetune`` with ``cache_frozen_layers``): the warm-up and the scoring then run only the layers
             above, with the same result, since nothing below ``cfg.min_layer`` is scored. Its rows must be
             ``data``'s training rows tokenized with ``cfg.max_length``.
+        progress: a progress bar over the scoring batches (a notebook's widget, a terminal's text bar); None shows
+            one when no ``on_progress`` listens (a notebook waited minutes in silence; the API review).
     """
+    from clm_explore.progress_bar import ProgressBar, combined
+
     _check_arguments(loaded, data, task_tokens, cfg)
+    bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
+    if bar is not None:
+        on_progress = combined(on_progress, lambda done, total: bar.on_phase("scoring rows", done, total))
+    try:
+        return _compute_sensitivity(loaded, data, task_tokens, cfg, device, on_progress, prefix)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: TaskTokens | None,
+                         cfg: SensitivityConfig | dict | None, device: str,
+                         on_progress: Callable[[int, int], None] | None, prefix: PrefixCache | None) -> SensitivityReport:
     cfg = config_from(cfg, SensitivityConfig, "compute_sensitivity")
     if cfg.restriction == "tokens" and task_tokens is None:
         raise ValueError("restriction 'tokens' needs mined task tokens; mine first or use restriction 'none'")

@@ -431,3 +431,15 @@ def test_evaluate_scores_a_run_on_labelled_rows_as_its_own_test_was_scored(tiny_
     (data_dir / "test.csv").unlink()
     with pytest.raises(clm_explore.DataError, match="has no test file to evaluate on"):
         clm_explore.evaluate(tmp_path / "run", data_dir)
+
+
+def test_compute_sensitivity_shows_a_bar_unless_a_listener_or_progress_false_says_otherwise(tiny_data, capsys):
+    """The API review: scoring 4,096 rows is minutes with no output in a notebook."""
+    loaded = clm_explore.load_model("tiny-random", tiny_data.labels)
+    cfg = clm_explore.SensitivityConfig(calibration_rows=40, restriction="none", batch_size=8)
+    clm_explore.compute_sensitivity(loaded, tiny_data, None, cfg)
+    assert "scoring rows" in capsys.readouterr().err
+    seen: list[tuple[int, int]] = []
+    clm_explore.compute_sensitivity(loaded, tiny_data, None, cfg, on_progress=lambda *a: seen.append(a))
+    clm_explore.compute_sensitivity(loaded, tiny_data, None, cfg, progress=False)
+    assert "scoring rows" not in capsys.readouterr().err and seen[-1][0] == seen[-1][1] == 5

@@ -209,7 +209,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                             fisher_labels=args.fisher_labels, label_draws=args.label_draws,
                             warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)
     report = compute_sensitivity(loaded, data, task_tokens, cfg, device=args.device,
-                                 on_progress=None if args.json else _progress_printer("scoring"))
+                                 on_progress=None if args.json else _progress_printer("scoring"), progress=False)
     if args.out:
         report.save(args.out)
         task_tokens.save(Path(args.out) / "task_tokens.json")

@@ -225,7 +225,7 @@ def sensitivity(
     )  # the head gets warmed up: not the shared model
     groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
     device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
-    report = compute_sensitivity(fresh, annotated, groups, cfg, device=device)
+    report = compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False)  # no bar in the log
     with _MADE_LOCK:
         _MADE_REPORTS[_report_key(source, version, choice, mining_cfg, cfg)] = report
     return report
