@@ -129,7 +129,7 @@ class StepInfo:
 @dataclass
 class FinetuneResult:
     """What ``finetune`` returns: the run's status, its metrics (metrics.json) and its folder. Every function that
-    takes a run takes it (``predict(result, texts)``); ``history()`` is the per-epoch curve."""
+    takes a run takes it (``predict(result, texts)``); ``history()`` is the per-step curve (each epoch's end with its validation accuracy)."""
 
     status: str
     """'succeeded' or 'cancelled'."""
