@@ -53,14 +53,14 @@ class TokenAttribution:
     scores: list[float]
     """One score per word: the sum of its sub-token scores (positive = towards the target)."""
     target: int
-    """Label id explained."""
+    """Label id explained (also ``target_id``: ``to_record``'s ``target`` is the label name)."""
     target_label: str
     probability: float
     """Softmax probability of the target label on the input."""
     delta: float
     """Convergence delta: sum(token_scores) - (p(input) - p(reference)); small when the integral converged."""
     tokens: list[str] = field(default_factory=list)
-    """Sub-tokens, special tokens included."""
+    """Sub-tokens, special tokens included (also ``sub_tokens``: ``to_record``'s ``tokens`` are the words)."""
     token_scores: list[float] = field(default_factory=list)
     note: str = ""
     """Anything a reader should know (decoder reference, truncation)."""
@@ -73,6 +73,24 @@ class TokenAttribution:
         shown = ", ".join(f"{word} {score:+.2f}" for word, score in strongest)
         more = f", ... ({len(self.words)} words)" if len(self.words) > len(strongest) else ""
         return f"TokenAttribution({self.target_label} p={self.probability:.2f}: {shown}{more})"
+
+    # The names ``explain --json`` (``to_record``) gives these fields, for code written against it (the API review:
+    # ``tokens`` and ``target`` mean sub-tokens and an id here, words and a label name there).
+    @property
+    def sub_tokens(self) -> list[str]:
+        return self.tokens
+
+    @property
+    def sub_token_scores(self) -> list[float]:
+        return self.token_scores
+
+    @property
+    def target_id(self) -> int:
+        return self.target
+
+    @property
+    def predicted_id(self) -> int:
+        return self.predicted
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, by its name here (``from_dict`` reads it back)."""

@@ -346,6 +346,9 @@ def test_a_notebooks_natural_stand_ins_are_read_or_refused_by_name(tiny_data, da
     [explained] = clm_explore.explain(run, "my card has not arrived", cfg={"n_steps": 8})
     assert TokenAttribution.from_dict(explained.to_record()) == explained  # explain --json's records read back
     assert TokenAttribution.from_dict(explained.to_dict()) == explained
+    record = explained.to_record()  # the record's names read the same fields off the object
+    assert [getattr(explained, k) for k in ("sub_tokens", "sub_token_scores", "target_id", "predicted_id")] == [
+        record[k] for k in ("sub_tokens", "sub_token_scores", "target_id", "predicted_id")]
     for data in (tiny_data, data_dir):  # what build_report takes: the data, or its path (the test split is read)
         study = clm_explore.case_study(run, data=data, max_rows=2, progress=False)
         assert len(study.a.items) == 2 and study.from_data
