@@ -36,9 +36,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clm_explore.config import FinetuneConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REGISTRY_NAME = "registry.sqlite"
 _SCHEMA = """
@@ -113,10 +116,21 @@ class RunRecord:
     def is_terminal(self) -> bool:
         return self.status.is_terminal
 
+    def summary(self) -> dict[str, Any]:
+        """The run as ``clm-explore runs`` lists it: its registry fields and headline figures (None where it has
+        none)."""
+        return {"id": self.id, "name": self.name, "method": self.method, "status": self.status.value,
+                "created": self.created, "updated": self.updated, "path": str(self.path),
+                **{name: self.metrics.get(name) for name in LISTED_METRICS}, "error": self.error}
+
     def full_metrics(self) -> dict[str, Any]:
         """``metrics`` with the per-label figures the registry leaves out (``PER_LABEL_METRICS``), from the run
         folder's metrics.json."""
         return {**self.metrics, **read_json_object(self.path / "metrics.json")}
+
+
+LISTED_METRICS = ("accuracy", "macro_f1", "trainable_params", "budget", "seed")
+"""The figures each run is listed with (the registry's copy of its metrics.json)."""
 
 
 def default_root() -> Path:
@@ -486,6 +500,13 @@ class RunStore:
             rows = conn.execute("SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT ?",
                                 (-1 if limit is None else limit,)).fetchall()
         return [_record(r) for r in rows]
+
+    def table(self, limit: int | None = None) -> pd.DataFrame:
+        """The runs newest first, a row each (``RunRecord.summary``), as ``clm-explore runs --json`` lists them."""
+        import pandas as pd
+
+        columns = ["id", "name", "method", "status", "created", "updated", "path", *LISTED_METRICS, "error"]
+        return pd.DataFrame([record.summary() for record in self.list(limit)], columns=columns)
 
     def known(self, run_ids: Iterable[str]) -> set[str]:
         """Which of ``run_ids`` the registry holds (one query, however many ids)."""

@@ -760,3 +760,17 @@ def test_a_registry_lost_under_a_live_process_is_made_again_with_the_finished_ru
     for file in store.root.glob("registry.sqlite*"):  # gone while no process used it: a new registry finds them
         file.unlink()
     assert [r.id for r in RunStore(store.root).list()] == [done.id] and unfinished.path.is_dir()
+
+
+def test_the_registry_as_a_table_is_what_the_cli_lists(store: RunStore, capsys) -> None:
+    """The API review: RunStore().list() gave records alone, while the CLI printed a table."""
+    from clm_explore.cli import main
+
+    done = store.create("done", "sparse", {})
+    store.update_metrics(done.id, {"accuracy": 0.8, "macro_f1": 0.7, "trainable_params": 12})
+    store.set_status(done.id, RunStatus.SUCCEEDED)
+    table = store.table()
+    assert table.loc[0, ["id", "status", "accuracy", "trainable_params"]].tolist() == [done.id, "succeeded", 0.8, 12]
+    assert main(["runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == table.astype(object).where(table.notna(), None).to_dict("records")
+    assert list(RunStore(store.root / "empty").table().columns) == list(table.columns)  # no runs: the columns still

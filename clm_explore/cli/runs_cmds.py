@@ -10,9 +10,6 @@ from clm_explore.cli import UserError, print_json
 from clm_explore.cli.method_cmds import one_line
 from clm_explore.runs import REGISTRY_NAME, RunStatus, RunStore, RunStoreError, default_root
 
-LISTED_METRICS = ("accuracy", "macro_f1", "trainable_params", "budget", "seed")
-"""The figures each run is listed with (the registry's copy of its metrics.json)."""
-
 
 def register(subparsers: Any) -> None:
     """Add the ``runs`` sub-command."""
@@ -46,7 +43,7 @@ def run_runs(args: argparse.Namespace) -> int:
     records = [r for r in store.list() if (args.status is None or r.status.value == args.status)
                and (args.method is None or r.method == args.method)]
     records = records[: args.limit] if args.limit else records
-    rows = [run_row(record) for record in records]
+    rows = [record.summary() for record in records]
     if args.json:
         print_json(rows)
         return 0
@@ -54,13 +51,6 @@ def run_runs(args: argparse.Namespace) -> int:
     if rows:
         print(format_runs(rows))
     return 0
-
-
-def run_row(record: Any) -> dict[str, Any]:
-    """One run as listed: its registry fields and headline figures (None where it has none)."""
-    return {"id": record.id, "name": record.name, "method": record.method, "status": record.status.value,
-            "created": record.created, "updated": record.updated, "path": str(record.path),
-            **{name: record.metrics.get(name) for name in LISTED_METRICS}, "error": record.error}
 
 
 def format_runs(rows: list[dict[str, Any]]) -> str:
