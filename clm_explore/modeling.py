@@ -359,6 +359,26 @@ def unsupported_reason(source: str) -> str:
     return ""
 
 
+POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet",
+                                   "roberta-prelayernorm", "data2vec-text", "longformer", "ibert"})
+"""Models whose position ids start after the pad token's id (RoBERTa's ``padding_idx + 1``): of their
+``max_position_embeddings`` (514 in RoBERTa), ``pad_token_id + 1`` are never a text's (512 are)."""
+
+
+def usable_positions(config: object) -> int | None:
+    """Sub-tokens a text may take in a model of ``config`` (a ``PretrainedConfig`` or config.json's dict): its
+    ``max_position_embeddings``, less the positions RoBERTa-style models skip; None when the config names none.
+    (A 130-position RoBERTa passed a length of 130, then failed in its first batch: index 130 is out of bounds.)"""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    positions = get("max_position_embeddings")
+    if not isinstance(positions, int):
+        return None
+    pad = get("pad_token_id")
+    if get("model_type") in POSITION_OFFSET_TYPES and isinstance(pad, int) and pad >= 0:
+        return positions - pad - 1
+    return positions
+
+
 def _missing_package(source: str) -> str:
     """What a named source or a GGUF file lacks to load ('' when nothing): its package, ``gguf``, the file itself
     (the sidebar took 'smollm2' without its package, and every page then failed on it; the app review)."""

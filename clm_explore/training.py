@@ -61,6 +61,7 @@ from clm_explore.modeling import (
     resolve_device,
     small_parameters,
     transformers_quieted,
+    usable_positions,
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
 from clm_explore.progress_bar import ProgressBar, combined
@@ -506,12 +507,12 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
             before a run folder or a queued job exists).
     """
     model = loaded.model
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    positions = usable_positions(getattr(model, "config", None))
     prefix = cfg.prefix_tokens if cfg.method == "prefix" else 0  # its virtual tokens take positions before the text's
     if isinstance(positions, int) and cfg.max_length > positions - prefix:  # an index error deep in the first batch
         taken = f" less the {prefix} prefix tokens" if prefix else ""
-        raise ConfigError(f"max_length {cfg.max_length} is above the {positions} positions {type(model).__name__} "
-                          f"has{taken}: read at most {positions - prefix} sub-tokens per text.")
+        raise ConfigError(f"max_length {cfg.max_length} is above the {positions} positions a text may take in "
+                          f"{type(model).__name__}{taken}: read at most {positions - prefix} sub-tokens per text.")
     if cfg.method == "bitfit" and not any(n.endswith(".bias") for n, _ in backbone_named_parameters(model)):
         raise ConfigError(f"{type(model).__name__} has no bias terms outside its head, so BitFit would train the head "
                           "alone: use --method head for that.")

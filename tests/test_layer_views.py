@@ -106,11 +106,11 @@ def test_a_prefix_runs_length_leaves_room_for_its_prefix(runs, capsys) -> None:
     from clm_explore.training import check_runnable
 
     tiny = load_model("tiny-random", ["a", "b"])  # 128 positions
-    with pytest.raises(ConfigError, match="above the 128 positions BertForSequenceClassification has less the 16"):
+    with pytest.raises(ConfigError, match="above the 128 positions a text may take in BertForSequenceClassification less the 16"):
         check_runnable(FinetuneConfig(method="prefix", max_length=128), tiny)
     check_runnable(FinetuneConfig(method="sparse", max_length=128), tiny)
     assert main(["predict", "--run", str(runs["prefix"]), "--text", TEXT, "--max-length", "128"]) == 2
-    assert "above the 128 positions this run's model has less the 16 its prefix takes" in capsys.readouterr().err
+    assert "above the 128 positions a text may take in this run's model less the 16 its prefix takes" in capsys.readouterr().err
 
 
 def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_module, tmp_path) -> None:

@@ -328,3 +328,23 @@ def test_a_backbone_whose_head_is_of_another_kind_is_refused_for_its_head(tmp_pa
     with pytest.raises(ModelSourceError, match="xlnet models are not supported") as said:
         load_model(str(tmp_path), ["a", "b"])  # not "the config was edited": its new head is XLNet's own kind
     assert "would start at random" not in str(said.value)
+
+
+def test_a_roberta_style_models_length_leaves_out_the_positions_before_its_first(tmp_path):
+    """The models review: a RoBERTa of 130 positions passed --max-length 130, then failed in its first batch (index
+    130 is out of bounds): its position ids start after the pad token's id."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from clm_explore.config import ConfigError, FinetuneConfig
+    from clm_explore.modeling import LoadedModel, usable_positions
+    from clm_explore.training import check_runnable
+
+    config = RobertaConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=16, max_position_embeddings=130, pad_token_id=1, num_labels=2)
+    assert usable_positions(config) == usable_positions(config.to_dict()) == 128
+    assert usable_positions({"model_type": "bert", "max_position_embeddings": 512, "pad_token_id": 0}) == 512
+    assert usable_positions({}) is None
+    loaded = LoadedModel(RobertaForSequenceClassification(config), None, "roberta", False)
+    with pytest.raises(ConfigError, match="above the 128 positions a text may take in RobertaForSequenceClassification"):
+        check_runnable(FinetuneConfig(method="full", max_length=130), loaded)
+    check_runnable(FinetuneConfig(method="full", max_length=128), loaded)

@@ -104,14 +104,17 @@ def checked_max_length(value: int | None, run_dir: Path) -> int | None:
         return None
     if not 8 <= value <= 512:
         raise UserError(f"--max-length {value} must be in 8..512.")
+    from clm_explore.modeling import usable_positions
+
     try:
-        positions = json.loads((run_dir / "config.json").read_text()).get("max_position_embeddings")
+        positions = usable_positions(json.loads((run_dir / "config.json").read_text()))
     except (OSError, ValueError, AttributeError):
         positions = None
     virtual = _virtual_tokens(run_dir)  # a prefix run's prefix takes positions before the text's
     if isinstance(positions, int) and value > positions - virtual:
         taken = f" less the {virtual} its prefix takes" if virtual else ""
-        raise UserError(f"--max-length {value} is above the {positions} positions this run's model has{taken}.")
+        raise UserError(f"--max-length {value} is above the {positions} positions a text may take in this run's "
+                        f"model{taken}.")
     return value
 
 
