@@ -449,6 +449,12 @@ class MergeReport:
     def to_dict(self) -> dict:
         return asdict(self) | {"shortening": self.shortening}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> MergeReport:
+        """A ``to_dict`` dict (a run's merge.json) read back."""
+        return cls(list(data.get("merged", [])), float(data.get("mean_length_before", 0.0)),
+                   float(data.get("mean_length_after", 0.0)), str(data.get("note", "")))
+
     def summary(self) -> str:
         return (f"merged {len(self.merged)} words into unused slots; mean input length "
                 f"{self.mean_length_before:.2f} -> {self.mean_length_after:.2f} tokens ({self.shortening:.1%} shorter)"

@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, get_scheduler
 from clm_explore.averaging import BestWeights, TailAverage
 from clm_explore.batches import batch_order, collate, encode, predict_proba
 from clm_explore.config import (
+    MINING_METHODS,
     ConfigError,
     FinetuneConfig,
     MaskConfig,
@@ -522,10 +523,14 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
         if not takes_a_prefix(model):
             raise ConfigError(f"{type(model).__name__} takes no past key values, through which prefix tuning (peft) "
                               "feeds its prefixes: use --method lora for an adapter baseline.")
-    if cfg.method == "sparse_merged" and not unused_slots(loaded.tokenizer.get_vocab()):
-        raise ConfigError(f"sparse_merged merges mined words into the tokenizer's unused slots ([unused0] ... in "
-                          f"BERT vocabularies), and {type(loaded.tokenizer).__name__} of this model has none: it would "
-                          "train as sparse. Use --method sparse.")
+    merging = cfg.method == "sparse_merged" or (cfg.mining.merge_tokens and cfg.method in MINING_METHODS)
+    if merging and loaded.tokenizer is not None and not unused_slots(loaded.tokenizer.get_vocab()):
+        # --merge N on such a model trained exactly as without it, said only in merge.json (the models review)
+        what = "sparse_merged" if cfg.method == "sparse_merged" else f"merge_tokens {cfg.mining.merge_tokens} (--merge)"
+        instead = "Use --method sparse." if cfg.method == "sparse_merged" else "Leave merging out (--merge 0)."
+        raise ConfigError(f"{what} merges mined words into the tokenizer's unused slots ([unused0] ... in BERT "
+                          f"vocabularies), and {type(loaded.tokenizer).__name__} of this model has none: nothing "
+                          f"would be merged. {instead}")
     if cfg.method == "layers":
         scorable_linears(model)  # whole layers are ranked by their rows' scores
         try:

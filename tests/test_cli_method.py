@@ -675,3 +675,13 @@ def test_sensitivity_budget_takes_finetunes_mask_options(capsys, data_dir, tmp_p
                  "--random-share", "0.5"]) == 0  # no --budget: nothing selected, and said so
     assert "note: the mask options (--min-layer, --random-share and the like) are read with --budget only" in \
         capsys.readouterr().err
+
+
+def test_finetune_with_merged_tokens_says_what_the_merge_bought(data_dir, tmp_path, capsys):
+    """The models review: only merge.json said what --merge merged (or that it merged nothing)."""
+    code = main(["finetune", "--data", str(data_dir), *TINY, "--method", "sparse", "--merge", "3", "--out",
+                 str(tmp_path / "run"), *FAST])
+    out = capsys.readouterr().out
+    assert code == 0
+    merged = json.loads((tmp_path / "run" / "merge.json").read_text())
+    assert f"merge: merged {len(merged['merged'])} words into unused slots; mean input length" in out

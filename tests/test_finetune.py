@@ -585,7 +585,7 @@ def test_each_step_counts_the_rows_of_every_process_batch():
 def test_merged_tokens_are_refused_for_a_tokenizer_without_unused_slots(data):
     from transformers import BertTokenizer
 
-    from clm_explore.config import ConfigError, FinetuneConfig
+    from clm_explore.config import ConfigError, FinetuneConfig, MiningConfig
     from clm_explore.modeling import TINY_VOCAB, LoadedModel, load_model
     from clm_explore.training import check_runnable
 
@@ -593,8 +593,15 @@ def test_merged_tokens_are_refused_for_a_tokenizer_without_unused_slots(data):
     check_runnable(FinetuneConfig(method="sparse_merged"), loaded)
     words = [t for t in TINY_VOCAB.read_text(encoding="utf-8").split("\n") if t and not t.startswith("[unused")]
     plain = BertTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(words))})  # as byte-level vocabularies
-    with pytest.raises(ConfigError, match="has none: it would train as sparse. Use --method sparse"):
-        check_runnable(FinetuneConfig(method="sparse_merged"), LoadedModel(loaded.model, plain, "tiny-random", False))
+    unslotted = LoadedModel(loaded.model, plain, "tiny-random", False)
+    with pytest.raises(ConfigError, match="has none: nothing would be merged. Use --method sparse"):
+        check_runnable(FinetuneConfig(method="sparse_merged"), unslotted)
+    # The models review: sparse with --merge 8 on such a model trained as plain sparse, said only in merge.json
+    merged = FinetuneConfig(method="sparse", mining=MiningConfig(merge_tokens=8))
+    with pytest.raises(ConfigError, match=r"merge_tokens 8 \(--merge\) merges .* Leave merging out \(--merge 0\)"):
+        check_runnable(merged, unslotted)
+    check_runnable(FinetuneConfig(method="full", mining=MiningConfig(merge_tokens=8)), unslotted)  # mines nothing
+    check_runnable(merged, loaded)
 
 
 def test_a_length_above_the_models_positions_is_refused_before_any_work(data):
@@ -604,7 +611,7 @@ def test_a_length_above_the_models_positions_is_refused_before_any_work(data):
 
     loaded = load_model("tiny-random", data.labels)  # 128 positions
     check_runnable(FinetuneConfig(max_length=128), loaded)
-    with pytest.raises(ConfigError, match="max_length 256 is above the 128 positions BertForSequenceClassification"):
+    with pytest.raises(ConfigError, match="max_length 256 is above the 128 positions a text may take in BertForSequenceClassification"):
         check_runnable(FinetuneConfig(max_length=256), loaded)
 
 

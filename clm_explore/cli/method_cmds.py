@@ -549,6 +549,12 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  {_time_text(metrics)}")
         if epochs_said := _epochs_text(metrics, cfg):
             print(epochs_said)
+        from clm_explore.mining import MergeReport
+        from clm_explore.runs import read_json_object
+
+        merge = read_json_object(run_dir / "merge.json")
+        if merge:  # what adaptive tokenization merged and bought (merge.json alone said it; the models review)
+            print(f"merge: {MergeReport.from_dict(merge).summary()}")
         for key, note in metrics.items():  # budget_note, score_note, dropout_note, biases_note, mask_note
             if key.endswith("_note") and note:
                 print(f"note: {note}")
