@@ -28,9 +28,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clm_explore.attribution import AttributionConfig, TokenAttribution, explain, load_run_model
+from clm_explore.attribution import (
+    UNSETTLED_DELTA,
+    AttributionConfig,
+    TokenAttribution,
+    explain,
+    load_run_model,
+)
 from clm_explore.batches import predict_proba
-from clm_explore.config import config_from
+from clm_explore.config import MAX_ATTRIBUTION_STEPS, config_from
 from clm_explore.data import DataError
 from clm_explore.mining import pieces_surface
 from clm_explore.modeling import ModelSourceError, finished_run
@@ -56,6 +62,19 @@ class RunAttributions:
     def __repr__(self) -> str:  # every attribution would fill a notebook cell
         return (f"RunAttributions({run_name(self.run_dir)}: {len(self.items)} of {len(self.predictions)} {self.split} "
                 "rows attributed; .rows, .items, .words())")
+
+    def unsettled_note(self) -> str:
+        """A sentence when some rows' word scores miss their probability change by more than ``UNSETTLED_DELTA``
+        (the integral had not converged: all-mpnet-base-v2 and SmolLM2 at the default steps), '' otherwise: the
+        report's mean scores then rank words, and do not measure them (the models review: ``explain`` said so of
+        each text, the report of none)."""
+        deltas = self.rows["delta"].abs() if "delta" in self.rows else pd.Series(dtype=float)
+        off = int((deltas > UNSETTLED_DELTA).sum())
+        if not off:
+            return ""
+        return (f"{off} of {len(deltas)} rows' word scores miss their probability change by more than "
+                f"{UNSETTLED_DELTA} (up to {deltas.max():.2f}): read them as a ranking, not amounts; more integration "
+                f"steps (--steps, up to {MAX_ATTRIBUTION_STEPS}) close the gap")
 
     def words(self) -> pd.DataFrame:
         """Long table: row, label (gold), target_label, position, word (lower-cased), score."""

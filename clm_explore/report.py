@@ -49,6 +49,7 @@ th { background: #f3f3f3; }
 .row-text span { padding: 1px 2px; border-radius: 3px; }
 .side { display: flex; gap: 2em; flex-wrap: wrap; }
 .note { color: #666; font-size: 0.9em; }
+.warn { background: #fff4e5; border-left: 4px solid #e08a00; padding: 4px 8px; }
 th, td, .row-text span, bdi { unicode-bidi: isolate; }
 """
 # isolate: a text's right-to-left override (U+202E) stays inside its own cell, word or label, and cannot flip the
@@ -345,6 +346,10 @@ def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
              '<p class="note">Mean attribution towards the label each row is explained for, over the rows '
              f"attributed: {esc(study.coverage_text())}. <span class=\"group\">Bold</span> words are mined token "
              "groups.</p>"]  # fmt: skip
+    for name, attributed in ((names[0], study.a), (names[1], study.b)):
+        unsettled = attributed.unsettled_note() if attributed is not None else ""
+        if unsettled:
+            parts.append(f'<p class="warn">{esc(name)}: {esc(unsettled)}.</p>')
     runs = [(names[0], study.top_a, study.groups_a)]
     if study.top_b is not None:
         runs.append((names[1], study.top_b, study.groups_a or study.groups_b))

@@ -510,3 +510,20 @@ def test_a_right_to_left_override_in_user_text_stays_in_its_element() -> None:
     shown = colored_words(TokenAttribution(["hi"], [0.1], 0, label, 0.26, 0.0))
     assert f"<bdi>{label}</bdi> (p=0.26" in shown
     assert "th, td, .row-text span, bdi { unicode-bidi: isolate; }" in CSS  # cells and words too
+
+
+def test_rows_whose_scores_miss_their_probability_change_are_said_in_the_report(tmp_path: Path, tiny_data,
+                                                                                monkeypatch) -> None:
+    """The models review: all-mpnet-base-v2's report showed rows with delta -0.87 and +1.93 and averaged them into
+    its top words without a word, where explain warned of each."""
+    from clm_explore.casestudy import RunAttributions
+
+    rows = pd.DataFrame({"row": [0, 1, 2], "delta": [0.01, -0.87, 0.3]})
+    attributed = RunAttributions(tmp_path, "test", rows, {})
+    assert attributed.unsettled_note().startswith("2 of 3 rows' word scores miss their probability change by more "
+                                                  "than 0.1 (up to 0.87): read them as a ranking, not amounts")
+    assert RunAttributions(tmp_path, "test", rows.assign(delta=0.05), {}).unsettled_note() == ""
+    run_a = make_run(tmp_path, tiny_data, 0, "sparse")
+    monkeypatch.setattr(RunAttributions, "unsettled_note", lambda self: "2 of 3 rows' word scores miss")
+    page = build_report(run_a, out_path=tmp_path / "r.html", cfg=CFG, max_rows=10).read_text()
+    assert '<p class="warn">A: sparse-0: 2 of 3 rows&#x27; word scores miss.</p>' in page
