@@ -246,18 +246,22 @@ class HeadAttention:
     """Positions of ``tokens`` that a mined task-token group of the run covers."""
     task_attention: np.ndarray
     """(layers, heads): the attention the text's tokens give the task tokens, averaged over the query tokens
-    (special tokens left out); NaN when the text has none."""
+    (special tokens left out; a decoder's first token left out, and the share taken of the attention that does not
+    go to it); NaN when the text has none."""
     selected: np.ndarray | None
     """(layers, heads): the share of the head's query, key and value rows the run's mask selected; None when the
     run has no row mask (full finetuning, LoRA, ...)."""
     special_positions: list[int] = field(default_factory=list)
     """Positions of the tokenizer's special tokens ([CLS], [SEP], ...)."""
     notes: list[str] = field(default_factory=list)
+    left_out: list[int] = field(default_factory=list)
+    """Positions left out of ``task_attention`` and ``task_share``: a decoder's first token (an attention sink)."""
 
     @property
     def task_share(self) -> float:
         """The task tokens' share of the tokens: the attention a head spreading evenly would give them."""
-        return len(self.task_positions) / max(len(self.tokens), 1)
+        counted = [p for p in self.task_positions if p not in self.left_out]
+        return len(counted) / max(len(self.tokens) - len(self.left_out), 1)
 
     def table(self) -> pd.DataFrame:
         """One row per (layer, head): layer, head, task_attention, selected (NaN without a mask)."""
@@ -326,14 +330,24 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
         from clm_explore.mining import covered_positions
 
         positions = covered_positions([enc], [text], groups)[0]
-    queries = [i for i in range(len(tokens)) if i not in special]
-    if positions and queries:
-        task_attention = attention[:, :, queries][:, :, :, positions].sum(-1).mean(-1)
+    # A decoder's heads park much of their attention on its first token (an attention sink), whatever it is: with a
+    # task word there ("How many ...") every head read as task-focused (0.86; 0.17 with one word put before it; the
+    # models review). That position is left out, and the task's share is of the attention that goes elsewhere.
+    sink = [0] if loaded.is_decoder and len(tokens) > 1 else []
+    if sink:
+        notes.append("the first token, where a decoder's heads leave much of their attention (an attention sink), is "
+                     "left out: task attention is the share of the rest")
+    counted = [p for p in positions if p not in sink]
+    queries = [i for i in range(len(tokens)) if i not in special and i not in sink]
+    if counted and queries:
+        rows = attention[:, :, queries]
+        elsewhere = 1 - rows[..., sink].sum(-1) if sink else 1.0
+        task_attention = (rows[..., counted].sum(-1) / np.maximum(elsewhere, 1e-9)).mean(-1)
     else:
         task_attention = np.full(attention.shape[:2], np.nan)
     selected = head_selection(folder, attention.shape[0], attention.shape[1], loaded)
     return HeadAttention(tokens=tokens, attention=attention, task_positions=positions, task_attention=task_attention,
-                         selected=selected, special_positions=sorted(special), notes=notes)
+                         selected=selected, special_positions=sorted(special), notes=notes, left_out=sink)
 
 
 def _attentions(loaded: LoadedModel, text: str, length: int) -> tuple[np.ndarray, list[str], set[int], Any]:
