@@ -174,7 +174,9 @@ def _use_it(folder: Path, method: str) -> str:
     where = json.dumps(f"path/to/{''.join(c for c in folder.name if c.isprintable())}")  # a Python string literal
     if method == "prefix":  # the prefix is an adapter beside the model: only clm-explore (or peft) puts it back
         code = ("from clm_explore import predict\n\n"
-                f'predict({where}, ["a text to classify"])  # a probability per label')
+                f'predict({where}, ["a text to classify"])  # a probability per label\n'
+                "# Not transformers' pipeline or AutoModelForSequenceClassification alone: they load the model\n"
+                "# without its trained prefix (adapter/) and predict without it.")
     else:
         code = ("from transformers import pipeline\n\n"
                 f'classify = pipeline("text-classification", model={where})\n'

@@ -136,6 +136,7 @@ def test_a_prefix_runs_card_points_to_the_tool_and_a_foreign_readme_is_kept(tmp_
     card = ModelCard.load(run.out_dir / "README.md")
     assert card.data.library_name == "peft" and card.data.pipeline_tag is None  # no widget without its adapter
     assert "from clm_explore import predict" in card.text and "pipeline(" not in card.text
+    assert "without its trained prefix (adapter/)" in card.text  # a plain load predicts without it (models review)
     (run.out_dir / "README.md").write_text("# my own notes\n")
     with pytest.raises(ModelCardError, match="clm-explore did not write; it is left as it is"):
         write_model_card(run)
