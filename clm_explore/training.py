@@ -53,6 +53,8 @@ from clm_explore.masks import (
 from clm_explore.metrics import PeakMemory, classification_metrics, out_of_scope_metrics
 from clm_explore.mining import TaskTokens, adaptive_tokenization, mine_task_tokens, unused_slots
 from clm_explore.modeling import (
+    DEFAULT_SOURCE,
+    TINY_SOURCE,
     LoadedModel,
     autocast_dtype,
     count_parameters,
@@ -924,6 +926,11 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
                        saved_epoch=loop.best_epoch if cfg.keep_best else len(loop.epoch_seconds))
     if loop.stopped_after is not None:
         metrics["stopped_after"] = loop.stopped_after
+    if not cfg.lr and loaded.source not in (DEFAULT_SOURCE, TINY_SOURCE):
+        # SmolLM2's sparse loss went 0.45 -> 4.16 at its second step at this rate (the models review)
+        metrics["lr_note"] = (f"the learning rate {lr:g} is {cfg.method}'s default, chosen on all-MiniLM-L6-v2; on "
+                              "another model it may be far off: `clm-explore bench --tune-lr` chooses one on "
+                              "validation rows")
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
     if main:

@@ -754,3 +754,22 @@ def test_a_run_whose_folder_is_deleted_while_it_trains_stops_and_says_so(tiny_da
         finetune(tiny_data, FinetuneConfig(method="head", epochs=3), tmp_path / "run", source="tiny-random",
                  on_step=delete_at_first_step, progress=False)
     assert steps == [1]  # stopped at the next step, not after every epoch
+
+
+def test_a_default_rate_on_another_model_is_noted(tiny_data, tmp_path):
+    """The models review: SmolLM2 and all-mpnet-base-v2 diverged at the default rates, chosen on MiniLM, unsaid."""
+    from dataclasses import replace
+
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.modeling import load_model
+    from clm_explore.training import finetune
+
+    loaded = load_model("tiny-random", tiny_data.labels)
+    loaded.model.save_pretrained(tmp_path / "model")
+    loaded.tokenizer.save_pretrained(tmp_path / "model")
+    cfg = FinetuneConfig(method="head", epochs=1)
+    result = finetune(tiny_data, cfg, tmp_path / "a", source=str(tmp_path / "model"), progress=False)
+    assert "default, chosen on all-MiniLM-L6-v2" in result.metrics["lr_note"] and "--tune-lr" in result.metrics["lr_note"]
+    given = finetune(tiny_data, replace(cfg, lr=0.01), tmp_path / "b", source=str(tmp_path / "model"), progress=False)
+    tiny = finetune(tiny_data, cfg, tmp_path / "c", source="tiny-random", progress=False)
+    assert "lr_note" not in given.metrics and "lr_note" not in tiny.metrics
