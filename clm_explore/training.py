@@ -77,6 +77,7 @@ from clm_explore.runs import (
     check_run_dir,
     claimed_run_dir,
     holds_files,
+    read_json_object,
     run_folder_lock,
     share_tensor_files,
     write_json_atomic,
@@ -610,6 +611,8 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
         info["score_note"] = report.zero_note
     if report.no_tokens_note and ctx.cfg.method != "random":
         info["no_tokens_note"] = report.no_tokens_note
+    if merge_note := _merged_rows_note(ctx, report, selection):
+        info["merge_note"] = merge_note
     if ctx.cfg.mask.train_biases and not any(kind == "bias" for kind, _, _ in small_parameters(model)):
         info["biases_note"] = "the model's linear maps have no biases: train_biases changed nothing"
     return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,
@@ -652,6 +655,27 @@ def prepare_sparse(ctx: MethodContext) -> Prepared:
     """Ours: token-restricted Fisher rows under the budget."""
     _, report, seconds = mine_and_score(ctx, "tokens")
     return prepare_rows(ctx, report, select_mask(report, ctx.cfg.mask), seconds)
+
+
+def _merged_rows_note(ctx: MethodContext, report: SensitivityReport, selection: MaskSelection) -> str:
+    """A sentence when words were merged (merge.json) and some of their new embedding rows are not selected: those
+    keep the mean of their pieces' rows, never trained (under the default layer floor none of them is: the models
+    review found the merged rows exactly at their start); '' otherwise."""
+    merged = read_json_object(ctx.out_dir / "merge.json").get("merged")
+    ids = [int(m["id"]) for m in merged if isinstance(m, dict) and isinstance(m.get("id"), int)] if merged else []
+    if not ids:
+        return ""
+    # The word embeddings' name as the scores and masks have it (the model's modules are wrapped for training now)
+    embeddings = next((name for name, info in report.matrices.items() if info.module == "embeddings"), "")
+    rows = selection.masks.get(embeddings)
+    left = len(ids) - (int(rows[ids].sum()) if rows is not None else 0)
+    if not left:
+        return ""
+    floor = effective_min_layer(ctx.cfg.mask, ctx.loaded.model.config.num_hidden_layers)
+    why = ("; the mask's layer floor keeps the word embeddings out (--min-layer 0 lets them compete)"
+           if floor > 0 or not ctx.cfg.mask.include_embeddings else "")
+    return (f"{left} of the {len(ids)} merged words' embedding rows were not selected, so they keep the mean of "
+            f"their pieces' rows{why}")
 
 
 DEFAULT_MERGE_TOKENS = 64

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -773,3 +774,23 @@ def test_a_default_rate_on_another_model_is_noted(tiny_data, tmp_path):
     given = finetune(tiny_data, replace(cfg, lr=0.01), tmp_path / "b", source=str(tmp_path / "model"), progress=False)
     tiny = finetune(tiny_data, cfg, tmp_path / "c", source="tiny-random", progress=False)
     assert "lr_note" not in given.metrics and "lr_note" not in tiny.metrics
+
+
+def test_merged_words_whose_rows_are_not_selected_are_said_to_keep_their_start(tmp_path):
+    """The models review: under the default layer floor no merged word's embedding row can be selected, so every
+    one stayed the mean of its pieces, and nothing said so."""
+    from clm_explore.config import FinetuneConfig, MaskConfig
+    from clm_explore.data import load_data
+    from clm_explore.training import finetune
+
+    sample = load_data(Path(__file__).parents[1] / "sample_data" / "banking77_20")  # words the tiny vocabulary splits
+    result = finetune(sample, FinetuneConfig(method="sparse_merged", epochs=1), tmp_path / "run",
+                      source="tiny-random", progress=False)
+    merged = json.loads((tmp_path / "run" / "merge.json").read_text())["merged"]
+    assert merged and result.metrics["merge_note"] == (
+        f"{len(merged)} of the {len(merged)} merged words' embedding rows were not selected, so they keep the mean "
+        "of their pieces' rows; the mask's layer floor keeps the word embeddings out (--min-layer 0 lets them compete)")
+    everything = finetune(sample, FinetuneConfig(method="sparse_merged", epochs=1,
+                                                    mask=MaskConfig(budget=1.0, min_layer=0)),
+                          tmp_path / "all", source="tiny-random", progress=False)
+    assert "merge_note" not in everything.metrics  # every row selected, the merged ones too
