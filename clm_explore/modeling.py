@@ -144,6 +144,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
 
 def resolve_source(source: str | None) -> str:
     """Turn a source string into a local folder path, ``tiny-random``, or raise a clear error."""
+    if source is not None and not str(source).strip():  # --model "": the default was taken in silence
+        raise ModelSourceError("The model source is empty: name 'default', 'tiny-random', 'smollm2', a .gguf file or "
+                               "a model folder.")
     source = source or DEFAULT_SOURCE
     if source == TINY_SOURCE:
         return source
@@ -155,9 +158,15 @@ def resolve_source(source: str | None) -> str:
     if path.suffix == ".gguf" and path.is_file():
         return str(_convert_gguf(path))
     if not path.exists():
-        raise ModelSourceError(
-            f"Model source {source!r} is neither 'default', 'tiny-random', 'smollm2', a .gguf file nor an existing folder."
-        )
+        # The models review: a missing .gguf file, and a Hub id, were told the list of sources alone
+        hub = (" Models are not downloaded here: pass the folder the model was saved to."
+               if re.fullmatch(r"[\w.-]+/[\w.-]+", source) else "")
+        what = f"{path} does not exist." if path.suffix == ".gguf" else (
+            f"Model source {source!r} is neither 'default', 'tiny-random', 'smollm2', a .gguf file nor an existing "
+            f"folder.{hub}")
+        raise ModelSourceError(what)
+    if path.is_file():  # the folder's config.json given for the folder
+        raise ModelSourceError(f"{path} is a file: pass the model's folder ({path.parent}, if it holds the model).")
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"Model folder {path} has no config.json; is it a Hugging Face model folder?")
     return str(path)

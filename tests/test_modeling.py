@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +349,19 @@ def test_a_roberta_style_models_length_leaves_out_the_positions_before_its_first
     with pytest.raises(ConfigError, match="above the 128 positions a text may take in RobertaForSequenceClassification"):
         check_runnable(FinetuneConfig(method="full", max_length=130), loaded)
     check_runnable(FinetuneConfig(method="full", max_length=128), loaded)
+
+
+def test_wrong_model_sources_are_told_what_is_wrong(tmp_path):
+    """The models review: --model "" used the default in silence; a folder's config.json given for the folder was
+    told it "has no config.json"; a missing .gguf and a Hub id got the list of sources alone."""
+    from clm_explore.modeling import ModelSourceError, resolve_source
+
+    _save_tiny(tmp_path / "bert")
+    cases = {"": "The model source is empty", "  ": "The model source is empty",
+             str(tmp_path / "bert" / "config.json"): f"is a file: pass the model's folder ({tmp_path / 'bert'}",
+             str(tmp_path / "nope.gguf"): f"{tmp_path / 'nope.gguf'} does not exist.",
+             "sentence-transformers/all-MiniLM-L6-v2": "Models are not downloaded here"}
+    for source, said in cases.items():
+        with pytest.raises(ModelSourceError, match=re.escape(said)):
+            resolve_source(source)
+    assert resolve_source(None) == resolve_source("default")  # None is the default, as before
