@@ -485,6 +485,9 @@ def adaptive_tokenization(loaded: LoadedModel, task_tokens: TaskTokens, texts: S
     before = _mean_length(tok, texts)
     if not slots:
         return MergeReport([], before, before, "the tokenizer has no unused slots; nothing merged")
+    if not candidates:  # "merged 0 words" said no more (the models review)
+        return MergeReport([], before, before, "no mined group is a single word the tokenizer splits into several "
+                                               "pieces; nothing merged")
     wanted = min(n_merge, len(candidates))
     notes = [f"only {len(slots)} unused slots for {wanted} words"] if wanted > len(slots) else []
     plan, new_tok, rejected = _verified_merges(tok, vocab, candidates, slots, min(wanted, len(slots)))

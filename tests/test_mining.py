@@ -376,6 +376,16 @@ def test_numpy_and_mixed_type_labels_are_read_as_text(tok, tmp_path):
     assert {g.label for g in mixed.groups} == {"1", "b"}
 
 
+def test_a_merge_without_a_candidate_says_why_nothing_was_merged():
+    """The models review: "merged 0 words" on trec with MPNet, without a reason."""
+    loaded = load_model("tiny-random", ["a", "b"])
+    tt = TaskTokens([group("money", ["money"])], "", 0, {})  # one piece already
+    report = adaptive_tokenization(loaded, tt, ["money please"])
+    assert report.merged == [] and report.note.startswith("no mined group is a single word the tokenizer splits")
+    assert report.summary().endswith("; no mined group is a single word the tokenizer splits into several pieces; "
+                                     "nothing merged")
+
+
 def test_merge_enters_the_normalised_word_and_keeps_only_merges_that_happen():
     loaded = load_model("tiny-random", ["a", "b"])
     tok = loaded.tokenizer
