@@ -580,6 +580,7 @@ def _smollm2_gguf() -> Path:
     return found[0]
 
 
+@transformers_quieted()  # its loading notices printed among the tool's own lines (the models review); its de-quantizing bar stays
 def _convert_gguf(gguf_path: Path) -> Path:
     """Convert a GGUF file to a safetensors folder once; later calls reuse the cached folder (keyed on the file's
     path, size and modification time: another file of the same size put in its place is converted anew)."""
