@@ -350,6 +350,14 @@ def scored_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
     return found
 
 
+def unscored_linears(model: nn.Module) -> list[str]:
+    """Module names of the backbone's linear maps that ``scored_linears`` does not know (DeBERTa-v2's
+    ``pos_key_proj`` when its attention keys are not shared, say): no row of theirs can be selected."""
+    heads = {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
+    return [name for name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and name not in heads and classify_linear(name) is None]
+
+
 def scorable_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
     """``scored_linears``, refusing a model that has none (e.g. GPT-2's Conv1D maps): nothing could ever be
     selected, so it is said before any work.
@@ -763,6 +771,10 @@ def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: 
         notes.append(f"Fisher labels: drawn from the model, {cfg.label_draws} per row")
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
+    if unknown := unscored_linears(model):  # said, not left out in silence (the models review: DeBERTa-v2)
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in unknown})
+        notes.append(f"{len(unknown)} linear maps of kinds clm-explore does not score ({', '.join(kinds[:4])}) are "
+                     "left out: none of their rows can be selected")
     report = SensitivityReport.of_model(model, row_scores, matrices, to_dict(cfg), head_state,
                                         time.perf_counter() - started, notes, recorded_source(loaded.source),
                                         task_tokens.config if task_tokens is not None else None)

@@ -512,3 +512,25 @@ def test_a_token_restriction_without_a_mined_group_is_said_and_recorded_by_the_r
     cfg = FinetuneConfig(method="sparse", epochs=1, mining=MiningConfig(min_count=10**6), sensitivity=sens)
     result = finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
     assert result.metrics["no_tokens_note"] == report.no_tokens_note
+
+
+def test_linear_maps_of_kinds_not_scored_are_named_in_the_notes(tiny_data):
+    """The models review: DeBERTa-v2 with unshared attention keys has pos_key_proj and pos_query_proj maps that no
+    row method could pick, and nothing said so."""
+    from transformers import AutoModelForSequenceClassification, DebertaV2Config
+
+    from clm_explore.modeling import LoadedModel
+    from clm_explore.sensitivity import unscored_linears
+
+    tok = load_model("tiny-random").tokenizer
+    config = DebertaV2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=37, pad_token_id=tok.pad_token_id, relative_attention=True,
+                             pos_att_type=["p2c", "c2p"], share_att_key=False,
+                             id2label=dict(enumerate(tiny_data.labels)))
+    model = AutoModelForSequenceClassification.from_config(config)
+    assert sorted({n.rsplit(".", 1)[-1] for n in unscored_linears(model)}) == ["pos_key_proj", "pos_query_proj"]
+    report = compute_sensitivity(LoadedModel(model, tok, "deberta", False), tiny_data, None,
+                                 SensitivityConfig(calibration_rows=20, restriction="none"), progress=False)
+    assert any(n.startswith("4 linear maps of kinds clm-explore does not score (pos_key_proj, pos_query_proj)")
+               for n in report.notes), report.notes
+    assert unscored_linears(load_model("tiny-random", tiny_data.labels).model) == []
