@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -96,6 +96,10 @@ class LoadedModel:
     """The source string as given (used as a cache key)."""
     is_decoder: bool
     """True for causal LMs (pooling at the last token), False for encoders (CLS)."""
+    rng_state: torch.Tensor | None = field(default=None, repr=False)
+    """torch's CPU generator state just after the load (seeded, past the head's init) when ``load_model`` put the
+    caller's own state back: ``compute_sensitivity`` draws its warm-up's dropout from it, so its scores do not
+    depend on what the caller drew before (they did once loading stopped reseeding the caller; the diff review)."""
 
     def __repr__(self) -> str:  # the whole module tree would fill a notebook cell
         params = sum(p.numel() for p in self.model.parameters())
@@ -217,7 +221,9 @@ def load_model(
     """
     if keep_global_rng:
         with torch.random.fork_rng(devices=[]):  # the head's init is on the CPU
-            return load_model(source, labels, seed, keep_global_rng=False)
+            loaded = load_model(source, labels, seed, keep_global_rng=False)
+            loaded.rng_state = torch.get_rng_state()
+            return loaded
     if isinstance(labels, str):  # its letters would become the labels
         raise TypeError(f"labels is a list of label names (data.labels); got the string {labels[:40]!r}.")
     from clm_explore.data import AnnotatedData  # pandas' import only when a model loads

@@ -728,8 +728,14 @@ def compute_sensitivity(
     bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
     if bar is not None:
         on_progress = combined(on_progress, lambda done, total: bar.on_phase("scoring rows", done, total))
+    # A model loaded with the caller's random state put back carries the state it was loaded at: the warm-up's
+    # dropout draws from it, as it did when loading left it behind, and the caller's state is left as it was.
+    kept = torch.random.fork_rng(devices=[]) if loaded.rng_state is not None else nullcontext()
     try:
-        return _compute_sensitivity(loaded, data, task_tokens, cfg, device, on_progress, prefix)
+        with kept:
+            if loaded.rng_state is not None:
+                torch.set_rng_state(loaded.rng_state)
+            return _compute_sensitivity(loaded, data, task_tokens, cfg, device, on_progress, prefix)
     finally:
         if bar is not None:
             bar.close()

@@ -534,3 +534,27 @@ def test_linear_maps_of_kinds_not_scored_are_named_in_the_notes(tiny_data):
     assert any(n.startswith("4 linear maps of kinds clm-explore does not score (pos_key_proj, pos_query_proj)")
                for n in report.notes), report.notes
     assert unscored_linears(load_model("tiny-random", tiny_data.labels).model) == []
+
+
+def test_scores_do_not_depend_on_what_the_caller_drew_before_loading(tiny_data, tmp_path):
+    """The diff review: once load_model put the caller's random state back, the warm-up's dropout (a two-layer head's)
+    drew from whatever the caller had drawn, and the scores of one model and config differed between calls."""
+    from test_baselines import save_two_layer_head_model
+
+    folder = save_two_layer_head_model(tmp_path / "roberta", "roberta")
+    cfg = SensitivityConfig(restriction="none", calibration_rows=32)
+
+    def scores(drawn_before: int, keep: bool) -> torch.Tensor:
+        torch.manual_seed(drawn_before)
+        loaded = load_model(folder, tiny_data.labels, seed=0, keep_global_rng=keep)
+        report = compute_sensitivity(loaded, tiny_data, None, cfg, progress=False)
+        return torch.cat([s.flatten() for s in report.row_scores.values()])
+
+    kept = scores(1, True)
+    assert torch.equal(kept, scores(2, True))
+    assert torch.equal(kept, scores(3, False))  # as when loading left its state behind for the warm-up
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    compute_sensitivity(load_model(folder, tiny_data.labels), tiny_data, None, cfg, progress=False)
+    assert torch.equal(torch.rand(2), expected)  # the caller's state left as it was
