@@ -562,8 +562,14 @@ class RunStore:
                 raise RunStoreError(f"Run {run_id} cannot be deleted: its folder {record.path} cannot be moved "
                                     f"({exc.strerror or exc}); it stays listed. Its files may belong to another "
                                     "account: ask its owner, or delete it there.") from exc
-        with self._connect() as conn:
-            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        try:
+            with self._connect() as conn:
+                conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        except BaseException:  # the row stays (a registry held or read-only): so does its folder, where it was
+            if hidden is not None:
+                (hidden / "run").rename(record.path)
+                hidden.rmdir()
+            raise
         if hidden is not None:
             shutil.rmtree(hidden, ignore_errors=True)
             if hidden.exists():

@@ -106,6 +106,10 @@ def test_delete_removes_folder_and_row(store: RunStore, monkeypatch) -> None:
 def test_a_run_whose_folder_cannot_go_stays_listed_and_says_why(store: RunStore, monkeypatch) -> None:
     """The app review: the row went first and the folder's deletion ignored errors, so the Runs page said "Deleted"
     of a folder another account owned, which stayed on disk out of the app's reach."""
+    import sqlite3
+
+    import clm_explore.runs as runs
+
     run = store.create("theirs", "sparse", {})
     store.set_status(run.id, RunStatus.SUCCEEDED)
 
@@ -118,6 +122,17 @@ def test_a_run_whose_folder_cannot_go_stays_listed_and_says_why(store: RunStore,
     assert store.get(run.id).status is RunStatus.SUCCEEDED and run.path.is_dir()
     assert not list(store.root.glob(".deleting-*"))
     monkeypatch.undo()
+    # The diff review: a registry held by another writer refused the row's deletion after the folder had moved
+    monkeypatch.setattr(runs, "REGISTRY_TIMEOUT", 0.1)
+    monkeypatch.setattr(runs, "WAIT_NOTE_AFTER", 5.0)
+    holder = sqlite3.connect(store.db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(RunStoreError, match="cannot be used"):
+        store.delete(run.id)
+    holder.rollback()
+    holder.close()
+    assert run.path.is_dir() and not list(store.root.glob(".deleting-*"))  # put back where it was
+    assert store.get(run.id).status is RunStatus.SUCCEEDED
     monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)  # files that will not go
     with pytest.raises(RunStoreError, match=r"is no longer listed, but some of its files could not be deleted"):
         store.delete(run.id)
