@@ -200,13 +200,15 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     if not isinstance(run, LoadedModel):
         run = run_folder(run)  # a run id or a FinetuneResult as its folder, which the evaluation names
     rows = read_labelled(data, notes=notes, **options)
+    if rows.empty:  # an AnnotatedData whose test split is empty
+        raise DataError("The data holds no rows to evaluate on.")
     probs = predict(run, rows["text"].tolist(), max_length)
     labels = [str(label) for label in probs.columns]
     index = {label: i for i, label in enumerate(labels)}
     gold = np.array([index.get(label, -1) for label in rows["label"]], dtype=np.int64)
     if (gold == -1).all():
-        raise DataError(f"None of the data's labels ({', '.join(sorted(set(rows['label']))[:5])}, ...) is one of the "
-                        f"run's ({', '.join(labels[:5])}, ...): check the label column (label_col=...).")
+        raise DataError(f"None of the data's labels ({_some(sorted(set(rows['label'])))}) is one of the run's "
+                        f"({_some(labels)}): check the label column (label_col=...).")
     pred = probs.to_numpy().argmax(1)
     predictions = pd.DataFrame({"row": range(len(rows)), "text": rows["text"].tolist(), "label": rows["label"].tolist(),
                                 "pred": np.array(labels)[pred], "prob": probs.to_numpy().max(1)})
@@ -214,3 +216,8 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     unseen = sorted(set(rows["label"]) - set(labels))
     where = run.source if isinstance(run, LoadedModel) else str(run)
     return Evaluation(where, classification_metrics(gold, pred, labels), predictions, unseen)
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, and '...' when there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")

@@ -429,8 +429,8 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
 def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataConfig | None = None,
                   notes: list[str] | None = None, **options: Any) -> pd.DataFrame:
     """Every row of labelled data to score a finished run on (``evaluate``), none carved off: a data file in any
-    format ``load_data`` reads, a folder of splits (its test file), a DataFrame, or ``AnnotatedData`` (its test
-    split). Returns a ``[text, label]`` frame of str with ``load_data``'s checks; ``options`` are ``DataConfig``
+    format ``load_data`` reads (its test rows where a split column names them), a folder of splits (its test file),
+    a DataFrame (as a file), or ``AnnotatedData`` (its test split). Returns a ``[text, label]`` frame of str with ``load_data``'s checks; ``options`` are ``DataConfig``
     fields (``text_col``, ``label_col``, ``max_file_mb``, ...); ``notes`` receives the reader's remarks.
 
     Raises:
@@ -441,7 +441,7 @@ def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataCo
     if isinstance(source, AnnotatedData):
         return source.test[["text", "label"]].reset_index(drop=True)
     if isinstance(source, pd.DataFrame):
-        return _frame_rows(source, cfg, notes)
+        return _test_rows(_frame_rows(source, cfg, notes, split=True), "the DataFrame", notes)
     if not isinstance(source, str | os.PathLike) or not str(source).strip():
         raise DataError(f"The data to evaluate on is a data file, a folder of splits, a DataFrame or AnnotatedData; "
                         f"got {type(source).__name__} {str(source)[:40]!r}.")
@@ -454,7 +454,21 @@ def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataCo
     elif not path.is_file():
         raise DataError(f"{path} does not exist or is not a regular file. Pass a data file (CSV, TSV, JSONL, JSON, "
                         "Parquet) or a folder with a test file.")
-    return _read_file(path, path.read_bytes, path.stat().st_size, cfg, notes)
+    return _test_rows(_read_file(path, path.read_bytes, path.stat().st_size, cfg, notes, single=True), path.name,
+                      notes)
+
+
+def _test_rows(frame: pd.DataFrame, name: str, notes: list[str]) -> pd.DataFrame:
+    """A whole file's rows to evaluate on: its test rows where its split column names them (the rest trained the
+    run, as ``splits_csv`` writes them; the diff review: every row was scored, training rows too), else all."""
+    if "split" not in frame.columns:
+        return frame
+    test = frame[frame["split"] == "test"]
+    if test.empty:
+        raise DataError(f"{name}'s split column names no test row: pass the rows to evaluate on (or drop the column "
+                        "to score every row).")
+    notes.append(f"{name}: its split column names {len(test):,} of its {len(frame):,} rows test: those are scored")
+    return test[["text", "label"]].reset_index(drop=True)
 
 
 def _frame_rows(frame: pd.DataFrame, cfg: DataConfig, notes: list[str], name: str = "the DataFrame",

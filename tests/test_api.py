@@ -431,6 +431,10 @@ def test_evaluate_scores_a_run_on_labelled_rows_as_its_own_test_was_scored(tiny_
     assert "6 rows" in repr(new) and "1 label(s) the run was not trained on" in repr(new)
     with pytest.raises(clm_explore.DataError, match="None of the data's labels .* is one of the run's"):
         clm_explore.evaluate(tmp_path / "run", renamed.assign(intent="x"), text_col="utterance", label_col="intent")
+    from dataclasses import replace
+
+    with pytest.raises(clm_explore.DataError, match="The data holds no rows to evaluate on"):  # not "no label known"
+        clm_explore.evaluate(tmp_path / "run", replace(tiny_data, test=tiny_data.test.head(0)))
     (data_dir / "test.csv").unlink()
     with pytest.raises(clm_explore.DataError, match="has no test file to evaluate on"):
         clm_explore.evaluate(tmp_path / "run", data_dir)

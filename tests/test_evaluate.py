@@ -46,8 +46,24 @@ def test_evaluate_names_labels_the_run_never_saw_and_refuses_what_it_cannot_scor
     assert "rows: 5 (1 with a label the run was not trained on, counted wrong: refund_request)" in out
     new.assign(intent="nothing the run knows").to_csv(tmp_path / "other.csv", index=False)
     assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "other.csv")]) == 2
-    assert "None of the data's labels (nothing the run knows, ...) is one of the run's" in capsys.readouterr().err
+    assert "None of the data's labels (nothing the run knows) is one of the run's" in capsys.readouterr().err
     assert main([*argv, "--predictions", str(tmp_path)]) == 2  # a folder
     assert "not a file in an existing folder" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path / "nothing"), "--data", str(data_dir)]) == 2
     assert "no such run folder or run id" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_test_rows_a_split_column_names(data_dir, tmp_path, capsys):
+    """The diff review: a file with a split column (as splits_csv writes one) had every row scored, training rows
+    too, without a word."""
+    run, metrics = _head_run(data_dir, tmp_path, capsys)
+    splits = pd.concat([pd.read_csv(data_dir / f"{name}.csv").assign(split=name) for name in ("train", "test")])
+    splits.to_csv(tmp_path / "splits.csv", index=False)
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "splits.csv"), "--json"]) == 0
+    captured = capsys.readouterr()
+    test_rows = len(pd.read_csv(data_dir / "test.csv"))
+    assert json.loads(captured.out)["rows"] == test_rows and json.loads(captured.out)["accuracy"] == metrics["accuracy"]
+    assert f"names {test_rows:,} of its {len(splits):,} rows test: those are scored" in captured.err
+    splits.assign(split="train").to_csv(tmp_path / "train_only.csv", index=False)
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "train_only.csv")]) == 2
+    assert "split column names no test row" in capsys.readouterr().err
