@@ -86,7 +86,18 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-bench/out}
 ALL=full,sparse,sparse_merged,head,bitfit,lora,prefix,layers,random,fisher,gradient
-CLI=.venv/bin/clm-explore
+CLI=run_cli
+# `bench` exits 1 when some cells of its grid did not finish (its tables are written all the same): a lane goes on to
+# its next grid, as it did before bench said so; any other failure stops the lane.
+run_cli() {
+    local rc=0
+    .venv/bin/clm-explore "$@" || rc=$?
+    if [ "$rc" -eq 1 ] && [ "$1" = bench ]; then
+        echo "note: some cells of that grid did not finish (see its logs/); going on" >&2
+        return 0
+    fi
+    return "$rc"
+}
 
 # One more rate for METHOD on a grid's validation carve (seed 0), after its `--tune-lr` grid chose its top
 # rate: the grid's data_tune holds the carve as its test split. Grid: $OUT/banking77-full-METHOD-tuned and
