@@ -601,8 +601,9 @@ class ProgressBar:
     """One status line on stderr: cells done, the running cell, elapsed time and an estimate of the rest.
 
     On a terminal the line is redrawn in place (at most once a second); elsewhere (a log file, CI) a line is
-    printed when a cell ends and, while one runs, at most every ``LOG_EVERY_SECONDS`` when its step moved on (a
-    banking77 cell is 20 minutes of CPU: its log said nothing in between, the bench review).
+    printed when a cell starts and when it ends and, while it runs, at most every ``LOG_EVERY_SECONDS`` when its
+    step moved on (a banking77 cell is 20 minutes of CPU: its log said nothing in between, the bench review); each
+    cell counts its own minute (cells side by side, ``jobs`` > 1, take turns at the line).
     """
 
     def __init__(self, total: int, stream=None, width: int = 24, jobs: int = 1):
@@ -613,6 +614,7 @@ class ProgressBar:
         self.started = time.perf_counter()
         self.ran: list[float] = []
         self._last: tuple[float, str | None] = (-math.inf, None)  # when the last line was shown, and its detail
+        self._logged: dict[str, tuple[float, str]] = {}  # without a terminal, per cell: its last line's time, detail
 
     def show(self, label: str, detail: str = "", final: bool = False) -> None:
         with self._lock:
@@ -622,11 +624,13 @@ class ProgressBar:
         now, (then, shown) = time.perf_counter(), self._last
         if self.is_tty:
             due = now - then >= 1 or detail != shown
-        else:
-            due = now - then >= LOG_EVERY_SECONDS and detail != shown
+        else:  # a cell's first line at once (it starts), then its step at most once a LOG_EVERY_SECONDS
+            cell_then, cell_shown = self._logged.get(label, (-math.inf, None))
+            due = label not in self._logged or (now - cell_then >= LOG_EVERY_SECONDS and detail != cell_shown)
         if not (final or due):
             return
         self._last = (now, detail)
+        self._logged[label] = (now, detail)
         filled = int(self.width * self.done / max(self.total, 1))
         rest = np.mean(self.ran) * (self.total - self.done) / self.jobs if self.ran else 0.0
         left = f", ~{_clock(rest)} left" if self.ran else ""

@@ -1249,6 +1249,9 @@ def test_progress_in_a_log_file_says_how_a_running_cell_gets_on(monkeypatch):
     bar.show("sparse-b0.01-s0", "step 5/9")  # no step since: not repeated
     bar.advance(3.0)
     bar.show("sparse-b0.01-s0", "done", final=True)
+    monkeypatch.setattr(bench, "LOG_EVERY_SECONDS", 60.0)
+    bar.show("full-s0")  # the next cell starts right after: a line (the diff review: none came for a minute)
+    bar.show("full-s0", "step 1/9")  # too soon after it
     lines = log.getvalue().splitlines()
     assert [line.split("] ")[1].split(" (")[0] for line in lines] == [
-        "0/2 sparse-b0.01-s0 ", "0/2 sparse-b0.01-s0 step 5/9", "1/2 sparse-b0.01-s0 done"]
+        "0/2 sparse-b0.01-s0 ", "0/2 sparse-b0.01-s0 step 5/9", "1/2 sparse-b0.01-s0 done", "1/2 full-s0 "]
