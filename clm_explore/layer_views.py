@@ -279,7 +279,8 @@ class HeadAttention:
         """A JSON-ready dict (``heads --json``): the tokens, the task positions and the per-head table (the full
         attention maps are left out: layers x heads x tokens^2 numbers)."""
         table = self.table().astype(object).where(self.table().notna(), None)
-        return {"tokens": self.tokens, "task_positions": self.task_positions, "task_share": self.task_share,
+        return {"tokens": self.tokens, "task_positions": self.task_positions, "left_out": self.left_out,
+                "task_share": self.task_share,
                 "heads": table.to_dict(orient="records"), "notes": self.notes}
 
 
@@ -316,7 +317,8 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
     if loaded.is_decoder:
         notes.append("a decoder's token attends only to the tokens before it: a task token late in the text gets "
                      "little attention from a head that would read it")
-    if attention.sum(-1).mean() < 0.999:  # a prefix run's prefix positions, left out of the maps
+    prefixed = attention.sum(-1).mean() < 0.999  # a prefix run's prefix positions, left out of the maps
+    if prefixed:
         notes.append(f"{1 - attention.sum(-1).mean():.0%} of the attention goes to the prefix's positions, left out")
     groups = _run_task_tokens(folder)
     if groups is None and groups_from is not None:
@@ -333,7 +335,7 @@ def head_attention(run: Any, text: str, max_length: int | None = None, loaded: L
     # A decoder's heads park much of their attention on its first token (an attention sink), whatever it is: with a
     # task word there ("How many ...") every head read as task-focused (0.86; 0.17 with one word put before it; the
     # models review). That position is left out, and the task's share is of the attention that goes elsewhere.
-    sink = [0] if loaded.is_decoder and len(tokens) > 1 else []
+    sink = [0] if loaded.is_decoder and len(tokens) > 1 and not prefixed else []  # a prefix holds the sink itself
     if sink:
         notes.append("the first token, where a decoder's heads leave much of their attention (an attention sink), is "
                      "left out: task attention is the share of the rest")

@@ -113,18 +113,32 @@ def test_a_prefix_runs_length_leaves_room_for_its_prefix(runs, capsys) -> None:
     assert "above the 128 positions a text may take in this run's model less the 16 its prefix takes" in capsys.readouterr().err
 
 
-def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_module, tmp_path) -> None:
+def _tiny_llama(folder) -> str:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from clm_explore.modeling import load_model
 
     tok = load_model("tiny-random").tokenizer
-    folder = tmp_path / "llama"
     LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                                num_labels=4, pad_token_id=tok.pad_token_id)).save_pretrained(folder)
     tok.save_pretrained(folder)
-    run = finetune(tiny_data_module, _cfg("sparse"), tmp_path / "run", source=str(folder), progress=False).out_dir
+    return str(folder)
+
+
+def test_a_decoder_prefix_runs_heads_leave_no_text_position_out(tiny_data_module, tmp_path) -> None:
+    """The diff review: a prefix run's attention sink is among its virtual tokens, left out of the maps; taking the
+    text's first token out as well (and dividing by what it did not get) measured the wrong thing."""
+    folder = _tiny_llama(tmp_path / "llama")
+    run = finetune(tiny_data_module, _cfg("prefix"), tmp_path / "run", source=folder, progress=False).out_dir
+    result = head_attention(run, TEXT)
+    assert result.left_out == [] and not any("attention sink" in note for note in result.notes)
+    assert any("goes to the prefix's positions, left out" in note for note in result.notes)
+
+
+def test_a_grouped_query_head_counts_its_shared_key_and_value_rows(tiny_data_module, tmp_path) -> None:
+    folder = _tiny_llama(tmp_path / "llama")
+    run = finetune(tiny_data_module, _cfg("sparse"), tmp_path / "run", source=folder, progress=False).out_dir
     result = head_attention(run, TEXT)
     assert any("a decoder's token attends only to the tokens before it" in note for note in result.notes)
     # The models review: SmolLM2's heads gave a task word in first place 0.86 of their attention (an attention sink)
