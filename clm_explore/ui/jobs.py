@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -177,7 +178,8 @@ def _queue_run(plan: LaunchPlan, target: _LaunchTarget) -> Job:
         job = target.queue.submit(finetune, kwargs | ({"scores": plan.scores} if plan.scores is not None else {}),
                                   run_id=run.id, device=cfg.device, owner=target.owner)
     except BaseException:
-        target.runs.delete(run.id, force=True)  # no run left "pending" with no job behind it
+        with contextlib.suppress(RunStoreError):  # the launch's own error is the one to show, not the clean-up's
+            target.runs.delete(run.id, force=True)  # no run left "pending" with no job behind it
         raise
     job.label = f"{cfg.method} {target.about}"  # a shared queue: what is this job? (its session marked on the card)
     target.launched.add(run.id)
