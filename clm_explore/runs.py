@@ -183,7 +183,7 @@ def _note_a_long_wait(db_path: Path) -> Iterator[None]:
     ``WAIT_NOTE_AFTER``: sqlite waits for another process's write lock in silence, and the CLI sat for up to 30 s
     without a word (the concurrency review)."""
     timer = threading.Timer(WAIT_NOTE_AFTER, _log.warning, args=(
-        f"waiting for the run registry {db_path}: another process is writing to it (giving up after "
+        f"waiting for the run registry {db_path}: another process may be writing to it (giving up after "
         f"{REGISTRY_TIMEOUT:.0f} s)",))
     timer.daemon = True
     timer.start()
@@ -228,7 +228,7 @@ class RunStore:
             raise self._unusable(exc) from exc
         conn.row_factory = sqlite3.Row
         try:
-            with conn, _note_a_long_wait(self.db_path):  # commits, or rolls back on error
+            with _note_a_long_wait(self.db_path), conn:  # commits (inside the wait's watch), or rolls back on error
                 yield conn
         except sqlite3.IntegrityError:  # a caller's to handle (two processes registering one folder)
             raise

@@ -751,7 +751,7 @@ def test_a_registry_held_by_another_writer_is_said_while_it_waits(store: RunStor
         store.create("waited", "sparse")  # takes the write lock once the holder lets it go
     holder.close()
     assert [r.getMessage() for r in caplog.records] == [
-        f"waiting for the run registry {store.db_path}: another process is writing to it (giving up after 30 s)"]
+        f"waiting for the run registry {store.db_path}: another process may be writing to it (giving up after 30 s)"]
     caplog.clear()
     with caplog.at_level("WARNING", logger="clm_explore.runs"):
         store.create("free", "sparse")
