@@ -342,7 +342,10 @@ def save_upload(raw: bytes, filename: str, folder: Path | None = None, protect: 
     from clm_explore.data import DataError
 
     try:
-        write_private(target, raw)
+        if target.is_file() and _holds(target, raw, digest):  # the same file again: not rewritten, which would end a
+            os.utime(target)  # hard link a resumed session shares (its room counted twice); newest again, as written
+        else:
+            write_private(target, raw)
     except OSError as exc:  # a full disk or an unwritable uploads folder: one paragraph, not a traceback
         raise DataError(f"The server cannot keep the upload ({exc.strerror or exc}): its disk may be full or its "
                         "uploads folder not writable. Try again later, or tell whoever runs the server.") from exc
@@ -379,10 +382,19 @@ UPLOADS_KEPT = 5
 cannot fill the server's disk (200 MB a file)."""
 
 
+STALE_PART_SECONDS = 600.0
+"""A half-written upload (``.NAME.PID-THREAD.part``) older than this is one whose writer was killed."""
+
+
 def _keep_newest_uploads(folder: Path, keep: int, protect: tuple[Path, ...] = ()) -> None:
     """The ``keep`` newest files, and the ``protect``ed ones (a file the new one is made from) whatever their age."""
     kept = {p.resolve() for p in protect}
-    files = sorted((f for f in folder.iterdir() if f.is_file()), key=lambda f: f.stat().st_mtime_ns, reverse=True)
+    for part in folder.glob(".*.part"):  # a write killed midway (write_private): not an upload, gone after a while
+        with contextlib.suppress(OSError):
+            if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+    files = sorted((f for f in folder.iterdir() if f.is_file() and not f.name.endswith(".part")),
+                   key=lambda f: f.stat().st_mtime_ns, reverse=True)
     for old in (f for f in files[keep:] if f.resolve() not in kept):
         old.unlink(missing_ok=True)
 

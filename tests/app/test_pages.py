@@ -1887,3 +1887,23 @@ def test_the_server_freezes_what_it_imported_so_each_rerun_collects_little() -> 
     AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     frozen = gc.get_freeze_count()
     assert frozen > 100_000 and len(gc.get_objects()) < frozen  # the imports' objects are out of the collection
+
+
+def test_the_same_upload_again_keeps_a_shared_hard_link_and_stale_parts_go(tmp_path: Path) -> None:
+    """The diff review: writing through a rename ended the hard link a resumed session shares (its room then counted
+    twice), and a write killed midway left a hidden .part file that nothing removed."""
+    from clm_explore.ui import state
+
+    raw = b"text,label\nmy card,a\nrates,b\n"
+    first = Path(save_upload(raw, "mine.csv", folder=tmp_path / ("a" * 32)).path)
+    other = tmp_path / ("b" * 32)
+    other.mkdir()
+    os.link(first, other / first.name)  # as a resumed session takes up the upload
+    again = Path(save_upload(raw, "mine.csv", folder=other).path)
+    assert again.stat().st_ino == first.stat().st_ino and first.stat().st_nlink == 2
+    stale, fresh = other / ".x.csv.1-2.part", other / ".y.csv.1-3.part"
+    for part in (stale, fresh):
+        part.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * state.STALE_PART_SECONDS,) * 2)
+    save_upload(raw + b"more,c\n", "next.csv", folder=other)
+    assert not stale.exists() and fresh.exists()
