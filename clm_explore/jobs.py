@@ -467,8 +467,8 @@ def last_line(text: str | None) -> str | None:
     if not lines:
         return None
     if DISK_FULL.search(lines[-1]):
-        return (f"The disk of the runs folder is full: free some room (delete runs you no longer need), then launch "
-                f"it again. ({lines[-1].strip()})")
+        return (f"A disk the run writes to is full (its runs folder's, the model cache's or the temporary "
+                f"folder's): free some room there, then launch it again. ({lines[-1].strip()})")
     return lines[-1]
 
 

@@ -164,7 +164,7 @@ def resolve_source(source: str | None) -> str:
     if not path.exists():
         # The models review: a missing .gguf file, and a Hub id, were told the list of sources alone
         hub = (" Models are not downloaded here: pass the folder the model was saved to."
-               if re.fullmatch(r"[\w.-]+/[\w.-]+", source) else "")
+               if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not path.parent.exists() else "")  # not a typo'd folder
         what = f"{path} does not exist." if path.suffix == ".gguf" else (
             f"Model source {source!r} is neither 'default', 'tiny-random', 'smollm2', a .gguf file nor an existing "
             f"folder.{hub}")

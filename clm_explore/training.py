@@ -672,8 +672,10 @@ def _merged_rows_note(ctx: MethodContext, report: SensitivityReport, selection: 
     if not left:
         return ""
     floor = effective_min_layer(ctx.cfg.mask, ctx.loaded.model.config.num_hidden_layers)
-    why = ("; the mask's layer floor keeps the word embeddings out (--min-layer 0 lets them compete)"
-           if floor > 0 or not ctx.cfg.mask.include_embeddings else "")
+    why = ("; the mask leaves the word embeddings out (include_embeddings, --no-embeddings)"
+           if not ctx.cfg.mask.include_embeddings else
+           "; the mask's layer floor keeps the word embeddings out (--min-layer 0 lets them compete)" if floor > 0
+           else "")
     return (f"{left} of the {len(ids)} merged words' embedding rows were not selected, so they keep the mean of "
             f"their pieces' rows{why}")
 

@@ -794,3 +794,8 @@ def test_merged_words_whose_rows_are_not_selected_are_said_to_keep_their_start(t
                                                     mask=MaskConfig(budget=1.0, min_layer=0)),
                           tmp_path / "all", source="tiny-random", progress=False)
     assert "merge_note" not in everything.metrics  # every row selected, the merged ones too
+    without = finetune(sample, FinetuneConfig(method="sparse_merged", epochs=1,
+                                              mask=MaskConfig(min_layer=0, include_embeddings=False)),
+                       tmp_path / "none", source="tiny-random", progress=False)
+    assert without.metrics["merge_note"].endswith("the mask leaves the word embeddings out (include_embeddings, "
+                                                  "--no-embeddings)")  # not "--min-layer 0" (the diff review)

@@ -688,7 +688,7 @@ def test_a_full_disk_is_said_in_plain_words_before_its_error():
     error = ("Traceback (most recent call last):\n  File ...\nSafetensorError: Error while serializing: I/O error: "
              "No space left on device (os error 28)\n")
     said = last_line(error)
-    assert said.startswith("The disk of the runs folder is full: free some room")
+    assert said.startswith("A disk the run writes to is full (its runs folder's, the model cache's or the temporary")
     assert said.endswith("(SafetensorError: Error while serializing: I/O error: No space left on device (os error 28))")
     assert last_line("Traceback ...\nValueError: bad budget\n") == "ValueError: bad budget"
     assert last_line("") is None and last_line("  \n") is None

@@ -351,7 +351,7 @@ def test_a_roberta_style_models_length_leaves_out_the_positions_before_its_first
     check_runnable(FinetuneConfig(method="full", max_length=128), loaded)
 
 
-def test_wrong_model_sources_are_told_what_is_wrong(tmp_path):
+def test_wrong_model_sources_are_told_what_is_wrong(tmp_path, monkeypatch):
     """The models review: --model "" used the default in silence; a folder's config.json given for the folder was
     told it "has no config.json"; a missing .gguf and a Hub id got the list of sources alone."""
     from clm_explore.modeling import ModelSourceError, resolve_source
@@ -364,4 +364,9 @@ def test_wrong_model_sources_are_told_what_is_wrong(tmp_path):
     for source, said in cases.items():
         with pytest.raises(ModelSourceError, match=re.escape(said)):
             resolve_source(source)
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelSourceError) as typo:  # a mistyped folder under one that is there: no Hub hint
+        resolve_source("models/minilm")
+    assert "not downloaded" not in str(typo.value)
     assert resolve_source(None) == resolve_source("default")  # None is the default, as before
