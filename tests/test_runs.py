@@ -765,7 +765,8 @@ def test_a_registry_lost_under_a_live_process_is_made_again_with_the_finished_ru
     (done.path / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": {"epochs": 1}}))
     (done.path / "metrics.json").write_text(json.dumps({"accuracy": 0.75}))
     store.set_status(done.id, RunStatus.SUCCEEDED)
-    unfinished = store.create("unfinished", "full", {})  # a folder with nothing that says its run ended
+    unfinished = store.create("unfinished", "full", {})  # a run folder with nothing that says its run ended
+    (unfinished.path / "clm_run.json").write_text(json.dumps({"method": "full", "config": {}}))
     for file in store.root.glob("registry.sqlite*"):
         file.unlink()
     with pytest.raises(RunStoreError, match=r"had lost its table .* the 1 finished run folder\(s\) in .* listed again"):
