@@ -132,8 +132,9 @@ def audited_rows(data: AnnotatedData, cfg: LabelAuditConfig) -> tuple[pd.DataFra
                      f"audited: {', '.join(rare[:5])}{', ...' if len(rare) > 5 else ''}")
     rows = rows[~rows["label"].isin(rare)]
     if rows["label"].nunique() < 2:
+        splits = " and ".join([", ".join(cfg.splits[:-1]), cfg.splits[-1]] if len(cfg.splits) > 1 else cfg.splits)
         raise TooFewRowsError(f"The label audit needs two labels with at least {cfg.folds} different texts each (one "
-                              f"per fold); the {', '.join(cfg.splits)} rows have {rows['label'].nunique()}.")
+                              f"per fold); the {splits} rows have {rows['label'].nunique()} such label(s).")
     return rows.reset_index(drop=True), notes
 
 

@@ -97,7 +97,8 @@ def test_rare_labels_are_named_and_too_few_refused(splits):
         text=lambda f: f["text"].where(f["label"] != "cash", "cash atm withdraw withdrawal machine withdrew")))
     result = find_label_issues(loaded, load_data(copies), LabelAuditConfig(splits=("train",)))
     assert result.notes == ["40 row(s) of 1 label(s) with fewer than 5 different texts were not audited: cash"]
-    with pytest.raises(ValueError, match="needs two labels with at least 11 different texts"):  # 10 validation rows each
+    with pytest.raises(ValueError, match=r"needs two labels with at least 11 different texts .* the validation rows "
+                       r"have 0 such label\(s\)\.$"):  # 10 validation rows each
         find_label_issues(loaded, data, LabelAuditConfig(splits=("validation",), folds=11))
     with pytest.raises(ConfigError, match="folds must be in 2..20"):
         LabelAuditConfig(folds=1)

@@ -359,7 +359,10 @@ def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, st
         return min(fill, 1.0), f"preparing: {p.phase}{counted}"
     if p.step == 0:  # a method without preparation phases, or training's first step under way
         return 0.0, "starting training"
-    return p.fraction, f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:g}"  # the epoch under way, 1, 2, ...
+    at = f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:g}"  # the epoch under way, 1, 2, ...
+    if ended is not None and ended.is_terminal and ended is not RunStatus.SUCCEEDED:  # a killed worker's bar read
+        return p.fraction, f"{ended.value} at {at}"  # as if the job still ran (the app review)
+    return p.fraction, at
 
 
 def cancel_control(job: Job, key: str) -> None:

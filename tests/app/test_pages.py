@@ -1527,7 +1527,9 @@ def test_a_job_that_ended_while_preparing_says_how_it_ended() -> None:
     assert progress_bar(named, RunStatus.CANCELLED) == (0.0, "cancelled while preparing (full)")
     assert progress_bar(Progress(), RunStatus.FAILED) == (0.0, "failed before its first step")
     p.step, p.total_steps, p.epoch = 5, 10, 2
-    assert progress_bar(p, RunStatus.CANCELLED) == (0.5, "step 5/10 · epoch 2")
+    assert progress_bar(p, RunStatus.CANCELLED) == (0.5, "cancelled at step 5/10 · epoch 2")
+    assert progress_bar(p, RunStatus.FAILED) == (0.5, "failed at step 5/10 · epoch 2")  # a worker killed, say
+    assert progress_bar(p, RunStatus.RUNNING) == (0.5, "step 5/10 · epoch 2")
     assert progress_bar(Progress()) == (0.0, "starting training")  # was 'step 0/? · epoch 0.00'
 
 
