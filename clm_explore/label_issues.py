@@ -39,6 +39,7 @@ from clm_explore.batches import collate, encode
 from clm_explore.config import LabelAuditConfig, config_from
 from clm_explore.data import AnnotatedData, DataError, csv_text, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
+from clm_explore.progress_bar import ProgressBar, combined
 
 Progress = Callable[[str, int, int], None]
 """A progress callback: (phase, done, total)."""
@@ -69,7 +70,8 @@ class LabelIssues:
 
 
 def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditConfig | dict | None = None,
-                      device: str | None = None, on_progress: Progress | None = None) -> LabelIssues:
+                      device: str | None = None, on_progress: Progress | None = None,
+                      progress: bool | None = None) -> LabelIssues:
     """Rows of ``data`` (the splits ``cfg.splits``) whose label is likely wrong, by confident learning over
     out-of-fold probabilities of a linear probe on ``loaded``'s frozen features (see the module's docstring).
 
@@ -80,6 +82,7 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
         device: where the forward pass runs ('auto': CUDA when present; the model is moved back afterwards);
             None: where the model is.
         on_progress: called as (phase, done, total): "reading the texts" (rows), then "probing the folds" (folds).
+        progress: a progress bar per phase (as ``finetune``'s); None shows one when no ``on_progress`` listens.
 
     Raises:
         TooFewRowsError: (a ``DataError``) fewer than two labels with a text per fold in the audited splits, or
@@ -89,6 +92,18 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
         raise TypeError(f"find_label_issues(loaded, data): a LoadedModel (load_model) and an AnnotatedData "
                         f"(load_data); got {type(loaded).__name__} and {type(data).__name__}")
     cfg = config_from(cfg, LabelAuditConfig, "find_label_issues")
+    bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
+    if bar is not None:
+        on_progress = combined(on_progress, bar.on_phase)
+    try:
+        return _find_label_issues(loaded, data, cfg, device, on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditConfig, device: str | None,
+                       on_progress: Progress | None) -> LabelIssues:
     started = time.perf_counter()
     rows, notes = audited_rows(data, cfg)
     features = text_features(loaded, rows["text"].tolist(), cfg, device, on_progress)

@@ -161,3 +161,15 @@ def test_accepted_suggestions_give_data_that_loads_and_zips_as_a_folder(splits, 
     for again in (load_data(tmp_path / "fixed.csv"), load_upload(splits_csv(fixed), "fixed.csv")):
         for split in ("train", "validation", "test"):
             pd.testing.assert_frame_equal(again.split(split), fixed.split(split).reset_index(drop=True))
+
+
+def test_the_audit_shows_a_bar_in_a_notebook_unless_someone_listens(splits, capsys):
+    """The API review: scoring and the audit ran silently for a minute while finetune showed bars."""
+    data = load_data(splits)
+    loaded = load_model("tiny-random", data.labels)
+    cfg = LabelAuditConfig(splits=("train",))
+    find_label_issues(loaded, data, cfg)
+    assert "probing the folds" in capsys.readouterr().err
+    heard: list[str] = []
+    find_label_issues(loaded, data, cfg, on_progress=lambda phase, done, total: heard.append(phase))
+    assert "probing the folds" not in capsys.readouterr().err and "probing the folds" in heard
