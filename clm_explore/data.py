@@ -207,7 +207,8 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
             file), or a dict of them by split name (``{"train": ..., "test": ...}``).
         cfg: column names, size cap and split fractions; defaults to ``DataConfig()``.
         options: ``DataConfig`` fields by name, over ``cfg``'s: ``load_data(path, text_col="utterance",
-            label_col="intent")`` (the messages name the command line's flags: ``--label-col`` is ``label_col``).
+            label_col="intent")`` (the messages name the command line's flag and the keyword: ``--label-col
+            (label_col=)``).
 
     Returns:
         The three splits; missing ones are carved out of train (see ``AnnotatedData.notes``).
@@ -419,7 +420,7 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     notes.extend(table.notes)
     if not table.positions:
         raise DataError(f"{table.name} has a header ({_listed(table.columns)}) but no rows to predict.")
-    column = _find_column(table.name, table.columns, text_col, TEXT_NAMES, "text", "--text-col")
+    column = _find_column(table.name, table.columns, text_col, TEXT_NAMES, "text", "--text-col (text_col=)")
     _require_flat(table, column, "text")
     texts = pd.Series(_as_str(table, table.frame[column], "text"))
     _require_filled(table, texts, "empty text", "text")
@@ -1035,8 +1036,8 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
     notes.extend(table.notes)
     if not table.positions:
         raise DataError(f"{table.name} has a header ({_listed(columns)}) but no data rows. Add rows below it.")
-    text_col = _find_column(table.name, columns, cfg.text_col, TEXT_NAMES, "text", "--text-col")
-    label_col = _find_column(table.name, columns, cfg.label_col, LABEL_NAMES, "label", "--label-col")
+    text_col = _find_column(table.name, columns, cfg.text_col, TEXT_NAMES, "text", "--text-col (text_col=)")
+    label_col = _find_column(table.name, columns, cfg.label_col, LABEL_NAMES, "label", "--label-col (label_col=)")
     if text_col == label_col:
         raise DataError(f"{table.name}: the text and the label column are both {text_col!r}. "
                         "Pass different columns with --text-col and --label-col.")
@@ -1108,7 +1109,7 @@ def _split_column(table: _Table, given: str | None, taken: tuple[str, str], note
             return None
         column = found[0]
     else:
-        column = _find_column(table.name, table.columns, given, SPLIT_NAMES, "split", "--split-col")
+        column = _find_column(table.name, table.columns, given, SPLIT_NAMES, "split", "--split-col (split_col=)")
         if column in taken:
             raise DataError(f"{table.name}: the split column {column!r} is also the text or the label column. Pass "
                             "another column with --split-col.")
@@ -1153,6 +1154,9 @@ def _by_split_column(frames: dict[str, pd.DataFrame], name: str, notes: list[str
 
 def _find_column(name: str, columns: list[str], given: str | None, known: tuple[str, ...], role: str,
                  option: str) -> str:
+    """The ``role`` column of ``columns``: ``given`` (exactly, else in any case) or the one named as ``known`` has it.
+    ``option`` names the choice as the command line and Python spell it ("--text-col (text_col=)": a notebook's
+    message named only the flag; the API review); the app puts its own box in their place."""
     listed = _listed(columns)
     if given is not None:
         matches = [c for c in columns if c == given] or [c for c in columns if c.lower() == given.lower()]

@@ -98,6 +98,9 @@ def metric_row() -> Any:
 
 # -- data -----------------------------------------------------------------------------------------
 _APP_CONTROLS = (  # the library's data errors name command-line options; the app has its own controls for them
+    (" (text_col=)", ""),  # the Python keyword beside the flag
+    (" (label_col=)", ""),
+    (" (split_col=)", ""),
     ("Pass one of them with", "Pick one of them with"),
     ("pass the column with", "pick the column with"),
     ("Pass different columns with", "Pick different columns with"),

@@ -324,6 +324,13 @@ def test_data_errors_name_the_apps_controls_not_command_line_options() -> None:
                              "raise DataConfig.max_labels.", upload=False)
     assert "--" not in labels and "DataConfig" not in labels
     assert "(the Label column box on the Data page)" in labels and "uploaded files only" in labels
+    import pandas as pd
+
+    with pytest.raises(DataError) as asked:  # the library names the flag and the Python keyword (the API review)
+        load_data(pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]}), text_col="txt")
+    assert str(asked.value).endswith("Pass one of them with --text-col (text_col=).")
+    assert data_error_text(str(asked.value), upload=True).endswith("Pick one of them in the Text column box on the "
+                                                                   "Data page.")
 
 
 def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
