@@ -16,8 +16,8 @@ def register(subparsers: Any) -> None:
     """Add the ``evaluate`` sub-command."""
     p = subparsers.add_parser(
         "evaluate", help="score a finished run on labelled data: accuracy, macro-F1, F1 per label",
-        description="Score a finished run on labelled rows: a data file (every row is scored, none carved off) or a "
-        "folder of splits (its test file). Prints accuracy, macro-F1 and the labels with the lowest F1; rows whose "
+        description="Score a finished run on labelled rows: a data file (every row is scored, none carved off; where "
+        "a split column names test rows, those) or a folder of splits (its test file). Prints accuracy, macro-F1 and the labels with the lowest F1; rows whose "
         "label the run was not trained on are counted wrong and named.")
     p.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
     p.add_argument("--data", required=True, metavar="DATA",
