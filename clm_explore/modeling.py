@@ -641,6 +641,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:  # torch's message lists every device type it knows
         raise ModelSourceError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from exc
+    if device.type not in ("cpu", "cuda"):  # mps, meta, xpu...: a traceback deep in the run (the CLI review)
+        raise ModelSourceError(f"Device {name!r} is not one clm-explore runs on; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelSourceError(f"Device {name!r} was asked for but no CUDA device is present; use --device cpu.")
     return device

@@ -372,7 +372,7 @@ def test_a_budget_above_every_eligible_row_is_noted(capsys, data_dir, tmp_path):
     # The tiny model's upper half (the default min_layer) holds under 90% of its backbone.
     assert main(["sensitivity", str(data_dir), *TINY, "--calibration-rows", "32", "--device", "cpu",
                  "--budget", "0.9"]) == 0
-    assert "note: the budget asks for" in capsys.readouterr().out
+    assert "note: the budget asks for" in capsys.readouterr().err  # notes on stderr (the CLI review)
     rows = run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--calibration-rows", "32", "--device", "cpu",
                              "--budget", "0.9", "--min-layer", "0", "--json"])
     assert any(r["selected_rows"] for r in rows if r["layer"] < 1)  # the lower layers compete too
@@ -685,3 +685,13 @@ def test_finetune_with_merged_tokens_says_what_the_merge_bought(data_dir, tmp_pa
     assert code == 0
     merged = json.loads((tmp_path / "run" / "merge.json").read_text())
     assert f"merge: merged {len(merged['merged'])} words into unused slots; mean input length" in out
+
+
+def test_a_device_it_cannot_run_on_and_an_impossible_out_are_plain_errors(data_dir, tmp_path, capsys):
+    """The CLI review: --device mps (or meta) and --out under a file ended in tracebacks with exit 1."""
+    base = ["finetune", "--data", str(data_dir), *TINY, "--method", "head", *FAST[:-2]]
+    assert main([*base, "--device", "mps", "--out", str(tmp_path / "a")]) == 2
+    assert "is not one clm-explore runs on; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert main([*base, "--device", "cpu", "--out", str(data_dir / "train.csv" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ")

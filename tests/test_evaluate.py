@@ -67,3 +67,28 @@ def test_evaluate_scores_the_test_rows_a_split_column_names(data_dir, tmp_path, 
     splits.assign(split="train").to_csv(tmp_path / "train_only.csv", index=False)
     assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "train_only.csv")]) == 2
     assert "split column names no test row" in capsys.readouterr().err
+
+
+def test_predictions_never_replace_the_data_the_run_or_a_file_evaluate_did_not_write(data_dir, tmp_path, capsys):
+    """The CLI review: --predictions replaced the test data, and the run's metrics.json, without a word."""
+    run, _ = _head_run(data_dir, tmp_path, capsys)
+    argv = ["evaluate", "--run", str(run), "--data", str(data_dir)]
+    (tmp_path / "notes.csv").write_text("my,own\n1,2\n")
+    for target, said in ((data_dir / "test.csv", "is inside the data"), (run / "metrics.json", "inside the run's"),
+                         (tmp_path / "notes.csv", "exists and is not a file evaluate wrote")):
+        before = target.read_bytes()
+        assert main([*argv, "--predictions", str(target)]) == 2
+        assert said in capsys.readouterr().err and target.read_bytes() == before
+    assert main([*argv, "--predictions", str(tmp_path / "p.csv")]) == 0
+    assert main([*argv, "--predictions", str(tmp_path / "p.csv")]) == 0  # an earlier predictions file is replaced
+
+
+def test_evaluate_takes_a_split_column_by_name(data_dir, tmp_path, capsys):
+    """The CLI review: a run trained with --split-col fold had every row of the file scored, training rows too."""
+    run, metrics = _head_run(data_dir, tmp_path, capsys)
+    folds = pd.concat([pd.read_csv(data_dir / f"{name}.csv").assign(fold=name) for name in ("train", "test")])
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "folds.csv"), "--split-col", "fold",
+                 "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["rows"] == len(pd.read_csv(data_dir / "test.csv")) and said["accuracy"] == metrics["accuracy"]

@@ -325,12 +325,13 @@ def _main(argv: Sequence[str] | None) -> int:
         if exc.errno not in _PLACE_ERRNOS:
             raise
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        advice = "free some space there" if full else "check that this user may read or write it, or choose another place"
+        advice = ("free some space there" if full else "choose a place in a folder that exists" if exc.errno in (
+            errno.ENOTDIR, errno.ENOENT) else "check that this user may read or write it, or choose another place")
         print(f"error: {exc.strerror}: {exc.filename}. {advice[0].upper()}{advice[1:]}.", file=sys.stderr)
         return 2
 
 
-_PLACE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_PLACE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.ENOENT}
 """Failures of the place given, not of the tool (a read-only or full disk, a file or folder of another user's): a
 message, not a traceback."""
 

@@ -193,7 +193,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(line)
     for note in (collapsed_note(result.results), devices_note(result.results)):
         if note:
-            print(f"note: {note}")
+            print(f"note: {note}", file=sys.stderr)
     if len(failed):
         print(f"{len(failed)} cell(s) did not finish; rerun the same command to retry them (logs in {args.out}/logs).",
               file=sys.stderr)

@@ -24,6 +24,9 @@ def register(subparsers: Any) -> None:
                    help="a CSV/TSV/JSONL/JSON/Parquet file of text and label, or a folder with a test file")
     p.add_argument("--text-col", default=None, help="text column (detected when omitted)")
     p.add_argument("--label-col", default=None, help="label column (detected when omitted)")
+    p.add_argument("--split-col", default=None,
+                   help="column of the file that puts each row in train, validation or test: its test rows are scored "
+                   "(default: a column named 'split', when every value names a split)")
     p.add_argument("--max-file-mb", type=float, default=200.0, help="refuse files above this size")
     p.add_argument("--max-length", type=int, default=None,
                    help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
@@ -46,10 +49,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if target is not None and (target.is_dir() or not target.parent.is_dir()):
         raise UserError(f"--predictions {args.predictions}: not a file in an existing folder; name a CSV file.")
     run_dir = checked_run(args.run, "--run")  # an unfinished run is said so, as predict says it
+    if target is not None:
+        _check_predictions_target(target, run_dir, Path(args.data).expanduser())
     length = checked_max_length(args.max_length, run_dir)
     notes: list[str] = []
     result = evaluate(run_dir, args.data, length, text_col=args.text_col, label_col=args.label_col,
-                      max_file_mb=args.max_file_mb, notes=notes)
+                      split_col=args.split_col, max_file_mb=args.max_file_mb, notes=notes)
     for note in notes:  # as the training commands print the loader's notes
         print(f"note: {note}", file=sys.stderr)
     if target is not None:
@@ -76,3 +81,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if target is not None:
         print(f"\npredictions: {target}")
     return 0
+
+
+PREDICTIONS_HEADER = "row,text,label,pred,prob,correct"
+"""The first line of the file ``--predictions`` writes: the only kind of existing file it replaces."""
+
+
+def _check_predictions_target(target: Path, run_dir: Path, data: Path) -> None:
+    """Refuse a --predictions file inside the run folder or the data, or an existing file that is not an earlier
+    predictions file (the CLI review: it replaced the test data and the run's metrics.json without a word)."""
+    resolved = target.resolve()
+    for place, what in ((run_dir.resolve(), "the run's folder"), (data.resolve(), "the data")):
+        if resolved == place or place in resolved.parents:
+            raise UserError(f"--predictions {target} is inside {what}; name a file elsewhere.")
+    if resolved.is_file():
+        with open(resolved, encoding="utf-8", errors="replace") as file:
+            first = file.readline().strip()
+        if first != PREDICTIONS_HEADER:
+            raise UserError(f"--predictions {target} exists and is not a file evaluate wrote (its first line is not "
+                            f"{PREDICTIONS_HEADER!r}); name a new file, or delete it first.")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import UserError, checked_max_length, checked_texts, print_json
@@ -79,7 +80,7 @@ def run_layers(args: argparse.Namespace) -> int:
     print(shown.to_string(index=False, formatters={"cka": "{:.4f}".format}))
     print(f"{args.run} vs {args.vs or result.other}: {result.summary()}")
     for note in result.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

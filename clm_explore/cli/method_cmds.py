@@ -233,7 +233,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print(f"budget {args.budget:g}: {sel.selected_params:,} parameters selected ({sel.share:.3%}){trained}; lowest "
               f"layer {lowest}, estimated step time vs full {sel.time_ratio_estimate:.2f}")
         if sel.budget_note:
-            print(f"note: {sel.budget_note}")
+            print(f"note: {sel.budget_note}", file=sys.stderr)
     return 0
 
 
@@ -557,7 +557,7 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
             print(f"merge: {MergeReport.from_dict(merge).summary()}")
         for key, note in metrics.items():  # budget_note, score_note, dropout_note, biases_note, mask_note
             if key.endswith("_note") and note:
-                print(f"note: {note}")
+                print(f"note: {note}", file=sys.stderr)  # results on stdout, notes on stderr (the CLI review)
     return 0
 
 
