@@ -411,9 +411,14 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
         text = _decode(str(file), file.read_bytes(), notes)
-        lines = [line for line in _lines(text) if line.strip()]  # a form feed (PDF text) or U+2028 breaks no line
+        every = list(_lines(text))  # a form feed (PDF text) or U+2028 breaks no line
+        lines = [line for line in every if line.strip()]
         if not lines:
             raise DataError(f"{path} holds no text to predict (it is empty or blank).")
+        blank = [i + 1 for i, line in enumerate(every) if not line.strip()]
+        if blank and blank != [len(every)]:  # said: a script pairing outputs with input lines would be off by them
+            notes.append(f"{file.name}: {len(blank)} blank line(s) skipped (line(s) {_listed_lines(blank)}): one "
+                         "result per text line, in order")
         return lines
     wanted = _Wanted(text_col=text_col, label=False)
     table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, notes, wanted)

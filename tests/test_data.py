@@ -1023,3 +1023,17 @@ def test_a_cell_past_the_field_limit_is_named_as_such(tmp_path: Path, monkeypatc
     (tmp_path / "long.csv").write_text("text,label\n" + "\n".join(rows) + "\n" + "x" * 80 + ",a\n")
     with pytest.raises(DataError, match=r"line 8: a field runs past 50 characters, the most a cell may hold"):
         load_data(tmp_path / "long.csv")
+
+
+def test_blank_lines_of_a_text_file_to_predict_are_said(tmp_path: Path) -> None:
+    """The CLI review: predict --file x.txt dropped blank lines without a word, so a script pairing its output lines
+    with the input's was off from the first blank on."""
+    from clm_explore.data import read_texts
+
+    (tmp_path / "t.txt").write_text("first\n\nthird\n  \nfifth\n")
+    notes: list[str] = []
+    assert read_texts(tmp_path / "t.txt", notes=notes) == ["first", "third", "fifth"]
+    assert notes == ["t.txt: 2 blank line(s) skipped (line(s) 2, 4): one result per text line, in order"]
+    (tmp_path / "plain.txt").write_text("a\nb\n")
+    notes.clear()
+    assert read_texts(tmp_path / "plain.txt", notes=notes) == ["a", "b"] and notes == []
