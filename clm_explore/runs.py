@@ -181,16 +181,41 @@ _log = logging.getLogger(__name__)
 def _note_a_long_wait(db_path: Path) -> Iterator[None]:
     """Log a warning (printed on stderr where logging is not set up) when a registry call takes longer than
     ``WAIT_NOTE_AFTER``: sqlite waits for another process's write lock in silence, and the CLI sat for up to 30 s
-    without a word (the concurrency review)."""
-    timer = threading.Timer(WAIT_NOTE_AFTER, _log.warning, args=(
-        f"waiting for the run registry {db_path}: another process may be writing to it (giving up after "
-        f"{REGISTRY_TIMEOUT:.0f} s)",))
-    timer.daemon = True
-    timer.start()
+    without a word (the concurrency review). One watcher thread looks at the calls in flight: a timer thread per
+    call cost 0.44 ms a call, more than ``list(limit=10)``'s own 0.28 ms, on the app's once-a-second redraws."""
+    call = [time.monotonic(), db_path, False]  # started, registry, said
+    with _WATCH_LOCK:
+        _IN_FLIGHT[id(call)] = call
+        _start_watcher()
     try:
         yield
     finally:
-        timer.cancel()
+        with _WATCH_LOCK:
+            _IN_FLIGHT.pop(id(call), None)
+
+
+_IN_FLIGHT: dict[int, list] = {}
+_WATCH_LOCK = threading.Lock()
+_WATCHER: list[threading.Thread] = []
+
+
+def _start_watcher() -> None:
+    if not _WATCHER or not _WATCHER[0].is_alive():  # once per process (a forked worker starts its own)
+        _WATCHER[:] = [threading.Thread(target=_watch_calls, name="registry-wait-note", daemon=True)]
+        _WATCHER[0].start()
+
+
+def _watch_calls() -> None:
+    while True:
+        time.sleep(min(0.5, WAIT_NOTE_AFTER / 2))
+        now = time.monotonic()
+        with _WATCH_LOCK:
+            due = [call for call in _IN_FLIGHT.values() if not call[2] and now - call[0] >= WAIT_NOTE_AFTER]
+            for call in due:
+                call[2] = True
+        for _, db_path, _ in due:
+            _log.warning(f"waiting for the run registry {db_path}: another process may be writing to it (giving up "
+                         f"after {REGISTRY_TIMEOUT:.0f} s)")
 
 
 _RUN_ID = re.compile(r"\d{8}-\d{6}-[a-z0-9-]+")
