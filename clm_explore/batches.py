@@ -185,7 +185,8 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
         run: what ``predict`` takes (a run folder or id, a ``FinetuneResult``, a registry record, ``load_run``'s
             ``LoadedModel``).
         data: a data file (any format ``load_data`` reads), a folder of splits (its test file), a DataFrame, or
-            ``AnnotatedData`` (its test split); every row is scored, none carved off.
+            ``AnnotatedData`` (its test split); every row is scored, none carved off (a split column's test rows,
+            where one names them: ``data.read_labelled``).
         max_length: sub-tokens read per text (None: the run's trained length, as ``predict``).
         notes: receives the reader's remarks on ``data`` (an encoding guessed, labels' spaces trimmed).
         options: ``DataConfig`` fields for reading ``data`` (``text_col="utterance"``, ``label_col="intent"``).

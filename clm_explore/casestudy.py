@@ -40,7 +40,7 @@ from clm_explore.config import MAX_ATTRIBUTION_STEPS, config_from
 from clm_explore.data import DataError
 from clm_explore.mining import pieces_surface
 from clm_explore.modeling import ModelSourceError, finished_run
-from clm_explore.progress_bar import ProgressBar, combined
+from clm_explore.progress_bar import phase_bar
 from clm_explore.runs import trained_max_length, write_json_atomic
 
 CACHE_DIR = "attributions"
@@ -622,12 +622,8 @@ def case_study(
     cfg = config_from(cfg, AttributionConfig, "case_study")
     data = rows_of(data, split)
     run_a, run_b = finished_run(run_a), finished_run(run_b) if run_b not in (None, "") else None  # "": no run B
-    bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
-    try:
-        return _study(run_a, run_b, data, split, cfg, k, min_count, max_rows, combined(on_progress, bar and bar.on_phase))
-    finally:
-        if bar is not None:
-            bar.close()
+    with phase_bar(progress, on_progress) as report:
+        return _study(run_a, run_b, data, split, cfg, k, min_count, max_rows, report)
 
 
 def _study(run_a: Path, run_b: Path | None, data: pd.DataFrame | None, split: str, cfg: AttributionConfig, k: int,

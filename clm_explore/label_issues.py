@@ -39,7 +39,7 @@ from clm_explore.batches import collate, encode
 from clm_explore.config import LabelAuditConfig, config_from
 from clm_explore.data import AnnotatedData, DataError, csv_text, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
-from clm_explore.progress_bar import ProgressBar, combined
+from clm_explore.progress_bar import phase_bar
 
 Progress = Callable[[str, int, int], None]
 """A progress callback: (phase, done, total)."""
@@ -92,14 +92,8 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
         raise TypeError(f"find_label_issues(loaded, data): a LoadedModel (load_model) and an AnnotatedData "
                         f"(load_data); got {type(loaded).__name__} and {type(data).__name__}")
     cfg = config_from(cfg, LabelAuditConfig, "find_label_issues")
-    bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
-    if bar is not None:
-        on_progress = combined(on_progress, bar.on_phase)
-    try:
-        return _find_label_issues(loaded, data, cfg, device, on_progress)
-    finally:
-        if bar is not None:
-            bar.close()
+    with phase_bar(progress, on_progress) as report:
+        return _find_label_issues(loaded, data, cfg, device, report)
 
 
 def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditConfig, device: str | None,

@@ -6,7 +6,8 @@ and a run is minutes of silence (Trainer and setfit show a bar by default). tqdm
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -61,3 +62,20 @@ def combined(*listeners: Callable[..., None] | None) -> Callable[..., None]:
         for listener in present:
             listener(*args)
     return call
+
+
+@contextmanager
+def phase_bar(progress: bool | None, listener: Callable[..., None] | None,
+              phase: str | None = None) -> Iterator[Callable[..., None]]:
+    """The progress callback of a long call: ``listener`` (the caller's, or None) and, when ``progress`` asks for one
+    (None: when nobody listens, as in a notebook), a bar over the phases it reports, closed after the block.
+    ``phase``: the listener hears (done, total) of that one phase; else (phase, done, total)."""
+    bar = ProgressBar() if progress or (progress is None and listener is None) else None
+    shown = None
+    if bar is not None:
+        shown = bar.on_phase if phase is None else (lambda done, total: bar.on_phase(phase, done, total))
+    try:
+        yield combined(listener, shown)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -336,26 +336,28 @@ def classify_linear(name: str) -> tuple[int, str] | None:
     return None
 
 
+def _backbone_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+    """(module name, linear map) of every linear map outside the classification head."""
+    heads = {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
+    return ((name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and name not in heads)
+
+
 def scored_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
     """Module name -> (linear, layer, module kind) for every scored linear map of the backbone."""
     n_layers = model.config.num_hidden_layers
     found = {}
-    heads = {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and name not in heads:
-            where = classify_linear(name)
-            if where is not None:
-                layer, kind = where
-                found[name] = (mod, n_layers if layer == -2 else layer, kind)
+    for name, mod in _backbone_linears(model):
+        where = classify_linear(name)
+        if where is not None:
+            layer, kind = where
+            found[name] = (mod, n_layers if layer == -2 else layer, kind)
     return found
 
 
 def unscored_linears(model: nn.Module) -> list[str]:
     """Module names of the backbone's linear maps that ``scored_linears`` does not know (DeBERTa-v2's
     ``pos_key_proj`` when its attention keys are not shared, say): no row of theirs can be selected."""
-    heads = {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
-    return [name for name, mod in model.named_modules()
-            if isinstance(mod, nn.Linear) and name not in heads and classify_linear(name) is None]
+    return [name for name, _ in _backbone_linears(model) if classify_linear(name) is None]
 
 
 def scorable_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
@@ -722,23 +724,16 @@ def compute_sensitivity(
         progress: a progress bar over the scoring batches (a notebook's widget, a terminal's text bar); None shows
             one when no ``on_progress`` listens (a notebook waited minutes in silence; the API review).
     """
-    from clm_explore.progress_bar import ProgressBar, combined
+    from clm_explore.progress_bar import phase_bar
 
     _check_arguments(loaded, data, task_tokens, cfg)
-    bar = ProgressBar() if progress or (progress is None and on_progress is None) else None
-    if bar is not None:
-        on_progress = combined(on_progress, lambda done, total: bar.on_phase("scoring rows", done, total))
     # A model loaded with the caller's random state put back carries the state it was loaded at: the warm-up's
     # dropout draws from it, as it did when loading left it behind, and the caller's state is left as it was.
     kept = torch.random.fork_rng(devices=[]) if loaded.rng_state is not None else nullcontext()
-    try:
-        with kept:
-            if loaded.rng_state is not None:
-                torch.set_rng_state(loaded.rng_state)
-            return _compute_sensitivity(loaded, data, task_tokens, cfg, device, on_progress, prefix)
-    finally:
-        if bar is not None:
-            bar.close()
+    with phase_bar(progress, on_progress, "scoring rows") as report, kept:
+        if loaded.rng_state is not None:
+            torch.set_rng_state(loaded.rng_state)
+        return _compute_sensitivity(loaded, data, task_tokens, cfg, device, report, prefix)
 
 
 def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: TaskTokens | None,
