@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -410,16 +410,7 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
         raise DataError(f"{path} does not exist or is not a file.")
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
-        text = _decode(str(file), file.read_bytes(), notes)
-        every = list(_lines(text))  # a form feed (PDF text) or U+2028 breaks no line
-        lines = [line for line in every if line.strip()]
-        if not lines:
-            raise DataError(f"{path} holds no text to predict (it is empty or blank).")
-        blank = [i + 1 for i, line in enumerate(every) if not line.strip()]
-        if blank and blank != [len(every)]:  # said: a script pairing outputs with input lines would be off by them
-            notes.append(f"{file.name}: {len(blank)} blank line(s) skipped (line(s) {_listed_lines(blank)}): one "
-                         "result per text line, in order")
-        return lines
+        return text_lines(file.name, file.read_bytes(), notes)
     wanted = _Wanted(text_col=text_col, label=False)
     table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, notes, wanted)
     notes.extend(table.notes)
@@ -430,6 +421,30 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     texts = pd.Series(_as_str(table, table.frame[column], "text"))
     _require_filled(table, texts, "empty text", "text")
     return texts.tolist()
+
+
+def read_text_stream(stream: BinaryIO, name: str = "standard input", cfg: DataConfig | None = None,
+                     notes: list[str] | None = None) -> list[str]:
+    """One text per line of ``stream`` (a pipe: ``predict --file -``), read as a .txt file is: decoded as files are,
+    blank lines skipped and said, at most ``cfg.max_file_mb``."""
+    cfg = cfg or DataConfig()
+    cap = int(cfg.max_file_mb * 1024 * 1024)
+    raw = stream.read(cap + 1)  # one byte past the cap tells an oversized stream without reading it all
+    _check_size(name, len(raw), cfg, at_least=len(raw) > cap)
+    return text_lines(name, raw, [] if notes is None else notes)
+
+
+def text_lines(name: str, raw: bytes, notes: list[str]) -> list[str]:
+    """The non-blank lines of ``raw`` (a .txt file or a pipe), one text each; skipped blank lines are noted."""
+    every = list(_lines(_decode(name, raw, notes)))  # a form feed (PDF text) or U+2028 breaks no line
+    lines = [line for line in every if line.strip()]
+    if not lines:
+        raise DataError(f"{name} holds no text to predict (it is empty or blank).")
+    blank = [i + 1 for i, line in enumerate(every) if not line.strip()]
+    if blank and blank != [len(every)]:  # said: a script pairing outputs with input lines would be off by them
+        notes.append(f"{name}: {len(blank)} blank line(s) skipped (line(s) {_listed_lines(blank)}): one "
+                     "result per text line, in order")
+    return lines
 
 
 def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataConfig | None = None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -335,6 +337,10 @@ def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_di
     pd.DataFrame({"Question": test["text"]}).to_csv(questions, index=False)  # load_data's column names, any case
     from_file = run_json(capsys, ["predict", "--run", str(out), "--file", str(questions), "--json"])
     assert [r["label"] for r in from_file] == test["pred"].tolist()
+    piped = "\n".join(test["text"][:3]).encode()  # predict --file -: a pipe, one text per line
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
+    from_pipe = run_json(capsys, ["predict", "--run", str(out), "--file", "-", "--json"])
+    assert [r["label"] for r in from_pipe] == test["pred"].tolist()[:3]
     assert "--top 0" in run_error(capsys, ["predict", "--run", str(out), "--text", "hi", "--top", "0"])
     monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "no-registry"))
     assert "--run typo: no such run folder or run id" in run_error(capsys, ["predict", "--run", "typo", "--text", "hi"])
@@ -423,10 +429,12 @@ def test_predict_refuses_texts_and_lengths_it_cannot_read(capsys, tmp_path, extr
     assert phrase in run_error(capsys, ["predict", "--run", str(run), *extra])
 
 
-def test_predict_refuses_an_empty_text_file(capsys, tmp_path):
+def test_predict_refuses_an_empty_text_file(capsys, tmp_path, monkeypatch):
     run = _fake_run(tmp_path / "run", ["a", "b"], ["x"])
     (tmp_path / "blank.txt").write_text("\n  \n")
     assert "no text to predict" in run_error(capsys, ["predict", "--run", str(run), "--file", str(tmp_path / "blank.txt")])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\n")))
+    assert "standard input holds no text to predict" in run_error(capsys, ["predict", "--run", str(run), "--file", "-"])
 
 
 def test_report_refuses_runs_of_other_data_and_bad_counts(capsys, tmp_path):

@@ -1037,3 +1037,19 @@ def test_blank_lines_of_a_text_file_to_predict_are_said(tmp_path: Path) -> None:
     (tmp_path / "plain.txt").write_text("a\nb\n")
     notes.clear()
     assert read_texts(tmp_path / "plain.txt", notes=notes) == ["a", "b"] and notes == []
+
+
+def test_texts_piped_in_are_read_as_a_text_file_and_size_capped() -> None:
+    """predict --file - (the CLI review: a pipe was refused): lines as a .txt file's, the upload cap applies."""
+    import io
+
+    from clm_explore.config import DataConfig
+    from clm_explore.data import read_text_stream
+
+    notes: list[str] = []
+    assert read_text_stream(io.BytesIO("caf\u00e9\n\nsecond\n".encode()), notes=notes) == ["caf\u00e9", "second"]
+    assert notes == ["standard input: 1 blank line(s) skipped (line(s) 2): one result per text line, in order"]
+    big = io.BytesIO(b"x\n" * 600_000)  # 1.2 MB, past a 1 MB cap: refused without reading it all
+    with pytest.raises(DataError, match=r"standard input is at least 1.0 MB, above the 1 MB limit"):
+        read_text_stream(big, cfg=DataConfig(max_file_mb=1))
+    assert big.tell() == 1024 * 1024 + 1

@@ -32,8 +32,8 @@ def register(subparsers: Any) -> None:
     other.add_argument("--base", default=None, metavar="SRC",
                        help="the base model (default: the one the run was trained from, in its clm_run.json)")
     layers.add_argument("--file", default=None, metavar="F",
-                        help="texts to compare on: a data file's text column or a .txt file (default: the run's "
-                        "test rows)")
+                        help="texts to compare on: a data file's text column, a .txt file or '-' (standard input), one "
+                        "text per line (default: the run's test rows)")
     layers.add_argument("--text-col", default=None, help="text column of --file (detected when omitted)")
     layers.add_argument("--max-rows", type=int, default=512,
                         help=f"texts compared at most (a seeded sample; at least {MIN_CKA_ROWS})")

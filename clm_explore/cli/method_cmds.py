@@ -645,7 +645,8 @@ def _register_predict(sub: Any) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
-    src.add_argument("--file", help="a data file; its text column is classified")
+    src.add_argument("--file", help="a data file; its text column is classified (a .txt file or '-', standard "
+                     "input: one text per line)")
     p.add_argument("--text-col", default=None, help="text column of --file (detected when omitted)")
     p.add_argument("--top", type=int, default=3, help="labels listed per text in --json (plain output: the first)")
     p.add_argument("--max-length", type=int, default=None,
@@ -740,10 +741,15 @@ def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
 
 def texts_from_file(path: str, text_col: str | None) -> list[str]:
     """Texts of any data file ``load_data`` reads (labels not needed), or of a .txt file, one per line."""
-    from clm_explore.data import read_texts
+    from clm_explore.data import read_text_stream, read_texts
 
     notes: list[str] = []
-    texts = read_texts(path, text_col, notes=notes)
+    if path == "-":  # a pipe: one text per line, as a .txt file
+        if sys.stdin.isatty():
+            print("reading texts from standard input, one per line; end with Ctrl-D", file=sys.stderr)
+        texts = read_text_stream(sys.stdin.buffer, notes=notes)
+    else:
+        texts = read_texts(path, text_col, notes=notes)
     for note in notes:  # as the training commands print the loader's notes
         print(f"note: {note}", file=sys.stderr)
     return texts
