@@ -152,3 +152,18 @@ def test_report_and_bench_print_the_datas_load_notes(capsys, run_dir, data_dir, 
     cfg = BenchConfig(methods=("head",), seeds=1, epochs=1, model="tiny-random", max_length=32, device="cpu")
     run_grid(one, cfg, tmp_path / "grid", runner=in_process(cfg), progress=True)
     assert "note: No test split was given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["finetune", "--data", "d", "--epoch", "1"], "clm-explore finetune: error: unrecognized arguments: --epoch 1 "
+     "(did you mean --epochs?)"),
+    (["runs", "--jsn"], "clm-explore runs: error: unrecognized arguments: --jsn (did you mean --json?)"),
+    (["mine", "d", "extra"], "clm-explore mine: error: unrecognized arguments: extra\n"),
+])
+def test_options_are_not_abbreviated_and_a_mistyped_one_is_named_by_its_command(capsys, argv, said):
+    """The CLI review: --epoch was taken as --epochs, so a script would break the day an --epoch-... option came;
+    an unknown option was said under the top-level usage, which names no option of the command."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and said in err and err.startswith(f"usage: clm-explore {argv[0]} ")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import errno
 import importlib
 import json
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clm-explore",
         description="Token-driven sparse finetuning of small language models for text classification.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -186,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).register(sub)
     for command in sub.choices.values():
         command.formatter_class = DefaultsShown
+        command.allow_abbrev = False  # a script's --epoch would break the day an --epoch-... option is added
     return parser
 
 
@@ -302,7 +305,10 @@ def _main(argv: Sequence[str] | None) -> int:
               f"(finetune and bench take --data DATA).", file=sys.stderr)
         return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own usage, with the option meant where one is close (abbreviations are off)
+        command = _command_parser(parser, getattr(args, "command", None)) or parser
+        command.error(unrecognized(unknown, command))
     if not getattr(args, "func", None):  # no command: the help, on stderr, as a usage error (a script's typo)
         parser.print_help(sys.stderr)
         return 2
@@ -329,6 +335,22 @@ def _main(argv: Sequence[str] | None) -> int:
             errno.ENOTDIR, errno.ENOENT) else "check that this user may read or write it, or choose another place")
         print(f"error: {exc.strerror}: {exc.filename}. {advice[0].upper()}{advice[1:]}.", file=sys.stderr)
         return 2
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return commands.choices.get(command) if commands and command else None
+
+
+def unrecognized(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments" with the nearest option of each mistyped one (``--epoch`` -> ``--epochs``)."""
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    meant = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            meant += [m for m in difflib.get_close_matches(arg.split("=", 1)[0], options, n=1) if m not in meant]
+    hint = f" (did you mean {', '.join(meant)}?)" if meant else ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint}"
 
 
 _PLACE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.ENOENT}
