@@ -42,6 +42,7 @@ from clm_explore.modeling import (
     recorded_source,
     resolve_device,
     small_parameter_counts,
+    usable_positions,
 )
 from clm_explore.prefix_cache import PrefixCache
 from clm_explore.runs import share_tensor_files
@@ -743,6 +744,10 @@ def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: 
     if cfg.restriction == "tokens" and task_tokens is None:
         raise ValueError("restriction 'tokens' needs mined task tokens; mine first or use restriction 'none'")
     check_head_labels(loaded, data.labels)
+    positions = usable_positions(loaded.model.config)
+    if isinstance(positions, int) and cfg.max_length > positions:  # an index error deep in the warm-up's first batch
+        raise ConfigError(f"max_length {cfg.max_length} is above the {positions} positions a text may take in "
+                          f"{type(loaded.model).__name__}: read at most {positions} sub-tokens per text.")
     n_layers = loaded.model.config.num_hidden_layers
     if cfg.min_layer >= n_layers:
         raise ConfigError(f"min_layer {cfg.min_layer} is above the model's top layer ({n_layers - 1}); nothing would "

@@ -225,6 +225,12 @@ def test_finetune_trains_from_scores_saved_by_sensitivity(capsys, data_dir, tmp_
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores), "--max-length", "64",
                  "--out", str(tmp_path / "same"), "--json"]) == 0
     assert "were made reading" not in capsys.readouterr().err  # the same length: nothing to say
+    run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--max-length", "32", "--out", str(tmp_path / "s32"),
+                      "--json"])  # the review: sensitivity scored at 64 alone, so this note could not be answered
+    assert json.loads((tmp_path / "s32" / "sensitivity.json").read_text())["config"]["max_length"] == 32
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(tmp_path / "s32"), "--out",
+                 str(tmp_path / "at32"), "--json"]) == 0
+    assert "were made reading" not in capsys.readouterr().err
     recorded = RunStore().get(shown["run"]).config["sensitivity"]  # the registry names what the folder names
     assert recorded["score"] == "taylor" == json.loads((out / "clm_run.json").read_text())["config"]["sensitivity"]["score"]
     for argv, message in (([str(tmp_path / "nowhere")], "is not a readable scores folder"),
@@ -357,6 +363,10 @@ def test_sensitivity_budget_in_json_and_checked_before_scoring(capsys, data_dir)
     err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--budget", "0.05",
                              "--min-layer", "40"])
     assert "--min-layer 40 is above the model's layers (0-1, and 2 for its pooler)" in err and "scoring" not in err
+    assert "--max-length must be in 8..512, got 4" in run_error(capsys, ["sensitivity", str(data_dir), *TINY,
+                                                                         "--max-length", "4"])
+    err = run_error(capsys, ["sensitivity", str(data_dir), *TINY, "--device", "cpu", "--max-length", "200"])
+    assert "--max-length 200 is above the 128 positions a text may take in BertForSequenceClassification" in err
 
 
 def test_sensitivity_budget_says_what_a_sparse_run_trains_as_finetune_counts_it(capsys, data_dir, tmp_path):

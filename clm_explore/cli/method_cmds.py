@@ -152,6 +152,9 @@ def _register_sensitivity(sub: Any) -> None:
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score, help="the row score")
     p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows,
                    help="training rows the scores are computed on")
+    p.add_argument("--max-length", type=int, default=SensitivityConfig.max_length,
+                   help="sub-tokens read per text while scoring (a finetune --scores run reading another length is "
+                   "told so)")
     _fisher_labels_arg(p)
     _head_warmup_arg(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -195,6 +198,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.budget is None and _mask_options_given(args):
         print("note: the mask options (--min-layer, --random-share and the like) are read with --budget only",
               file=sys.stderr)
+    cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
+                            max_length=args.max_length, fisher_labels=args.fisher_labels, label_draws=args.label_draws,
+                            warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)  # checked before loading
     data = load_noted_data(args)
     loaded = load_model(args.model, data.labels)
     if args.budget is not None:  # before the scoring pass: a budget or floor the model cannot hold is said at once
@@ -205,9 +211,6 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         check_runnable(FinetuneConfig(method="sparse", mask=mask), loaded)
     task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer,
                                    mining_config(args))
-    cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
-                            fisher_labels=args.fisher_labels, label_draws=args.label_draws,
-                            warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)
     report = compute_sensitivity(loaded, data, task_tokens, cfg, device=args.device,
                                  on_progress=None if args.json else _progress_printer("scoring"), progress=False)
     if args.out:
