@@ -145,7 +145,9 @@ class Evaluation:
     """The run's folder (or the loaded model's source)."""
     metrics: dict[str, Any]
     """accuracy, macro_f1, per_label_f1, confusion (rows gold, columns predicted; the run's label order), labels,
-    test_rows, and confusion_unseen where rows hold labels the run was not trained on (counted wrong)."""
+    test_rows, and where rows hold labels the run was not trained on (counted wrong): confusion_unseen and
+    out_of_scope (``metrics.out_of_scope_metrics``: AUROC, in-scope accuracy, and the scores of abstaining below a
+    threshold, where there is one)."""
     predictions: pd.DataFrame
     """A row per text: row, text, label (gold), pred, prob (of pred), correct: predictions.csv's columns."""
     unseen_labels: list[str] = field(default_factory=list)
@@ -178,7 +180,7 @@ class Evaluation:
 
 
 def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, notes: list[str] | None = None,
-             **options: Any) -> Evaluation:
+             abstain_below: float | None = None, **options: Any) -> Evaluation:
     """Score a finished run on labelled rows it has not seen: a fresh batch of annotations, another data set.
 
     Args:
@@ -189,15 +191,21 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
             where one names them: ``data.read_labelled``).
         max_length: sub-tokens read per text (None: the run's trained length, as ``predict``).
         notes: receives the reader's remarks on ``data`` (an encoding guessed, labels' spaces trimmed).
+        abstain_below: where rows hold labels the run was not trained on (out-of-scope queries), predictions whose
+            top probability is below this count as "out of scope" in ``metrics["out_of_scope"]`` (None: the
+            threshold the run chose on its validation rows, when it chose one; else AUROC and in-scope accuracy
+            alone, which need none).
         options: ``DataConfig`` fields for reading ``data`` (``text_col="utterance"``, ``label_col="intent"``).
 
     Raises:
         DataError: the data cannot be read, or none of its labels is one of the run's.
     """
     from clm_explore.data import DataError, read_labelled
-    from clm_explore.metrics import classification_metrics
+    from clm_explore.metrics import classification_metrics, out_of_scope_metrics
     from clm_explore.runs import run_folder
 
+    if abstain_below is not None and not 0 < abstain_below < 1:
+        raise ValueError(f"abstain_below must be a probability in (0, 1); got {abstain_below!r}")
     if not isinstance(run, LoadedModel):
         run = run_folder(run)  # a run id or a FinetuneResult as its folder, which the evaluation names
     rows = read_labelled(data, notes=notes, **options)
@@ -210,13 +218,29 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     if (gold == -1).all():
         raise DataError(f"None of the data's labels ({_some(sorted(set(rows['label'])))}) is one of the run's "
                         f"({_some(labels)}): check the label column (label_col=...).")
-    pred = probs.to_numpy().argmax(1)
+    pred, top = probs.to_numpy().argmax(1), probs.to_numpy().max(1)
     predictions = pd.DataFrame({"row": range(len(rows)), "text": rows["text"].tolist(), "label": rows["label"].tolist(),
-                                "pred": np.array(labels)[pred], "prob": probs.to_numpy().max(1)})
+                                "pred": np.array(labels)[pred], "prob": top})
     predictions["correct"] = predictions["label"] == predictions["pred"]
     unseen = sorted(set(rows["label"]) - set(labels))
     where = run.source if isinstance(run, LoadedModel) else str(run)
-    return Evaluation(where, classification_metrics(gold, pred, labels), predictions, unseen)
+    metrics = classification_metrics(gold, pred, labels)
+    quantile, threshold = (None, abstain_below) if abstain_below is not None else _run_threshold(where)
+    scope = out_of_scope_metrics(gold, pred, top, np.zeros(0), quantile, len(labels), threshold=threshold)
+    if scope is not None:
+        metrics["out_of_scope"] = scope
+    return Evaluation(where, metrics, predictions, unseen)
+
+
+def _run_threshold(run: str) -> tuple[float | None, float | None]:
+    """(quantile, threshold) of the out-of-scope threshold a run chose on its validation rows (its metrics.json),
+    (None, None) where it chose none (its test split had no label unseen in train) or ``run`` is no run folder."""
+    from clm_explore.runs import read_json_object
+
+    scope = read_json_object(Path(run) / "metrics.json").get("out_of_scope")
+    if not isinstance(scope, dict) or not isinstance(scope.get("threshold"), int | float):
+        return None, None
+    return scope.get("quantile"), float(scope["threshold"])
 
 
 def _some(names: list[str], shown: int = 5) -> str:

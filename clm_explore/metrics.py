@@ -88,7 +88,7 @@ def _labels_present(gold: np.ndarray, pred: np.ndarray) -> list[int]:
 
 
 def out_of_scope_metrics(gold: np.ndarray, pred: np.ndarray, test_prob: np.ndarray, validation_prob: np.ndarray,
-                         quantile: float, n_labels: int) -> dict | None:
+                         quantile: float | None, n_labels: int, threshold: float | None = None) -> dict | None:
     """Scores of abstention when the test split holds rows whose label train never had (out-of-scope queries,
     such as HINT3's ``NO_NODES_DETECTED``); None when it holds none.
 
@@ -103,6 +103,7 @@ def out_of_scope_metrics(gold: np.ndarray, pred: np.ndarray, test_prob: np.ndarr
         validation_prob: (validation rows,) top probability per validation row; empty = no threshold.
         quantile: share of validation rows below the threshold, in (0, 1).
         n_labels: labels of train; "out of scope" is label id ``n_labels`` in the macro-F1.
+        threshold: a threshold chosen before (``evaluate``: the run's own); then ``validation_prob`` is not read.
 
     Returns:
         ``auroc`` (top probability ranking out-of-scope rows below in-scope ones; needs no threshold),
@@ -116,9 +117,10 @@ def out_of_scope_metrics(gold: np.ndarray, pred: np.ndarray, test_prob: np.ndarr
     out: dict = {"rows": int(unseen.sum()), "quantile": quantile, "threshold": None,
                  "auroc": float(roc_auc_score(unseen, -test_prob)) if not unseen.all() else None,
                  "in_scope_accuracy": float((pred == gold)[~unseen].mean()) if not unseen.all() else None}
-    if validation_prob.size == 0:
-        return out
-    threshold = float(np.quantile(validation_prob, quantile))
+    if threshold is None:
+        if validation_prob.size == 0 or quantile is None:
+            return out
+        threshold = float(np.quantile(validation_prob, quantile))
     abstain = test_prob < threshold
     gold_open, pred_open = np.where(unseen, n_labels, gold), np.where(abstain, n_labels, pred)
     present = _labels_present(gold_open, pred_open)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from clm_explore.cli import main
 
@@ -92,3 +93,27 @@ def test_evaluate_takes_a_split_column_by_name(data_dir, tmp_path, capsys):
                  "--json"]) == 0
     said = json.loads(capsys.readouterr().out)
     assert said["rows"] == len(pd.read_csv(data_dir / "test.csv")) and said["accuracy"] == metrics["accuracy"]
+
+
+def test_evaluate_scores_out_of_scope_rows_with_the_runs_threshold_as_the_run_scored_them(data_dir, tmp_path, capsys):
+    """The CLI review: evaluate --json left out the out-of-scope figures finetune writes for such rows (HINT3's
+    NO_NODES_DETECTED). On the run's own test split they are the run's figures."""
+    test = pd.read_csv(data_dir / "test.csv")
+    pd.concat([test, test.head(6).assign(label="NO_NODES_DETECTED")]).to_csv(data_dir / "test.csv", index=False)
+    run, metrics = _head_run(data_dir, tmp_path, capsys)
+    assert metrics["out_of_scope"]["threshold"] is not None
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["out_of_scope"] == pytest.approx(metrics["out_of_scope"])
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--json", "--abstain-below", "0.999"]) == 0
+    strict = json.loads(capsys.readouterr().out)["out_of_scope"]
+    assert strict["threshold"] == 0.999 and strict["oos_recall"] == 1.0 and strict["quantile"] is None
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"out of scope (6 rows): AUROC of the top probability at telling them apart {said['out_of_scope']['auroc']:.3f}" in out
+    assert f"answering out of scope below {metrics['out_of_scope']['threshold']:.3f}: accuracy" in out
+    test.to_csv(tmp_path / "in_scope.csv", index=False)
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "in_scope.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out_of_scope"] is None
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--abstain-below", "2"]) == 2
+    assert "--abstain-below takes a probability in (0, 1)" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clm_explore.cli import UserError, checked_max_length, print_json
-from clm_explore.cli.method_cmds import one_line
+from clm_explore.cli.method_cmds import abstention_threshold, one_line
 
 
 def register(subparsers: Any) -> None:
@@ -30,11 +30,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-file-mb", type=float, default=200.0, help="refuse files above this size")
     p.add_argument("--max-length", type=int, default=None,
                    help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
+    p.add_argument("--abstain-below", default=None, metavar="P",
+                   help="where rows hold labels the run was not trained on: score answering (out of scope) below this "
+                   "top probability (default: the threshold the run chose on its validation rows, when it chose one)")
     p.add_argument("--show", type=int, default=10, metavar="N", help="labels listed, lowest F1 first (0 = all)")
     p.add_argument("--predictions", default=None, metavar="CSV",
                    help="also write a row per text (row, text, label, pred, prob, correct) to this CSV file")
     p.add_argument("--json", action="store_true",
-                   help="print JSON: run, rows, accuracy, macro_f1, per_label_f1, labels, confusion, unseen_labels")
+                   help="print JSON: run, rows, accuracy, macro_f1, per_label_f1, labels, confusion, unseen_labels, "
+                   "out_of_scope (null when every label is the run's)")
     p.set_defaults(func=run_evaluate)
 
 
@@ -52,9 +56,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if target is not None:
         _check_predictions_target(target, run_dir, Path(args.data).expanduser())
     length = checked_max_length(args.max_length, run_dir)
+    threshold = abstention_threshold(args.abstain_below, run_dir)
     notes: list[str] = []
     result = evaluate(run_dir, args.data, length, text_col=args.text_col, label_col=args.label_col,
-                      split_col=args.split_col, max_file_mb=args.max_file_mb, notes=notes)
+                      split_col=args.split_col, max_file_mb=args.max_file_mb, notes=notes, abstain_below=threshold)
     for note in notes:  # as the training commands print the loader's notes
         print(f"note: {note}", file=sys.stderr)
     if target is not None:
@@ -63,7 +68,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         keys = ("accuracy", "macro_f1", "per_label_f1", "labels", "confusion", "confusion_unseen")
         print_json({"run": result.run, "rows": len(result.predictions),
                     **{k: result.metrics[k] for k in keys if k in result.metrics},
-                    "unseen_labels": result.unseen_labels, "predictions": str(target) if target else None})
+                    "unseen_labels": result.unseen_labels, "out_of_scope": result.metrics.get("out_of_scope"),
+                    "predictions": str(target) if target else None})
         return 0
     print(f"run: {result.run}")
     unseen_rows = int((~result.predictions["label"].isin(result.metrics["labels"])).sum())
@@ -72,6 +78,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
               if unseen_rows else "")
     print(f"rows: {len(result.predictions):,}{unseen}")
     print(f"accuracy {result.accuracy:.4f}   macro-F1 {result.macro_f1:.4f}")
+    if scope := result.metrics.get("out_of_scope"):
+        print(out_of_scope_lines(scope))
     table = result.to_frame()
     shown = table if args.show == 0 else table.head(args.show)
     print(f"\n{'every label' if len(shown) == len(table) else f'the {len(shown)} labels with the lowest F1'} "
@@ -81,6 +89,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if target is not None:
         print(f"\npredictions: {target}")
     return 0
+
+
+def out_of_scope_lines(scope: dict[str, Any]) -> str:
+    """What the out-of-scope figures say, in words: how well the top probability tells the unseen labels' rows
+    apart (no threshold), and what answering "out of scope" below the threshold would score."""
+    auroc = "-" if scope.get("auroc") is None else f"{scope['auroc']:.3f}"
+    in_scope = "-" if scope.get("in_scope_accuracy") is None else f"{scope['in_scope_accuracy']:.4f}"
+    lines = [f"out of scope ({scope['rows']:,} rows): AUROC of the top probability at telling them apart {auroc}; "
+             f"in-scope accuracy {in_scope}"]
+    if scope.get("threshold") is None:
+        lines.append("  no threshold: the run chose none (give --abstain-below P to score abstaining)")
+    else:
+        lines.append(f"  answering out of scope below {scope['threshold']:.3f}: accuracy {scope['accuracy']:.4f}, "
+                     f"macro-F1 {scope['macro_f1']:.4f}, out-of-scope recall {scope['oos_recall']:.3f}, precision "
+                     f"{scope['oos_precision']:.3f}, in-scope rows turned away {scope['in_scope_rejected']:.3f}")
+    return "\n".join(lines)
 
 
 PREDICTIONS_HEADER = "row,text,label,pred,prob,correct"
