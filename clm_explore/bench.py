@@ -872,6 +872,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
         data_path: a data file or folder (``load_data``); splits are carved the usual way.
         cfg: the grid (a BenchConfig or a dict of its fields); ``cfg.data`` is filled with ``data_path`` when empty.
         out_dir: the grid's folder: its cells, results.csv, comparison.csv and report.html; a grid there resumes.
+            Each cell's run is also listed in the run registry (``$CLM_EXPLORE_RUNS``, else ``./runs``), as a
+            ``finetune`` run is: the app's Runs and Compare pages show it.
         data_cfg: how the data is read (columns, splits), as ``load_data`` takes it; None: the defaults.
         runner: trains one cell; defaults to a ``clm-explore finetune`` subprocess.
         progress: show a progress line on stderr.
