@@ -289,9 +289,18 @@ def _not_utf8(argv: list[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C while the parser is built or torch imports (the first seconds): no traceback
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C while the parser is built or torch imports (the first seconds)
+        return _stopped(exc)
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The shell's exit status of a command stopped by a signal, 128 + its number (a script or scheduler tells
+    Ctrl+C, 130, from a kill, 143), after a word on stderr instead of a traceback."""
+    if isinstance(exc, Terminated):
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    print("interrupted", file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -321,9 +330,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except user_error_types() as exc:
         print(f"error: {in_flags(exc, parser, args.command)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
     except BrokenPipeError:  # `clm-explore ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
