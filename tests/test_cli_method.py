@@ -45,6 +45,13 @@ def test_mine_json(capsys, data_dir):
     merged = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--top", "20", "--merge", "3"])
     assert [g["text"] for g in merged] == [g["text"] for g in groups]  # the same list, one shape
     assert all(isinstance(g["pieces"], list) and "merged_slot" in g for g in merged)
+    assert all(0 < g["label_rows"] <= g["count"] for g in groups)
+    assert main(["mine", str(data_dir), *TINY, "--top", "20"]) == 0
+    header, first = capsys.readouterr().out.splitlines()[1:3]  # the score's parts and the label's rows are shown
+    assert header.split() == ["text", "pieces", "count", "relevance", "specificity", "score", "label", "label", "rows",
+                              "lift"]
+    top = groups[0]
+    assert f"{top['label_rows']}/{top['count']}" in first.split() and top["label"] in first.split()
 
 
 def test_mine_json_names_the_slot_of_each_merged_word(capsys, tmp_path):

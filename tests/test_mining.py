@@ -363,6 +363,7 @@ def test_label_is_the_one_the_group_lifts_most_not_the_most_frequent(tok):
     labels = ["r"] * 2 + ["a"] * 20 + ["b"] * 178
     g = by_text(mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none")))["refund"]
     assert (g.label, g.lift) == ("a", pytest.approx(4.0))
+    assert (g.label_rows, g.count) == (4, 10)  # the mining review: "what -> ABBR" read as firm, from 77 of 3,038 rows
 
 
 def test_numpy_and_mixed_type_labels_are_read_as_text(tok, tmp_path):

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import (
     LINE_BREAK_ESCAPES,
@@ -40,6 +40,9 @@ from clm_explore.config import (
     SensitivityConfig,
     to_dict,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(subparsers: Any) -> None:
@@ -130,10 +133,24 @@ def run_mine(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"No group occurs at least --min-count {args.min_count} times: lower it (or add rows).")
     elif args.show:
-        print(frame.head(args.show)[["text", "reads", "pieces", "count", "score", "label", "lift"]].to_string(index=False))
+        print(mined_table(frame.head(args.show)).to_string(index=False))
     if merge:
         print(merge.summary())
     return 0
+
+
+def mined_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``mine``'s table: the score's parts beside it (label relevance, specificity against general English), and
+    the label's rows among the group's ("18/134": a group spread over many labels points weakly to any); ``reads``
+    only where a group reads otherwise than its text (a fragment)."""
+    shown = frame.assign(relevance=frame["relevance"].round(4), specificity=frame["specificity"].round(4),
+                         score=frame["score"].round(4), lift=frame["lift"].round(2),
+                         label_rows=[f"{n:.0f}/{c}" if n == n and n is not None else "-"
+                                     for n, c in zip(frame["label_rows"], frame["count"], strict=True)])
+    cols = ["text", "reads", "pieces", "count", "relevance", "specificity", "score", "label", "label_rows", "lift"]
+    if (frame["reads"] == frame["text"]).all():
+        cols.remove("reads")
+    return shown[cols].rename(columns={"label_rows": "label rows"})
 
 
 # --------------------------------------------------------------------------------------- sensitivity

@@ -279,7 +279,8 @@ def filter_groups(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def render_group_table(frame: pd.DataFrame, key: str) -> None:
-    cols = ["text", "reads", "label", "score", "count", "pieces", "kind", "relevance", "specificity", "lift"]
+    cols = ["text", "reads", "label", "label_rows", "count", "score", "pieces", "kind", "relevance", "specificity",
+            "lift"]
     st.dataframe(
         frame[[c for c in cols if c in frame.columns]],
         key=f"{key}_table",
@@ -290,6 +291,9 @@ def render_group_table(frame: pd.DataFrame, key: str) -> None:
             "text": st.column_config.TextColumn(help="The group as mined: a word, words, or a fragment (##, Ġ, ▁)."),
             "reads": st.column_config.TextColumn(help="How the group reads in a text ('Ġcon' reads 'con')."),
             "label": st.column_config.TextColumn(help="The label the group points to most."),
+            "label_rows": st.column_config.NumberColumn(
+                "label rows", help="Rows of the group that hold its label, of its count: few where the group is "
+                "spread over many labels and points weakly to any."),
             "score": st.column_config.NumberColumn(format="%.4f", help="Relevance combined with specificity."),
             "count": st.column_config.NumberColumn(help="Training rows that hold the group."),
             "pieces": st.column_config.TextColumn(help="The model tokenizer's sub-tokens of the group."),
@@ -313,8 +317,8 @@ def render_group_examples(group: Any, train: pd.DataFrame, key: str, limit: int 
         needle = group.surface.lower()
         ids = train.index[train["text"].str.lower().str.contains(needle, regex=False)].tolist()
     st.markdown(
-        f"**{escape_markdown(group.text)}** → label _{escape_markdown(group.label)}_ · in {group.count} rows · "
-        f"lift {group.lift:.2f}"
+        f"**{escape_markdown(group.text)}** → label _{escape_markdown(group.label)}_ · in {group.count} rows"
+        f"{'' if group.label_rows is None else f', {group.label_rows} of them of this label'} · lift {group.lift:.2f}"
     )
     for i in ids[:limit]:
         row = train.loc[i]

@@ -339,6 +339,8 @@ def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
     pick = at.selectbox(key="tok_pick")
     pick.set_value(pick.options and pick.value).run()
     assert any("**" in m.value for m in at.markdown), "example rows with the group in bold"
+    assert "label_rows" in at.dataframe[0].value.columns  # the mining review: a spread group's label read as firm
+    assert any(re.search(r"in \d+ rows, \d+ of them of this label", m.value) for m in at.markdown)
     at.number_input(key="tok_min_count").set_value(3)
     button(at, "Mine task tokens").click().run()
     assert not at.exception
