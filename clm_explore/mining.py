@@ -335,7 +335,7 @@ def _splits_of(keys: set[tuple], split_rows: Counter) -> dict[tuple, list[tuple[
 def _keep(key: tuple, fragment_words: dict[tuple, Counter], cfg: MiningConfig) -> bool:
     kind, inner = key
     if kind == FRAGMENT:
-        if not pieces_surface(inner).strip():
+        if len(pieces_surface(inner).strip()) < max(cfg.fragment_min_chars, 1):
             return False  # a marker alone ('Ġ', the piece a byte-level tokenizer puts before a digit) reads nothing
         # "##gur" from "configure" alone is noise; a fragment that recurs across words is a real stem,
         # unless one word accounts for most of its uses (then that word is the group).

@@ -153,6 +153,11 @@ def test_fragment_kept_only_when_it_recurs_across_enough_words(tok):
 
     strict = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none", fragment_min_words=4))
     assert "##ing" not in by_text(strict, "fragment")
+    # The mining review: "##s", "##o", "mc" passed the rule above on snips and trec6; a length floor drops them.
+    short = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none", fragment_min_chars=4))
+    assert "##ing" not in by_text(short, "fragment") and "cardless" in by_text(short)
+    assert "##ing" in by_text(mine_task_tokens(texts, labels, tok, MiningConfig(
+        min_count=5, specificity="none", fragment_min_chars=3)), "fragment")  # 'ing' reads 3 characters
 
 
 def test_task_tokens_save_load_round_trip(tok, tmp_path):
