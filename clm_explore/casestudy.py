@@ -404,11 +404,15 @@ def load_task_tokens(run_dir: str | Path) -> list[str] | None:
     return texts
 
 
-def is_group_word(word: str, groups: Sequence[str]) -> bool:
-    """A word counts as mined when it is a group, one word of a multi-word group, or holds a mined fragment where
-    the fragment can stand: a WordPiece ##-fragment ('##r ##ing' reads 'ring') inside the word after its first
-    letter, a word-initial byte-level or SentencePiece one ('Ġcon' reads 'con') at its start. (Any substring counted
-    before: '##ing' marked 'ingot', and 'Ġcon' marked nothing.)"""
+def is_group_word(word: str, groups: Sequence[str], split: Callable[[str], list[str]] | None = None) -> bool:
+    """A word counts as mined when it is a group, one word of a multi-word group, or holds a mined fragment.
+
+    With ``split`` (the run's tokenizer on one word, ``word_splitter``) a fragment counts where its pieces are
+    among the word's own: '##ed' marks 'unblocked' (un ##block ##ed in MiniLM's vocabulary), not 'received', one
+    token there (the report review: 'received', 'ordered' and 'denied' were marked, which the fragment never
+    touched). Without it, by the text: a WordPiece ##-fragment ('##r ##ing' reads 'ring')
+    inside the word after its first letter, a word-initial byte-level or SentencePiece one ('Ġcon' reads 'con') at
+    its start."""
     word = word.lower()
     for group in groups:
         pieces = group.strip().split()  # the markers before lower(): 'Ġ'.lower() is another letter
@@ -417,11 +421,41 @@ def is_group_word(word: str, groups: Sequence[str]) -> bool:
             return True
         if not pieces or not pieces[0].startswith(("##", "Ġ", "▁")):
             continue
+        if split is not None:
+            own = split(word)
+            if any(own[i:i + len(pieces)] == pieces for i in range(len(own) - len(pieces) + 1)):
+                return True
+            continue
         surface = pieces_surface(pieces).lower()
         inside = pieces[0].startswith("##")
         if len(surface) > 1 and (surface in word[1:] if inside else word.startswith(surface)):
             return True
     return False
+
+
+def word_splitter(run_dir: str | Path) -> Callable[[str], list[str]] | None:
+    """The run's tokenizer on one word as it stands in a text (after a space: a byte-level tokenizer marks that),
+    remembered per word; None where the run's tokenizer cannot be loaded (``is_group_word`` then reads the text)."""
+    from functools import lru_cache
+
+    from clm_explore.modeling import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(str(run_dir))
+    except (ModelSourceError, OSError, ValueError):
+        return None
+
+    @lru_cache(maxsize=4096)
+    def split(word: str) -> list[str]:
+        return tokenizer.tokenize(" " + word)
+
+    return split
+
+
+def mark_mined(top: pd.DataFrame, groups: Sequence[str] | None,
+               split: Callable[[str], list[str]] | None = None) -> pd.DataFrame:
+    """``top`` with a ``mined`` column: whether each word is a mined group or holds one (``is_group_word``)."""
+    return top.assign(mined=[bool(groups) and is_group_word(str(w), groups, split) for w in top["word"]])
 
 
 def group_overlap(top: pd.DataFrame, groups: Sequence[str] | None, k: int = 10) -> pd.DataFrame:
@@ -434,8 +468,9 @@ def group_overlap(top: pd.DataFrame, groups: Sequence[str] | None, k: int = 10) 
     if groups is None or top.empty:
         return pd.DataFrame(columns=cols)
     records = []
+    top = top if "mined" in top.columns else mark_mined(top, groups)  # mark_mined with the run's tokenizer: exact
     for label, part in top[top["rank"] <= k].groupby("label"):
-        hits = [w for w in part["word"] if is_group_word(w, groups)]
+        hits = part.loc[part["mined"], "word"].tolist()
         records.append((label, len(part), len(hits), len(hits) / len(part), hits))
     return pd.DataFrame(records, columns=cols)
 
@@ -640,15 +675,19 @@ def _study(run_a: Path, run_b: Path | None, data: pd.DataFrame | None, split: st
     a = attribute_split(run_a, split, data_a, cfg, rows, loaded=loaded_a,
                         on_progress=lambda done, total: report(f"attributing run A ({run_a.name})", done, total))
     loaded_a = None  # one model in memory at a time
-    top_a, groups_a = top_words(a, k, min_count), load_task_tokens(run_a)
+    groups_a = load_task_tokens(run_a)
+    split_a = word_splitter(run_a) if groups_a else None  # the groups' pieces are run A's tokenizer's
+    top_a = mark_mined(top_words(a, k, min_count), groups_a, split_a)
     study = CaseStudy(a=a, top_a=top_a, groups_a=groups_a, from_data=data is not None)
     overlaps = [group_overlap(top_a, groups_a, k).assign(run="a")]
     if run_b is not None:
         b = attribute_split(run_b, split, data_b, cfg, rows,
                             on_progress=lambda done, total: report(f"attributing run B ({run_b.name})", done, total))
-        study.b, study.top_b, study.groups_b = b, top_words(b, k, min_count), load_task_tokens(run_b)
-        study.comparison = compare_runs(a, b)
+        study.b, study.groups_b = b, load_task_tokens(run_b)
         # The sparse run's groups are the reference for both models; fall back on run b's own groups.
-        overlaps.append(group_overlap(study.top_b, groups_a or study.groups_b, k).assign(run="b"))
+        reference, splitter = (groups_a, split_a) if groups_a else (study.groups_b, word_splitter(run_b))
+        study.top_b = mark_mined(top_words(b, k, min_count), reference, splitter if reference else None)
+        study.comparison = compare_runs(a, b)
+        overlaps.append(group_overlap(study.top_b, reference, k).assign(run="b"))
     study.overlap = pd.concat(overlaps, ignore_index=True)
     return study

@@ -25,8 +25,8 @@ from clm_explore.casestudy import (
     CaseStudy,
     Comparison,
     case_study,
-    is_group_word,
     known_label_accuracy,
+    mark_mined,
     run_name,
 )
 from clm_explore.masks import mask_table
@@ -282,14 +282,15 @@ def colored_words(item: TokenAttribution | None) -> str:
     return f'<div class="row-text">{" ".join(spans)}</div><div class="note">explains {head}</div>'
 
 
-def _table(frame: pd.DataFrame, groups: list[str] | None = None, word_col: str = "word") -> str:
+def _table(frame: pd.DataFrame, marked: list[bool] | None = None, word_col: str = "word") -> str:
+    """An HTML table of ``frame``; ``marked``: per row, whether its ``word_col`` cell is a mined group (bold)."""
     head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
     body = []
-    for _, row in frame.iterrows():
+    for i, (_, row) in enumerate(frame.iterrows()):
         cells = []
         for col, value in row.items():
             text = f"{value:.4g}" if isinstance(value, float) else value
-            mark = col == word_col and groups is not None and is_group_word(str(value), groups)
+            mark = col == word_col and marked is not None and bool(marked[i])
             cells.append(f'<td class="group">{esc(text)}</td>' if mark else f"<td>{esc(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -350,17 +351,19 @@ def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
         unsettled = attributed.unsettled_note() if attributed is not None else ""
         if unsettled:
             parts.append(f'<p class="warn">{esc(name)}: {esc(unsettled)}.</p>')
-    runs = [(names[0], study.top_a, study.groups_a)]
+    runs = [(names[0], mark_mined(study.top_a, study.groups_a) if "mined" not in study.top_a else study.top_a)]
     if study.top_b is not None:
-        runs.append((names[1], study.top_b, study.groups_a or study.groups_b))
+        top_b = study.top_b
+        runs.append((names[1], top_b if "mined" in top_b else mark_mined(top_b, study.groups_a or study.groups_b)))
     labels = sorted(
         set(study.top_a["label"]) | (set(study.top_b["label"]) if study.top_b is not None else set())
     )
     for label in labels:
         parts.append(f"<h3>{esc(label)}</h3><div class='side'>")
-        for name, top, groups in runs:
-            part = top[top["label"] == label][["rank", "word", "mean_score", "count"]]
-            parts.append(f"<div><h4>{esc(name)}</h4>{_table(part, groups)}</div>")
+        for name, top in runs:
+            part = top[top["label"] == label]
+            shown = part[["rank", "word", "mean_score", "count"]]
+            parts.append(f"<div><h4>{esc(name)}</h4>{_table(shown, marked=part['mined'].tolist())}</div>")
         parts.append("</div>")
     if not study.overlap.empty:
         overlap = study.overlap.assign(run=study.overlap["run"].map({"a": names[0], "b": names[1]}))

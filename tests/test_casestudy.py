@@ -203,6 +203,24 @@ def test_a_mined_fragment_marks_a_word_only_where_it_can_stand() -> None:
     assert marked == ["cardless", "transferring", "contactless", "return"]
 
 
+
+def test_a_mined_fragment_marks_only_words_the_tokenizer_splits_into_it() -> None:
+    """The report review: '##ed' marked 'received', one token in MiniLM's vocabulary, so the top words' overlap
+    with the mined groups was inflated."""
+    vocab = {"received": ["received"], "unblocked": ["un", "##block", "##ed"], "transferring": ["transfer", "##ring"],
+             "card": ["card"]}
+    split = vocab.__getitem__
+    groups = ["##ed", "##r ##ing", "card"]
+    assert cs.is_group_word("received", groups)  # by the text alone
+    assert not cs.is_group_word("received", groups, split)
+    assert cs.is_group_word("unblocked", groups, split)
+    assert not cs.is_group_word("transferring", groups, split)  # its pieces are not '##r ##ing'
+    top = pd.DataFrame({"label": ["x"] * 3, "rank": [1, 2, 3], "word": ["received", "unblocked", "card"]})
+    marked = cs.mark_mined(top, groups, split)
+    assert marked["mined"].tolist() == [False, True, True]
+    assert cs.group_overlap(marked, groups, k=3).loc[0, "words"] == ["unblocked", "card"]
+
+
 def test_compare_runs(runs) -> None:
     a = cs.attribute_split(runs[0], cfg=CFG)
     b = cs.attribute_split(runs[1], cfg=CFG)

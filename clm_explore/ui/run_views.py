@@ -525,14 +525,15 @@ def run_picker(records: list[RunRecord], label: str, default: RunRecord | None, 
 
 
 def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, key: str) -> None:
-    """Per-label top attributed words; a column marks the ones that are mined groups."""
-    from clm_explore.casestudy import is_group_word
+    """Per-label top attributed words; a column marks the ones that are mined groups (``case_study`` marks them with
+    the run's tokenizer)."""
+    from clm_explore.casestudy import mark_mined
 
     st.subheader(escape_markdown(title), anchor=False)
     if top.empty:
         st.caption("No words passed the minimum count.")
         return
-    shown = top.assign(mined=[bool(groups) and is_group_word(w, groups) for w in top["word"]])
+    shown = top if "mined" in top.columns else mark_mined(top, groups)
     st.dataframe(
         shown,
         key=f"{key}_top",
