@@ -11,6 +11,7 @@ Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set on import.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -645,12 +646,28 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ModelSourceError(f"Device {name!r} is not one clm-explore runs on; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelSourceError(f"Device {name!r} was asked for but no CUDA device is present; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        # else "invalid device ordinal" deep in the run, after its folder was claimed (the GPU review)
+        count = torch.cuda.device_count()
+        raise ModelSourceError(f"Device {name!r} was asked for but this machine has {count} CUDA device(s) "
+                               f"(cuda:0 to cuda:{count - 1}).")
     return device
 
 
+def release_gpu_memory() -> None:
+    """Hand the GPU memory torch's caching allocator keeps after a model is dropped back to the device: a
+    long-lived process (the app's server, which scores rows and audits labels beside the jobs' worker on the same
+    GPU) would otherwise hold its peak for good (the GPU review)."""
+    if torch.cuda.is_available():
+        gc.collect()  # the dropped model's tensors, where a reference cycle still holds them
+        torch.cuda.empty_cache()
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA devices that support it, none elsewhere (CPU trains in fp32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """bf16 autocast on CUDA devices that run it natively (compute capability 8.0 and up: A100, H100, RTX 30xx),
+    none elsewhere: a T4 or V100 only emulates bf16, slower than fp32 (torch's ``is_bf16_supported`` counts the
+    emulation). CPU trains in fp32."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
         return torch.bfloat16
     return None
 

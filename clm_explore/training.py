@@ -1261,12 +1261,25 @@ def check_processes(train_rows: int, batch_size: int, processes: int) -> None:
 
 
 def _distributed(device: torch.device):
-    """An Accelerator when launched as several processes (WORLD_SIZE > 1), else None."""
+    """An Accelerator when launched as several processes (WORLD_SIZE > 1), else None.
+
+    Mixed precision and compilation stay the run's own (bf16 autocast on CUDA, ``cfg.compile``): a launch's
+    ``--mixed_precision fp16`` or a default_config.yaml would otherwise wrap the model in accelerate's fp16 autocast,
+    under the loop's bf16 and with no loss scaling, and a config's dynamo backend would compile it unasked (the GPU
+    review). DDP broadcasts no buffers each step: the runs' buffers (position ids, delta rows) never change."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device.type == "cpu")
+    return Accelerator(**accelerator_options(device))
+
+
+def accelerator_options(device: torch.device) -> dict[str, Any]:
+    """``Accelerator``'s arguments for a run: its own precision and compilation, whatever the launch says."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return {"cpu": device.type == "cpu", "mixed_precision": "no", "dynamo_backend": "no",
+            "kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
 
 
 def _logged(on_step: Callable[[StepInfo], None] | None, progress) -> Callable[[StepInfo], None]:

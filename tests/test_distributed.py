@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +21,18 @@ def _launch(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProce
         pytest.skip("accelerate's launcher is not installed")
     # --multi_gpu with no GPU visible makes accelerate start torch.distributed workers that use gloo on CPU.
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(_free_port()),  # accelerate's 29500: two suites at once would collide
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "clm_explore.cli", "finetune",
            "--data", str(data_dir), "--model", "tiny-random", "--epochs", "1", "--batch-size", "8",
            "--out", str(out), "--json", *extra]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _same_weights(out: Path) -> None:
@@ -65,3 +73,28 @@ def test_two_ranks_agree_on_final_weights_and_a_rerun_overwrites(data_dir: Path,
     # (the launcher's own traceback reports the exit status 2; none comes from our code)
     assert "forcefully exiting" not in refused.stderr and "/clm_explore/" not in refused.stderr, refused.stderr[-3000:]
     assert (out / "metrics.json").is_file()  # the earlier run is left as it was
+
+
+def test_a_launchs_mixed_precision_does_not_replace_the_runs_own(monkeypatch) -> None:
+    """The GPU review: `accelerate launch --mixed_precision fp16` (or a default_config.yaml) wrapped the model in
+    accelerate's fp16 autocast, under the loop's bf16 and with no loss scaling; a config's dynamo backend compiled it."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from clm_explore.modeling import load_model
+    from clm_explore.training import accelerator_options
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "inductor")
+    try:
+        accelerator = Accelerator(**accelerator_options(torch.device("cpu")))
+        assert accelerator.mixed_precision == "no" and not accelerator.native_amp
+        model = load_model("tiny-random", ["a", "b"]).model
+        accelerator.prepare_model(model)
+        seen: list[torch.dtype] = []
+        model.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+        with torch.no_grad():
+            model(input_ids=torch.ones(2, 5, dtype=torch.long))
+        assert seen == [torch.float32]
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

@@ -203,6 +203,24 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+
+def test_a_gpu_the_machine_lacks_is_refused_and_bf16_only_where_it_is_native(monkeypatch):
+    """The GPU review: cuda:3 on a one-GPU machine passed every check and failed inside the run ("invalid device
+    ordinal"); torch's is_bf16_supported counts emulation, so a T4 (7.5) trained in slow emulated bf16."""
+    from clm_explore.modeling import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ModelSourceError, match=r"'cuda:3' was asked for but this machine has 1 CUDA device\(s\) "
+                                               r"\(cuda:0 to cuda:0\)"):
+        resolve_device("cuda:3")
+    for capability, dtype in (((7, 5), None), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert autocast_dtype(torch.device("cuda:0")) == dtype
+    assert autocast_dtype(torch.device("cpu")) is None
+
+
 @pytest.mark.slow
 def test_default_model_loads_and_runs_forward():
     loaded = load_model("default", LABELS, seed=0)
@@ -370,3 +388,17 @@ def test_wrong_model_sources_are_told_what_is_wrong(tmp_path, monkeypatch):
         resolve_source("models/minilm")
     assert "not downloaded" not in str(typo.value)
     assert resolve_source(None) == resolve_source("default")  # None is the default, as before
+
+
+def test_gpu_memory_is_handed_back_only_where_there_is_a_gpu(monkeypatch):
+    """The GPU review: the app's server scored on the jobs' GPU and kept its peak reserved for good."""
+    from clm_explore.modeling import release_gpu_memory
+
+    emptied: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    release_gpu_memory()
+    assert emptied == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    release_gpu_memory()
+    assert emptied == [True]

@@ -44,7 +44,7 @@ from clm_explore.label_issues import LabelIssues, find_label_issues
 from clm_explore.layer_views import HeadAttention, LayerSimilarity
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
-from clm_explore.modeling import LoadedModel, load_model, unsupported_reason
+from clm_explore.modeling import LoadedModel, load_model, release_gpu_memory, unsupported_reason
 from clm_explore.runs import RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.training import DEFAULT_MERGE_TOKENS
@@ -152,8 +152,12 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
     def work(report: Callable[[str, int, int], None]) -> LabelIssues:
         report("loading the model", 0, 1)
         fresh = load_model(source, annotated.labels, seed=0)
-        return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
-                                 on_progress=report)
+        try:
+            return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
+                                     on_progress=report)
+        finally:
+            del fresh
+            release_gpu_memory()  # the jobs' worker trains on the same GPU
 
     return _audits().get_or_start(key, work, inline=inline, label=audit_label(choice))
 
@@ -226,6 +230,8 @@ def sensitivity(
     groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
     device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
     report = compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False)  # no bar in the log
+    del fresh
+    release_gpu_memory()  # the jobs' worker trains on the same GPU
     with _MADE_LOCK:
         _MADE_REPORTS[_report_key(source, version, choice, mining_cfg, cfg)] = report
     return report
