@@ -131,6 +131,9 @@ class CaseStudy:
     from_data: bool = False
     """The rows came from ``data``, not from the runs' predictions.csv: the runs' metrics.json figures (their own
     test split) are then figures of other rows."""
+    target: str = "predicted"
+    """The label each row's scores explain (``AttributionConfig.target``): each run's own prediction, or the gold
+    label (then both runs of a disagreement row explain the same label)."""
 
     def __repr__(self) -> str:  # the default repr printed every table and attribution (143 KB on 80 rows)
         runs = run_name(self.a.run_dir) + (f" vs {run_name(self.b.run_dir)}" if self.b is not None else "")
@@ -355,7 +358,8 @@ def _write_cache(path: Path, items: dict[str, dict[str, Any]], cfg: AttributionC
 def top_words(
     attrs: RunAttributions, k: int = 10, min_count: int = 2, by: str = "target_label"
 ) -> pd.DataFrame:
-    """Per label, the k words with the highest mean attribution.
+    """Per label, the k words with the highest mean attribution, above 0: a word whose mean pushes away from the label
+    is no evidence for it, however few words rank above it (the report review: 'not' at -0.065 was 7th).
 
     Args:
         attrs: a split's attributions.
@@ -370,7 +374,7 @@ def top_words(
     if words.empty:
         return pd.DataFrame(columns=["label", "rank", "word", "mean_score", "count"])
     stats = words.groupby([by, "word"])["score"].agg(mean_score="mean", count="size").reset_index()
-    stats = stats[stats["count"] >= min_count].rename(columns={by: "label"})
+    stats = stats[(stats["count"] >= min_count) & (stats["mean_score"] > 0)].rename(columns={by: "label"})
     stats = stats.sort_values(["label", "mean_score", "word"], ascending=[True, False, True])
     stats["rank"] = stats.groupby("label").cumcount() + 1
     top = stats[stats["rank"] <= k]
@@ -678,7 +682,7 @@ def _study(run_a: Path, run_b: Path | None, data: pd.DataFrame | None, split: st
     groups_a = load_task_tokens(run_a)
     split_a = word_splitter(run_a) if groups_a else None  # the groups' pieces are run A's tokenizer's
     top_a = mark_mined(top_words(a, k, min_count), groups_a, split_a)
-    study = CaseStudy(a=a, top_a=top_a, groups_a=groups_a, from_data=data is not None)
+    study = CaseStudy(a=a, top_a=top_a, groups_a=groups_a, from_data=data is not None, target=cfg.target)
     overlaps = [group_overlap(top_a, groups_a, k).assign(run="a")]
     if run_b is not None:
         b = attribute_split(run_b, split, data_b, cfg, rows,

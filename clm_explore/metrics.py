@@ -63,6 +63,11 @@ def _unseen_row(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict:
     return {"confusion_unseen": np.bincount(np.asarray(pred)[unseen], minlength=n_labels).tolist()}
 
 
+CONFUSION_ROW_PX = 22
+"""Height of a confusion matrix's row, tall enough for its label's name (the app's and the report's)."""
+SIDE_BY_SIDE_LABELS = 12
+"""Two confusion matrices of at most this many labels stand side by side; larger ones one above the other, each
+the page's width (side by side, 20 labels' names were cut and the matrices shrank to slivers at 800 px)."""
 CONFUSION_COUNTED_LABELS = 20
 """Drawn confusion matrices of at most this many labels print each cell's count in it (the app's and the report's):
 by colour alone the counts were unreadable to a demo's audience; more labels leave no room for them."""

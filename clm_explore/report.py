@@ -28,9 +28,15 @@ from clm_explore.casestudy import (
     known_label_accuracy,
     mark_mined,
     run_name,
+    spread_over_labels,
 )
 from clm_explore.masks import mask_table
-from clm_explore.metrics import CONFUSION_COUNTED_LABELS, confusion_table
+from clm_explore.metrics import (
+    CONFUSION_COUNTED_LABELS,
+    CONFUSION_ROW_PX,
+    SIDE_BY_SIDE_LABELS,
+    confusion_table,
+)
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import read_json_object
 
@@ -51,6 +57,11 @@ th { background: #f3f3f3; }
 .note { color: #666; font-size: 0.9em; }
 .warn { background: #fff4e5; border-left: 4px solid #e08a00; padding: 4px 8px; }
 th, td, .row-text span, bdi { unicode-bidi: isolate; }
+.scroll { overflow-x: auto; }
+.against { text-decoration: underline dotted; }
+.sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+.key span { padding: 1px 4px; border-radius: 3px; }
+@media (max-width: 700px) { body { margin: 0.6em; } }
 """
 # isolate: a text's right-to-left override (U+202E) stays inside its own cell, word or label, and cannot flip the
 # figures that follow it on the page.
@@ -179,10 +190,30 @@ def _confusion_figure(metrics: dict[str, Any], title: str) -> go.Figure | None:
     fig = go.Figure(go.Heatmap(z=counts, x=[plot_text(x) for x in predicted], y=[plot_text(x) for x in gold],
                                colorscale="Blues", showscale=False,
                                texttemplate="%{z}" if len(gold) <= CONFUSION_COUNTED_LABELS else None))
-    fig.update_layout(title=plot_text(title), xaxis_title="predicted", yaxis_title="gold", height=420,
+    # A row per label tall enough for its name, and every label named (the report review: at 20 labels a fixed
+    # 420 px named 7 of them, in rows 5 px tall), as the app's confusion matrices are.
+    fig.update_layout(title=plot_text(title), xaxis_title="predicted", yaxis_title="gold",
+                      height=max(420, CONFUSION_ROW_PX * len(gold) + 160), xaxis_dtick=1, yaxis_dtick=1,
                       xaxis_type="category", yaxis_type="category")  # coded labels (1, 10, 1000) are names
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def _confusion_section(runs: list[tuple[str, dict[str, Any]]], fig: Callable[[go.Figure], str]) -> str:
+    """Each run's confusion matrix with its counts as a table; side by side while they are small, else each the
+    page's width (as the app draws them)."""
+    parts = []
+    for name, metrics in runs:
+        title = f"Confusion {name}"
+        figure = _confusion_figure(metrics, title)
+        if figure is None:
+            continue
+        counts, predicted, gold = confusion_table(metrics)
+        numbers = pd.DataFrame([list(r) for r in counts], index=pd.Index(list(gold), name="gold \\ predicted"),
+                               columns=list(predicted))
+        parts.append(f"<div>{_figure(fig, figure, title, numbers)}</div>")
+    labels = max((len(m.get("labels") or []) for _, m in runs), default=0)
+    return f"<div class='side'>{''.join(parts)}</div>" if labels <= SIDE_BY_SIDE_LABELS else "".join(parts)
 
 
 def _f1_figure(ma: dict[str, Any], mb: dict[str, Any] | None, names: tuple[str, str]) -> go.Figure | None:
@@ -205,32 +236,68 @@ def _f1_figure(ma: dict[str, Any], mb: dict[str, Any] | None, names: tuple[str, 
     return fig
 
 
-def _mask_figure(table: pd.DataFrame, title: str) -> go.Figure | None:
+def _share_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """A (module x layer) grid of the table's ``share``, the layers in order (emb first)."""
+    pivot = table.pivot_table(index="module", columns="layer", values="share", aggfunc="mean")
+    return pivot[sorted(pivot.columns, key=lambda x: -1 if x == "emb" else int(x))]
+
+
+def _mask_figure(table: pd.DataFrame, title: str, zmax: float | None = None) -> go.Figure | None:
+    """The share heatmap of ``table``; ``zmax``: the top of a colour scale shared with the map beside it."""
     if table.empty:
         return None
-    pivot = table.pivot_table(index="module", columns="layer", values="share", aggfunc="mean")
-    layers = sorted(pivot.columns, key=lambda x: -1 if x == "emb" else int(x))
-    pivot = pivot[layers]
+    pivot = _share_grid(table)
     fig = go.Figure(
-        go.Heatmap(z=pivot.values, x=[f"layer {plot_text(x)}" for x in layers], y=[plot_text(m) for m in pivot.index],
-                   colorscale="Viridis", colorbar={"title": "share"}, hovertemplate="%{y} %{x}: %{z:.3%}<extra></extra>")
+        go.Heatmap(z=pivot.values, x=[f"layer {plot_text(x)}" for x in pivot.columns],
+                   y=[plot_text(m) for m in pivot.index], colorscale="Viridis", colorbar={"title": "share"},
+                   zmin=0 if zmax else None, zmax=zmax or None,
+                   hovertemplate="%{y} %{x}: %{z:.3%}<extra></extra>")
     )  # fmt: skip
     fig.update_layout(title=plot_text(title), height=160 + 28 * len(pivot.index))
     return fig
 
 
-def _changes_part(run: Path, name: str, fig: Callable[[go.Figure], str]) -> str:
-    """The run's weight-change map (``changes.weight_changes``) and its summary; a note when it cannot be made."""
+def _shared_top(tables: list[pd.DataFrame]) -> float | None:
+    """The top of one colour scale for maps drawn together (the report review: a sparse run's 10% and full
+    finetuning's 100% were both the brightest colour of their own scale); None for a single map."""
+    shares = [float(t["share"].max()) for t in tables if not t.empty]
+    return max(shares) if len(shares) > 1 and max(shares) > 0 else None
+
+
+def _scale_note(top: float | None) -> str:
+    return f"<p class='note'>The maps share one colour scale, 0 to {top:.3g}.</p>" if top else ""
+
+
+def _changes_section(runs: list[tuple[str, Path]], fig: Callable[[go.Figure], str]) -> str:
+    """Each run's weight-change map (``changes.weight_changes``) on one colour scale, with its summary; a note for a
+    run whose map cannot be made."""
     from clm_explore.changes import layer_names, weight_changes
 
-    try:
-        changes = weight_changes(run)
-    except ModelSourceError as exc:  # not a run folder, its base model gone or not the one it was trained from
-        return f"<p class='note'>{esc(name)}: no weight-change map ({esc(exc)})</p>"
-    figure = _mask_figure(changes.table.assign(layer=layer_names(changes.table["layer"]),
-                                               share=changes.table["share_params_changed"]),
-                          f"Share of parameters changed, {name}")
-    return (fig(figure) if figure else "") + f"<p class='note'>{esc(name)}: {esc(changes.summary())}</p>"
+    made, parts = [], []
+    for name, run in runs:
+        try:
+            changes = weight_changes(run)
+        except ModelSourceError as exc:  # not a run folder, its base model gone or not the one it was trained from
+            parts.append(f"<p class='note'>{esc(name)}: no weight-change map ({esc(exc)})</p>")
+            continue
+        table = changes.table.assign(layer=layer_names(changes.table["layer"]),
+                                     share=changes.table["share_params_changed"])
+        made.append((name, table, changes.summary()))
+    top = _shared_top([table for _, table, _ in made])
+    for name, table, summary in made:
+        title = f"Share of parameters changed, {name}"
+        figure = _mask_figure(table, title, top)
+        parts.append((_figure(fig, figure, title, _share_grid(table)) if figure else "")
+                     + f"<p class='note'>{esc(name)}: {esc(summary)}</p>")
+    return _scale_note(top) + "".join(parts)
+
+
+def _figure(fig: Callable[[go.Figure], str], figure: go.Figure, title: str, numbers: pd.DataFrame) -> str:
+    """A figure with a text alternative: its title as the region's name, and its numbers in a table a screen
+    reader (or anyone) can open (the report review: the charts' figures were in hover text only)."""
+    table = _table(numbers.reset_index(), digits=3)
+    return (f'<div role="figure" aria-label="{esc(title)}">{fig(figure)}</div>'
+            f"<details><summary>{esc(title)}: the numbers</summary>{table}</details>")
 
 
 REPORT_CKA_ROWS = 256
@@ -266,34 +333,56 @@ def _similarity_part(study: CaseStudy, names: tuple[str, str], fig: Callable[[go
     return (fig(figure) if figure else "") + "".join(notes)
 
 
-def colored_words(item: TokenAttribution | None) -> str:
-    """The words of one row as spans, background green (towards the target) or red (against)."""
+TOWARDS_RGB, AGAINST_RGB = "42,157,143", "231,111,81"
+"""The app's teal and orange (told apart with the common colour-vision deficiencies, unlike green and red)."""
+
+ATTRIBUTION_KEY = (
+    "<p class='note key'>Each word's background is its Integrated-Gradients attribution towards the label explained: "
+    f"<span style='background-color: rgba({TOWARDS_RGB},0.6)'>teal</span> pushed the model towards it, "
+    f"<span class='against' style='background-color: rgba({AGAINST_RGB},0.6)'>orange, dotted</span> away from it, "
+    "stronger colour = larger score, on one scale for the runs of a row (hover or read out: the score). p is the "
+    "label's probability; &delta; the integral's convergence error (the scores sum to p &minus; p(reference) up to "
+    "it).</p>"
+)
+
+
+def colored_words(item: TokenAttribution | None, top: float | None = None) -> str:
+    """The words of one row as spans, background teal (towards the target) or orange and dotted (against), each
+    with its score as a tooltip and as text for screen readers; ``top``: the largest |score| of the row's runs (one
+    scale for both: a run's 0.022 and the other's 0.0024 drew equally strong on each its own)."""
     if item is None:
         return '<span class="note">not attributed</span>'
-    top = max((abs(s) for s in item.scores), default=0.0) or 1.0
+    top = top or max((abs(s) for s in item.scores), default=0.0) or 1.0
     spans = []
     for word, score in zip(item.words, item.scores, strict=True):
-        alpha = 0.85 * abs(score) / top
-        rgb = "34,139,34" if score >= 0 else "220,20,60"
-        spans.append(
-            f'<span style="background-color: rgba({rgb},{alpha:.2f})" title="{score:+.4f}">{esc(word)}</span>'
-        )
+        alpha = 0.6 * min(abs(score) / top, 1.0)  # at most 0.6: dark text keeps its contrast on the strongest colour
+        rgb, kind = (TOWARDS_RGB, "") if score >= 0 else (AGAINST_RGB, ' class="against"')
+        spans.append(f'<span{kind} style="background-color: rgba({rgb},{alpha:.2f})" title="{score:+.4f}">'
+                     f'{esc(word)}<span class="sr"> ({score:+.3f})</span></span>')
     head = f"<bdi>{esc(item.target_label)}</bdi> (p={item.probability:.2f}, &delta;={item.delta:+.3f})"
-    return f'<div class="row-text">{" ".join(spans)}</div><div class="note">explains {head}</div>'
+    cut = f"; {esc(item.note)}" if item.note else ""  # a text cut at the run's length says so, as in the app
+    return f'<div class="row-text" dir="auto">{" ".join(spans)}</div><div class="note">explains {head}{cut}</div>'
 
 
-def _table(frame: pd.DataFrame, marked: list[bool] | None = None, word_col: str = "word") -> str:
-    """An HTML table of ``frame``; ``marked``: per row, whether its ``word_col`` cell is a mined group (bold)."""
+def row_scale(*items: TokenAttribution | None) -> float | None:
+    """The largest |score| over the row's attributions: the one colour scale of its cells."""
+    scores = [abs(s) for item in items if item is not None for s in item.scores]
+    return max(scores) if scores and max(scores) > 0 else None
+
+
+def _table(frame: pd.DataFrame, marked: list[bool] | None = None, word_col: str = "word", digits: int = 4) -> str:
+    """An HTML table of ``frame`` (in a box that scrolls sideways on a narrow screen); ``marked``: per row, whether
+    its ``word_col`` cell is a mined group (bold)."""
     head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
     body = []
     for i, (_, row) in enumerate(frame.iterrows()):
         cells = []
         for col, value in row.items():
-            text = f"{value:.4g}" if isinstance(value, float) else value
+            text = f"{value:.{digits}g}" if isinstance(value, float) else value
             mark = col == word_col and marked is not None and bool(marked[i])
             cells.append(f'<td class="group">{esc(text)}</td>' if mark else f"<td>{esc(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _metrics_section(runs: list[tuple[str, dict[str, Any]]], note: str = "") -> str:
@@ -386,12 +475,18 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
             pd.concat([rows[rows["pred"] != rows["label"]], rows[rows["pred"] == rows["label"]]]),
         )
     attributed = frame[frame["row"].isin(a.items)]
-    frame = attributed.head(n)
-    parts = [f"<h2>{title}</h2>"]
+    # Taken from each label in turn (the report review: a test file sorted by label showed 5 rows of one label)
+    labels = dict(zip(attributed["row"].astype(int), attributed["label"].astype(str), strict=True))
+    wrong = attributed["right"] != "both" if "right" in attributed else attributed["pred"] != attributed["label"]
+    order = (spread_over_labels(attributed.loc[wrong, "row"].astype(int).tolist(), labels)
+             + spread_over_labels(attributed.loc[~wrong, "row"].astype(int).tolist(), labels))[:n]
+    frame = attributed.set_index(attributed["row"].astype(int)).loc[order].reset_index(drop=True)
+    parts = [f"<h2>{title}</h2>", ATTRIBUTION_KEY]
     if len(attributed) > n:  # the page would otherwise read as if these were all
-        parts.append(f"<p class='note'>The first {n} of {len(attributed)} attributed rows.</p>")
+        parts.append(f"<p class='note'>{n} of {len(attributed)} attributed rows, taken from each label in turn "
+                     "(--show-rows, show_rows= draws more).</p>")
     if study.comparison is not None:
-        parts.append(f"<p>{esc(agreement_text(study.comparison))}</p>")
+        parts.append(f"<p>{esc(agreement_text(study.comparison, study.target))}</p>")
     accuracy = accuracy_text(study, names)
     if accuracy:
         parts.append(f"<p>{esc(accuracy)}</p>")
@@ -400,12 +495,15 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
     for _, row in frame.iterrows():
         r = int(row["row"])
         gold = f'<td title="{esc(row["text"])}">{r}</td><td><bdi>{esc(row["label"])}</bdi>{_right(row)}</td>'
-        cells = [f"<td>{colored_words(run.items.get(r))}</td>" for run in ([a, b] if b else [a])]
+        items = [run.items.get(r) for run in ([a, b] if b else [a])]
+        top = row_scale(*items)
+        cells = [f"<td>{colored_words(item, top)}</td>" for item in items]
         body.append(f"<tr>{gold}{''.join(cells)}</tr>")
-    return "".join(parts) + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return "".join(parts) + (f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+                             "</tbody></table></div>")
 
 
-def agreement_text(c: Comparison) -> str:
+def agreement_text(c: Comparison, target: str = "predicted") -> str:
     """The agreement and the attribution correlations, each with the rows it counts: the agreement covers every
     row with both runs' predictions, the correlations only the attributed rows (disagreements picked first)."""
 
@@ -425,13 +523,22 @@ def agreement_text(c: Comparison) -> str:
             f"{fig(c.rank_correlation_disagree)} over the {n_disagree} where they disagree"
         )
     text += "."
+    if n_disagree and target == "predicted":  # the report review: read as the models' disagreement in attributions
+        text += (" Where the runs disagree, each run's scores explain its own prediction, two different labels, so "
+                 "a low correlation there is expected: --target gold (target='gold') explains the gold label in both.")
     if n_disagree and c.n_attributed < c.n_rows:
         text += " The attributed rows put disagreements first, so they are not a random sample of the rows."
     return text
 
 
+RIGHT_WORDS = {"a": "only A is right", "b": "only B is right", "neither": "neither is right"}
+"""A disagreement row's ``right`` in the Compare page's words."""
+
+
 def _right(row: pd.Series) -> str:
-    return f"<br><span class='note'>right: {esc(row['right'])}</span>" if "right" in row else ""
+    if "right" not in row:
+        return ""
+    return f"<br><span class='note'>{esc(RIGHT_WORDS.get(str(row['right']), row['right']))}</span>"
 
 
 def build_report(
@@ -445,6 +552,7 @@ def build_report(
     max_rows: int | None = 300,
     on_progress: Callable[[str, int, int], None] | None = None,
     progress: bool | None = None,
+    show_rows: int = 10,
 ) -> Path:
     """Write the HTML report of run_a (and run_b side by side) and return its path.
 
@@ -456,19 +564,23 @@ def build_report(
         out_path: the HTML file written.
         cfg: attribution settings; k, min_count: top words per label; max_rows: rows attributed.
         on_progress, progress: the attributions' progress, as ``case_study`` takes them.
+        show_rows: rows drawn word by word at the end (disagreements first, taken from each label in turn).
     """
     check_out_path(out_path)  # before the attributions, which take minutes on a real model
     study = case_study(run_a, run_b, data, cfg=cfg, k=k, min_count=min_count, max_rows=max_rows,
                        on_progress=on_progress, progress=progress)
-    return write_report(study, out_path)
+    return write_report(study, out_path, show_rows)
 
 
-def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path:
-    """Write the HTML report of a case study (``case_study``) and return its path.
+def write_report(study: CaseStudy, out_path: str | Path = "report.html", show_rows: int = 10) -> Path:
+    """Write the HTML report of a case study (``case_study``) and return its path; ``show_rows``: rows drawn word
+    by word at the end (disagreements first, taken from each label in turn).
 
     Raises:
         ReportPathError: ``out_path`` may not be written (``check_out_path``), checked before anything is drawn.
     """
+    if show_rows < 1:
+        raise ValueError(f"show_rows must be >= 1, got {show_rows}")
     out = check_out_path(out_path)
     run_a, run_b = study.a.run_dir, study.b.run_dir if study.b is not None else None
     names = (f"A: {run_name(run_a)}", f"B: {run_name(run_b)}" if run_b else "")
@@ -479,30 +591,35 @@ def write_report(study: CaseStudy, out_path: str | Path = "report.html") -> Path
     body = [f"<h1>clm-explore report</h1><p class='note'>{esc(run_a)}" + (f" vs {esc(run_b)}" if run_b else "")
             + f" &middot; {datetime.now():%Y-%m-%d %H:%M} &middot; {esc(study.coverage_text())}</p>"]  # fmt: skip
     body.append(_metrics_section([(names[0], ma)] + ([(names[1], mb or {})] if run_b else []), note))
-    figures = [_confusion_figure(ma, f"Confusion {names[0]}")]
-    if run_b:
-        figures.append(_confusion_figure(mb or {}, f"Confusion {names[1]}"))
-    body.append(
-        "<h2>Confusion matrices</h2>" + note + "<div class='side'>"
-        + "".join(f"<div>{fig(f)}</div>" for f in figures if f)
-        + "</div>"
-    )
+    runs = [(names[0], run_a)] + ([(names[1], run_b)] if run_b else [])
+    body.append("<h2>Confusion matrices</h2>" + note + _confusion_section([(names[0], ma)] + (
+        [(names[1], mb or {})] if run_b else []), fig))
     f1 = _f1_figure(ma, mb, names)
-    body.append(note + fig(f1) if f1 else "")
+    if f1 is not None:
+        f1_numbers = pd.DataFrame({name: pd.Series(m.get("per_label_f1") or {}, dtype=float)
+                                   for name, m in [(names[0], ma)] + ([(names[1], mb or {})] if run_b else [])})
+        body.append("<h2>Per-label F1</h2>" + note + _figure(fig, f1, "Per-label F1", f1_numbers.rename_axis("label")))
     body.append(_top_words_section(study, names))
     body.append("<h2>Selected rows (masks)</h2>")
-    for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []):
-        mask_fig = _mask_figure(mask_table(run), f"Share of selected rows, {name}")
-        body.append(fig(mask_fig) if mask_fig else f"<p class='note'>{esc(name)}: no masks.safetensors</p>")
+    masks = [(name, mask_table(run)) for name, run in runs]
+    top = _shared_top([table for _, table in masks])
+    body.append(_scale_note(top))
+    for name, table in masks:
+        title = f"Share of selected rows, {name}"
+        mask_fig = _mask_figure(table, title, top)
+        body.append(_figure(fig, mask_fig, title, _share_grid(table)) if mask_fig
+                    else f"<p class='note'>{esc(name)}: no masks.safetensors</p>")
     body.append("<h2>What training changed</h2><p class='note'>The share of each weight matrix's parameters (its bias "
                 "included) that differ from the base model's (the classification head left out).</p>")
-    body.extend(_changes_part(run, name, fig) for name, run in [(names[0], run_a)] + ([(names[1], run_b)] if run_b else []))
+    body.append(_changes_section(runs, fig))
     body.append("<h2>Layer by layer</h2><p class='note'>Debiased linear CKA between two models' mean-pooled token "
                 "states after each layer, on these rows: 1 = the same representation up to rotation and scale, about "
                 "0 = unrelated; lower = training changed what that layer computes.</p>")
     body.append(_similarity_part(study, names, fig))
-    body.append(_rows_section(study, names))
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>clm-explore report</title>"
+    body.append(_rows_section(study, names, show_rows))
+    # lang and viewport: a phone lays the page out at its own width (it drew 981 px scaled to 38% at 375 px)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>clm-explore report</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -49,12 +50,19 @@ def test_report_pair(tmp_path: Path, evil_data) -> None:
     for section in ("Metrics", "Confusion matrices", "Per-label F1", "Top attributed words", "Selected rows"):
         assert section in page
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
-    assert ">&lt;</span>" in page  # the word spans too
+    assert '>&lt;<span class="sr">' in page  # the word spans too
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no CDN: plotly.js is inline
     assert page.count("Plotly.newPlot") >= 6  # two confusions, F1, two mask heatmaps, A's weight changes, CKA
     assert page.count("plotly.js v") == 1  # the bundle's banner: inlined once
-    assert "rgba(34,139,34" in page or "rgba(220,20,60" in page
+    assert "rgba(42,157,143" in page or "rgba(231,111,81" in page
     assert "card_arrival" in page and 'class="group"' in page
+    # The report review: a phone laid the page out at 981 px; charts had no text; a sparse run's 10% and full's 100%
+    # both drew the brightest colour of their own scale; colours had no key.
+    assert "<html lang='en'>" in page and "name='viewport' content='width=device-width" in page
+    assert page.count("<details><summary>") >= 5 and "<summary>Confusion A: sparse-0: the numbers</summary>" in page
+    assert 'role="figure" aria-label="Per-label F1"' in page
+    assert "The maps share one colour scale, 0 to " in page and "teal</span> pushed the model towards it" in page
+    assert '<div class="row-text" dir="auto">' in page
 
 
 def test_report_single_run_with_data(tmp_path: Path, evil_data) -> None:
@@ -79,8 +87,22 @@ def test_colored_words_escapes() -> None:
     item = TokenAttribution(["<b>", "ok"], [0.5, -0.25], 0, "<i>lab</i>", 0.9, 0.0)
     out = colored_words(item)
     assert "&lt;b&gt;" in out and "<b>" not in out and "&lt;i&gt;" in out
-    assert "rgba(34,139,34,0.85)" in out and "rgba(220,20,60,0.42)" in out
+    assert "rgba(42,157,143,0.60)" in out and 'class="against" style="background-color: rgba(231,111,81,0.30)' in out
+    assert '<span class="sr"> (+0.500)</span>' in out and '<span class="sr"> (-0.250)</span>' in out  # read out
     assert "not attributed" in colored_words(None)
+
+
+def test_the_runs_of_a_row_share_one_colour_scale_and_a_cut_text_says_so() -> None:
+    """The report review: each cell was scaled to its own largest score, so A's 0.022 and B's 0.0024 drew alike; a
+    text cut at the run's length showed its words without a word of it."""
+    from clm_explore.report import row_scale
+
+    strong = TokenAttribution(["card"], [0.02], 0, "x", 0.9, 0.0)
+    weak = TokenAttribution(["card"], [0.002], 0, "x", 0.9, 0.0, note="truncated to 32 sub-tokens")
+    top = row_scale(strong, weak, None)
+    assert top == 0.02
+    assert "rgba(42,157,143,0.60)" in colored_words(strong, top) and "rgba(42,157,143,0.06)" in colored_words(weak, top)
+    assert "; truncated to 32 sub-tokens</div>" in colored_words(weak, top)
 
 
 def test_report_metrics_side_by_side(tmp_path: Path, tiny_data) -> None:
@@ -179,6 +201,18 @@ def test_cli_report(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str
     assert out.is_file() and "report written" in capsys.readouterr().out
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"out": str(out), "rows_attributed": 8, "rows": 40}
+    # The report review: on disagreement rows each run's scores explain its own prediction, and the correlation
+    # there was read as the models' disagreement; --target gold explains the same label in both.
+    own = html.unescape(out.read_text())
+    assert "each run's scores explain its own prediction, two different labels" in own
+    assert main([*args, "--target", "gold", "--show-rows", "3"]) == 0
+    capsys.readouterr()
+    gold = out.read_text()
+    assert "explain its own prediction" not in gold
+    rows = gold.split("<h2>Disagreement rows</h2>")[1]
+    for label, explained in re.findall(r"<td><bdi>([^<]+)</bdi>.*?explains <bdi>([^<]+)</bdi>", rows)[:3]:
+        assert label == explained  # each row explains its gold label
+    assert rows.count("<tr><td title=") == 3
     args[args.index("--out") + 1] = str(tmp_path)  # a folder: refused before any attribution
     assert main(args) == 2
     assert "is a folder" in capsys.readouterr().err
@@ -497,9 +531,16 @@ def test_build_report_refuses_its_path_before_the_attributions(tmp_path: Path, t
 def test_report_says_when_it_shows_only_some_attributed_rows(tmp_path: Path, tiny_data) -> None:
     run = make_run(tmp_path, tiny_data, 0)
     page = build_report(run, out_path=tmp_path / "r.html", cfg=CFG, max_rows=12).read_text()
-    assert "The first 10 of 12 attributed rows." in page.split("Rows (errors first)")[1]
+    rows = page.split("Rows (errors first)")[1]
+    assert "10 of 12 attributed rows, taken from each label in turn (--show-rows, show_rows= draws more)." in rows
     few = build_report(run, out_path=tmp_path / "few.html", cfg=CFG, max_rows=4).read_text()
-    assert "attributed rows.</p>" not in few  # all four shown
+    assert "attributed rows" not in few.split("Rows (errors first)")[1]  # all four shown
+    every = build_report(run, out_path=tmp_path / "all.html", cfg=CFG, max_rows=12, show_rows=12).read_text()
+    drawn = every.split("Rows (errors first)")[1]
+    assert drawn.count('<div class="row-text"') == 12 and "attributed rows" not in drawn
+    # The first rows shown are taken from each label in turn (the review: a file sorted by label showed one label)
+    shown = re.findall(r"<td><bdi>([^<]+)</bdi>", rows)
+    assert len(set(shown[:4])) >= 3, shown
 
 
 def test_a_right_to_left_override_in_user_text_stays_in_its_element() -> None:

@@ -87,6 +87,11 @@ def register(subparsers: Any) -> None:
         help="rows attributed per run (disagreements first, then rows taken from each label in turn)",
     )
     report.add_argument("--top-k", type=int, default=10, help="top words per label")
+    report.add_argument("--target", choices=["predicted", "gold"], default="predicted",
+                        help="the label each row's scores explain: each run's own prediction, or the row's gold label "
+                        "(then both runs of a disagreement row explain the same label)")
+    report.add_argument("--show-rows", type=int, default=10, metavar="N",
+                        help="rows drawn word by word at the end (disagreements first, from each label in turn)")
     report.add_argument(
         "--json",
         action="store_true",
@@ -291,11 +296,12 @@ def run_report(args: argparse.Namespace) -> int:
                 )
     for run in (run_a, run_b):
         _check_run_files(run, with_predictions=args.data is None)
-    if args.max_rows < 1 or args.top_k < 1:
-        raise UserError(f"--max-rows and --top-k must be >= 1; got {args.max_rows} and {args.top_k}.")
+    if args.max_rows < 1 or args.top_k < 1 or args.show_rows < 1:
+        raise UserError(f"--max-rows, --top-k and --show-rows must be >= 1; got {args.max_rows}, {args.top_k} and "
+                        f"{args.show_rows}.")
     if run_b is not None:
         _check_same_task(run_a, run_b, same_rows=args.data is None)  # --data: both explain those rows
-    cfg = AttributionConfig(n_steps=args.steps)  # max_length None: each run is read at its trained length
+    cfg = AttributionConfig(n_steps=args.steps, target=args.target)  # max_length None: each run's trained length
     data = _report_data(args)  # before the attributions: a bad column stops the command at once
     if data is not None:
         _check_data_labels(data, run_a)
@@ -304,7 +310,7 @@ def run_report(args: argparse.Namespace) -> int:
                            on_progress=None if args.json else phase_printer(), progress=False)
     except (OSError, ValueError) as exc:  # e.g. a run file that cannot be read
         raise UserError(str(exc)) from exc
-    out = _write(study, out)
+    out = _write(study, out, args.show_rows)
     done, total = study.coverage()
     if args.json:
         print_json({"out": str(out), "rows_attributed": done, "rows": total})
@@ -337,12 +343,12 @@ def _check_run_files(run: Path | None, with_predictions: bool) -> None:
         split_frame(run)
 
 
-def _write(study: Any, out: Path) -> Path:
+def _write(study: Any, out: Path, show_rows: int) -> Path:
     """``write_report`` with its failures said in words (the folder checked at first may have changed since)."""
     from clm_explore.report import ReportPathError, write_report
 
     try:
-        return write_report(study, out)
+        return write_report(study, out, show_rows)
     except ReportPathError as exc:
         raise UserError(f"--out {exc}") from None
     except OSError as exc:

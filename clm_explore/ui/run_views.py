@@ -22,7 +22,12 @@ import streamlit as st
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.cards import CARD_FILE, ModelCardError, model_card
 from clm_explore.config import BUDGET_METHODS
-from clm_explore.metrics import CONFUSION_COUNTED_LABELS, confusion_table
+from clm_explore.metrics import (
+    CONFUSION_COUNTED_LABELS,
+    CONFUSION_ROW_PX,
+    SIDE_BY_SIDE_LABELS,
+    confusion_table,
+)
 from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read_json_object
 from clm_explore.ui import cache, state, views
@@ -179,10 +184,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-CONFUSION_ROW_PX = 22
-SIDE_BY_SIDE_LABELS = 12
-"""Two confusion matrices of at most this many labels stand side by side; larger ones one above the other, each
-the page's width (side by side, 20 labels' names were cut and the matrices shrank to slivers at 800 px)."""
 
 
 def confusion_pair(a: dict[str, Any], b: dict[str, Any], titles: tuple[str, str], key: str) -> None:
