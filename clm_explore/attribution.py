@@ -427,7 +427,9 @@ def merge_words(
 ) -> tuple[list[str], list[float], bool]:
     """Sum sub-token scores into words.
 
-    A word is a run of sub-tokens with one word id and no whitespace between them: the tokenizer's word ids
+    A word is a run of sub-tokens with one word id and no whitespace between them, or joined by an apostrophe or
+    a hyphen between letters ("hasn't", "top-up": BERT's pre-tokenizer makes three words of each, and the report
+    showed "hasn ' t" with "'" and "t" among a label's top words): the tokenizer's word ids
     alone are not enough, as a SentencePiece tokenizer without a word pre-tokenizer (Llama-2 and Mistral:
     ``Metaspace(split=False)``) gives every sub-token of a text word id 0. A sub-token that covers only
     whitespace (byte-level BPE's lone 'Ġ' before a second space, SentencePiece's lone '▁') is no word: its
@@ -460,7 +462,8 @@ def merge_words(
         if inner is None:
             pending += score
             continue
-        if not spans or wid != last_wid or _has_space(text, spans[-1][1], inner[0]):
+        joined = spans and not _has_space(text, spans[-1][1], inner[0]) and _joins_word(text, inner[0])
+        if not spans or (wid != last_wid and not joined) or _has_space(text, spans[-1][1], inner[0]):
             spans.append(list(inner))
             sums.append(pending + score)
         else:
@@ -488,6 +491,22 @@ def _non_space_span(text: str, start: int, end: int) -> tuple[int, int] | None:
         return None
     first = start + len(piece) - len(stripped)
     return first, first + len(stripped.rstrip())
+
+
+WORD_JOINERS = frozenset("'\u2019-\u2010")
+"""Characters that join two parts of one word when letters stand on both sides: apostrophes and hyphens."""
+
+
+def _joins_word(text: str, start: int) -> bool:
+    """Whether the piece starting at ``start`` continues the word before it: a joiner after a letter with a letter
+    after it ("hasn|'t"), or a letter after such a joiner ("hasn'|t"). Other punctuation ("card.", "(card)") stays
+    a word of its own."""
+    if start < 1 or start >= len(text):
+        return False
+    left, right = text[start - 1], text[start]
+    if right in WORD_JOINERS:
+        return left.isalnum() and start + 1 < len(text) and text[start + 1].isalnum()
+    return left in WORD_JOINERS and right.isalnum() and start >= 2 and text[start - 2].isalnum()
 
 
 def _has_space(text: str, start: int, end: int) -> bool:

@@ -249,7 +249,10 @@ def attribute_split(
     frame = full = split_frame(run_dir, split, data)
     if rows is not None:
         frame = frame.set_index("row").loc[list(rows)].reset_index()
-    cache_path = run_dir / CACHE_DIR / f"{split}-{_cache_key(run_dir, cfg)}.json"
+    # The rows of predictions.csv and of given data are cached apart: row ids of the two name other texts, and one
+    # would evict the other's rows at every switch (the report review).
+    rows_from = "" if data is None else "data-"
+    cache_path = run_dir / CACHE_DIR / f"{split}-{rows_from}{_cache_key(run_dir, cfg)}.json"
     cache = _read_cache(cache_path)
     items: dict[int, TokenAttribution] = {}
     todo = []
@@ -309,9 +312,9 @@ def _run_labels(run_dir: Path) -> dict[int, str]:
     return {int(k): str(v) for k, v in config.get("id2label", {}).items()}
 
 
-WORDS_VERSION = 2
-"""How ``attribution.merge_words`` cuts words (2: also at whitespace, no empty words); cached rows cut otherwise are
-not mixed with new ones (``compare_runs`` pairs rows by their word lists)."""
+WORDS_VERSION = 3
+"""How ``attribution.merge_words`` cuts words (2: also at whitespace, no empty words; 3: "hasn't" and "top-up" one
+word each); cached rows cut otherwise are not mixed with new ones (``compare_runs`` pairs rows by their word lists)."""
 
 
 def _cache_key(run_dir: Path, cfg: AttributionConfig) -> str:

@@ -74,7 +74,7 @@ def test_delta_shrinks_with_steps(loaded: LoadedModel) -> None:
 def test_words_merge_pieces(loaded: LoadedModel) -> None:
     (res,) = explain(loaded.model, loaded.tokenizer, MULTI_PIECE)
     assert "##less" in res.tokens
-    assert res.words == ["Why", "was", "my", "cardless", "top", "-", "up", "declined", "?"]
+    assert res.words == ["Why", "was", "my", "cardless", "top-up", "declined", "?"]  # a hyphenated word is one
     card = res.tokens.index("card")
     pieces = res.token_scores[card] + res.token_scores[card + 1]
     assert res.scores[3] == pytest.approx(pieces, abs=1e-6)
@@ -103,6 +103,21 @@ def test_merge_words_splits_at_whitespace_when_word_ids_do_not() -> None:
         torch.tensor([9.0, 1, 2, 4, 8, 16]),
     )
     assert words == ["My", "card", "arrived"] and scores == [1.0, 2.0, 28.0] and not truncated
+
+
+def test_a_contraction_or_hyphenated_word_is_one_word() -> None:
+    """The report review: BERT's pre-tokenizer makes three words of "hasn't" and "top-up"; the report read
+    "hasn ' t", with "'" and "t" among a label's top words. Other punctuation stays a word of its own."""
+    from clm_explore.modeling import load_tokenizer
+
+    tok = load_tokenizer("tiny-random")
+    text = "it hasn't arrived, my top-up (card) 'x' - ok"
+    enc = tok(text, return_offsets_mapping=True)
+    scores = torch.arange(len(enc["input_ids"]), dtype=torch.float)
+    words, summed, _ = merge_words(text, enc.word_ids(), enc["offset_mapping"], scores)
+    assert words == ["it", "hasn't", "arrived", ",", "my", "top-up", "(", "card", ")", "'", "x", "'", "-", "ok"]
+    specials = [i for i, wid in enumerate(enc.word_ids()) if wid is None]
+    assert sum(summed) == pytest.approx(float(scores.sum()) - sum(float(scores[i]) for i in specials))
 
 
 def test_whitespace_only_pieces_go_to_a_neighbour_word() -> None:

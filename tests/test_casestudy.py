@@ -103,6 +103,12 @@ def test_attribute_split_cached(runs, monkeypatch: pytest.MonkeyPatch) -> None:
     # another config is another cache entry
     with pytest.raises(AssertionError, match="recomputed"):
         cs.attribute_split(run_a, cfg=AttributionConfig(n_steps=9))
+    monkeypatch.undo()
+    other = first.predictions.assign(text="other " + first.predictions["text"])[["row", "text", "label"]]
+    cs.attribute_split(run_a, data=other, cfg=CFG, rows=[0, 1])  # given rows: a cache of their own (the review:
+    monkeypatch.setattr(cs, "explain", boom)  # each evicted the other's rows at every switch)
+    assert cs.attribute_split(run_a, cfg=CFG).items[0].scores == first.items[0].scores
+    assert len(list((run_a / "attributions").glob("test-data-*.json"))) == 1
 
 
 def test_attribute_split_fills_missing_rows(runs) -> None:
