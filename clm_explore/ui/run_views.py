@@ -573,8 +573,13 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
         render_top_words(study.top_b, study.groups_a or study.groups_b, f"B: {b.method}", key=f"{key}_b")
     if not study.overlap.empty:
         st.caption("Share of each label's top words that are mined groups")
-        st.dataframe(study.overlap.astype({"words": str}), key=f"{key}_overlap", hide_index=True, height=200,
-                     alt="Top words the runs share per label")
+        # Runs as the columns above name them, and words as a list to read (it showed a and b, and "['my', 'card']")
+        shown = study.overlap.assign(run=study.overlap["run"].map({"a": f"A: {a.method}", "b": f"B: {b.method}"}),
+                                     words=study.overlap["words"].map(", ".join))
+        st.dataframe(shown, key=f"{key}_overlap", hide_index=True, height=200, alt="Top words the runs share per label",
+                     column_config={"share": st.column_config.NumberColumn(format="percent"),
+                                    "in_groups": st.column_config.NumberColumn("mined groups"),
+                                    "k": st.column_config.NumberColumn("top words")})
 
 
 CHANGE_VIEWS = {"share_params_changed": "Share of parameters changed", "share_rows_changed": "Share of weight rows changed",

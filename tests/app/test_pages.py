@@ -507,6 +507,10 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.info, [i.value for i in at.info]  # every library module present: nothing guarded
     assert any("sparse" in m.value and "p =" in m.value for m in at.markdown), "attributions of run A"
+    overlaps = [d.value for d in at.dataframe if "in_groups" in d.value.columns]
+    assert overlaps, "the overlap of the top words with the mined groups"  # the report review: runs named a and b,
+    assert set(overlaps[0]["run"]) == {"A: sparse", "B: full"}  # words as a Python list's repr
+    assert not overlaps[0]["words"].str.contains(r"\[").any()
     explained = sum("p =" in m.value for m in at.markdown)
     at.text_area(key="cmp_try_text").input("my new card has not arrived yet")
     assert sum("p =" in m.value for m in at.markdown) == explained  # nothing before Explain
