@@ -19,7 +19,7 @@ import torch
 
 from clm_explore.config import ConfigError, MaskConfig, config_from
 from clm_explore.modeling import ModelSourceError
-from clm_explore.sensitivity import MODULE_ORDER, SensitivityReport
+from clm_explore.sensitivity import MODULE_ORDER, SensitivityReport, classify_linear
 
 ADAM_BYTES_PER_PARAM = 16
 """fp32 value, gradient and AdamW's two moments for every trainable parameter."""
@@ -314,13 +314,17 @@ def mask_table(run_dir: Path) -> pd.DataFrame:
     for name, mask in masks.items():
         rows = mask.bool().reshape(mask.shape[0], -1).any(dim=1) if mask.dim() > 1 else mask.bool()
         found = LAYER_RE.search(name)
-        if found:
-            layer, module = found.group(1), found.group(2)
+        if found:  # the module's kind (q, ffn_in, ...), as the sensitivity and weight-change tables name it
+            kind = classify_linear(name.removesuffix(".weight"))
+            layer, module = found.group(1), kind[1] if kind else found.group(2)
         elif "embed" in name:
-            layer, module = "emb", name.removesuffix(".weight").split(".")[-1]
+            layer, module = "emb", "embeddings"
         else:
             continue  # the head and anything else outside the layer stack
         records.append((layer, module, int(rows.sum()), int(rows.numel())))
     frame = pd.DataFrame(records, columns=["layer", "module", "selected_rows", "rows"])
-    frame = frame.groupby(["layer", "module"], as_index=False)[["selected_rows", "rows"]].sum()
+    frame = frame.groupby(["layer", "module"], as_index=False, sort=False)[["selected_rows", "rows"]].sum()
+    order = frame["module"].map(lambda m: MODULE_ORDER.index(m) if m in MODULE_ORDER else len(MODULE_ORDER))
+    frame = frame.assign(order=order).sort_values(["order", "module"], kind="stable").drop(columns="order")
+    frame = frame.reset_index(drop=True)
     return frame.assign(share=frame["selected_rows"] / frame["rows"].clip(lower=1))

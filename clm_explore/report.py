@@ -39,6 +39,7 @@ from clm_explore.metrics import (
 )
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import read_json_object
+from clm_explore.sensitivity import MODULE_ORDER
 
 METRIC_KEYS = (
     "method", "accuracy", "macro_f1", "seed", "epochs", "train_seconds", "examples_per_second",
@@ -238,8 +239,9 @@ def _f1_figure(ma: dict[str, Any], mb: dict[str, Any] | None, names: tuple[str, 
 
 def _share_grid(table: pd.DataFrame) -> pd.DataFrame:
     """A (module x layer) grid of the table's ``share``, the layers in order (emb first)."""
-    pivot = table.pivot_table(index="module", columns="layer", values="share", aggfunc="mean")
-    return pivot[sorted(pivot.columns, key=lambda x: -1 if x == "emb" else int(x))]
+    pivot = table.pivot_table(index="module", columns="layer", values="share", aggfunc="mean", sort=False)
+    modules = sorted(pivot.index, key=lambda m: (MODULE_ORDER.index(m) if m in MODULE_ORDER else len(MODULE_ORDER), m))
+    return pivot.loc[modules, sorted(pivot.columns, key=lambda x: -1 if x == "emb" else int(x))]
 
 
 def _mask_figure(table: pd.DataFrame, title: str, zmax: float | None = None) -> go.Figure | None:

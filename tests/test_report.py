@@ -78,7 +78,9 @@ def test_mask_table(tmp_path: Path, tiny_data) -> None:
     run_a = make_run(tmp_path, tiny_data, 0, "sparse")
     table = mask_table(run_a)
     assert set(table["layer"]) == {"emb", "0", "1"}
-    assert {"attention.self.query", "intermediate.dense", "output.dense"} <= set(table["module"])
+    # The kinds the weight-change map beside it names (the report review: attention.self.key beside k)
+    assert list(dict.fromkeys(table["module"])) == ["embeddings", "q", "k", "v", "o", "ffn_in", "ffn_out"]
+    assert (table["share"] == table["selected_rows"] / table["rows"]).all()
     assert table["share"].between(0, 1).all() and (table["rows"] > 0).all()
     assert mask_table(tmp_path / "none").empty
 
