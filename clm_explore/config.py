@@ -218,10 +218,12 @@ class MiningConfig:
     """Groups kept; 0 scales with data: min(1024, max(64, rows // 8))."""
     fragment_min_words: int = 3
     """A word fragment is kept only if it recurs inside at least this many different words."""
-    fragment_min_chars: int = 1
-    """A word fragment is kept only if it reads at least this many characters (without its tokenizer's markers):
-    3 drops inflections and letters of names ('##s', '##ed', 'mc'), which passed the rule above on snips (149 of
-    its 228 fragments) and trec6 (119 of 150) and made up 7-8% of their kept positions (the mining review)."""
+    fragment_min_chars: int = 3
+    """A word fragment is kept only if it reads at least this many characters (without its tokenizer's markers): 3
+    drops inflections and letters of names ('##s', '##ed', 'mc'), which passed the rule above on snips (149 of its
+    228 fragments) and trec6 (119 of 150) and made up 7-8% of their kept positions (the mining review); 1 keeps
+    them (the default before the fifty-seventh session). On trec6 (sparse, 3 epochs, 3 seeds) 3 against 1: test
+    accuracy 0.962 vs 0.958, macro-F1 0.950 vs 0.949, level within the noise of 500 test rows."""
     examples_per_group: int = 5
     """Example row ids reported per group."""
     merge_tokens: int = 0

@@ -52,6 +52,8 @@ def test_mine_json(capsys, data_dir):
                               "lift"]
     top = groups[0]
     assert f"{top['label_rows']}/{top['count']}" in first.split() and top["label"] in first.split()
+    assert "--fragment-min-chars must be >= 1, got 0" in run_error(capsys, ["mine", str(data_dir), *TINY,
+                                                                           "--fragment-min-chars", "0"])
 
 
 def test_mine_json_names_the_slot_of_each_merged_word(capsys, tmp_path):

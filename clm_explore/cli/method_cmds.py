@@ -87,6 +87,9 @@ def _mining_args(p: argparse.ArgumentParser, scored: str = "") -> Any:
                        "frequencies), or none (relevance alone)")
     group.add_argument("--max-words", type=int, default=MiningConfig.max_words, metavar="N",
                        help="longest run of words mined as one group")
+    group.add_argument("--fragment-min-chars", type=int, default=MiningConfig.fragment_min_chars, metavar="N",
+                       help="shortest word fragment kept, in characters ('##s' reads 1; 1 = as runs before this "
+                       "option mined)")
     return group
 
 
@@ -102,7 +105,8 @@ def mining_config(args: argparse.Namespace, merge_tokens: int = 0) -> MiningConf
     """The mining options of ``args`` (``_mining_args``); a value out of range is a ConfigError, which the CLI
     says with the option's name."""
     return MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance,
-                        specificity=args.specificity, max_words=args.max_words, merge_tokens=merge_tokens)
+                        specificity=args.specificity, max_words=args.max_words, merge_tokens=merge_tokens,
+                        fragment_min_chars=args.fragment_min_chars)
 
 
 def run_mine(args: argparse.Namespace) -> int:

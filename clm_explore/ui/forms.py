@@ -122,9 +122,13 @@ def mining_form(key: str = "tok") -> MiningConfig:
         )
         min_count = c3.number_input("Min rows", 1, 1000, cfg.min_count, key=f"{key}_min_count",
                                     help="A group must occur in at least this many training rows.")
-        c1, c2, _ = st.columns(3)
+        c1, c2, c3 = st.columns(3)
         max_words = c1.number_input("Max words per group", 1, 4, cfg.max_words, key=f"{key}_max_words",
                                     help="Longest run of words mined as one group.")
+        min_chars = c3.number_input("Shortest fragment (characters)", 1, 20, cfg.fragment_min_chars,
+                                    key=f"{key}_min_chars", help="A word fragment (a piece inside words, such as "
+                                    "'##ing') is kept only if it reads at least this many characters: 3 leaves out "
+                                    "endings such as '##s' and letters of names.")
         top_k = c2.number_input("Groups kept (0 = auto)", 0, 5000, cfg.top_k, key=f"{key}_top_k",
                                 help="How many of the best-scored groups are kept (0: scales with the rows, "
                                 "64 to 1,024); their positions restrict the sensitivity scores.")
@@ -136,6 +140,7 @@ def mining_form(key: str = "tok") -> MiningConfig:
                 min_count=int(min_count),
                 max_words=int(max_words),
                 top_k=int(top_k),
+                fragment_min_chars=int(min_chars),
             )
             state.put(state.MINING_CFG, cfg)
     return cfg

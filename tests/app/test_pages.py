@@ -342,9 +342,10 @@ def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
     assert "label_rows" in at.dataframe[0].value.columns  # the mining review: a spread group's label read as firm
     assert any(re.search(r"in \d+ rows, \d+ of them of this label", m.value) for m in at.markdown)
     at.number_input(key="tok_min_count").set_value(3)
+    at.number_input(key="tok_min_chars").set_value(1)
     button(at, "Mine task tokens").click().run()
     assert not at.exception
-    assert at.session_state["mining_cfg"].min_count == 3
+    assert at.session_state["mining_cfg"].min_count == 3 and at.session_state["mining_cfg"].fragment_min_chars == 1
     at.text_input(key="tok_all_query").input("zzzz-no-match").run()
     assert not at.exception
     at.toggle(key="tok_merge").set_value(True).run()
