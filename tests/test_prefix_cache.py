@@ -78,8 +78,10 @@ def test_scores_and_head_from_a_prefix_cache_equal_those_without(tiny, tiny_data
 def test_float16_states_train_to_nearly_the_same_weights(tiny_data, tmp_path):
     wide = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True, cache_dtype="float32"), tmp_path / "fp32",
                     source="tiny-random")
+    # The rows the fp32 run chose: scores of fp16 states differ a little, and at a near tie one row may go another
+    # way (it did once mining left out short fragments), which is not what this test compares.
     narrow = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True, cache_dtype="float16"),
-                      tmp_path / "fp16", source="tiny-random")
+                      tmp_path / "fp16", source="tiny-random", scores=tmp_path / "fp32" / "sensitivity")
     assert (wide.metrics["prefix_cache"]["dtype"], narrow.metrics["prefix_cache"]["dtype"]) == ("float32", "float16")
     before, after = saved_params(tmp_path / "fp32"), saved_params(tmp_path / "fp16")
     changed = 0
