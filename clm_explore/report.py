@@ -479,9 +479,10 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
     attributed = frame[frame["row"].isin(a.items)]
     # Taken from each label in turn (the report review: a test file sorted by label showed 5 rows of one label)
     labels = dict(zip(attributed["row"].astype(int), attributed["label"].astype(str), strict=True))
-    wrong = attributed["right"] != "both" if "right" in attributed else attributed["pred"] != attributed["label"]
-    order = (spread_over_labels(attributed.loc[wrong, "row"].astype(int).tolist(), labels)
-             + spread_over_labels(attributed.loc[~wrong, "row"].astype(int).tolist(), labels))[:n]
+    # one run: its errors first; two: every row here is a disagreement
+    first = attributed["pred"] != attributed["label"] if "pred" in attributed else attributed["row"].notna()
+    order = (spread_over_labels(attributed.loc[first, "row"].astype(int).tolist(), labels)
+             + spread_over_labels(attributed.loc[~first, "row"].astype(int).tolist(), labels))[:n]
     frame = attributed.set_index(attributed["row"].astype(int)).loc[order].reset_index(drop=True)
     parts = [f"<h2>{title}</h2>", ATTRIBUTION_KEY]
     if len(attributed) > n:  # the page would otherwise read as if these were all
