@@ -58,7 +58,7 @@ th { background: #f3f3f3; }
 .note { color: #666; font-size: 0.9em; }
 .warn { background: #fff4e5; border-left: 4px solid #e08a00; padding: 4px 8px; }
 th, td, .row-text span, bdi { unicode-bidi: isolate; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; position: relative; }  /* relative: it clips the .sr text inside it too */
 .against { text-decoration: underline dotted; }
 .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 .key span { padding: 1px 4px; border-radius: 3px; }
