@@ -154,6 +154,24 @@ def test_token_restricted_fisher_equals_stopgrad_formulation():
     assert emb[tok.convert_tokens_to_ids("refund")] > 0
 
 
+def test_scoring_builds_no_gradient_of_the_whole_embedding_table(monkeypatch):
+    """The core review: the scorer unfroze the word-embedding weight to read its rows' gradients, so every batch
+    also built a (vocabulary x width) gradient of the whole table (47 MB on MiniLM) that nothing read."""
+    from clm_explore import sensitivity
+
+    seen: list[bool] = []
+    accumulate = sensitivity._EmbeddingScorer._accumulate
+
+    def spy(self, grad):
+        seen.append(self.embedding.weight.requires_grad)
+        return accumulate(self, grad)
+
+    monkeypatch.setattr(sensitivity._EmbeddingScorer, "_accumulate", spy)
+    report = compute_sensitivity(wide_tiny(), hand_data(), REFUNDING, config(), device="cpu")
+    assert seen and not any(seen)
+    assert report.row_scores["bert.embeddings.word_embeddings.weight"].sum() > 0
+
+
 def test_taylor_equals_autograd_and_does_not_depend_on_batch_size():
     want = brute_force(wide_tiny(), TEXTS, Y, ALLOWED, score="taylor")
     for batch_size in (1, 3):
