@@ -270,7 +270,9 @@ class SensitivityConfig:
     restriction: str = "tokens"
     """'tokens': weight gradients only from mined-group positions plus the pooling position; 'none': from every
     position (the unrestricted ablation). Either way the word-embedding rows eligible are those of the mined groups'
-    pieces (method.md section 2), which matters only where the mask reaches the embeddings (``min_layer`` 0)."""
+    pieces (method.md section 2) where groups are given; without groups (``compute_sensitivity(..., None)``, and
+    the ``gradient`` baseline) every non-special token of the calibration rows is. That matters only where the
+    mask reaches the embeddings (``min_layer`` 0)."""
     score: str = "fisher"
     """'fisher' (mean squared per-example gradient), 'taylor' (|w * dL/dw|) or 'gradient' (summed |batch
     gradient|, the gradient-magnitude score of sparse-finetuning studies; depends on how rows are batched)."""
