@@ -125,25 +125,36 @@ NAMED_MODEL_SOURCES = NAMED_SOURCES
 """Model sources given by name (packages), allowed whatever ``$CLM_EXPLORE_MODEL_DIRS`` says."""
 
 
-def model_dirs() -> list[Path]:
-    """``$CLM_EXPLORE_MODEL_DIRS`` (folders separated like PATH): where the sidebar may load models from; empty
-    when unset (any path: a server for one user)."""
+ANY_MODEL_DIR = "*"
+"""``$CLM_EXPLORE_MODEL_DIRS=*``: the sidebar loads any path the server can read (a server for one user)."""
+
+
+def model_dirs() -> list[Path] | None:
+    """``$CLM_EXPLORE_MODEL_DIRS`` (folders separated like PATH): where the sidebar may load models from; None for
+    ``*`` (any path); empty when unset: none, so that a browser user of a shared server can neither load whatever
+    model folder the server can read (another account's, one too large for its memory) nor probe which paths
+    exist (the security review)."""
     raw = os.environ.get("CLM_EXPLORE_MODEL_DIRS", "")
+    if raw.strip() == ANY_MODEL_DIR:
+        return None
     return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
 def refused_model_source(source: str) -> str:
-    """Why a browser user may not load ``source`` ('' when they may): with ``$CLM_EXPLORE_MODEL_DIRS`` set, a
-    path must lie inside one of its folders. The answer is the same whether the path exists or not, so the
-    sidebar does not tell a user what is on the server."""
+    """Why a browser user may not load ``source`` ('' when they may): a named source, the model the server starts
+    sessions with (``$CLM_EXPLORE_MODEL``, the administrator's), or a path inside one of ``$CLM_EXPLORE_MODEL_DIRS``
+    (any with ``*``). The answer is the same whether the path exists or not, so the sidebar does not tell a user
+    what is on the server."""
     allowed = model_dirs()
-    if not allowed or source in NAMED_MODEL_SOURCES:
+    if allowed is None or source in NAMED_MODEL_SOURCES or source == os.environ.get("CLM_EXPLORE_MODEL"):
         return ""
     path = Path(source).expanduser().resolve()
     if any(path == root or root in path.parents for root in allowed):
         return ""
-    return ("This server loads models only by name (" + ", ".join(NAMED_MODEL_SOURCES) + ") or from its "
-            "model folders; ask its administrator (CLM_EXPLORE_MODEL_DIRS).")
+    folders = " or from its model folders" if allowed else ""
+    return (f"This server loads models only by name ({', '.join(NAMED_MODEL_SOURCES)}){folders}; its administrator "
+            "can allow model folders with CLM_EXPLORE_MODEL_DIRS (folders separated by ':', or * for any path on "
+            "a server of one user).")
 
 
 def sample_choice() -> DataChoice | None:

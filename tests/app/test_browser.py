@@ -42,7 +42,8 @@ def streamlit_server(tmp: Path, model: str = "tiny-random", threads: int = 1) ->
     """``streamlit run app.py`` on a free localhost port with its own run root; yields the URL."""
     env = {**os.environ, "CLM_EXPLORE_RUNS": str(tmp / "runs"), "CLM_EXPLORE_MODEL": model,
            "CLM_EXPLORE_DEVICE": "cpu", "CLM_EXPLORE_TORCH_THREADS": str(threads),
-           "CLM_EXPLORE_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+           "CLM_EXPLORE_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1",
+           "CLM_EXPLORE_MODEL_DIRS": "*"}  # fmt: skip  (a folder typed in the sidebar loads, or fails plainly)
     env.pop("CLM_EXPLORE_INLINE_JOBS", None)
     url = f"http://127.0.0.1:{_free_port()}"
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",

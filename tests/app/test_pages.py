@@ -800,7 +800,8 @@ def pick_model_folder(at: AppTest, folder: Path) -> None:
     at.text_input(key="side_folder").input(str(folder)).run()
 
 
-def test_bad_model_folder_is_a_plain_error(at: AppTest, tmp_path: Path) -> None:
+def test_bad_model_folder_is_a_plain_error(at: AppTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(tmp_path))  # the server allows model folders there
     goto(at, "app_pages/3_sensitivity.py")
     pick_model_folder(at, tmp_path / "no-such-model")
     shown = [e.value for e in at.error] + [e.value for e in at.exception]  # one message, no traceback
@@ -1105,8 +1106,14 @@ def test_model_dirs_limit_the_sidebar_folder_box(tmp_path: Path, monkeypatch: py
     assert "CLM_EXPLORE_MODEL_DIRS" in outside
     assert refused_model_source(str(allowed / ".." / "secret")) == outside  # no way out through ..
     assert refused_model_source("/no/such/folder") == outside  # same answer whether it exists or not
-    monkeypatch.delenv("CLM_EXPLORE_MODEL_DIRS")
-    assert refused_model_source("/etc") == ""  # unset: one user's server, any path
+    monkeypatch.delenv("CLM_EXPLORE_MODEL_DIRS")  # unset: named sources alone (the security review: any path)
+    assert refused_model_source("/etc") == refused_model_source("/no/such") != ""
+    assert "CLM_EXPLORE_MODEL_DIRS" in refused_model_source("/etc") and refused_model_source("default") == ""
+    with monkeypatch.context() as admin:
+        admin.setenv("CLM_EXPLORE_MODEL", str(allowed / "admins-choice"))
+        assert refused_model_source(str(allowed / "admins-choice")) == ""  # the model sessions start with
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", "*")
+    assert refused_model_source("/etc") == ""  # one user's server: any path
 
     monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(allowed))
     # AppTest keeps the sidebar's elements of a session's first run only: the folder is typed before it.
@@ -1115,7 +1122,7 @@ def test_model_dirs_limit_the_sidebar_folder_box(tmp_path: Path, monkeypatch: py
     app.session_state["side_folder"] = "/etc"
     app.run()
     assert not app.exception
-    assert any("ask its administrator" in e.value for e in app.sidebar.error)  # escaped Markdown, one message
+    assert any("its administrator" in e.value for e in app.sidebar.error)  # escaped Markdown, one message
     assert app.session_state["model_source"] == "tiny-random"  # unchanged, and the refusal says so
     assert any(e.value.endswith(r"Still using tiny\-random\.") for e in app.sidebar.error), app.sidebar.error
 
@@ -1150,7 +1157,8 @@ def _app_on_model_folder(model, tokenizer, folder: Path) -> AppTest:
     return app
 
 
-def test_sidebar_refuses_an_unsupported_model_folder_and_a_new_model_resets_the_layer_floor(tmp_path: Path) -> None:
+def test_sidebar_refuses_an_unsupported_model_folder_and_a_new_model_resets_the_layer_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(tmp_path))  # the server allows model folders there
     from transformers import AutoModelForSequenceClassification, FunnelConfig
 
     from clm_explore.config import MaskConfig
@@ -1576,7 +1584,8 @@ def test_uploads_whose_names_have_no_ascii_letters_do_not_overwrite_each_other(t
     assert clash.path != other.path and Path(clash.path).read_bytes() == b"text,label\nc,z\n"
 
 
-def test_another_model_is_told_the_default_rates_come_from_the_default_one(at: AppTest, tmp_path: Path) -> None:
+def test_another_model_is_told_the_default_rates_come_from_the_default_one(at: AppTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(tmp_path))  # the server allows model folders there
     from clm_explore.modeling import load_model
     from clm_explore.ui.views import refusal_text
 
@@ -1591,7 +1600,8 @@ def test_another_model_is_told_the_default_rates_come_from_the_default_one(at: A
         "use the method 'lora' (the Method box) for an adapter baseline.")
 
 
-def test_a_model_saved_again_into_its_folder_is_loaded_again_not_served_from_the_cache(tmp_path: Path) -> None:
+def test_a_model_saved_again_into_its_folder_is_loaded_again_not_served_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(tmp_path))  # the server allows model folders there
     import copy
 
     from transformers import AutoModelForSequenceClassification
@@ -1610,7 +1620,8 @@ def test_a_model_saved_again_into_its_folder_is_loaded_again_not_served_from_the
     assert lowest_layer_shown(at) == "2"  # the upper half of the 4 layers now in the folder
 
 
-def test_every_page_renders_with_a_head_outside_the_classifier_module(tmp_path: Path) -> None:
+def test_every_page_renders_with_a_head_outside_the_classifier_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_EXPLORE_MODEL_DIRS", str(tmp_path))  # the server allows model folders there
     from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
     from clm_explore.modeling import load_model
