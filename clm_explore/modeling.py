@@ -29,8 +29,9 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Set, not defaulted: an environment's HF_HUB_OFFLINE=0 must not open a way to the Hub (nothing is downloaded).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from transformers import (  # noqa: E402  (after the offline switch on purpose)
     AutoModelForSequenceClassification,
