@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,9 +135,10 @@ def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> li
                                  else made_scores(plan.cfg, choice, source)) for plan in plans]
     for plan in plans:
         check_runnable(plan.cfg, loaded)
-    target = _LaunchTarget(store(), job_queue(), state.session_id(), state.launched_runs(), annotated, source, choice,
-                           f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}",
-                           data_digest(annotated))
+    digest = data_digest(annotated)
+    target = _LaunchTarget(store(), job_queue(), state.session_id(), state.launched_runs(),
+                           queued_data(annotated, (digest, repr(choice))), source, choice,
+                           f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}", digest)
     queued: list[Job] = []
     try:
         for plan in plans:
@@ -145,6 +148,23 @@ def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> li
             target.queue.cancel(job.id, by=target.owner)
         raise
     return queued
+
+
+_QUEUED_DATA: weakref.WeakValueDictionary[tuple[str, str], object] = weakref.WeakValueDictionary()
+_QUEUED_DATA_LOCK = threading.Lock()
+
+
+def queued_data(annotated: object, key: tuple[str, str]) -> object:
+    """One copy of the data for every queued job that trains on the same rows: st.cache_data hands each launch a
+    copy of its own, so 48 queued jobs of a 200 MB upload held 48 copies in the server's memory (the security
+    review). Kept while a job holds it (weak values)."""
+    with _QUEUED_DATA_LOCK:
+        kept = _QUEUED_DATA.get(key)
+        if kept is not None:
+            return kept
+        with contextlib.suppress(TypeError):  # an object that takes no weak reference is queued as it is
+            _QUEUED_DATA[key] = annotated
+        return annotated
 
 
 @dataclass

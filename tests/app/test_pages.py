@@ -1876,6 +1876,46 @@ def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_p
     assert {r.path.stat().st_mode & 0o777 for r in runs.list()} == {0o700}  # an upload's runs closed as it is
 
 
+def test_jobs_queued_on_the_same_rows_share_one_copy_of_the_data(monkeypatch, tmp_path: Path) -> None:
+    """The security review: st.cache_data hands each launch its own copy of the data, so every queued job held one
+    (48 jobs of a 200 MB upload, 48 copies in the server's memory)."""
+    from types import SimpleNamespace
+
+    import streamlit as st
+
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.runs import RunStore
+    from clm_explore.ui import cache, jobs, state
+
+    class Rows:  # a fresh copy at every read, as st.cache_data gives
+        labels = ["a", "b"]
+
+    session = _SessionRecorder()
+    monkeypatch.setattr(st, "session_state", session)
+    runs, held = RunStore(tmp_path / "runs"), []
+
+    def submit(fn, kwargs, run_id=None, device="cpu", owner=None):
+        held.append(kwargs["data"])
+        return SimpleNamespace(label="", run_id=run_id, id=f"job-{run_id}")
+
+    monkeypatch.setattr(jobs, "store", lambda: runs)
+    monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(active=lambda: [], submit=submit))
+    monkeypatch.setattr(jobs, "made_scores", lambda *args: None)
+    monkeypatch.setattr(cache, "data", lambda choice: Rows())
+    monkeypatch.setattr(cache, "model", lambda source, labels: None)
+    monkeypatch.setattr("clm_explore.training.check_runnable", lambda cfg, loaded: None)
+    monkeypatch.setattr("clm_explore.training.check_splits", lambda data, cfg: None)
+    monkeypatch.setattr(jobs, "data_digest", lambda data: "d" * 16)
+    session[state.SESSION_ID] = "f" * 32
+    choice = state.DataChoice("upload", str(tmp_path / "acme.csv"), "acme.csv", digest="ab12")
+    for name in ("first", "second"):  # two launches, as two clicks (or two sessions) make them
+        jobs.launch_seeds(name, FinetuneConfig(), choice, "tiny-random", 2)
+    assert len(held) == 4 and all(data is held[0] for data in held)
+    other = state.DataChoice("upload", str(tmp_path / "other.csv"), "other.csv", digest="cd34")
+    jobs.launch_seeds("third", FinetuneConfig(), other, "tiny-random", 1)
+    assert held[-1] is not held[0]  # other data: its own copy
+
+
 def test_a_launch_on_data_without_test_rows_is_refused_before_any_run(monkeypatch, tmp_path: Path) -> None:
     """The two-user review: such a launch was queued and its job failed when its turn came (with a traceback)."""
     import dataclasses
