@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -1825,6 +1826,18 @@ class _SessionRecorder(dict):
         return super().__contains__(key)
 
 
+def _launch_checks_passed(monkeypatch: pytest.MonkeyPatch, data: Callable[[object], object]) -> None:
+    """A launch's reads and checks stood in for: the data (``data(choice)``), no model, no scores, every check passed."""
+    from clm_explore.ui import cache, jobs
+
+    monkeypatch.setattr(jobs, "made_scores", lambda *args: None)
+    monkeypatch.setattr(cache, "data", data)
+    monkeypatch.setattr(cache, "model", lambda source, labels: None)
+    monkeypatch.setattr("clm_explore.training.check_runnable", lambda cfg, loaded: None)
+    monkeypatch.setattr("clm_explore.training.check_splits", lambda data, cfg: None)
+    monkeypatch.setattr(jobs, "data_digest", lambda data: "d" * 16)
+
+
 def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_path: Path) -> None:
     """Streamlit stops a script for its next run at any session read: a 10-seed launch touched again queued five
     runs and left a sixth "pending" with no job behind it (the two-user review). Every read now comes before the
@@ -1835,7 +1848,7 @@ def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_p
 
     from clm_explore.config import FinetuneConfig
     from clm_explore.runs import RunStore
-    from clm_explore.ui import cache, jobs, state
+    from clm_explore.ui import jobs, state
 
     session = _SessionRecorder()
     monkeypatch.setattr(st, "session_state", session)
@@ -1858,12 +1871,7 @@ def test_a_launch_queues_its_runs_without_reading_the_session(monkeypatch, tmp_p
     monkeypatch.setattr(jobs, "store", lambda: runs)
     monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(
         active=lambda: [], submit=submit, cancel=lambda job_id, by=None: cancelled.append(job_id)))
-    monkeypatch.setattr(jobs, "made_scores", lambda *args: None)
-    monkeypatch.setattr(cache, "data", lambda choice: SimpleNamespace(labels=["a", "b"]))
-    monkeypatch.setattr(cache, "model", lambda source, labels: None)
-    monkeypatch.setattr("clm_explore.training.check_runnable", lambda cfg, loaded: None)
-    monkeypatch.setattr("clm_explore.training.check_splits", lambda data, cfg: None)
-    monkeypatch.setattr(jobs, "data_digest", lambda data: "d" * 16)
+    _launch_checks_passed(monkeypatch, lambda choice: SimpleNamespace(labels=["a", "b"]))
     session[state.SESSION_ID] = "f" * 32
     choice = state.DataChoice("upload", str(tmp_path / "acme.csv"), "acme.csv", digest="ab12")
     with pytest.raises(RuntimeError, match="the queue is gone"):
@@ -1885,7 +1893,7 @@ def test_jobs_queued_on_the_same_rows_share_one_copy_of_the_data(monkeypatch, tm
 
     from clm_explore.config import FinetuneConfig
     from clm_explore.runs import RunStore
-    from clm_explore.ui import cache, jobs, state
+    from clm_explore.ui import jobs, state
 
     class Rows:  # a fresh copy at every read, as st.cache_data gives
         labels = ["a", "b"]
@@ -1900,12 +1908,7 @@ def test_jobs_queued_on_the_same_rows_share_one_copy_of_the_data(monkeypatch, tm
 
     monkeypatch.setattr(jobs, "store", lambda: runs)
     monkeypatch.setattr(jobs, "job_queue", lambda: SimpleNamespace(active=lambda: [], submit=submit))
-    monkeypatch.setattr(jobs, "made_scores", lambda *args: None)
-    monkeypatch.setattr(cache, "data", lambda choice: Rows())
-    monkeypatch.setattr(cache, "model", lambda source, labels: None)
-    monkeypatch.setattr("clm_explore.training.check_runnable", lambda cfg, loaded: None)
-    monkeypatch.setattr("clm_explore.training.check_splits", lambda data, cfg: None)
-    monkeypatch.setattr(jobs, "data_digest", lambda data: "d" * 16)
+    _launch_checks_passed(monkeypatch, lambda choice: Rows())
     session[state.SESSION_ID] = "f" * 32
     choice = state.DataChoice("upload", str(tmp_path / "acme.csv"), "acme.csv", digest="ab12")
     for name in ("first", "second"):  # two launches, as two clicks (or two sessions) make them
