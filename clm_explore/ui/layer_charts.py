@@ -13,6 +13,7 @@ import streamlit as st
 
 from clm_explore.changes import layer_axis_labels
 from clm_explore.data import DataError
+from clm_explore.layer_views import LayerSimilarity
 from clm_explore.modeling import ModelSourceError
 from clm_explore.runs import RunRecord, read_json_object
 from clm_explore.ui import cache, state, views
@@ -53,11 +54,17 @@ def layer_similarity_toggle(a: RunRecord, b: RunRecord, key: str) -> None:
     numbers = pd.DataFrame({name: r.table.assign(layer=layer_axis_labels(r.table["layer"])).set_index("layer")["cka"]
                             for name, r in pairs.items()})
     views.chart(fig, f"{key}_cka", numbers, "CKA per layer")
-    rows = next(iter(pairs.values())).rows
+    counts = sorted({r.rows for r in pairs.values()})  # each pair's own count (the layer review: A's said for all)
     notes = sorted({note for r in pairs.values() for note in r.notes})
-    st.caption(escape_markdown(f"Over {rows:,} test rows. " + " ".join(
-        f"{name}: lowest {cka:.3f} at {'the embeddings' if layer < 0 else f'layer {layer}'}." for name, (layer, cka)
-        in ((n, r.lowest()) for n, r in pairs.items())) + "".join(f" Note: {note}." for note in notes)))
+    st.caption(escape_markdown(f"Over {' or '.join(f'{n:,}' for n in counts)} test rows. " + " ".join(
+        f"{name}: {_lowest_text(r)}." for name, r in pairs.items()) + "".join(f" Note: {note}." for note in notes)))
+
+
+def _lowest_text(result: LayerSimilarity) -> str:
+    layer, cka = result.lowest()
+    if layer is None:
+        return "no CKA (the texts' states do not vary)"
+    return f"lowest {cka:.3f} at {'the embeddings' if layer < 0 else f'layer {layer}'}"
 
 
 
