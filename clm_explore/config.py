@@ -400,7 +400,7 @@ class MaskConfig:
     spread_heads: bool = False
     """Once the budget is shared out between the maps, take each query, key and value map's rows round-robin
     over its attention heads (every head's best row, then every head's second, ...) instead of its top rows,
-    which tend to crowd into one or two heads. Same count per map, so the same cost; top rows only
+    which tend to crowd into one to three heads. Same count per map, so the same cost; top rows only
     ('topk_global', no random_share). On 10-shot test splits it lifted trec6's Fisher rows by 8 points, was
     level with the top rows on banking77, snips and hint3 (+0.1 to +0.5) and 2.7 points behind trec6's
     Taylor rows; on full data level (snips +0.24, banking77 -0.01). Off until the method grids have run

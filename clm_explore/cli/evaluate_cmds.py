@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
                    help="also write a row per text (row, text, label, pred, prob, correct) to this CSV file")
     p.add_argument("--json", action="store_true",
                    help="print JSON: run, rows, accuracy, macro_f1, per_label_f1, labels, confusion, unseen_labels, "
-                   "out_of_scope (null when every label is the run's)")
+                   "out_of_scope (null when every label is the run's), predictions (the CSV written, or null)")
     p.set_defaults(func=run_evaluate)
 
 
