@@ -8,13 +8,14 @@ modify a model (sensitivity warms up the head) get a fresh copy loaded inside th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,21 @@ from clm_explore.ui import state
 from clm_explore.ui.state import DataChoice
 
 T = TypeVar("T")
+
+
+HEAVY_AT_ONCE = 1
+"""Page computations that load a model and pass over many rows (scoring, weight changes, CKA, the case study, the
+report) run this many at a time on the server, whichever sessions ask; the others wait their turn. In page threads,
+outside the jobs' queue, several sessions' would otherwise run side by side, each with a model in memory, and take
+the CPU (or GPU) from the jobs (the security review)."""
+_HEAVY = threading.BoundedSemaphore(HEAVY_AT_ONCE)
+
+
+@contextlib.contextmanager
+def heavy_work() -> Iterator[None]:
+    """Hold one of the server's ``HEAVY_AT_ONCE`` slots for a heavy page computation."""
+    with _HEAVY:
+        yield
 
 
 @st.cache_resource(show_spinner=False)
@@ -218,7 +234,8 @@ def merge_report(source: str, version: str, choice: DataChoice, cfg: MiningConfi
 
 
 @_per_model_version
-@st.cache_resource(show_spinner="Scoring rows (sensitivity)… cached afterwards", max_entries=8)
+@st.cache_resource(show_spinner="Scoring rows (sensitivity; one such computation at a time on this server)… cached "
+                               "afterwards", max_entries=8)
 def sensitivity(
     source: str, version: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
 ) -> SensitivityReport:
@@ -229,7 +246,8 @@ def sensitivity(
     )  # the head gets warmed up: not the shared model
     groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
     device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
-    report = compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False)  # no bar in the log
+    with heavy_work():
+        report = compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False)  # no bar: a log
     del fresh
     release_gpu_memory()  # the jobs' worker trains on the same GPU
     with _MADE_LOCK:
@@ -279,7 +297,8 @@ def weight_changes(run_path: str, mtime: float, base_version: str) -> WeightChan
     model's ``state.model_version`` key the cache)."""
     from clm_explore.changes import weight_changes as changes
 
-    return changes(run_path)
+    with heavy_work():
+        return changes(run_path)
 
 
 @st.cache_resource(show_spinner="Loading the run's model…", max_entries=4)
@@ -298,7 +317,8 @@ def layer_similarity(run_path: str, mtime: float, other_path: str, other_mtime: 
     cache."""
     from clm_explore.layer_views import layer_similarity as similarity
 
-    return similarity(run_path, other_path or None, max_rows=UI_CKA_ROWS)
+    with heavy_work():
+        return similarity(run_path, other_path or None, max_rows=UI_CKA_ROWS)
 
 
 UI_CKA_ROWS = 256
@@ -345,7 +365,8 @@ def file_mtime(path: str | Path) -> float:
 def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> Any:
     from clm_explore.casestudy import case_study as study
 
-    return study(run_a, run_b, max_rows=max_rows, progress=False)  # the page shows a spinner
+    with heavy_work():
+        return study(run_a, run_b, max_rows=max_rows, progress=False)  # the page shows a spinner
 
 
 @st.cache_data(show_spinner="Building the case-study report…", max_entries=8)
@@ -354,7 +375,7 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
 
     from clm_explore.report import build_report
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, heavy_work():
         return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows,
                             progress=False).read_bytes()
 

@@ -1977,3 +1977,33 @@ def test_the_same_upload_again_keeps_a_shared_hard_link_and_stale_parts_go(tmp_p
     os.utime(stale, (time.time() - 2 * state.STALE_PART_SECONDS,) * 2)
     save_upload(raw + b"more,c\n", "next.csv", folder=other)
     assert not stale.exists() and fresh.exists()
+
+
+def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp_path: Path) -> None:
+    """The security review: scoring, weight changes, CKA and the case study ran in page threads, several sessions'
+    side by side, each with a model in memory, taking the CPU from the jobs."""
+    import threading
+
+    from clm_explore import changes
+    from clm_explore.ui import cache
+
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def slow(run_path):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.2)
+        with lock:
+            inside[0] -= 1
+        return run_path
+
+    monkeypatch.setattr(changes, "weight_changes", slow)
+    calls = [threading.Thread(target=cache.weight_changes, args=(str(tmp_path / f"run{i}"), 0.0, "v"))
+             for i in range(3)]  # three sessions, three runs: nothing cached to share
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join()
+    assert most[0] == cache.HEAVY_AT_ONCE == 1
+    cache.weight_changes.clear()
