@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 REGISTRY_NAME = "registry.sqlite"
+UPLOADS_NAME = "_uploads"
+"""The app's uploads folder under the runs root (``ui.state.uploads_root``'s default): never a run."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -341,6 +343,10 @@ class RunStore:
         folder = Path(path).expanduser().resolve()
         if not folder.is_dir():
             raise RunStoreError(f"Run folder {folder} does not exist.")
+        root = self.root.resolve()
+        if folder == root or folder in root.parents or folder == root / UPLOADS_NAME:
+            # listed, it would be zipped for any user and deleted whole by "Delete run" (the security review)
+            raise RunStoreError(f"{folder} holds the run registry or the app's uploads; it is not a run folder.")
         meta = read_json_object(folder / "clm_run.json")
         metrics = read_json_object(folder / "metrics.json")
         status, error = _folder_status(folder, metrics)
@@ -374,7 +380,7 @@ class RunStore:
         listed = {record.path for record in self.list()}
         found = []
         for folder in sorted(self.root.iterdir()):
-            if (folder.is_dir() and not folder.name.startswith(".") and folder not in listed
+            if (folder.is_dir() and not folder.name.startswith(".") and folder.name != UPLOADS_NAME and folder not in listed
                     and (folder / "clm_run.json").is_file()
                     and _folder_status(folder, read_json_object(folder / "metrics.json"))[0].is_terminal):
                 found.append(self.register_folder(folder))

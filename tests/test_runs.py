@@ -152,6 +152,18 @@ def test_register_folder_outside_root(store: RunStore, tmp_path: Path) -> None:
     assert out.is_dir()  # external folders are only unregistered
 
 
+def test_the_registrys_root_its_parents_and_the_uploads_are_never_runs(store: RunStore) -> None:
+    """The security review: the uploads folder registered as a run was zipped, every session's upload and saved
+    session in it, for any user, and "Delete run" would have removed it whole."""
+    from clm_explore.runs import UPLOADS_NAME
+
+    (store.root / UPLOADS_NAME).mkdir()
+    for folder in (store.root, store.root.parent, store.root / UPLOADS_NAME):
+        with pytest.raises(RunStoreError, match="holds the run registry or the app's uploads; it is not a run folder"):
+            store.register_folder(folder)
+    assert store.list() == []
+
+
 
 def test_a_folder_trained_again_is_read_again_when_registered_again(store: RunStore, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -26,7 +26,7 @@ import streamlit as st
 
 from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
 from clm_explore.modeling import NAMED_SOURCES
-from clm_explore.runs import default_root
+from clm_explore.runs import UPLOADS_NAME, default_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "sample_data" / "banking77_20"
@@ -232,7 +232,7 @@ def session_id() -> str:
 
 def uploads_root() -> Path:
     """``$CLM_EXPLORE_UPLOADS`` or ``<runs root>/_uploads``."""
-    return Path(os.environ.get("CLM_EXPLORE_UPLOADS") or default_root() / "_uploads")
+    return Path(os.environ.get("CLM_EXPLORE_UPLOADS") or default_root() / UPLOADS_NAME)
 
 
 def private_folder(folder: Path) -> Path:
