@@ -56,8 +56,9 @@ T = TypeVar("T")
 
 
 HEAVY_AT_ONCE = 1
-"""Page computations that load a model and pass over many rows (scoring, weight changes, CKA, the case study, the
-report) run this many at a time on the server, whichever sessions ask; the others wait their turn. In page threads,
+"""Page computations that load a model and pass over many rows (scoring, the merge measured, weight changes, CKA, the
+case study, the report) run this many at a time on the server, whichever sessions ask; the others wait their turn
+under their spinner (a page waiting cannot change until its turn has come and gone). In page threads,
 outside the jobs' queue, several sessions' would otherwise run side by side, each with a model in memory, and take
 the CPU (or GPU) from the jobs (the security review)."""
 _HEAVY = threading.BoundedSemaphore(HEAVY_AT_ONCE)
@@ -225,12 +226,11 @@ def task_tokens(source: str, version: str, choice: DataChoice, cfg: MiningConfig
 @_per_model_version
 @st.cache_data(show_spinner="Measuring adaptive tokenization…", max_entries=8)
 def merge_report(source: str, version: str, choice: DataChoice, cfg: MiningConfig) -> MergeReport:
-    annotated = data(choice)
-    fresh = load_model(source, annotated.labels, seed=0)  # merging may add tokens: never the shared model
+    annotated, groups = data(choice), task_tokens(source, choice, cfg)  # cached reads, before the slot
     n_merge = cfg.merge_tokens or DEFAULT_MERGE_TOKENS  # as many words as training would merge
-    return adaptive_tokenization(
-        fresh, task_tokens(source, choice, cfg), annotated.train["text"].tolist(), n_merge
-    )
+    with heavy_work():  # a model of its own and every training text
+        fresh = load_model(source, annotated.labels, seed=0)  # merging may add tokens: never the shared model
+        return adaptive_tokenization(fresh, groups, annotated.train["text"].tolist(), n_merge)
 
 
 @_per_model_version
@@ -241,15 +241,15 @@ def sensitivity(
 ) -> SensitivityReport:
     """The sensitivity report (tensors; cached as a resource, treat as read only)."""
     annotated = data(choice)
-    fresh = load_model(
-        source, annotated.labels, seed=cfg.seed
-    )  # the head gets warmed up: not the shared model
-    groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
+    groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None  # before the slot
     device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
-    with heavy_work():
-        report = compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False)  # no bar: a log
-    del fresh
-    release_gpu_memory()  # the jobs' worker trains on the same GPU
+    with heavy_work():  # the model loaded inside: sessions waiting for the slot hold none (the diff review)
+        fresh = load_model(source, annotated.labels, seed=cfg.seed)  # the head gets warmed up: not the shared model
+        try:
+            report = compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False)  # no bar: a log
+        finally:
+            del fresh
+            release_gpu_memory()  # the jobs' worker trains on the same GPU
     with _MADE_LOCK:
         _MADE_REPORTS[_report_key(source, version, choice, mining_cfg, cfg)] = report
     return report

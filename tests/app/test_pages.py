@@ -1979,31 +1979,41 @@ def test_the_same_upload_again_keeps_a_shared_hard_link_and_stale_parts_go(tmp_p
     assert not stale.exists() and fresh.exists()
 
 
-def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("cached", "library", "args"), [
+    ("weight_changes", "clm_explore.changes.weight_changes", (0.0, "v")),
+    ("layer_similarity", "clm_explore.layer_views.layer_similarity", (0.0, "", 0.0, "v")),
+    ("case_study", "clm_explore.casestudy.case_study", (0.0, "", 0.0, 10)),
+    ("report_html", "clm_explore.report.build_report", (0.0, "", 0.0, 10)),
+])
+def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp_path: Path, cached, library,
+                                                                   args) -> None:
     """The security review: scoring, weight changes, CKA and the case study ran in page threads, several sessions'
     side by side, each with a model in memory, taking the CPU from the jobs."""
     import threading
+    from types import SimpleNamespace
 
-    from clm_explore import changes
     from clm_explore.ui import cache
 
-    inside, most, lock = [0], [0], threading.Lock()
+    inside, most, ran, lock = [0], [0], [], threading.Lock()
 
-    def slow(run_path):
+    def slow(run_path, *rest, **options):
         with lock:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
         time.sleep(0.2)
         with lock:
             inside[0] -= 1
-        return run_path
+            ran.append(run_path)
+        return SimpleNamespace(read_bytes=lambda: b"")  # a report's path, for report_html
 
-    monkeypatch.setattr(changes, "weight_changes", slow)
-    calls = [threading.Thread(target=cache.weight_changes, args=(str(tmp_path / f"run{i}"), 0.0, "v"))
+    monkeypatch.setattr(library, slow)
+    wrapper = getattr(cache, cached)
+    calls = [threading.Thread(target=wrapper, args=(str(tmp_path / f"run{i}"), *args))
              for i in range(3)]  # three sessions, three runs: nothing cached to share
     for call in calls:
         call.start()
     for call in calls:
         call.join()
+    assert sorted(ran) == [str(tmp_path / f"run{i}") for i in range(3)]  # every session's computation ran
     assert most[0] == cache.HEAVY_AT_ONCE == 1
-    cache.weight_changes.clear()
+    wrapper.clear()
