@@ -429,8 +429,7 @@ def is_group_word(word: str, groups: Sequence[str], split: Callable[[str], list[
         if not pieces or not pieces[0].startswith(("##", "Ġ", "▁")):
             continue
         if split is not None:
-            own = split(word)
-            if any(own[i:i + len(pieces)] == pieces for i in range(len(own) - len(pieces) + 1)):
+            if _splits_into(word, pieces, split):
                 return True
             continue
         surface = pieces_surface(pieces).lower()
@@ -438,6 +437,24 @@ def is_group_word(word: str, groups: Sequence[str], split: Callable[[str], list[
         if len(surface) > 1 and (surface in word[1:] if inside else word.startswith(surface)):
             return True
     return False
+
+
+def _splits_into(word: str, pieces: list[str], split: Callable[[str], list[str]]) -> bool:
+    """Whether the tokenizer splits ``word`` (lower-cased, as the top words are), or the word capitalised, into
+    ``pieces`` among its own, compared without case: a cased tokenizer's mined 'ĠCon' (from "Contactless") is not
+    among the pieces of "contactless" as written (the diff review)."""
+    wanted = [_uncased(piece) for piece in pieces]
+    for form in dict.fromkeys((word, word.capitalize())):
+        own = [_uncased(piece) for piece in split(form)]
+        if any(own[i:i + len(wanted)] == wanted for i in range(len(own) - len(wanted) + 1)):
+            return True
+    return False
+
+
+def _uncased(piece: str) -> str:
+    """A piece lower-cased after its tokenizer's marker ('Ġ'.lower() is another letter)."""
+    marker = next((m for m in ("##", "Ġ", "▁") if piece.startswith(m)), "")
+    return marker + piece[len(marker):].lower()
 
 
 def word_splitter(run_dir: str | Path) -> Callable[[str], list[str]] | None:
@@ -465,6 +482,11 @@ def mark_mined(top: pd.DataFrame, groups: Sequence[str] | None,
     return top.assign(mined=[bool(groups) and is_group_word(str(w), groups, split) for w in top["word"]])
 
 
+def marked(top: pd.DataFrame, groups: Sequence[str] | None) -> pd.DataFrame:
+    """``top`` as ``case_study`` marked it (with the run's tokenizer), else marked here by the words' text."""
+    return top if "mined" in top.columns else mark_mined(top, groups)
+
+
 def group_overlap(top: pd.DataFrame, groups: Sequence[str] | None, k: int = 10) -> pd.DataFrame:
     """Share of each label's top-k attributed words that are mined groups.
 
@@ -475,7 +497,7 @@ def group_overlap(top: pd.DataFrame, groups: Sequence[str] | None, k: int = 10) 
     if groups is None or top.empty:
         return pd.DataFrame(columns=cols)
     records = []
-    top = top if "mined" in top.columns else mark_mined(top, groups)  # mark_mined with the run's tokenizer: exact
+    top = marked(top, groups)
     for label, part in top[top["rank"] <= k].groupby("label"):
         hits = part.loc[part["mined"], "word"].tolist()
         records.append((label, len(part), len(hits), len(hits) / len(part), hits))

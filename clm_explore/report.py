@@ -26,7 +26,7 @@ from clm_explore.casestudy import (
     Comparison,
     case_study,
     known_label_accuracy,
-    mark_mined,
+    marked,
     run_name,
     spread_over_labels,
 )
@@ -442,10 +442,9 @@ def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
         unsettled = attributed.unsettled_note() if attributed is not None else ""
         if unsettled:
             parts.append(f'<p class="warn">{esc(name)}: {esc(unsettled)}.</p>')
-    runs = [(names[0], mark_mined(study.top_a, study.groups_a) if "mined" not in study.top_a else study.top_a)]
+    runs = [(names[0], marked(study.top_a, study.groups_a))]
     if study.top_b is not None:
-        top_b = study.top_b
-        runs.append((names[1], top_b if "mined" in top_b else mark_mined(top_b, study.groups_a or study.groups_b)))
+        runs.append((names[1], marked(study.top_b, study.groups_a or study.groups_b)))
     labels = sorted(
         set(study.top_a["label"]) | (set(study.top_b["label"]) if study.top_b is not None else set())
     )

@@ -215,7 +215,9 @@ def test_a_mined_fragment_marks_only_words_the_tokenizer_splits_into_it() -> Non
     with the mined groups was inflated."""
     vocab = {"received": ["received"], "unblocked": ["un", "##block", "##ed"], "transferring": ["transfer", "##ring"],
              "card": ["card"]}
-    split = vocab.__getitem__
+    def split(word: str) -> list[str]:  # an uncased tokenizer: a capitalised word splits as the word
+        return vocab[word.lower()]
+
     groups = ["##ed", "##r ##ing", "card"]
     assert cs.is_group_word("received", groups)  # by the text alone
     assert not cs.is_group_word("received", groups, split)
@@ -225,6 +227,11 @@ def test_a_mined_fragment_marks_only_words_the_tokenizer_splits_into_it() -> Non
     marked = cs.mark_mined(top, groups, split)
     assert marked["mined"].tolist() == [False, True, True]
     assert cs.group_overlap(marked, groups, k=3).loc[0, "words"] == ["unblocked", "card"]
+    # A cased byte-level tokenizer (the diff review): the top words are lower-cased, the mined piece 'ĠCon' came from
+    # "Contactless"; the word as written splits otherwise, the word capitalised into it.
+    cased = {"contactless": ["Ġ", "c", "o", "n", "tact", "less"], "Contactless": ["ĠCon", "tact", "less"],
+             "icon": ["Ġicon"], "Icon": ["ĠIcon"]}.__getitem__
+    assert cs.is_group_word("contactless", ["ĠCon"], cased) and not cs.is_group_word("icon", ["ĠCon"], cased)
 
 
 def test_compare_runs(runs) -> None:

@@ -528,13 +528,13 @@ def run_picker(records: list[RunRecord], label: str, default: RunRecord | None, 
 def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, key: str) -> None:
     """Per-label top attributed words; a column marks the ones that are mined groups (``case_study`` marks them with
     the run's tokenizer)."""
-    from clm_explore.casestudy import mark_mined
+    from clm_explore.casestudy import marked
 
     st.subheader(escape_markdown(title), anchor=False)
     if top.empty:
         st.caption("No words passed the minimum count.")
         return
-    shown = top if "mined" in top.columns else mark_mined(top, groups)
+    shown = marked(top, groups)
     st.dataframe(
         shown,
         key=f"{key}_top",
