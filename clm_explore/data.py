@@ -439,7 +439,7 @@ def text_lines(name: str, raw: bytes, notes: list[str]) -> list[str]:
     every = list(_lines(_decode(name, raw, notes)))  # a form feed (PDF text) or U+2028 breaks no line
     lines = [line for line in every if line.strip()]
     if not lines:
-        raise DataError(f"{name} holds no text to predict (it is empty or blank).")
+        raise DataError(f"{name} holds no text (it is empty or blank).")
     blank = [i + 1 for i, line in enumerate(every) if not line.strip()]
     if blank and blank != [len(every)]:  # said: a script pairing outputs with input lines would be off by them
         notes.append(f"{name}: {len(blank)} blank line(s) skipped (line(s) {_listed_lines(blank)}): one "

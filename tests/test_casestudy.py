@@ -215,6 +215,7 @@ def test_a_mined_fragment_marks_only_words_the_tokenizer_splits_into_it() -> Non
     with the mined groups was inflated."""
     vocab = {"received": ["received"], "unblocked": ["un", "##block", "##ed"], "transferring": ["transfer", "##ring"],
              "card": ["card"]}
+
     def split(word: str) -> list[str]:  # an uncased tokenizer: a capitalised word splits as the word
         return vocab[word.lower()]
 

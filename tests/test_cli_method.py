@@ -451,9 +451,12 @@ def test_predict_refuses_texts_and_lengths_it_cannot_read(capsys, tmp_path, extr
 def test_predict_refuses_an_empty_text_file(capsys, tmp_path, monkeypatch):
     run = _fake_run(tmp_path / "run", ["a", "b"], ["x"])
     (tmp_path / "blank.txt").write_text("\n  \n")
-    assert "no text to predict" in run_error(capsys, ["predict", "--run", str(run), "--file", str(tmp_path / "blank.txt")])
+    assert "holds no text (it is empty or blank)" in run_error(capsys, ["predict", "--run", str(run), "--file",
+                                                                         str(tmp_path / "blank.txt")])
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\n")))
-    assert "standard input holds no text to predict" in run_error(capsys, ["predict", "--run", str(run), "--file", "-"])
+    assert "standard input holds no text" in run_error(capsys, ["predict", "--run", str(run), "--file", "-"])
+    monkeypatch.setattr(sys, "stdin", None)  # started with standard input closed (the diff review: a traceback)
+    assert "standard input is closed" in run_error(capsys, ["predict", "--run", str(run), "--file", "-"])
 
 
 def test_report_refuses_runs_of_other_data_and_bad_counts(capsys, tmp_path):

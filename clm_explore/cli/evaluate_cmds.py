@@ -30,9 +30,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-file-mb", type=float, default=200.0, help="refuse files above this size")
     p.add_argument("--max-length", type=int, default=None,
                    help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
-    p.add_argument("--abstain-below", default=None, metavar="P",
+    p.add_argument("--abstain-below", default=None, metavar="P|run",
                    help="where rows hold labels the run was not trained on: score answering (out of scope) below this "
-                   "top probability (default: the threshold the run chose on its validation rows, when it chose one)")
+                   "top probability; 'run' (or nothing): the threshold the run chose on its validation rows, when it "
+                   "chose one")
     p.add_argument("--show", type=int, default=10, metavar="N", help="labels listed, lowest F1 first (0 = all)")
     p.add_argument("--predictions", default=None, metavar="CSV",
                    help="also write a row per text (row, text, label, pred, prob, correct) to this CSV file")

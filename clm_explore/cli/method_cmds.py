@@ -769,6 +769,10 @@ def texts_from_file(path: str, text_col: str | None) -> list[str]:
 
     notes: list[str] = []
     if path == "-":  # a pipe: one text per line, as a .txt file
+        if sys.stdin is None:  # started with standard input closed (<&-)
+            raise UserError("--file -: standard input is closed; pipe the texts in, one per line.")
+        if text_col:
+            notes.append("--text-col is not read with --file -: standard input is one text per line")
         if sys.stdin.isatty():
             print("reading texts from standard input, one per line; end with Ctrl-D", file=sys.stderr)
         texts = read_text_stream(sys.stdin.buffer, notes=notes)
