@@ -498,9 +498,9 @@ WORD_JOINERS = frozenset("'\u2019-\u2010")
 
 
 def _joins_word(text: str, start: int) -> bool:
-    """Whether the piece starting at ``start`` continues the word before it: a joiner after a letter with a letter
-    after it ("hasn|'t"), or a letter after such a joiner ("hasn'|t"). Other punctuation ("card.", "(card)") stays
-    a word of its own."""
+    """Whether the piece starting at ``start`` continues the word before it: a joiner between letters or digits
+    ("hasn|'t", "covid|-19"), or a letter or digit after such a joiner ("hasn'|t"). Other punctuation ("card.",
+    "(card)") stays a word of its own."""
     if start < 1 or start >= len(text):
         return False
     left, right = text[start - 1], text[start]

@@ -219,7 +219,7 @@ def _sampled(texts: Sequence[str], max_rows: int) -> list[str]:
 @torch.no_grad()
 def pooled_states(loaded: LoadedModel, texts: list[str], max_length: int, batch_size: int = 32) -> list[np.ndarray]:
     """Per layer (the embeddings' output first), the (texts, width) mean of each text's token states (padding
-    left out), as float32 on the CPU."""
+    left out, and a decoder's first token, an attention sink), as float32 on the CPU."""
     from clm_explore.batches import collate, encode
 
     model = loaded.model

@@ -486,7 +486,7 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
     parts = [f"<h2>{title}</h2>", ATTRIBUTION_KEY]
     if len(attributed) > n:  # the page would otherwise read as if these were all
         parts.append(f"<p class='note'>{n} of {len(attributed)} attributed rows, taken from each label in turn "
-                     "(--show-rows, show_rows= draws more).</p>")
+                     "(the command line's report --show-rows N, or show_rows=, draws more).</p>")
     if study.comparison is not None:
         parts.append(f"<p>{esc(agreement_text(study.comparison, study.target))}</p>")
     accuracy = accuracy_text(study, names)
@@ -527,7 +527,8 @@ def agreement_text(c: Comparison, target: str = "predicted") -> str:
     text += "."
     if n_disagree and target == "predicted":  # the report review: read as the models' disagreement in attributions
         text += (" Where the runs disagree, each run's scores explain its own prediction, two different labels, so "
-                 "a low correlation there is expected: --target gold (target='gold') explains the gold label in both.")
+                 "a low correlation there is expected: explaining the gold label in both (the command line's report "
+                 "--target gold, or target='gold') compares the same label.")
     if n_disagree and c.n_attributed < c.n_rows:
         text += " The attributed rows put disagreements first, so they are not a random sample of the rows."
     return text

@@ -209,7 +209,6 @@ def test_a_mined_fragment_marks_a_word_only_where_it_can_stand() -> None:
     assert marked == ["cardless", "transferring", "contactless", "return"]
 
 
-
 def test_a_mined_fragment_marks_only_words_the_tokenizer_splits_into_it() -> None:
     """The report review: '##ed' marked 'received', one token in MiniLM's vocabulary, so the top words' overlap
     with the mined groups was inflated."""

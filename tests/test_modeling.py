@@ -203,7 +203,6 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-
 def test_a_gpu_the_machine_lacks_is_refused_and_bf16_only_where_it_is_native(monkeypatch):
     """The GPU review: cuda:3 on a one-GPU machine passed every check and failed inside the run ("invalid device
     ordinal"); torch's is_bf16_supported counts emulation, so a T4 (7.5) trained in slow emulated bf16."""

@@ -89,6 +89,15 @@ def test_float16_states_train_to_nearly_the_same_weights(tiny_data, tmp_path):
         torch.testing.assert_close(after[name], before[name], atol=1e-2, rtol=1e-2, msg=name)
         changed += not torch.equal(after[name], before[name])
     assert changed  # the rounding reached the trained rows: the narrow states were used
+    # Scoring on the fp16 states picks nearly the rows the fp32 states do (the diff review: the run above trains the
+    # fp32 run's rows, so nothing else scores on fp16 states): a near tie may go another way, no more
+    scored = finetune(tiny_data, replace(UPPER_LAYER, cache_frozen_layers=True, cache_dtype="float16"),
+                      tmp_path / "fp16-scored", source="tiny-random")
+    assert scored.metrics["prefix_cache"]["dtype"] == "float16"
+    wide_rows, narrow_rows = (load_file(str(tmp_path / run / "masks.safetensors")) for run in ("fp32", "fp16-scored"))
+    both = sum(int((wide_rows[k] & narrow_rows.get(k, torch.zeros_like(wide_rows[k]))).sum()) for k in wide_rows)
+    either = sum(int(m.sum()) for m in wide_rows.values()) + sum(int(m.sum()) for m in narrow_rows.values()) - both
+    assert both / either >= 0.9, (both, either)
 
 
 def test_the_cache_is_off_with_a_reason_when_the_lowest_trained_layer_is_the_first(tiny_data, tmp_path):

@@ -534,7 +534,7 @@ def test_report_says_when_it_shows_only_some_attributed_rows(tmp_path: Path, tin
     run = make_run(tmp_path, tiny_data, 0)
     page = build_report(run, out_path=tmp_path / "r.html", cfg=CFG, max_rows=12).read_text()
     rows = page.split("Rows (errors first)")[1]
-    assert "10 of 12 attributed rows, taken from each label in turn (--show-rows, show_rows= draws more)." in rows
+    assert "10 of 12 attributed rows, taken from each label in turn (the command line's report --show-rows N, or show_rows=, draws more)." in rows
     few = build_report(run, out_path=tmp_path / "few.html", cfg=CFG, max_rows=4).read_text()
     assert "attributed rows" not in few.split("Rows (errors first)")[1]  # all four shown
     every = build_report(run, out_path=tmp_path / "all.html", cfg=CFG, max_rows=12, show_rows=12).read_text()

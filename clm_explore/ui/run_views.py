@@ -184,8 +184,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-
-
 def confusion_pair(a: dict[str, Any], b: dict[str, Any], titles: tuple[str, str], key: str) -> None:
     """Both runs' confusion matrices, side by side when they are small."""
     labels = max(len(m.get("labels") or []) for m in (a, b))
