@@ -155,10 +155,12 @@ def test_report_and_bench_print_the_datas_load_notes(capsys, run_dir, data_dir, 
 
 
 @pytest.mark.parametrize(("argv", "said"), [
-    (["finetune", "--data", "d", "--epoch", "1"], "clm-explore finetune: error: unrecognized arguments: --epoch 1 "
+    (["finetune", "--data", "d", "--epoch", "1"], "clm-explore finetune: error: unrecognized arguments: --epoch "
      "(did you mean --epochs?)"),
     (["runs", "--jsn"], "clm-explore runs: error: unrecognized arguments: --jsn (did you mean --json?)"),
     (["mine", "d", "extra"], "clm-explore mine: error: unrecognized arguments: extra\n"),
+    (["predict", "--rnu", "r", "--text", "hi"], "clm-explore predict: error: unrecognized arguments: --rnu (did you "
+     "mean --run?)"),  # before argparse's "--run is required" (the diff review)
 ])
 def test_options_are_not_abbreviated_and_a_mistyped_one_is_named_by_its_command(capsys, argv, said):
     """The CLI review: --epoch was taken as --epochs, so a script would break the day an --epoch-... option came;

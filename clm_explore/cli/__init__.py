@@ -314,6 +314,7 @@ def _main(argv: Sequence[str] | None) -> int:
               f"(finetune and bench take --data DATA).", file=sys.stderr)
         return 2
     parser = build_parser()
+    _refuse_unknown_options(parser, argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own usage, with the option meant where one is close (abbreviations are off)
         command = _command_parser(parser, getattr(args, "command", None)) or parser
@@ -343,6 +344,19 @@ def _main(argv: Sequence[str] | None) -> int:
             errno.ENOTDIR, errno.ENOENT) else "check that this user may read or write it, or choose another place")
         print(f"error: {exc.strerror}: {exc.filename}. {advice[0].upper()}{advice[1:]}.", file=sys.stderr)
         return 2
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An option the command does not have, said with the nearest one before anything else: argparse says a missing
+    required option first, so `predict --rnu R` said only that --run is required (the diff review)."""
+    command = _command_parser(parser, argv[0]) if argv else None
+    if command is None:
+        return
+    known = {option for action in command._actions for option in action.option_strings}
+    options = argv[1:argv.index("--")] if "--" in argv else argv[1:]  # after "--" every word is a value
+    unknown = [arg for arg in options if arg.startswith("--") and arg.split("=", 1)[0] not in known]
+    if unknown:
+        command.error(unrecognized(unknown, command))
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
