@@ -1990,11 +1990,12 @@ def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp
     """The security review: scoring, weight changes, CKA and the case study ran in page threads, several sessions'
     side by side, each with a model in memory, taking the CPU from the jobs."""
     import threading
-    from types import SimpleNamespace
 
     from clm_explore.ui import cache
 
     inside, most, ran, lock = [0], [0], [], threading.Lock()
+    report = tmp_path / "report.html"
+    report.write_bytes(b"<html></html>")
 
     def slow(run_path, *rest, **options):
         with lock:
@@ -2004,7 +2005,7 @@ def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp
         with lock:
             inside[0] -= 1
             ran.append(run_path)
-        return SimpleNamespace(read_bytes=lambda: b"")  # a report's path, for report_html
+        return report  # picklable for the cache; report_html reads it as the report written
 
     monkeypatch.setattr(library, slow)
     wrapper = getattr(cache, cached)
