@@ -48,6 +48,8 @@ class WeightChanges:
     merged_rows: int = 0
     """Word-embedding rows of merged adaptive tokens (``merge.json``): set from their pieces' rows before training,
     so the base is compared with them set; only what training then did to them counts."""
+    stored: str = "float32"
+    """How the run's weights file stores them; below float32 its rounding reads as change in every matrix."""
 
     @property
     def share_changed(self) -> float:
@@ -64,14 +66,22 @@ class WeightChanges:
                 f"({self.share_changed:.3%}); {int(self.table['rows_changed'].sum()):,} weight rows of "
                 f"{int(self.table['rows'].sum()):,} in the scored matrices and {int(self.table['biases_changed'].sum()):,} "
                 f"bias entries; lowest changed: {_lowest(moved)}; {self.other_params_changed:,} changed outside them "
-                f"(LayerNorms, position embeddings, ...){merged}")
+                f"(LayerNorms, position embeddings, ...){merged}{self.stored_note()}")
+
+    def stored_note(self) -> str:
+        """'' for float32 weights; else why nearly every parameter reads as changed (the layer review: a run re-saved
+        in float16 read 98% changed, by at most 2e-4 relative)."""
+        if self.stored == "float32":
+            return ""
+        return (f"; the run's weights are stored as {self.stored}, whose rounding counts as change here: compare a "
+                "float32 save")
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict (``changes --json``)."""
         return {"run": self.run, "source": self.source, "backbone_params": self.backbone_params,
                 "backbone_params_changed": self.backbone_params_changed,
                 "other_params_changed": self.other_params_changed, "merged_rows": self.merged_rows,
-                "matrices": self.table.to_dict(orient="records")}
+                "stored": self.stored, "matrices": self.table.to_dict(orient="records")}
 
 
 def layer_names(layers: pd.Series) -> pd.Series:
@@ -134,7 +144,25 @@ def weight_changes(run: Any, source: str | None = None, base: LoadedModel | None
         backbone_params=sum(p.numel() for p in base_params.values()),
         backbone_params_changed=sum(changed.values()),
         other_params_changed=sum(n for name, n in changed.items() if name not in covered), merged_rows=merged,
+        stored=_stored_dtype(folder),
     )
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def _stored_dtype(folder: Path) -> str:
+    """The dtype of the run's weights file's floating tensors (read from its header alone), 'float32' when none is
+    read."""
+    from safetensors import safe_open
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return "float32"
+    with safe_open(str(path), framework="pt") as weights:
+        kinds = {weights.get_slice(name).get_dtype() for name in weights.keys()}  # noqa: SIM118 (no __iter__)
+    lower = sorted(_SAFETENSORS_DTYPES[k] for k in kinds if k in ("F16", "BF16"))
+    return lower[0] if lower else "float32"
 
 
 def base_model(run: Any, source: str | None = None) -> LoadedModel:

@@ -142,3 +142,21 @@ def test_a_run_records_its_model_folder_so_that_it_is_found_from_anywhere(tmp_pa
     missing.write_text(json.dumps({"method": "head", "source": "gone-folder"}))
     with pytest.raises(ModelSourceError, match="was trained from gone-folder, which cannot be loaded here.*--base"):
         weight_changes(run)
+
+
+def test_a_run_stored_below_float32_says_its_rounding_reads_as_change(runs, tmp_path):
+    """The layer review: a run re-saved in float16 read 98% of its parameters changed, by at most 2e-4 relative,
+    without a word."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "fp16"
+    shutil.copytree(runs["prefix"].out_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              folder / "model.safetensors")
+    changes = weight_changes(folder)
+    assert changes.stored == "float16" and changes.share_changed > 0.5
+    assert "stored as float16, whose rounding counts as change here" in changes.summary()
+    assert weight_changes(runs["prefix"]).stored_note() == "" and changes.to_record()["stored"] == "float16"

@@ -110,7 +110,7 @@ def register(subparsers: Any) -> None:
                          help="the base model (default: the one the run was trained from, in its clm_run.json)")
     changes.add_argument("--json", action="store_true",
                          help="print JSON: run, source, backbone_params, backbone_params_changed, other_params_changed, "
-                         "merged_rows and matrices (name, layer, module, rows, rows_changed, share_rows_changed, "
+                         "merged_rows, stored (the weights file's dtype) and matrices (name, layer, module, rows, rows_changed, share_rows_changed, "
                          "biases_changed, params, params_changed, share_params_changed, change_norm, relative_change)")
     changes.set_defaults(func=run_changes)
 
