@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def test_mine_json(capsys, data_dir):
                               "lift"]
     top = groups[0]
     assert f"{top['label_rows']}/{top['count']}" in first.split() and top["label"] in first.split()
+    few = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--shots", "5", "--min-count", "2"])
+    assert few and all(g["count"] <= 20 for g in few)  # mined from 5 rows per label, 4 labels: bench's draw
+    from clm_explore.bench import few_shot
+    from clm_explore.data import load_data
+
+    drawn = few_shot(load_data(data_dir).train, 5, 0)
+    group = few[0]["text"]
+    assert few[0]["count"] == int(drawn["text"].str.lower().str.contains(rf"\b{re.escape(group)}\b").sum())
+    assert main(["mine", str(data_dir), *TINY, "--shots", "5", "--min-count", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"{len(few)} groups from 20 training rows")
     assert "--fragment-min-chars must be >= 1, got 0" in run_error(capsys, ["mine", str(data_dir), *TINY,
                                                                            "--fragment-min-chars", "0"])
 

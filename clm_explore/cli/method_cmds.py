@@ -69,6 +69,9 @@ def _register_mine(sub: Any) -> None:
     _model_arg(p)
     _merge_arg(_mining_args(p))
     p.add_argument("--show", type=int, default=30, help="groups printed (human output)")
+    p.add_argument("--shots", type=int, default=0, metavar="K",
+                   help="mine from K training rows per label, the rows `bench --shots K` draws (0 = every row)")
+    p.add_argument("--data-seed", type=int, default=0, metavar="S", help="seeds which rows --shots draws, as bench's")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_mine)
 
@@ -115,13 +118,20 @@ def run_mine(args: argparse.Namespace) -> int:
 
     if args.merge < 0:
         raise UserError(f"--merge {args.merge} must be 0 (no merging) or more.")
-    if args.show < 0:
-        raise UserError(f"--show {args.show} must be 0 or more.")
+    if args.show < 0 or args.shots < 0:
+        raise UserError(f"--show {args.show} and --shots {args.shots} must be 0 or more.")
     data = load_noted_data(args)
+    train = data.train
+    if args.shots:  # what a few-shot grid's cells mine (the mining review: 12 groups on trec6 10-shot, 8 of them
+        from clm_explore.bench import few_shot, shots_note  # function words, seen only through bench)
+
+        train = few_shot(train, args.shots, args.data_seed)
+        if note := shots_note(data.train, args.shots):
+            print(f"note: {note}", file=sys.stderr)
     loaded = load_model(args.model, data.labels)
-    task_tokens = mine_task_tokens(data.train["text"].tolist(), data.train["label"].tolist(), loaded.tokenizer,
+    task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), loaded.tokenizer,
                                    mining_config(args))
-    merge = adaptive_tokenization(loaded, task_tokens, data.train["text"].tolist(), args.merge) if args.merge else None
+    merge = adaptive_tokenization(loaded, task_tokens, train["text"].tolist(), args.merge) if args.merge else None
     frame = task_tokens.to_frame()
     if args.json:  # one shape with or without --merge: a list of groups, pieces as a list
         # pieces: the original tokenizer's split, also after --merge; merged_slot names the merged word's slot
@@ -133,7 +143,7 @@ def run_mine(args: argparse.Namespace) -> int:
         print_json(records)
         return 0
     background = f"; background: {task_tokens.background}" if task_tokens.background else ""
-    print(f"{len(frame)} groups from {len(data.train)} training rows{background}")
+    print(f"{len(frame)} groups from {len(train)} training rows{background}")
     if frame.empty:
         print(f"No group occurs at least --min-count {args.min_count} times: lower it (or add rows).")
     elif args.show:
