@@ -118,8 +118,9 @@ def run_mine(args: argparse.Namespace) -> int:
 
     if args.merge < 0:
         raise UserError(f"--merge {args.merge} must be 0 (no merging) or more.")
-    if args.show < 0 or args.shots < 0:
-        raise UserError(f"--show {args.show} and --shots {args.shots} must be 0 or more.")
+    for flag, value in (("--show", args.show), ("--shots", args.shots)):
+        if value < 0:
+            raise UserError(f"{flag} {value} must be 0 or more.")
     data = load_noted_data(args)
     train = data.train
     if args.shots:  # what a few-shot grid's cells mine (the mining review: 12 groups on trec6 10-shot, 8 of them
