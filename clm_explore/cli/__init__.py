@@ -99,6 +99,12 @@ def checked_texts(texts: list[str], flag: str = "--text", purpose: str = "classi
     return texts
 
 
+def add_run_length_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-length`` of a command that reads a finished run (``checked_max_length`` checks it)."""
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
+
+
 def checked_max_length(value: int | None, run_dir: Path) -> int | None:
     """``--max-length``: None (the run's own), or 8..512 and within the model's positions."""
     if value is None:
@@ -137,15 +143,19 @@ def refuse_untrained_head(run: Path, flag: str) -> Path:
     return run
 
 
-def add_data_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
-    """DATA (a file or a folder of train/validation/test files) and the column options."""
+def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data_help: str = "",
+                  split_help: str = "") -> None:
+    """DATA (a file or a folder of train/validation/test files) and the column options; ``data_help`` and
+    ``split_help`` say what a command reads of them where it reads otherwise (``evaluate``: the test rows)."""
     if positional:
-        parser.add_argument("data", metavar="DATA", help="a CSV/TSV/JSONL/JSON/Parquet file or a folder of splits")
+        parser.add_argument("data", metavar="DATA",
+                            help=data_help or "a CSV/TSV/JSONL/JSON/Parquet file or a folder of splits")
     else:
-        parser.add_argument("--data", required=True, metavar="DATA", help="a data file or a folder of splits")
+        parser.add_argument("--data", required=True, metavar="DATA",
+                            help=data_help or "a data file or a folder of splits")
     parser.add_argument("--text-col", default=None, help="text column (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column (detected when omitted)")
-    parser.add_argument("--split-col", default=None, help=SPLIT_COL_HELP)
+    parser.add_argument("--split-col", default=None, help=split_help or SPLIT_COL_HELP)
     parser.add_argument("--max-file-mb", type=float, default=200.0,
                         help="refuse files above this size (a Parquet file's text and label candidates are also "
                              "measured uncompressed and decoded)")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clm_explore.cli import UserError, checked_max_length, print_json
+from clm_explore.cli import UserError, add_data_args, add_run_length_arg, checked_max_length, print_json
 from clm_explore.cli.method_cmds import abstention_threshold, one_line
 
 
@@ -20,16 +20,11 @@ def register(subparsers: Any) -> None:
         "a split column names test rows, those) or a folder of splits (its test file). Prints accuracy, macro-F1 and the labels with the lowest F1; rows whose "
         "label the run was not trained on are counted wrong and named.")
     p.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
-    p.add_argument("--data", required=True, metavar="DATA",
-                   help="a CSV/TSV/JSONL/JSON/Parquet file of text and label, or a folder with a test file")
-    p.add_argument("--text-col", default=None, help="text column (detected when omitted)")
-    p.add_argument("--label-col", default=None, help="label column (detected when omitted)")
-    p.add_argument("--split-col", default=None,
-                   help="column of the file that puts each row in train, validation or test: its test rows are scored "
-                   "(default: a column named 'split', when every value names a split)")
-    p.add_argument("--max-file-mb", type=float, default=200.0, help="refuse files above this size")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
+    add_data_args(p, positional=False,
+                  data_help="a CSV/TSV/JSONL/JSON/Parquet file of text and label, or a folder with a test file",
+                  split_help="column of the file that puts each row in train, validation or test: its test rows are "
+                  "scored (default: a column named 'split', when every value names a split)")
+    add_run_length_arg(p)
     p.add_argument("--abstain-below", default=None, metavar="P|run",
                    help="where rows hold labels the run was not trained on: score answering (out of scope) below this "
                    "top probability; 'run' (or nothing): the threshold the run chose on its validation rows, when it "

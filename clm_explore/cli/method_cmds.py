@@ -15,6 +15,7 @@ from clm_explore.cli import (
     Terminated,
     UserError,
     add_data_args,
+    add_run_length_arg,
     checked_max_length,
     checked_texts,
     load_noted_data,
@@ -684,8 +685,7 @@ def _register_predict(sub: Any) -> None:
                      "input: one text per line)")
     p.add_argument("--text-col", default=None, help="text column of --file (detected when omitted)")
     p.add_argument("--top", type=int, default=3, help="labels listed per text in --json (plain output: the first)")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="sub-tokens read per text, 8-512 (default: the run's own, from clm_run.json; else 64)")
+    add_run_length_arg(p)
     p.add_argument("--abstain-below", default=None, metavar="P|run",
                    help="answer (out of scope) when the top probability is below P; 'run' = the threshold the run "
                    "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels). "
