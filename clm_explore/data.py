@@ -20,6 +20,7 @@ did, and its note counts texts found on both sides. Labels that differ only in c
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
 import hashlib
 import io
@@ -374,7 +375,7 @@ def _names_in(fmt: str, name: str, text: str) -> list[str]:
         return _record_keys(name, _json_records(name, text))
     if fmt == "jsonl":
         return _record_keys(name, [record for _, record in islice(_jsonl_records(name, text), _HEAD_RECORDS)])
-    delimiter = "\t" if fmt == "tsv" else _csv_delimiter(text)
+    text, delimiter = (text, "\t") if fmt == "tsv" else _csv_parts(text)
     for _, row in _delimited_rows(name, text, delimiter):
         return _header(name, row)
     return []
@@ -546,7 +547,7 @@ def _decode(name: str, raw: bytes, notes: list[str]) -> str:
         return _check_text(name, raw.decode("utf-16", errors="replace"))
     nul = raw.find(b"\x00")
     if nul >= 0:
-        _binary_error(name, raw, f"it contains NUL bytes (first at byte {nul})")
+        _nul_error(name, raw, nul)
     try:
         return _check_text(name, raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
@@ -629,13 +630,32 @@ def _legacy_note(name: str, legacy: list[tuple[int, str]]) -> str:
             "or save the file as UTF-8.")
 
 
+_TEXT_CONTROLS = "\t\n\r\x0b\x0c\x1b"
+"""Control characters real text holds: tab, line breaks, vertical tab (Word's Shift+Enter), form feed (a PDF's page
+break) and escape (terminal colours); the data review had valid files with one per row refused as binary."""
+
+
 def _check_text(name: str, text: str) -> str:
-    # Control characters (other than tab and line breaks) are rare in real text and common in binary files.
+    # The other control characters are rare in real text and common in binary files.
     sample = text[:100_000]
-    control = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\t\n\r")
-    if control > max(3, len(sample) // 100):
-        _binary_error(name, b"", f"it holds {control} control characters")
+    control = collections.Counter(ch for ch in sample if ord(ch) < 32 and ch not in _TEXT_CONTROLS)
+    if control.total() > max(3, len(sample) // 100):
+        char = control.most_common(1)[0][0]
+        line = sample.count("\n", 0, sample.index(char)) + 1
+        _binary_error(name, b"", f"it holds {control.total()} control characters (the commonest U+{ord(char):04X}, "
+                      f"first on line {line})")
     return text
+
+
+def _nul_error(name: str, raw: bytes, nul: int) -> None:
+    """Refuse ``raw``, which holds a NUL byte at ``nul``: as binary where NULs are common, else naming the line of a
+    stray one, which a text file can carry (the data review: one in banking77's 10,003 rows refused it whole)."""
+    count = raw.count(b"\x00")
+    if count * 1000 < len(raw) and not _wide_text(raw[:4096]):
+        line = raw.count(b"\n", 0, nul) + 1
+        raise DataError(f"{name} holds {count} NUL character(s) (byte 0; the first on line {line}): remove them and "
+                        "load the file again.")
+    _binary_error(name, raw, f"it contains NUL bytes (first at byte {nul})")
 
 
 def _binary_error(name: str, head: bytes, why: str) -> None:
@@ -1037,8 +1057,20 @@ def _csv_delimiter(text: str) -> str:
     return next((sep for sep in ("\t", ";") if sep in header), ",")
 
 
+_EXCEL_SEP = re.compile(r"\ufeff?sep=([^\r\n])(\r\n|\n|\r)", re.IGNORECASE)
+"""The first line Excel writes (and reads) to name a CSV file's delimiter, e.g. "sep=;"."""
+
+
+def _csv_parts(text: str) -> tuple[str, str]:
+    """(text, delimiter) of a CSV file. Excel's "sep=;" first line names the delimiter; it is left out (an empty line
+    in its place keeps the line numbers), where it was read as the header (the data review: columns 'sep=', '')."""
+    if match := _EXCEL_SEP.match(text):
+        return match.group(2) + text[match.end():], match.group(1)
+    return text, _csv_delimiter(text)
+
+
 _PARSERS: dict[str, Callable[[str, str, int, _Wanted], _Table]] = {
-    "csv": lambda name, text, max_rows, wanted: _parse_delimited(name, text, _csv_delimiter(text), max_rows, wanted),
+    "csv": lambda name, text, max_rows, wanted: _parse_delimited(name, *_csv_parts(text), max_rows, wanted),
     "tsv": lambda name, text, max_rows, wanted: _parse_delimited(name, text, "\t", max_rows, wanted),
     "jsonl": _parse_jsonl,
     "json": _parse_json,
@@ -1069,6 +1101,11 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
     if (spellings > 1).any():
         merged = ", ".join(repr(label) for label in spellings[spellings > 1].index[:5])
         notes.append(f"{table.name}: labels that differ only in surrounding spaces were read as one: {merged}")
+    if (whole := _whole_numbers(out["label"])) is not None:
+        out["label"] = whole
+        notes.append(f"{table.name}: its labels are whole numbers written with a decimal point (e.g. '1.0', as pandas "
+                     "saves a number column with empty cells); they were read as whole numbers ('1'), as they are "
+                     "from a number column of Parquet, JSON or a DataFrame.")
     _require_filled(table, out["text"], "empty text", "text")
     _require_filled(table, out["label"], "no label", "label")
     broken = [table.positions[i] for i, label in enumerate(out["label"]) if len(label.splitlines()) > 1]
@@ -1081,6 +1118,20 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
         notes.append(header_note)
     splits = _split_column(table, cfg.split_col, (text_col, label_col), notes) if split else None
     return out if splits is None else out.assign(split=splits)
+
+
+_WHOLE_FLOAT = re.compile(r"([+-]?\d+)(\.0+)?")
+"""A whole number, perhaps written as a float ("3.0"): the same label as "3" where every label of a file is a whole
+number (the data review: a test split saved from a column with gaps scored 0% against the train split's "3", and a
+file of both spellings trained "1" and "1.0" as two labels)."""
+
+
+def _whole_numbers(labels: pd.Series) -> list[str] | None:
+    """``labels`` without their decimal points where all are whole numbers and some were written "3.0"; else None."""
+    matches = [match for label in labels if (match := _WHOLE_FLOAT.fullmatch(label))]
+    if len(matches) < len(labels) or not any(match.group(2) for match in matches):
+        return None
+    return [match.group(1) for match in matches]
 
 
 def _refuse_repeated_header(table: _Table, text_col: str, label_col: str, out: pd.DataFrame) -> None:

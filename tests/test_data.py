@@ -15,6 +15,7 @@ from clm_explore.config import DataConfig
 from clm_explore.data import (
     AnnotatedData,
     DataError,
+    column_names,
     data_report,
     label_order,
     load_data,
@@ -215,7 +216,7 @@ def test_labels_written_as_decimals_keep_their_numeric_order(tmp_path):
     path = tmp_path / "floats.csv"
     path.write_text("text,label\n" + "".join(f"text number {i},{i % 12}.0\n" for i in range(48)))
     data = load_data(path)
-    assert data.labels == [f"{i}.0" for i in range(12)]
+    assert data.labels == [str(i) for i in range(12)]  # read as whole numbers ('0.0' before the data review)
     assert data.label_ids("train").tolist() == data.train["label"].astype(float).astype(int).tolist()
     assert label_order(["2.5e1", "-0.5", "3", ".5"]) == ["-0.5", ".5", "3", "2.5e1"]
     big = ["100000000000000000001", "99999999999999999999"]  # past a float's precision (floats order them wrongly)
@@ -1053,3 +1054,48 @@ def test_texts_piped_in_are_read_as_a_text_file_and_size_capped() -> None:
     with pytest.raises(DataError, match=r"standard input is at least 1.0 MB, above the 1 MB limit"):
         read_text_stream(big, cfg=DataConfig(max_file_mb=1))
     assert big.tell() == 1024 * 1024 + 1
+
+
+def test_text_control_characters_load_and_a_binary_refusal_names_its_character(tmp_path):
+    rows = [f"first part\x0bsecond part {i}\x0c\x1b[1mbold\x1b[0m,{'ab'[i % 2]}" for i in range(40)]
+    (tmp_path / "word.csv").write_text("text,label\n" + "\n".join(rows) + "\n")  # Word, PDF and terminal exports
+    data = load_data(tmp_path / "word.csv")  # refused before: "301 control characters ... a binary file"
+    assert "first part\x0bsecond part 0\x0c\x1b[1mbold\x1b[0m" in set(data.split("train")["text"]) | set(
+        data.split("validation")["text"]) | set(data.split("test")["text"])
+    (tmp_path / "bin.csv").write_text("text,label\nfine,a\n" + "x\x01\x02\x01\x01,b\n" * 20)
+    with pytest.raises(DataError, match=r"control characters \(the commonest U\+0001, first on line 3\)"):
+        load_data(tmp_path / "bin.csv")
+
+
+def test_a_stray_nul_byte_in_a_file_is_refused_by_its_line(tmp_path):
+    rows = [f"text number {i},{'ab'[i % 2]}" for i in range(400)]
+    rows[6] = "text\x00 seven,a"
+    (tmp_path / "one.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"1 NUL character\(s\) \(byte 0; the first on line 8\): remove them"):
+        load_data(tmp_path / "one.csv")  # before: "contains NUL bytes (first at byte 102); it looks like a binary file"
+    (tmp_path / "many.csv").write_bytes(b"text,label\n" + b"\x00\x01\x02" * 200)
+    with pytest.raises(DataError, match="a binary file"):
+        load_data(tmp_path / "many.csv")
+
+
+def test_excel_sep_line_names_the_delimiter(tmp_path):
+    rows = [f"text number {i}, with a comma;{'ab'[i % 2]}" for i in range(40)]
+    (tmp_path / "excel.csv").write_bytes(("sep=;\r\ntext;label\r\n" + "\r\n".join(rows) + "\r\n").encode())
+    assert column_names(tmp_path / "excel.csv") == ["text", "label"]  # before: 'sep=', ''
+    data = load_data(tmp_path / "excel.csv")
+    assert sorted(data.labels) == ["a", "b"]
+    assert "text number 0, with a comma" in set(pd.concat([data.train, data.validation, data.test])["text"])
+
+
+def test_whole_float_labels_of_a_csv_read_as_a_number_columns(tmp_path):
+    texts = [f"text number {i}" for i in range(40)]
+    pd.DataFrame({"text": texts, "label": [i % 3 for i in range(40)]}).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"text": texts[:9], "label": [float(i % 3) for i in range(9)]}).to_csv(tmp_path / "test.csv",
+                                                                                        index=False)
+    data = load_data(tmp_path)  # before: test labels '0.0', '1.0', '2.0', none of them train's
+    assert sorted(set(data.test["label"])) == ["0", "1", "2"] == sorted(data.labels)
+    assert any("whole numbers written with a decimal point" in note for note in data.notes)
+    pd.DataFrame({"text": texts, "label": ["1.5", "2.0"] * 20}).to_csv(tmp_path / "mixed.csv", index=False)
+    assert set(load_data(tmp_path / "mixed.csv").labels) == {"1.5", "2.0"}  # not all whole: as written
+    pd.DataFrame({"text": texts, "label": ["1", "1.0", "02", "02.00"] * 10}).to_csv(tmp_path / "both.csv", index=False)
+    assert set(load_data(tmp_path / "both.csv").labels) == {"1", "02"}  # two spellings of each were two labels
