@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -1358,6 +1359,13 @@ def _check_labels(name: str, frame: pd.DataFrame, max_labels: int, max_chars: in
                         "right (--label-col)? Otherwise merge rare labels or add rows.")
 
 
+def text_key(text: str) -> str:
+    """``text`` without the differences a copy picks up (case, runs of spaces, Unicode's forms): the test carve keeps
+    such copies on one side and the data report counts them as leakage (the data review: a test text that equals a
+    train text but for them leaks as surely as an exact copy)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: list[str],
            group_copies: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``fraction`` of ``frame`` off as ``what``, stratified by label when the labels allow it.
@@ -1369,7 +1377,8 @@ def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: li
     if fraction <= 0:
         notes.append(f"No {what} split was given and the {what} fraction is 0, so {what} is empty.")
         return frame, frame.iloc[:0]
-    lonely, rest = _carve_units(frame, group_copies)
+    group = frame["text"].map(text_key) if group_copies else None
+    lonely, rest = _carve_units(frame, group)
     try:
         if len(rest) < 2:  # (nearly) every text carries a label that has no other: none can be spared
             carved, how = rest.iloc[:0], "nothing, as too few texts can be spared without taking a label out of train"
@@ -1380,8 +1389,9 @@ def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: li
         # sklearn also refuses to stratify when fewer rows are carved than there are labels.
         carved = train_test_split(rest, test_size=fraction, random_state=seed)[1]
         how = "at random, not stratified, because the labels have too few rows for a stratified split"
-    taken = frame["text"].isin(carved["text"]) if group_copies else frame.index.isin(carved.index)
-    taken, returned = _return_lost_labels(frame, np.asarray(taken, dtype=bool))
+    taken = group.isin(group[carved.index]) if group is not None else frame.index.isin(carved.index)
+    taken, returned = _return_lost_labels(frame, np.asarray(taken, dtype=bool),
+                                          group if group is not None else frame["text"])
     if returned:
         how += f"; {returned} text(s) went back to train so that every label keeps a row there"
     if lonely:
@@ -1392,37 +1402,39 @@ def _carve(frame: pd.DataFrame, fraction: float, seed: int, what: str, notes: li
     return frame[~taken], frame[taken]
 
 
-def _carve_units(frame: pd.DataFrame, group_copies: bool) -> tuple[int, pd.DataFrame]:
-    """(labels that must stay in train, the rows the carve draws from): rows, or one row per distinct text. A label
-    with one row (one text) cannot be in both parts; it stays in train, where it can at least be learned. Grouped,
-    that holds for every text carrying such a label, whichever label its first row names."""
-    if not group_copies:
+def _carve_units(frame: pd.DataFrame, group: pd.Series | None) -> tuple[int, pd.DataFrame]:
+    """(labels that must stay in train, the rows the carve draws from): rows, or one row per ``group`` (a text's
+    ``text_key``). A label with one row (one text) cannot be in both parts; it stays in train, where it can at least
+    be learned. Grouped, that holds for every text carrying such a label, whichever label its first row names."""
+    if group is None:
         counts = frame["label"].map(frame["label"].value_counts())
         return int((counts < 2).sum()), frame[counts >= 2]
-    texts_per_label = frame.groupby("label")["text"].nunique()
+    texts_per_label = group.groupby(frame["label"]).nunique()
     single = texts_per_label[texts_per_label < 2].index
-    pinned = set(frame.loc[frame["label"].isin(single), "text"])
-    units = frame.drop_duplicates("text")
-    return len(single), units[~units["text"].isin(pinned)]
+    pinned = set(group[frame["label"].isin(single)])
+    units = frame[~group.duplicated().to_numpy()]
+    return len(single), units[~group[~group.duplicated()].isin(pinned).to_numpy()]
 
 
-def _return_lost_labels(frame: pd.DataFrame, taken: np.ndarray) -> tuple[np.ndarray, int]:
-    """``taken`` less the first carved text (every copy of it) of each label the carve took out of train entirely:
-    a random split can take every row of a rare label, and grouped by text, a label can ride out with texts that
-    other labels' rows stand for. Returns the mask and the number of texts returned."""
+def _return_lost_labels(frame: pd.DataFrame, taken: np.ndarray, group: pd.Series) -> tuple[np.ndarray, int]:
+    """``taken`` less the first carved text (every copy of it, by ``group``) of each label the carve took out of train
+    entirely: a random split can take every row of a rare label, and grouped by text, a label can ride out with
+    texts that other labels' rows stand for. Returns the mask and the number of texts returned."""
     kept_labels = set(frame.loc[~taken, "label"])
-    lost = frame.loc[taken & ~frame["label"].isin(kept_labels).to_numpy()]
-    texts = lost.drop_duplicates("label")["text"]
-    return taken & ~frame["text"].isin(texts).to_numpy(), len(texts)
+    lost = ~frame["label"].isin(kept_labels).to_numpy() & taken
+    keys = group[lost].groupby(frame.loc[lost, "label"]).first() if lost.any() else group.iloc[:0]
+    return taken & ~group.isin(keys).to_numpy(), len(keys)
 
 
 def _copies_note(frame: pd.DataFrame, taken: Any, what: str, grouped: bool) -> str:
     repeated = int(frame["text"].duplicated().sum())
-    if not repeated:
+    near = int(frame["text"].map(text_key).duplicated().sum()) - repeated if grouped else 0
+    if not repeated and not near:
         return ""
     if grouped:
-        return (f" {repeated:,} row(s) repeat an earlier text; all copies of a text went to the same split, so the "
-                f"carving put no text in both train and {what}.")
+        near_said = f" ({near:,} more but for case, spacing or Unicode form)" if near else ""
+        return (f" {repeated:,} row(s) repeat an earlier text{near_said}; all copies of a text went to the same "
+                f"split, so the carving put no text in both train and {what}.")
     both = len(set(frame.loc[taken, "text"]) & set(frame.loc[~taken, "text"]))
     return (f" {repeated:,} row(s) repeat an earlier text; {both:,} text(s) have copies in both train and {what} (rows "
             "are drawn as the published benchmarks drew them).") if both else ""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from clm_explore.data import SPLIT_COLUMN_UNUSED, SPLITS, AnnotatedData
+from clm_explore.data import SPLIT_COLUMN_UNUSED, SPLITS, AnnotatedData, text_key
 
 RARE_LABEL_ROWS = 5
 """Labels with fewer train rows than this are reported as very rare."""
@@ -42,6 +42,9 @@ class DataReport:
     notes: list[str]
     problems: list[str]
     """Plain-English warnings; the data is still usable."""
+    serious: list[str] = field(default_factory=list)
+    """The problems that make a run's figures misleading (texts with two labels, leakage, labels never trained,
+    label variants, a split column not used): the commands that train or score print them."""
 
     def __repr__(self) -> str:  # the default printed every label's counts: thousands of characters in a cell
         splits = ", ".join(f"{name} {rows:,}" for name, rows in self.splits.items())
@@ -75,7 +78,9 @@ def data_report(data: AnnotatedData) -> DataReport:
         notes=list(data.notes),
         problems=[],
     )
-    report.problems = _problems(report)
+    found = _problems(report)
+    report.problems = [text for text, _ in found]
+    report.serious = [text for text, serious in found if serious]
     return report
 
 
@@ -102,47 +107,60 @@ def _leakage(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
                                                               ("validation", "test"))}
     shared = sorted((sets["train"] & sets["test"]) | (sets["train"] & sets["validation"])
                     | (sets["validation"] & sets["test"]))
-    return {"count": len(shared), "pairs": pairs, "examples": shared[:5]}
+    keys = {name: {text_key(text) for text in texts} for name, texts in sets.items()}
+    near = {f"{a}/{b}": len(keys[a] & keys[b]) - pairs[f"{a}/{b}"] for a, b in (("train", "validation"),
+                                                                                  ("train", "test"))}
+    return {"count": len(shared), "pairs": pairs, "examples": shared[:5], "near_pairs": near}
 
 
-def _problems(r: DataReport) -> list[str]:
+def _problems(r: DataReport) -> list[tuple[str, bool]]:
+    """(problem, serious) pairs; serious where a run's figures would mislead (``DataReport.serious``)."""
     problems = []
     for name, n in r.duplicates.items():
         if n:
-            problems.append(f"{n} row(s) in {name} repeat a text that occurs earlier in {name}.")
+            problems.append((f"{n} row(s) in {name} repeat a text that occurs earlier in {name}.", False))
     for name, n in r.conflicting.items():
         if n:
-            problems.append(f"{n} text(s) in {name} occur with more than one label; the model cannot get them all right.")
+            problems.append((f"{n} text(s) in {name} occur with more than one label; the model cannot get them all "
+                             "right.", True))
     for pair, n in r.leakage["pairs"].items():
         if n:
             a, b = pair.split("/")
-            problems.append(f"{n} text(s) occur in both {a} and {b} (leakage); {b} scores may look better than they are.")
+            problems.append((f"{n} text(s) occur in both {a} and {b} (leakage); {b} scores may look better than they "
+                             "are.", True))
+    for pair, n in r.leakage.get("near_pairs", {}).items():
+        if n:
+            a, b = pair.split("/")
+            problems.append((f"{n} text(s) of {b} equal one of {a} but for case, spacing or Unicode form (leakage); "
+                             f"{b} scores may look better than they are.", True))
     for name, labels in r.unseen_labels.items():
         if labels:
-            problems.append(f"{len(labels)} label(s) occur in {name} but never in train ({_some(labels)}); "
-                            "the model can never predict them."
-                            + (" Runs score those test rows as out-of-scope queries too: a prediction abstains "
-                               "below a confidence threshold chosen on validation (metrics.json's out_of_scope)."
-                               if name == "test" else ""))
+            problems.append((f"{len(labels)} label(s) occur in {name} but never in train ({_some(labels)}); "
+                             "the model can never predict them."
+                             + (" Runs score those test rows as out-of-scope queries too: a prediction abstains "
+                                "below a confidence threshold chosen on validation (metrics.json's out_of_scope)."
+                                if name == "test" else ""), True))
     variants = _case_variants(sorted({*r.label_counts, *(label for labels in r.unseen_labels.values() for label in labels)}))
     if variants:
         shown = _some([" / ".join(map(repr, group)) for group in variants])
-        problems.append(f"{len(variants)} group(s) of labels differ only in upper/lower case, spacing, invisible "
-                        f"characters or the way a number is written: {shown}. They "
-                        "are kept as separate labels; if they mean the same, write them the same way in the data.")
+        problems.append((f"{len(variants)} group(s) of labels differ only in upper/lower case, spacing, invisible "
+                         f"characters or the way a number is written: {shown}. They "
+                         "are kept as separate labels; if they mean the same, write them the same way in the data.",
+                         True))
     if r.rare_labels:
         shown = _some([f"{k} ({v})" for k, v in sorted(r.rare_labels.items(), key=lambda kv: kv[1])])
-        problems.append(f"{len(r.rare_labels)} label(s) have fewer than {RARE_LABEL_ROWS} train rows: {shown}.")
+        problems.append((f"{len(r.rare_labels)} label(s) have fewer than {RARE_LABEL_ROWS} train rows: {shown}.",
+                         False))
     train_counts = [c["train"] for c in r.label_counts.values() if c["train"]]
     if train_counts and max(train_counts) >= 10 * min(train_counts):
-        problems.append(f"Labels are imbalanced: train rows per label range from {min(train_counts)} to "
-                        f"{max(train_counts)}; look at macro F1, not only accuracy.")
+        problems.append((f"Labels are imbalanced: train rows per label range from {min(train_counts)} to "
+                         f"{max(train_counts)}; look at macro F1, not only accuracy.", False))
     for name in ("validation", "test"):
         if not r.splits[name]:
-            problems.append(f"The {name} split is empty.")
+            problems.append((f"The {name} split is empty.", False))
     for note in r.notes:
         if SPLIT_COLUMN_UNUSED in note and "value(s) do not name a split" in note:
-            problems.append(f"{note} Its rows were split afresh: fix those values to keep the splits it gives.")
+            problems.append((f"{note} Its rows were split afresh: fix those values to keep the splits it gives.", True))
     return problems
 
 

@@ -590,6 +590,21 @@ def test_commands_that_read_data_pass_on_its_notes(capsys, tmp_path):
     assert "note: No validation split was given" in capsys.readouterr().err  # said by validate only, before
 
 
+def test_commands_that_read_data_warn_of_its_serious_problems(capsys, tmp_path):
+    texts = [f"text number {i} about {'abc'[i % 3]}" for i in range(60)]
+    pd.DataFrame({"text": texts, "label": ["ab"[i % 2] for i in range(60)]}).to_csv(tmp_path / "train.csv",
+                                                                                      index=False)
+    test = pd.DataFrame({"text": [t.upper() for t in texts[:8]], "label": ["a", "b", "A", "b"] * 2})
+    test.to_csv(tmp_path / "test.csv", index=False)  # near-copies of train texts; 'A' beside 'a'
+    assert main(["mine", str(tmp_path), *TINY]) == 0
+    err = capsys.readouterr().err  # before: only the notes (the data review: a 0% run said nothing)
+    assert re.search(r"warning: [78] text\(s\) of test equal one of train but for case, spacing or Unicode form "
+                     r"\(leakage\)", err)  # 7 where the validation carve drew one of the 8 from train
+    assert "warning: 1 label(s) occur in test but never in train (A)" in err
+    assert "'A' / 'a'" in err and "(`clm-explore validate` lists every problem with examples)" in err
+    assert "repeat a text" not in err  # the report's other problems are validate's
+
+
 def test_an_overwrite_stopped_short_puts_the_earlier_run_back_and_says_so(capsys, data_dir, tmp_path, monkeypatch):
     from clm_explore import training
     from clm_explore.runs import RunStatus, RunStore

@@ -1099,3 +1099,22 @@ def test_whole_float_labels_of_a_csv_read_as_a_number_columns(tmp_path):
     assert set(load_data(tmp_path / "mixed.csv").labels) == {"1.5", "2.0"}  # not all whole: as written
     pd.DataFrame({"text": texts, "label": ["1", "1.0", "02", "02.00"] * 10}).to_csv(tmp_path / "both.csv", index=False)
     assert set(load_data(tmp_path / "both.csv").labels) == {"1", "02"}  # two spellings of each were two labels
+
+
+def test_the_test_carve_keeps_near_copies_together_and_the_report_counts_them(tmp_path):
+    texts = [f"Text number {i} about {'ab'[i % 2]}" for i in range(100)]
+    copies = [t.upper() for t in texts[:30]] + [" ".join(t.lower().split()) + "  " for t in texts[30:40]]
+    pd.DataFrame({"text": texts + copies, "label": ["ab"[i % 2] for i in range(100)] + ["ab"[i % 2] for i in range(40)]}
+                 ).to_csv(tmp_path / "one.csv", index=False)
+    data = load_data(tmp_path / "one.csv")
+    from clm_explore.data import text_key
+
+    train, test = ({text_key(t) for t in data.split(name)["text"]} for name in ("train", "test"))
+    assert not train & test  # before: near-copies drawn apart, train/test leakage made by the carve
+    assert any("(40 more but for case, spacing or Unicode form); all copies" in note for note in data.notes)
+    given = {"train": pd.DataFrame({"text": texts, "label": ["ab"[i % 2] for i in range(100)]}),
+             "test": pd.DataFrame({"text": copies, "label": ["ab"[i % 2] for i in range(40)]}),
+             "validation": pd.DataFrame({"text": ["other a", "other b"], "label": ["a", "b"]})}
+    report = data_report(load_data(given))
+    assert report.leakage["near_pairs"]["train/test"] == 40  # unreported before
+    assert any("40 text(s) of test equal one of train but for case" in p for p in report.serious)

@@ -173,16 +173,21 @@ def data_config(args: argparse.Namespace) -> DataConfig:
 
 def load_noted_data(args: argparse.Namespace) -> AnnotatedData:
     """``load_data`` of ``add_data_args``'s options, its notes on stderr (as ``validate`` lists them: an encoding
-    guessed, splits carved, rows skipped): a command that trains on or explains the data must not keep them from its
-    user. Printed once under a launch of several processes (by rank 0)."""
+    guessed, splits carved, rows skipped) and the data report's serious problems as warnings (texts with two labels,
+    leakage, labels never trained, label variants): a command that trains on or explains the data must not keep them
+    from its user (the data review: test labels written 3.0 against train's 3 trained to 0% with no word). Printed
+    once under a launch of several processes (by rank 0)."""
     import os
 
     from clm_explore.data import load_data
+    from clm_explore.datareport import data_report
 
     data = load_data(args.data, data_config(args))
     if int(os.environ.get("RANK", "0")) == 0:
         for note in data.notes:
             print(f"note: {note}", file=sys.stderr)
+        for problem in data_report(data).serious:
+            print(f"warning: {problem} (`clm-explore validate` lists every problem with examples)", file=sys.stderr)
     return data
 
 
