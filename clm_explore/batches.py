@@ -208,7 +208,10 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
         raise ValueError(f"abstain_below must be a probability in (0, 1); got {abstain_below!r}")
     if not isinstance(run, LoadedModel):
         run = run_folder(run)  # a run id or a FinetuneResult as its folder, which the evaluation names
+    notes = [] if notes is None else notes
     rows = read_labelled(data, notes=notes, **options)
+    if not isinstance(run, LoadedModel):
+        rows = _own_test_rows(Path(run), data, rows, notes, options)
     if rows.empty:  # an AnnotatedData whose test split is empty
         raise DataError("The data holds no rows to evaluate on.")
     probs = predict(run, rows["text"].tolist(), max_length)
@@ -230,6 +233,30 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     if scope is not None:
         metrics["out_of_scope"] = scope
     return Evaluation(where, metrics, predictions, unseen)
+
+
+def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str], options: dict[str, Any]
+                   ) -> pd.DataFrame:
+    """``rows``, or the test split alone where ``data`` is the data the run was trained on (the same rows in its
+    splits as its clm_run.json's ``data_digest``) and ``rows`` hold more than its test split: a single file whose
+    splits the run carved, read whole, scored its training rows too (the data review: 328 rows, 263 of them trained
+    on, with no word)."""
+    from clm_explore.data import AnnotatedData, DataError, data_digest, load_data
+    from clm_explore.runs import read_json_object
+
+    digest = read_json_object(run_dir / "clm_run.json").get("data_digest")
+    if not digest or isinstance(data, AnnotatedData):
+        return rows
+    try:
+        own = load_data(data, **options)
+    except (DataError, ValueError):  # data evaluate reads but training refuses (one label, say): not the run's
+        return rows
+    if data_digest(own) != digest or len(rows) <= len(own.test):
+        return rows
+    notes.append(f"this is the data the run was trained on: its test split ({len(own.test):,} rows, as the run carved "
+                 f"it) was scored, not the other {len(rows) - len(own.test):,} rows, which trained it or chose its "
+                 "epoch; pass other labelled rows to score it on more.")
+    return own.test[["text", "label"]].reset_index(drop=True)
 
 
 def _run_threshold(run: str) -> tuple[float | None, float | None]:

@@ -42,7 +42,7 @@ from clm_explore.config import (
     from_dict,
     to_dict,
 )
-from clm_explore.data import AnnotatedData, DataError, load_data, split_digest, write_csv
+from clm_explore.data import AnnotatedData, DataError, data_digest, load_data, split_digest, write_csv
 from clm_explore.masks import (
     MaskSelection,
     budget_to_params,
@@ -856,7 +856,7 @@ def finetune(
             closing.enter_context(run_folder_lock(out_dir))
         loaded.model.to(device)
         write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": recorded_source(source),
-                                                "data": data.source,
+                                                "data": data.source, "data_digest": data_digest(data),
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
             stop = _stop_when_folder_gone(should_stop, out_dir) if main else should_stop

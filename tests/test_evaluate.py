@@ -117,3 +117,22 @@ def test_evaluate_scores_out_of_scope_rows_with_the_runs_threshold_as_the_run_sc
     assert json.loads(capsys.readouterr().out)["out_of_scope"] is None
     assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--abstain-below", "2"]) == 2
     assert "--abstain-below takes a probability in (0, 1)" in capsys.readouterr().err
+
+
+def test_evaluate_on_the_file_a_run_carved_its_splits_from_scores_its_test_split(data_dir, tmp_path, capsys):
+    one = tmp_path / "one.csv"
+    pd.read_csv(data_dir / "train.csv").to_csv(one, index=False)  # a single file: the run carves its splits
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(one), "--model", "tiny-random", "--method", "head", "--out", str(run),
+                 "--json", *FAST]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--run", str(run), "--data", str(one), "--json"]) == 0
+    said = capsys.readouterr()
+    scored = json.loads(said.out)  # before: every row of the file, those it trained on too, without a word
+    assert scored["rows"] == metrics["test_rows"] < len(pd.read_csv(one))
+    assert scored["accuracy"] == metrics["accuracy"]
+    assert "this is the data the run was trained on: its test split" in said.err
+    other = tmp_path / "other.csv"
+    pd.read_csv(one).head(40).to_csv(other, index=False)  # other rows (a part of it): scored whole
+    assert main(["evaluate", "--run", str(run), "--data", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 40
