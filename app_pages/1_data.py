@@ -12,6 +12,13 @@ from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, state, views
 
 st.title("Data", anchor=False)
+st.markdown(
+    "This app adapts a small language model to your labels by training about 1% of its weights, the ones your task "
+    "needs most, and shows why. The pages, in order: **Data** (check your annotated rows), **Tokens** (the words "
+    "that mark each label), **Sensitivity** (where in the model the task lives), **Budget** (how many weights to "
+    "train, and which), **Finetune** (train a sparse model, and full finetuning to compare), **Compare** (what each "
+    "gets right, and which words it relies on), **Runs** (every run, to download or delete)."
+)
 st.write("Pick the annotated data every page works on. It stays selected while you move between pages.")
 
 choice = forms.data_picker(state.data_choice(), key="data")

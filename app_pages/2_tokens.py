@@ -52,3 +52,6 @@ with tab_merge:
     )
     if st.toggle("Measure adaptive tokenization", key="tok_merge"):
         views.render_merge_report(cache.merge_report(source, choice, cfg), key="tok_merge")
+
+st.page_link("app_pages/3_sensitivity.py", label="Next: Sensitivity, where in the model these tokens matter",
+             icon=":material/grid_on:")

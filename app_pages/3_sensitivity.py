@@ -9,8 +9,10 @@ from clm_explore.ui import cache, forms, state, views
 
 st.title("Sensitivity", anchor=False)
 st.write(
-    "How much each part of the model matters for your labels: every weight row gets a score, here summed per "
-    "layer and module (brighter: more). A sparse run trains the rows that score highest."
+    "How much each part of the model matters for your labels: every weight row gets a score, here per layer and "
+    "module (brighter: more). A sparse run trains the rows that stand out most within their own matrix (a row's "
+    "score over its matrix's mean), so the cells brightest in total score are not always where the budget goes: "
+    "**Share selected** shows where it goes."
 )
 with st.expander("How the rows are scored"):
     st.write(
@@ -31,21 +33,28 @@ st.caption(
     f"computed in {report.seconds:.1f}s · " + " · ".join(report.notes)
 )
 
-VIEWS = {
+VIEWS = {  # what a run trains first (the UX review: the total score's brightest cell is never selected)
+    "share_selected": f"Share selected at the current budget ({state.budget() * 100:.3g}%)",
     "score": "Total score",
     "norm_score": "Normalised (score per parameter)",
-    "share_selected": f"Share selected at the current budget ({state.budget() * 100:.3g}%)",
 }
-state.restore("sens_view", "score", options=list(VIEWS))  # the view and the toggle below outlive page switches
+state.restore("sens_view", "share_selected", options=list(VIEWS))  # the view and the toggle below outlive page switches
 view = st.radio("Heatmap shows", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="sens_view")
 state.keep("sens_view")
 try:
     if view == "share_selected":
-        table = cache.mask(source, choice, state.mining_cfg(), cfg, state.mask_cfg()).table
+        selection = cache.mask(source, choice, state.mining_cfg(), cfg, state.mask_cfg())
+        table = selection.table
+        if selection.min_layer > 0:
+            st.caption(f"Rows below layer {selection.min_layer} do not compete (\"Lowest eligible layer\" under the Budget "
+                       "page's Row choice).")
 except ConfigError as exc:  # e.g. a budget below the cheapest row, as on the Budget page: the rest of the page stays
     st.warning(views.escape_markdown(str(exc)))
 else:
-    views.heatmap(table, view, VIEWS[view], key="sens_main")
+    zrange, capped = views.capped_scale(table, view) if view != "share_selected" else (None, "")
+    views.heatmap(table, view, VIEWS[view], key="sens_main", zrange=zrange)
+    if capped:
+        st.caption(capped)
 
 st.header("Restricted vs unrestricted", anchor=False)
 st.write("The same score with gradients from every position: how much the token restriction moves the mass.")
@@ -72,3 +81,6 @@ if compare:
         diff, "share", f"Difference ({cfg.restriction} − {other_cfg.restriction})", "sens_diff", "RdBu",
         diverging=True,
     )
+
+st.page_link("app_pages/4_budget.py", label="Next: Budget, how many of these rows to train",
+             icon=":material/tune:")

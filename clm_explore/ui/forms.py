@@ -27,6 +27,7 @@ from clm_explore.config import (
     SensitivityConfig,
 )
 from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
+from clm_explore.training import DEFAULT_LR
 from clm_explore.ui import cache, saved_session, state
 from clm_explore.ui.cache import LENGTH_COUNTED
 from clm_explore.ui.views import escape_markdown
@@ -346,16 +347,21 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             f"({', '.join(m for m in BUDGET_METHODS if m != 'sparse')}).",
         )
         budget = c2.number_input(
-            "Budget %", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g", key=f"{key}_budget",
+            # Named for the methods that read it: with full chosen, an editable "Budget % 1" read as a cap (the UX
+            # review); the form sends nothing before Launch, so the box cannot grey out as the method changes.
+            "Budget % (row methods and layers)", BUDGET_STEPS[0] * 100, 100.0, state.budget() * 100, format="%.4g",
+            key=f"{key}_budget",
             help=f"The share of the model's parameters trained, read by {', '.join(BUDGET_METHODS)}; the other "
-            "methods train what they train whatever it says.",
+            "methods (full, head, bitfit, lora, prefix) train what they train whatever it says.",
         )
         epochs = c3.number_input("Epochs", 1, 100, key=f"{key}_epochs")
         c1, c2, c3 = st.columns(3)  # one st.columns per row, so that Tab walks the boxes as they read
-        lr = c1.number_input("Learning rate (0 = method default)", 0.0, 1.0, format="%.2g", key=f"{key}_lr")
+        lr = c1.number_input("Learning rate (0 = method default)", 0.0, 1.0, format="%.2g", key=f"{key}_lr",
+                             help="0 takes the method's default: " + ", ".join(
+                                 f"{method} {rate:g}" for method, rate in DEFAULT_LR.items()) + ".")
         seed = c2.number_input("Seed", 0, 10_000, key=f"{key}_seed")
         seeds = c3.number_input(
-            "Seeds",
+            "Runs (seeds)",
             1,
             MAX_SEEDS,
             key=f"{key}_seeds",

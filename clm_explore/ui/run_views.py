@@ -43,18 +43,19 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
         budget = r.config.get("mask", {}).get("budget") if r.method in BUDGET_METHODS else None
         rows.append(
             {
+                # The figures first: at a laptop's width the table showed "accu" at its edge (the UX review).
                 "run": r.id,
                 "method": r.method,
-                "data": data_key_name(str(r.config["data"])) if r.config.get("data") else None,
-                "model": model_name(r.config.get("source")) or None,
-                "launched here": state.launched_here(r.id),
                 "status": f"{r.status.value}, folder gone" if gone else r.status.value,
-                "created": r.created,
                 "accuracy": m.get("accuracy"),
                 "macro_f1": m.get("macro_f1"),
                 "budget %": budget * 100 if isinstance(budget, (int, float)) and budget <= 1 else budget,
                 "epochs": r.config.get("epochs"),
                 "train s": round(m["train_seconds"], 1) if m.get("train_seconds") is not None else None,
+                "data": data_key_name(str(r.config["data"])) if r.config.get("data") else None,
+                "model": model_name(r.config.get("source")) or None,
+                "created": r.created,
+                "launched here": state.launched_here(r.id),
                 "error": FOLDER_GONE if gone and not r.error else r.error,
             }
         )
@@ -166,6 +167,19 @@ def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
     st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics", height="content", alt="Metrics of runs A and B")
     st.caption("Selected parameters count the budget's rows; trainable parameters add what trains beside them (the "
                "head, and LayerNorms where the run trains them).")
+    scale = accuracy_scale_note(a.full_metrics().get("test_rows"))
+    if scale:
+        st.caption(scale)
+
+
+def accuracy_scale_note(test_rows: Any) -> str:
+    """How much one test row moves the accuracy, and what tells a difference from chance: "0.8929 vs 0.8750" read as
+    a gap where it was one row of 56 (the UX review)."""
+    if not isinstance(test_rows, int) or test_rows <= 0:
+        return ""
+    return (f"Scored on {test_rows:,} test rows: one row is {100 / test_rows:.2g} points of accuracy. Whether a gap "
+            "is more than chance shows over seeds: launch a few seeds of each (Finetune's \"Runs (seeds)\") and "
+            "open \"Compare groups of runs (seeds)\" on the Runs page.")
 
 
 def _fmt(value: Any) -> str:
@@ -557,9 +571,21 @@ def filter_disagreements(diff: pd.DataFrame, key: str) -> pd.DataFrame:
     which = st.radio("Show the disagreements where", list(RIGHT), format_func=RIGHT.get, horizontal=True, key=f"{key}_filter")
     state.keep(f"{key}_filter")
     shown = diff if which == "all" else diff[diff["right"] == which]
-    st.dataframe(views.text_last(shown), key=f"{key}_disagree", hide_index=True, height=260,
-                 alt="Test rows the runs disagree on")
+    # Sized to its rows (3 disagreements sat above 7 empty ones), the text wide: reading it is the point (the UX
+    # review); it stays last so that the predictions beside it stay on a laptop's screen.
+    st.dataframe(views.text_last(shown), key=f"{key}_disagree", hide_index=True, height=min(260, 35 * len(shown) + 38),
+                 alt="Test rows the runs disagree on", column_config=DISAGREEMENT_COLUMNS)
     return shown
+
+
+DISAGREEMENT_COLUMNS = {
+    "label": st.column_config.TextColumn("gold label"),
+    "pred_a": st.column_config.TextColumn("A says"),
+    "prob_a": st.column_config.NumberColumn("A's p", format="%.2f", help="A's probability of what it says"),
+    "pred_b": st.column_config.TextColumn("B says"),
+    "prob_b": st.column_config.NumberColumn("B's p", format="%.2f", help="B's probability of what it says"),
+    "text": st.column_config.TextColumn(width="large"),
+}
 
 
 def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> None:

@@ -384,6 +384,26 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
     chart(fig, f"{key}_heat", grid.rename_axis(index="layer", columns="module"), title)
 
 
+OUTLIER_FACTOR = 3.0
+"""A heatmap cell this many times the next largest gets a colour scale of its own (``capped_scale``)."""
+
+
+def capped_scale(table: pd.DataFrame, value: str) -> tuple[tuple[float, float] | None, str]:
+    """(colour range, note) for a heatmap of ``table[value]`` whose largest cell dwarfs the rest: the range ends at
+    the second largest, and the note names the cell left brighter than the scale (the pooler's score made every
+    other cell of the Sensitivity map one dark colour, the UX review); (None, '') otherwise."""
+    grid = layer_module_grid(table, value)
+    cells = grid.stack().sort_values(ascending=False)
+    if len(cells) < 3 or cells.iloc[1] <= 0 or cells.iloc[0] < OUTLIER_FACTOR * cells.iloc[1]:
+        return None, ""
+    (layer, module), top = cells.index[0], cells.iloc[0]
+    where = "emb" if layer < 0 else f"L{layer}"
+    return ((float(min(0.0, cells.min())), float(cells.iloc[1])),
+            f"The colours end at the second-largest cell ({cells.iloc[1]:.3g}): {where} · {module} ({top:.3g}, "
+            f"{top / cells.iloc[1]:.0f} times that) is drawn at the top colour, so that the other cells can be told "
+            "apart.")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

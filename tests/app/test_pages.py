@@ -14,7 +14,9 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -364,6 +366,34 @@ def test_mining_that_finds_no_group_is_said_where_the_scores_are_read(at: AppTes
         goto(at, page)
         assert not at.exception, at.exception
         assert any(w.value.startswith("No task token was mined") for w in at.warning), [w.value for w in at.warning]
+
+
+def test_a_heatmap_cell_that_dwarfs_the_rest_gets_the_top_colour_and_a_note() -> None:
+    from clm_explore.ui.views import capped_scale
+
+    table = pd.DataFrame({"layer": [0, 0, 1, 1, 6], "module": ["q", "k", "q", "k", "pooler"],
+                          "score": [1.0, 2.0, 3.0, 4.0, 300.0]})
+    zrange, note = capped_scale(table, "score")  # before: the pooler's 300 made 1..4 one colour (the UX review)
+    assert zrange == (0.0, 4.0)
+    assert "L6 · pooler (300, 75 times that)" in note
+    assert capped_scale(table.assign(score=[1.0, 2.0, 3.0, 4.0, 5.0]), "score") == (None, "")
+
+
+def test_compare_says_what_one_test_row_is_worth_and_run_tables_lead_with_figures() -> None:
+    from clm_explore.ui.run_views import accuracy_scale_note, runs_frame
+
+    assert accuracy_scale_note(56).startswith("Scored on 56 test rows: one row is 1.8 points of accuracy.")
+    assert accuracy_scale_note(None) == ""
+    record = SimpleNamespace(id="r1", method="full", metrics={"accuracy": 0.9, "macro_f1": 0.8}, config={},
+                             status=SimpleNamespace(value="succeeded"), is_terminal=True, path=Path("/nonexistent"),
+                             created="2026-12-07", error=None)
+    columns = list(runs_frame([record]).columns)  # before: accuracy 8th, cut off at 1280 px (the UX review)
+    assert columns[:5] == ["run", "method", "status", "accuracy", "macro_f1"]
+
+
+def test_sensitivity_opens_on_what_the_budget_selects(at: AppTest) -> None:
+    goto(at, "app_pages/3_sensitivity.py")
+    assert at.radio(key="sens_view").value == "share_selected"  # the total score's brightest cell misled
 
 
 def test_sensitivity_views_and_unrestricted_comparison(at: AppTest) -> None:
