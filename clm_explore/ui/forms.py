@@ -532,12 +532,15 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
             st.info("No server-side data sets (../shared/data/*) on this server.")
             return None
         names = list(sets)
-        name = st.selectbox(
-            "Data set",
+        name = st.selectbox(  # none picked until one is chosen: the first set took over from an upload at once, and
+            "Data set",  # started its scoring on the next page (the UX review)
             names,
             key=f"{key}_shared",
-            index=names.index(current.name) if current and current.name in sets else 0,
+            index=names.index(current.name) if current and current.kind == "shared" and current.name in sets else None,
+            placeholder="Choose a data set",
         )
+        if name is None:
+            return None
         choice = choice if choice and choice.name == name else sets[name]
     else:
         cap = DataConfig().max_file_mb
@@ -558,7 +561,32 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
                 st.error(f"{escape_markdown(upload.name)} is {len(raw) / 2**20:.0f} MB; the limit is {cap:.0f} MB.")
                 return None
             choice = state.upload_choice(raw, upload.name, choice)
+        elif choice is not None:  # the box is empty after a page change or another source: the file is not lost
+            st.caption(f"Working on {escape_markdown(choice.name)}, uploaded earlier in this session; a file dropped "
+                       "above replaces it.")
+        kept_uploads(choice, key)
     return choice
+
+
+def kept_uploads(current: state.DataChoice | None, key: str) -> None:
+    """The session's other kept uploads, to work on again (``_pick_kept_upload``): after another source was picked
+    the file box was empty, and the file could only be uploaded again (the UX review)."""
+    others = {c.path: c for c in state.session_uploads() if current is None or c.path != current.path}
+    if others:
+        st.selectbox("Or work on a file uploaded earlier in this session", list(others), index=None,
+                     format_func=lambda path: others[path].name, placeholder="Choose a file", key=f"{key}_kept",
+                     on_change=_pick_kept_upload, args=(others, key))
+
+
+def _pick_kept_upload(others: dict[str, state.DataChoice], key: str) -> None:
+    """The kept upload chosen becomes the session's data, and the box empties again: left holding it, the box would
+    name a file of a list that no longer holds it (the one picked is the one worked on). A fresh file box too, as
+    ``switch_to_upload`` makes: one still holding a file would select that again on the next run."""
+    path = st.session_state.get(f"{key}_kept")
+    if path in others:
+        state.set_data_choice(others[path])
+        state.put(f"{key}_upload_box", int(state.get(f"{key}_upload_box", 0)) + 1)
+    st.session_state[f"{key}_kept"] = None
 
 
 def switch_to_upload(write: Callable[[], bytes], filename: str, rows: int, key: str = "data") -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -483,6 +484,30 @@ def _sessions_last_used(root: Path, stats: dict[Path, os.stat_result]) -> dict[s
 
 def _inode(info: os.stat_result) -> tuple[int, int]:
     return info.st_dev, info.st_ino
+
+
+def session_uploads() -> list[DataChoice]:
+    """The uploads this session's folder keeps (``UPLOADS_KEPT``), newest first, to pick again: after another
+    source was picked, the file box was empty and the file could only be uploaded again (the UX review)."""
+    folder = uploads_root() / session_id()
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.suffix in UPLOAD_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+    files.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return [DataChoice("upload", str(p.resolve()), p.name, digest=_file_digest(str(p), *_size_and_time(p)))
+            for p in files]
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a kept upload, once per version of it (size and time in the key): up to 200 MB each, read on
+    every rerun of the Data page otherwise."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def upload_choice(raw: bytes, filename: str, current: DataChoice | None, protect: tuple[Path, ...] = ()) -> DataChoice:

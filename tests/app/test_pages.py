@@ -245,6 +245,28 @@ def test_the_accepted_labels_replace_an_upload_and_keep_it_on_the_server(monkeyp
     assert Path(original.path).is_file() and Path(app.session_state["data_choice"].path).is_file()
 
 
+def test_another_source_does_not_replace_an_upload_until_picked_and_kept_uploads_can_be_picked_again() -> None:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    app.radio(key="data_kind").set_value("upload").run()
+    raw = (ROOT / "sample_data/banking77_20/train.csv").read_bytes()
+    app.file_uploader(key="data_upload").set_value(("mine.csv", raw, "text/csv")).run(timeout=TIMEOUT)
+    mine = app.session_state["data_choice"]
+    app.radio(key="data_kind").set_value("shared").run(timeout=TIMEOUT)
+    assert app.session_state["data_choice"] == mine  # before: the first shared set took over at once (the UX review)
+    assert "The other pages still use mine\\.csv." in [c.value for c in app.caption]
+    app.radio(key="data_kind").set_value("upload").run(timeout=TIMEOUT)
+    app.file_uploader(key="data_upload").set_value(("other.csv", raw.replace(b"card", b"kart"), "text/csv")).run(
+        timeout=TIMEOUT)
+    assert app.session_state["data_choice"].name == "other.csv"
+    kept = app.selectbox(key="data_kept")
+    assert [Path(p).name for p in kept.options] == ["mine.csv"]  # before: gone from the app, on the server still
+    kept.set_value(kept.options[0]).run(timeout=TIMEOUT)
+    app.run()  # the file box that held other.csv does not select it again
+    assert not app.exception and app.session_state["data_choice"].path == mine.path
+    assert any(c.value.startswith("Working on mine\\.csv, uploaded earlier") for c in app.caption)  # an empty box
+
+
 def test_no_room_for_the_accepted_labels_is_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.01")  # smaller than the sample's splits as one file
     app = AppTest.from_file(APP, default_timeout=TIMEOUT)
