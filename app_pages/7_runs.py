@@ -26,8 +26,8 @@ with st.expander("Compare groups of runs (seeds)", expanded=False):
 st.header("One run", anchor=False)
 run = run_views.run_picker(records, "Run", records[0], key="runs_pick")
 st.caption(
-    f"Folder: {escape_markdown(str(run.path))} · status **{run.status.value}** · created {run.created} · updated "
-    f"{run.updated}"  # a folder's name is anyone's text: a backtick in it ended a code span and opened a link
+    f"Folder: {escape_markdown(run_views.folder_said(run.path, store.root))} · status **{run.status.value}** · created "
+    f"{run.created} · updated {run.updated}"  # a folder's name is anyone's text: a backtick in it ended a code span
 )
 if run.error:
     st.error(escape_markdown(run.error))
@@ -49,8 +49,18 @@ if run.status is RunStatus.SUCCEEDED and not folder_gone:  # both read the folde
 
 c1, c2 = st.columns(2)
 if not folder_gone:
+    predictions = run.path / "predictions.csv"
+    if predictions.is_file():  # what an annotator wants of a run: 5 KB, where the zip is the model too (the UX review)
+        c1.download_button(
+            "Download its test predictions (CSV)",
+            data=predictions.read_bytes,
+            file_name=f"{run.id}-predictions.csv",
+            mime="text/csv",
+            key="runs_predictions",
+            on_click="ignore",
+        )
     c1.download_button(
-        "Download folder (zip)",
+        "Download folder (zip: model, predictions, metrics)",
         data=lambda: run_views.run_zip(store, run.id),
         file_name=f"{run.id}.zip",
         mime="application/zip",

@@ -389,8 +389,18 @@ def _table(frame: pd.DataFrame, marked: list[bool] | None = None, word_col: str 
 
 def _metrics_section(runs: list[tuple[str, dict[str, Any]]], note: str = "") -> str:
     keys = [k for k in METRIC_KEYS if any(k in m for _, m in runs)]
-    frame = pd.DataFrame({name: ["" if m.get(k) is None else m[k] for k in keys] for name, m in runs}, index=keys)
+    frame = pd.DataFrame({name: [_metric_text(k, m.get(k)) for k in keys] for name, m in runs}, index=keys)
     return "<h2>Metrics</h2>" + note + _table(frame.rename_axis("metric").reset_index())
+
+
+def _metric_text(key: str, value: Any) -> Any:
+    """A metric as the report's table shows it: a budget share as the app's percent ("1%", where the report said
+    0.01 and the app 1: the UX review), an absolute budget as its count."""
+    if value is None:
+        return ""
+    if key == "budget" and isinstance(value, int | float) and 0 < value <= 1:
+        return f"{value * 100:.4g}% of the backbone"
+    return value
 
 
 def _unread_metrics_note(runs: list[tuple[str, Path, dict[str, Any] | None]]) -> str:
@@ -591,7 +601,9 @@ def write_report(study: CaseStudy, out_path: str | Path = "report.html", show_ro
     note = training_split_note(study) + _unread_metrics_note([(names[0], run_a, ma)] + ([(names[1], run_b, mb)]
                                                                                             if run_b else []))
     fig = _Figures()
-    body = [f"<h1>clm-explore report</h1><p class='note'>{esc(run_a)}" + (f" vs {esc(run_b)}" if run_b else "")
+    # The runs by name: a report is passed on, and the server's paths to them told its readers nothing else (the
+    # UX review).
+    body = [f"<h1>clm-explore report</h1><p class='note'>{esc(names[0])}" + (f" vs {esc(names[1])}" if run_b else "")
             + f" &middot; {datetime.now():%Y-%m-%d %H:%M} &middot; {esc(study.coverage_text())}</p>"]  # fmt: skip
     body.append(_metrics_section([(names[0], ma)] + ([(names[1], mb or {})] if run_b else []), note))
     runs = [(names[0], run_a)] + ([(names[1], run_b)] if run_b else [])

@@ -112,12 +112,17 @@ def test_report_metrics_side_by_side(tmp_path: Path, tiny_data) -> None:
     run_b = make_run(tmp_path, tiny_data, 1, "full")
     metrics_b = json.loads((run_b / "metrics.json").read_text())
     (run_b / "metrics.json").write_text(json.dumps({**metrics_b, "budget": None}))  # as full finetuning writes it
+    metrics_a = json.loads((run_a / "metrics.json").read_text())
+    (run_a / "metrics.json").write_text(json.dumps({**metrics_a, "budget": 0.01}))
     page = build_report(run_a, run_b, out_path=tmp_path / "m.html", cfg=CFG, max_rows=5).read_text()
     section = page.split("<h2>Metrics</h2>")[1].split("<h2>")[0]
     assert "<th>A: sparse-0</th><th>B: full-1</th>" in section
     assert "<tr><td>method</td><td>sparse</td><td>full</td></tr>" in section
     assert "<td>accuracy</td>" in section and "<td>trainable_params</td>" in section
     assert "None" not in section and "<td>nan</td>" not in section  # full finetuning has no budget: blank
+    assert "<tr><td>budget</td><td>1% of the backbone</td><td></td></tr>" in section  # it read 0.01, the app 1%
+    head = page.split("<h2>")[0]
+    assert "A: sparse-0 vs B: full-1" in head and str(tmp_path) not in head  # the runs' names, not server paths
 
 
 def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str]) -> None:

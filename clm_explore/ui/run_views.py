@@ -62,6 +62,15 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def folder_said(path: Path, root: Path) -> str:
+    """A run's folder as a page shows it: its place under the runs folder, not the server's path to it, which tells
+    every user of a shared server how its disk is laid out (the UX review)."""
+    try:
+        return f"{path.relative_to(root)} in the server's runs folder"
+    except ValueError:
+        return f"{path.name} (a folder outside the server's runs folder, registered from the command line)"
+
+
 def unread_files_note(run: RunRecord) -> str:
     """Why a finished run's own files cannot be read ('' when they can): its folder gone, or its metrics.json
     damaged; the pages that read them would otherwise say the run has no confusion matrix or F1s."""

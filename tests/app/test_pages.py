@@ -552,7 +552,10 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     shown_run = store.get(at.selectbox(key="runs_pick").value)
     card = (shown_run.path / "README.md").read_text()  # the model card its run wrote, shown as the file's text
     assert [c.value for c in at.code if "model-index" in c.value] == [card.strip()]
-    assert "Download the model card" in [b.proto.label for b in at.get("download_button")]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download the model card" in labels and "Download its test predictions (CSV)" in labels  # not only the zip
+    folder = next(c.value for c in at.caption if c.value.startswith("Folder: "))
+    assert "in the server's runs folder" in folder and str(store.root) not in folder.replace("\\", "")
     (shown_run.path / "README.md").unlink()  # a run saved before runs wrote cards: one made for the page
     at.run()
     assert [c.value for c in at.code if "model-index" in c.value] == [card.strip()]
