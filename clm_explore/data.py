@@ -146,8 +146,9 @@ class _Table:
     frame: pd.DataFrame
     """The columns that may be the text or the label column (``_Wanted``), named as ``columns`` names them. A
     file's other columns are never read into it: a shared server must not hold what it will not use."""
-    positions: list[int]
-    """1-based line (CSV, TSV, JSONL), record (JSON) or row (Parquet) number of each row."""
+    positions: list[Any]
+    """1-based line (CSV, TSV, JSONL), record (JSON) or row (Parquet) number of each row; a DataFrame's index
+    label (unit "index")."""
     unit: str
     columns: list[str]
     """Every column name of the file, in order (for messages and the column picker)."""
@@ -177,8 +178,10 @@ class _Wanted:
     def keeps(self, column: str) -> bool:
         roles = [(self.text_col, TEXT_NAMES)] + ([(self.label_col, LABEL_NAMES)] if self.label else [])
         roles += [(self.split_col, SPLIT_NAMES)] if self.split else []
-        return any(column.lower() == given.lower() if given is not None else column.strip().lower() in known
-                   for given, known in roles)
+        # Both sides stripped, as _find_column matches them: a CSV header's names are stripped, a typed name may not
+        # be (the data review: --label-col " label " found no column).
+        return any(column.strip().lower() == given.strip().lower() if given is not None
+                   else column.strip().lower() in known for given, known in roles)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -238,7 +241,7 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
         raise DataError(f"{path} is a folder: its train, validation and test files are its splits, so a split column "
                         f"({cfg.split_col!r}, --split-col) is not read there. Pass a single file, or drop the option.")
     files = _split_files(path) if path.is_dir() else {"all": path}
-    frames = {split: _read_file(f, f.read_bytes, f.stat().st_size, cfg, notes, single=split == "all")
+    frames = {split: _read_file(f, f.read_bytes, f.stat().st_size, cfg, notes, part=split)
               for split, f in files.items()}
     return _assemble(_by_split_column(frames, str(path), notes), cfg, str(path), str(files.get("train", path)), notes)
 
@@ -262,7 +265,7 @@ def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig)
     frames = {}
     for split, frame in by_split.items():
         name = "the DataFrame" if split == "all" else f"the {split} DataFrame"
-        frames[split] = _frame_rows(frame, cfg, notes, name, split=split == "all")
+        frames[split] = _frame_rows(frame, cfg, notes, name, part=split)
     if "all" not in frames and cfg.split_col is not None:
         raise DataError(f"A dict of DataFrames by split is split already: the split column {cfg.split_col!r} is "
                         "not read there. Pass one DataFrame, or drop DataConfig.split_col.")
@@ -288,7 +291,7 @@ def load_upload(raw: bytes, filename: str, cfg: DataConfig | None = None) -> Ann
     """
     cfg = cfg or DataConfig()
     notes: list[str] = []
-    frame = _read_file(Path(filename), lambda: raw, len(raw), cfg, notes, single=True)
+    frame = _read_file(Path(filename), lambda: raw, len(raw), cfg, notes)
     return _assemble(_by_split_column({"all": frame}, filename, notes), cfg, filename, filename, notes)
 
 
@@ -324,11 +327,12 @@ def _split_files(folder: Path) -> dict[str, Path]:
 
 
 def _read_file(path: Path, read: Callable[[], bytes], size: int, cfg: DataConfig, notes: list[str],
-               single: bool = False) -> pd.DataFrame:
+               part: str = "all") -> pd.DataFrame:
     """Read one file into a checked ``[text, label]`` frame, plus ``split`` when the file is the whole data
-    (``single``) and has a split column; ``read()`` is only called after the size check."""
-    table = _parse_table(path, read, size, cfg, notes, _Wanted.of(cfg, split=single))
-    return _select_columns(table, cfg, notes, split=single)
+    (``part`` "all", not one split of a folder) and has a split column; ``read()`` is only called after the size
+    check."""
+    table = _parse_table(path, read, size, cfg, notes, _Wanted.of(cfg, split=part == "all"))
+    return _select_columns(table, cfg, notes, part)
 
 
 def column_names(path: str | Path, suffix: str | None = None) -> list[str]:
@@ -412,7 +416,9 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
         raise DataError(f"{path} does not exist or is not a file.")
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
-        return text_lines(file.name, file.read_bytes(), notes)
+        lines = text_lines(file.name, file.read_bytes(), notes)
+        _refuse_table_of_lines(file.name, lines, text_col)
+        return lines
     wanted = _Wanted(text_col=text_col, label=False)
     table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, notes, wanted)
     notes.extend(table.notes)
@@ -423,6 +429,23 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     texts = pd.Series(_as_str(table, table.frame[column], "text"))
     _require_filled(table, texts, "empty text", "text")
     return texts.tolist()
+
+
+def _refuse_table_of_lines(name: str, lines: list[str], text_col: str | None) -> None:
+    """Refuse a .txt file that is a table, not one text per line: every line holds the same number of tabs and the
+    first names a text column. Read as lines, its header was predicted as a text and every text carried its label
+    (the data review: Excel's 'Unicode Text' export, UTF-16 with tabs)."""
+    tabs = lines[0].count("\t")
+    if not tabs or any(line.count("\t") != tabs for line in lines):
+        return
+    header = [cell.strip().lower() for cell in lines[0].split("\t")]
+    names = {text_col.strip().lower()} if text_col is not None else set(TEXT_NAMES)
+    if names.isdisjoint(header):
+        return
+    raise DataError(f"{name} looks like a tab-separated table, not one text per line: each of its {len(lines):,} "
+                    f"line(s) holds {tabs} tab(s) and the first names the columns ({lines[0][:80]!r}), as Excel's "
+                    "'Unicode Text' export writes them. To predict on its text column, rename it .tsv (--text-col "
+                    "picks another column); else save one text per line, without a header.")
 
 
 def read_text_stream(stream: BinaryIO, name: str = "standard input", cfg: DataConfig | None = None,
@@ -438,11 +461,11 @@ def read_text_stream(stream: BinaryIO, name: str = "standard input", cfg: DataCo
 
 def text_lines(name: str, raw: bytes, notes: list[str]) -> list[str]:
     """The non-blank lines of ``raw`` (a .txt file or a pipe), one text each; skipped blank lines are noted."""
-    every = list(_lines(_decode(name, raw, notes)))  # a form feed (PDF text) or U+2028 breaks no line
-    lines = [line for line in every if line.strip()]
+    every = list(_lines(_decode(name, raw, notes, labelled=False)))  # a form feed (PDF text) or U+2028 breaks no line
+    lines = [line for line in every if not _blank(line)]
     if not lines:
         raise DataError(f"{name} holds no text (it is empty or blank).")
-    blank = [i + 1 for i, line in enumerate(every) if not line.strip()]
+    blank = [i + 1 for i, line in enumerate(every) if _blank(line)]
     if blank and blank != [len(every)]:  # said: a script pairing outputs with input lines would be off by them
         notes.append(f"{name}: {len(blank)} blank line(s) skipped (line(s) {_listed_lines(blank)}): one "
                      "result per text line, in order")
@@ -464,7 +487,7 @@ def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataCo
     if isinstance(source, AnnotatedData):
         return source.test[["text", "label"]].reset_index(drop=True)
     if isinstance(source, pd.DataFrame):
-        return _test_rows(_frame_rows(source, cfg, notes, split=True), "the DataFrame", notes)
+        return _test_rows(_frame_rows(source, cfg, notes), "the DataFrame", notes)
     if not isinstance(source, str | os.PathLike) or not str(source).strip():
         raise DataError(f"The data to evaluate on is a data file, a folder of splits, a DataFrame or AnnotatedData; "
                         f"got {type(source).__name__} {str(source)[:40]!r}.")
@@ -477,7 +500,7 @@ def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataCo
     elif not path.is_file():
         raise DataError(f"{path} does not exist or is not a regular file. Pass a data file (CSV, TSV, JSONL, JSON, "
                         "Parquet) or a folder with a test file.")
-    return _test_rows(_read_file(path, path.read_bytes, path.stat().st_size, cfg, notes, single=True), path.name,
+    return _test_rows(_read_file(path, path.read_bytes, path.stat().st_size, cfg, notes), path.name,
                       notes)
 
 
@@ -495,15 +518,16 @@ def _test_rows(frame: pd.DataFrame, name: str, notes: list[str]) -> pd.DataFrame
 
 
 def _frame_rows(frame: pd.DataFrame, cfg: DataConfig, notes: list[str], name: str = "the DataFrame",
-                split: bool = False) -> pd.DataFrame:
-    """A DataFrame's rows as a checked ``[text, label]`` frame, its columns found as a file's are (``split``: and
-    its split column, as ``_select_columns`` reads it)."""
+                part: str = "all") -> pd.DataFrame:
+    """A DataFrame's rows as a checked ``[text, label]`` frame, its columns found as a file's are (``part`` "all":
+    and its split column, as ``_select_columns`` reads it)."""
     _check_rows(name, len(frame), cfg.max_rows)
     columns = [str(c) for c in frame.columns]
     _check_header(name, columns, any_case=False)
-    table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), list(range(1, len(frame) + 1)),
-                   "row", columns)
-    return _select_columns(table, cfg, notes, split=split)
+    # Rows are named by their index labels, as AnnotatedData names them: the data review had "row 4" for index 28.
+    table = _Table(name, frame.set_axis(columns, axis=1).reset_index(drop=True), frame.index.tolist(), "index",
+                   columns)
+    return _select_columns(table, cfg, notes, part)
 
 
 def _check_size(name: str, size: int, cfg: DataConfig, at_least: bool = False) -> None:
@@ -522,67 +546,74 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
     name = str(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
+        txt = (" A .txt file of tab-separated columns (Excel's 'Unicode Text' export) is a TSV table: rename it .tsv."
+               if path.suffix.lower() == ".txt" else "")  # the data review
         raise DataError(f"{name} has an unsupported extension {path.suffix or '(none)'!r}. Save it as .csv, .tsv, "
-                        ".jsonl, .json or .parquet (spreadsheets: export as CSV, UTF-8).")
+                        f".jsonl, .json or .parquet (spreadsheets: export as CSV, UTF-8).{txt}")
     _check_size(name, size, cfg)
     raw: bytes = read()
     if not raw.strip():
-        raise DataError(f"{name} is empty. Put a header row (e.g. text,label) and at least a few rows per label in it.")
+        wanted_rows = ("at least a few rows per label" if wanted.label  # predict's texts have no label (the data review)
+                       else "a row per text to predict (or use a .txt file, one text per line)")
+        raise DataError(f"{name} is empty. Put a header row (e.g. {'text,label' if wanted.label else 'text'}) and "
+                        f"{wanted_rows} in it.")
     if fmt == "parquet":
         return _parse_parquet(name, raw, cfg, wanted)
     # Each parser stops at row max_rows + 1: parsing millions of rows only to refuse them costs minutes and GBs.
-    return _PARSERS[fmt](name, _decode(name, raw, notes), cfg.max_rows, wanted)
+    return _PARSERS[fmt](name, _decode(name, raw, notes, wanted.label), cfg.max_rows, wanted)
 
 
 # ------------------------------------------------------------------------------------------ parsing
 
 
-def _decode(name: str, raw: bytes, notes: list[str]) -> str:
+def _decode(name: str, raw: bytes, notes: list[str], labelled: bool = True) -> str:
     """Bytes to text: UTF-8 (BOM allowed), UTF-16 or UTF-32 with a BOM; lines that are not valid UTF-8 are read as
-    cp1252 (else latin-1), with a note naming them."""
+    cp1252 (else latin-1), with a note naming them. ``labelled``: the file holds labelled rows (not texts to
+    predict), for the advice of a refusal as binary."""
     if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: the LE marks share a start
         notes.append(f"{name} is UTF-32; it was decoded as such.")
-        return _check_text(name, raw.decode("utf-32", errors="replace"))
+        return _check_text(name, raw.decode("utf-32", errors="replace"), labelled)
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         notes.append(f"{name} is UTF-16; it was decoded as such.")
-        return _check_text(name, raw.decode("utf-16", errors="replace"))
+        return _check_text(name, raw.decode("utf-16", errors="replace"), labelled)
     nul = raw.find(b"\x00")
     if nul >= 0:
-        _nul_error(name, raw, nul)
+        _nul_error(name, raw, nul, labelled)
     try:
-        return _check_text(name, raw.decode("utf-8-sig"))
+        return _check_text(name, raw.decode("utf-8-sig"), labelled)
     except UnicodeDecodeError:
         pass
-    text, legacy = _decode_by_line(raw.removeprefix(codecs.BOM_UTF8))
-    notes.append(_legacy_note(name, legacy))
-    return _check_text(name, text)
+    text, legacy, by_byte = _decode_by_line(raw.removeprefix(codecs.BOM_UTF8))
+    notes.append(_legacy_note(name, legacy, by_byte))
+    return _check_text(name, text, labelled)
 
 
 _LEGACY = (("cp1252", "Windows-1252 (cp1252)"), ("latin-1", "Latin-1"))
 """Encodings tried, in order, for a line that is not valid UTF-8; latin-1 decodes any byte."""
 
 
-def _decode_by_line(raw: bytes) -> tuple[str, list[tuple[int, str]]]:
+def _decode_by_line(raw: bytes) -> tuple[str, list[tuple[int, str]], bool]:
     """Decode ``raw`` as UTF-8 except the lines holding an invalid byte, read as cp1252 (else latin-1).
 
-    One stray byte must not turn every correct accented character of the file into mojibake. Returns the text
-    and (line number, encoding) of each line not read as UTF-8. Lines end at \\n, a char boundary in both
-    encodings (a file with bare \\r line ends is then one line, read as cp1252 as a whole)."""
+    One stray byte must not turn every correct accented character of the file into mojibake. Returns the text,
+    (line number, encoding) of each line not read wholly as UTF-8, and whether only those lines' invalid bytes were
+    read so (``_stray_bytes``), or the lines whole. Lines end at \\n, a char boundary in both encodings (a file with
+    bare \\r line ends is then one line)."""
+    text = raw.decode("utf-8", "surrogateescape")  # never fails: each invalid byte becomes one U+DC80..U+DCFF
+    by_byte = _stray_bytes(raw, text)
     parts: list[str] = []
     legacy: list[tuple[int, str]] = []
     pos, line = 0, 1
-    while pos < len(raw):
-        # Blocks of whole lines: Python's UTF-8 decoder sizes its output to all of its input even when it
-        # fails early, so retrying on the rest of a file after each bad line would take quadratic time.
-        end = raw.find(b"\n", pos + _DECODE_BLOCK) + 1 or len(raw)
-        block = raw[pos:end]
-        try:
-            parts.append(block.decode("utf-8"))
-            line += block.count(b"\n")
-        except UnicodeDecodeError:
-            line = _decode_lines(block, line, parts, legacy)
+    while pos < len(text):  # blocks of whole lines: only those holding an invalid byte are split into lines
+        end = text.find("\n", pos + _DECODE_BLOCK) + 1 or len(text)
+        block = text[pos:end]
+        if _ESCAPED.search(block):
+            line = _decode_lines(block, line, parts, legacy, by_byte)
+        else:
+            parts.append(block)
+            line += block.count("\n")
         pos = end
-    return "".join(parts), legacy
+    return "".join(parts), legacy, by_byte
 
 
 _DECODE_BLOCK = 1 << 16
@@ -590,22 +621,37 @@ _ESCAPED = re.compile("[\udc80-\udcff]")
 """What an invalid byte becomes under errors="surrogateescape"; valid UTF-8 never decodes to it."""
 
 
-def _decode_lines(block: bytes, line: int, parts: list[str], legacy: list[tuple[int, str]]) -> int:
-    """Decode ``block`` (first line number ``line``) into ``parts``, UTF-8 but for the lines holding an invalid
-    byte; returns the next line number. One decode marks every bad byte and one more reads all the bad lines:
-    a file written in cp1252 can have a bad byte on every line."""
-    texts = block.decode("utf-8", "surrogateescape").split("\n")
+def _stray_bytes(raw: bytes, text: str) -> bool:
+    """Whether ``raw`` (decoded with surrogateescape as ``text``) is UTF-8 with stray legacy bytes, not a legacy file:
+    it holds at least as many valid multi-byte UTF-8 characters as invalid bytes. Then a bad line's invalid bytes
+    alone are read as cp1252 (the data review: 'café costs 5\\x80' read 'cafÃ© costs 5€'). A file written in cp1252
+    holds few byte pairs that happen to be valid UTF-8 ('É’'), so its bad lines are still read whole, as before."""
+    multibyte = len(raw) - len(text)  # at least one per multi-byte character; an invalid byte is one character
+    if not multibyte:
+        return False
+    invalid = sum(1 for _ in islice(_ESCAPED.finditer(text), multibyte + 1))  # counted only as far as needed
+    return invalid <= multibyte
+
+
+def _decode_lines(block: str, line: int, parts: list[str], legacy: list[tuple[int, str]], by_byte: bool) -> int:
+    """Decode the invalid bytes of ``block`` (first line number ``line``, decoded with surrogateescape) into
+    ``parts``: the lines holding one read as cp1252 (else latin-1) whole, or ``by_byte`` their invalid bytes only;
+    returns the next line number. Each is one call for every bad line of the block: a file written in cp1252 can
+    have a bad byte on every line."""
+    texts = block.split("\n")
     bad = [i for i, text in enumerate(texts) if _ESCAPED.search(text)]
-    raw_lines = block.split(b"\n")
-    for i, (text, label) in zip(bad, _decode_legacy([raw_lines[i] for i in bad]), strict=True):
+    decode = _decode_stray_bytes if by_byte else _decode_legacy
+    for i, (text, label) in zip(bad, decode([texts[i] for i in bad]), strict=True):
         texts[i] = text
         legacy.append((line + i, label))
     parts.append("\n".join(texts))
     return line + len(texts) - 1
 
 
-def _decode_legacy(raw_lines: list[bytes]) -> list[tuple[str, str]]:
-    """(text, encoding) of each line; all in one call where they are all valid cp1252, as they mostly are."""
+def _decode_legacy(escaped_lines: list[str]) -> list[tuple[str, str]]:
+    """(text, encoding) of each line read whole; all in one call where they are all valid cp1252, as they mostly
+    are."""
+    raw_lines = [text.encode("utf-8", "surrogateescape") for text in escaped_lines]  # the file's bytes, exactly
     try:
         return [(text, _LEGACY[0][1]) for text in b"\n".join(raw_lines).decode(_LEGACY[0][0]).split("\n")]
     except UnicodeDecodeError:
@@ -621,14 +667,36 @@ def _decode_legacy_line(raw_line: bytes) -> tuple[str, str]:
     raise AssertionError("latin-1 decodes every byte string")  # pragma: no cover
 
 
-def _legacy_note(name: str, legacy: list[tuple[int, str]]) -> str:
+def _legacy_char(byte: int) -> str:
+    try:
+        return bytes([byte]).decode(_LEGACY[0][0])
+    except UnicodeDecodeError:  # the 5 bytes cp1252 leaves undefined
+        return bytes([byte]).decode(_LEGACY[1][0])
+
+
+_STRAY_CHARS = {0xDC00 + byte: _legacy_char(byte) for byte in range(0x80, 0x100)}
+"""An escaped invalid byte -> its cp1252 character (latin-1 where cp1252 defines none)."""
+_NOT_CP1252 = re.compile("[\udc81\udc8d\udc8f\udc90\udc9d]")
+"""The escaped bytes cp1252 leaves undefined: a line holding one was read as latin-1."""
+
+
+def _decode_stray_bytes(escaped_lines: list[str]) -> list[tuple[str, str]]:
+    """(text, encoding) of each line, its valid UTF-8 kept and each invalid byte read as cp1252 (else latin-1); one
+    translation for all the lines."""
+    texts = "\n".join(escaped_lines).translate(_STRAY_CHARS).split("\n")
+    return [(text, _LEGACY[1][1] if _NOT_CP1252.search(escaped) else _LEGACY[0][1])
+            for text, escaped in zip(texts, escaped_lines, strict=True)]
+
+
+def _legacy_note(name: str, legacy: list[tuple[int, str]], by_byte: bool) -> str:
     shown = ", ".join(str(number) for number, _ in legacy[:5]) + (
         f" and {len(legacy) - 5:,} more" if len(legacy) > 5 else "")
     found = {label for _, label in legacy}
     used = " or ".join(label for _, label in _LEGACY if label in found)
+    read = ("their bytes that are not UTF-8 were read as" if by_byte else "those lines were read as")
     return (f"{name} is not valid UTF-8 on {len(legacy):,} line(s) ({'line' if len(legacy) == 1 else 'lines'} "
-            f"{shown}); those lines were read as {used}, the rest as UTF-8. Check their accented characters, "
-            "or save the file as UTF-8.")
+            f"{shown}); {read} {used}, the rest as UTF-8. Check their accented characters, or save the file as "
+            "UTF-8.")
 
 
 _TEXT_CONTROLS = "\t\n\r\x0b\x0c\x1b"
@@ -636,7 +704,7 @@ _TEXT_CONTROLS = "\t\n\r\x0b\x0c\x1b"
 break) and escape (terminal colours); the data review had valid files with one per row refused as binary."""
 
 
-def _check_text(name: str, text: str) -> str:
+def _check_text(name: str, text: str, labelled: bool = True) -> str:
     # The other control characters are rare in real text and common in binary files.
     sample = text[:100_000]
     control = collections.Counter(ch for ch in sample if ord(ch) < 32 and ch not in _TEXT_CONTROLS)
@@ -644,11 +712,11 @@ def _check_text(name: str, text: str) -> str:
         char = control.most_common(1)[0][0]
         line = sample.count("\n", 0, sample.index(char)) + 1
         _binary_error(name, b"", f"it holds {control.total()} control characters (the commonest U+{ord(char):04X}, "
-                      f"first on line {line})")
+                      f"first on line {line})", labelled)
     return text
 
 
-def _nul_error(name: str, raw: bytes, nul: int) -> None:
+def _nul_error(name: str, raw: bytes, nul: int, labelled: bool = True) -> None:
     """Refuse ``raw``, which holds a NUL byte at ``nul``: as binary where NULs are common, else naming the line of a
     stray one, which a text file can carry (the data review: one in banking77's 10,003 rows refused it whole)."""
     count = raw.count(b"\x00")
@@ -656,15 +724,17 @@ def _nul_error(name: str, raw: bytes, nul: int) -> None:
         line = raw.count(b"\n", 0, nul) + 1
         raise DataError(f"{name} holds {count} NUL character(s) (byte 0; the first on line {line}): remove them and "
                         "load the file again.")
-    _binary_error(name, raw, f"it contains NUL bytes (first at byte {nul})")
+    _binary_error(name, raw, f"it contains NUL bytes (first at byte {nul})", labelled)
 
 
-def _binary_error(name: str, head: bytes, why: str) -> None:
+def _binary_error(name: str, head: bytes, why: str, labelled: bool = True) -> None:
     kind = ("a ZIP archive or an Excel/ODS spreadsheet" if head.startswith(b"PK")
             else "text in UTF-16 or UTF-32 without a byte-order mark" if _wide_text(head[:4096])
             else "a binary file")
-    raise DataError(f"{name} does not look like text: {why}; it looks like {kind}. Export the data as CSV "
-                    "(UTF-8) or JSONL with one text and one label per row.")
+    advice = ("Export the data as CSV (UTF-8) or JSONL with one text and one label per row." if labelled
+              else "Save the texts to predict as a .txt file (UTF-8, one text per line) or a CSV (UTF-8) with a text "
+              "column.")  # predict needs no labels (the data review)
+    raise DataError(f"{name} does not look like text: {why}; it looks like {kind}. {advice}")
 
 
 def _wide_text(head: bytes) -> bool:
@@ -732,7 +802,17 @@ def _parse_rows(name: str, text: str, delimiter: str, max_rows: int, wanted: _Wa
     return _Table(name, frame, positions, "line", header, notes=notes)
 
 
-def _listed_lines(lines: list[int]) -> str:
+def _units(table: _Table, count: int | None = None) -> str:
+    """The unit of ``table``'s positions for ``count`` of them ("lines"), or for a count not said ("line(s)"); a
+    DataFrame's positions are its index labels, listed as AnnotatedData lists them ("index 3, 28")."""
+    if table.unit == "index":
+        return "index"
+    if count is None:
+        return f"{table.unit}(s)"
+    return table.unit + ("s" if count > 1 else "")
+
+
+def _listed_lines(lines: list[Any]) -> str:
     return ", ".join(map(str, lines[:_MAX_LISTED])) + (", ..." if len(lines) > _MAX_LISTED else "")
 
 
@@ -1036,13 +1116,19 @@ def _is_text_type(arrow_type: Any) -> bool:
 def _check_rows(name: str, rows: int, max_rows: int) -> None:
     if rows > max_rows:
         raise DataError(f"{name} has {rows:,} rows, above the {max_rows:,} row limit. Use a sample, or raise the "
-                        "limit (DataConfig.max_rows) on a machine with the memory for it.")
+                        f"limit on a machine with the memory for it {_python_only('max_rows')}.")
 
 
 def _row_cap_error(name: str, max_rows: int, position: int, unit: str = "line") -> DataError:
     """The row cap passed while parsing: reading stopped there, so the full count is unknown."""
     return DataError(f"{name} has more rows than the {max_rows:,} row limit (reading stopped at {unit} {position:,}). "
-                     "Use a sample, or raise the limit (DataConfig.max_rows) on a machine with the memory for it.")
+                     f"Use a sample, or raise the limit on a machine with the memory for it {_python_only('max_rows')}.")
+
+
+def _python_only(option: str) -> str:
+    """How to raise a limit that only the Python API sets: a message naming DataConfig.max_rows read as if the command
+    line had an option for it (the data review)."""
+    return f"(in the Python API: DataConfig({option}=...); the command line has no option for it)"
 
 
 _HEADER_LINE = re.compile(r"[\ufeff\r\n]*([^\r\n]*)")
@@ -1081,10 +1167,11 @@ _PARSERS: dict[str, Callable[[str, str, int, _Wanted], _Table]] = {
 # ---------------------------------------------------------------------------------- column checks
 
 
-def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: bool = False) -> pd.DataFrame:
+def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], part: str = "all") -> pd.DataFrame:
     """Pick the text and label columns and check every row has both; returns ``[text, label]`` as str, the labels
     without surrounding spaces (a note says when that made two spellings one label), plus ``split`` (train,
-    validation or test) when ``split`` is asked for and the table has a split column (``_split_column``)."""
+    validation or test) when the table is the whole data (``part`` "all") and has a split column (``_split_column``).
+    A table that is one ``part`` of the splits (a folder's file) has its split column noted as not read."""
     columns = table.columns
     notes.extend(table.notes)
     if not table.positions:
@@ -1111,14 +1198,25 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], split: boo
     _require_filled(table, out["label"], "no label", "label")
     broken = [table.positions[i] for i, label in enumerate(out["label"]) if len(label.splitlines()) > 1]
     if broken:  # a class name over two lines: most likely a quote left open in the label column
-        raise DataError(f"{table.name}: {len(broken)} label(s) hold a line break ({table.unit}(s) "
+        raise DataError(f"{table.name}: {len(broken)} label(s) hold a line break ({_units(table)} "
                         f"{_listed_lines(broken)}). A label is one line; check the quotes around it.")
     _refuse_repeated_header(table, text_col, label_col, out)
     header_note = _header_looks_like_data(table.name, text_col, label_col, out["label"])
     if header_note:
         notes.append(header_note)
-    splits = _split_column(table, cfg.split_col, (text_col, label_col), notes) if split else None
+    if part != "all":
+        notes.extend(_split_column_unread(table, part, (text_col, label_col)))
+        return out
+    splits = _split_column(table, cfg.split_col, (text_col, label_col), notes)
     return out if splits is None else out.assign(split=splits)
+
+
+def _split_column_unread(table: _Table, part: str, taken: tuple[str, str]) -> list[str]:
+    """A note for each split column of ``table``, the ``part`` split of a folder (or a dict of DataFrames): the files
+    are the splits there, so the column is not read, which went unsaid (the data review)."""
+    return [f"{table.name}: its column {column!r} does not split its rows: it is the {part} split already (a folder's "
+            f"files, or a dict's DataFrames, are the splits). To put rows in splits by that column, pass {table.name} "
+            "alone." for column in table.columns if column.strip().lower() in SPLIT_NAMES and column not in taken]
 
 
 _WHOLE_FLOAT = re.compile(r"([+-]?\d+)(\.0+)?")
@@ -1147,7 +1245,7 @@ def _refuse_repeated_header(table: _Table, text_col: str, label_col: str, out: p
                 if label.lower() == label_name and text.strip().lower() == text_name]
     if repeated:
         raise DataError(f"{table.name}: {len(repeated)} row(s) repeat the header ({text_col!r}, {label_col!r}) at "
-                        f"{table.unit}(s) {_listed_lines(repeated)}: files joined with their header lines? Delete "
+                        f"{_units(table)} {_listed_lines(repeated)}: files joined with their header lines? Delete "
                         "these rows.")
 
 
@@ -1201,10 +1299,10 @@ def _split_column(table: _Table, given: str | None, taken: tuple[str, str], note
     lines, example = _listed_lines([table.positions[i] for i in bad]), raw[bad[0]]
     if given is not None:
         raise DataError(f"{table.name}: {len(bad)} row(s) have a split that is not train, validation (dev, val) or "
-                        f"test in column {column!r} ({table.unit}(s) {lines}; e.g. {example!r}). Fix them, or pass "
+                        f"test in column {column!r} ({_units(table)} {lines}; e.g. {example!r}). Fix them, or pass "
                         "another column with --split-col.")
     notes.append(f"{table.name}: its column {column!r} {SPLIT_COLUMN_UNUSED}: {len(bad):,} value(s) do not "
-                 f"name a split ({table.unit}(s) {lines}; e.g. {example!r}).")
+                 f"name a split ({_units(table)} {lines}; e.g. {example!r}).")
     return None
 
 
@@ -1226,12 +1324,15 @@ def _by_split_column(frames: dict[str, pd.DataFrame], name: str, notes: list[str
 
 def _find_column(name: str, columns: list[str], given: str | None, known: tuple[str, ...], role: str,
                  option: str) -> str:
-    """The ``role`` column of ``columns``: ``given`` (exactly, else in any case) or the one named as ``known`` has it.
+    """The ``role`` column of ``columns``: ``given`` (exactly, else in any case and without surrounding spaces) or the
+    one named as ``known`` has it.
     ``option`` names the choice as the command line and Python spell it ("--text-col (text_col=)": a notebook's
     message named only the flag; the API review); the app puts its own box in their place."""
     listed = _listed(columns)
     if given is not None:
-        matches = [c for c in columns if c == given] or [c for c in columns if c.lower() == given.lower()]
+        # A CSV header's names are stripped: the option " label " found no column (the data review).
+        matches = [c for c in columns if c == given] or [c for c in columns
+                                                         if c.strip().lower() == given.strip().lower()]
         if not matches:
             raise DataError(f"{name} has no column {given!r} (asked for as the {role} column); "
                             f"columns found: {listed}. Pass one of them with {option}.")
@@ -1302,11 +1403,20 @@ def _decoded(table: _Table, value: bytes, i: int, role: str) -> str:
 
 
 def _require_filled(table: _Table, values: pd.Series, what: str, role: str) -> None:
-    bad = [table.positions[i] for i, v in enumerate(values) if not v.strip()]
+    bad = [i for i, v in enumerate(values) if _blank(v)]
     if bad:
-        units = table.unit + ("s" if len(bad) > 1 else "")
-        raise DataError(f"{table.name}: {len(bad)} row(s) have {what} ({units} {_listed_lines(bad)}). Fill in the {role} or "
-                        "delete these rows; rows are never dropped silently, so nothing goes missing unnoticed.")
+        unseen = next((values.iloc[i] for i in bad if values.iloc[i].strip()), "")
+        said = (f"; some hold only invisible characters, e.g. {', '.join(f'U+{ord(c):04X}' for c in unseen[:3])}"
+                if unseen else "")
+        raise DataError(f"{table.name}: {len(bad)} row(s) have {what} ({_units(table, len(bad))} "
+                        f"{_listed_lines([table.positions[i] for i in bad])}{said}). Fill in the {role} or delete "
+                        "these rows; rows are never dropped silently, so nothing goes missing unnoticed.")
+
+
+def _blank(value: str) -> bool:
+    """Whether ``value`` holds nothing to read: only spaces and invisible format characters (zero-width space, BOM,
+    soft hyphen). The data review: a text of only U+200B counted as filled. Stops at the first visible character."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in value)
 
 
 # -------------------------------------------------------------------------------- splits and labels
@@ -1336,14 +1446,14 @@ def _check_label_length(name: str, labels: Iterable[str], max_chars: int) -> Non
     if len(longest) > max_chars:
         raise DataError(f"{name}: a label is {len(longest):,} characters long ({longest[:40]!r}...), above the "
                         f"{max_chars:,}-character limit for a class name. Is the label column right (--label-col)? "
-                        "Otherwise shorten the labels, or raise DataConfig.max_label_chars.")
+                        f"Otherwise shorten the labels, or raise the limit {_python_only('max_label_chars')}.")
 
 
 def _check_labels(name: str, frame: pd.DataFrame, max_labels: int, max_chars: int) -> None:
     counts = frame["label"].value_counts()
     if len(counts) > max_labels:
         raise DataError(f"{name}: {len(counts):,} different labels, above the {max_labels:,} label limit. Is the label "
-                        "column right (--label-col)? Otherwise merge rare labels, or raise DataConfig.max_labels.")
+                        f"column right (--label-col)? Otherwise merge rare labels, or raise the limit {_python_only('max_labels')}.")
     _check_label_length(name, counts.index, max_chars)
     if len(counts) < 2:
         raise DataError(f"{name}: every row has the same label {counts.index[0]!r} ({len(frame)} rows). A classifier "

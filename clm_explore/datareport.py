@@ -13,6 +13,9 @@ from clm_explore.data import SPLIT_COLUMN_UNUSED, SPLITS, AnnotatedData, text_ke
 
 RARE_LABEL_ROWS = 5
 """Labels with fewer train rows than this are reported as very rare."""
+MISSING_MARKERS = frozenset({"na", "n/a", "#n/a", "#n/a n/a", "#na", "nan", "-nan", "null", "none", "<na>", "nat",
+                             "-1.#ind", "1.#ind", "-1.#qnan", "1.#qnan"})
+"""Labels (any case) that pandas and spreadsheets read as an empty cell: pandas' default na_values, and NaT."""
 
 @dataclass
 class DataReport:
@@ -44,7 +47,8 @@ class DataReport:
     """Plain-English warnings; the data is still usable."""
     serious: list[str] = field(default_factory=list)
     """The problems that make a run's figures misleading (texts with two labels, leakage, labels never trained,
-    label variants, a split column not used): the commands that train or score print them."""
+    label variants, a split column not used, missing-value markers as labels): the commands that train or score
+    print them."""
 
     def __repr__(self) -> str:  # the default printed every label's counts: thousands of characters in a cell
         splits = ", ".join(f"{name} {rows:,}" for name, rows in self.splits.items())
@@ -147,6 +151,9 @@ def _problems(r: DataReport) -> list[tuple[str, bool]]:
                          f"characters or the way a number is written: {shown}. They "
                          "are kept as separate labels; if they mean the same, write them the same way in the data.",
                          True))
+    markers = _missing_markers(r.label_counts)
+    if markers:
+        problems.append(markers)
     if r.rare_labels:
         shown = _some([f"{k} ({v})" for k, v in sorted(r.rare_labels.items(), key=lambda kv: kv[1])])
         problems.append((f"{len(r.rare_labels)} label(s) have fewer than {RARE_LABEL_ROWS} train rows: {shown}.",
@@ -162,6 +169,20 @@ def _problems(r: DataReport) -> list[tuple[str, bool]]:
         if SPLIT_COLUMN_UNUSED in note and "value(s) do not name a split" in note:
             problems.append((f"{note} Its rows were split afresh: fix those values to keep the splits it gives.", True))
     return problems
+
+
+def _missing_markers(label_counts: dict[str, dict[str, int]]) -> tuple[str, bool] | None:
+    """A serious problem naming the labels that mark a missing value ('NA', 'null', 'nan', ...), or None. The loader
+    reads them as written and trains them as classes, while pandas reads the same file's cells as missing (the data
+    review: validate listed them only as rare labels)."""
+    found = {label: sum(counts.values()) for label, counts in label_counts.items()
+             if label.strip().lower() in MISSING_MARKERS}
+    if not found:
+        return None
+    shown = _some([f"{label!r} ({rows:,} row{'s' if rows > 1 else ''})" for label, rows in found.items()])
+    return (f"{len(found)} label(s) look like a missing value, not a class: {shown}. They are trained as classes; "
+            "fill in the real labels or delete those rows (if one is a real class, such as 'none' for no topic, "
+            "give it a clearer name).", True)
 
 
 def _case_variants(labels: list[str]) -> list[list[str]]:

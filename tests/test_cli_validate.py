@@ -96,3 +96,13 @@ def test_a_label_with_a_tab_keeps_the_report_table_in_columns(tmp_path: Path, ca
     out = capsys.readouterr().out
     assert "\t" not in out and "a\\tb" in out
     assert any(line.startswith("x" * 39 + "…") for line in out.splitlines())
+
+
+def test_a_spaced_label_option_and_labels_that_mark_a_missing_value(tmp_path: Path, capsys) -> None:
+    """The data review: --label-col " label " on the header ' label ' found no column (the header is stripped, the
+    option was not), and labels 'NA' were trained as a class with no word but 'rare'."""
+    rows = [f"text number {i},{'pos' if i % 2 else 'neg'}" for i in range(40)] + [f"unsure {i},NA" for i in range(3)]
+    (tmp_path / "d.csv").write_text("text, label \n" + "\n".join(rows) + "\n")
+    assert main(["validate", str(tmp_path / "d.csv"), "--label-col", " label ", "--strict", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert any("look like a missing value, not a class: 'NA' (3 rows)" in problem for problem in report["serious"])

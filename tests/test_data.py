@@ -534,7 +534,8 @@ def test_one_bad_byte_decodes_only_its_line_as_cp1252(tmp_path):
     texts = set(pd.concat([data.train, data.validation, data.test])["text"])
     assert "na\u00efve" in texts and "caf\u00e9 0" in texts and "caf\u00e9 29" in texts  # no 'cafÃ©'
     bad_line = body[:100].count(b"\n") + 2
-    assert any(f"not valid UTF-8 on 1 line(s) (line {bad_line}); those lines were read as Windows-1252" in note
+    assert any(f"not valid UTF-8 on 1 line(s) (line {bad_line}); their bytes that are not UTF-8 were read as "
+               "Windows-1252" in note
                for note in data.notes)
 
 
@@ -982,7 +983,7 @@ def test_texts_with_a_lone_carriage_return_survive_the_csv_files_the_tool_writes
 
 def test_a_nul_character_in_a_text_or_label_is_refused_where_it_is() -> None:
     frame = pd.DataFrame({"text": ["fine text", "bad\x00text", "more text", "last text"], "label": ["a", "b"] * 2})
-    with pytest.raises(DataError, match=r"row 2: the text holds a NUL character \(U\+0000\)"):
+    with pytest.raises(DataError, match=r"index 1: the text holds a NUL character \(U\+0000\)"):  # its index label
         load_data(frame)  # before: loaded and trained, then no CSV file the tool wrote of it could be read back
 
 
@@ -1118,3 +1119,137 @@ def test_the_test_carve_keeps_near_copies_together_and_the_report_counts_them(tm
     report = data_report(load_data(given))
     assert report.leakage["near_pairs"]["train/test"] == 40  # unreported before
     assert any("40 text(s) of test equal one of train but for case" in p for p in report.serious)
+
+
+def _all_texts(data: AnnotatedData) -> set[str]:
+    return set(pd.concat([data.train, data.validation, data.test])["text"])
+
+
+def test_a_txt_table_to_predict_is_refused_as_a_tsv(tmp_path: Path) -> None:
+    """The data review: predict --file on Excel's 'Unicode Text' export (.txt, UTF-16, tab-separated, a header)
+    predicted the header as a text and every text carried its label."""
+    rows = "text\tlabel\r\n" + "".join(f"text number {i}\t{'ab'[i % 2]}\r\n" for i in range(6))
+    (tmp_path / "export.txt").write_bytes(rows.encode("utf-16"))
+    with pytest.raises(DataError, match=r"looks like a tab-separated table.*rename it \.tsv"):
+        read_texts(tmp_path / "export.txt")
+    (tmp_path / "export.tsv").write_bytes(rows.encode("utf-16"))
+    assert read_texts(tmp_path / "export.tsv") == [f"text number {i}" for i in range(6)]  # as the message promises
+    (tmp_path / "named.txt").write_text("review\tstars\ngood one\t5\n")
+    with pytest.raises(DataError, match="looks like a tab-separated table"):
+        read_texts(tmp_path / "named.txt", text_col="Review")
+    (tmp_path / "tabs.txt").write_text("a\tb\nc\td\n")  # tabs inside texts, no header: one text per line still
+    assert read_texts(tmp_path / "tabs.txt") == ["a\tb", "c\td"]
+    with pytest.raises(DataError, match=r"unsupported extension '\.txt'.*'Unicode Text'.*rename it \.tsv"):
+        load_data(tmp_path / "export.txt")
+
+
+def test_a_split_column_in_a_file_of_a_folder_of_splits_is_said_not_to_be_read(tmp_path: Path) -> None:
+    """The data review: a folder's train.csv with a split column had it ignored without a word."""
+    _with_split_column(["train", "train", "test"]).to_csv(tmp_path / "train.csv", index=False)
+    data = load_data(tmp_path)
+    assert any("its column 'Split' does not split its rows: it is the train split already" in note
+               and "pass " + str(tmp_path / "train.csv") + " alone" in note for note in data.notes)
+    data = load_data({"train": _with_split_column(["train", "train", "test"])})
+    assert any("the train DataFrame: its column 'Split' does not split its rows" in note for note in data.notes)
+    assert not any("does not split its rows" in note for note in load_data(tmp_path / "train.csv").notes)
+
+
+def test_a_stray_byte_beside_utf8_on_one_line_leaves_the_utf8_as_it_is(tmp_path: Path) -> None:
+    """The data review: the line 'caf\\xc3\\xa9 costs 5\\x80' read 'cafÃ© costs 5€', its valid UTF-8 garbled too."""
+    rows = "".join(f"plain text {i},{'ab'[i % 2]}\n" for i in range(20)).encode()
+    (tmp_path / "mixed.csv").write_bytes(b"text,label\ncaf\xc3\xa9 costs 5\x80,a\n" + rows)
+    data = load_data(tmp_path / "mixed.csv")
+    assert "caf\u00e9 costs 5\u20ac" in _all_texts(data)
+    assert any("on 1 line(s) (line 2); their bytes that are not UTF-8 were read as Windows-1252" in note
+               for note in data.notes)
+    # A file written in cp1252 reads its lines whole as before, also where two of its bytes happen to be UTF-8
+    # ('É’' is U+0252 read so).
+    texts = [f"CAF\u00c9\u2019s cr\u00e8me br\u00fbl\u00e9e {i}" for i in range(20)]
+    (tmp_path / "ansi.csv").write_bytes(("text,label\n" + "".join(f"{t},{'ab'[i % 2]}\n" for i, t in enumerate(texts))
+                                         ).encode("cp1252"))
+    data = load_data(tmp_path / "ansi.csv")
+    assert _all_texts(data) == set(texts)
+    assert any("those lines were read as Windows-1252" in note for note in data.notes)
+
+
+def test_a_dataframes_rows_are_named_by_its_index(tmp_path: Path) -> None:
+    """The data review: a row at index 28 was named 'row 4'; AnnotatedData names rows by their index."""
+    frame = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": ["ab"[i % 2] for i in range(40)]},
+                         index=range(25, 65))
+    frame.loc[frame.index[3], "label"] = None
+    with pytest.raises(DataError, match=r"^the DataFrame: 1 row\(s\) have no label \(index 28\)"):
+        load_data(frame)
+    frame.loc[28, "label"] = "a"
+    frame.loc[[30, 31], "text"] = " "
+    with pytest.raises(DataError, match=r"^the train DataFrame: 2 row\(s\) have empty text \(index 30, 31\)"):
+        load_data({"train": frame})
+
+
+def test_labels_that_mark_a_missing_value_are_a_serious_problem(tmp_path: Path) -> None:
+    """The data review: labels 'NA', 'null', 'nan' were trained as classes (pandas reads them as missing) and validate
+    listed them only as rare."""
+    labels = ["pos", "neg"] * 20 + ["N/A"] * 3 + ["null"] * 2
+    pd.DataFrame({"text": [f"text number {i}" for i in range(len(labels))], "label": labels}).to_csv(
+        tmp_path / "d.csv", index=False, na_rep="")
+    report = data_report(load_data(tmp_path / "d.csv"))
+    assert "N/A" in report.labels  # read as written: the report says what it is
+    assert any("2 label(s) look like a missing value, not a class: 'N/A' (3 rows), 'null' (2 rows)" in problem
+               for problem in report.serious)
+    clean = pd.DataFrame({"text": [f"text number {i}" for i in range(40)], "label": ["pos", "neg"] * 20})
+    assert not any("missing value" in problem for problem in data_report(load_data(clean)).problems)
+
+
+def test_limits_only_the_python_api_sets_say_so(tmp_path: Path) -> None:
+    """The data review: 'raise the limit (DataConfig.max_rows)' read as if the command line had an option for it."""
+    _rows(200).to_csv(tmp_path / "many.csv", index=False)
+    with pytest.raises(DataError, match=r"in the Python API: DataConfig\(max_rows=\.\.\.\); the command line has no"):
+        load_data(tmp_path / "many.csv", DataConfig(max_rows=100))
+    with pytest.raises(DataError, match=r"in the Python API: DataConfig\(max_labels=\.\.\.\); the command line has"):
+        load_data(_rows(40).assign(label=[f"l{i // 2}" for i in range(40)]), DataConfig(max_labels=10))
+
+
+def test_a_column_name_given_with_spaces_finds_the_stripped_header(tmp_path: Path) -> None:
+    """The data review: --label-col " label " found no column, as the header's names are stripped and the option
+    was not."""
+    (tmp_path / "d.csv").write_text("text , label ,split\n" + "".join(
+        f"text number {i},{'ab'[i % 2]},{'train' if i < 30 else 'test'}\n" for i in range(40)))
+    data = load_data(tmp_path / "d.csv", text_col=" text ", label_col=" label ", split_col=" split ")
+    assert sorted(data.labels) == ["a", "b"] and len(data.test) == 10
+    assert read_texts(tmp_path / "d.csv", text_col=" Text ")[:1] == ["text number 0"]
+
+
+def test_an_empty_or_binary_file_to_predict_asks_for_texts_not_labels(tmp_path: Path) -> None:
+    """The data review: predict's refusals asked for 'a few rows per label' and 'one label per row'."""
+    import io
+
+    from clm_explore.data import read_text_stream
+
+    (tmp_path / "empty.csv").write_text("\n")
+    with pytest.raises(DataError, match="a row per text to predict") as empty:
+        read_texts(tmp_path / "empty.csv")
+    (tmp_path / "bin.csv").write_bytes(b"\x00\x01\x02" * 200)
+    with pytest.raises(DataError, match="Save the texts to predict as a .txt file") as binary:
+        read_texts(tmp_path / "bin.csv")
+    with pytest.raises(DataError, match="Save the texts to predict as a .txt file") as piped:
+        read_text_stream(io.BytesIO(b"\x00\x01\x02" * 200))
+    assert not any("label" in str(info.value) for info in (empty, binary, piped))
+    with pytest.raises(DataError, match="at least a few rows per label"):
+        load_data(tmp_path / "empty.csv")  # a data file still asks for labels
+    with pytest.raises(DataError, match="one text and one label per row"):
+        load_data(tmp_path / "bin.csv")
+
+
+def test_a_text_or_label_of_invisible_characters_only_is_empty(tmp_path: Path) -> None:
+    """The data review: a text of only U+200B (a zero-width space) counted as filled."""
+    rows = [f"text number {i},{'ab'[i % 2]}" for i in range(20)]
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join([*rows[:2], "\u200b\u00a0,a", *rows[2:]]) + "\n")
+    with pytest.raises(DataError, match=r"1 row\(s\) have empty text \(line 4; some hold only invisible characters, "
+                                        r"e\.g\. U\+200B, U\+00A0\)"):
+        load_data(tmp_path / "t.csv")
+    (tmp_path / "l.csv").write_text("text,label\n" + "\n".join([*rows, "one more,\ufeff"]) + "\n")
+    with pytest.raises(DataError, match=r"1 row\(s\) have no label \(line 22; some hold only invisible"):
+        load_data(tmp_path / "l.csv")
+    (tmp_path / "p.txt").write_text("first\n\u200b\nthird\n")
+    notes: list[str] = []
+    assert read_texts(tmp_path / "p.txt", notes=notes) == ["first", "third"]
+    assert notes == ["p.txt: 1 blank line(s) skipped (line(s) 2): one result per text line, in order"]

@@ -111,8 +111,9 @@ _APP_CONTROLS = (  # the library's data errors name command-line options; the ap
     ("(--text-col)", "(the Text column box on the Data page)"),
 )
 _FILE_LIMIT = re.compile(r" or raise the limit with --max-file-mb \(DataConfig\.max_file_mb\)")
-_CONFIG_LIMIT = re.compile(r"(,? or)? raise (the limit )?\(?DataConfig\.(max_rows|max_labels)\)?( on a machine with the "
-                           r"memory for it)?")
+_CONFIG_LIMIT = re.compile(r"(,? or)? raise the limit( on a machine with the memory for it)? \(in the Python API: "
+                           r"DataConfig\((max_rows|max_labels|max_label_chars)=\.\.\.\); the command line has no option "
+                           r"for it\)")
 
 
 _METHOD_FLAG = re.compile(r"--method (\w+)")

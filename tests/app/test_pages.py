@@ -345,11 +345,16 @@ def test_data_errors_name_the_apps_controls_not_command_line_options() -> None:
     size = data_error_text("x.csv is 300 MB, above the 200 MB limit. Use a smaller sample or raise the limit with "
                            "--max-file-mb (DataConfig.max_file_mb).", upload=True)
     assert size == "x.csv is 300 MB, above the 200 MB limit. Use a smaller sample."
-    labels = data_error_text("x: 1 label. Is the label column right (--label-col)? Otherwise merge rare labels, or "
-                             "raise DataConfig.max_labels.", upload=False)
-    assert "--" not in labels and "DataConfig" not in labels
-    assert "(the Label column box on the Data page)" in labels and "uploaded files only" in labels
-    import pandas as pd
+    from clm_explore.config import DataConfig
+
+    three = pd.DataFrame({"text": [f"text {i}" for i in range(9)], "label": ["xx", "yy", "zz"] * 3})
+    for limits in ({"max_labels": 2}, {"max_rows": 5}, {"max_label_chars": 1}):  # the library's own words
+        with pytest.raises(DataError) as refused:
+            load_data(three, DataConfig(**limits))
+        said = data_error_text(str(refused.value), upload=False)
+        assert "DataConfig" not in said and "Python API" not in said and said.endswith("."), said
+    labels = data_error_text(str(refused.value).replace("max_label_chars", "max_labels"), upload=False)
+    assert "--" not in labels and "(the Label column box on the Data page)" in labels and "uploaded files only" in labels
 
     with pytest.raises(DataError) as asked:  # the library names the flag and the Python keyword (the API review)
         load_data(pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]}), text_col="txt")
