@@ -2,9 +2,9 @@
 
 Each cell is one ``clm-explore finetune ... --json --out <cell>`` subprocess, so peak memory is measured
 per cell and a crash costs one cell, not the grid. A cell whose ``metrics.json`` says it succeeded with the
-planned method, seed, epochs and rate is not run again, so an interrupted grid resumes where it stopped (one
-that finished with other settings, e.g. a rate the sweep no longer chooses, is trained again). ``run_grid``
-writes into ``out_dir``:
+planned method, seed, epochs and rate, and whose ``clm_run.json`` records the planned training settings, is not run
+again, so an interrupted grid resumes where it stopped (one that finished with other settings, e.g. a rate the
+sweep no longer chooses, is set aside and trained again). ``run_grid`` writes into ``out_dir``:
 
 - ``data/`` (the train/validation/test files every cell reads, after ``shots``/``limit``), ``cells/``,
   ``logs/`` (each cell's stderr), ``bench.json`` (the config);
@@ -32,8 +32,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,14 @@ from clm_explore.config import (
     keywords_checked,
 )
 from clm_explore.data import AnnotatedData, load_data, write_csv
-from clm_explore.runs import RunStore, lock_owner, owner_lock, write_json_atomic, write_text_atomic
+from clm_explore.runs import (
+    RunStore,
+    lock_owner,
+    owner_lock,
+    read_json_object,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 LR_FACTORS = (1.0, 1 / 3, 3.0)
 """The LR sweep: the method's default times these (the default first, so it wins ties)."""
@@ -94,6 +102,13 @@ LEGACY_DEFAULTS = {"tune_widen": 0}
 """Fields whose default changed after grids were saved without them: such a grid ran at this value."""
 DATA_DIGEST = "data_sha256"
 """bench.json's key for ``splits_digest`` of the rows the grid's cells read."""
+MODEL_DIGEST = "model_files"
+"""bench.json's key for ``model_fingerprint`` of the model folder or file the grid's cells train from."""
+MODEL_NAMES = ("default", "tiny-random", "smollm2")
+"""Model sources that are names (``modeling.resolve_source``), recorded as named; any other is a folder or a file."""
+MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
+"""Files of a model folder (its top level) whose names, sizes and times ``model_fingerprint`` reads: its config and
+weights, not files a run folder used as a model may gain later (its registry record, notes)."""
 
 
 class BenchError(ConfigError):
@@ -115,7 +130,8 @@ class BenchConfig:
     shots: int = 0
     """Training rows per label (few-shot, seeded by ``data_seed``); 0 = all."""
     limit: int = 0
-    """Cap on training rows, stratified by label (validation is capped at a quarter of it); 0 = none."""
+    """Cap on training rows, stratified by label (validation is capped at a quarter of it, or one row per label where
+    that is more); 0 = none."""
     tune_lr: bool = False
     """Per method, pick the LR among default x LR_FACTORS by validation accuracy (1 seed), then use it."""
     lr: dict[str, float] = field(default_factory=dict)
@@ -237,6 +253,10 @@ class BenchConfig:
             raise BenchError("tune_spread sweeps the spread rows with the learning rate: it needs tune_lr")
         if self.tune_spread and self.spread_heads:
             raise BenchError("spread_heads already spreads every top-row method's rows: drop it or tune_spread")
+        swept = [name for name, on in (("tune_score", self.tune_score), ("tune_spread", self.tune_spread)) if on]
+        if swept and not any(m in SCORE_METHODS for m in self.methods):  # the bench review: accepted, did nothing
+            raise BenchError(f"{' and '.join(swept)} only affect {' and '.join(SCORE_METHODS)}, which this grid does not "
+                             f"run ({', '.join(self.methods)}): add one of them to the methods or drop {' and '.join(swept)}")
         if self.score and (self.tune_score or self.tune_spread):
             raise BenchError("give fixed row scores or tune them (tune_score, tune_spread), not both")
         stray = [m for m in self.score if m not in self.methods or m not in SCORE_METHODS]
@@ -372,8 +392,17 @@ def grid_splits(data: AnnotatedData, cfg: BenchConfig) -> tuple[pd.DataFrame, pd
         train, val = few_shot(train, cfg.shots, cfg.data_seed), few_shot(val, cfg.shots, cfg.data_seed)
     if cfg.limit:
         train = stratified_cap(train, cfg.limit, cfg.data_seed)
-        val = stratified_cap(val, max(cfg.limit // 4, 1), cfg.data_seed)
+        val = stratified_cap(val, validation_cap(val, cfg.limit), cfg.data_seed)
     return train, val, data.test
+
+
+def validation_cap(val: pd.DataFrame, limit: int) -> int:
+    """Validation rows kept under ``--limit``: a quarter of it, but at least one per label of validation.
+
+    Why: with 4 labels, --limit 12 kept 3 validation rows, so the learning-rate sweep chose its rates on rows
+    that left a label out (the bench review); ``stratified_cap`` keeps every label once when the cap allows.
+    """
+    return max(limit // 4, val["label"].nunique(), 1)
 
 
 def splits_digest(splits: tuple[pd.DataFrame, ...]) -> str:
@@ -467,13 +496,54 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _needs_run(cell: Cell, root: Path, epochs: int | None) -> bool:
+def planned_config(cell: Cell, cfg: BenchConfig) -> dict[str, Any]:
+    """The training settings ``finetune_command`` gives ``cell``, keyed by their path in the config its clm_run.json
+    records ("mask.budget"), valued as finetune records them; the rate, seed, method and epochs are
+    ``stale_settings``' (metrics.json's), the device and model are the grid's to check (a cell may train elsewhere)."""
+    score, spread = split_score(cell.score)
+    planned: dict[str, Any] = {
+        "batch_size": cfg.batch_size, "max_length": cfg.max_length, "schedule": cfg.schedule,
+        "average_last": float(cfg.average_last), "keep_best": cfg.keep_best, "early_stop": cfg.early_stop,
+        "weight_decay": float(cfg.weight_decay.get(cell.method) or FinetuneConfig.weight_decay),
+        "head_warmup": not cfg.cold_head,
+        "mask.spread_heads": bool(spread or (cfg.spread_heads and cell.method in SPREAD_METHODS))}
+    if cell.budget is not None:
+        planned["mask.budget"] = float(cell.budget)
+    if cell.method in SCORE_METHODS:
+        planned["sensitivity.score"] = score or SensitivityConfig.score
+    if cell.method == "prefix":
+        planned["prefix_init"] = cfg.prefix_init
+    return planned
+
+
+def config_differences(cell: Cell, cfg: BenchConfig, recorded: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(setting, as trained, as planned) for each of ``planned_config`` where the config a finished cell recorded
+    (clm_run.json's) differs; settings it does not record are not judged.
+
+    Why: bench.json is checked only when a cell finished, and a cell process that outlived its killed bench could
+    finish later with the old settings in a grid a rerun had recorded with new ones (the bench review: a cell
+    trained at --max-length 32 kept in a grid of 48). The cell's own record says what it trained with.
+    """
+    differences = []
+    for key, want in planned_config(cell, cfg).items():
+        had: Any = recorded
+        for part in key.split("."):
+            had = had.get(part) if isinstance(had, dict) else None
+        if had is not None and not _same_setting(had, want):
+            differences.append((key, had, want))
+    return differences
+
+
+def _needs_run(cell: Cell, root: Path, cfg: BenchConfig | None) -> bool:
     """True for a cell not finished, or finished with settings the plan no longer has (said on stderr; its folder
     is set aside, not deleted, so a finished run is never lost and a failed rerun is not read as its success)."""
     cell_dir = root / cell.name
     if not finished(cell_dir):
         return True
-    stale = stale_settings(cell, read_metrics(cell_dir), epochs)
+    stale = stale_settings(cell, read_metrics(cell_dir), cfg.epochs if cfg else None)
+    if cfg is not None:
+        recorded = read_json_object(cell_dir / "clm_run.json").get("config")
+        stale += config_differences(cell, cfg, recorded if isinstance(recorded, dict) else {})
     if not stale:
         return False
     had = ", ".join(f"{key}={_shown(value)}" for key, value, _ in stale)
@@ -484,11 +554,15 @@ def _needs_run(cell: Cell, root: Path, epochs: int | None) -> bool:
     return True
 
 
+REPLACED_MARK = ".replaced-"
+"""``<cell>.replaced-<n>``: a finished cell folder set aside because the grid trains that cell again (``set_aside``)."""
+
+
 def set_aside(folder: Path) -> Path:
     """Rename a finished cell folder that will be trained again to ``<name>.replaced-<n>`` beside it (the lowest
     free n); returns the new path."""
     n = 1
-    while (kept := folder.with_name(f"{folder.name}.replaced-{n}")).exists():
+    while (kept := folder.with_name(f"{folder.name}{REPLACED_MARK}{n}")).exists():
         n += 1
     return folder.rename(kept)
 
@@ -525,9 +599,10 @@ def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Pat
     return cmd
 
 
-def subprocess_runner(cfg: BenchConfig) -> Runner:
+def subprocess_runner(cfg: BenchConfig, pass_fds: tuple[int, ...] = ()) -> Runner:
     """Run each cell as a subprocess; stderr goes to the log, progress is read from progress.jsonl. With
-    ``cfg.jobs`` > 1 each running cell holds one of ``cell_environments`` (its GPU or its threads)."""
+    ``cfg.jobs`` > 1 each running cell holds one of ``cell_environments`` (its GPU or its threads). ``pass_fds``:
+    file descriptors every cell process inherits (``cells_lock``'s)."""
     slots: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
     for env in cell_environments(cfg.jobs, cfg.device):
         slots.put(env)
@@ -535,7 +610,8 @@ def subprocess_runner(cfg: BenchConfig) -> Runner:
     def run(cell: Cell, data_dir: Path, cell_dir: Path, log_path: Path, report: Callable[[str], None]) -> int:
         slot = slots.get()
         try:
-            return _run_process(finetune_command(cell, cfg, data_dir, cell_dir), slot, cell_dir, log_path, report)
+            return _run_process(finetune_command(cell, cfg, data_dir, cell_dir), slot, cell_dir, log_path, report,
+                                pass_fds)
         finally:
             slots.put(slot)
 
@@ -564,12 +640,15 @@ def _visible_gpus() -> list[str]:
 
 
 def _run_process(cmd: list[str], env: dict[str, str], cell_dir: Path, log_path: Path,
-                 report: Callable[[str], None]) -> int:
-    """Run one cell's process to its end; its exit code."""
+                 report: Callable[[str], None], pass_fds: tuple[int, ...] = ()) -> int:
+    """Run one cell's process to its end; its exit code. It inherits ``pass_fds`` (``cells_lock``'s, so it holds the
+    grid's cells lock as long as it lives), and its pid and cell are written into each of them."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, pass_fds=pass_fds,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+        for fd in pass_fds:  # for the rerun refused while it runs, to name it (an append: cells side by side)
+            os.write(fd, f"{proc.pid} {cell_dir.name}\n".encode())
         try:
             while proc.poll() is None:
                 report(_cell_progress(cell_dir))
@@ -670,13 +749,13 @@ def _mark_interrupted(cell_dir: Path, log: Path) -> None:
 
 
 def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, bar: ProgressBar | None,
-               jobs: int = 1, epochs: int | None = None) -> None:
+               jobs: int = 1, cfg: BenchConfig | None = None) -> None:
     """Run the cells not finished yet, ``jobs`` at a time, and again those that finished with other settings than
-    the plan's (``stale_settings``; ``epochs``: the grid's, None = not checked). On an interrupt the running cells
-    are stopped and the interrupt goes on to the caller."""
+    the plan's (``stale_settings``, and ``config_differences`` against the grid ``cfg``; None = the rate, seed and
+    method only). On an interrupt the running cells are stopped and the interrupt goes on to the caller."""
     todo = []
     for cell in cells:
-        if _needs_run(cell, root, epochs):
+        if _needs_run(cell, root, cfg):
             todo.append(cell)
         elif bar:
             bar.advance(None)
@@ -766,14 +845,14 @@ def tune_learning_rates(cfg: BenchConfig, out_dir: Path, tune_dir: Path, runner:
     """
     cells = tune_cells(cfg)
     root = out_dir / "tune"
-    _run_cells(cells, root, tune_dir, runner, bar, cfg.jobs, cfg.epochs)
+    _run_cells(cells, root, tune_dir, runner, bar, cfg.jobs, cfg)
     for _ in range(cfg.tune_widen):
         wider = widened_cells(cells, root)
         if not wider:
             break
         if bar:
             bar.total += len(wider)
-        _run_cells(wider, root, tune_dir, runner, bar, cfg.jobs, cfg.epochs)
+        _run_cells(wider, root, tune_dir, runner, bar, cfg.jobs, cfg)
         cells += wider
     best, table = sweep_table(cells, root)
     chosen: dict[str, float] = {}
@@ -888,6 +967,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     out_dir = Path(out_dir)
     if not cfg.data:
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})
+    if (model := recorded_model(cfg.model)) != cfg.model:  # the cells train from it however the grid was started
+        cfg = BenchConfig(**{**asdict(cfg), "model": model})
     data = load_data(data_path, data_cfg)  # first: a mistyped --data leaves no bench.json
     check_out_dir(out_dir, data_path)
     splits = grid_splits(data, cfg)
@@ -898,7 +979,8 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
     check_budgets(cfg, data.labels)  # mistyped model or device is said once, not by every cell
     _refuse_a_file(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with grid_lock(out_dir):
+    with grid_lock(out_dir), cells_lock(out_dir) as lock_fd:
+        runner = runner or subprocess_runner(cfg, pass_fds=() if lock_fd is None else (lock_fd,))
         return _run_locked_grid(data_path, data, splits, cfg, out_dir, runner, progress)
 
 
@@ -918,7 +1000,7 @@ def grid_lock(out_dir: Path) -> Any:
 
 
 def _run_locked_grid(data_path: str | Path, data: Any, splits: Any, cfg: BenchConfig, out_dir: Path,
-                     runner: Runner | None, progress: bool) -> BenchResult:
+                     runner: Runner, progress: bool) -> BenchResult:
     """``run_grid`` once its checks passed and its lock is held."""
     _check_resume(out_dir, cfg, splits_digest(splits))
     for note in (*data.notes, shots_note(data.train, cfg.shots), draw_note(cfg), limit_note(splits[0], cfg),
@@ -926,7 +1008,6 @@ def _run_locked_grid(data_path: str | Path, data: Any, splits: Any, cfg: BenchCo
         if progress and note:
             print(f"note: {note}", file=sys.stderr)
     data_dir, tune_dir = write_grid_data(splits, cfg, out_dir)
-    runner = runner or subprocess_runner(cfg)
     lrs: dict[str, float] = dict(cfg.lr)
     tuning = None
     n_tune = len(tune_cells(cfg)) if cfg.tune_lr else 0
@@ -936,7 +1017,7 @@ def _run_locked_grid(data_path: str | Path, data: Any, splits: Any, cfg: BenchCo
         if cfg.tune_lr:
             lrs, scores, tuning = tune_learning_rates(cfg, out_dir, tune_dir, runner, bar)
             cells = plan_cells(cfg, lrs, scores)
-        _run_cells(cells, out_dir / "cells", data_dir, runner, bar, cfg.jobs, cfg.epochs)
+        _run_cells(cells, out_dir / "cells", data_dir, runner, bar, cfg.jobs, cfg)
     except KeyboardInterrupt:
         if cfg.tune_lr and tuning is None:  # stopped in the sweep: its finished cells are shown too
             tuning = sweep_table(tune_cells(cfg), out_dir / "tune")[1]
@@ -950,13 +1031,81 @@ def _run_locked_grid(data_path: str | Path, data: Any, splits: Any, cfg: BenchCo
     return write_outputs(out_dir, cells, lrs, tuning)
 
 
+CELLS_LOCK = ".bench.cells.lock"
+"""The file a bench holds locked while it runs a grid and passes, open, to every cell process it starts, so that a
+cell process which outlives its bench keeps it locked until it ends (``cells_lock``)."""
+
+
+@contextmanager
+def cells_lock(out_dir: Path) -> Iterator[int | None]:
+    """Hold ``out_dir``'s CELLS_LOCK (taken under ``grid_lock``); yields its file descriptor, for the cell processes
+    to inherit (None where ``fcntl`` is missing: Windows).
+
+    Why: a bench killed with SIGKILL (or its terminal closed) loses ``grid_lock`` but leaves its running cell
+    process training; a rerun with other settings then recorded them in bench.json while the orphan went on to
+    finish its cell with the old ones (the bench review: a --max-length 32 cell in a grid of 48). An flock belongs
+    to the open file, which the cell processes share: while one lives, the rerun is refused here.
+
+    Raises:
+        BenchError: a cell process of an earlier bench still holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield None
+        return
+    path = out_dir / CELLS_LOCK
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchError(_orphan_message(out_dir, path)) from None
+        handle.truncate(0)  # the cell processes it names ended: the lock was free
+        try:
+            yield handle.fileno()
+        finally:  # under grid_lock, so no other bench waits on this file
+            path.unlink(missing_ok=True)
+
+
+def _orphan_message(out_dir: Path, path: Path) -> str:
+    pids = _living_cell_pids(path)
+    named = ", ".join(f"pid {pid} ({cell})" for pid, cell in pids) or "its pid was not recorded"
+    stop = f"stop it (kill {' '.join(str(pid) for pid, _ in pids)})" if pids else "stop it"
+    return (f"A cell process of an earlier bench on {out_dir} is still running ({named}): that bench was killed "
+            f"and left it training, and it may finish its cell with that bench's settings. Wait for it to end or "
+            f"{stop}, then run the bench again.")
+
+
+def _living_cell_pids(path: Path) -> list[tuple[int, str]]:
+    """(pid, cell) of the cell processes ``path`` names (``_run_process`` writes them) that still run."""
+    living = []
+    with suppress(OSError):
+        for line in path.read_text().splitlines():
+            pid, _, cell = line.partition(" ")
+            if pid.isdigit() and _alive(int(pid)):
+                living.append((int(pid), cell))
+    return living
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
 def left_out_note(cells_dir: Path, cells: list[Cell]) -> str:
     """A sentence when ``cells_dir`` holds finished cells this grid does not plan (an earlier run of the folder with
     more seeds, budgets or methods): the tables and report hold this grid's cells only, which a smaller rerun shrank
     without a word (the bench review); '' when there are none."""
     planned = {cell.name for cell in cells}
-    others = sorted(d.name for d in cells_dir.iterdir() if d.is_dir() and d.name not in planned and finished(d)) \
-        if cells_dir.is_dir() else []
+    # Cells set aside as trained with older settings (``set_aside``) are no other grid's: said once, when set aside
+    # (the bench review: every rerun told to "rerun with the seeds, budgets and methods that made them").
+    others = sorted(d.name for d in cells_dir.iterdir() if d.is_dir() and d.name not in planned
+                    and REPLACED_MARK not in d.name and finished(d)) if cells_dir.is_dir() else []
     if not others:
         return ""
     return (f"{len(others)} finished cell(s) in {cells_dir} are not in this grid ({', '.join(others[:3])}"
@@ -1047,18 +1196,52 @@ def _refuse_a_file(out_dir: Path) -> None:
         raise BenchError(f"{out_dir} is a file; a grid's output is a folder. Choose another --out.")
 
 
+def recorded_model(source: str) -> str:
+    """A model source as a grid records and compares it: a folder or file as its absolute path, a name (MODEL_NAMES)
+    or a source that names nothing as given.
+
+    Why: a grid started with ``--model g1/cells/full-s0`` was refused when resumed with that folder's absolute path,
+    the same model, as another model (the bench review).
+    """
+    if source in MODEL_NAMES:
+        return source
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def model_fingerprint(source: str) -> str:
+    """SHA-256 of the names, sizes and modification times of a model folder's MODEL_FILES (of the file, for a
+    .gguf); '' for a named source (MODEL_NAMES) or one that names nothing.
+
+    Why: a grid compared its model by the ``--model`` text alone, so weights replaced in that folder were trained
+    on beside cells of the old ones (the bench review). Times and sizes, not contents: a model's weights are
+    gigabytes to hash at every resume.
+    """
+    path = Path(source)
+    if source in MODEL_NAMES or not path.exists():
+        return ""
+    files = sorted({f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()}) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
-    """Refuse an ``out_dir`` whose finished cells another grid made (other training settings, or other rows:
-    ``digest`` is ``splits_digest``); then record this grid in its bench.json."""
+    """Refuse an ``out_dir`` whose finished cells another grid made (other training settings, other rows:
+    ``digest`` is ``splits_digest``, or a model folder whose files changed: ``model_fingerprint``); then record this
+    grid in its bench.json."""
     _refuse_a_file(out_dir)
     grid_marks = ("bench.json", "cells", "tune")  # a grid folder keeps its cells when its bench.json was deleted
-    others = out_dir.is_dir() and any(entry.name != GRID_LOCK for entry in out_dir.iterdir())
+    others = out_dir.is_dir() and any(entry.name not in (GRID_LOCK, CELLS_LOCK) for entry in out_dir.iterdir())
     if others and not any((out_dir / mark).exists() for mark in grid_marks):
         raise BenchError(f"{out_dir} holds other files and no grid (no bench.json or cells): a grid would write its "
                          "cells, logs and report among them. Choose a new or empty folder for --out.")
-    path = out_dir / "bench.json"
+    path, model_files = out_dir / "bench.json", model_fingerprint(cfg.model)
     if path.is_file() and _any_finished(out_dir):  # with nothing finished, nothing can mismatch: the grid starts over
         before, now = _saved_config(path), asdict(cfg)
+        before["model"] = recorded_model(str(before.get("model", BenchConfig.model)))  # as recorded from now on
         if before.get(DATA_DIGEST, digest) != digest:  # grids saved before the digest existed are trusted
             # the draw's own options, named where they differ (the bench review: "--shots or --limit" left it open)
             drawn = [f"--{k.replace('_', '-')} {before[k]} there, {now[k]} now" for k in ("shots", "limit", "data_seed")
@@ -1087,8 +1270,13 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
             said = "; ".join(f"`{k}` {_shown(before[k])} there, {_shown(now[k])} now" for k in changed)
             raise BenchError(f"{out_dir} holds a grid with other settings ({said}); its finished cells would not "
                              "match. Choose another --out, or delete that folder.")
+        if before.get(MODEL_DIGEST, model_files) != model_files:  # grids saved before the fingerprint are trusted
+            raise BenchError(f"the model files in {cfg.model} changed (sizes or modification times) since {out_dir}'s "
+                             "finished cells trained from them; they would not match. Choose another --out, or delete "
+                             "that folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {**asdict(cfg), DATA_DIGEST: digest})  # atomic: a grid killed while writing leaves the old file, never half of one
+    # atomic: a grid killed while writing leaves the old file, never half of one
+    write_json_atomic(path, {**asdict(cfg), DATA_DIGEST: digest, MODEL_DIGEST: model_files})
 
 
 def _any_finished(out_dir: Path) -> bool:

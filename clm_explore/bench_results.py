@@ -133,9 +133,11 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     cols += [c for c in OUT_OF_SCOPE_KEYS if ok[c].notna().any()]  # only where test has out-of-scope rows
     ok[cols] = ok[cols].astype(float)
     grouped = ok.groupby(["method", "budget"], dropna=False, sort=False)
-    out = grouped[cols].agg(["mean", "std"])
-    out.columns = [f"{a}_{b}" for a, b in out.columns]
-    out.insert(0, "seeds", grouped.size())
+    # The std is ``_std``'s, as comparison.csv's: pandas' said 0.0 where numpy's said 1.4e-16 (the bench review).
+    out = grouped[cols].agg(["mean", _std])
+    out.columns = [f"{a}_{b.lstrip('_')}" for a, b in out.columns]
+    # Seeds that scored, as comparison.csv counts them: a finished cell whose accuracy is NaN is no seed of the mean.
+    out.insert(0, "seeds", grouped["accuracy"].count())
     out["trainable_params"] = grouped["trainable_params"].mean().round().astype("Int64")
     out["lr"] = grouped["lr"].first()
     out["score"] = grouped["score"].first()
@@ -169,7 +171,7 @@ def difference_interval(a: Sequence[float], b: Sequence[float],
     diff = float(x.mean() - y.mean())
     if len(x) < 2 or len(y) < 2:
         return diff, math.nan, math.nan
-    var_x, var_y = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    var_x, var_y = _std(x) ** 2 / len(x), _std(y) ** 2 / len(y)  # exactly 0 where a side's runs all agree
     se = math.sqrt(var_x + var_y)
     if se == 0:  # identical runs on both sides: no spread to judge by (see above), not an exact difference
         return diff, math.nan, math.nan
@@ -209,20 +211,27 @@ def compare_methods(results: pd.DataFrame, level: float = COMPARISON_LEVEL) -> p
     rows = []
     for subject, versus in comparison_pairs(list(runs)):
         a, b = runs[subject], runs[versus]
+        # Seeds, verdict and std ratio count the runs that scored (the bench review: a NaN accuracy counted as a
+        # seed, made the ratio NaN and the verdict "no spread", while the difference left it out).
+        accuracies = _scored(a["accuracy"]), _scored(b["accuracy"])
         row = {"method": subject[0], "budget": subject[1], "versus": versus[0], "versus_budget": versus[1],
-               "seeds": len(a), "versus_seeds": len(b)}
+               "seeds": len(accuracies[0]), "versus_seeds": len(accuracies[1])}
         for metric in COMPARED_METRICS:
-            x, y = a[metric].dropna().astype(float), b[metric].dropna().astype(float)
+            x, y = _scored(a[metric]), _scored(b[metric])
             found = difference_interval(x, y, level) if len(x) and len(y) else (math.nan,) * 3
             row.update(zip((f"{metric}_diff", f"{metric}_low", f"{metric}_high"), found, strict=True))
-        accuracies = a["accuracy"].astype(float).tolist(), b["accuracy"].astype(float).tolist()
         row["std_ratio"] = std_ratio(*accuracies)
         row["std_ratio_low"], row["std_ratio_high"] = std_ratio_interval(*accuracies, level)
-        row["verdict"] = interval_verdict(row["accuracy_low"], row["accuracy_high"], min(len(a), len(b)))
+        row["verdict"] = interval_verdict(row["accuracy_low"], row["accuracy_high"], min(map(len, accuracies)))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     unscored = [c for c in frame if c.startswith("oos_") and frame[c].isna().all()]
     return frame.drop(columns=unscored)  # out-of-scope columns only where test has out-of-scope rows
+
+
+def _scored(values: pd.Series) -> list[float]:
+    """The values of a metric column that are numbers (a finished cell may lack one: NaN)."""
+    return values.dropna().astype(float).tolist()
 
 
 def std_ratio(a: Sequence[float], b: Sequence[float]) -> float:
@@ -323,8 +332,24 @@ def metric_at(metrics: dict, path: Sequence[str]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+STD_DECIMALS = 12
+"""Values equal to this many decimals count as equal in ``_std``: scores are fractions of test rows, far coarser."""
+
+
 def _std(values: Sequence[float]) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    """The sample std (ddof 1) of the values that are numbers; NaN with fewer than two, exactly 0 where all agree.
+
+    Why exactly 0: numpy's std of [0.7, 0.7, 0.7] is 1.4e-16, so seeds that all agree got a zero-width "ahead" or
+    "behind" and std ratios like 1.0 [0.16, 6.24] where ``difference_interval`` promises "no spread" (the bench
+    review). Every table's std goes through here, so summary.csv and comparison.csv agree.
+    """
+    numbers = np.asarray(values, dtype=float)
+    numbers = numbers[~np.isnan(numbers)]
+    if len(numbers) < 2:
+        return math.nan
+    if np.ptp(np.round(numbers, STD_DECIMALS)) == 0:
+        return 0.0
+    return float(np.std(numbers, ddof=1))
 
 
 def mask_statistics(out_dir: Path, results: pd.DataFrame) -> pd.DataFrame:

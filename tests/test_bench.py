@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,9 +42,10 @@ from clm_explore.data import DataError
 from tests.conftest import held_by_another_process
 
 
-def in_process(cfg: BenchConfig, fail: str | None = None):
+def in_process(cfg: BenchConfig, fail: str | None = None, **process_options):
     """A runner that trains the cell here (no subprocess): fast enough for the suite. The cell's config is read
-    from its ``clm-explore finetune`` command line, so the options the grid passes are the ones tested."""
+    from its ``clm-explore finetune`` command line, so the options the grid passes are the ones tested.
+    ``process_options`` (``subprocess_runner``'s pass_fds) have no process here to go to."""
     from clm_explore.cli import build_parser
     from clm_explore.cli.method_cmds import finetune_config
     from clm_explore.data import load_data
@@ -432,7 +434,7 @@ def test_cli_says_why_when_no_cell_finished_and_exits_1(data_dir, tmp_path, monk
     import clm_explore.bench as bench
     from clm_explore.cli import main
 
-    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg: in_process(cfg, fail="head"))
+    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg, **_: in_process(cfg, fail="head"))
     code = main(["bench", "--data", str(data_dir), "--model", "tiny-random", "--methods", "head", "--seeds", "1",
                  "--epochs", "1", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -445,7 +447,7 @@ def test_cli_exits_1_when_some_cells_did_not_finish(data_dir, tmp_path, monkeypa
     import clm_explore.bench as bench
     from clm_explore.cli import main
 
-    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg: in_process(cfg, fail="sparse"))
+    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg, **_: in_process(cfg, fail="sparse"))
     argv = ["bench", "--data", str(data_dir), "--model", "tiny-random", "--methods", "head,sparse", "--seeds", "1",
             "--epochs", "1", "--out", str(tmp_path / "out")]
     assert main(argv) == 1
@@ -453,7 +455,7 @@ def test_cli_exits_1_when_some_cells_did_not_finish(data_dir, tmp_path, monkeypa
     assert "head" in out and "1 cell(s) did not finish" in err
     assert main([*argv, "--json"]) == 1  # the resume retries the failed cell, which fails again
     assert json.loads(capsys.readouterr().out)["failed"] == 1
-    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg: in_process(cfg))
+    monkeypatch.setattr(bench, "subprocess_runner", lambda cfg, **_: in_process(cfg))
     assert main(argv) == 0  # the retry finishes it
 
 
@@ -742,7 +744,7 @@ def test_spread_sweep_tries_every_score_both_ways_and_trains_the_choice(data_dir
     from clm_explore.bench import tune_cells
 
     cfg = _cfg(methods=("sparse",), tune_lr=True, tune_score=True, tune_spread=True, tune_widen=0)
-    random_sweep = tune_cells(replace(cfg, methods=("random",)))
+    random_sweep = [c for c in tune_cells(replace(cfg, methods=("sparse", "random"))) if c.method == "random"]
     assert {c.row_score for c in random_sweep} == {""} and len(random_sweep) == 3  # random rows: no score to spread
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     tuning = pd.read_csv(tmp_path / "out" / "tuning.csv", keep_default_na=False)
@@ -1255,3 +1257,190 @@ def test_progress_in_a_log_file_says_how_a_running_cell_gets_on(monkeypatch):
     lines = log.getvalue().splitlines()
     assert [line.split("] ")[1].split(" (")[0] for line in lines] == [
         "0/2 sparse-b0.01-s0 ", "0/2 sparse-b0.01-s0 step 5/9", "1/2 sparse-b0.01-s0 done", "1/2 full-s0 "]
+
+
+# ------------------------------------------------------------------------------------------------ the bench review
+# (second round): identical seeds, NaN metrics, orphan cells, model paths, sweeps of nothing, validation under a limit
+
+
+def test_runs_that_all_agree_have_no_spread_not_a_zero_width_interval():
+    """numpy's std of [0.7, 0.7, 0.7] is 1.4e-16: the interval was (-0.1, -0.1), "behind", and the std ratio
+    1.0 [0.16, 6.24], while summary.csv said std 0.0."""
+    from clm_explore.bench_results import interval_verdict, std_ratio, summarise
+
+    _, low, high = difference_interval([0.7] * 3, [0.8] * 3)
+    assert math.isnan(low) and math.isnan(high) and interval_verdict(low, high, 3) == "no spread"
+    assert math.isnan(std_ratio([0.7] * 3, [0.8] * 3)) and std_ratio([0.7] * 3, [0.8, 0.9]) == 0.0
+    assert all(math.isnan(v) for v in std_ratio_interval([0.7] * 3, [0.8] * 3))
+    results = _results({"sparse": [0.7] * 3, "full": [0.8] * 3})
+    row = compare_methods(results).iloc[0]
+    assert row["verdict"] == "no spread" and math.isnan(row["std_ratio"])
+    assert summarise(results).set_index("method").loc["sparse", "accuracy_std"] == 0.0  # the same std as compared
+
+
+def test_a_finished_cell_without_an_accuracy_is_no_seed_of_the_comparison():
+    """The bench review: a NaN accuracy counted as a seed and made the std ratio NaN, while the difference left it
+    out; summary.csv and comparison.csv now count the seeds that scored, alike."""
+    from clm_explore.bench_results import std_ratio, summarise
+
+    results = _results({"sparse": [0.7, 0.72, math.nan], "full": [0.8, 0.82, 0.85]})
+    row = compare_methods(results).iloc[0]
+    assert (row["seeds"], row["versus_seeds"]) == (2, 3) and row["verdict"] == "behind"
+    assert row["std_ratio"] == pytest.approx(std_ratio([0.7, 0.72], [0.8, 0.82, 0.85]))
+    assert summarise(results).set_index("method").loc["sparse", "seeds"] == 2
+
+
+def _results(accuracies: dict[str, list[float]]) -> pd.DataFrame:
+    """results.csv rows of finished cells with these accuracies per method (sparse at budget 0.01)."""
+    rows = [{"method": method, "budget": 0.01 if method == "sparse" else None, "seed": seed, "status": "succeeded",
+             "accuracy": accuracy, "macro_f1": accuracy, "trainable_share": 0.01, "train_seconds": 1.0,
+             "peak_memory_mb": 1.0, "examples_per_second": 1.0, "oos_accuracy": None, "oos_macro_f1": None,
+             "oos_auroc": None, "trainable_params": 10, "lr": 1e-3, "score": "", "lowest_layer": 0,
+             "over_budget": False}
+            for method, values in accuracies.items() for seed, accuracy in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_sweeping_row_scores_without_a_method_that_has_them_is_refused():
+    """The bench review: --tune-score and --tune-spread were accepted, and did nothing, for a grid of full and lora."""
+    for option in ("tune_score", "tune_spread"):
+        with pytest.raises(BenchError, match=rf"{option} only affect sparse and sparse_merged, which this grid does not run"):
+            BenchConfig(methods=("full", "lora"), tune_lr=True, **{option: True})
+    assert BenchConfig(methods=("full", "sparse_merged"), tune_lr=True, tune_score=True).tune_score
+
+
+def test_a_limit_keeps_a_validation_row_per_label(tiny_data):
+    """The bench review: --limit 12 kept 12 // 4 = 3 validation rows of 4 labels, so the sweep chose its rates on
+    rows that left a label out."""
+    from clm_explore.bench import grid_splits
+
+    train, val, _ = grid_splits(tiny_data, BenchConfig(methods=("head",), limit=12))
+    assert len(train) == 12 and sorted(val["label"].unique()) == sorted(tiny_data.labels) and len(val) == 4
+    assert len(grid_splits(tiny_data, BenchConfig(methods=("head",), limit=40))[1]) == 10  # a quarter, as before
+
+
+def test_cells_set_aside_are_not_reported_as_another_grids(tmp_path):
+    """The bench review: every rerun said the ``<cell>.replaced-1`` folders were finished cells of another grid, to
+    be listed by rerunning "with the seeds, budgets and methods that made them"."""
+    from clm_explore.bench import left_out_note
+
+    for name in ("head-s0", "head-s0.replaced-1", "head-s1"):
+        _write_metrics(tmp_path / "cells" / name, 0.5, 1e-2)
+    note = left_out_note(tmp_path / "cells", [Cell("head", None, 0)])
+    assert "1 finished cell(s)" in note and "head-s1" in note and "replaced" not in note
+
+
+def _recording_runner(max_length: int, calls: list[str]):
+    """A runner that trains nothing and records, as finetune's clm_run.json does, that it read ``max_length``."""
+
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
+        calls.append(cell.name)
+        _write_metrics(cell_dir, 0.5, cell.lr or 1e-2)
+        (cell_dir / "clm_run.json").write_text(json.dumps({"config": {"max_length": max_length, "batch_size": 80}}))
+
+    return run
+
+
+def test_a_cell_that_recorded_other_settings_than_the_grids_is_trained_again(data_dir, tmp_path, capsys):
+    """The bench review: a cell process that outlived its killed bench finished at --max-length 32 after a rerun had
+    recorded 48 in bench.json (nothing had finished, so nothing was checked); the next rerun kept it."""
+    out, calls = tmp_path / "out", []
+    run_grid(data_dir, _cfg(methods=("head",), max_length=32), out, runner=_recording_runner(32, calls),
+             progress=False)
+    saved = json.loads((out / "bench.json").read_text())
+    (out / "bench.json").write_text(json.dumps({**saved, "max_length": 48}))  # as the rerun before it left it
+    calls.clear()
+    run_grid(data_dir, _cfg(methods=("head",), max_length=48), out, runner=_recording_runner(48, calls),
+             progress=False)
+    assert calls == ["head-s0"] and "finished with max_length=32; the grid now gives it max_length=48" in \
+        capsys.readouterr().err
+    assert (out / "cells" / "head-s0.replaced-1" / "clm_run.json").is_file()  # the old run kept, set aside
+
+
+def test_the_planned_config_is_what_the_cells_command_gives_finetune():
+    """``planned_config`` restates ``finetune_command``: it must read as finetune reads the command, or finished
+    cells would be trained again (or kept) wrongly."""
+    from dataclasses import asdict
+
+    from clm_explore.bench import config_differences
+    from clm_explore.cli import build_parser
+    from clm_explore.cli.method_cmds import finetune_config
+
+    grid = BenchConfig(methods=("sparse", "prefix", "lora", "fisher"), budgets=(0.05, 200), cold_head=True,
+                       score={"sparse": "taylor+spread"}, schedule="constant", average_last=0.5, prefix_init="zero",
+                       weight_decay={"lora": 0.1}, max_length=48, batch_size=8)
+    for cfg in (grid, replace(grid, average_last=0.0, keep_best=True, early_stop=2, spread_heads=True, score={})):
+        for cell in plan_cells(cfg):
+            command = finetune_command(cell, cfg, Path("data"), Path("cells") / cell.name)
+            recorded = asdict(finetune_config(build_parser().parse_args(command[3:])))
+            assert config_differences(cell, cfg, recorded) == [], cell.name
+            assert config_differences(cell, replace(cfg, max_length=64), recorded) == [("max_length", 48, 64)]
+
+
+def test_a_model_folder_is_the_same_by_any_path_and_changed_weights_are_noticed(data_dir, tmp_path, monkeypatch):
+    """The bench review: ``--model g1/cells/full-s0`` then its absolute path was refused as another model, while
+    new weights in that folder were not noticed."""
+    model = tmp_path / "g1" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"old weights")
+    monkeypatch.chdir(tmp_path)
+    runner, out = scored_by_rate(lambda lr: 0.5, []), tmp_path / "out"
+    run_grid(data_dir, _cfg(methods=("head",), model="g1/model"), out, runner=runner, progress=False)
+    assert json.loads((out / "bench.json").read_text())["model"] == str(model)
+    run_grid(data_dir, _cfg(methods=("head",), model=str(model)), out, runner=runner, progress=False)
+    (model / "model.safetensors").write_bytes(b"new weights!")
+    with pytest.raises(BenchError, match=r"model files in .*model changed .*Choose another --out"):
+        run_grid(data_dir, _cfg(methods=("head",), model="g1/model"), out, runner=runner, progress=False)
+    from clm_explore.bench import MODEL_NAMES
+    from clm_explore.modeling import NAMED_SOURCES
+
+    assert set(MODEL_NAMES) == set(NAMED_SOURCES)  # the names the fingerprint leaves alone are load_model's
+
+
+def test_a_cell_process_that_outlived_its_bench_keeps_the_grid_from_a_rerun(data_dir, tmp_path):
+    """The bench review: a bench killed with SIGKILL let go of its grid lock but left its cell process training; a
+    rerun with other settings then ran beside it, and it finished its cell with the old ones. Each cell process
+    holds the grid's cells lock (inherited) for as long as it lives."""
+    out = tmp_path / "out"
+    (out / "cells").mkdir(parents=True)  # as the killed bench left its grid
+    code = ("import sys, time; from pathlib import Path; from clm_explore.bench import _run_process, cells_lock\n"
+            "out = Path(sys.argv[1])\n"
+            "with cells_lock(out) as fd:\n"
+            " _run_process([sys.executable, '-c', 'import time; time.sleep(60)'], {}, out / 'cells' / 'head-s0',"
+            " out / 'logs' / 'head-s0.log', lambda detail: None, (fd,))")
+    bench = subprocess.Popen([sys.executable, "-c", code, str(out)])
+    cell_pid = None
+    try:
+        for _ in range(200):  # until the bench has started its cell
+            lines = (out / ".bench.cells.lock").read_text().split() if (out / ".bench.cells.lock").exists() else []
+            if lines:
+                cell_pid = int(lines[0])
+                break
+            time.sleep(0.05)
+        assert cell_pid is not None
+        bench.kill()  # SIGKILL: no cleanup, the cell process goes on
+        bench.wait()
+        cfg = _cfg(methods=("head",))
+        with pytest.raises(BenchError, match=rf"still running \(pid {cell_pid} \(head-s0\)\).*kill {cell_pid}"):
+            run_grid(data_dir, cfg, out, runner=scored_by_rate(lambda lr: 0.5, []), progress=False)
+    finally:
+        bench.kill()
+        if cell_pid:
+            with suppress(ProcessLookupError):
+                os.kill(cell_pid, signal.SIGKILL)
+    _wait_until_free(out / ".bench.cells.lock")  # the killed cell's lock goes with it
+    result = run_grid(data_dir, cfg, out, runner=scored_by_rate(lambda lr: 0.5, []), progress=False)
+    assert result.results["status"].eq("succeeded").all() and not (out / ".bench.cells.lock").exists()
+
+
+def _wait_until_free(lock: Path) -> None:
+    """Until nobody holds ``lock``'s flock (a process killed a moment ago may not have let go yet)."""
+    import fcntl
+
+    with lock.open("a") as handle:
+        for _ in range(100):
+            with suppress(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            time.sleep(0.05)

@@ -33,7 +33,8 @@ def register(subparsers: Any) -> None:
                    help="K training (and validation) rows per label, all of a label's where it has fewer (few-shot; "
                    "0 = all)")
     p.add_argument("--limit", type=int, default=0, metavar="N",
-                   help="cap training rows at N and validation rows at N/4, stratified (0 = all)")
+                   help="cap training rows at N and validation rows at N/4 (at least one per label), stratified "
+                   "(0 = all)")
     p.add_argument("--data-seed", type=int, default=0, metavar="S",
                    help="seeds which rows --shots and --limit draw; every seed of the grid trains on that one draw "
                    "(a grid per data seed, each in its own --out, gives the spread over draws)")
