@@ -60,6 +60,7 @@ st.header("Restricted vs unrestricted", anchor=False)
 st.write("The same score with gradients from every position: how much the token restriction moves the mass.")
 # A toggle, not a button: the comparison costs a second scoring pass on every change of the options, so the
 # user can turn it off again.
+WHERE = {"tokens": "task-token positions only", "none": "every position"}  # what "tokens"/"none" mean (UX review)
 state.restore(state.SENS_COMPARE, False)
 compare = st.toggle("Compare with the other restriction (a second scoring pass)", key=state.SENS_COMPARE)
 state.keep(state.SENS_COMPARE)
@@ -69,16 +70,16 @@ if compare:
     left, right = st.columns(2)
     with left:
         views.heatmap(
-            views.share_of_total(report.table), "share", f"{cfg.restriction}: share of score", "sens_a"
+            views.share_of_total(report.table), "share", f"{WHERE[cfg.restriction]}: share of score", "sens_a"
         )
     with right:
         views.heatmap(
-            views.share_of_total(other.table), "share", f"{other_cfg.restriction}: share of score", "sens_b"
+            views.share_of_total(other.table), "share", f"{WHERE[other_cfg.restriction]}: share of score", "sens_b"
         )
     diff = views.share_of_total(report.table).merge(views.share_of_total(other.table), on=["layer", "module"])
     diff["share"] = diff["share_x"] - diff["share_y"]
     views.heatmap(
-        diff, "share", f"Difference ({cfg.restriction} − {other_cfg.restriction})", "sens_diff", "RdBu",
+        diff, "share", f"Difference ({WHERE[cfg.restriction]} − {WHERE[other_cfg.restriction]})", "sens_diff", "RdBu",
         diverging=True,
     )
 

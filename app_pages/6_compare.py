@@ -63,7 +63,8 @@ diff = run_views.disagreements(
     cache.predictions(str(a.path), mtime[a.id]), cache.predictions(str(b.path), mtime[b.id])
 )
 shown = run_views.filter_disagreements(diff, key="cmp")
-st.caption(f"{len(diff)} disagreements in {len(cache.predictions(str(a.path), mtime[a.id]))} test rows.")
+test_rows = len(cache.predictions(str(a.path), mtime[a.id]))
+st.caption(f"{len(diff)} disagreements in {test_rows} test rows.")
 
 if not shown.empty:
     pick = st.selectbox(
@@ -82,9 +83,10 @@ if own:
     layer_charts.head_attention_pair(own, a, b, key="cmp_try_heads")
 
 st.header("Top words per label", anchor=False)
-state.restore("cmp_max_rows", 100)
+state.restore("cmp_max_rows", min(100, max(10, test_rows)))  # 100 of 56 test rows read as a mistake (UX review)
 state.restore("cmp_top", False)
-max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, key="cmp_max_rows")
+max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5000, key="cmp_max_rows",
+                           help=f"The test split has {test_rows} rows; more than that attributes them all.")
 top = st.toggle("Compute top words", key="cmp_top")
 state.keep("cmp_max_rows", "cmp_top")
 key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))

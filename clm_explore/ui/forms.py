@@ -251,7 +251,8 @@ def budget_input(key: str = "budget", backbone_params: int | None = None) -> flo
             on_change=_sync_from_count,
             args=(key, backbone_params),
             help=f"The budget as a count of this model's {backbone_params:,} backbone parameters (to compare with "
-            "another method's trainable count); the runs take it as the share it is.",
+            "another method's trainable count); the runs take it as the share it is. Rows are bought whole, so the "
+            "selected parameters below fall a little short of it.",
         )
     return state.budget()
 

@@ -181,6 +181,13 @@ def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
         st.caption(scale)
 
 
+def _colour_end(values: pd.Series) -> float:
+    """The end of a colour scale symmetric around 0 for ``values``: their largest size (0.01 at least, so that ties
+    everywhere draw no scale of zero width)."""
+    largest = values.abs().max()
+    return max(float(largest) if pd.notna(largest) else 0.0, 0.01)
+
+
 def accuracy_scale_note(test_rows: Any) -> str:
     """How much one test row moves the accuracy, and what tells a difference from chance: "0.8929 vs 0.8750" read as
     a gap where it was one row of 56 (the UX review)."""
@@ -275,7 +282,9 @@ def f1_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> None:
         title="Per-label F1 difference (A − B)",
         color=F1_DIFFERENCE,
         color_continuous_scale="RdBu",
-        range_color=[-1, 1],
+        # Symmetric around 0 at the largest difference: at [-1, 1] differences of a few points were all near white
+        # (the UX review).
+        range_color=[-_colour_end(diff[F1_DIFFERENCE]), _colour_end(diff[F1_DIFFERENCE])],
     )
     fig.update_traces(marker_line_color="#555", marker_line_width=1)  # a bar near 0 is near white: outline it
     fig.update_layout(height=max(300, 18 * len(labels) + 80), margin=dict(l=10, r=10, t=40, b=10), yaxis_dtick=1,
@@ -426,8 +435,9 @@ def render_attribution(result: Any, title: str, key: str) -> None:
     label = escape_markdown(result.target_label)
     gap = float(np.sum(result.scores)) - result.delta  # p(label) - p(reference), exactly
     st.caption(f"Teal bars: words that pushed the model towards {label}; orange bars: words that pushed it away.")
-    st.caption(f"Integrated Gradients toward {label}, the label explained: the bars sum to p({label}) − "
-               f"p(reference) = {gap:+.3g}, up to delta = {result.delta:+.2g}, the integral's convergence error.")
+    with st.expander("How the bars are computed"):  # the maths folded: an annotator reads the sentence above (UX review)
+        st.caption(f"Integrated Gradients toward {label}, the label explained: the bars sum to p({label}) − "
+                   f"p(reference) = {gap:+.3g}, up to delta = {result.delta:+.2g}, the integral's convergence error.")
     if result.note:
         st.caption(f"Note: {escape_markdown(result.note)}.")
     frame = pd.DataFrame({"pos": range(len(result.words)), "word": result.words, "score": result.scores})

@@ -150,8 +150,12 @@ def render_data_report(report: Any, key: str) -> None:
     with metric_row():
         st.metric("Rows", report.rows, width="content")
         st.metric("Labels", len(report.labels), width="content")
-        st.metric("Duplicates", sum(report.duplicates.values()), width="content")
-        st.metric("Leaked texts", report.leakage.get("count", 0), width="content")
+        # Named for what each counts: "Duplicates 0" sat above "1 row(s) repeat an earlier text", a copy across
+        # splits, which the second counts (the UX review).
+        st.metric("Duplicates within a split", sum(report.duplicates.values()), width="content")
+        st.metric("Texts in two splits", report.leakage.get("count", 0), width="content",
+                  help="Texts that occur in more than one split (leakage), copies that differ only in case or spacing "
+                  "not counted here (the problems below count them).")
     st.caption(" · ".join(f"{name}: {n} rows" for name, n in report.splits.items()))
     for note in report.notes:
         st.caption(escape_markdown(note))
@@ -428,8 +432,10 @@ def render_mask_summary(selection: MaskSelection, full_params: int | None, key: 
                   help="AdamW, for everything trained: value, gradient, 2 moments", width="content")
         st.metric("Lowest selected layer", "–" if lowest is None else ("emb" if lowest < 0 else str(lowest)),
                   width="content")
-        st.metric("Time per epoch vs full", f"{selection.time_ratio_estimate:.2f}×", width="content",
-                  help="Estimate: backward stops at the lowest selected layer; optimizer touches selected rows only.")
+        st.metric("Time per epoch vs full (estimate)", f"{selection.time_ratio_estimate:.2f}×", width="content",
+                  help="Estimated from the work skipped: backward stops at the lowest selected layer, and weight "
+                  "gradients are taken for the selected rows only. A run's measured time is its train seconds "
+                  "(Runs and Compare pages), which also counts the data loading and evaluation both methods pay.")
     if total is not None:
         st.caption(f"{selection.selected_params:,} selected parameters ({selection.share * 100:.3g}% of the backbone) "
                    f"+ {selection.beside_params:,} trained with them (head, LayerNorms) = {total:,} trainable.")

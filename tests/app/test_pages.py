@@ -125,7 +125,7 @@ def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest
                                        "added_rows": [], "deleted_rows": []}
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "Download the data with 2 label(s) changed (zip: train, validation, test)" in [
+    assert "Download the data with 2 label(s) changed" in [
         b.proto.label for b in at.get("download_button")]
     goto(at, "app_pages/2_tokens.py")
     goto(at, "app_pages/1_data.py")  # still shown after another page, from the cache
@@ -416,6 +416,13 @@ def test_compare_says_what_one_test_row_is_worth_and_run_tables_lead_with_figure
                              created="2026-12-07", error=None)
     columns = list(runs_frame([record]).columns)  # before: accuracy 8th, cut off at 1280 px (the UX review)
     assert columns[:5] == ["run", "method", "status", "accuracy", "macro_f1"]
+
+
+def test_the_f1_difference_colours_span_the_differences_shown() -> None:
+    from clm_explore.ui.run_views import _colour_end
+
+    assert _colour_end(pd.Series([-0.04, 0.02, 0.0])) == 0.04  # was 1: a few points' difference drew near white
+    assert _colour_end(pd.Series([0.0, 0.0])) == 0.01 and _colour_end(pd.Series([float("nan")])) == 0.01
 
 
 def test_sensitivity_opens_on_what_the_budget_selects(at: AppTest) -> None:
