@@ -313,7 +313,8 @@ def mine_task_tokens(
     specificity, background = _specificity(keys, rows_with, fragment_words, word_total, cfg)
     score = _combine(relevance, specificity, cfg.combine)
     top_k = cfg.top_k or min(1024, max(64, len(texts) // 8))
-    order = [i for i in np.argsort(-score, kind="stable") if score[i] > 0][:top_k]
+    floor = cfg.min_score_share * float(score.max())
+    order = [i for i in np.argsort(-score, kind="stable") if score[i] > 0 and score[i] >= floor][:top_k]
     lifts = (counts / counts.sum(1, keepdims=True)) / prior
     best = associated_labels(counts, prior)
     splits = _splits_of({keys[i] for i in order}, split_rows)

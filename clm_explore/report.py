@@ -469,7 +469,8 @@ def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
         overlap = study.overlap.assign(run=study.overlap["run"].map({"a": names[0], "b": names[1]}))
         overlap = overlap.assign(words=overlap["words"].map(", ".join))
         parts.append(
-            "<h3>Overlap with mined groups</h3>"
+            "<h3>Overlap with mined groups</h3><p class='note'>Each label's top words that are mined groups, of any "
+            "label: the token restriction reads every group's positions.</p>"
             + _table(overlap[["run", "label", "k", "in_groups", "share", "words"]])
         )
     return "".join(parts)

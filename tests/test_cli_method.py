@@ -65,6 +65,12 @@ def test_mine_json(capsys, data_dir):
     assert capsys.readouterr().out.startswith(f"{len(few)} groups from 20 training rows")
     assert "--fragment-min-chars must be >= 1, got 0" in run_error(capsys, ["mine", str(data_dir), *TINY,
                                                                            "--fragment-min-chars", "0"])
+    assert "--min-score-share must be in [0, 1), got 1.0" in run_error(capsys, ["mine", str(data_dir), *TINY,
+                                                                              "--min-score-share", "1"])
+    every = run_json(capsys, ["mine", str(data_dir), *TINY, "--json"])
+    best = max(g["score"] for g in every)
+    kept = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--min-score-share", "0.5"])
+    assert 0 < len(kept) < len(every) and min(g["score"] for g in kept) >= 0.5 * best
 
 
 def test_mine_json_names_the_slot_of_each_merged_word(capsys, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clm_explore.config import MiningConfig
+from clm_explore.config import ConfigError, MiningConfig
 from clm_explore.mining import (
     TaskTokens,
     TokenGroup,
@@ -158,6 +158,19 @@ def test_fragment_kept_only_when_it_recurs_across_enough_words(tok):
     assert "##ing" not in by_text(short, "fragment") and "cardless" in by_text(short)
     assert "##ing" in by_text(mine_task_tokens(texts, labels, tok, MiningConfig(
         min_count=5, specificity="none", fragment_min_chars=3)), "fragment")  # 'ing' reads 3 characters
+
+
+def test_groups_scoring_below_a_share_of_the_best_are_left_out(tok):
+    texts, labels = _ing_corpus()
+    every = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none"))
+    scores = sorted({g.score for g in every.groups})
+    share = (scores[0] + scores[1]) / 2 / scores[-1]  # between the two lowest scores, as a share of the best
+    kept = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=5, specificity="none", min_score_share=share))
+    lowest = sum(g.score == scores[0] for g in every.groups)
+    assert len(kept.groups) == len(every.groups) - lowest > 0  # the lowest left out, whatever top_k's floor keeps
+    assert min(g.score for g in kept.groups) >= share * scores[-1]
+    with pytest.raises(ConfigError, match=r"min_score_share must be in \[0, 1\)"):
+        MiningConfig(min_score_share=1.0)
 
 
 def test_task_tokens_save_load_round_trip(tok, tmp_path):

@@ -133,6 +133,11 @@ def mining_form(key: str = "tok") -> MiningConfig:
         top_k = c2.number_input("Groups kept (0 = auto)", 0, 5000, cfg.top_k, key=f"{key}_top_k",
                                 help="How many of the best-scored groups are kept (0: scales with the rows, "
                                 "64 to 1,024); their positions restrict the sensitivity scores.")
+        share = c1.number_input("Lowest score kept (share of the best)", 0.0, 0.99, cfg.min_score_share, step=0.01,
+                                format="%.2f", key=f"{key}_min_share",
+                                help="Keep a group only if its score is at least this share of the best group's. "
+                                "With few rows every candidate is kept, common words such as 'in' and 'from' "
+                                "too; on a few hundred rows 0.03 leaves the commonest out.")
         if st.form_submit_button("Mine task tokens"):
             cfg = dataclasses.replace(
                 cfg,
@@ -142,6 +147,7 @@ def mining_form(key: str = "tok") -> MiningConfig:
                 max_words=int(max_words),
                 top_k=int(top_k),
                 fragment_min_chars=int(min_chars),
+                min_score_share=float(share),
             )
             state.put(state.MINING_CFG, cfg)
     return cfg

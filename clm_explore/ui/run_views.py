@@ -615,7 +615,10 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
     with c2:
         render_top_words(study.top_b, study.groups_a or study.groups_b, f"B: {b.method}", key=f"{key}_b")
     if not study.overlap.empty:
-        st.caption("Share of each label's top words that are mined groups")
+        # Groups of any label count: the token restriction reads them all; a group's label is the Tokens page's
+        # (the UX review read "in" among AddToPlaylist's words as a mistake: it was mined with BookRestaurant's).
+        st.caption("Share of each label's top words that are mined groups (of any label: the token restriction "
+                   "reads every group's positions)")
         # Runs as the columns above name them, and words as a list to read (it showed a and b, and "['my', 'card']")
         shown = study.overlap.assign(run=study.overlap["run"].map({"a": f"A: {a.method}", "b": f"B: {b.method}"}),
                                      words=study.overlap["words"].map(", ".join))
