@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
-from clm_explore.data import SPLITS, DataError
+from clm_explore.data import SPLITS, DataError, IncompleteRowsError
 from clm_explore.jobs import ABANDONED_SECONDS
 from clm_explore.label_issues import TooFewRowsError, relabelled, splits_csv, splits_zip
 from clm_explore.modeling import ModelSourceError
@@ -32,6 +32,8 @@ try:
     annotated = cache.data(choice)
 except DataError as exc:  # in the app's words: its column boxes, not the command line's options
     st.error(views.escape_markdown(views.data_error_text(str(exc), upload=choice.kind == "upload")))
+    if isinstance(exc, IncompleteRowsError) and choice.kind == "upload":
+        forms.leave_out_incomplete_rows(choice, key="data")
     if state.data_choice() != choice:
         views.still_using(state.data_choice())
     state.stop()

@@ -60,6 +60,11 @@ class DataError(ValueError):
     """The data cannot be used; the message names the file, the row and what is wrong."""
 
 
+class IncompleteRowsError(DataError):
+    """Rows without a text or a label: ``without_incomplete_rows`` writes the file without them, for a user who
+    chooses to leave them out (the app offers it; the loader never drops rows itself)."""
+
+
 @dataclass
 class AnnotatedData:
     """Three splits of labelled texts; every frame has str columns ``text`` and ``label``."""
@@ -1408,9 +1413,28 @@ def _require_filled(table: _Table, values: pd.Series, what: str, role: str) -> N
         unseen = next((values.iloc[i] for i in bad if values.iloc[i].strip()), "")
         said = (f"; some hold only invisible characters, e.g. {', '.join(f'U+{ord(c):04X}' for c in unseen[:3])}"
                 if unseen else "")
-        raise DataError(f"{table.name}: {len(bad)} row(s) have {what} ({_units(table, len(bad))} "
+        raise IncompleteRowsError(f"{table.name}: {len(bad)} row(s) have {what} ({_units(table, len(bad))} "
                         f"{_listed_lines([table.positions[i] for i in bad])}{said}). Fill in the {role} or delete "
                         "these rows; rows are never dropped silently, so nothing goes missing unnoticed.")
+
+
+def without_incomplete_rows(raw: bytes, filename: str, cfg: DataConfig | None = None) -> tuple[bytes, int, int]:
+    """A data file (its bytes, named ``filename``) as CSV without the rows that lack a text or a label, for a user
+    who chose to leave them out: (the CSV's bytes, rows kept, rows left out). Only the columns that can be the text,
+    the label or the split are kept, found and decoded as ``load_data`` finds them (the UX review: an upload with
+    5 unlabelled rows could only be fixed outside the app).
+
+    Raises:
+        DataError: the file cannot be read, or its text and label columns cannot be found.
+    """
+    cfg = cfg or DataConfig()
+    table = _parse_table(Path(filename), lambda: raw, len(raw), cfg, [], _Wanted.of(cfg, split=True))
+    text_col = _find_column(table.name, table.columns, cfg.text_col, TEXT_NAMES, "text", "--text-col (text_col=)")
+    label_col = _find_column(table.name, table.columns, cfg.label_col, LABEL_NAMES, "label", "--label-col (label_col=)")
+    texts, labels = _as_str(table, table.frame[text_col], "text"), _as_str(table, table.frame[label_col], "label")
+    keep = [not _blank(text) and not _blank(label) for text, label in zip(texts, labels, strict=True)]
+    kept = table.frame[keep]
+    return csv_text(kept).encode("utf-8"), len(kept), len(keep) - len(kept)
 
 
 def _blank(value: str) -> bool:

@@ -1253,3 +1253,21 @@ def test_a_text_or_label_of_invisible_characters_only_is_empty(tmp_path: Path) -
     notes: list[str] = []
     assert read_texts(tmp_path / "p.txt", notes=notes) == ["first", "third"]
     assert notes == ["p.txt: 1 blank line(s) skipped (line(s) 2): one result per text line, in order"]
+
+
+def test_without_incomplete_rows_writes_the_file_without_them_as_csv():
+    from clm_explore.data import IncompleteRowsError, without_incomplete_rows
+
+    records = [{"utterance": f"text number {i}", "intent": ("ab"[i % 2] if i % 5 else None), "note": "x"}
+               for i in range(40)]
+    records[3]["utterance"] = "\u200b"  # invisible only: as empty as a missing text
+    raw = "\n".join(json.dumps(r) for r in records).encode()
+    with pytest.raises(IncompleteRowsError):
+        load_upload(raw, "rows.jsonl")
+    written, kept, dropped = without_incomplete_rows(raw, "rows.jsonl")
+    assert (kept, dropped) == (31, 9)  # 8 without a label, 1 without a text
+    data = load_upload(written, "rows-complete.csv")
+    assert sum(len(data.split(s)) for s in ("train", "validation", "test")) == 31
+    assert b"note" not in written.split(b"\r\n")[0]  # only the columns the data can use
+    with pytest.raises(DataError, match="no column 'txt'"):
+        without_incomplete_rows(raw, "rows.jsonl", DataConfig(text_col="txt"))

@@ -596,6 +596,27 @@ def _pick_kept_upload(others: dict[str, state.DataChoice], key: str) -> None:
     st.session_state[f"{key}_kept"] = None
 
 
+def leave_out_incomplete_rows(choice: state.DataChoice, key: str = "data") -> None:
+    """Under an upload refused for rows without a text or a label: a button that works on a copy without them, as
+    an upload of this session (the file as uploaded is not changed), so that an annotator need not fix the file elsewhere first
+    (the UX review). Nothing is dropped unless pressed, and the button says how many rows go."""
+    from clm_explore.data import DataError, without_incomplete_rows
+
+    cfg = DataConfig(text_col=choice.text_col, label_col=choice.label_col)
+    try:
+        written, kept, dropped = without_incomplete_rows(Path(choice.path).read_bytes(), choice.name, cfg)
+    except (OSError, DataError):  # the file gone, or its columns not found: the error above says what to do
+        return
+    stem = Path(choice.name).stem
+    st.button(f"Work on the file without these {dropped} row(s)", key=f"{key}_complete", on_click=switch_to_upload,
+              args=(lambda: written, f"{stem}-complete.csv", kept, key),
+              help=f"Selects a copy of {choice.name} without the {dropped} row(s) that lack a text or a label "
+              f"({kept:,} rows), as an upload of this session; the file as uploaded is not changed.")
+    if message := state.get(f"{key}_switch_error"):
+        state.put(f"{key}_switch_error", None)
+        st.error(escape_markdown(message))
+
+
 def switch_to_upload(write: Callable[[], bytes], filename: str, rows: int, key: str = "data") -> None:
     """A button's callback: make the file ``write()`` returns (``rows`` rows; one the app writes, such as the data with
     accepted labels; written only when pressed) this session's upload and select it, as if it had been uploaded. In

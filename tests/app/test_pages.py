@@ -267,6 +267,23 @@ def test_another_source_does_not_replace_an_upload_until_picked_and_kept_uploads
     assert any(c.value.startswith("Working on mine\\.csv, uploaded earlier") for c in app.caption)  # an empty box
 
 
+def test_an_upload_with_unlabelled_rows_can_be_worked_on_without_them() -> None:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    app.radio(key="data_kind").set_value("upload").run()
+    rows = [f"text number {i} about {'cards' if i % 2 else 'money'},{('card' if i % 2 else 'cash') if i % 9 else ''}"
+            for i in range(60)]
+    raw = ("utterance,intent\n" + "\n".join(rows) + "\n").encode()
+    app.file_uploader(key="data_upload").set_value(("gaps.csv", raw, "text/csv")).run(timeout=TIMEOUT)
+    assert any("7 row\\(s\\) have no label" in e.value for e in app.error), [e.value for e in app.error]
+    button(app, "Work on the file without these 7 row(s)").click().run(timeout=TIMEOUT)  # before: no way on here
+    app.run()  # the file box still holding gaps.csv does not select it again
+    assert not app.exception and not app.error, [e.value for e in [*app.exception, *app.error]]
+    choice = app.session_state["data_choice"]
+    assert choice.name == "gaps-complete.csv"
+    assert sum(len(load_data(choice.path).split(s)) for s in ("train", "validation", "test")) == 53
+
+
 def test_no_room_for_the_accepted_labels_is_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "0.01")  # smaller than the sample's splits as one file
     app = AppTest.from_file(APP, default_timeout=TIMEOUT)
