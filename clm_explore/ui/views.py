@@ -313,6 +313,11 @@ def render_group_table(frame: pd.DataFrame, key: str) -> None:
                                                   "in rows with the group than overall."),
         },
     )
+    # The columns in one sentence: their tooltips alone left an annotator guessing (the UX review).
+    st.caption("How to read it: a group marks its label firmly when most of its rows hold that label (label rows "
+               "near count) and lift is high. Score ranks the groups: how strongly a group points to a label "
+               "(relevance) times how much more common it is here than in general English (specificity). Point at a "
+               "column's name for more.")
 
 
 def render_group_examples(group: Any, train: pd.DataFrame, key: str, limit: int = 8) -> None:
@@ -455,6 +460,10 @@ def render_merge_report(report: MergeReport, key: str) -> None:
     if report.merged:
         st.dataframe(pd.DataFrame(report.merged).astype(str), key=f"{key}_merged", hide_index=True,
                      alt="Merged words")
+        # What to do with it (the UX review: "slot [unused0], id 1" and no next step).
+        st.caption("Each merged word takes an unused vocabulary slot of the model (its row of the embedding table, "
+                   "started as the mean of its pieces'), so the parameter count is unchanged. To train with them, "
+                   "launch the method sparse_merged on the Finetune page.")
     if report.note:
         st.caption(escape_markdown(report.note))
 
