@@ -49,11 +49,10 @@ if run.status is RunStatus.SUCCEEDED and not folder_gone:  # both read the folde
 
 c1, c2 = st.columns(2)
 if not folder_gone:
-    predictions = run.path / "predictions.csv"
-    if predictions.is_file():  # what an annotator wants of a run: 5 KB, where the zip is the model too (the UX review)
+    if (run.path / "predictions.csv").is_file():  # an annotator wants 5 KB, not the zip's model too (the UX review)
         c1.download_button(
             "Download its test predictions (CSV)",
-            data=predictions.read_bytes,
+            data=lambda: run_views.predictions_csv(run.path),
             file_name=f"{run.id}-predictions.csv",
             mime="text/csv",
             key="runs_predictions",

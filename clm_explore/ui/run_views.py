@@ -22,6 +22,7 @@ import streamlit as st
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.cards import CARD_FILE, ModelCardError, model_card
 from clm_explore.config import BUDGET_METHODS
+from clm_explore.data import csv_text
 from clm_explore.metrics import (
     CONFUSION_COUNTED_LABELS,
     CONFUSION_ROW_PX,
@@ -517,6 +518,23 @@ def run_zip(store: RunStore, run_id: str) -> bytes:
         with zipfile.ZipFile(buffer, "w") as archive:
             archive.writestr(f"{run_id}/{'MISSING' if known else 'DELETED'}.txt", why + "\n")
         return buffer.getvalue()
+
+
+def predictions_csv(run_path: Path) -> bytes:
+    """A run's predictions.csv, read after the click; where it went (the run deleted by another user since the page
+    was drawn) or is a link (it sends whatever file it reaches, as the zip and the model card refuse), a one-cell CSV
+    that says so: an error here reaches no one (Streamlit logs it, the browser shows nothing: the multi-session
+    review)."""
+    file = Path(run_path) / "predictions.csv"
+    if file.is_symlink():
+        why = f"{file.name} of this run is a link, not the run's own file: it is not sent."
+    else:
+        try:
+            return file.read_bytes()
+        except OSError:
+            why = ("This run's predictions.csv is no longer on the server (the run deleted or moved, perhaps by "
+                   "another user of the server).")
+    return csv_text(pd.DataFrame({"note": [why]})).encode("utf-8")
 
 
 def render_model_card(run: RunRecord, key: str) -> None:

@@ -437,6 +437,19 @@ def test_compare_says_what_one_test_row_is_worth_and_run_tables_lead_with_figure
     assert columns[:5] == ["run", "method", "status", "accuracy", "macro_f1"]
 
 
+def test_a_runs_predictions_download_says_when_the_file_went_or_is_a_link(tmp_path: Path) -> None:
+    from clm_explore.ui.run_views import predictions_csv
+
+    (tmp_path / "predictions.csv").write_text("row,text\r\n0,hello\r\n")
+    assert predictions_csv(tmp_path) == b"row,text\r\n0,hello\r\n"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a secret of the server")
+    (tmp_path / "predictions.csv").unlink()
+    assert b"no longer on the server" in predictions_csv(tmp_path)  # before: a traceback in the log, no download
+    (tmp_path / "predictions.csv").symlink_to(secret)
+    assert b"is a link" in predictions_csv(tmp_path) and b"secret" not in predictions_csv(tmp_path)
+
+
 def test_the_f1_difference_colours_span_the_differences_shown() -> None:
     from clm_explore.ui.run_views import _colour_end
 
