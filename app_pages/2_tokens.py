@@ -51,7 +51,9 @@ with tab_merge:
         "so inputs get shorter."
     )
     if st.toggle("Measure adaptive tokenization", key="tok_merge"):
-        views.render_merge_report(cache.merge_report(source, choice, cfg), key="tok_merge")
+        with cache.turn_note():
+            merged = cache.merge_report(source, choice, cfg)
+        views.render_merge_report(merged, key="tok_merge")
 
 st.page_link("app_pages/3_sensitivity.py", label="Next: Sensitivity, where in the model these tokens matter",
              icon=":material/grid_on:")

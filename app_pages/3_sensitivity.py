@@ -24,7 +24,8 @@ with st.expander("How the rows are scored"):
 choice, source = state.require_data()
 
 cfg = forms.sensitivity_form(key="sens")
-report = cache.sensitivity(source, choice, state.mining_cfg(), cfg)
+with cache.turn_note():
+    report = cache.sensitivity(source, choice, state.mining_cfg(), cfg)
 table = report.table.copy()
 if report.no_tokens_note:  # sparse would quietly read the pooled position alone
     st.warning(views.escape_markdown(report.no_tokens_note[0].upper() + report.no_tokens_note[1:]) + ".")
@@ -66,7 +67,8 @@ compare = st.toggle("Compare with the other restriction (a second scoring pass)"
 state.keep(state.SENS_COMPARE)
 if compare:
     other_cfg = dataclasses.replace(cfg, restriction="none" if cfg.restriction == "tokens" else "tokens")
-    other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
+    with cache.turn_note():
+        other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
     left, right = st.columns(2)
     with left:
         views.heatmap(

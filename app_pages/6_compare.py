@@ -91,11 +91,14 @@ top = st.toggle("Compute top words", key="cmp_top")
 state.keep("cmp_max_rows", "cmp_top")
 key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
 if top:
-    run_views.render_top_words_pair(cache.case_study(*key), a, b, key="cmp")
+    with cache.turn_note():
+        study = cache.case_study(*key)
+    run_views.render_top_words_pair(study, a, b, key="cmp")
 if st.button("Build case-study report", key="cmp_report"):
     state.put("cmp_report_for", key)
 if state.get("cmp_report_for") == key:  # kept: the next click elsewhere on the page does not take the download away
-    report = cache.report_html(*key)
+    with cache.turn_note():
+        report = cache.report_html(*key)
     st.success("The case-study report is ready.")
     st.download_button(
         "Download report.html",

@@ -71,6 +71,25 @@ def heavy_work() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def turn_note() -> Iterator[None]:
+    """Around a page's call of a heavy computation: where another session's holds the server's slot, a note says so
+    until the call returns (the multi-session review: a page waited 35 s under its own spinner, with no word of
+    another's computation). On a cache hit the note, if any, goes at once."""
+    if _HEAVY.acquire(blocking=False):
+        _HEAVY.release()
+        yield
+        return
+    note, started = st.empty(), time.monotonic()
+    note.info("Another session's computation (scoring, weight changes, layer comparison or a report) is running on "
+              "this server: this page's starts when it ends. Pages compute one at a time, so that training jobs keep "
+              "the processor.")
+    try:
+        yield
+    finally:  # said once it is over too: a result that took long is not read as this page's own slowness
+        note.caption(f"This took {time.monotonic() - started:.0f} s, another session's computation first.")
+
+
 @st.cache_resource(show_spinner=False)
 def run_store(root: str) -> RunStore:
     return RunStore(root)

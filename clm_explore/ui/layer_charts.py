@@ -39,7 +39,8 @@ def layer_similarity_toggle(a: RunRecord, b: RunRecord, key: str) -> None:
     pairs = {}
     for name, key_parts in asked.items():  # each pair on its own: one that cannot be made leaves the others
         try:
-            pairs[name] = cache.layer_similarity(*key_parts)
+            with cache.turn_note():
+                pairs[name] = cache.layer_similarity(*key_parts)
         except (ModelSourceError, DataError) as exc:  # a base model gone, two depths, a damaged predictions.csv
             st.warning(escape_markdown(f"{name}: {exc}"))
     if not pairs:

@@ -661,10 +661,10 @@ def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
     if not shown:
         return
     try:
-        # Keyed by the run's saved model and its base model's files: either saved again is compared again.
-        changes = [cache.weight_changes(str(r.path), cache.file_mtime(r.path / "config.json"),
-                                        state.model_version(str(read_json_object(r.path / "clm_run.json").get("source")
-                                                                or ""))) for r in runs]
+        with cache.turn_note():  # keyed by the run's saved model and its base model's files: either saved again is
+            changes = [cache.weight_changes(str(r.path), cache.file_mtime(r.path / "config.json"),  # compared again
+                                            state.model_version(str(read_json_object(r.path / "clm_run.json").get(
+                                                "source") or ""))) for r in runs]
     except ModelSourceError as exc:  # the base model is gone, or is not the one trained from
         st.warning(escape_markdown(str(exc)))
         return

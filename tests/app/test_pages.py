@@ -2117,3 +2117,24 @@ def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp
     assert sorted(ran) == [str(tmp_path / f"run{i}") for i in range(3)]  # every session's computation ran
     assert most[0] == cache.HEAVY_AT_ONCE == 1
     wrapper.clear()
+
+
+def test_a_page_waiting_for_another_sessions_computation_says_so() -> None:
+    """The multi-session review: a page waited 35 s under its own spinner, with no word of another's computation."""
+    import threading
+
+    from clm_explore.ui import cache
+
+    def script() -> None:
+        from clm_explore.ui import cache
+
+        with cache.turn_note(), cache.heavy_work():  # as a page's call of a cached heavy computation
+            pass
+
+    assert cache._HEAVY.acquire(blocking=False)  # another session's computation holds the slot
+    threading.Timer(1.0, cache._HEAVY.release).start()
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("another session's computation first" in c.value for c in app.caption), [c.value for c in app.caption]
+    app.run()  # the slot free: nothing said
+    assert not any("another session" in c.value for c in app.caption)
