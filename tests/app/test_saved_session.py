@@ -252,3 +252,21 @@ def test_ending_a_session_deletes_its_upload_and_choices_and_its_address_opens_a
     assert app.session_state["launched_runs"] == {"run-of-mine"}  # its runs' cards still say so
     follower = open_app(token)  # the old address: a fresh session, nothing of the upload
     assert follower.session_state["data_choice"].kind == "sample" and token_of(follower) != token
+
+
+def test_ending_a_session_deletes_its_upload_under_its_earlier_addresses_too(tmp_path: Path) -> None:
+    """The multi-session review: a reload takes the session over under a new token, its upload hard-linked, and the
+    addresses before the reload still opened the upload after "End this session" said it was deleted."""
+    root = tmp_path / "uploads"
+    first = "a" * 32
+    upload = save_upload(ROWS, "private.csv", folder=root / first)
+    saved_session.save(root, first, json.dumps(saved_session.to_record({state.DATA_CHOICE: upload})))
+    reloaded, _ = saved_session.take_over(root, first)  # a reload: a new token, the file linked
+    saved_session.save(root, reloaded, json.dumps(saved_session.to_record({state.DATA_CHOICE: upload})))
+    other = "b" * 32
+    save_upload(ROWS + b"another,row\n", "theirs.csv", folder=root / other)  # another user's: not linked
+    saved_session.save(root, other, "{}")
+    saved_session.end_session(root, reloaded)
+    assert not (root / first).exists() and not (root / f"{first}.session.json").exists()  # kept before
+    assert not (root / reloaded).exists() and (root / other / "theirs.csv").is_file()
+    assert (root / f"{other}.session.json").is_file()
