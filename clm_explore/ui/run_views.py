@@ -685,12 +685,15 @@ def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
             st.caption(escape_markdown(change.summary()))
 
 
-def default_groups(records: list[RunRecord]) -> tuple[list[str], list[str]]:
-    """Group A = the sparse runs, group B = the full-finetuning runs, both on the newest run's data and model."""
-    if not records:
+def default_groups(records: list[RunRecord], data: str | None = None, source: str | None = None
+                   ) -> tuple[list[str], list[str]]:
+    """Group A = the sparse runs, group B = the full-finetuning runs, both on the data and model of the run
+    ``default_pick`` opens Compare on: the session's own where it has runs (the multi-session review: the newest
+    run's, another user's on other data, left this session's group A empty)."""
+    anchor = default_pick(records, data, source)
+    if anchor is None:
         return [], []
-    newest = records[0]
-    same = [r for r in records if same_data(r, newest) and r.config.get("source") == newest.config.get("source")]
+    same = [r for r in records if same_data(r, anchor) and r.config.get("source") == anchor.config.get("source")]
     return [r.id for r in same if r.method == "sparse"], [r.id for r in same if r.method == "full"]
 
 
@@ -702,7 +705,8 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
         return
     by_id = {r.id: r for r in done}
     label = {r.id: f"{r.id} · {r.method} · seed {r.config.get('seed', '?')}" for r in done}
-    a_default, b_default = default_groups(done)
+    current = state.data_choice()
+    a_default, b_default = default_groups(done, current.key if current else None, state.model_source())
     c1, c2 = st.columns(2)
     a_ids = c1.multiselect("Group A", list(by_id), default=a_default, format_func=label.get, key=f"{key}_a")
     b_ids = c2.multiselect("Group B", list(by_id), default=b_default, format_func=label.get, key=f"{key}_b")

@@ -1159,6 +1159,11 @@ def test_a_cli_run_and_an_app_run_on_the_same_rows_are_the_same_data(monkeypatch
     cli_sparse = RunRecord("cli-sparse", "cli-sparse", "sparse", RunStatus.SUCCEEDED, tmp_path, "", "",
                            config=cli_run.config)
     assert default_groups([app_run, cli_sparse, other]) == (["cli-sparse"], ["app-full"])
+    other_sparse = RunRecord("other-sparse", "other-sparse", "sparse", RunStatus.SUCCEEDED, tmp_path, "", "",
+                             config=other.config)
+    newest_first = [other, other_sparse, app_run, cli_sparse]  # another user's runs on snips are the newest
+    assert default_groups(newest_first, "sample:banking77_20:None:None:") == (["cli-sparse"], ["app-full"])
+    assert default_groups(newest_first, "shared:snips:None:None:") == (["other-sparse"], ["other"])
     assert other_run([other, app_run, cli_sparse], cli_sparse, prefer="full").id == "app-full"  # not the newer snips
 
 
