@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import threading
 import time
 import weakref
@@ -261,10 +262,10 @@ def _progress_panel(key: str) -> None:
     records = store().list(limit=10)  # redrawn every second in every session: read ten rows, not the registry
     if not jobs:
         st.caption("No jobs yet in this server's queue." + _lost_jobs_note(records))
-    cards = shown_jobs(jobs)
+    ahead = jobs_ahead(jobs)
+    cards = shown_jobs(jobs, ahead=ahead)
     deleted = _deleted_runs([job.run_id for job in cards if job.done and job.run_id])
     accuracy = {r.id: r.metrics.get("accuracy") for r in records}  # the registry's copy: no file read a redraw
-    ahead = jobs_ahead(jobs)
     for job in cards:
         _job_card(job, key, deleted, accuracy.get(job.run_id or ""), ahead.get(job.id, 0))
     if any(job.status is RunStatus.SUCCEEDED for job in cards):
@@ -307,12 +308,16 @@ def _deleted_runs(run_ids: list[str]) -> set[str]:
         return set()
 
 
-def shown_jobs(jobs: list[Job], finished_shown: int = 8) -> list[Job]:
-    """The panel's cards, newest first: every job still waiting or running (several sessions may have queued
-    many; the running one must keep its Cancel button), then the newest ``finished_shown`` finished ones."""
-    active = [j for j in jobs if not j.done]
+def shown_jobs(jobs: list[Job], finished_shown: int = 8, ahead: dict[str, int] | None = None) -> list[Job]:
+    """The panel's cards: every job still waiting or running (several sessions may have queued many; the running one
+    must keep its Cancel button), then the newest ``finished_shown`` finished ones, newest first. The active ones in
+    the order they run (``ahead``, ``jobs_ahead``'s: running first, then by turn), newest first where it is not
+    given: by launch their "N ahead" read 2, 6, 4, 1, 5, 3 down the panel (the multi-session review)."""
+    active = list(reversed([j for j in jobs if not j.done]))
+    if ahead is not None:
+        active.sort(key=lambda job: (job.id in ahead, ahead.get(job.id, 0)))  # stable: ties stay newest first
     ended = [j for j in jobs if j.done][-finished_shown:]
-    return list(reversed(active)) + list(reversed(ended))
+    return active + list(reversed(ended))
 
 
 def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None, ahead: int) -> None:
@@ -391,7 +396,10 @@ def cancel_control(job: Job, key: str) -> None:
     armed = f"{key}_cancel_armed"
     if _armed_job(armed) != job.id:
         # the run named in the label: each job's button is told apart by a screen reader, not only by its card
-        st.button(f"Cancel {label_text(job.run_id or job.id)}…", key=f"{key}_cancel_{job.id}", on_click=_arm_cancel,
+        # The run's name without its launch time first: "Cancel 20261207-…" was all a narrow card showed of every
+        # button (the multi-session review).
+        st.button(f"Cancel {label_text(short_run_name(job.run_id or job.id))}…", key=f"{key}_cancel_{job.id}",
+                  on_click=_arm_cancel,
                   args=(armed, job.id),
                   help="Asks before cancelling: this queue is shared, the job may be another user's.")
         return
@@ -400,6 +408,15 @@ def cancel_control(job: Job, key: str) -> None:
     st.button("Yes, cancel it", key=f"{key}_cancel_yes_{job.id}", type="primary", on_click=_confirm_cancel,
               args=(armed, job.id))
     st.button("Keep it", key=f"{key}_cancel_no_{job.id}", on_click=_arm_cancel, args=(armed, None))
+
+
+_LAUNCH_TIME = re.compile(r"^\d{8}-\d{6}-(?=.)")
+
+
+def short_run_name(run_id: str) -> str:
+    """A run id without the launch time the registry puts before its name ("20261207-061217-bob-full-s3":
+    "bob-full-s3"); an id without one as it is."""
+    return _LAUNCH_TIME.sub("", run_id)
 
 
 CANCEL_ARMED_SECONDS = 30.0

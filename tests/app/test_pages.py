@@ -1300,6 +1300,10 @@ def test_the_job_panel_keeps_every_active_job_however_many_finished() -> None:
     cards = shown_jobs([running, *ended, *waiting])
     assert cards[:3] == [waiting[1], waiting[0], running]  # active first, newest first: none pushed off
     assert cards[3:] == ended[::-1][:8] and len(cards) == 11
+    for job, name in ((running, "r"), (waiting[0], "w0"), (waiting[1], "w1")):
+        job.id = name
+    ordered = shown_jobs([running, *ended, *waiting], ahead={"w0": 2, "w1": 1})  # w1's turn comes first
+    assert ordered[:3] == [running, waiting[1], waiting[0]]  # in the order they run (the multi-session review)
 
 
 def create_finished(store: RunStore, name: str, method: str, data: str) -> str:
@@ -1545,7 +1549,8 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run, job = waiting_job(store, "theirs")
     goto(at, "app_pages/5_finetune.py")
-    assert at.button(key=f"ft_cancel_{job.id}").label == f"Cancel {run.id}…"  # told apart, with no backslash read out
+    assert run.id != "theirs" and run.id.endswith("-theirs")  # the registry puts the launch time before the name
+    assert at.button(key=f"ft_cancel_{job.id}").label == "Cancel theirs…"  # told apart, no backslash, not cut short
     at.button(key=f"ft_cancel_{job.id}").click().run()
     assert not job.cancel_event.is_set() and not job.done  # one click only asks
     at.button(key=f"ft_cancel_no_{job.id}").click().run()  # "Keep it"
