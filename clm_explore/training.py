@@ -179,6 +179,10 @@ class _Stopped(Exception):
     """``should_stop`` answered True while the run was being prepared."""
 
 
+FINISHING_PHASE = "evaluating on test and saving"
+"""The phase reported after training's last step (``on_phase``), until the run is saved."""
+
+
 def phase_reporter(on_phase: PhaseCallback | None, should_stop: Callable[[], bool] | None) -> PhaseCallback:
     """Reports a preparation phase and hears a cancel there: loading, mining and scoring a real model take
     minutes, and a cancel must not wait for training's first step. Raises ``_Stopped`` (``finetune`` ends the
@@ -928,6 +932,8 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
             status = loop.run()
     if status == "cancelled":
         return _cancelled(out_dir, loop.step)
+    if on_phase is not None:  # the last step is not the end: a card read "step 34/34" for 17 s (multi-session review)
+        on_phase(FINISHING_PHASE, 0, 1)
     files = dict(prepared.files)
     if prepared.after_training:
         files.update(prepared.after_training())

@@ -280,6 +280,15 @@ def test_the_preparation_reports_its_phases_and_a_cancel_stops_it_at_the_next_sc
     assert not (tmp_path / "run" / "sensitivity").exists()
 
 
+def test_a_run_reports_its_evaluation_after_the_last_step(tmp_path, data):
+    from clm_explore.training import FINISHING_PHASE
+
+    phases: list[str] = []
+    result = finetune(data, FinetuneConfig(method="head", epochs=1, device="cpu"), tmp_path / "run",
+                      source="tiny-random", on_phase=lambda phase, *_: phases.append(phase))
+    assert result.status == "succeeded" and phases[-2:] == ["training", FINISHING_PHASE]  # a card read "34/34" idle
+
+
 def test_a_cancel_before_training_ends_a_method_without_scoring_too(tmp_path, data):
     phases: list[str] = []
     result = finetune(data, FinetuneConfig(method="full", epochs=1, device="cpu"), tmp_path / "run",

@@ -21,6 +21,7 @@ from clm_explore.data import data_digest
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root
+from clm_explore.training import FINISHING_PHASE
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
 from clm_explore.ui.views import CHART_CONFIG, escape_markdown, label_text, metric_row
@@ -387,6 +388,8 @@ def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, st
     at = f"step {p.step}/{p.total_steps or '?'} · epoch {p.epoch:g}"  # the epoch under way, 1, 2, ...
     if ended is not None and ended.is_terminal and ended is not RunStatus.SUCCEEDED:  # a killed worker's bar read
         return p.fraction, f"{ended.value} at {at}"  # as if the job still ran (the app review)
+    if ended is None and p.phase == FINISHING_PHASE:  # the steps done, the run not yet saved
+        return p.fraction, f"{at} · {FINISHING_PHASE}…"
     return p.fraction, at
 
 

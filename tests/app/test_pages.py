@@ -1663,6 +1663,9 @@ def test_a_job_that_ended_while_preparing_says_how_it_ended() -> None:
     assert progress_bar(p, RunStatus.FAILED) == (0.5, "failed at step 5/10 · epoch 2")  # a worker killed, say
     assert progress_bar(p, RunStatus.RUNNING) == (0.5, "step 5/10 · epoch 2")
     assert progress_bar(Progress()) == (0.0, "starting training")  # was 'step 0/? · epoch 0.00'
+    done = Progress(step=10, total_steps=10, epoch=1, phase="evaluating on test and saving")
+    assert progress_bar(done) == (1.0, "step 10/10 · epoch 1 · evaluating on test and saving…")  # not idle-looking
+    assert progress_bar(done, RunStatus.SUCCEEDED) == (1.0, "step 10/10 · epoch 1")
 
 
 def test_the_same_bytes_uploaded_under_another_name_take_that_name_and_keep_the_columns(tmp_path: Path,
