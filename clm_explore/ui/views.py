@@ -7,6 +7,7 @@ User text (data rows, labels, words) is only ever shown through dataframes or th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -402,16 +403,33 @@ def capped_scale(table: pd.DataFrame, value: str) -> tuple[tuple[float, float] |
     """(colour range, note) for a heatmap of ``table[value]`` whose largest cell dwarfs the rest: the range ends at
     the second largest, and the note names the cell left brighter than the scale (the pooler's score made every
     other cell of the Sensitivity map one dark colour, the UX review); (None, '') otherwise."""
-    grid = layer_module_grid(table, value)
-    cells = grid.stack().sort_values(ascending=False)
-    if len(cells) < 3 or cells.iloc[1] <= 0 or cells.iloc[0] < OUTLIER_FACTOR * cells.iloc[1]:
+    return shared_capped_scale([table], value)
+
+
+def shared_capped_scale(tables: Sequence[pd.DataFrame], value: str) -> tuple[tuple[float, float] | None, str]:
+    """``capped_scale`` for maps drawn side by side on one colour scale: where a cell of either dwarfs its map's
+    others, the scale ends at the largest of the maps' own ends (a capped map's second-largest cell, another's
+    largest), and the note names the cells drawn above it (the demo review: the restriction's two maps)."""
+    grids = [layer_module_grid(table, value).stack().sort_values(ascending=False) for table in tables]
+    outliers = [_dwarfing(cells) for cells in grids]
+    if not any(outliers):
         return None, ""
-    (layer, module), top = cells.index[0], cells.iloc[0]
-    where = "emb" if layer < 0 else f"L{layer}"
-    return ((float(min(0.0, cells.min())), float(cells.iloc[1])),
-            f"The colours end at the second-largest cell ({cells.iloc[1]:.3g}): {where} · {module} ({top:.3g}, "
-            f"{top / cells.iloc[1]:.0f} times that) is drawn at the top colour, so that the other cells can be told "
-            "apart.")
+    ends = [float(cells.iloc[1]) if found else float(cells.max()) for cells, found in zip(grids, outliers,
+                                                                                         strict=True)]
+    end = max(ends)
+    above = [f"{where} ({top:.3g}, {top / end:.0f} times that)" for where, top in filter(None, outliers) if top > end]
+    low = min(0.0, *(float(cells.min()) for cells in grids))
+    return (low, end), (f"The colours end at {end:.3g}, the largest cell but for {', '.join(above)}, drawn at the top "
+                        "colour, so that the other cells can be told apart.")
+
+
+def _dwarfing(cells: pd.Series) -> tuple[str, float] | None:
+    """(cell, value) of the largest of ``cells`` (a map's values, largest first) where it is ``OUTLIER_FACTOR``
+    times the next or more; None otherwise."""
+    if len(cells) < 3 or cells.iloc[1] <= 0 or cells.iloc[0] < OUTLIER_FACTOR * cells.iloc[1]:
+        return None
+    layer, module = cells.index[0]
+    return f"{'emb' if layer < 0 else f'L{layer}'} · {module}", float(cells.iloc[0])
 
 
 def human_bytes(n: float) -> str:

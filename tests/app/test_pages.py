@@ -423,6 +423,11 @@ def test_a_heatmap_cell_that_dwarfs_the_rest_gets_the_top_colour_and_a_note() ->
     assert zrange == (0.0, 4.0)
     assert "L6 · pooler (300, 75 times that)" in note
     assert capped_scale(table.assign(score=[1.0, 2.0, 3.0, 4.0, 5.0]), "score") == (None, "")
+    from clm_explore.ui.views import shared_capped_scale
+
+    even = table.assign(score=[1.0, 2.0, 3.0, 6.0, 5.0])  # no cell dwarfs: its largest, 6, ends the shared scale
+    zrange, note = shared_capped_scale([table, even], "score")  # the demo review: the restriction's two maps
+    assert zrange == (0.0, 6.0) and "L6 · pooler (300, 50 times that)" in note
 
 
 def test_compare_says_what_one_test_row_is_worth_and_run_tables_lead_with_figures() -> None:
@@ -572,6 +577,8 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     at.radio(key="cmp_filter").set_value("only A").run()
     disagreements = next(d.value for d in at.dataframe if "right" in d.value.columns)
     assert set(disagreements["right"]) <= {"only A"} and disagreements.columns[-1] == "text"
+    said = next(c.value for c in at.caption if "disagreements in" in c.value)
+    assert re.search(r"A \(sparse\) right on \d+, B \(full\) on \d+, neither on \d+\.$", said), said
     assert not at.exception
     at.radio(key="cmp_filter").set_value("all").run()
     at.toggle(key="cmp_changes").set_value(True).run()  # where each moved its base model's weights
@@ -917,6 +924,7 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
 
     plain = metrics_side_by_side(record("a", accuracy=0.5), record("b", accuracy=0.25))
     assert not any(name.startswith("out of scope") for name in plain.index)
+    assert list(plain.columns) == ["A: sparse", "B: sparse"] and plain.loc["run"].tolist() == ["a", "b"]
     scope = {"accuracy": 0.61, "auroc": 0.8125, "threshold": 0.4, "macro_f1": 0.5, "oos_recall": 0.3}
     frame = metrics_side_by_side(record("a", accuracy=0.5, out_of_scope=scope), record("b", accuracy=0.25))
     assert frame.loc["out of scope: accuracy"].tolist() == ["0.6100", "–"]
