@@ -20,6 +20,10 @@ st.caption(
     f"device: **{forms.device_label()}**"
 )
 
+active = sum(1 for job in jobs.job_queue().jobs() if not job.done)
+if active:  # the cards sit below the form, off a 1280x720 screen (the demo review)
+    st.markdown(f"{active} job(s) waiting or running: [see the queue](#queue).")
+
 unseen = cache.report(choice).unseen_labels.get("test", [])  # out-of-scope queries in test
 try:
     submitted = forms.finetune_form(key="ft", out_of_scope_labels=unseen)
@@ -36,5 +40,5 @@ if submitted is not None:
         st.toast(f"Queued {queued[0].run_id}" if len(queued) == 1 else f"Queued {len(queued)} runs (seeds "
                  f"{cfg.seed}-{cfg.seed + len(queued) - 1})")
 
-st.header("Queue", anchor=False)
+st.header("Queue", anchor="queue")
 jobs.progress_panel(key="ft")  # the queue's cards and, below them, the recent runs

@@ -1557,6 +1557,7 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run, job = waiting_job(store, "theirs")
     goto(at, "app_pages/5_finetune.py")
+    assert any(m.value.endswith("waiting or running: [see the queue](#queue).") for m in at.markdown)  # demo review
     assert run.id != "theirs" and run.id.endswith("-theirs")  # the registry puts the launch time before the name
     assert at.button(key=f"ft_cancel_{job.id}").label == "Cancel theirs…"  # told apart, no backslash, not cut short
     at.button(key=f"ft_cancel_{job.id}").click().run()
