@@ -152,6 +152,7 @@ def mining_form(key: str = "tok") -> MiningConfig:
                 min_score_share=float(share),
             )
             state.put(state.MINING_CFG, cfg)
+            saved_session.persist()  # now: a reload while it computes kept the old options (multi-session review)
     return cfg
 
 
@@ -187,6 +188,7 @@ def sensitivity_form(key: str = "sens") -> SensitivityConfig:
             cfg = dataclasses.replace(cfg, score=score, calibration_rows=int(rows), warmup_epochs=int(warmup),
                                       head_init=head_init, fisher_labels=labels, label_draws=int(draws))
             state.put(state.SENS_CFG, cfg)
+            saved_session.persist()  # now: a reload while it computes kept the old options (multi-session review)
     return cfg
 
 

@@ -270,3 +270,25 @@ def test_ending_a_session_deletes_its_upload_under_its_earlier_addresses_too(tmp
     assert not (root / first).exists() and not (root / f"{first}.session.json").exists()  # kept before
     assert not (root / reloaded).exists() and (root / other / "theirs.csv").is_file()
     assert (root / f"{other}.session.json").is_file()
+
+
+def test_submitted_scoring_options_are_saved_before_the_scoring_runs(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multi-session review: a reload while the scores were computed reopened the options of before, saved only
+    when the script run ended, after the computation."""
+    from clm_explore.ui import cache
+
+    app = open_app(page="app_pages/3_sensitivity.py")
+    token = token_of(app)
+    seen: list[dict] = []
+    real = cache.sensitivity
+
+    def watching(*args, **kwargs):
+        seen.append(json.loads((tmp_path / "uploads" / f"{token}.session.json").read_text()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "sensitivity", watching)
+    app.number_input(key="sens_warmup").set_value(3)
+    app.button(key="FormSubmitter:sens_form-Compute").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert seen and seen[0]["sens_cfg"]["warmup_epochs"] == 3, seen[:1]  # on disk before the scoring began
