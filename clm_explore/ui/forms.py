@@ -78,9 +78,9 @@ def sidebar() -> None:
         st.caption(f"**Device:** {device_label()}")
         with st.expander("This session"):
             st.caption("This page's address reopens the session, upload included, for whoever has it. Ending it "
-                       "deletes its upload and saved choices from the server, also under its earlier addresses (a "
-                       "reload gives it a new one) and in copies opened from them; its runs stay, listed for "
-                       "everyone.")
+                       "deletes its upload and saved choices from the server; its runs stay, listed for everyone. "
+                       "A reload gives the session a new address: the earlier ones keep their own copy until "
+                       "unused for the days the server keeps sessions.")
             sure = st.checkbox("Delete its upload and saved choices", key="side_end_confirm")
             st.button("End this session", key="side_end_session", on_click=saved_session.end_this_session,
                       disabled=not sure)

@@ -175,18 +175,8 @@ def _share_upload(record: Any, old: Path, new: Path) -> None:
 
 
 def end_session(root: Path, token: str) -> None:
-    """Delete session ``token``'s saved choices and upload folder, and those of every session that shares a file
-    with it (``_sessions_sharing``): its address then opens a fresh session.
-
-    Why the others too: a reload takes the session over under a new token, its upload hard-linked, so every earlier
-    address of it still opened the upload after "End this session" said it was deleted (the multi-session review).
-    The file is gone from the server only when every link to it is. Copies others opened from an address share the
-    file as well and go with it: the upload is its uploader's to delete."""
-    for shared in [token, *_sessions_sharing(root, token)]:
-        _delete_session(root, shared)
-
-
-def _delete_session(root: Path, token: str) -> None:
+    """Delete session ``token``'s saved choices and upload folder: its address then opens a fresh session. Copies
+    that others already opened from the address keep theirs (their own folders)."""
     path = session_file(root, token)
     if path is None:
         return
@@ -196,23 +186,6 @@ def _delete_session(root: Path, token: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sessions_sharing(root: Path, token: str) -> list[str]:
-    """The other sessions under ``root`` whose folders hold a link to a file of session ``token``'s folder."""
-    folder = root / token
-    if session_file(root, token) is None or not folder.is_dir() or folder.is_symlink():
-        return []
-    files = {(f.stat().st_dev, f.stat().st_ino) for f in folder.iterdir() if f.is_file() and not f.is_symlink()}
-    shared = []
-    for other in root.iterdir():
-        if other.name == token or session_file(root, other.name) is None or not other.is_dir() or other.is_symlink():
-            continue
-        with contextlib.suppress(OSError):  # pruned meanwhile
-            if any((f.stat().st_dev, f.stat().st_ino) in files for f in other.iterdir()
-                   if f.is_file() and not f.is_symlink()):
-                shared.append(other.name)
-    return shared
-
-
 def end_this_session() -> None:
     """A button's callback: end the browser's session (``end_session``) and start it afresh, on the sample; the runs it
     launched stay marked as its own (their cards, tracebacks and cap)."""
@@ -220,8 +193,11 @@ def end_this_session() -> None:
     end_session(state.uploads_root(), state.session_id())
     st.session_state.clear()  # the next run starts a new token; the old one in the address finds no file
     st.session_state[state.LAUNCHED] = launched
-    st.toast("Session ended: its upload and saved choices are deleted from the server, also under the session's "
-             "earlier addresses and copies opened from them.")
+    # Said plainly (the multi-session review): an address the session had before a reload still opens its copy of
+    # the upload until it goes unused for the days set; the server cannot tell a reload from a colleague's visit, so
+    # it deletes no other address's copy (the diff review: that deleted the followed session too).
+    st.toast("Session ended: its upload and saved choices are deleted from the server. Addresses it had before a "
+             "reload keep their own copy until unused for the days the server keeps sessions.")
 
 
 def save(root: Path, token: str, text: str) -> None:

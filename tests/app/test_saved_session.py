@@ -254,22 +254,17 @@ def test_ending_a_session_deletes_its_upload_and_choices_and_its_address_opens_a
     assert follower.session_state["data_choice"].kind == "sample" and token_of(follower) != token
 
 
-def test_ending_a_session_deletes_its_upload_under_its_earlier_addresses_too(tmp_path: Path) -> None:
-    """The multi-session review: a reload takes the session over under a new token, its upload hard-linked, and the
-    addresses before the reload still opened the upload after "End this session" said it was deleted."""
+def test_a_follower_ending_its_copy_leaves_the_session_it_followed(tmp_path: Path) -> None:
+    """The diff review: ending a session deleted every session that shared a hard-linked upload with it; a reload and
+    a colleague following the address look alike to the server, so a follower wiped the maker's session."""
     root = tmp_path / "uploads"
-    first = "a" * 32
-    upload = save_upload(ROWS, "private.csv", folder=root / first)
-    saved_session.save(root, first, json.dumps(saved_session.to_record({state.DATA_CHOICE: upload})))
-    reloaded, _ = saved_session.take_over(root, first)  # a reload: a new token, the file linked
-    saved_session.save(root, reloaded, json.dumps(saved_session.to_record({state.DATA_CHOICE: upload})))
-    other = "b" * 32
-    save_upload(ROWS + b"another,row\n", "theirs.csv", folder=root / other)  # another user's: not linked
-    saved_session.save(root, other, "{}")
-    saved_session.end_session(root, reloaded)
-    assert not (root / first).exists() and not (root / f"{first}.session.json").exists()  # kept before
-    assert not (root / reloaded).exists() and (root / other / "theirs.csv").is_file()
-    assert (root / f"{other}.session.json").is_file()
+    maker = "a" * 32
+    upload = save_upload(ROWS, "private.csv", folder=root / maker)
+    saved_session.save(root, maker, json.dumps(saved_session.to_record({state.DATA_CHOICE: upload})))
+    follower, _ = saved_session.take_over(root, maker)  # the address followed: a copy, the file linked
+    saved_session.end_session(root, follower)
+    assert not (root / follower).exists() and (root / maker / "private.csv").read_bytes() == ROWS
+    assert (root / f"{maker}.session.json").is_file()
 
 
 def test_submitted_scoring_options_are_saved_before_the_scoring_runs(tmp_path: Path,
