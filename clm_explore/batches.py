@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,8 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
             ``LoadedModel``).
         data: a data file (any format ``load_data`` reads), a folder of splits (its test file), a DataFrame, or
             ``AnnotatedData`` (its test split); every row is scored, none carved off (a split column's test rows,
-            where one names them: ``data.read_labelled``).
+            where one names them: ``data.read_labelled``), but for the very data the run trained on (its
+            clm_run.json's ``data_digest``): its test split alone, as the run carved it, with a note.
         max_length: sub-tokens read per text (None: the run's trained length, as ``predict``).
         notes: receives the reader's remarks on ``data`` (an encoding guessed, labels' spaces trimmed).
         abstain_below: where rows hold labels the run was not trained on (out-of-scope queries), predictions whose
@@ -216,6 +218,7 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
         raise DataError("The data holds no rows to evaluate on.")
     probs = predict(run, rows["text"].tolist(), max_length)
     labels = [str(label) for label in probs.columns]
+    rows = _in_run_spelling(rows, labels, notes)
     index = {label: i for i, label in enumerate(labels)}
     gold = np.array([index.get(label, -1) for label in rows["label"]], dtype=np.int64)
     if (gold == -1).all():
@@ -233,6 +236,23 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     if scope is not None:
         metrics["out_of_scope"] = scope
     return Evaluation(where, metrics, predictions, unseen)
+
+
+_WHOLE = re.compile(r"([+-]?\d+)(?:\.0+)?")
+
+
+def _in_run_spelling(rows: pd.DataFrame, labels: list[str], notes: list[str]) -> pd.DataFrame:
+    """``rows`` with each label the run lacks but has as the same whole number written otherwise ("3" and "3.0")
+    spelled as the run's: a run trained before files' whole-number labels were read as whole numbers ("3.0")
+    otherwise scored 0 on the same file, which now reads "3" (the diff review)."""
+    runs_by_number = {match.group(1): label for label in labels if (match := _WHOLE.fullmatch(label))}
+    known = set(labels)
+    spelled = {label: runs_by_number[match.group(1)] for label in set(rows["label"]) - known
+               if (match := _WHOLE.fullmatch(label)) and match.group(1) in runs_by_number}
+    if not spelled:
+        return rows
+    notes.append(f"labels read as the run writes the same numbers: {_some(sorted(f'{a} as {b}' for a, b in spelled.items()))}")
+    return rows.assign(label=rows["label"].replace(spelled))
 
 
 def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str], options: dict[str, Any]

@@ -1246,8 +1246,10 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
             # the draw's own options, named where they differ (the bench review: "--shots or --limit" left it open)
             drawn = [f"--{k.replace('_', '-')} {before[k]} there, {now[k]} now" for k in ("shots", "limit", "data_seed")
                      if k in before and before[k] != now[k]]
-            why = "; ".join(drawn) if drawn else ("another --text-col or --label-col, other --shots or --limit, or the "
-                                                 "data file changed since")
+            why = "; ".join(drawn) if drawn else ("another --text-col or --label-col, other --shots or --limit, the "
+                                                 "data file changed since, or clm-explore reads it otherwise now: "
+                                                 "whole-number labels written 3.0 as 3, near-copies kept together "
+                                                 "in a carved test split, a validation row per label under --limit")
             raise BenchError(f"{out_dir} holds a grid trained on other rows ({why}); its finished cells would not "
                              "match. Choose another --out, or delete that folder.")
         # Rates only matter for the methods both grids hold: a rerun with fewer (or other) methods

@@ -134,8 +134,8 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,4})?")
 
 def label_order(labels: Iterable[object]) -> list[str]:
     """The model's output order of ``labels``: sorted as text, or as numbers when every label is one ('2' before
-    '10', '2.0' before '10.0'), so that a data set labelled 0..N-1 keeps its ids, also when a spreadsheet or a
-    float column wrote them as 0.0..N-1.0. Exact (Decimal): long integer ids keep their order too."""
+    '10', '2.5' before '10.5'), so that a data set labelled 0..N-1 keeps its ids (a file's 0.0..N-1.0 are read as
+    0..N-1 before: ``_whole_numbers``). Exact (Decimal): long integer ids keep their order too."""
     labels = [str(label) for label in labels]
     if all(_NUMBER.fullmatch(label) for label in labels):
         return sorted(labels, key=lambda label: (Decimal(label), label))

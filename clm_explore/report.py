@@ -406,7 +406,7 @@ def _metric_text(key: str, value: Any) -> Any:
 def _unread_metrics_note(runs: list[tuple[str, Path, dict[str, Any] | None]]) -> str:
     """A note naming the runs whose metrics.json gave nothing (missing or damaged): their columns stay empty, and
     an empty table alone read as a run with no figures."""
-    unread = [f"{esc(name)} ({esc(folder / 'metrics.json')})" for name, folder, metrics in runs if not metrics]
+    unread = [esc(name) for name, folder, metrics in runs if not metrics]  # names, not the server's paths
     if not unread:
         return ""
     return f"<p class='note'>No figures could be read from the metrics.json of {', '.join(unread)}: missing or damaged.</p>"

@@ -1118,6 +1118,11 @@ def test_the_test_carve_keeps_near_copies_together_and_the_report_counts_them(tm
              "validation": pd.DataFrame({"text": ["other a", "other b"], "label": ["a", "b"]})}
     report = data_report(load_data(given))
     assert report.leakage["near_pairs"]["train/test"] == 40  # unreported before
+    both = {"train": pd.DataFrame({"text": ["Hi there", "hi there", "other a", "other b"], "label": ["a", "a", "a", "b"]}),
+            "test": pd.DataFrame({"text": ["Hi there", "hi there", "HI THERE", "x"], "label": ["a", "a", "a", "b"]}),
+            "validation": pd.DataFrame({"text": ["HI  there", "y"], "label": ["a", "b"]})}
+    near = data_report(load_data(both)).leakage["near_pairs"]  # exact copies sharing a key: it read -1 (diff review)
+    assert near == {"train/validation": 1, "train/test": 1, "validation/test": 3}
     assert any("40 text(s) of test equal one of train but for case" in p for p in report.serious)
 
 

@@ -136,3 +136,22 @@ def test_evaluate_on_the_file_a_run_carved_its_splits_from_scores_its_test_split
     pd.read_csv(one).head(40).to_csv(other, index=False)  # other rows (a part of it): scored whole
     assert main(["evaluate", "--run", str(run), "--data", str(other), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 40
+
+
+def test_a_run_that_spelled_whole_number_labels_as_decimals_scores_them(data_dir, tmp_path, capsys):
+    """The diff review: a file's labels "3.0" now read as "3", so a run trained before (its labels "3.0") scored 0 on
+    its own file."""
+    numbered = tmp_path / "numbered"
+    numbered.mkdir()
+    names = sorted(set(pd.read_csv(data_dir / "train.csv")["label"]))
+    for split in ("train", "test"):
+        frame = pd.read_csv(data_dir / f"{split}.csv")
+        frame.assign(label=frame["label"].map(names.index)).to_csv(numbered / f"{split}.csv", index=False)
+    run, metrics = _head_run(numbered, tmp_path, capsys)
+    config = json.loads((run / "config.json").read_text())
+    config["id2label"] = {i: f"{label}.0" for i, label in config["id2label"].items()}  # as such a run has them
+    config["label2id"] = {label: int(i) for i, label in config["id2label"].items()}
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", "--run", str(run), "--data", str(numbered / "test.csv"), "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["accuracy"] == metrics["accuracy"] and "labels read as the run writes" in said.err

@@ -492,10 +492,15 @@ def session_uploads() -> list[DataChoice]:
     folder = uploads_root() / session_id()
     if not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir() if p.suffix in UPLOAD_SUFFIXES and not p.name.startswith(".") and p.is_file()]
-    files.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    return [DataChoice("upload", str(p.resolve()), p.name, digest=_file_digest(str(p), *_size_and_time(p)))
-            for p in files]
+    kept = []
+    for path in folder.iterdir():
+        if path.suffix not in UPLOAD_SUFFIXES or path.name.startswith(".") or not path.is_file():
+            continue
+        with contextlib.suppress(OSError):  # pruned meanwhile by another session's upload (the diff review)
+            size, mtime = _size_and_time(path)
+            kept.append((mtime, DataChoice("upload", str(path.resolve()), path.name,
+                                           digest=_file_digest(str(path), size, mtime))))
+    return [choice for _, choice in sorted(kept, key=lambda pair: pair[0], reverse=True)]
 
 
 def _size_and_time(path: Path) -> tuple[int, int]:

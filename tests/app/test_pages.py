@@ -2153,10 +2153,18 @@ def test_a_page_waiting_for_another_sessions_computation_says_so() -> None:
         with cache.turn_note(), cache.heavy_work():  # as a page's call of a cached heavy computation
             pass
 
+    def cached() -> None:
+        from clm_explore.ui import cache
+
+        with cache.turn_note():  # a cache hit: returns at once, whoever holds the slot
+            pass
+
     assert cache._HEAVY.acquire(blocking=False)  # another session's computation holds the slot
-    threading.Timer(1.0, cache._HEAVY.release).start()
+    hit = AppTest.from_function(cached, default_timeout=TIMEOUT).run()
+    assert not any("computation" in c.value for c in hit.caption)  # nothing waited: nothing said (the diff review)
+    threading.Timer(2.5, cache._HEAVY.release).start()
     app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
     assert not app.exception, [e.value for e in app.exception]
-    assert any("another session's computation first" in c.value for c in app.caption), [c.value for c in app.caption]
+    assert any("another computation on the server first" in c.value for c in app.caption), [c.value for c in app.caption]
     app.run()  # the slot free: nothing said
-    assert not any("another session" in c.value for c in app.caption)
+    assert not any("computation" in c.value for c in app.caption)
