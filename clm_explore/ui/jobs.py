@@ -138,7 +138,7 @@ def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> li
     for plan in plans:
         check_runnable(plan.cfg, loaded)
     digest = data_digest(annotated)
-    target = _LaunchTarget(store(), job_queue(), state.session_id(), state.launched_runs(),
+    target = _LaunchTarget(store(), job_queue(), state.owner_id(), state.launched_runs(),
                            queued_data(annotated, (digest, repr(choice))), source, choice,
                            f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}", digest)
     queued: list[Job] = []
@@ -335,7 +335,7 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
             with c2:
                 cancel_control(job, key)
         if job.status is RunStatus.PENDING:
-            st.caption(f"Waiting in the queue ({ahead} job(s) ahead on {job.device}; turns go round the sessions that "
+            st.caption(f"Waiting in the queue ({ahead} job(s) ahead on {job.device}; turns go round the browsers that "
                        "have jobs waiting).")
             return
         st.progress(*progress_bar(p, job.status if job.done else None))
@@ -365,7 +365,7 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
 def _cancelled_elsewhere(job: Job) -> bool:
     """Whether another session cancelled the job (its owner is told; the queue is shared by every session)."""
     ended_otherwise = job.done and job.status is not RunStatus.CANCELLED  # it finished before the cancel took
-    return job.cancel_event.is_set() and not ended_otherwise and job.cancelled_by not in (None, state.session_id())
+    return job.cancel_event.is_set() and not ended_otherwise and job.cancelled_by not in (None, state.owner_id())
 
 
 def progress_bar(p: Progress, ended: RunStatus | None = None) -> tuple[float, str]:
@@ -439,7 +439,7 @@ def _arm_cancel(armed: str, job_id: str | None) -> None:
 
 def _confirm_cancel(armed: str, job_id: str) -> None:
     st.session_state[armed] = None
-    job_queue().cancel(job_id, by=state.session_id())  # a waiting job ends at once; a running one's card says so
+    job_queue().cancel(job_id, by=state.owner_id())  # a waiting job ends at once; a running one's card says so
 
 
 CURVE_METRICS = ("accuracy", "macro_f1")

@@ -231,6 +231,25 @@ def session_id() -> str:
     return _get(SESSION_ID, secrets.token_hex(16))
 
 
+XSRF_COOKIE = "_streamlit_xsrf"
+"""Streamlit's XSRF cookie: set once per browser, sent with every page of it."""
+
+
+def owner_id() -> str:
+    """Whose a job is, for the queue's turns, the per-user cap on waiting jobs and the note of a cancel from
+    elsewhere: the browser (a hash of Streamlit's XSRF cookie, which outlives a reload's new token) where it sends one,
+    else the session's token. The multi-session review: each reload made a new token, whose launches then took turns
+    of their own beside the earlier ones', and a job cancelled in the same browser read "cancelled from another
+    session" after a reload."""
+    try:
+        cookie = st.context.cookies.get(XSRF_COOKIE)
+    except Exception:  # noqa: BLE001 - no request (a test's script, a bare run): the token stands
+        cookie = None
+    if isinstance(cookie, str) and cookie:  # a test harness's stand-in is none
+        return "browser-" + hashlib.sha256(cookie.encode()).hexdigest()[:16]
+    return session_id()
+
+
 def uploads_root() -> Path:
     """``$CLM_EXPLORE_UPLOADS`` or ``<runs root>/_uploads``."""
     return Path(os.environ.get("CLM_EXPLORE_UPLOADS") or default_root() / UPLOADS_NAME)

@@ -2168,3 +2168,30 @@ def test_a_page_waiting_for_another_sessions_computation_says_so() -> None:
     assert any("another computation on the server first" in c.value for c in app.caption), [c.value for c in app.caption]
     app.run()  # the slot free: nothing said
     assert not any("computation" in c.value for c in app.caption)
+
+
+def test_a_browsers_jobs_are_one_owners_across_reloads(monkeypatch) -> None:
+    """The multi-session review: each reload's new token took turns of its own on the shared queue, and a job
+    cancelled in the same browser read "cancelled from another session" after a reload."""
+    from types import SimpleNamespace
+
+    from clm_explore.ui import state
+
+    monkeypatch.setattr(state.st, "context", SimpleNamespace(cookies={"_streamlit_xsrf": "2|1a2b|3c4d|1765000000"}))
+    first = state.owner_id()
+    assert first.startswith("browser-") and "3c4d" not in first  # a hash: the cookie itself is not kept
+    assert state.owner_id() == first  # whatever token the session has now
+    monkeypatch.setattr(state.st, "context", SimpleNamespace(cookies={"_streamlit_xsrf": "2|9999|8888|1765000001"}))
+    assert state.owner_id() != first  # another browser
+
+    def script() -> None:
+        import streamlit as st
+
+        from clm_explore.ui import state
+
+        st.write(str(state.owner_id() == state.session_id()))
+
+    monkeypatch.undo()
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert [m.value for m in app.markdown] == ["True"]  # no cookie sent (a test's script): the token, as before
