@@ -74,7 +74,7 @@ class RunAttributions:
             return ""
         return (f"{off} of {len(deltas)} rows' word scores miss their probability change by more than "
                 f"{UNSETTLED_DELTA} (up to {deltas.max():.2f}): read them as a ranking, not amounts; more integration "
-                f"steps (--steps, up to {MAX_ATTRIBUTION_STEPS}) close the gap")
+                f"steps (`clm-explore report --steps`, up to {MAX_ATTRIBUTION_STEPS}) close the gap")
 
     def words(self) -> pd.DataFrame:
         """Long table: row, label (gold), target_label, position, word (lower-cased), score."""

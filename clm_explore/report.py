@@ -451,7 +451,9 @@ def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
     for name, attributed in ((names[0], study.a), (names[1], study.b)):
         unsettled = attributed.unsettled_note() if attributed is not None else ""
         if unsettled:
-            parts.append(f'<p class="warn">{esc(name)}: {esc(unsettled)}.</p>')
+            # A note, not a warning box: a ranking is what this section reads, and an audience read an orange box
+            # as an error (the demo review).
+            parts.append(f'<p class="note">{esc(name)}: {esc(unsettled)}.</p>')
     runs = [(names[0], marked(study.top_a, study.groups_a))]
     if study.top_b is not None:
         runs.append((names[1], marked(study.top_b, study.groups_a or study.groups_b)))

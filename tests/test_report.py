@@ -574,4 +574,4 @@ def test_rows_whose_scores_miss_their_probability_change_are_said_in_the_report(
     run_a = make_run(tmp_path, tiny_data, 0, "sparse")
     monkeypatch.setattr(RunAttributions, "unsettled_note", lambda self: "2 of 3 rows' word scores miss")
     page = build_report(run_a, out_path=tmp_path / "r.html", cfg=CFG, max_rows=10).read_text()
-    assert '<p class="warn">A: sparse-0: 2 of 3 rows&#x27; word scores miss.</p>' in page
+    assert '<p class="note">A: sparse-0: 2 of 3 rows&#x27; word scores miss.</p>' in page
