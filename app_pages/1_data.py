@@ -42,8 +42,8 @@ if state.set_data_choice(choice):
 
 st.header(f"Data set: {views.escape_markdown(choice.name)}", anchor=False)
 if choice.kind == "sample":  # its one warning read as the tool's own bug (the demo review)
-    st.caption("The bundled sample keeps BANKING77's texts as published: a text it has in two splits, which the "
-               "report below counts as leakage, is in the original data too.")
+    st.caption("The bundled sample keeps BANKING77's texts as published, repeats included: the texts in two splits "
+               "that the report below counts as leakage come from those repeats of the original data.")
 views.render_data_report(cache.report(choice), key="data")
 try:
     views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.launch_options()["max_length"],
