@@ -406,8 +406,12 @@ def cancel_control(job: Job, key: str) -> None:
                   args=(armed, job.id),
                   help="Asks before cancelling: this queue is shared, the job may be another user's.")
         return
-    st.caption(f"Cancel {escape_markdown(job.run_id or job.id)}? Every user of this server sees this job; it "
-               "may be someone else's.")
+    # Whose it is, as far as this session knows: the same words on one's own jobs and others' told nothing (the
+    # multi-session review).
+    whose = ("this session launched it." if job.run_id and state.launched_here(job.run_id) else
+             "this session did not launch it: it is most likely another user's" + (
+                 f" ({escape_markdown(job.label)})." if job.label else "."))
+    st.caption(f"Cancel {escape_markdown(job.run_id or job.id)}? Every user of this server sees this job; {whose}")
     st.button("Yes, cancel it", key=f"{key}_cancel_yes_{job.id}", type="primary", on_click=_confirm_cancel,
               args=(armed, job.id))
     st.button("Keep it", key=f"{key}_cancel_no_{job.id}", on_click=_arm_cancel, args=(armed, None))

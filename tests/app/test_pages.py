@@ -1562,6 +1562,7 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     assert at.button(key=f"ft_cancel_{job.id}").label == "Cancel theirs…"  # told apart, no backslash, not cut short
     at.button(key=f"ft_cancel_{job.id}").click().run()
     assert not job.cancel_event.is_set() and not job.done  # one click only asks
+    assert any("this session did not launch it: it is most likely another user's" in c.value for c in at.caption)
     at.button(key=f"ft_cancel_no_{job.id}").click().run()  # "Keep it"
     assert not job.cancel_event.is_set() and at.button(key=f"ft_cancel_{job.id}")
     at.button(key=f"ft_cancel_{job.id}").click().run()
