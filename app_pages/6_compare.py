@@ -3,7 +3,7 @@
 import streamlit as st
 
 from clm_explore.runs import RunStatus
-from clm_explore.ui import cache, jobs, layer_charts, run_views, state
+from clm_explore.ui import cache, jobs, layer_charts, run_views, state, views
 from clm_explore.ui.views import escape_markdown
 
 st.title("Compare runs", anchor=False)
@@ -92,10 +92,15 @@ max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5
 top = st.toggle("Compute top words", key="cmp_top")
 state.keep("cmp_max_rows", "cmp_top")
 key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
-if top:
-    with cache.turn_note():
-        study = cache.case_study(*key)
-    run_views.render_top_words_pair(study, a, b, key="cmp")
+if top:  # a task of its own, shared: the page stays live, and says how far it is
+    study = cache.case_study(*key, inline=state.inline_jobs())
+    if not study.done:
+        views.task_progress(study)
+    elif study.error is not None:
+        cache.forget_study(study)  # said once; the next look tries again
+        raise study.error  # a run's damaged file, say: shown as the app shows errors
+    else:
+        run_views.render_top_words_pair(study.result, a, b, key="cmp")
 if st.button("Build case-study report", key="cmp_report"):
     state.put("cmp_report_for", key)
 if state.get("cmp_report_for") == key:  # kept: the next click elsewhere on the page does not take the download away

@@ -386,14 +386,31 @@ def file_mtime(path: str | Path) -> float:
         return 0.0
 
 
-@st.cache_data(
-    show_spinner="Attributing test rows with both models (cached in the run folders)…", max_entries=16
-)
-def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> Any:
+@st.cache_resource(show_spinner=False)
+def _studies() -> KeyedTasks:
+    return KeyedTasks(kept=16, at_once=1)
+
+
+def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int,
+               inline: bool = False) -> KeyedTask:
+    """Both runs' attributions of their test rows and top words as a task every session shares, its progress (rows
+    attributed) readable while it runs: a minute's spinner was all a demo's audience saw of the step that explains
+    the models (the demo review). It waits for the server's heavy slot inside the task, so the page stays live.
+    ``inline``: run in this thread (tests)."""
     from clm_explore.casestudy import case_study as study
 
-    with heavy_work():
-        return study(run_a, run_b, max_rows=max_rows, progress=False)  # the page shows a spinner
+    def work(report: Callable[[str, int, int], None]) -> Any:
+        report("waiting for another computation on the server", 0, 1)
+        with heavy_work():
+            return study(run_a, run_b, max_rows=max_rows, on_progress=report, progress=False)
+
+    key = (run_a, mtime_a, run_b, mtime_b, max_rows)
+    return _studies().get_or_start(key, work, inline=inline, label="the top words of two runs")
+
+
+def forget_study(task: KeyedTask) -> None:
+    """Drop a case study that failed, once the page said why: the next look starts it again."""
+    _studies().forget(task)
 
 
 @st.cache_data(show_spinner="Building the case-study report…", max_entries=8)

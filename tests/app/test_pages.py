@@ -2104,7 +2104,6 @@ def test_the_same_upload_again_keeps_a_shared_hard_link_and_stale_parts_go(tmp_p
 @pytest.mark.parametrize(("cached", "library", "args"), [
     ("weight_changes", "clm_explore.changes.weight_changes", (0.0, "v")),
     ("layer_similarity", "clm_explore.layer_views.layer_similarity", (0.0, "", 0.0, "v")),
-    ("case_study", "clm_explore.casestudy.case_study", (0.0, "", 0.0, 10)),
     ("report_html", "clm_explore.report.build_report", (0.0, "", 0.0, 10)),
 ])
 def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp_path: Path, cached, library,
@@ -2196,3 +2195,22 @@ def test_a_browsers_jobs_are_one_owners_across_reloads(monkeypatch) -> None:
     app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
     assert not app.exception, [e.value for e in app.exception]
     assert [m.value for m in app.markdown] == ["True"]  # no cookie sent (a test's script): the token, as before
+
+
+def test_the_case_study_is_a_shared_task_that_reports_its_rows_and_holds_the_heavy_slot(monkeypatch,
+                                                                                      tmp_path: Path) -> None:
+    """The demo review: a minute's spinner was all an audience saw of the top words; now a task with its rows."""
+    from clm_explore.ui import cache
+
+    held = []
+
+    def study(run_a, run_b, max_rows, on_progress, progress):
+        held.append(not cache._HEAVY.acquire(blocking=False))  # one heavy computation at a time, as before
+        on_progress("attributing run A (a)", 3, 10)
+        return {"rows": max_rows}
+
+    monkeypatch.setattr("clm_explore.casestudy.case_study", study)
+    task = cache.case_study(str(tmp_path / "a"), 1.0, str(tmp_path / "b"), 2.0, 10, inline=True)
+    assert task.done and task.result == {"rows": 10} and held == [True]
+    assert task.progress == ("attributing run A (a)", 3, 10)
+    assert cache.case_study(str(tmp_path / "a"), 1.0, str(tmp_path / "b"), 2.0, 10) is task  # shared, not redone
