@@ -230,12 +230,17 @@ def _accept_two_and_switch(app: AppTest) -> None:
     button(app, "Work on the data with 2 label(s) changed").click().run(timeout=TIMEOUT)
 
 
-def test_the_accepted_labels_replace_an_upload_and_keep_it_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def _app_with_an_upload(name: str, raw: bytes) -> AppTest:
+    """A new session that uploaded ``raw`` as ``name`` on the Data page."""
     app = AppTest.from_file(APP, default_timeout=TIMEOUT)
     app.run()
     app.radio(key="data_kind").set_value("upload").run()
-    raw = (ROOT / "sample_data/banking77_20/train.csv").read_bytes()
-    app.file_uploader(key="data_upload").set_value(("mine.csv", raw, "text/csv")).run(timeout=TIMEOUT)
+    app.file_uploader(key="data_upload").set_value((name, raw, "text/csv")).run(timeout=TIMEOUT)
+    return app
+
+
+def test_the_accepted_labels_replace_an_upload_and_keep_it_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = _app_with_an_upload("mine.csv", (ROOT / "sample_data/banking77_20/train.csv").read_bytes())
     original = app.session_state["data_choice"]
     monkeypatch.setattr("clm_explore.ui.state.UPLOADS_KEPT", 1)  # room for one file: the original must stay
     _accept_two_and_switch(app)
@@ -246,11 +251,8 @@ def test_the_accepted_labels_replace_an_upload_and_keep_it_on_the_server(monkeyp
 
 
 def test_another_source_does_not_replace_an_upload_until_picked_and_kept_uploads_can_be_picked_again() -> None:
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    app.run()
-    app.radio(key="data_kind").set_value("upload").run()
     raw = (ROOT / "sample_data/banking77_20/train.csv").read_bytes()
-    app.file_uploader(key="data_upload").set_value(("mine.csv", raw, "text/csv")).run(timeout=TIMEOUT)
+    app = _app_with_an_upload("mine.csv", raw)
     mine = app.session_state["data_choice"]
     app.radio(key="data_kind").set_value("shared").run(timeout=TIMEOUT)
     assert app.session_state["data_choice"] == mine  # before: the first shared set took over at once (the UX review)
@@ -268,13 +270,9 @@ def test_another_source_does_not_replace_an_upload_until_picked_and_kept_uploads
 
 
 def test_an_upload_with_unlabelled_rows_can_be_worked_on_without_them() -> None:
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    app.run()
-    app.radio(key="data_kind").set_value("upload").run()
     rows = [f"text number {i} about {'cards' if i % 2 else 'money'},{('card' if i % 2 else 'cash') if i % 9 else ''}"
             for i in range(60)]
-    raw = ("utterance,intent\n" + "\n".join(rows) + "\n").encode()
-    app.file_uploader(key="data_upload").set_value(("gaps.csv", raw, "text/csv")).run(timeout=TIMEOUT)
+    app = _app_with_an_upload("gaps.csv", ("utterance,intent\n" + "\n".join(rows) + "\n").encode())
     assert any("7 row\\(s\\) have no label" in e.value for e in app.error), [e.value for e in app.error]
     button(app, "Work on the file without these 7 row(s)").click().run(timeout=TIMEOUT)  # before: no way on here
     app.run()  # the file box still holding gaps.csv does not select it again
