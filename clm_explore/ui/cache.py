@@ -73,17 +73,18 @@ def heavy_work() -> Iterator[None]:
 
 @contextlib.contextmanager
 def turn_note() -> Iterator[None]:
-    """Around a page's call of a heavy computation: where another session's holds the server's slot, a note says so
-    until the call returns (the multi-session review: a page waited 35 s under its own spinner, with no word of
-    another's computation). On a cache hit the note, if any, goes at once."""
+    """Around a page's call of a heavy computation: where another computation holds the server's slot (another
+    session's, or this one's from a page left meanwhile), a note says so until the call returns (the multi-session
+    review: a page waited 35 s under its own spinner, with no word of another's computation). On a cache hit the
+    note, if any, goes at once."""
     if _HEAVY.acquire(blocking=False):
         _HEAVY.release()
         yield
         return
     note, started = st.empty(), time.monotonic()
-    note.info("Another session's computation (scoring, weight changes, layer comparison or a report) is running on "
-              "this server: this page's starts when it ends. Pages compute one at a time, so that training jobs keep "
-              "the processor.")
+    note.info("Another computation (scoring, weight changes, layer comparison or a report: another session's, or "
+              "one this session left running) is under way on this server: this page's starts when it ends. Pages "
+              "compute one at a time, so that training jobs keep the processor.")
     try:
         yield
     finally:  # said once it is over too, where it waited: a long result is not this page's own slowness

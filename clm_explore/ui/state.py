@@ -236,8 +236,7 @@ XSRF_COOKIE = "_streamlit_xsrf"
 
 
 def owner_id() -> str:
-    """Whose a job is, for the queue's turns, the per-user cap on waiting jobs and the note of a cancel from
-    elsewhere: the browser (a hash of Streamlit's XSRF cookie, which outlives a reload's new token) where it sends one,
+    """Whose a job is, for the queue's turns and the note of a cancel from elsewhere: the browser (a hash of Streamlit's XSRF cookie, which outlives a reload's new token) where it sends one,
     else the session's token. The multi-session review: each reload made a new token, whose launches then took turns
     of their own beside the earlier ones', and a job cancelled in the same browser read "cancelled from another
     session" after a reload."""
