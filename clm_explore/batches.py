@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,17 +237,16 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     return Evaluation(where, metrics, predictions, unseen)
 
 
-_WHOLE = re.compile(r"([+-]?\d+)(?:\.0+)?")
-
-
 def _in_run_spelling(rows: pd.DataFrame, labels: list[str], notes: list[str]) -> pd.DataFrame:
     """``rows`` with each label the run lacks but has as the same whole number written otherwise ("3" and "3.0")
     spelled as the run's: a run trained before files' whole-number labels were read as whole numbers ("3.0")
     otherwise scored 0 on the same file, which now reads "3" (the diff review)."""
-    runs_by_number = {match.group(1): label for label in labels if (match := _WHOLE.fullmatch(label))}
+    from clm_explore.data import WHOLE_NUMBER
+
+    runs_by_number = {match.group(1): label for label in labels if (match := WHOLE_NUMBER.fullmatch(label))}
     known = set(labels)
     spelled = {label: runs_by_number[match.group(1)] for label in set(rows["label"]) - known
-               if (match := _WHOLE.fullmatch(label)) and match.group(1) in runs_by_number}
+               if (match := WHOLE_NUMBER.fullmatch(label)) and match.group(1) in runs_by_number}
     if not spelled:
         return rows
     notes.append(f"labels read as the run writes the same numbers: {_some(sorted(f'{a} as {b}' for a, b in spelled.items()))}")

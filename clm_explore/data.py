@@ -1224,7 +1224,7 @@ def _split_column_unread(table: _Table, part: str, taken: tuple[str, str]) -> li
             "alone." for column in table.columns if column.strip().lower() in SPLIT_NAMES and column not in taken]
 
 
-_WHOLE_FLOAT = re.compile(r"([+-]?\d+)(\.0+)?")
+WHOLE_NUMBER = re.compile(r"([+-]?\d+)(\.0+)?")
 """A whole number, perhaps written as a float ("3.0"): the same label as "3" where every label of a file is a whole
 number (the data review: a test split saved from a column with gaps scored 0% against the train split's "3", and a
 file of both spellings trained "1" and "1.0" as two labels)."""
@@ -1232,7 +1232,7 @@ file of both spellings trained "1" and "1.0" as two labels)."""
 
 def _whole_numbers(labels: pd.Series) -> list[str] | None:
     """``labels`` without their decimal points where all are whole numbers and some were written "3.0"; else None."""
-    matches = [match for label in labels if (match := _WHOLE_FLOAT.fullmatch(label))]
+    matches = [match for label in labels if (match := WHOLE_NUMBER.fullmatch(label))]
     if len(matches) < len(labels) or not any(match.group(2) for match in matches):
         return None
     return [match.group(1) for match in matches]
