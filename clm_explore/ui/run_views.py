@@ -11,7 +11,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
+
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -93,15 +96,24 @@ FOLDER_GONE = ("its folder is gone from the server (deleted or moved outside the
 """What the runs table and the Runs page say of a finished run whose folder is no longer there."""
 
 
+RUNS_TABLE_FORMATS = {"accuracy": "{:.3f}", "macro_f1": "{:.3f}", "budget %": "{:g}", "epochs": "{:.0f}",
+                      "train s": "{:.1f}"}
+"""How the runs table writes its numbers: through the Styler, which also writes an empty cell as "–"."""
+
+
+def runs_table(records: list[RunRecord]) -> Styler:
+    """The runs table as shown: a cell a run has no figure for (a pending run's accuracy, a method without a budget,
+    a run without an error) reads "–"; the table showed "None" in grey in most rows (the UX review)."""
+    return runs_frame(records).style.format(RUNS_TABLE_FORMATS, na_rep="–")
+
+
 def render_runs_table(records: list[RunRecord], key: str) -> None:
     st.dataframe(
-        runs_frame(records),
+        runs_table(records),
         key=f"{key}_runs",
         alt="Runs",
         hide_index=True,
         column_config={
-            "accuracy": st.column_config.NumberColumn(format="%.3f"),
-            "macro_f1": st.column_config.NumberColumn(format="%.3f"),
             "launched here": st.column_config.CheckboxColumn(help="launched from this browser session"),
             "error": st.column_config.TextColumn(width="large"),  # "the server stopped…" was cut to "the serve…"
         },
