@@ -1,5 +1,5 @@
 """Runs: every run on this server with its config and metrics; groups of runs (seeds) compared with an interval;
-delete; download as a zip."""
+delete; download a finished run as a zip."""
 
 import streamlit as st
 
@@ -58,14 +58,17 @@ if not folder_gone:
             key="runs_predictions",
             on_click="ignore",
         )
-    c1.download_button(
-        "Download folder (zip: model, predictions, metrics)",
-        data=lambda: run_views.run_zip(store, run.id),
-        file_name=f"{run.id}.zip",
-        mime="application/zip",
-        key="runs_zip",
-        on_click="ignore",
-    )
+    if run.is_terminal:  # a queued or running run's folder is half written: its zip would hold no model yet
+        c1.download_button(
+            "Download folder (zip: model, predictions, metrics)",
+            data=lambda: run_views.run_zip(store, run.id),
+            file_name=f"{run.id}.zip",
+            mime="application/zip",
+            key="runs_zip",
+            on_click="ignore",
+        )
+    else:
+        c1.caption("Its folder can be downloaded once the run ends.")
 with c2:
     job = jobs.job_queue().for_run(run.id)
     if not run.is_terminal and job is not None and not job.done:

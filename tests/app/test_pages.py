@@ -1587,6 +1587,8 @@ def test_cancelling_a_job_asks_first(at: AppTest) -> None:
     run, job = waiting_job(store, "zz-also-theirs")
     goto(at, "app_pages/7_runs.py")
     at.selectbox(key="runs_pick").set_value(run.id).run()
+    assert not [b for b in at.get("download_button") if b.proto.label.startswith("Download folder")]
+    assert any("downloaded once the run ends" in c.value for c in at.caption)  # before: a zip of a half folder
     at.button(key=f"runs_cancel_{job.id}").click().run()
     assert not job.cancel_event.is_set()
     at.button(key=f"runs_cancel_yes_{job.id}").click().run()
