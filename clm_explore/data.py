@@ -422,7 +422,7 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
         lines = text_lines(file.name, file.read_bytes(), notes)
-        _refuse_table_of_lines(file.name, lines, text_col)
+        _refuse_table_of_lines(file.name, lines, text_col, "rename it {suffix}")
         return lines
     wanted = _Wanted(text_col=text_col, label=False)
     table = _parse_table(file, file.read_bytes, file.stat().st_size, cfg, notes, wanted)
@@ -436,21 +436,35 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
     return texts.tolist()
 
 
-def _refuse_table_of_lines(name: str, lines: list[str], text_col: str | None) -> None:
-    """Refuse a .txt file that is a table, not one text per line: every line holds the same number of tabs and the
-    first names a text column. Read as lines, its header was predicted as a text and every text carried its label
-    (the data review: Excel's 'Unicode Text' export, UTF-16 with tabs)."""
-    tabs = lines[0].count("\t")
-    if not tabs or any(line.count("\t") != tabs for line in lines):
-        return
-    header = [cell.strip().lower() for cell in lines[0].split("\t")]
+def _refuse_table_of_lines(name: str, lines: list[str], text_col: str | None, fix: str) -> None:
+    """Refuse lines that are a table, not one text per line: every line holds the same number of tabs and the
+    first names a text column, or the first is a CSV header naming one. Read as lines, its header was predicted as
+    a text and every text carried its label (the data review: Excel's 'Unicode Text' export, UTF-16 with tabs; a
+    CSV piped to ``predict --file -``, its header naming a text and a label column). ``fix`` says how to read it as
+    a table, ``{suffix}`` its file type."""
     names = {text_col.strip().lower()} if text_col is not None else set(TEXT_NAMES)
-    if names.isdisjoint(header):
-        return
-    raise DataError(f"{name} looks like a tab-separated table, not one text per line: each of its {len(lines):,} "
-                    f"line(s) holds {tabs} tab(s) and the first names the columns ({lines[0][:80]!r}), as Excel's "
-                    "'Unicode Text' export writes them. To predict on its text column, rename it .tsv (--text-col "
-                    "picks another column); else save one text per line, without a header.")
+    tabs = lines[0].count("\t")
+    if tabs and all(line.count("\t") == tabs for line in lines) and not names.isdisjoint(_header_cells(lines[0], "\t")):
+        raise DataError(f"{name} looks like a tab-separated table, not one text per line: each of its {len(lines):,} "
+                        f"line(s) holds {tabs} tab(s) and the first names the columns ({lines[0][:80]!r}), as Excel's "
+                        f"'Unicode Text' export writes them. To predict on its text column, {fix.format(suffix='.tsv')} "
+                        "(--text-col picks another column); else save one text per line, without a header.")
+    for delimiter in ",;":
+        header = _header_cells(lines[0], delimiter)
+        if (all(_COLUMN_NAME.fullmatch(cell) for cell in header) and not names.isdisjoint(header)
+                and not set(LABEL_NAMES).isdisjoint(header)):  # "text, please" is a text; "text,label" a header
+            raise DataError(f"{name} starts with a CSV header ({lines[0][:80]!r}): it looks like a table, not one "
+                            f"text per line, and its header and labels would be predicted as texts. To predict on "
+                            f"its text column, {fix.format(suffix='.csv')}; else send one text per line, without a "
+                            "header.")
+
+
+_COLUMN_NAME = re.compile(r"[a-z_][a-z0-9_ ]{0,39}")
+"""A header cell as data files name columns (``text``, ``label``, ``intent_id``): a sentence is not one."""
+
+
+def _header_cells(line: str, delimiter: str) -> list[str]:
+    return [cell.strip().strip('"').strip().lower() for cell in line.split(delimiter)]
 
 
 def read_text_stream(stream: BinaryIO, name: str = "standard input", cfg: DataConfig | None = None,
@@ -461,7 +475,9 @@ def read_text_stream(stream: BinaryIO, name: str = "standard input", cfg: DataCo
     cap = int(cfg.max_file_mb * 1024 * 1024)
     raw = stream.read(cap + 1)  # one byte past the cap tells an oversized stream without reading it all
     _check_size(name, len(raw), cfg, at_least=len(raw) > cap)
-    return text_lines(name, raw, [] if notes is None else notes)
+    lines = text_lines(name, raw, [] if notes is None else notes)
+    _refuse_table_of_lines(name, lines, None, "save it as a {suffix} file and pass its path (--file data{suffix})")
+    return lines
 
 
 def text_lines(name: str, raw: bytes, notes: list[str]) -> list[str]:

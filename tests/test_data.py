@@ -1148,6 +1148,26 @@ def test_a_txt_table_to_predict_is_refused_as_a_tsv(tmp_path: Path) -> None:
         load_data(tmp_path / "export.txt")
 
 
+def test_a_table_piped_or_saved_as_lines_to_predict_is_refused_with_how_to_read_it(tmp_path: Path) -> None:
+    """The last note's leftover: ``predict --file -`` took a piped CSV or TSV as lines, so its header and every
+    row's label were predicted as texts."""
+    import io
+
+    from clm_explore.data import read_text_stream
+
+    csv_rows = b"text,label\nmy card is lost,lost_card\nwhere is my refund,refund\n"
+    with pytest.raises(DataError, match=r"standard input starts with a CSV header.*save it as a \.csv file"):
+        read_text_stream(io.BytesIO(csv_rows))
+    with pytest.raises(DataError, match=r"standard input looks like a tab-separated table.*save it as a \.tsv"):
+        read_text_stream(io.BytesIO(b"utterance\tintent\nhi there\tgreet\nbye now\tbye\n"))
+    (tmp_path / "rows.txt").write_bytes(b'"Text";"Label"\nhello;a\n')
+    with pytest.raises(DataError, match=r"rows\.txt starts with a CSV header.*rename it \.csv"):
+        read_texts(tmp_path / "rows.txt")
+    # Texts that merely start with a column's name stay texts, one per line.
+    assert read_text_stream(io.BytesIO(b"text, please\nquery, question\n")) == ["text, please", "query, question"]
+    assert read_text_stream(io.BytesIO(b"text,label are words\nsecond\n")) == ["text,label are words", "second"]
+
+
 def test_a_split_column_in_a_file_of_a_folder_of_splits_is_said_not_to_be_read(tmp_path: Path) -> None:
     """The data review: a folder's train.csv with a split column had it ignored without a word."""
     _with_split_column(["train", "train", "test"]).to_csv(tmp_path / "train.csv", index=False)
