@@ -24,8 +24,8 @@ with st.expander("How the rows are scored"):
 choice, source = state.require_data()
 
 cfg = forms.sensitivity_form(key="sens")
-with cache.turn_note():
-    report = cache.sensitivity(source, choice, state.mining_cfg(), cfg)
+forms.await_scores(source, choice, state.mining_cfg(), cfg)  # the page stops here, with their progress, until ready
+report = cache.sensitivity(source, choice, state.mining_cfg(), cfg)
 table = report.table.copy()
 if report.no_tokens_note:  # sparse would quietly read the pooled position alone
     st.warning(views.escape_markdown(report.no_tokens_note[0].upper() + report.no_tokens_note[1:]) + ".")
@@ -67,8 +67,8 @@ compare = st.toggle("Compare with the other restriction (a second scoring pass)"
 state.keep(state.SENS_COMPARE)
 if compare:
     other_cfg = dataclasses.replace(cfg, restriction="none" if cfg.restriction == "tokens" else "tokens")
-    with cache.turn_note():
-        other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
+    forms.await_scores(source, choice, state.mining_cfg(), other_cfg)
+    other = cache.sensitivity(source, choice, state.mining_cfg(), other_cfg)
     shares = (views.share_of_total(report.table), views.share_of_total(other.table))
     zrange, capped = views.shared_capped_scale(shares, "share")  # the pooler's 0.6-0.7 darkened the rest (demo review)
     left, right = st.columns(2)

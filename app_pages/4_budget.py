@@ -26,8 +26,8 @@ with st.expander("Which runs train exactly these rows"):
 choice, source = state.require_data()
 
 mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
-with cache.turn_note():
-    report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
+forms.await_scores(source, choice, mining_cfg, sens_cfg)  # the page stops here, with their progress, until ready
+report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
 budget = forms.budget_input(key="budget", backbone_params=report.backbone_params)
 if report.no_tokens_note:  # sparse would quietly read the pooled position alone
     st.warning(escape_markdown(report.no_tokens_note[0].upper() + report.no_tokens_note[1:]) + ".")

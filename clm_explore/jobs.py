@@ -504,6 +504,8 @@ class KeyedTask:
     """When a caller last looked at it (``watch``; ``time.monotonic``)."""
     stop_reason: str = ""
     """Why it was stopped when no caller asked (``KeyedTasks``: nobody watched it while another waited)."""
+    phase_started: tuple[float, int] = field(default_factory=lambda: (time.monotonic(), 0))
+    """When its current phase was first reported (``time.monotonic``) and its count then: its pace since."""
 
     def watch(self) -> None:
         """Say that a caller is following it (a page polling its progress): a task nobody follows is stopped when
@@ -523,7 +525,19 @@ class KeyedTask:
         """Where the work says how far it got, and where a stop asked for ends it (the work's next report)."""
         if self.stop_asked.is_set():
             raise TaskStopped(f"Stopped while {phase}.")
+        if phase != self.progress[0]:
+            self.phase_started = (time.monotonic(), done)
         self.progress = (phase, done, total)
+
+    def seconds_left(self) -> float | None:
+        """The current phase's time left at its pace since it was first reported (its counts say how far it is),
+        once it has counted a step more and run a second; None before, or for a phase without counts."""
+        _, done, total = self.progress
+        started, done_then = self.phase_started
+        took, steps = time.monotonic() - started, done - done_then
+        if total <= 1 or steps < 1 or took < 1.0:
+            return None
+        return took / steps * max(total - done, 0)
 
 
 class KeyedTasks:
@@ -558,6 +572,14 @@ class KeyedTasks:
             self._run(task, work)
         else:
             threading.Thread(target=self._run, args=(task, work), name=f"task-{key!r:.40}", daemon=True).start()
+        return task
+
+    def known(self, key: Any) -> KeyedTask | None:
+        """The task of ``key`` when there is one (running, waiting or kept), watched now; None starts nothing."""
+        with self._lock:
+            task = self._tasks.get(key)
+        if task is not None:
+            task.watch()
         return task
 
     def forget(self, task: KeyedTask) -> None:

@@ -518,6 +518,25 @@ def test_keyed_tasks_run_once_per_key_for_every_caller_and_keep_the_newest_finis
     assert restarted is not first and restarted.finished.wait(10) and calls == [1, 1]
 
 
+def test_a_keyed_task_says_its_phase_time_left_at_its_pace_since_the_phase_began(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from clm_explore import jobs as jobs_module
+    from clm_explore.jobs import KeyedTask
+
+    now = [100.0]
+    monkeypatch.setattr(jobs_module.time, "monotonic", lambda: now[0])
+    task = KeyedTask("k")
+    task.report("loading the model", 0, 1)
+    now[0] += 30  # a long load is no step of the scoring
+    task.report("scoring rows", 1, 11)  # first heard of after its first batch: that batch's time is unknown
+    assert task.seconds_left() is None
+    now[0] += 4
+    task.report("scoring rows", 3, 11)
+    assert task.seconds_left() == pytest.approx(2.0 * 8)  # 2 s a batch since the phase began, 8 batches to go
+    task.report("writing", 0, 1)
+    assert task.seconds_left() is None  # a phase without counts
+
+
 def test_a_keyed_task_that_fails_hands_its_error_to_the_caller_until_forgotten() -> None:
     from clm_explore.jobs import KeyedTasks
 

@@ -49,7 +49,7 @@ from clm_explore.modeling import LoadedModel, load_model, release_gpu_memory, un
 from clm_explore.runs import RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.training import DEFAULT_MERGE_TOKENS
-from clm_explore.ui import state
+from clm_explore.ui import score_cache, state
 from clm_explore.ui.state import DataChoice
 
 T = TypeVar("T")
@@ -267,20 +267,87 @@ def merge_report(source: str, version: str, choice: DataChoice, cfg: MiningConfi
 def sensitivity(
     source: str, version: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
 ) -> SensitivityReport:
-    """The sensitivity report (tensors; cached as a resource, treat as read only)."""
-    annotated = data(choice)
-    groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None  # before the slot
-    device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
-    with heavy_work():  # the model loaded inside: sessions waiting for the slot hold none (the diff review)
-        fresh = load_model(source, annotated.labels, seed=cfg.seed)  # the head gets warmed up: not the shared model
-        try:
-            report = compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False)  # no bar: a log
-        finally:
-            del fresh
-            release_gpu_memory()  # the jobs' worker trains on the same GPU
+    """The sensitivity report (tensors; cached as a resource, treat as read only): ``scores_task``'s result, made in
+    this thread when no session started it (a page that awaited it with ``views.await_scores`` finds it done)."""
+    task = scores_task(source, choice, mining_cfg, cfg, inline=True)
+    task.finished.wait()  # another session's, or this one's from a page left meanwhile: the same scores
+    if task.error is not None:
+        forget_scoring(task)  # said once; the next call scores again
+        raise task.error
+    report = task.result
     with _MADE_LOCK:
         _MADE_REPORTS[_report_key(source, version, choice, mining_cfg, cfg)] = report
     return report
+
+
+@st.cache_resource(show_spinner=False)
+def _scorings() -> KeyedTasks:
+    return KeyedTasks(kept=8, at_once=1)  # one at a time, as the pages' other heavy computations
+
+
+def scores_task(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig,
+                inline: bool = False) -> KeyedTask:
+    """The sensitivity scores as a task every session shares (a rerun or a page change neither stops nor restarts
+    it; its progress is readable meanwhile): the scores kept on disk for these arguments (``score_cache``: a restart
+    or an evicted entry scores nothing again), else scored on a thread of its own and kept. ``inline``: in this
+    thread (tests; ``sensitivity``)."""
+    version = state.model_version(source)
+    key = _report_key(source, version, choice, mining_cfg, cfg)
+    task = _scorings().known(key)
+    if task is not None:  # a failed one too, until whoever reads its error forgets it (``forget_scoring``)
+        return task
+    kept = _kept_scores(source, version, choice, mining_cfg, cfg)
+    ready = score_cache.load(kept)
+    work = (lambda report: ready) if ready is not None else _scoring_work(source, choice, mining_cfg, cfg, kept)
+    return _scorings().get_or_start(key, work, inline=inline, label=scoring_label(choice))
+
+
+def _scoring_work(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig, kept: Path
+                  ) -> Callable[[Callable[[str, int, int], None]], SensitivityReport]:
+    """The scoring as a task's work, its data and groups read now, in the page's thread (Streamlit's caches belong
+    to a script run); what it makes is kept in ``kept``."""
+    annotated = data(choice)
+    groups = task_tokens(source, choice, mining_cfg) if cfg.restriction == "tokens" else None
+
+    def work(report: Callable[[str, int, int], None]) -> SensitivityReport:
+        made = _scored(source, annotated, groups, cfg, report)
+        score_cache.save(made, kept)
+        return made
+
+    return work
+
+
+def scoring_label(choice: DataChoice) -> str:
+    """What a session waiting behind this scoring reads: an upload's name is its session's own business."""
+    return "the scoring of " + ("an uploaded file" if choice.kind == "upload" else choice.name)
+
+
+def forget_scoring(task: KeyedTask) -> None:
+    """Drop a scoring that failed or was stopped, once the page said so: the next look starts it again."""
+    _scorings().forget(task)
+
+
+def _scored(source: str, annotated: AnnotatedData, groups: TaskTokens | None, cfg: SensitivityConfig,
+            report: Callable[[str, int, int], None]) -> SensitivityReport:
+    device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
+    report("waiting for the server's other computations", 0, 1)
+    with heavy_work():  # the model loaded inside: sessions waiting for the slot hold none (the diff review)
+        report("loading the model and warming up its head", 0, 1)
+        fresh = load_model(source, annotated.labels, seed=cfg.seed)  # the head gets warmed up: not the shared model
+        try:
+            return compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False,
+                                       on_progress=lambda done, total: report("scoring rows", done, total))
+        finally:
+            del fresh
+            release_gpu_memory()  # the jobs' worker trains on the same GPU
+
+
+def _kept_scores(source: str, version: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
+                 ) -> Path:
+    """Where ``score_cache`` keeps the report for these arguments: the data's files' version too (a server data set
+    edited on disk scores afresh)."""
+    parts = (*_report_key(source, version, choice, mining_cfg, cfg), choice.version)
+    return score_cache.folder_for(score_cache.owner_prefix(choice.kind, choice.digest), parts)
 
 
 # The reports ``sensitivity`` made that its cache (or a queued run) still holds: a launch looks here for scores it
@@ -297,9 +364,12 @@ def _report_key(source: str, version: str, choice: DataChoice, mining_cfg: Minin
 def made_sensitivity(
     source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig
 ) -> SensitivityReport | None:
-    """The report ``sensitivity`` already made for these arguments and still caches, else None (never scores)."""
+    """The report ``sensitivity`` already made for these arguments and still caches or keeps on disk, else None
+    (never scores)."""
+    version = state.model_version(source)
     with _MADE_LOCK:
-        return _MADE_REPORTS.get(_report_key(source, state.model_version(source), choice, mining_cfg, cfg))
+        report = _MADE_REPORTS.get(_report_key(source, version, choice, mining_cfg, cfg))
+    return report if report is not None else score_cache.load(_kept_scores(source, version, choice, mining_cfg, cfg))
 
 
 def mask(
@@ -429,7 +499,9 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
 def pruned_uploads(root: str) -> list[str]:
     """When a server starts, then at most hourly (on the next page shown): old sessions' uploads deleted
     (``state.prune_uploads``). Not only at start: a server may run for weeks."""
-    return state.prune_uploads(Path(root), state.upload_max_days())
+    days = state.upload_max_days()
+    score_cache.prune(Path(root), days)  # the scores kept for the sessions' data, by the same days
+    return state.prune_uploads(Path(root), days)
 
 
 @st.cache_resource(show_spinner=False)

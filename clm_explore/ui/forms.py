@@ -28,7 +28,7 @@ from clm_explore.config import (
 )
 from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
 from clm_explore.training import DEFAULT_LR
-from clm_explore.ui import cache, saved_session, state
+from clm_explore.ui import cache, saved_session, state, views
 from clm_explore.ui.cache import LENGTH_COUNTED
 from clm_explore.ui.views import escape_markdown
 
@@ -154,6 +154,22 @@ def mining_form(key: str = "tok") -> MiningConfig:
             state.put(state.MINING_CFG, cfg)
             saved_session.persist()  # now: a reload while it computes kept the old options (multi-session review)
     return cfg
+
+
+def await_scores(source: str, choice: state.DataChoice, mining_cfg: MiningConfig, cfg: SensitivityConfig) -> None:
+    """Stop the page while the scores for these settings are made (``cache.scores_task``, on a thread of its own),
+    with how far they are and about how long is left; the page reruns when they are ready. Before, a page waited
+    20-50 s under a spinner that said nothing of either (the UX review), and went blank at a click elsewhere."""
+    task = cache.scores_task(source, choice, mining_cfg, cfg, inline=state.inline_jobs())
+    if task.stopped:  # stopped while no page followed it: this page follows it now
+        cache.forget_scoring(task)
+        task = cache.scores_task(source, choice, mining_cfg, cfg, inline=state.inline_jobs())
+    if task.done:  # its scores, or its error, which the page's ``cache.sensitivity`` raises
+        return
+    views.task_progress(task)
+    st.caption("Rows are scored once per data set, model and settings, for every session on this server, and kept: "
+               "this page fills in when they are ready. The other pages stay open meanwhile.")
+    state.stop()
 
 
 def sensitivity_form(key: str = "sens") -> SensitivityConfig:

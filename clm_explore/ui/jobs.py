@@ -24,7 +24,7 @@ from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, defa
 from clm_explore.training import FINISHING_PHASE
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice
-from clm_explore.ui.views import CHART_CONFIG, escape_markdown, label_text, metric_row
+from clm_explore.ui.views import CHART_CONFIG, duration, escape_markdown, label_text, metric_row
 
 if TYPE_CHECKING:
     from clm_explore.sensitivity import SensitivityReport
@@ -345,8 +345,8 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
         with metric_row():  # wraps on a narrow window instead of cutting the figures
             st.metric("Loss", f"{p.loss:.4f}" if p.loss is not None else "–", width="content")
             st.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–", width="content")
-            st.metric("Elapsed", _duration(elapsed), width="content")  # cancelled before it started: "–"
-            st.metric("ETA", _duration(p.eta) if p.eta is not None and not job.done else "–", width="content")
+            st.metric("Elapsed", duration(elapsed), width="content")  # cancelled before it started: "–"
+            st.metric("ETA", duration(p.eta) if p.eta is not None and not job.done else "–", width="content")
             if job.status is RunStatus.SUCCEEDED and isinstance(test_accuracy, int | float):
                 st.metric("Test accuracy", f"{test_accuracy:.4f}", width="content")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
@@ -477,10 +477,3 @@ def _curves(losses: list[tuple[int, float]], evals: list[dict], key: str, alt: s
         legend=dict(orientation="h", y=1.15),
     )
     st.plotly_chart(fig, key=f"{key}_curve", width="stretch", config=CHART_CONFIG, alt=alt)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

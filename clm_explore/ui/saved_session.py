@@ -17,6 +17,7 @@ as long as the uploads (``state.prune_uploads``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -28,7 +29,7 @@ import streamlit as st
 
 from clm_explore import config
 from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
-from clm_explore.ui import state
+from clm_explore.ui import score_cache, state
 
 TOKEN_PARAM = "s"
 """The query parameter holding the session's token."""
@@ -175,15 +176,24 @@ def _share_upload(record: Any, old: Path, new: Path) -> None:
 
 
 def end_session(root: Path, token: str) -> None:
-    """Delete session ``token``'s saved choices and upload folder: its address then opens a fresh session. Copies
-    that others already opened from the address keep theirs (their own folders)."""
+    """Delete session ``token``'s saved choices and upload folder, and the scores kept for its uploads: its address
+    then opens a fresh session. Copies that others already opened from the address keep theirs (their own folders;
+    their scores are made again when they ask)."""
     path = session_file(root, token)
     if path is None:
         return
     path.unlink(missing_ok=True)
     folder = root / token
     if folder.is_dir() and not folder.is_symlink():
+        uploads = {_file_digest(f)[:16] for f in folder.iterdir() if f.is_file() and not f.is_symlink()}
+        score_cache.forget(root, uploads - {""})
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _file_digest(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return ""
 
 
 def end_this_session() -> None:
@@ -196,7 +206,7 @@ def end_this_session() -> None:
     # Said plainly (the multi-session review): an address the session had before a reload still opens its copy of
     # the upload until it goes unused for the days set; the server cannot tell a reload from a colleague's visit, so
     # it deletes no other address's copy (the diff review: that deleted the followed session too).
-    st.toast("Session ended: its upload and saved choices are deleted from the server. Addresses it had before a "
+    st.toast("Session ended: its upload, saved choices and the scores made from its upload are deleted from the server. Addresses it had before a "
              "reload keep their own copy until unused for the days the server keeps sessions.")
 
 

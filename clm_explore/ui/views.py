@@ -210,8 +210,19 @@ def task_progress(task: Any) -> None:
     task.watch()  # followed: a task no page follows is stopped when another waits behind it
     phase, done, total = task.progress
     counted = f": {done:,} of {total:,}" if total > 1 else "…"
+    left = task.seconds_left()
+    if left is not None and done < total:  # a wait of a minute reads better with its end in sight (the UX review)
+        counted += f", about {duration(left)} left"
     # The phase may name a data set (an upload's file name): user text, escaped.
     st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(f"{phase[:1].upper()}{phase[1:]}{counted}"))
+
+
+def duration(seconds: float | None) -> str:
+    """A time as the app writes it: "42s", "3m 05s"; "–" for none."""
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 ISSUES_SHOWN_FIRST = ("label", "suggested", "text")

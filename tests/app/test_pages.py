@@ -862,6 +862,8 @@ def test_finetune_form_trains_from_scores_a_page_made_and_never_scores_in_the_pa
     from clm_explore.ui import cache
 
     cache.sensitivity.clear()  # no report made yet in this server process: the launch scores in its run
+
+    cache._scorings.clear()  # and the scoring tasks that keep theirs
     gc.collect()  # and none an earlier test made kept alive by a reference cycle
     launch_from_form(app, "sparse", seed=0)
     goto(app, "app_pages/4_budget.py")  # the Budget page makes the report (seed 0, its settings)
