@@ -62,6 +62,30 @@ def test_subprocess_entry_point():
     assert bad.stdout == ""
 
 
+def test_output_in_an_encoding_without_the_labels_characters_escapes_them_instead_of_crashing(tmp_path):
+    """The language review: redirected on Windows, stdout is cp1252, and a Chinese label ended validate with a
+    UnicodeEncodeError. One real process: the output's encoding is the process's."""
+    rows = "".join(f"第{i}个问题,{'退款' if i % 2 else '发票'}\n" for i in range(24))
+    (tmp_path / "zh.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "cp1252"}
+    for extra in ([], ["--json"]):
+        out = subprocess.run([sys.executable, "-m", "clm_explore.cli", "validate", str(tmp_path / "zh.csv"), *extra],
+                             capture_output=True, cwd=ROOT, env=env, timeout=120)
+        assert out.returncode == 0 and b"Traceback" not in out.stderr, out.stderr.decode("cp1252")
+        text = out.stdout.decode("cp1252")
+        assert "\\u9000\\u6b3e" in text  # 退款, as its escape (JSON's own escape in --json)
+        if extra:
+            assert set(json.loads(text)["labels"]) == {"退款", "发票"}
+
+
+def test_json_output_writes_labels_as_they_are_where_the_output_takes_them(capsys, tmp_path):
+    rows = "".join(f"第{i}个问题,{'退款' if i % 2 else '发票'}\n" for i in range(24))
+    (tmp_path / "zh.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    assert main(["validate", str(tmp_path / "zh.csv"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"退款"' in out and "\\u9000" not in out  # before: every label escaped, unreadable to a person
+
+
 def test_cp1252_note_in_json(capsys):
     assert main(["validate", str(GOOD / "cp1252.csv"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -61,7 +61,10 @@ printed on one line of a command's output."""
 def print_json(obj: Any) -> None:
     """Print ``obj`` as strict JSON on stdout: numpy values and paths turned into plain ones, NaN and infinities
     into null (a method without a budget has a NaN budget in a grid's tables; NaN is not JSON)."""
-    print(json.dumps(_plain(obj), indent=2, default=_json_default, allow_nan=False))
+    # Labels and texts as written where the output takes them ("退款", not "\u9000\u6b3e"); escaped where it would
+    # not (a Windows pipe's cp1252): the same JSON either way.
+    readable = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") in ("utf8", "utf8sig")
+    print(json.dumps(_plain(obj), indent=2, default=_json_default, allow_nan=False, ensure_ascii=not readable))
 
 
 def _plain(obj: Any) -> Any:
@@ -302,10 +305,20 @@ def _not_utf8(argv: list[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _escape_unwritable_characters()
     try:
         return _main(argv)
     except KeyboardInterrupt as exc:  # Ctrl-C while the parser is built or torch imports (the first seconds)
         return _stopped(exc)
+
+
+def _escape_unwritable_characters() -> None:
+    """A character the output's encoding lacks is printed as its escape (\u9000), not a crash: redirected on Windows,
+    stdout is cp1252, and a Chinese label ended ``validate`` and ``predict`` with a UnicodeEncodeError (the language
+    review)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # replaced by a caller (a StringIO), or closed
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _stopped(exc: KeyboardInterrupt) -> int:
