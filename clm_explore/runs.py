@@ -29,6 +29,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -143,9 +144,11 @@ def default_root() -> Path:
 def slugify(name: str, max_len: int = 40) -> str:
     """A safe folder-name fragment: lower-case ASCII letters, digits and single dashes only.
 
-    No dots or separators survive, so a slug can never name a parent folder or an absolute path.
+    No dots or separators survive, so a slug can never name a parent folder or an absolute path. Accented letters
+    keep their letter ("Überweisung" gives "uberweisung", not "berweisung": the language review).
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:max_len].strip("-")
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")[:max_len].strip("-")
     return slug or "run"
 
 

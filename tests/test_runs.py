@@ -49,6 +49,8 @@ def test_names_never_escape_root(store: RunStore, name: str) -> None:
 def test_slugify() -> None:
     assert slugify("Sparse 1% budget!") == "sparse-1-budget"
     assert slugify("...") == "run"
+    assert slugify("Kundenanfragen_Überweisung_数据") == "kundenanfragen-uberweisung"  # was "...-berweisung"
+    assert slugify("Ｆｕｌｌ　ｗｉｄｔｈ") == "full-width"  # NFKD folds compatibility forms too
 
 
 def test_same_name_same_second_gets_distinct_ids(store: RunStore) -> None:
