@@ -46,6 +46,8 @@ if choice.kind == "sample":  # its one warning read as the tool's own bug (the d
                "that the report below counts as leakage come from those repeats of the original data.")
 views.render_data_report(cache.report(choice), key="data")
 try:
+    if unreadable := cache.unreadable_note(state.model_source(), choice):
+        st.warning(views.escape_markdown(unreadable[:1].upper() + unreadable[1:]))  # "[UNK]" is the tokenizer's text
     views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.launch_options()["max_length"],
                          sum(len(annotated.split(s)) for s in SPLITS), cache.LENGTH_COUNTED)
 except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note

@@ -22,6 +22,7 @@ from clm_explore.cli import (
     phase_printer,
     print_json,
     refuse_untrained_head,
+    warn_unreadable,
 )
 from clm_explore.config import (
     BUDGET_METHODS,
@@ -134,6 +135,7 @@ def run_mine(args: argparse.Namespace) -> int:
         if note := shots_note(data.train, args.shots):
             print(f"note: {note}", file=sys.stderr)
     loaded = load_model(args.model, data.labels)
+    warn_unreadable(loaded.tokenizer, train["text"].tolist())
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), loaded.tokenizer,
                                    mining_config(args))
     merge = adaptive_tokenization(loaded, task_tokens, train["text"].tolist(), args.merge) if args.merge else None
@@ -239,6 +241,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                             warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)  # checked before loading
     data = load_noted_data(args)
     loaded = load_model(args.model, data.labels)
+    warn_unreadable(loaded.tokenizer, data.train["text"].tolist())
     if args.budget is not None:  # before the scoring pass: a budget or floor the model cannot hold is said at once
         from clm_explore.training import check_runnable
 
@@ -496,6 +499,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, data.labels)
     _check_budget_fits(cfg.mask, loaded)
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
+    warn_unreadable(loaded.tokenizer, data.train["text"].tolist())
     if given is not None:
         check_scores_fit(given, loaded, data.labels, cfg.mask)
         if given.sensitivity.max_length != cfg.max_length:  # the faces review: said nowhere, yet the rows may differ
@@ -725,6 +729,7 @@ def run_predict(args: argparse.Namespace) -> int:
     threshold = abstention_threshold(args.abstain_below, run_dir)
     texts = checked_texts(args.text) if args.text else texts_from_file(args.file, args.text_col)
     frame = predict(run_dir, texts, length)  # at the run's trained length unless --max-length
+    _note_unreadable_texts(run_dir, texts)
     probs, labels = frame.to_numpy(), list(frame.columns)
     results = []
     for text, p in zip(texts, probs, strict=True):
@@ -740,6 +745,19 @@ def run_predict(args: argparse.Namespace) -> int:
             label = OUT_OF_SCOPE if r.get("out_of_scope") else r["label"]
             print(f"{one_line(label)}\t{r['probability']:.3f}\t{one_line(r['text'])}")
     return 0
+
+
+def _note_unreadable_texts(run_dir: Path, texts: list[str]) -> None:
+    """Name the texts that are mostly the model's unknown token: each gets the same prediction whatever it says (the
+    language review: every emoji-only or Thai text got one label at 0.407)."""
+    from clm_explore.modeling import load_tokenizer
+    from clm_explore.vocabulary import MULTILINGUAL_HINT, mostly_unknown_texts
+
+    unreadable = mostly_unknown_texts(load_tokenizer(str(run_dir)), texts)
+    if unreadable:
+        shown = ", ".join(str(i + 1) for i in unreadable[:10]) + (" and more" if len(unreadable) > 10 else "")
+        print(f"note: {len(unreadable)} text(s) (number {shown}, counted from 1) are mostly unknown sub-tokens to this "
+              f"model's vocabulary: their predictions say little. {MULTILINGUAL_HINT}", file=sys.stderr)
 
 
 def one_line(text: str) -> str:

@@ -152,6 +152,18 @@ def text_lengths(source: str, version: str, choice: DataChoice) -> pd.Series:
     return pd.Series([len(row) for chunk in chunks for row in chunk["input_ids"]], dtype="int64")
 
 
+@_per_model_version
+@st.cache_data(show_spinner="Checking that the model's vocabulary reads the texts…", max_entries=16)
+def unreadable_note(source: str, version: str, choice: DataChoice) -> str:
+    """What the Data page says when the model's vocabulary cannot read much of the training texts ('' when it
+    can; ``vocabulary.count_unknown``): a Chinese upload was mined and trained to near chance with no word."""
+    from clm_explore.modeling import load_tokenizer
+    from clm_explore.vocabulary import count_unknown
+
+    counted = count_unknown(load_tokenizer(source), data(choice).train["text"].tolist())
+    return counted.warning("the training texts") if counted is not None else ""
+
+
 LENGTH_SAMPLE = 20_000
 """Texts whose sub-tokens the Data page counts at most (a seeded sample of a larger set): a second or two."""
 LENGTH_COUNTED = 512

@@ -239,6 +239,17 @@ def _app_with_an_upload(name: str, raw: bytes) -> AppTest:
     return app
 
 
+def test_the_data_page_says_when_the_models_vocabulary_cannot_read_the_texts(at: AppTest) -> None:
+    """The language review: a Chinese upload, 72% [UNK] to the default model, went on to near chance with no word."""
+    assert not any("sub\\-tokens are" in w.value for w in at.warning)  # the sample: English, read
+    rows = "text,label\n" + "".join(f"我想{'退款' if i % 2 else '开发票'}第{i}次,{'退款' if i % 2 else '发票'}\n"
+                                     for i in range(40))
+    app = _app_with_an_upload("zh.csv", rows.encode())
+    assert not app.exception, [e.value for e in app.exception]
+    said = [w.value for w in app.warning if "of the training texts' sub\\-tokens are \\[UNK\\]" in w.value]
+    assert said and "multilingual" in said[0], [w.value for w in app.warning]
+
+
 def test_the_accepted_labels_replace_an_upload_and_keep_it_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     app = _app_with_an_upload("mine.csv", (ROOT / "sample_data/banking77_20/train.csv").read_bytes())
     original = app.session_state["data_choice"]
