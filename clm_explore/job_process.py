@@ -160,6 +160,7 @@ def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tupl
         torch.set_num_threads(max(1, int(torch_threads)))
     for name in preload:
         importlib.import_module(name)
+    send = _sender(conn)
     while True:
         try:
             message = conn.recv()
@@ -174,8 +175,8 @@ def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tupl
             return
         try:
             fn, kwargs = message
-            phase = {"on_phase": lambda *report: conn.send(("step", {"phase": report}))} if takes_phases(fn) else {}
-            result = fn(**kwargs, on_step=lambda info: conn.send(("step", _as_dict(info))),
+            phase = {"on_phase": lambda *report: send(("step", {"phase": report}))} if takes_phases(fn) else {}
+            result = fn(**kwargs, on_step=lambda info: send(("step", _as_dict(info))),
                         should_stop=stop.is_set, **phase)  # fmt: skip
             reply = ("done", result)
         except BaseException:  # noqa: BLE001 - report any failure of the job, then take the next one
@@ -186,6 +187,21 @@ def _serve(conn: Connection, stop: Any, torch_threads: int | None, preload: tupl
             return
         except Exception:  # noqa: BLE001 - a result that does not pickle
             conn.send(("error", traceback.format_exc()))
+
+
+def _sender(conn: Connection) -> Callable[[Any], None]:
+    """``conn.send`` for a job's progress reports, ending this process at once when the server is gone: the job's
+    report raised a broken pipe inside ``finetune``, which recorded its run "failed: [Errno 32] Broken pipe" before
+    ``_watch_parent`` noticed, so a server killed mid-training left runs that read as their own fault, not the
+    server's (the crash review), and the restarted server's "launch them again" note left them out."""
+
+    def send(message: Any) -> None:
+        try:
+            conn.send(message)
+        except (OSError, EOFError):  # the other end is the server's: nobody is left to hear the job or its result
+            os._exit(1)
+
+    return send
 
 
 def _watch_parent(parent: int, every: float = 1.0) -> None:

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -365,6 +366,62 @@ def test_a_killed_server_takes_its_worker_process_with_it(tmp_path) -> None:
         server.wait(10)
         time.sleep(6)  # the job would have written its file 4 s after it started
         assert not marker.exists()
+    finally:
+        server.kill()
+
+
+REPORTING_JOB = """
+import os, time
+
+def report_steps(path, on_step=None, should_stop=None):
+    # Like finetune: a report each step, and an error raised inside it recorded as the run's failure.
+    with open(path + ".pid", "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        for step in range(6000):
+            on_step({"step": step})
+            time.sleep(0.01)
+    except BaseException as exc:
+        with open(path, "w") as f:
+            f.write(f"failed: {exc}")
+        raise
+"""
+
+REPORTING_SERVER = """
+import sys, time
+from clm_explore.jobs import JobQueue
+from reporting_job import report_steps
+if __name__ == "__main__":
+    JobQueue(processes=True).submit(report_steps, {"path": sys.argv[1]})
+    time.sleep(60)
+"""
+
+
+def test_a_server_killed_while_its_job_reports_steps_leaves_no_failure_of_the_job_recorded(tmp_path) -> None:
+    """The crash review: a job's next report raised a broken pipe inside finetune, which recorded its run 'failed:
+    [Errno 32] Broken pipe' before the parent watcher ended the process; the restart then could not say
+    'interrupted'."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "reporting_job.py").write_text(REPORTING_JOB)
+    (tmp_path / "server.py").write_text(REPORTING_SERVER)
+    marker = tmp_path / "recorded"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    server = subprocess.Popen([sys.executable, str(tmp_path / "server.py"), str(marker)], env=env)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "recorded.pid").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "recorded.pid").exists(), "the job never started in its worker process"
+        time.sleep(0.5)  # a few reports heard
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        time.sleep(3)
+        assert not marker.exists(), marker.read_text()
+        child = int((tmp_path / "recorded.pid").read_text())
+        assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
     finally:
         server.kill()
 
