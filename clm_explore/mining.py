@@ -3,16 +3,19 @@
 A *group* is a whole word (however many pieces the tokenizer splits it into), a span of up to
 ``max_words`` words, or a word fragment (a sub-token n-gram) that recurs inside several different
 words. Each is scored by label relevance R (how much knowing the group is present shifts the label
-distribution) times domain specificity A (how much more frequent it is here than in general English).
+distribution) times domain specificity A (how much more frequent it is here than in the general language:
+wordfreq's list for the language of the texts, detected from them unless given).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clm_explore.config import MiningConfig, config_from
+from clm_explore.config import ConfigError, MiningConfig, config_from
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
@@ -84,7 +87,8 @@ class TaskTokens:
 
     groups: list[TokenGroup]
     background: str
-    """Where the general-English background came from ('wordfreq'), or why there was none."""
+    """Where the general-language background came from and in which language ('wordfreq (German, detected)'), or
+    why there was none."""
     n_rows: int
     config: dict
 
@@ -218,13 +222,183 @@ def _row_candidates(words: list[_Word], cfg: MiningConfig) -> set[tuple[str, tup
     return found
 
 
-def _background_frequency(words: Sequence[str]) -> tuple[np.ndarray | None, str]:
-    try:
+AUTO_LANGUAGE = "auto"
+"""MiningConfig.background_lang that detects the language of the training texts."""
+
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "bg": "Bulgarian", "bn": "Bengali", "ca": "Catalan", "cs": "Czech", "da": "Danish",
+    "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian", "fi": "Finnish",
+    "fil": "Filipino", "fr": "French", "he": "Hebrew", "hi": "Hindi", "hu": "Hungarian", "id": "Indonesian",
+    "is": "Icelandic", "it": "Italian", "ja": "Japanese", "ko": "Korean", "lt": "Lithuanian", "lv": "Latvian",
+    "mk": "Macedonian", "ms": "Malay", "nb": "Norwegian Bokmål", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese",
+    "ro": "Romanian", "ru": "Russian", "sh": "Serbo-Croatian", "sk": "Slovak", "sl": "Slovenian", "sv": "Swedish",
+    "ta": "Tamil", "tr": "Turkish", "uk": "Ukrainian", "ur": "Urdu", "vi": "Vietnamese", "zh": "Chinese",
+}
+"""wordfreq 3's languages by name (langcodes names them only with the language_data package, not installed)."""
+
+_SCRIPT_LANGUAGES = {
+    "ARABIC": ("ar", "fa", "ur"), "CYRILLIC": ("bg", "mk", "ru", "uk"), "GREEK": ("el",), "HEBREW": ("he",),
+    "DEVANAGARI": ("hi",), "BENGALI": ("bn",), "TAMIL": ("ta",), "HANGUL": ("ko",),
+}
+"""wordfreq's languages by the Unicode script they are written in (its first word in a letter's Unicode name);
+Latin is every other one, Han and kana are told apart by ``_han_language``."""
+
+DETECTION_ROWS = 1000
+"""Rows read to detect the language, spread evenly over the data (files are often sorted by label)."""
+
+DETECTION_CHARS = 300
+"""Characters of each of those rows read: long documents would otherwise make detection cost more than mining."""
+
+DETECTION_TOP_WORDS = 1000
+"""A language's commonest words whose share of the sample's words measures how well its list covers the data: the
+commonest words are the function words, which tell related languages apart (English 'the', German 'die')."""
+
+FUNCTION_WORD_ZIPF = 6.0
+"""A word at least this frequent in the background is a function word: Zipf 6, once in a thousand words ('the',
+'my', 'for'; German 'für', 'ist', 'eine', 'ich', though not 'mein' or 'meine', at 5.9)."""
+
+
+@dataclass(frozen=True)
+class Background:
+    """The general-language word frequencies that domain specificity and the function-word filter compare with."""
+
+    lang: str | None
+    """wordfreq's code of the language; None: no list (wordfreq not installed, or none for the data's script)."""
+    detected: bool
+    """True: detected from the texts (background_lang 'auto'); False: given."""
+    note: str
+    """What TaskTokens.background says when specificity is on."""
+    lookups: bool = True
+    """Whether wordfreq can look words up in ``lang``: its Chinese, Japanese and Korean lookups segment the word
+    first, with jieba or MeCab (optional packages)."""
+    installed: bool = True
+    """Whether the wordfreq package is installed."""
+
+    @property
+    def name(self) -> str:
+        return LANGUAGE_NAMES.get(self.lang, self.lang) if self.lang else "none"
+
+    def frequencies(self, words: Sequence[str]) -> np.ndarray | None:
+        """P_B of each word (or span), None where there is no usable list."""
+        if self.lang is None or not self.lookups:
+            return None
         from wordfreq import word_frequency
+
+        # Unseen words get a floor so that log(P_D / P_B) stays finite and rare domain words rank high.
+        return np.array([max(word_frequency(w, self.lang), 1e-8) for w in words])
+
+    def is_function_word(self, word: str) -> bool:
+        if not self.installed:
+            return len(word) <= 3
+        if self.lang is None:  # no list for the script: a length rule would drop most words of a Chinese-like one
+            return False
+        if not self.lookups:  # the list itself holds whole words; only the lookup of an arbitrary word segments
+            return word in _commonest_words(self.lang)
+        from wordfreq import zipf_frequency
+
+        return zipf_frequency(word, self.lang) >= FUNCTION_WORD_ZIPF
+
+
+def background_languages() -> list[str]:
+    """The codes ``MiningConfig.background_lang`` takes besides 'auto' (none without wordfreq)."""
+    try:
+        from wordfreq import available_languages
     except ImportError:
-        return None, "none: the wordfreq package is not installed, so the score is label relevance alone"
-    # Unseen words get a floor so that log(P_D / P_B) stays finite and rare domain words rank high.
-    return np.array([max(word_frequency(w, "en"), 1e-8) for w in words]), "wordfreq (general English)"
+        return []
+    return sorted(available_languages())
+
+
+def background_language(texts: Sequence[str], lang: str = AUTO_LANGUAGE) -> Background:
+    """The wordfreq list that mining compares the texts' words with: ``lang``, or with 'auto' the one detected
+    from the texts (their script, then for Latin, Cyrillic and Arabic script the list whose commonest words cover
+    most of their words).
+
+    Raises:
+        ConfigError: ``lang`` is neither 'auto' nor a language wordfreq has a list for (the message names them).
+    """
+    available = background_languages()
+    if not available:
+        return Background(None, False, "none: the wordfreq package is not installed, so the score is label relevance "
+                                       "alone", installed=False)
+    if lang != AUTO_LANGUAGE and lang not in available:
+        raise ConfigError(f"background_lang must be auto or a language wordfreq has a word list for "
+                          f"({', '.join(available)}); got {lang!r}")
+    detected = lang == AUTO_LANGUAGE
+    if detected:
+        lang, script = _detect_language(texts, available)
+        if lang is None:
+            return Background(None, True, f"none: wordfreq has no word list in the texts' script ({script.title()}), "
+                                          f"so the score is label relevance alone")
+    how = "detected" if detected else "given"
+    name = LANGUAGE_NAMES.get(lang, lang)
+    missing = _missing_segmenter(lang)
+    if missing:
+        return Background(lang, detected, f"none: wordfreq looks {name} words up with the {missing} package, which "
+                                          f"is not installed, so the score is label relevance alone ({name}, {how}; "
+                                          f"function words from its list)", lookups=False)
+    return Background(lang, detected, f"wordfreq ({name}, {how})")
+
+
+def _detect_language(texts: Sequence[str], available: list[str]) -> tuple[str | None, str]:
+    """The language of an even sample of the texts and its script; None where wordfreq has no list in the script."""
+    sample = [text[:DETECTION_CHARS] for text in texts[:: max(1, len(texts) // DETECTION_ROWS)][:DETECTION_ROWS]]
+    scripts = Counter(_script(c) for text in sample for c in text if c.isalpha())
+    script = scripts.most_common(1)[0][0] if scripts else "LATIN"
+    if script in ("CJK", "KANA"):
+        return _han_language(scripts, available), script
+    other = {lang for langs in _SCRIPT_LANGUAGES.values() for lang in langs} | {"zh", "ja"}
+    candidates = list(_SCRIPT_LANGUAGES.get(script, ())) if script != "LATIN" else [
+        lang for lang in available if lang not in other]
+    candidates = [lang for lang in candidates if lang in available]
+    if len(candidates) <= 1:
+        return (candidates[0] if candidates else None), script
+    words = Counter(w for text in sample for w in re.findall(r"[^\W\d_]+", text.lower()))
+    total = max(sum(words.values()), 1)
+    coverage = {lang: sum(n for w, n in words.items() if w in _top_words(lang)) / total for lang in candidates}
+    # English first among equals (text without words, such as codes), then the first code: the same every time.
+    return max(candidates, key=lambda lang: (coverage[lang], lang == "en")), script
+
+
+def _script(char: str) -> str:
+    """A letter's Unicode script, as the first word of its name ('LATIN', 'CYRILLIC', 'CJK'; 'KANA' for both kanas)."""
+    first = unicodedata.name(char, "").split(" ")[0]
+    return "KANA" if first.startswith(("HIRAGANA", "KATAKANA")) else first
+
+
+def _han_language(scripts: Counter, available: list[str]) -> str | None:
+    """Japanese where kana make a tenth of the Han and kana letters (Japanese writes its particles in kana),
+    Chinese otherwise."""
+    lang = "ja" if scripts["KANA"] >= 0.1 * (scripts["KANA"] + scripts["CJK"]) else "zh"
+    return lang if lang in available else None
+
+
+@cache
+def _top_words(lang: str) -> frozenset[str]:
+    from wordfreq import top_n_list
+
+    return frozenset(top_n_list(lang, DETECTION_TOP_WORDS, wordlist="small"))  # the small lists load in ~10 ms
+
+
+@cache
+def _commonest_words(lang: str) -> frozenset[str]:
+    """The list's words at the function-word line, read from the list itself (no lookup, so no segmenter)."""
+    from wordfreq import get_frequency_dict
+
+    least = 10 ** (FUNCTION_WORD_ZIPF - 9)  # Zipf is log10 of the frequency per billion words
+    return frozenset(w for w, f in get_frequency_dict(lang, wordlist="small").items() if f >= least)
+
+
+@cache
+def _missing_segmenter(lang: str) -> str | None:
+    """The package wordfreq lacks to look a word up in ``lang`` (jieba for Chinese, MeCab for Japanese and
+    Korean), or None where lookups work."""
+    from wordfreq import word_frequency
+
+    try:
+        word_frequency("a", lang)
+    except ImportError as exc:  # ModuleNotFoundError names the module
+        return exc.name or str(exc)
+    return None
 
 
 def _relevance(counts: np.ndarray, prior: np.ndarray, n_rows: int, kind: str) -> np.ndarray:
@@ -264,6 +438,7 @@ def mine_task_tokens(
 
     Raises:
         ValueError: no texts, or not one label per text.
+        ConfigError: ``cfg.background_lang`` is not a language wordfreq has a list for.
     """
     from clm_explore.batches import text_list, tokenized  # torch only when mining runs
 
@@ -279,6 +454,7 @@ def mine_task_tokens(
     if not texts or len(texts) != len(labels):
         raise ValueError(f"mining needs training texts with one label each; got {len(texts)} texts and "
                          f"{len(labels)} labels.")
+    background = background_language(texts, cfg.background_lang)
     label_names = sorted(set(labels))
     label_index = {name: i for i, name in enumerate(label_names)}
     encodings = [encoding for chunk in tokenized(tokenizer, texts, cfg.max_tokens, add_special_tokens=False,
@@ -301,7 +477,8 @@ def mine_task_tokens(
                         fragment_words[key][w.text] += 1
     # Sorted, so that groups of equal score come in the same order (and the top_k cut keeps the same ones)
     # whatever the process's string hashing: the order of rows_with follows the candidates' set order.
-    keys = sorted(k for k, rows in rows_with.items() if len(set(rows)) >= cfg.min_count and _keep(k, fragment_words, cfg))
+    keys = sorted(k for k, rows in rows_with.items() if len(set(rows)) >= cfg.min_count
+                  and _keep(k, fragment_words, cfg, background))
     if not keys:
         return TaskTokens([], "", len(texts), asdict(cfg))
     label_ids = np.array([label_index[x] for x in labels])
@@ -310,7 +487,7 @@ def mine_task_tokens(
         np.add.at(counts[i], label_ids[sorted(set(rows_with[key]))], 1)
     prior = np.bincount(label_ids, minlength=len(label_names)) / len(labels)
     relevance = _relevance(counts, prior, len(texts), cfg.relevance)
-    specificity, background = _specificity(keys, rows_with, fragment_words, word_total, cfg)
+    specificity, note = _specificity(keys, rows_with, fragment_words, word_total, cfg, background)
     score = _combine(relevance, specificity, cfg.combine)
     top_k = cfg.top_k or min(1024, max(64, len(texts) // 8))
     floor = cfg.min_score_share * float(score.max())
@@ -321,7 +498,7 @@ def mine_task_tokens(
     groups = [_group(keys[i], splits[keys[i]], relevance[i], specificity[i], score[i], label_names[best[i]],
                      lifts[i, best[i]], int(counts[i, best[i]]), rows_with[keys[i]], labels, tokenizer, cfg)
               for i in order]
-    return TaskTokens(groups, background, len(texts), asdict(cfg))
+    return TaskTokens(groups, note, len(texts), asdict(cfg))
 
 
 def _splits_of(keys: set[tuple], split_rows: Counter) -> dict[tuple, list[tuple[str, ...]]]:
@@ -333,7 +510,7 @@ def _splits_of(keys: set[tuple], split_rows: Counter) -> dict[tuple, list[tuple[
     return {k: [p for p, _ in sorted(v, key=lambda pn: -pn[1])] for k, v in found.items()}
 
 
-def _keep(key: tuple, fragment_words: dict[tuple, Counter], cfg: MiningConfig) -> bool:
+def _keep(key: tuple, fragment_words: dict[tuple, Counter], cfg: MiningConfig, background: Background) -> bool:
     kind, inner = key
     if kind == FRAGMENT:
         if len(pieces_surface(inner).strip()) < max(cfg.fragment_min_chars, 1):
@@ -345,35 +522,31 @@ def _keep(key: tuple, fragment_words: dict[tuple, Counter], cfg: MiningConfig) -
         return len(words) >= cfg.fragment_min_words and words.most_common(1)[0][1] <= 0.5 * total
     if len(inner) == 1:
         return len(inner[0]) > 1 or inner[0].isdigit()
-    # A span that starts or ends with a function word ("my card", "the atm") repeats its content word.
-    return not (_is_function_word(inner[0]) or _is_function_word(inner[-1]))
+    # A span that starts or ends with a function word ("my card", "the atm", "für die") repeats its content word.
+    return not (background.is_function_word(inner[0]) or background.is_function_word(inner[-1]))
 
 
-def _is_function_word(word: str) -> bool:
-    try:
-        from wordfreq import zipf_frequency
-    except ImportError:
-        return len(word) <= 3
-    return zipf_frequency(word, "en") >= 6.0
-
-
-def _specificity(keys: list[tuple], rows_with: dict, fragment_words: dict, word_total: int, cfg: MiningConfig) -> tuple[np.ndarray, str]:
+def _specificity(keys: list[tuple], rows_with: dict, fragment_words: dict, word_total: int, cfg: MiningConfig,
+                 background: Background) -> tuple[np.ndarray, str]:
+    """A(g) of every key and what TaskTokens.background says about it."""
     ones = np.ones(len(keys))
-    if cfg.specificity == "none":
-        return ones, "none (specificity off by option)"
-    background, note = _background_frequency([" ".join(inner) for kind, inner in keys if kind == WORDS])
-    if background is None:
-        return ones, note
+    if cfg.specificity == "none":  # the function-word filter still used the list: say which
+        how = "detected" if background.detected else "given"
+        words = f"; function words from wordfreq's {background.name} list, {how}" if background.lang else ""
+        return ones, f"none (specificity off by option{words})"
+    frequencies = background.frequencies([" ".join(inner) for kind, inner in keys if kind == WORDS])
+    if frequencies is None:
+        return ones, background.note
     # A fragment's background is that of the words it occurs in (a stem is as common as its words).
-    per_key = iter(background)
-    background = np.array([next(per_key) if kind == WORDS else _words_background(fragment_words[inner])
-                           for kind, inner in keys])
+    per_key = iter(frequencies)
+    frequencies = np.array([next(per_key) if kind == WORDS else _words_background(fragment_words[inner], background)
+                            for kind, inner in keys])
     p_domain = np.array([len(rows_with[k]) for k in keys]) / max(word_total, 1)
-    return np.maximum(p_domain * np.log(p_domain / background), 0.0), note
+    return np.maximum(p_domain * np.log(p_domain / frequencies), 0.0), background.note
 
 
-def _words_background(words: Counter) -> float:
-    found, _ = _background_frequency(list(words))
+def _words_background(words: Counter, background: Background) -> float:
+    found = background.frequencies(list(words))
     return float(found.sum()) if found is not None else 1.0
 
 

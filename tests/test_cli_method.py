@@ -48,6 +48,15 @@ def test_commands_that_read_data_with_a_model_say_when_its_vocabulary_cannot_rea
     assert "[UNK]" not in capsys.readouterr().err  # English data: nothing said
 
 
+def test_mine_takes_the_background_language_and_refuses_one_without_a_list(capsys, data_dir):
+    groups = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--background-lang", "en"])
+    assert groups
+    err = run_error(capsys, ["mine", str(data_dir), *TINY, "--background-lang", "xx"])
+    assert "--background-lang must be auto or a language wordfreq has a word list for" in err and "de, " in err
+    assert main(["mine", str(data_dir), *TINY, "--show", "1"]) == 0
+    assert "background: wordfreq (English, detected)" in capsys.readouterr().out
+
+
 def test_mine_json(capsys, data_dir):
     groups = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--top", "20"])
     assert 0 < len(groups) <= 20

@@ -7,8 +7,10 @@ The tiny vocabulary (clm_explore/assets/tiny_vocab.txt) holds whole words such a
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from clm_explore.mining import (
     TaskTokens,
     TokenGroup,
     adaptive_tokenization,
+    background_language,
     covered_positions,
     mine_task_tokens,
 )
@@ -497,3 +500,148 @@ def test_a_groups_examples_are_rows_of_its_own_label_first(tok):
     labels = ["b"] * 10 + ["a"] * 2 + ["b"] * 78
     group = by_text(mine_task_tokens(texts, labels, tok, PLAIN))["pin"]
     assert group.label == "a" and group.example_ids == [10, 11, 0, 1, 2]
+
+
+# -- the background's language: detected from the texts, or given ---------------------------------------------
+
+GERMAN = {
+    "karte_verloren": [
+        "Ich habe meine Karte verloren, bitte sperren Sie sie sofort.",
+        "Meine Karte ist gestohlen worden, was soll ich tun?",
+        "Wie kann ich meine verlorene Karte sperren lassen?",
+        "Ist es möglich, eine neue Karte für mein Konto zu bestellen? Meine alte Karte ist weg.",
+        "Bitte bestätigen Sie, dass meine Karte gesperrt ist.",
+        "Ich finde meine Karte nicht mehr, bekomme ich eine Ersatzkarte?",
+        "Mein Portemonnaie mit der Karte wurde gestohlen.",
+        "Die Karte ist verloren, wann bekomme ich eine neue?",
+        "Kann ich die Sperrung meiner Karte wieder aufheben, ich habe sie gefunden?",
+        "Jemand hat meine Karte gestohlen und damit bezahlt.",
+    ],
+    "auslandsgebuehr": [
+        "Warum wurde mir eine Gebühr für die Zahlung im Ausland berechnet?",
+        "Ist die Auslandszahlung für mein Konto kostenlos?",
+        "Ich sehe eine Fremdwährungsgebühr auf meinem Kontoauszug, was ist das?",
+        "Wie hoch ist die Gebühr für Auslandszahlungen?",
+        "Bitte bestätigen Sie, ob für Zahlungen in Dollar eine Gebühr anfällt.",
+        "Meine Kartenzahlung im Urlaub hatte eine zusätzliche Gebühr.",
+        "Bekomme ich die Fremdwährungsgebühr zurück?",
+        "Für meine Zahlung in Pfund wurde eine Gebühr abgebucht.",
+        "Welche Gebühr fällt für eine Auslandszahlung an?",
+        "Die Gebühr für die Zahlung im Ausland ist zu hoch.",
+    ],
+    "ueberweisung": [
+        "Meine Überweisung ist noch nicht angekommen.",
+        "Wann kommt die Überweisung auf dem Konto des Empfängers an?",
+        "Ich habe eine Überweisung gemacht, aber sie ist noch ausstehend.",
+        "Bitte bestätigen Sie, dass meine Überweisung ausgeführt wurde.",
+        "Warum dauert die Überweisung für mein Konto so lange?",
+        "Die Überweisung an meine Vermieterin ist seit drei Tagen ausstehend.",
+        "Wann bekomme ich eine Gutschrift für die Überweisung?",
+        "Ist meine Überweisung schon gebucht?",
+        "Mein Geld ist nicht auf dem Konto, obwohl die Überweisung ausgeführt ist.",
+        "Kann ich eine ausstehende Überweisung stornieren?",
+    ],
+}
+GERMAN_FUNCTION_WORDS = {"für", "ist", "eine", "ich", "die", "sie"}
+"""At Zipf 6.8 or more in wordfreq's German list ('mein' and 'meine', 5.9, are under the function-word line of 6)."""
+
+
+def german_corpus() -> tuple[list[str], list[str]]:
+    return [t for rows in GERMAN.values() for t in rows], [label for label, rows in GERMAN.items() for _ in rows]
+
+
+def word_level_tokenizer(texts: list[str]):
+    """A tokenizer with every word of ``texts`` whole in its vocabulary: German words stay one piece, so spans
+    such as 'bestätigen sie' are candidates (the tiny vocabulary would split them past max_ngram)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
+def lang_config(lang: str, **fields) -> MiningConfig:
+    return MiningConfig(background_lang=lang, **fields)
+
+
+def test_german_texts_are_mined_against_the_german_list():
+    # The review: against the English list 'für', 'ist', 'eine', 'mein' looked domain-specific (English hardly
+    # uses them) and ranked among the top groups; against German's they are what they are, common words.
+    pytest.importorskip("wordfreq")
+    texts, labels = german_corpus()
+    tok = word_level_tokenizer(texts)
+    auto = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=3))
+    english = mine_task_tokens(texts, labels, tok, lang_config("en", min_count=3))  # as mining was before
+    assert auto.background == "wordfreq (German, detected)"
+    assert english.background == "wordfreq (English, given)"
+
+    def has_function_word(texts: list[str]) -> list[str]:
+        return [t for t in texts if {t.split()[0], t.split()[-1]} & GERMAN_FUNCTION_WORDS]
+
+    top_auto = [g.text for g in auto.groups[:10]]
+    assert has_function_word([g.text for g in english.groups[:10]])  # 'die überweisung', 'gebühr für'
+    assert not has_function_word(top_auto), top_auto
+    assert {"überweisung", "karte", "gebühr"} <= set(top_auto)
+    # Each one's score, as a share of the best group's, falls (ranks shift with the spans that come and go).
+    share = {g.text: g.score / auto.groups[0].score for g in auto.groups}
+    share_english = {g.text: g.score / english.groups[0].score for g in english.groups}
+    for word in GERMAN_FUNCTION_WORDS | {"mein", "meine"}:
+        assert share.get(word, 0.0) < share_english[word], word
+
+
+def test_spans_ending_in_a_german_function_word_are_left_out():
+    # 'bestätigen sie' and 'bekomme ich' repeat their content word, as 'my card' does in English.
+    pytest.importorskip("wordfreq")
+    texts, labels = german_corpus()
+    tok = word_level_tokenizer(texts)
+    spans = {g.text for g in mine_task_tokens(texts, labels, tok, MiningConfig(min_count=3)) if " " in g.text}
+    english = {g.text for g in mine_task_tokens(texts, labels, tok, lang_config("en", min_count=3)) if " " in g.text}
+    assert {"bestätigen sie", "bekomme ich", "für die"} <= english
+    assert not any(set(s.split()) & GERMAN_FUNCTION_WORDS for s in spans), spans
+
+
+def test_english_texts_are_detected_as_english_and_mine_as_before(tok):
+    pytest.importorskip("wordfreq")
+    texts = (["my card has not arrived yet", "where is my new card", "the card was declined at the shop"] * 3
+             + ["what is the exchange rate today", "why is the exchange rate so bad", "rate for my transfer"] * 3)
+    labels = ["card"] * 9 + ["rate"] * 9
+    auto = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=3))
+    given = mine_task_tokens(texts, labels, tok, lang_config("en", min_count=3))
+    assert auto.background == "wordfreq (English, detected)"
+    assert auto.groups == given.groups and auto.groups
+
+
+def test_chinese_texts_without_jieba_fall_back_to_relevance_alone(tok):
+    # wordfreq segments a Chinese word with jieba before it looks it up; without jieba the lookup raises.
+    pytest.importorskip("wordfreq")
+    if importlib.util.find_spec("jieba") is not None:
+        pytest.skip("jieba is installed: wordfreq's Chinese lookups work")
+    texts = ["我的银行卡丢了怎么办", "我的卡被偷了", "请帮我冻结银行卡", "银行卡不见了",
+             "为什么转账还没有到账", "我的转账失败了", "转账什么时候到", "转账到账太慢了"] * 3
+    labels = (["card"] * 4 + ["transfer"] * 4) * 3
+    tt = mine_task_tokens(texts, labels, tok, MiningConfig(min_count=3, fragment_min_chars=1))
+    assert tt.groups
+    assert "jieba" in tt.background and "relevance alone" in tt.background and "Chinese, detected" in tt.background
+    assert all(g.specificity == 1.0 for g in tt.groups)
+    # The function-word filter still reads the list's commonest words: no span starts with 我 (I) or ends in 的.
+    spans = [g.text.split() for g in tt.groups if " " in g.text]
+    assert not any(s[0] in ("我", "的") or s[-1] in ("我", "的") for s in spans), spans
+
+
+def test_an_unknown_background_language_is_refused_naming_the_lists(tok):
+    pytest.importorskip("wordfreq")
+    with pytest.raises(ConfigError, match=r"background_lang .*\bde\b.*\ben\b.*; got 'xx'"):
+        background_language(["some text"], "xx")
+    with pytest.raises(ConfigError, match="background_lang"):
+        mine_task_tokens(["refund please"] * 6, ["a"] * 6, tok, lang_config("klingon"))
+
+
+def test_without_wordfreq_the_score_is_relevance_alone(tok, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wordfreq", None)  # import wordfreq now raises ImportError
+    texts = ["refund please"] * 6 + ["money please"] * 6
+    tt = mine_task_tokens(texts, ["a"] * 6 + ["b"] * 6, tok, MiningConfig(min_count=5))
+    assert tt.background.startswith("none: the wordfreq package is not installed")
+    assert tt.groups and all(g.specificity == 1.0 for g in tt.groups)

@@ -65,7 +65,7 @@ def _model_arg(parser: argparse.ArgumentParser) -> None:
 def _register_mine(sub: Any) -> None:
     p = sub.add_parser("mine", help="mine task-specific token groups from the training split",
                        description="Mine the word pieces and words that tell DATA's labels apart (count, label "
-                       "relevance, domain specificity against general English) and print the top groups; --merge "
+                       "relevance, domain specificity against the general language) and print the top groups; --merge "
                        "adds the top multi-piece words to the tokenizer's unused slots.")
     add_data_args(p)
     _model_arg(p)
@@ -88,8 +88,11 @@ def _mining_args(p: argparse.ArgumentParser, scored: str = "") -> Any:
     group.add_argument("--relevance", choices=RELEVANCES, default=MiningConfig.relevance,
                        help="label relevance of a group: KL divergence from the label prior, mutual information or chi2")
     group.add_argument("--specificity", choices=SPECIFICITIES, default=MiningConfig.specificity,
-                       help="domain specificity of a group: against general English (the wordfreq package's word "
-                       "frequencies), or none (relevance alone)")
+                       help="domain specificity of a group: against the general language (the wordfreq package's "
+                       "word frequencies in --background-lang), or none (relevance alone)")
+    group.add_argument("--background-lang", default=MiningConfig.background_lang, metavar="CODE",
+                       help="language of the specificity background and of the function-word filter: auto (detected "
+                       "from the training texts) or a wordfreq code such as en, de, fr")
     group.add_argument("--max-words", type=int, default=MiningConfig.max_words, metavar="N",
                        help="longest run of words mined as one group")
     group.add_argument("--fragment-min-chars", type=int, default=MiningConfig.fragment_min_chars, metavar="N",
@@ -114,7 +117,8 @@ def mining_config(args: argparse.Namespace, merge_tokens: int = 0) -> MiningConf
     says with the option's name."""
     return MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance,
                         specificity=args.specificity, max_words=args.max_words, merge_tokens=merge_tokens,
-                        fragment_min_chars=args.fragment_min_chars, min_score_share=args.min_score_share)
+                        fragment_min_chars=args.fragment_min_chars, min_score_share=args.min_score_share,
+                        background_lang=args.background_lang)
 
 
 def run_mine(args: argparse.Namespace) -> int:
@@ -161,7 +165,7 @@ def run_mine(args: argparse.Namespace) -> int:
 
 
 def mined_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """``mine``'s table: the score's parts beside it (label relevance, specificity against general English), and
+    """``mine``'s table: the score's parts beside it (label relevance, specificity against the general language), and
     the label's rows among the group's ("18/134": a group spread over many labels points weakly to any); ``reads``
     only where a group reads otherwise than its text (a fragment)."""
     shown = frame.assign(relevance=frame["relevance"].round(4), specificity=frame["specificity"].round(4),

@@ -26,6 +26,7 @@ from clm_explore.config import (
     MiningConfig,
     SensitivityConfig,
 )
+from clm_explore.mining import AUTO_LANGUAGE, LANGUAGE_NAMES, background_languages
 from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
 from clm_explore.training import DEFAULT_LR
 from clm_explore.ui import cache, saved_session, state, views
@@ -120,8 +121,8 @@ def mining_form(key: str = "tok") -> MiningConfig:
             SPECIFICITIES,
             index=SPECIFICITIES.index(cfg.specificity),
             key=f"{key}_spec",
-            help="How much more often a group occurs in this data than in general English (word frequencies of "
-            "the wordfreq package); 'none' ranks by relevance alone.",
+            help="How much more often a group occurs in this data than in everyday text of its language (word "
+            "frequencies of the wordfreq package); 'none' ranks by relevance alone.",
         )
         min_count = c3.number_input("Min rows", 1, 1000, cfg.min_count, key=f"{key}_min_count",
                                     help="A group must occur in at least this many training rows.")
@@ -135,6 +136,14 @@ def mining_form(key: str = "tok") -> MiningConfig:
         top_k = c2.number_input("Groups kept (0 = auto)", 0, 5000, cfg.top_k, key=f"{key}_top_k",
                                 help="How many of the best-scored groups are kept (0: scales with the rows, "
                                 "64 to 1,024); their positions restrict the sensitivity scores.")
+        languages = [AUTO_LANGUAGE, *background_languages()]
+        background_lang = c2.selectbox(
+            "Background language", languages,
+            index=languages.index(cfg.background_lang) if cfg.background_lang in languages else 0,
+            format_func=lambda code: "auto (detected from the texts)" if code == AUTO_LANGUAGE else
+            f"{LANGUAGE_NAMES.get(code, code)} ({code})", key=f"{key}_background_lang",
+            help="The language whose everyday word frequencies specificity compares with, and whose commonest words "
+            "('the', 'für') may not start or end a group: detected from the training texts, or chosen.")
         share = c1.number_input("Lowest score kept (share of the best)", 0.0, 0.99, cfg.min_score_share, step=0.01,
                                 format="%.2f", key=f"{key}_min_share",
                                 help="Keep a group only if its score is at least this share of the best group's. "
@@ -150,6 +159,7 @@ def mining_form(key: str = "tok") -> MiningConfig:
                 top_k=int(top_k),
                 fragment_min_chars=int(min_chars),
                 min_score_share=float(share),
+                background_lang=background_lang,
             )
             state.put(state.MINING_CFG, cfg)
             saved_session.persist()  # now: a reload while it computes kept the old options (multi-session review)

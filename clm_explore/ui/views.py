@@ -321,8 +321,8 @@ def render_group_table(frame: pd.DataFrame, key: str) -> None:
             "relevance": st.column_config.NumberColumn(help="How strongly the group points to labels (Mining "
                                                        "options: kl, mi or chi2)."),
             "specificity": st.column_config.NumberColumn(help="How over-represented the group is here against "
-                                                         "general English (0: no more common; 1 for every group "
-                                                         "when not measured)."),
+                                                         "everyday text of its language (0: no more common; 1 for "
+                                                         "every group when not measured)."),
             "lift": st.column_config.NumberColumn(format="%.2f", help="How many times more often the label occurs "
                                                   "in rows with the group than overall."),
         },
@@ -330,7 +330,7 @@ def render_group_table(frame: pd.DataFrame, key: str) -> None:
     # The columns in one sentence: their tooltips alone left an annotator guessing (the UX review).
     st.caption("How to read it: a group marks its label firmly when most of its rows hold that label (label rows "
                "near count) and lift is high. Score ranks the groups: how strongly a group points to a label "
-               "(relevance) times how much more common it is here than in general English (specificity). Point at a "
+               "(relevance) times how much more common it is here than in everyday text of its language (specificity). Point at a "
                "column's name for more.")
 
 

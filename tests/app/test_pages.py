@@ -400,10 +400,13 @@ def test_tokens_mine_filter_and_examples(at: AppTest) -> None:
     at.number_input(key="tok_min_count").set_value(3)
     at.number_input(key="tok_min_chars").set_value(1)
     at.number_input(key="tok_min_share").set_value(0.05)
+    assert at.selectbox(key="tok_background_lang").value == "auto"
+    at.selectbox(key="tok_background_lang").set_value("de")
     button(at, "Mine task tokens").click().run()
     assert not at.exception
     assert at.session_state["mining_cfg"].min_count == 3 and at.session_state["mining_cfg"].fragment_min_chars == 1
     assert at.session_state["mining_cfg"].min_score_share == 0.05
+    assert at.session_state["mining_cfg"].background_lang == "de"  # the language review: English was the only list
     at.text_input(key="tok_all_query").input("zzzz-no-match").run()
     assert not at.exception
     at.toggle(key="tok_merge").set_value(True).run()
