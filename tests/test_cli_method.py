@@ -57,6 +57,22 @@ def test_mine_takes_the_background_language_and_refuses_one_without_a_list(capsy
     assert "background: wordfreq (English, detected)" in capsys.readouterr().out
 
 
+def test_a_full_disk_said_by_a_library_that_raises_no_oserror_is_one_message_not_a_traceback(capsys, data_dir,
+                                                                                              monkeypatch):
+    """The crash review: `finetune --out` on a full tmpfs ended in safetensors' SafetensorError traceback (exit 1)."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("clm_explore.data.load_data", full)
+    err = run_error(capsys, ["mine", str(data_dir), *TINY])
+    assert "a disk the command writes to is full" in err and "free some space there" in err and "os error 28" in err
+    monkeypatch.setattr("clm_explore.data.load_data", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # any other error stays a traceback: a bug to report, not to hide
+        main(["mine", str(data_dir), *TINY])
+
+
 def test_mine_json(capsys, data_dir):
     groups = run_json(capsys, ["mine", str(data_dir), *TINY, "--json", "--top", "20"])
     assert 0 < len(groups) <= 20

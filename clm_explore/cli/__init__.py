@@ -385,6 +385,15 @@ def _main(argv: Sequence[str] | None) -> int:
             errno.ENOTDIR, errno.ENOENT) else "check that this user may read or write it, or choose another place")
         print(f"error: {exc.strerror}: {exc.filename}. {advice[0].upper()}{advice[1:]}.", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from clm_explore.jobs import DISK_FULL
+
+        if not DISK_FULL.search(str(exc)):
+            raise
+        # safetensors' and tokenizers' own errors are no OSError: a full disk while saving printed a traceback
+        print(f"error: a disk the command writes to is full (the run folder's, the model cache's or the temporary "
+              f"folder's): free some space there, then run it again ({type(exc).__name__}: {exc}).", file=sys.stderr)
+        return 2
 
 
 def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
