@@ -29,8 +29,9 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from clm_explore.job_process import JobFailed, WorkerProcess, takes_phases
@@ -294,7 +295,8 @@ class JobQueue:
             self._finish(job, RunStatus.INTERRUPTED)
             return
         try:
-            job.result = self._call(job)
+            with self._device_turn(job) as turn:
+                job.result = self._call(job) if turn else None  # None: cancelled, or the server went, meanwhile
         except BaseException as exc:  # noqa: BLE001 - any failure of the job is reported, the worker lives on
             if self._exiting:  # its worker was ended with the server: already recorded interrupted
                 return
@@ -303,6 +305,40 @@ class JobQueue:
             return
         if not self._exiting:
             self._finish(job, _result_status(job))
+
+    @contextlib.contextmanager
+    def _device_turn(self, job: Job) -> Iterator[bool]:
+        """Hold the device across every server on this runs folder while ``job`` runs (a lock file in it, held with
+        ``fcntl.flock``, which the kernel lets go when the server dies): a restart overlapping the old server, or a
+        second server on the same folder, ran two trainings on one GPU at once (the crash review). While another
+        server's job holds it, the job says so and waits; yields False when it was cancelled, or this server began to
+        go, meanwhile. Without a store, inline, or without ``fcntl`` (Windows): this server's own queue alone."""
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None  # type: ignore[assignment]
+        if self.store is None or self.inline or fcntl is None:
+            yield True
+            return
+        path = Path(self.store.root) / f".device-{re.sub(r'[^A-Za-z0-9_-]', '-', job.device)}.lock"
+        with open(path, "a+b") as handle:
+            said = False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if job.cancel_event.is_set() or self._exiting:
+                        yield False
+                        return
+                    if not said:
+                        job.on_phase(OTHER_SERVER_PHASE, 0, 1)
+                        said = True
+                    time.sleep(DEVICE_POLL_SECONDS)
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _call(self, job: Job) -> Any:
         process = self._processes.get(job.device)
@@ -445,6 +481,11 @@ def normalise_device(device: str | None) -> str:
         except ImportError:  # pragma: no cover - torch is a core dependency
             device = "cpu"
     return "cuda:0" if device == "cuda" else device
+
+
+OTHER_SERVER_PHASE = "waiting for another server's job on this device (a server sharing this runs folder)"
+"""What a job says while a job of another server on the same runs folder holds its device (``_device_turn``)."""
+DEVICE_POLL_SECONDS = 1.0
 
 
 def _result_status(job: Job) -> RunStatus:

@@ -491,6 +491,47 @@ def test_a_job_that_ignores_its_cancel_is_ended_after_the_grace(process_jobs: Jo
     assert after.result.metrics["pid"] != before.result.metrics["pid"]  # in a new child
 
 
+def test_two_servers_on_one_runs_folder_take_turns_on_a_device(store: RunStore, monkeypatch) -> None:
+    """The crash review: two servers on the same runs folder (a restart overlapping the old one) each ran a job on the
+    same device at once; the queues' one-at-a-time rule was per process."""
+    from clm_explore import jobs as jobs_module
+    from clm_explore.jobs import OTHER_SERVER_PHASE
+
+    monkeypatch.setattr(jobs_module, "DEVICE_POLL_SECONDS", 0.05)
+    first, second = JobQueue(store), JobQueue(RunStore(store.root))  # two servers: two opens of the lock file
+    try:
+        gate, log = threading.Event(), []
+        holding = first.submit(count_steps, {"n": 2, "gate": gate, "log": log, "tag": 1},
+                               run_id=store.create("a", "sparse", {}).id, device="cpu")
+        deadline = time.time() + 5
+        while holding.status is not RunStatus.RUNNING and time.time() < deadline:
+            time.sleep(0.01)
+        waiting = second.submit(count_steps, {"n": 2, "log": log, "tag": 2},
+                                run_id=store.create("b", "sparse", {}).id, device="cpu")
+        cancelled = None
+        deadline = time.time() + 5
+        while waiting.progress().phase != OTHER_SERVER_PHASE and time.time() < deadline:
+            time.sleep(0.01)
+        assert waiting.progress().phase == OTHER_SERVER_PHASE and log == []  # said, and not started
+        gate.set()
+        assert holding.wait(5) and waiting.wait(5)
+        assert log == [1, 2] and waiting.status is RunStatus.SUCCEEDED
+        gate.clear()
+        holding = first.submit(count_steps, {"n": 1, "gate": gate}, device="cpu")
+        cancelled = second.submit(count_steps, {"n": 1, "log": log, "tag": 3}, device="cpu")
+        deadline = time.time() + 5
+        while cancelled.progress().phase != OTHER_SERVER_PHASE and time.time() < deadline:
+            time.sleep(0.01)
+        cancelled.cancel()
+        assert cancelled.wait(5) and cancelled.status is RunStatus.CANCELLED and 3 not in log  # never ran
+        gate.set()
+        assert holding.wait(5)
+    finally:
+        gate.set()
+        first.shutdown()
+        second.shutdown()
+
+
 def test_a_queue_remembers_only_its_newest_finished_jobs(store: RunStore, monkeypatch) -> None:
     from clm_explore import jobs as jobs_module
 
