@@ -42,6 +42,8 @@ with c2, st.expander("Metrics (metrics.json)"):
     # Rows written before the registry left the per-label figures out may still hold them.
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
 
+jobs.relaunch_control(run, key="runs")
+
 if run.status is RunStatus.SUCCEEDED and not folder_gone:  # both read the folder's files
     st.subheader("What training changed", anchor=False)
     run_views.weight_changes_toggle([run], key="runs_changes")

@@ -23,7 +23,7 @@ from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root
 from clm_explore.training import FINISHING_PHASE
 from clm_explore.ui import cache, forms, run_views, state
-from clm_explore.ui.state import DataChoice
+from clm_explore.ui.state import DataChoice, data_key_name
 from clm_explore.ui.views import CHART_CONFIG, duration, escape_markdown, label_text, metric_row
 
 if TYPE_CHECKING:
@@ -206,6 +206,50 @@ def _queue_run(plan: LaunchPlan, target: _LaunchTarget) -> Job:
     job.label = f"{cfg.method} {target.about}"  # a shared queue: what is this job? (its session marked on the card)
     target.launched.add(run.id)
     return job
+
+
+RELAUNCHABLE = (RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.CANCELLED)
+"""Runs that ended without a model: the Runs page offers to launch them again with their own settings."""
+
+
+def relaunch_refusal(run: RunRecord, choice: DataChoice | None) -> str:
+    """Why ``run`` cannot be launched again from this session as it was ('' when it can): it needs the data it was
+    launched on chosen (an upload is its session's own; the server has no other copy to give) and a model this
+    server lets a browser load."""
+    data_key = str(run.config.get("data", ""))
+    if choice is None or data_key != choice.key:
+        return (f"To launch it again with its settings, choose its data on the Data page "
+                f"({data_key_name(data_key) or 'not recorded'}).")
+    recorded = run.config.get("data_digest")
+    if recorded and recorded != data_digest(cache.data(choice)):  # the same name, other rows (a file edited on disk)
+        return "The data chosen now has the same name as this run's but other rows: it is not launched again on them."
+    return state.refused_model_source(str(run.config.get("source", "")))
+
+
+def relaunch_control(run: RunRecord, key: str) -> None:
+    """For a run that ended without a model (a server restart interrupted it, a failure, a cancel): a button that
+    launches it again with its own settings, on the same data and model; before, its options had to be found in its
+    config and set again by hand (the crash review)."""
+    if run.status not in RELAUNCHABLE or not run.config.get("method"):
+        return
+    if refusal := relaunch_refusal(run, state.data_choice()):
+        st.caption(escape_markdown(refusal))
+        return
+    if not st.button("Launch again with its settings", key=f"{key}_relaunch",
+                     help="Queues a new run with this run's method, budget, epochs, seed and other options, on the "
+                     "same data and model. This run stays as it is; delete it below if it is of no more use."):
+        return
+    from clm_explore.config import ConfigError
+    from clm_explore.data import DataError
+    from clm_explore.modeling import ModelSourceError
+
+    try:
+        job = launch(run.name, FinetuneConfig.from_dict(run.config), state.data_choice(), str(run.config["source"]))
+    except (ConfigError, DataError, ModelSourceError, TypeError) as exc:  # TypeError: a config of another version
+        st.error(escape_markdown(f"It cannot be launched again: {exc}"))
+        return
+    st.success(f"Queued again as {short_run_name(job.run_id or '')}; follow it on the Finetune page.")
+    st.page_link("app_pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
 
 
 def made_scores(cfg: FinetuneConfig, choice: DataChoice, source: str) -> SensitivityReport | None:

@@ -1572,6 +1572,33 @@ def test_runs_of_two_users_uploads_with_one_name_are_told_apart(tmp_path: Path) 
     assert "the bundled sample banking77\\_20, run B on the server's data set banking77\\_20" in said
 
 
+def test_a_run_that_ended_without_a_model_is_launched_again_with_its_settings(at: AppTest) -> None:
+    """The crash review: after a server restart interrupted a run, its options had to be set again by hand."""
+    from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
+    from clm_explore.data import data_digest
+    from clm_explore.ui import cache
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    choice = at.session_state["data_choice"]
+    cfg = FinetuneConfig(method="sparse", epochs=1, seed=5, max_length=32, device="cpu", mask=MaskConfig(budget=0.02))
+    run = store.create("lost", "sparse", {**to_dict(cfg), "source": "tiny-random", "data": choice.key,
+                                          "data_digest": data_digest(cache.data(choice))})
+    store.set_status(run.id, RunStatus.INTERRUPTED)
+    other = store.create("theirs", "sparse", {**to_dict(cfg), "source": "tiny-random",
+                                              "data": "upload:tiny.csv:None:None:abc"})
+    store.set_status(other.id, RunStatus.FAILED)
+    goto(at, "app_pages/7_runs.py")
+    at.selectbox(key="runs_pick").set_value(other.id).run()
+    assert any("choose its data on the Data page \\(tiny\\.csv" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.key == "runs_relaunch"]  # another data set: not on this one's rows
+    at.selectbox(key="runs_pick").set_value(run.id).run()
+    at.button(key="runs_relaunch").click().run(timeout=TIMEOUT)
+    assert not at.exception and any("Queued again as" in s.value for s in at.success), [e.value for e in at.error]
+    again = next(r for r in store.list() if r.name == "lost" and r.id != run.id)
+    assert again.status is RunStatus.SUCCEEDED and again.config["seed"] == 5 and again.config["mask"]["budget"] == 0.02
+    assert store.get(run.id).status is RunStatus.INTERRUPTED  # the old run stays as it was
+
+
 def waiting_job(store: RunStore, name: str):
     """A job another session queued, still waiting (the tests' inline jobs never wait), in the app's queue."""
     from clm_explore.jobs import Job
