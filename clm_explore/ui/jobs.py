@@ -341,7 +341,7 @@ def _lost_jobs_note(records: list[RunRecord]) -> str:
     if not lost:
         return ""
     return (f" The server restarted since this session launched {len(lost)} of the runs below, which it "
-            "interrupted: launch them again to train them.")
+            "interrupted: the Runs page launches each again with its settings.")
 
 
 def _deleted_runs(run_ids: list[str]) -> set[str]:
