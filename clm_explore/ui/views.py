@@ -6,7 +6,9 @@ User text (data rows, labels, words) is only ever shown through dataframes or th
 
 from __future__ import annotations
 
+import itertools
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,17 +61,52 @@ def plot_text(text: str) -> str:
 
 
 def highlight_markdown(text: str, needle: str) -> str:
-    """``text`` escaped, with every case-insensitive occurrence of ``needle`` in **bold**."""
-    needle = needle.replace("##", "").strip()
-    if not needle:
+    """``text`` escaped, with every occurrence of ``needle`` in **bold**, found as an uncased tokenizer reads: case
+    and accents aside ("fur" is "für"), and without the spaces it puts around Chinese and Japanese characters ("发 票"
+    is "发票"): such groups were never found in their rows (the language review)."""
+    folded, origin = _folded(text)
+    pattern = _needle_pattern(_folded(needle.replace("##", ""))[0].strip())
+    if pattern is None:
         return escape_markdown(text)
     parts, last = [], 0
-    for match in re.finditer(re.escape(needle), text, flags=re.IGNORECASE):
-        parts.append(escape_markdown(text[last : match.start()]))
-        parts.append(f"**{escape_markdown(match.group(0))}**")
-        last = match.end()
+    for match in pattern.finditer(folded):
+        start, end = origin[match.start()], origin[match.end() - 1] + 1
+        if start < last:
+            continue
+        parts.append(escape_markdown(text[last:start]))
+        parts.append(f"**{escape_markdown(text[start:end])}**")
+        last = end
     parts.append(escape_markdown(text[last:]))
     return "".join(parts)
+
+
+def _folded(text: str) -> tuple[str, list[int]]:
+    """``text`` lower-cased without accents (combining marks), and the position in ``text`` of each of its
+    characters."""
+    chars, origin = [], []
+    for i, char in enumerate(text):
+        for part in unicodedata.normalize("NFKD", char).lower():
+            if not unicodedata.combining(part):
+                chars.append(part)
+                origin.append(i)
+    return "".join(chars), origin
+
+
+def _needle_pattern(needle: str) -> re.Pattern[str] | None:
+    words = needle.split()
+    if not words:
+        return None
+    pattern = re.escape(words[0])
+    for before, after in itertools.pairwise(words):
+        pattern += r"\s*" if _spaced_by_tokenizer(before[-1]) or _spaced_by_tokenizer(after[0]) else r"\s+"
+        pattern += re.escape(after)
+    return re.compile(pattern)
+
+
+def _spaced_by_tokenizer(char: str) -> bool:
+    """A character that BERT-style tokenizers make a word of its own (Chinese, Japanese, Korean ideographs), as they
+    write no spaces between words."""
+    return unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
 CHART_CONFIG = {

@@ -786,6 +786,18 @@ def test_highlight_escapes_user_text() -> None:
     assert escape_markdown("at 10:30") == "at 10\\:30"  # other colons as they were
 
 
+def test_highlight_finds_a_group_as_the_uncased_tokenizer_read_it() -> None:
+    """The language review: "发 票" (the tokenizer's spaces around Chinese characters) and "fur" (its accents
+    dropped) were never found in their rows, so the Tokens page's examples showed nothing in bold."""
+    from clm_explore.ui.views import highlight_markdown
+
+    assert highlight_markdown("我要开发票", "发 票") == "我要开**发票**"
+    assert highlight_markdown("Gebühr für Überweisung", "fur") == "Gebühr **für** Überweisung"
+    assert highlight_markdown("ÜBERWEISUNG fehlt", "uberweisung") == "**ÜBERWEISUNG** fehlt"
+    assert highlight_markdown("my  card, mycard", "my card") == "**my  card**, mycard"  # words stay words
+    assert highlight_markdown("ﬁne", "fine") == "**ﬁne**"  # a ligature is one character of the text
+
+
 def test_widget_labels_escape_only_what_a_label_acts_on() -> None:
     """A label as written is also its name for a screen reader, which read escape_markdown's backslashes out."""
     from clm_explore.ui.views import label_text
