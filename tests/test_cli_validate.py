@@ -86,6 +86,20 @@ def test_json_output_writes_labels_as_they_are_where_the_output_takes_them(capsy
     assert '"退款"' in out and "\\u9000" not in out  # before: every label escaped, unreadable to a person
 
 
+def test_the_label_table_lines_up_labels_that_take_two_columns_a_character(capsys, tmp_path):
+    """The language review: padded by len(), the counts after Chinese labels went out of line in a terminal."""
+    from clm_explore.cli.data_cmds import display_width
+
+    rows = "".join(f"第{i}个问题,{['退款', '产品质量', 'ok'][i % 3]}\n" for i in range(30))
+    (tmp_path / "zh.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    assert main(["validate", str(tmp_path / "zh.csv")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    table = out[out.index(next(line for line in out if line.startswith("label "))):][:4]
+    ends = {display_width(line) for line in table}
+    assert len(ends) == 1, table  # every row as wide on screen as the header
+    assert display_width("产品质量") == 8 and display_width("e\u0301") == 1
+
+
 def test_cp1252_note_in_json(capsys):
     assert main(["validate", str(GOOD / "cp1252.csv"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -366,6 +366,11 @@ def _main(argv: Sequence[str] | None) -> int:
     from clm_explore.modeling import quiet_transformers
 
     quiet_transformers()  # the command owns the process: transformers' reports would bury its output
+    import pandas as pd  # imported by every command's work anyway (transformers pulls it in)
+
+    # Tables padded by the width a terminal gives a character: Chinese labels and emoji take two columns, and the
+    # columns after them went out of line (the language review).
+    pd.set_option("display.unicode.east_asian_width", True)
     try:
         with _sigterm_as_interrupt():
             return int(args.func(args) or 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,16 +168,31 @@ def _length_lines(report: DataReport) -> list[str]:
     return lines
 
 
+def display_width(text: str) -> int:
+    """The columns a terminal gives ``text``: a Chinese character or an emoji takes two, a combining accent none
+    (padding by ``len`` put the columns after Chinese labels out of line: the language review)."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _cut_to_width(text: str, width: int) -> str:
+    """``text`` as it fits in ``width`` columns, cut with "…" (said so) where it does not."""
+    if display_width(text) <= width:
+        return text
+    while text and display_width(text) > width - 1:
+        text = text[:-1]
+    return text + "…"
+
+
 def _label_lines(report: DataReport) -> list[str]:
     from clm_explore.data import SPLITS
 
     shown = {label: _shown(label) for label in report.label_counts}
-    width = min(40, max(len("label"), *(len(label) for label in shown.values())))
+    width = min(40, max(len("label"), *(display_width(label) for label in shown.values())))
     lines = [f"{'label':<{width}}  " + "  ".join(f"{s:>10}" for s in SPLITS)]
     items = list(report.label_counts.items())
     for label, counts in items[:_LABELS_SHOWN]:
-        name = shown[label] if len(shown[label]) <= width else shown[label][: width - 1] + "…"  # cut, and said so
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>10,}" for s in SPLITS))
+        name = _cut_to_width(shown[label], width)
+        lines.append(name + " " * (width - display_width(name)) + "  " + "  ".join(f"{counts[s]:>10,}" for s in SPLITS))
     if len(items) > _LABELS_SHOWN:
         lines.append(f"... and {len(items) - _LABELS_SHOWN} more labels (see --json)")
     return lines
