@@ -1065,6 +1065,8 @@ class _TrainLoop:
         self.train_seconds = float(prepared.info.get("prep_seconds", 0.0))
         self.val_curve: list[dict] = []
         self.epoch_seconds: list[float] = []
+        self.eval_rows_per_second: float | None = None
+        """The last epoch's evaluation pace (rows a second): the ETA adds the evaluations still to come at it."""
         self.last_loss = self.last_lr = 0.0
         self.scoring_prefix = scoring_prefix
         self.memory: PeakMemory | None = None
@@ -1179,9 +1181,11 @@ class _TrainLoop:
         split = self.data.split(self.cfg.curve_split)
         if not self.cfg.eval_every_epoch or split.empty:
             return None
+        started = time.perf_counter()
         with self.memory.paused() if self.memory else nullcontext(), self._averaged():
             probs = predict_proba(self.eval_model, self.loaded, split["text"].tolist(), self.cfg.max_length,
                                   device=self.device)
+        self.eval_rows_per_second = len(split) / max(time.perf_counter() - started, 1e-9)
         accuracy = float((probs.argmax(1) == self.data.label_ids(self.cfg.curve_split)).mean())
         chooses = self.cfg.keep_best or self.cfg.early_stop
         if chooses and self.world > 1 and torch.distributed.is_initialized():  # every rank keeps and stops as rank 0
@@ -1192,6 +1196,17 @@ class _TrainLoop:
         self.val_curve.append(point)
         self._report(epoch, self.last_loss, point)  # progress.jsonl stays strict JSON (no NaN)
         return accuracy
+
+    def _evaluation_left_seconds(self, epoch_evaluated: bool) -> float:
+        """The evaluations still to come at the last one's pace: each remaining epoch's on the curve's split and the
+        test split's at the end. The ETA counted the training steps alone, so a card read "0s" while a large
+        validation split and the test split were still to be read (the UX review); 0 before the first evaluation
+        (its pace unknown)."""
+        if self.eval_rows_per_second is None:
+            return 0.0
+        epochs_left = self.cfg.epochs - len(self.epoch_seconds) - (1 if epoch_evaluated else 0)
+        rows = max(epochs_left, 0) * len(self.data.split(self.cfg.curve_split)) + len(self.data.test)
+        return rows / self.eval_rows_per_second
 
     @contextmanager
     def _averaged(self) -> Iterator[None]:
@@ -1209,6 +1224,7 @@ class _TrainLoop:
             return
         rate = self.examples / max(self.train_seconds - self._prep_seconds(), 1e-9)
         eta = (self.total_steps - self.step) * self.cfg.batch_size * self.world / max(rate, 1e-9)  # rate: all ranks
+        eta += self._evaluation_left_seconds(evaluation is not None)
         self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation,
                               self.last_lr))
 

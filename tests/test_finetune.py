@@ -214,6 +214,19 @@ def test_progress_has_one_line_per_step_and_on_step_was_called(sparse_run):
     assert all(np.isfinite(s.loss) for s in steps if s.eval is None)
 
 
+def test_the_eta_counts_the_evaluations_still_to_come_once_their_pace_is_known(sparse_run, data):
+    """The UX review: the ETA counted training steps alone, so a card read 0s while the test split was still read."""
+    _, steps = sparse_run
+    last = steps[-1]
+    assert last.step == last.total_steps and last.eta > 0  # the test split's evaluation is still to come
+    first_epoch = [s for s in steps if s.epoch == 1 and s.eval is None]
+    second_epoch = [s for s in steps if s.epoch == 2 and s.eval is None]
+    # Before the first evaluation its pace is unknown: steps alone. After it, the epoch 2 and test evaluations add
+    # a share that shrinks to the test split's.
+    assert first_epoch and second_epoch and second_epoch[-1].eta > 0
+    assert len(data.validation) > 0 and len(data.test) > 0
+
+
 def test_progress_lines_are_strict_json(sparse_run):
     # The contract promises one JSON object per line; a NaN loss would be written as the bare token NaN,
     # which is not JSON (RFC 8259) and breaks non-Python readers.
