@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -588,9 +589,9 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
 
 
 def _decode(name: str, raw: bytes, notes: list[str], labelled: bool = True) -> str:
-    """Bytes to text: UTF-8 (BOM allowed), UTF-16 or UTF-32 with a BOM; lines that are not valid UTF-8 are read as
-    cp1252 (else latin-1), with a note naming them. ``labelled``: the file holds labelled rows (not texts to
-    predict), for the advice of a refusal as binary."""
+    """Bytes to text: UTF-8 (BOM allowed), UTF-16 or UTF-32 with a BOM; lines that are not valid UTF-8 are read in
+    the legacy encoding that reads them best (``_guess_legacy``), with a note naming it. ``labelled``: the file holds
+    labelled rows (not texts to predict), for the advice of a refusal as binary."""
     if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: the LE marks share a start
         notes.append(f"{name} is UTF-32; it was decoded as such.")
         return _check_text(name, raw.decode("utf-32", errors="replace"), labelled)
@@ -604,24 +605,105 @@ def _decode(name: str, raw: bytes, notes: list[str], labelled: bool = True) -> s
         return _check_text(name, raw.decode("utf-8-sig"), labelled)
     except UnicodeDecodeError:
         pass
-    text, legacy, by_byte = _decode_by_line(raw.removeprefix(codecs.BOM_UTF8))
-    notes.append(_legacy_note(name, legacy, by_byte))
+    text, legacy, guess = _decode_by_line(raw.removeprefix(codecs.BOM_UTF8))
+    notes.append(_legacy_note(name, text, legacy, guess))
     return _check_text(name, text, labelled)
 
 
 _LEGACY = (("cp1252", "Windows-1252 (cp1252)"), ("latin-1", "Latin-1"))
-"""Encodings tried, in order, for a line that is not valid UTF-8; latin-1 decodes any byte."""
+"""The fallback for a line the guessed encoding cannot read, in order; latin-1 decodes any byte (to C1 controls
+where cp1252 defines none, which the note then reports)."""
+ENCODING_GUESSED = "The encoding is a guess"
+"""Begins the part of a decoding note that says the guess may be wrong; ``data_report`` lists such notes as serious
+problems."""
 
 
-def _decode_by_line(raw: bytes) -> tuple[str, list[tuple[int, str]], bool]:
-    """Decode ``raw`` as UTF-8 except the lines holding an invalid byte, read as cp1252 (else latin-1).
+@dataclass(frozen=True)
+class _Legacy:
+    """A legacy encoding a file that is not UTF-8 may be in: Excel's default in some Windows locale."""
+
+    codec: str
+    words: str
+    """How notes name it: the language and the encoding."""
+    check: str
+    """What the note asks the user to check: 'their accented characters'."""
+    scripts: frozenset[str]
+    """The scripts its languages write, as a character's Unicode name begins ('CYRILLIC', 'CJK', 'HIRAGANA')."""
+    common: str
+    """The commonest non-ASCII letters of those languages, lower case (for the non-Latin scripts, the top of
+    wordfreq's word lists), and the punctuation they write."""
+    other: float
+    """The score of any other letter of those scripts."""
+    first_level: tuple[int, int] = (0, 0)
+    """Lead bytes of a CJK encoding's first level: its frequent characters (GB2312's level 1, Big5's frequent
+    characters, JIS level 1 kanji, KS X 1001 Hangul) score above its rare ones."""
+    prior: float = 0.0
+    """Added to the score: cp1252 is the commonest legacy encoding, and a Western file must not lose to another
+    Latin code page on a tie."""
+
+
+_KANA = "".join(map(chr, [*range(0x3041, 0x3097), *range(0x30A1, 0x30FB)])) + "ー々。、「」"
+_CJK_PUNCTUATION = "，。、：；？！（）“”《》「」"
+_LATIN = frozenset({"LATIN"})
+_HAN = frozenset({"CJK", "IDEOGRAPHIC"})  # the latter: '々', the iteration mark
+_CANDIDATES = (
+    _Legacy("cp1252", _LEGACY[0][1], "their accented characters", _LATIN, "éàèêçôâîùûœïëüáöíñóäãúøæåßõìò", 0.25,
+            prior=0.15),
+    _Legacy("cp1250", "Central European (Windows-1250)", "their accented characters", _LATIN,
+            "łężąóśćńźíáěžřéčšýůúňďťüöäľôőűŕĺ", 0.25),
+    _Legacy("cp1254", "Turkish (Windows-1254)", "their accented characters", _LATIN, "ıüşçğöâîû", 0.25),
+    _Legacy("cp1251", "Cyrillic (Windows-1251)", "their Cyrillic letters", frozenset({"CYRILLIC"}), "оеаинтсрвлкм",
+            0.5),
+    _Legacy("cp1253", "Greek (Windows-1253)", "their Greek letters", frozenset({"GREEK"}), "ατοσιενρπκμηυλίάόέ", 0.5),
+    _Legacy("cp1256", "Arabic (Windows-1256)", "their Arabic letters", frozenset({"ARABIC"}), "اليمنورتعبدةهف", 0.5),
+    _Legacy("gb18030", "Chinese (GBK/GB18030)", "their Chinese characters", _HAN,
+            "的是一在不人有了我国这为中个大会们他来和年上以要到时对么能你就发可地生家出也说" + _CJK_PUNCTUATION, 0.5,
+            (0xB0, 0xD7)),
+    _Legacy("big5", "Traditional Chinese (Big5)", "their Chinese characters", _HAN,
+            "的是一在不人有了我國這為中個大會們他來和年上以要到時對麼能你就發可地生家出也說" + _CJK_PUNCTUATION, 0.5,
+            (0xA4, 0xC6)),
+    _Legacy("cp932", "Japanese (Shift-JIS)", "their Japanese text",
+            _HAN | {"HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA"},  # the last: 'ー', the long vowel mark
+            _KANA + "人日大" + _CJK_PUNCTUATION, 0.5, (0x88, 0x98)),
+    _Legacy("cp949", "Korean (EUC-KR/CP949)", "their Korean text", frozenset({"HANGUL"}),
+            "이다는에하고가을지의로서은아한어도기사니있를나해리시그요인들자일게대라으스수만보제", 0.4, (0xB0, 0xC8)),
+)
+"""The legacy encodings tried, in the order that breaks a tie."""
+_CLOSE = 0.1
+"""Readings whose scores differ by less are too close to call."""
+_PLAUSIBLE = 0.45
+"""A best reading that scores less reads badly: the guess is reported as uncertain."""
+_SAMPLE_CHARS = 1 << 15
+"""The bad lines scored: enough for a stable guess, few enough to score each encoding fast."""
+_PUNCTUATION = "’‘“”„–—…€«»°·•§©®™£¥¢¡¿±×÷²³½¼¾\u00a0"
+_INSIDE_WORDS = "’·–—"
+"""Punctuation that may stand between two letters ('don’t', Catalan 'l·l', 'word—word'); other symbols do not."""
+
+
+@dataclass(frozen=True)
+class _Guess:
+    """The encoding chosen for a file's lines that are not UTF-8, and why it may be wrong."""
+
+    encoding: _Legacy | None
+    """None where ``by_byte``."""
+    doubt: str = ""
+    """Why the guess may be wrong ('' where it is clear)."""
+    by_byte: bool = False
+    """The file is UTF-8 with stray legacy bytes (``_stray_bytes``): each was read as cp1252, not its line whole."""
+
+
+def _decode_by_line(raw: bytes) -> tuple[str, list[tuple[int, str]], _Guess]:
+    """Decode ``raw`` as UTF-8 except the lines holding an invalid byte, read in the guessed legacy encoding.
 
     One stray byte must not turn every correct accented character of the file into mojibake. Returns the text,
-    (line number, encoding) of each line not read wholly as UTF-8, and whether only those lines' invalid bytes were
-    read so (``_stray_bytes``), or the lines whole. Lines end at \\n, a char boundary in both encodings (a file with
-    bare \\r line ends is then one line)."""
+    (line number, encoding) of each line not read wholly as UTF-8, and the guess (``by_byte`` where only those
+    lines' invalid bytes were read, as cp1252: ``_stray_bytes``). Lines end at \\n, a char boundary in
+    every encoding tried, whose multi-byte characters hold no byte below 0x30 (a file with bare \\r line ends is then
+    one line)."""
     text = raw.decode("utf-8", "surrogateescape")  # never fails: each invalid byte becomes one U+DC80..U+DCFF
-    by_byte = _stray_bytes(raw, text)
+    guess = _Guess(None, by_byte=True) if _stray_bytes(raw, text) else _guess_legacy(_bad_lines_sample(text))
+    decode = (_decode_stray_bytes if guess.by_byte
+              else partial(_decode_legacy, order=_fallback_order(guess.encoding)))
     parts: list[str] = []
     legacy: list[tuple[int, str]] = []
     pos, line = 0, 1
@@ -629,12 +711,133 @@ def _decode_by_line(raw: bytes) -> tuple[str, list[tuple[int, str]], bool]:
         end = text.find("\n", pos + _DECODE_BLOCK) + 1 or len(text)
         block = text[pos:end]
         if _ESCAPED.search(block):
-            line = _decode_lines(block, line, parts, legacy, by_byte)
+            line = _decode_lines(block, line, parts, legacy, decode)
         else:
             parts.append(block)
             line += block.count("\n")
         pos = end
-    return "".join(parts), legacy, by_byte
+    return "".join(parts), legacy, guess
+
+
+def _fallback_order(encoding: _Legacy | None) -> tuple[tuple[str, str], ...]:
+    """The encodings a bad line is read in, in order: the guessed one, then cp1252, then latin-1."""
+    first = () if encoding is None or encoding.codec == _LEGACY[0][0] else ((encoding.codec, encoding.words),)
+    return (*first, *_LEGACY)
+
+
+def _bad_lines_sample(text: str) -> bytes:
+    """The file's bytes of its first lines holding an invalid byte, up to ``_SAMPLE_CHARS``: what the guess reads.
+    Its lines that are valid UTF-8 (ASCII, mostly) would only dilute the score."""
+    lines: list[str] = []
+    size, found = 0, _ESCAPED.search(text)
+    while found and size < _SAMPLE_CHARS:
+        start, end = text.rfind("\n", 0, found.start()) + 1, text.find("\n", found.end())
+        end = len(text) if end < 0 else end
+        lines.append(text[start:end])
+        size += end - start
+        found = _ESCAPED.search(text, end)
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def _guess_legacy(sample: bytes) -> _Guess:
+    """The encoding of ``sample`` (bytes that are not UTF-8): the one whose reading scores best (``_plausibility``);
+    in doubt where another reads it differently and scores close, or none reads it well. A byte an encoding leaves
+    undefined costs its reading a point, no more: one 0x81 must not hand a cp1252 file to cp1251."""
+    readings = [(_plausibility(text, encoding) + encoding.prior, text, encoding)
+                for encoding in _CANDIDATES for text in [sample.decode(encoding.codec, "replace")]]
+    readings.sort(key=lambda reading: -reading[0])  # stable: _CANDIDATES' order breaks a tie
+    best, text, encoding = readings[0]
+    rival = next((other for score, reading, other in readings[1:] if reading != text and best - score < _CLOSE), None)
+    if rival:
+        return _Guess(encoding, f"those lines read almost as well as {rival.words}, differently.")
+    if best < _PLAUSIBLE:
+        return _Guess(encoding, "no encoding tried reads those lines well.")
+    return _Guess(encoding)
+
+
+_TOKENS = re.compile(r"[^\W\d_]+|[^\x00-\x7f]")
+"""A word (a run of letters) or one non-ASCII character outside words."""
+_LONG_NON_ASCII = re.compile(r"[^\x00-\x7f]{3,}")
+
+
+def _plausibility(text: str, encoding: _Legacy) -> float:
+    """How well ``text`` reads as a language ``encoding`` is for: the mean score of its non-ASCII characters, 1 for
+    a common letter down to 0 for a letter in an unlikely place and below 0 for a control character. A wrong code
+    page still decodes most bytes, but to letters of another script, to runs of accented capitals ('²úÆ·ÖÊÁ¿' for
+    GBK's '产品质量'), to a Cyrillic letter inside a Latin word ('cafй'), or to rare characters."""
+    scores: list[float] = []
+    for match in _TOKENS.finditer(text):
+        token, start, end = match.group(), match.start(), match.end()
+        if token.isascii():
+            continue
+        if token.isalpha() or len(token) > 1:
+            scores.extend(_token_scores(token, encoding))
+        elif (text[start - 1:start].isalpha() and text[end:end + 1].isalpha() and token not in _INSIDE_WORDS
+              and "CJK" not in encoding.scripts):  # 'ÍË¿î', GBK's '退款' read as cp1252; Chinese has no spaces
+            scores.append(min(0.0, _symbol_score(token, encoding)))
+        else:
+            scores.append(_symbol_score(token, encoding))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def _token_scores(token: str, encoding: _Legacy) -> list[float]:
+    """The scores of the non-ASCII characters of a word read as ``encoding``: 0 for a letter where real text does
+    not put one."""
+    cjk, latin = "CJK" in encoding.scripts, encoding.scripts == _LATIN
+    scripts = {_script(ch) for ch in token}
+    one_script = (scripts <= encoding.scripts | _LATIN if cjk  # CJK text runs into ASCII words: 'iPhone的'
+                  else len(scripts) == 1 and scripts <= encoding.scripts)  # 'cafй': cp1251 read a French word
+    # Latin words are mostly ASCII: three accented letters in a row ('ÖÊÁ') or none ASCII ('ÍË') are mojibake.
+    unlikely = [m.span() for m in _LONG_NON_ASCII.finditer(token)] if latin else []
+    if latin and len(token) > 1 and not any(ch.isascii() for ch in token):
+        unlikely.append((0, len(token)))
+    scores = []
+    for i, ch in enumerate(token):
+        if ch.isascii():
+            continue
+        if not ch.isalpha():  # a number that is no digit: 'm²' ends a word, '³¹ka' (Polish 'łąka' in cp1252) does not
+            score = _symbol_score(ch, encoding)
+            scores.append(score if i == len(token) - 1 else min(0.0, score))
+            continue
+        odd = (not one_script
+               or (ch.isupper() and i > 0 and token[i - 1].islower())  # a capital inside a word
+               or any(start <= i < end for start, end in unlikely)
+               or cjk and len(token) > 1 and token[i - 1:i].isascii()
+               and token[i + 1:i + 2].isascii())  # one CJK character stuck to ASCII letters: 'don' + cp932's '\x92t'
+        scores.append(0.0 if odd else _letter_score(ch, encoding, i == 0))
+    return scores
+
+
+def _letter_score(ch: str, encoding: _Legacy, first: bool) -> float:
+    """``first``: the letter begins its word. A capital inside one scores as a rare letter at best: real text is
+    mostly lower case, while a wrong code page reads many bytes as capitals (Arabic's as Greek's)."""
+    if ch.lower() in encoding.common and (first or not ch.isupper()):
+        return 1.0
+    if _script(ch) not in encoding.scripts:
+        return 0.0
+    low, high = encoding.first_level
+    if high and low <= ch.encode(encoding.codec, "replace")[0] <= high:
+        return 0.6
+    return encoding.other
+
+
+def _symbol_score(ch: str, encoding: _Legacy) -> float:
+    """A non-ASCII character that is no letter: ordinary punctuation, a rare symbol ('¹', '³': Polish read as
+    cp1252), or a control, unassigned or replacement character, which real text does not hold."""
+    if unicodedata.category(ch) in ("Cc", "Co", "Cn", "Cs"):
+        return -1.0
+    if ch == "\ufffd":  # a byte the encoding leaves undefined: a stray one must not outweigh the rest
+        return -0.5
+    if ch in encoding.common:
+        return 1.0
+    if ch in _PUNCTUATION or unicodedata.name(ch, "").startswith("FULLWIDTH"):
+        return 0.5
+    return 0.0
+
+
+def _script(ch: str) -> str:
+    """The script of a letter as its Unicode name begins: 'LATIN', 'CYRILLIC', 'CJK', 'HANGUL', 'HIRAGANA'."""
+    return "LATIN" if ch.isascii() else unicodedata.name(ch, "?").split(" ", 1)[0]
 
 
 _DECODE_BLOCK = 1 << 16
@@ -654,14 +857,14 @@ def _stray_bytes(raw: bytes, text: str) -> bool:
     return invalid <= multibyte
 
 
-def _decode_lines(block: str, line: int, parts: list[str], legacy: list[tuple[int, str]], by_byte: bool) -> int:
+def _decode_lines(block: str, line: int, parts: list[str], legacy: list[tuple[int, str]],
+                  decode: Callable[[list[str]], list[tuple[str, str]]]) -> int:
     """Decode the invalid bytes of ``block`` (first line number ``line``, decoded with surrogateescape) into
-    ``parts``: the lines holding one read as cp1252 (else latin-1) whole, or ``by_byte`` their invalid bytes only;
-    returns the next line number. Each is one call for every bad line of the block: a file written in cp1252 can
-    have a bad byte on every line."""
+    ``parts``: ``decode`` reads the lines holding one (whole, or their invalid bytes only); returns the next line
+    number. Each is one call for every bad line of the block: a file written in cp1252 can have a bad byte on every
+    line."""
     texts = block.split("\n")
     bad = [i for i, text in enumerate(texts) if _ESCAPED.search(text)]
-    decode = _decode_stray_bytes if by_byte else _decode_legacy
     for i, (text, label) in zip(bad, decode([texts[i] for i in bad]), strict=True):
         texts[i] = text
         legacy.append((line + i, label))
@@ -669,18 +872,18 @@ def _decode_lines(block: str, line: int, parts: list[str], legacy: list[tuple[in
     return line + len(texts) - 1
 
 
-def _decode_legacy(escaped_lines: list[str]) -> list[tuple[str, str]]:
-    """(text, encoding) of each line read whole; all in one call where they are all valid cp1252, as they mostly
-    are."""
+def _decode_legacy(escaped_lines: list[str], order: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """(text, encoding) of each line read whole, in the first encoding of ``order`` that reads it; all in one call
+    where the first reads them all, as it mostly does."""
     raw_lines = [text.encode("utf-8", "surrogateescape") for text in escaped_lines]  # the file's bytes, exactly
     try:
-        return [(text, _LEGACY[0][1]) for text in b"\n".join(raw_lines).decode(_LEGACY[0][0]).split("\n")]
+        return [(text, order[0][1]) for text in b"\n".join(raw_lines).decode(order[0][0]).split("\n")]
     except UnicodeDecodeError:
-        return [_decode_legacy_line(raw_line) for raw_line in raw_lines]
+        return [_decode_legacy_line(raw_line, order) for raw_line in raw_lines]
 
 
-def _decode_legacy_line(raw_line: bytes) -> tuple[str, str]:
-    for encoding, label in _LEGACY:
+def _decode_legacy_line(raw_line: bytes, order: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    for encoding, label in order:
         try:
             return raw_line.decode(encoding), label
         except UnicodeDecodeError:
@@ -709,17 +912,52 @@ def _decode_stray_bytes(escaped_lines: list[str]) -> list[tuple[str, str]]:
             for text, escaped in zip(texts, escaped_lines, strict=True)]
 
 
-def _legacy_note(name: str, legacy: list[tuple[int, str]], by_byte: bool) -> str:
-    shown = ", ".join(str(number) for number, _ in legacy[:5]) + (
-        f" and {len(legacy) - 5:,} more" if len(legacy) > 5 else "")
-    found = {label for _, label in legacy}
-    used = " or ".join(label for _, label in _LEGACY if label in found)
-    read = ("their bytes that are not UTF-8 were read as" if by_byte else "those lines were read as")
-    return (f"{name} is not valid UTF-8 on {len(legacy):,} line(s) ({'line' if len(legacy) == 1 else 'lines'} "
-            f"{shown}); {read} {used}, the rest as UTF-8. Check their accented characters, or save the file as "
-            "UTF-8.")
+def _legacy_note(name: str, text: str, legacy: list[tuple[int, str]], guess: _Guess) -> str:
+    found = Counter(label for _, label in legacy).most_common()
+    used = " or ".join(label for label, _ in found)
+    read = ("their bytes that are not UTF-8 were read as" if guess.by_byte else "those lines were read as")
+    check = next((encoding.check for encoding in _CANDIDATES if encoding.words == found[0][0]),
+                 "their accented characters")
+    note = (f"{name} is not valid UTF-8 on {len(legacy):,} line(s) ({_some_lines([n for n, _ in legacy])}); "
+            f"{read} {used}, the rest as UTF-8. Check {check}, or save the file as UTF-8.")
+    doubt = _doubt(text, legacy, guess)
+    return (note if not doubt else f"{note} {ENCODING_GUESSED}: {doubt} Check the texts and labels, or make it "
+            "certain: save the file as UTF-8 (in Excel: Save As, 'CSV UTF-8').")
 
 
+def _some_lines(numbers: list[int]) -> str:
+    more = f" and {len(numbers) - 5:,} more" if len(numbers) > 5 else ""
+    return ("line " if len(numbers) == 1 else "lines ") + ", ".join(map(str, numbers[:5])) + more
+
+
+def _doubt(text: str, legacy: list[tuple[int, str]], guess: _Guess) -> str:
+    """Why the lines may be read wrong: the guess's doubt, lines its encoding could not read, and lines holding
+    invisible C1 control characters (Latin-1's reading of a byte cp1252 leaves undefined, or cp932's of 0x80)."""
+    doubts = [guess.doubt] if guess.doubt else []
+    if guess.encoding and guess.encoding.codec != _LEGACY[0][0]:
+        other = [number for number, label in legacy if label != guess.encoding.words]
+        if other:
+            doubts.append(f"{len(other):,} line(s) are not valid {guess.encoding.words} ({_some_lines(other)}) and "
+                          "were read as Windows-1252 or Latin-1.")
+    control = _control_lines(text, {number for number, _ in legacy})
+    if control:
+        doubts.append(f"{len(control):,} line(s) ({_some_lines(control)}) now hold invisible control characters "
+                      "(U+0080 to U+009F): bytes that no encoding tried reads as text.")
+    return " ".join(doubts)
+
+
+def _control_lines(text: str, lines: set[int]) -> list[int]:
+    """The numbers of ``lines`` (of ``text``) that hold a C1 control character, U+0080 to U+009F."""
+    found: list[int] = []
+    line, pos = 1, 0
+    for match in _C1.finditer(text):
+        line, pos = line + text.count("\n", pos, match.start()), match.start()
+        if line in lines and (not found or found[-1] != line):
+            found.append(line)
+    return found
+
+
+_C1 = re.compile("[\x80-\x9f]")
 _TEXT_CONTROLS = "\t\n\r\x0b\x0c\x1b"
 """Control characters real text holds: tab, line breaks, vertical tab (Word's Shift+Enter), form feed (a PDF's page
 break) and escape (terminal colours); the data review had valid files with one per row refused as binary."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from clm_explore.data import SPLIT_COLUMN_UNUSED, SPLITS, AnnotatedData, text_key
+from clm_explore.data import ENCODING_GUESSED, SPLIT_COLUMN_UNUSED, SPLITS, AnnotatedData, text_key
 
 RARE_LABEL_ROWS = 5
 """Labels with fewer train rows than this are reported as very rare."""
@@ -47,8 +47,8 @@ class DataReport:
     """Plain-English warnings; the data is still usable."""
     serious: list[str] = field(default_factory=list)
     """The problems that make a run's figures misleading (texts with two labels, leakage, labels never trained,
-    label variants, a split column not used, missing-value markers as labels): the commands that train or score
-    print them."""
+    label variants, a split column not used, missing-value markers as labels, a file's encoding guessed in doubt):
+    the commands that train or score print them."""
 
     def __repr__(self) -> str:  # the default printed every label's counts: thousands of characters in a cell
         splits = ", ".join(f"{name} {rows:,}" for name, rows in self.splits.items())
@@ -170,6 +170,8 @@ def _problems(r: DataReport) -> list[tuple[str, bool]]:
     for note in r.notes:
         if SPLIT_COLUMN_UNUSED in note and "value(s) do not name a split" in note:
             problems.append((f"{note} Its rows were split afresh: fix those values to keep the splits it gives.", True))
+        if ENCODING_GUESSED in note:  # texts and labels may be mojibake: a model would learn them as written
+            problems.append((note, True))
     return problems
 
 

@@ -1296,3 +1296,92 @@ def test_without_incomplete_rows_writes_the_file_without_them_as_csv():
     assert b"note" not in written.split(b"\r\n")[0]  # only the columns the data can use
     with pytest.raises(DataError, match="no column 'txt'"):
         without_incomplete_rows(raw, "rows.jsonl", DataConfig(text_col="txt"))
+
+
+# Excel's default "CSV" in a Chinese, Japanese, Russian, Arabic or German Windows locale (the encoding review: GBK
+# and Shift-JIS files were read as cp1252 or Latin-1 and trained on mojibake labels).
+_LEGACY_FILES = {
+    "gb18030": ("Chinese (GBK/GB18030)", "their Chinese characters", {
+        "退款": ["我想申请退款", "订单取消了，钱什么时候退回来", "退款还没有到账", "商品有质量问题要退钱"],
+        "发票": ["请帮我开一张发票", "发票抬头写错了怎么办", "能开增值税专用发票吗", "电子发票在哪里下载"]}),
+    "cp932": ("Japanese (Shift-JIS)", "their Japanese text", {
+        "アカウント": ["パスワードを忘れました", "ログインできません", "メールアドレスを変更したい", "アカウントを削除してください"],
+        "返金": ["返金をお願いします", "注文をキャンセルしたので返金してほしい", "返金はいつ届きますか", "二重に請求されました"]}),
+    "cp1251": ("Cyrillic (Windows-1251)", "their Cyrillic letters", {
+        "возврат": ["Хочу вернуть деньги за заказ", "Когда придёт возврат?", "Товар бракованный — верните оплату",
+                    "Деньги до сих пор не вернули"],
+        "доставка": ["Где моя посылка?", "Доставка задерживается уже неделю", "Курьер не приехал",
+                     "Можно изменить адрес доставки?"]}),
+    "cp1256": ("Arabic (Windows-1256)", "their Arabic letters", {
+        "استرداد": ["أريد استرداد أموالي", "متى يصل المبلغ المسترد؟", "المنتج معيب وأريد المال",
+                    "لم يتم رد المبلغ بعد"],
+        "شحن": ["أين طلبي؟", "تأخر الشحن أسبوعا", "لم يصل المندوب", "هل يمكن تغيير عنوان الشحن؟"]}),
+}
+
+
+def _legacy_csv(path: Path, codec: str, texts: dict[str, list[str]], extra: bytes = b"") -> dict[str, str]:
+    """Write 20 rows (the texts, numbered) to ``path`` in ``codec``; returns text -> label."""
+    rows = {f"{text} {i}": label for i in range(3) for label, some in texts.items() for text in some}
+    rows = dict(list(rows.items())[:20])
+    body = "".join(f"{text},{label}\n" for text, label in rows.items())
+    path.write_bytes(b"text,label\n" + body.encode(codec) + extra)
+    return rows
+
+
+@pytest.mark.parametrize("codec", sorted(_LEGACY_FILES))
+def test_a_legacy_encoded_file_loads_with_its_exact_texts_and_labels_and_a_note_naming_the_encoding(
+        tmp_path: Path, codec: str) -> None:
+    words, check, texts = _LEGACY_FILES[codec]
+    rows = _legacy_csv(tmp_path / "data.csv", codec, texts)
+    data = load_data(tmp_path / "data.csv")
+    frame = pd.concat([data.train, data.validation, data.test])
+    assert dict(zip(frame["text"], frame["label"], strict=True)) == rows
+    assert data.labels == sorted(texts)
+    note = next(note for note in data.notes if "not valid UTF-8" in note)
+    assert f"those lines were read as {words}, the rest as UTF-8. Check {check}, or save the file as UTF-8." in note
+    assert "The encoding is a guess" not in note and not data_report(data).serious
+
+
+def test_texts_to_predict_in_gbk_are_read_as_chinese(tmp_path: Path) -> None:
+    lines = ["我想申请退款", "发票抬头写错了怎么办", "请帮我开一张发票"]
+    (tmp_path / "texts.txt").write_bytes("\n".join(lines).encode("gbk"))
+    notes: list[str] = []
+    assert read_texts(tmp_path / "texts.txt", notes=notes) == lines
+    assert "read as Chinese (GBK/GB18030)" in notes[0]
+
+
+def test_a_cp1252_file_stays_certain_and_bytes_read_as_c1_controls_are_never_silent(tmp_path: Path) -> None:
+    german = {"Rückerstattung": ["Ich möchte mein Geld zurück", "Die Größe passt nicht – bitte erstatten",
+                                 "Rückzahlung für die Bestellung", "Der Betrag wurde doppelt abgebucht"],
+              "Lieferung": ["Wo bleibt meine Lieferung?", "Das Paket ist überfällig", "Der Bote kam nicht",
+                            "Kann ich die Lieferadresse ändern?"]}
+    _legacy_csv(tmp_path / "de.csv", "cp1252", german)
+    data = load_data(tmp_path / "de.csv")
+    assert "Ich m\u00f6chte mein Geld zur\u00fcck 0" in _all_texts(data)
+    assert data.labels == ["Lieferung", "R\u00fcckerstattung"]
+    assert any("those lines were read as Windows-1252 (cp1252)" in note for note in data.notes)
+    assert not data_report(data).serious and main(["validate", str(tmp_path / "de.csv"), "--strict"]) == 0
+    # 0x81 is no cp1252 character: its line is read as Latin-1, which makes it the invisible control U+0081.
+    _legacy_csv(tmp_path / "c1.csv", "cp1252", german, extra=b"Kosten \x81 doppelt,Lieferung\n")
+    data = load_data(tmp_path / "c1.csv")
+    note = next(note for note in data.notes if "not valid UTF-8" in note)
+    assert ("The encoding is a guess" in note and "(line 22) now hold invisible control characters (U+0080 to U+009F)"
+            in note)
+    assert data_report(data).problems == data_report(data).serious == [note]
+    assert main(["validate", str(tmp_path / "c1.csv"), "--strict"]) == 1
+
+
+def test_an_uncertain_encoding_guess_is_a_serious_problem(tmp_path: Path) -> None:
+    """Czech in cp1250 reads almost as well as cp1252 ('èekám' for 'čekám'): the note says the guess is unsure and
+    how to make it sure, and ``validate --strict`` fails."""
+    czech = {"vrácení": ["Chci vrátit peníze", "Peníze mi ještě nepřišly", "Zboží je poškozené",
+                         "Zrušil jsem objednávku"],
+             "doručení": ["Kde je moje zásilka? Už týden čekám", "Kurýr nepřišel", "Balík se ztratil",
+                          "Mohu změnit adresu doručení?"]}
+    _legacy_csv(tmp_path / "cs.csv", "cp1250", czech)
+    data = load_data(tmp_path / "cs.csv")
+    note = next(note for note in data.notes if "not valid UTF-8" in note)
+    assert "The encoding is a guess: those lines read almost as well as" in note
+    assert "save the file as UTF-8 (in Excel: Save As, 'CSV UTF-8')" in note
+    assert data_report(data).problems == data_report(data).serious == [note]
+    assert main(["validate", str(tmp_path / "cs.csv"), "--strict"]) == 1
