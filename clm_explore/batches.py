@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,12 +245,17 @@ def _in_run_spelling(rows: pd.DataFrame, labels: list[str], notes: list[str]) ->
     from clm_explore.data import WHOLE_NUMBER
 
     runs_by_number = {match.group(1): label for label in labels if (match := WHOLE_NUMBER.fullmatch(label))}
+    runs_by_form = {unicodedata.normalize("NFC", label): label for label in labels}
     known = set(labels)
     spelled = {label: runs_by_number[match.group(1)] for label in set(rows["label"]) - known
                if (match := WHOLE_NUMBER.fullmatch(label)) and match.group(1) in runs_by_number}
+    # A run trained before labels were read in one Unicode form ('Überweisung' decomposed, as macOS writes it)
+    spelled |= {label: runs_by_form[label] for label in set(rows["label"]) - known - set(spelled)
+                if label in runs_by_form}
     if not spelled:
         return rows
-    notes.append(f"labels read as the run writes the same numbers: {_some(sorted(f'{a} as {b}' for a, b in spelled.items()))}")
+    notes.append(f"labels read as the run writes them (the same number, or the same accents encoded otherwise): "
+                 f"{_some(sorted(f'{a!r} as {b!r}' for a, b in spelled.items()))}")
     return rows.assign(label=rows["label"].replace(spelled))
 
 

@@ -1443,11 +1443,15 @@ def _select_columns(table: _Table, cfg: DataConfig, notes: list[str], part: str 
     _require_flat(table, text_col, "text")
     _require_flat(table, label_col, "label")
     raw_labels = _as_str(table, table.frame[label_col], "label")
-    out = pd.DataFrame({"text": _as_str(table, table.frame[text_col], "text"), "label": [s.strip() for s in raw_labels]})
+    # One label whatever its surrounding spaces, and whatever the form of its accents: macOS writes them decomposed
+    # ('U' + U+0308), Windows composed ('Ü'); the two looked the same and trained as two labels (the language review).
+    out = pd.DataFrame({"text": _as_str(table, table.frame[text_col], "text"),
+                        "label": [unicodedata.normalize("NFC", s.strip()) for s in raw_labels]})
     spellings = pd.Series(raw_labels).groupby(out["label"].to_numpy()).nunique()
     if (spellings > 1).any():
         merged = ", ".join(repr(label) for label in spellings[spellings > 1].index[:5])
-        notes.append(f"{table.name}: labels that differ only in surrounding spaces were read as one: {merged}")
+        notes.append(f"{table.name}: labels that differ only in surrounding spaces, or in how their accents are "
+                     f"encoded (composed or decomposed, as macOS writes them), were read as one: {merged}")
     if (whole := _whole_numbers(out["label"])) is not None:
         out["label"] = whole
         notes.append(f"{table.name}: its labels are whole numbers written with a decimal point (e.g. '1.0', as pandas "

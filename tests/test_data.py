@@ -1168,6 +1168,20 @@ def test_a_table_piped_or_saved_as_lines_to_predict_is_refused_with_how_to_read_
     assert read_text_stream(io.BytesIO(b"text,label are words\nsecond\n")) == ["text,label are words", "second"]
 
 
+def test_labels_whose_accents_are_encoded_two_ways_are_one_label(tmp_path: Path) -> None:
+    """The language review: 'Überweisung' decomposed (macOS) and composed (Windows) looked alike and trained as two
+    labels; the report's variant warning did not say why."""
+    import unicodedata
+
+    composed, decomposed = "Überweisung", unicodedata.normalize("NFD", "Überweisung")
+    rows = [(f"Bitte Geld senden {i}", composed if i % 2 else decomposed) for i in range(20)]
+    rows += [(f"Karte gesperrt {i}", "Karte") for i in range(20)]
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(tmp_path / "de.csv", index=False)
+    data = load_data(tmp_path / "de.csv")
+    assert data.labels == ["Karte", composed]
+    assert any("how their accents are encoded" in note for note in data.notes)
+
+
 def test_a_split_column_in_a_file_of_a_folder_of_splits_is_said_not_to_be_read(tmp_path: Path) -> None:
     """The data review: a folder's train.csv with a split column had it ignored without a word."""
     _with_split_column(["train", "train", "test"]).to_csv(tmp_path / "train.csv", index=False)

@@ -138,6 +138,23 @@ def test_evaluate_on_the_file_a_run_carved_its_splits_from_scores_its_test_split
     assert json.loads(capsys.readouterr().out)["rows"] == 40
 
 
+def test_a_run_whose_labels_were_decomposed_accents_scores_a_file_read_in_the_composed_form(data_dir, tmp_path,
+                                                                                              capsys):
+    """Labels are read in one Unicode form now (NFC): a run trained before on macOS's decomposed 'é' must still find
+    them."""
+    run, metrics = _head_run(data_dir, tmp_path, capsys)
+    config = json.loads((run / "config.json").read_text())
+    config["id2label"] = {i: f"{label}\u0301" for i, label in config["id2label"].items()}  # 'xé', decomposed
+    config["label2id"] = {label: int(i) for i, label in config["id2label"].items()}
+    (run / "config.json").write_text(json.dumps(config))
+    accented = tmp_path / "accented.csv"
+    frame = pd.read_csv(data_dir / "test.csv")
+    frame.assign(label=frame["label"] + "\u0301").to_csv(accented, index=False)  # read back composed: 'é'
+    assert main(["evaluate", "--run", str(run), "--data", str(accented), "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["accuracy"] == metrics["accuracy"] and "the same accents encoded otherwise" in said.err
+
+
 def test_a_run_that_spelled_whole_number_labels_as_decimals_scores_them(data_dir, tmp_path, capsys):
     """The diff review: a file's labels "3.0" now read as "3", so a run trained before (its labels "3.0") scored 0 on
     its own file."""
