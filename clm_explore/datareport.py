@@ -94,9 +94,16 @@ def _label_counts(frames: dict[str, pd.DataFrame], labels: list[str]) -> dict[st
     return {lab: {name: int(c.get(lab, 0)) for name, c in counts.items()} for lab in [*labels, *extra]}
 
 
+_SPACELESS = "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+"""Kana and the CJK ideographs: scripts written without spaces between words."""
+
+
 def _lengths(texts: pd.Series) -> dict[str, dict[str, float]]:
     out = {}
-    for unit, values in (("chars", texts.str.len()), ("words", texts.str.split().str.len())):
+    # A Chinese or Japanese character counts as a word, as a BERT-style tokenizer reads it: their texts have no spaces,
+    # so every one read "1 word" (the language review).
+    words = texts.str.replace(_SPACELESS, r" \g<0> ", regex=True).str.split().str.len()
+    for unit, values in (("chars", texts.str.len()), ("words", words)):
         if values.empty:
             out[unit] = {"min": 0, "median": 0, "p95": 0, "max": 0}
             continue

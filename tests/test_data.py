@@ -270,6 +270,11 @@ def test_report_lengths_and_json():
     assert report["lengths"]["train"]["chars"]["max"] == 7
     assert report["labels"] == ["x", "y"]
     assert report["problems"] == ["2 label(s) have fewer than 5 train rows: x (1), y (1)."]
+    spaceless = AnnotatedData(_frame([("我想退款", "x"), ("iPhone的电池", "y")]), _frame([("返金してください", "x")]),
+                              _frame([("hello world", "y")]), ["x", "y"])
+    words = data_report(spaceless).to_dict()["lengths"]
+    # Chinese and Japanese characters count one word each, as the tokenizer reads them (each text read "1 word")
+    assert words["train"]["words"]["max"] == 4 and words["validation"]["words"]["max"] == 8
 
 
 def test_read_texts_finds_the_text_column_like_load_data_in_every_format(tmp_path):
