@@ -7,6 +7,7 @@ JSON so that a run folder's ``clm_run.json`` rebuilds the exact configuration.
 from __future__ import annotations
 
 import ast
+import codecs
 import dataclasses
 import difflib
 import functools
@@ -101,6 +102,13 @@ def unknown_keyword_message(cls: type, name: str) -> str:
     return said + (f"; did you mean {close[0]!r}?" if close else f"; its fields: {', '.join(f.name for f in fields)}.")
 
 
+def _known_encoding(name: str) -> bool:
+    try:
+        return codecs.lookup(name)._is_text_encoding
+    except LookupError:
+        return False
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -180,10 +188,16 @@ class DataConfig:
     """Column of a single file (or DataFrame) that puts each row in train, validation (or dev, val) or test; when
     None, a column named ``split`` is used if every value names a split (an export of a hub data set's splits).
     Splits it leaves empty are carved as usual. A folder's files are its splits: not read there."""
+    encoding: str | None = None
+    """The encoding of a file that is not UTF-8 (``gb18030``, ``cp932``, ``cp1251``, ...): read so, with no guess.
+    None: UTF-8, or UTF-16/32 with a byte-order mark, else the legacy encoding that reads the file best, named in
+    a note (a guess that may be wrong is listed as a problem)."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
         _check(self.max_file_mb > 0, f"max_file_mb must be > 0, got {self.max_file_mb}")
+        _check(self.encoding is None or _known_encoding(self.encoding),
+               f"encoding must be a text encoding Python knows (gb18030, cp932, cp1251, ...), got {self.encoding!r}")
         _check(self.max_rows >= 1, f"max_rows must be >= 1, got {self.max_rows}")
         _check(self.max_labels >= 2, f"max_labels must be >= 2, got {self.max_labels}")
         _check(self.max_label_chars >= 1, f"max_label_chars must be >= 1, got {self.max_label_chars}")

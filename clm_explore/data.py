@@ -422,7 +422,7 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
         raise DataError(f"{path} does not exist or is not a file.")
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
-        lines = text_lines(file.name, file.read_bytes(), notes)
+        lines = text_lines(file.name, file.read_bytes(), notes, cfg.encoding)
         _refuse_table_of_lines(file.name, lines, text_col, "rename it {suffix}")
         return lines
     wanted = _Wanted(text_col=text_col, label=False)
@@ -476,14 +476,14 @@ def read_text_stream(stream: BinaryIO, name: str = "standard input", cfg: DataCo
     cap = int(cfg.max_file_mb * 1024 * 1024)
     raw = stream.read(cap + 1)  # one byte past the cap tells an oversized stream without reading it all
     _check_size(name, len(raw), cfg, at_least=len(raw) > cap)
-    lines = text_lines(name, raw, [] if notes is None else notes)
+    lines = text_lines(name, raw, [] if notes is None else notes, cfg.encoding)
     _refuse_table_of_lines(name, lines, None, "save it as a {suffix} file and pass its path (--file data{suffix})")
     return lines
 
 
-def text_lines(name: str, raw: bytes, notes: list[str]) -> list[str]:
+def text_lines(name: str, raw: bytes, notes: list[str], encoding: str | None = None) -> list[str]:
     """The non-blank lines of ``raw`` (a .txt file or a pipe), one text each; skipped blank lines are noted."""
-    every = list(_lines(_decode(name, raw, notes, labelled=False)))  # a form feed (PDF text) or U+2028 breaks no line
+    every = list(_lines(_decode(name, raw, notes, labelled=False, encoding=encoding)))  # a form feed (PDF text) or U+2028 breaks no line
     lines = [line for line in every if not _blank(line)]
     if not lines:
         raise DataError(f"{name} holds no text (it is empty or blank).")
@@ -582,16 +582,19 @@ def _parse_table(path: Path, read: Callable[[], bytes], size: int, cfg: DataConf
     if fmt == "parquet":
         return _parse_parquet(name, raw, cfg, wanted)
     # Each parser stops at row max_rows + 1: parsing millions of rows only to refuse them costs minutes and GBs.
-    return _PARSERS[fmt](name, _decode(name, raw, notes, wanted.label), cfg.max_rows, wanted)
+    return _PARSERS[fmt](name, _decode(name, raw, notes, wanted.label, cfg.encoding), cfg.max_rows, wanted)
 
 
 # ------------------------------------------------------------------------------------------ parsing
 
 
-def _decode(name: str, raw: bytes, notes: list[str], labelled: bool = True) -> str:
+def _decode(name: str, raw: bytes, notes: list[str], labelled: bool = True, encoding: str | None = None) -> str:
     """Bytes to text: UTF-8 (BOM allowed), UTF-16 or UTF-32 with a BOM; lines that are not valid UTF-8 are read in
     the legacy encoding that reads them best (``_guess_legacy``), with a note naming it. ``labelled``: the file holds
-    labelled rows (not texts to predict), for the advice of a refusal as binary."""
+    labelled rows (not texts to predict), for the advice of a refusal as binary. ``encoding``: the file's, as its
+    user says (``DataConfig.encoding``), where it is not UTF-8: no guess."""
+    if encoding is not None and not _is_utf8(raw):
+        return _check_text(name, _decode_as(name, raw, encoding, notes), labelled)
     if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: the LE marks share a start
         notes.append(f"{name} is UTF-32; it was decoded as such.")
         return _check_text(name, raw.decode("utf-32", errors="replace"), labelled)
@@ -608,6 +611,26 @@ def _decode(name: str, raw: bytes, notes: list[str], labelled: bool = True) -> s
     text, legacy, guess = _decode_by_line(raw.removeprefix(codecs.BOM_UTF8))
     notes.append(_legacy_note(name, text, legacy, guess))
     return _check_text(name, text, labelled)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decode_as(name: str, raw: bytes, encoding: str, notes: list[str]) -> str:
+    """``raw`` in the encoding its user gave; a byte it cannot read is refused by its line, not replaced."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{name} is not valid {encoding} on line {line:,} (byte {raw[exc.start]:#04x}): check "
+                        "--encoding (encoding=), or leave it out to have the encoding guessed.") from exc
+    notes.append(f"{name} was read as {encoding}, as given.")
+    return text.removeprefix("\ufeff")
 
 
 _LEGACY = (("cp1252", "Windows-1252 (cp1252)"), ("latin-1", "Latin-1"))

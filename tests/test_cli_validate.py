@@ -100,6 +100,21 @@ def test_the_label_table_lines_up_labels_that_take_two_columns_a_character(capsy
     assert display_width("产品质量") == 8 and display_width("e\u0301") == 1
 
 
+def test_an_encoding_given_reads_the_file_so_and_a_byte_it_cannot_read_is_refused_by_its_line(capsys, tmp_path):
+    rows = "".join(f"第{i}个问题,{'退款' if i % 2 else '发票'}\n" for i in range(24))
+    (tmp_path / "gbk.csv").write_bytes(("text,label\n" + rows).encode("gb18030"))
+    assert main(["validate", str(tmp_path / "gbk.csv"), "--encoding", "gb18030", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["labels"]) == {"退款", "发票"} and any("read as gb18030, as given" in n for n in report["notes"])
+    assert main(["validate", str(tmp_path / "gbk.csv"), "--encoding", "ascii"]) == 2
+    assert "is not valid ascii on line 2" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "gbk.csv"), "--encoding", "klingon"]) == 2
+    assert "--encoding must be a text encoding Python knows" in capsys.readouterr().err
+    (tmp_path / "utf8.csv").write_text("text,label\n" + rows, encoding="utf-8")  # UTF-8 stays UTF-8
+    assert main(["validate", str(tmp_path / "utf8.csv"), "--encoding", "cp1251", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["labels"]) == {"退款", "发票"}
+
+
 def test_cp1252_note_in_json(capsys):
     assert main(["validate", str(GOOD / "cp1252.csv"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

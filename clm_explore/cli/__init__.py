@@ -159,6 +159,9 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data
     parser.add_argument("--text-col", default=None, help="text column (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column (detected when omitted)")
     parser.add_argument("--split-col", default=None, help=split_help or SPLIT_COL_HELP)
+    parser.add_argument("--encoding", default=None, metavar="NAME",
+                        help="the file's encoding where it is not UTF-8 (gb18030, cp932, cp1251, ...; default: "
+                        "guessed, and named in a note)")
     parser.add_argument("--max-file-mb", type=float, default=200.0,
                         help="refuse files above this size (a Parquet file's text and label candidates are also "
                              "measured uncompressed and decoded)")
@@ -171,7 +174,7 @@ SPLIT_COL_HELP = ("column of a single file that puts each row in train, validati
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The ``DataConfig`` of ``add_data_args``'s options."""
     return DataConfig(text_col=args.text_col, label_col=args.label_col, split_col=args.split_col,
-                      max_file_mb=args.max_file_mb)
+                      max_file_mb=args.max_file_mb, encoding=args.encoding)
 
 
 def load_noted_data(args: argparse.Namespace) -> AnnotatedData:
