@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,8 @@ class RunStatus(StrEnum):
         return self not in (RunStatus.PENDING, RunStatus.RUNNING)
 
 
+INTERRUPTED_ERROR = "The process running this run stopped (it was killed, or the server restarted)."
+"""Why ``mark_interrupted`` marked a run: its registry row's error and its folder's metrics.json say it."""
 STOPPED_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
 """The ends of a run that began and did not succeed: what a stopped run's metrics.json records as its status."""
 
@@ -91,6 +93,20 @@ class RunStoreError(RuntimeError):
 
 class RunNotFoundError(RunStoreError):
     """No run has the id asked for (deleted meanwhile, or never there); the registry itself answered."""
+
+
+class RegistryError(RunStoreError):
+    """The registry file itself cannot be used (held past the timeout, read-only, damaged, its disk full): every call
+    would meet it, not one run's."""
+
+
+class PruneError(RunStoreError):
+    """``RunStore.prune`` deleted some runs and not others: ``deleted`` holds the records it did delete, the message
+    says why the others stayed."""
+
+    def __init__(self, message: str, deleted: list[RunRecord]) -> None:
+        super().__init__(message)
+        self.deleted = deleted
 
 
 @dataclass
@@ -223,6 +239,28 @@ def _watch_calls() -> None:
                          f"after {REGISTRY_TIMEOUT:.0f} s)")
 
 
+_IO_WORDS = ("unable to open", "disk I/O", "full", "readonly")
+"""What sqlite says when the file or the folder cannot be written (not "locked", nor "not a database")."""
+LOW_DISK_SPACE = 16 * 2**20
+"""Free bytes under which a registry that fails to write is said to be on a full disk: sqlite needs room for its
+write-ahead log and a page or more, and a disk a few KB short of full refuses it as surely as a full one."""
+
+
+def _place_trouble(root: Path) -> str | None:
+    """Why the runs folder itself refuses the registry's files, in words: read-only, or its disk full; None when it is
+    neither (the file itself is then the trouble)."""
+    if not os.access(root, os.W_OK):  # also False on a file system mounted read-only
+        return (f"the runs folder {root} is read-only (for this user, or on a read-only disk): keep runs in a folder "
+                "of your own (set CLM_EXPLORE_RUNS), or ask its owner for write access")
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return None
+    if free < LOW_DISK_SPACE:
+        return f"the disk holding {root} is full ({free // 2**20} MiB free): free some space, then try again"
+    return None
+
+
 _RUN_ID = re.compile(r"\d{8}-\d{6}-[a-z0-9-]+")
 """A run id as ``create`` makes it: ``<YYYYmmdd-HHMMSS>-<slug>``, a number after it when taken."""
 
@@ -235,6 +273,7 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root = self.root.resolve()
         self.db_path = self.root / REGISTRY_NAME
+        self._next_sweep = float("-inf")  # the first mark_interrupted sweeps (sweep_leftovers)
         new = not self.db_path.is_file()
         self._make_table()
         if new:  # a registry made where run folders are (the old one deleted, or moved aside): they are listed again
@@ -267,19 +306,24 @@ class RunStore:
         finally:
             conn.close()
 
-    def _unusable(self, exc: sqlite3.Error) -> RunStoreError:
+    def _unusable(self, exc: sqlite3.Error) -> RegistryError:
         if "no such table" in str(exc):  # the file was deleted (sqlite made an empty one) or replaced while in use
             return self._remade(exc)
+        # Before the advice below: a read-only runs folder ("unable to open database file") or a full disk ("disk
+        # I/O error") was told to move a healthy file aside (the crash review).
+        cause = _place_trouble(self.root) if any(word in str(exc) for word in _IO_WORDS) else None
+        if cause is not None:
+            return RegistryError(f"The run registry {self.db_path} cannot be used ({exc}): {cause}.")
         if "readonly" in str(exc):  # moving a read-only file aside (the advice below) is not this user's to do
-            return RunStoreError(
+            return RegistryError(
                 f"The run registry {self.db_path} is read-only for this user ({exc}): keep runs in a folder of your "
                 "own (set CLM_EXPLORE_RUNS), or ask its owner for write access.")
-        return RunStoreError(
+        return RegistryError(
             f"The run registry {self.db_path} cannot be used ({exc}). If another program holds it, try again when it "
             "is done; if the file is damaged, move it aside and a new one is made (the run folders stay as they are "
             "and can be registered again: RunStore().register_folder).")
 
-    def _remade(self, exc: sqlite3.Error) -> RunStoreError:
+    def _remade(self, exc: sqlite3.Error) -> RegistryError:
         """The registry's table made again and the run folders under root registered again, for a registry that
         lost its table while this process used it (the app review: a registry deleted under a live server stayed
         broken, every run gone from the app, until the server restarted). The error says so: the call that met it
@@ -288,9 +332,9 @@ class RunStore:
             self._make_table()
             found = self.register_found()
         except (RunStoreError, OSError) as again:
-            return RunStoreError(f"The run registry {self.db_path} lost its table ({exc}) and cannot be made again "
+            return RegistryError(f"The run registry {self.db_path} lost its table ({exc}) and cannot be made again "
                                  f"({again}). Move the file aside, and a new one is made.")
-        return RunStoreError(f"The run registry {self.db_path} had lost its table (deleted or replaced while in use); "
+        return RegistryError(f"The run registry {self.db_path} had lost its table (deleted or replaced while in use); "
                              f"a new one was made and the {len(found)} finished run folder(s) in {self.root} listed "
                              "again. Try again.")
 
@@ -500,8 +544,11 @@ class RunStore:
 
         Call at app or server start, and whenever runs are shown: a CLI run killed (``kill -9``) would otherwise stay
         "running" for good, and could not be deleted. Cheap: it reads the unfinished rows only. Runs owned by another
-        host are left alone (their process cannot be checked from here). Returns the ids that were marked.
+        host are left alone (their process cannot be checked from here). Returns the ids that were marked. The first
+        call, and one every ``SWEEP_EVERY_S`` after, also deletes the hidden folders killed processes left under root
+        (``sweep_leftovers``).
         """
+        self._sweep_when_due()
         host = socket.gethostname()
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM runs WHERE status IN (?, ?)",
@@ -518,14 +565,50 @@ class RunStore:
 
     def _interrupt(self, record: RunRecord) -> bool:
         """Mark ``record`` interrupted unless it changed since it was read (finished, or claimed by another
-        process): its owner may have recorded success and exited between the read and this write."""
+        process): its owner may have recorded success and exited between the read and this write. The folder says
+        so too (``_record_interrupted``), as ``set_status`` writes a stopped run's."""
         with self._connect() as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = ?, updated = ?, error = ? WHERE id = ? AND status = ? AND pid IS ?",
-                (RunStatus.INTERRUPTED.value, _now(),
-                 "The process running this run stopped (it was killed, or the server restarted).",
-                 record.id, record.status.value, record.pid))
-            return cur.rowcount == 1
+                (RunStatus.INTERRUPTED.value, _now(), INTERRUPTED_ERROR, record.id, record.status.value, record.pid))
+            marked = cur.rowcount == 1
+        if marked:  # after the commit: the row is the record; the folder's copy is for a registry made again
+            _record_interrupted(record.path)
+        return marked
+
+    def _sweep_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:  # the app calls mark_interrupted on every redraw: a look at root now and then
+            return
+        self._next_sweep = now + SWEEP_EVERY_S
+        self.sweep_leftovers()
+
+    def sweep_leftovers(self) -> list[Path]:
+        """Delete the hidden folders directly under root that no process will come back to; returns those deleted.
+
+        ``.deleting-*``: a run ``delete`` moved aside, its deletion killed half way or refused some files. Deleted
+        once the process that made it, named in it, is gone; one whose process cannot be checked (another host's, or
+        made before the name was written) once older than ``DELETING_GRACE_S``.
+
+        ``.replaced-*``: the run an overwrite set aside (``claimed_run_dir``), left when that process was killed
+        outright. Deleted once older than ``REPLACED_KEEP_DAYS`` and no process holds the run folder it came from (a
+        live claim holds that folder's lock until it has put the run back or deleted it). Not sooner, even where no
+        finished run is in it: a finished run set aside is the user's work, which ``left_behind_note`` tells them to
+        move back, and they get days to do it; and a set-aside killed half way splits a finished run between the two
+        folders, so a part without metrics.json is no proof of a run not worth keeping. A later overwrite of that
+        folder that succeeds deletes them at once (``RunDirClaim.keep``).
+
+        Cheap (root's entries, a few stats for each hidden one), and never raises: a folder that will not go stays for
+        the next sweep. Hidden folders beside runs written outside root (``--out``) are left to ``keep``.
+        """
+        removed = []
+        with suppress(OSError):
+            for hidden in self.root.iterdir():
+                if _abandoned(hidden):
+                    shutil.rmtree(hidden, ignore_errors=True)
+                    if not hidden.exists():
+                        removed.append(hidden)
+        return removed
 
     # -- reading --------------------------------------------------------------------------------
     def list(self, limit: int | None = None) -> list[RunRecord]:
@@ -601,14 +684,64 @@ class RunStore:
                 conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         except BaseException:  # the row stays (a registry held or read-only): so does its folder, where it was
             if hidden is not None:
-                (hidden / "run").rename(record.path)
-                hidden.rmdir()
+                _put_back_aside(hidden, record.path)
             raise
         if hidden is not None:
-            shutil.rmtree(hidden, ignore_errors=True)
+            shutil.rmtree(hidden / "run", ignore_errors=True)
+            if not (hidden / "run").exists():  # else its owner file stays: a sweep tries again once this process is gone
+                shutil.rmtree(hidden, ignore_errors=True)
             if hidden.exists():
                 raise RunStoreError(f"Run {run_id} is no longer listed, but some of its files could not be deleted: "
                                     f"they wait in {hidden}.")
+
+    def prune(self, older_than_days: float, statuses: set[RunStatus] | None = None,
+              dry_run: bool = False) -> list[RunRecord]:
+        """Delete the runs that ended more than ``older_than_days`` days ago (their registry row last changed then:
+        when they ended, or were read again from their folder), only those with one of ``statuses`` when given;
+        never a pending or running one. Each goes through ``delete``: a folder under root is deleted with its row, one
+        registered from elsewhere only unregistered. Returns the records deleted, oldest first (with ``dry_run``,
+        those it would delete, nothing touched). A run deleted meanwhile by another process is left out.
+
+        Raises:
+            ValueError: a negative age, or ``statuses`` naming pending or running (runs that have not ended).
+            PruneError: some runs could not be deleted (their folder would not move, or the registry failed part
+                way); ``deleted`` holds those that were.
+        """
+        due = self._prunable(older_than_days, statuses)
+        if dry_run:
+            return due
+        deleted: list[RunRecord] = []
+        refused: list[str] = []
+        for record in due:
+            try:
+                self.delete(record.id)
+            except RunNotFoundError:
+                continue  # deleted meanwhile: gone, as asked, but not by this call
+            except RegistryError as exc:  # every other run would wait for it in turn (30 s each)
+                raise PruneError(f"{len(deleted)} run(s) deleted, then the registry failed: {exc}", deleted) from exc
+            except RunStoreError as exc:
+                refused.append(f"{record.id} ({exc})")
+                if record.id not in self.known([record.id]):  # unlisted, some of its files waiting to go
+                    deleted.append(record)
+                continue
+            deleted.append(record)
+        if refused:
+            raise PruneError(f"{len(deleted)} run(s) deleted; not all went: {'; '.join(refused)}", deleted)
+        return deleted
+
+    def _prunable(self, older_than_days: float, statuses: set[RunStatus] | None) -> list[RunRecord]:
+        """The runs ``prune`` deletes, oldest first."""
+        if older_than_days < 0:
+            raise ValueError(f"older_than_days is {older_than_days}; runs that ended 0 or more days ago are pruned.")
+        wanted = set(RunStatus) if statuses is None else {RunStatus(status) for status in statuses}
+        unended = sorted(status.value for status in wanted if not status.is_terminal)
+        if statuses is not None and unended:
+            raise ValueError(f"prune deletes runs that ended; {' and '.join(unended)} runs have not: cancel them, "
+                             "or leave those statuses out.")
+        cutoff = datetime.now() - timedelta(days=older_than_days)
+        due = [record for record in self.list() if record.is_terminal and record.status in wanted
+               and _ended_before(record, cutoff)]
+        return due[::-1]
 
     def zip_run(self, run_id: str) -> bytes:
         """The run folder as a zip archive (entries under ``<run_id>/``), without the other processes' copies of a
@@ -735,6 +868,35 @@ LOCK_PATIENCE = (0.05, 0.05, 0.1)
 an instant, and a run starting then refused its folder as written by the dead process a stale lock file names."""
 
 
+def _lock_held(folder: Path) -> bool:
+    """Whether a live process holds ``folder``'s run lock, this one included (``_locked_by_another`` leaves out this
+    process's own, which a sweep or a cleanup must not touch either)."""
+    with _HELD_GUARD:
+        if folder.resolve() in _HELD_LOCKS:
+            return True
+    return _locked_by_another(folder)
+
+
+def _record_interrupted(folder: Path) -> None:
+    """Write the interrupted status into the folder of a run whose process is gone, and remove the lock file it left.
+
+    The crash review: a run whose server was killed (``kill -9``) had its status in the registry row alone; once the
+    registry was deleted and made again, its folder read as pending, ``register_found`` skipped it, and it could be
+    neither listed nor deleted from the app. Written only into a run folder (clm_run.json: ``set_status`` says why)
+    without metrics.json (``mark_interrupted`` reads a folder that states its end instead), and never into one a live
+    process holds: the folder's lock is taken for the write, so a run starting there meanwhile is not overwritten."""
+    began = (folder / "clm_run.json").is_file() and not (folder / "metrics.json").exists()
+    if (not began and not (folder / RUN_LOCK).is_file()) or _lock_held(folder):
+        return  # nothing to write nor to remove, or a live run's
+    try:
+        with run_folder_lock(folder):  # let go, it removes the lock file, the stale one with it
+            if (folder / "clm_run.json").is_file() and not (folder / "metrics.json").exists():
+                write_json_atomic(folder / "metrics.json", {"status": RunStatus.INTERRUPTED.value,
+                                                            "error": INTERRUPTED_ERROR})
+    except (RunFolderError, OSError):
+        pass  # a run took the folder meanwhile, or it cannot be written: the registry row still says it
+
+
 def _flock_within(fcntl: Any, handle: Any, pauses: tuple[float, ...]) -> bool:
     """Take ``handle``'s exclusive lock, trying again after each pause; False when it stays held."""
     for pause in (*pauses, None):
@@ -799,7 +961,8 @@ class RunDirClaim:
     restored: bool = False
 
     def keep(self) -> None:
-        """The new run is the folder's: the earlier one is deleted when the claim ends."""
+        """The new run is the folder's: the earlier one is deleted when the claim ends, and with it every earlier run
+        of this folder that an overwrite killed outright left waiting beside it (``.replaced-*``)."""
         self.kept = True
 
 
@@ -815,7 +978,9 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
     the earlier, finished run was lost with the new one's start). The lock is taken before a file moves and let go
     after the last: another process's run into the folder is refused all along (a lock taken after the claim let
     one in between, whose files the put-back would have deleted). A process killed outright leaves the earlier run
-    in the hidden folder.
+    in the hidden folder. A run that did not finish (killed, failed, cancelled: ``_worth_keeping``) is deleted, not
+    set aside: a second killed overwrite set the first one's half run aside too, and the folder was then said to
+    wait in the wrong hidden folder (the crash review).
 
     Raises:
         RunFolderError: what stands in the way (another process's run holds the folder, say), and what to do.
@@ -825,23 +990,47 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
     with run_folder_lock(path):
         claim = RunDirClaim(path)
         if holds_files(path):
-            claim.earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
-            try:
-                # whose run waits there, should this process be killed before it puts it back (left_behind_note)
-                (claim.earlier.parent / REPLACED_ORIGIN).write_text(str(path.resolve()))
-                _move_entries(path, claim.earlier)
-            except BaseException:  # Ctrl-C or a refusal half-way: the entries moved so far go back, the run whole
-                _move_entries(claim.earlier, path, make=False)
-                shutil.rmtree(claim.earlier.parent, ignore_errors=True)
-                raise
+            if _worth_keeping(path):
+                claim.earlier = _set_aside(path)
+            else:  # no live process writes it (check_run_dir refuses one that does): a stopped run's leftovers
+                _remove_entries(path)
         try:
             yield claim
         finally:
-            if claim.earlier is not None:
-                if claim.kept:
-                    shutil.rmtree(claim.earlier.parent, ignore_errors=True)
-                else:
-                    claim.restored = _put_back(path, claim.earlier)
+            if claim.kept:
+                _drop_replaced(path, claim.earlier)
+            elif claim.earlier is not None:
+                claim.restored = _put_back(path, claim.earlier)
+
+
+def _set_aside(path: Path) -> Path:
+    """``path``'s entries (its run lock held by the caller) moved into a new hidden folder beside it, whose origin file
+    names ``path``; the folder's ``run`` returned."""
+    earlier = Path(tempfile.mkdtemp(prefix=".replaced-", dir=path.parent)) / "run"
+    try:
+        # whose run waits there, should this process be killed before it puts it back (left_behind_note)
+        (earlier.parent / REPLACED_ORIGIN).write_text(str(path.resolve()))
+        _move_entries(path, earlier)
+    except BaseException:  # Ctrl-C or a refusal half-way: the entries moved so far go back, the run whole
+        _move_entries(earlier, path, make=False)
+        shutil.rmtree(earlier.parent, ignore_errors=True)
+        raise
+    return earlier
+
+
+def _worth_keeping(path: Path) -> bool:
+    """Whether the run in ``path`` is kept aside while a new one replaces it: a finished run, or what a set-aside
+    killed half way left (clm_run.json moves last, so a hidden folder of this one's without it holds the other
+    half). Any other run stopped before it finished: nothing of it is worth putting back."""
+    return _holds_finished_run(path) or any(_half_moved(hidden / "run") for hidden in _replaced_of(path))
+
+
+def _drop_replaced(path: Path, earlier: Path | None) -> None:
+    """Delete the run a kept claim replaced, and every other one of ``path``'s waiting beside it (an overwrite killed
+    outright left it): the new run is the folder's now, and they leaked, unnamed, for good (the crash review). None
+    is another process's: a claim on ``path`` holds its lock, which this process holds."""
+    for hidden in {*([earlier.parent] if earlier is not None else []), *_replaced_of(path)}:
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _move_aside(folder: Path) -> Path:
@@ -854,11 +1043,29 @@ def _move_aside(folder: Path) -> Path:
     """
     hidden = Path(tempfile.mkdtemp(prefix=".deleting-", dir=folder.parent))
     try:
+        # who deletes it: a sweep (``RunStore.sweep_leftovers``) removes it once that process is gone
+        (hidden / DELETING_OWNER).write_text(json.dumps(_this_process()))
         folder.rename(hidden / "run")
     except OSError:
-        hidden.rmdir()
+        shutil.rmtree(hidden, ignore_errors=True)
         raise
     return hidden
+
+
+DELETING_OWNER = "owner"
+"""The file in ``_move_aside``'s hidden folder (``.deleting-*``) that names the process deleting it."""
+
+
+def _this_process() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid)}
+
+
+def _put_back_aside(hidden: Path, folder: Path) -> None:
+    """The run ``_move_aside`` moved into ``hidden`` back to ``folder``, and ``hidden`` gone."""
+    (hidden / "run").rename(folder)
+    (hidden / DELETING_OWNER).unlink(missing_ok=True)
+    hidden.rmdir()
 
 
 def _move_entries(source: Path, target: Path, make: bool = True) -> None:
@@ -872,17 +1079,26 @@ def _move_entries(source: Path, target: Path, make: bool = True) -> None:
         entry.rename(target / entry.name)
 
 
+def _remove_entries(folder: Path) -> None:
+    """Delete every entry of ``folder`` but its run lock (held by the caller), clm_run.json last: a launch's other
+    processes see a run folder until the rest has gone, as ``_move_entries`` does.
+
+    Raises:
+        OSError: an entry that cannot be deleted (those before it are gone).
+    """
+    entries = [entry for entry in folder.iterdir() if entry.name != RUN_LOCK]
+    for entry in sorted(entries, key=lambda entry: entry.name == "clm_run.json"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _put_back(path: Path, earlier: Path) -> bool:
     """The earlier run's files (in ``earlier``) in ``path`` again, the new run's deleted (the run lock stays, held by
     the caller); False, the earlier run left where it waits, when the file system refuses."""
     try:
-        for entry in path.iterdir():
-            if entry.name == RUN_LOCK:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        _remove_entries(path)
         _move_entries(earlier, path, make=False)
     except OSError:
         return False
@@ -988,18 +1204,87 @@ REPLACED_ORIGIN = "origin"
 def left_behind_note(folder: Path) -> str:
     """Where the finished run that a run into ``folder`` was replacing waits, when that run was killed outright
     (SIGKILL, a power cut) and no process holds the folder: said, or the earlier run sat unnamed in a hidden folder
-    (the concurrency review); the newest such run when there are several; '' when there is none."""
+    (the concurrency review); the newest such run when there are several; '' when there is none. Only a hidden
+    folder whose run finished is named: one holding a killed run's clm_run.json alone was named, newer than the
+    finished one (the crash review)."""
     if _locked_by_another(folder):  # a live claim's own: its run goes on and puts it back or deletes it
         return ""
-    target, waiting = str(folder.resolve()), []
-    for hidden in folder.parent.glob(".replaced-*"):
+    waiting = []
+    for hidden in _replaced_of(folder):
         with suppress(OSError):
-            if (hidden / "run").is_dir() and (hidden / REPLACED_ORIGIN).read_text() == target:
+            if _holds_finished_run(hidden / "run"):
                 waiting.append((hidden.stat().st_mtime, hidden / "run"))
     if not waiting:
         return ""
     return (f"the finished run this folder held before waits in {max(waiting)[1]} (a run replacing it was "
             f"killed): move its files back into {folder} to keep it")
+
+
+def _replaced_of(folder: Path) -> list[Path]:
+    """The hidden folders (``.replaced-*``) beside ``folder`` whose run was set aside from it (their origin file names
+    it)."""
+    target, found = str(folder.resolve()), []
+    for hidden in folder.parent.glob(".replaced-*"):
+        with suppress(OSError):
+            if (hidden / REPLACED_ORIGIN).read_text() == target:
+                found.append(hidden)
+    return found
+
+
+def _holds_finished_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished run: its metrics.json written (the last file a run writes), and not with
+    a stopped run's status (as ``unfinished_reason`` tells them; one that cannot be read is kept, not judged)."""
+    if not (folder / "metrics.json").is_file():
+        return False
+    return read_json_object(folder / "metrics.json").get("status") not in STOPPED_STATUSES
+
+
+def _half_moved(run: Path) -> bool:
+    """Whether ``run``, a set-aside run, holds part of a run and not its clm_run.json: ``_move_entries`` moves it
+    last, so a set-aside killed half way left the rest of the run, clm_run.json with it, in the folder it came from."""
+    with suppress(OSError):
+        return not (run / "clm_run.json").exists() and any(run.iterdir())
+    return False
+
+
+REPLACED_KEEP_DAYS = 7.0
+"""Days a set-aside run (``.replaced-*``) that no process holds waits under the runs root before a sweep deletes it
+(``RunStore.sweep_leftovers`` says why no sooner)."""
+DELETING_GRACE_S = 3600.0
+"""Seconds a ``.deleting-*`` folder whose process cannot be checked (another host's, or one made without its owner
+file) is left before a sweep deletes it: a deletion takes seconds."""
+SWEEP_EVERY_S = 3600.0
+"""Seconds between two sweeps of one ``RunStore`` (``mark_interrupted`` runs on every page the app draws)."""
+
+
+def _abandoned(entry: Path) -> bool:
+    """Whether ``entry``, of the runs root, is a hidden folder that no process will come back to
+    (``RunStore.sweep_leftovers``)."""
+    deleting = entry.name.startswith(".deleting-")
+    if not (deleting or entry.name.startswith(".replaced-")) or entry.is_symlink() or not entry.is_dir():
+        return False
+    try:
+        age = time.time() - entry.stat().st_mtime
+    except OSError:
+        return False
+    return _deletion_abandoned(entry, age) if deleting else _set_aside_abandoned(entry, age)
+
+
+def _deletion_abandoned(hidden: Path, age: float) -> bool:
+    owner = read_json_object(hidden / DELETING_OWNER)
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        return not _pid_alive(owner["pid"], owner.get("pid_start"))
+    return age > DELETING_GRACE_S
+
+
+def _set_aside_abandoned(hidden: Path, age: float) -> bool:
+    if age <= REPLACED_KEEP_DAYS * 86400:
+        return False
+    try:
+        origin = Path((hidden / REPLACED_ORIGIN).read_text())
+    except OSError:  # a claim killed before it wrote the origin file: nobody's
+        return True
+    return not _lock_held(origin)
 
 
 def _clause(note: str) -> str:
@@ -1130,6 +1415,15 @@ def read_json_object(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _ended_before(record: RunRecord, cutoff: datetime) -> bool:
+    """Whether ``record``'s row last changed before ``cutoff``; False when its time cannot be read (its age unknown,
+    it is kept)."""
+    try:
+        return datetime.fromisoformat(record.updated) < cutoff
+    except (TypeError, ValueError):
+        return False
 
 
 def _record(row: sqlite3.Row) -> RunRecord:

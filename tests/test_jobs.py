@@ -499,33 +499,39 @@ def test_two_servers_on_one_runs_folder_take_turns_on_a_device(store: RunStore, 
 
     monkeypatch.setattr(jobs_module, "DEVICE_POLL_SECONDS", 0.05)
     first, second = JobQueue(store), JobQueue(RunStore(store.root))  # two servers: two opens of the lock file
-    try:
-        gate, log = threading.Event(), []
-        holding = first.submit(count_steps, {"n": 2, "gate": gate, "log": log, "tag": 1},
-                               run_id=store.create("a", "sparse", {}).id, device="cpu")
-        deadline = time.time() + 5
-        while holding.status is not RunStatus.RUNNING and time.time() < deadline:
+    gate, log = threading.Event(), []
+
+    def hold(entered: threading.Event, on_step=None, should_stop=None) -> FakeResult:
+        entered.set()  # inside the job: the device's lock is held
+        gate.wait(60)
+        log.append("held")
+        return FakeResult("succeeded", {})
+
+    def held_by_first() -> None:
+        entered = threading.Event()
+        first.submit(hold, {"entered": entered}, device="cpu")
+        assert entered.wait(30), "the first server's job never started"
+
+    def waits(job) -> None:
+        deadline = time.time() + 30
+        while job.progress().phase != OTHER_SERVER_PHASE and time.time() < deadline:
             time.sleep(0.01)
+        assert job.progress().phase == OTHER_SERVER_PHASE and not job.done
+
+    try:
+        held_by_first()
         waiting = second.submit(count_steps, {"n": 2, "log": log, "tag": 2},
                                 run_id=store.create("b", "sparse", {}).id, device="cpu")
-        cancelled = None
-        deadline = time.time() + 5
-        while waiting.progress().phase != OTHER_SERVER_PHASE and time.time() < deadline:
-            time.sleep(0.01)
-        assert waiting.progress().phase == OTHER_SERVER_PHASE and log == []  # said, and not started
+        waits(waiting)
+        assert log == []  # said, and not started
         gate.set()
-        assert holding.wait(5) and waiting.wait(5)
-        assert log == [1, 2] and waiting.status is RunStatus.SUCCEEDED
+        assert waiting.wait(30) and log == ["held", 2] and waiting.status is RunStatus.SUCCEEDED
         gate.clear()
-        holding = first.submit(count_steps, {"n": 1, "gate": gate}, device="cpu")
+        held_by_first()
         cancelled = second.submit(count_steps, {"n": 1, "log": log, "tag": 3}, device="cpu")
-        deadline = time.time() + 5
-        while cancelled.progress().phase != OTHER_SERVER_PHASE and time.time() < deadline:
-            time.sleep(0.01)
+        waits(cancelled)
         cancelled.cancel()
-        assert cancelled.wait(5) and cancelled.status is RunStatus.CANCELLED and 3 not in log  # never ran
-        gate.set()
-        assert holding.wait(5)
+        assert cancelled.wait(30) and cancelled.status is RunStatus.CANCELLED and 3 not in log  # never ran
     finally:
         gate.set()
         first.shutdown()

@@ -101,7 +101,7 @@ def test_delete_removes_folder_and_row(store: RunStore, monkeypatch) -> None:
 
     monkeypatch.setattr(shutil, "rmtree", watched)
     store.delete(run.id)
-    assert seen == [False] and not run.path.exists() and not list(store.root.glob(".deleting-*"))
+    assert seen and not any(seen) and not run.path.exists() and not list(store.root.glob(".deleting-*"))
     assert all(r.id != run.id for r in store.list())
 
 
@@ -804,3 +804,233 @@ def test_the_registry_as_a_table_is_what_the_cli_lists(store: RunStore, capsys) 
     assert main(["runs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == table.astype(object).where(table.notna(), None).to_dict("records")
     assert list(RunStore(store.root / "empty").table().columns) == list(table.columns)  # no runs: the columns still
+
+
+def _killed_overwrite(out: Path) -> None:
+    """A ``finetune --overwrite`` into ``out`` killed outright (SIGKILL) once its run has begun to save."""
+    import signal
+
+    code = ("import sys, time; from pathlib import Path; from clm_explore.runs import claimed_run_dir\n"
+            "out = Path(sys.argv[1])\n"
+            "with claimed_run_dir(out, overwrite=True):\n"
+            " (out / 'clm_run.json').write_text('{}'); (out / 'config.json').write_text('{}')\n"
+            " print('saving', flush=True); time.sleep(60)")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert killed.stdout.readline().strip() == "saving"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    killed.stdout.close()
+
+
+def _set_aside_run(beside: Path, origin: Path | None, files: dict[str, str], days_old: float = 0.0) -> Path:
+    """A hidden ``.replaced-*`` folder beside ``origin`` as ``claimed_run_dir`` leaves it, holding ``files``."""
+    import tempfile
+    import time
+
+    hidden = Path(tempfile.mkdtemp(prefix=".replaced-", dir=beside))
+    if origin is not None:  # none: a claim killed before it wrote the file
+        (hidden / "origin").write_text(str(origin.resolve()))
+    (hidden / "run").mkdir()
+    for name, text in files.items():
+        (hidden / "run" / name).write_text(text)
+    when = time.time() - days_old * 86400
+    os.utime(hidden, (when, when))
+    return hidden
+
+
+FINISHED = {"clm_run.json": '{"method": "head"}', "config.json": "{}", "metrics.json": '{"accuracy": 0.9}',
+            "model.safetensors": "weights"}
+
+
+def test_an_overwrite_killed_twice_names_the_finished_run_and_one_that_succeeds_leaves_nothing(tmp_path) -> None:
+    """The crash review: a second killed overwrite set the first one's half run aside too; the folder then named that
+    hidden folder (the newest), not the one holding the finished run, and a later overwrite left both for good."""
+    from clm_explore.runs import RunFolderError, check_run_dir, claimed_run_dir, left_behind_note
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in FINISHED.items():
+        (out / name).write_text(text)
+    _killed_overwrite(out)
+    [first] = tmp_path.glob(".replaced-*")
+    _killed_overwrite(out)  # the first one's half run in the folder: deleted, not set aside
+    assert list(tmp_path.glob(".replaced-*")) == [first]
+    assert json.loads((first / "run" / "metrics.json").read_text()) == {"accuracy": 0.9}
+    with pytest.raises(RunFolderError, match=f"The finished run this folder held before waits in {first / 'run'} "):
+        check_run_dir(out)
+    # One an earlier version set aside, newer than the finished run's: never named for it
+    half = _set_aside_run(tmp_path, out, {"clm_run.json": "{}", "config.json": "{}"}, days_old=-1)
+    other = _set_aside_run(tmp_path, tmp_path / "run-2", FINISHED)  # another folder's
+    assert f"waits in {first / 'run'} " in left_behind_note(out)
+    with claimed_run_dir(out, overwrite=True) as claim:
+        (out / "clm_run.json").write_text("{}")
+        (out / "metrics.json").write_text("{}")
+        claim.keep()
+    assert not first.exists() and not half.exists() and other.is_dir()  # both leaked, unmentioned
+    assert sorted(p.name for p in out.iterdir()) == ["clm_run.json", "metrics.json"]
+
+
+def test_an_overwrite_keeps_aside_a_run_whose_set_aside_was_killed_half_way(tmp_path: Path) -> None:
+    from clm_explore.runs import claimed_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "clm_run.json").write_text('{"method": "head"}')  # moved last: still here
+    (out / "model.safetensors").write_text("weights")
+    half = _set_aside_run(tmp_path, out, {"metrics.json": '{"accuracy": 0.9}', "config.json": "{}"})
+    with claimed_run_dir(out, overwrite=True) as claim:  # no metrics.json here: not to be deleted as unfinished
+        assert claim.earlier is not None and (claim.earlier / "model.safetensors").is_file()
+    assert claim.restored and (out / "model.safetensors").is_file() and half.is_dir()
+    (out / "metrics.json").write_text('{"status": "failed", "error": "boom"}')  # a failed run: not worth keeping
+    half.rename(tmp_path / "elsewhere")
+    with claimed_run_dir(out, overwrite=True) as claim:
+        assert claim.earlier is None and [p.name for p in out.iterdir()] == [".clm_running"]
+    assert not list(tmp_path.glob(".replaced-*"))
+
+
+def test_a_run_whose_process_was_killed_says_so_in_its_folder_and_is_listed_again(store: RunStore) -> None:
+    """The crash review: a run whose server was killed was interrupted in the registry row alone; with the registry
+    deleted and made again, its folder read as pending and the run was gone from the app, and could not be deleted."""
+    from clm_explore.runs import INTERRUPTED_ERROR, RUN_LOCK, run_folder_lock
+
+    dead_id, held_id = _run_of_a_process_gone(), _run_of_a_process_gone()
+    for run_id in (dead_id, held_id):
+        (store.path(run_id) / "clm_run.json").write_text(json.dumps({"method": "full", "config": {}}))
+    (store.path(dead_id) / RUN_LOCK).write_text("host pid 999999\n")  # the killed process's lock file
+    with run_folder_lock(store.path(held_id)):  # a live process (this one) writes a run into it now
+        assert sorted(store.mark_interrupted()) == sorted([dead_id, held_id])
+        assert not (store.path(held_id) / "metrics.json").exists() and (store.path(held_id) / RUN_LOCK).is_file()
+    assert json.loads((store.path(dead_id) / "metrics.json").read_text()) == {
+        "status": "interrupted", "error": INTERRUPTED_ERROR}
+    assert not (store.path(dead_id) / RUN_LOCK).exists()
+    for file in store.root.glob("registry.sqlite*"):
+        file.unlink()
+    [again] = RunStore(store.root).list()
+    assert (again.id, again.status, again.error) == (dead_id, RunStatus.INTERRUPTED, INTERRUPTED_ERROR)
+    folder = again.path
+    RunStore(store.root).delete(dead_id)  # it could not be, unlisted
+    assert not folder.exists()
+
+
+def test_a_sweep_deletes_the_hidden_folders_no_process_will_come_back_to(store: RunStore, monkeypatch) -> None:
+    """The crash review: ``.deleting-*`` (a delete killed, or refused some files) and ``.replaced-*`` folders stayed
+    for good."""
+    import socket
+    import time
+
+    import clm_explore.runs as runs
+
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+
+    def deleting(name: str, owner: dict | None, hours_old: float = 0.0) -> Path:
+        hidden = store.root / f".deleting-{name}"
+        (hidden / "run").mkdir(parents=True)
+        (hidden / "run" / "model.safetensors").write_text("weights")
+        if owner is not None:
+            (hidden / "owner").write_text(json.dumps(owner))
+        when = time.time() - hours_old * 3600
+        os.utime(hidden, (when, when))
+        return hidden
+
+    host = socket.gethostname()
+    dead = deleting("dead", {"host": host, "pid": gone.pid, "pid_start": None})
+    mine = deleting("mine", {"host": host, "pid": os.getpid(), "pid_start": None})
+    unnamed_old, unnamed_new = deleting("old", None, hours_old=2), deleting("new", None)
+    elsewhere = deleting("elsewhere", {"host": "another-host", "pid": 1, "pid_start": None})
+    run = store.create("kept", "head")
+    old_finished = _set_aside_run(store.root, run.path, FINISHED, days_old=8)
+    young_finished = _set_aside_run(store.root, run.path, FINISHED, days_old=6)
+    held = _set_aside_run(store.root, store.root / "held", {"clm_run.json": "{}"}, days_old=30)
+    no_origin = _set_aside_run(store.root, None, {}, days_old=8)
+    (store.root / "held").mkdir()
+    with runs.run_folder_lock(store.root / "held"):  # a live claim's: it puts its run back or deletes it
+        store.mark_interrupted()  # the first call sweeps
+    left = {p.name for p in store.root.iterdir() if not p.name.startswith("registry.sqlite")}
+    assert left == {run.id, "held", mine.name, unnamed_new.name, elsewhere.name, young_finished.name, held.name}
+    assert not any(p.exists() for p in (dead, unnamed_old, old_finished, no_origin))
+    # delete() names its process in the folder of files it could not remove: kept while it lives
+    store.set_status(run.id, RunStatus.SUCCEEDED)
+    monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)
+    with pytest.raises(RunStoreError, match="could not be deleted"):
+        store.delete(run.id)
+    monkeypatch.undo()
+    [waiting] = set(store.root.glob(".deleting-*")) - {mine, unnamed_new, elsewhere}
+    assert json.loads((waiting / "owner").read_text())["pid"] == os.getpid()
+    store.mark_interrupted()  # not again so soon (every page the app draws calls it)
+    assert store.sweep_leftovers() == [held] and waiting.is_dir()  # its claim has let go of "held" since
+    (waiting / "owner").write_text(json.dumps({"host": host, "pid": gone.pid, "pid_start": None}))  # gone now
+    assert store.sweep_leftovers() == [waiting] and not waiting.exists()
+
+
+def test_prune_deletes_the_runs_that_ended_long_ago(store: RunStore, tmp_path: Path, monkeypatch) -> None:
+    import clm_explore.runs as runs
+    from clm_explore.runs import PruneError
+
+    long_ago = "2020-01-02T03:04:05"
+
+    def run(name: str, status: RunStatus, updated: str = long_ago):
+        record = store.create(name, "head")
+        store.set_status(record.id, status)
+        store._update(record.id, {"updated": updated})
+        return record
+
+    done, failed, running = run("done", RunStatus.SUCCEEDED), run("failed", RunStatus.FAILED), run(
+        "running", RunStatus.RUNNING)  # this process's: alive, never pruned, however old
+    recent = run("recent", RunStatus.CANCELLED, updated=runs._now())
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "metrics.json").write_text('{"accuracy": 0.5}')
+    outside = store.register_folder(tmp_path / "elsewhere")
+    store._update(outside.id, {"updated": long_ago})
+    assert {r.id for r in store.prune(5, dry_run=True)} == {done.id, failed.id, outside.id}
+    assert len(store.list()) == 5 and done.path.is_dir()
+    assert [r.id for r in store.prune(5, {RunStatus.FAILED})] == [failed.id] and not failed.path.exists()
+    with pytest.raises(ValueError, match="prune deletes runs that ended; running runs have not"):
+        store.prune(5, {RunStatus.SUCCEEDED, RunStatus.RUNNING})
+    with pytest.raises(ValueError, match="older_than_days is -1"):
+        store.prune(-1)
+    stuck = run("stuck", RunStatus.SUCCEEDED)
+    move_aside = runs._move_aside
+
+    def refused(folder: Path) -> Path:
+        if folder == stuck.path:
+            raise PermissionError(13, "Permission denied")
+        return move_aside(folder)
+
+    monkeypatch.setattr(runs, "_move_aside", refused)
+    with pytest.raises(PruneError, match=f"2 run\\(s\\) deleted; not all went: {stuck.id} \\(Run {stuck.id} cannot be "
+                                         "deleted") as partly:
+        store.prune(5)
+    assert {r.id for r in partly.value.deleted} == {done.id, outside.id}
+    assert not done.path.exists() and (tmp_path / "elsewhere").is_dir()  # a folder from elsewhere: unregistered only
+    assert {r.id for r in store.list()} == {running.id, recent.id, stuck.id}
+
+
+def test_a_registry_in_a_read_only_folder_or_on_a_full_disk_names_the_cause(store: RunStore, monkeypatch) -> None:
+    """The crash review: both were "cannot be used (...) ... if the file is damaged, move it aside"."""
+    import sqlite3
+    from collections import namedtuple
+
+    def failing(message: str):
+        def connect(*args, **kwargs):
+            raise sqlite3.OperationalError(message)
+        return connect
+
+    monkeypatch.setattr(sqlite3, "connect", failing("unable to open database file"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as root, chmod 555 refuses nothing
+    with pytest.raises(RunStoreError) as refused:
+        store.list()
+    assert f"(unable to open database file): the runs folder {store.root} is read-only" in str(refused.value)
+    assert "move it aside" not in str(refused.value)
+    monkeypatch.undo()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sqlite3, "connect", failing("disk I/O error"))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**19, 2**19))
+    with pytest.raises(RunStoreError, match=r"\(disk I/O error\): the disk holding .* is full \(0 MiB free\): free "
+                                            "some space") as full:
+        store.list()
+    assert "move it aside" not in str(full.value)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 2**30, 9 * 2**30))
+    with pytest.raises(RunStoreError, match="move it aside"):  # room and write access: the file may be damaged
+        store.list()
