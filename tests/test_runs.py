@@ -741,6 +741,27 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == full[:1]
 
 
+def test_cli_runs_prune_deletes_the_runs_that_ended_long_ago_and_lists_them(store: RunStore, capsys) -> None:
+    """The crash review: a run folder is ~90 MB and nothing deleted them but the Runs page, one at a time."""
+    from clm_explore.cli import main
+
+    old, recent = store.create("old", "head"), store.create("recent", "head")
+    for record in (old, recent):
+        store.set_status(record.id, RunStatus.FAILED)
+    store._update(old.id, {"updated": "2020-01-02T03:04:05"})
+    assert main(["runs", "--prune", "30", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("would delete 1 run(s) that ended more than 30 day(s) ago:") and old.id in out
+    assert old.path.is_dir()
+    assert main(["runs", "--prune", "30", "--status", "failed", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [old.id] and not old.path.exists()
+    assert [r.id for r in store.list()] == [recent.id]
+    assert main(["runs", "--prune", "1", "--status", "running"]) == 2
+    assert "runs have not (cancel them first)" in capsys.readouterr().err
+    assert main(["runs", "--prune", "1", "--method", "head"]) == 2
+    assert "--method and --limit are not read with --prune" in capsys.readouterr().err
+
+
 def test_cli_runs_makes_no_registry_where_there_is_none(tmp_path: Path, monkeypatch, capsys) -> None:
     from clm_explore.cli import main
 

@@ -22,6 +22,11 @@ def register(subparsers: Any) -> None:
                    help="only runs with this status")
     p.add_argument("--method", default=None, help="only runs of this method")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N runs (0 = all)")
+    p.add_argument("--prune", type=float, default=None, metavar="DAYS",
+                   help="delete the runs that ended more than DAYS days ago (their folders under the runs folder with "
+                   "them; with --status, only those), then list what was deleted; a run folder is about 90 MB with "
+                   "the default model, and nothing else deletes them")
+    p.add_argument("--dry-run", action="store_true", help="with --prune: list what it would delete, delete nothing")
     p.add_argument("--json", action="store_true", help="print a JSON list, a run per object")
     p.set_defaults(func=run_runs)
 
@@ -40,6 +45,8 @@ def run_runs(args: argparse.Namespace) -> int:
         store.mark_interrupted()  # a CLI run killed outright stayed "running" until the app next looked
     except RunStoreError as exc:  # a registry this user may only read (or one held): listed as it stands
         print(f"note: runs whose process is gone could not be marked interrupted ({exc})", file=sys.stderr)
+    if args.prune is not None:
+        return _prune(store, args)
     records = [r for r in store.list() if (args.status is None or r.status.value == args.status)
                and (args.method is None or r.method == args.method)]
     records = records[: args.limit] if args.limit else records
@@ -50,6 +57,37 @@ def run_runs(args: argparse.Namespace) -> int:
     print(f"{len(rows)} run(s) in {store.root}" + (":" if rows else ""))
     if rows:
         print(format_runs(rows))
+    return 0
+
+
+def _prune(store: RunStore, args: argparse.Namespace) -> int:
+    """``runs --prune DAYS``: delete the runs that ended long ago (``RunStore.prune``), and list them."""
+    from clm_explore.runs import PruneError
+
+    if args.method is not None or args.limit:
+        raise UserError("--method and --limit are not read with --prune: it deletes every run that ended before the "
+                        "days given (--status narrows it).")
+    if args.prune < 0:
+        raise UserError(f"--prune {args.prune:g} must be 0 or more days.")
+    statuses = {RunStatus(args.status)} if args.status else None
+    if statuses and not RunStatus(args.status).is_terminal:
+        raise UserError(f"--prune deletes runs that ended; --status {args.status} runs have not (cancel them first).")
+    said = ""
+    try:
+        records = store.prune(args.prune, statuses, dry_run=args.dry_run)
+    except PruneError as exc:
+        records, said = exc.deleted, str(exc)
+    rows = [record.summary() for record in records]
+    if args.json:
+        print_json(rows)
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} {len(rows)} run(s) that ended more than {args.prune:g} day(s) ago" + (":" if rows else "."))
+        if rows:
+            print(format_runs(rows))
+    if said:
+        print(f"error: {said}", file=sys.stderr)
+        return 1
     return 0
 
 
