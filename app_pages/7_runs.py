@@ -4,7 +4,7 @@ delete; download a finished run as a zip."""
 import streamlit as st
 
 from clm_explore.runs import PER_LABEL_METRICS, RunStatus, RunStoreError
-from clm_explore.ui import jobs, run_views, state
+from clm_explore.ui import cache, jobs, run_views, state, views
 from clm_explore.ui.views import escape_markdown
 
 st.title("Runs", anchor=False)
@@ -19,6 +19,10 @@ if not records:
     st.page_link("app_pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
     state.stop()
 run_views.render_runs_table(records, key="runs")
+used, free = cache.runs_disk(str(store.root))
+st.caption(f"{len(records):,} run(s) take {views.byte_size(used)} on the server"
+           + (f"; {views.byte_size(free)} free on its disk" if free >= 0 else "")
+           + ". Runs stay until deleted: below, one at a time, or on the server with `clm-explore runs --prune DAYS`.")
 
 with st.expander("Compare groups of runs (seeds)", expanded=False):
     run_views.render_group_comparison(records, key="runs_groups")

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import threading
 import time
 import weakref
@@ -505,6 +506,22 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
     with tempfile.TemporaryDirectory() as tmp, heavy_work():
         return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows,
                             progress=False).read_bytes()
+
+
+@st.cache_data(show_spinner=False, ttl=300)
+def runs_disk(root: str) -> tuple[int, int]:
+    """The bytes the runs folder holds and the bytes free on its disk, read at most every 5 minutes (a walk over
+    every run's files)."""
+    used = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                used += os.lstat(os.path.join(folder, name)).st_size
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = -1
+    return used, free
 
 
 @st.cache_resource(show_spinner=False, ttl=3600)

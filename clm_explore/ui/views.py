@@ -254,6 +254,13 @@ def task_progress(task: Any) -> None:
     st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(f"{phase[:1].upper()}{phase[1:]}{counted}"))
 
 
+def byte_size(size: float) -> str:
+    """A size as the app writes it: "340 KB", "3.0 MB", "1.25 GB"."""
+    if size < 2**20:
+        return f"{size / 2**10:.0f} KB"
+    return f"{size / 2**20:.1f} MB" if size < 2**30 else f"{size / 2**30:.2f} GB"
+
+
 def duration(seconds: float | None) -> str:
     """A time as the app writes it: "42s", "3m 05s"; "–" for none."""
     if seconds is None:

@@ -1584,6 +1584,20 @@ def test_runs_of_two_users_uploads_with_one_name_are_told_apart(tmp_path: Path) 
     assert "the bundled sample banking77\\_20, run B on the server's data set banking77\\_20" in said
 
 
+def test_the_runs_page_says_how_much_disk_the_runs_take_and_how_to_prune_them(at: AppTest) -> None:
+    """The crash review: ~90 MB a run, nothing deleting them, and no word of the disk on the page."""
+    from clm_explore.ui import cache
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    run_id = create_finished(store, "big", "full", SAMPLE_KEY)
+    (store.get(run_id).path / "model.safetensors").write_bytes(b"0" * 3 * 2**20)
+    cache.runs_disk.clear()
+    goto(at, "app_pages/7_runs.py")
+    said = next(c.value for c in at.caption if "run(s) take" in c.value)
+    assert said.startswith("1 run(s) take 3.0 MB on the server; "), said
+    assert "free on its disk" in said and "clm-explore runs --prune DAYS" in said
+
+
 def test_a_run_that_ended_without_a_model_is_launched_again_with_its_settings(at: AppTest) -> None:
     """The crash review: after a server restart interrupted a run, its options had to be set again by hand."""
     from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
