@@ -950,6 +950,16 @@ def _locked_by_another(folder: Path) -> bool:
         return False
 
 
+def _lock_left(folder: Path) -> bool:
+    """Whether ``folder`` holds a run lock file that no process holds (its run's process was killed); False where
+    locks are not kept (Windows), or the file is not there (a run made before them)."""
+    try:
+        import fcntl  # noqa: F401 - only whether locks are kept here
+    except ImportError:
+        return False
+    return (folder / RUN_LOCK).is_file() and not _lock_held(folder)
+
+
 @dataclass
 class RunDirClaim:
     """A run folder claimed by ``claimed_run_dir``: ``keep()`` once the new run has succeeded; ``earlier`` is where the
@@ -1192,8 +1202,10 @@ def unfinished_reason(folder: Path) -> str | None:
         # the model is saved before the figures: a run killed in between has a model that may be cut short
         return "stopped while it saved its model: no metrics.json" + _clause(left_behind_note(folder))
     if (folder / "clm_run.json").is_file() and not (folder / "config.json").is_file():
-        return "still training, or stopped before it saved its model: no config.json yet" + _clause(
-            left_behind_note(folder))
+        # A lock file no process holds: its process is gone (killed), not "still training" (the crash review)
+        how = ("stopped before it saved its model (the process that ran it is gone)" if _lock_left(folder)
+               else "still training, or stopped before it saved its model")
+        return f"{how}: no config.json yet" + _clause(left_behind_note(folder))
     return None
 
 

@@ -762,6 +762,17 @@ def test_cli_runs_prune_deletes_the_runs_that_ended_long_ago_and_lists_them(stor
     assert "--method and --limit are not read with --prune" in capsys.readouterr().err
 
 
+def test_a_run_folder_whose_process_is_gone_says_it_stopped_not_that_it_may_still_train(tmp_path: Path) -> None:
+    """The crash review: report, evaluate and predict on a killed CLI run said "still training, or stopped"."""
+    from clm_explore.runs import RUN_LOCK, unfinished_reason
+
+    (tmp_path / "clm_run.json").write_text('{"method": "head"}')
+    assert unfinished_reason(tmp_path).startswith("still training, or stopped before it saved its model")  # no lock
+    (tmp_path / RUN_LOCK).write_text("host 123")  # the lock file a killed process left, held by none
+    assert unfinished_reason(tmp_path) == ("stopped before it saved its model (the process that ran it is gone): no "
+                                           "config.json yet")
+
+
 def test_cli_runs_makes_no_registry_where_there_is_none(tmp_path: Path, monkeypatch, capsys) -> None:
     from clm_explore.cli import main
 

@@ -159,14 +159,14 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data
     parser.add_argument("--text-col", default=None, help="text column (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column (detected when omitted)")
     parser.add_argument("--split-col", default=None, help=split_help or SPLIT_COL_HELP)
-    parser.add_argument("--encoding", default=None, metavar="NAME",
-                        help="the file's encoding where it is not UTF-8 (gb18030, cp932, cp1251, ...; default: "
-                        "guessed, and named in a note)")
+    parser.add_argument("--encoding", default=None, metavar="NAME", help=ENCODING_HELP)
     parser.add_argument("--max-file-mb", type=float, default=200.0,
                         help="refuse files above this size (a Parquet file's text and label candidates are also "
                              "measured uncompressed and decoded)")
 
 
+ENCODING_HELP = ("the data file's encoding where it is not UTF-8 (gb18030, cp932, cp1251, ...; default: guessed, "
+                 "and named in a note)")
 SPLIT_COL_HELP = ("column of a single file that puts each row in train, validation (dev) or test (default: a column "
                   "named 'split', when every value names a split; splits it leaves empty are carved)")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.cli import (
+    ENCODING_HELP,
     SPLIT_COL_HELP,
     UserError,
     checked_max_length,
@@ -134,6 +135,7 @@ def _add_column_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-col", default=None, help="text column of --data (detected when omitted)")
     parser.add_argument("--label-col", default=None, help="label column of --data (detected when omitted)")
     parser.add_argument("--split-col", default=None, help=SPLIT_COL_HELP)
+    parser.add_argument("--encoding", default=None, metavar="NAME", help=ENCODING_HELP)
     parser.add_argument(
         "--max-file-mb",
         type=float,
