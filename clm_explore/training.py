@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 import warnings
@@ -1308,12 +1309,24 @@ def _logged(on_step: Callable[[StepInfo], None] | None, progress) -> Callable[[S
     """Append every step to progress.jsonl, then pass it on."""
 
     def log(info: StepInfo) -> None:
-        progress.write(json.dumps(asdict(info)) + "\n")
+        # Strict JSON: a diverged step's NaN loss is null, not the bare NaN token that JSON readers refuse
+        progress.write(json.dumps(_finite(asdict(info)), allow_nan=False) + "\n")
         progress.flush()
         if on_step:
             on_step(info)
 
     return log
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, however deep in dicts and lists, as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def batch_pad_multiple(mode: str, device: torch.device) -> int:

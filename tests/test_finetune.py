@@ -227,6 +227,29 @@ def test_the_eta_counts_the_evaluations_still_to_come_once_their_pace_is_known(s
     assert len(data.validation) > 0 and len(data.test) > 0
 
 
+def test_a_diverged_steps_nan_loss_is_written_as_null_in_progress_jsonl(tmp_path):
+    """The test review: the strict-JSON test below never met a NaN loss, and the writer wrote the bare NaN token."""
+    import io
+
+    from clm_explore.training import StepInfo, _logged, read_history
+
+    heard: list[StepInfo] = []
+    out = io.StringIO()
+    log = _logged(heard.append, out)
+    log(StepInfo(1, 2, 1, float("nan"), 10.0, 1.0, float("inf"), {"accuracy": float("nan"), "split": "validation"}))
+    log(StepInfo(2, 2, 1, 0.5, 10.0, 2.0, 0.0))
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"not strict JSON: {token}")
+
+    lines = out.getvalue().splitlines()
+    first = json.loads(lines[0], parse_constant=refuse)
+    assert len(lines) == 2 and first["loss"] is None and first["eta"] is None and first["eval"]["accuracy"] is None
+    assert len(heard) == 2 and heard[0].loss != heard[0].loss  # the listener still hears the step as it was
+    (tmp_path / "progress.jsonl").write_text(out.getvalue())
+    assert read_history(tmp_path)["loss"].tolist()[1] == 0.5
+
+
 def test_progress_lines_are_strict_json(sparse_run):
     # The contract promises one JSON object per line; a NaN loss would be written as the bare token NaN,
     # which is not JSON (RFC 8259) and breaks non-Python readers.
