@@ -37,5 +37,6 @@ lint: setup
 
 # pytest exits 5 when no test ran; make passes that on as a failure, which is what we want. Two workers (pytest-xdist):
 # the tests are single-threaded, and on the 2-core CI machine the suite took 9-10 minutes in one process, 6 in two.
+# -rs names every skipped test and why (browser tests skip without Chromium: said, not silent).
 test: lint
-	$(BIN)/python -m pytest -m "not slow" -q -n 2
+	$(BIN)/python -m pytest -m "not slow" -q -n 2 -rs

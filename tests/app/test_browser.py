@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,13 +22,14 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Found as .ci/run looks for it (either name, on PATH): a browser it found must not be skipped here.
+CHROMIUM = Path(shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TRAIN = ROOT / "sample_data" / "banking77_20" / "train.csv"
 WAIT_MS = 45_000  # also for page.goto: playwright's 30 s default is shorter, and a busy machine once needed more
 
 if not CHROMIUM.exists():
-    pytest.skip("Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+    pytest.skip("Chromium is not installed (chromium or chromium-browser on PATH)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
