@@ -53,7 +53,7 @@ try:
 except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note
     st.caption(views.escape_markdown(f"Texts' lengths in sub-tokens not counted: {exc}"))
 with st.expander("Preview (first 50 training rows)"):
-    st.dataframe(annotated.train.head(50), key="data_preview", alt="First 50 training rows")
+    views.dataframe(annotated.train.head(50), key="data_preview", alt="First 50 training rows")
 
 st.header("Labels the data disputes", anchor=False)
 st.write(

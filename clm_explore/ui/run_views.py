@@ -11,7 +11,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,9 +34,6 @@ from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text
-
-if TYPE_CHECKING:
-    from pandas.io.formats.style import Styler
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -96,24 +93,15 @@ FOLDER_GONE = ("its folder is gone from the server (deleted or moved outside the
 """What the runs table and the Runs page say of a finished run whose folder is no longer there."""
 
 
-RUNS_TABLE_FORMATS = {"accuracy": "{:.3f}", "macro_f1": "{:.3f}", "budget %": "{:g}", "epochs": "{:.0f}",
-                      "train s": "{:.1f}"}
-"""How the runs table writes its numbers: through the Styler, which also writes an empty cell as "–"."""
-
-
-def runs_table(records: list[RunRecord]) -> Styler:
-    """The runs table as shown: a cell a run has no figure for (a pending run's accuracy, a method without a budget,
-    a run without an error) reads "–"; the table showed "None" in grey in most rows (the UX review)."""
-    return runs_frame(records).style.format(RUNS_TABLE_FORMATS, na_rep="–")
-
-
 def render_runs_table(records: list[RunRecord], key: str) -> None:
-    st.dataframe(
-        runs_table(records),
+    views.dataframe(  # a cell a run has no figure for reads "–" (``views.MISSING``), not "None"
+        runs_frame(records),
         key=f"{key}_runs",
         alt="Runs",
         hide_index=True,
         column_config={
+            "accuracy": st.column_config.NumberColumn(format="%.3f"),
+            "macro_f1": st.column_config.NumberColumn(format="%.3f"),
             "launched here": st.column_config.CheckboxColumn(help="launched from this browser session"),
             "error": st.column_config.TextColumn(width="large"),  # "the server stopped…" was cut to "the serve…"
         },
@@ -189,7 +177,7 @@ def render_run_figures(run: RunRecord) -> None:
 
 def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
     # every row in view: at the default ten rows' height the last figures were cut off behind a scroll
-    st.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics", height="content", alt="Metrics of runs A and B")
+    views.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics", height="content", alt="Metrics of runs A and B")
     st.caption("Selected parameters count the budget's rows; trainable parameters add what trains beside them (the "
                "head, and LayerNorms where the run trains them).")
     scale = accuracy_scale_note(a.full_metrics().get("test_rows"))
@@ -599,7 +587,7 @@ def render_top_words(top: pd.DataFrame, groups: list[str] | None, title: str, ke
         st.caption("No words passed the minimum count.")
         return
     shown = marked(top, groups)
-    st.dataframe(
+    views.dataframe(
         shown,
         key=f"{key}_top",
         alt="Top words per label",
@@ -625,7 +613,7 @@ def filter_disagreements(diff: pd.DataFrame, key: str) -> pd.DataFrame:
     shown = diff if which == "all" else diff[diff["right"] == which]
     # Sized to its rows (3 disagreements sat above 7 empty ones), the text wide: reading it is the point (the UX
     # review); it stays last so that the predictions beside it stay on a laptop's screen.
-    st.dataframe(views.text_last(shown), key=f"{key}_disagree", hide_index=True, height=min(260, 35 * len(shown) + 38),
+    views.dataframe(views.text_last(shown), key=f"{key}_disagree", hide_index=True, height=min(260, 35 * len(shown) + 38),
                  alt="Test rows the runs disagree on", column_config=DISAGREEMENT_COLUMNS)
     return shown
 
@@ -655,7 +643,7 @@ def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> N
         # Runs as the columns above name them, and words as a list to read (it showed a and b, and "['my', 'card']")
         shown = study.overlap.assign(run=study.overlap["run"].map({"a": f"A: {a.method}", "b": f"B: {b.method}"}),
                                      words=study.overlap["words"].map(", ".join))
-        st.dataframe(shown, key=f"{key}_overlap", hide_index=True, height=200, alt="Top words the runs share per label",
+        views.dataframe(shown, key=f"{key}_overlap", hide_index=True, height=200, alt="Top words the runs share per label",
                      column_config={"share": st.column_config.NumberColumn(format="percent"),
                                     "in_groups": st.column_config.NumberColumn("mined groups"),
                                     "k": st.column_config.NumberColumn("top words")})
@@ -743,7 +731,7 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
              "high_points": f"{level} high", "std_ratio": "std A / B", "std_ratio_low": f"std ratio {level} low",
              "std_ratio_high": f"std ratio {level} high"}
     # A figure a group cannot have (a std of one run, its interval) is "–": the table showed "None".
-    st.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True, alt="Weight changes",
+    views.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True, alt="Weight changes",
                  column_config={column: st.column_config.Column(name) for column, name in names.items()})
     st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
                "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "

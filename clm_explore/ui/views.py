@@ -126,7 +126,7 @@ def chart(fig: go.Figure, key: str, numbers: pd.DataFrame | None = None, title: 
     if numbers is not None:
         name = f"Numbers: {title}" if title else "Numbers behind the chart"
         with st.expander(escape_markdown(name)):
-            st.dataframe(numbers, key=f"{key}_numbers", alt=name)
+            dataframe(numbers, key=f"{key}_numbers", alt=name)
 
 
 def metric_row() -> Any:
@@ -219,7 +219,7 @@ def render_data_report(report: Any, key: str) -> None:
     )
     st.subheader("Text lengths", anchor=False)
     st.caption("Characters and words per text: min, median, 95th percentile (p95), max.")
-    st.dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths", alt="Text lengths")
+    dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths", alt="Text lengths")
 
 
 def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int) -> None:
@@ -252,6 +252,16 @@ def task_progress(task: Any) -> None:
         counted += f", about {duration(left)} left"
     # The phase may name a data set (an upload's file name): user text, escaped.
     st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(f"{phase[:1].upper()}{phase[1:]}{counted}"))
+
+
+MISSING = "–"
+"""What a table shows for a cell without a value (a pending run's accuracy, a std of one run): Streamlit wrote
+"None", in grey, which a reader took for a value or a fault (the UX review)."""
+
+
+def dataframe(data: Any, **kwargs: Any) -> Any:
+    """``st.dataframe`` with the app's placeholder for a missing value (``MISSING``)."""
+    return st.dataframe(data, placeholder=MISSING, **kwargs)
 
 
 def byte_size(size: float) -> str:
@@ -344,7 +354,7 @@ def render_group_table(frame: pd.DataFrame, key: str) -> None:
     # (the demo review); the score's parts and the pieces follow.
     cols = ["text", "label", "label_rows", "count", "lift", "score", "reads", "kind", "pieces", "relevance",
             "specificity"]
-    st.dataframe(
+    dataframe(
         frame[[c for c in cols if c in frame.columns]],
         key=f"{key}_table",
         alt="Mined task-token groups",
@@ -533,7 +543,7 @@ def render_merge_report(report: MergeReport, key: str) -> None:
             st.metric("After merging", f"{report.mean_length_after:.2f}", width="content")
             st.metric("Shorter by", f"{report.shortening * 100:.1f}%", width="content")
     if report.merged:
-        st.dataframe(pd.DataFrame(report.merged).astype(str), key=f"{key}_merged", hide_index=True,
+        dataframe(pd.DataFrame(report.merged).astype(str), key=f"{key}_merged", hide_index=True,
                      alt="Merged words")
         # What to do with it (the UX review: "slot [unused0], id 1" and no next step).
         st.caption("Each merged word takes an unused vocabulary slot of the model (its row of the embedding table, "

@@ -454,21 +454,17 @@ def test_compare_says_what_one_test_row_is_worth_and_run_tables_lead_with_figure
     assert columns[:5] == ["run", "method", "status", "accuracy", "macro_f1"]
 
 
-def test_the_runs_table_writes_a_missing_figure_as_a_dash_not_none() -> None:
-    from clm_explore.ui.run_views import runs_table
+def test_the_app_s_tables_write_a_missing_figure_as_a_dash_not_none(at: AppTest) -> None:
+    """The UX review: a pending run's figures, a method without a budget and a one-run group's std read "None"."""
+    from clm_explore.ui.views import MISSING
 
-    def record(run_id: str, method: str, metrics: dict, config: dict, status: str) -> SimpleNamespace:
-        return SimpleNamespace(id=run_id, method=method, metrics=metrics, config=config,
-                               status=SimpleNamespace(value=status), is_terminal=status != "queued",
-                               path=Path("/nonexistent"), created="2026-12-07", error=None)
-
-    done = record("r1", "sparse", {"accuracy": 0.91234, "macro_f1": 0.8, "train_seconds": 12.34},
-                  {"epochs": 3, "mask": {"budget": 0.01}}, "succeeded")
-    pending = record("r2", "full", {}, {}, "queued")
-    html = runs_table([done, pending]).to_html()
-    assert "None" not in html and "nan" not in html  # before: the pending row read "None" in six cells
-    for shown in ("0.912", "12.3", ">1<", ">3<", "–"):
-        assert shown in html
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    create_finished(store, "a-full", "full", SAMPLE_KEY)
+    store.create("b-pending", "sparse", {"data": SAMPLE_KEY, "source": "tiny-random"})
+    goto(at, "app_pages/7_runs.py")
+    frames = at.dataframe
+    assert frames and all(frame.proto.placeholder == MISSING for frame in frames)  # the runs and groups tables
+    assert MISSING == "–"
 
 
 def test_a_runs_predictions_download_says_when_the_file_went_or_is_a_link(tmp_path: Path) -> None:
