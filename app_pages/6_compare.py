@@ -104,8 +104,11 @@ if top:  # a task of its own, shared: the page stays live, and says how far it i
 if st.button("Build case-study report", key="cmp_report"):
     state.put("cmp_report_for", key)
 if state.get("cmp_report_for") == key:  # kept: the next click elsewhere on the page does not take the download away
-    with cache.turn_note():
-        report = cache.report_html(*key)
+    study = cache.case_study(*key, inline=state.inline_jobs())  # the top words' own attributions, shared
+    if not study.done:
+        views.task_progress(study)
+        state.stop()
+    report = cache.report_html(*key)
     st.success("The case-study report is ready.")
     st.download_button(
         "Download report.html",

@@ -497,15 +497,22 @@ def forget_study(task: KeyedTask) -> None:
     _studies().forget(task)
 
 
-@st.cache_data(show_spinner="Building the case-study report…", max_entries=8)
+@st.cache_data(show_spinner="Writing the case-study report…", max_entries=8)
 def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> bytes:
+    """The HTML report of the two runs' case study: the top words' own (``case_study``, which the page awaits first
+    with its progress), so the rows are attributed once for both. The report attributed them all again, under a
+    spinner, after the top words had waited a minute for the same."""
     import tempfile
 
-    from clm_explore.report import build_report
+    from clm_explore.report import write_report
 
-    with tempfile.TemporaryDirectory() as tmp, heavy_work():
-        return build_report(run_a, run_b, out_path=Path(tmp) / "report.html", max_rows=max_rows,
-                            progress=False).read_bytes()
+    task = case_study(run_a, mtime_a, run_b, mtime_b, max_rows, inline=True)
+    task.finished.wait()
+    if task.error is not None:
+        forget_study(task)  # said once; the next look starts it again
+        raise task.error
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_report(task.result, Path(tmp) / "report.html").read_bytes()
 
 
 @st.cache_data(show_spinner=False, ttl=300)

@@ -562,7 +562,7 @@ def test_the_finetune_form_folds_all_but_the_first_options(at: AppTest) -> None:
         w.key for kind in ("number_input", "selectbox") for w in getattr(at, kind)} - folded
 
 
-def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
+def test_launch_two_runs_then_compare_and_delete(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     goto(at, "app_pages/5_finetune.py")
     for method in ("sparse", "full"):
         at.selectbox(key="ft_method").set_value(method)
@@ -661,9 +661,14 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest) -> None:
     said = [c.value for c in at.caption if "spreading its attention evenly" in c.value or "No task token" in c.value]
     assert len(said) == 2 and "● = the mask selected rows" in said[0] and "●" not in said[1]  # A sparse; B full
     at.toggle(key="cmp_try_heads").set_value(False).run()
+    import clm_explore.casestudy
+
+    studied, real_study = [], clm_explore.casestudy.case_study
+    monkeypatch.setattr(clm_explore.casestudy, "case_study", lambda *a, **k: studied.append(a) or real_study(*a, **k))
     at.button(key="cmp_report").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("download_button"), "report download offered"
+    assert studied == []  # the top words' attributions, made above, write the report: not made again
     at.toggle(key="cmp_top").set_value(False).run(timeout=TIMEOUT)  # another click on the page: the report stays
     assert at.get("download_button") and any("report is ready" in s.value for s in at.success)
 
