@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +20,20 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SAMPLE_DATA = ROOT / "sample_data"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds (monotonic) have passed; whether it came true.
+
+    A generous deadline costs nothing when the test passes, and a busy 2-core CI machine needs it: assert the result
+    (``assert wait_until(...), "what never happened"``) rather than sleeping a fixed time and hoping."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(every)
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ from clm_explore.bench_results import (
 )
 from clm_explore.cli.bench_cmds import comparison_lines, sweep_lines
 from clm_explore.data import DataError
-from tests.conftest import held_by_another_process
+from tests.conftest import held_by_another_process, wait_until
 
 
 def in_process(cfg: BenchConfig, fail: str | None = None, **process_options):
@@ -400,7 +400,7 @@ def test_the_printed_table_shows_the_out_of_scope_accuracy_where_test_has_unseen
 
 def test_a_mistyped_data_path_leaves_the_out_folder_free(data_dir, tmp_path):
     cfg = _cfg(methods=("head",))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="no-such-data does not exist"):
         run_grid(tmp_path / "no-such-data", cfg, tmp_path / "out", runner=in_process(cfg), progress=False)
     assert not (tmp_path / "out" / "bench.json").exists()
     result = run_grid(data_dir, cfg, tmp_path / "out", runner=in_process(cfg), progress=False)  # the right data runs
@@ -673,14 +673,19 @@ def test_bench_json_is_written_whole_and_an_unreadable_one_says_what_to_do(data_
 
 def test_cells_run_side_by_side_with_jobs(data_dir, tmp_path):
     running, most, lock = [0], [0], threading.Lock()
+    # Each cell goes on only once another cell is running beside it: cells run one at a time, the barrier breaks
+    # after 30 s (BrokenBarrierError fails the cell) rather than two short sleeps happening not to overlap.
+    side_by_side = threading.Barrier(2, timeout=30)
 
     def runner(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.3)
-        with lock:
-            running[0] -= 1
+        try:
+            side_by_side.wait()
+        finally:
+            with lock:
+                running[0] -= 1
         _write_metrics(cell_dir, 0.5, cell.lr or 1e-2)
 
     result = run_grid(data_dir, _cfg(methods=("head", "bitfit"), seeds=3, jobs=2), tmp_path / "out", runner=runner,
@@ -695,7 +700,7 @@ def test_an_interrupt_stops_the_cells_running_side_by_side(data_dir, tmp_path):
 
     def runner(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> None:
         if cell.seed == 0:  # an interrupt while the other cell runs (escaping this cell, as Ctrl+C would)
-            started.wait(10)
+            started.wait(30)
             raise KeyboardInterrupt
         started.set()
         try:
@@ -1411,14 +1416,11 @@ def test_a_cell_process_that_outlived_its_bench_keeps_the_grid_from_a_rerun(data
             " out / 'logs' / 'head-s0.log', lambda detail: None, (fd,))")
     bench = subprocess.Popen([sys.executable, "-c", code, str(out)])
     cell_pid = None
+    lock = out / ".bench.cells.lock"
     try:
-        for _ in range(200):  # until the bench has started its cell
-            lines = (out / ".bench.cells.lock").read_text().split() if (out / ".bench.cells.lock").exists() else []
-            if lines:
-                cell_pid = int(lines[0])
-                break
-            time.sleep(0.05)
-        assert cell_pid is not None
+        # Until the bench has started its cell: a fresh interpreter's start and import, slow on a busy machine.
+        assert wait_until(lambda: lock.exists() and lock.read_text().split(), timeout=60), "the cell never started"
+        cell_pid = int(lock.read_text().split()[0])
         bench.kill()  # SIGKILL: no cleanup, the cell process goes on
         bench.wait()
         cfg = _cfg(methods=("head",))
@@ -1438,9 +1440,12 @@ def _wait_until_free(lock: Path) -> None:
     """Until nobody holds ``lock``'s flock (a process killed a moment ago may not have let go yet)."""
     import fcntl
 
+    def taken(handle) -> bool:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     with lock.open("a") as handle:
-        for _ in range(100):
-            with suppress(BlockingIOError):
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            time.sleep(0.05)
+        assert wait_until(lambda: taken(handle), timeout=60), f"{lock} still held 60 s after its holder was killed"

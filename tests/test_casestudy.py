@@ -241,6 +241,7 @@ def test_compare_runs(runs) -> None:
     same = (a.rows["pred"] == b.rows["pred"]).mean()
     assert cmp.agreement == pytest.approx(same) and cmp.n_rows == 40
     assert len(cmp.disagreements) == round((1 - same) * 40)
+    assert not cmp.disagreements.empty  # the two runs differ on some rows: the loop below checks them
     for _, r in cmp.disagreements.iterrows():
         assert r["right"] == (
             "a" if r["pred_a"] == r["label"] else "b" if r["pred_b"] == r["label"] else "neither"

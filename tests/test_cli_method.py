@@ -637,7 +637,8 @@ def test_commands_that_read_data_pass_on_its_notes(capsys, tmp_path):
     rows = [f"text number {i} about {'ab'[i % 2]},{'ab'[i % 2]}" for i in range(60)]
     (tmp_path / "one.csv").write_text("text,label\n" + "\n".join(rows) + "\n")  # one file: the splits are carved
     groups = run_json(capsys, ["mine", str(tmp_path / "one.csv"), *TINY, "--json"])  # stdout stays JSON
-    assert isinstance(groups, list)
+    assert isinstance(groups, list) and groups and {g["label"] for g in groups} <= {"a", "b"}
+    assert {("about a", "a"), ("about b", "b")} <= {(g["text"], g["label"]) for g in groups}  # each label's words
     assert main(["mine", str(tmp_path / "one.csv"), *TINY]) == 0
     assert "note: No validation split was given" in capsys.readouterr().err  # said by validate only, before
 

@@ -198,7 +198,7 @@ def test_budget_above_the_parameter_count_raises():
     with pytest.raises(ValueError, match="budget"):
         select_mask(hand_report(), MaskConfig(budget=1001, min_layer=0))
     assert select_mask(hand_report(), MaskConfig(budget=1000, min_layer=0)).selected_params == 80 + 15  # all eligible rows
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="budget 2000 asks for 2000 parameters; the backbone has 1000"):
         budget_to_params(2000, 1000)
     assert budget_to_params(1.0, 1000) == 1000
     assert budget_to_params(0.0015, 1000) == 2  # rounds to the nearest count

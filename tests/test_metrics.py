@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 from clm_explore.metrics import PeakMemory, out_of_scope_metrics
+from tests.conftest import wait_until
 
 BLOCK = 16 * 1024  # float32 values: 64 KB, small enough to come from malloc's heap rather than mmap
 
@@ -16,7 +17,8 @@ BLOCK = 16 * 1024  # float32 values: 64 KB, small enough to come from malloc's h
 def test_peak_memory_counts_what_is_allocated_inside():
     with PeakMemory(torch.device("cpu")) as memory:
         held = torch.ones(16 * 2**20)  # 64 MB, written, so resident
-        time.sleep(0.05)  # the sampler runs every 5 ms
+        # The sampler runs every 5 ms, when a busy machine lets it: wait for its sample rather than a fixed time.
+        assert wait_until(lambda: memory.mb >= 60, every=0.005), f"{memory.mb:.1f} MB seen of the 64 MB held"
     assert 60 <= memory.mb < 256
     del held
 
@@ -32,7 +34,8 @@ def test_memory_freed_before_the_measurement_is_not_reused_unseen():
     del freed
     with PeakMemory(torch.device("cpu")) as memory:
         again = [torch.ones(BLOCK) for _ in range(1500)]  # 94 MB
-        time.sleep(0.05)
+        # Reused unseen, RSS never grows and this times out (no fixed sleep that a starved sampler could miss).
+        assert wait_until(lambda: memory.mb >= 80, every=0.005), f"{memory.mb:.1f} MB seen of the 94 MB made"
     assert memory.mb >= 80
     del again, kept
 
@@ -87,20 +90,35 @@ def test_a_label_the_test_split_lacks_and_no_row_predicts_has_no_f1():
     assert oos["accuracy"] == 1.0 and oos["macro_f1"] == 1.0
 
 
+class _CountedStop(threading.Event):
+    """PeakMemory's stop event, counting the sampler's waits on it: one a turn of its loop (wait, then a sample)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
 def test_a_paused_stretch_is_left_out_of_the_peak():
-    import time
+    memory = PeakMemory(torch.device("cpu"))
+    memory._stop = turns = _CountedStop()
 
-    import torch
+    def two_turns_of_the_sampler() -> None:
+        # Two waits begun after now: a sample begun before now has ended, and a whole turn has run since.
+        now = turns.waits
+        assert wait_until(lambda: turns.waits >= now + 2, every=0.005), "the sampler stopped turning"
 
-    from clm_explore.metrics import PeakMemory
-
-    with PeakMemory(torch.device("cpu")) as memory:
+    with memory:
         with memory.paused():  # as an epoch's validation pass
+            two_turns_of_the_sampler()  # no sample read before the pause lands after the 200 MB below
             big = torch.ones(50_000_000)  # 200 MB
-            time.sleep(0.2)
+            two_turns_of_the_sampler()  # had the pause been ignored, a sample would have held the 200 MB
             del big
         small = torch.ones(12_500_000)  # 50 MB, while training
-        time.sleep(0.2)
+        assert wait_until(lambda: memory.mb > 40, every=0.005), f"{memory.mb:.1f} MB seen of the 50 MB held"
         del small
     assert 40 < memory.mb < 150
 

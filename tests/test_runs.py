@@ -785,20 +785,41 @@ def test_cli_runs_makes_no_registry_where_there_is_none(tmp_path: Path, monkeypa
 def test_a_registry_held_by_another_writer_is_said_while_it_waits(store: RunStore, monkeypatch, caplog) -> None:
     """The concurrency review: a CLI command sat silent for up to 30 s while another process held the registry's
     write lock; a wait longer than WAIT_NOTE_AFTER is said (a logged warning: stderr where logging is not set up)."""
+    import logging
     import sqlite3
 
     import clm_explore.runs as runs
 
+    said = f"waiting for the run registry {store.db_path}: another process may be writing to it (giving up after 30 s)"
+    heard = threading.Event()
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == said:
+                heard.set()
+
+    def let_go() -> None:  # the holder ends its write once the wait was said: no fixed time to outlast on a busy CI
+        heard.wait(20)  # well inside REGISTRY_TIMEOUT (30 s): never said, the call still ends and the assert says so
+        holder.rollback()
+
     monkeypatch.setattr(runs, "WAIT_NOTE_AFTER", 0.1)
     holder = sqlite3.connect(store.db_path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")  # another process's write, in progress
-    threading.Timer(0.6, holder.rollback).start()
-    with caplog.at_level("WARNING", logger="clm_explore.runs"):
-        store.create("waited", "sparse")  # takes the write lock once the holder lets it go
-    holder.close()
-    assert [r.getMessage() for r in caplog.records] == [
-        f"waiting for the run registry {store.db_path}: another process may be writing to it (giving up after 30 s)"]
+    listener, logger = Listener(logging.WARNING), logging.getLogger("clm_explore.runs")
+    logger.addHandler(listener)
+    releaser = threading.Thread(target=let_go, daemon=True)
+    try:
+        with caplog.at_level("WARNING", logger="clm_explore.runs"):
+            releaser.start()
+            store.create("waited", "sparse")  # takes the write lock once the holder lets it go
+    finally:
+        logger.removeHandler(listener)
+        heard.set()  # a failed call: the releaser need not wait on
+        releaser.join(30)
+        holder.close()
+    assert [r.getMessage() for r in caplog.records] == [said]
     caplog.clear()
+    monkeypatch.setattr(runs, "WAIT_NOTE_AFTER", 30.0)  # however busy the machine, this call cannot last that long
     with caplog.at_level("WARNING", logger="clm_explore.runs"):
         store.create("free", "sparse")
     assert caplog.records == []  # an uncontended call says nothing

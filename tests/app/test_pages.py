@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from clm_explore.data import DataError, load_data
 from clm_explore.runs import RunStatus, RunStore, RunStoreError
 from clm_explore.ui.state import DataChoice, save_upload
 from clm_explore.ui.views import escape_markdown
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
@@ -304,9 +306,15 @@ def test_no_room_for_the_accepted_labels_is_a_message(monkeypatch: pytest.Monkey
 
 
 def test_every_page_renders(at: AppTest) -> None:
-    for page in PAGES:
+    titles = {"app_pages/2_tokens.py": "Task tokens", "app_pages/3_sensitivity.py": "Sensitivity",
+              "app_pages/4_budget.py": "Budget", "app_pages/5_finetune.py": "Finetune",
+              "app_pages/6_compare.py": "Compare runs", "app_pages/7_runs.py": "Runs", "app_pages/1_data.py": "Data"}
+    assert set(titles) == {*PAGES, "app_pages/1_data.py"}  # a page added to PAGES is checked here too
+    assert [t.value for t in at.title] == ["Data"] and not at.error, [e.value for e in at.error]  # the start page
+    for page, title in titles.items():  # every page, then back to the first
         goto(at, page)
-        assert at.title, page
+        assert [t.value for t in at.title] == [title], page
+        assert not at.error, (page, [e.value for e in at.error])
 
 
 def test_upload_via_library_path_and_column_mapping(tmp_path: Path) -> None:
@@ -2188,32 +2196,59 @@ def test_the_same_upload_again_keeps_a_shared_hard_link_and_stale_parts_go(tmp_p
     assert not stale.exists() and fresh.exists()
 
 
+class _CountingGate:
+    """Stands for ``cache._HEAVY`` (the server's heavy-computation slots) and passes every call on to it, counting the
+    callers that found it taken and waited: a test's proof that a caller was held at the gate, which no overlap of
+    sleeps can prove."""
+
+    def __init__(self, slots) -> None:
+        self.slots, self.refused, self._lock = slots, 0, threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if self.slots.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        with self._lock:
+            self.refused += 1
+        return self.slots.acquire(True, timeout)
+
+    def release(self) -> None:
+        self.slots.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @pytest.mark.parametrize(("cached", "library", "args"), [
     ("weight_changes", "clm_explore.changes.weight_changes", (0.0, "v")),
     ("layer_similarity", "clm_explore.layer_views.layer_similarity", (0.0, "", 0.0, "v")),
-    ("report_html", "clm_explore.report.build_report", (0.0, "", 0.0, 10)),
-])
+])  # the case study and the scoring are keyed tasks, one at a time by their own gate too (tests/test_jobs.py)
 def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp_path: Path, cached, library,
                                                                    args) -> None:
     """The security review: scoring, weight changes, CKA and the case study ran in page threads, several sessions'
     side by side, each with a model in memory, taking the CPU from the jobs."""
-    import threading
-
     from clm_explore.ui import cache
 
     inside, most, ran, lock = [0], [0], [], threading.Lock()
-    report = tmp_path / "report.html"
-    report.write_bytes(b"<html></html>")
+    gate = _CountingGate(cache._HEAVY)
+    monkeypatch.setattr(cache, "_HEAVY", gate)  # the server's slot itself, its refusals counted
+    others_turned_away = []
 
     def slow(run_path, *rest, **options):
         with lock:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
-        time.sleep(0.2)
+            first = not ran and inside[0] == 1 and not others_turned_away
+        if first:  # the first in holds the slot until both other sessions have asked for it and been made to wait
+            others_turned_away.append(wait_until(lambda: gate.refused >= 2, every=0.01))
         with lock:
             inside[0] -= 1
             ran.append(run_path)
-        return report  # picklable for the cache; report_html reads it as the report written
+        return run_path  # picklable for the cache
 
     monkeypatch.setattr(library, slow)
     wrapper = getattr(cache, cached)
@@ -2222,16 +2257,16 @@ def test_heavy_page_computations_run_one_at_a_time_whoever_asks(monkeypatch, tmp
     for call in calls:
         call.start()
     for call in calls:
-        call.join()
+        call.join(60)
+    assert not any(call.is_alive() for call in calls)
     assert sorted(ran) == [str(tmp_path / f"run{i}") for i in range(3)]  # every session's computation ran
-    assert most[0] == cache.HEAVY_AT_ONCE == 1
+    assert others_turned_away == [True], "the other two sessions never waited at the slot while one held it"
+    assert most[0] == cache.HEAVY_AT_ONCE == 1  # and none of them got in beside it
     wrapper.clear()
 
 
-def test_a_page_waiting_for_another_sessions_computation_says_so() -> None:
+def test_a_page_waiting_for_another_sessions_computation_says_so(monkeypatch) -> None:
     """The multi-session review: a page waited 35 s under its own spinner, with no word of another's computation."""
-    import threading
-
     from clm_explore.ui import cache
 
     def script() -> None:
@@ -2249,8 +2284,19 @@ def test_a_page_waiting_for_another_sessions_computation_says_so() -> None:
     assert cache._HEAVY.acquire(blocking=False)  # another session's computation holds the slot
     hit = AppTest.from_function(cached, default_timeout=TIMEOUT).run()
     assert not any("computation" in c.value for c in hit.caption)  # nothing waited: nothing said (the diff review)
-    threading.Timer(2.5, cache._HEAVY.release).start()
+    gate = _CountingGate(cache._HEAVY)
+    monkeypatch.setattr(cache, "_HEAVY", gate)
+
+    def let_go() -> None:  # once the page waits for the slot (not a fixed time a slow start could outlast)
+        if wait_until(lambda: gate.refused >= 1, timeout=60, every=0.01):
+            time.sleep(cache.TURN_NOTED_SECONDS + 0.5)  # long enough a wait to be said
+        gate.release()
+
+    releaser = threading.Thread(target=let_go, daemon=True)
+    releaser.start()
     app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    releaser.join(90)
+    assert gate.refused == 1  # the page did wait at the slot
     assert not app.exception, [e.value for e in app.exception]
     assert any("another computation on the server first" in c.value for c in app.caption), [c.value for c in app.caption]
     app.run()  # the slot free: nothing said
