@@ -670,8 +670,8 @@ _CJK_PUNCTUATION = "，。、：；？！（）“”《》「」"
 _LATIN = frozenset({"LATIN"})
 _HAN = frozenset({"CJK", "IDEOGRAPHIC"})  # the latter: '々', the iteration mark
 _CANDIDATES = (
-    _Legacy("cp1252", _LEGACY[0][1], "their accented characters", _LATIN, "éàèêçôâîùûœïëüáöíñóäãúøæåßõìò", 0.25,
-            prior=0.15),
+    _Legacy("cp1252", _LEGACY[0][1], "their accented characters", _LATIN,
+            "éàèêçôâîùûœïëüáöíñóäãúøæåßõìò£¥€°©®™§", 0.25, prior=0.15),  # signs English text writes: '£20', '20°C' 
     _Legacy("cp1250", "Central European (Windows-1250)", "their accented characters", _LATIN,
             "łężąóśćńźíáěžřéčšýůúňďťüöäľôőűŕĺ", 0.25),
     _Legacy("cp1254", "Turkish (Windows-1254)", "their accented characters", _LATIN, "ıüşçğöâîû", 0.25),
@@ -793,7 +793,10 @@ def _plausibility(text: str, encoding: _Legacy) -> float:
         token, start, end = match.group(), match.start(), match.end()
         if token.isascii():
             continue
-        if token.isalpha() or len(token) > 1:
+        if (len(token) == 1 and _script(token) == "LATIN" and token.isalpha()
+                and (text[start - 1:start].isdigit() or text[end:end + 1].isdigit())):
+            scores.append(0.0)  # a lone Latin letter stuck to a number is a sign read wrong: cp1250's 'Ł20' for '£20'
+        elif token.isalpha() or len(token) > 1:
             scores.extend(_token_scores(token, encoding))
         elif (text[start - 1:start].isalpha() and text[end:end + 1].isalpha() and token not in _INSIDE_WORDS
               and "CJK" not in encoding.scripts):  # 'ÍË¿î', GBK's '退款' read as cp1252; Chinese has no spaces

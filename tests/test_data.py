@@ -1369,6 +1369,20 @@ def test_texts_to_predict_in_gbk_are_read_as_chinese(tmp_path: Path) -> None:
     assert "read as Chinese (GBK/GB18030)" in notes[0]
 
 
+def test_english_cp1252_with_currency_and_degree_signs_stays_cp1252_and_certain(tmp_path: Path) -> None:
+    """The diff review: banking77 saved as cp1252 (its '£' and '€') was read as Windows-1250, '£1' as 'Ł1', with no
+    doubt; '¥500' read 'Ą500'; '20°C' was flagged as a guess."""
+    rows = ["I paid £20 and it didn’t arrive", "why a £1 fee", "convert ¥500 please", "the £ sign", "it is 20°C outside",
+            "charged 5€ twice", "where is my card"]
+    text = "text,label\n" + "".join(f"{row},{'ab'[i % 2]}\n" for i, row in enumerate(rows * 3))
+    (tmp_path / "en.csv").write_bytes(text.encode("cp1252"))
+    data = load_data(tmp_path / "en.csv")
+    read = set(pd.concat([data.train, data.validation, data.test])["text"])
+    assert read == set(rows)
+    assert any("read as Windows-1252" in note for note in data.notes)
+    assert not any("The encoding is a guess" in note for note in data.notes)
+
+
 def test_a_cp1252_file_stays_certain_and_bytes_read_as_c1_controls_are_never_silent(tmp_path: Path) -> None:
     german = {"Rückerstattung": ["Ich möchte mein Geld zurück", "Die Größe passt nicht – bitte erstatten",
                                  "Rückzahlung für die Bestellung", "Der Betrag wurde doppelt abgebucht"],
