@@ -591,12 +591,12 @@ class RunStore:
         made before the name was written) once older than ``DELETING_GRACE_S``.
 
         ``.replaced-*``: the run an overwrite set aside (``claimed_run_dir``), left when that process was killed
-        outright. Deleted once older than ``REPLACED_KEEP_DAYS`` and no process holds the run folder it came from (a
-        live claim holds that folder's lock until it has put the run back or deleted it). Not sooner, even where no
-        finished run is in it: a finished run set aside is the user's work, which ``left_behind_note`` tells them to
-        move back, and they get days to do it; and a set-aside killed half way splits a finished run between the two
-        folders, so a part without metrics.json is no proof of a run not worth keeping. A later overwrite of that
-        folder that succeeds deletes them at once (``RunDirClaim.keep``).
+        outright. One holding a finished run is never swept: it is the user's work, which ``left_behind_note`` tells
+        them to move back (the diff review: a sweep after 7 days deleted it with no warning). Any other is deleted once
+        older than ``REPLACED_KEEP_DAYS`` and no process holds the run folder it came from (a live claim holds that
+        folder's lock until it has put the run back or deleted it); not sooner, as a set-aside killed half way splits a
+        finished run between the two folders. A later overwrite of that folder that succeeds deletes them all at once
+        (``RunDirClaim.keep``).
 
         Cheap (root's entries, a few stats for each hidden one), and never raises: a folder that will not go stays for
         the next sweep. Hidden folders beside runs written outside root (``--out``) are left to ``keep``.
@@ -988,9 +988,8 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
     the earlier, finished run was lost with the new one's start). The lock is taken before a file moves and let go
     after the last: another process's run into the folder is refused all along (a lock taken after the claim let
     one in between, whose files the put-back would have deleted). A process killed outright leaves the earlier run
-    in the hidden folder. A run that did not finish (killed, failed, cancelled: ``_worth_keeping``) is deleted, not
-    set aside: a second killed overwrite set the first one's half run aside too, and the folder was then said to
-    wait in the wrong hidden folder (the crash review).
+    in the hidden folder; ``left_behind_note`` names the one that holds a finished run (a second killed overwrite
+    sets the first one's half run aside too: the crash review).
 
     Raises:
         RunFolderError: what stands in the way (another process's run holds the folder, say), and what to do.
@@ -999,11 +998,8 @@ def claimed_run_dir(out: str | Path, overwrite: bool = False, protected: tuple[P
     path.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(path):
         claim = RunDirClaim(path)
-        if holds_files(path):
-            if _worth_keeping(path):
-                claim.earlier = _set_aside(path)
-            else:  # no live process writes it (check_run_dir refuses one that does): a stopped run's leftovers
-                _remove_entries(path)
+        if holds_files(path):  # every earlier run, finished or not, and whatever else the folder holds: put back
+            claim.earlier = _set_aside(path)  # if the new run fails (the diff review: deleting a stopped one lost files)
         try:
             yield claim
         finally:
@@ -1026,13 +1022,6 @@ def _set_aside(path: Path) -> Path:
         shutil.rmtree(earlier.parent, ignore_errors=True)
         raise
     return earlier
-
-
-def _worth_keeping(path: Path) -> bool:
-    """Whether the run in ``path`` is kept aside while a new one replaces it: a finished run, or what a set-aside
-    killed half way left (clm_run.json moves last, so a hidden folder of this one's without it holds the other
-    half). Any other run stopped before it finished: nothing of it is worth putting back."""
-    return _holds_finished_run(path) or any(_half_moved(hidden / "run") for hidden in _replaced_of(path))
 
 
 def _drop_replaced(path: Path, earlier: Path | None) -> None:
@@ -1251,17 +1240,9 @@ def _holds_finished_run(folder: Path) -> bool:
     return read_json_object(folder / "metrics.json").get("status") not in STOPPED_STATUSES
 
 
-def _half_moved(run: Path) -> bool:
-    """Whether ``run``, a set-aside run, holds part of a run and not its clm_run.json: ``_move_entries`` moves it
-    last, so a set-aside killed half way left the rest of the run, clm_run.json with it, in the folder it came from."""
-    with suppress(OSError):
-        return not (run / "clm_run.json").exists() and any(run.iterdir())
-    return False
-
-
 REPLACED_KEEP_DAYS = 7.0
-"""Days a set-aside run (``.replaced-*``) that no process holds waits under the runs root before a sweep deletes it
-(``RunStore.sweep_leftovers`` says why no sooner)."""
+"""Days a set-aside unfinished run (``.replaced-*``) that no process holds waits under the runs root before a sweep
+deletes it (``RunStore.sweep_leftovers`` says why no sooner, and why a finished one is never swept)."""
 DELETING_GRACE_S = 3600.0
 """Seconds a ``.deleting-*`` folder whose process cannot be checked (another host's, or one made without its owner
 file) is left before a sweep deletes it: a deletion takes seconds."""
@@ -1290,8 +1271,8 @@ def _deletion_abandoned(hidden: Path, age: float) -> bool:
 
 
 def _set_aside_abandoned(hidden: Path, age: float) -> bool:
-    if age <= REPLACED_KEEP_DAYS * 86400:
-        return False
+    if age <= REPLACED_KEEP_DAYS * 86400 or _holds_finished_run(hidden / "run"):
+        return False  # a finished run is the user's work, which left_behind_note tells them to move back: kept
     try:
         origin = Path((hidden / REPLACED_ORIGIN).read_text())
     except OSError:  # a claim killed before it wrote the origin file: nobody's

@@ -907,8 +907,8 @@ def test_an_overwrite_killed_twice_names_the_finished_run_and_one_that_succeeds_
         (out / name).write_text(text)
     _killed_overwrite(out)
     [first] = tmp_path.glob(".replaced-*")
-    _killed_overwrite(out)  # the first one's half run in the folder: deleted, not set aside
-    assert list(tmp_path.glob(".replaced-*")) == [first]
+    _killed_overwrite(out)  # the first one's half run in the folder: set aside too (put back had this one failed)
+    assert len(list(tmp_path.glob(".replaced-*"))) == 2
     assert json.loads((first / "run" / "metrics.json").read_text()) == {"accuracy": 0.9}
     with pytest.raises(RunFolderError, match=f"The finished run this folder held before waits in {first / 'run'} "):
         check_run_dir(out)
@@ -935,10 +935,14 @@ def test_an_overwrite_keeps_aside_a_run_whose_set_aside_was_killed_half_way(tmp_
     with claimed_run_dir(out, overwrite=True) as claim:  # no metrics.json here: not to be deleted as unfinished
         assert claim.earlier is not None and (claim.earlier / "model.safetensors").is_file()
     assert claim.restored and (out / "model.safetensors").is_file() and half.is_dir()
-    (out / "metrics.json").write_text('{"status": "failed", "error": "boom"}')  # a failed run: not worth keeping
+    (out / "metrics.json").write_text('{"status": "failed", "error": "boom"}')  # a failed run, a note of the user's
+    (out / "notes.txt").write_text("why it failed")
     half.rename(tmp_path / "elsewhere")
-    with claimed_run_dir(out, overwrite=True) as claim:
-        assert claim.earlier is None and [p.name for p in out.iterdir()] == [".clm_running"]
+    with pytest.raises(RuntimeError), claimed_run_dir(out, overwrite=True) as claim:  # the new run fails too
+        assert claim.earlier is not None and [p.name for p in out.iterdir()] == [".clm_running"]
+        raise RuntimeError("the new run failed")
+    # The diff review: the stopped run and the user's file were deleted before the new run began, and lost with it
+    assert claim.restored and (out / "notes.txt").read_text() == "why it failed"
     assert not list(tmp_path.glob(".replaced-*"))
 
 
@@ -993,16 +997,18 @@ def test_a_sweep_deletes_the_hidden_folders_no_process_will_come_back_to(store: 
     unnamed_old, unnamed_new = deleting("old", None, hours_old=2), deleting("new", None)
     elsewhere = deleting("elsewhere", {"host": "another-host", "pid": 1, "pid_start": None})
     run = store.create("kept", "head")
-    old_finished = _set_aside_run(store.root, run.path, FINISHED, days_old=8)
-    young_finished = _set_aside_run(store.root, run.path, FINISHED, days_old=6)
+    old_finished = _set_aside_run(store.root, run.path, FINISHED, days_old=8)  # the user's work: never swept
+    old_unfinished = _set_aside_run(store.root, run.path, {"clm_run.json": "{}"}, days_old=8)
+    young_unfinished = _set_aside_run(store.root, run.path, {"clm_run.json": "{}"}, days_old=6)
     held = _set_aside_run(store.root, store.root / "held", {"clm_run.json": "{}"}, days_old=30)
     no_origin = _set_aside_run(store.root, None, {}, days_old=8)
     (store.root / "held").mkdir()
     with runs.run_folder_lock(store.root / "held"):  # a live claim's: it puts its run back or deletes it
         store.mark_interrupted()  # the first call sweeps
     left = {p.name for p in store.root.iterdir() if not p.name.startswith("registry.sqlite")}
-    assert left == {run.id, "held", mine.name, unnamed_new.name, elsewhere.name, young_finished.name, held.name}
-    assert not any(p.exists() for p in (dead, unnamed_old, old_finished, no_origin))
+    assert left == {run.id, "held", mine.name, unnamed_new.name, elsewhere.name, old_finished.name,
+                    young_unfinished.name, held.name}
+    assert not any(p.exists() for p in (dead, unnamed_old, old_unfinished, no_origin))
     # delete() names its process in the folder of files it could not remove: kept while it lives
     store.set_status(run.id, RunStatus.SUCCEEDED)
     monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)
