@@ -671,7 +671,7 @@ _LATIN = frozenset({"LATIN"})
 _HAN = frozenset({"CJK", "IDEOGRAPHIC"})  # the latter: '々', the iteration mark
 _CANDIDATES = (
     _Legacy("cp1252", _LEGACY[0][1], "their accented characters", _LATIN,
-            "éàèêçôâîùûœïëüáöíñóäãúøæåßõìò£¥€°©®™§", 0.25, prior=0.15),  # signs English text writes: '£20', '20°C' 
+            "éàèêçôâîùûœïëüáöíñóäãúøæåßõìò£¥€°©®™§", 0.25, prior=0.15),  # signs English text writes: '£20', '20°C'
     _Legacy("cp1250", "Central European (Windows-1250)", "their accented characters", _LATIN,
             "łężąóśćńźíáěžřéčšýůúňďťüöäľôőűŕĺ", 0.25),
     _Legacy("cp1254", "Turkish (Windows-1254)", "their accented characters", _LATIN, "ıüşçğöâîû", 0.25),

@@ -1198,14 +1198,14 @@ class _TrainLoop:
         self._report(epoch, self.last_loss, point)  # progress.jsonl stays strict JSON (no NaN)
         return accuracy
 
-    def _evaluation_left_seconds(self, epoch_evaluated: bool) -> float:
+    def _evaluation_left_seconds(self) -> float:
         """The evaluations still to come at the last one's pace: each remaining epoch's on the curve's split and the
         test split's at the end. The ETA counted the training steps alone, so a card read "0s" while a large
         validation split and the test split were still to be read (the UX review); 0 before the first evaluation
         (its pace unknown)."""
         if self.eval_rows_per_second is None:
             return 0.0
-        epochs_left = self.cfg.epochs - len(self.epoch_seconds) - (1 if epoch_evaluated else 0)
+        epochs_left = self.cfg.epochs - len(self.epoch_seconds)  # the epoch evaluated now is counted there already
         rows = max(epochs_left, 0) * len(self.data.split(self.cfg.curve_split)) + len(self.data.test)
         return rows / self.eval_rows_per_second
 
@@ -1225,7 +1225,7 @@ class _TrainLoop:
             return
         rate = self.examples / max(self.train_seconds - self._prep_seconds(), 1e-9)
         eta = (self.total_steps - self.step) * self.cfg.batch_size * self.world / max(rate, 1e-9)  # rate: all ranks
-        eta += self._evaluation_left_seconds(evaluation is not None)
+        eta += self._evaluation_left_seconds()
         self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation,
                               self.last_lr))
 

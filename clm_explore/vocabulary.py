@@ -10,6 +10,7 @@ say it, and name the way out: a model whose vocabulary covers the data's script.
 from __future__ import annotations
 
 import random
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,9 +88,15 @@ def count_unknown(tokenizer: Any, texts: Sequence[str], seed: int = 0) -> Unknow
 
 
 def _one_letter(piece: str) -> bool:
+    """A piece that is one letter of an alphabet: a Chinese or Japanese character, or a Hangul syllable, is a word of
+    its own to BERT-style vocabularies, which read those scripts character by character by design (the diff review:
+    a Chinese BERT was told to use a multilingual model)."""
     # WordPiece marks a word's inner pieces "##", SentencePiece a word's start "▁", byte-level BPE "Ġ"
     core = piece.removeprefix("##").lstrip("▁Ġ")
-    return len(core) == 1 and core.isalpha()
+    return len(core) == 1 and core.isalpha() and not unicodedata.name(core, "").startswith(_CHARACTER_SCRIPTS)
+
+
+_CHARACTER_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL")
 
 
 def mostly_unknown_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:

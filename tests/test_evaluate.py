@@ -155,6 +155,17 @@ def test_a_run_whose_labels_were_decomposed_accents_scores_a_file_read_in_the_co
     assert json.loads(said.out)["accuracy"] == metrics["accuracy"] and "the same accents encoded otherwise" in said.err
 
 
+def test_evaluate_reads_the_data_in_the_encoding_given(data_dir, tmp_path, capsys):
+    """The diff review: evaluate took --encoding and read the file with a guess all the same."""
+    run, metrics = _head_run(data_dir, tmp_path, capsys)
+    frame = pd.read_csv(data_dir / "test.csv")
+    legacy = tmp_path / "test-cp1250.csv"
+    legacy.write_bytes(frame.assign(text=frame["text"] + " – číslo").to_csv(index=False).encode("cp1250"))
+    assert main(["evaluate", "--run", str(run), "--data", str(legacy), "--encoding", "cp1250", "--json"]) == 0
+    said = capsys.readouterr()
+    assert "read as cp1250, as given" in said.err and "guess" not in said.err
+
+
 def test_a_run_that_spelled_whole_number_labels_as_decimals_scores_them(data_dir, tmp_path, capsys):
     """The diff review: a file's labels "3.0" now read as "3", so a run trained before (its labels "3.0") scored 0 on
     its own file."""

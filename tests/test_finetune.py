@@ -227,6 +227,24 @@ def test_the_eta_counts_the_evaluations_still_to_come_once_their_pace_is_known(s
     assert len(data.validation) > 0 and len(data.test) > 0
 
 
+def test_the_eta_counts_each_evaluation_still_to_come_once():
+    """The diff review: at an epoch's evaluation report the ETA left out the next epoch's evaluation (the finished
+    epoch was subtracted twice), and jumped back up a step later."""
+    from types import SimpleNamespace
+
+    from clm_explore.training import _TrainLoop
+
+    data = SimpleNamespace(split=lambda name: [0] * 120, test=[0] * 30)
+    loop = SimpleNamespace(cfg=SimpleNamespace(epochs=3, curve_split="validation"), data=data, epoch_seconds=[5.0],
+                           eval_rows_per_second=10.0)
+    # Epoch 1 ended and was evaluated (or epoch 2 is under way): epochs 2 and 3 are evaluated, then the test split
+    assert _TrainLoop._evaluation_left_seconds(loop) == (2 * 120 + 30) / 10.0
+    loop.epoch_seconds = [5.0, 5.0, 5.0]
+    assert _TrainLoop._evaluation_left_seconds(loop) == 30 / 10.0  # the last epoch ended: the test split alone
+    loop.eval_rows_per_second = None
+    assert _TrainLoop._evaluation_left_seconds(loop) == 0.0  # no pace before the first evaluation
+
+
 def test_a_diverged_steps_nan_loss_is_written_as_null_in_progress_jsonl(tmp_path):
     """The test review: the strict-JSON test below never met a NaN loss, and the writer wrote the bare NaN token."""
     import io

@@ -758,6 +758,9 @@ def test_cli_runs_prune_deletes_the_runs_that_ended_long_ago_and_lists_them(stor
     assert [r.id for r in store.list()] == [recent.id]
     assert main(["runs", "--prune", "1", "--status", "running"]) == 2
     assert "runs have not (cancel them first)" in capsys.readouterr().err
+    for days in ("nan", "inf", "1e9", "-1"):  # timedelta's errors were tracebacks
+        assert main(["runs", "--prune", days]) == 2
+        assert "must be a number of days from 0 to 36,500" in capsys.readouterr().err
     assert main(["runs", "--prune", "1", "--method", "head"]) == 2
     assert "--method and --limit are not read with --prune" in capsys.readouterr().err
 

@@ -28,3 +28,14 @@ def test_mostly_unknown_texts_are_named_and_a_tokenizer_without_an_unknown_token
     assert mostly_unknown_texts(tiny_tokenizer(), ["hello card", "😀😀", "card 退款退款"]) == [1, 2]
     byte_level = SimpleNamespace(unk_token_id=None)
     assert count_unknown(byte_level, ["anything"]) is None and mostly_unknown_texts(byte_level, ["x"]) == []
+
+
+def test_a_vocabulary_that_reads_chinese_character_by_character_is_not_said_to_read_letter_by_letter() -> None:
+    """The diff review: BERT-style Chinese vocabularies split Han text a character a token by design; the letter rule
+    told a user of one to use a multilingual model."""
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"我想退款发票开"]
+    chinese = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    counted = count_unknown(chinese, ["我想退款", "开发票"])
+    assert counted.unknown == 0 and counted.letter_share == 0.0 and counted.warning() == ""

@@ -55,7 +55,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     threshold = abstention_threshold(args.abstain_below, run_dir)
     notes: list[str] = []
     result = evaluate(run_dir, args.data, length, text_col=args.text_col, label_col=args.label_col,
-                      split_col=args.split_col, max_file_mb=args.max_file_mb, notes=notes, abstain_below=threshold)
+                      split_col=args.split_col, max_file_mb=args.max_file_mb, encoding=args.encoding, notes=notes,
+                      abstain_below=threshold)
     for note in notes:  # as the training commands print the loader's notes
         print(f"note: {note}", file=sys.stderr)
     if target is not None:

@@ -60,6 +60,9 @@ def run_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_PRUNE_DAYS = 36_500
+
+
 def _prune(store: RunStore, args: argparse.Namespace) -> int:
     """``runs --prune DAYS``: delete the runs that ended long ago (``RunStore.prune``), and list them."""
     from clm_explore.runs import PruneError
@@ -67,8 +70,8 @@ def _prune(store: RunStore, args: argparse.Namespace) -> int:
     if args.method is not None or args.limit:
         raise UserError("--method and --limit are not read with --prune: it deletes every run that ended before the "
                         "days given (--status narrows it).")
-    if args.prune < 0:
-        raise UserError(f"--prune {args.prune:g} must be 0 or more days.")
+    if not 0 <= args.prune <= MAX_PRUNE_DAYS:  # nan and inf too: timedelta's own errors were tracebacks
+        raise UserError(f"--prune {args.prune:g} must be a number of days from 0 to {MAX_PRUNE_DAYS:,}.")
     statuses = {RunStatus(args.status)} if args.status else None
     if statuses and not RunStatus(args.status).is_terminal:
         raise UserError(f"--prune deletes runs that ended; --status {args.status} runs have not (cancel them first).")

@@ -47,7 +47,7 @@ from clm_explore.layer_views import HeadAttention, LayerSimilarity
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model, release_gpu_memory, unsupported_reason
-from clm_explore.runs import RunStore, trained_max_length
+from clm_explore.runs import UPLOADS_NAME, RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.training import DEFAULT_MERGE_TOKENS
 from clm_explore.ui import score_cache, state
@@ -489,6 +489,9 @@ def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows:
             return study(run_a, run_b, max_rows=max_rows, on_progress=report, progress=False)
 
     key = (run_a, mtime_a, run_b, mtime_b, max_rows)
+    kept = _studies().known(key)
+    if kept is not None and kept.stopped:  # stopped while no page followed it: a page asking now follows it
+        _studies().forget(kept)
     return _studies().get_or_start(key, work, inline=inline, label="the top words of two runs")
 
 
@@ -511,7 +514,8 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
     if task.error is not None:
         forget_study(task)  # said once; the next look starts it again
         raise task.error
-    with tempfile.TemporaryDirectory() as tmp:
+    # In the slot: writing it loads both runs' models and their base model again (weight changes, CKA)
+    with tempfile.TemporaryDirectory() as tmp, heavy_work():
         return write_report(task.result, Path(tmp) / "report.html").read_bytes()
 
 
@@ -520,7 +524,10 @@ def runs_disk(root: str) -> tuple[int, int]:
     """The bytes the runs folder holds and the bytes free on its disk, read at most every 5 minutes (a walk over
     every run's files)."""
     used = 0
-    for folder, _, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root):
+        if folder == root:  # the runs' folders alone: not the uploads, nor what killed processes left (hidden)
+            subfolders[:] = [name for name in subfolders if name != UPLOADS_NAME and not name.startswith(".")]
+            files = []
         for name in files:
             with contextlib.suppress(OSError):
                 used += os.lstat(os.path.join(folder, name)).st_size

@@ -1593,6 +1593,23 @@ def test_runs_of_two_users_uploads_with_one_name_are_told_apart(tmp_path: Path) 
     assert "the bundled sample banking77\\_20, run B on the server's data set banking77\\_20" in said
 
 
+def test_a_case_study_stopped_while_nobody_followed_it_starts_again_when_a_page_asks(monkeypatch) -> None:
+    """The diff review: a stopped study reached the report as a TaskStopped page error; scores restarted, studies
+    did not."""
+    import clm_explore.casestudy
+    from clm_explore.jobs import KeyedTask, TaskStopped
+    from clm_explore.ui import cache
+
+    key = ("a", 1.0, "b", 2.0, 10)
+    stopped = KeyedTask(key, error=TaskStopped("Stopped while attributing."))
+    stopped.finished.set()
+    cache._studies()._tasks[key] = stopped
+    monkeypatch.setattr(clm_explore.casestudy, "case_study", lambda *args, **kwargs: "a study")
+    task = cache.case_study(*key, inline=True)
+    assert task is not stopped and task.done and task.error is None and task.result == "a study"
+    cache._studies().forget(task)
+
+
 def test_the_runs_page_says_how_much_disk_the_runs_take_and_how_to_prune_them(at: AppTest) -> None:
     """The crash review: ~90 MB a run, nothing deleting them, and no word of the disk on the page."""
     from clm_explore.ui import cache
@@ -1600,6 +1617,9 @@ def test_the_runs_page_says_how_much_disk_the_runs_take_and_how_to_prune_them(at
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
     run_id = create_finished(store, "big", "full", SAMPLE_KEY)
     (store.get(run_id).path / "model.safetensors").write_bytes(b"0" * 3 * 2**20)
+    for other in (store.root / "_uploads" / ("a" * 32), store.root / ".deleting-x"):  # no run's: not counted as runs
+        other.mkdir(parents=True, exist_ok=True)
+        (other / "big.bin").write_bytes(b"0" * 5 * 2**20)
     cache.runs_disk.clear()
     goto(at, "app_pages/7_runs.py")
     said = next(c.value for c in at.caption if "run(s) take" in c.value)
