@@ -93,6 +93,7 @@ from clm_explore.sensitivity import (
     warm_up_head,
 )
 from clm_explore.sparse import attach_deltas, delta_state, merge_deltas
+from clm_explore.vocabulary import unreadable_note
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -843,6 +844,8 @@ def finetune(
             on_phase("loading the model", 0, 1)
         loaded = load_model(source, data.labels, seed=cfg.seed, keep_global_rng=False)  # global_rng_kept restores
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
+        if quiet and main and (said := unreadable_note(loaded.tokenizer, data.train["text"].tolist())):
+            warnings.warn(said, stacklevel=3)  # a notebook's word before minutes of training (the CLI prints its own)
         if given is not None:
             check_scores_fit(given, loaded, data.labels, cfg.mask)
         claim = None
@@ -964,6 +967,8 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
         metrics["lr_note"] = (f"the learning rate {lr:g} is {cfg.method}'s default, chosen on all-MiniLM-L6-v2; on "
                               "another model it may be far off: `clm-explore bench --tune-lr` chooses one on "
                               "validation rows")
+    if said := unreadable_note(loaded.tokenizer, data.train["text"].tolist()):  # its model card says so too
+        metrics["vocabulary_note"] = said
     metrics.setdefault("budget", None)
     write_json_atomic(out_dir / "metrics.json", metrics)
     if main:

@@ -99,6 +99,12 @@ def _one_letter(piece: str) -> bool:
 _CHARACTER_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL")
 
 
+def unreadable_note(tokenizer: Any, texts: Sequence[str]) -> str:
+    """``count_unknown``'s warning for training texts ('' when the vocabulary reads them)."""
+    counted = count_unknown(tokenizer, texts)
+    return counted.warning("the training texts") if counted is not None else ""
+
+
 def mostly_unknown_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     """The positions of the texts at least ``MOSTLY_UNKNOWN`` unknown sub-tokens (none for a tokenizer without one)."""
     unk = getattr(tokenizer, "unk_token_id", None)

@@ -227,6 +227,25 @@ def test_the_eta_counts_the_evaluations_still_to_come_once_their_pace_is_known(s
     assert len(data.validation) > 0 and len(data.test) > 0
 
 
+def test_a_run_on_text_its_vocabulary_cannot_read_says_so_in_its_metrics_card_and_to_a_notebook(tmp_path):
+    """The language review: a Chinese set trained to near chance with nothing said where an API user or a card reader
+    would see it."""
+    import warnings
+
+    from clm_explore.cards import model_card
+
+    rows = [(f"我想{'退款' if i % 2 else '开发票'}第{i}次", "退款" if i % 2 else "发票") for i in range(60)]
+    frame = pd.DataFrame(rows, columns=["text", "label"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = finetune(frame, FinetuneConfig(method="head", epochs=1, device="cpu", max_length=16),
+                          tmp_path / "zh", source="tiny-random", progress=False)
+    said = result.metrics["vocabulary_note"]
+    assert said.startswith("78% of the training texts' sub-tokens are [UNK]") and "multilingual" in said  # digits read
+    assert any("sub-tokens are [UNK]" in str(w.message) for w in caught)  # before the training, in the notebook
+    assert "## Notes" in (card := model_card(result.out_dir)) and "to this model's vocabulary" in card
+
+
 def test_the_eta_counts_each_evaluation_still_to_come_once():
     """The diff review: at an epoch's evaluation report the ETA left out the next epoch's evaluation (the finished
     epoch was subtracted twice), and jumped back up a step later."""

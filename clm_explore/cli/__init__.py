@@ -203,10 +203,9 @@ def warn_unreadable(tokenizer: Any, texts: list[str]) -> None:
     several processes."""
     import os
 
-    from clm_explore.vocabulary import count_unknown
+    from clm_explore.vocabulary import unreadable_note
 
-    counted = count_unknown(tokenizer, texts)
-    if counted is not None and (said := counted.warning("the training texts")) and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") == "0" and (said := unreadable_note(tokenizer, texts)):
         print(f"warning: {said}", file=sys.stderr)
 
 

@@ -159,10 +159,9 @@ def unreadable_note(source: str, version: str, choice: DataChoice) -> str:
     """What the Data page says when the model's vocabulary cannot read much of the training texts ('' when it
     can; ``vocabulary.count_unknown``): a Chinese upload was mined and trained to near chance with no word."""
     from clm_explore.modeling import load_tokenizer
-    from clm_explore.vocabulary import count_unknown
+    from clm_explore.vocabulary import unreadable_note
 
-    counted = count_unknown(load_tokenizer(source), data(choice).train["text"].tolist())
-    return counted.warning("the training texts") if counted is not None else ""
+    return unreadable_note(load_tokenizer(source), data(choice).train["text"].tolist())
 
 
 LENGTH_SAMPLE = 20_000
