@@ -845,7 +845,9 @@ def finetune(
         loaded = load_model(source, data.labels, seed=cfg.seed, keep_global_rng=False)  # global_rng_kept restores
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
         if quiet and main and (said := unreadable_note(loaded.tokenizer, data.train["text"].tolist())):
-            warnings.warn(said, stacklevel=3)  # a notebook's word before minutes of training (the CLI prints its own)
+            # A notebook's word before minutes of training (the CLI prints its own), at the caller's line: past this
+            # function and its two decorators' frames
+            warnings.warn(said, stacklevel=4)
         if given is not None:
             check_scores_fit(given, loaded, data.labels, cfg.mask)
         claim = None
