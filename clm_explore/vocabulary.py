@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clm_explore.batches import tokenized
-
 UNKNOWN_WARN_SHARE = 0.02
 """An unknown-token share above which the data is said to be partly unreadable to the model (German and Russian
 text read by the default model: 0%; mixed text with emoji: 9%; Japanese 20%; Chinese 72%)."""
@@ -98,10 +96,13 @@ def _one_letter(piece: str) -> bool:
     a Chinese BERT was told to use a multilingual model)."""
     # WordPiece marks a word's inner pieces "##", SentencePiece a word's start "▁", byte-level BPE "Ġ"
     core = piece.removeprefix("##").lstrip("▁Ġ")
-    return len(core) == 1 and core.isalpha() and not unicodedata.name(core, "").startswith(_CHARACTER_SCRIPTS)
+    return len(core) == 1 and core.isalpha() and not a_word_of_its_own(core)
 
 
-_CHARACTER_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL")
+def a_word_of_its_own(char: str) -> bool:
+    """A character that BERT-style tokenizers make a word of its own: a Chinese or Japanese ideograph, kana or Hangul
+    (scripts written without spaces between words)."""
+    return unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
 def unreadable_note(tokenizer: Any, texts: Sequence[str]) -> str:
@@ -120,6 +121,9 @@ def mostly_unknown_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
 
 
 def _ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    # torch comes with it: imported here, not with the module (the app's pages import this module early)
+    from clm_explore.batches import tokenized
+
     chunks = tokenized(tokenizer, texts, COUNTED_TOKENS, add_special_tokens=False, truncation=True,
                        max_length=COUNTED_TOKENS)
     return [list(ids) for chunk in chunks for ids in chunk["input_ids"]]

@@ -352,26 +352,32 @@ if __name__ == "__main__":
 
 
 def test_a_killed_server_takes_its_worker_process_with_it(tmp_path) -> None:
+    marker = tmp_path / "written"
+    # The job sleeps 60 s: only the child's end, which the test waits for, keeps it from writing its file.
+    _kill_a_server_mid_job(tmp_path, {"orphan_job.py": ORPHAN_JOB, "server.py": ORPHAN_SERVER}, marker)
+    assert not marker.exists()
+
+
+def _kill_a_server_mid_job(tmp_path, files: dict[str, str], marker, heard: float = 0.0) -> None:
+    """Start ``server.py`` (of ``files``, written into ``tmp_path``) with ``marker``, wait for its job to write its
+    pid (``marker``.pid), let it run ``heard`` seconds more, kill the server outright (no exit handlers run), and
+    assert the job's worker process ends with it."""
     import signal
     import subprocess
     import sys
 
-    (tmp_path / "orphan_job.py").write_text(ORPHAN_JOB)
-    (tmp_path / "server.py").write_text(ORPHAN_SERVER)
-    marker = tmp_path / "written"
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
     server = subprocess.Popen([sys.executable, str(tmp_path / "server.py"), str(marker)], env=env)
+    pid_file = marker.with_name(marker.name + ".pid")
     try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "written.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (tmp_path / "written.pid").exists(), "the job never started in its worker process"
-        server.send_signal(signal.SIGKILL)  # no exit handlers run: the daemon flag alone leaves the child going
+        assert wait_until(pid_file.exists, timeout=60), "the job never started in its worker process"
+        time.sleep(heard)
+        server.send_signal(signal.SIGKILL)  # the daemon flag alone would leave the child going
         server.wait(30)
-        child = int((tmp_path / "written.pid").read_text())
-        # The job sleeps 60 s: only the child's end, which the test waits for, keeps it from writing its file.
+        child = int(pid_file.read_text())
         assert wait_until(lambda: _ended(child)), f"the worker process {child} outlived its server by 30 s"
-        assert not marker.exists()
     finally:
         server.kill()
 
@@ -407,29 +413,11 @@ def test_a_server_killed_while_its_job_reports_steps_leaves_no_failure_of_the_jo
     """The crash review: a job's next report raised a broken pipe inside finetune, which recorded its run 'failed:
     [Errno 32] Broken pipe' before the parent watcher ended the process; the restart then could not say
     'interrupted'."""
-    import signal
-    import subprocess
-    import sys
-
-    (tmp_path / "reporting_job.py").write_text(REPORTING_JOB)
-    (tmp_path / "server.py").write_text(REPORTING_SERVER)
     marker = tmp_path / "recorded"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
-    server = subprocess.Popen([sys.executable, str(tmp_path / "server.py"), str(marker)], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "recorded.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (tmp_path / "recorded.pid").exists(), "the job never started in its worker process"
-        time.sleep(0.5)  # a few reports heard
-        server.send_signal(signal.SIGKILL)
-        server.wait(30)
-        child = int((tmp_path / "recorded.pid").read_text())
-        # Its 6000 steps take 60 s or more: the child ends within the wait only because its server went.
-        assert wait_until(lambda: _ended(child)), f"the worker process {child} outlived its server by 30 s"
-        assert not marker.exists(), marker.read_text()  # read once the child can no longer write it
-    finally:
-        server.kill()
+    # Its 6000 steps take 60 s or more: the child ends within the wait only because its server went.
+    _kill_a_server_mid_job(tmp_path, {"reporting_job.py": REPORTING_JOB, "server.py": REPORTING_SERVER}, marker,
+                           heard=0.5)  # a few reports heard first
+    assert not marker.exists(), marker.read_text()  # read once the child can no longer write it
 
 
 STOPPED_SERVER = """

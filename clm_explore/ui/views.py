@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clm_explore.data import csv_text
+from clm_explore.vocabulary import a_word_of_its_own
 
 if TYPE_CHECKING:  # type names only: the pages import this module before any model code is needed
     from clm_explore.masks import MaskSelection
@@ -98,15 +99,10 @@ def _needle_pattern(needle: str) -> re.Pattern[str] | None:
         return None
     pattern = re.escape(words[0])
     for before, after in itertools.pairwise(words):
-        pattern += r"\s*" if _spaced_by_tokenizer(before[-1]) or _spaced_by_tokenizer(after[0]) else r"\s+"
+        pattern += r"\s*" if a_word_of_its_own(before[-1]) or a_word_of_its_own(after[0]) else r"\s+"
         pattern += re.escape(after)
     return re.compile(pattern)
 
-
-def _spaced_by_tokenizer(char: str) -> bool:
-    """A character that BERT-style tokenizers make a word of its own (Chinese, Japanese, Korean ideographs), as they
-    write no spaces between words."""
-    return unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
 CHART_CONFIG = {
