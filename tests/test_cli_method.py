@@ -168,6 +168,11 @@ def test_finetune_out_overwrite_and_predict(capsys, data_dir, tmp_path):
     results = json.loads(captured.out)
     assert [r["text"] for r in results] == texts
     assert "unknown sub-tokens" not in captured.err
+    (tmp_path / "gbk.txt").write_bytes("我想退款\n发票在哪里\n".encode("gb18030"))
+    assert main(["predict", "--run", str(out), "--file", str(tmp_path / "gbk.txt"), "--encoding", "gb18030",
+                 "--json"]) == 0
+    said = capsys.readouterr()
+    assert [r["text"] for r in json.loads(said.out)] == ["我想退款", "发票在哪里"] and "as given" in said.err
     assert main(["predict", "--run", str(out), "--text", "我想退款", "--text", texts[0], "--text", "😀😀"]) == 0
     # the language review: such texts got one label whatever they said, with no word
     assert "note: 2 text(s) (number 1, 3, counted from 1) are mostly unknown sub-tokens" in capsys.readouterr().err

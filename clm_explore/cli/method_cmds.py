@@ -695,6 +695,8 @@ def _register_predict(sub: Any) -> None:
     src.add_argument("--file", help="a data file; its text column is classified (a .txt file or '-', standard "
                      "input: one text per line)")
     p.add_argument("--text-col", default=None, help="text column of --file (detected when omitted)")
+    p.add_argument("--encoding", default=None, metavar="NAME", help="the encoding of --file where it is not UTF-8 (gb18030, cp932, cp1251, ...; default: guessed, and named in a "
+                   "note)")
     p.add_argument("--top", type=int, default=3, help="labels listed per text in --json (plain output: the first)")
     add_run_length_arg(p)
     p.add_argument("--abstain-below", default=None, metavar="P|run",
@@ -731,7 +733,7 @@ def run_predict(args: argparse.Namespace) -> int:
     run_dir = checked_run(args.run, "--run")  # an unfinished run is said so, as explain says it
     length = checked_max_length(args.max_length, run_dir)
     threshold = abstention_threshold(args.abstain_below, run_dir)
-    texts = checked_texts(args.text) if args.text else texts_from_file(args.file, args.text_col)
+    texts = checked_texts(args.text) if args.text else texts_from_file(args.file, args.text_col, args.encoding)
     frame = predict(run_dir, texts, length)  # at the run's trained length unless --max-length
     _note_unreadable_texts(run_dir, texts)
     probs, labels = frame.to_numpy(), list(frame.columns)
@@ -799,8 +801,10 @@ def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
     return threshold
 
 
-def texts_from_file(path: str, text_col: str | None) -> list[str]:
-    """Texts of any data file ``load_data`` reads (labels not needed), or of a .txt file, one per line."""
+def texts_from_file(path: str, text_col: str | None, encoding: str | None = None) -> list[str]:
+    """Texts of any data file ``load_data`` reads (labels not needed), or of a .txt file, one per line; ``encoding``:
+    the file's where it is not UTF-8 (else guessed)."""
+    from clm_explore.config import DataConfig
     from clm_explore.data import read_text_stream, read_texts
 
     notes: list[str] = []
@@ -811,9 +815,9 @@ def texts_from_file(path: str, text_col: str | None) -> list[str]:
             notes.append("--text-col is not read with --file -: standard input is one text per line")
         if sys.stdin.isatty():
             print("reading texts from standard input, one per line; end with Ctrl-D", file=sys.stderr)
-        texts = read_text_stream(sys.stdin.buffer, notes=notes)
+        texts = read_text_stream(sys.stdin.buffer, cfg=DataConfig(encoding=encoding), notes=notes)
     else:
-        texts = read_texts(path, text_col, notes=notes)
+        texts = read_texts(path, text_col, cfg=DataConfig(encoding=encoding), notes=notes)
     for note in notes:  # as the training commands print the loader's notes
         print(f"note: {note}", file=sys.stderr)
     return texts
