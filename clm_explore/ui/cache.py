@@ -305,7 +305,7 @@ def scores_task(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg: 
     thread (tests; ``sensitivity``)."""
     version = state.model_version(source)
     key = _report_key(source, version, choice, mining_cfg, cfg)
-    task = _scorings().known(key)
+    task = _followed(_scorings(), key)
     if task is not None:  # a failed one too, until whoever reads its error forgets it (``forget_scoring``)
         return task
     kept = _kept_scores(source, version, choice, mining_cfg, cfg)
@@ -327,6 +327,16 @@ def _scoring_work(source: str, choice: DataChoice, mining_cfg: MiningConfig, cfg
         return made
 
     return work
+
+
+def _followed(tasks: KeyedTasks, key: Any) -> KeyedTask | None:
+    """The task of ``key`` that a page asking now may follow: none for one stopped while no page followed it (it is
+    forgotten, so the asking page starts it again), else whatever ``known`` has."""
+    task = tasks.known(key)
+    if task is not None and task.stopped:
+        tasks.forget(task)
+        return None
+    return task
 
 
 def scoring_label(choice: DataChoice) -> str:
@@ -488,9 +498,7 @@ def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows:
             return study(run_a, run_b, max_rows=max_rows, on_progress=report, progress=False)
 
     key = (run_a, mtime_a, run_b, mtime_b, max_rows)
-    kept = _studies().known(key)
-    if kept is not None and kept.stopped:  # stopped while no page followed it: a page asking now follows it
-        _studies().forget(kept)
+    _followed(_studies(), key)
     return _studies().get_or_start(key, work, inline=inline, label="the top words of two runs")
 
 

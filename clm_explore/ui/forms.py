@@ -170,10 +170,7 @@ def await_scores(source: str, choice: state.DataChoice, mining_cfg: MiningConfig
     """Stop the page while the scores for these settings are made (``cache.scores_task``, on a thread of its own),
     with how far they are and about how long is left; the page reruns when they are ready. Before, a page waited
     20-50 s under a spinner that said nothing of either (the UX review), and went blank at a click elsewhere."""
-    task = cache.scores_task(source, choice, mining_cfg, cfg, inline=state.inline_jobs())
-    if task.stopped:  # stopped while no page followed it: this page follows it now
-        cache.forget_scoring(task)
-        task = cache.scores_task(source, choice, mining_cfg, cfg, inline=state.inline_jobs())
+    task = cache.scores_task(source, choice, mining_cfg, cfg, inline=state.inline_jobs())  # a stopped one restarts
     if task.done:  # its scores, or its error, which the page's ``cache.sensitivity`` raises
         return
     views.task_progress(task)
