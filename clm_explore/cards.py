@@ -114,6 +114,8 @@ def _card(folder: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> ModelC
     method = str(meta.get("method") or metrics.get("method") or "?")
     data_name = Path(str(meta.get("data") or "the data")).name or "the data"
     data = _card_data(folder.name, method, str(meta.get("source") or ""), data_name, metrics)
+    if isinstance(meta.get("language"), str):  # recorded since session 60: older runs' cards name none
+        data.language = meta["language"]
     sections = [
         f"# {md_text(folder.name)}",
         _summary(method, meta, metrics, data_name),

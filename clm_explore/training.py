@@ -844,6 +844,7 @@ def finetune(
             on_phase("loading the model", 0, 1)
         loaded = load_model(source, data.labels, seed=cfg.seed, keep_global_rng=False)  # global_rng_kept restores
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
+        language = _data_language(data, cfg)  # a background_lang wordfreq lacks is refused here, before it too
         if quiet and main and (said := unreadable_note(loaded.tokenizer, data.train["text"].tolist())):
             # A notebook's word before minutes of training (the CLI prints its own), at the caller's line: past this
             # function and its two decorators' frames
@@ -867,6 +868,7 @@ def finetune(
         loaded.model.to(device)
         write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": recorded_source(source),
                                                 "data": data.source, "data_digest": data_digest(data),
+                                                "language": language,
                                                 "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
             stop = _stop_when_folder_gone(should_stop, out_dir) if main else should_stop
@@ -874,6 +876,14 @@ def finetune(
         if claim is not None and result.status == "succeeded":
             claim.keep()
         return result
+
+
+def _data_language(data: AnnotatedData, cfg: FinetuneConfig) -> str | None:
+    """The training texts' language as wordfreq codes it ('de'): mining's background language, given or detected
+    (the model card's ``language`` metadata); None where it has no word list for them or is not installed."""
+    from clm_explore.mining import background_language
+
+    return background_language(data.train["text"].tolist(), cfg.mining.background_lang).lang
 
 
 def _warn_put_back(claim: RunDirClaim | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from huggingface_hub import ModelCard
 
 from clm_explore.cards import ModelCardError, md_text, model_card, write_model_card
 from clm_explore.cli import main
-from clm_explore.config import FinetuneConfig, MaskConfig
+from clm_explore.config import ConfigError, FinetuneConfig, MaskConfig, MiningConfig
 from clm_explore.data import AnnotatedData
 from clm_explore.training import finetune
 
@@ -29,6 +30,7 @@ def test_a_finished_run_carries_a_card_the_hub_reads_with_its_figures(sparse_run
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
     assert {"clm-explore", "sparse", "sparse-finetuning"} <= set(card.data.tags)
     assert card.data.base_model is None  # the tiny random model has no name on the Hub
+    assert card.data.language == "en"  # banking77's, detected from its training texts
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {"accuracy": round(metrics["accuracy"], 4), "f1": round(metrics["macro_f1"], 4)}
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
@@ -79,6 +81,27 @@ def test_the_datas_text_stays_literal_in_the_card(tmp_path):
     assert md_text("3:4 a.b") == "3:4 a.b"  # no escape where no link would be
 
 
+def test_the_card_names_the_datas_language_and_an_older_run_none(tmp_path, sparse_run):
+    words = ["Überweisung", "Karte", "Konto", "Gebühr", "Rückerstattung"]
+    texts = [f"Ich habe eine Frage zu meiner {w}, die noch nicht angekommen ist und die ich gestern {i} bestellt habe"
+             for i in range(6) for w in words]
+    frame = pd.DataFrame({"text": texts, "label": words * 6})
+    data = AnnotatedData(frame, frame, frame, sorted(words), source=str(tmp_path / "de.csv"))
+    run = finetune(data, FinetuneConfig(method="head", epochs=1, device="cpu"), tmp_path / "de", source="tiny-random")
+    assert json.loads((run.out_dir / "clm_run.json").read_text())["language"] == "de"
+    assert ModelCard.load(run.out_dir / "README.md").data.language == "de"
+    unknown = FinetuneConfig(method="head", epochs=1, device="cpu", mining=MiningConfig(background_lang="xx"))
+    with pytest.raises(ConfigError, match="background_lang"):  # before any folder, for a method that mines nothing too
+        finetune(data, unknown, tmp_path / "xx", source="tiny-random")
+    assert not (tmp_path / "xx").exists()
+    older = tmp_path / "older"  # a run folder written before the language was recorded
+    shutil.copytree(sparse_run.out_dir, older)
+    meta = json.loads((older / "clm_run.json").read_text())
+    del meta["language"]
+    (older / "clm_run.json").write_text(json.dumps(meta))
+    assert ModelCard(model_card(older)).data.language is None
+
+
 def test_a_folder_without_a_finished_run_has_no_card(tmp_path, sparse_run):
     with pytest.raises(ModelCardError, match="holds no finished run"):
         model_card(tmp_path)
@@ -118,8 +141,6 @@ def test_card_command_prints_writes_and_refuses(sparse_run, tmp_path, capsys):
 
 
 def test_a_folder_name_cannot_break_the_cards_code_or_markdown(sparse_run, tmp_path):
-    import shutil
-
     odd = tmp_path / 'my`run"```x'
     shutil.copytree(sparse_run.out_dir, odd)
     text = model_card(odd)
