@@ -110,6 +110,8 @@ _EXPORTS = {
     "predict": "clm_explore.batches",
     "predict_proba": "clm_explore.batches",
     "relabelled": "clm_explore.label_issues",
+    "rerun": "clm_explore.reruns",
+    "rerun_plan": "clm_explore.reruns",
     "run_grid": "clm_explore.bench",
     "select_mask": "clm_explore.masks",
     "splits_csv": "clm_explore.label_issues",

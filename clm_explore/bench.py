@@ -69,6 +69,7 @@ from clm_explore.config import (
     keywords_checked,
 )
 from clm_explore.data import AnnotatedData, load_data, write_csv
+from clm_explore.provenance import MODEL_NAMES, model_fingerprint
 from clm_explore.runs import (
     RunStore,
     lock_owner,
@@ -104,11 +105,6 @@ DATA_DIGEST = "data_sha256"
 """bench.json's key for ``splits_digest`` of the rows the grid's cells read."""
 MODEL_DIGEST = "model_files"
 """bench.json's key for ``model_fingerprint`` of the model folder or file the grid's cells train from."""
-MODEL_NAMES = ("default", "tiny-random", "smollm2")
-"""Model sources that are names (``modeling.resolve_source``), recorded as named; any other is a folder or a file."""
-MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
-"""Files of a model folder (its top level) whose names, sizes and times ``model_fingerprint`` reads: its config and
-weights, not files a run folder used as a model may gain later (its registry record, notes)."""
 
 
 class BenchError(ConfigError):
@@ -1207,25 +1203,6 @@ def recorded_model(source: str) -> str:
         return source
     path = Path(source).expanduser()
     return str(path.resolve()) if path.exists() else source
-
-
-def model_fingerprint(source: str) -> str:
-    """SHA-256 of the names, sizes and modification times of a model folder's MODEL_FILES (of the file, for a
-    .gguf); '' for a named source (MODEL_NAMES) or one that names nothing.
-
-    Why: a grid compared its model by the ``--model`` text alone, so weights replaced in that folder were trained
-    on beside cells of the old ones (the bench review). Times and sizes, not contents: a model's weights are
-    gigabytes to hash at every resume.
-    """
-    path = Path(source)
-    if source in MODEL_NAMES or not path.exists():
-        return ""
-    files = sorted({f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()}) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        digest.update(f"{file.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:

@@ -220,7 +220,13 @@ def _share(value: Any) -> str:
 
 def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     cfg = meta.get("config") or {}
+    method = metrics.get("method") or meta.get("method")
     rows = [("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
+            ("sub-tokens read per text", cfg.get("max_length")),
+            ("LoRA rank", cfg.get("lora_r") if method == "lora" else None),
+            ("prefix tokens", cfg.get("prefix_tokens") if method == "prefix" else None),
+            ("frozen layers", "computed once, without dropout (`--cache-frozen-layers`)"
+             if cfg.get("cache_frozen_layers") else None),
             ("learning rate", metrics.get("lr")), ("schedule", cfg.get("schedule")),
             ("weight decay", cfg.get("weight_decay")),
             ("stopped early", f"after epoch {metrics['stopped_after']}" if metrics.get("stopped_after") else None),
@@ -235,8 +241,25 @@ def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
             ("trained", str(meta.get("created") or "")[:19].replace("T", " ") + " UTC")]
     lines = ["## Training", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in rows if value not in (None, "")]  # the tool's own values
-    lines.append("\nEvery setting: `clm_run.json` (the `FinetuneConfig`); every figure: `metrics.json`.")
+    lines.append("\nEvery setting: `clm_run.json` (the `FinetuneConfig`); every figure: `metrics.json`."
+                 + _made_with(meta))
     return "\n".join(lines)
+
+
+def _made_with(meta: dict[str, Any]) -> str:
+    """What made the run (clm_run.json's provenance, recorded since session 60), as a sentence; '' without it."""
+    made = meta.get("provenance")
+    if not isinstance(made, dict):
+        return ""
+    packages = made.get("packages") if isinstance(made.get("packages"), dict) else {}
+    versions = ", ".join(f"{name} {md_text(packages[name])}" for name in ("clm-explore", "torch", "transformers", "peft")
+                         if packages.get(name))
+    said = [f"Made by clm-explore's code `{md_text(made.get('code'))}` ({versions})"]
+    if made.get("threads"):
+        said.append(f"with {made['threads']} CPU thread{'s' if made['threads'] != 1 else ''}")
+    if meta.get("data_digest"):
+        said.append(f"on data whose rows digest to `{md_text(meta['data_digest'])}`")
+    return " " + " ".join(said) + "; `clm-explore rerun --run DIR` trains it again from this record."
 
 
 def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:

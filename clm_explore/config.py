@@ -151,10 +151,34 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild ``cls`` from ``to_dict`` output, ignoring keys it does not know (older runs)."""
+    """Rebuild ``cls`` from ``to_dict`` output, ignoring keys it does not know (a newer version's fields: see
+    ``unknown_keys``); a field the dict lacks (an older version's) takes its default."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
     return cls(**kwargs)
+
+
+def unknown_keys(cls: type, data: dict[str, Any]) -> list[str]:
+    """The keys of a ``to_dict`` dict of ``cls`` (nested: 'mask.new_option') that ``cls`` does not have: settings a
+    newer version wrote, which ``from_dict`` would drop."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = []
+    for key, value in data.items():
+        if key not in known:
+            unknown.append(key)
+            continue
+        inner = _dataclass_type(cls, known[key])
+        if inner is not None and isinstance(value, dict):
+            unknown += [f"{key}.{name}" for name in unknown_keys(inner, value)]
+    return unknown
+
+
+def _dataclass_type(cls: type, f: dataclasses.Field) -> type | None:
+    """The dataclass a field of ``cls`` holds (FinetuneConfig.mask: MaskConfig), or None."""
+    import typing
+
+    hint = typing.get_type_hints(cls).get(f.name)
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 @keywords_checked

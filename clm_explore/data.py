@@ -79,6 +79,9 @@ class AnnotatedData:
     """Where the data came from (a path or an uploaded file name)."""
     notes: list[str] = field(default_factory=list)
     """Plain-English remarks on how the data was read (encoding fallback, carved splits)."""
+    config: DataConfig | None = field(default=None, repr=False, compare=False)
+    """The DataConfig ``load_data`` read it with (its columns, encoding, carve): a run records it, so that it can be
+    read the same way again; None for data built by hand."""
 
     def __post_init__(self) -> None:
         """Built by hand (``load_data`` checks far more): the shape every consumer relies on, said plainly."""
@@ -1804,7 +1807,8 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     if validation is None:
         train, validation = _carve(train, cfg.validation_fraction, cfg.seed, "validation", notes, group_copies=False)
     parts = [f.reset_index(drop=True).astype(str) for f in (train, validation, test)]
-    return AnnotatedData(*parts, labels=label_order(parts[0]["label"].unique()), source=source, notes=notes)
+    return AnnotatedData(*parts, labels=label_order(parts[0]["label"].unique()), source=source, notes=notes,
+                         config=cfg)
 
 
 def _check_label_length(name: str, labels: Iterable[str], max_chars: int) -> None:

@@ -69,6 +69,7 @@ from clm_explore.modeling import (
 )
 from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
 from clm_explore.progress_bar import ProgressBar, combined
+from clm_explore.provenance import provenance
 from clm_explore.runs import (
     RANK_COPIES,
     TRAINED_LENGTH_KEY,
@@ -866,16 +867,26 @@ def finetune(
         if main:  # another process's --overwrite or run into this folder is refused while this one writes it
             closing.enter_context(run_folder_lock(out_dir))
         loaded.model.to(device)
-        write_json_atomic(out_dir / "clm_run.json", {"method": cfg.method, "source": recorded_source(source),
-                                                "data": data.source, "data_digest": data_digest(data),
-                                                "language": language,
-                                                "config": to_dict(cfg), "created": datetime.now(UTC).isoformat()})
+        write_json_atomic(out_dir / "clm_run.json", _run_record(cfg, source, data, language, given))
         with _ending_recorded(out_dir):  # from here the folder is a run folder: one that raises says how it ended
             stop = _stop_when_folder_gone(should_stop, out_dir) if main else should_stop
             result = _train_and_save(loaded, data, cfg, device, out_dir, accelerator, on_step, stop, on_phase, given)
         if claim is not None and result.status == "succeeded":
             claim.keep()
         return result
+
+
+def _run_record(cfg: FinetuneConfig, source: str, data: AnnotatedData, language: str | None,
+                given: GivenScores | None) -> dict[str, Any]:
+    """A run's clm_run.json: its method, model, data (as given, its digest, the options it was read with and its
+    absolute path), its config, the scores it was given, and what made it (``provenance``)."""
+    path = Path(data.source)
+    return {"method": cfg.method, "source": recorded_source(source), "data": data.source,
+            "data_path": str(path.resolve()) if data.source and path.exists() else None,
+            "data_digest": data_digest(data), "data_config": to_dict(data.config) if data.config else None,
+            "language": language, "config": to_dict(cfg),
+            "scores_from": given.origin if given is not None else None,
+            "created": datetime.now(UTC).isoformat(), "provenance": provenance(source, torch.get_num_threads())}
 
 
 def _data_language(data: AnnotatedData, cfg: FinetuneConfig) -> str | None:

@@ -46,6 +46,9 @@ def test_a_finished_run_carries_a_card_the_hub_reads_with_its_figures(sparse_run
     assert rows and min(int(r[0]) for r in rows if r[0] != "emb") >= metrics["lowest_layer"]
     assert sum(int(r[1].replace(",", "")) for r in rows) > 0
     assert "## Task token groups" in text
+    made = json.loads((sparse_run.out_dir / "clm_run.json").read_text())["provenance"]
+    assert f"Made by clm-explore's code `{made['code']}` (clm-explore " in text and "`clm-explore rerun --run DIR`" in text
+    assert "| sub-tokens read per text | 64 |" in text and "LoRA rank" not in text
 
 
 def test_the_cards_usage_snippet_predicts_what_the_run_predicts(sparse_run, tiny_data_module):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clm_explore.config import DataConfig
+from clm_explore.provenance import running_command
 
 if TYPE_CHECKING:
     from clm_explore.data import AnnotatedData
@@ -186,15 +187,21 @@ def load_noted_data(args: argparse.Namespace) -> AnnotatedData:
     import os
 
     from clm_explore.data import load_data
-    from clm_explore.datareport import data_report
 
     data = load_data(args.data, data_config(args))
     if int(os.environ.get("RANK", "0")) == 0:
-        for note in data.notes:
-            print(f"note: {note}", file=sys.stderr)
-        for problem in data_report(data).serious:
-            print(f"warning: {problem} (`clm-explore validate` lists every problem with examples)", file=sys.stderr)
+        say_data_notes(data)
     return data
+
+
+def say_data_notes(data: AnnotatedData) -> None:
+    """The data's notes and its report's serious problems, on stderr."""
+    from clm_explore.datareport import data_report
+
+    for note in data.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for problem in data_report(data).serious:
+        print(f"warning: {problem} (`clm-explore validate` lists every problem with examples)", file=sys.stderr)
 
 
 def warn_unreadable(tokenizer: Any, texts: list[str]) -> None:
@@ -348,6 +355,11 @@ def _stopped(exc: KeyboardInterrupt) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with running_command(argv):  # a run records the command line that made it
+        return _run_command(argv)
+
+
+def _run_command(argv: list[str]) -> int:
     if said := _not_utf8(argv):
         print(f"error: {said}", file=sys.stderr)
         return 2

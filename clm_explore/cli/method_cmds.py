@@ -51,6 +51,7 @@ def register(subparsers: Any) -> None:
     _register_mine(subparsers)
     _register_sensitivity(subparsers)
     _register_finetune(subparsers)
+    _register_rerun(subparsers)
     _register_predict(subparsers)
 
 
@@ -481,12 +482,13 @@ def run_finetune(args: argparse.Namespace) -> int:
         scoring_settled,
     )
 
-    cfg = finetune_config(args)
+    rerun = getattr(args, "rerun", None)  # a RerunPlan: `rerun` gives the run's own config, rows and scores
+    cfg = rerun.cfg if rerun else finetune_config(args)
     for note in _unused_options(args):
         print(f"note: {note}", file=sys.stderr)
     given = given_scores(args.scores, cfg)  # a folder that cannot serve is said before the model loads
     brings_groups = given is not None and (given.task_tokens is not None or given.mining is not None)
-    if brings_groups and cfg.mining != MiningConfig():  # scores saved without either: mined here, with these options
+    if brings_groups and cfg.mining != MiningConfig() and not rerun:  # saved without either: mined here, so
         print("note: the mining options are not read with --scores: the groups come with the scores, mined as "
               "they were made", file=sys.stderr)
     if given is not None:  # the registry records the settings the scores were made with, as the run folder does
@@ -496,7 +498,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and not args.out:  # on every process: a refusal on one alone left the others waiting for it
         raise UserError("Several processes need --out DIR, so that every process writes into the same run folder.")
-    data = load_noted_data(args)
+    data = rerun.data if rerun else load_noted_data(args)
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
     check_processes(len(data.train), cfg.batch_size, processes)
@@ -588,12 +590,16 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
               f"it again when the registry is free (in Python: clm_explore.RunStore().register_folder(path)).",
               file=sys.stderr)
     metrics = {k: v for k, v in result.metrics.items() if k not in ("confusion",)}
+    rerun = getattr(args, "rerun", None)
     if args.json:
-        print_json({"run": record.id, "out_dir": str(run_dir), **metrics})
+        reran = {"rerun_of": str(rerun.run), "rerun_of_metrics": _figures(rerun.run)} if rerun else {}
+        print_json({"run": record.id, "out_dir": str(run_dir), **metrics, **reran})
     else:
         print(f"run {record.id} -> {run_dir}")
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  {_time_text(metrics)}")
+        if rerun:
+            print(_reran_text(rerun.run))
         if epochs_said := _epochs_text(metrics, cfg):
             print(epochs_said)
         from clm_explore.mining import MergeReport
@@ -606,6 +612,67 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
             if key.endswith("_note") and note:
                 print(f"note: {note}", file=sys.stderr)  # results on stdout, notes on stderr (the CLI review)
     return 0
+
+
+def _register_rerun(sub: Any) -> None:
+    p = sub.add_parser("rerun", help="train a run again from its own record",
+                       description="Train a run again with its own settings, model and scores, on its rows read with "
+                       "its data options (clm_run.json), into a new run folder; the data must still hold the same "
+                       "rows. On the same code, packages and threads the weights come out the same; what may make "
+                       "them differ is said in a note.")
+    p.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="its data, where the recorded path is not on this machine (an app upload, a moved file)")
+    p.add_argument("--seed", type=int, default=None, help="another seed (default: the run's)")
+    p.add_argument("--device", default=None, help="another device (default: the run's): auto, cpu, cuda, cuda:N")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out run folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_rerun)
+
+
+def run_rerun(args: argparse.Namespace) -> int:
+    from clm_explore.cli import build_parser, say_data_notes
+    from clm_explore.reruns import rerun_plan
+
+    changes = {key: value for key, value in (("seed", args.seed), ("device", args.device)) if value is not None}
+    plan = rerun_plan(_recorded_run_dir(args.run), args.data, **changes)
+    say_data_notes(plan.data)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    # finetune's own path (checks, registry, folder claim, output) with the run's config, rows and scores
+    run_args = build_parser().parse_args(["finetune", "--data", plan.data.source, "--model", plan.source,
+                                          "--method", plan.cfg.method])
+    run_args.out, run_args.overwrite, run_args.json = args.out, args.overwrite, args.json
+    run_args.scores, run_args.rerun = (str(plan.scores) if plan.scores else None), plan
+    return run_finetune_process(run_args)
+
+
+def _recorded_run_dir(run: str) -> Path:
+    """A run folder holding clm_run.json (a failed or cancelled run's too), or a run id of the registry."""
+    path = Path(run).expanduser()
+    if (path / "clm_run.json").is_file():
+        return path
+    from clm_explore.runs import REGISTRY_NAME, RunStore, default_root
+
+    if (default_root() / REGISTRY_NAME).is_file() and RunStore().known([run]):
+        return RunStore().path(run)
+    raise UserError(f"{run!r} is neither a run folder (with clm_run.json) nor a known run id.")
+
+
+def _figures(run_dir: Path) -> dict[str, Any]:
+    from clm_explore.runs import read_json_object
+
+    metrics = read_json_object(run_dir / "metrics.json")
+    return {key: metrics.get(key) for key in ("accuracy", "macro_f1", "status")}
+
+
+def _reran_text(run_dir: Path) -> str:
+    figures = _figures(run_dir)
+    if not isinstance(figures["accuracy"], int | float) or not isinstance(figures["macro_f1"], int | float):
+        return f"the run it reran ({run_dir.name}) has no figures ({figures['status'] or 'no metrics.json'})"
+    return (f"the run it reran ({run_dir.name}): accuracy {figures['accuracy']:.4f}  macro-F1 "
+            f"{figures['macro_f1']:.4f}")
 
 
 def _unused_options(args: argparse.Namespace) -> list[str]:

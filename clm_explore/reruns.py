@@ -1,0 +1,133 @@
+"""Train a run again from its own record (clm_run.json): the same method and settings, the same model, the same rows
+read with the same options, the same given scores; ``clm-explore rerun`` and ``clm_explore.rerun``.
+
+Why: a run folder recorded its config, yet to train it again a user had to rebuild the config, the data's options
+(a ``--label-col`` left out trained another task without a word) and the scores it was given by hand (the
+reproducibility review). Run on the same code, packages and threads, a rerun gives the same weights, byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clm_explore.config import ConfigError, DataConfig, FinetuneConfig, from_dict, unknown_keys
+from clm_explore.data import AnnotatedData, DataError, data_digest, load_data
+from clm_explore.modeling import ModelSourceError
+from clm_explore.provenance import code_differences
+from clm_explore.runs import read_json_object, run_folder
+
+RECORD = "clm_run.json"
+
+
+@dataclass
+class RerunPlan:
+    """What a rerun trains: ``finetune(plan.data, plan.cfg, out_dir, source=plan.source, scores=plan.scores)``."""
+
+    run: Path
+    """The run folder it reruns."""
+    cfg: FinetuneConfig
+    data: AnnotatedData
+    source: str
+    scores: Path | None
+    """The run's own copy of the scores it was given (its sensitivity/ folder), or None: it scored for itself."""
+    notes: list[str] = field(default_factory=list)
+    """What may make the rerun differ: other code or packages, a record without its data's digest."""
+
+
+def rerun_plan(run: Any, data: str | Path | None = None, **changes: Any) -> RerunPlan:
+    """The plan to train ``run`` again.
+
+    Args:
+        run: a run folder, a run id or a ``finetune`` result.
+        data: the data to read instead of the recorded path (an app upload has none on disk); it must hold the
+            same rows, read with the run's recorded options.
+        changes: ``FinetuneConfig`` fields to change (``seed=1``, ``device="cpu"``); the rest are the run's.
+
+    Raises:
+        ModelSourceError: not a run folder, or one whose record cannot be read.
+        ConfigError: settings this version does not know (a newer one wrote them), or a change it does not take.
+        DataError: the data is not on disk here, or holds other rows than the run trained on.
+    """
+    folder = run_folder(run)
+    record = read_json_object(folder / RECORD)
+    if not isinstance(record.get("config"), dict) or not record.get("method"):
+        raise ModelSourceError(f"{folder} holds no {RECORD} with a run's config: it is not a run folder clm-explore "
+                               "wrote, so there are no settings to train again.")
+    if unknown := unknown_keys(FinetuneConfig, record["config"]):
+        raise ConfigError(f"{folder} was written by a newer clm-explore: its settings {', '.join(unknown)} are "
+                          "unknown here, and a rerun without them would train another run. Upgrade clm-explore.")
+    cfg = FinetuneConfig.from_dict(record["config"])
+    try:
+        cfg = dataclasses.replace(cfg, **changes)
+    except TypeError as exc:
+        raise ConfigError(f"rerun takes changes to FinetuneConfig's fields ({exc}).") from exc
+    notes = [f"this run was made by other code or packages ({'; '.join(said)}): its figures may differ"
+             for said in [code_differences(record.get("provenance"))] if said]
+    if not record.get("provenance"):
+        notes.append("the run does not record the code that made it (older than that record): its figures may differ")
+    loaded = _recorded_data(folder, record, data, notes)
+    return RerunPlan(folder, cfg, loaded, str(record.get("source") or "default"), _given_scores(folder, record), notes)
+
+
+def _recorded_data(folder: Path, record: dict[str, Any], given: str | Path | None, notes: list[str]) -> AnnotatedData:
+    """The run's rows, read as it read them, and checked against its digest."""
+    path = Path(given) if given is not None else _recorded_path(record)
+    if path is None:
+        raise DataError(f"{folder}'s data ({record.get('data') or 'not recorded'}) is not a file or folder here (an "
+                        "upload in the app, or moved): pass it (--data PATH, data=) to train the run again.")
+    options = record.get("data_config")
+    if isinstance(options, dict):
+        if unknown := unknown_keys(DataConfig, options):
+            raise ConfigError(f"{folder}'s data options {', '.join(unknown)} are unknown here: it was written by a "
+                              "newer clm-explore. Upgrade clm-explore.")
+        cfg = from_dict(DataConfig, options)
+    else:
+        cfg = DataConfig()
+        notes.append("the run does not record the options its data was read with (older than that record): read "
+                     "with the defaults, which find the text and label columns by their names")
+    data = load_data(path, cfg)
+    recorded, now = record.get("data_digest"), data_digest(data)
+    if recorded and recorded != now:
+        raise DataError(f"{path} does not hold the rows {folder.name} was trained on (data digest {recorded} there, "
+                        f"{now} now): the file changed since, or it is another. A rerun on other rows is a new run: "
+                        "launch one with finetune.")
+    if not recorded:
+        notes.append("the run does not record its data's digest (older than that record): the rows cannot be checked")
+    return data
+
+
+def _recorded_path(record: dict[str, Any]) -> Path | None:
+    """The run's data on disk: the absolute path it recorded, else the path as given (from the same folder)."""
+    for key in ("data_path", "data"):
+        value = record.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            return Path(value).expanduser()
+    return None
+
+
+def _given_scores(folder: Path, record: dict[str, Any]) -> Path | None:
+    """The run's copy of the scores it was given (its sensitivity/ folder); it trained their rows, which scores made
+    again at the run's own settings may not give (the scoring reads the run's length, not the scores')."""
+    given = record.get("scores_from") or read_json_object(folder / "metrics.json").get("scores_from")
+    own = folder / "sensitivity"
+    return own if given and (own / "sensitivity.json").is_file() else None
+
+
+def rerun(run: Any, out_dir: str | Path, *, data: str | Path | None = None, overwrite: bool = False,
+          progress: bool | None = None, **changes: Any) -> Any:
+    """Train ``run`` again into ``out_dir`` from its own record (``rerun_plan``: its settings, model, rows read with
+    its options, the scores it was given), with ``changes`` to FinetuneConfig's fields (``seed=1``). What may make
+    the figures differ (other code or packages, an older record) is said in a warning. Returns the
+    ``FinetuneResult``; ``clm_explore.compare_run_groups`` or the two metrics tell what changed."""
+    import warnings
+
+    from clm_explore.training import finetune
+
+    plan = rerun_plan(run, data, **changes)
+    for note in plan.notes:
+        warnings.warn(note, stacklevel=2)
+    return finetune(plan.data, plan.cfg, out_dir, source=plan.source, overwrite=overwrite, progress=progress,
+                    scores=plan.scores)
