@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,10 @@ from clm_explore.config import (
     config_from,
     documented,
     keywords_checked,
+    to_dict,
 )
 from clm_explore.data import AnnotatedData, load_data, write_csv
-from clm_explore.provenance import MODEL_NAMES, model_fingerprint
+from clm_explore.provenance import MODEL_NAMES, code_differences, model_fingerprint, provenance
 from clm_explore.runs import (
     RunStore,
     lock_owner,
@@ -493,23 +495,41 @@ def _shown(value: Any) -> str:
 
 
 def planned_config(cell: Cell, cfg: BenchConfig) -> dict[str, Any]:
-    """The training settings ``finetune_command`` gives ``cell``, keyed by their path in the config its clm_run.json
-    records ("mask.budget"), valued as finetune records them; the rate, seed, method and epochs are
-    ``stale_settings``' (metrics.json's), the device and model are the grid's to check (a cell may train elsewhere)."""
-    score, spread = split_score(cell.score)
-    planned: dict[str, Any] = {
-        "batch_size": cfg.batch_size, "max_length": cfg.max_length, "schedule": cfg.schedule,
-        "average_last": float(cfg.average_last), "keep_best": cfg.keep_best, "early_stop": cfg.early_stop,
-        "weight_decay": float(cfg.weight_decay.get(cell.method) or FinetuneConfig.weight_decay),
-        "head_warmup": not cfg.cold_head,
-        "mask.spread_heads": bool(spread or (cfg.spread_heads and cell.method in SPREAD_METHODS))}
-    if cell.budget is not None:
-        planned["mask.budget"] = float(cell.budget)
-    if cell.method in SCORE_METHODS:
-        planned["sensitivity.score"] = score or SensitivityConfig.score
-    if cell.method == "prefix":
-        planned["prefix_init"] = cfg.prefix_init
-    return planned
+    """Every setting finetune records (clm_run.json's config) for ``cell``'s command, keyed by its path in that config
+    ("mask.budget"), valued as finetune records them: the command read as finetune reads it. The rate, seed, method
+    and epochs are ``stale_settings``' (metrics.json's), the device is the grid's to check (a cell may train
+    elsewhere). Every setting, not a list of the options a grid sets: a default that changed between versions (the
+    scoring's length, 64 then 32) kept an older version's cells beside new ones (the upgrade review)."""
+    from clm_explore.cli.method_cmds import finetune_config
+    from clm_explore.training import recorded_config
+
+    command = finetune_command(cell, cfg, Path("data"), Path("cell"))
+    planned = recorded_config(finetune_config(_cli_parser().parse_args(command[3:])))
+    planned = json.loads(json.dumps(to_dict(planned)))  # lists, not tuples: as clm_run.json holds them
+    return {key: value for key, value in _flat(planned).items() if key not in JUDGED_ELSEWHERE}
+
+
+JUDGED_ELSEWHERE = ("lr", "seed", "method", "epochs", "device")
+"""Settings ``planned_config`` leaves out: ``stale_settings`` judges the first four, and a cell may train on
+another device than the grid names."""
+
+
+@cache
+def _cli_parser() -> Any:
+    from clm_explore.cli import build_parser
+
+    return build_parser()
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'mask': {'budget': 0.01}} -> {'mask.budget': 0.01}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def config_differences(cell: Cell, cfg: BenchConfig, recorded: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -755,6 +775,7 @@ def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, ba
             todo.append(cell)
         elif bar:
             bar.advance(None)
+    _say_other_code([root / cell.name for cell in cells if cell not in todo], root)
     if jobs == 1:
         for cell in todo:
             _run_cell(cell, root, data_dir, runner, bar)
@@ -774,6 +795,24 @@ def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, ba
             for future in futures:
                 future.cancel()
             raise
+
+
+def _say_other_code(kept: list[Path], root: Path) -> None:
+    """Say (stderr) which finished cells kept for their settings were made by other code or packages: their figures
+    may differ from this version's (a fix in training, a library's kernels), and a grid mixing both says so (the
+    upgrade review: an upgraded bench kept an older version's cells beside new ones without a word)."""
+    other = {}
+    for cell_dir in kept:
+        said = code_differences(read_json_object(cell_dir / "clm_run.json").get("provenance"))
+        if said:
+            other[cell_dir.name] = said
+    if not other:
+        return
+    names = sorted(other)
+    print(f"note: {len(names)} finished cell(s) in {root.parent.name}/{root.name} kept for their settings were made by other code or "
+          f"packages ({'; '.join(other[names[0]])}): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}. "
+          "Their figures may differ from this version's; a new --out trains every cell with this one.",
+          file=sys.stderr, flush=True)
 
 
 def _run_cell(cell: Cell, root: Path, data_dir: Path, runner: Runner, bar: ProgressBar | None,
@@ -1205,6 +1244,12 @@ def recorded_model(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
+GRID_FORMAT = "format"
+"""bench.json's key for the format of the grid it describes (BENCH_FORMAT when written)."""
+BENCH_FORMAT = 1
+"""Raised when a grid folder changes so that an older version would misread it; a newer format is refused."""
+
+
 def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
     """Refuse an ``out_dir`` whose finished cells another grid made (other training settings, other rows:
     ``digest`` is ``splits_digest``, or a model folder whose files changed: ``model_fingerprint``); then record this
@@ -1216,6 +1261,11 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
         raise BenchError(f"{out_dir} holds other files and no grid (no bench.json or cells): a grid would write its "
                          "cells, logs and report among them. Choose a new or empty folder for --out.")
     path, model_files = out_dir / "bench.json", model_fingerprint(cfg.model)
+    written = _saved_config(path).get(GRID_FORMAT) if path.is_file() else None
+    if isinstance(written, int) and written > BENCH_FORMAT:
+        raise BenchError(f"{out_dir} holds a grid written by a newer clm-explore (bench.json's format "
+                         f"{written}, this version's {BENCH_FORMAT}): its cells may hold "
+                         "settings this version does not know. Upgrade clm-explore, or choose another --out.")
     if path.is_file() and _any_finished(out_dir):  # with nothing finished, nothing can mismatch: the grid starts over
         before, now = _saved_config(path), asdict(cfg)
         before["model"] = recorded_model(str(before.get("model", BenchConfig.model)))  # as recorded from now on
@@ -1255,7 +1305,8 @@ def _check_resume(out_dir: Path, cfg: BenchConfig, digest: str = "") -> None:
                              "that folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
     # atomic: a grid killed while writing leaves the old file, never half of one
-    write_json_atomic(path, {**asdict(cfg), DATA_DIGEST: digest, MODEL_DIGEST: model_files})
+    write_json_atomic(path, {**asdict(cfg), DATA_DIGEST: digest, MODEL_DIGEST: model_files, GRID_FORMAT: BENCH_FORMAT,
+                             "code": {k: v for k, v in provenance(cfg.model).items() if k in ("code", "packages")}})
 
 
 def _any_finished(out_dir: Path) -> bool:

@@ -56,16 +56,19 @@ def rerun_plan(run: Any, data: str | Path | None = None, **changes: Any) -> Reru
     if not isinstance(record.get("config"), dict) or not record.get("method"):
         raise ModelSourceError(f"{folder} holds no {RECORD} with a run's config: it is not a run folder clm-explore "
                                "wrote, so there are no settings to train again.")
+    notes: list[str] = []
     if unknown := unknown_keys(FinetuneConfig, record["config"]):
-        raise ConfigError(f"{folder} was written by a newer clm-explore: its settings {', '.join(unknown)} are "
-                          "unknown here, and a rerun without them would train another run. Upgrade clm-explore.")
+        if record.get("provenance"):  # recorded since this version: a setting unknown here is a newer version's
+            raise ConfigError(f"{folder} was written by a newer clm-explore: its settings {', '.join(unknown)} are "
+                              "unknown here, and a rerun without them would train another run. Upgrade clm-explore.")
+        notes.append(f"the run's settings {', '.join(unknown)} (of an older version) are not read here")
     cfg = FinetuneConfig.from_dict(record["config"])
     try:
         cfg = dataclasses.replace(cfg, **changes)
     except TypeError as exc:
         raise ConfigError(f"rerun takes changes to FinetuneConfig's fields ({exc}).") from exc
-    notes = [f"this run was made by other code or packages ({'; '.join(said)}): its figures may differ"
-             for said in [code_differences(record.get("provenance"))] if said]
+    if said := code_differences(record.get("provenance")):
+        notes.append(f"this run was made by other code or packages ({'; '.join(said)}): its figures may differ")
     if not record.get("provenance"):
         notes.append("the run does not record the code that made it (older than that record): its figures may differ")
     loaded = _recorded_data(folder, record, data, notes)

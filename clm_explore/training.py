@@ -373,6 +373,14 @@ def given_scores(scores: SensitivityReport | GivenScores | str | Path | None, cf
     return GivenScores(scores, tokens, origin, replace(sensitivity, seed=sensitivity.rng_seed), mining)
 
 
+def recorded_config(cfg: FinetuneConfig, given: GivenScores | None = None) -> FinetuneConfig:
+    """``cfg`` as a run trains with it and records it (clm_run.json's config): the mask's draws seeded with the run's
+    seed unless it names one, and ``scoring_settled``. A bench compares a finished cell's record with this."""
+    if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
+        cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
+    return scoring_settled(cfg, given)
+
+
 def scoring_settled(cfg: FinetuneConfig, given: GivenScores | None) -> FinetuneConfig:
     """``cfg`` with the sensitivity (and mining) settings the run scores with and records: the given scores' own,
     or the config's reading what training reads, seeded with the run's seed unless it names one."""
@@ -819,10 +827,8 @@ def finetune(
     source = str(source)
     out_dir = Path(out_dir)
     check_splits(data, cfg)
-    if cfg.mask.seed is None:  # random and drawn rows follow the run's seed unless the mask has its own
-        cfg = replace(cfg, mask=replace(cfg.mask, seed=cfg.seed))
     given = given_scores(scores, cfg)
-    cfg = scoring_settled(cfg, given)
+    cfg = recorded_config(cfg, given)
     device = resolve_device(cfg.device)
     accelerator = _distributed(device)
     check_processes(len(data.train), cfg.batch_size, accelerator.num_processes if accelerator else 1)

@@ -1370,6 +1370,7 @@ def test_the_planned_config_is_what_the_cells_command_gives_finetune():
     from clm_explore.bench import config_differences
     from clm_explore.cli import build_parser
     from clm_explore.cli.method_cmds import finetune_config
+    from clm_explore.training import recorded_config
 
     grid = BenchConfig(methods=("sparse", "prefix", "lora", "fisher"), budgets=(0.05, 200), cold_head=True,
                        score={"sparse": "taylor+spread"}, schedule="constant", average_last=0.5, prefix_init="zero",
@@ -1377,9 +1378,51 @@ def test_the_planned_config_is_what_the_cells_command_gives_finetune():
     for cfg in (grid, replace(grid, average_last=0.0, keep_best=True, early_stop=2, spread_heads=True, score={})):
         for cell in plan_cells(cfg):
             command = finetune_command(cell, cfg, Path("data"), Path("cells") / cell.name)
-            recorded = asdict(finetune_config(build_parser().parse_args(command[3:])))
+            recorded = asdict(recorded_config(finetune_config(build_parser().parse_args(command[3:]))))
             assert config_differences(cell, cfg, recorded) == [], cell.name
-            assert config_differences(cell, replace(cfg, max_length=64), recorded) == [("max_length", 48, 64)]
+            assert config_differences(cell, replace(cfg, max_length=64), recorded) == [
+                ("max_length", 48, 64), ("sensitivity.max_length", 48, 64)]  # the scoring reads training's length
+
+
+def test_a_cell_an_older_version_trained_at_another_default_is_trained_again_and_other_code_is_said(
+        data_dir, tmp_path, capsys):
+    """The upgrade review: a grid resumed by a newer version kept the cells an older one had scored at 64 sub-tokens
+    (the scoring's default then) beside its own at 32, and said nothing of the other code."""
+    from clm_explore.cli import main
+
+    def in_process(cell: Cell, data: Path, cell_dir: Path, log: Path, report) -> None:
+        calls.append(cell.name)  # the cell's real command, as finetune runs it: its real clm_run.json
+        assert main(finetune_command(cell, cfg, data, cell_dir)[3:]) == 0
+
+    cfg, out, calls = _cfg(methods=("random",), budgets=(0.05,), max_length=32), tmp_path / "g", []
+    run_grid(data_dir, cfg, out, runner=in_process, progress=False)
+    calls.clear()
+    run_grid(data_dir, cfg, out, runner=in_process, progress=False)
+    assert calls == []  # a cell this version trained is what this version plans, every setting of it
+    record_path = out / "cells" / "random-b0.05-s0" / "clm_run.json"
+    record = json.loads(record_path.read_text())
+    record["provenance"]["code"] = "0123456789abcdef"
+    record_path.write_text(json.dumps(record))
+    capsys.readouterr()
+    run_grid(data_dir, cfg, out, runner=in_process, progress=False)
+    assert calls == [] and ("1 finished cell(s) in g/cells kept for their settings were made by other code or packages "
+                            "(clm-explore code 0123456789abcdef there") in capsys.readouterr().err
+    record["config"]["sensitivity"]["max_length"] = 64  # as an older version recorded its default
+    record_path.write_text(json.dumps(record))
+    run_grid(data_dir, cfg, out, runner=in_process, progress=False)
+    assert calls == ["random-b0.05-s0"]
+    assert "finished with sensitivity.max_length=64; the grid now gives it sensitivity.max_length=32" in \
+        capsys.readouterr().err
+
+
+def test_a_grid_a_newer_version_wrote_is_refused(data_dir, tmp_path):
+    runner, out = scored_by_rate(lambda lr: 0.5, []), tmp_path / "out"
+    run_grid(data_dir, _cfg(methods=("head",)), out, runner=runner, progress=False)
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["format"] == 1 and saved["code"]["code"] and saved["code"]["packages"]["torch"]
+    (out / "bench.json").write_text(json.dumps({**saved, "format": 2}))
+    with pytest.raises(BenchError, match="written by a newer clm-explore .*format 2, this version's 1"):
+        run_grid(data_dir, _cfg(methods=("head",)), out, runner=runner, progress=False)
 
 
 def test_a_model_folder_is_the_same_by_any_path_and_changed_weights_are_noticed(data_dir, tmp_path, monkeypatch):
