@@ -262,25 +262,51 @@ def _in_run_spelling(rows: pd.DataFrame, labels: list[str], notes: list[str]) ->
 def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str], options: dict[str, Any]
                    ) -> pd.DataFrame:
     """``rows``, or the test split alone where ``data`` is the data the run was trained on (the same rows in its
-    splits as its clm_run.json's ``data_digest``) and ``rows`` hold more than its test split: a single file whose
-    splits the run carved, read whole, scored its training rows too (the data review: 328 rows, 263 of them trained
-    on, with no word)."""
+    splits as its clm_run.json's ``data_digest``; for a run older than that record, the same test rows as its
+    predictions.csv) and ``rows`` hold more than its test split: a single file whose splits the run carved, read
+    whole, scored its training rows too (the data review: 328 rows, 263 of them trained on, with no word; the upgrade
+    review: an older run's 2,000 rows, 1,600 of them trained on). The run's own data file changed since is said."""
     from clm_explore.data import AnnotatedData, DataError, data_digest, load_data
     from clm_explore.runs import read_json_object
 
-    digest = read_json_object(run_dir / "clm_run.json").get("data_digest")
-    if not digest or isinstance(data, AnnotatedData):
+    if isinstance(data, AnnotatedData):
         return rows
+    record = read_json_object(run_dir / "clm_run.json")
+    digest = record.get("data_digest")
     try:
         own = load_data(data, **options)
     except (DataError, ValueError):  # data evaluate reads but training refuses (one label, say): not the run's
         return rows
-    if data_digest(own) != digest or len(rows) <= len(own.test):
+    now = data_digest(own)
+    if digest and now != digest and _recorded_path(record) == Path(data).expanduser().resolve():
+        notes.append(f"{data} is the run's data file, but not the rows it was trained on any more (their digest "
+                     f"{digest} then, {now} now): it changed since, so its rows are scored as they are now, rows "
+                     "that trained the run perhaps among them.")
+    same = now == digest if digest else _same_test_rows(run_dir, own.test)
+    if not same or len(rows) <= len(own.test):
         return rows
     notes.append(f"this is the data the run was trained on: its test split ({len(own.test):,} rows, as the run carved "
                  f"it) was scored, not the other {len(rows) - len(own.test):,} rows, which trained it or chose its "
-                 "epoch; pass other labelled rows to score it on more.")
+                 "epoch; pass other labelled rows to score it on more."
+                 + ("" if digest else " (Known by its predictions.csv: the run is older than its record of its data.)"))
     return own.test[["text", "label"]].reset_index(drop=True)
+
+
+def _recorded_path(record: dict[str, Any]) -> Path | None:
+    recorded = record.get("data_path") or record.get("data")
+    return Path(recorded).expanduser().resolve() if isinstance(recorded, str) and recorded else None
+
+
+def _same_test_rows(run_dir: Path, test: pd.DataFrame) -> bool:
+    """Whether ``test`` holds the rows the run predicted on its own test split (its predictions.csv), texts and
+    labels alike, in any order: how the data of a run that recorded no digest is known."""
+    try:
+        predicted = pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False,
+                                usecols=["text", "label"])
+    except (OSError, ValueError):
+        return False
+    pairs = sorted(zip(predicted["text"], predicted["label"], strict=True))
+    return len(pairs) == len(test) and pairs == sorted(zip(test["text"], test["label"], strict=True))
 
 
 def _run_threshold(run: str) -> tuple[float | None, float | None]:

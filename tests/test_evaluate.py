@@ -136,6 +136,21 @@ def test_evaluate_on_the_file_a_run_carved_its_splits_from_scores_its_test_split
     pd.read_csv(one).head(40).to_csv(other, index=False)  # other rows (a part of it): scored whole
     assert main(["evaluate", "--run", str(run), "--data", str(other), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 40
+    record = json.loads((run / "clm_run.json").read_text())
+    older = {k: v for k, v in record.items() if k not in ("data_digest", "data_path")}  # the upgrade review
+    (run / "clm_run.json").write_text(json.dumps(older))
+    assert main(["evaluate", "--run", str(run), "--data", str(one), "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["rows"] == metrics["test_rows"]  # known by its predictions.csv
+    assert "Known by its predictions.csv: the run is older than its record of its data" in said.err
+    (run / "clm_run.json").write_text(json.dumps(record))
+    edited = pd.read_csv(one)
+    edited.loc[0, "text"] = "an edited text"
+    edited.to_csv(one, index=False)  # the run's own file, changed since it trained
+    assert main(["evaluate", "--run", str(run), "--data", str(one), "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["rows"] == len(edited)
+    assert f"{one} is the run's data file, but not the rows it was trained on any more" in said.err
 
 
 def test_a_run_whose_labels_were_decomposed_accents_scores_a_file_read_in_the_composed_form(data_dir, tmp_path,
