@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 REGISTRY_NAME = "registry.sqlite"
+REGISTRY_VERSION = 1
+"""The registry's format (its PRAGMA user_version): ``RunStore._migrate`` brings an older one up to it."""
 UPLOADS_NAME = "_uploads"
 """The app's uploads folder under the runs root (``ui.state.uploads_root``'s default): never a run."""
 _SCHEMA = """
@@ -283,6 +285,27 @@ class RunStore:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a registry an older version wrote up to this one's (PRAGMA user_version), once. Version 1: rows
+        without a method or config (registered before their run wrote clm_run.json, by versions that never filled
+        them in) take both from the folder, as ``set_status`` does now: the Runs page showed their settings empty,
+        their method '?', and the Compare page missed that two of them trained on different data (the upgrade
+        review). A registry this process may not write is read as it is."""
+        try:
+            with self._connect() as conn:
+                if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= REGISTRY_VERSION:
+                    return
+                rows = conn.execute("SELECT id, path FROM runs WHERE method = '?' OR config IN ('{}', '')").fetchall()
+                for row in rows:
+                    meta = read_json_object(Path(row["path"]) / "clm_run.json")
+                    if _registry_config(meta):
+                        conn.execute("UPDATE runs SET method = ?, config = ? WHERE id = ?",
+                                     (method_name(meta.get("method", "?")), _dumps(_registry_config(meta)), row["id"]))
+                conn.execute(f"PRAGMA user_version = {REGISTRY_VERSION}")
+        except RunStoreError:  # read-only, or held by another process past the timeout: the next open migrates
+            return
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"

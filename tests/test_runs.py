@@ -1096,3 +1096,30 @@ def test_a_registry_in_a_read_only_folder_or_on_a_full_disk_names_the_cause(stor
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 2**30, 9 * 2**30))
     with pytest.raises(RunStoreError, match="move it aside"):  # room and write access: the file may be damaged
         store.list()
+
+
+def test_an_older_registrys_rows_without_method_or_config_take_them_from_their_folders(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """The upgrade review: rows older versions registered before their run wrote clm_run.json kept method '?' and
+    config {} (the Runs page showed no settings; the Compare page missed other data); a read-only registry is read
+    as it is."""
+    import sqlite3
+
+    from clm_explore.runs import REGISTRY_VERSION
+
+    store = RunStore(tmp_path)
+    record = store.create("old", "sparse")
+    (record.path / "clm_run.json").write_text(json.dumps({"method": "sparse", "source": "default", "data": "d.csv",
+                                                         "config": {"method": "sparse", "epochs": 3}}))
+    with sqlite3.connect(store.db_path) as conn:  # as an older version left it
+        conn.execute("UPDATE runs SET method = '?', config = '{}'")
+        conn.execute("PRAGMA user_version = 0")
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda path, **kw: connect(f"file:{path}?mode=ro", uri=True, **kw))
+    assert RunStore(tmp_path).get(record.id).method == "?"  # read-only: read as it is, no error
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    migrated = RunStore(tmp_path).get(record.id)
+    assert migrated.method == "sparse" and migrated.config == {"method": "sparse", "epochs": 3, "source": "default",
+                                                               "data": "d.csv"}
+    with sqlite3.connect(store.db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == REGISTRY_VERSION
