@@ -716,6 +716,18 @@ def head_classes(head: torch.nn.Module) -> int:
     return int(out.out_features)
 
 
+ATTENTION_KEY = r"attention\.self\.key(_proj)?$|self_attn\.k_proj$|attention\.attn\.k$|attention\.k_lin$"
+"""Module names of the attention key maps (BERT and RoBERTa, Llama-style decoders, MPNet, DistilBERT, DeBERTa)."""
+
+
+def is_attention_key(module_name: str) -> bool:
+    """Whether ``module_name`` is an attention key map, whose bias no row method trains: it adds q.b to every logit
+    of a query alike, which softmax takes away, so its gradient is zero but for rounding, and Adam turns that noise
+    into steps of the learning rate's size (the reproducibility review: the only weights that differed between one
+    and two threads, by as much as they had moved)."""
+    return re.search(ATTENTION_KEY, module_name) is not None
+
+
 ABOVE_LAYERS = 10**6
 """The layer of a small parameter above the transformer layers (a pooler's bias): at or above any lowest layer."""
 
@@ -733,6 +745,8 @@ def small_parameters(model: nn.Module) -> Iterator[tuple[str, int, nn.Parameter]
         found = re.search(r"layers?\.(\d+)\.", name)
         layer = int(found.group(1)) if found else (-1 if "embed" in name or _feeds_every_layer(model, name)
                                                    else ABOVE_LAYERS)
+        if not norm and is_attention_key(name.removesuffix(".base")):  # cannot learn; .base: inside a row delta
+            continue
         for p in list(mod.parameters(recurse=False)) if norm else [mod.bias]:
             if p is not None and id(p) not in head_ids:
                 yield ("norm" if norm else "bias"), layer, p

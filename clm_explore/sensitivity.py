@@ -31,6 +31,7 @@ from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, c
 from clm_explore.data import AnnotatedData, split_digest
 from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.modeling import (
+    ATTENTION_KEY,
     LoadedModel,
     ModelSourceError,
     head_classes,
@@ -50,7 +51,7 @@ from clm_explore.runs import share_tensor_files
 MODULE_PATTERNS = (  # BERT and RoBERTa, Llama-style decoders, MPNet (attention.attn.q), DistilBERT (q_lin, ffn.lin1),
     # DeBERTa (attention.self.query_proj)
     (r"attention\.self\.query(_proj)?$|self_attn\.q_proj$|attention\.attn\.q$|attention\.q_lin$", "q"),
-    (r"attention\.self\.key(_proj)?$|self_attn\.k_proj$|attention\.attn\.k$|attention\.k_lin$", "k"),
+    (ATTENTION_KEY, "k"),
     (r"attention\.self\.value(_proj)?$|self_attn\.v_proj$|attention\.attn\.v$|attention\.v_lin$", "v"),
     (r"attention\.output\.dense$|self_attn\.o_proj$|attention\.attn\.o$|attention\.out_lin$", "o"),
     (r"intermediate\.dense$|mlp\.up_proj$|ffn\.lin1$", "ffn_in"),
@@ -72,15 +73,15 @@ class MatrixInfo:
     module: str
     rows: int
     row_params: int
-    """Parameters in one row (in_features, + 1 for the bias)."""
+    """Parameters in one row (in_features, + 1 for the bias; an attention key map's bias is not trained)."""
     eligible_rows: list[int] | None = None
     """For the word embeddings: the rows that may be selected (None = all)."""
     heads: int = 1
     """Attention heads the rows split into, in equal consecutive blocks (query, key and value maps); 1 for
     every other map, and in reports saved before the field existed."""
     bias: bool = False
-    """Whether a row's cost counts a bias entry (a linear map with a bias); False in reports saved before the field
-    existed."""
+    """Whether a row's cost counts a bias entry (a linear map with a bias, but for a key map's); False in reports
+    saved before the field existed."""
 
 
 @dataclass
@@ -381,10 +382,12 @@ def scorable_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int, str]]:
 def linear_matrix_infos(model: nn.Module, linears: dict[str, tuple[nn.Linear, int, str]]) -> dict[str, MatrixInfo]:
     """Weight name -> MatrixInfo of every scored linear map (``scored_linears``), with the query, key and value
     maps' attention heads."""
-    return {f"{n}.weight": MatrixInfo(f"{n}.weight", layer, kind, lin.out_features,
-                                      lin.in_features + (lin.bias is not None), heads=_attention_heads(model, kind, lin),
-                                      bias=lin.bias is not None)
-            for n, (lin, layer, kind) in linears.items()}
+    infos = {}
+    for n, (lin, layer, kind) in linears.items():
+        bias = lin.bias is not None and kind != "k"  # a key map's bias cannot learn (modeling.is_attention_key)
+        infos[f"{n}.weight"] = MatrixInfo(f"{n}.weight", layer, kind, lin.out_features, lin.in_features + bias,
+                                          heads=_attention_heads(model, kind, lin), bias=bias)
+    return infos
 
 
 def _attention_heads(model: nn.Module, kind: str, lin: nn.Linear) -> int:

@@ -10,6 +10,8 @@ the base weights and puts the plain modules back: the result is the base archite
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -18,14 +20,14 @@ from torch.nn import functional as F
 class DeltaLinear(nn.Module):
     """y = base(x), plus x @ delta_w^T + delta_b added at the selected output rows."""
 
-    def __init__(self, base: nn.Linear, rows: torch.Tensor):
+    def __init__(self, base: nn.Linear, rows: torch.Tensor, bias: bool = True):
         super().__init__()
         self.base = base
         self.register_buffer("rows", rows.to(torch.long), persistent=False)
         weight = base.weight
         self.delta_w = nn.Parameter(torch.zeros(len(rows), base.in_features, dtype=weight.dtype, device=weight.device))
         self.delta_b = (nn.Parameter(torch.zeros(len(rows), dtype=weight.dtype, device=weight.device))
-                        if base.bias is not None else None)
+                        if base.bias is not None and bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -67,11 +69,13 @@ class DeltaEmbedding(nn.Module):
         return self.base
 
 
-def attach_deltas(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
+def attach_deltas(model: nn.Module, masks: dict[str, torch.Tensor],
+                  without_bias: Collection[str] = ()) -> dict[str, nn.Module]:
     """Wrap every masked matrix of ``model`` in place. Returns module name -> wrapper.
 
     Args:
         masks: weight parameter name (``...query.weight``) -> (rows,) bool mask.
+        without_bias: weight names whose rows train no bias entry (the attention key maps': ``MatrixInfo.bias``).
     """
     wrappers = {}
     for weight_name, mask in masks.items():
@@ -87,7 +91,8 @@ def attach_deltas(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str,
             raise ValueError(f"the mask of {weight_name} has {tuple(mask.shape)} rows; the model's matrix has "
                              f"{base.weight.shape[0]}: were the masks selected for another model?")
         rows = torch.nonzero(mask.to(base.weight.device)).flatten()
-        wrapper: nn.Module = DeltaLinear(base, rows) if isinstance(base, nn.Linear) else DeltaEmbedding(base, rows)
+        wrapper: nn.Module = (DeltaLinear(base, rows, bias=weight_name not in without_bias)
+                              if isinstance(base, nn.Linear) else DeltaEmbedding(base, rows))
         _set_submodule(model, module_name, wrapper)
         wrappers[module_name] = wrapper
     return wrappers

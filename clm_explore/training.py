@@ -598,7 +598,7 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
     freeze_all(model)
     if report.head_state:
         model.load_state_dict(report.head_state, strict=False)
-    wrappers = attach_deltas(model, selection.masks)
+    wrappers = attach_deltas(model, selection.masks, {n for n, info in report.matrices.items() if not info.bias})
     if "bias" in ctx.cfg.mask.small_kinds:  # the maps' whole biases train: a row's bias delta would train it twice
         for wrapper in wrappers.values():
             if getattr(wrapper, "delta_b", None) is not None:

@@ -113,7 +113,8 @@ def test_trainable_params_are_deltas_layernorms_and_head(sparse_run, data):
     deltas = 0
     for name, mask in masks.items():
         mod = modules[name.removesuffix(".weight")]
-        row_params = mod.embedding_dim if isinstance(mod, torch.nn.Embedding) else mod.in_features + 1
+        # a key map's row trains no bias entry: softmax takes a key bias away (modeling.is_attention_key)
+        row_params = mod.embedding_dim if isinstance(mod, torch.nn.Embedding) else mod.in_features + (".key." not in name)
         deltas += int(mask.sum()) * row_params
     lowest = min(layer_of(k) for k in masks)
     norms = sum(p.numel() for n, p in model.named_parameters() if "LayerNorm" in n and layer_of(n) >= lowest)
@@ -124,6 +125,8 @@ def test_trainable_params_are_deltas_layernorms_and_head(sparse_run, data):
     assert m["selected_params"] == deltas
     assert 0 < deltas <= round(0.03 * m["backbone_params"])
     assert m["trainable_params"] == deltas + norms + head
+    saved = load_file(result.out_dir / "delta.safetensors")
+    assert any(k.endswith("key.delta_w") for k in saved) and not any(k.endswith("key.delta_b") for k in saved)
     # What the Budget page and select_mask say a run will train, from the saved scores alone, is what it trained.
     from clm_explore.masks import select_mask
     from clm_explore.sensitivity import SensitivityReport
@@ -419,11 +422,12 @@ def test_train_biases_adds_every_linear_bias_at_and_above_the_lowest_layer(tmp_p
     moved = [n for n in linear_biases if (saved[n] - base[n]).abs().max() > 1e-4]
     # A key bias adds the same amount to every score of a query, which softmax ignores: its gradient is 0.
     assert linear_biases and moved == [n for n in linear_biases if ".key." not in n]
-    extra = sum(base[n].numel() for n in linear_biases)
+    extra = sum(base[n].numel() for n in linear_biases if ".key." not in n)  # the key maps' biases are not trained
     # A selected row's bias entry now trains in its map's bias, not twice: the count grows by the biases less the
-    # selected linear rows' own bias deltas.
+    # selected linear rows' own bias deltas (a key row has none).
     masks = load_file(result.out_dir / "masks.safetensors")
-    selected_linear_rows = sum(int(m.sum()) for name, m in masks.items() if "embeddings" not in name)
+    selected_linear_rows = sum(int(m.sum()) for name, m in masks.items()
+                               if "embeddings" not in name and ".key." not in name)
     assert selected_linear_rows > 0
     assert result.metrics["trainable_params"] == rows_only.metrics["trainable_params"] + extra - selected_linear_rows
     delta = load_file(result.out_dir / "delta.safetensors")

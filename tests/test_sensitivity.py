@@ -233,7 +233,8 @@ def test_one_finite_non_negative_score_per_row(tiny, tiny_data):
             assert info.row_params == params[name].shape[1]
             assert info.eligible_rows == sorted(tt.token_ids(tiny.tokenizer))
         else:
-            assert info.row_params == params[name].shape[1] + 1
+            # a key map's bias cannot learn (softmax takes it away): its rows cost no bias entry
+            assert info.row_params == params[name].shape[1] + (info.module != "k") and info.bias == (info.module != "k")
             assert scores.sum() > 0
     assert report.backbone_params == sum(p.numel() for n, p in params.items() if not n.startswith("classifier"))
 
