@@ -388,6 +388,10 @@ class RunStore:
                 folder.mkdir()  # atomic: two processes cannot both get the same folder
             except FileExistsError:
                 continue
+            except OSError as exc:  # a runs folder made read-only (or full) after the registry opened: the app's
+                # Launch showed a redacted OSError (the operations review)
+                trouble = _place_trouble(self.root) or f"{exc.strerror}: {folder}"
+                raise RunStoreError(f"A run folder cannot be made: {trouble}.") from exc
             break
         else:  # pragma: no cover - a thousand runs in one second with one name
             raise RunStoreError(f"Could not find a free folder name for run {name!r}.")

@@ -329,7 +329,9 @@ def test_a_run_whose_process_died_can_be_deleted_a_live_one_cannot(store: RunSto
     assert [r.id for r in store.list()] == [mine.id]
 
 
-def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -> None:
+def test_a_finetune_stopped_with_sigterm_is_recorded_interrupted(tmp_path: Path) -> None:
+    """A SIGTERM is `kill`, `timeout` or a scheduler, not the user's Ctrl+C: interrupted, as the app records a server
+    stopped under a run (the operations review: a cron job ended by `timeout` read as cancelled by its user)."""
     import signal
     import time
 
@@ -352,9 +354,9 @@ def test_a_finetune_stopped_with_sigterm_is_recorded_cancelled(tmp_path: Path) -
             proc.kill()
     assert proc.returncode == 143 and "terminated (SIGTERM)" in err, err  # 128 + 15, as a shell reports a kill
     (record,) = RunStore(tmp_path / "runs").list()
-    assert record.status is RunStatus.CANCELLED
+    assert record.status is RunStatus.INTERRUPTED and "stopped by SIGTERM (a kill, `timeout`" in record.error
     # The folder says so too: registered again (another registry, the app opening it) it is not pending.
-    assert RunStore(tmp_path / "other").register_folder(tmp_path / "run").status is RunStatus.CANCELLED
+    assert RunStore(tmp_path / "other").register_folder(tmp_path / "run").status is RunStatus.INTERRUPTED
 
 
 def test_a_stopped_run_marks_its_folder_only_when_it_is_a_run_folder(store: RunStore, tmp_path: Path) -> None:
@@ -410,7 +412,8 @@ def test_a_sigterm_under_a_launch_of_several_processes_is_recorded_interrupted(t
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
     monkeypatch.delenv("WORLD_SIZE")
     assert main(["finetune", "--data", str(data), "--model", "tiny-random", "--out", str(tmp_path / "run2")]) == 143
-    assert RunStore(tmp_path / "runs").list()[0].status is RunStatus.CANCELLED  # one process: the user's stop
+    alone = RunStore(tmp_path / "runs").list()[0]  # one process: a kill, `timeout` or a scheduler
+    assert alone.status is RunStatus.INTERRUPTED and "a kill, `timeout`, a scheduler" in alone.error
 
 
 def test_the_registry_keeps_no_per_label_figures_and_the_folder_gives_them(store: RunStore) -> None:
@@ -1123,3 +1126,18 @@ def test_an_older_registrys_rows_without_method_or_config_take_them_from_their_f
                                                                "data": "d.csv"}
     with sqlite3.connect(store.db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == REGISTRY_VERSION
+
+
+def test_a_runs_folder_that_refuses_a_new_run_folder_is_said_not_raised_as_oserror(store: RunStore,
+                                                                                    monkeypatch) -> None:
+    """The operations review: the runs folder remounted read-only while the app ran made Launch show a redacted
+    OSError from ``folder.mkdir()``."""
+    import errno
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr("clm_explore.runs.os.access", lambda path, mode: False)
+    with pytest.raises(RunStoreError, match=r"A run folder cannot be made: the runs folder .* is read-only"):
+        store.create("ro", "head")

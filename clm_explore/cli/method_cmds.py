@@ -573,9 +573,10 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
                           on_phase=None if args.json else phase_printer(), progress=False, scores=given)
     except BaseException as exc:
         with contextlib.suppress(RunStoreError):  # the registry's trouble must not hide why the run stopped
-            if isinstance(exc, Terminated) and processes > 1:  # not necessarily the user's: say what it may mean
-                store.set_status(record.id, RunStatus.INTERRUPTED, error="stopped by SIGTERM, which the launcher "
-                                 "sends every process when one of them fails, or when it is stopped itself")
+            if isinstance(exc, Terminated):  # not the user's Ctrl+C: a kill, a timeout, a scheduler, a launcher
+                store.set_status(record.id, RunStatus.INTERRUPTED, error=(
+                    "stopped by SIGTERM, which the launcher sends every process when one of them fails, or when it is "
+                    "stopped itself" if processes > 1 else "stopped by SIGTERM (a kill, `timeout`, a scheduler)"))
             else:  # a cancel's KeyboardInterrupt says nothing: its name, not ''
                 store.set_status(record.id, RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt)
                                  else RunStatus.FAILED, error=str(exc) or type(exc).__name__)
