@@ -676,7 +676,30 @@ def _run_process(cmd: list[str], env: dict[str, str], cell_dir: Path, log_path: 
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+    _log_how_it_ended(log_path, proc.returncode)
     return proc.returncode
+
+
+def _log_how_it_ended(log_path: Path, code: int) -> None:
+    """Append how a failed cell process ended to its log: a process the kernel killed (out of memory) writes nothing
+    itself, and its log held only the data's warnings, which then read as the cell's error (the operations review).
+    Interrupt codes are left to ``_run_cell``, which marks the cell interrupted, not killed."""
+    if code == 0 or code in INTERRUPT_EXIT_CODES:
+        return
+    with open(log_path, "a") as log:  # after all the child wrote
+        log.write(f"{exit_line(code)}\n")
+
+
+def exit_line(code: int) -> str:
+    """The log's line for a cell process's non-zero exit ``code`` (negative: the signal that killed it)."""
+    if code >= 0:
+        return f"cell exited with code {code}"
+    try:
+        name = f"{signal.Signals(-code).name} ({-code})"
+    except ValueError:  # a number the signal module has no name for
+        name = str(-code)
+    why = ": out of memory, or killed by someone" if -code == signal.SIGKILL else ""  # the kernel's OOM killer's
+    return f"cell killed by signal {name}{why}"
 
 
 def _cell_progress(cell_dir: Path) -> str:

@@ -68,7 +68,7 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
             row.update({column: scope.get(key) for column, key in OUT_OF_SCOPE_KEYS.items()})
             row["labels_predicted"] = labels_predicted(m)
         else:
-            row["error"] = _log_tail(log)
+            row["error"] = _log_error(log)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64"})
@@ -119,6 +119,22 @@ def _log_tail(path: Path, lines: int = 3) -> str:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return "not run"
+
+
+NOISE_PREFIXES = ("warning:", "note:")
+"""Log lines that are never a failed cell's error where another line is there: the data's warnings and notes, which
+every cell prints first (a cell killed for memory read as "warning: ... leakage", the operations review)."""
+
+
+def _log_error(path: Path, lines: int = 3) -> str:
+    """A failed cell's error text: its log's last ``lines`` lines but the warnings and notes (all of them when the log
+    has nothing else), so the traceback's last line and how the process ended (``bench.exit_line``) are kept."""
+    try:
+        logged = [line for line in path.read_text(errors="replace").strip().splitlines() if line.strip()]
+    except OSError:
+        return "not run"
+    said = [line for line in logged if not line.lstrip().lower().startswith(NOISE_PREFIXES)]
+    return " | ".join((said or logged)[-lines:])
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:

@@ -430,6 +430,46 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(data_dir, tmp_path):
     assert "did not finish" in (tmp_path / "out" / "report.html").read_text()
 
 
+def cell_process(*lines: str):
+    """A runner whose cell is a small Python process (through ``_run_process``, as ``subprocess_runner``'s cells):
+    it prints the data's warnings to stderr, as finetune does first, then runs ``lines`` (the cell's name is ``cell``)."""
+    from clm_explore.bench import _run_process
+
+    warned = ("import os, signal, sys; print('warning: 1 text(s) occur in both train and validation (leakage)', "
+              "file=sys.stderr); print('warning: label variants', file=sys.stderr)")
+
+    def run(cell: Cell, data_dir: Path, cell_dir: Path, log: Path, report) -> int:
+        code = "; ".join([warned, f"cell = {cell.name!r}", *lines])
+        return _run_process([sys.executable, "-c", code], {}, cell_dir, log, report)
+
+    return run
+
+
+def test_a_cell_killed_by_a_signal_is_named_not_its_data_warnings(data_dir, tmp_path):
+    """The operations review: a cell killed for memory (SIGKILL) read "warning: ... (leakage) | warning: ..." as its
+    error, in results.csv and --json's first_error, and its log held only those warnings."""
+    from clm_explore.cli.bench_cmds import _first_error
+
+    killed = cell_process("os.kill(os.getpid(), signal.SIGKILL)")
+    result = run_grid(data_dir, _cfg(methods=("head",)), tmp_path / "out", runner=killed, progress=False)
+    said = "cell killed by signal SIGKILL (9): out of memory, or killed by someone"
+    assert list(result.results["status"]) == ["failed"]
+    assert list(result.results["error"]) == [said] == [_first_error(result.results)]
+    assert (tmp_path / "out" / "logs" / "cells-head-s0.log").read_text().splitlines()[-1] == said
+
+
+def test_a_cell_that_exits_with_an_error_says_its_code_and_an_interrupted_one_no_kill(data_dir, tmp_path):
+    ends = cell_process("print('Traceback (most recent call last):', file=sys.stderr)",
+                        "print('RuntimeError: boom', file=sys.stderr)",
+                        "print('note: a note after the traceback', file=sys.stderr)",
+                        "sys.exit(3 if cell == 'head-s0' else 130)")  # 130: Ctrl+C reached the cell first
+    result = run_grid(data_dir, _cfg(methods=("head",), seeds=2), tmp_path / "out", runner=ends, progress=False)
+    assert list(result.results["status"]) == ["failed", "interrupted"]
+    assert result.results["error"][0] == "Traceback (most recent call last): | RuntimeError: boom | cell exited with code 3"
+    interrupted = (tmp_path / "out" / "logs" / "cells-head-s1.log").read_text()
+    assert "cell exited" not in interrupted and "killed" not in interrupted  # its interrupt is no failure
+
+
 def test_cli_says_why_when_no_cell_finished_and_exits_1(data_dir, tmp_path, monkeypatch, capsys):
     import clm_explore.bench as bench
     from clm_explore.cli import main

@@ -140,7 +140,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def _first_error(results) -> str | None:
-    """The first failed cell's error text (its log's last lines), or None when every cell finished."""
+    """The first failed cell's error text (its log's last lines but the data's warnings and notes), or None when every cell finished."""
     errors = results.loc[results["status"] != "succeeded", "error"].dropna().astype(str)
     return errors.iloc[0] if len(errors) else None
 
