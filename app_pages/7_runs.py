@@ -35,6 +35,8 @@ st.caption(
 )
 if run.error:
     st.error(escape_markdown(run.error))
+if run.metrics.get("collapse_note"):  # it "succeeded", yet predicts one label for every row
+    st.warning(escape_markdown(str(run.metrics["collapse_note"])))
 folder_gone = run.is_terminal and not run.path.is_dir()
 if folder_gone:
     st.warning(escape_markdown(f"This run's {run_views.FOLDER_GONE}."))

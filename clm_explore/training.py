@@ -1270,6 +1270,9 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     pred = probs.argmax(1)
     gold = data.label_ids("test")
     metrics = classification_metrics(gold, pred, data.labels)
+    metrics["labels_predicted"] = int(len(np.unique(pred)))
+    if said := _collapse_note(pred, data.labels, cfg):
+        metrics["collapse_note"] = said
     labels = np.array(data.labels)
     rows = pd.DataFrame({"row": range(len(texts)), "text": texts, "label": data.test["label"].tolist(),
                          "pred": labels[pred], "prob": probs.max(1)})
@@ -1294,6 +1297,17 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / f"{name}.safetensors")
     return metrics
+
+
+def _collapse_note(pred: np.ndarray, labels: list[str], cfg: FinetuneConfig) -> str:
+    """A warning when every test row was predicted as one label: the run "succeeded" yet learned nothing (the
+    operations review: LoRA at rate 1.0 and full finetuning at 1e3 ended succeeded at chance, with no word)."""
+    if len(pred) < 2 or len(labels) < 2 or len(np.unique(pred)) > 1:
+        return ""
+    rate = f"the rate {cfg.lr:g}" if cfg.lr else f"{cfg.method}'s default rate"
+    return (f"every test row was predicted as {labels[int(pred[0])]!r}: the training collapsed (its accuracy is that "
+            f"label's share of the test rows). Too high a learning rate ({rate}) or too few steps are the usual "
+            "causes: try a lower --lr, more epochs, or `clm-explore bench --tune-lr`.")
 
 
 def _out_of_scope(loaded, model, data, cfg, gold: np.ndarray, pred: np.ndarray, top: np.ndarray) -> dict | None:

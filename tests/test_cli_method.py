@@ -809,3 +809,18 @@ def test_a_device_it_cannot_run_on_and_an_impossible_out_are_plain_errors(data_d
     assert main([*base, "--device", "cpu", "--out", str(data_dir / "train.csv" / "x")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: ")
+
+
+def test_a_run_that_collapsed_onto_one_label_says_so_as_a_warning(capsys, data_dir, tmp_path):
+    """The operations review: full finetuning at rate 1e3 "succeeded" at chance, every row on one label, with no
+    word; a scripted run could not be told from a good one."""
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "full", "--lr", "1e3",
+                 "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    metrics = json.loads((run / "metrics.json").read_text())
+    predicted = pd.read_csv(run / "predictions.csv")["pred"]
+    assert metrics["labels_predicted"] == predicted.nunique() == 1
+    assert f"warning: every test row was predicted as {predicted[0]!r}: the training collapsed" in err
+    assert "the rate 1000" in metrics["collapse_note"]
+    assert "## Notes" in (run / "README.md").read_text()  # the model card says it too

@@ -610,9 +610,13 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
         if merge:  # what adaptive tokenization merged and bought (merge.json alone said it; the models review)
             print(f"merge: {MergeReport.from_dict(merge).summary()}")
         for key, note in metrics.items():  # budget_note, score_note, dropout_note, biases_note, mask_note
-            if key.endswith("_note") and note:
-                print(f"note: {note}", file=sys.stderr)  # results on stdout, notes on stderr (the CLI review)
+            if key.endswith("_note") and note:  # results on stdout, notes on stderr (the CLI review)
+                print(f"{'warning' if key in WARNING_NOTES else 'note'}: {note}", file=sys.stderr)
     return 0
+
+
+WARNING_NOTES = ("collapse_note",)
+"""metrics.json notes that say the run's figures may mean little: printed as warnings."""
 
 
 def _register_rerun(sub: Any) -> None:

@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -310,9 +310,9 @@ def _progress_panel(key: str) -> None:
     ahead = jobs_ahead(jobs)
     cards = shown_jobs(jobs, ahead=ahead)
     deleted = _deleted_runs([job.run_id for job in cards if job.done and job.run_id])
-    accuracy = {r.id: r.metrics.get("accuracy") for r in records}  # the registry's copy: no file read a redraw
+    figures = {r.id: r.metrics for r in records}  # the registry's copy: no file read a redraw
     for job in cards:
-        _job_card(job, key, deleted, accuracy.get(job.run_id or ""), ahead.get(job.id, 0))
+        _job_card(job, key, deleted, figures.get(job.run_id or "", {}), ahead.get(job.id, 0))
     if any(job.status is RunStatus.SUCCEEDED for job in cards):
         st.page_link("app_pages/6_compare.py", label="Compare finished runs: predictions, attributions, layers",
                      icon=":material/compare_arrows:")
@@ -365,7 +365,7 @@ def shown_jobs(jobs: list[Job], finished_shown: int = 8, ahead: dict[str, int] |
     return active + list(reversed(ended))
 
 
-def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None, ahead: int) -> None:
+def _job_card(job: Job, key: str, deleted: set[str], metrics: dict[str, Any], ahead: int) -> None:
     p = job.progress()
     run_name = job.run_id or job.id
     with st.container(border=True):
@@ -391,8 +391,10 @@ def _job_card(job: Job, key: str, deleted: set[str], test_accuracy: float | None
             st.metric("Examples/s", f"{p.examples_per_second:.1f}" if p.examples_per_second else "–", width="content")
             st.metric("Elapsed", duration(elapsed), width="content")  # cancelled before it started: "–"
             st.metric("ETA", duration(p.eta) if p.eta is not None and not job.done else "–", width="content")
-            if job.status is RunStatus.SUCCEEDED and isinstance(test_accuracy, int | float):
-                st.metric("Test accuracy", f"{test_accuracy:.4f}", width="content")
+            if job.status is RunStatus.SUCCEEDED and isinstance(metrics.get("accuracy"), int | float):
+                st.metric("Test accuracy", f"{metrics['accuracy']:.4f}", width="content")
+        if job.status is RunStatus.SUCCEEDED and metrics.get("collapse_note"):  # succeeded, yet learned nothing
+            st.warning(escape_markdown(str(metrics["collapse_note"])), icon=":material/warning:")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
         # every open session, held the server's CPU away from the jobs themselves (in the two-user browser
         # test, with four finished jobs on the board, a head job on the tiny model waited 99 s, now 21 s).
