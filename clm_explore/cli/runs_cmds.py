@@ -29,6 +29,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="with --prune: list what it would delete, delete nothing")
     p.add_argument("--json", action="store_true", help="print a JSON list, a run per object")
     p.set_defaults(func=run_runs)
+    d = subparsers.add_parser(
+        "doctor", help="check that this machine can serve clm-explore as configured",
+        description="Check the CLM_EXPLORE_* settings as the app reads them, that the runs and uploads folders can be "
+        "written, the run registry used, the disk has room, the model is installed and the device is there. Exit 1 "
+        "when something is wrong (a health check for a server: the app's /_stcore/health says ok regardless).")
+    d.add_argument("--json", action="store_true", help="print a JSON list, a check per object")
+    d.set_defaults(func=run_doctor)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from clm_explore.doctor import checks
+
+    found = checks()
+    if args.json:
+        print_json([check.to_dict() for check in found])
+    else:
+        width = max(len(check.name) for check in found)
+        for check in found:
+            print(f"{'ok' if check.ok else 'PROBLEM':8} {check.name:{width}}  {one_line(check.said)}")
+    return 0 if all(check.ok for check in found) else 1
 
 
 def run_runs(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from clm_explore.data import (
     load_data,
     load_upload,
 )
+from clm_explore.doctor import device_setting
 from clm_explore.jobs import KeyedTask, KeyedTasks
 from clm_explore.label_issues import LabelIssues, find_label_issues
 from clm_explore.layer_views import HeadAttention, LayerSimilarity
@@ -49,6 +50,7 @@ from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, m
 from clm_explore.modeling import LoadedModel, load_model, release_gpu_memory, unsupported_reason
 from clm_explore.runs import UPLOADS_NAME, RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
+from clm_explore.serverlog import server_logger
 from clm_explore.training import DEFAULT_MERGE_TOKENS
 from clm_explore.ui import score_cache, state
 from clm_explore.ui.state import DataChoice
@@ -210,7 +212,7 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
         report("loading the model", 0, 1)
         fresh = load_model(source, annotated.labels, seed=0)
         try:
-            return find_label_issues(fresh, annotated, cfg, device=os.environ.get("CLM_EXPLORE_DEVICE", "auto"),
+            return find_label_issues(fresh, annotated, cfg, device=device_setting()[0] or "auto",
                                      on_progress=report)
         finally:
             del fresh
@@ -351,7 +353,7 @@ def forget_scoring(task: KeyedTask) -> None:
 
 def _scored(source: str, annotated: AnnotatedData, groups: TaskTokens | None, cfg: SensitivityConfig,
             report: Callable[[str, int, int], None]) -> SensitivityReport:
-    device = os.environ.get("CLM_EXPLORE_DEVICE", "auto")  # the GPU when present, like the jobs
+    device = device_setting()[0] or "auto"  # the GPU when present, like the jobs
     report("waiting for the server's other computations", 0, 1)
     with heavy_work():  # the model loaded inside: sessions waiting for the slot hold none (the diff review)
         report("loading the model and warming up its head", 0, 1)
@@ -556,17 +558,21 @@ def pruned_uploads(root: str) -> list[str]:
 
 @st.cache_resource(show_spinner=False)
 def configure_torch() -> int:
-    """Once per server: ``$CLM_EXPLORE_TORCH_THREADS`` CPU threads for torch (its default when unset), and
-    transformers' reports and progress bars off (the server's log is the tool's)."""
+    """Once per server: ``$CLM_EXPLORE_TORCH_THREADS`` CPU threads for torch (its default when unset or not a whole
+    number above 0), transformers' reports and progress bars off (the server's log is the tool's), and what
+    ``clm-explore doctor`` would find wrong written to the server's log (a setting written wrong raised on every page
+    or was ignored in silence, the operations review)."""
     import torch
 
+    from clm_explore.doctor import env_number, problems
     from clm_explore.modeling import quiet_transformers
 
     quiet_transformers()
-
-    threads = os.environ.get("CLM_EXPLORE_TORCH_THREADS")
+    threads, _ = env_number("CLM_EXPLORE_TORCH_THREADS", 0, whole=True, positive=True)
     if threads:
-        torch.set_num_threads(max(1, int(threads)))
+        torch.set_num_threads(int(threads))
+    for said in problems():
+        server_logger("clm_explore.server").warning(said)
     freeze_imported_objects()
     return torch.get_num_threads()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,7 +99,9 @@ def default_device() -> str:
     """Where jobs run: the first GPU when present, else the CPU (``CLM_EXPLORE_DEVICE`` overrides)."""
     import torch
 
-    return os.environ.get("CLM_EXPLORE_DEVICE") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    from clm_explore.doctor import device_setting
+
+    return device_setting()[0] or ("cuda:0" if torch.cuda.is_available() else "cpu")  # one it cannot use: logged
 
 
 def mining_form(key: str = "tok") -> MiningConfig:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import re
 import threading
 import time
@@ -66,9 +65,10 @@ tab is a new session, with a room of its own, and each waiting job keeps its dat
 
 
 def max_active_on_server() -> int:
-    """``$CLM_EXPLORE_MAX_JOBS`` when it is a positive whole number, else MAX_ACTIVE_ON_SERVER."""
-    raw = os.environ.get("CLM_EXPLORE_MAX_JOBS", "")
-    return int(raw) if raw.strip().isdecimal() and int(raw) > 0 else MAX_ACTIVE_ON_SERVER
+    """``$CLM_EXPLORE_MAX_JOBS`` when it is a positive whole number, else MAX_ACTIVE_ON_SERVER (logged at start)."""
+    from clm_explore.doctor import env_number
+
+    return int(env_number("CLM_EXPLORE_MAX_JOBS", MAX_ACTIVE_ON_SERVER, whole=True, positive=True)[0])
 
 
 def check_room(launching: int) -> None:

@@ -305,12 +305,11 @@ def upload_max_days() -> float:
 
 
 def _env_amount(name: str, default: float) -> float:
-    """A non-negative number from the environment variable ``name``; ``default`` when unset or not a number."""
-    raw = os.environ.get(name)
-    try:
-        return max(0.0, float(raw)) if raw else default
-    except ValueError:
-        return default
+    """A number of 0 or more from the environment variable ``name``; ``default`` when unset or not such a number
+    (logged when the server starts: ``doctor.problems``)."""
+    from clm_explore.doctor import env_number
+
+    return env_number(name, default)[0]
 
 
 def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list[str]:

@@ -1,0 +1,155 @@
+"""Whether this machine can serve clm-explore as configured: the environment's settings read as the app reads them,
+the runs and uploads folders writable, the registry usable, the model and device there (``clm-explore doctor``; the
+app logs the problems once when it starts).
+
+Why: Streamlit's ``/_stcore/health`` answers "ok" while no run can be launched (a read-only runs folder, a damaged
+registry), and a setting written wrong was ignored without a word or raised on every page (``CLM_EXPLORE_TORCH_THREADS
+=four``; the operations review).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LOW_FREE_BYTES = 2 * 2**30
+"""Less free disk than this under the runs folder is a problem: a run of the default model writes about 90 MB, a
+bench grid hundreds."""
+
+
+SETTINGS = (("CLM_EXPLORE_TORCH_THREADS", 0, True, True, "torch's own number of threads"),
+            ("CLM_EXPLORE_MAX_JOBS", 48, True, True, ""),
+            ("CLM_EXPLORE_UPLOADS_MB", 2000, False, False, ""),
+            ("CLM_EXPLORE_UPLOAD_DAYS", 7, False, False, ""))
+"""The numeric settings the app reads: name, default, whole, above 0, how a problem names the default."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing ``checks`` looked at."""
+
+    name: str
+    ok: bool
+    said: str
+    """What was found, and for a problem what to do."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def env_number(name: str, default: float, whole: bool = False, positive: bool = False,
+               default_said: str = "") -> tuple[float, str]:
+    """The environment variable ``name`` as a number (``default`` when unset), and why it was not read ('' when it
+    was): not a number, not whole where it must be, below 0 (or not above it where ``positive``). ``default_said``:
+    how the problem names the default ('torch's default'; else its value)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default, ""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    bad = (value != value or (whole and not value.is_integer()) or value < 0 or (positive and value == 0))
+    if bad:
+        kind = ("a whole number above 0" if whole and positive else "a whole number" if whole
+                else "a number above 0" if positive else "a number of 0 or more")
+        return default, f"{name}={raw!r} is not {kind}: {default_said or f'{default:g}'} is used instead"
+    return value, ""
+
+
+def device_setting() -> tuple[str | None, str]:
+    """``CLM_EXPLORE_DEVICE`` when it names a device this machine has (None when unset), and why it was not read."""
+    raw = os.environ.get("CLM_EXPLORE_DEVICE", "").strip()
+    if not raw:
+        return None, ""
+    from clm_explore.modeling import ModelSourceError, resolve_device
+
+    try:
+        resolve_device(raw)
+    except (ModelSourceError, RuntimeError, ValueError) as exc:
+        return None, f"CLM_EXPLORE_DEVICE={raw!r} cannot be used here ({exc}): jobs run where they would without it"
+    return raw, ""
+
+
+def checks() -> list[Check]:
+    """Every check, in the order a reader fixes them."""
+    found = [_setting_check(name, *env_number(name, default, whole, positive, said))
+             for name, default, whole, positive, said in SETTINGS]
+    device, problem = device_setting()
+    found.append(Check("CLM_EXPLORE_DEVICE", not problem, problem or f"jobs run on {device or _default_device()}"))
+    from clm_explore.runs import default_root
+
+    root = default_root()
+    found += [_writable("runs folder", root), _registry(root), _disk(root)]
+    from clm_explore.runs import UPLOADS_NAME
+
+    found.append(_writable("uploads folder", Path(os.environ.get("CLM_EXPLORE_UPLOADS") or root / UPLOADS_NAME)))
+    found.append(_model())
+    return found
+
+
+def problems() -> list[str]:
+    """What ``checks`` found wrong, a sentence each (the app logs them when it starts)."""
+    return [f"{check.name}: {check.said}" for check in checks() if not check.ok]
+
+
+def _setting_check(name: str, value: float, problem: str) -> Check:
+    shown = "unset" if name not in os.environ else f"{value:g}"
+    return Check(name, not problem, problem or shown)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _writable(what: str, folder: Path) -> Check:
+    """Whether a file can be made in ``folder`` (made when missing, as the app would)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Check(what, False, f"{folder} cannot be written ({exc.strerror or exc}): runs cannot be launched; "
+                                  "give this user write access, or set another folder")
+    return Check(what, True, f"{folder} can be written")
+
+
+def _registry(root: Path) -> Check:
+    from clm_explore.runs import REGISTRY_NAME, RunStore, RunStoreError
+
+    if not (root / REGISTRY_NAME).is_file():  # a check makes none: the first run does
+        return Check("run registry", True, f"none yet in {root}: the first run makes it")
+    try:
+        store = RunStore(root)
+        store.check_writable()
+        count = len(store.list())
+    except (RunStoreError, OSError) as exc:
+        return Check("run registry", False, str(exc))
+    return Check("run registry", True, f"{count:,} run(s) listed")
+
+
+def _disk(root: Path) -> Check:
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError as exc:
+        return Check("free disk", False, f"{root}: {exc}")
+    said = f"{free / 2**30:.1f} GiB free under {root}"
+    return Check("free disk", free >= LOW_FREE_BYTES, said if free >= LOW_FREE_BYTES else
+                 f"only {said}: a run of the default model writes about 90 MB; free some space")
+
+
+def _model() -> Check:
+    """Whether the model new sessions start with (``CLM_EXPLORE_MODEL``, else the default) can be found."""
+    from clm_explore.modeling import DEFAULT_SOURCE, ModelSourceError, resolve_source
+
+    source = os.environ.get("CLM_EXPLORE_MODEL") or DEFAULT_SOURCE
+    try:
+        resolve_source(source)
+    except ModelSourceError as exc:
+        return Check("model", False, f"{source}: {exc}")
+    return Check("model", True, f"{source} is installed")

@@ -1,0 +1,82 @@
+"""``clm-explore doctor`` and the settings the app reads from the environment (the operations review)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from clm_explore.cli import main
+from clm_explore.doctor import checks, device_setting, env_number, problems
+
+
+def test_a_setting_written_wrong_is_named_and_its_default_used(monkeypatch):
+    monkeypatch.setenv("CLM_EXPLORE_MAX_JOBS", "abc")
+    assert env_number("CLM_EXPLORE_MAX_JOBS", 48, whole=True, positive=True) == (
+        48, "CLM_EXPLORE_MAX_JOBS='abc' is not a whole number above 0: 48 is used instead")
+    for raw, read in (("3", 3.0), (" 12 ", 12.0)):
+        monkeypatch.setenv("CLM_EXPLORE_MAX_JOBS", raw)
+        assert env_number("CLM_EXPLORE_MAX_JOBS", 48, whole=True, positive=True) == (read, "")
+    for raw in ("0", "2.5", "-1", "nan"):
+        monkeypatch.setenv("CLM_EXPLORE_MAX_JOBS", raw)
+        assert env_number("CLM_EXPLORE_MAX_JOBS", 48, whole=True, positive=True)[1], raw
+    monkeypatch.setenv("CLM_EXPLORE_UPLOAD_DAYS", "0")  # 0 keeps sessions for good: taken
+    assert env_number("CLM_EXPLORE_UPLOAD_DAYS", 7) == (0.0, "")
+    monkeypatch.setenv("CLM_EXPLORE_DEVICE", "cuda:7")
+    device, said = device_setting()
+    assert device is None and said.startswith("CLM_EXPLORE_DEVICE='cuda:7' cannot be used here")
+    monkeypatch.setenv("CLM_EXPLORE_DEVICE", "cpu")
+    assert device_setting() == ("cpu", "")
+
+
+def test_doctor_names_each_problem_and_exits_1(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("CLM_EXPLORE_MODEL", "tiny-random")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "PROBLEM" not in out and "run registry" in out and "none yet" in out  # a check makes no registry
+    monkeypatch.setenv("CLM_EXPLORE_TORCH_THREADS", "four")
+    monkeypatch.setenv("CLM_EXPLORE_MODEL", str(tmp_path / "no-such-model"))
+    assert main(["doctor", "--json"]) == 1
+    found = {check["name"]: check for check in json.loads(capsys.readouterr().out)}
+    assert not found["CLM_EXPLORE_TORCH_THREADS"]["ok"] and "torch's own number of threads is used" in \
+        found["CLM_EXPLORE_TORCH_THREADS"]["said"]
+    assert not found["model"]["ok"] and found["runs folder"]["ok"]
+    assert [p.split(":")[0] for p in problems()] == ["CLM_EXPLORE_TORCH_THREADS", "model"]
+
+
+def test_a_runs_folder_that_cannot_be_written_is_a_problem(monkeypatch):
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refused)
+    by_name = {check.name: check for check in checks()}
+    assert not by_name["runs folder"].ok and "cannot be written (Permission denied): runs cannot be launched" in \
+        by_name["runs folder"].said
+
+
+def test_the_app_logs_a_setting_written_wrong_and_runs_with_the_default(monkeypatch, caplog):
+    import torch
+
+    from clm_explore.ui import cache
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("CLM_EXPLORE_TORCH_THREADS", "four")  # raised ValueError on every page
+    cache.configure_torch.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="clm_explore"):
+            assert cache.configure_torch() == before
+        assert any("CLM_EXPLORE_TORCH_THREADS='four'" in r.getMessage() for r in caplog.records)
+    finally:
+        cache.configure_torch.clear()
+
+
+@pytest.mark.parametrize("name", ["CLM_EXPLORE_MAX_JOBS", "CLM_EXPLORE_UPLOADS_MB"])
+def test_the_apps_readings_of_its_settings_are_the_doctors(monkeypatch, name):
+    from clm_explore.ui import jobs, state
+
+    monkeypatch.setenv(name, "lots")
+    read = jobs.max_active_on_server() if name == "CLM_EXPLORE_MAX_JOBS" else state.uploads_total_mb()
+    assert read == {"CLM_EXPLORE_MAX_JOBS": 48, "CLM_EXPLORE_UPLOADS_MB": 2000}[name]
