@@ -733,6 +733,13 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     line = {row.split()[0]: row for row in out[2:]}
     assert line[killed].split()[2] == "interrupted"  # its process was gone: marked, as the app marks it
     assert line[failed.id].endswith("(CUDA out of memory\\nTried to allocate)")
+    full = store.create("full-disk", "head", {})
+    store.set_status(full.id, RunStatus.FAILED, error="A disk the run writes to is full (its runs folder's, the model "
+                     "cache's or the temporary folder's): free some room there, then launch it again. (safetensors."
+                     "SafetensorError: Error while serializing: I/O error: No space left on device (os error 28))")
+    assert main(["runs", "--limit", "1"]) == 0  # the operations review: cut at 120 characters, the cause was lost
+    shown = capsys.readouterr().out.splitlines()[-1]
+    assert "(A disk the run writes to is full" in shown and shown.endswith("(os error 28)))") and " ... " in shown
     assert "0.8750" in line[done.id] and "1,234" in line[done.id]
     assert main(["runs", "--status", "succeeded", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

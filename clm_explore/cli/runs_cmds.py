@@ -127,5 +127,14 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
     lines = frame.rename(columns={"trainable_params": "trainable"}).to_string(index=False).splitlines()
     for i, row in enumerate(rows, start=1):
         if row["error"]:
-            lines[i] += f"  ({one_line(row['error'])[:120]})"  # a traceback's last line: one line, cut
+            lines[i] += f"  ({shortened(one_line(row['error']))})"  # one line, its cause kept
     return "\n".join(lines)
+
+
+def shortened(text: str, width: int = 160) -> str:
+    """``text`` in at most ``width`` characters: its start and its end, where the cause of a failure is ("... (os
+    error 28)"); cut at 120 from the start alone, the cause was lost (the operations review)."""
+    if len(text) <= width:
+        return text
+    keep = (width - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
