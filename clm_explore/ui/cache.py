@@ -48,6 +48,7 @@ from clm_explore.layer_views import HeadAttention, LayerSimilarity
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model, release_gpu_memory, unsupported_reason
+from clm_explore.provenance import model_version
 from clm_explore.runs import UPLOADS_NAME, RunStore, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.serverlog import server_logger
@@ -370,7 +371,9 @@ def _kept_scores(source: str, version: str, choice: DataChoice, mining_cfg: Mini
                  ) -> Path:
     """Where ``score_cache`` keeps the report for these arguments: the data's files' version too (a server data set
     edited on disk scores afresh)."""
-    parts = (*_report_key(source, version, choice, mining_cfg, cfg), choice.version)
+    # model_version: a named model's package version (the session's version key is '' for one), so an upgraded
+    # model package scores afresh
+    parts = (*_report_key(source, version, choice, mining_cfg, cfg), choice.version, model_version(source))
     return score_cache.folder_for(score_cache.owner_prefix(choice.kind, choice.digest), parts)
 
 

