@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import logging
 import multiprocessing
 import os
 import signal
@@ -35,10 +36,17 @@ _POLL_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 30.0
 """How long a cancelled job may go on before its child is ended: a job that misses its stop flag (a long step, a
 hung kernel) must not block its device's queue until the server restarts."""
+_log = logging.getLogger("clm_explore.jobs")  # the queue's logger: one place in the server's log for its jobs
 
 
 class JobFailed(Exception):
     """The job raised in the child, could not be sent to it, or the child died; ``str()`` is the traceback."""
+
+    def __init__(self, message: str, stopped: bool = False) -> None:
+        super().__init__(message)
+        self.stopped = stopped
+        """The child was stopped by SIGTERM or SIGINT (the server's process group stopped, as `timeout` and systemd
+        stop it): the job was interrupted, not failed."""
 
 
 class WorkerProcess:
@@ -73,6 +81,8 @@ class WorkerProcess:
         self._process.start()
         child_end.close()
         self._conn = parent_end
+        # Its pid in the log: an admin who finds a worker killed (out of memory, kill -9) can tell which it was.
+        _log.info("worker process for %s started (pid %s)", self.device, self._process.pid)
 
     def run(self, fn: Callable[..., Any], kwargs: dict[str, Any], on_step: Callable[[Any], None],
             cancel: threading.Event) -> Any:  # fmt: skip
@@ -91,13 +101,15 @@ class WorkerProcess:
                 self._stop.set()
                 cancelled_at = cancelled_at or time.monotonic()
                 if time.monotonic() - cancelled_at > CANCEL_GRACE_SECONDS:
+                    _log.warning("a cancelled job on %s did not stop within %s s: its worker process (pid %s) is "
+                                 "ended", self.device, CANCEL_GRACE_SECONDS, self._process.pid)
                     self._end_child()  # it did not stop in time; the next job starts a new one
                     return None  # no result: the job ends cancelled, by its cancel flag
             if self._conn.poll(_POLL_SECONDS):
                 try:
                     kind, payload = self._conn.recv()
                 except EOFError:
-                    raise JobFailed(self._died()) from None
+                    raise self._died() from None
                 if kind == "step":
                     on_step(payload)
                 elif kind == "done":
@@ -105,9 +117,9 @@ class WorkerProcess:
                 else:
                     raise JobFailed(payload)
             elif not self._process.is_alive():
-                raise JobFailed(self._died())
+                raise self._died()
 
-    def _died(self) -> str:
+    def _died(self) -> JobFailed:
         self._process.join(1)
         code = self._process.exitcode
         self._release()
@@ -118,7 +130,9 @@ class WorkerProcess:
             except ValueError:  # a real-time signal has no name
                 name = f"signal {-code}"
             why = f", {name}" + (": out of memory?" if -code == signal.SIGKILL else "")
-        return f"the worker process for {self.device} died (exit code {code}{why}); the next job starts a new one"
+        stopped = code is not None and -code in (signal.SIGTERM, signal.SIGINT)
+        return JobFailed(f"the worker process for {self.device} died (exit code {code}{why}); the next job starts a new "
+                         "one", stopped=stopped)
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop the child: its current job is told to stop (``should_stop``), then it exits; terminated when it

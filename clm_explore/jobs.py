@@ -14,6 +14,11 @@ running -> succeeded / failed / cancelled.
 With ``processes=True`` (the app) each device's worker thread hands its jobs to a child process of its own
 (``job_process.WorkerProcess``): the job then never waits on the GIL behind the server's page redraws,
 and a crash in it fails the job, not the server. Without it (scripts, tests) jobs run in the thread.
+
+Every change of a job's state is one line of the ``clm_explore.jobs`` logger (queued, started, and how it ended, with
+its duration; never the user's data), and a failed job's traceback is kept in its run folder (``ERROR_FILE``): the
+server's log held Streamlit's start-up lines alone, and a traceback lived only in this process's memory (the
+operations review).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import atexit
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import re
 import sys
@@ -35,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from clm_explore.job_process import JobFailed, WorkerProcess, takes_phases
-from clm_explore.runs import RunNotFoundError, RunStatus, RunStore
+from clm_explore.runs import ERROR_FILE, RunNotFoundError, RunStatus, RunStore, method_name, write_text_atomic
+from clm_explore.serverlog import server_logger
 
 _STEP_FIELDS = ("step", "total_steps", "epoch", "loss", "examples_per_second", "elapsed", "eta")
 FINISHED_JOBS_KEPT = 100
 """Finished jobs a queue remembers (their progress and curves; the runs themselves stay in the RunStore): a server
 that runs for weeks would otherwise keep every job's per-step losses."""
+_log = logging.getLogger("clm_explore.jobs")
 
 
 @dataclass
@@ -85,7 +93,11 @@ class Job:
         self.run_id = run_id
         self.device = device
         self.owner = owner
-        """Who queued it (an app session's token; None: a script): turns go round the owners."""
+        """Who queued it (an app session's token; None: a script): turns go round the owners. Never logged: the
+        token opens a copy of its session."""
+        self.method = method_name(getattr(kwargs.get("cfg"), "method", None) or getattr(fn, "__name__", "?"))
+        """The run's method (``finetune``'s cfg), else the function's name: what the server's log names."""
+        self.submitted = time.time()
         self.status = RunStatus.PENDING
         self.label = ""
         """What the job is, in a few words, for a shared queue's cards ("sparse on banking77_20")."""
@@ -191,6 +203,7 @@ class JobQueue:
         self._exiting = False
         self._stopping = False
         if self.processes:
+            server_logger()  # the server's mode: its jobs' lines must reach its log (serverlog)
             # Registered after multiprocessing's own exit handler, so run before it terminates the workers; by a weak
             # reference, so that a queue a test dropped is not kept alive until the interpreter exits.
             atexit.register(_at_exit, weakref.ref(self))
@@ -208,6 +221,8 @@ class JobQueue:
             if not self.inline:
                 self._waiting_on(device).append(job)
                 self._wake.notify_all()
+            # Under the lock: its worker cannot take it, and log it started, before this line.
+            _log.info("%s queued: %s, %d ahead", job.id, _about(job), self._ahead(job))
         if self.inline:
             self._run(job)
         return job
@@ -217,6 +232,13 @@ class JobQueue:
         finished = [job_id for job_id, job in self._jobs.items() if job.done]
         for job_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
             del self._jobs[job_id]
+
+    def _ahead(self, job: Job) -> int:
+        # Called under self._lock: the jobs that start before ``job`` on its device, the running one included.
+        waiting = [j for j in self._waiting.get(job.device, []) if not j.done]
+        order = order_turns(waiting, self._served.get(job.device, {}))
+        running = sum(1 for j in self._jobs.values() if j.device == job.device and j.status is RunStatus.RUNNING)
+        return running + (order.index(job) if job in order else 0)
 
     def _waiting_on(self, device: str) -> list[Job]:
         # Called under self._lock: the worker is created once per device, lazily.
@@ -294,6 +316,7 @@ class JobQueue:
             job.error = NEVER_STARTED
             self._finish(job, RunStatus.INTERRUPTED)
             return
+        _log.info("%s started: %s, after %s in the queue", job.id, _about(job), _took(job.started - job.submitted))
         try:
             with self._device_turn(job) as turn:
                 job.result = self._call(job) if turn else None  # None: cancelled, or the server went, meanwhile
@@ -301,7 +324,10 @@ class JobQueue:
             if self._exiting:  # its worker was ended with the server: already recorded interrupted
                 return
             job.error = str(exc) if isinstance(exc, JobFailed) else traceback.format_exc()
-            self._finish(job, RunStatus.FAILED)
+            # A worker stopped by SIGTERM: the server's whole process group was (`timeout`, systemd), the worker
+            # first; the job did not fail (the operations review: "failed: worker died (SIGTERM)")
+            stopped = isinstance(exc, JobFailed) and exc.stopped
+            self._finish(job, RunStatus.INTERRUPTED if stopped else RunStatus.FAILED)
             return
         if not self._exiting:
             self._finish(job, _result_status(job))
@@ -354,12 +380,14 @@ class JobQueue:
             if job.finished is not None:
                 return
             job.finished = time.time()
+        kept = _keep_error(job) if status is RunStatus.FAILED else ""
         metrics = getattr(job.result, "metrics", None)
         if self.store is not None and job.run_id and isinstance(metrics, dict) and metrics:
             self._store_call(job, self.store.update_metrics, job.run_id, metrics)
         self._set_run_status(job, status, last_line(job.error))
         job.status = status
         job.kwargs = {}  # the job's data set (an upload can be 200 MB) is not kept for the server's lifetime
+        _log_end(job, status, kept)  # before it is done: whoever waits for it finds the line written
         job._done.set()
 
     def _set_run_status(self, job: Job, status: RunStatus, error: str | None = None) -> None:
@@ -425,13 +453,17 @@ class JobQueue:
         with self._lock:  # see ``_run_claimed``: no job starts after this
             self._exiting = True
             jobs = list(self._jobs.values())
+        ran, waited = [], []
         for job in jobs:
             if job.status is RunStatus.RUNNING:
                 job.error = "the server stopped while the job ran"
                 self._finish(job, RunStatus.INTERRUPTED)
+                ran.append(job)
             elif job.claim():  # still waiting: the worker will not take it now
                 job.error = NEVER_STARTED
                 self._finish(job, RunStatus.INTERRUPTED)
+                waited.append(job)
+        _log_exit([j for j in ran if j.status is RunStatus.INTERRUPTED], waited)  # not one that ended meanwhile
 
     def shutdown(self, timeout: float | None = 5.0) -> None:
         """Cancel everything (a waiting job ends cancelled at once) and stop the workers (tests)."""
@@ -451,6 +483,62 @@ def _at_exit(jobs_ref: weakref.ref[JobQueue]) -> None:
     jobs = jobs_ref()
     if jobs is not None:
         jobs._server_exiting()
+
+
+def _about(job: Job) -> str:
+    """What the log says of a job: its run, method and device (ids and names only, never its data or owner)."""
+    return f"run {job.run_id or '-'}, method {job.method}, on {job.device}"
+
+
+def _took(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+REASON_CHARS = 300
+"""The most of a failure's reason one log line carries (a line of the traceback can be long)."""
+
+
+def _log_end(job: Job, status: RunStatus, kept: str) -> None:
+    """One line for the job's end: how, after how long, and for a failure or an interruption why (``kept``: where
+    its traceback is)."""
+    finished = job.finished or time.time()
+    if job.started is None:
+        took = f"never started, after {_took(finished - job.submitted)} in the queue"
+    else:
+        took = f"after {_took(finished - job.started)}"
+    stopped = status in (RunStatus.FAILED, RunStatus.INTERRUPTED)
+    why = f": {(last_line(job.error) or 'no reason given')[:REASON_CHARS]}" if stopped else ""
+    _log.log(logging.WARNING if stopped else logging.INFO, "%s %s: %s, %s%s%s", job.id, status.value, _about(job),
+             took, why, f" ({kept})" if kept else "")
+
+
+def _keep_error(job: Job) -> str:
+    """Write a failed job's traceback into its run folder (``ERROR_FILE``), so that it outlives the server; what the
+    log line says of it. Only into the folder the job wrote its run into (its ``out_dir``, holding the run's
+    clm_run.json): a stray file in a folder that is no run folder makes ``--overwrite`` refuse it. Never raises:
+    the job's bookkeeping goes on whatever the disk says."""
+    folder = Path(job.kwargs["out_dir"]) if job.kwargs.get("out_dir") and job.error else None
+    try:
+        if folder is None or folder.is_symlink() or not (folder / "clm_run.json").is_file():
+            return "no run folder to keep its traceback in"
+        write_text_atomic(folder / ERROR_FILE, job.error or "")
+    except OSError as exc:  # a full disk, say: the reason is in the line already
+        return f"its traceback could not be written into {folder}: {exc.strerror or exc}"
+    return f"traceback in {folder / ERROR_FILE}"
+
+
+def _log_exit(interrupted: list[Job], never_started: list[Job]) -> None:
+    """The server's last word on its jobs: which runs it interrupted, which queued jobs never started."""
+    def named(jobs: list[Job]) -> str:
+        return ", ".join(f"{job.id} (run {job.run_id or '-'})" for job in jobs) or "none"
+
+    _log.log(logging.WARNING if interrupted or never_started else logging.INFO,
+             "server exiting: interrupted while running: %s; queued, never started: %s",
+             named(interrupted), named(never_started))
 
 
 def order_turns(waiting: list[Job], served: dict[str | None, int]) -> list[Job]:

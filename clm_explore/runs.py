@@ -772,7 +772,8 @@ class RunStore:
 
     def zip_run(self, run_id: str) -> bytes:
         """The run folder as a zip archive (entries under ``<run_id>/``), without the other processes' copies of a
-        run trained by several (``ranks/``: kept for checks, they doubled a download).
+        run trained by several (``ranks/``: kept for checks, they doubled a download), its lock and a failed job's
+        traceback (``ERROR_FILE``).
 
         Raises:
             RunStoreError: no such run, or its folder is not there."""
@@ -787,11 +788,16 @@ class RunStore:
             for file in sorted(folder.rglob("*")):
                 if file.relative_to(folder).parts[0] == RANK_COPIES:
                     continue
-                if file.is_file() and not file.is_symlink() and not _half_written(file) and file.name != RUN_LOCK:
+                if (file.is_file() and not file.is_symlink() and not _half_written(file)
+                        and file.name not in (RUN_LOCK, ERROR_FILE)):
                     archive.write(file, f"{run_id}/{file.relative_to(folder).as_posix()}")
         return buffer.getvalue()
 
 
+ERROR_FILE = "error.txt"
+"""A failed app job's full traceback, in its run folder (``jobs``): for the server's administrator, never in the zip
+any session downloads (its paths and code lines are not every user's business; the job's own card shows it to the
+session that launched it)."""
 RANK_COPIES = "ranks"
 """The folder where the other processes of a launch save their copies of the run (``training.finetune``)."""
 

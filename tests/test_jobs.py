@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -232,6 +235,92 @@ def test_failure_keeps_traceback_and_worker_lives(jobs: JobQueue, store: RunStor
     assert after.status is RunStatus.SUCCEEDED
 
 
+# -- the server's log (the operations review: it held Streamlit's start-up lines alone) -------------------------
+def fail_in_run_folder(out_dir: str, on_step=None, should_stop=None) -> None:
+    Path(out_dir, "clm_run.json").write_text("{}")  # as finetune begins its run folder
+    raise FloatingPointError("the loss diverged at lr 1.0")
+
+
+def _lines(caplog: pytest.LogCaptureFixture, job) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "clm_explore.jobs" and r.getMessage().startswith(
+        f"{job.id} ")]
+
+
+def test_a_failed_job_keeps_its_traceback_in_its_run_folder_and_logs_why(
+        jobs: JobQueue, store: RunStore, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    from clm_explore import jobs as jobs_module
+
+    caplog.set_level(logging.INFO, logger="clm_explore.jobs")
+    run = store.create("diverged", "lora", {})
+    job = jobs.submit(fail_in_run_folder, {"out_dir": str(run.path)}, run_id=run.id)
+    assert job.wait(30) and job.status is RunStatus.FAILED
+    kept = run.path / "error.txt"
+    assert kept.read_text() == job.error and "Traceback" in job.error  # the whole traceback, after a restart too
+    failed = _lines(caplog, job)[-1]
+    assert failed.startswith(f"{job.id} failed: run {run.id}, method fail_in_run_folder, on cpu, after ")
+    assert f"FloatingPointError: the loss diverged at lr 1.0 (traceback in {kept})" in failed
+    assert [r.levelno for r in caplog.records if r.getMessage() == failed] == [logging.WARNING]
+    # A folder the job never made a run folder gets no stray file; a disk that refuses the write fails nothing more.
+    empty = store.create("early", "sparse", {})
+    assert jobs.submit(boom, {"out_dir": str(empty.path)}, run_id=empty.id).wait(30)
+    assert list(empty.path.iterdir()) == []
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jobs_module, "write_text_atomic", full)
+    disk = store.create("full", "sparse", {})
+    job = jobs.submit(fail_in_run_folder, {"out_dir": str(disk.path)}, run_id=disk.id)
+    assert job.wait(30) and job.status is RunStatus.FAILED and store.get(disk.id).status is RunStatus.FAILED
+    assert _lines(caplog, job)[-1].endswith(f"(its traceback could not be written into {disk.path}: No space left "
+                                            "on device)")
+
+
+def train_quietly(cfg, data, on_step=None, should_stop=None) -> FakeResult:
+    return FakeResult("succeeded", {"accuracy": 0.75})
+
+
+def test_a_succeeded_job_logs_queued_started_and_succeeded(jobs: JobQueue, store: RunStore,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    caplog.set_level(logging.INFO, logger="clm_explore.jobs")
+    gate = threading.Event()
+    ahead = jobs.submit(count_steps, {"n": 1, "gate": gate})
+    _running(ahead)
+    run = store.create("ok", "sparse", {})
+    job = jobs.submit(train_quietly, {"cfg": SimpleNamespace(method="sparse"), "data": "a user's secret text"},
+                      run_id=run.id, owner="session-token")
+    gate.set()
+    assert job.wait(30) and job.status is RunStatus.SUCCEEDED
+    about = f"run {run.id}, method sparse, on cpu"
+    queued, started, succeeded = _lines(caplog, job)
+    assert queued == f"{job.id} queued: {about}, 1 ahead"  # the running job
+    assert started.startswith(f"{job.id} started: {about}, after ") and started.endswith(" s in the queue")
+    assert succeeded.startswith(f"{job.id} succeeded: {about}, after ") and succeeded.endswith(" s")
+    logged = caplog.text
+    assert "secret" not in logged and "session-token" not in logged  # neither the data nor the owner's token
+
+
+def test_the_servers_exit_logs_the_runs_it_interrupted_and_the_jobs_that_never_started(
+        store: RunStore, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="clm_explore.jobs")
+    queue, gate = JobQueue(store), threading.Event()
+    running_run, waiting_run = store.create("running", "sparse", {}), store.create("waiting", "full", {})
+    running = queue.submit(count_steps, {"n": 1, "gate": gate}, run_id=running_run.id)
+    _running(running)
+    waiting = queue.submit(count_steps, {"n": 1}, run_id=waiting_run.id)
+    try:
+        queue._server_exiting()
+    finally:
+        gate.set()
+        queue.shutdown(30)
+    assert (f"server exiting: interrupted while running: {running.id} (run {running_run.id}); queued, never "
+            f"started: {waiting.id} (run {waiting_run.id})") in caplog.messages
+    assert _lines(caplog, waiting)[-1].startswith(f"{waiting.id} interrupted: run {waiting_run.id}, method "
+                                                  "count_steps, on cpu, never started, after ")
+
+
 def test_inline_runs_in_submit(store: RunStore) -> None:
     q = JobQueue(store, inline=True)
     job = q.submit(count_steps, {"n": 2})
@@ -270,6 +359,11 @@ def prepare_then_wait(on_step=None, should_stop=None, on_phase=None) -> FakeResu
     return FakeResult("cancelled", {})
 
 
+def terminate_self(**kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+
+
 def die(on_step=None, should_stop=None) -> None:
     os._exit(3)
 
@@ -300,13 +394,16 @@ def test_process_job_failures_are_reported_and_the_worker_recovers(process_jobs:
     failed = process_jobs.submit(boom, {}, run_id=run.id)
     unpicklable = process_jobs.submit(report_pid, {"steps": threading.Event()})
     crashed = process_jobs.submit(die, {})
+    terminated = process_jobs.submit(terminate_self, {})  # as a SIGTERM to the server's process group reaches it
     after = process_jobs.submit(report_pid, {})
-    for job in (ok, failed, unpicklable, crashed, after):
+    for job in (ok, failed, unpicklable, crashed, terminated, after):
         assert job.wait(60)
     assert failed.status is RunStatus.FAILED and "ValueError: bad input" in failed.error
     assert store.get(run.id).error == "ValueError: bad input"
     assert unpicklable.status is RunStatus.FAILED and "could not be handed" in unpicklable.error
     assert crashed.status is RunStatus.FAILED and "died (exit code 3)" in crashed.error
+    # the operations review: `timeout` or systemd stopping the server's group recorded its job "failed: worker died"
+    assert terminated.status is RunStatus.INTERRUPTED and "SIGTERM" in terminated.error
     assert after.status is RunStatus.SUCCEEDED
     assert after.result.metrics["pid"] != ok.result.metrics["pid"]  # a new child took over
 
@@ -429,6 +526,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as Streamlit stops on SIGTERM: exit handlers run
     store = RunStore(sys.argv[2])
     run, waiting = store.create("stopped", "sparse"), store.create("waiting", "full")
+    JobQueue(store, processes=True)  # a second queue in one server adds no second copy of each log line
     jobs = JobQueue(store, processes=True)
     jobs.submit(sleep_then_write, {"path": sys.argv[1], "seconds": 60}, run_id=run.id)
     jobs.submit(sleep_then_write, {"path": sys.argv[1] + "-2", "seconds": 60}, run_id=waiting.id)
@@ -445,17 +543,23 @@ def test_a_server_stopped_mid_job_records_its_run_interrupted(tmp_path) -> None:
     (tmp_path / "server.py").write_text(STOPPED_SERVER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
     server = subprocess.Popen([sys.executable, str(tmp_path / "server.py"), str(tmp_path / "written"),
-                               str(tmp_path / "runs")], env=env)
+                               str(tmp_path / "runs")], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "written.pid").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (tmp_path / "written.pid").exists(), "the job never started in its worker process"
         server.send_signal(signal.SIGTERM)
-        assert server.wait(30) == 0
+        log = server.communicate(timeout=30)[1]
+        assert server.returncode == 0, log
     finally:
         server.kill()
     runs = {run.name: run for run in RunStore(tmp_path / "runs").list()}
+    # No logging set up, as under `streamlit run`: the queue's lines still reach stderr, time-stamped, once each.
+    exiting = (f"clm_explore.jobs: server exiting: interrupted while running: job-1 (run {runs['stopped'].id}); "
+               f"queued, never started: job-2 (run {runs['waiting'].id})")
+    assert log.count(exiting) == 1 and log.count("job-1 started: ") == 1, log
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO clm_explore.jobs: job-1 queued: ", log, re.M), log
     run = runs["stopped"]
     assert run.status is RunStatus.INTERRUPTED, (run.status, run.error)  # was failed: "the worker ... died"
     # The job waiting its turn never starts: its run says so (it was marked running as the server went, for good).

@@ -199,6 +199,7 @@ def test_zip_run(store: RunStore) -> None:
     (run.path / "ranks" / "1").mkdir(parents=True)  # another process's copy of a run trained by two
     (run.path / "ranks" / "1" / "model.safetensors").write_text("copy")
     (run.path / ".clm_running").write_text("host pid 1")  # a run's lock file: not the run's
+    (run.path / "error.txt").write_text('File "/srv/app/clm_explore/x.py"')  # the admin's, not every session's
     names = zipfile.ZipFile(io.BytesIO(store.zip_run(run.id))).namelist()
     assert sorted(names) == [f"{run.id}/metrics.json", f"{run.id}/sub/a.txt"]
 
