@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -278,7 +279,8 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
     except (DataError, ValueError):  # data evaluate reads but training refuses (one label, say): not the run's
         return rows
     now = data_digest(own)
-    if digest and now != digest and _recorded_path(record) == Path(data).expanduser().resolve():
+    at_path = isinstance(data, str | os.PathLike) and _recorded_path(record) == Path(data).expanduser().resolve()
+    if digest and now != digest and at_path:
         notes.append(f"{data} is the run's data file, but not the rows it was trained on any more (their digest "
                      f"{digest} then, {now} now): it changed since, so its rows are scored as they are now, rows "
                      "that trained the run perhaps among them.")
