@@ -556,7 +556,11 @@ def pruned_uploads(root: str) -> list[str]:
     (``state.prune_uploads``). Not only at start: a server may run for weeks."""
     days = state.upload_max_days()
     score_cache.prune(Path(root), days)  # the scores kept for the sessions' data, by the same days
-    return state.prune_uploads(Path(root), days)
+    pruned = state.prune_uploads(Path(root), days)
+    if pruned:  # the administrator's record of what went (the operations review: 20 sessions went without a word)
+        server_logger("clm_explore.server").info("deleted %d session(s) unused for over %g day(s) from %s", len(pruned),
+                                                 days, root)
+    return pruned
 
 
 @st.cache_resource(show_spinner=False)

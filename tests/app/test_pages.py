@@ -2379,3 +2379,25 @@ def test_a_run_that_collapsed_onto_one_label_is_a_warning_on_the_runs_page(at: A
     goto(at, "app_pages/7_runs.py")
     assert not at.exception
     assert any("the training collapsed" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_the_hourly_prune_logs_what_it_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """The operations review: 20 sessions' uploads went with nothing in the server's log."""
+    import logging
+
+    from clm_explore.ui import cache
+
+    idle = tmp_path / ("d" * 32)
+    idle.mkdir()
+    (idle / "a.csv").write_text("text,label\n")
+    os.utime(idle / "a.csv", (1_000_000_000.0, 1_000_000_000.0))
+    os.utime(idle, (1_000_000_000.0, 1_000_000_000.0))
+    monkeypatch.setenv("CLM_EXPLORE_UPLOAD_DAYS", "7")
+    cache.pruned_uploads.clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="clm_explore"):
+            assert cache.pruned_uploads(str(tmp_path)) == ["d" * 32]
+    finally:
+        cache.pruned_uploads.clear()
+    assert any(f"deleted 1 session(s) unused for over 7 day(s) from {tmp_path}" in r.getMessage()
+               for r in caplog.records)
