@@ -24,6 +24,7 @@ A notebook session, end to end::
     clm.head_attention("runs/my-sparse", "my card has not arrived").table()  # heads: task-token attention, mask share
     full = clm.finetune(data, clm.FinetuneConfig(method="full"), "runs/my-full", source="default")
     clm.write_report(clm.case_study("runs/my-sparse", "runs/my-full"), "report.html")  # the case study, one file
+    clm.rerun("runs/my-sparse", "runs/my-sparse-again")  # trained again from its record: the same weights
 
 Is sparse ahead of full finetuning on this data, or level? Seeds of each, compared with a 95% interval::
 
