@@ -18,7 +18,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from clm_explore.modeling import LoadedModel, ModelSourceError, finished_run, head_parameter_names, load_model
+from clm_explore.modeling import (
+    NAMED_SOURCES,
+    LoadedModel,
+    ModelSourceError,
+    finished_run,
+    head_parameter_names,
+    load_model,
+)
 from clm_explore.runs import read_json_object
 from clm_explore.sensitivity import scored_linears
 
@@ -195,8 +202,10 @@ def _load_base(folder: Path, source: str, meta: dict[str, Any], given: bool = Fa
     except ModelSourceError as exc:
         if given:  # the user's own --base: their typo, not the run's record
             raise ModelSourceError(f"The base model {source} cannot be loaded ({exc}).") from exc
-        raise ModelSourceError(f"{folder} was trained from {source}, which cannot be loaded here ({exc}). Pass the "
-                               "base model (--base SRC, source=...).") from exc
+        relative = "" if Path(source).is_absolute() or source in NAMED_SOURCES else (
+            ", a path relative to where it was trained (older versions recorded a model folder as typed)")
+        raise ModelSourceError(f"{folder} was trained from {source}{relative}, which cannot be loaded here ({exc}). "
+                               "Pass the base model (--base SRC, source=...).") from exc
 
 
 def _merged_rows(folder: Path, base: LoadedModel, params: dict[str, torch.Tensor]) -> int:

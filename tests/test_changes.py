@@ -140,7 +140,12 @@ def test_a_run_records_its_model_folder_so_that_it_is_found_from_anywhere(tmp_pa
         weight_changes(run)
     missing = tmp_path / "run" / "clm_run.json"
     missing.write_text(json.dumps({"method": "head", "source": "gone-folder"}))
-    with pytest.raises(ModelSourceError, match="was trained from gone-folder, which cannot be loaded here.*--base"):
+    # a relative path (the upgrade review: older versions recorded a folder as typed) says where it was relative to
+    with pytest.raises(ModelSourceError, match="was trained from gone-folder, a path relative to where it was trained "
+                       r"\(older versions recorded a model folder as typed\), which cannot be loaded here.*--base"):
+        weight_changes(run)
+    missing.write_text(json.dumps({"method": "head", "source": str(tmp_path / "gone-folder")}))
+    with pytest.raises(ModelSourceError, match=r"gone-folder, which cannot be loaded here"):
         weight_changes(run)
 
 
