@@ -62,7 +62,10 @@ def rerun_plan(run: Any, data: str | Path | None = None, **changes: Any) -> Reru
             raise ConfigError(f"{folder} was written by a newer clm-explore: its settings {', '.join(unknown)} are "
                               "unknown here, and a rerun without them would train another run. Upgrade clm-explore.")
         notes.append(f"the run's settings {', '.join(unknown)} (of an older version) are not read here")
-    cfg = FinetuneConfig.from_dict(record["config"])
+    try:
+        cfg = FinetuneConfig.from_dict(record["config"])
+    except TypeError as exc:  # a value of the wrong kind (a hand-edited record): a ConfigError names the field
+        raise ConfigError(f"{folder}'s {RECORD} holds a config this version cannot read ({exc}).") from exc
     try:
         cfg = dataclasses.replace(cfg, **changes)
     except TypeError as exc:
