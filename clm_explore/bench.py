@@ -820,13 +820,18 @@ def _run_cells(cells: list[Cell], root: Path, data_dir: Path, runner: Runner, ba
             raise
 
 
+UNRECORDED_CODE = "made before clm-explore recorded the code that made a run"
+"""How the note names a cell whose clm_run.json records no provenance (an older version's)."""
+
+
 def _say_other_code(kept: list[Path], root: Path) -> None:
     """Say (stderr) which finished cells kept for their settings were made by other code or packages: their figures
     may differ from this version's (a fix in training, a library's kernels), and a grid mixing both says so (the
     upgrade review: an upgraded bench kept an older version's cells beside new ones without a word)."""
     other = {}
     for cell_dir in kept:
-        said = code_differences(read_json_object(cell_dir / "clm_run.json").get("provenance"))
+        made = read_json_object(cell_dir / "clm_run.json").get("provenance")
+        said = code_differences(made) if isinstance(made, dict) else [UNRECORDED_CODE]
         if said:
             other[cell_dir.name] = said
     if not other:

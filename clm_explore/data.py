@@ -82,6 +82,9 @@ class AnnotatedData:
     config: DataConfig | None = field(default=None, repr=False, compare=False)
     """The DataConfig ``load_data`` read it with (its columns, encoding, carve): a run records it, so that it can be
     read the same way again; None for data built by hand."""
+    path: str | None = field(default=None, repr=False, compare=False)
+    """The absolute path of the file or folder ``load_data`` read; None for an upload or DataFrames (an upload's
+    ``source`` is its name, which the server's working folder may hold another file of; the diff review)."""
 
     def __post_init__(self) -> None:
         """Built by hand (``load_data`` checks far more): the shape every consumer relies on, said plainly."""
@@ -252,7 +255,9 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     files = _split_files(path) if path.is_dir() else {"all": path}
     frames = {split: _read_file(f, f.read_bytes, f.stat().st_size, cfg, notes, part=split)
               for split, f in files.items()}
-    return _assemble(_by_split_column(frames, str(path), notes), cfg, str(path), str(files.get("train", path)), notes)
+    data = _assemble(_by_split_column(frames, str(path), notes), cfg, str(path), str(files.get("train", path)), notes)
+    data.path = str(path.resolve())
+    return data
 
 
 def _load_frames(given: pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig) -> AnnotatedData:

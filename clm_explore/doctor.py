@@ -9,8 +9,10 @@ registry), and a setting written wrong was ignored without a word or raised on e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,11 +22,21 @@ LOW_FREE_BYTES = 2 * 2**30
 bench grid hundreds."""
 
 
-SETTINGS = (("CLM_EXPLORE_TORCH_THREADS", 0, True, True, "torch's own number of threads"),
-            ("CLM_EXPLORE_MAX_JOBS", 48, True, True, ""),
-            ("CLM_EXPLORE_UPLOADS_MB", 2000, False, False, ""),
-            ("CLM_EXPLORE_UPLOAD_DAYS", 7, False, False, ""))
-"""The numeric settings the app reads: name, default, whole, above 0, how a problem names the default."""
+MAX_JOBS = 48
+"""Jobs the whole server may have waiting or running at once (``$CLM_EXPLORE_MAX_JOBS`` sets another number): a new
+tab is a new session, with a room of its own, and each waiting job keeps its data set in the server's memory."""
+UPLOAD_DAYS = 7.0
+"""Default age (days since a session was last used: an upload, a saved choice, its address opened) after which its
+upload folder and saved choices are deleted (checked when a server starts, then hourly)."""
+UPLOADS_TOTAL_MB = 2_000.0
+"""Default cap on all sessions' uploads together: every session opened without a token (a new tab, a script) has
+room for five files, so without it a long-running server's disk fills from one browser."""
+MOST_THREADS = 4096
+SETTINGS = (("CLM_EXPLORE_TORCH_THREADS", 0, True, True, "torch's own number of threads", MOST_THREADS),
+            ("CLM_EXPLORE_MAX_JOBS", MAX_JOBS, True, True, "", 100_000),
+            ("CLM_EXPLORE_UPLOADS_MB", UPLOADS_TOTAL_MB, False, False, "", 1e9),
+            ("CLM_EXPLORE_UPLOAD_DAYS", UPLOAD_DAYS, False, False, "", 36_500))
+"""The numeric settings the app reads: name, default, whole, above 0, how a problem names the default, most."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +52,12 @@ class Check:
         return asdict(self)
 
 
-def env_number(name: str, default: float, whole: bool = False, positive: bool = False,
-               default_said: str = "") -> tuple[float, str]:
+def env_number(name: str, default: float, whole: bool = False, positive: bool = False, default_said: str = "",
+               most: float = 1e9) -> tuple[float, str]:
     """The environment variable ``name`` as a number (``default`` when unset), and why it was not read ('' when it
-    was): not a number, not whole where it must be, below 0 (or not above it where ``positive``). ``default_said``:
-    how the problem names the default ('torch's default'; else its value)."""
+    was): not a number, not whole where it must be, below 0 (or not above it where ``positive``), above ``most``
+    (infinity too: torch's threads overflowed at 3e9, and every page raised; the diff review). ``default_said``: how
+    the problem names the default ('torch's default'; else its value)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default, ""
@@ -52,12 +65,19 @@ def env_number(name: str, default: float, whole: bool = False, positive: bool = 
         value = float(raw)
     except ValueError:
         value = float("nan")
-    bad = (value != value or (whole and not value.is_integer()) or value < 0 or (positive and value == 0))
+    bad = (not value <= most or (whole and not value.is_integer()) or value < 0 or (positive and value == 0))
     if bad:
         kind = ("a whole number above 0" if whole and positive else "a whole number" if whole
                 else "a number above 0" if positive else "a number of 0 or more")
-        return default, f"{name}={raw!r} is not {kind}: {default_said or f'{default:g}'} is used instead"
+        return default, (f"{name}={raw!r} is not {kind}, at most {most:g}: {default_said or f'{default:g}'} is used "
+                         "instead")
     return value, ""
+
+
+def setting(name: str) -> float:
+    """One of SETTINGS as the app reads it: its value, or its default where it is unset or written wrong."""
+    row = next(row for row in SETTINGS if row[0] == name)
+    return env_number(*row)[0]
 
 
 def device_setting() -> tuple[str | None, str]:
@@ -76,8 +96,7 @@ def device_setting() -> tuple[str | None, str]:
 
 def checks() -> list[Check]:
     """Every check, in the order a reader fixes them."""
-    found = [_setting_check(name, *env_number(name, default, whole, positive, said))
-             for name, default, whole, positive, said in SETTINGS]
+    found = [_setting_check(row[0], *env_number(*row)) for row in SETTINGS]
     device, problem = device_setting()
     found.append(Check("CLM_EXPLORE_DEVICE", not problem, problem or f"jobs run on {device or _default_device()}"))
     from clm_explore.runs import default_root
@@ -108,32 +127,41 @@ def _default_device() -> str:
 
 
 def _writable(what: str, folder: Path) -> Check:
-    """Whether a file can be made in ``folder`` (made when missing, as the app would)."""
+    """Whether a file can be made in ``folder``, or where it is missing in the nearest folder above it that exists
+    (the app makes it, with its own permissions: a check makes nothing; the diff review)."""
+    there = folder
+    while not there.exists() and there.parent != there:
+        there = there.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+        with tempfile.NamedTemporaryFile(dir=there, prefix=".doctor-"):
             pass
     except OSError as exc:
-        return Check(what, False, f"{folder} cannot be written ({exc.strerror or exc}): runs cannot be launched; "
+        return Check(what, False, f"{there} cannot be written ({exc.strerror or exc}): runs cannot be launched; "
                                   "give this user write access, or set another folder")
-    return Check(what, True, f"{folder} can be written")
+    return Check(what, True, f"{folder} can be written" if there == folder else
+                 f"{folder} is made when first needed ({there} can be written)")
 
 
 def _registry(root: Path) -> Check:
-    from clm_explore.runs import REGISTRY_NAME, RunStore, RunStoreError
+    from clm_explore.runs import REGISTRY_NAME
 
     if not (root / REGISTRY_NAME).is_file():  # a check makes none: the first run does
         return Check("run registry", True, f"none yet in {root}: the first run makes it")
-    try:
-        store = RunStore(root)
-        store.check_writable()
-        count = len(store.list())
-    except (RunStoreError, OSError) as exc:
-        return Check("run registry", False, str(exc))
+    db = root / REGISTRY_NAME
+    try:  # read-only: a check neither migrates nor writes the registry
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+            count = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.Error as exc:
+        return Check("run registry", False, f"{db} cannot be read ({exc}): move it aside, and the app makes a new "
+                                            "one listing the run folders it finds")
+    if not (os.access(db, os.W_OK) and os.access(root, os.W_OK)):
+        return Check("run registry", False, f"{db} is read-only for this user: runs cannot be launched")
     return Check("run registry", True, f"{count:,} run(s) listed")
 
 
 def _disk(root: Path) -> Check:
+    while not root.exists() and root.parent != root:  # not made yet: the disk it will be made on
+        root = root.parent
     try:
         free = shutil.disk_usage(root).free
     except OSError as exc:

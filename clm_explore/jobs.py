@@ -16,9 +16,9 @@ With ``processes=True`` (the app) each device's worker thread hands its jobs to 
 and a crash in it fails the job, not the server. Without it (scripts, tests) jobs run in the thread.
 
 Every change of a job's state is one line of the ``clm_explore.jobs`` logger (queued, started, and how it ended, with
-its duration; never the user's data), and a failed job's traceback is kept in its run folder (``ERROR_FILE``): the
-server's log held Streamlit's start-up lines alone, and a traceback lived only in this process's memory (the
-operations review).
+its duration; never the user's texts or session, though a failure's last line may name a label or a column), and a
+failed job's traceback is kept in its run folder (``ERROR_FILE``): the server's log held Streamlit's start-up lines
+alone, and a traceback lived only in this process's memory (the operations review).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def provenance(source: str, threads: int | None = None) -> dict[str, Any]:
     """The record of what makes a run: the code (``code_version``), the packages, the model's weights
     (``model_version``), the machine (its platform and the threads torch computes with) and the command line."""
     return {"code": code_version(), "packages": package_versions(), "model": model_version(source),
-            "platform": platform.platform(), "threads": threads, "command": command_line()}
+            "platform": f"{platform.system()} {platform.machine()}", "threads": threads, "command": command_line()}
 
 
 def code_differences(recorded: dict[str, Any] | None) -> list[str]:

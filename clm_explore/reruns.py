@@ -67,7 +67,7 @@ def rerun_plan(run: Any, data: str | Path | None = None, **changes: Any) -> Reru
     except TypeError as exc:  # a value of the wrong kind (a hand-edited record): a ConfigError names the field
         raise ConfigError(f"{folder}'s {RECORD} holds a config this version cannot read ({exc}).") from exc
     try:
-        cfg = dataclasses.replace(cfg, **changes)
+        cfg = dataclasses.replace(_unsettled_seeds(cfg) if "seed" in changes else cfg, **changes)
     except TypeError as exc:
         raise ConfigError(f"rerun takes changes to FinetuneConfig's fields ({exc}).") from exc
     if said := code_differences(record.get("provenance")):
@@ -76,6 +76,14 @@ def rerun_plan(run: Any, data: str | Path | None = None, **changes: Any) -> Reru
         notes.append("the run does not record the code that made it (older than that record): its figures may differ")
     loaded = _recorded_data(folder, record, data, notes)
     return RerunPlan(folder, cfg, loaded, str(record.get("source") or "default"), _given_scores(folder, record), notes)
+
+
+def _unsettled_seeds(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with the mask's seed unset where the run settled it from its own seed (``recorded_config``), so that
+    another seed draws other rows, as ``finetune --seed`` does (the diff review: a rerun at seed 1 drew seed 0's
+    random rows). The scoring's seed stays: its default is a fixed 0, which a run's seed does not change."""
+    mask_seed = None if cfg.mask.seed == cfg.seed else cfg.mask.seed
+    return dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, seed=mask_seed))
 
 
 def _recorded_data(folder: Path, record: dict[str, Any], given: str | Path | None, notes: list[str]) -> AnnotatedData:

@@ -1447,6 +1447,9 @@ def test_a_cell_an_older_version_trained_at_another_default_is_trained_again_and
     run_grid(data_dir, cfg, out, runner=in_process, progress=False)
     assert calls == [] and ("1 finished cell(s) in g/cells kept for their settings were made by other code or packages "
                             "(clm-explore code 0123456789abcdef there") in capsys.readouterr().err
+    record_path.write_text(json.dumps({k: v for k, v in record.items() if k != "provenance"}))  # before the record
+    run_grid(data_dir, cfg, out, runner=in_process, progress=False)
+    assert calls == [] and "(made before clm-explore recorded the code that made a run)" in capsys.readouterr().err
     record["config"]["sensitivity"]["max_length"] = 64  # as an older version recorded its default
     record_path.write_text(json.dumps(record))
     run_grid(data_dir, cfg, out, runner=in_process, progress=False)

@@ -824,3 +824,21 @@ def test_a_run_that_collapsed_onto_one_label_says_so_as_a_warning(capsys, data_d
     assert f"warning: every test row was predicted as {predicted[0]!r}: the training collapsed" in err
     assert "the rate 1000" in metrics["collapse_note"]
     assert "## Notes" in (run / "README.md").read_text()  # the model card says it too
+
+
+def test_scores_saved_before_the_bias_flag_still_train_every_rows_bias_but_the_keys(capsys, data_dir, tmp_path):
+    """The diff review: a report without MatrixInfo.bias (saved before it) read False for every map, so its rows
+    trained no bias at all once the key maps' bias went by that flag."""
+    from safetensors.torch import load_file
+
+    scores = tmp_path / "scores"
+    run_json(capsys, ["sensitivity", str(data_dir), *TINY, "--max-length", "32", "--out", str(scores), "--json"])
+    saved = json.loads((scores / "sensitivity.json").read_text())
+    for info in saved["matrices"].values():
+        info.pop("bias", None)  # as an older version wrote it
+    (scores / "sensitivity.json").write_text(json.dumps(saved))
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores), "--out", str(run)]) == 0
+    capsys.readouterr()
+    deltas = load_file(run / "delta.safetensors")
+    assert any(k.endswith(".delta_b") for k in deltas) and not any(k.endswith("key.delta_b") for k in deltas)

@@ -14,7 +14,7 @@ from clm_explore.doctor import checks, device_setting, env_number, problems
 def test_a_setting_written_wrong_is_named_and_its_default_used(monkeypatch):
     monkeypatch.setenv("CLM_EXPLORE_MAX_JOBS", "abc")
     assert env_number("CLM_EXPLORE_MAX_JOBS", 48, whole=True, positive=True) == (
-        48, "CLM_EXPLORE_MAX_JOBS='abc' is not a whole number above 0: 48 is used instead")
+        48, "CLM_EXPLORE_MAX_JOBS='abc' is not a whole number above 0, at most 1e+09: 48 is used instead")
     for raw, read in (("3", 3.0), (" 12 ", 12.0)):
         monkeypatch.setenv("CLM_EXPLORE_MAX_JOBS", raw)
         assert env_number("CLM_EXPLORE_MAX_JOBS", 48, whole=True, positive=True) == (read, "")
@@ -80,3 +80,41 @@ def test_the_apps_readings_of_its_settings_are_the_doctors(monkeypatch, name):
     monkeypatch.setenv(name, "lots")
     read = jobs.max_active_on_server() if name == "CLM_EXPLORE_MAX_JOBS" else state.uploads_total_mb()
     assert read == {"CLM_EXPLORE_MAX_JOBS": 48, "CLM_EXPLORE_UPLOADS_MB": 2000}[name]
+
+
+def test_a_huge_or_infinite_setting_is_refused_and_the_app_keeps_working(monkeypatch):
+    """The diff review: CLM_EXPLORE_TORCH_THREADS=3000000000 passed the check and overflowed torch on every page."""
+    import torch
+
+    from clm_explore.ui import cache
+
+    for raw in ("3000000000", "1e20", "inf"):
+        monkeypatch.setenv("CLM_EXPLORE_TORCH_THREADS", raw)
+        assert "at most 4096" in env_number("CLM_EXPLORE_TORCH_THREADS", 0, whole=True, positive=True, most=4096)[1]
+    before = torch.get_num_threads()
+    cache.configure_torch.clear()
+    try:
+        assert cache.configure_torch() == before
+    finally:
+        cache.configure_torch.clear()
+    monkeypatch.setenv("CLM_EXPLORE_UPLOADS_MB", "inf")
+    assert not {c.name: c for c in checks()}["CLM_EXPLORE_UPLOADS_MB"].ok
+
+
+def test_doctor_makes_nothing_it_checks(monkeypatch, tmp_path):
+    """The diff review: the check made the uploads folder with the process's umask (world-readable until the first
+    upload) and migrated the registry."""
+    import sqlite3
+
+    from clm_explore.runs import RunStore
+
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "fresh" / "runs"))
+    by_name = {check.name: check for check in checks()}
+    assert by_name["runs folder"].ok and "is made when first needed" in by_name["uploads folder"].said
+    assert not (tmp_path / "fresh").exists()
+    store = RunStore(tmp_path / "fresh" / "runs")
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("PRAGMA user_version = 0")  # as an older version left it
+    assert {check.name: check for check in checks()}["run registry"].ok
+    with sqlite3.connect(store.db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0  # checked, not migrated

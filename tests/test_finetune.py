@@ -885,3 +885,16 @@ def test_merged_words_whose_rows_are_not_selected_are_said_to_keep_their_start(t
                        tmp_path / "none", source="tiny-random", progress=False)
     assert without.metrics["merge_note"].endswith("the mask leaves the word embeddings out (include_embeddings, "
                                                   "--no-embeddings)")  # not "--min-layer 0" (the diff review)
+
+
+def test_a_collapse_is_every_test_row_on_one_label_of_several_and_a_one_label_test_is_none():
+    """The diff review: a test split of one label, answered right, was told "the training collapsed"."""
+    import numpy as np
+
+    from clm_explore.training import _collapse_note
+
+    cfg = FinetuneConfig(method="lora", lr=1.0)
+    assert "every test row was predicted as 'b'" in _collapse_note(np.array([1, 1, 1]), np.array([0, 1, 2]),
+                                                                   ["a", "b", "c"], cfg)
+    assert _collapse_note(np.array([1, 1, 1]), np.array([1, 1, 1]), ["a", "b", "c"], cfg) == ""
+    assert _collapse_note(np.array([1, 0, 1]), np.array([0, 1, 2]), ["a", "b", "c"], cfg) == ""

@@ -125,3 +125,26 @@ def test_rerun_refuses_a_folder_that_is_no_run(capsys, tmp_path):
                                                        "data": str(tmp_path / "gone.csv")}))
     with pytest.raises(DataError, match="gone.csv.* is not a file or folder here"):
         rerun_plan(tmp_path)
+
+
+def test_a_rerun_at_another_seed_draws_other_rows_as_finetune_at_that_seed_does(data_dir, tmp_path, capsys):
+    """The diff review: the record's mask seed (settled from the run's) stayed 0, so a rerun at seed 1 drew seed 0's
+    random rows."""
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "random", "--out", str(run)]) == 0
+    assert main(["rerun", "--run", str(run), "--seed", "1", "--out", str(tmp_path / "seed1")]) == 0
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "random", "--seed", "1",
+                 "--out", str(tmp_path / "direct1")]) == 0
+    capsys.readouterr()
+    masks = {name: load_file(tmp_path / name / "masks.safetensors") for name in ("run", "seed1", "direct1")}
+    assert any(not (masks["run"][k] == masks["seed1"][k]).all() for k in masks["run"])
+    _same_files(tmp_path / "direct1", tmp_path / "seed1")
+
+
+def test_uploads_record_no_path_and_files_their_absolute_one(data_dir, tmp_path):
+    from clm_explore.data import load_data, load_upload
+
+    assert load_data(data_dir).path == str(data_dir.resolve())
+    raw = (data_dir / "train.csv").read_bytes()
+    (tmp_path / "train.csv").write_bytes(b"text,label\nan unrelated file,x\n")  # the server's folder holds one so named
+    assert load_upload(raw, "train.csv").path is None

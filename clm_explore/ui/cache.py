@@ -571,13 +571,16 @@ def configure_torch() -> int:
     or was ignored in silence, the operations review)."""
     import torch
 
-    from clm_explore.doctor import env_number, problems
+    from clm_explore.doctor import MOST_THREADS, env_number, problems
     from clm_explore.modeling import quiet_transformers
 
     quiet_transformers()
-    threads, _ = env_number("CLM_EXPLORE_TORCH_THREADS", 0, whole=True, positive=True)
+    threads, _ = env_number("CLM_EXPLORE_TORCH_THREADS", 0, whole=True, positive=True, most=MOST_THREADS)
     if threads:
-        torch.set_num_threads(int(threads))
+        try:
+            torch.set_num_threads(int(threads))
+        except (RuntimeError, ValueError) as exc:  # torch's own limit: its default stands, said in the log
+            server_logger("clm_explore.server").warning("CLM_EXPLORE_TORCH_THREADS=%d: %s", int(threads), exc)
     for said in problems():
         server_logger("clm_explore.server").warning(said)
     freeze_imported_objects()

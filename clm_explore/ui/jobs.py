@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from clm_explore import doctor
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.data import data_digest
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
@@ -59,16 +60,12 @@ MAX_ACTIVE_PER_SESSION = 12
 """Jobs one browser session may have waiting or running at once: the queue is the server's, and one session's
 hundred launches would hold everyone else's jobs back (each queued job also keeps its data in memory). Every
 method of the Budget page's launch list fits at once at one seed."""
-MAX_ACTIVE_ON_SERVER = 48
-"""Jobs the whole server may have waiting or running at once (``$CLM_EXPLORE_MAX_JOBS`` sets another number): a new
-tab is a new session, with a room of its own, and each waiting job keeps its data set in the server's memory."""
+MAX_ACTIVE_ON_SERVER = doctor.MAX_JOBS  # doctor's: the check and the app read the setting alike
 
 
 def max_active_on_server() -> int:
     """``$CLM_EXPLORE_MAX_JOBS`` when it is a positive whole number, else MAX_ACTIVE_ON_SERVER (logged at start)."""
-    from clm_explore.doctor import env_number
-
-    return int(env_number("CLM_EXPLORE_MAX_JOBS", MAX_ACTIVE_ON_SERVER, whole=True, positive=True)[0])
+    return int(doctor.setting("CLM_EXPLORE_MAX_JOBS"))
 
 
 def check_room(launching: int) -> None:

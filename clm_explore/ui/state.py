@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import streamlit as st
 
+from clm_explore import doctor
 from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
 from clm_explore.modeling import NAMED_SOURCES
 from clm_explore.runs import UPLOADS_NAME, default_root
@@ -286,30 +287,16 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-UPLOAD_DAYS = 7.0
-"""Default age (days since a session was last used: an upload, a saved choice, its address opened) after which its
-upload folder and saved choices are deleted (checked when a server starts, then hourly)."""
-UPLOADS_TOTAL_MB = 2_000.0
-"""Default cap on all sessions' uploads together: every session opened without a token (a new tab, a script) has
-room for five files, so without it a long-running server's disk fills from one browser."""
 
 
 def uploads_total_mb() -> float:
-    """``$CLM_EXPLORE_UPLOADS_MB`` (0: no cap), else UPLOADS_TOTAL_MB."""
-    return _env_amount("CLM_EXPLORE_UPLOADS_MB", UPLOADS_TOTAL_MB)
+    """``$CLM_EXPLORE_UPLOADS_MB`` (0: no cap), else ``doctor.UPLOADS_TOTAL_MB``."""
+    return doctor.setting("CLM_EXPLORE_UPLOADS_MB")
 
 
 def upload_max_days() -> float:
-    """``$CLM_EXPLORE_UPLOAD_DAYS`` (0 keeps uploads forever), else UPLOAD_DAYS."""
-    return _env_amount("CLM_EXPLORE_UPLOAD_DAYS", UPLOAD_DAYS)
-
-
-def _env_amount(name: str, default: float) -> float:
-    """A number of 0 or more from the environment variable ``name``; ``default`` when unset or not such a number
-    (logged when the server starts: ``doctor.problems``)."""
-    from clm_explore.doctor import env_number
-
-    return env_number(name, default)[0]
+    """``$CLM_EXPLORE_UPLOAD_DAYS`` (0 keeps uploads forever), else ``doctor.UPLOAD_DAYS``."""
+    return doctor.setting("CLM_EXPLORE_UPLOAD_DAYS")
 
 
 def prune_uploads(root: Path, max_days: float, now: float | None = None) -> list[str]:
