@@ -101,7 +101,7 @@ def checks() -> list[Check]:
     found.append(Check("CLM_EXPLORE_DEVICE", not problem, problem or f"jobs run on {device or _default_device()}"))
     from clm_explore.runs import default_root
 
-    root = default_root()
+    root = default_root().absolute()  # an administrator reads where, not "runs"
     found += [_writable("runs folder", root), _registry(root), _disk(root)]
     from clm_explore.runs import UPLOADS_NAME
 
