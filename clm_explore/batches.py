@@ -268,7 +268,7 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
     whole, scored its training rows too (the data review: 328 rows, 263 of them trained on, with no word; the upgrade
     review: an older run's 2,000 rows, 1,600 of them trained on). The run's own data file changed since is said."""
     from clm_explore.data import AnnotatedData, DataError, data_digest, load_data
-    from clm_explore.runs import read_json_object
+    from clm_explore.runs import read_json_object, recorded_data_paths
 
     if isinstance(data, AnnotatedData):
         return rows
@@ -279,7 +279,8 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
     except (DataError, ValueError):  # data evaluate reads but training refuses (one label, say): not the run's
         return rows
     now = data_digest(own)
-    at_path = isinstance(data, str | os.PathLike) and _recorded_path(record) == Path(data).expanduser().resolve()
+    at_path = isinstance(data, str | os.PathLike) and Path(data).expanduser().resolve() in [
+        p.resolve() for p in recorded_data_paths(record)]
     if digest and now != digest and at_path:
         notes.append(f"{data} is the run's data file, but not the rows it was trained on any more (their digest "
                      f"{digest} then, {now} now): it changed since, so its rows are scored as they are now, rows "
@@ -292,11 +293,6 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
                  "epoch; pass other labelled rows to score it on more."
                  + ("" if digest else " (Known by its predictions.csv: the run is older than its record of its data.)"))
     return own.test[["text", "label"]].reset_index(drop=True)
-
-
-def _recorded_path(record: dict[str, Any]) -> Path | None:
-    recorded = record.get("data_path") or record.get("data")
-    return Path(recorded).expanduser().resolve() if isinstance(recorded, str) and recorded else None
 
 
 def _same_test_rows(run_dir: Path, test: pd.DataFrame) -> bool:

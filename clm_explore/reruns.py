@@ -17,7 +17,7 @@ from clm_explore.config import ConfigError, DataConfig, FinetuneConfig, from_dic
 from clm_explore.data import AnnotatedData, DataError, data_digest, load_data
 from clm_explore.modeling import ModelSourceError
 from clm_explore.provenance import code_differences
-from clm_explore.runs import read_json_object, run_folder
+from clm_explore.runs import read_json_object, recorded_data_paths, run_folder
 
 RECORD = "clm_run.json"
 
@@ -88,7 +88,7 @@ def _unsettled_seeds(cfg: FinetuneConfig) -> FinetuneConfig:
 
 def _recorded_data(folder: Path, record: dict[str, Any], given: str | Path | None, notes: list[str]) -> AnnotatedData:
     """The run's rows, read as it read them, and checked against its digest."""
-    path = Path(given) if given is not None else _recorded_path(record)
+    path = Path(given) if given is not None else next((p for p in recorded_data_paths(record) if p.exists()), None)
     if path is None:
         raise DataError(f"{folder}'s data ({record.get('data') or 'not recorded'}) is not a file or folder here (an "
                         "upload in the app, or moved): pass it (--data PATH, data=) to train the run again.")
@@ -111,15 +111,6 @@ def _recorded_data(folder: Path, record: dict[str, Any], given: str | Path | Non
     if not recorded:
         notes.append("the run does not record its data's digest (older than that record): the rows cannot be checked")
     return data
-
-
-def _recorded_path(record: dict[str, Any]) -> Path | None:
-    """The run's data on disk: the absolute path it recorded, else the path as given (from the same folder)."""
-    for key in ("data_path", "data"):
-        value = record.get(key)
-        if isinstance(value, str) and value and Path(value).expanduser().exists():
-            return Path(value).expanduser()
-    return None
 
 
 def _given_scores(folder: Path, record: dict[str, Any]) -> Path | None:

@@ -1434,6 +1434,13 @@ def _folder_status(folder: Path, metrics: dict[str, Any]) -> tuple[RunStatus, st
     return RunStatus.PENDING, None
 
 
+def recorded_data_paths(record: dict[str, Any]) -> list[Path]:
+    """Where a run's clm_run.json says its data is, best first: the absolute path it recorded (``data_path``), then
+    the path as it was given (``data``: older runs', relative to the folder they ran from)."""
+    found = [record.get(key) for key in ("data_path", "data")]
+    return [Path(value).expanduser() for value in found if isinstance(value, str) and value]
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``; {} when the file is missing, unreadable or not an object."""
     try:
