@@ -98,7 +98,7 @@ def checks() -> list[Check]:
     """Every check, in the order a reader fixes them."""
     found = [_setting_check(row[0], *env_number(*row)) for row in SETTINGS]
     device, problem = device_setting()
-    found.append(Check("CLM_EXPLORE_DEVICE", not problem, problem or f"jobs run on {device or _default_device()}"))
+    found.append(Check("CLM_EXPLORE_DEVICE", not problem, problem or f"jobs run on {job_device()}"))
     from clm_explore.runs import default_root
 
     root = default_root().absolute()  # an administrator reads where, not "runs"
@@ -120,10 +120,11 @@ def _setting_check(name: str, value: float, problem: str) -> Check:
     return Check(name, not problem, problem or shown)
 
 
-def _default_device() -> str:
+def job_device() -> str:
+    """Where the app's jobs run: ``CLM_EXPLORE_DEVICE`` where this machine has it, else the first GPU, else the CPU."""
     import torch
 
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return device_setting()[0] or ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def _writable(what: str, folder: Path) -> Check:

@@ -96,12 +96,11 @@ def device_label() -> str:
 
 
 def default_device() -> str:
-    """Where jobs run: the first GPU when present, else the CPU (``CLM_EXPLORE_DEVICE`` overrides)."""
-    import torch
+    """Where jobs run: the first GPU when present, else the CPU (``CLM_EXPLORE_DEVICE`` overrides; one this machine
+    lacks is logged at start and left out)."""
+    from clm_explore.doctor import job_device
 
-    from clm_explore.doctor import device_setting
-
-    return device_setting()[0] or ("cuda:0" if torch.cuda.is_available() else "cpu")  # one it cannot use: logged
+    return job_device()
 
 
 def mining_form(key: str = "tok") -> MiningConfig:
