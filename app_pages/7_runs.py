@@ -3,7 +3,7 @@ delete; download a finished run as a zip."""
 
 import streamlit as st
 
-from clm_explore.runs import PER_LABEL_METRICS, RunStatus, RunStoreError
+from clm_explore.runs import PER_LABEL_METRICS, RunStatus, RunStoreError, unknown_method_note
 from clm_explore.ui import cache, jobs, run_views, state, views
 from clm_explore.ui.views import escape_markdown
 
@@ -37,6 +37,8 @@ if run.error:
     st.error(escape_markdown(run.error))
 if run.metrics.get("collapse_note"):  # it "succeeded", yet predicts one label for every row
     st.warning(escape_markdown(str(run.metrics["collapse_note"])))
+if run.status is RunStatus.SUCCEEDED and (said := unknown_method_note(run.path)):  # a newer version's run
+    st.warning(escape_markdown(said))
 folder_gone = run.is_terminal and not run.path.is_dir()
 if folder_gone:
     st.warning(escape_markdown(f"This run's {run_views.FOLDER_GONE}."))

@@ -51,6 +51,7 @@ from clm_explore.runs import (  # noqa: E402
     share_tensor_files,
     trained_max_length,
     unfinished_reason,
+    unknown_method_note,
 )
 
 
@@ -486,6 +487,10 @@ def load_run(run_dir: str | Path) -> LoadedModel:
         loaded = load_run_model(path)
     else:
         loaded = load_model(str(path), labels=None)
+    if said := unknown_method_note(path):
+        import warnings
+
+        warnings.warn(said, stacklevel=2)
     config = getattr(loaded.model, "config", None)
     if config is not None and getattr(config, TRAINED_LENGTH_KEY, None) is None and (path / "clm_run.json").is_file():
         # a run saved before its config recorded the length: explain() reads it from there, as predict does

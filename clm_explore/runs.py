@@ -39,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.config import FinetuneConfig
+from clm_explore.config import METHODS, FinetuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -808,6 +808,19 @@ def method_name(value: object) -> str:
     listing the run would show."""
     text = str(value)
     return text if re.fullmatch(r"[\w.+-]{1,40}", text, flags=re.ASCII) else "?"
+
+
+def unknown_method_note(run_dir: Path) -> str:
+    """What to know of a run folder whose clm_run.json names a method this version does not know (a newer one's),
+    or ''. It is loaded as a plain transformers model, which is right for every row method and wrong for one that
+    keeps trained parts elsewhere (as prefix tuning keeps its adapter/): before, such a folder was read without a
+    word (the upgrade review)."""
+    method = read_json_object(run_dir / "clm_run.json").get("method")
+    if method is None or method in METHODS:
+        return ""
+    return (f"{run_dir} was trained with the method {method_name(method)!r}, which this version of clm-explore does "
+            "not know (a newer version's): it is read as a plain model, and if that method keeps trained parts "
+            "outside it, its predictions here are not the run's. Upgrade clm-explore to read it as it was saved.")
 
 
 def _half_written(file: Path) -> bool:

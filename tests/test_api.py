@@ -450,3 +450,28 @@ def test_compute_sensitivity_shows_a_bar_unless_a_listener_or_progress_false_say
     clm_explore.compute_sensitivity(loaded, tiny_data, None, cfg, on_progress=lambda *a: seen.append(a))
     clm_explore.compute_sensitivity(loaded, tiny_data, None, cfg, progress=False)
     assert "scoring rows" not in capsys.readouterr().err and seen[-1][0] == seen[-1][1] == 5
+
+
+def test_a_run_of_a_method_this_version_does_not_know_is_loaded_with_a_warning(tiny_data, tmp_path):
+    """A newer version's method may keep trained parts outside the model folder (as prefix tuning keeps adapter/):
+    loading it as a plain model says so, where it was read without a word (the upgrade review)."""
+    import json
+    import warnings
+
+    import pytest
+
+    import clm_explore
+    from clm_explore.runs import unknown_method_note
+
+    clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1), tmp_path / "run",
+                         source="tiny-random", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known method: no warning
+        clm_explore.load_run(tmp_path / "run")
+    record_path = tmp_path / "run" / "clm_run.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "method": "dora"}))
+    with pytest.warns(UserWarning, match="method 'dora', which this version of clm-explore does not know"):
+        clm_explore.load_run(tmp_path / "run")
+    record_path.write_text(json.dumps({**record, "method": "<b>x</b>"}))  # anyone's text: named as the registry does
+    assert "method '?'" in unknown_method_note(tmp_path / "run")
