@@ -51,6 +51,7 @@ with c2, st.expander("Metrics (metrics.json)"):
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
 
 jobs.relaunch_control(run, key="runs")
+jobs.more_seeds_control(run, records, key="runs")
 
 if run.status is RunStatus.SUCCEEDED and not folder_gone:  # both read the folder's files
     st.subheader("What training changed", anchor=False)

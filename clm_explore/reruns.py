@@ -86,6 +86,52 @@ def _unsettled_seeds(cfg: FinetuneConfig) -> FinetuneConfig:
     return dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, seed=mask_seed))
 
 
+BESIDE_CONFIG = ("source", "data", "data_digest")
+"""What the registry keeps beside a run's FinetuneConfig in its config (the model, the data and its rows)."""
+SEED_KEYS = ("seed", "device")
+"""What a recorded config may differ in between seeds of one setting: the seed, and where the run trained."""
+
+
+def seedless_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config (clm_run.json's, or the registry's with its ``source`` and ``data``) without what
+    differs between seeds of one setting (``SEED_KEYS``, and a mask seed that the run settled to its own seed): two
+    runs with equal ones are seeds of the same setting. The data's digest is left out too: the registry keeps it for
+    the app's runs only, and ``data`` names the data either way."""
+    settings = {key: value for key, value in config.items() if key not in (*SEED_KEYS, "data_digest")}
+    mask = settings.get("mask")
+    if isinstance(mask, dict) and mask.get("seed") == config.get("seed"):
+        settings["mask"] = {**mask, "seed": None}
+    return settings
+
+
+def next_seeds(taken: set[int], count: int) -> list[int]:
+    """The ``count`` lowest seeds (from 0) that are not ``taken``."""
+    seeds: list[int] = []
+    seed = 0
+    while len(seeds) < count:
+        if seed not in taken:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def seed_variants(config: dict[str, Any], seeds: list[int]) -> list[FinetuneConfig]:
+    """A recorded config trained again at each of ``seeds``: the mask's settled seed unset so that each draws its own
+    rows, as ``finetune --seed`` does.
+
+    Raises:
+        ConfigError: settings this version does not know (a newer one wrote them) or cannot read.
+    """
+    if unknown := unknown_keys(FinetuneConfig, {k: v for k, v in config.items() if k not in BESIDE_CONFIG}):
+        raise ConfigError(f"the run's settings {', '.join(unknown)} are unknown here (a newer clm-explore wrote "
+                          "them): training it at other seeds without them would train another setting.")
+    try:
+        cfg = _unsettled_seeds(FinetuneConfig.from_dict(config))
+    except TypeError as exc:  # a value of the wrong kind (a hand-edited record)
+        raise ConfigError(f"the run's config cannot be read by this version ({exc}).") from exc
+    return [dataclasses.replace(cfg, seed=seed) for seed in seeds]
+
+
 def _recorded_data(folder: Path, record: dict[str, Any], given: str | Path | None, notes: list[str]) -> AnnotatedData:
     """The run's rows, read as it read them, and checked against its digest."""
     path = Path(given) if given is not None else next((p for p in recorded_data_paths(record) if p.exists()), None)

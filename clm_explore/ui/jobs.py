@@ -20,6 +20,7 @@ from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.data import data_digest
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
+from clm_explore.reruns import next_seeds, seed_variants, seedless_settings
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root
 from clm_explore.training import FINISHING_PHASE
 from clm_explore.ui import cache, forms, run_views, state
@@ -246,6 +247,55 @@ def relaunch_control(run: RunRecord, key: str) -> None:
         st.error(escape_markdown(f"It cannot be launched again: {exc}"))
         return
     st.success(f"Queued again as {short_run_name(job.run_id or '')}; follow it on the Finetune page.")
+    st.page_link("app_pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
+
+
+MAX_MORE_SEEDS = 10
+"""The most seeds one click on a finished run adds."""
+
+
+def more_seeds_control(run: RunRecord, records: list[RunRecord], key: str) -> None:
+    """For a succeeded run: queue its setting again at the lowest seeds that no run of the same setting on the same
+    data and model has (waiting, running or succeeded), named ``NAME-sSEED``, to compare the seed groups below. Before,
+    a run's settings had to be found in its config and set again on the Finetune form (the CLI's ``rerun --seed`` and
+    ``clm_explore.rerun`` had it)."""
+    if run.status is not RunStatus.SUCCEEDED or not run.config.get("method"):
+        return
+    settings = seedless_settings(run.config)
+    seeds_of_setting = {r.config.get("seed") for r in records if r.status in SEEDS_TAKEN
+                        and seedless_settings(r.config) == settings}
+    taken = {seed for seed in seeds_of_setting if isinstance(seed, int)}
+    with st.expander(f"Train this setting at more seeds ({len(taken)} so far)"):
+        if refusal := relaunch_refusal(run, state.data_choice()):
+            st.caption(escape_markdown(refusal.replace("launch it again", "train it at more seeds")))
+            return
+        count = int(st.number_input("Seeds to add", 1, MAX_MORE_SEEDS, 2, key=f"{key}_more_seeds_n"))
+        seeds = next_seeds(taken, count)
+        st.caption(f"Seeds taken by runs of this setting: {', '.join(map(str, sorted(taken))) or 'none'}. "
+                   f"The new runs train at seed {', '.join(map(str, seeds))}, each on the same data and model.")
+        if not st.button(f"Train at {count} more seed{'s' if count > 1 else ''}", key=f"{key}_more_seeds"):
+            return
+        _launch_more_seeds(run, seeds)
+
+
+SEEDS_TAKEN = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUCCEEDED)
+"""The runs whose seeds are not offered again: a run that failed or was stopped left its seed without a result."""
+
+
+def _launch_more_seeds(run: RunRecord, seeds: list[int]) -> None:
+    from clm_explore.config import ConfigError
+    from clm_explore.data import DataError
+    from clm_explore.modeling import ModelSourceError
+
+    base = re.sub(r"-s\d+$", "", run.name)
+    try:
+        plans = [LaunchPlan(f"{base}-s{cfg.seed}", cfg) for cfg in seed_variants(run.config, seeds)]
+        queued = launch_plans(plans, state.data_choice(), str(run.config["source"]))
+    except (ConfigError, DataError, ModelSourceError) as exc:  # nothing is queued
+        st.error(escape_markdown(f"It cannot be trained at more seeds: {exc}"))
+        return
+    st.success(f"Queued {len(queued)} run(s) at seed {', '.join(map(str, seeds))}; follow them on the Finetune page, "
+               "then compare the seed groups above.")
     st.page_link("app_pages/5_finetune.py", label="Go to Finetune", icon=":material/model_training:")
 
 

@@ -1654,6 +1654,43 @@ def test_a_run_that_ended_without_a_model_is_launched_again_with_its_settings(at
     assert store.get(run.id).status is RunStatus.INTERRUPTED  # the old run stays as it was
 
 
+def test_a_succeeded_run_is_trained_at_the_lowest_seeds_its_setting_has_not_had(at: AppTest) -> None:
+    """An engineer who ran one seed and wants the spread had to set the run's options again on the Finetune form."""
+    import dataclasses
+
+    from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
+    from clm_explore.data import data_digest
+    from clm_explore.ui import cache
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    choice = at.session_state["data_choice"]
+    cfg = FinetuneConfig(method="random", epochs=1, max_length=32, device="cpu", mask=MaskConfig(budget=0.02))
+    beside = {"source": "tiny-random", "data": choice.key, "data_digest": data_digest(cache.data(choice))}
+
+    def recorded(name: str, seed: int, status: RunStatus, **changes) -> str:  # as a run records it: mask seed settled
+        seeded = dataclasses.replace(cfg, seed=seed, mask=dataclasses.replace(cfg.mask, seed=seed), **changes)
+        run_id = store.create(name, "random", {**to_dict(seeded), **beside}).id
+        store.set_status(run_id, status)
+        return run_id
+
+    first = recorded("mine-s0", 0, RunStatus.SUCCEEDED)
+    recorded("mine-s1", 1, RunStatus.SUCCEEDED, device="cuda")  # where it ran is no part of the setting
+    recorded("mine-s2", 2, RunStatus.FAILED)  # its seed has no result: offered again
+    recorded("other", 3, RunStatus.SUCCEEDED, lr=1e-2)  # another setting: its seed is no matter
+    goto(at, "app_pages/7_runs.py")
+    at.selectbox(key="runs_pick").set_value(first).run()
+    assert any("Seeds taken by runs of this setting: 0, 1. The new runs train at seed 2, 3" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    at.button(key="runs_more_seeds").click().run(timeout=TIMEOUT)
+    assert not at.exception and any("Queued 2 run(s) at seed 2, 3" in s.value for s in at.success), [
+        e.value for e in at.error]
+    new = {r.name: r for r in store.list() if r.status is RunStatus.SUCCEEDED and r.name in ("mine-s2", "mine-s3")}
+    assert sorted(new) == ["mine-s2", "mine-s3"]
+    for name, seed in (("mine-s2", 2), ("mine-s3", 3)):  # each draws its own random rows, not seed 0's
+        trained = json.loads((new[name].path / "clm_run.json").read_text())["config"]
+        assert trained["seed"] == seed and trained["mask"] == {**to_dict(cfg.mask), "seed": seed}
+
+
 def waiting_job(store: RunStore, name: str):
     """A job another session queued, still waiting (the tests' inline jobs never wait), in the app's queue."""
     from clm_explore.jobs import Job
