@@ -73,7 +73,9 @@ from clm_explore.config import (
 from clm_explore.data import AnnotatedData, load_data, write_csv
 from clm_explore.provenance import MODEL_NAMES, code_differences, model_fingerprint, provenance
 from clm_explore.runs import (
+    PROGRESS_LOG,
     RunStore,
+    last_step,
     lock_owner,
     owner_lock,
     read_json_object,
@@ -703,13 +705,8 @@ def exit_line(code: int) -> str:
 
 
 def _cell_progress(cell_dir: Path) -> str:
-    try:
-        with open(cell_dir / "progress.jsonl", "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 2048))
-            last = json.loads(f.read().decode(errors="ignore").strip().splitlines()[-1])
-        return f"step {last['step']}/{last['total_steps']}"
-    except (OSError, ValueError, IndexError, KeyError):
-        return "preparing"
+    last = last_step(cell_dir)
+    return "preparing" if last is None else f"step {last['step']}/{last['total_steps']}"
 
 
 LOG_EVERY_SECONDS = 60.0
@@ -857,7 +854,7 @@ def _run_cell(cell: Cell, root: Path, data_dir: Path, runner: Runner, bar: Progr
             bar.show(label, detail)
 
     started = time.perf_counter()
-    (cell_dir / "progress.jsonl").unlink(missing_ok=True)  # a run stopped before: its steps are not this run's
+    (cell_dir / PROGRESS_LOG).unlink(missing_ok=True)  # a run stopped before: its steps are not this run's
     if bar:
         bar.show(label)
     try:

@@ -823,6 +823,40 @@ def unknown_method_note(run_dir: Path) -> str:
             "outside it, its predictions here are not the run's. Upgrade clm-explore to read it as it was saved.")
 
 
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (0 when it is gone); links are not followed."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
+
+
+PROGRESS_LOG = "progress.jsonl"
+"""A run folder's log of its training steps, a JSON line a step (``training.read_history`` reads it)."""
+
+
+def last_step(folder: Path) -> dict[str, Any] | None:
+    """The last training step a run folder's progress log holds (``step``, ``total_steps``, ``eta``, ...), or None
+    (no step yet). Read from the file's end: the log grows a line a step."""
+    try:
+        with (folder / PROGRESS_LOG).open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 16384))
+            tail = log.read()
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()):  # the first may be cut by the seek, the last by a writer mid-line
+        try:
+            step = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(step, dict) and isinstance(step.get("step"), int) and isinstance(step.get("total_steps"), int):
+            return step
+    return None
+
+
 def _half_written(file: Path) -> bool:
     """A temporary file of ``write_json_atomic`` that a killed writer left behind."""
     return file.name.startswith(".") and file.name.endswith(".tmp")

@@ -71,6 +71,7 @@ from clm_explore.prefix_cache import PrefixCache, build_prefix_cache
 from clm_explore.progress_bar import ProgressBar, combined
 from clm_explore.provenance import provenance
 from clm_explore.runs import (
+    PROGRESS_LOG,
     RANK_COPIES,
     TRAINED_LENGTH_KEY,
     RunDirClaim,
@@ -158,7 +159,7 @@ def read_history(out_dir: str | Path) -> pd.DataFrame:
     """A run folder's progress.jsonl as ``FinetuneResult.history`` gives it (a line cut off by a stopped run is
     left out)."""
     rows = []
-    path = Path(out_dir) / "progress.jsonl"
+    path = Path(out_dir) / PROGRESS_LOG
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
             row = json.loads(line)
@@ -955,7 +956,7 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
     if cfg.dropout is not None and not set_dropout(prepared.model, cfg.dropout):
         prepared.info["dropout_note"] = "the model has no dropout to set: the dropout option changed nothing"
     lr = cfg.lr or DEFAULT_LR[cfg.method]
-    with open(out_dir / "progress.jsonl", "w") as progress:
+    with open(out_dir / PROGRESS_LOG, "w") as progress:
         loop = _TrainLoop(loaded, data, cfg, prepared, device, lr, _logged(on_step, progress), should_stop, accelerator,
                           scoring_prefix=ctx.prefix)
         ctx.prefix = None  # the loop owns it now: it frees the states if they do not apply

@@ -726,10 +726,11 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     failed = store.create("broke", "full", {})
     store.set_status(failed.id, RunStatus.FAILED, error="CUDA out of memory\nTried to allocate")
     killed = _run_of_a_process_gone()
+    (done.path / "model.safetensors").write_bytes(b"0" * 3 * 2**20)
     assert main(["runs"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"3 run(s) in {store.root}:" and out[1].split() == [
-        "id", "method", "status", "accuracy", "macro_f1", "trainable", "created"]
+    assert out[0] == f"3 run(s) in {store.root}, taking 3.0 MB:" and out[1].split() == [
+        "id", "method", "status", "accuracy", "macro_f1", "trainable", "MB", "created"]
     assert [line.split()[0] for line in out[2:]] == [r.id for r in store.list()]  # the registry's order, newest first
     line = {row.split()[0]: row for row in out[2:]}
     assert line[killed].split()[2] == "interrupted"  # its process was gone: marked, as the app marks it
@@ -741,15 +742,37 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     assert main(["runs", "--limit", "1"]) == 0  # the operations review: cut at 120 characters, the cause was lost
     shown = capsys.readouterr().out.splitlines()[-1]
     assert "(A disk the run writes to is full" in shown and shown.endswith("(os error 28)))") and " ... " in shown
-    assert "0.8750" in line[done.id] and "1,234" in line[done.id]
+    assert "0.8750" in line[done.id] and "1,234" in line[done.id] and " 3.0 " in line[done.id]
     assert main(["runs", "--status", "succeeded", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(r["id"], r["accuracy"], r["trainable_params"]) for r in listed] == [(done.id, 0.875, 1234)]
+    assert listed[0]["size_bytes"] >= 3 * 2**20 and listed[0]["progress"] is None
     assert main(["runs", "--method", "full", "--json"]) == 0
     full = [r["id"] for r in json.loads(capsys.readouterr().out)]
     assert sorted(full) == sorted([failed.id, killed])
     assert main(["runs", "--method", "full", "--limit", "1", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == full[:1]
+
+
+def test_cli_runs_says_where_a_running_run_is_from_its_progress_log(store: RunStore, capsys) -> None:
+    """The operations review: a run listed "running" for an hour gave no sign whether it moved at all."""
+    from clm_explore.cli import main
+
+    running = store.create("busy", "sparse", {})
+    store.set_status(running.id, RunStatus.RUNNING)  # this process's: alive
+    assert main(["runs"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[2] == "running"  # no step yet: nothing said
+    steps = [{"step": step, "total_steps": 40, "epoch": 1, "loss": 1.0, "examples_per_second": 9.0, "elapsed": 1.0,
+              "eta": 150.0 - step, "eval": None, "lr": 1e-3} for step in (1, 2, 3)]
+    (running.path / "progress.jsonl").write_text("".join(json.dumps(step) + "\n" for step in steps) + '{"step": 4, "to')
+    assert main(["runs"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(step 3 of 40 (8%), epoch 1, about 2 min left)")
+    assert main(["runs", "--json"]) == 0  # the last whole line: a writer mid-line is not read
+    assert json.loads(capsys.readouterr().out)[0]["progress"] == {"step": 3, "total_steps": 40, "epoch": 1,
+                                                                    "eta": 147.0}
+    store.set_status(running.id, RunStatus.SUCCEEDED)
+    assert main(["runs", "--json"]) == 0  # an ended run has no progress to tell
+    assert json.loads(capsys.readouterr().out)[0]["progress"] is None
 
 
 def test_cli_runs_prune_deletes_the_runs_that_ended_long_ago_and_lists_them(store: RunStore, capsys) -> None:
@@ -762,7 +785,7 @@ def test_cli_runs_prune_deletes_the_runs_that_ended_long_ago_and_lists_them(stor
     store._update(old.id, {"updated": "2020-01-02T03:04:05"})
     assert main(["runs", "--prune", "30", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("would delete 1 run(s) that ended more than 30 day(s) ago:") and old.id in out
+    assert out.startswith("would delete 1 run(s) (0.0 MB) that ended more than 30 day(s) ago:") and old.id in out
     assert old.path.is_dir()
     assert main(["runs", "--prune", "30", "--status", "failed", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [old.id] and not old.path.exists()

@@ -8,7 +8,16 @@ from typing import Any
 
 from clm_explore.cli import UserError, print_json
 from clm_explore.cli.method_cmds import one_line
-from clm_explore.runs import REGISTRY_NAME, RunStatus, RunStore, RunStoreError, default_root
+from clm_explore.runs import (
+    REGISTRY_NAME,
+    RunRecord,
+    RunStatus,
+    RunStore,
+    RunStoreError,
+    default_root,
+    folder_bytes,
+    last_step,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -70,14 +79,24 @@ def run_runs(args: argparse.Namespace) -> int:
     records = [r for r in store.list() if (args.status is None or r.status.value == args.status)
                and (args.method is None or r.method == args.method)]
     records = records[: args.limit] if args.limit else records
-    rows = [record.summary() for record in records]
+    rows = [listed(record) for record in records]
     if args.json:
         print_json(rows)
         return 0
-    print(f"{len(rows)} run(s) in {store.root}" + (":" if rows else ""))
+    size = f", taking {sum(row['size_bytes'] for row in rows) / 2**20:,.1f} MB" if rows else ""
+    print(f"{len(rows)} run(s) in {store.root}{size}" + (":" if rows else ""))
     if rows:
         print(format_runs(rows))
     return 0
+
+
+def listed(record: RunRecord) -> dict[str, Any]:
+    """A run as ``runs`` lists it: its ``summary``, the bytes its folder takes, and where a waiting or running run's
+    training is (its last step; None before the first, or once it ended). The operations review: no size, and no
+    sign whether a run listed "running" for an hour moved at all."""
+    last = None if record.status.is_terminal else last_step(record.path)
+    progress = None if last is None else {key: last.get(key) for key in ("step", "total_steps", "epoch", "eta")}
+    return {**record.summary(), "size_bytes": folder_bytes(record.path), "progress": progress}
 
 
 MAX_PRUNE_DAYS = 36_500
@@ -100,12 +119,14 @@ def _prune(store: RunStore, args: argparse.Namespace) -> int:
         records = store.prune(args.prune, statuses, dry_run=args.dry_run)
     except PruneError as exc:
         records, said = exc.deleted, str(exc)
-    rows = [record.summary() for record in records]
+    # A dry run's folders are still there: their sizes say what a prune would free
+    rows = [listed(record) if args.dry_run else record.summary() for record in records]
     if args.json:
         print_json(rows)
     else:
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{verb} {len(rows)} run(s) that ended more than {args.prune:g} day(s) ago" + (":" if rows else "."))
+        size = f" ({sum(row['size_bytes'] for row in rows) / 2**20:,.1f} MB)" if args.dry_run and rows else ""
+        print(f"{verb} {len(rows)} run(s){size} that ended more than {args.prune:g} day(s) ago" + (":" if rows else "."))
         if rows:
             print(format_runs(rows))
     if said:
@@ -121,14 +142,31 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
     def shown(form: str) -> Any:
         return lambda v: "–" if v is None or pd.isna(v) else form.format(v)
 
-    frame = pd.DataFrame(rows)[["id", "method", "status", "accuracy", "macro_f1", "trainable_params", "created"]]
-    for column, form in (("accuracy", "{:.4f}"), ("macro_f1", "{:.4f}"), ("trainable_params", "{:,.0f}")):
-        frame[column] = frame[column].map(shown(form))
-    lines = frame.rename(columns={"trainable_params": "trainable"}).to_string(index=False).splitlines()
+    sized = "size_bytes" in rows[0]  # not once deleted
+    frame = pd.DataFrame(rows)[["id", "method", "status", "accuracy", "macro_f1", "trainable_params",
+                                *(["size_bytes"] if sized else []), "created"]]
+    if sized:
+        frame["size_bytes"] = frame["size_bytes"] / 2**20
+    for column, form in (("accuracy", "{:.4f}"), ("macro_f1", "{:.4f}"), ("trainable_params", "{:,.0f}"),
+                         ("size_bytes", "{:,.1f}")):
+        if column in frame:
+            frame[column] = frame[column].map(shown(form))
+    names = {"trainable_params": "trainable", "size_bytes": "MB"}
+    lines = frame.rename(columns=names).to_string(index=False).splitlines()
     for i, row in enumerate(rows, start=1):
         if row["error"]:
             lines[i] += f"  ({shortened(one_line(row['error']))})"  # one line, its cause kept
+        elif row.get("progress"):
+            lines[i] += f"  ({progress_said(row['progress'])})"
     return "\n".join(lines)
+
+
+def progress_said(progress: dict[str, Any]) -> str:
+    """Where a run's training is: "step 120 of 939 (13%), epoch 1, about 4 min left"."""
+    step, total = progress["step"], progress["total_steps"]
+    said = f"step {step} of {total} ({step / max(total, 1):.0%}), epoch {progress.get('epoch')}"
+    eta = progress.get("eta")
+    return said + (f", about {max(1, round(eta / 60))} min left" if isinstance(eta, int | float) else "")
 
 
 def shortened(text: str, width: int = 160) -> str:

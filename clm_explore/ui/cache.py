@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import shutil
 import threading
 import time
@@ -49,7 +48,7 @@ from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
 from clm_explore.modeling import LoadedModel, load_model, release_gpu_memory, unsupported_reason
 from clm_explore.provenance import model_version
-from clm_explore.runs import UPLOADS_NAME, RunStore, trained_max_length
+from clm_explore.runs import UPLOADS_NAME, RunStore, folder_bytes, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
 from clm_explore.serverlog import server_logger
 from clm_explore.training import DEFAULT_MERGE_TOKENS
@@ -535,14 +534,12 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
 def runs_disk(root: str) -> tuple[int, int]:
     """The bytes the runs folder holds and the bytes free on its disk, read at most every 5 minutes (a walk over
     every run's files)."""
-    used = 0
-    for folder, subfolders, files in os.walk(root):
-        if folder == root:  # the runs' folders alone: not the uploads, nor what killed processes left (hidden)
-            subfolders[:] = [name for name in subfolders if name != UPLOADS_NAME and not name.startswith(".")]
-            files = []
-        for name in files:
-            with contextlib.suppress(OSError):
-                used += os.lstat(os.path.join(folder, name)).st_size
+    try:  # the runs' folders alone: not the uploads, nor what killed processes left (hidden), nor the registry
+        folders = [entry for entry in Path(root).iterdir() if entry.is_dir() and not entry.is_symlink()
+                   and entry.name != UPLOADS_NAME and not entry.name.startswith(".")]
+    except OSError:
+        folders = []
+    used = sum(folder_bytes(folder) for folder in folders)
     try:
         free = shutil.disk_usage(root).free
     except OSError:
