@@ -33,7 +33,7 @@ from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read_json_object
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.state import data_key_name
-from clm_explore.ui.views import escape_markdown, plot_text
+from clm_explore.ui.views import escape_markdown, plot_text, spreadsheet_csv
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -533,11 +533,11 @@ def predictions_csv(run_path: Path) -> bytes:
         why = f"{file.name} of this run is a link, not the run's own file: it is not sent."
     else:
         try:
-            return file.read_bytes()
+            return spreadsheet_csv(file.read_bytes())
         except OSError:
             why = ("This run's predictions.csv is no longer on the server (the run deleted or moved, perhaps by "
                    "another user of the server).")
-    return csv_text(pd.DataFrame({"note": [why]})).encode("utf-8")
+    return spreadsheet_csv(csv_text(pd.DataFrame({"note": [why]})).encode("utf-8"))
 
 
 def render_model_card(run: RunRecord, key: str) -> None:

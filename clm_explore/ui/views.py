@@ -6,6 +6,7 @@ User text (data rows, labels, words) is only ever shown through dataframes or th
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import re
 import unicodedata
@@ -260,6 +261,13 @@ def dataframe(data: Any, **kwargs: Any) -> Any:
     return st.dataframe(data, placeholder=MISSING, **kwargs)
 
 
+def spreadsheet_csv(data: bytes) -> bytes:
+    """UTF-8 CSV bytes as a download gives them: led by the UTF-8 byte order mark, without which Excel reads the file
+    in the machine's code page and an accented or non-Latin text (a label, a user's text) comes out garbled. pandas,
+    Python's csv with utf-8-sig and ``load_data`` read it as before; the files in the run folder stay without it."""
+    return data if data.startswith(codecs.BOM_UTF8) else codecs.BOM_UTF8 + data
+
+
 def byte_size(size: float) -> str:
     """A size as the app writes it: "340 KB", "3.0 MB", "1.25 GB"."""
     if size < 2**20:
@@ -320,7 +328,7 @@ def render_label_issues(result: Any, key: str) -> pd.DataFrame:
                 help="The quick model's probability of the suggested label"),
         },
     )
-    st.download_button("Download the flagged rows (CSV)", csv_text(result.issues).encode(),
+    st.download_button("Download the flagged rows (CSV)", spreadsheet_csv(csv_text(result.issues).encode()),
                        file_name="label_issues.csv", mime="text/csv", key=f"{key}_issues_csv")
     return result.issues[edited["accept"].to_numpy(dtype=bool)]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import io
 import json
 import os
 import re
@@ -478,8 +479,10 @@ def test_the_app_s_tables_write_a_missing_figure_as_a_dash_not_none(at: AppTest)
 def test_a_runs_predictions_download_says_when_the_file_went_or_is_a_link(tmp_path: Path) -> None:
     from clm_explore.ui.run_views import predictions_csv
 
-    (tmp_path / "predictions.csv").write_text("row,text\r\n0,hello\r\n")
-    assert predictions_csv(tmp_path) == b"row,text\r\n0,hello\r\n"
+    (tmp_path / "predictions.csv").write_text("row,text,label\r\n0,hello,Überweisung\r\n", encoding="utf-8")
+    sent = predictions_csv(tmp_path)  # led by UTF-8's mark: Excel read the label in the machine's code page
+    assert sent == "\ufeffrow,text,label\r\n0,hello,Überweisung\r\n".encode()
+    assert pd.read_csv(io.BytesIO(sent)).to_dict("records") == [{"row": 0, "text": "hello", "label": "Überweisung"}]
     secret = tmp_path / "secret.txt"
     secret.write_text("a secret of the server")
     (tmp_path / "predictions.csv").unlink()
