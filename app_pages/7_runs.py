@@ -4,7 +4,7 @@ delete; download a finished run as a zip."""
 import streamlit as st
 
 from clm_explore.runs import PER_LABEL_METRICS, RunStatus, RunStoreError, unknown_method_note
-from clm_explore.ui import cache, jobs, run_views, state, views
+from clm_explore.ui import cache, jobs, labelling, run_views, state, views
 from clm_explore.ui.views import escape_markdown
 
 st.title("Runs", anchor=False)
@@ -57,6 +57,8 @@ if run.status is RunStatus.SUCCEEDED and not folder_gone:  # both read the folde
     st.subheader("What training changed", anchor=False)
     run_views.weight_changes_toggle([run], key="runs_changes")
     run_views.render_model_card(run, key="runs")
+    st.subheader("Put it to work", anchor=False)
+    labelling.label_file_panel(run, key="runs")
 
 c1, c2 = st.columns(2)
 if not folder_gone:

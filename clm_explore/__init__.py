@@ -15,6 +15,7 @@ A notebook session, end to end::
     cfg = clm.FinetuneConfig(method="sparse", mask=clm.MaskConfig(budget=0.01))
     result = clm.finetune(data, cfg, "runs/my-sparse", source="default", scores=report)
     clm.predict("runs/my-sparse", ["my card has not arrived"])  # probabilities, a column per label
+    clm.label_file("runs/my-sparse", "new_tickets.csv")  # a row per text: label, probability, runner-up
     clm.evaluate("runs/my-sparse", "new_annotations.csv").to_frame()  # scored on labelled rows: F1 per label
     print(clm.model_card("runs/my-sparse"))  # its README.md: the Hub's model card, written with the run
     clm.RunStore().register_folder("runs/my-sparse")  # listed in the app's Runs and Compare pages
@@ -102,6 +103,7 @@ _EXPORTS = {
     "find_label_issues": "clm_explore.label_issues",
     "finetune": "clm_explore.training",
     "head_attention": "clm_explore.layer_views",
+    "label_file": "clm_explore.batches",
     "layer_similarity": "clm_explore.layer_views",
     "load_data": "clm_explore.data",
     "load_model": "clm_explore.modeling",
@@ -110,6 +112,7 @@ _EXPORTS = {
     "model_card": "clm_explore.cards",
     "predict": "clm_explore.batches",
     "predict_proba": "clm_explore.batches",
+    "prediction_table": "clm_explore.batches",
     "relabelled": "clm_explore.label_issues",
     "rerun": "clm_explore.reruns",
     "rerun_plan": "clm_explore.reruns",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +92,10 @@ def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int, multiple: int = 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_length: int = 64,
-                  batch_size: int = 64, device: torch.device | None = None) -> np.ndarray:
-    """(rows, labels) class probabilities, batched by length."""
+                  batch_size: int = 64, device: torch.device | None = None,
+                  on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """(rows, labels) class probabilities, batched by length; ``on_batch(done, total)`` hears each batch's end (texts
+    done of all)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -108,16 +110,19 @@ def predict_proba(model: nn.Module, loaded: LoadedModel, texts: list[str], max_l
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
         probs[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(order)), len(order))
     model.train(was_training)
     return probs
 
 
-def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int | None = None) -> pd.DataFrame:
+def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int | None = None,
+            on_progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Class probabilities of ``texts`` (one string or several) under a finished run (its folder or run id, the
     ``FinetuneResult`` that ``finetune`` returned, its registry record, or the run loaded: ``load_run``'s
     ``LoadedModel``): a row per text, a column per label (in the run's label order).
     Texts are read at the run's trained length unless ``max_length`` says otherwise, so the figures match its
-    predictions.csv and ``clm-explore predict``."""
+    predictions.csv and ``clm-explore predict``. ``on_progress(done, total)`` hears each batch's end."""
     from clm_explore.config import FinetuneConfig
     from clm_explore.modeling import LoadedModel, check_trained, load_run
     from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length
@@ -133,9 +138,61 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
         run_dir = run_folder(run)
         loaded = load_run(run_dir)
         length = max_length or trained_max_length(run_dir)
-    probs = predict_proba(loaded.model, loaded, texts, max_length=length)
+    probs = predict_proba(loaded.model, loaded, texts, max_length=length, on_batch=on_progress)
     labels = [str(loaded.model.config.id2label[i]) for i in range(probs.shape[1])]
     return pd.DataFrame(probs, columns=labels, index=pd.Index(texts, name="text"))
+
+
+def chosen_threshold(run: str | Path | Any) -> float | None:
+    """The probability below which a run abstains ("out of scope"), as it chose it on its validation rows (its
+    metrics.json's ``out_of_scope.threshold``: only where its test split held labels unseen in training), or None."""
+    from clm_explore.runs import read_json_object, run_folder
+
+    scope = read_json_object(run_folder(run) / "metrics.json").get("out_of_scope")
+    threshold = scope.get("threshold") if isinstance(scope, dict) else None
+    return float(threshold) if isinstance(threshold, int | float) and 0 < threshold < 1 else None
+
+
+def prediction_table(probs: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+    """``predict``'s probabilities as a table to read or save: a row per text in its order, with ``row`` (counted
+    from 1), ``text``, ``label`` (the most probable) and its ``probability``, the ``runner_up`` label and its
+    probability (two close ones say the model hesitates), and ``out_of_scope`` where a ``threshold`` is given (the
+    top probability below it)."""
+    values = probs.to_numpy()
+    labels = np.asarray(probs.columns, dtype=object)
+    order = np.argsort(-values, axis=1, kind="stable")
+    rows = np.arange(len(values))
+    table = pd.DataFrame({"row": rows + 1, "text": list(probs.index), "label": labels[order[:, 0]],
+                          "probability": values[rows, order[:, 0]]})
+    if values.shape[1] > 1:
+        table["runner_up"] = labels[order[:, 1]]
+        table["runner_up_probability"] = values[rows, order[:, 1]]
+    if threshold is not None:
+        table["out_of_scope"] = table["probability"] < threshold
+    return table
+
+
+def label_file(run: str | Path | Any, path: str | Path, text_col: str | None = None, max_length: int | None = None,
+               max_texts: int | None = None, notes: list[str] | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """The texts of a file (any format ``load_data`` reads, or a .txt file of one text per line: ``data.read_texts``)
+    labelled by a finished run: ``prediction_table``, with ``out_of_scope`` where the run chose a threshold
+    (``chosen_threshold``). ``notes`` receives the reader's remarks; ``on_progress(done, total)`` each batch's end.
+
+    Raises:
+        DataError: the file cannot be read, has no text column, or holds more than ``max_texts`` texts.
+    """
+    from clm_explore.config import DataConfig
+    from clm_explore.data import DataError, read_texts
+
+    texts = read_texts(path, text_col, cfg=DataConfig(), notes=notes)
+    if max_texts is not None and len(texts) > max_texts:
+        raise DataError(f"{Path(path).name} holds {len(texts):,} texts; at most {max_texts:,} are labelled here at "
+                        f"once: split the file, or label it with `clm-explore predict --run RUN --file FILE`.")
+    if on_progress is not None:
+        on_progress(0, len(texts))
+    probs = predict(run, texts, max_length, on_progress=on_progress)
+    return prediction_table(probs, None if isinstance(run, LoadedModel) else chosen_threshold(run))  # no folder: none
 
 
 @dataclass

@@ -59,3 +59,36 @@ def test_leading_whitespace_does_not_count_against_a_texts_cut():
     [cut] = bounded_texts([padded], 64)
     assert cut.strip().startswith("my card has not arrived") and len(cut) == 5000 + 64 * CHARS_PER_TOKEN_BOUND
     assert bounded_texts(["  short  "], 64) == ["  short  "]  # within the cap: as it was
+
+
+def test_a_file_of_texts_is_labelled_by_a_run_in_its_order_with_the_runner_up(tiny_data, tmp_path):
+    """The app's "Label a file" and ``clm.label_file``: a file of new texts, a row each, read as predict reads them."""
+    import json
+
+    import pytest
+
+    import clm_explore
+    from clm_explore.data import DataError
+
+    clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1), tmp_path / "run",
+                         source="tiny-random", progress=False)
+    texts = ["my card has not arrived", "how do I top up", "Überweisung storniert", "a"]
+    (tmp_path / "new.csv").write_text("id,utterance\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
+    heard: list[tuple[int, int]] = []
+    table = clm_explore.label_file(tmp_path / "run", tmp_path / "new.csv", on_progress=lambda *p: heard.append(p))
+    probs = clm_explore.predict(tmp_path / "run", texts)
+    assert list(table.columns) == ["row", "text", "label", "probability", "runner_up", "runner_up_probability"]
+    assert table["row"].tolist() == [1, 2, 3, 4] and table["text"].tolist() == texts
+    assert table["label"].tolist() == probs.idxmax(axis=1).tolist()
+    assert np.allclose(table["probability"], probs.max(axis=1)) and (table["runner_up"] != table["label"]).all()
+    assert (table["runner_up_probability"] <= table["probability"]).all()
+    assert heard[0] == (0, 4) and heard[-1] == (4, 4)
+    (tmp_path / "new.txt").write_text("\n".join(texts) + "\n")  # one text a line
+    assert clm_explore.label_file(tmp_path / "run", tmp_path / "new.txt")["label"].tolist() == table["label"].tolist()
+    with pytest.raises(DataError, match="new.csv holds 4 texts; at most 3 are labelled here at once"):
+        clm_explore.label_file(tmp_path / "run", tmp_path / "new.csv", max_texts=3)
+    metrics_path = tmp_path / "run" / "metrics.json"  # a run that chose where to abstain: said per text
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({**metrics, "out_of_scope": {"threshold": 0.99}}))
+    abstained = clm_explore.label_file(tmp_path / "run", tmp_path / "new.csv")
+    assert abstained["out_of_scope"].tolist() == (abstained["probability"] < 0.99).tolist() == [True] * 4

@@ -511,6 +511,65 @@ def forget_study(task: KeyedTask) -> None:
     _studies().forget(task)
 
 
+@st.cache_resource(show_spinner=False)
+def _labellings() -> KeyedTasks:
+    return KeyedTasks(kept=8, at_once=1)
+
+
+MAX_LABEL_TEXTS = 20_000
+"""The most texts of one file the app labels (about a minute with the default model on two CPU cores); the CLI's
+``predict --file`` takes any number."""
+
+
+def labelling_key(run_path: str, mtime: float, digest: str, name: str, text_col: str | None) -> tuple[Any, ...]:
+    return (run_path, mtime, digest, name, text_col)
+
+
+def known_labelling(key: tuple[Any, ...]) -> KeyedTask | None:
+    """The labelling of ``key`` (``labelling_key``) a page may follow, or None."""
+    return _followed(_labellings(), key)
+
+
+def label_upload(key: tuple[Any, ...], raw: bytes, inline: bool = False) -> KeyedTask:
+    """A file's texts labelled by a run (``batches.label_file``) as a task of its own, its progress readable while
+    it runs and its result kept for the pages that follow it: (the table, the reader's notes). The file is read from
+    a private temporary folder that goes with the task; the run is loaded in the task (the cached one is other
+    threads'). ``inline``: run in this thread (tests)."""
+    import tempfile
+
+    from clm_explore.batches import label_file
+
+    run_path, _, _, name, text_col = key
+
+    def work(report: Callable[[str, int, int], None]) -> tuple[pd.DataFrame, list[str]]:
+        report("waiting for another computation on the server", 0, 1)
+        with heavy_work(), tempfile.TemporaryDirectory(prefix="clm-label-") as folder:
+            path = Path(folder) / f"uploaded{Path(name).suffix.lower()}"  # its format by its suffix; the name is user text
+            path.write_bytes(raw)
+            notes: list[str] = []
+            try:
+                table = label_file(run_path, path, text_col, max_texts=MAX_LABEL_TEXTS, notes=notes,
+                                   on_progress=lambda done, total: report("labelling the texts", done, total))
+            except DataError as exc:  # said of the file as its user named it, not of the server's copy
+                raise DataError(_named_as_uploaded(str(exc), path, name)) from None
+        return table, [_named_as_uploaded(note, path, name) for note in notes]
+
+    return _labellings().get_or_start(key, work, inline=inline, label="the labelling of an uploaded file")
+
+
+def _named_as_uploaded(message: str, copy: Path, name: str) -> str:
+    return message.replace(str(copy), name).replace(copy.name, name)
+
+
+def stop_labelling(task: KeyedTask) -> None:
+    _labellings().stop(task)
+
+
+def forget_labelling(task: KeyedTask) -> None:
+    """Drop a labelling that failed or stopped, once the page said why: the next click starts it again."""
+    _labellings().forget(task)
+
+
 @st.cache_data(show_spinner="Writing the case-study report…", max_entries=8)
 def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> bytes:
     """The HTML report of the two runs' case study: the top words' own (``case_study``, which the page awaits first

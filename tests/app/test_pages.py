@@ -1470,6 +1470,34 @@ def test_the_runs_page_shows_a_folders_name_as_text(at: AppTest, tmp_path: Path)
     assert "![t](" not in caption and "\\!\\[t\\]\\(https" in caption
 
 
+def test_the_runs_page_labels_an_uploaded_file_of_texts_with_a_run(at: AppTest, tiny_data, tmp_path: Path) -> None:
+    """A domain expert's model put to work on new texts: before, the app labelled one typed text at a time."""
+    import clm_explore
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1), store.root / "mine",
+                         source="tiny-random", progress=False)
+    record = store.register_folder(store.root / "mine")
+    goto(at, "app_pages/7_runs.py")
+    at.selectbox(key="runs_pick").set_value(record.id).run()
+    texts = ["my card has not arrived", "<b>how</b> do I top up", "[x](https://e.example)"]
+    raw = ("id,body\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts))).encode()
+    at.file_uploader(key="runs_label_upload").set_value(("new tickets.csv", raw, "text/csv")).run(timeout=TIMEOUT)
+    at.button(key="runs_label_go").click().run(timeout=TIMEOUT)
+    [error] = [e.value for e in at.error]  # no column named like a text column: the box is named, and the file
+    assert error.startswith("new tickets\\.csv\\: no text column found") and "pick it in the Text column box" in error
+    assert "--text-col" not in error and "/tmp" not in error and "uploaded" not in error  # not the server's copy
+    at.selectbox(key="runs_label_col").set_value("body").run(timeout=TIMEOUT)
+    at.button(key="runs_label_go").click().run(timeout=TIMEOUT)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [frame] = [f for f in at.dataframe if list(f.value.columns[:3]) == ["row", "text", "label"]]
+    assert frame.value["text"].tolist() == texts  # user text in a table cell: shown as text, never as HTML
+    expected = clm_explore.predict(store.root / "mine", texts).idxmax(axis=1).tolist()
+    assert frame.value["label"].tolist() == expected
+    assert any(c.value.startswith("3 text\\(s\\) labelled\\:") for c in at.caption), [c.value for c in at.caption]
+    [download] = [d for d in at.get("download_button") if d.proto.label == "Download the labels (CSV)"]
+
+
 def test_a_model_card_that_is_a_link_is_not_shown(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "secret.txt").write_text("another account's file")
