@@ -205,6 +205,36 @@ def test_predict_abstains_below_a_probability_or_the_runs_own_threshold(capsys, 
     assert capsys.readouterr().out.startswith("(out of scope)\t")
 
 
+def test_predict_writes_a_csv_of_labels_and_replaces_only_its_own(capsys, data_dir, tmp_path):
+    """Scripted labelling of a file: a CSV a row per text (the app's "Label a file" table), not lines to parse."""
+    out = tmp_path / "run"
+    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(out),
+                      "--json"])
+    texts = pd.read_csv(data_dir / "test.csv")["text"].head(5).tolist()
+    (tmp_path / "new.txt").write_text("\n".join(texts) + "\n")
+    csv = tmp_path / "labels.csv"
+    assert main(["predict", "--run", str(out), "--file", str(tmp_path / "new.txt"), "--out", str(csv),
+                 "--abstain-below", "0.999"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"5 text(s) labelled into {csv}: ")
+    written = pd.read_csv(csv)
+    plain = run_json(capsys, ["predict", "--run", str(out), "--file", str(tmp_path / "new.txt"), "--json"])
+    assert written["text"].tolist() == texts and written["label"].tolist() == [r["label"] for r in plain]
+    assert list(written.columns) == ["row", "text", "label", "probability", "runner_up", "runner_up_probability",
+                                     "out_of_scope"] and written["out_of_scope"].all()
+    assert main(["predict", "--run", str(out), "--text", "hello", "--out", str(csv)]) == 0  # its own: replaced
+    assert pd.read_csv(csv)["text"].tolist() == ["hello"]
+    capsys.readouterr()
+    for other, phrase in ((data_dir / "test.csv", "exists and is not an earlier predict CSV"),
+                          (tmp_path / "labels.txt", "must name a .csv file"),
+                          (tmp_path / "nowhere" / "x.csv", "does not exist")):
+        before = other.read_bytes() if other.exists() else None
+        assert phrase in run_error(capsys, ["predict", "--run", str(out), "--text", "hi", "--out", str(other)])
+        assert (other.read_bytes() if other.exists() else None) == before  # a data file typed by mistake: kept
+    assert "choose one" in run_error(capsys, ["predict", "--run", str(out), "--text", "hi", "--out", str(csv),
+                                              "--json"])
+
+
 @pytest.mark.parametrize(("value", "phrase"), [("1.5", "probability in (0, 1)"), ("often", "probability in (0, 1)"),
                                                ("run", "chose no out-of-scope threshold")])
 def test_a_bad_abstention_threshold_exits_2(capsys, data_dir, tmp_path, value, phrase):

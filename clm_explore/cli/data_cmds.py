@@ -90,10 +90,17 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def audit_out_path(given: str) -> Path:
-    """``--out``: a new .csv file in an existing folder, or an earlier audit's CSV to replace; never a data file, a
-    run's predictions.csv or any other file (a path typed wrong must not destroy it)."""
-    from clm_explore.cli import UserError
+    """``--out`` of ``audit``: a new .csv file, or an earlier audit's CSV to replace (``csv_out_path``)."""
     from clm_explore.label_issues import ISSUE_COLUMNS
+
+    return csv_out_path(given, ",".join(ISSUE_COLUMNS), "an earlier audit's CSV", exact=True)
+
+
+def csv_out_path(given: str, header: str, kind: str, exact: bool = False) -> Path:
+    """``--out``: a new .csv file in an existing folder, or a CSV this command wrote before (its header is ``header``,
+    or starts with it unless ``exact``) to replace; never a data file, a run's predictions.csv or any other file (a
+    path typed wrong must not destroy it). ``kind`` names what may be replaced in the refusal."""
+    from clm_explore.cli import UserError
 
     out = Path(given).expanduser()
     if out.suffix.lower() != ".csv":
@@ -103,11 +110,11 @@ def audit_out_path(given: str) -> Path:
     if out.exists():
         try:
             with out.open(encoding="utf-8") as f:
-                header = f.readline().strip()
+                found = f.readline().strip()
         except (OSError, UnicodeDecodeError):
-            header = ""
-        if header != ",".join(ISSUE_COLUMNS):
-            raise UserError(f"--out {out} exists and is not an earlier audit's CSV; choose a new file name.")
+            found = ""
+        if not (found == header if exact else found.startswith(header)):
+            raise UserError(f"--out {out} exists and is not {kind}; choose a new file name.")
     return out
 
 

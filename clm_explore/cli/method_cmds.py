@@ -778,6 +778,10 @@ def _register_predict(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print JSON (a list: text, label, probability, top) instead of lines of label, probability "
                    "and text separated by tabs (a text's tabs, line breaks and backslashes written \\t, \\n, \\\\)")
+    p.add_argument("--out", default=None, metavar="FILE.csv",
+                   help="write a CSV file instead (UTF-8): a row per text in order with row, text, label, "
+                   "probability, runner_up, runner_up_probability and, with --abstain-below, out_of_scope; it "
+                   "replaces an earlier predict CSV, never another file")
     p.set_defaults(func=run_predict)
 
 
@@ -796,7 +800,8 @@ def resolve_run_dir(run: str) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from clm_explore.batches import predict
+    from clm_explore.batches import predict, prediction_table
+    from clm_explore.cli.data_cmds import csv_out_path
 
     if args.top < 1:
         raise UserError(f"--top {args.top} must be at least 1.")
@@ -805,9 +810,14 @@ def run_predict(args: argparse.Namespace) -> int:
     run_dir = checked_run(args.run, "--run")  # an unfinished run is said so, as explain says it
     length = checked_max_length(args.max_length, run_dir)
     threshold = abstention_threshold(args.abstain_below, run_dir)
+    if args.out and args.json:
+        raise UserError("--out writes a CSV file and --json prints JSON: choose one.")
+    out = csv_out_path(args.out, PREDICTION_HEADER, "an earlier predict CSV") if args.out else None
     texts = checked_texts(args.text) if args.text else texts_from_file(args.file, args.text_col, args.encoding)
     frame = predict(run_dir, texts, length)  # at the run's trained length unless --max-length
     _note_unreadable_texts(run_dir, texts)
+    if out is not None:
+        return _write_predictions(prediction_table(frame, threshold), out)
     probs, labels = frame.to_numpy(), list(frame.columns)
     results = []
     for text, p in zip(texts, probs, strict=True):
@@ -822,6 +832,21 @@ def run_predict(args: argparse.Namespace) -> int:
         for r in results:
             label = OUT_OF_SCOPE if r.get("out_of_scope") else r["label"]
             print(f"{one_line(label)}\t{r['probability']:.3f}\t{one_line(r['text'])}")
+    return 0
+
+
+PREDICTION_HEADER = "row,text,label,probability"
+"""How a CSV of ``predict --out`` begins (``batches.prediction_table``): the one file --out may replace."""
+
+
+def _write_predictions(table: Any, out: Path) -> int:
+    from clm_explore.data import write_csv
+
+    write_csv(table, out)
+    counts = table["label"].value_counts()
+    shown = ", ".join(f"{one_line(str(label))} {n:,}" for label, n in counts.head(5).items())
+    more = f" and {len(counts) - 5} more label(s)" if len(counts) > 5 else ""
+    print(f"{len(table):,} text(s) labelled into {out}: {shown}{more}")
     return 0
 
 
