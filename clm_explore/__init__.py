@@ -4,7 +4,7 @@ A notebook session, end to end::
 
     import clm_explore as clm
 
-    data = clm.load_data("sample_data/banking77_20")
+    data = clm.load_data("sample")  # the shipped sample (sample_data/banking77_20 in the checkout)
     loaded = clm.load_model("default", data.labels)
     clm.find_label_issues(loaded, data).issues  # rows whose label their own text disputes, most disputed first
     task_tokens = clm.mine_task_tokens(data.train.text.tolist(), data.train.label.tolist(), loaded.tokenizer)
@@ -35,7 +35,7 @@ Is sparse ahead of full finetuning on this data, or level? Seeds of each, compar
 
 The method x budget x seed grid, as ``clm-explore bench`` runs it (each cell a ``finetune`` process)::
 
-    result = clm.run_grid("sample_data/banking77_20", clm.BenchConfig(methods=("full", "sparse"), seeds=3), "bench/out")
+    result = clm.run_grid("sample", clm.BenchConfig(methods=("full", "sparse"), seeds=3), "bench/out")
     result.summary  # mean and std per method and budget; result.files names the CSV and the HTML report
 
 Every error the API raises for a user's input is exported too (``except clm.DataError``): ``DataError`` (the data),

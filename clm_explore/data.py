@@ -214,6 +214,21 @@ def data_digest(data: AnnotatedData) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
 
+SAMPLE_NAME = "sample"
+"""The data path that names the sample shipped in the package (``SAMPLE_DATA``), where no file or folder of that
+name is in the working directory."""
+SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data" / "banking77_20"
+"""A 20-intent slice of BANKING77 (CC BY 4.0; its SOURCE.md): 1,200 train and 800 test rows, for demos, the app's
+first visit and quick tests. The checkout's ``sample_data/banking77_20`` is a link to it."""
+
+
+def named_data(path: str | os.PathLike) -> Path:
+    """``path`` as a data path: ``SAMPLE_NAME`` is the shipped sample unless a file or folder of that name is here,
+    and a leading ``~`` is the home folder."""
+    given = Path(path).expanduser()
+    return SAMPLE_DATA if str(path) == SAMPLE_NAME and not given.exists() else given
+
+
 def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: DataConfig | None = None,
               **options: Any) -> AnnotatedData:
     """Read and check a data file or a folder of split files (or DataFrames, with the same checks).
@@ -242,10 +257,11 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
     if not str(path).strip():  # Path("") is the working directory: its files would be read as the data
         raise DataError("The data path is empty. Pass a data file (CSV, TSV, JSONL, JSON, Parquet) or a folder with "
                         "train/validation/test files.")
-    path = Path(path).expanduser()
+    path = named_data(path)
     if not path.exists():
         raise DataError(f"{path} does not exist. Pass a data file (CSV, TSV, JSONL, JSON, Parquet) or a folder "
-                        "with train/validation/test files.")
+                        f"with train/validation/test files (or {SAMPLE_NAME!r}, the sample that ships with "
+                        "clm-explore).")
     if not path.is_dir() and not path.is_file():  # a pipe or a device: reading it could wait forever
         raise DataError(f"{path} is not a regular file or a folder. Save the data to a file and pass that.")
     notes: list[str] = []
@@ -521,7 +537,7 @@ def read_labelled(source: str | Path | pd.DataFrame | AnnotatedData, cfg: DataCo
     if not isinstance(source, str | os.PathLike) or not str(source).strip():
         raise DataError(f"The data to evaluate on is a data file, a folder of splits, a DataFrame or AnnotatedData; "
                         f"got {type(source).__name__} {str(source)[:40]!r}.")
-    path = Path(source).expanduser()
+    path = named_data(source)
     if path.is_dir():
         split_files = _split_files(path)
         if "test" not in split_files:

@@ -106,8 +106,28 @@ def checks() -> list[Check]:
     from clm_explore.runs import UPLOADS_NAME
 
     found.append(_writable("uploads folder", Path(os.environ.get("CLM_EXPLORE_UPLOADS") or root / UPLOADS_NAME)))
+    folder, problem = shared_data()
+    found.append(Check("CLM_EXPLORE_SHARED_DATA", not problem, problem or (
+        f"{len([p for p in folder.iterdir() if p.is_dir()])} data set(s) in {folder}" if folder else "none")))
     found.append(_model())
     return found
+
+
+CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The project's shared data sets beside a checkout (../shared/data)."""
+
+
+def shared_data() -> tuple[Path | None, str]:
+    """The folder of server-side data sets (a folder of split files each) that the app's Data page offers:
+    ``CLM_EXPLORE_SHARED_DATA``, else a checkout's ../shared/data where there is one (None: none), and why the
+    setting was not read."""
+    raw = os.environ.get("CLM_EXPLORE_SHARED_DATA", "").strip()
+    if raw:
+        folder = Path(raw).expanduser()
+        if folder.is_dir():
+            return folder, ""
+        return None, f"CLM_EXPLORE_SHARED_DATA={raw!r} is not a folder: the Data page offers no server-side data sets"
+    return (CHECKOUT_SHARED_DATA if CHECKOUT_SHARED_DATA.is_dir() else None), ""
 
 
 def problems() -> list[str]:

@@ -37,10 +37,11 @@ _COMMAND: list[str] | None = None
 @cache
 def code_version() -> str:
     """The first 16 hex digits of a SHA-256 over the package's own Python files (their paths and contents): one
-    value per version of the code, whatever the version string says."""
+    value per version of the code, whatever the version string says. The app's scripts (``app/``) are left out: they
+    train nothing, and a page's edit must not read as other code to a rerun."""
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted(p for p in package.rglob("*.py") if p.relative_to(package).parts[0] != "app"):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

@@ -144,6 +144,14 @@ class RunRecord:
                 "created": self.created, "updated": self.updated, "path": str(self.path),
                 **{name: self.metrics.get(name) for name in LISTED_METRICS}, "error": self.error}
 
+    def listed(self) -> dict[str, Any]:
+        """The run as ``clm-explore runs`` and ``RunStore.table`` list it: its ``summary``, the bytes its folder takes,
+        and where a waiting or running run's training is (its last step; None before the first, or once it ended).
+        The operations review: no size, and no sign whether a run listed "running" for an hour moved at all."""
+        last = None if self.status.is_terminal else last_step(self.path)
+        progress = None if last is None else {key: last.get(key) for key in ("step", "total_steps", "epoch", "eta")}
+        return {**self.summary(), "size_bytes": folder_bytes(self.path), "progress": progress}
+
     def full_metrics(self) -> dict[str, Any]:
         """``metrics`` with the per-label figures the registry leaves out (``PER_LABEL_METRICS``), from the run
         folder's metrics.json."""
@@ -646,11 +654,12 @@ class RunStore:
         return [_record(r) for r in rows]
 
     def table(self, limit: int | None = None) -> pd.DataFrame:
-        """The runs newest first, a row each (``RunRecord.summary``), as ``clm-explore runs --json`` lists them."""
+        """The runs newest first, a row each (``RunRecord.listed``), as ``clm-explore runs --json`` lists them."""
         import pandas as pd
 
-        columns = ["id", "name", "method", "status", "created", "updated", "path", *LISTED_METRICS, "error"]
-        return pd.DataFrame([record.summary() for record in self.list(limit)], columns=columns)
+        columns = ["id", "name", "method", "status", "created", "updated", "path", *LISTED_METRICS, "error",
+                   "size_bytes", "progress"]
+        return pd.DataFrame([record.listed() for record in self.list(limit)], columns=columns)
 
     def known(self, run_ids: Iterable[str]) -> set[str]:
         """Which of ``run_ids`` the registry holds (one query, however many ids)."""

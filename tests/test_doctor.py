@@ -118,3 +118,22 @@ def test_doctor_makes_nothing_it_checks(monkeypatch, tmp_path):
     assert {check.name: check for check in checks()}["run registry"].ok
     with sqlite3.connect(store.db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 0  # checked, not migrated
+
+
+def test_the_data_pages_server_side_sets_come_from_a_setting_where_no_checkout_is_beside(monkeypatch, tmp_path):
+    """The packaging review: an installed app looked for ../shared/data beside site-packages, a folder nobody sets."""
+    from clm_explore import doctor
+    from clm_explore.ui import state
+
+    (tmp_path / "tickets").mkdir()
+    (tmp_path / "tickets" / "train.csv").write_text("text,label\na,x\n")
+    monkeypatch.setenv("CLM_EXPLORE_SHARED_DATA", str(tmp_path))
+    assert doctor.shared_data() == (tmp_path, "")
+    assert [choice.name for choice in state.shared_choices()] == ["tickets"]
+    check = next(c for c in checks() if c.name == "CLM_EXPLORE_SHARED_DATA")
+    assert check.ok and check.said == f"1 data set(s) in {tmp_path}"
+    monkeypatch.setenv("CLM_EXPLORE_SHARED_DATA", str(tmp_path / "gone"))
+    assert state.shared_choices() == [] and any(p.startswith("CLM_EXPLORE_SHARED_DATA: CLM_EXPLORE_SHARED_DATA=")
+                                                 and "is not a folder" in p for p in problems())
+    monkeypatch.delenv("CLM_EXPLORE_SHARED_DATA")  # a checkout: its ../shared/data, where there is one
+    assert doctor.shared_data()[0] == (doctor.CHECKOUT_SHARED_DATA if doctor.CHECKOUT_SHARED_DATA.is_dir() else None)

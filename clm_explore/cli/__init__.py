@@ -36,7 +36,8 @@ COMMAND_MODULES = (
     "clm_explore.cli.bench_cmds",  # bench
     "clm_explore.cli.explain_cmds",  # explain, report, changes, card
     "clm_explore.cli.layer_cmds",  # layers, heads
-    "clm_explore.cli.runs_cmds",  # runs
+    "clm_explore.cli.runs_cmds",  # runs, doctor
+    "clm_explore.cli.app_cmds",  # app
 )
 
 
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Token-driven sparse finetuning of small language models for text classification.",
         allow_abbrev=False,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and the code's digest, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -232,13 +233,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, its digest read only when asked (every command builds the parser)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
+    """The package's version and its code's digest (``provenance.code_version``): the version string alone does not
+    tell two builds apart, and a run's clm_run.json records the digest."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from clm_explore.provenance import code_version
+
     try:
-        return version("clm-explore")
+        number = version("clm-explore")
     except PackageNotFoundError:  # run from a source tree that was not installed
-        return "(not installed)"
+        number = "(not installed)"
+    return f"{number} (code {code_version()})"
 
 
 class DefaultsShown(argparse.HelpFormatter):

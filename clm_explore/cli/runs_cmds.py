@@ -8,16 +8,7 @@ from typing import Any
 
 from clm_explore.cli import UserError, print_json
 from clm_explore.cli.method_cmds import one_line
-from clm_explore.runs import (
-    REGISTRY_NAME,
-    RunRecord,
-    RunStatus,
-    RunStore,
-    RunStoreError,
-    default_root,
-    folder_bytes,
-    last_step,
-)
+from clm_explore.runs import REGISTRY_NAME, RunStatus, RunStore, RunStoreError, default_root
 
 
 def register(subparsers: Any) -> None:
@@ -79,7 +70,7 @@ def run_runs(args: argparse.Namespace) -> int:
     records = [r for r in store.list() if (args.status is None or r.status.value == args.status)
                and (args.method is None or r.method == args.method)]
     records = records[: args.limit] if args.limit else records
-    rows = [listed(record) for record in records]
+    rows = [record.listed() for record in records]
     if args.json:
         print_json(rows)
         return 0
@@ -88,15 +79,6 @@ def run_runs(args: argparse.Namespace) -> int:
     if rows:
         print(format_runs(rows))
     return 0
-
-
-def listed(record: RunRecord) -> dict[str, Any]:
-    """A run as ``runs`` lists it: its ``summary``, the bytes its folder takes, and where a waiting or running run's
-    training is (its last step; None before the first, or once it ended). The operations review: no size, and no
-    sign whether a run listed "running" for an hour moved at all."""
-    last = None if record.status.is_terminal else last_step(record.path)
-    progress = None if last is None else {key: last.get(key) for key in ("step", "total_steps", "epoch", "eta")}
-    return {**record.summary(), "size_bytes": folder_bytes(record.path), "progress": progress}
 
 
 MAX_PRUNE_DAYS = 36_500
@@ -120,7 +102,7 @@ def _prune(store: RunStore, args: argparse.Namespace) -> int:
     except PruneError as exc:
         records, said = exc.deleted, str(exc)
     # A dry run's folders are still there: their sizes say what a prune would free
-    rows = [listed(record) if args.dry_run else record.summary() for record in records]
+    rows = [record.listed() if args.dry_run else record.summary() for record in records]
     if args.json:
         print_json(rows)
     else:

@@ -27,12 +27,11 @@ import streamlit as st
 
 from clm_explore import doctor
 from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.data import SAMPLE_DATA
 from clm_explore.modeling import NAMED_SOURCES
 from clm_explore.runs import UPLOADS_NAME, default_root
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_DIR = REPO_ROOT / "sample_data" / "banking77_20"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SAMPLE_DIR = SAMPLE_DATA
 UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
 
 # -- session keys --------------------------------------------------------------------------------
@@ -166,11 +165,16 @@ def sample_choice() -> DataChoice | None:
 
 
 def shared_choices() -> list[DataChoice]:
-    """Server-side data sets under ``../shared/data/*`` (folders of split files)."""
-    if not SHARED_DATA.is_dir():
+    """Server-side data sets (folders of split files) in ``doctor.shared_data``'s folder: ``CLM_EXPLORE_SHARED_DATA``,
+    or a checkout's ../shared/data."""
+    folder = doctor.shared_data()[0]
+    if folder is None:
         return []
-    return [DataChoice("shared", str(p), p.name, version=files_version(str(p)))
-            for p in sorted(SHARED_DATA.iterdir()) if p.is_dir()]
+    try:
+        return [DataChoice("shared", str(p), p.name, version=files_version(str(p)))
+                for p in sorted(folder.iterdir()) if p.is_dir()]
+    except OSError:  # gone or unreadable since: none offered (doctor says why)
+        return []
 
 
 def data_choice() -> DataChoice | None:

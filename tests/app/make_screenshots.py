@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/app/make_screenshots.py [--model default|tiny-random] [--threads N]
 
-Starts `streamlit run app.py` on a temporary run root, walks every page (two 1-epoch runs are
+Starts the app (`clm-explore app`) on a temporary run root, walks every page (two 1-epoch runs are
 trained for the Compare and Runs pages) and saves one PNG per page, palette-quantised to stay small.
 """
 

@@ -1,4 +1,4 @@
-"""The real app in a real browser: `streamlit run app.py` on a free localhost port, driven by Chromium.
+"""The real app in a real browser: `clm-explore app` on a free localhost port, driven by Chromium.
 
 Skipped when /usr/bin/chromium is missing (install it with `apt-get install -y chromium`).
 The server runs the tiny random model (CLM_EXPLORE_MODEL=tiny-random) on a temporary run root.
@@ -12,13 +12,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from clm_explore.cli.app_cmds import app_command
 
 pytestmark = pytest.mark.browser
 
@@ -41,16 +42,15 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(tmp: Path, model: str = "tiny-random", threads: int = 1) -> Iterator[str]:
-    """``streamlit run app.py`` on a free localhost port with its own run root; yields the URL."""
+    """The app's server as ``clm-explore app`` starts it, on a free localhost port with its own run root; yields
+    the URL."""
     env = {**os.environ, "CLM_EXPLORE_RUNS": str(tmp / "runs"), "CLM_EXPLORE_MODEL": model,
            "CLM_EXPLORE_DEVICE": "cpu", "CLM_EXPLORE_TORCH_THREADS": str(threads),
            "CLM_EXPLORE_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1",
            "CLM_EXPLORE_MODEL_DIRS": "*"}  # fmt: skip  (a folder typed in the sidebar loads, or fails plainly)
     env.pop("CLM_EXPLORE_INLINE_JOBS", None)
     url = f"http://127.0.0.1:{_free_port()}"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-           "--server.port", url.rsplit(":", 1)[1], "--server.address", "127.0.0.1",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]  # fmt: skip
+    cmd = app_command(int(url.rsplit(":", 1)[1]), "127.0.0.1")  # as `clm-explore app` starts it
     with open(tmp / "server.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

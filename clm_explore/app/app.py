@@ -1,5 +1,7 @@
-"""clm-explore app: `streamlit run app.py`. Navigation and the shared sidebar; pages live in app_pages/ (not
-`pages/`, which Streamlit would also serve as pages of their own, bypassing this file, on a deep link)."""
+"""clm-explore app: `clm-explore app` runs it (`streamlit run` on this file, with .streamlit/config.toml's settings).
+Navigation and the shared sidebar; pages live in app_pages/ (not `pages/`, which Streamlit would also serve as pages
+of their own, bypassing this file, on a deep link). It ships inside the package, so that an installed clm-explore
+serves the app of its own version."""
 
 import streamlit as st
 
