@@ -513,10 +513,10 @@ def compare_runs(a: RunAttributions, b: RunAttributions) -> Comparison:
     """
     has_preds = "pred" in a.predictions.columns and "pred" in b.predictions.columns
     pa, pb = (a.predictions, b.predictions) if has_preds else (a.rows, b.rows)
-    both = pa[["row", "text", "label", "pred"]].merge(
-        pb[["row", "text", "label", "pred"]], on="row", suffixes=("_a", "_b")
+    both = pa[["row", "text", "label", "pred"]].merge(  # by id and text: never one run's text beside another's answer
+        pb[["row", "text", "label", "pred"]], on=["row", "text"], suffixes=("_a", "_b")
     )
-    both = both.assign(text=both["text_a"], label=both["label_a"])
+    both = both.assign(label=both["label_a"])
     same = both["pred_a"] == both["pred_b"]
     dis = both[~same].copy()
     dis["right"] = np.where(
@@ -581,6 +581,25 @@ def word_difference(a: RunAttributions, b: RunAttributions, row: int) -> pd.Data
         return pd.DataFrame(columns=["word", "score_a", "score_b", "diff"])
     frame = pd.DataFrame({"word": ia.words, "score_a": ia.scores, "score_b": ib.scores})
     return frame.assign(diff=frame["score_a"] - frame["score_b"])
+
+
+def check_same_rows(frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> None:
+    """Refuse two runs' rows that do not pair by row id: a case study compares A's and B's answers row by row. The
+    attributions review: the same 800 test rows in another order read as 4.9% agreement for one model twice.
+
+    Raises:
+        DataError: a row id holds another text under each run, or a run lacks the other's rows.
+    """
+    texts_a = dict(zip(frame_a["row"].astype(int), frame_a["text"].astype(str), strict=True))
+    texts_b = dict(zip(frame_b["row"].astype(int), frame_b["text"].astype(str), strict=True))
+    other = next((row for row, text in texts_a.items() if row in texts_b and texts_b[row] != text), None)
+    if other is None and texts_a.keys() == texts_b.keys():
+        return
+    said = (f"row {other} is {texts_a[other][:60]!r} under run A and {texts_b[other][:60]!r} under run B"
+            if other is not None else f"run A has {len(texts_a):,} rows and run B {len(texts_b):,}, "
+            f"{len(texts_a.keys() & texts_b.keys()):,} of them the same ids")
+    raise DataError(f"The two runs were tested on different rows ({said}): a case study pairs their answers row by "
+                    "row. Compare runs of the same data set, or pass data= (the rows to attribute both on).")
 
 
 def select_rows(frame_a: pd.DataFrame, frame_b: pd.DataFrame | None, max_rows: int | None) -> list[int]:
@@ -700,7 +719,10 @@ def _study(run_a: Path, run_b: Path | None, data: pd.DataFrame | None, split: st
         data_b = _with_predictions(run_b, frame, cfg)[0]  # B's model is freed before A's loads (reloaded later)
         data_a, loaded_a = _with_predictions(run_a, frame, cfg)
     frame_b = split_frame(run_b, split, data_b) if run_b is not None else None
-    rows = select_rows(split_frame(run_a, split, data_a), frame_b, max_rows)
+    frame_a = split_frame(run_a, split, data_a)
+    if frame_b is not None:
+        check_same_rows(frame_a, frame_b)
+    rows = select_rows(frame_a, frame_b, max_rows)
     a = attribute_split(run_a, split, data_a, cfg, rows, loaded=loaded_a,
                         on_progress=lambda done, total: report(f"attributing run A ({run_a.name})", done, total))
     loaded_a = None  # one model in memory at a time

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,21 @@ def test_a_damaged_attribution_cache_is_computed_again(runs) -> None:
         cache.write_text(json.dumps(damage))
         again = cs.attribute_split(run_a, cfg=cfg, rows=[0, 1, 2])
         assert {r: i.scores for r, i in again.items.items()} == {r: i.scores for r, i in first.items.items()}
+
+
+def test_runs_tested_on_rows_that_do_not_pair_are_refused_not_compared(runs, tiny_data, tmp_path: Path) -> None:
+    """The attributions review: B's predictions.csv in another order read as 4.9% agreement for one model twice,
+    A's texts beside B's answers to other texts."""
+    from clm_explore.data import DataError
+
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(runs[0], shuffled)
+    frame = pd.read_csv(shuffled / "predictions.csv")
+    frame.iloc[::-1].assign(row=range(len(frame))).to_csv(shuffled / "predictions.csv", index=False)
+    with pytest.raises(DataError, match=r"tested on different rows \(row 0 is .* under run A and .* under run B\)"):
+        cs.case_study(runs[0], shuffled, cfg=CFG, max_rows=2)
+    frame.head(30).to_csv(shuffled / "predictions.csv", index=False)  # fewer rows: same ids where both have them
+    with pytest.raises(DataError, match="run A has 40 rows and run B 30, 30 of them the same ids"):
+        cs.case_study(runs[0], shuffled, cfg=CFG, max_rows=2)
+    study = cs.case_study(runs[0], shuffled, data=tiny_data.test, cfg=CFG, max_rows=2)  # rows given: both on them
+    assert study.comparison.n_rows == 40
