@@ -705,8 +705,9 @@ class AttributionConfig:
     n_steps: int = 32
     """Interpolation steps between the reference and the input (decoders use twice as many)."""
     internal_batch_size: int = 128
-    """Rows (examples x steps) per forward/backward pass; bounds memory (on the default model 1.6 GB of peak
-    memory at 128, 4.3 GB at 512, at the same speed on the CPU: BENCHMARKS.md, attributions)."""
+    """Rows (examples x steps) per forward/backward pass, at most; fewer for long texts, so that a pass holds at most
+    ``attribution.TOKENS_PER_PASS`` sub-tokens. Bounds memory (on the default model 1.6 GB of peak memory at 128,
+    4.3 GB at 512, at the same speed on the CPU: BENCHMARKS.md, attributions)."""
     target: str = "predicted"
     """Label explained: 'predicted' (the model's argmax) or 'gold' (the row's annotated label)."""
     batch_size: int = 4

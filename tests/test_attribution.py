@@ -350,3 +350,22 @@ def test_the_bars_add_up_on_a_model_that_numbers_positions_from_the_ids(tmp_path
     # bars (which add up to the change along the path) missed that pass's probability by 0.003 here, by 0.3 on
     # a finetuned all-mpnet-base-v2.
     assert max(abs(r.delta) for r in results) < 1e-3, [r.delta for r in results]
+
+
+def test_a_pass_holds_a_bounded_number_of_sub_tokens_with_the_same_scores(loaded: LoadedModel, monkeypatch) -> None:
+    """The attributions review: the cap counted rows alone, and 4 texts of 512 sub-tokens took 10.4 GB."""
+    import clm_explore.attribution as attribution
+    from clm_explore.attribution import TOKENS_PER_PASS, rows_per_pass
+
+    assert rows_per_pass(128, 4, 64) == 128 and TOKENS_PER_PASS == 128 * 64  # the default length: as before
+    assert rows_per_pass(128, 4, 512) == 16 and rows_per_pass(128, 4, 4096) == 4  # never fewer rows than texts
+    texts = [MULTI_PIECE, "my card", "the exchange rate was wrong on my card payment yesterday"]
+    whole = explain(loaded.model, loaded.tokenizer, texts, AttributionConfig(n_steps=16))
+    asked: list[int] = []
+    original = attribution.rows_per_pass
+    monkeypatch.setattr(attribution, "rows_per_pass", lambda *a: asked.append(original(*a)) or asked[-1])
+    monkeypatch.setattr(attribution, "TOKENS_PER_PASS", 40)  # a few sub-tokens a pass: many passes
+    split = explain(loaded.model, loaded.tokenizer, texts, AttributionConfig(n_steps=16))
+    assert asked and all(rows < 16 for rows in asked)
+    for a, b in zip(whole, split, strict=True):
+        assert a.words == b.words and torch.allclose(torch.tensor(a.scores), torch.tensor(b.scores), atol=1e-5)
