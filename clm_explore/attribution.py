@@ -213,6 +213,11 @@ def explain(
     # read tells a text that was cut (what its characters cannot: a tokenizer drops some, an emoji's U+FE0F say).
     lengths = [len(ids) for chunk in tokenized(tokenizer, texts, cfg.max_length + 1, truncation=True,
                                                max_length=cfg.max_length + 1) for ids in chunk["input_ids"]]
+    unread = [i for i, n in enumerate(lengths) if n <= tokenizer.num_special_tokens_to_add()]
+    if unread:  # zero-width or control characters alone: the tokenizer drops them, and the "explanation" was of an
+        # empty input (the attributions review)
+        raise AttributionError(f"texts[{unread[0]}] has no character the model reads (only invisible or control "
+                               f"characters): it has no words to attribute ({len(unread)} such).")
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     results: list[TokenAttribution | None] = [None] * len(texts)
     with model_lock(model):  # Captum hooks the model's input embeddings while it attributes

@@ -369,3 +369,13 @@ def test_a_pass_holds_a_bounded_number_of_sub_tokens_with_the_same_scores(loaded
     assert asked and all(rows < 16 for rows in asked)
     for a, b in zip(whole, split, strict=True):
         assert a.words == b.words and torch.allclose(torch.tensor(a.scores), torch.tensor(b.scores), atol=1e-5)
+
+
+def test_a_text_the_tokenizer_reads_nothing_of_is_refused_not_explained(loaded: LoadedModel) -> None:
+    """The attributions review: a zero-width space or control characters passed the empty-text check, and the
+    model's answer on an empty input was shown as the text's explanation."""
+    for text in ("\u200b", "\x00\x01", "\u200b\u200d"):
+        with pytest.raises(AttributionError, match=r"texts\[1\] has no character the model reads"):
+            explain(loaded.model, loaded.tokenizer, ["my card", text])
+    [kept] = explain(loaded.model, loaded.tokenizer, ["\u200bmy card"])  # with words beside: explained
+    assert kept.words == ["my", "card"]

@@ -466,9 +466,15 @@ def render_attribution(result: Any, title: str, key: str) -> None:
 
 def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str) -> None:
     """Both runs' answer on ``text`` and its word attributions, side by side."""
+    from clm_explore.attribution import AttributionError
+
     for col, run, name in zip(st.columns(2), (a, b), "AB", strict=True):
         with col:
-            result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
+            try:
+                result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
+            except AttributionError as exc:  # a text of invisible characters alone: said, not a failed page
+                st.warning(escape_markdown(str(exc).replace("texts[0]", "The text")))
+                continue
             render_attribution(result, f"{name}: {run.method}", key=f"{key}_{name.lower()}")
 
 
