@@ -416,6 +416,8 @@ def _explain_batch(
         offsets = enc["offset_mapping"][i].tolist()
         words, word_scores, _ = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
         note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens"] if cut[i] else [])
+        if said := _unknown_note(tokenizer, text, enc["input_ids"][i].tolist(), offsets):
+            note.append(said)
         if abs(float(deltas[i])) > UNSETTLED_DELTA:
             note.append(_unsettled_note(float(deltas[i]), cfg.n_steps))
         valid = enc["attention_mask"][i].bool().tolist()
@@ -436,6 +438,21 @@ def _explain_batch(
             )
         )
     return out
+
+
+def _unknown_note(tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], offsets: list[list[int]]) -> str:
+    """Name the parts of a text the model reads as its unknown token ([UNK]: an emoji, a character outside its
+    vocabulary), or ''. Their bars belong to the unknown token at that place, not to what the text says there: the
+    attributions review saw 💳 and 卡 scored as if the model had read them."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return ""
+    parts = [text[start:end] for token, (start, end) in zip(ids, offsets, strict=True) if token == unk and end > start]
+    if not parts:
+        return ""
+    shown = ", ".join(dict.fromkeys(parts[:8]))
+    return (f"{len(parts)} part(s) of the text are unknown to the model ({tokenizer.unk_token}): {shown}; their bars "
+            "are the unknown token's at that place, not what the text says there")
 
 
 def merge_words(

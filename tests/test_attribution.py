@@ -379,3 +379,10 @@ def test_a_text_the_tokenizer_reads_nothing_of_is_refused_not_explained(loaded: 
             explain(loaded.model, loaded.tokenizer, ["my card", text])
     [kept] = explain(loaded.model, loaded.tokenizer, ["\u200bmy card"])  # with words beside: explained
     assert kept.words == ["my", "card"]
+
+
+def test_parts_the_model_reads_as_its_unknown_token_are_named_in_the_note(loaded: LoadedModel) -> None:
+    """The attributions review: an emoji read as [UNK] got a bar under the emoji, as if the model had read it."""
+    odd, plain = explain(loaded.model, loaded.tokenizer, ["my card 💳 is lost 😡", "my card"])
+    assert odd.words[2] == "💳" and "2 part(s) of the text are unknown to the model ([UNK]): 💳, 😡" in odd.note
+    assert "unknown" not in plain.note

@@ -125,6 +125,11 @@ def test_report_metrics_side_by_side(tmp_path: Path, tiny_data) -> None:
     assert "A: sparse-0 vs B: full-1" in head and str(tmp_path) not in head  # the runs' names, not server paths
 
 
+def _explained(main, run: Path, capsys) -> str:
+    assert main(["explain", "--run", str(run), "--text", "my card", "--json"]) == 0
+    return capsys.readouterr().out
+
+
 def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixture[str]) -> None:
     from clm_explore.cli import main
 
@@ -148,8 +153,13 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
                        ("caf\udce9", "is not UTF-8 text; set your terminal to UTF-8\n")):  # no --file: not offered
         assert main(["explain", "--run", str(run), "--text", text]) == 2 and capsys.readouterr().err.endswith(said)
     assert main(["explain", "--run", str(run), "--text", "my card"]) == 0
-    human = capsys.readouterr().out
-    assert human.splitlines()[0].startswith("my") and "delta" in human
+    human = capsys.readouterr().out.splitlines()
+    assert human[0].startswith("my") and human[2].startswith("target ")
+    assert "(the predicted label, p=" in human[2] and "the scores sum to p - p(reference) = " in human[2]
+    predicted = json.loads(_explained(main, run, capsys))[0]["predicted"]
+    other = next(label for label in tiny_data.labels if label != predicted)
+    assert main(["explain", "--run", str(run), "--text", "my card", "--target", other]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith(f"target {other} (not the predicted {predicted}, p=")
     from clm_explore.runs import RunStore
 
     run_id = RunStore().register_folder(run).id  # a run id of the registry, as predict takes

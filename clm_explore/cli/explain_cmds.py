@@ -244,10 +244,14 @@ def format_attribution(res: TokenAttribution, labels: dict[int, str] | None = No
     where it is not the target; ``labels``: id -> name)."""
     width = max((len(w) for w in res.words), default=4)
     lines = [f"{word:<{width}}  {score:+.4f}" for word, score in zip(res.words, res.scores, strict=True)]
-    predicted = ""
     if res.predicted >= 0 and res.predicted != res.target:
-        predicted = f"; predicted {(labels or {}).get(res.predicted, res.predicted)}"
-    lines.append(f"target {res.target_label} (p={res.probability:.3f}), delta {res.delta:+.4f}{predicted}")
+        which = f"not the predicted {(labels or {}).get(res.predicted, res.predicted)}"
+    else:
+        which = "the predicted label"
+    gap = sum(res.scores) - res.delta  # p(target) - p(reference), exactly
+    # The attributions review: the plain output did not say the target was the prediction, nor what the scores add to
+    lines.append(f"target {res.target_label} ({which}, p={res.probability:.3f}); the scores sum to p - p(reference) "
+                 f"= {gap:+.4f}, up to delta {res.delta:+.4f}")
     if res.note:
         lines.append(f"note: {res.note}")
     return "\n".join(lines)

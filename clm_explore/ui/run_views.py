@@ -429,9 +429,10 @@ def disagreements(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
     return both.reset_index(drop=True)
 
 
-def render_attribution(result: Any, title: str, key: str) -> None:
+def render_attribution(result: Any, title: str, key: str, span: float | None = None) -> None:
     """Words with their attribution: a bar chart (dataframe-safe, no HTML), what the bars add up to, and the
-    result's note (a text cut at the run's max_length, a decoder's reference)."""
+    result's note (a text cut at the run's max_length, a decoder's reference). ``span``: the largest |score| the
+    axis shows on either side (two runs' charts side by side share it), else the chart's own."""
     st.markdown(
         f"**{escape_markdown(title)}** → {escape_markdown(result.target_label)} "
         f"(p = {result.probability:.2f})"
@@ -458,9 +459,11 @@ def render_attribution(result: Any, title: str, key: str) -> None:
         margin=dict(l=10, r=10, t=30, b=10),  # the top margin keeps plotly's toolbar off the first bar
         yaxis_autorange="reversed",
         yaxis_dtick=1,  # every word labelled: plotly's automatic ticks labelled every other one of a short text
-        xaxis_title="attribution",
+        xaxis_title=f"change in p({plot_text(result.target_label)})",  # the unit: probability, not "importance"
         xaxis_exponentformat="e",  # 2e-06, not plotly's "2μ"
     )
+    if span:
+        fig.update_layout(xaxis_range=[-1.05 * span, 1.05 * span])
     views.chart(fig, f"{key}_attr", frame.set_index("pos"), f"{title}, per word")
 
 
@@ -468,14 +471,22 @@ def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str) -> None:
     """Both runs' answer on ``text`` and its word attributions, side by side."""
     from clm_explore.attribution import AttributionError
 
-    for col, run, name in zip(st.columns(2), (a, b), "AB", strict=True):
+    results = []
+    for run in (a, b):
+        try:
+            results.append(cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0])
+        except AttributionError as exc:  # a text of invisible characters alone: said, not a failed page
+            st.warning(escape_markdown(str(exc).replace("texts[0]", "The text")))
+            return
+    if results[0].target_label != results[1].target_label:
+        st.caption(f"The runs answer differently ({escape_markdown(results[0].target_label)} and "
+                   f"{escape_markdown(results[1].target_label)}): each chart explains its own run's answer, so the "
+                   "two sets of bars answer different questions.")
+    # One scale for both: each chart on its own axis drew a run's 0.24 as long as the other's 0.93 (the review)
+    span = max((abs(score) for result in results for score in result.scores), default=0.0)
+    for col, run, name, result in zip(st.columns(2), (a, b), "AB", results, strict=True):
         with col:
-            try:
-                result = cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0]
-            except AttributionError as exc:  # a text of invisible characters alone: said, not a failed page
-                st.warning(escape_markdown(str(exc).replace("texts[0]", "The text")))
-                continue
-            render_attribution(result, f"{name}: {run.method}", key=f"{key}_{name.lower()}")
+            render_attribution(result, f"{name}: {run.method}", key=f"{key}_{name.lower()}", span=span)
 
 
 TRY_TEXT_CHARS = 1000

@@ -1441,6 +1441,31 @@ def test_an_attribution_says_what_its_bars_add_up_to_and_shows_its_note() -> Non
     assert "delta = +0.01" in captions and "Note: text truncated to 64 sub\\-tokens" in captions
 
 
+def test_two_runs_attributions_share_one_scale_and_say_when_they_explain_different_labels(monkeypatch) -> None:
+    """The attributions review: each chart on its own axis drew a run's 0.24 as long as the other's 0.93, and on a
+    row where the runs disagree the page did not say each explains its own answer."""
+    def script() -> None:
+        from types import SimpleNamespace
+
+        from clm_explore.ui import cache, run_views
+
+        found = {"a": SimpleNamespace(words=["my", "card"], scores=[0.05, 0.24], target_label="card_arrival",
+                                      probability=0.4, delta=0.0, note=""),
+                 "b": SimpleNamespace(words=["my", "card"], scores=[-0.1, 0.93], target_label="lost_or_stolen_card",
+                                      probability=0.97, delta=0.0, note="")}
+        cache.attributions = lambda path, mtime, texts: [found[path]]
+        runs = [SimpleNamespace(path=__import__("pathlib").Path(name), method=name) for name in "ab"]
+        run_views.explain_pair("my card", *runs, key="pair")
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    ranges = [json.loads(chart.proto.spec)["layout"]["xaxis"]["range"] for chart in app.get("plotly_chart")]
+    assert len(ranges) == 2 and ranges[0] == ranges[1] and ranges[0][1] == pytest.approx(1.05 * 0.93)
+    axis = json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["title"]["text"]
+    assert axis == "change in p(card_arrival)"
+    assert any("each chart explains its own run's answer" in c.value for c in app.caption)
+
+
 def test_a_charts_title_and_its_numbers_label_show_a_runs_text_as_text() -> None:
     def script() -> None:
         import pandas as pd
