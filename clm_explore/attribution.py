@@ -415,7 +415,8 @@ def _explain_batch(
     for i, text in enumerate(texts):
         offsets = enc["offset_mapping"][i].tolist()
         words, word_scores, _ = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
-        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens"] if cut[i] else [])
+        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens{_cut_word(text, words, offsets)}"]
+                            if cut[i] else [])
         if said := _unknown_note(tokenizer, text, enc["input_ids"][i].tolist(), offsets):
             note.append(said)
         if abs(float(deltas[i])) > UNSETTLED_DELTA:
@@ -438,6 +439,15 @@ def _explain_batch(
             )
         )
     return out
+
+
+def _cut_word(text: str, words: list[str], offsets: list[list[int]]) -> str:
+    """Where truncation cut a word in two: a clause naming the last word shown as the start of a longer one, or ''
+    (the attributions review: "un" of "unbelievably" read as a word of its own)."""
+    read_to = max((end for _, end in offsets), default=0)
+    if not words or read_to >= len(text) or not text[read_to].isalnum() or not text[read_to - 1:read_to].isalnum():
+        return ""
+    return f" (its last word shown, {words[-1]!r}, is the start of a longer word)"
 
 
 def _unknown_note(tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], offsets: list[list[int]]) -> str:

@@ -163,6 +163,10 @@ def test_a_word_cut_by_truncation_is_kept_as_a_fragment(loaded: LoadedModel) -> 
     (cut,) = explain(loaded.model, loaded.tokenizer, "a b c d e f cardless", AttributionConfig(max_length=9, n_steps=4))
     assert cut.tokens[-2:] == ["card", "[SEP]"]  # [CLS] a b c d e f card [SEP]: ##less cut
     assert cut.words[-1] == "card" and "truncated" in cut.note  # the fragment stays, as the docstring says
+    assert "its last word shown, 'card', is the start of a longer word" in cut.note  # and is said to be one
+    (whole,) = explain(loaded.model, loaded.tokenizer, "a b c d e f card less", AttributionConfig(max_length=9,
+                                                                                              n_steps=4))
+    assert "truncated" in whole.note and "longer word" not in whole.note  # cut between words: nothing more to say
 
 
 def test_deterministic_and_order_independent(loaded: LoadedModel) -> None:
