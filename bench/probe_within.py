@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import probe_fewshot  # noqa: E402
 
-from clm_explore import masks as masks_module  # noqa: E402
-from clm_explore import training  # noqa: E402
+from clm_explore import (
+    masks as masks_module,  # noqa: E402
+    training,  # noqa: E402
+)
 from clm_explore.config import MaskConfig  # noqa: E402
 from clm_explore.sensitivity import SensitivityReport  # noqa: E402
 

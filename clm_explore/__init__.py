@@ -49,7 +49,120 @@ Names are imported lazily, so ``import clm_explore`` (and the CLI's ``--help``) 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what a type checker and an editor see; at run time the names are imported on first use
+    from clm_explore.attribution import (
+        AttributionError as AttributionError,
+        TokenAttribution as TokenAttribution,
+        explain as explain,
+    )
+    from clm_explore.batches import (
+        Evaluation as Evaluation,
+        evaluate as evaluate,
+        label_file as label_file,
+        predict as predict,
+        predict_proba as predict_proba,
+        prediction_table as prediction_table,
+    )
+    from clm_explore.bench import (
+        BenchConfig as BenchConfig,
+        BenchError as BenchError,
+        BenchResult as BenchResult,
+        run_grid as run_grid,
+    )
+    from clm_explore.bench_results import (
+        compare_run_groups as compare_run_groups,
+    )
+    from clm_explore.cards import (
+        ModelCardError as ModelCardError,
+        model_card as model_card,
+        write_model_card as write_model_card,
+    )
+    from clm_explore.casestudy import (
+        CaseStudy as CaseStudy,
+        case_study as case_study,
+    )
+    from clm_explore.changes import (
+        ChangesError as ChangesError,
+        WeightChanges as WeightChanges,
+        weight_changes as weight_changes,
+    )
+    from clm_explore.config import (
+        AttributionConfig as AttributionConfig,
+        ConfigError as ConfigError,
+        DataConfig as DataConfig,
+        FinetuneConfig as FinetuneConfig,
+        LabelAuditConfig as LabelAuditConfig,
+        MaskConfig as MaskConfig,
+        MiningConfig as MiningConfig,
+        SensitivityConfig as SensitivityConfig,
+    )
+    from clm_explore.data import (
+        AnnotatedData as AnnotatedData,
+        DataError as DataError,
+        data_report as data_report,
+        load_data as load_data,
+    )
+    from clm_explore.datareport import (
+        DataReport as DataReport,
+    )
+    from clm_explore.label_issues import (
+        LabelIssues as LabelIssues,
+        TooFewRowsError as TooFewRowsError,
+        find_label_issues as find_label_issues,
+        relabelled as relabelled,
+        splits_csv as splits_csv,
+        splits_zip as splits_zip,
+    )
+    from clm_explore.layer_views import (
+        HeadAttention as HeadAttention,
+        LayerSimilarity as LayerSimilarity,
+        LayerViewError as LayerViewError,
+        head_attention as head_attention,
+        layer_similarity as layer_similarity,
+    )
+    from clm_explore.masks import (
+        MaskSelection as MaskSelection,
+        select_mask as select_mask,
+    )
+    from clm_explore.mining import (
+        MergeReport as MergeReport,
+        TaskTokens as TaskTokens,
+        TokenGroup as TokenGroup,
+        adaptive_tokenization as adaptive_tokenization,
+        mine_task_tokens as mine_task_tokens,
+    )
+    from clm_explore.modeling import (
+        LoadedModel as LoadedModel,
+        ModelSourceError as ModelSourceError,
+        load_model as load_model,
+        load_run as load_run,
+    )
+    from clm_explore.report import (
+        ReportPathError as ReportPathError,
+        build_report as build_report,
+        write_report as write_report,
+    )
+    from clm_explore.reruns import (
+        rerun as rerun,
+        rerun_plan as rerun_plan,
+    )
+    from clm_explore.runs import (
+        RunFolderError as RunFolderError,
+        RunRecord as RunRecord,
+        RunStore as RunStore,
+        RunStoreError as RunStoreError,
+    )
+    from clm_explore.sensitivity import (
+        SensitivityReport as SensitivityReport,
+        compute_sensitivity as compute_sensitivity,
+    )
+    from clm_explore.training import (
+        FinetuneResult as FinetuneResult,
+        StepInfo as StepInfo,
+        finetune as finetune,
+    )
 
 _EXPORTS = {
     "AnnotatedData": "clm_explore.data",

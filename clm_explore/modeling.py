@@ -41,8 +41,8 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
     BertTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    __version__ as transformers_version,  # noqa: E402
 )
-from transformers import __version__ as transformers_version  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from clm_explore.runs import (  # noqa: E402
