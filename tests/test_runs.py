@@ -1172,3 +1172,21 @@ def test_a_runs_folder_that_refuses_a_new_run_folder_is_said_not_raised_as_oserr
     monkeypatch.setattr("clm_explore.runs.os.access", lambda path, mode: False)
     with pytest.raises(RunStoreError, match=r"A run folder cannot be made: the runs folder .* is read-only"):
         store.create("ro", "head")
+
+
+def test_the_runs_folder_is_named_in_full_and_a_failure_there_says_how_to_choose_another(tmp_path: Path, monkeypatch,
+                                                                                       capsys) -> None:
+    """The packaging review: installed, ./runs follows the working folder; the CLI said "runs" alone, and a
+    read-only working folder's error named neither --out nor CLM_EXPLORE_RUNS."""
+    import errno
+
+    from clm_explore.cli import _runs_folder_hint, main
+
+    monkeypatch.delenv("CLM_EXPLORE_RUNS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs"]) == 0
+    assert capsys.readouterr().out.startswith(f"No run registry in {tmp_path / 'runs'} (./runs of the folder you are in")
+    hint = _runs_folder_hint(OSError(errno.EROFS, "Read-only file system", "runs"))
+    assert hint == (f" It is the runs folder ({tmp_path / 'runs'}, ./runs of the folder you started in): set "
+                    "CLM_EXPLORE_RUNS to a folder this user may write, or pass the run's own --out DIR.")
+    assert _runs_folder_hint(OSError(errno.EROFS, "Read-only file system", str(tmp_path / "elsewhere"))) == ""

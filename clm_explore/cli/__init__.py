@@ -15,6 +15,7 @@ import errno
 import importlib
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -244,6 +245,21 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _runs_folder_hint(exc: OSError) -> str:
+    """Where the failing path is in the runs folder, how to choose another (the packaging review: a read-only
+    working folder said "runs" alone, naming neither --out nor CLM_EXPLORE_RUNS)."""
+    from clm_explore.runs import default_root
+
+    if not exc.filename:
+        return ""
+    root, path = default_root().absolute(), Path(str(exc.filename)).absolute()
+    if path != root and root not in path.parents:
+        return ""
+    where = "$CLM_EXPLORE_RUNS" if os.environ.get("CLM_EXPLORE_RUNS") else "./runs of the folder you started in"
+    return (f" It is the runs folder ({root}, {where}): set CLM_EXPLORE_RUNS to a folder this user may write, or "
+            "pass the run's own --out DIR.")
+
+
 def _version() -> str:
     """The package's version and its code's digest (``provenance.code_version``): the version string alone does not
     tell two builds apart, and a run's clm_run.json records the digest."""
@@ -419,7 +435,8 @@ def _run_command(argv: list[str]) -> int:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         advice = ("free some space there" if full else "choose a place in a folder that exists" if exc.errno in (
             errno.ENOTDIR, errno.ENOENT) else "check that this user may read or write it, or choose another place")
-        print(f"error: {exc.strerror}: {exc.filename}. {advice[0].upper()}{advice[1:]}.", file=sys.stderr)
+        print(f"error: {exc.strerror}: {exc.filename}. {advice[0].upper()}{advice[1:]}.{_runs_folder_hint(exc)}",
+              file=sys.stderr)
         return 2
     except Exception as exc:
         from clm_explore.jobs import DISK_FULL

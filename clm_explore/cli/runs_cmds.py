@@ -58,7 +58,8 @@ def run_runs(args: argparse.Namespace) -> int:
         if args.json:
             print_json([])
         else:
-            print(f"No run registry in {default_root()} (set CLM_EXPLORE_RUNS to another runs folder).")
+            print(f"No run registry in {default_root().absolute()} (./runs of the folder you are in, or "
+                  "$CLM_EXPLORE_RUNS: set it to another runs folder).")
         return 0
     store = RunStore()
     try:
@@ -75,7 +76,7 @@ def run_runs(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     size = f", taking {sum(row['size_bytes'] for row in rows) / 2**20:,.1f} MB" if rows else ""
-    print(f"{len(rows)} run(s) in {store.root}{size}" + (":" if rows else ""))
+    print(f"{len(rows)} run(s) in {store.root.absolute()}{size}" + (":" if rows else ""))
     if rows:
         print(format_runs(rows))
     return 0
