@@ -15,6 +15,7 @@ import streamlit as st
 
 from clm_explore.config import DataConfig
 from clm_explore.data import csv_text
+from clm_explore.jobs import KeyedTask
 from clm_explore.runs import RunRecord
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.views import escape_markdown
@@ -57,7 +58,7 @@ def label_file_panel(run: RunRecord, key: str) -> None:
         _follow(task, key)
 
 
-def _follow(task, key: str) -> None:
+def _follow(task: KeyedTask, key: str) -> None:
     """The task's progress while it runs, why it failed or stopped, or its result."""
     if not task.done:
         views.task_progress(task)
