@@ -183,12 +183,15 @@ def label_file(run: str | Path | Any, path: str | Path, text_col: str | None = N
         DataError: the file cannot be read, has no text column, or holds more than ``max_texts`` texts.
     """
     from clm_explore.config import DataConfig
-    from clm_explore.data import DataError, read_texts
+    from clm_explore.data import DataError, TooManyRowsError, read_texts
 
-    texts = read_texts(path, text_col, cfg=DataConfig(), notes=notes)
-    if max_texts is not None and len(texts) > max_texts:
-        raise DataError(f"{Path(path).name} holds {len(texts):,} texts; at most {max_texts:,} are labelled here at "
-                        f"once: split the file, or label it with `clm-explore predict --run RUN --file FILE`.")
+    try:  # the reader stops at the cap: a file of millions of lines is not read whole to be refused
+        texts = read_texts(path, text_col, cfg=DataConfig(max_rows=max_texts or DataConfig.max_rows), notes=notes)
+    except TooManyRowsError:
+        if max_texts is None:
+            raise
+        raise DataError(f"{Path(path).name} holds more than {max_texts:,} texts, the most labelled here at once: "
+                        "split the file, or label it with `clm-explore predict --run RUN --file FILE`.") from None
     if on_progress is not None:
         on_progress(0, len(texts))
     probs = predict(run, texts, max_length, on_progress=on_progress)

@@ -61,6 +61,10 @@ class DataError(ValueError):
     """The data cannot be used; the message names the file, the row and what is wrong."""
 
 
+class TooManyRowsError(DataError):
+    """A file holds more rows than ``DataConfig.max_rows``: said before the rest of it is read."""
+
+
 class IncompleteRowsError(DataError):
     """Rows without a text or a label: ``without_incomplete_rows`` writes the file without them, for a user who
     chooses to leave them out (the app offers it; the loader never drops rows itself)."""
@@ -446,7 +450,11 @@ def read_texts(path: str | Path, text_col: str | None = None, cfg: DataConfig | 
         raise DataError(f"{path} does not exist or is not a file.")
     if file.suffix.lower() == ".txt":
         _check_size(str(file), file.stat().st_size, cfg)
-        lines = text_lines(file.name, file.read_bytes(), notes, cfg.encoding)
+        raw = file.read_bytes()
+        if raw.count(b"\n") > 2 * cfg.max_rows:  # far too many lines: refused before they are decoded and split
+            raise _row_cap_error(file.name, cfg.max_rows, 2 * cfg.max_rows)
+        lines = text_lines(file.name, raw, notes, cfg.encoding)
+        _check_rows(file.name, len(lines), cfg.max_rows)
         _refuse_table_of_lines(file.name, lines, text_col, "rename it {suffix}")
         return lines
     wanted = _Wanted(text_col=text_col, label=False)
@@ -1482,13 +1490,13 @@ def _is_text_type(arrow_type: Any) -> bool:
 
 def _check_rows(name: str, rows: int, max_rows: int) -> None:
     if rows > max_rows:
-        raise DataError(f"{name} has {rows:,} rows, above the {max_rows:,} row limit. Use a sample, or raise the "
+        raise TooManyRowsError(f"{name} has {rows:,} rows, above the {max_rows:,} row limit. Use a sample, or raise the "
                         f"limit on a machine with the memory for it {_python_only('max_rows')}.")
 
 
 def _row_cap_error(name: str, max_rows: int, position: int, unit: str = "line") -> DataError:
     """The row cap passed while parsing: reading stopped there, so the full count is unknown."""
-    return DataError(f"{name} has more rows than the {max_rows:,} row limit (reading stopped at {unit} {position:,}). "
+    return TooManyRowsError(f"{name} has more rows than the {max_rows:,} row limit (reading stopped at {unit} {position:,}). "
                      f"Use a sample, or raise the limit on a machine with the memory for it {_python_only('max_rows')}.")
 
 

@@ -61,7 +61,7 @@ def test_leading_whitespace_does_not_count_against_a_texts_cut():
     assert bounded_texts(["  short  "], 64) == ["  short  "]  # within the cap: as it was
 
 
-def test_a_file_of_texts_is_labelled_by_a_run_in_its_order_with_the_runner_up(tiny_data, tmp_path):
+def test_a_file_of_texts_is_labelled_by_a_run_in_its_order_with_the_runner_up(tiny_data, tmp_path, monkeypatch):
     """The app's "Label a file" and ``clm.label_file``: a file of new texts, a row each, read as predict reads them."""
     import json
 
@@ -85,8 +85,14 @@ def test_a_file_of_texts_is_labelled_by_a_run_in_its_order_with_the_runner_up(ti
     assert heard[0] == (0, 4) and heard[-1] == (4, 4)
     (tmp_path / "new.txt").write_text("\n".join(texts) + "\n")  # one text a line
     assert clm_explore.label_file(tmp_path / "run", tmp_path / "new.txt")["label"].tolist() == table["label"].tolist()
-    with pytest.raises(DataError, match="new.csv holds 4 texts; at most 3 are labelled here at once"):
-        clm_explore.label_file(tmp_path / "run", tmp_path / "new.csv", max_texts=3)
+    for name in ("new.csv", "new.txt"):
+        with pytest.raises(DataError, match=f"{name} holds more than 3 texts, the most labelled here at once"):
+            clm_explore.label_file(tmp_path / "run", tmp_path / name, max_texts=3)
+    (tmp_path / "huge.txt").write_text("a line\n" * 2_000_000)  # 14 MB: refused before it is decoded and split
+    with monkeypatch.context() as patched:  # reading it whole took 5.9 s and 420 MB to refuse it (the diff review)
+        patched.setattr("clm_explore.data.text_lines", lambda *a, **k: pytest.fail("the lines were decoded"))
+        with pytest.raises(DataError, match="huge.txt holds more than 20,000 texts"):
+            clm_explore.label_file(tmp_path / "run", tmp_path / "huge.txt", max_texts=20_000)
     metrics_path = tmp_path / "run" / "metrics.json"  # a run that chose where to abstain: said per text
     metrics = json.loads(metrics_path.read_text())
     metrics_path.write_text(json.dumps({**metrics, "out_of_scope": {"threshold": 0.99}}))

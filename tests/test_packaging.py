@@ -60,6 +60,18 @@ def test_the_app_command_starts_the_packages_app_with_its_settings(capsys) -> No
                  "--server.address=127.0.0.1", "--server.headless=true"):
         assert flag in command, flag
     assert main(["app", "--port", "70000"]) == 2 and "must be from 1 to 65535" in capsys.readouterr().err
+    assert "--browser.serverAddress=192.168.1.5" in app_command(8600, "192.168.1.5")  # the address a browser opens
+
+
+def test_a_streamlit_variable_an_operator_sets_is_not_overridden_by_the_apps_flag(monkeypatch) -> None:
+    """The diff review: the README's STREAMLIT_CLIENT_SHOW_ERROR_DETAILS=full had no effect, a flag winning over it."""
+    from clm_explore.cli.app_cmds import app_command
+
+    assert "--client.showErrorDetails=type" in app_command(8600)
+    monkeypatch.setenv("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")
+    command = app_command(8600)
+    assert not any(flag.startswith("--client.showErrorDetails") for flag in command)
+    assert "--client.toolbarMode=viewer" in command  # the others stay
 
 
 def test_python_m_clm_explore_is_the_cli_and_its_version_names_the_code() -> None:
@@ -69,3 +81,19 @@ def test_python_m_clm_explore_is_the_cli_and_its_version_names_the_code() -> Non
                           timeout=120, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.startswith("clm-explore ")
     assert done.stdout.rstrip().endswith(f"(code {code_version()})"), done.stdout
+
+
+def test_every_command_reads_sample_as_the_shipped_folder(tmp_path, monkeypatch, capsys) -> None:
+    """The diff review: `report --data sample` said "no such file or folder", bench recorded ./sample, and the
+    guards that keep a data folder from --overwrite saw ./sample, not the shipped folder."""
+    from clm_explore.data import SAMPLE_DATA
+
+    monkeypatch.chdir(tmp_path)
+    out = SAMPLE_DATA.parent  # a folder holding the sample: replacing it would delete the data
+    assert main(["finetune", "--data", "sample", "--model", "tiny-random", "--out", str(out), "--overwrite"]) == 2
+    assert f"would delete {SAMPLE_DATA}, which it holds" in capsys.readouterr().err
+    assert SAMPLE_DATA.is_dir()
+    assert main(["finetune", "--data", "sample", "--model", "tiny-random", "--method", "head", "--epochs", "1",
+                 "--max-length", "16", "--out", "run"]) == 0
+    assert main(["report", "--run", "run", "--data", "sample", "--max-rows", "2", "--out", "r.html"]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 0

@@ -410,8 +410,11 @@ def _run_command(argv: list[str]) -> int:
     if not getattr(args, "func", None):  # no command: the help, on stderr, as a usage error (a script's typo)
         parser.print_help(sys.stderr)
         return 2
+    from clm_explore.data import SAMPLE_NAME, named_data
     from clm_explore.modeling import quiet_transformers
 
+    if getattr(args, "data", None) == SAMPLE_NAME:  # the shipped sample: every check and record sees its folder
+        args.data = str(named_data(SAMPLE_NAME))
     quiet_transformers()  # the command owns the process: transformers' reports would bury its output
     import pandas as pd  # imported by every command's work anyway (transformers pulls it in)
 

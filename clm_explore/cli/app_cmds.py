@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -36,7 +37,8 @@ def run_app(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port} must be from 1 to 65535.")
     if not APP_SCRIPT.is_file():
         raise UserError(f"The app is not installed with this package ({APP_SCRIPT} is missing); reinstall clm-explore.")
-    print(f"clm-explore: open http://localhost:{args.port} in a browser (Ctrl+C stops the app)", flush=True)
+    print(f"clm-explore: open http://{browser_host(args.address)}:{args.port} in a browser (Ctrl+C stops the app)",
+          flush=True)
     os.execv(sys.executable, app_command(args.port, args.address))  # the server takes this process: signals reach it
     return 0  # pragma: no cover - execv does not return
 
@@ -44,13 +46,14 @@ def run_app(args: argparse.Namespace) -> int:
 def app_command(port: int, address: str | None = None) -> list[str]:
     """The command line that starts the app's server: ``streamlit run`` on the package's script, with its settings
     passed as flags as well (a Streamlit that reads no config beside the script, or a config in the working folder
-    that says otherwise, must not turn error details or the Deploy button back on). ``browser.serverAddress``: one
+    that says otherwise, must not turn error details or the Deploy button back on), but for those an operator set in
+    a ``STREAMLIT_*`` variable. ``browser.serverAddress``: one
     URL printed, and no lookup of the machine's external address (offline it printed an error-like line; online it
     showed a presenter's public address: the demo review)."""
     flags = [f"--{section}.{name}={_flag_value(value)}" for section, values in app_settings().items()
-             for name, value in values.items()]
+             for name, value in values.items() if streamlit_variable(section, name) not in os.environ]
     command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT), *flags, "--server.headless=true",
-               f"--server.port={port}", "--browser.serverAddress=localhost"]
+               f"--server.port={port}", f"--browser.serverAddress={browser_host(address)}"]
     return command + ([f"--server.address={address}"] if address else [])
 
 
@@ -58,6 +61,18 @@ def app_settings() -> dict[str, dict[str, Any]]:
     """The app's server settings (app/.streamlit/config.toml) by section."""
     with APP_CONFIG.open("rb") as file:
         return tomllib.load(file)
+
+
+def browser_host(address: str | None) -> str:
+    """The host a browser opens: the interface the server listens on, where one was named, else localhost (all
+    interfaces, or a loopback one)."""
+    return address if address and address not in ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost") else "localhost"
+
+
+def streamlit_variable(section: str, name: str) -> str:
+    """The variable Streamlit reads a setting from (``client.showErrorDetails``: STREAMLIT_CLIENT_SHOW_ERROR_DETAILS).
+    A flag would override it, so a setting given so is passed on as the variable says (the diff review)."""
+    return f"STREAMLIT_{section}_{re.sub(r'(?<!^)(?=[A-Z])', '_', name)}".upper()
 
 
 def _flag_value(value: Any) -> str:
