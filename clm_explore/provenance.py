@@ -39,11 +39,19 @@ def code_version() -> str:
     """The first 16 hex digits of a SHA-256 over the package's own Python files (their paths and contents): one
     value per version of the code, whatever the version string says. The app's scripts (``app/``) are left out: they
     train nothing, and a page's edit must not read as other code to a rerun."""
-    package = Path(__file__).resolve().parent
+    return code_digest(("app",)).hexdigest()[:16]
+
+
+def code_digest(left_out: tuple[str, ...], package: Path | None = None) -> Any:
+    """A SHA-256 (``hashlib``'s object, to update further) over the package's Python files (``package``: another
+    folder's), their paths and contents, but for those in the top-level folders ``left_out``."""
+    package = package or Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*.py") if p.relative_to(package).parts[0] != "app"):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] not in left_out:
+            digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest
 
 
 def package_versions() -> dict[str, str | None]:

@@ -26,7 +26,7 @@ from clm_explore.ui import state
 SCORES_NAME = "_scores"
 """The scores folder's name under the uploads root (a session token is hex digits only: never this)."""
 
-NOT_SCORING = ("ui", "cli")
+NOT_SCORING = ("ui", "cli", "app")
 """The package's folders whose code makes no score: every other Python file of the library is read into the scores'
 key, so a server upgraded with other code scores afresh, never reading scores an older version made under the same
 settings (a list of the scoring files by hand missed prefix_cache.py, the reproducibility review)."""
@@ -41,14 +41,9 @@ def scores_root() -> Path:
 @cache
 def code_version() -> str:
     """A digest of the library's scoring code (every Python file outside NOT_SCORING) and SCORING_PACKAGES' versions."""
-    from clm_explore.provenance import package_versions
+    from clm_explore.provenance import code_digest, package_versions
 
-    package = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        relative = path.relative_to(package)
-        if relative.parts[0] not in NOT_SCORING:
-            digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest = code_digest(NOT_SCORING)
     versions = package_versions()
     digest.update("\0".join(f"{name}={versions.get(name)}" for name in SCORING_PACKAGES).encode())
     return digest.hexdigest()[:16]

@@ -168,6 +168,14 @@ def test_the_scores_key_follows_all_scoring_code_the_packages_and_a_named_models
     score_cache.code_version()
     score_cache.code_version.cache_clear()
     assert "prefix_cache.py" in read and "sparse.py" in read and "views.py" not in read and "forms.py" not in read
+    assert "7_runs.py" not in read and "app.py" not in read  # the app's pages, in the package now (the diff review)
+    read.clear()
+    provenance.code_version.cache_clear()
+    try:  # a run's record of its code leaves the pages out too
+        provenance.code_version()
+    finally:
+        provenance.code_version.cache_clear()
+    assert "training.py" in read and "views.py" in read and "7_runs.py" not in read and "app.py" not in read
     choice = DataChoice("sample", "banking77_20", "banking77_20", None, None, "", "")
     from clm_explore.config import MiningConfig, SensitivityConfig
 
