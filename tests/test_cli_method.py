@@ -224,6 +224,8 @@ def test_predict_writes_a_csv_of_labels_and_replaces_only_its_own(capsys, data_d
                                      "out_of_scope"] and written["out_of_scope"].all()
     assert main(["predict", "--run", str(out), "--text", "hello", "--out", str(csv)]) == 0  # its own: replaced
     assert pd.read_csv(csv)["text"].tolist() == ["hello"]
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # as the app's download has it: its own too
+    assert main(["predict", "--run", str(out), "--text", "hi", "--out", str(csv)]) == 0
     capsys.readouterr()
     for other, phrase in ((data_dir / "test.csv", "exists and is not an earlier predict CSV"),
                           (tmp_path / "labels.txt", "must name a .csv file"),

@@ -770,6 +770,10 @@ def test_cli_runs_says_where_a_running_run_is_from_its_progress_log(store: RunSt
     assert main(["runs", "--json"]) == 0  # the last whole line: a writer mid-line is not read
     assert json.loads(capsys.readouterr().out)[0]["progress"] == {"step": 3, "total_steps": 40, "epoch": 1,
                                                                     "eta": 147.0}
+    from clm_explore.cli.runs_cmds import progress_said
+
+    assert progress_said({"step": 39, "total_steps": 40, "epoch": 3, "eta": 3.2}).endswith("about 3 s left")
+    assert progress_said({"step": 40, "total_steps": 40, "epoch": 3, "eta": 0}).endswith("evaluating and saving")
     store.set_status(running.id, RunStatus.SUCCEEDED)
     assert main(["runs", "--json"]) == 0  # an ended run has no progress to tell
     assert json.loads(capsys.readouterr().out)[0]["progress"] is None

@@ -109,7 +109,7 @@ def csv_out_path(given: str, header: str, kind: str, exact: bool = False) -> Pat
         raise UserError(f"--out {out}: the folder {out.parent} does not exist.")
     if out.exists():
         try:
-            with out.open(encoding="utf-8") as f:
+            with out.open(encoding="utf-8-sig") as f:  # the app's downloads lead with UTF-8's byte order mark
                 found = f.readline().strip()
         except (OSError, UnicodeDecodeError):
             found = ""

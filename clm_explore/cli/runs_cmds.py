@@ -145,11 +145,16 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
 
 
 def progress_said(progress: dict[str, Any]) -> str:
-    """Where a run's training is: "step 120 of 939 (13%), epoch 1, about 4 min left"."""
+    """Where a run's training is: "step 120 of 939 (13%), epoch 1, about 4 min left" ("40 s", under a minute;
+    "evaluating and saving" after its last step)."""
     step, total = progress["step"], progress["total_steps"]
     said = f"step {step} of {total} ({step / max(total, 1):.0%}), epoch {progress.get('epoch')}"
     eta = progress.get("eta")
-    return said + (f", about {max(1, round(eta / 60))} min left" if isinstance(eta, int | float) else "")
+    if step >= total:
+        return f"{said}, evaluating and saving"
+    if not isinstance(eta, int | float):
+        return said
+    return said + (f", about {round(eta / 60)} min left" if eta >= 90 else f", about {max(1, round(eta))} s left")
 
 
 def shortened(text: str, width: int = 160) -> str:
