@@ -819,15 +819,15 @@ def method_name(value: object) -> str:
     return text if re.fullmatch(r"[\w.+-]{1,40}", text, flags=re.ASCII) else "?"
 
 
-def unknown_method_note(run_dir: Path) -> str:
+def unknown_method_note(run_dir: Path, shown: str | None = None) -> str:
     """What to know of a run folder whose clm_run.json names a method this version does not know (a newer one's),
     or ''. It is loaded as a plain transformers model, which is right for every row method and wrong for one that
     keeps trained parts elsewhere (as prefix tuning keeps its adapter/): before, such a folder was read without a
-    word (the upgrade review)."""
+    word (the upgrade review). ``shown``: the folder as the message names it (the app's short name), else its path."""
     method = read_json_object(run_dir / "clm_run.json").get("method")
     if method is None or method in METHODS:
         return ""
-    return (f"{run_dir} was trained with the method {method_name(method)!r}, which this version of clm-explore does "
+    return (f"{shown or run_dir} was trained with the method {method_name(method)!r}, which this version of clm-explore does "
             "not know (a newer version's): it is read as a plain model, and if that method keeps trained parts "
             "outside it, its predictions here are not the run's. Upgrade clm-explore to read it as it was saved.")
 

@@ -14,9 +14,10 @@ import pandas as pd
 import streamlit as st
 
 from clm_explore.config import DataConfig
-from clm_explore.data import csv_text
+from clm_explore.data import DataError, csv_text
 from clm_explore.jobs import KeyedTask
-from clm_explore.runs import RunRecord
+from clm_explore.modeling import ModelSourceError
+from clm_explore.runs import RunFolderError, RunRecord
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.views import escape_markdown
 
@@ -67,7 +68,14 @@ def _follow(task: KeyedTask, key: str) -> None:
         return
     if task.error is not None:
         cache.forget_labelling(task)  # said once; the next click tries again
-        st.error(escape_markdown(_in_app_words(str(task.error))))
+        error = task.error
+        if isinstance(error, DataError):  # the file: its user's to fix, said of it as uploaded
+            st.error(escape_markdown(_in_app_words(str(error))))
+        elif isinstance(error, ModelSourceError | RunFolderError | OSError):  # its messages name server folders
+            st.error("The run's folder is gone or damaged (deleted by another user of this server, perhaps): it "
+                     "cannot label texts. Pick another run.")
+        else:
+            raise error  # unexpected: shown as the app shows errors, its type only
         return
     table, notes = task.result
     for note in notes:

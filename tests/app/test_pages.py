@@ -1523,6 +1523,33 @@ def test_the_runs_page_labels_an_uploaded_file_of_texts_with_a_run(at: AppTest, 
     [download] = [d for d in at.get("download_button") if d.proto.label == "Download the labels (CSV)"]
 
 
+def test_the_runs_page_flags_a_run_of_a_method_this_version_does_not_know(at: AppTest) -> None:
+    """The upgrade review: a newer version's run was read without a word; the diff review: said with its short name."""
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    run_id = create_finished(store, "newer", "sparse", SAMPLE_KEY)
+    (store.get(run_id).path / "clm_run.json").write_text(json.dumps({"method": "dora", "config": {}}))
+    goto(at, "app_pages/7_runs.py")
+    at.selectbox(key="runs_pick").set_value(run_id).run()
+    [said] = [w.value for w in at.warning if "does not know" in w.value]
+    assert "method 'dora'" in said and said.startswith("This run \\(" + escape_markdown(run_id))
+    assert str(store.root) not in said
+
+
+def test_a_labelling_whose_run_went_says_so_without_the_servers_paths(tmp_path: Path) -> None:
+    """The diff review: a run deleted by another user while a file was labelled showed "Run folder /tmp/... does
+    not exist" in the browser."""
+    def script(gone: str) -> None:
+        from clm_explore.ui import cache, labelling
+
+        key = cache.labelling_key(gone, 0.0, "d" * 64, "new.csv", None)
+        labelling._follow(cache.label_upload(key, b"text\nmy card\n", inline=True), key="k")
+
+    app = AppTest.from_function(script, args=(str(tmp_path / "gone"),), default_timeout=TIMEOUT).run()
+    assert not app.exception, [e.value for e in app.exception]
+    [error] = [e.value for e in app.error]
+    assert error.startswith("The run's folder is gone or damaged") and str(tmp_path) not in error
+
+
 def test_a_model_card_that_is_a_link_is_not_shown(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "secret.txt").write_text("another account's file")

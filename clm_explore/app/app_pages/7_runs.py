@@ -37,7 +37,8 @@ if run.error:
     st.error(escape_markdown(run.error))
 if run.metrics.get("collapse_note"):  # it "succeeded", yet predicts one label for every row
     st.warning(escape_markdown(str(run.metrics["collapse_note"])))
-if run.status is RunStatus.SUCCEEDED and (said := unknown_method_note(run.path)):  # a newer version's run
+if run.status is RunStatus.SUCCEEDED and (said := unknown_method_note(  # a newer version's run
+        run.path, f"This run ({run_views.folder_said(run.path, store.root)})")):
     st.warning(escape_markdown(said))
 folder_gone = run.is_terminal and not run.path.is_dir()
 if folder_gone:
