@@ -21,7 +21,7 @@ from clm_explore.data import data_digest
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
 from clm_explore.reruns import next_seeds, seed_variants, seedless_settings
-from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root
+from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root, read_json_object
 from clm_explore.training import FINISHING_PHASE
 from clm_explore.ui import cache, forms, run_views, state
 from clm_explore.ui.state import DataChoice, data_key_name
@@ -215,13 +215,23 @@ def relaunch_refusal(run: RunRecord, choice: DataChoice | None) -> str:
     launched on chosen (an upload is its session's own; the server has no other copy to give) and a model this
     server lets a browser load."""
     data_key = str(run.config.get("data", ""))
+    recorded = run.config.get("data_digest") or read_json_object(run.path / "clm_run.json").get("data_digest")
+    if choice is not None and data_key != choice.key and recorded and recorded == data_digest(cache.data(choice)):
+        return state.refused_model_source(str(run.config.get("source", "")))  # its rows, chosen under another name
     if choice is None or data_key != choice.key:
+        if not _app_data_key(data_key):  # a CLI run names its data by its path: the Data page cannot choose that
+            return (f"It was trained from the command line on a data file the Data page does not offer: train it "
+                    f"again there, with `clm-explore rerun --run {run.id} --seed S`.")
         return (f"To launch it again with its settings, choose its data on the Data page "
                 f"({data_key_name(data_key) or 'not recorded'}).")
-    recorded = run.config.get("data_digest")
     if recorded and recorded != data_digest(cache.data(choice)):  # the same name, other rows (a file edited on disk)
         return "The data chosen now has the same name as this run's but other rows: it is not launched again on them."
     return state.refused_model_source(str(run.config.get("source", "")))
+
+
+def _app_data_key(data: str) -> bool:
+    """Whether a run's recorded data is a key the app made (``DataChoice.key``: its kind first), not a CLI path."""
+    return data.split(":", 1)[0] in ("sample", "shared", "upload") and ":" in data
 
 
 def relaunch_control(run: RunRecord, key: str) -> None:

@@ -1774,6 +1774,34 @@ def test_a_succeeded_run_is_trained_at_the_lowest_seeds_its_setting_has_not_had(
         assert trained["seed"] == seed and trained["mask"] == {**to_dict(cfg.mask), "seed": seed}
 
 
+def test_a_command_line_run_is_trained_at_more_seeds_on_its_rows_or_told_how(at: AppTest) -> None:
+    """The diff review: a run of `clm-explore finetune --data sample` was told to "choose its data on the Data page
+    (/work/...)", the sample chosen already: the CLI records a path where the app records its key."""
+    from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
+    from clm_explore.data import SAMPLE_DATA, data_digest
+    from clm_explore.ui import cache
+
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    choice = at.session_state["data_choice"]
+    cfg = FinetuneConfig(method="head", epochs=1, max_length=32, device="cpu", mask=MaskConfig(budget=0.02))
+    ids = {}
+    for name, data, digest in (("cli-sample", str(SAMPLE_DATA), data_digest(cache.data(choice))),
+                               ("cli-other", "/data/tickets.csv", "f" * 64)):
+        run = store.create(name, "head", {**to_dict(cfg), "source": "tiny-random", "data": data})
+        (run.path / "clm_run.json").write_text(json.dumps({"method": "head", "data_digest": digest}))
+        store.set_status(run.id, RunStatus.SUCCEEDED)
+        ids[name] = run.id
+    goto(at, "app_pages/7_runs.py")
+    at.selectbox(key="runs_pick").set_value(ids["cli-other"]).run()
+    said = " ".join(c.value for c in at.caption)
+    assert "trained from the command line" in said and "/data/tickets" not in said
+    assert not [b for b in at.button if b.key == "runs_more_seeds"]
+    at.selectbox(key="runs_pick").set_value(ids["cli-sample"]).run()  # its rows are the session's: offered
+    at.button(key="runs_more_seeds").click().run(timeout=TIMEOUT)
+    assert not at.exception and any("Queued 2 run(s) at seed 1, 2" in s.value for s in at.success), [
+        e.value for e in at.error]
+
+
 def waiting_job(store: RunStore, name: str):
     """A job another session queued, still waiting (the tests' inline jobs never wait), in the app's queue."""
     from clm_explore.jobs import Job
