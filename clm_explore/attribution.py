@@ -211,8 +211,15 @@ def explain(
         return []
     # Group texts of similar length so each batch pads little (sorted by sub-token count). One sub-token more than
     # read tells a text that was cut (what its characters cannot: a tokenizer drops some, an emoji's U+FE0F say).
-    lengths = [len(ids) for chunk in tokenized(tokenizer, texts, cfg.max_length + 1, truncation=True,
-                                               max_length=cfg.max_length + 1) for ids in chunk["input_ids"]]
+    beyond = [(ids, chunk.word_ids(j), offsets) for chunk in tokenized(
+        tokenizer, texts, cfg.max_length + 1, truncation=True, max_length=cfg.max_length + 1,
+        return_offsets_mapping=True) for j, (ids, offsets) in enumerate(zip(chunk["input_ids"],
+                                                                            chunk["offset_mapping"], strict=True))]
+    lengths = [len(ids) for ids, _, _ in beyond]
+    read = cfg.max_length - tokenizer.num_special_tokens_to_add()
+    # A cut: 0 none, 1 between words, 2 inside a word (its last word shown is the start of a longer one)
+    cuts = [0 if n <= cfg.max_length else 1 + _cuts_a_word(text, word_ids, offsets, read)
+            for text, (n, (_, word_ids, offsets)) in zip(texts, zip(lengths, beyond, strict=True), strict=True)]
     unread = [i for i, n in enumerate(lengths) if n <= tokenizer.num_special_tokens_to_add()]
     if unread:  # zero-width or control characters alone: the tokenizer drops them, and the "explanation" was of an
         # empty input (the attributions review)
@@ -228,7 +235,7 @@ def explain(
                 for start in range(0, len(order), cfg.batch_size):
                     chunk = order[start : start + cfg.batch_size]
                     done = _explain_batch(model, tokenizer, [texts[i] for i in chunk], cfg,
-                                          [targets[i] for i in chunk], [lengths[i] > cfg.max_length for i in chunk])
+                                          [targets[i] for i in chunk], [cuts[i] for i in chunk])
                     for i, res in zip(chunk, done, strict=True):
                         results[i] = res
                     if on_progress is not None:
@@ -376,7 +383,7 @@ def _explain_batch(
     texts: list[str],
     cfg: AttributionConfig,
     targets: list[int | None],
-    cut: list[bool],
+    cut: list[int],
 ) -> list[TokenAttribution]:
     decoder = is_decoder_model(model, tokenizer)
     enc, input_ids, reference_ids, extra = _encode(
@@ -415,8 +422,8 @@ def _explain_batch(
     for i, text in enumerate(texts):
         offsets = enc["offset_mapping"][i].tolist()
         words, word_scores, _ = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
-        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens{_cut_word(text, words, offsets)}"]
-                            if cut[i] else [])
+        inside = f" (its last word shown, {words[-1]!r}, is the start of a longer word)" if cut[i] == 2 and words else ""
+        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens{inside}"] if cut[i] else [])
         if said := _unknown_note(tokenizer, text, enc["input_ids"][i].tolist(), offsets):
             note.append(said)
         if abs(float(deltas[i])) > UNSETTLED_DELTA:
@@ -441,13 +448,17 @@ def _explain_batch(
     return out
 
 
-def _cut_word(text: str, words: list[str], offsets: list[list[int]]) -> str:
-    """Where truncation cut a word in two: a clause naming the last word shown as the start of a longer one, or ''
-    (the attributions review: "un" of "unbelievably" read as a word of its own)."""
-    read_to = max((end for _, end in offsets), default=0)
-    if not words or read_to >= len(text) or not text[read_to].isalnum() or not text[read_to - 1:read_to].isalnum():
-        return ""
-    return f" (its last word shown, {words[-1]!r}, is the start of a longer word)"
+def _cuts_a_word(text: str, word_ids: list[int | None], offsets: list[tuple[int, int]], read: int) -> bool:
+    """Whether a text's truncation after ``read`` sub-tokens falls inside a word, as ``merge_words`` joins words: the
+    last sub-token read and the first one left out of one word, with no space between them (the attributions
+    review: "un" of "unbelievably" shown as a word; a Chinese character, a word of its own, is not cut)."""
+    pieces = [i for i, word in enumerate(word_ids) if word is not None]
+    if read < 1 or len(pieces) <= read:
+        return False
+    last, first = pieces[read - 1], pieces[read]
+    if _has_space(text, offsets[last][1], offsets[first][0]):
+        return False
+    return word_ids[last] == word_ids[first] or _joins_word(text, offsets[first][0])
 
 
 def _unknown_note(tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], offsets: list[list[int]]) -> str:

@@ -167,6 +167,11 @@ def test_a_word_cut_by_truncation_is_kept_as_a_fragment(loaded: LoadedModel) -> 
     (whole,) = explain(loaded.model, loaded.tokenizer, "a b c d e f card less", AttributionConfig(max_length=9,
                                                                                               n_steps=4))
     assert "truncated" in whole.note and "longer word" not in whole.note  # cut between words: nothing more to say
+    (joined,) = explain(loaded.model, loaded.tokenizer, "a b c d e hasn't", AttributionConfig(max_length=8, n_steps=4))
+    assert joined.words[-1] == "hasn" and "'hasn', is the start of a longer word" in joined.note  # as words join
+    (chinese,) = explain(loaded.model, loaded.tokenizer, "我的卡还没有到达这里", AttributionConfig(max_length=8,
+                                                                                             n_steps=4))
+    assert "truncated" in chinese.note and "longer word" not in chinese.note  # a character is a word of its own
 
 
 def test_deterministic_and_order_independent(loaded: LoadedModel) -> None:
