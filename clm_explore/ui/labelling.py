@@ -99,7 +99,8 @@ def _render_labels(table: pd.DataFrame, key: str) -> None:
         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f"),
         "runner_up_probability": st.column_config.NumberColumn("runner-up probability", format="%.3f"),
     })
-    st.download_button("Download the labels (CSV)", views.spreadsheet_csv(csv_text(table).encode("utf-8")),
+    st.download_button("Download the labels (CSV)",
+                       views.spreadsheet_csv(csv_text(views.spreadsheet_frame(table)).encode("utf-8")),
                        file_name="labelled.csv", mime="text/csv", key=f"{key}_label_csv", on_click="ignore")
 
 

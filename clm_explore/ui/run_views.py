@@ -33,7 +33,7 @@ from clm_explore.modeling import recorded_source
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read_json_object
 from clm_explore.ui import cache, state, views
 from clm_explore.ui.state import data_key_name
-from clm_explore.ui.views import escape_markdown, plot_text, spreadsheet_csv
+from clm_explore.ui.views import escape_markdown, plot_text, spreadsheet_csv, spreadsheet_frame
 
 
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -550,10 +550,13 @@ def predictions_csv(run_path: Path) -> bytes:
         why = f"{file.name} of this run is a link, not the run's own file: it is not sent."
     else:
         try:
-            return spreadsheet_csv(file.read_bytes())
+            frame = pd.read_csv(io.BytesIO(file.read_bytes()), dtype=str, keep_default_na=False)
+            return spreadsheet_csv(csv_text(spreadsheet_frame(frame)).encode("utf-8"))
         except OSError:
             why = ("This run's predictions.csv is no longer on the server (the run deleted or moved, perhaps by "
                    "another user of the server).")
+        except ValueError:  # pandas' parser errors are ValueErrors
+            why = "This run's predictions.csv cannot be read as a CSV file (it was damaged or replaced)."
     return spreadsheet_csv(csv_text(pd.DataFrame({"note": [why]})).encode("utf-8"))
 
 

@@ -261,6 +261,26 @@ def dataframe(data: Any, **kwargs: Any) -> Any:
     return st.dataframe(data, placeholder=MISSING, **kwargs)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""How a cell that a spreadsheet reads as a formula begins (OWASP's "CSV injection")."""
+
+
+def spreadsheet_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each text cell a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``+cmd|...``) led by
+    an apostrophe, which Excel and LibreOffice show as text and hide; numbers (-0.5) stay as they are. The texts of a
+    shared server's data sets and runs are anyone's (the diff review)."""
+    def safe(value: object) -> object:
+        if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+            return value
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+        return value
+
+    return frame.map(safe)
+
+
 def spreadsheet_csv(data: bytes) -> bytes:
     """UTF-8 CSV bytes as a download gives them: led by the UTF-8 byte order mark, without which Excel reads the file
     in the machine's code page and an accented or non-Latin text (a label, a user's text) comes out garbled. pandas,
@@ -328,7 +348,8 @@ def render_label_issues(result: Any, key: str) -> pd.DataFrame:
                 help="The quick model's probability of the suggested label"),
         },
     )
-    st.download_button("Download the flagged rows (CSV)", spreadsheet_csv(csv_text(result.issues).encode()),
+    st.download_button("Download the flagged rows (CSV)",
+                       spreadsheet_csv(csv_text(spreadsheet_frame(result.issues)).encode()),
                        file_name="label_issues.csv", mime="text/csv", key=f"{key}_issues_csv")
     return result.issues[edited["accept"].to_numpy(dtype=bool)]
 

@@ -479,10 +479,13 @@ def test_the_app_s_tables_write_a_missing_figure_as_a_dash_not_none(at: AppTest)
 def test_a_runs_predictions_download_says_when_the_file_went_or_is_a_link(tmp_path: Path) -> None:
     from clm_explore.ui.run_views import predictions_csv
 
-    (tmp_path / "predictions.csv").write_text("row,text,label\r\n0,hello,Überweisung\r\n", encoding="utf-8")
+    (tmp_path / "predictions.csv").write_text("row,text,label,prob\r\n0,hello,Überweisung,0.5\r\n"
+                                              '1,"=HYPERLINK(""http://e.example"",""x"")",-1,0.25\r\n', encoding="utf-8")
     sent = predictions_csv(tmp_path)  # led by UTF-8's mark: Excel read the label in the machine's code page
-    assert sent == "\ufeffrow,text,label\r\n0,hello,Überweisung\r\n".encode()
-    assert pd.read_csv(io.BytesIO(sent)).to_dict("records") == [{"row": 0, "text": "hello", "label": "Überweisung"}]
+    assert sent.startswith("\ufeffrow,text,label,prob\r\n0,hello,Überweisung,0.5\r\n".encode())
+    assert pd.read_csv(io.BytesIO(sent), dtype=str).to_dict("records") == [
+        {"row": "0", "text": "hello", "label": "Überweisung", "prob": "0.5"},
+        {"row": "1", "text": "'=HYPERLINK(\"http://e.example\",\"x\")", "label": "-1", "prob": "0.25"}]  # a formula: text
     secret = tmp_path / "secret.txt"
     secret.write_text("a secret of the server")
     (tmp_path / "predictions.csv").unlink()
