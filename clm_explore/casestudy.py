@@ -590,16 +590,23 @@ def check_same_rows(frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> None:
     Raises:
         DataError: a row id holds another text under each run, or a run lacks the other's rows.
     """
+    if said := rows_mismatch(frame_a, frame_b):
+        raise DataError(f"{said}: a case study pairs their answers row by row. Compare two runs of the same data set, "
+                        "or give both the rows to attribute (data= in Python, --data on the command line).")
+
+
+def rows_mismatch(frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> str:
+    """How two runs' rows (row, text) fail to pair by id and text ("The two runs were tested on different rows
+    (...)"), or ''."""
     texts_a = dict(zip(frame_a["row"].astype(int), frame_a["text"].astype(str), strict=True))
     texts_b = dict(zip(frame_b["row"].astype(int), frame_b["text"].astype(str), strict=True))
     other = next((row for row, text in texts_a.items() if row in texts_b and texts_b[row] != text), None)
     if other is None and texts_a.keys() == texts_b.keys():
-        return
+        return ""
     said = (f"row {other} is {texts_a[other][:60]!r} under run A and {texts_b[other][:60]!r} under run B"
             if other is not None else f"run A has {len(texts_a):,} rows and run B {len(texts_b):,}, "
             f"{len(texts_a.keys() & texts_b.keys()):,} of them the same ids")
-    raise DataError(f"The two runs were tested on different rows ({said}): a case study pairs their answers row by "
-                    "row. Compare runs of the same data set, or pass data= (the rows to attribute both on).")
+    return f"The two runs were tested on different rows ({said})"
 
 
 def select_rows(frame_a: pd.DataFrame, frame_b: pd.DataFrame | None, max_rows: int | None) -> list[int]:

@@ -1400,6 +1400,21 @@ def test_compare_opens_on_a_pair_of_the_sessions_data_whatever_other_sessions_ra
     assert (fresh.selectbox(key="cmp_a").value, fresh.selectbox(key="cmp_b").value) == (sparse, full)
 
 
+def test_compare_refuses_two_runs_whose_rows_do_not_pair(at: AppTest) -> None:
+    """The diff review: one data name, B's test rows re-sorted: the page said "0 disagreements in 40 test rows"."""
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    frame = pd.DataFrame({"row": range(4), "text": ["a card", "the rate", "my pin", "top up"],
+                          "label": ["x", "y", "x", "y"], "pred": ["x", "y", "y", "y"], "prob": [0.9] * 4})
+    ids = [create_finished(store, name, method, SAMPLE_KEY) for name, method in (("a", "sparse"), ("b", "full"))]
+    frame.to_csv(store.get(ids[0]).path / "predictions.csv", index=False)
+    frame.iloc[::-1].assign(row=range(4)).to_csv(store.get(ids[1]).path / "predictions.csv", index=False)
+    goto(at, "app_pages/6_compare.py")
+    at.selectbox(key="cmp_a").set_value(ids[0]).run()
+    at.selectbox(key="cmp_b").set_value(ids[1]).run()
+    assert any("tested on different rows" in e.value and "cannot be compared row by row" in e.value for e in at.error)
+    assert not any("disagreements in" in c.value for c in at.caption)
+
+
 def test_compare_picks_follow_the_sessions_data_and_b_follows_a(at: AppTest) -> None:
     from clm_explore.ui.state import DataChoice
 

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from clm_explore.casestudy import rows_mismatch
 from clm_explore.runs import RunStatus
 from clm_explore.ui import cache, jobs, layer_charts, run_views, state, views
 from clm_explore.ui.views import escape_markdown
@@ -58,6 +59,11 @@ st.header("Where they disagree", anchor=False)
 mtime = {r.id: cache.file_mtime(r.path / "predictions.csv") for r in (a, b)}
 if not mtime[a.id] or not mtime[b.id]:
     st.info("A run has no predictions.csv.")
+    state.stop()
+# Rows that do not pair by id and text (a file re-sorted between two runs) read as agreement below (the diff review)
+if unpaired := rows_mismatch(cache.predictions(str(a.path), mtime[a.id]), cache.predictions(str(b.path), mtime[b.id])):
+    st.error(escape_markdown(f"{unpaired}: their answers cannot be compared row by row. Pick two runs of the same "
+                             "data set."))
     state.stop()
 diff = run_views.disagreements(
     cache.predictions(str(a.path), mtime[a.id]), cache.predictions(str(b.path), mtime[b.id])
