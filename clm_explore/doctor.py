@@ -113,8 +113,11 @@ def checks() -> list[Check]:
     return found
 
 
-CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-"""The project's shared data sets beside a checkout (../shared/data)."""
+CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT_SHARED_DATA = CHECKOUT.parent / "shared" / "data"
+"""The project's shared data sets beside a checkout (../shared/data); read only from a checkout (its pyproject.toml
+beside the package), not from wherever a wheel was installed (the diff review: /opt/shared/data for --target
+/opt/x)."""
 
 
 def shared_data() -> tuple[Path | None, str]:
@@ -127,7 +130,8 @@ def shared_data() -> tuple[Path | None, str]:
         if folder.is_dir():
             return folder, ""
         return None, f"CLM_EXPLORE_SHARED_DATA={raw!r} is not a folder: the Data page offers no server-side data sets"
-    return (CHECKOUT_SHARED_DATA if CHECKOUT_SHARED_DATA.is_dir() else None), ""
+    in_checkout = (CHECKOUT / "pyproject.toml").is_file()
+    return (CHECKOUT_SHARED_DATA if in_checkout and CHECKOUT_SHARED_DATA.is_dir() else None), ""
 
 
 def problems() -> list[str]:

@@ -26,6 +26,7 @@ def test_a_type_checker_sees_every_exported_name_from_its_module():
     [block] = [node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"]
     seen = {alias.name: node.module for node in block.body for alias in node.names}
     assert seen == clm_explore._EXPORTS
+    assert all(alias.asname == alias.name for node in block.body for alias in node.names)  # re-exported as named
 
 
 def test_predict_takes_one_string_a_result_or_no_text(tiny_data, tmp_path):

@@ -560,11 +560,12 @@ def data_picker(current: state.DataChoice | None, key: str = "data") -> state.Da
     if kind == "sample":
         choice = state.sample_choice()
         if choice is None:
-            st.info("The bundled sample (sample_data/banking77_20) is not present in this installation.")
+            st.info("The bundled sample (clm_explore/sample_data/banking77_20) is not present in this installation.")
     elif kind == "shared":
         sets = {c.name: c for c in state.shared_choices()}
         if not sets:
-            st.info("No server-side data sets (../shared/data/*) on this server.")
+            st.info("No server-side data sets on this server: its administrator offers them by setting "
+                    "CLM_EXPLORE_SHARED_DATA to a folder of data sets (a folder of split files each).")
             return None
         names = list(sets)
         name = st.selectbox(  # none picked until one is chosen: the first set took over from an upload at once, and

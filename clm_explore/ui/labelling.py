@@ -52,25 +52,30 @@ def label_file_panel(run: RunRecord, key: str) -> None:
         task_key = cache.labelling_key(str(run.path), mtime, digest, upload.name, text_col)
         task = cache.known_labelling(task_key)
         if task is None:
+            if state.get(f"{key}_label_stopped") == task_key:
+                st.info("Labelling stopped; nothing was kept.")
             if st.button("Label the texts", key=f"{key}_label_go", type="primary"):
                 task = cache.label_upload(task_key, raw, inline=state.inline_jobs())
             else:
                 return
-        _follow(task, key)
+        _follow(task, key, box=bool(columns))
 
 
-def _follow(task: KeyedTask, key: str) -> None:
-    """The task's progress while it runs, why it failed or stopped, or its result."""
+def _follow(task: KeyedTask, key: str, box: bool) -> None:
+    """The task's progress while it runs, why it failed or stopped, or its result. ``box``: the page shows the Text
+    column box (not for a .txt file)."""
     if not task.done:
         views.task_progress(task)
-        if st.button("Stop labelling", key=f"{key}_label_stop"):
+        if st.button("Stop labelling", key=f"{key}_label_stop",
+                     help="Stops it for every session labelling this file with this run (it is shared)."):
             cache.stop_labelling(task)
+            state.put(f"{key}_label_stopped", task.key)  # said on the next look, once the task is gone
         return
     if task.error is not None:
         cache.forget_labelling(task)  # said once; the next click tries again
         error = task.error
         if isinstance(error, DataError):  # the file: its user's to fix, said of it as uploaded
-            st.error(escape_markdown(_in_app_words(str(error))))
+            st.error(escape_markdown(_in_app_words(str(error), box)))
         elif isinstance(error, ModelSourceError | RunFolderError | OSError):  # its messages name server folders
             st.error("The run's folder is gone or damaged (deleted by another user of this server, perhaps): it "
                      "cannot label texts. Pick another run.")
@@ -116,8 +121,11 @@ def _columns(digest: str, _raw: bytes, name: str) -> list[str]:
         return column_names(path)
 
 
-def _in_app_words(message: str) -> str:
-    """A reader's error with the Text column box where it names the command line's option."""
+def _in_app_words(message: str, box: bool) -> str:
+    """A reader's error with the Text column box where it names the command line's option (``box``: the page shows
+    it; for a .txt file, which has none, the option's mention goes)."""
+    if not box:
+        return message.replace(" (--text-col picks another column)", "").replace(" (text_col=)", "")
     for flag, control in ((" (text_col=)", ""), ("pass the column with --text-col", "pick it in the Text column box above"),
                           ("with --text-col", "in the Text column box above"),
                           ("(--text-col)", "(the Text column box above)"), ("--text-col", "the Text column box")):

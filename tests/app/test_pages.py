@@ -1560,12 +1560,23 @@ def test_a_labelling_whose_run_went_says_so_without_the_servers_paths(tmp_path: 
         from clm_explore.ui import cache, labelling
 
         key = cache.labelling_key(gone, 0.0, "d" * 64, "new.csv", None)
-        labelling._follow(cache.label_upload(key, b"text\nmy card\n", inline=True), key="k")
+        labelling._follow(cache.label_upload(key, b"text\nmy card\n", inline=True), key="k", box=True)
 
     app = AppTest.from_function(script, args=(str(tmp_path / "gone"),), default_timeout=TIMEOUT).run()
     assert not app.exception, [e.value for e in app.exception]
     [error] = [e.value for e in app.error]
     assert error.startswith("The run's folder is gone or damaged") and str(tmp_path) not in error
+
+
+def test_a_labelling_refusal_names_the_text_column_box_only_where_the_page_shows_it() -> None:
+    """The diff review: a .txt file's refusal pointed to a Text column box the page does not show for it."""
+    from clm_explore.ui.labelling import _in_app_words
+
+    said = ("new.txt looks like a tab-separated table, not one text per line: ... rename it .tsv (--text-col picks "
+            "another column); else save one text per line, without a header.")
+    assert "column" not in _in_app_words(said, box=False).split("rename it .tsv")[1].split(";")[0]
+    missing = "new.csv: no text column found. Rename it, or pass the column with --text-col (text_col=)."
+    assert _in_app_words(missing, box=True).endswith("Rename it, or pick it in the Text column box above.")
 
 
 def test_a_model_card_that_is_a_link_is_not_shown(tmp_path: Path) -> None:
