@@ -12,6 +12,7 @@ training.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -84,6 +85,7 @@ from clm_explore.runs import (
     run_folder_lock,
     share_tensor_files,
     write_json_atomic,
+    write_text_atomic,
 )
 from clm_explore.sensitivity import (
     SensitivityReport,
@@ -1292,7 +1294,7 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     else:
         with transformers_quieted():
             model.save_pretrained(out_dir, safe_serialization=True)
-            loaded.tokenizer.save_pretrained(out_dir)
+            save_tokenizer(loaded.tokenizer, out_dir, cfg.max_length)
     for name, tensors in files.items():
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / f"{name}.safetensors")
@@ -1365,6 +1367,27 @@ def _logged(on_step: Callable[[StepInfo], None] | None, progress) -> Callable[[S
             on_step(info)
 
     return log
+
+
+LOAD_OPTIONS = ("max_length", "is_local", "local_files_only")
+"""Keys a loaded tokenizer's settings carry from how it was loaded (the base's truncation, the offline switches),
+which a run folder's tokenizer_config.json must not pass on."""
+
+
+def save_tokenizer(tokenizer: Any, out_dir: Path, max_length: int) -> None:
+    """Save a run's tokenizer so that tools outside clm-explore read texts at the length the run trained at: its
+    ``model_max_length`` (``pipeline(..., truncation=True)`` cuts there) and tokenizer.json's truncation (the
+    ``tokenizers`` library's) are ``max_length``. The interop review: they said 512 and the base's 128, and a plain
+    pipeline differed on 2 of 800 test rows. The tokenizer given is left as it was (a copy is saved)."""
+    saved = copy.copy(tokenizer)
+    saved.model_max_length = max_length
+    saved.init_kwargs = {key: value for key, value in tokenizer.init_kwargs.items() if key not in LOAD_OPTIONS}
+    saved.save_pretrained(out_dir)
+    fast = out_dir / "tokenizer.json"
+    if fast.is_file():
+        spec = json.loads(fast.read_text(encoding="utf-8"))
+        spec["truncation"] = {"direction": "Right", "max_length": max_length, "strategy": "LongestFirst", "stride": 0}
+        write_text_atomic(fast, json.dumps(spec, ensure_ascii=False))
 
 
 def _finite(value: Any) -> Any:

@@ -898,3 +898,23 @@ def test_a_collapse_is_every_test_row_on_one_label_of_several_and_a_one_label_te
                                                                    ["a", "b", "c"], cfg)
     assert _collapse_note(np.array([1, 1, 1]), np.array([1, 1, 1]), ["a", "b", "c"], cfg) == ""
     assert _collapse_note(np.array([1, 0, 1]), np.array([0, 1, 2]), ["a", "b", "c"], cfg) == ""
+
+
+def test_a_run_folder_tells_plain_transformers_the_length_it_trained_at(tiny_data, tmp_path) -> None:
+    """The interop review: the run's tokenizer said 512 (and the base's 128), so a plain pipeline read more of a long
+    text than the run did and disagreed with its predictions.csv."""
+    import json
+
+    from transformers import AutoTokenizer, pipeline
+
+    import clm_explore
+
+    cfg = clm_explore.FinetuneConfig(method="head", epochs=1, max_length=16)
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
+    settings = json.loads((tmp_path / "run" / "tokenizer_config.json").read_text())
+    assert settings["model_max_length"] == 16 and not {"max_length", "is_local", "local_files_only"} & set(settings)
+    assert AutoTokenizer.from_pretrained(tmp_path / "run").model_max_length == 16
+    long = " ".join(["my card has not arrived and the exchange rate was wrong"] * 4)
+    ours = clm_explore.predict(tmp_path / "run", [long])
+    [theirs] = pipeline("text-classification", model=str(tmp_path / "run"), top_k=None)([long], truncation=True)
+    assert {row["label"]: row["score"] for row in theirs} == pytest.approx(ours.iloc[0].to_dict(), abs=1e-5)
