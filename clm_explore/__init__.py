@@ -26,6 +26,7 @@ A notebook session, end to end::
     full = clm.finetune(data, clm.FinetuneConfig(method="full"), "runs/my-full", source="default")
     clm.write_report(clm.case_study("runs/my-sparse", "runs/my-full"), "report.html")  # the case study, one file
     clm.rerun("runs/my-sparse", "runs/my-sparse-again")  # trained again from its record: the same weights
+    clm.export_run("runs/my-sparse", "serve/my-sparse", dtype="float16")  # what serving needs, no test texts
 
 Is sparse ahead of full finetuning on this data, or level? Seeds of each, compared with a 95% interval::
 
@@ -41,7 +42,7 @@ The method x budget x seed grid, as ``clm-explore bench`` runs it (each cell a `
 Every error the API raises for a user's input is exported too (``except clm.DataError``): ``DataError`` (the data),
 ``ConfigError`` (a config's values), ``ModelSourceError`` (a model or run that cannot be loaded), ``RunFolderError``
 (an output folder that cannot be written), ``RunStoreError``, ``AttributionError``, ``ReportPathError``,
-``ChangesError``, ``ModelCardError``, ``TooFewRowsError``, ``LayerViewError``.
+``ChangesError``, ``ModelCardError``, ``TooFewRowsError``, ``LayerViewError``, ``ExportError``.
 
 Names are imported lazily, so ``import clm_explore`` (and the CLI's ``--help``) stays fast.
 """
@@ -106,6 +107,10 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time the name
     )
     from clm_explore.datareport import (
         DataReport as DataReport,
+    )
+    from clm_explore.exports import (
+        ExportError as ExportError,
+        export_run as export_run,
     )
     from clm_explore.label_issues import (
         LabelIssues as LabelIssues,
@@ -213,6 +218,8 @@ _EXPORTS = {
     "data_report": "clm_explore.data",
     "evaluate": "clm_explore.batches",
     "explain": "clm_explore.attribution",
+    "export_run": "clm_explore.exports",
+    "ExportError": "clm_explore.exports",
     "find_label_issues": "clm_explore.label_issues",
     "finetune": "clm_explore.training",
     "head_attention": "clm_explore.layer_views",

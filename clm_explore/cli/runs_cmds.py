@@ -36,6 +36,28 @@ def register(subparsers: Any) -> None:
         "when something is wrong (a health check for a server: the app's /_stcore/health says ok regardless).")
     d.add_argument("--json", action="store_true", help="print a JSON list, a check per object")
     d.set_defaults(func=run_doctor)
+    e = subparsers.add_parser(
+        "export", help="copy what serving a run needs into a folder of its own",
+        description="Copy a finished run's model, tokenizer and model card (and a prefix run's adapter) into a new "
+        "folder, for serving or sharing: without its test predictions (the test split's texts), clm_run.json (the "
+        "data's path, the command line), metrics, masks, deltas and mined tokens. --dtype float16 halves the size.")
+    e.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
+    e.add_argument("--out", required=True, metavar="DIR", help="the export's folder (new, or an earlier export)")
+    e.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="the weights' type")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    e.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from clm_explore.cli.explain_cmds import checked_run
+    from clm_explore.exports import export_run
+
+    out = export_run(checked_run(args.run, "--run"), args.out, args.dtype, args.overwrite)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"exported {args.run} to {out} ({size / 2**20:,.1f} MB, {args.dtype}): "
+          + ", ".join(sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())))
+    return 0
 
 
 def run_doctor(args: argparse.Namespace) -> int:

@@ -1,0 +1,122 @@
+"""A finished run copied for serving (``clm-explore export``, ``clm_explore.export_run``): the model, its tokenizer and
+card, and a prefix run's adapter, without the run's records.
+
+Why: a run folder holds its test split's texts (predictions.csv), the data's absolute path and the command line
+(clm_run.json), the mined words and the masks; uploaded or zipped whole it published all of them, and serving needs four
+files of it (the interop review).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from clm_explore.runs import read_json_object, run_folder, write_json_atomic
+
+SERVING_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "README.md")
+"""The run folder's files a served model needs (those it has), the model card included."""
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""A prefix run's adapter/ files peft loads."""
+EXPORT_RECORD = "clm_export.json"
+"""What an export folder says of itself (the run it came from, its dtype): the one kind of folder ``overwrite``
+replaces."""
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ExportError(ValueError):
+    """The run cannot be exported there; the message says why and what to do."""
+
+
+def export_run(run: Any, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Copy what serving ``run`` needs into the folder ``out``: config, weights (cast to ``dtype``: float16 halves the
+    size; the interop review saw the same top label on every row it checked), tokenizer, model card, and a prefix
+    run's adapter (its base named by the Hub id where the run's model has one, not a server path). Left out: the
+    test predictions, clm_run.json, metrics, progress log, masks, deltas, mined tokens and scores.
+
+    Raises:
+        ModelSourceError: ``run`` is not a finished run.
+        ExportError: ``out`` is the run folder or inside it, or holds files that are not an earlier export (or
+            ``overwrite`` is not given), or ``dtype`` is unknown.
+    """
+    from clm_explore.modeling import finished_run
+
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
+    source = finished_run(run_folder(run))
+    target = Path(out).expanduser()
+    _check_target(source, target, overwrite)
+    staging = target.with_name(f".{target.name}.export-tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _copy_serving_files(source, staging, dtype)
+        write_json_atomic(staging / EXPORT_RECORD, {"run": source.name, "dtype": dtype})
+        if target.exists():
+            shutil.rmtree(target)
+        staging.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _check_target(source: Path, target: Path, overwrite: bool) -> None:
+    here, run = target.resolve(), source.resolve()
+    if here == run or run in here.parents or here in run.parents:
+        raise ExportError(f"{target} is the run folder, inside it or above it; export to a folder of its own.")
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"{target} is a file; an export is a folder.")
+    if target.is_dir() and any(target.iterdir()):
+        if not (target / EXPORT_RECORD).is_file():
+            raise ExportError(f"{target} holds files that are not an export of clm-explore's; choose a new folder.")
+        if not overwrite:
+            raise ExportError(f"{target} holds an earlier export; replace it with --overwrite (overwrite=True).")
+
+
+def _copy_serving_files(source: Path, target: Path, dtype: str) -> None:
+    for name in SERVING_FILES:
+        if not (source / name).is_file() or (source / name).is_symlink():
+            continue
+        if name == "model.safetensors" and dtype != "float32":
+            _save_cast(source / name, target / name, dtype)
+        else:
+            shutil.copyfile(source / name, target / name)
+    if dtype != "float32":
+        config = read_json_object(target / "config.json")
+        config["dtype"] = dtype
+        write_json_atomic(target / "config.json", config)
+    adapter = source / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        (target / "adapter").mkdir()
+        for name in ADAPTER_FILES:
+            shutil.copyfile(adapter / name, target / "adapter" / name)
+        _name_the_base(target / "adapter" / "adapter_config.json", read_json_object(source / "clm_run.json"))
+    _say_exported(target / "README.md")
+
+
+def _save_cast(source: Path, target: Path, dtype: str) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    kind = getattr(torch, dtype)
+    tensors = {name: t.to(kind) if t.is_floating_point() else t for name, t in load_file(source).items()}
+    save_file(tensors, target, metadata={"format": "pt"})
+
+
+def _name_the_base(config_path: Path, record: dict[str, Any]) -> None:
+    """peft's base model named by its Hub id where the run's model has one (else left unnamed): the run recorded
+    the server's path to it, which loads nowhere else."""
+    from clm_explore.cards import HUB_IDS
+
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = HUB_IDS.get(str(record.get("source") or ""))
+    write_json_atomic(config_path, config)
+
+
+def _say_exported(card: Path) -> None:
+    if card.is_file():
+        card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + "\n\nExported for serving by `clm-explore "
+                        "export`: the run's records (`clm_run.json`, `metrics.json`, `predictions.csv`, the masks) "
+                        "stay in the run folder.\n", encoding="utf-8")

@@ -1,0 +1,69 @@
+"""``clm-explore export``: a run copied for serving, without its records (the interop review)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import clm_explore
+from clm_explore.cli import main
+from clm_explore.exports import EXPORT_RECORD, ExportError, export_run
+
+
+@pytest.fixture(scope="module")
+def sparse_run(tiny_data_module, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "sparse"
+    cfg = clm_explore.FinetuneConfig(method="sparse", epochs=1, max_length=16, mask=clm_explore.MaskConfig(budget=0.05))
+    clm_explore.finetune(tiny_data_module, cfg, out, source="tiny-random", progress=False)
+    return out
+
+
+def test_an_export_holds_what_serving_needs_and_predicts_as_the_run(sparse_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["export", "--run", str(sparse_run), "--out", str(tmp_path / "serve")]) == 0
+    said = capsys.readouterr().out
+    files = {f.name for f in (tmp_path / "serve").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= files
+    for record in ("predictions.csv", "clm_run.json", "metrics.json", "masks.safetensors", "delta.safetensors",
+                   "task_tokens.json", "progress.jsonl", "sensitivity"):  # the test texts, the data's path, ...
+        assert record not in files, record
+    assert said.startswith(f"exported {sparse_run} to {tmp_path / 'serve'} (")
+    texts = ["my card has not arrived", "the exchange rate was wrong on my payment"]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "serve")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "serve").eval()
+    logits = model(**tokenizer(texts, truncation=True, padding=True, return_tensors="pt")).logits
+    assert logits.softmax(-1).detach().numpy() == pytest.approx(clm_explore.predict(sparse_run, texts).to_numpy(),
+                                                                 abs=1e-5)
+    assert "Exported for serving by `clm-explore export`" in (tmp_path / "serve" / "README.md").read_text()
+
+
+def test_a_half_precision_export_is_half_the_size_and_a_folder_is_never_replaced_by_mistake(sparse_run: Path,
+                                                                                            tmp_path: Path) -> None:
+    full = export_run(sparse_run, tmp_path / "f32")
+    half = export_run(sparse_run, tmp_path / "f16", dtype="float16")
+    size = {p.name: (p / "model.safetensors").stat().st_size for p in (full, half)}
+    assert size["f16"] < 0.6 * size["f32"] and json.loads((half / "config.json").read_text())["dtype"] == "float16"
+    assert json.loads((half / EXPORT_RECORD).read_text()) == {"run": sparse_run.name, "dtype": "float16"}
+    with pytest.raises(ExportError, match="holds an earlier export; replace it with --overwrite"):
+        export_run(sparse_run, half)
+    assert export_run(sparse_run, half, overwrite=True) == half
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not an export of clm-explore's"):
+        export_run(sparse_run, tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ExportError, match="the run folder, inside it or above it"):
+        export_run(sparse_run, sparse_run / "serve")
+
+
+def test_a_prefix_runs_export_keeps_its_adapter_without_the_servers_path(tiny_data, tmp_path: Path) -> None:
+    cfg = clm_explore.FinetuneConfig(method="prefix", epochs=1, max_length=16)
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "prefix", source="tiny-random", progress=False)
+    out = export_run(tmp_path / "prefix", tmp_path / "serve")
+    assert {f.name for f in (out / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    texts = ["my card has not arrived"]
+    assert clm_explore.predict(out, texts).to_numpy() == pytest.approx(
+        clm_explore.predict(tmp_path / "prefix", texts).to_numpy(), abs=1e-6)
