@@ -27,6 +27,7 @@ A notebook session, end to end::
     clm.write_report(clm.case_study("runs/my-sparse", "runs/my-full"), "report.html")  # the case study, one file
     clm.rerun("runs/my-sparse", "runs/my-sparse-again")  # trained again from its record: the same weights
     clm.export_run("runs/my-sparse", "serve/my-sparse", dtype="float16")  # what serving needs, no test texts
+    clm.apply_delta("runs/my-sparse")  # the run rebuilt from its base model and delta.safetensors (a ~1 MB patch)
 
 Is sparse ahead of full finetuning on this data, or level? Seeds of each, compared with a 95% interval::
 
@@ -110,6 +111,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time the name
     )
     from clm_explore.exports import (
         ExportError as ExportError,
+        apply_delta as apply_delta,
         export_run as export_run,
     )
     from clm_explore.label_issues import (
@@ -218,6 +220,7 @@ _EXPORTS = {
     "data_report": "clm_explore.data",
     "evaluate": "clm_explore.batches",
     "explain": "clm_explore.attribution",
+    "apply_delta": "clm_explore.exports",
     "export_run": "clm_explore.exports",
     "ExportError": "clm_explore.exports",
     "find_label_issues": "clm_explore.label_issues",

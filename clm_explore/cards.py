@@ -334,9 +334,9 @@ def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:
         lines += ["", "| layer | rows chosen | rows |", "| --- | --- | --- |"]
         lines += [f"| {layer} | {int(per_layer.loc[layer, 'selected_rows']):,} | {int(per_layer.loc[layer, 'rows']):,} |"
                   for layer in order]
-        lines.append("\nThe rows of every matrix: `masks.safetensors`; the trained rows' changes: `delta.safetensors` "
-                     "(for analysis: it leaves out the head and the norms that trained too, so the base and it do not "
-                     "make the model; `model.safetensors` is the model).")
+        lines.append("\nThe rows of every matrix: `masks.safetensors`; the run as a patch over its base model: "
+                     "`delta.safetensors` (the trained rows' changes, and the head, norms and biases that trained "
+                     "whole; `clm_explore.apply_delta(run)` rebuilds the model from the base and it).")
     if method == "sparse_merged":
         lines.append("\nIts tokenizer is not the base model's: merged task words sit in its unused slots "
                      "(`merge.json`). Load this folder's tokenizer with the model, never the base's.")

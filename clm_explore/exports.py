@@ -13,7 +13,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from clm_explore.runs import read_json_object, run_folder, write_json_atomic
+from clm_explore.runs import (
+    TRAINED_LENGTH_KEY,
+    read_json_object,
+    run_folder,
+    trained_max_length,
+    write_json_atomic,
+)
 
 SERVING_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "README.md")
@@ -120,3 +126,51 @@ def _say_exported(card: Path) -> None:
         card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + "\n\nExported for serving by `clm-explore "
                         "export`: the run's records (`clm_run.json`, `metrics.json`, `predictions.csv`, the masks) "
                         "stay in the run folder.\n", encoding="utf-8")
+
+
+PATCH_METHODS = ("sparse", "random", "fisher", "gradient")
+"""The row methods whose delta.safetensors holds every change training made (``sparse_merged`` also set the merged
+words' embedding rows, which it does not hold)."""
+
+
+def apply_delta(run: Any, base: str | None = None) -> Any:
+    """The run's model rebuilt from its base model and its delta.safetensors (the trained rows' changes, and the head,
+    norms and biases that trained whole): what a row method's run is, as a patch of a few MB over a public model.
+    ``base``: the base model's source (default: the one the run recorded). Returns a ``LoadedModel`` with the run's
+    labels and its tokenizer.
+
+    Raises:
+        ExportError: the run is not a row method's, or its delta file predates the whole tensors (older runs).
+        ModelSourceError: the run or the base cannot be loaded.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from clm_explore.modeling import LoadedModel, finished_run, load_model, load_tokenizer
+    from clm_explore.training import WHOLE_PREFIX
+
+    folder = finished_run(run_folder(run))
+    record = read_json_object(folder / "clm_run.json")
+    if record.get("method") not in PATCH_METHODS:
+        raise ExportError(f"{folder} is a {record.get('method') or 'unrecorded'} run: only the row methods' runs "
+                          f"({', '.join(PATCH_METHODS)}) are a patch over their base model; load it whole.")
+    delta = load_file(folder / "delta.safetensors")
+    if not any(name.startswith(WHOLE_PREFIX) for name in delta):
+        raise ExportError(f"{folder}'s delta.safetensors predates the head and norms being kept in it: load the run "
+                          "whole, or train it again (clm-explore rerun).")
+    labels = [str(v) for _, v in sorted(read_json_object(folder / "config.json")["id2label"].items(),
+                                         key=lambda item: int(item[0]))]
+    loaded = load_model(base or str(record.get("source") or "default"), labels)
+    params = dict(loaded.model.named_parameters())
+    with torch.no_grad():
+        for name, rows in ((n.removesuffix(".rows"), t) for n, t in delta.items() if n.endswith(".rows")):
+            weight = params[f"{name}.weight"]
+            weight[rows] += delta[f"{name}.delta_w"].to(weight.dtype)
+            if f"{name}.delta_b" in delta:
+                params[f"{name}.bias"][rows] += delta[f"{name}.delta_b"].to(weight.dtype)
+        for name, tensor in delta.items():
+            if name.startswith(WHOLE_PREFIX):
+                target = params[name.removeprefix(WHOLE_PREFIX)]
+                target.copy_(tensor.to(target.dtype))
+    setattr(loaded.model.config, TRAINED_LENGTH_KEY, trained_max_length(folder))  # predict reads what it trained at
+    return LoadedModel(loaded.model.eval(), load_tokenizer(str(folder)), loaded.source, loaded.is_decoder)

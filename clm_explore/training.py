@@ -634,8 +634,22 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
         info["merge_note"] = merge_note
     if ctx.cfg.mask.train_biases and not any(kind == "bias" for kind, _, _ in small_parameters(model)):
         info["biases_note"] = "the model's linear maps have no biases: train_biases changed nothing"
+    trained_whole = {id(p) for p in head + small}
+
+    def patch() -> dict[str, dict[str, torch.Tensor]]:
+        """The run as a patch over its base model: the trained rows' deltas, and the head and the norms and biases
+        that trained whole (``exports.apply_delta`` rebuilds the model from them)."""
+        state = delta_state(wrappers)
+        state.update({f"{WHOLE_PREFIX}{name.replace('.base.', '.')}": p.detach().float().cpu()
+                      for name, p in model.named_parameters() if id(p) in trained_whole})
+        return {"delta": state}
+
     return Prepared(model, [g for g in groups if g["params"]], finalize, {"masks": masks}, info,
-                    after_training=lambda: {"delta": delta_state(wrappers)})
+                    after_training=patch)
+
+
+WHOLE_PREFIX = "whole."
+"""delta.safetensors' names of the parameters a row method trained whole (the head, norms, biases)."""
 
 
 def set_dropout(model: nn.Module, p: float) -> int:

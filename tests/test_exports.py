@@ -67,3 +67,33 @@ def test_a_prefix_runs_export_keeps_its_adapter_without_the_servers_path(tiny_da
     texts = ["my card has not arrived"]
     assert clm_explore.predict(out, texts).to_numpy() == pytest.approx(
         clm_explore.predict(tmp_path / "prefix", texts).to_numpy(), abs=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"method": "sparse"}, {"method": "random", "average_last": 0.5},
+                                     {"method": "fisher", "keep_best": True, "mask": {"train_biases": True}}])
+def test_a_row_methods_run_is_its_base_model_and_its_delta_file(tiny_data, tmp_path: Path, options: dict) -> None:
+    """The interop review: delta.safetensors left out the head and the norms that trained too, so the base and it
+    did not make the model; now it is the run as a patch of a few MB over a public model."""
+    import dataclasses
+
+    import torch
+
+    from clm_explore.exports import apply_delta
+
+    mask = dataclasses.replace(clm_explore.MaskConfig(budget=0.05), **options.pop("mask", {}))
+    cfg = clm_explore.FinetuneConfig(epochs=2, max_length=16, mask=mask, **options)
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "run", source="tiny-random", progress=False)
+    rebuilt, saved = apply_delta(tmp_path / "run").model.state_dict(), clm_explore.load_run(tmp_path / "run")
+    differ = [name for name, tensor in saved.model.state_dict().items() if not torch.equal(tensor, rebuilt[name])]
+    assert not differ, differ[:5]
+    texts = ["my card has not arrived"]
+    assert clm_explore.predict(apply_delta(tmp_path / "run"), texts).equals(clm_explore.predict(tmp_path / "run", texts))
+
+
+def test_a_run_that_is_no_patch_is_refused_by_apply_delta(sparse_run: Path, tiny_data, tmp_path: Path) -> None:
+    from clm_explore.exports import apply_delta
+
+    clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1), tmp_path / "head",
+                         source="tiny-random", progress=False)
+    with pytest.raises(ExportError, match="is a head run: only the row methods' runs"):
+        apply_delta(tmp_path / "head")
