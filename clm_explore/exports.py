@@ -36,11 +36,14 @@ class ExportError(ValueError):
     """The run cannot be exported there; the message says why and what to do."""
 
 
-def export_run(run: Any, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+def export_run(run: Any, out: str | Path, dtype: str = "float32", overwrite: bool = False,
+               patch: bool = False) -> Path:
     """Copy what serving ``run`` needs into the folder ``out``: config, weights (cast to ``dtype``: float16 halves the
     size; the interop review saw the same top label on every row it checked), tokenizer, model card, and a prefix
     run's adapter (its base named by the Hub id where the run's model has one, not a server path). Left out: the
-    test predictions, clm_run.json, metrics, progress log, masks, deltas, mined tokens and scores.
+    test predictions, clm_run.json, metrics, progress log, masks, deltas, mined tokens and scores. ``patch``: a row
+    method's run as its delta.safetensors in place of the weights (about 1 MB for the default model at 1%), which
+    ``apply_delta`` turns back into the model over the public base model.
 
     Raises:
         ModelSourceError: ``run`` is not a finished run.
@@ -52,14 +55,21 @@ def export_run(run: Any, out: str | Path, dtype: str = "float32", overwrite: boo
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
     source = finished_run(run_folder(run))
+    record = read_json_object(source / "clm_run.json")
+    if patch and record.get("method") not in PATCH_METHODS:
+        raise ExportError(f"{source} is a {record.get('method') or 'unrecorded'} run: only the row methods' runs "
+                          f"({', '.join(PATCH_METHODS)}) export as a patch over their base model.")
     target = Path(out).expanduser()
     _check_target(source, target, overwrite)
     staging = target.with_name(f".{target.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _copy_serving_files(source, staging, dtype)
-        write_json_atomic(staging / EXPORT_RECORD, {"run": source.name, "dtype": dtype})
+        _copy_serving_files(source, staging, dtype, patch)
+        said = {"run": source.name, "dtype": dtype}
+        if patch:  # what apply_delta needs of the run, without the rest of its record
+            said["patch"] = {"method": record["method"], "source": record.get("source")}
+        write_json_atomic(staging / EXPORT_RECORD, said)
         if target.exists():
             shutil.rmtree(target)
         staging.replace(target)
@@ -81,9 +91,11 @@ def _check_target(source: Path, target: Path, overwrite: bool) -> None:
             raise ExportError(f"{target} holds an earlier export; replace it with --overwrite (overwrite=True).")
 
 
-def _copy_serving_files(source: Path, target: Path, dtype: str) -> None:
-    for name in SERVING_FILES:
+def _copy_serving_files(source: Path, target: Path, dtype: str, patch: bool = False) -> None:
+    for name in (*SERVING_FILES, "delta.safetensors") if patch else SERVING_FILES:
         if not (source / name).is_file() or (source / name).is_symlink():
+            continue
+        if patch and name.startswith("model.safetensors"):  # the patch stands in for the weights
             continue
         if name == "model.safetensors" and dtype != "float32":
             _save_cast(source / name, target / name, dtype)
@@ -99,7 +111,7 @@ def _copy_serving_files(source: Path, target: Path, dtype: str) -> None:
         for name in ADAPTER_FILES:
             shutil.copyfile(adapter / name, target / "adapter" / name)
         _name_the_base(target / "adapter" / "adapter_config.json", read_json_object(source / "clm_run.json"))
-    _say_exported(target / "README.md")
+    _say_exported(target / "README.md", patch)
 
 
 def _save_cast(source: Path, target: Path, dtype: str) -> None:
@@ -121,11 +133,13 @@ def _name_the_base(config_path: Path, record: dict[str, Any]) -> None:
     write_json_atomic(config_path, config)
 
 
-def _say_exported(card: Path) -> None:
+def _say_exported(card: Path, patch: bool) -> None:
     if card.is_file():
+        how = (" It is a patch: `clm_explore.apply_delta(folder)` rebuilds the model from the base model and its "
+               "`delta.safetensors`." if patch else "")
         card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + "\n\nExported for serving by `clm-explore "
                         "export`: the run's records (`clm_run.json`, `metrics.json`, `predictions.csv`, the masks) "
-                        "stay in the run folder.\n", encoding="utf-8")
+                        f"stay in the run folder.{how}\n", encoding="utf-8")
 
 
 PATCH_METHODS = ("sparse", "random", "fisher", "gradient")
@@ -150,7 +164,7 @@ def apply_delta(run: Any, base: str | None = None) -> Any:
     from clm_explore.training import WHOLE_PREFIX
 
     folder = finished_run(run_folder(run))
-    record = read_json_object(folder / "clm_run.json")
+    record = read_json_object(folder / "clm_run.json") or read_json_object(folder / EXPORT_RECORD).get("patch") or {}
     if record.get("method") not in PATCH_METHODS:
         raise ExportError(f"{folder} is a {record.get('method') or 'unrecorded'} run: only the row methods' runs "
                           f"({', '.join(PATCH_METHODS)}) are a patch over their base model; load it whole.")

@@ -97,3 +97,18 @@ def test_a_run_that_is_no_patch_is_refused_by_apply_delta(sparse_run: Path, tiny
                          source="tiny-random", progress=False)
     with pytest.raises(ExportError, match="is a head run: only the row methods' runs"):
         apply_delta(tmp_path / "head")
+
+
+def test_a_patch_export_is_the_delta_and_rebuilds_the_run_over_its_base(sparse_run: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    import torch
+
+    from clm_explore.exports import apply_delta
+
+    assert main(["export", "--run", str(sparse_run), "--out", str(tmp_path / "patch"), "--patch"]) == 0
+    files = {f.name for f in (tmp_path / "patch").iterdir()}
+    assert "delta.safetensors" in files and "model.safetensors" not in files and "clm_run.json" not in files
+    rebuilt = apply_delta(tmp_path / "patch").model.state_dict()
+    saved = clm_explore.load_run(sparse_run).model.state_dict()
+    assert all(torch.equal(tensor, rebuilt[name]) for name, tensor in saved.items())
+    assert "It is a patch: `clm_explore.apply_delta(folder)`" in (tmp_path / "patch" / "README.md").read_text()
