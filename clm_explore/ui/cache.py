@@ -517,8 +517,8 @@ def _labellings() -> KeyedTasks:
 
 
 MAX_LABEL_TEXTS = 20_000
-"""The most texts of one file the app labels (59 s for 20,000 banking77 texts at 64 sub-tokens with the default model
-on one CPU thread: BENCHMARKS.md); the CLI's ``predict --file`` takes up to ``DataConfig.max_rows``."""
+"""The most texts of one file the app labels (60-80 s for 20,000 banking77 texts at 64 sub-tokens with the default
+model on one CPU thread: BENCHMARKS.md); the CLI's ``predict --file`` takes up to ``DataConfig.max_rows``."""
 
 
 def labelling_key(run_path: str, mtime: float, digest: str, name: str, text_col: str | None) -> tuple[Any, ...]:
