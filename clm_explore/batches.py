@@ -60,9 +60,25 @@ def tokenized(tokenizer: Any, texts: Sequence[str], max_tokens: int, **kwargs: A
 
 
 def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of a list of texts (the API's entry points check them with ``text_list``)."""
-    return [ids for chunk in tokenized(loaded.tokenizer, texts, max_length, truncation=True, max_length=max_length)
-            for ids in chunk["input_ids"]]
+    """Token ids of a list of texts (the API's entry points check them with ``text_list``). A text whose cut prefix
+    (``bounded_texts``) gave fewer than ``max_length`` sub-tokens, as very long words do (each one [UNK]), is encoded
+    again from a longer prefix, up to ``MAX_CUT_GROWTH`` times as long: the interop review saw "x" * 1100 + " how do
+    I unblock my pin" read as the x's alone, where a plain pipeline read the words after them."""
+    found = [ids for chunk in tokenized(loaded.tokenizer, texts, max_length, truncation=True, max_length=max_length)
+             for ids in chunk["input_ids"]]
+    for i, text in enumerate(texts):
+        growth = 1
+        while len(found[i]) < max_length and growth < MAX_CUT_GROWTH and len(text) > max_length * growth * (
+                CHARS_PER_TOKEN_BOUND):
+            growth *= 4
+            [found[i]] = next(tokenized(loaded.tokenizer, [text], max_length * growth, truncation=True,
+                                        max_length=max_length))["input_ids"]
+    return found
+
+
+MAX_CUT_GROWTH = 64
+"""How much longer than ``bounded_texts``' cut ``encode`` reads a text of long words at most (2,048 characters a
+sub-token)."""
 
 
 def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[np.ndarray]:

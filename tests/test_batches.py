@@ -98,3 +98,15 @@ def test_a_file_of_texts_is_labelled_by_a_run_in_its_order_with_the_runner_up(ti
     metrics_path.write_text(json.dumps({**metrics, "out_of_scope": {"threshold": 0.99}}))
     abstained = clm_explore.label_file(tmp_path / "run", tmp_path / "new.csv")
     assert abstained["out_of_scope"].tolist() == (abstained["probability"] < 0.99).tolist() == [True] * 4
+
+
+def test_a_text_of_long_words_is_read_past_the_cut_as_a_plain_tokenizer_reads_it(tiny_data):
+    """The interop review: a cut prefix of very long words (each one [UNK]) left out the words after them."""
+    from clm_explore.batches import CHARS_PER_TOKEN_BOUND, encode
+    from clm_explore.modeling import load_model
+
+    loaded = load_model("tiny-random", tiny_data.labels)
+    text = "x" * (16 * CHARS_PER_TOKEN_BOUND + 100) + " my card has not arrived"
+    [ids] = encode(loaded, [text], 16)
+    assert ids == loaded.tokenizer(text, truncation=True, max_length=16)["input_ids"]
+    assert len(ids) > 3  # [CLS] [UNK] my card ... [SEP], not [CLS] [UNK] [SEP]
