@@ -1301,6 +1301,7 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     model.config.id2label = dict(enumerate(data.labels))
     model.config.label2id = {name: i for i, name in enumerate(data.labels)}
     setattr(model.config, TRAINED_LENGTH_KEY, cfg.max_length)  # what explain() of the loaded run reads
+    model.config.problem_type = "single_label_classification"  # one label a text: other tools read it (softmax)
     if not main:
         # transformers saves only on the main process; a secondary rank keeps its weights for checks (save_model
         # drops the tensors a model shares, e.g. prefix tuning's word embeddings, which save_file refuses).

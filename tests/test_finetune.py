@@ -914,6 +914,7 @@ def test_a_run_folder_tells_plain_transformers_the_length_it_trained_at(tiny_dat
     settings = json.loads((tmp_path / "run" / "tokenizer_config.json").read_text())
     assert settings["model_max_length"] == 16 and not {"max_length", "is_local", "local_files_only"} & set(settings)
     assert AutoTokenizer.from_pretrained(tmp_path / "run").model_max_length == 16
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["problem_type"] == "single_label_classification"
     long = " ".join(["my card has not arrived and the exchange rate was wrong"] * 4)
     ours = clm_explore.predict(tmp_path / "run", [long])
     [theirs] = pipeline("text-classification", model=str(tmp_path / "run"), top_k=None)([long], truncation=True)
