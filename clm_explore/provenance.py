@@ -37,20 +37,20 @@ _COMMAND: list[str] | None = None
 @cache
 def code_version() -> str:
     """The first 16 hex digits of a SHA-256 over the package's own Python files (their paths and contents): one
-    value per version of the code, whatever the version string says. The app's scripts (``app/``) are left out: they
+    value per version of the code, whatever the version string says. The app's scripts (``ui/app/``) are left out: they
     train nothing, and a page's edit must not read as other code to a rerun."""
-    return code_digest(("app",)).hexdigest()[:16]
+    return code_digest(("ui/app",)).hexdigest()[:16]
 
 
 def code_digest(left_out: tuple[str, ...], package: Path | None = None) -> Any:
     """A SHA-256 (``hashlib``'s object, to update further) over the package's Python files (``package``: another
-    folder's), their paths and contents, but for those in the top-level folders ``left_out``."""
+    folder's), their paths and contents, but for those in the folders ``left_out`` (relative paths: "ui", "ui/app")."""
     package = package or Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
-        relative = path.relative_to(package)
-        if relative.parts[0] not in left_out:
-            digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        relative = path.relative_to(package).as_posix()
+        if not any(relative.startswith(f"{folder}/") for folder in left_out):
+            digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest
 
 

@@ -29,12 +29,12 @@ def test_the_wheel_holds_the_app_the_sample_and_the_files_the_code_reads(tmp_pat
     [wheel] = (tmp_path / "dist").glob("clm_explore-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("clm_explore/assets/tiny_vocab.txt", "clm_explore/py.typed", "clm_explore/__main__.py",
-                   "clm_explore/app/app.py", "clm_explore/app/.streamlit/config.toml",
+                   "clm_explore/ui/app/app.py", "clm_explore/ui/app/.streamlit/config.toml",
                    "clm_explore/sample_data/banking77_20/train.csv", "clm_explore/sample_data/banking77_20/test.csv",
                    "clm_explore/sample_data/banking77_20/SOURCE.md"):
         assert needed in names, needed
-    pages = {Path(n).name for n in names if n.startswith("clm_explore/app/app_pages/")}
-    assert pages == {p.name for p in (ROOT / "clm_explore" / "app" / "app_pages").glob("*.py")}
+    pages = {Path(n).name for n in names if n.startswith("clm_explore/ui/app/app_pages/")}
+    assert pages == {p.name for p in (ROOT / "clm_explore" / "ui" / "app" / "app_pages").glob("*.py")}
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from clm_explore.cli import UserError
 
-APP_SCRIPT = Path(__file__).resolve().parent.parent / "app" / "app.py"
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "ui" / "app" / "app.py"
 """The app's main script; its pages sit beside it in app_pages/, its server settings in .streamlit/config.toml."""
 APP_CONFIG = APP_SCRIPT.parent / ".streamlit" / "config.toml"
 
@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         description="Start the app's server: open the address it prints in a browser; Ctrl+C stops it. The server "
         "listens on every interface of this machine, with no login (--address 127.0.0.1 keeps it to this machine). "
         "Its settings (no error details or Deploy button in the browser, no usage statistics, plain logs) come from "
-        "the package's app/.streamlit/config.toml; other Streamlit settings are read from STREAMLIT_* variables. "
+        "the package's ui/app/.streamlit/config.toml; other Streamlit settings are read from STREAMLIT_* variables. "
         "Runs go to ./runs or $CLM_EXPLORE_RUNS.")
     p.add_argument("--port", type=int, default=8501, help="the port to serve on")
     p.add_argument("--address", default=None, metavar="ADDR",
@@ -58,7 +58,7 @@ def app_command(port: int, address: str | None = None) -> list[str]:
 
 
 def app_settings() -> dict[str, dict[str, Any]]:
-    """The app's server settings (app/.streamlit/config.toml) by section."""
+    """The app's server settings (ui/app/.streamlit/config.toml) by section."""
     with APP_CONFIG.open("rb") as file:
         return tomllib.load(file)
 

@@ -26,7 +26,7 @@ from clm_explore.ui import state
 SCORES_NAME = "_scores"
 """The scores folder's name under the uploads root (a session token is hex digits only: never this)."""
 
-NOT_SCORING = ("ui", "cli", "app")
+NOT_SCORING = ("ui", "cli")
 """The package's folders whose code makes no score: every other Python file of the library is read into the scores'
 key, so a server upgraded with other code scores afresh, never reading scores an older version made under the same
 settings (a list of the scoring files by hand missed prefix_cache.py, the reproducibility review)."""

@@ -29,7 +29,7 @@ from clm_explore.ui.views import escape_markdown
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "clm_explore" / "app" / "app.py")
+APP = str(ROOT / "clm_explore" / "ui" / "app" / "app.py")
 PAGES = [
     "app_pages/2_tokens.py",
     "app_pages/3_sensitivity.py",

@@ -16,7 +16,7 @@ from clm_explore.ui.state import DataChoice, prune_uploads, save_upload
 from clm_explore.ui.views import escape_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "clm_explore" / "app" / "app.py")
+APP = str(ROOT / "clm_explore" / "ui" / "app" / "app.py")
 TIMEOUT = 120
 ROWS = b"utterance,intent\n" + b"".join(
     f"text number {i} about {'cards' if i % 2 else 'money'},{'card' if i % 2 else 'cash'}\n".encode() for i in range(60)
@@ -105,7 +105,7 @@ def test_a_page_that_stops_still_saves_the_session(tmp_path: Path) -> None:
     assert app.info and "No runs yet" in app.info[0].value
     record = json.loads((tmp_path / "uploads" / f"{'ab' * 16}.session.json").read_text())
     assert record["budget"] == 0.05
-    pages = sorted((ROOT / "clm_explore" / "app" / "app_pages").glob("*.py")) + sorted((ROOT / "clm_explore" / "ui").glob("*.py"))
+    pages = sorted((ROOT / "clm_explore" / "ui" / "app" / "app_pages").glob("*.py")) + sorted((ROOT / "clm_explore" / "ui").glob("*.py"))
     direct = [p.name for p in pages if "st.stop()" in p.read_text().replace("``st.stop()``", "")
               and p.name != "state.py"]
     assert not direct, f"pages stop through state.stop(), which saves first: {direct}"

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from clm_explore.ui import score_cache
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "clm_explore" / "app" / "app.py")
+APP = str(ROOT / "clm_explore" / "ui" / "app" / "app.py")
 
 
 @pytest.fixture(autouse=True)
