@@ -467,14 +467,23 @@ def render_attribution(result: Any, title: str, key: str, span: float | None = N
     views.chart(fig, f"{key}_attr", frame.set_index("pos"), f"{title}, per word")
 
 
-def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str) -> None:
-    """Both runs' answer on ``text`` and its word attributions, side by side."""
+def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str, gold: str | None = None) -> None:
+    """Both runs' answer on ``text`` and its word attributions, side by side. ``gold``: the row's annotated label,
+    offered as the label both explain (each run's own answer by default): on a row where they disagree, the paper's
+    case study asks what each relies on for the same label."""
     from clm_explore.attribution import AttributionError
 
+    target = None
+    if gold is not None:
+        choice = st.radio("Label explained", ["each run's answer", f"the annotated label ({gold})"], horizontal=True,
+                          key=f"{key}_target", help="Toward each run's own prediction, or toward the row's annotated "
+                          "label for both runs: the same question asked of both.")
+        target = gold if choice.startswith("the annotated") else None
     results = []
     for run in (a, b):
         try:
-            results.append(cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,))[0])
+            results.append(cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,),
+                                              target)[0])
         except AttributionError as exc:  # a text of invisible characters alone: said, not a failed page
             st.warning(escape_markdown(str(exc).replace("texts[0]", "The text")))
             return

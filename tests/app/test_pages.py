@@ -1471,7 +1471,7 @@ def test_two_runs_attributions_share_one_scale_and_say_when_they_explain_differe
                                       probability=0.4, delta=0.0, note=""),
                  "b": SimpleNamespace(words=["my", "card"], scores=[-0.1, 0.93], target_label="lost_or_stolen_card",
                                       probability=0.97, delta=0.0, note="")}
-        cache.attributions = lambda path, mtime, texts: [found[path]]
+        cache.attributions = lambda path, mtime, texts, target=None: [found[path]]
         runs = [SimpleNamespace(path=__import__("pathlib").Path(name), method=name) for name in "ab"]
         run_views.explain_pair("my card", *runs, key="pair")
 
@@ -1482,6 +1482,34 @@ def test_two_runs_attributions_share_one_scale_and_say_when_they_explain_differe
     axis = json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["title"]["text"]
     assert axis == "change in p(card_arrival)"
     assert any("each chart explains its own run's answer" in c.value for c in app.caption)
+
+
+def test_a_disagreement_row_is_explained_toward_its_annotated_label_by_both_runs_on_request() -> None:
+    """The attributions review: each run explained its own answer, and the page offered no way to ask both about
+    the same label (the case study's question)."""
+    def script() -> None:
+        from types import SimpleNamespace
+
+        import streamlit as st
+
+        from clm_explore.ui import cache, run_views
+
+        def attributions(path, mtime, texts, target=None):
+            st.session_state.setdefault("asked", []).append((path, target))
+            label = target or {"a": "card_arrival", "b": "lost_or_stolen_card"}[path]
+            return [SimpleNamespace(words=["my", "card"], scores=[0.1, 0.2], target_label=label, probability=0.5,
+                                    delta=0.0, note="")]
+
+        cache.attributions = attributions
+        runs = [SimpleNamespace(path=__import__("pathlib").Path(name), method=name) for name in "ab"]
+        run_views.explain_pair("my card", *runs, key="pair", gold="card_arrival")
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert app.session_state["asked"] == [("a", None), ("b", None)]  # each run's own answer first
+    assert any("each chart explains its own run's answer" in c.value for c in app.caption)
+    app.radio(key="pair_target").set_value("the annotated label (card_arrival)").run()
+    assert app.session_state["asked"][-2:] == [("a", "card_arrival"), ("b", "card_arrival")]
+    assert not any("each chart explains its own run's answer" in c.value for c in app.caption)
 
 
 def test_a_charts_title_and_its_numbers_label_show_a_runs_text_as_text() -> None:

@@ -81,7 +81,7 @@ if not shown.empty:
         key="cmp_row",
         format_func=lambda i: f"{shown.at[i, 'row']}: {shown.at[i, 'text'][:80]}",
     )
-    run_views.explain_pair(shown.at[pick, "text"], a, b, key="cmp_row")
+    run_views.explain_pair(shown.at[pick, "text"], a, b, key="cmp_row", gold=str(shown.at[pick, "label"]))
     layer_charts.head_attention_pair(shown.at[pick, "text"], a, b, key="cmp_row_heads")
 
 st.header("Try a text", anchor=False)
