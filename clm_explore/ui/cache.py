@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -537,7 +538,6 @@ def label_upload(key: tuple[Any, ...], raw: bytes, inline: bool = False) -> Keye
     it runs and its result kept for the pages that follow it: (the table, the reader's notes). The file is read from
     a private temporary folder that goes with the task; the run is loaded in the task (the cached one is other
     threads'). ``inline``: run in this thread (tests)."""
-    import tempfile
 
     from clm_explore.batches import label_file
 
@@ -545,9 +545,7 @@ def label_upload(key: tuple[Any, ...], raw: bytes, inline: bool = False) -> Keye
 
     def work(report: Callable[[str, int, int], None]) -> tuple[pd.DataFrame, list[str]]:
         report("waiting for another computation on the server", 0, 1)
-        with heavy_work(), tempfile.TemporaryDirectory(prefix="clm-label-") as folder:
-            path = Path(folder) / f"uploaded{Path(name).suffix.lower()}"  # its format by its suffix; the name is user text
-            path.write_bytes(raw)
+        with heavy_work(), private_copy(raw, name) as path:
             notes: list[str] = []
             try:
                 table = label_file(run_path, path, text_col, max_texts=MAX_LABEL_TEXTS, notes=notes,
@@ -557,6 +555,16 @@ def label_upload(key: tuple[Any, ...], raw: bytes, inline: bool = False) -> Keye
         return table, [_named_as_uploaded(note, path, name) for note in notes]
 
     return _labellings().get_or_start(key, work, inline=inline, label="the labelling of an uploaded file")
+
+
+@contextlib.contextmanager
+def private_copy(raw: bytes, name: str) -> Iterator[Path]:
+    """An uploaded file's bytes as a file in a private temporary folder, deleted on leaving: named by its suffix alone
+    (its format; the name is user text)."""
+    with tempfile.TemporaryDirectory(prefix="clm-label-") as folder:
+        path = Path(folder) / f"uploaded{Path(name).suffix.lower()}"
+        path.write_bytes(raw)
+        yield path
 
 
 def _named_as_uploaded(message: str, copy: Path, name: str) -> str:
@@ -577,8 +585,6 @@ def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows
     """The HTML report of the two runs' case study: the top words' own (``case_study``, which the page awaits first
     with its progress), so the rows are attributed once for both. The report attributed them all again, under a
     spinner, after the top words had waited a minute for the same."""
-    import tempfile
-
     from clm_explore.report import write_report
 
     task = case_study(run_a, mtime_a, run_b, mtime_b, max_rows, inline=True)

@@ -7,8 +7,6 @@ Why: a domain expert who trained a model wants it on this week's tickets; the ap
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -115,9 +113,7 @@ def _columns(digest: str, _raw: bytes, name: str) -> list[str]:
     cannot be read (the labelling then says why). ``_raw`` is keyed by its ``digest``."""
     from clm_explore.data import column_names
 
-    with tempfile.TemporaryDirectory(prefix="clm-label-") as folder:
-        path = Path(folder) / f"uploaded{Path(name).suffix.lower()}"
-        path.write_bytes(_raw)
+    with cache.private_copy(_raw, name) as path:
         return column_names(path)
 
 
