@@ -9,7 +9,8 @@ the trainable-parameter count (parameters with ``requires_grad``) are the same f
 - ``bitfit``: every bias of the backbone plus the head; refused on a model without backbone biases (Llama-style
   decoders such as smollm2), where it would be a linear probe (``training.check_runnable``).
 - ``lora`` / ``prefix``: ``peft`` adapters (task type SEQ_CLS, the head in ``modules_to_save``). LoRA is
-  merged into the weights, so its run folder is a plain model. A prefix cannot be merged: see
+  merged into the weights, so its run folder is a plain model, with its adapter kept beside it
+  (``lora_adapter/``: what peft loads over the base model). A prefix cannot be merged: see
   ``PrefixRunModel`` for what its run folder holds and ``load_run_model`` to reload it.
 - ``layers``: whole transformer layers, highest sensitivity per parameter first, up to the budget.
 - ``random`` / ``fisher`` / ``gradient``: row deltas at the same budget as ``sparse``, with rows chosen
@@ -66,6 +67,10 @@ from clm_explore.training import (
 
 ADAPTER_DIR = "adapter"
 """Sub-folder of a prefix run holding the peft adapter (the top level holds the base model)."""
+LORA_ADAPTER_DIR = "lora_adapter"
+"""Sub-folder of a LoRA run holding its peft adapter (the A and B matrices and the head), kept beside the merged model
+at the top: what a peft user loads over the base model, and the run as a patch of a few hundred KB. Named apart from
+``adapter/``, which loading a run puts back over its model (the LoRA one is in it already)."""
 
 _LAYER = re.compile(r"layers?\.(\d+)\.")
 
@@ -115,7 +120,7 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
     r = ctx.cfg.lora_r
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, lora_dropout=0.1,
                         target_modules=_lora_targets(ctx.loaded.model), modules_to_save=head_module_names(ctx.loaded.model))
-    with _quiet_peft():
+    with quiet_peft():
         peft_model = get_peft_model(ctx.loaded.model, config)
 
     def finalize() -> PreTrainedModel:
@@ -123,11 +128,20 @@ def prepare_lora(ctx: MethodContext) -> Prepared:
         return peft_model.merge_and_unload()
 
     return Prepared(peft_model, _trainable_group(peft_model, ctx.cfg.weight_decay), finalize,
-                    info={"lora_r": r, "lora_alpha": 2 * r})
+                    info={"lora_r": r, "lora_alpha": 2 * r, "adapter": LORA_ADAPTER_DIR},
+                    keep_unmerged=lambda folder: save_adapter(peft_model, folder / LORA_ADAPTER_DIR))
+
+
+def save_adapter(peft_model: nn.Module, folder: Path) -> None:
+    """peft's adapter files (adapter_config.json, adapter_model.safetensors) without the README.md peft writes beside
+    them: a model card template of "[More Information Needed]" lines, where the run's own card (its README.md) is one
+    folder up."""
+    peft_model.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)
 
 
 @contextmanager
-def _quiet_peft() -> Iterator[None]:
+def quiet_peft() -> Iterator[None]:
     """peft 0.21 asks transformers 5 a deprecated question whenever it wraps a model; not the user's concern."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -155,7 +169,7 @@ def prepare_prefix(ctx: MethodContext) -> Prepared:
     config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=ctx.cfg.prefix_tokens,
                                 modules_to_save=head_module_names(model),
                                 init_weights="zero" if ctx.cfg.prefix_init == "zero" else None)
-    with _quiet_peft():
+    with quiet_peft():
         peft_model = get_peft_model(model, config)
 
     def finalize() -> PreTrainedModel:
@@ -220,7 +234,7 @@ class PrefixRunModel(nn.Module):
         return self.peft.get_input_embeddings()
 
     def save_pretrained(self, out_dir: str | Path, **kwargs) -> None:
-        self.peft.save_pretrained(Path(out_dir) / ADAPTER_DIR)  # prefix + head, while peft still wraps the head
+        save_adapter(self.peft, Path(out_dir) / ADAPTER_DIR)  # prefix + head, while peft still wraps the head
         _unwrap_heads(self.peft)  # then the trained head becomes the base model's own module, saved with it
         self.peft.get_base_model().save_pretrained(out_dir, **kwargs)
 
@@ -254,7 +268,7 @@ def load_run_model(run_dir: str | Path) -> LoadedModel:
         from peft import PeftModel
 
         _accept_prefix_cache(loaded.model)
-        with _quiet_peft():
+        with quiet_peft():
             peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
         loaded.model = PrefixRunModel(peft_model).eval()  # type: ignore[assignment]
     return loaded

@@ -129,7 +129,7 @@ def _card(folder: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> ModelC
     sections = [
         f"# {md_text(folder.name)}",
         _summary(method, meta, metrics, data_name),
-        _use_it(folder, method),
+        _use_it(folder, method, str(meta.get("source") or "")),
         _licences(str(meta.get("source") or ""), sample),
         _results(metrics),
         _training(meta, metrics),
@@ -209,7 +209,7 @@ def _summary(method: str, meta: dict[str, Any], metrics: dict[str, Any], data_na
     return "\n".join(lines)
 
 
-def _use_it(folder: Path, method: str) -> str:
+def _use_it(folder: Path, method: str, source: str = "") -> str:
     length = trained_max_length(folder)
     where = json.dumps(f"path/to/{''.join(c for c in folder.name if c.isprintable())}")  # a Python string literal
     if method == "prefix":  # the prefix is an adapter beside the model: only clm-explore (or peft) puts it back
@@ -232,10 +232,29 @@ def _use_it(folder: Path, method: str) -> str:
         code = ("from transformers import pipeline\n\n"
                 f'classify = pipeline("text-classification", model={where})\n'
                 f'classify("a text to classify", truncation=True, max_length={length})')
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", code)), default=0))  # no name closes it
-    return (f"## Use it\n\n{fence}python\n{code}\n{fence}\n\nIt was trained on texts cut to {length} sub-tokens (its "
+    return (f"## Use it\n\n{_fenced(code)}\n\nIt was trained on texts cut to {length} sub-tokens (its "
             "tokenizer's `model_max_length`); `clm-explore predict --run DIR --text ...` reads them the same way. "
-            "`clm-explore export --run DIR --out SERVE` copies only what serving needs.")
+            "`clm-explore export --run DIR --out SERVE` copies only what serving needs."
+            + (_lora_adapter_use(where, source) if (folder / "lora_adapter").is_dir() else ""))
+
+
+def _fenced(code: str) -> str:
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", code)), default=0))  # no name closes it
+    return f"{fence}python\n{code}\n{fence}"
+
+
+def _lora_adapter_use(where: str, source: str) -> str:
+    """How peft loads a LoRA run's adapter over its base model: the run as a patch of a few hundred KB."""
+    base = json.dumps(HUB_IDS.get(source, "path/to/the/base/model"))
+    code = ("from peft import PeftModel\n"
+            "from transformers import AutoConfig, AutoModelForSequenceClassification\n\n"
+            f"config = AutoConfig.from_pretrained({where})  # its labels\n"
+            f"base = AutoModelForSequenceClassification.from_pretrained({base}, config=config)\n"
+            f"model = PeftModel.from_pretrained(base, {where} + \"/lora_adapter\").eval()  # .merge_and_unload(): "
+            "this folder's model")
+    return ("\n\nIts LoRA adapter (`lora_adapter/`: the A and B matrices and the head) is the run as a patch over the "
+            f"base model, for peft:\n\n{_fenced(code)}\n\n`clm-explore export --run DIR --out SHARE --patch` "
+            "ships it without the model, and `clm_explore.apply_delta(SHARE)` rebuilds the model from the base and it.")
 
 
 def _results(metrics: dict[str, Any]) -> str:

@@ -243,6 +243,9 @@ class Prepared:
     """Facts for metrics.json (lowest_layer, prep_seconds, budget ...)."""
     after_training: Callable[[], dict[str, dict[str, torch.Tensor]]] | None = None
     """Called once training ends, before finalize: more files whose content exists only then."""
+    keep_unmerged: Callable[[Path], None] | None = None
+    """Called with the run folder once training ends, before finalize folds them in, on the main process: writes the
+    trained parts a peft user loads on their own (a LoRA run's adapter)."""
 
 
 Preparer = Callable[[MethodContext], Prepared]
@@ -986,6 +989,8 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
     files = dict(prepared.files)
     if prepared.after_training:
         files.update(prepared.after_training())
+    if prepared.keep_unmerged is not None and main:
+        prepared.keep_unmerged(out_dir)
     model = prepared.finalize()
     metrics = _evaluate_and_save(loaded, model, data, cfg, out_dir, files, main)
     metrics.update(prepared.info)

@@ -95,7 +95,7 @@ def test_a_run_that_is_no_patch_is_refused_by_apply_delta(sparse_run: Path, tiny
 
     clm_explore.finetune(tiny_data, clm_explore.FinetuneConfig(method="head", epochs=1), tmp_path / "head",
                          source="tiny-random", progress=False)
-    with pytest.raises(ExportError, match="is a head run: only the row methods' runs"):
+    with pytest.raises(ExportError, match="is a head run: only the row methods' and LoRA's runs"):
         apply_delta(tmp_path / "head")
 
 
@@ -112,3 +112,41 @@ def test_a_patch_export_is_the_delta_and_rebuilds_the_run_over_its_base(sparse_r
     saved = clm_explore.load_run(sparse_run).model.state_dict()
     assert all(torch.equal(tensor, rebuilt[name]) for name, tensor in saved.items())
     assert "It is a patch: `clm_explore.apply_delta(folder)`" in (tmp_path / "patch" / "README.md").read_text()
+
+
+def test_a_lora_run_keeps_its_adapter_which_peft_loads_over_the_base_and_which_exports_as_its_patch(
+        tiny_data, tmp_path: Path) -> None:
+    """A LoRA run kept only its merged model: a peft user had no adapter to load over the base, and the run shipped as
+    the whole model where a few hundred KB say it (the interop review's leftover)."""
+    import torch
+    from peft import PeftModel
+
+    from clm_explore.baselines import quiet_peft
+    from clm_explore.exports import apply_delta
+    from clm_explore.modeling import load_model
+
+    cfg = clm_explore.FinetuneConfig(method="lora", epochs=2, max_length=16, lr=1e-2)
+    clm_explore.finetune(tiny_data, cfg, tmp_path / "lora", source="tiny-random", progress=False)
+    assert {f.name for f in (tmp_path / "lora" / "lora_adapter").iterdir()} == {"adapter_config.json",
+                                                                                "adapter_model.safetensors"}
+    run = clm_explore.load_run(tmp_path / "lora").model
+    base = load_model("tiny-random", list(run.config.id2label.values())).model
+    assert not torch.equal(base.classifier.weight, run.classifier.weight)  # trained: the test is not of a no-op
+    inputs = {"input_ids": torch.tensor([[2, 40, 41, 42, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.no_grad(), quiet_peft():
+        over_base = PeftModel.from_pretrained(base, str(tmp_path / "lora" / "lora_adapter")).eval()(**inputs).logits
+        assert over_base == pytest.approx(run.eval()(**inputs).logits, abs=1e-5)
+    assert 'PeftModel.from_pretrained(base, "path/to/lora" + "/lora_adapter")' in (tmp_path / "lora" / "README.md").read_text()
+
+    assert main(["export", "--run", str(tmp_path / "lora"), "--out", str(tmp_path / "patch"), "--patch"]) == 0
+    shipped = {str(f.relative_to(tmp_path / "patch")) for f in (tmp_path / "patch").rglob("*") if f.is_file()}
+    assert "model.safetensors" not in shipped and "lora_adapter/adapter_model.safetensors" in shipped
+    adapter_config = json.loads((tmp_path / "patch" / "lora_adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] is None  # tiny-random has no Hub id; never the server's path
+    assert "rebuilds the model from the base model and its `lora_adapter/`" in (tmp_path / "patch" / "README.md").read_text()
+    rebuilt = apply_delta(tmp_path / "patch").model.state_dict()
+    differ = [name for name, tensor in run.state_dict().items() if not torch.allclose(tensor, rebuilt[name], atol=1e-6)]
+    assert not differ, differ[:5]
+    texts = ["my card has not arrived"]
+    assert clm_explore.predict(apply_delta(tmp_path / "patch"), texts).to_numpy() == pytest.approx(
+        clm_explore.predict(tmp_path / "lora", texts).to_numpy(), abs=1e-6)

@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
     d.set_defaults(func=run_doctor)
     e = subparsers.add_parser(
         "export", help="copy what serving a run needs into a folder of its own",
-        description="Copy a finished run's model, tokenizer and model card (and a prefix run's adapter) into a new "
+        description="Copy a finished run's model, tokenizer and model card (and a prefix or LoRA run's adapter) into a new "
         "folder, for serving or sharing: without its test predictions (the test split's texts), clm_run.json (the "
         "data's path, the command line), metrics, masks, deltas and mined tokens. --dtype float16 halves the size.")
     e.add_argument("--run", required=True, metavar="DIR", help="a run folder (or a run id of the registry)")
@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     e.add_argument("--patch", action="store_true",
                    help="a row method's run as its delta.safetensors in place of the weights (about 1 MB for the "
-                   "default model at 1%%): clm_explore.apply_delta(folder) rebuilds the model over the base model")
+                   "default model at 1%%), a LoRA run as its adapter: clm_explore.apply_delta(folder) rebuilds the "
+                   "model over the base model")
     e.set_defaults(func=run_export)
 
 
