@@ -3,8 +3,9 @@
 ``explain(model, tokenizer, texts, cfg)`` runs Captum's ``LayerIntegratedGradients`` on
 ``model.get_input_embeddings()`` and returns one ``TokenAttribution`` per text: a score per sub-token
 (the attribution summed over the hidden dimension), merged into words (a word's score is the sum of its
-pieces). The attributed output is the softmax probability of the target label, so that the scores of a
-row sum to ``p(x) - p(reference)`` up to the convergence ``delta``.
+pieces). The attributed output is the softmax probability of the target label (``AttributionConfig.output``; or its
+logit), so that the scores of a row sum to ``p(x) - p(reference)`` (or the logit's change) up to the convergence
+``delta``.
 
 Reference inputs: Captum calls them ``baselines``; here they are ``reference_ids`` because
 ``baselines`` means comparison finetuning methods elsewhere in this project. For encoders the reference
@@ -58,7 +59,8 @@ class TokenAttribution:
     probability: float
     """Softmax probability of the target label on the input."""
     delta: float
-    """Convergence delta: sum(token_scores) - (p(input) - p(reference)); small when the integral converged."""
+    """Convergence delta: sum(token_scores) - (f(input) - f(reference)), f the output explained (``output``); small
+    when the integral converged."""
     tokens: list[str] = field(default_factory=list)
     """Sub-tokens, special tokens included (also ``sub_tokens``: ``to_record``'s ``tokens`` are the words)."""
     token_scores: list[float] = field(default_factory=list)
@@ -67,6 +69,18 @@ class TokenAttribution:
     predicted: int = -1
     """The model's predicted label id (equals ``target`` when the target is 'predicted')."""
     predicted_label: str = ""
+    output: str = "probability"
+    """What the scores explain: the target's 'probability' or its 'logit' (``AttributionConfig.output``)."""
+
+    @property
+    def change(self) -> float:
+        """What the scores add up to, exactly: the output's change from the reference to the input."""
+        return float(sum(self.token_scores or self.scores)) - self.delta
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether the scores miss ``change`` by more than the integral's error allows (``is_unsettled``)."""
+        return is_unsettled(self.delta, self.change, self.output)
 
     def __repr__(self) -> str:  # the default lists every sub-token and score: hundreds of characters a text
         strongest = sorted(zip(self.words, self.scores, strict=True), key=lambda ws: -abs(ws[1]))[:4]
@@ -101,8 +115,8 @@ class TokenAttribution:
         ``predicted`` label names (with ``target_id``/``predicted_id``), ``sub_tokens`` the pieces."""
         return {"tokens": self.words, "scores": self.scores, "target": self.target_label, "target_id": self.target,
                 "predicted": self.predicted_label or str(self.predicted), "predicted_id": self.predicted,
-                "probability": self.probability, "delta": self.delta, "sub_tokens": self.tokens,
-                "sub_token_scores": self.token_scores, "note": self.note}
+                "probability": self.probability, "delta": self.delta, "output": self.output,
+                "sub_tokens": self.tokens, "sub_token_scores": self.token_scores, "note": self.note}
 
     def to_frame(self) -> pd.DataFrame:
         """A row per word: word, score (towards ``target_label``)."""
@@ -116,7 +130,7 @@ class TokenAttribution:
                     "target_label": data["target"], "probability": data["probability"], "delta": data["delta"],
                     "tokens": data["sub_tokens"], "token_scores": data.get("sub_token_scores", []),
                     "note": data.get("note", ""), "predicted": data.get("predicted_id", -1),
-                    "predicted_label": data.get("predicted", "")}
+                    "predicted_label": data.get("predicted", ""), "output": data.get("output", "probability")}
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -338,8 +352,8 @@ def _path_start(model: PreTrainedModel, forward: Any, input_ids: torch.Tensor, r
         handle.remove()
 
 
-def _probabilities(model: PreTrainedModel) -> Any:
-    """The attributed function: softmax probabilities, (rows, labels) float32."""
+def _attributed(model: PreTrainedModel, output: str) -> Any:
+    """The attributed function: softmax probabilities or logits (``output``), (rows, labels) float32."""
 
     def forward(
         ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
@@ -347,7 +361,8 @@ def _probabilities(model: PreTrainedModel) -> Any:
         kwargs = {"input_ids": ids, "attention_mask": mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        return torch.softmax(model(**kwargs).logits.float(), dim=-1)
+        logits = model(**kwargs).logits.float()
+        return logits if output == "logit" else torch.softmax(logits, dim=-1)
 
     return forward
 
@@ -366,15 +381,22 @@ def rows_per_pass(cap: int, texts: int, length: int) -> int:
 UNSETTLED_DELTA = 0.1
 """A completeness gap (|delta|, in probability) above which a result's note says the bars do not add up. At the
 default 32 steps, 60 test texts of an all-MiniLM-L6-v2 sparse run stayed under it (largest 0.069, median 0.0007);
-3 of 8 of an all-mpnet-base-v2 full run did not (median 0.092), and at 200 steps all did (largest 0.0068)."""
+3 of 8 of an all-mpnet-base-v2 full run did not (median 0.092), and at 200 steps all did (largest 0.0068). Logits
+are unbounded: there the gap may be this share of the logit's change, where the change is above 1."""
 
 
-def _unsettled_note(delta: float, steps: int) -> str:
-    """The note of a result whose bars miss the probability change; ``steps``: as asked (--steps; a decoder runs
+def is_unsettled(delta: float, change: float, output: str = "probability") -> bool:
+    """Whether scores that miss their output's ``change`` by ``delta`` should be read as a ranking, not amounts."""
+    allowed = UNSETTLED_DELTA * (max(1.0, abs(change)) if output == "logit" else 1.0)
+    return abs(delta) > allowed
+
+
+def _unsettled_note(delta: float, steps: int, output: str = "probability") -> str:
+    """The note of a result whose bars miss the output's change; ``steps``: as asked (--steps; a decoder runs
     twice as many)."""
     more = f"; asking more than {steps} steps (--steps, up to {MAX_ATTRIBUTION_STEPS}) may help" if (
         steps < MAX_ATTRIBUTION_STEPS) else ""
-    return f"the bars miss the probability change by {delta:+.2f}, so read them as a ranking, not amounts{more}"
+    return f"the bars miss the {output} change by {delta:+.2f}, so read them as a ranking, not amounts{more}"
 
 
 def _explain_batch(
@@ -389,9 +411,11 @@ def _explain_batch(
     enc, input_ids, reference_ids, extra = _encode(
         tokenizer, texts, cfg, decoder, next(model.parameters()).device
     )
-    forward = _probabilities(model)
+    forward = _attributed(model, cfg.output)
     with torch.no_grad():
-        probs, ref_probs = forward(input_ids, *extra).cpu(), _path_start(model, forward, input_ids, reference_ids, extra)
+        values = forward(input_ids, *extra).cpu()
+        ref_values = _path_start(model, forward, input_ids, reference_ids, extra)
+    probs = values.softmax(-1) if cfg.output == "logit" else values
     predicted = probs.argmax(-1).tolist()
     target_ids = [p if t is None else t for p, t in zip(predicted, targets, strict=True)]
     n_steps = cfg.n_steps * 2 if decoder else cfg.n_steps
@@ -411,7 +435,8 @@ def _explain_batch(
     token_scores = attributions.sum(dim=-1).detach().float().cpu()  # (batch, seq, hidden) -> (batch, seq)
     rows, cols = torch.arange(len(texts)), torch.tensor(target_ids)
     p_in = probs[rows, cols]
-    deltas = token_scores.sum(-1) - (p_in - ref_probs[rows, cols])
+    changes = values[rows, cols] - ref_values[rows, cols]
+    deltas = token_scores.sum(-1) - changes
     labels = {int(k): str(v) for k, v in model.config.id2label.items()}
     base_note = []
     if decoder:
@@ -426,8 +451,8 @@ def _explain_batch(
         note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens{inside}"] if cut[i] else [])
         if said := _unknown_note(tokenizer, text, enc["input_ids"][i].tolist(), offsets):
             note.append(said)
-        if abs(float(deltas[i])) > UNSETTLED_DELTA:
-            note.append(_unsettled_note(float(deltas[i]), cfg.n_steps))
+        if is_unsettled(float(deltas[i]), float(changes[i]), cfg.output):
+            note.append(_unsettled_note(float(deltas[i]), cfg.n_steps, cfg.output))
         valid = enc["attention_mask"][i].bool().tolist()
         tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][i].tolist())
         out.append(
@@ -443,6 +468,7 @@ def _explain_batch(
                 note="; ".join(note),
                 predicted=int(predicted[i]),
                 predicted_label=labels.get(int(predicted[i]), str(int(predicted[i]))),
+                output=cfg.output,
             )
         )
     return out

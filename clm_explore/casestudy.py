@@ -64,17 +64,18 @@ class RunAttributions:
                 "rows attributed; .rows, .items, .words())")
 
     def unsettled_note(self) -> str:
-        """A sentence when some rows' word scores miss their probability change by more than ``UNSETTLED_DELTA``
-        (the integral had not converged: all-mpnet-base-v2 and SmolLM2 at the default steps), '' otherwise: the
+        """A sentence when some rows' word scores miss their output's change by more than the integral's error allows
+        (``TokenAttribution.unsettled``: all-mpnet-base-v2 and SmolLM2 at the default steps), '' otherwise: the
         report's mean scores then rank words, and do not measure them (the models review: ``explain`` said so of
         each text, the report of none)."""
-        deltas = self.rows["delta"].abs() if "delta" in self.rows else pd.Series(dtype=float)
-        off = int((deltas > UNSETTLED_DELTA).sum())
+        off = [item for item in self.items.values() if item.unsettled]
         if not off:
             return ""
-        return (f"{off} of {len(deltas)} rows' word scores miss their probability change by more than "
-                f"{UNSETTLED_DELTA} (up to {deltas.max():.2f}): read them as a ranking, not amounts; more integration "
-                f"steps (`clm-explore report --steps`, up to {MAX_ATTRIBUTION_STEPS}) close the gap")
+        output = off[0].output
+        allowed = f"{UNSETTLED_DELTA}" + (" of it, where it is above 1" if output == "logit" else "")
+        return (f"{len(off)} of {len(self.items)} rows' word scores miss their {output} change by more than "
+                f"{allowed} (up to {max(abs(item.delta) for item in off):.2f}): read them as a ranking, not amounts; "
+                f"more integration steps (`clm-explore report --steps`, up to {MAX_ATTRIBUTION_STEPS}) close the gap")
 
     def words(self) -> pd.DataFrame:
         """Long table: row, label (gold), target_label, position, word (lower-cased), score."""

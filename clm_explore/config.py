@@ -692,6 +692,8 @@ class FinetuneConfig:
 
 
 MAX_ATTRIBUTION_STEPS = 1024
+ATTRIBUTION_OUTPUTS = ("probability", "logit")
+"""What attributions explain (``AttributionConfig.output``, --output)."""
 """Integrated Gradients' most interpolation steps (``AttributionConfig.n_steps``, --steps)."""
 
 
@@ -719,10 +721,17 @@ class AttributionConfig:
     would then not be the one in the run's predictions.csv."""
     method: str = "gausslegendre"
     """Captum's integral approximation: 'gausslegendre' (converges fastest) or 'riemann_trapezoid'."""
+    output: str = "probability"
+    """What the scores explain: 'probability' (the target label's softmax probability: a text's scores sum to its
+    change from the reference, between -1 and 1, and shrink toward 0 where a model is sure either way, as a
+    confident full finetune often is) or 'logit' (the target's pre-softmax score, as Captum's tutorials attribute
+    it: unbounded, and large where the model is sure, so two runs' words compare on one footing however confident
+    each run is)."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
         checks = [
+            (self.output in ATTRIBUTION_OUTPUTS, f"output must be 'probability' or 'logit', got {self.output!r}"),
             (  # the cap stops a typo from asking for petabytes of interpolated inputs
                 2 <= self.n_steps <= MAX_ATTRIBUTION_STEPS,
                 f"n_steps must be in 2..{MAX_ATTRIBUTION_STEPS} (the default 32 converges on the default model), "

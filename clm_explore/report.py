@@ -346,6 +346,15 @@ ATTRIBUTION_KEY = (
     "label's probability; &delta; the integral's convergence error (the scores sum to p &minus; p(reference) up to "
     "it).</p>"
 )
+LOGIT_KEY_SUM = "the scores sum to the label's logit &minus; its logit at the reference up to it"
+"""The key's last clause where the scores explain logits (``AttributionConfig.output``)."""
+
+
+def attribution_key(output: str = "probability") -> str:
+    """The rows' colour key, its sum in the unit the scores explain."""
+    if output != "logit":
+        return ATTRIBUTION_KEY
+    return ATTRIBUTION_KEY.replace("the scores sum to p &minus; p(reference) up to it", LOGIT_KEY_SUM)
 
 
 def colored_words(item: TokenAttribution | None, top: float | None = None) -> str:
@@ -496,7 +505,8 @@ def _rows_section(study: CaseStudy, names: tuple[str, str], n: int = 10) -> str:
     order = (spread_over_labels(attributed.loc[first, "row"].astype(int).tolist(), labels)
              + spread_over_labels(attributed.loc[~first, "row"].astype(int).tolist(), labels))[:n]
     frame = attributed.set_index(attributed["row"].astype(int)).loc[order].reset_index(drop=True)
-    parts = [f"<h2>{title}</h2>", ATTRIBUTION_KEY]
+    output = next((item.output for item in a.items.values()), "probability")
+    parts = [f"<h2>{title}</h2>", attribution_key(output)]
     if len(attributed) > n:  # the page would otherwise read as if these were all
         parts.append(f"<p class='note'>{n} of {len(attributed)} attributed rows, taken from each label in turn "
                      "(the command line's report --show-rows N, or show_rows=, draws more).</p>")

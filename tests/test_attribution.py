@@ -282,6 +282,28 @@ def test_decoder_model_notes_reference() -> None:
 def test_round_trip_dict(loaded: LoadedModel) -> None:
     (res,) = explain(loaded.model, loaded.tokenizer, ["card"])
     assert TokenAttribution.from_dict(res.to_dict()) == res
+    (logit,) = explain(loaded.model, loaded.tokenizer, ["card"], AttributionConfig(output="logit"))
+    assert TokenAttribution.from_dict(logit.to_record()).output == "logit"
+
+
+def test_logit_scores_add_up_to_the_logits_change_and_are_not_shrunk_where_the_model_is_sure() -> None:
+    """The attributions review's leftover: scores were of the probability alone, which saturates where a model is
+    sure (a confident full finetune's words read near 0 beside a hesitant run's)."""
+    sure = tiny_loaded(seed=1, scale=0.5)  # p 0.97 and 0.96 on these texts
+    texts = ["my card has not arrived", "exchange rate for euros please"]
+    probs = explain(sure.model, sure.tokenizer, texts, AttributionConfig(n_steps=64))
+    logits = explain(sure.model, sure.tokenizer, texts, AttributionConfig(n_steps=64, output="logit"))
+    enc = sure.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = sure.model(**enc).logits
+    for p, lg, row in zip(probs, logits, out, strict=True):
+        assert lg.output == "logit" and p.output == "probability"
+        assert lg.target == p.target and lg.probability == pytest.approx(p.probability, abs=1e-6)  # still p
+        assert lg.probability == pytest.approx(float(row.softmax(-1)[lg.target]), abs=1e-5)
+        assert not lg.unsettled  # |delta| within a tenth of the change
+        assert sum(lg.token_scores) == pytest.approx(lg.change + lg.delta)
+    assert max(p.probability for p in probs) > 0.9  # a sure model: its probability barely moves ...
+    assert max(abs(lg.change) for lg in logits) > 1.0 > max(abs(p.change) for p in probs)  # ... its logit does
 
 
 @pytest.mark.parametrize(
@@ -295,6 +317,7 @@ def test_round_trip_dict(loaded: LoadedModel) -> None:
         ({"max_length": 4}, "max_length"),
         ({"max_length": 513}, "max_length"),
         ({"method": "simpson"}, "method"),
+        ({"output": "odds"}, "output"),
     ],
 )
 def test_config_validation(kwargs: dict, field: str) -> None:

@@ -156,6 +156,9 @@ def test_cli_explain_json(tmp_path: Path, tiny_data, capsys: pytest.CaptureFixtu
     human = capsys.readouterr().out.splitlines()
     assert human[0].startswith("my") and human[2].startswith("target ")
     assert "(the predicted label, p=" in human[2] and "the scores sum to p - p(reference) = " in human[2]
+    assert main(["explain", "--run", str(run), "--text", "my card", "--output", "logit"]) == 0
+    assert "the scores sum to logit - logit(reference) = " in capsys.readouterr().out
+    assert json.loads(_explained(main, run, capsys))[0]["output"] == "probability"
     predicted = json.loads(_explained(main, run, capsys))[0]["predicted"]
     other = next(label for label in tiny_data.labels if label != predicted)
     assert main(["explain", "--run", str(run), "--text", "my card", "--target", other]) == 0
@@ -578,12 +581,33 @@ def test_rows_whose_scores_miss_their_probability_change_are_said_in_the_report(
     its top words without a word, where explain warned of each."""
     from clm_explore.casestudy import RunAttributions
 
+    def items(deltas: list[float], output: str = "probability") -> dict[int, TokenAttribution]:
+        return {row: TokenAttribution(["hi"], [2.0], 0, "a", 0.9, delta, ["hi"], [2.0], output=output)
+                for row, delta in enumerate(deltas)}
+
     rows = pd.DataFrame({"row": [0, 1, 2], "delta": [0.01, -0.87, 0.3]})
-    attributed = RunAttributions(tmp_path, "test", rows, {})
+    attributed = RunAttributions(tmp_path, "test", rows, items([0.01, -0.87, 0.3]))
     assert attributed.unsettled_note().startswith("2 of 3 rows' word scores miss their probability change by more "
                                                   "than 0.1 (up to 0.87): read them as a ranking, not amounts")
-    assert RunAttributions(tmp_path, "test", rows.assign(delta=0.05), {}).unsettled_note() == ""
+    assert RunAttributions(tmp_path, "test", rows, items([0.05] * 3)).unsettled_note() == ""
+    # A logit changes by more than 1: the gap allowed is a tenth of the change (here 2.87 and 1.7: both flagged)
+    logits = RunAttributions(tmp_path, "test", rows, items([0.01, -0.87, 0.3], "logit"))
+    assert logits.unsettled_note().startswith("2 of 3 rows' word scores miss their logit change by more than 0.1 of "
+                                              "it, where it is above 1 (up to 0.87)")
     run_a = make_run(tmp_path, tiny_data, 0, "sparse")
     monkeypatch.setattr(RunAttributions, "unsettled_note", lambda self: "2 of 3 rows' word scores miss")
     page = build_report(run_a, out_path=tmp_path / "r.html", cfg=CFG, max_rows=10).read_text()
     assert '<p class="note">A: sparse-0: 2 of 3 rows&#x27; word scores miss.</p>' in page
+
+
+def test_a_report_of_logit_scores_says_what_they_add_up_to(tmp_path: Path, tiny_data, capsys) -> None:
+    from clm_explore.cli import main
+    from clm_explore.report import LOGIT_KEY_SUM
+
+    run = make_run(tmp_path, tiny_data, 0, "sparse")
+    args = ["report", "--run", str(run), "--out", str(tmp_path / "r.html"), "--steps", "4", "--max-rows", "4"]
+    assert main([*args, "--output", "logit"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert LOGIT_KEY_SUM in page and "sum to p &minus; p(reference)" not in page
+    assert main([*args, "--out", str(tmp_path / "p.html")]) == 0  # the default: probability, and its own cache
+    assert "sum to p &minus; p(reference)" in (tmp_path / "p.html").read_text()

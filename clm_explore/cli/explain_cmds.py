@@ -19,7 +19,11 @@ from clm_explore.cli import (
     print_json,
     refuse_untrained_head,
 )
-from clm_explore.config import AttributionConfig, DataConfig  # torch and captum load only when a command runs
+from clm_explore.config import (  # torch and captum load only when a command runs
+    ATTRIBUTION_OUTPUTS,
+    AttributionConfig,
+    DataConfig,
+)
 from clm_explore.runs import trained_max_length, unfinished_reason
 
 if TYPE_CHECKING:
@@ -32,7 +36,8 @@ def register(subparsers: Any) -> None:
         "explain",
         help="word attributions of texts under a run's model",
         description="Integrated Gradients on the word embeddings of the run's model: one score per word "
-        "(positive = towards the target label). Scores sum to p(text) - p(reference) up to delta.",
+        "(positive = towards the target label). Scores sum to p(text) - p(reference) up to delta (--output logit: "
+        "the target's logit and its change).",
     )
     explain.add_argument(
         "--run", required=True, metavar="DIR", help="a run folder (a finetuned model folder) or a run id of the registry"
@@ -46,6 +51,7 @@ def register(subparsers: Any) -> None:
         "default: the predicted one"
     )
     explain.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps (2-1024)")
+    _add_output_arg(explain)
     explain.add_argument(
         "--max-length",
         type=int,
@@ -56,7 +62,7 @@ def register(subparsers: Any) -> None:
         "--json",
         action="store_true",
         help="print JSON (a list, an object per text, as predict --json): tokens (words), scores, target, target_id, "
-        "predicted, predicted_id, probability (of the target), delta, sub_tokens, sub_token_scores, note",
+        "predicted, predicted_id, probability (of the target), delta, output, sub_tokens, sub_token_scores, note",
     )
     explain.set_defaults(func=run_explain)
 
@@ -81,6 +87,7 @@ def register(subparsers: Any) -> None:
         "run folder)",
     )
     report.add_argument("--steps", type=int, default=AttributionConfig.n_steps, help="interpolation steps (2-1024)")
+    _add_output_arg(report)
     report.add_argument(
         "--max-rows",
         type=int,
@@ -190,7 +197,7 @@ def run_explain(args: argparse.Namespace) -> int:
     run = checked_run(args.run, "--run")
     checked_texts(args.text, purpose="explain", has_file=False)  # explain reads no --file
     length = checked_max_length(args.max_length, run) or trained_max_length(run)
-    cfg = AttributionConfig(n_steps=args.steps, max_length=length)
+    cfg = AttributionConfig(n_steps=args.steps, max_length=length, output=args.output)
     loaded = load_run_model(run)
     try:
         results = explain(loaded.model, loaded.tokenizer, args.text, cfg, target=args.target)
@@ -239,6 +246,13 @@ def run_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_output_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", choices=ATTRIBUTION_OUTPUTS, default=AttributionConfig.output,
+        help="what the scores explain: the target's probability (scores between -1 and 1, small where a model is "
+        "sure either way) or its logit (unbounded; two runs compare on one footing however confident each is)")
+
+
 def format_attribution(res: TokenAttribution, labels: dict[int, str] | None = None) -> str:
     """Words with their scores, one per line, then the target, probability and delta (and the predicted label
     where it is not the target; ``labels``: id -> name)."""
@@ -248,10 +262,10 @@ def format_attribution(res: TokenAttribution, labels: dict[int, str] | None = No
         which = f"not the predicted {(labels or {}).get(res.predicted, res.predicted)}"
     else:
         which = "the predicted label"
-    gap = sum(res.scores) - res.delta  # p(target) - p(reference), exactly
     # The attributions review: the plain output did not say the target was the prediction, nor what the scores add to
-    lines.append(f"target {res.target_label} ({which}, p={res.probability:.3f}); the scores sum to p - p(reference) "
-                 f"= {gap:+.4f}, up to delta {res.delta:+.4f}")
+    change = "logit - logit(reference)" if res.output == "logit" else "p - p(reference)"
+    lines.append(f"target {res.target_label} ({which}, p={res.probability:.3f}); the scores sum to {change} "
+                 f"= {res.change:+.4f}, up to delta {res.delta:+.4f}")
     if res.note:
         lines.append(f"note: {res.note}")
     return "\n".join(lines)
@@ -307,7 +321,8 @@ def run_report(args: argparse.Namespace) -> int:
                         f"{args.show_rows}.")
     if run_b is not None:
         _check_same_task(run_a, run_b, same_rows=args.data is None)  # --data: both explain those rows
-    cfg = AttributionConfig(n_steps=args.steps, target=args.target)  # max_length None: each run's trained length
+    # max_length None: each run's trained length
+    cfg = AttributionConfig(n_steps=args.steps, target=args.target, output=args.output)
     data = _report_data(args)  # before the attributions: a bad column stops the command at once
     if data is not None:
         _check_data_labels(data, run_a)

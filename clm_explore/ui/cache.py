@@ -468,13 +468,15 @@ def predictions(run_path: str, mtime: float) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner="Explaining…", max_entries=64)
-def attributions(run_path: str, mtime: float, texts: tuple[str, ...], target: str | None = None) -> list[Any]:
+def attributions(run_path: str, mtime: float, texts: tuple[str, ...], target: str | None = None,
+                 output: str = "probability") -> list[Any]:
     """Each text's word attributions under the run, toward its own prediction, or toward the label ``target`` (a
-    row's gold label: both runs of a pair then answer one question)."""
+    row's gold label: both runs of a pair then answer one question), of its probability or its logit (``output``)."""
     from clm_explore.attribution import AttributionConfig, explain
 
     loaded = run_model(run_path, mtime)
-    cfg = AttributionConfig(max_length=trained_max_length(Path(run_path)))  # the run's predictions read as much
+    # the run's predictions read as much
+    cfg = AttributionConfig(max_length=trained_max_length(Path(run_path)), output=output)
     return explain(loaded.model, loaded.tokenizer, list(texts), cfg, target=target)
 
 

@@ -21,7 +21,7 @@ import streamlit as st
 
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.cards import CARD_FILE, ModelCardError, model_card
-from clm_explore.config import BUDGET_METHODS
+from clm_explore.config import ATTRIBUTION_OUTPUTS, BUDGET_METHODS
 from clm_explore.data import csv_text
 from clm_explore.metrics import (
     CONFUSION_COUNTED_LABELS,
@@ -438,11 +438,12 @@ def render_attribution(result: Any, title: str, key: str, span: float | None = N
         f"(p = {result.probability:.2f})"
     )
     label = escape_markdown(result.target_label)
-    gap = float(np.sum(result.scores)) - result.delta  # p(label) - p(reference), exactly
+    logit = getattr(result, "output", "probability") == "logit"
     st.caption(f"Teal bars: words that pushed the model towards {label}; orange bars: words that pushed it away.")
     with st.expander("How the bars are computed"):  # the maths folded: an annotator reads the sentence above (UX review)
-        st.caption(f"Integrated Gradients toward {label}, the label explained: the bars sum to p({label}) − "
-                   f"p(reference) = {gap:+.3g}, up to delta = {result.delta:+.2g}, the integral's convergence error.")
+        summed = (f"logit({label}) − its logit at the reference" if logit else f"p({label}) − p(reference)")
+        st.caption(f"Integrated Gradients toward {label}, the label explained: the bars sum to {summed} = "
+                   f"{result.change:+.3g}, up to delta = {result.delta:+.2g}, the integral's convergence error.")
     if result.note:
         st.caption(f"Note: {escape_markdown(result.note)}.")
     frame = pd.DataFrame({"pos": range(len(result.words)), "word": result.words, "score": result.scores})
@@ -459,7 +460,8 @@ def render_attribution(result: Any, title: str, key: str, span: float | None = N
         margin=dict(l=10, r=10, t=30, b=10),  # the top margin keeps plotly's toolbar off the first bar
         yaxis_autorange="reversed",
         yaxis_dtick=1,  # every word labelled: plotly's automatic ticks labelled every other one of a short text
-        xaxis_title=f"change in p({plot_text(result.target_label)})",  # the unit: probability, not "importance"
+        # the unit: probability (or logit), not "importance"
+        xaxis_title=f"change in {'logit' if logit else 'p'}({plot_text(result.target_label)})",
         xaxis_exponentformat="e",  # 2e-06, not plotly's "2μ"
     )
     if span:
@@ -479,11 +481,17 @@ def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str, gold: str | No
                           key=f"{key}_target", help="Toward each run's own prediction, or toward the row's annotated "
                           "label for both runs: the same question asked of both.")
         target = gold if choice.startswith("the annotated") else None
+    output = st.radio("Bars measure", ATTRIBUTION_OUTPUTS, horizontal=True, key=f"{key}_output",
+                      format_func=lambda name: "the change in probability" if name == "probability" else "the change "
+                      "in logit", help="Probability: the bars add up to the label's probability change, and are small "
+                      "where a run is sure either way (a confident full finetune often is). Logit: the score before "
+                      "the softmax, unbounded, so a sure run's words are not shrunk and two runs compare on one "
+                      "footing.")
     results = []
     for run in (a, b):
         try:
             results.append(cache.attributions(str(run.path), cache.file_mtime(run.path / "config.json"), (text,),
-                                              target)[0])
+                                              target, output)[0])
         except AttributionError as exc:  # a text of invisible characters alone: said, not a failed page
             st.warning(escape_markdown(str(exc).replace("texts[0]", "The text")))
             return
