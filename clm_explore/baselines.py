@@ -173,7 +173,7 @@ def prepare_prefix(ctx: MethodContext) -> Prepared:
         peft_model = get_peft_model(model, config)
 
     def finalize() -> PreTrainedModel:
-        return PrefixRunModel(peft_model)  # type: ignore[return-value]  (saves like one, see the class)
+        return PrefixRunModel(peft_model)  # type: ignore[return-value]  # saves like one, see the class
 
     return Prepared(peft_model, _trainable_group(peft_model, 0.0), finalize,
                     info={"prefix_tokens": ctx.cfg.prefix_tokens, "prefix_init": ctx.cfg.prefix_init,

@@ -94,11 +94,12 @@ def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator)
     return [batches[i] for i in order]
 
 
-def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(ids: list[list[int]], idx: np.ndarray, pad_id: int | None, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, width) input ids and attention mask, right-padded to the longest row, rounded up to a
-    multiple of ``multiple`` tokens (a compiled model then sees few shapes)."""
+    multiple of ``multiple`` tokens (a compiled model then sees few shapes). ``pad_id`` None (a tokenizer without a
+    pad token, in a ``LoadedModel`` built by hand): 0, which the mask hides as it hides any pad."""
     width = -(-max(len(ids[i]) for i in idx) // multiple) * multiple
-    input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(idx), width), 0 if pad_id is None else pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     for r, i in enumerate(idx):
         input_ids[r, : len(ids[i])] = torch.tensor(ids[i])

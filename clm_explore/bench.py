@@ -879,7 +879,7 @@ def tune_cells(cfg: BenchConfig) -> list[Cell]:
     from clm_explore.training import DEFAULT_LR
 
     middle = sorted(cfg.budgets)[len(cfg.budgets) // 2]
-    cells = []
+    cells: list[Cell] = []
     for m in cfg.methods:
         scores = TUNE_SCORES if cfg.tune_score and m in SCORE_METHODS else (cfg.score.get(m, ""),)
         if cfg.tune_spread and m in SCORE_METHODS:  # every score as scored first, then spread
@@ -967,7 +967,7 @@ def sweep_table(cells: list[Cell], root: Path) -> tuple[dict[tuple[str, float | 
 def widened_cells(cells: list[Cell], root: Path) -> list[Cell]:
     """One more sweep cell per (method, budget) whose best rate so far is the lowest or highest it tried (with the
     best cell's row score): a factor LR_STEP further that way. Empty when every best lies inside its sweep."""
-    wider = []
+    wider: list[Cell] = []
     for method, budget in dict.fromkeys((c.method, c.budget) for c in cells):
         best = _best_cell(_sweep_of(method, budget, cells), root)
         edge = _edge(best, cells) if best else ""
@@ -1398,7 +1398,7 @@ def write_outputs(out_dir: Path, cells: list[Cell], lrs: dict[str, float],
 def _keyed_by_method(values: Iterable[tuple[str, float | None, Any]]) -> dict[str, Any]:
     """{method: value} from (method, budget, value) triples; a method whose budgets differ in value gets a key per
     budget instead (``rate_key``)."""
-    per_method: dict[str, dict[str | None, Any]] = {}
+    per_method: dict[str, dict[str, Any]] = {}
     for method, budget, value in values:
         budget = None if budget is None or (isinstance(budget, float) and math.isnan(budget)) else budget
         per_method.setdefault(method, {})[rate_key(method, budget)] = value

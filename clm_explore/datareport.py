@@ -99,7 +99,7 @@ _SPACELESS = "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 
 
 def _lengths(texts: pd.Series) -> dict[str, dict[str, float]]:
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     # A Chinese or Japanese character counts as a word, as a BERT-style tokenizer reads it: their texts have no spaces,
     # so every one read "1 word" (the language review).
     words = texts.str.replace(_SPACELESS, r" \g<0> ", regex=True).str.split().str.len()

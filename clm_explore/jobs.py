@@ -548,7 +548,7 @@ def order_turns(waiting: list[Job], served: dict[str | None, int]) -> list[Job]:
     served, left, order = dict(served), list(waiting), []
     turn = max(served.values(), default=-1)
     while left:
-        first_job = {}
+        first_job: dict[str | None, int] = {}
         for position, job in enumerate(left):
             first_job.setdefault(job.owner, position)
         owner = min(first_job, key=lambda o: (served.get(o, -1), first_job[o]))

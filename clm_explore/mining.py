@@ -26,7 +26,8 @@ import pandas as pd
 from clm_explore.config import ConfigError, MiningConfig, config_from
 
 if TYPE_CHECKING:
-    from transformers import BatchEncoding, PreTrainedTokenizerBase
+    from tokenizers import Encoding
+    from transformers import PreTrainedTokenizerBase
 
     from clm_explore.modeling import LoadedModel
 
@@ -166,8 +167,9 @@ class _Word:
     token_positions: list[int]
 
 
-def split_words(encoding: BatchEncoding, text: str) -> list[_Word]:
-    """Group a fast-tokenizer encoding's pieces into words (lower-cased text, pieces, positions)."""
+def split_words(encoding: Encoding, text: str) -> list[_Word]:
+    """Group a fast-tokenizer encoding's pieces into words (lower-cased text, pieces, positions): one text's
+    ``tokenizers.Encoding`` (``batch.encodings[i]``), whose word ids, tokens and offsets are attributes."""
     words: list[_Word] = []
     spans: list[list[int]] = []
     last = None
@@ -579,7 +581,7 @@ def _group(key, splits, relevance, specificity, score, label, lift, label_rows, 
                       variants=[list(s) for s in splits] if len(splits) > 1 else [], label_rows=label_rows)
 
 
-def covered_positions(encodings: Iterable, texts: Sequence[str], task_tokens: TaskTokens) -> list[list[int]]:
+def covered_positions(encodings: Iterable[Encoding], texts: Sequence[str], task_tokens: TaskTokens) -> list[list[int]]:
     """Token positions (in each encoding) covered by a mined group: words, spans (of any length mined, up to
     MiningConfig.max_words) or fragments."""
     word_keys, fragment_keys = task_tokens.word_keys(), task_tokens.fragment_keys()

@@ -17,6 +17,7 @@ can be marked ``interrupted`` (``mark_interrupted``).
 
 from __future__ import annotations
 
+import builtins  # RunStore.list shadows list in the class's annotations
 import contextlib
 import io
 import json
@@ -731,7 +732,7 @@ class RunStore:
                                     f"they wait in {hidden}.")
 
     def prune(self, older_than_days: float, statuses: set[RunStatus] | None = None,
-              dry_run: bool = False) -> list[RunRecord]:
+              dry_run: bool = False) -> builtins.list[RunRecord]:
         """Delete the runs that ended more than ``older_than_days`` days ago (their registry row last changed then:
         when they ended, or were read again from their folder), only those with one of ``statuses`` when given;
         never a pending or running one. Each goes through ``delete``: a folder under root is deleted with its row, one
@@ -746,8 +747,8 @@ class RunStore:
         due = self._prunable(older_than_days, statuses)
         if dry_run:
             return due
-        deleted: list[RunRecord] = []
-        refused: list[str] = []
+        deleted: builtins.list[RunRecord] = []
+        refused: builtins.list[str] = []
         for record in due:
             try:
                 self.delete(record.id)
@@ -765,7 +766,7 @@ class RunStore:
             raise PruneError(f"{len(deleted)} run(s) deleted; not all went: {'; '.join(refused)}", deleted)
         return deleted
 
-    def _prunable(self, older_than_days: float, statuses: set[RunStatus] | None) -> list[RunRecord]:
+    def _prunable(self, older_than_days: float, statuses: set[RunStatus] | None) -> builtins.list[RunRecord]:
         """The runs ``prune`` deletes, oldest first."""
         if older_than_days < 0:
             raise ValueError(f"older_than_days is {older_than_days}; runs that ended 0 or more days ago are pruned.")

@@ -796,7 +796,7 @@ def finetune(
     overwrite: bool = False,
     on_phase: PhaseCallback | None = None,
     progress: bool | None = None,
-    scores: SensitivityReport | str | Path | None = None,
+    scores: SensitivityReport | GivenScores | str | Path | None = None,
 ) -> FinetuneResult:
     """Finetune ``source`` on ``data`` with ``cfg.method`` and write the run folder ``out_dir``.
 
@@ -1095,6 +1095,8 @@ class _TrainLoop:
         self.trainable_params = trainable_count(prepared.model)
         # Several processes (accelerate launch / torchrun): DDP averages gradients, each rank takes
         # every world-th batch, so all ranks step in lockstep on the same weights.
+        self.rank: int
+        self.world: int
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.model = accelerator.prepare_model(prepared.model) if accelerator else prepared.model
         self.eval_model = prepared.model

@@ -110,3 +110,16 @@ def test_a_text_of_long_words_is_read_past_the_cut_as_a_plain_tokenizer_reads_it
     [ids] = encode(loaded, [text], 16)
     assert ids == loaded.tokenizer(text, truncation=True, max_length=16)["input_ids"]
     assert len(ids) > 3  # [CLS] [UNK] my card ... [SEP], not [CLS] [UNK] [SEP]
+
+
+def test_a_hand_built_model_whose_tokenizer_has_no_pad_token_still_predicts(tiny_data):
+    """The typing review: ``collate`` took the tokenizer's pad id as given, and None failed inside torch.full (a
+    ``LoadedModel`` built by hand around a decoder's tokenizer has none; ``load_model`` always sets one)."""
+    from clm_explore.batches import predict_proba
+
+    loaded = load_model("tiny-random", tiny_data.labels)
+    texts = ["my card has not arrived", "top up"]
+    padded = predict_proba(loaded.model, loaded, texts)
+    loaded.tokenizer.pad_token = None
+    assert loaded.tokenizer.pad_token_id is None
+    np.testing.assert_allclose(predict_proba(loaded.model, loaded, texts), padded, atol=1e-6)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from clm_explore.cli import (
     ENCODING_HELP,
@@ -150,6 +150,14 @@ def _add_column_args(parser: argparse.ArgumentParser) -> None:
         help="refuse --data files above this size (a Parquet file's text and label candidates are also measured "
         "uncompressed and decoded)",
     )
+
+
+@overload
+def checked_run(path: str, flag: str) -> Path: ...
+
+
+@overload
+def checked_run(path: None, flag: str) -> None: ...
 
 
 def checked_run(path: str | None, flag: str) -> Path | None:

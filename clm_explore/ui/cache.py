@@ -358,7 +358,7 @@ def _scored(source: str, annotated: AnnotatedData, groups: TaskTokens | None, cf
     report("waiting for the server's other computations", 0, 1)
     with heavy_work():  # the model loaded inside: sessions waiting for the slot hold none (the diff review)
         report("loading the model and warming up its head", 0, 1)
-        fresh = load_model(source, annotated.labels, seed=cfg.seed)  # the head gets warmed up: not the shared model
+        fresh = load_model(source, annotated.labels, seed=cfg.rng_seed)  # the head gets warmed up: not the shared model
         try:
             return compute_sensitivity(fresh, annotated, groups, cfg, device=device, progress=False,
                                        on_progress=lambda done, total: report("scoring rows", done, total))

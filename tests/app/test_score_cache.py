@@ -184,3 +184,14 @@ def test_the_scores_key_follows_all_scoring_code_the_packages_and_a_named_models
         monkeypatch.setattr(cache, "model_version", lambda source, v=version: v)
         folders.add(cache._kept_scores("default", "", choice, MiningConfig(), SensitivityConfig()))
     assert len(folders) == 2
+
+
+def test_the_apps_scoring_reads_a_seedless_config_as_the_library_does(tiny_data) -> None:
+    """The typing review: the app's scoring worker handed ``SensitivityConfig.seed`` to load_model as it was, and
+    None (a valid seed: "the run's") failed in torch.manual_seed; the library reads it as ``rng_seed``."""
+    from clm_explore.config import SensitivityConfig
+    from clm_explore.ui import cache
+
+    cfg = SensitivityConfig(seed=None, calibration_rows=16, warmup_epochs=0, restriction="none")
+    report = cache._scored("tiny-random", tiny_data, None, cfg, lambda *_: None)
+    assert report.backbone_params > 0

@@ -4,6 +4,7 @@ import streamlit as st
 
 from clm_explore.config import BUDGET_METHODS, METHODS, ConfigError
 from clm_explore.data import DataError
+from clm_explore.masks import MaskSelection
 from clm_explore.modeling import ModelSourceError
 from clm_explore.ui import cache, forms, jobs, state, views
 from clm_explore.ui.views import escape_markdown, refusal_text
@@ -32,6 +33,7 @@ budget = forms.budget_input(key="budget", backbone_params=report.backbone_params
 if report.no_tokens_note:  # sparse would quietly read the pooled position alone
     st.warning(escape_markdown(report.no_tokens_note[0].upper() + report.no_tokens_note[1:]) + ".")
 mask_cfg = forms.mask_options(report.n_layers, key="budget")
+selection: MaskSelection | None
 try:
     selection, seconds = cache.timed_mask(source, choice, mining_cfg, sens_cfg, mask_cfg)
 except ConfigError as exc:  # e.g. a budget below the cheapest row: the controls above stay to change it
