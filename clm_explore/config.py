@@ -723,10 +723,9 @@ class AttributionConfig:
     """Captum's integral approximation: 'gausslegendre' (converges fastest) or 'riemann_trapezoid'."""
     output: str = "probability"
     """What the scores explain: 'probability' (the target label's softmax probability: a text's scores sum to its
-    change from the reference, between -1 and 1, and shrink toward 0 where a model is sure either way, as a
-    confident full finetune often is) or 'logit' (the target's pre-softmax score, as Captum's tutorials attribute
-    it: unbounded, and large where the model is sure, so two runs' words compare on one footing however confident
-    each run is)."""
+    change from the reference, at most 1 either way) or 'logit' (the target's pre-softmax score, as Captum's
+    tutorials attribute it: unbounded, in the model's own units, its scale the run's own; the softmax's ceiling
+    does not bound it where a run is sure). Integrated Gradients' scores add up to the change either way."""
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -286,24 +286,28 @@ def test_round_trip_dict(loaded: LoadedModel) -> None:
     assert TokenAttribution.from_dict(logit.to_record()).output == "logit"
 
 
-def test_logit_scores_add_up_to_the_logits_change_and_are_not_shrunk_where_the_model_is_sure() -> None:
-    """The attributions review's leftover: scores were of the probability alone, which saturates where a model is
-    sure (a confident full finetune's words read near 0 beside a hesitant run's)."""
+def test_logit_scores_add_up_to_the_logits_change_from_the_reference_unbounded_by_the_softmax() -> None:
+    """The attributions review's leftover: scores were of the probability alone (bounded by 1, the softmax's units),
+    where Captum's tutorials attribute the logit."""
     sure = tiny_loaded(seed=1, scale=0.5)  # p 0.97 and 0.96 on these texts
     texts = ["my card has not arrived", "exchange rate for euros please"]
     probs = explain(sure.model, sure.tokenizer, texts, AttributionConfig(n_steps=64))
     logits = explain(sure.model, sure.tokenizer, texts, AttributionConfig(n_steps=64, output="logit"))
     enc = sure.tokenizer(texts, padding=True, return_tensors="pt")
+    special = torch.tensor(sure.tokenizer.all_special_ids)
+    reference = torch.where(torch.isin(enc["input_ids"], special), enc["input_ids"], sure.tokenizer.pad_token_id)
     with torch.no_grad():
         out = sure.model(**enc).logits
-    for p, lg, row in zip(probs, logits, out, strict=True):
+        at_reference = sure.model(input_ids=reference, attention_mask=enc["attention_mask"]).logits
+    for p, lg, row, ref in zip(probs, logits, out, at_reference, strict=True):
         assert lg.output == "logit" and p.output == "probability"
         assert lg.target == p.target and lg.probability == pytest.approx(p.probability, abs=1e-6)  # still p
         assert lg.probability == pytest.approx(float(row.softmax(-1)[lg.target]), abs=1e-5)
-        assert not lg.unsettled  # |delta| within a tenth of the change
-        assert sum(lg.token_scores) == pytest.approx(lg.change + lg.delta)
-    assert max(p.probability for p in probs) > 0.9  # a sure model: its probability barely moves ...
-    assert max(abs(lg.change) for lg in logits) > 1.0 > max(abs(p.change) for p in probs)  # ... its logit does
+        assert lg.change == pytest.approx(float(row[lg.target] - ref[lg.target]), abs=1e-4)  # the logit's change
+        assert p.change == pytest.approx(float(row.softmax(-1)[p.target] - ref.softmax(-1)[p.target]), abs=1e-4)
+        assert not lg.unsettled  # the scores add up to it: |delta| within a tenth of the change
+    assert max(p.probability for p in probs) > 0.9
+    assert max(abs(lg.change) for lg in logits) > 1.0 > max(abs(p.change) for p in probs)  # past the softmax's 1
 
 
 @pytest.mark.parametrize(

@@ -257,8 +257,8 @@ def run_card(args: argparse.Namespace) -> int:
 def _add_output_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", choices=ATTRIBUTION_OUTPUTS, default=AttributionConfig.output,
-        help="what the scores explain: the target's probability (scores between -1 and 1, small where a model is "
-        "sure either way) or its logit (unbounded; two runs compare on one footing however confident each is)")
+        help="what the scores explain: the target's probability (the scores sum to its change from the reference, "
+        "at most 1) or its logit (the score before the softmax: unbounded, in the run's own units)")
 
 
 def format_attribution(res: TokenAttribution, labels: dict[int, str] | None = None) -> str:

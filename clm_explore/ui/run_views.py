@@ -483,10 +483,10 @@ def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str, gold: str | No
         target = gold if choice.startswith("the annotated") else None
     output = st.radio("Bars measure", ATTRIBUTION_OUTPUTS, horizontal=True, key=f"{key}_output",
                       format_func=lambda name: "the change in probability" if name == "probability" else "the change "
-                      "in logit", help="Probability: the bars add up to the label's probability change, and are small "
-                      "where a run is sure either way (a confident full finetune often is). Logit: the score before "
-                      "the softmax, unbounded, so a sure run's words are not shrunk and two runs compare on one "
-                      "footing.")
+                      "in logit", help="Probability: the bars add up to the label's probability change from the "
+                      "reference, at most 1. Logit: the score before the softmax, which the bars add up to instead: "
+                      "unbounded, in each run's own units, so two runs' bars compare by their ranking more than their "
+                      "lengths.")
     results = []
     for run in (a, b):
         try:

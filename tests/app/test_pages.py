@@ -1514,8 +1514,8 @@ def test_a_disagreement_row_is_explained_toward_its_annotated_label_by_both_runs
 
 
 def test_the_pairs_bars_measure_the_logit_on_request_and_say_so() -> None:
-    """A sure run's probability barely moves, so its bars shrank toward 0 beside a hesitant run's (the attributions
-    review's leftover: no logit option); the logit is unbounded."""
+    """The attributions review's leftover: the bars measured the probability alone, where Captum's tutorials
+    attribute the logit."""
     def script() -> None:
         from types import SimpleNamespace
 
