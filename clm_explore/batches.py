@@ -228,7 +228,9 @@ class Evaluation:
     out_of_scope (``metrics.out_of_scope_metrics``: AUROC, in-scope accuracy, and the scores of abstaining below a
     threshold, where there is one)."""
     predictions: pd.DataFrame
-    """A row per text: row, text, label (gold), pred, prob (of pred), correct: predictions.csv's columns."""
+    """A row per text: row, text, label (gold), pred, prob (of pred), out_of_scope (where a threshold applies: the
+    prediction abstains, ``prob`` below it, as predictions.csv says), correct (``pred`` is ``label``, abstention
+    aside)."""
     unseen_labels: list[str] = field(default_factory=list)
     """Gold labels the run has no output for: their rows are counted wrong."""
 
@@ -305,7 +307,6 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     pred, top = probs.to_numpy().argmax(1), probs.to_numpy().max(1)
     predictions = pd.DataFrame({"row": range(len(rows)), "text": rows["text"].tolist(), "label": rows["label"].tolist(),
                                 "pred": np.array(labels)[pred], "prob": top})
-    predictions["correct"] = predictions["label"] == predictions["pred"]
     unseen = sorted(set(rows["label"]) - set(labels))
     where = run.source if isinstance(run, LoadedModel) else str(run)
     metrics = classification_metrics(gold, pred, labels)
@@ -313,6 +314,9 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     scope = out_of_scope_metrics(gold, pred, top, np.zeros(0), quantile, len(labels), threshold=threshold)
     if scope is not None:
         metrics["out_of_scope"] = scope
+        if scope.get("threshold") is not None:  # the rows the abstention figures count as answered "out of scope"
+            predictions["out_of_scope"] = top < scope["threshold"]  # (the metrics review: they were not shown)
+    predictions["correct"] = predictions["label"] == predictions["pred"]
     return Evaluation(where, metrics, predictions, unseen)
 
 
@@ -351,8 +355,9 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
         return rows
     record = read_json_object(run_dir / "clm_run.json")
     digest = record.get("data_digest")
-    try:
-        own = load_data(data, **options)
+    try:  # carved as the run carved it (its seed and fractions: the metrics review saw another seed score 144 of
+        # 200 rows that trained the run, and blame the file), with the columns as this call reads them
+        own = load_data(data, **{**_recorded_carve(record), **options})
     except (DataError, ValueError):  # data evaluate reads but training refuses (one label, say): not the run's
         return rows
     now = data_digest(own)
@@ -370,6 +375,16 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
                  "epoch; pass other labelled rows to score it on more."
                  + ("" if digest else " (Known by its predictions.csv: the run is older than its record of its data.)"))
     return own.test[["text", "label"]].reset_index(drop=True)
+
+
+def _recorded_carve(record: dict[str, Any]) -> dict[str, Any]:
+    """The options the run carved its data's splits with (seed, fractions, split column), from its clm_run.json's
+    ``data_config``; none for a run older than that record."""
+    recorded = record.get("data_config")
+    if not isinstance(recorded, dict):
+        return {}
+    return {key: recorded[key] for key in ("validation_fraction", "test_fraction", "seed", "split_col")
+            if recorded.get(key) is not None}
 
 
 def _same_test_rows(run_dir: Path, test: pd.DataFrame) -> bool:

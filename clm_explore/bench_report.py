@@ -10,7 +10,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from clm_explore.bench_results import COMPARISON_LEVEL, OVERLAP_METHODS, collapsed_note, devices_note
+from clm_explore.bench_results import (
+    COMPARISON_LEVEL,
+    OVERLAP_METHODS,
+    collapsed_note,
+    devices_note,
+    timing_note,
+)
 
 
 def _label(method: str, budget: float | None) -> str:
@@ -43,10 +49,10 @@ def figures(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, o
     stability = go.Figure(go.Bar(x=s["label"], y=s["accuracy_mean"], error_y=_spread(s["accuracy_std"]),
                                  text=[f"{a:.3f}" if math.isnan(d) else f"{a:.3f} ± {d:.3f}" for a, d in
                                        zip(s["accuracy_mean"], s["accuracy_std"], strict=True)]))  # one seed: no ±
-    stability.update_layout(title="Accuracy per method: mean ± std over seeds (std = stability)",
+    stability.update_layout(title="Accuracy per method: mean ± std over seeds (sample std; std = stability)",
                             yaxis={"title": "test accuracy"})
     cost = make_subplots(rows=1, cols=3, subplot_titles=("train seconds: preparation + epochs",
-                                                         "peak memory (MB; on a CPU the process's growth)",
+                                                         "training memory (MiB above the loaded model)",
                                                          "examples / second"))
     # The preparation (mining and scoring rows, the head warm-up) stacked under the epochs: inside one bar, a row
     # method's 0.5 s of scoring read as slower training than full finetuning's (the bench review).
@@ -181,12 +187,13 @@ def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFr
              f"{config.get('data_seed', 0)})" if config.get("shots") else "")
     grid = (f"{', '.join(config.get('methods', ()))} on {config.get('data', '?')} with {config.get('model', '?')}: "
             f"{config.get('seeds', '?')} seed(s), {config.get('epochs', '?')} epoch(s){shots}")
-    notes = [note for note in (collapsed_note(results), devices_note(results)) if note]
+    notes = [note for note in (collapsed_note(results), devices_note(results),
+                               timing_note(results, int(config.get("jobs") or 1))) if note]
     # The settings folded: the page opened on a line of raw JSON (the bench review).
     body = [f"<h1>clm-explore benchmark</h1><p>{esc(grid)}</p>",
             f"<details><summary>Grid settings (bench.json)</summary><pre>{esc(json.dumps(config, indent=2))}</pre>"
             "</details>", *(f"<p><b>Note:</b> {esc(note)}.</p>" for note in notes),
-            "<h2>Summary (mean and std over seeds)</h2>", _html_table(summary)]
+            "<h2>Summary (mean and sample std, ddof 1, over seeds)</h2>", _html_table(summary)]
     if comparison is not None and not comparison.empty:
         body += [f"<h2>Differences (method − versus: mean over seeds, {COMPARISON_LEVEL:.0%} Welch interval "
                  "low..high; std_ratio = the method's accuracy std / the versus method's)</h2>",

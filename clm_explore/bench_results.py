@@ -31,11 +31,11 @@ OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
                   "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
                   "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error",
-                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget", "labels_predicted", "device"]
+                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget", "labels_predicted", "device", "threads"]
 """``oos_*``: metrics.json's ``out_of_scope`` (test rows with labels unseen in train, scored with abstention);
 ``over_budget``: whole layers (``layers``) that took more than the budget, as no layer fitted it;
 ``labels_predicted``: how many labels the cell predicted on test (1: it collapsed onto one label); ``device``: where
-the cell trained (metrics.json's)."""
+the cell trained (metrics.json's); ``threads``: the threads torch computed with there (clm_run.json's provenance)."""
 
 OUT_OF_SCOPE_KEYS = {"oos_accuracy": "accuracy", "oos_macro_f1": "macro_f1", "oos_auroc": "auroc"}
 
@@ -67,11 +67,13 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
             scope = m.get("out_of_scope") or {}
             row.update({column: scope.get(key) for column, key in OUT_OF_SCOPE_KEYS.items()})
             row["labels_predicted"] = labels_predicted(m)
+            row["threads"] = (read_json_object(cell_dir / "clm_run.json").get("provenance") or {}).get("threads")
         else:
             row["error"] = _log_error(log)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64"})
+    return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64",
+                         "threads": "Int64"})
 
 
 def labels_predicted(metrics: dict) -> int | None:
@@ -106,6 +108,21 @@ def devices_note(results: pd.DataFrame) -> str:
         return ""
     return (f"the finished cells trained on {', '.join(devices)} (results.csv's device column): their train seconds "
             "and peak memory are not comparable across devices")
+
+
+def timing_note(results: pd.DataFrame, jobs: int = 1) -> str:
+    """A sentence when the finished cells' times do not compare as a grid's should (the metrics review): cells that
+    computed with different thread counts (a grid resumed with another --jobs, whose cells get cores / jobs threads
+    each), or cells that ran side by side on the CPU (--jobs above 1), whose times are contended; '' otherwise."""
+    ok = results[results["status"] == "succeeded"]
+    threads = sorted({int(t) for t in ok["threads"].dropna()}) if "threads" in ok else []
+    if len(threads) > 1:
+        return (f"the finished cells computed with {', '.join(map(str, threads))} threads (results.csv's threads "
+                "column; a grid resumed with another --jobs): their train seconds are not comparable across them")
+    if jobs > 1 and (ok["device"].astype(str) == "cpu").any():
+        return (f"the cells ran {jobs} side by side on the CPU (--jobs {jobs}): their train seconds are contended, "
+                "comparable with each other's but not with a cell run alone")
+    return ""
 
 
 def _unfinished_status(log: Path) -> str:

@@ -306,7 +306,8 @@ def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
             ("training time", f"{float(metrics.get('train_seconds') or 0):.1f} s"
              + (f" (after {float(metrics['prep_seconds']):.1f} s of preparation)" if metrics.get("prep_seconds")
                 else "")),
-            ("peak memory", f"{float(metrics.get('peak_memory_mb') or 0):,.0f} MB"),
+            ("training memory", f"{float(metrics.get('peak_memory_mb') or 0):,.0f} MiB at its peak, above the model "
+             "as loaded"),
             ("trained", str(meta.get("created") or "")[:19].replace("T", " ") + " UTC")]
     lines = ["## Training", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in rows if value not in (None, "")]  # the tool's own values

@@ -246,6 +246,7 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
     assert results["budget"].isna().tolist() == [True, False, False]
     assert json.loads(results["val_curve"][0])[0]["epoch"] == 1
     assert (results["device"] == "cpu").all() and (results["labels_predicted"] >= 1).all()
+    assert (results["threads"] >= 1).all()  # clm_run.json's provenance: what a cell's time was computed with
     assert results.loc[0, "trainable_params"] < results.loc[1, "trainable_params"]
     masks = pd.read_csv(out / "masks.csv")
     assert set(masks["method"]) == {"sparse", "random"}
@@ -259,7 +260,7 @@ def test_grid_writes_results_statistics_and_report(data_dir, tmp_path):
     assert 0 <= overlap["jaccard"][0] <= 1
     page = (out / "report.html").read_text()
     assert page.count("plotly.js v") == 1  # plotly.js inlined once, then shared by every figure
-    for title in ("Accuracy vs trainable share", "(std = stability)", "Cost per method", "Row-mask overlap"):
+    for title in ("Accuracy vs trainable share", "(sample std; std = stability)", "Cost per method", "Row-mask overlap"):
         assert title in page
     assert "&lt;NA&gt;" not in page and "<td>nan</td>" not in page  # the head's budget and lowest layer: blank
     # The grid in a sentence, its settings folded (the page opened on a line of raw JSON)
@@ -1241,6 +1242,19 @@ def test_cells_trained_on_several_devices_are_said_not_comparable():
     results = pd.DataFrame({"status": ["succeeded", "succeeded", "failed"], "device": ["cuda:0", "cpu", None]})
     assert devices_note(results).startswith("the finished cells trained on cpu, cuda:0")
     assert devices_note(results.assign(device=["cpu", "cpu", None])) == ""
+
+
+def test_cells_timed_at_other_thread_counts_or_side_by_side_on_the_cpu_are_said_not_comparable():
+    """The metrics review: a grid resumed with another --jobs averaged cells timed alone with cells timed side by
+    side (each with cores / jobs threads), and --jobs above 1 said nowhere that its times were contended."""
+    from clm_explore.bench_results import timing_note
+
+    results = pd.DataFrame({"status": ["succeeded", "succeeded", "failed"], "device": ["cpu", "cpu", None],
+                            "threads": pd.array([2, 1, None], dtype="Int64")})
+    assert timing_note(results).startswith("the finished cells computed with 1, 2 threads")
+    alike = results.assign(threads=pd.array([1, 1, None], dtype="Int64"))
+    assert timing_note(alike) == "" and timing_note(alike, jobs=2).startswith("the cells ran 2 side by side on the CPU")
+    assert timing_note(alike.assign(device="cuda:0"), jobs=2) == ""  # a GPU each: no contention to speak of
 
 
 

@@ -102,9 +102,16 @@ def test_evaluate_scores_out_of_scope_rows_with_the_runs_threshold_as_the_run_sc
     pd.concat([test, test.head(6).assign(label="NO_NODES_DETECTED")]).to_csv(data_dir / "test.csv", index=False)
     run, metrics = _head_run(data_dir, tmp_path, capsys)
     assert metrics["out_of_scope"]["threshold"] is not None
-    assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--json"]) == 0
+    rows = tmp_path / "rows.csv"
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--json", "--predictions", str(rows)]) == 0
     said = json.loads(capsys.readouterr().out)
     assert said["out_of_scope"] == pytest.approx(metrics["out_of_scope"])
+    # The rows the abstention figures count as answered "out of scope", as the run's predictions.csv marks them
+    written, own = pd.read_csv(rows, keep_default_na=False), pd.read_csv(run / "predictions.csv", keep_default_na=False)
+    assert list(written.columns) == ["row", "text", "label", "pred", "prob", "out_of_scope", "correct"]
+    assert written["out_of_scope"].tolist() == own["out_of_scope"].tolist() and written["out_of_scope"].any()
+    assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--predictions", str(rows)]) == 0  # its own
+    capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--data", str(data_dir), "--json", "--abstain-below", "0.999"]) == 0
     strict = json.loads(capsys.readouterr().out)["out_of_scope"]
     assert strict["threshold"] == 0.999 and strict["oos_recall"] == 1.0 and strict["quantile"] is None
@@ -198,3 +205,22 @@ def test_a_run_that_spelled_whole_number_labels_as_decimals_scores_them(data_dir
     assert main(["evaluate", "--run", str(run), "--data", str(numbered / "test.csv"), "--json"]) == 0
     said = capsys.readouterr()
     assert json.loads(said.out)["accuracy"] == metrics["accuracy"] and "labels read as the run writes" in said.err
+
+
+def test_evaluate_on_the_file_a_python_run_carved_at_its_own_seed_scores_that_test_split(data_dir, tmp_path) -> None:
+    """The metrics review: evaluate carved the run's file at the default seed, so a run carved at another one had
+    its training rows scored too (144 of 200), and the file was said to have changed."""
+    import clm_explore as clm
+
+    one = tmp_path / "one.csv"
+    pd.read_csv(data_dir / "train.csv").to_csv(one, index=False)
+    data = clm.load_data(one, seed=1, test_fraction=0.3)
+    result = clm.finetune(data, clm.FinetuneConfig(method="head", epochs=1, max_length=16), tmp_path / "run",
+                          source="tiny-random", progress=False)
+    notes: list[str] = []
+    scored = clm.evaluate(result, one, notes=notes)
+    assert len(scored.predictions) == len(data.test) < len(pd.read_csv(one))
+    assert set(scored.predictions["text"]) == set(data.test["text"])
+    assert scored.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert any("this is the data the run was trained on" in note for note in notes)
+    assert not any("changed since" in note for note in notes)

@@ -183,14 +183,18 @@ def test_out_of_scope_test_rows_are_scored_with_a_threshold_from_validation(tmp_
 
     test = data.test.copy()
     test.loc[test.index[::4], "label"] = "out_of_scope"  # 10 rows with a label train never had
-    open_data = AnnotatedData(data.train, data.validation, test, data.labels, source="open")
+    # Validation rows of a label train lacks are left out of the threshold: it turns away a share of in-scope
+    # queries, and their low top probabilities pulled it down (the metrics review: 0.40 where in-scope said 0.65)
+    unsure = data.validation.head(5).assign(label="out_of_scope", text=["zz qq", "a", "?", "xx", "the"])
+    validation = pd.concat([data.validation, unsure], ignore_index=True)
+    open_data = AnnotatedData(data.train, validation, test, data.labels, source="open")
     cfg = FinetuneConfig(method="head", epochs=1, batch_size=16, device="cpu", out_of_scope_quantile=0.25)
     result = finetune(open_data, cfg, tmp_path / "run", source="tiny-random")
     scope = result.metrics["out_of_scope"]
     run = load_run(result.out_dir)
     top = predict_proba(run.model, run, data.validation["text"].tolist()).max(1)
     assert scope["threshold"] == pytest.approx(float(np.quantile(top, 0.25)), abs=1e-6)
-    assert scope["rows"] == 10 and scope["quantile"] == 0.25
+    assert scope["rows"] == 10 and scope["quantile"] == 0.25 and scope["validation_rows_left_out"] == 5
     rows = pd.read_csv(result.out_dir / "predictions.csv")
     assert (rows["out_of_scope"] == (rows["prob"] < scope["threshold"])).all()
     unseen = (rows["label"] == "out_of_scope").to_numpy()

@@ -147,7 +147,7 @@ def _first_error(results) -> str | None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from clm_explore.bench import run_grid
-    from clm_explore.bench_results import collapsed_note, devices_note
+    from clm_explore.bench_results import collapsed_note, devices_note, timing_note
 
     cfg = bench_config(args)
     data_cfg = data_config(args)
@@ -192,7 +192,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(line)
     for line in comparison_lines(result.comparison):
         print(line)
-    for note in (collapsed_note(result.results), devices_note(result.results)):
+    for note in (collapsed_note(result.results), devices_note(result.results), timing_note(result.results, cfg.jobs)):
         if note:
             print(f"note: {note}", file=sys.stderr)
     if len(failed):

@@ -105,7 +105,9 @@ def out_of_scope_lines(scope: dict[str, Any]) -> str:
 
 
 PREDICTIONS_HEADER = "row,text,label,pred,prob,correct"
-"""The first line of the file ``--predictions`` writes: the only kind of existing file it replaces."""
+"""The first line of the file ``--predictions`` writes: the only kind of existing file it replaces (with
+``PREDICTIONS_HEADER_OUT_OF_SCOPE``, where a threshold applied)."""
+PREDICTIONS_HEADER_OUT_OF_SCOPE = "row,text,label,pred,prob,out_of_scope,correct"
 
 
 def _check_predictions_target(target: Path, run_dir: Path, data: Path) -> None:
@@ -118,6 +120,6 @@ def _check_predictions_target(target: Path, run_dir: Path, data: Path) -> None:
     if resolved.is_file():
         with open(resolved, encoding="utf-8", errors="replace") as file:
             first = file.readline().strip()
-        if first != PREDICTIONS_HEADER:
+        if first not in (PREDICTIONS_HEADER, PREDICTIONS_HEADER_OUT_OF_SCOPE):
             raise UserError(f"--predictions {target} exists and is not a file evaluate wrote (its first line is not "
                             f"{PREDICTIONS_HEADER!r}); name a new file, or delete it first.")

@@ -36,6 +36,16 @@ from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text, spreadsheet_csv, spreadsheet_frame
 
 
+def _budget_percent(budget: Any, backbone_params: Any) -> float | None:
+    """A budget in percent of the backbone: a fraction as it is, a parameter count over the backbone's parameters
+    (the metrics review: a count of 20,000 read 20000.0 under "budget %"); None where neither is known."""
+    if not isinstance(budget, int | float):
+        return None
+    if budget <= 1:
+        return budget * 100
+    return budget / backbone_params * 100 if isinstance(backbone_params, int | float) and backbone_params else None
+
+
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
@@ -50,7 +60,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "status": f"{r.status.value}, folder gone" if gone else r.status.value,
                 "accuracy": m.get("accuracy"),
                 "macro_f1": m.get("macro_f1"),
-                "budget %": budget * 100 if isinstance(budget, (int, float)) and budget <= 1 else budget,
+                "budget %": _budget_percent(budget, m.get("backbone_params")),
                 "epochs": r.config.get("epochs"),
                 "train s": round(m["train_seconds"], 1) if m.get("train_seconds") is not None else None,
                 "data": data_key_name(str(r.config["data"])) if r.config.get("data") else None,
@@ -132,12 +142,19 @@ OUT_OF_SCOPE_ROWS = ("accuracy", "macro_f1", "auroc", "threshold", "oos_recall",
 
 METRIC_LABELS = {"macro_f1": "macro-F1", "train_seconds": "training time, s (with preparation)",
                  "prep_seconds": "preparation time, s", "examples_per_second": "examples per second",
-                 "peak_memory_mb": "peak memory, MiB", "trainable_params": "trainable parameters",
+                 "peak_memory_mb": "training memory, MiB (peak above the loaded model)",
+                 "trainable_params": "trainable parameters",
                  "selected_params": "selected parameters (the budget's rows)", "total_params": "total parameters",
                  "budget": "budget %", "lowest_layer": "lowest trained layer", "prefix_cache": "frozen layers cached"}
 """Row names in words (metrics.json's keys in the runs' files and the CLI): the budget in percent as on every other
-page, peak memory in MiB (2**20 bytes), the training time holding the preparation's, and the trainable parameters
-the budget's rows plus the head (and LayerNorms), which a two-layer head makes far more."""
+page, the memory training took above the model as loaded in MiB (2**20 bytes; the model's own weights are not in it,
+the metrics review), the training time holding the preparation's, and the trainable parameters the budget's rows plus
+the head (and LayerNorms), which a two-layer head makes far more."""
+OUT_OF_SCOPE_LABELS = {"accuracy": "with abstention: accuracy", "macro_f1": "with abstention: macro-F1",
+                       "auroc": "out of scope: AUROC (top probability)", "threshold": "abstention threshold",
+                       "oos_recall": "out-of-scope rows turned away", "in_scope_rejected": "in-scope rows turned away"}
+"""The abstention rows' names: their accuracy and macro-F1 are of every test row when a run abstains, not of the
+out-of-scope rows (the metrics review: "out of scope: accuracy" read as the latter)."""
 
 
 def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
@@ -146,8 +163,7 @@ def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
             for name in METRIC_ROWS}
     scopes = [r.metrics.get("out_of_scope") or {} for r in (a, b)]
     if any(scopes):  # abstention on the test rows of unseen labels (threshold from validation)
-        rows.update({f"out of scope: {METRIC_LABELS.get(name, name)}": [_fmt(s.get(name)) for s in scopes]
-                     for name in OUT_OF_SCOPE_ROWS})
+        rows.update({OUT_OF_SCOPE_LABELS[name]: [_fmt(s.get(name)) for s in scopes] for name in OUT_OF_SCOPE_ROWS})
     # Headed by method, the ids in a row of their own: two run ids cut each other off at a projector's width (the
     # demo review).
     rows = {"run": [a.id, b.id], **rows}

@@ -549,8 +549,9 @@ def render_mask_summary(selection: MaskSelection, full_params: int | None, key: 
                   width="content")
         st.metric("Time per epoch vs full (estimate)", f"{selection.time_ratio_estimate:.2f}×", width="content",
                   help="Estimated from the work skipped: backward stops at the lowest selected layer, and weight "
-                  "gradients are taken for the selected rows only. A run's measured time is its train seconds "
-                  "(Runs and Compare pages), which also counts the data loading and evaluation both methods pay.")
+                  "gradients are taken for the selected rows only. A run's measured time per epoch is its "
+                  "epoch_seconds (its metrics on the Runs page); its train seconds add the preparation (mining, "
+                  "scoring, the head warm-up), which the estimate leaves out, and no evaluation.")
     if total is not None:
         st.caption(f"{selection.selected_params:,} selected parameters ({selection.share * 100:.3g}% of the backbone) "
                    f"+ {selection.beside_params:,} trained with them (head, LayerNorms) = {total:,} trainable.")

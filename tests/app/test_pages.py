@@ -981,19 +981,35 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
         return RunRecord(run_id, run_id, "sparse", RunStatus.SUCCEEDED, Path(run_id), "", "", metrics=metrics)
 
     plain = metrics_side_by_side(record("a", accuracy=0.5), record("b", accuracy=0.25))
-    assert not any(name.startswith("out of scope") for name in plain.index)
+    assert not any("out of scope" in name or "abstention" in name for name in plain.index)
     assert list(plain.columns) == ["A: sparse", "B: sparse"] and plain.loc["run"].tolist() == ["a", "b"]
     scope = {"accuracy": 0.61, "auroc": 0.8125, "threshold": 0.4, "macro_f1": 0.5, "oos_recall": 0.3}
     frame = metrics_side_by_side(record("a", accuracy=0.5, out_of_scope=scope), record("b", accuracy=0.25))
-    assert frame.loc["out of scope: accuracy"].tolist() == ["0.6100", "–"]
-    assert frame.loc["out of scope: auroc"].tolist() == ["0.8125", "–"]
+    # Every test row's figures when the run abstains, not the out-of-scope rows' (the metrics review)
+    assert frame.loc["with abstention: accuracy"].tolist() == ["0.6100", "–"]
+    assert frame.loc["out of scope: AUROC (top probability)"].tolist() == ["0.8125", "–"]
     assert frame.loc["accuracy"].tolist() == ["0.5000", "0.2500"]  # shares: 4 decimals on both sides
-    assert frame.loc["out of scope: macro-F1"].tolist() == ["0.5000", "–"]  # in words, not metrics.json's keys
-    assert "peak memory, MiB" in frame.index and "peak_memory_mb" not in frame.index
+    assert frame.loc["with abstention: macro-F1"].tolist() == ["0.5000", "–"]  # in words, not metrics.json's keys
+    assert frame.loc["out-of-scope rows turned away"].tolist() == ["0.3000", "–"]
+    assert not any("oos_recall" in name or "peak_memory_mb" in name for name in frame.index)
+    assert "training memory, MiB (peak above the loaded model)" in frame.index  # not the process's peak
     tiny = metrics_side_by_side(record("a", budget=0.00005), record("b", budget=0.01))
     assert tiny.loc["budget %"].tolist() == ["0.0050", "1"]  # in percent, as elsewhere; a tiny one not rounded to 0
     counted = metrics_side_by_side(record("a", budget=5000), record("b", budget=0.01))
     assert counted.loc["budget %"].tolist() == ["5,000 parameters", "1"]  # a count, not 5,000 %
+
+
+def test_the_runs_table_shows_a_budget_given_as_a_parameter_count_as_its_share_of_the_backbone() -> None:
+    """The metrics review: a count of 20,000 read 20000.0 under "budget %"."""
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import runs_frame
+
+    def record(run_id: str, budget: float, **metrics) -> RunRecord:
+        return RunRecord(run_id, run_id, "sparse", RunStatus.SUCCEEDED, Path(run_id), "", "",
+                         config={"mask": {"budget": budget}}, metrics=metrics)
+
+    frame = runs_frame([record("a", 0.01), record("b", 20_000, backbone_params=2_000_000), record("c", 20_000)])
+    assert frame["budget %"].tolist()[:2] == [1.0, 1.0] and pd.isna(frame["budget %"].tolist()[2])
 
 
 def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
