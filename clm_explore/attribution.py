@@ -141,13 +141,18 @@ def is_decoder_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 
 
 def reference_token_id(tokenizer: PreTrainedTokenizerBase, decoder: bool) -> int:
-    """The token every non-special position of the reference takes: PAD (encoders) or UNK/EOS (decoders)."""
+    """The token every non-special position of the reference takes: PAD (encoders) or UNK/EOS/BOS (decoders), else a
+    space's own token: id 0, the last resort, is "!" in a byte-level vocabulary (GPT-2's, SmolLM2's), a token with a
+    meaning of its own (the attributions review)."""
     pad = tokenizer.pad_token_id
     if not decoder and pad is not None:
         return int(pad)
     for candidate in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
         if candidate is not None and candidate != pad:
             return int(candidate)
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    if len(space) == 1 and space[0] != pad:
+        return int(space[0])
     return 0 if pad != 0 else 1
 
 

@@ -422,3 +422,17 @@ def test_parts_the_model_reads_as_its_unknown_token_are_named_in_the_note(loaded
     odd, plain = explain(loaded.model, loaded.tokenizer, ["my card 💳 is lost 😡", "my card"])
     assert odd.words[2] == "💳" and "2 part(s) of the text are unknown to the model ([UNK]): 💳, 😡" in odd.note
     assert "unknown" not in plain.note
+
+
+def test_a_decoders_reference_without_unk_or_a_spare_special_is_a_space_not_token_zero() -> None:
+    """The attributions review: a byte-level tokenizer whose EOS is its pad and that has no UNK took id 0, "!"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator(["my card has not arrived", "top up failed again"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    assert tokenizer.pad_token_id == 0 and tokenizer.unk_token_id is None
+    assert tokenizer.convert_ids_to_tokens(1) == "!"  # the last resort's id, where pad is 0
+    assert tokenizer.convert_ids_to_tokens(reference_token_id(tokenizer, decoder=True)) == "Ġ"  # the space
