@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from clm_explore.attribution import (
-    UNSETTLED_DELTA,
+    UNSETTLED_FLOOR,
     AttributionConfig,
     TokenAttribution,
     explain,
@@ -72,9 +72,9 @@ class RunAttributions:
         if not off:
             return ""
         output = off[0].output
-        allowed = f"{UNSETTLED_DELTA}" + (" of it, where it is above 1" if output == "logit" else "")
-        return (f"{len(off)} of {len(self.items)} rows' word scores miss their {output} change by more than "
-                f"{allowed} (up to {max(abs(item.delta) for item in off):.2f}): read them as a ranking, not amounts; "
+        return (f"{len(off)} of {len(self.items)} rows' word scores miss their {output} change by more than a tenth "
+                f"of it or {UNSETTLED_FLOOR.get(output, 0.02)}, whichever is more (up to "
+                f"{max(abs(item.delta) for item in off):.2f}): read them as a ranking, not amounts; "
                 f"more integration steps (`clm-explore report --steps`, up to {MAX_ATTRIBUTION_STEPS}) close the gap")
 
     def words(self) -> pd.DataFrame:

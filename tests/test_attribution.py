@@ -361,11 +361,22 @@ def test_a_result_whose_bars_miss_the_probability_change_says_so(loaded: LoadedM
 
     (settled,) = explain(loaded.model, loaded.tokenizer, ["card arrived"], AttributionConfig(n_steps=64))
     assert "do not add up" not in settled.note and "miss the probability" not in settled.note
-    monkeypatch.setattr(attribution, "UNSETTLED_DELTA", abs(settled.delta) / 2)  # as if it missed by twice the bar
+    # as if it missed by twice the gap allowed
+    monkeypatch.setattr(attribution, "UNSETTLED_SHARE", 0.0)
+    monkeypatch.setattr(attribution, "UNSETTLED_FLOOR", {"probability": abs(settled.delta) / 2})
     (flagged,) = explain(loaded.model, loaded.tokenizer, ["card arrived"], AttributionConfig(n_steps=64))
     assert f"miss the probability change by {flagged.delta:+.2f}" in flagged.note
     assert "more than 64 steps (--steps, up to 1024) may help" in flagged.note  # the steps asked for
     assert "may help" not in attribution._unsettled_note(0.5, 1024)  # no advice the CLI would refuse
+
+
+def test_the_gap_allowed_is_a_tenth_of_the_change_so_a_small_change_is_not_drowned_by_its_miss() -> None:
+    """The attributions review: a fixed 0.1 in probability let a delta of 0.09 pass on a change of 0.05."""
+    from clm_explore.attribution import is_unsettled
+
+    assert is_unsettled(0.09, 0.05) and not is_unsettled(0.015, 0.05)  # the floor, 0.02, under a tiny change
+    assert not is_unsettled(0.09, 0.95) and is_unsettled(0.1, 0.95)  # a tenth of a large one
+    assert not is_unsettled(0.09, 0.5, "logit") and is_unsettled(0.6, 5.0, "logit")  # logits: floor 0.1
 
 
 def test_the_bars_add_up_on_a_model_that_numbers_positions_from_the_ids(tmp_path) -> None:

@@ -588,12 +588,13 @@ def test_rows_whose_scores_miss_their_probability_change_are_said_in_the_report(
     rows = pd.DataFrame({"row": [0, 1, 2], "delta": [0.01, -0.87, 0.3]})
     attributed = RunAttributions(tmp_path, "test", rows, items([0.01, -0.87, 0.3]))
     assert attributed.unsettled_note().startswith("2 of 3 rows' word scores miss their probability change by more "
-                                                  "than 0.1 (up to 0.87): read them as a ranking, not amounts")
+                                                  "than a tenth of it or 0.02, whichever is more (up to 0.87): read "
+                                                  "them as a ranking, not amounts")
     assert RunAttributions(tmp_path, "test", rows, items([0.05] * 3)).unsettled_note() == ""
-    # A logit changes by more than 1: the gap allowed is a tenth of the change (here 2.87 and 1.7: both flagged)
+    # The gap allowed is a tenth of the change (here 2.87 and 1.7: both flagged), for logits too
     logits = RunAttributions(tmp_path, "test", rows, items([0.01, -0.87, 0.3], "logit"))
-    assert logits.unsettled_note().startswith("2 of 3 rows' word scores miss their logit change by more than 0.1 of "
-                                              "it, where it is above 1 (up to 0.87)")
+    assert logits.unsettled_note().startswith("2 of 3 rows' word scores miss their logit change by more than a tenth "
+                                              "of it or 0.1, whichever is more (up to 0.87)")
     run_a = make_run(tmp_path, tiny_data, 0, "sparse")
     monkeypatch.setattr(RunAttributions, "unsettled_note", lambda self: "2 of 3 rows' word scores miss")
     page = build_report(run_a, out_path=tmp_path / "r.html", cfg=CFG, max_rows=10).read_text()
