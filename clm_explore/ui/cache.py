@@ -493,20 +493,22 @@ def _studies() -> KeyedTasks:
     return KeyedTasks(kept=16, at_once=1)
 
 
-def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int,
+def case_study(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int, output: str = "probability",
                inline: bool = False) -> KeyedTask:
     """Both runs' attributions of their test rows and top words as a task every session shares, its progress (rows
     attributed) readable while it runs: a minute's spinner was all a demo's audience saw of the step that explains
     the models (the demo review). It waits for the server's heavy slot inside the task, so the page stays live.
-    ``inline``: run in this thread (tests)."""
+    ``output``: what the attributions measure (``AttributionConfig.output``). ``inline``: run in this thread (tests)."""
+    from clm_explore.attribution import AttributionConfig
     from clm_explore.casestudy import case_study as study
 
     def work(report: Callable[[str, int, int], None]) -> Any:
         report("waiting for another computation on the server", 0, 1)
         with heavy_work():
-            return study(run_a, run_b, max_rows=max_rows, on_progress=report, progress=False)
+            return study(run_a, run_b, cfg=AttributionConfig(output=output), max_rows=max_rows, on_progress=report,
+                         progress=False)
 
-    key = (run_a, mtime_a, run_b, mtime_b, max_rows)
+    key = (run_a, mtime_a, run_b, mtime_b, max_rows, output)
     _followed(_studies(), key)
     return _studies().get_or_start(key, work, inline=inline, label="the top words of two runs")
 
@@ -583,13 +585,14 @@ def forget_labelling(task: KeyedTask) -> None:
 
 
 @st.cache_data(show_spinner="Writing the case-study report…", max_entries=8)
-def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int) -> bytes:
+def report_html(run_a: str, mtime_a: float, run_b: str, mtime_b: float, max_rows: int,
+                output: str = "probability") -> bytes:
     """The HTML report of the two runs' case study: the top words' own (``case_study``, which the page awaits first
     with its progress), so the rows are attributed once for both. The report attributed them all again, under a
     spinner, after the top words had waited a minute for the same."""
     from clm_explore.report import write_report
 
-    task = case_study(run_a, mtime_a, run_b, mtime_b, max_rows, inline=True)
+    task = case_study(run_a, mtime_a, run_b, mtime_b, max_rows, output, inline=True)
     task.finished.wait()
     if task.error is not None:
         forget_study(task)  # said once; the next look starts it again

@@ -485,10 +485,26 @@ def render_attribution(result: Any, title: str, key: str, span: float | None = N
     views.chart(fig, f"{key}_attr", frame.set_index("pos"), f"{title}, per word")
 
 
-def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str, gold: str | None = None) -> None:
+def attribution_output_choice(key: str) -> str:
+    """What the page's attributions measure (``AttributionConfig.output``), chosen once for its charts, top words and
+    report: the change in the label's probability (the default) or in its logit."""
+    state.restore(key, ATTRIBUTION_OUTPUTS[0])
+    output = st.radio("Attributions measure", ATTRIBUTION_OUTPUTS, horizontal=True, key=key,
+                      format_func=lambda name: "the change in probability" if name == "probability" else "the change "
+                      "in logit", help="Probability: a text's bars add up to the label's probability change from "
+                      "the reference, at most 1. Logit: the score before the softmax, which the bars add up to "
+                      "instead: unbounded, in each run's own units, so two runs' bars compare by their ranking more "
+                      "than their lengths.")
+    state.keep(key)
+    return str(output)
+
+
+def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str, gold: str | None = None,
+                 output: str = "probability") -> None:
     """Both runs' answer on ``text`` and its word attributions, side by side. ``gold``: the row's annotated label,
     offered as the label both explain (each run's own answer by default): on a row where they disagree, the paper's
-    case study asks what each relies on for the same label."""
+    case study asks what each relies on for the same label. ``output``: what the bars measure
+    (``attribution_output_choice``)."""
     from clm_explore.attribution import AttributionError
 
     target = None
@@ -497,12 +513,6 @@ def explain_pair(text: str, a: RunRecord, b: RunRecord, key: str, gold: str | No
                           key=f"{key}_target", help="Toward each run's own prediction, or toward the row's annotated "
                           "label for both runs: the same question asked of both.")
         target = gold if choice.startswith("the annotated") else None
-    output = st.radio("Bars measure", ATTRIBUTION_OUTPUTS, horizontal=True, key=f"{key}_output",
-                      format_func=lambda name: "the change in probability" if name == "probability" else "the change "
-                      "in logit", help="Probability: the bars add up to the label's probability change from the "
-                      "reference, at most 1. Logit: the score before the softmax, which the bars add up to instead: "
-                      "unbounded, in each run's own units, so two runs' bars compare by their ranking more than their "
-                      "lengths.")
     results = []
     for run in (a, b):
         try:

@@ -1547,7 +1547,7 @@ def test_the_pairs_bars_measure_the_logit_on_request_and_say_so() -> None:
 
         cache.attributions = attributions
         runs = [SimpleNamespace(path=__import__("pathlib").Path(name), method=name) for name in "ab"]
-        run_views.explain_pair("my card", *runs, key="pair")
+        run_views.explain_pair("my card", *runs, key="pair", output=run_views.attribution_output_choice("pair_output"))
 
     app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
     assert app.session_state["asked"] == ["probability", "probability"]
@@ -1788,7 +1788,7 @@ def test_a_case_study_stopped_while_nobody_followed_it_starts_again_when_a_page_
     from clm_explore.jobs import KeyedTask, TaskStopped
     from clm_explore.ui import cache
 
-    key = ("a", 1.0, "b", 2.0, 10)
+    key = ("a", 1.0, "b", 2.0, 10, "probability")  # the two runs, their rows attributed, what the scores measure
     stopped = KeyedTask(key, error=TaskStopped("Stopped while attributing."))
     stopped.finished.set()
     cache._studies()._tasks[key] = stopped
@@ -2610,16 +2610,18 @@ def test_the_case_study_is_a_shared_task_that_reports_its_rows_and_holds_the_hea
 
     held = []
 
-    def study(run_a, run_b, max_rows, on_progress, progress):
+    def study(run_a, run_b, cfg, max_rows, on_progress, progress):
         held.append(not cache._HEAVY.acquire(blocking=False))  # one heavy computation at a time, as before
         on_progress("attributing run A (a)", 3, 10)
-        return {"rows": max_rows}
+        return {"rows": max_rows, "output": cfg.output}
 
     monkeypatch.setattr("clm_explore.casestudy.case_study", study)
     task = cache.case_study(str(tmp_path / "a"), 1.0, str(tmp_path / "b"), 2.0, 10, inline=True)
-    assert task.done and task.result == {"rows": 10} and held == [True]
+    assert task.done and task.result == {"rows": 10, "output": "probability"} and held == [True]
     assert task.progress == ("attributing run A (a)", 3, 10)
     assert cache.case_study(str(tmp_path / "a"), 1.0, str(tmp_path / "b"), 2.0, 10) is task  # shared, not redone
+    logits = cache.case_study(str(tmp_path / "a"), 1.0, str(tmp_path / "b"), 2.0, 10, "logit", inline=True)
+    assert logits is not task and logits.result == {"rows": 10, "output": "logit"}  # the page's choice, its own task
 
 
 def test_a_run_that_collapsed_onto_one_label_is_a_warning_on_the_runs_page(at: AppTest) -> None:

@@ -74,6 +74,7 @@ right = diff["right"].value_counts()  # who is right where they disagree, in num
 st.caption(f"{len(diff)} disagreements in {test_rows} test rows: A ({a.method}) right on {right.get('only A', 0)}, "
            f"B ({b.method}) on {right.get('only B', 0)}, neither on {right.get('neither', 0)}.")
 
+output = run_views.attribution_output_choice("cmp_output")  # the pairs', the top words' and the report's
 if not shown.empty:
     pick = st.selectbox(
         "Explain row",
@@ -81,13 +82,14 @@ if not shown.empty:
         key="cmp_row",
         format_func=lambda i: f"{shown.at[i, 'row']}: {shown.at[i, 'text'][:80]}",
     )
-    run_views.explain_pair(shown.at[pick, "text"], a, b, key="cmp_row", gold=str(shown.at[pick, "label"]))
+    run_views.explain_pair(shown.at[pick, "text"], a, b, key="cmp_row", gold=str(shown.at[pick, "label"]),
+                           output=output)
     layer_charts.head_attention_pair(shown.at[pick, "text"], a, b, key="cmp_row_heads")
 
 st.header("Try a text", anchor=False)
 own = run_views.try_text(key="cmp")
 if own:
-    run_views.explain_pair(own, a, b, key="cmp_try")
+    run_views.explain_pair(own, a, b, key="cmp_try", output=output)
     layer_charts.head_attention_pair(own, a, b, key="cmp_try_heads")
 
 st.header("Top words per label", anchor=False)
@@ -97,7 +99,7 @@ max_rows = st.number_input("Test rows to attribute (disagreements first)", 10, 5
                            help=f"The test split has {test_rows} rows; more than that attributes them all.")
 top = st.toggle("Compute top words", key="cmp_top")
 state.keep("cmp_max_rows", "cmp_top")
-key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows))
+key = (str(a.path), mtime[a.id], str(b.path), mtime[b.id], int(max_rows), output)
 if top:  # a task of its own, shared: the page stays live, and says how far it is
     study = cache.case_study(*key, inline=state.inline_jobs())
     if not study.done:
