@@ -709,7 +709,7 @@ class RunStore:
         if not record.is_terminal and not force and self._owner_alive(record):
             raise RunStoreError(f"Run {run_id} is {record.status.value}; cancel it before deleting.")
         hidden = None
-        if record.path.resolve().parent == self.root and record.path.is_dir():
+        if self.holds_folder(record) and record.path.is_dir():
             try:  # moved aside first: a folder that cannot go keeps its row (the app said "Deleted" and kept it)
                 hidden = _move_aside(record.path)
             except OSError as exc:
@@ -730,6 +730,11 @@ class RunStore:
             if hidden.exists():
                 raise RunStoreError(f"Run {run_id} is no longer listed, but some of its files could not be deleted: "
                                     f"they wait in {hidden}.")
+
+    def holds_folder(self, record: RunRecord) -> bool:
+        """Whether the run's folder is one of the runs folder's own, which ``delete`` deletes (a folder registered from
+        elsewhere, a bench cell's say, is only unregistered)."""
+        return record.path.resolve().parent == self.root
 
     def prune(self, older_than_days: float, statuses: set[RunStatus] | None = None,
               dry_run: bool = False) -> builtins.list[RunRecord]:

@@ -803,6 +803,30 @@ def test_cli_runs_prune_deletes_the_runs_that_ended_long_ago_and_lists_them(stor
     assert "--method and --limit are not read with --prune" in capsys.readouterr().err
 
 
+def test_a_prune_says_apart_the_runs_it_deletes_and_those_registered_from_elsewhere_it_only_unlists(
+        store: RunStore, tmp_path: Path, capsys) -> None:
+    """The scale review: a dry run said it would free 11.9 MB where a bench grid's cells (registered from their own
+    folders) would only be unlisted, and 7.0 MB freed."""
+    from clm_explore.cli import main
+
+    own = store.create("own", "head")
+    store.set_status(own.id, RunStatus.FAILED)
+    (own.path / "model.safetensors").write_bytes(b"0" * 2**20)
+    (tmp_path / "cell").mkdir()
+    (tmp_path / "cell" / "model.safetensors").write_bytes(b"0" * 3 * 2**20)
+    (tmp_path / "cell" / "metrics.json").write_text('{"accuracy": 0.5}')
+    cell = store.register_folder(tmp_path / "cell")
+    for record in (own, cell):
+        store._update(record.id, {"updated": "2020-01-02T03:04:05"})
+    assert main(["runs", "--prune", "30", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would delete 1 run(s) (1.0 MB) that ended more than 30 day(s) ago; "
+                                              "would unlist 1 registered from elsewhere, their folders kept:")
+    assert main(["runs", "--prune", "30", "--json"]) == 0
+    said = {row["id"]: row["folder_deleted"] for row in json.loads(capsys.readouterr().out)}
+    assert said == {own.id: True, cell.id: False}
+    assert not own.path.exists() and (tmp_path / "cell" / "model.safetensors").is_file()
+
+
 def test_a_run_folder_whose_process_is_gone_says_it_stopped_not_that_it_may_still_train(tmp_path: Path) -> None:
     """The crash review: report, evaluate and predict on a killed CLI run said "still training, or stopped"."""
     from clm_explore.runs import RUN_LOCK, unfinished_reason
