@@ -172,11 +172,16 @@ def slugify(name: str, max_len: int = 40) -> str:
     """A safe folder-name fragment: lower-case ASCII letters, digits and single dashes only.
 
     No dots or separators survive, so a slug can never name a parent folder or an absolute path. Accented letters
-    keep their letter ("Überweisung" gives "uberweisung", not "berweisung": the language review).
+    keep their letter ("Überweisung" gives "uberweisung", not "berweisung": the language review). A name too long
+    keeps its last word (up to 12 characters) after its start: a seed's ``-s2`` was cut off, and the id's collision
+    counter then read as the seed (the scale review: seeds 0, 1, 2 as "...-head", "-head-2", "-head-3").
     """
     folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")[:max_len].strip("-")
-    return slug or "run"
+    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
+    if len(slug) > max_len:
+        tail = slug.rsplit("-", 1)[-1][-12:]
+        slug = f"{slug[: max_len - len(tail) - 1].strip('-')}-{tail}" if "-" in slug else slug[:max_len]
+    return slug.strip("-") or "run"
 
 
 def _now() -> str:

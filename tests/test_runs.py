@@ -51,6 +51,11 @@ def test_slugify() -> None:
     assert slugify("...") == "run"
     assert slugify("Kundenanfragen_Überweisung_数据") == "kundenanfragen-uberweisung"  # was "...-berweisung"
     assert slugify("Ｆｕｌｌ　ｗｉｄｔｈ") == "full-width"  # NFKD folds compatibility forms too
+    # A long name keeps its last word (a seed's suffix), where it lost it (the scale review)
+    seeds = [slugify(f"banking77 sparse 1pct lr sweep, cold head v2-s{seed}") for seed in range(3)]
+    assert [s[-3:] for s in seeds] == ["-s0", "-s1", "-s2"] and all(len(s) <= 40 for s in seeds)
+    assert seeds[0] == "banking77-sparse-1pct-lr-sweep-cold-h-s0"
+    assert slugify("x" * 50) == "x" * 40 and len(slugify("a-" + "b" * 60)) <= 40
 
 
 def test_same_name_same_second_gets_distinct_ids(store: RunStore) -> None:

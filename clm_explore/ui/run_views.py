@@ -62,6 +62,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "macro_f1": m.get("macro_f1"),
                 "budget %": _budget_percent(budget, m.get("backbone_params")),
                 "epochs": r.config.get("epochs"),
+                "seed": r.config.get("seed"),  # a long name's id can lose it (the scale review)
                 "train s": round(m["train_seconds"], 1) if m.get("train_seconds") is not None else None,
                 "data": data_key_name(str(r.config["data"])) if r.config.get("data") else None,
                 "model": model_name(r.config.get("source")) or None,

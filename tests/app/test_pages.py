@@ -1010,6 +1010,7 @@ def test_the_runs_table_shows_a_budget_given_as_a_parameter_count_as_its_share_o
 
     frame = runs_frame([record("a", 0.01), record("b", 20_000, backbone_params=2_000_000), record("c", 20_000)])
     assert frame["budget %"].tolist()[:2] == [1.0, 1.0] and pd.isna(frame["budget %"].tolist()[2])
+    assert "seed" in frame.columns  # beside the id, which a long name's shortening may not show it in
 
 
 def test_finetune_page_offers_the_abstention_quantile_when_test_has_unseen_labels(at: AppTest) -> None:
