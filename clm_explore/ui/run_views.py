@@ -754,14 +754,32 @@ def weight_changes_toggle(runs: list[RunRecord], key: str) -> None:
 
 def default_groups(records: list[RunRecord], data: str | None = None, source: str | None = None
                    ) -> tuple[list[str], list[str]]:
-    """Group A = the sparse runs, group B = the full-finetuning runs, both on the data and model of the run
-    ``default_pick`` opens Compare on: the session's own where it has runs (the multi-session review: the newest
-    run's, another user's on other data, left this session's group A empty)."""
+    """Group A = the newest sparse run's seeds, group B = the newest full-finetuning run's, both on the data and model
+    of the run ``default_pick`` opens Compare on: the session's own where it has runs (the multi-session review: the
+    newest run's, another user's on other data, left this session's group A empty). ``records``: newest first.
+
+    A group is one setting's seeds (``reruns.seedless_settings``), at most ``DEFAULT_GROUP_RUNS`` of them: every sparse
+    run against every full one pooled budgets, epochs and rates into one verdict (the scale review: 100 against 90
+    runs pre-selected on a server of 500)."""
+    from clm_explore.reruns import seedless_settings
+
     anchor = default_pick(records, data, source)
     if anchor is None:
         return [], []
     same = [r for r in records if same_data(r, anchor) and r.config.get("source") == anchor.config.get("source")]
-    return [r.id for r in same if r.method == "sparse"], [r.id for r in same if r.method == "full"]
+
+    def seeds_of_newest(method: str) -> list[str]:
+        runs = [r for r in same if r.method == method]
+        if not runs:
+            return []
+        setting = seedless_settings(runs[0].config)
+        return [r.id for r in runs if seedless_settings(r.config) == setting][:DEFAULT_GROUP_RUNS]
+
+    return seeds_of_newest("sparse"), seeds_of_newest("full")
+
+
+DEFAULT_GROUP_RUNS = 10
+"""The most runs a default group of the Runs page's comparison holds (the newest of one setting's seeds)."""
 
 
 def render_group_comparison(records: list[RunRecord], key: str) -> None:

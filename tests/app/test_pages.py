@@ -1250,6 +1250,25 @@ def test_a_cli_run_and_an_app_run_on_the_same_rows_are_the_same_data(monkeypatch
     assert other_run([other, app_run, cli_sparse], cli_sparse, prefer="full").id == "app-full"  # not the newer snips
 
 
+def test_the_default_groups_are_one_settings_seeds_not_every_sparse_and_full_run() -> None:
+    """The scale review: on a server of 500 runs the groups pre-selected every sparse run (100) against every full
+    one (90), budgets, epochs and rates pooled into one verdict."""
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import DEFAULT_GROUP_RUNS, default_groups
+
+    def run(run_id: str, method: str, seed: int, budget: float | None = None, lr: float = 1e-3) -> RunRecord:
+        config = {"data": "sample:banking77_20:None:None:", "source": "default", "seed": seed, "lr": lr,
+                  "mask": {"budget": budget}}
+        return RunRecord(run_id, run_id, method, RunStatus.SUCCEEDED, Path(run_id), "", "", config=config)
+
+    newest_first = [run("s5-0", "sparse", 0, 0.05), run("f-1", "full", 1, lr=2e-4), run("s1-1", "sparse", 1, 0.01),
+                    run("s5-1", "sparse", 1, 0.05), run("f-0", "full", 0, lr=2e-4), run("f-old", "full", 0, lr=1e-4),
+                    run("s1-0", "sparse", 0, 0.01)]
+    assert default_groups(newest_first) == (["s5-0", "s5-1"], ["f-1", "f-0"])
+    many = [run(f"s-{seed}", "sparse", seed, 0.01) for seed in range(15)] + [run("f", "full", 0)]
+    assert default_groups(many)[0] == [f"s-{seed}" for seed in range(DEFAULT_GROUP_RUNS)]
+
+
 def test_a_relabelled_copy_pairs_with_its_original_and_says_how_many_labels_differ(tmp_path: Path) -> None:
     import pandas as pd
 
