@@ -691,6 +691,9 @@ class FinetuneConfig:
         return from_dict(cls, data)
 
 
+SAMPLE_NAME = "sample"
+"""The data path that names the sample shipped in the package (``data.SAMPLE_DATA``), where no file or folder of that
+name is in the working directory."""
 MAX_ATTRIBUTION_STEPS = 1024
 ATTRIBUTION_OUTPUTS = ("probability", "logit")
 """What attributions explain (``AttributionConfig.output``, --output)."""

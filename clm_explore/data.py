@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from clm_explore.config import DataConfig, config_from
+from clm_explore.config import SAMPLE_NAME, DataConfig, config_from
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
@@ -218,9 +218,6 @@ def data_digest(data: AnnotatedData) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
 
-SAMPLE_NAME = "sample"
-"""The data path that names the sample shipped in the package (``SAMPLE_DATA``), where no file or folder of that
-name is in the working directory."""
 SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data" / "banking77_20"
 """A 20-intent slice of BANKING77 (CC BY 4.0; its SOURCE.md): 1,200 train and 800 test rows, for demos, the app's
 first visit and quick tests. The checkout's ``sample_data/banking77_20`` is a link to it."""

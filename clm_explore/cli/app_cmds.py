@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=8501, help="the port to serve on")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="the interface to listen on (default: all of them)")
-    p.set_defaults(func=run_app)
+    p.set_defaults(func=run_app, light=True)
 
 
 def run_app(args: argparse.Namespace) -> int:

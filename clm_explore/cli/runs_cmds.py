@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
                    "the default model, and nothing else deletes them")
     p.add_argument("--dry-run", action="store_true", help="with --prune: list what it would delete, delete nothing")
     p.add_argument("--json", action="store_true", help="print a JSON list, a run per object")
-    p.set_defaults(func=run_runs)
+    p.set_defaults(func=run_runs, light=True)
     d = subparsers.add_parser(
         "doctor", help="check that this machine can serve clm-explore as configured",
         description="Check the CLM_EXPLORE_* settings as the app reads them, that the runs and uploads folders can be "
