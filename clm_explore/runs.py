@@ -480,13 +480,15 @@ class RunStore:
         self._update(record.id, {"error": error})
         return self.get(record.id)
 
-    def _owner_alive(self, record: RunRecord) -> bool:
-        """Whether the process that owns a pending or running run may still be at work (another host's: assumed)."""
+    def _owner_alive(self, record: RunRecord, row: sqlite3.Row | None = None) -> bool:
+        """Whether the process that owns a pending or running run may still be at work (another host's: assumed).
+        ``row``: the run's registry row where the caller read it already (its ``pid_start``), else it is read."""
         if record.pid is None or record.host != socket.gethostname():
             return record.pid is not None
-        with self._connect() as conn:
-            start = conn.execute("SELECT pid_start FROM runs WHERE id = ?", (record.id,)).fetchone()
-        return _pid_alive(record.pid, start["pid_start"] if start else None)
+        if row is None:
+            with self._connect() as conn:
+                row = conn.execute("SELECT pid_start FROM runs WHERE id = ?", (record.id,)).fetchone()
+        return _pid_alive(record.pid, row["pid_start"] if row else None)
 
     def _reread(self, record: RunRecord, method: str, config: dict[str, Any], metrics: dict[str, Any],
                 status: RunStatus) -> RunRecord:
@@ -597,9 +599,9 @@ class RunStore:
         marked = []
         for row in rows:
             record = _record(row)
-            # The row's own pid_start: _owner_alive's query per queued run cost 14.5 ms a call with 48 queued (the
-            # scale review), and the app calls this on every redraw of every tab that shows runs
-            if record.host != host or record.pid is None or _pid_alive(record.pid, row["pid_start"]):
+            # The row's own pid_start: a query per queued run cost 14.5 ms a call with 48 queued (the scale review),
+            # and the app calls this on every redraw of every tab that shows runs
+            if record.host != host or record.pid is None or self._owner_alive(record, row):
                 continue
             if _folder_states_an_end(record.path):  # it ended, then the registry could not record it (held, say):
                 self.register_folder(record.path)  # read again from the folder, its reason with it

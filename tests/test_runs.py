@@ -438,7 +438,7 @@ def test_the_registry_keeps_no_per_label_figures_and_the_folder_gives_them(store
 def test_a_run_that_finished_after_it_was_read_is_not_marked_interrupted(store: RunStore, monkeypatch) -> None:
     dead_id = _run_of_a_process_gone()
 
-    def finished_meanwhile(record) -> bool:  # the owner records success and exits between the read and the write
+    def finished_meanwhile(record, row=None) -> bool:  # the owner records success and exits between read and write
         store.set_status(record.id, RunStatus.SUCCEEDED)
         return False
 
