@@ -41,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from clm_explore.job_process import JobFailed, WorkerProcess, takes_phases
-from clm_explore.runs import ERROR_FILE, RunNotFoundError, RunStatus, RunStore, method_name, write_text_atomic
+from clm_explore.runs import (
+    ERROR_FILE,
+    PER_LABEL_METRICS,
+    RunNotFoundError,
+    RunStatus,
+    RunStore,
+    method_name,
+    write_text_atomic,
+)
 from clm_explore.serverlog import server_logger
 
 _STEP_FIELDS = ("step", "total_steps", "epoch", "loss", "examples_per_second", "elapsed", "eta")
@@ -384,6 +392,10 @@ class JobQueue:
         metrics = getattr(job.result, "metrics", None)
         if self.store is not None and job.run_id and isinstance(metrics, dict) and metrics:
             self._store_call(job, self.store.update_metrics, job.run_id, metrics)
+        if isinstance(metrics, dict):  # kept with the job for FINISHED_JOBS_KEPT jobs: not the figures that grow with
+            # the labels, which the run's metrics.json holds (the scale review: 815 MB for 100 jobs of 1,000 labels)
+            with contextlib.suppress(AttributeError):
+                job.result.metrics = {k: v for k, v in metrics.items() if k not in PER_LABEL_METRICS}
         self._set_run_status(job, status, last_line(job.error))
         job.status = status
         job.kwargs = {}  # the job's data set (an upload can be 200 MB) is not kept for the server's lifetime

@@ -84,6 +84,23 @@ def test_success_updates_run_and_progress(jobs: JobQueue, store: RunStore) -> No
     assert job.kwargs == {}  # the job's arguments (a whole data set in the app) are not kept once it ends
 
 
+def with_a_confusion_matrix(on_step=None, should_stop=None) -> FakeResult:
+    labels = [f"l{i}" for i in range(300)]
+    return FakeResult("succeeded", {"accuracy": 0.5, "labels": labels, "per_label_f1": dict.fromkeys(labels, 0.5),
+                                    "confusion": [[1] * 300 for _ in range(300)]})
+
+
+def test_a_finished_job_keeps_its_figures_but_not_those_that_grow_with_the_labels(jobs: JobQueue,
+                                                                                   store: RunStore) -> None:
+    """The scale review: the queue kept each of its last 100 jobs' confusion matrix (815 MB at 1,000 labels); the
+    run's metrics.json holds it."""
+    run = store.create("wide", "head", {})
+    job = jobs.submit(with_a_confusion_matrix, {}, run_id=run.id, device="cpu")
+    assert job.wait(30) and job.status is RunStatus.SUCCEEDED
+    assert job.result.metrics == {"accuracy": 0.5}
+    assert store.get(run.id).metrics == {"accuracy": 0.5}
+
+
 def test_running_status_seen_while_it_runs(jobs: JobQueue, store: RunStore) -> None:
     gate = threading.Event()
     run = store.create("slow", "full", {})
