@@ -128,17 +128,38 @@ def _curves_figure(results: pd.DataFrame):
     palette = plotly.colors.qualitative.Dark24
     labels = list(dict.fromkeys(_label(m, b) for m, b in zip(done["method"], done["budget"], strict=True)))
     seeds = sorted(done["seed"].unique())
-    for _, r in done.iterrows():
-        curve = json.loads(r["val_curve"] or "[]")
-        if curve:
-            label = _label(r["method"], r["budget"])
-            fig.add_trace(go.Scatter(x=[p["seconds"] for p in curve], y=[p["accuracy"] for p in curve],
-                                     mode="lines+markers", name=f"{label} s{r['seed']}", legendgroup=label,
-                                     line={"color": palette[labels.index(label) % len(palette)],
-                                           "dash": CURVE_DASHES[seeds.index(r["seed"]) % len(CURVE_DASHES)]}))
-    fig.update_layout(title="Validation accuracy after each epoch vs training seconds",
-                      xaxis={"title": "seconds"}, yaxis={"title": "validation accuracy"})
+    curves = [(_label(r["method"], r["budget"]), r["seed"], json.loads(r["val_curve"] or "[]"))
+              for _, r in done.iterrows()]
+    curves = [(label, seed, curve) for label, seed, curve in curves if curve]
+    averaged = len(curves) > MAX_CURVES
+    if averaged:  # one mean curve per method and budget: 350 cells drew 350 curves and a legend of 350 (scale review)
+        curves = [(label, None, _mean_curve([c for name, _, c in curves if name == label])) for label in labels
+                  if any(name == label for name, _, _ in curves)]
+    shown: set[str] = set()
+    for label, seed, curve in curves:
+        fig.add_trace(go.Scatter(
+            x=[p["seconds"] for p in curve], y=[p["accuracy"] for p in curve], mode="lines+markers",
+            # a legend entry per method and budget (its first seed's), which shows or hides all its seeds
+            name=label if averaged else f"{label} s{seed}", legendgroup=label, showlegend=averaged or label not in shown,
+            line={"color": palette[labels.index(label) % len(palette)],
+                  "dash": "solid" if seed is None else CURVE_DASHES[seeds.index(seed) % len(CURVE_DASHES)]}))
+        shown.add(label)
+    title = "Validation accuracy after each epoch vs training seconds" + (
+        f" (mean over seeds: {len(done)} cells)" if averaged else "")
+    fig.update_layout(title=title, xaxis={"title": "seconds"}, yaxis={"title": "validation accuracy"},
+                      legend={"groupclick": "togglegroup"})
     return fig
+
+
+MAX_CURVES = 60
+"""The most cells the curves chart draws one by one; a larger grid draws each method and budget's mean over seeds."""
+
+
+def _mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """The epoch-by-epoch mean (seconds, accuracy) of seeds' curves, over the epochs every one of them reached."""
+    epochs = min(len(curve) for curve in curves)
+    return [{"seconds": float(np.mean([c[i]["seconds"] for c in curves])),
+             "accuracy": float(np.mean([c[i]["accuracy"] for c in curves]))} for i in range(epochs)]
 
 
 def _overlap_figure(overlap: pd.DataFrame):
@@ -164,16 +185,26 @@ def _mask_figure(masks: pd.DataFrame):
 
     first = masks[masks["seed"] == masks["seed"].min()]
     runs = list(first.groupby(["method", "budget"], sort=False))
-    fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[_label(m, b) for (m, b), _ in runs])
+    # Rows of MASK_PANELS_PER_ROW: 30 panels in one row were 30 px each at a laptop's width (the scale review)
+    cols = min(len(runs), MASK_PANELS_PER_ROW)
+    rows = -(-len(runs) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_label(m, b) for (m, b), _ in runs],
+                        vertical_spacing=min(0.3 / rows, 0.12))
     shares = first["share_selected"].dropna()  # blank: a layer below the row floor, drawn as a gap
     top = max(float(shares.max()), 1e-12) if len(shares) else 1.0  # one colour scale for every panel, as the bar says
-    for col, (_, g) in enumerate(runs, start=1):
+    for i, (_, g) in enumerate(runs):
         # one value per cell; "max" keeps a blank blank (a sum would draw it as 0), dropna=False keeps its column
         table = g.pivot_table(index="module", columns="layer", values="share_selected", aggfunc="max", dropna=False)
         fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns], y=list(table.index),
-                                 colorscale="Viridis", zmin=0, zmax=top, showscale=col == 1), row=1, col=col)
-    fig.update_layout(title="Share of rows selected per (layer, module), first seed (-1 = embeddings)")
+                                 colorscale="Viridis", zmin=0, zmax=top, showscale=i == 0),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(title="Share of rows selected per (layer, module), first seed (-1 = embeddings)",
+                      height=max(450, 300 * rows))
     return fig
+
+
+MASK_PANELS_PER_ROW = 4
+"""The mask figure's panels a row (one per method and budget)."""
 
 
 def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFrame, overlap: pd.DataFrame,

@@ -1205,6 +1205,29 @@ def test_validation_curves_take_a_colour_per_method_and_a_dash_per_seed():
                for m in methods)
 
 
+
+def test_a_large_grid_draws_a_mean_curve_per_method_and_its_mask_panels_in_rows():
+    """The scale review: 350 cells drew 350 curves with a legend of 350, and 30 mask panels sat in one row, 30 px
+    each at a laptop's width."""
+    from clm_explore.bench_report import MASK_PANELS_PER_ROW, MAX_CURVES, _curves_figure, _mask_figure
+
+    rows = [{"status": "succeeded", "method": f"m{i}", "budget": float("nan"), "seed": seed,
+             "val_curve": json.dumps([{"seconds": 1.0 + seed, "accuracy": 0.5 + seed / 100},
+                                      {"seconds": 2.0 + seed, "accuracy": 0.6}])}
+            for i in range(7) for seed in range(10)]
+    assert len(rows) > MAX_CURVES
+    traces = _curves_figure(pd.DataFrame(rows)).data
+    assert len(traces) == 7 and traces[0].name == "m0"
+    assert list(traces[0].x) == [5.5, 6.5] and list(traces[0].y) == pytest.approx([0.545, 0.6])  # the seeds' mean
+    few = _curves_figure(pd.DataFrame(rows[:20])).data  # 2 methods x 10 seeds: each drawn, one legend entry each
+    assert len(few) == 20 and sum(t.showlegend is not False for t in few) == 2
+    masks = pd.DataFrame([{"method": f"m{i}", "budget": 0.01, "seed": 0, "module": "q", "layer": layer,
+                           "share_selected": 0.1} for i in range(10) for layer in range(2)])
+    layout = _mask_figure(masks).layout  # 10 panels: rows of MASK_PANELS_PER_ROW, the fifth first in the second row
+    assert layout[f"xaxis{MASK_PANELS_PER_ROW + 1}"].domain[0] == 0 and layout.yaxis5.domain[1] < layout.yaxis.domain[0]
+    assert layout.height >= 900
+
+
 def test_a_smaller_rerun_into_a_grid_says_which_finished_cells_its_tables_leave_out(data_dir, tmp_path, capsys):
     """The bench review: a rerun with fewer seeds rewrote results.csv from 14 rows to 4 without a word."""
     cfg = _cfg(methods=("head",), seeds=2)
