@@ -452,7 +452,8 @@ class RunStore:
         own = [folder.name] if folder.parent == self.root and _RUN_ID.fullmatch(folder.name) and not name else []
         for run_id in [*own, *(f"{stamp}-{slug}" if n == 1 else f"{stamp}-{slug}-{n}" for n in range(1, 1000))]:
             try:
-                self._insert(run_id, name or folder.name, method, folder, config, metrics, status)
+                self._insert(run_id, name or folder.name, method, folder, config, metrics, status,
+                             _folder_dates(folder, meta) if status.is_terminal else None)
             except sqlite3.IntegrityError:
                 found = self._find_by_path(folder)
                 if found is not None:  # another process registered it meanwhile
@@ -508,8 +509,10 @@ class RunStore:
         config: dict[str, Any],
         metrics: dict[str, Any],
         status: RunStatus,
+        dates: tuple[str, str] | None = None,
     ) -> None:
-        now = _now()
+        """``dates``: (created, updated) an ended run's folder says, else now for both."""
+        created, updated = dates or (_now(), _now())
         pid = os.getpid()
         with self._connect() as conn:
             conn.execute(
@@ -521,8 +524,8 @@ class RunStore:
                     method,
                     status.value,
                     str(folder),
-                    now,
-                    now,
+                    created,
+                    updated,
                     _dumps(config),
                     _dumps(_summary(metrics)),
                     socket.gethostname(),
@@ -1520,6 +1523,22 @@ def read_json_object(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _folder_dates(folder: Path, meta: dict[str, Any]) -> tuple[str, str]:
+    """(created, updated) of an ended run found in its folder, in the registry's local time: when its clm_run.json says
+    it began (else the file's time) and when its metrics.json (else its folder) was last written. A registry made
+    again stamped every run it found with the day it was made, so none was old enough to prune, and every date on the
+    Runs page was that day (the scale review)."""
+    ended = next((p.stat().st_mtime for p in (folder / "metrics.json", folder) if p.exists()), time.time())
+    updated = datetime.fromtimestamp(ended).isoformat(timespec="seconds")
+    try:
+        began = datetime.fromisoformat(str(meta["created"]))
+        created = (began.astimezone().replace(tzinfo=None) if began.tzinfo else began).isoformat(timespec="seconds")
+    except (KeyError, TypeError, ValueError):
+        began_at = (folder / "clm_run.json").stat().st_mtime if (folder / "clm_run.json").exists() else ended
+        created = datetime.fromtimestamp(began_at).isoformat(timespec="seconds")
+    return created, max(created, updated)  # a copied folder's files are as new as the copy
 
 
 def _ended_before(record: RunRecord, cutoff: datetime) -> bool:

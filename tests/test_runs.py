@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -913,6 +914,23 @@ def test_a_registry_lost_under_a_live_process_is_made_again_with_the_finished_ru
     for file in store.root.glob("registry.sqlite*"):  # gone while no process used it: a new registry finds them
         file.unlink()
     assert [r.id for r in RunStore(store.root).list()] == [done.id] and unfinished.path.is_dir()
+
+
+def test_a_registry_made_again_dates_the_runs_it_finds_by_their_folders(store: RunStore) -> None:
+    """The scale review: a registry made again stamped every run it found with that day, so a prune of runs older than
+    30 days found none of them (196 before), and every date on the Runs page was the same."""
+    old = store.create("old", "sparse", {})
+    (old.path / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": {},
+                                                       "created": "2020-01-02T03:04:05+00:00"}))
+    (old.path / "metrics.json").write_text(json.dumps({"accuracy": 0.75}))
+    store.set_status(old.id, RunStatus.SUCCEEDED)
+    ended = datetime(2020, 1, 3, 12, 0).timestamp()
+    os.utime(old.path / "metrics.json", (ended, ended))
+    for file in store.root.glob("registry.sqlite*"):
+        file.unlink()
+    [found] = RunStore(store.root).list()
+    assert found.created.startswith("2020-01-0") and found.updated == "2020-01-03T12:00:00"
+    assert [r.id for r in RunStore(store.root).prune(30, dry_run=True)] == [old.id]
 
 
 def test_the_registry_as_a_table_is_what_the_cli_lists(store: RunStore, capsys) -> None:
