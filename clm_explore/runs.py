@@ -294,6 +294,21 @@ class RunStore:
         self._make_table()
         if new:  # a registry made where run folders are (the old one deleted, or moved aside): they are listed again
             self.register_found()
+        else:
+            self._follow_a_moved_root()
+
+    def _follow_a_moved_root(self) -> None:
+        """Point the rows whose folder is gone to the folder of their id under root, where there is one: a runs folder
+        moved to a bigger disk, or reached by another mount path, kept its registry's old paths, and every run read
+        "folder gone" and could not be deleted (the scale review). A stat a run, at each opening."""
+        try:
+            with self._connect() as conn:
+                for row in conn.execute("SELECT id, path FROM runs").fetchall():
+                    here, there = self.root / row["id"], Path(row["path"])
+                    if there != here and not there.exists() and here.is_dir():
+                        conn.execute("UPDATE runs SET path = ? WHERE id = ?", (str(here), row["id"]))
+        except RunStoreError:  # read-only, or held past the timeout: the next opening tries again
+            return
 
     def _make_table(self) -> None:
         with self._connect() as conn:

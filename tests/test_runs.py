@@ -1254,3 +1254,17 @@ def test_listing_runs_imports_neither_torch_nor_transformers(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "CLM_EXPLORE_RUNS": str(tmp_path / "runs")})
     assert done.stdout.splitlines()[-1] == "0 []", done.stderr[-2000:]
+
+
+def test_a_runs_folder_moved_with_its_registry_finds_its_runs_where_they_are_now(tmp_path: Path) -> None:
+    """The scale review: after a move (a bigger disk), every run pointed at the old folder, read "folder gone", and
+    Delete left its files."""
+    old_root = tmp_path / "old"
+    store = RunStore(old_root)
+    run = store.create("moved", "head")
+    store.set_status(run.id, RunStatus.FAILED)
+    shutil.move(str(old_root), str(tmp_path / "new"))
+    [moved] = RunStore(tmp_path / "new").list()
+    assert moved.path == (tmp_path / "new" / run.id).resolve() and moved.path.is_dir()
+    RunStore(tmp_path / "new").delete(run.id)
+    assert not moved.path.exists()
