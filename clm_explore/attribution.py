@@ -10,8 +10,8 @@ logit), so that the scores of a row sum to ``p(x) - p(reference)`` (or the logit
 Reference inputs: Captum calls them ``baselines``; here they are ``reference_ids`` because
 ``baselines`` means comparison finetuning methods elsewhere in this project. For encoders the reference
 keeps the special tokens ([CLS], [SEP]) and replaces every other token by [PAD]. Decoders pool at the last
-non-pad token, so a pad reference would move the pooling position: they get a non-pad token (UNK or EOS)
-and twice the steps, and the result's ``note`` says so.
+non-pad token, so a pad reference would move the pooling position: they get a non-pad token (UNK, EOS or BOS,
+else a space's token; ``reference_token_id``) and twice the steps, and the result's ``note`` says so.
 """
 
 from __future__ import annotations

@@ -355,9 +355,10 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
         return rows
     record = read_json_object(run_dir / "clm_run.json")
     digest = record.get("data_digest")
-    try:  # carved as the run carved it (its seed and fractions: the metrics review saw another seed score 144 of
-        # 200 rows that trained the run, and blame the file), with the columns as this call reads them
-        own = load_data(data, **{**_recorded_carve(record), **options})
+    try:  # carved as the run carved it (its seed, fractions and split column: the metrics review saw another seed
+        # score 144 of 200 rows that trained the run, and blame the file), with the options this call gives (the
+        # CLI passes None for those not given: not an override)
+        own = load_data(data, **{**_recorded_carve(record), **{k: v for k, v in options.items() if v is not None}})
     except (DataError, ValueError):  # data evaluate reads but training refuses (one label, say): not the run's
         return rows
     now = data_digest(own)

@@ -695,9 +695,9 @@ SAMPLE_NAME = "sample"
 """The data path that names the sample shipped in the package (``data.SAMPLE_DATA``), where no file or folder of that
 name is in the working directory."""
 MAX_ATTRIBUTION_STEPS = 1024
+"""Integrated Gradients' most interpolation steps (``AttributionConfig.n_steps``, --steps)."""
 ATTRIBUTION_OUTPUTS = ("probability", "logit")
 """What attributions explain (``AttributionConfig.output``, --output)."""
-"""Integrated Gradients' most interpolation steps (``AttributionConfig.n_steps``, --steps)."""
 
 
 @keywords_checked

@@ -31,10 +31,10 @@ def classification_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]
     """
     present = _labels_present(gold, pred)
     per_label = f1_score(gold, pred, labels=present, average=None, zero_division=0)
-    averaged = _labels_averaged(gold) or present  # no row of a known label: every row counts wrong anyway
+    averaged = _labels_averaged(gold)  # none: no test row has a train label, every row counts wrong
     return {
         "accuracy": float(accuracy_score(gold, pred)),
-        "macro_f1": float(f1_score(gold, pred, labels=averaged, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(gold, pred, labels=averaged, average="macro", zero_division=0)) if averaged else 0.0,
         "macro_f1_labels": len(averaged),
         "per_label_f1": {labels[i]: float(f) for i, f in zip(present, per_label, strict=True)},
         "confusion": _confusion(gold, pred, len(labels)),

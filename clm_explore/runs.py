@@ -173,14 +173,15 @@ def slugify(name: str, max_len: int = 40) -> str:
 
     No dots or separators survive, so a slug can never name a parent folder or an absolute path. Accented letters
     keep their letter ("Überweisung" gives "uberweisung", not "berweisung": the language review). A name too long
-    keeps its last word (up to 12 characters) after its start: a seed's ``-s2`` was cut off, and the id's collision
+    keeps its last word (when it has at most 12 characters) after its start: a seed's ``-s2`` was cut off, and the id's collision
     counter then read as the seed (the scale review: seeds 0, 1, 2 as "...-head", "-head-2", "-head-3").
     """
     folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
     if len(slug) > max_len:
-        tail = slug.rsplit("-", 1)[-1][-12:]
-        slug = f"{slug[: max_len - len(tail) - 1].strip('-')}-{tail}" if "-" in slug else slug[:max_len]
+        tail = slug.rsplit("-", 1)[-1]
+        short = "-" in slug and len(tail) <= 12  # a long last word is cut as the rest is, not split in two
+        slug = f"{slug[: max_len - len(tail) - 1].strip('-')}-{tail}" if short else slug[:max_len]
     return slug.strip("-") or "run"
 
 
@@ -1550,10 +1551,11 @@ def _folder_dates(folder: Path, meta: dict[str, Any]) -> tuple[str, str]:
     try:
         began = datetime.fromisoformat(str(meta["created"]))
         created = (began.astimezone().replace(tzinfo=None) if began.tzinfo else began).isoformat(timespec="seconds")
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # a hand-edited date past the calendar's ends too
         began_at = (folder / "clm_run.json").stat().st_mtime if (folder / "clm_run.json").exists() else ended
         created = datetime.fromtimestamp(began_at).isoformat(timespec="seconds")
-    return created, max(created, updated)  # a copied folder's files are as new as the copy
+    # Never begun after it ended: a date in the future would keep the run from every prune
+    return min(created, updated), updated
 
 
 def _ended_before(record: RunRecord, cutoff: datetime) -> bool:

@@ -224,3 +224,19 @@ def test_evaluate_on_the_file_a_python_run_carved_at_its_own_seed_scores_that_te
     assert scored.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert any("this is the data the run was trained on" in note for note in notes)
     assert not any("changed since" in note for note in notes)
+
+
+def test_evaluate_on_the_file_a_run_split_by_a_column_scores_its_test_rows_without_the_flag(data_dir, tmp_path,
+                                                                                            capsys) -> None:
+    """The diff review: the CLI passed split_col=None over the run's recorded split column, so its own file was
+    scored whole (225 training rows of 300) and said to have changed."""
+    parted = tmp_path / "parted.csv"
+    rows = pd.read_csv(data_dir / "train.csv")
+    rows.assign(part=["test" if i % 4 == 0 else "train" for i in range(len(rows))]).to_csv(parted, index=False)
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(parted), "--split-col", "part", "--model", "tiny-random", "--method",
+                 "head", "--out", str(run), "--json", *FAST]) == 0
+    tested = json.loads(capsys.readouterr().out)["test_rows"]
+    assert main(["evaluate", "--run", str(run), "--data", str(parted), "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["rows"] == tested < len(rows) and "changed since" not in said.err

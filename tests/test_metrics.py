@@ -92,6 +92,9 @@ def test_a_label_the_test_split_lacks_and_no_row_predicts_has_no_f1():
     macro = classification_metrics(gold, stray, [f"l{i}" for i in range(28)])["macro_f1"]
     assert macro == pytest.approx(f1_score(gold, stray, labels=list(range(20)), average="macro"))  # 0.9974
     assert macro > 0.99
+    # No test row of a train label: nothing to average (CONTRACTS: the test split's train labels)
+    none = classification_metrics(np.array([-1, -1, -1]), np.array([0, 1, 2]), ["a", "b", "c"])
+    assert (none["macro_f1"], none["macro_f1_labels"]) == (0.0, 0)
     # With abstention: the out-of-scope label and the seen labels, not the absent third one.
     oos = out_of_scope_metrics(np.array([0, 1, -1]), np.array([0, 1, 0]), np.array([0.9, 0.9, 0.1]),
                                np.array([0.5, 0.5]), quantile=0.5, n_labels=3)

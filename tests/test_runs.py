@@ -56,7 +56,7 @@ def test_slugify() -> None:
     seeds = [slugify(f"banking77 sparse 1pct lr sweep, cold head v2-s{seed}") for seed in range(3)]
     assert [s[-3:] for s in seeds] == ["-s0", "-s1", "-s2"] and all(len(s) <= 40 for s in seeds)
     assert seeds[0] == "banking77-sparse-1pct-lr-sweep-cold-h-s0"
-    assert slugify("x" * 50) == "x" * 40 and len(slugify("a-" + "b" * 60)) <= 40
+    assert slugify("x" * 50) == "x" * 40 and slugify("x-" + "y" * 45) == "x-" + "y" * 38  # a long word not split
 
 
 def test_same_name_same_second_gets_distinct_ids(store: RunStore) -> None:
@@ -931,6 +931,11 @@ def test_a_registry_made_again_dates_the_runs_it_finds_by_their_folders(store: R
     [found] = RunStore(store.root).list()
     assert found.created.startswith("2020-01-0") and found.updated == "2020-01-03T12:00:00"
     assert [r.id for r in RunStore(store.root).prune(30, dry_run=True)] == [old.id]
+    from clm_explore.runs import _folder_dates  # odd dates in a hand-edited clm_run.json: the folder's times
+
+    for odd in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "garbage", None, [1], "2999-01-01T00:00"):
+        created, updated = _folder_dates(old.path, {"created": odd})
+        assert created <= updated == "2020-01-03T12:00:00", odd
 
 
 def test_the_registry_as_a_table_is_what_the_cli_lists(store: RunStore, capsys) -> None:
@@ -1249,11 +1254,16 @@ def test_listing_runs_imports_neither_torch_nor_transformers(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    script = ("import sys; from clm_explore.cli import main; code = main(['runs', '--json']); "
-              "print(code, sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "CLM_EXPLORE_RUNS": str(tmp_path / "runs")})
-    assert done.stdout.splitlines()[-1] == "0 []", done.stderr[-2000:]
+    store = RunStore(tmp_path / "runs")  # a registry with a finished run: listed, its folder sized
+    run = store.create("listed", "head")
+    (run.path / "metrics.json").write_text('{"accuracy": 0.5}')
+    store.set_status(run.id, RunStatus.SUCCEEDED)
+    for args in (["runs"], ["runs", "--json"], ["runs", "--prune", "0", "--dry-run"]):
+        script = (f"import sys; from clm_explore.cli import main; code = main({args!r}); "
+                  "print(code, sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "CLM_EXPLORE_RUNS": str(tmp_path / "runs")})
+        assert run.id in done.stdout and done.stdout.splitlines()[-1] == "0 []", (args, done.stderr[-2000:])
 
 
 def test_a_runs_folder_moved_with_its_registry_finds_its_runs_where_they_are_now(tmp_path: Path) -> None:

@@ -31,9 +31,11 @@ def register(subparsers: Any) -> None:
                    "chose one")
     p.add_argument("--show", type=int, default=10, metavar="N", help="labels listed, lowest F1 first (0 = all)")
     p.add_argument("--predictions", default=None, metavar="CSV",
-                   help="also write a row per text (row, text, label, pred, prob, correct) to this CSV file")
+                   help="also write a row per text (row, text, label, pred, prob, and out_of_scope where a threshold "
+                   "applies, correct) to this CSV file")
     p.add_argument("--json", action="store_true",
-                   help="print JSON: run, rows, accuracy, macro_f1, per_label_f1, labels, confusion, unseen_labels, "
+                   help="print JSON: run, rows, accuracy, macro_f1, macro_f1_labels, per_label_f1, labels, confusion, "
+                   "unseen_labels, "
                    "out_of_scope (null when every label is the run's), predictions (the CSV written, or null)")
     p.set_defaults(func=run_evaluate)
 
@@ -62,7 +64,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if target is not None:
         write_csv(result.predictions, target)
     if args.json:
-        keys = ("accuracy", "macro_f1", "per_label_f1", "labels", "confusion", "confusion_unseen")
+        keys = ("accuracy", "macro_f1", "macro_f1_labels", "per_label_f1", "labels", "confusion", "confusion_unseen")
         print_json({"run": result.run, "rows": len(result.predictions),
                     **{k: result.metrics[k] for k in keys if k in result.metrics},
                     "unseen_labels": result.unseen_labels, "out_of_scope": result.metrics.get("out_of_scope"),
