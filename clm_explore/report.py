@@ -46,6 +46,10 @@ METRIC_KEYS = (
     "peak_memory_mb", "trainable_params", "total_params", "budget",
 )  # fmt: skip
 
+METRIC_NAMES = {"peak_memory_mb": "training memory, MiB (peak above the loaded model)"}
+"""Rows named in words where metrics.json's key would mislead: the memory is the training loop's, not the process's
+(the metrics review)."""
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -398,7 +402,8 @@ def _table(frame: pd.DataFrame, marked: list[bool] | None = None, word_col: str 
 
 def _metrics_section(runs: list[tuple[str, dict[str, Any]]], note: str = "") -> str:
     keys = [k for k in METRIC_KEYS if any(k in m for _, m in runs)]
-    frame = pd.DataFrame({name: [_metric_text(k, m.get(k)) for k in keys] for name, m in runs}, index=keys)
+    frame = pd.DataFrame({name: [_metric_text(k, m.get(k)) for k in keys] for name, m in runs},
+                         index=[METRIC_NAMES.get(k, k) for k in keys])
     return "<h2>Metrics</h2>" + note + _table(frame.rename_axis("metric").reset_index())
 
 
@@ -453,8 +458,12 @@ def accuracy_text(study: CaseStudy, names: tuple[str, str]) -> str:
 
 
 def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
+    logit = any(item.output == "logit" for attributed in (study.a, study.b) if attributed is not None
+                for item in attributed.items.values())
+    unit = (" (in logit: each label's score before the softmax, unbounded and in each run's own units, so the two "
+            "runs' means compare by rank)" if logit else " (in probability)")
     parts = ["<h2>Top attributed words per label</h2>",
-             '<p class="note">Mean attribution towards the label each row is explained for, over the rows '
+             f'<p class="note">Mean attribution{unit} towards the label each row is explained for, over the rows '
              f"attributed: {esc(study.coverage_text())}. <span class=\"group\">Bold</span> words are mined token "
              "groups.</p>"]  # fmt: skip
     for name, attributed in ((names[0], study.a), (names[1], study.b)):

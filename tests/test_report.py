@@ -612,3 +612,16 @@ def test_a_report_of_logit_scores_says_what_they_add_up_to(tmp_path: Path, tiny_
     assert LOGIT_KEY_SUM in page and "sum to p &minus; p(reference)" not in page
     assert main([*args, "--out", str(tmp_path / "p.html")]) == 0  # the default: probability, and its own cache
     assert "sum to p &minus; p(reference)" in (tmp_path / "p.html").read_text()
+
+
+def test_a_logit_reports_top_words_and_its_memory_row_say_what_they_measure(tmp_path: Path, tiny_data) -> None:
+    """The diff review: a logit report said "logit" in its rows' key alone, and its Metrics table showed the raw
+    peak_memory_mb that the app and card name training memory."""
+    from dataclasses import replace
+
+    run = make_run(tmp_path, tiny_data, 0, "sparse")
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "peak_memory_mb": 123.0}))
+    page = build_report(run, out_path=tmp_path / "r.html", cfg=replace(CFG, output="logit"), max_rows=4).read_text()
+    assert "Mean attribution (in logit: each label's score before the softmax" in page
+    assert "training memory, MiB (peak above the loaded model)" in page and "<td>peak_memory_mb</td>" not in page
