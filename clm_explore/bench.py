@@ -71,7 +71,13 @@ from clm_explore.config import (
     to_dict,
 )
 from clm_explore.data import AnnotatedData, load_data, write_csv
-from clm_explore.provenance import MODEL_NAMES, code_differences, model_fingerprint, provenance
+from clm_explore.provenance import (
+    CELLS_AT_ONCE_ENV,
+    MODEL_NAMES,
+    code_differences,
+    model_fingerprint,
+    provenance,
+)
 from clm_explore.runs import (
     PROGRESS_LOG,
     RunStore,
@@ -627,9 +633,9 @@ def subprocess_runner(cfg: BenchConfig, pass_fds: tuple[int, ...] = ()) -> Runne
 
     def run(cell: Cell, data_dir: Path, cell_dir: Path, log_path: Path, report: Callable[[str], None]) -> int:
         slot = slots.get()
-        try:
-            return _run_process(finetune_command(cell, cfg, data_dir, cell_dir), slot, cell_dir, log_path, report,
-                                pass_fds)
+        try:  # the cell records how many ran at once (provenance): its time is contended above one
+            return _run_process(finetune_command(cell, cfg, data_dir, cell_dir),
+                                {**slot, CELLS_AT_ONCE_ENV: str(cfg.jobs)}, cell_dir, log_path, report, pass_fds)
         finally:
             slots.put(slot)
 

@@ -219,7 +219,7 @@ def render_report(results: pd.DataFrame, summary: pd.DataFrame, masks: pd.DataFr
     grid = (f"{', '.join(config.get('methods', ()))} on {config.get('data', '?')} with {config.get('model', '?')}: "
             f"{config.get('seeds', '?')} seed(s), {config.get('epochs', '?')} epoch(s){shots}")
     notes = [note for note in (collapsed_note(results), devices_note(results),
-                               timing_note(results, int(config.get("jobs") or 1))) if note]
+                               timing_note(results)) if note]
     # The settings folded: the page opened on a line of raw JSON (the bench review).
     body = [f"<h1>clm-explore benchmark</h1><p>{esc(grid)}</p>",
             f"<details><summary>Grid settings (bench.json)</summary><pre>{esc(json.dumps(config, indent=2))}</pre>"

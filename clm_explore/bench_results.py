@@ -31,11 +31,13 @@ OVERLAP_METHODS = ("sparse", "fisher", "gradient", "random")
 RESULT_COLUMNS = ["method", "budget", "seed", "status", "accuracy", "macro_f1", "trainable_params", "trainable_share",
                   "selected_params", "train_seconds", "prep_seconds", "peak_memory_mb", "examples_per_second",
                   "lowest_layer", "lr", "score", "epochs", "total_params", "base_params", "val_curve", "cell", "error",
-                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget", "labels_predicted", "device", "threads"]
+                  "oos_accuracy", "oos_macro_f1", "oos_auroc", "over_budget", "labels_predicted", "device", "threads",
+                  "cells_at_once"]
 """``oos_*``: metrics.json's ``out_of_scope`` (test rows with labels unseen in train, scored with abstention);
 ``over_budget``: whole layers (``layers``) that took more than the budget, as no layer fitted it;
 ``labels_predicted``: how many labels the cell predicted on test (1: it collapsed onto one label); ``device``: where
-the cell trained (metrics.json's); ``threads``: the threads torch computed with there (clm_run.json's provenance)."""
+the cell trained (metrics.json's); ``threads``: the threads torch computed with there, ``cells_at_once``: the cells its
+grid ran at once (--jobs; both clm_run.json's provenance, blank for a cell run otherwise)."""
 
 OUT_OF_SCOPE_KEYS = {"oos_accuracy": "accuracy", "oos_macro_f1": "macro_f1", "oos_auroc": "auroc"}
 
@@ -67,13 +69,14 @@ def collect_results(out_dir: Path, cells: list[Cell]) -> pd.DataFrame:
             scope = m.get("out_of_scope") or {}
             row.update({column: scope.get(key) for column, key in OUT_OF_SCOPE_KEYS.items()})
             row["labels_predicted"] = labels_predicted(m)
-            row["threads"] = (read_json_object(cell_dir / "clm_run.json").get("provenance") or {}).get("threads")
+            made = read_json_object(cell_dir / "clm_run.json").get("provenance") or {}
+            row["threads"], row["cells_at_once"] = made.get("threads"), made.get("cells_at_once")
         else:
             row["error"] = _log_error(log)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return frame.astype({"seed": int, "lowest_layer": "Int64", "trainable_params": "Int64", "selected_params": "Int64",
-                         "threads": "Int64"})
+                         "threads": "Int64", "cells_at_once": "Int64"})
 
 
 def labels_predicted(metrics: dict) -> int | None:
@@ -110,19 +113,25 @@ def devices_note(results: pd.DataFrame) -> str:
             "and peak memory are not comparable across devices")
 
 
-def timing_note(results: pd.DataFrame, jobs: int = 1) -> str:
+def timing_note(results: pd.DataFrame) -> str:
     """A sentence when the finished cells' times do not compare as a grid's should (the metrics review): cells that
     computed with different thread counts (a grid resumed with another --jobs, whose cells get cores / jobs threads
-    each), or cells that ran side by side on the CPU (--jobs above 1), whose times are contended; '' otherwise."""
+    each), or cells that ran side by side on the CPU (their recorded ``cells_at_once`` above 1), whose times are
+    contended; '' otherwise. Read from the cells' own records, not this command's --jobs: a resume that trains
+    nothing says nothing of how the cells ran (the diff review)."""
     ok = results[results["status"] == "succeeded"]
     threads = sorted({int(t) for t in ok["threads"].dropna()}) if "threads" in ok else []
     if len(threads) > 1:
         return (f"the finished cells computed with {', '.join(map(str, threads))} threads (results.csv's threads "
                 "column; a grid resumed with another --jobs): their train seconds are not comparable across them")
-    if jobs > 1 and (ok["device"].astype(str) == "cpu").any():
-        return (f"the cells ran {jobs} side by side on the CPU (--jobs {jobs}): their train seconds are contended, "
-                "comparable with each other's but not with a cell run alone")
-    return ""
+    at_once = ok["cells_at_once"] if "cells_at_once" in ok else pd.Series(dtype="Int64")
+    shared = ok[(at_once.fillna(1) > 1) & (ok["device"].astype(str) == "cpu")]
+    if shared.empty:
+        return ""
+    alone = int((at_once.fillna(1) <= 1).sum())
+    return (f"{len(shared)} of {len(ok)} finished cells ran up to {int(at_once.max())} at once on the CPU (--jobs; "
+            "results.csv's cells_at_once): their train seconds are contended"
+            + (f", and do not compare with the {alone} run alone" if alone else ", comparable with each other's only"))
 
 
 def _unfinished_status(log: Path) -> str:

@@ -8,6 +8,7 @@ and an upgraded bench resumed a grid mixing both (the upgrade and reproducibilit
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shlex
 from collections.abc import Iterator, Sequence
@@ -114,11 +115,19 @@ def command_line() -> str | None:
     return shlex.join(_COMMAND) if _COMMAND is not None else None
 
 
+CELLS_AT_ONCE_ENV = "CLM_EXPLORE_CELLS_AT_ONCE"
+"""Set by ``bench`` for each cell it runs: how many cells its grid runs at once (--jobs)."""
+
+
 def provenance(source: str, threads: int | None = None) -> dict[str, Any]:
     """The record of what makes a run: the code (``code_version``), the packages, the model's weights
-    (``model_version``), the machine (its platform and the threads torch computes with) and the command line."""
-    return {"code": code_version(), "packages": package_versions(), "model": model_version(source),
-            "platform": f"{platform.system()} {platform.machine()}", "threads": threads, "command": command_line()}
+    (``model_version``), the machine (its platform and the threads torch computes with), the command line, and for
+    a bench cell how many cells its grid ran at once (``cells_at_once``: their times are contended above 1)."""
+    record = {"code": code_version(), "packages": package_versions(), "model": model_version(source),
+              "platform": f"{platform.system()} {platform.machine()}", "threads": threads, "command": command_line()}
+    if (at_once := os.environ.get(CELLS_AT_ONCE_ENV, "")).isdigit():
+        record["cells_at_once"] = int(at_once)
+    return record
 
 
 def code_differences(recorded: dict[str, Any] | None) -> list[str]:

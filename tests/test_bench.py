@@ -922,6 +922,7 @@ def test_cli_grid_resumes_after_being_killed(data_dir, tmp_path):
     assert first.stat().st_mtime_ns == stamp  # the finished cell was kept, not recomputed
     results = pd.read_csv(out / "results.csv")
     assert list(results["method"]) == ["head", "bitfit"] and (results["status"] == "succeeded").all()
+    assert (results["cells_at_once"] == 1).all()  # each cell's record of its grid's --jobs, for the timing note
     assert (out / "report.html").is_file()
     saved = json.loads((out / "bench.json").read_text())
     assert saved["cold_head"] is True and saved["spread_heads"] is True
@@ -1273,11 +1274,15 @@ def test_cells_timed_at_other_thread_counts_or_side_by_side_on_the_cpu_are_said_
     from clm_explore.bench_results import timing_note
 
     results = pd.DataFrame({"status": ["succeeded", "succeeded", "failed"], "device": ["cpu", "cpu", None],
-                            "threads": pd.array([2, 1, None], dtype="Int64")})
+                            "threads": pd.array([2, 1, None], dtype="Int64"),
+                            "cells_at_once": pd.array([None, None, None], dtype="Int64")})
     assert timing_note(results).startswith("the finished cells computed with 1, 2 threads")
     alike = results.assign(threads=pd.array([1, 1, None], dtype="Int64"))
-    assert timing_note(alike) == "" and timing_note(alike, jobs=2).startswith("the cells ran 2 side by side on the CPU")
-    assert timing_note(alike.assign(device="cuda:0"), jobs=2) == ""  # a GPU each: no contention to speak of
+    assert timing_note(alike) == ""  # this command's --jobs says nothing of how the cells ran (the diff review)
+    shared = alike.assign(cells_at_once=pd.array([2, 1, None], dtype="Int64"))
+    assert timing_note(shared).startswith("1 of 2 finished cells ran up to 2 at once on the CPU")
+    assert "do not compare with the 1 run alone" in timing_note(shared)
+    assert timing_note(shared.assign(device="cuda:0")) == ""  # a GPU each: no contention to speak of
 
 
 

@@ -192,7 +192,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(line)
     for line in comparison_lines(result.comparison):
         print(line)
-    for note in (collapsed_note(result.results), devices_note(result.results), timing_note(result.results, cfg.jobs)):
+    for note in (collapsed_note(result.results), devices_note(result.results), timing_note(result.results)):
         if note:
             print(f"note: {note}", file=sys.stderr)
     if len(failed):
