@@ -143,7 +143,7 @@ OUT_OF_SCOPE_ROWS = ("accuracy", "macro_f1", "auroc", "threshold", "oos_recall",
 
 METRIC_LABELS = {"macro_f1": "macro-F1", "train_seconds": "training time, s (with preparation)",
                  "prep_seconds": "preparation time, s", "examples_per_second": "examples per second",
-                 "peak_memory_mb": "training memory, MiB (peak above the loaded model)",
+                 "peak_memory_mb": "training memory, MiB",
                  "trainable_params": "trainable parameters",
                  "selected_params": "selected parameters (the budget's rows)", "total_params": "total parameters",
                  "budget": "budget %", "lowest_layer": "lowest trained layer", "prefix_cache": "frozen layers cached"}
@@ -196,7 +196,8 @@ def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
     # every row in view: at the default ten rows' height the last figures were cut off behind a scroll
     views.dataframe(metrics_side_by_side(a, b), key=f"{key}_metrics", height="content", alt="Metrics of runs A and B")
     st.caption("Selected parameters count the budget's rows; trainable parameters add what trains beside them (the "
-               "head, and LayerNorms where the run trains them).")
+               "head, and LayerNorms where the run trains them). Training memory is the training loop's peak above "
+               "the model as loaded, not the whole process's.")
     scale = accuracy_scale_note(a.full_metrics().get("test_rows"))
     if scale:
         st.caption(scale)
