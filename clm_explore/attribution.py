@@ -395,7 +395,12 @@ UNSETTLED_FLOOR = {"probability": 0.02, "logit": 0.1}
 
 def allowed_gap(change: float, output: str = "probability") -> float:
     """The |delta| that scores adding up to ``change`` may have and still be read as amounts."""
-    return max(UNSETTLED_FLOOR.get(output, UNSETTLED_FLOOR["probability"]), UNSETTLED_SHARE * abs(change))
+    return max(unsettled_floor(output), UNSETTLED_SHARE * abs(change))
+
+
+def unsettled_floor(output: str = "probability") -> float:
+    """The least gap flagged for ``output`` (``UNSETTLED_FLOOR``; probability's for another name)."""
+    return UNSETTLED_FLOOR.get(output, UNSETTLED_FLOOR["probability"])
 
 
 def is_unsettled(delta: float, change: float, output: str = "probability") -> bool:

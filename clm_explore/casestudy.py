@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 
 from clm_explore.attribution import (
-    UNSETTLED_FLOOR,
     AttributionConfig,
     TokenAttribution,
     explain,
     load_run_model,
+    unsettled_floor,
 )
 from clm_explore.batches import predict_proba
 from clm_explore.config import MAX_ATTRIBUTION_STEPS, config_from
@@ -73,7 +73,7 @@ class RunAttributions:
             return ""
         output = off[0].output
         return (f"{len(off)} of {len(self.items)} rows' word scores miss their {output} change by more than a tenth "
-                f"of it or {UNSETTLED_FLOOR.get(output, 0.02)}, whichever is more (up to "
+                f"of it or {unsettled_floor(output)}, whichever is more (up to "
                 f"{max(abs(item.delta) for item in off):.2f}): read them as a ranking, not amounts; "
                 f"more integration steps (`clm-explore report --steps`, up to {MAX_ATTRIBUTION_STEPS}) close the gap")
 
@@ -140,6 +140,14 @@ class CaseStudy:
         runs = run_name(self.a.run_dir) + (f" vs {run_name(self.b.run_dir)}" if self.b is not None else "")
         return (f"CaseStudy({runs}: {self.coverage_text()}; .top_a, .comparison, .overlap; "
                 "write_report(study, path) draws it)")
+
+    @property
+    def output(self) -> str:
+        """What the attributions measure (``AttributionConfig.output``): 'logit' where any row's are logits, else
+        'probability'."""
+        runs = [attributed for attributed in (self.a, self.b) if attributed is not None]
+        logit = any(item.output == "logit" for attributed in runs for item in attributed.items.values())
+        return "logit" if logit else "probability"
 
     def coverage(self) -> tuple[int, int]:
         """(rows attributed, rows of the split): the top words and the correlations use the first only."""

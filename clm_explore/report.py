@@ -458,10 +458,8 @@ def accuracy_text(study: CaseStudy, names: tuple[str, str]) -> str:
 
 
 def _top_words_section(study: CaseStudy, names: tuple[str, str]) -> str:
-    logit = any(item.output == "logit" for attributed in (study.a, study.b) if attributed is not None
-                for item in attributed.items.values())
     unit = (" (in logit: each label's score before the softmax, unbounded and in each run's own units, so the two "
-            "runs' means compare by rank)" if logit else " (in probability)")
+            "runs' means compare by rank)" if study.output == "logit" else " (in probability)")
     parts = ["<h2>Top attributed words per label</h2>",
              f'<p class="note">Mean attribution{unit} towards the label each row is explained for, over the rows '
              f"attributed: {esc(study.coverage_text())}. <span class=\"group\">Bold</span> words are mined token "

@@ -695,8 +695,7 @@ DISAGREEMENT_COLUMNS = {
 
 def render_top_words_pair(study: Any, a: RunRecord, b: RunRecord, key: str) -> None:
     """Both runs' per-label top words; run A's mined groups mark both (B's own when A has none)."""
-    if any(item.output == "logit" for attributed in (study.a, study.b) if attributed is not None
-           for item in attributed.items.values()):
+    if study.output == "logit":
         st.caption("Mean attributions in logit (each label's score before the softmax): unbounded and in each run's "
                    "own units, so the two runs' words compare by rank.")
     c1, c2 = st.columns(2)
