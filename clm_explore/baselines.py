@@ -191,23 +191,41 @@ def takes_a_prefix(model: PreTrainedModel) -> bool:
             or "cache" in backbone)
 
 
-def _accept_prefix_cache(model: PreTrainedModel) -> None:
-    """Let peft pass its prefix to encoders whose forward names the cache ``cache``.
+def _peft_cache_argument() -> str:
+    """The name under which peft hands its prefix to a model's forward: ``past_key_values`` up to peft 0.21;
+    peft 0.22 follows transformers (``cache`` from transformers 5.24 on) and says which."""
+    try:
+        from peft.import_utils import get_transformers_cache_name
+    except ImportError:  # peft 0.21
+        return "past_key_values"
+    return get_transformers_cache_name()
 
-    transformers 5 renamed BERT's ``past_key_values`` to ``cache`` (the old name still works through a
-    deprecation shim), but peft 0.21 looks for ``past_key_values`` in the forward signature and refuses
-    prefix tuning without it. An instance-level forward that takes ``past_key_values`` and hands it on
-    as ``cache`` fixes that; decoders that still take ``past_key_values`` are left alone.
+
+def _accept_prefix_cache(model: PreTrainedModel) -> None:
+    """Let peft pass its prefix through the model's own forward, whatever that forward calls the cache.
+
+    peft looks for its cache argument (``_peft_cache_argument``) in the model's forward signature; without it,
+    it calls the backbone itself and feeds the head the backbone's second output, which is BERT's pooled vector
+    but a decoder's cache (peft 0.22 with a Llama: a TypeError in the head). transformers 5 calls the cache
+    ``cache`` in the backbones (BERT's forward on top takes neither name; from 5.24 a Llama's takes ``cache``).
+    An instance-level forward that takes peft's name and hands it on as ``cache`` keeps every model on its own
+    forward, its own pooling and head; models whose forward already takes peft's name are left alone.
     """
     import inspect
 
+    name = _peft_cache_argument()
     params = inspect.signature(model.forward).parameters
-    if "past_key_values" in params or "cache" not in inspect.signature(model.base_model.forward).parameters:
+    if name in params or "cache" not in inspect.signature(model.base_model.forward).parameters:
         return
     cls_forward = type(model).forward
 
-    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
-        return cls_forward(self, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs)
+    if name == "cache":
+        def forward(self, input_ids=None, attention_mask=None, cache=None, **kwargs):
+            return cls_forward(self, input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
+    else:
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+            return cls_forward(self, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values,
+                               **kwargs)
 
     model.forward = types.MethodType(forward, model)
 

@@ -91,6 +91,30 @@ def test_prefix_starts_at_zero_or_at_random(tiny_data, tiny, tmp_path):
         FinetuneConfig(method="prefix", prefix_init="ones")
 
 
+def test_prefix_models_take_the_cache_under_the_name_peft_passes_it(tiny_data):
+    """peft calls the model's own forward only if it names peft's cache argument; otherwise it runs the backbone and
+    feeds the head its second output, a decoder's cache (peft 0.22 with a Llama: a TypeError in the head)."""
+    import inspect
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from clm_explore.baselines import _accept_prefix_cache, _peft_cache_argument
+
+    tok = load_model("tiny-random").tokenizer
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                                       num_hidden_layers=2, num_attention_heads=4, num_labels=4,
+                                                       pad_token_id=tok.pad_token_id))
+    for model in (load_model("tiny-random", tiny_data.labels).model, llama):
+        _accept_prefix_cache(model)
+        assert _peft_cache_argument() in inspect.signature(model.forward).parameters, type(model).__name__
+    batch = tok(["a b c", "d e"], padding=True, return_tensors="pt")
+    llama.eval()
+    with torch.no_grad():
+        own = type(llama).forward(llama, **batch).logits
+        shimmed = llama(**batch).logits  # no prefix given: the instance forward is the class's
+    assert torch.equal(own, shimmed)
+
+
 def test_a_mask_option_a_baseline_does_not_use_is_noted(tiny_data, tmp_path):
     def run(method: str, **mask) -> dict:
         cfg = _cfg(method)
