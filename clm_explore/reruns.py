@@ -93,15 +93,32 @@ SEED_KEYS = ("seed", "device")
 
 
 def seedless_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's recorded config (clm_run.json's, or the registry's with its ``source`` and ``data``) without what
-    differs between seeds of one setting (``SEED_KEYS``, and a mask seed that the run settled to its own seed): two
-    runs with equal ones are seeds of the same setting. The data's digest is left out too: the registry keeps it for
-    the app's runs only, and ``data`` names the data either way."""
-    settings = {key: value for key, value in config.items() if key not in (*SEED_KEYS, "data_digest")}
+    """A run's recorded config (clm_run.json's, or the registry's with its ``source``) without what differs between
+    seeds of one setting (``SEED_KEYS``, and a mask seed that the run settled to its own seed) and without its data
+    (``data``, ``data_digest``: compared by ``same_data``). Two runs are seeds of one setting when these are equal
+    and their data is the same (``same_setting``)."""
+    settings = {key: value for key, value in config.items() if key not in (*SEED_KEYS, "data", "data_digest")}
     mask = settings.get("mask")
     if isinstance(mask, dict) and mask.get("seed") == config.get("seed"):
         settings["mask"] = {**mask, "seed": None}
     return settings
+
+
+def same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recorded configs name the same data: by their splits' digest where both recorded one (a CLI run
+    names its data by the path typed, an app run by the app's key, an API run by the path given: the same rows, three
+    names), else by the data's name (a run registered before the digest was recorded)."""
+    digest_a, digest_b = a.get("data_digest"), b.get("data_digest")
+    if digest_a and digest_b:
+        return digest_a == digest_b
+    return a.get("data") == b.get("data")
+
+
+def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recorded configs are seeds of one setting: equal but for their seeds and device, on the same data
+    (the faces review: a CLI run's seeds and the app's seeds of it read as two settings, and the Runs page offered the
+    seeds it had just trained again)."""
+    return seedless_settings(a) == seedless_settings(b) and same_data(a, b)
 
 
 def next_seeds(taken: set[int], count: int) -> list[int]:

@@ -1489,11 +1489,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _registry_config(meta: dict[str, Any]) -> dict[str, Any]:
-    """The registry's config of a run from its ``clm_run.json``: the finetune config with the model ``source`` and
-    ``data`` beside it, as the app records them (the Runs and Compare pages group runs by both)."""
+    """The registry's config of a run from its ``clm_run.json``: the finetune config with the model ``source``, the
+    ``data`` and its rows' ``data_digest`` beside it, as the app and the CLI record them (the Runs and Compare pages
+    group runs by model and data; a run registered from its folder lacked the digest, and its data read as other)."""
     if not isinstance(meta.get("config"), dict):
         return {}
-    return {**meta["config"], **{k: meta[k] for k in ("source", "data") if k in meta}}
+    return {**meta["config"], **{k: meta[k] for k in ("source", "data", "data_digest") if k in meta}}
 
 
 def _folder_states_an_end(folder: Path) -> bool:

@@ -1278,3 +1278,34 @@ def test_a_runs_folder_moved_with_its_registry_finds_its_runs_where_they_are_now
     assert moved.path == (tmp_path / "new" / run.id).resolve() and moved.path.is_dir()
     RunStore(tmp_path / "new").delete(run.id)
     assert not moved.path.exists()
+
+
+def test_the_cli_and_the_api_record_a_run_as_its_folder_does_and_as_one_setting(tmp_path, monkeypatch) -> None:
+    """The faces review: the CLI registered the config as given (the rows scored at 64 sub-tokens, the mask unseeded),
+    clm_run.json the one the run settled (32, its seed); a run registered from its folder (the Python API's way) had
+    no data digest. The same setting from the two faces read as two, and a path typed two ways as other data."""
+    from clm_explore import finetune
+    from clm_explore.cli import main
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.reruns import same_setting
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"card {i} arrived,a\nrate {i} up,b\n" for i in range(40)))
+    monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    args = ["finetune", "--model", "tiny-random", "--method", "random", "--epochs", "1", "--max-length", "32"]
+    assert main([*args, "--data", "d.csv", "--out", "cli0"]) == 0
+    assert main([*args, "--data", str(data), "--seed", "1", "--out", "cli1"]) == 0  # the path typed another way
+    finetune(str(data), FinetuneConfig(method="random", epochs=1, max_length=32, seed=2), tmp_path / "api2",
+             source="tiny-random", progress=False)
+    store = RunStore(tmp_path / "runs")
+    api = store.register_folder(tmp_path / "api2")
+    cli0, cli1 = sorted((r for r in store.list() if r.id != api.id), key=lambda r: r.config["seed"])
+    for record in (cli0, cli1, api):
+        recorded = json.loads((record.path / "clm_run.json").read_text())
+        assert {k: v for k, v in record.config.items() if k not in ("source", "data", "data_digest")} == \
+            recorded["config"], record.name
+        assert record.config["sensitivity"]["max_length"] == 32 and record.config["data_digest"] == \
+            recorded["data_digest"]
+    assert same_setting(cli0.config, cli1.config) and same_setting(cli0.config, api.config)
+    assert not same_setting(cli0.config, {**api.config, "data_digest": "0" * 16})

@@ -193,8 +193,7 @@ def _register_sensitivity(sub: Any) -> None:
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens",
                    help="tokens: the Fisher over the mined groups' positions only (the method); none: every position")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score, help="the row score")
-    p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows,
-                   help="training rows the scores are computed on")
+    _calibration_rows_arg(p)
     p.add_argument("--max-length", type=int, default=SensitivityConfig.max_length,
                    help="sub-tokens read per text while scoring (a finetune --scores run reading another length is "
                    "told so)")
@@ -219,6 +218,11 @@ def _fisher_labels_arg(p: argparse.ArgumentParser) -> None:
                         "warmed-up model (true Fisher; --score fisher only)")
     p.add_argument("--label-draws", type=int, default=SensitivityConfig.label_draws, metavar="N",
                    help="model-label draws per calibration row (--fisher-labels model), one scoring pass each")
+
+
+def _calibration_rows_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration-rows", type=int, default=SensitivityConfig.calibration_rows, metavar="N",
+                   help="training rows the row scores are computed on (drawn with the scoring's seed above N)")
 
 
 def _head_warmup_arg(p: argparse.ArgumentParser) -> None:
@@ -365,6 +369,7 @@ def _register_finetune(sub: Any) -> None:
                "the methods that mine merge before scoring; sparse_merged: 0 = 64")
     p.add_argument("--score", choices=SCORES, default=SensitivityConfig.score,
                    help="row score of the sparse method's sensitivity pass")
+    _calibration_rows_arg(p)
     _fisher_labels_arg(p)
     _head_warmup_arg(p)
     p.add_argument("--cold-head", action="store_true",
@@ -442,6 +447,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           prefix_init=args.prefix_init, mining=mining_config(args, args.merge),
                           sensitivity=SensitivityConfig(score=args.score, fisher_labels=args.fisher_labels,
                                                         label_draws=args.label_draws,
+                                                        calibration_rows=args.calibration_rows,
                                                         warmup_epochs=args.head_warmup_epochs,
                                                         head_init=args.head_init))
 
@@ -558,10 +564,12 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     from clm_explore.data import data_digest
     from clm_explore.modeling import recorded_source
     from clm_explore.runs import RunStatus, RunStoreError
-    from clm_explore.training import finetune
+    from clm_explore.training import finetune, recorded_config
 
-    # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists.
-    listed = {**to_dict(cfg), "source": recorded_source(args.model), "data": data.source,
+    # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists, with
+    # the config clm_run.json will hold (the faces review: the Runs page said the rows were scored at 64 sub-tokens,
+    # the run's own 32 settled only in its folder).
+    listed = {**to_dict(recorded_config(cfg, given)), "source": recorded_source(args.model), "data": data.source,
               "data_digest": data_digest(data)}  # the same rows as an app run's, whatever each calls the data
     record = (store.register_folder(out, method=cfg.method, config=listed) if out
               else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method, listed))
@@ -689,6 +697,9 @@ def _unused_options(args: argparse.Namespace) -> list[str]:
                       "layers read it)")
     if args.method in ("full", "head", "bitfit", "lora", "prefix", "random") and args.score != SensitivityConfig.score:
         unused.append(f"--score is not read by {args.method}, which chooses no rows by their scores")
+    if (args.method in ("full", "head", "bitfit", "lora", "prefix")
+            and args.calibration_rows != SensitivityConfig.calibration_rows):
+        unused.append(f"--calibration-rows is not read by {args.method}, which scores no rows")
     if mining_config(args, args.merge) != MiningConfig() and args.method not in MINING_METHODS:
         unused.append(f"the mining options are not read by {args.method}, which mines no groups")
     return unused
@@ -771,16 +782,17 @@ def _register_predict(sub: Any) -> None:
                    "note)")
     p.add_argument("--top", type=int, default=3, help="labels listed per text in --json (plain output: the first)")
     add_run_length_arg(p)
-    p.add_argument("--abstain-below", default=None, metavar="P|run",
+    p.add_argument("--abstain-below", default=None, metavar="P|run|none",
                    help="answer (out of scope) when the top probability is below P; 'run' = the threshold the run "
-                   "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels). "
-                   "--json keeps the model's label and adds out_of_scope: true")
+                   "chose on its validation rows (metrics.json's out_of_scope, when its test had unseen labels), "
+                   "which applies by default where there is one, as the app labels a file; 'none' = the model's "
+                   "label for every text. --json keeps the model's label and adds out_of_scope: true")
     p.add_argument("--json", action="store_true",
                    help="print JSON (a list: text, label, probability, top) instead of lines of label, probability "
                    "and text separated by tabs (a text's tabs, line breaks and backslashes written \\t, \\n, \\\\)")
     p.add_argument("--out", default=None, metavar="FILE.csv",
                    help="write a CSV file instead (UTF-8): a row per text in order with row, text, label, "
-                   "probability, runner_up, runner_up_probability and, with --abstain-below, out_of_scope; it "
+                   "probability, runner_up, runner_up_probability and, with a threshold, out_of_scope; it "
                    "replaces an earlier predict CSV, never another file")
     p.set_defaults(func=run_predict)
 
@@ -809,7 +821,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     run_dir = checked_run(args.run, "--run")  # an unfinished run is said so, as explain says it
     length = checked_max_length(args.max_length, run_dir)
-    threshold = abstention_threshold(args.abstain_below, run_dir)
+    threshold = _prediction_threshold(args.abstain_below, run_dir)
     if args.out and args.json:
         raise UserError("--out writes a CSV file and --json prints JSON: choose one.")
     out = csv_out_path(args.out, PREDICTION_HEADER, "an earlier predict CSV") if args.out else None
@@ -826,6 +838,10 @@ def run_predict(args: argparse.Namespace) -> int:
                         "top": [{"label": labels[i], "probability": float(p[i])} for i in top]})
         if threshold is not None:
             results[-1]["out_of_scope"] = bool(p[top[0]] < threshold)
+    if args.abstain_below is None and (turned_away := sum(r.get("out_of_scope", False) for r in results)):
+        print(f"note: {turned_away} text(s) scored below the out-of-scope threshold this run chose on its validation "
+              f"rows ({threshold:.3f}): {'out_of_scope: true' if args.json else OUT_OF_SCOPE}, as the app labels "
+              "them (--abstain-below none: the model's label).", file=sys.stderr)
     if args.json:
         print_json(results)
     else:
@@ -874,7 +890,18 @@ OUT_OF_SCOPE = "(out of scope)"
 """What ``predict`` prints in place of a label it abstains on."""
 
 
-def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
+def _prediction_threshold(value: str | None, run_dir: Path) -> float | None:
+    """``predict``'s threshold: the run's own where it chose one unless ``--abstain-below`` says otherwise ('none':
+    no abstaining), as the app's Runs page and ``label_file`` label a file (the faces review: the same run answered
+    the same file with and without "out of scope" by face)."""
+    from clm_explore.batches import chosen_threshold
+
+    if value is None:
+        return chosen_threshold(run_dir)
+    return None if value == "none" else abstention_threshold(value, run_dir, "'run' or 'none'")
+
+
+def abstention_threshold(value: str | None, run_dir: Path, words: str = "'run'") -> float | None:
     """``--abstain-below``: a probability in (0, 1), 'run' (the run's validation threshold) or None."""
     if value is None:
         return None
@@ -894,7 +921,7 @@ def abstention_threshold(value: str | None, run_dir: Path) -> float | None:
     except ValueError:
         threshold = -1.0
     if not 0 < threshold < 1:
-        raise UserError(f"--abstain-below takes a probability in (0, 1) or 'run'; got {value!r}.")
+        raise UserError(f"--abstain-below takes a probability in (0, 1) or {words}; got {value!r}.")
     return threshold
 
 

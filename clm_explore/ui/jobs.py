@@ -20,7 +20,7 @@ from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.data import data_digest
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
-from clm_explore.reruns import next_seeds, seed_variants, seedless_settings
+from clm_explore.reruns import next_seeds, same_setting, seed_variants
 from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root, read_json_object
 from clm_explore.training import FINISHING_PHASE
 from clm_explore.ui import cache, forms, run_views, state
@@ -186,10 +186,11 @@ class _LaunchTarget:
 
 def _queue_run(plan: LaunchPlan, target: _LaunchTarget) -> Job:
     """Register the plan's run and queue its job; no Streamlit call in here (see ``launch_plans``)."""
-    from clm_explore.training import finetune
+    from clm_explore.training import finetune, given_scores, recorded_config
 
     cfg, choice = plan.cfg, target.choice
-    run = target.runs.create(plan.name, cfg.method, {**to_dict(cfg), "source": recorded_source(target.source),
+    settled = recorded_config(cfg, given_scores(plan.scores, cfg))  # what clm_run.json will say, as the CLI records
+    run = target.runs.create(plan.name, cfg.method, {**to_dict(settled), "source": recorded_source(target.source),
                                                      "data": choice.key, "data_digest": target.digest})
     kwargs = {"data": target.data, "cfg": cfg, "out_dir": str(run.path), "source": target.source}
     try:
@@ -271,9 +272,8 @@ def more_seeds_control(run: RunRecord, records: list[RunRecord], key: str) -> No
     ``clm_explore.rerun`` had it)."""
     if run.status is not RunStatus.SUCCEEDED or not run.config.get("method"):
         return
-    settings = seedless_settings(run.config)
     seeds_of_setting = {r.config.get("seed") for r in records if r.status in SEEDS_TAKEN
-                        and seedless_settings(r.config) == settings}
+                        and same_setting(r.config, run.config)}
     taken = {seed for seed in seeds_of_setting if isinstance(seed, int)}
     with st.expander(f"Train this setting at more seeds ({len(taken)} so far)"):
         if refusal := relaunch_refusal(run, state.data_choice()):

@@ -368,14 +368,18 @@ def _partner_counts(records: list[RunRecord]) -> Callable[[RunRecord], int]:
     return count
 
 
+def folder_config(run: RunRecord) -> dict[str, Any]:
+    """The config the run's folder records (clm_run.json's, what it trained with), else the registry's (a run that
+    has not begun, a folder gone): a run registered before it settled its config kept the one it was given."""
+    recorded = read_json_object(run.path / "clm_run.json").get("config")
+    return recorded if isinstance(recorded, dict) else run.config
+
+
 def same_data(a: RunRecord, b: RunRecord) -> bool:
-    """Whether two runs trained on the same data as far as their records tell: by their splits' digest where both
-    recorded one (a CLI run names its data by the path typed, an app run by the app's key: the same rows, two names),
-    else by the data key (a run registered before the digest was recorded)."""
-    digest_a, digest_b = a.config.get("data_digest"), b.config.get("data_digest")
-    if digest_a and digest_b:
-        return digest_a == digest_b
-    return a.config.get("data") == b.config.get("data")
+    """Whether two runs trained on the same data as far as their records tell (``reruns.same_data``)."""
+    from clm_explore.reruns import same_data as same_recorded_data
+
+    return same_recorded_data(a.config, b.config)
 
 
 def _pairable(a: RunRecord, b: RunRecord) -> bool:
@@ -762,10 +766,10 @@ def default_groups(records: list[RunRecord], data: str | None = None, source: st
     of the run ``default_pick`` opens Compare on: the session's own where it has runs (the multi-session review: the
     newest run's, another user's on other data, left this session's group A empty). ``records``: newest first.
 
-    A group is one setting's seeds (``reruns.seedless_settings``), at most ``DEFAULT_GROUP_RUNS`` of them: every sparse
+    A group is one setting's seeds (``reruns.same_setting``), at most ``DEFAULT_GROUP_RUNS`` of them: every sparse
     run against every full one pooled budgets, epochs and rates into one verdict (the scale review: 100 against 90
     runs pre-selected on a server of 500)."""
-    from clm_explore.reruns import seedless_settings
+    from clm_explore.reruns import same_setting
 
     anchor = default_pick(records, data, source)
     if anchor is None:
@@ -776,8 +780,7 @@ def default_groups(records: list[RunRecord], data: str | None = None, source: st
         runs = [r for r in same if r.method == method]
         if not runs:
             return []
-        setting = seedless_settings(runs[0].config)
-        return [r.id for r in runs if seedless_settings(r.config) == setting][:DEFAULT_GROUP_RUNS]
+        return [r.id for r in runs if same_setting(r.config, runs[0].config)][:DEFAULT_GROUP_RUNS]
 
     return seeds_of_newest("sparse"), seeds_of_newest("full")
 

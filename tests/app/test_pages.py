@@ -932,6 +932,9 @@ def test_the_finetune_form_launches_one_run_per_seed(at: AppTest, monkeypatch: p
     goto(at, "app_pages/5_finetune.py")
     at.selectbox(key="ft_method").set_value("head")
     at.number_input(key="ft_epochs").set_value(1)
+    from clm_explore.config import MAX_SEED
+
+    assert at.number_input(key="ft_seed").max == MAX_SEED  # the faces review: 10,000 here, any CLI run's seed there
     at.number_input(key="ft_seed").set_value(3)
     at.number_input(key="ft_seeds").set_value(2)
     at.text_input(key="ft_name").input("probe")
@@ -1897,13 +1900,17 @@ def test_a_succeeded_run_is_trained_at_the_lowest_seeds_its_setting_has_not_had(
     for name, seed in (("mine-s2", 2), ("mine-s3", 3)):  # each draws its own random rows, not seed 0's
         trained = json.loads((new[name].path / "clm_run.json").read_text())["config"]
         assert trained["seed"] == seed and trained["mask"] == {**to_dict(cfg.mask), "seed": seed}
+        # The faces review: the registry kept the config as given, the Runs page showed it as clm_run.json's.
+        assert {k: v for k, v in new[name].config.items() if k not in beside} == trained
 
 
 def test_a_command_line_run_is_trained_at_more_seeds_on_its_rows_or_told_how(at: AppTest) -> None:
     """The diff review: a run of `clm-explore finetune --data sample` was told to "choose its data on the Data page
-    (/work/...)", the sample chosen already: the CLI records a path where the app records its key."""
+    (/work/...)", the sample chosen already: the CLI records a path where the app records its key. The faces review:
+    the seeds the app then trained were not counted as the CLI run's setting's, and were offered again."""
     from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
     from clm_explore.data import SAMPLE_DATA, data_digest
+    from clm_explore.training import recorded_config
     from clm_explore.ui import cache
 
     store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
@@ -1912,7 +1919,9 @@ def test_a_command_line_run_is_trained_at_more_seeds_on_its_rows_or_told_how(at:
     ids = {}
     for name, data, digest in (("cli-sample", str(SAMPLE_DATA), data_digest(cache.data(choice))),
                                ("cli-other", "/data/tickets.csv", "f" * 64)):
-        run = store.create(name, "head", {**to_dict(cfg), "source": "tiny-random", "data": data})
+        # As `clm-explore finetune` registers a run: the settled config, the path typed, the rows' digest.
+        run = store.create(name, "head", {**to_dict(recorded_config(cfg)), "source": "tiny-random", "data": data,
+                                          "data_digest": digest})
         (run.path / "clm_run.json").write_text(json.dumps({"method": "head", "data_digest": digest}))
         store.set_status(run.id, RunStatus.SUCCEEDED)
         ids[name] = run.id
@@ -1925,6 +1934,11 @@ def test_a_command_line_run_is_trained_at_more_seeds_on_its_rows_or_told_how(at:
     at.button(key="runs_more_seeds").click().run(timeout=TIMEOUT)
     assert not at.exception and any("Queued 2 run(s) at seed 1, 2" in s.value for s in at.success), [
         e.value for e in at.error]
+    at.selectbox(key="runs_pick").set_value(ids["cli-sample"]).run()
+    assert any(e.label == "Train this setting at more seeds (3 so far)" for e in at.expander), [
+        e.label for e in at.expander]
+    assert any("Seeds taken by runs of this setting: 0, 1, 2. The new runs train at seed 3, 4" in c.value
+               for c in at.caption), [c.value for c in at.caption]
 
 
 def waiting_job(store: RunStore, name: str):
@@ -2676,3 +2690,17 @@ def test_the_hourly_prune_logs_what_it_deleted(tmp_path: Path, monkeypatch: pyte
         cache.pruned_uploads.clear()
     assert any(f"deleted 1 session(s) unused for over 7 day(s) from {tmp_path}" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_runs_pages_config_is_the_one_the_run_folder_records(tmp_path: Path) -> None:
+    """The faces review: the Runs page showed the registry's config under "Config (clm_run.json)": for runs registered
+    before they settled it, the rows read as scored at 64 sub-tokens where the run read 32."""
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import folder_config
+
+    given = {"max_length": 32, "sensitivity": {"max_length": 64}}
+    run = RunRecord("r", "r", "sparse", RunStatus.SUCCEEDED, tmp_path, "", "", config=given)
+    assert folder_config(run) == given  # not begun, or its folder gone: the registry's
+    settled = {"max_length": 32, "sensitivity": {"max_length": 32}}
+    (tmp_path / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": settled}))
+    assert folder_config(run) == settled

@@ -46,7 +46,7 @@ if folder_gone:
 run_views.render_run_figures(run)  # the figures a reader wants first; the files' JSON folded below
 c1, c2 = st.columns(2)
 with c1, st.expander("Config (clm_run.json)"):
-    st.json(run.config, expanded=1)
+    st.json(run_views.folder_config(run), expanded=1)
 with c2, st.expander("Metrics (metrics.json)"):
     # Rows written before the registry left the per-label figures out may still hold them.
     st.json({k: v for k, v in run.metrics.items() if k not in PER_LABEL_METRICS}, expanded=1)
