@@ -184,6 +184,8 @@ def test_finetune_out_overwrite_and_predict(capsys, data_dir, tmp_path):
 
 
 def test_predict_abstains_below_a_probability_or_the_runs_own_threshold(capsys, data_dir, tmp_path):
+    from clm_explore.batches import label_file
+
     test = pd.read_csv(data_dir / "test.csv")
     test.loc[:9, "label"] = "unsupported_request"  # test rows whose label train never had
     test.to_csv(data_dir / "test.csv", index=False)
@@ -192,12 +194,24 @@ def test_predict_abstains_below_a_probability_or_the_runs_own_threshold(capsys, 
                       "--out-of-scope-quantile", "0.3", "--out", str(out), "--json"])
     scope = json.loads((out / "metrics.json").read_text())["out_of_scope"]
     assert scope["quantile"] == 0.3 and scope["rows"] == 10
-    texts = test["text"].head(6).tolist()
-    plain = run_json(capsys, ["predict", "--run", str(out), *sum([["--text", t] for t in texts], []), "--json"])
+    texts = test["text"].head(20).tolist()
+    given = sum([["--text", t] for t in texts], [])
+    plain = run_json(capsys, ["predict", "--run", str(out), *given, "--abstain-below", "none", "--json"])
     assert all("out_of_scope" not in r for r in plain)
-    ruled = run_json(capsys, ["predict", "--run", str(out), *sum([["--text", t] for t in texts], []),
-                              "--abstain-below", "run", "--json"])
+    ruled = run_json(capsys, ["predict", "--run", str(out), *given, "--abstain-below", "run", "--json"])
     assert [r["out_of_scope"] for r in ruled] == [r["probability"] < scope["threshold"] for r in plain]
+    # The faces review: the app and label_file abstain at the run's threshold by themselves; predict did not.
+    assert run_json(capsys, ["predict", "--run", str(out), *given, "--json"]) == ruled
+    below = [t for t, r in zip(texts, ruled, strict=True) if r["out_of_scope"]]
+    assert below, "the threshold is the 0.3 quantile of validation's top probabilities: some test rows fall under it"
+    assert main(["predict", "--run", str(out), "--text", below[0]]) == 0
+    said = capsys.readouterr()
+    assert said.out.startswith("(out of scope)\t") and "1 text(s) scored below the out-of-scope threshold" in said.err
+    csv = tmp_path / "labels.csv"
+    assert main(["predict", "--run", str(out), *given, "--out", str(csv)]) == 0
+    capsys.readouterr()
+    assert pd.read_csv(csv)["out_of_scope"].tolist() == [r["out_of_scope"] for r in ruled]
+    assert label_file(out, csv)["out_of_scope"].tolist() == [r["out_of_scope"] for r in ruled]
     everything = run_json(capsys, ["predict", "--run", str(out), "--text", texts[0], "--abstain-below", "0.999",
                                    "--json"])
     assert everything[0]["out_of_scope"] is True
@@ -237,7 +251,7 @@ def test_predict_writes_a_csv_of_labels_and_replaces_only_its_own(capsys, data_d
                                               "--json"])
 
 
-@pytest.mark.parametrize(("value", "phrase"), [("1.5", "probability in (0, 1)"), ("often", "probability in (0, 1)"),
+@pytest.mark.parametrize(("value", "phrase"), [("1.5", "probability in (0, 1)"), ("often", "(0, 1) or 'run' or 'none'"),
                                                ("run", "chose no out-of-scope threshold")])
 def test_a_bad_abstention_threshold_exits_2(capsys, data_dir, tmp_path, value, phrase):
     out = tmp_path / "run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -122,9 +123,10 @@ def test_audit_says_where_it_wrote(capsys, tmp_path):
 
 def test_options_a_method_does_not_read_are_said(capsys, data_dir, tmp_path):
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--budget", "0.5",
-                 "--score", "taylor", "--out", str(tmp_path / "r")]) == 0
+                 "--score", "taylor", "--calibration-rows", "40", "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert "note: --budget is not read by head" in err and "note: --score is not read by head" in err
+    assert "note: --calibration-rows is not read by head" in err
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out",
                  str(tmp_path / "plain")]) == 0
     assert "is not read by" not in capsys.readouterr().err  # the defaults, not typed: nothing to say
@@ -169,3 +171,14 @@ def test_options_are_not_abbreviated_and_a_mistyped_one_is_named_by_its_command(
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and said in err and err.startswith(f"usage: clm-explore {argv[0]} ")
+
+
+def test_finetune_scores_rows_on_the_calibration_rows_it_is_given(capsys, data_dir, tmp_path):
+    """The faces review: the app's Sensitivity page sets the calibration rows its runs score on; `finetune` had no
+    flag for it, so such a run could not be made again from the command line."""
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "sparse", "--calibration-rows", "40",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert "is not read by" not in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "r" / "clm_run.json").read_text())["config"]["sensitivity"]
+    scored = json.loads((tmp_path / "r" / "sensitivity" / "sensitivity.json").read_text())
+    assert recorded["calibration_rows"] == 40 and scored["config"]["calibration_rows"] == 40
