@@ -3,10 +3,12 @@
 Layout::
 
     <root>/registry.sqlite                 # the table below (WAL, short transactions)
+    <root>/outside_runs.txt                # the folders registered from elsewhere, a path a line
     <root>/<YYYYmmdd-HHMMSS>-<slug>/       # one run folder (what ``finetune`` writes)
 
 ``root`` is ``$CLM_EXPLORE_RUNS`` or ``./runs``. A folder written elsewhere (``finetune --out DIR``)
-can be added with ``register_folder``; it is then listed by its absolute path. Registering a folder again
+can be added with ``register_folder``; it is then listed by its absolute path, and found again from
+``outside_runs.txt`` by a registry made anew (the old one deleted, or moved aside when damaged). Registering a folder again
 re-reads its method, config and metrics, unless a live process owns its run (pending or running).
 
 Every call opens its own short-lived connection, so one ``RunStore`` may be shared by threads, and
@@ -50,6 +52,9 @@ REGISTRY_VERSION = 1
 """The registry's format (its PRAGMA user_version): ``RunStore._migrate`` brings an older one up to it."""
 UPLOADS_NAME = "_uploads"
 """The app's uploads folder under the runs root (``ui.state.uploads_root``'s default): never a run."""
+OUTSIDE_NAME = "outside_runs.txt"
+"""The runs root's list of the run folders registered from outside it, a path a line: a registry made anew finds the
+root's own folders by looking, and these from here (the scale review: a rebuilt registry listed none of them)."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -475,21 +480,50 @@ class RunStore:
                 if found is not None:  # another process registered it meanwhile
                     return found
                 continue
+            if folder.parent != root:
+                self._note_outside(folder)
             return self._with_error(self.get(run_id), error)
         raise RunStoreError(f"Could not register {folder}.")  # pragma: no cover
 
     def register_found(self) -> list[RunRecord]:
-        """Register the run folders directly under ``root`` that the registry does not list and whose run ended (the
-        folder says so: metrics.json, or a model saved without it): what a registry deleted, or moved aside when
-        damaged, had listed. Returns the records made."""
+        """Register the run folders directly under ``root``, and those ``outside_runs.txt`` names, that the registry
+        does not list and whose run ended (the folder says so: metrics.json, or a model saved without it): what a
+        registry deleted, or moved aside when damaged, had listed. Returns the records made."""
         listed = {record.path for record in self.list()}
+        own = [folder for folder in sorted(self.root.iterdir())
+               if folder.is_dir() and not folder.name.startswith(".") and folder.name != UPLOADS_NAME]
         found = []
-        for folder in sorted(self.root.iterdir()):
-            if (folder.is_dir() and not folder.name.startswith(".") and folder.name != UPLOADS_NAME and folder not in listed
-                    and (folder / "clm_run.json").is_file()
+        for folder in [*own, *self._outside_folders()]:
+            if (folder not in listed and (folder / "clm_run.json").is_file()
                     and _folder_status(folder, read_json_object(folder / "metrics.json"))[0].is_terminal):
                 found.append(self.register_folder(folder))
+                listed.add(folder)
         return found
+
+    def _outside_folders(self) -> builtins.list[Path]:
+        """The folders ``outside_runs.txt`` names, each once, that are still folders."""
+        try:
+            lines = (self.root / OUTSIDE_NAME).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):  # none yet, or unreadable: the root's own folders are still found
+            return []
+        return [Path(line) for line in dict.fromkeys(lines) if line.startswith("/") and Path(line).is_dir()]
+
+    def _note_outside(self, folder: Path) -> None:
+        """Add a folder registered from outside the root to ``outside_runs.txt`` (one short append: lines written by
+        several processes at once stay whole)."""
+        if "\n" in str(folder) or folder in self._outside_folders():  # a line a path; a rebuild's own, listed
+            return
+        # A root this process may not write: the run is listed, only not found after a rebuild.
+        with suppress(OSError), open(self.root / OUTSIDE_NAME, "a", encoding="utf-8") as handle:
+            handle.write(f"{folder}\n")
+
+    def _forget_outside(self, folder: Path) -> None:
+        """Take an unregistered folder off ``outside_runs.txt``: a registry made anew must not list it again."""
+        path = self.root / OUTSIDE_NAME
+        with suppress(OSError, UnicodeDecodeError):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            if str(folder) in lines:
+                write_text_atomic(path, "".join(f"{line}\n" for line in lines if line != str(folder)))
 
     def _with_error(self, record: RunRecord, error: str | None) -> RunRecord:
         if error is None or record.error == error:
@@ -752,6 +786,8 @@ class RunStore:
             if hidden is not None:
                 _put_back_aside(hidden, record.path)
             raise
+        if not self.holds_folder(record):
+            self._forget_outside(record.path)
         if hidden is not None:
             shutil.rmtree(hidden / "run", ignore_errors=True)
             if not (hidden / "run").exists():  # else its owner file stays: a sweep tries again once this process is gone

@@ -916,6 +916,28 @@ def test_a_registry_lost_under_a_live_process_is_made_again_with_the_finished_ru
     assert [r.id for r in RunStore(store.root).list()] == [done.id] and unfinished.path.is_dir()
 
 
+def test_a_registry_made_again_finds_the_runs_registered_from_outside_its_root(store: RunStore, tmp_path) -> None:
+    """The scale review: a registry made again found the root's own run folders only; `finetune --out DIR` runs and
+    bench cells, listed before, were gone from it. One taken off the list stays off."""
+    folders = []
+    for name in ("kept", "unlisted", "removed"):
+        folder = tmp_path / "elsewhere" / name
+        folder.mkdir(parents=True)
+        (folder / "clm_run.json").write_text(json.dumps({"method": "full", "config": {"epochs": 1}}))
+        (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+        folders.append(folder)
+    records = [store.register_folder(folder) for folder in folders]
+    store.register_folder(folders[0])  # registered again: listed once
+    store.delete(records[1].id)  # unlisted (an outside folder is never deleted): not to come back
+    shutil.rmtree(folders[2])  # deleted by hand: nothing to find
+    assert (tmp_path / "elsewhere" / "unlisted").is_dir()
+    for file in store.root.glob("registry.sqlite*"):
+        file.unlink()
+    again = RunStore(store.root).list()
+    assert [(r.path, r.status, r.metrics["accuracy"]) for r in again] == [(folders[0], RunStatus.SUCCEEDED, 0.5)]
+    assert (store.root / "outside_runs.txt").read_text().splitlines() == [str(folders[0]), str(folders[2])]
+
+
 def test_a_registry_made_again_dates_the_runs_it_finds_by_their_folders(store: RunStore) -> None:
     """The scale review: a registry made again stamped every run it found with that day, so a prune of runs older than
     30 days found none of them (196 before), and every date on the Runs page was the same."""
@@ -1294,7 +1316,7 @@ def test_the_cli_and_the_api_record_a_run_as_its_folder_does_and_as_one_setting(
     monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
     args = ["finetune", "--model", "tiny-random", "--method", "random", "--epochs", "1", "--max-length", "32"]
-    assert main([*args, "--data", "d.csv", "--out", "cli0"]) == 0
+    assert main([*args, "--data", "d.csv", "--out", "cli0", "--name", "first probe"]) == 0
     assert main([*args, "--data", str(data), "--seed", "1", "--out", "cli1"]) == 0  # the path typed another way
     finetune(str(data), FinetuneConfig(method="random", epochs=1, max_length=32, seed=2), tmp_path / "api2",
              source="tiny-random", progress=False)
@@ -1308,4 +1330,5 @@ def test_the_cli_and_the_api_record_a_run_as_its_folder_does_and_as_one_setting(
         assert record.config["sensitivity"]["max_length"] == 32 and record.config["data_digest"] == \
             recorded["data_digest"]
     assert same_setting(cli0.config, cli1.config) and same_setting(cli0.config, api.config)
+    assert (cli0.name, cli1.name) == ("first probe", "cli1")  # --name, else the folder's (a bench names its cells)
     assert not same_setting(cli0.config, {**api.config, "data_digest": "0" * 16})

@@ -386,6 +386,8 @@ def _register_finetune(sub: Any) -> None:
                    "model and labels) instead of scoring again; their settings replace --score, "
                    "--fisher-labels, --label-draws and the head warm-up options")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
+    p.add_argument("--name", default=None, help="the run's name in the registry, the app's Runs page and `runs` "
+                   "(default: the --out folder's name, else METHOD-DATA)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out run folder (one holding clm_run.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -571,8 +573,9 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     # the run's own 32 settled only in its folder).
     listed = {**to_dict(recorded_config(cfg, given)), "source": recorded_source(args.model), "data": data.source,
               "data_digest": data_digest(data)}  # the same rows as an app run's, whatever each calls the data
-    record = (store.register_folder(out, method=cfg.method, config=listed) if out
-              else store.create(f"{cfg.method}-{Path(args.data).stem}", cfg.method, listed))
+    name = getattr(args, "name", None)  # `rerun` names its runs as their folders
+    record = (store.register_folder(out, name=name, method=cfg.method, config=listed) if out
+              else store.create(name or f"{cfg.method}-{Path(args.data).stem}", cfg.method, listed))
     run_dir = store.path(record.id)
     store.set_status(record.id, RunStatus.RUNNING)
     try:
