@@ -423,7 +423,7 @@ def gradient_sensitivity(loaded: LoadedModel, data: AnnotatedData, cfg: Sensitiv
     batches = make_batches(loaded, texts, label_ids, None, cfg.batch_size, cfg.max_length)
     linears = scored_linears(model)
     with head_kept(model):
-        head_state = warm_up_head(loaded, batches, cfg, dev) if cfg.prepares_head else {}
+        head_state = warm_up_head(loaded, batches, cfg, dev, train_rows=len(data.train)) if cfg.prepares_head else {}
         totals = _accumulate_gradients(model, batches, linears, dev, cfg.min_layer)
     n_rows = sum(len(b.labels) for b in batches)
     matrices = linear_matrix_infos(model, linears)

@@ -310,9 +310,13 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
     unseen = sorted(set(rows["label"]) - set(labels))
     where = run.source if isinstance(run, LoadedModel) else str(run)
     metrics = classification_metrics(gold, pred, labels)
-    quantile, threshold = (None, abstain_below) if abstain_below is not None else _run_threshold(where)
+    chosen = {} if abstain_below is not None else _run_scope(where)
+    quantile, threshold = (None, abstain_below) if abstain_below is not None else (chosen.get("quantile"),
+                                                                                    chosen.get("threshold"))
     scope = out_of_scope_metrics(gold, pred, top, np.zeros(0), quantile, len(labels), threshold=threshold)
     if scope is not None:
+        if chosen.get("validation_rows"):  # the rows the run's threshold came from, as its own figures say them
+            scope["validation_rows"] = chosen["validation_rows"]
         metrics["out_of_scope"] = scope
         if scope.get("threshold") is not None:  # the rows the abstention figures count as answered "out of scope"
             predictions["out_of_scope"] = top < scope["threshold"]  # (the metrics review: they were not shown)
@@ -400,15 +404,16 @@ def _same_test_rows(run_dir: Path, test: pd.DataFrame) -> bool:
     return len(pairs) == len(test) and pairs == sorted(zip(test["text"], test["label"], strict=True))
 
 
-def _run_threshold(run: str) -> tuple[float | None, float | None]:
-    """(quantile, threshold) of the out-of-scope threshold a run chose on its validation rows (its metrics.json),
-    (None, None) where it chose none (its test split had no label unseen in train) or ``run`` is no run folder."""
+def _run_scope(run: str) -> dict[str, Any]:
+    """The out-of-scope figures of a run that chose a threshold on its validation rows (its metrics.json's: quantile,
+    threshold, validation_rows), {} where it chose none (its test split had no label unseen in train) or ``run`` is
+    no run folder."""
     from clm_explore.runs import read_json_object
 
     scope = read_json_object(Path(run) / "metrics.json").get("out_of_scope")
     if not isinstance(scope, dict) or not isinstance(scope.get("threshold"), int | float):
-        return None, None
-    return scope.get("quantile"), float(scope["threshold"])
+        return {}
+    return {**scope, "threshold": float(scope["threshold"])}
 
 
 def _some(names: list[str], shown: int = 5) -> str:

@@ -344,7 +344,7 @@ class SensitivityConfig:
     """Training rows used for the scores (min(N, this))."""
     warmup_epochs: int = -1
     """Head warm-up epochs on cached pooled features (backbone frozen) before scoring; -1 = auto: 5, or 1 when
-    the calibration rows hold fewer than FEW_SHOT_ROWS_PER_LABEL per label (few-shot: on four 10-shot sets the
+    the training split holds fewer than FEW_SHOT_ROWS_PER_LABEL rows per label (few-shot: on four 10-shot sets the
     row methods finetuned as well or better after 1 epoch, full finetuning worse on three; BENCHMARKS.md);
     0 = none. Every method starts from this head, so a comparison shares it."""
     warmup_lr: float = 1e-2
@@ -406,7 +406,10 @@ class SensitivityConfig:
         return self.warmup_epochs != 0 or self.head_init != "loaded"
 
     def warmup_epochs_for(self, rows: int, labels: int) -> int:
-        """The head warm-up epochs for ``rows`` calibration rows over ``labels`` labels (resolves auto)."""
+        """The head warm-up epochs for a training split of ``rows`` rows over ``labels`` labels (resolves auto). The
+        split's, not the calibration sample's: a smaller sample (``calibration_rows``, to score faster) turned a full
+        data set's warm-up into the few-shot one, as did more than 204 labels at the default 4,096 (the real-model
+        review)."""
         if self.warmup_epochs >= 0:
             return self.warmup_epochs
         return 1 if rows < FEW_SHOT_ROWS_PER_LABEL * labels else 5

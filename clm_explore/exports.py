@@ -17,6 +17,7 @@ from clm_explore.runs import (
     TRAINED_LENGTH_KEY,
     read_json_object,
     run_folder,
+    share_tensor_files,
     trained_max_length,
     write_json_atomic,
 )
@@ -121,6 +122,7 @@ def _save_cast(source: Path, target: Path, dtype: str) -> None:
     kind = getattr(torch, dtype)
     tensors = {name: t.to(kind) if t.is_floating_point() else t for name, t in load_file(source).items()}
     save_file(tensors, target, metadata={"format": "pt"})
+    share_tensor_files([target])  # safetensors writes it owner-only: a colleague could read all but the weights
 
 
 def _name_the_base(config_path: Path, record: dict[str, Any]) -> None:

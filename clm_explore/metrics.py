@@ -136,6 +136,7 @@ def out_of_scope_metrics(gold: np.ndarray, pred: np.ndarray, test_prob: np.ndarr
         if validation_prob.size == 0 or quantile is None:
             return out
         threshold = float(np.quantile(validation_prob, quantile))
+        out["validation_rows"] = int(validation_prob.size)  # a quantile of 33 rows is rough: said with it
     abstain = test_prob < threshold
     gold_open, pred_open = np.where(unseen, n_labels, gold), np.where(abstain, n_labels, pred)
     averaged = _labels_averaged(gold_open)

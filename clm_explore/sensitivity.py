@@ -476,9 +476,10 @@ def head_kept(model: nn.Module) -> Iterator[None]:
 
 
 def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConfig, device: torch.device,
-                 prefix: PrefixCache | None = None) -> dict[str, torch.Tensor]:
+                 prefix: PrefixCache | None = None, train_rows: int | None = None) -> dict[str, torch.Tensor]:
     """Train the classification head alone on cached head inputs (one forward pass over the batches, from
-    ``prefix``'s states when given), for ``cfg.warmup_epochs_for`` the rows and labels at hand.
+    ``prefix``'s states when given), for ``cfg.warmup_epochs_for`` the training split's rows (``train_rows``, the
+    split the batches' calibration rows were drawn from; default: the batches' rows) and the head's labels.
 
     Returns the head's state dict (also loaded into the model).
     """
@@ -491,7 +492,7 @@ def warm_up_head(loaded: LoadedModel, batches: list[Batch], cfg: SensitivityConf
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
     was_training = head_entry(head).training  # a SplitHead is made anew, in training mode
     head.train()  # a two-layer head's dropout, as in finetuning (a linear head has none)
-    for _ in range(cfg.warmup_epochs_for(len(feats), head_classes(head))):
+    for _ in range(cfg.warmup_epochs_for(train_rows or len(feats), head_classes(head))):
         for idx in torch.randperm(len(feats), generator=gen).split(cfg.batch_size):
             loss = nn.functional.cross_entropy(head_logits(head, feats[idx]), labels[idx])
             opt.zero_grad()
@@ -770,14 +771,14 @@ def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: 
     restrict = task_tokens if cfg.restriction == "tokens" else None
     batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
     with head_kept(model):
-        head_state = warm_up_head(loaded, batches, cfg, dev, prefix) if cfg.prepares_head else {}
+        head_state = warm_up_head(loaded, batches, cfg, dev, prefix, len(data.train)) if cfg.prepares_head else {}
         scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
     emb_name, emb_info = _embedding_info(loaded, task_tokens, batches)
     matrices = linear_matrix_infos(model, linears)
     row_scores = {f"{n}.weight": s for n, s in scores.items()}
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
     notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}",
-             f"head warm-up: {cfg.warmup_epochs_for(len(texts), len(data.labels))} epochs"
+             f"head warm-up: {cfg.warmup_epochs_for(len(data.train), len(data.labels))} epochs"
              + (" from a centroid head" if cfg.head_init == "centroid" else "")]
     if cfg.fisher_labels == "model":
         notes.append(f"Fisher labels: drawn from the model, {cfg.label_draws} per row")

@@ -741,7 +741,7 @@ def warm_up_head_only(ctx: MethodContext) -> float:
     sens = ctx.cfg.sensitivity
     texts, labels = calibration_rows(ctx.data, sens)
     batches = make_batches(ctx.loaded, texts, labels, None, sens.batch_size, sens.max_length)
-    warm_up_head(ctx.loaded, batches, sens, ctx.device)
+    warm_up_head(ctx.loaded, batches, sens, ctx.device, train_rows=len(ctx.data.train))
     return time.perf_counter() - started
 
 

@@ -190,10 +190,15 @@ def test_predict_abstains_below_a_probability_or_the_runs_own_threshold(capsys, 
     test.loc[:9, "label"] = "unsupported_request"  # test rows whose label train never had
     test.to_csv(data_dir / "test.csv", index=False)
     out = tmp_path / "run"
-    run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head",
-                      "--out-of-scope-quantile", "0.3", "--out", str(out), "--json"])
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head",
+                 "--out-of-scope-quantile", "0.3", "--out", str(out)]) == 0
     scope = json.loads((out / "metrics.json").read_text())["out_of_scope"]
     assert scope["quantile"] == 0.3 and scope["rows"] == 10
+    # The real-model review: the run's closing lines gave the plain accuracy alone, every unseen label's row wrong.
+    said = capsys.readouterr().out
+    assert f"out of scope (10 rows): AUROC of the top probability at telling them apart {scope['auroc']:.3f}" in said
+    assert (f"(the threshold turns away 30% of the {scope['validation_rows']} in-scope validation rows: few rows make a "
+            "rough quantile)") in said
     texts = test["text"].head(20).tolist()
     given = sum([["--text", t] for t in texts], [])
     plain = run_json(capsys, ["predict", "--run", str(out), *given, "--abstain-below", "none", "--json"])
@@ -501,6 +506,9 @@ def test_sensitivity_budget_says_what_a_sparse_run_trains_as_finetune_counts_it(
     said = capsys.readouterr().out
     trains = re.search(r"parameters selected \([\d.]+%\); a sparse run trains ([\d,]+) with its head", said)
     assert trains, said
+    # The real-model review: where the budget went was in --json only.
+    header = next(line for line in said.splitlines() if "norm_score" in line and "module" in line)
+    assert header.split()[-1] == "selected_rows" and "a map low here may still hold selected rows" in said
     run_json(capsys, ["finetune", "--data", str(data_dir), *TINY, *FAST, "--max-length", "64", "--budget", "0.05",
                       "--out", str(tmp_path / "run"), "--json"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -159,3 +159,12 @@ def test_a_spaced_label_option_and_labels_that_mark_a_missing_value(tmp_path: Pa
     assert main(["validate", str(tmp_path / "d.csv"), "--label-col", " label ", "--strict", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert any("look like a missing value, not a class: 'NA' (3 rows)" in problem for problem in report["serious"])
+
+
+def test_validate_imports_neither_torch_nor_transformers() -> None:
+    """The real-model review: `validate` loads no model, yet paid 4.4 s of its 8 s importing torch and transformers
+    (a data check in CI or a pre-commit hook paid it every call)."""
+    script = ("import sys; from clm_explore.cli import main; code = main(['validate', 'sample', '--json']); "
+              "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stderr[-2000:]

@@ -43,6 +43,8 @@ def test_a_half_precision_export_is_half_the_size_and_a_folder_is_never_replaced
                                                                                             tmp_path: Path) -> None:
     full = export_run(sparse_run, tmp_path / "f32")
     half = export_run(sparse_run, tmp_path / "f16", dtype="float16")
+    # The real-model review: the cast weights were owner-only (safetensors' 0600), the float32 copy the umask's.
+    assert (half / "model.safetensors").stat().st_mode & 0o777 == (half / "config.json").stat().st_mode & 0o777
     size = {p.name: (p / "model.safetensors").stat().st_size for p in (full, half)}
     assert size["f16"] < 0.6 * size["f32"] and json.loads((half / "config.json").read_text())["dtype"] == "float16"
     assert json.loads((half / EXPORT_RECORD).read_text()) == {"run": sparse_run.name, "dtype": "float16"}

@@ -173,3 +173,16 @@ def test_the_audit_shows_a_bar_in_a_notebook_unless_someone_listens(splits, caps
     heard: list[str] = []
     find_label_issues(loaded, data, cfg, on_progress=lambda phase, done, total: heard.append(phase))
     assert "probing the folds" not in capsys.readouterr().err and "probing the folds" in heard
+
+
+def test_a_label_train_never_has_is_neither_audited_nor_suggested(splits):
+    """The real-model review: HINT3's out-of-scope label (test only) was one more class to the probe, which suggested
+    it for in-scope training rows; accepting one moved the out-of-scope label into training."""
+    loaded = load_model("tiny-random", sorted(WORDS), seed=0)
+    rng = np.random.default_rng(1)
+    out_of_scope = rows(10, rng).assign(label="NO_NODES_DETECTED")  # test rows of every kind under one label
+    data = load_data(dict(splits, test=pd.concat([splits["test"], out_of_scope], ignore_index=True)))
+    result = find_label_issues(loaded, data)
+    assert result.checked == 240 and "NO_NODES_DETECTED" not in set(result.issues["suggested"])
+    assert result.notes == ["40 row(s) of 1 label(s) train never has were not audited, nor are they suggested "
+                            "(out-of-scope queries, which runs answer by abstaining): NO_NODES_DETECTED"]

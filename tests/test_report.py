@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from test_casestudy import make_run
 
 from clm_explore.attribution import AttributionConfig, TokenAttribution
@@ -83,6 +84,22 @@ def test_mask_table(tmp_path: Path, tiny_data) -> None:
     assert (table["share"] == table["selected_rows"] / table["rows"]).all()
     assert table["share"].between(0, 1).all() and (table["rows"] > 0).all()
     assert mask_table(tmp_path / "none").empty
+
+
+def test_the_mask_table_counts_the_pooler_rows_above_the_top_layer(tmp_path: Path) -> None:
+    """The real-model review: BERT's pooler, a backbone map scored and selected under the budget, was left out with
+    the head, so the card's table summed 533 rows of the 542 trained."""
+    from safetensors.torch import save_file
+
+    rows = torch.zeros(8, 4)
+    save_file({"bert.encoder.layer.1.attention.self.query.weight": rows.clone().index_fill_(0, torch.tensor([0]), 1),
+               "bert.pooler.dense.weight": rows.clone().index_fill_(0, torch.tensor([1, 2]), 1),
+               "classifier.weight": torch.ones(3, 8)}, tmp_path / "masks.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    table = mask_table(tmp_path)
+    assert table[["layer", "module", "selected_rows", "rows"]].values.tolist() == [["1", "q", 1, 8], ["2", "pooler", 2, 8]]
+    (tmp_path / "config.json").unlink()  # no config: one above the highest layer the masks name
+    assert mask_table(tmp_path)["layer"].tolist() == ["1", "2"]
 
 
 def test_colored_words_escapes() -> None:

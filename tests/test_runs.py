@@ -735,8 +735,8 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     (done.path / "model.safetensors").write_bytes(b"0" * 3 * 2**20)
     assert main(["runs"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"3 run(s) in {store.root}, taking 3.0 MB:" and out[1].split() == [
-        "id", "method", "status", "accuracy", "macro_f1", "trainable", "MB", "created"]
+    assert out[0] == f"3 run(s) in {store.root}, taking 3.0 MiB:" and out[1].split() == [
+        "id", "method", "status", "accuracy", "macro_f1", "trainable", "MiB", "created"]
     assert [line.split()[0] for line in out[2:]] == [r.id for r in store.list()]  # the registry's order, newest first
     line = {row.split()[0]: row for row in out[2:]}
     assert line[killed].split()[2] == "interrupted"  # its process was gone: marked, as the app marks it
@@ -795,7 +795,7 @@ def test_cli_runs_prune_deletes_the_runs_that_ended_long_ago_and_lists_them(stor
     store._update(old.id, {"updated": "2020-01-02T03:04:05"})
     assert main(["runs", "--prune", "30", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("would delete 1 run(s) (0.0 MB) that ended more than 30 day(s) ago:") and old.id in out
+    assert out.startswith("would delete 1 run(s) (0.0 MiB) that ended more than 30 day(s) ago:") and old.id in out
     assert old.path.is_dir()
     assert main(["runs", "--prune", "30", "--status", "failed", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [old.id] and not old.path.exists()
@@ -825,8 +825,11 @@ def test_a_prune_says_apart_the_runs_it_deletes_and_those_registered_from_elsewh
     for record in (own, cell):
         store._update(record.id, {"updated": "2020-01-02T03:04:05"})
     assert main(["runs", "--prune", "30", "--dry-run"]) == 0
-    assert capsys.readouterr().out.startswith("would delete 1 run(s) (1.0 MB) that ended more than 30 day(s) ago; "
-                                              "would unlist 1 registered from elsewhere, their folders kept:")
+    said = capsys.readouterr().out
+    assert said.startswith("would delete 1 run(s) (1.0 MiB) that ended more than 30 day(s) ago; "
+                           "would unlist 1 registered from elsewhere, their folders kept:")
+    lines = {line.split()[0]: line for line in said.splitlines()[2:]}  # the table's rows, by id
+    assert lines[cell.id].endswith("(only unlisted: its folder is kept)") and "unlisted" not in lines[own.id]
     assert main(["runs", "--prune", "30", "--json"]) == 0
     said = {row["id"]: row["folder_deleted"] for row in json.loads(capsys.readouterr().out)}
     assert said == {own.id: True, cell.id: False}

@@ -364,8 +364,10 @@ def test_auto_head_warmup_is_one_epoch_below_twenty_rows_per_label(tiny_data):
     assert auto.warmup_epochs_for(rows=4096, labels=77) == 5
     assert SensitivityConfig(warmup_epochs=3).warmup_epochs_for(rows=60, labels=6) == 3  # explicit wins
     cfg = SensitivityConfig(calibration_rows=48, restriction="none")
-    rows, labels = min(len(tiny_data.train), 48), len(tiny_data.labels)
-    resolved = cfg.warmup_epochs_for(rows, labels)
+    # The training split's rows per label decide (40 here), not the calibration sample's (12): a smaller sample
+    # turned a full data set's warm-up into the few-shot one (the real-model review).
+    resolved = cfg.warmup_epochs_for(len(tiny_data.train), len(tiny_data.labels))
+    assert resolved == 5
 
     def head_after(c: SensitivityConfig) -> SensitivityReport:
         return compute_sensitivity(load_model("tiny-random", tiny_data.labels), tiny_data, None, c, device="cpu")

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when the report lists problems (a script or CI check that must stop on them)")
-    parser.set_defaults(func=run_validate)
+    parser.set_defaults(func=run_validate, light=True)  # no model: torch and transformers left unimported
     _register_audit(subparsers)
 
 

@@ -267,15 +267,18 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print(f"saved the scores to {args.out} (finetune --scores {args.out} trains from them)", file=sys.stderr)
     table = report.table[["layer", "module", "score", "norm_score", "rows", "params"]]
     sel = select_mask(report, mask_config(args)) if args.budget is not None else None
-    if args.json:  # with --budget each (layer, module) also says how many of its rows the budget selects
-        if sel is not None:
-            table = table.merge(sel.table[["layer", "module", "selected_rows"]], on=["layer", "module"], how="left")
-            table["selected_rows"] = table["selected_rows"].fillna(0).astype(int)
+    if sel is not None:  # each (layer, module) also says how many of its rows the budget selects
+        table = table.merge(sel.table[["layer", "module", "selected_rows"]], on=["layer", "module"], how="left")
+        table["selected_rows"] = table["selected_rows"].fillna(0).astype(int)
+    if args.json:
         print_json(table.to_dict(orient="records"))
         if sel is not None and sel.budget_note:
             print(f"note: {sel.budget_note}", file=sys.stderr)
         return 0
-    print(report.table.to_string(index=False))
+    print(table.to_string(index=False))
+    # The real-model review: read as the selection's order, norm_score ran against it (a map at 0.00004 got 22 rows).
+    print("norm_score: the map's score per parameter, the highest 1; rows are selected on each row's score over its "
+          "map's mean, so a map low here may still hold selected rows")
     print(f"{report.seconds:.1f} s; " + "; ".join(report.notes))
     if sel is not None:
         lowest = f"{sel.lowest_layer} (the embeddings)" if sel.lowest_layer == -1 else sel.lowest_layer
@@ -610,6 +613,10 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
         print(f"run {record.id} -> {run_dir}")
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  trainable "
               f"{metrics['trainable_params']:,} / {metrics['total_params']:,}  {_time_text(metrics)}")
+        if isinstance(scope := metrics.get("out_of_scope"), dict) and scope.get("rows"):
+            from clm_explore.cli.evaluate_cmds import out_of_scope_lines
+
+            print(out_of_scope_lines(scope))  # the plain accuracy counts every unseen label's row wrong
         if rerun:
             print(_reran_text(rerun.run))
         if epochs_said := _epochs_text(metrics, cfg):

@@ -59,7 +59,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export_run(checked_run(args.run, "--run"), args.out, args.dtype, args.overwrite, patch=args.patch)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"exported {args.run} to {out} ({size / 2**20:,.1f} MB, {args.dtype}): "
+    print(f"exported {args.run} to {out} ({size / 2**20:,.1f} MiB, {args.dtype}): "
           + ", ".join(sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())))
     return 0
 
@@ -101,7 +101,7 @@ def run_runs(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    size = f", taking {sum(row['size_bytes'] for row in rows) / 2**20:,.1f} MB" if rows else ""
+    size = f", taking {sum(row['size_bytes'] for row in rows) / 2**20:,.1f} MiB" if rows else ""
     print(f"{len(rows)} run(s) in {store.root.absolute()}{size}" + (":" if rows else ""))
     if rows:
         print(format_runs(rows))
@@ -136,7 +136,7 @@ def _prune(store: RunStore, args: argparse.Namespace) -> int:
     else:
         print(_pruned_said(rows, args))
         if rows:
-            print(format_runs([{k: v for k, v in row.items() if k != "folder_deleted"} for row in rows]))
+            print(format_runs(rows))
     if said:
         print(f"error: {said}", file=sys.stderr)
         return 1
@@ -149,7 +149,7 @@ def _pruned_said(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     runs and 11.9 MB where 35 runs and 7.0 MB would go."""
     verb = "would delete" if args.dry_run else "deleted"
     own, kept = [r for r in rows if r["folder_deleted"]], [r for r in rows if not r["folder_deleted"]]
-    freed = f" ({sum(row['size_bytes'] for row in own) / 2**20:,.1f} MB)" if args.dry_run and own else ""
+    freed = f" ({sum(row['size_bytes'] for row in own) / 2**20:,.1f} MiB)" if args.dry_run and own else ""
     said = f"{verb} {len(own)} run(s){freed} that ended more than {args.prune:g} day(s) ago"
     if kept:
         said += (f"; {'would unlist' if args.dry_run else 'unlisted'} {len(kept)} registered from elsewhere, their "
@@ -173,13 +173,15 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
                          ("size_bytes", "{:,.1f}")):
         if column in frame:
             frame[column] = frame[column].map(shown(form))
-    names = {"trainable_params": "trainable", "size_bytes": "MB"}
+    names = {"trainable_params": "trainable", "size_bytes": "MiB"}
     lines = frame.rename(columns=names).to_string(index=False).splitlines()
     for i, row in enumerate(rows, start=1):
         if row["error"]:
             lines[i] += f"  ({shortened(one_line(row['error']))})"  # one line, its cause kept
         elif row.get("progress"):
             lines[i] += f"  ({progress_said(row['progress'])})"
+        if row.get("folder_deleted") is False:  # a prune's: said apart in the table too (the real-model review)
+            lines[i] += "  (only unlisted: its folder is kept)"
     return "\n".join(lines)
 
 
