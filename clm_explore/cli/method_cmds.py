@@ -228,7 +228,7 @@ def _calibration_rows_arg(p: argparse.ArgumentParser) -> None:
 def _head_warmup_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-warmup-epochs", type=int, default=SensitivityConfig.warmup_epochs,
                    help="epochs of the head warm-up (a linear probe on a one-layer head) before scoring "
-                        "(-1 = auto: 5, or 1 below 20 rows per label)")
+                        "(-1 = auto: 5, or 1 below 20 training rows per label)")
     p.add_argument("--head-init", choices=HEAD_INITS, default=SensitivityConfig.head_init,
                    help="where the warm-up starts: the head as loaded, or a nearest-centroid head of the "
                         "calibration rows (the same for every seed on a one-layer head; also with "

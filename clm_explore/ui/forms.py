@@ -192,7 +192,7 @@ def sensitivity_form(key: str = "sens") -> SensitivityConfig:
         rows = c2.number_input("Calibration rows", 16, 100_000, cfg.calibration_rows, key=f"{key}_rows",
                                help="Training rows whose gradients are scored (more: steadier scores, slower).")
         warmup = c3.number_input("Head warm-up epochs", -1, 50, cfg.warmup_epochs, key=f"{key}_warmup",
-                                 help="-1 = auto: 5, or 1 when there are fewer than 20 rows per label (few-shot)")
+                                 help="-1 = auto: 5, or 1 when the training split has fewer than 20 rows per label (few-shot)")
         head_init = c4.selectbox("Head start", HEAD_INITS, index=HEAD_INITS.index(cfg.head_init), key=f"{key}_head",
                                  format_func=HEAD_START_NAMES.get,
                                  help="where the warm-up starts: the head as loaded (seeded random), or each "
