@@ -591,20 +591,12 @@ def set_aside(folder: Path) -> Path:
     return folder.rename(kept)
 
 
-def cell_run_name(cell_dir: Path) -> str:
-    """A cell's run name in the registry: its grid's folder and its own (``grid/tune/cell`` for a sweep's), so that
-    the Runs page tells apart the same cell of two grids (the scale review: every grid's ``sparse-b0.01-s0``)."""
-    part = cell_dir.parent  # the grid's cells/ or tune/
-    inside = cell_dir.name if part.name == "cells" else f"{part.name}/{cell_dir.name}"
-    return f"{part.parent.name}/{inside}"
-
-
 def finetune_command(cell: Cell, cfg: BenchConfig, data_dir: Path, cell_dir: Path) -> list[str]:
     """The ``clm-explore finetune`` command line of one cell."""
     cmd = [sys.executable, "-m", "clm_explore.cli", "finetune", "--data", str(data_dir), "--model", cfg.model,
            "--method", cell.method, "--epochs", str(cfg.epochs), "--seed", str(cell.seed),
            "--batch-size", str(cfg.batch_size), "--max-length", str(cfg.max_length), "--device", cfg.device,
-           "--out", str(cell_dir), "--name", cell_run_name(cell_dir), "--overwrite", "--json"]
+           "--out", str(cell_dir), "--overwrite", "--json"]
     if cell.budget is not None:
         cmd += ["--budget", repr(cell.budget)]
     if cell.lr:

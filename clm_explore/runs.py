@@ -3,7 +3,7 @@
 Layout::
 
     <root>/registry.sqlite                 # the table below (WAL, short transactions)
-    <root>/outside_runs.txt                # the folders registered from elsewhere, a path a line
+    <root>/outside_runs.txt                # the folders registered from elsewhere, a path a line (-path: off)
     <root>/<YYYYmmdd-HHMMSS>-<slug>/       # one run folder (what ``finetune`` writes)
 
 ``root`` is ``$CLM_EXPLORE_RUNS`` or ``./runs``. A folder written elsewhere (``finetune --out DIR``)
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 REGISTRY_NAME = "registry.sqlite"
-REGISTRY_VERSION = 1
+REGISTRY_VERSION = 2
 """The registry's format (its PRAGMA user_version): ``RunStore._migrate`` brings an older one up to it."""
 UPLOADS_NAME = "_uploads"
 """The app's uploads folder under the runs root (``ui.state.uploads_root``'s default): never a run."""
@@ -327,17 +327,26 @@ class RunStore:
         without a method or config (registered before their run wrote clm_run.json, by versions that never filled
         them in) take both from the folder, as ``set_status`` does now: the Runs page showed their settings empty,
         their method '?', and the Compare page missed that two of them trained on different data (the upgrade
-        review). A registry this process may not write is read as it is."""
+        review). Version 2: every row's config is the one its clm_run.json records (the CLI and the app registered the
+        config as given, before training settled it: a seed of an older run and a newer one's read as two settings,
+        the diff review), and the rows outside the root are listed in ``outside_runs.txt``. A registry this process
+        may not write is read as it is."""
         try:
             with self._connect() as conn:
-                if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= REGISTRY_VERSION:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version >= REGISTRY_VERSION:
                     return
-                rows = conn.execute("SELECT id, path FROM runs WHERE method = '?' OR config IN ('{}', '')").fetchall()
-                for row in rows:
+                query = "SELECT id, path, config FROM runs" + (
+                    "" if version < 2 else " WHERE method = '?' OR config IN ('{}', '')")
+                for row in conn.execute(query).fetchall():
                     meta = read_json_object(Path(row["path"]) / "clm_run.json")
-                    if _registry_config(meta):
+                    if recorded := _registry_config(meta):
+                        given = _loads_object(row["config"])  # what the app named the data as, kept
+                        kept = {k: given[k] for k in ("source", "data", "data_digest") if k in given}
                         conn.execute("UPDATE runs SET method = ?, config = ? WHERE id = ?",
-                                     (method_name(meta.get("method", "?")), _dumps(_registry_config(meta)), row["id"]))
+                                     (method_name(meta.get("method", "?")), _dumps({**recorded, **kept}), row["id"]))
+                    if Path(row["path"]).parent != self.root:
+                        self._note_outside(Path(row["path"]))
                 conn.execute(f"PRAGMA user_version = {REGISTRY_VERSION}")
         except RunStoreError:  # read-only, or held by another process past the timeout: the next open migrates
             return
@@ -462,18 +471,24 @@ class RunStore:
         method = method_name(meta.get("method", metrics.get("method", method or "?")))
         config = _registry_config(meta) or config or {}
         existing = self._find_by_path(folder)
+        if existing is not None and folder.parent != root:
+            self._note_outside(folder)  # registered by a version that kept no list
+        if existing is not None and name and existing.name != name:  # trained again under another name
+            self._update(existing.id, {"name": name})
+            existing = self.get(existing.id)
         if existing is not None:
             if existing.status in (RunStatus.PENDING, RunStatus.RUNNING) and self._owner_alive(existing):
                 return existing
             record = self._reread(existing, method, config, metrics, status)
             return self._with_error(record, error)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(folder.stat().st_mtime))
-        slug = slugify(name or folder.name)
         # A folder of the root named as its runs are keeps its name as its id (found again after a registry was lost).
         own = [folder.name] if folder.parent == self.root and _RUN_ID.fullmatch(folder.name) and not name else []
+        name = name or folder_run_name(folder)
+        slug = slugify(name)
         for run_id in [*own, *(f"{stamp}-{slug}" if n == 1 else f"{stamp}-{slug}-{n}" for n in range(1, 1000))]:
             try:
-                self._insert(run_id, name or folder.name, method, folder, config, metrics, status,
+                self._insert(run_id, name, method, folder, config, metrics, status,
                              _folder_dates(folder, meta) if status.is_terminal else None)
             except sqlite3.IntegrityError:
                 found = self._find_by_path(folder)
@@ -500,30 +515,34 @@ class RunStore:
                 listed.add(folder)
         return found
 
-    def _outside_folders(self) -> builtins.list[Path]:
-        """The folders ``outside_runs.txt`` names, each once, that are still folders."""
+    def _outside_listed(self) -> builtins.list[Path]:
+        """The folders ``outside_runs.txt`` lists, in order: a line ``/path`` lists one, a line ``-/path`` takes it
+        off. Only appended to, never rewritten: a line one process appends while another takes a run off is kept
+        (the diff review: a rewrite dropped it)."""
         try:
             lines = (self.root / OUTSIDE_NAME).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError):  # none yet, or unreadable: the root's own folders are still found
             return []
-        return [Path(line) for line in dict.fromkeys(lines) if line.startswith("/") and Path(line).is_dir()]
+        listed: dict[str, None] = {}
+        for line in lines:
+            if line.startswith("-/"):
+                listed.pop(line[1:], None)
+            elif line.startswith("/"):
+                listed[line] = None
+        return [Path(line) for line in listed]
 
-    def _note_outside(self, folder: Path) -> None:
-        """Add a folder registered from outside the root to ``outside_runs.txt`` (one short append: lines written by
-        several processes at once stay whole)."""
-        if "\n" in str(folder) or folder in self._outside_folders():  # a line a path; a rebuild's own, listed
+    def _outside_folders(self) -> builtins.list[Path]:
+        """The folders ``outside_runs.txt`` lists that are still folders."""
+        return [folder for folder in self._outside_listed() if folder.is_dir()]
+
+    def _note_outside(self, folder: Path, off: bool = False) -> None:
+        """List a folder registered from outside the root in ``outside_runs.txt`` (``off``: take it off), one short
+        append (lines written by several processes at once stay whole)."""
+        if "\n" in str(folder) or (folder in self._outside_listed()) != off:  # a line a path; listed as wanted
             return
         # A root this process may not write: the run is listed, only not found after a rebuild.
         with suppress(OSError), open(self.root / OUTSIDE_NAME, "a", encoding="utf-8") as handle:
-            handle.write(f"{folder}\n")
-
-    def _forget_outside(self, folder: Path) -> None:
-        """Take an unregistered folder off ``outside_runs.txt``: a registry made anew must not list it again."""
-        path = self.root / OUTSIDE_NAME
-        with suppress(OSError, UnicodeDecodeError):
-            lines = path.read_text(encoding="utf-8").splitlines()
-            if str(folder) in lines:
-                write_text_atomic(path, "".join(f"{line}\n" for line in lines if line != str(folder)))
+            handle.write(f"{'-' if off else ''}{folder}\n")
 
     def _with_error(self, record: RunRecord, error: str | None) -> RunRecord:
         if error is None or record.error == error:
@@ -786,8 +805,8 @@ class RunStore:
             if hidden is not None:
                 _put_back_aside(hidden, record.path)
             raise
-        if not self.holds_folder(record):
-            self._forget_outside(record.path)
+        if not self.holds_folder(record):  # a registry made anew must not list it again
+            self._note_outside(record.path, off=True)
         if hidden is not None:
             shutil.rmtree(hidden / "run", ignore_errors=True)
             if not (hidden / "run").exists():  # else its owner file stays: a sweep tries again once this process is gone
@@ -1469,6 +1488,30 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+
+GRID_PARTS = ("cells", "tune")
+"""A bench grid's folders of cells (its grid's, and the learning-rate sweep's), beside its bench.json."""
+
+
+def folder_run_name(folder: Path) -> str:
+    """The name a folder registered without one is listed under: its own, or ``GRID/CELL`` (``GRID/tune/CELL``)
+    for a bench cell, so that the same cell of two grids reads apart on the Runs page (the scale review), also in a
+    registry made anew."""
+    part = folder.parent
+    if part.name in GRID_PARTS and (part.parent / "bench.json").is_file():
+        inside = folder.name if part.name == "cells" else f"{part.name}/{folder.name}"
+        return f"{part.parent.name}/{inside}"
+    return folder.name
+
+
+def _loads_object(text: str | None) -> dict[str, Any]:
+    """A registry column's JSON object, or {} where it holds none (empty, or not an object)."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _stopped_otherwise_on_disk(metrics_path: Path, status: RunStatus) -> bool:

@@ -167,11 +167,6 @@ def test_finetune_command_passes_the_cell():
     text = " ".join(cmd)
     assert "--method sparse" in text and "--budget 0.01" in text and "--seed 2" in text and "--lr 0.0005" in text
     assert "--score" not in cmd  # the default row score: the command (and folder name) of older grids
-    # The scale review: every grid's cells were listed by their own folders' names, the same in each grid.
-    named = finetune_command(Cell("sparse", 0.01, 2), _cfg(), Path("d"), Path("/x/banking-grid/cells/sparse-b0.01-s2"))
-    assert named[named.index("--name") + 1] == "banking-grid/sparse-b0.01-s2"
-    swept = finetune_command(Cell("sparse", 0.01, 2), _cfg(), Path("d"), Path("/x/g/tune/sparse-b0.01-s2-lr0.001"))
-    assert swept[swept.index("--name") + 1] == "g/tune/sparse-b0.01-s2-lr0.001"
     taylor = finetune_command(Cell("sparse", 0.01, 2, 5e-4, "taylor"), _cfg(), Path("d"), Path("c"))
     assert taylor[taylor.index("--score") + 1] == "taylor"
     assert "--json" in cmd and "--overwrite" in cmd and cmd[cmd.index("--out") + 1] == "c"

@@ -214,7 +214,7 @@ def test_predict_abstains_below_a_probability_or_the_runs_own_threshold(capsys, 
     assert said.out.startswith("(out of scope)\t") and "1 text(s) scored below the out-of-scope threshold" in said.err
     csv = tmp_path / "labels.csv"
     assert main(["predict", "--run", str(out), *given, "--out", str(csv)]) == 0
-    capsys.readouterr()
+    assert f"{len(below)} text(s) scored below the out-of-scope threshold" in capsys.readouterr().err
     assert pd.read_csv(csv)["out_of_scope"].tolist() == [r["out_of_scope"] for r in ruled]
     assert label_file(out, csv)["out_of_scope"].tolist() == [r["out_of_scope"] for r in ruled]
     everything = run_json(capsys, ["predict", "--run", str(out), "--text", texts[0], "--abstain-below", "0.999",

@@ -829,7 +829,7 @@ def test_a_prune_says_apart_the_runs_it_deletes_and_those_registered_from_elsewh
     assert said.startswith("would delete 1 run(s) (1.0 MiB) that ended more than 30 day(s) ago; "
                            "would unlist 1 registered from elsewhere, their folders kept:")
     lines = {line.split()[0]: line for line in said.splitlines()[2:]}  # the table's rows, by id
-    assert lines[cell.id].endswith("(only unlisted: its folder is kept)") and "unlisted" not in lines[own.id]
+    assert lines[cell.id].endswith("(registered from elsewhere: its folder is kept)") and "kept" not in lines[own.id]
     assert main(["runs", "--prune", "30", "--json"]) == 0
     said = {row["id"]: row["folder_deleted"] for row in json.loads(capsys.readouterr().out)}
     assert said == {own.id: True, cell.id: False}
@@ -938,7 +938,40 @@ def test_a_registry_made_again_finds_the_runs_registered_from_outside_its_root(s
         file.unlink()
     again = RunStore(store.root).list()
     assert [(r.path, r.status, r.metrics["accuracy"]) for r in again] == [(folders[0], RunStatus.SUCCEEDED, 0.5)]
-    assert (store.root / "outside_runs.txt").read_text().splitlines() == [str(folders[0]), str(folders[2])]
+    # Appended to only (the diff review: a rewrite taking one off lost a line another process appended meanwhile).
+    assert (store.root / "outside_runs.txt").read_text().splitlines() == [*map(str, folders), f"-{folders[1]}"]
+    assert RunStore(store.root)._outside_listed() == [folders[0], folders[2]]
+
+
+def test_an_older_registry_takes_its_configs_from_the_folders_and_lists_its_outside_runs(tmp_path: Path) -> None:
+    """The diff review: rows older versions registered with the config as given (the rows scored at 64 sub-tokens,
+    the mask unseeded) never matched a newer seed of the same setting, and their outside runs were in no list."""
+    import sqlite3
+
+    from clm_explore.reruns import same_setting
+
+    store = RunStore(tmp_path / "runs")
+    settled = {"method": "random", "seed": 0, "max_length": 32, "sensitivity": {"max_length": 32},
+               "mask": {"seed": 0}}
+    given = {**settled, "sensitivity": {"max_length": 64}, "mask": {"seed": None}}
+    beside = {"source": "tiny-random", "data": "sample:banking77_20:None:None:", "data_digest": "ab" * 8}
+    old = store.create("old", "random", {**given, **beside})
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for folder in (old.path, outside):
+        (folder / "clm_run.json").write_text(json.dumps({"method": "random", "source": "tiny-random", "data": "x.csv",
+                                                         "data_digest": "ab" * 8, "config": settled}))
+        (folder / "metrics.json").write_text('{"accuracy": 0.5}')
+    elsewhere = store.register_folder(outside)
+    (store.root / "outside_runs.txt").unlink()  # as an older version left it: no list
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps({**given, **beside}), old.id))
+        conn.execute("PRAGMA user_version = 1")
+    migrated = RunStore(store.root)
+    assert migrated.get(old.id).config == {**settled, **beside}  # the app's name for its data kept
+    newer = {**settled, "seed": 1, "mask": {"seed": 1}, **beside}
+    assert same_setting(migrated.get(old.id).config, newer)
+    assert migrated._outside_listed() == [outside] and migrated.get(elsewhere.id).config["data"] == "x.csv"
 
 
 def test_a_registry_made_again_dates_the_runs_it_finds_by_their_folders(store: RunStore) -> None:
@@ -1335,3 +1368,24 @@ def test_the_cli_and_the_api_record_a_run_as_its_folder_does_and_as_one_setting(
     assert same_setting(cli0.config, cli1.config) and same_setting(cli0.config, api.config)
     assert (cli0.name, cli1.name) == ("first probe", "cli1")  # --name, else the folder's (a bench names its cells)
     assert not same_setting(cli0.config, {**api.config, "data_digest": "0" * 16})
+
+
+def test_a_bench_cell_is_named_by_its_grid_and_a_name_given_again_is_kept(store: RunStore, tmp_path) -> None:
+    """The scale review: every grid's cells were listed by their own folders' names, the same in each grid; the diff
+    review: a name given when a folder was trained again was dropped, and a registry made anew lost the grid's."""
+    grid = tmp_path / "banking-grid"
+    cells = [grid / "cells" / "sparse-b0.01-s2", grid / "tune" / "sparse-b0.01-s0-lr0.001", tmp_path / "plain" / "cells"
+             / "head-s0"]
+    (grid / "cells").mkdir(parents=True)
+    (grid / "bench.json").write_text("{}")
+    for folder in cells:
+        folder.mkdir(parents=True)
+        (folder / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": {}}))
+        (folder / "metrics.json").write_text('{"accuracy": 0.5}')
+    names = [store.register_folder(folder).name for folder in cells]
+    assert names == ["banking-grid/sparse-b0.01-s2", "banking-grid/tune/sparse-b0.01-s0-lr0.001", "head-s0"]
+    for file in store.root.glob("registry.sqlite*"):
+        file.unlink()
+    assert sorted(r.name for r in RunStore(store.root).list()) == sorted(names)  # found again, named alike
+    again = RunStore(store.root).register_folder(cells[2], name="my probe")  # --out DIR --overwrite --name
+    assert again.name == "my probe" and RunStore(store.root).get(again.id).name == "my probe"

@@ -389,8 +389,9 @@ def _register_finetune(sub: Any) -> None:
                    "model and labels) instead of scoring again; their settings replace --score, "
                    "--fisher-labels, --label-draws and the head warm-up options")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new folder under the run root)")
-    p.add_argument("--name", default=None, help="the run's name in the registry, the app's Runs page and `runs` "
-                   "(default: the --out folder's name, else METHOD-DATA)")
+    p.add_argument("--name", default=None, help="the run's name in the registry and the app's Runs page (`runs "
+                   "--json`; its id is made from it); default: the --out folder's name (GRID/CELL for a bench's "
+                   "cell), else METHOD-DATA. A registry made anew names runs by their folders")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out run folder (one holding clm_run.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -707,9 +708,6 @@ def _unused_options(args: argparse.Namespace) -> list[str]:
                       "layers read it)")
     if args.method in ("full", "head", "bitfit", "lora", "prefix", "random") and args.score != SensitivityConfig.score:
         unused.append(f"--score is not read by {args.method}, which chooses no rows by their scores")
-    if (args.method in ("full", "head", "bitfit", "lora", "prefix")
-            and args.calibration_rows != SensitivityConfig.calibration_rows):
-        unused.append(f"--calibration-rows is not read by {args.method}, which scores no rows")
     if mining_config(args, args.merge) != MiningConfig() and args.method not in MINING_METHODS:
         unused.append(f"the mining options are not read by {args.method}, which mines no groups")
     return unused
@@ -839,7 +837,10 @@ def run_predict(args: argparse.Namespace) -> int:
     frame = predict(run_dir, texts, length)  # at the run's trained length unless --max-length
     _note_unreadable_texts(run_dir, texts)
     if out is not None:
-        return _write_predictions(prediction_table(frame, threshold), out)
+        table = prediction_table(frame, threshold)
+        if args.abstain_below is None and threshold is not None:
+            _say_run_threshold(int(table["out_of_scope"].sum()), threshold, "out_of_scope True in the file")
+        return _write_predictions(table, out)
     probs, labels = frame.to_numpy(), list(frame.columns)
     results = []
     for text, p in zip(texts, probs, strict=True):
@@ -848,10 +849,9 @@ def run_predict(args: argparse.Namespace) -> int:
                         "top": [{"label": labels[i], "probability": float(p[i])} for i in top]})
         if threshold is not None:
             results[-1]["out_of_scope"] = bool(p[top[0]] < threshold)
-    if args.abstain_below is None and (turned_away := sum(r.get("out_of_scope", False) for r in results)):
-        print(f"note: {turned_away} text(s) scored below the out-of-scope threshold this run chose on its validation "
-              f"rows ({threshold:.3f}): {'out_of_scope: true' if args.json else OUT_OF_SCOPE}, as the app labels "
-              "them (--abstain-below none: the model's label).", file=sys.stderr)
+    if args.abstain_below is None and threshold is not None:
+        _say_run_threshold(sum(r.get("out_of_scope", False) for r in results), threshold,
+                           "out_of_scope: true" if args.json else OUT_OF_SCOPE)
     if args.json:
         print_json(results)
     else:
@@ -859,6 +859,14 @@ def run_predict(args: argparse.Namespace) -> int:
             label = OUT_OF_SCOPE if r.get("out_of_scope") else r["label"]
             print(f"{one_line(label)}\t{r['probability']:.3f}\t{one_line(r['text'])}")
     return 0
+
+
+def _say_run_threshold(turned_away: int, threshold: float, shown: str) -> None:
+    """A note on the texts ``predict`` abstains on by the run's own threshold, which no option asked for."""
+    if turned_away:
+        print(f"note: {turned_away} text(s) scored below the out-of-scope threshold this run chose on its validation "
+              f"rows ({threshold:.3f}): {shown}, as the app labels them (--abstain-below none: the model's label).",
+              file=sys.stderr)
 
 
 PREDICTION_HEADER = "row,text,label,probability"

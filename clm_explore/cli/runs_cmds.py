@@ -181,7 +181,7 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
         elif row.get("progress"):
             lines[i] += f"  ({progress_said(row['progress'])})"
         if row.get("folder_deleted") is False:  # a prune's: said apart in the table too (the real-model review)
-            lines[i] += "  (only unlisted: its folder is kept)"
+            lines[i] += "  (registered from elsewhere: its folder is kept)"
     return "\n".join(lines)
 
 

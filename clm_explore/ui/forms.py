@@ -395,7 +395,8 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
         lr = c1.number_input("Learning rate (0 = method default)", 0.0, 1.0, format="%.2g", key=f"{key}_lr",
                              help="0 takes the method's default: " + ", ".join(
                                  f"{method} {rate:g}" for method, rate in DEFAULT_LR.items()) + ".")
-        seed = c2.number_input("Seed", 0, MAX_SEED, key=f"{key}_seed")  # the CLI's range: any run's seed set again
+        # The CLI's range (any run's seed set again), less the seeds one launch adds after it.
+        seed = c2.number_input("Seed", 0, MAX_SEED - MAX_SEEDS + 1, key=f"{key}_seed")
         seeds = c3.number_input(
             "Runs (seeds)",
             1,
