@@ -104,6 +104,15 @@ def default_device() -> str:
     return job_device()
 
 
+def recorded_device() -> str:
+    """The device a run launched here records: ``CLM_EXPLORE_DEVICE`` where set, else 'auto' as the CLI records it,
+    which resolves to ``default_device()`` on this server. The device it resolved to was recorded before, so that
+    `clm-explore rerun` of an app run stayed on the CPU on a machine with a GPU (the faces review)."""
+    from clm_explore.doctor import device_setting
+
+    return device_setting()[0] or "auto"
+
+
 def mining_form(key: str = "tok") -> MiningConfig:
     """Mining options; submitting stores them in the session (the Tokens, Sensitivity and Budget pages share them)."""
     cfg = state.mining_cfg()
@@ -519,7 +528,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
         mask=mask,
         mining=state.mining_cfg(),
         sensitivity=state.sens_cfg(),
-        device=default_device(),
+        device=recorded_device(),
     )
     return (name or default_run_name(method, mask.budget)), cfg, int(seeds)
 

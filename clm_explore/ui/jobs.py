@@ -197,7 +197,8 @@ def _queue_run(plan: LaunchPlan, target: _LaunchTarget) -> Job:
         if choice.kind == "upload":  # its predictions hold the upload's test texts: closed on disk as the upload is
             run.path.chmod(0o700)
         job = target.queue.submit(finetune, kwargs | ({"scores": plan.scores} if plan.scores is not None else {}),
-                                  run_id=run.id, device=cfg.device, owner=target.owner)
+                                  run_id=run.id, owner=target.owner,
+                                  device=forms.default_device() if cfg.device == "auto" else cfg.device)
     except BaseException:
         with contextlib.suppress(RunStoreError):  # the launch's own error is the one to show, not the clean-up's
             target.runs.delete(run.id, force=True)  # no run left "pending" with no job behind it

@@ -940,11 +940,15 @@ def test_the_finetune_form_launches_one_run_per_seed(at: AppTest, monkeypatch: p
     at.number_input(key="ft_seed").set_value(3)
     at.number_input(key="ft_seeds").set_value(2)
     at.text_input(key="ft_name").input("probe")
+    monkeypatch.delenv("CLM_EXPLORE_DEVICE")  # the server's choice of device, as a plain install has it
     button(at, "Launch").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     runs = sorted(RunStore().list(), key=lambda r: r.config["seed"])
     assert [(r.name, r.config["seed"], r.status) for r in runs] == [
         ("probe-s3", 3, RunStatus.SUCCEEDED), ("probe-s4", 4, RunStatus.SUCCEEDED)]
+    # The faces review: an app run recorded the device it resolved to ('cpu'), so a rerun elsewhere took no GPU.
+    assert {r.config["device"] for r in runs} == {"auto"} and all(
+        json.loads((r.path / "clm_run.json").read_text())["config"]["device"] == "auto" for r in runs)
     assert at.number_input(key="ft_seeds").value == 2  # kept for the next launch
     goto(at, "app_pages/4_budget.py")  # the Budget page's launches take them too
     assert any("trains 1 epoch(s) with each of the seeds 3-4" in c.value for c in at.caption)

@@ -71,7 +71,7 @@ if selection is None:
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked or selection is None):
     try:
         launched = jobs.launch_many(
-            picked, mask_cfg, choice, source, forms.default_device(), scores=report, **options
+            picked, mask_cfg, choice, source, forms.recorded_device(), scores=report, **options
         )
     except (ConfigError, DataError, ModelSourceError) as exc:  # checked before each run is queued
         st.error(escape_markdown(refusal_text(str(exc))))
