@@ -17,7 +17,7 @@ from clm_explore.config import ConfigError, DataConfig, FinetuneConfig, from_dic
 from clm_explore.data import AnnotatedData, DataError, data_digest, load_data
 from clm_explore.modeling import ModelSourceError
 from clm_explore.provenance import code_differences
-from clm_explore.runs import read_json_object, recorded_data_paths, run_folder
+from clm_explore.runs import BESIDE_CONFIG, read_json_object, recorded_data_paths, run_folder
 
 RECORD = "clm_run.json"
 
@@ -86,8 +86,6 @@ def _unsettled_seeds(cfg: FinetuneConfig) -> FinetuneConfig:
     return dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, seed=mask_seed))
 
 
-BESIDE_CONFIG = ("source", "data", "data_digest")
-"""What the registry keeps beside a run's FinetuneConfig in its config (the model, the data and its rows)."""
 SEED_KEYS = ("seed", "device")
 """What a recorded config may differ in between seeds of one setting: the seed, and where the run trained."""
 

@@ -52,6 +52,8 @@ REGISTRY_VERSION = 2
 """The registry's format (its PRAGMA user_version): ``RunStore._migrate`` brings an older one up to it."""
 UPLOADS_NAME = "_uploads"
 """The app's uploads folder under the runs root (``ui.state.uploads_root``'s default): never a run."""
+BESIDE_CONFIG = ("source", "data", "data_digest")
+"""What the registry keeps beside a run's FinetuneConfig in its config (the model, the data and its rows)."""
 OUTSIDE_NAME = "outside_runs.txt"
 """The runs root's list of the run folders registered from outside it, a path a line: a registry made anew finds the
 root's own folders by looking, and these from here (the scale review: a rebuilt registry listed none of them)."""
@@ -342,7 +344,7 @@ class RunStore:
                     meta = read_json_object(Path(row["path"]) / "clm_run.json")
                     if recorded := _registry_config(meta):
                         given = _loads_object(row["config"])  # what the app named the data as, kept
-                        kept = {k: given[k] for k in ("source", "data", "data_digest") if k in given}
+                        kept = {k: given[k] for k in BESIDE_CONFIG if k in given}
                         conn.execute("UPDATE runs SET method = ?, config = ? WHERE id = ?",
                                      (method_name(meta.get("method", "?")), _dumps({**recorded, **kept}), row["id"]))
                     if Path(row["path"]).parent != self.root:
@@ -1573,7 +1575,7 @@ def _registry_config(meta: dict[str, Any]) -> dict[str, Any]:
     group runs by model and data; a run registered from its folder lacked the digest, and its data read as other)."""
     if not isinstance(meta.get("config"), dict):
         return {}
-    return {**meta["config"], **{k: meta[k] for k in ("source", "data", "data_digest") if k in meta}}
+    return {**meta["config"], **{k: meta[k] for k in BESIDE_CONFIG if k in meta}}
 
 
 def _folder_states_an_end(folder: Path) -> bool:
