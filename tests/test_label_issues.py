@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from clm_explore.cli import main
+from clm_explore.cli.data_cmds import format_audit
 from clm_explore.config import ConfigError, LabelAuditConfig
 from clm_explore.data import load_data
-from clm_explore.label_issues import confident_other_label, find_label_issues
+from clm_explore.label_issues import LabelIssues, confident_other_label, find_label_issues
 from clm_explore.modeling import load_model
 
 # Four labels, each with words of its own (all whole words of the tiny model's vocabulary), two shared fillers.
@@ -186,3 +187,13 @@ def test_a_label_train_never_has_is_neither_audited_nor_suggested(splits):
     assert result.checked == 240 and "NO_NODES_DETECTED" not in set(result.issues["suggested"])
     assert result.notes == ["40 row(s) of 1 label(s) train never has were not audited, nor are they suggested "
                             "(out-of-scope queries, which runs answer by abstaining): NO_NODES_DETECTED"]
+
+
+def test_the_audit_table_never_rounds_a_probability_to_certainty():
+    """The real-model review: a confident probe's rows read 0.000 and 1.000, and the table ranks by the former."""
+    issues = pd.DataFrame({"split": ["train"] * 3, "row": [4, 9, 2], "text": ["a", "b", "c"], "label": ["x"] * 3,
+                           "suggested": ["y"] * 3, "label_prob": [2.3e-05, 0.0004, 0.25],
+                           "suggested_prob": [0.99998, 0.9996, 0.7]})
+    table = format_audit(LabelIssues(issues, checked=10, probe_accuracy=0.9, seconds=1.0), show=3)
+    assert "2.3e-05" in table and "4.0e-04" in table and table.count(">0.999") == 2
+    assert "0.250" in table and "0.700" in table and "0.000" not in table and "1.000" not in table

@@ -125,10 +125,20 @@ def format_audit(result: LabelIssues, show: int) -> str:
     lines += [f"note: {note}" for note in result.notes]
     if len(result.issues) and show:
         shown = result.issues.head(show).assign(text=lambda f: f["text"].str.slice(0, 60))
-        lines += ["", shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
+        lines += ["", shown.to_string(index=False, float_format=probability_text)]
     if len(result.issues) > show:
         lines.append(f"... and {len(result.issues) - show:,} more (--show N, --json or --out FILE)")
     return "\n".join(lines)
+
+
+def probability_text(p: float) -> str:
+    """A probability at 3 decimals, but never 0.000 or 1.000 for one that is neither: a confident probe gives its
+    rows such probabilities, and the table ranks them by the smallest (the JSON and --out keep them in full)."""
+    if 0 < p < 0.0005:
+        return f"{p:.1e}"
+    if 0.9995 <= p < 1:
+        return ">0.999"
+    return f"{p:.3f}"
 
 
 def run_validate(args: argparse.Namespace) -> int:
