@@ -17,8 +17,14 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from clm_explore.config import BUDGET_METHODS
-from clm_explore.masks import mask_table
-from clm_explore.modeling import DEFAULT_SOURCE, NAMED_SOURCES, SMOLLM2_SOURCE, TINY_SOURCE, ModelSourceError
+from clm_explore.mask_tables import mask_table
+from clm_explore.model_names import (
+    DEFAULT_SOURCE,
+    NAMED_SOURCES,
+    SMOLLM2_SOURCE,
+    TINY_SOURCE,
+    ModelSourceError,
+)
 from clm_explore.runs import read_json_object, run_folder, trained_max_length
 
 CARD_FILE = "README.md"

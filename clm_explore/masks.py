@@ -9,7 +9,6 @@ call this on every move.
 from __future__ import annotations
 
 import numbers
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,8 +17,11 @@ import pandas as pd
 import torch
 
 from clm_explore.config import ConfigError, MaskConfig, config_from
-from clm_explore.modeling import ModelSourceError
-from clm_explore.sensitivity import MODULE_ORDER, SensitivityReport, classify_linear
+from clm_explore.mask_tables import (
+    mask_table as mask_table,  # re-exported: where callers have always found it
+)
+from clm_explore.model_names import MODULE_ORDER
+from clm_explore.sensitivity import SensitivityReport
 
 ADAM_BYTES_PER_PARAM = 16
 """fp32 value, gradient and AdamW's two moments for every trainable parameter."""
@@ -286,58 +288,3 @@ def masks_jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
     return len(sa & sb) / max(len(sa | sb), 1)
 
 
-def _layer_count(run_dir: Path, seen: list[int]) -> int:
-    """The run's model's transformer layers (its config.json's), else one above the highest layer its masks name."""
-    from clm_explore.runs import read_json_object
-
-    count = read_json_object(run_dir / "config.json").get("num_hidden_layers")
-    return count if isinstance(count, int) else max(seen, default=-1) + 1
-
-
-LAYER_RE = re.compile(r"\blayers?\.(\d+)\.(.+?)(?:\.weight)?$")
-"""A parameter name's layer and module (``...layer.3.attention.self.query.weight``)."""
-
-
-def mask_table(run_dir: Path) -> pd.DataFrame:
-    """Share of selected rows per (layer, module) from ``masks.safetensors``; empty when absent.
-
-    Returns:
-        DataFrame [layer, module, selected_rows, rows, share]; layer 'emb' for embedding matrices, the number above
-        the top layer for BERT's pooler (as the sensitivity and weight-change tables place it).
-
-    Raises:
-        ModelSourceError: the file cannot be read (damaged or truncated), named with what to do.
-    """
-    path = run_dir / "masks.safetensors"
-    if not path.is_file():
-        return pd.DataFrame(columns=["layer", "module", "selected_rows", "rows", "share"])
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        masks = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ModelSourceError(f"{path} cannot be read ({exc}); restore it, or delete it (reports and the model card then "
-                               "show no mask for this run).") from exc
-    records = []
-    for name, mask in masks.items():
-        rows = mask.bool().reshape(mask.shape[0], -1).any(dim=1) if mask.dim() > 1 else mask.bool()
-        found = LAYER_RE.search(name)
-        kind = classify_linear(name.removesuffix(".weight"))
-        if found:  # the module's kind (q, ffn_in, ...), as the sensitivity and weight-change tables name it
-            layer, module = found.group(1), kind[1] if kind else found.group(2)
-        elif "embed" in name:
-            layer, module = "emb", "embeddings"
-        elif kind and kind[1] == "pooler":  # a backbone map under the budget: its rows left out, the card summed
-            layer, module = None, "pooler"  # fewer rows than were trained (the real-model review)
-        else:
-            continue  # the head and anything else outside the layer stack
-        records.append((layer, module, int(rows.sum()), int(rows.numel())))
-    above = str(_layer_count(run_dir, [int(r[0]) for r in records if r[0] not in (None, "emb")]))
-    records = [(above if layer is None else layer, *rest) for layer, *rest in records]
-    frame = pd.DataFrame(records, columns=["layer", "module", "selected_rows", "rows"])
-    frame = frame.groupby(["layer", "module"], as_index=False, sort=False)[["selected_rows", "rows"]].sum()
-    order = frame["module"].map(lambda m: MODULE_ORDER.index(m) if m in MODULE_ORDER else len(MODULE_ORDER))
-    frame = frame.assign(order=order).sort_values(["order", "module"], kind="stable").drop(columns="order")
-    frame = frame.reset_index(drop=True)
-    return frame.assign(share=frame["selected_rows"] / frame["rows"].clip(lower=1))

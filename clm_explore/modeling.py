@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import os
 import pickle  # its error class alone: nothing here unpickles
 import re
@@ -45,6 +44,17 @@ from transformers import (  # noqa: E402  (after the offline switch on purpose)
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from clm_explore.model_names import (  # noqa: E402  (re-exported: where callers have always found them)
+    ATTENTION_KEY as ATTENTION_KEY,
+    DEFAULT_SOURCE as DEFAULT_SOURCE,
+    NAMED_SOURCES as NAMED_SOURCES,
+    SMOLLM2_SOURCE as SMOLLM2_SOURCE,
+    TINY_SOURCE as TINY_SOURCE,
+    UNTRAINED_HEAD as UNTRAINED_HEAD,
+    ModelSourceError as ModelSourceError,
+    has_untrained_head as has_untrained_head,
+    unnamed_labels as unnamed_labels,
+)
 from clm_explore.runs import (  # noqa: E402
     TRAINED_LENGTH_KEY,
     run_folder,
@@ -77,16 +87,7 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-DEFAULT_SOURCE = "default"
-TINY_SOURCE = "tiny-random"
-SMOLLM2_SOURCE = "smollm2"
-NAMED_SOURCES = (DEFAULT_SOURCE, TINY_SOURCE, SMOLLM2_SOURCE)
-"""Model sources given by name (packages, or built from a config), not paths."""
 TINY_VOCAB = Path(__file__).parent / "assets" / "tiny_vocab.txt"
-
-
-class ModelSourceError(RuntimeError):
-    """A model source cannot be resolved or loaded; the message says how to fix it."""
 
 
 @dataclass
@@ -416,22 +417,6 @@ def _missing_package(source: str) -> str:
     return ""
 
 
-UNTRAINED_HEAD = ("it has no clm_run.json and its head names no labels (LABEL_0, LABEL_1, ...): a base model whose "
-                  "head was never trained. Pass the folder finetune wrote.")
-
-
-def has_untrained_head(folder: Path) -> bool:
-    """A model folder that finetune did not write (no clm_run.json) whose head names no labels (LABEL_0, LABEL_1,
-    ...): a base model with a head never trained, whose predictions would mean nothing."""
-    if (folder / "clm_run.json").is_file():
-        return False
-    try:
-        labels = json.loads((folder / "config.json").read_text()).get("id2label") or {}
-    except (OSError, ValueError, AttributeError):
-        labels = {}
-    return unnamed_labels(labels)
-
-
 def check_trained(loaded: LoadedModel) -> None:
     """Refuse a loaded model that is no finetuned run: a base model's head, never trained (``load_model``'s), whose
     predictions and attributions would mean nothing. A run folder says it is one (clm_run.json), whatever its labels
@@ -445,11 +430,6 @@ def check_trained(loaded: LoadedModel) -> None:
                  else unnamed_labels(getattr(loaded.model.config, "id2label", None)))
     if untrained:
         raise ModelSourceError(f"{loaded.source} is not a finetuned run: {UNTRAINED_HEAD}")
-
-
-def unnamed_labels(id2label: dict | None) -> bool:
-    """A head whose labels are transformers' placeholders (LABEL_0, LABEL_1, ...) or none: one never trained."""
-    return not id2label or all(re.fullmatch(r"LABEL_\d+", str(v)) for v in id2label.values())
 
 
 def finished_run(run: object) -> Path:
@@ -719,10 +699,6 @@ def head_classes(head: torch.nn.Module) -> int:
     """Labels the head scores (its output layer's width)."""
     out = head if isinstance(head, torch.nn.Linear) else head.out_proj
     return int(out.out_features)
-
-
-ATTENTION_KEY = r"attention\.self\.key(_proj)?$|self_attn\.k_proj$|attention\.attn\.k$|attention\.k_lin$"
-"""Module names of the attention key maps (BERT and RoBERTa, Llama-style decoders, MPNet, DistilBERT, DeBERTa)."""
 
 
 def is_attention_key(module_name: str) -> bool:

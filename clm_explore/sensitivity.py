@@ -30,8 +30,12 @@ from clm_explore.batches import tokenized
 from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, config_from, to_dict
 from clm_explore.data import AnnotatedData, split_digest
 from clm_explore.mining import TaskTokens, covered_positions
+from clm_explore.model_names import (  # re-exported: where callers have always found them
+    MODULE_ORDER as MODULE_ORDER,
+    MODULE_PATTERNS as MODULE_PATTERNS,
+    classify_linear as classify_linear,
+)
 from clm_explore.modeling import (
-    ATTENTION_KEY,
     LoadedModel,
     ModelSourceError,
     head_classes,
@@ -47,19 +51,6 @@ from clm_explore.modeling import (
 )
 from clm_explore.prefix_cache import PrefixCache
 from clm_explore.runs import share_tensor_files
-
-MODULE_PATTERNS = (  # BERT and RoBERTa, Llama-style decoders, MPNet (attention.attn.q), DistilBERT (q_lin, ffn.lin1),
-    # DeBERTa (attention.self.query_proj)
-    (r"attention\.self\.query(_proj)?$|self_attn\.q_proj$|attention\.attn\.q$|attention\.q_lin$", "q"),
-    (ATTENTION_KEY, "k"),
-    (r"attention\.self\.value(_proj)?$|self_attn\.v_proj$|attention\.attn\.v$|attention\.v_lin$", "v"),
-    (r"attention\.output\.dense$|self_attn\.o_proj$|attention\.attn\.o$|attention\.out_lin$", "o"),
-    (r"intermediate\.dense$|mlp\.up_proj$|ffn\.lin1$", "ffn_in"),
-    (r"mlp\.gate_proj$", "ffn_gate"),
-    (r"(?<!attention\.)output\.dense$|mlp\.down_proj$|ffn\.lin2$", "ffn_out"),
-    (r"pooler\.dense$", "pooler"),
-)
-MODULE_ORDER = ["embeddings", "q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "pooler"]
 
 
 @dataclass
@@ -325,17 +316,6 @@ def _percentile_ranks(scores: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
 
 def _module_key(col: pd.Series) -> pd.Series:
     return col.map(MODULE_ORDER.index) if col.name == "module" else col
-
-
-def classify_linear(name: str) -> tuple[int, str] | None:
-    """(layer, module) of a linear map's module name, or None when it is not a scored map."""
-    for pattern, module in MODULE_PATTERNS:
-        if re.search(pattern, name):
-            if module == "pooler":
-                return -2, module  # layer filled in by the caller (n_layers)
-            found = re.search(r"layers?\.(\d+)\.", name)
-            return (int(found.group(1)), module) if found else None
-    return None
 
 
 def _backbone_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:

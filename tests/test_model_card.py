@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -141,6 +143,16 @@ def test_card_command_prints_writes_and_refuses(sparse_run, tmp_path, capsys):
     assert shown["path"] == str(folder / "README.md") and shown["card"] == (folder / "README.md").read_text()
     assert main(["card", "--run", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_the_card_command_loads_no_torch(sparse_run):
+    """The real-model review: `card` reads files alone, yet imported torch and transformers for its mask table
+    (7.5 s and 500 MB for the default model's card)."""
+    script = ("import sys; from clm_explore.cli import main; import contextlib, io\n"
+              f"with contextlib.redirect_stdout(io.StringIO()) as out: code = main(['card', '--run', {str(sparse_run.out_dir)!r}])\n"
+              "print(code, '| rows chosen | rows |' in out.getvalue(), sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "0 True []", done.stderr[-2000:]
 
 
 def test_a_folder_name_cannot_break_the_cards_code_or_markdown(sparse_run, tmp_path):

@@ -55,7 +55,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from clm_explore.runs import RunFolderError, RunStoreError
 
     loaded = [getattr(sys.modules[module], name) for module, name in (("clm_explore.data", "DataError"),
-                                                                      ("clm_explore.modeling", "ModelSourceError"))
+                                                                      ("clm_explore.model_names", "ModelSourceError"))
               if module in sys.modules]
     return (UserError, ConfigError, RunFolderError, RunStoreError, ExportError, *loaded)
 
@@ -146,7 +146,7 @@ def _virtual_tokens(run_dir: Path) -> int:
 
 def refuse_untrained_head(run: Path, flag: str) -> Path:
     """``run``, unless it is a base model whose head was never trained (``modeling.has_untrained_head``)."""
-    from clm_explore.modeling import UNTRAINED_HEAD, has_untrained_head
+    from clm_explore.model_names import UNTRAINED_HEAD, has_untrained_head
 
     if has_untrained_head(run):
         raise UserError(f"{flag} {run}: not a finetuned run. {UNTRAINED_HEAD[0].upper()}{UNTRAINED_HEAD[1:]}")

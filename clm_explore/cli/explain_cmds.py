@@ -134,7 +134,7 @@ def register(subparsers: Any) -> None:
                       help="write it as README.md in the run folder (replacing an earlier card) instead of printing it")
     card.add_argument("--json", action="store_true",
                       help='print {"run": DIR, "card": MARKDOWN, "path": the README.md written, or null}')
-    card.set_defaults(func=run_card)
+    card.set_defaults(func=run_card, light=True)  # reads files alone: torch and transformers left unimported
 
 
 def _add_column_args(parser: argparse.ArgumentParser) -> None:
