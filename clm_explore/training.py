@@ -1255,16 +1255,19 @@ class _TrainLoop:
         self._report(epoch, self.last_loss, point)  # progress.jsonl stays strict JSON (no NaN)
         return accuracy
 
-    def _evaluation_left_seconds(self) -> float:
-        """The evaluations still to come at the last one's pace: each remaining epoch's on the curve's split and the
-        test split's at the end. The ETA counted the training steps alone, so a card read "0s" while a large
-        validation split and the test split were still to be read (the UX review); 0 before the first evaluation
-        (its pace unknown)."""
-        if self.eval_rows_per_second is None:
+    def _evaluation_left_seconds(self, training_rate: float = 0.0) -> float:
+        """The evaluations still to come: each remaining epoch's on the curve's split and the test split's at the end.
+        The ETA counted the training steps alone, so a card read "0s" while a large validation split and the test
+        split were still to be read (the UX review). Their pace: the last evaluation's, but never below training's
+        rows per second (``training_rate``), which reads the rows forward and backward: a few-shot run's 7
+        validation rows, one batch of mostly fixed cost, paced its 700 test rows so slowly that the ETA said 1m 29s
+        of a run that ended 16 s later (the few-shot review). 0 while neither pace is known."""
+        pace = max(self.eval_rows_per_second or 0.0, training_rate)
+        if pace <= 0:
             return 0.0
         epochs_left = self.cfg.epochs - len(self.epoch_seconds)  # the epoch evaluated now is counted there already
         rows = max(epochs_left, 0) * len(self.data.split(self.cfg.curve_split)) + len(self.data.test)
-        return rows / self.eval_rows_per_second
+        return rows / pace
 
     @contextmanager
     def _averaged(self) -> Iterator[None]:
@@ -1282,7 +1285,7 @@ class _TrainLoop:
             return
         rate = self.examples / max(self.train_seconds - self._prep_seconds(), 1e-9)
         eta = (self.total_steps - self.step) * self.cfg.batch_size * self.world / max(rate, 1e-9)  # rate: all ranks
-        eta += self._evaluation_left_seconds()
+        eta += self._evaluation_left_seconds(rate if self.examples else 0.0)
         self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation,
                               self.last_lr))
 

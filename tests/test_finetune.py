@@ -268,7 +268,25 @@ def test_the_eta_counts_each_evaluation_still_to_come_once():
     loop.epoch_seconds = [5.0, 5.0, 5.0]
     assert _TrainLoop._evaluation_left_seconds(loop) == 30 / 10.0  # the last epoch ended: the test split alone
     loop.eval_rows_per_second = None
-    assert _TrainLoop._evaluation_left_seconds(loop) == 0.0  # no pace before the first evaluation
+    assert _TrainLoop._evaluation_left_seconds(loop) == 0.0  # no pace before the first evaluation or step
+
+
+def test_the_eta_paces_evaluation_no_slower_than_training():
+    """The few-shot review: 7 validation rows (one batch, mostly fixed cost) paced 700 test rows at 14 rows/s, and
+    a card read "ETA 1m 29s" at step 19 of 20 of a run that ended 16 s later. Reading rows forward is never slower
+    than training on them, so training's pace bounds the evaluation's; a large split's own pace still counts."""
+    from types import SimpleNamespace
+
+    from clm_explore.training import _TrainLoop
+
+    data = SimpleNamespace(split=lambda name: [0] * 7, test=[0] * 700)
+    loop = SimpleNamespace(cfg=SimpleNamespace(epochs=10, curve_split="validation"), data=data,
+                           epoch_seconds=[1.0] * 10, eval_rows_per_second=14.0)
+    assert _TrainLoop._evaluation_left_seconds(loop, training_rate=50.0) == 700 / 50.0
+    loop.eval_rows_per_second = 400.0  # measured on many rows: the faster pace stands
+    assert _TrainLoop._evaluation_left_seconds(loop, training_rate=50.0) == 700 / 400.0
+    loop.eval_rows_per_second = None  # before the first evaluation: training's pace, not nothing
+    assert _TrainLoop._evaluation_left_seconds(loop, training_rate=50.0) == 700 / 50.0
 
 
 def test_a_diverged_steps_nan_loss_is_written_as_null_in_progress_jsonl(tmp_path):
