@@ -27,6 +27,7 @@ from clm_explore.cli import (
 from clm_explore.config import (
     BUDGET_METHODS,
     COMPILE_MODES,
+    FEW_SHOT_EPOCHS,
     FISHER_LABELS,
     HEAD_INITS,
     METHODS,
@@ -40,6 +41,7 @@ from clm_explore.config import (
     MaskConfig,
     MiningConfig,
     SensitivityConfig,
+    few_steps_note,
     to_dict,
 )
 
@@ -514,6 +516,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
     check_processes(len(data.train), cfg.batch_size, processes)
+    if not rerun and (few := few_steps_note(len(data.train), data.train["label"].nunique(), cfg.epochs,
+                                            cfg.batch_size)):
+        print(f"note: {few} (--epochs {FEW_SHOT_EPOCHS})", file=sys.stderr)
     loaded = load_model(args.model, data.labels)
     _check_budget_fits(cfg.mask, loaded)
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work

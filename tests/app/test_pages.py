@@ -576,6 +576,29 @@ def test_the_finetune_form_folds_all_but_the_first_options(at: AppTest) -> None:
         w.key for kind in ("number_input", "selectbox") for w in getattr(at, kind)} - folded
 
 
+def test_few_shot_data_starts_the_epochs_at_the_few_shot_setting_and_says_why(tmp_path: Path) -> None:
+    """The few-shot review: an annotator's 10 rows per label trained the default 3 epochs (6 steps) and scored 13
+    points below what 30 epochs gave, and neither the form nor the Budget page said a word."""
+    raw = "text,label\n" + "".join(f"text number {i} about {('cards', 'cash', 'fees', 'pins')[i % 4]},"
+                                    f"{('card', 'cash', 'fee', 'pin')[i % 4]}\n" for i in range(40))
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["data_choice"] = save_upload(raw.encode(), "few.csv", folder=tmp_path / "session")
+    app.run()
+    goto(app, "app_pages/5_finetune.py")
+    assert app.number_input(key="ft_epochs").value == 30 and not [i for i in app.info if "per label" in i.value]
+    goto(app, "app_pages/4_budget.py")
+    assert any("Each method trains 30 epoch" in c.value for c in app.caption)
+    app.session_state["ft_epochs"] = 3  # as a form submitted at 3 epochs leaves it
+    goto(app, "app_pages/5_finetune.py")
+    said = [i.value for i in app.info if "per label" in i.value]
+    assert len(said) == 1 and "3 epoch" in said[0] and "set Epochs to 30" in said[0], said
+
+
+def test_data_with_enough_rows_per_label_keeps_the_default_epochs(at: AppTest) -> None:
+    goto(at, "app_pages/5_finetune.py")  # the sample: 54 or more training rows per label
+    assert at.number_input(key="ft_epochs").value == 3 and not [i for i in at.info if "per label" in i.value]
+
+
 def test_launch_two_runs_then_compare_and_delete(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     goto(at, "app_pages/5_finetune.py")
     for method in ("sparse", "full"):

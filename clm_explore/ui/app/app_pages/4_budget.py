@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from clm_explore.config import BUDGET_METHODS, METHODS, ConfigError
+from clm_explore.config import BUDGET_METHODS, FEW_SHOT_EPOCHS, METHODS, ConfigError
 from clm_explore.data import DataError
 from clm_explore.masks import MaskSelection
 from clm_explore.modeling import ModelSourceError
@@ -62,6 +62,8 @@ where = ("as set on the Finetune page" if forms.form_used()
          else "the defaults; the Finetune page's once set there")
 st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {options['max_length']} sub-tokens per "
            f"text ({where}); its other options take their defaults.")
+if few := forms.data_steps_note(options["epochs"]):
+    st.info(escape_markdown(f"{few[0].upper()}{few[1:]}: set Epochs to {FEW_SHOT_EPOCHS} on the Finetune page."))
 if options["max_length"] != sens_cfg.max_length:
     st.caption(f"The rows above were scored reading {sens_cfg.max_length} sub-tokens per text; these runs read "
                f"{options['max_length']} and score their own rows at that length, so a sparse run may train other rows "
