@@ -303,6 +303,12 @@ class MiningConfig:
 FEW_SHOT_ROWS_PER_LABEL = 20
 """Below this many calibration rows per label the automatic head warm-up is 1 epoch instead of 5."""
 
+FEW_VALIDATION_ROWS = 100
+"""Below this many validation rows, what is chosen on them is said to be rough: the abstention threshold's quantile
+(the real-model review: 10% asked of 33 rows turned away 23.7% of hint3's in-scope test rows; the few-shot review:
+of 10 rows, 4.5% to 35.6% between seeds), the best epoch and an early stop (7 rows move its accuracy 14 points a
+row: a 30-epoch run stopped after epoch 5 at 0.794 test accuracy, 0.910 without the stop)."""
+
 FEW_SHOT_EPOCHS = 30
 """Epochs suggested where train holds fewer than FEW_SHOT_ROWS_PER_LABEL rows per label: the benchmarks' 10-shot
 grids train 30 (banking77's 770 rows 15; BENCHMARKS.md), and on snips 10-shot (default model) the default 3 epochs, 6 steps, scored

@@ -10,6 +10,7 @@ from typing import Any
 
 from clm_explore.cli import UserError, add_data_args, add_run_length_arg, checked_max_length, print_json
 from clm_explore.cli.method_cmds import abstention_threshold, one_line
+from clm_explore.config import FEW_VALIDATION_ROWS
 
 
 def register(subparsers: Any) -> None:
@@ -105,13 +106,8 @@ def out_of_scope_lines(scope: dict[str, Any]) -> str:
                      f"{scope['oos_precision']:.3f}, in-scope rows turned away {scope['in_scope_rejected']:.3f}")
         if (rows := scope.get("validation_rows")) and scope.get("quantile") is not None:
             lines.append(f"  (the threshold turns away {scope['quantile']:.0%} of the {rows:,} in-scope validation rows"
-                         + (": few rows make a rough quantile" if rows < ROUGH_QUANTILE_ROWS else "") + ")")
+                         + (": few rows make a rough quantile" if rows < FEW_VALIDATION_ROWS else "") + ")")
     return "\n".join(lines)
-
-
-ROUGH_QUANTILE_ROWS = 100
-"""Below this many in-scope validation rows, the abstention threshold's quantile is said to be rough (the real-model
-review: 10% asked of 33 rows turned away 23.7% of hint3's in-scope test rows)."""
 
 
 PREDICTIONS_HEADER = "row,text,label,pred,prob,correct"

@@ -21,7 +21,7 @@ import streamlit as st
 
 from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.cards import CARD_FILE, ModelCardError, model_card
-from clm_explore.config import ATTRIBUTION_OUTPUTS, BUDGET_METHODS
+from clm_explore.config import ATTRIBUTION_OUTPUTS, BUDGET_METHODS, FEW_VALIDATION_ROWS
 from clm_explore.data import csv_text
 from clm_explore.metrics import (
     CONFUSION_COUNTED_LABELS,
@@ -62,6 +62,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "macro_f1": m.get("macro_f1"),
                 "budget %": _budget_percent(budget, m.get("backbone_params")),
                 "epochs": r.config.get("epochs"),
+                "stopped after": m.get("stopped_after"),  # an early stop: the epochs set were not all trained
                 "seed": r.config.get("seed"),  # a long name's id can lose it (the scale review)
                 "train s": round(m["train_seconds"], 1) if m.get("train_seconds") is not None else None,
                 "data": data_key_name(str(r.config["data"])) if r.config.get("data") else None,
@@ -160,7 +161,8 @@ out-of-scope rows (the metrics review: "out of scope: accuracy" read as the latt
 
 def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
     """A row per metric, a column per run (formatted text)."""
-    rows = {METRIC_LABELS.get(name, name): [_fmt(_shown_metric(name, r.metrics.get(name))) for r in (a, b)]
+    rows = {METRIC_LABELS.get(name, name): [_fmt(_shown_metric(name, r.metrics.get(name), r.metrics))
+                                            for r in (a, b)]
             for name in METRIC_ROWS}
     scopes = [r.metrics.get("out_of_scope") or {} for r in (a, b)]
     if any(scopes):  # abstention on the test rows of unseen labels (threshold from validation)
@@ -171,11 +173,23 @@ def metrics_side_by_side(a: RunRecord, b: RunRecord) -> pd.DataFrame:
     return pd.DataFrame(rows, index=[f"A: {a.method}", f"B: {b.method}"]).T.rename_axis("metric")
 
 
-def _shown_metric(name: str, value: Any) -> Any:
+def _shown_metric(name: str, value: Any, metrics: dict[str, Any] | None = None) -> Any:
     if name == "budget" and isinstance(value, (int, float)):
         # A fraction in percent, as the row says; a budget given as a parameter count (above 1) says it is one.
         return value * 100 if value <= 1 else f"{int(value):,} parameters"
+    if name == "epochs" and metrics:
+        return epochs_shown(metrics)
     return value
+
+
+def epochs_shown(metrics: dict[str, Any]) -> Any:
+    """The epochs a run was set, with where an early stop ended it and the epoch it saved where that is not the last
+    trained: "30 (stopped after 5)" (the few-shot review: a run stopped after 5 of 30 epochs read as 30)."""
+    epochs, stopped, saved = metrics.get("epochs"), metrics.get("stopped_after"), metrics.get("saved_epoch")
+    said = [f"stopped after {stopped}"] if stopped else []
+    if saved is not None and saved != (stopped or epochs):
+        said.append(f"saved epoch {saved}")
+    return f"{_fmt(epochs)} ({', '.join(said)})" if said else epochs
 
 
 RUN_FIGURES = ("accuracy", "macro_f1", "train_seconds", "trainable_params", "budget")
@@ -201,6 +215,25 @@ def render_metrics_side_by_side(a: RunRecord, b: RunRecord, key: str) -> None:
     scale = accuracy_scale_note(a.full_metrics().get("test_rows"))
     if scale:
         st.caption(scale)
+    for side, run in (("A", a), ("B", b)):
+        if said := scope_rows_note(run.metrics.get("out_of_scope") or {}):
+            st.caption(escape_markdown(f"{side}: {said}"))
+
+
+def scope_rows_note(scope: dict[str, Any]) -> str:
+    """How many rows a run's out-of-scope figures stand on ('' without them): the in-scope validation rows its
+    threshold is a quantile of (rough below FEW_VALIDATION_ROWS, as ``evaluate`` says) and the out-of-scope test rows
+    (the few-shot review: thresholds from 10 rows turned away 4.5% to 35.6% of in-scope rows between seeds, and
+    0.2222 of the out-of-scope rows was 2 of 9, said nowhere)."""
+    said = []
+    rows, quantile = scope.get("validation_rows"), scope.get("quantile")
+    if isinstance(rows, int) and rows > 0 and quantile is not None and scope.get("threshold") is not None:
+        said.append(f"the threshold turns away {quantile:.0%} of its {rows:,} in-scope validation rows"
+                    + ("; so few rows make a rough quantile, which moves a lot between seeds"
+                       if rows < FEW_VALIDATION_ROWS else ""))
+    if isinstance(oos := scope.get("rows"), int) and oos > 0:
+        said.append(f"{oos:,} out-of-scope test rows (one is {100 / oos:.2g} points of the share turned away)")
+    return "; ".join(said)
 
 
 def _colour_end(values: pd.Series) -> float:

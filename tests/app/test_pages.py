@@ -586,6 +586,8 @@ def test_few_shot_data_starts_the_epochs_at_the_few_shot_setting_and_says_why(tm
     app.run()
     goto(app, "app_pages/5_finetune.py")
     assert app.number_input(key="ft_epochs").value == 30 and not [i for i in app.info if "per label" in i.value]
+    # its 4 carved validation rows: a best epoch or a stop chosen on them is said to be largely chance
+    assert any("Validation holds 4 rows" in c.value and "one row is 25 points" in c.value for c in app.caption)
     goto(app, "app_pages/4_budget.py")
     assert any("Each method trains 30 epoch" in c.value for c in app.caption)
     app.session_state["ft_epochs"] = 3  # as a form submitted at 3 epochs leaves it
@@ -1029,6 +1031,39 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert tiny.loc["budget %"].tolist() == ["0.0050", "1"]  # in percent, as elsewhere; a tiny one not rounded to 0
     counted = metrics_side_by_side(record("a", budget=5000), record("b", budget=0.01))
     assert counted.loc["budget %"].tolist() == ["5,000 parameters", "1"]  # a count, not 5,000 %
+
+
+def test_a_run_stopped_early_says_so_in_the_compare_and_runs_tables() -> None:
+    """The few-shot review: a 30-epoch run stopped after epoch 5 (on 7 validation rows) read as 30 epochs on the
+    Runs and Compare pages; where it stopped was in its raw metrics.json alone."""
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import metrics_side_by_side, runs_frame
+
+    def record(run_id: str, **metrics) -> RunRecord:
+        return RunRecord(run_id, run_id, "sparse", RunStatus.SUCCEEDED, Path(run_id), "", "",
+                         config={"epochs": metrics.get("epochs")}, metrics=metrics)
+
+    stopped = record("a", epochs=30, best_epoch=2, saved_epoch=5, stopped_after=5)
+    kept = record("b", epochs=30, best_epoch=12, saved_epoch=12)  # the best epoch kept, no stop
+    frame = metrics_side_by_side(stopped, kept)
+    assert frame.loc["epochs"].tolist() == ["30 (stopped after 5)", "30 (saved epoch 12)"]
+    assert metrics_side_by_side(record("c", epochs=3), record("d", epochs=3)).loc["epochs"].tolist() == ["3", "3"]
+    table = runs_frame([stopped, kept])
+    assert table["stopped after"].tolist()[0] == 5 and pd.isna(table["stopped after"].tolist()[1])
+
+
+def test_compare_says_how_many_rows_the_out_of_scope_figures_stand_on() -> None:
+    """The few-shot review: thresholds from 10 validation rows turned away 4.5% to 35.6% of in-scope rows between
+    seeds, and 0.2222 of the out-of-scope rows was 2 of 9; `evaluate` said the quantile was rough, the app did not."""
+    from clm_explore.ui.run_views import scope_rows_note
+
+    few = scope_rows_note({"rows": 9, "threshold": 0.64, "quantile": 0.1, "validation_rows": 10})
+    assert few == ("the threshold turns away 10% of its 10 in-scope validation rows; so few rows make a rough "
+                   "quantile, which moves a lot between seeds; 9 out-of-scope test rows (one is 11 points of the "
+                   "share turned away)")
+    many = scope_rows_note({"rows": 400, "threshold": 0.5, "quantile": 0.1, "validation_rows": 300})
+    assert "rough" not in many and many.startswith("the threshold turns away 10% of its 300")
+    assert scope_rows_note({}) == ""
 
 
 def test_the_runs_table_shows_a_budget_given_as_a_parameter_count_as_its_share_of_the_backbone() -> None:
