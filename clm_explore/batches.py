@@ -140,13 +140,13 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
     ``LoadedModel``): a row per text, a column per label (in the run's label order).
     Texts are read at the run's trained length unless ``max_length`` says otherwise, so the figures match its
     predictions.csv and ``clm-explore predict``. ``on_progress(done, total)`` hears each batch's end."""
-    from clm_explore.config import FinetuneConfig
-    from clm_explore.modeling import LoadedModel, check_trained, load_run
+    from clm_explore.config import ConfigError, FinetuneConfig
+    from clm_explore.modeling import LoadedModel, check_trained, load_run, read_length_problem
     from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length
 
     texts = text_list(texts)
-    if max_length is not None and not 0 <= max_length <= 100_000:  # 0 and None: the run's own length
-        raise ValueError(f"max_length is the sub-tokens read per text, at least 1 (None or 0: the run's trained "
+    if max_length is not None and max_length < 0:  # 0 and None: the run's own length
+        raise ValueError(f"max_length is the sub-tokens read per text, 8 to 512 (None or 0: the run's trained "
                          f"length); got {max_length}.")
     if isinstance(run, LoadedModel):  # a run loaded already (load_run), as explain takes it
         check_trained(run)
@@ -155,6 +155,8 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
         run_dir = run_folder(run)
         loaded = load_run(run_dir)
         length = max_length or trained_max_length(run_dir)
+    if max_length and (problem := read_length_problem(max_length, loaded)):
+        raise ConfigError(f"max_length {problem}.")
     probs = predict_proba(loaded.model, loaded, texts, max_length=length, on_batch=on_progress)
     labels = [str(loaded.model.config.id2label[i]) for i in range(probs.shape[1])]
     return pd.DataFrame(probs, columns=labels, index=pd.Index(texts, name="text"))

@@ -20,7 +20,14 @@ import torch
 from transformers import PreTrainedModel
 
 from clm_explore.batches import bounded_texts, text_list, tokenized
-from clm_explore.modeling import LoadedModel, ModelSourceError, finished_run, load_run, trained_max_length
+from clm_explore.modeling import (
+    LoadedModel,
+    ModelSourceError,
+    finished_run,
+    load_run,
+    trained_max_length,
+    virtual_tokens,
+)
 
 DEFAULT_MAX_ROWS = 512
 """Test rows whose pooled states are compared: CKA over a few hundred inputs is stable to about 0.01."""
@@ -169,19 +176,12 @@ def layer_similarity(run: Any, other: Any = None, texts: list[str] | None = None
 def _prefix_note(loaded: LoadedModel, name: str) -> str:
     """A prefix run's states differ from the base model's from the embeddings on without any weight having
     changed: its positions are shifted by the prefix's virtual tokens."""
-    virtual = _virtual_tokens(loaded)
+    virtual = virtual_tokens(loaded)
     if not virtual:
         return ""
     return (f"{Path(name).name} is a prefix run: its positions are shifted by its {virtual} virtual tokens, so its "
             "states differ from the base model's from the embeddings on, though prefix tuning changed no weight "
             "there")
-
-
-def _virtual_tokens(loaded: LoadedModel) -> int:
-    """The prefix's virtual tokens of a prefix run's model (peft's ``num_virtual_tokens``); 0 for any other."""
-    peft = getattr(loaded.model, "peft", None)
-    config = getattr(peft, "peft_config", {}) if peft is not None else {}
-    return int(next((getattr(c, "num_virtual_tokens", 0) for c in config.values()), 0) or 0)
 
 
 def _model_of(run: Any) -> tuple[LoadedModel, str, int]:

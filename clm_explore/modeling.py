@@ -384,6 +384,27 @@ POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "
 ``max_position_embeddings`` (514 in RoBERTa), ``pad_token_id + 1`` are never a text's (512 are)."""
 
 
+def read_length_problem(length: int, loaded: LoadedModel) -> str | None:
+    """Why ``loaded`` cannot read ``length`` sub-tokens per text (outside 8..512, as every face takes it, or past
+    its model's positions less a prefix run's virtual tokens), or None. The API read 1 silently and raised torch's
+    "expanded size of the tensor (600)" at 600, where the CLI refused both (the long-text review)."""
+    if not 8 <= length <= 512:
+        return f"{length} must be in 8..512"
+    positions = usable_positions(loaded.model.config)
+    virtual = virtual_tokens(loaded)
+    if isinstance(positions, int) and length > positions - virtual:
+        taken = f" less the {virtual} its prefix takes" if virtual else ""
+        return f"{length} is above the {positions} positions a text may take in this model{taken}"
+    return None
+
+
+def virtual_tokens(loaded: LoadedModel) -> int:
+    """The prefix's virtual tokens of a prefix run's model (peft's ``num_virtual_tokens``); 0 for any other."""
+    peft = getattr(loaded.model, "peft", None)
+    config = getattr(peft, "peft_config", {}) if peft is not None else {}
+    return int(next((getattr(c, "num_virtual_tokens", 0) for c in config.values()), 0) or 0)
+
+
 def usable_positions(config: object) -> int | None:
     """Sub-tokens a text may take in a model of ``config`` (a ``PretrainedConfig`` or config.json's dict): its
     ``max_position_embeddings``, less the positions RoBERTa-style models skip; None when the config names none.

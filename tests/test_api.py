@@ -297,8 +297,13 @@ def test_plain_mistakes_of_a_notebook_are_named(tiny_data, tmp_path):
         clm_explore.load_model("tiny-random", ["a"])
     result = clm_explore.finetune(tiny_data, replace(clm_explore.FinetuneConfig(method="head"), epochs=1),
                                   tmp_path / "run", source="tiny-random", progress=False)
-    with pytest.raises(ValueError, match="max_length is the sub-tokens read per text, at least 1"):
+    with pytest.raises(ValueError, match="max_length is the sub-tokens read per text, 8 to 512"):
         clm_explore.predict(result, "my card", max_length=-3)
+    # as the CLI refuses them (the long-text review: 1 read silently, 600 raised torch's "expanded size" error)
+    with pytest.raises(clm_explore.ConfigError, match=r"max_length 1 must be in 8\.\.512"):
+        clm_explore.predict(result, "my card", max_length=1)
+    with pytest.raises(clm_explore.ConfigError, match="max_length 200 is above the 128 positions a text may take"):
+        clm_explore.predict(result, "my card", max_length=200)
     (tmp_path / "train.csv").write_text("text,label\na,b\n")
     with pytest.raises(ValueError, match="train.csv is not a file of mined groups"):
         clm_explore.TaskTokens.load(tmp_path / "train.csv")
