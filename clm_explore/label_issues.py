@@ -35,7 +35,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clm_explore.batches import collate, encode
+from clm_explore.batches import collate, cut_texts_note, encode
 from clm_explore.config import LabelAuditConfig, config_from
 from clm_explore.data import AnnotatedData, DataError, csv_text, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
@@ -113,6 +113,10 @@ def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAudit
     )
     issues = issues.sort_values("label_prob", kind="stable").reset_index(drop=True)[ISSUE_COLUMNS]
     accuracy = float((probs.argmax(1) == given).mean())
+    if cut := cut_texts_note(loaded.tokenizer, rows["text"].tolist(), cfg.max_length, "the probe",
+                             "read more with a longer max_length (audit --max-length; the app's label check reads "
+                             "what the Finetune form's Sub-tokens read per text says)"):
+        notes.append(cut)
     return LabelIssues(issues, len(rows), accuracy, time.perf_counter() - started, notes)
 
 

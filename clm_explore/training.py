@@ -33,7 +33,7 @@ from torch import nn
 from transformers import PreTrainedModel, get_scheduler
 
 from clm_explore.averaging import BestWeights, TailAverage
-from clm_explore.batches import batch_order, collate, encode, predict_proba
+from clm_explore.batches import batch_order, collate, cut_texts_note, encode, predict_proba
 from clm_explore.config import (
     MINING_METHODS,
     ConfigError,
@@ -1298,6 +1298,9 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     metrics = classification_metrics(gold, pred, data.labels)
     metrics["labels_predicted"] = int(len(np.unique(pred)))
     if said := _collapse_note(pred, gold, data.labels, cfg):
+        if cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run",
+                                 "a longer max_length reads more", what="training texts"):  # the long-text review: blamed on the rate
+            said += f" Also: {cut}."
         metrics["collapse_note"] = said
     labels = np.array(data.labels)
     rows = pd.DataFrame({"row": range(len(texts)), "text": texts, "label": data.test["label"].tolist(),

@@ -912,3 +912,21 @@ def test_finetune_says_when_few_shot_data_gets_few_steps(capsys, tmp_path, data_
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head",
                  "--out", str(tmp_path / "run2")]) == 0
     assert "per label" not in capsys.readouterr().err  # 40 training rows per label: not few-shot
+
+
+def test_finetune_says_how_many_texts_it_cuts_and_a_collapse_names_the_cut(capsys, tmp_path):
+    """The long-text review: with the question past the 64 sub-tokens read, a run at chance was blamed on its
+    learning rate alone, and no command said the texts were cut."""
+    words = ("card", "cash", "fee", "pin")
+    filler = ("please", "help", "still", "what", "why", "when", "where")
+    rows = [f"{' '.join(filler[(i + k) % 7] for k in range(7))} {filler[i % 5]} {words[i % 4]} {words[i % 4]}"
+            for i in range(80)]
+    pd.DataFrame({"text": rows, "label": [words[i % 4] for i in range(80)]}).to_csv(tmp_path / "long.csv", index=False)
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(tmp_path / "long.csv"), *TINY, *FAST[:-4], "--max-length", "8",
+                 "--device", "cpu", "--method", "full", "--lr", "1e3", "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "note: 57 of 57 training texts (100%) are longer than the 8 sub-tokens this run reads" in err
+    assert "--max-length (up to 512) reads more" in err
+    note = json.loads((run / "metrics.json").read_text())["collapse_note"]
+    assert "the training collapsed" in note and "Also: 57 of 57 training texts (100%) are longer than the 8 sub-tokens" in note

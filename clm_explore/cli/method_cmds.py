@@ -484,6 +484,7 @@ def _end_process_group(together: bool) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from clm_explore.batches import cut_texts_note
     from clm_explore.modeling import load_model, resolve_device
     from clm_explore.runs import RunStore, check_run_dir, claimed_run_dir, default_root
     from clm_explore.training import (
@@ -523,6 +524,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     _check_budget_fits(cfg.mask, loaded)
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
     warn_unreadable(loaded.tokenizer, data.train["text"].tolist())
+    if not rerun and (cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length,
+                                            "this run", "--max-length (up to 512) reads more, at a cost in time",
+                                            what="training texts")):
+        print(f"note: {cut}", file=sys.stderr)
     if given is not None:
         check_scores_fit(given, loaded, data.labels, cfg.mask)
         if given.sensitivity.max_length != cfg.max_length:  # the faces review: said nowhere, yet the rows may differ

@@ -2768,3 +2768,12 @@ def test_the_runs_pages_config_is_the_one_the_run_folder_records(tmp_path: Path)
     settled = {"max_length": 32, "sensitivity": {"max_length": 32}}
     (tmp_path / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": settled}))
     assert folder_config(run) == settled
+
+
+def test_the_label_check_reads_as_many_sub_tokens_as_the_runs(at: AppTest) -> None:
+    """The long-text review: the Data page's check read 64 sub-tokens whatever the Finetune form said, and flagged
+    298 of 360 correct rows whose question sat further on."""
+    assert "Reads 64 sub-tokens per text" in at.button(key="data_audit").help
+    at.session_state["ft_max_length"] = 128  # as the Finetune form leaves it
+    at.run()
+    assert "Reads 128 sub-tokens per text" in at.button(key="data_audit").help

@@ -66,12 +66,17 @@ st.caption(
     "learning rule. One pass of the model, no finetuning."
 )
 source = state.model_source()
-if st.button("Check the labels", key="data_audit"):
+# As long a read as the runs': at 64 sub-tokens an audit of texts whose question sat further on flagged 298 of 360
+# correct rows, whatever the Finetune form said (the long-text review).
+audit_cfg = LabelAuditConfig(max_length=forms.launch_options()["max_length"])
+if st.button("Check the labels", key="data_audit",
+             help=f"Reads {audit_cfg.max_length} sub-tokens per text, as the Finetune form's Sub-tokens read per text "
+             "says."):
     state.put("audited", (choice, source))  # shown again on later reruns (from the cache) until the data changes
-    cache.retry_failed_audit(source, choice, LabelAuditConfig())
+    cache.retry_failed_audit(source, choice, audit_cfg)
 if state.get("audited") == (choice, source):
     # A task of its own, shared by every session: a click or a page change while it runs does not restart it.
-    task = cache.label_audit(source, choice, LabelAuditConfig(), inline=state.inline_jobs())
+    task = cache.label_audit(source, choice, audit_cfg, inline=state.inline_jobs())
     if not task.done:
         views.task_progress(task)
         if task.progress[0].startswith("waiting for"):
