@@ -282,7 +282,10 @@ class MiningConfig:
     each kept only where the tokenizer then produces it as one token (a rejected word's slot goes to the next)."""
     max_tokens: int = 512
     """Sub-tokens of each row mined, from its start (no model here reads more); bounds the work a very long
-    row can cost."""
+    row can cost. Runs read ``FinetuneConfig.max_length`` (64): on texts longer than that, groups mined further on
+    are words no run reads, and the scores say so (``mine --mining-length`` and the other commands' option set
+    this). Not settled to the run's length: short texts mine alike either way, and a grid's finished cells would all
+    read as stale."""
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -431,6 +431,21 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
     return batches
 
 
+def _thin_restriction_note(batches: list[Batch], tokens: TaskTokens, max_length: int) -> str:
+    """A sentence when under half the calibration rows hold a mined group within the sub-tokens read, where the
+    groups were mined reading further (``MiningConfig.max_tokens``): the token restriction then reads little but
+    the pooled position (the long-text review: 52 of 240 rows at 64 sub-tokens, whose groups sat further on)."""
+    rows = sum(len(batch.positions) for batch in batches)
+    # a row's pooled position always counts (1); a mined group adds more
+    held = sum(int((batch.positions.sum(dim=1) > 1).sum()) for batch in batches)
+    mined_from = int((tokens.config or {}).get("max_tokens") or 0)
+    if not rows or held * 2 >= rows or mined_from <= max_length:
+        return ""
+    return (f"only {held:,} of {rows:,} calibration rows hold a mined group within the {max_length} sub-tokens read "
+            f"(the groups were mined reading {mined_from}): the token restriction reads little but the pooled position; "
+            "read more sub-tokens per text, or score without the restriction")
+
+
 def fed(prefix: PrefixCache | None, batch: Batch) -> AbstractContextManager:
     """Run the model on ``batch`` from the prefix cache's states when there is one, else from the start."""
     if prefix is None:
@@ -757,13 +772,16 @@ def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: 
     matrices = linear_matrix_infos(model, linears)
     row_scores = {f"{n}.weight": s for n, s in scores.items()}
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
-    notes = [f"calibration rows: {len(texts)}", f"restriction: {cfg.restriction}", f"score: {cfg.score}",
+    notes = [f"calibration rows: {len(texts)}", f"reading {cfg.max_length} sub-tokens per text",
+             f"restriction: {cfg.restriction}", f"score: {cfg.score}",
              f"head warm-up: {cfg.warmup_epochs_for(len(data.train), len(data.labels))} epochs"
              + (" from a centroid head" if cfg.head_init == "centroid" else "")]
     if cfg.fisher_labels == "model":
         notes.append(f"Fisher labels: drawn from the model, {cfg.label_draws} per row")
     if cfg.min_layer:
         notes.append(f"scored layers: {cfg.min_layer} and up (rows below score 0 and cannot be selected)")
+    if restrict is not None and (thin := _thin_restriction_note(batches, restrict, cfg.max_length)):
+        notes.append(thin)
     if unknown := unscored_linears(model):  # said, not left out in silence (the models review: DeBERTa-v2)
         kinds = sorted({name.rsplit(".", 1)[-1] for name in unknown})
         notes.append(f"{len(unknown)} linear maps of kinds clm-explore does not score ({', '.join(kinds[:4])}) are "

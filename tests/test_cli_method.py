@@ -930,3 +930,18 @@ def test_finetune_says_how_many_texts_it_cuts_and_a_collapse_names_the_cut(capsy
     assert "--max-length (up to 512) reads more" in err
     note = json.loads((run / "metrics.json").read_text())["collapse_note"]
     assert "the training collapsed" in note and "Also: 57 of 57 training texts (100%) are longer than the 8 sub-tokens" in note
+
+
+def test_mine_reads_as_many_sub_tokens_as_mining_length_says(capsys, tmp_path):
+    """The long-text review: mining read 512 sub-tokens where runs read 64, so the groups came from text no run
+    reads, and `mine` had no way to read less."""
+    words = ("card", "cash", "fee", "pin")
+    filler = ("please", "help", "still", "what", "why", "when", "where")
+    rows = [f"{' '.join(filler[(i + k) % 7] for k in range(10))} {words[i % 4]}" for i in range(80)]
+    pd.DataFrame({"text": rows, "label": [words[i % 4] for i in range(80)]}).to_csv(tmp_path / "late.csv", index=False)
+    whole = {g["text"] for g in run_json(capsys, ["mine", str(tmp_path / "late.csv"), *TINY, "--json"])}
+    start = {g["text"] for g in run_json(capsys, ["mine", str(tmp_path / "late.csv"), *TINY, "--json",
+                                                  "--mining-length", "8"])}
+    assert set(words) <= whole and not set(words) & start  # the label words sit past the first 8 sub-tokens
+    assert main(["mine", str(tmp_path / "late.csv"), *TINY, "--mining-length", "4"]) == 2
+    assert "error: --mining-length must be >= 8, got 4" in capsys.readouterr().err

@@ -579,3 +579,20 @@ def test_scores_do_not_depend_on_what_the_caller_drew_before_loading(tiny_data, 
     torch.manual_seed(5)
     compute_sensitivity(load_model(folder, tiny_data.labels), tiny_data, None, cfg, progress=False)
     assert torch.equal(torch.rand(2), expected)  # the caller's state left as it was
+
+
+def test_a_restriction_that_reads_few_mined_groups_within_the_length_read_is_said():
+    """The long-text review: groups mined from 512 sub-tokens sat past the 64 that scoring reads; the token-restricted
+    scores read 124 mined positions of 2,249, with no word."""
+    texts = ["money please money please money please i want refunding now"] * 6 + ["refunding now please"] * 2
+    data = hand_data(texts, [0, 1] * 4)
+    loaded = load_model("tiny-random", LABELS, seed=0)
+    tokens = TaskTokens(REFUNDING.groups, "", 8, {"max_tokens": 512})
+    short = compute_sensitivity(loaded, data, tokens, SensitivityConfig(max_length=8, calibration_rows=8))
+    said = [n for n in short.notes if n.startswith("only ")]
+    assert said == ["only 2 of 8 calibration rows hold a mined group within the 8 sub-tokens read (the groups were "
+                    "mined reading 512): the token restriction reads little but the pooled position; read more "
+                    "sub-tokens per text, or score without the restriction"], said
+    assert "reading 8 sub-tokens per text" in short.notes
+    long = compute_sensitivity(loaded, data, tokens, SensitivityConfig(max_length=32, calibration_rows=8))
+    assert not [n for n in long.notes if n.startswith("only ")]

@@ -291,7 +291,8 @@ class DefaultsShown(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-FIELD_FLAGS = {"warmup_epochs": "head_warmup_epochs", "n_steps": "steps", "top_k": "top", "merge_tokens": "merge"}
+FIELD_FLAGS = {"warmup_epochs": "head_warmup_epochs", "n_steps": "steps", "top_k": "top", "merge_tokens": "merge",
+               "max_tokens": "mining_length"}
 """Config fields whose command-line option has another name (where the command has no option of the field's)."""
 
 

@@ -104,6 +104,9 @@ def _mining_args(p: argparse.ArgumentParser, scored: str = "") -> Any:
     group.add_argument("--min-score-share", type=float, default=MiningConfig.min_score_share, metavar="S",
                        help="keep a group only if its score is at least this share of the best group's (0 = any "
                        "score; on a few hundred rows 0.03 leaves out the commonest words, such as 'in' and 'from')")
+    group.add_argument("--mining-length", type=int, default=MiningConfig.max_tokens, metavar="N",
+                       help="sub-tokens of each text mined, from its start; runs read --max-length (64 unless set): "
+                       "on texts longer than that, mine at that length so that the groups come from what runs read")
     return group
 
 
@@ -121,7 +124,7 @@ def mining_config(args: argparse.Namespace, merge_tokens: int = 0) -> MiningConf
     return MiningConfig(top_k=args.top, min_count=args.min_count, relevance=args.relevance,
                         specificity=args.specificity, max_words=args.max_words, merge_tokens=merge_tokens,
                         fragment_min_chars=args.fragment_min_chars, min_score_share=args.min_score_share,
-                        background_lang=args.background_lang)
+                        background_lang=args.background_lang, max_tokens=args.mining_length)
 
 
 def run_mine(args: argparse.Namespace) -> int:
