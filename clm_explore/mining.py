@@ -106,6 +106,21 @@ class TaskTokens:
         top = ", ".join(g.text for g in self.groups[:5]) + (", ..." if len(self.groups) > 5 else "")
         return f"TaskTokens({len(self.groups)} groups from {self.n_rows:,} rows: {top}; to_frame() lists them)"
 
+    def ungrouped_labels_note(self, labels: Iterable[str]) -> str:
+        """'' when every one of ``labels`` (the training split's) is the most associated label of a mined group, else
+        which are not and what that means (the few-shot review: at 8 rows per label 5 of 7 labels had no group at the
+        default minimum count, and the page listed the other two's words alone). The caller says how to lower the
+        minimum count and keep more groups (flags, boxes)."""
+        labels = sorted(set(map(str, labels)))
+        without = [label for label in labels if label not in {g.label for g in self.groups}]
+        if not without or not self.groups:  # none at all is said where the groups are read
+            return ""
+        shown = ", ".join(without[:8]) + (f" and {len(without) - 8} more" if len(without) > 8 else "")
+        return (f"{len(without)} of {len(labels)} labels have no mined group ({shown}): no word marks them, the "
+                "token-restricted scores read their rows at the pooled position alone, and their words take no "
+                "embedding row. A lower minimum count (rows a group must occur in) finds words for labels with few "
+                "rows, more groups kept for labels whose words score below the others'")
+
     def to_frame(self) -> pd.DataFrame:
         """A row per group; ``reads`` is how it reads in a text (``surface``: a fragment's pieces without their
         tokenizer's markers, 'Ġcon' -> 'con')."""

@@ -645,3 +645,15 @@ def test_without_wordfreq_the_score_is_relevance_alone(tok, monkeypatch):
     tt = mine_task_tokens(texts, ["a"] * 6 + ["b"] * 6, tok, MiningConfig(min_count=5))
     assert tt.background.startswith("none: the wordfreq package is not installed")
     assert tt.groups and all(g.specificity == 1.0 for g in tt.groups)
+
+
+def test_labels_without_a_mined_group_are_named():
+    """The few-shot review: at 8 rows per label 5 of 7 labels had no group at the default minimum count, and the
+    Tokens page listed the other two's words without a word about the rest."""
+    from clm_explore.mining import TaskTokens, TokenGroup
+
+    tokens = TaskTokens([TokenGroup("refund", ["refund"], "words", 5, 1.0, 1.0, 1.0, "money", 2.0)], "", 20, {})
+    said = tokens.ungrouped_labels_note(["money", "card", "card", "atm"])
+    assert said.startswith("2 of 3 labels have no mined group (atm, card): no word marks them")
+    assert tokens.ungrouped_labels_note(["money"]) == ""
+    assert TaskTokens([], "", 20, {}).ungrouped_labels_note(["money", "card"]) == ""  # none at all: said elsewhere

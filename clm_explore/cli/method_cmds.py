@@ -165,6 +165,8 @@ def run_mine(args: argparse.Namespace) -> int:
         print(f"No group occurs at least --min-count {args.min_count} times: lower it (or add rows).")
     elif args.show:
         print(mined_table(frame.head(args.show)).to_string(index=False))
+    if said := task_tokens.ungrouped_labels_note(train["label"]):
+        print(f"note: {said} (--min-count, --top)", file=sys.stderr)
     if merge:
         print(merge.summary())
     return 0

@@ -2777,3 +2777,17 @@ def test_the_label_check_reads_as_many_sub_tokens_as_the_runs(at: AppTest) -> No
     at.session_state["ft_max_length"] = 128  # as the Finetune form leaves it
     at.run()
     assert "Reads 128 sub-tokens per text" in at.button(key="data_audit").help
+
+
+def test_the_tokens_page_names_the_labels_no_group_marks(tmp_path: Path) -> None:
+    """The few-shot review: 5 of 7 labels had no mined group and the page showed the other two's words alone."""
+    words = {"card": "card", "cash": "cash", "fee": "fee"}
+    lines = [f"please help {words[label]} now,{label}" for label in words for _ in range(10)]
+    lines += [f"please help {'now' if i % 2 else ''},pin" for i in range(10)]  # pin: no word of its own
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["data_choice"] = save_upload(("text,label\n" + "\n".join(lines) + "\n").encode(), "few.csv",
+                                                   folder=tmp_path / "session")
+    app.run()
+    goto(app, "app_pages/2_tokens.py")
+    said = [i.value for i in app.info if "have no mined group" in i.value]
+    assert len(said) == 1 and "1 of 4 labels have no mined group \\(pin\\)" in said[0], [i.value for i in app.info]

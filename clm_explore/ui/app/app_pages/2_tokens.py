@@ -28,6 +28,8 @@ if not mined.groups:
     state.stop()
 frame = mined.to_frame()
 st.caption(f"{len(mined.groups)} groups from {mined.n_rows} training rows · background: {mined.background}")
+if ungrouped := mined.ungrouped_labels_note(cache.data(choice).train["label"]):
+    st.info(views.escape_markdown(f"{ungrouped} (the mining options' Min rows and Groups kept)."))
 
 tab_all, tab_label, tab_merge = st.tabs(["All groups", "Per label", "Adaptive tokenization"])
 with tab_all:
