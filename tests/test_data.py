@@ -254,7 +254,10 @@ def test_report_counts_duplicates_leakage_unseen_and_rare_labels():
     assert report.rare_labels == {"y": 1, "z": 1}
     assert report.label_counts["new"] == {"train": 0, "validation": 0, "test": 1}
     assert report.label_counts["x"]["train"] == 10
-    assert report.notes == ["a note"]
+    # the loader's notes, then what 3 test rows are worth and the trained label test lacks (the few-shot review)
+    assert report.notes == ["a note", "The test split holds 3 rows: one row is 33.3 points of accuracy, so runs' "
+                            "figures on it move in large steps; compare runs over several seeds.",
+                            "1 trained label(s) have no test row (z): accuracy and macro-F1 say nothing of them."]
     problems = " ".join(report.problems)
     for phrase in ("repeat a text", "more than one label", "leakage", "never in train", "fewer than 5 train rows",
                    "imbalanced", "abstains below a confidence threshold chosen on validation"):

@@ -450,7 +450,10 @@ def _job_card(job: Job, key: str, deleted: set[str], metrics: dict[str, Any], ah
             st.metric("Elapsed", duration(elapsed), width="content")  # cancelled before it started: "–"
             st.metric("ETA", duration(p.eta) if p.eta is not None and not job.done else "–", width="content")
             if job.status is RunStatus.SUCCEEDED and isinstance(metrics.get("accuracy"), int | float):
-                st.metric("Test accuracy", f"{metrics['accuracy']:.4f}", width="content")
+                rows = metrics.get("test_rows")
+                st.metric("Test accuracy", f"{metrics['accuracy']:.4f}", width="content",
+                          help=f"On {rows:,} test rows: one row is {100 / rows:.2g} points." if isinstance(rows, int)
+                          and rows > 0 else None)
         if job.status is RunStatus.SUCCEEDED and metrics.get("collapse_note"):  # succeeded, yet learned nothing
             st.warning(escape_markdown(str(metrics["collapse_note"])), icon=":material/warning:")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in

@@ -2791,3 +2791,16 @@ def test_the_tokens_page_names_the_labels_no_group_marks(tmp_path: Path) -> None
     goto(app, "app_pages/2_tokens.py")
     said = [i.value for i in app.info if "have no mined group" in i.value]
     assert len(said) == 1 and "1 of 4 labels have no mined group \\(pin\\)" in said[0], [i.value for i in app.info]
+
+
+def test_a_runs_figures_say_how_many_test_rows_and_labels_they_stand_on() -> None:
+    """The few-shot review: a card read accuracy 0.6667 of 9 test rows, and macro-F1 over 5 of 7 labels, with
+    neither said."""
+    from clm_explore.ui.run_views import scored_on_note
+
+    said = scored_on_note({"test_rows": 9, "macro_f1_labels": 5, "labels": list("abcdefg")})
+    assert said == ("Scored on 9 test rows: one row is 11 points of accuracy; macro-F1 averages the 5 of its 7 labels "
+                    "that test holds (the others have no test row to be scored on).")
+    assert scored_on_note({"test_rows": 800, "macro_f1_labels": 20, "labels": list("abcdefghijklmnopqrst")}) == (
+        "Scored on 800 test rows: one row is 0.12 points of accuracy.")
+    assert scored_on_note({}) == ""
