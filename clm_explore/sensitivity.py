@@ -431,6 +431,11 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
     return batches
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 epoch', '5 epochs'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _thin_restriction_note(batches: list[Batch], tokens: TaskTokens, max_length: int) -> str:
     """A sentence when under half the calibration rows hold a mined group within the sub-tokens read, where the
     groups were mined reading further (``MiningConfig.max_tokens``): the token restriction then reads little but
@@ -774,7 +779,7 @@ def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: 
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
     notes = [f"calibration rows: {len(texts)}", f"reading {cfg.max_length} sub-tokens per text",
              f"restriction: {cfg.restriction}", f"score: {cfg.score}",
-             f"head warm-up: {cfg.warmup_epochs_for(len(data.train), len(data.labels))} epochs"
+             f"head warm-up: {plural(cfg.warmup_epochs_for(len(data.train), len(data.labels)), 'epoch')}"
              + (" from a centroid head" if cfg.head_init == "centroid" else "")]
     if cfg.fisher_labels == "model":
         notes.append(f"Fisher labels: drawn from the model, {cfg.label_draws} per row")

@@ -1329,16 +1329,24 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     return metrics
 
 
+COLLAPSE_MIN_ROWS = 10
+"""Test rows below which one label for every row is no evidence of a collapse (the few-shot review: 3 test rows)."""
+
+
 def _collapse_note(pred: np.ndarray, gold: np.ndarray, labels: list[str], cfg: FinetuneConfig) -> str:
     """A warning when every test row was predicted as one label, of test rows of several labels: the run "succeeded"
     yet learned nothing (the operations review: LoRA at rate 1.0 and full finetuning at 1e3 ended succeeded at
     chance, with no word). A test split of one label, answered right, is no collapse (the diff review)."""
-    if len(pred) < 2 or len(labels) < 2 or len(np.unique(pred)) > 1 or len(np.unique(gold)) < 2:
+    if len(pred) < COLLAPSE_MIN_ROWS or len(labels) < 2 or len(np.unique(pred)) > 1 or len(np.unique(gold)) < 2:
         return ""
     rate = f"the rate {cfg.lr:g}" if cfg.lr else f"{cfg.method}'s default rate"
     return (f"every test row was predicted as {labels[int(pred[0])]!r}: the training collapsed (its accuracy is that "
             f"label's share of the test rows). Too high a learning rate ({rate}) or too few steps are the usual "
-            "causes: try a lower --lr, more epochs, or `clm-explore bench --tune-lr`.")
+            f"causes: {COLLAPSE_REMEDY}.")
+
+
+COLLAPSE_REMEDY = "try a lower --lr, more epochs, or `clm-explore bench --tune-lr`"
+"""The collapse note's advice, in the CLI's words (the app shows it in its own: ``app_words``)."""
 
 
 def _out_of_scope(loaded, model, data, cfg, gold: np.ndarray, pred: np.ndarray, top: np.ndarray) -> dict | None:

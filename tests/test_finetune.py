@@ -941,3 +941,15 @@ def test_a_run_folder_tells_plain_transformers_the_length_it_trained_at(tiny_dat
     ours = clm_explore.predict(tmp_path / "run", [long])
     [theirs] = pipeline("text-classification", model=str(tmp_path / "run"), top_k=None)([long], truncation=True)
     assert {row["label"]: row["score"] for row in theirs} == pytest.approx(ours.iloc[0].to_dict(), abs=1e-5)
+
+
+def test_one_label_for_a_handful_of_test_rows_is_no_collapse():
+    """The few-shot review: 3 test rows all predicted as one label were called a collapse."""
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.training import COLLAPSE_MIN_ROWS, _collapse_note
+
+    labels, cfg = ["a", "b", "c"], FinetuneConfig()
+    few = np.array([0, 1, 2] * 3)
+    assert _collapse_note(np.zeros(len(few), dtype=int), few, labels, cfg) == ""
+    many = np.array([0, 1, 2] * COLLAPSE_MIN_ROWS)
+    assert "the training collapsed" in _collapse_note(np.zeros(len(many), dtype=int), many, labels, cfg)

@@ -455,7 +455,7 @@ def _job_card(job: Job, key: str, deleted: set[str], metrics: dict[str, Any], ah
                           help=f"On {rows:,} test rows: one row is {100 / rows:.2g} points." if isinstance(rows, int)
                           and rows > 0 else None)
         if job.status is RunStatus.SUCCEEDED and metrics.get("collapse_note"):  # succeeded, yet learned nothing
-            st.warning(escape_markdown(str(metrics["collapse_note"])), icon=":material/warning:")
+            st.warning(escape_markdown(run_views.app_words(str(metrics["collapse_note"]))), icon=":material/warning:")
         # Live curves only while a job runs: redrawing every finished job's plotly figures each second, in
         # every open session, held the server's CPU away from the jobs themselves (in the two-user browser
         # test, with four finished jobs on the board, a head job on the tiny model waited 99 s, now 21 s).

@@ -208,6 +208,14 @@ def render_run_figures(run: RunRecord) -> None:
         st.caption(escape_markdown(said))
 
 
+def app_words(note: str) -> str:
+    """A run's note in the app's words: the collapse note's advice names the Finetune form's boxes, not the CLI's
+    flags (the few-shot review: browser users were told to try `--lr`)."""
+    from clm_explore.training import COLLAPSE_REMEDY
+
+    return note.replace(COLLAPSE_REMEDY, "try a lower Learning rate or more Epochs in the Finetune form")
+
+
 def scored_on_note(metrics: dict[str, Any]) -> str:
     """The rows a run's test figures stand on, and the labels its macro-F1 averages where test lacks some: a card
     read "accuracy 0.6667" of 9 test rows, and macro-F1 over 5 of 7 labels, with neither said (the few-shot
@@ -846,9 +854,15 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
         st.caption("Needs two finished runs or more: launch the same method with a few seeds on the Finetune page.")
         return
     by_id = {r.id: r for r in done}
-    label = {r.id: f"{r.id} · {r.method} · seed {r.config.get('seed', '?')}" for r in done}
+    # The data named too: the groups may open on another data set than the session's (the few-shot review).
+    label = {r.id: f"{r.id} · {r.method} · seed {r.config.get('seed', '?')}"
+                   + (f" · {data_key_name(str(r.config['data']))}" if r.config.get("data") else "") for r in done}
     current = state.data_choice()
     a_default, b_default = default_groups(done, current.key if current else None, state.model_source())
+    opened_on = by_id[a_default[0]].config.get("data") if a_default else None
+    if current is not None and opened_on and opened_on != current.key:
+        st.caption(escape_markdown(f"No two of this session's runs on {current.name} make groups yet: the groups "
+                                   f"below are runs on {data_key_name(str(opened_on))}."))
     c1, c2 = st.columns(2)
     a_ids = c1.multiselect("Group A", list(by_id), default=a_default, format_func=label.get, key=f"{key}_a")
     b_ids = c2.multiselect("Group B", list(by_id), default=b_default, format_func=label.get, key=f"{key}_b")
@@ -870,7 +884,8 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
              "high_points": f"{level} high", "std_ratio": "std A / B", "std_ratio_low": f"std ratio {level} low",
              "std_ratio_high": f"std ratio {level} high"}
     # A figure a group cannot have (a std of one run, its interval) is "–": the table showed "None".
-    views.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True, alt="Weight changes",
+    views.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True,
+                    alt="Accuracy of the two groups of runs",
                  column_config={column: st.column_config.Column(name) for column, name in names.items()})
     st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
                "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "

@@ -191,7 +191,7 @@ def render_data_report(report: Any, key: str) -> None:
         st.metric("Texts in two splits", report.leakage.get("count", 0), width="content",
                   help="Texts that occur in more than one split (leakage), copies that differ only in case or spacing "
                   "not counted here (the problems below count them).")
-    st.caption(" · ".join(f"{name}: {n} rows" for name, n in report.splits.items()))
+    st.caption(" · ".join(f"{name}: {n:,} row{'' if n == 1 else 's'}" for name, n in report.splits.items()))
     for note in report.notes:
         st.caption(escape_markdown(note))
     if report.problems:

@@ -2804,3 +2804,27 @@ def test_a_runs_figures_say_how_many_test_rows_and_labels_they_stand_on() -> Non
     assert scored_on_note({"test_rows": 800, "macro_f1_labels": 20, "labels": list("abcdefghijklmnopqrst")}) == (
         "Scored on 800 test rows: one row is 0.12 points of accuracy.")
     assert scored_on_note({}) == ""
+
+
+def test_the_seed_groups_say_when_they_are_runs_on_other_data(at: AppTest) -> None:
+    """The few-shot review: on an upload with one run, the groups opened on another data set's runs without a word,
+    and the table's screen-reader name was "Weight changes"."""
+    store = RunStore(os.environ["CLM_EXPLORE_RUNS"])
+    for method in ("full", "sparse"):
+        for seed in (0, 1):
+            run = store.create(f"{method}-{seed}", method, {"seed": seed, "data": "shared:trec6_8:None:None:",
+                                                            "source": "tiny-random"})
+            store.update_metrics(run.id, {"accuracy": 0.5 + seed / 10, "macro_f1": 0.5})
+            store.set_status(run.id, RunStatus.SUCCEEDED)
+    goto(at, "app_pages/7_runs.py")
+    assert any("the groups below are runs on trec6\\_8" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert all(option.endswith("· trec6_8") for option in at.multiselect(key="runs_groups_a").options)
+
+
+def test_a_collapse_note_speaks_the_apps_words() -> None:
+    """The few-shot review: cards told browser users to try `--lr` and `clm-explore bench --tune-lr`."""
+    from clm_explore.training import COLLAPSE_REMEDY
+    from clm_explore.ui.run_views import app_words
+
+    said = app_words(f"every test row was predicted as 'a': the training collapsed. Causes: {COLLAPSE_REMEDY}.")
+    assert "--lr" not in said and "clm-explore" not in said and "Learning rate or more Epochs in the Finetune" in said

@@ -36,7 +36,7 @@ st.caption(
 if run.error:
     st.error(escape_markdown(run.error))
 if run.metrics.get("collapse_note"):  # it "succeeded", yet predicts one label for every row
-    st.warning(escape_markdown(str(run.metrics["collapse_note"])))
+    st.warning(escape_markdown(run_views.app_words(str(run.metrics["collapse_note"]))))
 if run.status is RunStatus.SUCCEEDED and (said := unknown_method_note(  # a newer version's run
         run.path, f"This run ({run_views.folder_said(run.path, store.root)})")):
     st.warning(escape_markdown(said))
