@@ -465,7 +465,9 @@ def _explain_batch(
         offsets = enc["offset_mapping"][i].tolist()
         words, word_scores, _ = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
         inside = f" (its last word shown, {words[-1]!r}, is the start of a longer word)" if cut[i] == 2 and words else ""
-        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens{inside}"] if cut[i] else [])
+        read = max((end for _, end in offsets), default=0)  # how far into the text the sub-tokens read reach
+        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens (its first {read:,} of {len(text):,} "
+                             f"characters){inside}"] if cut[i] else [])
         if said := _unknown_note(tokenizer, text, enc["input_ids"][i].tolist(), offsets):
             note.append(said)
         if is_unsettled(float(deltas[i]), float(changes[i]), cfg.output):

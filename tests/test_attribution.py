@@ -249,6 +249,8 @@ def test_truncation_noted(loaded: LoadedModel) -> None:
         loaded.model, loaded.tokenizer, " ".join(["card"] * 40), AttributionConfig(max_length=10)
     )
     assert len(res.words) == 8 and "truncated" in res.note
+    # how much of it was read (the long-text review: "truncated to 256" of a text whose question sat past it)
+    assert "text truncated to 10 sub-tokens (its first 39 of 199 characters)" in res.note
     (unset,) = explain(loaded.model, loaded.tokenizer, " ".join(["card"] * 80))  # no run known: 64 sub-tokens
     assert AttributionConfig().max_length is None and len(res.tokens) == 10
     assert len(unset.tokens) == DEFAULT_MAX_LENGTH == 64 and "truncated to 64" in unset.note

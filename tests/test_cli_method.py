@@ -475,6 +475,11 @@ def test_predict_reads_what_training_read_and_checks_its_options(capsys, data_di
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
     from_pipe = run_json(capsys, ["predict", "--run", str(out), "--file", "-", "--json"])
     assert [r["label"] for r in from_pipe] == test["pred"].tolist()[:3]
+    # another length than training read is said (the long-text review: 0.7167 read at 256, 1.0 at 512, no word)
+    assert main(["predict", "--run", str(out), "--text", "hi", "--max-length", "64"]) == 0
+    assert "note: --max-length 64: the run was trained reading 32 sub-tokens" in capsys.readouterr().err
+    assert main(["predict", "--run", str(out), "--text", "hi", "--max-length", "32"]) == 0
+    assert "was trained reading" not in capsys.readouterr().err
     assert "--top 0" in run_error(capsys, ["predict", "--run", str(out), "--text", "hi", "--top", "0"])
     monkeypatch.setenv("CLM_EXPLORE_RUNS", str(tmp_path / "no-registry"))
     assert "--run typo: no such run folder or run id" in run_error(capsys, ["predict", "--run", "typo", "--text", "hi"])

@@ -269,7 +269,7 @@ def test_report_lengths_and_json():
                          _frame([("e", "y")]), ["x", "y"])
     report = data_report(data).to_dict()
     json.dumps(report)
-    assert report["lengths"]["all"]["words"] == {"min": 1, "median": 1.5, "p95": 3.7, "max": 4}
+    assert report["lengths"]["all"]["words"] == {"min": 1, "median": 1.5, "p95": 4, "max": 4}
     assert report["lengths"]["train"]["chars"]["max"] == 7
     assert report["labels"] == ["x", "y"]
     assert report["problems"] == ["2 label(s) have fewer than 5 train rows: x (1), y (1)."]

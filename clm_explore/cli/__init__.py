@@ -132,6 +132,11 @@ def checked_max_length(value: int | None, run_dir: Path) -> int | None:
         taken = f" less the {virtual} its prefix takes" if virtual else ""
         raise UserError(f"--max-length {value} is above the {positions} positions a text may take in this run's "
                         f"model{taken}.")
+    from clm_explore.runs import trained_max_length
+
+    if value != (trained := trained_max_length(run_dir)):  # the long-text review: 0.7167 read at 256, 1.0 at 512
+        print(f"note: --max-length {value}: the run was trained reading {trained} sub-tokens per text, so these "
+              "figures are not those its own were measured at", file=sys.stderr)
     return value
 
 

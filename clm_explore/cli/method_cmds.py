@@ -371,7 +371,9 @@ def _register_finetune(sub: Any) -> None:
                    help="stop after N epochs in a row without a better validation accuracy (0 = off)")
     p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size, help="rows per step")
     p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length,
-                   help="sub-tokens read per text (predictions and attributions then read as many)")
+                   help="sub-tokens read per text (predictions and attributions then read as many); longer reads "
+                   "cost time and memory: the default model at batch 32, sparse, one thread took about 11 s an "
+                   "epoch of 240 rows and 1.3 GB at 64, 58 s and 3.6 GB at 256, 7.8 GB at 512 (the process's peak)")
     p.add_argument("--seed", type=int, default=0, help="seeds the head, the order of rows, dropout and drawn rows")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     _mask_args(p)

@@ -476,8 +476,9 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             step=8,
             key=f"{key}_max_length",
             help="Each text is cut to this many sub-tokens (word pieces, the model's markers included) in training, "
-            "predictions and attributions; the Data page says how many texts are longer. Longer reads cost time in "
-            "proportion.",
+            "predictions and attributions; the Data page says how many texts are longer. Longer reads cost time and "
+            "memory: the default model at batch 32, sparse, one thread took about 11 s an epoch of 240 rows and "
+            "1.3 GB at 64, 58 s and 3.6 GB at 256, 7.8 GB at 512 (the process's peak).",
         )
         c1, c2, _ = more.columns(3)
         best = c1.checkbox(

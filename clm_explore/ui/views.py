@@ -230,10 +230,13 @@ def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int
         st.caption(f"Every text fits in the {max_length} sub-tokens a run reads (the longest has {longest})"
                    f"{sample}.")
         return
+    more = ("The Finetune form's **Sub-tokens read per text** reads more, at a cost in time and memory."
+            if max_length < counted else  # counted: the most a run reads (the form's top)
+            f"{max_length} is the most a run reads: shorten the texts (quoted replies, signatures) or put what decides "
+            "the label first.")
     st.info(f"{longer:,} of {len(lengths):,} texts{sample} ({longer / len(lengths):.1%}) are longer than the {max_length} "
             f"sub-tokens a run reads (the longest has {longest}): only their start is used, in training, "
-            "predictions and attributions. The Finetune form's **Sub-tokens read per text** reads more, at a cost in "
-            "time.")
+            f"predictions and attributions. {more}")
 
 
 @st.fragment(run_every=2.0)  # each redraw takes server CPU from the task itself: a bar needs no more often

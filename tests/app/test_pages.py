@@ -2828,3 +2828,19 @@ def test_a_collapse_note_speaks_the_apps_words() -> None:
 
     said = app_words(f"every test row was predicted as 'a': the training collapsed. Causes: {COLLAPSE_REMEDY}.")
     assert "--lr" not in said and "clm-explore" not in said and "Learning rate or more Epochs in the Finetune" in said
+
+
+def test_the_long_text_note_at_the_longest_read_suggests_shorter_texts() -> None:
+    """The long-text review: at 512 sub-tokens, the form's top, the Data page still said the form reads more."""
+    def script() -> None:
+        import pandas as pd
+
+        from clm_explore.ui.views import long_text_note
+
+        long_text_note(pd.Series([513, 40]), 512, 2, 512)
+        long_text_note(pd.Series([300, 40]), 256, 2, 512)
+
+    app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    top, shorter = (i.value for i in app.info)
+    assert "512 is the most a run reads: shorten the texts" in top and "reads more" not in top
+    assert "Sub-tokens read per text** reads more, at a cost in time and memory" in shorter
