@@ -888,15 +888,17 @@ def test_a_budget_that_buys_no_row_keeps_the_methods_picked_and_holds_the_launch
     assert at.multiselect(key="budget_methods").value == ["sparse", "head"] and not at.button(key="budget_launch").disabled
 
 
-def test_the_budget_page_says_when_runs_read_another_length_than_its_scores(at: AppTest) -> None:
+def test_the_scores_read_as_many_sub_tokens_as_the_runs(at: AppTest) -> None:
     """The faces review: at 16 sub-tokens set on the Finetune form, a sparse run scored and trained other rows than
-    the page showed, and the page said a seed-0 run trains these."""
-    goto(at, "app_pages/4_budget.py")
-    assert not any("score their own rows at that length" in c.value for c in at.caption)
+    the page showed; the long-text review: at 512 the pages' heatmaps read 64. The pages' scores now read the
+    form's length."""
+    goto(at, "app_pages/3_sensitivity.py")
+    assert any("reading 64 sub-tokens per text" in c.value for c in at.caption)
     at.session_state["kept_widgets"] = {**at.session_state["kept_widgets"], "ft_max_length": 16}
-    at.run()
-    assert any("scored reading 64 sub-tokens per text; these runs read 16 and score their own rows at that length"
-               in c.value for c in at.caption)
+    goto(at, "app_pages/3_sensitivity.py")
+    assert any("reading 16 sub-tokens per text" in c.value for c in at.caption), [c.value for c in at.caption]
+    goto(at, "app_pages/4_budget.py")
+    assert any("reading 16 sub-tokens per text" in c.value for c in at.caption)
 
 
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:

@@ -64,10 +64,6 @@ st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {o
            f"text ({where}); its other options take their defaults.")
 if few := forms.data_steps_note(options["epochs"]):
     st.info(escape_markdown(f"{few[0].upper()}{few[1:]}: set Epochs to {FEW_SHOT_EPOCHS} on the Finetune page."))
-if options["max_length"] != sens_cfg.max_length:
-    st.caption(f"The rows above were scored reading {sens_cfg.max_length} sub-tokens per text; these runs read "
-               f"{options['max_length']} and score their own rows at that length, so a sparse run may train other rows "
-               "than those shown.")
 if selection is None:
     st.caption("Launching waits for a budget that selects rows (above).")
 if st.button("Launch runs", type="primary", key="budget_launch", disabled=not picked or selection is None):
