@@ -950,3 +950,20 @@ def test_mine_reads_as_many_sub_tokens_as_mining_length_says(capsys, tmp_path):
     assert set(words) <= whole and not set(words) & start  # the label words sit past the first 8 sub-tokens
     assert main(["mine", str(tmp_path / "late.csv"), *TINY, "--mining-length", "4"]) == 2
     assert "error: --mining-length must be >= 8, got 4" in capsys.readouterr().err
+
+
+def test_the_validation_carve_can_be_set_or_left_out(capsys, tmp_path):
+    """The few-shot review: 10% of a 10-per-label training set (1 row a label) went to a validation split no option
+    could keep in train."""
+    words = ("card", "cash", "fee", "pin")
+    rows = [f"text number {i} about {words[i % 4]}" for i in range(80)]
+    pd.DataFrame({"text": rows, "label": [words[i % 4] for i in range(80)]}).to_csv(tmp_path / "few.csv", index=False)
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(tmp_path / "few.csv"), *TINY, *FAST, "--method", "head",
+                 "--validation-fraction", "0", "--out", str(run)]) == 0
+    assert "train holds 64 rows" in capsys.readouterr().err  # 80 less the 16 carved as test, none as validation
+    assert json.loads((run / "clm_run.json").read_text())["data_config"]["validation_fraction"] == 0
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "few.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 16  # the run's own test rows, carved as it carved them
+    assert main(["validate", str(tmp_path / "few.csv"), "--validation-fraction", "0.6"]) == 2
+    assert "--validation-fraction must be in [0, 0.5), got 0.6" in capsys.readouterr().err

@@ -159,9 +159,10 @@ def refuse_untrained_head(run: Path, flag: str) -> Path:
 
 
 def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data_help: str = "",
-                  split_help: str = "") -> None:
+                  split_help: str = "", carve: bool = False) -> None:
     """DATA (a file or a folder of train/validation/test files) and the column options; ``data_help`` and
-    ``split_help`` say what a command reads of them where it reads otherwise (``evaluate``: the test rows)."""
+    ``split_help`` say what a command reads of them where it reads otherwise (``evaluate``: the test rows).
+    ``carve``: the shares of train carved as validation and test where the data has no such split."""
     if positional:
         parser.add_argument("data", metavar="DATA",
                             help=data_help or "a CSV/TSV/JSONL/JSON/Parquet file or a folder of splits")
@@ -175,6 +176,13 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data
     parser.add_argument("--max-file-mb", type=float, default=200.0,
                         help="refuse files above this size (a Parquet file's text and label candidates are also "
                              "measured uncompressed and decoded)")
+    if carve:  # the few-shot review: 10% of 70 rows carved as validation, 1 a label, and no way to keep them
+        defaults = DataConfig()
+        parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction, metavar="F",
+                            help="share of train carved as validation where the data has no validation split "
+                            "(0: none; then no per-epoch curve, best epoch, early stop or out-of-scope threshold)")
+        parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction, metavar="F",
+                            help="share of train held out as test where the data has no test split")
 
 
 ENCODING_HELP = ("the data file's encoding where it is not UTF-8 (gb18030, cp932, cp1251, ...; default: guessed, "
@@ -185,8 +193,11 @@ SPLIT_COL_HELP = ("column of a single file that puts each row in train, validati
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The ``DataConfig`` of ``add_data_args``'s options."""
+    defaults = DataConfig()
     return DataConfig(text_col=args.text_col, label_col=args.label_col, split_col=args.split_col,
-                      max_file_mb=args.max_file_mb, encoding=args.encoding)
+                      max_file_mb=args.max_file_mb, encoding=args.encoding,
+                      validation_fraction=getattr(args, "validation_fraction", defaults.validation_fraction),
+                      test_fraction=getattr(args, "test_fraction", defaults.test_fraction))
 
 
 def load_noted_data(args: argparse.Namespace) -> AnnotatedData:

@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
         "Exit 0 when the data is usable (its problems, such as duplicates or rare labels, listed; exit 1 for them "
         "with --strict), 2 with a message saying what to fix when it is not.",
     )
-    add_data_args(parser)
+    add_data_args(parser, carve=True)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when the report lists problems (a script or CI check that must stop on them)")
@@ -46,7 +46,7 @@ def _register_audit(subparsers: Any) -> None:
         "confident_learning filter) over out-of-fold probabilities of a linear probe on the model's frozen features. One forward pass, no "
         "finetuning; most disputed first.",
     )
-    add_data_args(parser)
+    add_data_args(parser, carve=True)
     parser.add_argument("--model", default="default", metavar="SRC",
                         help="'default' (all-MiniLM-L6-v2), 'tiny-random', a local HF folder, a .gguf file or 'smollm2'")
     parser.add_argument("--splits", default=",".join(defaults.splits),

@@ -70,7 +70,7 @@ def _register_mine(sub: Any) -> None:
                        description="Mine the word pieces and words that tell DATA's labels apart (count, label "
                        "relevance, domain specificity against the general language) and print the top groups; --merge "
                        "adds the top multi-piece words to the tokenizer's unused slots.")
-    add_data_args(p)
+    add_data_args(p, carve=True)
     _model_arg(p)
     _merge_arg(_mining_args(p))
     p.add_argument("--show", type=int, default=30, help="groups printed (human output)")
@@ -194,7 +194,7 @@ def _register_sensitivity(sub: Any) -> None:
                        description="Warm up a head on DATA, score every row of every weight matrix on a calibration "
                        "subset and print the scores per layer and module; --out saves them, which finetune --scores "
                        "then trains from, and --budget shows what a budget selects.")
-    add_data_args(p)
+    add_data_args(p, carve=True)
     _model_arg(p)
     _mining_args(p, "the groups whose positions --restriction tokens scores")
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens",
@@ -333,7 +333,7 @@ def _register_finetune(sub: Any) -> None:
                        description="Train a classifier on DATA with one method (sparse: the top-scored rows within "
                        "the budget) and write a run folder: a transformers model, its masks, metrics.json, "
                        "predictions.csv and a model card.")
-    add_data_args(p, positional=False)
+    add_data_args(p, positional=False, carve=True)
     _model_arg(p)
     p.add_argument("--method", default="sparse", help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--budget", type=float, default=MaskConfig.budget,
