@@ -76,11 +76,23 @@ def cut_texts_note(tokenizer: Any, texts: Sequence[str], max_length: int, reader
     cut = cut_texts(tokenizer, texts, max_length)
     if not cut:
         return ""
-    said = (f"{cut:,} of {len(texts):,} {what} ({cut / len(texts):.0%}) are longer than the {max_length} sub-tokens "
+    share = cut / len(texts)
+    shown = f"{share:.0%}" if share >= 0.01 else f"{share:.1%}"  # one in 300 read "(0%)" (the diff review)
+    said = (f"{cut:,} of {len(texts):,} {what} ({shown}) are longer than the {max_length} sub-tokens "
             f"{reader} reads: their start alone is read")
     if cut > len(texts) / 2:
         said += ", so what their ends say is never seen and the figures may come from the cut"
     return f"{said}; {longer}"
+
+
+def longer_read_advice(max_length: int, limit: int | None, how: str) -> str:
+    """How to read more of cut texts: ``how`` (a flag, a box) up to what the model reads (its positions, at most
+    512), or, where ``max_length`` is that already, to shorten them (the diff review: "--max-length (up to 512)
+    reads more" said to a model of 128 positions, and at 512)."""
+    most = min(limit or 512, 512)
+    if max_length >= most:
+        return f"this model reads at most {most}: shorten the texts, or put what decides the label first"
+    return f"{how} (up to {most}) reads more, at a cost in time"
 
 
 def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:

@@ -325,7 +325,7 @@ def few_steps_note(train_rows: int, labels: int, epochs: int, batch_size: int) -
     if labels < 1 or train_rows >= FEW_SHOT_ROWS_PER_LABEL * labels or epochs >= FEW_SHOT_EPOCHS:
         return None
     per_epoch = -(-train_rows // batch_size)
-    return (f"train holds {train_rows:,} rows ({train_rows / labels:.2g} per label): {per_epoch} step(s) per epoch "
+    return (f"train holds {train_rows:,} rows ({train_rows / labels:.3g} per label): {per_epoch} step(s) per epoch "
             f"at batch {batch_size}, {per_epoch * epochs:,} in all over {epochs} epoch(s). Few-shot data needs more "
             f"steps: on snips 10-shot, 3 epochs scored 0.75-0.78 test accuracy and {FEW_SHOT_EPOCHS} epochs 0.90-0.92, "
             f"sparse and full finetuning alike; the benchmarks train such data {FEW_SHOT_EPOCHS} epochs")

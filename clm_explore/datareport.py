@@ -183,6 +183,16 @@ def _problems(r: DataReport) -> list[tuple[str, bool]]:
     return problems
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 row', '9 rows'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def row_points(rows: int) -> str:
+    """What one of ``rows`` rows is worth in points of a share (accuracy, recall): '100', '33.3', '0.125'."""
+    return f"{100 / rows:.3g}"
+
+
 SMALL_TEST_ROWS = 50
 """Below this many test rows a report says what one row is worth: a run's figures on them move in large steps."""
 
@@ -194,7 +204,7 @@ def _small_test_notes(r: DataReport) -> list[str]:
     rows = r.splits["test"]
     said = []
     if 0 < rows < SMALL_TEST_ROWS:
-        said.append(f"The test split holds {rows} rows: one row is {100 / rows:.3g} points of accuracy, so runs' "
+        said.append(f"The test split holds {plural(rows, 'row')}: one row is {row_points(rows)} points of accuracy, so runs' "
                     "figures on it move in large steps; compare runs over several seeds.")
     untested = [label for label, counts in r.label_counts.items() if counts.get("train") and not counts.get("test")]
     if rows and untested:

@@ -35,10 +35,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clm_explore.batches import collate, cut_texts_note, encode
-from clm_explore.config import LabelAuditConfig, config_from
+from clm_explore.batches import collate, cut_texts_note, encode, longer_read_advice
+from clm_explore.config import ConfigError, LabelAuditConfig, config_from
 from clm_explore.data import AnnotatedData, DataError, csv_text, load_data
-from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device
+from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device, usable_positions
 from clm_explore.progress_bar import phase_bar
 
 Progress = Callable[[str, int, int], None]
@@ -98,6 +98,10 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
 
 def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditConfig, device: str | None,
                        on_progress: Progress | None) -> LabelIssues:
+    positions = usable_positions(loaded.model.config)
+    if isinstance(positions, int) and cfg.max_length > positions:  # torch's "expanded size" error, said plainly
+        raise ConfigError(f"max_length {cfg.max_length} is above the {positions} positions a text may take in this "
+                          f"model: read at most {positions} sub-tokens per text.")
     started = time.perf_counter()
     rows, notes = audited_rows(data, cfg)
     features = text_features(loaded, rows["text"].tolist(), cfg, device, on_progress)
@@ -113,9 +117,10 @@ def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAudit
     )
     issues = issues.sort_values("label_prob", kind="stable").reset_index(drop=True)[ISSUE_COLUMNS]
     accuracy = float((probs.argmax(1) == given).mean())
-    if cut := cut_texts_note(loaded.tokenizer, rows["text"].tolist(), cfg.max_length, "the probe",
-                             "read more with a longer max_length (audit --max-length; the app's label check reads "
-                             "what the Finetune form's Sub-tokens read per text says)"):
+    longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config),
+                                "a longer max_length (audit --max-length; the app's label check reads the Finetune "
+                                "form's Sub-tokens read per text)")
+    if cut := cut_texts_note(loaded.tokenizer, rows["text"].tolist(), cfg.max_length, "the probe", longer):
         notes.append(cut)
     return LabelIssues(issues, len(rows), accuracy, time.perf_counter() - started, notes)
 

@@ -384,6 +384,20 @@ POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "
 ``max_position_embeddings`` (514 in RoBERTa), ``pad_token_id + 1`` are never a text's (512 are)."""
 
 
+def source_positions(source: str) -> int | None:
+    """Sub-tokens a text may take in the model of ``source`` (``usable_positions`` of its config, read without its
+    weights), or None where it cannot be read (a GGUF file before its conversion, a folder gone)."""
+    try:
+        resolved = resolve_source(source)
+        if resolved == TINY_SOURCE:
+            return usable_positions(tiny_bert_config(2))
+        from transformers import AutoConfig
+
+        return usable_positions(AutoConfig.from_pretrained(resolved))
+    except (OSError, ValueError, ModelSourceError):
+        return None
+
+
 def read_length_problem(length: int, loaded: LoadedModel) -> str | None:
     """Why ``loaded`` cannot read ``length`` sub-tokens per text (outside 8..512, as every face takes it, or past
     its model's positions less a prefix run's virtual tokens), or None. The API read 1 silently and raised torch's

@@ -1470,12 +1470,15 @@ def _sentence(note: str) -> str:
 
 
 def trained_max_length(run_dir: Path) -> int:
-    """The sub-token length the run trained with (its clm_run.json), so that predictions and attributions read
-    what training read; FinetuneConfig's default (64) for a folder without it."""
+    """The sub-token length the run trained with (its clm_run.json, else its config.json's ``clm_max_length``: an
+    exported folder has no clm_run.json, and read 64 where it trained at 32, the diff review), so that predictions
+    and attributions read what training read; FinetuneConfig's default (64) for a folder with neither."""
     try:
         return int(json.loads((Path(run_dir) / "clm_run.json").read_text())["config"]["max_length"])
     except (OSError, ValueError, KeyError, TypeError):
-        return FinetuneConfig.max_length
+        pass
+    saved = read_json_object(Path(run_dir) / "config.json").get(TRAINED_LENGTH_KEY)
+    return saved if isinstance(saved, int) and saved > 0 else FinetuneConfig.max_length
 
 
 PER_LABEL_METRICS = ("confusion", "confusion_unseen", "per_label_f1", "labels")

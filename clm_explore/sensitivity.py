@@ -29,6 +29,7 @@ from torch import nn
 from clm_explore.batches import tokenized
 from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, config_from, to_dict
 from clm_explore.data import AnnotatedData, split_digest
+from clm_explore.datareport import plural
 from clm_explore.mining import TaskTokens, covered_positions
 from clm_explore.model_names import (  # re-exported: where callers have always found them
     MODULE_ORDER as MODULE_ORDER,
@@ -429,11 +430,6 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
         batches.append(Batch(ids, mask, torch.as_tensor(label_ids[idx]), pos,
                              None if row_ids is None else np.asarray(row_ids)[idx]))
     return batches
-
-
-def plural(count: int, noun: str) -> str:
-    """'1 epoch', '5 epochs'."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _thin_restriction_note(batches: list[Batch], tokens: TaskTokens, max_length: int) -> str:

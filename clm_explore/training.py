@@ -33,7 +33,14 @@ from torch import nn
 from transformers import PreTrainedModel, get_scheduler
 
 from clm_explore.averaging import BestWeights, TailAverage
-from clm_explore.batches import batch_order, collate, cut_texts_note, encode, predict_proba
+from clm_explore.batches import (
+    batch_order,
+    collate,
+    cut_texts_note,
+    encode,
+    longer_read_advice,
+    predict_proba,
+)
 from clm_explore.config import (
     MINING_METHODS,
     ConfigError,
@@ -1285,7 +1292,11 @@ class _TrainLoop:
             return
         rate = self.examples / max(self.train_seconds - self._prep_seconds(), 1e-9)
         eta = (self.total_steps - self.step) * self.cfg.batch_size * self.world / max(rate, 1e-9)  # rate: all ranks
-        eta += self._evaluation_left_seconds(rate if self.examples else 0.0)
+        # Training's pace bounds an evaluation's where both read every layer on one process's rows: each process
+        # evaluates the whole split, and a cached run's steps skip the frozen layers an evaluation reads (the diff
+        # review).
+        floor = rate / self.world if self.examples and not self.cfg.cache_frozen_layers else 0.0
+        eta += self._evaluation_left_seconds(floor)
         self.on_step(StepInfo(self.step, self.total_steps, epoch, loss, rate, self.train_seconds, eta, evaluation,
                               self.last_lr))
 
@@ -1298,8 +1309,9 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     metrics = classification_metrics(gold, pred, data.labels)
     metrics["labels_predicted"] = int(len(np.unique(pred)))
     if said := _collapse_note(pred, gold, data.labels, cfg):
-        if cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run",
-                                 "a longer max_length reads more", what="training texts"):  # the long-text review: blamed on the rate
+        longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "a longer max_length")
+        if cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run", longer,
+                                 what="training texts"):  # the long-text review: blamed on the rate
             said += f" Also: {cut}."
         metrics["collapse_note"] = said
     labels = np.array(data.labels)

@@ -123,3 +123,23 @@ def test_a_hand_built_model_whose_tokenizer_has_no_pad_token_still_predicts(tiny
     loaded.tokenizer.pad_token = None
     assert loaded.tokenizer.pad_token_id is None
     np.testing.assert_allclose(predict_proba(loaded.model, loaded, texts), padded, atol=1e-6)
+
+
+def test_the_advice_on_cut_texts_reads_no_further_than_the_model():
+    """The diff review: "--max-length (up to 512) reads more" said of a model of 128 positions, and at 512."""
+    from clm_explore.batches import longer_read_advice
+
+    assert longer_read_advice(64, 512, "--max-length") == "--max-length (up to 512) reads more, at a cost in time"
+    assert longer_read_advice(64, 128, "--max-length") == "--max-length (up to 128) reads more, at a cost in time"
+    assert longer_read_advice(128, 128, "--max-length").startswith("this model reads at most 128: shorten the texts")
+    assert longer_read_advice(512, 2048, "--max-length").startswith("this model reads at most 512")
+
+
+def test_a_few_cut_texts_are_not_said_to_be_none():
+    """The diff review: one cut text in 300 read "(0%)"."""
+    from clm_explore.batches import cut_texts_note
+    from clm_explore.modeling import load_tokenizer
+
+    texts = ["card"] * 299 + [" ".join(["card"] * 40)]
+    said = cut_texts_note(load_tokenizer("tiny-random"), texts, 16, "this run", "more")
+    assert said.startswith("1 of 300 texts (0.3%) are longer than the 16 sub-tokens this run reads")

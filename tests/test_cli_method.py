@@ -913,6 +913,9 @@ def test_finetune_says_when_few_shot_data_gets_few_steps(capsys, tmp_path, data_
                  "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "note: train holds " in err and "per label): 1 step(s) per epoch at batch 32, 1 in all over 1 epoch" in err
+    from clm_explore.config import few_steps_note
+
+    assert "(19.9 per label)" in few_steps_note(199, 10, 3, 32)  # not "(20 per label)" below 20 (the diff review)
     assert "(--epochs 30)" in err
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head",
                  "--out", str(tmp_path / "run2")]) == 0
@@ -932,7 +935,7 @@ def test_finetune_says_how_many_texts_it_cuts_and_a_collapse_names_the_cut(capsy
                  "--device", "cpu", "--method", "full", "--lr", "1e3", "--out", str(run)]) == 0
     err = capsys.readouterr().err
     assert "note: 57 of 57 training texts (100%) are longer than the 8 sub-tokens this run reads" in err
-    assert "--max-length (up to 512) reads more" in err
+    assert "--max-length (up to 128) reads more" in err  # the tiny model reads 128 (the diff review)
     note = json.loads((run / "metrics.json").read_text())["collapse_note"]
     assert "the training collapsed" in note and "Also: 57 of 57 training texts (100%) are longer than the 8 sub-tokens" in note
 
@@ -967,3 +970,15 @@ def test_the_validation_carve_can_be_set_or_left_out(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["rows"] == 16  # the run's own test rows, carved as it carved them
     assert main(["validate", str(tmp_path / "few.csv"), "--validation-fraction", "0.6"]) == 2
     assert "--validation-fraction must be in [0, 0.5), got 0.6" in capsys.readouterr().err
+
+
+def test_an_exported_run_reads_the_length_it_trained_at(capsys, data_dir, tmp_path):
+    """The diff review: an export copies no clm_run.json, and its predictions read 64 sub-tokens where it trained
+    at 32 (and the new note said it was trained at 64)."""
+    from clm_explore.runs import trained_max_length
+
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out", str(run)]) == 0
+    capsys.readouterr()
+    (run / "clm_run.json").unlink()  # as an exported folder holds it
+    assert trained_max_length(run) == 32

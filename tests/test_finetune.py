@@ -916,10 +916,10 @@ def test_a_collapse_is_every_test_row_on_one_label_of_several_and_a_one_label_te
     from clm_explore.training import _collapse_note
 
     cfg = FinetuneConfig(method="lora", lr=1.0)
-    assert "every test row was predicted as 'b'" in _collapse_note(np.array([1, 1, 1]), np.array([0, 1, 2]),
-                                                                   ["a", "b", "c"], cfg)
-    assert _collapse_note(np.array([1, 1, 1]), np.array([1, 1, 1]), ["a", "b", "c"], cfg) == ""
-    assert _collapse_note(np.array([1, 0, 1]), np.array([0, 1, 2]), ["a", "b", "c"], cfg) == ""
+    ones, several = np.ones(12, dtype=int), np.arange(12) % 3  # 10 test rows at least (the few-shot review)
+    assert "every test row was predicted as 'b'" in _collapse_note(ones, several, ["a", "b", "c"], cfg)
+    assert _collapse_note(ones, ones, ["a", "b", "c"], cfg) == ""
+    assert _collapse_note(several, several, ["a", "b", "c"], cfg) == ""
 
 
 def test_a_run_folder_tells_plain_transformers_the_length_it_trained_at(tiny_data, tmp_path) -> None:

@@ -213,3 +213,10 @@ def test_the_audit_says_when_the_texts_are_longer_than_the_probe_reads(splits):
                     "read, so what their ends say is never seen and the figures may come from the cut; read more with "
                     "a longer max_length (audit --max-length; the app's label check reads what the Finetune form's "
                     "Sub-tokens read per text says)"], notes
+
+
+def test_an_audit_longer_than_the_model_reads_is_refused_plainly(splits):
+    """The diff review: --max-length 256 on a model of 128 positions raised torch's "expanded size" error."""
+    loaded = load_model("tiny-random", sorted(WORDS), seed=0)
+    with pytest.raises(ConfigError, match="max_length 256 is above the 128 positions a text may take in this model"):
+        find_label_issues(loaded, load_data(splits), LabelAuditConfig(max_length=256))

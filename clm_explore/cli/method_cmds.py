@@ -150,6 +150,8 @@ def run_mine(args: argparse.Namespace) -> int:
                                    mining_config(args))
     merge = adaptive_tokenization(loaded, task_tokens, train["text"].tolist(), args.merge) if args.merge else None
     frame = task_tokens.to_frame()
+    if said := task_tokens.ungrouped_labels_note(train["label"]):  # on stderr, --json too (the diff review)
+        print(f"note: {said} (--min-count, --top)", file=sys.stderr)
     if args.json:  # one shape with or without --merge: a list of groups, pieces as a list
         # pieces: the original tokenizer's split, also after --merge; merged_slot names the merged word's slot
         records = frame.assign(pieces=[g.pieces for g in task_tokens.groups]).to_dict(orient="records")
@@ -165,8 +167,6 @@ def run_mine(args: argparse.Namespace) -> int:
         print(f"No group occurs at least --min-count {args.min_count} times: lower it (or add rows).")
     elif args.show:
         print(mined_table(frame.head(args.show)).to_string(index=False))
-    if said := task_tokens.ungrouped_labels_note(train["label"]):
-        print(f"note: {said} (--min-count, --top)", file=sys.stderr)
     if merge:
         print(merge.summary())
     return 0
@@ -491,7 +491,6 @@ def _end_process_group(together: bool) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from clm_explore.batches import cut_texts_note
     from clm_explore.modeling import load_model, resolve_device
     from clm_explore.runs import RunStore, check_run_dir, claimed_run_dir, default_root
     from clm_explore.training import (
@@ -499,6 +498,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         check_runnable,
         check_scores_fit,
         check_scores_outside,
+        check_splits,
         finetune,
         given_scores,
         scoring_settled,
@@ -524,17 +524,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     if len(data.labels) < 2:
         raise UserError(f"{args.data} has a single label ({data.labels[0]!r}); a classifier needs at least two.")
     check_processes(len(data.train), cfg.batch_size, processes)
-    if not rerun and (few := few_steps_note(len(data.train), data.train["label"].nunique(), cfg.epochs,
-                                            cfg.batch_size)):
-        print(f"note: {few} (--epochs {FEW_SHOT_EPOCHS})", file=sys.stderr)
+    check_splits(data, cfg)  # before a run is registered: refused later, it was listed failed (the diff review)
     loaded = load_model(args.model, data.labels)
     _check_budget_fits(cfg.mask, loaded)
     check_runnable(cfg, loaded)  # a row method's mask must hold a row: said before any folder or work
     warn_unreadable(loaded.tokenizer, data.train["text"].tolist())
-    if not rerun and (cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length,
-                                            "this run", "--max-length (up to 512) reads more, at a cost in time",
-                                            what="training texts")):
-        print(f"note: {cut}", file=sys.stderr)
+    args.training_notes = [] if rerun else _training_notes(loaded, data, cfg)  # said once its folder is taken
     if given is not None:
         check_scores_fit(given, loaded, data.labels, cfg.mask)
         if given.sensitivity.max_length != cfg.max_length:  # the faces review: said nowhere, yet the rows may differ
@@ -563,6 +558,22 @@ def run_finetune(args: argparse.Namespace) -> int:
     finally:
         if claim is not None and claim.earlier is not None and not claim.kept:  # the earlier run put back (or kept)
             _said_put_back(store, claim)
+
+
+def _training_notes(loaded: Any, data: Any, cfg: FinetuneConfig) -> list[str]:
+    """What ``finetune`` says of its data before it trains: the steps few-shot data makes at these epochs, and how
+    many training texts are longer than it reads (with how to read more, where the model can)."""
+    from clm_explore.batches import cut_texts_note, longer_read_advice
+    from clm_explore.modeling import usable_positions
+
+    notes = []
+    if few := few_steps_note(len(data.train), data.train["label"].nunique(), cfg.epochs, cfg.batch_size):
+        notes.append(f"{few} (--epochs {FEW_SHOT_EPOCHS})")
+    longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "--max-length")
+    if cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run", longer,
+                             what="training texts"):
+        notes.append(cut)
+    return notes
 
 
 def _said_put_back(store: Any, claim: Any) -> None:
@@ -594,6 +605,8 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     # the run's own 32 settled only in its folder).
     listed = {**to_dict(recorded_config(cfg, given)), "source": recorded_source(args.model), "data": data.source,
               "data_digest": data_digest(data)}  # the same rows as an app run's, whatever each calls the data
+    for note in getattr(args, "training_notes", []):  # rank 0 alone, after every refusal (the diff review)
+        print(f"note: {note}", file=sys.stderr)
     name = getattr(args, "name", None)  # `rerun` names its runs as their folders
     record = (store.register_folder(out, name=name, method=cfg.method, config=listed) if out
               else store.create(name or f"{cfg.method}-{Path(args.data).stem}", cfg.method, listed))

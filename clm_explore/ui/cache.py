@@ -47,7 +47,13 @@ from clm_explore.label_issues import LabelIssues, find_label_issues
 from clm_explore.layer_views import HeadAttention, LayerSimilarity
 from clm_explore.masks import MaskSelection, select_mask
 from clm_explore.mining import MergeReport, TaskTokens, adaptive_tokenization, mine_task_tokens
-from clm_explore.modeling import LoadedModel, load_model, release_gpu_memory, unsupported_reason
+from clm_explore.modeling import (
+    LoadedModel,
+    load_model,
+    release_gpu_memory,
+    source_positions,
+    unsupported_reason,
+)
 from clm_explore.provenance import model_version
 from clm_explore.runs import UPLOADS_NAME, RunStore, folder_bytes, trained_max_length
 from clm_explore.sensitivity import SensitivityReport, compute_sensitivity
@@ -126,6 +132,13 @@ def _per_model_version(cached: Callable[..., T]) -> Callable[..., T]:
 def model(source: str, version: str, labels: tuple[str, ...]) -> LoadedModel:
     """The model and tokenizer of ``source`` with a head for ``labels``. Shared: read only."""
     return load_model(source, list(labels), seed=0)
+
+
+@_per_model_version
+@st.cache_data(show_spinner=False, max_entries=32)
+def model_positions(source: str, version: str) -> int | None:
+    """The sub-tokens a text may take in the session's model (``modeling.source_positions``: its config alone)."""
+    return source_positions(source)
 
 
 @_per_model_version

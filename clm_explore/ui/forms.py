@@ -30,6 +30,7 @@ from clm_explore.config import (
     few_steps_note,
 )
 from clm_explore.data import AnnotatedData, DataError
+from clm_explore.datareport import plural, row_points
 from clm_explore.mining import AUTO_LANGUAGE, LANGUAGE_NAMES, background_languages
 from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
 from clm_explore.training import DEFAULT_LR
@@ -194,7 +195,7 @@ def await_scores(source: str, choice: state.DataChoice, mining_cfg: MiningConfig
 
 
 def sensitivity_form(key: str = "sens") -> SensitivityConfig:
-    cfg = state.sens_cfg()
+    cfg = scoring_cfg()
     with st.expander("Sensitivity options"), st.form(f"{key}_form"):
         c1, c2, c3, c4 = st.columns(4)  # one st.columns per row, so that Tab walks them as they read
         score = c1.selectbox(
@@ -508,8 +509,8 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
                 help=f"Test has {len(out_of_scope_labels)} label(s) train never had, e.g. "
                 f"{escape_markdown(out_of_scope_labels[0])}: those rows are scored as out-of-scope queries. A "
                 "prediction abstains below this quantile of the validation rows' confidences"
-                + (f" ({rows:,} rows here: below {FEW_VALIDATION_ROWS} the quantile is rough, and seeds move the share "
-                   "turned away a lot)." if 0 < (rows := validation_rows()) < FEW_VALIDATION_ROWS else "."),
+                + (f" ({plural(rows, 'in-scope row')} here: below {FEW_VALIDATION_ROWS} the quantile is rough, and seeds move the share "
+                   "turned away a lot)." if 0 < (rows := validation_rows(in_scope=True)) < FEW_VALIDATION_ROWS else "."),
             )
         state.keep(*(f"{key}_{option}" for option in kept_defaults))
         data = state.data_choice()  # beside Launch: the data set trained on is never a guess
@@ -568,10 +569,29 @@ def _session_data() -> AnnotatedData | None:
         return None
 
 
-def validation_rows() -> int:
-    """Rows of the session's validation split (0 where unread)."""
+def read_length(key: str = "ft") -> int:
+    """The sub-tokens per text the Finetune form's runs read (``key``'s), within what the session's model reads: the
+    pages that score or audit read as runs do (the long-text review: they read 64 where runs read 512), and a form
+    left at 256 crashed them on a model of 128 positions (the diff review)."""
+    length = launch_options(key)["max_length"]
+    limit = cache.model_positions(state.model_source())
+    return min(length, limit) if limit else length
+
+
+def scoring_cfg() -> SensitivityConfig:
+    """The Sensitivity page's options at the length runs read (``read_length``): the page scored 64 where runs read
+    512, so its heatmaps were not the rows a sparse run trains, and a run takes the page's scores only where they
+    read its length (``training.scores_alike``)."""
+    return dataclasses.replace(state.sens_cfg(), max_length=read_length())
+
+
+def validation_rows(in_scope: bool = False) -> int:
+    """Rows of the session's validation split (0 where unread); ``in_scope``: those of train's labels alone, which
+    the abstention threshold is a quantile of."""
     data = _session_data()
-    return len(data.validation) if data is not None else 0
+    if data is None:
+        return 0
+    return int((data.label_ids("validation") >= 0).sum()) if in_scope else len(data.validation)
 
 
 def data_steps_note(epochs: int) -> str | None:
@@ -587,7 +607,7 @@ def few_validation_note() -> str:
     rows = validation_rows()
     if not 0 < rows < FEW_VALIDATION_ROWS:
         return ""
-    return (f"Validation holds {rows:,} rows: one row is {100 / rows:.2g} points of its accuracy, so epochs often tie "
+    return (f"Validation holds {plural(rows, 'row')}: one row is {row_points(rows)} points of its accuracy, so epochs often tie "
             "and the best epoch, or a stop, chosen on it is largely chance (few-shot: 30 epochs stopped after 5 scored "
             "0.79 on test, 0.91 without the stop).")
 

@@ -18,6 +18,7 @@ import streamlit as st
 from clm_explore import doctor
 from clm_explore.config import FinetuneConfig, MaskConfig, to_dict
 from clm_explore.data import data_digest
+from clm_explore.datareport import plural, row_points
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
 from clm_explore.reruns import next_seeds, same_setting, seed_variants
@@ -452,7 +453,7 @@ def _job_card(job: Job, key: str, deleted: set[str], metrics: dict[str, Any], ah
             if job.status is RunStatus.SUCCEEDED and isinstance(metrics.get("accuracy"), int | float):
                 rows = metrics.get("test_rows")
                 st.metric("Test accuracy", f"{metrics['accuracy']:.4f}", width="content",
-                          help=f"On {rows:,} test rows: one row is {100 / rows:.2g} points." if isinstance(rows, int)
+                          help=f"On {plural(rows, 'test row')}: one row is {row_points(rows)} points." if isinstance(rows, int)
                           and rows > 0 else None)
         if job.status is RunStatus.SUCCEEDED and metrics.get("collapse_note"):  # succeeded, yet learned nothing
             st.warning(escape_markdown(run_views.app_words(str(metrics["collapse_note"]))), icon=":material/warning:")

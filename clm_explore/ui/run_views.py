@@ -23,6 +23,7 @@ from clm_explore.bench_results import COMPARISON_LEVEL, compare_run_groups
 from clm_explore.cards import CARD_FILE, ModelCardError, model_card
 from clm_explore.config import ATTRIBUTION_OUTPUTS, BUDGET_METHODS, FEW_VALIDATION_ROWS
 from clm_explore.data import csv_text
+from clm_explore.datareport import plural, row_points
 from clm_explore.metrics import (
     CONFUSION_COUNTED_LABELS,
     CONFUSION_ROW_PX,
@@ -213,7 +214,8 @@ def app_words(note: str) -> str:
     flags (the few-shot review: browser users were told to try `--lr`)."""
     from clm_explore.training import COLLAPSE_REMEDY
 
-    return note.replace(COLLAPSE_REMEDY, "try a lower Learning rate or more Epochs in the Finetune form")
+    return (note.replace(COLLAPSE_REMEDY, "try a lower Learning rate or more Epochs in the Finetune form")
+            .replace("a longer max_length (", "a larger Sub-tokens read per text in the Finetune form ("))
 
 
 def scored_on_note(metrics: dict[str, Any]) -> str:
@@ -223,7 +225,7 @@ def scored_on_note(metrics: dict[str, Any]) -> str:
     rows = metrics.get("test_rows")
     if not isinstance(rows, int) or rows <= 0:
         return ""
-    said = f"Scored on {rows:,} test rows: one row is {100 / rows:.2g} points of accuracy"
+    said = f"Scored on {plural(rows, 'test row')}: one row is {row_points(rows)} points of accuracy"
     averaged, labels = metrics.get("macro_f1_labels"), metrics.get("labels")
     if isinstance(averaged, int) and isinstance(labels, list) and averaged < len(labels):
         said += (f"; macro-F1 averages the {averaged} of its {len(labels)} labels that test holds (the others have no "
@@ -253,11 +255,12 @@ def scope_rows_note(scope: dict[str, Any]) -> str:
     said = []
     rows, quantile = scope.get("validation_rows"), scope.get("quantile")
     if isinstance(rows, int) and rows > 0 and quantile is not None and scope.get("threshold") is not None:
-        said.append(f"the threshold turns away {quantile:.0%} of its {rows:,} in-scope validation rows"
+        said.append(f"the threshold turns away {quantile:.0%} of its {plural(rows, 'in-scope validation row')}"
                     + ("; so few rows make a rough quantile, which moves a lot between seeds"
                        if rows < FEW_VALIDATION_ROWS else ""))
     if isinstance(oos := scope.get("rows"), int) and oos > 0:
-        said.append(f"{oos:,} out-of-scope test rows (one is {100 / oos:.2g} points of the share turned away)")
+        said.append(f"{plural(oos, 'out-of-scope test row')} (one is {row_points(oos)} points of the share turned "
+                    "away)")
     return "; ".join(said)
 
 
@@ -273,7 +276,7 @@ def accuracy_scale_note(test_rows: Any) -> str:
     a gap where it was one row of 56 (the UX review)."""
     if not isinstance(test_rows, int) or test_rows <= 0:
         return ""
-    return (f"Scored on {test_rows:,} test rows: one row is {100 / test_rows:.2g} points of accuracy. Whether a gap "
+    return (f"Scored on {plural(test_rows, 'test row')}: one row is {row_points(test_rows)} points of accuracy. Whether a gap "
             "is more than chance shows over seeds: launch a few seeds of each (Finetune's \"Runs (seeds)\") and "
             "open \"Compare groups of runs (seeds)\" on the Runs page.")
 

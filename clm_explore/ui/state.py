@@ -540,11 +540,8 @@ def mining_cfg() -> MiningConfig:
 
 
 def sens_cfg() -> SensitivityConfig:
-    """The Sensitivity page's options, reading as many sub-tokens per text as the Finetune form's runs read: the
-    page scored 64 where runs read 512, so its heatmaps were not the rows a sparse run trains (the long-text
-    review), and a run can take the page's scores only where they read its length (``training.scores_alike``)."""
-    cfg = _get(SENS_CFG, SensitivityConfig())
-    return dataclasses.replace(cfg, max_length=int(kept("ft_max_length", cfg.max_length)))
+    """The Sensitivity page's options as set there (``forms.scoring_cfg``: at the length runs read)."""
+    return _get(SENS_CFG, SensitivityConfig())
 
 
 def budget() -> float:

@@ -454,7 +454,7 @@ def test_a_heatmap_cell_that_dwarfs_the_rest_gets_the_top_colour_and_a_note() ->
 def test_compare_says_what_one_test_row_is_worth_and_run_tables_lead_with_figures() -> None:
     from clm_explore.ui.run_views import accuracy_scale_note, runs_frame
 
-    assert accuracy_scale_note(56).startswith("Scored on 56 test rows: one row is 1.8 points of accuracy.")
+    assert accuracy_scale_note(56).startswith("Scored on 56 test rows: one row is 1.79 points of accuracy.")
     assert accuracy_scale_note(None) == ""
     record = SimpleNamespace(id="r1", method="full", metrics={"accuracy": 0.9, "macro_f1": 0.8}, config={},
                              status=SimpleNamespace(value="succeeded"), is_terminal=True, path=Path("/nonexistent"),
@@ -888,7 +888,7 @@ def test_a_budget_that_buys_no_row_keeps_the_methods_picked_and_holds_the_launch
     assert at.multiselect(key="budget_methods").value == ["sparse", "head"] and not at.button(key="budget_launch").disabled
 
 
-def test_the_scores_read_as_many_sub_tokens_as_the_runs(at: AppTest) -> None:
+def test_the_scores_read_as_many_sub_tokens_as_the_runs(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The faces review: at 16 sub-tokens set on the Finetune form, a sparse run scored and trained other rows than
     the page showed; the long-text review: at 512 the pages' heatmaps read 64. The pages' scores now read the
     form's length."""
@@ -897,8 +897,16 @@ def test_the_scores_read_as_many_sub_tokens_as_the_runs(at: AppTest) -> None:
     at.session_state["kept_widgets"] = {**at.session_state["kept_widgets"], "ft_max_length": 16}
     goto(at, "app_pages/3_sensitivity.py")
     assert any("reading 16 sub-tokens per text" in c.value for c in at.caption), [c.value for c in at.caption]
+    asked: list[int] = []
+    from clm_explore.ui import cache
+
+    real = cache.sensitivity
+    monkeypatch.setattr(cache, "sensitivity", lambda *a, **k: asked.append(a[3].max_length) or real(*a, **k))
     goto(at, "app_pages/4_budget.py")
-    assert any("reading 16 sub-tokens per text" in c.value for c in at.caption)
+    assert asked and set(asked) == {16}
+    at.session_state["kept_widgets"] = {**at.session_state["kept_widgets"], "ft_max_length": 256}
+    goto(at, "app_pages/3_sensitivity.py")  # the form at 256: the tiny model reads 128, and the page reads that
+    assert any("reading 128 sub-tokens per text" in c.value for c in at.caption) and not at.exception
 
 
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
@@ -1061,7 +1069,7 @@ def test_compare_says_how_many_rows_the_out_of_scope_figures_stand_on() -> None:
 
     few = scope_rows_note({"rows": 9, "threshold": 0.64, "quantile": 0.1, "validation_rows": 10})
     assert few == ("the threshold turns away 10% of its 10 in-scope validation rows; so few rows make a rough "
-                   "quantile, which moves a lot between seeds; 9 out-of-scope test rows (one is 11 points of the "
+                   "quantile, which moves a lot between seeds; 9 out-of-scope test rows (one is 11.1 points of the "
                    "share turned away)")
     many = scope_rows_note({"rows": 400, "threshold": 0.5, "quantile": 0.1, "validation_rows": 300})
     assert "rough" not in many and many.startswith("the threshold turns away 10% of its 300")
@@ -2772,13 +2780,24 @@ def test_the_runs_pages_config_is_the_one_the_run_folder_records(tmp_path: Path)
     assert folder_config(run) == settled
 
 
-def test_the_label_check_reads_as_many_sub_tokens_as_the_runs(at: AppTest) -> None:
+def test_the_label_check_reads_as_many_sub_tokens_as_the_runs(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The long-text review: the Data page's check read 64 sub-tokens whatever the Finetune form said, and flagged
     298 of 360 correct rows whose question sat further on."""
+    from clm_explore.ui import cache
+
+    asked: list[int] = []
+    real = cache.label_audit
+    monkeypatch.setattr(cache, "label_audit", lambda *a, **k: asked.append(a[2].max_length) or real(*a, **k))
     assert "Reads 64 sub-tokens per text" in at.button(key="data_audit").help
-    at.session_state["ft_max_length"] = 128  # as the Finetune form leaves it
+    at.session_state["ft_max_length"] = 32  # as the Finetune form leaves it
     at.run()
-    assert "Reads 128 sub-tokens per text" in at.button(key="data_audit").help
+    button(at, "Check the labels").click().run(timeout=TIMEOUT)
+    assert asked and set(asked) == {32}
+    at.session_state["ft_max_length"] = 256  # above the tiny model's 128 positions: it reads 128
+    at.run()
+    assert "Reads 128 sub-tokens per text" in at.button(key="data_audit").help and not at.exception
+    assert set(asked) == {32}  # no new check without a click (the diff review: one started on its own)
+    assert any("The last check read 32 sub-tokens per text; runs read 128 now" in c.value for c in at.caption)
 
 
 def test_the_tokens_page_names_the_labels_no_group_marks(tmp_path: Path) -> None:
@@ -2801,10 +2820,10 @@ def test_a_runs_figures_say_how_many_test_rows_and_labels_they_stand_on() -> Non
     from clm_explore.ui.run_views import scored_on_note
 
     said = scored_on_note({"test_rows": 9, "macro_f1_labels": 5, "labels": list("abcdefg")})
-    assert said == ("Scored on 9 test rows: one row is 11 points of accuracy; macro-F1 averages the 5 of its 7 labels "
+    assert said == ("Scored on 9 test rows: one row is 11.1 points of accuracy; macro-F1 averages the 5 of its 7 labels "
                     "that test holds (the others have no test row to be scored on).")
     assert scored_on_note({"test_rows": 800, "macro_f1_labels": 20, "labels": list("abcdefghijklmnopqrst")}) == (
-        "Scored on 800 test rows: one row is 0.12 points of accuracy.")
+        "Scored on 800 test rows: one row is 0.125 points of accuracy.")
     assert scored_on_note({}) == ""
 
 
@@ -2825,11 +2844,18 @@ def test_the_seed_groups_say_when_they_are_runs_on_other_data(at: AppTest) -> No
 
 def test_a_collapse_note_speaks_the_apps_words() -> None:
     """The few-shot review: cards told browser users to try `--lr` and `clm-explore bench --tune-lr`."""
-    from clm_explore.training import COLLAPSE_REMEDY
+    import numpy as np
+
+    from clm_explore.config import FinetuneConfig
+    from clm_explore.training import _collapse_note
     from clm_explore.ui.run_views import app_words
 
-    said = app_words(f"every test row was predicted as 'a': the training collapsed. Causes: {COLLAPSE_REMEDY}.")
-    assert "--lr" not in said and "clm-explore" not in said and "Learning rate or more Epochs in the Finetune" in said
+    note = _collapse_note(np.zeros(30, dtype=int), np.arange(30) % 3, ["a", "b", "c"], FinetuneConfig())
+    said = app_words(f"{note} Also: 9 of 9 training texts (100%) are longer than the 8 sub-tokens this run reads: "
+                     "their start alone is read; a longer max_length (up to 128) reads more, at a cost in time.")
+    assert "--lr" in note and "--lr" not in said and "clm-explore" not in said
+    assert "Learning rate or more Epochs in the Finetune" in said
+    assert "a larger Sub-tokens read per text in the Finetune form (up to 128)" in said
 
 
 def test_the_long_text_note_at_the_longest_read_suggests_shorter_texts() -> None:

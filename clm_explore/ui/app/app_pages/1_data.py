@@ -68,13 +68,20 @@ st.caption(
 source = state.model_source()
 # As long a read as the runs': at 64 sub-tokens an audit of texts whose question sat further on flagged 298 of 360
 # correct rows, whatever the Finetune form said (the long-text review).
-audit_cfg = LabelAuditConfig(max_length=forms.launch_options()["max_length"])
+audit_cfg = LabelAuditConfig(max_length=forms.read_length())
 if st.button("Check the labels", key="data_audit",
              help=f"Reads {audit_cfg.max_length} sub-tokens per text, as the Finetune form's Sub-tokens read per text "
              "says."):
-    state.put("audited", (choice, source))  # shown again on later reruns (from the cache) until the data changes
+    # shown again on later reruns (from the cache) until the data, the model or the length read changes: a length
+    # changed on the Finetune form started a new check on its own, and hid the finished one (the diff review)
+    state.put("audited", (choice, source, audit_cfg))
     cache.retry_failed_audit(source, choice, audit_cfg)
-if state.get("audited") == (choice, source):
+audited = state.get("audited")
+if audited and audited[:2] == (choice, source) and audited[2:] != (audit_cfg,):
+    earlier = audited[2].max_length if len(audited) > 2 else None
+    st.caption(f"The last check read {earlier or 'another number of'} sub-tokens per text; runs read "
+               f"{audit_cfg.max_length} now: **Check the labels** checks them again at that length.")
+if audited == (choice, source, audit_cfg):
     # A task of its own, shared by every session: a click or a page change while it runs does not restart it.
     task = cache.label_audit(source, choice, audit_cfg, inline=state.inline_jobs())
     if not task.done:

@@ -28,7 +28,7 @@ with st.expander("Which runs train exactly these rows"):
 
 choice, source = state.require_data()
 
-mining_cfg, sens_cfg = state.mining_cfg(), state.sens_cfg()
+mining_cfg, sens_cfg = state.mining_cfg(), forms.scoring_cfg()
 forms.await_scores(source, choice, mining_cfg, sens_cfg)  # the page stops here, with their progress, until ready
 report = cache.sensitivity(source, choice, mining_cfg, sens_cfg)
 budget = forms.budget_input(key="budget", backbone_params=report.backbone_params)
@@ -61,7 +61,8 @@ forms.rates_note()
 seeds = (f"with seed {options['seed']}" if options["seeds"] == 1
          else f"with each of the seeds {options['seed']}-{options['seed'] + options['seeds'] - 1}")
 where = ("as set on the Finetune page" if forms.form_used()
-         else "the defaults; the Finetune page's once set there")
+         else "the defaults, few-shot data's epochs; the Finetune page's once set there"
+         if options["epochs"] == FEW_SHOT_EPOCHS else "the defaults; the Finetune page's once set there")
 st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {options['max_length']} sub-tokens per "
            f"text ({where}); its other options take their defaults.")
 if few := forms.data_steps_note(options["epochs"]):
