@@ -117,9 +117,10 @@ def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAudit
     )
     issues = issues.sort_values("label_prob", kind="stable").reset_index(drop=True)[ISSUE_COLUMNS]
     accuracy = float((probs.argmax(1) == given).mean())
-    longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config),
-                                "a longer max_length (audit --max-length; the app's label check reads the Finetune "
-                                "form's Sub-tokens read per text)")
+    longer = longer_read_advice(cfg.max_length, positions, "a longer max_length")
+    if longer.endswith("at a cost in time"):  # where to set it, in each face's words
+        longer += (" (audit --max-length; the app's label check reads the Finetune form's Sub-tokens read per "
+                   "text)")
     if cut := cut_texts_note(loaded.tokenizer, rows["text"].tolist(), cfg.max_length, "the probe", longer):
         notes.append(cut)
     return LabelIssues(issues, len(rows), accuracy, time.perf_counter() - started, notes)

@@ -172,7 +172,9 @@ def test_a_failed_label_audit_is_kept_for_every_session_until_a_click_tries_agai
     assert any("too few rows" in w.value for w in first.warning), [w.value for w in first.warning]
     # Another session that was following the same audit (its click came while the audit ran) reads its failure
     # too, rather than starting it again.
-    second.session_state["audited"] = (second.session_state["data_choice"], "tiny-random")
+    from clm_explore.config import LabelAuditConfig
+
+    second.session_state["audited"] = (second.session_state["data_choice"], "tiny-random", LabelAuditConfig())
     second.run()
     assert any("too few rows" in w.value for w in second.warning) and calls == [1]
     button(second, "Check the labels").click().run(timeout=TIMEOUT)  # a click tries again
