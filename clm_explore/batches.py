@@ -70,9 +70,9 @@ def cut_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> int:
 def cut_texts_note(tokenizer: Any, texts: Sequence[str], max_length: int, reader: str, longer: str,
                    what: str = "texts") -> str:
     """'' when every text fits in ``max_length`` sub-tokens, else how many do not (``what`` names them), that
-    ``reader`` reads their start alone, and ``longer`` (how to read more). Most texts cut: their figures may come from the cut (the long-text
-    review: 298 of 360 correct rows flagged by an audit, a run at chance blamed on its learning rate, where the
-    texts' questions sat past the 64 sub-tokens read)."""
+    ``reader`` reads their start alone, and ``longer`` (how to read more). Where most are cut, their figures may come
+    from the cut (the long-text review: 298 of 360 correct rows flagged by an audit, a run at chance blamed on its
+    learning rate, where the texts' questions sat past the 64 sub-tokens read)."""
     cut = cut_texts(tokenizer, texts, max_length)
     if not cut:
         return ""

@@ -888,7 +888,7 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
              "std_ratio_high": f"std ratio {level} high"}
     # A figure a group cannot have (a std of one run, its interval) is "–": the table showed "None".
     views.dataframe(table.style.format(formats, na_rep="–"), key=f"{key}_table", hide_index=True,
-                    alt="Accuracy of the two groups of runs",
+                    alt="Figures of the two groups of runs",
                  column_config={column: st.column_config.Column(name) for column, name in names.items()})
     st.caption(f"A − B: the difference of the means, in points; low..high: its {level} Welch interval (it needs "
                "two runs or more per group). **ahead** / **behind**: the interval excludes 0; **level**: it spans "
