@@ -198,9 +198,9 @@ SMALL_TEST_ROWS = 50
 
 
 def _small_test_notes(r: DataReport) -> list[str]:
-    """Notes, not problems (``validate --strict`` takes the data): a small test split (one row many points of accuracy) and trained labels it has no row of (accuracy and
-    macro-F1 say nothing of them): the few-shot review's 43-row upload scored 0.6667 on 9 test rows, 2 of its 7
-    labels never tested, said nowhere."""
+    """Notes, not problems (``validate --strict`` takes the data): a small test split (one row many points of
+    accuracy) and trained labels it has no row of (accuracy and macro-F1 say nothing of them): the few-shot review's
+    43-row upload scored 0.6667 on 9 test rows, 2 of its 7 labels never tested, said nowhere."""
     rows = r.splits["test"]
     said = []
     if 0 < rows < SMALL_TEST_ROWS:

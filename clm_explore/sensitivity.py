@@ -433,14 +433,16 @@ def make_batches(loaded: LoadedModel, texts: list[str], label_ids: np.ndarray, t
 
 
 def _thin_restriction_note(batches: list[Batch], tokens: TaskTokens, max_length: int) -> str:
-    """A sentence when under half the calibration rows hold a mined group within the sub-tokens read, where the
-    groups were mined reading further (``MiningConfig.max_tokens``): the token restriction then reads little but
-    the pooled position (the long-text review: 52 of 240 rows at 64 sub-tokens, whose groups sat further on)."""
+    """A sentence when under half the calibration rows hold a mined group within the sub-tokens read, most rows are
+    cut there, and the groups were mined reading further (``MiningConfig.max_tokens``): the token restriction then
+    reads little but the pooled position (the long-text review: 52 of 240 rows at 64 sub-tokens, whose groups sat
+    further on). Short texts are read whole: a group they lack is the mining's, not the cut's."""
     rows = sum(len(batch.positions) for batch in batches)
     # a row's pooled position always counts (1); a mined group adds more
     held = sum(int((batch.positions.sum(dim=1) > 1).sum()) for batch in batches)
+    cut = sum(int((batch.attention_mask.sum(dim=1) >= max_length).sum()) for batch in batches)
     mined_from = int((tokens.config or {}).get("max_tokens") or 0)
-    if not rows or held * 2 >= rows or mined_from <= max_length:
+    if not rows or held * 2 >= rows or cut * 2 < rows or mined_from <= max_length:
         return ""
     return (f"only {held:,} of {rows:,} calibration rows hold a mined group within the {max_length} sub-tokens read "
             f"(the groups were mined reading {mined_from}): the token restriction reads little but the pooled position; "

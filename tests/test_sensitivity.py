@@ -596,3 +596,13 @@ def test_a_restriction_that_reads_few_mined_groups_within_the_length_read_is_sai
     assert "reading 8 sub-tokens per text" in short.notes
     long = compute_sensitivity(loaded, data, tokens, SensitivityConfig(max_length=32, calibration_rows=8))
     assert not [n for n in long.notes if n.startswith("only ")]
+
+
+def test_short_texts_without_a_mined_group_are_not_blamed_on_the_cut():
+    """The re-read: the note named the mining's length where the texts were read whole and simply held no group."""
+    texts = ["money please"] * 6 + ["refunding now please"] * 2
+    data = hand_data(texts, [0, 1] * 4)
+    loaded = load_model("tiny-random", LABELS, seed=0)
+    tokens = TaskTokens(REFUNDING.groups, "", 8, {"max_tokens": 512})
+    report = compute_sensitivity(loaded, data, tokens, SensitivityConfig(max_length=8, calibration_rows=8))
+    assert not [n for n in report.notes if n.startswith("only ")]
