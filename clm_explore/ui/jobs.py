@@ -372,6 +372,9 @@ def _progress_panel(key: str) -> None:
     figures = {r.id: r.metrics for r in records}  # the registry's copy: no file read a redraw
     for job in cards:
         _job_card(job, key, deleted, figures.get(job.run_id or "", {}), ahead.get(job.id, 0))
+    for line in run_views.seed_group_lines(records):
+        st.caption(escape_markdown(line) + ": **Compare groups of runs** on the Runs page tells a difference from "
+                   "chance.")
     if any(job.status is RunStatus.SUCCEEDED for job in cards):
         st.page_link("app_pages/6_compare.py", label="Compare finished runs: predictions, attributions, layers",
                      icon=":material/compare_arrows:")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -207,6 +208,29 @@ def render_run_figures(run: RunRecord) -> None:
                       width="content")
     if said := scored_on_note(run.full_metrics() if run.path.is_dir() else run.metrics):
         st.caption(escape_markdown(said))
+
+
+SEEDED_NAME = re.compile(r"^(?P<base>.+)-s(?P<seed>\d+)$")
+"""A run name the Finetune form gives each seed of one launch (``jobs.launch_seeds``: ``NAME-sSEED``)."""
+
+
+def seed_group_lines(records: list[RunRecord]) -> list[str]:
+    """Per launch of several seeds among ``records`` with two finished or more: their test accuracy's mean and
+    sample std, so a spread reads on the Finetune page where the cards give one figure each (the few-shot review:
+    the mean and spread lay folded on the Runs page)."""
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        found = SEEDED_NAME.match(record.name)
+        accuracy = record.metrics.get("accuracy")
+        if found and record.status is RunStatus.SUCCEEDED and isinstance(accuracy, int | float):
+            groups.setdefault(found["base"], []).append((int(found["seed"]), float(accuracy)))
+    lines = []
+    for base, runs in groups.items():
+        if len(runs) >= 2:
+            seeds, accuracies = sorted(s for s, _ in runs), [a for _, a in runs]
+            lines.append(f"{base}: {len(runs)} seeds ({', '.join(map(str, seeds))}) finished, test accuracy "
+                         f"{np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f} (mean ± std over seeds)")
+    return lines
 
 
 def app_words(note: str) -> str:

@@ -2874,3 +2874,18 @@ def test_the_long_text_note_at_the_longest_read_suggests_shorter_texts() -> None
     top, shorter = (i.value for i in app.info)
     assert "512 is the most a run reads: shorten the texts" in top and "reads more" not in top
     assert "Sub-tokens read per text** reads more, at a cost in time and memory" in shorter
+
+
+def test_the_finetune_page_gives_a_launch_of_seeds_its_mean_and_spread() -> None:
+    """The few-shot review: after a 3-seed launch the cards gave one figure each; the mean and spread lay folded on
+    the Runs page."""
+    from clm_explore.runs import RunRecord
+    from clm_explore.ui.run_views import seed_group_lines
+
+    def record(name: str, accuracy: float, status: RunStatus = RunStatus.SUCCEEDED) -> RunRecord:
+        return RunRecord(name, name, "sparse", status, Path(name), "", "", metrics={"accuracy": accuracy})
+
+    records = [record("sparse-1pct-s0", 0.91), record("sparse-1pct-s1", 0.9043), record("sparse-1pct-s2", 0.9029),
+               record("full-s0", 0.9), record("full-s1", 0.5, RunStatus.RUNNING), record("sparse-1pct", 0.8)]
+    assert seed_group_lines(records) == ["sparse-1pct: 3 seeds (0, 1, 2) finished, test accuracy 0.9057 ± 0.0038 "
+                                         "(mean ± std over seeds)"]
