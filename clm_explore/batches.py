@@ -59,12 +59,18 @@ def tokenized(tokenizer: Any, texts: Sequence[str], max_tokens: int, **kwargs: A
         yield tokenizer(bounded_texts(texts[start : start + TOKENIZE_CHUNK], max_tokens), **kwargs)
 
 
+def sub_token_lengths(tokenizer: Any, texts: Sequence[str], up_to: int) -> list[int]:
+    """Sub-tokens of each text (the model's markers included), counted up to ``up_to + 1``: a longer text counts
+    one more than ``up_to``, which says a run reading ``up_to`` cuts it (its whole length is not needed)."""
+    counted = up_to + 1
+    chunks = tokenized(tokenizer, texts, counted, truncation=True, max_length=counted)
+    return [len(row) for chunk in chunks for row in chunk["input_ids"]]
+
+
 def cut_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> int:
     """How many of ``texts`` are longer than ``max_length`` sub-tokens (the model's markers included): those whose
     end a run reading that many never sees."""
-    counted = max_length + 1
-    chunks = tokenized(tokenizer, texts, counted, truncation=True, max_length=counted)
-    return sum(len(row) > max_length for chunk in chunks for row in chunk["input_ids"])
+    return sum(n > max_length for n in sub_token_lengths(tokenizer, texts, max_length))
 
 
 def cut_texts_note(tokenizer: Any, texts: Sequence[str], max_length: int, reader: str, longer: str,

@@ -168,3 +168,21 @@ def test_validate_imports_neither_torch_nor_transformers() -> None:
               "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "0 []", done.stderr[-2000:]
+
+
+def test_validate_counts_sub_tokens_and_the_texts_a_run_cuts_with_a_model(capsys, tmp_path) -> None:
+    """The long-text review: validate, finetune and evaluate never said how many texts a run would cut; only the
+    app's Data page counted them."""
+    rows = [f"text number {i} about {'cards and more cards' * (i % 3)},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    assert main(["validate", str(tmp_path / "d.csv"), "--model", "tiny-random", "--max-length", "16", "--json"]) == 0
+    counted = json.loads(capsys.readouterr().out)["sub_tokens"]
+    assert counted["model"] == "tiny-random" and counted["texts"] == 40 and counted["max_length"] == 16
+    assert 0 < counted["longer"] < 40 and counted["min"] <= counted["median"] <= counted["p95"] <= counted["max"]
+    assert main(["validate", str(tmp_path / "d.csv"), "--model", "tiny-random", "--max-length", "16"]) == 0
+    said = capsys.readouterr().out
+    assert f"{counted['longer']} of 40 texts" in said and "are longer than the 16 sub-tokens a run reads" in said
+    assert main(["validate", str(tmp_path / "d.csv"), "--model", "tiny-random", "--max-length", "4"]) == 2
+    assert "--max-length 4 must be in 8..512" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "d.csv"), "--json"]) == 0
+    assert "sub_tokens" not in json.loads(capsys.readouterr().out)  # no model named: no count, no tokenizer loaded

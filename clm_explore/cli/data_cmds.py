@@ -9,8 +9,15 @@ import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.cli import LINE_BREAK_ESCAPES, add_data_args, data_config, phase_printer, print_json
-from clm_explore.config import LabelAuditConfig
+from clm_explore.cli import (
+    LINE_BREAK_ESCAPES,
+    UserError,
+    add_data_args,
+    data_config,
+    phase_printer,
+    print_json,
+)
+from clm_explore.config import FinetuneConfig, LabelAuditConfig
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when the command runs, so --help stays fast
     from clm_explore.data import DataReport
@@ -30,6 +37,12 @@ def register(subparsers: Any) -> None:
         "with --strict), 2 with a message saying what to fix when it is not.",
     )
     add_data_args(parser, carve=True)
+    parser.add_argument("--model", default=None, metavar="SRC",
+                        help="also count each text's sub-tokens with this model's tokenizer ('default', "
+                        "'tiny-random', a folder) and how many are longer than --max-length (loads the tokenizer: "
+                        "seconds)")
+    parser.add_argument("--max-length", type=int, default=FinetuneConfig.max_length, metavar="N",
+                        help="with --model: the sub-tokens a run reads per text, which longer texts are cut to")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when the report lists problems (a script or CI check that must stop on them)")
@@ -64,7 +77,7 @@ def _register_audit(subparsers: Any) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from clm_explore.cli import UserError, load_noted_data
+    from clm_explore.cli import load_noted_data
     from clm_explore.data import write_csv
     from clm_explore.label_issues import find_label_issues
     from clm_explore.modeling import load_model
@@ -146,12 +159,45 @@ def run_validate(args: argparse.Namespace) -> int:
     cfg = data_config(args)
     from clm_explore.data import data_report, load_data
 
-    report = data_report(load_data(args.data, cfg))
+    data = load_data(args.data, cfg)
+    report = data_report(data)
+    counted = sub_token_counts(data, args.model, args.max_length) if args.model else None
     if args.json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), **({"sub_tokens": counted} if counted else {})})
     else:
-        print(format_report(report))
+        print(format_report(report) + (f"\n\n{sub_token_text(counted)}" if counted else ""))
     return 1 if args.strict and report.problems else 0
+
+
+def sub_token_counts(data: Any, model: str, max_length: int) -> dict[str, Any]:
+    """Each text's sub-tokens under ``model``'s tokenizer (every split, counted up to 512) and how many a run
+    reading ``max_length`` cuts: the long-text review's CLI path (validate, finetune, evaluate) never counted them,
+    while the app's Data page did."""
+    if not 8 <= max_length <= 512:
+        raise UserError(f"--max-length {max_length} must be in 8..512.")
+    import numpy as np
+
+    from clm_explore.batches import sub_token_lengths
+    from clm_explore.modeling import load_tokenizer
+
+    texts = [text for split in ("train", "validation", "test") for text in data.split(split)["text"]]
+    lengths = np.asarray(sub_token_lengths(load_tokenizer(model), texts, 512))
+    return {"model": model, "max_length": max_length, "texts": len(texts),
+            "longer": int((lengths > max_length).sum()), "min": int(lengths.min()),
+            "median": float(np.median(lengths)), "p95": round(float(np.percentile(lengths, 95))),
+            "max": int(lengths.max()), "max_is_more": bool(lengths.max() > 512)}
+
+
+def sub_token_text(counted: dict[str, Any]) -> str:
+    """``sub_token_counts`` in lines: the lengths, then the texts a run would cut."""
+    longest = "more than 512" if counted["max_is_more"] else f"{counted['max']:,}"
+    lines = [f"Sub-tokens ({counted['model']}'s tokenizer, markers included): min {counted['min']:,}, median "
+             f"{counted['median']:g}, p95 {counted['p95']:,}, max {longest}."]
+    share = counted["longer"] / max(counted["texts"], 1)
+    lines.append(f"{counted['longer']:,} of {counted['texts']:,} texts ({share:.1%}) are longer than the "
+                 f"{counted['max_length']} sub-tokens a run reads (--max-length): only their start is read."
+                 if counted["longer"] else f"Every text fits in the {counted['max_length']} sub-tokens a run reads.")
+    return "\n".join(lines)
 
 
 def format_report(report: DataReport) -> str:

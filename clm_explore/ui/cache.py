@@ -157,16 +157,14 @@ def text_lengths(source: str, version: str, choice: DataChoice) -> pd.Series:
     loaded, a fresh one (not the shared model's: a fast tokenizer that two threads set truncation on at once
     fails); texts are cut and tokenized in chunks (``batches.tokenized``), as one upload's long texts took
     gigabytes."""
-    from clm_explore.batches import tokenized
+    from clm_explore.batches import sub_token_lengths
     from clm_explore.modeling import load_tokenizer
 
     annotated = data(choice)
     texts = pd.concat([annotated.split(split)["text"] for split in ("train", "validation", "test")])
     if len(texts) > LENGTH_SAMPLE:
         texts = texts.sample(LENGTH_SAMPLE, random_state=0)
-    counted = LENGTH_COUNTED + 1
-    chunks = tokenized(load_tokenizer(source), texts.tolist(), counted, truncation=True, max_length=counted)
-    return pd.Series([len(row) for chunk in chunks for row in chunk["input_ids"]], dtype="int64")
+    return pd.Series(sub_token_lengths(load_tokenizer(source), texts.tolist(), LENGTH_COUNTED), dtype="int64")
 
 
 @_per_model_version
