@@ -46,6 +46,9 @@ class DataReport:
     problems: list[str]
     """Plain-English warnings; the data is still usable."""
     serious: list[str] = field(default_factory=list)
+    validation_left_out: bool = False
+    """No validation split, as asked (``DataConfig.validation_fraction`` 0): not a problem (``validate --strict``
+    exited 1 on the empty split its own option asked for; the review of the new features)."""
     """The problems that make a run's figures misleading (texts with two labels, leakage, labels never trained,
     label variants, a split column not used, missing-value markers as labels, a file's encoding guessed in doubt):
     the commands that train or score print them."""
@@ -81,6 +84,7 @@ def data_report(data: AnnotatedData) -> DataReport:
         rare_labels={k: int(v) for k, v in frames["train"]["label"].value_counts().items() if v < RARE_LABEL_ROWS},
         notes=list(data.notes),
         problems=[],
+        validation_left_out=bool(data.config is not None and data.config.validation_fraction == 0),
     )
     report.notes += _small_test_notes(report)
     found = _problems(report)
@@ -173,7 +177,7 @@ def _problems(r: DataReport) -> list[tuple[str, bool]]:
         problems.append((f"Labels are imbalanced: train rows per label range from {min(train_counts)} to "
                          f"{max(train_counts)}; look at macro F1, not only accuracy.", False))
     for name in ("validation", "test"):
-        if not r.splits[name]:
+        if not r.splits[name] and not (name == "validation" and r.validation_left_out):
             problems.append((f"The {name} split is empty.", False))
     for note in r.notes:
         if SPLIT_COLUMN_UNUSED in note and "value(s) do not name a split" in note:

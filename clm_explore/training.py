@@ -640,6 +640,8 @@ def prepare_rows(ctx: MethodContext, report: SensitivityReport, selection: MaskS
         info["score_note"] = report.zero_note
     if report.no_tokens_note and ctx.cfg.method != "random":
         info["no_tokens_note"] = report.no_tokens_note
+    if report.thin_restriction_note and ctx.cfg.method != "random":
+        info["restriction_note"] = report.thin_restriction_note
     if merge_note := _merged_rows_note(ctx, report, selection):
         info["merge_note"] = merge_note
     if ctx.cfg.mask.train_biases and not any(kind == "bias" for kind, _, _ in small_parameters(model)):
@@ -1309,7 +1311,7 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     metrics = classification_metrics(gold, pred, data.labels)
     metrics["labels_predicted"] = int(len(np.unique(pred)))
     if said := _collapse_note(pred, gold, data.labels, cfg):
-        longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "a longer max_length")
+        longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "--max-length")
         if cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run", longer,
                                  what="training texts"):  # the long-text review: blamed on the rate
             said += f" Also: {cut}."

@@ -982,3 +982,31 @@ def test_an_exported_run_reads_the_length_it_trained_at(capsys, data_dir, tmp_pa
     capsys.readouterr()
     (run / "clm_run.json").unlink()  # as an exported folder holds it
     assert trained_max_length(run) == 32
+
+
+def test_a_run_without_validation_rows_says_why_it_has_no_threshold(capsys, tmp_path):
+    """The review of the new features: with --validation-fraction 0 and unseen test labels, --abstain-below run said
+    the test split had no label unseen in train."""
+    from clm_explore.cli import UserError
+    from clm_explore.cli.method_cmds import abstention_threshold
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"out_of_scope": {"rows": 12, "threshold": None}}))
+    with pytest.raises(UserError, match="it had no validation rows to choose one on"):
+        abstention_threshold("run", tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    with pytest.raises(UserError, match="its test split had no label unseen in train"):
+        abstention_threshold("run", tmp_path)
+
+
+def test_a_sparse_run_on_cut_texts_says_its_token_restriction_reads_little(capsys, tmp_path):
+    """The review of the new features: the note went to the run's sensitivity.json alone, not to what it printed."""
+    words = ("card", "cash", "fee", "pin")
+    filler = ("please", "help", "still", "what", "why", "when", "where")
+    rows = [f"{' '.join(filler[(i + k) % 7] for k in range(10))} {words[i % 4]}" for i in range(80)]
+    pd.DataFrame({"text": rows, "label": [words[i % 4] for i in range(80)]}).to_csv(tmp_path / "late.csv", index=False)
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(tmp_path / "late.csv"), *TINY, *FAST[:-4], "--max-length", "8",
+                 "--device", "cpu", "--budget", "0.05", "--min-score-share", "0.5", "--out", str(run)]) == 0
+    note = json.loads((run / "metrics.json").read_text())["restriction_note"]  # the label words alone are mined
+    assert "calibration rows hold a mined group within the 8 sub-tokens read" in note
+    assert f"note: {note}" in capsys.readouterr().err

@@ -186,3 +186,14 @@ def test_validate_counts_sub_tokens_and_the_texts_a_run_cuts_with_a_model(capsys
     assert "--max-length 4 must be in 8..512" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "d.csv"), "--json"]) == 0
     assert "sub_tokens" not in json.loads(capsys.readouterr().out)  # no model named: no count, no tokenizer loaded
+
+
+def test_validate_asked_for_no_validation_split_does_not_list_it_as_a_problem(capsys, tmp_path) -> None:
+    """The review of the new features: --validation-fraction 0 --strict exited 1 on the empty split it asked for; and
+    --model with a length past the model's positions is refused as finetune refuses it."""
+    rows = [f"text number {i} about {'cards' if i % 2 else 'cash'},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    main(["validate", str(tmp_path / "d.csv"), "--validation-fraction", "0", "--json"])
+    assert "The validation split is empty." not in json.loads(capsys.readouterr().out)["problems"]
+    assert main(["validate", str(tmp_path / "d.csv"), "--model", "tiny-random", "--max-length", "256"]) == 2
+    assert "--max-length 256 is above the 128 positions a text may take in tiny-random" in capsys.readouterr().err

@@ -179,10 +179,12 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data
     if carve:  # the few-shot review: 10% of 70 rows carved as validation, 1 a label, and no way to keep them
         defaults = DataConfig()
         parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction, metavar="F",
-                            help="share of train carved as validation where the data has no validation split "
-                            "(0: none; then no per-epoch curve, best epoch, early stop or out-of-scope threshold)")
+                            help="share of train carved as validation where the data has no validation split, 0 "
+                            "to 0.5 (0: none; then no per-epoch curve, best epoch, early stop or out-of-scope "
+                            "threshold)")
         parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction, metavar="F",
-                            help="share of train held out as test where the data has no test split")
+                            help="share of train held out as test where the data has no test split, above 0 and "
+                            "below 0.5")
 
 
 ENCODING_HELP = ("the data file's encoding where it is not UTF-8 (gb18030, cp932, cp1251, ...; default: guessed, "

@@ -178,7 +178,10 @@ def sub_token_counts(data: Any, model: str, max_length: int) -> dict[str, Any]:
     import numpy as np
 
     from clm_explore.batches import sub_token_lengths
-    from clm_explore.modeling import load_tokenizer
+    from clm_explore.modeling import load_tokenizer, source_positions
+
+    if (positions := source_positions(model)) and max_length > positions:  # as finetune refuses it
+        raise UserError(f"--max-length {max_length} is above the {positions} positions a text may take in {model}.")
 
     texts = [text for split in ("train", "validation", "test") for text in data.split(split)["text"]]
     lengths = np.asarray(sub_token_lengths(load_tokenizer(model), texts, 512))

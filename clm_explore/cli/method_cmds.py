@@ -961,8 +961,11 @@ def abstention_threshold(value: str | None, run_dir: Path, words: str = "'run'")
             raise UserError(f"{run_dir} has no readable metrics.json for --abstain-below run.")
         scope = metrics.get("out_of_scope") or {}
         if not isinstance(scope, dict) or scope.get("threshold") is None:
-            raise UserError(f"{run_dir} chose no out-of-scope threshold (its test split had no label unseen in "
-                            "train); give --abstain-below a probability instead.")
+            # the review of the new features: a run without validation rows was said to have no unseen label
+            why = ("it had no validation rows to choose one on" if isinstance(scope, dict) and scope.get("rows")
+                   else "its test split had no label unseen in train")
+            raise UserError(f"{run_dir} chose no out-of-scope threshold ({why}); give --abstain-below a probability "
+                            "instead.")
         return float(scope["threshold"])
     try:
         threshold = float(value)

@@ -239,7 +239,7 @@ def app_words(note: str) -> str:
     from clm_explore.training import COLLAPSE_REMEDY
 
     return (note.replace(COLLAPSE_REMEDY, "try a lower Learning rate or more Epochs in the Finetune form")
-            .replace("a longer max_length (", "a larger Sub-tokens read per text in the Finetune form ("))
+            .replace("--max-length (up to", "a larger Sub-tokens read per text in the Finetune form (up to"))
 
 
 def scored_on_note(metrics: dict[str, Any]) -> str:
@@ -279,7 +279,8 @@ def scope_rows_note(scope: dict[str, Any]) -> str:
     said = []
     rows, quantile = scope.get("validation_rows"), scope.get("quantile")
     if isinstance(rows, int) and rows > 0 and quantile is not None and scope.get("threshold") is not None:
-        said.append(f"the threshold turns away {quantile:.0%} of its {plural(rows, 'in-scope validation row')}"
+        said.append(f"the threshold is the {quantile:.0%} quantile of its {plural(rows, 'in-scope validation row')}'"
+                    " top probabilities"
                     + ("; so few rows make a rough quantile, which moves a lot between seeds"
                        if rows < FEW_VALIDATION_ROWS else ""))
     if isinstance(oos := scope.get("rows"), int) and oos > 0:

@@ -219,10 +219,12 @@ def render_data_report(report: Any, key: str) -> None:
     dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths", alt="Text lengths")
 
 
-def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int) -> None:
+def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int, positions: int | None = None
+                   ) -> None:
     """How many texts are longer than a run reads (``max_length`` sub-tokens): their end is never seen, in training,
     predictions or attributions. ``lengths`` may be a sample of the ``total`` texts, each counted up to ``counted``
-    (a longer one is "more than" that). A caption when every text fits."""
+    (a longer one is "more than" that); ``positions``: the most the model reads, where known. A caption when every
+    text fits."""
     longer = int((lengths > max_length).sum())
     sample = f" (counted on a sample of {len(lengths):,})" if len(lengths) < total else ""
     longest = f"{int(lengths.max()):,}" if lengths.max() <= counted else f"more than {counted:,}"
@@ -230,10 +232,11 @@ def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int
         st.caption(f"Every text fits in the {max_length} sub-tokens a run reads (the longest has {longest})"
                    f"{sample}.")
         return
+    most = min(counted, positions or counted)  # counted: the form's top; a model may read fewer
     more = ("The Finetune form's **Sub-tokens read per text** reads more, at a cost in time and memory."
-            if max_length < counted else  # counted: the most a run reads (the form's top)
-            f"{max_length} is the most a run reads: shorten the texts (quoted replies, signatures) or put what decides "
-            "the label first.")
+            if max_length < most else
+            f"{max_length} is the most a run of this model reads: shorten the texts (quoted replies, signatures) or put "
+            "what decides the label first.")
     st.info(f"{longer:,} of {len(lengths):,} texts{sample} ({longer / len(lengths):.1%}) are longer than the {max_length} "
             f"sub-tokens a run reads (the longest has {longest}): only their start is used, in training, "
             f"predictions and attributions. {more}")

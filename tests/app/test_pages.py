@@ -1070,11 +1070,11 @@ def test_compare_says_how_many_rows_the_out_of_scope_figures_stand_on() -> None:
     from clm_explore.ui.run_views import scope_rows_note
 
     few = scope_rows_note({"rows": 9, "threshold": 0.64, "quantile": 0.1, "validation_rows": 10})
-    assert few == ("the threshold turns away 10% of its 10 in-scope validation rows; so few rows make a rough "
-                   "quantile, which moves a lot between seeds; 9 out-of-scope test rows (one is 11.1 points of the "
-                   "share turned away)")
+    assert few == ("the threshold is the 10% quantile of its 10 in-scope validation rows' top probabilities; so few "
+                   "rows make a rough quantile, which moves a lot between seeds; 9 out-of-scope test rows (one is "
+                   "11.1 points of the share turned away)")
     many = scope_rows_note({"rows": 400, "threshold": 0.5, "quantile": 0.1, "validation_rows": 300})
-    assert "rough" not in many and many.startswith("the threshold turns away 10% of its 300")
+    assert "rough" not in many and many.startswith("the threshold is the 10% quantile of its 300")
     assert scope_rows_note({}) == ""
 
 
@@ -2854,7 +2854,7 @@ def test_a_collapse_note_speaks_the_apps_words() -> None:
 
     note = _collapse_note(np.zeros(30, dtype=int), np.arange(30) % 3, ["a", "b", "c"], FinetuneConfig())
     said = app_words(f"{note} Also: 9 of 9 training texts (100%) are longer than the 8 sub-tokens this run reads: "
-                     "their start alone is read; a longer max_length (up to 128) reads more, at a cost in time.")
+                     "their start alone is read; --max-length (up to 128) reads more, at a cost in time.")
     assert "--lr" in note and "--lr" not in said and "clm-explore" not in said
     assert "Learning rate or more Epochs in the Finetune" in said
     assert "a larger Sub-tokens read per text in the Finetune form (up to 128)" in said
@@ -2869,10 +2869,12 @@ def test_the_long_text_note_at_the_longest_read_suggests_shorter_texts() -> None
 
         long_text_note(pd.Series([513, 40]), 512, 2, 512)
         long_text_note(pd.Series([300, 40]), 256, 2, 512)
+        long_text_note(pd.Series([300, 40]), 128, 2, 512, positions=128)  # a model of 128 positions
 
     app = AppTest.from_function(script, default_timeout=TIMEOUT).run()
-    top, shorter = (i.value for i in app.info)
-    assert "512 is the most a run reads: shorten the texts" in top and "reads more" not in top
+    top, shorter, small = (i.value for i in app.info)
+    assert "512 is the most a run of this model reads: shorten the texts" in top and "reads more" not in top
+    assert "128 is the most a run of this model reads" in small  # the review of the new features
     assert "Sub-tokens read per text** reads more, at a cost in time and memory" in shorter
 
 

@@ -48,8 +48,9 @@ views.render_data_report(cache.report(choice), key="data")
 try:
     if unreadable := cache.unreadable_note(state.model_source(), choice):
         st.warning(views.escape_markdown(unreadable[:1].upper() + unreadable[1:]))  # "[UNK]" is the tokenizer's text
-    views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.launch_options()["max_length"],
-                         sum(len(annotated.split(s)) for s in SPLITS), cache.LENGTH_COUNTED)
+    views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.read_length(),
+                         sum(len(annotated.split(s)) for s in SPLITS), cache.LENGTH_COUNTED,
+                         cache.model_positions(state.model_source()))
 except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note
     st.caption(views.escape_markdown(f"Texts' lengths in sub-tokens not counted: {exc}"))
 with st.expander("Preview (first 50 training rows)"):
