@@ -156,7 +156,8 @@ def _problems(r: DataReport) -> list[tuple[str, bool]]:
             problems.append((f"{len(labels)} label(s) occur in {name} but never in train ({_some(labels)}); "
                              "the model can never predict them."
                              + (" Runs score those test rows as out-of-scope queries too: a prediction abstains "
-                                "below a confidence threshold chosen on validation (metrics.json's out_of_scope)."
+                                "below a confidence threshold chosen on validation (metrics.json's out_of_scope)"
+                                + ("; with no validation split, none is chosen." if r.validation_left_out else ".")
                                 if name == "test" else ""), True))
     variants = _case_variants(sorted({*r.label_counts, *(label for labels in r.unseen_labels.values() for label in labels)}))
     if variants:

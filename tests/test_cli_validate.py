@@ -197,3 +197,16 @@ def test_validate_asked_for_no_validation_split_does_not_list_it_as_a_problem(ca
     assert "The validation split is empty." not in json.loads(capsys.readouterr().out)["problems"]
     assert main(["validate", str(tmp_path / "d.csv"), "--model", "tiny-random", "--max-length", "256"]) == 2
     assert "--max-length 256 is above the 128 positions a text may take in tiny-random" in capsys.readouterr().err
+
+
+def test_unseen_test_labels_without_a_validation_split_say_no_threshold_is_chosen(capsys, tmp_path) -> None:
+    """The review of the new features: the problem said a threshold is chosen on validation where none was given."""
+    rows = [f"text number {i} about {'cards' if i % 2 else 'cash'},{'pos' if i % 2 else 'neg'},train" for i in range(40)]
+    rows += [f"something else {i},other,test" for i in range(5)] + [f"text {i} cards,pos,test" for i in range(5)]
+    (tmp_path / "d.csv").write_text("text,label,split\n" + "\n".join(rows) + "\n")
+    main(["validate", str(tmp_path / "d.csv"), "--validation-fraction", "0", "--json"])
+    said = [p for p in json.loads(capsys.readouterr().out)["problems"] if "out-of-scope" in p]
+    assert len(said) == 1 and said[0].endswith("; with no validation split, none is chosen.")
+    main(["validate", str(tmp_path / "d.csv"), "--json"])
+    said = [p for p in json.loads(capsys.readouterr().out)["problems"] if "out-of-scope" in p]
+    assert len(said) == 1 and said[0].endswith("(metrics.json's out_of_scope).")
