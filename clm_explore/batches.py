@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -187,7 +188,7 @@ def predict(run: str | Path | Any, texts: str | Iterable[str], max_length: int |
     from clm_explore.runs import TRAINED_LENGTH_KEY, run_folder, trained_max_length
 
     texts = text_list(texts)
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 0):  # 0, None: the run's own
+    if max_length is not None and (not isinstance(max_length, numbers.Integral) or max_length < 0):  # 0, None: own
         raise ValueError(f"max_length is the sub-tokens read per text, 8 to 512 (None or 0: the run's trained "
                          f"length); got {max_length}.")
     if isinstance(run, LoadedModel):  # a run loaded already (load_run), as explain takes it

@@ -301,6 +301,7 @@ def test_plain_mistakes_of_a_notebook_are_named(tiny_data, tmp_path):
         clm_explore.predict(result, "my card", max_length=-3)
     with pytest.raises(ValueError, match="max_length is the sub-tokens read per text, 8 to 512"):
         clm_explore.predict(result, "my card", max_length=64.7)  # torch's TypeError before (the new-features review)
+    assert len(clm_explore.predict(result, "my card", max_length=np.int64(32))) == 1  # a numpy count is a count
     # as the CLI refuses them (the long-text review: 1 read silently, 600 raised torch's "expanded size" error)
     with pytest.raises(clm_explore.ConfigError, match=r"max_length 1 must be in 8\.\.512"):
         clm_explore.predict(result, "my card", max_length=1)
