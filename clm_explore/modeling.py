@@ -402,13 +402,18 @@ def read_length_problem(length: int, loaded: LoadedModel) -> str | None:
     """Why ``loaded`` cannot read ``length`` sub-tokens per text (outside 8..512, as every face takes it, or past
     its model's positions less a prefix run's virtual tokens), or None. The API read 1 silently and raised torch's
     "expanded size of the tensor (600)" at 600, where the CLI refused both (the long-text review)."""
+    return length_problem(length, usable_positions(loaded.model.config), virtual_tokens(loaded))
+
+
+def length_problem(length: int, positions: int | None, virtual: int = 0, model: str = "this model") -> str | None:
+    """Why ``length`` sub-tokens per text cannot be read by ``model`` of ``positions`` positions (None: unknown) of
+    which a prefix takes ``virtual``, or None: the one rule of the CLI (read from a run's folder, before loading)
+    and the API (read from the loaded model)."""
     if not 8 <= length <= 512:
         return f"{length} must be in 8..512"
-    positions = usable_positions(loaded.model.config)
-    virtual = virtual_tokens(loaded)
     if isinstance(positions, int) and length > positions - virtual:
         taken = f" less the {virtual} its prefix takes" if virtual else ""
-        return f"{length} is above the {positions} positions a text may take in this model{taken}"
+        return f"{length} is above the {positions} positions a text may take in {model}{taken}"
     return None
 
 

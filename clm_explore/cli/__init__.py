@@ -119,19 +119,15 @@ def checked_max_length(value: int | None, run_dir: Path) -> int | None:
     """``--max-length``: None (the run's own), or 8..512 and within the model's positions."""
     if value is None:
         return None
-    if not 8 <= value <= 512:
-        raise UserError(f"--max-length {value} must be in 8..512.")
-    from clm_explore.modeling import usable_positions
+    from clm_explore.modeling import length_problem, usable_positions
 
     try:
         positions = usable_positions(json.loads((run_dir / "config.json").read_text()))
     except (OSError, ValueError, AttributeError):
         positions = None
-    virtual = _virtual_tokens(run_dir)  # a prefix run's prefix takes positions before the text's
-    if isinstance(positions, int) and value > positions - virtual:
-        taken = f" less the {virtual} its prefix takes" if virtual else ""
-        raise UserError(f"--max-length {value} is above the {positions} positions a text may take in this run's "
-                        f"model{taken}.")
+    # a prefix run's prefix takes positions before the text's
+    if problem := length_problem(value, positions, _virtual_tokens(run_dir), "this run's model"):
+        raise UserError(f"--max-length {problem}.")
     from clm_explore.runs import trained_max_length
 
     if value != (trained := trained_max_length(run_dir)):  # the long-text review: 0.7167 read at 256, 1.0 at 512

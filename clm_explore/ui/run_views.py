@@ -249,7 +249,7 @@ def scored_on_note(metrics: dict[str, Any]) -> str:
     rows = metrics.get("test_rows")
     if not isinstance(rows, int) or rows <= 0:
         return ""
-    said = f"Scored on {plural(rows, 'test row')}: one row is {row_points(rows)} points of accuracy"
+    said = _scored_on(rows)
     averaged, labels = metrics.get("macro_f1_labels"), metrics.get("labels")
     if isinstance(averaged, int) and isinstance(labels, list) and averaged < len(labels):
         said += (f"; macro-F1 averages the {averaged} of its {len(labels)} labels that test holds (the others have no "
@@ -301,9 +301,13 @@ def accuracy_scale_note(test_rows: Any) -> str:
     a gap where it was one row of 56 (the UX review)."""
     if not isinstance(test_rows, int) or test_rows <= 0:
         return ""
-    return (f"Scored on {plural(test_rows, 'test row')}: one row is {row_points(test_rows)} points of accuracy. Whether a gap "
-            "is more than chance shows over seeds: launch a few seeds of each (Finetune's \"Runs (seeds)\") and "
-            "open \"Compare groups of runs (seeds)\" on the Runs page.")
+    return (f"{_scored_on(test_rows)}. Whether a gap is more than chance shows over seeds: launch a few seeds of each "
+            "(Finetune's \"Runs (seeds)\") and open \"Compare groups of runs (seeds)\" on the Runs page.")
+
+
+def _scored_on(rows: int) -> str:
+    """The test rows a run's figures stand on, and what one of them is worth."""
+    return f"Scored on {plural(rows, 'test row')}: one row is {row_points(rows)} points of accuracy"
 
 
 def _fmt(value: Any) -> str:
