@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from clm_explore.batches import bounded_texts, tokenized
+from clm_explore.batches import bounded_texts, cut_side, tokenized
 from clm_explore.config import MAX_ATTRIBUTION_STEPS, AttributionConfig, config_from
 from clm_explore.modeling import LoadedModel, check_trained, load_run
 from clm_explore.runs import TRAINED_LENGTH_KEY
@@ -221,7 +221,8 @@ def explain(
         raise AttributionError(
             "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."
         )
-    texts = bounded_texts([texts] if isinstance(texts, str) else list(texts), cfg.max_length)
+    side = cut_side(tokenizer)  # a run that kept long texts' ends: its tokenizer cuts their starts
+    texts = bounded_texts([texts] if isinstance(texts, str) else list(texts), cfg.max_length, side)
     blank = [i for i, text in enumerate(texts) if isinstance(text, str) and not text.strip()]
     if blank:  # its attributions would be the special tokens' alone
         raise AttributionError(f"texts[{blank[0]}] is empty: it has no words to attribute ({len(blank)} such).")
@@ -237,7 +238,7 @@ def explain(
     lengths = [len(ids) for ids, _, _ in beyond]
     read = cfg.max_length - tokenizer.num_special_tokens_to_add()
     # A cut: 0 none, 1 between words, 2 inside a word (its last word shown is the start of a longer one)
-    cuts = [0 if n <= cfg.max_length else 1 + _cuts_a_word(text, word_ids, offsets, read)
+    cuts = [0 if n <= cfg.max_length else 1 + _cuts_a_word(text, word_ids, offsets, read, side)
             for text, (n, (_, word_ids, offsets)) in zip(texts, zip(lengths, beyond, strict=True), strict=True)]
     unread = [i for i, n in enumerate(lengths) if n <= tokenizer.num_special_tokens_to_add()]
     if unread:  # zero-width or control characters alone: the tokenizer drops them, and the "explanation" was of an
@@ -464,10 +465,8 @@ def _explain_batch(
     for i, text in enumerate(texts):
         offsets = enc["offset_mapping"][i].tolist()
         words, word_scores, _ = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
-        inside = f" (its last word shown, {words[-1]!r}, is the start of a longer word)" if cut[i] == 2 and words else ""
-        read = max((end for _, end in offsets), default=0)  # how far into the text the sub-tokens read reach
-        note = base_note + ([f"text truncated to {cfg.max_length} sub-tokens (its first {read:,} of {len(text):,} "
-                             f"characters){inside}"] if cut[i] else [])
+        note = base_note + ([_cut_note(text, words, offsets, cfg.max_length, cut[i] == 2, cut_side(tokenizer))]
+                            if cut[i] else [])
         if said := _unknown_note(tokenizer, text, enc["input_ids"][i].tolist(), offsets):
             note.append(said)
         if is_unsettled(float(deltas[i]), float(changes[i]), cfg.output):
@@ -493,14 +492,33 @@ def _explain_batch(
     return out
 
 
-def _cuts_a_word(text: str, word_ids: list[int | None], offsets: list[tuple[int, int]], read: int) -> bool:
+def _cut_note(text: str, words: list[str], offsets: list[list[int]], max_length: int, in_word: bool, side: str
+              ) -> str:
+    """What an attribution says of a text cut to ``max_length`` sub-tokens: the characters read, and a word shown in
+    part where the cut fell inside it (``in_word``)."""
+    if side == "left":
+        start = min((begin for begin, end in offsets if end > begin), default=len(text))  # where the read part starts
+        part = f"its last {len(text) - start:,} of {len(text):,} characters"
+        inside = f" (its first word shown, {words[0]!r}, is the end of a longer word)" if in_word and words else ""
+    else:
+        read = max((end for _, end in offsets), default=0)  # how far into the text the sub-tokens read reach
+        part = f"its first {read:,} of {len(text):,} characters"
+        inside = f" (its last word shown, {words[-1]!r}, is the start of a longer word)" if in_word and words else ""
+    return f"text truncated to {max_length} sub-tokens ({part}){inside}"
+
+
+def _cuts_a_word(text: str, word_ids: list[int | None], offsets: list[tuple[int, int]], read: int,
+                 side: str = "right") -> bool:
     """Whether a text's truncation after ``read`` sub-tokens falls inside a word, as ``merge_words`` joins words: the
     last sub-token read and the first one left out of one word, with no space between them (the attributions
-    review: "un" of "unbelievably" shown as a word; a Chinese character, a word of its own, is not cut)."""
+    review: "un" of "unbelievably" shown as a word; a Chinese character, a word of its own, is not cut). With
+    ``side`` 'left' the encoding holds the text's last ``read`` + 1 pieces: the first one is left out."""
     pieces = [i for i, word in enumerate(word_ids) if word is not None]
     if read < 1 or len(pieces) <= read:
         return False
-    last, first = pieces[read - 1], pieces[read]
+    if side == "left":
+        pieces = pieces[len(pieces) - read - 1 :]
+    last, first = (pieces[0], pieces[1]) if side == "left" else (pieces[read - 1], pieces[read])
     if _has_space(text, offsets[last][1], offsets[first][0]):
         return False
     return word_ids[last] == word_ids[first] or _joins_word(text, offsets[first][0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import unicodedata
@@ -44,20 +45,41 @@ TOKENIZE_CHUNK = 256
 """Texts per tokenizer call: the encodings of a whole upload at once held gigabytes, however short the ids kept."""
 
 
-def bounded_texts(texts: Sequence[str], max_tokens: int) -> list[str]:
-    """Each text cut to ``max_tokens * CHARS_PER_TOKEN_BOUND`` characters after its leading whitespace (which reads
+def bounded_texts(texts: Sequence[str], max_tokens: int, side: str = "right") -> list[str]:
+    """Each text cut to ``max_tokens * CHARS_PER_TOKEN_BOUND`` characters past its leading whitespace (which reads
     as no token), a prefix long enough for its first ``max_tokens`` sub-tokens (the offsets of a tokenizer's
-    encoding still index the text itself)."""
+    encoding still index the text itself); with ``side`` 'left' (a tokenizer that keeps a text's end) the suffix as
+    long past its trailing whitespace, for its last ones."""
     cap = max_tokens * CHARS_PER_TOKEN_BOUND
+    if side == "left":
+        return [text if len(text) <= cap else text[len(text.rstrip()) - cap :] for text in texts]
     return [text if len(text) <= cap else text[: cap + len(text) - len(text.lstrip())] for text in texts]
 
 
+def cut_side(tokenizer: Any) -> str:
+    """Which end of a long text ``tokenizer`` cuts: 'right' (its start is read) or 'left' (its end)."""
+    return "left" if getattr(tokenizer, "truncation_side", "right") == "left" else "right"
+
+
+@contextlib.contextmanager
+def cutting(tokenizer: Any, side: str) -> Iterator[Any]:
+    """``tokenizer`` cutting long texts at ``side`` for the block, then as before: a scoring or an audit reads
+    texts as the run it serves will, on a model its caller may use again."""
+    before = tokenizer.truncation_side
+    tokenizer.truncation_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.truncation_side = before
+
+
 def tokenized(tokenizer: Any, texts: Sequence[str], max_tokens: int, **kwargs: Any) -> Iterator[Any]:
-    """``tokenizer(texts, **kwargs)`` in chunks of ``TOKENIZE_CHUNK`` texts, each text cut by ``bounded_texts``:
-    what a call keeps is the caller's (ids, encodings), the memory of a chunk's encoding is bounded."""
-    texts = list(texts)
+    """``tokenizer(texts, **kwargs)`` in chunks of ``TOKENIZE_CHUNK`` texts, each text cut by ``bounded_texts`` at
+    the end the tokenizer cuts: what a call keeps is the caller's (ids, encodings), the memory of a chunk's
+    encoding is bounded."""
+    texts, side = list(texts), cut_side(tokenizer)
     for start in range(0, len(texts), TOKENIZE_CHUNK):
-        yield tokenizer(bounded_texts(texts[start : start + TOKENIZE_CHUNK], max_tokens), **kwargs)
+        yield tokenizer(bounded_texts(texts[start : start + TOKENIZE_CHUNK], max_tokens, side), **kwargs)
 
 
 def sub_token_lengths(tokenizer: Any, texts: Sequence[str], up_to: int) -> list[int]:
@@ -77,29 +99,34 @@ def cut_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> int:
 def cut_texts_note(tokenizer: Any, texts: Sequence[str], max_length: int, reader: str, longer: str,
                    what: str = "texts") -> str:
     """'' when every text fits in ``max_length`` sub-tokens, else how many do not (``what`` names them), that
-    ``reader`` reads their start alone, and ``longer`` (how to read more). Where most are cut, their figures may come
-    from the cut (the long-text review: 298 of 360 correct rows flagged by an audit, a run at chance blamed on its
-    learning rate, where the texts' questions sat past the 64 sub-tokens read)."""
+    ``reader`` reads their start alone (their end, where the tokenizer keeps it), and ``longer`` (how to read more).
+    Where most are cut, their figures may come from the cut (the long-text review: 298 of 360 correct rows flagged by
+    an audit, a run at chance blamed on its learning rate, where the texts' questions sat past the 64 sub-tokens
+    read)."""
     cut = cut_texts(tokenizer, texts, max_length)
     if not cut:
         return ""
     share = cut / len(texts)
     shown = f"{share:.0%}" if share >= 0.01 else f"{share:.1%}"  # one in 300 read "(0%)" (the diff review)
+    kept, lost = ("end", "starts") if cut_side(tokenizer) == "left" else ("start", "ends")
     said = (f"{cut:,} of {len(texts):,} {what} ({shown}) are longer than the {max_length} sub-tokens "
-            f"{reader} reads: their start alone is read")
+            f"{reader} reads: their {kept} alone is read")
     if cut > len(texts) / 2:
-        said += ", so what their ends say is never seen and the figures may come from the cut"
+        said += f", so what their {lost} say is never seen and the figures may come from the cut"
     return f"{said}; {longer}"
 
 
-def longer_read_advice(max_length: int, limit: int | None, how: str) -> str:
+def longer_read_advice(max_length: int, limit: int | None, how: str, side: str = "right", switch: str = "") -> str:
     """How to read more of cut texts: ``how`` (a flag, a box) up to what the model reads (its positions, at most
     512), or, where ``max_length`` is that already, to shorten them (the diff review: "--max-length (up to 512)
-    reads more" said to a model of 128 positions, and at 512)."""
+    reads more" said to a model of 128 positions, and at 512). ``switch`` (a flag, a box) names the other end to keep,
+    where ``side`` keeps a text's start: tickets that greet first ask last."""
     most = min(limit or 512, 512)
+    other = f"; {switch} keeps their ends instead" if switch and side == "right" else ""
     if max_length >= most:
-        return f"this model reads at most {most}: shorten the texts, or put what decides the label first"
-    return f"{how} (up to {most}) reads more, at a cost in time"
+        where = "last" if side == "left" else "first"
+        return f"this model reads at most {most}: shorten the texts, or put what decides the label {where}{other}"
+    return f"{how} (up to {most}) reads more, at a cost in time{other}"
 
 
 def encode(loaded: LoadedModel, texts: list[str], max_length: int) -> list[list[int]]:

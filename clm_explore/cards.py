@@ -238,10 +238,18 @@ def _use_it(folder: Path, method: str, source: str = "") -> str:
         code = ("from transformers import pipeline\n\n"
                 f'classify = pipeline("text-classification", model={where})\n'
                 f'classify("a text to classify", truncation=True, max_length={length})')
-    return (f"## Use it\n\n{_fenced(code)}\n\nIt was trained on texts cut to {length} sub-tokens (its "
+    ends = (", their ends kept (its tokenizer's `truncation_side` is left)" if _trained_side(folder) == "left"
+            else "")
+    return (f"## Use it\n\n{_fenced(code)}\n\nIt was trained on texts cut to {length} sub-tokens{ends} (its "
             "tokenizer's `model_max_length`); `clm-explore predict --run DIR --text ...` reads them the same way. "
             "`clm-explore export --run DIR --out SERVE` copies only what serving needs."
             + (_lora_adapter_use(where, source) if (folder / "lora_adapter").is_dir() else ""))
+
+
+def _trained_side(folder: Path) -> str:
+    """The end of a long text the run cut: its tokenizer's, as predict and a pipeline read it."""
+    saved = read_json_object(folder / "tokenizer_config.json")
+    return "left" if saved.get("truncation_side") == "left" else "right"
 
 
 def _fenced(code: str) -> str:
@@ -298,6 +306,8 @@ def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     method = metrics.get("method") or meta.get("method")
     rows = [("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
             ("sub-tokens read per text", cfg.get("max_length")),
+            ("of a longer text", "its end is read (`--truncation-side left`)" if cfg.get("truncation_side") == "left"
+             else None),
             ("LoRA rank", cfg.get("lora_r") if method == "lora" else None),
             ("prefix tokens", cfg.get("prefix_tokens") if method == "prefix" else None),
             ("frozen layers", "computed once, without dropout (`--cache-frozen-layers`)"

@@ -114,6 +114,16 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+TRUNCATION_SIDES = ("right", "left")
+"""Which end of a long text is cut (``FinetuneConfig.truncation_side``): 'right' keeps its start, 'left' its end; the
+names are the tokenizers' own (``tokenizer.truncation_side``)."""
+
+
+def check_truncation_side(side: str) -> None:
+    _check(side in TRUNCATION_SIDES, f"truncation_side must be right (keep a text's start) or left (keep its end), "
+                                     f"got {side!r}")
+
+
 _PLAIN_TYPES: dict[str, tuple[type, ...]] = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str,),
                                               "bool": (bool,), "None": (type(None),)}
 
@@ -397,6 +407,9 @@ class SensitivityConfig:
     max_length: int = 64
     """Sub-tokens read per row by a sensitivity pass of its own; ``finetune`` scores at its own max_length, so
     that the head warm-up and the mask see what training reads."""
+    truncation_side: str = "right"
+    """Which end of a row longer than ``max_length`` is cut (``FinetuneConfig.truncation_side``); ``finetune`` scores
+    with its own."""
     seed: int | None = 0
     """Seeds the calibration subset (above ``calibration_rows`` training rows), the head warm-up's shuffle and
     the model-label draws. 0: every run seed scores alike (the loaded head still follows the run's seed), so
@@ -408,6 +421,7 @@ class SensitivityConfig:
         _check(self.min_layer >= 0, f"min_layer must be >= 0, got {self.min_layer}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
+        check_truncation_side(self.truncation_side)
         _check(self.warmup_lr > 0, f"warmup_lr must be > 0, got {self.warmup_lr}")
         _check(self.restriction in ("tokens", "none"), f"restriction must be tokens or none, got {self.restriction!r}")
         _check(self.score in SCORES, f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
@@ -555,6 +569,11 @@ class FinetuneConfig:
     max_length: int = 64
     """Sub-tokens read per text, in training and evaluation; the run records it, and predict and explain read
     texts at the same length."""
+    truncation_side: str = "right"
+    """Which end of a text longer than ``max_length`` is cut: 'right' keeps its start (the tokenizers' default),
+    'left' keeps its end (support tickets and e-mails that greet first and ask last). The run's tokenizer keeps it
+    (tokenizer_config.json), so predict, evaluate, explain and a plain ``transformers`` pipeline read texts as the
+    run trained on them."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay. The row methods apply it to their deltas only (weight and bias rows), never to
     frozen rows or their head, so it pulls the trained rows back towards the checkpoint's; full, layers and LoRA to
@@ -690,6 +709,7 @@ class FinetuneConfig:
                "compile does not combine with cache_frozen_layers: the cache swaps modules every batch, which "
                "would recompile every step")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
+        check_truncation_side(self.truncation_side)
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -809,6 +829,8 @@ class LabelAuditConfig:
     with fewer different texts than this is not audited and takes no part (it is never suggested either)."""
     max_length: int = 64
     """Sub-tokens read per text (as training reads them)."""
+    truncation_side: str = "right"
+    """Which end of a longer text is cut (as training cuts it: ``FinetuneConfig.truncation_side``)."""
     batch_size: int = 64
     """Texts per forward pass."""
     regularization: float = 1.0
@@ -829,6 +851,7 @@ class LabelAuditConfig:
             object.__setattr__(self, "splits", tuple(self.splits))
         _check(2 <= self.folds <= 20, f"folds must be in 2..20, got {self.folds}")
         _check(8 <= self.max_length <= 512, f"max_length must be in 8..512, got {self.max_length}")
+        check_truncation_side(self.truncation_side)
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.regularization > 0, f"regularization must be > 0, got {self.regularization}")
         _check(bool(self.splits) and all(s in ("train", "validation", "test") for s in self.splits)

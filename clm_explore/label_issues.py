@@ -35,7 +35,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clm_explore.batches import collate, cut_texts_note, encode, longer_read_advice
+from clm_explore.batches import collate, cut_texts_note, cutting, encode, longer_read_advice
 from clm_explore.config import ConfigError, LabelAuditConfig, config_from
 from clm_explore.data import AnnotatedData, DataError, csv_text, load_data
 from clm_explore.modeling import LoadedModel, autocast_dtype, resolve_device, usable_positions
@@ -92,7 +92,8 @@ def find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAuditC
         raise TypeError(f"find_label_issues(loaded, data): a LoadedModel (load_model) and an AnnotatedData "
                         f"(load_data); got {type(loaded).__name__} and {type(data).__name__}")
     cfg = config_from(cfg, LabelAuditConfig, "find_label_issues")
-    with phase_bar(progress, on_progress) as report:
+    # texts cut as the runs it serves cut them; the caller's model as it was after
+    with phase_bar(progress, on_progress) as report, cutting(loaded.tokenizer, cfg.truncation_side):
         return _find_label_issues(loaded, data, cfg, device, report)
 
 
@@ -117,10 +118,13 @@ def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAudit
     )
     issues = issues.sort_values("label_prob", kind="stable").reset_index(drop=True)[ISSUE_COLUMNS]
     accuracy = float((probs.argmax(1) == given).mean())
-    longer = longer_read_advice(cfg.max_length, positions, "a longer max_length")
-    if longer.endswith("at a cost in time"):  # where to set it, in each face's words
-        longer += (" (audit --max-length; the app's label check reads the Finetune form's Sub-tokens read per "
-                   "text)")
+    longer = longer_read_advice(cfg.max_length, positions, "a longer max_length", cfg.truncation_side,
+                                "truncation_side 'left'")
+    # where to set them, in each face's words
+    longer = (longer.replace("at a cost in time", "at a cost in time (audit --max-length; the app's label check reads "
+                             "the Finetune form's Sub-tokens read per text)")
+              .replace("their ends instead", "their ends instead (audit --truncation-side left; the app's label "
+                       "check cuts as the Finetune form's Long texts keep their)"))
     if cut := cut_texts_note(loaded.tokenizer, rows["text"].tolist(), cfg.max_length, "the probe", longer):
         notes.append(cut)
     return LabelIssues(issues, len(rows), accuracy, time.perf_counter() - started, notes)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from clm_explore.batches import bounded_texts, text_list, tokenized
+from clm_explore.batches import bounded_texts, cut_side, text_list, tokenized
 from clm_explore.modeling import (
     LoadedModel,
     ModelSourceError,
@@ -412,7 +412,7 @@ def _attentions(loaded: LoadedModel, text: str, length: int) -> tuple[np.ndarray
     app's sessions share a cached run model), and is put back as it was."""
     from clm_explore.attribution import model_lock
 
-    [text] = bounded_texts([text], length)
+    [text] = bounded_texts([text], length, cut_side(loaded.tokenizer))
     encoded = loaded.tokenizer(text, truncation=True, max_length=length, return_tensors="pt",
                                return_special_tokens_mask=True)
     special_mask = encoded.pop("special_tokens_mask")[0].tolist()

@@ -90,12 +90,20 @@ SEED_KEYS = ("seed", "device")
 """What a recorded config may differ in between seeds of one setting: the seed, and where the run trained."""
 
 
+ADDED_SETTINGS = {"truncation_side": "right"}
+"""Settings a run recorded before they existed, as it ran (a run of an older version and its reruns' seeds are one
+setting)."""
+
+
 def seedless_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A run's recorded config (clm_run.json's, or the registry's with its ``source``) without what differs between
     seeds of one setting (``SEED_KEYS``, and a mask seed that the run settled to its own seed) and without its data
     (``data``, ``data_digest``: compared by ``same_data``). Two runs are seeds of one setting when these are equal
     and their data is the same (``same_setting``)."""
     settings = {key: value for key, value in config.items() if key not in (*SEED_KEYS, "data", "data_digest")}
+    settings = {**ADDED_SETTINGS, **settings}
+    if isinstance(settings.get("sensitivity"), dict):
+        settings["sensitivity"] = {**ADDED_SETTINGS, **settings["sensitivity"]}
     mask = settings.get("mask")
     if isinstance(mask, dict) and mask.get("seed") == config.get("seed"):
         settings["mask"] = {**mask, "seed": None}

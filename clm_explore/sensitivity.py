@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from clm_explore.batches import tokenized
+from clm_explore.batches import cutting, tokenized
 from clm_explore.config import NORMALISATIONS, ConfigError, SensitivityConfig, config_from, to_dict
 from clm_explore.data import AnnotatedData, split_digest
 from clm_explore.datareport import plural
@@ -778,7 +778,8 @@ def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: 
     rows = calibration_indices(data, cfg)
     texts, label_ids = _train_rows(data, rows)
     restrict = task_tokens if cfg.restriction == "tokens" else None
-    batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
+    with cutting(loaded.tokenizer, cfg.truncation_side):  # as the run it serves cuts texts; the caller's model as it was
+        batches = make_batches(loaded, texts, label_ids, restrict, cfg.batch_size, cfg.max_length, rows)
     with head_kept(model):
         head_state = warm_up_head(loaded, batches, cfg, dev, prefix, len(data.train)) if cfg.prepares_head else {}
         scores, emb_scores = _score_rows(loaded, batches, linears, cfg, dev, on_progress, prefix)
@@ -786,7 +787,8 @@ def _compute_sensitivity(loaded: LoadedModel, data: AnnotatedData, task_tokens: 
     matrices = linear_matrix_infos(model, linears)
     row_scores = {f"{n}.weight": s for n, s in scores.items()}
     matrices[emb_name], row_scores[emb_name] = emb_info, emb_scores
-    notes = [f"calibration rows: {len(texts)}", f"reading {cfg.max_length} sub-tokens per text",
+    kept = ", the end of a longer one" if cfg.truncation_side == "left" else ""
+    notes = [f"calibration rows: {len(texts)}", f"reading {cfg.max_length} sub-tokens per text{kept}",
              f"restriction: {cfg.restriction}", f"score: {cfg.score}",
              f"head warm-up: {plural(cfg.warmup_epochs_for(len(data.train), len(data.labels)), 'epoch')}"
              + (" from a centroid head" if cfg.head_init == "centroid" else "")]

@@ -36,6 +36,7 @@ from clm_explore.averaging import BestWeights, TailAverage
 from clm_explore.batches import (
     batch_order,
     collate,
+    cut_side,
     cut_texts_note,
     encode,
     longer_read_advice,
@@ -400,7 +401,8 @@ def scoring_settled(cfg: FinetuneConfig, given: GivenScores | None) -> FinetuneC
     if given is not None:  # options that made nothing must not read as the run's
         return replace(cfg, sensitivity=given.sensitivity, mining=given.mining or cfg.mining)
     seed = cfg.seed if cfg.sensitivity.seed is None else cfg.sensitivity.seed
-    return replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length, seed=seed))
+    return replace(cfg, sensitivity=replace(cfg.sensitivity, max_length=cfg.max_length,
+                                            truncation_side=cfg.truncation_side, seed=seed))
 
 
 SCORED_AS = {"sparse": {"restriction": "tokens"}, "random": {"restriction": "tokens"},
@@ -419,7 +421,7 @@ def scores_alike(report: SensitivityReport, cfg: FinetuneConfig) -> bool:
     if cfg.method not in SCORED_AS or not report.mining or cfg.mining.merge_tokens or cfg.cache_frozen_layers:
         return False
     settled = _as_json(to_dict(replace(scoring_settled(cfg, None).sensitivity, **SCORED_AS[cfg.method])))
-    made = _as_json(report.config)
+    made = {"truncation_side": "right", **_as_json(report.config)}  # a report saved before the side was, read starts
     floor = mask_floor(cfg.mask, report.n_layers)
     if (made.get("seed") or 0) != cfg.seed or _as_json(report.mining) != _as_json(to_dict(cfg.mining)):
         return False
@@ -880,6 +882,7 @@ def finetune(
         if on_phase is not None:
             on_phase("loading the model", 0, 1)
         loaded = load_model(source, data.labels, seed=cfg.seed, keep_global_rng=False)  # global_rng_kept restores
+        loaded.tokenizer.truncation_side = cfg.truncation_side  # read so in training and scoring, and saved so
         check_runnable(cfg, loaded)  # before the folder: a refused config leaves nothing behind
         language = _data_language(data, cfg)  # a background_lang wordfreq lacks is refused here, before it too
         if quiet and main and (said := unreadable_note(loaded.tokenizer, data.train["text"].tolist())):
@@ -1311,7 +1314,8 @@ def _evaluate_and_save(loaded, model, data, cfg, out_dir: Path, files: dict, mai
     metrics = classification_metrics(gold, pred, data.labels)
     metrics["labels_predicted"] = int(len(np.unique(pred)))
     if said := _collapse_note(pred, gold, data.labels, cfg):
-        longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "--max-length")
+        longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "--max-length",
+                                    cfg.truncation_side, SWITCH_SIDE)
         if cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run", longer,
                                  what="training texts"):  # the long-text review: blamed on the rate
             said += f" Also: {cut}."
@@ -1361,6 +1365,8 @@ def _collapse_note(pred: np.ndarray, gold: np.ndarray, labels: list[str], cfg: F
 
 COLLAPSE_REMEDY = "try a lower --lr, more epochs, or `clm-explore bench --tune-lr`"
 """The collapse note's advice, in the CLI's words (the app shows it in its own: ``app_words``)."""
+SWITCH_SIDE = "--truncation-side left"
+"""How a run keeps long texts' ends, in the CLI's words (the app's: ``app_words``)."""
 
 
 def _out_of_scope(loaded, model, data, cfg, gold: np.ndarray, pred: np.ndarray, top: np.ndarray) -> dict | None:
@@ -1435,16 +1441,19 @@ which a run folder's tokenizer_config.json must not pass on."""
 def save_tokenizer(tokenizer: Any, out_dir: Path, max_length: int) -> None:
     """Save a run's tokenizer so that tools outside clm-explore read texts at the length the run trained at: its
     ``model_max_length`` (``pipeline(..., truncation=True)`` cuts there) and tokenizer.json's truncation (the
-    ``tokenizers`` library's) are ``max_length``. The interop review: they said 512 and the base's 128, and a plain
+    ``tokenizers`` library's) are ``max_length``, cut at the end the run cut (its ``truncation_side``, which
+    tokenizer_config.json keeps too). The interop review: they said 512 and the base's 128, and a plain
     pipeline differed on 2 of 800 test rows. The tokenizer given is left as it was (a copy is saved)."""
     saved = copy.copy(tokenizer)
     saved.model_max_length = max_length
     saved.init_kwargs = {key: value for key, value in tokenizer.init_kwargs.items() if key not in LOAD_OPTIONS}
+    saved.init_kwargs["truncation_side"] = cut_side(tokenizer)  # tokenizer_config.json: a slow tokenizer reads it too
     saved.save_pretrained(out_dir)
     fast = out_dir / "tokenizer.json"
     if fast.is_file():
         spec = json.loads(fast.read_text(encoding="utf-8"))
-        spec["truncation"] = {"direction": "Right", "max_length": max_length, "strategy": "LongestFirst", "stride": 0}
+        spec["truncation"] = {"direction": cut_side(tokenizer).capitalize(), "max_length": max_length,
+                              "strategy": "LongestFirst", "stride": 0}
         write_text_atomic(fast, json.dumps(spec, ensure_ascii=False))
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.config import DataConfig
+from clm_explore.config import TRUNCATION_SIDES, DataConfig
 from clm_explore.provenance import running_command
 
 if TYPE_CHECKING:
@@ -152,6 +152,13 @@ def refuse_untrained_head(run: Path, flag: str) -> Path:
     if has_untrained_head(run):
         raise UserError(f"{flag} {run}: not a finetuned run. {UNTRAINED_HEAD[0].upper()}{UNTRAINED_HEAD[1:]}")
     return run
+
+
+def truncation_side_arg(parser: Any, where: str) -> None:
+    """``--truncation-side``: the end of a long text that is cut (``FinetuneConfig.truncation_side``), ``where``."""
+    parser.add_argument("--truncation-side", choices=TRUNCATION_SIDES, default=TRUNCATION_SIDES[0],
+                        help=f"which end of a text longer than --max-length is cut, {where}: right keeps its start, "
+                        "left keeps its end (tickets and e-mails that greet first and ask last)")
 
 
 def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data_help: str = "",

@@ -16,6 +16,7 @@ from clm_explore.cli import (
     data_config,
     phase_printer,
     print_json,
+    truncation_side_arg,
 )
 from clm_explore.config import FinetuneConfig, LabelAuditConfig
 
@@ -67,6 +68,7 @@ def _register_audit(subparsers: Any) -> None:
     parser.add_argument("--folds", type=int, default=defaults.folds,
                         help="cross-validation folds: each row is judged by a probe that never saw it")
     parser.add_argument("--max-length", type=int, default=defaults.max_length, help="sub-tokens read per text")
+    truncation_side_arg(parser, "as the runs it serves cut them (finetune --truncation-side)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--show", type=int, default=30, help="flagged rows printed (human output; --json has all)")
     parser.add_argument("--out", default=None, metavar="FILE", help="also write every flagged row to this CSV file")
@@ -82,7 +84,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from clm_explore.label_issues import find_label_issues
     from clm_explore.modeling import load_model
 
-    cfg = LabelAuditConfig(folds=args.folds, max_length=args.max_length,
+    cfg = LabelAuditConfig(folds=args.folds, max_length=args.max_length, truncation_side=args.truncation_side,
                            splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()))
     if args.show < 0:
         raise UserError(f"--show {args.show} must be 0 or more.")

@@ -22,6 +22,7 @@ from clm_explore.cli import (
     phase_printer,
     print_json,
     refuse_untrained_head,
+    truncation_side_arg,
     warn_unreadable,
 )
 from clm_explore.config import (
@@ -204,6 +205,7 @@ def _register_sensitivity(sub: Any) -> None:
     p.add_argument("--max-length", type=int, default=SensitivityConfig.max_length,
                    help="sub-tokens read per text while scoring (a finetune --scores run reading another length is "
                    "told so)")
+    truncation_side_arg(p, "as the finetune runs the scores serve")
     _fisher_labels_arg(p)
     _head_warmup_arg(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -253,7 +255,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print("note: the mask options (--min-layer, --random-share and the like) are read with --budget only",
               file=sys.stderr)
     cfg = SensitivityConfig(restriction=args.restriction, score=args.score, calibration_rows=args.calibration_rows,
-                            max_length=args.max_length, fisher_labels=args.fisher_labels, label_draws=args.label_draws,
+                            max_length=args.max_length, truncation_side=args.truncation_side,
+                            fisher_labels=args.fisher_labels, label_draws=args.label_draws,
                             warmup_epochs=args.head_warmup_epochs, head_init=args.head_init)  # checked before loading
     data = load_noted_data(args)
     loaded = load_model(args.model, data.labels)
@@ -374,6 +377,7 @@ def _register_finetune(sub: Any) -> None:
                    help="sub-tokens read per text (predictions and attributions then read as many); longer reads "
                    "cost time and memory: the default model at batch 32, sparse, one thread took about 11 s an "
                    "epoch of 240 rows and 1.3 GB at 64, 58 s and 3.6 GB at 256, 7.8 GB at 512 (the process's peak)")
+    truncation_side_arg(p, "in training, and in the run's predictions and attributions, which its tokenizer keeps")
     p.add_argument("--seed", type=int, default=0, help="seeds the head, the order of rows, dropout and drawn rows")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     _mask_args(p)
@@ -457,7 +461,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
                           schedule=args.schedule, warmup_ratio=args.warmup_ratio, batch_size=args.batch_size,
                           label_smoothing=args.label_smoothing, average_last=args.average_last,
                           weight_decay=args.weight_decay, keep_best=args.keep_best, early_stop=args.early_stop,
-                          max_length=args.max_length, seed=args.seed, device=args.device, mask=mask,
+                          max_length=args.max_length, truncation_side=args.truncation_side, seed=args.seed,
+                          device=args.device, mask=mask,
                           out_of_scope_quantile=args.out_of_scope_quantile, head_warmup=not args.cold_head,
                           prefix_init=args.prefix_init, mining=mining_config(args, args.merge),
                           sensitivity=SensitivityConfig(score=args.score, fisher_labels=args.fisher_labels,
@@ -563,15 +568,19 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _training_notes(loaded: Any, data: Any, cfg: FinetuneConfig) -> list[str]:
     """What ``finetune`` says of its data before it trains: the steps few-shot data makes at these epochs, and how
     many training texts are longer than it reads (with how to read more, where the model can)."""
-    from clm_explore.batches import cut_texts_note, longer_read_advice
+    from clm_explore.batches import cut_texts_note, cutting, longer_read_advice
     from clm_explore.modeling import usable_positions
+    from clm_explore.training import SWITCH_SIDE
 
     notes = []
     if few := few_steps_note(len(data.train), data.train["label"].nunique(), cfg.epochs, cfg.batch_size):
         notes.append(f"{few} (--epochs {FEW_SHOT_EPOCHS})")
-    longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "--max-length")
-    if cut := cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run", longer,
-                             what="training texts"):
+    longer = longer_read_advice(cfg.max_length, usable_positions(loaded.model.config), "--max-length",
+                                cfg.truncation_side, SWITCH_SIDE)
+    with cutting(loaded.tokenizer, cfg.truncation_side):  # as the run will
+        cut = cut_texts_note(loaded.tokenizer, data.train["text"].tolist(), cfg.max_length, "this run", longer,
+                             what="training texts")
+    if cut:
         notes.append(cut)
     return notes
 

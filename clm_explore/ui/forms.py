@@ -6,6 +6,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -36,7 +37,7 @@ from clm_explore.modeling import DEFAULT_SOURCE, TINY_SOURCE
 from clm_explore.training import DEFAULT_LR
 from clm_explore.ui import cache, saved_session, state, views
 from clm_explore.ui.cache import LENGTH_COUNTED
-from clm_explore.ui.views import escape_markdown
+from clm_explore.ui.views import KEEP_SIDES, KEEP_START, LONG_TEXTS_KEEP, escape_markdown
 
 SOURCES = ("default", "tiny-random", "local folder…")
 BUDGET_STEPS = [float(f"{x:.3g}") for x in np.logspace(-4, -1, 31)]
@@ -379,11 +380,11 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
         "method": METHODS[0], "epochs": default_epochs(), "lr": defaults.lr, "seed": defaults.seed,
         "schedule": SCHEDULES[0], "average": defaults.average_last, "cache": defaults.cache_frozen_layers,
         "cold": not defaults.head_warmup, "decay": defaults.weight_decay, "seeds": 1, "best": defaults.keep_best,
-        "patience": defaults.early_stop, "max_length": defaults.max_length,
+        "patience": defaults.early_stop, "max_length": defaults.max_length, "keep": KEEP_START,
     }
     if out_of_scope_labels:
         kept_defaults["oos"] = defaults.out_of_scope_quantile
-    options = {"method": METHODS, "schedule": SCHEDULES}
+    options = {"method": METHODS, "schedule": SCHEDULES, "keep": list(KEEP_SIDES)}
     for option, value in kept_defaults.items():
         state.restore(f"{key}_{option}", value, options=options.get(option))
     rates_note()
@@ -481,7 +482,16 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             "memory: the default model at batch 32, sparse, one thread took about 11 s an epoch of 240 rows and "
             "1.3 GB at 64, 58 s and 3.6 GB at 256, 7.8 GB at 512 (the process's peak).",
         )
-        c1, c2, _ = more.columns(3)
+        c1, c2, c3 = more.columns(3)
+        keep = c3.radio(
+            LONG_TEXTS_KEEP,
+            list(KEEP_SIDES),
+            horizontal=True,
+            key=f"{key}_keep",
+            help="What a text longer than the sub-tokens read keeps, in training, predictions and attributions: its "
+            "start (the usual choice) or its end, where texts greet or quote first and ask last (support tickets, "
+            "e-mails). The run's tokenizer keeps the choice, so a plain transformers pipeline reads texts alike.",
+        )
         best = c1.checkbox(
             "Keep the best epoch",
             key=f"{key}_best",
@@ -535,6 +545,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
         keep_best=bool(best),
         early_stop=int(patience),
         max_length=int(max_length),
+        truncation_side=KEEP_SIDES[keep],
         out_of_scope_quantile=float(quantile),
         seed=int(seed),
         mask=mask,
@@ -551,13 +562,16 @@ MAX_LENGTH = LENGTH_COUNTED
 """The most sub-tokens the Finetune form lets a run read per text (BERT-sized models' position limit)."""
 
 
-def launch_options(key: str = "ft") -> dict[str, int]:
-    """The epochs, seed, seeds and sub-tokens per text of the Finetune form (``key``), as last submitted there, for
-    launches from other pages (the Budget page's): FinetuneConfig's defaults (one seed) until the form has been used."""
+def launch_options(key: str = "ft") -> dict[str, Any]:
+    """The epochs, seed, seeds, sub-tokens per text and end kept of the Finetune form (``key``), as last submitted
+    there, for launches from other pages (the Budget page's): FinetuneConfig's defaults (one seed) until the form has
+    been used."""
     defaults = FinetuneConfig()
+    keep = state.kept(f"{key}_keep", KEEP_START)
     return {"epochs": int(state.kept(f"{key}_epochs", default_epochs())),
             "seed": int(state.kept(f"{key}_seed", defaults.seed)), "seeds": int(state.kept(f"{key}_seeds", 1)),
-            "max_length": int(state.kept(f"{key}_max_length", defaults.max_length))}
+            "max_length": int(state.kept(f"{key}_max_length", defaults.max_length)),
+            "truncation_side": KEEP_SIDES.get(keep, defaults.truncation_side)}
 
 
 def _session_data() -> AnnotatedData | None:
@@ -578,11 +592,17 @@ def read_length(key: str = "ft") -> int:
     return min(length, limit) if limit else length
 
 
+def read_side(key: str = "ft") -> str:
+    """The end of a long text the Finetune form's runs cut (``FinetuneConfig.truncation_side``): the pages that score
+    or audit cut texts as runs do."""
+    return launch_options(key)["truncation_side"]
+
+
 def scoring_cfg() -> SensitivityConfig:
-    """The Sensitivity page's options at the length runs read (``read_length``): the page scored 64 where runs read
-    512, so its heatmaps were not the rows a sparse run trains, and a run takes the page's scores only where they
-    read its length (``training.scores_alike``)."""
-    return dataclasses.replace(state.sens_cfg(), max_length=read_length())
+    """The Sensitivity page's options at the length runs read (``read_length``), cutting texts where they do: the page
+    scored 64 where runs read 512, so its heatmaps were not the rows a sparse run trains, and a run takes the page's
+    scores only where they read its length and end (``training.scores_alike``)."""
+    return dataclasses.replace(state.sens_cfg(), max_length=read_length(), truncation_side=read_side())
 
 
 def validation_rows(in_scope: bool = False) -> int:

@@ -327,15 +327,16 @@ def made_scores(cfg: FinetuneConfig, choice: DataChoice, source: str) -> Sensiti
 
 def launch_many(methods: list[str], mask: MaskConfig, choice: DataChoice, source: str, device: str,
                 epochs: int | None = None, seed: int | None = None,
-                scores: SensitivityReport | None = None, seeds: int = 1, max_length: int | None = None) -> list[Job]:
+                scores: SensitivityReport | None = None, seeds: int = 1, max_length: int | None = None,
+                truncation_side: str | None = None) -> list[Job]:
     """One run per method with the same budget and row choice (the Budget page's launch list), and the same
-    ``epochs``, ``seed`` and ``max_length`` (FinetuneConfig's defaults when None); ``seeds`` runs of each, at ``seed`` and the ones
-    after it (``NAME-sSEED``). ``scores``: the page's; a row method that would make them itself (a seed-0 run at the
+    ``epochs``, ``seed``, ``max_length`` and ``truncation_side`` (FinetuneConfig's defaults when None); ``seeds`` runs
+    of each, at ``seed`` and the ones after it (``NAME-sSEED``). ``scores``: the page's; a row method that would make them itself (a seed-0 run at the
     page's settings) trains the rows the page shows from them."""
     from clm_explore.training import scores_alike
 
-    chosen = {name: value for name, value in (("epochs", epochs), ("seed", seed), ("max_length", max_length))
-              if value is not None}
+    chosen = {name: value for name, value in (("epochs", epochs), ("seed", seed), ("max_length", max_length),
+                                              ("truncation_side", truncation_side)) if value is not None}
     base = FinetuneConfig(mask=mask, mining=state.mining_cfg(), sensitivity=state.sens_cfg(), device=device,
                           **chosen)
     cfgs = [dataclasses.replace(base, method=method, seed=base.seed + i) for method in methods for i in range(seeds)]

@@ -236,10 +236,11 @@ def seed_group_lines(records: list[RunRecord]) -> list[str]:
 def app_words(note: str) -> str:
     """A run's note in the app's words: the collapse note's advice names the Finetune form's boxes, not the CLI's
     flags (the few-shot review: browser users were told to try `--lr`)."""
-    from clm_explore.training import COLLAPSE_REMEDY
+    from clm_explore.training import COLLAPSE_REMEDY, SWITCH_SIDE
 
     return (note.replace(COLLAPSE_REMEDY, "try a lower Learning rate or more Epochs in the Finetune form")
-            .replace("--max-length (up to", "a larger Sub-tokens read per text in the Finetune form (up to"))
+            .replace("--max-length (up to", "a larger Sub-tokens read per text in the Finetune form (up to")
+            .replace(SWITCH_SIDE, f"the Finetune form's '{views.LONG_TEXTS_KEEP}' set to 'end'"))
 
 
 def scored_on_note(metrics: dict[str, Any]) -> str:

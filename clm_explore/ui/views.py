@@ -219,12 +219,12 @@ def render_data_report(report: Any, key: str) -> None:
     dataframe(lengths.T.rename_axis(["split", "unit"]), key=f"{key}_lengths", alt="Text lengths")
 
 
-def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int, positions: int | None = None
-                   ) -> None:
-    """How many texts are longer than a run reads (``max_length`` sub-tokens): their end is never seen, in training,
-    predictions or attributions. ``lengths`` may be a sample of the ``total`` texts, each counted up to ``counted``
-    (a longer one is "more than" that); ``positions``: the most the model reads, where known. A caption when every
-    text fits."""
+def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int, positions: int | None = None,
+                   side: str = "right") -> None:
+    """How many texts are longer than a run reads (``max_length`` sub-tokens): their end is never seen (their start,
+    where ``side`` is 'left'), in training, predictions or attributions. ``lengths`` may be a sample of the ``total``
+    texts, each counted up to ``counted`` (a longer one is "more than" that); ``positions``: the most the model reads,
+    where known. A caption when every text fits."""
     longer = int((lengths > max_length).sum())
     sample = f" (counted on a sample of {len(lengths):,})" if len(lengths) < total else ""
     longest = f"{int(lengths.max()):,}" if lengths.max() <= counted else f"more than {counted:,}"
@@ -233,12 +233,16 @@ def long_text_note(lengths: pd.Series, max_length: int, total: int, counted: int
                    f"{sample}.")
         return
     most = min(counted, positions or counted)  # counted: the form's top; a model may read fewer
+    end = "end" if side == "left" else "start"
     more = ("The Finetune form's **Sub-tokens read per text** reads more, at a cost in time and memory."
             if max_length < most else
             f"{max_length} is the most a run of this model reads: shorten the texts (quoted replies, signatures) or put "
-            "what decides the label first.")
+            f"what decides the label {'last' if side == 'left' else 'first'}.")
+    if side != "left":
+        more += (f" Where texts ask last (tickets, e-mails), its **{LONG_TEXTS_KEEP}** set to **end** keeps their "
+                 "ends instead.")
     st.info(f"{longer:,} of {len(lengths):,} texts{sample} ({longer / len(lengths):.1%}) are longer than the {max_length} "
-            f"sub-tokens a run reads (the longest has {longest}): only their start is used, in training, "
+            f"sub-tokens a run reads (the longest has {longest}): only their {end} is used, in training, "
             f"predictions and attributions. {more}")
 
 
@@ -255,6 +259,19 @@ def task_progress(task: Any) -> None:
         counted += f", about {duration(left)} left"
     # The phase may name a data set (an upload's file name): user text, escaped.
     st.progress(min(done / max(total, 1), 1.0), text=escape_markdown(f"{phase[:1].upper()}{phase[1:]}{counted}"))
+
+
+LONG_TEXTS_KEEP = "Long texts keep their"
+"""The Finetune form's choice of the end of a long text a run reads (``FinetuneConfig.truncation_side``)."""
+KEEP_SIDES = {"start": "right", "end": "left"}
+"""That choice's options, as the form says them, and the tokenizers' names for the end they cut."""
+KEEP_START = "start"
+
+
+def audit_read(cfg: Any) -> str:
+    """How a label check (``LabelAuditConfig``) reads texts, in the Data page's words."""
+    kept = ", their ends kept where longer" if cfg.truncation_side == "left" else ""
+    return f"{cfg.max_length} sub-tokens per text{kept}"
 
 
 MISSING = "–"

@@ -99,7 +99,11 @@ def test_many_labels_are_drawn_as_a_bar_a_label_each_named(at: AppTest) -> None:
 def test_data_page_says_how_many_texts_a_run_would_cut(at: AppTest) -> None:
     said = next(i.value for i in at.info if "sub-tokens a run reads" in i.value)  # the tiny tokenizer splits a lot
     longer = int(re.match(r"([\d,]+) of", said).group(1).replace(",", ""))
-    assert longer > 0 and "only their start is used" in said
+    assert longer > 0 and "only their start is used" in said and "set to **end** keeps their ends instead" in said
+    at.session_state["ft_keep"] = "end"  # the Finetune form keeping long texts' ends
+    at.run()
+    said = next(i.value for i in at.info if "sub-tokens a run reads" in i.value)
+    assert "only their end is used" in said and "keeps their ends instead" not in said
     at.session_state["ft_max_length"] = 128  # as the Finetune form would keep it
     at.run()
     fewer = [i.value for i in at.info if "sub-tokens a run reads" in i.value]
@@ -571,9 +575,9 @@ def test_budget_as_a_parameter_count(at: AppTest) -> None:
 def test_the_finetune_form_folds_all_but_the_first_options(at: AppTest) -> None:
     goto(at, "app_pages/5_finetune.py")
     [more] = [e for e in at.expander if e.label.startswith("More training options")]
-    folded = {w.key for kind in ("number_input", "checkbox", "selectbox") for w in getattr(more, kind)}
-    assert folded == {"ft_schedule", "ft_average", "ft_cache", "ft_cold", "ft_decay", "ft_max_length", "ft_best",
-                      "ft_patience"}  # fifteen boxes at once buried the four a first run needs
+    folded = {w.key for kind in ("number_input", "checkbox", "selectbox", "radio") for w in getattr(more, kind)}
+    assert folded == {"ft_schedule", "ft_average", "ft_cache", "ft_cold", "ft_decay", "ft_max_length", "ft_keep",
+                      "ft_best", "ft_patience"}  # fifteen boxes at once buried the four a first run needs
     assert {"ft_method", "ft_budget", "ft_epochs", "ft_lr", "ft_seed", "ft_seeds"} <= {
         w.key for kind in ("number_input", "selectbox") for w in getattr(at, kind)} - folded
 
@@ -616,6 +620,7 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest, monkeypatch: pytes
         at.checkbox(key="ft_best").set_value(method == "full")
         at.number_input(key="ft_patience").set_value(2 if method == "full" else 0)
         at.number_input(key="ft_max_length").set_value(48 if method == "sparse" else 64)
+        at.radio(key="ft_keep").set_value("end" if method == "sparse" else "start")
         button(at, "Launch").click().run(timeout=TIMEOUT)
         assert not at.exception, [e.value for e in at.exception]
     store = RunStore()
@@ -629,6 +634,8 @@ def test_launch_two_runs_then_compare_and_delete(at: AppTest, monkeypatch: pytes
     assert {r.method: (r.config["keep_best"], r.config["early_stop"]) for r in runs} == {
         "sparse": (False, 0), "full": (True, 2)}
     assert {r.method: r.config["max_length"] for r in runs} == {"sparse": 48, "full": 64}
+    assert {r.method: r.config["truncation_side"] for r in runs} == {"sparse": "left", "full": "right"}
+    assert json.loads((store.latest("sparse").path / "tokenizer_config.json").read_text())["truncation_side"] == "left"
     assert store.latest("full").metrics["saved_epoch"] == store.latest("full").metrics["best_epoch"]
     assert all(r.status is RunStatus.SUCCEEDED for r in runs), [(r.id, r.status, r.error) for r in runs]
     assert all((r.path / "predictions.csv").is_file() for r in runs)
@@ -909,6 +916,11 @@ def test_the_scores_read_as_many_sub_tokens_as_the_runs(at: AppTest, monkeypatch
     at.session_state["kept_widgets"] = {**at.session_state["kept_widgets"], "ft_max_length": 256}
     goto(at, "app_pages/3_sensitivity.py")  # the form at 256: the tiny model reads 128, and the page reads that
     assert any("reading 128 sub-tokens per text" in c.value for c in at.caption) and not at.exception
+    at.session_state["kept_widgets"] = {**at.session_state["kept_widgets"], "ft_keep": "end"}
+    goto(at, "app_pages/3_sensitivity.py")  # the form keeping long texts' ends: the scores cut them so too
+    assert any("reading 128 sub-tokens per text, the end of a longer one" in c.value for c in at.caption)
+    goto(at, "app_pages/4_budget.py")
+    assert any("sub-tokens per text, the end of a longer one (" in c.value for c in at.caption)
 
 
 def test_budget_page_launches_methods_at_its_budget(at: AppTest) -> None:
@@ -2799,7 +2811,13 @@ def test_the_label_check_reads_as_many_sub_tokens_as_the_runs(at: AppTest, monke
     at.run()
     assert "Reads 128 sub-tokens per text" in at.button(key="data_audit").help and not at.exception
     assert set(asked) == {32}  # no new check without a click (the diff review: one started on its own)
-    assert any("The last check read 32 sub-tokens per text; runs read 128 now" in c.value for c in at.caption)
+    assert any("The last check read 32 sub-tokens per text; runs read 128 sub-tokens per text now" in c.value
+               for c in at.caption)
+    at.session_state["ft_keep"] = "end"  # the form keeping long texts' ends: the check cuts them so, once asked
+    at.run()
+    assert any("runs read 128 sub-tokens per text, their ends kept where longer now" in c.value for c in at.caption)
+    button(at, "Check the labels").click().run(timeout=TIMEOUT)
+    assert at.session_state["audited"][2].truncation_side == "left"
 
 
 def test_the_tokens_page_names_the_labels_no_group_marks(tmp_path: Path) -> None:

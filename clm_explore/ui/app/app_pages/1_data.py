@@ -50,7 +50,7 @@ try:
         st.warning(views.escape_markdown(unreadable[:1].upper() + unreadable[1:]))  # "[UNK]" is the tokenizer's text
     views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.read_length(),
                          sum(len(annotated.split(s)) for s in SPLITS), cache.LENGTH_COUNTED,
-                         cache.model_positions(state.model_source()))
+                         cache.model_positions(state.model_source()), forms.read_side())
 except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note
     st.caption(views.escape_markdown(f"Texts' lengths in sub-tokens not counted: {exc}"))
 with st.expander("Preview (first 50 training rows)"):
@@ -69,7 +69,7 @@ st.caption(
 source = state.model_source()
 # As long a read as the runs': at 64 sub-tokens an audit of texts whose question sat further on flagged 298 of 360
 # correct rows, whatever the Finetune form said (the long-text review).
-audit_cfg = LabelAuditConfig(max_length=forms.read_length())
+audit_cfg = LabelAuditConfig(max_length=forms.read_length(), truncation_side=forms.read_side())
 if st.button("Check the labels", key="data_audit",
              help=f"Reads {audit_cfg.max_length} sub-tokens per text, as the Finetune form's Sub-tokens read per text "
              "says."):
@@ -79,9 +79,9 @@ if st.button("Check the labels", key="data_audit",
     cache.retry_failed_audit(source, choice, audit_cfg)
 audited = state.get("audited")
 if audited and audited[:2] == (choice, source) and audited[2:] != (audit_cfg,):
-    earlier = audited[2].max_length if len(audited) > 2 else None
-    st.caption(f"The last check read {earlier or 'another number of'} sub-tokens per text; runs read "
-               f"{audit_cfg.max_length} now: **Check the labels** checks them again at that length.")
+    earlier = views.audit_read(audited[2]) if len(audited) > 2 else "another number of sub-tokens per text"
+    st.caption(f"The last check read {earlier}; runs read {views.audit_read(audit_cfg)} now: **Check the labels** "
+               "checks them again so.")
 if audited == (choice, source, audit_cfg):
     # A task of its own, shared by every session: a click or a page change while it runs does not restart it.
     task = cache.label_audit(source, choice, audit_cfg, inline=state.inline_jobs())

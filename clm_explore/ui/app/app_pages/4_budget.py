@@ -63,8 +63,9 @@ seeds = (f"with seed {options['seed']}" if options["seeds"] == 1
 where = ("as set on the Finetune page" if forms.form_used()
          else "the defaults, few-shot data's epochs; the Finetune page's once set there"
          if options["epochs"] == FEW_SHOT_EPOCHS else "the defaults; the Finetune page's once set there")
+kept = ", the end of a longer one" if options["truncation_side"] == "left" else ""
 st.caption(f"Each method trains {options['epochs']} epoch(s) {seeds}, reading {options['max_length']} sub-tokens per "
-           f"text ({where}); its other options take their defaults.")
+           f"text{kept} ({where}); its other options take their defaults.")
 if few := forms.data_steps_note(options["epochs"]):
     st.info(escape_markdown(f"{few[0].upper()}{few[1:]}: set Epochs to {FEW_SHOT_EPOCHS} on the Finetune page."))
 if selection is None:
