@@ -354,9 +354,14 @@ def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:
     lines = ["## What was trained", ""]
     budget, selected = metrics.get("budget"), metrics.get("selected_params")
     if isinstance(budget, int | float) and isinstance(selected, int):
-        lines.append(f"Budget {budget:g}: {selected:,} parameters chosen ({float(metrics.get('budget_share') or 0):.2%} "
-                     f"of the backbone); the lowest layer trained is {metrics.get('lowest_layer')}, so backward stops "
-                     "there.")
+        # in percent or a count, as the app and Compare say it; the embeddings by name (the budget review: "the
+        # lowest layer trained is -1", "Budget 0.002")
+        asked = f"{budget * 100:.3g}% of the backbone" if budget <= 1 else f"{int(budget):,} parameters"
+        lowest = metrics.get("lowest_layer")
+        stops = ("the lowest rows trained are word embeddings, so backward runs through every layer" if lowest == -1
+                 else f"the lowest layer trained is {lowest}, so backward stops there")
+        lines.append(f"Budget {asked}: {selected:,} parameters chosen ({float(metrics.get('budget_share') or 0):.2%} "
+                     f"of the backbone); {stops}.")
     if method == "layers" and metrics.get("layers") is not None:
         lines.append(f"Layers trained: {md_text(metrics['layers'])}.")
     try:

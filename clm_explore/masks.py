@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clm_explore.config import ConfigError, MaskConfig, config_from
+from clm_explore.config import ConfigError, MaskConfig, config_from, from_dict
 from clm_explore.mask_tables import (
     mask_table as mask_table,  # re-exported: where callers have always found it
 )
@@ -101,11 +101,20 @@ class MaskSelection:
         return (1 + depth + self.share) / 3
 
 
+def human_bytes(n: float) -> str:
+    """A byte count in B, KiB, MiB or GiB (two decimals above bytes)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"  # pragma: no cover
+
+
 def budget_to_params(budget: float, backbone_params: int) -> int:
     """A fraction in (0, 1] of the backbone, or an absolute count when > 1."""
     count = round(budget * backbone_params) if budget <= 1 else int(budget)
-    if count > backbone_params:
-        raise ValueError(f"budget {budget:g} asks for {count} parameters; the backbone has {backbone_params}")
+    if count > backbone_params:  # whole figures: "2.27132e+07" hid the one parameter too many (the budget review)
+        raise ValueError(f"a budget of {count:,} parameters is more than the backbone has ({backbone_params:,})")
     return count
 
 
@@ -192,11 +201,14 @@ def _scored_order(rows: _Rows, cfg: MaskConfig, n_layers: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
-def no_row_message(budget: int, cheapest: int, backbone_params: int, asked: float = 0.0) -> str:
-    """Why a budget selects nothing, and the least budget that selects a row; ``asked`` is the budget as given (a
-    count of 5 is most often 5% meant)."""
-    return (f"a budget of {budget} parameters buys no row: the cheapest eligible row costs {cheapest} parameters; "
-            f"raise the budget to at least {cheapest} ({cheapest / max(backbone_params, 1) * 100:.2g}% of the "
+def no_row_message(budget: int, cheapest: int, backbone_params: int, asked: float = 0.0, first: bool = False) -> str:
+    """Why a budget selects nothing, and the least budget that selects a row: ``cheapest``, the cost of the cheapest
+    row that may compete, or with ``first`` of the first row the selection's order buys (the budget review: 384 was
+    said to be enough where the top row cost 385); ``asked`` is the budget as given (a count of 5 is most often 5%
+    meant)."""
+    row = "the first row in the selection's order" if first else "the cheapest eligible row"
+    return (f"a budget of {budget:,} parameters buys no row: {row} costs {cheapest:,} parameters; "
+            f"raise the budget to at least {cheapest:,} ({cheapest / max(backbone_params, 1) * 100:.2g}% of the "
             "backbone)." + (f" A budget above 1 counts parameters: for a share of the backbone give a fraction "
                             f"({asked:g}% is {asked / 100:g})." if 1 < asked <= 100 else ""))
 
@@ -209,9 +221,13 @@ def select_mask(report: SensitivityReport | str | Path, cfg: MaskConfig | dict |
 
     ``report`` is what ``compute_sensitivity`` returns, or a saved scores folder or run folder (read with
     ``SensitivityReport.load``). ``cfg`` is a ``MaskConfig``, a dict of its fields or a budget alone
-    (``select_mask(report, 0.01)``); ``budget=`` sets the budget over ``cfg``'s (``select_mask(run, budget=0.02)``).
+    (``select_mask(report, 0.01)``); None: the defaults, or a run folder's own mask options (its lowest layer, random
+    share, ...: the budget review's run from layer 0 was re-selected from layer 3). ``budget=`` sets the budget over
+    ``cfg``'s (``select_mask(run, budget=0.02)``: what the run's options select at another budget).
     """
     if isinstance(report, str | Path):
+        if cfg is None:
+            cfg = run_mask_config(Path(report))
         report = SensitivityReport.load(report)
     if not isinstance(report, SensitivityReport):  # a MaskSelection or TaskTokens: "has no attribute 'normalised'"
         raise TypeError(f"select_mask takes the SensitivityReport that compute_sensitivity returns (or a scores or "
@@ -227,7 +243,9 @@ def select_mask(report: SensitivityReport | str | Path, cfg: MaskConfig | dict |
     spent = np.cumsum(rows.cost[order])
     chosen = order[: int(np.searchsorted(spent, budget, side="right"))]
     if not len(chosen):  # a run labelled sparse that trains the head alone would mislead
-        raise ConfigError(no_row_message(budget, int(rows.cost.min()), report.backbone_params, cfg.budget))
+        # rows are bought in the selection's order: its first row's cost, not the cheapest's, is the least budget
+        raise ConfigError(no_row_message(budget, int(rows.cost[order[0]]), report.backbone_params, cfg.budget,
+                                         first=True))
     masks = {}
     for m in np.unique(rows.matrix[chosen]):
         name = rows.names[m]
@@ -240,8 +258,17 @@ def select_mask(report: SensitivityReport | str | Path, cfg: MaskConfig | dict |
         masks[name] = mask
     lowest = int(rows.layer[chosen].min()) if len(chosen) else None
     return MaskSelection(masks, int(rows.cost[chosen].sum()), budget, report.backbone_params, lowest,
-                         report.n_layers, _selection_table(report, masks), _beside_rows(report, cfg, lowest, masks),
+                         report.n_layers, _selection_table(report, masks, set(rows.names)),
+                         _beside_rows(report, cfg, lowest, masks),
                          int(rows.cost.sum()), _lowest_competing_layer(report, cfg))
+
+
+def run_mask_config(folder: Path) -> MaskConfig | None:
+    """The mask options a run folder's run selected with (its clm_run.json), or None for a scores folder."""
+    from clm_explore.runs import read_json_object
+
+    mask = (read_json_object(folder.expanduser() / "clm_run.json").get("config") or {}).get("mask")
+    return from_dict(MaskConfig, mask) if isinstance(mask, dict) else None
 
 
 def _beside_rows(report: SensitivityReport, cfg: MaskConfig, lowest: int | None, masks: dict[str, torch.Tensor]
@@ -267,13 +294,16 @@ def _spread_over_heads(scores: np.ndarray, heads: int, count: int) -> np.ndarray
     return np.lexsort((-scores, rank_in_head.reshape(-1)))[:count]
 
 
-def _selection_table(report: SensitivityReport, masks: dict[str, torch.Tensor]) -> pd.DataFrame:
+def _selection_table(report: SensitivityReport, masks: dict[str, torch.Tensor], eligible: set[str]) -> pd.DataFrame:
+    """A row per matrix: its rows selected, its rows (the embeddings': those that may compete), their share, and
+    whether it could compete at all (``eligible``: its layer at or above the lowest eligible one)."""
     recs = []
     for name, info in report.matrices.items():
         total = len(info.eligible_rows) if info.eligible_rows is not None else info.rows
         picked = int(masks[name].sum()) if name in masks else 0
         recs.append({"layer": info.layer, "module": info.module, "selected_rows": picked, "rows": total,
-                     "share_selected": picked / max(total, 1), "selected_params": picked * info.row_params})
+                     "share_selected": picked / max(total, 1), "selected_params": picked * info.row_params,
+                     "eligible": name in eligible})
     df = pd.DataFrame(recs)
     order = df["module"].map(MODULE_ORDER.index)
     return df.assign(_o=order).sort_values(["layer", "_o"]).drop(columns="_o").reset_index(drop=True)

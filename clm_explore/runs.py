@@ -42,7 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.config import METHODS, FinetuneConfig
+from clm_explore.config import BUDGET_METHODS, METHODS, FinetuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -148,9 +148,12 @@ class RunRecord:
     def summary(self) -> dict[str, Any]:
         """The run as ``clm-explore runs`` lists it: its registry fields and headline figures (None where it has
         none)."""
+        listed = {name: self.metrics.get(name) for name in LISTED_METRICS}
+        if listed["budget"] is None and self.method in BUDGET_METHODS:  # a run still training: its config's
+            listed["budget"] = (self.config.get("mask") or {}).get("budget")
         return {"id": self.id, "name": self.name, "method": self.method, "status": self.status.value,
-                "created": self.created, "updated": self.updated, "path": str(self.path),
-                **{name: self.metrics.get(name) for name in LISTED_METRICS}, "error": self.error}
+                "created": self.created, "updated": self.updated, "path": str(self.path), **listed,
+                "error": self.error}
 
     def listed(self) -> dict[str, Any]:
         """The run as ``clm-explore runs`` and ``RunStore.table`` list it: its ``summary``, the bytes its folder takes,

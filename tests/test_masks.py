@@ -198,7 +198,7 @@ def test_budget_above_the_parameter_count_raises():
     with pytest.raises(ValueError, match="budget"):
         select_mask(hand_report(), MaskConfig(budget=1001, min_layer=0))
     assert select_mask(hand_report(), MaskConfig(budget=1000, min_layer=0)).selected_params == 80 + 15  # all eligible rows
-    with pytest.raises(ValueError, match="budget 2000 asks for 2000 parameters; the backbone has 1000"):
+    with pytest.raises(ValueError, match=r"a budget of 2,000 parameters is more than the backbone has \(1,000\)"):
         budget_to_params(2000, 1000)
     assert budget_to_params(1.0, 1000) == 1000
     assert budget_to_params(0.0015, 1000) == 2  # rounds to the nearest count
@@ -279,10 +279,14 @@ def test_rows_below_the_scored_layers_are_never_selected():
     assert sel.lowest_layer == 1
 
 
-def test_a_budget_below_the_cheapest_row_is_refused():
-    with pytest.raises(ConfigError, match=r"budget of 4 parameters buys no row: the cheapest eligible row costs 5 "
-                       r"parameters; raise the budget to at least 5 \("):
-        select_mask(hand_report(), MaskConfig(budget=4, min_layer=0))
+def test_a_budget_below_the_first_row_is_refused_with_the_least_that_buys_one():
+    # rows are bought in score order: q0 (10 parameters) first, though an embedding row costs 5 (the budget review:
+    # "raise the budget to at least 384" where 384 bought nothing)
+    for budget in (4, 9):
+        with pytest.raises(ConfigError, match=rf"budget of {budget} parameters buys no row: the first row in the "
+                           r"selection's order costs 10 parameters; raise the budget to at least 10 \("):
+            select_mask(hand_report(), MaskConfig(budget=budget, min_layer=0))
+    assert chosen(select_mask(hand_report(), MaskConfig(budget=10, min_layer=0))) == {Q0: [0]}
     with pytest.raises(ConfigError, match=r"counts parameters: for a share of the backbone give a fraction \(4% is "
                        r"0.04\)"):  # select_mask(report, 4) meant 4%: the message steered to a count of 5
         select_mask(hand_report(), 4)
@@ -379,3 +383,22 @@ def test_masks_of_another_model_are_refused_when_attached():
         attach_deltas(model, {q: torch.zeros(384, dtype=torch.bool)})
     with pytest.raises(ValueError, match="this model does not have"):
         attach_deltas(model, {"model.layers.1.self_attn.q_proj.weight": torch.zeros(32, dtype=torch.bool)})
+
+
+def test_a_run_folder_reselected_at_its_own_budget_gives_its_own_rows(tmp_path):
+    """The budget review: ``select_mask(run, budget=B)`` took the default lowest layer (3), not the run's (0), so it
+    showed 52,328 trainable parameters where the run trained 57,705."""
+    from safetensors.torch import load_file
+
+    from clm_explore import finetune
+    from clm_explore.config import FinetuneConfig
+    from tests.conftest import banking77_slice
+
+    cfg = FinetuneConfig(method="sparse", epochs=1, max_length=16, device="cpu",
+                         mask=MaskConfig(budget=0.02, min_layer=0, random_share=0.25))
+    run = finetune(banking77_slice(), cfg, tmp_path / "run", source="tiny-random", progress=False).out_dir
+    trained = {name: mask.bool() for name, mask in load_file(str(run / "masks.safetensors")).items()}
+    again = select_mask(run, budget=0.02)
+    assert chosen(again) == {name: torch.nonzero(mask).flatten().tolist() for name, mask in trained.items()}
+    assert again.min_layer == 0 and again.budget_params == round(0.02 * again.backbone_params)
+    assert select_mask(run, MaskConfig(budget=0.02)).min_layer == 1  # options given: those, not the run's

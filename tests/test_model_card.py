@@ -45,8 +45,18 @@ def test_a_finished_run_carries_a_card_the_hub_reads_with_its_figures(sparse_run
     assert f"{metrics['selected_params']:,} parameters chosen" in text
     assert f"the lowest layer trained is {metrics['lowest_layer']}" in text
     rows = re.findall(r"^\| (\d+|emb) \| ([\d,]+) \| ([\d,]+) \|$", text, flags=re.M)  # rows chosen per layer
-    assert rows and min(int(r[0]) for r in rows if r[0] != "emb") >= metrics["lowest_layer"]
+    assert rows and min(int(r[0]) for r in rows if r[0] != "emb" and r[1] != "0") >= metrics["lowest_layer"]
     assert sum(int(r[1].replace(",", "")) for r in rows) > 0
+    assert "Budget 3% of the backbone: " in text  # in percent, as the app says it (it read "Budget 0.03")
+    # every scored map counted, a layer with no row chosen too, and the embeddings over the rows that may compete
+    # (the budget review: only maps with a chosen row, and the whole vocabulary)
+    scored = json.loads((sparse_run.out_dir / "sensitivity" / "sensitivity.json").read_text())["matrices"]
+    per_layer: dict[str, int] = {}
+    for info in scored.values():
+        layer = "emb" if info["module"] == "embeddings" else str(info["layer"])
+        eligible = info["eligible_rows"]
+        per_layer[layer] = per_layer.get(layer, 0) + (len(eligible) if eligible is not None else info["rows"])
+    assert {r[0]: int(r[2].replace(",", "")) for r in rows} == per_layer
     assert "## Task token groups" in text
     made = json.loads((sparse_run.out_dir / "clm_run.json").read_text())["provenance"]
     assert f"Made by clm-explore's code `{made['code']}` (clm-explore " in text and "`clm-explore rerun --run DIR`" in text

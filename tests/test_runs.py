@@ -727,7 +727,8 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     from clm_explore.cli import main
 
     done = store.create("done", "sparse", {})
-    (done.path / "metrics.json").write_text(json.dumps({"accuracy": 0.875, "macro_f1": 0.5, "trainable_params": 1234}))
+    (done.path / "metrics.json").write_text(json.dumps({"accuracy": 0.875, "macro_f1": 0.5, "trainable_params": 1234,
+                                                        "budget": 0.002}))
     store.set_status(done.id, RunStatus.SUCCEEDED)  # reads its metrics.json
     failed = store.create("broke", "full", {})
     store.set_status(failed.id, RunStatus.FAILED, error="CUDA out of memory\nTried to allocate")
@@ -736,10 +737,11 @@ def test_cli_runs_lists_the_registry_newest_first_and_marks_killed_runs(store: R
     assert main(["runs"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"3 run(s) in {store.root}, taking 3.0 MiB:" and out[1].split() == [
-        "id", "method", "status", "accuracy", "macro_f1", "trainable", "MiB", "created"]
+        "id", "method", "budget", "status", "accuracy", "macro_f1", "trainable", "MiB", "created"]
     assert [line.split()[0] for line in out[2:]] == [r.id for r in store.list()]  # the registry's order, newest first
     line = {row.split()[0]: row for row in out[2:]}
-    assert line[killed].split()[2] == "interrupted"  # its process was gone: marked, as the app marks it
+    assert line[killed].split()[3] == "interrupted"  # its process was gone: marked, as the app marks it
+    assert line[done.id].split()[2] == "0.2%" and line[failed.id].split()[2] == "–"  # full reads no budget
     assert line[failed.id].endswith("(CUDA out of memory\\nTried to allocate)")
     full = store.create("full-disk", "head", {})
     store.set_status(full.id, RunStatus.FAILED, error="A disk the run writes to is full (its runs folder's, the model "
@@ -764,10 +766,11 @@ def test_cli_runs_says_where_a_running_run_is_from_its_progress_log(store: RunSt
     """The operations review: a run listed "running" for an hour gave no sign whether it moved at all."""
     from clm_explore.cli import main
 
-    running = store.create("busy", "sparse", {})
+    running = store.create("busy", "sparse", {"mask": {"budget": 0.01}})
     store.set_status(running.id, RunStatus.RUNNING)  # this process's: alive
     assert main(["runs"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].split()[2] == "running"  # no step yet: nothing said
+    # no step yet: nothing said; its budget from its config, before its metrics hold one
+    assert capsys.readouterr().out.splitlines()[-1].split()[2:4] == ["1%", "running"]
     steps = [{"step": step, "total_steps": 40, "epoch": 1, "loss": 1.0, "examples_per_second": 9.0, "elapsed": 1.0,
               "eta": 150.0 - step, "eval": None, "lr": 1e-3} for step in (1, 2, 3)]
     (running.path / "progress.jsonl").write_text("".join(json.dumps(step) + "\n" for step in steps) + '{"step": 4, "to')

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 def register(subparsers: Any) -> None:
     _register_mine(subparsers)
     _register_sensitivity(subparsers)
+    _register_select(subparsers)
     _register_finetune(subparsers)
     _register_rerun(subparsers)
     _register_predict(subparsers)
@@ -210,8 +212,9 @@ def _register_sensitivity(sub: Any) -> None:
     _head_warmup_arg(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--out", default=None, metavar="DIR", help="save scores here (safetensors) for later selection")
-    p.add_argument("--budget", type=float, default=None,
-                   help="also show what this budget selects (with --json: selected_rows per layer and module), "
+    p.add_argument("--budget", type=budget_value, default=None,
+                   help="also show what this budget selects (with --json: selected_rows per layer and module; "
+                   "`select DIR --budget B --json` gives the totals from saved scores in milliseconds), "
                    "a fraction of backbone parameters in (0, 1] or a count > 1")
     mask_group = _mask_args(p, "with --budget: what the mask takes, as finetune's options")
     mask_group.add_argument("--seed", type=int, default=0,
@@ -219,6 +222,93 @@ def _register_sensitivity(sub: Any) -> None:
                             "--scores run of this seed draws them")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_sensitivity)
+
+
+# --------------------------------------------------------------------------------------- select
+
+
+def _register_select(sub: Any) -> None:
+    p = sub.add_parser("select", help="what budgets select from saved row scores, without scoring again",
+                       description="Read the row scores that sensitivity --out saved (or a run folder's) and print "
+                       "what each budget selects: the parameters, what a sparse run trains with them, the lowest "
+                       "layer, the step-time estimate and the optimizer memory. Milliseconds a budget, where "
+                       "sensitivity --budget scores again.")
+    p.add_argument("scores", metavar="SCORES",
+                   help="a folder that sensitivity --out wrote, or a run folder (its own mask options unless "
+                   "mask options are given here)")
+    p.add_argument("--budget", type=budget_list, default=[MaskConfig.budget], metavar="B[,B...]",
+                   help="one or more budgets, comma-separated: fractions of the backbone in (0, 1] or whole "
+                   "parameter counts")
+    group = _mask_args(p, "what the mask takes, as finetune's options (a run folder's own when none is given)")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seeds the rows drawn at random (--random-share, --sample-temperature)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: a list, a budget each, of {budget, budget_params, selected_params, share, "
+                   "trainable_params, lowest_layer, time_ratio_estimate, optimizer_bytes, note, rows: [{layer, "
+                   "module, selected_rows, rows}]}")
+    p.set_defaults(func=run_select)
+
+
+def budget_list(text: str) -> list[float]:
+    """``select --budget``'s comma-separated budgets, each as ``budget_value`` takes it."""
+    budgets = [budget_value(part.strip()) for part in text.split(",") if part.strip()]
+    if not budgets:
+        raise argparse.ArgumentTypeError("give at least one budget")
+    return budgets
+
+
+def run_select(args: argparse.Namespace) -> int:
+    from clm_explore.masks import human_bytes, run_mask_config, select_mask
+    from clm_explore.sensitivity import SensitivityReport
+
+    folder = Path(args.scores).expanduser()
+    report = SensitivityReport.load(folder)
+    own = None if _mask_options_given(args) else run_mask_config(folder)
+    if own is not None and not args.json:
+        print(f"note: the run's own mask options ({_mask_words(own)}); give any mask option to choose others",
+              file=sys.stderr)
+    picked = []
+    for budget in args.budget:
+        cfg = replace(own, budget=budget) if own is not None else mask_config(argparse.Namespace(
+            **{**vars(args), "budget": budget}))
+        picked.append((budget, select_mask(report, cfg)))
+    if args.json:
+        print_json([_selection_record(budget, sel) for budget, sel in picked])
+        return 0
+    rows = [{"budget": _budget_words(budget), "selected": f"{sel.selected_params:,}", "share": f"{sel.share:.3%}",
+             "trainable": "-" if sel.trainable_params is None else f"{sel.trainable_params:,}",
+             "lowest layer": "embeddings" if sel.lowest_layer == -1 else sel.lowest_layer,
+             "step time vs full": f"about {sel.time_ratio_estimate:.1f}",
+             "optimizer memory": human_bytes(sel.optimizer_bytes)} for budget, sel in picked]
+    import pandas as pd
+
+    print(pd.DataFrame(rows).to_string(index=False))
+    print("trainable: the selected rows with the head and LayerNorms a sparse run trains beside them; optimizer "
+          "memory: AdamW's two moments and the deltas, 16 bytes a trainable parameter (activations are not in it); "
+          "step time: a rough estimate from the lowest layer and the share")
+    for budget, sel in picked:
+        if sel.budget_note:
+            print(f"note: {_budget_words(budget)}: {sel.budget_note}", file=sys.stderr)
+    return 0
+
+
+def _selection_record(budget: float, sel: Any) -> dict[str, Any]:
+    return {"budget": budget, "budget_params": sel.budget_params, "selected_params": sel.selected_params,
+            "share": sel.share, "trainable_params": sel.trainable_params, "lowest_layer": sel.lowest_layer,
+            "time_ratio_estimate": sel.time_ratio_estimate, "optimizer_bytes": sel.optimizer_bytes,
+            "note": sel.budget_note, "rows": sel.table[["layer", "module", "selected_rows", "rows", "eligible"]].to_dict(
+                orient="records")}
+
+
+def _budget_words(budget: float) -> str:
+    return f"{budget * 100:.3g}%" if budget <= 1 else f"{int(budget):,} parameters"
+
+
+def _mask_words(cfg: MaskConfig) -> str:
+    """A run's mask options away from the defaults, as finetune's flags name them."""
+    changed = [f"--{name.replace('_', '-')} {value}" for name, value in vars(cfg).items()
+               if name not in ("budget", "seed") and value != getattr(MaskConfig, name, value)]
+    return ", ".join(changed) or "the defaults"
 
 
 def _fisher_labels_arg(p: argparse.ArgumentParser) -> None:
@@ -339,7 +429,7 @@ def _register_finetune(sub: Any) -> None:
     add_data_args(p, positional=False, carve=True)
     _model_arg(p)
     p.add_argument("--method", default="sparse", help=f"one of: {', '.join(METHODS)}")
-    p.add_argument("--budget", type=float, default=MaskConfig.budget,
+    p.add_argument("--budget", type=budget_value, default=MaskConfig.budget,
                    help="fraction of backbone parameters in (0, 1], or a count > 1")
     p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs, help="passes over the training split")
     p.add_argument("--lr", type=float, default=0.0, help="0 = the method's default")
@@ -417,8 +507,10 @@ def _mask_args(p: argparse.ArgumentParser, title: str = "what the mask takes (ro
     group = p.add_argument_group(title)
     group.add_argument("--min-layer", type=int, default=MaskConfig.min_layer,
                        help="no rows below this layer (-1 = auto: the upper half; 0 = all layers and embeddings)")
-    group.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware,
-                       help="prefer rows in upper layers at equal score, by this weight (0 = off)")
+    group.add_argument("--cost-aware", type=float, default=MaskConfig.cost_aware, metavar="W",
+                       help="tilt every row's score towards upper layers: score x (1 + W x (layer + 1) / (layers + "
+                       "1)); 0 = off. A tilt of every score, not a tie-break: short of very large weights it did not lift the "
+                       "lowest selected layer (BENCHMARKS.md); --min-layer is the speed knob")
     group.add_argument("--sample-temperature", type=float, default=None, metavar="T",
                        help="sparse: draw rows with probability proportional to score ** (1/T) instead of taking the "
                        "top ones (default: off, the top ones)")
@@ -438,6 +530,18 @@ def _mask_options_given(args: argparse.Namespace) -> bool:
     return (args.min_layer != MaskConfig.min_layer or args.cost_aware != MaskConfig.cost_aware
             or args.sample_temperature is not None or args.random_share != MaskConfig.random_share
             or args.spread_heads or args.no_embeddings or args.train_biases or args.seed != 0)
+
+
+def budget_value(text: str) -> float:
+    """``--budget``'s value, refused as argparse refuses a word (at once, before the data, the model or their imports:
+    the budget review waited 6-11 s for a refusal of 0): a fraction in (0, 1] or a whole count above 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not (0 < value <= 1 or (value > 1 and value.is_integer())):
+        raise argparse.ArgumentTypeError(f"{text} must be a fraction in (0, 1] or a whole parameter count above 1")
+    return value
 
 
 def mask_config(args: argparse.Namespace) -> MaskConfig:

@@ -8,6 +8,7 @@ from typing import Any
 
 from clm_explore.cli import UserError, print_json
 from clm_explore.cli.method_cmds import one_line
+from clm_explore.config import BUDGET_METHODS
 from clm_explore.runs import REGISTRY_NAME, RunStatus, RunStore, RunStoreError, default_root
 
 
@@ -167,6 +168,9 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
     sized = "size_bytes" in rows[0]  # not once deleted
     frame = pd.DataFrame(rows)[["id", "method", "status", "accuracy", "macro_f1", "trainable_params",
                                 *(["size_bytes"] if sized else []), "created"]]
+    # the budget of the methods that read one (the budget review: two sparse runs differed by id alone)
+    frame.insert(2, "budget", [_budget_shown(row.get("budget")) if row["method"] in BUDGET_METHODS else "–"
+                               for row in rows])
     if sized:
         frame["size_bytes"] = frame["size_bytes"] / 2**20
     for column, form in (("accuracy", "{:.4f}"), ("macro_f1", "{:.4f}"), ("trainable_params", "{:,.0f}"),
@@ -183,6 +187,13 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
         if row.get("folder_deleted") is False:  # a prune's: said apart in the table too (the real-model review)
             lines[i] += "  (registered from elsewhere: its folder is kept)"
     return "\n".join(lines)
+
+
+def _budget_shown(budget: Any) -> str:
+    """A run's budget as the app says it: a share in percent, a count as a count."""
+    if not isinstance(budget, int | float):
+        return "–"
+    return f"{budget * 100:.3g}%" if budget <= 1 else f"{int(budget):,}"
 
 
 def progress_said(progress: dict[str, Any]) -> str:

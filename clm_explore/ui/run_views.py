@@ -181,6 +181,8 @@ def _shown_metric(name: str, value: Any, metrics: dict[str, Any] | None = None) 
         return value * 100 if value <= 1 else f"{int(value):,} parameters"
     if name == "epochs" and metrics:
         return epochs_shown(metrics)
+    if name == "lowest_layer" and value == -1:  # as the Budget page names it, not "-1" (the budget review)
+        return "embeddings"
     return value
 
 

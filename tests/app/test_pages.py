@@ -5,6 +5,7 @@ Jobs run inline (CLM_EXPLORE_INLINE_JOBS=1), so a launched run finishes inside t
 
 from __future__ import annotations
 
+import base64
 import gc
 import hashlib
 import io
@@ -18,12 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from clm_explore.data import DataError, load_data
 from clm_explore.runs import RunStatus, RunStore, RunStoreError
+from clm_explore.ui import views
 from clm_explore.ui.state import DataChoice, save_upload
 from clm_explore.ui.views import escape_markdown
 from tests.conftest import wait_until
@@ -554,6 +557,9 @@ def test_budget_slider_and_number_box(at: AppTest) -> None:
     assert "all of them are selected" not in " ".join(c.value for c in at.caption)
     at.number_input(key="budget_number").set_value(100.0).run()  # more than the upper half's rows hold
     assert "hold 7,685: all of them are selected" in " ".join(c.value for c in at.caption)  # the key rows cost no bias
+    for typed in (5.0, 20.0):  # off the slider's log steps, or above them: the slider stands at the budget in use
+        at.number_input(key="budget_number").set_value(typed).run()
+        assert at.select_slider(key="budget_slider").value == pytest.approx(typed / 100)
 
 
 def test_budget_as_a_parameter_count(at: AppTest) -> None:
@@ -857,6 +863,22 @@ def test_widget_labels_escape_only_what_a_label_acts_on() -> None:
     assert label_text("see https://evil.example/x\nnext") == "see https\\:\u200b//evil.example/x next"
 
 
+def test_the_budget_map_leaves_rows_that_cannot_compete_blank_and_speaks_percent(at: AppTest) -> None:
+    """The budget review: layers below the lowest eligible one were drawn 0, as if their rows lost, and the cells
+    read fractions (0.057) where every budget figure on the page is in percent."""
+    goto(at, "app_pages/4_budget.py")
+    [chart] = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+               if json.loads(c.proto.spec)["layout"]["title"]["text"].startswith("Rows selected per layer")]
+    z = chart["data"][0]["z"]  # plotly's typed array
+    grid = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(
+        [int(n) for n in z["shape"].split(",")])
+    rows = {layer: [None if np.isnan(v) else float(v) for v in row]
+            for layer, row in zip(chart["data"][0]["y"], grid, strict=True)}
+    assert all(v is None for v in rows["L0"]) and all(v is None for v in rows["emb"])  # auto: layer 1 and up compete
+    assert any(v for v in rows["L1"]) and max(v for v in rows["L1"] if v is not None) > 1  # percent, not a fraction
+    assert any(c.value == views.SELECTED_BLANKS for c in at.caption)
+
+
 def lowest_layer_shown(app: AppTest) -> str:
     return next(m.value for m in app.metric if m.label == "Lowest selected layer")
 
@@ -867,7 +889,7 @@ def test_row_choice_reselects_the_mask_and_reaches_the_finetune_page(at: AppTest
     at.selectbox(key="budget_min_layer").set_value(0).run()
     at.slider(key="budget_random_share").set_value(1.0).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert lowest_layer_shown(at) in ("0", "emb")  # random rows from every layer and the embeddings
+    assert lowest_layer_shown(at) in ("0", "embeddings")  # random rows from every layer and the embeddings
     assert (at.session_state["mask_options"].min_layer, at.session_state["mask_options"].random_share) == (0, 1.0)
     goto(at, "app_pages/5_finetune.py")
     assert any("lowest layer 0, random share 1" in c.value for c in at.caption)
@@ -1055,6 +1077,8 @@ def test_compare_shows_out_of_scope_scores_when_a_run_has_them() -> None:
     assert tiny.loc["budget %"].tolist() == ["0.0050", "1"]  # in percent, as elsewhere; a tiny one not rounded to 0
     counted = metrics_side_by_side(record("a", budget=5000), record("b", budget=0.01))
     assert counted.loc["budget %"].tolist() == ["5,000 parameters", "1"]  # a count, not 5,000 %
+    lowest = metrics_side_by_side(record("a", lowest_layer=-1), record("b", lowest_layer=3))
+    assert lowest.loc["lowest trained layer"].tolist() == ["embeddings", "3"]  # as the Budget page says, not "-1"
 
 
 def test_a_run_stopped_early_says_so_in_the_compare_and_runs_tables() -> None:

@@ -35,7 +35,7 @@ st.caption(
 )
 
 VIEWS = {  # what a run trains first (the UX review: the total score's brightest cell is never selected)
-    "share_selected": f"Share selected at the current budget ({state.budget() * 100:.3g}%)",
+    "share_selected": f"% of rows selected at the current budget ({state.budget() * 100:.3g}%)",
     "score": "Total score",
     "norm_score": "Normalised (score per parameter)",
 }
@@ -45,15 +45,16 @@ state.keep("sens_view")
 try:
     if view == "share_selected":
         selection = cache.mask(source, choice, state.mining_cfg(), cfg, state.mask_cfg())
-        table = selection.table
+        table = views.selected_percent(selection.table)
         if selection.min_layer > 0:
             st.caption(f"Rows below layer {selection.min_layer} do not compete (\"Lowest eligible layer\" under the Budget "
-                       "page's Row choice).")
+                       "page's Row choice): blank in the map.")
 except ConfigError as exc:  # e.g. a budget below the cheapest row, as on the Budget page: the rest of the page stays
     st.warning(views.escape_markdown(str(exc)))
 else:
     zrange, capped = views.capped_scale(table, view) if view != "share_selected" else (None, "")
-    views.heatmap(table, view, VIEWS[view], key="sens_main", zrange=zrange)
+    shown = "percent_selected" if view == "share_selected" else view
+    views.heatmap(table, shown, VIEWS[view], key="sens_main", zrange=zrange)
     if capped:
         st.caption(capped)
 

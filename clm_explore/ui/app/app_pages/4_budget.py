@@ -44,7 +44,9 @@ except ConfigError as exc:  # e.g. a budget below the cheapest row: the controls
 if selection is not None:
     st.caption(f"Mask selected from the cached scores in {seconds * 1000:.0f} ms.")
     views.render_mask_summary(selection, report.backbone_params, key="budget")
-    views.heatmap(selection.table, "share_selected", "Share of rows selected per layer and module", key="budget")
+    views.heatmap(views.selected_percent(selection.table), "percent_selected",
+                  "Rows selected per layer and module, % of each map's rows", key="budget")
+    st.caption(views.SELECTED_BLANKS)
 
 st.header("Launch at this budget", anchor=False)
 st.write(
