@@ -313,7 +313,7 @@ def mask_options(n_layers: int, key: str = "budget") -> MaskConfig:
     selection and for every launch; returns it at the current budget."""
     cfg = state.mask_cfg()
     layers = [-1, *range(n_layers)]
-    with st.expander("Row choice"):
+    with st.expander("Row choice") as row_choice:
         c1, c2 = st.columns(2)
         min_layer = c1.selectbox(
             "Lowest eligible layer",
@@ -347,6 +347,9 @@ def mask_options(n_layers: int, key: str = "budget") -> MaskConfig:
             "splits it lifted trec6's Fisher rows by 8 points and was level on banking77, snips and hint3 "
             "(BENCHMARKS.md). Top rows only: no random share.",
         )
+    # the rest of MaskConfig keeps its defaults here (the budget review: the page said runs used "these options")
+    row_choice.caption("The command line's other mask options (`--no-embeddings`, `--train-biases`, `--sample-temperature`, "
+                       "`--cost-aware`) are not offered here: runs launched from the app take their defaults.")
     options = dataclasses.replace(cfg, min_layer=int(min_layer), random_share=float(share),
                                   spread_heads=bool(spread) and not share)
     state.put(state.MASK_OPTIONS, options)
