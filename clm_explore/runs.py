@@ -631,6 +631,7 @@ class RunStore:
             meta = read_json_object(record.path / "clm_run.json")
             if meta and (record.method == "?" or not record.config):  # registered before its run wrote this
                 sets.update(method=method_name(meta.get("method", record.method)), config=_dumps(_registry_config(meta)))
+            _keep_name(record.path, meta, record.name)
         if (status in STOPPED_STATUSES and (record.path / "clm_run.json").is_file()
                 and _stopped_otherwise_on_disk(record.path / "metrics.json", status)):
             # Only in a run folder (clm_run.json): a folder stopped before it would hold the marker alone, which
@@ -1502,10 +1503,23 @@ GRID_PARTS = ("cells", "tune")
 """A bench grid's folders of cells (its grid's, and the learning-rate sweep's), beside its bench.json."""
 
 
-def folder_run_name(folder: Path) -> str:
-    """The name a folder registered without one is listed under: its own, or ``GRID/CELL`` (``GRID/tune/CELL``)
-    for a bench cell, so that the same cell of two grids reads apart on the Runs page (the scale review), also in a
-    registry made anew."""
+def _keep_name(folder: Path, meta: dict[str, Any], name: str) -> None:
+    """Record in a finished run's clm_run.json the name it is listed under, where that is not the folder's own
+    (``finetune --name``, the app's run name): a registry made anew lists it so, where it listed the folder's name
+    (a leftover of the sixty-fourth session's note). A folder this user may not write keeps its record."""
+    if not meta or meta.get("name") == name or name == folder_run_name(folder, named=False):
+        return
+    with contextlib.suppress(OSError):
+        write_json_atomic(folder / "clm_run.json", {**meta, "name": name})
+
+
+def folder_run_name(folder: Path, named: bool = True) -> str:
+    """The name a folder registered without one is listed under: the name its run was listed under (its
+    clm_run.json's, ``named``), else its own, or ``GRID/CELL`` (``GRID/tune/CELL``) for a bench cell, so that the same
+    cell of two grids reads apart on the Runs page (the scale review), also in a registry made anew."""
+    kept = read_json_object(folder / "clm_run.json").get("name") if named else None
+    if isinstance(kept, str) and kept.strip():
+        return kept
     part = folder.parent
     if part.name in GRID_PARTS and (part.parent / "bench.json").is_file():
         inside = folder.name if part.name == "cells" else f"{part.name}/{folder.name}"

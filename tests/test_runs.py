@@ -1392,3 +1392,25 @@ def test_a_bench_cell_is_named_by_its_grid_and_a_name_given_again_is_kept(store:
     assert sorted(r.name for r in RunStore(store.root).list()) == sorted(names)  # found again, named alike
     again = RunStore(store.root).register_folder(cells[2], name="my probe")  # --out DIR --overwrite --name
     assert again.name == "my probe" and RunStore(store.root).get(again.id).name == "my probe"
+
+
+def test_a_registry_made_again_lists_each_run_under_the_name_it_was_given(store: RunStore, tmp_path) -> None:
+    """A leftover of the sixty-fourth session: `finetune --name` and the app's run names lived in the registry alone,
+    so a registry made anew listed every run under its folder's name."""
+    outside = tmp_path / "elsewhere" / "run7"
+    outside.mkdir(parents=True)
+    (outside / "clm_run.json").write_text(json.dumps({"method": "full", "config": {"epochs": 1}}))
+    (outside / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    named = store.register_folder(outside, name="my experiment")
+    store.set_status(named.id, RunStatus.SUCCEEDED)
+    own = store.create("sparse at 1%", "sparse", {})
+    (own.path / "clm_run.json").write_text(json.dumps({"method": "sparse", "config": {"epochs": 1}}))
+    (own.path / "metrics.json").write_text(json.dumps({"accuracy": 0.75}))
+    store.set_status(own.id, RunStatus.SUCCEEDED)
+    plain = store.register_folder(tmp_path / "elsewhere" / "run7")  # registered again without a name: as it was
+    assert plain.name == "my experiment"
+    for file in store.root.glob("registry.sqlite*"):
+        file.unlink()
+    again = {record.path: record for record in RunStore(store.root).list()}
+    assert again[outside.resolve()].name == "my experiment" and again[own.path].name == "sparse at 1%"
+    assert again[own.path].id == own.id  # the root's own folder keeps its id
