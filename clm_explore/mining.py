@@ -107,12 +107,16 @@ class TaskTokens:
         return f"TaskTokens({len(self.groups)} groups from {self.n_rows:,} rows: {top}; to_frame() lists them)"
 
     def ungrouped_labels_note(self, labels: Iterable[str]) -> str:
-        """'' when every one of ``labels`` (the training split's) is the most associated label of a mined group, else
+        """'' when every one of ``labels`` (the training split's) is the most associated label of a mined group that
+        lifts it (lift above 1), else
         which are not and what that means (the few-shot review: at 8 rows per label 5 of 7 labels had no group at the
         default minimum count, and the page listed the other two's words alone). The caller says how to lower the
         minimum count and keep more groups (flags, boxes)."""
         labels = sorted(set(map(str, labels)))
-        without = [label for label in labels if label not in {g.label for g in self.groups}]
+        # a group as common in every label (lift 1, relevance 0) is credited to one of them by the argmax alone: it
+        # marks none (a leftover of the sixty-fourth session's note)
+        marked = {g.label for g in self.groups if g.lift > 1}
+        without = [label for label in labels if label not in marked]
         if not without or not self.groups:  # none at all is said where the groups are read
             return ""
         shown = ", ".join(without[:8]) + (f" and {len(without) - 8} more" if len(without) > 8 else "")

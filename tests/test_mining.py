@@ -657,3 +657,6 @@ def test_labels_without_a_mined_group_are_named():
     assert said.startswith("2 of 3 labels have no mined group (atm, card): no word marks them")
     assert tokens.ungrouped_labels_note(["money"]) == ""
     assert TaskTokens([], "", 20, {}).ungrouped_labels_note(["money", "card"]) == ""  # none at all: said elsewhere
+    even = TaskTokens([TokenGroup("refund", ["refund"], "words", 5, 1.0, 1.0, 1.0, "money", 2.0),
+                       TokenGroup("please", ["please"], "words", 9, 0.0, 1.0, 0.5, "atm", 1.0)], "", 20, {})
+    assert even.ungrouped_labels_note(["money", "atm"]).startswith("1 of 2 labels have no mined group (atm)")
