@@ -222,7 +222,9 @@ def explain(
             "explain needs a fast tokenizer (word ids and offsets merge pieces into words)."
         )
     side = cut_side(tokenizer)  # a run that kept long texts' ends: its tokenizer cuts their starts
-    texts = bounded_texts([texts] if isinstance(texts, str) else list(texts), cfg.max_length, side)
+    given = [texts] if isinstance(texts, str) else list(texts)
+    whole = [len(text) if isinstance(text, str) else 0 for text in given]  # a cut note says of how many characters
+    texts = bounded_texts(given, cfg.max_length, side)
     blank = [i for i, text in enumerate(texts) if isinstance(text, str) and not text.strip()]
     if blank:  # its attributions would be the special tokens' alone
         raise AttributionError(f"texts[{blank[0]}] is empty: it has no words to attribute ({len(blank)} such).")
@@ -237,9 +239,11 @@ def explain(
                                                                             chunk["offset_mapping"], strict=True))]
     lengths = [len(ids) for ids, _, _ in beyond]
     read = cfg.max_length - tokenizer.num_special_tokens_to_add()
-    # A cut: 0 none, 1 between words, 2 inside a word (its last word shown is the start of a longer one)
-    cuts = [0 if n <= cfg.max_length else 1 + _cuts_a_word(text, word_ids, offsets, read, side)
-            for text, (n, (_, word_ids, offsets)) in zip(texts, zip(lengths, beyond, strict=True), strict=True)]
+    # A cut: 0 none, 1 between words, 2 inside a word (its last word shown is the start of a longer one); with the
+    # text's whole length (the bound above cut it to 2,048 characters at 64 sub-tokens, and a note read "of 2,048")
+    cuts = [(0 if n <= cfg.max_length else 1 + _cuts_a_word(text, word_ids, offsets, read, side), size)
+            for text, size, (n, (_, word_ids, offsets)) in zip(texts, whole, zip(lengths, beyond, strict=True),
+                                                                 strict=True)]
     unread = [i for i, n in enumerate(lengths) if n <= tokenizer.num_special_tokens_to_add()]
     if unread:  # zero-width or control characters alone: the tokenizer drops them, and the "explanation" was of an
         # empty input (the attributions review)
@@ -423,7 +427,7 @@ def _explain_batch(
     texts: list[str],
     cfg: AttributionConfig,
     targets: list[int | None],
-    cut: list[int],
+    cut: list[tuple[int, int]],
 ) -> list[TokenAttribution]:
     decoder = is_decoder_model(model, tokenizer)
     enc, input_ids, reference_ids, extra = _encode(
@@ -465,8 +469,9 @@ def _explain_batch(
     for i, text in enumerate(texts):
         offsets = enc["offset_mapping"][i].tolist()
         words, word_scores, _ = merge_words(text, enc.word_ids(i), offsets, token_scores[i])
-        note = base_note + ([_cut_note(text, words, offsets, cfg.max_length, cut[i] == 2, cut_side(tokenizer))]
-                            if cut[i] else [])
+        kind, size = cut[i]
+        note = base_note + ([_cut_note(text, size, words, offsets, cfg.max_length, kind == 2, cut_side(tokenizer))]
+                            if kind else [])
         if said := _unknown_note(tokenizer, text, enc["input_ids"][i].tolist(), offsets):
             note.append(said)
         if is_unsettled(float(deltas[i]), float(changes[i]), cfg.output):
@@ -492,17 +497,18 @@ def _explain_batch(
     return out
 
 
-def _cut_note(text: str, words: list[str], offsets: list[list[int]], max_length: int, in_word: bool, side: str
-              ) -> str:
-    """What an attribution says of a text cut to ``max_length`` sub-tokens: the characters read, and a word shown in
+def _cut_note(text: str, size: int, words: list[str], offsets: list[list[int]], max_length: int, in_word: bool,
+              side: str) -> str:
+    """What an attribution says of a text cut to ``max_length`` sub-tokens: the characters read of its ``size``
+    (``text`` is the part ``bounded_texts`` kept: its start, or with ``side`` 'left' its end), and a word shown in
     part where the cut fell inside it (``in_word``)."""
     if side == "left":
         start = min((begin for begin, end in offsets if end > begin), default=len(text))  # where the read part starts
-        part = f"its last {len(text) - start:,} of {len(text):,} characters"
+        part = f"its last {len(text) - start:,} of {size:,} characters"
         inside = f" (its first word shown, {words[0]!r}, is the end of a longer word)" if in_word and words else ""
     else:
         read = max((end for _, end in offsets), default=0)  # how far into the text the sub-tokens read reach
-        part = f"its first {read:,} of {len(text):,} characters"
+        part = f"its first {read:,} of {size:,} characters"
         inside = f" (its last word shown, {words[-1]!r}, is the start of a longer word)" if in_word and words else ""
     return f"text truncated to {max_length} sub-tokens ({part}){inside}"
 

@@ -97,6 +97,17 @@ def test_an_attribution_of_a_run_that_keeps_the_end_shows_the_end(left_run: Path
     assert res.words == text[-read:].split() and res.words[-2:] == ["help", "me"]  # the part read, whole words
 
 
+def test_a_cut_note_gives_the_whole_texts_length_not_the_part_kept_for_the_tokenizer(left_run: Path) -> None:
+    """A text longer than the 32 characters a sub-token the tokenizer is given (16 here: 512): its note read "of 512
+    characters" of a text of thousands (the real-model check of this session)."""
+    text = "hello there " * 400 + ASK
+    (res,) = explain(left_run, [text], cfg=AttributionConfig(n_steps=4))
+    assert f"of {len(text):,} characters)" in res.note and res.words[-2:] == ["help", "me"]
+    loaded = tiny_loaded()
+    (start,) = explain(loaded.model, loaded.tokenizer, "card " * 2000, AttributionConfig(max_length=10, n_steps=4))
+    assert "(its first 39 of 10,000 characters)" in start.note
+
+
 def test_a_word_cut_at_the_start_of_the_part_read_is_said_to_be_the_end_of_a_longer_one() -> None:
     loaded = tiny_loaded()
     with cutting(loaded.tokenizer, "left"):
