@@ -52,7 +52,8 @@ def bounded_texts(texts: Sequence[str], max_tokens: int, side: str = "right") ->
     long past its trailing whitespace, for its last ones."""
     cap = max_tokens * CHARS_PER_TOKEN_BOUND
     if side == "left":
-        return [text if len(text) <= cap else text[len(text.rstrip()) - cap :] for text in texts]
+        # past trailing whitespace: a short question followed by 600 spaces kept the spaces alone (the diff review)
+        return [text if len(text) <= cap else text[max(0, len(text.rstrip()) - cap) :] for text in texts]
     return [text if len(text) <= cap else text[: cap + len(text) - len(text.lstrip())] for text in texts]
 
 
@@ -65,6 +66,9 @@ def cut_side(tokenizer: Any) -> str:
 def cutting(tokenizer: Any, side: str) -> Iterator[Any]:
     """``tokenizer`` cutting long texts at ``side`` for the block, then as before: a scoring or an audit reads
     texts as the run it serves will, on a model its caller may use again."""
+    if not hasattr(tokenizer, "truncation_side"):  # not a transformers tokenizer: it has no side to set
+        yield tokenizer
+        return
     before = tokenizer.truncation_side
     tokenizer.truncation_side = side
     try:

@@ -580,9 +580,10 @@ def check_runnable(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
         pooler = f", and {n_layers} for its pooler" if has_pooler else ""
         raise ConfigError(f"mask min_layer {cfg.mask.min_layer} is above the model's layers (0-{n_layers - 1}"
                           f"{pooler}).")
-    # as the scores price a row (sensitivity.linear_matrix_infos): a key map's bias does not train
-    costs = [lin.in_features + (lin.bias is not None and kind != "k") for lin, layer, kind in linears.values()
-             if layer >= floor]
+    # a row with its bias: a key row costs one less (its bias does not train), but selection buys rows in score order
+    # and the first is most often not a key's, so a budget of a key row's cost would pass here and fail after the
+    # scoring, a failed run listed (the diff review)
+    costs = [lin.in_features + (lin.bias is not None) for lin, layer, _ in linears.values() if layer >= floor]
     if floor == 0 and cfg.mask.include_embeddings:  # 0: the mined words' embedding rows compete too
         costs.append(model.get_input_embeddings().embedding_dim)
     backbone = backbone_parameter_count(model)

@@ -614,6 +614,11 @@ def test_a_budget_that_buys_no_row_is_refused_before_any_work(data, tmp_path):
     with pytest.raises(ConfigError, match="a budget of 10 parameters buys no row: the cheapest eligible row costs"):
         finetune(data, cfg, tmp_path / "run", source="tiny-random")
     assert not (tmp_path / "run").exists()  # refused before any folder or work
+    # a key row's cost (32: its bias does not train), one below the others': refused at once too, not after the
+    # scoring with a failed run left behind (the diff review)
+    with pytest.raises(ConfigError, match="a budget of 32 parameters buys no row: the cheapest eligible row costs 33"):
+        finetune(data, replace(SPARSE, mask=MaskConfig(budget=32)), tmp_path / "run", source="tiny-random")
+    assert not (tmp_path / "run").exists()
     finetune(data, replace(cfg, method="head", epochs=1), tmp_path / "head", source="tiny-random")  # no rows: fine
 
 

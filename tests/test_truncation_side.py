@@ -40,6 +40,9 @@ def test_a_long_text_cut_for_its_end_keeps_its_last_characters() -> None:
     assert kept.endswith("the question  \n") and len(kept) < len(text) and kept.rstrip().endswith("question")
     [start] = bounded_texts([text], 4)
     assert start.startswith("hello") and not start.endswith("question")
+    # a short text with long trailing whitespace keeps its words (a negative slice kept the spaces alone)
+    [short] = bounded_texts(["what is it?" + " " * 600], 4, "left")
+    assert short.startswith("what is it?")
 
 
 def test_encoding_with_the_end_kept_reads_the_last_sub_tokens(tiny) -> None:

@@ -315,10 +315,13 @@ def made_scores(cfg: FinetuneConfig, choice: DataChoice, source: str) -> Sensiti
     """A report the Sensitivity or Budget page already made (any session's, still cached) that a run with ``cfg``
     would make itself, so that a launch from the Finetune form trains from the rows those pages showed without
     scoring again; None when there is none (the run scores for itself; nothing is scored here)."""
-    from clm_explore.training import SCORED_AS, scores_alike
+    from clm_explore.training import SCORED_AS, scores_alike, scoring_settled
 
-    settled = dataclasses.replace(cfg.sensitivity, **SCORED_AS.get(cfg.method, {}))
-    for sens in dict.fromkeys((cfg.sensitivity, settled)):  # the page's settings, or the method's own over them
+    # at the length and end the run reads, as the pages score (forms.scoring_cfg): the form's settings alone missed
+    # a page's report of a run reading 48 sub-tokens, or keeping texts' ends (the diff review)
+    read = scoring_settled(cfg, None).sensitivity
+    settled = dataclasses.replace(read, **SCORED_AS.get(cfg.method, {}))
+    for sens in dict.fromkeys((read, settled)):  # the page's settings, or the method's own over them
         report = cache.made_sensitivity(source, choice, cfg.mining, sens)
         if report is not None and scores_alike(report, cfg):
             return report

@@ -989,6 +989,17 @@ def test_finetune_form_trains_from_scores_a_page_made_and_never_scores_in_the_pa
     # Given only when the run would make those scores itself: seed 0, a method scored with the tokens' restriction.
     assert origins == [("sparse", 0, None), ("sparse", 0, "given"), ("sparse", 1, None), ("random", 0, "given"),
                        ("fisher", 0, None)], origins
+    # a run reading 48 sub-tokens and keeping texts' ends takes the scores the Budget page made so (the diff review:
+    # the form's scoring settings alone were looked up, and it scored again)
+    app.number_input(key="ft_max_length").set_value(48)
+    app.radio(key="ft_keep").set_value("end")
+    launch_from_form(app, "sparse", seed=0)  # no page has scored so yet: it scores in its run
+    goto(app, "app_pages/4_budget.py")
+    goto(app, "app_pages/5_finetune.py")
+    launch_from_form(app, "sparse", seed=0)
+    last = sorted(RunStore().list(), key=lambda r: (r.path / "clm_run.json").stat().st_mtime_ns)[-2:]
+    assert [json.loads((r.path / "metrics.json").read_text()).get("scores_from") for r in last] == [None, "given"]
+    assert {r.config["truncation_side"] for r in last} == {"left"} and {r.config["max_length"] for r in last} == {48}
 
 
 def launch_from_form(app: AppTest, method: str, seed: int) -> None:
