@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from clm_explore.batches import bounded_texts, cut_side, text_list, tokenized
+from clm_explore.batches import bounded_texts, cut_side, cutting, text_list, tokenized
 from clm_explore.modeling import (
     LoadedModel,
     ModelSourceError,
@@ -160,10 +160,18 @@ def layer_similarity(run: Any, other: Any = None, texts: list[str] | None = None
     if depths[0] != depths[1]:  # before any forward pass
         raise LayerViewError(f"{name_a} has {depths[0]} layers and {name_b} {depths[1]}: CKA compares the same layer "
                              "of two models of one depth.")
-    states_a, states_b = pooled_states(model_a, texts, length), pooled_states(model_b, texts, length)
+    # Both read the same part of a long text, the run's: a run keeping texts' ends against its base (which keeps
+    # their starts) read different words, CKA 0.02 at layers that never changed (the diff review).
+    side = cut_side(model_a.tokenizer)
+    with cutting(model_b.tokenizer, side):
+        states_a, states_b = pooled_states(model_a, texts, length), pooled_states(model_b, texts, length)
     table = pd.DataFrame({"layer": range(-1, len(states_a) - 1),
                           "cka": [linear_cka(a, b) for a, b in zip(states_a, states_b, strict=True)]})
     notes = [note for m, name in ((model_a, name_a), (model_b, name_b)) if (note := _prefix_note(m, name))]
+    if cut_side(model_b.tokenizer) != side:
+        kept, other_kept = ("ends", "starts") if side == "left" else ("starts", "ends")
+        notes.append(f"{name_a} keeps long texts' {kept}, {name_b} their {other_kept}: both read them as {name_a} "
+                     "does")
     if len(texts) < STEADY_CKA_ROWS:
         notes.append(f"over {len(texts)} texts each CKA is rough (between unrelated features it spreads by about "
                      f"{0.16 if len(texts) < 20 else 0.08:.2f}; by 0.03 over {STEADY_CKA_ROWS}): compare more texts")

@@ -165,3 +165,15 @@ def test_the_cli_trains_audits_and_scores_keeping_the_end(data_dir: Path, tmp_pa
     with pytest.raises(SystemExit):
         main(["finetune", "--data", str(data_dir), "--model", "tiny-random", "--truncation-side", "end"])
     assert "invalid choice: 'end'" in capsys.readouterr().err
+
+
+def test_layer_similarity_reads_the_same_part_of_a_long_text_in_both_models(left_run: Path) -> None:
+    """The diff review: a run keeping texts' ends against its base (which keeps their starts) read other words, and
+    CKA was 0.02 at layers the run never changed."""
+    from clm_explore.layer_views import layer_similarity
+
+    texts = [f"{'card ' * (i % 7 + 20)}number {i} " + ASK + f" and {'rate ' * (i % 5 + 3)}" for i in range(24)]
+    texts = [("exchange " * (i % 4 + 1)) + text for i, text in enumerate(texts)]
+    similar = layer_similarity(left_run, texts=texts, source="tiny-random")
+    assert similar.table["cka"].iloc[0] > 0.99  # the word embeddings, untrained below the mask's floor
+    assert any("keeps long texts' ends, tiny-random their starts" in note for note in similar.notes)
