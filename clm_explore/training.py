@@ -918,6 +918,22 @@ def finetune(
         return result
 
 
+def scores_read_note(made: SensitivityConfig, cfg: FinetuneConfig) -> str:
+    """'' where the given scores read texts as the run does, else how they differ: the rows chosen from texts' starts
+    for a run that reads their ends were said nowhere (the diff review)."""
+    said = []
+    if made.max_length != cfg.max_length:
+        said.append(f"{made.max_length} sub-tokens per text where this run reads {cfg.max_length}")
+    if made.truncation_side != cfg.truncation_side:
+        kept = {"right": "starts", "left": "ends"}
+        said.append(f"long texts' {kept[made.truncation_side]} where this run reads their "
+                    f"{kept[cfg.truncation_side]}")
+    if not said:
+        return ""
+    return (f"the scores were made reading {' and '.join(said)}: it trains the rows they chose, which a run scoring "
+            "for itself may not")
+
+
 def _run_record(cfg: FinetuneConfig, source: str, data: AnnotatedData, language: str | None,
                 given: GivenScores | None) -> dict[str, Any]:
     """A run's clm_run.json: its method, model, data (as given, its digest, the options it was read with and its
@@ -975,6 +991,8 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
             start = given.report.scored_from_layer
             prepared.info["scores_note"] = (f"the scores start at layer {start}: rows of layers {floor}-{start - 1}, "
                                             "which the mask allows, were not candidates")
+        if (read := scores_read_note(given.sensitivity, cfg)):  # said in the run's metrics, every face
+            prepared.info["scores_read_note"] = read
         made_on = given.report.train_digest
         if made_on is not None and made_on != split_digest(data.train):
             prepared.info["scores_data_note"] = ("the scores were made on other training rows than this run's (their "

@@ -347,7 +347,7 @@ def test_finetune_trains_from_scores_saved_by_sensitivity(capsys, data_dir, tmp_
     captured = capsys.readouterr()
     shown = json.loads(captured.out)
     assert shown["scores_from"] == str(scores.resolve())
-    assert (f"note: the scores in {scores} were made reading 64 sub-tokens per text and this run reads 32"
+    assert (f"note: the scores in {scores} were made reading 64 sub-tokens per text where this run reads 32"
             in captured.err)  # the faces review: it trained the 64-length rows without a word
     assert (out / "task_tokens.json").read_text() == (scores / "task_tokens.json").read_text()
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(scores), "--max-length", "64",
@@ -359,6 +359,12 @@ def test_finetune_trains_from_scores_saved_by_sensitivity(capsys, data_dir, tmp_
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(tmp_path / "s32"), "--out",
                  str(tmp_path / "at32"), "--json"]) == 0
     assert "were made reading" not in capsys.readouterr().err
+    # scores of texts' starts for a run that reads their ends: said too, and kept in its metrics (the diff review)
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--scores", str(tmp_path / "s32"), "--out",
+                 str(tmp_path / "ends"), "--truncation-side", "left", "--json"]) == 0
+    said = "were made reading long texts' starts where this run reads their ends"
+    assert said in capsys.readouterr().err
+    assert said in json.loads((tmp_path / "ends" / "metrics.json").read_text())["scores_read_note"]
     recorded = RunStore().get(shown["run"]).config["sensitivity"]  # the registry names what the folder names
     assert recorded["score"] == "taylor" == json.loads((out / "clm_run.json").read_text())["config"]["sensitivity"]["score"]
     for argv, message in (([str(tmp_path / "nowhere")], "is not a readable scores folder"),

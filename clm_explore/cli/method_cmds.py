@@ -610,6 +610,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         check_splits,
         finetune,
         given_scores,
+        scores_read_note,
         scoring_settled,
     )
 
@@ -641,10 +642,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     args.training_notes = [] if rerun else _training_notes(loaded, data, cfg)  # said once its folder is taken
     if given is not None:
         check_scores_fit(given, loaded, data.labels, cfg.mask)
-        if given.sensitivity.max_length != cfg.max_length:  # the faces review: said nowhere, yet the rows may differ
-            print(f"note: the scores in {args.scores} were made reading {given.sensitivity.max_length} sub-tokens per "
-                  f"text and this run reads {cfg.max_length}: it trains the rows they chose, which a run scoring for itself "
-                  "at its length may not", file=sys.stderr)
+        if said := scores_read_note(given.sensitivity, cfg):  # the faces review: said nowhere, yet the rows may differ
+            print(f"note: {said.replace('the scores', f'the scores in {args.scores}', 1)}", file=sys.stderr)
     resolve_device(cfg.device)  # a bad --device is a message before any folder is touched
     protected = (default_root(), Path(args.data))
     if int(os.environ.get("RANK", "0")) > 0:
