@@ -50,6 +50,9 @@ class MaskSelection:
     """Parameters in every row that could be selected (the layers from ``min_layer`` up, embeddings as configured)."""
     min_layer: int = 0
     """The lowest layer whose rows competed."""
+    scored_from: int = 0
+    """The lowest layer the scores cover (``SensitivityReport.scored_from_layer``): a run's own scores start at its
+    mask's floor, and no lower min_layer lets the rows below compete."""
 
     def __repr__(self) -> str:  # the mask tensors would fill a notebook cell
         rows = sum(int(m.sum()) for m in self.masks.values())
@@ -82,7 +85,11 @@ class MaskSelection:
             return None
         if self.eligible_params >= self.budget_params:
             return None
-        hint = "; a lower min_layer lets more rows compete" if self.min_layer > 0 else ""
+        if self.scored_from > 0 and self.scored_from >= self.min_layer:  # the diff review: told to lower min_layer
+            hint = (f"; the scores start at layer {self.scored_from}, so rows below have none to compete with (score "
+                    "from a lower layer for more)")
+        else:
+            hint = "; a lower min_layer lets more rows compete" if self.min_layer > 0 else ""
         return (f"the budget asks for {self.budget_params:,} parameters, but the rows that may be selected (layers "
                 f"{self.min_layer} and up) hold {self.eligible_params:,}: all of them are selected, "
                 f"{self.share:.2%} of the backbone{hint}.")
@@ -260,7 +267,7 @@ def select_mask(report: SensitivityReport | str | Path, cfg: MaskConfig | dict |
     return MaskSelection(masks, int(rows.cost[chosen].sum()), budget, report.backbone_params, lowest,
                          report.n_layers, _selection_table(report, masks, set(rows.names)),
                          _beside_rows(report, cfg, lowest, masks),
-                         int(rows.cost.sum()), _lowest_competing_layer(report, cfg))
+                         int(rows.cost.sum()), _lowest_competing_layer(report, cfg), report.scored_from_layer)
 
 
 def run_mask_config(folder: Path) -> MaskConfig | None:

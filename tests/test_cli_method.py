@@ -1044,12 +1044,21 @@ def test_select_says_what_budgets_buy_from_saved_scores_without_scoring(data_dir
     assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "sparse", "--min-layer", "0",
                  "--budget", "0.02", "--out", str(run), "--json"]) == 0
     capsys.readouterr()
-    assert main(["select", str(run), "--budget", "0.02", "--json"]) == 0
+    assert main(["select", str(run), "--json"]) == 0  # its own budget, as select_mask(run) takes it
     captured = capsys.readouterr()
     trained = json.loads((run / "metrics.json").read_text())
-    assert json.loads(captured.out)[0]["selected_params"] == trained["selected_params"]
-    assert main(["select", str(run), "--budget", "0.02"]) == 0
-    assert "note: the run's own mask options (--min-layer 0)" in capsys.readouterr().err
+    assert [(p["budget"], p["selected_params"]) for p in json.loads(captured.out)] == [
+        (0.02, trained["selected_params"])]
+    assert main(["select", str(run), "--budget", "0.02", "--random-share", "0.5"]) == 0
+    # an option given is laid over the run's own, which stay (the diff review: one given dropped them all)
+    assert ("note: the run's own mask options (--min-layer 0), with --random-share 0.5 given here"
+            in capsys.readouterr().err)
+    drawn = tmp_path / "random"
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "random", "--out", str(drawn),
+                 "--json"]) == 0
+    capsys.readouterr()
+    assert main(["select", str(drawn)]) == 0
+    assert "the run's method, random, chose its rows otherwise" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["sensitivity", "sample"], ["select", "x"]])

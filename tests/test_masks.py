@@ -71,6 +71,13 @@ def test_a_budget_above_every_eligible_row_selects_them_all_and_says_so():
     # A budget that every eligible row fills exactly, and one that leaves a row out, need no note.
     assert select_mask(hand_report(), MaskConfig(budget=40, min_layer=1)).budget_note is None
     assert select_mask(hand_report(), MaskConfig(budget=30, min_layer=1)).budget_note is None
+    assert "a lower min_layer lets more rows compete" in sel.budget_note
+    # scores that start at layer 1 (a run's own, scored from its mask's floor): a lower min_layer cannot help (the
+    # diff review: `select RUN --min-layer 0` was told to lower it)
+    upper = hand_report()
+    upper.config = {**upper.config, "min_layer": 1}
+    said = select_mask(upper, MaskConfig(budget=1000, min_layer=0)).budget_note
+    assert "the scores start at layer 1" in said and "lower min_layer" not in said
 
 
 def test_min_layer_and_include_embeddings():

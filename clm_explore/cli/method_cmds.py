@@ -234,18 +234,18 @@ def _register_select(sub: Any) -> None:
                        "layer, the step-time estimate and the optimizer memory. Milliseconds a budget, where "
                        "sensitivity --budget scores again.")
     p.add_argument("scores", metavar="SCORES",
-                   help="a folder that sensitivity --out wrote, or a run folder (its own mask options unless "
-                   "mask options are given here)")
-    p.add_argument("--budget", type=budget_list, default=[MaskConfig.budget], metavar="B[,B...]",
+                   help="a folder that sensitivity --out wrote, or a run folder (its own mask options and budget, "
+                   "with any given here laid over them)")
+    p.add_argument("--budget", type=budget_list, default=None, metavar="B[,B...]",
                    help="one or more budgets, comma-separated: fractions of the backbone in (0, 1] or whole "
-                   "parameter counts")
-    group = _mask_args(p, "what the mask takes, as finetune's options (a run folder's own when none is given)")
+                   f"parameter counts (default: a run folder's own budget, else {MaskConfig.budget:g})")
+    group = _mask_args(p, "what the mask takes, as finetune's options (laid over a run folder's own)")
     group.add_argument("--seed", type=int, default=0,
                        help="seeds the rows drawn at random (--random-share, --sample-temperature)")
     p.add_argument("--json", action="store_true",
                    help="print JSON: a list, a budget each, of {budget, budget_params, selected_params, share, "
                    "trainable_params, lowest_layer, time_ratio_estimate, optimizer_bytes, note, rows: [{layer, "
-                   "module, selected_rows, rows}]}")
+                   "module, selected_rows, rows, eligible}]}")
     p.set_defaults(func=run_select)
 
 
@@ -259,24 +259,32 @@ def budget_list(text: str) -> list[float]:
 
 def run_select(args: argparse.Namespace) -> int:
     from clm_explore.masks import human_bytes, run_mask_config, select_mask
+    from clm_explore.runs import read_json_object
     from clm_explore.sensitivity import SensitivityReport
 
     folder = Path(args.scores).expanduser()
     report = SensitivityReport.load(folder)
-    own = None if _mask_options_given(args) else run_mask_config(folder)
-    if own is not None and not args.json:
-        print(f"note: the run's own mask options ({_mask_words(own)}); give any mask option to choose others",
-              file=sys.stderr)
-    picked = []
-    for budget in args.budget:
-        cfg = replace(own, budget=budget) if own is not None else mask_config(argparse.Namespace(
-            **{**vars(args), "budget": budget}))
-        picked.append((budget, select_mask(report, cfg)))
+    own = run_mask_config(folder)  # None: a scores folder
+    changes = _mask_changes(args)
+    base = replace(own, **changes) if own is not None else mask_config(argparse.Namespace(
+        **{**vars(args), "budget": (args.budget or [MaskConfig.budget])[0]}))
+    budgets = args.budget or [base.budget]  # a run folder: its own budget (as select_mask(run) takes it)
+    notes = []
+    if own is not None:
+        notes.append(f"the run's own mask options ({_mask_words(own)})"
+                     + (f", with {_mask_words(replace(MaskConfig(), **changes))} given here" if changes else ""))
+        method = str(read_json_object(folder / "clm_run.json").get("method") or "")
+        if method and method not in TOP_ROW_METHODS:  # the diff review: a random run's "own" rows were not these
+            notes.append(f"the run's method, {method}, chose its rows otherwise: these are the top rows its scores "
+                         "rank, as a sparse run of them would train")
+    picked = [(budget, select_mask(report, replace(base, budget=budget))) for budget in budgets]
     if args.json:
         print_json([_selection_record(budget, sel) for budget, sel in picked])
         return 0
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     rows = [{"budget": _budget_words(budget), "selected": f"{sel.selected_params:,}", "share": f"{sel.share:.3%}",
-             "trainable": "-" if sel.trainable_params is None else f"{sel.trainable_params:,}",
+             "trainable": "–" if sel.trainable_params is None else f"{sel.trainable_params:,}",
              "lowest layer": "embeddings" if sel.lowest_layer == -1 else sel.lowest_layer,
              "step time vs full": f"about {sel.time_ratio_estimate:.1f}",
              "optimizer memory": human_bytes(sel.optimizer_bytes)} for budget, sel in picked]
@@ -284,12 +292,39 @@ def run_select(args: argparse.Namespace) -> int:
 
     print(pd.DataFrame(rows).to_string(index=False))
     print("trainable: the selected rows with the head and LayerNorms a sparse run trains beside them; optimizer "
-          "memory: AdamW's two moments and the deltas, 16 bytes a trainable parameter (activations are not in it); "
-          "step time: a rough estimate from the lowest layer and the share")
+          "memory: AdamW's value, gradient and two moments, 16 bytes a trainable parameter (activations are not in "
+          "it); step time: a rough estimate from the lowest layer and the share, which runs high")
     for budget, sel in picked:
         if sel.budget_note:
             print(f"note: {_budget_words(budget)}: {sel.budget_note}", file=sys.stderr)
     return 0
+
+
+TOP_ROW_METHODS = ("sparse", "sparse_merged", "fisher")
+"""Methods whose rows are their scores' top rows under their mask options: ``select`` on their run shows them."""
+
+
+def _mask_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The mask options given on the command line away from their defaults, as MaskConfig fields: laid over a run's
+    own options (the diff review: one option given dropped all the run's others)."""
+    changes: dict[str, Any] = {}
+    if args.min_layer != MaskConfig.min_layer:
+        changes["min_layer"] = args.min_layer
+    if args.cost_aware != MaskConfig.cost_aware:
+        changes["cost_aware"] = args.cost_aware
+    if args.sample_temperature is not None:
+        changes.update(strategy="sampled", sample_temperature=args.sample_temperature)
+    if args.random_share != MaskConfig.random_share:
+        changes["random_share"] = args.random_share
+    if args.spread_heads:
+        changes["spread_heads"] = True
+    if args.no_embeddings:
+        changes["include_embeddings"] = False
+    if args.train_biases:
+        changes["train_biases"] = True
+    if args.seed != 0:
+        changes["seed"] = args.seed
+    return changes
 
 
 def _selection_record(budget: float, sel: Any) -> dict[str, Any]:
@@ -305,10 +340,15 @@ def _budget_words(budget: float) -> str:
 
 
 def _mask_words(cfg: MaskConfig) -> str:
-    """A run's mask options away from the defaults, as finetune's flags name them."""
-    changed = [f"--{name.replace('_', '-')} {value}" for name, value in vars(cfg).items()
-               if name not in ("budget", "seed") and value != getattr(MaskConfig, name, value)]
-    return ", ".join(changed) or "the defaults"
+    """A mask's options away from the defaults, as finetune's flags name them ("the defaults" where none is)."""
+    said = [f"--min-layer {cfg.min_layer}" if cfg.min_layer != MaskConfig.min_layer else "",
+            f"--cost-aware {cfg.cost_aware:g}" if cfg.cost_aware != MaskConfig.cost_aware else "",
+            f"--sample-temperature {cfg.sample_temperature:g}" if cfg.strategy == "sampled" else "",
+            "random rows" if cfg.strategy == "random" else "",
+            f"--random-share {cfg.random_share:g}" if cfg.random_share != MaskConfig.random_share else "",
+            "--spread-heads" if cfg.spread_heads else "", "--no-embeddings" if not cfg.include_embeddings else "",
+            "--train-biases" if cfg.train_biases else ""]
+    return ", ".join(word for word in said if word) or "the defaults"
 
 
 def _fisher_labels_arg(p: argparse.ArgumentParser) -> None:
