@@ -238,12 +238,28 @@ def _use_it(folder: Path, method: str, source: str = "") -> str:
         code = ("from transformers import pipeline\n\n"
                 f'classify = pipeline("text-classification", model={where})\n'
                 f'classify("a text to classify", truncation=True, max_length={length})')
-    ends = (", their ends kept (its tokenizer's `truncation_side` is left)" if _trained_side(folder) == "left"
-            else "")
-    return (f"## Use it\n\n{_fenced(code)}\n\nIt was trained on texts cut to {length} sub-tokens{ends} (its "
-            "tokenizer's `model_max_length`); `clm-explore predict --run DIR --text ...` reads them the same way. "
+    ends = (", keeping a longer text's end (its tokenizer's `truncation_side` is left)"
+            if _trained_side(folder) == "left" else "")
+    return (f"## Use it\n\n{_fenced(code)}\n\nIt was trained on texts cut to {length} sub-tokens (its "
+            f"tokenizer's `model_max_length`){ends}; `clm-explore predict --run DIR --text ...` reads them the same way. "
             "`clm-explore export --run DIR --out SERVE` copies only what serving needs."
             + (_lora_adapter_use(where, source) if (folder / "lora_adapter").is_dir() else ""))
+
+
+def _not_competing(folder: Path) -> str:
+    """Which rows of the table could not be chosen at all: those below the mask's lowest eligible layer, and the word
+    embeddings' unless every layer competed ('' where all could)."""
+    mask = (read_json_object(folder / "clm_run.json").get("config") or {}).get("mask") or {}
+    layers = read_json_object(folder / "config.json").get("num_hidden_layers")
+    floor = mask.get("min_layer", -1)
+    if not isinstance(floor, int) or not isinstance(layers, int):
+        return ""
+    floor = layers // 2 if floor == -1 else floor  # masks.effective_min_layer, without torch
+    if floor <= 0:
+        return "" if mask.get("include_embeddings", True) else "Word-embedding rows could not be chosen (`--no-embeddings`)."
+    below = "layer 0" if floor == 1 else f"layers 0-{floor - 1}"
+    return (f"The rows of {below} and the word embeddings could not be chosen: the mask's lowest eligible layer is "
+            f"{floor}, so their 0 is not a loss.")
 
 
 def _trained_side(folder: Path) -> str:
@@ -375,6 +391,8 @@ def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:
         lines += ["", "| layer | rows chosen | rows |", "| --- | --- | --- |"]
         lines += [f"| {layer} | {int(per_layer.loc[layer, 'selected_rows']):,} | {int(per_layer.loc[layer, 'rows']):,} |"
                   for layer in order]
+        if said := _not_competing(folder):  # their 0 is not a loss (the diff review)
+            lines.append(f"\n{said}")
         lines.append("\nThe rows of every matrix: `masks.safetensors`; the run as a patch over its base model: "
                      "`delta.safetensors` (the trained rows' changes, and the head, norms and biases that trained "
                      "whole; `clm_explore.apply_delta(run)` rebuilds the model from the base and it).")

@@ -123,8 +123,8 @@ def _find_label_issues(loaded: LoadedModel, data: AnnotatedData, cfg: LabelAudit
     # where to set them, in each face's words
     longer = (longer.replace("at a cost in time", "at a cost in time (audit --max-length; the app's label check reads "
                              "the Finetune form's Sub-tokens read per text)")
-              .replace("their ends instead", "their ends instead (audit --truncation-side left; the app's label "
-                       "check cuts as the Finetune form's Long texts keep their)"))
+              .replace("their ends instead", "their ends instead (audit --truncation-side left; in the app, the "
+                       "Finetune form's 'Long texts keep their' set to end)"))
     if cut := cut_texts_note(loaded.tokenizer, rows["text"].tolist(), cfg.max_length, "the probe", longer):
         notes.append(cut)
     return LabelIssues(issues, len(rows), accuracy, time.perf_counter() - started, notes)

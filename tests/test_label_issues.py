@@ -213,8 +213,8 @@ def test_the_audit_says_when_the_texts_are_longer_than_the_probe_reads(splits):
                     "read, so what their ends say is never seen and the figures may come from the cut; a longer "
                     "max_length (up to 128) reads more, at a cost in time (audit --max-length; the app's label check "
                     "reads the Finetune form's Sub-tokens read per text); truncation_side 'left' keeps their ends "
-                    "instead (audit --truncation-side left; the app's label check cuts as the Finetune form's Long "
-                    "texts keep their)"], notes
+                    "instead (audit --truncation-side left; in the app, the Finetune form's 'Long texts keep their' "
+                    "set to end)"], notes
 
 
 def test_an_audit_longer_than_the_model_reads_is_refused_plainly(splits):

@@ -48,8 +48,8 @@ def test_a_finished_run_carries_a_card_the_hub_reads_with_its_figures(sparse_run
     assert rows and min(int(r[0]) for r in rows if r[0] != "emb" and r[1] != "0") >= metrics["lowest_layer"]
     assert sum(int(r[1].replace(",", "")) for r in rows) > 0
     assert "Budget 3% of the backbone: " in text  # in percent, as the app says it (it read "Budget 0.03")
-    # every scored map counted, a layer with no row chosen too, and the embeddings over the rows that may compete
-    # (the budget review: only maps with a chosen row, and the whole vocabulary)
+    # every scored map counted, a layer with no row chosen too, and the embeddings over the mined words' rows (the
+    # budget review: only maps with a chosen row, and the whole vocabulary); rows that could not compete are said
     scored = json.loads((sparse_run.out_dir / "sensitivity" / "sensitivity.json").read_text())["matrices"]
     per_layer: dict[str, int] = {}
     for info in scored.values():
@@ -57,6 +57,7 @@ def test_a_finished_run_carries_a_card_the_hub_reads_with_its_figures(sparse_run
         eligible = info["eligible_rows"]
         per_layer[layer] = per_layer.get(layer, 0) + (len(eligible) if eligible is not None else info["rows"])
     assert {r[0]: int(r[2].replace(",", "")) for r in rows} == per_layer
+    assert "The rows of layer 0 and the word embeddings could not be chosen: the mask's lowest eligible layer is 1" in text
     assert "## Task token groups" in text
     made = json.loads((sparse_run.out_dir / "clm_run.json").read_text())["provenance"]
     assert f"Made by clm-explore's code `{made['code']}` (clm-explore " in text and "`clm-explore rerun --run DIR`" in text

@@ -88,7 +88,8 @@ def test_a_run_that_keeps_the_end_records_it_and_reads_texts_so_everywhere(left_
     greeted = predict(left_run, ["card " * 300 + ASK, "exchange rate " * 300 + ASK])
     assert greeted.iloc[0].tolist() == greeted.iloc[1].tolist()
     card = model_card(left_run)  # its reader is told, where the card says how to use it
-    assert "texts cut to 16 sub-tokens, their ends kept (its tokenizer's `truncation_side` is left)" in card
+    assert ("texts cut to 16 sub-tokens (its tokenizer's `model_max_length`), keeping a longer text's end (its "
+            "tokenizer's `truncation_side` is left);") in card
     assert "| of a longer text | its end is read (`--truncation-side left`) |" in card
 
 

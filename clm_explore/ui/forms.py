@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,14 @@ def sensitivity_form(key: str = "sens") -> SensitivityConfig:
 def _slider_steps(value: float) -> list[float]:
     """The slider's budgets with ``value`` among them: a budget typed in a box (5%, 20%, a count's 0.2201%) is where
     the slider stands, not the nearest step (the budget review: at 20% typed, the slider read 10%)."""
+    value = _on_slider(value)
     return BUDGET_STEPS if value in BUDGET_STEPS else sorted([*BUDGET_STEPS, value])
+
+
+def _on_slider(value: float) -> float:
+    """``value`` as the slider holds it: a step where it is one but for float rounding (6.31% typed reads
+    0.06309999999999999, and the slider showed two steps of 6.31%: the diff review)."""
+    return next((step for step in BUDGET_STEPS if math.isclose(step, value, rel_tol=1e-9)), value)
 
 
 def _budget_count(value: float, backbone_params: int) -> int:
@@ -261,7 +269,7 @@ def _set_budget(key: str, value: float) -> None:
     value = min(max(value, BUDGET_STEPS[0]), 1.0)
     state.set_budget(value)
     st.session_state[f"{key}_number"] = round(value * 100, 4)  # the box shows the budget in use
-    st.session_state[f"{key}_slider"] = value
+    st.session_state[f"{key}_slider"] = _on_slider(value)
 
 
 def budget_input(key: str = "budget", backbone_params: int | None = None) -> float:
@@ -269,7 +277,7 @@ def budget_input(key: str = "budget", backbone_params: int | None = None) -> flo
     size, a box for the budget as a parameter count; returns a fraction."""
     value = state.budget()
     if f"{key}_slider" not in st.session_state:
-        st.session_state[f"{key}_slider"] = value
+        st.session_state[f"{key}_slider"] = _on_slider(value)
         st.session_state[f"{key}_number"] = round(value * 100, 4)
     # The count's box wide enough for 7 digits: at [4, 1, 1] a 10% budget's 2271322 read "227132" (the demo review).
     c1, c2, c3 = st.columns([3, 1, 1.4]) if backbone_params else (*st.columns([4, 1]), None)

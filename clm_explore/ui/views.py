@@ -270,7 +270,7 @@ KEEP_START = "start"
 
 def audit_read(cfg: Any) -> str:
     """How a label check (``LabelAuditConfig``) reads texts, in the Data page's words."""
-    kept = ", their ends kept where longer" if cfg.truncation_side == "left" else ""
+    kept = ", keeping a longer text's end" if cfg.truncation_side == "left" else ""
     return f"{cfg.max_length} sub-tokens per text{kept}"
 
 
@@ -476,10 +476,11 @@ def layer_module_grid(table: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: str = "Viridis",
-            diverging: bool = False, zrange: tuple[float, float] | None = None) -> None:
+            diverging: bool = False, zrange: tuple[float, float] | None = None, number: str = ".2g") -> None:
     """A layers x modules heatmap of ``table[value]`` (embeddings shown as layer 'emb'), its numbers in a table
     beneath. ``diverging``: values of either sign, the colour scale's middle at 0 (not at the data's middle);
-    ``zrange``: the colour scale's ends (maps drawn side by side share one), else the data's own."""
+    ``zrange``: the colour scale's ends (maps drawn side by side share one), else the data's own; ``number``: the
+    cells' d3 format (percentages: ``PERCENT_CELLS``, where ".2g" wrote 100 as "1.0e+2")."""
     if table.empty:
         st.info("Nothing to show.")
         return
@@ -495,7 +496,7 @@ def heatmap(table: pd.DataFrame, value: str, title: str, key: str, colorscale: s
             zmid=0 if diverging else None,
             zmin=zrange[0] if zrange else None,
             zmax=zrange[1] if zrange else None,
-            texttemplate="%{z:.2g}" if grid.size <= HEATMAP_LABELLED_CELLS else None,
+            texttemplate=f"%{{z:{number}}}" if grid.size <= HEATMAP_LABELLED_CELLS else None,
             hovertemplate="layer %{y} · %{x}: %{z:.4g}<extra></extra>",
             colorbar=dict(exponentformat="e", title=dict(text=value.replace("_", " "), side="right")),
         )
@@ -518,6 +519,8 @@ def selected_percent(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(percent_selected=table["share_selected"].where(table["eligible"]) * 100)
 
 
+PERCENT_CELLS = ".3~g"
+"""A percentage map's cell format: 100, 3.13, 0.0123."""
 SELECTED_BLANKS = ("Blank: below the lowest eligible layer, where no row competes. The embeddings' share is of the "
                    "mined words' rows, the only embedding rows that may be selected.")
 

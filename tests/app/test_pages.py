@@ -560,6 +560,9 @@ def test_budget_slider_and_number_box(at: AppTest) -> None:
     for typed in (5.0, 20.0):  # off the slider's log steps, or above them: the slider stands at the budget in use
         at.number_input(key="budget_number").set_value(typed).run()
         assert at.select_slider(key="budget_slider").value == pytest.approx(typed / 100)
+    at.number_input(key="budget_number").set_value(6.31).run()  # a step, but for float rounding: no second 6.31%
+    assert at.select_slider(key="budget_slider").value == 0.0631
+    assert at.select_slider(key="budget_slider").options.count("6.31%") == 1
 
 
 def test_budget_as_a_parameter_count(at: AppTest) -> None:
@@ -877,6 +880,7 @@ def test_the_budget_map_leaves_rows_that_cannot_compete_blank_and_speaks_percent
     assert all(v is None for v in rows["L0"]) and all(v is None for v in rows["emb"])  # auto: layer 1 and up compete
     assert any(v for v in rows["L1"]) and max(v for v in rows["L1"] if v is not None) > 1  # percent, not a fraction
     assert any(c.value == views.SELECTED_BLANKS for c in at.caption)
+    assert chart["data"][0]["texttemplate"] == "%{z:.3~g}"  # 100 as "100", not ".2g"'s "1.0e+2"
 
 
 def lowest_layer_shown(app: AppTest) -> str:
@@ -2846,11 +2850,11 @@ def test_the_label_check_reads_as_many_sub_tokens_as_the_runs(at: AppTest, monke
     at.run()
     assert "Reads 128 sub-tokens per text" in at.button(key="data_audit").help and not at.exception
     assert set(asked) == {32}  # no new check without a click (the diff review: one started on its own)
-    assert any("The last check read 32 sub-tokens per text; runs read 128 sub-tokens per text now" in c.value
+    assert any("The last check read 32 sub-tokens per text; runs now read 128 sub-tokens per text:" in c.value
                for c in at.caption)
     at.session_state["ft_keep"] = "end"  # the form keeping long texts' ends: the check cuts them so, once asked
     at.run()
-    assert any("runs read 128 sub-tokens per text, their ends kept where longer now" in c.value for c in at.caption)
+    assert any("runs now read 128 sub-tokens per text, keeping a longer text's end:" in c.value for c in at.caption)
     button(at, "Check the labels").click().run(timeout=TIMEOUT)
     assert at.session_state["audited"][2].truncation_side == "left"
 

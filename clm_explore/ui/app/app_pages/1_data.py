@@ -71,8 +71,8 @@ source = state.model_source()
 # correct rows, whatever the Finetune form said (the long-text review).
 audit_cfg = LabelAuditConfig(max_length=forms.read_length(), truncation_side=forms.read_side())
 if st.button("Check the labels", key="data_audit",
-             help=f"Reads {audit_cfg.max_length} sub-tokens per text, as the Finetune form's Sub-tokens read per text "
-             "says."):
+             help=f"Reads {views.audit_read(audit_cfg)}, as the Finetune form's Sub-tokens read per text and Long texts "
+             "keep their say."):
     # shown again on later reruns (from the cache) until the data, the model or the length read changes: a length
     # changed on the Finetune form started a new check on its own, and hid the finished one (the diff review)
     state.put("audited", (choice, source, audit_cfg))
@@ -80,8 +80,8 @@ if st.button("Check the labels", key="data_audit",
 audited = state.get("audited")
 if audited and audited[:2] == (choice, source) and audited[2:] != (audit_cfg,):
     earlier = views.audit_read(audited[2]) if len(audited) > 2 else "another number of sub-tokens per text"
-    st.caption(f"The last check read {earlier}; runs read {views.audit_read(audit_cfg)} now: **Check the labels** "
-               "checks them again so.")
+    st.caption(f"The last check read {earlier}; runs now read {views.audit_read(audit_cfg)}: **Check the labels** "
+               "checks them again that way.")
 if audited == (choice, source, audit_cfg):
     # A task of its own, shared by every session: a click or a page change while it runs does not restart it.
     task = cache.label_audit(source, choice, audit_cfg, inline=state.inline_jobs())

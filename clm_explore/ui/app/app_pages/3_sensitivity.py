@@ -54,7 +54,8 @@ except ConfigError as exc:  # e.g. a budget below the cheapest row, as on the Bu
 else:
     zrange, capped = views.capped_scale(table, view) if view != "share_selected" else (None, "")
     shown = "percent_selected" if view == "share_selected" else view
-    views.heatmap(table, shown, VIEWS[view], key="sens_main", zrange=zrange)
+    views.heatmap(table, shown, VIEWS[view], key="sens_main", zrange=zrange,
+                  number=views.PERCENT_CELLS if view == "share_selected" else ".2g")
     if capped:
         st.caption(capped)
 

@@ -45,7 +45,7 @@ if selection is not None:
     st.caption(f"Mask selected from the cached scores in {seconds * 1000:.0f} ms.")
     views.render_mask_summary(selection, report.backbone_params, key="budget")
     views.heatmap(views.selected_percent(selection.table), "percent_selected",
-                  "Rows selected per layer and module, % of each map's rows", key="budget")
+                  "Rows selected per layer and module, % of each map's rows", key="budget", number=views.PERCENT_CELLS)
     st.caption(views.SELECTED_BLANKS)
 
 st.header("Launch at this budget", anchor=False)
