@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from clm_explore.config import BUDGET_METHODS
+from clm_explore.config import BUDGET_METHODS, budget_words, eligible_floor
 from clm_explore.mask_tables import mask_table
 from clm_explore.model_names import (
     DEFAULT_SOURCE,
@@ -254,7 +254,7 @@ def _not_competing(folder: Path) -> str:
     floor = mask.get("min_layer", -1)
     if not isinstance(floor, int) or not isinstance(layers, int):
         return ""
-    floor = layers // 2 if floor == -1 else floor  # masks.effective_min_layer, without torch
+    floor = eligible_floor(floor, layers)
     if floor <= 0:
         return "" if mask.get("include_embeddings", True) else "Word-embedding rows could not be chosen (`--no-embeddings`)."
     below = "layer 0" if floor == 1 else f"layers 0-{floor - 1}"
@@ -372,7 +372,7 @@ def _trained(folder: Path, method: str, metrics: dict[str, Any]) -> str:
     if isinstance(budget, int | float) and isinstance(selected, int):
         # in percent or a count, as the app and Compare say it; the embeddings by name (the budget review: "the
         # lowest layer trained is -1", "Budget 0.002")
-        asked = f"{budget * 100:.3g}% of the backbone" if budget <= 1 else f"{int(budget):,} parameters"
+        asked = budget_words(budget) + (" of the backbone" if budget <= 1 else "")
         lowest = metrics.get("lowest_layer")
         stops = ("the lowest rows trained are word embeddings, so backward runs through every layer" if lowest == -1
                  else f"the lowest layer trained is {lowest}, so backward stops there")

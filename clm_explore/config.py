@@ -239,6 +239,17 @@ class DataConfig:
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
 
 
+def eligible_floor(min_layer: int, n_layers: int) -> int:
+    """The lowest layer whose rows may be selected: ``min_layer`` (``MaskConfig.min_layer``), or the upper half of
+    the ``n_layers`` layers when it is -1. Torch-free: the model card reads it from a run's files."""
+    return n_layers // 2 if min_layer == -1 else min_layer
+
+
+def budget_words(budget: float) -> str:
+    """A budget as the app and the CLI say it: a share in percent ("1%"), a count as a count ("50,000 parameters")."""
+    return f"{budget * 100:.3g}%" if budget <= 1 else f"{int(budget):,} parameters"
+
+
 RELEVANCES = ("kl", "mi", "chi2")
 """Label relevance measures of a mined group (MiningConfig.relevance)."""
 SPECIFICITIES = ("wordfreq", "none")

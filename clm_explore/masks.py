@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clm_explore.config import ConfigError, MaskConfig, config_from, from_dict
+from clm_explore.config import ConfigError, MaskConfig, config_from, eligible_floor, from_dict
 from clm_explore.mask_tables import (
     mask_table as mask_table,  # re-exported: where callers have always found it
 )
@@ -173,7 +173,7 @@ def eligible_matrices(report: SensitivityReport, cfg: MaskConfig) -> set[str]:
 
 def effective_min_layer(cfg: MaskConfig, n_layers: int) -> int:
     """The lowest eligible layer: ``cfg.min_layer``, or the upper half of the layers when it is -1."""
-    return n_layers // 2 if cfg.min_layer == -1 else cfg.min_layer
+    return eligible_floor(cfg.min_layer, n_layers)
 
 
 def _rng(cfg: MaskConfig) -> np.random.Generator:

@@ -43,6 +43,7 @@ from clm_explore.config import (
     MaskConfig,
     MiningConfig,
     SensitivityConfig,
+    budget_words,
     few_steps_note,
     to_dict,
 )
@@ -283,7 +284,7 @@ def run_select(args: argparse.Namespace) -> int:
         return 0
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    rows = [{"budget": _budget_words(budget), "selected": f"{sel.selected_params:,}", "share": f"{sel.share:.3%}",
+    rows = [{"budget": budget_words(budget), "selected": f"{sel.selected_params:,}", "share": f"{sel.share:.3%}",
              "trainable": "–" if sel.trainable_params is None else f"{sel.trainable_params:,}",
              "lowest layer": "embeddings" if sel.lowest_layer == -1 else sel.lowest_layer,
              "step time vs full": f"about {sel.time_ratio_estimate:.1f}",
@@ -296,7 +297,7 @@ def run_select(args: argparse.Namespace) -> int:
           "it); step time: a rough estimate from the lowest layer and the share, which runs high")
     for budget, sel in picked:
         if sel.budget_note:
-            print(f"note: {_budget_words(budget)}: {sel.budget_note}", file=sys.stderr)
+            print(f"note: {budget_words(budget)}: {sel.budget_note}", file=sys.stderr)
     return 0
 
 
@@ -333,10 +334,6 @@ def _selection_record(budget: float, sel: Any) -> dict[str, Any]:
             "time_ratio_estimate": sel.time_ratio_estimate, "optimizer_bytes": sel.optimizer_bytes,
             "note": sel.budget_note, "rows": sel.table[["layer", "module", "selected_rows", "rows", "eligible"]].to_dict(
                 orient="records")}
-
-
-def _budget_words(budget: float) -> str:
-    return f"{budget * 100:.3g}%" if budget <= 1 else f"{int(budget):,} parameters"
 
 
 def _mask_words(cfg: MaskConfig) -> str:
