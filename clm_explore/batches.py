@@ -451,20 +451,23 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
     same = now == digest if digest else _same_test_rows(run_dir, own.test)
     if not same or len(rows) <= len(own.test):
         return rows
+    trained = ("which held its training and validation draws (--shots)" if own.config and own.config.shots
+               else "which trained it or chose its epoch")
     notes.append(f"this is the data the run was trained on: its test split ({len(own.test):,} rows, as the run carved "
-                 f"it) was scored, not the other {len(rows) - len(own.test):,} rows, which trained it or chose its "
-                 "epoch; pass other labelled rows to score it on more."
+                 f"it) was scored, not the other {len(rows) - len(own.test):,} rows, {trained}; pass other labelled "
+                 "rows to score it on more."
                  + ("" if digest else " (Known by its predictions.csv: the run is older than its record of its data.)"))
     return own.test[["text", "label"]].reset_index(drop=True)
 
 
 def _recorded_carve(record: dict[str, Any]) -> dict[str, Any]:
-    """The options the run carved its data's splits with (seed, fractions, split column), from its clm_run.json's
-    ``data_config``; none for a run older than that record."""
+    """The options the run carved and drew its data's splits with (seed, fractions, split column, shots), from its
+    clm_run.json's ``data_config``; none for a run older than that record."""
     recorded = record.get("data_config")
     if not isinstance(recorded, dict):
         return {}
-    return {key: recorded[key] for key in ("validation_fraction", "test_fraction", "seed", "split_col")
+    return {key: recorded[key] for key in ("validation_fraction", "test_fraction", "seed", "split_col", "shots",
+                                           "shots_seed")
             if recorded.get(key) is not None}
 
 

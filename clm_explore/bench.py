@@ -70,7 +70,7 @@ from clm_explore.config import (
     keywords_checked,
     to_dict,
 )
-from clm_explore.data import AnnotatedData, load_data, write_csv
+from clm_explore.data import AnnotatedData, few_shot, load_data, shots_note, write_csv
 from clm_explore.provenance import (
     CELLS_AT_ONCE_ENV,
     MODEL_NAMES,
@@ -336,24 +336,6 @@ INTERRUPT_EXIT_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-def few_shot(frame: pd.DataFrame, shots: int, seed: int) -> pd.DataFrame:
-    """At most ``shots`` rows per label, chosen at random (seeded); file order kept."""
-    key = np.random.default_rng(seed).random(len(frame))
-    rank = pd.Series(key).groupby(frame["label"].to_numpy()).rank(method="first").to_numpy()
-    return frame[rank <= shots].reset_index(drop=True)
-
-
-def shots_note(train: pd.DataFrame, shots: int) -> str:
-    """A sentence when some label has fewer than ``shots`` training rows (it keeps all of its own), else ''."""
-    counts = train["label"].value_counts()
-    short = counts[counts < shots] if shots else counts.iloc[:0]
-    if short.empty:
-        return ""
-    named = ", ".join(f"{label} ({n})" for label, n in short.sort_values().head(5).items())
-    return (f"--shots {shots}: {len(short)} of {len(counts)} labels have fewer training rows and keep all theirs: "
-            f"{named}{', ...' if len(short) > 5 else ''}")
 
 
 def draw_note(cfg: BenchConfig) -> str:

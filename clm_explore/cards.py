@@ -320,7 +320,10 @@ def _share(value: Any) -> str:
 def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     cfg = meta.get("config") or {}
     method = metrics.get("method") or meta.get("method")
-    rows = [("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
+    drawn = meta.get("data_config") if isinstance(meta.get("data_config"), dict) else {}
+    rows = [("training rows", f"at most {drawn['shots']} per label, drawn at random (`--shots {drawn['shots']} "
+             f"--data-seed {drawn.get('shots_seed', 0)}`)" if drawn.get("shots") else None),
+            ("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
             ("sub-tokens read per text", cfg.get("max_length")),
             ("of a longer text", "its end is read (`--truncation-side left`)" if cfg.get("truncation_side") == "left"
              else None),

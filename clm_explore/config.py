@@ -227,9 +227,18 @@ class DataConfig:
     None: UTF-8, or UTF-16/32 with a byte-order mark, else the legacy encoding that reads the file best, named in
     a note (a guess that may be wrong is listed as a problem)."""
 
+    shots: int = 0
+    """Train on at most this many rows per label, drawn at random (seeded by ``shots_seed``) from the train split,
+    and validate on as many per label of the validation split: the few-shot setting, the rows ``bench --shots``
+    draws. The test split is kept whole. 0: every row."""
+    shots_seed: int = 0
+    """Seed of the ``shots`` draw (the command line's ``--data-seed``): another seed draws other rows."""
+
     def __post_init__(self) -> None:
         check_field_types(self)
         _check(self.max_file_mb > 0, f"max_file_mb must be > 0, got {self.max_file_mb}")
+        _check(self.shots >= 0, f"shots must be 0 (every row) or more, got {self.shots}")
+        _check(self.shots_seed >= 0, f"shots_seed must be 0 or more, got {self.shots_seed}")
         _check(self.encoding is None or _known_encoding(self.encoding),
                f"encoding must be a text encoding Python knows (gb18030, cp932, cp1251, ...), got {self.encoding!r}")
         _check(self.max_rows >= 1, f"max_rows must be >= 1, got {self.max_rows}")

@@ -1833,8 +1833,39 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     if validation is None:
         train, validation = _carve(train, cfg.validation_fraction, cfg.seed, "validation", notes, group_copies=False)
     parts = [f.reset_index(drop=True).astype(str) for f in (train, validation, test)]
+    if cfg.shots:  # after the carve, as bench draws: a run at --shots K trains on a bench cell's rows
+        drawn = [few_shot(frame, cfg.shots, cfg.shots_seed) for frame in parts[:2]]
+        notes += draw_notes(parts[:2], drawn, cfg.shots, cfg.shots_seed)
+        parts[:2] = drawn
     return AnnotatedData(*parts, labels=label_order(parts[0]["label"].unique()), source=source, notes=notes,
                          config=cfg)
+
+
+def few_shot(frame: pd.DataFrame, shots: int, seed: int) -> pd.DataFrame:
+    """At most ``shots`` rows per label, chosen at random (seeded); file order kept."""
+    key = np.random.default_rng(seed).random(len(frame))
+    rank = pd.Series(key).groupby(frame["label"].to_numpy()).rank(method="first").to_numpy()
+    return frame[rank <= shots].reset_index(drop=True)
+
+
+def shots_note(train: pd.DataFrame, shots: int) -> str:
+    """A sentence when some label has fewer than ``shots`` training rows (it keeps all of its own), else ''."""
+    counts = train["label"].value_counts()
+    short = counts[counts < shots] if shots else counts.iloc[:0]
+    if short.empty:
+        return ""
+    named = ", ".join(f"{label} ({n})" for label, n in short.sort_values().head(5).items())
+    return (f"--shots {shots}: {len(short)} of {len(counts)} labels have fewer training rows and keep all theirs: "
+            f"{named}{', ...' if len(short) > 5 else ''}")
+
+
+def draw_notes(before: list[pd.DataFrame], drawn: list[pd.DataFrame], shots: int, seed: int) -> list[str]:
+    """What a ``shots`` draw kept of the train and validation rows (``before``, ``drawn``: those two), and the labels
+    with fewer training rows than it."""
+    said = [f"--shots {shots} (shots={shots}): trains on {len(drawn[0]):,} of the {len(before[0]):,} training rows and "
+            f"validates on {len(drawn[1]):,} of the {len(before[1]):,} validation rows, at most {shots} per label, "
+            f"drawn with --data-seed {seed} (shots_seed={seed}); the test split is kept whole"]
+    return said + [note] if (note := shots_note(before[0], shots)) else said
 
 
 def _check_label_length(name: str, labels: Iterable[str], max_chars: int) -> None:

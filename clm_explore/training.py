@@ -1062,7 +1062,7 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
 
 def _carve_said(data: AnnotatedData) -> str:
     """The data's note on its test carve, as a clause (why a carve left none, when it says)."""
-    said = [note for note in data.notes if "test" in note]
+    said = [note for note in data.notes if "test" in note and not note.startswith("--shots")]  # not the draw's
     return f" ({said[0].rstrip('.')})" if said else ""
 
 

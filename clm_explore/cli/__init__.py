@@ -162,10 +162,11 @@ def truncation_side_arg(parser: Any, where: str) -> None:
 
 
 def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data_help: str = "",
-                  split_help: str = "", carve: bool = False) -> None:
+                  split_help: str = "", carve: bool = False, draw: bool = False) -> None:
     """DATA (a file or a folder of train/validation/test files) and the column options; ``data_help`` and
     ``split_help`` say what a command reads of them where it reads otherwise (``evaluate``: the test rows).
-    ``carve``: the shares of train carved as validation and test where the data has no such split."""
+    ``carve``: the shares of train carved as validation and test where the data has no such split. ``draw``: the
+    few-shot draw (--shots, --data-seed; not for ``audit``, whose relabelled data must keep every row)."""
     if positional:
         parser.add_argument("data", metavar="DATA",
                             help=data_help or "a CSV/TSV/JSONL/JSON/Parquet file or a folder of splits")
@@ -188,6 +189,26 @@ def add_data_args(parser: argparse.ArgumentParser, positional: bool = True, data
         parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction, metavar="F",
                             help="share of train held out as test where the data has no test split, above 0 and "
                             "below 0.5")
+    if draw:
+        defaults = DataConfig()
+        parser.add_argument("--shots", type=whole_count, default=defaults.shots, metavar="K",
+                            help="train on K rows per label, drawn at random, and validate on K per label (the "
+                            "few-shot setting: the rows `bench --shots K` draws; a label with fewer keeps all its "
+                            "own; the test split is kept whole; 0 = every row)")
+        parser.add_argument("--data-seed", dest="shots_seed", type=whole_count, default=defaults.shots_seed,
+                            metavar="S", help="seeds which rows --shots draws, as bench's --data-seed")
+        parser.set_defaults(data_draw=True)
+
+
+def whole_count(text: str) -> int:
+    """A whole number of 0 or more, refused as argparse refuses a word."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
 
 
 ENCODING_HELP = ("the data file's encoding where it is not UTF-8 (gb18030, cp932, cp1251, ...; default: guessed, "
@@ -202,7 +223,10 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     return DataConfig(text_col=args.text_col, label_col=args.label_col, split_col=args.split_col,
                       max_file_mb=args.max_file_mb, encoding=args.encoding,
                       validation_fraction=getattr(args, "validation_fraction", defaults.validation_fraction),
-                      test_fraction=getattr(args, "test_fraction", defaults.test_fraction))
+                      test_fraction=getattr(args, "test_fraction", defaults.test_fraction),
+                      # a command that draws the data's rows (bench draws its own, after its own --shots and --limit)
+                      **({"shots": args.shots, "shots_seed": args.shots_seed} if getattr(args, "data_draw", False)
+                         else {}))
 
 
 def load_noted_data(args: argparse.Namespace) -> AnnotatedData:

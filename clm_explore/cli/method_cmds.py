@@ -74,13 +74,10 @@ def _register_mine(sub: Any) -> None:
                        description="Mine the word pieces and words that tell DATA's labels apart (count, label "
                        "relevance, domain specificity against the general language) and print the top groups; --merge "
                        "adds the top multi-piece words to the tokenizer's unused slots.")
-    add_data_args(p, carve=True)
+    add_data_args(p, carve=True, draw=True)
     _model_arg(p)
     _merge_arg(_mining_args(p))
     p.add_argument("--show", type=int, default=30, help="groups printed (human output)")
-    p.add_argument("--shots", type=int, default=0, metavar="K",
-                   help="mine from K training rows per label, the rows `bench --shots K` draws (0 = every row)")
-    p.add_argument("--data-seed", type=int, default=0, metavar="S", help="seeds which rows --shots draws, as bench's")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_mine)
 
@@ -137,17 +134,10 @@ def run_mine(args: argparse.Namespace) -> int:
 
     if args.merge < 0:
         raise UserError(f"--merge {args.merge} must be 0 (no merging) or more.")
-    for flag, value in (("--show", args.show), ("--shots", args.shots)):
-        if value < 0:
-            raise UserError(f"{flag} {value} must be 0 or more.")
-    data = load_noted_data(args)
+    if args.show < 0:
+        raise UserError(f"--show {args.show} must be 0 or more.")
+    data = load_noted_data(args)  # --shots: what a few-shot grid's cells mine (the mining review)
     train = data.train
-    if args.shots:  # what a few-shot grid's cells mine (the mining review: 12 groups on trec6 10-shot, 8 of them
-        from clm_explore.bench import few_shot, shots_note  # function words, seen only through bench)
-
-        train = few_shot(train, args.shots, args.data_seed)
-        if note := shots_note(data.train, args.shots):
-            print(f"note: {note}", file=sys.stderr)
     loaded = load_model(args.model, data.labels)
     warn_unreadable(loaded.tokenizer, train["text"].tolist())
     task_tokens = mine_task_tokens(train["text"].tolist(), train["label"].tolist(), loaded.tokenizer,
@@ -198,7 +188,7 @@ def _register_sensitivity(sub: Any) -> None:
                        description="Warm up a head on DATA, score every row of every weight matrix on a calibration "
                        "subset and print the scores per layer and module; --out saves them, which finetune --scores "
                        "then trains from, and --budget shows what a budget selects.")
-    add_data_args(p, carve=True)
+    add_data_args(p, carve=True, draw=True)
     _model_arg(p)
     _mining_args(p, "the groups whose positions --restriction tokens scores")
     p.add_argument("--restriction", choices=["tokens", "none"], default="tokens",
@@ -463,7 +453,7 @@ def _register_finetune(sub: Any) -> None:
                        description="Train a classifier on DATA with one method (sparse: the top-scored rows within "
                        "the budget) and write a run folder: a transformers model, its masks, metrics.json, "
                        "predictions.csv and a model card.")
-    add_data_args(p, positional=False, carve=True)
+    add_data_args(p, positional=False, carve=True, draw=True)
     _model_arg(p)
     p.add_argument("--method", default="sparse", help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--budget", type=budget_value, default=MaskConfig.budget,

@@ -81,7 +81,7 @@ def sidebar() -> None:
             state.set_model_source(choice)
         data = state.data_choice()
         st.caption(f"**Model:** {escape_markdown(model_shown(state.model_source()))}")
-        st.caption(f"**Data:** {escape_markdown(data.name) if data else 'none (pick one on the Data page)'}")
+        st.caption(f"**Data:** {escape_markdown(data.shown) if data else 'none (pick one on the Data page)'}")
         st.caption(f"**Device:** {device_label()}")
         with st.expander("This session"):
             st.caption("This page's address reopens the session, upload included, for whoever has it. Ending it "
@@ -786,6 +786,27 @@ def switch_to_upload(write: Callable[[], bytes], filename: str, rows: int, key: 
     st.session_state[f"{key}_kind"] = "upload"
     # A fresh file box: the one still holding an uploaded original would select that again on the next run.
     state.put(f"{key}_upload_box", int(state.get(f"{key}_upload_box", 0)) + 1)
+
+
+def row_draw(choice: state.DataChoice, current: state.DataChoice | None, key: str = "data") -> state.DataChoice:
+    """The few-shot draw (``DataConfig.shots``): how far a few labelled rows per label go, the setting where the
+    method's stability matters, which the command line's ``--shots`` offered and the app did not. The boxes start
+    at the session's draw (``current``: a page change or a reopened session keeps it)."""
+    for name, value in (("shots", current.shots if current else 0), ("shots_seed", current.shots_seed if current else 0)):
+        if f"{key}_{name}" not in st.session_state:
+            st.session_state[f"{key}_{name}"] = value
+    with st.expander("Few-shot: train on a few rows per label", expanded=bool(st.session_state[f"{key}_shots"])):
+        c1, c2 = st.columns(2)
+        shots = c1.number_input("Training rows per label", min_value=0, max_value=DataConfig().max_rows, step=1,
+                                key=f"{key}_shots", help="0: every row. A label with fewer rows keeps all its own.")
+        seed = c2.number_input("Draw", min_value=0, max_value=2**31 - 1, step=1, key=f"{key}_shots_seed",
+                               disabled=not shots, help="Another number draws other rows: runs on several draws "
+                               "show how much the choice of rows moves the scores.")
+        st.caption("Every page, and every run launched, then works on that many training rows per label, and as many "
+                   "validation rows, drawn at random; the test split stays whole, so runs on a draw are scored on the "
+                   "same rows as runs on every row. The command line draws the same rows with --shots K --data-seed "
+                   "S (finetune, mine, sensitivity; bench --shots K).")
+    return dataclasses.replace(choice, shots=int(shots), shots_seed=int(seed) if shots else 0)
 
 
 def column_mapping(choice: state.DataChoice, columns: list[str], key: str = "data") -> state.DataChoice:

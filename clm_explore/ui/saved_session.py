@@ -52,7 +52,8 @@ def to_record(values: dict[str, Any]) -> dict[str, Any]:
     if isinstance(choice, state.DataChoice):
         record["data_choice"] = {
             "kind": choice.kind, "path": choice.path, "name": choice.name, "text_col": choice.text_col,
-            "label_col": choice.label_col, "digest": choice.digest,
+            "label_col": choice.label_col, "digest": choice.digest, "shots": choice.shots,
+            "shots_seed": choice.shots_seed,
         }
     if isinstance(values.get(state.BUDGET), int | float):
         record["budget"] = float(values[state.BUDGET])
@@ -129,8 +130,11 @@ def _data_choice(raw: Any, upload_folder: Path) -> state.DataChoice | None:
         found = state.DataChoice("upload", str(path), name, digest=str(raw.get("digest", ""))) if inside else None
     else:
         found = None
+    shots, seed = raw.get("shots", 0), raw.get("shots_seed", 0)  # a session saved before the draw: every row
+    drawn = all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (shots, seed))
     return None if found is None else state.DataChoice(
-        found.kind, found.path, found.name, text_col, label_col, found.digest
+        found.kind, found.path, found.name, text_col, label_col, found.digest,
+        shots=shots if drawn else 0, shots_seed=seed if drawn and shots else 0
     )
 
 

@@ -74,10 +74,30 @@ class DataChoice:
     version: str = ""
     """For a data set read from the server's disk (sample, shared): its files' sizes and modification times, so
     that files edited while the server runs key new cached results, not the old ones. Not part of ``key``."""
+    shots: int = 0
+    """Train on at most this many rows per label (and validate on as many), drawn at random: ``DataConfig.shots``;
+    0: every row."""
+    shots_seed: int = 0
+    """Seed of the ``shots`` draw (``DataConfig.shots_seed``)."""
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}"
+        drawn = f":{self.shots}{DRAW_MARK}{self.shots_seed}" if self.shots else ""  # keys of earlier runs unchanged
+        return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}{drawn}"
+
+    @property
+    def shown(self) -> str:
+        """The data set's name, and its draw where it has one."""
+        return self.name + draw_words(self.shots, self.shots_seed)
+
+
+DRAW_MARK = "-per-label-draw-"
+"""Between a ``DataChoice.key``'s shots and draw seed: ``sample:banking77_20:None:None::10-per-label-draw-0``."""
+
+
+def draw_words(shots: int, seed: int) -> str:
+    """', 10 rows per label (draw 0)' for a few-shot draw; '' for every row."""
+    return f", {shots} rows per label (draw {seed})" if shots else ""
 
 
 def data_key_name(key: str, columns: bool = False) -> str:
@@ -85,13 +105,15 @@ def data_key_name(key: str, columns: bool = False) -> str:
     not one. An upload's name has the start of its digest after it: two users' different ``train.csv`` files are
     told apart on a shared server. With ``columns``, the text and label columns chosen, where any was."""
     kind, _, rest = key.partition(":")
-    parts = rest.rsplit(":", 3)
+    drawn = re.fullmatch(rf"(.*):(\d+){DRAW_MARK}(\d+)", rest)
+    parts = (drawn.group(1) if drawn else rest).rsplit(":", 3)
     if kind not in ("sample", "shared", "upload") or len(parts) != 4:
         return key
     name, text_col, label_col, digest = parts
     shown = f"{name} ({digest[:6]})" if kind == "upload" and digest else name
     mapped = [f"{what} column {col}" for what, col in (("text", text_col), ("label", label_col)) if col != "None"]
-    return f"{shown}, {' and '.join(mapped)}" if columns and mapped else shown
+    shown = f"{shown}, {' and '.join(mapped)}" if columns and mapped else shown
+    return shown + (draw_words(int(drawn.group(2)), int(drawn.group(3))) if drawn else "")
 
 
 def _get(key: str, default: Any) -> Any:
@@ -532,7 +554,8 @@ def upload_choice(raw: bytes, filename: str, current: DataChoice | None, protect
     if same_file and current.name == _upload_names(filename, digest)[2]:
         return current
     saved = save_upload(raw, filename, protect=protect)
-    return dataclasses.replace(saved, text_col=current.text_col, label_col=current.label_col) if same_file else saved
+    return dataclasses.replace(saved, text_col=current.text_col, label_col=current.label_col, shots=current.shots,
+                               shots_seed=current.shots_seed) if same_file else saved
 
 
 def mining_cfg() -> MiningConfig:

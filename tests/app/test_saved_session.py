@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from clm_explore.config import MaskConfig, MiningConfig
+from clm_explore.runs import RunStore
 from clm_explore.ui import saved_session, state
 from clm_explore.ui.state import DataChoice, prune_uploads, save_upload
 from clm_explore.ui.views import escape_markdown
@@ -287,3 +288,31 @@ def test_submitted_scoring_options_are_saved_before_the_scoring_runs(tmp_path: P
     app.button(key="FormSubmitter:sens_form-Compute").click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert seen and seen[0]["sens_cfg"]["warmup_epochs"] == 3, seen[:1]  # on disk before the scoring began
+
+
+def test_the_data_pages_few_shot_draw_reaches_every_page_a_launch_and_a_reload() -> None:
+    """The few-shot draw in the app (the command line's --shots K --data-seed S): set once on the Data page, it is
+    the data of every page and of the runs launched, and a reload keeps it."""
+    app = open_app()
+    app.number_input(key="data_shots").set_value(5).run()
+    app.number_input(key="data_shots_seed").set_value(2).run()
+    assert not app.exception, [e.value for e in app.exception]
+    choice = app.session_state["data_choice"]
+    assert (choice.shots, choice.shots_seed) == (5, 2)
+    assert any("banking77\\_20, 5 rows per label \\(draw 2\\)" in c.value for c in app.sidebar.caption)
+    said = [c.value.replace("\\", "") for c in app.caption if "trains on 100 of the " in c.value.replace("\\", "")]
+    assert len(said) == 1 and said[0].startswith("Training rows per label 5: trains on 100 of the ") and (
+        "per label, drawn at random (Draw 2); the test split is kept whole" in said[0]), said  # the boxes' names
+    app.switch_page("app_pages/5_finetune.py")
+    app.run()
+    assert app.number_input(key="ft_epochs").value == 30  # 5 rows per label: the few-shot epochs
+    app.number_input(key="ft_epochs").set_value(1)
+    next(b for b in app.button if b.label == "Launch").click().run(timeout=TIMEOUT)
+    assert not app.exception, [e.value for e in app.exception]
+    [run] = RunStore().list()
+    record = json.loads((run.path / "clm_run.json").read_text())
+    assert (record["data_config"]["shots"], record["data_config"]["shots_seed"]) == (5, 2)
+    assert run.config["data"] == choice.key and choice.key.endswith(":5-per-label-draw-2")
+    again = open_app(token_of(app))  # a reload: the draw is the session's still, and the boxes show it
+    assert (again.session_state["data_choice"].shots, again.session_state["data_choice"].shots_seed) == (5, 2)
+    assert again.number_input(key="data_shots").value == 5 and again.number_input(key="data_shots_seed").value == 2

@@ -1,5 +1,6 @@
 """Data: the bundled sample, a server-side data set or an upload; column mapping; the data report."""
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -27,6 +28,7 @@ if choice is None:
     state.stop()
 if choice.kind == "upload":
     choice = forms.column_mapping(choice, cache.columns(choice.digest, choice.path, choice.name), key="data")
+choice = forms.row_draw(choice, state.data_choice(), key="data")
 
 try:
     annotated = cache.data(choice)
@@ -40,7 +42,7 @@ except DataError as exc:  # in the app's words: its column boxes, not the comman
 if state.set_data_choice(choice):
     st.rerun()  # the sidebar, drawn before this page, shows the new data set
 
-st.header(f"Data set: {views.escape_markdown(choice.name)}", anchor=False)
+st.header(f"Data set: {views.escape_markdown(choice.shown)}", anchor=False)
 if choice.kind == "sample":  # its one warning read as the tool's own bug (the demo review)
     st.caption("The bundled sample keeps BANKING77's texts as published, repeats included: the texts in two splits "
                "that the report below counts as leakage come from those repeats of the original data.")
@@ -66,6 +68,10 @@ st.caption(
     "How: a linear probe on the model's features, trained on the other rows in 5 folds, and cleanlab's confident "
     "learning rule. One pass of the model, no finetuning."
 )
+if choice.shots:
+    st.caption("The check reads every row, not the few-shot draw: a label's wrong rows are found among all its own, "
+               "and the data downloaded with labels changed keeps them all.")
+checked = dataclasses.replace(choice, shots=0, shots_seed=0)  # the label check's data, every row
 source = state.model_source()
 # As long a read as the runs': at 64 sub-tokens an audit of texts whose question sat further on flagged 298 of 360
 # correct rows, whatever the Finetune form said (the long-text review).
@@ -75,16 +81,16 @@ if st.button("Check the labels", key="data_audit",
              "keep their say."):
     # shown again on later reruns (from the cache) until the data, the model or the length read changes: a length
     # changed on the Finetune form started a new check on its own, and hid the finished one (the diff review)
-    state.put("audited", (choice, source, audit_cfg))
-    cache.retry_failed_audit(source, choice, audit_cfg)
+    state.put("audited", (checked, source, audit_cfg))
+    cache.retry_failed_audit(source, checked, audit_cfg)
 audited = state.get("audited")
-if audited and audited[:2] == (choice, source) and audited[2:] != (audit_cfg,):
+if audited and audited[:2] == (checked, source) and audited[2:] != (audit_cfg,):
     earlier = views.audit_read(audited[2]) if len(audited) > 2 else "another number of sub-tokens per text"
     st.caption(f"The last check read {earlier}; runs now read {views.audit_read(audit_cfg)}: **Check the labels** "
                "checks them again that way.")
-if audited == (choice, source, audit_cfg):
+if audited == (checked, source, audit_cfg):
     # A task of its own, shared by every session: a click or a page change while it runs does not restart it.
-    task = cache.label_audit(source, choice, audit_cfg, inline=state.inline_jobs())
+    task = cache.label_audit(source, checked, audit_cfg, inline=state.inline_jobs())
     if not task.done:
         views.task_progress(task)
         if task.progress[0].startswith("waiting for"):
@@ -112,7 +118,7 @@ if audited == (choice, source, audit_cfg):
     else:
         accepted = views.render_label_issues(task.result, key="data")
         if len(accepted):
-            fixed = relabelled(annotated, accepted)
+            fixed = relabelled(cache.data(checked), accepted)
             stem = Path(choice.name).stem
             c1, c2 = st.columns(2)
             c1.download_button(

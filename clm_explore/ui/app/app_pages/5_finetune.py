@@ -16,7 +16,7 @@ st.write(
 
 choice, source = state.require_data()
 st.caption(
-    f"Data: **{escape_markdown(choice.name)}** · model: **{escape_markdown(source)}** · "
+    f"Data: **{escape_markdown(choice.shown)}** · model: **{escape_markdown(source)}** · "
     f"device: **{forms.device_label()}**"
 )
 

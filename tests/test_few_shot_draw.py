@@ -1,0 +1,93 @@
+"""The few-shot draw as a data option (``DataConfig.shots``, ``--shots K --data-seed S``, the Data page's boxes): the
+rows ``bench --shots K`` drew were out of reach of finetune, sensitivity and the app (the last note's leftover)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clm_explore.bench import few_shot
+from clm_explore.cards import model_card
+from clm_explore.cli import main
+from clm_explore.config import ConfigError, DataConfig
+from clm_explore.data import data_digest, load_data
+from clm_explore.ui.state import DataChoice, data_key_name
+from tests.test_cli_method import FAST, TINY
+
+
+def test_the_draw_keeps_k_rows_per_label_of_train_and_validation_as_bench_draws_and_test_whole(data_dir) -> None:
+    every = load_data(data_dir)
+    drawn = load_data(data_dir, shots=3)
+    for split, whole in (("train", every.train), ("validation", every.validation)):
+        assert drawn.split(split)["label"].value_counts().to_dict() == dict.fromkeys(every.labels, 3)
+        assert drawn.split(split).equals(few_shot(whole, 3, 0))  # a bench cell's rows at --shots 3
+    assert drawn.test.equals(every.test)
+    assert any("trains on 12 of the 160 training rows and validates on 12 of the 40 validation rows" in n
+               and "the test split is kept whole" in n for n in drawn.notes), drawn.notes
+    other = load_data(data_dir, shots=3, shots_seed=1)
+    assert not other.train.equals(drawn.train)
+    assert len({data_digest(d) for d in (every, drawn, other)}) == 3  # runs on other rows are told apart
+    assert load_data(data_dir, shots=3).train.equals(drawn.train)  # seeded
+
+
+def test_a_label_with_fewer_rows_than_the_shots_keeps_its_own_and_is_named(data_dir) -> None:
+    drawn = load_data(data_dir, shots=50)
+    assert len(drawn.train) == 160 and len(drawn.validation) == 40
+    assert any("--shots 50: 4 of 4 labels have fewer training rows and keep all theirs" in n for n in drawn.notes)
+
+
+def test_shots_below_zero_are_refused_by_the_config_and_the_command_line(data_dir, capsys) -> None:
+    with pytest.raises(ConfigError, match="shots must be 0 .* got -1"):
+        DataConfig(shots=-1)
+    with pytest.raises(ConfigError, match="shots_seed must be 0 or more, got -2"):
+        DataConfig(shots=2, shots_seed=-2)
+    for flag in ("--shots", "--data-seed"):
+        with pytest.raises(SystemExit) as stop:
+            main(["finetune", "--data", str(data_dir), *TINY, *FAST, flag, "-1"])
+        assert stop.value.code == 2 and f"{flag}: -1 must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_run_at_shots_records_its_draw_and_evaluate_and_the_card_read_it(tiny_data, tmp_path: Path, capsys) -> None:
+    import pandas as pd
+
+    one_file = tmp_path / "tickets.csv"  # a single file: the run carves its splits, then draws
+    pd.concat([tiny_data.train, tiny_data.validation, tiny_data.test]).to_csv(one_file, index=False)
+    out = tmp_path / "few"
+    assert main(["finetune", "--data", str(one_file), *TINY, *FAST, "--method", "head", "--shots", "3",
+                 "--data-seed", "1", "--out", str(out)]) == 0
+    assert "--shots 3 (shots=3): trains on 12 of the " in capsys.readouterr().err
+    record = json.loads((out / "clm_run.json").read_text())
+    assert {k: record["data_config"][k] for k in ("shots", "shots_seed")} == {"shots": 3, "shots_seed": 1}
+    assert record["data_digest"] == data_digest(load_data(one_file, shots=3, shots_seed=1))
+    assert "| training rows | at most 3 per label, drawn at random (`--shots 3 --data-seed 1`) |" in model_card(out)
+    # the run's own data file: its test split alone is scored, the file read with the run's draw (not said to have
+    # changed since, and its 200 other rows scored, as a read without the draw would)
+    assert main(["evaluate", "--run", str(out), "--data", str(one_file), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows"] == len(load_data(one_file).test) < 240
+    assert "which held its training and validation draws (--shots)" in captured.err and "changed" not in captured.err
+
+
+def test_a_rerun_reads_the_runs_draw_again(data_dir, tmp_path: Path) -> None:
+    from clm_explore import rerun
+
+    out = tmp_path / "few"
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--shots", "2",
+                 "--out", str(out)]) == 0
+    again = rerun(out, tmp_path / "again", data=data_dir, progress=False)
+    record = json.loads((Path(again.out_dir) / "clm_run.json").read_text())
+    assert record["data_digest"] == json.loads((out / "clm_run.json").read_text())["data_digest"]
+    assert record["data_config"]["shots"] == 2
+
+
+def test_the_apps_key_names_the_draw_and_keys_of_every_row_are_as_before() -> None:
+    every = DataChoice("sample", "/x", "banking77_20")
+    drawn = DataChoice("sample", "/x", "banking77_20", shots=10, shots_seed=2)
+    assert every.key == "sample:banking77_20:None:None:"  # keys earlier runs recorded
+    assert drawn.key != every.key and data_key_name(drawn.key) == "banking77_20, 10 rows per label (draw 2)"
+    assert drawn.shown == "banking77_20, 10 rows per label (draw 2)" and every.shown == "banking77_20"
+    upload = DataChoice("upload", "/x", "a:b.csv", "utterance", None, "abcdef123456789", shots=5)
+    assert data_key_name(upload.key, columns=True) == ("a:b.csv (abcdef), text column utterance, 5 rows per label "
+                                                        "(draw 0)")
