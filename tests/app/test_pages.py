@@ -114,6 +114,17 @@ def test_data_page_says_how_many_texts_a_run_would_cut(at: AppTest) -> None:
     assert fewer or any("Every text fits in the 128 sub-tokens" in c.value for c in at.caption)
 
 
+def test_the_label_check_of_a_few_shot_draw_reads_every_row(at: AppTest) -> None:
+    """Checked on the draw, a label's wrong rows would be looked for among 5 of its own, and the data downloaded with
+    labels changed would hold the draw alone: every other row lost."""
+    at.number_input(key="data_shots").set_value(5).run()
+    assert at.metric[0].label == "Rows" and int(at.metric[0].value) == 5 * 20 * 2 + 800  # train, validation; test whole
+    assert any("The check reads every row, not the few-shot draw" in c.value for c in at.caption)
+    button(at, "Check the labels").click().run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    assert int({m.label: m.value for m in at.metric}["Rows checked"]) == 2000
+
+
 def test_data_page_checks_the_labels_on_request_and_keeps_the_result(at: AppTest) -> None:
     assert not any(m.label == "Rows flagged" for m in at.metric)  # a model pass only when asked
     button(at, "Check the labels").click().run(timeout=TIMEOUT)
