@@ -89,6 +89,9 @@ class AnnotatedData:
     path: str | None = field(default=None, repr=False, compare=False)
     """The absolute path of the file or folder ``load_data`` read; None for an upload or DataFrames (an upload's
     ``source`` is its name, which the server's working folder may hold another file of; the diff review)."""
+    carved: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """The splits ``load_data`` carved out of train ('test', 'validation'), the data giving none of its own: their
+    shares are ``DataConfig.test_fraction`` and ``validation_fraction`` (the app offers them only then)."""
 
     def __post_init__(self) -> None:
         """Built by hand (``load_data`` checks far more): the shape every consumer relies on, said plainly."""
@@ -1837,8 +1840,9 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
         drawn = [few_shot(frame, cfg.shots, cfg.shots_seed) for frame in parts[:2]]
         notes += draw_notes(parts[:2], drawn, cfg.shots, cfg.shots_seed)
         parts[:2] = drawn
+    carved = tuple(split for split in ("test", "validation") if frames.get(split) is None)
     return AnnotatedData(*parts, labels=label_order(parts[0]["label"].unique()), source=source, notes=notes,
-                         config=cfg)
+                         config=cfg, carved=carved)
 
 
 def few_shot(frame: pd.DataFrame, shots: int, seed: int) -> pd.DataFrame:

@@ -191,8 +191,7 @@ entries of them were held for its lifetime after their users left (the performan
 
 @st.cache_data(show_spinner="Reading the data…", max_entries=8, ttl=DATA_TTL)
 def data(choice: DataChoice, max_file_mb: float = DataConfig().max_file_mb) -> AnnotatedData:
-    cfg = DataConfig(text_col=choice.text_col, label_col=choice.label_col, max_file_mb=max_file_mb,
-                     shots=choice.shots, shots_seed=choice.shots_seed)
+    cfg = choice.data_config(max_file_mb=max_file_mb)
     if choice.kind == "upload":
         try:
             raw = Path(choice.path).read_bytes()

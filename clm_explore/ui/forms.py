@@ -809,6 +809,36 @@ def row_draw(choice: state.DataChoice, current: state.DataChoice | None, key: st
     return dataclasses.replace(choice, shots=int(shots), shots_seed=int(seed) if shots else 0)
 
 
+def carve_shares(choice: state.DataChoice, current: state.DataChoice | None, carved: tuple[str, ...],
+                 key: str = "data") -> state.DataChoice:
+    """The shares of train carved as validation and test, for data that gives neither split of its own
+    (``AnnotatedData.carved``): the few-shot review's 70-row upload lost a tenth of its rows to a validation split
+    of one row per label, which the command line's --validation-fraction 0 keeps and the app could not. The boxes
+    start at the session's shares (``current``)."""
+    seeded = {"validation_fraction": current.validation_fraction if current else DataConfig.validation_fraction,
+              "test_fraction": current.test_fraction if current else DataConfig.test_fraction}
+    for name, value in seeded.items():
+        if f"{key}_{name}" not in st.session_state:
+            st.session_state[f"{key}_{name}"] = round(value * 100, 4)
+    shares = {}
+    with st.expander("Splits carved from train", expanded=(choice.validation_fraction, choice.test_fraction)
+                     != (DataConfig.validation_fraction, DataConfig.test_fraction)):
+        c1, c2 = st.columns(2)
+        if "validation" in carved:
+            shares["validation_fraction"] = c1.number_input(
+                "Validation % of train", min_value=0.0, max_value=49.0, step=5.0, format="%.4g",
+                key=f"{key}_validation_fraction", help="0: no validation split, every row left trains; then no "
+                "per-epoch curve, kept best epoch or early stop.")
+        if "test" in carved:
+            shares["test_fraction"] = c2.number_input(
+                "Test % of train", min_value=1.0, max_value=49.0, step=5.0, format="%.4g", key=f"{key}_test_fraction",
+                help="Held out before the validation split is carved; every copy of a text goes to the same side.")
+        st.caption("The data gives no " + " or ".join(f"{split} split" for split in carved) + " of its own, so it is "
+                   "carved out of train at random (seeded), label by label. The command line carves the same rows "
+                   "with --validation-fraction and --test-fraction (shares, not percents).")
+    return dataclasses.replace(choice, **{name: round(value / 100, 6) for name, value in shares.items()})
+
+
 def column_mapping(choice: state.DataChoice, columns: list[str], key: str = "data") -> state.DataChoice:
     """Text and label column pickers ('(detect)' lets the loader find them)."""
     cols = ["(detect)", *columns]

@@ -17,6 +17,7 @@ as long as the uploads (``state.prune_uploads``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any
 import streamlit as st
 
 from clm_explore import config
-from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.config import ConfigError, MaskConfig, MiningConfig, SensitivityConfig
 from clm_explore.ui import score_cache, state
 
 TOKEN_PARAM = "s"
@@ -53,7 +54,8 @@ def to_record(values: dict[str, Any]) -> dict[str, Any]:
         record["data_choice"] = {
             "kind": choice.kind, "path": choice.path, "name": choice.name, "text_col": choice.text_col,
             "label_col": choice.label_col, "digest": choice.digest, "shots": choice.shots,
-            "shots_seed": choice.shots_seed,
+            "shots_seed": choice.shots_seed, "validation_fraction": choice.validation_fraction,
+            "test_fraction": choice.test_fraction,
         }
     if isinstance(values.get(state.BUDGET), int | float):
         record["budget"] = float(values[state.BUDGET])
@@ -130,12 +132,17 @@ def _data_choice(raw: Any, upload_folder: Path) -> state.DataChoice | None:
         found = state.DataChoice("upload", str(path), name, digest=str(raw.get("digest", ""))) if inside else None
     else:
         found = None
-    shots, seed = raw.get("shots", 0), raw.get("shots_seed", 0)  # a session saved before the draw: every row
-    drawn = all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (shots, seed))
-    return None if found is None else state.DataChoice(
-        found.kind, found.path, found.name, text_col, label_col, found.digest,
-        shots=shots if drawn else 0, shots_seed=seed if drawn and shots else 0
-    )
+    if found is None:
+        return None
+    # a session saved before these options (or with values that no longer hold): the defaults
+    options = {name: raw[name] for name in ("shots", "shots_seed", "validation_fraction", "test_fraction")
+               if isinstance(raw.get(name), int | float) and not isinstance(raw.get(name), bool)}
+    try:
+        read = dataclasses.replace(found, text_col=text_col, label_col=label_col, **options)
+        read.data_config()  # DataConfig's checks: a share out of range, a count below 0, a float count
+    except (ConfigError, TypeError, ValueError):
+        read = dataclasses.replace(found, text_col=text_col, label_col=label_col)
+    return read
 
 
 def take_over(root: Path, token: str) -> tuple[str, dict[str, Any]] | None:

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import streamlit as st
 
 from clm_explore import doctor
-from clm_explore.config import MaskConfig, MiningConfig, SensitivityConfig
+from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
 from clm_explore.data import SAMPLE_DATA
 from clm_explore.modeling import NAMED_SOURCES
 from clm_explore.runs import UPLOADS_NAME, default_root
@@ -79,20 +79,38 @@ class DataChoice:
     0: every row."""
     shots_seed: int = 0
     """Seed of the ``shots`` draw (``DataConfig.shots_seed``)."""
+    validation_fraction: float = DataConfig.validation_fraction
+    """Share of train carved as validation where the data gives no validation split (``DataConfig``'s)."""
+    test_fraction: float = DataConfig.test_fraction
+    """Share of train held out as test where the data gives no test split (``DataConfig``'s)."""
 
     @property
     def key(self) -> str:
-        drawn = f":{self.shots}{DRAW_MARK}{self.shots_seed}" if self.shots else ""  # keys of earlier runs unchanged
-        return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}{drawn}"
+        # the options at their defaults add nothing: the keys earlier runs recorded stay theirs
+        carve = ((self.validation_fraction, self.test_fraction) != (DataConfig.validation_fraction,
+                                                                     DataConfig.test_fraction))
+        carved = f":{CARVE_MARK}{self.validation_fraction:g}-{self.test_fraction:g}" if carve else ""
+        drawn = f":{self.shots}{DRAW_MARK}{self.shots_seed}" if self.shots else ""
+        return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}{carved}{drawn}"
 
     @property
     def shown(self) -> str:
-        """The data set's name, and its draw where it has one."""
-        return self.name + draw_words(self.shots, self.shots_seed)
+        """The data set's name, and its carve and draw where they are not the defaults."""
+        return (self.name + carve_words(self.validation_fraction, self.test_fraction)
+                + draw_words(self.shots, self.shots_seed))
+
+    def data_config(self, **limits: Any) -> DataConfig:
+        """How ``cache.data`` reads it (``limits``: DataConfig's other fields, as ``max_file_mb``)."""
+        return DataConfig(text_col=self.text_col, label_col=self.label_col, shots=self.shots,
+                          shots_seed=self.shots_seed, validation_fraction=self.validation_fraction,
+                          test_fraction=self.test_fraction, **limits)
 
 
 DRAW_MARK = "-per-label-draw-"
 """Between a ``DataChoice.key``'s shots and draw seed: ``sample:banking77_20:None:None::10-per-label-draw-0``."""
+CARVE_MARK = "carve-"
+"""Before a ``DataChoice.key``'s validation and test shares where they are not the defaults: ``...::carve-0-0.3``."""
+_KEY_OPTIONS = re.compile(rf"(.*?)(?::{CARVE_MARK}([\d.e-]+?)-([\d.e-]+))?(?::(\d+){DRAW_MARK}(\d+))?")
 
 
 def draw_words(shots: int, seed: int) -> str:
@@ -100,20 +118,29 @@ def draw_words(shots: int, seed: int) -> str:
     return f", {shots} rows per label (draw {seed})" if shots else ""
 
 
+def carve_words(validation: float, test: float) -> str:
+    """', validation 0% and test 30% of train' where the carve's shares are not the defaults; '' where they are.
+    Said wherever they apply or not: a data set with its own splits carves nothing (the Data page says so)."""
+    if (validation, test) == (DataConfig.validation_fraction, DataConfig.test_fraction):
+        return ""
+    return f", validation {validation * 100:.3g}% and test {test * 100:.3g}% of train where carved"
+
+
 def data_key_name(key: str, columns: bool = False) -> str:
     """The data set's name in a ``DataChoice.key`` (what a run's config records), or the key itself when it is
     not one. An upload's name has the start of its digest after it: two users' different ``train.csv`` files are
     told apart on a shared server. With ``columns``, the text and label columns chosen, where any was."""
     kind, _, rest = key.partition(":")
-    drawn = re.fullmatch(rf"(.*):(\d+){DRAW_MARK}(\d+)", rest)
-    parts = (drawn.group(1) if drawn else rest).rsplit(":", 3)
+    base, validation, test, shots, seed = _KEY_OPTIONS.fullmatch(rest).groups()  # type: ignore[union-attr]
+    parts = base.rsplit(":", 3)
     if kind not in ("sample", "shared", "upload") or len(parts) != 4:
         return key
     name, text_col, label_col, digest = parts
     shown = f"{name} ({digest[:6]})" if kind == "upload" and digest else name
     mapped = [f"{what} column {col}" for what, col in (("text", text_col), ("label", label_col)) if col != "None"]
     shown = f"{shown}, {' and '.join(mapped)}" if columns and mapped else shown
-    return shown + (draw_words(int(drawn.group(2)), int(drawn.group(3))) if drawn else "")
+    carve = carve_words(float(validation), float(test)) if validation is not None else ""
+    return shown + carve + (draw_words(int(shots), int(seed)) if shots is not None else "")
 
 
 def _get(key: str, default: Any) -> Any:
@@ -554,8 +581,7 @@ def upload_choice(raw: bytes, filename: str, current: DataChoice | None, protect
     if same_file and current.name == _upload_names(filename, digest)[2]:
         return current
     saved = save_upload(raw, filename, protect=protect)
-    return dataclasses.replace(saved, text_col=current.text_col, label_col=current.label_col, shots=current.shots,
-                               shots_seed=current.shots_seed) if same_file else saved
+    return dataclasses.replace(current, path=saved.path, name=saved.name) if same_file else saved
 
 
 def mining_cfg() -> MiningConfig:

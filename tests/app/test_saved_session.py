@@ -316,3 +316,41 @@ def test_the_data_pages_few_shot_draw_reaches_every_page_a_launch_and_a_reload()
     again = open_app(token_of(app))  # a reload: the draw is the session's still, and the boxes show it
     assert (again.session_state["data_choice"].shots, again.session_state["data_choice"].shots_seed) == (5, 2)
     assert again.number_input(key="data_shots").value == 5 and again.number_input(key="data_shots_seed").value == 2
+
+
+def test_the_shares_carved_from_an_uploads_train_are_chosen_on_the_data_page_and_kept(tmp_path: Path) -> None:
+    """A single file gives no validation or test split: the app carved 10% and 20% with no say (the few-shot review's
+    70 rows lost a tenth to one validation row per label); the command line's --validation-fraction 0 kept them."""
+    token = "c" * 32
+    upload = save_upload(ROWS, "rows.csv", folder=tmp_path / "uploads" / token)
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["session_id"] = token
+    app.session_state["data_choice"] = dataclasses.replace(upload, text_col="utterance", label_col="intent")
+    app.run()
+    assert app.number_input(key="data_validation_fraction").value == 10.0
+    app.number_input(key="data_validation_fraction").set_value(0.0).run()
+    app.number_input(key="data_test_fraction").set_value(30.0).run()
+    assert not app.exception, [e.value for e in app.exception]
+    choice = app.session_state["data_choice"]
+    assert (choice.validation_fraction, choice.test_fraction) == (0.0, 0.3)
+    assert "validation: 0 rows" in " ".join(c.value for c in app.caption).replace("\\", "")
+    assert any("validation 0% and test 30% of train where carved" in c.value.replace("\\", "")
+               for c in app.sidebar.caption)
+    app.switch_page("app_pages/5_finetune.py")
+    app.run()
+    app.number_input(key="ft_epochs").set_value(1)
+    next(b for b in app.button if b.label == "Launch").click().run(timeout=TIMEOUT)
+    assert not app.exception, [e.value for e in app.exception]
+    [run] = RunStore().list()
+    carved = json.loads((run.path / "clm_run.json").read_text())["data_config"]
+    assert (carved["validation_fraction"], carved["test_fraction"]) == (0.0, 0.3)
+    again = open_app(token_of(app), page="app_pages/1_data.py")
+    kept = again.session_state["data_choice"]
+    assert (kept.validation_fraction, kept.test_fraction) == (0.0, 0.3)
+    assert again.number_input(key="data_validation_fraction").value == 0.0
+
+
+def test_only_the_splits_a_data_set_lacks_offer_a_share(tmp_path: Path) -> None:
+    app = open_app()  # the sample: train and test files, validation carved
+    assert [n.key for n in app.number_input if n.key in ("data_validation_fraction", "data_test_fraction")] == [
+        "data_validation_fraction"]

@@ -32,6 +32,10 @@ choice = forms.row_draw(choice, state.data_choice(), key="data")
 
 try:
     annotated = cache.data(choice)
+    if annotated.carved:  # the shares of the splits carved out of train, chosen here too
+        carved_as = forms.carve_shares(choice, state.data_choice(), annotated.carved, key="data")
+        if carved_as != choice:
+            choice, annotated = carved_as, cache.data(carved_as)
 except DataError as exc:  # in the app's words: its column boxes, not the command line's options
     st.error(views.escape_markdown(views.data_error_text(str(exc), upload=choice.kind == "upload")))
     if isinstance(exc, IncompleteRowsError) and choice.kind == "upload":
