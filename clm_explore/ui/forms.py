@@ -792,20 +792,22 @@ def row_draw(choice: state.DataChoice, current: state.DataChoice | None, key: st
     """The few-shot draw (``DataConfig.shots``): how far a few labelled rows per label go, the setting where the
     method's stability matters, which the command line's ``--shots`` offered and the app did not. The boxes start
     at the session's draw (``current``: a page change or a reopened session keeps it)."""
-    for name, value in (("shots", current.shots if current else 0), ("shots_seed", current.shots_seed if current else 0)):
-        if f"{key}_{name}" not in st.session_state:
-            st.session_state[f"{key}_{name}"] = value
-    with st.expander("Few-shot: train on a few rows per label", expanded=bool(st.session_state[f"{key}_shots"])):
+    # value=, not a value put in the session first: a box left out of a run (the Source radio between a sample and an
+    # upload stops the page) came back showing its minimum, 0, while the session held the value, and the next click
+    # sent the 0 (Streamlit draws a returning box from its default)
+    shots, seed = (current.shots, current.shots_seed) if current else (0, 0)
+    with st.expander("Few-shot: train on a few rows of each label", expanded=bool(shots)):
         c1, c2 = st.columns(2)
-        shots = c1.number_input("Training rows per label", min_value=0, max_value=DataConfig().max_rows, step=1,
-                                key=f"{key}_shots", help="0: every row. A label with fewer rows keeps all its own.")
-        seed = c2.number_input("Draw", min_value=0, max_value=2**31 - 1, step=1, key=f"{key}_shots_seed",
+        shots = c1.number_input("Training rows of each label", min_value=0, max_value=DataConfig().max_rows,
+                                value=shots, step=1, key=f"{key}_shots",
+                                help="0: every row. A label with fewer rows keeps all its own.")
+        seed = c2.number_input("Draw", min_value=0, max_value=2**31 - 1, value=seed, step=1, key=f"{key}_shots_seed",
                                disabled=not shots, help="Another number draws other rows: runs on several draws "
                                "show how much the choice of rows moves the scores.")
-        st.caption("Every page, and every run launched, then works on that many training rows per label, and as many "
-                   "validation rows, drawn at random; the test split stays whole, so runs on a draw are scored on the "
-                   "same rows as runs on every row. The command line draws the same rows with --shots K --data-seed "
-                   "S (finetune, mine, sensitivity; bench --shots K).")
+        st.caption("Every page, and every run launched, then works on that many training rows of each label, and as "
+                   "many validation rows, drawn at random; the test split stays whole, so runs on a draw are scored on "
+                   "the same rows as runs on every row. The command line draws the same rows with --shots K "
+                   "--data-seed S (finetune, mine, sensitivity; bench --shots K).")
     return dataclasses.replace(choice, shots=int(shots), shots_seed=int(seed) if shots else 0)
 
 
@@ -814,24 +816,21 @@ def carve_shares(choice: state.DataChoice, current: state.DataChoice | None, car
     """The shares of train carved as validation and test, for data that gives neither split of its own
     (``AnnotatedData.carved``): the few-shot review's 70-row upload lost a tenth of its rows to a validation split
     of one row per label, which the command line's --validation-fraction 0 keeps and the app could not. The boxes
-    start at the session's shares (``current``)."""
-    seeded = {"validation_fraction": current.validation_fraction if current else DataConfig.validation_fraction,
-              "test_fraction": current.test_fraction if current else DataConfig.test_fraction}
-    for name, value in seeded.items():
-        if f"{key}_{name}" not in st.session_state:
-            st.session_state[f"{key}_{name}"] = round(value * 100, 4)
+    start at the session's shares (``current``; value=, as in ``row_draw``)."""
+    at = current or state.DataChoice("", "", "")
     shares = {}
-    with st.expander("Splits carved from train", expanded=(choice.validation_fraction, choice.test_fraction)
+    with st.expander("Splits carved from train", expanded=(at.validation_fraction, at.test_fraction)
                      != (DataConfig.validation_fraction, DataConfig.test_fraction)):
         c1, c2 = st.columns(2)
         if "validation" in carved:
             shares["validation_fraction"] = c1.number_input(
-                "Validation % of train", min_value=0.0, max_value=49.0, step=5.0, format="%.4g",
-                key=f"{key}_validation_fraction", help="0: no validation split, every row left trains; then no "
-                "per-epoch curve, kept best epoch or early stop.")
+                "Validation % of train", min_value=0.0, max_value=49.0, value=round(at.validation_fraction * 100, 4),
+                step=5.0, format="%.4g", key=f"{key}_validation_fraction", help="0: no validation split, every row "
+                "left trains; then no per-epoch curve, kept best epoch or early stop.")
         if "test" in carved:
             shares["test_fraction"] = c2.number_input(
-                "Test % of train", min_value=1.0, max_value=49.0, step=5.0, format="%.4g", key=f"{key}_test_fraction",
+                "Test % of train", min_value=1.0, max_value=49.0, value=round(at.test_fraction * 100, 4), step=5.0,
+                format="%.4g", key=f"{key}_test_fraction",
                 help="Held out before the validation split is carved; every copy of a text goes to the same side.")
         st.caption("The data gives no " + " or ".join(f"{split} split" for split in carved) + " of its own, so it is "
                    "carved out of train at random (seeded), label by label. The command line carves the same rows "

@@ -178,9 +178,9 @@ def data_error_text(message: str, upload: bool) -> str:
 def app_data_note(note: str) -> str:
     """A data note in the Data page's words: the few-shot draw's options are its boxes there, not ``--shots`` and
     ``--data-seed``."""
-    note = re.sub(r"--shots (\d+) \(shots=\d+\)", r"Training rows per label \1", note)
+    note = re.sub(r"--shots (\d+) \(shots=\d+\)", r"Training rows of each label \1", note)
     note = re.sub(r"drawn with --data-seed (\d+) \(shots_seed=\d+\)", r"drawn at random (Draw \1)", note)
-    return re.sub(r"^--shots (\d+):", r"Training rows per label \1:", note)
+    return re.sub(r"^--shots (\d+):", r"Training rows of each label \1:", note)
 
 
 UPRIGHT_LABEL_BARS = 30

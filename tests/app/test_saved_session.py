@@ -301,7 +301,7 @@ def test_the_data_pages_few_shot_draw_reaches_every_page_a_launch_and_a_reload()
     assert (choice.shots, choice.shots_seed) == (5, 2)
     assert any("banking77\\_20, 5 rows per label \\(draw 2\\)" in c.value for c in app.sidebar.caption)
     said = [c.value.replace("\\", "") for c in app.caption if "trains on 100 of the " in c.value.replace("\\", "")]
-    assert len(said) == 1 and said[0].startswith("Training rows per label 5: trains on 100 of the ") and (
+    assert len(said) == 1 and said[0].startswith("Training rows of each label 5: trains on 100 of the ") and (
         "per label, drawn at random (Draw 2); the test split is kept whole" in said[0]), said  # the boxes' names
     app.switch_page("app_pages/5_finetune.py")
     app.run()
