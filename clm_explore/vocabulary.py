@@ -21,7 +21,7 @@ text read by the default model: 0%; mixed text with emoji: 9%; Japanese 20%; Chi
 LETTER_WARN_SHARE = 0.4
 """A share of one-letter sub-tokens above which the data is said to be read letter by letter (English: 5-9%; Arabic read by the default model: 96%)."""
 LETTER_RULE_VOCABULARY = 5_000
-"""Vocabularies smaller than this are not held to the letter rule: the tests' tiny model (726 pieces) spells English
+"""Vocabularies smaller than this are not held to the letter rule: the tests' tiny model (725 pieces) spells English
 words too; real models' vocabularies hold tens of thousands."""
 MOSTLY_UNKNOWN = 0.5
 """A text at least this share unknown sub-tokens is "mostly unreadable": its prediction says little."""

@@ -37,6 +37,14 @@ def test_an_export_holds_what_serving_needs_and_predicts_as_the_run(sparse_run: 
     assert logits.softmax(-1).detach().numpy() == pytest.approx(clm_explore.predict(sparse_run, texts).to_numpy(),
                                                                  abs=1e-5)
     assert "Exported for serving by `clm-explore export`" in (tmp_path / "serve" / "README.md").read_text()
+    # --json, as every other command but `app` (the README review: a serving script's step had only the line above)
+    assert main(["export", "--run", str(sparse_run), "--out", str(tmp_path / "half"), "--dtype", "float16",
+                 "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    on_disk = {str(f.relative_to(tmp_path / "half")): f.stat().st_size for f in (tmp_path / "half").rglob("*")
+               if f.is_file()}
+    assert said["files"] == on_disk and said["bytes"] == sum(on_disk.values()) and said["dtype"] == "float16"
+    assert said["out"] == str(tmp_path / "half") and said["patch"] is False
 
 
 def test_a_half_precision_export_is_half_the_size_and_a_folder_is_never_replaced_by_mistake(sparse_run: Path,
