@@ -1863,6 +1863,12 @@ def shots_note(train: pd.DataFrame, shots: int) -> str:
             f"{named}{', ...' if len(short) > 5 else ''}")
 
 
+def draw_words(shots: int, seed: int) -> str:
+    """', 10 rows per label (draw 0)' for a few-shot draw, as the app and the run registry name data; '' for every
+    row."""
+    return f", {shots} rows per label (draw {seed})" if shots else ""
+
+
 def draw_notes(before: list[pd.DataFrame], drawn: list[pd.DataFrame], shots: int, seed: int) -> list[str]:
     """What a ``shots`` draw kept of the train and validation rows (``before``, ``drawn``: those two), and the labels
     with fewer training rows than it."""

@@ -13,6 +13,7 @@ from clm_explore.cards import model_card
 from clm_explore.cli import main
 from clm_explore.config import ConfigError, DataConfig
 from clm_explore.data import data_digest, load_data
+from clm_explore.runs import RunStore
 from clm_explore.ui.state import DataChoice, data_key_name
 from tests.test_cli_method import FAST, TINY
 
@@ -62,6 +63,8 @@ def test_a_run_at_shots_records_its_draw_and_evaluate_and_the_card_read_it(tiny_
     assert {k: record["data_config"][k] for k in ("shots", "shots_seed")} == {"shots": 3, "shots_seed": 1}
     assert record["data_digest"] == data_digest(load_data(one_file, shots=3, shots_seed=1))
     assert "| training rows | at most 3 per label, drawn at random (`--shots 3 --data-seed 1`) |" in model_card(out)
+    [listed] = RunStore().list()  # the Runs and Compare pages' data column names the draw
+    assert listed.config["data"] == f"{one_file}, 3 rows per label (draw 1)" and record["data"] == str(one_file)
     # the run's own data file: its test split alone is scored, the file read with the run's draw (not said to have
     # changed since, and its 200 other rows scored, as a read without the draw would)
     assert main(["evaluate", "--run", str(out), "--data", str(one_file), "--json"]) == 0

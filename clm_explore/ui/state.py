@@ -27,7 +27,7 @@ import streamlit as st
 
 from clm_explore import doctor
 from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
-from clm_explore.data import SAMPLE_DATA
+from clm_explore.data import SAMPLE_DATA, draw_words
 from clm_explore.modeling import NAMED_SOURCES
 from clm_explore.runs import UPLOADS_NAME, default_root
 
@@ -111,11 +111,6 @@ DRAW_MARK = "-per-label-draw-"
 CARVE_MARK = "carve-"
 """Before a ``DataChoice.key``'s validation and test shares where they are not the defaults: ``...::carve-0-0.3``."""
 _KEY_OPTIONS = re.compile(rf"(.*?)(?::{CARVE_MARK}([\d.e-]+?)-([\d.e-]+))?(?::(\d+){DRAW_MARK}(\d+))?")
-
-
-def draw_words(shots: int, seed: int) -> str:
-    """', 10 rows per label (draw 0)' for a few-shot draw; '' for every row."""
-    return f", {shots} rows per label (draw {seed})" if shots else ""
 
 
 def carve_words(validation: float, test: float) -> str:
