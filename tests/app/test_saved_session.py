@@ -45,6 +45,16 @@ def open_app(token: str | None = None, page: str | None = None) -> AppTest:
     return app
 
 
+def open_with_upload(tmp_path: Path, token: str, filename: str) -> AppTest:
+    """A session ``token`` working on ROWS uploaded as ``filename`` (as if through the Data page), run once."""
+    upload = save_upload(ROWS, filename, folder=tmp_path / "uploads" / token)
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.session_state["session_id"] = token
+    app.session_state["data_choice"] = dataclasses.replace(upload, text_col="utterance", label_col="intent")
+    app.run()
+    return app
+
+
 def token_of(app: AppTest) -> str:
     value = app.query_params[saved_session.TOKEN_PARAM]
     return value[0] if isinstance(value, list) else value
@@ -237,11 +247,7 @@ def test_ending_a_session_deletes_its_upload_and_choices_and_its_address_opens_a
     """The two-user review: the address works as a key to the upload, forever; a user (a demo's presenter) could not
     end it."""
     token = "c" * 32
-    upload = save_upload(ROWS, "private.csv", folder=tmp_path / "uploads" / token)
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    app.session_state["session_id"] = token
-    app.session_state["data_choice"] = dataclasses.replace(upload, text_col="utterance", label_col="intent")
-    app.run()
+    app = open_with_upload(tmp_path, token, "private.csv")
     assert (tmp_path / "uploads" / f"{token}.session.json").is_file()
     app.session_state["launched_runs"] = {"run-of-mine"}
     assert app.sidebar.button(key="side_end_session").disabled  # one click must not delete an upload
@@ -322,11 +328,7 @@ def test_the_shares_carved_from_an_uploads_train_are_chosen_on_the_data_page_and
     """A single file gives no validation or test split: the app carved 10% and 20% with no say (the few-shot review's
     70 rows lost a tenth to one validation row per label); the command line's --validation-fraction 0 kept them."""
     token = "c" * 32
-    upload = save_upload(ROWS, "rows.csv", folder=tmp_path / "uploads" / token)
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    app.session_state["session_id"] = token
-    app.session_state["data_choice"] = dataclasses.replace(upload, text_col="utterance", label_col="intent")
-    app.run()
+    app = open_with_upload(tmp_path, token, "rows.csv")
     assert app.number_input(key="data_validation_fraction").value == 10.0
     app.number_input(key="data_validation_fraction").set_value(0.0).run()
     app.number_input(key="data_test_fraction").set_value(30.0).run()
