@@ -451,7 +451,7 @@ def _own_test_rows(run_dir: Path, data: Any, rows: pd.DataFrame, notes: list[str
     same = now == digest if digest else _same_test_rows(run_dir, own.test)
     if not same or len(rows) <= len(own.test):
         return rows
-    trained = ("which held its training and validation draws (--shots)" if own.config and own.config.shots
+    trained = ("which held its few-shot draw of training and validation rows" if own.config and own.config.shots
                else "which trained it or chose its epoch")
     notes.append(f"this is the data the run was trained on: its test split ({len(own.test):,} rows, as the run carved "
                  f"it) was scored, not the other {len(rows) - len(own.test):,} rows, {trained}; pass other labelled "

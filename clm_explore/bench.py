@@ -1012,6 +1012,10 @@ def run_grid(data_path: str | Path, cfg: BenchConfig, out_dir: str | Path, data_
         raise TypeError(f"run_grid takes the data's file or folder (its path); got {type(data_path).__name__}")
     cfg = config_from(cfg, BenchConfig, "run_grid's cfg")
     data_cfg = config_from(data_cfg, DataConfig, "run_grid's data_cfg")
+    if data_cfg.shots or data_cfg.shots_seed:  # drawn here, then again by BenchConfig.shots, unrecorded (the diff review)
+        raise BenchError(f"run_grid draws its rows with BenchConfig(shots=, data_seed=) (bench --shots K --data-seed "
+                         f"S), recorded in bench.json; data_cfg's shots={data_cfg.shots}, shots_seed="
+                         f"{data_cfg.shots_seed} would draw before it, unrecorded. Move them to the BenchConfig.")
     out_dir = Path(out_dir)
     if not cfg.data:
         cfg = BenchConfig(**{**asdict(cfg), "data": str(Path(data_path).resolve())})

@@ -321,8 +321,9 @@ def _training(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     cfg = meta.get("config") or {}
     method = metrics.get("method") or meta.get("method")
     drawn = meta.get("data_config") if isinstance(meta.get("data_config"), dict) else {}
-    rows = [("training rows", f"at most {drawn['shots']} per label, drawn at random (`--shots {drawn['shots']} "
-             f"--data-seed {drawn.get('shots_seed', 0)}`)" if drawn.get("shots") else None),
+    rows = [("training rows", f"at most {drawn['shots']} of each label, and as many validation rows, drawn at random "
+             f"(draw {drawn.get('shots_seed', 0)}: the app's Few-shot boxes, `--shots {drawn['shots']} --data-seed "
+             f"{drawn.get('shots_seed', 0)}`)" if drawn.get("shots") else None),
             ("epochs", metrics.get("epochs")), ("batch size", metrics.get("batch_size")),
             ("sub-tokens read per text", cfg.get("max_length")),
             ("of a longer text", "its end is read (`--truncation-side left`)" if cfg.get("truncation_side") == "left"

@@ -15,6 +15,7 @@ import inspect
 import numbers
 import sys
 import textwrap
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -232,7 +233,8 @@ class DataConfig:
     and validate on as many per label of the validation split: the few-shot setting, the rows ``bench --shots``
     draws. The test split is kept whole. 0: every row."""
     shots_seed: int = 0
-    """Seed of the ``shots`` draw (the command line's ``--data-seed``): another seed draws other rows."""
+    """Seed of the ``shots`` draw (the command line's ``--data-seed``, a grid's ``BenchConfig.data_seed``): another
+    seed draws other rows."""
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -246,6 +248,36 @@ class DataConfig:
         _check(self.max_label_chars >= 1, f"max_label_chars must be >= 1, got {self.max_label_chars}")
         _check(0 <= self.validation_fraction < 0.5, f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
+
+
+def draw_words(shots: int, seed: int) -> str:
+    """', 10 rows of each label (draw 0)' for a few-shot draw (``DataConfig.shots``), as the app and the run registry
+    name data; '' for every row."""
+    return f", {shots} row{'s' if shots != 1 else ''} of each label (draw {seed})" if shots else ""
+
+
+def carve_words(validation: float, test: float, carved: Iterable[str] = ("validation", "test")) -> str:
+    """', validation 0% of train' for the ``carved`` splits whose shares are not ``DataConfig``'s defaults (a data
+    set's own split carves nothing, so its share is not named); '' where none is."""
+    shares = [(split, share) for split, share, default in (("validation", validation, DataConfig.validation_fraction),
+                                                           ("test", test, DataConfig.test_fraction))
+              if split in carved and share != default]
+    return "".join(f", {split} {share * 100:.3g}% of train" for split, share in shares)
+
+
+def data_options_words(options: Any, carved: Iterable[str]) -> str:
+    """``carve_words`` and ``draw_words`` of a run's recorded ``data_config`` (a dict; '' for anything else)."""
+    if not isinstance(options, dict):
+        return ""
+    defaults = DataConfig()
+
+    def number(name: str, default: float) -> float:
+        value = options.get(name, default)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+    return (carve_words(number("validation_fraction", defaults.validation_fraction),
+                        number("test_fraction", defaults.test_fraction), tuple(carved))
+            + draw_words(int(number("shots", 0)), int(number("shots_seed", 0))))
 
 
 def eligible_floor(min_layer: int, n_layers: int) -> int:

@@ -1863,10 +1863,9 @@ def shots_note(train: pd.DataFrame, shots: int) -> str:
             f"{named}{', ...' if len(short) > 5 else ''}")
 
 
-def draw_words(shots: int, seed: int) -> str:
-    """', 10 rows per label (draw 0)' for a few-shot draw, as the app and the run registry name data; '' for every
-    row."""
-    return f", {shots} rows per label (draw {seed})" if shots else ""
+def is_draw_note(note: str) -> bool:
+    """Whether ``note`` is one of ``draw_notes``'s (what a few-shot draw kept), not a note on the data as read."""
+    return note.startswith("--shots ")
 
 
 def draw_notes(before: list[pd.DataFrame], drawn: list[pd.DataFrame], shots: int, seed: int) -> list[str]:

@@ -42,7 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.config import BUDGET_METHODS, METHODS, FinetuneConfig
+from clm_explore.config import BUDGET_METHODS, METHODS, FinetuneConfig, data_options_words
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1595,7 +1595,11 @@ def _registry_config(meta: dict[str, Any]) -> dict[str, Any]:
     group runs by model and data; a run registered from its folder lacked the digest, and its data read as other)."""
     if not isinstance(meta.get("config"), dict):
         return {}
-    return {**meta["config"], **{k: meta[k] for k in BESIDE_CONFIG if k in meta}}
+    listed = {**meta["config"], **{k: meta[k] for k in BESIDE_CONFIG if k in meta}}
+    if isinstance(listed.get("data"), str):  # named with its carve and draw, as finetune lists it (the diff review)
+        carved = meta.get("data_carved") if isinstance(meta.get("data_carved"), list) else ()
+        listed["data"] += data_options_words(meta.get("data_config"), carved)
+    return listed
 
 
 def _folder_states_an_end(folder: Path) -> bool:

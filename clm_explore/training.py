@@ -52,7 +52,15 @@ from clm_explore.config import (
     from_dict,
     to_dict,
 )
-from clm_explore.data import AnnotatedData, DataError, data_digest, load_data, split_digest, write_csv
+from clm_explore.data import (
+    AnnotatedData,
+    DataError,
+    data_digest,
+    is_draw_note,
+    load_data,
+    split_digest,
+    write_csv,
+)
 from clm_explore.masks import (
     MaskSelection,
     budget_to_params,
@@ -940,6 +948,7 @@ def _run_record(cfg: FinetuneConfig, source: str, data: AnnotatedData, language:
     absolute path), its config, the scores it was given, and what made it (``provenance``)."""
     return {"method": cfg.method, "source": recorded_source(source), "data": data.source, "data_path": data.path,
             "data_digest": data_digest(data), "data_config": to_dict(data.config) if data.config else None,
+            "data_carved": list(data.carved),
             "language": language, "config": to_dict(cfg),
             "scores_from": given.origin if given is not None else None,
             "created": datetime.now(UTC).isoformat(), "provenance": provenance(source, torch.get_num_threads())}
@@ -1062,7 +1071,7 @@ def _train_and_save(loaded: LoadedModel, data: AnnotatedData, cfg: FinetuneConfi
 
 def _carve_said(data: AnnotatedData) -> str:
     """The data's note on its test carve, as a clause (why a carve left none, when it says)."""
-    said = [note for note in data.notes if "test" in note and not note.startswith("--shots")]  # not the draw's
+    said = [note for note in data.notes if "test" in note and not is_draw_note(note)]
     return f" ({said[0].rstrip('.')})" if said else ""
 
 

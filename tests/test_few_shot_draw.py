@@ -62,15 +62,20 @@ def test_a_run_at_shots_records_its_draw_and_evaluate_and_the_card_read_it(tiny_
     record = json.loads((out / "clm_run.json").read_text())
     assert {k: record["data_config"][k] for k in ("shots", "shots_seed")} == {"shots": 3, "shots_seed": 1}
     assert record["data_digest"] == data_digest(load_data(one_file, shots=3, shots_seed=1))
-    assert "| training rows | at most 3 per label, drawn at random (`--shots 3 --data-seed 1`) |" in model_card(out)
-    [listed] = RunStore().list()  # the Runs and Compare pages' data column names the draw
-    assert listed.config["data"] == f"{one_file}, 3 rows per label (draw 1)" and record["data"] == str(one_file)
+    assert ("| training rows | at most 3 of each label, and as many validation rows, drawn at random (draw 1: the "
+            "app's Few-shot boxes, `--shots 3 --data-seed 1`) |") in model_card(out)
+    [listed] = RunStore().list()  # the Runs and Compare pages' data column names the draw, and a registry made anew
+    assert listed.config["data"] == f"{one_file}, 3 rows of each label (draw 1)" and record["data"] == str(one_file)
+    assert record["data_carved"] == ["test", "validation"]
+    fresh = RunStore(tmp_path / "fresh")
+    assert fresh.register_folder(out).config["data"] == listed.config["data"]
     # the run's own data file: its test split alone is scored, the file read with the run's draw (not said to have
     # changed since, and its 200 other rows scored, as a read without the draw would)
     assert main(["evaluate", "--run", str(out), "--data", str(one_file), "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows"] == len(load_data(one_file).test) < 240
-    assert "which held its training and validation draws (--shots)" in captured.err and "changed" not in captured.err
+    assert "which held its few-shot draw of training and validation rows" in captured.err
+    assert "changed" not in captured.err
 
 
 def test_a_rerun_reads_the_runs_draw_again(data_dir, tmp_path: Path) -> None:
@@ -89,8 +94,31 @@ def test_the_apps_key_names_the_draw_and_keys_of_every_row_are_as_before() -> No
     every = DataChoice("sample", "/x", "banking77_20")
     drawn = DataChoice("sample", "/x", "banking77_20", shots=10, shots_seed=2)
     assert every.key == "sample:banking77_20:None:None:"  # keys earlier runs recorded
-    assert drawn.key != every.key and data_key_name(drawn.key) == "banking77_20, 10 rows per label (draw 2)"
-    assert drawn.shown == "banking77_20, 10 rows per label (draw 2)" and every.shown == "banking77_20"
-    upload = DataChoice("upload", "/x", "a:b.csv", "utterance", None, "abcdef123456789", shots=5)
-    assert data_key_name(upload.key, columns=True) == ("a:b.csv (abcdef), text column utterance, 5 rows per label "
+    assert drawn.key != every.key and data_key_name(drawn.key) == "banking77_20, 10 rows of each label (draw 2)"
+    assert drawn.shown == "banking77_20, 10 rows of each label (draw 2)" and every.shown == "banking77_20"
+    upload = DataChoice("upload", "/x", "a:b.csv", "utterance", None, "abcdef123456789", shots=1)
+    assert data_key_name(upload.key, columns=True) == ("a:b.csv (abcdef), text column utterance, 1 row of each label "
                                                         "(draw 0)")
+
+
+def test_a_carve_share_of_any_size_keys_and_names_only_the_split_it_changed() -> None:
+    """A validation share of 0.001% wrote a key with an exponent (1e-05) that no page could read back: the launch and
+    the Runs and Compare pages raised. A data set's own test split was named "test 20% of train"."""
+    tiny = DataChoice("sample", "/x", "banking77_20", validation_fraction=1e-05)
+    assert ":carve-0.00001-0.2" in tiny.key and data_key_name(tiny.key) == "banking77_20, validation 0.001% of train"
+    none = DataChoice("upload", "/x", "u.csv", digest="abcdef12", validation_fraction=0.0, shots=2, shots_seed=3)
+    assert data_key_name(none.key) == "u.csv (abcdef), validation 0% of train, 2 rows of each label (draw 3)"
+    assert data_key_name("sample:banking77_20:None:None::carve-1..2-0.2") == (
+        "sample:banking77_20:None:None::carve-1..2-0.2")  # a key edited by hand is named as it stands
+
+
+def test_a_grid_draws_with_its_own_options_and_a_seed_without_shots_is_refused(data_dir, tmp_path, capsys) -> None:
+    from clm_explore.bench import BenchConfig, BenchError, run_grid
+
+    with pytest.raises(BenchError, match="run_grid draws its rows with BenchConfig"):
+        run_grid(data_dir, BenchConfig(methods=("head",), seeds=1), tmp_path / "grid", DataConfig(shots=3))
+    assert not (tmp_path / "grid").exists()
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--data-seed", "2"]) == 2
+    assert "--data-seed 2 seeds the rows --shots draws" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the data report reads every row: no draw to hide the data's problems behind
+        main(["validate", str(data_dir), "--shots", "3"])

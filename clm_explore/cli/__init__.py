@@ -220,6 +220,9 @@ SPLIT_COL_HELP = ("column of a single file that puts each row in train, validati
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The ``DataConfig`` of ``add_data_args``'s options."""
     defaults = DataConfig()
+    if getattr(args, "data_draw", False) and args.shots_seed and not args.shots:
+        raise UserError(f"--data-seed {args.shots_seed} seeds the rows --shots draws; without --shots K every row is "
+                        "read. Give --shots K too, or drop --data-seed.")
     return DataConfig(text_col=args.text_col, label_col=args.label_col, split_col=args.split_col,
                       max_file_mb=args.max_file_mb, encoding=args.encoding,
                       validation_fraction=getattr(args, "validation_fraction", defaults.validation_fraction),

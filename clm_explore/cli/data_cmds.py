@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
         "Exit 0 when the data is usable (its problems, such as duplicates or rare labels, listed; exit 1 for them "
         "with --strict), 2 with a message saying what to fix when it is not.",
     )
-    add_data_args(parser, carve=True, draw=True)
+    add_data_args(parser, carve=True)  # no --shots: a report on a draw hid the data's problems (the diff review)
     parser.add_argument("--model", default=None, metavar="SRC",
                         help="also count each text's sub-tokens with this model's tokenizer ('default', "
                         "'tiny-random', a folder) and how many are longer than --max-length (loads the tokenizer: "

@@ -734,7 +734,8 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded. The
     claim is kept as soon as the run is saved: the registry's trouble afterwards must not put the earlier run back
     in place of a finished one (the concurrency review: a registry held by another process for 30 s did)."""
-    from clm_explore.data import data_digest, draw_words
+    from clm_explore.config import data_options_words
+    from clm_explore.data import data_digest
     from clm_explore.modeling import recorded_source
     from clm_explore.runs import RunStatus, RunStoreError
     from clm_explore.training import finetune, recorded_config
@@ -742,10 +743,11 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     # As the app records a run (the Runs and Compare pages group by model and data): before clm_run.json exists, with
     # the config clm_run.json will hold (the faces review: the Runs page said the rows were scored at 64 sub-tokens,
     # the run's own 32 settled only in its folder).
-    # the data named with its draw (the Runs and Compare pages' data column; clm_run.json keeps the path alone)
-    drawn = draw_words(data.config.shots, data.config.shots_seed) if data.config else ""
+    # the data named with its carve and draw (the Runs and Compare pages' data column), as a registry made anew from
+    # clm_run.json names it (runs._registry_config)
+    said = data_options_words(to_dict(data.config), data.carved) if data.config else ""
     listed = {**to_dict(recorded_config(cfg, given)), "source": recorded_source(args.model),
-              "data": data.source + drawn,
+              "data": data.source + said,
               "data_digest": data_digest(data)}  # the same rows as an app run's, whatever each calls the data
     for note in getattr(args, "training_notes", []):  # rank 0 alone, after every refusal (the diff review)
         print(f"note: {note}", file=sys.stderr)

@@ -235,7 +235,7 @@ def label_audit(source: str, choice: DataChoice, cfg: LabelAuditConfig, inline: 
 
 def audit_label(choice: DataChoice) -> str:
     """What a session waiting behind this audit reads: an upload's name is its session's own business."""
-    return "the label check of " + ("an uploaded file" if choice.kind == "upload" else choice.name)
+    return "the label check of " + ("an uploaded file" if choice.kind == "upload" else choice.shown)
 
 
 def _audit_key(source: str, choice: DataChoice, cfg: LabelAuditConfig) -> tuple[str, ...]:
@@ -355,7 +355,7 @@ def _followed(tasks: KeyedTasks, key: Any) -> KeyedTask | None:
 
 def scoring_label(choice: DataChoice) -> str:
     """What a session waiting behind this scoring reads: an upload's name is its session's own business."""
-    return "the scoring of " + ("an uploaded file" if choice.kind == "upload" else choice.name)
+    return "the scoring of " + ("an uploaded file" if choice.kind == "upload" else choice.shown)
 
 
 def forget_scoring(task: KeyedTask) -> None:

@@ -536,7 +536,7 @@ def finetune_form(key: str = "ft", out_of_scope_labels: list[str] | None = None
             )
         state.keep(*(f"{key}_{option}" for option in kept_defaults))
         data = state.data_choice()  # beside Launch: the data set trained on is never a guess
-        st.caption(f"Data: {escape_markdown(data.name) if data else 'none'} · runs on: {default_device()} · row "
+        st.caption(f"Data: {escape_markdown(data.shown) if data else 'none'} · runs on: {default_device()} · row "
                    f"choice (Budget page): {row_choice_label(state.mask_cfg())}")
         if not st.form_submit_button("Launch", type="primary"):
             return None
@@ -788,6 +788,14 @@ def switch_to_upload(write: Callable[[], bytes], filename: str, rows: int, key: 
     state.put(f"{key}_upload_box", int(state.get(f"{key}_upload_box", 0)) + 1)
 
 
+MAX_DRAW = 2**31 - 1
+"""The Draw box's largest number."""
+MAX_SHARE_PERCENT = 49.0
+"""The carve boxes' largest share, in percent (DataConfig takes shares below 0.5)."""
+MIN_TEST_PERCENT = 0.1
+"""The Test box's smallest share, in percent (DataConfig takes any share above 0)."""
+
+
 def row_draw(choice: state.DataChoice, current: state.DataChoice | None, key: str = "data") -> state.DataChoice:
     """The few-shot draw (``DataConfig.shots``): how far a few labelled rows per label go, the setting where the
     method's stability matters, which the command line's ``--shots`` offered and the app did not. The boxes start
@@ -795,19 +803,22 @@ def row_draw(choice: state.DataChoice, current: state.DataChoice | None, key: st
     # value=, not a value put in the session first: a box left out of a run (the Source radio between a sample and an
     # upload stops the page) came back showing its minimum, 0, while the session held the value, and the next click
     # sent the 0 (Streamlit draws a returning box from its default)
+    limits = DataConfig()
     shots, seed = (current.shots, current.shots_seed) if current else (0, 0)
+    # within the boxes' ranges: a saved session or a Python-made choice beyond them raised on every Data page run
+    shots, seed = min(max(int(shots), 0), limits.max_rows), min(max(int(seed), 0), MAX_DRAW)
     with st.expander("Few-shot: train on a few rows of each label", expanded=bool(shots)):
         c1, c2 = st.columns(2)
-        shots = c1.number_input("Training rows of each label", min_value=0, max_value=DataConfig().max_rows,
+        shots = c1.number_input("Training rows of each label", min_value=0, max_value=limits.max_rows,
                                 value=shots, step=1, key=f"{key}_shots",
                                 help="0: every row. A label with fewer rows keeps all its own.")
-        seed = c2.number_input("Draw", min_value=0, max_value=2**31 - 1, value=seed, step=1, key=f"{key}_shots_seed",
+        seed = c2.number_input("Draw", min_value=0, max_value=MAX_DRAW, value=seed, step=1, key=f"{key}_shots_seed",
                                disabled=not shots, help="Another number draws other rows: runs on several draws "
                                "show how much the choice of rows moves the scores.")
         st.caption("Every page, and every run launched, then works on that many training rows of each label, and as "
                    "many validation rows, drawn at random; the test split stays whole, so runs on a draw are scored on "
                    "the same rows as runs on every row. The command line draws the same rows with --shots K "
-                   "--data-seed S (finetune, mine, sensitivity; bench --shots K).")
+                   "--data-seed S (finetune, mine, sensitivity, and bench's grids).")
     return dataclasses.replace(choice, shots=int(shots), shots_seed=int(seed) if shots else 0)
 
 
@@ -818,18 +829,21 @@ def carve_shares(choice: state.DataChoice, current: state.DataChoice | None, car
     of one row per label, which the command line's --validation-fraction 0 keeps and the app could not. The boxes
     start at the session's shares (``current``; value=, as in ``row_draw``)."""
     at = current or state.DataChoice("", "", "")
+    percent = {name: min(max(round(share * 100, 4), low), MAX_SHARE_PERCENT) for name, share, low in
+               (("validation", at.validation_fraction, 0.0), ("test", at.test_fraction, MIN_TEST_PERCENT))}
     shares = {}
     with st.expander("Splits carved from train", expanded=(at.validation_fraction, at.test_fraction)
                      != (DataConfig.validation_fraction, DataConfig.test_fraction)):
         c1, c2 = st.columns(2)
         if "validation" in carved:
             shares["validation_fraction"] = c1.number_input(
-                "Validation % of train", min_value=0.0, max_value=49.0, value=round(at.validation_fraction * 100, 4),
+                "Validation % of train", min_value=0.0, max_value=MAX_SHARE_PERCENT, value=percent["validation"],
                 step=5.0, format="%.4g", key=f"{key}_validation_fraction", help="0: no validation split, every row "
                 "left trains; then no per-epoch curve, kept best epoch or early stop.")
         if "test" in carved:
             shares["test_fraction"] = c2.number_input(
-                "Test % of train", min_value=1.0, max_value=49.0, value=round(at.test_fraction * 100, 4), step=5.0,
+                "Test % of train", min_value=MIN_TEST_PERCENT, max_value=MAX_SHARE_PERCENT, value=percent["test"],
+                step=5.0,
                 format="%.4g", key=f"{key}_test_fraction",
                 help="Held out before the validation split is carved; every copy of a text goes to the same side.")
         st.caption("The data gives no " + " or ".join(f"{split} split" for split in carved) + " of its own, so it is "

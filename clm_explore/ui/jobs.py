@@ -225,6 +225,10 @@ def relaunch_refusal(run: RunRecord, choice: DataChoice | None) -> str:
         if not _app_data_key(data_key):  # a CLI run names its data by its path: the Data page cannot choose that
             return (f"It was trained from the command line on a data file the Data page does not offer: train it "
                     f"again there, with `clm-explore rerun --run {run.id} --seed S`.")
+        if choice is not None and state.same_data_set(data_key, choice.key):  # the draw or the carve differs
+            as_trained = data_key_name(data_key) + ("" if state.DRAW_MARK in data_key else ", every row")
+            return (f"It was trained on {as_trained}; the data is read now as {choice.shown}. To launch it again "
+                    "with its settings, set the Data page's Few-shot and Splits boxes as the run had them.")
         return (f"To launch it again with its settings, choose its data on the Data page "
                 f"({data_key_name(data_key) or 'not recorded'}).")
     if recorded and recorded != data_digest(cache.data(choice)):  # the same name, other rows (a file edited on disk)

@@ -896,7 +896,7 @@ def render_group_comparison(records: list[RunRecord], key: str) -> None:
     a_default, b_default = default_groups(done, current.key if current else None, state.model_source())
     opened_on = by_id[a_default[0]].config.get("data") if a_default else None
     if current is not None and opened_on and opened_on != current.key:
-        st.caption(escape_markdown(f"No two of this session's runs on {current.name} make groups yet: the groups "
+        st.caption(escape_markdown(f"No two of this session's runs on {current.shown} make groups yet: the groups "
                                    f"below are runs on {data_key_name(str(opened_on))}."))
     c1, c2 = st.columns(2)
     a_ids = c1.multiselect("Group A", list(by_id), default=a_default, format_func=label.get, key=f"{key}_a")

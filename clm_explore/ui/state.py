@@ -26,8 +26,15 @@ from typing import Any, NoReturn
 import streamlit as st
 
 from clm_explore import doctor
-from clm_explore.config import DataConfig, MaskConfig, MiningConfig, SensitivityConfig
-from clm_explore.data import SAMPLE_DATA, draw_words
+from clm_explore.config import (
+    DataConfig,
+    MaskConfig,
+    MiningConfig,
+    SensitivityConfig,
+    carve_words,
+    draw_words,
+)
+from clm_explore.data import SAMPLE_DATA
 from clm_explore.modeling import NAMED_SOURCES
 from clm_explore.runs import UPLOADS_NAME, default_root
 
@@ -89,7 +96,7 @@ class DataChoice:
         # the options at their defaults add nothing: the keys earlier runs recorded stay theirs
         carve = ((self.validation_fraction, self.test_fraction) != (DataConfig.validation_fraction,
                                                                      DataConfig.test_fraction))
-        carved = f":{CARVE_MARK}{self.validation_fraction:g}-{self.test_fraction:g}" if carve else ""
+        carved = f":{CARVE_MARK}{_plain(self.validation_fraction)}-{_plain(self.test_fraction)}" if carve else ""
         drawn = f":{self.shots}{DRAW_MARK}{self.shots_seed}" if self.shots else ""
         return f"{self.kind}:{self.name}:{self.text_col}:{self.label_col}:{self.digest[:12]}{carved}{drawn}"
 
@@ -110,15 +117,12 @@ DRAW_MARK = "-per-label-draw-"
 """Between a ``DataChoice.key``'s shots and draw seed: ``sample:banking77_20:None:None::10-per-label-draw-0``."""
 CARVE_MARK = "carve-"
 """Before a ``DataChoice.key``'s validation and test shares where they are not the defaults: ``...::carve-0-0.3``."""
-_KEY_OPTIONS = re.compile(rf"(.*?)(?::{CARVE_MARK}([\d.e-]+?)-([\d.e-]+))?(?::(\d+){DRAW_MARK}(\d+))?")
+_KEY_OPTIONS = re.compile(rf"(.*?)(?::{CARVE_MARK}([\d.]+)-([\d.]+))?(?::(\d+){DRAW_MARK}(\d+))?")
 
 
-def carve_words(validation: float, test: float) -> str:
-    """', validation 0% and test 30% of train' where the carve's shares are not the defaults; '' where they are.
-    Said wherever they apply or not: a data set with its own splits carves nothing (the Data page says so)."""
-    if (validation, test) == (DataConfig.validation_fraction, DataConfig.test_fraction):
-        return ""
-    return f", validation {validation * 100:.3g}% and test {test * 100:.3g}% of train where carved"
+def _plain(share: float) -> str:
+    """A share as a key writes it: no exponent (``1e-05`` read back as ``1e`` and ``-05``: the diff review)."""
+    return f"{share:.8f}".rstrip("0").rstrip(".") or "0"
 
 
 def data_key_name(key: str, columns: bool = False) -> str:
@@ -134,8 +138,20 @@ def data_key_name(key: str, columns: bool = False) -> str:
     shown = f"{name} ({digest[:6]})" if kind == "upload" and digest else name
     mapped = [f"{what} column {col}" for what, col in (("text", text_col), ("label", label_col)) if col != "None"]
     shown = f"{shown}, {' and '.join(mapped)}" if columns and mapped else shown
-    carve = carve_words(float(validation), float(test)) if validation is not None else ""
+    try:  # a key no DataChoice writes (edited by hand): named as it stands, never an error on every page
+        carve = carve_words(float(validation), float(test)) if validation is not None else ""
+    except ValueError:
+        return key
     return shown + carve + (draw_words(int(shots), int(seed)) if shots is not None else "")
+
+
+def same_data_set(key_a: str, key_b: str) -> bool:
+    """Whether two ``DataChoice.key`` name one data set (file and columns), whatever their carve and draw."""
+    def base(key: str) -> str:
+        kind, _, rest = key.partition(":")
+        return f"{kind}:{_KEY_OPTIONS.fullmatch(rest).group(1)}"  # type: ignore[union-attr]
+
+    return base(key_a) == base(key_b)
 
 
 def _get(key: str, default: Any) -> Any:

@@ -118,7 +118,10 @@ def test_the_label_check_of_a_few_shot_draw_reads_every_row(at: AppTest) -> None
     """Checked on the draw, a label's wrong rows would be looked for among 5 of its own, and the data downloaded with
     labels changed would hold the draw alone: every other row lost."""
     at.number_input(key="data_shots").set_value(5).run()
-    assert at.metric[0].label == "Rows" and int(at.metric[0].value) == 5 * 20 * 2 + 800  # train, validation; test whole
+    # the report too: under the draw, the sample's leakage went unreported (the diff review); the draw is said beside
+    assert at.metric[0].label == "Rows" and int(at.metric[0].value) == 2000
+    assert "leakage" in " ".join(w.value for w in at.warning)
+    assert any("trains on 100 of the 1,080 training rows" in i.value.replace("\\", "") for i in at.info)
     assert any("The check reads every row, not the few-shot draw" in c.value for c in at.caption)
     button(at, "Check the labels").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]

@@ -305,8 +305,8 @@ def test_the_data_pages_few_shot_draw_reaches_every_page_a_launch_and_a_reload()
     assert not app.exception, [e.value for e in app.exception]
     choice = app.session_state["data_choice"]
     assert (choice.shots, choice.shots_seed) == (5, 2)
-    assert any("banking77\\_20, 5 rows per label \\(draw 2\\)" in c.value for c in app.sidebar.caption)
-    said = [c.value.replace("\\", "") for c in app.caption if "trains on 100 of the " in c.value.replace("\\", "")]
+    assert any("banking77\\_20, 5 rows of each label \\(draw 2\\)" in c.value for c in app.sidebar.caption)
+    said = [c.value.replace("\\", "") for c in app.info if "trains on 100 of the " in c.value.replace("\\", "")]
     assert len(said) == 1 and said[0].startswith("Training rows of each label 5: trains on 100 of the ") and (
         "per label, drawn at random (Draw 2); the test split is kept whole" in said[0]), said  # the boxes' names
     app.switch_page("app_pages/5_finetune.py")
@@ -336,7 +336,7 @@ def test_the_shares_carved_from_an_uploads_train_are_chosen_on_the_data_page_and
     choice = app.session_state["data_choice"]
     assert (choice.validation_fraction, choice.test_fraction) == (0.0, 0.3)
     assert "validation: 0 rows" in " ".join(c.value for c in app.caption).replace("\\", "")
-    assert any("validation 0% and test 30% of train where carved" in c.value.replace("\\", "")
+    assert any("rows.csv, validation 0% of train, test 30% of train" in c.value.replace("\\", "")
                for c in app.sidebar.caption)
     app.switch_page("app_pages/5_finetune.py")
     app.run()
@@ -356,3 +356,33 @@ def test_only_the_splits_a_data_set_lacks_offer_a_share(tmp_path: Path) -> None:
     app = open_app()  # the sample: train and test files, validation carved
     assert [n.key for n in app.number_input if n.key in ("data_validation_fraction", "data_test_fraction")] == [
         "data_validation_fraction"]
+
+
+def test_a_choice_beyond_the_boxes_ranges_opens_the_data_page_at_their_limits(tmp_path: Path) -> None:
+    """A saved session or a Python-made choice with more shots than the box allows (or a test share under its least)
+    raised StreamlitValueAboveMaxError on every run of the Data page."""
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    upload = save_upload(ROWS, "rows.csv", folder=tmp_path / "uploads" / ("d" * 32))
+    app.session_state["session_id"] = "d" * 32
+    app.session_state["data_choice"] = dataclasses.replace(upload, text_col="utterance", label_col="intent",
+                                                           shots=600_000, shots_seed=2**40, test_fraction=0.0001)
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.number_input(key="data_shots").value == 500_000 and app.number_input(key="data_test_fraction").value == 0.1
+    assert app.number_input(key="data_shots_seed").value == 2**31 - 1
+
+
+def test_a_run_on_every_row_says_which_boxes_to_set_to_launch_it_again_under_a_draw(tmp_path: Path) -> None:
+    """The diff review: "choose its data on the Data page (banking77_20)", with banking77_20 chosen, the draw alone
+    differing, and not named."""
+    from types import SimpleNamespace
+
+    from clm_explore.ui.jobs import relaunch_refusal
+
+    every = state.sample_choice()
+    run = SimpleNamespace(id="r1", path=tmp_path, config={"data": every.key, "data_digest": "0" * 16,
+                                                          "source": "tiny-random"})
+    said = relaunch_refusal(run, dataclasses.replace(every, shots=5))
+    assert said == ("It was trained on banking77_20, every row; the data is read now as banking77_20, 5 rows of each "
+                    "label (draw 0). To launch it again with its settings, set the Data page's Few-shot and Splits "
+                    "boxes as the run had them."), said

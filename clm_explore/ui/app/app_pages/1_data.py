@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from clm_explore.config import LabelAuditConfig
-from clm_explore.data import SPLITS, DataError, IncompleteRowsError
+from clm_explore.data import SPLITS, DataError, IncompleteRowsError, is_draw_note
 from clm_explore.jobs import ABANDONED_SECONDS
 from clm_explore.label_issues import TooFewRowsError, relabelled, splits_csv, splits_zip
 from clm_explore.modeling import ModelSourceError
@@ -50,17 +50,25 @@ st.header(f"Data set: {views.escape_markdown(choice.shown)}", anchor=False)
 if choice.kind == "sample":  # its one warning read as the tool's own bug (the demo review)
     st.caption("The bundled sample keeps BANKING77's texts as published, repeats included: the texts in two splits "
                "that the report below counts as leakage come from those repeats of the original data.")
-views.render_data_report(cache.report(choice), key="data")
+# The report and the label check read every row, not the few-shot draw: under a draw the data's problems (the
+# sample's leakage) vanished from the report (the diff review); what the draw keeps is said beside it.
+checked = dataclasses.replace(choice, shots=0, shots_seed=0)
+whole = cache.data(checked)
+views.render_data_report(cache.report(checked), key="data")
+for note in annotated.notes:
+    if is_draw_note(note):
+        st.info(views.escape_markdown(views.app_data_note(note)))
 try:
-    if unreadable := cache.unreadable_note(state.model_source(), choice):
+    if unreadable := cache.unreadable_note(state.model_source(), checked):
         st.warning(views.escape_markdown(unreadable[:1].upper() + unreadable[1:]))  # "[UNK]" is the tokenizer's text
-    views.long_text_note(cache.text_lengths(state.model_source(), choice), forms.read_length(),
-                         sum(len(annotated.split(s)) for s in SPLITS), cache.LENGTH_COUNTED,
+    views.long_text_note(cache.text_lengths(state.model_source(), checked), forms.read_length(),
+                         sum(len(whole.split(s)) for s in SPLITS), cache.LENGTH_COUNTED,
                          cache.model_positions(state.model_source()), forms.read_side())
 except ModelSourceError as exc:  # the sidebar's model cannot be loaded: the data report stands without the note
     st.caption(views.escape_markdown(f"Texts' lengths in sub-tokens not counted: {exc}"))
-with st.expander("Preview (first 50 training rows)"):
-    views.dataframe(annotated.train.head(50), key="data_preview", alt="First 50 training rows")
+drawn = " of the few-shot draw" if choice.shots else ""
+with st.expander(f"Preview (first 50 training rows{drawn})"):
+    views.dataframe(annotated.train.head(50), key="data_preview", alt=f"First 50 training rows{drawn}")
 
 st.header("Labels the data disputes", anchor=False)
 st.write(
@@ -75,7 +83,6 @@ st.caption(
 if choice.shots:
     st.caption("The check reads every row, not the few-shot draw: a label's wrong rows are found among all its own, "
                "and the data downloaded with labels changed keeps them all.")
-checked = dataclasses.replace(choice, shots=0, shots_seed=0)  # the label check's data, every row
 source = state.model_source()
 # As long a read as the runs': at 64 sub-tokens an audit of texts whose question sat further on flagged 298 of 360
 # correct rows, whatever the Finetune form said (the long-text review).
