@@ -309,6 +309,9 @@ class Evaluation:
     aside)."""
     unseen_labels: list[str] = field(default_factory=list)
     """Gold labels the run has no output for: their rows are counted wrong."""
+    notes: list[str] = field(default_factory=list)
+    """The reader's remarks on the data (an encoding guessed, labels' spelling, the run's own data file: its test
+    split alone scored), also given to ``evaluate``'s ``notes`` list where one was passed."""
 
     @property
     def accuracy(self) -> float:
@@ -332,8 +335,9 @@ class Evaluation:
     def __repr__(self) -> str:
         unseen = (f"; {len(self.unseen_labels)} label(s) the run was not trained on, counted wrong"
                   if self.unseen_labels else "")
+        noted = f", {len(self.notes)} in .notes" if self.notes else ""  # 240 of 1,200 rows scored, and no word why
         return (f"Evaluation({self.run}: {len(self.predictions):,} rows, accuracy {self.accuracy:.4f}, macro-F1 "
-                f"{self.macro_f1:.4f}{unseen}; .to_frame() per label, .predictions per row)")
+                f"{self.macro_f1:.4f}{unseen}; .to_frame() per label, .predictions per row{noted})")
 
 
 def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, notes: list[str] | None = None,
@@ -397,7 +401,7 @@ def evaluate(run: str | Path | Any, data: Any, max_length: int | None = None, no
         if scope.get("threshold") is not None:  # the rows the abstention figures count as answered "out of scope"
             predictions["out_of_scope"] = top < scope["threshold"]  # (the metrics review: they were not shown)
     predictions["correct"] = predictions["label"] == predictions["pred"]
-    return Evaluation(where, metrics, predictions, unseen)
+    return Evaluation(where, metrics, predictions, unseen, list(notes))
 
 
 def _in_run_spelling(rows: pd.DataFrame, labels: list[str], notes: list[str]) -> pd.DataFrame:

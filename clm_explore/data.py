@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from clm_explore.config import SAMPLE_NAME, DataConfig, config_from
+from clm_explore.config import SAMPLE_NAME, DataConfig, config_from, draw_words
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
@@ -115,8 +115,9 @@ class AnnotatedData:
                             "order (label_order(train labels)).")
 
     def __repr__(self) -> str:
+        drawn = draw_words(self.config.shots, self.config.shots_seed) if self.config else ""  # two draws told apart
         return (f"AnnotatedData({self.source or 'in memory'}: {len(self.train):,} train, {len(self.validation):,} "
-                f"validation, {len(self.test):,} test rows, {len(self.labels)} labels)")
+                f"validation, {len(self.test):,} test rows, {len(self.labels)} labels{drawn})")
 
     def split(self, name: str) -> pd.DataFrame:
         """The frame of split ``name`` (train, validation or test)."""
@@ -244,7 +245,8 @@ def load_data(path: str | Path | pd.DataFrame | dict[str, pd.DataFrame], cfg: Da
         cfg: column names, size cap and split fractions; defaults to ``DataConfig()``.
         options: ``DataConfig`` fields by name, over ``cfg``'s: ``load_data(path, text_col="utterance",
             label_col="intent")`` (the messages name the command line's flag and the keyword: ``--label-col
-            (label_col=)``).
+            (label_col=)``); ``shots=10, shots_seed=0`` keeps 10 training and 10 validation rows of each label,
+            drawn at random (the few-shot setting; the test split whole).
 
     Returns:
         The three splits; missing ones are carved out of train (see ``AnnotatedData.notes``).
@@ -1874,7 +1876,8 @@ def draw_notes(before: list[pd.DataFrame], drawn: list[pd.DataFrame], shots: int
     said = [f"--shots {shots} (shots={shots}): trains on {len(drawn[0]):,} of the {len(before[0]):,} training rows and "
             f"validates on {len(drawn[1]):,} of the {len(before[1]):,} validation rows, at most {shots} per label, "
             f"drawn with --data-seed {seed} (shots_seed={seed}); the test split is kept whole"]
-    return said + [note] if (note := shots_note(before[0], shots)) else said
+    note = shots_note(before[0], shots).replace(f"--shots {shots}:", f"--shots {shots} (shots={shots}):", 1)
+    return said + [note] if note else said
 
 
 def _check_label_length(name: str, labels: Iterable[str], max_chars: int) -> None:

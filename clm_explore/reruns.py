@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from clm_explore.config import ConfigError, DataConfig, FinetuneConfig, from_dict, unknown_keys
 from clm_explore.data import AnnotatedData, DataError, data_digest, load_data
 from clm_explore.modeling import ModelSourceError
@@ -37,13 +39,13 @@ class RerunPlan:
     """What may make the rerun differ: other code or packages, a record without its data's digest."""
 
 
-def rerun_plan(run: Any, data: str | Path | None = None, **changes: Any) -> RerunPlan:
+def rerun_plan(run: Any, data: Any = None, **changes: Any) -> RerunPlan:
     """The plan to train ``run`` again.
 
     Args:
         run: a run folder, a run id or a ``finetune`` result.
-        data: the data to read instead of the recorded path (an app upload has none on disk); it must hold the
-            same rows, read with the run's recorded options.
+        data: the data to read instead of the recorded path (an app upload has none on disk; a run made from a
+            DataFrame: that DataFrame); it must hold the same rows, read with the run's recorded options.
         changes: ``FinetuneConfig`` fields to change (``seed=1``, ``device="cpu"``); the rest are the run's.
 
     Raises:
@@ -69,6 +71,11 @@ def rerun_plan(run: Any, data: str | Path | None = None, **changes: Any) -> Reru
     try:
         cfg = dataclasses.replace(_unsettled_seeds(cfg) if "seed" in changes else cfg, **changes)
     except TypeError as exc:
+        drawn = sorted(set(changes) & {f.name for f in dataclasses.fields(DataConfig)})
+        if drawn:  # a new draw or carve is other rows: a new run, not this one trained again (the notebook review)
+            raise ConfigError(f"rerun trains the run again on its own rows; {', '.join(drawn)} would read other rows "
+                              f"(DataConfig's options): that is a new run, clm.finetune(clm.load_data(path, "
+                              f"{drawn[0]}=...), cfg, out_dir).") from exc
         raise ConfigError(f"rerun takes changes to FinetuneConfig's fields ({exc}).") from exc
     if said := code_differences(record.get("provenance")):
         notes.append(f"this run was made by other code or packages ({'; '.join(said)}): its figures may differ")
@@ -155,12 +162,21 @@ def seed_variants(config: dict[str, Any], seeds: list[int]) -> list[FinetuneConf
     return [dataclasses.replace(cfg, seed=seed) for seed in seeds]
 
 
-def _recorded_data(folder: Path, record: dict[str, Any], given: str | Path | None, notes: list[str]) -> AnnotatedData:
-    """The run's rows, read as it read them, and checked against its digest."""
-    path = Path(given) if given is not None else next((p for p in recorded_data_paths(record) if p.exists()), None)
+def _recorded_data(folder: Path, record: dict[str, Any], given: Any, notes: list[str]) -> AnnotatedData:
+    """The run's rows, read as it read them, and checked against its digest. ``given``: a path, or (in Python) the
+    DataFrame or dict of DataFrames a run made from one was given."""
+    if isinstance(given, AnnotatedData):  # already read with its own options: the recorded ones could not apply
+        raise DataError("rerun reads the run's data with the options it recorded (its columns, carve and draw): pass "
+                        "the file, folder or DataFrame it was read from, not AnnotatedData.")
+    if isinstance(given, pd.DataFrame | dict):
+        path: Any = given
+    else:
+        path = Path(given) if given is not None else next((p for p in recorded_data_paths(record) if p.exists()),
+                                                          None)
     if path is None:
         raise DataError(f"{folder}'s data ({record.get('data') or 'not recorded'}) is not a file or folder here (an "
-                        "upload in the app, or moved): pass it (--data PATH, data=) to train the run again.")
+                        "upload in the app, a DataFrame, or moved): pass it (--data PATH; in Python data= takes the "
+                        "path or the DataFrame) to train the run again.")
     options = record.get("data_config")
     if isinstance(options, dict):
         if unknown := unknown_keys(DataConfig, options):
@@ -190,7 +206,7 @@ def _given_scores(folder: Path, record: dict[str, Any]) -> Path | None:
     return own if given and (own / "sensitivity.json").is_file() else None
 
 
-def rerun(run: Any, out_dir: str | Path, *, data: str | Path | None = None, overwrite: bool = False,
+def rerun(run: Any, out_dir: str | Path, *, data: Any = None, overwrite: bool = False,
           progress: bool | None = None, **changes: Any) -> Any:
     """Train ``run`` again into ``out_dir`` from its own record (``rerun_plan``: its settings, model, rows read with
     its options, the scores it was given), with ``changes`` to FinetuneConfig's fields (``seed=1``). What may make

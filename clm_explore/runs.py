@@ -42,7 +42,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clm_explore.config import BUDGET_METHODS, METHODS, FinetuneConfig, data_options_words
+from clm_explore.config import (
+    BUDGET_METHODS,
+    METHODS,
+    FinetuneConfig,
+    carve_words,
+    data_options_words,
+    draw_words,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -151,9 +158,11 @@ class RunRecord:
         listed = {name: self.metrics.get(name) for name in LISTED_METRICS}
         if listed["budget"] is None and self.method in BUDGET_METHODS:  # a run still training: its config's
             listed["budget"] = (self.config.get("mask") or {}).get("budget")
+        data = self.config.get("data")  # a notebook's table told draws, data sets and models apart by name alone
         return {"id": self.id, "name": self.name, "method": self.method, "status": self.status.value,
-                "created": self.created, "updated": self.updated, "path": str(self.path), **listed,
-                "error": self.error}
+                "created": self.created, "updated": self.updated, "path": str(self.path),
+                "data": data_key_name(data) if isinstance(data, str) else None, "model": self.config.get("source"),
+                **listed, "error": self.error}
 
     def listed(self) -> dict[str, Any]:
         """The run as ``clm-explore runs`` and ``RunStore.table`` list it: its ``summary``, the bytes its folder takes,
@@ -171,6 +180,42 @@ class RunRecord:
 
 LISTED_METRICS = ("accuracy", "macro_f1", "trainable_params", "budget", "seed")
 """The figures each run is listed with (the registry's copy of its metrics.json)."""
+
+
+DRAW_MARK = "-per-label-draw-"
+"""Between a ``DataChoice.key``'s shots and draw seed: ``sample:banking77_20:None:None::10-per-label-draw-0``."""
+CARVE_MARK = "carve-"
+"""Before a ``DataChoice.key``'s validation and test shares where they are not the defaults: ``...::carve-0-0.3``."""
+_KEY_OPTIONS = re.compile(rf"(.*?)(?::{CARVE_MARK}([\d.]+)-([\d.]+))?(?::(\d+){DRAW_MARK}(\d+))?")
+
+
+def data_key_name(key: str, columns: bool = False) -> str:
+    """The data set's name in a ``DataChoice.key`` (what a run's config records), or the key itself when it is
+    not one. An upload's name has the start of its digest after it: two users' different ``train.csv`` files are
+    told apart on a shared server. With ``columns``, the text and label columns chosen, where any was."""
+    kind, _, rest = key.partition(":")
+    base, validation, test, shots, seed = _KEY_OPTIONS.fullmatch(rest).groups()  # type: ignore[union-attr]
+    parts = base.rsplit(":", 3)
+    if kind not in ("sample", "shared", "upload") or len(parts) != 4:
+        return key
+    name, text_col, label_col, digest = parts
+    shown = f"{name} ({digest[:6]})" if kind == "upload" and digest else name
+    mapped = [f"{what} column {col}" for what, col in (("text", text_col), ("label", label_col)) if col != "None"]
+    shown = f"{shown}, {' and '.join(mapped)}" if columns and mapped else shown
+    try:  # a key no DataChoice writes (edited by hand): named as it stands, never an error on every page
+        carve = carve_words(float(validation), float(test)) if validation is not None else ""
+    except ValueError:
+        return key
+    return shown + carve + (draw_words(int(shots), int(seed)) if shots is not None else "")
+
+
+def same_data_set(key_a: str, key_b: str) -> bool:
+    """Whether two ``DataChoice.key`` name one data set (file and columns), whatever their carve and draw."""
+    def base(key: str) -> str:
+        kind, _, rest = key.partition(":")
+        return f"{kind}:{_KEY_OPTIONS.fullmatch(rest).group(1)}"  # type: ignore[union-attr]
+
+    return base(key_a) == base(key_b)
 
 
 def default_root() -> Path:
@@ -746,7 +791,8 @@ class RunStore:
         """The runs newest first, a row each (``RunRecord.listed``), as ``clm-explore runs --json`` lists them."""
         import pandas as pd
 
-        columns = ["id", "name", "method", "status", "created", "updated", "path", *LISTED_METRICS, "error",
+        columns = ["id", "name", "method", "status", "created", "updated", "path", "data", "model", *LISTED_METRICS,
+                   "error",
                    "size_bytes", "progress"]
         return pd.DataFrame([record.listed() for record in self.list(limit)], columns=columns)
 

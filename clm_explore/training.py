@@ -165,7 +165,10 @@ class FinetuneResult:
 
     def __repr__(self) -> str:  # metrics.json holds a confusion matrix and curves: the headline figures only
         shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in ("accuracy", "macro_f1") if k in self.metrics)
-        return f"FinetuneResult({self.status}{', ' + shown if shown else ''}, out_dir={str(self.out_dir)!r})"
+        # a collapse reads "succeeded" but predicted one label for every row (the notebook review): said, and where
+        collapsed = ", collapsed to one label: .metrics['collapse_note']" if self.metrics.get("collapse_note") else ""
+        return (f"FinetuneResult({self.status}{', ' + shown if shown else ''}{collapsed}, "
+                f"out_dir={str(self.out_dir)!r})")
 
     def history(self) -> pd.DataFrame:
         """The run's progress.jsonl as a table: a row per training step (step, epoch, loss, lr, ...), and at each

@@ -13,8 +13,8 @@ from clm_explore.cards import model_card
 from clm_explore.cli import main
 from clm_explore.config import ConfigError, DataConfig
 from clm_explore.data import data_digest, load_data
-from clm_explore.runs import RunStore
-from clm_explore.ui.state import DataChoice, data_key_name
+from clm_explore.runs import RunStore, data_key_name
+from clm_explore.ui.state import DataChoice
 from tests.test_cli_method import FAST, TINY
 
 
@@ -36,7 +36,7 @@ def test_the_draw_keeps_k_rows_per_label_of_train_and_validation_as_bench_draws_
 def test_a_label_with_fewer_rows_than_the_shots_keeps_its_own_and_is_named(data_dir) -> None:
     drawn = load_data(data_dir, shots=50)
     assert len(drawn.train) == 160 and len(drawn.validation) == 40
-    assert any("--shots 50: 4 of 4 labels have fewer training rows and keep all theirs" in n for n in drawn.notes)
+    assert any("--shots 50 (shots=50): 4 of 4 labels have fewer training rows and keep all theirs" in n for n in drawn.notes)
 
 
 def test_shots_below_zero_are_refused_by_the_config_and_the_command_line(data_dir, capsys) -> None:
@@ -122,3 +122,35 @@ def test_a_grid_draws_with_its_own_options_and_a_seed_without_shots_is_refused(d
     assert "--data-seed 2 seeds the rows --shots draws" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the data report reads every row: no draw to hide the data's problems behind
         main(["validate", str(data_dir), "--shots", "3"])
+
+
+def test_a_notebook_tells_draws_apart_and_trains_a_dataframe_run_again(tiny_data, tmp_path: Path) -> None:
+    """The notebook review: two draws printed alike, RunStore().table() named neither data nor model, rerun refused a
+    run made from a DataFrame (blaming "an upload in the app") and took shots= as a FinetuneConfig field."""
+    import pandas as pd
+
+    from clm_explore import FinetuneConfig, evaluate, finetune, rerun
+
+    frame = pd.concat([tiny_data.train, tiny_data.validation, tiny_data.test])
+    drawn = load_data(frame, shots=2, shots_seed=1)
+    assert repr(drawn).endswith("4 labels, 2 rows of each label (draw 1))") and "draw" not in repr(load_data(frame))
+    cfg = FinetuneConfig(method="head", epochs=1, max_length=16, device="cpu")
+    run = finetune(drawn, cfg, tmp_path / "run", source="tiny-random", progress=False)
+    RunStore().register_folder(run.out_dir)  # as the README's notebook lists a run in the app
+    table = RunStore().table()
+    assert table.loc[0, "data"] == "DataFrame, 2 rows of each label (draw 1)" and table.loc[0, "model"] == "tiny-random"
+    again = rerun(run, tmp_path / "again", data=frame, progress=False)
+    assert json.loads((Path(again.out_dir) / "clm_run.json").read_text())["data_digest"] == data_digest(drawn)
+    with pytest.raises(ConfigError, match="shots would read other rows .* a new run"):
+        rerun(run, tmp_path / "other", data=frame, shots=3)
+    scored = evaluate(run, frame)  # its own rows: the test split alone, and the note kept where a notebook sees it
+    assert len(scored.predictions) == len(drawn.test) and any("its test split" in n for n in scored.notes)
+    assert repr(scored).endswith(f"{len(scored.notes)} in .notes)")
+
+
+def test_a_collapsed_run_says_so_in_its_repr() -> None:
+    from clm_explore.training import FinetuneResult
+
+    said = repr(FinetuneResult("succeeded", {"accuracy": 0.05, "collapse_note": "every test row was ..."}, Path("r")))
+    assert "collapsed to one label: .metrics['collapse_note']" in said
+    assert "collapsed" not in repr(FinetuneResult("succeeded", {"accuracy": 0.9}, Path("r")))

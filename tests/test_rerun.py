@@ -66,7 +66,7 @@ def test_a_rerun_refuses_other_rows_and_finds_data_given_where_the_recorded_is_g
     data_dir.rename(moved)
     capsys.readouterr()
     assert main(["rerun", "--run", str(run)]) == 2
-    assert "is not a file or folder here (an upload in the app, or moved): pass it (--data PATH" in capsys.readouterr().err
+    assert "is not a file or folder here (an upload in the app, a DataFrame, or moved): pass it (--data PATH" in capsys.readouterr().err
     train = pd.read_csv(moved / "train.csv")
     train.loc[0, "text"] = "an edited text"
     train.to_csv(moved / "train.csv", index=False)

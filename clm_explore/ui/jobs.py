@@ -22,10 +22,20 @@ from clm_explore.datareport import plural, row_points
 from clm_explore.jobs import Job, JobQueue, Progress, last_line
 from clm_explore.modeling import recorded_source
 from clm_explore.reruns import next_seeds, same_setting, seed_variants
-from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, default_root, read_json_object
+from clm_explore.runs import (
+    DRAW_MARK,
+    RunRecord,
+    RunStatus,
+    RunStore,
+    RunStoreError,
+    data_key_name,
+    default_root,
+    read_json_object,
+    same_data_set,
+)
 from clm_explore.training import FINISHING_PHASE
 from clm_explore.ui import cache, forms, run_views, state
-from clm_explore.ui.state import DataChoice, data_key_name
+from clm_explore.ui.state import DataChoice
 from clm_explore.ui.views import CHART_CONFIG, duration, escape_markdown, label_text, metric_row
 
 if TYPE_CHECKING:
@@ -139,7 +149,7 @@ def launch_plans(plans: list[LaunchPlan], choice: DataChoice, source: str) -> li
     digest = data_digest(annotated)
     target = _LaunchTarget(store(), job_queue(), state.owner_id(), state.launched_runs(),
                            queued_data(annotated, (digest, repr(choice))), source, choice,
-                           f"on {state.data_key_name(choice.key)} with {run_views.model_name(source)}", digest)
+                           f"on {data_key_name(choice.key)} with {run_views.model_name(source)}", digest)
     queued: list[Job] = []
     try:
         for plan in plans:
@@ -225,8 +235,8 @@ def relaunch_refusal(run: RunRecord, choice: DataChoice | None) -> str:
         if not _app_data_key(data_key):  # a CLI run names its data by its path: the Data page cannot choose that
             return (f"It was trained from the command line on a data file the Data page does not offer: train it "
                     f"again there, with `clm-explore rerun --run {run.id} --seed S`.")
-        if choice is not None and state.same_data_set(data_key, choice.key):  # the draw or the carve differs
-            as_trained = data_key_name(data_key) + ("" if state.DRAW_MARK in data_key else ", every row")
+        if choice is not None and same_data_set(data_key, choice.key):  # the draw or the carve differs
+            as_trained = data_key_name(data_key) + ("" if DRAW_MARK in data_key else ", every row")
             return (f"It was trained on {as_trained}; the data is read now as {choice.shown}. To launch it again "
                     "with its settings, set the Data page's Few-shot and Splits boxes as the run had them.")
         return (f"To launch it again with its settings, choose its data on the Data page "

@@ -32,9 +32,8 @@ from clm_explore.metrics import (
     confusion_table,
 )
 from clm_explore.modeling import recorded_source
-from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, read_json_object
+from clm_explore.runs import RunRecord, RunStatus, RunStore, RunStoreError, data_key_name, read_json_object
 from clm_explore.ui import cache, state, views
-from clm_explore.ui.state import data_key_name
 from clm_explore.ui.views import escape_markdown, plot_text, spreadsheet_csv, spreadsheet_frame
 
 

@@ -36,7 +36,7 @@ from clm_explore.config import (
 )
 from clm_explore.data import SAMPLE_DATA
 from clm_explore.modeling import NAMED_SOURCES
-from clm_explore.runs import UPLOADS_NAME, default_root
+from clm_explore.runs import CARVE_MARK, DRAW_MARK, UPLOADS_NAME, default_root
 
 SAMPLE_DIR = SAMPLE_DATA
 UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -113,45 +113,9 @@ class DataChoice:
                           test_fraction=self.test_fraction, **limits)
 
 
-DRAW_MARK = "-per-label-draw-"
-"""Between a ``DataChoice.key``'s shots and draw seed: ``sample:banking77_20:None:None::10-per-label-draw-0``."""
-CARVE_MARK = "carve-"
-"""Before a ``DataChoice.key``'s validation and test shares where they are not the defaults: ``...::carve-0-0.3``."""
-_KEY_OPTIONS = re.compile(rf"(.*?)(?::{CARVE_MARK}([\d.]+)-([\d.]+))?(?::(\d+){DRAW_MARK}(\d+))?")
-
-
 def _plain(share: float) -> str:
     """A share as a key writes it: no exponent (``1e-05`` read back as ``1e`` and ``-05``: the diff review)."""
     return f"{share:.8f}".rstrip("0").rstrip(".") or "0"
-
-
-def data_key_name(key: str, columns: bool = False) -> str:
-    """The data set's name in a ``DataChoice.key`` (what a run's config records), or the key itself when it is
-    not one. An upload's name has the start of its digest after it: two users' different ``train.csv`` files are
-    told apart on a shared server. With ``columns``, the text and label columns chosen, where any was."""
-    kind, _, rest = key.partition(":")
-    base, validation, test, shots, seed = _KEY_OPTIONS.fullmatch(rest).groups()  # type: ignore[union-attr]
-    parts = base.rsplit(":", 3)
-    if kind not in ("sample", "shared", "upload") or len(parts) != 4:
-        return key
-    name, text_col, label_col, digest = parts
-    shown = f"{name} ({digest[:6]})" if kind == "upload" and digest else name
-    mapped = [f"{what} column {col}" for what, col in (("text", text_col), ("label", label_col)) if col != "None"]
-    shown = f"{shown}, {' and '.join(mapped)}" if columns and mapped else shown
-    try:  # a key no DataChoice writes (edited by hand): named as it stands, never an error on every page
-        carve = carve_words(float(validation), float(test)) if validation is not None else ""
-    except ValueError:
-        return key
-    return shown + carve + (draw_words(int(shots), int(seed)) if shots is not None else "")
-
-
-def same_data_set(key_a: str, key_b: str) -> bool:
-    """Whether two ``DataChoice.key`` name one data set (file and columns), whatever their carve and draw."""
-    def base(key: str) -> str:
-        kind, _, rest = key.partition(":")
-        return f"{kind}:{_KEY_OPTIONS.fullmatch(rest).group(1)}"  # type: ignore[union-attr]
-
-    return base(key_a) == base(key_b)
 
 
 def _get(key: str, default: Any) -> Any:
