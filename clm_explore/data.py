@@ -1840,6 +1840,10 @@ def _assemble(frames: dict[str, pd.DataFrame], cfg: DataConfig, source: str, tra
     parts = [f.reset_index(drop=True).astype(str) for f in (train, validation, test)]
     if cfg.shots:  # after the carve, as bench draws: a run at --shots K trains on a bench cell's rows
         drawn = [few_shot(frame, cfg.shots, cfg.shots_seed) for frame in parts[:2]]
+        labels = drawn[0]["label"].nunique()
+        if len(drawn[0]) < 2 * labels:  # the rule train_name's rows met before the draw, as a bench grid's cells do
+            raise DataError(f"--shots {cfg.shots} (shots={cfg.shots}) leaves {len(drawn[0])} training rows for "
+                            f"{labels} labels, fewer than 2 per label on average: too few to train. Draw 2 or more.")
         notes += draw_notes(parts[:2], drawn, cfg.shots, cfg.shots_seed)
         parts[:2] = drawn
     carved = tuple(split for split in ("test", "validation") if frames.get(split) is None)

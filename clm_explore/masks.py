@@ -220,6 +220,25 @@ def no_row_message(budget: int, cheapest: int, backbone_params: int, asked: floa
                             f"({asked:g}% is {asked / 100:g})." if 1 < asked <= 100 else ""))
 
 
+def _check_scores_folder(folder: Path) -> None:
+    """A missing folder, or a run of a method that keeps no row scores, said as such (the notebook review: both read
+    "not a readable scores folder ... No such file")."""
+    import json
+
+    if not folder.exists():
+        raise ConfigError(f"{folder} does not exist: select_mask reads a scores folder (`sensitivity --out`) or a run "
+                          "folder of a row method.")
+    record = folder / "clm_run.json"
+    if record.is_file() and not (folder / "sensitivity" / "sensitivity.json").is_file():
+        try:
+            method = json.loads(record.read_text()).get("method")
+        except (OSError, ValueError, AttributeError):
+            return
+        raise ConfigError(f"{folder} is a {method} run, which holds no row scores (a sensitivity/ folder): "
+                          "select_mask reads those a row method's run kept (sparse, fisher, gradient, random) or a "
+                          "scores folder (`sensitivity --out`, compute_sensitivity(...).save).")
+
+
 def select_mask(report: SensitivityReport | str | Path, cfg: MaskConfig | dict | float | None = None, *,
                 budget: float | None = None) -> MaskSelection:
     """Global top rows by normalised score (or random or score-weighted drawn rows, or top rows topped up with
@@ -233,6 +252,7 @@ def select_mask(report: SensitivityReport | str | Path, cfg: MaskConfig | dict |
     ``cfg``'s (``select_mask(run, budget=0.02)``: what the run's options select at another budget).
     """
     if isinstance(report, str | Path):
+        _check_scores_folder(Path(report))
         if cfg is None:
             cfg = run_mask_config(Path(report))
         report = SensitivityReport.load(report)

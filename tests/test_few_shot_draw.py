@@ -39,6 +39,13 @@ def test_a_label_with_fewer_rows_than_the_shots_keeps_its_own_and_is_named(data_
     assert any("--shots 50 (shots=50): 4 of 4 labels have fewer training rows and keep all theirs" in n for n in drawn.notes)
 
 
+def test_a_draw_of_one_row_of_each_label_is_refused_as_a_bench_cell_would_be(data_dir) -> None:
+    from clm_explore.data import DataError
+
+    with pytest.raises(DataError, match=r"--shots 1 \(shots=1\) leaves 4 training rows for 4 labels, fewer than 2"):
+        load_data(data_dir, shots=1)
+
+
 def test_shots_below_zero_are_refused_by_the_config_and_the_command_line(data_dir, capsys) -> None:
     with pytest.raises(ConfigError, match="shots must be 0 .* got -1"):
         DataConfig(shots=-1)
@@ -154,3 +161,14 @@ def test_a_collapsed_run_says_so_in_its_repr() -> None:
     said = repr(FinetuneResult("succeeded", {"accuracy": 0.05, "collapse_note": "every test row was ..."}, Path("r")))
     assert "collapsed to one label: .metrics['collapse_note']" in said
     assert "collapsed" not in repr(FinetuneResult("succeeded", {"accuracy": 0.9}, Path("r")))
+
+
+def test_select_mask_says_a_folder_is_missing_or_a_run_keeps_no_scores(data_dir, tmp_path: Path) -> None:
+    from clm_explore import select_mask
+
+    with pytest.raises(ConfigError, match="does not exist: select_mask reads a scores folder"):
+        select_mask(tmp_path / "sprse", budget=0.01)
+    assert main(["finetune", "--data", str(data_dir), *TINY, *FAST, "--method", "head", "--out",
+                 str(tmp_path / "head")]) == 0
+    with pytest.raises(ConfigError, match="is a head run, which holds no row scores"):
+        select_mask(tmp_path / "head", budget=0.01)

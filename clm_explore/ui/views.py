@@ -165,6 +165,7 @@ def data_error_text(message: str, upload: bool) -> str:
     names (--text-col, --label-col, --max-file-mb) become the Data page's controls, and the limits a browser user
     cannot raise are stated as limits. ``upload``: the data set is an uploaded file, the only kind whose columns
     the Data page lets the user pick; for another the message says the data set's files must change."""
+    message = app_data_note(message)  # a draw too small: the Few-shot box's name
     for flag, control in _APP_CONTROLS:
         message = message.replace(flag, control)
     message = _FILE_LIMIT.sub("", message)  # the message states the limit; a browser user cannot raise it

@@ -123,6 +123,10 @@ def test_the_label_check_of_a_few_shot_draw_reads_every_row(at: AppTest) -> None
     assert "leakage" in " ".join(w.value for w in at.warning)
     assert any("trains on 100 of the 1,080 training rows" in i.value.replace("\\", "") for i in at.info)
     assert any("The check reads every row, not the few-shot draw" in c.value for c in at.caption)
+    at.number_input(key="data_shots").set_value(1).run()  # too few to train: said in the box's name, the draw kept
+    assert any("Training rows of each label 1 leaves 20 training rows" in e.value.replace("\\", "") for e in at.error)
+    assert at.session_state["data_choice"].shots == 5
+    at.number_input(key="data_shots").set_value(5).run()
     button(at, "Check the labels").click().run(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert int({m.label: m.value for m in at.metric}["Rows checked"]) == 2000
