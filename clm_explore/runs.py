@@ -792,8 +792,7 @@ class RunStore:
         import pandas as pd
 
         columns = ["id", "name", "method", "status", "created", "updated", "path", "data", "model", *LISTED_METRICS,
-                   "error",
-                   "size_bytes", "progress"]
+                   "error", "size_bytes", "progress"]
         return pd.DataFrame([record.listed() for record in self.list(limit)], columns=columns)
 
     def known(self, run_ids: Iterable[str]) -> set[str]:

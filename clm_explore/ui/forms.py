@@ -843,8 +843,7 @@ def carve_shares(choice: state.DataChoice, current: state.DataChoice | None, car
         if "test" in carved:
             shares["test_fraction"] = c2.number_input(
                 "Test % of train", min_value=MIN_TEST_PERCENT, max_value=MAX_SHARE_PERCENT, value=percent["test"],
-                step=5.0,
-                format="%.4g", key=f"{key}_test_fraction",
+                step=5.0, format="%.4g", key=f"{key}_test_fraction",
                 help="Held out before the validation split is carved; every copy of a text goes to the same side.")
         st.caption("The data gives no " + " or ".join(f"{split} split" for split in carved) + " of its own, so it is "
                    "carved out of train at random (seeded), label by label. The command line carves the same rows "

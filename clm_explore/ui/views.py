@@ -180,8 +180,7 @@ def app_data_note(note: str) -> str:
     """A data note in the Data page's words: the few-shot draw's options are its boxes there, not ``--shots`` and
     ``--data-seed``."""
     note = re.sub(r"--shots (\d+) \(shots=\d+\)", r"Training rows of each label \1", note)
-    note = re.sub(r"drawn with --data-seed (\d+) \(shots_seed=\d+\)", r"drawn at random (Draw \1)", note)
-    return re.sub(r"^--shots (\d+):", r"Training rows of each label \1:", note)
+    return re.sub(r"drawn with --data-seed (\d+) \(shots_seed=\d+\)", r"drawn at random (Draw \1)", note)
 
 
 UPRIGHT_LABEL_BARS = 30
@@ -202,7 +201,7 @@ def render_data_report(report: Any, key: str) -> None:
                   "not counted here (the problems below count them).")
     st.caption(" · ".join(f"{name}: {n:,} row{'' if n == 1 else 's'}" for name, n in report.splits.items()))
     for note in report.notes:
-        st.caption(escape_markdown(app_data_note(note)))
+        st.caption(escape_markdown(note))
     if report.problems:
         st.warning("\n".join(f"- {escape_markdown(p)}" for p in report.problems))
     else:
