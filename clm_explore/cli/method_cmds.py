@@ -44,6 +44,7 @@ from clm_explore.config import (
     MiningConfig,
     SensitivityConfig,
     budget_words,
+    data_options_words,
     few_steps_note,
     to_dict,
 )
@@ -734,7 +735,6 @@ def _train_registered(args: argparse.Namespace, cfg: Any, data: Any, store: Any,
     """``finetune`` once its folder is claimed: the run registered (as the app records one), trained, recorded. The
     claim is kept as soon as the run is saved: the registry's trouble afterwards must not put the earlier run back
     in place of a finished one (the concurrency review: a registry held by another process for 30 s did)."""
-    from clm_explore.config import data_options_words
     from clm_explore.data import data_digest
     from clm_explore.modeling import recorded_source
     from clm_explore.runs import RunStatus, RunStoreError
