@@ -129,7 +129,7 @@ if audited == (checked, source, audit_cfg):
     else:
         accepted = views.render_label_issues(task.result, key="data")
         if len(accepted):
-            fixed = relabelled(cache.data(checked), accepted)
+            fixed = relabelled(whole, accepted)
             stem = Path(choice.name).stem
             c1, c2 = st.columns(2)
             c1.download_button(
